@@ -1,0 +1,44 @@
+"""sqqueue: a persistent message queue for Python that needs no broker.
+
+from sqqueue import SQLiteQueue
+
+queue = SQLiteQueue("jobs.db", table_name="emails")
+queue.enqueue({"to": "ada@example.com"})
+message = queue.dequeue().value      # a Message, or None when the queue is empty
+if message is not None:
+    msg_id, payload = message
+    queue.complete(message)
+"""
+
+from .exceptions import (
+    CompletionError,
+    DequeueError,
+    EnqueueError,
+    ErrorKind,
+    QueueError,
+    RequeueError,
+)
+from .message import Message
+from .queue import Queue, SQLiteQueue
+from .result import Err, Ok, Result, UnwrapError
+from .serializers import Serializer
+
+__version__ = "1.0.0.dev0"
+
+__all__ = [
+    "CompletionError",
+    "DequeueError",
+    "EnqueueError",
+    "Err",
+    "ErrorKind",
+    "Message",
+    "Ok",
+    "Queue",
+    "QueueError",
+    "RequeueError",
+    "Result",
+    "SQLiteQueue",
+    "Serializer",
+    "UnwrapError",
+    "__version__",
+]

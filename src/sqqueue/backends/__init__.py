@@ -1,0 +1,5 @@
+"""Storage backends: one interface (``base.Backend``), one module per database."""
+
+from .base import Backend, Outcome, StorageError
+
+__all__ = ["Backend", "Outcome", "StorageError"]

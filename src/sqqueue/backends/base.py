@@ -1,0 +1,181 @@
+"""The storage interface the queue logic talks to.
+
+A backend stores rows and runs each operation as one atomic transaction; it knows nothing
+about payload types, Results or metrics. Times are Unix seconds passed in by the caller,
+so the queue's clock (injectable in tests) is the only clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..exceptions import QueueError
+
+__all__ = ["Backend", "NewMessage", "Outcome", "StorageError", "StoredDeadLetter", "StoredMessage"]
+
+
+class StorageError(QueueError):
+    """A database failure, already classified (``kind``) and explained."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    data: str | bytes
+    encoding: str
+    checksum: int
+    priority: int
+    visible_at: float
+    max_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: int
+    data: Any
+    encoding: str
+    checksum: int | None
+    priority: int
+    attempts: int
+    max_attempts: int
+    created_at: float
+    visible_at: float
+    lease_token: int | None
+    lease_expires_at: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDeadLetter:
+    id: int
+    data: Any
+    encoding: str
+    checksum: int | None
+    priority: int
+    attempts: int
+    max_attempts: int
+    last_error: str | None
+    created_at: float
+    updated_at: float
+    dead_at: float
+
+
+class Outcome(enum.Enum):
+    """What a state-changing call on one message found."""
+
+    DONE = "done"
+    NOT_FOUND = "not_found"
+    DEAD = "dead"  #: the message is in the dead-letter queue
+    PENDING = "pending"  #: the message is waiting, nobody holds it
+    LEASE_EXPIRED = "lease_expired"  #: the caller's lease ran out
+    LEASE_LOST = "lease_lost"  #: a newer lease (another consumer) holds it
+
+
+class Backend(ABC):
+    """One queue's storage. Implementations: SQLite (``sqlite.py``), PostgreSQL later.
+
+    ``token`` arguments fence leases: when given, the call only acts if the message is
+    still held under that token and the lease has not expired at ``now``. ``None`` means
+    "whoever holds a live lease" (a caller that only knows the id).
+    """
+
+    name: str
+
+    @abstractmethod
+    def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[int]:
+        """Insert all messages in one transaction; return their ids in order."""
+
+    @abstractmethod
+    def claim(
+        self, limit: int, now: float, lease_until: float, token: int
+    ) -> tuple[list[StoredMessage], int]:
+        """Lease up to ``limit`` ready messages, best first, in one transaction.
+
+        Expired leases are folded back first (to pending, or to the dead-letter queue on
+        their last attempt). Returns the claimed rows and how many leases were folded.
+        """
+
+    @abstractmethod
+    def complete(self, message_id: int, token: int | None, now: float) -> Outcome:
+        """Delete a message held under a live lease."""
+
+    @abstractmethod
+    def release(
+        self,
+        message_id: int,
+        token: int | None,
+        now: float,
+        visible_at: float,
+        error: str | None,
+        refund_attempt: bool,
+    ) -> Outcome:
+        """Return a leased message to pending, visible from ``visible_at``."""
+
+    @abstractmethod
+    def fail(
+        self,
+        message_id: int,
+        token: int | None,
+        now: float,
+        error: str | None,
+        retry_at: float,
+        force_dead: bool,
+    ) -> tuple[Outcome, bool]:
+        """Record a failed attempt on a leased message, in one transaction.
+
+        The message goes to the dead-letter queue (keeping its id and history) when
+        ``force_dead`` or when it has used all its attempts, else back to pending, visible
+        from ``retry_at``. With ``force_dead`` a pending message is buried too (the
+        immediate failure of the lifecycle). Returns the outcome and whether it died.
+        """
+
+    @abstractmethod
+    def extend(self, message_id: int, token: int | None, now: float, lease_until: float) -> Outcome:
+        """Move a live lease's expiry to ``lease_until``."""
+
+    @abstractmethod
+    def peek(self, now: float) -> StoredMessage | None:
+        """The message the next claim would take, unchanged."""
+
+    @abstractmethod
+    def is_empty(self) -> bool:
+        """True when no message is pending, delayed or leased (dead letters aside)."""
+
+    @abstractmethod
+    def count_pending(self) -> int:
+        """Messages waiting to be delivered (ready or delayed)."""
+
+    @abstractmethod
+    def recover(self, now: float) -> int:
+        """Fold every expired lease back now; return how many."""
+
+    @abstractmethod
+    def dead_letters(self) -> list[StoredDeadLetter]:
+        """All dead letters, oldest death first."""
+
+    @abstractmethod
+    def revive(self, message_id: int, now: float) -> bool:
+        """Move a dead letter back to pending with its id, attempts reset; False if absent."""
+
+    @abstractmethod
+    def statuses(self, now: float) -> list[dict[str, Any]]:
+        """One dict per message (dead letters included): id, status, priority, attempts."""
+
+    @abstractmethod
+    def maintain(self) -> None:
+        """Cheap periodic upkeep (reclaim a few free pages, passive checkpoint)."""
+
+    @abstractmethod
+    def vacuum(self, conn: Any = None) -> None:
+        """Rebuild the database file to reclaim all free space."""
+
+    @abstractmethod
+    def checkpoint(self, conn: Any = None) -> None:
+        """Write the journal back into the database file and truncate it."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections. Idempotent."""

@@ -1,0 +1,867 @@
+"""SQLite storage: one table per queue plus its dead-letter table, in WAL mode.
+
+Layout (``{q}`` is the validated queue name)::
+
+    {q}       messages that are pending (waiting, possibly delayed) or processing (leased)
+    {q}_dlq   dead letters, keeping the id they had in {q}
+    sqqueue_queues   one row per queue: schema version and creation time
+
+Times are Unix seconds (REAL); ``datetime(visible_at, 'unixepoch')`` shows them in the
+``sqlite3`` shell. Every write is one ``BEGIN IMMEDIATE`` transaction, so a writer never
+has to upgrade a read lock (which is what makes ``database is locked`` escape busy
+handlers), and every error path rolls back before returning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import sqlite3
+import stat
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from string import Template
+from typing import Any, Literal, TypeVar
+
+from ..exceptions import ErrorKind
+from ..names import validate_queue_name
+from .base import (
+    Backend,
+    NewMessage,
+    Outcome,
+    StorageError,
+    StoredDeadLetter,
+    StoredMessage,
+)
+
+__all__ = ["MIN_SQLITE_VERSION", "SCHEMA_VERSION", "SQLiteBackend", "check_sqlite_version"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MIN_SQLITE_VERSION = (3, 35, 0)  # RETURNING
+SCHEMA_VERSION = 1
+Synchronous = Literal["normal", "full"]
+
+# --------------------------------------------------------------------------------------
+# SQL. Rendered once per queue with $q (the queue table) and $dlq (its dead-letter table).
+# --------------------------------------------------------------------------------------
+
+_REGISTRY_DDL = """
+CREATE TABLE IF NOT EXISTS sqqueue_queues (
+    name            TEXT PRIMARY KEY,
+    schema_version  INTEGER NOT NULL,
+    created_at      REAL NOT NULL
+)"""
+
+_QUEUE_DDL = (
+    """
+CREATE TABLE $q (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    payload           NOT NULL,          -- TEXT for str and JSON, BLOB for bytes
+    encoding          TEXT NOT NULL,     -- 'text', 'bytes', 'json' or a serializer name
+    checksum          INTEGER,           -- CRC-32 of the stored bytes; NULL for 0.1.0 rows
+    status            TEXT NOT NULL DEFAULT 'pending'
+                      CHECK (status IN ('pending', 'processing')),
+    priority          INTEGER NOT NULL DEFAULT 0,
+    visible_at        REAL NOT NULL,     -- not delivered before; FIFO key within a priority
+    lease_token       INTEGER,           -- fences acks: only the current holder's count
+    lease_expires_at  REAL,
+    attempts          INTEGER NOT NULL DEFAULT 0,
+    max_attempts      INTEGER NOT NULL,
+    last_error        TEXT,
+    created_at        REAL NOT NULL,
+    updated_at        REAL NOT NULL
+)""",
+    # Serves the claim exactly: ready rows in delivery order, pending rows only.
+    """
+CREATE INDEX ${q}_ready ON $q (priority DESC, visible_at, id) WHERE status = 'pending'""",
+    # Serves the fold of expired leases.
+    """
+CREATE INDEX ${q}_leases ON $q (lease_expires_at) WHERE status = 'processing'""",
+    """
+CREATE TABLE $dlq (
+    id                INTEGER PRIMARY KEY,  -- the id the message had in $q
+    payload           NOT NULL,
+    encoding          TEXT NOT NULL,
+    checksum          INTEGER,
+    status            TEXT NOT NULL DEFAULT 'dead',
+    priority          INTEGER NOT NULL DEFAULT 0,
+    attempts          INTEGER NOT NULL DEFAULT 0,
+    max_attempts      INTEGER NOT NULL,
+    last_error        TEXT,
+    created_at        REAL NOT NULL,
+    updated_at        REAL NOT NULL,
+    dead_at           REAL NOT NULL
+)""",
+)
+
+_COLUMNS = (
+    "id, payload, encoding, checksum, priority, attempts, max_attempts, created_at, "
+    "visible_at, lease_token, lease_expires_at, last_error"
+)
+_DLQ_COLUMNS = (
+    "id, payload, encoding, checksum, priority, attempts, max_attempts, last_error, "
+    "created_at, updated_at, dead_at"
+)
+# A lease is live when the row is processing, not expired, and (if the caller has a
+# token) held under that token.
+_LIVE = (
+    "status = 'processing' AND lease_expires_at > :now AND (:token IS NULL OR lease_token = :token)"
+)
+
+_SQL = {
+    "insert": """
+        INSERT INTO $q (payload, encoding, checksum, priority, visible_at, max_attempts,
+                        created_at, updated_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+    "claim": f"""
+        UPDATE $q
+           SET status = 'processing', attempts = attempts + 1, lease_token = :token,
+               lease_expires_at = :until, updated_at = :now
+         WHERE id IN (SELECT id FROM $q
+                       WHERE status = 'pending' AND visible_at <= :now
+                       ORDER BY priority DESC, visible_at, id
+                       LIMIT :limit)
+        RETURNING {_COLUMNS}""",
+    "any_expired": """
+        SELECT 1 FROM $q WHERE status = 'processing' AND lease_expires_at <= :now LIMIT 1""",
+    "bury_expired": f"""
+        INSERT INTO $dlq ({_DLQ_COLUMNS})
+        SELECT id, payload, encoding, checksum, priority, attempts, max_attempts,
+               'lease expired on the last attempt (' || attempts || ' of ' || max_attempts
+                   || ') without being completed',
+               created_at, :now, :now
+          FROM $q
+         WHERE status = 'processing' AND lease_expires_at <= :now
+           AND attempts >= max_attempts""",
+    "delete_expired_dead": """
+        DELETE FROM $q
+         WHERE status = 'processing' AND lease_expires_at <= :now
+           AND attempts >= max_attempts""",
+    # The message becomes visible again from the moment its lease ran out.
+    "return_expired": """
+        UPDATE $q
+           SET status = 'pending', visible_at = lease_expires_at, lease_token = NULL,
+               lease_expires_at = NULL, updated_at = :now,
+               last_error = 'lease expired on attempt ' || attempts || ' of ' || max_attempts
+         WHERE status = 'processing' AND lease_expires_at <= :now""",
+    "complete": f"DELETE FROM $q WHERE id = :id AND {_LIVE}",
+    "release": f"""
+        UPDATE $q
+           SET status = 'pending', visible_at = :visible_at, lease_token = NULL,
+               lease_expires_at = NULL, attempts = max(attempts - :refund, 0),
+               last_error = coalesce(:error, last_error), updated_at = :now
+         WHERE id = :id AND {_LIVE}""",
+    "extend": f"UPDATE $q SET lease_expires_at = :until, updated_at = :now WHERE id = :id AND {_LIVE}",
+    "attempts_if_live": f"SELECT attempts, max_attempts FROM $q WHERE id = :id AND {_LIVE}",
+    "state": "SELECT status, lease_token, lease_expires_at FROM $q WHERE id = :id",
+    "in_dlq": "SELECT 1 FROM $dlq WHERE id = :id",
+    "bury": f"""
+        INSERT INTO $dlq ({_DLQ_COLUMNS})
+        SELECT id, payload, encoding, checksum, priority, attempts, max_attempts,
+               coalesce(:error, last_error), created_at, :now, :now
+          FROM $q WHERE id = :id""",
+    "delete": "DELETE FROM $q WHERE id = :id",
+    "revive": """
+        INSERT INTO $q (id, payload, encoding, checksum, status, priority, visible_at,
+                        attempts, max_attempts, last_error, created_at, updated_at)
+        SELECT id, payload, encoding, checksum, 'pending', priority, :now,
+               0, max_attempts, last_error, created_at, :now
+          FROM $dlq WHERE id = :id""",
+    "delete_dead": "DELETE FROM $dlq WHERE id = :id",
+    "peek": f"""
+        SELECT {_COLUMNS} FROM $q
+         WHERE status = 'pending' AND visible_at <= :now
+         ORDER BY priority DESC, visible_at, id
+         LIMIT 1""",
+    "is_empty": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
+    "count_pending": "SELECT count(*) FROM $q WHERE status = 'pending'",
+    "dead_letters": f"SELECT {_DLQ_COLUMNS} FROM $dlq ORDER BY dead_at, id",
+    "statuses": """
+        SELECT id, CASE WHEN status = 'pending' AND visible_at > :now THEN 'delayed'
+                        ELSE status END,
+               priority, attempts, max_attempts
+          FROM $q
+        UNION ALL
+        SELECT id, 'dead', priority, attempts, max_attempts FROM $dlq
+        ORDER BY 1""",
+}
+
+# sqqueue 0.1.0 stored times as 'YYYY-MM-DD HH:MM:SS[.ffffff]' in UTC.
+_LEGACY_EPOCH = "((julianday({col}) - 2440587.5) * 86400.0)"
+_LEGACY_MIGRATION = (
+    "ALTER TABLE $q RENAME TO ${q}__sqqueue_v0",
+    *_QUEUE_DDL,
+    # pending and processing keep their state; processing_at was 0.1.0's lease expiry.
+    f"""
+    INSERT INTO $q (id, payload, encoding, checksum, status, priority, visible_at,
+                    lease_token, lease_expires_at, attempts, max_attempts, last_error,
+                    created_at, updated_at)
+    SELECT id, CAST(payload AS TEXT), 'text', NULL, status, coalesce(priority, 0),
+           coalesce({_LEGACY_EPOCH.format(col="visible_at")},
+                    {_LEGACY_EPOCH.format(col="created_at")}, :now),
+           NULL,
+           CASE WHEN status = 'processing'
+                THEN coalesce({_LEGACY_EPOCH.format(col="processing_at")}, :now) END,
+           coalesce(attempts, 0), coalesce(max_attempts, :max_attempts), NULL,
+           coalesce({_LEGACY_EPOCH.format(col="created_at")}, :now),
+           coalesce({_LEGACY_EPOCH.format(col="updated_at")}, :now)
+      FROM ${{q}}__sqqueue_v0
+     WHERE status IN ('pending', 'processing')""",
+    # Any other status 0.1.0 might have left is kept, as a dead letter that says why.
+    f"""
+    INSERT INTO $dlq ({_DLQ_COLUMNS})
+    SELECT id, CAST(payload AS TEXT), 'text', NULL, coalesce(priority, 0),
+           coalesce(attempts, 0), coalesce(max_attempts, :max_attempts),
+           'migrated from sqqueue 0.1.0 with status ' || quote(status),
+           coalesce({_LEGACY_EPOCH.format(col="created_at")}, :now),
+           coalesce({_LEGACY_EPOCH.format(col="updated_at")}, :now), :now
+      FROM ${{q}}__sqqueue_v0
+     WHERE status NOT IN ('pending', 'processing')""",
+    "DROP TABLE ${q}__sqqueue_v0",
+)
+
+
+def check_sqlite_version(version: tuple[int, int, int] | None = None) -> None:
+    """Raise ``RuntimeError`` if the SQLite library is older than sqqueue needs."""
+    found = version or sqlite3.sqlite_version_info
+    if found < MIN_SQLITE_VERSION:
+        raise RuntimeError(
+            f"sqqueue needs SQLite {'.'.join(map(str, MIN_SQLITE_VERSION))} or newer "
+            f"(for UPDATE ... RETURNING); this Python uses SQLite "
+            f"{'.'.join(map(str, found))}. Use a newer Python build or install 'pysqlite3-binary'."
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Connections survive threads, not forks: a child process must never use a connection
+# its parent opened (SQLite's locks would be wrong), nor close it (that could drop the
+# parent's locks). After a fork, inherited connections are parked here and left alone.
+# --------------------------------------------------------------------------------------
+_fork_generation = 0
+_parked_after_fork: list[sqlite3.Connection] = []
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _error_name(exc: sqlite3.Error) -> str:
+    return str(getattr(exc, "sqlite_errorname", "") or "")
+
+
+def classify(exc: sqlite3.Error, path: str) -> StorageError:
+    """Turn a sqlite3 exception into a StorageError that says what to do."""
+    text = str(exc)
+    name = _error_name(exc)
+    lowered = text.lower()
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in lowered:
+        return StorageError(
+            f"database {path!r} is locked by another connection ({text})", ErrorKind.LOCKED
+        )
+    if name.startswith("SQLITE_FULL") or "disk is full" in lowered:
+        return StorageError(
+            f"cannot write to {path!r}: the disk or file size limit is full ({text}); "
+            "free space and retry, nothing was written",
+            ErrorKind.DISK_FULL,
+        )
+    if name.startswith("SQLITE_READONLY") or "readonly" in lowered:
+        return StorageError(
+            f"cannot write to {path!r}: it is read-only ({text}); check the file and "
+            "directory permissions",
+            ErrorKind.READ_ONLY,
+        )
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or (
+        "malformed" in lowered or "not a database" in lowered
+    ):
+        return StorageError(
+            f"database {path!r} is damaged or not an SQLite database ({text}); run "
+            "'PRAGMA integrity_check' on it and restore from a copy if it fails",
+            ErrorKind.CORRUPT,
+        )
+    if name.startswith("SQLITE_IOERR") or "i/o error" in lowered:
+        return StorageError(
+            f"input/output error on {path!r} ({text}); the disk may be full, failing "
+            "or gone; nothing was written",
+            ErrorKind.STORAGE,
+        )
+    return StorageError(f"database error on {path!r}: {text}", ErrorKind.STORAGE)
+
+
+def _prepare_path(db_path: str | os.PathLike[str]) -> tuple[str, bool]:
+    """Check the path and create the file owner-only. Returns (path, is_memory)."""
+    path = os.fspath(db_path)
+    if not isinstance(path, str) or not path:
+        raise ValueError("db_path must be a non-empty path to the database file")
+    if path == ":memory:":
+        return path, True
+    if "\x00" in path:
+        raise ValueError("db_path contains a NUL character")
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(
+            f"db_path {path!r} is a directory; give a file path such as {path!r}/queue.db"
+        )
+    parent = target.parent
+    if not parent.is_dir():
+        raise ValueError(f"cannot create {path!r}: directory {str(parent)!r} does not exist")
+    if not target.exists():
+        try:
+            # Created here, not by SQLite, so it is readable by its owner only; SQLite gives
+            # the -wal and -shm files the same permissions.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise ValueError(f"cannot create {path!r}: {exc.strerror}") from exc
+    elif not stat.S_ISREG(target.stat().st_mode):
+        raise ValueError(f"db_path {path!r} is not a regular file")
+    return path, False
+
+
+class SQLiteBackend(Backend):
+    """One queue in one SQLite file. Safe to share between threads; survives ``fork``."""
+
+    def __init__(
+        self,
+        db_path: str | os.PathLike[str],
+        name: str,
+        *,
+        synchronous: Synchronous = "normal",
+        lock_timeout: float = 30.0,
+        default_max_attempts: int = 5,
+        journal_size_limit: int = 64 * 1024 * 1024,
+    ) -> None:
+        check_sqlite_version()
+        self.name = validate_queue_name(name)
+        if synchronous not in ("normal", "full"):
+            raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
+        self.path, self._memory = _prepare_path(db_path)
+        self._uri = f"file:/sqqueue-{uuid.uuid4().hex}?vfs=memdb" if self._memory else None
+        self._synchronous = synchronous
+        self._lock_timeout = lock_timeout
+        self._journal_size_limit = journal_size_limit
+        self._local = threading.local()
+        self._conns: set[sqlite3.Connection] = set()
+        self._conns_lock = threading.Lock()
+        self._closed = False
+        subst = {"q": f'"{self.name}"', "dlq": f'"{self.name}_dlq"'}
+        self._sql = {key: Template(sql).substitute(subst) for key, sql in _SQL.items()}
+        # Index names are built from the bare name, so they are substituted unquoted.
+        bare = {"q": self.name, "dlq": f"{self.name}_dlq"}
+        self._ddl = [self._render(sql, subst, bare) for sql in _QUEUE_DDL]
+        self._migration = [self._render(sql, subst, bare) for sql in _LEGACY_MIGRATION]
+        self._anchor: sqlite3.Connection | None = None
+        try:
+            if self._memory:
+                # A memdb database lives while one connection is open.
+                self._anchor = self._open()
+            self._init_schema(default_max_attempts)
+        except sqlite3.Error as exc:
+            self.close()
+            err = classify(exc, self.path)
+            raise StorageError(f"cannot open queue {self.name!r}: {err}", err.kind) from exc
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _render(sql: str, quoted: dict[str, str], bare: dict[str, str]) -> str:
+        # "${q}_ready" is an index name: bare name + suffix, quoted as a whole.
+        out = sql
+        for key in ("q", "dlq"):
+            out = out.replace("${" + key + "}__sqqueue_v0", f'"{bare[key]}__sqqueue_v0"')
+            out = out.replace("${" + key + "}_ready", f'"{bare[key]}_ready"')
+            out = out.replace("${" + key + "}_leases", f'"{bare[key]}_leases"')
+        return Template(out).substitute(quoted)
+
+    # -- connections -------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._uri or self.path,
+            timeout=self._lock_timeout,
+            isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+            check_same_thread=False,  # close() may run on another thread
+            uri=self._uri is not None,
+            cached_statements=64,
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._lock_timeout * 1000)}")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
+            conn.execute(f"PRAGMA journal_size_limit = {int(self._journal_size_limit)}")
+        except BaseException:
+            conn.close()
+            raise
+        with self._conns_lock:
+            self._conns.add(conn)
+        return conn
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StorageError(
+                f"queue {self.name!r} is closed; create a new queue object", ErrorKind.CLOSED
+            )
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is not None and local.generation == _fork_generation:
+            return conn
+        if conn is not None:
+            # Inherited through fork: park every connection of this object, untouched.
+            with self._conns_lock:
+                _parked_after_fork.extend(self._conns)
+                self._conns = set()
+            self._anchor = None
+        conn = self._open()
+        local.conn = conn
+        local.generation = _fork_generation
+        return conn
+
+    def _discard(self, conn: sqlite3.Connection) -> None:
+        with self._conns_lock:
+            self._conns.discard(conn)
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+    def close(self) -> None:
+        self._closed = True
+        with self._conns_lock:
+            conns, self._conns = self._conns, set()
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self._anchor = None
+
+    # -- transactions --------------------------------------------------------------------
+
+    def _backoff(self, attempt: int, deadline: float) -> bool:
+        """Sleep before a retry; False when the deadline has passed."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(remaining, random.uniform(0, min(0.001 * 2**attempt, 0.1))))
+        return True
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        if not conn.in_transaction:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            # A connection that cannot roll back is not trusted again.
+            logger.warning("rollback failed on %s; discarding the connection", self.path)
+            self._discard(conn)
+
+    def _locked_error(self, waited: float) -> StorageError:
+        return StorageError(
+            f"database {self.path!r} stayed locked for {waited:.1f} s (another connection "
+            f"held a write transaction); retry later or raise lock_timeout "
+            f"(now {self._lock_timeout:g} s)",
+            ErrorKind.LOCKED,
+        )
+
+    def _run(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
+        """Run ``fn`` in one transaction, retrying on lock contention until the deadline."""
+        start = time.monotonic()
+        deadline = start + self._lock_timeout
+        attempt = 0
+        while True:
+            conn = self._connection()
+            try:
+                if write:
+                    conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                    if write:
+                        conn.execute("COMMIT")
+                    return result
+                except BaseException:
+                    self._rollback(conn)
+                    raise
+            except sqlite3.Error as exc:
+                err = classify(exc, self.path)
+                if err.kind is not ErrorKind.LOCKED:
+                    raise err from exc
+                attempt += 1
+                if not self._backoff(attempt, deadline):
+                    raise self._locked_error(time.monotonic() - start) from exc
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return self._run(fn, write=True)
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return self._run(fn, write=False)
+
+    # -- schema ----------------------------------------------------------------------------
+
+    def _init_schema(self, default_max_attempts: int) -> None:
+        conn = self._connection()
+        if not self._memory:
+            # auto_vacuum only takes effect before the first table exists: new files get
+            # incremental vacuum, so maintenance can return free pages in small steps.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                logger.warning("%s: journal_mode is %s, not WAL", self.path, mode)
+
+        def setup(conn: sqlite3.Connection) -> None:
+            conn.execute(_REGISTRY_DDL)
+            row = conn.execute(
+                "SELECT schema_version FROM sqqueue_queues WHERE name = ?", (self.name,)
+            ).fetchone()
+            if row is not None:
+                if row[0] > SCHEMA_VERSION:
+                    raise StorageError(
+                        f"queue {self.name!r} in {self.path!r} has schema version {row[0]}, "
+                        f"newer than this sqqueue understands ({SCHEMA_VERSION}); upgrade sqqueue",
+                        ErrorKind.STORAGE,
+                    )
+                return
+            now = time.time()
+            columns = self._table_columns(conn, self.name)
+            if not columns:
+                for ddl in self._ddl:
+                    conn.execute(ddl)
+            elif {"processing_at", "dlq", "visible_at", "status"} <= columns:
+                self._migrate_legacy(conn, now, default_max_attempts)
+            else:
+                raise StorageError(
+                    f"table {self.name!r} in {self.path!r} exists but is not a sqqueue queue; "
+                    "choose another table_name",
+                    ErrorKind.INVALID_INPUT,
+                )
+            conn.execute(
+                "INSERT INTO sqqueue_queues (name, schema_version, created_at) VALUES (?, ?, ?)",
+                (self.name, SCHEMA_VERSION, now),
+            )
+
+        self._write(setup)
+
+    @staticmethod
+    def _table_columns(conn: sqlite3.Connection, table: str) -> set[str]:
+        return {row[1] for row in conn.execute("SELECT * FROM pragma_table_info(?)", (table,))}
+
+    def _migrate_legacy(self, conn: sqlite3.Connection, now: float, max_attempts: int) -> None:
+        """Convert a sqqueue 0.1.0 table (and its _dlq) in place, inside the caller's txn."""
+        params = {"now": now, "max_attempts": max_attempts}
+        legacy_dlq = f"{self.name}_dlq"
+        has_legacy_dlq = bool(self._table_columns(conn, legacy_dlq))
+        if has_legacy_dlq:
+            conn.execute(f'ALTER TABLE "{legacy_dlq}" RENAME TO "{legacy_dlq}__sqqueue_v0"')
+        seq_row = conn.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = ?", (self.name,)
+        ).fetchone()
+        for sql in self._migration:
+            conn.execute(sql, params)
+        # 0.1.0 created an index named idx_status_id on its first queue; it went with the
+        # renamed table. Ids must never be reused, so the old sequence carries over.
+        if seq_row is not None:
+            conn.execute(
+                "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?",
+                (seq_row[0], self.name),
+            )
+        if has_legacy_dlq:
+            self._migrate_legacy_dlq(conn, now, max_attempts)
+        logger.info("migrated queue %r in %s from sqqueue 0.1.0", self.name, self.path)
+
+    def _migrate_legacy_dlq(self, conn: sqlite3.Connection, now: float, max_attempts: int) -> None:
+        q, dlq, old = f'"{self.name}"', f'"{self.name}_dlq"', f'"{self.name}_dlq__sqqueue_v0"'
+        rows = conn.execute(
+            f"SELECT id, payload, priority, created_at, updated_at FROM {old} ORDER BY id"
+        ).fetchall()
+        for old_id, payload, priority, created, updated in rows:
+            # 0.1.0 numbered dead letters separately, so a dead letter's id may belong to a
+            # live message too. Such a dead letter gets a fresh id from the queue's sequence.
+            taken = conn.execute(
+                f"SELECT 1 FROM {q} WHERE id = ? UNION ALL SELECT 1 FROM {dlq} WHERE id = ?",
+                (old_id, old_id),
+            ).fetchone()
+            new_id = old_id
+            note = "moved to the dead-letter queue by sqqueue 0.1.0"
+            if taken is not None:
+                new_id = self._next_id(conn)
+                note += f" (its dead-letter id there was {old_id})"
+            conn.execute(
+                f"INSERT INTO {dlq} ({_DLQ_COLUMNS}) VALUES (?, ?, 'text', NULL, ?, 0, ?, ?, "
+                f"coalesce({_LEGACY_EPOCH.format(col='?')}, ?), "
+                f"coalesce({_LEGACY_EPOCH.format(col='?')}, ?), ?)",
+                (
+                    new_id,
+                    str(payload),
+                    priority or 0,
+                    max_attempts,
+                    note,
+                    created,
+                    now,
+                    updated,
+                    now,
+                    now,
+                ),
+            )
+        conn.execute(f"DROP TABLE {old}")
+
+    def _next_id(self, conn: sqlite3.Connection) -> int:
+        """Reserve the next id of the queue's AUTOINCREMENT sequence."""
+        row = conn.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = ?", (self.name,)
+        ).fetchone()
+        new_id = int(row[0]) + 1 if row is not None else 1
+        if row is None:
+            conn.execute(
+                "INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (self.name, new_id)
+            )
+        else:
+            conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = ?", (new_id, self.name))
+        return new_id
+
+    # -- operations --------------------------------------------------------------------
+
+    def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[int]:
+        rows = [
+            (m.data, m.encoding, m.checksum, m.priority, m.visible_at, m.max_attempts, now, now)
+            for m in messages
+        ]
+        insert = self._sql["insert"]
+
+        def run(conn: sqlite3.Connection) -> list[int]:
+            if len(rows) == 1:
+                cur = conn.execute(insert, rows[0])
+                return [int(cur.lastrowid or 0)]
+            conn.executemany(insert, rows)
+            # Inside one write transaction AUTOINCREMENT hands out consecutive ids.
+            last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+            return list(range(last - len(rows) + 1, last + 1))
+
+        return self._write(run)
+
+    def _fold_expired(self, conn: sqlite3.Connection, now: float) -> int:
+        params = {"now": now}
+        if conn.execute(self._sql["any_expired"], params).fetchone() is None:
+            return 0
+        conn.execute(self._sql["bury_expired"], params)
+        dead = conn.execute(self._sql["delete_expired_dead"], params).rowcount
+        back = conn.execute(self._sql["return_expired"], params).rowcount
+        if dead:
+            logger.info(
+                "queue %r: %d expired lease(s) on a last attempt dead-lettered", self.name, dead
+            )
+        return int(dead + back)
+
+    def claim(
+        self, limit: int, now: float, lease_until: float, token: int
+    ) -> tuple[list[StoredMessage], int]:
+        claim = self._sql["claim"]
+        params = {"now": now, "until": lease_until, "token": token, "limit": limit}
+
+        def run(conn: sqlite3.Connection) -> tuple[list[StoredMessage], int]:
+            folded = self._fold_expired(conn, now)
+            rows = conn.execute(claim, params).fetchall()
+            return [StoredMessage(*row) for row in rows], folded
+
+        messages, folded = self._write(run)
+        messages.sort(key=lambda m: (-m.priority, m.visible_at, m.id))
+        return messages, folded
+
+    def _diagnose(self, conn: sqlite3.Connection, message_id: int, token: int | None) -> Outcome:
+        row = conn.execute(self._sql["state"], {"id": message_id}).fetchone()
+        if row is None:
+            found = conn.execute(self._sql["in_dlq"], {"id": message_id}).fetchone()
+            return Outcome.DEAD if found else Outcome.NOT_FOUND
+        status, lease_token, _expires = row
+        if status == "pending":
+            return Outcome.PENDING
+        if token is not None and lease_token != token:
+            return Outcome.LEASE_LOST
+        return Outcome.LEASE_EXPIRED
+
+    def complete(self, message_id: int, token: int | None, now: float) -> Outcome:
+        params = {"id": message_id, "token": token, "now": now}
+
+        def run(conn: sqlite3.Connection) -> Outcome:
+            if conn.execute(self._sql["complete"], params).rowcount:
+                return Outcome.DONE
+            return self._diagnose(conn, message_id, token)
+
+        return self._write(run)
+
+    def release(
+        self,
+        message_id: int,
+        token: int | None,
+        now: float,
+        visible_at: float,
+        error: str | None,
+        refund_attempt: bool,
+    ) -> Outcome:
+        params = {
+            "id": message_id,
+            "token": token,
+            "now": now,
+            "visible_at": visible_at,
+            "error": error,
+            "refund": 1 if refund_attempt else 0,
+        }
+
+        def run(conn: sqlite3.Connection) -> Outcome:
+            if conn.execute(self._sql["release"], params).rowcount:
+                return Outcome.DONE
+            return self._diagnose(conn, message_id, token)
+
+        return self._write(run)
+
+    def _bury(
+        self, conn: sqlite3.Connection, message_id: int, now: float, error: str | None
+    ) -> None:
+        conn.execute(self._sql["bury"], {"id": message_id, "now": now, "error": error})
+        conn.execute(self._sql["delete"], {"id": message_id})
+
+    def fail(
+        self,
+        message_id: int,
+        token: int | None,
+        now: float,
+        error: str | None,
+        retry_at: float,
+        force_dead: bool,
+    ) -> tuple[Outcome, bool]:
+        live = {"id": message_id, "token": token, "now": now}
+
+        def run(conn: sqlite3.Connection) -> tuple[Outcome, bool]:
+            row = conn.execute(self._sql["attempts_if_live"], live).fetchone()
+            if row is None:
+                outcome = self._diagnose(conn, message_id, token)
+                if outcome is Outcome.PENDING and force_dead:
+                    self._bury(conn, message_id, now, error)
+                    return Outcome.DONE, True
+                return outcome, False
+            attempts, max_attempts = row
+            if force_dead or attempts >= max_attempts:
+                self._bury(conn, message_id, now, error)
+                return Outcome.DONE, True
+            conn.execute(
+                self._sql["release"],
+                {**live, "visible_at": retry_at, "error": error, "refund": 0},
+            )
+            return Outcome.DONE, False
+
+        return self._write(run)
+
+    def extend(self, message_id: int, token: int | None, now: float, lease_until: float) -> Outcome:
+        params = {"id": message_id, "token": token, "now": now, "until": lease_until}
+
+        def run(conn: sqlite3.Connection) -> Outcome:
+            if conn.execute(self._sql["extend"], params).rowcount:
+                return Outcome.DONE
+            return self._diagnose(conn, message_id, token)
+
+        return self._write(run)
+
+    def peek(self, now: float) -> StoredMessage | None:
+        row = self._read(lambda conn: conn.execute(self._sql["peek"], {"now": now}).fetchone())
+        return None if row is None else StoredMessage(*row)
+
+    def is_empty(self) -> bool:
+        return bool(self._read(lambda conn: conn.execute(self._sql["is_empty"]).fetchone()[0]))
+
+    def count_pending(self) -> int:
+        return int(self._read(lambda conn: conn.execute(self._sql["count_pending"]).fetchone()[0]))
+
+    def recover(self, now: float) -> int:
+        return self._write(lambda conn: self._fold_expired(conn, now))
+
+    def dead_letters(self) -> list[StoredDeadLetter]:
+        rows = self._read(lambda conn: conn.execute(self._sql["dead_letters"]).fetchall())
+        return [StoredDeadLetter(*row) for row in rows]
+
+    def revive(self, message_id: int, now: float) -> bool:
+        params = {"id": message_id, "now": now}
+
+        def run(conn: sqlite3.Connection) -> bool:
+            if not conn.execute(self._sql["revive"], params).rowcount:
+                return False
+            conn.execute(self._sql["delete_dead"], {"id": message_id})
+            return True
+
+        return self._write(run)
+
+    def statuses(self, now: float) -> list[dict[str, Any]]:
+        rows = self._read(lambda conn: conn.execute(self._sql["statuses"], {"now": now}).fetchall())
+        keys = ("id", "status", "priority", "attempts", "max_attempts")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    # -- maintenance -------------------------------------------------------------------
+
+    def maintain(self) -> None:
+        # Both steps are bounded: a few hundred free pages, and a checkpoint that never
+        # waits for readers or writers.
+        # executescript steps the pragma to completion; execute() would free one page only.
+        self._read(lambda conn: conn.executescript("PRAGMA incremental_vacuum(256);"))
+        self._read(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+
+    def _with_conn(self, conn: Any, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if conn is None:
+            return self._read(fn)
+        if not isinstance(conn, sqlite3.Connection):
+            raise StorageError(
+                f"conn must be a sqlite3.Connection, got {type(conn).__name__}",
+                ErrorKind.INVALID_INPUT,
+            )
+        try:
+            return fn(conn)
+        except sqlite3.Error as exc:
+            raise classify(exc, self.path) from exc
+
+    def vacuum(self, conn: Any = None) -> None:
+        if self._memory:
+            return
+
+        def run(c: sqlite3.Connection) -> None:
+            if c.in_transaction:
+                raise StorageError(
+                    "cannot VACUUM inside an open transaction; commit it first",
+                    ErrorKind.INVALID_INPUT,
+                )
+            c.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            c.execute("VACUUM")
+
+        self._with_conn(conn, run)
+
+    def checkpoint(self, conn: Any = None) -> None:
+        if self._memory:
+            return
+
+        def run(c: sqlite3.Connection) -> None:
+            busy, _log, _done = c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy:
+                raise StorageError(
+                    f"checkpoint of {self.path!r} could not finish: other connections are "
+                    "reading or writing; retry when the queue is quieter",
+                    ErrorKind.LOCKED,
+                )
+
+        self._with_conn(conn, run)
+
+    def integrity_check(self) -> list[str]:
+        """``PRAGMA integrity_check`` messages (``['ok']`` for a healthy file)."""
+        rows = self._read(lambda c: c.execute("PRAGMA integrity_check").fetchall())
+        return [str(r[0]) for r in rows]
+
+    @contextlib.contextmanager
+    def raw_connection(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, for callers that need SQL the interface does not offer."""
+        yield self._connection()

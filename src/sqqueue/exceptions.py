@@ -1,0 +1,72 @@
+"""Errors carried by ``Err`` results (and raised for invalid configuration).
+
+Every queue error has a ``kind`` (an :class:`ErrorKind`) so callers can branch on *what*
+happened without parsing messages, and a message that says what to do about it::
+
+    result = queue.complete(message)
+    if result.is_err() and result.error.kind is ErrorKind.LEASE_EXPIRED:
+        ...  # someone else may be processing it now; do not commit side effects twice
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+__all__ = [
+    "CompletionError",
+    "DequeueError",
+    "EnqueueError",
+    "ErrorKind",
+    "QueueError",
+    "RequeueError",
+]
+
+
+class ErrorKind(str, Enum):
+    """Why an operation failed."""
+
+    INVALID_INPUT = "invalid_input"  #: an argument is out of range or of the wrong type
+    SERIALIZATION = "serialization"  #: the payload cannot be stored with this serializer
+    NOT_FOUND = "not_found"  #: no message with that id in this queue
+    WRONG_STATE = "wrong_state"  #: the message exists but is not in a state for this call
+    LEASE_EXPIRED = "lease_expired"  #: the caller's lease ran out; the message is back
+    LEASE_LOST = "lease_lost"  #: another consumer holds the message now
+    LOCKED = "locked"  #: the database stayed locked past the deadline
+    DISK_FULL = "disk_full"  #: the disk (or file size limit) is full
+    READ_ONLY = "read_only"  #: the database cannot be written
+    CORRUPT = "corrupt"  #: the database file or a stored message is damaged
+    CLOSED = "closed"  #: the queue object was closed
+    STORAGE = "storage"  #: any other database failure
+
+
+class QueueError(Exception):
+    """Base class of every sqqueue error."""
+
+    def __init__(
+        self,
+        message: str,
+        kind: ErrorKind = ErrorKind.STORAGE,
+        message_id: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message_id = message_id
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.args[0]!r}, kind={self.kind.value})"
+
+
+class EnqueueError(QueueError):
+    """Adding messages failed."""
+
+
+class DequeueError(QueueError):
+    """Taking messages failed."""
+
+
+class CompletionError(QueueError):
+    """Completing (acknowledging) a message failed."""
+
+
+class RequeueError(QueueError):
+    """Failing, requeueing, extending or reprocessing a message failed."""

@@ -1,0 +1,61 @@
+"""The message handed to consumers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+__all__ = ["Message"]
+
+
+def to_datetime(timestamp: float | None) -> datetime | None:
+    """Unix seconds (as stored) to an aware UTC datetime."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message taken from a queue.
+
+    It unpacks like the ``(id, payload)`` pair of sqqueue 0.1.0::
+
+        msg_id, payload = message
+
+    and carries the rest as attributes. Pass the message itself (not just its id) to
+    ``complete``/``fail_message``/``extend``/``requeue``: it holds the lease token that
+    proves this consumer still owns the message.
+    """
+
+    id: int
+    payload: Any
+    priority: int
+    attempts: int
+    max_attempts: int
+    enqueued_at: datetime
+    lease_expires_at: datetime | None
+    last_error: str | None = None
+    queue: str = ""
+    lease_token: int | None = field(default=None, repr=False, compare=False)
+
+    def __iter__(self) -> Iterator[Any]:
+        yield self.id
+        yield self.payload
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> Any:
+        return (self.id, self.payload)[index]
+
+    def __repr__(self) -> str:
+        payload = repr(self.payload)
+        if len(payload) > 60:
+            payload = payload[:57] + "..."
+        return (
+            f"Message(id={self.id}, payload={payload}, priority={self.priority}, "
+            f"attempts={self.attempts}/{self.max_attempts}, queue={self.queue!r})"
+        )

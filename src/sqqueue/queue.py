@@ -1,0 +1,759 @@
+"""The queue: delivery semantics on top of a storage backend.
+
+:class:`Queue` holds everything that does not depend on the database (argument checks,
+payload encoding, leases and fencing, Results, metrics, maintenance cadence);
+:class:`SQLiteQueue` is that logic bound to the SQLite backend.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from .backends.base import Backend, NewMessage, Outcome, StoredDeadLetter, StoredMessage
+from .backends.sqlite import SQLiteBackend, Synchronous
+from .exceptions import (
+    CompletionError,
+    DequeueError,
+    EnqueueError,
+    ErrorKind,
+    QueueError,
+    RequeueError,
+)
+from .message import Message, to_datetime
+from .metrics import Metrics, NullMetrics, StatsdMetrics
+from .result import Err, Ok, Result
+from .serializers import Codec, Serializer
+
+__all__ = ["Queue", "SQLiteQueue"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+QE = TypeVar("QE", bound=QueueError)
+
+Clock = Callable[[], float]
+MessageRef = Message | int
+
+# Limits that catch mistakes (a delay in milliseconds, a negative timeout) early.
+MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1
+MAX_DELAY = 10 * 366 * 86400.0  # ten years
+MAX_VISIBILITY_TIMEOUT = 7 * 86400.0  # a week; longer work extends its lease
+MAX_ATTEMPTS = 1_000_000
+MAX_BATCH_SIZE = 10_000
+MAX_ERROR_TEXT = 8_192
+_LEASE_MEMORY = 100_000  # leases remembered per queue object for id-only acks
+
+_LOG_LEVEL_BY_KIND = {
+    ErrorKind.LOCKED: logging.WARNING,
+    ErrorKind.DISK_FULL: logging.ERROR,
+    ErrorKind.READ_ONLY: logging.ERROR,
+    ErrorKind.CORRUPT: logging.ERROR,
+    ErrorKind.STORAGE: logging.ERROR,
+}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _seconds(value: object, what: str, *, minimum: float, maximum: float, strict: bool) -> float:
+    """Validate a duration in seconds (number or timedelta); raise QueueError if invalid."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise QueueError(
+            f"{what} must be a number of seconds, got {type(value).__name__}",
+            ErrorKind.INVALID_INPUT,
+        )
+    seconds = float(value)
+    too_small = seconds <= minimum if strict else seconds < minimum
+    if not math.isfinite(seconds) or too_small or seconds > maximum:
+        low = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise QueueError(
+            f"{what} must be {low} and <= {maximum:g} seconds, got {value!r}",
+            ErrorKind.INVALID_INPUT,
+        )
+    return seconds
+
+
+def _bounded_int(value: object, what: str, low: int, high: int) -> int:
+    if not _is_int(value):
+        raise QueueError(
+            f"{what} must be an int, got {type(value).__name__}", ErrorKind.INVALID_INPUT
+        )
+    assert isinstance(value, int)
+    if not low <= value <= high:
+        raise QueueError(
+            f"{what} must be between {low} and {high}, got {value}", ErrorKind.INVALID_INPUT
+        )
+    return value
+
+
+def _config(check: Callable[[], T]) -> T:
+    """Run a validator at construction time, where bad settings raise ValueError."""
+    try:
+        return check()
+    except QueueError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class Queue:
+    """A persistent queue with leases, retries and a dead-letter queue.
+
+    Use :class:`SQLiteQueue` (or, later, other backends); this class holds the logic they
+    share. Every method that returns a :class:`~sqqueue.Result` returns ``Err`` for
+    expected failures and never raises.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        vacuum_threshold: int = 1000,
+        default_max_attempts: int = 5,
+        default_visibility_timeout: float = 300.0,
+        default_priority: int = 0,
+        serializer: Serializer | None = None,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._backend = backend
+        self.name = backend.name
+        self.vacuum_threshold = _config(
+            lambda: _bounded_int(vacuum_threshold, "vacuum_threshold", 0, 2**31)
+        )
+        self.default_max_attempts = _config(
+            lambda: _bounded_int(default_max_attempts, "default_max_attempts", 1, MAX_ATTEMPTS)
+        )
+        self.default_visibility_timeout = _config(
+            lambda: _seconds(
+                default_visibility_timeout,
+                "default_visibility_timeout",
+                minimum=0,
+                maximum=MAX_VISIBILITY_TIMEOUT,
+                strict=True,
+            )
+        )
+        self.default_priority = _config(
+            lambda: _bounded_int(default_priority, "default_priority", MIN_PRIORITY, MAX_PRIORITY)
+        )
+        if clock is not None and not callable(clock):
+            raise ValueError("clock must be a callable returning Unix seconds")
+        self._codec = Codec(serializer)
+        self._clock: Clock = clock or time.time
+        self._metrics: Metrics = metrics or NullMetrics()
+        self._ops = itertools.count(1)
+        self._op_count = 0
+        self._leases: dict[int, int] = {}
+        self._leases_lock = threading.Lock()
+
+    # -- context management --------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the queue's database connections. Further calls return ``Err``."""
+        self._backend.close()
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _guard(
+        self, error_cls: type[QE], action: str, fn: Callable[[], Result[T, QE]]
+    ) -> Result[T, QE]:
+        """Run ``fn``; turn any QueueError into ``Err(error_cls)``. Never raises Exception."""
+        try:
+            return fn()
+        except QueueError as exc:
+            # The caller gets the Err; the log only speaks up for trouble with the database.
+            level = _LOG_LEVEL_BY_KIND.get(exc.kind, logging.DEBUG)
+            logger.log(level, "queue %r: %s failed: %s", self.name, action, exc)
+            return Err(error_cls(f"{action} failed: {exc}", exc.kind, exc.message_id))
+        except Exception as exc:  # the Result promise: report, do not raise
+            logger.exception("queue %r: %s failed unexpectedly", self.name, action)
+            return Err(error_cls(f"{action} failed unexpectedly: {exc!r}", ErrorKind.STORAGE))
+
+    def _count_operation(self) -> None:
+        """Count a write; every ``vacuum_threshold`` of them, run bounded maintenance."""
+        n = next(self._ops)
+        self._op_count = n
+        if self.vacuum_threshold and n % self.vacuum_threshold == 0:
+            try:
+                self._backend.maintain()
+            except QueueError as exc:
+                logger.warning("queue %r: maintenance skipped: %s", self.name, exc)
+        if self._metrics.wants_gauges(time.monotonic()):
+            try:
+                self._metrics.gauge("size", self._backend.count_pending())
+            except QueueError:
+                logger.debug("queue %r: size gauge skipped", self.name, exc_info=True)
+
+    def _now(self) -> float:
+        return float(self._clock())
+
+    def _ref(self, message: object) -> tuple[int, int | None]:
+        """(id, lease token) of a Message or an id this object may have leased."""
+        if isinstance(message, Message):
+            return message.id, message.lease_token
+        if _is_int(message):
+            assert isinstance(message, int)
+            with self._leases_lock:
+                return message, self._leases.get(message)
+        raise QueueError(
+            f"expected a Message or a message id (int), got {type(message).__name__}",
+            ErrorKind.INVALID_INPUT,
+        )
+
+    def _remember(self, messages: Sequence[Message]) -> None:
+        with self._leases_lock:
+            for m in messages:
+                if m.lease_token is not None:
+                    self._leases.pop(m.id, None)
+                    self._leases[m.id] = m.lease_token
+            while len(self._leases) > _LEASE_MEMORY:
+                del self._leases[next(iter(self._leases))]
+
+    def _forget(self, message_id: int) -> None:
+        with self._leases_lock:
+            self._leases.pop(message_id, None)
+
+    def _outcome_error(self, outcome: Outcome, message_id: int, action: str) -> QueueError:
+        """Explain why a call on one message did nothing."""
+        q = self.name
+        if outcome is Outcome.NOT_FOUND:
+            return QueueError(
+                f"message {message_id} is not in queue {q!r}: it was completed, or never existed",
+                ErrorKind.NOT_FOUND,
+                message_id,
+            )
+        if outcome is Outcome.DEAD:
+            return QueueError(
+                f"message {message_id} is in the dead-letter queue of {q!r}; "
+                f"use reprocess_dead_letter({message_id}) to retry it",
+                ErrorKind.WRONG_STATE,
+                message_id,
+            )
+        if outcome is Outcome.PENDING:
+            return QueueError(
+                f"message {message_id} is pending, not being processed, so it cannot be "
+                f"{action}; dequeue it first",
+                ErrorKind.WRONG_STATE,
+                message_id,
+            )
+        if outcome is Outcome.LEASE_LOST:
+            return QueueError(
+                f"message {message_id} was delivered to another consumer after this lease "
+                "expired; nothing was changed. Extend leases for slow work",
+                ErrorKind.LEASE_LOST,
+                message_id,
+            )
+        return QueueError(
+            f"the lease on message {message_id} has expired, so it cannot be {action}; "
+            "it will be delivered again. Extend leases (extend()) for slow work",
+            ErrorKind.LEASE_EXPIRED,
+            message_id,
+        )
+
+    def _to_message(self, row: StoredMessage) -> Message:
+        return Message(
+            id=row.id,
+            payload=self._codec.decode(row.data, row.encoding, row.checksum),
+            priority=row.priority,
+            attempts=row.attempts,
+            max_attempts=row.max_attempts,
+            enqueued_at=to_datetime(row.created_at) or datetime.fromtimestamp(0),
+            lease_expires_at=to_datetime(row.lease_expires_at),
+            last_error=row.last_error,
+            queue=self.name,
+            lease_token=row.lease_token,
+        )
+
+    def _isolate_poison(self, row: StoredMessage, reason: QueueError, now: float) -> None:
+        """Dead-letter a row that cannot be delivered, so it never blocks the queue."""
+        error = f"undeliverable: {reason}"
+        outcome, _ = self._backend.fail(row.id, row.lease_token, now, error, now, True)
+        logger.error(
+            "queue %r: message %d dead-lettered as undeliverable: %s", self.name, row.id, reason
+        )
+        self._metrics.incr("poison")
+        if outcome is Outcome.DONE:
+            self._metrics.incr("dead_letter")
+
+    def _decoded(self, rows: Sequence[StoredMessage], now: float) -> list[Message]:
+        messages = []
+        for row in rows:
+            try:
+                messages.append(self._to_message(row))
+            except QueueError as exc:
+                self._isolate_poison(row, exc, now)
+        return messages
+
+    # -- producing -----------------------------------------------------------------------
+
+    def _new_message(
+        self, payload: object, priority: object, delay: object, max_attempts: object, now: float
+    ) -> NewMessage:
+        prio = self.default_priority if priority is None else priority
+        prio = _bounded_int(prio, "priority", MIN_PRIORITY, MAX_PRIORITY)
+        seconds = _seconds(
+            0 if delay is None else delay, "delay", minimum=0, maximum=MAX_DELAY, strict=False
+        )
+        attempts = self.default_max_attempts if max_attempts is None else max_attempts
+        attempts = _bounded_int(attempts, "max_attempts", 1, MAX_ATTEMPTS)
+        encoded = self._codec.encode(payload)
+        return NewMessage(
+            data=encoded.data,
+            encoding=encoded.encoding,
+            checksum=encoded.checksum,
+            priority=prio,
+            visible_at=now + seconds,
+            max_attempts=attempts,
+        )
+
+    def enqueue(
+        self,
+        payload: Any,
+        priority: int | None = None,
+        delay: float | timedelta = 0,
+        max_attempts: int | None = None,
+    ) -> Result[int, EnqueueError]:
+        """Add a message; ``Ok(id)``.
+
+        Higher ``priority`` is delivered first; ``delay`` (seconds) keeps it invisible
+        until due; ``max_attempts`` bounds deliveries before the dead-letter queue.
+        """
+
+        def run() -> Result[int, EnqueueError]:
+            now = self._now()
+            new = self._new_message(payload, priority, delay, max_attempts, now)
+            (message_id,) = self._backend.enqueue([new], now)
+            self._metrics.incr("enqueue")
+            self._count_operation()
+            logger.debug("queue %r: enqueued message %d", self.name, message_id)
+            return Ok(message_id)
+
+        return self._guard(EnqueueError, "enqueue", run)
+
+    def enqueue_batch(self, payloads: Sequence[Any]) -> Result[list[int], EnqueueError]:
+        """Add many messages in one transaction: all of them, or none; ``Ok([ids])``.
+
+        Items are payloads, or ``(payload, priority, delay, max_attempts)`` tuples (trailing
+        items may be left out; ``None`` means the queue's default)::
+
+            queue.enqueue_batch(["a", "b", ("urgent", 10), ("later", None, 60)])
+        """
+
+        def run() -> Result[list[int], EnqueueError]:
+            if isinstance(payloads, (str, bytes, bytearray, dict)) or not isinstance(
+                payloads, Sequence
+            ):
+                raise QueueError(
+                    f"enqueue_batch expects a list of payloads, got {type(payloads).__name__}",
+                    ErrorKind.INVALID_INPUT,
+                )
+            now = self._now()
+            batch = []
+            for index, item in enumerate(payloads):
+                try:
+                    if isinstance(item, tuple):
+                        if not 1 <= len(item) <= 4:
+                            raise QueueError(
+                                "a tuple item must be (payload, priority, delay, max_attempts) "
+                                f"with 1 to 4 elements, got {len(item)}",
+                                ErrorKind.INVALID_INPUT,
+                            )
+                        payload, priority, delay, attempts = (*item, None, None, None)[:4]
+                        batch.append(self._new_message(payload, priority, delay, attempts, now))
+                    else:
+                        batch.append(self._new_message(item, None, 0, None, now))
+                except QueueError as exc:
+                    raise QueueError(
+                        f"item {index}: {exc}; nothing was enqueued", exc.kind
+                    ) from exc
+            if not batch:
+                return Ok([])
+            ids = self._backend.enqueue(batch, now)
+            self._metrics.incr("enqueue", len(ids))
+            self._count_operation()
+            logger.debug("queue %r: enqueued %d messages", self.name, len(ids))
+            return Ok(ids)
+
+        return self._guard(EnqueueError, "enqueue_batch", run)
+
+    # -- consuming -----------------------------------------------------------------------
+
+    def _claim(self, limit: int, visibility_timeout: object) -> list[Message]:
+        timeout = (
+            self.default_visibility_timeout
+            if visibility_timeout is None
+            else _seconds(
+                visibility_timeout,
+                "visibility_timeout",
+                minimum=0,
+                maximum=MAX_VISIBILITY_TIMEOUT,
+                strict=True,
+            )
+        )
+        messages: list[Message] = []
+        # Poisoned rows are dead-lettered and skipped; claim again to fill the batch.
+        while len(messages) < limit:
+            now = self._now()
+            token = secrets.randbits(62)
+            rows, folded = self._backend.claim(limit - len(messages), now, now + timeout, token)
+            if folded:
+                self._metrics.incr("recovered", folded)
+            good = self._decoded(rows, now)
+            messages.extend(good)
+            if len(good) == len(rows):
+                break
+        self._remember(messages)
+        if messages:
+            self._metrics.incr("dequeue", len(messages))
+            self._count_operation()
+            for m in messages:
+                logger.debug(
+                    "queue %r: leased message %d (attempt %d of %d)",
+                    self.name,
+                    m.id,
+                    m.attempts,
+                    m.max_attempts,
+                )
+        return messages
+
+    def dequeue(
+        self, visibility_timeout: float | None = None
+    ) -> Result[Message | None, DequeueError]:
+        """Lease the next message: ``Ok(message)``, or ``Ok(None)`` when none is ready.
+
+        The message stays invisible to other consumers for ``visibility_timeout`` seconds
+        (the queue default otherwise); complete it before then, or it is delivered again.
+        """
+
+        def run() -> Result[Message | None, DequeueError]:
+            messages = self._claim(1, visibility_timeout)
+            return Ok(messages[0] if messages else None)
+
+        return self._guard(DequeueError, "dequeue", run)
+
+    def dequeue_batch(
+        self, batch_size: int = 10, visibility_timeout: float | None = None
+    ) -> Result[list[Message], DequeueError]:
+        """Lease up to ``batch_size`` messages in one transaction; ``Ok([])`` when none."""
+
+        def run() -> Result[list[Message], DequeueError]:
+            size = _bounded_int(batch_size, "batch_size", 1, MAX_BATCH_SIZE)
+            return Ok(self._claim(size, visibility_timeout))
+
+        return self._guard(DequeueError, "dequeue_batch", run)
+
+    def complete(self, message: MessageRef) -> Result[None, CompletionError]:
+        """Acknowledge a leased message: it is removed for good.
+
+        Refused (``Err``, nothing changes) if the lease expired or the message went to
+        another consumer, so a slow consumer can never delete work someone else now holds.
+        """
+
+        def run() -> Result[None, CompletionError]:
+            message_id, token = self._ref(message)
+            outcome = self._backend.complete(message_id, token, self._now())
+            if outcome is not Outcome.DONE:
+                if outcome in (Outcome.LEASE_LOST, Outcome.LEASE_EXPIRED):
+                    self._forget(message_id)
+                raise self._outcome_error(outcome, message_id, "completed")
+            self._forget(message_id)
+            self._metrics.incr("complete")
+            self._count_operation()
+            logger.debug("queue %r: completed message %d", self.name, message_id)
+            return Ok(None)
+
+        return self._guard(CompletionError, "complete", run)
+
+    def fail_message(
+        self,
+        message: MessageRef,
+        send_to_dlq: bool = False,
+        error: str | None = None,
+        delay: float | timedelta = 0,
+    ) -> Result[None, RequeueError]:
+        """Record a failed attempt.
+
+        The message is retried after ``delay`` seconds, or goes to the dead-letter queue
+        when it has used its attempts or ``send_to_dlq`` is true (which also works on a
+        pending message). ``error`` is kept with the message (``last_error``).
+        """
+
+        def run() -> Result[None, RequeueError]:
+            message_id, token = self._ref(message)
+            if error is not None and not isinstance(error, str):
+                raise QueueError(
+                    f"error must be a str, got {type(error).__name__}", ErrorKind.INVALID_INPUT
+                )
+            text = error[:MAX_ERROR_TEXT] if error is not None else None
+            seconds = _seconds(delay, "delay", minimum=0, maximum=MAX_DELAY, strict=False)
+            now = self._now()
+            outcome, died = self._backend.fail(
+                message_id, token, now, text, now + seconds, bool(send_to_dlq)
+            )
+            if outcome is not Outcome.DONE:
+                if outcome in (Outcome.LEASE_LOST, Outcome.LEASE_EXPIRED):
+                    self._forget(message_id)
+                raise self._outcome_error(outcome, message_id, "failed")
+            self._forget(message_id)
+            self._metrics.incr("fail")
+            if died:
+                self._metrics.incr("dead_letter")
+                logger.info(
+                    "queue %r: message %d moved to the dead-letter queue", self.name, message_id
+                )
+            self._count_operation()
+            return Ok(None)
+
+        return self._guard(RequeueError, "fail_message", run)
+
+    def requeue(self, message: MessageRef) -> Result[None, RequeueError]:
+        """Give a leased message back: it is visible again at once, at the back of its
+        priority. The attempt it used still counts; it is not recorded as a failure."""
+
+        def run() -> Result[None, RequeueError]:
+            message_id, token = self._ref(message)
+            now = self._now()
+            outcome = self._backend.release(message_id, token, now, now, None, False)
+            if outcome is not Outcome.DONE:
+                raise self._outcome_error(outcome, message_id, "requeued")
+            self._forget(message_id)
+            self._count_operation()
+            return Ok(None)
+
+        return self._guard(RequeueError, "requeue", run)
+
+    def extend(
+        self, message: MessageRef, seconds: float | timedelta
+    ) -> Result[datetime, RequeueError]:
+        """Extend a live lease to ``seconds`` from now, for slow work; ``Ok(new_expiry)``."""
+
+        def run() -> Result[datetime, RequeueError]:
+            message_id, token = self._ref(message)
+            duration = _seconds(
+                seconds, "seconds", minimum=0, maximum=MAX_VISIBILITY_TIMEOUT, strict=True
+            )
+            now = self._now()
+            outcome = self._backend.extend(message_id, token, now, now + duration)
+            if outcome is not Outcome.DONE:
+                raise self._outcome_error(outcome, message_id, "extended")
+            expiry = to_datetime(now + duration)
+            assert expiry is not None
+            return Ok(expiry)
+
+        return self._guard(RequeueError, "extend", run)
+
+    # -- inspection ----------------------------------------------------------------------
+
+    def peek(self) -> Result[Message | None, QueueError]:
+        """The message ``dequeue`` would return next, without leasing it; ``Ok(None)`` if none."""
+
+        def run() -> Result[Message | None, QueueError]:
+            while True:
+                now = self._now()
+                row = self._backend.peek(now)
+                if row is None:
+                    return Ok(None)
+                try:
+                    return Ok(self._to_message(row))
+                except QueueError as exc:
+                    self._isolate_poison(row, exc, now)
+
+        return self._guard(QueueError, "peek", run)
+
+    def is_empty(self) -> Result[bool, QueueError]:
+        """``Ok(True)`` when nothing is pending, delayed or being processed."""
+        return self._guard(QueueError, "is_empty", lambda: Ok(self._backend.is_empty()))
+
+    def recover_processing_messages(self) -> Result[int, QueueError]:
+        """Return every message whose lease expired to the queue now; ``Ok(count)``.
+
+        Dequeue does this by itself, so calling it is only needed to see the count. A
+        message on its last attempt goes to the dead-letter queue instead.
+        """
+
+        def run() -> Result[int, QueueError]:
+            count = self._backend.recover(self._now())
+            if count:
+                self._metrics.incr("recovered", count)
+                logger.info("queue %r: recovered %d expired lease(s)", self.name, count)
+            return Ok(count)
+
+        return self._guard(QueueError, "recover_processing_messages", run)
+
+    def _dead_letter_dict(self, row: StoredDeadLetter) -> dict[str, Any]:
+        entry: dict[str, Any] = {"id": row.id}
+        try:
+            entry["payload"] = self._codec.decode(row.data, row.encoding, row.checksum)
+        except QueueError as exc:
+            entry["payload"] = row.data
+            entry["payload_error"] = str(exc)
+        entry.update(
+            status="dead",
+            priority=row.priority,
+            attempts=row.attempts,
+            max_attempts=row.max_attempts,
+            last_error=row.last_error,
+            created_at=to_datetime(row.created_at),
+            updated_at=to_datetime(row.updated_at),
+            dead_at=to_datetime(row.dead_at),
+        )
+        return entry
+
+    def get_dead_letters(self) -> Result[list[dict[str, Any]], QueueError]:
+        """Dead letters as dicts: ``id`` (the original), ``payload``, ``priority``,
+        ``attempts``, ``max_attempts``, ``last_error``, ``created_at``, ``updated_at``,
+        ``dead_at``."""
+
+        def run() -> Result[list[dict[str, Any]], QueueError]:
+            return Ok([self._dead_letter_dict(row) for row in self._backend.dead_letters()])
+
+        return self._guard(QueueError, "get_dead_letters", run)
+
+    def reprocess_dead_letter(self, message_id: int) -> Result[None, RequeueError]:
+        """Put a dead letter back in the queue with the same id and a fresh attempt count."""
+
+        def run() -> Result[None, RequeueError]:
+            ident = _bounded_int(message_id, "message_id", 0, 2**63 - 1)
+            if not self._backend.revive(ident, self._now()):
+                raise QueueError(
+                    f"message {ident} is not in the dead-letter queue of {self.name!r}; "
+                    "see get_dead_letters() for the ids there",
+                    ErrorKind.NOT_FOUND,
+                    ident,
+                )
+            self._count_operation()
+            logger.info("queue %r: dead letter %d returned to the queue", self.name, ident)
+            return Ok(None)
+
+        return self._guard(RequeueError, "reprocess_dead_letter", run)
+
+    def get_all_statuses(self) -> Result[list[dict[str, Any]], QueueError]:
+        """Every message with its status (``pending``, ``delayed``, ``processing`` or
+        ``dead``), ``priority``, ``attempts`` and ``max_attempts``, by id."""
+        return self._guard(
+            QueueError, "get_all_statuses", lambda: Ok(self._backend.statuses(self._now()))
+        )
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    def vacuum_database(self, conn: Any = None) -> Result[None, QueueError]:
+        """Rebuild the database file to give free space back to the filesystem.
+
+        This rewrites the whole file; routine upkeep (every ``vacuum_threshold``
+        operations) reclaims space in small steps instead.
+        """
+
+        def run() -> Result[None, QueueError]:
+            self._backend.vacuum(conn)
+            return Ok(None)
+
+        return self._guard(QueueError, "vacuum_database", run)
+
+    def perform_checkpoint(self, conn: Any = None) -> Result[None, QueueError]:
+        """Copy the write-ahead log into the database file and truncate the log."""
+
+        def run() -> Result[None, QueueError]:
+            self._backend.checkpoint(conn)
+            return Ok(None)
+
+        return self._guard(QueueError, "perform_checkpoint", run)
+
+    def get_operation_count(self) -> int:
+        """Write operations made through this object (the maintenance cadence counts them)."""
+        return self._op_count
+
+
+class SQLiteQueue(Queue):
+    """A queue stored in an SQLite file, shared safely by threads and processes.
+
+    Example::
+
+        from sqqueue import SQLiteQueue
+
+        with SQLiteQueue("jobs.db", table_name="emails") as queue:
+            queue.enqueue({"to": "ada@example.com"})
+            message = queue.dequeue().value
+            if message is not None:
+                send(message.payload)
+                queue.complete(message)
+
+    Settings beyond the 0.1.0 ones: ``synchronous`` ("normal": a committed message survives
+    a process crash; "full": also an OS crash or power loss), ``lock_timeout`` (how long a
+    call waits for a locked database before returning ``Err``), ``serializer`` and
+    ``clock`` (a function returning Unix seconds, for tests).
+    """
+
+    def __init__(
+        self,
+        db_path: str | os.PathLike[str],
+        table_name: str = "message_queue",
+        vacuum_threshold: int = 1000,
+        vacuum_on_start: bool = False,
+        default_max_attempts: int = 5,
+        default_visibility_timeout: float = 300.0,
+        default_priority: int = 0,
+        statsd_host: str | None = None,
+        statsd_port: int = 8125,
+        statsd_prefix: str = "sqqueue",
+        *,
+        synchronous: Synchronous = "normal",
+        lock_timeout: float = 30.0,
+        serializer: Serializer | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        timeout = _config(
+            lambda: _seconds(lock_timeout, "lock_timeout", minimum=0, maximum=86400, strict=True)
+        )
+        max_attempts = _config(
+            lambda: _bounded_int(default_max_attempts, "default_max_attempts", 1, MAX_ATTEMPTS)
+        )
+        metrics: Metrics | None = None
+        if statsd_host is not None:
+            _config(lambda: _bounded_int(statsd_port, "statsd_port", 1, 65535))
+            metrics = StatsdMetrics(statsd_host, statsd_port, statsd_prefix, table_name)
+        backend = SQLiteBackend(
+            db_path,
+            table_name,
+            synchronous=synchronous,
+            lock_timeout=timeout,
+            default_max_attempts=max_attempts,
+        )
+        try:
+            super().__init__(
+                backend,
+                vacuum_threshold=vacuum_threshold,
+                default_max_attempts=default_max_attempts,
+                default_visibility_timeout=default_visibility_timeout,
+                default_priority=default_priority,
+                serializer=serializer,
+                clock=clock,
+                metrics=metrics,
+            )
+        except BaseException:
+            backend.close()
+            raise
+        self.db_path = backend.path
+        self.table_name = table_name
+        if vacuum_on_start:
+            result = self.vacuum_database()
+            if result.is_err():
+                logger.warning("queue %r: vacuum on start skipped: %s", self.name, result.error)

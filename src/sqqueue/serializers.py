@@ -1,0 +1,207 @@
+"""How payloads become stored values, and back.
+
+Built in, without configuration:
+
+* ``str`` is stored as TEXT, exactly as written (readable in the ``sqlite3`` shell);
+* ``bytes`` (and ``bytearray``/``memoryview``) are stored as a BLOB and come back as ``bytes``;
+* JSON values (``dict``, ``list``, ``int``, ``float``, ``bool``, ``None``) are stored as JSON
+  text and come back with their type. Only values that survive the round trip exactly are
+  accepted: a tuple, a set or a dict with non-``str`` keys is refused rather than changed.
+
+Anything else needs a :class:`Serializer` passed to the queue. Pickle is never used unless
+you write such a serializer yourself, because unpickling runs code chosen by whoever could
+write to the database file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from .exceptions import ErrorKind, QueueError
+
+__all__ = ["BUILTIN_ENCODINGS", "Codec", "Encoded", "Serializer"]
+
+TEXT, BYTES, JSON = "text", "bytes", "json"
+BUILTIN_ENCODINGS = frozenset({TEXT, BYTES, JSON})
+
+
+@runtime_checkable
+class Serializer(Protocol):
+    """A custom payload format.
+
+    ``name`` is stored with every message so a reader knows how to decode it; keep it
+    stable. Example with msgpack::
+
+        class MsgPack:
+            name = "msgpack"
+            def dumps(self, obj): return msgpack.packb(obj)
+            def loads(self, data): return msgpack.unpackb(data)
+
+        queue = SQLiteQueue("jobs.db", serializer=MsgPack())
+    """
+
+    name: str
+
+    def dumps(self, obj: Any) -> bytes | str: ...
+
+    def loads(self, data: bytes | str) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A payload ready to store: the stored value, its encoding name and checksum."""
+
+    data: str | bytes
+    encoding: str
+    checksum: int
+
+
+def checksum_of(data: str | bytes) -> int:
+    """CRC-32 of the stored bytes (UTF-8 for text): detects payloads changed on disk."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    return zlib.crc32(raw)
+
+
+def _serialization_error(message: str) -> QueueError:
+    return QueueError(message, ErrorKind.SERIALIZATION)
+
+
+def _check_json_value(value: object) -> None:
+    """Refuse values that JSON would silently change (tuples, int keys, NaN, ...)."""
+    stack: list[object] = [value]
+    while stack:
+        item = stack.pop()
+        if item is None or isinstance(item, (bool, int, str)):
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise _serialization_error(
+                    f"payload contains {item!r}, which JSON cannot represent; "
+                    "send it as a string or pass a custom serializer"
+                )
+            continue
+        if type(item) is list:
+            stack.extend(item)
+            continue
+        if type(item) is dict:
+            for key, sub in item.items():
+                if not isinstance(key, str):
+                    raise _serialization_error(
+                        f"payload dict has a non-str key {key!r}; JSON keys are strings, so it "
+                        "would come back changed. Use str keys or pass a custom serializer"
+                    )
+                stack.append(sub)
+            continue
+        raise _serialization_error(
+            f"payload contains a {type(item).__name__}, which does not round-trip through "
+            "JSON; convert it (e.g. a tuple to a list) or pass serializer=... to the queue"
+        )
+
+
+class Codec:
+    """Encodes payloads for storage and decodes stored rows, verifying checksums."""
+
+    def __init__(self, serializer: Serializer | None = None) -> None:
+        if serializer is not None:
+            if not isinstance(serializer, Serializer):
+                raise ValueError(
+                    "serializer must have a 'name' and 'dumps'/'loads' methods "
+                    "(see sqqueue.Serializer)"
+                )
+            if not isinstance(serializer.name, str) or not serializer.name:
+                raise ValueError("serializer.name must be a non-empty str")
+            if serializer.name in BUILTIN_ENCODINGS:
+                raise ValueError(
+                    f"serializer.name {serializer.name!r} is reserved for a built-in encoding"
+                )
+        self.serializer = serializer
+
+    def encode(self, payload: object) -> Encoded:
+        """Turn ``payload`` into an :class:`Encoded`; raise ``QueueError`` if it cannot."""
+        if self.serializer is not None:
+            try:
+                data = self.serializer.dumps(payload)
+            except Exception as exc:
+                raise _serialization_error(
+                    f"serializer {self.serializer.name!r} could not encode the payload: {exc}"
+                ) from exc
+            if not isinstance(data, (str, bytes)):
+                raise _serialization_error(
+                    f"serializer {self.serializer.name!r} returned "
+                    f"{type(data).__name__}; dumps() must return bytes or str"
+                )
+            return Encoded(data, self.serializer.name, _checksum_checked(data))
+        if isinstance(payload, str):
+            return Encoded(payload, TEXT, _checksum_checked(payload))
+        if isinstance(payload, (bytes, bytearray, memoryview)):
+            data = bytes(payload)
+            return Encoded(data, BYTES, zlib.crc32(data))
+        if payload is None or isinstance(payload, (bool, int, float, list, dict)):
+            _check_json_value(payload)
+            text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+            try:
+                return Encoded(text, JSON, checksum_of(text))
+            except UnicodeEncodeError:
+                # Lone surrogates cannot be stored as UTF-8 text; JSON's \\u escapes can.
+                text = json.dumps(payload, ensure_ascii=True, separators=(",", ":"))
+                return Encoded(text, JSON, checksum_of(text))
+        raise _serialization_error(
+            f"cannot store a payload of type {type(payload).__name__}: sqqueue stores str, "
+            "bytes and JSON values (dict, list, int, float, bool, None) by itself; for other "
+            "types pass serializer=... (an object with name, dumps and loads) to the queue"
+        )
+
+    def decode(self, data: object, encoding: str, checksum: int | None) -> Any:
+        """Return the payload of a stored row; raise ``QueueError`` (CORRUPT) if it is damaged."""
+        if not isinstance(data, (str, bytes)):
+            raise QueueError(
+                f"stored payload has SQL type {type(data).__name__}, not text or blob",
+                ErrorKind.CORRUPT,
+            )
+        if checksum is not None:
+            try:
+                actual = checksum_of(data)
+            except UnicodeEncodeError as exc:
+                raise QueueError(
+                    f"stored text is not valid UTF-8: {exc}", ErrorKind.CORRUPT
+                ) from exc
+            if actual != checksum:
+                raise QueueError(
+                    f"payload checksum mismatch (stored {checksum:#010x}, computed "
+                    f"{actual:#010x}): the stored bytes were changed on disk",
+                    ErrorKind.CORRUPT,
+                )
+        try:
+            if encoding == TEXT:
+                return data if isinstance(data, str) else data.decode("utf-8")
+            if encoding == BYTES:
+                return data if isinstance(data, bytes) else data.encode("utf-8")
+            if encoding == JSON:
+                return json.loads(data)
+            if self.serializer is not None and encoding == self.serializer.name:
+                return self.serializer.loads(data)
+        except Exception as exc:
+            raise QueueError(
+                f"stored payload could not be decoded as {encoding!r}: {exc}", ErrorKind.CORRUPT
+            ) from exc
+        raise QueueError(
+            f"stored payload uses encoding {encoding!r}, which this queue does not know; "
+            f"open the queue with a serializer named {encoding!r} to read it",
+            ErrorKind.CORRUPT,
+        )
+
+
+def _checksum_checked(data: str | bytes) -> int:
+    try:
+        return checksum_of(data)
+    except UnicodeEncodeError as exc:
+        bad = data[exc.start] if isinstance(data, str) else "?"
+        raise _serialization_error(
+            f"payload text contains {bad!r} (U+{ord(bad):04X}), a lone surrogate that cannot "
+            "be stored as UTF-8; encode it yourself (e.g. .encode('utf-8', 'surrogatepass')) "
+            "and enqueue bytes"
+        ) from exc

@@ -1,0 +1,151 @@
+"""Logging discipline, the SQLite version gate, durability settings and WAL growth."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sqqueue import SQLiteQueue
+from sqqueue.backends.sqlite import check_sqlite_version
+from sqqueue.logs import JSONFormatter
+
+
+def test_library_adds_no_log_handlers_and_sets_no_level(
+    make_queue: Callable[..., SQLiteQueue],
+) -> None:
+    root_before = list(logging.getLogger().handlers)
+    queue = make_queue(table_name="jobs")
+    queue.enqueue("x")
+    queue.complete(999)
+    for name in ("sqqueue", "sqqueue.queue", "sqqueue.backends.sqlite"):
+        logger = logging.getLogger(name)
+        assert logger.handlers == []
+        assert logger.level == logging.NOTSET
+    assert logging.getLogger().handlers == root_before
+
+
+def test_payloads_are_not_logged_above_debug(
+    make_queue: Callable[..., SQLiteQueue], caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = make_queue(table_name="jobs", default_max_attempts=1)
+    secret = "s3cr3t-payload"
+    with caplog.at_level(logging.DEBUG, logger="sqqueue"):
+        queue.enqueue(secret)
+        message = queue.dequeue().unwrap()
+        queue.fail_message(message, error="failed")
+        queue.get_dead_letters()
+    assert caplog.records, "operations should log"
+    for record in caplog.records:
+        if record.levelno > logging.DEBUG:
+            assert secret not in record.getMessage()
+
+
+def test_expected_failures_do_not_log_warnings(
+    make_queue: Callable[..., SQLiteQueue], caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = make_queue(table_name="jobs")
+    with caplog.at_level(logging.DEBUG, logger="sqqueue"):
+        assert queue.complete(12345).is_err()
+        assert queue.enqueue(object()).is_err()
+    assert all(r.levelno <= logging.DEBUG for r in caplog.records)
+
+
+def test_json_formatter_emits_one_json_object() -> None:
+    record = logging.LogRecord("sqqueue.queue", logging.INFO, __file__, 1, "hello %s", ("x",), None)
+    record.message_id = 42
+    line = JSONFormatter().format(record)
+    data = json.loads(line)
+    assert data["message"] == "hello x"
+    assert data["level"] == "INFO"
+    assert data["logger"] == "sqqueue.queue"
+    assert data["message_id"] == 42
+
+
+def test_sqlite_version_gate_names_the_version_found() -> None:
+    with pytest.raises(RuntimeError, match=r"3\.35.*3\.31\.1"):
+        check_sqlite_version((3, 31, 1))
+    check_sqlite_version((3, 35, 0))
+
+
+@pytest.mark.parametrize("mode", ["normal", "full"])
+def test_synchronous_setting_is_applied(
+    make_queue: Callable[..., SQLiteQueue], db_path: Path, mode: str
+) -> None:
+    queue = make_queue(table_name="jobs", synchronous=mode)
+    queue.enqueue("x")
+    from sqqueue.backends.sqlite import SQLiteBackend
+
+    backend = queue._backend
+    assert isinstance(backend, SQLiteBackend)
+    with backend.raw_connection() as conn:
+        level = conn.execute("PRAGMA synchronous").fetchone()[0]
+        journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    assert level == {"normal": 1, "full": 2}[mode]
+    assert journal == "wal"
+
+
+def test_bad_synchronous_value_raises(db_path: Path) -> None:
+    with pytest.raises(ValueError, match="synchronous"):
+        SQLiteQueue(db_path, synchronous="sometimes")  # type: ignore[arg-type]
+
+
+def test_wal_stays_bounded_under_steady_load(db_path: Path) -> None:
+    queue = SQLiteQueue(db_path, table_name="jobs", vacuum_threshold=500)
+    payload = "x" * 500
+    wal = Path(f"{db_path}-wal")
+    sizes = []
+    for round_ in range(10):
+        queue.enqueue_batch([payload] * 300).unwrap()
+        for _ in range(300):
+            message = queue.dequeue().unwrap()
+            assert message is not None
+            queue.complete(message).unwrap()
+        sizes.append(wal.stat().st_size if wal.exists() else 0)
+        assert round_ >= 0
+    queue.close()
+    # 6,000 enqueue+complete cycles: the WAL is checkpointed and reset, never piling up.
+    assert max(sizes) < 8 * 1024 * 1024, sizes
+
+
+def test_checkpoint_truncates_the_wal(
+    make_queue: Callable[..., SQLiteQueue], db_path: Path
+) -> None:
+    queue = make_queue(table_name="jobs", vacuum_threshold=0)
+    queue.enqueue_batch(["x" * 1000] * 200).unwrap()
+    assert os.path.getsize(f"{db_path}-wal") > 0
+    assert queue.perform_checkpoint().is_ok()
+    assert os.path.getsize(f"{db_path}-wal") == 0
+
+
+def test_vacuum_gives_space_back(make_queue: Callable[..., SQLiteQueue], db_path: Path) -> None:
+    queue = make_queue(table_name="jobs", vacuum_threshold=0)
+    queue.enqueue_batch([b"x" * 4000] * 500).unwrap()
+    while (m := queue.dequeue().unwrap()) is not None:
+        queue.complete(m).unwrap()
+    queue.perform_checkpoint().unwrap()
+    full = os.path.getsize(db_path)
+    assert queue.vacuum_database().is_ok()
+    queue.perform_checkpoint().unwrap()
+    assert os.path.getsize(db_path) < full / 4
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+
+
+def test_maintenance_reclaims_free_pages_in_small_steps(db_path: Path) -> None:
+    queue = SQLiteQueue(db_path, table_name="jobs", vacuum_threshold=50)
+    queue.enqueue_batch([b"x" * 4000] * 400).unwrap()
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+    for _ in range(400):
+        queue.complete(queue.dequeue().unwrap()).unwrap()  # type: ignore[arg-type]
+    # 800 operations: 16 maintenance rounds of up to 256 pages each reclaimed the space.
+    assert conn.execute("PRAGMA freelist_count").fetchone()[0] < 300
+    conn.close()
+    queue.close()
