@@ -10,6 +10,7 @@ if message is not None:
     queue.complete(message)
 """
 
+from .aio import AsyncQueue, AsyncSQLiteQueue, AsyncWorker
 from .exceptions import (
     CompletionError,
     DequeueError,
@@ -21,11 +22,16 @@ from .exceptions import (
 from .message import Message
 from .queue import Queue, SQLiteQueue
 from .result import Err, Ok, Result, UnwrapError
+from .retry import RetryPolicy
 from .serializers import Serializer
+from .worker import Worker, WorkerHooks, WorkerStats, worker
 
 __version__ = "1.0.0.dev0"
 
 __all__ = [
+    "AsyncQueue",
+    "AsyncSQLiteQueue",
+    "AsyncWorker",
     "CompletionError",
     "DequeueError",
     "EnqueueError",
@@ -37,8 +43,13 @@ __all__ = [
     "QueueError",
     "RequeueError",
     "Result",
+    "RetryPolicy",
     "SQLiteQueue",
     "Serializer",
     "UnwrapError",
+    "Worker",
+    "WorkerHooks",
+    "WorkerStats",
     "__version__",
+    "worker",
 ]

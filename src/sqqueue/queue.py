@@ -7,6 +7,7 @@ payload encoding, leases and fencing, Results, metrics, maintenance cadence);
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -14,9 +15,9 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeAlias, TypeVar
 
 from .backends.base import Backend, NewMessage, Outcome, StoredDeadLetter, StoredMessage
 from .backends.sqlite import SQLiteBackend, Synchronous
@@ -31,7 +32,9 @@ from .exceptions import (
 from .message import Message, to_datetime
 from .metrics import Metrics, NullMetrics, StatsdMetrics
 from .result import Err, Ok, Result
+from .retry import RetryPolicy
 from .serializers import Codec, Serializer
+from .wakeup import signal_for
 
 __all__ = ["Queue", "SQLiteQueue"]
 
@@ -49,8 +52,20 @@ MAX_DELAY = 10 * 366 * 86400.0  # ten years
 MAX_VISIBILITY_TIMEOUT = 7 * 86400.0  # a week; longer work extends its lease
 MAX_ATTEMPTS = 1_000_000
 MAX_BATCH_SIZE = 10_000
+MAX_ID = 2**63 - 1  # SQLite's largest integer
 MAX_ERROR_TEXT = 8_192
 _LEASE_MEMORY = 100_000  # leases remembered per queue object for id-only acks
+MAX_WAIT = 86400.0
+# Waiting consumers poll the backend's change counter from every 2 ms up to every 20 ms:
+# another process's enqueue is seen within ~20 ms, and an idle waiter costs ~50 cheap
+# checks a second (in-process enqueues wake waiters at once, without polling).
+_POLL_MIN, _POLL_MAX = 0.002, 0.02
+
+# A wait is a small plan of steps that a driver carries out: ("call", fn) runs a storage
+# call, ("sleep", seconds, seq) waits for a wake-up. The sync queue runs the steps inline;
+# the asyncio queue runs calls in a thread and sleeps on the event loop: one logic, two
+# drivers.
+Step: TypeAlias = tuple[Literal["call"], Callable[[], Any]] | tuple[Literal["sleep"], float, int]
 
 _LOG_LEVEL_BY_KIND = {
     ErrorKind.LOCKED: logging.WARNING,
@@ -98,6 +113,12 @@ def _bounded_int(value: object, what: str, low: int, high: int) -> int:
     return value
 
 
+def _error_text(exc: BaseException) -> str:
+    """The last line of a traceback: ``ValueError: bad input``."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _config(check: Callable[[], T]) -> T:
     """Run a validator at construction time, where bad settings raise ValueError."""
     try:
@@ -125,6 +146,7 @@ class Queue:
         serializer: Serializer | None = None,
         clock: Clock | None = None,
         metrics: Metrics | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._backend = backend
         self.name = backend.name
@@ -155,6 +177,10 @@ class Queue:
         self._op_count = 0
         self._leases: dict[int, int] = {}
         self._leases_lock = threading.Lock()
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ValueError("retry must be a sqqueue.RetryPolicy")
+        self.retry = retry or RetryPolicy.immediate()
+        self._signal = signal_for(backend.wakeup_key)
 
     # -- context management --------------------------------------------------------------
 
@@ -212,6 +238,12 @@ class Queue:
             return message.id, message.lease_token
         if _is_int(message):
             assert isinstance(message, int)
+            if not 0 <= message <= MAX_ID:
+                raise QueueError(
+                    f"message id {message} is out of range (0 to {MAX_ID})",
+                    ErrorKind.INVALID_INPUT,
+                    None,
+                )
             with self._leases_lock:
                 return message, self._leases.get(message)
         raise QueueError(
@@ -342,6 +374,7 @@ class Queue:
             now = self._now()
             new = self._new_message(payload, priority, delay, max_attempts, now)
             (message_id,) = self._backend.enqueue([new], now)
+            self._signal.notify()
             self._metrics.incr("enqueue")
             self._count_operation()
             logger.debug("queue %r: enqueued message %d", self.name, message_id)
@@ -388,6 +421,7 @@ class Queue:
             if not batch:
                 return Ok([])
             ids = self._backend.enqueue(batch, now)
+            self._signal.notify()
             self._metrics.incr("enqueue", len(ids))
             self._count_operation()
             logger.debug("queue %r: enqueued %d messages", self.name, len(ids))
@@ -397,18 +431,18 @@ class Queue:
 
     # -- consuming -----------------------------------------------------------------------
 
-    def _claim(self, limit: int, visibility_timeout: object) -> list[Message]:
-        timeout = (
-            self.default_visibility_timeout
-            if visibility_timeout is None
-            else _seconds(
-                visibility_timeout,
-                "visibility_timeout",
-                minimum=0,
-                maximum=MAX_VISIBILITY_TIMEOUT,
-                strict=True,
-            )
+    def _lease_seconds(self, visibility_timeout: object) -> float:
+        if visibility_timeout is None:
+            return self.default_visibility_timeout
+        return _seconds(
+            visibility_timeout,
+            "visibility_timeout",
+            minimum=0,
+            maximum=MAX_VISIBILITY_TIMEOUT,
+            strict=True,
         )
+
+    def _claim(self, limit: int, timeout: float) -> list[Message]:
         messages: list[Message] = []
         # Poisoned rows are dead-lettered and skipped; claim again to fill the batch.
         while len(messages) < limit:
@@ -432,34 +466,142 @@ class Queue:
                     m.id,
                     m.attempts,
                     m.max_attempts,
+                    extra={"message_id": m.id, "attempt": m.attempts},
                 )
         return messages
 
+    def _claim_plan(
+        self,
+        limit: int,
+        visibility_timeout: object,
+        wait: object,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Generator[Step, Any, list[Message]]:
+        """Claim up to ``limit`` messages, waiting up to ``wait`` seconds for some.
+
+        ``cancelled`` is checked at every wake-up: a worker shutting down uses it (and
+        ``wake_waiters``) to stop waiting at once.
+        """
+        timeout = self._lease_seconds(visibility_timeout)
+        patience = _seconds(wait, "wait", minimum=0, maximum=MAX_WAIT, strict=False)
+        deadline = time.monotonic() + patience
+        backend, signal = self._backend, self._signal
+        while True:
+            seq = signal.seq  # read before claiming, so a notify in between is not missed
+            messages: list[Message] = yield ("call", lambda: self._claim(limit, timeout))
+            if messages or time.monotonic() >= deadline:
+                return messages
+            version = yield ("call", backend.changes)
+            due = yield ("call", lambda: backend.next_due(self._now()))
+            interval = _POLL_MIN
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (cancelled is not None and cancelled()):
+                    return []
+                until_due = math.inf if due is None else due - self._now()
+                if until_due <= 0:
+                    break  # a delayed message fell due or a lease expired: claim it
+                nap = min(remaining, interval, until_due)
+                woken = yield ("sleep", nap, seq)
+                if cancelled is not None and cancelled():
+                    return []
+                if woken:
+                    break  # an enqueue in this process
+                latest = yield ("call", backend.changes)
+                if latest != version:  # another connection committed: look again
+                    version = latest
+                    due = yield ("call", lambda: backend.next_due(self._now()))
+                    interval = _POLL_MIN
+                else:
+                    interval = min(interval * 2, _POLL_MAX)
+
+    def wake_waiters(self) -> None:
+        """Wake every consumer of this queue blocked in ``dequeue(wait=...)`` in this process."""
+        self._signal.notify()
+
+    def _drive(self, plan: Generator[Step, Any, T]) -> T:
+        """Carry out a plan synchronously: calls inline, sleeps on the in-process signal."""
+        try:
+            step = next(plan)
+            while True:
+                if step[0] == "call":
+                    step = plan.send(step[1]())
+                else:
+                    step = plan.send(self._signal.wait(step[2], step[1]))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
     def dequeue(
-        self, visibility_timeout: float | None = None
+        self,
+        visibility_timeout: float | None = None,
+        wait: float = 0,
+        *,
+        cancel: threading.Event | None = None,
     ) -> Result[Message | None, DequeueError]:
         """Lease the next message: ``Ok(message)``, or ``Ok(None)`` when none is ready.
 
         The message stays invisible to other consumers for ``visibility_timeout`` seconds
         (the queue default otherwise); complete it before then, or it is delivered again.
+        With ``wait`` (seconds), block until a message is available or the time is up::
+
+            message = queue.dequeue(wait=30).unwrap()   # None after 30 s with no work
+
+        Setting the ``cancel`` event (then calling ``wake_waiters()``) ends the wait early.
         """
+        cancelled = cancel.is_set if cancel is not None else None
 
         def run() -> Result[Message | None, DequeueError]:
-            messages = self._claim(1, visibility_timeout)
+            messages = self._drive(self._claim_plan(1, visibility_timeout, wait, cancelled))
             return Ok(messages[0] if messages else None)
 
         return self._guard(DequeueError, "dequeue", run)
 
     def dequeue_batch(
-        self, batch_size: int = 10, visibility_timeout: float | None = None
+        self,
+        batch_size: int = 10,
+        visibility_timeout: float | None = None,
+        wait: float = 0,
+        *,
+        cancel: threading.Event | None = None,
     ) -> Result[list[Message], DequeueError]:
-        """Lease up to ``batch_size`` messages in one transaction; ``Ok([])`` when none."""
+        """Lease up to ``batch_size`` messages in one transaction; ``Ok([])`` when none.
+
+        With ``wait``, block until at least one message is available or the time is up.
+        """
+        cancelled = cancel.is_set if cancel is not None else None
 
         def run() -> Result[list[Message], DequeueError]:
             size = _bounded_int(batch_size, "batch_size", 1, MAX_BATCH_SIZE)
-            return Ok(self._claim(size, visibility_timeout))
+            return Ok(self._drive(self._claim_plan(size, visibility_timeout, wait, cancelled)))
 
         return self._guard(DequeueError, "dequeue_batch", run)
+
+    @contextlib.contextmanager
+    def claim(
+        self, wait: float = 0, visibility_timeout: float | None = None
+    ) -> Iterator[Message | None]:
+        """Lease one message for a ``with`` block: completed if the block succeeds, failed
+        (with the exception as its error) if it raises. Yields ``None`` when no message
+        came within ``wait`` seconds. Raises the ``DequeueError`` if leasing fails::
+
+            with queue.claim(wait=5) as message:
+                if message is not None:
+                    process(message.payload)
+        """
+        message = self.dequeue(visibility_timeout=visibility_timeout, wait=wait).unwrap()
+        if message is None:
+            yield None
+            return
+        try:
+            yield message
+        except BaseException as exc:
+            self.fail_message(message, error=_error_text(exc))
+            raise
+        result = self.complete(message)
+        if isinstance(result, Err) and result.error.kind is not ErrorKind.NOT_FOUND:
+            # NOT_FOUND: the block completed it itself. Anything else means the work may
+            # be done twice (e.g. the lease expired): say so loudly.
+            raise result.error
 
     def complete(self, message: MessageRef) -> Result[None, CompletionError]:
         """Acknowledge a leased message: it is removed for good.
@@ -472,8 +614,7 @@ class Queue:
             message_id, token = self._ref(message)
             outcome = self._backend.complete(message_id, token, self._now())
             if outcome is not Outcome.DONE:
-                if outcome in (Outcome.LEASE_LOST, Outcome.LEASE_EXPIRED):
-                    self._forget(message_id)
+                # A refused call keeps the remembered token: later calls by id stay fenced.
                 raise self._outcome_error(outcome, message_id, "completed")
             self._forget(message_id)
             self._metrics.incr("complete")
@@ -488,11 +629,12 @@ class Queue:
         message: MessageRef,
         send_to_dlq: bool = False,
         error: str | None = None,
-        delay: float | timedelta = 0,
+        delay: float | timedelta | None = None,
     ) -> Result[None, RequeueError]:
         """Record a failed attempt.
 
-        The message is retried after ``delay`` seconds, or goes to the dead-letter queue
+        The message is retried after ``delay`` seconds (by default, what the queue's
+        ``retry`` policy says for its attempt count), or goes to the dead-letter queue
         when it has used its attempts or ``send_to_dlq`` is true (which also works on a
         pending message). ``error`` is kept with the message (``last_error``).
         """
@@ -504,17 +646,22 @@ class Queue:
                     f"error must be a str, got {type(error).__name__}", ErrorKind.INVALID_INPUT
                 )
             text = error[:MAX_ERROR_TEXT] if error is not None else None
-            seconds = _seconds(delay, "delay", minimum=0, maximum=MAX_DELAY, strict=False)
+            if delay is None:
+                attempts = message.attempts if isinstance(message, Message) else 1
+                seconds = self.retry.delay(attempts)
+            else:
+                seconds = _seconds(delay, "delay", minimum=0, maximum=MAX_DELAY, strict=False)
             now = self._now()
             outcome, died = self._backend.fail(
                 message_id, token, now, text, now + seconds, bool(send_to_dlq)
             )
             if outcome is not Outcome.DONE:
-                if outcome in (Outcome.LEASE_LOST, Outcome.LEASE_EXPIRED):
-                    self._forget(message_id)
+                # A refused call keeps the remembered token: later calls by id stay fenced.
                 raise self._outcome_error(outcome, message_id, "failed")
             self._forget(message_id)
             self._metrics.incr("fail")
+            if not died:
+                self._signal.notify()
             if died:
                 self._metrics.incr("dead_letter")
                 logger.info(
@@ -536,10 +683,28 @@ class Queue:
             if outcome is not Outcome.DONE:
                 raise self._outcome_error(outcome, message_id, "requeued")
             self._forget(message_id)
+            self._signal.notify()
             self._count_operation()
             return Ok(None)
 
         return self._guard(RequeueError, "requeue", run)
+
+    def release(self, message: MessageRef) -> Result[None, RequeueError]:
+        """Give back a leased message that was not worked on: it is visible again at once
+        and the attempt is not counted. For consumers shutting down with prefetched work."""
+
+        def run() -> Result[None, RequeueError]:
+            message_id, token = self._ref(message)
+            now = self._now()
+            outcome = self._backend.release(message_id, token, now, now, None, True)
+            if outcome is not Outcome.DONE:
+                raise self._outcome_error(outcome, message_id, "released")
+            self._forget(message_id)
+            self._signal.notify()
+            self._count_operation()
+            return Ok(None)
+
+        return self._guard(RequeueError, "release", run)
 
     def extend(
         self, message: MessageRef, seconds: float | timedelta
@@ -632,7 +797,7 @@ class Queue:
         """Put a dead letter back in the queue with the same id and a fresh attempt count."""
 
         def run() -> Result[None, RequeueError]:
-            ident = _bounded_int(message_id, "message_id", 0, 2**63 - 1)
+            ident = _bounded_int(message_id, "message_id", 0, MAX_ID)
             if not self._backend.revive(ident, self._now()):
                 raise QueueError(
                     f"message {ident} is not in the dead-letter queue of {self.name!r}; "
@@ -640,6 +805,7 @@ class Queue:
                     ErrorKind.NOT_FOUND,
                     ident,
                 )
+            self._signal.notify()
             self._count_operation()
             logger.info("queue %r: dead letter %d returned to the queue", self.name, ident)
             return Ok(None)
@@ -719,6 +885,7 @@ class SQLiteQueue(Queue):
         lock_timeout: float = 30.0,
         serializer: Serializer | None = None,
         clock: Clock | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         timeout = _config(
             lambda: _seconds(lock_timeout, "lock_timeout", minimum=0, maximum=86400, strict=True)
@@ -730,12 +897,15 @@ class SQLiteQueue(Queue):
         if statsd_host is not None:
             _config(lambda: _bounded_int(statsd_port, "statsd_port", 1, 65535))
             metrics = StatsdMetrics(statsd_host, statsd_port, statsd_prefix, table_name)
+        if clock is not None and not callable(clock):
+            raise ValueError("clock must be a callable returning Unix seconds")
         backend = SQLiteBackend(
             db_path,
             table_name,
             synchronous=synchronous,
             lock_timeout=timeout,
             default_max_attempts=max_attempts,
+            clock=clock,
         )
         try:
             super().__init__(
@@ -747,6 +917,7 @@ class SQLiteQueue(Queue):
                 serializer=serializer,
                 clock=clock,
                 metrics=metrics,
+                retry=retry,
             )
         except BaseException:
             backend.close()

@@ -83,6 +83,8 @@ class Backend(ABC):
     """
 
     name: str
+    #: identifies the queue's storage within this process, for in-process wake-ups
+    wakeup_key: str
 
     @abstractmethod
     def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[int]:
@@ -147,6 +149,19 @@ class Backend(ABC):
     @abstractmethod
     def count_pending(self) -> int:
         """Messages waiting to be delivered (ready or delayed)."""
+
+    @abstractmethod
+    def next_due(self, now: float) -> float | None:
+        """The earliest time a claim could succeed: the first pending message's visibility
+        or lease expiry (``<= now`` when something is claimable already), None if empty."""
+
+    @abstractmethod
+    def changes(self) -> int:
+        """A number that changes whenever another connection commits to the queue's database.
+
+        Cheap enough to poll every few milliseconds: waiting consumers use it to notice work
+        from other processes without querying the queue.
+        """
 
     @abstractmethod
     def recover(self, now: float) -> int:

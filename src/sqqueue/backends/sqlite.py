@@ -82,9 +82,12 @@ CREATE TABLE $q (
     # Serves the claim exactly: ready rows in delivery order, pending rows only.
     """
 CREATE INDEX ${q}_ready ON $q (priority DESC, visible_at, id) WHERE status = 'pending'""",
-    # Serves the fold of expired leases.
+    # Serves the fold of expired leases, and waiting consumers' next wake-up.
     """
 CREATE INDEX ${q}_leases ON $q (lease_expires_at) WHERE status = 'processing'""",
+    # When the next delayed message falls due, for waiting consumers.
+    """
+CREATE INDEX ${q}_due ON $q (visible_at) WHERE status = 'pending'""",
     """
 CREATE TABLE $dlq (
     id                INTEGER PRIMARY KEY,  -- the id the message had in $q
@@ -182,6 +185,11 @@ _SQL = {
          ORDER BY priority DESC, visible_at, id
          LIMIT 1""",
     "is_empty": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
+    "next_due": """
+        SELECT min(t) FROM (  -- aggregate min() skips NULLs; the two-argument one would not
+            SELECT min(visible_at) AS t FROM $q WHERE status = 'pending'
+            UNION ALL
+            SELECT min(lease_expires_at) FROM $q WHERE status = 'processing')""",
     "count_pending": "SELECT count(*) FROM $q WHERE status = 'pending'",
     "dead_letters": f"SELECT {_DLQ_COLUMNS} FROM $dlq ORDER BY dead_at, id",
     "statuses": """
@@ -344,6 +352,7 @@ class SQLiteBackend(Backend):
         lock_timeout: float = 30.0,
         default_max_attempts: int = 5,
         journal_size_limit: int = 64 * 1024 * 1024,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         check_sqlite_version()
         self.name = validate_queue_name(name)
@@ -351,9 +360,11 @@ class SQLiteBackend(Backend):
             raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
         self.path, self._memory = _prepare_path(db_path)
         self._uri = f"file:/sqqueue-{uuid.uuid4().hex}?vfs=memdb" if self._memory else None
+        self.wakeup_key = f"sqlite:{self._uri or os.path.realpath(self.path)}:{self.name}"
         self._synchronous = synchronous
         self._lock_timeout = lock_timeout
         self._journal_size_limit = journal_size_limit
+        self._clock = clock or time.time
         self._local = threading.local()
         self._conns: set[sqlite3.Connection] = set()
         self._conns_lock = threading.Lock()
@@ -365,6 +376,9 @@ class SQLiteBackend(Backend):
         self._ddl = [self._render(sql, subst, bare) for sql in _QUEUE_DDL]
         self._migration = [self._render(sql, subst, bare) for sql in _LEGACY_MIGRATION]
         self._anchor: sqlite3.Connection | None = None
+        self._watch: sqlite3.Connection | None = None
+        self._watch_lock = threading.Lock()
+        self._watch_generation = -1
         try:
             if self._memory:
                 # A memdb database lives while one connection is open.
@@ -374,6 +388,9 @@ class SQLiteBackend(Backend):
             self.close()
             err = classify(exc, self.path)
             raise StorageError(f"cannot open queue {self.name!r}: {err}", err.kind) from exc
+        except StorageError as exc:
+            self.close()
+            raise StorageError(f"cannot open queue {self.name!r}: {exc}", exc.kind) from exc
         except BaseException:
             self.close()
             raise
@@ -386,6 +403,7 @@ class SQLiteBackend(Backend):
             out = out.replace("${" + key + "}__sqqueue_v0", f'"{bare[key]}__sqqueue_v0"')
             out = out.replace("${" + key + "}_ready", f'"{bare[key]}_ready"')
             out = out.replace("${" + key + "}_leases", f'"{bare[key]}_leases"')
+            out = out.replace("${" + key + "}_due", f'"{bare[key]}_due"')
         return Template(out).substitute(quoted)
 
     # -- connections -------------------------------------------------------------------
@@ -532,7 +550,7 @@ class SQLiteBackend(Backend):
                         ErrorKind.STORAGE,
                     )
                 return
-            now = time.time()
+            now = float(self._clock())
             columns = self._table_columns(conn, self.name)
             if not columns:
                 for ddl in self._ddl:
@@ -558,6 +576,20 @@ class SQLiteBackend(Backend):
 
     def _migrate_legacy(self, conn: sqlite3.Connection, now: float, max_attempts: int) -> None:
         """Convert a sqqueue 0.1.0 table (and its _dlq) in place, inside the caller's txn."""
+        try:
+            self._migrate_legacy_tables(conn, now, max_attempts)
+        except sqlite3.Error as exc:
+            err = classify(exc, self.path)
+            raise StorageError(
+                f"migrating queue {self.name!r} from sqqueue 0.1.0 failed, so nothing was "
+                f"changed (the whole migration is one transaction): {err}",
+                err.kind,
+            ) from exc
+        logger.info("migrated queue %r in %s from sqqueue 0.1.0", self.name, self.path)
+
+    def _migrate_legacy_tables(
+        self, conn: sqlite3.Connection, now: float, max_attempts: int
+    ) -> None:
         params = {"now": now, "max_attempts": max_attempts}
         legacy_dlq = f"{self.name}_dlq"
         has_legacy_dlq = bool(self._table_columns(conn, legacy_dlq))
@@ -577,7 +609,6 @@ class SQLiteBackend(Backend):
             )
         if has_legacy_dlq:
             self._migrate_legacy_dlq(conn, now, max_attempts)
-        logger.info("migrated queue %r in %s from sqqueue 0.1.0", self.name, self.path)
 
     def _migrate_legacy_dlq(self, conn: sqlite3.Connection, now: float, max_attempts: int) -> None:
         q, dlq, old = f'"{self.name}"', f'"{self.name}_dlq"', f'"{self.name}_dlq__sqqueue_v0"'
@@ -684,7 +715,8 @@ class SQLiteBackend(Backend):
             return Outcome.DEAD if found else Outcome.NOT_FOUND
         status, lease_token, _expires = row
         if status == "pending":
-            return Outcome.PENDING
+            # With a token the caller did hold it: its lease ran out and was folded back.
+            return Outcome.PENDING if token is None else Outcome.LEASE_EXPIRED
         if token is not None and lease_token != token:
             return Outcome.LEASE_LOST
         return Outcome.LEASE_EXPIRED
@@ -745,7 +777,7 @@ class SQLiteBackend(Backend):
             row = conn.execute(self._sql["attempts_if_live"], live).fetchone()
             if row is None:
                 outcome = self._diagnose(conn, message_id, token)
-                if outcome is Outcome.PENDING and force_dead:
+                if outcome is Outcome.PENDING and force_dead and token is None:
                     self._bury(conn, message_id, now, error)
                     return Outcome.DONE, True
                 return outcome, False
@@ -780,6 +812,27 @@ class SQLiteBackend(Backend):
 
     def count_pending(self) -> int:
         return int(self._read(lambda conn: conn.execute(self._sql["count_pending"]).fetchone()[0]))
+
+    def next_due(self, now: float) -> float | None:
+        row = self._read(lambda conn: conn.execute(self._sql["next_due"]).fetchone())
+        return None if row is None or row[0] is None else float(row[0])
+
+    def changes(self) -> int:
+        # PRAGMA data_version changes when any *other* connection commits. A dedicated
+        # connection that never writes therefore sees every commit, from this process too.
+        # It reads the WAL index in shared memory: no table is touched.
+        with self._watch_lock:
+            if self._watch is None or self._watch_generation != _fork_generation:
+                if self._watch is not None:
+                    _parked_after_fork.append(self._watch)
+                self._watch = None
+                self._connection()  # raises if closed
+                self._watch = self._open()
+                self._watch_generation = _fork_generation
+            try:
+                return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+            except sqlite3.Error as exc:
+                raise classify(exc, self.path) from exc
 
     def recover(self, now: float) -> int:
         return self._write(lambda conn: self._fold_expired(conn, now))
@@ -816,6 +869,7 @@ class SQLiteBackend(Backend):
     def _with_conn(self, conn: Any, fn: Callable[[sqlite3.Connection], T]) -> T:
         if conn is None:
             return self._read(fn)
+        self._connection()  # raises if this queue is closed
         if not isinstance(conn, sqlite3.Connection):
             raise StorageError(
                 f"conn must be a sqlite3.Connection, got {type(conn).__name__}",

@@ -1,0 +1,345 @@
+"""The asyncio API: the same queue, the same Results, as coroutines.
+
+:class:`AsyncQueue` wraps a synchronous :class:`~sqqueue.queue.Queue`: every storage call
+runs in a worker thread, so the event loop never waits on the database, and the queue
+logic is the very same code. Waiting for work (``dequeue(wait=...)``) runs the shared wait
+plan with asyncio sleeps: a waiting consumer holds no thread.
+
+Example::
+
+    from sqqueue import AsyncSQLiteQueue
+
+    async def main():
+        async with AsyncSQLiteQueue("jobs.db", table_name="emails") as queue:
+            await queue.enqueue({"to": "ada@example.com"})
+            message = (await queue.dequeue(wait=5)).unwrap()
+            if message is not None:
+                await queue.complete(message)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from datetime import datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
+
+from .exceptions import (
+    CompletionError,
+    DequeueError,
+    EnqueueError,
+    ErrorKind,
+    QueueError,
+    RequeueError,
+)
+from .message import Message
+from .queue import MAX_BATCH_SIZE, MessageRef, Queue, SQLiteQueue, Step, _bounded_int, _error_text
+from .result import Err, Ok, Result
+from .worker import WorkerCore, WorkerStats
+
+__all__ = ["AsyncQueue", "AsyncSQLiteQueue", "AsyncWorker"]
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class AsyncQueue:
+    """Asyncio face of a queue: the methods of :class:`~sqqueue.queue.Queue`, awaited."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.sync = queue
+        self.name = queue.name
+
+    async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def _drive(self, plan: Generator[Step, Any, T]) -> T:
+        """Carry out a wait plan: storage calls in a thread, sleeps on the event loop."""
+        signal_ = self.sync._signal
+        try:
+            step = next(plan)
+            while True:
+                if step[0] == "call":
+                    step = plan.send(await asyncio.to_thread(step[1]))
+                else:
+                    step = plan.send(await signal_.wait_async(step[2], step[1]))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def _guarded(
+        self, error_cls: type[QueueError], action: str, coro: Awaitable[T]
+    ) -> Result[T, Any]:
+        try:
+            return Ok(await coro)
+        except QueueError as exc:
+            return Err(error_cls(f"{action} failed: {exc}", exc.kind, exc.message_id))
+        except Exception as exc:
+            logger.exception("queue %r: %s failed unexpectedly", self.name, action)
+            return Err(error_cls(f"{action} failed unexpectedly: {exc!r}", ErrorKind.STORAGE))
+
+    # -- context management --------------------------------------------------------------
+
+    async def close(self) -> None:
+        await self._call(self.sync.close)
+
+    async def __aenter__(self) -> AsyncQueue:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    # -- the queue API -----------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        payload: Any,
+        priority: int | None = None,
+        delay: float | timedelta = 0,
+        max_attempts: int | None = None,
+    ) -> Result[int, EnqueueError]:
+        return await self._call(self.sync.enqueue, payload, priority, delay, max_attempts)
+
+    async def enqueue_batch(self, payloads: Any) -> Result[list[int], EnqueueError]:
+        return await self._call(self.sync.enqueue_batch, payloads)
+
+    async def dequeue(
+        self,
+        visibility_timeout: float | None = None,
+        wait: float = 0,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> Result[Message | None, DequeueError]:
+        """Lease the next message; with ``wait``, suspend (not block) until one comes."""
+        cancelled = cancel.is_set if cancel is not None else None
+        plan = self.sync._claim_plan(1, visibility_timeout, wait, cancelled)
+
+        async def run() -> Message | None:
+            messages = await self._drive(plan)
+            return messages[0] if messages else None
+
+        return await self._guarded(DequeueError, "dequeue", run())
+
+    async def dequeue_batch(
+        self,
+        batch_size: int = 10,
+        visibility_timeout: float | None = None,
+        wait: float = 0,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> Result[list[Message], DequeueError]:
+        cancelled = cancel.is_set if cancel is not None else None
+
+        async def run() -> list[Message]:
+            size = _bounded_int(batch_size, "batch_size", 1, MAX_BATCH_SIZE)
+            return await self._drive(
+                self.sync._claim_plan(size, visibility_timeout, wait, cancelled)
+            )
+
+        return await self._guarded(DequeueError, "dequeue_batch", run())
+
+    @contextlib.asynccontextmanager
+    async def claim(
+        self, wait: float = 0, visibility_timeout: float | None = None
+    ) -> AsyncIterator[Message | None]:
+        """``async with queue.claim(wait=5) as message:``: completed if the block succeeds,
+        failed if it raises; ``None`` when no message came in time."""
+        message = (await self.dequeue(visibility_timeout=visibility_timeout, wait=wait)).unwrap()
+        if message is None:
+            yield None
+            return
+        try:
+            yield message
+        except BaseException as exc:
+            await self.fail_message(message, error=_error_text(exc))
+            raise
+        result = await self.complete(message)
+        if isinstance(result, Err) and result.error.kind is not ErrorKind.NOT_FOUND:
+            raise result.error
+
+    async def complete(self, message: MessageRef) -> Result[None, CompletionError]:
+        return await self._call(self.sync.complete, message)
+
+    async def fail_message(
+        self,
+        message: MessageRef,
+        send_to_dlq: bool = False,
+        error: str | None = None,
+        delay: float | timedelta | None = None,
+    ) -> Result[None, RequeueError]:
+        return await self._call(self.sync.fail_message, message, send_to_dlq, error, delay)
+
+    async def requeue(self, message: MessageRef) -> Result[None, RequeueError]:
+        return await self._call(self.sync.requeue, message)
+
+    async def release(self, message: MessageRef) -> Result[None, RequeueError]:
+        return await self._call(self.sync.release, message)
+
+    async def extend(
+        self, message: MessageRef, seconds: float | timedelta
+    ) -> Result[datetime, RequeueError]:
+        return await self._call(self.sync.extend, message, seconds)
+
+    async def peek(self) -> Result[Message | None, QueueError]:
+        return await self._call(self.sync.peek)
+
+    async def is_empty(self) -> Result[bool, QueueError]:
+        return await self._call(self.sync.is_empty)
+
+    async def recover_processing_messages(self) -> Result[int, QueueError]:
+        return await self._call(self.sync.recover_processing_messages)
+
+    async def get_dead_letters(self) -> Result[list[dict[str, Any]], QueueError]:
+        return await self._call(self.sync.get_dead_letters)
+
+    async def reprocess_dead_letter(self, message_id: int) -> Result[None, RequeueError]:
+        return await self._call(self.sync.reprocess_dead_letter, message_id)
+
+    async def get_all_statuses(self) -> Result[list[dict[str, Any]], QueueError]:
+        return await self._call(self.sync.get_all_statuses)
+
+    async def vacuum_database(self, conn: Any = None) -> Result[None, QueueError]:
+        return await self._call(self.sync.vacuum_database, conn)
+
+    async def perform_checkpoint(self, conn: Any = None) -> Result[None, QueueError]:
+        return await self._call(self.sync.perform_checkpoint, conn)
+
+    def get_operation_count(self) -> int:
+        return self.sync.get_operation_count()
+
+    def wake_waiters(self) -> None:
+        self.sync.wake_waiters()
+
+
+class AsyncSQLiteQueue(AsyncQueue):
+    """:class:`~sqqueue.SQLiteQueue` for asyncio; takes the same constructor arguments.
+
+    Opening the file (and creating or migrating its tables) happens in the constructor,
+    which is quick; every later call runs off the event loop.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(SQLiteQueue(*args, **kwargs))
+        self.db_path: str | os.PathLike[str] = self.sync.db_path  # type: ignore[attr-defined]
+        self.table_name: str = self.sync.table_name  # type: ignore[attr-defined]
+
+
+AsyncHandler = Callable[[Message], Awaitable[Any]]
+
+
+class AsyncWorker(WorkerCore):
+    """:class:`~sqqueue.Worker` for coroutine handlers: ``concurrency`` tasks on the loop.
+
+    Same behaviour: completes on return, fails on exception, heartbeats, ``task_timeout``
+    (the handler's task is cancelled), and graceful shutdown on ``stop()``, SIGTERM or
+    SIGINT (when run on the main thread's loop)::
+
+        async def handle(message): ...
+        await AsyncWorker(queue, handle, concurrency=10).run()
+    """
+
+    def __init__(self, queue: AsyncQueue | Queue, handler: AsyncHandler, **options: Any) -> None:
+        sync_queue = queue.sync if isinstance(queue, AsyncQueue) else queue
+        super().__init__(sync_queue, handler, **options)
+        self._async_handler = handler
+        self._aqueue = queue if isinstance(queue, AsyncQueue) else AsyncQueue(queue)
+        self._running: dict[object, asyncio.Future[Any]] = {}
+
+    async def run(self) -> WorkerStats:
+        """Process messages until stopped; returns the stats."""
+        loop = asyncio.get_running_loop()
+        installed: list[int] = []
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(signum, self._on_signal, int(signum))
+                    installed.append(int(signum))
+        logger.info("worker %s: started with %d task(s)", self.name, self.concurrency)
+        try:
+            runners = [asyncio.create_task(self._consume_loop(i)) for i in range(self.concurrency)]
+            heart = asyncio.create_task(self._heartbeat_loop())
+            while not self._stopping.is_set():
+                await asyncio.sleep(0.05)
+            await self._drain(runners)
+            heart.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heart
+        finally:
+            for number in installed:
+                loop.remove_signal_handler(number)
+        logger.info("worker %s: stopped (%s)", self.name, self.stats)
+        return self.stats
+
+    async def _drain(self, runners: list[asyncio.Task[None]]) -> None:
+        deadline = time.monotonic() + self.grace_period
+        pending = {r for r in runners if not r.done()}
+        while pending and not self._immediate.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            _, pending = await asyncio.wait(pending, timeout=min(remaining, 0.05))
+        await asyncio.to_thread(self._cut_off)
+        for runner in pending:
+            runner.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+
+    async def _consume_loop(self, index: int) -> None:
+        key = ("task", index)
+        while not self._stopping.is_set():
+            message = await self._take_async()
+            if message is None:
+                continue
+            task = await asyncio.to_thread(self._begin, key, message)
+            value: Any = None
+            error: BaseException | None = None
+            handler_task = asyncio.ensure_future(self._async_handler(message))
+            self._running[key] = handler_task
+            try:
+                value = await handler_task
+            except asyncio.CancelledError:
+                if not task.abandoned:
+                    raise
+            except Exception as exc:
+                error = exc
+            finally:
+                self._running.pop(key, None)
+            await asyncio.to_thread(self._end, key, task, value, error)
+
+    async def _take_async(self) -> Message | None:
+        result = await self._aqueue.dequeue(
+            visibility_timeout=self.lease, wait=self.poll_wait, cancel=self._stopping
+        )
+        if isinstance(result, Err):
+            logger.warning("worker %s: dequeue failed: %s", self.name, result.error)
+            await asyncio.sleep(min(self.poll_wait, 1.0))
+            return None
+        message = result.value
+        if message is not None and self._stopping.is_set():
+            await asyncio.to_thread(self.queue.release, message)
+            self.stats.released += 1
+            return None
+        return message
+
+    def _replace_abandoned(self) -> None:
+        # The abandoned handler's task is cancelled, so its runner carries on by itself.
+        with self._lock:
+            keys = [k for k, t in self._tasks.items() if t.abandoned]
+        for key in keys:
+            running = self._running.get(key)
+            if running is not None:
+                running.get_loop().call_soon_threadsafe(running.cancel)
+
+    async def _heartbeat_loop(self) -> None:
+        while not self._immediate.is_set():
+            await asyncio.to_thread(self._beat)
+            await asyncio.sleep(self.heartbeat)

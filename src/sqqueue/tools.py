@@ -1,0 +1,218 @@
+"""Whole-file tools: list queues, check integrity, and salvage a damaged database.
+
+These work on the file, not on one queue, and are what ``sqqueue check`` and
+``sqqueue salvage`` run::
+
+    from sqqueue.tools import check, salvage
+
+    problems = check("jobs.db")              # [] when the file is healthy
+    report = salvage("jobs.db", "rescued.db")
+    print(report.copied, report.lost_rows)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .backends.sqlite import SQLiteBackend, classify
+from .exceptions import ErrorKind, QueueError
+from .names import validate_queue_name
+
+__all__ = ["SalvageReport", "check", "list_queues", "salvage"]
+
+logger = logging.getLogger(__name__)
+
+_MESSAGE_COLUMNS = (
+    "id",
+    "payload",
+    "encoding",
+    "checksum",
+    "status",
+    "priority",
+    "visible_at",
+    "attempts",
+    "max_attempts",
+    "last_error",
+    "created_at",
+    "updated_at",
+)
+_DEAD_COLUMNS = (
+    "id",
+    "payload",
+    "encoding",
+    "checksum",
+    "priority",
+    "attempts",
+    "max_attempts",
+    "last_error",
+    "created_at",
+    "updated_at",
+    "dead_at",
+)
+
+
+@contextlib.contextmanager
+def _read_only(path: str | os.PathLike[str]) -> Iterator[sqlite3.Connection]:
+    target = Path(path)
+    if not target.is_file():
+        raise QueueError(f"no database file at {str(target)!r}", ErrorKind.NOT_FOUND)
+    conn = sqlite3.connect(f"{target.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def list_queues(path: str | os.PathLike[str]) -> list[str]:
+    """Names of the sqqueue queues in a database file, sorted."""
+    with _read_only(path) as conn:
+        try:
+            tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+            names = {t[0] for t in tables}
+            if "sqqueue_queues" not in names:
+                return []
+            rows = conn.execute("SELECT name FROM sqqueue_queues ORDER BY name").fetchall()
+        except sqlite3.Error as exc:
+            raise classify(exc, str(path)) from exc
+    return [r[0] for r in rows if r[0] in names]
+
+
+def check(path: str | os.PathLike[str]) -> list[str]:
+    """Run SQLite's integrity check on the file; return the problems (empty when healthy)."""
+    with _read_only(path) as conn:
+        try:
+            rows = conn.execute("PRAGMA integrity_check").fetchall()
+        except sqlite3.Error as exc:
+            return [str(classify(exc, str(path)))]
+    problems = [str(r[0]) for r in rows]
+    return [] if problems == ["ok"] else problems
+
+
+@dataclass
+class SalvageReport:
+    """What ``salvage`` copied, per queue, and what it could not read."""
+
+    copied: dict[str, int] = field(default_factory=dict)
+    dead_copied: dict[str, int] = field(default_factory=dict)
+    lost_rows: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _rows(
+    conn: sqlite3.Connection, table: str, columns: tuple[str, ...]
+) -> Iterator[tuple[object, ...]]:
+    """Every readable row; on damage, fall back to reading id by id and skip bad ones."""
+    cols = ", ".join(columns)
+    quoted = f'"{table}"'
+    try:
+        yield from conn.execute(f"SELECT {cols} FROM {quoted} ORDER BY id").fetchall()
+        return
+    except sqlite3.DatabaseError:
+        logger.warning("salvage: %s is damaged; reading it row by row", table)
+    try:
+        high = conn.execute(f"SELECT max(id) FROM {quoted}").fetchone()[0] or 0
+    except sqlite3.DatabaseError:
+        high = 0
+    with contextlib.suppress(sqlite3.DatabaseError):
+        seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+        high = max(high, seq[0] if seq else 0)
+    for ident in range(1, int(high) + 1):
+        try:
+            row = conn.execute(f"SELECT {cols} FROM {quoted} WHERE id = ?", (ident,)).fetchone()
+        except sqlite3.DatabaseError:
+            yield (ident, None)  # a marker: this id could not be read
+            continue
+        if row is not None:
+            yield row
+
+
+def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> SalvageReport:
+    """Copy every readable message of every queue in ``source`` into a new file ``target``.
+
+    Ids, priorities, attempts and errors are kept; messages that were being processed come
+    back pending (their consumers are gone with the damaged file); dead letters stay dead.
+    The source is opened read-only and never changed.
+    """
+    target_path = Path(target)
+    if target_path.exists():
+        raise QueueError(
+            f"salvage target {str(target_path)!r} already exists; give a new file name",
+            ErrorKind.INVALID_INPUT,
+        )
+    report = SalvageReport()
+    with _read_only(source) as src:
+        try:
+            names = [
+                validate_queue_name(r[0])
+                for r in src.execute("SELECT name FROM sqqueue_queues ORDER BY name").fetchall()
+            ]
+        except sqlite3.DatabaseError as exc:
+            raise QueueError(
+                f"cannot read the queue list of {str(source)!r}: {exc}; nothing to salvage",
+                ErrorKind.CORRUPT,
+            ) from exc
+        for name in names:
+            backend = SQLiteBackend(target_path, name)
+            try:
+                with backend.raw_connection() as dst:
+                    copied, lost = _copy_table(src, dst, name, _MESSAGE_COLUMNS, dead=False)
+                    dead, dead_lost = _copy_table(src, dst, f"{name}_dlq", _DEAD_COLUMNS, dead=True)
+                    high = dst.execute(
+                        f'SELECT max(id) FROM (SELECT id FROM "{name}" UNION ALL '
+                        f'SELECT id FROM "{name}_dlq")'
+                    ).fetchone()[0]
+                    if high is not None:
+                        dst.execute(
+                            "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?",
+                            (high, name),
+                        )
+                        dst.execute(
+                            "INSERT INTO sqlite_sequence (name, seq) SELECT ?, ? "
+                            "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = ?)",
+                            (name, high, name),
+                        )
+            finally:
+                backend.close()
+            report.copied[name] = copied
+            report.dead_copied[name] = dead
+            report.lost_rows += lost + dead_lost
+            if lost or dead_lost:
+                report.errors.append(f"{name}: {lost + dead_lost} unreadable row(s) skipped")
+    return report
+
+
+def _copy_table(
+    src: sqlite3.Connection,
+    dst: sqlite3.Connection,
+    table: str,
+    columns: tuple[str, ...],
+    dead: bool,
+) -> tuple[int, int]:
+    copied = lost = 0
+    placeholders = ", ".join("?" for _ in columns)
+    insert = f'INSERT INTO "{table}" ({", ".join(columns)}) VALUES ({placeholders})'
+    dst.execute("BEGIN IMMEDIATE")
+    try:
+        for row in _rows(src, table, columns):
+            if len(row) == 2 and row[1] is None:
+                lost += 1
+                continue
+            values = list(row)
+            if not dead:
+                values[columns.index("status")] = "pending"  # leases died with the source
+            try:
+                dst.execute(insert, values)
+                copied += 1
+            except sqlite3.Error:
+                lost += 1
+        dst.execute("COMMIT")
+    except BaseException:
+        dst.execute("ROLLBACK")
+        raise
+    return copied, lost

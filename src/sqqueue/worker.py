@@ -1,0 +1,430 @@
+"""A worker that runs a handler for every message, with heartbeats and graceful shutdown.
+
+Example::
+
+    from sqqueue import SQLiteQueue, Worker
+
+    queue = SQLiteQueue("jobs.db", table_name="emails")
+
+    def send(message):
+        deliver(message.payload)          # return: completed; raise: failed and retried
+
+    Worker(queue, send, concurrency=4).run()   # until SIGTERM/SIGINT or .stop()
+
+or as a decorator::
+
+    @worker(queue, concurrency=4)
+    def send(message): ...
+
+    send.run()
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .message import Message
+from .queue import Queue, _error_text
+from .result import Err
+
+__all__ = ["Worker", "WorkerHooks", "WorkerStats", "worker"]
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[Message], Any]
+
+
+@dataclass
+class WorkerStats:
+    """What a worker did, for logs and tests."""
+
+    started: int = 0
+    completed: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    timed_out: int = 0
+    released: int = 0
+    processing_seconds: list[float] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class WorkerHooks:
+    """Callbacks around each message; an exception in a hook is logged, never fatal."""
+
+    on_start: Callable[[Message], Any] | None = None
+    on_success: Callable[[Message, Any], Any] | None = None
+    on_failure: Callable[[Message, BaseException], Any] | None = None
+    on_dead_letter: Callable[[Message, BaseException], Any] | None = None
+
+    def call(self, name: str, *args: Any) -> None:
+        hook = getattr(self, name)
+        if hook is None:
+            return
+        try:
+            hook(*args)
+        except Exception:
+            logger.exception("worker hook %s failed", name)
+
+
+class _Task:
+    """One message being handled: the heartbeat extends its lease until it is done."""
+
+    def __init__(self, message: Message, started: float) -> None:
+        self.message = message
+        self.started = started
+        self.abandoned = False  # timed out or cut off at shutdown: its outcome is ignored
+
+
+class WorkerCore:
+    """What every worker shares, whatever runs its handlers (threads or asyncio tasks):
+    settings, stats, hooks, and the decisions taken when a handler ends, beats or overruns.
+    Drivers call the storage through the synchronous queue (asyncio drivers in a thread).
+    """
+
+    def __init__(
+        self,
+        queue: Queue,
+        handler: Callable[[Message], Any],
+        *,
+        concurrency: int = 1,
+        visibility_timeout: float | None = None,
+        heartbeat: float | None = None,
+        task_timeout: float | None = None,
+        grace_period: float = 30.0,
+        poll_wait: float = 5.0,
+        handle_signals: bool = True,
+        hooks: WorkerHooks | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not callable(handler):
+            raise ValueError("handler must be callable")
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        lease = visibility_timeout or queue.default_visibility_timeout
+        for label, value in (
+            ("visibility_timeout", lease),
+            ("grace_period", grace_period),
+            ("poll_wait", poll_wait),
+        ):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{label} must be a finite number >= 0, got {value!r}")
+        if task_timeout is not None and not (
+            isinstance(task_timeout, (int, float)) and task_timeout > 0
+        ):
+            raise ValueError(f"task_timeout must be > 0 seconds, got {task_timeout!r}")
+        self.queue = queue
+        self.handler = handler
+        self.concurrency = concurrency
+        self.lease = float(lease)
+        self.heartbeat = float(heartbeat) if heartbeat else max(self.lease / 3, 0.05)
+        if self.heartbeat >= self.lease:
+            raise ValueError("heartbeat must be shorter than the lease (visibility_timeout)")
+        self.task_timeout = task_timeout
+        self.grace_period = float(grace_period)
+        self.poll_wait = float(poll_wait)
+        self.handle_signals = handle_signals
+        self.hooks = hooks or WorkerHooks()
+        self.name = name or f"sqqueue-worker-{queue.name}"
+        self.stats = WorkerStats()
+        self._stopping = threading.Event()
+        self._immediate = threading.Event()
+        self._tasks: dict[object, _Task] = {}  # driver's key (thread or task) -> running task
+        self._lock = threading.Lock()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def __call__(self, message: Message) -> Any:
+        """A worker made with ``@worker`` can still be called like its handler."""
+        return self.handler(message)
+
+    def stop(self, immediate: bool = False) -> None:
+        """Ask the worker to stop (from any thread). ``immediate`` skips the grace period."""
+        if immediate:
+            self._immediate.set()
+        self._stopping.set()
+        self.queue.wake_waiters()
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self._stopping.is_set():
+            logger.warning("worker %s: second %s, stopping immediately", self.name, name)
+            self.stop(immediate=True)
+        else:
+            logger.info("worker %s: %s received, shutting down gracefully", self.name, name)
+            self.stop()
+
+    # -- steps shared by the drivers (all synchronous, all storage calls) -------------------
+
+    def _take(self) -> Message | None:
+        """Lease the next message, waiting up to ``poll_wait``; None when none or stopping."""
+        result = self.queue.dequeue(
+            visibility_timeout=self.lease, wait=self.poll_wait, cancel=self._stopping
+        )
+        if isinstance(result, Err):
+            logger.warning("worker %s: dequeue failed: %s", self.name, result.error)
+            self._stopping.wait(min(self.poll_wait, 1.0))  # the database is in trouble: back off
+            return None
+        message = result.value
+        if message is not None and self._stopping.is_set():
+            # Taken but not started: give it back without counting the attempt.
+            self.queue.release(message)
+            self.stats.released += 1
+            return None
+        return message
+
+    def _begin(self, key: object, message: Message) -> _Task:
+        task = _Task(message, time.monotonic())
+        with self._lock:
+            self._tasks[key] = task
+        self.stats.started += 1
+        self.hooks.call("on_start", message)
+        logger.debug(
+            "worker %s: handling message %d",
+            self.name,
+            message.id,
+            extra={"message_id": message.id, "attempt": message.attempts},
+        )
+        return task
+
+    def _end(self, key: object, task: _Task, value: Any, exc: BaseException | None) -> None:
+        """Complete or fail the message, unless the task was abandoned meanwhile."""
+        with self._lock:
+            self._tasks.pop(key, None)
+        message = task.message
+        elapsed = time.monotonic() - task.started
+        log_extra = {"message_id": message.id, "attempt": message.attempts}
+        if task.abandoned:
+            logger.info(
+                "worker %s: abandoned message %d ended after %.1f s (result ignored)",
+                self.name,
+                message.id,
+                elapsed,
+                extra=log_extra,
+            )
+            return
+        if exc is not None:
+            self._record_failure(message, exc, elapsed)
+            return
+        result = self.queue.complete(message)
+        if result.is_ok():
+            self.stats.completed += 1
+            self.stats.processing_seconds.append(elapsed)
+            self.hooks.call("on_success", message, value)
+            logger.debug("worker %s: completed message %d", self.name, message.id, extra=log_extra)
+        else:
+            logger.warning(
+                "worker %s: could not complete message %d: %s",
+                self.name,
+                message.id,
+                result.error,
+                extra=log_extra,
+            )
+
+    def _record_failure(self, message: Message, exc: BaseException, elapsed: float) -> None:
+        log_extra = {"message_id": message.id, "attempt": message.attempts}
+        result = self.queue.fail_message(message, error=_error_text(exc))
+        self.stats.failed += 1
+        self.stats.processing_seconds.append(elapsed)
+        self.hooks.call("on_failure", message, exc)
+        if result.is_err():
+            logger.warning(
+                "worker %s: could not record failure of message %d: %s",
+                self.name,
+                message.id,
+                result.error,
+                extra=log_extra,
+            )
+            return
+        if message.attempts >= message.max_attempts:
+            self.stats.dead_lettered += 1
+            self.hooks.call("on_dead_letter", message, exc)
+            logger.warning(
+                "worker %s: message %d dead-lettered after %d attempts: %s",
+                self.name,
+                message.id,
+                message.attempts,
+                _error_text(exc),
+                extra=log_extra,
+            )
+        else:
+            logger.info(
+                "worker %s: message %d failed (attempt %d of %d): %s",
+                self.name,
+                message.id,
+                message.attempts,
+                message.max_attempts,
+                _error_text(exc),
+                extra=log_extra,
+            )
+
+    def _beat(self) -> list[_Task]:
+        """One heartbeat round: extend live leases, time out overrunning tasks.
+
+        Returns the tasks still running.
+        """
+        with self._lock:
+            tasks = [t for t in self._tasks.values() if not t.abandoned]
+        now = time.monotonic()
+        running = []
+        for task in tasks:
+            if self.task_timeout is not None and now - task.started > self.task_timeout:
+                self._time_out(task)
+                continue
+            running.append(task)
+            result = self.queue.extend(task.message, self.lease)
+            if isinstance(result, Err):
+                logger.warning(
+                    "worker %s: could not extend the lease of message %d: %s",
+                    self.name,
+                    task.message.id,
+                    result.error,
+                )
+        return running
+
+    def _time_out(self, task: _Task) -> None:
+        with self._lock:
+            if task.abandoned:
+                return
+            task.abandoned = True
+        self.stats.timed_out += 1
+        error = TimeoutError(f"handler ran longer than task_timeout={self.task_timeout:g} s")
+        self._record_failure(task.message, error, time.monotonic() - task.started)
+        if not self._stopping.is_set():
+            self._replace_abandoned()
+
+    def _replace_abandoned(self) -> None:
+        """Start a new runner in place of one stuck in an abandoned handler."""
+
+    def _cut_off(self) -> None:
+        """At the end of shutdown: requeue what is still running, so it comes back now
+        rather than after its lease; the handler's own late ack will be refused."""
+        with self._lock:
+            leftovers = [t for t in self._tasks.values() if not t.abandoned]
+            for task in leftovers:
+                task.abandoned = True
+        for task in leftovers:
+            result = self.queue.requeue(task.message)
+            logger.warning(
+                "worker %s: message %d still running at shutdown, returned to the queue (%s)",
+                self.name,
+                task.message.id,
+                "ok" if result.is_ok() else result.error,
+                extra={"message_id": task.message.id, "attempt": task.message.attempts},
+            )
+
+
+class Worker(WorkerCore):
+    """Runs ``handler(message)`` for each message of ``queue`` on ``concurrency`` threads.
+
+    - Returns normally: the message is completed. Raises: it is failed with the exception's
+      last traceback line as its error, retried per the queue's retry policy, and
+      dead-lettered after its last attempt.
+    - Heartbeat: every ``heartbeat`` seconds (default a third of the lease) the lease of
+      each running message is extended, so slow but alive handlers keep their messages.
+    - ``task_timeout``: a handler running longer is abandoned: its message is failed with a
+      timeout error (and retried), and a fresh thread takes its place. Python cannot kill
+      the thread; if it finishes later, its result is ignored.
+    - Shutdown (``stop()``, SIGTERM or SIGINT): no new messages are taken, running handlers
+      get ``grace_period`` seconds to finish, messages taken but not started are released
+      (attempt not counted) and those still running after the grace period are requeued,
+      so nothing waits for a lease to expire. A second signal stops at once.
+    """
+
+    def __init__(self, queue: Queue, handler: Handler, **options: Any) -> None:
+        super().__init__(queue, handler, **options)
+        self._threads: list[threading.Thread] = []
+        self._spawned = 0
+
+    def run(self) -> WorkerStats:
+        """Process messages until stopped; returns the stats. Blocks the calling thread."""
+        previous: dict[int, Any] = {}
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous[signum] = signal.signal(signum, lambda n, _f: self._on_signal(n))
+        logger.info("worker %s: started with %d thread(s)", self.name, self.concurrency)
+        try:
+            for _ in range(self.concurrency):
+                self._spawn()
+            heart = threading.Thread(
+                target=self._heartbeat_loop, name=f"{self.name}-heartbeat", daemon=True
+            )
+            heart.start()
+            # A timed wait keeps the main thread responsive to signals on every platform.
+            while not self._stopping.wait(0.2):
+                pass
+            self._drain()
+        finally:
+            for number, old_handler in previous.items():
+                signal.signal(number, old_handler)
+        logger.info("worker %s: stopped (%s)", self.name, self.stats)
+        return self.stats
+
+    def _spawn(self) -> None:
+        with self._lock:
+            self._spawned += 1
+            thread = threading.Thread(
+                target=self._consume_loop, name=f"{self.name}-{self._spawned}", daemon=True
+            )
+            self._threads.append(thread)
+        thread.start()
+
+    def _replace_abandoned(self) -> None:
+        self._spawn()
+
+    def _drain(self) -> None:
+        deadline = time.monotonic() + self.grace_period
+        for thread in list(self._threads):
+            while thread.is_alive() and not self._immediate.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                thread.join(min(remaining, 0.05))
+        self._cut_off()
+
+    def _consume_loop(self) -> None:
+        key = threading.current_thread()
+        while not self._stopping.is_set():
+            message = self._take()
+            if message is None:
+                continue
+            task = self._begin(key, message)
+            value: Any = None
+            error: BaseException | None = None
+            try:
+                value = self.handler(message)
+            except Exception as exc:
+                error = exc
+            self._end(key, task, value, error)
+            if task.abandoned:
+                return  # a replacement thread took this slot
+
+    def _heartbeat_loop(self) -> None:
+        while not self._immediate.is_set():
+            running = self._beat()
+            if self._stopping.is_set() and not running:
+                return
+            self._immediate.wait(self.heartbeat)
+
+
+def worker(queue: Queue, **options: Any) -> Callable[[Handler], Worker]:
+    """Decorator form of :class:`Worker`::
+
+    @worker(queue, concurrency=4)
+    def handle(message): ...
+
+    handle.run()
+    """
+
+    def wrap(handler: Handler) -> Worker:
+        return Worker(queue, handler, **options)
+
+    return wrap

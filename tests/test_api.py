@@ -1,0 +1,819 @@
+"""Per-method tests of the public SQLiteQueue API: values, types and side effects."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import sqlite3
+import stat
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sqqueue import (
+    CompletionError,
+    DequeueError,
+    EnqueueError,
+    Err,
+    ErrorKind,
+    Message,
+    Ok,
+    QueueError,
+    RequeueError,
+    Result,
+    SQLiteQueue,
+)
+
+MakeQueue = Callable[..., SQLiteQueue]
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def expect_err(result: Result[Any, Any], kind: ErrorKind, cls: type = QueueError) -> QueueError:
+    """Assert ``result`` is an Err of ``cls`` with ``kind``; return the error."""
+    assert isinstance(result, Err), f"expected Err({kind}), got {result!r}"
+    assert isinstance(result.error, cls), f"expected {cls.__name__}, got {result.error!r}"
+    assert result.error.kind is kind, f"expected kind {kind}, got {result.error!r}"
+    return result.error
+
+
+def ok(result: Result[Any, Any]) -> Any:
+    """Assert ``result`` is Ok and return its value."""
+    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
+    return result.value
+
+
+def at(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
+
+
+def statuses(queue: SQLiteQueue) -> list[dict[str, Any]]:
+    return ok(queue.get_all_statuses())
+
+
+def leased(queue: SQLiteQueue, **kwargs: Any) -> Message:
+    message = ok(queue.dequeue(**kwargs))
+    assert isinstance(message, Message)
+    return message
+
+
+# -- Result ----------------------------------------------------------------------------------
+
+
+def test_result_types_behave_as_documented() -> None:
+    """Ok/Err expose value/error, truthiness, unwrap, unwrap_or, map and equality."""
+    good: Result[int, QueueError] = Ok(3)
+    assert good.is_ok() and not good.is_err()
+    assert good.value == 3 and good.error is None
+    assert good.unwrap() == 3 and good.unwrap_or(9) == 3
+    assert good.map(lambda v: v * 2) == Ok(6)
+    assert bool(good) is True and bool(Ok(None)) is True
+    error = QueueError("boom", ErrorKind.NOT_FOUND, 7)
+    bad: Result[int, QueueError] = Err(error)
+    assert bad.is_err() and not bad.is_ok()
+    assert bad.error is error and bad.value is None
+    assert bad.unwrap_or(9) == 9
+    assert bad.map(lambda v: v * 2) is bad
+    assert bool(bad) is False
+    assert bad == Err(QueueError("boom"))
+    assert bad != Err(QueueError("other"))
+    with pytest.raises(QueueError, match="boom"):
+        bad.unwrap()
+    assert error.message_id == 7
+
+
+def test_match_case_on_results(queue: SQLiteQueue) -> None:
+    """Results and messages support structural pattern matching."""
+
+    def describe(result: Result[Any, QueueError]) -> str:
+        match result:
+            case Ok(None):
+                return "empty"
+            case Ok(Message(id=msg_id, payload=payload)):
+                return f"message {msg_id}: {payload}"
+            case Ok(value):
+                return f"value {value}"
+            case Err(QueueError(kind=ErrorKind.NOT_FOUND)):
+                return "not found"
+            case Err(error):
+                return f"error {error.kind.value}"
+        return "unreachable"
+
+    assert describe(queue.dequeue()) == "empty"
+    assert describe(queue.enqueue("hello")) == "value 1"
+    assert describe(queue.dequeue()) == "message 1: hello"
+    assert describe(queue.complete(99)) == "not found"
+    assert describe(queue.complete("x")) == "error invalid_input"  # type: ignore[arg-type]
+
+
+# -- enqueue ---------------------------------------------------------------------------------
+
+
+def test_enqueue_returns_ok_int_ids_in_order(queue: SQLiteQueue) -> None:
+    """enqueue returns Ok(int) with increasing ids, and the message is pending."""
+    first = queue.enqueue("a")
+    second = queue.enqueue({"b": 1}, priority=3, max_attempts=2)
+    assert isinstance(first, Ok) and type(first.value) is int
+    assert first.value == 1 and second.value == 2
+    assert statuses(queue) == [
+        {"id": 1, "status": "pending", "priority": 0, "attempts": 0, "max_attempts": 5},
+        {"id": 2, "status": "pending", "priority": 3, "attempts": 0, "max_attempts": 2},
+    ]
+
+
+def test_enqueue_uses_queue_defaults(make_queue: MakeQueue) -> None:
+    """default_priority and default_max_attempts apply when the call leaves them out."""
+    queue = make_queue(table_name="jobs", default_priority=4, default_max_attempts=9)
+    msg_id = ok(queue.enqueue("x"))
+    assert statuses(queue) == [
+        {"id": msg_id, "status": "pending", "priority": 4, "attempts": 0, "max_attempts": 9}
+    ]
+
+
+def test_enqueue_accepts_timedelta_delay(queue: SQLiteQueue, clock: Any) -> None:
+    """A timedelta delay works like seconds."""
+    ok(queue.enqueue("later", delay=timedelta(minutes=1)))
+    assert statuses(queue)[0]["status"] == "delayed"
+    clock.advance(60)
+    assert leased(queue).payload == "later"
+
+
+# -- enqueue_batch ---------------------------------------------------------------------------
+
+
+def test_enqueue_batch_plain_and_tuple_items(queue: SQLiteQueue, clock: Any) -> None:
+    """Plain payloads and (payload, priority, delay, max_attempts) tuples, trailing parts optional."""
+    ids = ok(
+        queue.enqueue_batch(
+            [
+                "plain",
+                ("only-payload",),
+                ("urgent", 10),
+                ("later", None, 30),
+                ("fragile", 1, 0, 1),
+                ("defaults", None, None, None),
+            ]
+        )
+    )
+    assert ids == [1, 2, 3, 4, 5, 6]
+    assert all(type(i) is int for i in ids)
+    rows = {row["id"]: row for row in statuses(queue)}
+    assert rows[1] == {
+        "id": 1,
+        "status": "pending",
+        "priority": 0,
+        "attempts": 0,
+        "max_attempts": 5,
+    }
+    assert rows[3]["priority"] == 10
+    assert rows[4]["status"] == "delayed"
+    assert rows[5] == {
+        "id": 5,
+        "status": "pending",
+        "priority": 1,
+        "attempts": 0,
+        "max_attempts": 1,
+    }
+    assert rows[6]["max_attempts"] == 5
+    order = [m.payload for m in ok(queue.dequeue_batch(10))]
+    assert order == ["urgent", "fragile", "plain", "only-payload", "defaults"]
+    clock.advance(30)
+    assert leased(queue).payload == "later"
+
+
+def test_enqueue_batch_empty_list(queue: SQLiteQueue) -> None:
+    """An empty batch is Ok([]) and adds nothing."""
+    assert ok(queue.enqueue_batch([])) == []
+    assert statuses(queue) == []
+
+
+@pytest.mark.parametrize(
+    ("bad_item", "kind", "words"),
+    [
+        (((1, 2),), ErrorKind.SERIALIZATION, "tuple"),  # a tuple item whose payload is a tuple
+        (float("nan"), ErrorKind.SERIALIZATION, "nan"),
+        ({1, 2}, ErrorKind.SERIALIZATION, "set"),
+        (("x", "high"), ErrorKind.INVALID_INPUT, "priority"),
+        (("x", 0, -5), ErrorKind.INVALID_INPUT, "delay"),
+        (("x", 0, 0, 0), ErrorKind.INVALID_INPUT, "max_attempts"),
+        (("x", 0, 0, 1, "extra"), ErrorKind.INVALID_INPUT, "1 to 4"),
+        ((), ErrorKind.INVALID_INPUT, "1 to 4"),
+    ],
+)
+def test_enqueue_batch_is_all_or_nothing(
+    queue: SQLiteQueue, bad_item: Any, kind: ErrorKind, words: str
+) -> None:
+    """One bad item in the middle: Err naming the item, and nothing at all is enqueued."""
+    ok(queue.enqueue("before"))
+    before = statuses(queue)
+    items = ["a", "b", bad_item, "c", "d"]
+    error = expect_err(queue.enqueue_batch(items), kind, EnqueueError)
+    assert "item 2" in str(error)
+    assert words in str(error)
+    assert "nothing was enqueued" in str(error)
+    assert statuses(queue) == before
+    # The queue still works after the refused batch, and ids are not skipped.
+    assert ok(queue.enqueue_batch(["e"])) == [2]
+
+
+@pytest.mark.parametrize("not_a_list", ["abc", b"abc", {"a": 1}, None, 5])
+def test_enqueue_batch_refuses_non_lists(queue: SQLiteQueue, not_a_list: Any) -> None:
+    """A str, bytes, dict, None or int is not a batch."""
+    error = expect_err(queue.enqueue_batch(not_a_list), ErrorKind.INVALID_INPUT, EnqueueError)
+    assert "list" in str(error)
+    assert statuses(queue) == []
+
+
+# -- dequeue / Message ------------------------------------------------------------------------
+
+
+def test_dequeue_empty_is_ok_none(queue: SQLiteQueue) -> None:
+    """An empty queue gives Ok(None), not an Err."""
+    result = queue.dequeue()
+    assert isinstance(result, Ok)
+    assert result.value is None
+
+
+def test_message_unpacks_and_carries_attributes(queue: SQLiteQueue, clock: Any) -> None:
+    """msg_id, payload = message works; attributes match what was enqueued and the lease."""
+    enqueued_at = clock()
+    msg_id = ok(queue.enqueue({"k": [1, 2]}, priority=7, max_attempts=3))
+    clock.advance(5)
+    message = leased(queue, visibility_timeout=42)
+    got_id, payload = message
+    assert (got_id, payload) == (msg_id, {"k": [1, 2]})
+    assert len(message) == 2
+    assert message[0] == msg_id and message[1] == {"k": [1, 2]}
+    assert list(message) == [msg_id, {"k": [1, 2]}]
+    assert message.id == msg_id
+    assert message.priority == 7
+    assert message.attempts == 1
+    assert message.max_attempts == 3
+    assert message.enqueued_at == at(enqueued_at)
+    assert message.enqueued_at.tzinfo is not None
+    assert message.lease_expires_at == at(clock() + 42)
+    assert message.last_error is None
+    assert message.queue == "jobs"
+    assert isinstance(message.lease_token, int)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        message.payload = "changed"  # type: ignore[misc]
+
+
+def test_dequeue_uses_default_visibility_timeout(make_queue: MakeQueue, clock: Any) -> None:
+    """Without visibility_timeout the lease lasts default_visibility_timeout seconds."""
+    queue = make_queue(table_name="jobs", default_visibility_timeout=12.5)
+    ok(queue.enqueue("x"))
+    assert leased(queue).lease_expires_at == at(clock() + 12.5)
+
+
+def test_attempts_increment_on_each_delivery(queue: SQLiteQueue) -> None:
+    """attempts is 1 on first delivery and grows with every dequeue of the same message."""
+    ok(queue.enqueue("x"))
+    for expected in (1, 2, 3):
+        message = leased(queue)
+        assert message.attempts == expected
+        ok(queue.requeue(message))
+
+
+# -- dequeue_batch --------------------------------------------------------------------------
+
+
+def test_dequeue_batch_is_ordered_and_leases_all(queue: SQLiteQueue, clock: Any) -> None:
+    """dequeue_batch returns up to batch_size messages in delivery order, all leased."""
+    ok(queue.enqueue_batch(["p0-a", ("p5-a", 5), "p0-b", ("p5-b", 5), ("p9", 9)]))
+    batch = ok(queue.dequeue_batch(4, visibility_timeout=20))
+    assert [m.payload for m in batch] == ["p9", "p5-a", "p5-b", "p0-a"]
+    assert all(m.attempts == 1 and m.lease_expires_at == at(clock() + 20) for m in batch)
+    processing = [row["id"] for row in statuses(queue) if row["status"] == "processing"]
+    assert sorted(processing) == sorted(m.id for m in batch)
+    rest = ok(queue.dequeue_batch(10))
+    assert [m.payload for m in rest] == ["p0-b"]
+    assert ok(queue.dequeue_batch(10)) == []
+
+
+def test_dequeue_batch_default_size_is_ten(queue: SQLiteQueue) -> None:
+    """The default batch_size is 10."""
+    ok(queue.enqueue_batch([str(i) for i in range(15)]))
+    assert len(ok(queue.dequeue_batch())) == 10
+
+
+def test_dequeue_batch_is_atomic_across_consumers(make_queue: MakeQueue) -> None:
+    """Two consumers' batches never share a message."""
+    first, second = make_queue(table_name="jobs"), make_queue(table_name="jobs")
+    ok(first.enqueue_batch(list(range(7))))
+    a = ok(first.dequeue_batch(4))
+    b = ok(second.dequeue_batch(4))
+    assert len(a) == 4 and len(b) == 3
+    assert {m.id for m in a}.isdisjoint({m.id for m in b})
+
+
+# -- complete / fail_message / requeue / extend with Message or id --------------------------
+
+
+@pytest.mark.parametrize("by", ["message", "id"])
+def test_complete_removes_message(queue: SQLiteQueue, by: str) -> None:
+    """complete accepts a Message or its id, returns Ok(None) and deletes the message."""
+    ok(queue.enqueue("x"))
+    message = leased(queue)
+    result = queue.complete(message if by == "message" else message.id)
+    assert result == Ok(None)
+    assert statuses(queue) == []
+    assert ok(queue.is_empty()) is True
+
+
+@pytest.mark.parametrize("by", ["message", "id"])
+def test_fail_message_returns_to_pending(queue: SQLiteQueue, by: str) -> None:
+    """fail_message accepts a Message or id; the message is pending again with last_error."""
+    ok(queue.enqueue("x"))
+    message = leased(queue)
+    assert queue.fail_message(message if by == "message" else message.id, error="oops") == Ok(None)
+    assert statuses(queue) == [
+        {"id": message.id, "status": "pending", "priority": 0, "attempts": 1, "max_attempts": 5}
+    ]
+    again = leased(queue)
+    assert again.id == message.id and again.last_error == "oops" and again.attempts == 2
+
+
+@pytest.mark.parametrize("by", ["message", "id"])
+def test_requeue_returns_to_pending_at_once(queue: SQLiteQueue, by: str) -> None:
+    """requeue accepts a Message or id; the message is deliverable again immediately."""
+    ok(queue.enqueue("x"))
+    message = leased(queue, visibility_timeout=100)
+    assert queue.requeue(message if by == "message" else message.id) == Ok(None)
+    again = leased(queue)
+    assert again.id == message.id
+    assert again.attempts == 2
+
+
+@pytest.mark.parametrize("by", ["message", "id"])
+def test_extend_moves_lease_expiry(queue: SQLiteQueue, clock: Any, by: str) -> None:
+    """extend accepts a Message or id and returns Ok(new expiry) = now + seconds."""
+    ok(queue.enqueue("x"))
+    message = leased(queue, visibility_timeout=10)
+    clock.advance(5)
+    result = queue.extend(message if by == "message" else message.id, 60)
+    assert isinstance(result, Ok)
+    assert isinstance(result.value, datetime)
+    assert result.value == at(clock() + 60)
+    result = queue.extend(message, timedelta(seconds=90))
+    assert ok(result) == at(clock() + 90)
+
+
+def test_method_error_classes(queue: SQLiteQueue) -> None:
+    """Each method reports errors with its documented error class."""
+    expect_err(queue.enqueue(object()), ErrorKind.SERIALIZATION, EnqueueError)
+    expect_err(queue.enqueue_batch([object()]), ErrorKind.SERIALIZATION, EnqueueError)
+    expect_err(queue.dequeue(visibility_timeout=-1), ErrorKind.INVALID_INPUT, DequeueError)
+    expect_err(queue.dequeue_batch(0), ErrorKind.INVALID_INPUT, DequeueError)
+    expect_err(queue.complete(5), ErrorKind.NOT_FOUND, CompletionError)
+    expect_err(queue.fail_message(5), ErrorKind.NOT_FOUND, RequeueError)
+    expect_err(queue.requeue(5), ErrorKind.NOT_FOUND, RequeueError)
+    expect_err(queue.extend(5, 10), ErrorKind.NOT_FOUND, RequeueError)
+    expect_err(queue.reprocess_dead_letter(5), ErrorKind.NOT_FOUND, RequeueError)
+    error = expect_err(queue.complete(5), ErrorKind.NOT_FOUND)
+    assert error.message_id == 5
+
+
+# -- peek / is_empty --------------------------------------------------------------------------
+
+
+def test_peek_does_not_lease(queue: SQLiteQueue) -> None:
+    """peek shows the next message without leasing it or counting an attempt."""
+    assert ok(queue.peek()) is None
+    ok(queue.enqueue("low"))
+    ok(queue.enqueue("high", priority=2))
+    peeked = ok(queue.peek())
+    assert isinstance(peeked, Message)
+    assert peeked.payload == "high"
+    assert peeked.attempts == 0
+    assert peeked.lease_expires_at is None
+    assert ok(queue.peek()).id == peeked.id  # still there
+    assert all(row["status"] == "pending" and row["attempts"] == 0 for row in statuses(queue))
+    message = leased(queue)
+    assert message.id == peeked.id and message.attempts == 1
+    assert ok(queue.peek()).payload == "low"
+
+
+def test_peek_skips_delayed_and_leased(queue: SQLiteQueue) -> None:
+    """peek only shows what dequeue could take now."""
+    ok(queue.enqueue("delayed", delay=10))
+    ok(queue.enqueue("taken"))
+    leased(queue)
+    assert ok(queue.peek()) is None
+
+
+def test_is_empty_semantics(queue: SQLiteQueue, clock: Any) -> None:
+    """is_empty is True only when nothing is pending, delayed or processing."""
+    assert queue.is_empty() == Ok(True)
+    ok(queue.enqueue("later", delay=60))
+    assert queue.is_empty() == Ok(False)  # delayed counts
+    clock.advance(60)
+    message = leased(queue)
+    assert queue.is_empty() == Ok(False)  # processing counts
+    ok(queue.fail_message(message, send_to_dlq=True))
+    assert len(ok(queue.get_dead_letters())) == 1
+    assert queue.is_empty() == Ok(True)  # dead letters do not
+
+
+# -- dead letters ------------------------------------------------------------------------------
+
+
+def test_get_dead_letters_keys_and_values(queue: SQLiteQueue, clock: Any) -> None:
+    """Dead letters are dicts with the documented keys, UTC datetimes and the original id."""
+    created = clock()
+    msg_id = ok(queue.enqueue(b"\x00bin", priority=3, max_attempts=4))
+    clock.advance(10)
+    message = leased(queue)
+    clock.advance(1)
+    ok(queue.fail_message(message, send_to_dlq=True, error="broken"))
+    (entry,) = ok(queue.get_dead_letters())
+    assert set(entry) == {
+        "id",
+        "payload",
+        "status",
+        "priority",
+        "attempts",
+        "max_attempts",
+        "last_error",
+        "created_at",
+        "updated_at",
+        "dead_at",
+    }
+    assert entry["id"] == msg_id
+    assert entry["payload"] == b"\x00bin"
+    assert entry["status"] == "dead"
+    assert entry["priority"] == 3
+    assert entry["attempts"] == 1
+    assert entry["max_attempts"] == 4
+    assert entry["last_error"] == "broken"
+    assert entry["created_at"] == at(created)
+    assert entry["dead_at"] == at(clock())
+    assert entry["updated_at"] == at(clock())
+    for key in ("created_at", "updated_at", "dead_at"):
+        assert entry[key].utcoffset() == timedelta(0)
+
+
+def test_get_dead_letters_empty(queue: SQLiteQueue) -> None:
+    """No dead letters: Ok([])."""
+    assert queue.get_dead_letters() == Ok([])
+
+
+def test_reprocess_dead_letter_keeps_id_and_resets_attempts(queue: SQLiteQueue) -> None:
+    """A reprocessed dead letter is pending again under the same id with attempts 0."""
+    ok(queue.enqueue("done"))
+    ok(queue.complete(leased(queue)))
+    msg_id = ok(queue.enqueue("poison", max_attempts=2, priority=4))
+    assert msg_id == 2
+    for _ in range(2):
+        message = leased(queue)
+        assert message.id == msg_id
+        ok(queue.fail_message(message, error="bad"))
+    assert [d["id"] for d in ok(queue.get_dead_letters())] == [msg_id]
+    assert queue.reprocess_dead_letter(msg_id) == Ok(None)
+    assert ok(queue.get_dead_letters()) == []
+    assert statuses(queue) == [
+        {"id": msg_id, "status": "pending", "priority": 4, "attempts": 0, "max_attempts": 2}
+    ]
+    again = leased(queue)
+    assert (again.id, again.payload, again.attempts) == (msg_id, "poison", 1)
+    # A second reprocess of the same id is an error: it is no longer dead.
+    expect_err(queue.reprocess_dead_letter(msg_id), ErrorKind.NOT_FOUND, RequeueError)
+
+
+# -- get_all_statuses --------------------------------------------------------------------------
+
+
+def test_get_all_statuses_every_status(queue: SQLiteQueue) -> None:
+    """pending, delayed, processing and dead appear, sorted by id, with the documented keys."""
+    ok(queue.enqueue("dead", priority=9))
+    ok(queue.enqueue("processing", priority=8))
+    ok(queue.enqueue("pending", priority=1))
+    ok(queue.enqueue("delayed", delay=100, max_attempts=7))
+    ok(queue.fail_message(1, send_to_dlq=True))
+    assert leased(queue).id == 2
+    assert statuses(queue) == [
+        {"id": 1, "status": "dead", "priority": 9, "attempts": 0, "max_attempts": 5},
+        {"id": 2, "status": "processing", "priority": 8, "attempts": 1, "max_attempts": 5},
+        {"id": 3, "status": "pending", "priority": 1, "attempts": 0, "max_attempts": 5},
+        {"id": 4, "status": "delayed", "priority": 0, "attempts": 0, "max_attempts": 7},
+    ]
+
+
+# -- maintenance ---------------------------------------------------------------------------
+
+
+def _fill_and_drain(queue: SQLiteQueue, count: int = 200, size: int = 10_000) -> None:
+    ok(queue.enqueue_batch(["x" * size for _ in range(count)]))
+    for message in ok(queue.dequeue_batch(count)):
+        ok(queue.complete(message))
+
+
+def test_vacuum_database_shrinks_file(make_queue: MakeQueue, db_path: Path) -> None:
+    """vacuum_database returns Ok(None) and, after a checkpoint, the file is smaller."""
+    queue = make_queue(table_name="jobs", vacuum_threshold=0)
+    _fill_and_drain(queue)
+    assert queue.perform_checkpoint() == Ok(None)
+    before = db_path.stat().st_size
+    assert before > 1_000_000
+    assert queue.vacuum_database() == Ok(None)
+    assert queue.perform_checkpoint() == Ok(None)
+    assert db_path.stat().st_size < before // 4
+    # The queue still works afterwards.
+    assert ok(queue.enqueue("after")) > 0
+
+
+def test_vacuum_and_checkpoint_with_explicit_connection(
+    make_queue: MakeQueue, db_path: Path
+) -> None:
+    """An explicit sqlite3.Connection can be passed as conn to both maintenance calls."""
+    queue = make_queue(table_name="jobs", vacuum_threshold=0)
+    _fill_and_drain(queue)
+    ok(queue.enqueue("kept"))
+    conn = sqlite3.connect(db_path)
+    try:
+        assert queue.perform_checkpoint(conn) == Ok(None)
+        before = db_path.stat().st_size
+        assert queue.vacuum_database(conn) == Ok(None)
+        assert queue.perform_checkpoint(conn) == Ok(None)
+        assert db_path.stat().st_size < before
+        assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 1
+    finally:
+        conn.close()
+    assert leased(queue).payload == "kept"
+
+
+def test_maintenance_rejects_bad_connections(queue: SQLiteQueue, db_path: Path) -> None:
+    """conn must be a sqlite3.Connection; VACUUM inside an open transaction is refused."""
+    error = expect_err(queue.vacuum_database("not a conn"), ErrorKind.INVALID_INPUT)
+    assert "sqlite3.Connection" in str(error)
+    expect_err(queue.perform_checkpoint(42), ErrorKind.INVALID_INPUT)
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM jobs").fetchone()
+        error = expect_err(queue.vacuum_database(conn), ErrorKind.INVALID_INPUT)
+        assert "transaction" in str(error)
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
+def test_perform_checkpoint_truncates_wal(queue: SQLiteQueue, db_path: Path) -> None:
+    """After writes the WAL has content; perform_checkpoint truncates it to zero."""
+    ok(queue.enqueue_batch(["y" * 1000 for _ in range(50)]))
+    wal = Path(f"{db_path}-wal")
+    assert wal.exists() and wal.stat().st_size > 0
+    assert queue.perform_checkpoint() == Ok(None)
+    assert wal.stat().st_size == 0
+    assert len(statuses(queue)) == 50
+
+
+def test_get_operation_count_increases(queue: SQLiteQueue) -> None:
+    """Each write operation through the object increases the count."""
+    counts = [queue.get_operation_count()]
+    ok(queue.enqueue("a"))
+    counts.append(queue.get_operation_count())
+    ok(queue.enqueue_batch(["b", "c"]))
+    counts.append(queue.get_operation_count())
+    message = leased(queue)
+    counts.append(queue.get_operation_count())
+    ok(queue.complete(message))
+    counts.append(queue.get_operation_count())
+    assert all(isinstance(c, int) for c in counts)
+    assert counts[0] == 0
+    assert counts == sorted(counts) and len(set(counts)) == len(counts)
+
+
+# -- lifecycle -------------------------------------------------------------------------------
+
+
+def test_context_manager_closes(db_path: Path, clock: Any) -> None:
+    """with SQLiteQueue(...) as q yields the queue and closes it on exit."""
+    with SQLiteQueue(db_path, table_name="jobs", clock=clock) as queue:
+        assert isinstance(queue, SQLiteQueue)
+        assert ok(queue.enqueue("x")) == 1
+    expect_err(queue.enqueue("y"), ErrorKind.CLOSED, EnqueueError)
+    with SQLiteQueue(db_path, table_name="jobs", clock=clock) as reopened:
+        assert [row["id"] for row in statuses(reopened)] == [1]
+
+
+def test_every_method_after_close_is_err_closed(queue: SQLiteQueue) -> None:
+    """After close() every Result method returns Err(kind=CLOSED) and nothing raises."""
+    ok(queue.enqueue("x"))
+    message = leased(queue)
+    queue.close()
+    queue.close()  # idempotent
+    calls: dict[str, Callable[[], Result[Any, Any]]] = {
+        "enqueue": lambda: queue.enqueue("y"),
+        "enqueue_batch": lambda: queue.enqueue_batch(["y"]),
+        "dequeue": queue.dequeue,
+        "dequeue_batch": queue.dequeue_batch,
+        "complete": lambda: queue.complete(message),
+        "complete_id": lambda: queue.complete(message.id),
+        "fail_message": lambda: queue.fail_message(message),
+        "requeue": lambda: queue.requeue(message),
+        "extend": lambda: queue.extend(message, 10),
+        "peek": queue.peek,
+        "is_empty": queue.is_empty,
+        "recover": queue.recover_processing_messages,
+        "get_dead_letters": queue.get_dead_letters,
+        "reprocess": lambda: queue.reprocess_dead_letter(1),
+        "get_all_statuses": queue.get_all_statuses,
+        "vacuum": queue.vacuum_database,
+        "checkpoint": queue.perform_checkpoint,
+    }
+    wrong = {}
+    for name, call in calls.items():
+        result = call()
+        if not (isinstance(result, Err) and result.error.kind is ErrorKind.CLOSED):
+            wrong[name] = result
+    assert wrong == {}, f"not Err(CLOSED) after close: {wrong}"
+    assert "closed" in str(queue.dequeue().error)
+    assert isinstance(queue.get_operation_count(), int)
+
+
+def test_maintenance_with_conn_after_close_is_err_closed(queue: SQLiteQueue, db_path: Path) -> None:
+    """A closed queue refuses maintenance even when handed a connection (every method: CLOSED)."""
+    queue.close()
+    conn = sqlite3.connect(db_path)
+    try:
+        expect_err(queue.vacuum_database(conn), ErrorKind.CLOSED)
+        expect_err(queue.perform_checkpoint(conn), ErrorKind.CLOSED)
+    finally:
+        conn.close()
+
+
+def test_many_queues_in_one_file_are_isolated(make_queue: MakeQueue, db_path: Path) -> None:
+    """Queues sharing a file have their own messages, ids, dead letters and lifecycle."""
+    orders, emails = make_queue(table_name="orders"), make_queue(table_name="emails")
+    assert ok(orders.enqueue("o1")) == 1
+    assert ok(orders.enqueue("o2")) == 2
+    assert ok(emails.is_empty()) is True
+    assert ok(emails.dequeue()) is None
+    assert ok(emails.enqueue("e1")) == 1
+    message = leased(orders)
+    assert message.payload == "o1" and message.queue == "orders"
+    # Same id, other queue: emails' message 1 is pending there, orders' is processing.
+    expect_err(emails.complete(1), ErrorKind.WRONG_STATE)
+    ok(orders.fail_message(message, send_to_dlq=True))
+    assert ok(emails.get_dead_letters()) == []
+    assert [d["id"] for d in ok(orders.get_dead_letters())] == [1]
+    assert [r["status"] for r in statuses(emails)] == ["pending"]
+    orders.close()
+    assert leased(emails).payload == "e1"
+    with sqlite3.connect(db_path) as conn:
+        names = {row[0] for row in conn.execute("SELECT name FROM sqqueue_queues")}
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    conn.close()
+    assert names == {"orders", "emails"}
+    assert {"orders", "orders_dlq", "emails", "emails_dlq", "sqqueue_queues"} <= tables
+
+
+def test_file_is_created_owner_only(queue: SQLiteQueue, db_path: Path) -> None:
+    """The database file (and its WAL/shm companions) are created with mode 0o600."""
+    ok(queue.enqueue("secret"))
+    assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
+    for suffix in ("-wal", "-shm"):
+        companion = Path(f"{db_path}{suffix}")
+        assert companion.exists()
+        assert stat.S_IMODE(companion.stat().st_mode) == 0o600, suffix
+
+
+def test_file_is_owner_only_even_with_permissive_umask(tmp_path: Path, clock: Any) -> None:
+    """Mode 0o600 does not depend on the process umask."""
+    path = tmp_path / "open.db"
+    old = os.umask(0)
+    try:
+        with SQLiteQueue(path, table_name="jobs", clock=clock) as queue:
+            ok(queue.enqueue("x"))
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+
+
+# -- serializer --------------------------------------------------------------------------------
+
+
+class PointSerializer:
+    """A custom serializer for a type the built-in encodings refuse."""
+
+    name = "point-json"
+
+    def dumps(self, obj: Any) -> str:
+        return json.dumps({"point": list(obj)})
+
+    def loads(self, data: str | bytes) -> Any:
+        return tuple(json.loads(data)["point"])
+
+
+def test_custom_serializer_round_trip(make_queue: MakeQueue, db_path: Path) -> None:
+    """A serializer object with name/dumps/loads is used both ways, and its name is stored."""
+    queue = make_queue(table_name="jobs", serializer=PointSerializer())
+    msg_id = ok(queue.enqueue((1, 2, 3)))
+    message = leased(queue)
+    assert message.payload == (1, 2, 3)
+    assert type(message.payload) is tuple
+    ok(queue.fail_message(message, send_to_dlq=True))
+    assert ok(queue.get_dead_letters())[0]["payload"] == (1, 2, 3)
+    with sqlite3.connect(db_path) as conn:
+        row = conn.execute("SELECT encoding, payload FROM jobs_dlq WHERE id = ?", (msg_id,))
+        encoding, stored = row.fetchone()
+    conn.close()
+    assert encoding == "point-json"
+    assert json.loads(stored) == {"point": [1, 2, 3]}
+
+
+def test_custom_serializer_failure_is_serialization_err(make_queue: MakeQueue) -> None:
+    """If dumps raises, enqueue returns Err(SERIALIZATION) naming the serializer."""
+    queue = make_queue(table_name="jobs", serializer=PointSerializer())
+    error = expect_err(queue.enqueue(5), ErrorKind.SERIALIZATION, EnqueueError)
+    assert "point-json" in str(error)
+    assert statuses(queue) == []
+
+
+@pytest.mark.parametrize("bad", [object(), "not-a-serializer"])
+def test_invalid_serializer_is_value_error(make_queue: MakeQueue, bad: Any) -> None:
+    """A serializer without name/dumps/loads is a configuration error."""
+    with pytest.raises(ValueError, match="serializer"):
+        make_queue(table_name="jobs", serializer=bad)
+
+
+# -- statsd ------------------------------------------------------------------------------------
+
+
+def _receive(sock: socket.socket, wanted: set[str], timeout: float = 5.0) -> set[str]:
+    """Collect statsd lines until all ``wanted`` have been seen or the timeout passes."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while not wanted <= seen:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        sock.settimeout(remaining)
+        try:
+            data, _ = sock.recvfrom(65535)
+        except TimeoutError:
+            break
+        seen.update(data.decode().splitlines())
+    return seen
+
+
+@pytest.fixture
+def statsd_socket() -> Any:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    yield sock
+    sock.close()
+
+
+def test_statsd_counters_are_sent(make_queue: MakeQueue, statsd_socket: socket.socket) -> None:
+    """With statsd_host set, counters reach a real UDP listener as <prefix>.<queue>.<name>."""
+    port = statsd_socket.getsockname()[1]
+    queue = make_queue(table_name="jobs", statsd_host="127.0.0.1", statsd_port=port)
+    ok(queue.enqueue("a"))
+    ok(queue.enqueue_batch(["b", "c", "d"]))
+    first = leased(queue)
+    ok(queue.complete(first))
+    second = leased(queue)
+    ok(queue.fail_message(second, send_to_dlq=True))
+    wanted = {
+        "sqqueue.jobs.enqueue:1|c",
+        "sqqueue.jobs.enqueue:3|c",
+        "sqqueue.jobs.dequeue:1|c",
+        "sqqueue.jobs.complete:1|c",
+        "sqqueue.jobs.fail:1|c",
+        "sqqueue.jobs.dead_letter:1|c",
+        "sqqueue.jobs.size:1|g",
+    }
+    seen = _receive(statsd_socket, wanted)
+    assert wanted <= seen, f"missing {wanted - seen}; got {seen}"
+
+
+def test_statsd_custom_prefix(make_queue: MakeQueue, statsd_socket: socket.socket) -> None:
+    """statsd_prefix replaces 'sqqueue' in metric names."""
+    port = statsd_socket.getsockname()[1]
+    queue = make_queue(
+        table_name="emails", statsd_host="127.0.0.1", statsd_port=port, statsd_prefix="myapp"
+    )
+    ok(queue.enqueue("a"))
+    seen = _receive(statsd_socket, {"myapp.emails.enqueue:1|c"})
+    assert "myapp.emails.enqueue:1|c" in seen
+
+
+def test_statsd_unreachable_never_breaks_queue(make_queue: MakeQueue) -> None:
+    """Metrics to a port nobody listens on do not affect results."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    queue = make_queue(table_name="jobs", statsd_host="127.0.0.1", statsd_port=port)
+    for i in range(5):
+        ok(queue.enqueue(i))
+    assert [m.payload for m in ok(queue.dequeue_batch(5))] == [0, 1, 2, 3, 4]

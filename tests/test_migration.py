@@ -1,0 +1,377 @@
+"""Opening a database written by sqqueue 0.1.0: every message keeps its state, once, atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sqqueue import Err, Message, Ok, QueueError, Result, SQLiteQueue
+from sqqueue.backends import sqlite as sqlite_backend
+
+MakeQueue = Callable[..., SQLiteQueue]
+
+EXPECTED: dict[str, list[dict[str, Any]]] = json.loads(
+    (Path(__file__).resolve().parent / "data" / "sqqueue-0.1.0.json").read_text(encoding="utf-8")
+)
+LEGACY_TABLES = ("orders", "orders_dlq", "emails", "emails_dlq")
+
+
+def legacy_time(text: str) -> float:
+    """0.1.0 stored UTC times as 'YYYY-MM-DD HH:MM:SS[.ffffff]'."""
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+
+
+# Shortly after the 0.1.0 file was written: messages 1 and 11 are still leased (until
+# 20:19:43), message 2's lease has run out, message 12 is due only the next day.
+LEGACY_NOW = legacy_time("2026-11-27 20:15:00")
+
+
+def ok(result: Result[Any, Any]) -> Any:
+    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
+    return result.value
+
+
+def rows(path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def table_dicts(path: Path, table: str) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(f'SELECT * FROM "{table}" ORDER BY id')]
+    finally:
+        conn.close()
+
+
+def schema_names(path: Path) -> set[str]:
+    return {r[0] for r in rows(path, "SELECT name FROM sqlite_master")}
+
+
+@pytest.fixture
+def legacy_clock(clock: Any) -> Any:
+    clock.advance(LEGACY_NOW - clock())
+    return clock
+
+
+@pytest.fixture
+def open_legacy(
+    make_queue: MakeQueue, legacy_db: Path, legacy_clock: Any
+) -> Callable[[str], SQLiteQueue]:
+    def open_queue(name: str) -> SQLiteQueue:
+        return make_queue(db_path=legacy_db, table_name=name, default_max_attempts=5)
+
+    return open_queue
+
+
+def expected_status(row: dict[str, Any], now: float) -> str:
+    if row["status"] == "pending" and legacy_time(row["visible_at"]) > now:
+        return "delayed"
+    return str(row["status"])
+
+
+def test_fixture_matches_its_description(legacy_db: Path) -> None:
+    """Sanity: the 0.1.0 file holds exactly the rows described in the JSON file."""
+    for table in LEGACY_TABLES:
+        assert table_dicts(legacy_db, table) == EXPECTED[table], table
+
+
+# -- states, ids, payloads --------------------------------------------------------------------
+
+
+def test_every_message_keeps_its_state(open_legacy: Callable[[str], SQLiteQueue]) -> None:
+    """pending stays pending (or 'delayed' if due later), processing stays processing,
+    with id, priority, attempts and max_attempts kept; the dead letter is dead."""
+    orders = open_legacy("orders")
+    by_id = {row["id"]: row for row in ok(orders.get_all_statuses())}
+    for row in EXPECTED["orders"]:
+        assert by_id.pop(row["id"]) == {
+            "id": row["id"],
+            "status": expected_status(row, LEGACY_NOW),
+            "priority": row["priority"],
+            "attempts": row["attempts"],
+            "max_attempts": row["max_attempts"],
+        }
+    # What is left is the migrated dead letter.
+    (dead,) = by_id.values()
+    assert dead["status"] == "dead"
+    # Spelled out, so the expectation does not only come from the helper above.
+    statuses = {row["id"]: row["status"] for row in ok(orders.get_all_statuses())}
+    assert [statuses[i] for i in (1, 2, 5, 11, 12)] == [
+        "processing",
+        "processing",
+        "pending",
+        "processing",
+        "delayed",
+    ]
+
+
+def test_ids_are_preserved(open_legacy: Callable[[str], SQLiteQueue]) -> None:
+    """Messages of the main table keep the ids they had in 0.1.0."""
+    orders, emails = open_legacy("orders"), open_legacy("emails")
+    live = [r["id"] for r in ok(orders.get_all_statuses()) if r["status"] != "dead"]
+    assert live == [row["id"] for row in EXPECTED["orders"]]
+    assert [r["id"] for r in ok(emails.get_all_statuses())] == [1]
+
+
+def test_processing_keeps_lease_until_old_processing_at(
+    open_legacy: Callable[[str], SQLiteQueue], legacy_db: Path, legacy_clock: Any
+) -> None:
+    """A 0.1.0 'processing' row keeps its lease, expiring at its old processing_at."""
+    orders = open_legacy("orders")
+    stored = dict(
+        rows(legacy_db, "SELECT id, lease_expires_at FROM orders WHERE status = 'processing'")
+    )
+    expected = {
+        row["id"]: legacy_time(row["processing_at"])
+        for row in EXPECTED["orders"]
+        if row["status"] == "processing"
+    }
+    assert set(stored) == set(expected) == {1, 2, 11}
+    for msg_id, expiry in expected.items():
+        assert stored[msg_id] == pytest.approx(expiry, abs=0.002), msg_id
+    # Message 2's lease ran out at 20:14:43.47: it comes back behind the pending ones.
+    # Messages 1 and 11 stay leased until 20:19:43; 12 is not due.
+    order = [m.id for m in ok(orders.dequeue_batch(20))]
+    assert order == [5, 6, 7, 8, 9, 10, 2]
+    legacy_clock.advance(legacy_time("2026-11-27 20:19:44") - legacy_clock())
+    again = ok(orders.dequeue_batch(20))
+    assert [(m.id, m.priority, m.attempts) for m in again] == [(11, 5, 2), (1, 0, 2)]
+
+
+def test_dead_letter_is_migrated_with_its_payload(
+    open_legacy: Callable[[str], SQLiteQueue],
+) -> None:
+    """0.1.0's dead letter is in get_dead_letters(), with its payload, under a fresh id."""
+    orders = open_legacy("orders")
+    (dead,) = ok(orders.get_dead_letters())
+    (legacy,) = EXPECTED["orders_dlq"]
+    assert dead["payload"] == legacy["payload"] == "order-3"
+    assert dead["status"] == "dead"
+    assert dead["priority"] == legacy["priority"]
+    assert dead["created_at"].timestamp() == pytest.approx(
+        legacy_time(legacy["created_at"]), abs=0.002
+    )
+    assert "0.1.0" in dead["last_error"]
+    # Its 0.1.0 id (1) belongs to a live message, so it was given a fresh one.
+    assert dead["id"] != legacy["id"]
+    assert dead["id"] > max(row["id"] for row in EXPECTED["orders"])
+    assert ok(open_legacy("emails").get_dead_letters()) == []
+
+
+def test_emails_payload_comes_back_as_exact_str(
+    open_legacy: Callable[[str], SQLiteQueue],
+) -> None:
+    """The JSON-looking text of 0.1.0 comes back as the very same str, not parsed."""
+    emails = open_legacy("emails")
+    message = ok(emails.dequeue())
+    assert isinstance(message, Message)
+    assert type(message.payload) is str
+    assert message.payload == EXPECTED["emails"][0]["payload"]
+    assert "hi éè 😀" in message.payload
+    assert (message.id, message.attempts, message.max_attempts) == (1, 1, 5)
+
+
+def test_migrated_messages_can_be_completed(open_legacy: Callable[[str], SQLiteQueue]) -> None:
+    """Migrated messages go through the normal lifecycle."""
+    orders = open_legacy("orders")
+    for message in ok(orders.dequeue_batch(20)):
+        assert message.payload == f"order-{message.id}"
+        ok(orders.complete(message))
+    remaining = {r["id"]: r["status"] for r in ok(orders.get_all_statuses())}
+    assert {k: v for k, v in remaining.items() if v != "dead"} == {
+        1: "processing",
+        11: "processing",
+        12: "delayed",
+    }
+
+
+# -- once, ids, integrity --------------------------------------------------------------------
+
+
+def test_migration_happens_once(
+    make_queue: MakeQueue,
+    legacy_db: Path,
+    legacy_clock: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The registry records schema version 1; reopening does not migrate again."""
+    caplog.set_level(logging.INFO, logger="sqqueue")
+    orders = make_queue(db_path=legacy_db, table_name="orders")
+    emails = make_queue(db_path=legacy_db, table_name="emails")
+    migrated = [r.getMessage() for r in caplog.records if "migrated" in r.getMessage()]
+    assert len(migrated) == 2
+    registry = rows(legacy_db, "SELECT name, schema_version, created_at FROM sqqueue_queues")
+    assert {(name, version) for name, version, _ in registry} == {("orders", 1), ("emails", 1)}
+    names = schema_names(legacy_db)
+    assert not {n for n in names if "__sqqueue_v0" in n}
+    assert "idx_status_id" not in names
+    ok(orders.enqueue("new"))
+    before = ok(orders.get_all_statuses()), ok(orders.get_dead_letters())
+    orders.close()
+    emails.close()
+    caplog.clear()
+    reopened = make_queue(db_path=legacy_db, table_name="orders")
+    make_queue(db_path=legacy_db, table_name="emails")
+    assert not [r for r in caplog.records if "migrated" in r.getMessage()]
+    assert (ok(reopened.get_all_statuses()), ok(reopened.get_dead_letters())) == before
+    assert rows(legacy_db, "SELECT name, schema_version, created_at FROM sqqueue_queues") == (
+        registry
+    )
+
+
+def test_ids_are_never_reused(open_legacy: Callable[[str], SQLiteQueue]) -> None:
+    """New messages get ids above every id 0.1.0 handed out (and the migrated dead letter)."""
+    orders, emails = open_legacy("orders"), open_legacy("emails")
+    taken = {r["id"] for r in ok(orders.get_all_statuses())}
+    new_ids = ok(orders.enqueue_batch(["n1", "n2"]))
+    assert min(new_ids) > 12
+    assert min(new_ids) > max(taken)
+    assert ok(emails.enqueue("e2")) == 2
+
+
+def test_dead_lettering_id_1_later_works(open_legacy: Callable[[str], SQLiteQueue]) -> None:
+    """0.1.0's DLQ had its own id 1; the live message 1 can still be dead-lettered."""
+    orders = open_legacy("orders")
+    assert orders.fail_message(1, send_to_dlq=True, error="gave up") == Ok(None)
+    dead = {d["id"]: d for d in ok(orders.get_dead_letters())}
+    assert dead[1]["payload"] == "order-1"
+    assert dead[1]["last_error"] == "gave up"
+    assert sorted(d["payload"] for d in dead.values()) == ["order-1", "order-3"]
+    assert orders.reprocess_dead_letter(1) == Ok(None)
+    row = next(r for r in ok(orders.get_all_statuses()) if r["id"] == 1)
+    assert (row["status"], row["attempts"]) == ("pending", 0)
+
+
+def test_integrity_check_ok(open_legacy: Callable[[str], SQLiteQueue], legacy_db: Path) -> None:
+    """The migrated file passes PRAGMA integrity_check, also after some traffic."""
+    orders, emails = open_legacy("orders"), open_legacy("emails")
+    for message in ok(orders.dequeue_batch(3)):
+        ok(orders.fail_message(message, send_to_dlq=True))
+    ok(emails.enqueue({"x": 1}))
+    assert rows(legacy_db, "PRAGMA integrity_check") == [("ok",)]
+    assert rows(legacy_db, "PRAGMA foreign_key_check") == []
+
+
+def test_migrating_one_queue_leaves_the_other_legacy(
+    open_legacy: Callable[[str], SQLiteQueue], legacy_db: Path
+) -> None:
+    """Opening 'orders' migrates only 'orders'; 'emails' stays as 0.1.0 wrote it."""
+    open_legacy("orders")
+    assert table_dicts(legacy_db, "emails") == EXPECTED["emails"]
+    assert table_dicts(legacy_db, "emails_dlq") == EXPECTED["emails_dlq"]
+    assert rows(legacy_db, "SELECT name FROM sqqueue_queues") == [("orders",)]
+
+
+# -- atomicity -------------------------------------------------------------------------------
+
+
+def assert_legacy_intact(path: Path, sequence: list[tuple[Any, ...]]) -> None:
+    for table in LEGACY_TABLES:
+        assert table_dicts(path, table) == EXPECTED[table], table
+    assert rows(path, "SELECT name, seq FROM sqlite_sequence ORDER BY name") == sequence
+    names = schema_names(path)
+    assert "idx_status_id" in names
+    if "sqqueue_queues" in names:
+        assert rows(path, "SELECT name FROM sqqueue_queues") == []
+    assert rows(path, "PRAGMA integrity_check") == [("ok",)]
+
+
+CONFLICTS = {
+    # fails at once: the dead-letter table cannot be renamed out of the way
+    "dlq-rename": ("CREATE TABLE orders_dlq__sqqueue_v0 (x)", "orders_dlq__sqqueue_v0"),
+    # fails after the dead-letter table was renamed
+    "queue-rename": ("CREATE TABLE orders__sqqueue_v0 (x)", "orders__sqqueue_v0"),
+    # fails after both renames and the new table were done
+    "ready-index": ("CREATE VIEW orders_ready AS SELECT 1", "orders_ready"),
+    "leases-index": ("CREATE INDEX orders_leases ON emails (id)", "orders_leases"),
+}
+
+
+@pytest.mark.parametrize("conflict", list(CONFLICTS))
+def test_failed_migration_changes_nothing(
+    make_queue: MakeQueue, legacy_db: Path, legacy_clock: Any, conflict: str
+) -> None:
+    """A migration that fails midway rolls back entirely, with an error naming the file and
+    the cause; once the cause is gone, the migration succeeds."""
+    ddl, culprit = CONFLICTS[conflict]
+    conn = sqlite3.connect(legacy_db)
+    conn.execute(ddl)
+    conn.commit()
+    conn.close()
+    sequence = rows(legacy_db, "SELECT name, seq FROM sqlite_sequence ORDER BY name")
+    with pytest.raises(QueueError) as info:
+        make_queue(db_path=legacy_db, table_name="orders")
+    message = str(info.value)
+    assert str(legacy_db) in message
+    assert culprit in message
+    assert_legacy_intact(legacy_db, sequence)
+    drop = "VIEW" if ddl.startswith("CREATE VIEW") else "INDEX" if "INDEX" in ddl else "TABLE"
+    conn = sqlite3.connect(legacy_db)
+    conn.execute(f"DROP {drop} {culprit}")
+    conn.commit()
+    conn.close()
+    orders = make_queue(db_path=legacy_db, table_name="orders")
+    assert len(ok(orders.get_all_statuses())) == len(EXPECTED["orders"]) + 1
+    assert [d["payload"] for d in ok(orders.get_dead_letters())] == ["order-3"]
+
+
+def test_failed_migration_error_says_it_was_migrating(
+    make_queue: MakeQueue, legacy_db: Path, legacy_clock: Any
+) -> None:
+    """The error of a failed migration says a 0.1.0 migration failed and nothing changed."""
+    conn = sqlite3.connect(legacy_db)
+    conn.execute("CREATE TABLE orders__sqqueue_v0 (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(QueueError) as info:
+        make_queue(db_path=legacy_db, table_name="orders")
+    # (the path is cut out first: pytest's tmp_path contains this test's name)
+    text = str(info.value).replace(str(legacy_db), "<path>")
+    assert "migrat" in text.lower(), text
+
+
+def test_failure_at_the_last_step_rolls_back(
+    make_queue: MakeQueue,
+    legacy_db: Path,
+    legacy_clock: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Even a failure after every row was copied (just before commit) leaves 0.1.0 intact."""
+    original = sqlite_backend.SQLiteBackend._migrate_legacy_dlq
+
+    def copy_then_fail(self: Any, conn: sqlite3.Connection, *args: Any) -> None:
+        original(self, conn, *args)
+        assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 10
+        raise sqlite3.OperationalError("disk I/O error (simulated)")
+
+    monkeypatch.setattr(sqlite_backend.SQLiteBackend, "_migrate_legacy_dlq", copy_then_fail)
+    sequence = rows(legacy_db, "SELECT name, seq FROM sqlite_sequence ORDER BY name")
+    with pytest.raises(QueueError) as info:
+        make_queue(db_path=legacy_db, table_name="orders")
+    assert "simulated" in str(info.value)
+    assert_legacy_intact(legacy_db, sequence)
+    monkeypatch.undo()
+    orders = make_queue(db_path=legacy_db, table_name="orders")
+    assert [d["payload"] for d in ok(orders.get_dead_letters())] == ["order-3"]
+
+
+def test_error_results_never_raise_on_migrated_queue(
+    open_legacy: Callable[[str], SQLiteQueue],
+) -> None:
+    """Wrong calls on migrated messages are Err values (here: 12 is pending, 99 unknown)."""
+    orders = open_legacy("orders")
+    assert isinstance(orders.complete(12), Err)
+    assert isinstance(orders.complete(99), Err)
+    assert isinstance(orders.reprocess_dead_letter(1), Err)

@@ -1,0 +1,480 @@
+"""Delivery semantics with the fake clock: ordering, delays, leases, fencing, retries, DLQ."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+
+from sqqueue import Err, ErrorKind, Message, Ok, QueueError, Result, SQLiteQueue
+
+MakeQueue = Callable[..., SQLiteQueue]
+
+
+def expect_err(result: Result[Any, Any], kind: ErrorKind) -> QueueError:
+    assert isinstance(result, Err), f"expected Err({kind}), got {result!r}"
+    assert isinstance(result.error, QueueError)
+    assert result.error.kind is kind, f"expected kind {kind}, got {result.error!r}"
+    return result.error
+
+
+def ok(result: Result[Any, Any]) -> Any:
+    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
+    return result.value
+
+
+def at(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
+
+
+def leased(queue: SQLiteQueue, **kwargs: Any) -> Message:
+    message = ok(queue.dequeue(**kwargs))
+    assert isinstance(message, Message), "expected a message, the queue had none ready"
+    return message
+
+
+def snapshot(queue: SQLiteQueue) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Everything observable about a queue's state: statuses and dead letters."""
+    return ok(queue.get_all_statuses()), ok(queue.get_dead_letters())
+
+
+def drain(queue: SQLiteQueue) -> list[Any]:
+    payloads = []
+    while (message := ok(queue.dequeue())) is not None:
+        payloads.append(message.payload)
+        ok(queue.complete(message))
+    return payloads
+
+
+Op = Callable[[SQLiteQueue, Any], Result[Any, Any]]
+OPS: dict[str, Op] = {
+    "complete": lambda q, ref: q.complete(ref),
+    "fail": lambda q, ref: q.fail_message(ref, error="late"),
+    "fail_dlq": lambda q, ref: q.fail_message(ref, send_to_dlq=True, error="late"),
+    "extend": lambda q, ref: q.extend(ref, 60),
+    "requeue": lambda q, ref: q.requeue(ref),
+}
+
+
+# -- ordering --------------------------------------------------------------------------------
+
+
+def test_priority_then_fifo(queue: SQLiteQueue, clock: Any) -> None:
+    """Higher priority first; within a priority, first in first out."""
+    for payload, priority in [("a0", 0), ("b5", 5), ("c0", 0), ("d5", 5), ("e-1", -1), ("f9", 9)]:
+        ok(queue.enqueue(payload, priority=priority))
+        clock.advance(0.001)
+    assert drain(queue) == ["f9", "b5", "d5", "a0", "c0", "e-1"]
+
+
+def test_fifo_with_equal_timestamps_uses_id(queue: SQLiteQueue) -> None:
+    """Messages enqueued at the same clock instant come out in id order."""
+    ids = [ok(queue.enqueue(i)) for i in range(20)]
+    assert [m.id for m in ok(queue.dequeue_batch(20))] == ids
+
+
+def test_order_follows_visibility_time(queue: SQLiteQueue, clock: Any) -> None:
+    """Within a priority, the message that became visible first is delivered first."""
+    ok(queue.enqueue("delayed-10", delay=10))
+    clock.advance(5)
+    ok(queue.enqueue("now-at-5"))
+    clock.advance(10)
+    ok(queue.enqueue("now-at-15"))
+    assert drain(queue) == ["now-at-5", "delayed-10", "now-at-15"]
+
+
+def test_requeued_message_goes_behind_its_priority(queue: SQLiteQueue, clock: Any) -> None:
+    """requeue makes the message visible now: after the ones already waiting."""
+    ok(queue.enqueue_batch(["a", "b", "c"]))
+    first = leased(queue)
+    clock.advance(1)
+    ok(queue.requeue(first))
+    assert drain(queue) == ["b", "c", "a"]
+
+
+# -- delays ------------------------------------------------------------------------------------
+
+
+def test_delay_invisible_until_due(queue: SQLiteQueue, clock: Any) -> None:
+    """A delayed message is invisible to dequeue and peek until its time, then delivered."""
+    msg_id = ok(queue.enqueue("later", delay=60))
+    assert ok(queue.dequeue()) is None
+    assert ok(queue.peek()) is None
+    assert ok(queue.get_all_statuses())[0]["status"] == "delayed"
+    assert ok(queue.is_empty()) is False
+    clock.advance(59.9)
+    assert ok(queue.dequeue()) is None
+    clock.advance(0.1)
+    assert ok(queue.peek()).id == msg_id
+    message = leased(queue)
+    assert (message.id, message.payload, message.attempts) == (msg_id, "later", 1)
+
+
+def test_delayed_high_priority_does_not_block_ready_messages(queue: SQLiteQueue) -> None:
+    """A delayed message of higher priority does not hold back ready ones."""
+    ok(queue.enqueue("vip-later", priority=100, delay=30))
+    ok(queue.enqueue("normal"))
+    assert leased(queue).payload == "normal"
+    assert ok(queue.dequeue()) is None
+
+
+# -- leases ------------------------------------------------------------------------------------
+
+
+def test_lease_expiry_redelivers_on_next_dequeue(queue: SQLiteQueue, clock: Any) -> None:
+    """An expired lease is folded back by the next dequeue itself and counts the attempt."""
+    msg_id = ok(queue.enqueue("job"))
+    first = leased(queue, visibility_timeout=30)
+    assert ok(queue.dequeue()) is None  # leased: invisible to others
+    clock.advance(29.9)
+    assert ok(queue.dequeue()) is None
+    clock.advance(0.1)
+    # No background thread: until someone dequeues, the row still says processing.
+    assert ok(queue.get_all_statuses())[0]["status"] == "processing"
+    second = leased(queue, visibility_timeout=30)
+    assert second.id == msg_id == first.id
+    assert second.attempts == 2
+    assert second.lease_token != first.lease_token
+    assert "lease expired" in (second.last_error or "")
+    clock.advance(30)
+    third = leased(queue)
+    assert third.attempts == 3
+
+
+def test_expiry_on_last_attempt_dead_letters(queue: SQLiteQueue, clock: Any) -> None:
+    """When the lease of the last attempt expires, the message goes to the DLQ."""
+    msg_id = ok(queue.enqueue("fragile", max_attempts=2, priority=3))
+    leased(queue, visibility_timeout=10)
+    clock.advance(10)
+    assert leased(queue, visibility_timeout=10).attempts == 2
+    clock.advance(10)
+    assert ok(queue.dequeue()) is None
+    (dead,) = ok(queue.get_dead_letters())
+    assert dead["id"] == msg_id
+    assert dead["payload"] == "fragile"
+    assert dead["attempts"] == 2
+    assert dead["priority"] == 3
+    assert "lease" in dead["last_error"]
+    assert dead["dead_at"] == at(clock())
+    assert ok(queue.get_all_statuses()) == [
+        {"id": msg_id, "status": "dead", "priority": 3, "attempts": 2, "max_attempts": 2}
+    ]
+
+
+def test_extend_keeps_message_from_redelivery(make_queue: MakeQueue, clock: Any) -> None:
+    """A consumer that extends its lease keeps the message past the original expiry."""
+    owner, other = make_queue(table_name="jobs"), make_queue(table_name="jobs")
+    ok(owner.enqueue("slow"))
+    message = leased(owner, visibility_timeout=10)
+    clock.advance(8)
+    assert ok(owner.extend(message, 30)) == at(clock() + 30)
+    clock.advance(20)  # well past the original expiry
+    assert ok(other.dequeue()) is None
+    assert ok(owner.extend(message.id, 30)) == at(clock() + 30)
+    clock.advance(29)
+    assert ok(other.dequeue()) is None
+    assert owner.complete(message) == Ok(None)
+    assert ok(other.get_all_statuses()) == []
+
+
+# -- fencing -----------------------------------------------------------------------------------
+
+
+def _lose_lease(make_queue: MakeQueue, clock: Any) -> tuple[SQLiteQueue, SQLiteQueue, Message]:
+    """A leases a message, the lease expires, B gets it: returns (A, B, A's message)."""
+    a, b = make_queue(table_name="jobs"), make_queue(table_name="jobs")
+    ok(a.enqueue("contested"))
+    stale = leased(a, visibility_timeout=10)
+    clock.advance(11)
+    fresh = leased(b, visibility_timeout=100)
+    assert fresh.id == stale.id and fresh.attempts == 2
+    return a, b, stale
+
+
+@pytest.mark.parametrize("by", ["message", "id"])
+@pytest.mark.parametrize("op", list(OPS))
+def test_late_call_after_redelivery_is_lease_lost(
+    make_queue: MakeQueue, clock: Any, op: str, by: str
+) -> None:
+    """A consumer whose lease expired and went to another consumer gets LEASE_LOST."""
+    a, b, stale = _lose_lease(make_queue, clock)
+    before = snapshot(b)
+    error = expect_err(OPS[op](a, stale if by == "message" else stale.id), ErrorKind.LEASE_LOST)
+    assert error.message_id == stale.id
+    assert "another consumer" in str(error)
+    assert snapshot(b) == before
+    assert ok(b.complete(stale.id)) is None  # B still owns it
+
+
+def test_late_calls_in_sequence_by_id_stay_fenced(make_queue: MakeQueue, clock: Any) -> None:
+    """Repeated late calls by id from the same queue object never touch B's lease.
+
+    The queue object remembers the lease token of its own dequeue; a refused call must not
+    make it forget that token and act as an id-only caller on the next call.
+    """
+    a, b, stale = _lose_lease(make_queue, clock)
+    before = snapshot(b)
+    results = {name: OPS[name](a, stale.id) for name in ("complete", "fail", "extend", "requeue")}
+    results["complete_again"] = a.complete(stale.id)
+    kinds = {name: getattr(r.error, "kind", r) for name, r in results.items()}
+    assert all(kind is ErrorKind.LEASE_LOST for kind in kinds.values()), kinds
+    assert snapshot(b) == before
+
+
+@pytest.mark.parametrize("by", ["message", "id"])
+@pytest.mark.parametrize("op", list(OPS))
+def test_late_call_without_redelivery_is_lease_expired(
+    queue: SQLiteQueue, clock: Any, op: str, by: str
+) -> None:
+    """After the lease expired (nobody else has it yet): LEASE_EXPIRED and nothing changes."""
+    ok(queue.enqueue("slow"))
+    message = leased(queue, visibility_timeout=10)
+    clock.advance(10)
+    before = snapshot(queue)
+    error = expect_err(
+        OPS[op](queue, message if by == "message" else message.id), ErrorKind.LEASE_EXPIRED
+    )
+    assert error.message_id == message.id
+    assert "expired" in str(error)
+    assert snapshot(queue) == before
+    again = leased(queue)
+    assert (again.id, again.attempts) == (message.id, 2)
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_late_id_call_after_expiry_then_redelivery_is_lease_lost(
+    make_queue: MakeQueue, clock: Any, op: str
+) -> None:
+    """A retries a late ack by id: first LEASE_EXPIRED, then (after B took it) LEASE_LOST."""
+    a, b = make_queue(table_name="jobs"), make_queue(table_name="jobs")
+    ok(a.enqueue("contested"))
+    stale = leased(a, visibility_timeout=10)
+    clock.advance(10)
+    expect_err(a.complete(stale.id), ErrorKind.LEASE_EXPIRED)
+    fresh = leased(b, visibility_timeout=100)
+    assert fresh.id == stale.id
+    before = snapshot(b)
+    expect_err(OPS[op](a, stale.id), ErrorKind.LEASE_LOST)
+    assert snapshot(b) == before
+
+
+def _fold_back(make_queue: MakeQueue, clock: Any) -> tuple[SQLiteQueue, SQLiteQueue, Message]:
+    """A's lease expires; B's dequeue folds it back to pending while taking a more urgent
+    message. Returns (A, B, A's stale message)."""
+    a, b = make_queue(table_name="jobs"), make_queue(table_name="jobs")
+    ok(a.enqueue("contested"))
+    stale = leased(a, visibility_timeout=10)
+    ok(a.enqueue("urgent", priority=10))
+    clock.advance(10)
+    assert leased(b).payload == "urgent"  # this dequeue folded A's lease back
+    contested = next(row for row in ok(b.get_all_statuses()) if row["id"] == stale.id)
+    assert contested["status"] == "pending"
+    return a, b, stale
+
+
+@pytest.mark.parametrize("by", ["message", "id"])
+@pytest.mark.parametrize("op", list(OPS))
+def test_late_call_after_lease_folded_back_changes_nothing(
+    make_queue: MakeQueue, clock: Any, op: str, by: str
+) -> None:
+    """A late call from A after its expired lease was folded back is refused; nothing changes
+    (in particular send_to_dlq must not bury a message A no longer holds)."""
+    a, b, stale = _fold_back(make_queue, clock)
+    before = snapshot(b)
+    result = OPS[op](a, stale if by == "message" else stale.id)
+    assert isinstance(result, Err), f"late {op} after the lease expired succeeded: {result!r}"
+    assert snapshot(b) == before
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_late_call_after_lease_folded_back_is_lease_expired(
+    make_queue: MakeQueue, clock: Any, op: str
+) -> None:
+    """The refusal says LEASE_EXPIRED (the caller's lease ran out), not "pending: dequeue it
+    first": the caller holds a Message whose lease token proves it had dequeued it."""
+    a, _b, stale = _fold_back(make_queue, clock)
+    expect_err(OPS[op](a, stale), ErrorKind.LEASE_EXPIRED)
+
+
+def test_id_only_caller_on_other_object_acts_on_live_lease(
+    make_queue: MakeQueue, clock: Any
+) -> None:
+    """A queue object that never leased the message acts on whoever holds a live lease."""
+    worker, admin = make_queue(table_name="jobs"), make_queue(table_name="jobs")
+    ok(worker.enqueue("x"))
+    message = leased(worker, visibility_timeout=10)
+    assert ok(admin.extend(message.id, 50)) == at(clock() + 50)
+    clock.advance(20)
+    assert worker.complete(message) == Ok(None)
+    assert ok(admin.get_all_statuses()) == []
+
+
+# -- failures and retries ----------------------------------------------------------------------
+
+
+def test_fail_message_retry_with_delay(queue: SQLiteQueue, clock: Any) -> None:
+    """fail_message with delay: pending but invisible until now+delay, last_error kept."""
+    msg_id = ok(queue.enqueue("retry-me"))
+    message = leased(queue)
+    clock.advance(3)
+    ok(queue.fail_message(message, error="timeout talking to API", delay=60))
+    assert ok(queue.get_all_statuses()) == [
+        {"id": msg_id, "status": "delayed", "priority": 0, "attempts": 1, "max_attempts": 5}
+    ]
+    assert ok(queue.is_empty()) is False
+    clock.advance(59)
+    assert ok(queue.dequeue()) is None
+    clock.advance(1)
+    again = leased(queue)
+    assert (again.id, again.attempts, again.last_error) == (msg_id, 2, "timeout talking to API")
+    # A failure without a new error text keeps the previous one.
+    ok(queue.fail_message(again))
+    assert leased(queue).last_error == "timeout talking to API"
+
+
+def test_fail_message_without_delay_is_visible_at_once(queue: SQLiteQueue) -> None:
+    """delay defaults to 0: the message can be taken again immediately."""
+    ok(queue.enqueue("x"))
+    ok(queue.fail_message(leased(queue), error="e"))
+    assert leased(queue).attempts == 2
+
+
+def test_max_attempts_goes_to_dlq_with_history(queue: SQLiteQueue, clock: Any) -> None:
+    """After max_attempts failures the message is dead with id, payload, priority, attempts,
+    last_error, created_at and dead_at preserved."""
+    created = clock()
+    msg_id = ok(queue.enqueue({"order": 7}, priority=2, max_attempts=3))
+    for attempt in range(1, 4):
+        clock.advance(1)
+        message = leased(queue)
+        assert message.attempts == attempt
+        ok(queue.fail_message(message, error=f"error {attempt}"))
+    assert ok(queue.dequeue()) is None
+    (dead,) = ok(queue.get_dead_letters())
+    assert dead["id"] == msg_id
+    assert dead["payload"] == {"order": 7}
+    assert dead["priority"] == 2
+    assert dead["attempts"] == 3
+    assert dead["max_attempts"] == 3
+    assert dead["last_error"] == "error 3"
+    assert dead["created_at"] == at(created)
+    assert dead["dead_at"] == at(clock())
+    assert ok(queue.is_empty()) is True
+    ok(queue.reprocess_dead_letter(msg_id))
+    revived = leased(queue)
+    assert (revived.id, revived.payload, revived.attempts) == (msg_id, {"order": 7}, 1)
+
+
+def test_send_to_dlq_on_pending_message(queue: SQLiteQueue, clock: Any) -> None:
+    """fail_message(send_to_dlq=True) dead-letters a pending (even delayed) message."""
+    first = ok(queue.enqueue("never-delivered", priority=1))
+    second = ok(queue.enqueue("delayed", delay=100))
+    ok(queue.fail_message(first, send_to_dlq=True, error="cancelled"))
+    ok(queue.fail_message(second, send_to_dlq=True))
+    dead = {d["id"]: d for d in ok(queue.get_dead_letters())}
+    assert set(dead) == {first, second}
+    assert dead[first]["attempts"] == 0
+    assert dead[first]["last_error"] == "cancelled"
+    assert dead[first]["priority"] == 1
+    assert ok(queue.is_empty()) is True
+
+
+def test_send_to_dlq_on_leased_message_before_last_attempt(queue: SQLiteQueue) -> None:
+    """send_to_dlq buries a leased message even with attempts left."""
+    msg_id = ok(queue.enqueue("x", max_attempts=10))
+    ok(queue.fail_message(leased(queue), send_to_dlq=True, error="fatal"))
+    (dead,) = ok(queue.get_dead_letters())
+    assert (dead["id"], dead["attempts"], dead["last_error"]) == (msg_id, 1, "fatal")
+
+
+# -- state checks ------------------------------------------------------------------------------
+
+STATE_OPS: dict[str, Op] = {
+    "complete": lambda q, ref: q.complete(ref),
+    "requeue": lambda q, ref: q.requeue(ref),
+    "extend": lambda q, ref: q.extend(ref, 30),
+    "fail": lambda q, ref: q.fail_message(ref, error="x"),
+}
+
+
+def _message_in_state(queue: SQLiteQueue, state: str) -> int:
+    """Return the id of a message in ``state`` (another message keeps the queue non-trivial)."""
+    ok(queue.enqueue("bystander"))
+    if state == "unknown":
+        return 999
+    msg_id = ok(queue.enqueue("subject", priority=5))
+    if state == "completed":
+        ok(queue.complete(leased(queue)))
+    elif state == "dead":
+        ok(queue.fail_message(msg_id, send_to_dlq=True))
+    return msg_id
+
+
+@pytest.mark.parametrize(
+    ("state", "kind"),
+    [
+        ("unknown", ErrorKind.NOT_FOUND),
+        ("pending", ErrorKind.WRONG_STATE),
+        ("completed", ErrorKind.NOT_FOUND),
+        ("dead", ErrorKind.WRONG_STATE),
+    ],
+)
+@pytest.mark.parametrize("op", list(STATE_OPS))
+def test_state_checks(queue: SQLiteQueue, op: str, state: str, kind: ErrorKind) -> None:
+    """Calls on a message that is not leased are refused with the right kind; nothing changes."""
+    msg_id = _message_in_state(queue, state)
+    before = snapshot(queue)
+    error = expect_err(STATE_OPS[op](queue, msg_id), kind)
+    assert error.message_id == msg_id
+    assert str(msg_id) in str(error)
+    if state == "dead":
+        assert "reprocess_dead_letter" in str(error)
+    assert snapshot(queue) == before
+
+
+def test_send_to_dlq_on_completed_or_dead_is_refused(queue: SQLiteQueue) -> None:
+    """send_to_dlq only buries pending or leased messages."""
+    done = ok(queue.enqueue("done"))
+    ok(queue.complete(leased(queue)))
+    dead = ok(queue.enqueue("dead"))
+    ok(queue.fail_message(dead, send_to_dlq=True))
+    before = snapshot(queue)
+    expect_err(queue.fail_message(done, send_to_dlq=True), ErrorKind.NOT_FOUND)
+    expect_err(queue.fail_message(dead, send_to_dlq=True), ErrorKind.WRONG_STATE)
+    assert snapshot(queue) == before
+
+
+def test_reprocess_of_non_dead_message_is_not_found(queue: SQLiteQueue) -> None:
+    """reprocess_dead_letter only accepts ids that are in the dead-letter queue."""
+    pending = ok(queue.enqueue("p"))
+    before = snapshot(queue)
+    expect_err(queue.reprocess_dead_letter(pending), ErrorKind.NOT_FOUND)
+    expect_err(queue.reprocess_dead_letter(12345), ErrorKind.NOT_FOUND)
+    assert snapshot(queue) == before
+
+
+# -- recovery ----------------------------------------------------------------------------------
+
+
+def test_recover_processing_messages_count(queue: SQLiteQueue, clock: Any) -> None:
+    """recover folds back exactly the expired leases (last attempts to the DLQ) and counts them."""
+    ok(queue.enqueue_batch(["a", "b", ("last", None, None, 1), "long"]))
+    short = ok(queue.dequeue_batch(3, visibility_timeout=10))
+    assert [m.payload for m in short] == ["a", "b", "last"]
+    long = leased(queue, visibility_timeout=100)
+    assert queue.recover_processing_messages() == Ok(0)
+    clock.advance(10)
+    assert queue.recover_processing_messages() == Ok(3)
+    statuses = {row["id"]: row["status"] for row in ok(queue.get_all_statuses())}
+    assert statuses == {
+        short[0].id: "pending",
+        short[1].id: "pending",
+        short[2].id: "dead",
+        long.id: "processing",
+    }
+    assert queue.recover_processing_messages() == Ok(0)
+    (dead,) = ok(queue.get_dead_letters())
+    assert "lease" in dead["last_error"]
+    assert ok(queue.complete(long)) is None
