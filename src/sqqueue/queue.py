@@ -12,7 +12,7 @@ import itertools
 import logging
 import math
 import os
-import secrets
+import random
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -173,6 +173,7 @@ class Queue:
         self._codec = Codec(serializer)
         self._clock: Clock = clock or time.time
         self._metrics: Metrics = metrics or NullMetrics()
+        self._gauges = not isinstance(self._metrics, NullMetrics)
         self._ops = itertools.count(1)
         self._op_count = 0
         self._leases: dict[int, int] = {}
@@ -223,7 +224,7 @@ class Queue:
                 self._backend.maintain()
             except QueueError as exc:
                 logger.warning("queue %r: maintenance skipped: %s", self.name, exc)
-        if self._metrics.wants_gauges(time.monotonic()):
+        if self._gauges and self._metrics.wants_gauges(time.monotonic()):
             try:
                 self._metrics.gauge("size", self._backend.count_pending())
             except QueueError:
@@ -447,7 +448,8 @@ class Queue:
         # Poisoned rows are dead-lettered and skipped; claim again to fill the batch.
         while len(messages) < limit:
             now = self._now()
-            token = secrets.randbits(62)
+            # A fence, not a secret: the fast PRNG (reseeded after fork) is enough.
+            token = random.getrandbits(62)
             rows, folded = self._backend.claim(limit - len(messages), now, now + timeout, token)
             if folded:
                 self._metrics.incr("recovered", folded)
@@ -459,6 +461,7 @@ class Queue:
         if messages:
             self._metrics.incr("dequeue", len(messages))
             self._count_operation()
+        if messages and logger.isEnabledFor(logging.DEBUG):
             for m in messages:
                 logger.debug(
                     "queue %r: leased message %d (attempt %d of %d)",

@@ -85,9 +85,6 @@ CREATE INDEX ${q}_ready ON $q (priority DESC, visible_at, id) WHERE status = 'pe
     # Serves the fold of expired leases, and waiting consumers' next wake-up.
     """
 CREATE INDEX ${q}_leases ON $q (lease_expires_at) WHERE status = 'processing'""",
-    # When the next delayed message falls due, for waiting consumers.
-    """
-CREATE INDEX ${q}_due ON $q (visible_at) WHERE status = 'pending'""",
     """
 CREATE TABLE $dlq (
     id                INTEGER PRIMARY KEY,  -- the id the message had in $q
@@ -185,9 +182,19 @@ _SQL = {
          ORDER BY priority DESC, visible_at, id
          LIMIT 1""",
     "is_empty": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
+    # The earliest visible_at among pending rows, read from the ready index one priority
+    # level at a time (a skip-scan: a few index seeks per level, whatever the depth).
     "next_due": """
-        SELECT min(t) FROM (  -- aggregate min() skips NULLs; the two-argument one would not
-            SELECT min(visible_at) AS t FROM $q WHERE status = 'pending'
+        WITH RECURSIVE levels(p) AS (
+            SELECT max(priority) FROM $q WHERE status = 'pending'
+            UNION ALL
+            SELECT (SELECT max(priority) FROM $q WHERE status = 'pending' AND priority < levels.p)
+              FROM levels WHERE levels.p IS NOT NULL
+        )
+        SELECT min(t) FROM (  -- aggregate min() skips NULLs
+            SELECT (SELECT min(visible_at) FROM $q
+                     WHERE status = 'pending' AND priority = levels.p) AS t
+              FROM levels WHERE levels.p IS NOT NULL
             UNION ALL
             SELECT min(lease_expires_at) FROM $q WHERE status = 'processing')""",
     "count_pending": "SELECT count(*) FROM $q WHERE status = 'pending'",
@@ -300,12 +307,44 @@ def classify(exc: sqlite3.Error, path: str) -> StorageError:
             ErrorKind.CORRUPT,
         )
     if name.startswith("SQLITE_IOERR") or "i/o error" in lowered:
+        # SQLite reports a write refused by the file size limit (EFBIG) as an I/O error,
+        # and ENOSPC as one too on some paths: look at the limits before blaming the disk.
+        limit = _space_limit(path)
+        if limit is not None:
+            return StorageError(
+                f"cannot write to {path!r}: {limit} ({text}); free space and retry, "
+                "nothing was written",
+                ErrorKind.DISK_FULL,
+            )
         return StorageError(
             f"input/output error on {path!r} ({text}); the disk may be full, failing "
             "or gone; nothing was written",
             ErrorKind.STORAGE,
         )
     return StorageError(f"database error on {path!r}: {text}", ErrorKind.STORAGE)
+
+
+def _space_limit(path: str) -> str | None:
+    """Why a write may have failed for lack of space, or None if space looks fine."""
+    try:
+        import resource  # POSIX only
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != resource.RLIM_INFINITY:
+            sizes = [os.path.getsize(p) for p in (path, f"{path}-wal") if os.path.exists(p)]
+            # A write that would cross the limit fails: the file is within a page or
+            # two of it, or the write itself was large.
+            if sizes and max(sizes) + 16 * 1024 * 1024 >= soft:
+                return f"the file size limit is reached (RLIMIT_FSIZE = {soft} bytes)"
+    except (ImportError, OSError, ValueError):
+        pass
+    try:
+        stats = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
+    except (OSError, AttributeError):
+        return None
+    if stats.f_bavail * stats.f_frsize < 1024 * 1024:
+        return "the disk is full"
+    return None
 
 
 def _prepare_path(db_path: str | os.PathLike[str]) -> tuple[str, bool]:
@@ -403,7 +442,6 @@ class SQLiteBackend(Backend):
             out = out.replace("${" + key + "}__sqqueue_v0", f'"{bare[key]}__sqqueue_v0"')
             out = out.replace("${" + key + "}_ready", f'"{bare[key]}_ready"')
             out = out.replace("${" + key + "}_leases", f'"{bare[key]}_leases"')
-            out = out.replace("${" + key + "}_due", f'"{bare[key]}_due"')
         return Template(out).substitute(quoted)
 
     # -- connections -------------------------------------------------------------------
