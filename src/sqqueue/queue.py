@@ -19,6 +19,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeAlias, TypeVar
 
+from . import tools
 from .backends.base import Backend, NewMessage, Outcome, StoredDeadLetter, StoredMessage
 from .backends.sqlite import SQLiteBackend, Synchronous
 from .exceptions import (
@@ -34,6 +35,7 @@ from .metrics import Metrics, NullMetrics, StatsdMetrics
 from .result import Err, Ok, Result
 from .retry import RetryPolicy
 from .serializers import Codec, Serializer
+from .stats import QueueStats
 from .wakeup import signal_for
 
 __all__ = ["Queue", "SQLiteQueue"]
@@ -53,6 +55,8 @@ MAX_VISIBILITY_TIMEOUT = 7 * 86400.0  # a week; longer work extends its lease
 MAX_ATTEMPTS = 1_000_000
 MAX_BATCH_SIZE = 10_000
 MAX_ID = 2**63 - 1  # SQLite's largest integer
+_LISTABLE_STATES = ("pending", "delayed", "processing", "dead", "all")
+_PURGEABLE_STATES = ("pending", "delayed", "processing", "dead")
 MAX_ERROR_TEXT = 8_192
 _LEASE_MEMORY = 100_000  # leases remembered per queue object for id-only acks
 MAX_WAIT = 86400.0
@@ -822,6 +826,130 @@ class Queue:
             QueueError, "get_all_statuses", lambda: Ok(self._backend.statuses(self._now()))
         )
 
+    def stats(self, expiring_within: float = 60.0) -> Result[QueueStats, QueueError]:
+        """Counts by state, the oldest ready message's age, leases about to expire, totals
+        since creation and file sizes. Cheap: counts are kept up to date in the database."""
+
+        def run() -> Result[QueueStats, QueueError]:
+            horizon = _seconds(
+                expiring_within, "expiring_within", minimum=0, maximum=MAX_DELAY, strict=False
+            )
+            now = self._now()
+            raw = self._backend.stats(now, horizon)
+            oldest = raw["oldest_pending_at"]
+            return Ok(
+                QueueStats(
+                    queue=self.name,
+                    pending=raw["pending"],
+                    delayed=raw["delayed"],
+                    processing=raw["processing"],
+                    dead=raw["dead"],
+                    oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
+                    expiring_soon=raw["expiring"],
+                    enqueued_total=raw["enqueued_total"],
+                    completed_total=raw["completed_total"],
+                    failed_total=raw["failed_total"],
+                    dead_lettered_total=raw["dead_lettered_total"],
+                    lease_expirations_total=raw["expired_total"],
+                    db_bytes=raw["db_bytes"],
+                    wal_bytes=raw["wal_bytes"],
+                )
+            )
+
+        return self._guard(QueueError, "stats", run)
+
+    def list_messages(
+        self, state: str = "pending", limit: int = 100, after_id: int = 0
+    ) -> Result[list[dict[str, Any]], QueueError]:
+        """A page of messages in ``state`` ("pending", "delayed", "processing", "dead" or
+        "all"), by id, as dicts; pass the last id seen as ``after_id`` for the next page::
+
+            page = queue.list_messages("dead", limit=50).unwrap()
+            more = queue.list_messages("dead", limit=50, after_id=page[-1]["id"]).unwrap()
+        """
+
+        def run() -> Result[list[dict[str, Any]], QueueError]:
+            if state not in _LISTABLE_STATES:
+                raise QueueError(
+                    f"state must be one of {', '.join(_LISTABLE_STATES)}, got {state!r}",
+                    ErrorKind.INVALID_INPUT,
+                )
+            size = _bounded_int(limit, "limit", 1, MAX_BATCH_SIZE)
+            after = _bounded_int(after_id, "after_id", 0, MAX_ID)
+            now = self._now()
+            rows = self._backend.list_messages(state, now, size, after)
+            out: list[dict[str, Any]] = []
+            for row in rows:
+                if isinstance(row, StoredDeadLetter):
+                    out.append(self._dead_letter_dict(row))
+                else:
+                    out.append(self._message_dict(row, now))
+            return Ok(out)
+
+        return self._guard(QueueError, "list_messages", run)
+
+    def _message_dict(self, row: StoredMessage, now: float) -> dict[str, Any]:
+        entry: dict[str, Any] = {"id": row.id}
+        try:
+            entry["payload"] = self._codec.decode(row.data, row.encoding, row.checksum)
+        except QueueError as exc:
+            entry["payload"] = row.data
+            entry["payload_error"] = str(exc)
+        status = "processing" if row.lease_expires_at is not None else "pending"
+        if status == "pending" and row.visible_at > now:
+            status = "delayed"
+        entry.update(
+            status=status,
+            priority=row.priority,
+            attempts=row.attempts,
+            max_attempts=row.max_attempts,
+            last_error=row.last_error,
+            enqueued_at=to_datetime(row.created_at),
+            visible_at=to_datetime(row.visible_at),
+            lease_expires_at=to_datetime(row.lease_expires_at),
+        )
+        return entry
+
+    def purge(
+        self, state: str | Sequence[str] | None = None, older_than: float | timedelta | None = None
+    ) -> Result[int, QueueError]:
+        """Delete messages, in one transaction; ``Ok(count)``.
+
+        ``state`` is "pending", "delayed", "processing", "dead" or a list of them; by
+        default every message that is not dead. ``older_than`` (seconds) keeps messages
+        enqueued more recently than that::
+
+            queue.purge()                                   # empty the queue
+            queue.purge("dead", older_than=7 * 86400)       # dead letters older than a week
+        """
+
+        def run() -> Result[int, QueueError]:
+            if state is None:
+                states: list[str] = ["pending", "delayed", "processing"]
+            elif isinstance(state, str):
+                states = [state]
+            else:
+                states = list(state)
+            for item in states:
+                if item not in _PURGEABLE_STATES:
+                    raise QueueError(
+                        f"state must be one of {', '.join(_PURGEABLE_STATES)}, got {item!r}",
+                        ErrorKind.INVALID_INPUT,
+                    )
+            now = self._now()
+            cutoff = None
+            if older_than is not None:
+                age = _seconds(older_than, "older_than", minimum=0, maximum=1e12, strict=False)
+                cutoff = now - age
+            removed = self._backend.purge(sorted(set(states)), now, cutoff)
+            self._count_operation()
+            logger.info(
+                "queue %r: purged %d message(s) (%s)", self.name, removed, ", ".join(states)
+            )
+            return Ok(removed)
+
+        return self._guard(QueueError, "purge", run)
+
     # -- maintenance ---------------------------------------------------------------------
 
     def vacuum_database(self, conn: Any = None) -> Result[None, QueueError]:
@@ -931,3 +1059,13 @@ class SQLiteQueue(Queue):
             result = self.vacuum_database()
             if result.is_err():
                 logger.warning("queue %r: vacuum on start skipped: %s", self.name, result.error)
+
+    @staticmethod
+    def list_queues(db_path: str | os.PathLike[str]) -> Result[list[str], QueueError]:
+        """Names of the queues in a database file: ``Ok(["emails", "thumbnails"])``."""
+        try:
+            return Ok(tools.list_queues(db_path))
+        except QueueError as exc:
+            return Err(QueueError(f"list_queues failed: {exc}", exc.kind))
+        except Exception as exc:
+            return Err(QueueError(f"list_queues failed: {exc!r}", ErrorKind.STORAGE))

@@ -180,6 +180,21 @@ class Backend(ABC):
         """One dict per message (dead letters included): id, status, priority, attempts."""
 
     @abstractmethod
+    def stats(self, now: float, horizon: float) -> dict[str, Any]:
+        """Counts by state (from maintained counters), totals since creation, oldest ready
+        message's visibility time, leases expiring before ``now + horizon``, file sizes."""
+
+    @abstractmethod
+    def list_messages(
+        self, state: str, now: float, limit: int, after_id: int
+    ) -> list[StoredMessage] | list[StoredDeadLetter]:
+        """A page of messages in ``state`` (pending, delayed, processing, dead, all) by id."""
+
+    @abstractmethod
+    def purge(self, states: Sequence[str], now: float, older_than: float | None) -> int:
+        """Delete messages in ``states`` (created before ``older_than`` if given), atomically."""
+
+    @abstractmethod
     def maintain(self) -> None:
         """Cheap periodic upkeep (reclaim a few free pages, passive checkpoint)."""
 

@@ -53,11 +53,22 @@ Synchronous = Literal["normal", "full"]
 # SQL. Rendered once per queue with $q (the queue table) and $dlq (its dead-letter table).
 # --------------------------------------------------------------------------------------
 
+# One row per queue. The *_count columns are kept exact by triggers on the queue's tables
+# (so even rows changed by hand in the sqlite3 shell are counted); the *_total columns
+# count events since the queue was created and are bumped by each operation.
 _REGISTRY_DDL = """
 CREATE TABLE IF NOT EXISTS sqqueue_queues (
-    name            TEXT PRIMARY KEY,
-    schema_version  INTEGER NOT NULL,
-    created_at      REAL NOT NULL
+    name                 TEXT PRIMARY KEY,
+    schema_version       INTEGER NOT NULL,
+    created_at           REAL NOT NULL,
+    pending_count        INTEGER NOT NULL DEFAULT 0,
+    processing_count     INTEGER NOT NULL DEFAULT 0,
+    dead_count           INTEGER NOT NULL DEFAULT 0,
+    enqueued_total       INTEGER NOT NULL DEFAULT 0,
+    completed_total      INTEGER NOT NULL DEFAULT 0,
+    failed_total         INTEGER NOT NULL DEFAULT 0,
+    dead_lettered_total  INTEGER NOT NULL DEFAULT 0,
+    expired_total        INTEGER NOT NULL DEFAULT 0
 )"""
 
 _QUEUE_DDL = (
@@ -100,6 +111,37 @@ CREATE TABLE $dlq (
     updated_at        REAL NOT NULL,
     dead_at           REAL NOT NULL
 )""",
+    """
+CREATE TRIGGER ${q}_count_insert AFTER INSERT ON $q BEGIN
+    UPDATE sqqueue_queues
+       SET pending_count = pending_count + (NEW.status = 'pending'),
+           processing_count = processing_count + (NEW.status = 'processing')
+     WHERE name = $lit;
+END""",
+    """
+CREATE TRIGGER ${q}_count_delete AFTER DELETE ON $q BEGIN
+    UPDATE sqqueue_queues
+       SET pending_count = pending_count - (OLD.status = 'pending'),
+           processing_count = processing_count - (OLD.status = 'processing')
+     WHERE name = $lit;
+END""",
+    """
+CREATE TRIGGER ${q}_count_update AFTER UPDATE OF status ON $q
+WHEN OLD.status IS NOT NEW.status BEGIN
+    UPDATE sqqueue_queues
+       SET pending_count = pending_count + (NEW.status = 'pending') - (OLD.status = 'pending'),
+           processing_count = processing_count + (NEW.status = 'processing')
+                                               - (OLD.status = 'processing')
+     WHERE name = $lit;
+END""",
+    """
+CREATE TRIGGER ${dlq}_count_insert AFTER INSERT ON $dlq BEGIN
+    UPDATE sqqueue_queues SET dead_count = dead_count + 1 WHERE name = $lit;
+END""",
+    """
+CREATE TRIGGER ${dlq}_count_delete AFTER DELETE ON $dlq BEGIN
+    UPDATE sqqueue_queues SET dead_count = dead_count - 1 WHERE name = $lit;
+END""",
 )
 
 _COLUMNS = (
@@ -182,6 +224,43 @@ _SQL = {
          ORDER BY priority DESC, visible_at, id
          LIMIT 1""",
     "is_empty": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
+    "bump": """
+        UPDATE sqqueue_queues
+           SET enqueued_total = enqueued_total + :enqueued,
+               completed_total = completed_total + :completed,
+               failed_total = failed_total + :failed,
+               dead_lettered_total = dead_lettered_total + :dead_lettered,
+               expired_total = expired_total + :expired
+         WHERE name = :name""",
+    "recount": """
+        UPDATE sqqueue_queues
+           SET pending_count = (SELECT count(*) FROM $q WHERE status = 'pending'),
+               processing_count = (SELECT count(*) FROM $q WHERE status = 'processing'),
+               dead_count = (SELECT count(*) FROM $dlq)
+         WHERE name = $lit""",
+    "seed_totals": """
+        UPDATE sqqueue_queues SET enqueued_total = pending_count + processing_count + dead_count
+         WHERE name = $lit""",
+    "counters": """
+        SELECT pending_count, processing_count, dead_count, enqueued_total, completed_total,
+               failed_total, dead_lettered_total, expired_total, created_at
+          FROM sqqueue_queues WHERE name = $lit""",
+    # Per priority level, seek into the ready index: pending rows not yet visible, and
+    # the oldest visible one. Costs a few seeks per level plus one step per delayed row.
+    "delayed_and_oldest": """
+        WITH RECURSIVE levels(p) AS (
+            SELECT max(priority) FROM $q WHERE status = 'pending'
+            UNION ALL
+            SELECT (SELECT max(priority) FROM $q WHERE status = 'pending' AND priority < levels.p)
+              FROM levels WHERE levels.p IS NOT NULL
+        )
+        SELECT coalesce(sum((SELECT count(*) FROM $q WHERE status = 'pending'
+                              AND priority = levels.p AND visible_at > :now)), 0),
+               min((SELECT min(visible_at) FROM $q WHERE status = 'pending'
+                     AND priority = levels.p AND visible_at <= :now))
+          FROM levels WHERE levels.p IS NOT NULL""",
+    "expiring": """
+        SELECT count(*) FROM $q WHERE status = 'processing' AND lease_expires_at <= :horizon""",
     # The earliest visible_at among pending rows, read from the ready index one priority
     # level at a time (a skip-scan: a few index seeks per level, whatever the depth).
     "next_due": """
@@ -408,7 +487,9 @@ class SQLiteBackend(Backend):
         self._conns: set[sqlite3.Connection] = set()
         self._conns_lock = threading.Lock()
         self._closed = False
-        subst = {"q": f'"{self.name}"', "dlq": f'"{self.name}_dlq"'}
+        # The name is a validated identifier (letters, digits, _): safe to quote as is.
+        subst = {"q": f'"{self.name}"', "dlq": f'"{self.name}_dlq"', "lit": f"'{self.name}'"}
+        self._subst = subst
         self._sql = {key: Template(sql).substitute(subst) for key, sql in _SQL.items()}
         # Index names are built from the bare name, so they are substituted unquoted.
         bare = {"q": self.name, "dlq": f"{self.name}_dlq"}
@@ -442,6 +523,8 @@ class SQLiteBackend(Backend):
             out = out.replace("${" + key + "}__sqqueue_v0", f'"{bare[key]}__sqqueue_v0"')
             out = out.replace("${" + key + "}_ready", f'"{bare[key]}_ready"')
             out = out.replace("${" + key + "}_leases", f'"{bare[key]}_leases"')
+            for trigger in ("count_insert", "count_delete", "count_update"):
+                out = out.replace("${" + key + "}_" + trigger, f'"{bare[key]}_{trigger}"')
         return Template(out).substitute(quoted)
 
     # -- connections -------------------------------------------------------------------
@@ -590,6 +673,12 @@ class SQLiteBackend(Backend):
                 return
             now = float(self._clock())
             columns = self._table_columns(conn, self.name)
+            # Registered first so the count triggers find the row; counted once at the end
+            # because migrated rows were inserted before the triggers existed.
+            conn.execute(
+                "INSERT INTO sqqueue_queues (name, schema_version, created_at) VALUES (?, ?, ?)",
+                (self.name, SCHEMA_VERSION, now),
+            )
             if not columns:
                 for ddl in self._ddl:
                     conn.execute(ddl)
@@ -601,10 +690,8 @@ class SQLiteBackend(Backend):
                     "choose another table_name",
                     ErrorKind.INVALID_INPUT,
                 )
-            conn.execute(
-                "INSERT INTO sqqueue_queues (name, schema_version, created_at) VALUES (?, ?, ?)",
-                (self.name, SCHEMA_VERSION, now),
-            )
+            conn.execute(self._sql["recount"])
+            conn.execute(self._sql["seed_totals"])
 
         self._write(setup)
 
@@ -700,6 +787,13 @@ class SQLiteBackend(Backend):
 
     # -- operations --------------------------------------------------------------------
 
+    def _bump(self, conn: sqlite3.Connection, **counts: int) -> None:
+        """Add to the queue's event totals, in the caller's transaction."""
+        params = dict.fromkeys(("enqueued", "completed", "failed", "dead_lettered", "expired"), 0)
+        params.update(counts)
+        params["name"] = self.name  # type: ignore[assignment]
+        conn.execute(self._sql["bump"], params)
+
     def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[int]:
         rows = [
             (m.data, m.encoding, m.checksum, m.priority, m.visible_at, m.max_attempts, now, now)
@@ -708,6 +802,7 @@ class SQLiteBackend(Backend):
         insert = self._sql["insert"]
 
         def run(conn: sqlite3.Connection) -> list[int]:
+            self._bump(conn, enqueued=len(rows))
             if len(rows) == 1:
                 cur = conn.execute(insert, rows[0])
                 return [int(cur.lastrowid or 0)]
@@ -725,6 +820,7 @@ class SQLiteBackend(Backend):
         conn.execute(self._sql["bury_expired"], params)
         dead = conn.execute(self._sql["delete_expired_dead"], params).rowcount
         back = conn.execute(self._sql["return_expired"], params).rowcount
+        self._bump(conn, expired=dead + back, dead_lettered=dead)
         if dead:
             logger.info(
                 "queue %r: %d expired lease(s) on a last attempt dead-lettered", self.name, dead
@@ -764,6 +860,7 @@ class SQLiteBackend(Backend):
 
         def run(conn: sqlite3.Connection) -> Outcome:
             if conn.execute(self._sql["complete"], params).rowcount:
+                self._bump(conn, completed=1)
                 return Outcome.DONE
             return self._diagnose(conn, message_id, token)
 
@@ -817,16 +914,19 @@ class SQLiteBackend(Backend):
                 outcome = self._diagnose(conn, message_id, token)
                 if outcome is Outcome.PENDING and force_dead and token is None:
                     self._bury(conn, message_id, now, error)
+                    self._bump(conn, failed=1, dead_lettered=1)
                     return Outcome.DONE, True
                 return outcome, False
             attempts, max_attempts = row
             if force_dead or attempts >= max_attempts:
                 self._bury(conn, message_id, now, error)
+                self._bump(conn, failed=1, dead_lettered=1)
                 return Outcome.DONE, True
             conn.execute(
                 self._sql["release"],
                 {**live, "visible_at": retry_at, "error": error, "refund": 0},
             )
+            self._bump(conn, failed=1)
             return Outcome.DONE, False
 
         return self._write(run)
@@ -894,6 +994,89 @@ class SQLiteBackend(Backend):
         rows = self._read(lambda conn: conn.execute(self._sql["statuses"], {"now": now}).fetchall())
         keys = ("id", "status", "priority", "attempts", "max_attempts")
         return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    # -- inspection --------------------------------------------------------------------
+
+    def stats(self, now: float, horizon: float) -> dict[str, Any]:
+        def run(conn: sqlite3.Connection) -> dict[str, Any]:
+            counters = conn.execute(self._sql["counters"]).fetchone()
+            delayed, oldest = conn.execute(self._sql["delayed_and_oldest"], {"now": now}).fetchone()
+            expiring = conn.execute(self._sql["expiring"], {"horizon": now + horizon}).fetchone()[0]
+            return {
+                "counters": counters,
+                "delayed": delayed,
+                "oldest": oldest,
+                "expiring": expiring,
+            }
+
+        found = self._read(run)
+        (pending, processing, dead, enqueued, completed, failed, dead_lettered, expired,
+         created) = found["counters"]  # fmt: skip
+        sizes = {}
+        for key, suffix in (("db_bytes", ""), ("wal_bytes", "-wal")):
+            try:
+                sizes[key] = 0 if self._memory else os.path.getsize(self.path + suffix)
+            except OSError:
+                sizes[key] = 0
+        return {
+            "pending": int(pending) - int(found["delayed"]),
+            "delayed": int(found["delayed"]),
+            "processing": int(processing),
+            "dead": int(dead),
+            "oldest_pending_at": found["oldest"],
+            "expiring": int(found["expiring"]),
+            "enqueued_total": int(enqueued),
+            "completed_total": int(completed),
+            "failed_total": int(failed),
+            "dead_lettered_total": int(dead_lettered),
+            "expired_total": int(expired),
+            "created_at": float(created),
+            **sizes,
+        }
+
+    def list_messages(
+        self, state: str, now: float, limit: int, after_id: int
+    ) -> list[StoredMessage] | list[StoredDeadLetter]:
+        """A page of messages in ``state`` (pending, delayed, processing, dead) by id."""
+        params = {"now": now, "limit": limit, "after": after_id}
+        if state == "dead":
+            sql = f"SELECT {_DLQ_COLUMNS} FROM $dlq WHERE id > :after ORDER BY id LIMIT :limit"
+            rows = self._read(lambda c: c.execute(self._render_sql(sql), params).fetchall())
+            return [StoredDeadLetter(*r) for r in rows]
+        where = {
+            "pending": "status = 'pending' AND visible_at <= :now",
+            "delayed": "status = 'pending' AND visible_at > :now",
+            "processing": "status = 'processing'",
+            "all": "1",
+        }[state]
+        sql = f"SELECT {_COLUMNS} FROM $q WHERE {where} AND id > :after ORDER BY id LIMIT :limit"
+        rows = self._read(lambda c: c.execute(self._render_sql(sql), params).fetchall())
+        return [StoredMessage(*r) for r in rows]
+
+    def purge(self, states: Sequence[str], now: float, older_than: float | None) -> int:
+        """Delete messages in the given states (created before ``older_than``); one transaction."""
+        where = {
+            "pending": "status = 'pending' AND visible_at <= :now",
+            "delayed": "status = 'pending' AND visible_at > :now",
+            "processing": "status = 'processing'",
+        }
+        age = " AND created_at < :cutoff" if older_than is not None else ""
+        params = {"now": now, "cutoff": older_than}
+
+        def run(conn: sqlite3.Connection) -> int:
+            removed = 0
+            for state in states:
+                if state == "dead":
+                    sql = f"DELETE FROM $dlq WHERE 1{age}"
+                else:
+                    sql = f"DELETE FROM $q WHERE {where[state]}{age}"
+                removed += conn.execute(self._render_sql(sql), params).rowcount
+            return removed
+
+        return self._write(run)
+
+    def _render_sql(self, sql: str) -> str:
+        return Template(sql).substitute(self._subst)
 
     # -- maintenance -------------------------------------------------------------------
 
