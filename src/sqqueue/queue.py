@@ -19,9 +19,10 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeAlias, TypeVar
 
-from . import tools
+from . import config, tools
 from .backends.base import Backend, NewMessage, Outcome, StoredDeadLetter, StoredMessage
 from .backends.sqlite import SQLiteBackend, Synchronous
+from .config import UNSET
 from .exceptions import (
     CompletionError,
     DequeueError,
@@ -995,45 +996,81 @@ class SQLiteQueue(Queue):
 
     Settings beyond the 0.1.0 ones: ``synchronous`` ("normal": a committed message survives
     a process crash; "full": also an OS crash or power loss), ``lock_timeout`` (how long a
-    call waits for a locked database before returning ``Err``), ``serializer`` and
-    ``clock`` (a function returning Unix seconds, for tests).
+    call waits for a locked database before returning ``Err``), ``serializer``, ``retry``
+    and ``clock`` (a function returning Unix seconds, for tests).
+
+    A setting not passed as an argument comes from the ``SQQUEUE_<SETTING>`` environment
+    variable, then the config file (see :mod:`sqqueue.config`), then the default shown in
+    the README; ``self.settings`` and ``self.setting_sources`` tell what was used.
     """
 
     def __init__(
         self,
-        db_path: str | os.PathLike[str],
-        table_name: str = "message_queue",
-        vacuum_threshold: int = 1000,
-        vacuum_on_start: bool = False,
-        default_max_attempts: int = 5,
-        default_visibility_timeout: float = 300.0,
-        default_priority: int = 0,
-        statsd_host: str | None = None,
-        statsd_port: int = 8125,
-        statsd_prefix: str = "sqqueue",
+        db_path: str | os.PathLike[str] = UNSET,
+        table_name: str = UNSET,
+        vacuum_threshold: int = UNSET,
+        vacuum_on_start: bool = UNSET,
+        default_max_attempts: int = UNSET,
+        default_visibility_timeout: float = UNSET,
+        default_priority: int = UNSET,
+        statsd_host: str | None = UNSET,
+        statsd_port: int = UNSET,
+        statsd_prefix: str = UNSET,
         *,
-        synchronous: Synchronous = "normal",
-        lock_timeout: float = 30.0,
+        synchronous: Synchronous = UNSET,
+        lock_timeout: float = UNSET,
         serializer: Serializer | None = None,
         clock: Clock | None = None,
-        retry: RetryPolicy | None = None,
+        retry: RetryPolicy | None = UNSET,
     ) -> None:
+        resolved = config.resolve(
+            {
+                "db_path": db_path,
+                "table_name": table_name,
+                "vacuum_threshold": vacuum_threshold,
+                "vacuum_on_start": vacuum_on_start,
+                "default_max_attempts": default_max_attempts,
+                "default_visibility_timeout": default_visibility_timeout,
+                "default_priority": default_priority,
+                "statsd_host": statsd_host,
+                "statsd_port": statsd_port,
+                "statsd_prefix": statsd_prefix,
+                "synchronous": synchronous,
+                "lock_timeout": lock_timeout,
+                "retry": retry,
+            }
+        )
+        settings = resolved.values
+        self.settings = settings
+        self.setting_sources = resolved.sources
+        if settings["db_path"] is None:
+            raise ValueError(
+                "db_path is required: pass it, or set SQQUEUE_DB_PATH or db_path in sqqueue.toml"
+            )
+        table_name = settings["table_name"]
         timeout = _config(
-            lambda: _seconds(lock_timeout, "lock_timeout", minimum=0, maximum=86400, strict=True)
+            lambda: _seconds(
+                settings["lock_timeout"], "lock_timeout", minimum=0, maximum=86400, strict=True
+            )
         )
         max_attempts = _config(
-            lambda: _bounded_int(default_max_attempts, "default_max_attempts", 1, MAX_ATTEMPTS)
+            lambda: _bounded_int(
+                settings["default_max_attempts"], "default_max_attempts", 1, MAX_ATTEMPTS
+            )
         )
         metrics: Metrics | None = None
-        if statsd_host is not None:
-            _config(lambda: _bounded_int(statsd_port, "statsd_port", 1, 65535))
-            metrics = StatsdMetrics(statsd_host, statsd_port, statsd_prefix, table_name)
+        if settings["statsd_host"] is not None:
+            port = settings["statsd_port"]
+            _config(lambda: _bounded_int(port, "statsd_port", 1, 65535))
+            metrics = StatsdMetrics(
+                settings["statsd_host"], port, settings["statsd_prefix"], table_name
+            )
         if clock is not None and not callable(clock):
             raise ValueError("clock must be a callable returning Unix seconds")
         backend = SQLiteBackend(
-            db_path,
+            settings["db_path"],
             table_name,
-            synchronous=synchronous,
+            synchronous=settings["synchronous"],
             lock_timeout=timeout,
             default_max_attempts=max_attempts,
             clock=clock,
@@ -1041,21 +1078,21 @@ class SQLiteQueue(Queue):
         try:
             super().__init__(
                 backend,
-                vacuum_threshold=vacuum_threshold,
-                default_max_attempts=default_max_attempts,
-                default_visibility_timeout=default_visibility_timeout,
-                default_priority=default_priority,
+                vacuum_threshold=settings["vacuum_threshold"],
+                default_max_attempts=settings["default_max_attempts"],
+                default_visibility_timeout=settings["default_visibility_timeout"],
+                default_priority=settings["default_priority"],
                 serializer=serializer,
                 clock=clock,
                 metrics=metrics,
-                retry=retry,
+                retry=settings["retry"],
             )
         except BaseException:
             backend.close()
             raise
         self.db_path = backend.path
         self.table_name = table_name
-        if vacuum_on_start:
+        if settings["vacuum_on_start"]:
             result = self.vacuum_database()
             if result.is_err():
                 logger.warning("queue %r: vacuum on start skipped: %s", self.name, result.error)

@@ -1,0 +1,283 @@
+"""Settings from arguments, ``SQQUEUE_*`` environment variables and a TOML file.
+
+Precedence, highest first: an argument given to the constructor, then the environment
+variable ``SQQUEUE_<SETTING>``, then the config file, then the built-in default.
+
+The config file is the first of: the path in ``SQQUEUE_CONFIG``; ``sqqueue.toml`` in the
+working directory; the ``[tool.sqqueue]`` table of ``pyproject.toml`` there. Its top-level
+keys apply to every queue; a ``[queues.<name>]`` table (``[tool.sqqueue.queues.<name>]``
+in pyproject) overrides them for one queue::
+
+    # sqqueue.toml
+    db_path = "var/jobs.db"
+    default_visibility_timeout = 60
+
+    [queues.emails]
+    default_max_attempts = 10
+    retry = "exponential:1:600"
+
+``SQQUEUE_CONFIG=none`` turns the file off. Unknown keys and bad values raise
+``ValueError`` naming where they came from.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .names import validate_queue_name
+from .retry import RetryPolicy
+
+__all__ = ["SETTINGS", "UNSET", "Resolved", "find_config_file", "parse_retry", "resolve"]
+
+
+class _Unset:
+    """Marks an argument the caller did not give (``None`` is a real value for some)."""
+
+    _instance: _Unset | None = None
+
+    def __new__(cls) -> _Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+UNSET: Any = _Unset()
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer, got a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    raise ValueError(f"expected an integer, got {value!r}")
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number of seconds, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return number
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return _str(value)
+
+
+def _synchronous(value: Any) -> str:
+    text = _str(value).lower()
+    if text not in ("normal", "full"):
+        raise ValueError(f"expected 'normal' or 'full', got {value!r}")
+    return text
+
+
+def parse_retry(value: Any) -> RetryPolicy:
+    """``"immediate"``, ``"fixed:30"``, ``"linear:10[:cap]"``, ``"exponential:base[:cap]"``."""
+    if isinstance(value, RetryPolicy):
+        return value
+    text = _str(value).strip().lower()
+    kind, *numbers = text.split(":")
+    try:
+        args = [float(n) for n in numbers]
+    except ValueError:
+        raise ValueError(f"bad retry policy {value!r}: numbers expected after ':'") from None
+    if kind == "immediate" and not args:
+        return RetryPolicy.immediate()
+    if kind == "fixed" and len(args) == 1:
+        return RetryPolicy.fixed(args[0])
+    if kind == "linear" and len(args) in (1, 2):
+        return RetryPolicy.linear(args[0], cap=args[1] if len(args) == 2 else 3600.0)
+    if kind == "exponential" and len(args) in (1, 2):
+        base, *cap = args
+        return RetryPolicy.exponential(base=base, cap=cap[0] if cap else 3600.0)
+    raise ValueError(
+        f"bad retry policy {value!r}: use immediate, fixed:SECONDS, linear:STEP[:CAP] "
+        "or exponential:BASE[:CAP]"
+    )
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    parse: Callable[[Any], Any]
+    help: str
+
+
+SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in (
+        Setting("db_path", None, _str, "database file"),
+        Setting("table_name", "message_queue", validate_queue_name, "queue name"),
+        Setting("vacuum_threshold", 1000, _int, "writes between maintenance steps (0: never)"),
+        Setting("vacuum_on_start", False, _bool, "full VACUUM when opening"),
+        Setting("default_max_attempts", 5, _int, "deliveries before the dead-letter queue"),
+        Setting("default_visibility_timeout", 300.0, _float, "lease length, seconds"),
+        Setting("default_priority", 0, _int, "priority when none is given"),
+        Setting("statsd_host", None, _optional_str, "statsd server (enables statsd)"),
+        Setting("statsd_port", 8125, _int, "statsd port"),
+        Setting("statsd_prefix", "sqqueue", _str, "statsd metric prefix"),
+        Setting("synchronous", "normal", _synchronous, "'normal' or 'full' durability"),
+        Setting("lock_timeout", 30.0, _float, "seconds to wait for a locked database"),
+        Setting("retry", RetryPolicy.immediate(), parse_retry, "retry policy after failures"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Effective settings and where each came from ("argument", "env", a file, "default")."""
+
+    values: dict[str, Any]
+    sources: dict[str, str]
+
+
+def find_config_file(
+    environ: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None
+) -> tuple[Path, bool] | None:
+    """The config file in use and whether it is a pyproject.toml, or None."""
+    env = os.environ if environ is None else environ
+    explicit = env.get("SQQUEUE_CONFIG")
+    if explicit is not None:
+        if explicit.strip().lower() in ("", "none", "off"):
+            return None
+        path = Path(explicit)
+        if not path.is_file():
+            raise ValueError(f"SQQUEUE_CONFIG points to {explicit!r}, which is not a file")
+        return path, path.name == "pyproject.toml"
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    if (base / "sqqueue.toml").is_file():
+        return base / "sqqueue.toml", False
+    if (base / "pyproject.toml").is_file():
+        return base / "pyproject.toml", True
+    return None
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            raise ValueError(
+                f"reading {path} needs Python 3.11+ or the tomli package (pip install tomli)"
+            ) from None
+    try:
+        with path.open("rb") as handle:
+            data: dict[str, Any] = tomllib.load(handle)
+            return data
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"cannot read config file {path}: {exc}") from exc
+
+
+_file_cache: dict[Path, tuple[float, dict[str, Any]]] = {}
+
+
+def _file_settings(found: tuple[Path, bool], queue: str | None) -> dict[str, Any]:
+    path, is_pyproject = found
+    mtime = path.stat().st_mtime
+    cached = _file_cache.get(path)
+    if cached is None or cached[0] != mtime:
+        cached = (mtime, _load_toml(path))
+        _file_cache[path] = cached
+    data = cached[1]
+    if is_pyproject:
+        data = data.get("tool", {}).get("sqqueue", {})
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the sqqueue settings must be a table")
+    queues = data.get("queues", {})
+    if not isinstance(queues, dict):
+        raise ValueError(f"{path}: 'queues' must be a table of per-queue tables")
+    values = {k: v for k, v in data.items() if k != "queues"}
+    _check_keys(values, str(path))
+    for name, table in queues.items():
+        if not isinstance(table, dict):
+            raise ValueError(f"{path}: [queues.{name}] must be a table")
+        _check_keys(table, f"{path} [queues.{name}]")
+    effective_queue = queue or values.get("table_name")
+    if isinstance(effective_queue, str) and effective_queue in queues:
+        values.update(queues[effective_queue])
+    return values
+
+
+def _check_keys(values: Mapping[str, Any], where: str) -> None:
+    unknown = sorted(set(values) - set(SETTINGS))
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown setting(s) {', '.join(unknown)}; known settings: "
+            f"{', '.join(SETTINGS)}"
+        )
+
+
+def resolve(
+    explicit: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> Resolved:
+    """Merge arguments (values that are not ``UNSET``), environment, file and defaults."""
+    env = os.environ if environ is None else environ
+    given = {k: v for k, v in explicit.items() if v is not UNSET}
+    _check_keys(given, "arguments")
+    found = find_config_file(env, cwd)
+    hint = given.get("table_name") or env.get("SQQUEUE_TABLE_NAME")
+    queue_hint = hint if isinstance(hint, str) else None
+    from_file = _file_settings(found, queue_hint) if found is not None else {}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, setting in SETTINGS.items():
+        env_key = f"SQQUEUE_{name.upper()}"
+        if name in given:
+            raw, source = given[name], "argument"
+            values[name] = raw  # arguments are checked by the constructor itself
+            sources[name] = source
+            continue
+        if env_key in env:
+            raw, source = env[env_key], f"env {env_key}"
+        elif name in from_file:
+            raw, source = from_file[name], f"file {found[0] if found else ''}"
+        else:
+            values[name], sources[name] = setting.default, "default"
+            continue
+        try:
+            values[name] = setting.parse(raw)
+        except ValueError as exc:
+            raise ValueError(f"bad value for {name} from {source}: {exc}") from None
+        sources[name] = source
+    return Resolved(values, sources)
