@@ -21,6 +21,9 @@ class Metrics:
     def gauge(self, name: str, value: float) -> None:
         """Set gauge ``name``."""
 
+    def timing(self, name: str, seconds: float) -> None:
+        """Record a duration."""
+
     def wants_gauges(self, now: float) -> bool:
         """Whether the (costly to compute) gauges should be sent now."""
         return False
@@ -59,6 +62,12 @@ class StatsdMetrics(Metrics):
             self._client.gauge(name, value)
         except Exception:
             logger.debug("statsd gauge failed", exc_info=True)
+
+    def timing(self, name: str, seconds: float) -> None:
+        try:
+            self._client.timing(name, seconds * 1000.0)
+        except Exception:
+            logger.debug("statsd timing failed", exc_info=True)
 
     def wants_gauges(self, now: float) -> bool:
         if now - self._last_gauge < self._interval:

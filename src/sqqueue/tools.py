@@ -24,7 +24,7 @@ from .backends.sqlite import SQLiteBackend, classify
 from .exceptions import ErrorKind, QueueError
 from .names import validate_queue_name
 
-__all__ = ["SalvageReport", "check", "list_queues", "salvage"]
+__all__ = ["SalvageReport", "check", "legacy_queues", "list_queues", "migrate", "salvage"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,41 @@ def list_queues(path: str | os.PathLike[str]) -> list[str]:
         except sqlite3.Error as exc:
             raise classify(exc, str(path)) from exc
     return [r[0] for r in rows if r[0] in names]
+
+
+def legacy_queues(path: str | os.PathLike[str]) -> list[str]:
+    """Queues in the file still in sqqueue 0.1.0's layout (not migrated yet)."""
+    with _read_only(path) as conn:
+        try:
+            names = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            registered: set[str] = set()
+            if "sqqueue_queues" in names:
+                registered = {r[0] for r in conn.execute("SELECT name FROM sqqueue_queues")}
+            found = []
+            for name in sorted(names - registered):
+                columns = {
+                    r[1] for r in conn.execute("SELECT * FROM pragma_table_info(?)", (name,))
+                }
+                if {"processing_at", "dlq", "visible_at", "status"} <= columns:
+                    found.append(name)
+        except sqlite3.Error as exc:
+            raise classify(exc, str(path)) from exc
+    return found
+
+
+def migrate(path: str | os.PathLike[str]) -> list[str]:
+    """Migrate every sqqueue 0.1.0 queue in the file now (each in one transaction).
+
+    Opening a queue migrates it anyway; this does all of them at once, e.g. before a
+    deploy. Returns the names migrated.
+    """
+    done = []
+    for name in legacy_queues(path):
+        SQLiteBackend(path, validate_queue_name(name)).close()
+        done.append(name)
+    return done
 
 
 def check(path: str | os.PathLike[str]) -> list[str]:

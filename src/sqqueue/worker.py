@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .message import Message
 from .queue import Queue, _error_text
@@ -73,6 +73,12 @@ class WorkerHooks:
             logger.exception("worker hook %s failed", name)
 
 
+class DurationObserver(Protocol):
+    """Receives ``time_in_queue`` and ``processing`` durations (e.g. prometheus.Durations)."""
+
+    def observe(self, queue: str, kind: str, seconds: float) -> None: ...
+
+
 class _Task:
     """One message being handled: the heartbeat extends its lease until it is done."""
 
@@ -102,6 +108,7 @@ class WorkerCore:
         handle_signals: bool = True,
         hooks: WorkerHooks | None = None,
         name: str | None = None,
+        durations: DurationObserver | None = None,
     ) -> None:
         if not callable(handler):
             raise ValueError("handler must be callable")
@@ -131,6 +138,7 @@ class WorkerCore:
         self.poll_wait = float(poll_wait)
         self.handle_signals = handle_signals
         self.hooks = hooks or WorkerHooks()
+        self.durations = durations
         self.name = name or f"sqqueue-worker-{queue.name}"
         self.stats = WorkerStats()
         self._stopping = threading.Event()
@@ -185,6 +193,7 @@ class WorkerCore:
         task = _Task(message, time.monotonic())
         with self._lock:
             self._tasks[key] = task
+        self._observe("time_in_queue", self.queue._now() - message.enqueued_at.timestamp())
         self.stats.started += 1
         self.hooks.call("on_start", message)
         logger.debug(
@@ -211,6 +220,7 @@ class WorkerCore:
                 extra=log_extra,
             )
             return
+        self._observe("processing", elapsed)
         if exc is not None:
             self._record_failure(message, exc, elapsed)
             return
@@ -228,6 +238,14 @@ class WorkerCore:
                 result.error,
                 extra=log_extra,
             )
+
+    def _observe(self, kind: str, seconds: float) -> None:
+        self.queue._metrics.timing(f"{kind}_seconds", seconds)
+        if self.durations is not None:
+            try:
+                self.durations.observe(self.queue.name, kind, seconds)
+            except Exception:
+                logger.exception("worker %s: recording a duration failed", self.name)
 
     def _record_failure(self, message: Message, exc: BaseException, elapsed: float) -> None:
         log_extra = {"message_id": message.id, "attempt": message.attempts}
@@ -328,6 +346,8 @@ class Worker(WorkerCore):
     - Returns normally: the message is completed. Raises: it is failed with the exception's
       last traceback line as its error, retried per the queue's retry policy, and
       dead-lettered after its last attempt.
+    - Durations: ``durations=sqqueue.prometheus.Durations()`` records histograms of
+      time-in-queue and processing time (statsd timers too when the queue uses statsd).
     - Heartbeat: every ``heartbeat`` seconds (default a third of the lease) the lease of
       each running message is extended, so slow but alive handlers keep their messages.
     - ``task_timeout``: a handler running longer is abandoned: its message is failed with a
