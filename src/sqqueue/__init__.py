@@ -17,13 +17,15 @@ from .exceptions import (
     EnqueueError,
     ErrorKind,
     QueueError,
+    QueueFull,
     RequeueError,
 )
-from .message import Message
+from .message import Item, Message
 from .queue import Queue, SQLiteQueue
 from .result import Err, Ok, Result, UnwrapError
 from .retry import RetryPolicy
 from .serializers import Serializer
+from .stats import QueueStats
 from .worker import Worker, WorkerHooks, WorkerStats, worker
 
 __version__ = "1.0.0.dev0"
@@ -37,10 +39,13 @@ __all__ = [
     "EnqueueError",
     "Err",
     "ErrorKind",
+    "Item",
     "Message",
     "Ok",
     "Queue",
     "QueueError",
+    "QueueFull",
+    "QueueStats",
     "RequeueError",
     "Result",
     "RetryPolicy",

@@ -107,6 +107,31 @@ def _synchronous(value: Any) -> str:
     return text
 
 
+def _optional_seconds(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    return _float(value)
+
+
+def _optional_int(value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    return _int(value)
+
+
+def _dedup_window(value: Any) -> float | str:
+    if isinstance(value, str) and value.strip().lower() == "exists":
+        return "exists"
+    return _float(value)
+
+
+def _on_expire(value: Any) -> str:
+    text = _str(value).lower()
+    if text not in ("dead", "drop"):
+        raise ValueError(f"expected 'dead' or 'drop', got {value!r}")
+    return text
+
+
 def parse_retry(value: Any) -> RetryPolicy:
     """``"immediate"``, ``"fixed:30"``, ``"linear:10[:cap]"``, ``"exponential:base[:cap]"``."""
     if isinstance(value, RetryPolicy):
@@ -156,6 +181,12 @@ SETTINGS: dict[str, Setting] = {
         Setting("synchronous", "normal", _synchronous, "'normal' or 'full' durability"),
         Setting("lock_timeout", 30.0, _float, "seconds to wait for a locked database"),
         Setting("retry", RetryPolicy.immediate(), parse_retry, "retry policy after failures"),
+        Setting("dedup_window", 300.0, _dedup_window, "seconds a dedup key holds, or 'exists'"),
+        Setting("default_ttl", None, _optional_seconds, "time to live of messages, seconds"),
+        Setting("on_expire", "dead", _on_expire, "'dead' or 'drop' messages past their ttl"),
+        Setting("retention", None, _optional_seconds, "keep completed messages, seconds"),
+        Setting("retention_max", None, _optional_int, "keep at most this many completed"),
+        Setting("max_depth", None, _optional_int, "refuse enqueues past this many messages"),
     )
 }
 

@@ -18,6 +18,7 @@ __all__ = [
     "EnqueueError",
     "ErrorKind",
     "QueueError",
+    "QueueFull",
     "RequeueError",
 ]
 
@@ -32,6 +33,7 @@ class ErrorKind(str, Enum):
     LEASE_EXPIRED = "lease_expired"  #: the caller's lease ran out; the message is back
     LEASE_LOST = "lease_lost"  #: another consumer holds the message now
     LOCKED = "locked"  #: the database stayed locked past the deadline
+    QUEUE_FULL = "queue_full"  #: the queue holds its maximum depth of messages
     DISK_FULL = "disk_full"  #: the disk (or file size limit) is full
     READ_ONLY = "read_only"  #: the database cannot be written
     CORRUPT = "corrupt"  #: the database file or a stored message is damaged
@@ -58,6 +60,13 @@ class QueueError(Exception):
 
 class EnqueueError(QueueError):
     """Adding messages failed."""
+
+
+class QueueFull(EnqueueError):
+    """The queue is at its ``max_depth``: nothing was enqueued."""
+
+    def __init__(self, message: str, message_id: int | None = None) -> None:
+        super().__init__(message, ErrorKind.QUEUE_FULL, message_id)
 
 
 class DequeueError(QueueError):

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["Message"]
+__all__ = ["Item", "Message"]
 
 
 def to_datetime(timestamp: float | None) -> datetime | None:
@@ -40,6 +40,9 @@ class Message:
     last_error: str | None = None
     queue: str = ""
     lease_token: int | None = field(default=None, repr=False, compare=False)
+    group: str | None = None
+    expires_at: datetime | None = None
+    prior_attempts: int = 0  #: attempts made before the message was last redriven
 
     def __iter__(self) -> Iterator[Any]:
         yield self.id
@@ -59,3 +62,19 @@ class Message:
             f"Message(id={self.id}, payload={payload}, priority={self.priority}, "
             f"attempts={self.attempts}/{self.max_attempts}, queue={self.queue!r})"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A message to enqueue with its options, for ``enqueue_batch``::
+
+    queue.enqueue_batch([Item({"order": 1}, dedup_key="order-1", group="cust-7")])
+    """
+
+    payload: Any
+    priority: int | None = None
+    delay: Any = 0
+    max_attempts: int | None = None
+    dedup_key: str | None = None
+    group: str | None = None
+    ttl: Any = None

@@ -20,7 +20,15 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, TypeAlias, TypeVar
 
 from . import config, tools
-from .backends.base import Backend, NewMessage, Outcome, StoredDeadLetter, StoredMessage
+from .backends.base import (
+    Backend,
+    NewMessage,
+    Outcome,
+    Policy,
+    StoredDeadLetter,
+    StoredDone,
+    StoredMessage,
+)
 from .backends.sqlite import SQLiteBackend, Synchronous
 from .config import UNSET
 from .exceptions import (
@@ -29,10 +37,12 @@ from .exceptions import (
     EnqueueError,
     ErrorKind,
     QueueError,
+    QueueFull,
     RequeueError,
 )
-from .message import Message, to_datetime
+from .message import Item, Message, to_datetime
 from .metrics import Metrics, NullMetrics, StatsdMetrics
+from .names import validate_queue_name
 from .result import Err, Ok, Result
 from .retry import RetryPolicy
 from .serializers import Codec, Serializer
@@ -56,8 +66,8 @@ MAX_VISIBILITY_TIMEOUT = 7 * 86400.0  # a week; longer work extends its lease
 MAX_ATTEMPTS = 1_000_000
 MAX_BATCH_SIZE = 10_000
 MAX_ID = 2**63 - 1  # SQLite's largest integer
-_LISTABLE_STATES = ("pending", "delayed", "processing", "dead", "all")
-_PURGEABLE_STATES = ("pending", "delayed", "processing", "dead")
+_LISTABLE_STATES = ("pending", "delayed", "waiting", "processing", "dead", "done", "all")
+_PURGEABLE_STATES = ("pending", "delayed", "waiting", "processing", "dead", "done")
 MAX_ERROR_TEXT = 8_192
 _LEASE_MEMORY = 100_000  # leases remembered per queue object for id-only acks
 MAX_WAIT = 86400.0
@@ -124,6 +134,36 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _policy(settings: dict[str, Any]) -> Policy:
+    """The storage policy from resolved settings; raises QueueError for bad values."""
+    window = settings["dedup_window"]
+    if window == "exists":
+        window = None
+    elif window is not None:
+        window = _seconds(window, "dedup_window", minimum=0, maximum=MAX_DELAY, strict=True)
+    on_expire = settings["on_expire"]
+    if on_expire not in ("dead", "drop"):
+        raise QueueError(
+            f"on_expire must be 'dead' or 'drop', got {on_expire!r}", ErrorKind.INVALID_INPUT
+        )
+    retention = settings["retention"]
+    if retention is not None:
+        retention = _seconds(retention, "retention", minimum=0, maximum=1e12, strict=True)
+    keep = settings["retention_max"]
+    if keep is not None:
+        keep = _bounded_int(keep, "retention_max", 1, 2**62)
+    depth = settings["max_depth"]
+    if depth is not None:
+        depth = _bounded_int(depth, "max_depth", 1, 2**62)
+    return Policy(
+        dedup_window=window,
+        expired_to_dlq=on_expire == "dead",
+        retention=retention,
+        retention_max=keep,
+        max_depth=depth,
+    )
+
+
 def _config(check: Callable[[], T]) -> T:
     """Run a validator at construction time, where bad settings raise ValueError."""
     try:
@@ -152,6 +192,7 @@ class Queue:
         clock: Clock | None = None,
         metrics: Metrics | None = None,
         retry: RetryPolicy | None = None,
+        default_ttl: float | timedelta | None = None,
     ) -> None:
         self._backend = backend
         self.name = backend.name
@@ -186,7 +227,17 @@ class Queue:
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ValueError("retry must be a sqqueue.RetryPolicy")
         self.retry = retry or RetryPolicy.immediate()
+        self.default_ttl = (
+            None
+            if default_ttl is None
+            else _config(
+                lambda: _seconds(default_ttl, "ttl", minimum=0, maximum=MAX_DELAY, strict=True)
+            )
+        )
         self._signal = signal_for(backend.wakeup_key)
+        # Producers blocked on a full queue wait on their own signal, so completions do
+        # not wake idle consumers.
+        self._room = signal_for(backend.wakeup_key + ":room")
 
     # -- context management --------------------------------------------------------------
 
@@ -319,6 +370,9 @@ class Queue:
             last_error=row.last_error,
             queue=self.name,
             lease_token=row.lease_token,
+            group=row.group_key,
+            expires_at=to_datetime(row.expires_at),
+            prior_attempts=row.prior_attempts,
         )
 
     def _isolate_poison(self, row: StoredMessage, reason: QueueError, now: float) -> None:
@@ -343,17 +397,24 @@ class Queue:
 
     # -- producing -----------------------------------------------------------------------
 
-    def _new_message(
-        self, payload: object, priority: object, delay: object, max_attempts: object, now: float
-    ) -> NewMessage:
-        prio = self.default_priority if priority is None else priority
+    def _new_message(self, item: Item, now: float) -> NewMessage:
+        prio = self.default_priority if item.priority is None else item.priority
         prio = _bounded_int(prio, "priority", MIN_PRIORITY, MAX_PRIORITY)
-        seconds = _seconds(
-            0 if delay is None else delay, "delay", minimum=0, maximum=MAX_DELAY, strict=False
-        )
-        attempts = self.default_max_attempts if max_attempts is None else max_attempts
+        delay = 0 if item.delay is None else item.delay
+        seconds = _seconds(delay, "delay", minimum=0, maximum=MAX_DELAY, strict=False)
+        attempts = self.default_max_attempts if item.max_attempts is None else item.max_attempts
         attempts = _bounded_int(attempts, "max_attempts", 1, MAX_ATTEMPTS)
-        encoded = self._codec.encode(payload)
+        ttl = self.default_ttl if item.ttl is None else item.ttl
+        expires_at = None
+        if ttl is not None:
+            expires_at = now + _seconds(ttl, "ttl", minimum=0, maximum=MAX_DELAY, strict=True)
+        for label, value in (("dedup_key", item.dedup_key), ("group", item.group)):
+            if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 512):
+                raise QueueError(
+                    f"{label} must be a non-empty str of at most 512 characters, got {value!r}",
+                    ErrorKind.INVALID_INPUT,
+                )
+        encoded = self._codec.encode(item.payload)
         return NewMessage(
             data=encoded.data,
             encoding=encoded.encoding,
@@ -361,7 +422,77 @@ class Queue:
             priority=prio,
             visible_at=now + seconds,
             max_attempts=attempts,
+            dedup_key=item.dedup_key,
+            group_key=item.group,
+            expires_at=expires_at,
         )
+
+    def _items(self, payloads: object) -> list[Item]:
+        if isinstance(payloads, (str, bytes, bytearray, dict)) or not isinstance(
+            payloads, Sequence
+        ):
+            raise QueueError(
+                f"enqueue_batch expects a list of payloads, got {type(payloads).__name__}",
+                ErrorKind.INVALID_INPUT,
+            )
+        items = []
+        for index, entry in enumerate(payloads):
+            if isinstance(entry, Item):
+                items.append(entry)
+            elif isinstance(entry, tuple):
+                if not 1 <= len(entry) <= 4:
+                    raise QueueError(
+                        f"item {index}: a tuple item must be (payload, priority, delay, "
+                        f"max_attempts) with 1 to 4 elements, got {len(entry)}; nothing was "
+                        "enqueued",
+                        ErrorKind.INVALID_INPUT,
+                    )
+                payload, priority, delay, attempts = (*entry, None, None, None)[:4]
+                items.append(Item(payload, priority, delay, attempts))
+            else:
+                items.append(Item(entry))
+        return items
+
+    def _store(self, items: Sequence[Item], wait: object, conn: Any = None) -> list[int]:
+        """Encode and insert ``items`` in one transaction; wait for room if asked."""
+        patience = _seconds(wait, "wait", minimum=0, maximum=MAX_WAIT, strict=False)
+        deadline = time.monotonic() + patience
+        nap = _POLL_MIN
+        while True:
+            now = self._now()
+            batch = []
+            for index, item in enumerate(items):
+                try:
+                    batch.append(self._new_message(item, now))
+                except QueueError as exc:
+                    if len(items) == 1:
+                        raise
+                    raise QueueError(
+                        f"item {index}: {exc}; nothing was enqueued", exc.kind
+                    ) from exc
+            if not batch:
+                return []
+            try:
+                if conn is not None:
+                    ids = self._backend.enqueue_in(conn, batch, now)
+                else:
+                    ids = self._backend.enqueue(batch, now)
+                break
+            except QueueError as exc:
+                remaining = deadline - time.monotonic()
+                if exc.kind is not ErrorKind.QUEUE_FULL or remaining <= 0 or conn is not None:
+                    if exc.kind is ErrorKind.QUEUE_FULL:
+                        raise QueueFull(str(exc)) from exc
+                    raise
+                # Completions in this process notify at once; others are polled.
+                self._room.wait(self._room.seq, min(nap, remaining))
+                nap = min(nap * 2, _POLL_MAX * 5)
+        self._signal.notify()
+        self._metrics.incr("enqueue", len(ids))
+        self._count_operation()
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("queue %r: enqueued message(s) %s", self.name, ids[:20])
+        return ids
 
     def enqueue(
         self,
@@ -369,71 +500,72 @@ class Queue:
         priority: int | None = None,
         delay: float | timedelta = 0,
         max_attempts: int | None = None,
+        *,
+        dedup_key: str | None = None,
+        group: str | None = None,
+        ttl: float | timedelta | None = None,
+        wait: float = 0,
     ) -> Result[int, EnqueueError]:
         """Add a message; ``Ok(id)``.
 
         Higher ``priority`` is delivered first; ``delay`` (seconds) keeps it invisible
         until due; ``max_attempts`` bounds deliveries before the dead-letter queue.
+
+        - ``dedup_key``: a second enqueue with the same key within the queue's
+          ``dedup_window`` adds nothing and returns ``Ok(original_id)``.
+        - ``group``: messages of one group are delivered one at a time, in order.
+        - ``ttl``: seconds after which the message is never delivered.
+        - ``wait``: when the queue is at ``max_depth``, wait up to this long for room
+          (else ``Err(QueueFull)`` at once).
+
+        Example::
+
+            queue.enqueue({"order": 42}, dedup_key="order-42", group="customer-7")
         """
+        item = Item(payload, priority, delay, max_attempts, dedup_key, group, ttl)
+        return self._guard(EnqueueError, "enqueue", lambda: Ok(self._store([item], wait)[0]))
 
-        def run() -> Result[int, EnqueueError]:
-            now = self._now()
-            new = self._new_message(payload, priority, delay, max_attempts, now)
-            (message_id,) = self._backend.enqueue([new], now)
-            self._signal.notify()
-            self._metrics.incr("enqueue")
-            self._count_operation()
-            logger.debug("queue %r: enqueued message %d", self.name, message_id)
-            return Ok(message_id)
-
-        return self._guard(EnqueueError, "enqueue", run)
-
-    def enqueue_batch(self, payloads: Sequence[Any]) -> Result[list[int], EnqueueError]:
+    def enqueue_batch(
+        self, payloads: Sequence[Any], *, wait: float = 0
+    ) -> Result[list[int], EnqueueError]:
         """Add many messages in one transaction: all of them, or none; ``Ok([ids])``.
 
-        Items are payloads, or ``(payload, priority, delay, max_attempts)`` tuples (trailing
-        items may be left out; ``None`` means the queue's default)::
+        Items are payloads, ``(payload, priority, delay, max_attempts)`` tuples (trailing
+        items may be left out; ``None`` means the queue's default) or :class:`Item`
+        objects for the other options::
 
-            queue.enqueue_batch(["a", "b", ("urgent", 10), ("later", None, 60)])
+            queue.enqueue_batch(["a", "b", ("urgent", 10), Item("c", dedup_key="c-1")])
         """
 
         def run() -> Result[list[int], EnqueueError]:
-            if isinstance(payloads, (str, bytes, bytearray, dict)) or not isinstance(
-                payloads, Sequence
-            ):
-                raise QueueError(
-                    f"enqueue_batch expects a list of payloads, got {type(payloads).__name__}",
-                    ErrorKind.INVALID_INPUT,
-                )
-            now = self._now()
-            batch = []
-            for index, item in enumerate(payloads):
-                try:
-                    if isinstance(item, tuple):
-                        if not 1 <= len(item) <= 4:
-                            raise QueueError(
-                                "a tuple item must be (payload, priority, delay, max_attempts) "
-                                f"with 1 to 4 elements, got {len(item)}",
-                                ErrorKind.INVALID_INPUT,
-                            )
-                        payload, priority, delay, attempts = (*item, None, None, None)[:4]
-                        batch.append(self._new_message(payload, priority, delay, attempts, now))
-                    else:
-                        batch.append(self._new_message(item, None, 0, None, now))
-                except QueueError as exc:
-                    raise QueueError(
-                        f"item {index}: {exc}; nothing was enqueued", exc.kind
-                    ) from exc
-            if not batch:
-                return Ok([])
-            ids = self._backend.enqueue(batch, now)
-            self._signal.notify()
-            self._metrics.incr("enqueue", len(ids))
-            self._count_operation()
-            logger.debug("queue %r: enqueued %d messages", self.name, len(ids))
-            return Ok(ids)
+            return Ok(self._store(self._items(payloads), wait))
 
         return self._guard(EnqueueError, "enqueue_batch", run)
+
+    def enqueue_in(
+        self,
+        conn: Any,
+        payload: Any,
+        priority: int | None = None,
+        delay: float | timedelta = 0,
+        max_attempts: int | None = None,
+        *,
+        dedup_key: str | None = None,
+        group: str | None = None,
+        ttl: float | timedelta | None = None,
+    ) -> Result[int, EnqueueError]:
+        """Enqueue inside *your* open transaction on ``conn`` (a ``sqlite3.Connection`` on
+        the queue's file): the message commits or rolls back with your own rows (the
+        outbox pattern)::
+
+            with sqlite3.connect("app.db") as conn:          # commits on success
+                conn.execute("INSERT INTO orders (id) VALUES (?)", (42,))
+                queue.enqueue_in(conn, {"order": 42}).unwrap()
+        """
+        item = Item(payload, priority, delay, max_attempts, dedup_key, group, ttl)
+        return self._guard(
+            EnqueueError, "enqueue_in", lambda: Ok(self._store([item], 0, conn=conn)[0])
+        )
 
     # -- consuming -----------------------------------------------------------------------
 
@@ -625,6 +757,8 @@ class Queue:
                 # A refused call keeps the remembered token: later calls by id stay fenced.
                 raise self._outcome_error(outcome, message_id, "completed")
             self._forget(message_id)
+            if self._backend.policy.max_depth is not None:
+                self._room.notify()
             self._metrics.incr("complete")
             self._count_operation()
             logger.debug("queue %r: completed message %d", self.name, message_id)
@@ -772,13 +906,18 @@ class Queue:
 
         return self._guard(QueueError, "recover_processing_messages", run)
 
-    def _dead_letter_dict(self, row: StoredDeadLetter) -> dict[str, Any]:
+    def _payload_entry(self, row: StoredMessage | StoredDeadLetter | StoredDone) -> dict[str, Any]:
+        """``{"id", "payload"}`` of a stored row; an undecodable payload comes raw, with why."""
         entry: dict[str, Any] = {"id": row.id}
         try:
             entry["payload"] = self._codec.decode(row.data, row.encoding, row.checksum)
         except QueueError as exc:
             entry["payload"] = row.data
             entry["payload_error"] = str(exc)
+        return entry
+
+    def _dead_letter_dict(self, row: StoredDeadLetter) -> dict[str, Any]:
+        entry = self._payload_entry(row)
         entry.update(
             status="dead",
             priority=row.priority,
@@ -788,6 +927,8 @@ class Queue:
             created_at=to_datetime(row.created_at),
             updated_at=to_datetime(row.updated_at),
             dead_at=to_datetime(row.dead_at),
+            group=row.group_key,
+            prior_attempts=row.prior_attempts,
         )
         return entry
 
@@ -843,6 +984,7 @@ class Queue:
                     queue=self.name,
                     pending=raw["pending"],
                     delayed=raw["delayed"],
+                    waiting=raw["waiting"],
                     processing=raw["processing"],
                     dead=raw["dead"],
                     oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
@@ -852,6 +994,7 @@ class Queue:
                     failed_total=raw["failed_total"],
                     dead_lettered_total=raw["dead_lettered_total"],
                     lease_expirations_total=raw["expired_total"],
+                    ttl_expired_total=raw["ttl_expired_total"],
                     db_bytes=raw["db_bytes"],
                     wal_bytes=raw["wal_bytes"],
                 )
@@ -883,22 +1026,20 @@ class Queue:
             for row in rows:
                 if isinstance(row, StoredDeadLetter):
                     out.append(self._dead_letter_dict(row))
+                elif isinstance(row, StoredDone):
+                    out.append(self._done_dict(row))
                 else:
-                    out.append(self._message_dict(row, now))
+                    out.append(self._message_dict(row, now, state))
             return Ok(out)
 
         return self._guard(QueueError, "list_messages", run)
 
-    def _message_dict(self, row: StoredMessage, now: float) -> dict[str, Any]:
-        entry: dict[str, Any] = {"id": row.id}
-        try:
-            entry["payload"] = self._codec.decode(row.data, row.encoding, row.checksum)
-        except QueueError as exc:
-            entry["payload"] = row.data
-            entry["payload_error"] = str(exc)
-        status = "processing" if row.lease_expires_at is not None else "pending"
-        if status == "pending" and row.visible_at > now:
-            status = "delayed"
+    def _message_dict(self, row: StoredMessage, now: float, status: str) -> dict[str, Any]:
+        entry = self._payload_entry(row)
+        if status == "all":
+            status = "processing" if row.lease_expires_at is not None else "pending"
+            if status == "pending" and row.visible_at > now:
+                status = "delayed"
         entry.update(
             status=status,
             priority=row.priority,
@@ -908,8 +1049,98 @@ class Queue:
             enqueued_at=to_datetime(row.created_at),
             visible_at=to_datetime(row.visible_at),
             lease_expires_at=to_datetime(row.lease_expires_at),
+            group=row.group_key,
+            expires_at=to_datetime(row.expires_at),
+            prior_attempts=row.prior_attempts,
         )
         return entry
+
+    def _done_dict(self, row: StoredDone) -> dict[str, Any]:
+        entry = self._payload_entry(row)
+        entry.update(
+            status="done",
+            priority=row.priority,
+            attempts=row.attempts,
+            enqueued_at=to_datetime(row.created_at),
+            completed_at=to_datetime(row.completed_at),
+            group=row.group_key,
+        )
+        return entry
+
+    def get_completed(
+        self, limit: int = 100, after_id: int = 0
+    ) -> Result[list[dict[str, Any]], QueueError]:
+        """Completed messages kept by the queue's ``retention`` setting, by id, as dicts
+        (``id``, ``payload``, ``priority``, ``attempts``, ``enqueued_at``, ``completed_at``)."""
+        return self.list_messages("done", limit=limit, after_id=after_id)
+
+    def redrive(
+        self,
+        ids: Sequence[int] | None = None,
+        to_queue: str | None = None,
+        rate: float | None = None,
+        progress: Callable[[int, int], Any] | None = None,
+    ) -> Result[int, RequeueError]:
+        """Move dead letters back to be delivered again; ``Ok(count moved)``.
+
+        ``ids`` picks which (default: all). ``to_queue`` sends them to another queue of the
+        same file (default: this one, keeping their ids). ``rate`` caps messages per second,
+        so a large redrive does not flood consumers. ``progress(done, total)`` is called
+        as it goes. Each message keeps its last error; its attempts start over and the
+        ones it used are added to ``prior_attempts``::
+
+            queue.redrive(rate=50, progress=lambda done, total: print(done, "/", total))
+        """
+
+        def run() -> Result[int, RequeueError]:
+            if to_queue is not None:
+                _config(lambda: validate_queue_name(to_queue))
+            if rate is not None:
+                _seconds(rate, "rate", minimum=0, maximum=1e9, strict=True)
+            wanted = None
+            if ids is not None:
+                wanted = [_bounded_int(i, "id", 0, MAX_ID) for i in ids]
+                total = len(wanted)
+            else:
+                total = self._backend.stats(self._now(), 0)["dead"]
+            chunk = 500 if rate is None else max(1, min(500, int(rate // 10) or 1))
+            moved = 0
+            after = 0
+            started = time.monotonic()
+            while True:
+                batch_ids = None if wanted is None else wanted[:chunk]
+                if wanted is not None:
+                    wanted = wanted[chunk:]
+                    if not batch_ids:
+                        break
+                done, missing = self._backend.redrive(
+                    batch_ids, to_queue, self._now(), chunk, after
+                )
+                if missing:
+                    raise QueueError(
+                        f"no dead letter with id {', '.join(map(str, missing))} in queue "
+                        f"{self.name!r}; {moved + len(done)} other(s) were redriven",
+                        ErrorKind.NOT_FOUND,
+                    )
+                if not done and wanted is None:
+                    break
+                moved += len(done)
+                after = max(done, default=after)
+                self._signal.notify()
+                if to_queue is not None:
+                    signal_for(self._backend.wakeup_key.rsplit(":", 1)[0] + f":{to_queue}").notify()
+                if progress is not None:
+                    progress(moved, max(total, moved))
+                if rate is not None:
+                    # Sleep until this many messages are due at the given rate.
+                    ahead = moved / rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            self._count_operation()
+            logger.info("queue %r: redrove %d dead letter(s)", self.name, moved)
+            return Ok(moved)
+
+        return self._guard(RequeueError, "redrive", run)
 
     def purge(
         self, state: str | Sequence[str] | None = None, older_than: float | timedelta | None = None
@@ -926,7 +1157,7 @@ class Queue:
 
         def run() -> Result[int, QueueError]:
             if state is None:
-                states: list[str] = ["pending", "delayed", "processing"]
+                states: list[str] = ["pending", "delayed", "waiting", "processing"]
             elif isinstance(state, str):
                 states = [state]
             else:
@@ -943,6 +1174,8 @@ class Queue:
                 age = _seconds(older_than, "older_than", minimum=0, maximum=1e12, strict=False)
                 cutoff = now - age
             removed = self._backend.purge(sorted(set(states)), now, cutoff)
+            if self._backend.policy.max_depth is not None:
+                self._room.notify()
             self._count_operation()
             logger.info(
                 "queue %r: purged %d message(s) (%s)", self.name, removed, ", ".join(states)
@@ -1022,6 +1255,12 @@ class SQLiteQueue(Queue):
         serializer: Serializer | None = None,
         clock: Clock | None = None,
         retry: RetryPolicy | None = UNSET,
+        dedup_window: float | str = UNSET,
+        default_ttl: float | None = UNSET,
+        on_expire: str = UNSET,
+        retention: float | None = UNSET,
+        retention_max: int | None = UNSET,
+        max_depth: int | None = UNSET,
     ) -> None:
         resolved = config.resolve(
             {
@@ -1038,6 +1277,12 @@ class SQLiteQueue(Queue):
                 "synchronous": synchronous,
                 "lock_timeout": lock_timeout,
                 "retry": retry,
+                "dedup_window": dedup_window,
+                "default_ttl": default_ttl,
+                "on_expire": on_expire,
+                "retention": retention,
+                "retention_max": retention_max,
+                "max_depth": max_depth,
             }
         )
         settings = resolved.values
@@ -1067,6 +1312,7 @@ class SQLiteQueue(Queue):
             )
         if clock is not None and not callable(clock):
             raise ValueError("clock must be a callable returning Unix seconds")
+        policy = _config(lambda: _policy(settings))
         backend = SQLiteBackend(
             settings["db_path"],
             table_name,
@@ -1074,6 +1320,7 @@ class SQLiteQueue(Queue):
             lock_timeout=timeout,
             default_max_attempts=max_attempts,
             clock=clock,
+            policy=policy,
         )
         try:
             super().__init__(
@@ -1086,6 +1333,7 @@ class SQLiteQueue(Queue):
                 clock=clock,
                 metrics=metrics,
                 retry=settings["retry"],
+                default_ttl=settings["default_ttl"],
             )
         except BaseException:
             backend.close()

@@ -19,6 +19,7 @@ class QueueStats:
     queue: str
     pending: int  #: ready to be delivered now
     delayed: int  #: waiting for their delay (or retry backoff) to pass
+    waiting: int  #: behind an earlier message of their group
     processing: int  #: leased by a consumer
     dead: int  #: in the dead-letter queue
     oldest_pending_age: float | None  #: seconds the oldest ready message has waited
@@ -28,13 +29,14 @@ class QueueStats:
     failed_total: int  #: failed attempts (each fail_message, including dead-lettering ones)
     dead_lettered_total: int
     lease_expirations_total: int
+    ttl_expired_total: int  #: messages whose time to live ran out before delivery
     db_bytes: int
     wal_bytes: int
 
     @property
     def depth(self) -> int:
-        """Messages not yet done: pending + delayed + processing."""
-        return self.pending + self.delayed + self.processing
+        """Messages not yet done: pending + delayed + waiting + processing."""
+        return self.pending + self.delayed + self.waiting + self.processing
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

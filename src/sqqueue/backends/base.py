@@ -15,11 +15,36 @@ from typing import Any
 
 from ..exceptions import QueueError
 
-__all__ = ["Backend", "NewMessage", "Outcome", "StorageError", "StoredDeadLetter", "StoredMessage"]
+__all__ = [
+    "Backend",
+    "NewMessage",
+    "Outcome",
+    "Policy",
+    "StorageError",
+    "StoredDeadLetter",
+    "StoredDone",
+    "StoredMessage",
+]
 
 
 class StorageError(QueueError):
     """A database failure, already classified (``kind``) and explained."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Per-queue behaviour the storage enforces inside its transactions."""
+
+    #: seconds a dedup key is remembered after enqueue; None: while the message exists
+    dedup_window: float | None = 300.0
+    #: messages past their time to live go to the dead-letter queue (else: dropped)
+    expired_to_dlq: bool = True
+    #: keep completed messages this many seconds (None: delete at once)
+    retention: float | None = None
+    #: keep at most this many completed messages
+    retention_max: int | None = None
+    #: refuse enqueues past this many messages (pending, delayed, waiting, processing)
+    max_depth: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +55,9 @@ class NewMessage:
     priority: int
     visible_at: float
     max_attempts: int
+    dedup_key: str | None = None
+    group_key: str | None = None
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +74,9 @@ class StoredMessage:
     lease_token: int | None
     lease_expires_at: float | None
     last_error: str | None
+    group_key: str | None = None
+    expires_at: float | None = None
+    prior_attempts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +92,21 @@ class StoredDeadLetter:
     created_at: float
     updated_at: float
     dead_at: float
+    group_key: str | None = None
+    prior_attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDone:
+    id: int
+    data: Any
+    encoding: str
+    checksum: int | None
+    priority: int
+    attempts: int
+    created_at: float
+    completed_at: float
+    group_key: str | None = None
 
 
 class Outcome(enum.Enum):
@@ -83,12 +129,21 @@ class Backend(ABC):
     """
 
     name: str
+    policy: Policy
     #: identifies the queue's storage within this process, for in-process wake-ups
     wakeup_key: str
 
     @abstractmethod
     def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[int]:
-        """Insert all messages in one transaction; return their ids in order."""
+        """Insert all messages in one transaction; return their ids in order.
+
+        A message whose dedup key was seen within the policy's window is not inserted:
+        its id is that of the original. Raises QUEUE_FULL past the policy's max depth.
+        """
+
+    @abstractmethod
+    def enqueue_in(self, conn: Any, messages: Sequence[NewMessage], now: float) -> list[int]:
+        """``enqueue`` inside the caller's own open transaction on ``conn`` (outbox)."""
 
     @abstractmethod
     def claim(
@@ -176,6 +231,13 @@ class Backend(ABC):
         """Move a dead letter back to pending with its id, attempts reset; False if absent."""
 
     @abstractmethod
+    def redrive(
+        self, ids: Sequence[int] | None, target: str | None, now: float, limit: int, after: int
+    ) -> tuple[list[int], list[int]]:
+        """Move up to ``limit`` dead letters (``ids``, or every id after ``after``) back to
+        this queue (same ids) or to queue ``target``; returns (moved, not found)."""
+
+    @abstractmethod
     def statuses(self, now: float) -> list[dict[str, Any]]:
         """One dict per message (dead letters included): id, status, priority, attempts."""
 
@@ -187,8 +249,9 @@ class Backend(ABC):
     @abstractmethod
     def list_messages(
         self, state: str, now: float, limit: int, after_id: int
-    ) -> list[StoredMessage] | list[StoredDeadLetter]:
-        """A page of messages in ``state`` (pending, delayed, processing, dead, all) by id."""
+    ) -> list[StoredMessage] | list[StoredDeadLetter] | list[StoredDone]:
+        """A page of messages in ``state`` (pending, delayed, waiting, processing, dead,
+        done, all) by id."""
 
     @abstractmethod
     def purge(self, states: Sequence[str], now: float, older_than: float | None) -> int:

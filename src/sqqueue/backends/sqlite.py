@@ -1,10 +1,4 @@
-"""SQLite storage: one table per queue plus its dead-letter table, in WAL mode.
-
-Layout (``{q}`` is the validated queue name)::
-
-    {q}       messages that are pending (waiting, possibly delayed) or processing (leased)
-    {q}_dlq   dead letters, keeping the id they had in {q}
-    sqqueue_queues   one row per queue: schema version and creation time
+"""SQLite storage, in WAL mode. The tables and every statement are in ``sqlite_sql.py``.
 
 Times are Unix seconds (REAL); ``datetime(visible_at, 'unixepoch')`` shows them in the
 ``sqlite3`` shell. Every write is one ``BEGIN IMMEDIATE`` transaction, so a writer never
@@ -25,17 +19,19 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from string import Template
 from typing import Any, Literal, TypeVar
 
 from ..exceptions import ErrorKind
 from ..names import validate_queue_name
+from . import sqlite_sql as sql
 from .base import (
     Backend,
     NewMessage,
     Outcome,
+    Policy,
     StorageError,
     StoredDeadLetter,
+    StoredDone,
     StoredMessage,
 )
 
@@ -48,279 +44,6 @@ T = TypeVar("T")
 MIN_SQLITE_VERSION = (3, 35, 0)  # RETURNING
 SCHEMA_VERSION = 1
 Synchronous = Literal["normal", "full"]
-
-# --------------------------------------------------------------------------------------
-# SQL. Rendered once per queue with $q (the queue table) and $dlq (its dead-letter table).
-# --------------------------------------------------------------------------------------
-
-# One row per queue. The *_count columns are kept exact by triggers on the queue's tables
-# (so even rows changed by hand in the sqlite3 shell are counted); the *_total columns
-# count events since the queue was created and are bumped by each operation.
-_REGISTRY_DDL = """
-CREATE TABLE IF NOT EXISTS sqqueue_queues (
-    name                 TEXT PRIMARY KEY,
-    schema_version       INTEGER NOT NULL,
-    created_at           REAL NOT NULL,
-    pending_count        INTEGER NOT NULL DEFAULT 0,
-    processing_count     INTEGER NOT NULL DEFAULT 0,
-    dead_count           INTEGER NOT NULL DEFAULT 0,
-    enqueued_total       INTEGER NOT NULL DEFAULT 0,
-    completed_total      INTEGER NOT NULL DEFAULT 0,
-    failed_total         INTEGER NOT NULL DEFAULT 0,
-    dead_lettered_total  INTEGER NOT NULL DEFAULT 0,
-    expired_total        INTEGER NOT NULL DEFAULT 0
-)"""
-
-_QUEUE_DDL = (
-    """
-CREATE TABLE $q (
-    id                INTEGER PRIMARY KEY AUTOINCREMENT,
-    payload           NOT NULL,          -- TEXT for str and JSON, BLOB for bytes
-    encoding          TEXT NOT NULL,     -- 'text', 'bytes', 'json' or a serializer name
-    checksum          INTEGER,           -- CRC-32 of the stored bytes; NULL for 0.1.0 rows
-    status            TEXT NOT NULL DEFAULT 'pending'
-                      CHECK (status IN ('pending', 'processing')),
-    priority          INTEGER NOT NULL DEFAULT 0,
-    visible_at        REAL NOT NULL,     -- not delivered before; FIFO key within a priority
-    lease_token       INTEGER,           -- fences acks: only the current holder's count
-    lease_expires_at  REAL,
-    attempts          INTEGER NOT NULL DEFAULT 0,
-    max_attempts      INTEGER NOT NULL,
-    last_error        TEXT,
-    created_at        REAL NOT NULL,
-    updated_at        REAL NOT NULL
-)""",
-    # Serves the claim exactly: ready rows in delivery order, pending rows only.
-    """
-CREATE INDEX ${q}_ready ON $q (priority DESC, visible_at, id) WHERE status = 'pending'""",
-    # Serves the fold of expired leases, and waiting consumers' next wake-up.
-    """
-CREATE INDEX ${q}_leases ON $q (lease_expires_at) WHERE status = 'processing'""",
-    """
-CREATE TABLE $dlq (
-    id                INTEGER PRIMARY KEY,  -- the id the message had in $q
-    payload           NOT NULL,
-    encoding          TEXT NOT NULL,
-    checksum          INTEGER,
-    status            TEXT NOT NULL DEFAULT 'dead',
-    priority          INTEGER NOT NULL DEFAULT 0,
-    attempts          INTEGER NOT NULL DEFAULT 0,
-    max_attempts      INTEGER NOT NULL,
-    last_error        TEXT,
-    created_at        REAL NOT NULL,
-    updated_at        REAL NOT NULL,
-    dead_at           REAL NOT NULL
-)""",
-    """
-CREATE TRIGGER ${q}_count_insert AFTER INSERT ON $q BEGIN
-    UPDATE sqqueue_queues
-       SET pending_count = pending_count + (NEW.status = 'pending'),
-           processing_count = processing_count + (NEW.status = 'processing')
-     WHERE name = $lit;
-END""",
-    """
-CREATE TRIGGER ${q}_count_delete AFTER DELETE ON $q BEGIN
-    UPDATE sqqueue_queues
-       SET pending_count = pending_count - (OLD.status = 'pending'),
-           processing_count = processing_count - (OLD.status = 'processing')
-     WHERE name = $lit;
-END""",
-    """
-CREATE TRIGGER ${q}_count_update AFTER UPDATE OF status ON $q
-WHEN OLD.status IS NOT NEW.status BEGIN
-    UPDATE sqqueue_queues
-       SET pending_count = pending_count + (NEW.status = 'pending') - (OLD.status = 'pending'),
-           processing_count = processing_count + (NEW.status = 'processing')
-                                               - (OLD.status = 'processing')
-     WHERE name = $lit;
-END""",
-    """
-CREATE TRIGGER ${dlq}_count_insert AFTER INSERT ON $dlq BEGIN
-    UPDATE sqqueue_queues SET dead_count = dead_count + 1 WHERE name = $lit;
-END""",
-    """
-CREATE TRIGGER ${dlq}_count_delete AFTER DELETE ON $dlq BEGIN
-    UPDATE sqqueue_queues SET dead_count = dead_count - 1 WHERE name = $lit;
-END""",
-)
-
-_COLUMNS = (
-    "id, payload, encoding, checksum, priority, attempts, max_attempts, created_at, "
-    "visible_at, lease_token, lease_expires_at, last_error"
-)
-_DLQ_COLUMNS = (
-    "id, payload, encoding, checksum, priority, attempts, max_attempts, last_error, "
-    "created_at, updated_at, dead_at"
-)
-# A lease is live when the row is processing, not expired, and (if the caller has a
-# token) held under that token.
-_LIVE = (
-    "status = 'processing' AND lease_expires_at > :now AND (:token IS NULL OR lease_token = :token)"
-)
-
-_SQL = {
-    "insert": """
-        INSERT INTO $q (payload, encoding, checksum, priority, visible_at, max_attempts,
-                        created_at, updated_at)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-    "claim": f"""
-        UPDATE $q
-           SET status = 'processing', attempts = attempts + 1, lease_token = :token,
-               lease_expires_at = :until, updated_at = :now
-         WHERE id IN (SELECT id FROM $q
-                       WHERE status = 'pending' AND visible_at <= :now
-                       ORDER BY priority DESC, visible_at, id
-                       LIMIT :limit)
-        RETURNING {_COLUMNS}""",
-    "any_expired": """
-        SELECT 1 FROM $q WHERE status = 'processing' AND lease_expires_at <= :now LIMIT 1""",
-    "bury_expired": f"""
-        INSERT INTO $dlq ({_DLQ_COLUMNS})
-        SELECT id, payload, encoding, checksum, priority, attempts, max_attempts,
-               'lease expired on the last attempt (' || attempts || ' of ' || max_attempts
-                   || ') without being completed',
-               created_at, :now, :now
-          FROM $q
-         WHERE status = 'processing' AND lease_expires_at <= :now
-           AND attempts >= max_attempts""",
-    "delete_expired_dead": """
-        DELETE FROM $q
-         WHERE status = 'processing' AND lease_expires_at <= :now
-           AND attempts >= max_attempts""",
-    # The message becomes visible again from the moment its lease ran out.
-    "return_expired": """
-        UPDATE $q
-           SET status = 'pending', visible_at = lease_expires_at, lease_token = NULL,
-               lease_expires_at = NULL, updated_at = :now,
-               last_error = 'lease expired on attempt ' || attempts || ' of ' || max_attempts
-         WHERE status = 'processing' AND lease_expires_at <= :now""",
-    "complete": f"DELETE FROM $q WHERE id = :id AND {_LIVE}",
-    "release": f"""
-        UPDATE $q
-           SET status = 'pending', visible_at = :visible_at, lease_token = NULL,
-               lease_expires_at = NULL, attempts = max(attempts - :refund, 0),
-               last_error = coalesce(:error, last_error), updated_at = :now
-         WHERE id = :id AND {_LIVE}""",
-    "extend": f"UPDATE $q SET lease_expires_at = :until, updated_at = :now WHERE id = :id AND {_LIVE}",
-    "attempts_if_live": f"SELECT attempts, max_attempts FROM $q WHERE id = :id AND {_LIVE}",
-    "state": "SELECT status, lease_token, lease_expires_at FROM $q WHERE id = :id",
-    "in_dlq": "SELECT 1 FROM $dlq WHERE id = :id",
-    "bury": f"""
-        INSERT INTO $dlq ({_DLQ_COLUMNS})
-        SELECT id, payload, encoding, checksum, priority, attempts, max_attempts,
-               coalesce(:error, last_error), created_at, :now, :now
-          FROM $q WHERE id = :id""",
-    "delete": "DELETE FROM $q WHERE id = :id",
-    "revive": """
-        INSERT INTO $q (id, payload, encoding, checksum, status, priority, visible_at,
-                        attempts, max_attempts, last_error, created_at, updated_at)
-        SELECT id, payload, encoding, checksum, 'pending', priority, :now,
-               0, max_attempts, last_error, created_at, :now
-          FROM $dlq WHERE id = :id""",
-    "delete_dead": "DELETE FROM $dlq WHERE id = :id",
-    "peek": f"""
-        SELECT {_COLUMNS} FROM $q
-         WHERE status = 'pending' AND visible_at <= :now
-         ORDER BY priority DESC, visible_at, id
-         LIMIT 1""",
-    "is_empty": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
-    "bump": """
-        UPDATE sqqueue_queues
-           SET enqueued_total = enqueued_total + :enqueued,
-               completed_total = completed_total + :completed,
-               failed_total = failed_total + :failed,
-               dead_lettered_total = dead_lettered_total + :dead_lettered,
-               expired_total = expired_total + :expired
-         WHERE name = :name""",
-    "recount": """
-        UPDATE sqqueue_queues
-           SET pending_count = (SELECT count(*) FROM $q WHERE status = 'pending'),
-               processing_count = (SELECT count(*) FROM $q WHERE status = 'processing'),
-               dead_count = (SELECT count(*) FROM $dlq)
-         WHERE name = $lit""",
-    "seed_totals": """
-        UPDATE sqqueue_queues SET enqueued_total = pending_count + processing_count + dead_count
-         WHERE name = $lit""",
-    "counters": """
-        SELECT pending_count, processing_count, dead_count, enqueued_total, completed_total,
-               failed_total, dead_lettered_total, expired_total, created_at
-          FROM sqqueue_queues WHERE name = $lit""",
-    # Per priority level, seek into the ready index: pending rows not yet visible, and
-    # the oldest visible one. Costs a few seeks per level plus one step per delayed row.
-    "delayed_and_oldest": """
-        WITH RECURSIVE levels(p) AS (
-            SELECT max(priority) FROM $q WHERE status = 'pending'
-            UNION ALL
-            SELECT (SELECT max(priority) FROM $q WHERE status = 'pending' AND priority < levels.p)
-              FROM levels WHERE levels.p IS NOT NULL
-        )
-        SELECT coalesce(sum((SELECT count(*) FROM $q WHERE status = 'pending'
-                              AND priority = levels.p AND visible_at > :now)), 0),
-               min((SELECT min(visible_at) FROM $q WHERE status = 'pending'
-                     AND priority = levels.p AND visible_at <= :now))
-          FROM levels WHERE levels.p IS NOT NULL""",
-    "expiring": """
-        SELECT count(*) FROM $q WHERE status = 'processing' AND lease_expires_at <= :horizon""",
-    # The earliest visible_at among pending rows, read from the ready index one priority
-    # level at a time (a skip-scan: a few index seeks per level, whatever the depth).
-    "next_due": """
-        WITH RECURSIVE levels(p) AS (
-            SELECT max(priority) FROM $q WHERE status = 'pending'
-            UNION ALL
-            SELECT (SELECT max(priority) FROM $q WHERE status = 'pending' AND priority < levels.p)
-              FROM levels WHERE levels.p IS NOT NULL
-        )
-        SELECT min(t) FROM (  -- aggregate min() skips NULLs
-            SELECT (SELECT min(visible_at) FROM $q
-                     WHERE status = 'pending' AND priority = levels.p) AS t
-              FROM levels WHERE levels.p IS NOT NULL
-            UNION ALL
-            SELECT min(lease_expires_at) FROM $q WHERE status = 'processing')""",
-    "count_pending": "SELECT count(*) FROM $q WHERE status = 'pending'",
-    "dead_letters": f"SELECT {_DLQ_COLUMNS} FROM $dlq ORDER BY dead_at, id",
-    "statuses": """
-        SELECT id, CASE WHEN status = 'pending' AND visible_at > :now THEN 'delayed'
-                        ELSE status END,
-               priority, attempts, max_attempts
-          FROM $q
-        UNION ALL
-        SELECT id, 'dead', priority, attempts, max_attempts FROM $dlq
-        ORDER BY 1""",
-}
-
-# sqqueue 0.1.0 stored times as 'YYYY-MM-DD HH:MM:SS[.ffffff]' in UTC.
-_LEGACY_EPOCH = "((julianday({col}) - 2440587.5) * 86400.0)"
-_LEGACY_MIGRATION = (
-    "ALTER TABLE $q RENAME TO ${q}__sqqueue_v0",
-    *_QUEUE_DDL,
-    # pending and processing keep their state; processing_at was 0.1.0's lease expiry.
-    f"""
-    INSERT INTO $q (id, payload, encoding, checksum, status, priority, visible_at,
-                    lease_token, lease_expires_at, attempts, max_attempts, last_error,
-                    created_at, updated_at)
-    SELECT id, CAST(payload AS TEXT), 'text', NULL, status, coalesce(priority, 0),
-           coalesce({_LEGACY_EPOCH.format(col="visible_at")},
-                    {_LEGACY_EPOCH.format(col="created_at")}, :now),
-           NULL,
-           CASE WHEN status = 'processing'
-                THEN coalesce({_LEGACY_EPOCH.format(col="processing_at")}, :now) END,
-           coalesce(attempts, 0), coalesce(max_attempts, :max_attempts), NULL,
-           coalesce({_LEGACY_EPOCH.format(col="created_at")}, :now),
-           coalesce({_LEGACY_EPOCH.format(col="updated_at")}, :now)
-      FROM ${{q}}__sqqueue_v0
-     WHERE status IN ('pending', 'processing')""",
-    # Any other status 0.1.0 might have left is kept, as a dead letter that says why.
-    f"""
-    INSERT INTO $dlq ({_DLQ_COLUMNS})
-    SELECT id, CAST(payload AS TEXT), 'text', NULL, coalesce(priority, 0),
-           coalesce(attempts, 0), coalesce(max_attempts, :max_attempts),
-           'migrated from sqqueue 0.1.0 with status ' || quote(status),
-           coalesce({_LEGACY_EPOCH.format(col="created_at")}, :now),
-           coalesce({_LEGACY_EPOCH.format(col="updated_at")}, :now), :now
-      FROM ${{q}}__sqqueue_v0
-     WHERE status NOT IN ('pending', 'processing')""",
-    "DROP TABLE ${q}__sqqueue_v0",
-)
 
 
 def check_sqlite_version(version: tuple[int, int, int] | None = None) -> None:
@@ -471,6 +194,7 @@ class SQLiteBackend(Backend):
         default_max_attempts: int = 5,
         journal_size_limit: int = 64 * 1024 * 1024,
         clock: Callable[[], float] | None = None,
+        policy: Policy | None = None,
     ) -> None:
         check_sqlite_version()
         self.name = validate_queue_name(name)
@@ -479,6 +203,7 @@ class SQLiteBackend(Backend):
         self.path, self._memory = _prepare_path(db_path)
         self._uri = f"file:/sqqueue-{uuid.uuid4().hex}?vfs=memdb" if self._memory else None
         self.wakeup_key = f"sqlite:{self._uri or os.path.realpath(self.path)}:{self.name}"
+        self.policy = policy or Policy()
         self._synchronous = synchronous
         self._lock_timeout = lock_timeout
         self._journal_size_limit = journal_size_limit
@@ -487,14 +212,8 @@ class SQLiteBackend(Backend):
         self._conns: set[sqlite3.Connection] = set()
         self._conns_lock = threading.Lock()
         self._closed = False
-        # The name is a validated identifier (letters, digits, _): safe to quote as is.
-        subst = {"q": f'"{self.name}"', "dlq": f'"{self.name}_dlq"', "lit": f"'{self.name}'"}
-        self._subst = subst
-        self._sql = {key: Template(sql).substitute(subst) for key, sql in _SQL.items()}
-        # Index names are built from the bare name, so they are substituted unquoted.
-        bare = {"q": self.name, "dlq": f"{self.name}_dlq"}
-        self._ddl = [self._render(sql, subst, bare) for sql in _QUEUE_DDL]
-        self._migration = [self._render(sql, subst, bare) for sql in _LEGACY_MIGRATION]
+        self._q = sql.render(self.name)
+        self._sql = self._q.sql
         self._anchor: sqlite3.Connection | None = None
         self._watch: sqlite3.Connection | None = None
         self._watch_lock = threading.Lock()
@@ -515,18 +234,6 @@ class SQLiteBackend(Backend):
             self.close()
             raise
 
-    @staticmethod
-    def _render(sql: str, quoted: dict[str, str], bare: dict[str, str]) -> str:
-        # "${q}_ready" is an index name: bare name + suffix, quoted as a whole.
-        out = sql
-        for key in ("q", "dlq"):
-            out = out.replace("${" + key + "}__sqqueue_v0", f'"{bare[key]}__sqqueue_v0"')
-            out = out.replace("${" + key + "}_ready", f'"{bare[key]}_ready"')
-            out = out.replace("${" + key + "}_leases", f'"{bare[key]}_leases"')
-            for trigger in ("count_insert", "count_delete", "count_update"):
-                out = out.replace("${" + key + "}_" + trigger, f'"{bare[key]}_{trigger}"')
-        return Template(out).substitute(quoted)
-
     # -- connections -------------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
@@ -536,7 +243,7 @@ class SQLiteBackend(Backend):
             isolation_level=None,  # we issue BEGIN/COMMIT ourselves
             check_same_thread=False,  # close() may run on another thread
             uri=self._uri is not None,
-            cached_statements=64,
+            cached_statements=128,
         )
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self._lock_timeout * 1000)}")
@@ -659,7 +366,7 @@ class SQLiteBackend(Backend):
                 logger.warning("%s: journal_mode is %s, not WAL", self.path, mode)
 
         def setup(conn: sqlite3.Connection) -> None:
-            conn.execute(_REGISTRY_DDL)
+            conn.execute(sql.REGISTRY_DDL)
             row = conn.execute(
                 "SELECT schema_version FROM sqqueue_queues WHERE name = ?", (self.name,)
             ).fetchone()
@@ -680,7 +387,7 @@ class SQLiteBackend(Backend):
                 (self.name, SCHEMA_VERSION, now),
             )
             if not columns:
-                for ddl in self._ddl:
+                for ddl in self._q.ddl:
                     conn.execute(ddl)
             elif {"processing_at", "dlq", "visible_at", "status"} <= columns:
                 self._migrate_legacy(conn, now, default_max_attempts)
@@ -699,6 +406,10 @@ class SQLiteBackend(Backend):
     def _table_columns(conn: sqlite3.Connection, table: str) -> set[str]:
         return {row[1] for row in conn.execute("SELECT * FROM pragma_table_info(?)", (table,))}
 
+    def ddl(self) -> list[str]:
+        """The statements that create this queue (for teams that run migrations themselves)."""
+        return [sql.REGISTRY_DDL.strip(), *(s.strip() for s in self._q.ddl)]
+
     def _migrate_legacy(self, conn: sqlite3.Connection, now: float, max_attempts: int) -> None:
         """Convert a sqqueue 0.1.0 table (and its _dlq) in place, inside the caller's txn."""
         try:
@@ -716,15 +427,15 @@ class SQLiteBackend(Backend):
         self, conn: sqlite3.Connection, now: float, max_attempts: int
     ) -> None:
         params = {"now": now, "max_attempts": max_attempts}
-        legacy_dlq = f"{self.name}_dlq"
-        has_legacy_dlq = bool(self._table_columns(conn, legacy_dlq))
+        tables = self._q.tables
+        has_legacy_dlq = bool(self._table_columns(conn, tables["dlq"]))
         if has_legacy_dlq:
-            conn.execute(f'ALTER TABLE "{legacy_dlq}" RENAME TO "{legacy_dlq}__sqqueue_v0"')
+            conn.execute(f'ALTER TABLE "{tables["dlq"]}" RENAME TO "{tables["legacy_dlq"]}"')
         seq_row = conn.execute(
             "SELECT seq FROM sqlite_sequence WHERE name = ?", (self.name,)
         ).fetchone()
-        for sql in self._migration:
-            conn.execute(sql, params)
+        for statement in self._q.migration:
+            conn.execute(statement, params)
         # 0.1.0 created an index named idx_status_id on its first queue; it went with the
         # renamed table. Ids must never be reused, so the old sequence carries over.
         if seq_row is not None:
@@ -736,7 +447,8 @@ class SQLiteBackend(Backend):
             self._migrate_legacy_dlq(conn, now, max_attempts)
 
     def _migrate_legacy_dlq(self, conn: sqlite3.Connection, now: float, max_attempts: int) -> None:
-        q, dlq, old = f'"{self.name}"', f'"{self.name}_dlq"', f'"{self.name}_dlq__sqqueue_v0"'
+        tables = self._q.tables
+        q, dlq, old = (f'"{tables[k]}"' for k in ("q", "dlq", "legacy_dlq"))
         rows = conn.execute(
             f"SELECT id, payload, priority, created_at, updated_at FROM {old} ORDER BY id"
         ).fetchall()
@@ -753,21 +465,17 @@ class SQLiteBackend(Backend):
                 new_id = self._next_id(conn)
                 note += f" (its dead-letter id there was {old_id})"
             conn.execute(
-                f"INSERT INTO {dlq} ({_DLQ_COLUMNS}) VALUES (?, ?, 'text', NULL, ?, 0, ?, ?, "
-                f"coalesce({_LEGACY_EPOCH.format(col='?')}, ?), "
-                f"coalesce({_LEGACY_EPOCH.format(col='?')}, ?), ?)",
-                (
-                    new_id,
-                    str(payload),
-                    priority or 0,
-                    max_attempts,
-                    note,
-                    created,
-                    now,
-                    updated,
-                    now,
-                    now,
-                ),
+                self._q.legacy_dead_insert,
+                {
+                    "id": new_id,
+                    "payload": str(payload),
+                    "priority": priority or 0,
+                    "max_attempts": max_attempts,
+                    "note": note,
+                    "created": created,
+                    "updated": updated,
+                    "now": now,
+                },
             )
         conn.execute(f"DROP TABLE {old}")
 
@@ -789,43 +497,141 @@ class SQLiteBackend(Backend):
 
     def _bump(self, conn: sqlite3.Connection, **counts: int) -> None:
         """Add to the queue's event totals, in the caller's transaction."""
-        params = dict.fromkeys(("enqueued", "completed", "failed", "dead_lettered", "expired"), 0)
+        params = dict.fromkeys(_TOTALS, 0)
         params.update(counts)
-        params["name"] = self.name  # type: ignore[assignment]
         conn.execute(self._sql["bump"], params)
 
-    def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[int]:
-        rows = [
-            (m.data, m.encoding, m.checksum, m.priority, m.visible_at, m.max_attempts, now, now)
-            for m in messages
-        ]
-        insert = self._sql["insert"]
-
-        def run(conn: sqlite3.Connection) -> list[int]:
+    def _insert(
+        self, conn: sqlite3.Connection, messages: Sequence[NewMessage], now: float
+    ) -> list[int]:
+        """Insert inside the caller's transaction: dedup, depth limit, groups."""
+        policy = self.policy
+        plain = all(m.dedup_key is None and m.group_key is None for m in messages)
+        if plain and policy.max_depth is None:
+            rows = [_insert_params(m, now) for m in messages]
+            insert = self._sql["insert"]
             self._bump(conn, enqueued=len(rows))
             if len(rows) == 1:
-                cur = conn.execute(insert, rows[0])
-                return [int(cur.lastrowid or 0)]
+                return [int(conn.execute(insert, rows[0]).lastrowid or 0)]
             conn.executemany(insert, rows)
             # Inside one write transaction AUTOINCREMENT hands out consecutive ids.
             last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
             return list(range(last - len(rows) + 1, last + 1))
+        # Decide first which messages are duplicates (of stored ones, or of earlier items
+        # of this batch), so the depth limit counts only what will really be added.
+        existing: list[int | None] = []
+        first_in_batch: dict[str, int] = {}
+        for index, message in enumerate(messages):
+            key = message.dedup_key
+            found: int | None = None
+            if key is not None:
+                if key in first_in_batch:
+                    found = -1 - first_in_batch[key]  # refers to an item of this batch
+                else:
+                    found = self._dedup_hit(conn, key, now)
+                    if found is None:
+                        first_in_batch[key] = index
+            existing.append(found)
+        fresh = sum(1 for e in existing if e is None)
+        if policy.max_depth is not None and fresh:
+            depth = int(conn.execute(self._sql["depth"]).fetchone()[0])
+            if depth + fresh > policy.max_depth:
+                raise StorageError(
+                    f"queue {self.name!r} is full: {depth} messages, the limit is "
+                    f"{policy.max_depth}; nothing was enqueued. Retry later, or pass "
+                    "wait= to block until there is room",
+                    ErrorKind.QUEUE_FULL,
+                )
+        ids: list[int] = []
+        for message, found in zip(messages, existing, strict=True):
+            if found is not None:
+                ids.append(found if found >= 0 else ids[-1 - found])
+                continue
+            statement = "insert" if message.group_key is None else "insert_grouped"
+            new_id = int(
+                conn.execute(self._sql[statement], _insert_params(message, now)).lastrowid or 0
+            )
+            ids.append(new_id)
+            if message.dedup_key is not None:
+                window = policy.dedup_window
+                conn.execute(
+                    self._sql["dedup_put"],
+                    {
+                        "key": message.dedup_key,
+                        "id": new_id,
+                        "expires_at": None if window is None else now + window,
+                    },
+                )
+        if fresh:
+            self._bump(conn, enqueued=fresh)
+        return ids
 
-        return self._write(run)
+    def _dedup_hit(self, conn: sqlite3.Connection, key: str, now: float) -> int | None:
+        row = conn.execute(self._sql["dedup_get"], {"key": key}).fetchone()
+        if row is None:
+            return None
+        message_id, expires_at = int(row[0]), row[1]
+        if expires_at is not None:
+            return message_id if expires_at > now else None
+        alive = conn.execute(self._sql["exists"], {"id": message_id}).fetchone()[0]
+        return message_id if alive else None
+
+    def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[int]:
+        return self._write(lambda conn: self._insert(conn, messages, now))
+
+    def enqueue_in(self, conn: Any, messages: Sequence[NewMessage], now: float) -> list[int]:
+        """Insert inside the caller's own transaction on its own connection (outbox)."""
+        if not isinstance(conn, sqlite3.Connection):
+            raise StorageError(
+                f"conn must be a sqlite3.Connection, got {type(conn).__name__}",
+                ErrorKind.INVALID_INPUT,
+            )
+        self._connection()  # raises if closed
+        try:
+            files = [row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"]
+            if (
+                self._memory
+                or not files
+                or os.path.realpath(files[0]) != os.path.realpath(self.path)
+            ):
+                raise StorageError(
+                    f"conn is open on {files[0] if files else 'another database'!r}, not on the "
+                    f"queue's file {self.path!r}",
+                    ErrorKind.INVALID_INPUT,
+                )
+            if not conn.in_transaction:
+                raise StorageError(
+                    "conn has no open transaction: begin one (e.g. execute your own INSERT or "
+                    "'BEGIN') so the message commits together with your rows",
+                    ErrorKind.INVALID_INPUT,
+                )
+            return self._insert(conn, messages, now)
+        except sqlite3.Error as exc:
+            raise classify(exc, self.path) from exc
 
     def _fold_expired(self, conn: sqlite3.Connection, now: float) -> int:
+        """Expired leases back to pending (or dead), messages past their TTL out."""
         params = {"now": now}
-        if conn.execute(self._sql["any_expired"], params).fetchone() is None:
+        if not conn.execute(self._sql["any_expired"], params).fetchone()[0]:
             return 0
-        conn.execute(self._sql["bury_expired"], params)
-        dead = conn.execute(self._sql["delete_expired_dead"], params).rowcount
-        back = conn.execute(self._sql["return_expired"], params).rowcount
-        self._bump(conn, expired=dead + back, dead_lettered=dead)
-        if dead:
+        if self.policy.expired_to_dlq:
+            conn.execute(self._sql["ttl_bury"], params)
+        ttl = conn.execute(self._sql["ttl_delete"], params).rowcount
+        conn.execute(self._sql["lease_bury"], params)
+        dead = conn.execute(self._sql["lease_delete_dead"], params).rowcount
+        back = conn.execute(self._sql["lease_return"], params).rowcount
+        buried_ttl = ttl if self.policy.expired_to_dlq else 0
+        self._bump(conn, expired=dead + back, dead_lettered=dead + buried_ttl, ttl_expired=ttl)
+        if dead or ttl:
             logger.info(
-                "queue %r: %d expired lease(s) on a last attempt dead-lettered", self.name, dead
+                "queue %r: %d expired lease(s) dead-lettered, %d message(s) past their "
+                "time to live %s",
+                self.name,
+                dead,
+                ttl,
+                "dead-lettered" if self.policy.expired_to_dlq else "dropped",
             )
-        return int(dead + back)
+        return int(dead + back + ttl)
 
     def claim(
         self, limit: int, now: float, lease_until: float, token: int
@@ -847,8 +653,8 @@ class SQLiteBackend(Backend):
         if row is None:
             found = conn.execute(self._sql["in_dlq"], {"id": message_id}).fetchone()
             return Outcome.DEAD if found else Outcome.NOT_FOUND
-        status, lease_token, _expires = row
-        if status == "pending":
+        status, lease_token = row
+        if status != "processing":
             # With a token the caller did hold it: its lease ran out and was folded back.
             return Outcome.PENDING if token is None else Outcome.LEASE_EXPIRED
         if token is not None and lease_token != token:
@@ -857,8 +663,11 @@ class SQLiteBackend(Backend):
 
     def complete(self, message_id: int, token: int | None, now: float) -> Outcome:
         params = {"id": message_id, "token": token, "now": now}
+        keep = self.policy.retention is not None or self.policy.retention_max is not None
 
         def run(conn: sqlite3.Connection) -> Outcome:
+            if keep and not conn.execute(self._sql["keep_done"], params).rowcount:
+                return self._diagnose(conn, message_id, token)
             if conn.execute(self._sql["complete"], params).rowcount:
                 self._bump(conn, completed=1)
                 return Outcome.DONE
@@ -990,6 +799,61 @@ class SQLiteBackend(Backend):
 
         return self._write(run)
 
+    def redrive(
+        self, ids: Sequence[int] | None, target: str | None, now: float, limit: int, after: int
+    ) -> tuple[list[int], list[int]]:
+        """Move up to ``limit`` dead letters (``ids``, or all after id ``after``) back to
+        this queue, or to the queue ``target`` in the same file, in one transaction.
+
+        Returns (moved ids, ids not found). Into this queue they keep their id; into
+        another queue they get a new one there, with their history.
+        """
+        other = (
+            None
+            if target is None or target == self.name
+            else sql.render(validate_queue_name(target))
+        )
+
+        def run(conn: sqlite3.Connection) -> tuple[list[int], list[int]]:
+            if ids is None:
+                chosen = [
+                    int(r[0])
+                    for r in conn.execute(self._sql["dead_ids"], {"after": after, "limit": limit})
+                ]
+            else:
+                chosen = list(ids[:limit])
+            if other is not None:
+                registered = conn.execute(
+                    "SELECT 1 FROM sqqueue_queues WHERE name = ?", (target,)
+                ).fetchone()
+                if registered is None:
+                    raise StorageError(
+                        f"no queue named {target!r} in {self.path!r}; open it once to create it",
+                        ErrorKind.NOT_FOUND,
+                    )
+            moved, missing = [], []
+            for message_id in chosen:
+                if other is None:
+                    done = conn.execute(
+                        self._sql["revive"], {"id": message_id, "now": now}
+                    ).rowcount
+                else:
+                    done = conn.execute(
+                        sql.redrive_into(other, self._q), {"id": message_id, "now": now}
+                    ).rowcount
+                if done:
+                    conn.execute(self._sql["delete_dead"], {"id": message_id})
+                    moved.append(message_id)
+                else:
+                    missing.append(message_id)
+            if other is not None and moved:
+                conn.execute(
+                    other.sql["bump"], {**dict.fromkeys(_TOTALS, 0), "enqueued": len(moved)}
+                )
+            return moved, missing
+
+        return self._write(run)
+
     def statuses(self, now: float) -> list[dict[str, Any]]:
         rows = self._read(lambda conn: conn.execute(self._sql["statuses"], {"now": now}).fetchall())
         keys = ("id", "status", "priority", "attempts", "max_attempts")
@@ -1001,17 +865,19 @@ class SQLiteBackend(Backend):
         def run(conn: sqlite3.Connection) -> dict[str, Any]:
             counters = conn.execute(self._sql["counters"]).fetchone()
             delayed, oldest = conn.execute(self._sql["delayed_and_oldest"], {"now": now}).fetchone()
+            waiting = conn.execute(self._sql["waiting"]).fetchone()[0]
             expiring = conn.execute(self._sql["expiring"], {"horizon": now + horizon}).fetchone()[0]
             return {
                 "counters": counters,
-                "delayed": delayed,
+                "delayed": int(delayed),
                 "oldest": oldest,
-                "expiring": expiring,
+                "expiring": int(expiring),
+                "waiting": int(waiting),
             }
 
         found = self._read(run)
         (pending, processing, dead, enqueued, completed, failed, dead_lettered, expired,
-         created) = found["counters"]  # fmt: skip
+         ttl_expired, created) = found["counters"]  # fmt: skip
         sizes = {}
         for key, suffix in (("db_bytes", ""), ("wal_bytes", "-wal")):
             try:
@@ -1019,70 +885,65 @@ class SQLiteBackend(Backend):
             except OSError:
                 sizes[key] = 0
         return {
-            "pending": int(pending) - int(found["delayed"]),
-            "delayed": int(found["delayed"]),
+            "pending": int(pending) - found["delayed"] - found["waiting"],
+            "delayed": found["delayed"],
+            "waiting": found["waiting"],
             "processing": int(processing),
             "dead": int(dead),
             "oldest_pending_at": found["oldest"],
-            "expiring": int(found["expiring"]),
+            "expiring": found["expiring"],
             "enqueued_total": int(enqueued),
             "completed_total": int(completed),
             "failed_total": int(failed),
             "dead_lettered_total": int(dead_lettered),
             "expired_total": int(expired),
+            "ttl_expired_total": int(ttl_expired),
             "created_at": float(created),
             **sizes,
         }
 
     def list_messages(
         self, state: str, now: float, limit: int, after_id: int
-    ) -> list[StoredMessage] | list[StoredDeadLetter]:
-        """A page of messages in ``state`` (pending, delayed, processing, dead) by id."""
+    ) -> list[StoredMessage] | list[StoredDeadLetter] | list[StoredDone]:
+        """A page of messages in ``state`` by id."""
         params = {"now": now, "limit": limit, "after": after_id}
+        rows = self._read(lambda c: c.execute(self._sql[f"list_{state}"], params).fetchall())
         if state == "dead":
-            sql = f"SELECT {_DLQ_COLUMNS} FROM $dlq WHERE id > :after ORDER BY id LIMIT :limit"
-            rows = self._read(lambda c: c.execute(self._render_sql(sql), params).fetchall())
             return [StoredDeadLetter(*r) for r in rows]
-        where = {
-            "pending": "status = 'pending' AND visible_at <= :now",
-            "delayed": "status = 'pending' AND visible_at > :now",
-            "processing": "status = 'processing'",
-            "all": "1",
-        }[state]
-        sql = f"SELECT {_COLUMNS} FROM $q WHERE {where} AND id > :after ORDER BY id LIMIT :limit"
-        rows = self._read(lambda c: c.execute(self._render_sql(sql), params).fetchall())
+        if state == "done":
+            return [StoredDone(*r) for r in rows]
         return [StoredMessage(*r) for r in rows]
 
     def purge(self, states: Sequence[str], now: float, older_than: float | None) -> int:
         """Delete messages in the given states (created before ``older_than``); one transaction."""
-        where = {
-            "pending": "status = 'pending' AND visible_at <= :now",
-            "delayed": "status = 'pending' AND visible_at > :now",
-            "processing": "status = 'processing'",
-        }
-        age = " AND created_at < :cutoff" if older_than is not None else ""
         params = {"now": now, "cutoff": older_than}
 
         def run(conn: sqlite3.Connection) -> int:
-            removed = 0
-            for state in states:
-                if state == "dead":
-                    sql = f"DELETE FROM $dlq WHERE 1{age}"
-                else:
-                    sql = f"DELETE FROM $q WHERE {where[state]}{age}"
-                removed += conn.execute(self._render_sql(sql), params).rowcount
-            return removed
+            # Waiting group members first, so deleting their heads promotes nothing.
+            ordered = sorted(states, key=lambda s: s != "waiting")
+            return sum(conn.execute(self._sql[f"purge_{s}"], params).rowcount for s in ordered)
 
         return self._write(run)
-
-    def _render_sql(self, sql: str) -> str:
-        return Template(sql).substitute(self._subst)
 
     # -- maintenance -------------------------------------------------------------------
 
     def maintain(self) -> None:
-        # Both steps are bounded: a few hundred free pages, and a checkpoint that never
+        # Each step is bounded: a few hundred rows or pages, and a checkpoint that never
         # waits for readers or writers.
+        now = float(self._clock())
+        policy = self.policy
+        batch = {"batch": 500, "now": now}
+
+        def prune(conn: sqlite3.Connection) -> None:
+            if policy.retention is not None:
+                conn.execute(
+                    self._sql["prune_done_age"], {**batch, "cutoff": now - policy.retention}
+                )
+            if policy.retention_max is not None:
+                conn.execute(self._sql["prune_done_count"], {**batch, "keep": policy.retention_max})
+            conn.execute(self._sql["prune_dedup"], batch)
+
+        self._write(prune)
         # executescript steps the pragma to completion; execute() would free one page only.
         self._read(lambda conn: conn.executescript("PRAGMA incremental_vacuum(256);"))
         self._read(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
@@ -1140,3 +1001,20 @@ class SQLiteBackend(Backend):
     def raw_connection(self) -> Iterator[sqlite3.Connection]:
         """This thread's connection, for callers that need SQL the interface does not offer."""
         yield self._connection()
+
+
+_TOTALS = ("enqueued", "completed", "failed", "dead_lettered", "expired", "ttl_expired")
+
+
+def _insert_params(message: NewMessage, now: float) -> dict[str, Any]:
+    return {
+        "data": message.data,
+        "encoding": message.encoding,
+        "checksum": message.checksum,
+        "priority": message.priority,
+        "visible_at": message.visible_at,
+        "max_attempts": message.max_attempts,
+        "now": now,
+        "expires_at": message.expires_at,
+        "group_key": message.group_key,
+    }

@@ -1,0 +1,486 @@
+"""All the SQL of the SQLite backend, in one place.
+
+Statements are templates: ``$q`` is the queue's table, ``$dlq`` its dead letters,
+``$done`` its completed history, ``$dedup`` its deduplication keys, ``$lit`` the queue name
+as a string literal, and ``$ix_*``/``$tr_*`` the names of its indexes and triggers.
+:func:`render` fills them in for one (validated) queue name.
+
+Layout of one queue ``q``::
+
+    q          pending (incl. delayed), waiting (behind another message of their group)
+               and processing (leased) messages
+    q_dlq      dead letters, keeping the id they had in q
+    q_done     completed messages, when the queue keeps a history (retention)
+    q_dedup    deduplication keys of recent enqueues
+    sqqueue_queues   one row per queue: schema version, exact counts, event totals
+"""
+
+from __future__ import annotations
+
+from string import Template
+
+__all__ = [
+    "COLUMNS",
+    "DEAD_COLUMNS",
+    "DONE_COLUMNS",
+    "REGISTRY_DDL",
+    "Rendered",
+    "redrive_into",
+    "render",
+]
+
+# One row per queue. The *_count columns are kept exact by triggers on the queue's tables
+# (so even rows changed by hand in the sqlite3 shell are counted); the *_total columns
+# count events since the queue was created and are bumped by each operation.
+REGISTRY_DDL = """
+CREATE TABLE IF NOT EXISTS sqqueue_queues (
+    name                 TEXT PRIMARY KEY,
+    schema_version       INTEGER NOT NULL,
+    created_at           REAL NOT NULL,
+    pending_count        INTEGER NOT NULL DEFAULT 0,  -- pending, delayed or waiting
+    processing_count     INTEGER NOT NULL DEFAULT 0,
+    dead_count           INTEGER NOT NULL DEFAULT 0,
+    enqueued_total       INTEGER NOT NULL DEFAULT 0,
+    completed_total      INTEGER NOT NULL DEFAULT 0,
+    failed_total         INTEGER NOT NULL DEFAULT 0,
+    dead_lettered_total  INTEGER NOT NULL DEFAULT 0,
+    expired_total        INTEGER NOT NULL DEFAULT 0,  -- leases that ran out
+    ttl_expired_total    INTEGER NOT NULL DEFAULT 0   -- messages whose time to live ran out
+)"""
+
+QUEUE_DDL = (
+    """
+CREATE TABLE $q (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused
+    payload           NOT NULL,          -- TEXT for str and JSON, BLOB for bytes
+    encoding          TEXT NOT NULL,     -- 'text', 'bytes', 'json' or a serializer name
+    checksum          INTEGER,           -- CRC-32 of the stored bytes; NULL for 0.1.0 rows
+    status            TEXT NOT NULL DEFAULT 'pending'
+                      CHECK (status IN ('pending', 'waiting', 'processing')),
+    priority          INTEGER NOT NULL DEFAULT 0,
+    visible_at        REAL NOT NULL,     -- not delivered before; FIFO key within a priority
+    lease_token       INTEGER,           -- fences acks: only the current holder's count
+    lease_expires_at  REAL,
+    attempts          INTEGER NOT NULL DEFAULT 0,
+    max_attempts      INTEGER NOT NULL,
+    last_error        TEXT,
+    created_at        REAL NOT NULL,
+    updated_at        REAL NOT NULL,
+    group_key         TEXT,              -- messages of a group are delivered one at a time
+    expires_at        REAL,              -- never delivered after this (time to live)
+    prior_attempts    INTEGER NOT NULL DEFAULT 0  -- attempts before a redrive
+)""",
+    # Serves the claim exactly: ready rows in delivery order, pending rows only.
+    "CREATE INDEX $ix_ready ON $q (priority DESC, visible_at, id) WHERE status = 'pending'",
+    # Serves the fold of expired leases, and waiting consumers' next wake-up.
+    "CREATE INDEX $ix_leases ON $q (lease_expires_at) WHERE status = 'processing'",
+    "CREATE INDEX $ix_expiry ON $q (expires_at) WHERE expires_at IS NOT NULL",
+    "CREATE INDEX $ix_group ON $q (group_key, id) WHERE group_key IS NOT NULL",
+    """
+CREATE TABLE $dlq (
+    id                INTEGER PRIMARY KEY,  -- the id the message had in $q
+    payload           NOT NULL,
+    encoding          TEXT NOT NULL,
+    checksum          INTEGER,
+    status            TEXT NOT NULL DEFAULT 'dead',
+    priority          INTEGER NOT NULL DEFAULT 0,
+    attempts          INTEGER NOT NULL DEFAULT 0,
+    max_attempts      INTEGER NOT NULL,
+    last_error        TEXT,
+    created_at        REAL NOT NULL,
+    updated_at        REAL NOT NULL,
+    dead_at           REAL NOT NULL,
+    group_key         TEXT,
+    prior_attempts    INTEGER NOT NULL DEFAULT 0
+)""",
+    """
+CREATE TABLE $done (
+    id                INTEGER PRIMARY KEY,  -- the id the message had in $q
+    payload           NOT NULL,
+    encoding          TEXT NOT NULL,
+    checksum          INTEGER,
+    priority          INTEGER NOT NULL,
+    attempts          INTEGER NOT NULL,
+    created_at        REAL NOT NULL,
+    completed_at      REAL NOT NULL,
+    group_key         TEXT
+)""",
+    "CREATE INDEX $ix_done ON $done (completed_at)",
+    """
+CREATE TABLE $dedup (
+    key               TEXT PRIMARY KEY,
+    message_id        INTEGER NOT NULL,
+    expires_at        REAL               -- NULL: for as long as the message exists
+)""",
+    """
+CREATE TRIGGER $tr_insert AFTER INSERT ON $q BEGIN
+    UPDATE sqqueue_queues
+       SET pending_count = pending_count + (NEW.status <> 'processing'),
+           processing_count = processing_count + (NEW.status = 'processing')
+     WHERE name = $lit;
+END""",
+    """
+CREATE TRIGGER $tr_delete AFTER DELETE ON $q BEGIN
+    UPDATE sqqueue_queues
+       SET pending_count = pending_count - (OLD.status <> 'processing'),
+           processing_count = processing_count - (OLD.status = 'processing')
+     WHERE name = $lit;
+END""",
+    """
+CREATE TRIGGER $tr_update AFTER UPDATE OF status ON $q
+WHEN (OLD.status = 'processing') IS NOT (NEW.status = 'processing') BEGIN
+    UPDATE sqqueue_queues
+       SET pending_count = pending_count + (OLD.status = 'processing')
+                                         - (NEW.status = 'processing'),
+           processing_count = processing_count + (NEW.status = 'processing')
+                                               - (OLD.status = 'processing')
+     WHERE name = $lit;
+END""",
+    # When a message of a group leaves the queue (completed, dead-lettered, expired or
+    # purged), the next message of that group, if any, becomes deliverable.
+    """
+CREATE TRIGGER $tr_group AFTER DELETE ON $q
+WHEN OLD.group_key IS NOT NULL AND OLD.status <> 'waiting' BEGIN
+    UPDATE $q SET status = 'pending'
+     WHERE id = (SELECT min(id) FROM $q WHERE group_key = OLD.group_key AND status = 'waiting')
+       AND NOT EXISTS (SELECT 1 FROM $q WHERE group_key = OLD.group_key
+                                           AND status IN ('pending', 'processing'));
+END""",
+    """
+CREATE TRIGGER $tr_dlq_insert AFTER INSERT ON $dlq BEGIN
+    UPDATE sqqueue_queues SET dead_count = dead_count + 1 WHERE name = $lit;
+END""",
+    """
+CREATE TRIGGER $tr_dlq_delete AFTER DELETE ON $dlq BEGIN
+    UPDATE sqqueue_queues SET dead_count = dead_count - 1 WHERE name = $lit;
+END""",
+)
+
+COLUMNS = (
+    "id, payload, encoding, checksum, priority, attempts, max_attempts, created_at, "
+    "visible_at, lease_token, lease_expires_at, last_error, group_key, expires_at, "
+    "prior_attempts"
+)
+DEAD_COLUMNS = (
+    "id, payload, encoding, checksum, priority, attempts, max_attempts, last_error, "
+    "created_at, updated_at, dead_at, group_key, prior_attempts"
+)
+DONE_COLUMNS = (
+    "id, payload, encoding, checksum, priority, attempts, created_at, completed_at, group_key"
+)
+# A lease is live when the row is processing, not expired, and (if the caller has a
+# token) held under that token.
+_LIVE = (
+    "status = 'processing' AND lease_expires_at > :now AND (:token IS NULL OR lease_token = :token)"
+)
+# A message of a group waits while any other message of its group is still in the queue.
+_FIRST_STATUS = """CASE WHEN :group_key IS NOT NULL AND EXISTS (
+                           SELECT 1 FROM $q WHERE group_key = :group_key)
+                      THEN 'waiting' ELSE 'pending' END"""
+
+STATEMENTS = {
+    "insert": """
+        INSERT INTO $q (payload, encoding, checksum, priority, visible_at, max_attempts,
+                        created_at, updated_at, expires_at)
+        VALUES (:data, :encoding, :checksum, :priority, :visible_at, :max_attempts,
+                :now, :now, :expires_at)""",
+    "insert_grouped": f"""
+        INSERT INTO $q (payload, encoding, checksum, status, priority, visible_at,
+                        max_attempts, created_at, updated_at, expires_at, group_key)
+        VALUES (:data, :encoding, :checksum, {_FIRST_STATUS}, :priority, :visible_at,
+                :max_attempts, :now, :now, :expires_at, :group_key)""",
+    "dedup_get": "SELECT message_id, expires_at FROM $dedup WHERE key = :key",
+    "dedup_put": """
+        INSERT INTO $dedup (key, message_id, expires_at) VALUES (:key, :id, :expires_at)
+        ON CONFLICT (key) DO UPDATE SET message_id = excluded.message_id,
+                                        expires_at = excluded.expires_at""",
+    "exists": """
+        SELECT EXISTS (SELECT 1 FROM $q WHERE id = :id)
+            OR EXISTS (SELECT 1 FROM $dlq WHERE id = :id)""",
+    "depth": "SELECT pending_count + processing_count FROM sqqueue_queues WHERE name = $lit",
+    "claim": f"""
+        UPDATE $q
+           SET status = 'processing', attempts = attempts + 1, lease_token = :token,
+               lease_expires_at = :until, updated_at = :now
+         WHERE id IN (SELECT id FROM $q
+                       WHERE status = 'pending' AND visible_at <= :now
+                       ORDER BY priority DESC, visible_at, id
+                       LIMIT :limit)
+        RETURNING {COLUMNS}""",
+    # One probe per claim: is there an expired lease, or a message past its time to live?
+    "any_expired": """
+        SELECT EXISTS (SELECT 1 FROM $q WHERE status = 'processing' AND lease_expires_at <= :now)
+            OR EXISTS (SELECT 1 FROM $q WHERE expires_at <= :now)""",
+    # Past its time to live: gone, unless a consumer holds a live lease on it (the
+    # consumer may finish; if its lease runs out, it goes then).
+    "ttl_bury": f"""
+        INSERT INTO $dlq ({DEAD_COLUMNS})
+        SELECT id, payload, encoding, checksum, priority, attempts, max_attempts,
+               'expired: its time to live ran out before it was completed',
+               created_at, :now, :now, group_key, prior_attempts
+          FROM $q
+         WHERE expires_at <= :now AND (status <> 'processing' OR lease_expires_at <= :now)""",
+    "ttl_delete": """
+        DELETE FROM $q
+         WHERE expires_at <= :now AND (status <> 'processing' OR lease_expires_at <= :now)""",
+    "lease_bury": f"""
+        INSERT INTO $dlq ({DEAD_COLUMNS})
+        SELECT id, payload, encoding, checksum, priority, attempts, max_attempts,
+               'lease expired on the last attempt (' || attempts || ' of ' || max_attempts
+                   || ') without being completed',
+               created_at, :now, :now, group_key, prior_attempts
+          FROM $q
+         WHERE status = 'processing' AND lease_expires_at <= :now
+           AND attempts >= max_attempts""",
+    "lease_delete_dead": """
+        DELETE FROM $q
+         WHERE status = 'processing' AND lease_expires_at <= :now
+           AND attempts >= max_attempts""",
+    # The message becomes visible again from the moment its lease ran out.
+    "lease_return": """
+        UPDATE $q
+           SET status = 'pending', visible_at = lease_expires_at, lease_token = NULL,
+               lease_expires_at = NULL, updated_at = :now,
+               last_error = 'lease expired on attempt ' || attempts || ' of ' || max_attempts
+         WHERE status = 'processing' AND lease_expires_at <= :now""",
+    "complete": f"DELETE FROM $q WHERE id = :id AND {_LIVE}",
+    "keep_done": f"""
+        INSERT INTO $done ({DONE_COLUMNS})
+        SELECT id, payload, encoding, checksum, priority, attempts, created_at, :now, group_key
+          FROM $q WHERE id = :id AND {_LIVE}""",
+    "release": f"""
+        UPDATE $q
+           SET status = 'pending', visible_at = :visible_at, lease_token = NULL,
+               lease_expires_at = NULL, attempts = max(attempts - :refund, 0),
+               last_error = coalesce(:error, last_error), updated_at = :now
+         WHERE id = :id AND {_LIVE}""",
+    "extend": f"""
+        UPDATE $q SET lease_expires_at = :until, updated_at = :now
+         WHERE id = :id AND {_LIVE}""",
+    "attempts_if_live": f"SELECT attempts, max_attempts FROM $q WHERE id = :id AND {_LIVE}",
+    "state": "SELECT status, lease_token FROM $q WHERE id = :id",
+    "in_dlq": "SELECT 1 FROM $dlq WHERE id = :id",
+    "bury": f"""
+        INSERT INTO $dlq ({DEAD_COLUMNS})
+        SELECT id, payload, encoding, checksum, priority, attempts, max_attempts,
+               coalesce(:error, last_error), created_at, :now, :now, group_key, prior_attempts
+          FROM $q WHERE id = :id""",
+    "delete": "DELETE FROM $q WHERE id = :id",
+    # Back from the dead letters with the same id and a fresh set of attempts; the
+    # attempts it used are kept in prior_attempts, its last error stays.
+    "revive": f"""
+        INSERT INTO $q (id, payload, encoding, checksum, status, priority, visible_at,
+                        attempts, max_attempts, last_error, created_at, updated_at,
+                        group_key, prior_attempts)
+        SELECT id, payload, encoding, checksum,
+               {_FIRST_STATUS.replace(":group_key", "d.group_key")},
+               priority, :now, 0, max_attempts, last_error, created_at, :now, group_key,
+               prior_attempts + attempts
+          FROM $dlq AS d WHERE id = :id""",
+    "delete_dead": "DELETE FROM $dlq WHERE id = :id",
+    "dead_ids": "SELECT id FROM $dlq WHERE id > :after ORDER BY id LIMIT :limit",
+    "peek": f"""
+        SELECT {COLUMNS} FROM $q
+         WHERE status = 'pending' AND visible_at <= :now
+         ORDER BY priority DESC, visible_at, id
+         LIMIT 1""",
+    "is_empty": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
+    "count_pending": "SELECT pending_count FROM sqqueue_queues WHERE name = $lit",
+    "bump": """
+        UPDATE sqqueue_queues
+           SET enqueued_total = enqueued_total + :enqueued,
+               completed_total = completed_total + :completed,
+               failed_total = failed_total + :failed,
+               dead_lettered_total = dead_lettered_total + :dead_lettered,
+               expired_total = expired_total + :expired,
+               ttl_expired_total = ttl_expired_total + :ttl_expired
+         WHERE name = $lit""",
+    "recount": """
+        UPDATE sqqueue_queues
+           SET pending_count = (SELECT count(*) FROM $q WHERE status <> 'processing'),
+               processing_count = (SELECT count(*) FROM $q WHERE status = 'processing'),
+               dead_count = (SELECT count(*) FROM $dlq)
+         WHERE name = $lit""",
+    "seed_totals": """
+        UPDATE sqqueue_queues SET enqueued_total = pending_count + processing_count + dead_count
+         WHERE name = $lit""",
+    "counters": """
+        SELECT pending_count, processing_count, dead_count, enqueued_total, completed_total,
+               failed_total, dead_lettered_total, expired_total, ttl_expired_total, created_at
+          FROM sqqueue_queues WHERE name = $lit""",
+    # Per priority level, seek into the ready index: pending rows not yet visible, and
+    # the oldest visible one. Costs a few seeks per level plus one step per delayed row.
+    "delayed_and_oldest": """
+        WITH RECURSIVE levels(p) AS (
+            SELECT max(priority) FROM $q WHERE status = 'pending'
+            UNION ALL
+            SELECT (SELECT max(priority) FROM $q WHERE status = 'pending' AND priority < levels.p)
+              FROM levels WHERE levels.p IS NOT NULL
+        )
+        SELECT coalesce(sum((SELECT count(*) FROM $q WHERE status = 'pending'
+                              AND priority = levels.p AND visible_at > :now)), 0),
+               min((SELECT min(visible_at) FROM $q WHERE status = 'pending'
+                     AND priority = levels.p AND visible_at <= :now))
+          FROM levels WHERE levels.p IS NOT NULL""",
+    "waiting": "SELECT count(*) FROM $q WHERE status = 'waiting'",
+    "expiring": """
+        SELECT count(*) FROM $q WHERE status = 'processing' AND lease_expires_at <= :horizon""",
+    # The earliest visible_at among pending rows, read from the ready index one priority
+    # level at a time (a skip-scan: a few index seeks per level, whatever the depth).
+    "next_due": """
+        WITH RECURSIVE levels(p) AS (
+            SELECT max(priority) FROM $q WHERE status = 'pending'
+            UNION ALL
+            SELECT (SELECT max(priority) FROM $q WHERE status = 'pending' AND priority < levels.p)
+              FROM levels WHERE levels.p IS NOT NULL
+        )
+        SELECT min(t) FROM (  -- aggregate min() skips NULLs
+            SELECT (SELECT min(visible_at) FROM $q
+                     WHERE status = 'pending' AND priority = levels.p) AS t
+              FROM levels WHERE levels.p IS NOT NULL
+            UNION ALL
+            SELECT min(lease_expires_at) FROM $q WHERE status = 'processing'
+            UNION ALL
+            SELECT min(expires_at) FROM $q WHERE expires_at IS NOT NULL)""",
+    "dead_letters": f"SELECT {DEAD_COLUMNS} FROM $dlq ORDER BY dead_at, id",
+    "statuses": """
+        SELECT id, CASE WHEN status = 'pending' AND visible_at > :now THEN 'delayed'
+                        ELSE status END,
+               priority, attempts, max_attempts
+          FROM $q
+        UNION ALL
+        SELECT id, 'dead', priority, attempts, max_attempts FROM $dlq
+        ORDER BY 1""",
+    "list_pending": f"""SELECT {COLUMNS} FROM $q WHERE status = 'pending' AND visible_at <= :now
+                        AND id > :after ORDER BY id LIMIT :limit""",
+    "list_delayed": f"""SELECT {COLUMNS} FROM $q WHERE status = 'pending' AND visible_at > :now
+                        AND id > :after ORDER BY id LIMIT :limit""",
+    "list_waiting": f"""SELECT {COLUMNS} FROM $q WHERE status = 'waiting'
+                        AND id > :after ORDER BY id LIMIT :limit""",
+    "list_processing": f"""SELECT {COLUMNS} FROM $q WHERE status = 'processing'
+                           AND id > :after ORDER BY id LIMIT :limit""",
+    "list_all": f"SELECT {COLUMNS} FROM $q WHERE id > :after ORDER BY id LIMIT :limit",
+    "list_dead": f"SELECT {DEAD_COLUMNS} FROM $dlq WHERE id > :after ORDER BY id LIMIT :limit",
+    "list_done": f"SELECT {DONE_COLUMNS} FROM $done WHERE id > :after ORDER BY id LIMIT :limit",
+    "purge_pending": """DELETE FROM $q WHERE status = 'pending' AND visible_at <= :now
+                        AND (:cutoff IS NULL OR created_at < :cutoff)""",
+    "purge_delayed": """DELETE FROM $q WHERE status = 'pending' AND visible_at > :now
+                        AND (:cutoff IS NULL OR created_at < :cutoff)""",
+    "purge_waiting": """DELETE FROM $q WHERE status = 'waiting'
+                        AND (:cutoff IS NULL OR created_at < :cutoff)""",
+    "purge_processing": """DELETE FROM $q WHERE status = 'processing'
+                           AND (:cutoff IS NULL OR created_at < :cutoff)""",
+    "purge_dead": "DELETE FROM $dlq WHERE :cutoff IS NULL OR created_at < :cutoff",
+    "purge_done": "DELETE FROM $done WHERE :cutoff IS NULL OR completed_at < :cutoff",
+    # Retention and dedup upkeep, a bounded number of rows per round.
+    "prune_done_age": """
+        DELETE FROM $done WHERE id IN (SELECT id FROM $done WHERE completed_at < :cutoff
+                                        ORDER BY completed_at LIMIT :batch)""",
+    "prune_done_count": """
+        DELETE FROM $done WHERE id IN (SELECT id FROM $done ORDER BY completed_at
+                                        LIMIT min(:batch, max((SELECT count(*) FROM $done)
+                                                              - :keep, 0)))""",
+    "prune_dedup": """
+        DELETE FROM $dedup WHERE key IN (
+            SELECT key FROM $dedup
+             WHERE (expires_at IS NOT NULL AND expires_at <= :now)
+                OR (expires_at IS NULL AND NOT EXISTS (SELECT 1 FROM $q WHERE id = message_id)
+                    AND NOT EXISTS (SELECT 1 FROM $dlq WHERE id = message_id))
+             LIMIT :batch)""",
+}
+
+# sqqueue 0.1.0 stored times as 'YYYY-MM-DD HH:MM:SS[.ffffff]' in UTC.
+LEGACY_EPOCH = "((julianday({col}) - 2440587.5) * 86400.0)"
+_E = LEGACY_EPOCH.format
+LEGACY_MIGRATION = (
+    "ALTER TABLE $q RENAME TO $legacy",
+    *QUEUE_DDL,
+    # pending and processing keep their state; processing_at was 0.1.0's lease expiry.
+    f"""
+    INSERT INTO $q (id, payload, encoding, checksum, status, priority, visible_at,
+                    lease_token, lease_expires_at, attempts, max_attempts, last_error,
+                    created_at, updated_at)
+    SELECT id, CAST(payload AS TEXT), 'text', NULL, status, coalesce(priority, 0),
+           coalesce({_E(col="visible_at")}, {_E(col="created_at")}, :now),
+           NULL,
+           CASE WHEN status = 'processing'
+                THEN coalesce({_E(col="processing_at")}, :now) END,
+           coalesce(attempts, 0), coalesce(max_attempts, :max_attempts), NULL,
+           coalesce({_E(col="created_at")}, :now),
+           coalesce({_E(col="updated_at")}, :now)
+      FROM $legacy
+     WHERE status IN ('pending', 'processing')""",
+    # Any other status 0.1.0 might have left is kept, as a dead letter that says why.
+    f"""
+    INSERT INTO $dlq ({DEAD_COLUMNS})
+    SELECT id, CAST(payload AS TEXT), 'text', NULL, coalesce(priority, 0),
+           coalesce(attempts, 0), coalesce(max_attempts, :max_attempts),
+           'migrated from sqqueue 0.1.0 with status ' || quote(status),
+           coalesce({_E(col="created_at")}, :now),
+           coalesce({_E(col="updated_at")}, :now), :now, NULL, 0
+      FROM $legacy
+     WHERE status NOT IN ('pending', 'processing')""",
+    "DROP TABLE $legacy",
+)
+LEGACY_DEAD_INSERT = f"""
+    INSERT INTO $dlq ({DEAD_COLUMNS})
+    VALUES (:id, :payload, 'text', NULL, :priority, 0, :max_attempts, :note,
+            coalesce({_E(col=":created")}, :now), coalesce({_E(col=":updated")}, :now), :now,
+            NULL, 0)"""
+
+
+class Rendered:
+    """The statements of one queue, ready to execute."""
+
+    def __init__(self, name: str) -> None:
+        names = {
+            "q": name,
+            "dlq": f"{name}_dlq",
+            "done": f"{name}_done",
+            "dedup": f"{name}_dedup",
+            "legacy": f"{name}__sqqueue_v0",
+            "legacy_dlq": f"{name}_dlq__sqqueue_v0",
+            "ix_ready": f"{name}_ready",
+            "ix_leases": f"{name}_leases",
+            "ix_expiry": f"{name}_expiry",
+            "ix_group": f"{name}_group",
+            "ix_done": f"{name}_done_at",
+            "tr_insert": f"{name}_count_insert",
+            "tr_delete": f"{name}_count_delete",
+            "tr_update": f"{name}_count_update",
+            "tr_group": f"{name}_group_next",
+            "tr_dlq_insert": f"{name}_dlq_count_insert",
+            "tr_dlq_delete": f"{name}_dlq_count_delete",
+        }
+        # Names are validated identifiers (letters, digits, underscores): quoting them as
+        # they are is safe, and the literal needs no escaping either.
+        self.subst = {key: f'"{value}"' for key, value in names.items()}
+        self.subst["lit"] = f"'{name}'"
+        self.tables = names
+        self.sql = {key: self.fill(sql) for key, sql in STATEMENTS.items()}
+        self.ddl = [self.fill(sql) for sql in QUEUE_DDL]
+        self.migration = [self.fill(sql) for sql in LEGACY_MIGRATION]
+        self.legacy_dead_insert = self.fill(LEGACY_DEAD_INSERT)
+
+    def fill(self, sql: str) -> str:
+        return Template(sql).substitute(self.subst)
+
+
+# Redrive into another queue of the same file: a new id there, the history kept.
+_REDRIVE_INTO = """
+    INSERT INTO $q (payload, encoding, checksum, status, priority, visible_at, attempts,
+                    max_attempts, last_error, created_at, updated_at, group_key,
+                    prior_attempts)
+    SELECT payload, encoding, checksum, 'pending', priority, :now, 0, max_attempts,
+           last_error, created_at, :now, NULL, prior_attempts + attempts
+      FROM $src WHERE id = :id"""
+
+
+def redrive_into(target: Rendered, source: Rendered) -> str:
+    """The statement moving one dead letter of ``source`` into queue ``target``."""
+    return Template(_REDRIVE_INTO).substitute({**target.subst, "src": source.subst["dlq"]})
+
+
+def render(name: str) -> Rendered:
+    """Statements for the queue ``name`` (which must already be validated)."""
+    return Rendered(name)
