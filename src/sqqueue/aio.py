@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
@@ -41,6 +43,7 @@ from .exceptions import (
 from .message import Message
 from .queue import MAX_BATCH_SIZE, MessageRef, Queue, SQLiteQueue, Step, _bounded_int, _error_text
 from .result import Err, Ok, Result
+from .stats import QueueStats
 from .worker import WorkerCore, WorkerStats
 
 __all__ = ["AsyncQueue", "AsyncSQLiteQueue", "AsyncWorker"]
@@ -68,11 +71,27 @@ class AsyncQueue:
             step = next(plan)
             while True:
                 if step[0] == "call":
-                    step = plan.send(await asyncio.to_thread(step[1]))
+                    step = plan.send(await self._call_uncancelled(step[1]))
                 else:
                     step = plan.send(await signal_.wait_async(step[2], step[1]))
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+
+    async def _call_uncancelled(self, fn: Callable[[], T]) -> T:
+        """Run a storage call in a thread; if the task is cancelled meanwhile, let the call
+        finish and give back any message it leased, so nothing is stranded under a lease
+        nobody holds."""
+        future = asyncio.ensure_future(asyncio.to_thread(fn))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                result = await future
+                if isinstance(result, list):
+                    for message in result:
+                        if isinstance(message, Message):
+                            await asyncio.to_thread(self.sync.release, message)
+            raise
 
     async def _guarded(
         self, error_cls: type[QueueError], action: str, coro: Awaitable[T]
@@ -107,11 +126,49 @@ class AsyncQueue:
         priority: int | None = None,
         delay: float | timedelta = 0,
         max_attempts: int | None = None,
+        *,
+        dedup_key: str | None = None,
+        group: str | None = None,
+        ttl: float | timedelta | None = None,
+        wait: float = 0,
     ) -> Result[int, EnqueueError]:
-        return await self._call(self.sync.enqueue, payload, priority, delay, max_attempts)
+        return await self._call(
+            functools.partial(
+                self.sync.enqueue, dedup_key=dedup_key, group=group, ttl=ttl, wait=wait
+            ),
+            payload,
+            priority,
+            delay,
+            max_attempts,
+        )
 
-    async def enqueue_batch(self, payloads: Any) -> Result[list[int], EnqueueError]:
-        return await self._call(self.sync.enqueue_batch, payloads)
+    async def enqueue_batch(
+        self, payloads: Sequence[Any], *, wait: float = 0
+    ) -> Result[list[int], EnqueueError]:
+        return await self._call(functools.partial(self.sync.enqueue_batch, wait=wait), payloads)
+
+    async def enqueue_in(
+        self,
+        conn: Any,
+        payload: Any,
+        priority: int | None = None,
+        delay: float | timedelta = 0,
+        max_attempts: int | None = None,
+        *,
+        dedup_key: str | None = None,
+        group: str | None = None,
+        ttl: float | timedelta | None = None,
+    ) -> Result[int, EnqueueError]:
+        """The outbox enqueue; ``conn`` is used from a worker thread, so open it with
+        ``check_same_thread=False``."""
+        return await self._call(
+            functools.partial(self.sync.enqueue_in, dedup_key=dedup_key, group=group, ttl=ttl),
+            conn,
+            payload,
+            priority,
+            delay,
+            max_attempts,
+        )
 
     async def dequeue(
         self,
@@ -160,8 +217,12 @@ class AsyncQueue:
             return
         try:
             yield message
-        except BaseException as exc:
+        except Exception as exc:
             await self.fail_message(message, error=_error_text(exc))
+            raise
+        except BaseException:
+            # Cancelled or interrupted, not failed: give it back, attempt not counted.
+            await asyncio.shield(self.release(message))
             raise
         result = await self.complete(message)
         if isinstance(result, Err) and result.error.kind is not ErrorKind.NOT_FOUND:
@@ -214,6 +275,33 @@ class AsyncQueue:
     async def perform_checkpoint(self, conn: Any = None) -> Result[None, QueueError]:
         return await self._call(self.sync.perform_checkpoint, conn)
 
+    async def stats(self, expiring_within: float = 60.0) -> Result[QueueStats, QueueError]:
+        return await self._call(self.sync.stats, expiring_within)
+
+    async def list_messages(
+        self, state: str = "pending", limit: int = 100, after_id: int = 0
+    ) -> Result[list[dict[str, Any]], QueueError]:
+        return await self._call(self.sync.list_messages, state, limit, after_id)
+
+    async def get_completed(
+        self, limit: int = 100, after_id: int = 0
+    ) -> Result[list[dict[str, Any]], QueueError]:
+        return await self._call(self.sync.get_completed, limit, after_id)
+
+    async def purge(
+        self, state: str | Sequence[str] | None = None, older_than: float | timedelta | None = None
+    ) -> Result[int, QueueError]:
+        return await self._call(self.sync.purge, state, older_than)
+
+    async def redrive(
+        self,
+        ids: Sequence[int] | None = None,
+        to_queue: str | None = None,
+        rate: float | None = None,
+        progress: Callable[[int, int], Any] | None = None,
+    ) -> Result[int, RequeueError]:
+        return await self._call(self.sync.redrive, ids, to_queue, rate, progress)
+
     def get_operation_count(self) -> int:
         return self.sync.get_operation_count()
 
@@ -232,6 +320,10 @@ class AsyncSQLiteQueue(AsyncQueue):
         super().__init__(SQLiteQueue(*args, **kwargs))
         self.db_path: str | os.PathLike[str] = self.sync.db_path  # type: ignore[attr-defined]
         self.table_name: str = self.sync.table_name  # type: ignore[attr-defined]
+
+    @staticmethod
+    async def list_queues(db_path: str | os.PathLike[str]) -> Result[list[str], QueueError]:
+        return await asyncio.to_thread(SQLiteQueue.list_queues, db_path)
 
 
 AsyncHandler = Callable[[Message], Awaitable[Any]]
@@ -252,6 +344,9 @@ class AsyncWorker(WorkerCore):
         sync_queue = queue.sync if isinstance(queue, AsyncQueue) else queue
         super().__init__(sync_queue, handler, **options)
         self._async_handler = handler
+        self._is_coroutine = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            getattr(handler, "__call__", None)  # noqa: B004  (callable objects)
+        )
         self._aqueue = queue if isinstance(queue, AsyncQueue) else AsyncQueue(queue)
         self._running: dict[object, asyncio.Future[Any]] = {}
 
@@ -302,7 +397,7 @@ class AsyncWorker(WorkerCore):
             task = await asyncio.to_thread(self._begin, key, message)
             value: Any = None
             error: BaseException | None = None
-            handler_task = asyncio.ensure_future(self._async_handler(message))
+            handler_task = asyncio.ensure_future(self._invoke(message))
             self._running[key] = handler_task
             try:
                 value = await handler_task
@@ -314,6 +409,12 @@ class AsyncWorker(WorkerCore):
             finally:
                 self._running.pop(key, None)
             await asyncio.to_thread(self._end, key, task, value, error)
+
+    async def _invoke(self, message: Message) -> Any:
+        if self._is_coroutine:
+            return await self._async_handler(message)
+        # A plain function runs in a thread, so it cannot block the event loop.
+        return await asyncio.to_thread(self._async_handler, message)
 
     async def _take_async(self) -> Message | None:
         result = await self._aqueue.dequeue(
@@ -342,4 +443,4 @@ class AsyncWorker(WorkerCore):
     async def _heartbeat_loop(self) -> None:
         while not self._immediate.is_set():
             await asyncio.to_thread(self._beat)
-            await asyncio.sleep(self.heartbeat)
+            await asyncio.sleep(self.tick)

@@ -36,7 +36,7 @@ from typing import Any, NoReturn, TypeVar
 from . import __version__, tools
 from .config import SETTINGS, find_config_file, resolve
 from .exceptions import QueueError
-from .message import Message
+from .message import Item, Message
 from .names import validate_queue_name
 from .queue import Queue, SQLiteQueue
 from .result import Err, Result
@@ -66,7 +66,9 @@ else:
 __all__ = ["main"]
 
 NEEDS = "the sqqueue command needs: pip install 'sqqueue[cli]'"
-STATES = ("pending", "delayed", "processing", "dead")
+LIST_STATES = ("pending", "delayed", "waiting", "processing", "dead", "done", "all")
+PURGE_STATES = ("pending", "delayed", "waiting", "processing", "dead", "done")
+LIVE_STATES = ("pending", "delayed", "waiting", "processing")  # what purge takes by default
 CHUNK = 1000  # messages per enqueue_batch transaction when reading stdin
 
 T = TypeVar("T")
@@ -181,8 +183,11 @@ def _message_dict(message: Message) -> dict[str, Any]:
         "priority": message.priority,
         "attempts": message.attempts,
         "max_attempts": message.max_attempts,
+        "prior_attempts": message.prior_attempts,
         "enqueued_at": message.enqueued_at,
         "lease_expires_at": message.lease_expires_at,
+        "expires_at": message.expires_at,
+        "group": message.group,
         "last_error": message.last_error,
     }
 
@@ -204,26 +209,38 @@ def _show_progress() -> bool:
     return _stream_is_tty(sys.stderr)
 
 
+def _console() -> Console:
+    """stdout for tables: the terminal's width, or wide enough not to wrap in a pipe."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=160)
+    return console
+
+
 def _pause(seconds: float) -> None:
     """The wait between two ``--watch`` refreshes (tests replace this)."""
     time.sleep(seconds)
 
 
 @contextlib.contextmanager
-def _progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``: a rich progress bar on a terminal, nothing when piped."""
+def _progress(description: str, known_total: bool) -> Iterator[Callable[[int, int | None], Any]]:
+    """Yield ``update(done, total)``: a rich progress bar on a terminal, nothing when piped."""
     if not _show_progress():
-        yield lambda _n: None
+        yield lambda _done, _total: None
         return
     columns: list[ProgressColumn | str] = [SpinnerColumn(), TextColumn("{task.description}")]
-    if total is None:
-        columns.append(TextColumn("{task.completed}"))
-    else:
+    if known_total:
         columns += [BarColumn(), MofNCompleteColumn()]
+    else:
+        columns.append(TextColumn("{task.completed}"))
     columns.append(TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True)) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(task, n)
+        task = progress.add_task(description, total=None)
+
+        def update(done: int, total: int | None) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield update
 
 
 # -- opening files and queues -----------------------------------------------------------------
@@ -347,8 +364,8 @@ def _messages_table(title: str, entries: list[dict[str, Any]]) -> Table:
     table.add_column("status")
     table.add_column("priority", justify="right")
     table.add_column("attempts", justify="right")
-    table.add_column("enqueued")
-    table.add_column("due / lease / dead at")
+    table.add_column("enqueued", no_wrap=True)
+    table.add_column("due / lease / dead / done", no_wrap=True)
     table.add_column("last error", max_width=40)
     table.add_column("payload", max_width=60)
     for entry in entries:
@@ -357,12 +374,16 @@ def _messages_table(title: str, entries: list[dict[str, Any]]) -> Table:
             "delayed": entry.get("visible_at"),
             "processing": entry.get("lease_expires_at"),
             "dead": entry.get("dead_at"),
+            "done": entry.get("completed_at"),
         }.get(status)
+        attempts = str(entry["attempts"])
+        if "max_attempts" in entry:
+            attempts += f"/{entry['max_attempts']}"
         table.add_row(
             str(entry["id"]),
             status,
             str(entry["priority"]),
-            f"{entry['attempts']}/{entry['max_attempts']}",
+            attempts,
             _when(entry.get("enqueued_at") or entry.get("created_at")),
             _when(moment),
             _clip(entry.get("last_error"), 80),
@@ -381,6 +402,7 @@ def _detail(fields: list[tuple[str, object]]) -> str:
             text = "-"
         else:
             text = str(value)
+        text = text.replace("\n", "\n" + " " * (width + 1))
         lines.append(f"{label + ':':<{width}} {text}")
     return "\n".join(lines)
 
@@ -552,7 +574,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
                 rows.append(_unwrap(opened[name].stats()))
             return rows, [] if queue is not None else _legacy_names(db)
 
-        console = Console()
+        console = _console()
         try:
             if watch is None:
                 rows, legacy = snapshot()
@@ -585,10 +607,11 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
     @queue_arg
     @click.option(
         "--state",
-        type=click.Choice(["pending", "delayed", "processing", "dead", "all"]),
+        type=click.Choice(LIST_STATES),
         default="all",
         show_default=True,
-        help="Which messages to list.",
+        help="Which messages to list. all: every message not finished (not dead, not "
+        "done); done: completed messages kept by the retention setting.",
     )
     @click.option(
         "--limit", type=click.IntRange(1, 10_000), default=50, show_default=True, metavar="N"
@@ -622,7 +645,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         if not entries:
             click.echo(f"no {'' if state == 'all' else state + ' '}messages in queue {queue!r}")
             return
-        Console().print(_messages_table(f"{queue}: {state} messages", entries))
+        _console().print(_messages_table(f"{queue}: {state} messages", entries))
         if next_after is not None:
             click.echo(f"next page: --after {next_after}")
 
@@ -682,6 +705,19 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         metavar="N",
         help="Deliveries before the dead-letter queue.",
     )
+    @click.option(
+        "--ttl",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        metavar="SECONDS",
+        help="Never deliver it after SECONDS.",
+    )
+    @click.option("--group", metavar="KEY", help="Deliver one message of the group at a time.")
+    @click.option(
+        "--dedup-key",
+        metavar="KEY",
+        help="Add nothing if a message with KEY was enqueued recently (prints its id).",
+    )
     def enqueue(
         db: str,
         queue: str,
@@ -690,6 +726,9 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         priority: int | None,
         delay: float,
         max_attempts: int | None,
+        ttl: float | None,
+        group: str | None,
+        dedup_key: str | None,
     ) -> None:
         """Add a message (or one per line of stdin); prints its id.
 
@@ -713,19 +752,34 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
                 except ValueError as exc:
                     raise CliError(f"PAYLOAD is not valid JSON: {exc}", 2) from None
             with _open(db, queue, create=True) as q:
-                new_id = _unwrap(q.enqueue(value, priority, delay, max_attempts))
+                new_id = _unwrap(
+                    q.enqueue(
+                        value,
+                        priority,
+                        delay,
+                        max_attempts,
+                        dedup_key=dedup_key,
+                        group=group,
+                        ttl=ttl,
+                    )
+                )
             click.echo(str(new_id))
             return
+        if dedup_key is not None:
+            raise CliError("--dedup-key needs a single PAYLOAD, not -", 2)
         stream = sys.stdin
         total = 0
-        with _open(db, queue, create=True) as q, _progress("enqueueing", None) as advance:
-            batch: list[tuple[Any, int | None, float, int | None]] = []
+        with (
+            _open(db, queue, create=True) as q,
+            _progress("enqueueing", known_total=False) as update,
+        ):
+            batch: list[Item] = []
 
             def flush() -> None:
                 nonlocal total
                 if batch:
                     total += len(_unwrap(q.enqueue_batch(batch)))
-                    advance(len(batch))
+                    update(total, None)
                     batch.clear()
 
             for number, line in enumerate(stream, start=1):
@@ -741,7 +795,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
                             f"line {number} is not valid JSON: {exc}; "
                             f"{total} message(s) from earlier lines were enqueued"
                         ) from None
-                batch.append((item, priority, delay, max_attempts))
+                batch.append(Item(item, priority, delay, max_attempts, group=group, ttl=ttl))
                 if len(batch) >= CHUNK:
                     flush()
             flush()
@@ -883,7 +937,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         if not entries:
             click.echo(f"no dead letters in queue {queue!r}")
             return
-        Console().print(_messages_table(f"{queue}: dead letters", entries))
+        _console().print(_messages_table(f"{queue}: dead letters", entries))
         if next_after is not None:
             click.echo(f"next page: --after {next_after}")
 
@@ -924,39 +978,49 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
     @queue_arg
     @click.argument("ids", metavar="[ID]...", nargs=-1, type=click.IntRange(min=0))
     @click.option("--all", "redrive_all", is_flag=True, help="Every dead letter of QUEUE.")
-    def dlq_redrive(db: str, queue: str, ids: tuple[int, ...], redrive_all: bool) -> None:
-        """Put dead letters back in QUEUE (same ids, attempts reset to 0).
+    @click.option(
+        "--to", "to_queue", metavar="QUEUE", help="Into this other queue of DB (new ids)."
+    )
+    @click.option(
+        "--rate",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        metavar="N",
+        help="At most N messages a second, not to flood consumers.",
+    )
+    def dlq_redrive(
+        db: str,
+        queue: str,
+        ids: tuple[int, ...],
+        redrive_all: bool,
+        to_queue: str | None,
+        rate: float | None,
+    ) -> None:
+        """Put dead letters back to be delivered again.
+
+        They keep their ids (in QUEUE) and last error; their attempts start over.
 
         \b
         Example:
           sqqueue dlq redrive jobs.db emails 42 43
-          sqqueue dlq redrive jobs.db emails --all
+          sqqueue dlq redrive jobs.db emails --all --rate 50
+          sqqueue dlq redrive jobs.db emails --all --to emails_retry
         """
         if redrive_all == bool(ids):
             raise CliError("give either message ids or --all", 2)
-        with _open(db, queue) as q:
-            targets = list(ids)
-            if redrive_all:
-                after = 0
-                while True:
-                    page = _unwrap(q.list_messages("dead", limit=1000, after_id=after))
-                    targets += [entry["id"] for entry in page]
-                    if len(page) < 1000:
-                        break
-                    after = page[-1]["id"]
-            failed: list[str] = []
-            with _progress("redriving", len(targets)) as advance:
-                for ident in targets:
-                    result = q.reprocess_dead_letter(ident)
-                    if isinstance(result, Err):
-                        failed.append(f"{ident} ({result.error.kind.value})")
-                    advance(1)
-        done = len(targets) - len(failed)
-        click.echo(f"redrove {done} message(s) to queue {queue!r}")
-        if failed:
-            raise CliError(
-                f"could not redrive {len(failed)} of {len(targets)} message(s): {', '.join(failed)}"
+        target = queue if to_queue is None else _check_name(to_queue)
+        if to_queue is not None:
+            _open(db, target, create=True).close()  # the target queue may be new
+        with _open(db, queue) as q, _progress("redriving", known_total=True) as update:
+            moved = _unwrap(
+                q.redrive(
+                    None if redrive_all else list(ids),
+                    to_queue=to_queue,
+                    rate=rate,
+                    progress=update,
+                )
             )
+        click.echo(f"redrove {moved} message(s) to queue {target!r}")
 
     @dlq.command("purge")
     @db_arg
@@ -987,9 +1051,9 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         "--state",
         "states",
         multiple=True,
-        type=click.Choice([*STATES, "all"]),
-        help="Which messages (repeatable; default: pending, delayed and processing; "
-        "all: those and dead letters).",
+        type=click.Choice([*PURGE_STATES, "all"]),
+        help="Which messages (repeatable). Default: pending, delayed, waiting and "
+        "processing; all: those, dead letters and kept completed messages.",
     )
     @older_opt
     @yes_opt
@@ -1006,15 +1070,19 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
           sqqueue purge jobs.db emails --yes
           sqqueue purge jobs.db emails --state delayed --older-than 86400 --yes
         """
-        chosen = list(STATES) if "all" in states else sorted(set(states), key=STATES.index)
-        effective = chosen or ["pending", "delayed", "processing"]
+        if "all" in states:
+            chosen = list(PURGE_STATES)
+        else:
+            chosen = sorted(set(states), key=PURGE_STATES.index)
+        effective = chosen or list(LIVE_STATES)
         with _open(db, queue) as q:
             now = _unwrap(q.stats())
-            count = sum(getattr(now, state) for state in effective)
+            counts = now.to_dict()
+            count = sum(counts[state] for state in effective if state in counts)
             scope = f" enqueued more than {older_than:g} s ago" if older_than is not None else ""
             confirm(
                 f"Delete the {', '.join(effective)} messages of queue {queue!r} in {db}{scope} "
-                f"({count} there now)?",
+                f"({count} live or dead there now)?",
                 yes,
             )
             removed = _unwrap(q.purge(chosen or None, older_than=older_than))
@@ -1195,7 +1263,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
             else:
                 shown = "-" if value is None else str(value)
             table.add_row(name, shown, resolved.sources[name], setting.help)
-        Console().print(table)
+        _console().print(table)
 
     @main.command("worker")
     @click.argument("target", metavar="MODULE:FUNC")

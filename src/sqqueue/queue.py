@@ -128,6 +128,10 @@ def _bounded_int(value: object, what: str, low: int, high: int) -> int:
     return value
 
 
+def _no_delay(_attempts: int) -> float:
+    return 0.0
+
+
 def _error_text(exc: BaseException) -> str:
     """The last line of a traceback: ``ValueError: bad input``."""
     text = str(exc)
@@ -378,7 +382,7 @@ class Queue:
     def _isolate_poison(self, row: StoredMessage, reason: QueueError, now: float) -> None:
         """Dead-letter a row that cannot be delivered, so it never blocks the queue."""
         error = f"undeliverable: {reason}"
-        outcome, _ = self._backend.fail(row.id, row.lease_token, now, error, now, True)
+        outcome, _ = self._backend.fail(row.id, row.lease_token, now, error, _no_delay, True)
         logger.error(
             "queue %r: message %d dead-lettered as undeliverable: %s", self.name, row.id, reason
         )
@@ -734,8 +738,12 @@ class Queue:
             return
         try:
             yield message
-        except BaseException as exc:
+        except Exception as exc:
             self.fail_message(message, error=_error_text(exc))
+            raise
+        except BaseException:
+            # Interrupted (Ctrl-C, exit), not failed: give it back, attempt not counted.
+            self.release(message)
             raise
         result = self.complete(message)
         if isinstance(result, Err) and result.error.kind is not ErrorKind.NOT_FOUND:
@@ -789,13 +797,14 @@ class Queue:
                 )
             text = error[:MAX_ERROR_TEXT] if error is not None else None
             if delay is None:
-                attempts = message.attempts if isinstance(message, Message) else 1
-                seconds = self.retry.delay(attempts)
+                # The storage knows the attempt count, also when only the id was passed.
+                retry_after: Callable[[int], float] = self.retry.delay
             else:
                 seconds = _seconds(delay, "delay", minimum=0, maximum=MAX_DELAY, strict=False)
+                retry_after = lambda _attempts: seconds  # noqa: E731
             now = self._now()
             outcome, died = self._backend.fail(
-                message_id, token, now, text, now + seconds, bool(send_to_dlq)
+                message_id, token, now, text, retry_after, bool(send_to_dlq)
             )
             if outcome is not Outcome.DONE:
                 # A refused call keeps the remembered token: later calls by id stay fenced.

@@ -86,6 +86,7 @@ class _Task:
         self.message = message
         self.started = started
         self.abandoned = False  # timed out or cut off at shutdown: its outcome is ignored
+        self.last_beat = started
 
 
 class WorkerCore:
@@ -284,8 +285,15 @@ class WorkerCore:
                 extra=log_extra,
             )
 
+    @property
+    def tick(self) -> float:
+        """How often the heartbeat loop wakes: often enough for leases and timeouts."""
+        if self.task_timeout is None:
+            return self.heartbeat
+        return max(min(self.heartbeat, self.task_timeout / 4), 0.01)
+
     def _beat(self) -> list[_Task]:
-        """One heartbeat round: extend live leases, time out overrunning tasks.
+        """One heartbeat round: time out overrunning tasks, extend leases that are due.
 
         Returns the tasks still running.
         """
@@ -298,6 +306,9 @@ class WorkerCore:
                 self._time_out(task)
                 continue
             running.append(task)
+            if now - task.last_beat < self.heartbeat:
+                continue
+            task.last_beat = now
             result = self.queue.extend(task.message, self.lease)
             if isinstance(result, Err):
                 logger.warning(
@@ -432,7 +443,7 @@ class Worker(WorkerCore):
             running = self._beat()
             if self._stopping.is_set() and not running:
                 return
-            self._immediate.wait(self.heartbeat)
+            self._immediate.wait(self.tick)
 
 
 def worker(queue: Queue, **options: Any) -> Callable[[Handler], Worker]:

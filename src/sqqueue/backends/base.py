@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,14 +178,14 @@ class Backend(ABC):
         token: int | None,
         now: float,
         error: str | None,
-        retry_at: float,
+        retry_after: Callable[[int], float],
         force_dead: bool,
     ) -> tuple[Outcome, bool]:
         """Record a failed attempt on a leased message, in one transaction.
 
         The message goes to the dead-letter queue (keeping its id and history) when
         ``force_dead`` or when it has used all its attempts, else back to pending, visible
-        from ``retry_at``. With ``force_dead`` a pending message is buried too (the
+        ``retry_after(attempts)`` seconds from ``now``. With ``force_dead`` a pending message is buried too (the
         immediate failure of the lifecycle). Returns the outcome and whether it died.
         """
 

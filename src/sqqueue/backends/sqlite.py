@@ -286,6 +286,8 @@ class SQLiteBackend(Backend):
 
     def close(self) -> None:
         self._closed = True
+        with self._watch_lock:
+            self._watch = None
         with self._conns_lock:
             conns, self._conns = self._conns, set()
         for conn in conns:
@@ -712,7 +714,7 @@ class SQLiteBackend(Backend):
         token: int | None,
         now: float,
         error: str | None,
-        retry_at: float,
+        retry_after: Callable[[int], float],
         force_dead: bool,
     ) -> tuple[Outcome, bool]:
         live = {"id": message_id, "token": token, "now": now}
@@ -733,7 +735,7 @@ class SQLiteBackend(Backend):
                 return Outcome.DONE, True
             conn.execute(
                 self._sql["release"],
-                {**live, "visible_at": retry_at, "error": error, "refund": 0},
+                {**live, "visible_at": now + retry_after(attempts), "error": error, "refund": 0},
             )
             self._bump(conn, failed=1)
             return Outcome.DONE, False
@@ -768,6 +770,7 @@ class SQLiteBackend(Backend):
         # PRAGMA data_version changes when any *other* connection commits. A dedicated
         # connection that never writes therefore sees every commit, from this process too.
         # It reads the WAL index in shared memory: no table is touched.
+        self._connection()  # raises CLOSED once the queue is closed
         with self._watch_lock:
             if self._watch is None or self._watch_generation != _fork_generation:
                 if self._watch is not None:

@@ -1,0 +1,978 @@
+"""The asyncio API: AsyncQueue mirrors Queue (names, parameters, Results), waits without
+blocking the event loop, async claim(), AsyncWorker, and a Starlette app using the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import inspect
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sqqueue import (
+    AsyncQueue,
+    AsyncSQLiteQueue,
+    AsyncWorker,
+    Err,
+    ErrorKind,
+    Message,
+    Ok,
+    Queue,
+    Result,
+    RetryPolicy,
+    SQLiteQueue,
+    WorkerHooks,
+    WorkerStats,
+)
+
+MakeQueue = Callable[..., SQLiteQueue]
+SRC = Path(__file__).resolve().parents[1] / "src"
+NOT_COROUTINES = {"get_operation_count", "wake_waiters", "claim"}
+
+
+def ok(result: Result[Any, Any]) -> Any:
+    """Assert ``result`` is Ok and return its value."""
+    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
+    return result.value
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> None:
+    """Poll ``predicate`` (sync, or returning an awaitable) until true, within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
+        await asyncio.sleep(0.01)
+
+
+async def statuses(aq: AsyncQueue) -> list[tuple[int, str, int]]:
+    return [(r["id"], r["status"], r["attempts"]) for r in ok(await aq.get_all_statuses())]
+
+
+@pytest.fixture
+def aq(make_queue: MakeQueue) -> AsyncQueue:
+    """An AsyncQueue over a fake-clock SQLiteQueue (table "jobs")."""
+    return AsyncQueue(make_queue(table_name="jobs"))
+
+
+@pytest.fixture
+def raq(make_queue: MakeQueue) -> AsyncQueue:
+    """An AsyncQueue on the real clock, for leases and heartbeats."""
+    return AsyncQueue(make_queue(table_name="jobs", clock=None))
+
+
+# -- the same API ---------------------------------------------------------------------------
+
+
+def _public_methods(cls: type) -> set[str]:
+    return {name for name in dir(cls) if not name.startswith("_") and callable(getattr(cls, name))}
+
+
+def _parameters(fn: Callable[..., Any]) -> list[tuple[str, Any, Any]]:
+    params = inspect.signature(fn).parameters.values()
+    return [(p.name, p.kind, p.default) for p in params if p.name != "self"]
+
+
+def test_async_queue_has_every_public_method_of_queue() -> None:
+    """Every public method of Queue exists on AsyncQueue, and every public method of
+    SQLiteQueue on AsyncSQLiteQueue."""
+    assert {"enqueue", "dequeue", "claim", "release", "wake_waiters"} <= _public_methods(Queue)
+    for sync_cls, async_cls in ((Queue, AsyncQueue), (SQLiteQueue, AsyncSQLiteQueue)):
+        missing = _public_methods(sync_cls) - _public_methods(async_cls)
+        assert not missing, f"{async_cls.__name__} lacks {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", sorted(_public_methods(SQLiteQueue)))
+def test_async_method_parameters_match_sync(name: str) -> None:
+    """Each async method takes the same parameters (names, kinds, defaults) as the sync
+    one, and is a coroutine function unless it is one of the documented sync exceptions."""
+    sync_fn = getattr(SQLiteQueue, name)
+    async_fn = getattr(AsyncSQLiteQueue, name, None)
+    assert async_fn is not None, f"AsyncSQLiteQueue.{name} is missing"
+    assert _parameters(async_fn) == _parameters(sync_fn)
+    if name in NOT_COROUTINES:
+        assert not inspect.iscoroutinefunction(async_fn)
+    else:
+        assert inspect.iscoroutinefunction(async_fn), f"AsyncQueue.{name} is not async"
+
+
+def test_async_sqlite_queue_takes_sqlite_queue_arguments(tmp_path: Path) -> None:
+    """AsyncSQLiteQueue accepts SQLiteQueue's positional and keyword arguments."""
+    params = _parameters(SQLiteQueue.__init__)
+    assert [p[0] for p in params][:3] == ["db_path", "table_name", "vacuum_threshold"]
+    aq = AsyncSQLiteQueue(
+        tmp_path / "a.db",
+        "emails",
+        500,
+        False,
+        7,
+        60.0,
+        2,
+        synchronous="full",
+        lock_timeout=5.0,
+        retry=RetryPolicy.fixed(3),
+    )
+    try:
+        assert isinstance(aq.sync, SQLiteQueue)
+        assert (aq.name, aq.table_name, aq.db_path) == ("emails", "emails", aq.sync.db_path)
+        assert (aq.sync.default_max_attempts, aq.sync.default_priority) == (7, 2)
+        assert aq.sync.retry == RetryPolicy.fixed(3)
+    finally:
+        aq.sync.close()
+    with pytest.raises(ValueError):
+        AsyncSQLiteQueue(tmp_path / "b.db", table_name="bad name")
+
+
+def _describe(value: Any) -> Any:
+    """A comparable picture of a result: Ok/Err, types, error class and kind, values."""
+    if isinstance(value, Ok):
+        return ("Ok", _describe(value.value))
+    if isinstance(value, Err):
+        error = value.error
+        return ("Err", type(error).__name__, error.kind, error.message_id)
+    if isinstance(value, Message):
+        return (
+            "Message",
+            value.id,
+            value.payload,
+            value.priority,
+            value.attempts,
+            value.max_attempts,
+            value.last_error,
+            value.queue,
+            type(value.lease_expires_at).__name__,
+        )
+    if isinstance(value, list):
+        return [_describe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _describe(v) for k, v in value.items()}
+    if isinstance(value, datetime):
+        return ("datetime", value.timestamp(), value.tzinfo is not None)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = dataclasses.asdict(value)
+        for size in ("db_bytes", "wal_bytes"):  # file sizes differ from file to file
+            if size in fields:
+                fields[size] = type(fields[size]).__name__
+        return (type(value).__name__, _describe(fields))
+    return (type(value).__name__, value)
+
+
+Call = Callable[..., Awaitable[Any]]
+
+
+async def _scenario(call: Call, advance: Callable[[float], None]) -> list[tuple[str, Any]]:
+    """Exercise every method, good and bad cases; return what each call gave."""
+    log: list[tuple[str, Any]] = []
+
+    async def step(name: str, *args: Any) -> Any:
+        result = await call(name, *args)
+        log.append((name, _describe(result)))
+        return result
+
+    await step("enqueue", "a")
+    await step("enqueue", {"k": [1, 2]}, 5, 0, 3)
+    await step("enqueue", b"\x00raw", None, 60)
+    await step("enqueue", {1, 2})  # SERIALIZATION
+    await step("enqueue", "x", "high")  # INVALID_INPUT
+    await step("enqueue_batch", ["b", ("c", 1)])
+    await step("enqueue_batch", "not a list")
+    await step("peek")
+    first = (await step("dequeue")).value
+    await step("extend", first, 30)
+    await step("extend", first, -1)
+    await step("complete", first)
+    await step("complete", first)  # NOT_FOUND
+    await step("complete", "nope")
+    batch = (await step("dequeue_batch", 2)).value
+    await step("dequeue_batch", 0)
+    await step("fail_message", batch[0], False, "boom")
+    await step("requeue", batch[1])
+    await step("requeue", batch[1])  # WRONG_STATE
+    second = (await step("dequeue")).value
+    await step("release", second)
+    third = (await step("dequeue", 10)).value
+    advance(11)
+    await step("complete", third)  # LEASE_EXPIRED
+    await step("fail_message", third, False, "late")
+    await step("recover_processing_messages")
+    fourth = (await step("dequeue")).value
+    await step("fail_message", fourth, True, "to the dlq")
+    await step("get_dead_letters")
+    await step("reprocess_dead_letter", fourth.id)
+    await step("reprocess_dead_letter", 9999)
+    await step("dequeue", None, -1)
+    await step("get_all_statuses")
+    await step("is_empty")
+    await step("dequeue_batch", 100, None, 0.05)
+    await step("dequeue", None, 0.05)
+    await step("is_empty")
+    await step("vacuum_database")
+    await step("perform_checkpoint")
+    await step("vacuum_database", "not a connection")
+    await step("get_operation_count")
+    await step("close")
+    await step("enqueue", "after close")
+    await step("dequeue")
+    await step("dequeue", None, 1)
+    await step("peek")
+    return log
+
+
+async def _newer_scenario(call: Call, advance: Callable[[float], None]) -> list[tuple[str, Any]]:
+    """The inspection and housekeeping methods (stats, list_messages, purge, list_queues)."""
+    log: list[tuple[str, Any]] = []
+
+    async def step(name: str, *args: Any) -> Any:
+        result = await call(name, *args)
+        log.append((name, _describe(result)))
+        return result
+
+    await step("enqueue_batch", ["a", "b", ("later", None, 60), "dead"])
+    held = (await step("dequeue", 30)).value
+    advance(5)
+    doomed = (await step("dequeue")).value
+    await step("fail_message", doomed, True, "doomed")
+    await step("stats")
+    await step("stats", 40)
+    await step("stats", -1)
+    await step("list_messages")
+    await step("list_messages", "all")
+    await step("list_messages", "processing")
+    await step("list_messages", "dead")
+    await step("list_messages", "all", 2, held.id)
+    await step("list_messages", "bogus")
+    await step("list_messages", "all", 0)
+    await step("list_queues", call.db_path)  # type: ignore[attr-defined]
+    await step("purge", "bogus")
+    await step("purge", "dead")
+    await step("purge", ["pending", "delayed"], 1)
+    await step("purge")
+    await step("stats")
+    await step("close")
+    await step("stats")
+    await step("purge")
+    return log
+
+
+async def _compare_sync_and_async(
+    scenario: Callable[[Call, Callable[[float], None]], Awaitable[list[tuple[str, Any]]]],
+    tmp_path: Path,
+    clock: Any,
+) -> list[tuple[str, Any]]:
+    """Run ``scenario`` on a SQLiteQueue and an AsyncSQLiteQueue (same clock readings,
+    separate files); assert every call gave the same picture; return the sync log."""
+    sync_clock, async_clock = clock, type(clock)()
+    sync_q = SQLiteQueue(tmp_path / "sync.db", table_name="jobs", clock=sync_clock)
+    async_q = AsyncSQLiteQueue(tmp_path / "async.db", table_name="jobs", clock=async_clock)
+
+    async def call_sync(name: str, *args: Any) -> Any:
+        return getattr(sync_q, name)(*args)
+
+    async def call_async(name: str, *args: Any) -> Any:
+        method = getattr(async_q, name, None)
+        assert method is not None, f"AsyncSQLiteQueue has no {name}()"
+        result = method(*args)
+        if name in NOT_COROUTINES:
+            assert not inspect.isawaitable(result)
+            return result
+        assert inspect.isawaitable(result), f"AsyncQueue.{name} returned {result!r}"
+        return await result
+
+    call_sync.db_path = sync_q.db_path  # type: ignore[attr-defined]
+    call_async.db_path = async_q.db_path  # type: ignore[attr-defined]
+    try:
+        expected = await scenario(call_sync, sync_clock.advance)
+        got = await scenario(call_async, async_clock.advance)
+    finally:
+        sync_q.close()
+        async_q.sync.close()
+    assert [name for name, _ in got] == [name for name, _ in expected]
+    for index, ((name, want), (_, have)) in enumerate(zip(expected, got, strict=True)):
+        assert have == want, f"step {index} {name}: async {have} != sync {want}"
+    return expected
+
+
+@pytest.mark.asyncio
+async def test_async_methods_return_same_results_as_sync(tmp_path: Path, clock: Any) -> None:
+    """The same scenario on a sync queue and an AsyncQueue gives identical Results
+    (Ok/Err, value types and values, error classes and kinds)."""
+    log = await _compare_sync_and_async(_scenario, tmp_path, clock)
+    kinds = [d[2] for _, d in log if isinstance(d, tuple) and d[0] == "Err"]
+    assert ErrorKind.CLOSED in kinds
+    assert ErrorKind.LEASE_EXPIRED in kinds
+    assert ErrorKind.SERIALIZATION in kinds
+
+
+@pytest.mark.asyncio
+async def test_async_inspection_methods_return_same_results_as_sync(
+    tmp_path: Path, clock: Any
+) -> None:
+    """stats(), list_messages(), purge() and list_queues() give the same Results in both
+    APIs (the sync side also checks that they run at all)."""
+    log = await _compare_sync_and_async(_newer_scenario, tmp_path, clock)
+    results = dict(log)
+    assert results["list_queues"] == ("Ok", [("str", "jobs")])
+    assert results["close"] == ("NoneType", None)
+
+
+@pytest.mark.asyncio
+async def test_async_context_manager_closes(make_queue: MakeQueue) -> None:
+    """`async with` closes the queue on exit."""
+    async with AsyncQueue(make_queue(table_name="jobs")) as aq:
+        assert ok(await aq.enqueue("x")) == 1
+    result = await aq.enqueue("y")
+    assert isinstance(result, Err)
+    assert result.error.kind is ErrorKind.CLOSED
+
+
+# -- waiting without blocking the loop ------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_waiting_dequeue_does_not_block_event_loop(aq: AsyncQueue) -> None:
+    """While `await dequeue(wait=...)` waits, other tasks keep running (a ticker ticks)."""
+    stamps: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            stamps.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    tick_task = asyncio.create_task(ticker())
+    start = time.monotonic()
+    result = await aq.dequeue(wait=0.5)
+    elapsed = time.monotonic() - start
+    tick_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await tick_task
+    assert ok(result) is None
+    assert 0.45 <= elapsed < 1.5, elapsed
+    during = [t for t in stamps if start <= t <= start + elapsed]
+    assert len(during) >= 15, len(during)
+    gaps = [b - a for a, b in itertools.pairwise(during)]
+    assert max(gaps) < 0.1, max(gaps)
+
+
+@pytest.mark.asyncio
+async def test_waiting_dequeue_wakes_on_enqueue_from_another_task(aq: AsyncQueue) -> None:
+    """A waiting consumer task is woken by another task's enqueue within a few ms."""
+    waiter = asyncio.create_task(aq.dequeue(wait=5))
+    await asyncio.sleep(0.1)
+    assert not waiter.done()
+    start = time.perf_counter()
+    message_id = ok(await aq.enqueue({"hello": "world"}))
+    message = ok(await asyncio.wait_for(waiter, 5))
+    latency = time.perf_counter() - start
+    assert message is not None
+    assert (message.id, message.payload) == (message_id, {"hello": "world"})
+    assert latency < 0.1, latency
+
+
+@pytest.mark.asyncio
+async def test_async_wake_up_does_not_rely_on_polling(
+    aq: AsyncQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the change counter frozen, an in-process enqueue still wakes an async waiter."""
+    monkeypatch.setattr(aq.sync._backend, "changes", lambda: 0)
+    waiter = asyncio.create_task(aq.dequeue(wait=3))
+    await asyncio.sleep(0.05)
+    start = time.perf_counter()
+    message_id = ok(await aq.enqueue("signalled"))
+    message = ok(await asyncio.wait_for(waiter, 5))
+    assert message is not None
+    assert message.id == message_id
+    assert time.perf_counter() - start < 0.1
+
+
+@pytest.mark.asyncio
+async def test_waiting_dequeue_wakes_on_enqueue_from_a_thread(aq: AsyncQueue) -> None:
+    """A sync enqueue on another thread wakes an asyncio waiter."""
+    timer = threading.Timer(0.1, lambda: aq.sync.enqueue("from a thread"))
+    timer.start()
+    start = time.monotonic()
+    message = ok(await aq.dequeue(wait=5))
+    timer.join(5)
+    assert message is not None
+    assert message.payload == "from a thread"
+    assert time.monotonic() - start < 1.0
+
+
+@pytest.mark.asyncio
+async def test_waiting_dequeue_batch_wakes_on_enqueue_batch(aq: AsyncQueue) -> None:
+    """`await dequeue_batch(wait=...)` returns the batch enqueued while it waited."""
+    waiter = asyncio.create_task(aq.dequeue_batch(10, wait=5))
+    await asyncio.sleep(0.05)
+    ids = ok(await aq.enqueue_batch(["a", "b"]))
+    messages = ok(await asyncio.wait_for(waiter, 5))
+    assert [m.id for m in messages] == ids
+
+
+@pytest.mark.asyncio
+async def test_many_waiters_hold_no_threads(aq: AsyncQueue) -> None:
+    """20 waiting consumers do not tie up the thread pool: other calls still run at once,
+    all waits end on time, and one batch of 20 messages feeds all of them."""
+    waiters = [asyncio.create_task(aq.dequeue(wait=3)) for _ in range(20)]
+    await asyncio.sleep(0.2)
+    start = time.monotonic()
+    assert ok(await aq.is_empty()) is True
+    assert time.monotonic() - start < 0.5, "a plain call waited for the thread pool"
+    ids = ok(await aq.enqueue_batch([f"m{i}" for i in range(20)]))
+    results = await asyncio.wait_for(asyncio.gather(*waiters), 5)
+    elapsed = time.monotonic() - start
+    got = sorted(ok(r).id for r in results)
+    assert got == sorted(ids)
+    assert elapsed < 2.0, elapsed
+    idle = [asyncio.create_task(aq.dequeue(wait=0.4)) for _ in range(20)]
+    start = time.monotonic()
+    assert all(ok(r) is None for r in await asyncio.wait_for(asyncio.gather(*idle), 5))
+    assert time.monotonic() - start < 1.5
+
+
+@pytest.mark.asyncio
+async def test_cancel_event_ends_async_wait(aq: AsyncQueue) -> None:
+    """cancel + wake_waiters() ends an async wait early with nothing."""
+    cancel = threading.Event()
+    waiter = asyncio.create_task(aq.dequeue(wait=10, cancel=cancel))
+    await asyncio.sleep(0.05)
+    start = time.monotonic()
+    cancel.set()
+    aq.wake_waiters()
+    assert ok(await asyncio.wait_for(waiter, 2)) is None
+    assert time.monotonic() - start < 0.5
+
+
+@pytest.mark.asyncio
+async def test_cancelling_the_waiting_task_leaves_message_for_others(aq: AsyncQueue) -> None:
+    """Cancelling a task blocked in dequeue(wait=...) does not lose a later message."""
+    waiter = asyncio.create_task(aq.dequeue(wait=10))
+    await asyncio.sleep(0.05)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    message_id = ok(await aq.enqueue("after"))
+    message = ok(await aq.dequeue(wait=1))
+    assert message is not None
+    assert message.id == message_id
+
+
+@pytest.mark.asyncio
+async def test_cancelled_dequeue_does_not_strand_a_leased_message(
+    aq: AsyncQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dequeue cancelled while its claim runs (asyncio.wait_for, a client disconnecting)
+    must not leave the message leased to nobody until its lease (300 s) runs out."""
+    message_id = ok(await aq.enqueue("job"))
+    backend = aq.sync._backend
+    real_claim = backend.claim
+    entered = threading.Event()
+
+    def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        time.sleep(0.3)
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "claim", slow_claim)
+    task = asyncio.create_task(aq.dequeue(wait=5))
+    assert await asyncio.to_thread(entered.wait, 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.5)  # the claim's thread has finished by now
+    monkeypatch.setattr(backend, "claim", real_claim)
+    assert [s[:2] for s in await statuses(aq)] == [(message_id, "pending")]
+    message = ok(await aq.dequeue())
+    assert message is not None
+    assert message.id == message_id
+
+
+PRODUCER = """
+import sys, time
+from sqqueue import SQLiteQueue
+
+time.sleep(0.3)
+with SQLiteQueue(sys.argv[1], table_name="jobs") as queue:
+    queue.enqueue({"t": time.monotonic()}).unwrap()
+"""
+
+
+@pytest.mark.asyncio
+async def test_enqueue_from_another_process_wakes_async_waiter(
+    make_queue: MakeQueue, db_path: Path, tmp_path: Path
+) -> None:
+    """An asyncio waiter notices another process's enqueue quickly (by polling)."""
+    aq = AsyncQueue(make_queue(table_name="jobs", clock=None))
+    script = tmp_path / "producer.py"
+    script.write_text(PRODUCER)
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(script), str(db_path), env=env)
+    try:
+        message = ok(await aq.dequeue(wait=10))
+        received = time.monotonic()
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert message is not None
+    latency = received - message.payload["t"]
+    print(f"cross-process async wake-up: {latency * 1000:.1f} ms")
+    assert latency < 0.1, latency
+
+
+# -- async claim ----------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_async_claim_completes_on_success(aq: AsyncQueue) -> None:
+    """`async with aq.claim()` completes the message when the block succeeds."""
+    message_id = ok(await aq.enqueue("job"))
+    async with aq.claim(wait=1) as message:
+        assert message is not None
+        assert message.id == message_id
+    assert await statuses(aq) == []
+
+
+@pytest.mark.asyncio
+async def test_async_claim_fails_and_reraises(aq: AsyncQueue) -> None:
+    """An exception in the block fails the message ("ValueError: text") and propagates."""
+    message_id = ok(await aq.enqueue("job"))
+
+    async def fail_in_block() -> None:
+        async with aq.claim() as message:
+            assert message is not None
+            raise ValueError("nope")
+
+    with pytest.raises(ValueError, match="nope"):
+        await fail_in_block()
+    assert await statuses(aq) == [(message_id, "pending", 1)]
+    again = ok(await aq.dequeue())
+    assert again.last_error == "ValueError: nope"
+
+
+@pytest.mark.asyncio
+async def test_async_claim_yields_none_on_timeout(aq: AsyncQueue) -> None:
+    """With nothing to claim, the block gets None after about `wait` seconds."""
+    start = time.monotonic()
+    async with aq.claim(wait=0.3) as message:
+        assert message is None
+    assert 0.25 <= time.monotonic() - start < 1.5
+
+
+@pytest.mark.asyncio
+async def test_async_claim_waits_for_another_task(aq: AsyncQueue) -> None:
+    """claim(wait=...) suspends until another task enqueues."""
+
+    async def produce() -> None:
+        await asyncio.sleep(0.1)
+        await aq.enqueue("late")
+
+    producer = asyncio.create_task(produce())
+    async with aq.claim(wait=3) as message:
+        assert message is not None
+        assert message.payload == "late"
+    await producer
+    assert ok(await aq.is_empty()) is True
+
+
+# -- AsyncWorker ----------------------------------------------------------------------------
+
+
+def _async_worker(aq: AsyncQueue, handler: Any, **options: Any) -> AsyncWorker:
+    options.setdefault("handle_signals", False)
+    options.setdefault("poll_wait", 0.5)
+    return AsyncWorker(aq, handler, **options)
+
+
+async def _stop(w: AsyncWorker, task: asyncio.Task[WorkerStats], **kw: Any) -> WorkerStats:
+    w.stop(**kw)
+    return await asyncio.wait_for(task, 10)
+
+
+@pytest.mark.asyncio
+async def test_async_worker_completes_fails_and_dead_letters(aq: AsyncQueue) -> None:
+    """Return: completed. Raise: failed (error kept) and retried. Last attempt: DLQ. Hooks
+    get the right arguments."""
+    ok_id = ok(await aq.enqueue("ok"))
+    flaky_id = ok(await aq.enqueue("flaky"))
+    bad_id = ok(await aq.enqueue("bad", max_attempts=2))
+    seen: list[tuple[Any, int, str | None]] = []
+    successes: list[tuple[int, Any]] = []
+    failures: list[tuple[int, int, str]] = []
+    dead: list[tuple[int, BaseException]] = []
+
+    async def handler(message: Message) -> Any:
+        seen.append((message.payload, message.attempts, message.last_error))
+        await asyncio.sleep(0)
+        if message.payload == "bad" or (message.payload == "flaky" and message.attempts == 1):
+            raise ValueError(f"{message.payload} {message.attempts}")
+        return message.payload.upper()
+
+    hooks = WorkerHooks(
+        on_success=lambda m, v: successes.append((m.id, v)),
+        on_failure=lambda m, e: failures.append((m.id, m.attempts, str(e))),
+        on_dead_letter=lambda m, e: dead.append((m.id, e)),
+    )
+    w = _async_worker(aq, handler, hooks=hooks)
+    task = asyncio.create_task(w.run())
+    await eventually(lambda: len(dead) == 1 and len(successes) == 2, what="outcomes")
+    stats = await _stop(w, task)
+    assert sorted(successes) == [(ok_id, "OK"), (flaky_id, "FLAKY")]
+    assert sorted(failures) == [
+        (flaky_id, 1, "flaky 1"),
+        (bad_id, 1, "bad 1"),
+        (bad_id, 2, "bad 2"),
+    ]
+    assert dead[0][0] == bad_id
+    assert isinstance(dead[0][1], ValueError)
+    assert ("flaky", 2, "ValueError: flaky 1") in seen
+    (letter,) = ok(await aq.get_dead_letters())
+    assert (letter["id"], letter["attempts"], letter["last_error"]) == (
+        bad_id,
+        2,
+        "ValueError: bad 2",
+    )
+    assert (stats.completed, stats.failed, stats.dead_lettered) == (2, 3, 1)
+    assert await statuses(aq) == [(bad_id, "dead", 2)]
+
+
+@pytest.mark.asyncio
+async def test_async_worker_concurrency(aq: AsyncQueue) -> None:
+    """concurrency=4 runs four coroutines at once."""
+    active, peak = [0], [0]
+    gate = asyncio.Event()
+
+    async def handler(message: Message) -> None:
+        active[0] += 1
+        peak[0] = max(peak[0], active[0])
+        if active[0] == 4:
+            gate.set()
+        await asyncio.wait_for(gate.wait(), 5)
+        active[0] -= 1
+
+    ok(await aq.enqueue_batch(list(range(4))))
+    w = _async_worker(aq, handler, concurrency=4)
+    task = asyncio.create_task(w.run())
+    await eventually(lambda: w.stats.completed == 4, what="four completions")
+    stats = await _stop(w, task)
+    assert peak[0] == 4
+    assert (stats.completed, stats.failed) == (4, 0)
+
+
+@pytest.mark.asyncio
+async def test_async_worker_heartbeat_keeps_slow_coroutines_lease(
+    raq: AsyncQueue, make_queue: MakeQueue
+) -> None:
+    """A 1.5 s coroutine on a 0.5 s lease keeps its message; another consumer never gets it."""
+    message_id = ok(await raq.enqueue("slow"))
+    attempts: list[int] = []
+
+    async def handler(message: Message) -> None:
+        attempts.append(message.attempts)
+        await asyncio.sleep(1.5)
+
+    spy = make_queue(table_name="jobs", clock=None)
+    stolen: list[Message] = []
+    spy_stop = threading.Event()
+
+    def poll() -> None:
+        while not spy_stop.is_set():
+            message = ok(spy.dequeue(visibility_timeout=10, wait=0.05))
+            if message is not None:
+                stolen.append(message)
+
+    w = _async_worker(raq, handler, visibility_timeout=0.5)
+    task = asyncio.create_task(w.run())
+    await eventually(lambda: bool(attempts), what="handler start")
+    spy_thread = threading.Thread(target=poll, daemon=True)
+    spy_thread.start()
+    try:
+        await eventually(lambda: w.stats.completed == 1, timeout=5, what="completion")
+    finally:
+        spy_stop.set()
+        await asyncio.to_thread(spy_thread.join, 5)
+    stats = await _stop(w, task)
+    assert stolen == [], f"message {message_id} was delivered to another consumer"
+    assert attempts == [1]
+    assert (stats.completed, stats.failed) == (1, 0)
+    assert await statuses(raq) == []
+
+
+@pytest.mark.asyncio
+async def test_async_worker_task_timeout_cancels_hung_coroutine(aq: AsyncQueue) -> None:
+    """task_timeout cancels the hung coroutine, fails its message with a TimeoutError text,
+    and the worker goes on with other messages."""
+    cancelled = asyncio.Event()
+    log: list[tuple[Any, int, str | None]] = []
+
+    async def handler(message: Message) -> None:
+        log.append((message.payload, message.attempts, message.last_error))
+        if message.payload == "hang" and message.attempts == 1:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    hang_id = ok(await aq.enqueue("hang"))
+    ok(await aq.enqueue("other"))
+    w = _async_worker(aq, handler, task_timeout=0.3, heartbeat=0.05, visibility_timeout=5)
+    task = asyncio.create_task(w.run())
+    await eventually(lambda: len(log) == 3 and w.stats.completed == 2, what="timeout and others")
+    stats = await _stop(w, task)
+    assert cancelled.is_set(), "the hung coroutine was not cancelled"
+    assert sorted((p, a) for p, a, _ in log) == [("hang", 1), ("hang", 2), ("other", 1)]
+    retry_error = next(e for p, a, e in log if (p, a) == ("hang", 2))
+    assert retry_error is not None
+    assert retry_error.startswith("TimeoutError"), retry_error
+    assert (stats.timed_out, stats.failed, stats.completed) == (1, 1, 2)
+    assert await statuses(aq) == []
+    assert hang_id not in [r["id"] for r in ok(await aq.get_dead_letters())]
+
+
+@pytest.mark.asyncio
+async def test_async_worker_task_timeout_with_default_heartbeat(aq: AsyncQueue) -> None:
+    """task_timeout=0.5 with the default 300 s lease fires about 0.5 s in, not at the
+    next lease heartbeat (100 s away)."""
+    started = asyncio.Event()
+
+    async def handler(message: Message) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    ok(await aq.enqueue("hang", max_attempts=1))
+    w = _async_worker(aq, handler, task_timeout=0.5, grace_period=0.5)
+    task = asyncio.create_task(w.run())
+    await asyncio.wait_for(started.wait(), 5)
+    start = time.monotonic()
+    while w.stats.timed_out == 0 and time.monotonic() - start < 3:
+        await asyncio.sleep(0.02)
+    elapsed = time.monotonic() - start
+    await _stop(w, task, immediate=True)
+    assert w.stats.timed_out == 1, f"task_timeout=0.5 not enforced after {elapsed:.1f} s"
+    assert elapsed < 2.0
+
+
+@pytest.mark.asyncio
+async def test_async_worker_stops_gracefully(aq: AsyncQueue) -> None:
+    """stop() from another thread: the running coroutine finishes and is completed, nothing
+    new is taken, and run() returns."""
+    slow_id = ok(await aq.enqueue("slow"))
+    next_id = ok(await aq.enqueue("next"))
+    started, finished = asyncio.Event(), asyncio.Event()
+
+    async def handler(message: Message) -> None:
+        started.set()
+        await asyncio.sleep(0.5)
+        finished.set()
+
+    w = _async_worker(aq, handler, grace_period=5)
+    task = asyncio.create_task(w.run())
+    await asyncio.wait_for(started.wait(), 5)
+    begin = time.monotonic()
+    await asyncio.to_thread(w.stop)
+    stats = await asyncio.wait_for(task, 10)
+    assert time.monotonic() - begin < 5
+    assert finished.is_set()
+    assert (stats.started, stats.completed) == (1, 1)
+    assert await statuses(aq) == [(next_id, "pending", 0)]
+    assert slow_id not in [s[0] for s in await statuses(aq)]
+
+
+@pytest.mark.asyncio
+async def test_async_worker_requeues_coroutine_running_after_grace(aq: AsyncQueue) -> None:
+    """After grace_period the still-running coroutine is cancelled and its message is
+    pending again at once (attempt counted)."""
+    message_id = ok(await aq.enqueue("stuck"))
+    started = asyncio.Event()
+
+    async def handler(message: Message) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    w = _async_worker(aq, handler, grace_period=0.3)
+    task = asyncio.create_task(w.run())
+    await asyncio.wait_for(started.wait(), 5)
+    begin = time.monotonic()
+    stats = await _stop(w, task)
+    assert time.monotonic() - begin < 2.0
+    assert stats.completed == 0
+    assert await statuses(aq) == [(message_id, "pending", 1)]
+
+
+@pytest.mark.asyncio
+async def test_async_worker_idle_stop_is_prompt(aq: AsyncQueue) -> None:
+    """An idle AsyncWorker waiting with poll_wait=30 stops at once."""
+    w = _async_worker(aq, lambda m: asyncio.sleep(0), poll_wait=30, concurrency=3)
+    task = asyncio.create_task(w.run())
+    await asyncio.sleep(0.2)
+    begin = time.monotonic()
+    stats = await _stop(w, task)
+    assert time.monotonic() - begin < 1.5
+    assert stats.started == 0
+
+
+@pytest.mark.asyncio
+async def test_async_worker_accepts_sync_queue(make_queue: MakeQueue) -> None:
+    """AsyncWorker also takes a plain SQLiteQueue."""
+    queue = make_queue(table_name="jobs")
+    ok(queue.enqueue("x"))
+    done: list[Any] = []
+
+    async def handler(message: Message) -> None:
+        done.append(message.payload)
+
+    w = AsyncWorker(queue, handler, handle_signals=False, poll_wait=0.5)
+    task = asyncio.create_task(w.run())
+    await eventually(lambda: w.stats.completed == 1, what="completion")
+    await _stop(w, task)
+    assert done == ["x"]
+    assert ok(queue.is_empty()) is True
+
+
+ASYNC_WORKER_SCRIPT = """
+import asyncio, sys
+from sqqueue import AsyncSQLiteQueue, AsyncWorker
+
+
+async def handle(message):
+    print(f"started {message.id}", flush=True)
+    await asyncio.sleep(message.payload["sleep"])
+    print(f"finished {message.id}", flush=True)
+
+
+async def main():
+    async with AsyncSQLiteQueue(sys.argv[1], table_name="jobs") as queue:
+        stats = await AsyncWorker(queue, handle, grace_period=10, poll_wait=0.5).run()
+    print(f"stopped completed={stats.completed}", flush=True)
+
+
+asyncio.run(main())
+"""
+
+
+def test_async_worker_process_stops_gracefully_on_sigterm(
+    make_queue: MakeQueue, db_path: Path, tmp_path: Path
+) -> None:
+    """SIGTERM to a process running AsyncWorker.run() on its main thread: the in-flight
+    coroutine finishes and is completed, the process exits 0, nothing is left processing."""
+    queue = make_queue(table_name="jobs", clock=None)
+    slow_id = ok(queue.enqueue({"sleep": 1.0}))
+    next_id = ok(queue.enqueue({"sleep": 0}))
+    script = tmp_path / "async_worker.py"
+    script.write_text(ASYNC_WORKER_SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(db_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().strip()  # bounded: the script prints it within ~1 s
+        assert first == f"started {slow_id}", first
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+        elapsed = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, out
+    assert elapsed < 10, elapsed
+    assert f"finished {slow_id}" in out
+    assert "stopped completed=1" in out
+    rows = [(r["id"], r["status"], r["attempts"]) for r in ok(queue.get_all_statuses())]
+    assert rows == [(next_id, "pending", 0)]
+
+
+# -- a web app ------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_starlette_app_round_trips_messages(make_queue: MakeQueue) -> None:
+    """A Starlette app enqueues and dequeues through AsyncQueue; messages round-trip,
+    errors map to HTTP errors, and a waiting request is woken by another request."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    aq = AsyncQueue(make_queue(table_name="web"))
+
+    async def post_message(request: Request) -> Response:
+        body = await request.json()
+        result = await aq.enqueue(body["payload"], priority=body.get("priority"))
+        if isinstance(result, Err):
+            return JSONResponse({"error": result.error.kind.name}, status_code=422)
+        return JSONResponse({"id": result.value}, status_code=201)
+
+    async def take_message(request: Request) -> Response:
+        wait = float(request.query_params.get("wait", 0))
+        message = (await aq.dequeue(wait=wait)).unwrap()
+        if message is None:
+            return Response(status_code=204)
+        ok(await aq.complete(message))
+        return JSONResponse(
+            {"id": message.id, "payload": message.payload, "attempts": message.attempts}
+        )
+
+    app = Starlette(
+        routes=[
+            Route("/messages", post_message, methods=["POST"]),
+            Route("/messages/next", take_message, methods=["POST"]),
+        ]
+    )
+    payloads = [{"to": "ada"}, "plain text", [1, 2, 3], 42]
+    with TestClient(app) as client:
+        ids = []
+        for payload in payloads:
+            response = client.post("/messages", json={"payload": payload})
+            assert response.status_code == 201
+            ids.append(response.json()["id"])
+        urgent = client.post("/messages", json={"payload": "urgent", "priority": 9}).json()["id"]
+        bad = client.post("/messages", json={"payload": "x", "priority": "high"})
+        assert (bad.status_code, bad.json()) == (422, {"error": "INVALID_INPUT"})
+        taken = [client.post("/messages/next").json() for _ in range(len(payloads) + 1)]
+        assert [t["id"] for t in taken] == [urgent, *ids]
+        assert [t["payload"] for t in taken] == ["urgent", *payloads]
+        assert all(t["attempts"] == 1 for t in taken)
+        assert client.post("/messages/next").status_code == 204
+
+        waiting: dict[str, Any] = {}
+
+        def wait_for_one() -> None:
+            waiting["response"] = client.post("/messages/next?wait=5")
+            waiting["at"] = time.monotonic()
+
+        waiter = threading.Thread(target=wait_for_one, daemon=True)
+        waiter.start()
+        time.sleep(0.2)
+        assert "response" not in waiting
+        sent = time.monotonic()
+        late_id = client.post("/messages", json={"payload": "late"}).json()["id"]
+        waiter.join(5)
+        assert not waiter.is_alive()
+        assert waiting["response"].json() == {"id": late_id, "payload": "late", "attempts": 1}
+        assert waiting["at"] - sent < 1.0
+    assert ok(aq.sync.is_empty()) is True

@@ -1,0 +1,715 @@
+"""The Worker: completion, failures and dead letters, hooks, concurrency, heartbeats,
+task timeouts, and shutdown (stop(), SIGTERM, a second signal, SIGKILL) in real processes.
+
+Workers here run on the real clock with short leases; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue as stdlib_queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sqqueue import Message, Ok, Result, SQLiteQueue, Worker, WorkerHooks, WorkerStats, worker
+
+MakeQueue = Callable[..., SQLiteQueue]
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def ok(result: Result[Any, Any]) -> Any:
+    """Assert ``result`` is Ok and return its value."""
+    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
+    return result.value
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(0.01)
+
+
+def statuses(queue: SQLiteQueue) -> list[tuple[int, str, int]]:
+    return [(r["id"], r["status"], r["attempts"]) for r in ok(queue.get_all_statuses())]
+
+
+class Running:
+    """A Worker running on a background thread (so no signal handlers are installed)."""
+
+    def __init__(self, w: Worker) -> None:
+        self.worker = w
+        self.stats: WorkerStats | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.stats = self.worker.run()
+
+    def stop(self, timeout: float = 10.0, immediate: bool = False) -> WorkerStats:
+        self.worker.stop(immediate=immediate)
+        return self.join(timeout)
+
+    def join(self, timeout: float = 10.0) -> WorkerStats:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "Worker.run() did not return"
+        assert self.stats is not None
+        return self.stats
+
+
+@pytest.fixture
+def rq(make_queue: MakeQueue) -> SQLiteQueue:
+    """A queue on the real clock: leases expire and heartbeats matter in real time."""
+    return make_queue(table_name="jobs", clock=None)
+
+
+@pytest.fixture
+def running() -> Iterator[Callable[[Worker], Running]]:
+    """Start workers on threads; any still running at teardown is stopped at once."""
+    started: list[Running] = []
+
+    def start(w: Worker) -> Running:
+        r = Running(w)
+        started.append(r)
+        return r
+
+    yield start
+    for r in started:
+        if r.thread.is_alive():
+            r.worker.stop(immediate=True)
+            r.thread.join(5)
+
+
+def make_worker(queue: SQLiteQueue, handler: Callable[[Message], Any], **options: Any) -> Worker:
+    options.setdefault("handle_signals", False)
+    options.setdefault("poll_wait", 0.5)
+    return Worker(queue, handler, **options)
+
+
+# -- outcomes and hooks ---------------------------------------------------------------------
+
+
+def test_worker_completes_on_return_and_calls_hooks(
+    rq: SQLiteQueue, running: Callable[[Worker], Running]
+) -> None:
+    """Returning completes the message; on_start and on_success get the message (and value)."""
+    ids = ok(rq.enqueue_batch(["a", "b", "c"]))
+    starts: list[Message] = []
+    successes: list[tuple[int, Any]] = []
+    hooks = WorkerHooks(
+        on_start=starts.append,
+        on_success=lambda m, value: successes.append((m.id, value)),
+        on_failure=lambda m, exc: pytest.fail(f"unexpected failure {exc!r}"),
+        on_dead_letter=lambda m, exc: pytest.fail("unexpected dead letter"),
+    )
+    r = running(make_worker(rq, lambda m: m.payload.upper(), hooks=hooks))
+    wait_until(lambda: len(successes) == 3, what="three successes")
+    stats = r.stop()
+    assert [m.id for m in starts] == ids
+    assert all(isinstance(m, Message) and m.attempts == 1 for m in starts)
+    assert successes == [(ids[0], "A"), (ids[1], "B"), (ids[2], "C")]
+    assert (stats.started, stats.completed, stats.failed, stats.dead_lettered) == (3, 3, 0, 0)
+    assert len(stats.processing_seconds) == 3
+    assert statuses(rq) == []
+    assert ok(rq.get_dead_letters()) == []
+
+
+@pytest.mark.parametrize(
+    "exc", [ValueError("bad payload"), KeyError("user_id"), RuntimeError()], ids=repr
+)
+def test_worker_fails_with_last_traceback_line(
+    rq: SQLiteQueue, running: Callable[[Worker], Running], exc: Exception
+) -> None:
+    """A raising handler fails the message; last_error is the traceback's last line."""
+    expected_error = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    message_id = ok(rq.enqueue("job", max_attempts=3))
+    seen: list[tuple[int, str | None]] = []
+    failures: list[tuple[Message, BaseException]] = []
+
+    def handler(message: Message) -> None:
+        seen.append((message.attempts, message.last_error))
+        if message.attempts == 1:
+            raise exc
+
+    hooks = WorkerHooks(on_failure=lambda m, e: failures.append((m, e)))
+    r = running(make_worker(rq, handler, hooks=hooks))
+    wait_until(lambda: len(seen) == 2 and not statuses(rq), what="retry and completion")
+    stats = r.stop()
+    assert seen == [(1, None), (2, expected_error)]
+    assert len(failures) == 1
+    assert failures[0][0].id == message_id
+    assert failures[0][0].attempts == 1
+    assert failures[0][1] is exc
+    assert (stats.failed, stats.completed, stats.dead_lettered) == (1, 1, 0)
+
+
+def test_worker_dead_letters_after_max_attempts(
+    rq: SQLiteQueue, running: Callable[[Worker], Running]
+) -> None:
+    """After max_attempts failures the message is dead-lettered, and on_dead_letter called."""
+    message_id = ok(rq.enqueue({"n": 1}, max_attempts=3))
+    failures: list[tuple[int, str]] = []
+    dead: list[tuple[Message, BaseException]] = []
+
+    def handler(message: Message) -> None:
+        raise ValueError(f"attempt {message.attempts} failed")
+
+    hooks = WorkerHooks(
+        on_failure=lambda m, e: failures.append((m.attempts, str(e))),
+        on_dead_letter=lambda m, e: dead.append((m, e)),
+        on_success=lambda m, v: pytest.fail("unexpected success"),
+    )
+    r = running(make_worker(rq, handler, hooks=hooks))
+    wait_until(lambda: len(dead) == 1, what="dead letter hook")
+    stats = r.stop()
+    assert failures == [(1, "attempt 1 failed"), (2, "attempt 2 failed"), (3, "attempt 3 failed")]
+    message, exc = dead[0]
+    assert (message.id, message.attempts, message.max_attempts) == (message_id, 3, 3)
+    assert isinstance(exc, ValueError)
+    (letter,) = ok(rq.get_dead_letters())
+    assert letter["id"] == message_id
+    assert letter["payload"] == {"n": 1}
+    assert letter["attempts"] == 3
+    assert letter["last_error"] == "ValueError: attempt 3 failed"
+    assert (stats.started, stats.failed, stats.dead_lettered, stats.completed) == (3, 3, 1, 0)
+    assert statuses(rq) == [(message_id, "dead", 3)]
+
+
+def test_failing_hook_is_not_fatal(rq: SQLiteQueue, running: Callable[[Worker], Running]) -> None:
+    """An exception in a hook is logged; the message is still completed."""
+
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("hook bug")
+
+    done = threading.Event()
+    hooks = WorkerHooks(on_start=broken, on_success=lambda m, v: (done.set(), broken())[1])
+    ok(rq.enqueue("job"))
+    r = running(make_worker(rq, lambda m: None, hooks=hooks))
+    assert done.wait(5)
+    stats = r.stop()
+    assert stats.completed == 1
+    assert statuses(rq) == []
+
+
+# -- concurrency ----------------------------------------------------------------------------
+
+
+def test_concurrency_runs_n_handlers_at_once(
+    rq: SQLiteQueue, running: Callable[[Worker], Running]
+) -> None:
+    """concurrency=3: three handlers meet at a barrier, which needs all three running."""
+    barrier = threading.Barrier(3, timeout=5)
+    lock = threading.Lock()
+    active, peak, threads = [0], [0], set()
+
+    def handler(message: Message) -> None:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            threads.add(threading.current_thread().name)
+        barrier.wait()  # BrokenBarrierError (a failure) unless 3 handlers run together
+        with lock:
+            active[0] -= 1
+
+    ok(rq.enqueue_batch(["a", "b", "c"]))
+    r = running(make_worker(rq, handler, concurrency=3))
+    wait_until(lambda: not statuses(rq), what="all three completed")
+    stats = r.stop()
+    assert (stats.completed, stats.failed) == (3, 0)
+    assert peak[0] == 3
+    assert len(threads) == 3
+
+
+def test_concurrency_one_runs_one_handler_at_a_time(
+    rq: SQLiteQueue, running: Callable[[Worker], Running]
+) -> None:
+    """concurrency=1 (the default) never overlaps handlers, and keeps FIFO order."""
+    lock = threading.Lock()
+    active, peak, order = [0], [0], []
+
+    def handler(message: Message) -> None:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        order.append(message.payload)
+        time.sleep(0.02)
+        with lock:
+            active[0] -= 1
+
+    ok(rq.enqueue_batch(list(range(5))))
+    r = running(make_worker(rq, handler))
+    wait_until(lambda: not statuses(rq), what="all five completed")
+    stats = r.stop()
+    assert stats.completed == 5
+    assert peak[0] == 1
+    assert order == [0, 1, 2, 3, 4]
+
+
+# -- heartbeat ------------------------------------------------------------------------------
+
+
+def test_heartbeat_keeps_slow_handlers_message(
+    rq: SQLiteQueue, make_queue: MakeQueue, running: Callable[[Worker], Running]
+) -> None:
+    """A 1.5 s handler on a 0.5 s lease keeps its message: nobody else gets it meanwhile."""
+    message_id = ok(rq.enqueue("slow"))
+    attempts_seen: list[int] = []
+    finished = threading.Event()
+
+    def handler(message: Message) -> None:
+        attempts_seen.append(message.attempts)
+        time.sleep(1.5)
+        finished.set()
+
+    spy = make_queue(table_name="jobs", clock=None)
+    stolen: list[Message] = []
+    spy_stop = threading.Event()
+
+    def poll() -> None:
+        while not spy_stop.is_set():
+            message = ok(spy.dequeue(visibility_timeout=10, wait=0.05))
+            if message is not None:
+                stolen.append(message)
+
+    r = running(make_worker(rq, handler, visibility_timeout=0.5))
+    wait_until(lambda: bool(attempts_seen), what="handler start")
+    spy_thread = threading.Thread(target=poll, daemon=True)
+    spy_thread.start()
+    assert finished.wait(5)
+    wait_until(lambda: not statuses(rq), what="completion")
+    spy_stop.set()
+    spy_thread.join(5)
+    stats = r.stop()
+    assert stolen == [], "another consumer got the message while its handler was running"
+    assert attempts_seen == [1]
+    assert (stats.completed, stats.failed) == (1, 0)
+    assert ok(rq.get_dead_letters()) == []
+    assert message_id not in [m.id for m in stolen]
+
+
+def test_heartbeat_default_is_a_third_of_the_lease(rq: SQLiteQueue) -> None:
+    """Without heartbeat=, leases are extended every lease/3; a heartbeat >= lease is refused."""
+    assert make_worker(rq, print, visibility_timeout=3).heartbeat == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="heartbeat"):
+        make_worker(rq, print, visibility_timeout=1, heartbeat=2)
+
+
+# -- task timeout ---------------------------------------------------------------------------
+
+
+def _hang_first_attempt(
+    release: threading.Event, log: list[tuple[Any, int, str | None]]
+) -> Callable[[Message], None]:
+    def handler(message: Message) -> None:
+        log.append((message.payload, message.attempts, message.last_error))
+        if message.payload == "hang" and message.attempts == 1:
+            release.wait(20)
+
+    return handler
+
+
+def test_task_timeout_fails_hung_handler_and_worker_goes_on(
+    rq: SQLiteQueue, running: Callable[[Worker], Running]
+) -> None:
+    """A handler over task_timeout has its message failed (TimeoutError) and retried, and
+    a replacement thread keeps processing other messages while the hung one is stuck."""
+    release = threading.Event()
+    log: list[tuple[Any, int, str | None]] = []
+    failures: list[BaseException] = []
+    hang_id = ok(rq.enqueue("hang"))
+    ok(rq.enqueue("after"))
+    w = make_worker(
+        rq,
+        _hang_first_attempt(release, log),
+        task_timeout=0.3,
+        heartbeat=0.05,
+        visibility_timeout=5,
+        hooks=WorkerHooks(on_failure=lambda m, e: failures.append(e)),
+    )
+    r = running(w)
+    try:
+        wait_until(lambda: len(log) == 3 and not statuses(rq), what="timeout, retry and other")
+        assert not release.is_set()
+        payloads = [(p, a) for p, a, _ in log]
+        assert payloads[0] == ("hang", 1)
+        assert sorted(payloads[1:]) == [("after", 1), ("hang", 2)]
+        retry_error = next(e for p, a, e in log if p == "hang" and a == 2)
+        assert retry_error is not None
+        assert retry_error.startswith("TimeoutError"), retry_error
+        assert len(failures) == 1
+        assert isinstance(failures[0], TimeoutError)
+    finally:
+        release.set()
+    time.sleep(0.2)  # the abandoned handler returns now: its outcome must be ignored
+    stats = r.stop()
+    assert (stats.timed_out, stats.failed, stats.completed) == (1, 1, 2)
+    assert statuses(rq) == []
+    assert ok(rq.get_dead_letters()) == []
+    assert hang_id not in [r["id"] for r in ok(rq.get_all_statuses())]
+
+
+def test_task_timeout_dead_letters_on_last_attempt(
+    rq: SQLiteQueue, running: Callable[[Worker], Running]
+) -> None:
+    """A timed-out handler on its last attempt sends the message to the dead-letter queue."""
+    release = threading.Event()
+    log: list[tuple[Any, int, str | None]] = []
+    hang_id = ok(rq.enqueue("hang", max_attempts=1))
+    r = running(
+        make_worker(
+            rq, _hang_first_attempt(release, log), task_timeout=0.2, heartbeat=0.05, grace_period=1
+        )
+    )
+    try:
+        wait_until(lambda: bool(ok(rq.get_dead_letters())), what="dead letter")
+    finally:
+        release.set()
+    stats = r.stop()
+    (letter,) = ok(rq.get_dead_letters())
+    assert letter["id"] == hang_id
+    assert letter["last_error"].startswith("TimeoutError")
+    assert (stats.timed_out, stats.dead_lettered) == (1, 1)
+
+
+def test_task_timeout_is_enforced_with_default_heartbeat(
+    rq: SQLiteQueue, running: Callable[[Worker], Running]
+) -> None:
+    """task_timeout=0.5 with the default 300 s lease still fires about 0.5 s in.
+
+    (The timeout must not wait for the next lease heartbeat, 100 s away by default.)
+    """
+    release = threading.Event()
+    log: list[tuple[Any, int, str | None]] = []
+    ok(rq.enqueue("hang"))
+    w = make_worker(rq, _hang_first_attempt(release, log), task_timeout=0.5, grace_period=0.5)
+    r = running(w)
+    try:
+        wait_until(lambda: bool(log), what="handler start")
+        start = time.monotonic()
+        deadline = start + 3
+        while w.stats.timed_out == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        elapsed = time.monotonic() - start
+    finally:
+        release.set()
+    r.stop()
+    assert w.stats.timed_out == 1, f"task_timeout=0.5 not enforced after {elapsed:.1f} s"
+    assert elapsed < 2.0
+
+
+# -- decorator ------------------------------------------------------------------------------
+
+
+def test_worker_decorator(rq: SQLiteQueue, running: Callable[[Worker], Running]) -> None:
+    """@worker(queue, ...) makes a Worker that can still be called like its handler."""
+    handled: list[Any] = []
+
+    @worker(rq, concurrency=2, handle_signals=False, poll_wait=0.5)
+    def handle(message: Message) -> Any:
+        handled.append(message.payload)
+        return message.payload * 2
+
+    assert isinstance(handle, Worker)
+    assert handle.concurrency == 2
+    ok(rq.enqueue(21))
+    peeked = ok(rq.peek())
+    assert handle(peeked) == 42  # a direct call runs the handler, nothing else
+    assert statuses(rq)[0][1] == "pending"
+    handled.clear()
+    ok(rq.enqueue(5))
+    r = running(handle)
+    wait_until(lambda: not statuses(rq), what="both completed")
+    stats = r.stop()
+    assert sorted(handled) == [5, 21]
+    assert stats.completed == 2
+
+
+def test_worker_rejects_bad_settings(rq: SQLiteQueue) -> None:
+    """Bad options raise ValueError when the worker is built."""
+    for options in ({"concurrency": 0}, {"task_timeout": -1}, {"grace_period": float("nan")}):
+        with pytest.raises(ValueError):
+            make_worker(rq, print, **options)
+    with pytest.raises(ValueError):
+        Worker(rq, "not callable")  # type: ignore[arg-type]
+
+
+# -- stop() ---------------------------------------------------------------------------------
+
+
+def test_stop_is_graceful(rq: SQLiteQueue, running: Callable[[Worker], Running]) -> None:
+    """stop() lets the running handler finish, takes nothing new, returns within grace."""
+    slow_id = ok(rq.enqueue("slow"))
+    next_id = ok(rq.enqueue("next"))
+    started, finished = threading.Event(), threading.Event()
+
+    def handler(message: Message) -> None:
+        started.set()
+        time.sleep(0.5)
+        finished.set()
+
+    r = running(make_worker(rq, handler, grace_period=5))
+    assert started.wait(5)
+    begin = time.monotonic()
+    stats = r.stop(timeout=10)
+    elapsed = time.monotonic() - begin
+    assert finished.is_set()
+    assert elapsed < 5, elapsed
+    assert (stats.completed, stats.started) == (1, 1)
+    assert statuses(rq) == [(next_id, "pending", 0)]
+    assert slow_id not in [s[0] for s in statuses(rq)]
+
+
+def test_message_taken_while_stopping_is_released_uncounted(
+    rq: SQLiteQueue, running: Callable[[Worker], Running], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message leased just as the worker stops is given back unstarted: the handler never
+    runs, the message is pending at once and its attempt is not counted."""
+    message_id = ok(rq.enqueue("job"))
+    handled: list[Message] = []
+    w = make_worker(rq, handled.append)
+    real_dequeue = rq.dequeue
+
+    def dequeue_then_stop(*args: Any, **kwargs: Any) -> Any:
+        result = real_dequeue(*args, **kwargs)
+        if result.is_ok() and result.value is not None:
+            w.stop()  # the stop request lands between the lease and the handler
+        return result
+
+    monkeypatch.setattr(rq, "dequeue", dequeue_then_stop)
+    stats = running(w).join(timeout=10)
+    assert handled == []
+    assert (stats.released, stats.started, stats.completed) == (1, 0, 0)
+    assert statuses(rq) == [(message_id, "pending", 0)]
+
+
+def test_stop_of_idle_worker_returns_promptly(
+    rq: SQLiteQueue, running: Callable[[Worker], Running]
+) -> None:
+    """An idle worker waiting for messages (poll_wait=30) stops at once."""
+    r = running(make_worker(rq, print, poll_wait=30, concurrency=3))
+    time.sleep(0.2)
+    begin = time.monotonic()
+    stats = r.stop(timeout=5)
+    assert time.monotonic() - begin < 1.5
+    assert stats.started == 0
+
+
+def test_stop_requeues_handler_still_running_after_grace(
+    rq: SQLiteQueue, running: Callable[[Worker], Running]
+) -> None:
+    """After grace_period a still-running handler's message goes back to pending at once;
+    its late completion is refused."""
+    message_id = ok(rq.enqueue("stuck"))
+    started, release = threading.Event(), threading.Event()
+    returned = threading.Event()
+
+    def handler(message: Message) -> None:
+        started.set()
+        release.wait(10)
+        returned.set()
+
+    r = running(make_worker(rq, handler, grace_period=0.3))
+    assert started.wait(5)
+    begin = time.monotonic()
+    stats = r.stop(timeout=5)
+    assert time.monotonic() - begin < 2.0
+    assert statuses(rq) == [(message_id, "pending", 1)]
+    release.set()
+    assert returned.wait(5)
+    time.sleep(0.1)
+    assert statuses(rq) == [(message_id, "pending", 1)]
+    assert stats.completed == 0
+
+
+def test_stop_immediate_skips_grace(rq: SQLiteQueue, running: Callable[[Worker], Running]) -> None:
+    """stop(immediate=True) does not wait for the handler; its message is pending at once."""
+    message_id = ok(rq.enqueue("stuck"))
+    started, release = threading.Event(), threading.Event()
+
+    def handler(message: Message) -> None:
+        started.set()
+        release.wait(10)
+
+    r = running(make_worker(rq, handler, grace_period=30))
+    assert started.wait(5)
+    begin = time.monotonic()
+    try:
+        r.stop(timeout=5, immediate=True)
+        assert time.monotonic() - begin < 1.5
+        assert statuses(rq) == [(message_id, "pending", 1)]
+    finally:
+        release.set()
+
+
+# -- real worker processes and signals ------------------------------------------------------
+
+WORKER_SCRIPT = """
+import logging, sys, time
+from sqqueue import SQLiteQueue, Worker
+
+db, grace, lease = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="LOG %(message)s")
+queue = SQLiteQueue(db, table_name="jobs")
+
+
+def handle(message):
+    print(f"started {message.id}", flush=True)
+    time.sleep(message.payload["sleep"])
+    print(f"finished {message.id}", flush=True)
+
+
+stats = Worker(queue, handle, grace_period=grace, visibility_timeout=lease, poll_wait=0.5).run()
+print(f"stopped completed={stats.completed} released={stats.released}", flush=True)
+queue.close()
+"""
+
+
+class WorkerProcess:
+    """A worker in a child process; its output lines are read on a thread."""
+
+    def __init__(self, script: Path, db: Path, grace: float, lease: float) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), str(db), str(grace), str(lease)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(SRC)},
+        )
+        self.lines: list[str] = []
+        self._queue: stdlib_queue.Queue[str | None] = stdlib_queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def expect(self, text: str, timeout: float = 15.0) -> str:
+        """Wait for an output line containing ``text``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                pytest.fail(f"no line with {text!r} in {timeout} s; output: {self.lines}")
+            try:
+                line = self._queue.get(timeout=remaining)
+            except stdlib_queue.Empty:
+                continue
+            if line is None:
+                pytest.fail(f"worker exited before printing {text!r}; output: {self.lines}")
+            self.lines.append(line)
+            if text in line:
+                return line
+
+    def drain(self) -> list[str]:
+        """All output lines (call after the process has exited)."""
+        with contextlib.suppress(stdlib_queue.Empty):
+            while (line := self._queue.get(timeout=2)) is not None:
+                self.lines.append(line)
+        return self.lines
+
+
+@pytest.fixture
+def spawn_worker(tmp_path: Path, db_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    script = tmp_path / "worker_script.py"
+    script.write_text(WORKER_SCRIPT)
+    procs: list[WorkerProcess] = []
+
+    def spawn(grace: float = 10.0, lease: float = 300.0) -> WorkerProcess:
+        wp = WorkerProcess(script, db_path, grace, lease)
+        procs.append(wp)
+        return wp
+
+    yield spawn
+    for wp in procs:
+        if wp.proc.poll() is None:
+            wp.proc.kill()
+        wp.proc.wait(10)
+
+
+def test_sigterm_shuts_worker_process_down_gracefully(
+    rq: SQLiteQueue, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    """SIGTERM: the in-flight message is finished and completed, the process exits 0 within
+    the grace period, and nothing is left 'processing'."""
+    slow_id = ok(rq.enqueue({"sleep": 1.0}))
+    next_id = ok(rq.enqueue({"sleep": 0}))
+    wp = spawn_worker(grace=10.0)
+    wp.expect(f"started {slow_id}")
+    sent = time.monotonic()
+    wp.proc.send_signal(signal.SIGTERM)
+    code = wp.proc.wait(15)
+    elapsed = time.monotonic() - sent
+    lines = wp.drain()
+    assert code == 0, lines
+    assert elapsed < 10.0, elapsed
+    assert f"finished {slow_id}" in lines
+    assert "stopped completed=1 released=0" in lines
+    assert statuses(rq) == [(next_id, "pending", 0)]
+    assert all(row["status"] != "processing" for row in ok(rq.get_all_statuses()))
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_second_signal_stops_at_once_and_requeues(
+    rq: SQLiteQueue, spawn_worker: Callable[..., WorkerProcess], second: signal.Signals
+) -> None:
+    """A second signal during the grace period stops the worker at once; the in-flight
+    message is back 'pending' immediately (its 300 s lease is not waited for)."""
+    message_id = ok(rq.enqueue({"sleep": 30}))
+    wp = spawn_worker(grace=30.0, lease=300.0)
+    wp.expect(f"started {message_id}")
+    wp.proc.send_signal(signal.SIGTERM)
+    wp.expect("shutting down gracefully", timeout=5)
+    time.sleep(0.2)
+    assert wp.proc.poll() is None, "the first signal must not stop the worker at once"
+    assert statuses(rq) == [(message_id, "processing", 1)]
+    sent = time.monotonic()
+    wp.proc.send_signal(second)
+    code = wp.proc.wait(10)
+    elapsed = time.monotonic() - sent
+    lines = wp.drain()
+    assert code == 0, lines
+    assert elapsed < 3.0, elapsed
+    assert f"finished {message_id}" not in lines
+    assert statuses(rq) == [(message_id, "pending", 1)]
+    message = ok(rq.dequeue())
+    assert message is not None
+    assert (message.id, message.attempts) == (message_id, 2)
+
+
+def test_sigkilled_workers_message_returns_after_lease(
+    rq: SQLiteQueue, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    """A worker killed with SIGKILL cannot clean up: its message comes back to another
+    consumer once the (short, heartbeat-extended) lease runs out."""
+    message_id = ok(rq.enqueue({"sleep": 60}))
+    wp = spawn_worker(grace=10.0, lease=1.0)
+    wp.expect(f"started {message_id}")
+    time.sleep(0.5)  # a few heartbeats
+    assert statuses(rq) == [(message_id, "processing", 1)]
+    wp.proc.send_signal(signal.SIGKILL)
+    assert wp.proc.wait(5) == -signal.SIGKILL
+    killed = time.monotonic()
+    assert ok(rq.dequeue()) is None, "the lease should still be live right after the kill"
+    message = ok(rq.dequeue(wait=5))
+    elapsed = time.monotonic() - killed
+    assert message is not None, "the message did not come back within 5 s"
+    assert (message.id, message.attempts) == (message_id, 2)
+    assert message.payload == {"sleep": 60}
+    assert "lease expired" in (message.last_error or "")
+    assert elapsed < 1.5, elapsed
+    ok(rq.complete(message))
+    assert statuses(rq) == []
