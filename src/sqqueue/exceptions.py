@@ -34,6 +34,7 @@ class ErrorKind(str, Enum):
     LEASE_LOST = "lease_lost"  #: another consumer holds the message now
     LOCKED = "locked"  #: the database stayed locked past the deadline
     QUEUE_FULL = "queue_full"  #: the queue holds its maximum depth of messages
+    UNKNOWN_OUTCOME = "unknown_outcome"  #: the connection died mid-commit: it may have happened
     DISK_FULL = "disk_full"  #: the disk (or file size limit) is full
     READ_ONLY = "read_only"  #: the database cannot be written
     CORRUPT = "corrupt"  #: the database file or a stored message is damaged

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal, TypeAlias, TypeVar
+from typing import Any, Literal, NamedTuple, TypeAlias, TypeVar
 
 from . import config, tools
 from .backends.base import (
@@ -49,7 +49,7 @@ from .serializers import Codec, Serializer
 from .stats import QueueStats
 from .wakeup import signal_for
 
-__all__ = ["Queue", "SQLiteQueue"]
+__all__ = ["PostgresQueue", "Queue", "SQLiteQueue", "connect"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,43 @@ def _error_text(exc: BaseException) -> str:
     """The last line of a traceback: ``ValueError: bad input``."""
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _Prepared(NamedTuple):
+    settings: dict[str, Any]
+    sources: dict[str, str]
+    metrics: Metrics | None
+    policy: Policy
+    lock_timeout: float
+    max_attempts: int
+
+
+def _prepare(explicit: dict[str, Any], clock: Clock | None) -> _Prepared:
+    """Resolve settings (argument > env > file > default) and check them; raises
+    ValueError with what to fix."""
+    resolved = config.resolve(explicit)
+    settings = resolved.values
+    timeout = _config(
+        lambda: _seconds(
+            settings["lock_timeout"], "lock_timeout", minimum=0, maximum=86400, strict=True
+        )
+    )
+    max_attempts = _config(
+        lambda: _bounded_int(
+            settings["default_max_attempts"], "default_max_attempts", 1, MAX_ATTEMPTS
+        )
+    )
+    metrics: Metrics | None = None
+    if settings["statsd_host"] is not None:
+        port = settings["statsd_port"]
+        _config(lambda: _bounded_int(port, "statsd_port", 1, 65535))
+        metrics = StatsdMetrics(
+            settings["statsd_host"], port, settings["statsd_prefix"], settings["table_name"]
+        )
+    if clock is not None and not callable(clock):
+        raise ValueError("clock must be a callable returning Unix seconds")
+    policy = _config(lambda: _policy(settings))
+    return _Prepared(settings, resolved.sources, metrics, policy, timeout, max_attempts)
 
 
 def _policy(settings: dict[str, Any]) -> Policy:
@@ -242,6 +279,36 @@ class Queue:
         # Producers blocked on a full queue wait on their own signal, so completions do
         # not wake idle consumers.
         self._room = signal_for(backend.wakeup_key + ":room")
+
+    def _adopt(
+        self,
+        backend: Backend,
+        prepared: _Prepared,
+        serializer: Serializer | None,
+        clock: Clock | None,
+    ) -> None:
+        """Finish construction from resolved settings (for backend-specific subclasses)."""
+        settings = prepared.settings
+        try:
+            Queue.__init__(
+                self,
+                backend,
+                vacuum_threshold=settings["vacuum_threshold"],
+                default_max_attempts=settings["default_max_attempts"],
+                default_visibility_timeout=settings["default_visibility_timeout"],
+                default_priority=settings["default_priority"],
+                serializer=serializer,
+                clock=clock,
+                metrics=prepared.metrics,
+                retry=settings["retry"],
+                default_ttl=settings["default_ttl"],
+            )
+        except BaseException:
+            backend.close()
+            raise
+        self.settings = settings
+        self.setting_sources = prepared.sources
+        self.table_name = settings["table_name"]
 
     # -- context management --------------------------------------------------------------
 
@@ -1217,6 +1284,11 @@ class Queue:
 
         return self._guard(QueueError, "perform_checkpoint", run)
 
+    def ddl(self) -> list[str]:
+        """The statements that create this queue's tables, for teams that apply schema
+        changes themselves (``sqqueue migrate --sql``)."""
+        return self._backend.ddl()
+
     def get_operation_count(self) -> int:
         """Write operations made through this object (the maintenance cadence counts them)."""
         return self._op_count
@@ -1271,7 +1343,7 @@ class SQLiteQueue(Queue):
         retention_max: int | None = UNSET,
         max_depth: int | None = UNSET,
     ) -> None:
-        resolved = config.resolve(
+        prepared = _prepare(
             {
                 "db_path": db_path,
                 "table_name": table_name,
@@ -1292,63 +1364,25 @@ class SQLiteQueue(Queue):
                 "retention": retention,
                 "retention_max": retention_max,
                 "max_depth": max_depth,
-            }
+            },
+            clock,
         )
-        settings = resolved.values
-        self.settings = settings
-        self.setting_sources = resolved.sources
+        settings = prepared.settings
         if settings["db_path"] is None:
             raise ValueError(
                 "db_path is required: pass it, or set SQQUEUE_DB_PATH or db_path in sqqueue.toml"
             )
-        table_name = settings["table_name"]
-        timeout = _config(
-            lambda: _seconds(
-                settings["lock_timeout"], "lock_timeout", minimum=0, maximum=86400, strict=True
-            )
-        )
-        max_attempts = _config(
-            lambda: _bounded_int(
-                settings["default_max_attempts"], "default_max_attempts", 1, MAX_ATTEMPTS
-            )
-        )
-        metrics: Metrics | None = None
-        if settings["statsd_host"] is not None:
-            port = settings["statsd_port"]
-            _config(lambda: _bounded_int(port, "statsd_port", 1, 65535))
-            metrics = StatsdMetrics(
-                settings["statsd_host"], port, settings["statsd_prefix"], table_name
-            )
-        if clock is not None and not callable(clock):
-            raise ValueError("clock must be a callable returning Unix seconds")
-        policy = _config(lambda: _policy(settings))
         backend = SQLiteBackend(
             settings["db_path"],
-            table_name,
+            settings["table_name"],
             synchronous=settings["synchronous"],
-            lock_timeout=timeout,
-            default_max_attempts=max_attempts,
+            lock_timeout=prepared.lock_timeout,
+            default_max_attempts=prepared.max_attempts,
             clock=clock,
-            policy=policy,
+            policy=prepared.policy,
         )
-        try:
-            super().__init__(
-                backend,
-                vacuum_threshold=settings["vacuum_threshold"],
-                default_max_attempts=settings["default_max_attempts"],
-                default_visibility_timeout=settings["default_visibility_timeout"],
-                default_priority=settings["default_priority"],
-                serializer=serializer,
-                clock=clock,
-                metrics=metrics,
-                retry=settings["retry"],
-                default_ttl=settings["default_ttl"],
-            )
-        except BaseException:
-            backend.close()
-            raise
+        self._adopt(backend, prepared, serializer, clock)
         self.db_path = backend.path
-        self.table_name = table_name
         if settings["vacuum_on_start"]:
             result = self.vacuum_database()
             if result.is_err():
@@ -1363,3 +1397,65 @@ class SQLiteQueue(Queue):
             return Err(QueueError(f"list_queues failed: {exc}", exc.kind))
         except Exception as exc:
             return Err(QueueError(f"list_queues failed: {exc!r}", ErrorKind.STORAGE))
+
+
+class PostgresQueue(Queue):
+    """A queue in a PostgreSQL database (``pip install 'sqqueue[postgres]'``): the same API
+    and semantics as :class:`SQLiteQueue`, for producers and consumers on many machines.
+
+    ``url`` is a libpq URL (``postgresql://user:pass@host:5432/db``); ``schema`` puts the
+    queue's tables in that schema; ``pool_size`` bounds this object's connections. Other
+    settings are those of SQLiteQueue (``synchronous``, ``vacuum_on_start`` do not apply).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        table_name: str = UNSET,
+        *,
+        schema: str | None = None,
+        pool_size: int = 4,
+        serializer: Serializer | None = None,
+        clock: Clock | None = None,
+        **settings: Any,
+    ) -> None:
+        from .backends.postgres import PostgresBackend  # psycopg is an optional extra
+
+        if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"url must be a postgresql:// URL, got {url!r}")
+        prepared = _prepare({"table_name": table_name, **settings}, clock)
+        backend = PostgresBackend(
+            url,
+            prepared.settings["table_name"],
+            lock_timeout=prepared.lock_timeout,
+            default_max_attempts=prepared.max_attempts,
+            clock=clock,
+            policy=prepared.policy,
+            schema=schema,
+            pool_size=_config(lambda: _bounded_int(pool_size, "pool_size", 1, 1000)),
+        )
+        self._adopt(backend, prepared, serializer, clock)
+        self.url = backend.path
+
+
+def connect(url: str, table_name: str = UNSET, **settings: Any) -> Queue:
+    """Open a queue by URL; the scheme picks the backend::
+
+        sqqueue.connect("sqlite:///jobs.db", "emails")            # a file next to you
+        sqqueue.connect("sqlite:////var/lib/app/jobs.db", "emails")  # an absolute path
+        sqqueue.connect("postgresql://app@db.internal/app", "emails")
+
+    Other keyword arguments are the queue's settings.
+    """
+    if not isinstance(url, str):
+        raise ValueError(f"url must be a str, got {type(url).__name__}")
+    if url.startswith("sqlite://"):
+        rest = url[len("sqlite://") :]
+        if not rest.startswith("/"):
+            raise ValueError(
+                f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////absolute.db"
+            )
+        return SQLiteQueue(rest[1:] or ":memory:", table_name, **settings)
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresQueue(url, table_name, **settings)
+    raise ValueError(f"unsupported URL {url!r}: use sqlite:///path/to/file.db or postgresql://...")

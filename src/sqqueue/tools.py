@@ -16,15 +16,25 @@ import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .backends.sqlite import SQLiteBackend, classify
 from .exceptions import ErrorKind, QueueError
 from .names import validate_queue_name
 
-__all__ = ["SalvageReport", "check", "legacy_queues", "list_queues", "migrate", "salvage"]
+__all__ = [
+    "SalvageReport",
+    "check",
+    "copy_queues",
+    "legacy_queues",
+    "list_queues",
+    "list_queues_at",
+    "migrate",
+    "salvage",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -251,3 +261,97 @@ def _copy_table(
         dst.execute("ROLLBACK")
         raise
     return copied, lost
+
+
+def list_queues_at(url: str) -> list[str]:
+    """Names of the queues behind a URL (``sqlite:///file.db`` or ``postgresql://...``)."""
+    if url.startswith("sqlite://"):
+        return list_queues(url[len("sqlite:///") :])
+    if url.startswith(("postgresql://", "postgres://")):
+        from .backends.postgres import list_postgres_queues
+
+        return list_postgres_queues(url)
+    raise QueueError(f"unsupported URL {url!r}", ErrorKind.INVALID_INPUT)
+
+
+# Copied states and the state each arrives in: a leased message comes back pending (its
+# consumer belongs to the old database), a waiting group member keeps waiting.
+_COPY_STATES = (
+    ("pending", "pending"),
+    ("delayed", "pending"),
+    ("waiting", "waiting"),
+    ("processing", "pending"),
+)
+
+
+def copy_queues(
+    source: str,
+    target: str,
+    queues: Iterable[str] | None = None,
+    progress: Callable[[str, int, int], Any] | None = None,
+    batch: int = 1000,
+) -> dict[str, dict[str, int]]:
+    """Copy queues between databases, by URL (SQLite to PostgreSQL and back).
+
+    Pending, delayed and waiting messages, in-flight ones (as pending) and dead letters are
+    copied with their ids, attempts and errors; the source is left as it is. Each target
+    queue must be empty. Returns, per queue, the counts copied; raises ``QueueError`` if
+    the target's counts do not match what was read::
+
+        copy_queues("sqlite:///jobs.db", "postgresql://app@db/app", ["emails"])
+    """
+    from .queue import connect
+
+    names = list(queues) if queues is not None else list_queues_at(source)
+    report: dict[str, dict[str, int]] = {}
+    for name in names:
+        src = connect(source, validate_queue_name(name))
+        dst = connect(target, name)
+        try:
+            report[name] = _copy_one(src, dst, progress, batch)
+        finally:
+            src.close()
+            dst.close()
+    return report
+
+
+def _copy_one(
+    src: Any, dst: Any, progress: Callable[[str, int, int], Any] | None, batch: int
+) -> dict[str, int]:
+    name = src.name
+    before = dst.stats().unwrap()
+    if before.depth or before.dead:
+        raise QueueError(
+            f"target queue {name!r} is not empty ({before.depth} messages, {before.dead} dead); "
+            "copy into an empty queue, or purge it first",
+            ErrorKind.INVALID_INPUT,
+        )
+    now = src._now()
+    total = src.stats().unwrap()
+    expected = total.depth + total.dead
+    copied = {"messages": 0, "dead": 0}
+    for state, status in _COPY_STATES:
+        after = 0
+        while rows := src._backend.list_messages(state, now, batch, after):
+            dst._backend.import_rows([(row, status) for row in rows], [], now)
+            copied["messages"] += len(rows)
+            after = rows[-1].id
+            if progress is not None:
+                progress(name, copied["messages"] + copied["dead"], expected)
+    after = 0
+    while letters := src._backend.list_messages("dead", now, batch, after):
+        dst._backend.import_rows([], letters, now)
+        copied["dead"] += len(letters)
+        after = letters[-1].id
+        if progress is not None:
+            progress(name, copied["messages"] + copied["dead"], expected)
+    after_copy = dst.stats().unwrap()
+    if after_copy.depth != copied["messages"] or after_copy.dead != copied["dead"]:
+        raise QueueError(
+            f"copy of queue {name!r} does not add up: read {copied['messages']} messages and "
+            f"{copied['dead']} dead letters, the target holds {after_copy.depth} and "
+            f"{after_copy.dead}",
+            ErrorKind.STORAGE,
+        )
+    dst.wake_waiters()
+    return copied

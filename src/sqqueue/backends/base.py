@@ -238,6 +238,20 @@ class Backend(ABC):
         this queue (same ids) or to queue ``target``; returns (moved, not found)."""
 
     @abstractmethod
+    def import_rows(
+        self,
+        messages: Sequence[tuple[StoredMessage, str]],
+        dead: Sequence[StoredDeadLetter],
+        now: float,
+    ) -> None:
+        """Insert copied messages (with the status to give them) and dead letters, keeping
+        their ids, in one transaction."""
+
+    @abstractmethod
+    def ddl(self) -> list[str]:
+        """The statements that create this queue's storage."""
+
+    @abstractmethod
     def statuses(self, now: float) -> list[dict[str, Any]]:
         """One dict per message (dead letters included): id, status, priority, attempts."""
 
@@ -272,3 +286,43 @@ class Backend(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections. Idempotent."""
+
+
+def import_params(row: StoredMessage, status: str, now: float) -> dict[str, Any]:
+    """Parameters of an ``import_message`` statement (copying between backends)."""
+    return {
+        "id": row.id,
+        "data": row.data,
+        "encoding": row.encoding,
+        "checksum": row.checksum,
+        "status": status,
+        "priority": row.priority,
+        "visible_at": row.visible_at,
+        "attempts": row.attempts,
+        "max_attempts": row.max_attempts,
+        "last_error": row.last_error,
+        "created_at": row.created_at,
+        "now": now,
+        "group_key": row.group_key,
+        "expires_at": row.expires_at,
+        "prior_attempts": row.prior_attempts,
+    }
+
+
+def dead_params(row: StoredDeadLetter) -> dict[str, Any]:
+    """Parameters of an ``import_dead`` statement (copying between backends)."""
+    return {
+        "id": row.id,
+        "data": row.data,
+        "encoding": row.encoding,
+        "checksum": row.checksum,
+        "priority": row.priority,
+        "attempts": row.attempts,
+        "max_attempts": row.max_attempts,
+        "last_error": row.last_error,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "dead_at": row.dead_at,
+        "group_key": row.group_key,
+        "prior_attempts": row.prior_attempts,
+    }

@@ -33,6 +33,8 @@ from .base import (
     StoredDeadLetter,
     StoredDone,
     StoredMessage,
+    dead_params,
+    import_params,
 )
 
 __all__ = ["MIN_SQLITE_VERSION", "SCHEMA_VERSION", "SQLiteBackend", "check_sqlite_version"]
@@ -856,6 +858,28 @@ class SQLiteBackend(Backend):
             return moved, missing
 
         return self._write(run)
+
+    def import_rows(
+        self,
+        messages: Sequence[tuple[StoredMessage, str]],
+        dead: Sequence[StoredDeadLetter],
+        now: float,
+    ) -> None:
+        """Insert copied rows with their ids (for ``tools.copy_queues``), in one transaction."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            high = 0
+            for row, status in messages:
+                conn.execute(self._sql["import_message"], import_params(row, status, now))
+                high = max(high, row.id)
+            for letter in dead:
+                conn.execute(self._sql["import_dead"], dead_params(letter))
+                high = max(high, letter.id)
+            conn.execute(self._sql["sync_sequence"])
+            conn.execute(self._sql["raise_sequence"], {"high": high})
+            self._bump(conn, enqueued=len(messages) + len(dead))
+
+        self._write(run)
 
     def statuses(self, now: float) -> list[dict[str, Any]]:
         rows = self._read(lambda conn: conn.execute(self._sql["statuses"], {"now": now}).fetchall())

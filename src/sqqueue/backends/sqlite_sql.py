@@ -372,6 +372,22 @@ STATEMENTS = {
                            AND (:cutoff IS NULL OR created_at < :cutoff)""",
     "purge_dead": "DELETE FROM $dlq WHERE :cutoff IS NULL OR created_at < :cutoff",
     "purge_done": "DELETE FROM $done WHERE :cutoff IS NULL OR completed_at < :cutoff",
+    # Copy between databases: rows arrive with their ids.
+    "import_message": """
+        INSERT INTO $q (id, payload, encoding, checksum, status, priority, visible_at,
+                        attempts, max_attempts, last_error, created_at, updated_at,
+                        group_key, expires_at, prior_attempts)
+        VALUES (:id, :data, :encoding, :checksum, :status, :priority, :visible_at,
+                :attempts, :max_attempts, :last_error, :created_at, :now, :group_key,
+                :expires_at, :prior_attempts)""",
+    "import_dead": f"""
+        INSERT INTO $dlq ({DEAD_COLUMNS})
+        VALUES (:id, :data, :encoding, :checksum, :priority, :attempts, :max_attempts,
+                :last_error, :created_at, :updated_at, :dead_at, :group_key, :prior_attempts)""",
+    "sync_sequence": """
+        INSERT INTO sqlite_sequence (name, seq)
+        SELECT $lit, 0 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = $lit)""",
+    "raise_sequence": "UPDATE sqlite_sequence SET seq = max(seq, :high) WHERE name = $lit",
     # Retention and dedup upkeep, a bounded number of rows per round.
     "prune_done_age": """
         DELETE FROM $done WHERE id IN (SELECT id FROM $done WHERE completed_at < :cutoff

@@ -1,0 +1,846 @@
+"""PostgreSQL storage (``pip install 'sqqueue[postgres]'``): the same queue for many machines.
+
+Every operation is one transaction on a pooled connection. Consumers claim with
+``FOR UPDATE SKIP LOCKED``; producers ``NOTIFY`` on commit and a listener connection per
+queue object wakes waiting consumers at once (with polling as the fallback if
+notifications are lost). A connection lost before commit is retried on a fresh one; a
+connection lost *during* commit is reported as ``Err(kind=UNKNOWN_OUTCOME)``, never as
+success. The SQL is in ``postgres_sql.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+try:
+    import psycopg
+    from psycopg import errors as pg_errors
+    from psycopg_pool import ConnectionPool
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "the PostgreSQL backend needs psycopg 3: pip install 'sqqueue[postgres]'"
+    ) from exc
+
+from ..exceptions import ErrorKind
+from ..names import validate_queue_name
+from ..wakeup import signal_for
+from . import postgres_sql as sql
+from .base import (
+    Backend,
+    NewMessage,
+    Outcome,
+    Policy,
+    StorageError,
+    StoredDeadLetter,
+    StoredDone,
+    StoredMessage,
+    dead_params,
+    import_params,
+)
+
+__all__ = ["SCHEMA_VERSION", "PostgresBackend"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+SCHEMA_VERSION = 1
+_TOTALS = ("enqueued", "completed", "failed", "dead_lettered", "expired", "ttl_expired")
+# Errors after which the whole transaction can simply run again.
+_RETRY = (
+    pg_errors.DeadlockDetected,
+    pg_errors.SerializationFailure,
+    pg_errors.LockNotAvailable,
+    pg_errors.UniqueViolation,  # a concurrent identical insert won; the retry sees it
+)
+
+
+class _CommitLost(Exception):
+    """The connection failed while COMMIT was in flight."""
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _data(text: str | None, raw: bytes | memoryview | None) -> str | bytes:
+    return text if text is not None else bytes(raw or b"")
+
+
+def _message(row: Sequence[Any]) -> StoredMessage:
+    return StoredMessage(row[0], _data(row[1], row[2]), *row[3:])
+
+
+def _dead(row: Sequence[Any]) -> StoredDeadLetter:
+    return StoredDeadLetter(row[0], _data(row[1], row[2]), *row[3:])
+
+
+def _done(row: Sequence[Any]) -> StoredDone:
+    return StoredDone(row[0], _data(row[1], row[2]), *row[3:])
+
+
+def _body(data: str | bytes) -> tuple[str | None, bytes | None]:
+    # PostgreSQL text cannot hold NUL: such text is stored as its UTF-8 bytes.
+    if isinstance(data, str) and "\x00" not in data:
+        return data, None
+    return None, data.encode("utf-8") if isinstance(data, str) else data
+
+
+def list_postgres_queues(url: str, schema: str | None = None) -> list[str]:
+    """Names of the sqqueue queues in a PostgreSQL database (schema), sorted."""
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            if schema is not None:
+                conn.execute(f'SET search_path TO "{validate_queue_name(schema)}"')
+            if conn.execute("SELECT to_regclass('sqqueue_queues')").fetchone() == (None,):
+                return []
+            rows = conn.execute("SELECT name FROM sqqueue_queues ORDER BY name").fetchall()
+    except psycopg.Error as exc:
+        raise StorageError(f"cannot list queues at {redact(url)!r}: {exc}") from exc
+    return [r[0] for r in rows]
+
+
+class PostgresBackend(Backend):
+    """One queue in a PostgreSQL database; safe for threads, processes and machines."""
+
+    #: waiting consumers also re-check at least this often, in case a NOTIFY was lost
+    poll_fallback = 1.0
+
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        *,
+        lock_timeout: float = 30.0,
+        default_max_attempts: int = 5,
+        clock: Callable[[], float] | None = None,
+        policy: Policy | None = None,
+        schema: str | None = None,
+        pool_size: int = 4,
+    ) -> None:
+        self.name = validate_queue_name(name)
+        if schema is not None:
+            validate_queue_name(schema)
+        self.url = url
+        self.path = redact(url)
+        self.schema = schema
+        self.policy = policy or Policy()
+        self.wakeup_key = f"postgres:{self.path}:{schema or ''}:{self.name}"
+        self._lock_timeout = lock_timeout
+        self._clock = clock or time.time
+        self._pool_size = pool_size
+        self._q = sql.render(self.name)
+        self._sql = self._q.sql
+        self._closed = False
+        self._pid = os.getpid()
+        self._pool: ConnectionPool[Any] | None = None
+        self._pool_lock = threading.Lock()
+        self._listener: threading.Thread | None = None
+        self._listen_conn: psycopg.Connection[Any] | None = None
+        self._notified = 0
+        self._listening = False
+        try:
+            self._init_schema(default_max_attempts)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- connections -------------------------------------------------------------------
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        if self.schema is not None:
+            conn.execute(f'SET search_path TO "{self.schema}"')  # created by _init_schema
+        conn.commit()
+
+    def _get_pool(self) -> ConnectionPool[Any]:
+        if self._closed:
+            raise StorageError(
+                f"queue {self.name!r} is closed; create a new queue object", ErrorKind.CLOSED
+            )
+        with self._pool_lock:
+            if self._pool is not None and self._pid != os.getpid():
+                # Inherited through fork: the parent's sockets are not ours to use or close.
+                self._pool = None
+                self._listener = None
+                self._listen_conn = None
+            if self._pool is None:
+                self._pid = os.getpid()
+                self._pool = ConnectionPool(
+                    self.url,
+                    min_size=1,
+                    max_size=self._pool_size,
+                    configure=self._configure,
+                    open=True,
+                    timeout=self._lock_timeout,
+                    name=f"sqqueue-{self.name}",
+                )
+            return self._pool
+
+    def close(self) -> None:
+        self._closed = True
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+            listen, self._listen_conn = self._listen_conn, None
+        if listen is not None:
+            with contextlib.suppress(Exception):
+                listen.close()
+        if pool is not None and self._pid == os.getpid():
+            with contextlib.suppress(Exception):
+                pool.close(timeout=1.0)
+
+    # -- transactions ----------------------------------------------------------------------
+
+    def _classify(self, exc: BaseException) -> StorageError:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, pg_errors.DiskFull):
+            return StorageError(
+                f"the PostgreSQL server of {self.path!r} is out of disk space ({text})",
+                ErrorKind.DISK_FULL,
+            )
+        if isinstance(exc, (pg_errors.ReadOnlySqlTransaction, pg_errors.InsufficientPrivilege)):
+            return StorageError(
+                f"cannot write to {self.path!r}: {text}; check the role's privileges",
+                ErrorKind.READ_ONLY,
+            )
+        if isinstance(exc, (pg_errors.LockNotAvailable, pg_errors.QueryCanceled)):
+            return StorageError(f"{self.path!r} stayed locked ({text})", ErrorKind.LOCKED)
+        if isinstance(exc, psycopg.OperationalError):
+            return StorageError(
+                f"cannot reach the PostgreSQL server at {self.path!r} ({text}); it is retried "
+                "until lock_timeout, check the server and the network",
+                ErrorKind.STORAGE,
+            )
+        return StorageError(f"database error on {self.path!r}: {text}", ErrorKind.STORAGE)
+
+    def _run(self, fn: Callable[[psycopg.Connection[Any]], T], write: bool) -> T:
+        """Run ``fn`` in one transaction; retry on lost connections and lock conflicts
+        until the deadline. A lost COMMIT is reported as an unknown outcome."""
+        start = time.monotonic()
+        deadline = start + self._lock_timeout
+        attempt = 0
+        while True:
+            try:
+                return self._attempt(fn)
+            except _CommitLost as lost:
+                raise StorageError(
+                    f"the connection to {self.path!r} was lost while committing, so it is "
+                    "unknown whether the operation took effect; check before retrying it",
+                    ErrorKind.UNKNOWN_OUTCOME,
+                ) from lost.__cause__
+            except (psycopg.OperationalError, *_RETRY) as exc:
+                attempt += 1
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    err = self._classify(exc)
+                    if isinstance(exc, _RETRY) and not isinstance(exc, pg_errors.UniqueViolation):
+                        raise StorageError(
+                            f"{self.path!r} stayed locked for {time.monotonic() - start:.1f} s "
+                            f"({err}); retry later or raise lock_timeout",
+                            ErrorKind.LOCKED,
+                        ) from exc
+                    raise err from exc
+                logger.debug("queue %r: retrying after %s", self.name, exc)
+                time.sleep(min(remaining, random.uniform(0, min(0.002 * 2**attempt, 0.5))))
+            except psycopg.Error as exc:
+                raise self._classify(exc) from exc
+            except StorageError:
+                raise
+
+    def _attempt(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        pool = self._get_pool()
+        try:
+            conn = pool.getconn()
+        except Exception as exc:  # PoolTimeout: the server is not reachable
+            raise psycopg.OperationalError(str(exc)) from exc
+        try:
+            try:
+                result = fn(conn)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    conn.rollback()
+                raise
+            try:
+                conn.commit()
+            except psycopg.OperationalError as exc:
+                raise _CommitLost() from exc
+            return result
+        finally:
+            pool.putconn(conn)  # a broken connection is discarded by the pool
+
+    def _write(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        return self._run(fn, write=True)
+
+    def _read(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        return self._run(fn, write=False)
+
+    def _one(self, conn: psycopg.Connection[Any], key: str, params: Any = None) -> Any:
+        return conn.execute(self._sql[key], params).fetchone()
+
+    # -- schema --------------------------------------------------------------------------
+
+    def _init_schema(self, default_max_attempts: int) -> None:
+        def setup(conn: psycopg.Connection[Any]) -> None:
+            # One schema change at a time across every process and machine.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('sqqueue schema', 0))")
+            if self.schema is not None:
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            for ddl in sql.REGISTRY_DDL:
+                conn.execute(ddl)
+            row = conn.execute(
+                "SELECT schema_version FROM sqqueue_queues WHERE name = %s", (self.name,)
+            ).fetchone()
+            if row is not None:
+                if row[0] > SCHEMA_VERSION:
+                    raise StorageError(
+                        f"queue {self.name!r} has schema version {row[0]}, newer than this "
+                        f"sqqueue understands ({SCHEMA_VERSION}); upgrade sqqueue",
+                        ErrorKind.STORAGE,
+                    )
+                return
+            exists = conn.execute(
+                "SELECT to_regclass(%s) IS NOT NULL", (f'"{self.name}"',)
+            ).fetchone()
+            if exists and exists[0]:
+                raise StorageError(
+                    f"table {self.name!r} exists in {self.path!r} but is not a sqqueue queue; "
+                    "choose another table_name",
+                    ErrorKind.INVALID_INPUT,
+                )
+            conn.execute(
+                "INSERT INTO sqqueue_queues (name, schema_version, created_at) VALUES (%s, %s, %s)",
+                (self.name, SCHEMA_VERSION, float(self._clock())),
+            )
+            for ddl in self._q.ddl:
+                conn.execute(ddl)
+
+        self._write(setup)
+
+    def ddl(self) -> list[str]:
+        """The statements that create this queue, for teams that run migrations themselves."""
+        return [s.strip() for s in (*sql.REGISTRY_DDL, *self._q.ddl)]
+
+    # -- operations ----------------------------------------------------------------------
+
+    def _bump(self, conn: psycopg.Connection[Any], **counts: int) -> None:
+        params = dict.fromkeys(_TOTALS, 0)
+        params.update(counts)
+        conn.execute(self._sql["bump"], params)
+
+    def _notify(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(self._sql["notify"])  # delivered at commit, to every listener
+
+    def _insert(
+        self, conn: psycopg.Connection[Any], messages: Sequence[NewMessage], now: float
+    ) -> list[int]:
+        policy = self.policy
+        if policy.max_depth is not None:
+            conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{self.name}/depth",)
+            )
+        # Locks in a fixed order, so two producers can never deadlock on them.
+        for group in sorted({m.group_key for m in messages if m.group_key is not None}):
+            conn.execute(self._sql["group_lock"], {"group_key": group})
+        window = policy.dedup_window
+        plans: list[tuple[NewMessage, int | None, int | None]] = []  # (msg, dup of, new id)
+        first_in_batch: dict[str, int] = {}
+        for index, message in enumerate(messages):
+            key = message.dedup_key
+            if key is None:
+                plans.append((message, None, None))
+                continue
+            if key in first_in_batch:
+                plans.append((message, -1 - first_in_batch[key], None))
+                continue
+            new_id = int(self._one(conn, "next_id")[0])
+            expires = None if window is None else now + window
+            claimed = self._one(
+                conn, "dedup_claim", {"key": key, "id": new_id, "expires_at": expires}
+            )
+            if claimed is None:
+                # The key is taken (this waited for a concurrent producer to commit).
+                mid, until = self._one(conn, "dedup_get", {"key": key})
+                alive = (until is not None and until > now) or (
+                    until is None and self._one(conn, "exists", {"id": mid})[0]
+                )
+                if alive:
+                    plans.append((message, int(mid), None))
+                    continue
+                conn.execute(
+                    self._sql["dedup_set"], {"key": key, "id": new_id, "expires_at": expires}
+                )
+            first_in_batch[key] = index
+            plans.append((message, None, new_id))
+        fresh = sum(1 for _, dup, _ in plans if dup is None)
+        if policy.max_depth is not None and fresh:
+            depth = int(self._one(conn, "depth")[0])
+            if depth + fresh > policy.max_depth:
+                raise StorageError(
+                    f"queue {self.name!r} is full: {depth} messages, the limit is "
+                    f"{policy.max_depth}; nothing was enqueued. Retry later, or pass "
+                    "wait= to block until there is room",
+                    ErrorKind.QUEUE_FULL,
+                )
+        ids: list[int] = []
+        for message, dup, reserved in plans:
+            if dup is not None:
+                ids.append(dup if dup >= 0 else ids[-1 - dup])
+                continue
+            text, raw = _body(message.data)
+            row = conn.execute(
+                self._sql["insert"],
+                {
+                    "id": reserved,
+                    "text": text,
+                    "bytes": raw,
+                    "encoding": message.encoding,
+                    "checksum": message.checksum,
+                    "priority": message.priority,
+                    "visible_at": message.visible_at,
+                    "max_attempts": message.max_attempts,
+                    "now": now,
+                    "expires_at": message.expires_at,
+                    "group_key": message.group_key,
+                },
+            ).fetchone()
+            assert row is not None
+            ids.append(int(row[0]))
+        if fresh:
+            self._bump(conn, enqueued=fresh)
+            self._notify(conn)
+        return ids
+
+    def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[int]:
+        return self._write(lambda conn: self._insert(conn, messages, now))
+
+    def enqueue_in(self, conn: Any, messages: Sequence[NewMessage], now: float) -> list[int]:
+        if not isinstance(conn, psycopg.Connection):
+            raise StorageError(
+                f"conn must be a psycopg.Connection, got {type(conn).__name__}",
+                ErrorKind.INVALID_INPUT,
+            )
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
+            raise StorageError(
+                "conn has no open transaction: execute your own statements first (or use "
+                "'with conn.transaction():') so the message commits with your rows",
+                ErrorKind.INVALID_INPUT,
+            )
+        try:
+            return self._insert(conn, messages, now)
+        except psycopg.Error as exc:
+            raise self._classify(exc) from exc
+
+    def _fold_expired(self, conn: psycopg.Connection[Any], now: float) -> int:
+        params: dict[str, Any] = {"now": now}
+        if not self._one(conn, "any_expired", params)[0]:
+            return 0
+        ids = [r[0] for r in conn.execute(self._sql["lock_expired"], params).fetchall()]
+        if not ids:
+            return 0  # someone else is folding them right now
+        params["ids"] = ids
+        if self.policy.expired_to_dlq:
+            conn.execute(self._sql["ttl_bury"], params)
+        ttl = conn.execute(self._sql["ttl_delete"], params).rowcount
+        conn.execute(self._sql["lease_bury"], params)
+        dead = conn.execute(self._sql["lease_delete_dead"], params).rowcount
+        back = conn.execute(self._sql["lease_return"], params).rowcount
+        buried_ttl = ttl if self.policy.expired_to_dlq else 0
+        self._bump(conn, expired=dead + back, dead_lettered=dead + buried_ttl, ttl_expired=ttl)
+        if back:
+            self._notify(conn)
+        return int(dead + back + ttl)
+
+    def claim(
+        self, limit: int, now: float, lease_until: float, token: int
+    ) -> tuple[list[StoredMessage], int]:
+        params = {"now": now, "until": lease_until, "token": token, "limit": limit}
+
+        def run(conn: psycopg.Connection[Any]) -> tuple[list[StoredMessage], int]:
+            folded = self._fold_expired(conn, now)
+            rows = conn.execute(self._sql["claim"], params).fetchall()
+            return [_message(r) for r in rows], folded
+
+        messages, folded = self._write(run)
+        messages.sort(key=lambda m: (-m.priority, m.visible_at, m.id))
+        return messages, folded
+
+    def _diagnose(
+        self, conn: psycopg.Connection[Any], message_id: int, token: int | None
+    ) -> Outcome:
+        row = self._one(conn, "state", {"id": message_id})
+        if row is None:
+            found = self._one(conn, "in_dlq", {"id": message_id})
+            return Outcome.DEAD if found else Outcome.NOT_FOUND
+        status, lease_token = row
+        if status != "processing":
+            return Outcome.PENDING if token is None else Outcome.LEASE_EXPIRED
+        if token is not None and lease_token != token:
+            return Outcome.LEASE_LOST
+        return Outcome.LEASE_EXPIRED
+
+    def complete(self, message_id: int, token: int | None, now: float) -> Outcome:
+        params = {"id": message_id, "token": token, "now": now}
+        keep = self.policy.retention is not None or self.policy.retention_max is not None
+
+        def run(conn: psycopg.Connection[Any]) -> Outcome:
+            if keep and not conn.execute(self._sql["keep_done"], params).rowcount:
+                return self._diagnose(conn, message_id, token)
+            if conn.execute(self._sql["complete"], params).rowcount:
+                self._bump(conn, completed=1)
+                return Outcome.DONE
+            return self._diagnose(conn, message_id, token)
+
+        return self._write(run)
+
+    def release(
+        self,
+        message_id: int,
+        token: int | None,
+        now: float,
+        visible_at: float,
+        error: str | None,
+        refund_attempt: bool,
+    ) -> Outcome:
+        params = {
+            "id": message_id,
+            "token": token,
+            "now": now,
+            "visible_at": visible_at,
+            "error": error,
+            "refund": 1 if refund_attempt else 0,
+        }
+
+        def run(conn: psycopg.Connection[Any]) -> Outcome:
+            if conn.execute(self._sql["release"], params).rowcount:
+                self._notify(conn)
+                return Outcome.DONE
+            return self._diagnose(conn, message_id, token)
+
+        return self._write(run)
+
+    def _bury(
+        self, conn: psycopg.Connection[Any], message_id: int, now: float, error: str | None
+    ) -> None:
+        conn.execute(self._sql["bury"], {"id": message_id, "now": now, "error": error})
+        conn.execute(self._sql["delete"], {"id": message_id})
+
+    def fail(
+        self,
+        message_id: int,
+        token: int | None,
+        now: float,
+        error: str | None,
+        retry_after: Callable[[int], float],
+        force_dead: bool,
+    ) -> tuple[Outcome, bool]:
+        live = {"id": message_id, "token": token, "now": now}
+
+        def run(conn: psycopg.Connection[Any]) -> tuple[Outcome, bool]:
+            row = self._one(conn, "attempts_if_live", live)
+            if row is None:
+                outcome = self._diagnose(conn, message_id, token)
+                if outcome is Outcome.PENDING and force_dead and token is None:
+                    if self._one(conn, "lock_pending", {"id": message_id}) is None:
+                        return Outcome.NOT_FOUND, False
+                    self._bury(conn, message_id, now, error)
+                    self._bump(conn, failed=1, dead_lettered=1)
+                    return Outcome.DONE, True
+                return outcome, False
+            attempts, max_attempts = row
+            if force_dead or attempts >= max_attempts:
+                self._bury(conn, message_id, now, error)
+                self._bump(conn, failed=1, dead_lettered=1)
+                return Outcome.DONE, True
+            conn.execute(
+                self._sql["release"],
+                {**live, "visible_at": now + retry_after(attempts), "error": error, "refund": 0},
+            )
+            self._bump(conn, failed=1)
+            self._notify(conn)
+            return Outcome.DONE, False
+
+        return self._write(run)
+
+    def extend(self, message_id: int, token: int | None, now: float, lease_until: float) -> Outcome:
+        params = {"id": message_id, "token": token, "now": now, "until": lease_until}
+
+        def run(conn: psycopg.Connection[Any]) -> Outcome:
+            if conn.execute(self._sql["extend"], params).rowcount:
+                return Outcome.DONE
+            return self._diagnose(conn, message_id, token)
+
+        return self._write(run)
+
+    def peek(self, now: float) -> StoredMessage | None:
+        row = self._read(lambda conn: self._one(conn, "peek", {"now": now}))
+        return None if row is None else _message(row)
+
+    def is_empty(self) -> bool:
+        return bool(self._read(lambda conn: self._one(conn, "is_empty")[0]))
+
+    def count_pending(self) -> int:
+        return int(self._read(lambda conn: self._one(conn, "count_pending")[0]))
+
+    def next_due(self, now: float) -> float | None:
+        row = self._read(lambda conn: self._one(conn, "next_due"))
+        return None if row is None or row[0] is None else float(row[0])
+
+    # -- notifications -----------------------------------------------------------------
+
+    def changes(self) -> int:
+        """A counter bumped by every NOTIFY for this queue (or on every call while the
+        listener is reconnecting, so waiters keep polling)."""
+        self._get_pool()  # raises CLOSED once closed; re-creates after fork
+        with self._pool_lock:
+            if self._listener is None or not self._listener.is_alive():
+                self._listener = threading.Thread(
+                    target=self._listen, name=f"sqqueue-listen-{self.name}", daemon=True
+                )
+                self._listener.start()
+            if not self._listening:
+                self._notified += 1
+            return self._notified
+
+    def _listen(self) -> None:
+        signal = signal_for(self.wakeup_key)
+        backoff = 0.05
+        pid = os.getpid()
+        while not self._closed and pid == os.getpid():
+            try:
+                conn = psycopg.connect(self.url, autocommit=True)
+            except psycopg.Error:
+                self._listening = False
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            with self._pool_lock:
+                self._listen_conn = conn
+            try:
+                conn.execute("LISTEN sqqueue")
+                self._listening = True
+                backoff = 0.05
+                while not self._closed:
+                    for note in conn.notifies(timeout=1.0):
+                        if note.payload == self.name:
+                            self._notified += 1
+                            signal.notify()
+            except Exception:
+                logger.debug("queue %r: listener lost its connection", self.name, exc_info=True)
+            finally:
+                self._listening = False
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+    # -- inspection and maintenance ----------------------------------------------------------
+
+    def recover(self, now: float) -> int:
+        return self._write(lambda conn: self._fold_expired(conn, now))
+
+    def dead_letters(self) -> list[StoredDeadLetter]:
+        rows = self._read(lambda conn: conn.execute(self._sql["dead_letters"]).fetchall())
+        return [_dead(r) for r in rows]
+
+    def revive(self, message_id: int, now: float) -> bool:
+        params = {"id": message_id, "now": now}
+
+        def run(conn: psycopg.Connection[Any]) -> bool:
+            found = self._one(conn, "dead_group", params)
+            if found is None:
+                return False
+            if found[0] is not None:
+                conn.execute(self._sql["group_lock"], {"group_key": found[0]})
+            conn.execute(self._sql["revive"], params)
+            conn.execute(self._sql["delete_dead"], params)
+            self._notify(conn)
+            return True
+
+        return self._write(run)
+
+    def redrive(
+        self, ids: Sequence[int] | None, target: str | None, now: float, limit: int, after: int
+    ) -> tuple[list[int], list[int]]:
+        other = (
+            None
+            if target is None or target == self.name
+            else sql.render(validate_queue_name(target))
+        )
+
+        def run(conn: psycopg.Connection[Any]) -> tuple[list[int], list[int]]:
+            if ids is None:
+                chosen = [
+                    int(r[0])
+                    for r in conn.execute(
+                        self._sql["dead_ids"], {"after": after, "limit": limit}
+                    ).fetchall()
+                ]
+            else:
+                chosen = list(ids[:limit])
+            if other is not None:
+                registered = conn.execute(
+                    "SELECT 1 FROM sqqueue_queues WHERE name = %s", (target,)
+                ).fetchone()
+                if registered is None:
+                    raise StorageError(
+                        f"no queue named {target!r} in {self.path!r}; open it once to create it",
+                        ErrorKind.NOT_FOUND,
+                    )
+            moved, missing = [], []
+            for message_id in chosen:
+                params = {"id": message_id, "now": now}
+                found = self._one(conn, "dead_group", params)
+                if found is None:
+                    missing.append(message_id)
+                    continue
+                if other is None:
+                    if found[0] is not None:
+                        conn.execute(self._sql["group_lock"], {"group_key": found[0]})
+                    conn.execute(self._sql["revive"], params)
+                else:
+                    conn.execute(sql.redrive_into(other, self._q), params)
+                conn.execute(self._sql["delete_dead"], params)
+                moved.append(message_id)
+            if moved:
+                if other is not None:
+                    conn.execute(
+                        other.sql["bump"], {**dict.fromkeys(_TOTALS, 0), "enqueued": len(moved)}
+                    )
+                    conn.execute(other.sql["notify"])
+                else:
+                    self._notify(conn)
+            return moved, missing
+
+        return self._write(run)
+
+    def import_rows(
+        self,
+        messages: Sequence[tuple[StoredMessage, str]],
+        dead: Sequence[StoredDeadLetter],
+        now: float,
+    ) -> None:
+        """Insert copied rows with their ids (for ``tools.copy_queues``), in one transaction."""
+
+        def run(conn: psycopg.Connection[Any]) -> None:
+            high = 0
+            for row, status in messages:
+                text, raw = _body(row.data)
+                conn.execute(
+                    self._sql["import_message"],
+                    {**import_params(row, status, now), "text": text, "bytes": raw},
+                )
+                high = max(high, row.id)
+            for letter in dead:
+                text, raw = _body(letter.data)
+                conn.execute(
+                    self._sql["import_dead"], {**dead_params(letter), "text": text, "bytes": raw}
+                )
+                high = max(high, letter.id)
+            conn.execute(self._sql["raise_sequence"], {"high": high})
+            self._bump(conn, enqueued=len(messages) + len(dead))
+            self._notify(conn)
+
+        self._write(run)
+
+    def statuses(self, now: float) -> list[dict[str, Any]]:
+        rows = self._read(lambda conn: conn.execute(self._sql["statuses"], {"now": now}).fetchall())
+        keys = ("id", "status", "priority", "attempts", "max_attempts")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def stats(self, now: float, horizon: float) -> dict[str, Any]:
+        def run(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+            return {
+                "counters": self._one(conn, "counters"),
+                "delayed_oldest": self._one(conn, "delayed_and_oldest", {"now": now}),
+                "waiting": self._one(conn, "waiting")[0],
+                "expiring": self._one(conn, "expiring", {"horizon": now + horizon})[0],
+            }
+
+        found = self._read(run)
+        (pending, processing, dead, enqueued, completed, failed, dead_lettered, expired,
+         ttl_expired, created) = found["counters"]  # fmt: skip
+        delayed, oldest = found["delayed_oldest"]
+        return {
+            "pending": int(pending) - int(delayed) - int(found["waiting"]),
+            "delayed": int(delayed),
+            "waiting": int(found["waiting"]),
+            "processing": int(processing),
+            "dead": int(dead),
+            "oldest_pending_at": oldest,
+            "expiring": int(found["expiring"]),
+            "enqueued_total": int(enqueued),
+            "completed_total": int(completed),
+            "failed_total": int(failed),
+            "dead_lettered_total": int(dead_lettered),
+            "expired_total": int(expired),
+            "ttl_expired_total": int(ttl_expired),
+            "created_at": float(created or 0.0),
+            "db_bytes": 0,
+            "wal_bytes": 0,
+        }
+
+    def list_messages(
+        self, state: str, now: float, limit: int, after_id: int
+    ) -> list[StoredMessage] | list[StoredDeadLetter] | list[StoredDone]:
+        params = {"now": now, "limit": limit, "after": after_id}
+        rows = self._read(lambda c: c.execute(self._sql[f"list_{state}"], params).fetchall())
+        if state == "dead":
+            return [_dead(r) for r in rows]
+        if state == "done":
+            return [_done(r) for r in rows]
+        return [_message(r) for r in rows]
+
+    def purge(self, states: Sequence[str], now: float, older_than: float | None) -> int:
+        params = {"now": now, "cutoff": older_than}
+
+        def run(conn: psycopg.Connection[Any]) -> int:
+            ordered = sorted(states, key=lambda s: s != "waiting")
+            return sum(conn.execute(self._sql[f"purge_{s}"], params).rowcount for s in ordered)
+
+        return self._write(run)
+
+    def maintain(self) -> None:
+        now = float(self._clock())
+        policy = self.policy
+        batch = {"batch": 500, "now": now}
+
+        def prune(conn: psycopg.Connection[Any]) -> None:
+            if policy.retention is not None:
+                conn.execute(
+                    self._sql["prune_done_age"], {**batch, "cutoff": now - policy.retention}
+                )
+            if policy.retention_max is not None:
+                conn.execute(self._sql["prune_done_count"], {**batch, "keep": policy.retention_max})
+            conn.execute(self._sql["prune_dedup"], batch)
+
+        self._write(prune)
+
+    def vacuum(self, conn: Any = None) -> None:
+        """``VACUUM`` the queue's tables (PostgreSQL reclaims space with autovacuum too)."""
+
+        def run(c: psycopg.Connection[Any]) -> None:
+            c.autocommit = True  # VACUUM cannot run inside a transaction
+            try:
+                for table in ("q", "dlq", "done", "dedup"):
+                    c.execute(f"VACUUM {self._q.subst[table]}")
+            finally:
+                c.autocommit = False
+
+        if conn is not None:
+            raise StorageError(
+                "vacuum_database(conn) takes no connection on PostgreSQL", ErrorKind.INVALID_INPUT
+            )
+        self._run(run, write=False)
+
+    def checkpoint(self, conn: Any = None) -> None:
+        """Nothing to do: PostgreSQL checkpoints its WAL by itself."""
+        self._get_pool()
