@@ -302,6 +302,9 @@ class AsyncQueue:
     ) -> Result[int, RequeueError]:
         return await self._call(self.sync.redrive, ids, to_queue, rate, progress)
 
+    def ddl(self) -> list[str]:
+        return self.sync.ddl()
+
     def get_operation_count(self) -> int:
         return self.sync.get_operation_count()
 
