@@ -40,7 +40,8 @@ from sqqueue import (
 
 MakeQueue = Callable[..., SQLiteQueue]
 SRC = Path(__file__).resolve().parents[1] / "src"
-NOT_COROUTINES = {"get_operation_count", "wake_waiters", "claim"}
+# Pure calls that do no I/O stay plain methods on the async queue.
+NOT_COROUTINES = {"get_operation_count", "wake_waiters", "claim", "ddl"}
 
 
 def ok(result: Result[Any, Any]) -> Any:
