@@ -35,3 +35,17 @@ test: lint typecheck pytest
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# Reliability torture run (about 2 minutes on 2 cores); refreshes the figures in docs/reliability.md.
+.PHONY: torture
+torture: $(STAMP)
+	$(BIN)/python tools/torture.py --report docs/reliability.md
+
+# Benchmarks: sqqueue vs plain sqlite3 vs peer libraries (~15 min on 2 cores); writes
+# docs/benchmarks.md and docs/benchmarks-chart.png. Peers and sqqueue 0.1.0 get their own
+# virtualenvs under bench/ (bench/setup_venvs.py; created once, then reused).
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet matplotlib
+	$(PYTHON) bench/setup_venvs.py
+	$(BIN)/python bench/run.py --out docs/benchmarks.md

@@ -1424,9 +1424,9 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
 
 
 if _HAVE_DEPS:
-    main: Callable[..., Any] = _build()
+    main: click.Group = _build()
 else:  # pragma: no cover - depends on the install
-    main = _missing_deps
+    main = _missing_deps  # type: ignore[assignment]
 
 
 if __name__ == "__main__":

@@ -232,6 +232,15 @@ def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> S
     return report
 
 
+def _body_of(src: sqlite3.Connection, table: str, ident: object) -> object:
+    queue = table.removesuffix("_dlq")
+    try:
+        row = src.execute(f'SELECT payload FROM "{queue}_body" WHERE id = ?', (ident,)).fetchone()
+    except sqlite3.DatabaseError:
+        return None
+    return None if row is None else row[0]
+
+
 def _copy_table(
     src: sqlite3.Connection,
     dst: sqlite3.Connection,
@@ -249,8 +258,15 @@ def _copy_table(
                 lost += 1
                 continue
             values = list(row)
-            if not dead:
-                values[columns.index("status")] = "pending"  # leases died with the source
+            if values[1] is None:  # a large payload, kept in the queue's body table
+                body = _body_of(src, table, values[0])
+                if body is None:
+                    lost += 1
+                    continue
+                values[1] = body
+            status = columns.index("status") if not dead else -1
+            if status >= 0 and values[status] == "processing":
+                values[status] = "pending"  # leases died with the source
             try:
                 dst.execute(insert, values)
                 copied += 1

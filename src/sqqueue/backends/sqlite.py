@@ -9,6 +9,7 @@ handlers), and every error path rolls back before returning.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -42,6 +43,10 @@ __all__ = ["MIN_SQLITE_VERSION", "SCHEMA_VERSION", "SQLiteBackend", "check_sqlit
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R", StoredMessage, StoredDeadLetter, StoredDone)
+
+#: payloads from this size on are stored apart from their message row
+LARGE_PAYLOAD = 128 * 1024
 
 MIN_SQLITE_VERSION = (3, 35, 0)  # RETURNING
 SCHEMA_VERSION = 1
@@ -354,6 +359,32 @@ class SQLiteBackend(Backend):
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return self._run(fn, write=True)
 
+    def _read_tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A read of several statements, from one snapshot."""
+
+        def run(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
+
+        return self._read(run)
+
+    def _with_bodies(self, conn: sqlite3.Connection, rows: list[R]) -> list[R]:
+        """Fill in the payloads kept in the body table (large ones)."""
+        if all(row.data is not None for row in rows):
+            return rows
+        out = []
+        for row in rows:
+            filled = row
+            if row.data is None:
+                found = conn.execute(self._sql["body_get"], {"id": row.id}).fetchone()
+                if found is not None:
+                    filled = dataclasses.replace(row, data=_payload(found[0], found[1]))
+            out.append(filled)
+        return out
+
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return self._run(fn, write=False)
 
@@ -510,7 +541,10 @@ class SQLiteBackend(Backend):
     ) -> list[int]:
         """Insert inside the caller's transaction: dedup, depth limit, groups."""
         policy = self.policy
-        plain = all(m.dedup_key is None and m.group_key is None for m in messages)
+        plain = all(
+            m.dedup_key is None and m.group_key is None and len(m.data) < LARGE_PAYLOAD
+            for m in messages
+        )
         if plain and policy.max_depth is None:
             rows = [_insert_params(m, now) for m in messages]
             insert = self._sql["insert"]
@@ -552,9 +586,13 @@ class SQLiteBackend(Backend):
                 ids.append(found if found >= 0 else ids[-1 - found])
                 continue
             statement = "insert" if message.group_key is None else "insert_grouped"
-            new_id = int(
-                conn.execute(self._sql[statement], _insert_params(message, now)).lastrowid or 0
-            )
+            params = _insert_params(message, now)
+            large = len(message.data) >= LARGE_PAYLOAD
+            if large:
+                params["data"] = None
+            new_id = int(conn.execute(self._sql[statement], params).lastrowid or 0)
+            if large:
+                conn.execute(self._sql["body_put"], {"id": new_id, "data": message.data})
             ids.append(new_id)
             if message.dedup_key is not None:
                 window = policy.dedup_window
@@ -646,7 +684,7 @@ class SQLiteBackend(Backend):
         def run(conn: sqlite3.Connection) -> tuple[list[StoredMessage], int]:
             folded = self._fold_expired(conn, now)
             rows = conn.execute(claim, params).fetchall()
-            return [StoredMessage(*row) for row in rows], folded
+            return self._with_bodies(conn, [_message(row) for row in rows]), folded
 
         messages, folded = self._write(run)
         messages.sort(key=lambda m: (-m.priority, m.visible_at, m.id))
@@ -755,8 +793,11 @@ class SQLiteBackend(Backend):
         return self._write(run)
 
     def peek(self, now: float) -> StoredMessage | None:
-        row = self._read(lambda conn: conn.execute(self._sql["peek"], {"now": now}).fetchone())
-        return None if row is None else StoredMessage(*row)
+        def run(conn: sqlite3.Connection) -> StoredMessage | None:
+            row = conn.execute(self._sql["peek"], {"now": now}).fetchone()
+            return None if row is None else self._with_bodies(conn, [_message(row)])[0]
+
+        return self._read_tx(run)
 
     def is_empty(self) -> bool:
         return bool(self._read(lambda conn: conn.execute(self._sql["is_empty"]).fetchone()[0]))
@@ -790,8 +831,11 @@ class SQLiteBackend(Backend):
         return self._write(lambda conn: self._fold_expired(conn, now))
 
     def dead_letters(self) -> list[StoredDeadLetter]:
-        rows = self._read(lambda conn: conn.execute(self._sql["dead_letters"]).fetchall())
-        return [StoredDeadLetter(*row) for row in rows]
+        def run(conn: sqlite3.Connection) -> list[StoredDeadLetter]:
+            rows = conn.execute(self._sql["dead_letters"]).fetchall()
+            return self._with_bodies(conn, [_dead(row) for row in rows])
+
+        return self._read_tx(run)
 
     def revive(self, message_id: int, now: float) -> bool:
         params = {"id": message_id, "now": now}
@@ -934,12 +978,17 @@ class SQLiteBackend(Backend):
     ) -> list[StoredMessage] | list[StoredDeadLetter] | list[StoredDone]:
         """A page of messages in ``state`` by id."""
         params = {"now": now, "limit": limit, "after": after_id}
-        rows = self._read(lambda c: c.execute(self._sql[f"list_{state}"], params).fetchall())
-        if state == "dead":
-            return [StoredDeadLetter(*r) for r in rows]
-        if state == "done":
-            return [StoredDone(*r) for r in rows]
-        return [StoredMessage(*r) for r in rows]
+
+        def run(conn: sqlite3.Connection) -> Any:
+            rows = conn.execute(self._sql[f"list_{state}"], params).fetchall()
+            if state == "dead":
+                return self._with_bodies(conn, [_dead(r) for r in rows])
+            if state == "done":
+                return self._with_bodies(conn, [_done(r) for r in rows])
+            return self._with_bodies(conn, [_message(r) for r in rows])
+
+        result: list[StoredMessage] | list[StoredDeadLetter] | list[StoredDone] = self._read_tx(run)
+        return result
 
     def purge(self, states: Sequence[str], now: float, older_than: float | None) -> int:
         """Delete messages in the given states (created before ``older_than``); one transaction."""
@@ -1031,6 +1080,29 @@ class SQLiteBackend(Backend):
 
 
 _TOTALS = ("enqueued", "completed", "failed", "dead_lettered", "expired", "ttl_expired")
+
+
+def _payload(raw: bytes | None, is_text: int | None) -> str | bytes | None:
+    """A payload read as bytes back to what was stored; invalid UTF-8 stays bytes, for the
+    codec to reject (and dead-letter) rather than sqlite3 to raise on."""
+    if raw is None or not is_text:
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+def _message(row: Sequence[Any]) -> StoredMessage:
+    return StoredMessage(row[0], _payload(row[1], row[2]), *row[3:])
+
+
+def _dead(row: Sequence[Any]) -> StoredDeadLetter:
+    return StoredDeadLetter(row[0], _payload(row[1], row[2]), *row[3:])
+
+
+def _done(row: Sequence[Any]) -> StoredDone:
+    return StoredDone(row[0], _payload(row[1], row[2]), *row[3:])
 
 
 def _insert_params(message: NewMessage, now: float) -> dict[str, Any]:

@@ -52,7 +52,8 @@ QUEUE_DDL = (
     """
 CREATE TABLE $q (
     id                INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused
-    payload           NOT NULL,          -- TEXT for str and JSON, BLOB for bytes
+    payload,                             -- TEXT for str and JSON, BLOB for bytes;
+                                         -- NULL when large: the body is in $body
     encoding          TEXT NOT NULL,     -- 'text', 'bytes', 'json' or a serializer name
     checksum          INTEGER,           -- CRC-32 of the stored bytes; NULL for 0.1.0 rows
     status            TEXT NOT NULL DEFAULT 'pending'
@@ -79,7 +80,7 @@ CREATE TABLE $q (
     """
 CREATE TABLE $dlq (
     id                INTEGER PRIMARY KEY,  -- the id the message had in $q
-    payload           NOT NULL,
+    payload,                                -- NULL: the body is in $body
     encoding          TEXT NOT NULL,
     checksum          INTEGER,
     status            TEXT NOT NULL DEFAULT 'dead',
@@ -96,7 +97,7 @@ CREATE TABLE $dlq (
     """
 CREATE TABLE $done (
     id                INTEGER PRIMARY KEY,  -- the id the message had in $q
-    payload           NOT NULL,
+    payload,                                -- NULL: the body is in $body
     encoding          TEXT NOT NULL,
     checksum          INTEGER,
     priority          INTEGER NOT NULL,
@@ -106,6 +107,32 @@ CREATE TABLE $done (
     group_key         TEXT
 )""",
     "CREATE INDEX $ix_done ON $done (completed_at)",
+    # Large payloads live apart from their message row, so that leasing, failing or
+    # moving a message never rewrites (or loads) megabytes. A body goes when its message
+    # has left the queue, the dead letters and the history.
+    """
+CREATE TABLE $body (
+    id                INTEGER PRIMARY KEY,  -- the message's id
+    payload           NOT NULL
+)""",
+    """
+CREATE TRIGGER $tr_body_q AFTER DELETE ON $q WHEN OLD.payload IS NULL BEGIN
+    DELETE FROM $body WHERE id = OLD.id
+       AND NOT EXISTS (SELECT 1 FROM $dlq WHERE id = OLD.id)
+       AND NOT EXISTS (SELECT 1 FROM $done WHERE id = OLD.id);
+END""",
+    """
+CREATE TRIGGER $tr_body_dlq AFTER DELETE ON $dlq WHEN OLD.payload IS NULL BEGIN
+    DELETE FROM $body WHERE id = OLD.id
+       AND NOT EXISTS (SELECT 1 FROM $q WHERE id = OLD.id)
+       AND NOT EXISTS (SELECT 1 FROM $done WHERE id = OLD.id);
+END""",
+    """
+CREATE TRIGGER $tr_body_done AFTER DELETE ON $done WHEN OLD.payload IS NULL BEGIN
+    DELETE FROM $body WHERE id = OLD.id
+       AND NOT EXISTS (SELECT 1 FROM $q WHERE id = OLD.id)
+       AND NOT EXISTS (SELECT 1 FROM $dlq WHERE id = OLD.id);
+END""",
     """
 CREATE TABLE $dedup (
     key               TEXT PRIMARY KEY,
@@ -168,6 +195,14 @@ DEAD_COLUMNS = (
 DONE_COLUMNS = (
     "id, payload, encoding, checksum, priority, attempts, created_at, completed_at, group_key"
 )
+# Payloads are read as bytes plus "was it text", so a stored text that is not valid UTF-8
+# reaches the codec (which dead-letters it) instead of failing inside sqlite3.
+_PAYLOAD = "CAST(payload AS BLOB), typeof(payload) = 'text'"
+READ_COLUMNS = COLUMNS.replace("payload", _PAYLOAD, 1)
+READ_DEAD_COLUMNS = DEAD_COLUMNS.replace("payload", _PAYLOAD, 1)
+READ_DONE_COLUMNS = DONE_COLUMNS.replace("payload", _PAYLOAD, 1)
+BODY = f"SELECT {_PAYLOAD} FROM $body WHERE id = :id"
+
 # A lease is live when the row is processing, not expired, and (if the caller has a
 # token) held under that token.
 _LIVE = (
@@ -190,6 +225,8 @@ STATEMENTS = {
         VALUES (:data, :encoding, :checksum, {_FIRST_STATUS}, :priority, :visible_at,
                 :max_attempts, :now, :now, :expires_at, :group_key)""",
     "dedup_get": "SELECT message_id, expires_at FROM $dedup WHERE key = :key",
+    "body_get": BODY,
+    "body_put": "INSERT INTO $body (id, payload) VALUES (:id, :data)",
     "dedup_put": """
         INSERT INTO $dedup (key, message_id, expires_at) VALUES (:key, :id, :expires_at)
         ON CONFLICT (key) DO UPDATE SET message_id = excluded.message_id,
@@ -206,7 +243,7 @@ STATEMENTS = {
                        WHERE status = 'pending' AND visible_at <= :now
                        ORDER BY priority DESC, visible_at, id
                        LIMIT :limit)
-        RETURNING {COLUMNS}""",
+        RETURNING {READ_COLUMNS}""",
     # One probe per claim: is there an expired lease, or a message past its time to live?
     "any_expired": """
         SELECT EXISTS (SELECT 1 FROM $q WHERE status = 'processing' AND lease_expires_at <= :now)
@@ -280,7 +317,7 @@ STATEMENTS = {
     "delete_dead": "DELETE FROM $dlq WHERE id = :id",
     "dead_ids": "SELECT id FROM $dlq WHERE id > :after ORDER BY id LIMIT :limit",
     "peek": f"""
-        SELECT {COLUMNS} FROM $q
+        SELECT {READ_COLUMNS} FROM $q
          WHERE status = 'pending' AND visible_at <= :now
          ORDER BY priority DESC, visible_at, id
          LIMIT 1""",
@@ -342,7 +379,7 @@ STATEMENTS = {
             SELECT min(lease_expires_at) FROM $q WHERE status = 'processing'
             UNION ALL
             SELECT min(expires_at) FROM $q WHERE expires_at IS NOT NULL)""",
-    "dead_letters": f"SELECT {DEAD_COLUMNS} FROM $dlq ORDER BY dead_at, id",
+    "dead_letters": f"SELECT {READ_DEAD_COLUMNS} FROM $dlq ORDER BY dead_at, id",
     "statuses": """
         SELECT id, CASE WHEN status = 'pending' AND visible_at > :now THEN 'delayed'
                         ELSE status END,
@@ -351,17 +388,17 @@ STATEMENTS = {
         UNION ALL
         SELECT id, 'dead', priority, attempts, max_attempts FROM $dlq
         ORDER BY 1""",
-    "list_pending": f"""SELECT {COLUMNS} FROM $q WHERE status = 'pending' AND visible_at <= :now
+    "list_pending": f"""SELECT {READ_COLUMNS} FROM $q WHERE status = 'pending' AND visible_at <= :now
                         AND id > :after ORDER BY id LIMIT :limit""",
-    "list_delayed": f"""SELECT {COLUMNS} FROM $q WHERE status = 'pending' AND visible_at > :now
+    "list_delayed": f"""SELECT {READ_COLUMNS} FROM $q WHERE status = 'pending' AND visible_at > :now
                         AND id > :after ORDER BY id LIMIT :limit""",
-    "list_waiting": f"""SELECT {COLUMNS} FROM $q WHERE status = 'waiting'
+    "list_waiting": f"""SELECT {READ_COLUMNS} FROM $q WHERE status = 'waiting'
                         AND id > :after ORDER BY id LIMIT :limit""",
-    "list_processing": f"""SELECT {COLUMNS} FROM $q WHERE status = 'processing'
+    "list_processing": f"""SELECT {READ_COLUMNS} FROM $q WHERE status = 'processing'
                            AND id > :after ORDER BY id LIMIT :limit""",
-    "list_all": f"SELECT {COLUMNS} FROM $q WHERE id > :after ORDER BY id LIMIT :limit",
-    "list_dead": f"SELECT {DEAD_COLUMNS} FROM $dlq WHERE id > :after ORDER BY id LIMIT :limit",
-    "list_done": f"SELECT {DONE_COLUMNS} FROM $done WHERE id > :after ORDER BY id LIMIT :limit",
+    "list_all": f"SELECT {READ_COLUMNS} FROM $q WHERE id > :after ORDER BY id LIMIT :limit",
+    "list_dead": f"SELECT {READ_DEAD_COLUMNS} FROM $dlq WHERE id > :after ORDER BY id LIMIT :limit",
+    "list_done": f"SELECT {READ_DONE_COLUMNS} FROM $done WHERE id > :after ORDER BY id LIMIT :limit",
     "purge_pending": """DELETE FROM $q WHERE status = 'pending' AND visible_at <= :now
                         AND (:cutoff IS NULL OR created_at < :cutoff)""",
     "purge_delayed": """DELETE FROM $q WHERE status = 'pending' AND visible_at > :now
@@ -454,6 +491,7 @@ class Rendered:
             "dlq": f"{name}_dlq",
             "done": f"{name}_done",
             "dedup": f"{name}_dedup",
+            "body": f"{name}_body",
             "legacy": f"{name}__sqqueue_v0",
             "legacy_dlq": f"{name}_dlq__sqqueue_v0",
             "ix_ready": f"{name}_ready",
@@ -467,6 +505,9 @@ class Rendered:
             "tr_group": f"{name}_group_next",
             "tr_dlq_insert": f"{name}_dlq_count_insert",
             "tr_dlq_delete": f"{name}_dlq_count_delete",
+            "tr_body_q": f"{name}_body_gc",
+            "tr_body_dlq": f"{name}_dlq_body_gc",
+            "tr_body_done": f"{name}_done_body_gc",
         }
         # Names are validated identifiers (letters, digits, underscores): quoting them as
         # they are is safe, and the literal needs no escaping either.

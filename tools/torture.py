@@ -1,0 +1,1524 @@
+#!/usr/bin/env python3
+"""Reliability torture test for sqqueue: real processes on one database file.
+
+Scenarios (all by default):
+
+* ``crash``      producers and consumers at full speed, SIGKILLed and restarted at random;
+                 afterwards a drain empties the queue and every log is reconciled.
+* ``contention`` 4 consumer processes on a prefilled queue with long leases, no crashes.
+* ``stale``      consumers whose work outlasts their lease: late acks must be refused.
+* ``diskfull``   writes under a lowered RLIMIT_FSIZE, then SIGXFSZ kills mid-write.
+* ``powerloss``  copies of the database files taken at random instants (synchronous=FULL).
+
+It stops by itself, prints a table of figures and exits non-zero if any invariant fails::
+
+    .venv/bin/python tools/torture.py --short            # the CI form (< 90 s)
+    .venv/bin/python tools/torture.py --report docs/reliability.md
+
+Children are this same file run as ``torture.py _child ROLE CONFIG_JSON``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import datetime as dt
+import json
+import os
+import platform
+import random
+import resource
+import shlex
+import shutil
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Literal
+
+QUEUE = "torture"
+SCENARIOS = ("crash", "contention", "stale", "diskfull", "powerloss")
+# What a late ack may be told: expired, someone else holds it, someone else completed it,
+# or it went to the dead-letter queue when its lease ran out on the last attempt.
+REFUSALS = ("lease_expired", "lease_lost", "not_found", "wrong_state")
+BEGIN_MARK = "<!-- torture:begin -->"
+END_MARK = "<!-- torture:end -->"
+
+
+# ======================================================================================
+# Children. Each writes what it did to its own log, one line per event, with os.write on
+# an O_APPEND descriptor: a SIGKILL can stop it between lines but not inside one (a torn
+# last line is tolerated by the reader anyway). No fsync: a killed process's completed
+# write() is in the page cache, which outlives it.
+# ======================================================================================
+
+
+class EventLog:
+    """An append-only line log that survives the process being killed."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def write(self, text: str) -> None:
+        os.write(self.fd, text.encode("utf-8"))
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this child when the driver dies; exit if it already has."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(70)
+
+
+def make_payload(token: str, rng: random.Random) -> Any:
+    """A JSON, text or bytes payload that carries ``token`` (every encoding gets traffic)."""
+    kind = rng.randrange(3)
+    if kind == 0:
+        return {"t": token, "pad": "x" * rng.randrange(64)}
+    if kind == 1:
+        return f"{token}|{'y' * rng.randrange(64)}"
+    return token.encode() + b"|" + rng.randbytes(rng.randrange(64))
+
+
+def token_of(payload: Any) -> str:
+    """The producer token carried by a payload made by :func:`make_payload`."""
+    if isinstance(payload, dict):
+        return str(payload.get("t"))
+    if isinstance(payload, str):
+        return payload.split("|", 1)[0]
+    if isinstance(payload, bytes):
+        return payload.split(b"|", 1)[0].decode("ascii", "replace")
+    return "?"
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())[:300]
+
+
+def child_producer(cfg: dict[str, Any]) -> None:
+    """Enqueue at full speed; log intents before and acknowledged ids after each call."""
+    from sqqueue import Err, Ok, SQLiteQueue
+
+    rng = random.Random()
+    log = EventLog(cfg["log"])
+    queue = SQLiteQueue(
+        cfg["db"],
+        QUEUE,
+        synchronous=cfg["sync"],
+        default_max_attempts=cfg["max_attempts"],
+    )
+    seq = 0
+    cap = cfg.get("backlog_cap", 0)
+    watch = sqlite3.connect(cfg["db"], timeout=30) if cap else None
+    while time.time() < cfg["deadline"]:
+        if watch is not None and seq % 200 < 5:  # backpressure: bounded backlog, short drain
+            while time.time() < cfg["deadline"] and _pending(watch) > cap:
+                time.sleep(0.05)
+        size = rng.choice((1, 1, 1, 1, 2, 5))
+        tokens = [f"{cfg['tag']}.{seq + i}" for i in range(size)]
+        seq += size
+        items = []
+        for token in tokens:
+            delay = rng.uniform(0, 0.5) if rng.random() < 0.05 else 0
+            items.append((make_payload(token, rng), rng.randrange(3), delay))
+        log.write(f"I {' '.join(tokens)}\n")
+        if size == 1:
+            payload, priority, delay = items[0]
+            one = queue.enqueue(payload, priority=priority, delay=delay)
+            result = one.map(lambda i: [i]) if isinstance(one, Ok) else one
+        else:
+            result = queue.enqueue_batch(items)
+        if isinstance(result, Err):
+            log.write(f"E {result.error.kind.value} {_one_line(result.error)}\n")
+            time.sleep(0.01)
+        else:
+            log.write("".join(f"A {i} {t}\n" for i, t in zip(result.value, tokens, strict=True)))
+        if cfg.get("pause"):
+            time.sleep(cfg["pause"])
+
+
+def _pending(conn: sqlite3.Connection) -> int:
+    return int(conn.execute(f'SELECT count(*) FROM "{QUEUE}"').fetchone()[0])
+
+
+def child_consumer(cfg: dict[str, Any]) -> None:
+    """Dequeue, log ``S`` (start), work, log ``D`` (done), complete, log ``K`` or ``L``."""
+    from sqqueue import Err, Ok, SQLiteQueue
+
+    rng = random.Random()
+    log = EventLog(cfg["log"])
+    queue = SQLiteQueue(
+        cfg["db"],
+        QUEUE,
+        synchronous=cfg["sync"],
+        default_max_attempts=cfg["max_attempts"],
+    )
+    while time.time() < cfg["deadline"]:
+        batch = rng.choice((1, 1, 2, 4)) if cfg.get("batches", True) else 1
+        got = queue.dequeue_batch(batch, visibility_timeout=cfg["lease"], wait=cfg["wait"])
+        if isinstance(got, Err):
+            log.write(f"E {got.error.kind.value} {_one_line(got.error)}\n")
+            time.sleep(0.05)
+            continue
+        if not got.value:
+            if cfg.get("exit_when_empty"):
+                empty = queue.is_empty()
+                if empty.is_ok() and empty.value:
+                    return
+            continue
+        for message in got.value:
+            log.write(f"S {message.id} {token_of(message.payload)} {message.attempts}\n")
+            if cfg.get("work"):
+                time.sleep(rng.uniform(0, cfg["work"]))
+            log.write(f"D {message.id}\n")
+            # Half the acks pass the Message, half the bare id (the remembered lease).
+            acked = queue.complete(message if rng.random() < 0.5 else message.id)
+            if isinstance(acked, Ok):
+                log.write(f"K {message.id}\n")
+            elif acked.error.kind.value in REFUSALS:
+                log.write(f"L {message.id} {acked.error.kind.value}\n")
+            else:
+                log.write(f"E {acked.error.kind.value} {_one_line(acked.error)}\n")
+
+
+def _wait_for_go(path: str, ready: str, deadline: float) -> None:
+    Path(ready).touch()
+    while not os.path.exists(path):
+        if time.time() > deadline:
+            os._exit(71)
+        time.sleep(0.005)
+
+
+def child_contender(cfg: dict[str, Any]) -> None:
+    """Take messages one at a time with a long lease until none is left; report ids."""
+    from sqqueue import Err, SQLiteQueue
+
+    queue = SQLiteQueue(cfg["db"], QUEUE, default_visibility_timeout=cfg["lease"])
+    queue.is_empty()  # open the connection before the start signal
+    _wait_for_go(cfg["go"], cfg["ready"], cfg["deadline"])
+    ids: list[int] = []
+    errors: list[str] = []
+    started = time.time()
+    while time.time() < cfg["deadline"] and len(errors) < 100:
+        got = queue.dequeue()
+        if isinstance(got, Err):
+            errors.append(f"dequeue {got.error.kind.value}: {_one_line(got.error)}")
+            continue
+        message = got.value
+        if message is None:
+            break  # nothing pending: whatever is left is leased by the others
+        ids.append(message.id)
+        done = queue.complete(message)
+        if isinstance(done, Err):
+            errors.append(f"complete {done.error.kind.value}: {_one_line(done.error)}")
+    finished = time.time()
+    Path(cfg["out"]).write_text(
+        json.dumps({"ids": ids, "errors": errors, "start": started, "end": finished})
+    )
+
+
+def child_stale(cfg: dict[str, Any]) -> None:
+    """Work past the lease on some messages; record when each ack was tried and its answer."""
+    from sqqueue import Err, Ok, SQLiteQueue
+
+    rng = random.Random()
+    lease = cfg["lease"]
+    queue = SQLiteQueue(cfg["db"], QUEUE, default_max_attempts=cfg["max_attempts"])
+    records: list[list[Any]] = []
+    errors: list[str] = []
+    while time.time() < cfg["deadline"]:
+        got = queue.dequeue(visibility_timeout=lease, wait=0.2)
+        if isinstance(got, Err):
+            errors.append(_one_line(got.error))
+            time.sleep(0.02)
+            continue
+        message = got.value
+        if message is None:
+            empty = queue.is_empty()
+            if empty.is_ok() and empty.value:
+                break
+            continue
+        assert message.lease_expires_at is not None
+        expiry = message.lease_expires_at.timestamp()
+        slow = rng.random() < cfg["slow_fraction"]
+        time.sleep(rng.uniform(lease * 1.2, lease * 2.0) if slow else rng.uniform(0, lease / 4))
+        by_id = rng.random() < 0.5
+        before = time.time()
+        acked = queue.complete(message.id if by_id else message)
+        after = time.time()
+        answer = "ok" if isinstance(acked, Ok) else acked.error.kind.value
+        if isinstance(acked, Err) and answer not in REFUSALS:
+            errors.append(_one_line(acked.error))
+        records.append([message.id, message.attempts, expiry, before, after, answer, by_id])
+    Path(cfg["out"]).write_text(json.dumps({"records": records, "errors": errors}))
+
+
+def _file_sizes(db: str) -> list[int]:
+    return [os.path.getsize(p) for p in (db, f"{db}-wal") if os.path.exists(p)]
+
+
+def child_diskfull(cfg: dict[str, Any]) -> None:
+    """Fill the file size limit with SIGXFSZ ignored: writes must fail cleanly, then recover."""
+    from sqqueue import ErrorKind, Ok, SQLiteQueue
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    rng = random.Random()
+    db = cfg["db"]
+    queue = SQLiteQueue(db, QUEUE, synchronous="full")
+    acked: dict[int, int] = {}
+
+    def put(size: int) -> Any:
+        data = rng.randbytes(size)
+        result = queue.enqueue(data)
+        if isinstance(result, Ok):
+            acked[result.value] = zlib.crc32(data)
+        return result
+
+    for _ in range(20):
+        put(2000).unwrap()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    limit = max(_file_sizes(db)) + cfg["margin"]
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    first_error = None
+    for _ in range(100_000):
+        result = put(4096)
+        if result.is_err():
+            first_error = result.error
+            break
+    acked_before_full = len(acked)
+    while_full = [put(4096) for _ in range(10)] + [put(1 << 20)]
+    refused_kinds = Counter(r.error.kind.value for r in while_full if r.is_err())
+    accepted_while_full = sum(1 for r in while_full if r.is_ok())
+    statuses = queue.get_all_statuses()
+    readable_while_full = statuses.is_ok()
+    missing_while_full = (
+        len(set(acked) - {s["id"] for s in statuses.value}) if isinstance(statuses, Ok) else -1
+    )
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # space returns
+    after = [put(4096) for _ in range(10)]
+    seen: dict[int, int] = {}
+    complete_errors = 0
+    for _ in range(1000):
+        got = queue.dequeue_batch(100)
+        if got.is_err() or not got.value:
+            break
+        for message in got.value:
+            seen[message.id] = zlib.crc32(message.payload)
+            if queue.complete(message).is_err():
+                complete_errors += 1
+    empty = queue.is_empty()
+    queue.close()
+    print(
+        json.dumps(
+            {
+                "limit": limit,
+                "acked_before_full": acked_before_full,
+                "first_error_kind": first_error.kind.value if first_error else None,
+                "first_error": str(first_error) if first_error else None,
+                "first_error_is_disk_full": first_error is not None
+                and first_error.kind is ErrorKind.DISK_FULL,
+                "refused_while_full": dict(refused_kinds),
+                "accepted_while_full": accepted_while_full,
+                "readable_while_full": readable_while_full,
+                "missing_while_full": missing_while_full,
+                "ok_after_space_returns": sum(1 for r in after if r.is_ok()),
+                "tried_after_space_returns": len(after),
+                "acked": len(acked),
+                "lost": len(set(acked) - set(seen)),
+                "changed": sum(1 for i, crc in acked.items() if i in seen and seen[i] != crc),
+                "complete_errors": complete_errors,
+                "empty_at_end": empty.is_ok() and empty.value,
+            }
+        )
+    )
+
+
+def child_xfsz(cfg: dict[str, Any]) -> None:
+    """Write past the file size limit with SIGXFSZ at its default action: killed mid-write."""
+    from sqqueue import Ok, SQLiteQueue
+
+    # CPython ignores SIGXFSZ at start-up; restore the default (terminate) action.
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    rng = random.Random()
+    db = cfg["db"]
+    log = EventLog(cfg["log"])
+    queue = SQLiteQueue(db, QUEUE, synchronous="full", vacuum_threshold=cfg["vacuum_threshold"])
+    _soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    limit = max([*_file_sizes(db), 4096]) + cfg["margin"]
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    while time.time() < cfg["deadline"]:
+        data = rng.randbytes(rng.randrange(100, cfg["max_payload"]))
+        result = queue.enqueue(data)
+        if isinstance(result, Ok):
+            log.write(f"A {result.value} {zlib.crc32(data)}\n")
+        else:
+            log.write(f"E {result.error.kind.value} {_one_line(result.error)}\n")
+            time.sleep(0.01)
+    os._exit(3)  # never killed: the limit was not reached
+
+
+CHILDREN: dict[str, Callable[[dict[str, Any]], None]] = {
+    "producer": child_producer,
+    "consumer": child_consumer,
+    "contender": child_contender,
+    "stale": child_stale,
+    "diskfull": child_diskfull,
+    "xfsz": child_xfsz,
+}
+
+
+def child_main(role: str, config: str) -> None:
+    """Entry point of a child process."""
+    cfg = json.loads(config)
+    _die_with_parent(cfg["parent"])
+    CHILDREN[role](cfg)
+
+
+# ======================================================================================
+# The driver: starts children, kills them, reads their logs, checks invariants.
+# ======================================================================================
+
+
+@dataclass
+class Row:
+    """One line of the figures table."""
+
+    scenario: str
+    figure: str
+    value: str
+    expect: str = ""
+    ok: bool | None = None
+
+
+@dataclass
+class Run:
+    """State shared by the scenarios of one run."""
+
+    workdir: Path
+    short: bool
+    duration: float
+    producers: int
+    consumers: int
+    seed: int
+    rows: list[Row] = field(default_factory=list)
+    children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def info(self, scenario: str, figure: str, value: object) -> None:
+        self.rows.append(Row(scenario, figure, str(value)))
+
+    def expect(self, scenario: str, figure: str, value: object, expected: object) -> bool:
+        ok = value == expected
+        self.rows.append(Row(scenario, figure, str(value), f"= {expected}", ok))
+        return ok
+
+    def require(self, scenario: str, figure: str, value: object, ok: bool, expect: str) -> bool:
+        self.rows.append(Row(scenario, figure, str(value), expect, bool(ok)))
+        return bool(ok)
+
+    @property
+    def failed(self) -> bool:
+        return any(r.ok is False for r in self.rows)
+
+    # -- children ------------------------------------------------------------------------
+
+    def spawn(self, role: str, cfg: dict[str, Any], name: str) -> subprocess.Popen[bytes]:
+        """Start ``role`` in a new process; its stderr goes to ``<name>.err``."""
+        cfg = {"parent": os.getpid(), **cfg}
+        cfg.setdefault("deadline", time.time() + 600)
+        with open(self.workdir / f"{name}.err", "ab") as err:
+            proc = subprocess.Popen(  # noqa: S603 - our own interpreter and file
+                [sys.executable, str(Path(__file__).resolve()), "_child", role, json.dumps(cfg)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if role == "diskfull" else subprocess.DEVNULL,
+                stderr=err,
+            )
+        self.children.append(proc)
+        return proc
+
+    def reap(self, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int | None:
+        """Wait (bounded) for a child; SIGKILL it if it does not finish in time."""
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+            return None
+        finally:
+            if proc.stdout is not None and proc.returncode is not None:
+                proc.stdout.close()
+
+    def kill_all(self) -> None:
+        """SIGKILL every child still running (and SIGCONT any we stopped)."""
+        for proc in self.children:
+            if proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    proc.kill()
+                    os.kill(proc.pid, signal.SIGCONT)
+        for proc in self.children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        self.children = [p for p in self.children if p.poll() is None]
+
+    def stderr_noise(self, prefix: str) -> list[str]:
+        """Non-empty stderr files of children named ``prefix*`` (each is a surfaced error)."""
+        out = []
+        for path in sorted(self.workdir.glob(f"{prefix}*.err")):
+            text = path.read_text(errors="replace").strip()
+            if text:
+                out.append(f"{path.name}: {_one_line(text.splitlines()[-1])}")
+        return out
+
+
+def read_log(path: Path) -> tuple[list[list[str]], bool]:
+    """The complete lines of a log, split in fields, and whether its last line was torn."""
+    text = path.read_bytes().decode("utf-8", "replace")
+    lines = text.split("\n")
+    torn = lines.pop() != ""
+    return [line.split(" ") for line in lines if line], torn
+
+
+def queue_counts(db: Path) -> dict[str, int]:
+    """Rows left in the queue and its dead-letter table (read with plain sqlite3)."""
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        left = conn.execute(f'SELECT count(*) FROM "{QUEUE}"').fetchone()[0]
+        dead = conn.execute(f'SELECT count(*) FROM "{QUEUE}_dlq"').fetchone()[0]
+    finally:
+        conn.close()
+    return {"left": int(left), "dead": int(dead)}
+
+
+# -- crash -------------------------------------------------------------------------------
+
+
+@dataclass
+class Delivery:
+    """One delivery of a message to a consumer, as its log tells it."""
+
+    proc: str
+    token: str
+    attempts: int
+    done: bool = False
+    acked: bool = False
+    refused: str = ""
+
+
+@dataclass
+class Ledger:
+    """Everything producer and consumer logs say, merged."""
+
+    intents: dict[str, int] = field(default_factory=dict)  # token -> batch size
+    batches: list[list[str]] = field(default_factory=list)
+    acked: dict[int, str] = field(default_factory=dict)  # id -> token
+    token_ids: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    deliveries: dict[int, list[Delivery]] = field(default_factory=lambda: defaultdict(list))
+    errors: Counter[str] = field(default_factory=Counter)
+    error_samples: list[str] = field(default_factory=list)
+    torn_lines: int = 0
+
+    def error(self, kind: str, text: str) -> None:
+        self.errors[kind] += 1
+        if len(self.error_samples) < 5:
+            self.error_samples.append(text)
+
+
+def read_ledger(logdir: Path) -> Ledger:
+    """Merge every ``p*.log`` (producers) and ``c*.log`` (consumers, drain) in ``logdir``."""
+    ledger = Ledger()
+    for path in sorted(logdir.glob("p*.log")):
+        lines, torn = read_log(path)
+        ledger.torn_lines += torn
+        for f in lines:
+            if f[0] == "I":
+                ledger.batches.append(f[1:])
+                for token in f[1:]:
+                    ledger.intents[token] = len(f) - 1
+            elif f[0] == "A" and len(f) == 3:
+                ledger.acked[int(f[1])] = f[2]
+                ledger.token_ids[f[2]].add(int(f[1]))
+            elif f[0] == "E":
+                ledger.error(f[1], " ".join(f))
+    for path in sorted(logdir.glob("c*.log")):
+        lines, torn = read_log(path)
+        ledger.torn_lines += torn
+        current: dict[int, Delivery] = {}
+        for f in lines:
+            if f[0] == "S" and len(f) == 4:
+                d = Delivery(path.stem, f[2], int(f[3]))
+                ledger.deliveries[int(f[1])].append(d)
+                current[int(f[1])] = d
+            elif f[0] in "DKL" and len(f) >= 2 and int(f[1]) in current:
+                d = current[int(f[1])]
+                if f[0] == "D":
+                    d.done = True
+                elif f[0] == "K":
+                    d.acked = True
+                else:
+                    d.refused = f[2] if len(f) > 2 else "?"
+            elif f[0] == "E":
+                ledger.error(f[1], " ".join(f))
+    return ledger
+
+
+def _delivery_tally(ledger: Ledger) -> tuple[Counter[str], dict[str, set[int]]]:
+    """Count delivery anomalies per message id; also map tokens to the ids that carried them."""
+    tally: Counter[str] = Counter()
+    delivered_tokens: dict[str, set[int]] = defaultdict(set)
+    for ident, deliveries in ledger.deliveries.items():
+        deliveries.sort(key=lambda d: d.attempts)
+        for d in deliveries:
+            delivered_tokens[d.token].add(ident)
+        tally["phantom"] += any(d.token not in ledger.intents for d in deliveries)
+        tally["mismatched"] += any(
+            ident in ledger.acked and ledger.acked[ident] != d.token for d in deliveries
+        )
+        acks = [d for d in deliveries if d.acked]
+        tally["double_completions"] += max(0, len(acks) - 1)
+        if acks:
+            tally["after_ack"] += sum(1 for d in deliveries if d.attempts > acks[0].attempts)
+        attempts = [d.attempts for d in deliveries]
+        tally["same_attempt"] += len(attempts) - len(set(attempts))
+        for earlier in deliveries[:-1]:
+            tally["redeliveries"] += 1
+            if earlier.refused:
+                tally["after_refusal"] += 1
+            elif not earlier.acked:
+                tally["after_kill"] += 1
+        tally["twice_worked"] += sum(1 for d in deliveries if d.done) > 1
+    return tally, delivered_tokens
+
+
+def reconcile(run: Run, name: str, ledger: Ledger) -> None:
+    """Check the delivery invariants of a ledger and add its figures to the table."""
+    tally, delivered_tokens = _delivery_tally(ledger)
+    done_ids = {i for i, ds in ledger.deliveries.items() if any(d.done for d in ds)}
+    lost = sorted(set(ledger.acked) - done_ids)
+    for token, ids in delivered_tokens.items():
+        ledger.token_ids[token] |= ids
+    double_enqueue = sum(1 for ids in ledger.token_ids.values() if len(ids) > 1)
+    torn_batches = 0
+    for batch in ledger.batches:
+        got = sum(1 for t in batch if t in delivered_tokens)
+        torn_batches += 0 < got < len(batch)
+    acked_tokens = set(ledger.acked.values())
+    unacked = sum(1 for t in delivered_tokens if t in ledger.intents and t not in acked_tokens)
+    run.info(name, "enqueues acknowledged (Ok)", len(ledger.acked))
+    run.info(name, "enqueues committed, not acknowledged (producer killed in the call)", unacked)
+    run.info(name, "messages completed (unique ids)", len(done_ids))
+    run.expect(name, "LOST (acknowledged enqueue never completed)", len(lost), 0)
+    run.expect(name, "PHANTOM (completed, never enqueued)", tally["phantom"], 0)
+    run.expect(name, "payload differs from the acknowledged enqueue", tally["mismatched"], 0)
+    run.expect(name, "message enqueued twice (one token, two ids)", double_enqueue, 0)
+    run.expect(name, "batches partly committed", torn_batches, 0)
+    run.info(name, "redeliveries (total)", tally["redeliveries"])
+    run.info(name, "  after the consumer was killed before its ack", tally["after_kill"])
+    run.info(name, "  after a late ack was refused (lease expired)", tally["after_refusal"])
+    run.expect(name, "  unexplained (redelivered after an Ok ack)", tally["after_ack"], 0)
+    run.info(
+        name, "duplicates: work done twice (killed between work and ack)", tally["twice_worked"]
+    )
+    run.expect(name, "double completions (two Ok acks)", tally["double_completions"], 0)
+    run.expect(name, "one delivery handed to two consumers", tally["same_attempt"], 0)
+    refused = Counter(d.refused for ds in ledger.deliveries.values() for d in ds if d.refused)
+    run.info(name, "late acks refused", dict(refused) or 0)
+    run.expect(name, "errors surfaced (Err results)", dict(ledger.errors) or 0, 0)
+    for sample in ledger.error_samples:
+        run.info(name, "  error sample", sample)
+    run.info(name, "torn last log lines (tolerated)", ledger.torn_lines)
+    if lost:
+        run.info(name, "  lost ids (first 10)", lost[:10])
+
+
+@dataclass
+class CrashRun:
+    """What the kill loop of the crash scenario did."""
+
+    elapsed: float
+    kills: Counter[str]
+    unexpected_exits: int
+
+
+def _crash_kill_loop(run: Run, here: Path, base: dict[str, Any]) -> CrashRun:
+    """Run producers and consumers, SIGKILL one at random every 0.2-1 s, restart it."""
+    rng = random.Random(run.seed)
+    slots: list[dict[str, Any]] = [
+        {"role": "producer", "index": i, "gen": 0} for i in range(run.producers)
+    ] + [{"role": "consumer", "index": i, "gen": 0} for i in range(run.consumers)]
+    stop_at = time.time() + run.duration
+    kills: Counter[str] = Counter()
+    unexpected_exits = 0
+
+    def start(slot: dict[str, Any]) -> None:
+        tag = f"{slot['role'][0]}{slot['index']}-{slot['gen']}"
+        cfg = {
+            **base,
+            "log": str(here / f"{tag}.log"),
+            "tag": tag,
+            "lease": 2.0,
+            "wait": 0.5,
+            "work": 0.002,
+            "backlog_cap": 20_000,
+            "deadline": stop_at + 30,
+        }
+        slot["proc"] = run.spawn(slot["role"], cfg, f"crash/{tag}")
+
+    for slot in slots:
+        start(slot)
+    began = time.time()
+    while time.time() < stop_at:
+        time.sleep(max(0.0, min(rng.uniform(0.2, 1.0), stop_at - time.time())))
+        if time.time() >= stop_at:
+            break
+        for slot in slots:  # a child that died by itself is an error, and is restarted
+            if slot["proc"].poll() is not None:
+                unexpected_exits += 1
+                slot["gen"] += 1
+                start(slot)
+        victim = rng.choice(slots)
+        victim["proc"].kill()
+        run.reap(victim["proc"])
+        kills[victim["role"]] += 1
+        victim["gen"] += 1
+        start(victim)
+    elapsed = time.time() - began
+    for slot in slots:  # the end of the run is a crash too
+        slot["proc"].kill()
+        run.reap(slot["proc"])
+    return CrashRun(elapsed, kills, unexpected_exits)
+
+
+def scenario_crash(run: Run) -> None:
+    """SIGKILL random producers and consumers for ``duration`` seconds, drain, reconcile."""
+    from sqqueue import SQLiteQueue
+    from sqqueue.tools import check
+
+    name = "crash"
+    here = run.workdir / "crash"
+    here.mkdir()
+    db = here / "crash.db"
+    base = {"db": str(db), "sync": "normal", "max_attempts": 1000}
+    SQLiteQueue(db, QUEUE).close()  # the schema exists before the first kill
+    crash = _crash_kill_loop(run, here, base)
+    before = read_ledger(here)
+    backlog = queue_counts(db)
+    drain_started = time.time()
+    budget = 60.0 if run.short else 120.0
+    drain_cfg = {
+        **base,
+        "log": str(here / "c-drain.log"),
+        "lease": 30.0,
+        "wait": 1.0,
+        "exit_when_empty": True,
+        "deadline": time.time() + budget,
+    }
+    code = run.reap(run.spawn("consumer", drain_cfg, "crash/c-drain"), timeout=budget + 15)
+    drain_seconds = time.time() - drain_started
+    ledger = read_ledger(here)
+    counts = queue_counts(db)
+    problems = check(db)
+    completed = sum(1 for ds in before.deliveries.values() if any(d.done for d in ds))
+    kills = crash.kills
+    run.info(name, "duration (s)", f"{crash.elapsed:.1f}")
+    run.info(
+        name,
+        "producers / consumers (lease 2 s; producers pause while backlog > 20,000)",
+        f"{run.producers} / {run.consumers}",
+    )
+    run.info(name, "SIGKILLs (producers / consumers)", f"{kills['producer']} / {kills['consumer']}")
+    run.info(
+        name, "enqueues/s acknowledged during the run", f"{len(before.acked) / crash.elapsed:.0f}"
+    )
+    run.info(name, "completions/s during the run", f"{completed / crash.elapsed:.0f}")
+    run.info(name, "backlog left for the drain (messages)", backlog["left"])
+    run.require(
+        name, "drain (exit code, seconds)", f"{code}, {drain_seconds:.1f}", code == 0, "exit 0"
+    )
+    run.expect(name, "messages left after the drain", counts["left"], 0)
+    run.expect(name, "dead letters", counts["dead"], 0)
+    run.expect(name, "children that died by themselves", crash.unexpected_exits, 0)
+    noise = run.stderr_noise("crash/")
+    run.expect(name, "children that wrote to stderr", len(noise), 0)
+    for line in noise[:3]:
+        run.info(name, "  stderr", line)
+    reconcile(run, name, ledger)
+    run.expect(name, "PRAGMA integrity_check", "ok" if not problems else problems[:3], "ok")
+
+
+# -- contention --------------------------------------------------------------------------
+
+
+def scenario_contention(run: Run) -> None:
+    """4 consumer processes race for a prefilled queue; every message exactly once."""
+    from sqqueue import SQLiteQueue
+
+    name = "contention"
+    here = run.workdir / "contention"
+    here.mkdir()
+    db = here / "contention.db"
+    total = 20_000
+    consumers = 4
+    with SQLiteQueue(db, QUEUE) as queue:
+        for start in range(0, total, 1000):
+            queue.enqueue_batch([{"n": n} for n in range(start, start + 1000)]).unwrap()
+    go = here / "go"
+    deadline = time.time() + 150
+    procs = []
+    for i in range(consumers):
+        cfg = {
+            "db": str(db),
+            "lease": 600.0,
+            "go": str(go),
+            "ready": str(here / f"ready{i}"),
+            "out": str(here / f"out{i}.json"),
+            "deadline": deadline,
+        }
+        procs.append(run.spawn("contender", cfg, f"contention/c{i}"))
+    wait_until = time.time() + 60
+    while len(list(here.glob("ready*"))) < consumers and time.time() < wait_until:
+        time.sleep(0.01)
+    go.touch()
+    codes = [run.reap(p, timeout=max(1.0, deadline - time.time() + 5)) for p in procs]
+    outs: list[dict[str, Any]] = []
+    for i in range(consumers):
+        path = here / f"out{i}.json"
+        outs.append(
+            json.loads(path.read_text())
+            if path.exists()
+            else {"ids": [], "errors": ["no output"], "start": 0, "end": 0}
+        )
+    ids = [i for out in outs for i in out["ids"]]
+    errors = [e for out in outs for e in out["errors"]]
+    span = max(o["end"] for o in outs) - min(o["start"] for o in outs if o["start"])
+    counts = queue_counts(db)
+    run.info(
+        name, "messages prefilled / consumer processes / lease (s)", f"{total} / {consumers} / 600"
+    )
+    run.expect(name, "consumers exited cleanly", codes, [0] * consumers)
+    run.info(name, "deliveries per process", " / ".join(str(len(o["ids"])) for o in outs))
+    run.expect(name, "double deliveries", len(ids) - len(set(ids)), 0)
+    run.expect(name, "messages never delivered", total - len(set(ids)), 0)
+    run.expect(name, "errors", len(errors), 0)
+    for sample in errors[:3]:
+        run.info(name, "  error sample", sample)
+    run.expect(name, "messages left in the queue", counts["left"], 0)
+    run.info(
+        name,
+        "deliveries/s (dequeue + complete, 4 processes)",
+        f"{len(ids) / span:.0f}" if span > 0 else "n/a",
+    )
+
+
+# -- stale acks ----------------------------------------------------------------------------
+
+
+def scenario_stale(run: Run) -> None:
+    """Leases shorter than the work: late acks refused, every message completed once."""
+    from sqqueue import SQLiteQueue
+
+    name = "stale"
+    here = run.workdir / "stale"
+    here.mkdir()
+    db = here / "stale.db"
+    total, consumers, lease = (100, 6, 0.2) if run.short else (200, 6, 0.2)
+    with SQLiteQueue(db, QUEUE, default_max_attempts=1000) as queue:
+        queue.enqueue_batch([{"n": n} for n in range(total)]).unwrap()
+    deadline = time.time() + 90
+    procs = []
+    for i in range(consumers):
+        cfg = {
+            "db": str(db),
+            "lease": lease,
+            "slow_fraction": 0.3,
+            "max_attempts": 1000,
+            "out": str(here / f"out{i}.json"),
+            "deadline": deadline,
+        }
+        procs.append(run.spawn("stale", cfg, f"stale/s{i}"))
+    codes = [run.reap(p, timeout=max(1.0, deadline - time.time() + 5)) for p in procs]
+    records: list[list[Any]] = []
+    errors: list[str] = []
+    for i in range(consumers):
+        path = here / f"out{i}.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            records += data["records"]
+            errors += data["errors"]
+        else:
+            errors.append(f"consumer {i} wrote no output")
+    late = [r for r in records if r[3] > r[2]]  # the ack started after the lease expired
+    on_time = [r for r in records if r[4] < r[2]]  # the ack returned before it expired
+    late_accepted = [r for r in late if r[5] == "ok"]
+    on_time_refused = [r for r in on_time if r[5] != "ok"]
+    completions = Counter(r[0] for r in records if r[5] == "ok")
+    counts = queue_counts(db)
+    refusals = Counter(r[5] for r in records if r[5] != "ok")
+    run.info(name, "messages / consumers / lease (s)", f"{total} / {consumers} / {lease}")
+    run.expect(name, "consumers exited cleanly", codes, [0] * consumers)
+    run.info(
+        name,
+        "acks tried (late / on time / too close to call)",
+        f"{len(records)} ({len(late)} / {len(on_time)} / {len(records) - len(late) - len(on_time)})",
+    )
+    run.info(name, "late acks refused, by kind", dict(refusals) or 0)
+    run.expect(name, "late acks accepted", len(late_accepted), 0)
+    run.expect(name, "on-time acks refused", len(on_time_refused), 0)
+    run.require(name, "late acks seen (the scenario bites)", len(late), len(late) > 0, "> 0")
+    run.expect(name, "messages never completed", total - len(completions), 0)
+    run.expect(name, "messages completed twice", sum(1 for c in completions.values() if c > 1), 0)
+    run.expect(name, "messages left / dead letters", (counts["left"], counts["dead"]), (0, 0))
+    run.expect(name, "errors", len(errors), 0)
+    for sample in errors[:3]:
+        run.info(name, "  error sample", sample)
+
+
+# -- disk full -----------------------------------------------------------------------------
+
+
+def scenario_diskfull(run: Run) -> None:
+    """RLIMIT_FSIZE: Err DISK_FULL and recovery; then SIGXFSZ kills mid-write."""
+    here = run.workdir / "diskfull"
+    here.mkdir()
+    _diskfull_refused(run, here)
+    _diskfull_killed(run, here)
+
+
+def _diskfull_refused(run: Run, here: Path) -> None:
+    """With SIGXFSZ ignored, a write past the limit is an Err; nothing is lost."""
+    from sqqueue.tools import check
+
+    name = "diskfull"
+    proc = run.spawn(
+        "diskfull", {"db": str(here / "full.db"), "margin": 256 * 1024}, "diskfull/full"
+    )
+    out = b""
+    try:
+        out, _ = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate(timeout=10)
+    report: dict[str, Any] = {}
+    with contextlib.suppress(ValueError):
+        report = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else {}
+    run.expect(name, "SIGXFSZ ignored: child exit code", proc.returncode, 0)
+    run.info(
+        name,
+        "RLIMIT_FSIZE (bytes) / enqueues acknowledged before full",
+        f"{report.get('limit')} / {report.get('acked_before_full')}",
+    )
+    run.expect(name, "first refused write: ErrorKind", report.get("first_error_kind"), "disk_full")
+    text = str(report.get("first_error"))
+    run.require(
+        name, "  its message", text[:160], "full" in text.lower(), "says the disk/limit is full"
+    )
+    refused = report.get("refused_while_full") or {}
+    run.require(
+        name,
+        "later writes while full (10 x 4 KiB, 1 x 1 MiB): refused, by kind",
+        refused,
+        set(refused) == {"disk_full"} and sum(refused.values()) >= 1,
+        "all disk_full",
+    )
+    run.expect(
+        name, "acknowledged messages missing while full", report.get("missing_while_full"), 0
+    )
+    run.expect(
+        name,
+        "enqueues Ok after space returns",
+        f"{report.get('ok_after_space_returns')}/{report.get('tried_after_space_returns')}",
+        "10/10",
+    )
+    run.expect(name, "LOST (acknowledged, never delivered)", report.get("lost"), 0)
+    run.expect(name, "payloads changed", report.get("changed"), 0)
+    run.expect(
+        name,
+        "complete errors after recovery / empty at end",
+        (report.get("complete_errors"), report.get("empty_at_end")),
+        (0, True),
+    )
+    run.expect(
+        name,
+        "PRAGMA integrity_check after",
+        "ok" if not check(here / "full.db") else "damaged",
+        "ok",
+    )
+
+
+def _diskfull_killed(run: Run, here: Path) -> None:
+    """With SIGXFSZ at its default action, the child dies inside a write: no damage."""
+    from sqqueue import SQLiteQueue
+    from sqqueue.tools import check
+
+    name = "diskfull"
+    db = here / "xfsz.db"
+    log = here / "xfsz.log"
+    SQLiteQueue(db, QUEUE).close()
+    rounds = 4 if run.short else 8
+    killed = 0
+    problems: list[str] = []
+    missing = changed = 0
+    acked: dict[int, int] = {}
+    for i in range(rounds):
+        cfg = {
+            "db": str(db),
+            "log": str(log),
+            "margin": random.Random(run.seed + i).choice((48 * 1024, 200 * 1024, 700 * 1024)),
+            "max_payload": 40_000,
+            # Every other round checkpoints often, so the kill also lands in checkpoints.
+            "vacuum_threshold": 5 if i % 2 else 1000,
+            "deadline": time.time() + 30,
+        }
+        proc = run.spawn("xfsz", cfg, f"diskfull/xfsz{i}")
+        code = run.reap(proc, timeout=45)
+        killed += code == -signal.SIGXFSZ
+        lines, _torn = read_log(log)
+        acked = {int(f[1]): int(f[2]) for f in lines if f[0] == "A" and len(f) == 3}
+        problems += check(db)
+        try:
+            with SQLiteQueue(db, QUEUE) as queue:
+                seen = list_payload_crcs(queue)
+        except Exception as exc:
+            problems.append(f"round {i}: cannot open: {exc}")
+            continue
+        missing += sum(1 for ident in acked if ident not in seen)
+        changed += sum(1 for ident, crc in acked.items() if ident in seen and seen[ident] != crc)
+    with SQLiteQueue(db, QUEUE) as queue:
+        works = queue.enqueue(b"after").is_ok()
+        drained = 0
+        for _ in range(1000):
+            got = queue.dequeue_batch(100)
+            if got.is_err() or not got.value:
+                break
+            for message in got.value:
+                drained += queue.complete(message).is_ok()
+        empty = queue.is_empty().unwrap_or(False)
+    run.expect(
+        name,
+        "SIGXFSZ rounds: children killed by SIGXFSZ",
+        f"{killed}/{rounds}",
+        f"{rounds}/{rounds}",
+    )
+    run.info(name, "  acknowledged enqueues across the rounds", len(acked))
+    run.expect(name, "  files failing integrity_check after a kill", len(problems), 0)
+    for sample in problems[:3]:
+        run.info(name, "  problem", sample)
+    run.expect(name, "  LOST (acknowledged, missing after reopen)", missing, 0)
+    run.expect(name, "  payloads changed", changed, 0)
+    run.expect(
+        name,
+        "  enqueue/dequeue/complete work afterwards",
+        (works, empty, drained >= len(acked)),
+        (True, True, True),
+    )
+
+
+def list_payload_crcs(queue: Any) -> dict[int, int]:
+    """id -> CRC-32 of the payload, for every message (of any state) in ``queue``."""
+    seen: dict[int, int] = {}
+    after = 0
+    while True:
+        page = queue.list_messages("all", limit=5000, after_id=after).unwrap()
+        if not page:
+            return seen
+        for entry in page:
+            payload = entry["payload"]
+            if "payload_error" in entry or not isinstance(payload, bytes):
+                seen[entry["id"]] = -1
+            else:
+                seen[entry["id"]] = zlib.crc32(payload)
+        after = page[-1]["id"]
+
+
+# -- power loss ----------------------------------------------------------------------------
+
+
+def _wal_checksum(data: bytes, s0: int, s1: int, order: str) -> tuple[int, int]:
+    words = struct.unpack(f"{order}{len(data) // 4}I", data)
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
+def wal_commits(wal: bytes) -> tuple[int, int, list[int]]:
+    """Parse a WAL file: (page size, end offset of the last valid commit frame, page
+    numbers of the valid frames up to it). Frames after that offset are a torn tail."""
+    if len(wal) < 32:
+        return 0, 0, []
+    magic, _version, page_size, _seq, salt1, salt2, c1, c2 = struct.unpack(">8I", wal[:32])
+    if magic not in (0x377F0682, 0x377F0683):
+        return 0, 0, []
+    order = ">" if magic & 1 else "<"
+    s0, s1 = _wal_checksum(wal[:24], 0, 0, order)
+    if (s0, s1) != (c1, c2):
+        return page_size, 0, []
+    offset, end = 32, 32
+    pages: list[int] = []
+    committed: list[int] = []
+    frame = 24 + page_size
+    while offset + frame <= len(wal):
+        pgno, commit, f1, f2, k1, k2 = struct.unpack(">6I", wal[offset : offset + 24])
+        if (f1, f2) != (salt1, salt2):
+            break
+        s0, s1 = _wal_checksum(
+            wal[offset : offset + 8] + wal[offset + 24 : offset + frame], s0, s1, order
+        )
+        if (s0, s1) != (k1, k2):
+            break
+        pages.append(pgno)
+        offset += frame
+        if commit:
+            end, committed = offset, list(pages)
+    return page_size, end, committed
+
+
+def damage_copy(db: Path, rng: random.Random) -> str:
+    """Make the copy look like a power cut hit mid-write; return what was done.
+
+    * ``tail``: bytes after the last committed WAL frame (never fsynced under FULL) are
+      replaced by garbage of random length: a torn, half-written transaction.
+    * ``torn-pages``: half of a few database pages that have a committed copy in the WAL
+      is overwritten, as if a checkpoint was cut mid-page.
+    * ``as-copied``: left alone (it may still hold an in-flight transaction's frames).
+    """
+    wal_path = Path(f"{db}-wal")
+    variant = rng.choice(("as-copied", "tail", "tail", "torn-pages"))
+    if variant == "as-copied" or not wal_path.exists():
+        return "as-copied"
+    wal = wal_path.read_bytes()
+    page_size, end, committed = wal_commits(wal)
+    if variant == "tail" or page_size == 0:
+        if end == 0:
+            return "as-copied"
+        junk = rng.randbytes(rng.randrange(1, 2 * (24 + page_size)))
+        wal_path.write_bytes(wal[:end] + junk)
+        return "tail"
+    size = db.stat().st_size
+    candidates = sorted({p for p in committed if 1 < p <= size // page_size})
+    if not candidates:
+        return "as-copied"
+    with open(db, "r+b") as f:
+        for pgno in rng.sample(candidates, min(3, len(candidates))):
+            f.seek((pgno - 1) * page_size + page_size // 2)
+            f.write(rng.randbytes(page_size // 2))
+    return "torn-pages"
+
+
+def _stopped(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+    return True  # no /proc: trust the signal
+
+
+@contextlib.contextmanager
+def frozen(procs: list[subprocess.Popen[bytes]]) -> Iterator[None]:
+    """SIGSTOP the writers (an instant: every write() they made is in the page cache)."""
+    for proc in procs:
+        os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        limit = time.time() + 2
+        while not all(_stopped(p.pid) for p in procs) and time.time() < limit:
+            time.sleep(0.001)
+        yield
+    finally:
+        for proc in procs:
+            with contextlib.suppress(OSError):
+                os.kill(proc.pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def pinned(db: Path) -> Iterator[None]:
+    """Hold a read transaction on the live file while copying it.
+
+    A reader keeps writers from restarting (overwriting) the WAL under its snapshot, and a
+    checkpoint only backfills frames that stay in the WAL, so "database, then WAL" is a
+    consistent pair even while writers run. Without this, a checkpoint plus a WAL restart
+    between the two copies pairs an old database with a new WAL: that copy method, not
+    SQLite, would lose data.
+    """
+    conn = sqlite3.connect(db, timeout=30, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM sqqueue_queues").fetchone()
+        yield
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("COMMIT")
+        conn.close()
+
+
+def copy_files(db: Path, dest: Path) -> None:
+    """Copy the database, then its WAL, then its shared-memory index."""
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copyfile(f"{db}{suffix}", f"{dest}{suffix}")
+
+
+@dataclass
+class CopyTally:
+    """What the power-loss copies showed."""
+
+    modes: Counter[str] = field(default_factory=Counter)
+    variants: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    required: int = 0
+    opened: int = 0
+    clean: int = 0
+    missing: int = 0
+    wrong: int = 0
+    resurrected: int = 0
+
+
+def _take_copy(
+    k: int,
+    db: Path,
+    logs: Path,
+    writers: list[subprocess.Popen[bytes]],
+    tally: CopyTally,
+    seed: int,
+) -> None:
+    """Copy the live files (freeze or pinned reader), damage the copy, and check it."""
+    from sqqueue import SQLiteQueue
+    from sqqueue.tools import check
+
+    rng = random.Random(seed * 1000 + k)
+    before = read_ledger(logs)  # what was acknowledged before the copy began
+    acked = dict(before.acked)
+    completed = {i for i, ds in before.deliveries.items() if any(d.acked for d in ds)}
+    dest_dir = db.parent / f"copy{k:02d}"
+    dest_dir.mkdir()
+    dest = dest_dir / db.name
+    mode = "freeze" if k % 2 == 0 else "live"
+    tally.modes[mode] += 1
+    with frozen(writers) if mode == "freeze" else pinned(db):
+        copy_files(db, dest)
+    after = read_ledger(logs)  # consumers may have completed some during the copy
+    worked = {i for i, ds in after.deliveries.items() if any(d.done for d in ds)}
+    variant = damage_copy(dest, rng)
+    tally.variants[variant] += 1
+    label = f"copy {k} ({mode}, {variant})"
+    expected = {i: t for i, t in acked.items() if i not in worked}
+    tally.required += len(expected)
+    try:
+        with SQLiteQueue(dest, QUEUE) as queue:
+            present = list_tokens(queue)
+    except Exception as exc:
+        tally.failures.append(f"{label} did not open: {_one_line(exc)}")
+        return
+    tally.opened += 1
+    problems = check(dest)
+    tally.clean += not problems
+    if problems:
+        tally.failures.append(f"{label}: {problems[:2]}")
+    gone = [i for i in expected if i not in present]
+    back = [i for i in completed if i in present]
+    tally.missing += len(gone)
+    tally.resurrected += len(back)
+    tally.wrong += sum(1 for i, t in expected.items() if i in present and present[i] != t)
+    if gone or back:
+        tally.failures.append(f"{label}: missing {gone[:5]}, resurrected {back[:5]}")
+    if not tally.failures:
+        shutil.rmtree(dest_dir, ignore_errors=True)
+
+
+def scenario_powerloss(run: Run) -> None:
+    """Copy the files at random instants while FULL writers run; each copy must recover."""
+    from sqqueue import SQLiteQueue
+
+    name = "powerloss"
+    here = run.workdir / "powerloss"
+    here.mkdir()
+    logs = here / "logs"
+    logs.mkdir()
+    db = here / "live.db"
+    rng = random.Random(run.seed + 1)
+    SQLiteQueue(db, QUEUE, synchronous="full").close()
+    base = {"db": str(db), "sync": "full", "max_attempts": 1000, "deadline": time.time() + 120}
+    producer = {**base, "pause": 0.0005}
+    consumer = {**base, "log": str(logs / "c0.log"), "lease": 60.0, "wait": 0.5, "work": 0.004}
+    writers = [
+        run.spawn(
+            "producer",
+            {**producer, "log": str(logs / f"p{i}.log"), "tag": f"w{i}"},
+            f"powerloss/p{i}",
+        )
+        for i in range(2)
+    ] + [run.spawn("consumer", consumer, "powerloss/c0")]
+    copies = 10 if run.short else 30
+    tally = CopyTally()
+    time.sleep(1.0)
+    for k in range(copies):
+        time.sleep(rng.uniform(0.1, 0.6))
+        _take_copy(k, db, logs, writers, tally, run.seed)
+    for proc in writers:
+        proc.kill()
+        run.reap(proc)
+    modes, variants = tally.modes, tally.variants
+    run.info(
+        name,
+        "copies (SIGSTOP freeze / live, pinned reader)",
+        f"{modes['freeze']} / {modes['live']}",
+    )
+    run.info(
+        name,
+        "copies cut mid-write (torn WAL tail / torn pages / as copied)",
+        f"{variants['tail']} / {variants['torn-pages']} / {variants['as-copied']}",
+    )
+    run.expect(name, "copies that open", f"{tally.opened}/{copies}", f"{copies}/{copies}")
+    run.expect(
+        name, "copies passing integrity_check", f"{tally.clean}/{copies}", f"{copies}/{copies}"
+    )
+    run.info(name, "acknowledged messages required, summed over copies", tally.required)
+    run.expect(name, "LOST (acknowledged before the copy, missing from it)", tally.missing, 0)
+    run.expect(name, "payloads not matching their acknowledged enqueue", tally.wrong, 0)
+    run.expect(name, "completed before the copy but back in it", tally.resurrected, 0)
+    for sample in tally.failures[:5]:
+        run.info(name, "  failure", sample)
+    noise = run.stderr_noise("powerloss/")
+    run.expect(name, "writer errors (stderr)", len(noise), 0)
+    for line in noise[:3]:
+        run.info(name, "  stderr", line)
+    settings: tuple[tuple[str, Literal["normal", "full"]], ...] = (
+        ("NORMAL", "normal"),
+        ("FULL", "full"),
+    )
+    for label, sync in settings:
+        with SQLiteQueue(here / f"bench-{sync}.db", QUEUE, synchronous=sync) as queue:
+            count, began = 0, time.monotonic()
+            while time.monotonic() - began < 1.0:
+                queue.enqueue("x").unwrap()
+                count += 1
+        run.info(name, f"enqueues/s, 1 process, synchronous={label}", count)
+
+
+def list_tokens(queue: Any) -> dict[int, str]:
+    """id -> producer token of every message in ``queue`` ('!' if its payload is damaged)."""
+    found: dict[int, str] = {}
+    after = 0
+    while True:
+        page = queue.list_messages("all", limit=5000, after_id=after).unwrap()
+        if not page:
+            return found
+        for entry in page:
+            found[entry["id"]] = "!" if "payload_error" in entry else token_of(entry["payload"])
+        after = page[-1]["id"]
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def machine_summary() -> list[str]:
+    """nproc, OS, Python, SQLite and sqqueue versions, load."""
+    import sqqueue
+
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return [
+        f"nproc: {os.cpu_count()}",
+        f"platform: {platform.platform()}",
+        f"python: {platform.python_version()} ({platform.python_implementation()})",
+        f"sqlite: {sqlite3.sqlite_version}",
+        f"sqqueue: {sqqueue.__version__}",
+        f"load average at start: {load}",
+    ]
+
+
+def render_table(rows: list[Row]) -> str:
+    """The figures as a markdown table."""
+    lines = [
+        "| Scenario | Figure | Value | Expected | Result |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        result = "" if r.ok is None else ("PASS" if r.ok else "**FAIL**")
+        value = r.value.replace("|", "\\|")
+        lines.append(f"| {r.scenario} | {r.figure} | {value} | {r.expect} | {result} |")
+    return "\n".join(lines)
+
+
+def render_report(
+    run: Run, command: str, started: dt.datetime, seconds: float, machine: list[str]
+) -> str:
+    """The generated section of the report file."""
+    verdict = "FAILED" if run.failed else "passed"
+    return "\n".join(
+        [
+            BEGIN_MARK,
+            "## Latest torture run",
+            "",
+            f"- command: `{command}`",
+            f"- date: {started.isoformat(timespec='seconds')} ({seconds:.0f} s, {verdict})",
+            *(f"- {line}" for line in machine),
+            "",
+            render_table(run.rows),
+            END_MARK,
+        ]
+    )
+
+
+def write_report(path: Path, section: str) -> None:
+    """Replace the generated section of ``path`` (keeping any prose around it)."""
+    text = path.read_text() if path.exists() else ""
+    if BEGIN_MARK in text and END_MARK in text:
+        head, rest = text.split(BEGIN_MARK, 1)
+        tail = rest.split(END_MARK, 1)[1]
+        text = head + section + tail
+    else:
+        text = (
+            (text.rstrip() + "\n\n" if text.strip() else "# sqqueue reliability\n\n")
+            + section
+            + "\n"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def _command() -> str:
+    exe = Path(sys.executable)
+    with contextlib.suppress(ValueError):
+        exe = exe.relative_to(Path.cwd())
+    return shlex.join([str(exe), *sys.argv])
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Reliability torture test for sqqueue (real processes, SIGKILL, disk "
+        "full, power-loss copies). Exits non-zero if any invariant fails."
+    )
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help=f"any of {', '.join(SCENARIOS)} or all (the default)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="crash duration, seconds (default 60; 20 with --short)",
+    )
+    parser.add_argument(
+        "--short", action="store_true", help="the CI form: crash 20 s, fewer copies"
+    )
+    parser.add_argument("--producers", type=int, default=2)
+    parser.add_argument("--consumers", type=int, default=3)
+    parser.add_argument(
+        "--db-dir",
+        type=Path,
+        default=None,
+        help="where the databases go (default: a temporary directory)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the databases and logs even if every check passes"
+    )
+    parser.add_argument(
+        "--report", type=Path, default=None, help="write the table to this markdown file"
+    )
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args(argv)
+    unknown = [s for s in args.scenarios if s not in (*SCENARIOS, "all")]
+    if unknown:
+        parser.error(f"unknown scenario {unknown[0]!r}; choose from {', '.join(SCENARIOS)}, all")
+    args.scenarios = args.scenarios or ["all"]
+    return args
+
+
+def _raise_on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(f"torture: stopped by signal {signum}")
+
+
+def _watchdog(_signum: int, _frame: FrameType | None) -> None:
+    raise TimeoutError("torture: overall time budget exceeded")
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    chosen = list(SCENARIOS) if "all" in args.scenarios else list(dict.fromkeys(args.scenarios))
+    duration = args.duration if args.duration is not None else (20.0 if args.short else 60.0)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    if args.db_dir is not None:
+        args.db_dir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="sqqueue-torture-", dir=args.db_dir))
+    run = Run(workdir, args.short, duration, args.producers, args.consumers, seed)
+    started = dt.datetime.now(dt.timezone.utc)
+    began = time.monotonic()
+    machine = machine_summary()
+    budget = {
+        "crash": duration + 200,
+        "contention": 200,
+        "stale": 120,
+        "diskfull": 400,
+        "powerloss": 200,
+    }
+    signal.signal(signal.SIGTERM, _raise_on_signal)
+    signal.signal(signal.SIGALRM, _watchdog)
+    signal.alarm(int(sum(budget[s] for s in chosen)))
+    runners = {
+        "crash": scenario_crash,
+        "contention": scenario_contention,
+        "stale": scenario_stale,
+        "diskfull": scenario_diskfull,
+        "powerloss": scenario_powerloss,
+    }
+    print(f"torture: seed {seed}, work directory {workdir}", file=sys.stderr)
+    try:
+        for scenario in chosen:
+            t0 = time.monotonic()
+            print(f"torture: {scenario} ...", file=sys.stderr, flush=True)
+            try:
+                runners[scenario](run)
+            except Exception as exc:
+                run.require(
+                    scenario,
+                    "scenario ran to the end",
+                    f"{type(exc).__name__}: {_one_line(exc)}",
+                    False,
+                    "no exception",
+                )
+            finally:
+                run.kill_all()
+            run.info(scenario, "scenario wall time (s)", f"{time.monotonic() - t0:.1f}")
+            print(
+                f"torture: {scenario} done in {time.monotonic() - t0:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+    finally:
+        signal.alarm(0)
+        run.kill_all()
+    seconds = time.monotonic() - began
+    command = _command()
+    print(f"command: {command}")
+    for line in machine:
+        print(line)
+    print(render_table(run.rows))
+    print(f"\ntotal: {seconds:.0f} s; {'FAILED' if run.failed else 'all invariants hold'}")
+    if args.report is not None:
+        write_report(args.report, render_report(run, command, started, seconds, machine))
+    if run.failed or args.keep:
+        print(f"databases and logs kept in {workdir}", file=sys.stderr)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if run.failed else 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_child":
+        child_main(sys.argv[2], sys.argv[3])
+    else:
+        sys.exit(main(sys.argv[1:]))
