@@ -46,6 +46,7 @@ from .worker import Worker
 
 try:
     import click
+    from rich import box
     from rich.console import Console, Group, RenderableType
     from rich.live import Live
     from rich.progress import (
@@ -134,7 +135,10 @@ def _retry_text(policy: RetryPolicy) -> str:
 
 
 def _when(value: datetime | None) -> str:
-    return "-" if value is None else value.isoformat(timespec="seconds")
+    """ISO-8601 in UTC to the second, for tables: ``2026-01-31T09:15:00Z``."""
+    if value is None:
+        return "-"
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _age(seconds: float | None) -> str:
@@ -308,8 +312,15 @@ def _dead_letter(queue: Queue, message_id: int) -> dict[str, Any] | None:
 # -- rendering ----------------------------------------------------------------------------------
 
 
+_TOTAL_HEADERS = {
+    "dead_lettered": "to DLQ",
+    "lease_expirations": "lease exp.",
+    "ttl_expired": "TTL exp.",
+}
+
+
 def _stats_view(db: str, rows: list[QueueStats], legacy: list[str]) -> RenderableType:
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    now = _when(datetime.now(timezone.utc))
     if not rows:
         text = f"no sqqueue queues in {db}"
         if legacy:
@@ -320,14 +331,15 @@ def _stats_view(db: str, rows: list[QueueStats], legacy: list[str]) -> Renderabl
         key for key in ("pending", "delayed", "waiting", "processing", "dead") if key in first
     ]
     totals = [key for key in first if key.endswith("_total")]
-    counts_table = Table(title=f"{db} at {now}", title_justify="left")
+    counts_table = _table(f"{db} at {now}")
     counts_table.add_column("queue")
     for header in (*states, "oldest", "expiring"):
         counts_table.add_column(header, justify="right")
-    totals_table = Table(title="totals since creation", title_justify="left")
+    totals_table = _table("totals since creation")
     totals_table.add_column("queue")
     for key in totals:
-        totals_table.add_column(key.removesuffix("_total").replace("_", " "), justify="right")
+        short = key.removesuffix("_total")
+        totals_table.add_column(_TOTAL_HEADERS.get(short, short.replace("_", " ")), justify="right")
     for s in rows:
         data = s.to_dict()
         counts_table.add_row(
@@ -358,16 +370,19 @@ def _stats_json(db: str, rows: list[QueueStats], legacy: list[str]) -> dict[str,
     }
 
 
-def _messages_table(title: str, entries: list[dict[str, Any]]) -> Table:
-    table = Table(title=title, title_justify="left")
-    table.add_column("id", justify="right")
-    table.add_column("status")
-    table.add_column("priority", justify="right")
-    table.add_column("attempts", justify="right")
-    table.add_column("enqueued", no_wrap=True)
-    table.add_column("due / lease / dead / done", no_wrap=True)
-    table.add_column("last error", max_width=40)
-    table.add_column("payload", max_width=60)
+def _messages_table(title: str, entries: list[dict[str, Any]], width: int) -> Table:
+    """Messages as rows; narrow terminals leave out the enqueue time (--json has it all)."""
+    wide = width >= 110
+    table = _table(title)
+    table.add_column("id", justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("pri", justify="right", no_wrap=True)
+    table.add_column("tries", justify="right", no_wrap=True)
+    if wide:
+        table.add_column("enqueued", no_wrap=True)
+    table.add_column("due/lease/dead/done", no_wrap=True)
+    table.add_column("last error", max_width=40, min_width=10)
+    table.add_column("payload", max_width=80, min_width=10)
     for entry in entries:
         status = entry["status"]
         moment = {
@@ -379,17 +394,26 @@ def _messages_table(title: str, entries: list[dict[str, Any]]) -> Table:
         attempts = str(entry["attempts"])
         if "max_attempts" in entry:
             attempts += f"/{entry['max_attempts']}"
-        table.add_row(
-            str(entry["id"]),
-            status,
-            str(entry["priority"]),
-            attempts,
-            _when(entry.get("enqueued_at") or entry.get("created_at")),
+        cells = [str(entry["id"]), status, str(entry["priority"]), attempts]
+        if wide:
+            cells.append(_when(entry.get("enqueued_at") or entry.get("created_at")))
+        cells += [
             _when(moment),
             _clip(entry.get("last_error"), 80),
             _clip(_payload_text(entry["payload"]), 120),
-        )
+        ]
+        table.add_row(*cells)
     return table
+
+
+def _table(title: str | None) -> Table:
+    return Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        collapse_padding=True,
+    )
 
 
 def _detail(fields: list[tuple[str, object]]) -> str:
@@ -645,7 +669,8 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         if not entries:
             click.echo(f"no {'' if state == 'all' else state + ' '}messages in queue {queue!r}")
             return
-        _console().print(_messages_table(f"{queue}: {state} messages", entries))
+        console = _console()
+        console.print(_messages_table(f"{queue}: {state} messages", entries, console.width))
         if next_after is not None:
             click.echo(f"next page: --after {next_after}")
 
@@ -937,7 +962,8 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         if not entries:
             click.echo(f"no dead letters in queue {queue!r}")
             return
-        _console().print(_messages_table(f"{queue}: dead letters", entries))
+        console = _console()
+        console.print(_messages_table(f"{queue}: dead letters", entries, console.width))
         if next_after is not None:
             click.echo(f"next page: --after {next_after}")
 
@@ -1253,16 +1279,21 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
             click.echo(_dumps({"config_file": config_file, "settings": settings}))
             return
         click.echo(f"config file: {config_file or 'none'}")
-        table = Table()
-        for header in ("setting", "value", "source", "meaning"):
-            table.add_column(header)
+        table = _table(None)
+        table.add_column("setting", no_wrap=True)
+        table.add_column("value", no_wrap=True)
+        table.add_column("source", no_wrap=True)
+        table.add_column("meaning")
         for name, setting in SETTINGS.items():
             value = resolved.values[name]
             if isinstance(value, RetryPolicy):
                 shown = _retry_text(value)
             else:
                 shown = "-" if value is None else str(value)
-            table.add_row(name, shown, resolved.sources[name], setting.help)
+            source = resolved.sources[name]
+            if source.startswith("file "):
+                source = "file"  # the path is on the first line
+            table.add_row(name, shown, source, setting.help)
         _console().print(table)
 
     @main.command("worker")

@@ -7,6 +7,7 @@ so the queue's clock (injectable in tests) is the only clock.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -326,3 +327,22 @@ def dead_params(row: StoredDeadLetter) -> dict[str, Any]:
         "group_key": row.group_key,
         "prior_attempts": row.prior_attempts,
     }
+
+
+def peek_choice(ready: StoredMessage | None, expired: StoredMessage | None) -> StoredMessage | None:
+    """Which of the ready head and the best expired lease the next claim would deliver.
+
+    An expired lease comes back as if it became visible when its lease ran out.
+    """
+    if expired is not None:
+        assert expired.lease_expires_at is not None
+        expired = dataclasses.replace(
+            expired,
+            visible_at=expired.lease_expires_at,
+            lease_token=None,
+            lease_expires_at=None,
+        )
+    candidates = [m for m in (ready, expired) if m is not None]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda m: (-m.priority, m.visible_at, m.id))

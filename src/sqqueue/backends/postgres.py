@@ -44,6 +44,7 @@ from .base import (
     StoredMessage,
     dead_params,
     import_params,
+    peek_choice,
 )
 
 __all__ = ["SCHEMA_VERSION", "PostgresBackend"]
@@ -583,8 +584,15 @@ class PostgresBackend(Backend):
         return self._write(run)
 
     def peek(self, now: float) -> StoredMessage | None:
-        row = self._read(lambda conn: self._one(conn, "peek", {"now": now}))
-        return None if row is None else _message(row)
+        def run(conn: psycopg.Connection[Any]) -> StoredMessage | None:
+            ready = self._one(conn, "peek", {"now": now})
+            expired = self._one(conn, "peek_expired", {"now": now})
+            return peek_choice(
+                None if ready is None else _message(ready),
+                None if expired is None else _message(expired),
+            )
+
+        return self._read(run)
 
     def is_empty(self) -> bool:
         return bool(self._read(lambda conn: self._one(conn, "is_empty")[0]))

@@ -318,7 +318,14 @@ STATEMENTS = {
     "peek": f"""
         SELECT {COLUMNS} FROM $q
          WHERE status = 'pending' AND visible_at <= %(now)s
+           AND (expires_at IS NULL OR expires_at > %(now)s)
          ORDER BY priority DESC, visible_at, id
+         LIMIT 1""",
+    "peek_expired": f"""
+        SELECT {COLUMNS} FROM $q
+         WHERE status = 'processing' AND lease_expires_at <= %(now)s
+           AND attempts < max_attempts AND (expires_at IS NULL OR expires_at > %(now)s)
+         ORDER BY priority DESC, lease_expires_at, id
          LIMIT 1""",
     "is_empty": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
     "count_pending": """

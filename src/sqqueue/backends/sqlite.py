@@ -36,6 +36,7 @@ from .base import (
     StoredMessage,
     dead_params,
     import_params,
+    peek_choice,
 )
 
 __all__ = ["MIN_SQLITE_VERSION", "SCHEMA_VERSION", "SQLiteBackend", "check_sqlite_version"]
@@ -794,8 +795,14 @@ class SQLiteBackend(Backend):
 
     def peek(self, now: float) -> StoredMessage | None:
         def run(conn: sqlite3.Connection) -> StoredMessage | None:
-            row = conn.execute(self._sql["peek"], {"now": now}).fetchone()
-            return None if row is None else self._with_bodies(conn, [_message(row)])[0]
+            params = {"now": now}
+            ready = conn.execute(self._sql["peek"], params).fetchone()
+            expired = conn.execute(self._sql["peek_expired"], params).fetchone()
+            chosen = peek_choice(
+                None if ready is None else _message(ready),
+                None if expired is None else _message(expired),
+            )
+            return None if chosen is None else self._with_bodies(conn, [chosen])[0]
 
         return self._read_tx(run)
 

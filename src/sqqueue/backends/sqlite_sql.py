@@ -319,7 +319,15 @@ STATEMENTS = {
     "peek": f"""
         SELECT {READ_COLUMNS} FROM $q
          WHERE status = 'pending' AND visible_at <= :now
+           AND (expires_at IS NULL OR expires_at > :now)
          ORDER BY priority DESC, visible_at, id
+         LIMIT 1""",
+    # An expired lease the next claim would fold back (not one on its last attempt).
+    "peek_expired": f"""
+        SELECT {READ_COLUMNS} FROM $q
+         WHERE status = 'processing' AND lease_expires_at <= :now
+           AND attempts < max_attempts AND (expires_at IS NULL OR expires_at > :now)
+         ORDER BY priority DESC, lease_expires_at, id
          LIMIT 1""",
     "is_empty": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
     "count_pending": "SELECT pending_count FROM sqqueue_queues WHERE name = $lit",

@@ -1,0 +1,598 @@
+"""Concurrency and crash tests on real SQLite files: threads, processes, fork, SIGKILL,
+lock contention. Real time is used (bounded); every child runs under a deadline."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sqqueue import DequeueError, EnqueueError, Err, ErrorKind, Ok, SQLiteQueue
+
+TABLE = "jobs"
+CHILD_TIMEOUT = 20.0  # seconds any group of child processes may take, all together
+
+# One script for every child process; the first argument picks the role. Children print
+# "ID <id> ..." for each success and "ERR <kind> <text>" for each Err they get.
+CHILD = r"""
+import os, sys, time
+from sqqueue import SQLiteQueue
+
+role, path = sys.argv[1], sys.argv[2]
+out = sys.stdout
+
+def err(what, result):
+    print(f"ERR {result.error.kind.value} {what}: {result.error}", file=out, flush=True)
+
+if role == "produce":
+    count, tag = int(sys.argv[3]), sys.argv[4]
+    with SQLiteQueue(path, table_name="jobs", lock_timeout=10) as q:
+        for i in range(count):
+            r = q.enqueue({"tag": tag, "i": i})
+            if r.is_ok():
+                print(f"ID {r.value}", file=out)
+            else:
+                err("enqueue", r)
+
+elif role == "consume":
+    flag = sys.argv[3]
+    deadline = time.monotonic() + 15
+    with SQLiteQueue(path, table_name="jobs", lock_timeout=10,
+                     default_visibility_timeout=120) as q:
+        while True:
+            if time.monotonic() > deadline:
+                print("TIMEOUT", file=out)
+                break
+            r = q.dequeue()
+            if r.is_err():
+                err("dequeue", r)
+                continue
+            m = r.value
+            if m is None:
+                if os.path.exists(flag):
+                    e = q.is_empty()
+                    if e.is_err():
+                        err("is_empty", e)
+                    elif e.value:
+                        break
+                time.sleep(0.002)
+                continue
+            c = q.complete(m)
+            if c.is_ok():
+                print(f"ID {m.id} {m.attempts}", file=out)
+            else:
+                err("complete", c)
+
+elif role == "enqueue_until_killed":
+    with SQLiteQueue(path, table_name="jobs") as q:
+        i = 0
+        while True:
+            r = q.enqueue(f"msg-{i}")
+            if r.is_ok():
+                print(f"ID {r.value} {i}", file=out, flush=True)
+            else:
+                err("enqueue", r)
+            i += 1
+
+elif role == "lease_and_hang":
+    q = SQLiteQueue(path, table_name="jobs")
+    r = q.dequeue_batch(int(sys.argv[3]), visibility_timeout=float(sys.argv[4]))
+    if r.is_err():
+        err("dequeue_batch", r)
+    else:
+        expiry = min(m.lease_expires_at.timestamp() for m in r.value)
+        print("LEASED " + " ".join(str(m.id) for m in r.value) + f" UNTIL {expiry!r}",
+              file=out, flush=True)
+    time.sleep(60)
+
+elif role == "hammer":
+    rounds, tag = int(sys.argv[3]), sys.argv[4]
+    enqueued = completed = 0
+    with SQLiteQueue(path, table_name="jobs", lock_timeout=10, vacuum_threshold=25,
+                     default_visibility_timeout=120) as q:
+        for i in range(rounds):
+            for r in (q.enqueue(f"{tag}-{i}"), q.enqueue_batch([f"{tag}-{i}-a", f"{tag}-{i}-b"])):
+                if r.is_ok():
+                    enqueued += 1 if isinstance(r.value, int) else len(r.value)
+                else:
+                    err("enqueue", r)
+            r = q.dequeue_batch(2)
+            if r.is_err():
+                err("dequeue_batch", r)
+                continue
+            for m in r.value:
+                c = q.complete(m)
+                if c.is_ok():
+                    completed += 1
+                else:
+                    err("complete", c)
+    print(f"COUNTS {enqueued} {completed}", file=out, flush=True)
+
+else:
+    raise SystemExit(f"unknown role {role!r}")
+"""
+
+
+def spawn(role: str, *args: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, role, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(procs: list[subprocess.Popen[str]], timeout: float = CHILD_TIMEOUT) -> list[str]:
+    """Wait for every child (within ``timeout`` in total); return their stdouts.
+
+    A child that hangs, crashes or writes to stderr fails the test.
+    """
+    deadline = time.monotonic() + timeout
+    outputs = []
+    try:
+        for proc in procs:
+            remaining = max(0.1, deadline - time.monotonic())
+            out, errout = proc.communicate(timeout=remaining)
+            assert proc.returncode == 0, f"child exited with {proc.returncode}: {errout}"
+            assert errout == "", errout
+            outputs.append(out)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"child processes did not finish within {timeout} s")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return outputs
+
+
+def parse(output: str) -> tuple[list[list[str]], list[str]]:
+    """(fields of each complete "ID" line, every "ERR"/"TIMEOUT" line)."""
+    ids, problems = [], []
+    for line in output.splitlines():
+        if line.startswith("ID "):
+            ids.append(line.split()[1:])
+        elif line.startswith(("ERR", "TIMEOUT")):
+            problems.append(line)
+    return ids, problems
+
+
+def integrity(path: Path) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def all_ids(queue: SQLiteQueue) -> list[int]:
+    statuses = queue.get_all_statuses()
+    assert isinstance(statuses, Ok), statuses
+    return [row["id"] for row in statuses.value]
+
+
+# --------------------------------------------------------------------------------------
+# a. threads sharing one queue object
+# --------------------------------------------------------------------------------------
+
+
+def test_threads_share_one_queue_exactly_once(tmp_path: Path) -> None:
+    """4 producer and 4 consumer threads on one SQLiteQueue: every message is delivered
+    exactly once, with its payload, and no call returns Err."""
+    producers, per_producer = 4, 500
+    total = producers * per_producer
+    queue = SQLiteQueue(tmp_path / "threads.db", table_name=TABLE)
+    lock = threading.Lock()
+    produced: dict[int, Any] = {}
+    consumed: list[tuple[int, Any]] = []
+    errors: list[Any] = []
+    deadline = time.monotonic() + 30
+
+    def produce(p: int) -> None:
+        for i in range(per_producer):
+            payload = {"producer": p, "i": i}
+            result = queue.enqueue(payload)
+            with lock:
+                if isinstance(result, Ok):
+                    produced[result.value] = payload
+                else:
+                    errors.append(result)
+
+    def consume() -> None:
+        while time.monotonic() < deadline:
+            with lock:
+                if len(consumed) >= total or errors:
+                    return
+            result = queue.dequeue()
+            if isinstance(result, Err):
+                with lock:
+                    errors.append(result)
+                continue
+            message = result.value
+            if message is None:
+                time.sleep(0.001)
+                continue
+            done = queue.complete(message)
+            with lock:
+                if isinstance(done, Ok):
+                    consumed.append((message.id, message.payload))
+                else:
+                    errors.append(done)
+
+    threads = [threading.Thread(target=produce, args=(p,)) for p in range(producers)]
+    threads += [threading.Thread(target=consume) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=max(0.1, deadline - time.monotonic()))
+        assert not any(t.is_alive() for t in threads), "threads did not finish in time"
+        assert errors == []
+        assert len(produced) == total
+        ids = [message_id for message_id, _ in consumed]
+        duplicates = [i for i, n in Counter(ids).items() if n > 1]
+        assert duplicates == [], f"delivered more than once: {duplicates[:10]}"
+        assert set(ids) == set(produced)
+        assert all(produced[i] == payload for i, payload in consumed)
+        assert queue.is_empty() == Ok(True)
+    finally:
+        queue.close()
+
+
+# --------------------------------------------------------------------------------------
+# b. separate processes, each with its own SQLiteQueue
+# --------------------------------------------------------------------------------------
+
+
+def test_processes_deliver_each_message_exactly_once(tmp_path: Path) -> None:
+    """2 producer and 3 consumer processes on one file: nothing lost, nothing completed
+    twice, no Err anywhere; long leases mean no redelivery (attempts stay 1)."""
+    path = tmp_path / "procs.db"
+    flag = tmp_path / "producers-done"
+    SQLiteQueue(path, table_name=TABLE).close()  # create the schema once, up front
+    per_producer = 400
+    consumers = [spawn("consume", path, flag) for _ in range(3)]
+    producers = [spawn("produce", path, per_producer, tag) for tag in ("p0", "p1")]
+    producer_out = finish(producers)
+    flag.touch()
+    consumer_out = finish(consumers)
+
+    enqueued, problems = [], []
+    for out in producer_out:
+        lines, bad = parse(out)
+        enqueued += [int(fields[0]) for fields in lines]
+        problems += bad
+    completed = []
+    for out in consumer_out:
+        lines, bad = parse(out)
+        completed += [(int(fields[0]), int(fields[1])) for fields in lines]
+        problems += bad
+
+    assert problems == []
+    assert len(enqueued) == 2 * per_producer == len(set(enqueued))
+    ids = [message_id for message_id, _ in completed]
+    duplicates = [i for i, n in Counter(ids).items() if n > 1]
+    assert duplicates == [], f"completed more than once: {duplicates[:10]}"
+    assert set(ids) == set(enqueued)
+    assert {attempts for _, attempts in completed} == {1}
+    with SQLiteQueue(path, table_name=TABLE) as queue:
+        assert queue.is_empty() == Ok(True)
+        assert queue.get_dead_letters() == Ok([])
+    assert integrity(path) == "ok"
+
+
+# --------------------------------------------------------------------------------------
+# c. a queue object inherited through fork
+# --------------------------------------------------------------------------------------
+
+
+def _forked_consumer(queue: SQLiteQueue, producing_done: Any, out_path: str) -> None:
+    """Runs in a forked child, on the queue object the parent created before the fork."""
+    ids: list[int] = []
+    errors: list[str] = []
+    timed_out = True
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        result = queue.dequeue()
+        if isinstance(result, Err):
+            errors.append(repr(result.error))
+            continue
+        message = result.value
+        if message is None:
+            if producing_done.is_set():
+                empty = queue.is_empty()
+                if isinstance(empty, Err):
+                    errors.append(repr(empty.error))
+                elif empty.value:
+                    timed_out = False
+                    break
+            time.sleep(0.002)
+            continue
+        done = queue.complete(message)
+        if isinstance(done, Ok):
+            ids.append(message.id)
+        else:
+            errors.append(repr(done.error))
+    Path(out_path).write_text(json.dumps({"ids": ids, "errors": errors, "timeout": timed_out}))
+
+
+def test_fork_inherited_queue_works_in_parent_and_children(tmp_path: Path) -> None:
+    """A queue object opened before fork is used by 2 forked children and the parent at
+    once: every message is completed exactly once and nobody sees an Err."""
+    path = tmp_path / "fork.db"
+    queue = SQLiteQueue(path, table_name=TABLE, lock_timeout=10, default_visibility_timeout=120)
+    enqueued: list[int] = []
+    completed: list[int] = []
+    errors: list[Any] = []
+
+    def consume_one() -> None:
+        result = queue.dequeue()
+        if isinstance(result, Err):
+            errors.append(result)
+        elif result.value is not None:
+            done = queue.complete(result.value)
+            if isinstance(done, Ok):
+                completed.append(result.value.id)
+            else:
+                errors.append(done)
+
+    # The parent's connection is open and has been used before the fork.
+    for i in range(50):
+        enqueued.append(queue.enqueue(f"before-{i}").unwrap())
+    consume_one()
+
+    ctx = multiprocessing.get_context("fork")
+    producing_done = ctx.Event()
+    outs = [tmp_path / f"child-{n}.json" for n in range(2)]
+    children = [
+        ctx.Process(target=_forked_consumer, args=(queue, producing_done, str(out))) for out in outs
+    ]
+    try:
+        for child in children:
+            child.start()
+        for i in range(400):
+            result = queue.enqueue(f"during-{i}")
+            if isinstance(result, Ok):
+                enqueued.append(result.value)
+            else:
+                errors.append(result)
+            if i % 4 == 0:
+                consume_one()
+        producing_done.set()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            empty = queue.is_empty()
+            if isinstance(empty, Err):
+                errors.append(empty)
+            elif empty.value:
+                break
+            consume_one()
+        for child in children:
+            child.join(timeout=max(0.1, deadline - time.monotonic()))
+        assert all(child.exitcode == 0 for child in children), [c.exitcode for c in children]
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.kill()
+                child.join()
+
+    assert errors == []
+    reports = [json.loads(out.read_text()) for out in outs]
+    assert [r["errors"] for r in reports] == [[], []]
+    assert [r["timeout"] for r in reports] == [False, False]
+    ids = completed + [i for r in reports for i in r["ids"]]
+    duplicates = [i for i, n in Counter(ids).items() if n > 1]
+    assert duplicates == [], f"completed more than once: {duplicates[:10]}"
+    assert set(ids) == set(enqueued)
+    assert all(r["ids"] for r in reports), "a forked child did no work"
+    # The parent's object is still healthy after its children exited.
+    message_id = queue.enqueue("after").unwrap()
+    message = queue.dequeue().unwrap()
+    assert message is not None
+    assert message.id == message_id
+    assert queue.complete(message) == Ok(None)
+    assert queue.is_empty() == Ok(True)
+    queue.close()
+    assert integrity(path) == "ok"
+
+
+# --------------------------------------------------------------------------------------
+# d. SIGKILL
+# --------------------------------------------------------------------------------------
+
+
+def spawn_logged(role: str, log: Path, *args: object) -> subprocess.Popen[bytes]:
+    """Start a child whose output goes to ``log`` (a file survives the child's kill)."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-c", CHILD, role, *map(str, args)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_for_line(log: Path, prefix: str, proc: subprocess.Popen[bytes], timeout: float) -> str:
+    """The first complete line of ``log`` starting with ``prefix``, within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines(keepends=True):
+            if line.startswith(prefix) and line.endswith("\n"):
+                return line
+        if proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    pytest.fail(f"child did not print {prefix!r} in time: {log.read_text()[-2000:]}")
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_sigkill_keeps_every_acknowledged_enqueue(tmp_path: Path) -> None:
+    """A producer killed with SIGKILL mid-stream: every id it printed (enqueue returned
+    Ok) is in the queue with its payload, and the file passes integrity_check."""
+    path = tmp_path / "killed.db"
+    SQLiteQueue(path, table_name=TABLE).close()
+    log = tmp_path / "producer.log"
+    proc = spawn_logged("enqueue_until_killed", log, path)
+    try:
+        wait_for_line(log, "ID ", proc, 10)
+        time.sleep(1.0)
+    finally:
+        kill(proc)
+    output = log.read_text()
+    assert "Traceback" not in output, output[-2000:]
+    # Only whole lines count: the last one may have been cut by the kill.
+    lines, problems = parse(output[: output.rfind("\n") + 1])
+    assert problems == []
+    printed = {int(f[0]): f"msg-{f[1]}" for f in lines}
+    assert len(printed) > 10, "the child enqueued almost nothing before the kill"
+
+    assert integrity(path) == "ok"
+    with SQLiteQueue(path, table_name=TABLE) as queue:
+        stored = all_ids(queue)
+        missing = sorted(set(printed) - set(stored))
+        assert missing == [], f"acknowledged enqueues lost: {missing[:10]}"
+        # At most the one enqueue in flight when the kill landed is extra.
+        assert len(stored) - len(printed) in (0, 1)
+        payloads: dict[int, Any] = {}
+        while True:
+            batch = queue.dequeue_batch(1000).unwrap()
+            if not batch:
+                break
+            payloads.update((m.id, m.payload) for m in batch)
+        assert {i: payloads[i] for i in printed} == printed
+    assert integrity(path) == "ok"
+
+
+def test_sigkilled_consumer_leases_are_delivered_again(tmp_path: Path) -> None:
+    """A consumer killed with SIGKILL while holding leases: its messages are not handed
+    out while the leases live, and are delivered again (attempt 2) once they expire."""
+    path = tmp_path / "leases.db"
+    with SQLiteQueue(path, table_name=TABLE) as queue:
+        ids = queue.enqueue_batch([f"job-{i}" for i in range(10)]).unwrap()
+    lease = 1.5
+    log = tmp_path / "consumer.log"
+    proc = spawn_logged("lease_and_hang", log, path, 5, lease)
+    try:
+        line = wait_for_line(log, "LEASED ", proc, 10)
+    finally:
+        kill(proc)
+    words = line.split()
+    leased = {int(w) for w in words[1 : words.index("UNTIL")]}
+    expiry = float(words[-1])
+    assert leased == set(ids[:5])
+
+    with SQLiteQueue(path, table_name=TABLE) as queue:
+        redelivered: dict[int, Any] = {}
+        first_pass = queue.dequeue_batch(10, visibility_timeout=60).unwrap()
+        if time.time() < expiry - 0.1:  # still inside the dead consumer's leases
+            assert {m.id for m in first_pass} == set(ids[5:])
+        for m in first_pass:
+            assert queue.complete(m) == Ok(None)
+            if m.id in leased:
+                redelivered[m.id] = m
+        deadline = expiry + 5.0
+        while set(redelivered) != leased and time.time() < deadline:
+            message = queue.dequeue(visibility_timeout=60).unwrap()
+            if message is None:
+                time.sleep(0.05)
+                continue
+            assert message.id in leased, message
+            assert message.id not in redelivered, f"{message.id} delivered twice"
+            assert time.time() >= expiry, "delivered again before the lease expired"
+            redelivered[message.id] = message
+            assert queue.complete(message) == Ok(None)
+        assert set(redelivered) == leased, "leases of the killed consumer never came back"
+        for message in redelivered.values():
+            assert message.attempts == 2
+            assert message.last_error is not None
+            assert "lease expired" in message.last_error.lower()
+        assert queue.is_empty() == Ok(True)
+    assert integrity(path) == "ok"
+
+
+# --------------------------------------------------------------------------------------
+# e. lock contention
+# --------------------------------------------------------------------------------------
+
+
+def test_two_processes_hammering_writes_never_see_locked(tmp_path: Path) -> None:
+    """Two processes interleave enqueue, enqueue_batch, dequeue_batch and complete (with
+    frequent maintenance) under lock_timeout=10: no Err reaches them, nothing is lost."""
+    path = tmp_path / "hammer.db"
+    SQLiteQueue(path, table_name=TABLE).close()
+    rounds = 250
+    outputs = finish([spawn("hammer", path, rounds, tag) for tag in ("a", "b")])
+    enqueued = completed = 0
+    problems: list[str] = []
+    for out in outputs:
+        _, bad = parse(out)
+        problems += bad
+        counts = [line.split() for line in out.splitlines() if line.startswith("COUNTS")]
+        assert len(counts) == 1, out[-500:]
+        enqueued += int(counts[0][1])
+        completed += int(counts[0][2])
+    assert [p for p in problems if "locked" in p] == [], "LOCKED reached the user"
+    assert problems == []
+    assert enqueued == 2 * rounds * 3
+    with SQLiteQueue(path, table_name=TABLE) as queue:
+        statuses = queue.get_all_statuses().unwrap()
+        assert {row["status"] for row in statuses} <= {"pending"}
+        assert completed + len(statuses) == enqueued
+    assert integrity(path) == "ok"
+
+
+def test_held_write_lock_gives_locked_within_lock_timeout(tmp_path: Path) -> None:
+    """While another connection holds a write transaction longer than lock_timeout=0.3,
+    enqueue and dequeue return Err(LOCKED) after about that long; once the holder
+    commits, both work again and the refused enqueue left nothing behind."""
+    path = tmp_path / "locked.db"
+    queue = SQLiteQueue(path, table_name=TABLE, lock_timeout=0.3)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        queue.enqueue("before").unwrap()
+        holder.execute("BEGIN IMMEDIATE")
+        start = time.monotonic()
+        result = queue.enqueue("while locked")
+        elapsed = time.monotonic() - start
+        assert isinstance(result, Err), result
+        assert isinstance(result.error, EnqueueError)
+        assert result.error.kind is ErrorKind.LOCKED
+        assert 0.2 <= elapsed < 3.0, elapsed
+
+        start = time.monotonic()
+        taken = queue.dequeue()
+        elapsed = time.monotonic() - start
+        assert isinstance(taken, Err), taken
+        assert isinstance(taken.error, DequeueError)
+        assert taken.error.kind is ErrorKind.LOCKED
+        assert elapsed < 3.0, elapsed
+
+        holder.execute("COMMIT")
+        after = queue.enqueue("after")
+        assert isinstance(after, Ok), after
+        payloads = []
+        while (message := queue.dequeue().unwrap()) is not None:
+            payloads.append(message.payload)
+            assert queue.complete(message) == Ok(None)
+        assert payloads == ["before", "after"]
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+        queue.close()
