@@ -38,7 +38,7 @@ from .config import SETTINGS, find_config_file, resolve
 from .exceptions import QueueError
 from .message import Item, Message
 from .names import validate_queue_name
-from .queue import Queue, SQLiteQueue
+from .queue import LISTABLE_STATES, PURGEABLE_STATES, Queue, SQLiteQueue
 from .result import Err, Result
 from .retry import RetryPolicy
 from .stats import QueueStats
@@ -67,8 +67,8 @@ else:
 __all__ = ["main"]
 
 NEEDS = "the sqqueue command needs: pip install 'sqqueue[cli]'"
-LIST_STATES = ("pending", "delayed", "waiting", "processing", "dead", "done", "all")
-PURGE_STATES = ("pending", "delayed", "waiting", "processing", "dead", "done")
+LIST_STATES = LISTABLE_STATES
+PURGE_STATES = PURGEABLE_STATES
 LIVE_STATES = ("pending", "delayed", "waiting", "processing")  # what purge takes by default
 CHUNK = 1000  # messages per enqueue_batch transaction when reading stdin
 

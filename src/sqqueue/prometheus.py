@@ -40,13 +40,14 @@ __all__ = ["Durations", "QueueCollector", "serve"]
 
 logger = logging.getLogger(__name__)
 
-_STATES = ("pending", "delayed", "processing", "dead")
+_STATES = ("pending", "delayed", "waiting", "processing", "dead")
 _TOTALS = (
     ("enqueued", "enqueued_total", "Messages enqueued since the queue was created."),
     ("completed", "completed_total", "Messages completed."),
     ("failed", "failed_total", "Failed attempts (fail_message calls)."),
     ("dead_lettered", "dead_lettered_total", "Messages moved to the dead-letter queue."),
     ("lease_expirations", "lease_expirations_total", "Leases that expired unacknowledged."),
+    ("ttl_expired", "ttl_expired_total", "Messages whose time to live ran out undelivered."),
 )
 
 

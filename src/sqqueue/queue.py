@@ -49,7 +49,14 @@ from .serializers import Codec, Serializer
 from .stats import QueueStats
 from .wakeup import signal_for
 
-__all__ = ["PostgresQueue", "Queue", "SQLiteQueue", "connect"]
+__all__ = [
+    "LISTABLE_STATES",
+    "PURGEABLE_STATES",
+    "PostgresQueue",
+    "Queue",
+    "SQLiteQueue",
+    "connect",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +73,9 @@ MAX_VISIBILITY_TIMEOUT = 7 * 86400.0  # a week; longer work extends its lease
 MAX_ATTEMPTS = 1_000_000
 MAX_BATCH_SIZE = 10_000
 MAX_ID = 2**63 - 1  # SQLite's largest integer
-_LISTABLE_STATES = ("pending", "delayed", "waiting", "processing", "dead", "done", "all")
-_PURGEABLE_STATES = ("pending", "delayed", "waiting", "processing", "dead", "done")
+#: states ``list_messages`` and ``purge`` accept
+LISTABLE_STATES = ("pending", "delayed", "waiting", "processing", "dead", "done", "all")
+PURGEABLE_STATES = ("pending", "delayed", "waiting", "processing", "dead", "done")
 MAX_ERROR_TEXT = 8_192
 _LEASE_MEMORY = 100_000  # leases remembered per queue object for id-only acks
 MAX_WAIT = 86400.0
@@ -1089,9 +1097,9 @@ class Queue:
         """
 
         def run() -> Result[list[dict[str, Any]], QueueError]:
-            if state not in _LISTABLE_STATES:
+            if state not in LISTABLE_STATES:
                 raise QueueError(
-                    f"state must be one of {', '.join(_LISTABLE_STATES)}, got {state!r}",
+                    f"state must be one of {', '.join(LISTABLE_STATES)}, got {state!r}",
                     ErrorKind.INVALID_INPUT,
                 )
             size = _bounded_int(limit, "limit", 1, MAX_BATCH_SIZE)
@@ -1113,7 +1121,7 @@ class Queue:
     def _message_dict(self, row: StoredMessage, now: float, status: str) -> dict[str, Any]:
         entry = self._payload_entry(row)
         if status == "all":
-            status = "processing" if row.lease_expires_at is not None else "pending"
+            status = row.status
             if status == "pending" and row.visible_at > now:
                 status = "delayed"
         entry.update(
@@ -1239,9 +1247,9 @@ class Queue:
             else:
                 states = list(state)
             for item in states:
-                if item not in _PURGEABLE_STATES:
+                if item not in PURGEABLE_STATES:
                     raise QueueError(
-                        f"state must be one of {', '.join(_PURGEABLE_STATES)}, got {item!r}",
+                        f"state must be one of {', '.join(PURGEABLE_STATES)}, got {item!r}",
                         ErrorKind.INVALID_INPUT,
                     )
             now = self._now()

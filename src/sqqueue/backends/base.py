@@ -78,6 +78,7 @@ class StoredMessage:
     group_key: str | None = None
     expires_at: float | None = None
     prior_attempts: int = 0
+    status: str = "pending"  #: pending (incl. delayed), waiting or processing
 
 
 @dataclass(frozen=True, slots=True)

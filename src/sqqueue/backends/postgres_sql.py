@@ -184,7 +184,7 @@ END $$$$""",
 COLUMNS = (
     "id, body_text, body_bytes, encoding, checksum, priority, attempts, max_attempts, "
     "created_at, visible_at, lease_token, lease_expires_at, last_error, group_key, "
-    "expires_at, prior_attempts"
+    "expires_at, prior_attempts, status"
 )
 _COPY = "body_text, body_bytes, encoding, checksum, priority"
 DEAD_COLUMNS = (

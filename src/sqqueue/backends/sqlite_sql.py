@@ -186,7 +186,7 @@ END""",
 COLUMNS = (
     "id, payload, encoding, checksum, priority, attempts, max_attempts, created_at, "
     "visible_at, lease_token, lease_expires_at, last_error, group_key, expires_at, "
-    "prior_attempts"
+    "prior_attempts, status"
 )
 DEAD_COLUMNS = (
     "id, payload, encoding, checksum, priority, attempts, max_attempts, last_error, "

@@ -1,0 +1,838 @@
+"""The ``sqqueue`` command line: every command through click's CliRunner, and the ones
+that run for a while (bulk stdin, worker, metrics server, --watch) as real processes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+from prometheus_client.parser import text_string_to_metric_families
+
+from sqqueue import SQLiteQueue, cli
+
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("SQQUEUE_")}
+ENV["SQQUEUE_CONFIG"] = "none"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No SQQUEUE_* settings or config file from the machine leak into a test."""
+    for key in list(os.environ):
+        if key.startswith("SQQUEUE_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "jobs.db"
+
+
+def run(*args: object, input: str | None = None) -> Result:
+    return CliRunner().invoke(cli.main, [str(a) for a in args], input=input)
+
+
+def seed(db: Path, queue: str = "jobs", payloads: list[Any] | None = None, **kw: Any) -> list[int]:
+    with SQLiteQueue(db, table_name=queue) as q:
+        if not payloads:
+            return []
+        return [q.enqueue(p, **kw).unwrap() for p in payloads]
+
+
+def open_queue(db: Path, queue: str = "jobs") -> SQLiteQueue:
+    return SQLiteQueue(db, table_name=queue)
+
+
+def one_error_line(result: Result) -> str:
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def counts(db: Path, queue: str = "jobs") -> dict[str, int]:
+    with open_queue(db, queue) as q:
+        s = q.stats().unwrap()
+    return {"pending": s.pending, "delayed": s.delayed, "processing": s.processing, "dead": s.dead}
+
+
+def all_commands() -> Iterator[list[str]]:
+    group = cli.main
+    assert isinstance(group, click.Group)
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield [name]
+            for sub in command.commands:
+                yield [name, sub]
+        else:
+            yield [name]
+
+
+# -- help and usage -----------------------------------------------------------------------------
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    """`--help` works for every command and subcommand, and each shows an example."""
+    names = list(all_commands())
+    assert len(names) >= 20
+    for name in names:
+        result = run(*name, "--help")
+        assert result.exit_code == 0, (name, result.output)
+        assert "Example:" in result.stdout, name
+        assert "sqqueue" in result.stdout.split("Example:")[1], name
+
+
+def test_usage_errors_exit_2() -> None:
+    """Click's usage errors (unknown command, missing argument) exit with 2."""
+    assert run("nosuchcommand").exit_code == 2
+    assert run("ls", "only-db.db").exit_code == 2
+    assert run("ls", "x.db", "jobs", "--limit", "0").exit_code == 2
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.exit_code == 0
+    assert "sqqueue" in result.stdout
+
+
+# -- missing files, bad names, unknown queues ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["stats", "{db}"],
+        ["stats", "{db}", "jobs"],
+        ["ls", "{db}", "jobs"],
+        ["peek", "{db}", "jobs"],
+        ["dlq", "list", "{db}", "jobs"],
+        ["dlq", "show", "{db}", "jobs", "1"],
+        ["check", "{db}"],
+        ["dequeue", "{db}", "jobs"],
+        ["complete", "{db}", "jobs", "1"],
+        ["fail", "{db}", "jobs", "1"],
+        ["purge", "{db}", "jobs", "--yes"],
+        ["dlq", "purge", "{db}", "jobs", "--yes"],
+        ["dlq", "redrive", "{db}", "jobs", "--all"],
+        ["vacuum", "{db}"],
+        ["checkpoint", "{db}"],
+        ["migrate", "{db}"],
+        ["salvage", "{db}", "{db}.new"],
+        ["metrics", "serve", "{db}"],
+    ],
+)
+def test_missing_database_fails_without_creating_it(db: Path, args: list[str]) -> None:
+    """Commands that read (or act on existing messages) never create the file."""
+    result = run(*(a.format(db=db) for a in args))
+    assert result.exit_code == 1
+    assert one_error_line(result) == f"error: no database at {db}"
+    assert not db.exists()
+    assert not Path(f"{db}.new").exists()
+
+
+def test_bad_queue_name_is_a_one_line_usage_error(db: Path) -> None:
+    seed(db)
+    for args in (
+        ["ls", db, "bad-name"],
+        ["stats", db, "sqlite_master"],
+        ["enqueue", db, "x_dlq", "hi"],
+        ["config", "--queue", "1abc"],
+    ):
+        result = run(*args)
+        assert result.exit_code == 2, args
+        assert "invalid queue name" in one_error_line(result)
+    assert counts(db)["pending"] == 0
+
+
+def test_unknown_queue_is_named_with_the_queues_there(db: Path) -> None:
+    """A read on a queue that does not exist fails and does not create it."""
+    seed(db, "jobs")
+    seed(db, "emails")
+    result = run("peek", db, "nosuch")
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert "no queue 'nosuch'" in line
+    assert "emails, jobs" in line
+    assert SQLiteQueue.list_queues(db).unwrap() == ["emails", "jobs"]
+
+
+def test_not_a_database_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite" * 100)
+    result = run("stats", junk)
+    assert result.exit_code == 1
+    one_error_line(result)
+
+
+def test_directory_is_not_a_database(tmp_path: Path) -> None:
+    result = run("stats", tmp_path)
+    assert result.exit_code == 1
+    assert "is a directory" in one_error_line(result)
+
+
+# -- enqueue ------------------------------------------------------------------------------------
+
+
+def test_enqueue_text_and_json_payloads_with_options(db: Path) -> None:
+    """A plain payload is stored as text, --json parses it; options reach the message."""
+    first = run("enqueue", db, "jobs", "hello")
+    assert first.exit_code == 0, first.output
+    assert first.stdout.strip() == "1"
+    second = run(
+        "enqueue", db, "jobs", '{"to": "ada", "n": 1}', "--json", "--priority", "7",
+        "--max-attempts", "3",
+    )  # fmt: skip
+    assert second.stdout.strip() == "2"
+    third = run("enqueue", db, "jobs", "42", "--delay", "3600")
+    assert third.stdout.strip() == "3"
+    with open_queue(db) as q:
+        entries = {e["id"]: e for e in q.list_messages("all").unwrap()}
+    assert entries[1]["payload"] == "hello"
+    assert entries[2]["payload"] == {"to": "ada", "n": 1}
+    assert entries[2]["priority"] == 7
+    assert entries[2]["max_attempts"] == 3
+    assert entries[3]["payload"] == "42"  # text: no --json
+    assert entries[3]["status"] == "delayed"
+
+
+def test_enqueue_creates_the_database_and_queue(tmp_path: Path) -> None:
+    target = tmp_path / "new.db"
+    result = run("enqueue", target, "fresh", "x")
+    assert result.exit_code == 0
+    assert SQLiteQueue.list_queues(target).unwrap() == ["fresh"]
+
+
+def test_enqueue_invalid_json_argument_is_a_usage_error(db: Path) -> None:
+    result = run("enqueue", db, "jobs", "{not json", "--json")
+    assert result.exit_code == 2
+    assert "not valid JSON" in one_error_line(result)
+    assert not db.exists()
+
+
+def test_enqueue_error_from_the_library_exits_1(tmp_path: Path) -> None:
+    """A file in a directory that does not exist: the constructor's ValueError, one line."""
+    result = run("enqueue", tmp_path / "nodir" / "x.db", "jobs", "hi")
+    assert result.exit_code == 1
+    one_error_line(result)
+
+
+def test_enqueue_bytes_round_trip_through_json(db: Path) -> None:
+    """{"$bytes": base64} in means bytes stored, and the same marker comes back out."""
+    raw = bytes(range(256))
+    marker = json.dumps({"$bytes": base64.b64encode(raw).decode()})
+    assert run("enqueue", db, "jobs", marker, "--json").exit_code == 0
+    with open_queue(db) as q:
+        assert q.peek().unwrap().payload == raw  # type: ignore[union-attr]
+    shown = json.loads(run("peek", db, "jobs", "--json").stdout)
+    assert base64.b64decode(shown["payload"]["$bytes"]) == raw
+
+
+def test_enqueue_bulk_from_stdin_in_chunks(db: Path) -> None:
+    """'-' reads one message per line (blank lines skipped) across several transactions."""
+    lines = [f"line {n}" for n in range(2500)]
+    text = "\n".join(lines[:10]) + "\n\n   \n" + "\n".join(lines[10:]) + "\n"
+    result = run("enqueue", db, "jobs", "-", "--priority", "2", input=text)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "enqueued 2500 message(s) to queue 'jobs'"
+    assert result.stderr == ""  # no progress bar: stderr is not a terminal
+    with open_queue(db) as q:
+        page = q.list_messages("pending", limit=10_000).unwrap()
+    assert [e["payload"] for e in page] == lines
+    assert {e["priority"] for e in page} == {2}
+
+
+def test_enqueue_bulk_json_bad_line_reports_the_line(db: Path) -> None:
+    """Chunks before the bad line are committed; the error names the line and says so."""
+    good = [json.dumps({"n": n}) for n in range(1000)]
+    text = "\n".join([*good, '{"n": 1000}', "{oops"]) + "\n"
+    result = run("enqueue", db, "jobs", "-", "--json", input=text)
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert "line 1002" in line
+    assert "1000 message(s)" in line
+    assert counts(db)["pending"] == 1000
+
+
+def test_enqueue_bulk_shows_progress_on_a_terminal(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "_show_progress", lambda: True)
+    result = run("enqueue", db, "jobs", "-", input="a\nb\nc\n")
+    assert result.exit_code == 0
+    assert "enqueueing" in result.stderr
+    assert counts(db)["pending"] == 3
+
+
+def test_enqueue_group_ttl_and_dedup_key(db: Path) -> None:
+    first = run("enqueue", db, "jobs", "a", "--dedup-key", "k1", "--group", "g", "--ttl", "60")
+    again = run("enqueue", db, "jobs", "b", "--dedup-key", "k1")
+    assert first.stdout == again.stdout == "1\n"  # the duplicate returns the original id
+    shown = json.loads(run("peek", db, "jobs", "--json").stdout)
+    assert shown["group"] == "g"
+    assert shown["expires_at"] is not None
+    bulk = run("enqueue", db, "jobs", "-", "--dedup-key", "k", input="x\n")
+    assert bulk.exit_code == 2
+
+
+# -- stats --------------------------------------------------------------------------------------
+
+
+def test_stats_table_and_json(db: Path) -> None:
+    seed(db, "jobs", ["a", "b", "c"])
+    seed(db, "jobs", ["later"], delay=3600)
+    seed(db, "emails", ["e"])
+    with open_queue(db) as q:
+        taken = q.dequeue().unwrap()
+        assert taken is not None
+        q.fail_message(q.dequeue().unwrap(), send_to_dlq=True, error="boom").unwrap()  # type: ignore[arg-type]
+    table = run("stats", db)
+    assert table.exit_code == 0, table.output
+    assert "jobs" in table.stdout and "emails" in table.stdout
+    assert "totals since creation" in table.stdout
+    data = json.loads(run("stats", db, "--json").stdout)
+    jobs = data["queues"]["jobs"]
+    assert (jobs["pending"], jobs["delayed"], jobs["processing"], jobs["dead"]) == (1, 1, 1, 1)
+    assert jobs["enqueued_total"] == 4
+    assert jobs["expiring_soon"] == 0
+    assert data["queues"]["emails"]["pending"] == 1
+    assert data["db_bytes"] > 0
+    assert data["at"].endswith("+00:00")
+    one = json.loads(run("stats", db, "emails", "--json").stdout)
+    assert list(one["queues"]) == ["emails"]
+
+
+def test_stats_of_a_file_without_queues(tmp_path: Path) -> None:
+    import sqlite3
+
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).execute("CREATE TABLE t (x)").connection.close()
+    result = run("stats", empty)
+    assert result.exit_code == 0
+    assert "no sqqueue queues" in result.stdout
+    assert json.loads(run("stats", empty, "--json").stdout)["queues"] == {}
+
+
+def test_stats_watch_refreshes_until_interrupted(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--watch prints a snapshot per interval (NDJSON with --json) and Ctrl-C exits 0."""
+    seed(db, "jobs", ["a"])
+    calls: list[float] = []
+
+    def pause(seconds: float) -> None:
+        calls.append(seconds)
+        seed(db, "jobs", ["more"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_pause", pause)
+    result = run("stats", db, "jobs", "--json", "--watch=0.5")
+    assert result.exit_code == 0, result.output
+    snapshots = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [s["queues"]["jobs"]["pending"] for s in snapshots] == [1, 2, 3]
+    assert calls == [0.5, 0.5, 0.5]
+    calls.clear()
+    table = run("stats", db, "--watch")
+    assert table.exit_code == 0
+    assert table.stdout.count("totals since creation") == 3
+    assert calls == [2.0, 2.0, 2.0]
+
+
+# -- ls and peek --------------------------------------------------------------------------------
+
+
+def test_ls_pages_and_states(db: Path) -> None:
+    seed(db, "jobs", [f"m{n}" for n in range(5)])
+    seed(db, "jobs", ["later"], delay=3600)
+    first = run("ls", db, "jobs", "--limit", "2")
+    assert first.exit_code == 0
+    assert "m0" in first.stdout and "m1" in first.stdout and "m2" not in first.stdout
+    assert "next page: --after 2" in first.stdout
+    page = json.loads(run("ls", db, "jobs", "--limit", "2", "--after", "2", "--json").stdout)
+    assert [m["id"] for m in page["messages"]] == [3, 4]
+    assert page["next_after"] == 4
+    last = json.loads(run("ls", db, "jobs", "--limit", "2", "--after", "4", "--json").stdout)
+    assert [m["id"] for m in last["messages"]] == [5, 6] and last["next_after"] == 6
+    end = json.loads(run("ls", db, "jobs", "--limit", "2", "--after", "6", "--json").stdout)
+    assert end["messages"] == [] and end["next_after"] is None
+    delayed = json.loads(run("ls", db, "jobs", "--state", "delayed", "--json").stdout)
+    assert [m["payload"] for m in delayed["messages"]] == ["later"]
+    assert delayed["messages"][0]["visible_at"].endswith("+00:00")
+    none = run("ls", db, "jobs", "--state", "dead")
+    assert none.exit_code == 0 and "no dead messages" in none.stdout
+    assert run("ls", db, "jobs", "--state", "bogus").exit_code == 2
+
+
+def test_peek_does_not_lease(db: Path) -> None:
+    seed(db, "jobs", [{"k": "v"}])
+    result = run("peek", db, "jobs")
+    assert result.exit_code == 0
+    assert "id:" in result.stdout and '"k": "v"' in result.stdout
+    assert counts(db)["processing"] == 0
+    data = json.loads(run("peek", db, "jobs", "--json").stdout)
+    assert data["payload"] == {"k": "v"} and data["attempts"] == 0
+    seed(db, "empty")
+    assert "no message ready" in run("peek", db, "empty").stdout
+    assert run("peek", db, "empty", "--json").stdout.strip() == "null"
+
+
+# -- dequeue, complete, fail --------------------------------------------------------------------
+
+
+def test_dequeue_leaves_the_message_leased_then_complete(db: Path) -> None:
+    seed(db, "jobs", ["first", {"n": 2}])
+    out = run("dequeue", db, "jobs")
+    assert out.exit_code == 0
+    assert out.stdout == "1\tfirst\n"
+    assert counts(db)["processing"] == 1
+    data = json.loads(run("dequeue", db, "jobs", "--json", "--visibility-timeout", "30").stdout)
+    assert data["id"] == 2 and data["payload"] == {"n": 2} and data["attempts"] == 1
+    assert data["lease_expires_at"].endswith("+00:00")
+    done = run("complete", db, "jobs", "1")
+    assert done.exit_code == 0 and done.stdout == "completed message 1\n"
+    again = run("complete", db, "jobs", "1")
+    assert again.exit_code == 1
+    assert "not in queue 'jobs'" in one_error_line(again)
+    assert counts(db) == {"pending": 0, "delayed": 0, "processing": 1, "dead": 0}
+
+
+def test_dequeue_on_an_empty_queue_prints_nothing(db: Path) -> None:
+    seed(db, "jobs")
+    plain = run("dequeue", db, "jobs")
+    assert plain.exit_code == 0 and plain.stdout == ""
+    assert run("dequeue", db, "jobs", "--json").stdout.strip() == "null"
+    waited = run("dequeue", db, "jobs", "--wait", "0.2")
+    assert waited.exit_code == 0 and waited.stdout == ""
+
+
+def test_complete_a_pending_message_is_refused(db: Path) -> None:
+    seed(db, "jobs", ["x"])
+    result = run("complete", db, "jobs", "1")
+    assert result.exit_code == 1
+    assert "pending" in one_error_line(result)
+    assert counts(db)["pending"] == 1
+
+
+def test_fail_retries_or_dead_letters(db: Path) -> None:
+    seed(db, "jobs", ["a", "b"], max_attempts=3)
+    run("dequeue", db, "jobs")
+    retried = run("fail", db, "jobs", "1", "--error", "smtp timeout")
+    assert retried.exit_code == 0
+    assert "will be retried" in retried.stdout
+    run("dequeue", db, "jobs")  # id 2 (1 went to the back)
+    dead = run("fail", db, "jobs", "2", "--dlq", "--error", "bad address")
+    assert "dead-letter queue" in dead.stdout
+    with open_queue(db) as q:
+        entries = {e["id"]: e for e in q.list_messages("all").unwrap()}
+        letters = q.get_dead_letters().unwrap()
+    assert entries[1]["last_error"] == "smtp timeout"
+    assert [(d["id"], d["last_error"]) for d in letters] == [(2, "bad address")]
+    unknown = run("fail", db, "jobs", "99")
+    assert unknown.exit_code == 1
+    assert "99" in one_error_line(unknown)
+
+
+# -- the dead-letter queue ----------------------------------------------------------------------
+
+
+def make_dead(db: Path, count: int, queue: str = "jobs") -> list[int]:
+    ids = seed(db, queue, [f"bad {n}" for n in range(count)])
+    with open_queue(db, queue) as q:
+        for ident in ids:
+            q.fail_message(ident, send_to_dlq=True, error=f"error {ident}").unwrap()
+    return ids
+
+
+def test_dlq_list_and_show(db: Path) -> None:
+    make_dead(db, 3)
+    listed = run("dlq", "list", db, "jobs")
+    assert listed.exit_code == 0
+    assert "error 2" in listed.stdout and "bad 1" in listed.stdout
+    data = json.loads(run("dlq", "list", db, "jobs", "--json", "--limit", "2").stdout)
+    assert [m["id"] for m in data["messages"]] == [1, 2] and data["next_after"] == 2
+    assert data["messages"][0]["dead_at"].endswith("+00:00")
+    shown = run("dlq", "show", db, "jobs", "2")
+    assert shown.exit_code == 0
+    assert "last error:  error 2" in shown.stdout and "bad 1" in shown.stdout
+    assert json.loads(run("dlq", "show", db, "jobs", "3", "--json").stdout)["id"] == 3
+    missing = run("dlq", "show", db, "jobs", "9")
+    assert missing.exit_code == 1
+    assert "not in the dead-letter queue" in one_error_line(missing)
+    seed(db, "clean")
+    assert "no dead letters" in run("dlq", "list", db, "clean").stdout
+
+
+def test_dlq_redrive_ids_all_and_errors(db: Path) -> None:
+    make_dead(db, 4)
+    some = run("dlq", "redrive", db, "jobs", "1", "3")
+    assert some.exit_code == 0, some.output
+    assert some.stdout == "redrove 2 message(s) to queue 'jobs'\n"
+    assert counts(db)["pending"] == 2 and counts(db)["dead"] == 2
+    unknown = run("dlq", "redrive", db, "jobs", "1")
+    assert unknown.exit_code == 1
+    one_error_line(unknown)
+    assert run("dlq", "redrive", db, "jobs").exit_code == 2
+    assert run("dlq", "redrive", db, "jobs", "2", "--all").exit_code == 2
+    everything = run("dlq", "redrive", db, "jobs", "--all")
+    assert everything.exit_code == 0
+    assert counts(db) == {"pending": 4, "delayed": 0, "processing": 0, "dead": 0}
+    with open_queue(db) as q:
+        assert {e["id"] for e in q.list_messages("pending").unwrap()} == {1, 2, 3, 4}
+
+
+def test_dlq_redrive_to_another_queue_with_progress(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli, "_show_progress", lambda: True)
+    make_dead(db, 3)
+    result = run("dlq", "redrive", db, "jobs", "--all", "--to", "retry_jobs")
+    assert result.exit_code == 0, result.output
+    assert "redriving" in result.stderr
+    assert counts(db, "retry_jobs")["pending"] == 3
+    assert counts(db)["dead"] == 0
+
+
+def test_dlq_purge_needs_confirmation(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_dead(db, 2)
+    refused = run("dlq", "purge", db, "jobs")
+    assert refused.exit_code == 2
+    assert "--yes" in one_error_line(refused)
+    monkeypatch.setattr(cli, "_stdin_interactive", lambda: True)
+    declined = run("dlq", "purge", db, "jobs", input="n\n")
+    assert declined.exit_code == 1
+    assert "aborted" in declined.stderr
+    assert counts(db)["dead"] == 2
+    recent = run("dlq", "purge", db, "jobs", "--older-than", "3600", "--yes")
+    assert recent.stdout == "deleted 0 dead letter(s) from queue 'jobs'\n"
+    accepted = run("dlq", "purge", db, "jobs", input="y\n")
+    assert accepted.exit_code == 0
+    assert "deleted 2 dead letter(s)" in accepted.stdout
+    assert counts(db)["dead"] == 0
+
+
+def test_purge_states_and_confirmation(db: Path) -> None:
+    seed(db, "jobs", ["a", "b"])
+    seed(db, "jobs", ["later"], delay=3600)
+    make_dead(db, 1)
+    refused = run("purge", db, "jobs")
+    assert refused.exit_code == 2
+    assert "not a terminal" in one_error_line(refused)
+    assert counts(db)["pending"] == 2
+    delayed = run("purge", db, "jobs", "--state", "delayed", "--yes")
+    assert delayed.stdout == "deleted 1 message(s) from queue 'jobs'\n"
+    default = run("purge", db, "jobs", "--yes")
+    assert default.stdout == "deleted 2 message(s) from queue 'jobs'\n"
+    assert counts(db)["dead"] == 1  # the default keeps dead letters
+    everything = run("purge", db, "jobs", "--state", "all", "-y")
+    assert everything.stdout == "deleted 1 message(s) from queue 'jobs'\n"
+    assert counts(db) == {"pending": 0, "delayed": 0, "processing": 0, "dead": 0}
+
+
+# -- the file -----------------------------------------------------------------------------------
+
+
+def test_vacuum_and_checkpoint(db: Path) -> None:
+    seed(db, "jobs", ["x" * 500] * 200)
+    with open_queue(db) as q:
+        q.purge().unwrap()
+    vacuumed = run("vacuum", db)
+    assert vacuumed.exit_code == 0
+    assert vacuumed.stdout.startswith(f"vacuumed {db}: ")
+    checkpointed = run("checkpoint", db)
+    assert checkpointed.exit_code == 0
+    assert checkpointed.stdout.rstrip().endswith("-> 0 B")
+
+
+def test_vacuum_needs_a_queue(tmp_path: Path) -> None:
+    import sqlite3
+
+    plain = tmp_path / "plain.db"
+    sqlite3.connect(plain).execute("CREATE TABLE t (x)").connection.close()
+    result = run("vacuum", plain)
+    assert result.exit_code == 1
+    assert "no sqqueue queues" in one_error_line(result)
+
+
+def damage(path: Path) -> None:
+    with path.open("r+b") as handle:
+        size = path.stat().st_size
+        for page in range(2, size // 4096):
+            handle.seek(page * 4096 + 8)
+            handle.write(b"\x07" * 64)
+
+
+def test_check_healthy_and_damaged(db: Path, tmp_path: Path) -> None:
+    seed(db, "jobs", ["x" * 200] * 300)
+    healthy = run("check", db)
+    assert healthy.exit_code == 0
+    assert healthy.stdout.startswith("ok:")
+    damage(db)
+    broken = run("check", db)
+    assert broken.exit_code == 1
+    assert "damaged" in one_error_line(broken)
+    assert broken.stdout.strip()  # the problems themselves
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"x" * 5000)
+    assert run("check", junk).exit_code == 1
+
+
+def test_salvage_copies_and_refuses_an_existing_target(db: Path, tmp_path: Path) -> None:
+    seed(db, "jobs", ["a", "b"])
+    make_dead(db, 1, "emails")
+    target = tmp_path / "rescued.db"
+    result = run("salvage", db, target)
+    assert result.exit_code == 0, result.output
+    assert "jobs: 2 message(s), 0 dead letter(s)" in result.stdout
+    assert "emails: 0 message(s), 1 dead letter(s)" in result.stdout
+    assert counts(target)["pending"] == 2
+    again = run("salvage", db, target)
+    assert again.exit_code == 1
+    assert "already exists" in one_error_line(again)
+
+
+def test_migrate_legacy_queues(legacy_db: Path) -> None:
+    result = run("migrate", legacy_db)
+    assert result.exit_code == 0, result.output
+    names = result.stdout.split()
+    assert names
+    assert set(names) <= set(SQLiteQueue.list_queues(legacy_db).unwrap())
+    again = run("migrate", legacy_db)
+    assert "nothing to migrate" in again.stdout
+
+
+# -- config -------------------------------------------------------------------------------------
+
+
+def test_config_shows_value_and_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "sqqueue.toml").write_text(
+        "default_visibility_timeout = 60\n\n[queues.emails]\ndefault_max_attempts = 10\n"
+    )
+    monkeypatch.setenv("SQQUEUE_LOCK_TIMEOUT", "5")
+    data = json.loads(run("config", "--queue", "emails", "--json").stdout)
+    settings = data["settings"]
+    assert data["config_file"].endswith("sqqueue.toml")
+    assert settings["lock_timeout"] == {"value": 5.0, "source": "env SQQUEUE_LOCK_TIMEOUT"}
+    assert settings["default_visibility_timeout"]["value"] == 60.0
+    assert settings["default_visibility_timeout"]["source"].startswith("file ")
+    assert settings["default_max_attempts"]["value"] == 10
+    assert settings["table_name"] == {"value": "emails", "source": "argument"}
+    assert settings["default_priority"] == {"value": 0, "source": "default"}
+    assert settings["retry"]["value"] == "immediate"
+    other = json.loads(run("config", "--json").stdout)["settings"]
+    assert other["default_max_attempts"] == {"value": 5, "source": "default"}
+    table = run("config")
+    assert table.exit_code == 0
+    assert "config file:" in table.stdout and "env SQQUEUE_LOCK_TIMEOUT" in table.stdout
+
+
+def test_config_bad_value_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SQQUEUE_LOCK_TIMEOUT", "soon")
+    result = run("config")
+    assert result.exit_code == 1
+    assert "lock_timeout" in one_error_line(result)
+
+
+# -- worker and metrics: argument errors (the running parts are process tests below) -------------
+
+
+def test_worker_handler_errors(db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bad MODULE:FUNC targets fail with one line and never open the database."""
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the command adds the working dir
+    monkeypatch.delitem(sys.modules, "handlers", raising=False)
+    (tmp_path / "handlers.py").write_text("VALUE = 3\ndef handle(message):\n    return None\n")
+    cases = {
+        "handlers": 2,  # no colon
+        "no_such_module:handle": 1,
+        "handlers:missing": 1,
+        "handlers:VALUE": 1,  # not callable
+    }
+    for target, code in cases.items():
+        result = run("worker", target, db, "jobs")
+        assert result.exit_code == code, (target, result.output)
+        one_error_line(result)
+    assert not db.exists()
+    assert run("worker", "handlers:handle", db, "jobs", "--concurrency", "0").exit_code == 2
+
+
+def test_metrics_serve_unknown_queue(db: Path) -> None:
+    seed(db, "jobs")
+    result = run("metrics", "serve", db, "--queue", "nope")
+    assert result.exit_code == 1
+    assert "no queue 'nope'" in one_error_line(result)
+
+
+def test_demo_accounts_for_every_job(tmp_path: Path) -> None:
+    result = run("demo", "--jobs", "20", "--db", tmp_path / "demo.db")
+    assert result.exit_code == 0, result.output
+    assert "every job accounted for" in result.stdout
+
+
+# -- real processes -----------------------------------------------------------------------------
+
+SQQUEUE = [sys.executable, "-m", "sqqueue.cli"]
+
+
+def sqqueue(*args: object, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SQQUEUE, *map(str, args)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=30,
+        **kw,
+    )
+
+
+def test_process_without_click_says_what_to_install() -> None:
+    code = "import sys; sys.modules['click'] = None; from sqqueue.cli import main; main()"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == "the sqqueue command needs: pip install 'sqqueue[cli]'"
+
+
+def test_process_bulk_enqueue_from_a_pipe_then_stats_json(db: Path) -> None:
+    """The installed entry point reads a pipe quietly and stats --json parses."""
+    script = Path(sys.executable).with_name("sqqueue")
+    command = [str(script)] if script.exists() else SQQUEUE
+    lines = "".join(json.dumps({"n": n}) + "\n" for n in range(3000))
+    done = subprocess.run(
+        [*command, "enqueue", str(db), "jobs", "-", "--json"],
+        input=lines,
+        check=False,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "enqueued 3000 message(s) to queue 'jobs'\n"
+    assert done.stderr == ""
+    stats = sqqueue("stats", db, "--json")
+    assert stats.returncode == 0
+    assert json.loads(stats.stdout)["queues"]["jobs"]["pending"] == 3000
+    missing = sqqueue("stats", db.with_name("missing.db"))
+    assert missing.returncode == 1
+    assert missing.stderr == f"error: no database at {db.with_name('missing.db')}\n"
+
+
+def test_process_stats_watch_stops_on_ctrl_c(db: Path) -> None:
+    seed(db, "jobs", ["a"])
+    proc = subprocess.Popen(
+        [*SQQUEUE, "stats", str(db), "--json", "--watch", "0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # blocks until the first snapshot
+        assert json.loads(first)["queues"]["jobs"]["pending"] == 1
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def read_line_within(proc: subprocess.Popen[str], seconds: float) -> str:
+    """The first stdout line of ``proc``, or fail after ``seconds``."""
+    box: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(seconds)
+    assert box and box[0], "no output in time"
+    return box[0]
+
+
+def test_process_worker_runs_handler_and_stops_on_sigterm(db: Path, tmp_path: Path) -> None:
+    """`sqqueue worker MODULE:FUNC` processes messages, dead-letters failures, and exits 0
+    on SIGTERM with nothing left leased."""
+    (tmp_path / "tasks.py").write_text(
+        "import pathlib\n"
+        "def handle(message):\n"
+        "    if message.payload == 'bad':\n"
+        "        raise ValueError('bad payload')\n"
+        "    with open('handled.txt', 'a') as out:\n"
+        "        out.write(message.payload + '\\n')\n"
+    )
+    seed(db, "jobs", ["one", "two", "three", "four"])
+    seed(db, "jobs", ["bad"], max_attempts=1)
+    proc = subprocess.Popen(
+        [*SQQUEUE, "worker", "tasks:handle", str(db), "jobs", "--concurrency", "2"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if counts(db) == {"pending": 0, "delayed": 0, "processing": 0, "dead": 1}:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    handled = (tmp_path / "handled.txt").read_text().split()
+    assert sorted(handled) == ["four", "one", "three", "two"]
+    assert "worker stopped: 4 completed, 1 failed (1 dead-lettered" in err
+    with open_queue(db) as q:
+        assert q.get_dead_letters().unwrap()[0]["last_error"] == "ValueError: bad payload"
+
+
+def test_process_metrics_serve_answers_on_loopback(db: Path) -> None:
+    seed(db, "jobs", ["a", "b"])
+    seed(db, "emails", ["c"])
+    proc = subprocess.Popen(
+        [*SQQUEUE, "metrics", "serve", str(db), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        line = read_line_within(proc, 15)
+        url = line.split()[1]
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    pending = {
+        s.labels["queue"]: s.value
+        for s in families["sqqueue_messages"].samples
+        if s.labels["state"] == "pending"
+    }
+    assert pending == {"jobs": 2.0, "emails": 1.0}
+    assert "sqqueue_enqueued" in families
+    assert "sqqueue_oldest_pending_age_seconds" in families
