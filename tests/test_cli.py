@@ -836,3 +836,40 @@ def test_process_metrics_serve_answers_on_loopback(db: Path) -> None:
     assert pending == {"jobs": 2.0, "emails": 1.0}
     assert "sqqueue_enqueued" in families
     assert "sqqueue_oldest_pending_age_seconds" in families
+
+
+# -- copy and migrate --sql ------------------------------------------------------------------
+
+
+def test_copy_between_files_keeps_ids_and_counts(tmp_path: Path) -> None:
+    source, target = tmp_path / "src.db", tmp_path / "dst.db"
+    with SQLiteQueue(source, table_name="emails", default_max_attempts=1) as queue:
+        ids = queue.enqueue_batch(["a", "b", "c"]).unwrap()
+        queue.fail_message(queue.dequeue().unwrap(), error="boom")  # type: ignore[arg-type]
+    result = run("copy", f"sqlite:///{source}", f"sqlite:///{target}")
+    assert result.exit_code == 0, result.output
+    assert "emails: 2 message(s), 1 dead letter(s)" in result.output
+    with SQLiteQueue(target, table_name="emails") as copied:
+        statuses = {s["id"]: s["status"] for s in copied.get_all_statuses().unwrap()}
+    assert statuses == {ids[0]: "dead", ids[1]: "pending", ids[2]: "pending"}
+    again = run("copy", f"sqlite:///{source}", f"sqlite:///{target}")
+    assert again.exit_code == 1
+    assert "not empty" in again.output
+
+
+def test_copy_needs_urls(tmp_path: Path) -> None:
+    result = run("copy", tmp_path / "a.db", "sqlite:///b.db")
+    assert result.exit_code == 2
+    assert "not a URL" in result.output
+
+
+@pytest.mark.parametrize(
+    ("url", "marker"),
+    [("postgresql://db.internal/app", "DOUBLE PRECISION"), ("jobs.db", "AUTOINCREMENT")],
+)
+def test_migrate_sql_prints_ddl_without_connecting(url: str, marker: str) -> None:
+    result = run("migrate", "--sql", url, "--queue", "emails")
+    assert result.exit_code == 0, result.output
+    assert 'CREATE TABLE "emails"' in result.output
+    assert marker in result.output
+    assert run("migrate", "--sql", url).exit_code == 2  # no --queue

@@ -1202,17 +1202,39 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
 
     @main.command()
     @db_arg
-    def migrate(db: str) -> None:
-        """Migrate the sqqueue 0.1.0 queues of DB now.
+    @click.option("--sql", "print_sql", is_flag=True, help="Print the DDL instead of migrating.")
+    @click.option(
+        "--queue",
+        "queues",
+        multiple=True,
+        metavar="NAME",
+        help="With --sql: the queue(s) to print the DDL of (repeatable).",
+    )
+    def migrate(db: str, print_sql: bool, queues: tuple[str, ...]) -> None:
+        """Migrate the sqqueue 0.1.0 queues of DB now, or print the DDL (--sql).
 
-        Prints the names of the queues migrated.
-
-        Opening a queue migrates it anyway; this does them all at once, before a deploy.
+        Without --sql, prints the names of the queues migrated: opening a queue migrates
+        it anyway; this does them all at once, before a deploy. With --sql, DB is a path
+        or a URL (sqlite:///... or postgresql://...) that only picks the dialect: nothing
+        is opened, and the statements that create each --queue are printed, for teams
+        that apply schema changes themselves.
 
         \b
-        Example:
+        Examples:
           sqqueue migrate jobs.db
+          sqqueue migrate --sql postgresql://db.internal/app --queue emails > emails.sql
         """
+        if print_sql:
+            dialect = "postgresql" if db.startswith(("postgresql://", "postgres://")) else "sqlite"
+            if not queues:
+                raise click.UsageError("--sql needs at least one --queue NAME")
+            try:
+                for name in queues:
+                    for statement in tools.schema_sql(dialect, name):
+                        click.echo(statement + ";\n")
+            except (QueueError, ValueError) as exc:
+                raise CliError(str(exc)) from None
+            return
         _require_db(db)
         try:
             done = tools.migrate(db)
@@ -1222,6 +1244,41 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
             click.echo(f"nothing to migrate: no sqqueue 0.1.0 queues in {db}")
         for name in done:
             click.echo(name)
+
+    @main.command()
+    @click.argument("source", metavar="SRC_URL")
+    @click.argument("target", metavar="DST_URL")
+    @click.argument("queues", metavar="[QUEUE]...", nargs=-1)
+    def copy(source: str, target: str, queues: tuple[str, ...]) -> None:
+        """Copy queues from SRC_URL to DST_URL (SQLite to PostgreSQL, or back).
+
+        Pending, delayed and waiting messages, in-flight ones (as pending) and dead
+        letters are copied with their ids, attempts and errors; SRC is left as it is. Every
+        target queue must be empty. The counts are checked after each queue.
+
+        \b
+        Example:
+          sqqueue copy sqlite:///jobs.db postgresql://app@db.internal/app emails
+        """
+        for url in (source, target):
+            if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+                raise click.UsageError(
+                    f"{url!r} is not a URL: use sqlite:///path.db or postgresql://..."
+                )
+        if source.startswith("sqlite:///"):
+            _require_db(source[len("sqlite:///") :])
+        with _progress("copying", known_total=True) as update:
+            try:
+                report = tools.copy_queues(
+                    source,
+                    target,
+                    queues or None,
+                    progress=lambda _name, done, total: update(done, total),
+                )
+            except (QueueError, ValueError, ImportError) as exc:
+                raise CliError(str(exc)) from None
+        for name, counts in report.items():
+            click.echo(f"{name}: {counts['messages']} message(s), {counts['dead']} dead letter(s)")
 
     # -- running things ------------------------------------------------------------------------
 

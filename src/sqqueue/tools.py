@@ -34,6 +34,7 @@ __all__ = [
     "list_queues_at",
     "migrate",
     "salvage",
+    "schema_sql",
 ]
 
 logger = logging.getLogger(__name__)
@@ -371,3 +372,21 @@ def _copy_one(
         )
     dst.wake_waiters()
     return copied
+
+
+def schema_sql(backend: str, queue: str) -> list[str]:
+    """The DDL that creates ``queue`` on ``backend`` ("sqlite" or "postgresql"), without
+    connecting anywhere: for teams that apply schema changes themselves."""
+    name = validate_queue_name(queue)
+    if backend == "sqlite":
+        from .backends import sqlite_sql
+
+        return [s.strip() for s in (sqlite_sql.REGISTRY_DDL, *sqlite_sql.render(name).ddl)]
+    if backend in ("postgresql", "postgres"):
+        from .backends import postgres_sql
+
+        rendered = postgres_sql.render(name)
+        return [s.strip() for s in (*postgres_sql.REGISTRY_DDL, *rendered.ddl)]
+    raise QueueError(
+        f"unknown backend {backend!r}: use 'sqlite' or 'postgresql'", ErrorKind.INVALID_INPUT
+    )
