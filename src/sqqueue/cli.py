@@ -1220,7 +1220,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         that apply schema changes themselves.
 
         \b
-        Examples:
+        Example:
           sqqueue migrate jobs.db
           sqqueue migrate --sql postgresql://db.internal/app --queue emails > emails.sql
         """

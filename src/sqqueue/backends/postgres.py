@@ -34,18 +34,14 @@ from ..names import validate_queue_name
 from ..wakeup import signal_for
 from . import postgres_sql as sql
 from .base import (
-    Backend,
     NewMessage,
-    Outcome,
     Policy,
     StorageError,
     StoredDeadLetter,
     StoredDone,
     StoredMessage,
-    dead_params,
-    import_params,
-    peek_choice,
 )
+from .common import SQLBackend
 
 __all__ = ["SCHEMA_VERSION", "PostgresBackend"]
 
@@ -53,7 +49,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 SCHEMA_VERSION = 1
-_TOTALS = ("enqueued", "completed", "failed", "dead_lettered", "expired", "ttl_expired")
 # Errors after which the whole transaction can simply run again.
 _RETRY = (
     pg_errors.DeadlockDetected,
@@ -113,7 +108,7 @@ def list_postgres_queues(url: str, schema: str | None = None) -> list[str]:
     return [r[0] for r in rows]
 
 
-class PostgresBackend(Backend):
+class PostgresBackend(SQLBackend):
     """One queue in a PostgreSQL database; safe for threads, processes and machines."""
 
     #: waiting consumers also re-check at least this often, in case a NOTIFY was lost
@@ -286,9 +281,6 @@ class PostgresBackend(Backend):
     def _read(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         return self._run(fn, write=False)
 
-    def _one(self, conn: psycopg.Connection[Any], key: str, params: Any = None) -> Any:
-        return conn.execute(self._sql[key], params).fetchone()
-
     # -- schema --------------------------------------------------------------------------
 
     def _init_schema(self, default_max_attempts: int) -> None:
@@ -333,11 +325,6 @@ class PostgresBackend(Backend):
         return [s.strip() for s in (*sql.REGISTRY_DDL, *self._q.ddl)]
 
     # -- operations ----------------------------------------------------------------------
-
-    def _bump(self, conn: psycopg.Connection[Any], **counts: int) -> None:
-        params = dict.fromkeys(_TOTALS, 0)
-        params.update(counts)
-        conn.execute(self._sql["bump"], params)
 
     def _notify(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(self._sql["notify"])  # delivered at commit, to every listener
@@ -462,148 +449,6 @@ class PostgresBackend(Backend):
             self._notify(conn)
         return int(dead + back + ttl)
 
-    def claim(
-        self, limit: int, now: float, lease_until: float, token: int
-    ) -> tuple[list[StoredMessage], int]:
-        params = {"now": now, "until": lease_until, "token": token, "limit": limit}
-
-        def run(conn: psycopg.Connection[Any]) -> tuple[list[StoredMessage], int]:
-            folded = self._fold_expired(conn, now)
-            rows = conn.execute(self._sql["claim"], params).fetchall()
-            return [_message(r) for r in rows], folded
-
-        messages, folded = self._write(run)
-        messages.sort(key=lambda m: (-m.priority, m.visible_at, m.id))
-        return messages, folded
-
-    def _diagnose(
-        self, conn: psycopg.Connection[Any], message_id: int, token: int | None
-    ) -> Outcome:
-        row = self._one(conn, "state", {"id": message_id})
-        if row is None:
-            found = self._one(conn, "in_dlq", {"id": message_id})
-            return Outcome.DEAD if found else Outcome.NOT_FOUND
-        status, lease_token = row
-        if status != "processing":
-            return Outcome.PENDING if token is None else Outcome.LEASE_EXPIRED
-        if token is not None and lease_token != token:
-            return Outcome.LEASE_LOST
-        return Outcome.LEASE_EXPIRED
-
-    def complete(self, message_id: int, token: int | None, now: float) -> Outcome:
-        params = {"id": message_id, "token": token, "now": now}
-        keep = self.policy.retention is not None or self.policy.retention_max is not None
-
-        def run(conn: psycopg.Connection[Any]) -> Outcome:
-            if keep and not conn.execute(self._sql["keep_done"], params).rowcount:
-                return self._diagnose(conn, message_id, token)
-            if conn.execute(self._sql["complete"], params).rowcount:
-                self._bump(conn, completed=1)
-                return Outcome.DONE
-            return self._diagnose(conn, message_id, token)
-
-        return self._write(run)
-
-    def release(
-        self,
-        message_id: int,
-        token: int | None,
-        now: float,
-        visible_at: float,
-        error: str | None,
-        refund_attempt: bool,
-    ) -> Outcome:
-        params = {
-            "id": message_id,
-            "token": token,
-            "now": now,
-            "visible_at": visible_at,
-            "error": error,
-            "refund": 1 if refund_attempt else 0,
-        }
-
-        def run(conn: psycopg.Connection[Any]) -> Outcome:
-            if conn.execute(self._sql["release"], params).rowcount:
-                self._notify(conn)
-                return Outcome.DONE
-            return self._diagnose(conn, message_id, token)
-
-        return self._write(run)
-
-    def _bury(
-        self, conn: psycopg.Connection[Any], message_id: int, now: float, error: str | None
-    ) -> None:
-        conn.execute(self._sql["bury"], {"id": message_id, "now": now, "error": error})
-        conn.execute(self._sql["delete"], {"id": message_id})
-
-    def fail(
-        self,
-        message_id: int,
-        token: int | None,
-        now: float,
-        error: str | None,
-        retry_after: Callable[[int], float],
-        force_dead: bool,
-    ) -> tuple[Outcome, bool]:
-        live = {"id": message_id, "token": token, "now": now}
-
-        def run(conn: psycopg.Connection[Any]) -> tuple[Outcome, bool]:
-            row = self._one(conn, "attempts_if_live", live)
-            if row is None:
-                outcome = self._diagnose(conn, message_id, token)
-                if outcome is Outcome.PENDING and force_dead and token is None:
-                    if self._one(conn, "lock_pending", {"id": message_id}) is None:
-                        return Outcome.NOT_FOUND, False
-                    self._bury(conn, message_id, now, error)
-                    self._bump(conn, failed=1, dead_lettered=1)
-                    return Outcome.DONE, True
-                return outcome, False
-            attempts, max_attempts = row
-            if force_dead or attempts >= max_attempts:
-                self._bury(conn, message_id, now, error)
-                self._bump(conn, failed=1, dead_lettered=1)
-                return Outcome.DONE, True
-            conn.execute(
-                self._sql["release"],
-                {**live, "visible_at": now + retry_after(attempts), "error": error, "refund": 0},
-            )
-            self._bump(conn, failed=1)
-            self._notify(conn)
-            return Outcome.DONE, False
-
-        return self._write(run)
-
-    def extend(self, message_id: int, token: int | None, now: float, lease_until: float) -> Outcome:
-        params = {"id": message_id, "token": token, "now": now, "until": lease_until}
-
-        def run(conn: psycopg.Connection[Any]) -> Outcome:
-            if conn.execute(self._sql["extend"], params).rowcount:
-                return Outcome.DONE
-            return self._diagnose(conn, message_id, token)
-
-        return self._write(run)
-
-    def peek(self, now: float) -> StoredMessage | None:
-        def run(conn: psycopg.Connection[Any]) -> StoredMessage | None:
-            ready = self._one(conn, "peek", {"now": now})
-            expired = self._one(conn, "peek_expired", {"now": now})
-            return peek_choice(
-                None if ready is None else _message(ready),
-                None if expired is None else _message(expired),
-            )
-
-        return self._read(run)
-
-    def is_empty(self) -> bool:
-        return bool(self._read(lambda conn: self._one(conn, "is_empty")[0]))
-
-    def count_pending(self) -> int:
-        return int(self._read(lambda conn: self._one(conn, "count_pending")[0]))
-
-    def next_due(self, now: float) -> float | None:
-        row = self._read(lambda conn: self._one(conn, "next_due"))
-        return None if row is None or row[0] is None else float(row[0])
-
     # -- notifications -----------------------------------------------------------------
 
     def changes(self) -> int:
@@ -652,185 +497,36 @@ class PostgresBackend(Backend):
 
     # -- inspection and maintenance ----------------------------------------------------------
 
-    def recover(self, now: float) -> int:
-        return self._write(lambda conn: self._fold_expired(conn, now))
-
-    def dead_letters(self) -> list[StoredDeadLetter]:
-        rows = self._read(lambda conn: conn.execute(self._sql["dead_letters"]).fetchall())
-        return [_dead(r) for r in rows]
-
-    def revive(self, message_id: int, now: float) -> bool:
-        params = {"id": message_id, "now": now}
-
-        def run(conn: psycopg.Connection[Any]) -> bool:
-            found = self._one(conn, "dead_group", params)
-            if found is None:
-                return False
-            if found[0] is not None:
-                conn.execute(self._sql["group_lock"], {"group_key": found[0]})
-            conn.execute(self._sql["revive"], params)
-            conn.execute(self._sql["delete_dead"], params)
-            self._notify(conn)
-            return True
-
-        return self._write(run)
-
-    def redrive(
-        self, ids: Sequence[int] | None, target: str | None, now: float, limit: int, after: int
-    ) -> tuple[list[int], list[int]]:
-        other = (
-            None
-            if target is None or target == self.name
-            else sql.render(validate_queue_name(target))
-        )
-
-        def run(conn: psycopg.Connection[Any]) -> tuple[list[int], list[int]]:
-            if ids is None:
-                chosen = [
-                    int(r[0])
-                    for r in conn.execute(
-                        self._sql["dead_ids"], {"after": after, "limit": limit}
-                    ).fetchall()
-                ]
-            else:
-                chosen = list(ids[:limit])
-            if other is not None:
-                registered = conn.execute(
-                    "SELECT 1 FROM sqqueue_queues WHERE name = %s", (target,)
-                ).fetchone()
-                if registered is None:
-                    raise StorageError(
-                        f"no queue named {target!r} in {self.path!r}; open it once to create it",
-                        ErrorKind.NOT_FOUND,
-                    )
-            moved, missing = [], []
-            for message_id in chosen:
-                params = {"id": message_id, "now": now}
-                found = self._one(conn, "dead_group", params)
-                if found is None:
-                    missing.append(message_id)
-                    continue
-                if other is None:
-                    if found[0] is not None:
-                        conn.execute(self._sql["group_lock"], {"group_key": found[0]})
-                    conn.execute(self._sql["revive"], params)
-                else:
-                    conn.execute(sql.redrive_into(other, self._q), params)
-                conn.execute(self._sql["delete_dead"], params)
-                moved.append(message_id)
-            if moved:
-                if other is not None:
-                    conn.execute(
-                        other.sql["bump"], {**dict.fromkeys(_TOTALS, 0), "enqueued": len(moved)}
-                    )
-                    conn.execute(other.sql["notify"])
-                else:
-                    self._notify(conn)
-            return moved, missing
-
-        return self._write(run)
-
-    def import_rows(
-        self,
-        messages: Sequence[tuple[StoredMessage, str]],
-        dead: Sequence[StoredDeadLetter],
-        now: float,
-    ) -> None:
-        """Insert copied rows with their ids (for ``tools.copy_queues``), in one transaction."""
-
-        def run(conn: psycopg.Connection[Any]) -> None:
-            high = 0
-            for row, status in messages:
-                text, raw = _body(row.data)
-                conn.execute(
-                    self._sql["import_message"],
-                    {**import_params(row, status, now), "text": text, "bytes": raw},
-                )
-                high = max(high, row.id)
-            for letter in dead:
-                text, raw = _body(letter.data)
-                conn.execute(
-                    self._sql["import_dead"], {**dead_params(letter), "text": text, "bytes": raw}
-                )
-                high = max(high, letter.id)
-            conn.execute(self._sql["raise_sequence"], {"high": high})
-            self._bump(conn, enqueued=len(messages) + len(dead))
-            self._notify(conn)
-
-        self._write(run)
-
-    def statuses(self, now: float) -> list[dict[str, Any]]:
-        rows = self._read(lambda conn: conn.execute(self._sql["statuses"], {"now": now}).fetchall())
-        keys = ("id", "status", "priority", "attempts", "max_attempts")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
-
-    def stats(self, now: float, horizon: float) -> dict[str, Any]:
-        def run(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-            return {
-                "counters": self._one(conn, "counters"),
-                "delayed_oldest": self._one(conn, "delayed_and_oldest", {"now": now}),
-                "waiting": self._one(conn, "waiting")[0],
-                "expiring": self._one(conn, "expiring", {"horizon": now + horizon})[0],
-            }
-
-        found = self._read(run)
-        (pending, processing, dead, enqueued, completed, failed, dead_lettered, expired,
-         ttl_expired, created) = found["counters"]  # fmt: skip
-        delayed, oldest = found["delayed_oldest"]
-        return {
-            "pending": int(pending) - int(delayed) - int(found["waiting"]),
-            "delayed": int(delayed),
-            "waiting": int(found["waiting"]),
-            "processing": int(processing),
-            "dead": int(dead),
-            "oldest_pending_at": oldest,
-            "expiring": int(found["expiring"]),
-            "enqueued_total": int(enqueued),
-            "completed_total": int(completed),
-            "failed_total": int(failed),
-            "dead_lettered_total": int(dead_lettered),
-            "expired_total": int(expired),
-            "ttl_expired_total": int(ttl_expired),
-            "created_at": float(created or 0.0),
-            "db_bytes": 0,
-            "wal_bytes": 0,
-        }
-
-    def list_messages(
-        self, state: str, now: float, limit: int, after_id: int
-    ) -> list[StoredMessage] | list[StoredDeadLetter] | list[StoredDone]:
-        params = {"now": now, "limit": limit, "after": after_id}
-        rows = self._read(lambda c: c.execute(self._sql[f"list_{state}"], params).fetchall())
-        if state == "dead":
-            return [_dead(r) for r in rows]
-        if state == "done":
-            return [_done(r) for r in rows]
-        return [_message(r) for r in rows]
-
-    def purge(self, states: Sequence[str], now: float, older_than: float | None) -> int:
-        params = {"now": now, "cutoff": older_than}
-
-        def run(conn: psycopg.Connection[Any]) -> int:
-            ordered = sorted(states, key=lambda s: s != "waiting")
-            return sum(conn.execute(self._sql[f"purge_{s}"], params).rowcount for s in ordered)
-
-        return self._write(run)
-
     def maintain(self) -> None:
-        now = float(self._clock())
-        policy = self.policy
-        batch = {"batch": 500, "now": now}
+        self._prune(float(self._clock()))
 
-        def prune(conn: psycopg.Connection[Any]) -> None:
-            if policy.retention is not None:
-                conn.execute(
-                    self._sql["prune_done_age"], {**batch, "cutoff": now - policy.retention}
-                )
-            if policy.retention_max is not None:
-                conn.execute(self._sql["prune_done_count"], {**batch, "keep": policy.retention_max})
-            conn.execute(self._sql["prune_dedup"], batch)
+    # -- hooks of SQLBackend ---------------------------------------------------------------
 
-        self._write(prune)
+    def _message(self, row: Sequence[Any]) -> StoredMessage:
+        return _message(row)
+
+    def _dead(self, row: Sequence[Any]) -> StoredDeadLetter:
+        return _dead(row)
+
+    def _done(self, row: Sequence[Any]) -> StoredDone:
+        return _done(row)
+
+    def _body_params(self, data: str | bytes) -> dict[str, Any]:
+        text, raw = _body(data)
+        return {"text": text, "bytes": raw}
+
+    def _after_import(self, conn: psycopg.Connection[Any], high: int) -> None:
+        conn.execute(self._sql["raise_sequence"], {"high": high})
+
+    def _lock_group(self, conn: psycopg.Connection[Any], group: str | None) -> None:
+        if group is not None:
+            conn.execute(self._sql["group_lock"], {"group_key": group})
+
+    def _other(self, target: str) -> Any:
+        return sql.render(validate_queue_name(target))
+
+    def _redrive_into(self, other: Any) -> str:
+        return sql.redrive_into(other, self._q)
 
     def vacuum(self, conn: Any = None) -> None:
         """``VACUUM`` the queue's tables (PostgreSQL reclaims space with autovacuum too)."""

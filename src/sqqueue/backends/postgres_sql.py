@@ -314,6 +314,7 @@ STATEMENTS = {
           FROM $dlq AS d WHERE id = %(id)s""",
     "dead_group": "SELECT group_key FROM $dlq WHERE id = %(id)s FOR UPDATE",
     "delete_dead": "DELETE FROM $dlq WHERE id = %(id)s",
+    "queue_exists": "SELECT 1 FROM sqqueue_queues WHERE name = %(name)s",
     "dead_ids": "SELECT id FROM $dlq WHERE id > %(after)s ORDER BY id LIMIT %(limit)s",
     "peek": f"""
         SELECT {COLUMNS} FROM $q

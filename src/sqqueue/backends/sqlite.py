@@ -26,18 +26,14 @@ from ..exceptions import ErrorKind
 from ..names import validate_queue_name
 from . import sqlite_sql as sql
 from .base import (
-    Backend,
     NewMessage,
-    Outcome,
     Policy,
     StorageError,
     StoredDeadLetter,
     StoredDone,
     StoredMessage,
-    dead_params,
-    import_params,
-    peek_choice,
 )
+from .common import SQLBackend
 
 __all__ = ["MIN_SQLITE_VERSION", "SCHEMA_VERSION", "SQLiteBackend", "check_sqlite_version"]
 
@@ -189,7 +185,7 @@ def _prepare_path(db_path: str | os.PathLike[str]) -> tuple[str, bool]:
     return path, False
 
 
-class SQLiteBackend(Backend):
+class SQLiteBackend(SQLBackend):
     """One queue in one SQLite file. Safe to share between threads; survives ``fork``."""
 
     def __init__(
@@ -531,12 +527,6 @@ class SQLiteBackend(Backend):
 
     # -- operations --------------------------------------------------------------------
 
-    def _bump(self, conn: sqlite3.Connection, **counts: int) -> None:
-        """Add to the queue's event totals, in the caller's transaction."""
-        params = dict.fromkeys(_TOTALS, 0)
-        params.update(counts)
-        conn.execute(self._sql["bump"], params)
-
     def _insert(
         self, conn: sqlite3.Connection, messages: Sequence[NewMessage], now: float
     ) -> list[int]:
@@ -676,146 +666,6 @@ class SQLiteBackend(Backend):
             )
         return int(dead + back + ttl)
 
-    def claim(
-        self, limit: int, now: float, lease_until: float, token: int
-    ) -> tuple[list[StoredMessage], int]:
-        claim = self._sql["claim"]
-        params = {"now": now, "until": lease_until, "token": token, "limit": limit}
-
-        def run(conn: sqlite3.Connection) -> tuple[list[StoredMessage], int]:
-            folded = self._fold_expired(conn, now)
-            rows = conn.execute(claim, params).fetchall()
-            return self._with_bodies(conn, [_message(row) for row in rows]), folded
-
-        messages, folded = self._write(run)
-        messages.sort(key=lambda m: (-m.priority, m.visible_at, m.id))
-        return messages, folded
-
-    def _diagnose(self, conn: sqlite3.Connection, message_id: int, token: int | None) -> Outcome:
-        row = conn.execute(self._sql["state"], {"id": message_id}).fetchone()
-        if row is None:
-            found = conn.execute(self._sql["in_dlq"], {"id": message_id}).fetchone()
-            return Outcome.DEAD if found else Outcome.NOT_FOUND
-        status, lease_token = row
-        if status != "processing":
-            # With a token the caller did hold it: its lease ran out and was folded back.
-            return Outcome.PENDING if token is None else Outcome.LEASE_EXPIRED
-        if token is not None and lease_token != token:
-            return Outcome.LEASE_LOST
-        return Outcome.LEASE_EXPIRED
-
-    def complete(self, message_id: int, token: int | None, now: float) -> Outcome:
-        params = {"id": message_id, "token": token, "now": now}
-        keep = self.policy.retention is not None or self.policy.retention_max is not None
-
-        def run(conn: sqlite3.Connection) -> Outcome:
-            if keep and not conn.execute(self._sql["keep_done"], params).rowcount:
-                return self._diagnose(conn, message_id, token)
-            if conn.execute(self._sql["complete"], params).rowcount:
-                self._bump(conn, completed=1)
-                return Outcome.DONE
-            return self._diagnose(conn, message_id, token)
-
-        return self._write(run)
-
-    def release(
-        self,
-        message_id: int,
-        token: int | None,
-        now: float,
-        visible_at: float,
-        error: str | None,
-        refund_attempt: bool,
-    ) -> Outcome:
-        params = {
-            "id": message_id,
-            "token": token,
-            "now": now,
-            "visible_at": visible_at,
-            "error": error,
-            "refund": 1 if refund_attempt else 0,
-        }
-
-        def run(conn: sqlite3.Connection) -> Outcome:
-            if conn.execute(self._sql["release"], params).rowcount:
-                return Outcome.DONE
-            return self._diagnose(conn, message_id, token)
-
-        return self._write(run)
-
-    def _bury(
-        self, conn: sqlite3.Connection, message_id: int, now: float, error: str | None
-    ) -> None:
-        conn.execute(self._sql["bury"], {"id": message_id, "now": now, "error": error})
-        conn.execute(self._sql["delete"], {"id": message_id})
-
-    def fail(
-        self,
-        message_id: int,
-        token: int | None,
-        now: float,
-        error: str | None,
-        retry_after: Callable[[int], float],
-        force_dead: bool,
-    ) -> tuple[Outcome, bool]:
-        live = {"id": message_id, "token": token, "now": now}
-
-        def run(conn: sqlite3.Connection) -> tuple[Outcome, bool]:
-            row = conn.execute(self._sql["attempts_if_live"], live).fetchone()
-            if row is None:
-                outcome = self._diagnose(conn, message_id, token)
-                if outcome is Outcome.PENDING and force_dead and token is None:
-                    self._bury(conn, message_id, now, error)
-                    self._bump(conn, failed=1, dead_lettered=1)
-                    return Outcome.DONE, True
-                return outcome, False
-            attempts, max_attempts = row
-            if force_dead or attempts >= max_attempts:
-                self._bury(conn, message_id, now, error)
-                self._bump(conn, failed=1, dead_lettered=1)
-                return Outcome.DONE, True
-            conn.execute(
-                self._sql["release"],
-                {**live, "visible_at": now + retry_after(attempts), "error": error, "refund": 0},
-            )
-            self._bump(conn, failed=1)
-            return Outcome.DONE, False
-
-        return self._write(run)
-
-    def extend(self, message_id: int, token: int | None, now: float, lease_until: float) -> Outcome:
-        params = {"id": message_id, "token": token, "now": now, "until": lease_until}
-
-        def run(conn: sqlite3.Connection) -> Outcome:
-            if conn.execute(self._sql["extend"], params).rowcount:
-                return Outcome.DONE
-            return self._diagnose(conn, message_id, token)
-
-        return self._write(run)
-
-    def peek(self, now: float) -> StoredMessage | None:
-        def run(conn: sqlite3.Connection) -> StoredMessage | None:
-            params = {"now": now}
-            ready = conn.execute(self._sql["peek"], params).fetchone()
-            expired = conn.execute(self._sql["peek_expired"], params).fetchone()
-            chosen = peek_choice(
-                None if ready is None else _message(ready),
-                None if expired is None else _message(expired),
-            )
-            return None if chosen is None else self._with_bodies(conn, [chosen])[0]
-
-        return self._read_tx(run)
-
-    def is_empty(self) -> bool:
-        return bool(self._read(lambda conn: conn.execute(self._sql["is_empty"]).fetchone()[0]))
-
-    def count_pending(self) -> int:
-        return int(self._read(lambda conn: conn.execute(self._sql["count_pending"]).fetchone()[0]))
-
-    def next_due(self, now: float) -> float | None:
-        row = self._read(lambda conn: conn.execute(self._sql["next_due"]).fetchone())
-        return None if row is None or row[0] is None else float(row[0])
-
     def changes(self) -> int:
         # PRAGMA data_version changes when any *other* connection commits. A dedicated
         # connection that never writes therefore sees every commit, from this process too.
@@ -834,202 +684,50 @@ class SQLiteBackend(Backend):
             except sqlite3.Error as exc:
                 raise classify(exc, self.path) from exc
 
-    def recover(self, now: float) -> int:
-        return self._write(lambda conn: self._fold_expired(conn, now))
-
-    def dead_letters(self) -> list[StoredDeadLetter]:
-        def run(conn: sqlite3.Connection) -> list[StoredDeadLetter]:
-            rows = conn.execute(self._sql["dead_letters"]).fetchall()
-            return self._with_bodies(conn, [_dead(row) for row in rows])
-
-        return self._read_tx(run)
-
-    def revive(self, message_id: int, now: float) -> bool:
-        params = {"id": message_id, "now": now}
-
-        def run(conn: sqlite3.Connection) -> bool:
-            if not conn.execute(self._sql["revive"], params).rowcount:
-                return False
-            conn.execute(self._sql["delete_dead"], {"id": message_id})
-            return True
-
-        return self._write(run)
-
-    def redrive(
-        self, ids: Sequence[int] | None, target: str | None, now: float, limit: int, after: int
-    ) -> tuple[list[int], list[int]]:
-        """Move up to ``limit`` dead letters (``ids``, or all after id ``after``) back to
-        this queue, or to the queue ``target`` in the same file, in one transaction.
-
-        Returns (moved ids, ids not found). Into this queue they keep their id; into
-        another queue they get a new one there, with their history.
-        """
-        other = (
-            None
-            if target is None or target == self.name
-            else sql.render(validate_queue_name(target))
-        )
-
-        def run(conn: sqlite3.Connection) -> tuple[list[int], list[int]]:
-            if ids is None:
-                chosen = [
-                    int(r[0])
-                    for r in conn.execute(self._sql["dead_ids"], {"after": after, "limit": limit})
-                ]
-            else:
-                chosen = list(ids[:limit])
-            if other is not None:
-                registered = conn.execute(
-                    "SELECT 1 FROM sqqueue_queues WHERE name = ?", (target,)
-                ).fetchone()
-                if registered is None:
-                    raise StorageError(
-                        f"no queue named {target!r} in {self.path!r}; open it once to create it",
-                        ErrorKind.NOT_FOUND,
-                    )
-            moved, missing = [], []
-            for message_id in chosen:
-                if other is None:
-                    done = conn.execute(
-                        self._sql["revive"], {"id": message_id, "now": now}
-                    ).rowcount
-                else:
-                    done = conn.execute(
-                        sql.redrive_into(other, self._q), {"id": message_id, "now": now}
-                    ).rowcount
-                if done:
-                    conn.execute(self._sql["delete_dead"], {"id": message_id})
-                    moved.append(message_id)
-                else:
-                    missing.append(message_id)
-            if other is not None and moved:
-                conn.execute(
-                    other.sql["bump"], {**dict.fromkeys(_TOTALS, 0), "enqueued": len(moved)}
-                )
-            return moved, missing
-
-        return self._write(run)
-
-    def import_rows(
-        self,
-        messages: Sequence[tuple[StoredMessage, str]],
-        dead: Sequence[StoredDeadLetter],
-        now: float,
-    ) -> None:
-        """Insert copied rows with their ids (for ``tools.copy_queues``), in one transaction."""
-
-        def run(conn: sqlite3.Connection) -> None:
-            high = 0
-            for row, status in messages:
-                conn.execute(self._sql["import_message"], import_params(row, status, now))
-                high = max(high, row.id)
-            for letter in dead:
-                conn.execute(self._sql["import_dead"], dead_params(letter))
-                high = max(high, letter.id)
-            conn.execute(self._sql["sync_sequence"])
-            conn.execute(self._sql["raise_sequence"], {"high": high})
-            self._bump(conn, enqueued=len(messages) + len(dead))
-
-        self._write(run)
-
-    def statuses(self, now: float) -> list[dict[str, Any]]:
-        rows = self._read(lambda conn: conn.execute(self._sql["statuses"], {"now": now}).fetchall())
-        keys = ("id", "status", "priority", "attempts", "max_attempts")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
-
     # -- inspection --------------------------------------------------------------------
-
-    def stats(self, now: float, horizon: float) -> dict[str, Any]:
-        def run(conn: sqlite3.Connection) -> dict[str, Any]:
-            counters = conn.execute(self._sql["counters"]).fetchone()
-            delayed, oldest = conn.execute(self._sql["delayed_and_oldest"], {"now": now}).fetchone()
-            waiting = conn.execute(self._sql["waiting"]).fetchone()[0]
-            expiring = conn.execute(self._sql["expiring"], {"horizon": now + horizon}).fetchone()[0]
-            return {
-                "counters": counters,
-                "delayed": int(delayed),
-                "oldest": oldest,
-                "expiring": int(expiring),
-                "waiting": int(waiting),
-            }
-
-        found = self._read(run)
-        (pending, processing, dead, enqueued, completed, failed, dead_lettered, expired,
-         ttl_expired, created) = found["counters"]  # fmt: skip
-        sizes = {}
-        for key, suffix in (("db_bytes", ""), ("wal_bytes", "-wal")):
-            try:
-                sizes[key] = 0 if self._memory else os.path.getsize(self.path + suffix)
-            except OSError:
-                sizes[key] = 0
-        return {
-            "pending": int(pending) - found["delayed"] - found["waiting"],
-            "delayed": found["delayed"],
-            "waiting": found["waiting"],
-            "processing": int(processing),
-            "dead": int(dead),
-            "oldest_pending_at": found["oldest"],
-            "expiring": found["expiring"],
-            "enqueued_total": int(enqueued),
-            "completed_total": int(completed),
-            "failed_total": int(failed),
-            "dead_lettered_total": int(dead_lettered),
-            "expired_total": int(expired),
-            "ttl_expired_total": int(ttl_expired),
-            "created_at": float(created),
-            **sizes,
-        }
-
-    def list_messages(
-        self, state: str, now: float, limit: int, after_id: int
-    ) -> list[StoredMessage] | list[StoredDeadLetter] | list[StoredDone]:
-        """A page of messages in ``state`` by id."""
-        params = {"now": now, "limit": limit, "after": after_id}
-
-        def run(conn: sqlite3.Connection) -> Any:
-            rows = conn.execute(self._sql[f"list_{state}"], params).fetchall()
-            if state == "dead":
-                return self._with_bodies(conn, [_dead(r) for r in rows])
-            if state == "done":
-                return self._with_bodies(conn, [_done(r) for r in rows])
-            return self._with_bodies(conn, [_message(r) for r in rows])
-
-        result: list[StoredMessage] | list[StoredDeadLetter] | list[StoredDone] = self._read_tx(run)
-        return result
-
-    def purge(self, states: Sequence[str], now: float, older_than: float | None) -> int:
-        """Delete messages in the given states (created before ``older_than``); one transaction."""
-        params = {"now": now, "cutoff": older_than}
-
-        def run(conn: sqlite3.Connection) -> int:
-            # Waiting group members first, so deleting their heads promotes nothing.
-            ordered = sorted(states, key=lambda s: s != "waiting")
-            return sum(conn.execute(self._sql[f"purge_{s}"], params).rowcount for s in ordered)
-
-        return self._write(run)
 
     # -- maintenance -------------------------------------------------------------------
 
     def maintain(self) -> None:
         # Each step is bounded: a few hundred rows or pages, and a checkpoint that never
         # waits for readers or writers.
-        now = float(self._clock())
-        policy = self.policy
-        batch = {"batch": 500, "now": now}
-
-        def prune(conn: sqlite3.Connection) -> None:
-            if policy.retention is not None:
-                conn.execute(
-                    self._sql["prune_done_age"], {**batch, "cutoff": now - policy.retention}
-                )
-            if policy.retention_max is not None:
-                conn.execute(self._sql["prune_done_count"], {**batch, "keep": policy.retention_max})
-            conn.execute(self._sql["prune_dedup"], batch)
-
-        self._write(prune)
+        self._prune(float(self._clock()))
         # executescript steps the pragma to completion; execute() would free one page only.
         self._read(lambda conn: conn.executescript("PRAGMA incremental_vacuum(256);"))
         self._read(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+
+    # -- hooks of SQLBackend ---------------------------------------------------------------
+
+    def _message(self, row: Sequence[Any]) -> StoredMessage:
+        return _message(row)
+
+    def _dead(self, row: Sequence[Any]) -> StoredDeadLetter:
+        return _dead(row)
+
+    def _done(self, row: Sequence[Any]) -> StoredDone:
+        return _done(row)
+
+    def _body_params(self, data: str | bytes) -> dict[str, Any]:
+        return {"data": data}
+
+    def _after_import(self, conn: sqlite3.Connection, high: int) -> None:
+        conn.execute(self._sql["sync_sequence"])
+        conn.execute(self._sql["raise_sequence"], {"high": high})
+
+    def _other(self, target: str) -> Any:
+        return sql.render(validate_queue_name(target))
+
+    def _redrive_into(self, other: Any) -> str:
+        return sql.redrive_into(other, self._q)
+
+    def _file_sizes(self) -> dict[str, int]:
+        sizes = {}
+        for key, suffix in (("db_bytes", ""), ("wal_bytes", "-wal")):
+            try:
+                sizes[key] = 0 if self._memory else os.path.getsize(self.path + suffix)
+            except OSError:
+                sizes[key] = 0
+        return sizes
 
     def _with_conn(self, conn: Any, fn: Callable[[sqlite3.Connection], T]) -> T:
         if conn is None:
@@ -1084,9 +782,6 @@ class SQLiteBackend(Backend):
     def raw_connection(self) -> Iterator[sqlite3.Connection]:
         """This thread's connection, for callers that need SQL the interface does not offer."""
         yield self._connection()
-
-
-_TOTALS = ("enqueued", "completed", "failed", "dead_lettered", "expired", "ttl_expired")
 
 
 def _payload(raw: bytes | None, is_text: int | None) -> str | bytes | None:

@@ -315,6 +315,8 @@ STATEMENTS = {
                prior_attempts + attempts
           FROM $dlq AS d WHERE id = :id""",
     "delete_dead": "DELETE FROM $dlq WHERE id = :id",
+    "dead_group": "SELECT group_key FROM $dlq WHERE id = :id",
+    "queue_exists": "SELECT 1 FROM sqqueue_queues WHERE name = :name",
     "dead_ids": "SELECT id FROM $dlq WHERE id > :after ORDER BY id LIMIT :limit",
     "peek": f"""
         SELECT {READ_COLUMNS} FROM $q

@@ -1,0 +1,414 @@
+"""What the SQL backends share: every operation, written once, over each backend's SQL.
+
+SQLite and PostgreSQL differ in their SQL text (kept in ``sqlite_sql.py`` and
+``postgres_sql.py``), in how they connect and retry, and in a few steps that need the
+database's own tools (claiming and folding under concurrency, deduplication races, large
+payloads). Everything else, the state checks, fencing, dead-lettering and bookkeeping,
+is here, over a small set of hooks. Both drivers take the same named parameters
+(``{"id": 1, "now": ...}``) and return cursors with ``fetchone``/``fetchall``/``rowcount``.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from ..exceptions import ErrorKind
+from .base import (
+    Backend,
+    Outcome,
+    StorageError,
+    StoredDeadLetter,
+    StoredDone,
+    StoredMessage,
+    dead_params,
+    import_params,
+    peek_choice,
+)
+
+__all__ = ["TOTALS", "SQLBackend"]
+
+T = TypeVar("T")
+Conn = Any  # sqlite3.Connection or psycopg.Connection
+
+#: the event totals each operation may add to
+TOTALS = ("enqueued", "completed", "failed", "dead_lettered", "expired", "ttl_expired")
+
+
+class SQLBackend(Backend):
+    """Operations shared by the SQL backends; subclasses supply connections and hooks."""
+
+    _sql: dict[str, str]
+    path: str  #: the database, for messages (a file path, or a URL without its password)
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    @abstractmethod
+    def _write(self, fn: Callable[[Conn], T]) -> T:
+        """Run ``fn`` in one write transaction (retrying as the backend sees fit)."""
+
+    @abstractmethod
+    def _read(self, fn: Callable[[Conn], T]) -> T:
+        """Run ``fn`` on a connection, for reads."""
+
+    def _read_tx(self, fn: Callable[[Conn], T]) -> T:
+        """A read of several statements from one snapshot (default: a plain read)."""
+        return self._read(fn)
+
+    @abstractmethod
+    def _message(self, row: Sequence[Any]) -> StoredMessage: ...
+
+    @abstractmethod
+    def _dead(self, row: Sequence[Any]) -> StoredDeadLetter: ...
+
+    @abstractmethod
+    def _done(self, row: Sequence[Any]) -> StoredDone: ...
+
+    @abstractmethod
+    def _body_params(self, data: str | bytes) -> dict[str, Any]:
+        """How a payload is bound in an import statement."""
+
+    @abstractmethod
+    def _fold_expired(self, conn: Conn, now: float) -> int:
+        """Expired leases back to pending (or dead), messages past their TTL out."""
+
+    def _with_bodies(self, conn: Conn, rows: list[Any]) -> list[Any]:
+        """Fill in payloads stored apart from their rows (default: none are)."""
+        return rows
+
+    def _notify(self, conn: Conn) -> None:
+        """Tell waiting consumers elsewhere, at commit (default: they poll)."""
+
+    def _lock_group(self, conn: Conn, group: str | None) -> None:
+        """Serialize work on one message group (default: the write lock already does)."""
+
+    def _after_import(self, conn: Conn, high: int) -> None:
+        """Make sure the id sequence never hands out ``high`` or below."""
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _one(self, conn: Conn, key: str, params: Any = None) -> Any:
+        return conn.execute(self._sql[key], params or {}).fetchone()
+
+    def _bump(self, conn: Conn, **counts: int) -> None:
+        """Add to the queue's event totals, in the caller's transaction."""
+        params = dict.fromkeys(TOTALS, 0)
+        params.update(counts)
+        conn.execute(self._sql["bump"], params)
+
+    def _diagnose(self, conn: Conn, message_id: int, token: int | None) -> Outcome:
+        row = self._one(conn, "state", {"id": message_id})
+        if row is None:
+            found = self._one(conn, "in_dlq", {"id": message_id})
+            return Outcome.DEAD if found else Outcome.NOT_FOUND
+        status, lease_token = row
+        if status != "processing":
+            # With a token the caller did hold it: its lease ran out and was folded back.
+            return Outcome.PENDING if token is None else Outcome.LEASE_EXPIRED
+        if token is not None and lease_token != token:
+            return Outcome.LEASE_LOST
+        return Outcome.LEASE_EXPIRED
+
+    def _bury(self, conn: Conn, message_id: int, now: float, error: str | None) -> None:
+        conn.execute(self._sql["bury"], {"id": message_id, "now": now, "error": error})
+        conn.execute(self._sql["delete"], {"id": message_id})
+
+    # -- operations ----------------------------------------------------------------------
+
+    def claim(
+        self, limit: int, now: float, lease_until: float, token: int
+    ) -> tuple[list[StoredMessage], int]:
+        params = {"now": now, "until": lease_until, "token": token, "limit": limit}
+
+        def run(conn: Conn) -> tuple[list[StoredMessage], int]:
+            folded = self._fold_expired(conn, now)
+            rows = conn.execute(self._sql["claim"], params).fetchall()
+            return self._with_bodies(conn, [self._message(r) for r in rows]), folded
+
+        messages, folded = self._write(run)
+        messages.sort(key=lambda m: (-m.priority, m.visible_at, m.id))
+        return messages, folded
+
+    def complete(self, message_id: int, token: int | None, now: float) -> Outcome:
+        params = {"id": message_id, "token": token, "now": now}
+        keep = self.policy.retention is not None or self.policy.retention_max is not None
+
+        def run(conn: Conn) -> Outcome:
+            if keep and not conn.execute(self._sql["keep_done"], params).rowcount:
+                return self._diagnose(conn, message_id, token)
+            if conn.execute(self._sql["complete"], params).rowcount:
+                self._bump(conn, completed=1)
+                return Outcome.DONE
+            return self._diagnose(conn, message_id, token)
+
+        return self._write(run)
+
+    def release(
+        self,
+        message_id: int,
+        token: int | None,
+        now: float,
+        visible_at: float,
+        error: str | None,
+        refund_attempt: bool,
+    ) -> Outcome:
+        params = {
+            "id": message_id,
+            "token": token,
+            "now": now,
+            "visible_at": visible_at,
+            "error": error,
+            "refund": 1 if refund_attempt else 0,
+        }
+
+        def run(conn: Conn) -> Outcome:
+            if conn.execute(self._sql["release"], params).rowcount:
+                self._notify(conn)
+                return Outcome.DONE
+            return self._diagnose(conn, message_id, token)
+
+        return self._write(run)
+
+    def fail(
+        self,
+        message_id: int,
+        token: int | None,
+        now: float,
+        error: str | None,
+        retry_after: Callable[[int], float],
+        force_dead: bool,
+    ) -> tuple[Outcome, bool]:
+        live = {"id": message_id, "token": token, "now": now}
+
+        def run(conn: Conn) -> tuple[Outcome, bool]:
+            row = self._one(conn, "attempts_if_live", live)
+            if row is None:
+                outcome = self._diagnose(conn, message_id, token)
+                if outcome is Outcome.PENDING and force_dead and token is None:
+                    self._bury(conn, message_id, now, error)
+                    self._bump(conn, failed=1, dead_lettered=1)
+                    return Outcome.DONE, True
+                return outcome, False
+            attempts, max_attempts = row
+            if force_dead or attempts >= max_attempts:
+                self._bury(conn, message_id, now, error)
+                self._bump(conn, failed=1, dead_lettered=1)
+                return Outcome.DONE, True
+            retry = {**live, "visible_at": now + retry_after(attempts), "error": error}
+            conn.execute(self._sql["release"], {**retry, "refund": 0})
+            self._bump(conn, failed=1)
+            self._notify(conn)
+            return Outcome.DONE, False
+
+        return self._write(run)
+
+    def extend(self, message_id: int, token: int | None, now: float, lease_until: float) -> Outcome:
+        params = {"id": message_id, "token": token, "now": now, "until": lease_until}
+
+        def run(conn: Conn) -> Outcome:
+            if conn.execute(self._sql["extend"], params).rowcount:
+                return Outcome.DONE
+            return self._diagnose(conn, message_id, token)
+
+        return self._write(run)
+
+    def peek(self, now: float) -> StoredMessage | None:
+        def run(conn: Conn) -> StoredMessage | None:
+            ready = self._one(conn, "peek", {"now": now})
+            expired = self._one(conn, "peek_expired", {"now": now})
+            chosen = peek_choice(
+                None if ready is None else self._message(ready),
+                None if expired is None else self._message(expired),
+            )
+            return None if chosen is None else self._with_bodies(conn, [chosen])[0]
+
+        return self._read_tx(run)
+
+    def is_empty(self) -> bool:
+        return bool(self._read(lambda conn: self._one(conn, "is_empty")[0]))
+
+    def count_pending(self) -> int:
+        return int(self._read(lambda conn: self._one(conn, "count_pending")[0]))
+
+    def next_due(self, now: float) -> float | None:
+        row = self._read(lambda conn: self._one(conn, "next_due"))
+        return None if row is None or row[0] is None else float(row[0])
+
+    def recover(self, now: float) -> int:
+        return self._write(lambda conn: self._fold_expired(conn, now))
+
+    def dead_letters(self) -> list[StoredDeadLetter]:
+        def run(conn: Conn) -> list[StoredDeadLetter]:
+            rows = conn.execute(self._sql["dead_letters"]).fetchall()
+            return self._with_bodies(conn, [self._dead(r) for r in rows])
+
+        return self._read_tx(run)
+
+    def _revive_one(self, conn: Conn, message_id: int, now: float) -> bool:
+        params = {"id": message_id, "now": now}
+        found = self._one(conn, "dead_group", params)
+        if found is None:
+            return False
+        self._lock_group(conn, found[0])
+        conn.execute(self._sql["revive"], params)
+        conn.execute(self._sql["delete_dead"], params)
+        return True
+
+    def revive(self, message_id: int, now: float) -> bool:
+        def run(conn: Conn) -> bool:
+            if not self._revive_one(conn, message_id, now):
+                return False
+            self._notify(conn)
+            return True
+
+        return self._write(run)
+
+    @abstractmethod
+    def _other(self, target: str) -> Any:
+        """The rendered statements of another queue in the same database."""
+
+    @abstractmethod
+    def _redrive_into(self, other: Any) -> str:
+        """The statement moving one of our dead letters into queue ``other``."""
+
+    def redrive(
+        self, ids: Sequence[int] | None, target: str | None, now: float, limit: int, after: int
+    ) -> tuple[list[int], list[int]]:
+        other = None if target is None or target == self.name else self._other(target)
+
+        def run(conn: Conn) -> tuple[list[int], list[int]]:
+            if ids is None:
+                found = conn.execute(self._sql["dead_ids"], {"after": after, "limit": limit})
+                chosen = [int(r[0]) for r in found.fetchall()]
+            else:
+                chosen = list(ids[:limit])
+            if other is not None and self._one(conn, "queue_exists", {"name": target}) is None:
+                raise StorageError(
+                    f"no queue named {target!r} in {self.path!r}; open it once to create it",
+                    ErrorKind.NOT_FOUND,
+                )
+            moved: list[int] = []
+            missing: list[int] = []
+            for message_id in chosen:
+                if other is None:
+                    done = self._revive_one(conn, message_id, now)
+                else:
+                    params = {"id": message_id, "now": now}
+                    done = bool(conn.execute(self._redrive_into(other), params).rowcount)
+                    if done:
+                        conn.execute(self._sql["delete_dead"], params)
+                (moved if done else missing).append(message_id)
+            if moved and other is not None:
+                conn.execute(
+                    other.sql["bump"], {**dict.fromkeys(TOTALS, 0), "enqueued": len(moved)}
+                )
+                if "notify" in other.sql:
+                    conn.execute(other.sql["notify"])
+            elif moved:
+                self._notify(conn)
+            return moved, missing
+
+        return self._write(run)
+
+    def import_rows(
+        self,
+        messages: Sequence[tuple[StoredMessage, str]],
+        dead: Sequence[StoredDeadLetter],
+        now: float,
+    ) -> None:
+        def run(conn: Conn) -> None:
+            high = 0
+            for row, status in messages:
+                params = {**import_params(row, status, now), **self._body_params(row.data)}
+                conn.execute(self._sql["import_message"], params)
+                high = max(high, row.id)
+            for letter in dead:
+                params = {**dead_params(letter), **self._body_params(letter.data)}
+                conn.execute(self._sql["import_dead"], params)
+                high = max(high, letter.id)
+            self._after_import(conn, high)
+            self._bump(conn, enqueued=len(messages) + len(dead))
+            self._notify(conn)
+
+        self._write(run)
+
+    def statuses(self, now: float) -> list[dict[str, Any]]:
+        rows = self._read(lambda conn: conn.execute(self._sql["statuses"], {"now": now}).fetchall())
+        keys = ("id", "status", "priority", "attempts", "max_attempts")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def _file_sizes(self) -> dict[str, int]:
+        """Sizes of the database's files, where the backend has any."""
+        return {"db_bytes": 0, "wal_bytes": 0}
+
+    def stats(self, now: float, horizon: float) -> dict[str, Any]:
+        def run(conn: Conn) -> dict[str, Any]:
+            return {
+                "counters": self._one(conn, "counters"),
+                "delayed_oldest": self._one(conn, "delayed_and_oldest", {"now": now}),
+                "waiting": self._one(conn, "waiting")[0],
+                "expiring": self._one(conn, "expiring", {"horizon": now + horizon})[0],
+            }
+
+        found = self._read_tx(run)
+        (pending, processing, dead, enqueued, completed, failed, dead_lettered, expired,
+         ttl_expired, created) = found["counters"]  # fmt: skip
+        delayed, oldest = found["delayed_oldest"]
+        return {
+            "pending": int(pending) - int(delayed) - int(found["waiting"]),
+            "delayed": int(delayed),
+            "waiting": int(found["waiting"]),
+            "processing": int(processing),
+            "dead": int(dead),
+            "oldest_pending_at": oldest,
+            "expiring": int(found["expiring"]),
+            "enqueued_total": int(enqueued),
+            "completed_total": int(completed),
+            "failed_total": int(failed),
+            "dead_lettered_total": int(dead_lettered),
+            "expired_total": int(expired),
+            "ttl_expired_total": int(ttl_expired),
+            "created_at": float(created or 0.0),
+            **self._file_sizes(),
+        }
+
+    def list_messages(
+        self, state: str, now: float, limit: int, after_id: int
+    ) -> list[StoredMessage] | list[StoredDeadLetter] | list[StoredDone]:
+        params = {"now": now, "limit": limit, "after": after_id}
+        convert = {"dead": self._dead, "done": self._done}.get(state, self._message)
+
+        def run(conn: Conn) -> Any:
+            rows = conn.execute(self._sql[f"list_{state}"], params).fetchall()
+            return self._with_bodies(conn, [convert(r) for r in rows])
+
+        result: list[StoredMessage] | list[StoredDeadLetter] | list[StoredDone]
+        result = self._read_tx(run)
+        return result
+
+    def purge(self, states: Sequence[str], now: float, older_than: float | None) -> int:
+        params = {"now": now, "cutoff": older_than}
+
+        def run(conn: Conn) -> int:
+            # Waiting group members first, so deleting their heads promotes nothing.
+            ordered = sorted(states, key=lambda s: s != "waiting")
+            return sum(conn.execute(self._sql[f"purge_{s}"], params).rowcount for s in ordered)
+
+        return self._write(run)
+
+    def _prune(self, now: float) -> None:
+        """Retention and dedup upkeep, in bounded steps."""
+        policy = self.policy
+        batch = {"batch": 500, "now": now}
+
+        def run(conn: Conn) -> None:
+            if policy.retention is not None:
+                cutoff = {**batch, "cutoff": now - policy.retention}
+                conn.execute(self._sql["prune_done_age"], cutoff)
+            if policy.retention_max is not None:
+                keep = {**batch, "keep": policy.retention_max}
+                conn.execute(self._sql["prune_done_count"], keep)
+            conn.execute(self._sql["prune_dedup"], batch)
+
+        self._write(run)
