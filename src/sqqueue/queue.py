@@ -345,6 +345,8 @@ class Queue:
             # The caller gets the Err; the log only speaks up for trouble with the database.
             level = _LOG_LEVEL_BY_KIND.get(exc.kind, logging.DEBUG)
             logger.log(level, "queue %r: %s failed: %s", self.name, action, exc)
+            if isinstance(exc, error_cls) and type(exc) is not error_cls:
+                return Err(exc)  # a more specific error (QueueFull) reaches the caller as is
             return Err(error_cls(f"{action} failed: {exc}", exc.kind, exc.message_id))
         except Exception as exc:  # the Result promise: report, do not raise
             logger.exception("queue %r: %s failed unexpectedly", self.name, action)
@@ -534,8 +536,10 @@ class Queue:
 
     def _store(self, items: Sequence[Item], wait: object, conn: Any = None) -> list[int]:
         """Encode and insert ``items`` in one transaction; wait for room if asked."""
-        patience = _seconds(wait, "wait", minimum=0, maximum=MAX_WAIT, strict=False)
-        deadline = time.monotonic() + patience
+        patience = 0.0
+        if wait:
+            patience = _seconds(wait, "wait", minimum=0, maximum=MAX_WAIT, strict=False)
+        deadline = time.monotonic() + patience if patience else 0.0
         nap = _POLL_MIN
         while True:
             now = self._now()
@@ -561,7 +565,7 @@ class Queue:
                 remaining = deadline - time.monotonic()
                 if exc.kind is not ErrorKind.QUEUE_FULL or remaining <= 0 or conn is not None:
                     if exc.kind is ErrorKind.QUEUE_FULL:
-                        raise QueueFull(str(exc)) from exc
+                        raise QueueFull(f"enqueue failed: {exc}") from exc
                     raise
                 # Completions in this process notify at once; others are polled.
                 self._room.wait(self._room.seq, min(nap, remaining))
@@ -642,9 +646,16 @@ class Queue:
                 queue.enqueue_in(conn, {"order": 42}).unwrap()
         """
         item = Item(payload, priority, delay, max_attempts, dedup_key, group, ttl)
-        return self._guard(
-            EnqueueError, "enqueue_in", lambda: Ok(self._store([item], 0, conn=conn)[0])
-        )
+
+        def run() -> Result[int, EnqueueError]:
+            if conn is None:
+                raise QueueError(
+                    "enqueue_in needs your open database connection, got None",
+                    ErrorKind.INVALID_INPUT,
+                )
+            return Ok(self._store([item], 0, conn=conn)[0])
+
+        return self._guard(EnqueueError, "enqueue_in", run)
 
     # -- consuming -----------------------------------------------------------------------
 
@@ -770,7 +781,10 @@ class Queue:
         cancelled = cancel.is_set if cancel is not None else None
 
         def run() -> Result[Message | None, DequeueError]:
-            messages = self._drive(self._claim_plan(1, visibility_timeout, wait, cancelled))
+            if wait == 0:  # no waiting: skip the wait plan's machinery
+                messages = self._claim(1, self._lease_seconds(visibility_timeout))
+            else:
+                messages = self._drive(self._claim_plan(1, visibility_timeout, wait, cancelled))
             return Ok(messages[0] if messages else None)
 
         return self._guard(DequeueError, "dequeue", run)

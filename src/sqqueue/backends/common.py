@@ -40,6 +40,8 @@ class SQLBackend(Backend):
     """Operations shared by the SQL backends; subclasses supply connections and hooks."""
 
     _sql: dict[str, str]
+    #: whether an insert trigger counts enqueues (else each insert path bumps the total)
+    _trigger_counts_enqueues = False
     path: str  #: the database, for messages (a file path, or a URL without its password)
 
     # -- hooks -----------------------------------------------------------------------------
@@ -253,6 +255,8 @@ class SQLBackend(Backend):
         self._lock_group(conn, found[0])
         conn.execute(self._sql["revive"], params)
         conn.execute(self._sql["delete_dead"], params)
+        if self._trigger_counts_enqueues:
+            self._bump(conn, enqueued=-1)  # a revival is not a new enqueue
         return True
 
     def revive(self, message_id: int, now: float) -> bool:
@@ -300,9 +304,9 @@ class SQLBackend(Backend):
                         conn.execute(self._sql["delete_dead"], params)
                 (moved if done else missing).append(message_id)
             if moved and other is not None:
-                conn.execute(
-                    other.sql["bump"], {**dict.fromkeys(TOTALS, 0), "enqueued": len(moved)}
-                )
+                if not self._trigger_counts_enqueues:
+                    counts = {**dict.fromkeys(TOTALS, 0), "enqueued": len(moved)}
+                    conn.execute(other.sql["bump"], counts)
                 if "notify" in other.sql:
                     conn.execute(other.sql["notify"])
             elif moved:
@@ -328,7 +332,8 @@ class SQLBackend(Backend):
                 conn.execute(self._sql["import_dead"], params)
                 high = max(high, letter.id)
             self._after_import(conn, high)
-            self._bump(conn, enqueued=len(messages) + len(dead))
+            counted = len(messages) if self._trigger_counts_enqueues else 0
+            self._bump(conn, enqueued=len(messages) + len(dead) - counted)
             self._notify(conn)
 
         self._write(run)

@@ -188,6 +188,8 @@ def _prepare_path(db_path: str | os.PathLike[str]) -> tuple[str, bool]:
 class SQLiteBackend(SQLBackend):
     """One queue in one SQLite file. Safe to share between threads; survives ``fork``."""
 
+    _trigger_counts_enqueues = True
+
     def __init__(
         self,
         db_path: str | os.PathLike[str],
@@ -329,8 +331,7 @@ class SQLiteBackend(SQLBackend):
 
     def _run(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
         """Run ``fn`` in one transaction, retrying on lock contention until the deadline."""
-        start = time.monotonic()
-        deadline = start + self._lock_timeout
+        start = deadline = 0.0  # set at the first conflict: the happy path reads no clock
         attempt = 0
         while True:
             conn = self._connection()
@@ -350,6 +351,9 @@ class SQLiteBackend(SQLBackend):
                 if err.kind is not ErrorKind.LOCKED:
                     raise err from exc
                 attempt += 1
+                if attempt == 1:
+                    start = time.monotonic()
+                    deadline = start + self._lock_timeout
                 if not self._backoff(attempt, deadline):
                     raise self._locked_error(time.monotonic() - start) from exc
 
@@ -532,20 +536,18 @@ class SQLiteBackend(SQLBackend):
     ) -> list[int]:
         """Insert inside the caller's transaction: dedup, depth limit, groups."""
         policy = self.policy
-        plain = all(
+        if policy.max_depth is None and all(
             m.dedup_key is None and m.group_key is None and len(m.data) < LARGE_PAYLOAD
             for m in messages
-        )
-        if plain and policy.max_depth is None:
-            rows = [_insert_params(m, now) for m in messages]
-            insert = self._sql["insert"]
-            self._bump(conn, enqueued=len(rows))
-            if len(rows) == 1:
-                return [int(conn.execute(insert, rows[0]).lastrowid or 0)]
-            conn.executemany(insert, rows)
+        ):
+            # The common case: plain inserts, positional parameters, counted by trigger.
+            insert = self._sql["insert_plain"]
+            if len(messages) == 1:
+                return [int(conn.execute(insert, _plain_row(messages[0], now)).lastrowid or 0)]
+            conn.executemany(insert, [_plain_row(m, now) for m in messages])
             # Inside one write transaction AUTOINCREMENT hands out consecutive ids.
             last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
-            return list(range(last - len(rows) + 1, last + 1))
+            return list(range(last - len(messages) + 1, last + 1))
         # Decide first which messages are duplicates (of stored ones, or of earlier items
         # of this batch), so the depth limit counts only what will really be added.
         existing: list[int | None] = []
@@ -595,8 +597,6 @@ class SQLiteBackend(SQLBackend):
                         "expires_at": None if window is None else now + window,
                     },
                 )
-        if fresh:
-            self._bump(conn, enqueued=fresh)
         return ids
 
     def _dedup_hit(self, conn: sqlite3.Connection, key: str, now: float) -> int | None:
@@ -805,6 +805,19 @@ def _dead(row: Sequence[Any]) -> StoredDeadLetter:
 
 def _done(row: Sequence[Any]) -> StoredDone:
     return StoredDone(row[0], _payload(row[1], row[2]), *row[3:])
+
+
+def _plain_row(m: NewMessage, now: float) -> tuple[Any, ...]:
+    return (
+        m.data,
+        m.encoding,
+        m.checksum,
+        m.priority,
+        m.visible_at,
+        m.max_attempts,
+        now,
+        m.expires_at,
+    )
 
 
 def _insert_params(message: NewMessage, now: float) -> dict[str, Any]:

@@ -143,7 +143,10 @@ CREATE TABLE $dedup (
 CREATE TRIGGER $tr_insert AFTER INSERT ON $q BEGIN
     UPDATE sqqueue_queues
        SET pending_count = pending_count + (NEW.status <> 'processing'),
-           processing_count = processing_count + (NEW.status = 'processing')
+           processing_count = processing_count + (NEW.status = 'processing'),
+           -- every insert is an enqueue but a revived dead letter's, which compensates:
+           -- one UPDATE per enqueue instead of two on the hot path
+           enqueued_total = enqueued_total + 1
      WHERE name = $lit;
 END""",
     """
@@ -219,6 +222,10 @@ STATEMENTS = {
                         created_at, updated_at, expires_at)
         VALUES (:data, :encoding, :checksum, :priority, :visible_at, :max_attempts,
                 :now, :now, :expires_at)""",
+    "insert_plain": """
+        INSERT INTO $q (payload, encoding, checksum, priority, visible_at, max_attempts,
+                        created_at, updated_at, expires_at)
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)""",
     "insert_grouped": f"""
         INSERT INTO $q (payload, encoding, checksum, status, priority, visible_at,
                         max_attempts, created_at, updated_at, expires_at, group_key)
