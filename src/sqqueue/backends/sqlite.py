@@ -425,6 +425,7 @@ class SQLiteBackend(SQLBackend):
             if not columns:
                 for ddl in self._q.ddl:
                     conn.execute(ddl)
+                conn.execute(self._sql["make_counters"])
             elif {"processing_at", "dlq", "visible_at", "status"} <= columns:
                 self._migrate_legacy(conn, now, default_max_attempts)
             else:
@@ -433,6 +434,7 @@ class SQLiteBackend(SQLBackend):
                     "choose another table_name",
                     ErrorKind.INVALID_INPUT,
                 )
+            conn.execute(self._sql["make_counters"])  # no-op unless migrated
             conn.execute(self._sql["recount"])
             conn.execute(self._sql["seed_totals"])
 
@@ -697,6 +699,12 @@ class SQLiteBackend(SQLBackend):
         self._read(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
 
     # -- hooks of SQLBackend ---------------------------------------------------------------
+
+    def _bump(self, conn: sqlite3.Connection, **counts: int) -> None:
+        # Only the counters that change: usually one small UPDATE.
+        for counter, n in counts.items():
+            if n:
+                conn.execute(self._sql["bump"], {"n": n, "counter": f"{self.name}#{counter}"})
 
     def _message(self, row: Sequence[Any]) -> StoredMessage:
         return _message(row)

@@ -21,6 +21,7 @@ from string import Template
 
 __all__ = [
     "COLUMNS",
+    "COUNTERS",
     "DEAD_COLUMNS",
     "DONE_COLUMNS",
     "REGISTRY_DDL",
@@ -29,24 +30,31 @@ __all__ = [
     "render",
 ]
 
-# One row per queue. The *_count columns are kept exact by triggers on the queue's tables
-# (so even rows changed by hand in the sqlite3 shell are counted); the *_total columns
-# count events since the queue was created and are bumped by each operation.
+# One row per queue: its schema version and creation time.
 REGISTRY_DDL = """
 CREATE TABLE IF NOT EXISTS sqqueue_queues (
     name                 TEXT PRIMARY KEY,
     schema_version       INTEGER NOT NULL,
-    created_at           REAL NOT NULL,
-    pending_count        INTEGER NOT NULL DEFAULT 0,  -- pending, delayed or waiting
-    processing_count     INTEGER NOT NULL DEFAULT 0,
-    dead_count           INTEGER NOT NULL DEFAULT 0,
-    enqueued_total       INTEGER NOT NULL DEFAULT 0,
-    completed_total      INTEGER NOT NULL DEFAULT 0,
-    failed_total         INTEGER NOT NULL DEFAULT 0,
-    dead_lettered_total  INTEGER NOT NULL DEFAULT 0,
-    expired_total        INTEGER NOT NULL DEFAULT 0,  -- leases that ran out
-    ttl_expired_total    INTEGER NOT NULL DEFAULT 0   -- messages whose time to live ran out
+    created_at           REAL NOT NULL
 )"""
+
+# A queue's counts and totals are rows of sqlite_sequence named '<queue>#<counter>'.
+# SQLite documents that table as writable with ordinary SQL, and AUTOINCREMENT already
+# rewrites its page at every enqueue: counting there costs no extra page per transaction,
+# where a counter table of its own measurably slowed every operation. Counts by state are
+# kept exact by triggers (rows changed by hand are counted too); totals are bumped by the
+# operations. The rows are created with the queue.
+COUNTERS = (
+    "pending",  # pending, delayed or waiting
+    "processing",
+    "dead",
+    "enqueued",
+    "completed",
+    "failed",
+    "dead_lettered",
+    "expired",  # leases that ran out
+    "ttl_expired",  # messages whose time to live ran out
+)
 
 QUEUE_DDL = (
     """
@@ -141,30 +149,23 @@ CREATE TABLE $dedup (
 )""",
     """
 CREATE TRIGGER $tr_insert AFTER INSERT ON $q BEGIN
-    UPDATE sqqueue_queues
-       SET pending_count = pending_count + (NEW.status <> 'processing'),
-           processing_count = processing_count + (NEW.status = 'processing'),
-           -- every insert is an enqueue but a revived dead letter's, which compensates:
-           -- one UPDATE per enqueue instead of two on the hot path
-           enqueued_total = enqueued_total + 1
-     WHERE name = $lit;
+    -- every insert is an enqueue but a revived dead letter's, which compensates
+    UPDATE sqlite_sequence SET seq = seq + 1
+     WHERE name IN ($c_enqueued,
+                    CASE WHEN NEW.status = 'processing' THEN $c_processing ELSE $c_pending END);
 END""",
     """
 CREATE TRIGGER $tr_delete AFTER DELETE ON $q BEGIN
-    UPDATE sqqueue_queues
-       SET pending_count = pending_count - (OLD.status <> 'processing'),
-           processing_count = processing_count - (OLD.status = 'processing')
-     WHERE name = $lit;
+    UPDATE sqlite_sequence SET seq = seq - 1
+     WHERE name = CASE WHEN OLD.status = 'processing' THEN $c_processing ELSE $c_pending END;
 END""",
     """
 CREATE TRIGGER $tr_update AFTER UPDATE OF status ON $q
 WHEN (OLD.status = 'processing') IS NOT (NEW.status = 'processing') BEGIN
-    UPDATE sqqueue_queues
-       SET pending_count = pending_count + (OLD.status = 'processing')
-                                         - (NEW.status = 'processing'),
-           processing_count = processing_count + (NEW.status = 'processing')
-                                               - (OLD.status = 'processing')
-     WHERE name = $lit;
+    UPDATE sqlite_sequence
+       SET seq = seq + CASE WHEN (name = $c_processing) = (NEW.status = 'processing')
+                            THEN 1 ELSE -1 END
+     WHERE name IN ($c_pending, $c_processing);
 END""",
     # When a message of a group leaves the queue (completed, dead-lettered, expired or
     # purged), the next message of that group, if any, becomes deliverable.
@@ -178,11 +179,11 @@ WHEN OLD.group_key IS NOT NULL AND OLD.status <> 'waiting' BEGIN
 END""",
     """
 CREATE TRIGGER $tr_dlq_insert AFTER INSERT ON $dlq BEGIN
-    UPDATE sqqueue_queues SET dead_count = dead_count + 1 WHERE name = $lit;
+    UPDATE sqlite_sequence SET seq = seq + 1 WHERE name = $c_dead;
 END""",
     """
 CREATE TRIGGER $tr_dlq_delete AFTER DELETE ON $dlq BEGIN
-    UPDATE sqqueue_queues SET dead_count = dead_count - 1 WHERE name = $lit;
+    UPDATE sqlite_sequence SET seq = seq - 1 WHERE name = $c_dead;
 END""",
 )
 
@@ -241,7 +242,9 @@ STATEMENTS = {
     "exists": """
         SELECT EXISTS (SELECT 1 FROM $q WHERE id = :id)
             OR EXISTS (SELECT 1 FROM $dlq WHERE id = :id)""",
-    "depth": "SELECT pending_count + processing_count FROM sqqueue_queues WHERE name = $lit",
+    "depth": """
+        SELECT coalesce(sum(seq), 0) FROM sqlite_sequence
+         WHERE name IN ($c_pending, $c_processing)""",
     "claim": f"""
         UPDATE $q
            SET status = 'processing', attempts = attempts + 1, lease_token = :token,
@@ -339,29 +342,27 @@ STATEMENTS = {
          ORDER BY priority DESC, lease_expires_at, id
          LIMIT 1""",
     "is_empty": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
-    "count_pending": "SELECT pending_count FROM sqqueue_queues WHERE name = $lit",
-    "bump": """
-        UPDATE sqqueue_queues
-           SET enqueued_total = enqueued_total + :enqueued,
-               completed_total = completed_total + :completed,
-               failed_total = failed_total + :failed,
-               dead_lettered_total = dead_lettered_total + :dead_lettered,
-               expired_total = expired_total + :expired,
-               ttl_expired_total = ttl_expired_total + :ttl_expired
-         WHERE name = $lit""",
+    "count_pending": "SELECT seq FROM sqlite_sequence WHERE name = $c_pending",
+    "bump": "UPDATE sqlite_sequence SET seq = seq + :n WHERE name = :counter",
+    "make_counters": f"""
+        INSERT INTO sqlite_sequence (name, seq)
+        SELECT column1, 0 FROM (VALUES {", ".join(f"('$name#{c}')" for c in COUNTERS)})
+         WHERE column1 NOT IN (SELECT name FROM sqlite_sequence)""",
     "recount": """
-        UPDATE sqqueue_queues
-           SET pending_count = (SELECT count(*) FROM $q WHERE status <> 'processing'),
-               processing_count = (SELECT count(*) FROM $q WHERE status = 'processing'),
-               dead_count = (SELECT count(*) FROM $dlq)
-         WHERE name = $lit""",
+        UPDATE sqlite_sequence
+           SET seq = CASE name
+                WHEN $c_pending THEN (SELECT count(*) FROM $q WHERE status <> 'processing')
+                WHEN $c_processing THEN (SELECT count(*) FROM $q WHERE status = 'processing')
+                ELSE (SELECT count(*) FROM $dlq) END
+         WHERE name IN ($c_pending, $c_processing, $c_dead)""",
     "seed_totals": """
-        UPDATE sqqueue_queues SET enqueued_total = pending_count + processing_count + dead_count
-         WHERE name = $lit""",
-    "counters": """
-        SELECT pending_count, processing_count, dead_count, enqueued_total, completed_total,
-               failed_total, dead_lettered_total, expired_total, ttl_expired_total, created_at
-          FROM sqqueue_queues WHERE name = $lit""",
+        UPDATE sqlite_sequence
+           SET seq = (SELECT sum(seq) FROM sqlite_sequence
+                       WHERE name IN ($c_pending, $c_processing, $c_dead))
+         WHERE name = $c_enqueued""",
+    "counters": f"""
+        SELECT {", ".join(f"(SELECT seq FROM sqlite_sequence WHERE name = $c_{c})" for c in COUNTERS)},
+               (SELECT created_at FROM sqqueue_queues WHERE name = $lit)""",
     # Per priority level, seek into the ready index: pending rows not yet visible, and
     # the oldest visible one. Costs a few seeks per level plus one step per delayed row.
     "delayed_and_oldest": """
@@ -530,6 +531,9 @@ class Rendered:
         # they are is safe, and the literal needs no escaping either.
         self.subst = {key: f'"{value}"' for key, value in names.items()}
         self.subst["lit"] = f"'{name}'"
+        self.subst["name"] = name
+        for counter in COUNTERS:
+            self.subst[f"c_{counter}"] = f"'{name}#{counter}'"
         self.tables = names
         self.sql = {key: self.fill(sql) for key, sql in STATEMENTS.items()}
         self.ddl = [self.fill(sql) for sql in QUEUE_DDL]
