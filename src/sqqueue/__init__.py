@@ -10,7 +10,7 @@ if message is not None:
     queue.complete(message)
 """
 
-from .aio import AsyncQueue, AsyncSQLiteQueue, AsyncWorker
+from .aio import AsyncQueue, AsyncSQLiteQueue, AsyncWorker, connect_async
 from .exceptions import (
     CompletionError,
     DequeueError,
@@ -58,5 +58,6 @@ __all__ = [
     "WorkerStats",
     "__version__",
     "connect",
+    "connect_async",
     "worker",
 ]

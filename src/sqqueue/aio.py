@@ -46,7 +46,7 @@ from .result import Err, Ok, Result
 from .stats import QueueStats
 from .worker import WorkerCore, WorkerStats
 
-__all__ = ["AsyncQueue", "AsyncSQLiteQueue", "AsyncWorker"]
+__all__ = ["AsyncQueue", "AsyncSQLiteQueue", "AsyncWorker", "connect_async"]
 
 logger = logging.getLogger(__name__)
 
@@ -327,6 +327,17 @@ class AsyncSQLiteQueue(AsyncQueue):
     @staticmethod
     async def list_queues(db_path: str | os.PathLike[str]) -> Result[list[str], QueueError]:
         return await asyncio.to_thread(SQLiteQueue.list_queues, db_path)
+
+
+async def connect_async(url: str, table_name: str | None = None, **settings: Any) -> AsyncQueue:
+    """``sqqueue.connect`` for asyncio: opens the queue off the event loop::
+
+    queue = await connect_async("postgresql://app@db/app", "emails")
+    """
+    from .queue import connect
+
+    args = (url,) if table_name is None else (url, table_name)
+    return AsyncQueue(await asyncio.to_thread(connect, *args, **settings))
 
 
 AsyncHandler = Callable[[Message], Awaitable[Any]]

@@ -108,8 +108,9 @@ def classify(exc: sqlite3.Error, path: str) -> StorageError:
         "malformed" in lowered or "not a database" in lowered
     ):
         return StorageError(
-            f"database {path!r} is damaged or not an SQLite database ({text}); run "
-            "'PRAGMA integrity_check' on it and restore from a copy if it fails",
+            f"database {path!r} is damaged or not an SQLite database ({text}); check it "
+            f"with 'sqqueue check {path}', then copy every readable message into a new "
+            f"file with 'sqqueue salvage {path} NEW.db' (or restore a backup)",
             ErrorKind.CORRUPT,
         )
     if name.startswith("SQLITE_IOERR") or "i/o error" in lowered:
