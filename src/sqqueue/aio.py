@@ -231,6 +231,9 @@ class AsyncQueue:
     async def complete(self, message: MessageRef) -> Result[None, CompletionError]:
         return await self._call(self.sync.complete, message)
 
+    async def complete_batch(self, messages: Sequence[MessageRef]) -> Result[int, CompletionError]:
+        return await self._call(self.sync.complete_batch, messages)
+
     async def fail_message(
         self,
         message: MessageRef,

@@ -863,6 +863,49 @@ class Queue:
 
         return self._guard(CompletionError, "complete", run)
 
+    def complete_batch(self, messages: Sequence[MessageRef]) -> Result[int, CompletionError]:
+        """Acknowledge several leased messages in one transaction: all of them or, if any
+        is refused (expired or lost lease, unknown id), none; ``Ok(count)``::
+
+            batch = queue.dequeue_batch(100).unwrap()
+            ...  # process them
+            queue.complete_batch(batch)
+        """
+
+        def run() -> Result[int, CompletionError]:
+            if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+                raise QueueError(
+                    "complete_batch expects a list of messages or ids", ErrorKind.INVALID_INPUT
+                )
+            refs = [self._ref(m) for m in messages]
+            if not refs:
+                return Ok(0)
+            outcomes = self._backend.complete_many(refs, self._now())
+            refused = [
+                (mid, o)
+                for (mid, _), o in zip(refs, outcomes, strict=True)
+                if o is not Outcome.DONE
+            ]
+            if refused:
+                first_id, first = refused[0]
+                reason = self._outcome_error(first, first_id, "completed")
+                raise QueueError(
+                    f"{len(refused)} of {len(refs)} message(s) could not be completed "
+                    f"(ids {', '.join(str(i) for i, _ in refused[:10])}), so none was; "
+                    f"message {first_id}: {reason}",
+                    reason.kind,
+                    first_id,
+                )
+            for mid, _ in refs:
+                self._forget(mid)
+            if self._backend.policy.max_depth is not None:
+                self._room.notify()
+            self._metrics.incr("complete", len(refs))
+            self._count_operation()
+            return Ok(len(refs))
+
+        return self._guard(CompletionError, "complete_batch", run)
+
     def fail_message(
         self,
         message: MessageRef,

@@ -162,6 +162,11 @@ class Backend(ABC):
         """Delete a message held under a live lease."""
 
     @abstractmethod
+    def complete_many(self, refs: Sequence[tuple[int, int | None]], now: float) -> list[Outcome]:
+        """Complete several (id, token) messages in one transaction, all or none: if any
+        is refused, nothing changes. Returns each one's outcome."""
+
+    @abstractmethod
     def release(
         self,
         message_id: int,

@@ -36,6 +36,14 @@ Conn = Any  # sqlite3.Connection or psycopg.Connection
 TOTALS = ("enqueued", "completed", "failed", "dead_lettered", "expired", "ttl_expired")
 
 
+class _Refused(Exception):
+    """Ends a batch transaction (rolling it back) when one of its messages is refused."""
+
+    def __init__(self, outcomes: list[Outcome]) -> None:
+        super().__init__("a message of the batch was refused")
+        self.outcomes = outcomes
+
+
 class SQLBackend(Backend):
     """Operations shared by the SQL backends; subclasses supply connections and hooks."""
 
@@ -132,19 +140,36 @@ class SQLBackend(Backend):
         messages.sort(key=lambda m: (-m.priority, m.visible_at, m.id))
         return messages, folded
 
-    def complete(self, message_id: int, token: int | None, now: float) -> Outcome:
+    def _complete_one(self, conn: Conn, message_id: int, token: int | None, now: float) -> Outcome:
         params = {"id": message_id, "token": token, "now": now}
         keep = self.policy.retention is not None or self.policy.retention_max is not None
-
-        def run(conn: Conn) -> Outcome:
-            if keep and not conn.execute(self._sql["keep_done"], params).rowcount:
-                return self._diagnose(conn, message_id, token)
-            if conn.execute(self._sql["complete"], params).rowcount:
-                self._bump(conn, completed=1)
-                return Outcome.DONE
+        if keep and not conn.execute(self._sql["keep_done"], params).rowcount:
             return self._diagnose(conn, message_id, token)
+        if conn.execute(self._sql["complete"], params).rowcount:
+            return Outcome.DONE
+        return self._diagnose(conn, message_id, token)
+
+    def complete(self, message_id: int, token: int | None, now: float) -> Outcome:
+        def run(conn: Conn) -> Outcome:
+            outcome = self._complete_one(conn, message_id, token, now)
+            if outcome is Outcome.DONE:
+                self._bump(conn, completed=1)
+            return outcome
 
         return self._write(run)
+
+    def complete_many(self, refs: Sequence[tuple[int, int | None]], now: float) -> list[Outcome]:
+        def run(conn: Conn) -> list[Outcome]:
+            outcomes = [self._complete_one(conn, mid, token, now) for mid, token in refs]
+            if any(o is not Outcome.DONE for o in outcomes):
+                raise _Refused(outcomes)  # rolls the whole batch back
+            self._bump(conn, completed=len(outcomes))
+            return outcomes
+
+        try:
+            return self._write(run)
+        except _Refused as refused:
+            return refused.outcomes
 
     def release(
         self,

@@ -360,7 +360,9 @@ STATEMENTS = {
         SELECT count(*) FILTER (WHERE visible_at > %(now)s),
                min(visible_at) FILTER (WHERE visible_at <= %(now)s)
           FROM $q WHERE status = 'pending'""",
-    "waiting": "SELECT count(*) FROM $q WHERE status = 'waiting'",
+    # Only grouped messages wait: counted through the group index, not the whole table.
+    "waiting": """
+        SELECT count(*) FROM $q WHERE group_key IS NOT NULL AND status = 'waiting'""",
     "expiring": """
         SELECT count(*) FROM $q WHERE status = 'processing' AND lease_expires_at <= %(horizon)s""",
     "next_due": """

@@ -377,7 +377,9 @@ STATEMENTS = {
                min((SELECT min(visible_at) FROM $q WHERE status = 'pending'
                      AND priority = levels.p AND visible_at <= :now))
           FROM levels WHERE levels.p IS NOT NULL""",
-    "waiting": "SELECT count(*) FROM $q WHERE status = 'waiting'",
+    # Only grouped messages wait: counted through the group index, not the whole table.
+    "waiting": """
+        SELECT count(*) FROM $q WHERE group_key IS NOT NULL AND status = 'waiting'""",
     "expiring": """
         SELECT count(*) FROM $q WHERE status = 'processing' AND lease_expires_at <= :horizon""",
     # The earliest visible_at among pending rows, read from the ready index one priority

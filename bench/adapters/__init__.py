@@ -1,0 +1,28 @@
+"""One adapter module per benchmark subject, all with the interface of :class:`base.Adapter`.
+
+An adapter module imports its library lazily, inside the adapter, so that the driver can
+import this package in any of the three virtualenvs (ours, the peers', sqqueue 0.1.0's).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# subject name -> (module, virtualenv key). "main" is the project's .venv; the others are
+# created by bench/setup_venvs.py.
+SUBJECTS: dict[str, tuple[str, str]] = {
+    "sqqueue": ("adapters.sqqueue_current", "main"),
+    "sqlite3": ("adapters.plain_sqlite", "main"),
+    "persist-queue": ("adapters.peer_persistqueue", "peers"),
+    "litequeue": ("adapters.peer_litequeue", "peers"),
+    "localqueue": ("adapters.peer_localqueue", "peers"),
+    "huey": ("adapters.peer_huey", "peers"),
+    "sqqueue-0.1.0": ("adapters.sqqueue_010", "sqqueue010"),
+}
+
+
+def load(subject: str) -> Any:
+    """The adapter class of ``subject`` (imports its module, not yet the library)."""
+    module, _venv = SUBJECTS[subject]
+    return importlib.import_module(module).Adapter

@@ -1,0 +1,146 @@
+"""The interface every benchmark subject implements, with loop-based fallbacks.
+
+Payloads are ~100-character strings that start with a sequence number
+(``seq:000000042:xxxx...``), so consumers can report which messages they saw and the
+driver can count duplicates and losses. Adapters convert to whatever the library stores
+(bytes for huey) and back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+PAYLOAD_SIZE = 100
+_FILL = "x" * PAYLOAD_SIZE
+
+
+def make_payload(seq: int) -> str:
+    """A 100-character payload carrying ``seq``."""
+    head = f"seq:{seq:09d}:"
+    return head + _FILL[: PAYLOAD_SIZE - len(head)]
+
+
+def seq_of(payload: str) -> int:
+    return int(payload[4:13])
+
+
+class Unsupported(Exception):
+    """The subject has no way to do this workload; the text says why."""
+
+
+class Adapter:
+    """One queue library driven through the same small interface.
+
+    Class attributes describe the subject for the report; they must not need the library
+    to be importable (the orchestrator reads them from the project's own virtualenv).
+    """
+
+    name: ClassVar[str] = "?"
+    package: ClassVar[str] = "?"  # distribution name on PyPI, or "stdlib"
+    #: "yes": ack + automatic redelivery of unacknowledged messages across processes;
+    #: "partial": ack, but redelivery needs a manual call / restart; "no": at-most-once;
+    #: "baseline": the plain-sqlite3 reference, not a queue library.
+    at_least_once: ClassVar[str] = "?"
+    semantics: ClassVar[str] = ""
+    #: How each operation is done: "native", or how it is emulated. Shown in the report.
+    how: ClassVar[dict[str, str]] = {}
+    #: A blocking dequeue that notices another process's enqueue (for the wake-up test).
+    cross_process_wait: ClassVar[str | None] = None
+    #: None, or why the subject is left out of the 1,000,000-message workloads.
+    skip_large: ClassVar[str | None] = None
+
+    def __init__(self, workdir: str) -> None:
+        self.workdir = workdir
+        self.errors: dict[str, Any] = {"locked": 0, "other": 0, "samples": []}
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def _error(self, what: object) -> None:
+        text = str(what)
+        if "locked" in text.lower() or "busy" in text.lower():
+            self.errors["locked"] += 1
+        else:
+            self.errors["other"] += 1
+        if len(self.errors["samples"]) < 5:
+            self.errors["samples"].append(text[:300])
+
+    # -- the interface -----------------------------------------------------------------------
+
+    @classmethod
+    def version(cls) -> str:
+        from importlib.metadata import version
+
+        return version(cls.package)
+
+    def enqueue(self, payload: str) -> bool:
+        raise NotImplementedError
+
+    def enqueue_batch(self, payloads: Sequence[str]) -> bool:
+        """Enqueue all of ``payloads``; the fallback is a loop of single enqueues."""
+        ok = True
+        for p in payloads:
+            ok = self.enqueue(p) and ok
+        return ok
+
+    def dequeue_ack(self) -> str | None:
+        """Take one message and acknowledge it; its payload, or None if none was ready."""
+        raise NotImplementedError
+
+    def dequeue_batch_ack(self, n: int) -> list[str]:
+        out = []
+        for _ in range(n):
+            p = self.dequeue_ack()
+            if p is None:
+                break
+            out.append(p)
+        return out
+
+    def claim_batch(self, n: int) -> int:
+        """Lease up to ``n`` messages without acknowledging them; how many were leased."""
+        raise Unsupported("no batch dequeue")
+
+    def wait_dequeue_ack(self, timeout: float) -> str | None:
+        """Block up to ``timeout`` s for a message (fallback: poll every 1 ms), then ack it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            p = self.dequeue_ack()
+            if p is not None or time.monotonic() >= deadline:
+                return p
+            time.sleep(0.001)
+
+    def consumer_wait(self, timeout: float) -> str | None:
+        """What the end-to-end consumers call: the blocking dequeue, unless it cannot see
+        other processes' enqueues (then the 1 ms poll)."""
+        return self.wait_dequeue_ack(timeout)
+
+    def fill(self, payloads: Sequence[str]) -> None:
+        """Untimed prefill by the fastest means available."""
+        for i in range(0, len(payloads), 1000):
+            self.enqueue_batch(payloads[i : i + 1000])
+
+    def stats(self) -> Any:
+        """The library's own 'how many are waiting' call."""
+        raise Unsupported("no stats or size call")
+
+    def files(self) -> list[str]:
+        """Database files whose size (with their -wal) is reported."""
+        raise NotImplementedError
+
+    def size_parts(self) -> tuple[int, int]:
+        """(database bytes, WAL bytes)."""
+        sizes = [0, 0]
+        for f in self.files():
+            for i, suffix in enumerate(("", "-wal")):
+                with contextlib.suppress(OSError):
+                    sizes[i] += os.path.getsize(f + suffix)
+        return sizes[0], sizes[1]
+
+    def size_bytes(self) -> int:
+        return sum(self.size_parts())
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,120 @@
+"""sqqueue from this repository (src/sqqueue), run in the project's .venv."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from .base import Adapter as Base
+
+
+class Adapter(Base):
+    name = "sqqueue"
+    package = "sqqueue"
+    at_least_once = "yes"
+    semantics = (
+        "leases with automatic redelivery on expiry, fenced acks, atomic claim "
+        "(UPDATE ... RETURNING in BEGIN IMMEDIATE)"
+    )
+    how: ClassVar[dict[str, str]] = {
+        "enqueue_batch": "native enqueue_batch()",
+        "dequeue_batch": "native dequeue_batch(100), then complete_batch() (one transaction)",
+        "claim_batch": "native dequeue_batch(100)",
+        "wait": "dequeue(wait=...): data_version polling 2-20 ms",
+        "fill": "enqueue_batch() of 1,000",
+        "stats": "stats()",
+    }
+    cross_process_wait = "dequeue(wait=...)"
+
+    def __init__(self, workdir: str) -> None:
+        super().__init__(workdir)
+        from sqqueue import SQLiteQueue
+
+        self.path = os.path.join(workdir, "sqqueue.db")
+        # Settings spelled out so no SQQUEUE_* variable or config file changes them.
+        self.q = SQLiteQueue(
+            self.path,
+            table_name="bench",
+            vacuum_threshold=1000,
+            default_visibility_timeout=300.0,
+            synchronous="normal",
+            lock_timeout=30.0,
+        )
+
+    @classmethod
+    def version(cls) -> str:
+        import sqqueue
+
+        snapshot = "sqqueue-bench-src-" in (sqqueue.__file__ or "")
+        return f"{sqqueue.__version__} (this repo{', snapshot of src/' if snapshot else ''})"
+
+    def enqueue(self, payload: str) -> bool:
+        r = self.q.enqueue(payload)
+        if r.is_err():
+            self._error(r.error)
+            return False
+        return True
+
+    def enqueue_batch(self, payloads: Sequence[str]) -> bool:
+        r = self.q.enqueue_batch(payloads)
+        if r.is_err():
+            self._error(r.error)
+            return False
+        return True
+
+    def _ack(self, message: Any) -> bool:
+        r = self.q.complete(message)
+        if r.is_err():
+            self._error(r.error)
+            return False
+        return True
+
+    def dequeue_ack(self) -> str | None:
+        r = self.q.dequeue()
+        if r.is_err():
+            self._error(r.error)
+            return None
+        m = r.value
+        if m is None:
+            return None
+        self._ack(m)
+        return m.payload  # type: ignore[no-any-return]
+
+    def wait_dequeue_ack(self, timeout: float) -> str | None:
+        r = self.q.dequeue(wait=timeout)
+        if r.is_err():
+            self._error(r.error)
+            return None
+        m = r.value
+        if m is None:
+            return None
+        self._ack(m)
+        return m.payload  # type: ignore[no-any-return]
+
+    def dequeue_batch_ack(self, n: int) -> list[str]:
+        r = self.q.dequeue_batch(n)
+        if r.is_err():
+            self._error(r.error)
+            return []
+        done = self.q.complete_batch(r.value)  # one transaction for the whole batch
+        if done.is_err():
+            self._error(done.error)
+            return []
+        return [m.payload for m in r.value]
+
+    def claim_batch(self, n: int) -> int:
+        r = self.q.dequeue_batch(n)
+        if r.is_err():
+            self._error(r.error)
+            return 0
+        return len(r.value)
+
+    def stats(self) -> Any:
+        return self.q.stats().unwrap()
+
+    def files(self) -> list[str]:
+        return [self.path]
+
+    def close(self) -> None:
+        self.q.close()

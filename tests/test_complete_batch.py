@@ -1,0 +1,45 @@
+"""complete_batch: many acknowledgements in one transaction, all or none."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqqueue import CompletionError, ErrorKind, Queue
+
+
+def test_completes_a_whole_batch(make_queue: Callable[..., Queue]) -> None:
+    queue = make_queue(table_name="jobs")
+    queue.enqueue_batch([f"m{i}" for i in range(20)]).unwrap()
+    batch = queue.dequeue_batch(20).unwrap()
+    assert queue.complete_batch(batch).unwrap() == 20
+    assert queue.is_empty().unwrap()
+    stats = queue.stats().unwrap()
+    assert stats.completed_total == 20
+    assert queue.complete_batch([]).unwrap() == 0
+
+
+def test_a_refused_message_rolls_back_the_batch(
+    make_queue: Callable[..., Queue], clock: Any
+) -> None:
+    queue = make_queue(table_name="jobs")
+    queue.enqueue_batch(["a", "b", "c"]).unwrap()
+    short = queue.dequeue(visibility_timeout=5).unwrap()
+    rest = queue.dequeue_batch(2, visibility_timeout=60).unwrap()
+    assert short is not None
+    clock.advance(10)  # the first lease ran out
+    result = queue.complete_batch([*rest, short])
+    assert result.is_err()
+    assert isinstance(result.error, CompletionError)
+    assert result.error.kind is ErrorKind.LEASE_EXPIRED
+    assert str(short.id) in str(result.error)
+    # Nothing was completed: the two live leases are still there, and can be completed.
+    statuses = {s["id"]: s["status"] for s in queue.get_all_statuses().unwrap()}
+    assert [statuses[m.id] for m in rest] == ["processing", "processing"]
+    assert queue.complete_batch(rest).unwrap() == 2
+
+
+def test_bad_input_is_an_err(make_queue: Callable[..., Queue]) -> None:
+    queue = make_queue(table_name="jobs")
+    assert queue.complete_batch("abc").error.kind is ErrorKind.INVALID_INPUT  # type: ignore[arg-type,union-attr]
+    assert queue.complete_batch([123456]).error.kind is ErrorKind.NOT_FOUND  # type: ignore[union-attr]
