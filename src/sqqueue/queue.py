@@ -724,14 +724,20 @@ class Queue:
             version = yield ("call", backend.changes)
             due = yield ("call", lambda: backend.next_due(self._now()))
             interval = _POLL_MIN
+            # A backend whose wake-ups can be lost (NOTIFY over a dropped connection) is
+            # also re-checked every poll_fallback seconds.
+            fallback = getattr(backend, "poll_fallback", None)
+            recheck_at = time.monotonic() + fallback if fallback else math.inf
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or (cancelled is not None and cancelled()):
                     return []
+                if time.monotonic() >= recheck_at:
+                    break
                 until_due = math.inf if due is None else due - self._now()
                 if until_due <= 0:
                     break  # a delayed message fell due or a lease expired: claim it
-                nap = min(remaining, interval, until_due)
+                nap = min(remaining, interval, until_due, max(recheck_at - time.monotonic(), 0))
                 woken = yield ("sleep", nap, seq)
                 if cancelled is not None and cancelled():
                     return []

@@ -381,12 +381,11 @@ def schema_sql(backend: str, queue: str) -> list[str]:
     if backend == "sqlite":
         from .backends import sqlite_sql
 
-        return [s.strip() for s in (sqlite_sql.REGISTRY_DDL, *sqlite_sql.render(name).ddl)]
+        return sqlite_sql.schema_script(sqlite_sql.render(name))
     if backend in ("postgresql", "postgres"):
         from .backends import postgres_sql
 
-        rendered = postgres_sql.render(name)
-        return [s.strip() for s in (*postgres_sql.REGISTRY_DDL, *rendered.ddl)]
+        return postgres_sql.schema_script(postgres_sql.render(name))
     raise QueueError(
         f"unknown backend {backend!r}: use 'sqlite' or 'postgresql'", ErrorKind.INVALID_INPUT
     )

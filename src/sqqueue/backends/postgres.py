@@ -230,6 +230,14 @@ class PostgresBackend(SQLBackend):
             try:
                 return self._attempt(fn)
             except _CommitLost as lost:
+                if not write:
+                    # Nothing a read does can have taken effect: just run it again.
+                    exc_lost = psycopg.OperationalError("connection lost while committing a read")
+                    attempt += 1
+                    if time.monotonic() >= deadline:
+                        raise self._classify(exc_lost) from lost.__cause__
+                    time.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.5)))
+                    continue
                 raise StorageError(
                     f"the connection to {self.path!r} was lost while committing, so it is "
                     "unknown whether the operation took effect; check before retrying it",
@@ -283,7 +291,23 @@ class PostgresBackend(SQLBackend):
 
     # -- schema --------------------------------------------------------------------------
 
+    def _registered(self) -> bool:
+        """Whether the queue exists already: then opening it needs no DDL (nor DDL rights)."""
+
+        def look(conn: psycopg.Connection[Any]) -> bool:
+            if conn.execute("SELECT to_regclass('sqqueue_queues')").fetchone() == (None,):
+                return False
+            row = conn.execute(
+                "SELECT schema_version FROM sqqueue_queues WHERE name = %s", (self.name,)
+            ).fetchone()
+            return row is not None and row[0] <= SCHEMA_VERSION
+
+        return self._read(look)
+
     def _init_schema(self, default_max_attempts: int) -> None:
+        if self._registered():
+            return
+
         def setup(conn: psycopg.Connection[Any]) -> None:
             # One schema change at a time across every process and machine.
             conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('sqqueue schema', 0))")
@@ -322,7 +346,7 @@ class PostgresBackend(SQLBackend):
 
     def ddl(self) -> list[str]:
         """The statements that create this queue, for teams that run migrations themselves."""
-        return [s.strip() for s in (*sql.REGISTRY_DDL, *self._q.ddl)]
+        return sql.schema_script(self._q)
 
     # -- operations ----------------------------------------------------------------------
 
@@ -481,11 +505,17 @@ class PostgresBackend(SQLBackend):
                 self._listen_conn = conn
             try:
                 conn.execute("LISTEN sqqueue")
+                if self.schema is not None:
+                    conn.execute(f'SET search_path TO "{self.schema}"')
+                # Producers notify "<schema>.<queue>": same-named queues in other schemas
+                # do not wake this one.
+                current = conn.execute("SELECT current_schema()").fetchone()
+                expected = f"{current[0] if current else 'public'}.{self.name}"
                 self._listening = True
                 backoff = 0.05
                 while not self._closed:
                     for note in conn.notifies(timeout=1.0):
-                        if note.payload == self.name:
+                        if note.payload == expected:
                             self._notified += 1
                             signal.notify()
             except Exception:

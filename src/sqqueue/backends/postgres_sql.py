@@ -226,7 +226,11 @@ STATEMENTS = {
     "depth": """
         SELECT coalesce(sum(pending_count + processing_count), 0)
           FROM sqqueue_counters WHERE queue = $lit""",
-    "notify": "SELECT pg_notify('sqqueue', $lit)",
+    # For DDL applied by hand: what opening a new queue does after creating its tables.
+    "register": """
+        INSERT INTO sqqueue_queues (name, schema_version, created_at)
+        VALUES ($lit, 1, extract(epoch FROM clock_timestamp()))""",
+    "notify": "SELECT pg_notify('sqqueue', current_schema() || '.' || $lit)",
     "claim": f"""
         WITH picked AS (
             SELECT id FROM $q
@@ -476,6 +480,11 @@ class Rendered:
 
     def fill(self, sql: str) -> str:
         return Template(sql).substitute(self.subst)
+
+
+def schema_script(rendered: Rendered) -> list[str]:
+    """Every statement that creates and registers a queue, in order."""
+    return [s.strip() for s in (*REGISTRY_DDL, *rendered.ddl, rendered.sql["register"])]
 
 
 def render(name: str) -> Rendered:

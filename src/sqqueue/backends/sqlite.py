@@ -447,7 +447,7 @@ class SQLiteBackend(SQLBackend):
 
     def ddl(self) -> list[str]:
         """The statements that create this queue (for teams that run migrations themselves)."""
-        return [sql.REGISTRY_DDL.strip(), *(s.strip() for s in self._q.ddl)]
+        return sql.schema_script(self._q)
 
     def _migrate_legacy(self, conn: sqlite3.Connection, now: float, max_attempts: int) -> None:
         """Convert a sqqueue 0.1.0 table (and its _dlq) in place, inside the caller's txn."""

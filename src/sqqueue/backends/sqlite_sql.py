@@ -344,6 +344,10 @@ STATEMENTS = {
     "is_empty": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
     "count_pending": "SELECT seq FROM sqlite_sequence WHERE name = $c_pending",
     "bump": "UPDATE sqlite_sequence SET seq = seq + :n WHERE name = :counter",
+    # For DDL applied by hand: what opening a new queue does after creating its tables.
+    "register": """
+        INSERT INTO sqqueue_queues (name, schema_version, created_at)
+        VALUES ($lit, 1, (julianday('now') - 2440587.5) * 86400.0)""",
     "make_counters": f"""
         INSERT INTO sqlite_sequence (name, seq)
         SELECT column1, 0 FROM (VALUES {", ".join(f"('$name#{c}')" for c in COUNTERS)})
@@ -559,6 +563,17 @@ _REDRIVE_INTO = """
 def redrive_into(target: Rendered, source: Rendered) -> str:
     """The statement moving one dead letter of ``source`` into queue ``target``."""
     return Template(_REDRIVE_INTO).substitute({**target.subst, "src": source.subst["dlq"]})
+
+
+def schema_script(rendered: Rendered) -> list[str]:
+    """Every statement that creates and registers a queue, in order."""
+    statements = [
+        REGISTRY_DDL,
+        *rendered.ddl,
+        rendered.sql["make_counters"],
+        rendered.sql["register"],
+    ]
+    return [s.strip() for s in statements]
 
 
 def render(name: str) -> Rendered:
