@@ -27,7 +27,7 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE] + [HERE]
 
-from adapters import load  # noqa: E402
+from adapters import PG_SUBJECTS, load  # noqa: E402
 from adapters.base import Unsupported, make_payload, seq_of  # noqa: E402
 
 Spec = dict[str, Any]
@@ -196,12 +196,15 @@ def _consumer(spec: Spec, ready: Any, done: Any | None, out: str) -> None:
     seqs: list[int] = []
     last = None
     start = time.monotonic()
+    cpu0 = time.process_time()
+    cpu = 0.0
     empties = 0
     while True:
         p = a.dequeue_ack() if done is None else a.consumer_wait(0.2)
         if p is not None:
             seqs.append(seq_of(p))
             last = time.monotonic()
+            cpu = time.process_time() - cpu0
             empties = 0
         else:
             if done is None or done.is_set():
@@ -212,11 +215,65 @@ def _consumer(spec: Spec, ready: Any, done: Any | None, out: str) -> None:
         if time.monotonic() - start > spec["cap"]:
             break
     with open(out, "w") as f:
-        json.dump({"seqs": seqs, "end": last, "errors": a.errors}, f)
+        json.dump({"seqs": seqs, "end": last, "cpu": cpu, "errors": a.errors}, f)
     a.close()
 
 
-def _run_processes(spec: Spec, producer: bool, consumers: int) -> dict[str, Any]:
+def _machine_ticks() -> tuple[int, int] | None:
+    """(busy, total) CPU ticks of the whole machine so far, from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
+    return total - fields[3] - fields[4], total
+
+
+class _CpuSampler:
+    """Samples the machine's CPU ticks and the PostgreSQL server's CPU seconds (when it
+    runs here) every ``interval`` s, to tell how busy the cores were over a time window."""
+
+    def __init__(self, server: bool, interval: float = 0.05) -> None:
+        self.server = server
+        self.interval = interval
+        self.samples: list[tuple[float, tuple[int, int] | None, float | None]] = []
+        self.next = 0.0
+
+    def sample(self) -> None:
+        server = None
+        if self.server:
+            from adapters.pg import server_cpu_seconds
+
+            server = server_cpu_seconds()
+        self.samples.append((time.monotonic(), _machine_ticks(), server))
+        self.next = time.monotonic() + self.interval
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.next
+
+    def window(self, t0: float, t1: float) -> dict[str, float]:
+        """Cores busy between the samples that bracket [t0, t1]: machine, server."""
+        if len(self.samples) < 2:
+            return {}
+        a = max((s for s in self.samples if s[0] <= t0 + 0.01), key=lambda s: s[0],
+                default=self.samples[0])  # fmt: skip
+        # The last sample before the end: the consumers' server processes exit right
+        # after it, and their CPU time leaves the server's total with them.
+        inside = [s for s in self.samples if a[0] < s[0] <= t1]
+        b = max(inside, key=lambda s: s[0]) if inside else self.samples[-1]
+        out: dict[str, float] = {"cpu_window_s": round(b[0] - a[0], 3)}
+        if b[0] <= a[0]:
+            return out
+        if a[1] and b[1] and b[1][1] > a[1][1]:
+            cores = os.cpu_count() or 1
+            out["machine_cores"] = round((b[1][0] - a[1][0]) / (b[1][1] - a[1][1]) * cores, 2)
+        if a[2] is not None and b[2] is not None:
+            out["server_cores"] = round((b[2] - a[2]) / (b[0] - a[0]), 2)
+        return out
+
+
+def _run_processes(spec: Spec, producer: bool, consumers: int) -> dict[str, Any]:  # noqa: PLR0915
     ctx = mp.get_context("spawn")
     parties = consumers + (1 if producer else 0) + 1
     ready = ctx.Barrier(parties)
@@ -232,11 +289,16 @@ def _run_processes(spec: Spec, producer: bool, consumers: int) -> dict[str, Any]
         procs.append(ctx.Process(target=_consumer, args=(spec, ready, done, out)))
     for p in procs:
         p.start()
+    sampler = _CpuSampler(server=spec["subject"] in PG_SUBJECTS)
     ready.wait(120)
     t0 = time.monotonic()
+    sampler.sample()
     deadline = time.monotonic() + spec["cap"] + 90
-    for p in procs:
-        p.join(max(1.0, deadline - time.monotonic()))
+    while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+        if sampler.due():
+            sampler.sample()
+        time.sleep(0.01)
+    sampler.sample()
     hung = [p for p in procs if p.is_alive()]
     for p in hung:
         p.kill()
@@ -269,6 +331,10 @@ def _run_processes(spec: Spec, producer: bool, consumers: int) -> dict[str, Any]
     unique = len(set(seen))
     ends = [r["end"] for r in results if r["end"] is not None]
     secs = (max(ends) - t0) if ends else float("nan")
+    cpu: dict[str, float] = {}
+    if ends:
+        cpu = sampler.window(t0, max(ends))
+        cpu["client_cores"] = round(sum(r.get("cpu", 0.0) for r in results) / secs, 2)
     return {
         "value": unique / secs if ends else 0.0,
         "unit": "msg/s",
@@ -280,6 +346,7 @@ def _run_processes(spec: Spec, producer: bool, consumers: int) -> dict[str, Any]
         "per_consumer": [len(r["seqs"]) for r in results],
         "hung": len(hung),
         "errors": errors,
+        **cpu,
     }
 
 
@@ -288,11 +355,12 @@ def w_e2e(spec: Spec) -> dict[str, Any]:
     return _run_processes(spec, producer=True, consumers=2)
 
 
-def w_consumers4(spec: Spec) -> dict[str, Any]:
+def w_consumers(spec: Spec) -> dict[str, Any]:
+    """A prefilled queue drained by ``spec["consumers"]`` processes (4 if not given)."""
     a = _open(spec)
     _fill(a, spec["n"])
     a.close()
-    return _run_processes(spec, producer=False, consumers=4)
+    return _run_processes(spec, producer=False, consumers=int(spec.get("consumers", 4)))
 
 
 # --------------------------------------------------------------------------------------
@@ -412,14 +480,14 @@ def w_wakeup(spec: Spec) -> dict[str, Any]:
     for i in range(spec["samples"]):
         time.sleep(rng.uniform(0.005, 0.03))  # the consumer is blocked again by now
         t_send = time.monotonic()
-        a.enqueue(make_payload(i))
+        a.enqueue_wake(make_payload(i))
         if not parent_end.poll(spec["wait"] * 3 + 5):
             break
         _seq, t_recv = parent_end.recv()
         lat.append(t_recv - t_send)
         if time.monotonic() - t_begin > spec["cap"]:
             break
-    a.enqueue(make_payload(_STOP))
+    a.enqueue_wake(make_payload(_STOP))
     proc.join(spec["wait"] * 3 + 10)
     if proc.is_alive():
         proc.kill()
@@ -451,7 +519,8 @@ WORKLOADS: dict[str, Callable[[Spec], dict[str, Any]]] = {
     "dequeue_batch": w_dequeue_batch,
     "claim_batch": w_claim_batch,
     "e2e": w_e2e,
-    "consumers4": w_consumers4,
+    "consumers4": w_consumers,
+    "consumers": w_consumers,
     "depth": w_depth,
     "wakeup": w_wakeup,
 }

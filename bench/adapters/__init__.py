@@ -19,7 +19,11 @@ SUBJECTS: dict[str, tuple[str, str]] = {
     "localqueue": ("adapters.peer_localqueue", "peers"),
     "huey": ("adapters.peer_huey", "peers"),
     "sqqueue-0.1.0": ("adapters.sqqueue_010", "sqqueue010"),
+    # PostgreSQL: the server named by BENCH_PG_URL (see adapters/pg.py and bench/run.py).
+    "sqqueue-pg": ("adapters.sqqueue_pg", "main"),
+    "plain-pg": ("adapters.plain_pg", "main"),
 }
+PG_SUBJECTS = ("sqqueue-pg", "plain-pg")
 
 
 def load(subject: str) -> Any:

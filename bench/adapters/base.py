@@ -79,6 +79,11 @@ class Adapter:
     def enqueue(self, payload: str) -> bool:
         raise NotImplementedError
 
+    def enqueue_wake(self, payload: str) -> bool:
+        """Enqueue so that a consumer blocked in another process wakes (the wake-up test's
+        producer); a queue library's own enqueue does that already."""
+        return self.enqueue(payload)
+
     def enqueue_batch(self, payloads: Sequence[str]) -> bool:
         """Enqueue all of ``payloads``; the fallback is a loop of single enqueues."""
         ok = True

@@ -243,10 +243,13 @@ STATEMENTS = {
                lease_expires_at = %(until)s, updated_at = %(now)s
           FROM picked WHERE m.id = picked.id
         RETURNING {", ".join("m." + c.strip() for c in COLUMNS.split(","))}""",
+    # Written with min() over the partial indexes so that every plan, including the
+    # generic plan of a prepared statement, seeks instead of scanning the table.
     "any_expired": """
-        SELECT EXISTS (SELECT 1 FROM $q WHERE status = 'processing'
-                                          AND lease_expires_at <= %(now)s)
-            OR EXISTS (SELECT 1 FROM $q WHERE expires_at <= %(now)s)""",
+        SELECT coalesce((SELECT min(lease_expires_at) FROM $q
+                          WHERE status = 'processing') <= %(now)s, false)
+            OR coalesce((SELECT min(expires_at) FROM $q
+                          WHERE expires_at IS NOT NULL) <= %(now)s, false)""",
     # Rows to fold are locked first (SKIP LOCKED), so concurrent consumers never fold the
     # same row twice.
     "lock_expired": """
