@@ -113,6 +113,7 @@ class PostgresBackend(SQLBackend):
 
     #: waiting consumers also re-check at least this often, in case a NOTIFY was lost
     poll_fallback = 1.0
+    _trigger_counts_enqueues = True
 
     def __init__(
         self,
@@ -429,8 +430,7 @@ class PostgresBackend(SQLBackend):
             assert row is not None
             ids.append(int(row[0]))
         if fresh:
-            self._bump(conn, enqueued=fresh)
-            self._notify(conn)
+            self._notify(conn)  # counted by the insert trigger
         return ids
 
     def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[int]:

@@ -143,8 +143,9 @@ CREATE TABLE $dedup (
 CREATE FUNCTION $fn_count() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$$$
 BEGIN
     IF TG_OP = 'INSERT' THEN
+        -- every insert is an enqueue but a revived dead letter's, which compensates
         PERFORM sqqueue_count($lit, (NEW.status <> 'processing')::int,
-                              (NEW.status = 'processing')::int, 0);
+                              (NEW.status = 'processing')::int, 0, 1);
     ELSIF TG_OP = 'DELETE' THEN
         PERFORM sqqueue_count($lit, -(OLD.status <> 'processing')::int,
                               -(OLD.status = 'processing')::int, 0);
