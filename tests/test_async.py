@@ -1,5 +1,7 @@
 """The asyncio API: AsyncQueue mirrors Queue (names, parameters, Results), waits without
 blocking the event loop, async claim(), AsyncWorker, and a Starlette app using the queue.
+
+Contract tests: ``AsyncQueue(make_queue(...))`` runs each on every backend.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from conftest import QueueTarget
 from sqqueue import (
     AsyncQueue,
     AsyncSQLiteQueue,
@@ -38,7 +41,7 @@ from sqqueue import (
     WorkerStats,
 )
 
-MakeQueue = Callable[..., SQLiteQueue]
+MakeQueue = Callable[..., Queue]
 SRC = Path(__file__).resolve().parents[1] / "src"
 # Pure calls that do no I/O stay plain methods on the async queue.
 NOT_COROUTINES = {"get_operation_count", "wake_waiters", "claim", "ddl"}
@@ -70,7 +73,7 @@ async def statuses(aq: AsyncQueue) -> list[tuple[int, str, int]]:
 
 @pytest.fixture
 def aq(make_queue: MakeQueue) -> AsyncQueue:
-    """An AsyncQueue over a fake-clock SQLiteQueue (table "jobs")."""
+    """An AsyncQueue over a fake-clock queue (table "jobs") on the test's backend."""
     return AsyncQueue(make_queue(table_name="jobs"))
 
 
@@ -261,7 +264,6 @@ async def _newer_scenario(call: Call, advance: Callable[[float], None]) -> list[
     await step("list_messages", "all", 2, held.id)
     await step("list_messages", "bogus")
     await step("list_messages", "all", 0)
-    await step("list_queues", call.db_path)  # type: ignore[attr-defined]
     await step("purge", "bogus")
     await step("purge", "dead")
     await step("purge", ["pending", "delayed"], 1)
@@ -275,21 +277,22 @@ async def _newer_scenario(call: Call, advance: Callable[[float], None]) -> list[
 
 async def _compare_sync_and_async(
     scenario: Callable[[Call, Callable[[float], None]], Awaitable[list[tuple[str, Any]]]],
-    tmp_path: Path,
+    make_queue_target: Callable[[], QueueTarget],
     clock: Any,
 ) -> list[tuple[str, Any]]:
-    """Run ``scenario`` on a SQLiteQueue and an AsyncSQLiteQueue (same clock readings,
-    separate files); assert every call gave the same picture; return the sync log."""
+    """Run ``scenario`` on a queue and on an AsyncQueue over another queue of the same
+    backend (same clock readings, separate databases); assert every call gave the same
+    picture; return the sync log."""
     sync_clock, async_clock = clock, type(clock)()
-    sync_q = SQLiteQueue(tmp_path / "sync.db", table_name="jobs", clock=sync_clock)
-    async_q = AsyncSQLiteQueue(tmp_path / "async.db", table_name="jobs", clock=async_clock)
+    sync_q = make_queue_target().open("jobs", clock=sync_clock)
+    async_q = AsyncQueue(make_queue_target().open("jobs", clock=async_clock))
 
     async def call_sync(name: str, *args: Any) -> Any:
         return getattr(sync_q, name)(*args)
 
     async def call_async(name: str, *args: Any) -> Any:
         method = getattr(async_q, name, None)
-        assert method is not None, f"AsyncSQLiteQueue has no {name}()"
+        assert method is not None, f"AsyncQueue has no {name}()"
         result = method(*args)
         if name in NOT_COROUTINES:
             assert not inspect.isawaitable(result)
@@ -297,8 +300,6 @@ async def _compare_sync_and_async(
         assert inspect.isawaitable(result), f"AsyncQueue.{name} returned {result!r}"
         return await result
 
-    call_sync.db_path = sync_q.db_path  # type: ignore[attr-defined]
-    call_async.db_path = async_q.db_path  # type: ignore[attr-defined]
     try:
         expected = await scenario(call_sync, sync_clock.advance)
         got = await scenario(call_async, async_clock.advance)
@@ -312,10 +313,12 @@ async def _compare_sync_and_async(
 
 
 @pytest.mark.asyncio
-async def test_async_methods_return_same_results_as_sync(tmp_path: Path, clock: Any) -> None:
+async def test_async_methods_return_same_results_as_sync(
+    make_queue_target: Callable[[], QueueTarget], clock: Any
+) -> None:
     """The same scenario on a sync queue and an AsyncQueue gives identical Results
     (Ok/Err, value types and values, error classes and kinds)."""
-    log = await _compare_sync_and_async(_scenario, tmp_path, clock)
+    log = await _compare_sync_and_async(_scenario, make_queue_target, clock)
     kinds = [d[2] for _, d in log if isinstance(d, tuple) and d[0] == "Err"]
     assert ErrorKind.CLOSED in kinds
     assert ErrorKind.LEASE_EXPIRED in kinds
@@ -324,14 +327,27 @@ async def test_async_methods_return_same_results_as_sync(tmp_path: Path, clock: 
 
 @pytest.mark.asyncio
 async def test_async_inspection_methods_return_same_results_as_sync(
-    tmp_path: Path, clock: Any
+    make_queue_target: Callable[[], QueueTarget], clock: Any
 ) -> None:
-    """stats(), list_messages(), purge() and list_queues() give the same Results in both
-    APIs (the sync side also checks that they run at all)."""
-    log = await _compare_sync_and_async(_newer_scenario, tmp_path, clock)
+    """stats(), list_messages() and purge() give the same Results in both APIs (the sync
+    side also checks that they run at all)."""
+    log = await _compare_sync_and_async(_newer_scenario, make_queue_target, clock)
     results = dict(log)
-    assert results["list_queues"] == ("Ok", [("str", "jobs")])
     assert results["close"] == ("NoneType", None)
+    assert results["purge"][0] == "Err"  # the last purge, after close
+
+
+@pytest.mark.asyncio
+async def test_async_sqlite_list_queues_matches_sync(tmp_path: Path) -> None:
+    """AsyncSQLiteQueue.list_queues (an SQLite file tool) gives SQLiteQueue.list_queues'
+    Results, for a queue file and for a missing file."""
+    path = tmp_path / "listed.db"
+    SQLiteQueue(path, table_name="jobs").close()
+    assert await AsyncSQLiteQueue.list_queues(path) == SQLiteQueue.list_queues(path) == Ok(["jobs"])
+    missing = tmp_path / "missing.db"
+    got, want = await AsyncSQLiteQueue.list_queues(missing), SQLiteQueue.list_queues(missing)
+    assert _describe(got) == _describe(want)
+    assert isinstance(got, Err)
 
 
 @pytest.mark.asyncio
@@ -504,26 +520,42 @@ async def test_cancelled_dequeue_does_not_strand_a_leased_message(
     assert message.id == message_id
 
 
-PRODUCER = """
-import sys, time
-from sqqueue import SQLiteQueue
+# Opens the test's queue in a child process: sqlite:/// URL, or PostgreSQL URL and schema.
+OPEN_QUEUE = """
+import sys
+from sqqueue import PostgresQueue, connect
+
+
+def open_queue(url, schema, table="jobs"):
+    if url.startswith("sqlite:"):
+        return connect(url, table)
+    return PostgresQueue(url, table, schema=schema)
+"""
+
+PRODUCER = (
+    OPEN_QUEUE
+    + """
+import time
 
 time.sleep(0.3)
-with SQLiteQueue(sys.argv[1], table_name="jobs") as queue:
+with open_queue(sys.argv[1], sys.argv[2]) as queue:
     queue.enqueue({"t": time.monotonic()}).unwrap()
 """
+)
 
 
 @pytest.mark.asyncio
 async def test_enqueue_from_another_process_wakes_async_waiter(
-    make_queue: MakeQueue, db_path: Path, tmp_path: Path
+    make_queue: MakeQueue, queue_target: QueueTarget, tmp_path: Path
 ) -> None:
-    """An asyncio waiter notices another process's enqueue quickly (by polling)."""
+    """An asyncio waiter notices another process's enqueue quickly."""
     aq = AsyncQueue(make_queue(table_name="jobs", clock=None))
     script = tmp_path / "producer.py"
     script.write_text(PRODUCER)
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    proc = await asyncio.create_subprocess_exec(sys.executable, str(script), str(db_path), env=env)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), queue_target.url, str(queue_target.schema), env=env
+    )
     try:
         message = ok(await aq.dequeue(wait=10))
         received = time.monotonic()
@@ -832,7 +864,7 @@ async def test_async_worker_idle_stop_is_prompt(aq: AsyncQueue) -> None:
 
 @pytest.mark.asyncio
 async def test_async_worker_accepts_sync_queue(make_queue: MakeQueue) -> None:
-    """AsyncWorker also takes a plain SQLiteQueue."""
+    """AsyncWorker also takes a plain (sync) queue."""
     queue = make_queue(table_name="jobs")
     ok(queue.enqueue("x"))
     done: list[Any] = []
@@ -848,9 +880,11 @@ async def test_async_worker_accepts_sync_queue(make_queue: MakeQueue) -> None:
     assert ok(queue.is_empty()) is True
 
 
-ASYNC_WORKER_SCRIPT = """
-import asyncio, sys
-from sqqueue import AsyncSQLiteQueue, AsyncWorker
+ASYNC_WORKER_SCRIPT = (
+    OPEN_QUEUE
+    + """
+import asyncio
+from sqqueue import AsyncQueue, AsyncWorker
 
 
 async def handle(message):
@@ -860,17 +894,18 @@ async def handle(message):
 
 
 async def main():
-    async with AsyncSQLiteQueue(sys.argv[1], table_name="jobs") as queue:
+    async with AsyncQueue(open_queue(sys.argv[1], sys.argv[2])) as queue:
         stats = await AsyncWorker(queue, handle, grace_period=10, poll_wait=0.5).run()
     print(f"stopped completed={stats.completed}", flush=True)
 
 
 asyncio.run(main())
 """
+)
 
 
 def test_async_worker_process_stops_gracefully_on_sigterm(
-    make_queue: MakeQueue, db_path: Path, tmp_path: Path
+    make_queue: MakeQueue, queue_target: QueueTarget, tmp_path: Path
 ) -> None:
     """SIGTERM to a process running AsyncWorker.run() on its main thread: the in-flight
     coroutine finishes and is completed, the process exits 0, nothing is left processing."""
@@ -880,7 +915,7 @@ def test_async_worker_process_stops_gracefully_on_sigterm(
     script = tmp_path / "async_worker.py"
     script.write_text(ASYNC_WORKER_SCRIPT)
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(db_path)],
+        [sys.executable, str(script), queue_target.url, str(queue_target.schema)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

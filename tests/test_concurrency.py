@@ -1,5 +1,6 @@
-"""Concurrency and crash tests on real SQLite files: threads, processes, fork, SIGKILL,
-lock contention. Real time is used (bounded); every child runs under a deadline."""
+"""Concurrency and crash tests on every backend (an SQLite file, a PostgreSQL schema):
+threads, processes, fork, SIGKILL, lock contention. Real time is used (bounded); every
+child runs under a deadline. Child processes open the test's queue by URL."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from sqqueue import DequeueError, EnqueueError, Err, ErrorKind, Ok, SQLiteQueue
+from conftest import QueueTarget
+from sqqueue import DequeueError, EnqueueError, Err, ErrorKind, Ok, Queue
 
 TABLE = "jobs"
 CHILD_TIMEOUT = 20.0  # seconds any group of child processes may take, all together
@@ -26,17 +28,26 @@ CHILD_TIMEOUT = 20.0  # seconds any group of child processes may take, all toget
 # "ID <id> ..." for each success and "ERR <kind> <text>" for each Err they get.
 CHILD = r"""
 import os, sys, time
-from sqqueue import SQLiteQueue
+from sqqueue import PostgresQueue, connect
 
-role, path = sys.argv[1], sys.argv[2]
+role, url, schema = sys.argv[1], sys.argv[2], sys.argv[3]
+args = sys.argv[4:]  # the role's own arguments
 out = sys.stdout
+
+
+def open_queue(**settings):
+    # The test's queue, on its backend: sqlite:/// URL, or PostgreSQL URL and schema.
+    if url.startswith("sqlite:"):
+        return connect(url, "jobs", **settings)
+    return PostgresQueue(url, "jobs", schema=schema, **settings)
+
 
 def err(what, result):
     print(f"ERR {result.error.kind.value} {what}: {result.error}", file=out, flush=True)
 
 if role == "produce":
-    count, tag = int(sys.argv[3]), sys.argv[4]
-    with SQLiteQueue(path, table_name="jobs", lock_timeout=10) as q:
+    count, tag = int(args[0]), args[1]
+    with open_queue(lock_timeout=10) as q:
         for i in range(count):
             r = q.enqueue({"tag": tag, "i": i})
             if r.is_ok():
@@ -45,10 +56,9 @@ if role == "produce":
                 err("enqueue", r)
 
 elif role == "consume":
-    flag = sys.argv[3]
+    flag = args[0]
     deadline = time.monotonic() + 15
-    with SQLiteQueue(path, table_name="jobs", lock_timeout=10,
-                     default_visibility_timeout=120) as q:
+    with open_queue(lock_timeout=10, default_visibility_timeout=120) as q:
         while True:
             if time.monotonic() > deadline:
                 print("TIMEOUT", file=out)
@@ -74,7 +84,7 @@ elif role == "consume":
                 err("complete", c)
 
 elif role == "enqueue_until_killed":
-    with SQLiteQueue(path, table_name="jobs") as q:
+    with open_queue() as q:
         i = 0
         while True:
             r = q.enqueue(f"msg-{i}")
@@ -85,8 +95,8 @@ elif role == "enqueue_until_killed":
             i += 1
 
 elif role == "lease_and_hang":
-    q = SQLiteQueue(path, table_name="jobs")
-    r = q.dequeue_batch(int(sys.argv[3]), visibility_timeout=float(sys.argv[4]))
+    q = open_queue()
+    r = q.dequeue_batch(int(args[0]), visibility_timeout=float(args[1]))
     if r.is_err():
         err("dequeue_batch", r)
     else:
@@ -96,10 +106,9 @@ elif role == "lease_and_hang":
     time.sleep(60)
 
 elif role == "hammer":
-    rounds, tag = int(sys.argv[3]), sys.argv[4]
+    rounds, tag = int(args[0]), args[1]
     enqueued = completed = 0
-    with SQLiteQueue(path, table_name="jobs", lock_timeout=10, vacuum_threshold=25,
-                     default_visibility_timeout=120) as q:
+    with open_queue(lock_timeout=10, vacuum_threshold=25, default_visibility_timeout=120) as q:
         for i in range(rounds):
             for r in (q.enqueue(f"{tag}-{i}"), q.enqueue_batch([f"{tag}-{i}-a", f"{tag}-{i}-b"])):
                 if r.is_ok():
@@ -123,9 +132,9 @@ else:
 """
 
 
-def spawn(role: str, *args: object) -> subprocess.Popen[str]:
+def spawn(role: str, target: QueueTarget, *args: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", CHILD, role, *map(str, args)],
+        [sys.executable, "-c", CHILD, role, target.url, str(target.schema), *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -167,15 +176,19 @@ def parse(output: str) -> tuple[list[list[str]], list[str]]:
     return ids, problems
 
 
-def integrity(path: Path) -> str:
-    conn = sqlite3.connect(path)
+def integrity(target: QueueTarget) -> str:
+    """SQLite's integrity_check of the test's file ("ok" when healthy); PostgreSQL keeps its
+    own consistency, so there is nothing to check there."""
+    if target.backend != "sqlite":
+        return "ok"
+    conn = sqlite3.connect(target.url[len("sqlite:///") :])
     try:
         return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
     finally:
         conn.close()
 
 
-def all_ids(queue: SQLiteQueue) -> list[int]:
+def all_ids(queue: Queue) -> list[int]:
     statuses = queue.get_all_statuses()
     assert isinstance(statuses, Ok), statuses
     return [row["id"] for row in statuses.value]
@@ -186,12 +199,12 @@ def all_ids(queue: SQLiteQueue) -> list[int]:
 # --------------------------------------------------------------------------------------
 
 
-def test_threads_share_one_queue_exactly_once(tmp_path: Path) -> None:
-    """4 producer and 4 consumer threads on one SQLiteQueue: every message is delivered
+def test_threads_share_one_queue_exactly_once(queue_target: QueueTarget) -> None:
+    """4 producer and 4 consumer threads on one queue object: every message is delivered
     exactly once, with its payload, and no call returns Err."""
     producers, per_producer = 4, 500
     total = producers * per_producer
-    queue = SQLiteQueue(tmp_path / "threads.db", table_name=TABLE)
+    queue = queue_target.open(TABLE)
     lock = threading.Lock()
     produced: dict[int, Any] = {}
     consumed: list[tuple[int, Any]] = []
@@ -250,19 +263,20 @@ def test_threads_share_one_queue_exactly_once(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# b. separate processes, each with its own SQLiteQueue
+# b. separate processes, each with its own queue object
 # --------------------------------------------------------------------------------------
 
 
-def test_processes_deliver_each_message_exactly_once(tmp_path: Path) -> None:
-    """2 producer and 3 consumer processes on one file: nothing lost, nothing completed
-    twice, no Err anywhere; long leases mean no redelivery (attempts stay 1)."""
-    path = tmp_path / "procs.db"
+def test_processes_deliver_each_message_exactly_once(
+    queue_target: QueueTarget, tmp_path: Path
+) -> None:
+    """2 producer and 3 consumer processes on one database: nothing lost, nothing
+    completed twice, no Err anywhere; long leases mean no redelivery (attempts stay 1)."""
     flag = tmp_path / "producers-done"
-    SQLiteQueue(path, table_name=TABLE).close()  # create the schema once, up front
+    queue_target.open(TABLE).close()  # create the schema once, up front
     per_producer = 400
-    consumers = [spawn("consume", path, flag) for _ in range(3)]
-    producers = [spawn("produce", path, per_producer, tag) for tag in ("p0", "p1")]
+    consumers = [spawn("consume", queue_target, flag) for _ in range(3)]
+    producers = [spawn("produce", queue_target, per_producer, tag) for tag in ("p0", "p1")]
     producer_out = finish(producers)
     flag.touch()
     consumer_out = finish(consumers)
@@ -285,10 +299,10 @@ def test_processes_deliver_each_message_exactly_once(tmp_path: Path) -> None:
     assert duplicates == [], f"completed more than once: {duplicates[:10]}"
     assert set(ids) == set(enqueued)
     assert {attempts for _, attempts in completed} == {1}
-    with SQLiteQueue(path, table_name=TABLE) as queue:
+    with queue_target.open(TABLE) as queue:
         assert queue.is_empty() == Ok(True)
         assert queue.get_dead_letters() == Ok([])
-    assert integrity(path) == "ok"
+    assert integrity(queue_target) == "ok"
 
 
 # --------------------------------------------------------------------------------------
@@ -296,7 +310,7 @@ def test_processes_deliver_each_message_exactly_once(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _forked_consumer(queue: SQLiteQueue, producing_done: Any, out_path: str) -> None:
+def _forked_consumer(queue: Queue, producing_done: Any, out_path: str) -> None:
     """Runs in a forked child, on the queue object the parent created before the fork."""
     ids: list[int] = []
     errors: list[str] = []
@@ -326,11 +340,13 @@ def _forked_consumer(queue: SQLiteQueue, producing_done: Any, out_path: str) -> 
     Path(out_path).write_text(json.dumps({"ids": ids, "errors": errors, "timeout": timed_out}))
 
 
-def test_fork_inherited_queue_works_in_parent_and_children(tmp_path: Path) -> None:
+def test_fork_inherited_queue_works_in_parent_and_children(
+    queue_target: QueueTarget, tmp_path: Path
+) -> None:
     """A queue object opened before fork is used by 2 forked children and the parent at
-    once: every message is completed exactly once and nobody sees an Err."""
-    path = tmp_path / "fork.db"
-    queue = SQLiteQueue(path, table_name=TABLE, lock_timeout=10, default_visibility_timeout=120)
+    once: every message is completed exactly once and nobody sees an Err (each process
+    needs its own connections: SQLite's and PostgreSQL's cannot cross a fork)."""
+    queue = queue_target.open(TABLE, lock_timeout=10, default_visibility_timeout=120)
     enqueued: list[int] = []
     completed: list[int] = []
     errors: list[Any] = []
@@ -403,7 +419,7 @@ def test_fork_inherited_queue_works_in_parent_and_children(tmp_path: Path) -> No
     assert queue.complete(message) == Ok(None)
     assert queue.is_empty() == Ok(True)
     queue.close()
-    assert integrity(path) == "ok"
+    assert integrity(queue_target) == "ok"
 
 
 # --------------------------------------------------------------------------------------
@@ -411,11 +427,13 @@ def test_fork_inherited_queue_works_in_parent_and_children(tmp_path: Path) -> No
 # --------------------------------------------------------------------------------------
 
 
-def spawn_logged(role: str, log: Path, *args: object) -> subprocess.Popen[bytes]:
+def spawn_logged(
+    role: str, log: Path, target: QueueTarget, *args: object
+) -> subprocess.Popen[bytes]:
     """Start a child whose output goes to ``log`` (a file survives the child's kill)."""
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-c", CHILD, role, *map(str, args)],
+            [sys.executable, "-c", CHILD, role, target.url, str(target.schema), *map(str, args)],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -442,13 +460,14 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
-def test_sigkill_keeps_every_acknowledged_enqueue(tmp_path: Path) -> None:
+def test_sigkill_keeps_every_acknowledged_enqueue(
+    queue_target: QueueTarget, tmp_path: Path
+) -> None:
     """A producer killed with SIGKILL mid-stream: every id it printed (enqueue returned
-    Ok) is in the queue with its payload, and the file passes integrity_check."""
-    path = tmp_path / "killed.db"
-    SQLiteQueue(path, table_name=TABLE).close()
+    Ok) is in the queue with its payload (and an SQLite file passes integrity_check)."""
+    queue_target.open(TABLE).close()
     log = tmp_path / "producer.log"
-    proc = spawn_logged("enqueue_until_killed", log, path)
+    proc = spawn_logged("enqueue_until_killed", log, queue_target)
     try:
         wait_for_line(log, "ID ", proc, 10)
         time.sleep(1.0)
@@ -462,8 +481,8 @@ def test_sigkill_keeps_every_acknowledged_enqueue(tmp_path: Path) -> None:
     printed = {int(f[0]): f"msg-{f[1]}" for f in lines}
     assert len(printed) > 10, "the child enqueued almost nothing before the kill"
 
-    assert integrity(path) == "ok"
-    with SQLiteQueue(path, table_name=TABLE) as queue:
+    assert integrity(queue_target) == "ok"
+    with queue_target.open(TABLE) as queue:
         stored = all_ids(queue)
         missing = sorted(set(printed) - set(stored))
         assert missing == [], f"acknowledged enqueues lost: {missing[:10]}"
@@ -476,18 +495,19 @@ def test_sigkill_keeps_every_acknowledged_enqueue(tmp_path: Path) -> None:
                 break
             payloads.update((m.id, m.payload) for m in batch)
         assert {i: payloads[i] for i in printed} == printed
-    assert integrity(path) == "ok"
+    assert integrity(queue_target) == "ok"
 
 
-def test_sigkilled_consumer_leases_are_delivered_again(tmp_path: Path) -> None:
+def test_sigkilled_consumer_leases_are_delivered_again(
+    queue_target: QueueTarget, tmp_path: Path
+) -> None:
     """A consumer killed with SIGKILL while holding leases: its messages are not handed
     out while the leases live, and are delivered again (attempt 2) once they expire."""
-    path = tmp_path / "leases.db"
-    with SQLiteQueue(path, table_name=TABLE) as queue:
+    with queue_target.open(TABLE) as queue:
         ids = queue.enqueue_batch([f"job-{i}" for i in range(10)]).unwrap()
     lease = 1.5
     log = tmp_path / "consumer.log"
-    proc = spawn_logged("lease_and_hang", log, path, 5, lease)
+    proc = spawn_logged("lease_and_hang", log, queue_target, 5, lease)
     try:
         line = wait_for_line(log, "LEASED ", proc, 10)
     finally:
@@ -497,7 +517,7 @@ def test_sigkilled_consumer_leases_are_delivered_again(tmp_path: Path) -> None:
     expiry = float(words[-1])
     assert leased == set(ids[:5])
 
-    with SQLiteQueue(path, table_name=TABLE) as queue:
+    with queue_target.open(TABLE) as queue:
         redelivered: dict[int, Any] = {}
         first_pass = queue.dequeue_batch(10, visibility_timeout=60).unwrap()
         if time.time() < expiry - 0.1:  # still inside the dead consumer's leases
@@ -523,7 +543,7 @@ def test_sigkilled_consumer_leases_are_delivered_again(tmp_path: Path) -> None:
             assert message.last_error is not None
             assert "lease expired" in message.last_error.lower()
         assert queue.is_empty() == Ok(True)
-    assert integrity(path) == "ok"
+    assert integrity(queue_target) == "ok"
 
 
 # --------------------------------------------------------------------------------------
@@ -531,13 +551,12 @@ def test_sigkilled_consumer_leases_are_delivered_again(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def test_two_processes_hammering_writes_never_see_locked(tmp_path: Path) -> None:
+def test_two_processes_hammering_writes_never_see_locked(queue_target: QueueTarget) -> None:
     """Two processes interleave enqueue, enqueue_batch, dequeue_batch and complete (with
     frequent maintenance) under lock_timeout=10: no Err reaches them, nothing is lost."""
-    path = tmp_path / "hammer.db"
-    SQLiteQueue(path, table_name=TABLE).close()
+    queue_target.open(TABLE).close()
     rounds = 250
-    outputs = finish([spawn("hammer", path, rounds, tag) for tag in ("a", "b")])
+    outputs = finish([spawn("hammer", queue_target, rounds, tag) for tag in ("a", "b")])
     enqueued = completed = 0
     problems: list[str] = []
     for out in outputs:
@@ -550,40 +569,87 @@ def test_two_processes_hammering_writes_never_see_locked(tmp_path: Path) -> None
     assert [p for p in problems if "locked" in p] == [], "LOCKED reached the user"
     assert problems == []
     assert enqueued == 2 * rounds * 3
-    with SQLiteQueue(path, table_name=TABLE) as queue:
+    with queue_target.open(TABLE) as queue:
         statuses = queue.get_all_statuses().unwrap()
         assert {row["status"] for row in statuses} <= {"pending"}
         assert completed + len(statuses) == enqueued
-    assert integrity(path) == "ok"
+    assert integrity(queue_target) == "ok"
 
 
-def test_held_write_lock_gives_locked_within_lock_timeout(tmp_path: Path) -> None:
-    """While another connection holds a write transaction longer than lock_timeout=0.3,
-    enqueue and dequeue return Err(LOCKED) after about that long; once the holder
-    commits, both work again and the refused enqueue left nothing behind."""
-    path = tmp_path / "locked.db"
-    queue = SQLiteQueue(path, table_name=TABLE, lock_timeout=0.3)
-    holder = sqlite3.connect(path, isolation_level=None)
+class LockHolder:
+    """Another connection that holds a write lock on the queue's storage: an SQLite write
+    transaction (``BEGIN IMMEDIATE``), or PostgreSQL's ``LOCK TABLE ... IN EXCLUSIVE MODE``
+    (what a migration or a long maintenance job holds), until ``release()``."""
+
+    def __init__(self, target: QueueTarget) -> None:
+        self.target = target
+        if target.backend == "sqlite":
+            self.conn: Any = sqlite3.connect(target.url[len("sqlite:///") :], isolation_level=None)
+        else:
+            import psycopg
+
+            self.conn = psycopg.connect(target.url)
+
+    def hold(self) -> None:
+        if self.target.backend == "sqlite":
+            self.conn.execute("BEGIN IMMEDIATE")
+        else:
+            self.conn.execute(f'LOCK TABLE "{self.target.schema}"."{TABLE}" IN EXCLUSIVE MODE')
+
+    def release(self) -> None:
+        if self.target.backend == "sqlite":
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        else:
+            self.conn.rollback()
+
+    def close(self) -> None:
+        self.release()
+        self.conn.close()
+
+
+def timed(call: Any, holder: LockHolder, limit: float = 5.0) -> tuple[Any, float]:
+    """(result, seconds) of ``call()`` on a thread; a call still blocked after ``limit``
+    seconds fails the test (after the lock is released, so the thread can finish)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        start = time.monotonic()
+        box["result"] = call()
+        box["elapsed"] = time.monotonic() - start
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(limit)
+    if thread.is_alive():
+        holder.release()
+        thread.join(10)
+        pytest.fail(f"the call was still blocked after {limit} s on a lock (lock_timeout=0.3)")
+    return box["result"], box["elapsed"]
+
+
+def test_held_write_lock_gives_locked_within_lock_timeout(queue_target: QueueTarget) -> None:
+    """While another connection holds a write lock longer than lock_timeout=0.3, enqueue
+    and dequeue return Err(LOCKED) after about that long; once the holder lets go, both
+    work again and the refused enqueue left nothing behind."""
+    queue = queue_target.open(TABLE, lock_timeout=0.3)
+    holder = LockHolder(queue_target)
     try:
         queue.enqueue("before").unwrap()
-        holder.execute("BEGIN IMMEDIATE")
-        start = time.monotonic()
-        result = queue.enqueue("while locked")
-        elapsed = time.monotonic() - start
+        holder.hold()
+        result, elapsed = timed(lambda: queue.enqueue("while locked"), holder)
         assert isinstance(result, Err), result
         assert isinstance(result.error, EnqueueError)
         assert result.error.kind is ErrorKind.LOCKED
         assert 0.2 <= elapsed < 3.0, elapsed
 
-        start = time.monotonic()
-        taken = queue.dequeue()
-        elapsed = time.monotonic() - start
+        taken, elapsed = timed(queue.dequeue, holder)
         assert isinstance(taken, Err), taken
         assert isinstance(taken.error, DequeueError)
         assert taken.error.kind is ErrorKind.LOCKED
         assert elapsed < 3.0, elapsed
 
-        holder.execute("COMMIT")
+        holder.release()
         after = queue.enqueue("after")
         assert isinstance(after, Ok), after
         payloads = []
@@ -592,7 +658,5 @@ def test_held_write_lock_gives_locked_within_lock_timeout(tmp_path: Path) -> Non
             assert queue.complete(message) == Ok(None)
         assert payloads == ["before", "after"]
     finally:
-        if holder.in_transaction:
-            holder.execute("ROLLBACK")
         holder.close()
         queue.close()

@@ -1,5 +1,8 @@
 """Bad input sweep: hostile names, unusable paths, every payload type, out-of-range arguments.
 
+Contract tests run on every backend (``queue``/``make_queue``); the unusable-path and
+damaged-file tests are about SQLite files and use SQLiteQueue directly.
+
 Every refused call must come back as ``Err`` with the right kind and a message that names the
 problem (or raise ValueError/QueueError at construction); no exception may escape a method.
 """
@@ -10,7 +13,6 @@ import ctypes
 import math
 import os
 import shutil
-import sqlite3
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -19,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from conftest import QueueTarget
 from sqqueue import (
     CompletionError,
     DequeueError,
@@ -27,13 +30,14 @@ from sqqueue import (
     ErrorKind,
     Message,
     Ok,
+    Queue,
     QueueError,
     RequeueError,
     Result,
     SQLiteQueue,
 )
 
-MakeQueue = Callable[..., SQLiteQueue]
+MakeQueue = Callable[..., Queue]
 
 
 def expect_err(result: Result[Any, Any], kind: ErrorKind, *words: str) -> QueueError:
@@ -52,7 +56,7 @@ def ok(result: Result[Any, Any]) -> Any:
     return result.value
 
 
-def leased(queue: SQLiteQueue, **kwargs: Any) -> Message:
+def leased(queue: Queue, **kwargs: Any) -> Message:
     message = ok(queue.dequeue(**kwargs))
     assert isinstance(message, Message)
     return message
@@ -61,14 +65,6 @@ def leased(queue: SQLiteQueue, **kwargs: Any) -> Message:
 def without_path(error: BaseException, path: Path) -> str:
     """The error text with ``path`` cut out (pytest's tmp_path contains the test's name)."""
     return str(error).replace(str(path), "<path>")
-
-
-def tables(path: Path) -> set[str]:
-    conn = sqlite3.connect(path)
-    try:
-        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    finally:
-        conn.close()
 
 
 # -- queue names -------------------------------------------------------------------------------
@@ -105,27 +101,34 @@ HOSTILE_NAMES: list[Any] = [
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES, ids=repr)
 def test_hostile_queue_name_is_value_error_and_creates_nothing(
-    tmp_path: Path, clock: Any, name: Any
+    make_queue: MakeQueue, queue_target: QueueTarget, name: Any
 ) -> None:
-    """A bad table_name raises ValueError before any file is created."""
-    path = tmp_path / "q.db"
+    """A bad table_name raises ValueError before anything is created (no file, no table)."""
     with pytest.raises(ValueError, match="queue name") as info:
-        SQLiteQueue(path, table_name=name, clock=clock)
+        make_queue(table_name=name)
     assert not isinstance(info.value, QueueError)
+    assert queue_target.tables() == set()
+
+
+def test_hostile_queue_name_creates_no_sqlite_file(tmp_path: Path, clock: Any) -> None:
+    """On SQLite, a refused name does not even create the database file."""
+    with pytest.raises(ValueError, match="queue name"):
+        SQLiteQueue(tmp_path / "q.db", table_name="x; DROP TABLE y", clock=clock)
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES[:6], ids=repr)
 def test_hostile_queue_name_leaves_existing_database_untouched(
-    make_queue: MakeQueue, db_path: Path, name: Any
+    make_queue: MakeQueue, queue_target: QueueTarget, name: Any
 ) -> None:
     """In an existing database a refused name adds no table and harms no queue."""
     queue = make_queue(table_name="jobs")
     ok(queue.enqueue("kept"))
-    before = tables(db_path)
+    before = queue_target.tables()
+    assert "jobs" in before
     with pytest.raises(ValueError):
         make_queue(table_name=name)
-    assert tables(db_path) == before
+    assert queue_target.tables() == before
     assert leased(queue).payload == "kept"
 
 
@@ -302,20 +305,25 @@ def test_new_file_in_read_only_directory_is_value_error(tmp_path: Path, clock: A
         ("default_priority", 1.5),
         ("default_priority", 2**40),
         ("lock_timeout", -1),
-        ("synchronous", "off"),
         ("clock", 5),
         ("statsd_port", 70000),
     ],
 )
 def test_bad_settings_are_value_errors(
-    tmp_path: Path, clock: Any, setting: str, value: Any
+    make_queue: MakeQueue, clock: Any, setting: str, value: Any
 ) -> None:
     """Invalid configuration raises ValueError naming the setting."""
     kwargs: dict[str, Any] = {"table_name": "jobs", "clock": clock, setting: value}
     if setting == "statsd_port":
         kwargs["statsd_host"] = "127.0.0.1"
     with pytest.raises(ValueError, match=setting.rsplit("_", maxsplit=1)[-1]):
-        SQLiteQueue(tmp_path / "q.db", **kwargs)
+        make_queue(**kwargs)
+
+
+def test_bad_synchronous_setting_is_value_error(tmp_path: Path, clock: Any) -> None:
+    """synchronous (an SQLite setting) must be "normal" or "full"."""
+    with pytest.raises(ValueError, match="synchronous"):
+        SQLiteQueue(tmp_path / "q.db", table_name="jobs", clock=clock, synchronous="off")
 
 
 # -- payloads ----------------------------------------------------------------------------------
@@ -354,7 +362,7 @@ ROUND_TRIP: list[Any] = [
 
 
 @pytest.mark.parametrize("payload", ROUND_TRIP, ids=repr)
-def test_payload_round_trips_with_type(queue: SQLiteQueue, payload: Any) -> None:
+def test_payload_round_trips_with_type(queue: Queue, payload: Any) -> None:
     """Every supported payload comes back equal and of the same type."""
     ok(queue.enqueue(payload))
     got = leased(queue).payload
@@ -364,7 +372,7 @@ def test_payload_round_trips_with_type(queue: SQLiteQueue, payload: Any) -> None
         assert math.copysign(1, got) == math.copysign(1, payload)
 
 
-def test_bytearray_and_memoryview_come_back_as_bytes(queue: SQLiteQueue) -> None:
+def test_bytearray_and_memoryview_come_back_as_bytes(queue: Queue) -> None:
     """Binary buffers are stored as BLOBs and returned as bytes."""
     ok(queue.enqueue_batch([bytearray(b"\x00ab"), memoryview(b"\x00cd")]))
     assert [m.payload for m in ok(queue.dequeue_batch(2))] == [b"\x00ab", b"\x00cd"]
@@ -399,9 +407,7 @@ REFUSED: list[tuple[Any, str]] = [
 
 
 @pytest.mark.parametrize(("payload", "words"), REFUSED, ids=[repr(p) for p, _ in REFUSED])
-def test_unstorable_payload_is_serialization_err(
-    queue: SQLiteQueue, payload: Any, words: str
-) -> None:
+def test_unstorable_payload_is_serialization_err(queue: Queue, payload: Any, words: str) -> None:
     """Payloads that would not round-trip exactly: Err(SERIALIZATION), nothing enqueued."""
     error = expect_err(queue.enqueue(payload), ErrorKind.SERIALIZATION, words)
     assert isinstance(error, EnqueueError)
@@ -412,7 +418,7 @@ def test_unstorable_payload_is_serialization_err(
 
 
 @pytest.mark.parametrize("kind", ["bytes", "str"])
-def test_twenty_megabyte_payload_round_trip(queue: SQLiteQueue, kind: str) -> None:
+def test_twenty_megabyte_payload_round_trip(queue: Queue, kind: str) -> None:
     """A 20 MB payload is stored and returned intact (also from the dead-letter queue)."""
     # 20 MiB of random bytes, or 10 Mi two-byte characters (20 MiB as UTF-8).
     payload: Any = os.urandom(20 * 1024 * 1024) if kind == "bytes" else "ü" * (10 * 1024 * 1024)
@@ -430,7 +436,7 @@ BAD_PRIORITIES = [True, False, 1.0, 0.5, float("nan"), 2**31, -(2**31) - 1, 10**
 
 
 @pytest.mark.parametrize("priority", BAD_PRIORITIES[:-1], ids=repr)
-def test_bad_priority_is_err(queue: SQLiteQueue, priority: Any) -> None:
+def test_bad_priority_is_err(queue: Queue, priority: Any) -> None:
     """Priorities must be ints within 32 bits; bools and floats are refused."""
     expect_err(queue.enqueue("x", priority=priority), ErrorKind.INVALID_INPUT, "priority")
     expect_err(
@@ -439,7 +445,7 @@ def test_bad_priority_is_err(queue: SQLiteQueue, priority: Any) -> None:
     assert ok(queue.get_all_statuses()) == []
 
 
-def test_priority_limits_are_accepted(queue: SQLiteQueue) -> None:
+def test_priority_limits_are_accepted(queue: Queue) -> None:
     """The 32-bit limits themselves are fine, and ordering holds at the extremes."""
     ok(queue.enqueue("low", priority=-(2**31)))
     ok(queue.enqueue("high", priority=2**31 - 1))
@@ -450,7 +456,7 @@ BAD_DELAYS = [-1, -0.001, float("nan"), float("inf"), -float("inf"), 10**12, 1e3
 
 
 @pytest.mark.parametrize("delay", [*BAD_DELAYS, timedelta(seconds=-1)], ids=repr)
-def test_bad_delay_is_err(queue: SQLiteQueue, delay: Any) -> None:
+def test_bad_delay_is_err(queue: Queue, delay: Any) -> None:
     """Negative, NaN, infinite, absurdly large or non-numeric delays are refused."""
     expect_err(queue.enqueue("x", delay=delay), ErrorKind.INVALID_INPUT, "delay")
     expect_err(queue.enqueue_batch([("x", None, delay)]), ErrorKind.INVALID_INPUT, "delay")
@@ -465,7 +471,7 @@ BAD_TIMEOUTS = [0, -1, float("nan"), float("inf"), 10**9, 1e300, "30", True, Non
 
 
 @pytest.mark.parametrize("timeout", BAD_TIMEOUTS[:-1], ids=repr)
-def test_bad_visibility_timeout_is_err(queue: SQLiteQueue, timeout: Any) -> None:
+def test_bad_visibility_timeout_is_err(queue: Queue, timeout: Any) -> None:
     """Zero, negative, NaN, infinite, huge or non-numeric lease times are refused."""
     ok(queue.enqueue("x"))
     expect_err(queue.dequeue(visibility_timeout=timeout), ErrorKind.INVALID_INPUT, "visibility")
@@ -480,7 +486,7 @@ def test_bad_visibility_timeout_is_err(queue: SQLiteQueue, timeout: Any) -> None
 
 
 @pytest.mark.parametrize("size", [0, -1, 10**6, 2**64, True, 2.0, "10", None])
-def test_bad_batch_size_is_err(queue: SQLiteQueue, size: Any) -> None:
+def test_bad_batch_size_is_err(queue: Queue, size: Any) -> None:
     """batch_size must be an int from 1 to a sane maximum."""
     ok(queue.enqueue("x"))
     expect_err(queue.dequeue_batch(size), ErrorKind.INVALID_INPUT, "batch_size")
@@ -488,7 +494,7 @@ def test_bad_batch_size_is_err(queue: SQLiteQueue, size: Any) -> None:
 
 
 @pytest.mark.parametrize("attempts", [0, -1, True, 1.5, 10**12, "3"])
-def test_bad_max_attempts_is_err(queue: SQLiteQueue, attempts: Any) -> None:
+def test_bad_max_attempts_is_err(queue: Queue, attempts: Any) -> None:
     """max_attempts must be a positive int."""
     expect_err(queue.enqueue("x", max_attempts=attempts), ErrorKind.INVALID_INPUT, "max_attempts")
     assert ok(queue.get_all_statuses()) == []
@@ -496,7 +502,7 @@ def test_bad_max_attempts_is_err(queue: SQLiteQueue, attempts: Any) -> None:
 
 # -- message ids -------------------------------------------------------------------------------
 
-ID_CALLS: dict[str, Callable[[SQLiteQueue, Any], Result[Any, Any]]] = {
+ID_CALLS: dict[str, Callable[[Queue, Any], Result[Any, Any]]] = {
     "complete": lambda q, i: q.complete(i),
     "fail_message": lambda q, i: q.fail_message(i),
     "fail_message_dlq": lambda q, i: q.fail_message(i, send_to_dlq=True),
@@ -516,7 +522,7 @@ ERROR_CLASS = {
 
 @pytest.mark.parametrize("call", list(ID_CALLS))
 @pytest.mark.parametrize("bad_id", ["1", None, 1.0, True, b"1", [1]], ids=repr)
-def test_non_int_id_is_invalid_input(queue: SQLiteQueue, call: str, bad_id: Any) -> None:
+def test_non_int_id_is_invalid_input(queue: Queue, call: str, bad_id: Any) -> None:
     """Ids must be ints (or Messages): anything else is INVALID_INPUT, nothing changes."""
     ok(queue.enqueue("x"))
     leased(queue)
@@ -528,7 +534,7 @@ def test_non_int_id_is_invalid_input(queue: SQLiteQueue, call: str, bad_id: Any)
 
 
 @pytest.mark.parametrize("bad_id", [0, 2, -1, -(2**63), 2**63 - 1, 2**63, 2**64, 10**30], ids=repr)
-def test_unknown_or_out_of_range_id(queue: SQLiteQueue, bad_id: int) -> None:
+def test_unknown_or_out_of_range_id(queue: Queue, bad_id: int) -> None:
     """Unknown, negative or out-of-range ids: NOT_FOUND (or INVALID_INPUT), never STORAGE,
     for every call taking an id; nothing changes."""
     ok(queue.enqueue("x"))
@@ -549,7 +555,7 @@ def test_unknown_or_out_of_range_id(queue: SQLiteQueue, bad_id: int) -> None:
     assert ok(queue.get_all_statuses()) == before
 
 
-def test_error_text_must_be_str(queue: SQLiteQueue) -> None:
+def test_error_text_must_be_str(queue: Queue) -> None:
     """fail_message(error=...) accepts only str; long text is kept (truncated), not refused."""
     ok(queue.enqueue("x"))
     message = leased(queue)
@@ -562,7 +568,7 @@ def test_error_text_must_be_str(queue: SQLiteQueue) -> None:
     assert len(again.last_error) <= 100_000
 
 
-def test_double_complete(queue: SQLiteQueue) -> None:
+def test_double_complete(queue: Queue) -> None:
     """The second complete of the same message is NOT_FOUND, by Message and by id."""
     ok(queue.enqueue("x"))
     message = leased(queue)
@@ -571,7 +577,7 @@ def test_double_complete(queue: SQLiteQueue) -> None:
     expect_err(queue.complete(message.id), ErrorKind.NOT_FOUND, str(message.id))
 
 
-def test_fail_after_complete(queue: SQLiteQueue) -> None:
+def test_fail_after_complete(queue: Queue) -> None:
     """Failing, requeueing or extending a completed message is NOT_FOUND; nothing appears."""
     ok(queue.enqueue("x"))
     message = leased(queue)

@@ -67,10 +67,10 @@ def legacy_clock(clock: Any) -> Any:
 
 @pytest.fixture
 def open_legacy(
-    make_queue: MakeQueue, legacy_db: Path, legacy_clock: Any
+    make_sqlite_queue: MakeQueue, legacy_db: Path, legacy_clock: Any
 ) -> Callable[[str], SQLiteQueue]:
     def open_queue(name: str) -> SQLiteQueue:
-        return make_queue(db_path=legacy_db, table_name=name, default_max_attempts=5)
+        return make_sqlite_queue(db_path=legacy_db, table_name=name, default_max_attempts=5)
 
     return open_queue
 
@@ -201,15 +201,15 @@ def test_migrated_messages_can_be_completed(open_legacy: Callable[[str], SQLiteQ
 
 
 def test_migration_happens_once(
-    make_queue: MakeQueue,
+    make_sqlite_queue: MakeQueue,
     legacy_db: Path,
     legacy_clock: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The registry records schema version 1; reopening does not migrate again."""
     caplog.set_level(logging.INFO, logger="sqqueue")
-    orders = make_queue(db_path=legacy_db, table_name="orders")
-    emails = make_queue(db_path=legacy_db, table_name="emails")
+    orders = make_sqlite_queue(db_path=legacy_db, table_name="orders")
+    emails = make_sqlite_queue(db_path=legacy_db, table_name="emails")
     migrated = [r.getMessage() for r in caplog.records if "migrated" in r.getMessage()]
     assert len(migrated) == 2
     registry = rows(legacy_db, "SELECT name, schema_version, created_at FROM sqqueue_queues")
@@ -222,8 +222,8 @@ def test_migration_happens_once(
     orders.close()
     emails.close()
     caplog.clear()
-    reopened = make_queue(db_path=legacy_db, table_name="orders")
-    make_queue(db_path=legacy_db, table_name="emails")
+    reopened = make_sqlite_queue(db_path=legacy_db, table_name="orders")
+    make_sqlite_queue(db_path=legacy_db, table_name="emails")
     assert not [r for r in caplog.records if "migrated" in r.getMessage()]
     assert (ok(reopened.get_all_statuses()), ok(reopened.get_dead_letters())) == before
     assert rows(legacy_db, "SELECT name, schema_version, created_at FROM sqqueue_queues") == (
@@ -301,7 +301,7 @@ CONFLICTS = {
 
 @pytest.mark.parametrize("conflict", list(CONFLICTS))
 def test_failed_migration_changes_nothing(
-    make_queue: MakeQueue, legacy_db: Path, legacy_clock: Any, conflict: str
+    make_sqlite_queue: MakeQueue, legacy_db: Path, legacy_clock: Any, conflict: str
 ) -> None:
     """A migration that fails midway rolls back entirely, with an error naming the file and
     the cause; once the cause is gone, the migration succeeds."""
@@ -312,7 +312,7 @@ def test_failed_migration_changes_nothing(
     conn.close()
     sequence = rows(legacy_db, "SELECT name, seq FROM sqlite_sequence ORDER BY name")
     with pytest.raises(QueueError) as info:
-        make_queue(db_path=legacy_db, table_name="orders")
+        make_sqlite_queue(db_path=legacy_db, table_name="orders")
     message = str(info.value)
     assert str(legacy_db) in message
     assert culprit in message
@@ -322,13 +322,13 @@ def test_failed_migration_changes_nothing(
     conn.execute(f"DROP {drop} {culprit}")
     conn.commit()
     conn.close()
-    orders = make_queue(db_path=legacy_db, table_name="orders")
+    orders = make_sqlite_queue(db_path=legacy_db, table_name="orders")
     assert len(ok(orders.get_all_statuses())) == len(EXPECTED["orders"]) + 1
     assert [d["payload"] for d in ok(orders.get_dead_letters())] == ["order-3"]
 
 
 def test_failed_migration_error_says_it_was_migrating(
-    make_queue: MakeQueue, legacy_db: Path, legacy_clock: Any
+    make_sqlite_queue: MakeQueue, legacy_db: Path, legacy_clock: Any
 ) -> None:
     """The error of a failed migration says a 0.1.0 migration failed and nothing changed."""
     conn = sqlite3.connect(legacy_db)
@@ -336,14 +336,14 @@ def test_failed_migration_error_says_it_was_migrating(
     conn.commit()
     conn.close()
     with pytest.raises(QueueError) as info:
-        make_queue(db_path=legacy_db, table_name="orders")
+        make_sqlite_queue(db_path=legacy_db, table_name="orders")
     # (the path is cut out first: pytest's tmp_path contains this test's name)
     text = str(info.value).replace(str(legacy_db), "<path>")
     assert "migrat" in text.lower(), text
 
 
 def test_failure_at_the_last_step_rolls_back(
-    make_queue: MakeQueue,
+    make_sqlite_queue: MakeQueue,
     legacy_db: Path,
     legacy_clock: Any,
     monkeypatch: pytest.MonkeyPatch,
@@ -359,11 +359,11 @@ def test_failure_at_the_last_step_rolls_back(
     monkeypatch.setattr(sqlite_backend.SQLiteBackend, "_migrate_legacy_dlq", copy_then_fail)
     sequence = rows(legacy_db, "SELECT name, seq FROM sqlite_sequence ORDER BY name")
     with pytest.raises(QueueError) as info:
-        make_queue(db_path=legacy_db, table_name="orders")
+        make_sqlite_queue(db_path=legacy_db, table_name="orders")
     assert "simulated" in str(info.value)
     assert_legacy_intact(legacy_db, sequence)
     monkeypatch.undo()
-    orders = make_queue(db_path=legacy_db, table_name="orders")
+    orders = make_sqlite_queue(db_path=legacy_db, table_name="orders")
     assert [d["payload"] for d in ok(orders.get_dead_letters())] == ["order-3"]
 
 

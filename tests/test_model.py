@@ -1,17 +1,18 @@
-"""Model-based test: SQLiteQueue against a small in-memory model of the queue.
+"""Model-based test: the queue, on every backend, against a small in-memory model.
 
 A hypothesis state machine drives two queue objects (two "consumers") on one database
-file with a fake clock, and checks every answer (ids, delivery order, attempts, leases,
-late acks, dead letters, statuses) against a plain Python model of the documented
-semantics. A few deterministic tests at the end pin the shortest reproductions of
+(an SQLite file, or a PostgreSQL schema) with a fake clock, and checks every answer (ids,
+delivery order, attempts, leases, late acks, dead letters, statuses) against a plain
+Python model of the documented semantics. A few deterministic tests at the end pin the shortest reproductions of
 divergences the state machine can find.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import shutil
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,8 +20,15 @@ from typing import Any
 
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, Phase, settings
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
+from conftest import FakeClock, QueueTarget, drop_schema
 from sqqueue import (
     CompletionError,
     EnqueueError,
@@ -28,27 +36,13 @@ from sqqueue import (
     ErrorKind,
     Message,
     Ok,
+    Queue,
     QueueError,
     RequeueError,
-    SQLiteQueue,
 )
 
-try:
-    from conftest import FakeClock
-except ImportError:  # pragma: no cover - only when tests/ is not on sys.path
-
-    class FakeClock:  # type: ignore[no-redef]
-        """A settable clock (Unix seconds)."""
-
-        def __init__(self, start: float = 1_800_000_000.0) -> None:
-            self._now = start
-
-        def __call__(self) -> float:
-            return self._now
-
-        def advance(self, seconds: float) -> None:
-            self._now += seconds
-
+# A fresh, empty database for one run of the state machine, and how to throw it away.
+Database = Callable[[], tuple[QueueTarget, Callable[[], None]]]
 
 TABLE = "jobs"
 DEFAULT_MAX_ATTEMPTS = 2
@@ -140,17 +134,15 @@ KIND_OF = {
 
 
 class QueueMachine(RuleBasedStateMachine):
-    """Two SQLiteQueue objects on one file versus one model."""
+    """Two queue objects on one fresh database versus one model."""
 
-    def __init__(self) -> None:
+    def __init__(self, database: Database) -> None:
         super().__init__()
-        self.tmpdir = Path(tempfile.mkdtemp(prefix="sqqueue-model-"))
         self.clock = FakeClock()
-        path = self.tmpdir / "model.db"
+        target, self.discard = database()
         self.queues = [
-            SQLiteQueue(
-                path,
-                table_name=TABLE,
+            target.open(
+                TABLE,
                 default_max_attempts=DEFAULT_MAX_ATTEMPTS,
                 default_visibility_timeout=DEFAULT_VISIBILITY,
                 clock=self.clock,
@@ -166,7 +158,7 @@ class QueueMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         for q in self.queues:
             q.close()
-        shutil.rmtree(self.tmpdir, ignore_errors=True)
+        self.discard()
 
     # -- model helpers -------------------------------------------------------------------
 
@@ -573,7 +565,7 @@ class QueueMachine(RuleBasedStateMachine):
         assert self.ok(self.queues[0].is_empty()) is (not waiting)
 
 
-QueueMachine.TestCase.settings = settings(
+MODEL_SETTINGS = settings(
     max_examples=60,
     stateful_step_count=40,
     deadline=None,
@@ -584,7 +576,24 @@ QueueMachine.TestCase.settings = settings(
     phases=[Phase.explicit, Phase.generate, Phase.shrink],
     suppress_health_check=[HealthCheck.too_slow],
 )
-TestQueueModel = QueueMachine.TestCase
+
+
+def test_queue_matches_model(backend: str, tmp_path: Path, request: Any) -> None:
+    """Random sequences of calls by two consumers give exactly the model's answers."""
+    runs = itertools.count()
+
+    def database() -> tuple[QueueTarget, Callable[[], None]]:
+        n = next(runs)
+        if backend == "sqlite":
+            directory = tmp_path / f"run-{n}"
+            directory.mkdir()
+            target = QueueTarget("sqlite", f"sqlite:///{directory / 'model.db'}")
+            return target, lambda: shutil.rmtree(directory, ignore_errors=True)
+        url, schema = request.getfixturevalue("pg_url"), request.getfixturevalue("pg_schema")
+        target = QueueTarget("postgres", url, f"{schema}_run{n}")
+        return target, lambda: drop_schema(url, str(target.schema))
+
+    run_state_machine_as_test(lambda: QueueMachine(database), settings=MODEL_SETTINGS)
 
 
 # --------------------------------------------------------------------------------------
@@ -592,19 +601,13 @@ TestQueueModel = QueueMachine.TestCase
 # --------------------------------------------------------------------------------------
 
 
-def _pair(tmp_path: Path, clock: FakeClock) -> tuple[SQLiteQueue, SQLiteQueue]:
-    path = tmp_path / "pair.db"
-    return (
-        SQLiteQueue(path, table_name=TABLE, clock=clock),
-        SQLiteQueue(path, table_name=TABLE, clock=clock),
-    )
+MakeQueue = Callable[..., Queue]
 
 
-def test_retried_late_ack_by_id_stays_fenced(tmp_path: Path) -> None:
+def test_retried_late_ack_by_id_stays_fenced(make_queue: MakeQueue, clock: FakeClock) -> None:
     """A consumer whose lease was lost cannot, by retrying ``complete(id)``, delete the
     message another consumer now holds under a live lease."""
-    clock = FakeClock()
-    a, b = _pair(tmp_path, clock)
+    a, b = make_queue(table_name=TABLE), make_queue(table_name=TABLE)
     try:
         message_id = a.enqueue("x").unwrap()
         assert a.dequeue(visibility_timeout=1).unwrap() is not None
@@ -622,11 +625,10 @@ def test_retried_late_ack_by_id_stays_fenced(tmp_path: Path) -> None:
         b.close()
 
 
-def test_retried_expired_ack_by_id_stays_fenced(tmp_path: Path) -> None:
+def test_retried_expired_ack_by_id_stays_fenced(make_queue: MakeQueue, clock: FakeClock) -> None:
     """After ``complete(id)`` is refused as LEASE_EXPIRED, a retry after redelivery to
     another consumer is refused as LEASE_LOST, and that consumer's lease is intact."""
-    clock = FakeClock()
-    a, b = _pair(tmp_path, clock)
+    a, b = make_queue(table_name=TABLE), make_queue(table_name=TABLE)
     try:
         message_id = a.enqueue("x").unwrap()
         assert a.dequeue(visibility_timeout=1).unwrap() is not None
@@ -646,10 +648,11 @@ def test_retried_expired_ack_by_id_stays_fenced(tmp_path: Path) -> None:
         b.close()
 
 
-def test_peek_shows_what_dequeue_returns_after_an_expired_lease(tmp_path: Path) -> None:
+def test_peek_shows_what_dequeue_returns_after_an_expired_lease(
+    make_queue: MakeQueue, clock: FakeClock
+) -> None:
     """peek() names the message the next dequeue returns, expired leases included."""
-    clock = FakeClock()
-    q = SQLiteQueue(tmp_path / "peek.db", table_name=TABLE, clock=clock)
+    q = make_queue(table_name=TABLE)
     try:
         urgent = q.enqueue("urgent", priority=5).unwrap()
         q.enqueue("routine").unwrap()

@@ -1,4 +1,5 @@
-"""Logging discipline, the SQLite version gate, durability settings and WAL growth."""
+"""Logging discipline (on every backend), and SQLite's own operations: the version gate,
+durability settings, WAL growth and space reclaimed."""
 
 from __future__ import annotations
 
@@ -11,19 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from sqqueue import SQLiteQueue
+from sqqueue import Queue, SQLiteQueue
 from sqqueue.backends.sqlite import check_sqlite_version
 from sqqueue.logs import JSONFormatter
 
 
 def test_library_adds_no_log_handlers_and_sets_no_level(
-    make_queue: Callable[..., SQLiteQueue],
+    make_queue: Callable[..., Queue],
 ) -> None:
     root_before = list(logging.getLogger().handlers)
     queue = make_queue(table_name="jobs")
     queue.enqueue("x")
     queue.complete(999)
-    for name in ("sqqueue", "sqqueue.queue", "sqqueue.backends.sqlite"):
+    backends = ("sqqueue.backends.sqlite", "sqqueue.backends.postgres")
+    for name in ("sqqueue", "sqqueue.queue", *backends):
         logger = logging.getLogger(name)
         assert logger.handlers == []
         assert logger.level == logging.NOTSET
@@ -31,7 +33,7 @@ def test_library_adds_no_log_handlers_and_sets_no_level(
 
 
 def test_payloads_are_not_logged_above_debug(
-    make_queue: Callable[..., SQLiteQueue], caplog: pytest.LogCaptureFixture
+    make_queue: Callable[..., Queue], caplog: pytest.LogCaptureFixture
 ) -> None:
     queue = make_queue(table_name="jobs", default_max_attempts=1)
     secret = "s3cr3t-payload"
@@ -47,7 +49,7 @@ def test_payloads_are_not_logged_above_debug(
 
 
 def test_expected_failures_do_not_log_warnings(
-    make_queue: Callable[..., SQLiteQueue], caplog: pytest.LogCaptureFixture
+    make_queue: Callable[..., Queue], caplog: pytest.LogCaptureFixture
 ) -> None:
     queue = make_queue(table_name="jobs")
     with caplog.at_level(logging.DEBUG, logger="sqqueue"):
@@ -75,9 +77,9 @@ def test_sqlite_version_gate_names_the_version_found() -> None:
 
 @pytest.mark.parametrize("mode", ["normal", "full"])
 def test_synchronous_setting_is_applied(
-    make_queue: Callable[..., SQLiteQueue], db_path: Path, mode: str
+    make_sqlite_queue: Callable[..., SQLiteQueue], db_path: Path, mode: str
 ) -> None:
-    queue = make_queue(table_name="jobs", synchronous=mode)
+    queue = make_sqlite_queue(table_name="jobs", synchronous=mode)
     queue.enqueue("x")
     from sqqueue.backends.sqlite import SQLiteBackend
 
@@ -114,17 +116,19 @@ def test_wal_stays_bounded_under_steady_load(db_path: Path) -> None:
 
 
 def test_checkpoint_truncates_the_wal(
-    make_queue: Callable[..., SQLiteQueue], db_path: Path
+    make_sqlite_queue: Callable[..., SQLiteQueue], db_path: Path
 ) -> None:
-    queue = make_queue(table_name="jobs", vacuum_threshold=0)
+    queue = make_sqlite_queue(table_name="jobs", vacuum_threshold=0)
     queue.enqueue_batch(["x" * 1000] * 200).unwrap()
     assert os.path.getsize(f"{db_path}-wal") > 0
     assert queue.perform_checkpoint().is_ok()
     assert os.path.getsize(f"{db_path}-wal") == 0
 
 
-def test_vacuum_gives_space_back(make_queue: Callable[..., SQLiteQueue], db_path: Path) -> None:
-    queue = make_queue(table_name="jobs", vacuum_threshold=0)
+def test_vacuum_gives_space_back(
+    make_sqlite_queue: Callable[..., SQLiteQueue], db_path: Path
+) -> None:
+    queue = make_sqlite_queue(table_name="jobs", vacuum_threshold=0)
     queue.enqueue_batch([b"x" * 4000] * 500).unwrap()
     while (m := queue.dequeue().unwrap()) is not None:
         queue.complete(m).unwrap()

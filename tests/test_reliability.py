@@ -1,6 +1,7 @@
 """Reliability: the torture program (short form) and the hardening it relies on.
 
-* the ``tools/torture.py --short`` run: real processes, SIGKILL, disk full, power-loss copies;
+* the ``tools/torture.py --short`` run: real processes, SIGKILL, disk full, power-loss copies,
+  and on PostgreSQL crash, contention and pgchaos (connections terminated, server restarted);
 * payload checksums and poison rows: dead-lettered with the reason, never blocking the head,
   never leaving a transaction open, logged and counted (statsd ``poison``);
 * damaged files: a clear error naming the file, ``tools.check`` and ``tools.salvage``;
@@ -60,10 +61,15 @@ def table_rows(output: str) -> list[list[str]]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_torture_short_run_holds_every_invariant(tmp_path: Path) -> None:
-    """The CI form of the torture program exits 0 with LOST = PHANTOM = 0 in its table."""
+    """The CI form of the torture program exits 0 with LOST = PHANTOM = 0 in its table, on
+    SQLite and on PostgreSQL (crash, contention, and pgchaos: connections terminated and the
+    server restarted mid-run, with no double delivery within a live lease)."""
     started = time.monotonic()
+    command = [sys.executable, str(TORTURE), "--short", "--db-dir", str(tmp_path)]
+    if os.environ.get("SQQUEUE_TEST_POSTGRES_URL"):
+        command += ["--pg-url", os.environ["SQQUEUE_TEST_POSTGRES_URL"]]
     done = subprocess.run(
-        [sys.executable, str(TORTURE), "--short", "--db-dir", str(tmp_path)],
+        command,
         capture_output=True,
         text=True,
         timeout=240,
@@ -74,12 +80,31 @@ def test_torture_short_run_holds_every_invariant(tmp_path: Path) -> None:
     assert done.returncode == 0, output[-6000:]
     rows = table_rows(done.stdout)
     scenarios = {row[0] for row in rows}
-    assert scenarios == {"crash", "contention", "stale", "diskfull", "powerloss"}, output
+    assert scenarios == {
+        "crash",
+        "contention",
+        "stale",
+        "diskfull",
+        "powerloss",
+        "pg-crash",
+        "pg-contention",
+        "pgchaos",
+    }, output
     lost = [row for row in rows if "LOST" in row[1]]
     phantom = [row for row in rows if "PHANTOM" in row[1]]
-    assert {row[0] for row in lost} >= {"crash", "powerloss"}, output
-    assert phantom, output
-    assert all(row[2] == "0" for row in lost + phantom), lost + phantom
+    in_lease = [row for row in rows if "double deliveries within a live lease" in row[1]]
+    assert {row[0] for row in lost} >= {"crash", "powerloss", "pg-crash", "pgchaos"}, output
+    assert {row[0] for row in phantom} >= {"crash", "pg-crash", "pgchaos"}, output
+    assert {row[0] for row in in_lease} >= {"crash", "pg-crash", "pgchaos"}, output
+    assert all(row[2] == "0" for row in lost + phantom + in_lease), lost + phantom + in_lease
+    # pgchaos really was chaotic: connections were terminated (and, on the throwaway
+    # server, the server restarted), and the clients reconnected.
+    chaos = {row[1]: row for row in rows if row[0] == "pgchaos"}
+    terminated = next(row for figure, row in chaos.items() if "pg_terminate_backend" in figure)
+    assert int(terminated[2].split()[0]) > 0, terminated
+    if not os.environ.get("SQQUEUE_TEST_POSTGRES_URL"):
+        restart = next(row for figure, row in chaos.items() if figure.startswith("server restart"))
+        assert restart[-1] == "PASS", restart
     assert not [row for row in rows if "FAIL" in row[-1]], output
     assert "all invariants hold" in done.stdout
     assert time.monotonic() - started < 240
@@ -182,14 +207,14 @@ POISON_ROWS: dict[str, tuple[str | bytes, str, str]] = {
 def test_poison_row_is_dead_lettered_without_blocking_or_open_transaction(
     case: str,
     method: str,
-    make_queue: Callable[..., SQLiteQueue],
+    make_sqlite_queue: Callable[..., SQLiteQueue],
     db_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A row that cannot be decoded is dead-lettered with the reason; the next message is
     delivered; no transaction is left open (another connection can write at once)."""
     stored, encoding, reason = POISON_ROWS[case]
-    queue = make_queue(table_name="jobs")
+    queue = make_sqlite_queue(table_name="jobs")
     poison = queue.enqueue("placeholder").unwrap()
     following = queue.enqueue("good").unwrap()
     raw = sqlite3.connect(db_path, isolation_level=None)

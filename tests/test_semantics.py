@@ -1,4 +1,5 @@
-"""Delivery semantics with the fake clock: ordering, delays, leases, fencing, retries, DLQ."""
+"""Delivery semantics with the fake clock, on every backend: ordering, delays, leases,
+fencing, retries, DLQ."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from sqqueue import Err, ErrorKind, Message, Ok, QueueError, Result, SQLiteQueue
+from sqqueue import Err, ErrorKind, Message, Ok, Queue, QueueError, Result
 
-MakeQueue = Callable[..., SQLiteQueue]
+MakeQueue = Callable[..., Queue]
 
 
 def expect_err(result: Result[Any, Any], kind: ErrorKind) -> QueueError:
@@ -29,18 +30,18 @@ def at(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc)
 
 
-def leased(queue: SQLiteQueue, **kwargs: Any) -> Message:
+def leased(queue: Queue, **kwargs: Any) -> Message:
     message = ok(queue.dequeue(**kwargs))
     assert isinstance(message, Message), "expected a message, the queue had none ready"
     return message
 
 
-def snapshot(queue: SQLiteQueue) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def snapshot(queue: Queue) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Everything observable about a queue's state: statuses and dead letters."""
     return ok(queue.get_all_statuses()), ok(queue.get_dead_letters())
 
 
-def drain(queue: SQLiteQueue) -> list[Any]:
+def drain(queue: Queue) -> list[Any]:
     payloads = []
     while (message := ok(queue.dequeue())) is not None:
         payloads.append(message.payload)
@@ -48,7 +49,7 @@ def drain(queue: SQLiteQueue) -> list[Any]:
     return payloads
 
 
-Op = Callable[[SQLiteQueue, Any], Result[Any, Any]]
+Op = Callable[[Queue, Any], Result[Any, Any]]
 OPS: dict[str, Op] = {
     "complete": lambda q, ref: q.complete(ref),
     "fail": lambda q, ref: q.fail_message(ref, error="late"),
@@ -61,7 +62,7 @@ OPS: dict[str, Op] = {
 # -- ordering --------------------------------------------------------------------------------
 
 
-def test_priority_then_fifo(queue: SQLiteQueue, clock: Any) -> None:
+def test_priority_then_fifo(queue: Queue, clock: Any) -> None:
     """Higher priority first; within a priority, first in first out."""
     for payload, priority in [("a0", 0), ("b5", 5), ("c0", 0), ("d5", 5), ("e-1", -1), ("f9", 9)]:
         ok(queue.enqueue(payload, priority=priority))
@@ -69,13 +70,13 @@ def test_priority_then_fifo(queue: SQLiteQueue, clock: Any) -> None:
     assert drain(queue) == ["f9", "b5", "d5", "a0", "c0", "e-1"]
 
 
-def test_fifo_with_equal_timestamps_uses_id(queue: SQLiteQueue) -> None:
+def test_fifo_with_equal_timestamps_uses_id(queue: Queue) -> None:
     """Messages enqueued at the same clock instant come out in id order."""
     ids = [ok(queue.enqueue(i)) for i in range(20)]
     assert [m.id for m in ok(queue.dequeue_batch(20))] == ids
 
 
-def test_order_follows_visibility_time(queue: SQLiteQueue, clock: Any) -> None:
+def test_order_follows_visibility_time(queue: Queue, clock: Any) -> None:
     """Within a priority, the message that became visible first is delivered first."""
     ok(queue.enqueue("delayed-10", delay=10))
     clock.advance(5)
@@ -85,7 +86,7 @@ def test_order_follows_visibility_time(queue: SQLiteQueue, clock: Any) -> None:
     assert drain(queue) == ["now-at-5", "delayed-10", "now-at-15"]
 
 
-def test_requeued_message_goes_behind_its_priority(queue: SQLiteQueue, clock: Any) -> None:
+def test_requeued_message_goes_behind_its_priority(queue: Queue, clock: Any) -> None:
     """requeue makes the message visible now: after the ones already waiting."""
     ok(queue.enqueue_batch(["a", "b", "c"]))
     first = leased(queue)
@@ -97,7 +98,7 @@ def test_requeued_message_goes_behind_its_priority(queue: SQLiteQueue, clock: An
 # -- delays ------------------------------------------------------------------------------------
 
 
-def test_delay_invisible_until_due(queue: SQLiteQueue, clock: Any) -> None:
+def test_delay_invisible_until_due(queue: Queue, clock: Any) -> None:
     """A delayed message is invisible to dequeue and peek until its time, then delivered."""
     msg_id = ok(queue.enqueue("later", delay=60))
     assert ok(queue.dequeue()) is None
@@ -112,7 +113,7 @@ def test_delay_invisible_until_due(queue: SQLiteQueue, clock: Any) -> None:
     assert (message.id, message.payload, message.attempts) == (msg_id, "later", 1)
 
 
-def test_delayed_high_priority_does_not_block_ready_messages(queue: SQLiteQueue) -> None:
+def test_delayed_high_priority_does_not_block_ready_messages(queue: Queue) -> None:
     """A delayed message of higher priority does not hold back ready ones."""
     ok(queue.enqueue("vip-later", priority=100, delay=30))
     ok(queue.enqueue("normal"))
@@ -123,7 +124,7 @@ def test_delayed_high_priority_does_not_block_ready_messages(queue: SQLiteQueue)
 # -- leases ------------------------------------------------------------------------------------
 
 
-def test_lease_expiry_redelivers_on_next_dequeue(queue: SQLiteQueue, clock: Any) -> None:
+def test_lease_expiry_redelivers_on_next_dequeue(queue: Queue, clock: Any) -> None:
     """An expired lease is folded back by the next dequeue itself and counts the attempt."""
     msg_id = ok(queue.enqueue("job"))
     first = leased(queue, visibility_timeout=30)
@@ -143,7 +144,7 @@ def test_lease_expiry_redelivers_on_next_dequeue(queue: SQLiteQueue, clock: Any)
     assert third.attempts == 3
 
 
-def test_expiry_on_last_attempt_dead_letters(queue: SQLiteQueue, clock: Any) -> None:
+def test_expiry_on_last_attempt_dead_letters(queue: Queue, clock: Any) -> None:
     """When the lease of the last attempt expires, the message goes to the DLQ."""
     msg_id = ok(queue.enqueue("fragile", max_attempts=2, priority=3))
     leased(queue, visibility_timeout=10)
@@ -182,7 +183,7 @@ def test_extend_keeps_message_from_redelivery(make_queue: MakeQueue, clock: Any)
 # -- fencing -----------------------------------------------------------------------------------
 
 
-def _lose_lease(make_queue: MakeQueue, clock: Any) -> tuple[SQLiteQueue, SQLiteQueue, Message]:
+def _lose_lease(make_queue: MakeQueue, clock: Any) -> tuple[Queue, Queue, Message]:
     """A leases a message, the lease expires, B gets it: returns (A, B, A's message)."""
     a, b = make_queue(table_name="jobs"), make_queue(table_name="jobs")
     ok(a.enqueue("contested"))
@@ -226,7 +227,7 @@ def test_late_calls_in_sequence_by_id_stay_fenced(make_queue: MakeQueue, clock: 
 @pytest.mark.parametrize("by", ["message", "id"])
 @pytest.mark.parametrize("op", list(OPS))
 def test_late_call_without_redelivery_is_lease_expired(
-    queue: SQLiteQueue, clock: Any, op: str, by: str
+    queue: Queue, clock: Any, op: str, by: str
 ) -> None:
     """After the lease expired (nobody else has it yet): LEASE_EXPIRED and nothing changes."""
     ok(queue.enqueue("slow"))
@@ -260,7 +261,7 @@ def test_late_id_call_after_expiry_then_redelivery_is_lease_lost(
     assert snapshot(b) == before
 
 
-def _fold_back(make_queue: MakeQueue, clock: Any) -> tuple[SQLiteQueue, SQLiteQueue, Message]:
+def _fold_back(make_queue: MakeQueue, clock: Any) -> tuple[Queue, Queue, Message]:
     """A's lease expires; B's dequeue folds it back to pending while taking a more urgent
     message. Returns (A, B, A's stale message)."""
     a, b = make_queue(table_name="jobs"), make_queue(table_name="jobs")
@@ -314,7 +315,7 @@ def test_id_only_caller_on_other_object_acts_on_live_lease(
 # -- failures and retries ----------------------------------------------------------------------
 
 
-def test_fail_message_retry_with_delay(queue: SQLiteQueue, clock: Any) -> None:
+def test_fail_message_retry_with_delay(queue: Queue, clock: Any) -> None:
     """fail_message with delay: pending but invisible until now+delay, last_error kept."""
     msg_id = ok(queue.enqueue("retry-me"))
     message = leased(queue)
@@ -334,14 +335,14 @@ def test_fail_message_retry_with_delay(queue: SQLiteQueue, clock: Any) -> None:
     assert leased(queue).last_error == "timeout talking to API"
 
 
-def test_fail_message_without_delay_is_visible_at_once(queue: SQLiteQueue) -> None:
+def test_fail_message_without_delay_is_visible_at_once(queue: Queue) -> None:
     """delay defaults to 0: the message can be taken again immediately."""
     ok(queue.enqueue("x"))
     ok(queue.fail_message(leased(queue), error="e"))
     assert leased(queue).attempts == 2
 
 
-def test_max_attempts_goes_to_dlq_with_history(queue: SQLiteQueue, clock: Any) -> None:
+def test_max_attempts_goes_to_dlq_with_history(queue: Queue, clock: Any) -> None:
     """After max_attempts failures the message is dead with id, payload, priority, attempts,
     last_error, created_at and dead_at preserved."""
     created = clock()
@@ -367,7 +368,7 @@ def test_max_attempts_goes_to_dlq_with_history(queue: SQLiteQueue, clock: Any) -
     assert (revived.id, revived.payload, revived.attempts) == (msg_id, {"order": 7}, 1)
 
 
-def test_send_to_dlq_on_pending_message(queue: SQLiteQueue, clock: Any) -> None:
+def test_send_to_dlq_on_pending_message(queue: Queue, clock: Any) -> None:
     """fail_message(send_to_dlq=True) dead-letters a pending (even delayed) message."""
     first = ok(queue.enqueue("never-delivered", priority=1))
     second = ok(queue.enqueue("delayed", delay=100))
@@ -381,7 +382,7 @@ def test_send_to_dlq_on_pending_message(queue: SQLiteQueue, clock: Any) -> None:
     assert ok(queue.is_empty()) is True
 
 
-def test_send_to_dlq_on_leased_message_before_last_attempt(queue: SQLiteQueue) -> None:
+def test_send_to_dlq_on_leased_message_before_last_attempt(queue: Queue) -> None:
     """send_to_dlq buries a leased message even with attempts left."""
     msg_id = ok(queue.enqueue("x", max_attempts=10))
     ok(queue.fail_message(leased(queue), send_to_dlq=True, error="fatal"))
@@ -399,7 +400,7 @@ STATE_OPS: dict[str, Op] = {
 }
 
 
-def _message_in_state(queue: SQLiteQueue, state: str) -> int:
+def _message_in_state(queue: Queue, state: str) -> int:
     """Return the id of a message in ``state`` (another message keeps the queue non-trivial)."""
     ok(queue.enqueue("bystander"))
     if state == "unknown":
@@ -422,7 +423,7 @@ def _message_in_state(queue: SQLiteQueue, state: str) -> int:
     ],
 )
 @pytest.mark.parametrize("op", list(STATE_OPS))
-def test_state_checks(queue: SQLiteQueue, op: str, state: str, kind: ErrorKind) -> None:
+def test_state_checks(queue: Queue, op: str, state: str, kind: ErrorKind) -> None:
     """Calls on a message that is not leased are refused with the right kind; nothing changes."""
     msg_id = _message_in_state(queue, state)
     before = snapshot(queue)
@@ -434,7 +435,7 @@ def test_state_checks(queue: SQLiteQueue, op: str, state: str, kind: ErrorKind) 
     assert snapshot(queue) == before
 
 
-def test_send_to_dlq_on_completed_or_dead_is_refused(queue: SQLiteQueue) -> None:
+def test_send_to_dlq_on_completed_or_dead_is_refused(queue: Queue) -> None:
     """send_to_dlq only buries pending or leased messages."""
     done = ok(queue.enqueue("done"))
     ok(queue.complete(leased(queue)))
@@ -446,7 +447,7 @@ def test_send_to_dlq_on_completed_or_dead_is_refused(queue: SQLiteQueue) -> None
     assert snapshot(queue) == before
 
 
-def test_reprocess_of_non_dead_message_is_not_found(queue: SQLiteQueue) -> None:
+def test_reprocess_of_non_dead_message_is_not_found(queue: Queue) -> None:
     """reprocess_dead_letter only accepts ids that are in the dead-letter queue."""
     pending = ok(queue.enqueue("p"))
     before = snapshot(queue)
@@ -458,7 +459,7 @@ def test_reprocess_of_non_dead_message_is_not_found(queue: SQLiteQueue) -> None:
 # -- recovery ----------------------------------------------------------------------------------
 
 
-def test_recover_processing_messages_count(queue: SQLiteQueue, clock: Any) -> None:
+def test_recover_processing_messages_count(queue: Queue, clock: Any) -> None:
     """recover folds back exactly the expired leases (last attempts to the DLQ) and counts them."""
     ok(queue.enqueue_batch(["a", "b", ("last", None, None, 1), "long"]))
     short = ok(queue.dequeue_batch(3, visibility_timeout=10))

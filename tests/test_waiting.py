@@ -1,7 +1,8 @@
 """Consumers that wait: blocking dequeue, wake-ups, retry policies, release/requeue, claim().
 
-Wake-up latencies are measured in real time with generous bounds for CI; the numbers are
-printed (``pytest -s``) so a regression shows before it fails.
+Contract tests: each runs on every backend (SQLite, PostgreSQL). Wake-up latencies are
+measured in real time with generous bounds for CI; the numbers are printed (``pytest -s``)
+so a regression shows before it fails.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from conftest import QueueTarget
 from sqqueue import (
     CompletionError,
     DequeueError,
@@ -27,12 +29,12 @@ from sqqueue import (
     ErrorKind,
     Message,
     Ok,
+    Queue,
     Result,
     RetryPolicy,
-    SQLiteQueue,
 )
 
-MakeQueue = Callable[..., SQLiteQueue]
+MakeQueue = Callable[..., Queue]
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -42,7 +44,7 @@ def ok(result: Result[Any, Any]) -> Any:
     return result.value
 
 
-def status_of(queue: SQLiteQueue, message_id: int) -> dict[str, Any]:
+def status_of(queue: Queue, message_id: int) -> dict[str, Any]:
     (row,) = [r for r in ok(queue.get_all_statuses()) if r["id"] == message_id]
     return row
 
@@ -69,7 +71,7 @@ class Waiter:
 
 
 @pytest.fixture
-def realtime(make_queue: MakeQueue) -> SQLiteQueue:
+def realtime(make_queue: MakeQueue) -> Queue:
     """A queue on the real clock (for delays and leases that must pass by themselves)."""
     return make_queue(table_name="jobs", clock=None)
 
@@ -77,7 +79,7 @@ def realtime(make_queue: MakeQueue) -> SQLiteQueue:
 # -- waiting for nothing --------------------------------------------------------------------
 
 
-def test_dequeue_wait_returns_none_after_about_wait_seconds(queue: SQLiteQueue) -> None:
+def test_dequeue_wait_returns_none_after_about_wait_seconds(queue: Queue) -> None:
     """With nothing to deliver, dequeue(wait=0.3) blocks about 0.3 s, then gives Ok(None)."""
     start = time.monotonic()
     result = queue.dequeue(wait=0.3)
@@ -87,7 +89,7 @@ def test_dequeue_wait_returns_none_after_about_wait_seconds(queue: SQLiteQueue) 
 
 
 def test_dequeue_batch_wait_returns_empty_list_after_about_wait_seconds(
-    queue: SQLiteQueue,
+    queue: Queue,
 ) -> None:
     """dequeue_batch(wait=0.3) on an empty queue returns Ok([]) after about 0.3 s."""
     start = time.monotonic()
@@ -97,7 +99,7 @@ def test_dequeue_batch_wait_returns_empty_list_after_about_wait_seconds(
     assert 0.25 <= elapsed < 1.5, elapsed
 
 
-def test_dequeue_without_wait_does_not_block(queue: SQLiteQueue) -> None:
+def test_dequeue_without_wait_does_not_block(queue: Queue) -> None:
     """wait=0 (the default) answers at once."""
     start = time.monotonic()
     assert ok(queue.dequeue()) is None
@@ -105,7 +107,7 @@ def test_dequeue_without_wait_does_not_block(queue: SQLiteQueue) -> None:
     assert time.monotonic() - start < 0.2
 
 
-def test_wait_returns_available_message_at_once(queue: SQLiteQueue) -> None:
+def test_wait_returns_available_message_at_once(queue: Queue) -> None:
     """A waiting dequeue does not wait when a message is already there."""
     message_id = ok(queue.enqueue("ready"))
     start = time.monotonic()
@@ -115,7 +117,7 @@ def test_wait_returns_available_message_at_once(queue: SQLiteQueue) -> None:
     assert message.id == message_id
 
 
-def test_invalid_wait_is_an_err(queue: SQLiteQueue) -> None:
+def test_invalid_wait_is_an_err(queue: Queue) -> None:
     """A negative or non-numeric wait is refused with INVALID_INPUT, not raised."""
     for bad in (-1, float("nan"), "5"):
         result = queue.dequeue(wait=bad)  # type: ignore[arg-type]
@@ -127,7 +129,7 @@ def test_invalid_wait_is_an_err(queue: SQLiteQueue) -> None:
 # -- wake-ups in this process ---------------------------------------------------------------
 
 
-def test_enqueue_from_another_thread_wakes_waiter_within_ms(queue: SQLiteQueue) -> None:
+def test_enqueue_from_another_thread_wakes_waiter_within_ms(queue: Queue) -> None:
     """An in-process enqueue wakes a blocked dequeue at once (signal, not polling)."""
     latencies = []
     for round_ in range(20):
@@ -149,7 +151,7 @@ def test_enqueue_from_another_thread_wakes_waiter_within_ms(queue: SQLiteQueue) 
 
 
 def test_in_process_wake_up_does_not_rely_on_polling(
-    queue: SQLiteQueue, monkeypatch: pytest.MonkeyPatch
+    queue: Queue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the change counter frozen (no cross-connection polling can see anything), an
     in-process enqueue still wakes the waiter at once: the signal does it."""
@@ -165,7 +167,7 @@ def test_in_process_wake_up_does_not_rely_on_polling(
     assert waiter.returned_at - start < 0.05
 
 
-def test_enqueue_batch_wakes_batch_waiter(queue: SQLiteQueue) -> None:
+def test_enqueue_batch_wakes_batch_waiter(queue: Queue) -> None:
     """dequeue_batch(wait=...) wakes on an enqueue_batch and takes the whole batch."""
     waiter = Waiter(lambda: queue.dequeue_batch(10, wait=5))
     time.sleep(0.05)
@@ -180,7 +182,7 @@ def test_enqueue_batch_wakes_batch_waiter(queue: SQLiteQueue) -> None:
 
 
 def test_one_enqueue_wakes_one_of_many_waiters_and_the_rest_keep_waiting(
-    queue: SQLiteQueue,
+    queue: Queue,
 ) -> None:
     """Three waiters, one message: exactly one gets it, the others time out with None."""
     waiters = [Waiter(lambda: queue.dequeue(wait=0.6)) for _ in range(3)]
@@ -192,7 +194,7 @@ def test_one_enqueue_wakes_one_of_many_waiters_and_the_rest_keep_waiting(
     assert results.count(None) == 2
 
 
-def test_requeue_and_release_wake_waiters(queue: SQLiteQueue) -> None:
+def test_requeue_and_release_wake_waiters(queue: Queue) -> None:
     """Giving a message back (requeue or release) wakes a consumer waiting for work."""
     ok(queue.enqueue("job"))
     for give_back in (queue.requeue, queue.release):
@@ -210,7 +212,7 @@ def test_requeue_and_release_wake_waiters(queue: SQLiteQueue) -> None:
         ok(queue.requeue(again))
 
 
-def test_delayed_message_wakes_waiter_when_due(realtime: SQLiteQueue) -> None:
+def test_delayed_message_wakes_waiter_when_due(realtime: Queue) -> None:
     """A message delayed 0.2 s is delivered to a waiting consumer when due, not before."""
     start = time.monotonic()
     message_id = ok(realtime.enqueue("later", delay=0.2))
@@ -221,7 +223,7 @@ def test_delayed_message_wakes_waiter_when_due(realtime: SQLiteQueue) -> None:
     assert 0.18 <= elapsed < 0.6, elapsed
 
 
-def test_delayed_enqueue_while_waiting_wakes_waiter_when_due(realtime: SQLiteQueue) -> None:
+def test_delayed_enqueue_while_waiting_wakes_waiter_when_due(realtime: Queue) -> None:
     """A waiter already blocked learns of a delayed message and takes it when it falls due."""
     waiter = Waiter(lambda: realtime.dequeue(wait=3))
     time.sleep(0.05)
@@ -234,7 +236,7 @@ def test_delayed_enqueue_while_waiting_wakes_waiter_when_due(realtime: SQLiteQue
     assert 0.18 <= waiter.returned_at - start < 0.6
 
 
-def test_delayed_batch_wakes_batch_waiter_when_due(realtime: SQLiteQueue) -> None:
+def test_delayed_batch_wakes_batch_waiter_when_due(realtime: Queue) -> None:
     """dequeue_batch(wait=...) also wakes when delayed messages fall due."""
     start = time.monotonic()
     ok(realtime.enqueue_batch([("x", None, 0.2), ("y", None, 0.2)]))
@@ -244,7 +246,7 @@ def test_delayed_batch_wakes_batch_waiter_when_due(realtime: SQLiteQueue) -> Non
     assert 0.18 <= elapsed < 0.6, elapsed
 
 
-def test_expired_lease_wakes_waiter(realtime: SQLiteQueue, make_queue: MakeQueue) -> None:
+def test_expired_lease_wakes_waiter(realtime: Queue, make_queue: MakeQueue) -> None:
     """When another consumer's lease runs out, a waiter gets the message at that time."""
     other = make_queue(table_name="jobs", clock=None)
     message_id = ok(realtime.enqueue("job"))
@@ -259,9 +261,7 @@ def test_expired_lease_wakes_waiter(realtime: SQLiteQueue, make_queue: MakeQueue
     assert 0.2 <= elapsed < 1.0, elapsed
 
 
-def test_fake_clock_advance_releases_delayed_message_to_waiter(
-    queue: SQLiteQueue, clock: Any
-) -> None:
+def test_fake_clock_advance_releases_delayed_message_to_waiter(queue: Queue, clock: Any) -> None:
     """With an injected clock, a waiter sees a delayed message once the clock passes its time."""
     message_id = ok(queue.enqueue("later", delay=60))
     waiter = Waiter(lambda: queue.dequeue(wait=3))
@@ -277,7 +277,7 @@ def test_fake_clock_advance_releases_delayed_message_to_waiter(
 
 
 @pytest.mark.parametrize("batch", [False, True])
-def test_cancel_event_and_wake_waiters_end_a_wait_early(queue: SQLiteQueue, batch: bool) -> None:
+def test_cancel_event_and_wake_waiters_end_a_wait_early(queue: Queue, batch: bool) -> None:
     """Setting `cancel` then calling wake_waiters() ends a long wait at once, with nothing."""
     cancel = threading.Event()
     if batch:
@@ -296,7 +296,7 @@ def test_cancel_event_and_wake_waiters_end_a_wait_early(queue: SQLiteQueue, batc
     assert ok(queue.is_empty()) is True
 
 
-def test_cancelled_wait_leaves_later_messages_alone(queue: SQLiteQueue) -> None:
+def test_cancelled_wait_leaves_later_messages_alone(queue: Queue) -> None:
     """A cancelled waiter takes nothing: a message enqueued afterwards is still pending."""
     cancel = threading.Event()
     waiter = Waiter(lambda: queue.dequeue(wait=10, cancel=cancel))
@@ -308,7 +308,7 @@ def test_cancelled_wait_leaves_later_messages_alone(queue: SQLiteQueue) -> None:
     assert status_of(queue, message_id)["status"] == "pending"
 
 
-def test_wake_waiters_without_cancel_keeps_waiting(queue: SQLiteQueue) -> None:
+def test_wake_waiters_without_cancel_keeps_waiting(queue: Queue) -> None:
     """wake_waiters() alone is only a nudge: an uncancelled waiter looks again and waits on."""
     waiter = Waiter(lambda: queue.dequeue(wait=0.5))
     time.sleep(0.05)
@@ -361,7 +361,8 @@ def test_idle_waiter_does_not_busy_poll(
 def test_idle_waiter_ignores_busy_neighbour_table(
     make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Writes to another queue in the same file do not make a waiter claim again and again."""
+    """Writes to another queue in the same database do not make a waiter claim again and
+    again."""
     queue = make_queue(table_name="jobs")
     neighbour = make_queue(table_name="other")
     calls: Counter[str] = Counter()
@@ -408,9 +409,13 @@ def test_closing_the_queue_ends_a_wait_with_closed(make_queue: MakeQueue) -> Non
 
 PRODUCER = """
 import sys, time
-from sqqueue import SQLiteQueue
+from sqqueue import PostgresQueue, connect
 
-queue = SQLiteQueue(sys.argv[1], table_name=sys.argv[2])
+url, schema, table = sys.argv[1:4]
+if url.startswith("sqlite:"):
+    queue = connect(url, table)
+else:
+    queue = PostgresQueue(url, table, schema=schema)
 print("ready", flush=True)
 for line in sys.stdin:
     if line.strip() == "quit":
@@ -423,13 +428,14 @@ queue.close()
 
 
 @pytest.fixture
-def producer(tmp_path: Path, db_path: Path) -> Iterator[subprocess.Popen[str]]:
-    """A producer process: for each line "pause delay" written to it, it sleeps ``pause``
-    then enqueues {"t": its monotonic time} with ``delay``; "quit" ends it."""
+def producer(tmp_path: Path, queue_target: QueueTarget) -> Iterator[subprocess.Popen[str]]:
+    """A producer process on the test's database: for each line "pause delay" written to
+    it, it sleeps ``pause`` then enqueues {"t": its monotonic time} with ``delay``; "quit"
+    ends it."""
     script = tmp_path / "producer.py"
     script.write_text(PRODUCER)
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(db_path), "jobs"],
+        [sys.executable, str(script), queue_target.url, str(queue_target.schema), "jobs"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -562,7 +568,7 @@ def test_queue_rejects_non_policy_retry(make_queue: MakeQueue) -> None:
         make_queue(table_name="jobs", retry=30)
 
 
-def _fail_once(queue: SQLiteQueue, **kwargs: Any) -> Message:
+def _fail_once(queue: Queue, **kwargs: Any) -> Message:
     message = ok(queue.dequeue())
     assert message is not None
     ok(queue.fail_message(message, error="boom", **kwargs))
@@ -634,7 +640,7 @@ def test_explicit_delay_overrides_policy(make_queue: MakeQueue, clock: Any) -> N
     assert again.attempts == 3
 
 
-def test_default_policy_is_immediate(queue: SQLiteQueue) -> None:
+def test_default_policy_is_immediate(queue: Queue) -> None:
     """Without retry=, a failed message is visible again at once (the 0.1.0 behaviour)."""
     message_id = ok(queue.enqueue("job"))
     _fail_once(queue)
@@ -653,7 +659,7 @@ def test_dead_letter_ignores_retry_delay(make_queue: MakeQueue) -> None:
     assert dead["last_error"] == "boom"
 
 
-def test_failed_message_goes_to_back_of_its_priority(queue: SQLiteQueue, clock: Any) -> None:
+def test_failed_message_goes_to_back_of_its_priority(queue: Queue, clock: Any) -> None:
     """A failed message is redelivered after the others of its priority, before lower ones."""
     a = ok(queue.enqueue("a", priority=5))
     b = ok(queue.enqueue("b", priority=5))
@@ -668,7 +674,7 @@ def test_failed_message_goes_to_back_of_its_priority(queue: SQLiteQueue, clock: 
 
 
 def test_requeued_and_released_messages_go_to_back_of_their_priority(
-    queue: SQLiteQueue, clock: Any
+    queue: Queue, clock: Any
 ) -> None:
     """requeue() and release() also put the message behind the others of its priority."""
     for give_back in ("requeue", "release"):
@@ -686,7 +692,7 @@ def test_requeued_and_released_messages_go_to_back_of_their_priority(
 # -- release and requeue --------------------------------------------------------------------
 
 
-def test_release_does_not_count_the_attempt(queue: SQLiteQueue) -> None:
+def test_release_does_not_count_the_attempt(queue: Queue) -> None:
     """release(): back to pending at once, and the attempt is given back."""
     message_id = ok(queue.enqueue("job", max_attempts=1))
     for _ in range(3):
@@ -702,7 +708,7 @@ def test_release_does_not_count_the_attempt(queue: SQLiteQueue) -> None:
     assert (dead["id"], dead["attempts"]) == (message_id, 1)
 
 
-def test_requeue_counts_the_attempt(queue: SQLiteQueue) -> None:
+def test_requeue_counts_the_attempt(queue: Queue) -> None:
     """requeue(): back to pending at once, and the attempt stays counted."""
     message_id = ok(queue.enqueue("job"))
     for attempt in (1, 2, 3):
@@ -715,7 +721,7 @@ def test_requeue_counts_the_attempt(queue: SQLiteQueue) -> None:
     assert ok(queue.dequeue()).attempts == 4
 
 
-def test_release_and_requeue_keep_last_error(queue: SQLiteQueue) -> None:
+def test_release_and_requeue_keep_last_error(queue: Queue) -> None:
     """Giving a message back does not erase the error of an earlier failed attempt."""
     ok(queue.enqueue("job"))
     _fail_once(queue)
@@ -726,7 +732,7 @@ def test_release_and_requeue_keep_last_error(queue: SQLiteQueue) -> None:
 
 
 @pytest.mark.parametrize("action", ["release", "requeue"])
-def test_release_and_requeue_need_a_live_lease(queue: SQLiteQueue, clock: Any, action: str) -> None:
+def test_release_and_requeue_need_a_live_lease(queue: Queue, clock: Any, action: str) -> None:
     """release/requeue of a pending message or after the lease expired are refused."""
     message_id = ok(queue.enqueue("job"))
     result = getattr(queue, action)(message_id)
@@ -743,13 +749,13 @@ def test_release_and_requeue_need_a_live_lease(queue: SQLiteQueue, clock: Any, a
 # -- the claim context manager --------------------------------------------------------------
 
 
-def _raise_in_claim(queue: SQLiteQueue, exc: BaseException) -> None:
+def _raise_in_claim(queue: Queue, exc: BaseException) -> None:
     with queue.claim() as message:
         assert message is not None
         raise exc
 
 
-def test_claim_completes_on_success(queue: SQLiteQueue) -> None:
+def test_claim_completes_on_success(queue: Queue) -> None:
     """A `with queue.claim()` block that ends normally completes the message."""
     message_id = ok(queue.enqueue({"job": 1}))
     with queue.claim(wait=1) as message:
@@ -760,7 +766,7 @@ def test_claim_completes_on_success(queue: SQLiteQueue) -> None:
     assert ok(queue.is_empty()) is True
 
 
-def test_claim_fails_and_reraises_on_exception(queue: SQLiteQueue) -> None:
+def test_claim_fails_and_reraises_on_exception(queue: Queue) -> None:
     """An exception in the block fails the message with "ExcType: text" and propagates."""
     message_id = ok(queue.enqueue("job"))
     with pytest.raises(ValueError, match="bad input"):
@@ -771,7 +777,7 @@ def test_claim_fails_and_reraises_on_exception(queue: SQLiteQueue) -> None:
     assert again.last_error == "ValueError: bad input"
 
 
-def test_claim_exception_on_last_attempt_dead_letters(queue: SQLiteQueue) -> None:
+def test_claim_exception_on_last_attempt_dead_letters(queue: Queue) -> None:
     """On the last attempt a failing block sends the message to the dead-letter queue."""
     message_id = ok(queue.enqueue("job", max_attempts=1))
     with pytest.raises(KeyError):
@@ -781,7 +787,7 @@ def test_claim_exception_on_last_attempt_dead_letters(queue: SQLiteQueue) -> Non
     assert dead["last_error"] == "KeyError: 'missing'"
 
 
-def test_claim_exception_without_text_records_type_name(queue: SQLiteQueue) -> None:
+def test_claim_exception_without_text_records_type_name(queue: Queue) -> None:
     """An exception with no message is recorded as its type name alone."""
     ok(queue.enqueue("job"))
     with pytest.raises(RuntimeError):
@@ -789,7 +795,7 @@ def test_claim_exception_without_text_records_type_name(queue: SQLiteQueue) -> N
     assert ok(queue.dequeue()).last_error == "RuntimeError"
 
 
-def test_claim_yields_none_on_timeout(queue: SQLiteQueue) -> None:
+def test_claim_yields_none_on_timeout(queue: Queue) -> None:
     """With nothing to claim, the block runs with None after about `wait` seconds."""
     start = time.monotonic()
     with queue.claim(wait=0.3) as message:
@@ -798,7 +804,7 @@ def test_claim_yields_none_on_timeout(queue: SQLiteQueue) -> None:
     assert 0.25 <= elapsed < 1.5
 
 
-def test_claim_waits_for_a_message(queue: SQLiteQueue) -> None:
+def test_claim_waits_for_a_message(queue: Queue) -> None:
     """claim(wait=...) blocks until another thread enqueues."""
     threading.Timer(0.1, lambda: queue.enqueue("late")).start()
     with queue.claim(wait=3) as message:
@@ -807,7 +813,7 @@ def test_claim_waits_for_a_message(queue: SQLiteQueue) -> None:
     assert ok(queue.is_empty()) is True
 
 
-def test_claim_uses_visibility_timeout(queue: SQLiteQueue, clock: Any) -> None:
+def test_claim_uses_visibility_timeout(queue: Queue, clock: Any) -> None:
     """claim(visibility_timeout=...) sets the lease length of the claimed message."""
     ok(queue.enqueue("job"))
     with queue.claim(visibility_timeout=42) as message:
@@ -816,7 +822,7 @@ def test_claim_uses_visibility_timeout(queue: SQLiteQueue, clock: Any) -> None:
         assert message.lease_expires_at.timestamp() == pytest.approx(clock() + 42)
 
 
-def test_claim_block_may_settle_the_message_itself(queue: SQLiteQueue) -> None:
+def test_claim_block_may_settle_the_message_itself(queue: Queue) -> None:
     """If the block completes the message itself, leaving the block is not an error."""
     ok(queue.enqueue("job"))
     with queue.claim() as message:
@@ -825,7 +831,7 @@ def test_claim_block_may_settle_the_message_itself(queue: SQLiteQueue) -> None:
     assert ok(queue.is_empty()) is True
 
 
-def test_claim_raises_when_lease_expired_during_block(queue: SQLiteQueue, clock: Any) -> None:
+def test_claim_raises_when_lease_expired_during_block(queue: Queue, clock: Any) -> None:
     """A block that outlives its lease is told so: completing it is refused and raised."""
     message_id = ok(queue.enqueue("job"))
 

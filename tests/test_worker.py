@@ -1,7 +1,7 @@
 """The Worker: completion, failures and dead letters, hooks, concurrency, heartbeats,
 task timeouts, and shutdown (stop(), SIGTERM, a second signal, SIGKILL) in real processes.
 
-Workers here run on the real clock with short leases; every wait is bounded.
+Workers here run on the real clock with short leases, on every backend; every wait is bounded.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 
-from sqqueue import Message, Ok, Result, SQLiteQueue, Worker, WorkerHooks, WorkerStats, worker
+from conftest import QueueTarget
+from sqqueue import Message, Ok, Queue, Result, Worker, WorkerHooks, WorkerStats, worker
 
-MakeQueue = Callable[..., SQLiteQueue]
+MakeQueue = Callable[..., Queue]
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -42,7 +43,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = 
         time.sleep(0.01)
 
 
-def statuses(queue: SQLiteQueue) -> list[tuple[int, str, int]]:
+def statuses(queue: Queue) -> list[tuple[int, str, int]]:
     return [(r["id"], r["status"], r["attempts"]) for r in ok(queue.get_all_statuses())]
 
 
@@ -70,7 +71,7 @@ class Running:
 
 
 @pytest.fixture
-def rq(make_queue: MakeQueue) -> SQLiteQueue:
+def rq(make_queue: MakeQueue) -> Queue:
     """A queue on the real clock: leases expire and heartbeats matter in real time."""
     return make_queue(table_name="jobs", clock=None)
 
@@ -92,7 +93,7 @@ def running() -> Iterator[Callable[[Worker], Running]]:
             r.thread.join(5)
 
 
-def make_worker(queue: SQLiteQueue, handler: Callable[[Message], Any], **options: Any) -> Worker:
+def make_worker(queue: Queue, handler: Callable[[Message], Any], **options: Any) -> Worker:
     options.setdefault("handle_signals", False)
     options.setdefault("poll_wait", 0.5)
     return Worker(queue, handler, **options)
@@ -102,7 +103,7 @@ def make_worker(queue: SQLiteQueue, handler: Callable[[Message], Any], **options
 
 
 def test_worker_completes_on_return_and_calls_hooks(
-    rq: SQLiteQueue, running: Callable[[Worker], Running]
+    rq: Queue, running: Callable[[Worker], Running]
 ) -> None:
     """Returning completes the message; on_start and on_success get the message (and value)."""
     ids = ok(rq.enqueue_batch(["a", "b", "c"]))
@@ -130,7 +131,7 @@ def test_worker_completes_on_return_and_calls_hooks(
     "exc", [ValueError("bad payload"), KeyError("user_id"), RuntimeError()], ids=repr
 )
 def test_worker_fails_with_last_traceback_line(
-    rq: SQLiteQueue, running: Callable[[Worker], Running], exc: Exception
+    rq: Queue, running: Callable[[Worker], Running], exc: Exception
 ) -> None:
     """A raising handler fails the message; last_error is the traceback's last line."""
     expected_error = traceback.format_exception_only(type(exc), exc)[-1].strip()
@@ -156,7 +157,7 @@ def test_worker_fails_with_last_traceback_line(
 
 
 def test_worker_dead_letters_after_max_attempts(
-    rq: SQLiteQueue, running: Callable[[Worker], Running]
+    rq: Queue, running: Callable[[Worker], Running]
 ) -> None:
     """After max_attempts failures the message is dead-lettered, and on_dead_letter called."""
     message_id = ok(rq.enqueue({"n": 1}, max_attempts=3))
@@ -187,7 +188,7 @@ def test_worker_dead_letters_after_max_attempts(
     assert statuses(rq) == [(message_id, "dead", 3)]
 
 
-def test_failing_hook_is_not_fatal(rq: SQLiteQueue, running: Callable[[Worker], Running]) -> None:
+def test_failing_hook_is_not_fatal(rq: Queue, running: Callable[[Worker], Running]) -> None:
     """An exception in a hook is logged; the message is still completed."""
 
     def broken(*_args: Any) -> None:
@@ -207,7 +208,7 @@ def test_failing_hook_is_not_fatal(rq: SQLiteQueue, running: Callable[[Worker], 
 
 
 def test_concurrency_runs_n_handlers_at_once(
-    rq: SQLiteQueue, running: Callable[[Worker], Running]
+    rq: Queue, running: Callable[[Worker], Running]
 ) -> None:
     """concurrency=3: three handlers meet at a barrier, which needs all three running."""
     barrier = threading.Barrier(3, timeout=5)
@@ -233,7 +234,7 @@ def test_concurrency_runs_n_handlers_at_once(
 
 
 def test_concurrency_one_runs_one_handler_at_a_time(
-    rq: SQLiteQueue, running: Callable[[Worker], Running]
+    rq: Queue, running: Callable[[Worker], Running]
 ) -> None:
     """concurrency=1 (the default) never overlaps handlers, and keeps FIFO order."""
     lock = threading.Lock()
@@ -261,7 +262,7 @@ def test_concurrency_one_runs_one_handler_at_a_time(
 
 
 def test_heartbeat_keeps_slow_handlers_message(
-    rq: SQLiteQueue, make_queue: MakeQueue, running: Callable[[Worker], Running]
+    rq: Queue, make_queue: MakeQueue, running: Callable[[Worker], Running]
 ) -> None:
     """A 1.5 s handler on a 0.5 s lease keeps its message: nobody else gets it meanwhile."""
     message_id = ok(rq.enqueue("slow"))
@@ -299,7 +300,7 @@ def test_heartbeat_keeps_slow_handlers_message(
     assert message_id not in [m.id for m in stolen]
 
 
-def test_heartbeat_default_is_a_third_of_the_lease(rq: SQLiteQueue) -> None:
+def test_heartbeat_default_is_a_third_of_the_lease(rq: Queue) -> None:
     """Without heartbeat=, leases are extended every lease/3; a heartbeat >= lease is refused."""
     assert make_worker(rq, print, visibility_timeout=3).heartbeat == pytest.approx(1.0)
     with pytest.raises(ValueError, match="heartbeat"):
@@ -321,7 +322,7 @@ def _hang_first_attempt(
 
 
 def test_task_timeout_fails_hung_handler_and_worker_goes_on(
-    rq: SQLiteQueue, running: Callable[[Worker], Running]
+    rq: Queue, running: Callable[[Worker], Running]
 ) -> None:
     """A handler over task_timeout has its message failed (TimeoutError) and retried, and
     a replacement thread keeps processing other messages while the hung one is stuck."""
@@ -361,7 +362,7 @@ def test_task_timeout_fails_hung_handler_and_worker_goes_on(
 
 
 def test_task_timeout_dead_letters_on_last_attempt(
-    rq: SQLiteQueue, running: Callable[[Worker], Running]
+    rq: Queue, running: Callable[[Worker], Running]
 ) -> None:
     """A timed-out handler on its last attempt sends the message to the dead-letter queue."""
     release = threading.Event()
@@ -384,7 +385,7 @@ def test_task_timeout_dead_letters_on_last_attempt(
 
 
 def test_task_timeout_is_enforced_with_default_heartbeat(
-    rq: SQLiteQueue, running: Callable[[Worker], Running]
+    rq: Queue, running: Callable[[Worker], Running]
 ) -> None:
     """task_timeout=0.5 with the default 300 s lease still fires about 0.5 s in.
 
@@ -412,7 +413,7 @@ def test_task_timeout_is_enforced_with_default_heartbeat(
 # -- decorator ------------------------------------------------------------------------------
 
 
-def test_worker_decorator(rq: SQLiteQueue, running: Callable[[Worker], Running]) -> None:
+def test_worker_decorator(rq: Queue, running: Callable[[Worker], Running]) -> None:
     """@worker(queue, ...) makes a Worker that can still be called like its handler."""
     handled: list[Any] = []
 
@@ -436,7 +437,7 @@ def test_worker_decorator(rq: SQLiteQueue, running: Callable[[Worker], Running])
     assert stats.completed == 2
 
 
-def test_worker_rejects_bad_settings(rq: SQLiteQueue) -> None:
+def test_worker_rejects_bad_settings(rq: Queue) -> None:
     """Bad options raise ValueError when the worker is built."""
     for options in ({"concurrency": 0}, {"task_timeout": -1}, {"grace_period": float("nan")}):
         with pytest.raises(ValueError):
@@ -448,7 +449,7 @@ def test_worker_rejects_bad_settings(rq: SQLiteQueue) -> None:
 # -- stop() ---------------------------------------------------------------------------------
 
 
-def test_stop_is_graceful(rq: SQLiteQueue, running: Callable[[Worker], Running]) -> None:
+def test_stop_is_graceful(rq: Queue, running: Callable[[Worker], Running]) -> None:
     """stop() lets the running handler finish, takes nothing new, returns within grace."""
     slow_id = ok(rq.enqueue("slow"))
     next_id = ok(rq.enqueue("next"))
@@ -472,7 +473,7 @@ def test_stop_is_graceful(rq: SQLiteQueue, running: Callable[[Worker], Running])
 
 
 def test_message_taken_while_stopping_is_released_uncounted(
-    rq: SQLiteQueue, running: Callable[[Worker], Running], monkeypatch: pytest.MonkeyPatch
+    rq: Queue, running: Callable[[Worker], Running], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A message leased just as the worker stops is given back unstarted: the handler never
     runs, the message is pending at once and its attempt is not counted."""
@@ -495,7 +496,7 @@ def test_message_taken_while_stopping_is_released_uncounted(
 
 
 def test_stop_of_idle_worker_returns_promptly(
-    rq: SQLiteQueue, running: Callable[[Worker], Running]
+    rq: Queue, running: Callable[[Worker], Running]
 ) -> None:
     """An idle worker waiting for messages (poll_wait=30) stops at once."""
     r = running(make_worker(rq, print, poll_wait=30, concurrency=3))
@@ -507,7 +508,7 @@ def test_stop_of_idle_worker_returns_promptly(
 
 
 def test_stop_requeues_handler_still_running_after_grace(
-    rq: SQLiteQueue, running: Callable[[Worker], Running]
+    rq: Queue, running: Callable[[Worker], Running]
 ) -> None:
     """After grace_period a still-running handler's message goes back to pending at once;
     its late completion is refused."""
@@ -533,7 +534,7 @@ def test_stop_requeues_handler_still_running_after_grace(
     assert stats.completed == 0
 
 
-def test_stop_immediate_skips_grace(rq: SQLiteQueue, running: Callable[[Worker], Running]) -> None:
+def test_stop_immediate_skips_grace(rq: Queue, running: Callable[[Worker], Running]) -> None:
     """stop(immediate=True) does not wait for the handler; its message is pending at once."""
     message_id = ok(rq.enqueue("stuck"))
     started, release = threading.Event(), threading.Event()
@@ -557,11 +558,14 @@ def test_stop_immediate_skips_grace(rq: SQLiteQueue, running: Callable[[Worker],
 
 WORKER_SCRIPT = """
 import logging, sys, time
-from sqqueue import SQLiteQueue, Worker
+from sqqueue import PostgresQueue, Worker, connect
 
-db, grace, lease = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+url, schema, grace, lease = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="LOG %(message)s")
-queue = SQLiteQueue(db, table_name="jobs")
+if url.startswith("sqlite:"):
+    queue = connect(url, "jobs")
+else:
+    queue = PostgresQueue(url, "jobs", schema=schema)
 
 
 def handle(message):
@@ -579,9 +583,9 @@ queue.close()
 class WorkerProcess:
     """A worker in a child process; its output lines are read on a thread."""
 
-    def __init__(self, script: Path, db: Path, grace: float, lease: float) -> None:
+    def __init__(self, script: Path, target: QueueTarget, grace: float, lease: float) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(script), str(db), str(grace), str(lease)],
+            [sys.executable, str(script), target.url, str(target.schema), str(grace), str(lease)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -623,13 +627,15 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def spawn_worker(tmp_path: Path, db_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+def spawn_worker(
+    tmp_path: Path, queue_target: QueueTarget
+) -> Iterator[Callable[..., WorkerProcess]]:
     script = tmp_path / "worker_script.py"
     script.write_text(WORKER_SCRIPT)
     procs: list[WorkerProcess] = []
 
     def spawn(grace: float = 10.0, lease: float = 300.0) -> WorkerProcess:
-        wp = WorkerProcess(script, db_path, grace, lease)
+        wp = WorkerProcess(script, queue_target, grace, lease)
         procs.append(wp)
         return wp
 
@@ -641,7 +647,7 @@ def spawn_worker(tmp_path: Path, db_path: Path) -> Iterator[Callable[..., Worker
 
 
 def test_sigterm_shuts_worker_process_down_gracefully(
-    rq: SQLiteQueue, spawn_worker: Callable[..., WorkerProcess]
+    rq: Queue, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:
     """SIGTERM: the in-flight message is finished and completed, the process exits 0 within
     the grace period, and nothing is left 'processing'."""
@@ -664,7 +670,7 @@ def test_sigterm_shuts_worker_process_down_gracefully(
 
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
 def test_second_signal_stops_at_once_and_requeues(
-    rq: SQLiteQueue, spawn_worker: Callable[..., WorkerProcess], second: signal.Signals
+    rq: Queue, spawn_worker: Callable[..., WorkerProcess], second: signal.Signals
 ) -> None:
     """A second signal during the grace period stops the worker at once; the in-flight
     message is back 'pending' immediately (its 300 s lease is not waited for)."""
@@ -691,7 +697,7 @@ def test_second_signal_stops_at_once_and_requeues(
 
 
 def test_sigkilled_workers_message_returns_after_lease(
-    rq: SQLiteQueue, spawn_worker: Callable[..., WorkerProcess]
+    rq: Queue, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:
     """A worker killed with SIGKILL cannot clean up: its message comes back to another
     consumer once the (short, heartbeat-extended) lease runs out."""

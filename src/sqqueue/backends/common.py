@@ -87,6 +87,10 @@ class SQLBackend(Backend):
         """Fill in payloads stored apart from their rows (default: none are)."""
         return rows
 
+    def _store_text(self, text: str | None) -> str | None:
+        """An error text as the database can hold it (default: as it is)."""
+        return text
+
     def _notify(self, conn: Conn) -> None:
         """Tell waiting consumers elsewhere, at commit (default: they poll)."""
 
@@ -121,7 +125,8 @@ class SQLBackend(Backend):
         return Outcome.LEASE_EXPIRED
 
     def _bury(self, conn: Conn, message_id: int, now: float, error: str | None) -> None:
-        conn.execute(self._sql["bury"], {"id": message_id, "now": now, "error": error})
+        params = {"id": message_id, "now": now, "error": self._store_text(error)}
+        conn.execute(self._sql["bury"], params)
         conn.execute(self._sql["delete"], {"id": message_id})
 
     # -- operations ----------------------------------------------------------------------
@@ -185,7 +190,7 @@ class SQLBackend(Backend):
             "token": token,
             "now": now,
             "visible_at": visible_at,
-            "error": error,
+            "error": self._store_text(error),
             "refund": 1 if refund_attempt else 0,
         }
 
@@ -222,7 +227,11 @@ class SQLBackend(Backend):
                 self._bury(conn, message_id, now, error)
                 self._bump(conn, failed=1, dead_lettered=1)
                 return Outcome.DONE, True
-            retry = {**live, "visible_at": now + retry_after(attempts), "error": error}
+            retry = {
+                **live,
+                "visible_at": now + retry_after(attempts),
+                "error": self._store_text(error),
+            }
             conn.execute(self._sql["release"], {**retry, "refund": 0})
             self._bump(conn, failed=1)
             self._notify(conn)

@@ -11,6 +11,7 @@ success. The SQL is in ``postgres_sql.py``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -75,12 +76,27 @@ def _data(text: str | None, raw: bytes | memoryview | None) -> str | bytes:
     return text if text is not None else bytes(raw or b"")
 
 
+# PostgreSQL text cannot hold NUL. Error texts (which may quote binary input) store it as
+# U+FFFE, a Unicode noncharacter that real text never carries, and get it back on reading.
+_NUL_STANDIN = "\ufffe"
+
+
+def _restore_nul(text: str | None) -> str | None:
+    return text.replace(_NUL_STANDIN, "\x00") if text and _NUL_STANDIN in text else text
+
+
 def _message(row: Sequence[Any]) -> StoredMessage:
-    return StoredMessage(row[0], _data(row[1], row[2]), *row[3:])
+    message = StoredMessage(row[0], _data(row[1], row[2]), *row[3:])
+    if message.last_error and _NUL_STANDIN in message.last_error:
+        message = dataclasses.replace(message, last_error=_restore_nul(message.last_error))
+    return message
 
 
 def _dead(row: Sequence[Any]) -> StoredDeadLetter:
-    return StoredDeadLetter(row[0], _data(row[1], row[2]), *row[3:])
+    letter = StoredDeadLetter(row[0], _data(row[1], row[2]), *row[3:])
+    if letter.last_error and _NUL_STANDIN in letter.last_error:
+        letter = dataclasses.replace(letter, last_error=_restore_nul(letter.last_error))
+    return letter
 
 
 def _done(row: Sequence[Any]) -> StoredDone:
@@ -159,6 +175,9 @@ class PostgresBackend(SQLBackend):
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         if self.schema is not None:
             conn.execute(f'SET search_path TO "{self.schema}"')  # created by _init_schema
+        # A statement waiting on a row or table lock gives up at lock_timeout, like SQLite's
+        # busy timeout; the retry loop then reports LOCKED.
+        conn.execute(f"SET lock_timeout = {max(int(self._lock_timeout * 1000), 1)}")
         conn.commit()
 
     def _get_pool(self) -> ConnectionPool[Any]:
@@ -509,6 +528,10 @@ class PostgresBackend(SQLBackend):
                     conn.execute(f'SET search_path TO "{self.schema}"')
                 # Producers notify "<schema>.<queue>": same-named queues in other schemas
                 # do not wake this one.
+                # Whatever was committed before LISTEN took effect was not notified to us:
+                # wake the waiters once so they look.
+                self._notified += 1
+                signal.notify()
                 current = conn.execute("SELECT current_schema()").fetchone()
                 expected = f"{current[0] if current else 'public'}.{self.name}"
                 self._listening = True
@@ -540,6 +563,9 @@ class PostgresBackend(SQLBackend):
 
     def _done(self, row: Sequence[Any]) -> StoredDone:
         return _done(row)
+
+    def _store_text(self, text: str | None) -> str | None:
+        return text.replace("\x00", _NUL_STANDIN) if text and "\x00" in text else text
 
     def _body_params(self, data: str | bytes) -> dict[str, Any]:
         text, raw = _body(data)

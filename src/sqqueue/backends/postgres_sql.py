@@ -20,6 +20,7 @@ as a literal, ``$ix_*``/``$tr_*``/``$fn_*`` its indexes, triggers and functions.
 
 from __future__ import annotations
 
+import hashlib
 from string import Template
 
 __all__ = ["COLUMNS", "DEAD_COLUMNS", "DONE_COLUMNS", "REGISTRY_DDL", "Rendered", "render"]
@@ -452,26 +453,35 @@ _REDRIVE_INTO = f"""
       FROM $src WHERE id = %(id)s"""
 
 
+def _fit(name: str, suffix: str) -> str:
+    """``name + suffix``, within PostgreSQL's 63-byte identifiers: a long queue name is
+    shortened and made unique again with a hash of the whole name."""
+    if len(name) + len(suffix) <= 63:
+        return name + suffix
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]  # noqa: S324  (a name, not a secret)
+    return f"{name[: 63 - len(suffix) - 9]}_{digest}{suffix}"
+
+
 class Rendered:
     """The statements of one queue, ready to execute."""
 
     def __init__(self, name: str) -> None:
         names = {
             "q": name,
-            "dlq": f"{name}_dlq",
-            "done": f"{name}_done",
-            "dedup": f"{name}_dedup",
-            "ix_ready": f"{name}_ready",
-            "ix_leases": f"{name}_leases",
-            "ix_expiry": f"{name}_expiry",
-            "ix_group": f"{name}_group",
-            "ix_done": f"{name}_done_at",
-            "tr_count": f"{name}_count",
-            "tr_dlq_count": f"{name}_dlq_count",
-            "tr_group": f"{name}_group_next",
-            "fn_count": f"{name}_count",
-            "fn_dlq_count": f"{name}_dlq_count",
-            "fn_group": f"{name}_group_next",
+            "dlq": _fit(name, "_dlq"),
+            "done": _fit(name, "_done"),
+            "dedup": _fit(name, "_dedup"),
+            "ix_ready": _fit(name, "_ready"),
+            "ix_leases": _fit(name, "_leases"),
+            "ix_expiry": _fit(name, "_expiry"),
+            "ix_group": _fit(name, "_group"),
+            "ix_done": _fit(name, "_done_at"),
+            "tr_count": _fit(name, "_count"),
+            "tr_dlq_count": _fit(name, "_dlq_count"),
+            "tr_group": _fit(name, "_group_next"),
+            "fn_count": _fit(name, "_count"),
+            "fn_dlq_count": _fit(name, "_dlq_count"),
+            "fn_group": _fit(name, "_group_next"),
         }
         # Names are validated identifiers, so quoting them as they are is safe. PostgreSQL
         # folds unquoted names to lower case; quoting keeps "Jobs" and "jobs" apart.
