@@ -961,39 +961,33 @@ class Queue:
 
         return self._guard(RequeueError, "fail_message", run)
 
-    def requeue(self, message: MessageRef) -> Result[None, RequeueError]:
-        """Give a leased message back: it is visible again at once, at the back of its
-        priority. The attempt it used still counts; it is not recorded as a failure."""
+    def _give_back(
+        self, message: MessageRef, refund: bool, action: str
+    ) -> Result[None, RequeueError]:
+        """Return a leased message to the queue, visible at once (requeue and release)."""
 
         def run() -> Result[None, RequeueError]:
             message_id, token = self._ref(message)
             now = self._now()
-            outcome = self._backend.release(message_id, token, now, now, None, False)
+            outcome = self._backend.release(message_id, token, now, now, None, refund)
             if outcome is not Outcome.DONE:
-                raise self._outcome_error(outcome, message_id, "requeued")
+                raise self._outcome_error(outcome, message_id, f"{action}d")
             self._forget(message_id)
             self._signal.notify()
             self._count_operation()
             return Ok(None)
 
-        return self._guard(RequeueError, "requeue", run)
+        return self._guard(RequeueError, action, run)
+
+    def requeue(self, message: MessageRef) -> Result[None, RequeueError]:
+        """Give a leased message back: it is visible again at once, at the back of its
+        priority. The attempt it used still counts; it is not recorded as a failure."""
+        return self._give_back(message, refund=False, action="requeue")
 
     def release(self, message: MessageRef) -> Result[None, RequeueError]:
         """Give back a leased message that was not worked on: it is visible again at once
         and the attempt is not counted. For consumers shutting down with prefetched work."""
-
-        def run() -> Result[None, RequeueError]:
-            message_id, token = self._ref(message)
-            now = self._now()
-            outcome = self._backend.release(message_id, token, now, now, None, True)
-            if outcome is not Outcome.DONE:
-                raise self._outcome_error(outcome, message_id, "released")
-            self._forget(message_id)
-            self._signal.notify()
-            self._count_operation()
-            return Ok(None)
-
-        return self._guard(RequeueError, "release", run)
+        return self._give_back(message, refund=True, action="release")
 
     def extend(
         self, message: MessageRef, seconds: float | timedelta
