@@ -338,13 +338,7 @@ class PostgresBackend(SQLBackend):
             row = conn.execute(
                 "SELECT schema_version FROM sqqueue_queues WHERE name = %s", (self.name,)
             ).fetchone()
-            if row is not None:
-                if row[0] > SCHEMA_VERSION:
-                    raise StorageError(
-                        f"queue {self.name!r} has schema version {row[0]}, newer than this "
-                        f"sqqueue understands ({SCHEMA_VERSION}); upgrade sqqueue",
-                        ErrorKind.STORAGE,
-                    )
+            if self._known(row, SCHEMA_VERSION):
                 return
             exists = conn.execute(
                 "SELECT to_regclass(%s) IS NOT NULL", (f'"{self.name}"',)

@@ -407,13 +407,7 @@ class SQLiteBackend(SQLBackend):
             row = conn.execute(
                 "SELECT schema_version FROM sqqueue_queues WHERE name = ?", (self.name,)
             ).fetchone()
-            if row is not None:
-                if row[0] > SCHEMA_VERSION:
-                    raise StorageError(
-                        f"queue {self.name!r} in {self.path!r} has schema version {row[0]}, "
-                        f"newer than this sqqueue understands ({SCHEMA_VERSION}); upgrade sqqueue",
-                        ErrorKind.STORAGE,
-                    )
+            if self._known(row, SCHEMA_VERSION):
                 return
             now = float(self._clock())
             columns = self._table_columns(conn, self.name)
