@@ -271,6 +271,7 @@ class Queue:
         self._gauges = not isinstance(self._metrics, NullMetrics)
         self._ops = itertools.count(1)
         self._op_count = 0
+        self._work = 0  # messages written, for the maintenance cadence
         self._leases: dict[int, int] = {}
         self._leases_lock = threading.Lock()
         if retry is not None and not isinstance(retry, RetryPolicy):
@@ -352,13 +353,21 @@ class Queue:
             logger.exception("queue %r: %s failed unexpectedly", self.name, action)
             return Err(error_cls(f"{action} failed unexpectedly: {exc!r}", ErrorKind.STORAGE))
 
-    def _count_operation(self) -> None:
-        """Count a write; every ``vacuum_threshold`` of them, run bounded maintenance."""
-        n = next(self._ops)
-        self._op_count = n
-        if self.vacuum_threshold and n % self.vacuum_threshold == 0:
+    def _count_operation(self, messages: int = 1) -> None:
+        """Count a write; every ``vacuum_threshold`` messages written, run bounded upkeep.
+
+        Upkeep follows messages, not calls, so a queue drained in batches gives its space
+        back as fast as one drained message by message.
+        """
+        self._op_count = next(self._ops)
+        if not self.vacuum_threshold:
+            return
+        before = self._work
+        self._work = before + messages  # racy under threads: only the cadence can drift
+        rounds = self._work // self.vacuum_threshold - before // self.vacuum_threshold
+        if rounds:
             try:
-                self._backend.maintain()
+                self._backend.maintain(rounds)
             except QueueError as exc:
                 logger.warning("queue %r: maintenance skipped: %s", self.name, exc)
         if self._gauges and self._metrics.wants_gauges(time.monotonic()):
@@ -572,7 +581,7 @@ class Queue:
                 nap = min(nap * 2, _POLL_MAX * 5)
         self._signal.notify()
         self._metrics.incr("enqueue", len(ids))
-        self._count_operation()
+        self._count_operation(len(ids))
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("queue %r: enqueued message(s) %s", self.name, ids[:20])
         return ids
@@ -687,7 +696,7 @@ class Queue:
         self._remember(messages)
         if messages:
             self._metrics.incr("dequeue", len(messages))
-            self._count_operation()
+            self._count_operation(len(messages))
         if messages and logger.isEnabledFor(logging.DEBUG):
             for m in messages:
                 logger.debug(
@@ -907,7 +916,7 @@ class Queue:
             if self._backend.policy.max_depth is not None:
                 self._room.notify()
             self._metrics.incr("complete", len(refs))
-            self._count_operation()
+            self._count_operation(len(refs))
             return Ok(len(refs))
 
         return self._guard(CompletionError, "complete_batch", run)
@@ -1277,7 +1286,7 @@ class Queue:
                     ahead = moved / rate - (time.monotonic() - started)
                     if ahead > 0:
                         time.sleep(ahead)
-            self._count_operation()
+            self._count_operation(max(moved, 1))
             logger.info("queue %r: redrove %d dead letter(s)", self.name, moved)
             return Ok(moved)
 
@@ -1317,7 +1326,7 @@ class Queue:
             removed = self._backend.purge(sorted(set(states)), now, cutoff)
             if self._backend.policy.max_depth is not None:
                 self._room.notify()
-            self._count_operation()
+            self._count_operation(max(removed, 1))
             logger.info(
                 "queue %r: purged %d message(s) (%s)", self.name, removed, ", ".join(states)
             )

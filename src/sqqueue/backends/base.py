@@ -279,8 +279,9 @@ class Backend(ABC):
         """Delete messages in ``states`` (created before ``older_than`` if given), atomically."""
 
     @abstractmethod
-    def maintain(self) -> None:
-        """Cheap periodic upkeep (reclaim a few free pages, passive checkpoint)."""
+    def maintain(self, rounds: int = 1) -> None:
+        """Cheap periodic upkeep (reclaim a few free pages, passive checkpoint); ``rounds``
+        says how many thresholds' worth of messages were written since the last one."""
 
     @abstractmethod
     def vacuum(self, conn: Any = None) -> None:

@@ -544,8 +544,8 @@ class PostgresBackend(SQLBackend):
 
     # -- inspection and maintenance ----------------------------------------------------------
 
-    def maintain(self) -> None:
-        self._prune(float(self._clock()))
+    def maintain(self, rounds: int = 1) -> None:
+        self._prune(float(self._clock()))  # autovacuum returns the space on PostgreSQL
 
     # -- hooks of SQLBackend ---------------------------------------------------------------
 

@@ -685,12 +685,13 @@ class SQLiteBackend(SQLBackend):
 
     # -- maintenance -------------------------------------------------------------------
 
-    def maintain(self) -> None:
-        # Each step is bounded: a few hundred rows or pages, and a checkpoint that never
-        # waits for readers or writers.
+    def maintain(self, rounds: int = 1) -> None:
+        # Each step is bounded: a few hundred rows or pages per round (at most 16 MiB of
+        # pages at once), and a checkpoint that never waits for readers or writers.
         self._prune(float(self._clock()))
+        pages = min(256 * max(rounds, 1), 4096)
         # executescript steps the pragma to completion; execute() would free one page only.
-        self._read(lambda conn: conn.executescript("PRAGMA incremental_vacuum(256);"))
+        self._read(lambda conn: conn.executescript(f"PRAGMA incremental_vacuum({pages});"))
         self._read(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
 
     # -- hooks of SQLBackend ---------------------------------------------------------------
