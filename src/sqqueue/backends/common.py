@@ -124,6 +124,19 @@ class SQLBackend(Backend):
         params.update(counts)
         conn.execute(self._sql["bump"], params)
 
+    def _check_depth(self, conn: Conn, fresh: int) -> None:
+        """Refuse ``fresh`` new messages past the policy's max depth (QUEUE_FULL)."""
+        limit = self.policy.max_depth
+        if limit is None or not fresh:
+            return
+        depth = int(self._one(conn, "depth")[0])
+        if depth + fresh > limit:
+            raise StorageError(
+                f"queue {self.name!r} is full: {depth} messages, the limit is {limit}; "
+                "nothing was enqueued. Retry later, or pass wait= to block until there is room",
+                ErrorKind.QUEUE_FULL,
+            )
+
     def _diagnose(self, conn: Conn, message_id: int, token: int | None) -> Outcome:
         row = self._one(conn, "state", {"id": message_id})
         if row is None:

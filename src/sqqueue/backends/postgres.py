@@ -409,15 +409,7 @@ class PostgresBackend(SQLBackend):
             first_in_batch[key] = index
             plans.append((message, None, new_id))
         fresh = sum(1 for _, dup, _ in plans if dup is None)
-        if policy.max_depth is not None and fresh:
-            depth = int(self._one(conn, "depth")[0])
-            if depth + fresh > policy.max_depth:
-                raise StorageError(
-                    f"queue {self.name!r} is full: {depth} messages, the limit is "
-                    f"{policy.max_depth}; nothing was enqueued. Retry later, or pass "
-                    "wait= to block until there is room",
-                    ErrorKind.QUEUE_FULL,
-                )
+        self._check_depth(conn, fresh)
         ids: list[int] = []
         for message, dup, reserved in plans:
             if dup is not None:

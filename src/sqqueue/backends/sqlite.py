@@ -561,15 +561,7 @@ class SQLiteBackend(SQLBackend):
                         first_in_batch[key] = index
             existing.append(found)
         fresh = sum(1 for e in existing if e is None)
-        if policy.max_depth is not None and fresh:
-            depth = int(conn.execute(self._sql["depth"]).fetchone()[0])
-            if depth + fresh > policy.max_depth:
-                raise StorageError(
-                    f"queue {self.name!r} is full: {depth} messages, the limit is "
-                    f"{policy.max_depth}; nothing was enqueued. Retry later, or pass "
-                    "wait= to block until there is room",
-                    ErrorKind.QUEUE_FULL,
-                )
+        self._check_depth(conn, fresh)
         ids: list[int] = []
         for message, found in zip(messages, existing, strict=True):
             if found is not None:
