@@ -310,8 +310,9 @@ def test_processes_deliver_each_message_exactly_once(
 # --------------------------------------------------------------------------------------
 
 
-def _forked_consumer(queue: Queue, producing_done: Any, out_path: str) -> None:
-    """Runs in a forked child, on the queue object the parent created before the fork."""
+def _forked_consumer(queue: Queue, producing_done: Any, worked: Any, out_path: str) -> None:
+    """Runs in a forked child, on the queue object the parent created before the fork;
+    sets ``worked`` once it has completed a message."""
     ids: list[int] = []
     errors: list[str] = []
     timed_out = True
@@ -335,6 +336,7 @@ def _forked_consumer(queue: Queue, producing_done: Any, out_path: str) -> None:
         done = queue.complete(message)
         if isinstance(done, Ok):
             ids.append(message.id)
+            worked.set()
         else:
             errors.append(repr(done.error))
     Path(out_path).write_text(json.dumps({"ids": ids, "errors": errors, "timeout": timed_out}))
@@ -370,13 +372,18 @@ def test_fork_inherited_queue_works_in_parent_and_children(
     ctx = multiprocessing.get_context("fork")
     producing_done = ctx.Event()
     outs = [tmp_path / f"child-{n}.json" for n in range(2)]
+    worked = [ctx.Event() for _ in outs]
     children = [
-        ctx.Process(target=_forked_consumer, args=(queue, producing_done, str(out))) for out in outs
+        ctx.Process(target=_forked_consumer, args=(queue, producing_done, flag, str(out)))
+        for flag, out in zip(worked, outs, strict=True)
     ]
     try:
         for child in children:
             child.start()
-        for i in range(400):
+        # Keep producing (faster than the parent consumes) until both children have
+        # completed something, so a slow-to-schedule child still finds work.
+        i = 0
+        while i < 400 or (i < 20_000 and not all(flag.is_set() for flag in worked)):
             result = queue.enqueue(f"during-{i}")
             if isinstance(result, Ok):
                 enqueued.append(result.value)
@@ -384,6 +391,7 @@ def test_fork_inherited_queue_works_in_parent_and_children(
                 errors.append(result)
             if i % 4 == 0:
                 consume_one()
+            i += 1
         producing_done.set()
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
