@@ -103,10 +103,10 @@ def with_params(url: str, **params: str) -> str:
 
 def terminate(url: str, application_name: str | None = None, pid: int | None = None) -> int:
     """``pg_terminate_backend`` every connection with ``application_name`` (or the one with
-    ``pid``); return how many were terminated."""
+    ``pid``) and wait until they are gone; return how many were terminated."""
     with psycopg.connect(url, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
             "WHERE (application_name = %s OR pid = %s) AND pid <> pg_backend_pid()",
             (application_name, pid),
         ).fetchall()
@@ -369,7 +369,9 @@ def test_lost_notification_is_caught_by_polling_fallback(
         time.sleep(0.1)
         _listening(waiting)
         sent = time.monotonic()
-        message_id = ok(producer.enqueue("never announced"))
+        # A dedup key takes the transactional insert, whose NOTIFY is a statement of its
+        # own (a plain enqueue notifies from inside its INSERT).
+        message_id = ok(producer.enqueue("never announced", dedup_key="silent"))
         assert silenced, "the enqueue did not go through _notify: this test lost nothing"
         message = ok(waiter.join(10))
         assert message is not None, "the waiter never noticed the message (no fallback poll)"
@@ -547,22 +549,28 @@ def test_connections_killed_during_operations_lose_nothing_acknowledged(
 
 
 class _LoseCommits:
-    """Patch psycopg so that the next COMMIT really commits, then reports a lost
-    connection (as when the network fails while the server's answer is on its way)."""
+    """Patch psycopg so that the next statement that commits (a COMMIT, or a statement
+    run on its own in autocommit) really commits, then the connection drops (as when the
+    network fails while the server's answer is on its way)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.armed = False
         self.fired = 0
-        real_commit = psycopg.Connection.commit
+        real_execute = psycopg.Connection.execute
 
-        def commit(conn: psycopg.Connection[Any]) -> None:
-            real_commit(conn)
-            if self.armed:
+        def execute(conn: psycopg.Connection[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+            text = str(query).strip().upper()
+            idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            commits = text == "COMMIT" or (idle and not text.startswith(("BEGIN", "SET")))
+            cursor = real_execute(conn, query, *args, **kwargs)
+            if self.armed and commits:
                 self.armed = False
                 self.fired += 1
+                conn.pgconn.finish()
                 raise psycopg.OperationalError("server closed the connection unexpectedly")
+            return cursor
 
-        monkeypatch.setattr(psycopg.Connection, "commit", commit)
+        monkeypatch.setattr(psycopg.Connection, "execute", execute)
 
 
 OPERATIONS: dict[str, tuple[type[QueueError], Callable[[Queue, Message | None], Any]]] = {

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import os
 import random
+import select
 import threading
 import time
 import urllib.parse
@@ -36,6 +37,7 @@ from ..wakeup import signal_for
 from . import postgres_sql as sql
 from .base import (
     NewMessage,
+    Outcome,
     Policy,
     StorageError,
     StoredDeadLetter,
@@ -178,7 +180,6 @@ class PostgresBackend(SQLBackend):
         # A statement waiting on a row or table lock gives up at lock_timeout, like SQLite's
         # busy timeout; the retry loop then reports LOCKED.
         conn.execute(f"SET lock_timeout = {max(int(self._lock_timeout * 1000), 1)}")
-        conn.commit()
 
     def _get_pool(self) -> ConnectionPool[Any]:
         if self._closed:
@@ -198,6 +199,9 @@ class PostgresBackend(SQLBackend):
                     min_size=1,
                     max_size=self._pool_size,
                     configure=self._configure,
+                    # Transactions are explicit (BEGIN ... COMMIT), so that single
+                    # statements can run as their own transaction.
+                    kwargs={"autocommit": True},
                     open=True,
                     timeout=self._lock_timeout,
                     name=f"sqqueue-{self.name}",
@@ -240,15 +244,20 @@ class PostgresBackend(SQLBackend):
             )
         return StorageError(f"database error on {self.path!r}: {text}", ErrorKind.STORAGE)
 
-    def _run(self, fn: Callable[[psycopg.Connection[Any]], T], write: bool) -> T:
+    def _run(
+        self, fn: Callable[[psycopg.Connection[Any]], T], write: bool, single: bool = False
+    ) -> T:
         """Run ``fn`` in one transaction; retry on lost connections and lock conflicts
-        until the deadline. A lost COMMIT is reported as an unknown outcome."""
+        until the deadline. A lost COMMIT is reported as an unknown outcome.
+
+        ``single``: ``fn`` runs exactly one statement, which is then its own transaction
+        (autocommit): one round trip instead of three (BEGIN, statement, COMMIT)."""
         start = time.monotonic()
         deadline = start + self._lock_timeout
         attempt = 0
         while True:
             try:
-                return self._attempt(fn)
+                return self._attempt(fn, single)
             except _CommitLost as lost:
                 if not write:
                     # Nothing a read does can have taken effect: just run it again.
@@ -282,21 +291,52 @@ class PostgresBackend(SQLBackend):
             except StorageError:
                 raise
 
-    def _attempt(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+    def _checkout(self, pool: ConnectionPool[Any]) -> psycopg.Connection[Any]:
+        """A pooled connection that was not closed by the server while it sat idle.
+
+        An idle connection has nothing to read; if its socket is readable, the server has
+        ended it (restart, ``pg_terminate_backend``, idle timeout) and it is replaced. This
+        costs no round trip, and it keeps a dead connection from turning a write into an
+        unknown outcome.
+        """
+        for _ in range(self._pool_size + 1):
+            try:
+                conn: psycopg.Connection[Any] = pool.getconn()
+            except Exception as exc:  # PoolTimeout: the server is not reachable
+                raise psycopg.OperationalError(str(exc)) from exc
+            try:
+                readable = bool(select.select([conn.fileno()], [], [], 0)[0])
+            except (OSError, ValueError, psycopg.Error):
+                readable = True
+            if not readable:
+                return conn
+            logger.debug("queue %r: replacing a connection the server closed", self.name)
+            with contextlib.suppress(Exception):
+                conn.close()
+            pool.putconn(conn)  # closed: the pool drops it and opens another
+        raise psycopg.OperationalError("every pooled connection was closed by the server")
+
+    def _attempt(self, fn: Callable[[psycopg.Connection[Any]], T], single: bool) -> T:
         pool = self._get_pool()
+        conn = self._checkout(pool)
         try:
-            conn = pool.getconn()
-        except Exception as exc:  # PoolTimeout: the server is not reachable
-            raise psycopg.OperationalError(str(exc)) from exc
-        try:
+            if single:
+                try:
+                    return fn(conn)
+                except psycopg.OperationalError as exc:
+                    if conn.broken:
+                        # The statement was its own commit: it may have taken effect.
+                        raise _CommitLost() from exc
+                    raise
+            conn.execute("BEGIN")
             try:
                 result = fn(conn)
             except BaseException:
                 with contextlib.suppress(Exception):
-                    conn.rollback()
+                    conn.execute("ROLLBACK")
                 raise
             try:
-                conn.commit()
+                conn.execute("COMMIT")
             except psycopg.OperationalError as exc:
                 raise _CommitLost() from exc
             return result
@@ -439,7 +479,56 @@ class PostgresBackend(SQLBackend):
         return ids
 
     def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[int]:
-        return self._write(lambda conn: self._insert(conn, messages, now))
+        if self.policy.max_depth is not None or any(
+            m.dedup_key is not None or m.group_key is not None for m in messages
+        ):
+            return self._write(lambda conn: self._insert(conn, messages, now))
+        # The common case: plain messages, one statement for the whole batch.
+        bodies = [_body(m.data) for m in messages]
+        params = {
+            "text": [text for text, _ in bodies],
+            "bytes": [raw for _, raw in bodies],
+            "encoding": [m.encoding for m in messages],
+            "checksum": [m.checksum for m in messages],
+            "priority": [m.priority for m in messages],
+            "visible_at": [m.visible_at for m in messages],
+            "max_attempts": [m.max_attempts for m in messages],
+            "expires_at": [m.expires_at for m in messages],
+            "now": now,
+        }
+
+        def run(conn: psycopg.Connection[Any]) -> list[int]:
+            row = self._one(conn, "insert_many", params)
+            return [int(i) for i in row[0]]
+
+        return self._run(run, write=True, single=True)
+
+    def claim(
+        self, limit: int, now: float, lease_until: float, token: int
+    ) -> tuple[list[StoredMessage], int]:
+        params = {"now": now, "until": lease_until, "token": token, "limit": limit}
+        rows = self._run(
+            lambda conn: conn.execute(self._sql["claim_probe"], params).fetchall(),
+            write=True,
+            single=True,
+        )
+        if rows[0][-1]:
+            # Something to fold first (rare): fold and claim in one transaction.
+            return super().claim(limit, now, lease_until, token)
+        messages = [self._message(row[:-1]) for row in rows if row[0] is not None]
+        messages.sort(key=lambda m: (-m.priority, m.visible_at, m.id))
+        return messages, 0
+
+    def complete(self, message_id: int, token: int | None, now: float) -> Outcome:
+        if self.policy.retention is not None or self.policy.retention_max is not None:
+            return super().complete(message_id, token, now)
+        params = {"id": message_id, "token": token, "now": now}
+        row = self._run(
+            lambda conn: self._one(conn, "complete_counted", params), write=True, single=True
+        )
+        if row is not None and row[0]:
+            return Outcome.DONE
+        return self._read(lambda conn: self._diagnose(conn, message_id, token))
 
     def enqueue_in(self, conn: Any, messages: Sequence[NewMessage], now: float) -> list[int]:
         if not isinstance(conn, psycopg.Connection):
@@ -574,18 +663,15 @@ class PostgresBackend(SQLBackend):
         """``VACUUM`` the queue's tables (PostgreSQL reclaims space with autovacuum too)."""
 
         def run(c: psycopg.Connection[Any]) -> None:
-            c.autocommit = True  # VACUUM cannot run inside a transaction
-            try:
-                for table in ("q", "dlq", "done", "dedup"):
-                    c.execute(f"VACUUM {self._q.subst[table]}")
-            finally:
-                c.autocommit = False
+            for table in ("q", "dlq", "done", "dedup"):
+                c.execute(f"VACUUM {self._q.subst[table]}")
 
         if conn is not None:
             raise StorageError(
                 "vacuum_database(conn) takes no connection on PostgreSQL", ErrorKind.INVALID_INPUT
             )
-        self._run(run, write=False)
+        # VACUUM cannot run inside a transaction: each statement is its own.
+        self._run(run, write=False, single=True)
 
     def checkpoint(self, conn: Any = None) -> None:
         """Nothing to do: PostgreSQL checkpoints its WAL by itself."""

@@ -202,6 +202,12 @@ _LIVE = (
     "AND (%(token)s::bigint IS NULL OR lease_token = %(token)s::bigint)"
 )
 
+# Is there an expired lease, or a message past its time to live?
+_ANY_EXPIRED = """coalesce((SELECT min(lease_expires_at) FROM $q
+                          WHERE status = 'processing') <= %(now)s, false)
+            OR coalesce((SELECT min(expires_at) FROM $q
+                          WHERE expires_at IS NOT NULL) <= %(now)s, false)"""
+
 STATEMENTS = {
     "group_lock": "SELECT pg_advisory_xact_lock(hashtextextended($lit || '/' || %(group_key)s, 0))",
     "insert": """
@@ -215,6 +221,21 @@ STATEMENTS = {
                 %(priority)s, %(visible_at)s, %(max_attempts)s, %(now)s, %(now)s,
                 %(expires_at)s, %(group_key)s)
         RETURNING id""",
+    # Plain messages (no group, no dedup key) of any number in one statement, which also
+    # wakes the listeners: one round trip in autocommit. Ids come back in item order.
+    "insert_many": """
+        WITH added AS (
+            INSERT INTO $q (body_text, body_bytes, encoding, checksum, priority, visible_at,
+                            max_attempts, created_at, updated_at, expires_at)
+            SELECT t, b, e, c, p, v, m, %(now)s, %(now)s, x
+              FROM unnest(%(text)s::text[], %(bytes)s::bytea[], %(encoding)s::text[],
+                          %(checksum)s::bigint[], %(priority)s::int[], %(visible_at)s::float8[],
+                          %(max_attempts)s::int[], %(expires_at)s::float8[])
+                   WITH ORDINALITY AS u (t, b, e, c, p, v, m, x, n)
+             ORDER BY n
+            RETURNING id)
+        SELECT array_agg(id ORDER BY id), pg_notify('sqqueue', current_schema() || '.' || $lit)
+          FROM added""",
     "next_id": "SELECT nextval(pg_get_serial_sequence($q_regclass, 'id'))",
     "dedup_claim": """
         INSERT INTO $dedup (key, message_id, expires_at) VALUES (%(key)s, %(id)s, %(expires_at)s)
@@ -245,13 +266,29 @@ STATEMENTS = {
                lease_expires_at = %(until)s, updated_at = %(now)s
           FROM picked WHERE m.id = picked.id
         RETURNING {", ".join("m." + c.strip() for c in COLUMNS.split(","))}""",
+    # One statement, so one round trip in autocommit: claim what is ready, unless an
+    # expired lease or a message past its time to live must be folded first (then it
+    # claims nothing and says so, and the caller folds and claims in a transaction). At
+    # least one row comes back: the probe's, with NULLs if nothing was claimed.
+    "claim_probe": f"""
+        WITH probe AS (SELECT {_ANY_EXPIRED} AS expired),
+        picked AS (
+            SELECT id FROM $q
+             WHERE status = 'pending' AND visible_at <= %(now)s
+               AND NOT (SELECT expired FROM probe)
+             ORDER BY priority DESC, visible_at, id
+             LIMIT %(limit)s
+             FOR UPDATE SKIP LOCKED),
+        claimed AS (
+            UPDATE $q AS m
+               SET status = 'processing', attempts = attempts + 1, lease_token = %(token)s,
+                   lease_expires_at = %(until)s, updated_at = %(now)s
+              FROM picked WHERE m.id = picked.id
+            RETURNING {", ".join("m." + c.strip() for c in COLUMNS.split(","))})
+        SELECT claimed.*, probe.expired FROM probe LEFT JOIN claimed ON true""",
     # Written with min() over the partial indexes so that every plan, including the
     # generic plan of a prepared statement, seeks instead of scanning the table.
-    "any_expired": """
-        SELECT coalesce((SELECT min(lease_expires_at) FROM $q
-                          WHERE status = 'processing') <= %(now)s, false)
-            OR coalesce((SELECT min(expires_at) FROM $q
-                          WHERE expires_at IS NOT NULL) <= %(now)s, false)""",
+    "any_expired": f"SELECT {_ANY_EXPIRED}",
     # Rows to fold are locked first (SKIP LOCKED), so concurrent consumers never fold the
     # same row twice.
     "lock_expired": """
@@ -287,6 +324,13 @@ STATEMENTS = {
                last_error = 'lease expired on attempt ' || attempts || ' of ' || max_attempts
          WHERE id = ANY(%(ids)s) AND status = 'processing'""",
     "complete": f"DELETE FROM $q WHERE id = %(id)s AND {_LIVE} RETURNING group_key",
+    # complete as one statement: the delete and the completed total together; returns
+    # the number of messages completed (0: not held, ask why).
+    "complete_counted": f"""
+        WITH gone AS (DELETE FROM $q WHERE id = %(id)s AND {_LIVE} RETURNING id)
+        SELECT s.n FROM (SELECT count(*) AS n FROM gone) AS s
+          LEFT JOIN LATERAL (SELECT sqqueue_count($lit, 0, 0, 0, completed => s.n)
+                              WHERE s.n > 0) AS bump ON true""",
     "keep_done": f"""
         INSERT INTO $done ({DONE_COLUMNS})
         SELECT id, {_COPY}, attempts, created_at, %(now)s, group_key
