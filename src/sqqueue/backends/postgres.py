@@ -484,6 +484,23 @@ class PostgresBackend(SQLBackend):
         ):
             return self._write(lambda conn: self._insert(conn, messages, now))
         # The common case: plain messages, one statement for the whole batch.
+        if len(messages) == 1:
+            m = messages[0]
+            text, raw = _body(m.data)
+            one = {
+                "text": text,
+                "bytes": raw,
+                "encoding": m.encoding,
+                "checksum": m.checksum,
+                "priority": m.priority,
+                "visible_at": m.visible_at,
+                "max_attempts": m.max_attempts,
+                "expires_at": m.expires_at,
+                "now": now,
+            }
+            return self._run(
+                lambda conn: [int(self._one(conn, "insert_one", one)[0])], write=True, single=True
+            )
         bodies = [_body(m.data) for m in messages]
         params = {
             "text": [text for text, _ in bodies],

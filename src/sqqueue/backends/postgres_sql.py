@@ -221,6 +221,16 @@ STATEMENTS = {
                 %(priority)s, %(visible_at)s, %(max_attempts)s, %(now)s, %(now)s,
                 %(expires_at)s, %(group_key)s)
         RETURNING id""",
+    # One plain message (no group, no dedup key) in one statement that also wakes the
+    # listeners: one round trip in autocommit.
+    "insert_one": """
+        WITH added AS (
+            INSERT INTO $q (body_text, body_bytes, encoding, checksum, priority, visible_at,
+                            max_attempts, created_at, updated_at, expires_at)
+            VALUES (%(text)s, %(bytes)s, %(encoding)s, %(checksum)s, %(priority)s,
+                    %(visible_at)s, %(max_attempts)s, %(now)s, %(now)s, %(expires_at)s)
+            RETURNING id)
+        SELECT id, pg_notify('sqqueue', current_schema() || '.' || $lit) FROM added""",
     # Plain messages (no group, no dedup key) of any number in one statement, which also
     # wakes the listeners: one round trip in autocommit. Ids come back in item order.
     "insert_many": """
