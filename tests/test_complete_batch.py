@@ -43,3 +43,32 @@ def test_bad_input_is_an_err(make_queue: Callable[..., Queue]) -> None:
     queue = make_queue(table_name="jobs")
     assert queue.complete_batch("abc").error.kind is ErrorKind.INVALID_INPUT  # type: ignore[arg-type,union-attr]
     assert queue.complete_batch([123456]).error.kind is ErrorKind.NOT_FOUND  # type: ignore[union-attr]
+
+
+def test_the_same_message_twice_is_refused_and_changes_nothing(
+    make_queue: Callable[..., Queue],
+) -> None:
+    queue = make_queue(table_name="jobs")
+    queue.enqueue_batch(["a", "b"]).unwrap()
+    a, b = queue.dequeue_batch(2, visibility_timeout=60).unwrap()
+    result = queue.complete_batch([a, b, a])
+    assert result.is_err()
+    assert result.error.kind is ErrorKind.NOT_FOUND  # type: ignore[union-attr]
+    assert sorted(s["status"] for s in queue.get_all_statuses().unwrap()) == [
+        "processing",
+        "processing",
+    ]
+    assert queue.stats().unwrap().completed_total == 0
+    assert queue.complete_batch([a.id, b.id]).unwrap() == 2  # ids this object leased
+
+
+def test_a_batch_completed_with_retention_is_kept_in_the_history(
+    make_queue: Callable[..., Queue],
+) -> None:
+    queue = make_queue(table_name="jobs", retention=3600)
+    queue.enqueue_batch(["a", "b", "c"]).unwrap()
+    batch = queue.dequeue_batch(3).unwrap()
+    assert queue.complete_batch(batch).unwrap() == 3
+    done = queue.get_completed().unwrap()
+    assert sorted(m["payload"] for m in done) == ["a", "b", "c"]
+    assert queue.stats().unwrap().completed_total == 3

@@ -341,6 +341,24 @@ STATEMENTS = {
         SELECT s.n FROM (SELECT count(*) AS n FROM gone) AS s
           LEFT JOIN LATERAL (SELECT sqqueue_count($lit, 0, 0, 0, completed => s.n)
                               WHERE s.n > 0) AS bump ON true""",
+    # complete_batch as one statement: all of the messages, or none if any is not held
+    # (a duplicate id counts as not held); returns how many were completed.
+    "complete_all": """
+        WITH wanted AS (
+            SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::bigint[]) AS r (id, token)),
+        held AS (
+            SELECT m.id FROM $q AS m JOIN wanted AS w ON m.id = w.id
+             WHERE m.status = 'processing' AND m.lease_expires_at > %(now)s
+               AND (w.token IS NULL OR m.lease_token = w.token)
+               FOR UPDATE OF m),
+        gone AS (
+            DELETE FROM $q WHERE id IN (SELECT id FROM held)
+               AND (SELECT count(DISTINCT id) FROM held) = %(n)s
+               AND (SELECT count(*) FROM wanted) = %(n)s
+            RETURNING id)
+        SELECT s.n FROM (SELECT count(*) AS n FROM gone) AS s
+          LEFT JOIN LATERAL (SELECT sqqueue_count($lit, 0, 0, 0, completed => s.n)
+                              WHERE s.n > 0) AS bump ON true""",
     "keep_done": f"""
         INSERT INTO $done ({DONE_COLUMNS})
         SELECT id, {_COPY}, attempts, created_at, %(now)s, group_key
