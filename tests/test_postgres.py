@@ -816,6 +816,14 @@ def test_copy_sqlite_to_postgres_and_back_keeps_everything(
     assert copy_queues(pg, f"sqlite:///{back}", [TABLE]) == report
     with SQLiteQueue(back, TABLE) as queue:
         assert _picture(queue) == original
+        counts = ok(queue.stats())
+        assert (counts.pending, counts.delayed, counts.waiting, counts.processing) == (
+            copied.pending,
+            copied.delayed,
+            copied.waiting,
+            0,
+        )
+        assert (counts.dead, counts.enqueued_total) == (copied.dead, copied.enqueued_total)
         highest = max(row[0] for part in original for row in part)
         assert ok(queue.enqueue("new")) > highest
 

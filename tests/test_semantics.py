@@ -479,3 +479,63 @@ def test_recover_processing_messages_count(queue: Queue, clock: Any) -> None:
     (dead,) = ok(queue.get_dead_letters())
     assert "lease" in dead["last_error"]
     assert ok(queue.complete(long)) is None
+
+
+# -- ids and counts ----------------------------------------------------------------------------
+
+
+def _counts(queue: Queue) -> tuple[int, int, int, int]:
+    stats = ok(queue.stats())
+    return stats.pending + stats.delayed, stats.processing, stats.dead, stats.enqueued_total
+
+
+def test_ids_are_never_reused_even_when_the_newest_message_leaves(
+    make_queue: MakeQueue,
+) -> None:
+    """The newest message completed, dead-lettered and purged, the queue empty and opened
+    again: every new message still gets an id above every id handed out before."""
+    queue = make_queue(table_name="ids")
+    a, b, c = ok(queue.enqueue_batch(["a", "b", "c"]))
+    newest = leased(queue, visibility_timeout=60)
+    ok(queue.complete(newest))  # "a"; then the newest of all:
+    ok(queue.fail_message(c, send_to_dlq=True, error="gave up"))
+    d = ok(queue.enqueue("d"))
+    assert d > c
+    ok(queue.purge("dead"))
+    assert drain(queue) == ["b", "d"]
+    e = ok(queue.enqueue("e"))
+    assert e > d
+    ok(queue.purge())
+    queue.close()
+    again = make_queue(table_name="ids")
+    f = ok(again.enqueue("f"))
+    assert f > e
+    assert (a, b, c) == (a, a + 1, a + 2)
+    assert _counts(again) == (1, 0, 0, 6)
+
+
+def test_counts_stay_exact_through_every_way_in_and_out(make_queue: MakeQueue) -> None:
+    """stats() agrees with the rows after enqueues, claims, completes, dead letters,
+    revivals, redrives into another queue and purges."""
+    queue = make_queue(table_name="counted")
+    other = make_queue(table_name="counted_other")
+    ok(queue.enqueue_batch([f"m{i}" for i in range(10)]))
+    ok(queue.enqueue("late", delay=3600))
+    assert _counts(queue) == (11, 0, 0, 11)
+    batch = ok(queue.dequeue_batch(4, visibility_timeout=60))
+    assert _counts(queue) == (7, 4, 0, 11)
+    ok(queue.complete(batch[0]))
+    ok(queue.fail_message(batch[1], send_to_dlq=True, error="x"))
+    ok(queue.fail_message(batch[2], send_to_dlq=True, error="y"))
+    assert _counts(queue) == (7, 1, 2, 11)
+    ok(queue.reprocess_dead_letter(batch[1].id))  # back with its id: not a new enqueue
+    assert _counts(queue) == (8, 1, 1, 11)
+    assert ok(queue.redrive(to_queue="counted_other")) == 1
+    assert _counts(queue) == (8, 1, 0, 11)
+    assert _counts(other) == (1, 0, 0, 1)
+    assert ok(queue.purge("pending")) == 7
+    assert _counts(queue) == (1, 1, 0, 11)
+    ok(queue.enqueue("after"))
+    assert _counts(queue) == (2, 1, 0, 12)
+    statuses = ok(queue.get_all_statuses())
+    assert len(statuses) == 3

@@ -165,9 +165,7 @@ def _rows(
         high = conn.execute(f"SELECT max(id) FROM {quoted}").fetchone()[0] or 0
     except sqlite3.DatabaseError:
         high = 0
-    with contextlib.suppress(sqlite3.DatabaseError):
-        seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
-        high = max(high, seq[0] if seq else 0)
+    high = max(high, _highest_id(conn, table))
     for ident in range(1, int(high) + 1):
         try:
             row = conn.execute(f"SELECT {cols} FROM {quoted} WHERE id = ?", (ident,)).fetchone()
@@ -176,6 +174,23 @@ def _rows(
             continue
         if row is not None:
             yield row
+
+
+def _highest_id(conn: sqlite3.Connection, name: str) -> int:
+    """The largest id a queue (or table) of a damaged file has handed out, as far as it
+    can be read: from its tables, its counters and the sequence sqqueue 0.1.0 kept."""
+    high = 0
+    for query, params in (
+        (f'SELECT max(id) FROM "{name}"', ()),
+        (f'SELECT max(id) FROM "{name}_dlq"', ()),
+        ("SELECT n FROM sqqueue_counters WHERE name = ?", (f"{name}#high",)),
+        ("SELECT seq FROM sqlite_sequence WHERE name = ?", (name,)),
+    ):
+        with contextlib.suppress(sqlite3.DatabaseError):
+            row = conn.execute(query, params).fetchone()
+            if row is not None and row[0] is not None:
+                high = max(high, int(row[0]))
+    return high
 
 
 def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> SalvageReport:
@@ -207,22 +222,12 @@ def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> S
             backend = SQLiteBackend(target_path, name)
             try:
                 with backend.raw_connection() as dst:
+                    # Ids stay taken in the new file, so none is ever handed out again.
+                    dst.execute("BEGIN IMMEDIATE")
+                    backend.reserve_ids(dst, _highest_id(src, name))
+                    dst.execute("COMMIT")
                     copied, lost = _copy_table(src, dst, name, _MESSAGE_COLUMNS, dead=False)
                     dead, dead_lost = _copy_table(src, dst, f"{name}_dlq", _DEAD_COLUMNS, dead=True)
-                    high = dst.execute(
-                        f'SELECT max(id) FROM (SELECT id FROM "{name}" UNION ALL '
-                        f'SELECT id FROM "{name}_dlq")'
-                    ).fetchone()[0]
-                    if high is not None:
-                        dst.execute(
-                            "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?",
-                            (high, name),
-                        )
-                        dst.execute(
-                            "INSERT INTO sqlite_sequence (name, seq) SELECT ?, ? "
-                            "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = ?)",
-                            (name, high, name),
-                        )
             finally:
                 backend.close()
             report.copied[name] = copied

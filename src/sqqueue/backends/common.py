@@ -97,8 +97,8 @@ class SQLBackend(Backend):
     def _lock_group(self, conn: Conn, group: str | None) -> None:
         """Serialize work on one message group (default: the write lock already does)."""
 
-    def _after_import(self, conn: Conn, high: int) -> None:
-        """Make sure the id sequence never hands out ``high`` or below."""
+    def _reserve_ids(self, conn: Conn, high: int) -> None:
+        """Make sure ids up to ``high`` are never handed out (rows arrive with them)."""
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -382,16 +382,13 @@ class SQLBackend(Backend):
         now: float,
     ) -> None:
         def run(conn: Conn) -> None:
-            high = 0
+            self._reserve_ids(conn, max([0, *(r.id for r, _ in messages), *(d.id for d in dead)]))
             for row, status in messages:
                 params = {**import_params(row, status, now), **self._body_params(row.data)}
                 conn.execute(self._sql["import_message"], params)
-                high = max(high, row.id)
             for letter in dead:
                 params = {**dead_params(letter), **self._body_params(letter.data)}
                 conn.execute(self._sql["import_dead"], params)
-                high = max(high, letter.id)
-            self._after_import(conn, high)
             counted = len(messages) if self._trigger_counts_enqueues else 0
             self._bump(conn, enqueued=len(messages) + len(dead) - counted)
             self._notify(conn)

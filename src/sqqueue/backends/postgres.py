@@ -680,7 +680,7 @@ class PostgresBackend(SQLBackend):
         text, raw = _body(data)
         return {"text": text, "bytes": raw}
 
-    def _after_import(self, conn: psycopg.Connection[Any], high: int) -> None:
+    def _reserve_ids(self, conn: psycopg.Connection[Any], high: int) -> None:
         conn.execute(self._sql["raise_sequence"], {"high": high})
 
     def _lock_group(self, conn: psycopg.Connection[Any], group: str | None) -> None:

@@ -403,7 +403,8 @@ class SQLiteBackend(SQLBackend):
                 logger.warning("%s: journal_mode is %s, not WAL", self.path, mode)
 
         def setup(conn: sqlite3.Connection) -> None:
-            conn.execute(sql.REGISTRY_DDL)
+            for ddl in sql.REGISTRY_DDL:
+                conn.execute(ddl)
             row = conn.execute(
                 "SELECT schema_version FROM sqqueue_queues WHERE name = ?", (self.name,)
             ).fetchone()
@@ -417,10 +418,10 @@ class SQLiteBackend(SQLBackend):
                 "INSERT INTO sqqueue_queues (name, schema_version, created_at) VALUES (?, ?, ?)",
                 (self.name, SCHEMA_VERSION, now),
             )
+            conn.execute(self._sql["make_counters"])
             if not columns:
                 for ddl in self._q.ddl:
                     conn.execute(ddl)
-                conn.execute(self._sql["make_counters"])
             elif {"processing_at", "dlq", "visible_at", "status"} <= columns:
                 self._migrate_legacy(conn, now, default_max_attempts)
             else:
@@ -429,7 +430,6 @@ class SQLiteBackend(SQLBackend):
                     "choose another table_name",
                     ErrorKind.INVALID_INPUT,
                 )
-            conn.execute(self._sql["make_counters"])  # no-op unless migrated
             conn.execute(self._sql["recount"])
             conn.execute(self._sql["seed_totals"])
 
@@ -472,10 +472,7 @@ class SQLiteBackend(SQLBackend):
         # 0.1.0 created an index named idx_status_id on its first queue; it went with the
         # renamed table. Ids must never be reused, so the old sequence carries over.
         if seq_row is not None:
-            conn.execute(
-                "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?",
-                (seq_row[0], self.name),
-            )
+            self.reserve_ids(conn, int(seq_row[0]))
         if has_legacy_dlq:
             self._migrate_legacy_dlq(conn, now, max_attempts)
 
@@ -513,18 +510,16 @@ class SQLiteBackend(SQLBackend):
         conn.execute(f"DROP TABLE {old}")
 
     def _next_id(self, conn: sqlite3.Connection) -> int:
-        """Reserve the next id of the queue's AUTOINCREMENT sequence."""
-        row = conn.execute(
-            "SELECT seq FROM sqlite_sequence WHERE name = ?", (self.name,)
-        ).fetchone()
-        new_id = int(row[0]) + 1 if row is not None else 1
-        if row is None:
-            conn.execute(
-                "INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (self.name, new_id)
-            )
-        else:
-            conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = ?", (new_id, self.name))
+        """Reserve the next id, for a row that goes elsewhere than the queue table."""
+        new_id = int(conn.execute(self._sql["next_id"]).fetchone()[0])
+        self.reserve_ids(conn, new_id)
         return new_id
+
+    def reserve_ids(self, conn: sqlite3.Connection, high: int) -> None:
+        """Inside the caller's transaction: ids up to ``high`` are taken (for rows that
+        arrive with their ids); the rows inserted with them are counted by the triggers."""
+        conn.execute(self._sql["reserve_base"], {"high": high})
+        conn.execute(self._sql["reserve_high"], {"high": high})
 
     # -- operations --------------------------------------------------------------------
 
@@ -537,12 +532,12 @@ class SQLiteBackend(SQLBackend):
             m.dedup_key is None and m.group_key is None and len(m.data) < LARGE_PAYLOAD
             for m in messages
         ):
-            # The common case: plain inserts, positional parameters, counted by trigger.
+            # The common case: plain inserts, positional parameters, counted as fresh.
             insert = self._sql["insert_plain"]
             if len(messages) == 1:
                 return [int(conn.execute(insert, _plain_row(messages[0], now)).lastrowid or 0)]
             conn.executemany(insert, [_plain_row(m, now) for m in messages])
-            # Inside one write transaction AUTOINCREMENT hands out consecutive ids.
+            # Inside one write transaction the ids are consecutive.
             last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
             return list(range(last - len(messages) + 1, last + 1))
         # Decide first which messages are duplicates (of stored ones, or of earlier items
@@ -706,9 +701,8 @@ class SQLiteBackend(SQLBackend):
     def _body_params(self, data: str | bytes) -> dict[str, Any]:
         return {"data": data}
 
-    def _after_import(self, conn: sqlite3.Connection, high: int) -> None:
-        conn.execute(self._sql["sync_sequence"])
-        conn.execute(self._sql["raise_sequence"], {"high": high})
+    def _reserve_ids(self, conn: sqlite3.Connection, high: int) -> None:
+        self.reserve_ids(conn, high)
 
     def _other(self, target: str) -> Any:
         return sql.render(validate_queue_name(target))

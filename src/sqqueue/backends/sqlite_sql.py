@@ -30,20 +30,34 @@ __all__ = [
     "render",
 ]
 
-# One row per queue: its schema version and creation time.
-REGISTRY_DDL = """
+# One row per queue: its schema version and creation time; and the queues' counters, one
+# row each, named '<queue>#<counter>'.
+REGISTRY_DDL = (
+    """
 CREATE TABLE IF NOT EXISTS sqqueue_queues (
     name                 TEXT PRIMARY KEY,
     schema_version       INTEGER NOT NULL,
     created_at           REAL NOT NULL
-)"""
+)""",
+    """
+CREATE TABLE IF NOT EXISTS sqqueue_counters (
+    name                 TEXT PRIMARY KEY,
+    n                    INTEGER NOT NULL
+) WITHOUT ROWID""",
+)
 
-# A queue's counts and totals are rows of sqlite_sequence named '<queue>#<counter>'.
-# SQLite documents that table as writable with ordinary SQL, and AUTOINCREMENT already
-# rewrites its page at every enqueue: counting there costs no extra page per transaction,
-# where a counter table of its own measurably slowed every operation. Counts by state are
-# kept exact by triggers (rows changed by hand are counted too); totals are bumped by the
-# operations. The rows are created with the queue.
+# Counts by state are kept exact by triggers (rows changed by hand are counted too); totals
+# are bumped by the operations. One exception makes enqueue cheap: a new message writes no
+# counter at all, because every page a commit touches costs a WAL frame. Ids are handed
+# out one after another, so the enqueues not yet counted are derived from them:
+#
+#   next id  = max(largest id in the queue, #high) + 1       (ids are never reused)
+#   #high    = the largest id that ever left the queue, or was reserved (imports)
+#   fresh    = max(largest id in the queue, #high) - #base   (enqueues not yet counted)
+#   pending  = #pending + fresh;   enqueued = #enqueued + fresh
+#
+# An insert whose id is not the next one (a revived dead letter, an import) is counted by
+# the insert trigger like any other change. The rows are created with the queue.
 COUNTERS = (
     "pending",  # pending, delayed or waiting
     "processing",
@@ -54,12 +68,14 @@ COUNTERS = (
     "dead_lettered",
     "expired",  # leases that ran out
     "ttl_expired",  # messages whose time to live ran out
+    "high",  # see above
+    "base",
 )
 
 QUEUE_DDL = (
     """
 CREATE TABLE $q (
-    id                INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused
+    id                INTEGER PRIMARY KEY,  -- never reused: see COUNTERS
     payload,                             -- TEXT for str and JSON, BLOB for bytes;
                                          -- NULL when large: the body is in $body
     encoding          TEXT NOT NULL,     -- 'text', 'bytes', 'json' or a serializer name
@@ -147,24 +163,31 @@ CREATE TABLE $dedup (
     message_id        INTEGER NOT NULL,
     expires_at        REAL               -- NULL: for as long as the message exists
 )""",
+    # Inserts with the next id are counted as "fresh" (see COUNTERS); any other is
+    # counted here. Every insert is an enqueue but a revived dead letter's, which
+    # compensates.
     """
-CREATE TRIGGER $tr_insert AFTER INSERT ON $q BEGIN
-    -- every insert is an enqueue but a revived dead letter's, which compensates
-    UPDATE sqlite_sequence SET seq = seq + 1
+CREATE TRIGGER $tr_insert AFTER INSERT ON $q
+WHEN NEW.id <= (SELECT n FROM sqqueue_counters WHERE name = $c_high)
+  OR EXISTS (SELECT 1 FROM $q WHERE id > NEW.id) BEGIN
+    UPDATE sqqueue_counters SET n = n + 1
      WHERE name IN ($c_enqueued,
                     CASE WHEN NEW.status = 'processing' THEN $c_processing ELSE $c_pending END);
 END""",
+    # A message leaving the queue raises #high to its id, so the id is never handed out
+    # again (not even when it was the largest).
     """
 CREATE TRIGGER $tr_delete AFTER DELETE ON $q BEGIN
-    UPDATE sqlite_sequence SET seq = seq - 1
-     WHERE name = CASE WHEN OLD.status = 'processing' THEN $c_processing ELSE $c_pending END;
+    UPDATE sqqueue_counters SET n = CASE WHEN name = $c_high THEN max(n, OLD.id) ELSE n - 1 END
+     WHERE name IN ($c_high,
+                    CASE WHEN OLD.status = 'processing' THEN $c_processing ELSE $c_pending END);
 END""",
     """
 CREATE TRIGGER $tr_update AFTER UPDATE OF status ON $q
 WHEN (OLD.status = 'processing') IS NOT (NEW.status = 'processing') BEGIN
-    UPDATE sqlite_sequence
-       SET seq = seq + CASE WHEN (name = $c_processing) = (NEW.status = 'processing')
-                            THEN 1 ELSE -1 END
+    UPDATE sqqueue_counters
+       SET n = n + CASE WHEN (name = $c_processing) = (NEW.status = 'processing')
+                        THEN 1 ELSE -1 END
      WHERE name IN ($c_pending, $c_processing);
 END""",
     # When a message of a group leaves the queue (completed, dead-lettered, expired or
@@ -179,11 +202,11 @@ WHEN OLD.group_key IS NOT NULL AND OLD.status <> 'waiting' BEGIN
 END""",
     """
 CREATE TRIGGER $tr_dlq_insert AFTER INSERT ON $dlq BEGIN
-    UPDATE sqlite_sequence SET seq = seq + 1 WHERE name = $c_dead;
+    UPDATE sqqueue_counters SET n = n + 1 WHERE name = $c_dead;
 END""",
     """
 CREATE TRIGGER $tr_dlq_delete AFTER DELETE ON $dlq BEGIN
-    UPDATE sqlite_sequence SET seq = seq - 1 WHERE name = $c_dead;
+    UPDATE sqqueue_counters SET n = n - 1 WHERE name = $c_dead;
 END""",
 )
 
@@ -207,6 +230,17 @@ READ_DEAD_COLUMNS = DEAD_COLUMNS.replace("payload", _PAYLOAD, 1)
 READ_DONE_COLUMNS = DONE_COLUMNS.replace("payload", _PAYLOAD, 1)
 BODY = f"SELECT {_PAYLOAD} FROM $body WHERE id = :id"
 
+# The largest id handed out so far, the next one, and the enqueues not yet counted.
+_HIGHEST = """max(coalesce((SELECT max(id) FROM $q), 0),
+                 (SELECT n FROM sqqueue_counters WHERE name = $c_high))"""
+_NEXT_ID = f"({_HIGHEST} + 1)"
+_FRESH = f"({_HIGHEST} - (SELECT n FROM sqqueue_counters WHERE name = $c_base))"
+
+
+def _counter(name: str) -> str:
+    return f"(SELECT n FROM sqqueue_counters WHERE name = $c_{name})"
+
+
 # A lease is live when the row is processing, not expired, and (if the caller has a
 # token) held under that token.
 _LIVE = (
@@ -218,20 +252,26 @@ _FIRST_STATUS = """CASE WHEN :group_key IS NOT NULL AND EXISTS (
                       THEN 'waiting' ELSE 'pending' END"""
 
 STATEMENTS = {
-    "insert": """
-        INSERT INTO $q (payload, encoding, checksum, priority, visible_at, max_attempts,
+    "insert": f"""
+        INSERT INTO $q (id, payload, encoding, checksum, priority, visible_at, max_attempts,
                         created_at, updated_at, expires_at)
-        VALUES (:data, :encoding, :checksum, :priority, :visible_at, :max_attempts,
-                :now, :now, :expires_at)""",
-    "insert_plain": """
-        INSERT INTO $q (payload, encoding, checksum, priority, visible_at, max_attempts,
+        VALUES ({_NEXT_ID}, :data, :encoding, :checksum, :priority, :visible_at,
+                :max_attempts, :now, :now, :expires_at)""",
+    "insert_plain": f"""
+        INSERT INTO $q (id, payload, encoding, checksum, priority, visible_at, max_attempts,
                         created_at, updated_at, expires_at)
-        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)""",
+        VALUES ({_NEXT_ID}, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)""",
     "insert_grouped": f"""
-        INSERT INTO $q (payload, encoding, checksum, status, priority, visible_at,
+        INSERT INTO $q (id, payload, encoding, checksum, status, priority, visible_at,
                         max_attempts, created_at, updated_at, expires_at, group_key)
-        VALUES (:data, :encoding, :checksum, {_FIRST_STATUS}, :priority, :visible_at,
-                :max_attempts, :now, :now, :expires_at, :group_key)""",
+        VALUES ({_NEXT_ID}, :data, :encoding, :checksum, {_FIRST_STATUS}, :priority,
+                :visible_at, :max_attempts, :now, :now, :expires_at, :group_key)""",
+    "next_id": f"SELECT {_NEXT_ID}",
+    # Make the ids up to :high taken without counting them as enqueues: #base moves up
+    # with the highest id, so fresh stays as it is. Run in this order.
+    "reserve_base": f"""
+        UPDATE sqqueue_counters SET n = n + max(:high - {_HIGHEST}, 0) WHERE name = $c_base""",
+    "reserve_high": "UPDATE sqqueue_counters SET n = max(n, :high) WHERE name = $c_high",
     "dedup_get": "SELECT message_id, expires_at FROM $dedup WHERE key = :key",
     "body_get": BODY,
     "body_put": "INSERT INTO $body (id, payload) VALUES (:id, :data)",
@@ -242,9 +282,7 @@ STATEMENTS = {
     "exists": """
         SELECT EXISTS (SELECT 1 FROM $q WHERE id = :id)
             OR EXISTS (SELECT 1 FROM $dlq WHERE id = :id)""",
-    "depth": """
-        SELECT coalesce(sum(seq), 0) FROM sqlite_sequence
-         WHERE name IN ($c_pending, $c_processing)""",
+    "depth": f"SELECT {_counter('pending')} + {_counter('processing')} + {_FRESH}",
     "claim": f"""
         UPDATE $q
            SET status = 'processing', attempts = attempts + 1, lease_token = :token,
@@ -342,30 +380,33 @@ STATEMENTS = {
          ORDER BY priority DESC, lease_expires_at, id
          LIMIT 1""",
     "is_empty": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
-    "count_pending": "SELECT seq FROM sqlite_sequence WHERE name = $c_pending",
-    "bump": "UPDATE sqlite_sequence SET seq = seq + :n WHERE name = :counter",
+    "count_pending": f"SELECT {_counter('pending')} + {_FRESH}",
+    "bump": "UPDATE sqqueue_counters SET n = n + :n WHERE name = :counter",
     # For DDL applied by hand: what opening a new queue does after creating its tables.
     "register": """
         INSERT INTO sqqueue_queues (name, schema_version, created_at)
         VALUES ($lit, 1, (julianday('now') - 2440587.5) * 86400.0)""",
     "make_counters": f"""
-        INSERT INTO sqlite_sequence (name, seq)
-        SELECT column1, 0 FROM (VALUES {", ".join(f"('$name#{c}')" for c in COUNTERS)})
-         WHERE column1 NOT IN (SELECT name FROM sqlite_sequence)""",
-    "recount": """
-        UPDATE sqlite_sequence
-           SET seq = CASE name
+        INSERT OR IGNORE INTO sqqueue_counters (name, n)
+        VALUES {", ".join(f"('$name#{c}', 0)" for c in COUNTERS)}""",
+    # Exact counts from the rows (when a queue is created or migrated); fresh becomes 0.
+    "recount": f"""
+        UPDATE sqqueue_counters
+           SET n = CASE name
                 WHEN $c_pending THEN (SELECT count(*) FROM $q WHERE status <> 'processing')
                 WHEN $c_processing THEN (SELECT count(*) FROM $q WHERE status = 'processing')
-                ELSE (SELECT count(*) FROM $dlq) END
-         WHERE name IN ($c_pending, $c_processing, $c_dead)""",
-    "seed_totals": """
-        UPDATE sqlite_sequence
-           SET seq = (SELECT sum(seq) FROM sqlite_sequence
-                       WHERE name IN ($c_pending, $c_processing, $c_dead))
+                WHEN $c_dead THEN (SELECT count(*) FROM $dlq)
+                ELSE {_HIGHEST} END
+         WHERE name IN ($c_pending, $c_processing, $c_dead, $c_base)""",
+    "seed_totals": f"""
+        UPDATE sqqueue_counters
+           SET n = {_counter("pending")} + {_counter("processing")} + {_counter("dead")}
          WHERE name = $c_enqueued""",
     "counters": f"""
-        SELECT {", ".join(f"(SELECT seq FROM sqlite_sequence WHERE name = $c_{c})" for c in COUNTERS)},
+        SELECT {_counter("pending")} + {_FRESH},
+               {", ".join(_counter(c) for c in COUNTERS[1:3])},
+               {_counter("enqueued")} + {_FRESH},
+               {", ".join(_counter(c) for c in COUNTERS[4:9])},
                (SELECT created_at FROM sqqueue_queues WHERE name = $lit)""",
     # Per priority level, seek into the ready index: pending rows not yet visible, and
     # the oldest visible one. Costs a few seeks per level plus one step per delayed row.
@@ -445,10 +486,6 @@ STATEMENTS = {
         INSERT INTO $dlq ({DEAD_COLUMNS})
         VALUES (:id, :data, :encoding, :checksum, :priority, :attempts, :max_attempts,
                 :last_error, :created_at, :updated_at, :dead_at, :group_key, :prior_attempts)""",
-    "sync_sequence": """
-        INSERT INTO sqlite_sequence (name, seq)
-        SELECT $lit, 0 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = $lit)""",
-    "raise_sequence": "UPDATE sqlite_sequence SET seq = max(seq, :high) WHERE name = $lit",
     # Retention and dedup upkeep, a bounded number of rows per round.
     "prune_done_age": """
         DELETE FROM $done WHERE id IN (SELECT id FROM $done WHERE completed_at < :cutoff
@@ -551,11 +588,11 @@ class Rendered:
 
 
 # Redrive into another queue of the same file: a new id there, the history kept.
-_REDRIVE_INTO = """
-    INSERT INTO $q (payload, encoding, checksum, status, priority, visible_at, attempts,
+_REDRIVE_INTO = f"""
+    INSERT INTO $q (id, payload, encoding, checksum, status, priority, visible_at, attempts,
                     max_attempts, last_error, created_at, updated_at, group_key,
                     prior_attempts)
-    SELECT payload, encoding, checksum, 'pending', priority, :now, 0, max_attempts,
+    SELECT {_NEXT_ID}, payload, encoding, checksum, 'pending', priority, :now, 0, max_attempts,
            last_error, created_at, :now, NULL, prior_attempts + attempts
       FROM $src WHERE id = :id"""
 
@@ -568,7 +605,7 @@ def redrive_into(target: Rendered, source: Rendered) -> str:
 def schema_script(rendered: Rendered) -> list[str]:
     """Every statement that creates and registers a queue, in order."""
     statements = [
-        REGISTRY_DDL,
+        *REGISTRY_DDL,
         *rendered.ddl,
         rendered.sql["make_counters"],
         rendered.sql["register"],
