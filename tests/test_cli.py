@@ -865,7 +865,7 @@ def test_copy_needs_urls(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("url", "marker"),
-    [("postgresql://db.internal/app", "DOUBLE PRECISION"), ("jobs.db", "WITHOUT ROWID")],
+    [("postgresql://db.internal/app", "DOUBLE PRECISION"), ("jobs.db", "REAL NOT NULL")],
 )
 def test_migrate_sql_prints_ddl_without_connecting(url: str, marker: str) -> None:
     result = run("migrate", "--sql", url, "--queue", "emails")

@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS sqqueue_queues (
 CREATE TABLE IF NOT EXISTS sqqueue_counters (
     name                 TEXT PRIMARY KEY,
     n                    INTEGER NOT NULL
-) WITHOUT ROWID""",
+)""",
 )
 
 # Counts by state are kept exact by triggers (rows changed by hand are counted too); totals
@@ -174,13 +174,16 @@ WHEN NEW.id <= (SELECT n FROM sqqueue_counters WHERE name = $c_high)
      WHERE name IN ($c_enqueued,
                     CASE WHEN NEW.status = 'processing' THEN $c_processing ELSE $c_pending END);
 END""",
-    # A message leaving the queue raises #high to its id, so the id is never handed out
-    # again (not even when it was the largest).
     """
 CREATE TRIGGER $tr_delete AFTER DELETE ON $q BEGIN
-    UPDATE sqqueue_counters SET n = CASE WHEN name = $c_high THEN max(n, OLD.id) ELSE n - 1 END
-     WHERE name IN ($c_high,
-                    CASE WHEN OLD.status = 'processing' THEN $c_processing ELSE $c_pending END);
+    UPDATE sqqueue_counters SET n = n - 1
+     WHERE name = CASE WHEN OLD.status = 'processing' THEN $c_processing ELSE $c_pending END;
+END""",
+    # The largest id leaving the queue raises #high, so it is never handed out again.
+    """
+CREATE TRIGGER $tr_high AFTER DELETE ON $q
+WHEN NOT EXISTS (SELECT 1 FROM $q WHERE id > OLD.id) BEGIN
+    UPDATE sqqueue_counters SET n = max(n, OLD.id) WHERE name = $c_high;
 END""",
     """
 CREATE TRIGGER $tr_update AFTER UPDATE OF status ON $q
@@ -562,6 +565,7 @@ class Rendered:
             "ix_done": f"{name}_done_at",
             "tr_insert": f"{name}_count_insert",
             "tr_delete": f"{name}_count_delete",
+            "tr_high": f"{name}_highest_id",
             "tr_update": f"{name}_count_update",
             "tr_group": f"{name}_group_next",
             "tr_dlq_insert": f"{name}_dlq_count_insert",
