@@ -602,3 +602,28 @@ def test_message_from_another_queue_is_not_used_blindly(make_queue: MakeQueue) -
     assert isinstance(result, Err)
     assert ok(b.get_all_statuses())[0]["status"] == "processing"
     assert ok(b.complete(mine)) is None
+
+
+def test_defaults_changed_after_opening_apply_and_are_checked(
+    make_queue: Callable[..., Queue],
+) -> None:
+    """The default_* attributes may be changed on an open queue: later enqueues use the
+    new values, and an invalid one is an Err naming it (nothing is enqueued)."""
+    queue = make_queue(table_name="defaults")
+    first = ok(queue.enqueue("before"))
+    queue.default_priority = 7
+    queue.default_max_attempts = 2
+    queue.default_ttl = 3600
+    ok(queue.enqueue_batch(["after-1", "after-2"]))
+    message = ok(queue.dequeue())
+    assert (message.payload, message.priority, message.max_attempts) == ("after-1", 7, 2)
+    assert message.expires_at is not None
+    queue.default_priority = 2**40
+    expect_err(queue.enqueue("too high"), ErrorKind.INVALID_INPUT, "priority")
+    expect_err(queue.enqueue_batch(["a", "b"]), ErrorKind.INVALID_INPUT, "priority")
+    queue.default_priority = 0
+    queue.default_max_attempts = True  # type: ignore[assignment]
+    expect_err(queue.enqueue("bool"), ErrorKind.INVALID_INPUT, "max_attempts")
+    statuses = ok(queue.get_all_statuses())
+    assert [s["id"] for s in statuses][:1] == [first]
+    assert len(statuses) == 3

@@ -45,7 +45,7 @@ from .metrics import Metrics, NullMetrics, StatsdMetrics
 from .names import validate_queue_name
 from .result import Err, Ok, Result
 from .retry import RetryPolicy
-from .serializers import Codec, Serializer
+from .serializers import Codec, Encoded, Serializer
 from .stats import QueueStats
 from .wakeup import signal_for
 
@@ -271,6 +271,7 @@ class Queue:
         self._gauges = not isinstance(self._metrics, NullMetrics)
         self._ops = itertools.count(1)
         self._op_count = 0
+        self._cached_defaults: tuple[Any, Any, Any, tuple[int, int, float | None]] | None = None
         self._work = 0  # messages written, for the maintenance cadence
         self._leases: dict[int, int] = {}
         self._leases_lock = threading.Lock()
@@ -487,7 +488,44 @@ class Queue:
 
     # -- producing -----------------------------------------------------------------------
 
+    def _defaults(self) -> tuple[int, int, float | None]:
+        """The queue's default priority, max attempts and time to live (seconds),
+        validated again only when one of them is set to another object."""
+        priority, attempts, ttl = self.default_priority, self.default_max_attempts, self.default_ttl
+        cached = self._cached_defaults
+        if cached is None or (
+            cached[0] is not priority or cached[1] is not attempts or cached[2] is not ttl
+        ):
+            probe = self._with_options(Item(None), 0.0, Encoded("", "text", 0))
+            valid = (probe.priority, probe.max_attempts, probe.expires_at)
+            cached = self._cached_defaults = (priority, attempts, ttl, valid)
+        return cached[3]
+
     def _new_message(self, item: Item, now: float) -> NewMessage:
+        """Validate and encode one item (an item without options takes the defaults)."""
+        encoded = self._codec.encode(item.payload)
+        if (
+            item.priority is None
+            and item.max_attempts is None
+            and item.ttl is None
+            and item.dedup_key is None
+            and item.group is None
+            and type(item.delay) is int
+            and item.delay == 0
+        ):
+            priority, max_attempts, ttl = self._defaults()
+            return NewMessage(
+                data=encoded.data,
+                encoding=encoded.encoding,
+                checksum=encoded.checksum,
+                priority=priority,
+                visible_at=now,
+                max_attempts=max_attempts,
+                expires_at=None if ttl is None else now + ttl,
+            )
+        return self._with_options(item, now, encoded)
+
+    def _with_options(self, item: Item, now: float, encoded: Encoded) -> NewMessage:
         prio = self.default_priority if item.priority is None else item.priority
         prio = _bounded_int(prio, "priority", MIN_PRIORITY, MAX_PRIORITY)
         delay = 0 if item.delay is None else item.delay
@@ -504,7 +542,6 @@ class Queue:
                     f"{label} must be a non-empty str of at most 512 characters, got {value!r}",
                     ErrorKind.INVALID_INPUT,
                 )
-        encoded = self._codec.encode(item.payload)
         return NewMessage(
             data=encoded.data,
             encoding=encoded.encoding,
@@ -516,6 +553,18 @@ class Queue:
             group_key=item.group,
             expires_at=expires_at,
         )
+
+    def _new_messages(self, items: Sequence[Item], now: float) -> list[NewMessage]:
+        """Validate and encode ``items``, all or none."""
+        batch: list[NewMessage] = []
+        for index, item in enumerate(items):
+            try:
+                batch.append(self._new_message(item, now))
+            except QueueError as exc:
+                if len(items) == 1:
+                    raise
+                raise QueueError(f"item {index}: {exc}; nothing was enqueued", exc.kind) from exc
+        return batch
 
     def _items(self, payloads: object) -> list[Item]:
         if isinstance(payloads, (str, bytes, bytearray, dict)) or not isinstance(
@@ -552,16 +601,7 @@ class Queue:
         nap = _POLL_MIN
         while True:
             now = self._now()
-            batch = []
-            for index, item in enumerate(items):
-                try:
-                    batch.append(self._new_message(item, now))
-                except QueueError as exc:
-                    if len(items) == 1:
-                        raise
-                    raise QueueError(
-                        f"item {index}: {exc}; nothing was enqueued", exc.kind
-                    ) from exc
+            batch = self._new_messages(items, now)
             if not batch:
                 return []
             try:

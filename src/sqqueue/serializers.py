@@ -18,8 +18,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .exceptions import ErrorKind, QueueError
 
@@ -51,8 +50,7 @@ class Serializer(Protocol):
     def loads(self, data: bytes | str) -> Any: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Encoded:
+class Encoded(NamedTuple):
     """A payload ready to store: the stored value, its encoding name and checksum."""
 
     data: str | bytes

@@ -12,7 +12,7 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..exceptions import QueueError
 
@@ -48,8 +48,9 @@ class Policy:
     max_depth: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class NewMessage:
+class NewMessage(NamedTuple):
+    """A validated, encoded message on its way in (a tuple: built for every enqueue)."""
+
     data: str | bytes
     encoding: str
     checksum: int

@@ -533,13 +533,14 @@ class SQLiteBackend(SQLBackend):
             for m in messages
         ):
             # The common case: plain inserts, positional parameters, counted as fresh.
-            insert = self._sql["insert_plain"]
             if len(messages) == 1:
-                return [int(conn.execute(insert, _plain_row(messages[0], now)).lastrowid or 0)]
-            conn.executemany(insert, [_plain_row(m, now) for m in messages])
-            # Inside one write transaction the ids are consecutive.
-            last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
-            return list(range(last - len(messages) + 1, last + 1))
+                row = _plain_row(messages[0], now)
+                return [int(conn.execute(self._sql["insert_plain"], row).lastrowid or 0)]
+            # Inside one write transaction nobody else takes ids: number the rows here.
+            first = int(conn.execute(self._sql["next_id"]).fetchone()[0])
+            rows = [(*_plain_row(m, now), first + i) for i, m in enumerate(messages)]
+            conn.executemany(self._sql["insert_plain_at"], rows)
+            return list(range(first, first + len(messages)))
         # Decide first which messages are duplicates (of stored ones, or of earlier items
         # of this batch), so the depth limit counts only what will really be added.
         existing: list[int | None] = []

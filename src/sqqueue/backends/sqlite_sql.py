@@ -264,6 +264,11 @@ STATEMENTS = {
         INSERT INTO $q (id, payload, encoding, checksum, priority, visible_at, max_attempts,
                         created_at, updated_at, expires_at)
         VALUES ({_NEXT_ID}, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)""",
+    # A batch: the caller reads next_id once and numbers the rows itself.
+    "insert_plain_at": """
+        INSERT INTO $q (id, payload, encoding, checksum, priority, visible_at, max_attempts,
+                        created_at, updated_at, expires_at)
+        VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)""",
     "insert_grouped": f"""
         INSERT INTO $q (id, payload, encoding, checksum, status, priority, visible_at,
                         max_attempts, created_at, updated_at, expires_at, group_key)
