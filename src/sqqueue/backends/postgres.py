@@ -1,11 +1,12 @@
 """PostgreSQL storage (``pip install 'sqqueue[postgres]'``): the same queue for many machines.
 
-Every operation is one transaction on a pooled connection. Consumers claim with
-``FOR UPDATE SKIP LOCKED``; producers ``NOTIFY`` on commit and a listener connection per
-queue object wakes waiting consumers at once (with polling as the fallback if
-notifications are lost). A connection lost before commit is retried on a fresh one; a
-connection lost *during* commit is reported as ``Err(kind=UNKNOWN_OUTCOME)``, never as
-success. The SQL is in ``postgres_sql.py``.
+Every operation is one transaction on a pooled connection; the hot ones (enqueue, claim,
+complete) are a single statement run in autocommit, so they cost one round trip. Consumers
+claim with ``FOR UPDATE SKIP LOCKED``; producers ``NOTIFY`` on commit and a listener
+connection per queue object wakes waiting consumers at once (with polling as the fallback
+if notifications are lost). A connection lost before commit is retried on a fresh one; a
+connection lost *during* commit (or during a single statement) is reported as
+``Err(kind=UNKNOWN_OUTCOME)``, never as success. The SQL is in ``postgres_sql.py``.
 """
 
 from __future__ import annotations
