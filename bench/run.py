@@ -403,6 +403,13 @@ def build_report(
         add("")
     if pctx is not None:
         pg_targets = _pg_report(add, pctx, summary)
+    # The profile's findings are written by hand (bench/profile.py measures them): they
+    # travel with the report, which is regenerated at every run.
+    notes = os.path.join(HERE, "profile-notes.md")
+    if os.path.exists(notes):
+        with open(notes) as f:
+            add("")
+            add(f.read().rstrip())
     return "\n".join(L) + "\n", targets, pg_targets
 
 
