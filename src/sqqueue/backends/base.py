@@ -47,6 +47,11 @@ class Policy:
     #: refuse enqueues past this many messages (pending, delayed, waiting, processing)
     max_depth: int | None = None
 
+    @property
+    def keeps_history(self) -> bool:
+        """Whether completed messages are kept (retention by age or by count)."""
+        return self.retention is not None or self.retention_max is not None
+
 
 class NewMessage(NamedTuple):
     """A validated, encoded message on its way in (a tuple: built for every enqueue)."""

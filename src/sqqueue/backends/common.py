@@ -173,7 +173,7 @@ class SQLBackend(Backend):
 
     def _complete_one(self, conn: Conn, message_id: int, token: int | None, now: float) -> Outcome:
         params = {"id": message_id, "token": token, "now": now}
-        keep = self.policy.retention is not None or self.policy.retention_max is not None
+        keep = self.policy.keeps_history
         if keep and not conn.execute(self._sql["keep_done"], params).rowcount:
             return self._diagnose(conn, message_id, token)
         if conn.execute(self._sql["complete"], params).rowcount:

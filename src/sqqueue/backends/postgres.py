@@ -113,6 +113,21 @@ def _body(data: str | bytes) -> tuple[str | None, bytes | None]:
     return None, data.encode("utf-8") if isinstance(data, str) else data
 
 
+def _values(message: NewMessage) -> dict[str, Any]:
+    """The column values of a new message, by parameter name."""
+    text, raw = _body(message.data)
+    return {
+        "text": text,
+        "bytes": raw,
+        "encoding": message.encoding,
+        "checksum": message.checksum,
+        "priority": message.priority,
+        "visible_at": message.visible_at,
+        "max_attempts": message.max_attempts,
+        "expires_at": message.expires_at,
+    }
+
+
 def list_postgres_queues(url: str, schema: str | None = None) -> list[str]:
     """Names of the sqqueue queues in a PostgreSQL database (schema), sorted."""
     try:
@@ -456,23 +471,13 @@ class PostgresBackend(SQLBackend):
             if dup is not None:
                 ids.append(dup if dup >= 0 else ids[-1 - dup])
                 continue
-            text, raw = _body(message.data)
-            row = conn.execute(
-                self._sql["insert"],
-                {
-                    "id": reserved,
-                    "text": text,
-                    "bytes": raw,
-                    "encoding": message.encoding,
-                    "checksum": message.checksum,
-                    "priority": message.priority,
-                    "visible_at": message.visible_at,
-                    "max_attempts": message.max_attempts,
-                    "now": now,
-                    "expires_at": message.expires_at,
-                    "group_key": message.group_key,
-                },
-            ).fetchone()
+            params = {
+                **_values(message),
+                "id": reserved,
+                "now": now,
+                "group_key": message.group_key,
+            }
+            row = conn.execute(self._sql["insert"], params).fetchone()
             assert row is not None
             ids.append(int(row[0]))
         if fresh:
@@ -484,42 +489,21 @@ class PostgresBackend(SQLBackend):
             m.dedup_key is not None or m.group_key is not None for m in messages
         ):
             return self._write(lambda conn: self._insert(conn, messages, now))
-        # The common case: plain messages, one statement for the whole batch.
-        if len(messages) == 1:
-            m = messages[0]
-            text, raw = _body(m.data)
-            one = {
-                "text": text,
-                "bytes": raw,
-                "encoding": m.encoding,
-                "checksum": m.checksum,
-                "priority": m.priority,
-                "visible_at": m.visible_at,
-                "max_attempts": m.max_attempts,
-                "expires_at": m.expires_at,
-                "now": now,
-            }
+        # The common case: plain messages, one statement for the whole batch (arrays
+        # cost more to send than a single message's values, so one message goes alone).
+        rows = [_values(m) for m in messages]
+        if len(rows) == 1:
+            one = {**rows[0], "now": now}
             return self._run(
                 lambda conn: [int(self._one(conn, "insert_one", one)[0])], write=True, single=True
             )
-        bodies = [_body(m.data) for m in messages]
-        params = {
-            "text": [text for text, _ in bodies],
-            "bytes": [raw for _, raw in bodies],
-            "encoding": [m.encoding for m in messages],
-            "checksum": [m.checksum for m in messages],
-            "priority": [m.priority for m in messages],
-            "visible_at": [m.visible_at for m in messages],
-            "max_attempts": [m.max_attempts for m in messages],
-            "expires_at": [m.expires_at for m in messages],
-            "now": now,
-        }
-
-        def run(conn: psycopg.Connection[Any]) -> list[int]:
-            row = self._one(conn, "insert_many", params)
-            return [int(i) for i in row[0]]
-
-        return self._run(run, write=True, single=True)
+        many: dict[str, Any] = {key: [row[key] for row in rows] for key in rows[0]}
+        many["now"] = now
+        return self._run(
+            lambda conn: [int(i) for i in self._one(conn, "insert_many", many)[0]],
+            write=True,
+            single=True,
+        )
 
     def claim(
         self, limit: int, now: float, lease_until: float, token: int
@@ -538,7 +522,7 @@ class PostgresBackend(SQLBackend):
         return messages, 0
 
     def complete(self, message_id: int, token: int | None, now: float) -> Outcome:
-        if self.policy.retention is not None or self.policy.retention_max is not None:
+        if self.policy.keeps_history:
             return super().complete(message_id, token, now)
         params = {"id": message_id, "token": token, "now": now}
         row = self._run(
@@ -549,7 +533,7 @@ class PostgresBackend(SQLBackend):
         return self._read(lambda conn: self._diagnose(conn, message_id, token))
 
     def complete_many(self, refs: Sequence[tuple[int, int | None]], now: float) -> list[Outcome]:
-        if self.policy.retention is not None or self.policy.retention_max is not None:
+        if self.policy.keeps_history:
             return super().complete_many(refs, now)
         params = {
             "ids": [message_id for message_id, _ in refs],
