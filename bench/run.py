@@ -896,8 +896,10 @@ def _pg_report(
         add(f"| {s} | " + " | ".join(how.get(k, "–") for k in keys) + " |")
     add("")
     add("- plain-pg runs in autocommit mode: each single statement is its own transaction "
-        "and one round trip; sqqueue-pg runs each call as one transaction on a pooled "
-        "connection (`BEGIN`, its statements, `COMMIT`).")  # fmt: skip
+        "and one round trip. sqqueue-pg does the same for its hot calls (enqueue, "
+        "enqueue_batch of plain messages, dequeue, dequeue_batch, complete, complete_batch: "
+        "one statement each, on a pooled connection); its other calls are one transaction "
+        "each (`BEGIN`, its statements, `COMMIT`).")  # fmt: skip
     add("- Wake-up latency: as for SQLite; sqqueue-pg's consumer blocks in `dequeue(wait=1.0)` "
         "(its listener connection gets the NOTIFY its producer's enqueue sends); plain-pg's "
         "consumer waits on `LISTEN` and its producer's `INSERT` carries a `pg_notify` in the "

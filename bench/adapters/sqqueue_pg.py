@@ -20,7 +20,7 @@ class Adapter(SQLiteAdapter):
     semantics = (
         "leases with automatic redelivery on expiry, fenced acks, atomic claim "
         "(FOR UPDATE SKIP LOCKED), LISTEN/NOTIFY wake-ups; one transaction per call on a "
-        "pooled connection"
+        "pooled connection, a single statement for enqueue, dequeue and complete"
     )
     how: ClassVar[dict[str, str]] = {
         **SQLiteAdapter.how,
