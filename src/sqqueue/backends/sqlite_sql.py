@@ -48,21 +48,24 @@ CREATE TABLE IF NOT EXISTS sqqueue_counters (
 
 # Counter updates name one row each (name = ...): with "name IN (...)" SQLite takes a
 # slower path, measured at several times the cost of the whole update.
-# Counts by state are kept exact by triggers (rows changed by hand are counted too); totals
-# are bumped by the operations. One exception makes enqueue cheap: a new message writes no
-# counter at all, because every page a commit touches costs a WAL frame. Ids are handed
-# out one after another, so the enqueues not yet counted are derived from them:
+# Counts are kept exact by triggers (rows changed by hand are counted too); totals are
+# bumped by the operations. Every page a commit touches costs a WAL frame, so the hot
+# paths write as few counters as they can:
+#
+# - a claim writes none: the messages being processed are counted from the lease index
+#   (which holds exactly them), so #queued counts pending and processing together;
+# - an enqueue writes none either. Ids are handed out one after another, so the enqueues
+#   not yet counted are derived from them:
 #
 #   next id  = max(largest id in the queue, #high) + 1       (ids are never reused)
 #   #high    = the largest id that ever left the queue, or was reserved (imports)
 #   fresh    = max(largest id in the queue, #high) - #base   (enqueues not yet counted)
-#   pending  = #pending + fresh;   enqueued = #enqueued + fresh
+#   queued   = #queued + fresh;   enqueued = #enqueued + fresh
 #
 # An insert whose id is not the next one (a revived dead letter, an import) is counted by
 # the insert trigger like any other change. The rows are created with the queue.
 COUNTERS = (
-    "pending",  # pending, delayed or waiting
-    "processing",
+    "queued",  # in the queue table: pending, delayed, waiting or processing
     "dead",
     "enqueued",
     "completed",
@@ -173,27 +176,17 @@ CREATE TRIGGER $tr_insert AFTER INSERT ON $q
 WHEN NEW.id <= (SELECT n FROM sqqueue_counters WHERE name = $c_high)
   OR EXISTS (SELECT 1 FROM $q WHERE id > NEW.id) BEGIN
     UPDATE sqqueue_counters SET n = n + 1 WHERE name = $c_enqueued;
-    UPDATE sqqueue_counters SET n = n + 1
-     WHERE name = CASE WHEN NEW.status = 'processing' THEN $c_processing ELSE $c_pending END;
+    UPDATE sqqueue_counters SET n = n + 1 WHERE name = $c_queued;
 END""",
     """
 CREATE TRIGGER $tr_delete AFTER DELETE ON $q BEGIN
-    UPDATE sqqueue_counters SET n = n - 1
-     WHERE name = CASE WHEN OLD.status = 'processing' THEN $c_processing ELSE $c_pending END;
+    UPDATE sqqueue_counters SET n = n - 1 WHERE name = $c_queued;
 END""",
     # The largest id leaving the queue raises #high, so it is never handed out again.
     """
 CREATE TRIGGER $tr_high AFTER DELETE ON $q
 WHEN NOT EXISTS (SELECT 1 FROM $q WHERE id > OLD.id) BEGIN
     UPDATE sqqueue_counters SET n = max(n, OLD.id) WHERE name = $c_high;
-END""",
-    """
-CREATE TRIGGER $tr_update AFTER UPDATE OF status ON $q
-WHEN (OLD.status = 'processing') IS NOT (NEW.status = 'processing') BEGIN
-    UPDATE sqqueue_counters SET n = n + CASE WHEN NEW.status = 'processing' THEN 1 ELSE -1 END
-     WHERE name = $c_processing;
-    UPDATE sqqueue_counters SET n = n + CASE WHEN NEW.status = 'processing' THEN -1 ELSE 1 END
-     WHERE name = $c_pending;
 END""",
     # When a message of a group leaves the queue (completed, dead-lettered, expired or
     # purged), the next message of that group, if any, becomes deliverable.
@@ -246,6 +239,11 @@ def _counter(name: str) -> str:
     return f"(SELECT n FROM sqqueue_counters WHERE name = $c_{name})"
 
 
+_QUEUED = f"({_counter('queued')} + {_FRESH})"
+# Served by the lease index, so it costs one step per message being processed.
+_PROCESSING = "(SELECT count(*) FROM $q WHERE status = 'processing')"
+
+
 # A lease is live when the row is processing, not expired, and (if the caller has a
 # token) held under that token.
 _LIVE = (
@@ -292,7 +290,7 @@ STATEMENTS = {
     "exists": """
         SELECT EXISTS (SELECT 1 FROM $q WHERE id = :id)
             OR EXISTS (SELECT 1 FROM $dlq WHERE id = :id)""",
-    "depth": f"SELECT {_counter('pending')} + {_counter('processing')} + {_FRESH}",
+    "depth": f"SELECT {_QUEUED}",
     "claim": f"""
         UPDATE $q
            SET status = 'processing', attempts = attempts + 1, lease_token = :token,
@@ -390,7 +388,7 @@ STATEMENTS = {
          ORDER BY priority DESC, lease_expires_at, id
          LIMIT 1""",
     "is_empty": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
-    "count_pending": f"SELECT {_counter('pending')} + {_FRESH}",
+    "count_pending": f"SELECT {_QUEUED} - {_PROCESSING}",
     "bump": "UPDATE sqqueue_counters SET n = n + :n WHERE name = :counter",
     # For DDL applied by hand: what opening a new queue does after creating its tables.
     "register": """
@@ -403,20 +401,20 @@ STATEMENTS = {
     "recount": f"""
         UPDATE sqqueue_counters
            SET n = CASE name
-                WHEN $c_pending THEN (SELECT count(*) FROM $q WHERE status <> 'processing')
-                WHEN $c_processing THEN (SELECT count(*) FROM $q WHERE status = 'processing')
+                WHEN $c_queued THEN (SELECT count(*) FROM $q)
                 WHEN $c_dead THEN (SELECT count(*) FROM $dlq)
                 ELSE {_HIGHEST} END
-         WHERE name IN ($c_pending, $c_processing, $c_dead, $c_base)""",
+         WHERE name IN ($c_queued, $c_dead, $c_base)""",
     "seed_totals": f"""
         UPDATE sqqueue_counters
-           SET n = {_counter("pending")} + {_counter("processing")} + {_counter("dead")}
+           SET n = {_counter("queued")} + {_counter("dead")}
          WHERE name = $c_enqueued""",
+    # pending (incl. delayed and waiting), processing, dead, then the totals in the order
+    # of COUNTERS, then the queue's creation time.
     "counters": f"""
-        SELECT {_counter("pending")} + {_FRESH},
-               {", ".join(_counter(c) for c in COUNTERS[1:3])},
+        SELECT {_QUEUED} - {_PROCESSING}, {_PROCESSING}, {_counter("dead")},
                {_counter("enqueued")} + {_FRESH},
-               {", ".join(_counter(c) for c in COUNTERS[4:9])},
+               {", ".join(_counter(c) for c in COUNTERS[3:8])},
                (SELECT created_at FROM sqqueue_queues WHERE name = $lit)""",
     # Per priority level, seek into the ready index: pending rows not yet visible, and
     # the oldest visible one. Costs a few seeks per level plus one step per delayed row.
@@ -573,7 +571,6 @@ class Rendered:
             "tr_insert": f"{name}_count_insert",
             "tr_delete": f"{name}_count_delete",
             "tr_high": f"{name}_highest_id",
-            "tr_update": f"{name}_count_update",
             "tr_group": f"{name}_group_next",
             "tr_dlq_insert": f"{name}_dlq_count_insert",
             "tr_dlq_delete": f"{name}_dlq_count_delete",
