@@ -7,7 +7,6 @@ so the queue's clock (injectable in tests) is the only clock.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -67,8 +66,7 @@ class NewMessage(NamedTuple):
     expires_at: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
+class StoredMessage(NamedTuple):
     id: int
     data: Any
     encoding: str
@@ -87,8 +85,7 @@ class StoredMessage:
     status: str = "pending"  #: pending (incl. delayed), waiting or processing
 
 
-@dataclass(frozen=True, slots=True)
-class StoredDeadLetter:
+class StoredDeadLetter(NamedTuple):
     id: int
     data: Any
     encoding: str
@@ -104,8 +101,7 @@ class StoredDeadLetter:
     prior_attempts: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class StoredDone:
+class StoredDone(NamedTuple):
     id: int
     data: Any
     encoding: str
@@ -349,8 +345,7 @@ def peek_choice(ready: StoredMessage | None, expired: StoredMessage | None) -> S
     """
     if expired is not None:
         assert expired.lease_expires_at is not None
-        expired = dataclasses.replace(
-            expired,
+        expired = expired._replace(
             visible_at=expired.lease_expires_at,
             lease_token=None,
             lease_expires_at=None,

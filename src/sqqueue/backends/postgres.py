@@ -12,7 +12,6 @@ connection lost *during* commit (or during a single statement) is reported as
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import random
@@ -91,14 +90,14 @@ def _restore_nul(text: str | None) -> str | None:
 def _message(row: Sequence[Any]) -> StoredMessage:
     message = StoredMessage(row[0], _data(row[1], row[2]), *row[3:])
     if message.last_error and _NUL_STANDIN in message.last_error:
-        message = dataclasses.replace(message, last_error=_restore_nul(message.last_error))
+        message = message._replace(last_error=_restore_nul(message.last_error))
     return message
 
 
 def _dead(row: Sequence[Any]) -> StoredDeadLetter:
     letter = StoredDeadLetter(row[0], _data(row[1], row[2]), *row[3:])
     if letter.last_error and _NUL_STANDIN in letter.last_error:
-        letter = dataclasses.replace(letter, last_error=_restore_nul(letter.last_error))
+        letter = letter._replace(last_error=_restore_nul(letter.last_error))
     return letter
 
 

@@ -9,7 +9,6 @@ handlers), and every error path rolls back before returning.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import random
@@ -383,7 +382,7 @@ class SQLiteBackend(SQLBackend):
             if row.data is None:
                 found = conn.execute(self._sql["body_get"], {"id": row.id}).fetchone()
                 if found is not None:
-                    filled = dataclasses.replace(row, data=_payload(found[0], found[1]))
+                    filled = row._replace(data=_payload(found[0], found[1]))
             out.append(filled)
         return out
 
