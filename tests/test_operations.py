@@ -9,6 +9,7 @@ import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,6 +91,38 @@ def test_synchronous_setting_is_applied(
         journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
     assert level == {"normal": 1, "full": 2}[mode]
     assert journal == "wal"
+
+
+@pytest.mark.parametrize(
+    "statement", ["insert", "insert_plain", "claim_pick", "claim_one", "complete", "release"]
+)
+def test_hot_statements_build_no_temporary_tables(
+    make_sqlite_queue: Callable[..., SQLiteQueue], statement: str
+) -> None:
+    # A temporary b-tree (a CHECK ... IN list, UPDATE ... RETURNING, an IN subquery) is
+    # set up and freed on every execution; on a large queue the allocator can hand that
+    # memory back to the system each time, doubling the cost of a claim.
+    from sqqueue.backends.sqlite import SQLiteBackend
+
+    queue = make_sqlite_queue(table_name="jobs")
+    queue.enqueue("x").unwrap()
+    backend = queue._backend
+    assert isinstance(backend, SQLiteBackend)
+    sql = backend._sql[statement]
+    with backend.raw_connection() as conn:
+        opcodes = [row[1] for row in conn.execute("EXPLAIN " + sql, _params(sql))]
+    assert "Insert" in opcodes or "Delete" in opcodes or "ResultRow" in opcodes
+    assert "OpenEphemeral" not in opcodes, statement
+
+
+def _params(sql: str) -> Any:
+    """Placeholder values for a statement's named (:x) or numbered (?N) parameters."""
+    import re
+
+    numbered = [int(n) for n in re.findall(r"\?(\d+)", sql)]
+    if numbered:
+        return [1] * max(numbered)
+    return dict.fromkeys(re.findall(r":(\w+)", sql), 1)
 
 
 def test_bad_synchronous_value_raises(db_path: Path) -> None:

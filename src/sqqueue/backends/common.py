@@ -83,6 +83,11 @@ class SQLBackend(Backend):
     def _fold_expired(self, conn: Conn, now: float) -> int:
         """Expired leases back to pending (or dead), messages past their TTL out."""
 
+    def _claim_rows(self, conn: Conn, params: dict[str, Any]) -> list[Any]:
+        """Claim up to ``params["limit"]`` ready messages; their rows as claimed."""
+        rows: list[Any] = conn.execute(self._sql["claim"], params).fetchall()
+        return rows
+
     def _with_bodies(self, conn: Conn, rows: list[Any]) -> list[Any]:
         """Fill in payloads stored apart from their rows (default: none are)."""
         return rows
@@ -164,7 +169,7 @@ class SQLBackend(Backend):
 
         def run(conn: Conn) -> tuple[list[StoredMessage], int]:
             folded = self._fold_expired(conn, now)
-            rows = conn.execute(self._sql["claim"], params).fetchall()
+            rows = self._claim_rows(conn, params)
             return self._with_bodies(conn, [self._message(r) for r in rows]), folded
 
         messages, folded = self._write(run)

@@ -689,6 +689,20 @@ class SQLiteBackend(SQLBackend):
             if n:
                 conn.execute(self._sql["bump"], {"n": n, "counter": f"{self.name}#{counter}"})
 
+    def _claim_rows(self, conn: sqlite3.Connection, params: dict[str, Any]) -> list[Any]:
+        # Two statements instead of UPDATE ... RETURNING: see "claim_pick" in sqlite_sql.
+        rows = conn.execute(self._sql["claim_pick"], params).fetchall()
+        if len(rows) == 1:
+            conn.execute(self._sql["claim_one"], {**params, "id": rows[0][0]})
+        elif rows:
+            marked = conn.execute(self._sql["claim_many"], params).rowcount
+            if marked != len(rows):  # the write lock is held: the same query, the same rows
+                raise StorageError(
+                    f"claim in {self.path!r} found {len(rows)} messages but marked {marked}",
+                    ErrorKind.STORAGE,
+                )
+        return rows
+
     def _message(self, row: Sequence[Any]) -> StoredMessage:
         return _message(row)
 

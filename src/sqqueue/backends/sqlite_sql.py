@@ -85,8 +85,10 @@ CREATE TABLE $q (
                                          -- NULL when large: the body is in $body
     encoding          TEXT NOT NULL,     -- 'text', 'bytes', 'json' or a serializer name
     checksum          INTEGER,           -- CRC-32 of the stored bytes; NULL for 0.1.0 rows
+    -- OR, not IN (...): SQLite checks an IN list of three through a temporary table,
+    -- built again for every row written (about 1.8 us per insert or claim).
     status            TEXT NOT NULL DEFAULT 'pending'
-                      CHECK (status IN ('pending', 'waiting', 'processing')),
+                      CHECK (status = 'pending' OR status = 'waiting' OR status = 'processing'),
     priority          INTEGER NOT NULL DEFAULT 0,
     visible_at        REAL NOT NULL,     -- not delivered before; FIFO key within a priority
     lease_token       INTEGER,           -- fences acks: only the current holder's count
@@ -224,6 +226,11 @@ DONE_COLUMNS = (
 # reaches the codec (which dead-letters it) instead of failing inside sqlite3.
 _PAYLOAD = "CAST(payload AS BLOB), typeof(payload) = 'text'"
 READ_COLUMNS = COLUMNS.replace("payload", _PAYLOAD, 1)
+# A pending row as it reads once claimed (see "claim_pick").
+_CLAIMED_COLUMNS = (
+    f"id, {_PAYLOAD}, encoding, checksum, priority, attempts + 1, max_attempts, created_at, "
+    "visible_at, :token, :until, last_error, group_key, expires_at, prior_attempts, 'processing'"
+)
 READ_DEAD_COLUMNS = DEAD_COLUMNS.replace("payload", _PAYLOAD, 1)
 READ_DONE_COLUMNS = DONE_COLUMNS.replace("payload", _PAYLOAD, 1)
 BODY = f"SELECT {_PAYLOAD} FROM $body WHERE id = :id"
@@ -291,15 +298,31 @@ STATEMENTS = {
         SELECT EXISTS (SELECT 1 FROM $q WHERE id = :id)
             OR EXISTS (SELECT 1 FROM $dlq WHERE id = :id)""",
     "depth": f"SELECT {_QUEUED}",
-    "claim": f"""
+    # A claim is a SELECT of the rows as they will be once claimed, then an UPDATE of the
+    # same rows, in one write transaction. UPDATE ... RETURNING would do it in one
+    # statement, but SQLite runs it through temporary tables (for the RETURNING rows, the
+    # rowids to update, the IN list), each set up and torn down on every claim: about
+    # 15% of a claim, and, when the allocator gives their memory back to the system
+    # every time, more than the claim itself.
+    "claim_pick": f"""
+        SELECT {_CLAIMED_COLUMNS} FROM $q
+         WHERE status = 'pending' AND visible_at <= :now
+         ORDER BY priority DESC, visible_at, id
+         LIMIT :limit""",
+    "claim_one": """
+        UPDATE $q
+           SET status = 'processing', attempts = attempts + 1, lease_token = :token,
+               lease_expires_at = :until, updated_at = :now
+         WHERE id = :id""",
+    # For a batch: the same query as claim_pick, so the same rows (the write lock is held).
+    "claim_many": """
         UPDATE $q
            SET status = 'processing', attempts = attempts + 1, lease_token = :token,
                lease_expires_at = :until, updated_at = :now
          WHERE id IN (SELECT id FROM $q
                        WHERE status = 'pending' AND visible_at <= :now
                        ORDER BY priority DESC, visible_at, id
-                       LIMIT :limit)
-        RETURNING {READ_COLUMNS}""",
+                       LIMIT :limit)""",
     # One probe per claim: is there an expired lease, or a message past its time to live?
     "any_expired": """
         SELECT EXISTS (SELECT 1 FROM $q WHERE status = 'processing' AND lease_expires_at <= :now)
