@@ -72,3 +72,23 @@ def test_a_batch_completed_with_retention_is_kept_in_the_history(
     done = queue.get_completed().unwrap()
     assert sorted(m["payload"] for m in done) == ["a", "b", "c"]
     assert queue.stats().unwrap().completed_total == 3
+
+
+def test_a_batch_claimed_together_with_one_message_gone_changes_nothing(
+    make_queue: Callable[..., Queue],
+) -> None:
+    # A batch from one dequeue_batch shares its lease token: acknowledged in one
+    # statement, which must also undo what it deleted when one message is missing.
+    queue = make_queue(table_name="jobs")
+    queue.enqueue_batch(["a", "b", "c"]).unwrap()
+    batch = queue.dequeue_batch(3, visibility_timeout=60).unwrap()
+    queue.complete(batch[1]).unwrap()
+    result = queue.complete_batch(batch)
+    assert result.is_err()
+    assert result.error.kind is ErrorKind.NOT_FOUND  # type: ignore[union-attr]
+    assert str(batch[1].id) in str(result.error)
+    statuses = {s["id"]: s["status"] for s in queue.get_all_statuses().unwrap()}
+    assert statuses == {batch[0].id: "processing", batch[2].id: "processing"}
+    assert queue.stats().unwrap().completed_total == 1
+    assert queue.complete_batch([batch[0], batch[2]]).unwrap() == 2
+    assert queue.stats().unwrap().completed_total == 3

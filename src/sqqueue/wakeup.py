@@ -21,6 +21,7 @@ class Signal:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._seq = 0
+        self._blocked = 0  # threads in wait(): with none, notify() only counts
         self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
 
     @property
@@ -30,6 +31,8 @@ class Signal:
     def notify(self) -> None:
         with self._cond:
             self._seq += 1
+            if not self._blocked and not self._async_waiters:
+                return  # the usual case for a producer: nobody to wake in this process
             self._cond.notify_all()
             waiters = list(self._async_waiters)
         for loop, event in waiters:
@@ -41,7 +44,11 @@ class Signal:
         """Block until notified after ``seq`` or ``timeout`` passes; True if notified."""
         with self._cond:
             if self._seq == seq:
-                self._cond.wait(timeout)
+                self._blocked += 1
+                try:
+                    self._cond.wait(timeout)
+                finally:
+                    self._blocked -= 1
             return self._seq != seq
 
     async def wait_async(self, seq: int, timeout: float) -> bool:

@@ -613,9 +613,22 @@ class Rendered:
         self.ddl = [self.fill(sql) for sql in QUEUE_DDL]
         self.migration = [self.fill(sql) for sql in LEGACY_MIGRATION]
         self.legacy_dead_insert = self.fill(LEGACY_DEAD_INSERT)
+        self._complete_sets: dict[int, str] = {}
 
     def fill(self, sql: str) -> str:
         return Template(sql).substitute(self.subst)
+
+    def complete_set(self, count: int) -> str:
+        """Delete ``count`` messages (ids, then now and the one lease token, as ``?``) if
+        they are all held with that token; one statement for a batch claimed together."""
+        statement = self._complete_sets.get(count)
+        if statement is None:
+            marks = ", ".join("?" * count)
+            statement = self._complete_sets[count] = self.fill(
+                f"DELETE FROM $q WHERE id IN ({marks}) AND status = 'processing'"
+                f" AND lease_expires_at > ?{count + 1} AND lease_token = ?{count + 2}"
+            )
+        return statement
 
 
 # Redrive into another queue of the same file: a new id there, the history kept.
