@@ -540,7 +540,11 @@ class SQLiteBackend(SQLBackend):
                 return [int(conn.execute(self._sql["insert_plain"], row).lastrowid or 0)]
             # Inside one write transaction nobody else takes ids: number the rows here.
             first = int(conn.execute(self._sql["next_id"]).fetchone()[0])
-            rows = [(*_plain_row(m, now), first + i) for i, m in enumerate(messages)]
+            # _plain_row's columns and the id, in one tuple per row.
+            rows = [
+                (*m[:6], now, m.expires_at, first + i)  # data ... max_attempts, as in NewMessage
+                for i, m in enumerate(messages)
+            ]
             conn.executemany(self._sql["insert_plain_at"], rows)
             return list(range(first, first + len(messages)))
         # Decide first which messages are duplicates (of stored ones, or of earlier items
