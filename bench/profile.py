@@ -50,6 +50,7 @@ class TimedConnection:
     def __init__(self, conn: Any, timings: dict[str, list[float]]) -> None:
         self._conn = conn
         self._timings = timings
+        self.texts: dict[str, str] = {}
 
     def _timed(self, method: str, sql: str, *args: Any) -> Any:
         t0 = time.perf_counter()
@@ -60,6 +61,7 @@ class TimedConnection:
             entry = self._timings.setdefault(key, [0, 0.0])
             entry[0] += 1
             entry[1] += time.perf_counter() - t0
+            self.texts.setdefault(key, sql)
 
     def execute(self, sql: str, *args: Any) -> Any:
         return self._timed("execute", sql, *args)
@@ -80,7 +82,7 @@ def sql_breakdown(q: Any, loop: Callable[[], Any], n: int) -> None:
     try:
         backend = q._backend
         real = backend._connection()
-        backend._local.conn = TimedConnection(real, timings)
+        timed = backend._local.conn = TimedConnection(real, timings)
     except AttributeError as exc:
         print(f"(no SQL breakdown: the backend's internals changed: {exc})")
         return
@@ -93,9 +95,32 @@ def sql_breakdown(q: Any, loop: Callable[[], Any], n: int) -> None:
     in_sql = sum(v[1] for v in timings.values()) / n * 1e6
     print(f"SQL statements per message (this pass {wall:.1f} µs/msg, of which {in_sql:.1f} in "
           f"sqlite3 calls, {wall - in_sql:.1f} in Python):")  # fmt: skip
-    print(f"  {'calls/msg':>9}  {'µs/msg':>7}  statement")
+    print("  (temp: temporary b-trees the statement sets up on every run, from EXPLAIN)")
+    print(f"  {'calls/msg':>9}  {'µs/msg':>7}  {'temp':>4}  statement")
     for key, (calls, secs) in sorted(timings.items(), key=lambda kv: -kv[1][1]):
-        print(f"  {calls / n:9.3f}  {secs / n * 1e6:7.1f}  {key}")
+        temp = temp_btrees(real, timed.texts[key])
+        print(f"  {calls / n:9.3f}  {secs / n * 1e6:7.1f}  {temp:>4}  {key}")
+
+
+def temp_btrees(conn: Any, sql: str) -> str:
+    """How many temporary b-trees (OpenEphemeral, SorterOpen) a statement's program opens.
+
+    Each is allocated and freed on every execution (and trigger programs are not
+    counted): an IN list in a CHECK, UPDATE ... RETURNING, an IN subquery all make one.
+    """
+    numbered = [int(k) for k in re.findall(r"\?(\d+)", sql)]
+    params: Any
+    if numbered:
+        params = [None] * max(numbered)
+    elif ":" in sql:
+        params = dict.fromkeys(re.findall(r":(\w+)", sql))
+    else:
+        params = [None] * sql.count("?")
+    try:
+        ops = [row[1] for row in conn.execute("EXPLAIN " + sql, params)]
+    except Exception:  # a statement EXPLAIN cannot take: say so rather than guess
+        return "?"
+    return str(sum(op in ("OpenEphemeral", "SorterOpen") for op in ops))
 
 
 def wal_pages(path: str, conn: Any, fn: Callable[[], Any], messages: int) -> float:

@@ -15,7 +15,7 @@ class Adapter(Base):
     at_least_once = "yes"
     semantics = (
         "leases with automatic redelivery on expiry, fenced acks, atomic claim "
-        "(UPDATE ... RETURNING in BEGIN IMMEDIATE)"
+        "(SELECT then UPDATE in one BEGIN IMMEDIATE transaction)"
     )
     how: ClassVar[dict[str, str]] = {
         "enqueue_batch": "native enqueue_batch()",

@@ -45,7 +45,7 @@ R = TypeVar("R", StoredMessage, StoredDeadLetter, StoredDone)
 #: payloads from this size on are stored apart from their message row
 LARGE_PAYLOAD = 128 * 1024
 
-MIN_SQLITE_VERSION = (3, 35, 0)  # RETURNING
+MIN_SQLITE_VERSION = (3, 35, 0)  # the oldest release sqqueue supports
 SCHEMA_VERSION = 1
 # Batches acknowledged in one statement, at most this many (one parameter per message).
 _MAX_SET = 1000
@@ -57,8 +57,8 @@ def check_sqlite_version(version: tuple[int, int, int] | None = None) -> None:
     found = version or sqlite3.sqlite_version_info
     if found < MIN_SQLITE_VERSION:
         raise RuntimeError(
-            f"sqqueue needs SQLite {'.'.join(map(str, MIN_SQLITE_VERSION))} or newer "
-            f"(for UPDATE ... RETURNING); this Python uses SQLite "
+            f"sqqueue needs SQLite {'.'.join(map(str, MIN_SQLITE_VERSION))} or newer; "
+            "this Python uses SQLite "
             f"{'.'.join(map(str, found))}. Use a newer Python build or install 'pysqlite3-binary'."
         )
 
