@@ -92,3 +92,14 @@ def test_a_batch_claimed_together_with_one_message_gone_changes_nothing(
     assert queue.stats().unwrap().completed_total == 1
     assert queue.complete_batch([batch[0], batch[2]]).unwrap() == 2
     assert queue.stats().unwrap().completed_total == 3
+
+
+def test_a_large_batch_is_completed_too(make_queue: Callable[..., Queue]) -> None:
+    # Past the size acknowledged in one statement, the message-by-message path takes it.
+    queue = make_queue(table_name="jobs")
+    queue.enqueue_batch([f"m{i}" for i in range(600)]).unwrap()
+    batch = queue.dequeue_batch(600).unwrap()
+    assert len(batch) == 600
+    assert queue.complete_batch(batch).unwrap() == 600
+    assert queue.is_empty().unwrap()
+    assert queue.stats().unwrap().completed_total == 600

@@ -47,8 +47,9 @@ LARGE_PAYLOAD = 128 * 1024
 
 MIN_SQLITE_VERSION = (3, 35, 0)  # the oldest release sqqueue supports
 SCHEMA_VERSION = 1
-# Batches acknowledged in one statement, at most this many (one parameter per message).
-_MAX_SET = 1000
+# Batches acknowledged in one statement, at most this many: one parameter per message,
+# within the 999 parameters that SQLite builds before 3.32 allowed (some still do).
+_MAX_SET = 500
 Synchronous = Literal["normal", "full"]
 
 
