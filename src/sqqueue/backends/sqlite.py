@@ -50,6 +50,8 @@ SCHEMA_VERSION = 1
 # Batches acknowledged in one statement, at most this many: one parameter per message,
 # within the 999 parameters that SQLite builds before 3.32 allowed (some still do).
 _MAX_SET = 500
+# Maintenance leaves up to this many free pages (or 1/16 of the file) for reuse.
+_KEEP_FREE_PAGES = 32
 Synchronous = Literal["normal", "full"]
 
 
@@ -684,6 +686,17 @@ class SQLiteBackend(SQLBackend):
         # Each step is bounded: a few hundred rows or pages per round (at most 16 MiB of
         # pages at once), and a checkpoint that never waits for readers or writers.
         self._prune(float(self._clock()))
+
+        def free_pages(conn: sqlite3.Connection) -> tuple[int, int]:
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            return int(free), int(conn.execute("PRAGMA page_count").fetchone()[0])
+
+        free, total = self._read(free_pages)
+        # A busy queue frees and reuses pages all the time: give space back only when
+        # there is some to give (a drained queue), not on every round. The checkpoint is
+        # what makes the file shorter; otherwise SQLite's automatic one keeps the WAL short.
+        if free < max(_KEEP_FREE_PAGES, total // 16):
+            return
         pages = min(256 * max(rounds, 1), 4096)
         # executescript steps the pragma to completion; execute() would free one page only.
         self._read(lambda conn: conn.executescript(f"PRAGMA incremental_vacuum({pages});"))
