@@ -671,7 +671,20 @@ class Queue:
 
             queue.enqueue({"order": 42}, dedup_key="order-42", group="customer-7")
         """
-        item = Item(payload, priority, delay, max_attempts, dedup_key, group, ttl)
+        item: object
+        if (
+            priority is None
+            and max_attempts is None
+            and dedup_key is None
+            and group is None
+            and ttl is None
+            and type(delay) is int
+            and delay == 0
+            and not isinstance(payload, Item)
+        ):
+            item = payload  # a bare payload takes the defaults (no Item to build and check)
+        else:
+            item = Item(payload, priority, delay, max_attempts, dedup_key, group, ttl)
         return self._guard(EnqueueError, "enqueue", lambda: Ok(self._store([item], wait)[0]))
 
     def enqueue_batch(
