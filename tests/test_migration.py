@@ -206,14 +206,18 @@ def test_migration_happens_once(
     legacy_clock: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The registry records schema version 1; reopening does not migrate again."""
+    """The registry records the current schema version; reopening does not migrate again."""
     caplog.set_level(logging.INFO, logger="sqqueue")
     orders = make_sqlite_queue(db_path=legacy_db, table_name="orders")
     emails = make_sqlite_queue(db_path=legacy_db, table_name="emails")
     migrated = [r.getMessage() for r in caplog.records if "migrated" in r.getMessage()]
     assert len(migrated) == 2
     registry = rows(legacy_db, "SELECT name, schema_version, created_at FROM sqqueue_queues")
-    assert {(name, version) for name, version, _ in registry} == {("orders", 1), ("emails", 1)}
+    current = sqlite_backend.SCHEMA_VERSION
+    assert {(name, version) for name, version, _ in registry} == {
+        ("orders", current),
+        ("emails", current),
+    }
     names = schema_names(legacy_db)
     assert not {n for n in names if "__sqqueue_v0" in n}
     assert "idx_status_id" not in names
@@ -375,3 +379,37 @@ def test_error_results_never_raise_on_migrated_queue(
     assert isinstance(orders.complete(12), Err)
     assert isinstance(orders.complete(99), Err)
     assert isinstance(orders.reprocess_dead_letter(1), Err)
+
+
+_SCHEMA_1_INSERT_TRIGGER = """
+CREATE TRIGGER "jobs_count_insert" AFTER INSERT ON "jobs"
+WHEN NEW.id <= (SELECT n FROM sqqueue_counters WHERE name = 'jobs#high')
+  OR EXISTS (SELECT 1 FROM "jobs" WHERE id > NEW.id) BEGIN
+    UPDATE sqqueue_counters SET n = n + 1 WHERE name = 'jobs#enqueued';
+    UPDATE sqqueue_counters SET n = n + 1 WHERE name = 'jobs#queued';
+END"""
+
+
+def test_a_schema_1_queue_is_upgraded_and_its_counts_stay_exact(db_path: Path) -> None:
+    """Schema 1 counted inserts with a trigger; schema 2 counts them in code. Opening a
+    schema 1 file drops the trigger, so a revived message is not counted twice."""
+    queue = SQLiteQueue(db_path, table_name="jobs")
+    ids = queue.enqueue_batch(["a", "b", "c"]).unwrap()
+    queue.fail_message(ids[0], send_to_dlq=True).unwrap()
+    queue.close()
+    conn = sqlite3.connect(db_path)
+    with conn:  # as sqqueue with schema 1 left the file
+        conn.execute(_SCHEMA_1_INSERT_TRIGGER)
+        conn.execute("UPDATE sqqueue_queues SET schema_version = 1 WHERE name = 'jobs'")
+    conn.close()
+
+    queue = SQLiteQueue(db_path, table_name="jobs")
+    assert "jobs_count_insert" not in schema_names(db_path)
+    assert rows(db_path, "SELECT schema_version FROM sqqueue_queues WHERE name = 'jobs'") == [
+        (sqlite_backend.SCHEMA_VERSION,)
+    ]
+    queue.reprocess_dead_letter(ids[0]).unwrap()
+    stats = queue.stats().unwrap()
+    assert (stats.pending, stats.dead, stats.enqueued_total) == (3, 0, 3)
+    assert stats.depth == 3
+    queue.close()

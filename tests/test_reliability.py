@@ -345,6 +345,8 @@ def test_salvage_copies_every_readable_message(
     assert copied + report.lost_rows == len(originals)
     assert check(target) == []
     with SQLiteQueue(target, table_name="jobs") as rescued:
+        stats = rescued.stats().unwrap()
+        assert (stats.depth, stats.enqueued_total) == (copied, copied)  # counted as they came
         got = rescued.dequeue_batch(1000).unwrap()
     assert len(got) == copied
     assert all(originals[m.id] == m.payload for m in got)

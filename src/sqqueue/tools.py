@@ -13,6 +13,7 @@ These work on the file, not on one queue, and are what ``sqqueue check`` and
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -226,7 +227,10 @@ def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> S
                     dst.execute("BEGIN IMMEDIATE")
                     backend.reserve_ids(dst, _highest_id(src, name))
                     dst.execute("COMMIT")
-                    copied, lost = _copy_table(src, dst, name, _MESSAGE_COLUMNS, dead=False)
+                    count = functools.partial(backend.count_arrivals, dst)
+                    copied, lost = _copy_table(
+                        src, dst, name, _MESSAGE_COLUMNS, dead=False, count=count
+                    )
                     dead, dead_lost = _copy_table(src, dst, f"{name}_dlq", _DEAD_COLUMNS, dead=True)
             finally:
                 backend.close()
@@ -253,7 +257,10 @@ def _copy_table(
     table: str,
     columns: tuple[str, ...],
     dead: bool,
+    count: Callable[[int], None] | None = None,
 ) -> tuple[int, int]:
+    """Copy ``table`` row by row in one transaction; (copied, unreadable). ``count`` is
+    told how many were copied, before the commit (dead letters count themselves)."""
     copied = lost = 0
     placeholders = ", ".join("?" for _ in columns)
     insert = f'INSERT INTO "{table}" ({", ".join(columns)}) VALUES ({placeholders})'
@@ -278,6 +285,8 @@ def _copy_table(
                 copied += 1
             except sqlite3.Error:
                 lost += 1
+        if count is not None:
+            count(copied)
         dst.execute("COMMIT")
     except BaseException:
         dst.execute("ROLLBACK")

@@ -48,8 +48,6 @@ class SQLBackend(Backend):
     """Operations shared by the SQL backends; subclasses supply connections and hooks."""
 
     _sql: dict[str, str]
-    #: whether an insert trigger counts enqueues (else each insert path bumps the total)
-    _trigger_counts_enqueues = False
     path: str  #: the database, for messages (a file path, or a URL without its password)
 
     # -- hooks -----------------------------------------------------------------------------
@@ -104,6 +102,14 @@ class SQLBackend(Backend):
 
     def _reserve_ids(self, conn: Conn, high: int) -> None:
         """Make sure ids up to ``high`` are never handed out (rows arrive with them)."""
+
+    @abstractmethod
+    def _count_revived(self, conn: Conn) -> None:
+        """Count a dead letter back in the queue, with its id (not a new enqueue)."""
+
+    @abstractmethod
+    def _count_imported(self, conn: Conn, messages: int, dead: int) -> None:
+        """Count rows that arrived with their ids (a copy): each one an enqueue."""
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -320,8 +326,7 @@ class SQLBackend(Backend):
         self._lock_group(conn, found[0])
         conn.execute(self._sql["revive"], params)
         conn.execute(self._sql["delete_dead"], params)
-        if self._trigger_counts_enqueues:
-            self._bump(conn, enqueued=-1)  # a revival is not a new enqueue
+        self._count_revived(conn)
         return True
 
     def revive(self, message_id: int, now: float) -> bool:
@@ -368,10 +373,9 @@ class SQLBackend(Backend):
                     if done:
                         conn.execute(self._sql["delete_dead"], params)
                 (moved if done else missing).append(message_id)
+            # Moved into another queue with that queue's next ids: counted as its enqueues
+            # like any other (SQLite: as fresh ids; PostgreSQL: by its trigger).
             if moved and other is not None:
-                if not self._trigger_counts_enqueues:
-                    counts = {**dict.fromkeys(TOTALS, 0), "enqueued": len(moved)}
-                    conn.execute(other.sql["bump"], counts)
                 if "notify" in other.sql:
                     conn.execute(other.sql["notify"])
             elif moved:
@@ -394,8 +398,7 @@ class SQLBackend(Backend):
             for letter in dead:
                 params = {**dead_params(letter), **self._body_params(letter.data)}
                 conn.execute(self._sql["import_dead"], params)
-            counted = len(messages) if self._trigger_counts_enqueues else 0
-            self._bump(conn, enqueued=len(messages) + len(dead) - counted)
+            self._count_imported(conn, len(messages), len(dead))
             self._notify(conn)
 
         self._write(run)

@@ -146,7 +146,6 @@ class PostgresBackend(SQLBackend):
 
     #: waiting consumers also re-check at least this often, in case a NOTIFY was lost
     poll_fallback = 1.0
-    _trigger_counts_enqueues = True
 
     def __init__(
         self,
@@ -666,6 +665,13 @@ class PostgresBackend(SQLBackend):
 
     def _reserve_ids(self, conn: psycopg.Connection[Any], high: int) -> None:
         conn.execute(self._sql["raise_sequence"], {"high": high})
+
+    # The count trigger counts every row inserted as pending (and as an enqueue).
+    def _count_revived(self, conn: psycopg.Connection[Any]) -> None:
+        self._bump(conn, enqueued=-1)  # a revival is not a new enqueue
+
+    def _count_imported(self, conn: psycopg.Connection[Any], messages: int, dead: int) -> None:
+        self._bump(conn, enqueued=dead)
 
     def _lock_group(self, conn: psycopg.Connection[Any], group: str | None) -> None:
         if group is not None:

@@ -46,7 +46,7 @@ R = TypeVar("R", StoredMessage, StoredDeadLetter, StoredDone)
 LARGE_PAYLOAD = 128 * 1024
 
 MIN_SQLITE_VERSION = (3, 35, 0)  # the oldest release sqqueue supports
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: no insert trigger (see UPGRADE_FROM_1)
 # Batches acknowledged in one statement, at most this many: one parameter per message,
 # within the 999 parameters that SQLite builds before 3.32 allowed (some still do).
 _MAX_SET = 500
@@ -193,8 +193,6 @@ def _prepare_path(db_path: str | os.PathLike[str]) -> tuple[str, bool]:
 
 class SQLiteBackend(SQLBackend):
     """One queue in one SQLite file. Safe to share between threads; survives ``fork``."""
-
-    _trigger_counts_enqueues = True
 
     def __init__(
         self,
@@ -414,6 +412,14 @@ class SQLiteBackend(SQLBackend):
                 "SELECT schema_version FROM sqqueue_queues WHERE name = ?", (self.name,)
             ).fetchone()
             if self._known(row, SCHEMA_VERSION):
+                if row[0] == 1:
+                    for statement in self._q.upgrade_from_1:
+                        conn.execute(statement)
+                    conn.execute(
+                        "UPDATE sqqueue_queues SET schema_version = ? WHERE name = ?",
+                        (SCHEMA_VERSION, self.name),
+                    )
+                    logger.info("upgraded queue %r in %s to schema 2", self.name, self.path)
                 return
             now = float(self._clock())
             columns = self._table_columns(conn, self.name)
@@ -522,9 +528,14 @@ class SQLiteBackend(SQLBackend):
 
     def reserve_ids(self, conn: sqlite3.Connection, high: int) -> None:
         """Inside the caller's transaction: ids up to ``high`` are taken (for rows that
-        arrive with their ids); the rows inserted with them are counted by the triggers."""
+        arrive with their ids); count those rows with :meth:`count_arrivals`."""
         conn.execute(self._sql["reserve_base"], {"high": high})
         conn.execute(self._sql["reserve_high"], {"high": high})
+
+    def count_arrivals(self, conn: sqlite3.Connection, messages: int) -> None:
+        """Inside the caller's transaction: count ``messages`` rows inserted into the queue
+        table with ids of their own (not the next ones), as queued and as enqueues."""
+        self._bump(conn, queued=messages, enqueued=messages)
 
     # -- operations --------------------------------------------------------------------
 
@@ -765,6 +776,13 @@ class SQLiteBackend(SQLBackend):
 
     def _reserve_ids(self, conn: sqlite3.Connection, high: int) -> None:
         self.reserve_ids(conn, high)
+
+    def _count_revived(self, conn: sqlite3.Connection) -> None:
+        self._bump(conn, queued=1)
+
+    def _count_imported(self, conn: sqlite3.Connection, messages: int, dead: int) -> None:
+        self.count_arrivals(conn, messages)
+        self._bump(conn, enqueued=dead)
 
     def _other(self, target: str) -> Any:
         return sql.render(validate_queue_name(target))
