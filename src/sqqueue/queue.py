@@ -512,24 +512,12 @@ class Queue:
         return cached[3]
 
     def _new_message(self, item: object, now: float) -> NewMessage:
-        """Validate and encode one item: an :class:`Item`, or a bare payload (from
-        ``enqueue_batch``), which takes the defaults like an item without options."""
-        if not isinstance(item, Item):
-            return self._default_message(self._codec.encode(item), now)
-        encoded = self._codec.encode(item.payload)
-        if (
-            item.priority is None
-            and item.max_attempts is None
-            and item.ttl is None
-            and item.dedup_key is None
-            and item.group is None
-            and type(item.delay) is int
-            and item.delay == 0
-        ):
-            return self._default_message(encoded, now)
-        return self._with_options(item, now, encoded)
-
-    def _default_message(self, encoded: Encoded, now: float) -> NewMessage:
+        """Validate and encode one item: an :class:`Item` with its options, or a bare
+        payload (``enqueue`` and ``enqueue_batch`` pass those when there are no options),
+        which takes the queue's defaults, validated once (see ``_defaults``)."""
+        if isinstance(item, Item):
+            return self._with_options(item, now, self._codec.encode(item.payload))
+        encoded = self._codec.encode(item)
         priority, max_attempts, ttl = self._defaults()
         expires_at = None if ttl is None else now + ttl
         return NewMessage(

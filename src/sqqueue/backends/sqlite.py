@@ -419,7 +419,9 @@ class SQLiteBackend(SQLBackend):
                         "UPDATE sqqueue_queues SET schema_version = ? WHERE name = ?",
                         (SCHEMA_VERSION, self.name),
                     )
-                    logger.info("upgraded queue %r in %s to schema 2", self.name, self.path)
+                    logger.info(
+                        "upgraded queue %r in %s to schema %d", self.name, self.path, SCHEMA_VERSION
+                    )
                 return
             now = float(self._clock())
             columns = self._table_columns(conn, self.name)
