@@ -66,6 +66,7 @@ QE = TypeVar("QE", bound=QueueError)
 
 Clock = Callable[[], float]
 MessageRef = Message | int
+_tuple_new = tuple.__new__  # builds a named tuple without its __new__, a Python function
 
 # Limits that catch mistakes (a delay in milliseconds, a negative timeout) early.
 MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1
@@ -271,7 +272,8 @@ class Queue:
         self._codec = Codec(serializer)
         self._clock: Clock = clock or time.time
         self._metrics: Metrics = metrics or NullMetrics()
-        self._gauges = not isinstance(self._metrics, NullMetrics)
+        # Whether metrics go anywhere: hot paths skip the calls to NullMetrics.
+        self._measured = not isinstance(self._metrics, NullMetrics)
         self._ops = itertools.count(1)
         self._op_count = 0
         self._cached_defaults: tuple[Any, Any, Any, tuple[int, int, float | None]] | None = None
@@ -346,16 +348,22 @@ class Queue:
         """Run ``fn``; turn any QueueError into ``Err(error_cls)``. Never raises Exception."""
         try:
             return fn()
-        except QueueError as exc:
+        except Exception as exc:
+            return self._failed(error_cls, action, exc)
+
+    def _failed(self, error_cls: type[QE], action: str, exc: Exception) -> Err[QE]:
+        """The ``Err`` for an exception raised by ``action`` (see ``_guard``); the hottest
+        calls inline ``_guard`` as ``try: ... except Exception: return self._failed(...)``."""
+        if isinstance(exc, QueueError):
             # The caller gets the Err; the log only speaks up for trouble with the database.
             level = _LOG_LEVEL_BY_KIND.get(exc.kind, logging.DEBUG)
             logger.log(level, "queue %r: %s failed: %s", self.name, action, exc)
             if isinstance(exc, error_cls) and type(exc) is not error_cls:
                 return Err(exc)  # a more specific error (QueueFull) reaches the caller as is
             return Err(error_cls(f"{action} failed: {exc}", exc.kind, exc.message_id))
-        except Exception as exc:  # the Result promise: report, do not raise
-            logger.exception("queue %r: %s failed unexpectedly", self.name, action)
-            return Err(error_cls(f"{action} failed unexpectedly: {exc!r}", ErrorKind.STORAGE))
+        # The Result promise: report, do not raise.
+        logger.error("queue %r: %s failed unexpectedly", self.name, action, exc_info=exc)
+        return Err(error_cls(f"{action} failed unexpectedly: {exc!r}", ErrorKind.STORAGE))
 
     def _count_operation(self, messages: int = 1) -> None:
         """Count a write; every ``vacuum_threshold`` messages written, run bounded upkeep.
@@ -374,7 +382,7 @@ class Queue:
                 self._backend.maintain(rounds)
             except QueueError as exc:
                 logger.warning("queue %r: maintenance skipped: %s", self.name, exc)
-        if self._gauges and self._metrics.wants_gauges(time.monotonic()):
+        if self._measured and self._metrics.wants_gauges(time.monotonic()):
             try:
                 self._metrics.gauge("size", self._backend.count_pending())
             except QueueError:
@@ -517,17 +525,13 @@ class Queue:
         which takes the queue's defaults, validated once (see ``_defaults``)."""
         if isinstance(item, Item):
             return self._with_options(item, now, self._codec.encode(item.payload))
-        encoded = self._codec.encode(item)
+        data, encoding, checksum = self._codec.encode(item)
         priority, max_attempts, ttl = self._defaults()
         expires_at = None if ttl is None else now + ttl
-        return NewMessage(
-            encoded.data,
-            encoded.encoding,
-            encoded.checksum,
-            priority,
-            now,
-            max_attempts,
-            expires_at=expires_at,
+        # tuple.__new__: NewMessage(...) would run the named tuple's __new__ in Python.
+        return _tuple_new(
+            NewMessage,
+            (data, encoding, checksum, priority, now, max_attempts, None, None, expires_at),
         )
 
     def _with_options(self, item: Item, now: float, encoded: Encoded) -> NewMessage:
@@ -605,10 +609,13 @@ class Queue:
         deadline = time.monotonic() + patience if patience else 0.0
         nap = _POLL_MIN
         while True:
-            now = self._now()
-            batch = self._new_messages(items, now)
-            if not batch:
-                return []
+            now = float(self._clock())
+            if len(items) == 1:
+                batch = [self._new_message(items[0], now)]  # enqueue()
+            else:
+                batch = self._new_messages(items, now)
+                if not batch:
+                    return []
             try:
                 if conn is not None:
                     ids = self._backend.enqueue_in(conn, batch, now)
@@ -625,7 +632,8 @@ class Queue:
                 self._room.wait(self._room.seq, min(nap, remaining))
                 nap = min(nap * 2, _POLL_MAX * 5)
         self._signal.notify()
-        self._metrics.incr("enqueue", len(ids))
+        if self._measured:
+            self._metrics.incr("enqueue", len(ids))
         self._count_operation(len(ids))
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("queue %r: enqueued message(s) %s", self.name, ids[:20])
@@ -673,7 +681,10 @@ class Queue:
             item = payload  # a bare payload takes the defaults (no Item to build and check)
         else:
             item = Item(payload, priority, delay, max_attempts, dedup_key, group, ttl)
-        return self._guard(EnqueueError, "enqueue", lambda: Ok(self._store([item], wait)[0]))
+        try:  # _guard, inline: every Python call costs on the hottest path
+            return Ok(self._store([item], wait)[0])
+        except Exception as exc:
+            return self._failed(EnqueueError, "enqueue", exc)
 
     def enqueue_batch(
         self, payloads: Sequence[Any], *, wait: float = 0

@@ -50,6 +50,9 @@ class Serializer(Protocol):
     def loads(self, data: bytes | str) -> Any: ...
 
 
+_tuple_new = tuple.__new__
+
+
 class Encoded(NamedTuple):
     """A payload ready to store: the stored value, its encoding name and checksum."""
 
@@ -134,7 +137,12 @@ class Codec:
                 )
             return Encoded(data, self.serializer.name, _checksum_checked(data))
         if isinstance(payload, str):
-            return Encoded(payload, TEXT, _checksum_checked(payload))
+            # The most common payload: checksum_of inline, and the tuple built without
+            # the named tuple's __new__ (a Python function).
+            try:
+                return _tuple_new(Encoded, (payload, TEXT, zlib.crc32(payload.encode("utf-8"))))
+            except UnicodeEncodeError:
+                return Encoded(payload, TEXT, _checksum_checked(payload))
         if isinstance(payload, (bytes, bytearray, memoryview)):
             data = bytes(payload)
             return Encoded(data, BYTES, zlib.crc32(data))

@@ -19,7 +19,9 @@ class Signal:
     """A sequence number that waiters can block on, from threads or event loops."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        # notify() takes the plain lock (entered in C); wait() blocks on the condition.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._seq = 0
         self._blocked = 0  # threads in wait(): with none, notify() only counts
         self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
@@ -29,7 +31,7 @@ class Signal:
         return self._seq
 
     def notify(self) -> None:
-        with self._cond:
+        with self._lock:
             self._seq += 1
             if not self._blocked and not self._async_waiters:
                 return  # the usual case for a producer: nobody to wake in this process
