@@ -752,7 +752,7 @@ class Queue:
         messages: list[Message] = []
         # Poisoned rows are dead-lettered and skipped; claim again to fill the batch.
         while len(messages) < limit:
-            now = self._now()
+            now = float(self._clock())
             # A fence, not a secret: the fast PRNG (reseeded after fork) is enough.
             token = random.getrandbits(62)
             rows, folded = self._backend.claim(limit - len(messages), now, now + timeout, token)
@@ -764,7 +764,8 @@ class Queue:
                 break
         self._remember(messages)
         if messages:
-            self._metrics.incr("dequeue", len(messages))
+            if self._measured:
+                self._metrics.incr("dequeue", len(messages))
             self._count_operation(len(messages))
         if messages and logger.isEnabledFor(logging.DEBUG):
             for m in messages:
@@ -862,16 +863,15 @@ class Queue:
 
         Setting the ``cancel`` event (then calling ``wake_waiters()``) ends the wait early.
         """
-        cancelled = cancel.is_set if cancel is not None else None
-
-        def run() -> Result[Message | None, DequeueError]:
+        try:  # _guard, inline (a hot path)
             if wait == 0:  # no waiting: skip the wait plan's machinery
                 messages = self._claim(1, self._lease_seconds(visibility_timeout))
             else:
+                cancelled = cancel.is_set if cancel is not None else None
                 messages = self._drive(self._claim_plan(1, visibility_timeout, wait, cancelled))
             return Ok(messages[0] if messages else None)
-
-        return self._guard(DequeueError, "dequeue", run)
+        except Exception as exc:
+            return self._failed(DequeueError, "dequeue", exc)
 
     def dequeue_batch(
         self,
@@ -931,21 +931,23 @@ class Queue:
         another consumer, so a slow consumer can never delete work someone else now holds.
         """
 
-        def run() -> Result[None, CompletionError]:
+        try:  # _guard, inline (a hot path)
             message_id, token = self._ref(message)
-            outcome = self._backend.complete(message_id, token, self._now())
+            outcome = self._backend.complete(message_id, token, float(self._clock()))
             if outcome is not Outcome.DONE:
                 # A refused call keeps the remembered token: later calls by id stay fenced.
                 raise self._outcome_error(outcome, message_id, "completed")
             self._forget(message_id)
             if self._backend.policy.max_depth is not None:
                 self._room.notify()
-            self._metrics.incr("complete")
+            if self._measured:
+                self._metrics.incr("complete")
             self._count_operation()
-            logger.debug("queue %r: completed message %d", self.name, message_id)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("queue %r: completed message %d", self.name, message_id)
             return Ok(None)
-
-        return self._guard(CompletionError, "complete", run)
+        except Exception as exc:
+            return self._failed(CompletionError, "complete", exc)
 
     def complete_batch(self, messages: Sequence[MessageRef]) -> Result[int, CompletionError]:
         """Acknowledge several leased messages in one transaction: all of them or, if any

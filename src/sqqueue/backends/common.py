@@ -179,7 +179,8 @@ class SQLBackend(Backend):
             return self._with_bodies(conn, [self._message(r) for r in rows]), folded
 
         messages, folded = self._write(run)
-        messages.sort(key=lambda m: (-m.priority, m.visible_at, m.id))
+        if len(messages) > 1:
+            messages.sort(key=lambda m: (-m.priority, m.visible_at, m.id))
         return messages, folded
 
     def _complete_one(self, conn: Conn, message_id: int, token: int | None, now: float) -> Outcome:

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 P = ParamSpec("P")
+_tuple_new = tuple.__new__
 R = TypeVar("R", StoredMessage, StoredDeadLetter, StoredDone)
 
 #: payloads from this size on are stored apart from their message row
@@ -387,7 +388,10 @@ class SQLiteBackend(SQLBackend):
 
     def _with_bodies(self, conn: sqlite3.Connection, rows: list[R]) -> list[R]:
         """Fill in the payloads kept in the body table (large ones)."""
-        if all(row.data is not None for row in rows):
+        for row in rows:  # a loop, not all(...): this runs for every claim
+            if row.data is None:
+                break
+        else:
             return rows
         out = []
         for row in rows:
@@ -776,7 +780,9 @@ class SQLiteBackend(SQLBackend):
             return super().complete_many(refs, now)
 
     def _message(self, row: Sequence[Any]) -> StoredMessage:
-        return _message(row)
+        # Runs for every message claimed: tuple.__new__ skips the named tuple's __new__
+        # (a Python function); the claim's columns are StoredMessage's fields, in order.
+        return _tuple_new(StoredMessage, (row[0], _payload(row[1], row[2]), *row[3:]))
 
     def _dead(self, row: Sequence[Any]) -> StoredDeadLetter:
         return _dead(row)
@@ -876,10 +882,6 @@ def _payload(raw: bytes | None, is_text: int | None) -> str | bytes | None:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw
-
-
-def _message(row: Sequence[Any]) -> StoredMessage:
-    return StoredMessage(row[0], _payload(row[1], row[2]), *row[3:])
 
 
 def _dead(row: Sequence[Any]) -> StoredDeadLetter:
