@@ -49,6 +49,8 @@ class SQLBackend(Backend):
 
     _sql: dict[str, str]
     path: str  #: the database, for messages (a file path, or a URL without its password)
+    #: whether ``_claim_rows`` returns rows in delivery order already (else they are sorted)
+    _claims_in_order = False
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -179,7 +181,7 @@ class SQLBackend(Backend):
             return self._with_bodies(conn, [self._message(r) for r in rows]), folded
 
         messages, folded = self._write(run)
-        if len(messages) > 1:
+        if len(messages) > 1 and not self._claims_in_order:
             messages.sort(key=lambda m: (-m.priority, m.visible_at, m.id))
         return messages, folded
 

@@ -559,15 +559,15 @@ class SQLiteBackend(SQLBackend):
     ) -> list[int]:
         """Insert inside the caller's transaction: dedup, depth limit, groups."""
         policy = self.policy
-        if len(messages) == 1 and policy.max_depth is None:
-            m = messages[0]  # enqueue(): the most common call, tested without a loop
-            if m.dedup_key is None and m.group_key is None and len(m.data) < LARGE_PAYLOAD:
-                row = (*m[:6], now, m.expires_at)  # the columns of insert_plain
-                return [int(conn.execute(self._sql["insert_plain"], row).lastrowid or 0)]
-        elif policy.max_depth is None and all(
-            m.dedup_key is None and m.group_key is None and len(m.data) < LARGE_PAYLOAD
-            for m in messages
-        ):
+        plain = policy.max_depth is None
+        for m in messages if plain else ():  # a loop, not all(...): no generator to resume
+            if m.dedup_key is not None or m.group_key is not None or len(m.data) >= LARGE_PAYLOAD:
+                plain = False
+                break
+        if plain and len(messages) == 1:  # enqueue(): the most common call
+            row = (*messages[0][:6], now, messages[0].expires_at)  # insert_plain's columns
+            return [int(conn.execute(self._sql["insert_plain"], row).lastrowid or 0)]
+        if plain:
             # The common case: plain inserts, positional parameters, counted as fresh.
             # Inside one write transaction nobody else takes ids: number the rows here.
             first = int(conn.execute(self._sql["next_id"]).fetchone()[0])
@@ -737,6 +737,8 @@ class SQLiteBackend(SQLBackend):
         for counter, n in counts.items():
             if n:
                 conn.execute(self._sql["bump"], {"n": n, "counter": f"{self.name}#{counter}"})
+
+    _claims_in_order = True  # claim_pick's ORDER BY
 
     def _claim_rows(self, conn: sqlite3.Connection, params: dict[str, Any]) -> list[Any]:
         # Two statements instead of UPDATE ... RETURNING: see "claim_pick" in sqlite_sql.
