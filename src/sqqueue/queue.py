@@ -969,7 +969,8 @@ class Queue:
                 raise QueueError(
                     "complete_batch expects a list of messages or ids", ErrorKind.INVALID_INPUT
                 )
-            refs = [self._ref(m) for m in messages]
+            # A Message is the usual reference: read it here, without a call per message.
+            refs = [(m.id, m.lease_token) if type(m) is Message else self._ref(m) for m in messages]
             if not refs:
                 return Ok(0)
             outcomes = self._backend.complete_many(refs, self._now())

@@ -764,7 +764,7 @@ class SQLiteBackend(SQLBackend):
             token is None
             or self.policy.keeps_history
             or not 1 < len(ids) <= _MAX_SET
-            or any(t != token for _, t in refs)
+            or {t for _, t in refs} != {token}  # (a set, not any(...): no generator to resume)
             or len(set(ids)) != len(ids)
         ):
             return super().complete_many(refs, now)
