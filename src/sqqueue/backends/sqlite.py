@@ -560,13 +560,15 @@ class SQLiteBackend(SQLBackend):
         """Insert inside the caller's transaction: dedup, depth limit, groups."""
         policy = self.policy
         plain = policy.max_depth is None
+        if plain and len(messages) == 1:  # enqueue(): the most common call, without a loop
+            m = messages[0]
+            if m.dedup_key is None and m.group_key is None and len(m.data) < LARGE_PAYLOAD:
+                row = (*m[:6], now, m.expires_at)  # insert_plain's columns
+                return [int(conn.execute(self._sql["insert_plain"], row).lastrowid or 0)]
         for m in messages if plain else ():  # a loop, not all(...): no generator to resume
             if m.dedup_key is not None or m.group_key is not None or len(m.data) >= LARGE_PAYLOAD:
                 plain = False
                 break
-        if plain and len(messages) == 1:  # enqueue(): the most common call
-            row = (*messages[0][:6], now, messages[0].expires_at)  # insert_plain's columns
-            return [int(conn.execute(self._sql["insert_plain"], row).lastrowid or 0)]
         if plain:
             # The common case: plain inserts, positional parameters, counted as fresh.
             # Inside one write transaction nobody else takes ids: number the rows here.

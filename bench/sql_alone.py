@@ -1,0 +1,217 @@
+"""How close to plain SQL can sqqueue get? Its statements alone, timed against plain SQL.
+
+    .venv/bin/python bench/sql_alone.py                      # the four loops, 9 rounds
+    .venv/bin/python bench/sql_alone.py --only dequeue_batch --rounds 15
+
+For each loop, three subjects run interleaved in one process, round after round, so drift
+on a shared machine hits them alike:
+
+- ``plain``: plain sqlite3 doing the least work (bench/adapters/plain_sqlite.py, the
+  benchmark's reference);
+- ``sql``: sqqueue's own statements, replayed directly on its connection with no Python
+  around them: the same transactions, the same SQL, the same parameters. This is the
+  ceiling a Python layer on this schema can reach;
+- ``api``: the public calls (``enqueue``, ``dequeue`` + ``complete``, the batch calls).
+
+It prints the median µs per message and each subject's ratio to plain (plain ÷ subject).
+The replayed transactions reach into the backend (its connection and SQL): a measuring
+aid, kept in step with src/sqqueue/backends/sqlite.py by the check it makes on each run
+(the replay must leave the queue as the API would: empty after each dequeue loop).
+"""
+
+# ruff: noqa: RUF001
+# (the micro sign is meant)
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "src"))
+sys.path.insert(0, HERE)
+
+from adapters.plain_sqlite import Adapter as Plain  # noqa: E402
+from adapters.sqqueue_current import Adapter as Ours  # noqa: E402
+
+PAYLOAD = "x" * 100
+BATCH = 100
+LOOPS = {"enqueue": 2000, "dequeue": 1000, "enqueue_batch": 3000, "dequeue_batch": 3000}
+
+
+def replay(ours: Any, loop: str) -> Callable[[int], None]:
+    """sqqueue's transactions for ``loop``, as its SQLite backend runs them."""
+    backend = ours.q._backend
+    conn = backend._connection()
+    sql = backend._sql
+    lease = 300.0
+
+    def counted(n: int) -> dict[str, Any]:
+        return {"n": n, "counter": f"{backend.name}#completed"}
+
+    def claim(limit: int) -> tuple[list[Any], int]:
+        now = time.time()
+        token = random.getrandbits(62)
+        params = {"now": now, "until": now + lease, "token": token, "limit": limit}
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(sql["any_expired"], {"now": now}).fetchone()
+        rows = conn.execute(sql["claim_pick"], params).fetchall()
+        if len(rows) == 1:
+            conn.execute(sql["claim_one"], {**params, "id": rows[0][0]})
+        elif rows:
+            conn.execute(sql["claim_many"], params)
+        conn.execute("COMMIT")
+        return rows, token
+
+    def enqueue(n: int) -> None:
+        for _ in range(n):
+            now = time.time()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(sql["insert_plain"], (PAYLOAD, "text", 0, 0, now, 5, now, None))
+            conn.execute("COMMIT")
+
+    def enqueue_batch(n: int) -> None:
+        for _ in range(n // BATCH):
+            now = time.time()
+            conn.execute("BEGIN IMMEDIATE")
+            first = conn.execute(sql["next_id"]).fetchone()[0]
+            rows = [(PAYLOAD, "text", 0, 0, now, 5, now, None, first + i) for i in range(BATCH)]
+            conn.executemany(sql["insert_plain_at"], rows)
+            conn.execute("COMMIT")
+
+    def dequeue(n: int) -> None:
+        for _ in range(n):
+            rows, token = claim(1)
+            conn.execute("BEGIN IMMEDIATE")
+            params = {"id": rows[0][0], "token": token, "now": time.time()}
+            if not conn.execute(sql["complete"], params).rowcount:
+                raise RuntimeError("replayed complete found no message: the replay is stale")
+            conn.execute(sql["bump"], counted(1))
+            conn.execute("COMMIT")
+
+    def dequeue_batch(n: int) -> None:
+        for _ in range(n // BATCH):
+            rows, token = claim(BATCH)
+            ids = [row[0] for row in rows]
+            conn.execute("BEGIN IMMEDIATE")
+            statement = backend._q.complete_set(len(ids))
+            if conn.execute(statement, (*ids, time.time(), token)).rowcount != len(ids):
+                raise RuntimeError("replayed complete_batch missed messages: the replay is stale")
+            conn.execute(sql["bump"], counted(len(ids)))
+            conn.execute("COMMIT")
+
+    return {
+        "enqueue": enqueue,
+        "enqueue_batch": enqueue_batch,
+        "dequeue": dequeue,
+        "dequeue_batch": dequeue_batch,
+    }[loop]
+
+
+def api(ours: Any, loop: str) -> Callable[[int], None]:
+    q = ours.q
+
+    def enqueue(n: int) -> None:
+        for _ in range(n):
+            q.enqueue(PAYLOAD).unwrap()
+
+    def enqueue_batch(n: int) -> None:
+        for _ in range(n // BATCH):
+            q.enqueue_batch([PAYLOAD] * BATCH).unwrap()
+
+    def dequeue(n: int) -> None:
+        for _ in range(n):
+            q.complete(q.dequeue().unwrap()).unwrap()
+
+    def dequeue_batch(n: int) -> None:
+        for _ in range(n // BATCH):
+            q.complete_batch(q.dequeue_batch(BATCH).unwrap()).unwrap()
+
+    return {
+        "enqueue": enqueue,
+        "enqueue_batch": enqueue_batch,
+        "dequeue": dequeue,
+        "dequeue_batch": dequeue_batch,
+    }[loop]
+
+
+def plain(adapter: Any, loop: str) -> Callable[[int], None]:
+    def enqueue(n: int) -> None:
+        for _ in range(n):
+            adapter.enqueue(PAYLOAD)
+
+    def enqueue_batch(n: int) -> None:
+        for _ in range(n // BATCH):
+            adapter.enqueue_batch([PAYLOAD] * BATCH)
+
+    def dequeue(n: int) -> None:
+        for _ in range(n):
+            adapter.dequeue_ack()
+
+    def dequeue_batch(n: int) -> None:
+        for _ in range(n // BATCH):
+            adapter.dequeue_batch_ack(BATCH)
+
+    return {
+        "enqueue": enqueue,
+        "enqueue_batch": enqueue_batch,
+        "dequeue": dequeue,
+        "dequeue_batch": dequeue_batch,
+    }[loop]
+
+
+def measure(loop: str, rounds: int, workdir: str) -> dict[str, float]:
+    n = LOOPS[loop]
+    ref = Plain(os.path.join(workdir, "plain"))
+    ours = Ours(os.path.join(workdir, "ours"))
+    subjects = {"plain": plain(ref, loop), "sql": replay(ours, loop), "api": api(ours, loop)}
+    samples: dict[str, list[float]] = {name: [] for name in subjects}
+    for _ in range(rounds):
+        for name, run in subjects.items():
+            if loop.startswith("dequeue"):  # a fresh supply, outside the timing
+                if name == "plain":
+                    ref.enqueue_batch([PAYLOAD] * n)
+                else:
+                    ours.q.enqueue_batch([PAYLOAD] * n).unwrap()
+            t0 = time.perf_counter()
+            run(n)
+            samples[name].append((time.perf_counter() - t0) / n * 1e6)
+            if loop.startswith("dequeue") and name != "plain" and not ours.q.is_empty().unwrap():
+                raise RuntimeError(f"{name} left messages behind: the replay is stale")
+    ref.close()
+    ours.close()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", nargs="+", choices=list(LOOPS), default=list(LOOPS))
+    ap.add_argument("--rounds", type=int, default=9, help="interleaved rounds (median taken)")
+    args = ap.parse_args()
+    print(f"{'loop':15s} {'plain':>9s} {'sql':>9s} {'api':>9s}   sql/plain  api/plain")
+    for loop in args.only:
+        workdir = tempfile.mkdtemp(prefix="sqqueue-sql-alone-")
+        try:
+            os.makedirs(os.path.join(workdir, "plain"))
+            os.makedirs(os.path.join(workdir, "ours"))
+            us = measure(loop, args.rounds, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        print(
+            f"{loop:15s} {us['plain']:8.2f}µ {us['sql']:8.2f}µ {us['api']:8.2f}µ"
+            f"   {us['plain'] / us['sql']:8.2f}×  {us['plain'] / us['api']:8.2f}×"
+        )
+    print("µs per message, medians; ratios are plain ÷ subject (1× = as fast as plain)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
