@@ -47,15 +47,15 @@ BATCH = 100
 LOOPS = {"enqueue": 2000, "dequeue": 1000, "enqueue_batch": 3000, "dequeue_batch": 3000}
 
 
-def replay(ours: Any, loop: str) -> Callable[[int], None]:
-    """sqqueue's transactions for ``loop``, as its SQLite backend runs them."""
+Step = Callable[[], Any]  # one message (one-by-one loops) or one batch of BATCH
+
+
+def replay(ours: Any) -> dict[str, Step]:
+    """sqqueue's transactions for each loop, as its SQLite backend runs them."""
     backend = ours.q._backend
     conn = backend._connection()
     sql = backend._sql
     lease = 300.0
-
-    def counted(n: int) -> dict[str, Any]:
-        return {"n": n, "counter": f"{backend.name}#completed"}
 
     def claim(limit: int) -> tuple[list[Any], int]:
         now = time.time()
@@ -71,118 +71,81 @@ def replay(ours: Any, loop: str) -> Callable[[int], None]:
         conn.execute("COMMIT")
         return rows, token
 
-    def enqueue(n: int) -> None:
-        for _ in range(n):
-            now = time.time()
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(sql["insert_plain"], (PAYLOAD, "text", 0, 0, now, 5, now, None))
-            conn.execute("COMMIT")
-
-    def enqueue_batch(n: int) -> None:
-        for _ in range(n // BATCH):
-            now = time.time()
-            conn.execute("BEGIN IMMEDIATE")
-            first = conn.execute(sql["next_id"]).fetchone()[0]
-            rows = [(PAYLOAD, "text", 0, 0, now, 5, now, None, first + i) for i in range(BATCH)]
-            conn.executemany(sql["insert_plain_at"], rows)
-            conn.execute("COMMIT")
-
-    def dequeue(n: int) -> None:
-        for _ in range(n):
-            rows, token = claim(1)
-            conn.execute("BEGIN IMMEDIATE")
-            params = {"id": rows[0][0], "token": token, "now": time.time()}
-            if not conn.execute(sql["complete"], params).rowcount:
-                raise RuntimeError("replayed complete found no message: the replay is stale")
-            conn.execute(sql["bump"], counted(1))
-            conn.execute("COMMIT")
-
-    def dequeue_batch(n: int) -> None:
-        for _ in range(n // BATCH):
-            rows, token = claim(BATCH)
-            ids = [row[0] for row in rows]
-            conn.execute("BEGIN IMMEDIATE")
+    def complete(ids: list[int], token: int) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        if len(ids) == 1:
+            params = {"id": ids[0], "token": token, "now": time.time()}
+            done = conn.execute(sql["complete"], params).rowcount
+        else:
             statement = backend._q.complete_set(len(ids))
-            if conn.execute(statement, (*ids, time.time(), token)).rowcount != len(ids):
-                raise RuntimeError("replayed complete_batch missed messages: the replay is stale")
-            conn.execute(sql["bump"], counted(len(ids)))
-            conn.execute("COMMIT")
+            done = conn.execute(statement, (*ids, time.time(), token)).rowcount
+        if done != len(ids):
+            raise RuntimeError("the replayed completion missed messages: the replay is stale")
+        conn.execute(sql["bump"], {"n": len(ids), "counter": f"{backend.name}#completed"})
+        conn.execute("COMMIT")
+
+    def enqueue() -> None:
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(sql["insert_plain"], (PAYLOAD, "text", 0, 0, now, 5, now, None))
+        conn.execute("COMMIT")
+
+    def enqueue_batch() -> None:
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        first = conn.execute(sql["next_id"]).fetchone()[0]
+        rows = [(PAYLOAD, "text", 0, 0, now, 5, now, None, first + i) for i in range(BATCH)]
+        conn.executemany(sql["insert_plain_at"], rows)
+        conn.execute("COMMIT")
+
+    def dequeue(limit: int) -> None:
+        rows, token = claim(limit)
+        complete([row[0] for row in rows], token)
 
     return {
         "enqueue": enqueue,
         "enqueue_batch": enqueue_batch,
-        "dequeue": dequeue,
-        "dequeue_batch": dequeue_batch,
-    }[loop]
+        "dequeue": lambda: dequeue(1),
+        "dequeue_batch": lambda: dequeue(BATCH),
+    }
 
 
-def api(ours: Any, loop: str) -> Callable[[int], None]:
+def api(ours: Any) -> dict[str, Step]:
     q = ours.q
-
-    def enqueue(n: int) -> None:
-        for _ in range(n):
-            q.enqueue(PAYLOAD).unwrap()
-
-    def enqueue_batch(n: int) -> None:
-        for _ in range(n // BATCH):
-            q.enqueue_batch([PAYLOAD] * BATCH).unwrap()
-
-    def dequeue(n: int) -> None:
-        for _ in range(n):
-            q.complete(q.dequeue().unwrap()).unwrap()
-
-    def dequeue_batch(n: int) -> None:
-        for _ in range(n // BATCH):
-            q.complete_batch(q.dequeue_batch(BATCH).unwrap()).unwrap()
-
     return {
-        "enqueue": enqueue,
-        "enqueue_batch": enqueue_batch,
-        "dequeue": dequeue,
-        "dequeue_batch": dequeue_batch,
-    }[loop]
+        "enqueue": lambda: q.enqueue(PAYLOAD).unwrap(),
+        "enqueue_batch": lambda: q.enqueue_batch([PAYLOAD] * BATCH).unwrap(),
+        "dequeue": lambda: q.complete(q.dequeue().unwrap()).unwrap(),
+        "dequeue_batch": lambda: q.complete_batch(q.dequeue_batch(BATCH).unwrap()).unwrap(),
+    }
 
 
-def plain(adapter: Any, loop: str) -> Callable[[int], None]:
-    def enqueue(n: int) -> None:
-        for _ in range(n):
-            adapter.enqueue(PAYLOAD)
-
-    def enqueue_batch(n: int) -> None:
-        for _ in range(n // BATCH):
-            adapter.enqueue_batch([PAYLOAD] * BATCH)
-
-    def dequeue(n: int) -> None:
-        for _ in range(n):
-            adapter.dequeue_ack()
-
-    def dequeue_batch(n: int) -> None:
-        for _ in range(n // BATCH):
-            adapter.dequeue_batch_ack(BATCH)
-
+def plain(adapter: Any) -> dict[str, Step]:
     return {
-        "enqueue": enqueue,
-        "enqueue_batch": enqueue_batch,
-        "dequeue": dequeue,
-        "dequeue_batch": dequeue_batch,
-    }[loop]
+        "enqueue": lambda: adapter.enqueue(PAYLOAD),
+        "enqueue_batch": lambda: adapter.enqueue_batch([PAYLOAD] * BATCH),
+        "dequeue": adapter.dequeue_ack,
+        "dequeue_batch": lambda: adapter.dequeue_batch_ack(BATCH),
+    }
 
 
 def measure(loop: str, rounds: int, workdir: str) -> dict[str, float]:
     n = LOOPS[loop]
     ref = Plain(os.path.join(workdir, "plain"))
     ours = Ours(os.path.join(workdir, "ours"))
-    subjects = {"plain": plain(ref, loop), "sql": replay(ours, loop), "api": api(ours, loop)}
+    steps = n if loop in ("enqueue", "dequeue") else n // BATCH
+    subjects = {"plain": plain(ref)[loop], "sql": replay(ours)[loop], "api": api(ours)[loop]}
     samples: dict[str, list[float]] = {name: [] for name in subjects}
     for _ in range(rounds):
-        for name, run in subjects.items():
+        for name, step in subjects.items():
             if loop.startswith("dequeue"):  # a fresh supply, outside the timing
                 if name == "plain":
                     ref.enqueue_batch([PAYLOAD] * n)
                 else:
                     ours.q.enqueue_batch([PAYLOAD] * n).unwrap()
             t0 = time.perf_counter()
-            run(n)
+            for _ in range(steps):
+                step()
             samples[name].append((time.perf_counter() - t0) / n * 1e6)
             if loop.startswith("dequeue") and name != "plain" and not ours.q.is_empty().unwrap():
                 raise RuntimeError(f"{name} left messages behind: the replay is stale")
