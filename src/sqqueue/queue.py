@@ -569,15 +569,14 @@ class Queue:
         )
 
     def _new_messages(self, items: Sequence[object], now: float) -> list[NewMessage]:
-        """Validate and encode ``items``, all or none."""
+        """Validate and encode ``items``, all or none; an error names its item. (A single
+        item goes through ``_new_message`` alone: its error needs no number.)"""
         batch: list[NewMessage] = []
         defaults = self._defaults()
         for index, item in enumerate(items):
             try:
                 batch.append(self._new_message(item, now, defaults))
             except QueueError as exc:
-                if len(items) == 1:
-                    raise
                 raise QueueError(f"item {index}: {exc}; nothing was enqueued", exc.kind) from exc
         return batch
 
