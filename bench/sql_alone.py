@@ -32,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,7 @@ from adapters.plain_sqlite import Adapter as Plain  # noqa: E402
 from adapters.sqqueue_current import Adapter as Ours  # noqa: E402
 
 PAYLOAD = "x" * 100
+CRC = zlib.crc32(PAYLOAD.encode())  # the checksum sqqueue stores with it
 BATCH = 100
 LOOPS = {"enqueue": 2000, "dequeue": 1000, "enqueue_batch": 3000, "dequeue_batch": 3000}
 
@@ -86,15 +88,14 @@ def replay(ours: Any) -> dict[str, Step]:
 
     def enqueue() -> None:
         now = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute(sql["insert_plain"], (PAYLOAD, "text", 0, 0, now, 5, now, None))
-        conn.execute("COMMIT")
+        # One statement in autocommit mode: a transaction of its own, as enqueue() runs it.
+        conn.execute(sql["insert_plain"], (PAYLOAD, "text", CRC, 0, now, 5, now, None))
 
     def enqueue_batch() -> None:
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         first = conn.execute(sql["next_id"]).fetchone()[0]
-        rows = [(PAYLOAD, "text", 0, 0, now, 5, now, None, first + i) for i in range(BATCH)]
+        rows = [(PAYLOAD, "text", CRC, 0, now, 5, now, None, first + i) for i in range(BATCH)]
         conn.executemany(sql["insert_plain_at"], rows)
         conn.execute("COMMIT")
 

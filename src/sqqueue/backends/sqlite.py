@@ -560,11 +560,6 @@ class SQLiteBackend(SQLBackend):
         """Insert inside the caller's transaction: dedup, depth limit, groups."""
         policy = self.policy
         plain = policy.max_depth is None
-        if plain and len(messages) == 1:  # enqueue(): the most common call, without a loop
-            m = messages[0]
-            if m.dedup_key is None and m.group_key is None and len(m.data) < LARGE_PAYLOAD:
-                row = (*m[:6], now, m.expires_at)  # insert_plain's columns
-                return [int(conn.execute(self._sql["insert_plain"], row).lastrowid or 0)]
         for m in messages if plain else ():  # a loop, not all(...): no generator to resume
             if m.dedup_key is not None or m.group_key is not None or len(m.data) >= LARGE_PAYLOAD:
                 plain = False
@@ -634,7 +629,18 @@ class SQLiteBackend(SQLBackend):
         return message_id if alive else None
 
     def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[int]:
+        if len(messages) == 1 and self.policy.max_depth is None:  # enqueue(), most often
+            m = messages[0]
+            if m.dedup_key is None and m.group_key is None and len(m.data) < LARGE_PAYLOAD:
+                # A single statement is a transaction of its own (autocommit): it takes the
+                # write lock at its start, as BEGIN IMMEDIATE would, and its next-id
+                # sub-selects read under that lock. No BEGIN and COMMIT to run around it.
+                row = (*m[:6], now, m.expires_at)  # insert_plain's columns
+                return [self._run(self._insert_one, False, row)]
         return self._run(self._insert, True, messages, now)
+
+    def _insert_one(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> int:
+        return int(conn.execute(self._sql["insert_plain"], row).lastrowid or 0)
 
     def enqueue_in(self, conn: Any, messages: Sequence[NewMessage], now: float) -> list[int]:
         """Insert inside the caller's own transaction on its own connection (outbox)."""
