@@ -558,6 +558,9 @@ class SQLiteBackend(SQLBackend):
         self, conn: sqlite3.Connection, messages: Sequence[NewMessage], now: float
     ) -> list[int]:
         """Insert inside the caller's transaction: dedup, depth limit, groups."""
+        row = self._single_plain(messages, now)
+        if row is not None:
+            return [self._insert_one(conn, row)]
         policy = self.policy
         plain = policy.max_depth is None
         for m in messages if plain else ():  # a loop, not all(...): no generator to resume
@@ -628,19 +631,27 @@ class SQLiteBackend(SQLBackend):
         alive = conn.execute(self._sql["exists"], {"id": message_id}).fetchone()[0]
         return message_id if alive else None
 
-    def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[int]:
-        if len(messages) == 1 and self.policy.max_depth is None:  # enqueue(), most often
+    def _single_plain(self, messages: Sequence[NewMessage], now: float) -> tuple[Any, ...] | None:
+        """``insert_plain``'s parameters when ``messages`` is one message that needs
+        nothing but its INSERT (no dedup key, group, large body or depth limit), the
+        most common enqueue; else None."""
+        if len(messages) == 1 and self.policy.max_depth is None:
             m = messages[0]
             if m.dedup_key is None and m.group_key is None and len(m.data) < LARGE_PAYLOAD:
-                # A single statement is a transaction of its own (autocommit): it takes the
-                # write lock at its start, as BEGIN IMMEDIATE would, and its next-id
-                # sub-selects read under that lock. No BEGIN and COMMIT to run around it.
-                row = (*m[:6], now, m.expires_at)  # insert_plain's columns
-                return [self._run(self._insert_one, False, row)]
-        return self._run(self._insert, True, messages, now)
+                return (*m[:6], now, m.expires_at)  # data ... max_attempts, as in NewMessage
+        return None
 
     def _insert_one(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> int:
         return int(conn.execute(self._sql["insert_plain"], row).lastrowid or 0)
+
+    def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[int]:
+        row = self._single_plain(messages, now)
+        if row is not None:
+            # A single statement is a transaction of its own (autocommit): it takes the
+            # write lock at its start, as BEGIN IMMEDIATE would, and its next-id
+            # sub-selects read under that lock. No BEGIN and COMMIT to run around it.
+            return [self._run(self._insert_one, False, row)]
+        return self._run(self._insert, True, messages, now)
 
     def enqueue_in(self, conn: Any, messages: Sequence[NewMessage], now: float) -> list[int]:
         """Insert inside the caller's own transaction on its own connection (outbox)."""
