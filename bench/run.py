@@ -3,7 +3,7 @@ sqqueue's PostgreSQL backend side by side with plain SQL on the same server.
 
     make bench                                   # the full run (~10 min on 2 cores)
     .venv/bin/python bench/run.py --quick        # smoke run, < 3 min, smaller sizes
-    .venv/bin/python bench/run.py --only enqueue_one dequeue_one --repeats 5
+    .venv/bin/python bench/run.py --only enqueue_one dequeue_one --repeats 9
     .venv/bin/python bench/run.py --only postgres --merge   # PostgreSQL part only (~5 min),
                                                  # keeping the SQLite rows of the last run
     .venv/bin/python bench/run.py --only postgres --pg-url postgresql://me@db/bench
@@ -75,10 +75,12 @@ REPEATED = ["enqueue_one", "dequeue_one", "enqueue_batch", "dequeue_batch", "cla
 ONCE = ["depth_large", "wakeup"]
 
 FULL: dict[str, dict[str, Any]] = {
-    "enqueue_one": {"n": 5000, "cap": 3},
-    "dequeue_one": {"n": 5000, "cap": 3},
-    "enqueue_batch": {"n": 30_000, "cap": 3},
-    "dequeue_batch": {"n": 10_000, "cap": 3},
+    # Long enough (0.5-1 s for sqqueue and plain sqlite3) that a passing stall of a shared
+    # machine does not decide a ratio; 0.1.0 and the slow peers stop at the cap.
+    "enqueue_one": {"n": 20_000, "cap": 3},
+    "dequeue_one": {"n": 10_000, "cap": 3},
+    "enqueue_batch": {"n": 100_000, "cap": 3},
+    "dequeue_batch": {"n": 30_000, "cap": 3},
     "claim_batch": {"n": 20_000, "cap": 3},
     "e2e": {"n": 4000, "cap": 15},
     "consumers4": {"n": 4000, "cap": 15},
@@ -1126,7 +1128,7 @@ def main() -> int:
         "--quick", action="store_true", help="short smoke run: small sizes, 1 repeat (< 3 min)"
     )
     ap.add_argument(
-        "--repeats", type=int, default=None, help="repeats per workload (default 3; 1 with --quick)"
+        "--repeats", type=int, default=None, help="repeats per workload (default 5; 1 with --quick)"
     )
     ap.add_argument(
         "--out", default=os.path.join(ROOT, "docs", "benchmarks.md"), help="markdown report"
@@ -1265,7 +1267,7 @@ def _run(
 ) -> int:
     params = QUICK if args.quick else FULL
     pg_params = PG_QUICK if args.quick else PG_FULL
-    repeats = args.repeats or (1 if args.quick else 3)
+    repeats = args.repeats or (1 if args.quick else 5)
     available = [s for s in subjects if "version" in info[s] and s not in PG_SUBJECTS]
     pg_available = [s for s in subjects if "version" in info[s] and s in PG_SUBJECTS]
 
