@@ -372,31 +372,53 @@ def _median_us(samples: list[float]) -> float | None:
     return statistics.median(samples) * 1e6 if samples else None
 
 
+class _Depth:
+    """A queue held at a depth: rounds of timed dequeue+ack, one op at a time, each round
+    refilled afterwards so the depth stays where it was."""
+
+    def __init__(self, adapter: Any, depth: int) -> None:
+        self.a = adapter
+        self.next_seq = depth
+        self.per_op: list[float] = []
+
+    def round(self, k: int, deadline: float) -> None:
+        taken = 0
+        for _ in range(k):
+            t0 = now()
+            p = self.a.dequeue_ack()
+            self.per_op.append(now() - t0)
+            if p is None:
+                break
+            taken += 1
+            if now() > deadline:
+                break
+        _fill(self.a, taken, self.next_seq)
+        self.next_seq += taken
+
+
 def w_depth(spec: Spec) -> dict[str, Any]:  # noqa: PLR0915
     a = _open(spec)
     depth, rounds, k, cap = spec["depth"], spec["rounds"], spec["k"], spec["cap"]
     fill_s = _fill(a, depth)
     rss_filled = _rss_mb()
-    # Dequeue+ack cost, one op at a time; between rounds, refill what was taken so the
-    # depth stays where it was.
-    per_op: list[float] = []
-    t_start = now()
-    next_seq = depth
+    # With ref_depth, a second queue of the same subject, at that depth, is measured in the
+    # same process, its rounds alternating with this one's: the machine's drift then hits
+    # both alike, and their ratio is the cost of depth alone.
+    ref: _Depth | None = None
+    if spec.get("ref_depth"):
+        ref_dir = os.path.join(spec["dir"], "ref")
+        os.makedirs(ref_dir)
+        ref = _Depth(_open(spec, ref_dir), spec["ref_depth"])
+        _fill(ref.a, spec["ref_depth"])
+    main = _Depth(a, depth)
+    deadline = now() + cap
     for _ in range(rounds):
-        taken = 0
-        for _ in range(k):
-            t0 = now()
-            p = a.dequeue_ack()
-            per_op.append(now() - t0)
-            if p is None:
-                break
-            taken += 1
-            if now() - t_start > cap:
-                break
-        _fill(a, taken, next_seq)
-        next_seq += taken
-        if now() - t_start > cap:
+        if ref is not None:
+            ref.round(k, deadline)
+        main.round(k, deadline)
+        if now() > deadline:
             break
+    per_op = main.per_op
     stats_us: float | None = None
     stats_na = None
     try:
@@ -420,6 +442,11 @@ def w_depth(spec: Spec) -> dict[str, Any]:  # noqa: PLR0915
         "stats_na": stats_na,
         "rss_after_fill_mb": round(rss_filled, 1),
     }
+    if ref is not None:
+        out["ref_depth"] = spec["ref_depth"]
+        out["ref_value"] = _median_us(ref.per_op)
+        out["ref_ops"] = len(ref.per_op)
+        ref.a.close()
     if spec.get("drain"):
         out["bytes_full"] = a.size_bytes()
         out["db_bytes_full"], out["wal_bytes_full"] = a.size_parts()
