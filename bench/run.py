@@ -1,7 +1,7 @@
 """sqqueue benchmark suite: sqqueue, plain sqlite3 and peer libraries side by side, and
 sqqueue's PostgreSQL backend side by side with plain SQL on the same server.
 
-    make bench                                   # the full run (~10 min on 2 cores)
+    make bench                                   # the full run (~13 min on 2 cores)
     .venv/bin/python bench/run.py --quick        # smoke run, < 3 min, smaller sizes
     .venv/bin/python bench/run.py --only enqueue_one dequeue_one --repeats 9
     .venv/bin/python bench/run.py --only postgres --merge   # PostgreSQL part only (~5 min),
