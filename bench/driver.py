@@ -420,17 +420,24 @@ def w_depth(spec: Spec) -> dict[str, Any]:  # noqa: PLR0915
             break
     per_op = main.per_op
     stats_us: float | None = None
+    ref_stats_us: float | None = None
     stats_na = None
     try:
-        samples = []
+        samples: list[float] = []
+        ref_samples: list[float] = []
         t_stats = now()
         for _ in range(spec["stats_calls"]):
+            if ref is not None:  # alternating, as the dequeue rounds
+                t0 = now()
+                ref.a.stats()
+                ref_samples.append(now() - t0)
             t0 = now()
             a.stats()
             samples.append(now() - t0)
             if now() - t_stats > spec["stats_cap"]:
                 break
         stats_us = _median_us(samples)
+        ref_stats_us = _median_us(ref_samples)
     except Unsupported as exc:
         stats_na = str(exc)
     out: dict[str, Any] = {
@@ -446,6 +453,7 @@ def w_depth(spec: Spec) -> dict[str, Any]:  # noqa: PLR0915
         out["ref_depth"] = spec["ref_depth"]
         out["ref_value"] = _median_us(ref.per_op)
         out["ref_ops"] = len(ref.per_op)
+        out["ref_stats_us"] = ref_stats_us
         ref.a.close()
     if spec.get("drain"):
         out["bytes_full"] = a.size_bytes()
