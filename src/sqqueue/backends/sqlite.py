@@ -558,9 +558,6 @@ class SQLiteBackend(SQLBackend):
         self, conn: sqlite3.Connection, messages: Sequence[NewMessage], now: float
     ) -> list[int]:
         """Insert inside the caller's transaction: dedup, depth limit, groups."""
-        row = self._single_plain(messages, now)
-        if row is not None:
-            return [self._insert_one(conn, row)]
         policy = self.policy
         plain = policy.max_depth is None
         for m in messages if plain else ():  # a loop, not all(...): no generator to resume
@@ -679,6 +676,9 @@ class SQLiteBackend(SQLBackend):
                     "'BEGIN') so the message commits together with your rows",
                     ErrorKind.INVALID_INPUT,
                 )
+            row = self._single_plain(messages, now)
+            if row is not None:
+                return [self._insert_one(conn, row)]
             return self._insert(conn, messages, now)
         except sqlite3.Error as exc:
             raise classify(exc, self.path) from exc
