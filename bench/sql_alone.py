@@ -148,7 +148,7 @@ def measure(loop: str, rounds: int, workdir: str) -> dict[str, float]:
             for _ in range(steps):
                 step()
             samples[name].append((time.perf_counter() - t0) / n * 1e6)
-            if loop.startswith("dequeue") and name != "plain" and not ours.q.is_empty().unwrap():
+            if loop.startswith("dequeue") and name != "plain" and not ours.q.is_drained().unwrap():
                 raise RuntimeError(f"{name} left messages behind: the replay is stale")
     ref.close()
     ours.close()

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from conftest import QueueTarget
+from helpers import message_statuses
 from sqqueue import (
     CompletionError,
     DequeueError,
@@ -62,7 +63,7 @@ def at(timestamp: float) -> datetime:
 
 
 def statuses(queue: Queue) -> list[dict[str, Any]]:
-    return ok(queue.get_all_statuses())
+    return message_statuses(queue)
 
 
 def leased(queue: Queue, **kwargs: Any) -> Message:
@@ -85,7 +86,9 @@ def test_result_types_behave_as_documented() -> None:
     error = QueueError("boom", ErrorKind.NOT_FOUND, 7)
     bad: Result[int, QueueError] = Err(error)
     assert bad.is_err() and not bad.is_ok()
-    assert bad.error is error and bad.value is None
+    assert bad.error is error
+    with pytest.raises(AttributeError, match=r"Err has no value.*boom"):
+        _ = bad.value
     assert bad.unwrap_or(9) == 9
     assert bad.map(lambda v: v * 2) is bad
     assert bool(bad) is False
@@ -332,7 +335,7 @@ def test_complete_removes_message(queue: Queue, by: str) -> None:
     result = queue.complete(message if by == "message" else message.id)
     assert result == Ok(None)
     assert statuses(queue) == []
-    assert ok(queue.is_empty()) is True
+    assert ok(queue.is_drained()) is True
 
 
 @pytest.mark.parametrize("by", ["message", "id"])
@@ -416,17 +419,59 @@ def test_peek_skips_delayed_and_leased(queue: Queue) -> None:
     assert ok(queue.peek()) is None
 
 
-def test_is_empty_semantics(queue: Queue, clock: Any) -> None:
-    """is_empty is True only when nothing is pending, delayed or processing."""
-    assert queue.is_empty() == Ok(True)
+def test_is_drained_semantics(queue: Queue, clock: Any) -> None:
+    """is_drained is True only when nothing is ready, delayed, waiting or processing."""
+    assert queue.is_drained() == Ok(True)
     ok(queue.enqueue("later", delay=60))
-    assert queue.is_empty() == Ok(False)  # delayed counts
+    assert queue.is_drained() == Ok(False)  # delayed counts
     clock.advance(60)
     message = leased(queue)
-    assert queue.is_empty() == Ok(False)  # processing counts
+    assert queue.is_drained() == Ok(False)  # processing counts
     ok(queue.fail_message(message, send_to_dlq=True))
     assert len(ok(queue.get_dead_letters())) == 1
-    assert queue.is_empty() == Ok(True)  # dead letters do not
+    assert queue.is_drained() == Ok(True)  # dead letters do not
+
+
+def test_is_empty_means_nothing_to_dequeue_now(queue: Queue, clock: Any) -> None:
+    """0.1.0's meaning: True when a dequeue now would return nothing; leased, delayed and
+    waiting messages do not count, an expired lease (which dequeue hands out again) does."""
+    assert queue.is_empty() == Ok(True)
+    ok(queue.enqueue("later", delay=60))
+    assert queue.is_empty() == Ok(True)  # delayed: nothing to dequeue yet
+    assert queue.is_drained() == Ok(False)
+    clock.advance(60)
+    assert queue.is_empty() == Ok(False)  # due now
+    message = leased(queue, visibility_timeout=30)
+    assert queue.is_empty() == Ok(True)  # leased by someone: not dequeueable
+    assert queue.is_drained() == Ok(False)
+    clock.advance(31)
+    assert queue.is_empty() == Ok(False)  # the lease expired: dequeue would deliver it
+    again = leased(queue)
+    assert again.id == message.id
+    ok(queue.enqueue("head", group="g"))
+    ok(queue.enqueue("second", group="g"))
+    head = leased(queue)
+    assert queue.is_empty() == Ok(True)  # "second" waits for its group's head
+    ok(queue.complete(head))
+    assert queue.is_empty() == Ok(False)
+    assert leased(queue).payload == "second"
+
+
+def test_is_empty_loop_does_not_spin_on_a_leased_message(queue: Queue) -> None:
+    """``while not queue.is_empty().value: queue.dequeue()`` ends although another
+    consumer holds a message."""
+    ok(queue.enqueue_batch(["a", "b", "c"]))
+    held = leased(queue)
+    taken = []
+    rounds = 0
+    while not queue.is_empty().value:
+        rounds += 1
+        assert rounds < 10, "is_empty() stayed False with nothing left to dequeue"
+        message = ok(queue.dequeue())
+        assert message is not None
+        taken.append(message.payload)
+    assert taken == ["b", "c"]
+    ok(queue.complete(held))
 
 
 # -- dead letters ------------------------------------------------------------------------------
@@ -497,20 +542,32 @@ def test_reprocess_dead_letter_keeps_id_and_resets_attempts(queue: Queue) -> Non
 # -- get_all_statuses --------------------------------------------------------------------------
 
 
-def test_get_all_statuses_every_status(queue: Queue) -> None:
-    """pending, delayed, processing and dead appear, sorted by id, with the documented keys."""
+def test_get_all_statuses_counts_by_status(queue: Queue, clock: Any) -> None:
+    """Counts by status, 0.1.0's keys with 0.1.0's meaning plus sqqueue's own states,
+    every key present; the per-message listing is list_messages()."""
+    assert queue.get_all_statuses() == Ok({"pending": 0, "processing": 0, "waiting": 0, "dead": 0})
     ok(queue.enqueue("dead", priority=9))
     ok(queue.enqueue("processing", priority=8))
     ok(queue.enqueue("pending", priority=1))
     ok(queue.enqueue("delayed", delay=100, max_attempts=7))
+    ok(queue.enqueue("group head", group="g", priority=-1))
+    ok(queue.enqueue("group second", group="g", priority=-1))
     ok(queue.fail_message(1, send_to_dlq=True))
     assert leased(queue).id == 2
+    assert queue.get_all_statuses() == Ok(
+        # pending: ready (3, 5) and delayed (4); waiting: 6, behind its group's head
+        {"pending": 3, "processing": 1, "waiting": 1, "dead": 1}
+    )
     assert statuses(queue) == [
         {"id": 1, "status": "dead", "priority": 9, "attempts": 0, "max_attempts": 5},
         {"id": 2, "status": "processing", "priority": 8, "attempts": 1, "max_attempts": 5},
         {"id": 3, "status": "pending", "priority": 1, "attempts": 0, "max_attempts": 5},
         {"id": 4, "status": "delayed", "priority": 0, "attempts": 0, "max_attempts": 7},
+        {"id": 5, "status": "pending", "priority": -1, "attempts": 0, "max_attempts": 5},
+        {"id": 6, "status": "waiting", "priority": -1, "attempts": 0, "max_attempts": 5},
     ]
+    counts = ok(queue.get_all_statuses())
+    assert sum(counts.values()) == len(statuses(queue))
 
 
 # -- maintenance ---------------------------------------------------------------------------
@@ -618,8 +675,10 @@ def test_ddl_applied_by_hand_gives_a_working_queue(
         assert ok(queue.complete(message)) is None
 
 
-def test_get_operation_count_increases(queue: Queue) -> None:
-    """Each write operation through the object increases the count."""
+def test_get_operation_count_counts_since_the_last_upkeep(make_queue: MakeQueue) -> None:
+    """As in 0.1.0: each write operation adds one; the count goes back to 0 when routine
+    maintenance runs (every vacuum_threshold messages written)."""
+    queue = make_queue(table_name="jobs", vacuum_threshold=5)
     counts = [queue.get_operation_count()]
     ok(queue.enqueue("a"))
     counts.append(queue.get_operation_count())
@@ -627,11 +686,18 @@ def test_get_operation_count_increases(queue: Queue) -> None:
     counts.append(queue.get_operation_count())
     message = leased(queue)
     counts.append(queue.get_operation_count())
-    ok(queue.complete(message))
-    counts.append(queue.get_operation_count())
-    assert all(isinstance(c, int) for c in counts)
-    assert counts[0] == 0
-    assert counts == sorted(counts) and len(set(counts)) == len(counts)
+    assert counts == [0, 1, 2, 3]
+    ok(queue.complete(message))  # the fifth message written: upkeep runs
+    assert queue.get_operation_count() == 0
+    ok(queue.enqueue("d"))
+    assert queue.get_operation_count() == 1
+
+
+def test_get_operation_count_grows_without_upkeep(make_queue: MakeQueue) -> None:
+    queue = make_queue(table_name="jobs", vacuum_threshold=0)
+    for expected in range(1, 8):
+        ok(queue.enqueue(expected))
+        assert queue.get_operation_count() == expected
 
 
 # -- lifecycle -------------------------------------------------------------------------------
@@ -702,7 +768,7 @@ def test_many_queues_in_one_database_are_isolated(make_queue: MakeQueue) -> None
     orders, emails = make_queue(table_name="orders"), make_queue(table_name="emails")
     assert ok(orders.enqueue("o1")) == 1
     assert ok(orders.enqueue("o2")) == 2
-    assert ok(emails.is_empty()) is True
+    assert ok(emails.is_drained()) is True
     assert ok(emails.dequeue()) is None
     assert ok(emails.enqueue("e1")) == 1
     message = leased(orders)

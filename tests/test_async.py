@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from conftest import QueueTarget
+from helpers import message_statuses
 from sqqueue import (
     AsyncQueue,
     AsyncSQLiteQueue,
@@ -68,7 +69,7 @@ async def eventually(predicate: Callable[[], Any], timeout: float = 5.0, what: s
 
 
 async def statuses(aq: AsyncQueue) -> list[tuple[int, str, int]]:
-    return [(r["id"], r["status"], r["attempts"]) for r in ok(await aq.get_all_statuses())]
+    return [(r["id"], r["status"], r["attempts"]) for r in message_statuses(aq.sync)]
 
 
 @pytest.fixture
@@ -449,7 +450,7 @@ async def test_many_waiters_hold_no_threads(aq: AsyncQueue) -> None:
     waiters = [asyncio.create_task(aq.dequeue(wait=3)) for _ in range(20)]
     await asyncio.sleep(0.2)
     start = time.monotonic()
-    assert ok(await aq.is_empty()) is True
+    assert ok(await aq.is_drained()) is True
     assert time.monotonic() - start < 0.5, "a plain call waited for the thread pool"
     ids = ok(await aq.enqueue_batch([f"m{i}" for i in range(20)]))
     results = await asyncio.wait_for(asyncio.gather(*waiters), 5)
@@ -622,7 +623,7 @@ async def test_async_claim_waits_for_another_task(aq: AsyncQueue) -> None:
         assert message is not None
         assert message.payload == "late"
     await producer
-    assert ok(await aq.is_empty()) is True
+    assert ok(await aq.is_drained()) is True
 
 
 # -- AsyncWorker ----------------------------------------------------------------------------
@@ -877,7 +878,7 @@ async def test_async_worker_accepts_sync_queue(make_queue: MakeQueue) -> None:
     await eventually(lambda: w.stats.completed == 1, what="completion")
     await _stop(w, task)
     assert done == ["x"]
-    assert ok(queue.is_empty()) is True
+    assert ok(queue.is_drained()) is True
 
 
 ASYNC_WORKER_SCRIPT = (
@@ -937,7 +938,7 @@ def test_async_worker_process_stops_gracefully_on_sigterm(
     assert elapsed < 10, elapsed
     assert f"finished {slow_id}" in out
     assert "stopped completed=1" in out
-    rows = [(r["id"], r["status"], r["attempts"]) for r in ok(queue.get_all_statuses())]
+    rows = [(r["id"], r["status"], r["attempts"]) for r in message_statuses(queue)]
     assert rows == [(next_id, "pending", 0)]
 
 
@@ -1011,4 +1012,4 @@ def test_starlette_app_round_trips_messages(make_queue: MakeQueue) -> None:
         assert not waiter.is_alive()
         assert waiting["response"].json() == {"id": late_id, "payload": "late", "attempts": 1}
         assert waiting["at"] - sent < 1.0
-    assert ok(aq.sync.is_empty()) is True
+    assert ok(aq.sync.is_drained()) is True

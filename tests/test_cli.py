@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner, Result
 from prometheus_client.parser import text_string_to_metric_families
 
+from helpers import message_statuses
 from sqqueue import SQLiteQueue, cli
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("SQQUEUE_")}
@@ -850,7 +851,7 @@ def test_copy_between_files_keeps_ids_and_counts(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "emails: 2 message(s), 1 dead letter(s)" in result.output
     with SQLiteQueue(target, table_name="emails") as copied:
-        statuses = {s["id"]: s["status"] for s in copied.get_all_statuses().unwrap()}
+        statuses = {s["id"]: s["status"] for s in message_statuses(copied)}
     assert statuses == {ids[0]: "dead", ids[1]: "pending", ids[2]: "pending"}
     again = run("copy", f"sqlite:///{source}", f"sqlite:///{target}")
     assert again.exit_code == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from helpers import message_statuses
 from sqqueue import CompletionError, ErrorKind, Queue
 
 
@@ -13,7 +14,7 @@ def test_completes_a_whole_batch(make_queue: Callable[..., Queue]) -> None:
     queue.enqueue_batch([f"m{i}" for i in range(20)]).unwrap()
     batch = queue.dequeue_batch(20).unwrap()
     assert queue.complete_batch(batch).unwrap() == 20
-    assert queue.is_empty().unwrap()
+    assert queue.is_drained().unwrap()
     stats = queue.stats().unwrap()
     assert stats.completed_total == 20
     assert queue.complete_batch([]).unwrap() == 0
@@ -34,7 +35,7 @@ def test_a_refused_message_rolls_back_the_batch(
     assert result.error.kind is ErrorKind.LEASE_EXPIRED
     assert str(short.id) in str(result.error)
     # Nothing was completed: the two live leases are still there, and can be completed.
-    statuses = {s["id"]: s["status"] for s in queue.get_all_statuses().unwrap()}
+    statuses = {s["id"]: s["status"] for s in message_statuses(queue)}
     assert [statuses[m.id] for m in rest] == ["processing", "processing"]
     assert queue.complete_batch(rest).unwrap() == 2
 
@@ -54,7 +55,7 @@ def test_the_same_message_twice_is_refused_and_changes_nothing(
     result = queue.complete_batch([a, b, a])
     assert result.is_err()
     assert result.error.kind is ErrorKind.NOT_FOUND  # type: ignore[union-attr]
-    assert sorted(s["status"] for s in queue.get_all_statuses().unwrap()) == [
+    assert sorted(s["status"] for s in message_statuses(queue)) == [
         "processing",
         "processing",
     ]
@@ -87,7 +88,7 @@ def test_a_batch_claimed_together_with_one_message_gone_changes_nothing(
     assert result.is_err()
     assert result.error.kind is ErrorKind.NOT_FOUND  # type: ignore[union-attr]
     assert str(batch[1].id) in str(result.error)
-    statuses = {s["id"]: s["status"] for s in queue.get_all_statuses().unwrap()}
+    statuses = {s["id"]: s["status"] for s in message_statuses(queue)}
     assert statuses == {batch[0].id: "processing", batch[2].id: "processing"}
     assert queue.stats().unwrap().completed_total == 1
     assert queue.complete_batch([batch[0], batch[2]]).unwrap() == 2
@@ -101,5 +102,5 @@ def test_a_large_batch_is_completed_too(make_queue: Callable[..., Queue]) -> Non
     batch = queue.dequeue_batch(600).unwrap()
     assert len(batch) == 600
     assert queue.complete_batch(batch).unwrap() == 600
-    assert queue.is_empty().unwrap()
+    assert queue.is_drained().unwrap()
     assert queue.stats().unwrap().completed_total == 600

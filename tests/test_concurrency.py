@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from conftest import QueueTarget
+from helpers import message_statuses
 from sqqueue import DequeueError, EnqueueError, Err, ErrorKind, Ok, Queue
 
 TABLE = "jobs"
@@ -70,7 +71,7 @@ elif role == "consume":
             m = r.value
             if m is None:
                 if os.path.exists(flag):
-                    e = q.is_empty()
+                    e = q.is_drained()
                     if e.is_err():
                         err("is_empty", e)
                     elif e.value:
@@ -189,9 +190,7 @@ def integrity(target: QueueTarget) -> str:
 
 
 def all_ids(queue: Queue) -> list[int]:
-    statuses = queue.get_all_statuses()
-    assert isinstance(statuses, Ok), statuses
-    return [row["id"] for row in statuses.value]
+    return [row["id"] for row in message_statuses(queue)]
 
 
 # --------------------------------------------------------------------------------------
@@ -257,7 +256,7 @@ def test_threads_share_one_queue_exactly_once(queue_target: QueueTarget) -> None
         assert duplicates == [], f"delivered more than once: {duplicates[:10]}"
         assert set(ids) == set(produced)
         assert all(produced[i] == payload for i, payload in consumed)
-        assert queue.is_empty() == Ok(True)
+        assert queue.is_drained() == Ok(True)
     finally:
         queue.close()
 
@@ -300,7 +299,7 @@ def test_processes_deliver_each_message_exactly_once(
     assert set(ids) == set(enqueued)
     assert {attempts for _, attempts in completed} == {1}
     with queue_target.open(TABLE) as queue:
-        assert queue.is_empty() == Ok(True)
+        assert queue.is_drained() == Ok(True)
         assert queue.get_dead_letters() == Ok([])
     assert integrity(queue_target) == "ok"
 
@@ -325,7 +324,7 @@ def _forked_consumer(queue: Queue, producing_done: Any, worked: Any, out_path: s
         message = result.value
         if message is None:
             if producing_done.is_set():
-                empty = queue.is_empty()
+                empty = queue.is_drained()
                 if isinstance(empty, Err):
                     errors.append(repr(empty.error))
                 elif empty.value:
@@ -395,7 +394,7 @@ def test_fork_inherited_queue_works_in_parent_and_children(
         producing_done.set()
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            empty = queue.is_empty()
+            empty = queue.is_drained()
             if isinstance(empty, Err):
                 errors.append(empty)
             elif empty.value:
@@ -425,7 +424,7 @@ def test_fork_inherited_queue_works_in_parent_and_children(
     assert message is not None
     assert message.id == message_id
     assert queue.complete(message) == Ok(None)
-    assert queue.is_empty() == Ok(True)
+    assert queue.is_drained() == Ok(True)
     queue.close()
     assert integrity(queue_target) == "ok"
 
@@ -550,7 +549,7 @@ def test_sigkilled_consumer_leases_are_delivered_again(
             assert message.attempts == 2
             assert message.last_error is not None
             assert "lease expired" in message.last_error.lower()
-        assert queue.is_empty() == Ok(True)
+        assert queue.is_drained() == Ok(True)
     assert integrity(queue_target) == "ok"
 
 
@@ -578,7 +577,7 @@ def test_two_processes_hammering_writes_never_see_locked(queue_target: QueueTarg
     assert problems == []
     assert enqueued == 2 * rounds * 3
     with queue_target.open(TABLE) as queue:
-        statuses = queue.get_all_statuses().unwrap()
+        statuses = message_statuses(queue)
         assert {row["status"] for row in statuses} <= {"pending"}
         assert completed + len(statuses) == enqueued
     assert integrity(queue_target) == "ok"

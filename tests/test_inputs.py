@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from conftest import QueueTarget
+from helpers import message_statuses
 from sqqueue import (
     CompletionError,
     DequeueError,
@@ -411,10 +412,10 @@ def test_unstorable_payload_is_serialization_err(queue: Queue, payload: Any, wor
     """Payloads that would not round-trip exactly: Err(SERIALIZATION), nothing enqueued."""
     error = expect_err(queue.enqueue(payload), ErrorKind.SERIALIZATION, words)
     assert isinstance(error, EnqueueError)
-    assert ok(queue.get_all_statuses()) == []
+    assert message_statuses(queue) == []
     # As a batch item the payload is wrapped in a 1-tuple, so a tuple payload stays a payload.
     expect_err(queue.enqueue_batch(["fine", (payload,)]), ErrorKind.SERIALIZATION, "item 1")
-    assert ok(queue.get_all_statuses()) == []
+    assert message_statuses(queue) == []
 
 
 @pytest.mark.parametrize("kind", ["bytes", "str"])
@@ -442,7 +443,7 @@ def test_bad_priority_is_err(queue: Queue, priority: Any) -> None:
     expect_err(
         queue.enqueue_batch(["a", ("x", priority)]), ErrorKind.INVALID_INPUT, "priority", "item 1"
     )
-    assert ok(queue.get_all_statuses()) == []
+    assert message_statuses(queue) == []
 
 
 def test_priority_limits_are_accepted(queue: Queue) -> None:
@@ -460,11 +461,11 @@ def test_bad_delay_is_err(queue: Queue, delay: Any) -> None:
     """Negative, NaN, infinite, absurdly large or non-numeric delays are refused."""
     expect_err(queue.enqueue("x", delay=delay), ErrorKind.INVALID_INPUT, "delay")
     expect_err(queue.enqueue_batch([("x", None, delay)]), ErrorKind.INVALID_INPUT, "delay")
-    assert ok(queue.get_all_statuses()) == []
+    assert message_statuses(queue) == []
     ok(queue.enqueue("y"))
     message = leased(queue)
     expect_err(queue.fail_message(message, delay=delay), ErrorKind.INVALID_INPUT, "delay")
-    assert ok(queue.get_all_statuses())[0]["status"] == "processing"
+    assert message_statuses(queue)[0]["status"] == "processing"
 
 
 BAD_TIMEOUTS = [0, -1, float("nan"), float("inf"), 10**9, 1e300, "30", True, None]
@@ -479,7 +480,7 @@ def test_bad_visibility_timeout_is_err(queue: Queue, timeout: Any) -> None:
         queue.dequeue_batch(5, visibility_timeout=timeout), ErrorKind.INVALID_INPUT, "visibility"
     )
     assert isinstance(error, DequeueError)
-    assert ok(queue.get_all_statuses())[0]["status"] == "pending"  # nothing was leased
+    assert message_statuses(queue)[0]["status"] == "pending"  # nothing was leased
     message = leased(queue)
     error = expect_err(queue.extend(message, timeout), ErrorKind.INVALID_INPUT, "seconds")
     assert isinstance(error, RequeueError)
@@ -490,14 +491,14 @@ def test_bad_batch_size_is_err(queue: Queue, size: Any) -> None:
     """batch_size must be an int from 1 to a sane maximum."""
     ok(queue.enqueue("x"))
     expect_err(queue.dequeue_batch(size), ErrorKind.INVALID_INPUT, "batch_size")
-    assert ok(queue.get_all_statuses())[0]["status"] == "pending"
+    assert message_statuses(queue)[0]["status"] == "pending"
 
 
 @pytest.mark.parametrize("attempts", [0, -1, True, 1.5, 10**12, "3"])
 def test_bad_max_attempts_is_err(queue: Queue, attempts: Any) -> None:
     """max_attempts must be a positive int."""
     expect_err(queue.enqueue("x", max_attempts=attempts), ErrorKind.INVALID_INPUT, "max_attempts")
-    assert ok(queue.get_all_statuses()) == []
+    assert message_statuses(queue) == []
 
 
 # -- message ids -------------------------------------------------------------------------------
@@ -526,11 +527,11 @@ def test_non_int_id_is_invalid_input(queue: Queue, call: str, bad_id: Any) -> No
     """Ids must be ints (or Messages): anything else is INVALID_INPUT, nothing changes."""
     ok(queue.enqueue("x"))
     leased(queue)
-    before = ok(queue.get_all_statuses())
+    before = message_statuses(queue)
     error = expect_err(ID_CALLS[call](queue, bad_id), ErrorKind.INVALID_INPUT)
     assert isinstance(error, ERROR_CLASS[call])
     assert "int" in str(error)
-    assert ok(queue.get_all_statuses()) == before
+    assert message_statuses(queue) == before
 
 
 @pytest.mark.parametrize("bad_id", [0, 2, -1, -(2**63), 2**63 - 1, 2**63, 2**64, 10**30], ids=repr)
@@ -539,7 +540,7 @@ def test_unknown_or_out_of_range_id(queue: Queue, bad_id: int) -> None:
     for every call taking an id; nothing changes."""
     ok(queue.enqueue("x"))
     leased(queue)
-    before = ok(queue.get_all_statuses())
+    before = message_statuses(queue)
     wrong = {}
     for call, fn in ID_CALLS.items():
         result = fn(queue, bad_id)
@@ -552,7 +553,7 @@ def test_unknown_or_out_of_range_id(queue: Queue, bad_id: int) -> None:
         if not good:
             wrong[call] = result
     assert wrong == {}, wrong
-    assert ok(queue.get_all_statuses()) == before
+    assert message_statuses(queue) == before
 
 
 def test_error_text_must_be_str(queue: Queue) -> None:
@@ -586,7 +587,7 @@ def test_fail_after_complete(queue: Queue) -> None:
     expect_err(queue.fail_message(message, send_to_dlq=True), ErrorKind.NOT_FOUND)
     expect_err(queue.requeue(message), ErrorKind.NOT_FOUND)
     expect_err(queue.extend(message, 10), ErrorKind.NOT_FOUND)
-    assert ok(queue.get_all_statuses()) == []
+    assert message_statuses(queue) == []
     assert ok(queue.get_dead_letters()) == []
 
 
@@ -600,7 +601,7 @@ def test_message_from_another_queue_is_not_used_blindly(make_queue: MakeQueue) -
     assert other.id == mine.id
     result = b.complete(other)
     assert isinstance(result, Err)
-    assert ok(b.get_all_statuses())[0]["status"] == "processing"
+    assert message_statuses(b)[0]["status"] == "processing"
     assert ok(b.complete(mine)) is None
 
 
@@ -624,6 +625,6 @@ def test_defaults_changed_after_opening_apply_and_are_checked(
     queue.default_priority = 0
     queue.default_max_attempts = True  # type: ignore[assignment]
     expect_err(queue.enqueue("bool"), ErrorKind.INVALID_INPUT, "max_attempts")
-    statuses = ok(queue.get_all_statuses())
+    statuses = message_statuses(queue)
     assert [s["id"] for s in statuses][:1] == [first]
     assert len(statuses) == 3

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from helpers import message_statuses
 from sqqueue import Err, Message, Ok, QueueError, Result, SQLiteQueue
 from sqqueue.backends import sqlite as sqlite_backend
 
@@ -94,7 +95,7 @@ def test_every_message_keeps_its_state(open_legacy: Callable[[str], SQLiteQueue]
     """pending stays pending (or 'delayed' if due later), processing stays processing,
     with id, priority, attempts and max_attempts kept; the dead letter is dead."""
     orders = open_legacy("orders")
-    by_id = {row["id"]: row for row in ok(orders.get_all_statuses())}
+    by_id = {row["id"]: row for row in message_statuses(orders)}
     for row in EXPECTED["orders"]:
         assert by_id.pop(row["id"]) == {
             "id": row["id"],
@@ -107,7 +108,7 @@ def test_every_message_keeps_its_state(open_legacy: Callable[[str], SQLiteQueue]
     (dead,) = by_id.values()
     assert dead["status"] == "dead"
     # Spelled out, so the expectation does not only come from the helper above.
-    statuses = {row["id"]: row["status"] for row in ok(orders.get_all_statuses())}
+    statuses = {row["id"]: row["status"] for row in message_statuses(orders)}
     assert [statuses[i] for i in (1, 2, 5, 11, 12)] == [
         "processing",
         "processing",
@@ -120,9 +121,9 @@ def test_every_message_keeps_its_state(open_legacy: Callable[[str], SQLiteQueue]
 def test_ids_are_preserved(open_legacy: Callable[[str], SQLiteQueue]) -> None:
     """Messages of the main table keep the ids they had in 0.1.0."""
     orders, emails = open_legacy("orders"), open_legacy("emails")
-    live = [r["id"] for r in ok(orders.get_all_statuses()) if r["status"] != "dead"]
+    live = [r["id"] for r in message_statuses(orders) if r["status"] != "dead"]
     assert live == [row["id"] for row in EXPECTED["orders"]]
-    assert [r["id"] for r in ok(emails.get_all_statuses())] == [1]
+    assert [r["id"] for r in message_statuses(emails)] == [1]
 
 
 def test_processing_keeps_lease_until_old_processing_at(
@@ -189,7 +190,7 @@ def test_migrated_messages_can_be_completed(open_legacy: Callable[[str], SQLiteQ
     for message in ok(orders.dequeue_batch(20)):
         assert message.payload == f"order-{message.id}"
         ok(orders.complete(message))
-    remaining = {r["id"]: r["status"] for r in ok(orders.get_all_statuses())}
+    remaining = {r["id"]: r["status"] for r in message_statuses(orders)}
     assert {k: v for k, v in remaining.items() if v != "dead"} == {
         1: "processing",
         11: "processing",
@@ -222,14 +223,14 @@ def test_migration_happens_once(
     assert not {n for n in names if "__sqqueue_v0" in n}
     assert "idx_status_id" not in names
     ok(orders.enqueue("new"))
-    before = ok(orders.get_all_statuses()), ok(orders.get_dead_letters())
+    before = message_statuses(orders), ok(orders.get_dead_letters())
     orders.close()
     emails.close()
     caplog.clear()
     reopened = make_sqlite_queue(db_path=legacy_db, table_name="orders")
     make_sqlite_queue(db_path=legacy_db, table_name="emails")
     assert not [r for r in caplog.records if "migrated" in r.getMessage()]
-    assert (ok(reopened.get_all_statuses()), ok(reopened.get_dead_letters())) == before
+    assert (message_statuses(reopened), ok(reopened.get_dead_letters())) == before
     assert rows(legacy_db, "SELECT name, schema_version, created_at FROM sqqueue_queues") == (
         registry
     )
@@ -238,7 +239,7 @@ def test_migration_happens_once(
 def test_ids_are_never_reused(open_legacy: Callable[[str], SQLiteQueue]) -> None:
     """New messages get ids above every id 0.1.0 handed out (and the migrated dead letter)."""
     orders, emails = open_legacy("orders"), open_legacy("emails")
-    taken = {r["id"] for r in ok(orders.get_all_statuses())}
+    taken = {r["id"] for r in message_statuses(orders)}
     new_ids = ok(orders.enqueue_batch(["n1", "n2"]))
     assert min(new_ids) > 12
     assert min(new_ids) > max(taken)
@@ -254,7 +255,7 @@ def test_dead_lettering_id_1_later_works(open_legacy: Callable[[str], SQLiteQueu
     assert dead[1]["last_error"] == "gave up"
     assert sorted(d["payload"] for d in dead.values()) == ["order-1", "order-3"]
     assert orders.reprocess_dead_letter(1) == Ok(None)
-    row = next(r for r in ok(orders.get_all_statuses()) if r["id"] == 1)
+    row = next(r for r in message_statuses(orders) if r["id"] == 1)
     assert (row["status"], row["attempts"]) == ("pending", 0)
 
 
@@ -327,7 +328,7 @@ def test_failed_migration_changes_nothing(
     conn.commit()
     conn.close()
     orders = make_sqlite_queue(db_path=legacy_db, table_name="orders")
-    assert len(ok(orders.get_all_statuses())) == len(EXPECTED["orders"]) + 1
+    assert len(message_statuses(orders)) == len(EXPECTED["orders"]) + 1
     assert [d["payload"] for d in ok(orders.get_dead_letters())] == ["order-3"]
 
 

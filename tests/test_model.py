@@ -29,6 +29,7 @@ from hypothesis.stateful import (
 )
 
 from conftest import FakeClock, QueueTarget, drop_schema
+from helpers import message_statuses
 from sqqueue import (
     CompletionError,
     EnqueueError,
@@ -515,7 +516,7 @@ class QueueMachine(RuleBasedStateMachine):
     @invariant()
     def statuses_match(self) -> None:
         """Every enqueued id is in exactly one place, with the model's attributes."""
-        rows = self.ok(self.queues[0].get_all_statuses())
+        rows = message_statuses(self.queues[0])
         ids = [r["id"] for r in rows]
         assert ids == sorted(set(ids)), f"duplicate or unsorted ids: {ids}"
         completed = {i for i, r in self.msgs.items() if r.status == "completed"}
@@ -562,7 +563,7 @@ class QueueMachine(RuleBasedStateMachine):
     @invariant()
     def emptiness_matches(self) -> None:
         waiting = any(r.status in ("pending", "processing") for r in self.msgs.values())
-        assert self.ok(self.queues[0].is_empty()) is (not waiting)
+        assert self.ok(self.queues[0].is_drained()) is (not waiting)
 
 
 MODEL_SETTINGS = settings(

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from conftest import FakeClock
+from helpers import message_statuses
 from sqqueue import Item, Message, Ok, SQLiteQueue
 
 MAX_ATTEMPTS = 2
@@ -277,7 +278,7 @@ class FeatureMachine(RuleBasedStateMachine):
         expected += [(i, "dead", None) for i in self.dead]
         got = [
             (r["id"], r["status"], None if r["status"] == "dead" else r["attempts"])
-            for r in ok(self.q.get_all_statuses())
+            for r in message_statuses(self.q)
         ]
         assert got == sorted(expected)
 

@@ -26,6 +26,7 @@ import psycopg
 import pytest
 
 from conftest import QueueTarget, drop_schema
+from helpers import message_statuses
 from sqqueue import (
     CompletionError,
     DequeueError,
@@ -255,7 +256,7 @@ def test_many_process_consumers_never_double_deliver(
     twice = [i for i, n in Counter(completed).items() if n > 1]
     assert twice == [], f"completed more than once: {twice[:10]}"
     assert sorted(completed) == ids
-    assert ok(opened().is_empty()) is True
+    assert ok(opened().is_drained()) is True
 
 
 # -- LISTEN/NOTIFY ------------------------------------------------------------------------
@@ -453,7 +454,7 @@ def test_connections_killed_between_operations_are_replaced(
     assert kill() >= 1
     assert ok(queue.complete(message)) is None
     assert kill() >= 1
-    assert [row["id"] for row in ok(queue.get_all_statuses())] == ids[1:]
+    assert [row["id"] for row in message_statuses(queue)] == ids[1:]
     assert kill() >= 1
     stats = ok(queue.stats())
     assert (stats.pending, stats.completed_total) == (5, 1)
@@ -463,7 +464,7 @@ def test_connections_killed_between_operations_are_replaced(
     assert kill() >= 1
     for m in batch:
         ok(queue.complete(m))
-    assert ok(queue.is_empty()) is True
+    assert ok(queue.is_drained()) is True
 
 
 def test_connections_killed_during_operations_lose_nothing_acknowledged(
@@ -531,7 +532,7 @@ def test_connections_killed_during_operations_lose_nothing_acknowledged(
     while time.monotonic() < deadline:
         message = ok(queue.dequeue(wait=1.5))
         if message is None:
-            if ok(queue.is_empty()):
+            if ok(queue.is_drained()):
                 break
             continue
         settle(message)
@@ -541,7 +542,7 @@ def test_connections_killed_during_operations_lose_nothing_acknowledged(
     )
     assert errors == []
     assert len(kills) >= 12 and sum(kills) >= 12, kills
-    assert ok(queue.is_empty()) is True
+    assert ok(queue.is_drained()) is True
     lost = [p for p in acked if completed[p] == 0 and p not in unknown_complete]
     assert lost == [], f"acknowledged enqueues never delivered: {lost[:10]}"
     assert [p for p, n in completed.items() if n > 1] == []
@@ -596,7 +597,7 @@ def test_connection_lost_during_commit_is_unknown_outcome(
         if operation in ("complete", "fail_message")
         else None
     )
-    before = ok(queue.get_all_statuses())
+    before = message_statuses(queue)
     lose = _LoseCommits(monkeypatch)
     error_cls, call = OPERATIONS[operation]
     lose.armed = True
@@ -606,7 +607,7 @@ def test_connection_lost_during_commit_is_unknown_outcome(
     assert isinstance(result, Err), f"a lost COMMIT was reported as {result!r}"
     assert isinstance(result.error, error_cls)
     assert result.error.kind is ErrorKind.UNKNOWN_OUTCOME, result
-    after = ok(queue.get_all_statuses())
+    after = message_statuses(queue)
     if operation == "enqueue":
         assert [r["id"] for r in after] == [first, first + 1]
     elif operation == "enqueue_batch":

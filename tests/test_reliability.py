@@ -396,7 +396,7 @@ for _ in range(10_000):
     if error.is_err():
         break
 later = put(4096)
-missing_while_full = len(set(acked) - {s["id"] for s in queue.get_all_statuses().unwrap()})
+missing_while_full = len(set(acked) - {m["id"] for m in queue.list_messages("all", limit=10_000).unwrap()})
 resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
 again = put(4096)
 seen = {}
@@ -416,7 +416,7 @@ print(json.dumps({
     "again_ok": again.is_ok(),
     "lost": len(set(acked) - set(seen)),
     "changed": sum(1 for i, c in acked.items() if seen.get(i, c) != c),
-    "empty": queue.is_empty().unwrap(),
+    "empty": queue.is_drained().unwrap(),
 }))
 """
 

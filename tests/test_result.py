@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sqqueue import Err, Ok, QueueError, UnwrapError
+from sqqueue import Err, Ok, QueueError, Result, UnwrapError
 from sqqueue.exceptions import ErrorKind
 
 
@@ -25,7 +25,7 @@ def test_err_interface() -> None:
     r = Err(e)
     assert r.is_err() and not r.is_ok()
     assert r.error is e
-    assert r.value is None
+    assert not hasattr(r, "value")  # as in 0.1.0: a failure never reads as an empty result
     assert r.unwrap_or(7) == 7
     assert bool(r) is False
     assert "boom" in repr(r) and "not_found" in repr(r)
@@ -49,7 +49,7 @@ def test_equality_and_hash() -> None:
     ("result", "expected"),
     [(Ok(None), "empty"), (Ok(3), "value 3"), (Err(QueueError("bad")), "error bad")],
 )
-def test_match_case(result: Ok[int | None] | Err[QueueError], expected: str) -> None:
+def test_match_case(result: Result[int | None, QueueError], expected: str) -> None:
     match result:
         case Ok(None):
             seen = "empty"

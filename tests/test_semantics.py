@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from helpers import message_statuses
 from sqqueue import Err, ErrorKind, Message, Ok, Queue, QueueError, Result
 
 MakeQueue = Callable[..., Queue]
@@ -38,7 +39,7 @@ def leased(queue: Queue, **kwargs: Any) -> Message:
 
 def snapshot(queue: Queue) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Everything observable about a queue's state: statuses and dead letters."""
-    return ok(queue.get_all_statuses()), ok(queue.get_dead_letters())
+    return message_statuses(queue), ok(queue.get_dead_letters())
 
 
 def drain(queue: Queue) -> list[Any]:
@@ -103,8 +104,8 @@ def test_delay_invisible_until_due(queue: Queue, clock: Any) -> None:
     msg_id = ok(queue.enqueue("later", delay=60))
     assert ok(queue.dequeue()) is None
     assert ok(queue.peek()) is None
-    assert ok(queue.get_all_statuses())[0]["status"] == "delayed"
-    assert ok(queue.is_empty()) is False
+    assert message_statuses(queue)[0]["status"] == "delayed"
+    assert ok(queue.is_drained()) is False
     clock.advance(59.9)
     assert ok(queue.dequeue()) is None
     clock.advance(0.1)
@@ -133,7 +134,7 @@ def test_lease_expiry_redelivers_on_next_dequeue(queue: Queue, clock: Any) -> No
     assert ok(queue.dequeue()) is None
     clock.advance(0.1)
     # No background thread: until someone dequeues, the row still says processing.
-    assert ok(queue.get_all_statuses())[0]["status"] == "processing"
+    assert message_statuses(queue)[0]["status"] == "processing"
     second = leased(queue, visibility_timeout=30)
     assert second.id == msg_id == first.id
     assert second.attempts == 2
@@ -159,7 +160,7 @@ def test_expiry_on_last_attempt_dead_letters(queue: Queue, clock: Any) -> None:
     assert dead["priority"] == 3
     assert "lease" in dead["last_error"]
     assert dead["dead_at"] == at(clock())
-    assert ok(queue.get_all_statuses()) == [
+    assert message_statuses(queue) == [
         {"id": msg_id, "status": "dead", "priority": 3, "attempts": 2, "max_attempts": 2}
     ]
 
@@ -177,7 +178,7 @@ def test_extend_keeps_message_from_redelivery(make_queue: MakeQueue, clock: Any)
     clock.advance(29)
     assert ok(other.dequeue()) is None
     assert owner.complete(message) == Ok(None)
-    assert ok(other.get_all_statuses()) == []
+    assert message_statuses(other) == []
 
 
 # -- fencing -----------------------------------------------------------------------------------
@@ -270,7 +271,7 @@ def _fold_back(make_queue: MakeQueue, clock: Any) -> tuple[Queue, Queue, Message
     ok(a.enqueue("urgent", priority=10))
     clock.advance(10)
     assert leased(b).payload == "urgent"  # this dequeue folded A's lease back
-    contested = next(row for row in ok(b.get_all_statuses()) if row["id"] == stale.id)
+    contested = next(row for row in message_statuses(b) if row["id"] == stale.id)
     assert contested["status"] == "pending"
     return a, b, stale
 
@@ -309,7 +310,7 @@ def test_id_only_caller_on_other_object_acts_on_live_lease(
     assert ok(admin.extend(message.id, 50)) == at(clock() + 50)
     clock.advance(20)
     assert worker.complete(message) == Ok(None)
-    assert ok(admin.get_all_statuses()) == []
+    assert message_statuses(admin) == []
 
 
 # -- failures and retries ----------------------------------------------------------------------
@@ -321,10 +322,10 @@ def test_fail_message_retry_with_delay(queue: Queue, clock: Any) -> None:
     message = leased(queue)
     clock.advance(3)
     ok(queue.fail_message(message, error="timeout talking to API", delay=60))
-    assert ok(queue.get_all_statuses()) == [
+    assert message_statuses(queue) == [
         {"id": msg_id, "status": "delayed", "priority": 0, "attempts": 1, "max_attempts": 5}
     ]
-    assert ok(queue.is_empty()) is False
+    assert ok(queue.is_drained()) is False
     clock.advance(59)
     assert ok(queue.dequeue()) is None
     clock.advance(1)
@@ -362,7 +363,7 @@ def test_max_attempts_goes_to_dlq_with_history(queue: Queue, clock: Any) -> None
     assert dead["last_error"] == "error 3"
     assert dead["created_at"] == at(created)
     assert dead["dead_at"] == at(clock())
-    assert ok(queue.is_empty()) is True
+    assert ok(queue.is_drained()) is True
     ok(queue.reprocess_dead_letter(msg_id))
     revived = leased(queue)
     assert (revived.id, revived.payload, revived.attempts) == (msg_id, {"order": 7}, 1)
@@ -379,7 +380,7 @@ def test_send_to_dlq_on_pending_message(queue: Queue, clock: Any) -> None:
     assert dead[first]["attempts"] == 0
     assert dead[first]["last_error"] == "cancelled"
     assert dead[first]["priority"] == 1
-    assert ok(queue.is_empty()) is True
+    assert ok(queue.is_drained()) is True
 
 
 def test_send_to_dlq_on_leased_message_before_last_attempt(queue: Queue) -> None:
@@ -468,7 +469,7 @@ def test_recover_processing_messages_count(queue: Queue, clock: Any) -> None:
     assert queue.recover_processing_messages() == Ok(0)
     clock.advance(10)
     assert queue.recover_processing_messages() == Ok(3)
-    statuses = {row["id"]: row["status"] for row in ok(queue.get_all_statuses())}
+    statuses = {row["id"]: row["status"] for row in message_statuses(queue)}
     assert statuses == {
         short[0].id: "pending",
         short[1].id: "pending",
@@ -537,5 +538,5 @@ def test_counts_stay_exact_through_every_way_in_and_out(make_queue: MakeQueue) -
     assert _counts(queue) == (1, 1, 0, 11)
     ok(queue.enqueue("after"))
     assert _counts(queue) == (2, 1, 0, 12)
-    statuses = ok(queue.get_all_statuses())
+    statuses = message_statuses(queue)
     assert len(statuses) == 3

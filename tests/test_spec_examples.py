@@ -165,3 +165,187 @@ def test_spec_exception_hierarchy() -> None:
     for cls in (EnqueueError, DequeueError, CompletionError, RequeueError):
         assert issubclass(cls, QueueError)
     assert issubclass(QueueError, Exception)
+
+
+# -- code written for 0.1.0 -----------------------------------------------------------------
+
+FIRST_EXAMPLE = textwrap.dedent(
+    """
+    from sqqueue.queue import SQLiteQueue
+
+    # Initialize the queue
+    queue = SQLiteQueue(db_path='my_queue.db', table_name='custom_queue')
+
+    # Enqueue a message
+    message_id = queue.enqueue('Hello, World!')
+    print(f"Enqueued message ID: {message_id}")
+
+    # Dequeue a message
+    dequeued = queue.dequeue()
+    if dequeued:
+        message_id, payload = dequeued
+        print(f"Dequeued message ID {message_id}: {payload}")
+
+        # Process the message
+        # ...
+
+        # Complete the message
+        queue.complete(message_id)
+    else:
+        print("Queue is empty.")
+
+    # Requeue a message (if processing failed)
+    queue.requeue(message_id)
+
+    # Check if the queue is empty
+    if queue.is_empty():
+        print("No pending messages.")
+    else:
+        print("There are pending messages.")
+    """
+)
+
+
+def test_first_usage_example_runs_as_written(in_tmp: Path) -> None:
+    """The 0.1.0 README's first example unpacks the dequeue Result itself; an Ok unpacks
+    like the message it holds."""
+    ns: dict[str, object] = {}
+    lines = run(FIRST_EXAMPLE, ns)
+    assert lines == [
+        "Enqueued message ID: Ok(1)",
+        "Dequeued message ID 1: Hello, World!",
+        "No pending messages.",
+    ]
+    queue = ns["queue"]
+    assert queue.is_drained().value is True  # type: ignore[attr-defined]
+    queue.close()  # type: ignore[attr-defined]
+
+
+def test_result_is_the_generic_base_class_as_in_010() -> None:
+    """0.1.0's own Result tests: Ok and Err are Results, annotated Result[T, E]."""
+    from sqqueue.result import Err, Ok, Result
+
+    ok_result: Result[int, str] = Ok(5)
+    err_result: Result[int, str] = Err("Error message")
+    assert isinstance(ok_result, Result) and isinstance(err_result, Result)
+    assert isinstance(ok_result, Ok) and not isinstance(ok_result, Err)
+    assert ok_result.is_ok() is True and ok_result.is_err() is False
+    assert err_result.is_ok() is False and err_result.is_err() is True
+    assert ok_result.value == 5
+    assert err_result.error == "Error message"
+    assert issubclass(Ok, Result) and issubclass(Err, Result)
+    for value in ("Success", [1, 2, 3], {"k": "v"}, None):
+        assert Ok(value).value == value
+    # The 0.1.0 classes took both type arguments; so do these.
+    assert Ok[int, str](1) == Ok(1)
+    assert Err[int, str]("x") == Err("x")
+
+
+def test_is_empty_as_010_code_uses_it(in_tmp: Path) -> None:
+    """0.1.0's test_is_empty: empty, then not, then empty again once the message is
+    dequeued (though not completed)."""
+    from sqqueue import SQLiteQueue
+
+    queue = SQLiteQueue(db_path="q.db", table_name="test_message_queue")
+    assert queue.is_empty().value is True
+    assert queue.enqueue("IsEmpty Task").is_ok()
+    assert queue.is_empty().value is False
+    message = queue.dequeue().value
+    assert message is not None
+    assert queue.is_empty().value is True, "nothing left to dequeue"
+    assert queue.is_drained().value is False, "one message is still being processed"
+    assert queue.complete(message).is_ok()
+    assert queue.is_drained().value is True
+    queue.close()
+
+
+def test_get_all_statuses_as_010_code_uses_it(in_tmp: Path) -> None:
+    """0.1.0 returned ``Ok({status: count})``; code reads it as a dict of counts."""
+    from sqqueue import SQLiteQueue
+
+    queue = SQLiteQueue(db_path="q.db", table_name="jobs")
+    assert queue.enqueue_batch(["a", "b", "c"]).is_ok()
+    assert queue.dequeue().value is not None
+    result = queue.get_all_statuses()
+    assert result.is_ok()
+    statuses = result.value
+    assert statuses.get("pending", 0) == 2
+    assert statuses.get("processing", 0) == 1
+    assert statuses == {"pending": 2, "processing": 1, "waiting": 0, "dead": 0}
+    queue.close()
+
+
+def test_010_fixture_settings_and_operation_count(in_tmp: Path) -> None:
+    """0.1.0's test fixture (statsd_port=None) and its maintenance test: the operation
+    count goes back to 0 after vacuum_threshold operations."""
+    from sqqueue import SQLiteQueue
+
+    queue = SQLiteQueue(
+        db_path="q.db",
+        table_name="test_message_queue",
+        vacuum_threshold=10,
+        vacuum_on_start=True,
+        statsd_host=None,
+        statsd_port=None,
+        default_max_attempts=3,
+    )
+    assert queue.get_operation_count() == 0
+    for i in range(10):
+        assert queue.enqueue(f"Maintenance Task {i}").is_ok()
+    assert queue.get_operation_count() == 0
+    # 0.1.0's DLQ test: three failed attempts, then one more dequeue.
+    msg_id = queue.enqueue("Test Task 4").value
+    queue.purge()
+    msg_id = queue.enqueue("Test Task 4").value
+    for _ in range(queue.default_max_attempts):
+        message = queue.dequeue().value
+        assert message is not None
+        dequeued_id, _payload = message
+        assert dequeued_id == msg_id
+        assert queue.fail_message(msg_id, send_to_dlq=False).is_ok()
+    queue.dequeue()
+    assert any(d["id"] == msg_id for d in queue.get_dead_letters().value)
+    queue.close()
+
+
+RESULT_TYPING = textwrap.dedent(
+    """
+    from sqqueue import Err, Ok, QueueError, Result, SQLiteQueue
+
+    def first(queue: SQLiteQueue) -> int:
+        result = queue.enqueue("x")
+        if result.is_ok():
+            return result.value
+        if isinstance(result, Err):
+            reveal_type(result)
+        return -1
+
+    def matched(result: Result[int, QueueError]) -> str:
+        match result:
+            case Ok(value):
+                return str(value + 1)
+            case Err(error):
+                return f"failed: {error}"
+        return ""
+
+    annotated: Result[int, str] = Ok(5)
+    failed: Result[int, str] = Err("no")
+    total: int = annotated.unwrap() + failed.unwrap_or(0)
+    """
+)
+
+
+def test_result_type_checks_as_documented(tmp_path: Path) -> None:
+    """mypy accepts the ways code uses a Result: is_ok() then value, isinstance, match,
+    0.1.0's Result[T, E] annotations."""
+    from mypy import api
+
+    source = tmp_path / "uses_result.py"
+    source.write_text(RESULT_TYPING)
+    out, err, status = api.run(
+        ["--strict", "--no-error-summary", "--cache-dir", str(tmp_path / "cache"), str(source)]
+    )
+    lines = [line for line in out.splitlines() if "error" in line]
+    assert lines == [], out + err
+    assert 'Revealed type is "sqqueue.result.Err[' in out, out
+    assert status == 1 or status == 0

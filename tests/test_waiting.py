@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from conftest import QueueTarget
+from helpers import message_statuses
 from sqqueue import (
     CompletionError,
     DequeueError,
@@ -45,7 +46,7 @@ def ok(result: Result[Any, Any]) -> Any:
 
 
 def status_of(queue: Queue, message_id: int) -> dict[str, Any]:
-    (row,) = [r for r in ok(queue.get_all_statuses()) if r["id"] == message_id]
+    (row,) = [r for r in message_statuses(queue) if r["id"] == message_id]
     return row
 
 
@@ -293,7 +294,7 @@ def test_cancel_event_and_wake_waiters_end_a_wait_early(queue: Queue, batch: boo
     assert result == ([] if batch else None)
     assert waiter.returned_at is not None
     assert waiter.returned_at - start < 0.1
-    assert ok(queue.is_empty()) is True
+    assert ok(queue.is_drained()) is True
 
 
 def test_cancelled_wait_leaves_later_messages_alone(queue: Queue) -> None:
@@ -386,7 +387,7 @@ def test_idle_waiter_ignores_busy_neighbour_table(
     finally:
         stop.set()
         writer.join(5)
-    assert len(ok(neighbour.get_all_statuses())) >= 10
+    assert len(message_statuses(neighbour)) >= 10
     assert calls["claim"] <= 3, calls
 
 
@@ -476,7 +477,7 @@ def test_enqueue_from_another_process_wakes_waiter(
     p50, p99 = statistics.median(ordered), ordered[-1]
     print(f"cross-process wake-up over 30: median {p50 * 1000:.1f} ms, p99/max {p99 * 1000:.1f} ms")
     assert p99 < 0.100, ordered
-    assert ok(queue.is_empty()) is True
+    assert ok(queue.is_drained()) is True
 
 
 def test_delayed_enqueue_from_another_process_wakes_waiter_when_due(
@@ -762,8 +763,8 @@ def test_claim_completes_on_success(queue: Queue) -> None:
         assert message is not None
         assert message.id == message_id
         assert status_of(queue, message_id)["status"] == "processing"
-    assert ok(queue.get_all_statuses()) == []
-    assert ok(queue.is_empty()) is True
+    assert message_statuses(queue) == []
+    assert ok(queue.is_drained()) is True
 
 
 def test_claim_fails_and_reraises_on_exception(queue: Queue) -> None:
@@ -810,7 +811,7 @@ def test_claim_waits_for_a_message(queue: Queue) -> None:
     with queue.claim(wait=3) as message:
         assert message is not None
         assert message.payload == "late"
-    assert ok(queue.is_empty()) is True
+    assert ok(queue.is_drained()) is True
 
 
 def test_claim_uses_visibility_timeout(queue: Queue, clock: Any) -> None:
@@ -828,7 +829,7 @@ def test_claim_block_may_settle_the_message_itself(queue: Queue) -> None:
     with queue.claim() as message:
         assert message is not None
         ok(queue.complete(message))
-    assert ok(queue.is_empty()) is True
+    assert ok(queue.is_drained()) is True
 
 
 def test_claim_raises_when_lease_expired_during_block(queue: Queue, clock: Any) -> None:

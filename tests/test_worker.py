@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from conftest import QueueTarget
+from helpers import message_statuses
 from sqqueue import Message, Ok, Queue, Result, Worker, WorkerHooks, WorkerStats, worker
 
 MakeQueue = Callable[..., Queue]
@@ -44,7 +45,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = 
 
 
 def statuses(queue: Queue) -> list[tuple[int, str, int]]:
-    return [(r["id"], r["status"], r["attempts"]) for r in ok(queue.get_all_statuses())]
+    return [(r["id"], r["status"], r["attempts"]) for r in message_statuses(queue)]
 
 
 class Running:
@@ -358,7 +359,7 @@ def test_task_timeout_fails_hung_handler_and_worker_goes_on(
     assert (stats.timed_out, stats.failed, stats.completed) == (1, 1, 2)
     assert statuses(rq) == []
     assert ok(rq.get_dead_letters()) == []
-    assert hang_id not in [r["id"] for r in ok(rq.get_all_statuses())]
+    assert hang_id not in [r["id"] for r in message_statuses(rq)]
 
 
 def test_task_timeout_dead_letters_on_last_attempt(
@@ -665,7 +666,7 @@ def test_sigterm_shuts_worker_process_down_gracefully(
     assert f"finished {slow_id}" in lines
     assert "stopped completed=1 released=0" in lines
     assert statuses(rq) == [(next_id, "pending", 0)]
-    assert all(row["status"] != "processing" for row in ok(rq.get_all_statuses()))
+    assert all(row["status"] != "processing" for row in message_statuses(rq))
 
 
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])

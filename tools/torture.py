@@ -129,6 +129,20 @@ def token_of(payload: Any) -> str:
     return "?"
 
 
+def _held_ids(queue: Any) -> set[int] | None:
+    """Ids of every message the queue holds (dead letters aside), or None if unreadable."""
+    ids: set[int] = set()
+    after = 0
+    while True:
+        page = queue.list_messages("all", limit=1000, after_id=after)
+        if page.is_err():
+            return None
+        if not page.value:
+            return ids
+        ids.update(m["id"] for m in page.value)
+        after = page.value[-1]["id"]
+
+
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())[:300]
 
@@ -265,7 +279,7 @@ def child_consumer(cfg: dict[str, Any]) -> None:
             continue
         if not got.value:
             if cfg.get("exit_when_empty"):
-                empty = queue.is_empty()
+                empty = queue.is_drained()
                 if empty.is_ok() and empty.value:
                     break
             continue
@@ -309,7 +323,7 @@ def child_contender(cfg: dict[str, Any]) -> None:
     from sqqueue import Err
 
     queue = open_queue(cfg, default_visibility_timeout=cfg["lease"])
-    queue.is_empty()  # open the connection before the start signal
+    queue.is_drained()  # open the connection before the start signal
     _wait_for_go(cfg["go"], cfg["ready"], cfg["deadline"])
     ids: list[int] = []
     errors: list[str] = []
@@ -349,7 +363,7 @@ def child_stale(cfg: dict[str, Any]) -> None:
             continue
         message = got.value
         if message is None:
-            empty = queue.is_empty()
+            empty = queue.is_drained()
             if empty.is_ok() and empty.value:
                 break
             continue
@@ -404,11 +418,9 @@ def child_diskfull(cfg: dict[str, Any]) -> None:
     while_full = [put(4096) for _ in range(10)] + [put(1 << 20)]
     refused_kinds = Counter(r.error.kind.value for r in while_full if r.is_err())
     accepted_while_full = sum(1 for r in while_full if r.is_ok())
-    statuses = queue.get_all_statuses()
-    readable_while_full = statuses.is_ok()
-    missing_while_full = (
-        len(set(acked) - {s["id"] for s in statuses.value}) if isinstance(statuses, Ok) else -1
-    )
+    held = _held_ids(queue)
+    readable_while_full = held is not None
+    missing_while_full = len(set(acked) - held) if held is not None else -1
     resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # space returns
     after = [put(4096) for _ in range(10)]
     seen: dict[int, int] = {}
@@ -421,7 +433,7 @@ def child_diskfull(cfg: dict[str, Any]) -> None:
             seen[message.id] = zlib.crc32(message.payload)
             if queue.complete(message).is_err():
                 complete_errors += 1
-    empty = queue.is_empty()
+    empty = queue.is_drained()
     queue.close()
     print(
         json.dumps(
@@ -1677,7 +1689,7 @@ def _diskfull_killed(run: Run, here: Path) -> None:
                 break
             for message in got.value:
                 drained += queue.complete(message).is_ok()
-        empty = queue.is_empty().unwrap_or(False)
+        empty = queue.is_drained().unwrap_or(False)
     run.expect(
         name,
         "SIGXFSZ rounds: children killed by SIGXFSZ",

@@ -260,6 +260,9 @@ class AsyncQueue:
     async def is_empty(self) -> Result[bool, QueueError]:
         return await self._call(self.sync.is_empty)
 
+    async def is_drained(self) -> Result[bool, QueueError]:
+        return await self._call(self.sync.is_drained)
+
     async def recover_processing_messages(self) -> Result[int, QueueError]:
         return await self._call(self.sync.recover_processing_messages)
 
@@ -269,7 +272,7 @@ class AsyncQueue:
     async def reprocess_dead_letter(self, message_id: int) -> Result[None, RequeueError]:
         return await self._call(self.sync.reprocess_dead_letter, message_id)
 
-    async def get_all_statuses(self) -> Result[list[dict[str, Any]], QueueError]:
+    async def get_all_statuses(self) -> Result[dict[str, int], QueueError]:
         return await self._call(self.sync.get_all_statuses)
 
     async def vacuum_database(self, conn: Any = None) -> Result[None, QueueError]:

@@ -41,7 +41,7 @@ def consume(
         while time.monotonic() < stop_at:
             message = queue.dequeue().unwrap()
             if message is None:
-                if finished.is_set() and queue.is_empty().unwrap():
+                if finished.is_set() and queue.is_drained().unwrap():
                     return
                 time.sleep(0.02)
                 continue
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     with SQLiteQueue(db, table_name=QUEUE) as queue:
         dead = queue.get_dead_letters().unwrap()
-        left = queue.is_empty().unwrap()
+        left = queue.is_drained().unwrap()
     total = sum(completed.values())
     print(f"\nfinished in {elapsed:.1f} s")
     for name, n in completed.items():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import logging
 import math
 import os
@@ -274,8 +273,7 @@ class Queue:
         self._metrics: Metrics = metrics or NullMetrics()
         # Whether metrics go anywhere: hot paths skip the calls to NullMetrics.
         self._measured = not isinstance(self._metrics, NullMetrics)
-        self._ops = itertools.count(1)
-        self._op_count = 0
+        self._op_count = 0  # write operations since the last upkeep round (0.1.0's count)
         self._cached_defaults: tuple[Any, Any, Any, tuple[int, int, float | None]] | None = None
         self._work = 0  # messages written, for the maintenance cadence
         self._leases: dict[int, int] = {}
@@ -351,7 +349,7 @@ class Queue:
         except Exception as exc:
             return self._failed(error_cls, action, exc)
 
-    def _failed(self, error_cls: type[QE], action: str, exc: Exception) -> Err[QE]:
+    def _failed(self, error_cls: type[QE], action: str, exc: Exception) -> Err[Any, QE]:
         """The ``Err`` for an exception raised by ``action`` (see ``_guard``); the hottest
         calls inline ``_guard`` as ``try: ... except Exception: return self._failed(...)``."""
         if isinstance(exc, QueueError):
@@ -371,13 +369,14 @@ class Queue:
         Upkeep follows messages, not calls, so a queue drained in batches gives its space
         back as fast as one drained message by message.
         """
-        self._op_count = next(self._ops)
+        self._op_count += 1  # racy under threads, like the cadence: only counts can drift
         if not self.vacuum_threshold:
             return
         before = self._work
-        self._work = before + messages  # racy under threads: only the cadence can drift
+        self._work = before + messages
         rounds = self._work // self.vacuum_threshold - before // self.vacuum_threshold
         if rounds:
+            self._op_count = 0
             try:
                 self._backend.maintain(rounds)
             except QueueError as exc:
@@ -1114,8 +1113,22 @@ class Queue:
         return self._guard(QueueError, "peek", run)
 
     def is_empty(self) -> Result[bool, QueueError]:
-        """``Ok(True)`` when nothing is pending, delayed or being processed."""
-        return self._guard(QueueError, "is_empty", lambda: Ok(self._backend.is_empty()))
+        """``Ok(True)`` when there is no message to dequeue now (0.1.0's meaning).
+
+        Messages leased by consumers, delayed ones not yet due and group members waiting
+        for their turn do not count, so ``while not queue.is_empty().value:
+        queue.dequeue()`` never spins on a message someone else holds. To ask whether the
+        queue holds anything at all, use :meth:`is_drained`.
+        """
+        return self._guard(
+            QueueError, "is_empty", lambda: Ok(self._backend.peek(self._now()) is None)
+        )
+
+    def is_drained(self) -> Result[bool, QueueError]:
+        """``Ok(True)`` when the queue holds no message at all: none ready, delayed,
+        waiting or leased (dead letters and kept history aside). A producer waiting for
+        all its work to be finished asks this."""
+        return self._guard(QueueError, "is_drained", lambda: Ok(self._backend.is_drained()))
 
     def recover_processing_messages(self) -> Result[int, QueueError]:
         """Return every message whose lease expired to the queue now; ``Ok(count)``.
@@ -1188,11 +1201,19 @@ class Queue:
 
         return self._guard(RequeueError, "reprocess_dead_letter", run)
 
-    def get_all_statuses(self) -> Result[list[dict[str, Any]], QueueError]:
-        """Every message with its status (``pending``, ``delayed``, ``processing`` or
-        ``dead``), ``priority``, ``attempts`` and ``max_attempts``, by id."""
+    def get_all_statuses(self) -> Result[dict[str, int], QueueError]:
+        """Message counts by status, as in 0.1.0: ``Ok({"pending": 2, "processing": 1,
+        ...})``.
+
+        ``pending`` counts ready and delayed messages and ``processing`` the leased ones
+        (0.1.0's meanings); ``waiting`` counts group members waiting for their turn and
+        ``dead`` the dead letters. Every key is present. Read from the counters the
+        database keeps, so it costs the same at any depth; :meth:`stats` has the finer
+        breakdown and :meth:`list_messages` the messages themselves.
+        """
+
         return self._guard(
-            QueueError, "get_all_statuses", lambda: Ok(self._backend.statuses(self._now()))
+            QueueError, "get_all_statuses", lambda: Ok(self._backend.status_counts())
         )
 
     def stats(self, expiring_within: float = 60.0) -> Result[QueueStats, QueueError]:
@@ -1441,7 +1462,9 @@ class Queue:
         return self._backend.ddl()
 
     def get_operation_count(self) -> int:
-        """Write operations made through this object (the maintenance cadence counts them)."""
+        """Write operations made through this object since its last upkeep round (as in
+        0.1.0: back to 0 each time routine maintenance runs, every ``vacuum_threshold``
+        messages written; it only grows when ``vacuum_threshold`` is 0)."""
         return self._op_count
 
 

@@ -9,7 +9,9 @@ Expected failures (unknown id, expired lease, locked database, bad input) come b
     else:
         print(result.error)
 
-Both variants support structural pattern matching::
+``Result`` is the generic base class of ``Ok`` and ``Err`` (as in sqqueue 0.1.0), so
+``isinstance(result, Result)`` holds for both and ``Result[int, QueueError]`` annotates
+either. Both variants support structural pattern matching::
 
     match queue.dequeue():
         case Ok(None):
@@ -22,8 +24,8 @@ Both variants support structural pattern matching::
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Generic, Literal, NoReturn, TypeAlias, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, Literal, NoReturn, TypeVar
 
 __all__ = ["Err", "Ok", "Result", "UnwrapError"]
 
@@ -36,7 +38,44 @@ class UnwrapError(Exception):
     """Raised by ``Err.unwrap()`` when the error held is not itself an exception."""
 
 
-class Ok(Generic[T]):
+class Result(Generic[T, E]):
+    """``Ok[T, E]`` or ``Err[T, E]``: the outcome of an operation.
+
+    ``value`` is the success value (reading it on an ``Err`` raises ``AttributeError``,
+    as in 0.1.0, rather than passing for an empty result); ``error`` is the failure, or
+    ``None`` on ``Ok``.
+    """
+
+    __slots__ = ()
+
+    @property
+    def value(self) -> T:
+        raise NotImplementedError
+
+    @property
+    def error(self) -> E | None:
+        raise NotImplementedError
+
+    def is_ok(self) -> bool:
+        raise NotImplementedError
+
+    def is_err(self) -> bool:
+        raise NotImplementedError
+
+    def unwrap(self) -> T:
+        """The value; on ``Err``, raise the error (or ``UnwrapError``)."""
+        raise NotImplementedError
+
+    def unwrap_or(self, default: U) -> T | U:
+        """The value, or ``default`` on ``Err``."""
+        raise NotImplementedError
+
+    def map(self, fn: Callable[[T], U]) -> Result[U, E]:
+        """``Ok(fn(value))``, or this ``Err`` unchanged."""
+        raise NotImplementedError
+
+
+class Ok(Result[T, E]):
     """A successful result holding ``value``."""
 
     __slots__ = ("_value",)
@@ -66,8 +105,14 @@ class Ok(Generic[T]):
     def unwrap_or(self, default: object) -> T:
         return self._value
 
-    def map(self, fn: Callable[[T], U]) -> Ok[U]:
+    def map(self, fn: Callable[[T], U]) -> Ok[U, E]:
         return Ok(fn(self._value))
+
+    def __iter__(self) -> Iterator[Any]:
+        """Iterate over the value, so an ``Ok`` unpacks like what it holds: 0.1.0's first
+        README example does ``message_id, payload = queue.dequeue()``."""
+        values: Any = self._value  # not iterable: iter() raises TypeError, as unpacking would
+        return iter(values)
 
     def __repr__(self) -> str:
         return f"Ok({self._value!r})"
@@ -84,7 +129,7 @@ class Ok(Generic[T]):
         return True
 
 
-class Err(Generic[E]):
+class Err(Result[T, E]):
     """A failed result holding ``error`` (a ``QueueError`` for queue operations)."""
 
     __slots__ = ("_error",)
@@ -98,9 +143,13 @@ class Err(Generic[E]):
         return self._error
 
     @property
-    def value(self) -> None:
-        """Always ``None`` on ``Err``: there is no value."""
-        return None
+    def value(self) -> NoReturn:
+        """There is no value: raises ``AttributeError`` saying what failed, so that a
+        failure is never mistaken for an empty result (``Ok(None)``)."""
+        raise AttributeError(
+            f"Err has no value (the call failed: {self._error}); check is_ok() first, "
+            "or use unwrap_or(default)"
+        )
 
     def is_ok(self) -> Literal[False]:
         return False
@@ -117,7 +166,7 @@ class Err(Generic[E]):
     def unwrap_or(self, default: U) -> U:
         return default
 
-    def map(self, fn: Callable[[Any], object]) -> Err[E]:
+    def map(self, fn: Callable[[Any], object]) -> Err[Any, E]:
         return self
 
     def __repr__(self) -> str:
@@ -139,7 +188,3 @@ class Err(Generic[E]):
 
     def __bool__(self) -> Literal[False]:
         return False
-
-
-Result: TypeAlias = Ok[T] | Err[E]
-"""``Ok[T] | Err[E]``: narrow with ``is_ok()``/``isinstance`` or ``match``."""

@@ -207,8 +207,8 @@ class Backend(ABC):
         """The message the next claim would take, unchanged."""
 
     @abstractmethod
-    def is_empty(self) -> bool:
-        """True when no message is pending, delayed or leased (dead letters aside)."""
+    def is_drained(self) -> bool:
+        """True when no message is ready, delayed, waiting or leased (dead letters aside)."""
 
     @abstractmethod
     def count_pending(self) -> int:
@@ -261,8 +261,9 @@ class Backend(ABC):
         """The statements that create this queue's storage."""
 
     @abstractmethod
-    def statuses(self, now: float) -> list[dict[str, Any]]:
-        """One dict per message (dead letters included): id, status, priority, attempts."""
+    def status_counts(self) -> dict[str, int]:
+        """Messages by status from the maintained counters: ``pending`` (ready and
+        delayed), ``processing``, ``waiting`` (group members behind their head), ``dead``."""
 
     @abstractmethod
     def stats(self, now: float, horizon: float) -> dict[str, Any]:

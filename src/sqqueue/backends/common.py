@@ -301,8 +301,8 @@ class SQLBackend(Backend):
 
         return self._read_tx(run)
 
-    def is_empty(self) -> bool:
-        return bool(self._read(lambda conn: self._one(conn, "is_empty")[0]))
+    def is_drained(self) -> bool:
+        return bool(self._read(lambda conn: self._one(conn, "is_drained")[0]))
 
     def count_pending(self) -> int:
         return int(self._read(lambda conn: self._one(conn, "count_pending")[0]))
@@ -406,10 +406,18 @@ class SQLBackend(Backend):
 
         self._write(run)
 
-    def statuses(self, now: float) -> list[dict[str, Any]]:
-        rows = self._read(lambda conn: conn.execute(self._sql["statuses"], {"now": now}).fetchall())
-        keys = ("id", "status", "priority", "attempts", "max_attempts")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+    def status_counts(self) -> dict[str, int]:
+        def run(conn: Conn) -> tuple[Any, Any]:
+            return self._one(conn, "counters"), self._one(conn, "waiting")[0]
+
+        counters, waiting = self._read_tx(run)
+        queued, processing, dead = (int(n) for n in counters[:3])
+        return {
+            "pending": queued - int(waiting),
+            "processing": processing,
+            "waiting": int(waiting),
+            "dead": dead,
+        }
 
     def _file_sizes(self) -> dict[str, int]:
         """Sizes of the database's files, where the backend has any."""

@@ -409,7 +409,7 @@ STATEMENTS = {
            AND attempts < max_attempts AND (expires_at IS NULL OR expires_at > %(now)s)
          ORDER BY priority DESC, lease_expires_at, id
          LIMIT 1""",
-    "is_empty": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
+    "is_drained": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
     "count_pending": """
         SELECT coalesce(sum(pending_count), 0) FROM sqqueue_counters WHERE queue = $lit""",
     "bump": """
@@ -451,14 +451,6 @@ STATEMENTS = {
                      (SELECT min(lease_expires_at) FROM $q WHERE status = 'processing'),
                      (SELECT min(expires_at) FROM $q WHERE expires_at IS NOT NULL))""",
     "dead_letters": f"SELECT {DEAD_COLUMNS} FROM $dlq ORDER BY dead_at, id",
-    "statuses": """
-        SELECT id, CASE WHEN status = 'pending' AND visible_at > %(now)s THEN 'delayed'
-                        ELSE status END,
-               priority, attempts, max_attempts
-          FROM $q
-        UNION ALL
-        SELECT id, 'dead', priority, attempts, max_attempts FROM $dlq
-        ORDER BY 1""",
     "list_pending": f"""SELECT {COLUMNS} FROM $q WHERE status = 'pending'
                         AND visible_at <= %(now)s AND id > %(after)s ORDER BY id LIMIT %(limit)s""",
     "list_delayed": f"""SELECT {COLUMNS} FROM $q WHERE status = 'pending'

@@ -404,7 +404,7 @@ STATEMENTS = {
            AND attempts < max_attempts AND (expires_at IS NULL OR expires_at > :now)
          ORDER BY priority DESC, lease_expires_at, id
          LIMIT 1""",
-    "is_empty": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
+    "is_drained": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
     "count_pending": f"SELECT {_QUEUED} - {_PROCESSING}",
     "bump": "UPDATE sqqueue_counters SET n = n + :n WHERE name = :counter",
     # For DDL applied by hand: what opening a new queue does after creating its tables.
@@ -470,14 +470,6 @@ STATEMENTS = {
             UNION ALL
             SELECT min(expires_at) FROM $q WHERE expires_at IS NOT NULL)""",
     "dead_letters": f"SELECT {READ_DEAD_COLUMNS} FROM $dlq ORDER BY dead_at, id",
-    "statuses": """
-        SELECT id, CASE WHEN status = 'pending' AND visible_at > :now THEN 'delayed'
-                        ELSE status END,
-               priority, attempts, max_attempts
-          FROM $q
-        UNION ALL
-        SELECT id, 'dead', priority, attempts, max_attempts FROM $dlq
-        ORDER BY 1""",
     "list_pending": f"""SELECT {READ_COLUMNS} FROM $q WHERE status = 'pending' AND visible_at <= :now
                         AND id > :after ORDER BY id LIMIT :limit""",
     "list_delayed": f"""SELECT {READ_COLUMNS} FROM $q WHERE status = 'pending' AND visible_at > :now
