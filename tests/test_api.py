@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+import sqqueue
 from conftest import QueueTarget
 from helpers import message_statuses
 from sqqueue import (
@@ -940,3 +941,39 @@ def test_statsd_unreachable_never_breaks_queue(make_queue: MakeQueue) -> None:
     for i in range(5):
         ok(queue.enqueue(i))
     assert [m.payload for m in ok(queue.dequeue_batch(5))] == [0, 1, 2, 3, 4]
+
+
+# -- targets ---------------------------------------------------------------------------------
+
+
+def test_connect_and_list_queues_take_a_path_or_url(queue_target: Any) -> None:
+    """connect() and list_queues() take a file path, sqlite:/// or postgresql:// URL."""
+    schema = {} if queue_target.backend == "sqlite" else {"schema": queue_target.schema}
+    target = queue_target.url
+    if queue_target.backend == "sqlite":
+        target = target[len("sqlite:///") :]  # a plain path
+    before = sqqueue.list_queues(target, **schema)
+    if queue_target.backend == "sqlite":  # nothing is created by listing
+        assert isinstance(before, Err) and before.error.kind is ErrorKind.NOT_FOUND
+        assert "no database file" in str(before.error)
+    else:
+        assert before == Ok([])
+    with sqqueue.connect(target, "emails", **schema) as emails:
+        ok(emails.enqueue("x"))
+    with sqqueue.connect(queue_target.url, "alerts", **schema) as alerts:
+        ok(alerts.enqueue("y"))
+    assert sqqueue.list_queues(queue_target.url, **schema) == Ok(["alerts", "emails"])
+    assert sqqueue.list_queues(target, **schema) == Ok(["alerts", "emails"])
+
+
+def test_list_queues_refuses_what_is_not_a_database(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database at all\n" * 100)
+    result = sqqueue.list_queues(text)
+    assert isinstance(result, Err)
+    assert "not an SQLite database" in str(result.error) or "damaged" in str(result.error)
+    bad = sqqueue.list_queues("mysql://db/app")
+    assert isinstance(bad, Err) and bad.error.kind is ErrorKind.INVALID_INPUT
+    assert "unsupported URL" in str(bad.error)
+    with pytest.raises(ValueError, match="unsupported URL"):
+        sqqueue.connect("redis://localhost/0", "jobs")

@@ -21,7 +21,7 @@ from .exceptions import (
     RequeueError,
 )
 from .message import Item, Message
-from .queue import PostgresQueue, Queue, SQLiteQueue, connect
+from .queue import PostgresQueue, Queue, SQLiteQueue, connect, list_queues
 from .result import Err, Ok, Result, UnwrapError
 from .retry import RetryPolicy
 from .serializers import Serializer
@@ -59,5 +59,6 @@ __all__ = [
     "__version__",
     "connect",
     "connect_async",
+    "list_queues",
     "worker",
 ]

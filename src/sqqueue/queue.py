@@ -47,6 +47,7 @@ from .result import Err, Ok, Result
 from .retry import RetryPolicy
 from .serializers import Codec, Encoded, Serializer
 from .stats import QueueStats
+from .targets import parse_target
 from .wakeup import signal_for
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "Queue",
     "SQLiteQueue",
     "connect",
+    "list_queues",
 ]
 
 logger = logging.getLogger(__name__)
@@ -1612,24 +1614,39 @@ class PostgresQueue(Queue):
         self.url = backend.path
 
 
-def connect(url: str, table_name: str = UNSET, **settings: Any) -> Queue:
-    """Open a queue by URL; the scheme picks the backend::
+def connect(url: str | os.PathLike[str], table_name: str = UNSET, **settings: Any) -> Queue:
+    """Open a queue by URL or file path; the scheme picks the backend::
 
-        sqqueue.connect("sqlite:///jobs.db", "emails")            # a file next to you
+        sqqueue.connect("jobs.db", "emails")                      # an SQLite file
+        sqqueue.connect("sqlite:///jobs.db", "emails")            # the same, as a URL
         sqqueue.connect("sqlite:////var/lib/app/jobs.db", "emails")  # an absolute path
         sqqueue.connect("postgresql://app@db.internal/app", "emails")
 
     Other keyword arguments are the queue's settings.
     """
-    if not isinstance(url, str):
+    if not isinstance(url, (str, os.PathLike)):
         raise ValueError(f"url must be a str, got {type(url).__name__}")
-    if url.startswith("sqlite://"):
-        rest = url[len("sqlite://") :]
-        if not rest.startswith("/"):
-            raise ValueError(
-                f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////absolute.db"
-            )
-        return SQLiteQueue(rest[1:] or ":memory:", table_name, **settings)
-    if url.startswith(("postgresql://", "postgres://")):
-        return PostgresQueue(url, table_name, **settings)
-    raise ValueError(f"unsupported URL {url!r}: use sqlite:///path/to/file.db or postgresql://...")
+    target = parse_target(url)
+    if target.kind == "postgresql":
+        return PostgresQueue(target.location, table_name, **settings)
+    return SQLiteQueue(target.location, table_name, **settings)
+
+
+def list_queues(
+    target: str | os.PathLike[str], *, schema: str | None = None
+) -> Result[list[str], QueueError]:
+    """Names of the queues in a database, sorted: ``Ok(["emails", "thumbnails"])``.
+
+    ``target`` is an SQLite file (a path or ``sqlite:///`` URL) or a ``postgresql://``
+    URL (``schema``: the PostgreSQL schema the queues live in). Reads only: nothing is
+    created or migrated.
+    """
+    try:
+        return Ok(tools.list_queues_at(target, schema=schema))
+    except ValueError as exc:
+        return Err(QueueError(str(exc), ErrorKind.INVALID_INPUT))
+    except QueueError as exc:
+        return Err(QueueError(f"cannot list the queues: {exc}", exc.kind))
+    except Exception as exc:
+        logger.error("listing the queues of a database failed unexpectedly", exc_info=exc)
+        return Err(QueueError(f"cannot list the queues: {exc!r}", ErrorKind.STORAGE))

@@ -25,6 +25,7 @@ from typing import Any
 from .backends.sqlite import SQLiteBackend, classify
 from .exceptions import ErrorKind, QueueError
 from .names import validate_queue_name
+from .targets import parse_target
 
 __all__ = [
     "SalvageReport",
@@ -294,15 +295,17 @@ def _copy_table(
     return copied, lost
 
 
-def list_queues_at(url: str) -> list[str]:
-    """Names of the queues behind a URL (``sqlite:///file.db`` or ``postgresql://...``)."""
-    if url.startswith("sqlite://"):
-        return list_queues(url[len("sqlite:///") :])
-    if url.startswith(("postgresql://", "postgres://")):
+def list_queues_at(target: str | os.PathLike[str], schema: str | None = None) -> list[str]:
+    """Names of the queues in a database: a file path, ``sqlite:///`` or ``postgresql://``
+    (in ``schema``, if given)."""
+    kind, location = parse_target(target)
+    if kind == "postgresql":
         from .backends.postgres import list_postgres_queues
 
-        return list_postgres_queues(url)
-    raise QueueError(f"unsupported URL {url!r}", ErrorKind.INVALID_INPUT)
+        return list_postgres_queues(location, schema)
+    if schema is not None:
+        raise QueueError("schema applies to PostgreSQL only", ErrorKind.INVALID_INPUT)
+    return list_queues(location)
 
 
 # Copied states and the state each arrives in: a leased message comes back pending (its
