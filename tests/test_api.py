@@ -977,3 +977,32 @@ def test_list_queues_refuses_what_is_not_a_database(tmp_path: Path) -> None:
     assert "unsupported URL" in str(bad.error)
     with pytest.raises(ValueError, match="unsupported URL"):
         sqqueue.connect("redis://localhost/0", "jobs")
+
+
+def test_get_message_finds_a_message_in_any_state(make_queue: MakeQueue, clock: Any) -> None:
+    """get_message(id) returns the message wherever it is, with its status; None if absent."""
+    queue = make_queue(table_name="jobs", retention=3600)
+    ready, later, held, dead, done = (
+        ok(queue.enqueue("ready")),
+        ok(queue.enqueue("later", delay=60)),
+        ok(queue.enqueue("held", priority=5)),
+        ok(queue.enqueue("dead", priority=4)),
+        ok(queue.enqueue("done", priority=3)),
+    )
+    assert leased(queue).id == held
+    ok(queue.fail_message(leased(queue), error="boom", send_to_dlq=True))
+    ok(queue.complete(leased(queue)))
+    found = {i: ok(queue.get_message(i)) for i in (ready, later, held, dead, done)}
+    assert {i: f["status"] for i, f in found.items() if f is not None} == {
+        ready: "pending",
+        later: "delayed",
+        held: "processing",
+        dead: "dead",
+        done: "done",
+    }
+    assert found[dead] is not None and found[dead]["last_error"] == "boom"
+    assert found[done] is not None and found[done]["payload"] == "done"
+    assert found[held] is not None and found[held]["lease_expires_at"] is not None
+    assert ok(queue.get_message(999)) is None
+    bad = queue.get_message(-1)
+    assert isinstance(bad, Err) and bad.error.kind is ErrorKind.INVALID_INPUT

@@ -289,6 +289,9 @@ class AsyncQueue:
     ) -> Result[list[dict[str, Any]], QueueError]:
         return await self._call(self.sync.list_messages, state, limit, after_id)
 
+    async def get_message(self, message_id: int) -> Result[dict[str, Any] | None, QueueError]:
+        return await self._call(self.sync.get_message, message_id)
+
     async def get_completed(
         self, limit: int = 100, after_id: int = 0
     ) -> Result[list[dict[str, Any]], QueueError]:

@@ -1272,17 +1272,38 @@ class Queue:
             after = _bounded_int(after_id, "after_id", 0, MAX_ID)
             now = self._now()
             rows = self._backend.list_messages(state, now, size, after)
-            out: list[dict[str, Any]] = []
-            for row in rows:
-                if isinstance(row, StoredDeadLetter):
-                    out.append(self._dead_letter_dict(row))
-                elif isinstance(row, StoredDone):
-                    out.append(self._done_dict(row))
-                else:
-                    out.append(self._message_dict(row, now, state))
-            return Ok(out)
+            return Ok([self._row_dict(row, now, state) for row in rows])
 
         return self._guard(QueueError, "list_messages", run)
+
+    def get_message(self, message_id: int) -> Result[dict[str, Any] | None, QueueError]:
+        """One message by id, whatever its state, as a dict like :meth:`list_messages`
+        gives (``status`` says where it is: pending, delayed, waiting, processing, dead or
+        done); ``Ok(None)`` when the queue has no such message (completed without
+        ``retention``, or never existed)::
+
+            found = queue.get_message(42).unwrap()
+            if found is not None:
+                print(found["status"], found["attempts"], found["last_error"])
+        """
+
+        def run() -> Result[dict[str, Any] | None, QueueError]:
+            ident = _bounded_int(message_id, "message_id", 0, MAX_ID)
+            row = self._backend.find(ident)
+            if row is None:
+                return Ok(None)
+            return Ok(self._row_dict(row, self._now(), "all"))
+
+        return self._guard(QueueError, "get_message", run)
+
+    def _row_dict(
+        self, row: StoredMessage | StoredDeadLetter | StoredDone, now: float, state: str
+    ) -> dict[str, Any]:
+        if isinstance(row, StoredDeadLetter):
+            return self._dead_letter_dict(row)
+        if isinstance(row, StoredDone):
+            return self._done_dict(row)
+        return self._message_dict(row, now, state)
 
     def _message_dict(self, row: StoredMessage, now: float, status: str) -> dict[str, Any]:
         entry = self._payload_entry(row)

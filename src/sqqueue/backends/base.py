@@ -278,6 +278,10 @@ class Backend(ABC):
         done, all) by id."""
 
     @abstractmethod
+    def find(self, message_id: int) -> StoredMessage | StoredDeadLetter | StoredDone | None:
+        """One message by id: in the queue, a dead letter, or kept history; None if absent."""
+
+    @abstractmethod
     def purge(self, states: Sequence[str], now: float, older_than: float | None) -> int:
         """Delete messages in ``states`` (created before ``older_than`` if given), atomically."""
 

@@ -468,6 +468,25 @@ class SQLBackend(Backend):
         result = self._read_tx(run)
         return result
 
+    def find(self, message_id: int) -> StoredMessage | StoredDeadLetter | StoredDone | None:
+        params = {"id": message_id}
+
+        def run(conn: Conn) -> StoredMessage | StoredDeadLetter | StoredDone | None:
+            converters: dict[str, Callable[[Any], Any]] = {
+                "find": self._message,
+                "find_dead": self._dead,
+                "find_done": self._done,
+            }
+            for key, convert in converters.items():
+                row = self._one(conn, key, params)
+                if row is not None:
+                    found: StoredMessage | StoredDeadLetter | StoredDone
+                    found = self._with_bodies(conn, [convert(row)])[0]
+                    return found
+            return None
+
+        return self._read_tx(run)
+
     def purge(self, states: Sequence[str], now: float, older_than: float | None) -> int:
         params = {"now": now, "cutoff": older_than}
 

@@ -459,6 +459,10 @@ STATEMENTS = {
                         AND id > %(after)s ORDER BY id LIMIT %(limit)s""",
     "list_processing": f"""SELECT {COLUMNS} FROM $q WHERE status = 'processing'
                            AND id > %(after)s ORDER BY id LIMIT %(limit)s""",
+    # One message by id, wherever it is: in the queue, among the dead letters, in history.
+    "find": f"SELECT {COLUMNS} FROM $q WHERE id = %(id)s",
+    "find_dead": f"SELECT {DEAD_COLUMNS} FROM $dlq WHERE id = %(id)s",
+    "find_done": f"SELECT {DONE_COLUMNS} FROM $done WHERE id = %(id)s",
     "list_all": f"SELECT {COLUMNS} FROM $q WHERE id > %(after)s ORDER BY id LIMIT %(limit)s",
     "list_dead": f"""SELECT {DEAD_COLUMNS} FROM $dlq WHERE id > %(after)s
                      ORDER BY id LIMIT %(limit)s""",

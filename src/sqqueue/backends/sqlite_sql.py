@@ -478,6 +478,10 @@ STATEMENTS = {
                         AND id > :after ORDER BY id LIMIT :limit""",
     "list_processing": f"""SELECT {READ_COLUMNS} FROM $q WHERE status = 'processing'
                            AND id > :after ORDER BY id LIMIT :limit""",
+    # One message by id, wherever it is: in the queue, among the dead letters, in history.
+    "find": f"SELECT {READ_COLUMNS} FROM $q WHERE id = :id",
+    "find_dead": f"SELECT {READ_DEAD_COLUMNS} FROM $dlq WHERE id = :id",
+    "find_done": f"SELECT {READ_DONE_COLUMNS} FROM $done WHERE id = :id",
     "list_all": f"SELECT {READ_COLUMNS} FROM $q WHERE id > :after ORDER BY id LIMIT :limit",
     "list_dead": f"SELECT {READ_DEAD_COLUMNS} FROM $dlq WHERE id > :after ORDER BY id LIMIT :limit",
     "list_done": f"SELECT {READ_DONE_COLUMNS} FROM $done WHERE id > :after ORDER BY id LIMIT :limit",
