@@ -8,6 +8,7 @@ Commands and helpers that accept "a database" take a path (``jobs.db``), an SQLi
 from __future__ import annotations
 
 import os
+import re
 from typing import Literal, NamedTuple
 
 __all__ = ["Target", "parse_target"]
@@ -19,13 +20,18 @@ class Target(NamedTuple):
     location: str
 
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+_SCHEME_WORDS = ("sqlite", "postgres", "postgresql", "file")
+
+
 def parse_target(target: str | os.PathLike[str]) -> Target:
     """Split a target into its backend and location; ``ValueError`` says what is wrong."""
     if isinstance(target, os.PathLike):
         target = os.fspath(target)
     if not isinstance(target, str) or not target:
         raise ValueError(
-            f"expected a database: a file path, sqlite:///path or postgresql://..., got {target!r}"
+            "expected a database: a file path, an sqlite:///path URL or a postgresql:// URL, "
+            f"got {target!r}"
         )
     if target.startswith(("postgresql://", "postgres://")):
         return Target("postgresql", target)
@@ -36,9 +42,9 @@ def parse_target(target: str | os.PathLike[str]) -> Target:
                 f"bad SQLite URL {target!r}: use sqlite:///relative.db or sqlite:////absolute.db"
             )
         return Target("sqlite", rest[1:] or ":memory:")
-    if "://" in target:
+    if _SCHEME.match(target) or target.lower() in _SCHEME_WORDS:
         raise ValueError(
             f"unsupported URL {target!r}: use a file path, sqlite:///path/to/file.db or "
-            "postgresql://..."
+            "postgresql://user@host/db (for a file whose name has a ':', write ./name)"
         )
     return Target("sqlite", target)
