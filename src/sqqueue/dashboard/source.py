@@ -9,8 +9,10 @@ creates a queue.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import re
 import struct
 import threading
 import time
@@ -43,6 +45,8 @@ SERIES = (
 )
 _NAMES_TTL = 2.0  # seconds the list of queues is reused before it is read again
 _WAL_MAGIC = (0x377F0682, 0x377F0683)
+#: what a queue name can be (sqqueue's rule); anything else is no queue of ours
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 def value_of(result: Result[T, QueueError]) -> T:
@@ -105,7 +109,7 @@ class Sampler:
             if row["start"] >= seen_from:
                 for label, _attr in SERIES:
                     row[label] = 0
-        for (_t0, before), (t1, after) in zip(samples, samples[1:]):
+        for (_t0, before), (t1, after) in itertools.pairwise(samples):
             index = int((t1 - first_start) // BUCKET)
             if not 0 <= index < BUCKETS:
                 continue
@@ -224,6 +228,8 @@ class Source:
 
     def queue(self, name: str) -> Queue | None:
         """The open queue ``name``, or None when the database has no such queue."""
+        if not NAME.fullmatch(name):
+            return None
         with self._lock:
             opened = self._queues.get(name)
         if opened is not None:
