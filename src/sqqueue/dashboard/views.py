@@ -326,7 +326,7 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
             return d.redirect(ctx, back, "Nothing redriven: no dead letter was selected.", ok=False)
         result = await d.call(queue.redrive, ids, None, rate)
         if result.is_err():
-            return d.redirect(ctx, back, f"Redrive failed: {result.error}", ok=False)
+            return d.redirect(ctx, back, _sentence(str(result.error)), ok=False)
         logger.info("dashboard: redrove %d dead letter(s) of %r", result.value, name)
         return d.redirect(ctx, back, f"Redrove {result.value} dead letter(s): {_ids(ids)}.")
 
@@ -346,7 +346,7 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
             return d.redirect(ctx, back, "Nothing deleted: no dead letter was selected.", ok=False)
         result = await d.call(queue.delete_dead_letters, ids)
         if result.is_err():
-            return d.redirect(ctx, back, f"Delete failed: {result.error}", ok=False)
+            return d.redirect(ctx, back, _sentence(str(result.error)), ok=False)
         logger.info("dashboard: deleted %d dead letter(s) of %r", result.value, name)
         gone = len(ids) - result.value
         note = f" ({gone} were no longer dead letters)" if gone else ""
@@ -372,7 +372,7 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
                               ok=False)  # fmt: skip
         result = await d.call(queue.purge, "dead", older_than)
         if result.is_err():
-            return d.redirect(ctx, back, f"Purge failed: {result.error}", ok=False)
+            return d.redirect(ctx, back, _sentence(str(result.error)), ok=False)
         logger.info("dashboard: purged %d dead letter(s) of %r", result.value, name)
         return d.redirect(ctx, back, f"Purged {result.value} dead letter(s) enqueued more than "
                                      f"{present.age(older_than)} ago.")  # fmt: skip
@@ -394,6 +394,10 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
         Route("/queues/{name}/dead/delete", delete, methods=["POST"], name="delete"),
         Route("/queues/{name}/dead/purge", purge, methods=["POST"], name="purge"),
     ]
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _ids(ids: list[int]) -> str:

@@ -1,5 +1,5 @@
 // sqqueue dashboard: live refresh of the counts, health and charts from the JSON API.
-// The pages work without this file. It never uses innerHTML: every value from the API is
+// The pages work without this file. It never parses markup: every value from the API is
 // set with textContent or as an SVG attribute, so no payload or error can become markup.
 (function () {
   "use strict";
