@@ -645,3 +645,52 @@ def test_command_serves_and_prints_a_made_up_token_once(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=30)
     assert token.group(1) not in out + err  # printed once, in the lines read above
     assert proc.returncode == 0, err
+
+
+# -- the statements behind the pages -------------------------------------------------------------
+
+
+def test_state_listings_and_stats_read_indexes_not_the_table(queue_target: QueueTarget) -> None:
+    """The queue page's tabs (list_messages by state) and stats() seek through indexes: a
+    few leased, waiting or delayed messages among many ready ones are found without
+    walking every ready row, whatever the depth."""
+    queue = queue_target.open("jobs")
+    try:
+        queue.enqueue_batch(["x"] * 20_000).unwrap()
+        queue.enqueue("later", delay=3600, priority=3).unwrap()
+        queue.enqueue("head", group="g").unwrap()
+        queue.enqueue("behind", group="g").unwrap()
+        queue.dequeue(visibility_timeout=3600).unwrap()
+    finally:
+        queue.close()
+    params = {"now": time.time(), "limit": 51, "after": 0, "horizon": time.time() + 60}
+    keys = ("list_processing", "list_waiting", "list_delayed", "delayed_and_oldest")
+    if queue_target.backend == "sqlite":
+        import sqlite3
+
+        from sqqueue.backends.sqlite_sql import render
+
+        sql = render("jobs").sql
+        conn = sqlite3.connect(queue_target.url[len("sqlite:///") :])
+        try:
+            for key in keys:
+                plan = " / ".join(
+                    r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql[key], params)
+                )
+                # A scan of a partial index (the leased rows' own) is fine; the table is not.
+                assert "INTEGER PRIMARY KEY" not in plan, (key, plan)
+                assert not re.search(r"SCAN jobs(?! USING)", plan), (key, plan)
+        finally:
+            conn.close()
+        return
+    import psycopg
+
+    from sqqueue.backends.postgres_sql import render as render_pg
+
+    sql = render_pg("jobs").sql
+    with psycopg.connect(queue_target.url, autocommit=True) as pg:
+        pg.execute(f'SET search_path TO "{queue_target.schema}"')
+        pg.execute("ANALYZE")
+        for key in ("list_waiting", "delayed_and_oldest"):
+            plan = "\n".join(r[0] for r in pg.execute("EXPLAIN " + sql[key], params))
+            assert "Seq Scan on jobs" not in plan, (key, plan)

@@ -139,19 +139,19 @@ def chart(buckets: list[dict[str, Any]]) -> dict[str, Any]:
     lines: dict[str, list[str]] = {}
     for name in series:
         runs: list[str] = []
-        run: list[str] = []
+        run: list[tuple[float, float]] = []
         for index, row in enumerate(buckets):
             value = row[name]
             if value is None:
                 if run:
-                    runs.append(" ".join(run))
+                    runs.append(_run(run))
                     run = []
                 continue
             x = index * CHART_WIDTH / count
             y = CHART_HEIGHT - 2 - (CHART_HEIGHT - 4) * value / top
-            run.append(f"{x:.1f},{y:.1f}")
+            run.append((x, y))
         if run:
-            runs.append(" ".join(run))
+            runs.append(_run(run))
         lines[name] = runs
     last = next(
         (row for row in reversed(buckets) if row["enqueued"] is not None),
@@ -166,6 +166,14 @@ def chart(buckets: list[dict[str, Any]]) -> dict[str, Any]:
         "empty": all(not runs for runs in lines.values()),
         "nice_top": _nice(top),
     }
+
+
+def _run(points: list[tuple[float, float]]) -> str:
+    """SVG polyline points; a lone point becomes a short dash, so it shows."""
+    if len(points) == 1:
+        x, y = points[0]
+        points = [(x - 3, y), (x, y)]
+    return " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
 
 
 def _nice(value: int) -> str:

@@ -66,6 +66,10 @@
     SERIES.forEach(function (name) {
       var run = [];
       function flush() {
+        if (run.length === 1) {  // a lone point becomes a short dash, so it shows
+          var xy = run[0].split(",");
+          run.unshift((Number(xy[0]) - 3).toFixed(1) + "," + xy[1]);
+        }
         if (run.length) {
           var line = document.createElementNS(SVG, "polyline");
           line.setAttribute("class", "s-" + name);
