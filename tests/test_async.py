@@ -265,6 +265,8 @@ async def _newer_scenario(call: Call, advance: Callable[[float], None]) -> list[
     await step("list_messages", "all", 2, held.id)
     await step("list_messages", "bogus")
     await step("list_messages", "all", 0)
+    await step("delete_dead_letters", [doomed.id, 999])
+    await step("delete_dead_letters", "bogus")
     await step("purge", "bogus")
     await step("purge", "dead")
     await step("purge", ["pending", "delayed"], 1)

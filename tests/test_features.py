@@ -912,6 +912,28 @@ def test_redrive_rate_and_progress(make_queue: MakeQueue) -> None:
     check_counts(queue)
 
 
+def test_delete_dead_letters(make_queue: MakeQueue) -> None:
+    """delete_dead_letters removes the dead letters named, in one call, and counts only
+    those it removed: live messages, unknown and repeated ids are skipped; a large
+    payload's body goes with its dead letter."""
+    queue = make_queue(table_name="jobs", default_max_attempts=1)
+    big = "x" * (200 * 1024)
+    ids = _dead_letters(queue, ["a", "b", big], attempts=1)
+    alive = ok(queue.enqueue("alive"))
+    assert ok(queue.delete_dead_letters([ids[0], ids[2], ids[2], alive, 999_999])) == 2
+    assert statuses(queue) == {ids[1]: "dead", alive: "pending"}
+    assert ok(queue.get_message(ids[2])) is None
+    assert ok(queue.delete_dead_letters([ids[0]])) == 0
+    assert ok(queue.delete_dead_letters([])) == 0
+    err(queue.delete_dead_letters("12"), ErrorKind.INVALID_INPUT)  # type: ignore[arg-type]
+    err(queue.delete_dead_letters([-1]), ErrorKind.INVALID_INPUT)
+    err(queue.delete_dead_letters([True]), ErrorKind.INVALID_INPUT)
+    err(queue.delete_dead_letters(list(range(10_001))), ErrorKind.INVALID_INPUT)
+    assert statuses(queue) == {ids[1]: "dead", alive: "pending"}
+    assert ok(queue.stats()).dead == 1
+    check_counts(queue)
+
+
 # -- backpressure ------------------------------------------------------------------------
 
 

@@ -311,6 +311,9 @@ class AsyncQueue:
     ) -> Result[int, RequeueError]:
         return await self._call(self.sync.redrive, ids, to_queue, rate, progress)
 
+    async def delete_dead_letters(self, ids: Sequence[int]) -> Result[int, QueueError]:
+        return await self._call(self.sync.delete_dead_letters, ids)
+
     def ddl(self) -> list[str]:
         return self.sync.ddl()
 

@@ -1413,6 +1413,34 @@ class Queue:
 
         return self._guard(RequeueError, "redrive", run)
 
+    def delete_dead_letters(self, ids: Sequence[int]) -> Result[int, QueueError]:
+        """Delete the dead letters with these ids, in one transaction; ``Ok(count deleted)``.
+
+        Ids that are not among the queue's dead letters (redriven or deleted already, or
+        never dead) are skipped, so the count says how many went::
+
+            queue.delete_dead_letters([12, 15])
+        """
+
+        def run() -> Result[int, QueueError]:
+            if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
+                raise QueueError(
+                    f"ids must be a list of message ids, got {type(ids).__name__}",
+                    ErrorKind.INVALID_INPUT,
+                )
+            if len(ids) > MAX_BATCH_SIZE:
+                raise QueueError(
+                    f"at most {MAX_BATCH_SIZE} ids at a time, got {len(ids)}",
+                    ErrorKind.INVALID_INPUT,
+                )
+            wanted = sorted({_bounded_int(i, "id", 0, MAX_ID) for i in ids})
+            removed = self._backend.delete_dead(wanted) if wanted else 0
+            self._count_operation(max(removed, 1))
+            logger.info("queue %r: deleted %d dead letter(s)", self.name, removed)
+            return Ok(removed)
+
+        return self._guard(QueueError, "delete_dead_letters", run)
+
     def purge(
         self, state: str | Sequence[str] | None = None, older_than: float | timedelta | None = None
     ) -> Result[int, QueueError]:

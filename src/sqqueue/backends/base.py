@@ -247,6 +247,10 @@ class Backend(ABC):
         this queue (same ids) or to queue ``target``; returns (moved, not found)."""
 
     @abstractmethod
+    def delete_dead(self, ids: Sequence[int]) -> int:
+        """Delete the dead letters with these ids in one transaction; return how many."""
+
+    @abstractmethod
     def import_rows(
         self,
         messages: Sequence[tuple[StoredMessage, str]],

@@ -387,6 +387,12 @@ class SQLBackend(Backend):
 
         return self._write(run)
 
+    def delete_dead(self, ids: Sequence[int]) -> int:
+        def run(conn: Conn) -> int:
+            return sum(conn.execute(self._sql["delete_dead"], {"id": i}).rowcount for i in ids)
+
+        return self._write(run)
+
     def import_rows(
         self,
         messages: Sequence[tuple[StoredMessage, str]],

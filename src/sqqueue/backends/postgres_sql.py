@@ -437,10 +437,21 @@ STATEMENTS = {
                coalesce(sum(ttl_expired_total), 0),
                (SELECT created_at FROM sqqueue_queues WHERE name = $lit)
           FROM sqqueue_counters WHERE queue = $lit""",
+    # Per priority level, seek into the ready index: pending rows not yet visible, and
+    # the oldest visible one. Costs a few seeks per level plus one step per delayed row,
+    # not a pass over every pending row (which made stats() slow on a deep queue).
     "delayed_and_oldest": """
-        SELECT count(*) FILTER (WHERE visible_at > %(now)s),
-               min(visible_at) FILTER (WHERE visible_at <= %(now)s)
-          FROM $q WHERE status = 'pending'""",
+        WITH RECURSIVE levels(p) AS (
+            SELECT max(priority) FROM $q WHERE status = 'pending'
+            UNION ALL
+            SELECT (SELECT max(priority) FROM $q WHERE status = 'pending' AND priority < levels.p)
+              FROM levels WHERE levels.p IS NOT NULL
+        )
+        SELECT coalesce(sum((SELECT count(*) FROM $q WHERE status = 'pending'
+                              AND priority = levels.p AND visible_at > %(now)s)), 0),
+               min((SELECT min(visible_at) FROM $q WHERE status = 'pending'
+                     AND priority = levels.p AND visible_at <= %(now)s))
+          FROM levels WHERE levels.p IS NOT NULL""",
     # Only grouped messages wait: counted through the group index, not the whole table.
     "waiting": """
         SELECT count(*) FROM $q WHERE group_key IS NOT NULL AND status = 'waiting'""",
@@ -455,7 +466,8 @@ STATEMENTS = {
                         AND visible_at <= %(now)s AND id > %(after)s ORDER BY id LIMIT %(limit)s""",
     "list_delayed": f"""SELECT {COLUMNS} FROM $q WHERE status = 'pending'
                         AND visible_at > %(now)s AND id > %(after)s ORDER BY id LIMIT %(limit)s""",
-    "list_waiting": f"""SELECT {COLUMNS} FROM $q WHERE status = 'waiting'
+    # Only grouped messages wait: read through the group index, not the whole table.
+    "list_waiting": f"""SELECT {COLUMNS} FROM $q WHERE group_key IS NOT NULL AND status = 'waiting'
                         AND id > %(after)s ORDER BY id LIMIT %(limit)s""",
     "list_processing": f"""SELECT {COLUMNS} FROM $q WHERE status = 'processing'
                            AND id > %(after)s ORDER BY id LIMIT %(limit)s""",

@@ -472,12 +472,26 @@ STATEMENTS = {
     "dead_letters": f"SELECT {READ_DEAD_COLUMNS} FROM $dlq ORDER BY dead_at, id",
     "list_pending": f"""SELECT {READ_COLUMNS} FROM $q WHERE status = 'pending' AND visible_at <= :now
                         AND id > :after ORDER BY id LIMIT :limit""",
-    "list_delayed": f"""SELECT {READ_COLUMNS} FROM $q WHERE status = 'pending' AND visible_at > :now
-                        AND id > :after ORDER BY id LIMIT :limit""",
-    "list_waiting": f"""SELECT {READ_COLUMNS} FROM $q WHERE status = 'waiting'
-                        AND id > :after ORDER BY id LIMIT :limit""",
-    "list_processing": f"""SELECT {READ_COLUMNS} FROM $q WHERE status = 'processing'
+    # Delayed rows are the tail of each priority level of the ready index: seek there
+    # level by level (as "delayed_and_oldest" does), then sort by id.
+    "list_delayed": f"""
+        WITH RECURSIVE levels(p) AS (
+            SELECT max(priority) FROM $q WHERE status = 'pending'
+            UNION ALL
+            SELECT (SELECT max(priority) FROM $q WHERE status = 'pending' AND priority < levels.p)
+              FROM levels WHERE levels.p IS NOT NULL
+        )
+        SELECT {READ_COLUMNS} FROM levels JOIN $q INDEXED BY $ix_ready
+            ON status = 'pending' AND priority = levels.p AND visible_at > :now
+         WHERE id > :after ORDER BY id LIMIT :limit""",
+    # Waiting and leased messages are read through their partial indexes (then sorted by
+    # id): walking the table by id would pass every ready message of a deep queue.
+    "list_waiting": f"""SELECT {READ_COLUMNS} FROM $q INDEXED BY $ix_group
+                         WHERE group_key IS NOT NULL AND status = 'waiting'
                            AND id > :after ORDER BY id LIMIT :limit""",
+    "list_processing": f"""SELECT {READ_COLUMNS} FROM $q INDEXED BY $ix_leases
+                            WHERE status = 'processing' AND id > :after
+                            ORDER BY id LIMIT :limit""",
     # One message by id, wherever it is: in the queue, among the dead letters, in history.
     "find": f"SELECT {READ_COLUMNS} FROM $q WHERE id = :id",
     "find_dead": f"SELECT {READ_DEAD_COLUMNS} FROM $dlq WHERE id = :id",

@@ -1,0 +1,266 @@
+"""The JSON API under ``/api``: what the pages show, and the dead-letter actions.
+
+Clients authenticate with ``Authorization: Bearer <token>``; the pages' own script uses
+the session cookie (and, to change data, the ``X-CSRF-Token`` header). States are named
+as the pages name them: ready, delayed, waiting, processing, dead, done, all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..exceptions import ErrorKind
+from ..result import Err
+from . import present, states
+from .source import value_of
+from .web import Context, Dashboard, FormError
+
+__all__ = ["routes"]
+
+logger = logging.getLogger(__name__)
+
+MAX_LIMIT = 1000
+
+
+def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, declared together
+    """The JSON routes of dashboard ``d`` (mounted under ``/api``)."""
+
+    def error(message: str, status: int, **headers: str) -> Response:
+        return d.json({"error": message}, status=status, headers=headers or None)
+
+    def unauthorized() -> Response:
+        return error(
+            "authenticate with the header 'Authorization: Bearer <token>'",
+            401,
+            **{"WWW-Authenticate": 'Bearer realm="sqqueue"'},
+        )
+
+    def may_act(ctx: Context) -> Response | None:
+        """None when the request may change data, else the refusal."""
+        if not ctx.authed:
+            return unauthorized()
+        if d.read_only:
+            return error("this dashboard is read-only: it changes nothing", 403)
+        if not ctx.bearer and not d.auth.csrf_matches(
+            ctx.session, ctx.request.headers.get("x-csrf-token")
+        ):
+            return error("a call made with the session cookie needs the X-CSRF-Token header", 403)
+        return None
+
+    def with_chart(row: dict[str, Any]) -> dict[str, Any]:
+        if row.get("chart") is not None:
+            row["chart_max"] = present.chart(row["chart"])["top"]
+        return row
+
+    async def overview(request: Request) -> Response:
+        ctx = d.context(request)
+        if not ctx.authed:
+            return unauthorized()
+        data = await d.call(d.source.overview)
+        data["queues"] = [with_chart(row) for row in data["queues"]]
+        data["health"] = dataclasses.asdict(data["health"])
+        data["read_only"] = d.read_only
+        data["sample_every"] = d.source.sample_every
+        return d.json(data)
+
+    async def queue_list(request: Request) -> Response:
+        ctx = d.context(request)
+        if not ctx.authed:
+            return unauthorized()
+        data = await d.call(d.source.overview)
+        return d.json({"queues": [with_chart(row) for row in data["queues"]],
+                       "error": data["error"]})  # fmt: skip
+
+    async def queue(request: Request) -> Response:
+        ctx = d.context(request)
+        if not ctx.authed:
+            return unauthorized()
+        name = request.path_params["name"]
+
+        def read() -> dict[str, Any] | None:
+            if d.source.queue(name) is None:
+                return None
+            row = with_chart(d.source.queue_summary(name, d.source.clock()))
+            job = d.source.redrive_job(name)
+            row["redrive"] = None if job is None else job.to_dict()
+            return row
+
+        row = await d.call(read)
+        if row is None:
+            return error(f"no queue {name!r}", 404)
+        return d.json(row)
+
+    async def messages(request: Request) -> Response:
+        ctx = d.context(request)
+        if not ctx.authed:
+            return unauthorized()
+        name = request.path_params["name"]
+        query = request.query_params
+        label = query.get("state", "ready")
+        state = states.by_label(label)
+        if state is None and label != "all":
+            return error(
+                "state must be ready, delayed, waiting, processing, dead, done or all", 400
+            )
+        try:
+            after = int(query.get("after", "0"))
+            limit = int(query.get("limit", "50"))
+        except ValueError:
+            return error("after and limit must be whole numbers", 400)
+        if not (0 <= after < 2**63 and 1 <= limit <= MAX_LIMIT):
+            return error(f"after must be 0 or more and limit 1 to {MAX_LIMIT}", 400)
+        library = "all" if state is None else state.library
+
+        def read() -> list[dict[str, Any]] | None:
+            queue_ = d.source.queue(name)
+            if queue_ is None:
+                return None
+            return [
+                present.message_view(r)
+                for r in value_of(queue_.list_messages(library, limit, after))
+            ]
+
+        try:
+            rows = await d.call(read)
+        except Exception as exc:
+            return error(str(exc), 500)
+        if rows is None:
+            return error(f"no queue {name!r}", 404)
+        return d.json({
+            "queue": name,
+            "state": label,
+            "messages": rows,
+            "next_after": rows[-1]["id"] if len(rows) == limit else None,
+        })  # fmt: skip
+
+    async def message(request: Request) -> Response:
+        ctx = d.context(request)
+        if not ctx.authed:
+            return unauthorized()
+        name = request.path_params["name"]
+        message_id = request.path_params["message_id"]
+
+        def read() -> tuple[bool, dict[str, Any] | None]:
+            queue_ = d.source.queue(name)
+            if queue_ is None:
+                return False, None
+            return True, value_of(queue_.get_message(message_id))
+
+        try:
+            exists, entry = await d.call(read)
+        except Exception as exc:
+            return error(str(exc), 500)
+        if not exists:
+            return error(f"no queue {name!r}", 404)
+        if entry is None:
+            return error(f"queue {name!r} has no message {message_id}", 404)
+        return d.json(present.message_view(entry))
+
+    async def body_of(ctx: Context) -> tuple[dict[str, Any] | None, Response | None]:
+        refusal = may_act(ctx)
+        if refusal is not None:
+            return None, refusal
+        try:
+            return await d.json_body(ctx.request), None
+        except FormError as exc:
+            return None, error(str(exc), 400)
+
+    def ids_of(body: dict[str, Any]) -> list[int] | None:
+        ids = body.get("ids")
+        if not isinstance(ids, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**63 for i in ids
+        ):
+            return None
+        return ids
+
+    async def redrive(request: Request) -> Response:
+        ctx = d.context(request)
+        body, refusal = await body_of(ctx)
+        if body is None:
+            assert refusal is not None
+            return refusal
+        name = request.path_params["name"]
+        rate = body.get("rate", d.redrive_rate)
+        if rate is not None and (
+            not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0
+        ):
+            return error("rate must be a number of messages per second above 0, or null", 400)
+        queue_ = await d.call(d.source.queue, name)
+        if queue_ is None:
+            return error(f"no queue {name!r}", 404)
+        if body.get("all") is True:
+            job = await d.call(d.source.start_redrive_all, name, rate)
+            return d.json({"redrive": job.to_dict()}, status=202)
+        ids = ids_of(body)
+        if not ids:
+            return error('give "ids": [id, ...] or "all": true', 400)
+        result = await d.call(queue_.redrive, ids, None, rate)
+        if isinstance(result, Err):
+            status = 404 if result.error.kind is ErrorKind.NOT_FOUND else 500
+            return error(str(result.error), status)
+        logger.info("dashboard: redrove %d dead letter(s) of %r", result.value, name)
+        return d.json({"redriven": result.value})
+
+    async def delete(request: Request) -> Response:
+        ctx = d.context(request)
+        body, refusal = await body_of(ctx)
+        if body is None:
+            assert refusal is not None
+            return refusal
+        name = request.path_params["name"]
+        ids = ids_of(body)
+        if ids is None:
+            return error('give "ids": [id, ...]', 400)
+        queue_ = await d.call(d.source.queue, name)
+        if queue_ is None:
+            return error(f"no queue {name!r}", 404)
+        result = await d.call(queue_.delete_dead_letters, ids)
+        if isinstance(result, Err):
+            status = 400 if result.error.kind is ErrorKind.INVALID_INPUT else 500
+            return error(str(result.error), status)
+        logger.info("dashboard: deleted %d dead letter(s) of %r", result.value, name)
+        return d.json({"deleted": result.value})
+
+    async def purge(request: Request) -> Response:
+        ctx = d.context(request)
+        body, refusal = await body_of(ctx)
+        if body is None:
+            assert refusal is not None
+            return refusal
+        name = request.path_params["name"]
+        older_than = body.get("older_than")
+        if older_than is not None and (
+            not isinstance(older_than, (int, float))
+            or isinstance(older_than, bool)
+            or not math.isfinite(older_than)
+            or older_than < 0
+        ):
+            return error(
+                "older_than must be seconds (0 or more), or null for every dead letter", 400
+            )
+        queue_ = await d.call(d.source.queue, name)
+        if queue_ is None:
+            return error(f"no queue {name!r}", 404)
+        result = await d.call(queue_.purge, "dead", older_than)
+        if result.is_err():
+            return error(str(result.error), 500)
+        logger.info("dashboard: purged %d dead letter(s) of %r", result.value, name)
+        return d.json({"purged": result.value})
+
+    return [
+        Route("/overview", overview, methods=["GET"]),
+        Route("/queues", queue_list, methods=["GET"]),
+        Route("/queues/{name}", queue, methods=["GET"]),
+        Route("/queues/{name}/messages", messages, methods=["GET"]),
+        Route("/queues/{name}/messages/{message_id:int}", message, methods=["GET"]),
+        Route("/queues/{name}/dead/redrive", redrive, methods=["POST"]),
+        Route("/queues/{name}/dead/delete", delete, methods=["POST"]),
+        Route("/queues/{name}/dead/purge", purge, methods=["POST"]),
+    ]

@@ -1,0 +1,127 @@
+"""The dashboard as an ASGI app: :func:`create_app`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import api, views
+from .auth import Auth
+from .source import Source
+from .web import Dashboard
+
+__all__ = ["TOKEN_ENV", "create_app"]
+
+TOKEN_ENV = "SQQUEUE_DASHBOARD_TOKEN"  # noqa: S105 - the name of a variable, not a token
+STATIC = Path(__file__).parent / "static"
+
+# No inline script or style anywhere: everything comes from the app's own static files.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+HEADERS = {
+    "content-security-policy": CSP,
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cross-origin-opener-policy": "same-origin",
+    "cross-origin-resource-policy": "same-origin",
+    "permissions-policy": "camera=(), microphone=(), geolocation=()",
+}
+
+
+class SecurityHeaders:
+    """Adds the security headers to every response of the dashboard, and forbids caching
+    of anything but its static files (pages and API answers hold queue data)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        root = str(scope.get("root_path", ""))
+        path = str(scope.get("path", ""))
+        static = path[len(root) :].startswith("/static/") if path.startswith(root) else False
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for key, value in HEADERS.items():
+                    headers[key] = value
+                headers["cache-control"] = "no-cache" if static else "no-store"
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(
+    target: str | os.PathLike[str],
+    *,
+    token: str | None = None,
+    read_only: bool = False,
+    schema: str | None = None,
+    redrive_rate: float | None = 100.0,
+    refresh: float = 2.0,
+    sample_every: float = 5.0,
+) -> Starlette:
+    """The dashboard of every queue in ``target`` (an SQLite file path, ``sqlite:///`` or
+    ``postgresql://`` URL; ``schema``: the PostgreSQL schema of the queues), as an ASGI
+    app to serve or to mount in your own application::
+
+        from starlette.routing import Mount
+        from sqqueue.dashboard import create_app
+
+        app.routes.append(Mount("/ops/queues", create_app("jobs.db", token=token)))
+
+    ``token`` (default: ``$SQQUEUE_DASHBOARD_TOKEN``) is what operators log in with, and
+    what JSON clients send as ``Authorization: Bearer <token>``; at least 16 characters.
+    ``read_only`` hides and refuses every action. ``redrive_rate`` caps redrives (messages
+    per second; None: no cap). Pages refresh every ``refresh`` seconds (with JavaScript);
+    the charts come from totals sampled every ``sample_every`` seconds by this process.
+    """
+    if token is None:
+        token = os.environ.get(TOKEN_ENV) or None
+    if token is None:
+        raise ValueError(
+            f"the dashboard needs a token: pass token=..., or set {TOKEN_ENV} "
+            "(at least 16 characters)"
+        )
+    if redrive_rate is not None and not redrive_rate > 0:
+        raise ValueError("redrive_rate must be above 0 messages per second, or None")
+    if not refresh > 0 or not sample_every > 0:
+        raise ValueError("refresh and sample_every must be above 0 seconds")
+    auth = Auth(token)
+    source = Source(os.fspath(target), schema=schema, sample_every=sample_every)
+    dashboard = Dashboard(
+        source, auth, read_only=read_only, redrive_rate=redrive_rate, refresh=refresh
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        # Run when the app is served on its own; a host app that mounts it closes it
+        # with app.state.dashboard.source.close() if it wants a clean stop.
+        try:
+            yield
+        finally:
+            source.close()
+
+    routes = [
+        *views.routes(dashboard),
+        Mount("/api", routes=api.routes(dashboard)),
+        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(SecurityHeaders)
+    app.state.dashboard = dashboard
+    return app

@@ -1,0 +1,165 @@
+"""``sqqueue dashboard``: serve the dashboard with uvicorn, safely by default.
+
+* It listens on 127.0.0.1 unless told otherwise, and refuses any other address unless a
+  token is configured (``SQQUEUE_DASHBOARD_TOKEN`` or ``--token-file``): a token made up
+  at start is only for the machine's own loopback.
+* A token made up at start is printed once, to the terminal that started the server, and
+  nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from .. import list_queues
+from .app import TOKEN_ENV, create_app
+from .auth import generate_token
+from .web import shown_target
+
+__all__ = ["DashboardError", "is_loopback", "resolve_token", "serve"]
+
+
+class DashboardError(Exception):
+    """The dashboard cannot start: what is wrong, and an exit code (1 failed, 2 usage)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback address."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    addresses = {info[4][0] for info in infos}
+    try:
+        return bool(addresses) and all(
+            ipaddress.ip_address(str(a).split("%")[0]).is_loopback for a in addresses
+        )
+    except ValueError:
+        return False
+
+
+def resolve_token(token_file: str | None) -> tuple[str, bool]:
+    """The token to use and whether it was made up now: from ``token_file``, else from
+    ``$SQQUEUE_DASHBOARD_TOKEN``, else a new random one."""
+    if token_file is not None:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as exc:
+            raise DashboardError(
+                f"cannot read the token file {token_file}: {exc.strerror or exc}", 2
+            ) from None
+        except UnicodeDecodeError:
+            raise DashboardError(f"the token file {token_file} is not UTF-8 text", 2) from None
+        if not token:
+            raise DashboardError(f"the token file {token_file} is empty", 2)
+        return token, False
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if token:
+        return token, False
+    return generate_token(), True
+
+
+def serve(
+    target: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8844,
+    read_only: bool = False,
+    token_file: str | None = None,
+    schema: str | None = None,
+    out: TextIO | None = None,
+) -> None:
+    """Serve the dashboard of ``target`` until Ctrl-C or SIGTERM; raises DashboardError."""
+    import uvicorn
+
+    out = out or sys.stdout
+    token, generated = resolve_token(token_file)
+    if generated and not is_loopback(host):
+        raise DashboardError(
+            f"refusing to listen on {host}, which is not a loopback address, without a "
+            f"configured token: set {TOKEN_ENV} or pass --token-file (a token made up at "
+            "start is only for 127.0.0.1)",
+            2,
+        )
+    found = list_queues(target, schema=schema)
+    if found.is_err():
+        raise DashboardError(str(found.error))
+    try:
+        app = create_app(target, token=token, read_only=read_only, schema=schema)
+    except ValueError as exc:
+        raise DashboardError(str(exc), 2) from None
+    sock = _bind(host, port)
+    bound = sock.getsockname()[1]
+    shown_host = f"[{host}]" if ":" in host else host
+    lines = [f"sqqueue dashboard of {shown_target(target)} at http://{shown_host}:{bound}/"]
+    if read_only:
+        lines.append("read-only: every action is hidden and refused")
+    if generated:
+        lines.append(f"log in with this token (shown only now): {token}")
+    if not is_loopback(host):
+        lines.append("warning: plain HTTP on a non-loopback address; put it behind a TLS proxy")
+    lines.append("Ctrl-C to stop")
+    out.write("\n".join(lines) + "\n")
+    out.flush()
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    server = _server_class()(config)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+def _server_class() -> type[Any]:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, ending with status 0 on SIGTERM or Ctrl-C (a clean stop, as
+        the other sqqueue commands do) instead of re-raising the signal."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            stops = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise DashboardError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise DashboardError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock

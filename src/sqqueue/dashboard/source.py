@@ -1,0 +1,462 @@
+"""Where the dashboard's numbers come from: the queues of one database, read through the
+public API of sqqueue, plus what the app itself samples over time.
+
+Everything here is synchronous (sqlite3 and psycopg calls); the web layer runs it in
+worker threads. Queue objects are opened once per name, by :meth:`Source.open_queue`
+alone, and only for names that :func:`sqqueue.list_queues` reports, so looking never
+creates a queue.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import re
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .. import list_queues
+from ..exceptions import QueueError
+from ..queue import Queue, SQLiteQueue, connect
+from ..result import Err, Result
+from ..stats import QueueStats
+from . import states
+
+__all__ = ["Health", "RedriveJob", "Sampler", "Source", "is_postgres", "value_of"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: chart buckets: one minute each, the last hour
+BUCKET = 60.0
+BUCKETS = 60
+#: the totals the charts show, as (label, QueueStats field)
+SERIES = (
+    ("enqueued", "enqueued_total"),
+    ("completed", "completed_total"),
+    ("failed", "failed_total"),
+)
+_NAMES_TTL = 2.0  # seconds the list of queues is reused before it is read again
+_WAL_MAGIC = (0x377F0682, 0x377F0683)
+#: what a queue name can be (sqqueue's rule); anything else is no queue of ours
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def value_of(result: Result[T, QueueError]) -> T:
+    """The value of an ``Ok``; an ``Err``'s error raised (caught and shown by the callers)."""
+    if isinstance(result, Err):
+        raise result.error
+    return result.value
+
+
+def is_postgres(target: str) -> bool:
+    return target.startswith(("postgresql://", "postgres://"))
+
+
+class Sampler:
+    """The event totals of each queue over time, in memory, for the charts.
+
+    ``stats()`` gives totals since the queue was created; the rate per minute is the
+    difference between samples. Only what this process saw is known: the charts start
+    when the dashboard did, and keep at most an hour.
+    """
+
+    def __init__(self, window: float = BUCKET * BUCKETS) -> None:
+        self.window = window
+        self._samples: dict[str, deque[tuple[float, tuple[int, ...]]]] = {}
+        self._lock = threading.Lock()
+
+    def record(self, name: str, stats: QueueStats, now: float) -> None:
+        values = tuple(int(getattr(stats, attr)) for _label, attr in SERIES)
+        with self._lock:
+            samples = self._samples.setdefault(name, deque())
+            samples.append((now, values))
+            # Keep one sample older than the window: the first bucket needs a start.
+            while len(samples) > 2 and samples[1][0] < now - self.window - BUCKET:
+                samples.popleft()
+
+    def forget(self, keep: set[str]) -> None:
+        """Drop the samples of queues that are gone."""
+        with self._lock:
+            for name in set(self._samples) - keep:
+                del self._samples[name]
+
+    def buckets(self, name: str, now: float) -> list[dict[str, Any]]:
+        """One entry per minute of the last hour, oldest first: its start (Unix seconds)
+        and, per series, the events counted in it (``None`` before sampling began)."""
+        last_start = (now // BUCKET) * BUCKET
+        first_start = last_start - (BUCKETS - 1) * BUCKET
+        with self._lock:
+            samples = list(self._samples.get(name, ()))
+        rows: list[dict[str, Any]] = []
+        for i in range(BUCKETS):
+            start = first_start + i * BUCKET
+            row: dict[str, Any] = {"start": start}
+            row.update(dict.fromkeys((label for label, _attr in SERIES), None))
+            rows.append(row)
+        if not samples:
+            return rows
+        # A bucket has data from the one holding the first sample on.
+        seen_from = (samples[0][0] // BUCKET) * BUCKET
+        for row in rows:
+            if row["start"] >= seen_from:
+                for label, _attr in SERIES:
+                    row[label] = 0
+        for (_t0, before), (t1, after) in itertools.pairwise(samples):
+            index = int((t1 - first_start) // BUCKET)
+            if not 0 <= index < BUCKETS:
+                continue
+            for position, (label, _attr) in enumerate(SERIES):
+                # A counter that went down means the queue was made anew: count from 0.
+                delta = after[position] - before[position]
+                rows[index][label] += delta if delta >= 0 else after[position]
+        return rows
+
+
+@dataclass
+class Health:
+    """How the database looks: file sizes (SQLite) or query round trip (PostgreSQL)."""
+
+    backend: str
+    ok: bool = True
+    error: str | None = None
+    db_bytes: int | None = None
+    wal_bytes: int | None = None
+    #: when the app last saw the WAL restart after a checkpoint (Unix seconds), if ever
+    last_checkpoint: float | None = None
+    #: seconds a trivial query took (PostgreSQL)
+    query_seconds: float | None = None
+    checked_at: float = 0.0
+
+
+@dataclass
+class RedriveJob:
+    """A redrive of every dead letter of a queue, running in the background."""
+
+    queue: str
+    rate: float | None
+    started_at: float
+    total: int = 0
+    done: int = 0
+    finished_at: float | None = None
+    error: str | None = None
+    thread: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def running(self) -> bool:
+        return self.finished_at is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue,
+            "rate": self.rate,
+            "started_at": self.started_at,
+            "total": self.total,
+            "done": self.done,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "running": self.running,
+        }
+
+
+class Source:
+    """The queues of one database (an SQLite file or a PostgreSQL URL, in ``schema``)."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        schema: str | None = None,
+        sample_every: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not isinstance(target, str) or not target:
+            raise ValueError(
+                "target must be an SQLite file path, a sqlite:/// URL or a postgresql:// URL"
+            )
+        if schema is not None and not is_postgres(target):
+            raise ValueError("schema applies to a PostgreSQL target only")
+        self.target = target
+        self.schema = schema
+        self.backend = "postgresql" if is_postgres(target) else "sqlite"
+        self.sample_every = sample_every
+        self.clock = clock
+        self.sampler = Sampler()
+        self._queues: dict[str, Queue] = {}
+        self._names: tuple[float, list[str]] | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._jobs: dict[str, RedriveJob] = {}
+        self._wal_mark: tuple[int, int, int] | None = None  # (checkpoint seq, salt, size)
+        self._last_checkpoint: float | None = None
+
+    def __repr__(self) -> str:
+        # A PostgreSQL URL may hold a password: never shown.
+        shown = "postgresql://..." if self.backend == "postgresql" else self.target
+        return f"<Source {shown!r}>"
+
+    # -- queues --------------------------------------------------------------------------
+
+    def open_queue(self, name: str) -> Queue:
+        """Open queue ``name`` of the target: the one place the dashboard opens queues."""
+        if self.backend == "postgresql":
+            return connect(self.target, name, schema=self.schema, pool_size=2)
+        # Opening must never rewrite the file, whatever the environment asks of writers.
+        return connect(self.target, name, vacuum_on_start=False)
+
+    def names(self, fresh: bool = False) -> list[str]:
+        """The queues in the database, sorted (read again every few seconds).
+
+        Raises ``QueueError`` when the database cannot be read."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._names
+        if cached is not None and not fresh and now - cached[0] < _NAMES_TTL:
+            return cached[1]
+        found = value_of(list_queues(self.target, schema=self.schema))
+        with self._lock:
+            self._names = (now, found)
+        return found
+
+    def queue(self, name: str) -> Queue | None:
+        """The open queue ``name``, or None when the database has no such queue."""
+        if not NAME.fullmatch(name):
+            return None
+        with self._lock:
+            opened = self._queues.get(name)
+        if opened is not None:
+            return opened
+        if name not in self.names() and name not in self.names(fresh=True):
+            return None
+        created = self.open_queue(name)
+        with self._lock:
+            opened = self._queues.setdefault(name, created)
+        if opened is not created:
+            created.close()
+        return opened
+
+    def close(self) -> None:
+        """Stop sampling and close every queue (for a clean shutdown)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+        with self._lock:
+            queues = list(self._queues.values())
+            self._queues.clear()
+        for queue in queues:
+            queue.close()
+
+    # -- numbers ---------------------------------------------------------------------------
+
+    def stats(self, name: str) -> QueueStats | None:
+        """A queue's stats; None if there is no such queue. Raises ``QueueError``."""
+        queue = self.queue(name)
+        if queue is None:
+            return None
+        found: QueueStats = value_of(queue.stats())
+        return found
+
+    def overview(self) -> dict[str, Any]:
+        """Every queue's counts by state, oldest age, leases expiring soon, totals, and the
+        database's health, as the overview and ``/api/overview`` show them."""
+        now = self.clock()
+        rows: list[dict[str, Any]] = []
+        error = None
+        try:
+            names = self.names()
+        except Exception as exc:  # the database cannot be read: say so, show nothing
+            names, error = [], str(exc)
+        for name in names:
+            rows.append(self.queue_summary(name, now))
+        return {
+            "at": now,
+            "queues": rows,
+            "error": error,
+            "health": self.health(rows),
+        }
+
+    def queue_summary(self, name: str, now: float) -> dict[str, Any]:
+        row: dict[str, Any] = {"name": name, "error": None}
+        try:
+            stats = self.stats(name)
+        except Exception as exc:
+            row["error"] = str(exc)
+            return row
+        if stats is None:
+            row["error"] = f"queue {name!r} is gone"
+            return row
+        self.sampler.record(name, stats, now)
+        row.update(summary(stats))
+        row["chart"] = self.sampler.buckets(name, now)
+        return row
+
+    def health(self, rows: list[dict[str, Any]] | None = None) -> Health:
+        """The database's health; for SQLite from the stats rows already read."""
+        now = self.clock()
+        if self.backend == "sqlite":
+            return self._file_health(rows or [], now)
+        return self._connection_health(now)
+
+    def _file_health(self, rows: list[dict[str, Any]], now: float) -> Health:
+        health = Health("sqlite", checked_at=now)
+        sized = [row for row in rows if row.get("db_bytes") is not None]
+        if sized:
+            health.db_bytes = sized[0]["db_bytes"]
+            health.wal_bytes = sized[0]["wal_bytes"]
+        errors = [row["error"] for row in rows if row.get("error")]
+        if errors:
+            health.ok, health.error = False, errors[0]
+        self._watch_wal(health.wal_bytes, now)
+        health.last_checkpoint = self._last_checkpoint
+        return health
+
+    def _watch_wal(self, wal_bytes: int | None, now: float) -> None:
+        """Notice checkpoints: SQLite starts the WAL over (a new checkpoint sequence number
+        and salt in its header) once a checkpoint has copied all of it back, and a
+        truncating checkpoint shrinks the file. Both are only seen when they happen
+        between two looks, so this is "the last checkpoint the dashboard saw"."""
+        path = self._sqlite_path()
+        if path is None:
+            return
+        header = b""
+        try:
+            with open(path + "-wal", "rb") as f:
+                header = f.read(32)
+        except OSError:
+            pass
+        seq = salt = 0
+        if len(header) == 32:
+            magic, _version, _page, seq, salt = struct.unpack(">IIIII", header[:20])
+            if magic not in _WAL_MAGIC:
+                seq = salt = 0
+        mark = (seq, salt, wal_bytes or 0)
+        with self._lock:
+            previous, self._wal_mark = self._wal_mark, mark
+            if previous is not None and (mark[:2] != previous[:2] or mark[2] < previous[2]):
+                self._last_checkpoint = now
+
+    def _sqlite_path(self) -> str | None:
+        with self._lock:
+            queues = list(self._queues.values())
+        for queue in queues:
+            if isinstance(queue, SQLiteQueue):
+                return os.fspath(queue.db_path)
+        return None
+
+    def _connection_health(self, now: float) -> Health:
+        health = Health("postgresql", checked_at=now)
+        started = time.perf_counter()
+        try:
+            names = self.names()
+            queue = self.queue(names[0]) if names else None
+            if queue is None:
+                value_of(list_queues(self.target, schema=self.schema))
+            else:
+                value_of(queue.is_drained())
+        except Exception as exc:
+            health.ok, health.error = False, str(exc)
+        health.query_seconds = time.perf_counter() - started
+        return health
+
+    # -- sampling ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start sampling every queue's totals in the background (once; idempotent)."""
+        with self._lock:
+            if self._thread is not None or self._stop.is_set():
+                return
+            self._thread = threading.Thread(
+                target=self._sample_loop, name="sqqueue-dashboard-sampler", daemon=True
+            )
+        self._thread.start()
+
+    def sample(self) -> None:
+        """Read every queue's totals once (what the background thread does)."""
+        now = self.clock()
+        try:
+            names = self.names()
+        except Exception as exc:
+            logger.debug("dashboard: cannot list the queues: %s", exc)
+            return
+        rows = [self.queue_summary(name, now) for name in names]
+        self.sampler.forget(set(names))
+        if self.backend == "sqlite":
+            self._file_health(rows, now)
+
+    def _sample_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sample()
+            except Exception:  # never let the sampler die: the charts would stop quietly
+                logger.exception("dashboard: sampling the queues failed")
+            self._stop.wait(self.sample_every)
+
+    # -- redriving everything ------------------------------------------------------------
+
+    def redrive_job(self, name: str) -> RedriveJob | None:
+        with self._lock:
+            return self._jobs.get(name)
+
+    def start_redrive_all(self, name: str, rate: float | None) -> RedriveJob:
+        """Redrive every dead letter of ``name`` in a background thread, at ``rate`` per
+        second; returns the job (the running one, if one is running already)."""
+        queue = self.queue(name)
+        if queue is None:
+            raise LookupError(f"no queue {name!r}")
+        with self._lock:
+            current = self._jobs.get(name)
+            if current is not None and current.running:
+                return current
+            job = RedriveJob(name, rate, started_at=self.clock())
+            self._jobs[name] = job
+
+        def progress(done: int, total: int) -> None:
+            job.done, job.total = done, total
+
+        def run() -> None:
+            try:
+                result = queue.redrive(rate=rate, progress=progress)
+                if result.is_ok():
+                    job.done = result.value
+                    job.total = max(job.total, job.done)
+                    logger.info("dashboard: redrove %d dead letter(s) of %r", job.done, name)
+                else:
+                    job.error = str(result.error)
+            except Exception as exc:  # reported on the page, never lost
+                job.error = f"redrive failed: {exc!r}"
+            finally:
+                job.finished_at = self.clock()
+
+        job.thread = threading.Thread(target=run, name=f"sqqueue-dashboard-redrive-{name}")
+        job.thread.daemon = True
+        job.thread.start()
+        return job
+
+
+def summary(stats: QueueStats) -> dict[str, Any]:
+    """A queue's stats as the dashboard shows them (its state labels)."""
+    return {
+        "counts": states.counts(stats),
+        "depth": stats.depth,
+        "oldest_ready_age": stats.oldest_pending_age,
+        "expiring_soon": stats.expiring_soon,
+        "totals": {
+            "enqueued": stats.enqueued_total,
+            "completed": stats.completed_total,
+            "failed": stats.failed_total,
+            "dead_lettered": stats.dead_lettered_total,
+            "lease_expirations": stats.lease_expirations_total,
+            "ttl_expired": stats.ttl_expired_total,
+        },
+        "db_bytes": stats.db_bytes,
+        "wal_bytes": stats.wal_bytes,
+    }

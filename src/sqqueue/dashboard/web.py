@@ -1,0 +1,220 @@
+"""What the pages and the JSON API share: the source, the auth, sessions per request,
+form parsing, rendering and responses."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from .. import __version__
+from . import present, states
+from .auth import FLASH_MAX_AGE, SESSION_MAX_AGE, Auth, LoginThrottle, Session
+from .source import Source
+
+__all__ = ["Context", "Dashboard", "FormError"]
+
+T = TypeVar("T")
+SESSION_COOKIE = "sqqueue_dashboard"
+FLASH_COOKIE = "sqqueue_dashboard_flash"
+FORM_LIMIT = 256 * 1024  # bytes of a form body
+
+
+class FormError(Exception):
+    """A form or JSON body the dashboard cannot take (what is wrong, for the user)."""
+
+
+@dataclass
+class Context:
+    """One request as the dashboard sees it."""
+
+    request: Request
+    session: Session
+    #: the app's URL prefix when mounted (``/ops/queues``), else ``""``
+    base: str
+    #: authenticated by the Authorization header (JSON clients), not by the session
+    bearer: bool = False
+
+    @property
+    def authed(self) -> bool:
+        return self.bearer or self.session.authed
+
+    def url(self, path: str, **query: Any) -> str:
+        """A URL inside the app: ``base + path``, with a query string if given."""
+        pairs = [(k, v) for k, v in query.items() if v is not None]
+        suffix = "?" + urllib.parse.urlencode(pairs, doseq=True) if pairs else ""
+        return self.base + path + suffix
+
+
+class Dashboard:
+    """The state of one dashboard app: its source, auth and templates."""
+
+    def __init__(
+        self,
+        source: Source,
+        auth: Auth,
+        *,
+        read_only: bool,
+        redrive_rate: float | None,
+        refresh: float,
+    ) -> None:
+        self.source = source
+        self.auth = auth
+        self.read_only = read_only
+        self.redrive_rate = redrive_rate
+        self.refresh = refresh
+        self.throttle = LoginThrottle()
+        self.templates = Environment(
+            loader=PackageLoader("sqqueue.dashboard", "templates"),
+            autoescape=True,  # every template is HTML: payloads and errors are escaped
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.templates.filters.update(
+            when=present.when,
+            age=present.age,
+            size=present.size,
+            one_line=present.one_line,
+            num=lambda n: "-" if n is None else f"{n:,}",
+        )
+        self.templates.globals.update(
+            version=__version__,
+            states=states.STATES,
+            live_states=states.LIVE,
+            target=shown_target(source.target),
+            backend=source.backend,
+            read_only=read_only,
+            refresh_ms=int(refresh * 1000),
+        )
+
+    def __repr__(self) -> str:
+        return f"<Dashboard {shown_target(self.source.target)!r}>"
+
+    # -- requests --------------------------------------------------------------------------
+
+    def context(self, request: Request) -> Context:
+        self.source.start()  # sampling begins with the first request (mounted apps too)
+        session = self.auth.read_session(request.cookies.get(SESSION_COOKIE))
+        bearer = self.auth.bearer_matches(request.headers.get("authorization"))
+        base = str(request.scope.get("root_path", "")).rstrip("/")
+        return Context(request, session, base, bearer)
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a (blocking) database call in a worker thread."""
+        return await run_in_threadpool(fn, *args)
+
+    async def form(self, request: Request) -> dict[str, list[str]]:
+        """A url-encoded form body (its size bounded); field -> values."""
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/x-www-form-urlencoded":
+            raise FormError("expected a form (application/x-www-form-urlencoded)")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > FORM_LIMIT:
+                raise FormError("the form is too large")
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FormError("the form is not UTF-8") from None
+        return urllib.parse.parse_qs(text, keep_blank_values=True, max_num_fields=20_000)
+
+    async def json_body(self, request: Request) -> dict[str, Any]:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json":
+            raise FormError("expected a JSON body (Content-Type: application/json)")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > FORM_LIMIT:
+                raise FormError("the body is too large")
+        try:
+            data = json.loads(body or b"{}")
+        except ValueError as exc:
+            raise FormError(f"the body is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise FormError("the body must be a JSON object")
+        return data
+
+    # -- responses -------------------------------------------------------------------------
+
+    def page(self, ctx: Context, template: str, status: int = 200, **values: Any) -> HTMLResponse:
+        flash = self.auth.unsign(ctx.request.cookies.get(FLASH_COOKIE), "flash")
+        html = self.templates.get_template(template).render(
+            ctx=ctx,
+            csrf=self.auth.csrf_token(ctx.session),
+            flash=flash if flash and time.time() - flash.get("at", 0) < FLASH_MAX_AGE else None,
+            **values,
+        )
+        response = HTMLResponse(html, status_code=status)
+        if flash is not None:
+            response.delete_cookie(FLASH_COOKIE, path=self.cookie_path(ctx))
+        self.keep_session(ctx, response)
+        return response
+
+    def redirect(
+        self, ctx: Context, path: str, flash: str | None = None, ok: bool = True
+    ) -> Response:
+        """303 to ``path`` in the app, carrying a one-time result message."""
+        response = RedirectResponse(ctx.base + path, status_code=303)
+        if flash is not None:
+            value = self.auth.sign({"text": flash, "ok": ok, "at": time.time()}, "flash")
+            response.set_cookie(
+                FLASH_COOKIE,
+                value,
+                max_age=FLASH_MAX_AGE,
+                path=self.cookie_path(ctx),
+                httponly=True,
+                samesite="strict",
+                secure=ctx.request.url.scheme == "https",
+            )
+        self.keep_session(ctx, response)
+        return response
+
+    def cookie_path(self, ctx: Context) -> str:
+        return (ctx.base or "") + "/"
+
+    def keep_session(self, ctx: Context, response: Response) -> None:
+        """Send the session cookie when the session is new."""
+        if ctx.session.fresh:
+            self.set_session(ctx, response, ctx.session)
+
+    def set_session(self, ctx: Context, response: Response, session: Session) -> None:
+        response.set_cookie(
+            SESSION_COOKIE,
+            self.auth.session_cookie(session),
+            max_age=SESSION_MAX_AGE,
+            path=self.cookie_path(ctx),
+            httponly=True,
+            samesite="strict",
+            secure=ctx.request.url.scheme == "https",
+        )
+
+    def json(self, data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+        body = json.dumps(data, default=present.json_default, ensure_ascii=False)
+        return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def shown_target(target: str) -> str:
+    """The target as pages show it: a PostgreSQL URL without its password or options."""
+    if not target.startswith(("postgresql://", "postgres://")):
+        return target
+    parts = urllib.parse.urlsplit(target)
+    netloc = parts.hostname or ""
+    if ":" in netloc:
+        netloc = f"[{netloc}]"
+    if parts.username:
+        secret = ":***" if parts.password is not None else ""
+        netloc = f"{parts.username}{secret}@{netloc}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))

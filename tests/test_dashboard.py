@@ -1,0 +1,696 @@
+"""The web dashboard through its ASGI app and an HTTP client, on both backends: pages,
+JSON API, dead-letter actions, authentication, CSRF, read-only mode, security headers,
+mounting under a prefix; and the ``sqqueue dashboard`` command."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("starlette", reason="the dashboard tests need: pip install -e '.[dev]'")
+
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from starlette.testclient import TestClient
+
+from conftest import QueueTarget
+from sqqueue import Queue, connect
+from sqqueue.dashboard import create_app
+from sqqueue.dashboard.auth import Auth
+from sqqueue.dashboard.source import BUCKET, BUCKETS, Sampler
+from sqqueue.dashboard.web import shown_target
+from sqqueue.stats import QueueStats
+
+TOKEN = "correct-horse-battery-staple-42"
+HOSTILE = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>']
+
+Client = Callable[..., Any]
+
+
+@contextmanager
+def dashboard(target: QueueTarget, prefix: str = "", **kwargs: Any) -> Iterator[TestClient]:
+    """A test client of a dashboard on ``target`` (mounted under ``prefix`` if given)."""
+    app = create_app(target.url, token=TOKEN, schema=target.schema, **kwargs)
+    served: Any = app
+    if prefix:
+        served = Starlette(routes=[Mount(prefix, app=app)])
+    with TestClient(served, follow_redirects=False) as client:
+        yield client
+    app.state.dashboard.source.close()
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, "no CSRF field in the page"
+    return found.group(1)
+
+
+def login(client: TestClient, prefix: str = "") -> None:
+    page = client.get(f"{prefix}/login")
+    assert page.status_code == 200
+    answer = client.post(
+        f"{prefix}/login", data={"token": TOKEN, "csrf": csrf_of(page.text), "next": "/"}
+    )
+    assert answer.status_code == 303, answer.text
+    assert answer.headers["location"] == f"{prefix}/"
+
+
+def confirm_and_post(client: TestClient, confirm_url: str) -> Any:
+    """Open a confirmation page and submit its form, as a person would."""
+    page = client.get(confirm_url)
+    assert page.status_code == 200, page.text
+    action = re.search(r'<form method="post" action="([^"]+/dead/\w+)"', page.text)
+    assert action
+    form = page.text[action.start() :]
+    fields = re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form)
+    data: dict[str, list[str]] = {}
+    for key, value in fields:
+        data.setdefault(key, []).append(value)
+    return client.post(action.group(1), data=data)
+
+
+def flash_text(client: TestClient, response: Any) -> str:
+    assert response.status_code == 303, response.text
+    page = client.get(response.headers["location"])
+    found = re.search(r'<p class="flash (ok|bad)"[^>]*>(.*?)</p>', page.text, re.S)
+    assert found, "no result message after the action"
+    return found.group(1) + ": " + found.group(2)
+
+
+def dead_letters(queue: Queue, payloads: list[Any], error: str = "boom") -> list[int]:
+    ids = [queue.enqueue(p).unwrap() for p in payloads]
+    for message_id in ids:
+        assert queue.fail_message(message_id, send_to_dlq=True, error=error).is_ok()
+    return ids
+
+
+def dead_ids(queue: Queue) -> list[int]:
+    return [row["id"] for row in queue.list_messages("dead", limit=1000).unwrap()]
+
+
+# -- looking ---------------------------------------------------------------------------
+
+
+def test_overview_shows_counts_by_state_and_health(queue_target: QueueTarget) -> None:
+    """Every queue with its counts under the dashboard's names (ready, delayed, waiting,
+    processing, dead), oldest age, leases expiring, a chart, and the database's health;
+    the JSON API says the same."""
+    queue = queue_target.open("emails")
+    other = queue_target.open("thumbnails")
+    try:
+        queue.enqueue_batch(["r1", "r2", "r3"]).unwrap()
+        queue.enqueue("later", delay=3600).unwrap()
+        queue.enqueue("head", group="g").unwrap()
+        queue.enqueue("behind", group="g").unwrap()
+        queue.dequeue(visibility_timeout=30).unwrap()  # r1: processing, expiring soon
+        dead_letters(queue, ["gone"])
+        other.enqueue("t").unwrap()
+        with dashboard(queue_target) as client:
+            login(client)
+            page = client.get("/")
+            assert page.status_code == 200
+            cells = dict(re.findall(r'data-q="emails" data-k="(\w+)">([^<]*)<', page.text))
+            assert cells["ready"] == "3"  # r2, r3 and the group's head
+            assert cells["delayed"] == "1"
+            assert cells["waiting"] == "1"
+            assert cells["processing"] == "1"
+            assert cells["dead"] == "1"
+            assert cells["expiring"] == "1"
+            assert 'data-chart="emails"' in page.text
+            assert 'data-queue="thumbnails"' in page.text
+            if queue_target.backend == "sqlite":
+                assert "Last checkpoint seen" in page.text
+            else:
+                assert "Trivial query" in page.text
+            data = client.get("/api/overview").json()
+    finally:
+        queue.close()
+        other.close()
+    rows = {row["name"]: row for row in data["queues"]}
+    assert rows["emails"]["counts"] == {
+        "ready": 3, "delayed": 1, "waiting": 1, "processing": 1, "dead": 1,
+    }  # fmt: skip
+    assert rows["thumbnails"]["counts"]["ready"] == 1
+    assert rows["emails"]["expiring_soon"] == 1
+    assert rows["emails"]["totals"]["enqueued"] == 7
+    assert len(rows["emails"]["chart"]) == BUCKETS
+    health = data["health"]
+    assert health["ok"] is True
+    if queue_target.backend == "sqlite":
+        assert health["db_bytes"] > 0
+    else:
+        assert health["query_seconds"] is not None and health["query_seconds"] >= 0
+
+
+def test_queue_page_pages_by_id_filters_by_state_and_finds(queue_target: QueueTarget) -> None:
+    """Messages a page at a time by id (keyset: "next" continues after the last id shown),
+    by state, found by id; unknown queues, states and ids are 404s, and nothing is
+    created by looking."""
+    queue = queue_target.open("jobs")
+    try:
+        ids = queue.enqueue_batch([{"n": i} for i in range(120)]).unwrap()
+        delayed = queue.enqueue("later", delay=600).unwrap()
+        with dashboard(queue_target) as client:
+            login(client)
+            first = client.get("/queues/jobs")
+            shown = [int(i) for i in re.findall(r'<tr data-id="(\d+)"', first.text)]
+            assert shown == ids[:50]
+            nxt = re.search(r'href="([^"]+)" rel="next"', first.text)
+            assert nxt and f"after={ids[49]}" in nxt.group(1)
+            second = client.get(nxt.group(1).replace("&amp;", "&"))
+            assert [int(i) for i in re.findall(r'<tr data-id="(\d+)"', second.text)] == ids[50:100]
+            third = client.get(f"/queues/jobs?state=ready&after={ids[99]}")
+            assert [int(i) for i in re.findall(r'<tr data-id="(\d+)"', third.text)] == ids[100:]
+            assert 'rel="next"' not in third.text
+            later = client.get("/queues/jobs?state=delayed")
+            assert re.findall(r'<tr data-id="(\d+)"', later.text) == [str(delayed)]
+            assert (
+                "No processing (leased) messages"
+                in client.get("/queues/jobs?state=processing").text
+            )
+            found = client.get(f"/queues/jobs?find={ids[7]}")
+            assert found.status_code == 303
+            assert found.headers["location"] == f"/queues/jobs/messages/{ids[7]}"
+            assert client.get("/queues/jobs/messages/999999").status_code == 404
+            assert client.get("/queues/nope").status_code == 404
+            assert client.get("/queues/jobs?state=bogus").status_code == 404
+            assert client.get("/queues/jobs?after=x").status_code == 400
+            api = client.get(f"/api/queues/jobs/messages?state=ready&limit=100&after={ids[9]}")
+            body = api.json()
+            assert [m["id"] for m in body["messages"]] == ids[10:110]
+            assert body["next_after"] == ids[109]
+            assert {m["status"] for m in body["messages"]} == {"ready"}
+            assert client.get("/api/queues/nope/messages").status_code == 404
+    finally:
+        queue.close()
+    assert "nope" not in queue_target.tables()
+
+
+def test_message_page_shows_details_and_escapes_payloads(queue_target: QueueTarget) -> None:
+    """A message's page: payload pretty-printed (JSON indented, text as is, bytes as hex),
+    attempts, error, group; hostile payloads and errors are escaped text, never markup."""
+    queue = queue_target.open("jobs")
+    try:
+        data_id = queue.enqueue({"to": "ada", "tags": ["a", "b"]}, group="customer-7").unwrap()
+        bytes_id = queue.enqueue(b"\x00\x01hello").unwrap()
+        hostile = [queue.enqueue(p).unwrap() for p in HOSTILE]
+        held = queue.dequeue().unwrap()
+        assert held is not None and held.id == data_id
+        queue.fail_message(held, error=HOSTILE[1], delay=0).unwrap()
+        with dashboard(queue_target) as client:
+            login(client)
+            page = client.get(f"/queues/jobs/messages/{data_id}").text
+            assert "&#34;to&#34;: &#34;ada&#34;," in page  # indented JSON, escaped
+            assert "customer-7" in page
+            assert "1 of 5" in page
+            assert "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in page
+            assert "<img src=x" not in page
+            raw = client.get(f"/queues/jobs/messages/{bytes_id}").text
+            assert "00 01 68 65 6c 6c 6f" in raw
+            for message_id in hostile:
+                text = client.get(f"/queues/jobs/messages/{message_id}").text
+                assert "<script>alert(1)</script>" not in text
+                assert "onerror=alert(1)>" not in text
+            listing = client.get("/queues/jobs?state=all").text
+            assert "&lt;script&gt;alert(1)&lt;/script&gt;" in listing
+            assert "<script>alert" not in listing
+            api = client.get(f"/api/queues/jobs/messages/{bytes_id}").json()
+            assert api["payload"] == {"$bytes": "AAFoZWxsbw=="}
+            assert api["status"] == "ready"
+    finally:
+        queue.close()
+
+
+# -- acting ----------------------------------------------------------------------------
+
+
+def test_dead_letters_redrive_delete_and_purge_through_forms(queue_target: QueueTarget) -> None:
+    """Each action goes through a confirmation page, changes what it says, and reports
+    the result; redriving everything runs in the background and shows its progress."""
+    queue = queue_target.open("jobs")
+    try:
+        ids = dead_letters(queue, [f"m{i}" for i in range(6)], error="ValueError: bad")
+        with dashboard(queue_target) as client:
+            login(client)
+            page = client.get("/queues/jobs?state=dead").text
+            assert page.count('type="checkbox" name="id"') == 6
+            assert "ValueError: bad" in page
+            answer = confirm_and_post(
+                client, f"/queues/jobs/confirm?action=redrive&id={ids[0]}&id={ids[1]}"
+            )
+            assert flash_text(client, answer).startswith("ok: Redrove 2 dead letter(s)")
+            assert dead_ids(queue) == ids[2:]
+            answer = confirm_and_post(client, f"/queues/jobs/confirm?action=delete&id={ids[2]}")
+            assert flash_text(client, answer) == "ok: Deleted 1 dead letter(s)."
+            assert dead_ids(queue) == ids[3:]
+            assert queue.get_message(ids[2]).unwrap() is None
+            answer = confirm_and_post(
+                client, "/queues/jobs/confirm?action=purge&older_than=1&unit=days"
+            )
+            assert "Purged 0 dead letter(s)" in flash_text(client, answer)
+            assert dead_ids(queue) == ids[3:]
+            answer = confirm_and_post(
+                client, "/queues/jobs/confirm?action=purge&older_than=0&unit=days"
+            )
+            assert "Purged 3 dead letter(s)" in flash_text(client, answer)
+            assert dead_ids(queue) == []
+            more = dead_letters(queue, ["x", "y", "z"])
+            answer = confirm_and_post(client, "/queues/jobs/confirm?action=redrive_all")
+            assert "in the background" in flash_text(client, answer)
+            deadline = time.monotonic() + 30
+            while dead_ids(queue) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert dead_ids(queue) == []
+            job = client.get("/api/queues/jobs").json()["redrive"]
+            deadline = time.monotonic() + 30
+            while job["running"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+                job = client.get("/api/queues/jobs").json()["redrive"]
+            assert (job["done"], job["error"]) == (3, None)
+            assert (
+                "The background redrive finished: 3" in client.get("/queues/jobs?state=dead").text
+            )
+            statuses = {row["id"]: row["status"] for row in queue.list_messages("all").unwrap()}
+            assert all(statuses[i] == "pending" for i in [*ids[:2], *more])
+            # A redrive of an id that is no longer dead says so.
+            answer = confirm_and_post(client, f"/queues/jobs/confirm?action=redrive&id={ids[0]}")
+            assert flash_text(client, answer).startswith(
+                "bad: Redrive failed: no dead letter with id"
+            )
+    finally:
+        queue.close()
+
+
+def test_actions_without_login_or_csrf_are_refused(queue_target: QueueTarget) -> None:
+    """Without a session, with a forged or missing CSRF token, or from another session,
+    every action is refused and changes nothing; pages and the API ask for a login."""
+    queue = queue_target.open("jobs")
+    try:
+        ids = dead_letters(queue, ["a", "b"])
+        with dashboard(queue_target) as client:
+            to_login = client.get("/queues/jobs?state=dead")
+            assert to_login.status_code == 303
+            assert to_login.headers["location"] == "/login?next=%2Fqueues%2Fjobs%3Fstate%3Ddead"
+            assert client.get("/api/overview").status_code == 401
+            assert client.get("/api/overview").headers["www-authenticate"].startswith("Bearer")
+            for action in ("redrive", "delete", "purge"):
+                fields = {"id": str(ids[0]), "older_than": "0", "csrf": "x"}
+                answer = client.post(f"/queues/jobs/dead/{action}", data=fields)
+                assert answer.status_code == 401, action
+                api = client.post(
+                    f"/api/queues/jobs/dead/{action}", json={"ids": ids, "older_than": 0}
+                )
+                assert api.status_code == 401, action
+            login(client)
+            page = client.get("/queues/jobs?state=dead")
+            for fields in ({"id": str(ids[0])}, {"id": str(ids[0]), "csrf": "forged"}):
+                assert client.post("/queues/jobs/dead/redrive", data=fields).status_code == 403
+            # The cookie session's CSRF token is needed for JSON calls too.
+            assert client.post("/api/queues/jobs/dead/delete", json={"ids": ids}).status_code == 403
+            stolen = csrf_of(page.text)
+            with TestClient(client.app, follow_redirects=False) as other:
+                login(other)
+                refused = other.post(
+                    "/queues/jobs/dead/delete", data={"id": str(ids[0]), "csrf": stolen}
+                )
+                assert refused.status_code == 403
+            assert dead_ids(queue) == ids
+            ok = client.post(
+                "/api/queues/jobs/dead/delete",
+                json={"ids": [ids[0]]},
+                headers={"X-CSRF-Token": stolen},
+            )
+            assert ok.json() == {"deleted": 1}
+    finally:
+        queue.close()
+
+
+def test_json_api_with_bearer_token(queue_target: QueueTarget) -> None:
+    """JSON clients authenticate with the bearer token (no cookie, no CSRF) and get the
+    same data and actions; a wrong token is refused."""
+    queue = queue_target.open("jobs")
+    try:
+        ids = dead_letters(queue, ["a", "b", "c"])
+        with dashboard(queue_target) as client:
+            good = {"Authorization": f"Bearer {TOKEN}"}
+            bad = {"Authorization": "Bearer not-the-token-at-all-00"}
+            assert client.get("/api/queues", headers=bad).status_code == 401
+            listed = client.get("/api/queues", headers=good).json()
+            assert [q["name"] for q in listed["queues"]] == ["jobs"]
+            assert client.get("/api/queues/jobs", headers=good).json()["counts"]["dead"] == 3
+            answer = client.post(
+                "/api/queues/jobs/dead/redrive", json={"ids": [ids[0]]}, headers=good
+            )
+            assert answer.json() == {"redriven": 1}
+            missing = client.post(
+                "/api/queues/jobs/dead/redrive", json={"ids": [ids[0]]}, headers=good
+            )
+            assert missing.status_code == 404
+            assert "no dead letter" in missing.json()["error"]
+            assert (
+                client.post(
+                    "/api/queues/jobs/dead/delete", json={"ids": "1"}, headers=good
+                ).status_code
+                == 400
+            )
+            assert client.post(
+                "/api/queues/jobs/dead/delete", json={"ids": [ids[1]]}, headers=good
+            ).json() == {"deleted": 1}
+            assert (
+                client.post(
+                    "/api/queues/jobs/dead/purge", json={"older_than": -1}, headers=good
+                ).status_code
+                == 400
+            )
+            assert client.post(
+                "/api/queues/jobs/dead/purge", json={"older_than": None}, headers=good
+            ).json() == {"purged": 1}
+            assert (
+                client.post("/api/queues/jobs/dead/purge", content=b"{}", headers=good).status_code
+                == 400
+            )
+            assert (
+                client.post("/api/queues/nope/dead/purge", json={}, headers=good).status_code == 404
+            )
+            # The page's HTML is not reachable with the bearer alone for actions.
+            assert (
+                client.post(
+                    "/queues/jobs/dead/purge", data={"older_than": "0"}, headers=good
+                ).status_code
+                == 401
+            )
+    finally:
+        queue.close()
+    assert dead_ids(queue_target.open("jobs")) == []
+
+
+def test_read_only_hides_and_refuses_every_action(queue_target: QueueTarget) -> None:
+    queue = queue_target.open("jobs")
+    try:
+        ids = dead_letters(queue, ["a"])
+        with dashboard(queue_target, read_only=True) as client:
+            login(client)
+            page = client.get("/queues/jobs?state=dead").text
+            assert "read-only" in page
+            assert "Redrive" not in page and "Purge" not in page and 'type="checkbox"' not in page
+            assert "Redrive" not in client.get(f"/queues/jobs/messages/{ids[0]}").text
+            assert client.get(f"/queues/jobs/confirm?action=delete&id={ids[0]}").status_code == 403
+            csrf = csrf_of(page)
+            for action in ("redrive", "delete", "purge"):
+                fields = {"id": str(ids[0]), "older_than": "0", "csrf": csrf}
+                assert client.post(f"/queues/jobs/dead/{action}", data=fields).status_code == 403
+                api = client.post(
+                    f"/api/queues/jobs/dead/{action}",
+                    json={"ids": ids, "older_than": 0},
+                    headers={"Authorization": f"Bearer {TOKEN}"},
+                )
+                assert api.status_code == 403
+            assert client.get("/api/overview").json()["read_only"] is True
+    finally:
+        queue.close()
+    assert dead_ids(queue_target.open("jobs")) == ids
+
+
+# -- security ----------------------------------------------------------------------------
+
+
+def test_security_headers_cookies_and_no_inline_script(queue_target: QueueTarget) -> None:
+    queue = queue_target.open("jobs")
+    try:
+        dead_letters(queue, HOSTILE)
+        with dashboard(queue_target) as client:
+            first = client.get("/login")
+            cookie = first.headers["set-cookie"]
+            assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
+            login(client)
+            pages = ["/", "/queues/jobs?state=dead", "/queues/jobs/messages/1", "/login",
+                     "/queues/jobs/confirm?action=redrive_all", "/api/overview", "/queues/nope"]  # fmt: skip
+            for path in pages:
+                answer = client.get(path)
+                headers = answer.headers
+                csp = headers["content-security-policy"]
+                assert "script-src 'self'" in csp and "unsafe-inline" not in csp, path
+                assert "frame-ancestors 'none'" in csp
+                assert headers["x-frame-options"] == "DENY"
+                assert headers["x-content-type-options"] == "nosniff"
+                assert headers["referrer-policy"] == "no-referrer"
+                assert headers["cache-control"] == "no-store", path
+                if "text/html" in headers.get("content-type", ""):
+                    assert not re.search(r"<script(?![^>]*\ssrc=)", answer.text), path
+                    assert not re.search(r"<[a-zA-Z][^>]*\son\w+=", answer.text), (
+                        path
+                    )  # no handlers
+                    assert " style=" not in answer.text, path
+                    assert "http://" not in answer.text.replace("http://www.w3.org", ""), path
+            static = client.get("/static/dashboard.js")
+            assert static.status_code == 200
+            assert static.headers["cache-control"] == "no-cache"
+            assert "innerHTML" not in static.text and "insertAdjacentHTML" not in static.text
+            assert "http" not in client.get("/static/dashboard.css").text
+    finally:
+        queue.close()
+
+
+def test_login_wrong_token_throttle_and_logout(queue_target: QueueTarget) -> None:
+    with dashboard(queue_target) as client:
+        page = client.get("/login")
+        csrf = csrf_of(page.text)
+        assert client.post("/login", data={"token": TOKEN, "next": "/"}).status_code == 403
+        for attempt in range(10):
+            answer = client.post("/login", data={"token": f"wrong-{attempt}", "csrf": csrf})
+            assert answer.status_code == 401
+            assert "wrong-" not in answer.text  # what was typed is not echoed
+        throttled = client.post("/login", data={"token": TOKEN, "csrf": csrf})
+        assert throttled.status_code == 429
+    with dashboard(queue_target) as client:
+        login(client)
+        assert client.get("/").status_code == 200
+        answer = client.post("/logout", data={"csrf": csrf_of(client.get("/").text)})
+        assert answer.status_code == 303
+        assert client.get("/").status_code == 303
+        # After a login, the next page leads back where the user was going, never elsewhere.
+        page = client.get("/login?next=//evil.example/x")
+        answer = client.post("/login", data={"token": TOKEN, "csrf": csrf_of(page.text),
+                                             "next": "//evil.example/x"})  # fmt: skip
+        assert answer.headers["location"] == "/"
+
+
+def test_token_rules_and_never_shown(
+    queue_target: QueueTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SQQUEUE_DASHBOARD_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="needs a token"):
+        create_app(queue_target.url, schema=queue_target.schema)
+    with pytest.raises(ValueError, match="at least 16"):
+        create_app(queue_target.url, token="short", schema=queue_target.schema)
+    monkeypatch.setenv("SQQUEUE_DASHBOARD_TOKEN", TOKEN)
+    app = create_app(queue_target.url, schema=queue_target.schema)
+    dash = app.state.dashboard
+    assert TOKEN not in repr(dash) + repr(dash.auth) + repr(dash.source)
+    with TestClient(app, follow_redirects=False) as client:
+        login(client)
+        assert TOKEN not in client.get("/").text
+        assert TOKEN not in client.cookies.get("sqqueue_dashboard", "")
+    dash.source.close()
+    # Sessions are signed with a key derived from the token: another token, another key.
+    auth, other = Auth(TOKEN), Auth(TOKEN + "x")
+    cookie = auth.session_cookie(auth.new_session(True))
+    assert auth.read_session(cookie).authed
+    assert not other.read_session(cookie).authed
+    assert not auth.read_session(cookie.replace(".", "x.", 1)).authed
+    assert not auth.read_session(cookie, now=time.time() + 13 * 3600).authed
+
+
+def test_shown_target_hides_postgres_password() -> None:
+    shown = shown_target("postgresql://app:s3cret@db.internal:5433/app?password=s3cret")
+    assert shown == "postgresql://app:***@db.internal:5433/app"
+    assert shown_target("jobs.db") == "jobs.db"
+
+
+# -- mounting, sampling -------------------------------------------------------------------
+
+
+def test_mounted_under_a_prefix(queue_target: QueueTarget) -> None:
+    """Inside a host app under /ops/queues: links, forms, redirects, cookies and static
+    files all stay under the prefix, and actions work there."""
+    queue = queue_target.open("jobs")
+    try:
+        ids = dead_letters(queue, ["a"])
+        with dashboard(queue_target, prefix="/ops/queues") as client:
+            first = client.get("/ops/queues/")
+            assert first.headers["location"] == "/ops/queues/login?next=%2F"
+            assert "Path=/ops/queues/" in first.headers["set-cookie"]
+            login(client, prefix="/ops/queues")
+            page = client.get("/ops/queues/").text
+            links = re.findall(r'(?:href|src|action)="([^"]+)"', page)
+            assert links and all(link.startswith("/ops/queues/") for link in links), links
+            assert 'data-api="/ops/queues/api/overview"' in page
+            assert client.get("/ops/queues/static/dashboard.js").status_code == 200
+            assert client.get("/ops/queues/api/overview").json()["queues"][0]["name"] == "jobs"
+            answer = confirm_and_post(
+                client, f"/ops/queues/queues/jobs/confirm?action=redrive&id={ids[0]}"
+            )
+            assert answer.headers["location"] == "/ops/queues/queues/jobs?state=dead"
+            assert "Redrove 1" in flash_text(client, answer)
+    finally:
+        queue.close()
+    assert dead_ids(queue_target.open("jobs")) == []
+
+
+def _stats(enqueued: int, completed: int, failed: int) -> QueueStats:
+    return QueueStats("q", 0, 0, 0, 0, 0, None, 0, enqueued, completed, failed, 0, 0, 0, 0, 0)
+
+
+def test_sampler_counts_events_per_minute_since_it_started() -> None:
+    """Rates are differences of the totals between samples, per minute bucket; before
+    the first sample there is no data (None), not zero; an hour is kept."""
+    sampler = Sampler()
+    start = 1_800_000_000.0 - (1_800_000_000.0 % BUCKET)
+    sampler.record("q", _stats(100, 50, 1), start + 10)
+    sampler.record("q", _stats(110, 55, 1), start + 40)
+    sampler.record("q", _stats(130, 60, 3), start + 70)
+    rows = sampler.buckets("q", start + 75)
+    assert len(rows) == BUCKETS
+    assert rows[-1]["start"] == start + 60
+    assert (rows[-2]["enqueued"], rows[-2]["completed"], rows[-2]["failed"]) == (10, 5, 0)
+    assert (rows[-1]["enqueued"], rows[-1]["completed"], rows[-1]["failed"]) == (20, 5, 2)
+    assert rows[-3]["enqueued"] is None
+    assert sampler.buckets("other", start)[-1]["enqueued"] is None
+    # A queue made anew (totals back down) counts from zero, never negative.
+    sampler.record("q", _stats(4, 0, 0), start + 80)
+    assert sampler.buckets("q", start + 85)[-1]["enqueued"] == 24
+    # An hour later the old samples are gone.
+    for minute in range(2, 70):
+        sampler.record("q", _stats(4 + minute, 0, 0), start + minute * BUCKET + 5)
+    later = sampler.buckets("q", start + 69 * BUCKET + 10)
+    assert all(row["enqueued"] == 1 for row in later[1:])
+
+
+# -- the command ----------------------------------------------------------------------------
+
+
+def _sqqueue(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sqqueue.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_command_refuses_unsafe_or_broken_starts(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    connect(str(db), "jobs").close()
+    env = {"SQQUEUE_DASHBOARD_TOKEN": ""}
+    exposed = _sqqueue("dashboard", str(db), "--host", "0.0.0.0", "--port", "0", env=env)
+    assert exposed.returncode == 2
+    assert (
+        "not a loopback address" in exposed.stderr and "SQQUEUE_DASHBOARD_TOKEN" in exposed.stderr
+    )
+    missing = _sqqueue("dashboard", str(tmp_path / "missing.db"), "--port", "0", env=env)
+    assert missing.returncode == 1
+    assert missing.stderr.startswith("error: ") and "missing.db" in missing.stderr
+    short = tmp_path / "token"
+    short.write_text("short\n")
+    weak = _sqqueue("dashboard", str(db), "--port", "0", "--token-file", str(short), env=env)
+    assert weak.returncode == 2 and "at least 16" in weak.stderr
+    assert "Traceback" not in exposed.stderr + missing.stderr + weak.stderr
+
+
+def test_command_serves_and_prints_a_made_up_token_once(tmp_path: Path) -> None:
+    import httpx
+
+    db = tmp_path / "jobs.db"
+    connect(str(db), "jobs").close()
+    env = {**os.environ, "SQQUEUE_DASHBOARD_TOKEN": ""}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sqqueue.cli", "dashboard", str(db), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]
+        url = re.search(r"at (http://127\.0\.0\.1:\d+/)", lines[0])
+        token = re.search(r"token \(shown only now\): (\S+)", lines[1])
+        assert url and token, lines
+        with httpx.Client(base_url=url.group(1), follow_redirects=False, timeout=20) as http:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    page = http.get("/login")
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "the dashboard did not answer"
+                    time.sleep(0.1)
+            assert page.status_code == 200
+            answer = http.post("/login", data={"token": token.group(1), "csrf": csrf_of(page.text)})
+            assert answer.status_code == 303
+            assert http.get("/api/overview").json()["queues"][0]["name"] == "jobs"
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    assert token.group(1) not in out + err  # printed once, in the lines read above
+    assert proc.returncode == 0, err
+
+
+# -- the statements behind the pages -------------------------------------------------------------
+
+
+def test_state_listings_and_stats_read_indexes_not_the_table(queue_target: QueueTarget) -> None:
+    """The queue page's tabs (list_messages by state) and stats() seek through indexes: a
+    few leased, waiting or delayed messages among many ready ones are found without
+    walking every ready row, whatever the depth."""
+    queue = queue_target.open("jobs")
+    try:
+        queue.enqueue_batch(["x"] * 20_000).unwrap()
+        queue.enqueue("later", delay=3600, priority=3).unwrap()
+        queue.enqueue("head", group="g").unwrap()
+        queue.enqueue("behind", group="g").unwrap()
+        queue.dequeue(visibility_timeout=3600).unwrap()
+    finally:
+        queue.close()
+    params = {"now": time.time(), "limit": 51, "after": 0, "horizon": time.time() + 60}
+    keys = ("list_processing", "list_waiting", "list_delayed", "delayed_and_oldest")
+    if queue_target.backend == "sqlite":
+        import sqlite3
+
+        from sqqueue.backends.sqlite_sql import render
+
+        sql = render("jobs").sql
+        conn = sqlite3.connect(queue_target.url[len("sqlite:///") :])
+        try:
+            for key in keys:
+                plan = " / ".join(
+                    r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql[key], params)
+                )
+                # A scan of a partial index (the leased rows' own) is fine; the table is not.
+                assert "INTEGER PRIMARY KEY" not in plan, (key, plan)
+                assert not re.search(r"SCAN jobs(?! USING)", plan), (key, plan)
+        finally:
+            conn.close()
+        return
+    import psycopg
+
+    from sqqueue.backends.postgres_sql import render as render_pg
+
+    sql = render_pg("jobs").sql
+    with psycopg.connect(queue_target.url, autocommit=True) as pg:
+        pg.execute(f'SET search_path TO "{queue_target.schema}"')
+        pg.execute("ANALYZE")
+        for key in ("list_waiting", "delayed_and_oldest"):
+            plan = "\n".join(r[0] for r in pg.execute("EXPLAIN " + sql[key], params))
+            assert "Seq Scan on jobs" not in plan, (key, plan)
