@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .exceptions import ErrorKind, QueueError
 
-__all__ = ["BUILTIN_ENCODINGS", "Codec", "Encoded", "Serializer"]
+__all__ = ["BUILTIN_ENCODINGS", "Codec", "Encoded", "Serializer", "json_text"]
 
 TEXT, BYTES, JSON = "text", "bytes", "json"
 BUILTIN_ENCODINGS = frozenset({TEXT, BYTES, JSON})
@@ -101,6 +101,19 @@ def _check_json_value(value: object) -> None:
             f"payload contains a {type(item).__name__}, which does not round-trip through "
             "JSON; convert it (e.g. a tuple to a list) or pass serializer=... to the queue"
         )
+
+
+def json_text(value: object) -> str:
+    """``value`` as JSON text, refusing (``QueueError``, SERIALIZATION) anything that would
+    not come back the same (a tuple, a set, a dict with non-``str`` keys, NaN)."""
+    _check_json_value(value)
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates cannot be stored as UTF-8 text; JSON's \u escapes can.
+        text = json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+    return text
 
 
 class Codec:
