@@ -18,6 +18,7 @@ from .exceptions import (
     ErrorKind,
     QueueError,
     QueueFull,
+    Reject,
     RequeueError,
 )
 from .message import Item, Message
@@ -47,6 +48,7 @@ __all__ = [
     "QueueError",
     "QueueFull",
     "QueueStats",
+    "Reject",
     "RequeueError",
     "Result",
     "RetryPolicy",

@@ -976,11 +976,9 @@ class Queue:
                 ErrorKind.INVALID_INPUT,
             )
         try:
-            return json_text(result)
+            return json_text(result, "the result")
         except QueueError as exc:
-            raise QueueError(
-                f"the result is not JSON: {exc}; nothing was changed", exc.kind
-            ) from exc
+            raise QueueError(f"{exc}; nothing was changed", exc.kind) from exc
 
     @property
     def keeps_history(self) -> bool:
