@@ -27,6 +27,7 @@ from .result import Err, Ok, Result, UnwrapError
 from .retry import RetryPolicy
 from .serializers import Serializer
 from .stats import QueueStats
+from .tasks import Tasks
 from .worker import Worker, WorkerHooks, WorkerStats, worker
 
 __version__ = "1.0.0.dev0"
@@ -54,6 +55,7 @@ __all__ = [
     "RetryPolicy",
     "SQLiteQueue",
     "Serializer",
+    "Tasks",
     "UnwrapError",
     "Worker",
     "WorkerHooks",
