@@ -595,6 +595,37 @@ def test_tasks_on_several_queues_and_per_task_metrics(make_tasks: MakeTasks) -> 
     assert stats[a.name].seconds_max >= 0
 
 
+def test_per_task_prometheus_metrics(make_tasks: MakeTasks) -> None:
+    """The per-task collector exports what the workers counted, by task name."""
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from sqqueue.tasks.prometheus import TaskCollector
+
+    app = make_tasks(store_result=True)
+
+    @app.task(name="ok_task")
+    def fine() -> int:
+        return 1
+
+    @app.task(name="bad_task", retries=0)
+    def bad() -> None:
+        raise RuntimeError("no")
+
+    handles = [ok(fine.delay()), ok(fine.delay()), ok(bad.delay())]
+    with serving(app):
+        assert handles[0].result(timeout=15) == handles[1].result(timeout=15) == 1
+        with pytest.raises(TaskFailed):
+            handles[2].result(timeout=15)
+    registry = CollectorRegistry()
+    registry.register(TaskCollector(app))
+    text = generate_latest(registry).decode()
+    assert 'sqqueue_task_succeeded_total{task="ok_task"} 2.0' in text
+    assert 'sqqueue_task_failed_total{task="bad_task"} 1.0' in text
+    assert 'sqqueue_task_dead_lettered_total{task="bad_task"} 1.0' in text
+    assert 'sqqueue_task_seconds_count{task="ok_task"} 2.0' in text
+
+
 def test_tasks_on_a_given_queue(make_queue: Callable[..., Queue]) -> None:
     """Tasks(queue) sends every task through that queue; results need it to keep history,
     and periodic tasks need a path or URL."""
