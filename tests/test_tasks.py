@@ -676,6 +676,10 @@ def test_bad_registrations_raise() -> None:
         @app.task(name="same")
         def two() -> None: ...
 
+    app.schedule_due()  # the scheduler starts with the periodic tasks registered so far
+    with pytest.raises(ValueError, match="before the scheduler starts"):
+        app.periodic(every=10)(lambda: None)
+
     with pytest.raises(ValueError, match="unsupported URL"):
         Tasks("redis://localhost")
     assert not Path("unused.db").exists()

@@ -323,10 +323,10 @@ class Tasks:
                     "already without keeping them: register such tasks before the first "
                     "delay() or worker start, or pass store_result=True to Tasks"
                 )
-            if periodic is not None and queue_name in self._tick_queues:
+            if periodic is not None and self._scheduler is not None:
                 raise ValueError(
                     f"periodic task {task_name}: register periodic tasks before the scheduler "
-                    "starts"
+                    "starts (before the worker, or the first schedule_due())"
                 )
             self._tasks[task_name] = task
         return task
