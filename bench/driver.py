@@ -545,6 +545,16 @@ def w_wakeup(spec: Spec) -> dict[str, Any]:
     )
 
 
+def w_tasks(spec: Spec) -> dict[str, Any]:
+    """No-op tasks drained by the library's own worker process (prefilled, untimed)."""
+    a = _open(spec)
+    try:
+        out = a.run_tasks(spec["n"], spec["cap"])
+    finally:
+        a.close()
+    return _result(a, **out)
+
+
 WORKLOADS: dict[str, Callable[[Spec], dict[str, Any]]] = {
     "info": w_info,
     "smoke": w_smoke,
@@ -558,6 +568,7 @@ WORKLOADS: dict[str, Callable[[Spec], dict[str, Any]]] = {
     "consumers": w_consumers,
     "depth": w_depth,
     "wakeup": w_wakeup,
+    "tasks": w_tasks,
 }
 
 

@@ -69,9 +69,11 @@ WORKLOADS: dict[str, tuple[str, str, str, str]] = {
     "depth_small": ("depth", "Dequeue + complete at depth 1,000", "lower", "µs/op"),
     "depth_large": ("depth", "Dequeue + complete at depth 1,000,000", "lower", "µs/op"),
     "wakeup": ("wakeup", "Wake-up latency across processes, p99", "lower", "ms"),
-}
+    "tasks": ("tasks", "No-op tasks through the library's worker process (1 thread), prefilled",
+              "higher", "msg/s"),
+}  # fmt: skip
 REPEATED = ["enqueue_one", "dequeue_one", "enqueue_batch", "dequeue_batch", "claim_batch",
-            "e2e", "consumers4", "depth_small"]  # fmt: skip
+            "e2e", "consumers4", "depth_small", "tasks"]  # fmt: skip
 ONCE = ["depth_large", "wakeup"]
 
 FULL: dict[str, dict[str, Any]] = {
@@ -91,6 +93,7 @@ FULL: dict[str, dict[str, Any]] = {
     "depth_large": {"depth": 1_000_000, "rounds": 50, "k": 200, "cap": 10, "ref_depth": 1000,
                     "stats_calls": 100, "stats_cap": 5, "drain_cap": 300},
     "wakeup": {"samples": 300, "wait": 1.0, "cap": 20},
+    "tasks": {"n": 5000, "cap": 10},
 }  # fmt: skip
 QUICK: dict[str, dict[str, Any]] = {
     "enqueue_one": {"n": 1000, "cap": 1.5},
@@ -105,6 +108,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "depth_large": {"depth": 20_000, "rounds": 3, "k": 100, "cap": 3, "ref_depth": 1000,
                     "stats_calls": 50, "stats_cap": 1, "drain_cap": 20},
     "wakeup": {"samples": 40, "wait": 1.0, "cap": 4},
+    "tasks": {"n": 1000, "cap": 5},
 }  # fmt: skip
 # PostgreSQL: workload name -> (driver workload, label, better, unit), as above.
 PG_OURS, PG_PLAIN = "sqqueue-pg", "plain-pg"
@@ -614,7 +618,7 @@ def _sqlite_report(
     # How each subject did each operation
     add("## How each subject does each operation")
     add("")
-    keys = ["enqueue_batch", "dequeue_batch", "claim_batch", "wait", "fill", "stats"]
+    keys = ["enqueue_batch", "dequeue_batch", "claim_batch", "wait", "fill", "stats", "tasks"]
     add("| subject | " + " | ".join(keys) + " |")
     add("|---|" + "---|" * len(keys))
     for s in subjects:
@@ -636,6 +640,13 @@ def _sqlite_report(
         "drift hits both alike.")  # fmt: skip
     add("- Stats / size call: sqqueue `stats()`; plain `SELECT count(*)` of pending rows; "
         "peers: the call named in the table above.")  # fmt: skip
+    add("- No-op tasks: the queue is filled with calls of a task that does nothing (one "
+        "`.delay()` per call for sqqueue's `Tasks`, one task call each for huey's `SqliteHuey`), "
+        "untimed; then the library's own worker process drains it with one worker thread "
+        "(`sqqueue worker app:tasks`; `huey_consumer -w 1 -k thread`), timed from the first "
+        "task gone to the last, so start-up is not counted. Only subjects with a task API "
+        "take part. huey deletes a task when its consumer takes it (lost if the consumer "
+        "dies); sqqueue leases it and acknowledges it after the run.")  # fmt: skip
     add("- Wake-up latency: a consumer process blocked in its dequeue-with-wait; the producer "
         "process enqueues 5-30 ms after the consumer's previous receipt; latency = time from "
         "just before the enqueue to the consumer holding (and having acked) the message.")  # fmt: skip

@@ -667,6 +667,24 @@ def test_worker_handler_errors(db: Path, tmp_path: Path, monkeypatch: pytest.Mon
     assert run("worker", "handlers:handle", db, "jobs", "--concurrency", "0").exit_code == 2
 
 
+def test_worker_tasks_target_errors(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MODULE:TASKS (a sqqueue.Tasks object) takes no DB and QUEUE; MODULE:FUNC needs both."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("taskapp", "handlers2"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    (tmp_path / "taskapp.py").write_text(f"from sqqueue import Tasks\ntasks = Tasks({str(db)!r})\n")
+    (tmp_path / "handlers2.py").write_text("def handle(message):\n    return None\n")
+    result = run("worker", "taskapp:tasks", db, "jobs")
+    assert result.exit_code == 2
+    assert "give no DB or QUEUE" in one_error_line(result)
+    result = run("worker", "handlers2:handle")
+    assert result.exit_code == 2
+    assert "give the DB and QUEUE" in one_error_line(result)
+    assert not db.exists()
+
+
 def test_metrics_serve_unknown_queue(db: Path) -> None:
     seed(db, "jobs")
     result = run("metrics", "serve", db, "--queue", "nope")

@@ -748,6 +748,65 @@ def test_retention_max_prunes_in_bounded_steps(
     assert sorted(kept) == sorted(completed[-100:])
 
 
+def test_complete_keeps_a_json_result_with_the_history(
+    make_queue: MakeQueue, clock: FakeClock
+) -> None:
+    """complete(message, result=...) keeps a JSON result with the completed message, read
+    back with get_message and get_completed; None is a result too (JSON null)."""
+    queue = make_queue(table_name="jobs", retention=3600)
+    assert queue.keeps_history
+    first, second, third = ok(queue.enqueue_batch(["a", "b", "c"]))
+    ok(queue.complete(take(queue), result={"sent": 3, "to": ["ada", "éè\u2603"]}))
+    ok(queue.complete(take(queue), result=None))
+    ok(queue.complete(take(queue)))
+    found = ok(queue.get_message(first))
+    assert (found["status"], found["result"]) == ("done", {"sent": 3, "to": ["ada", "éè\u2603"]})
+    assert ok(queue.get_message(second))["result"] is None
+    assert ok(queue.get_message(third))["result"] is None
+    assert [d["result"] for d in ok(queue.get_completed())] == [
+        {"sent": 3, "to": ["ada", "éè\u2603"]},
+        None,
+        None,
+    ]
+    check_counts(queue)
+
+
+def test_complete_with_a_result_is_refused_without_history_or_json(
+    make_queue: MakeQueue,
+) -> None:
+    """A result needs a queue that keeps history, and must be JSON: otherwise Err and
+    nothing changes (the message stays leased, to be completed properly)."""
+    plain = make_queue(table_name="plain")
+    assert not plain.keeps_history
+    ok(plain.enqueue("a"))
+    message = take(plain)
+    refused = plain.complete(message, result=1)
+    err(refused, ErrorKind.INVALID_INPUT)
+    assert "retention" in str(refused.error)
+    assert ok(plain.get_message(message.id))["status"] == "processing"
+    ok(plain.complete(message))
+
+    kept = make_queue(table_name="kept", retention_max=10)
+    ok(kept.enqueue("b"))
+    message = take(kept)
+    for bad in ((1, 2), {1: "x"}, float("nan"), object()):
+        err(kept.complete(message, result=bad), ErrorKind.SERIALIZATION)
+    assert ok(kept.get_message(message.id))["status"] == "processing"
+    ok(kept.complete(message, result=[1, 2]))
+    assert ok(kept.get_message(message.id))["result"] == [1, 2]
+
+
+@pytest.mark.asyncio
+async def test_async_complete_keeps_a_result(make_queue: MakeQueue) -> None:
+    from sqqueue import AsyncQueue
+
+    queue = AsyncQueue(make_queue(table_name="jobs", retention=60))
+    message_id = ok(await queue.enqueue("a"))
+    message = ok(await queue.dequeue())
+    ok(await queue.complete(message, result={"ok": True}))
+    assert ok(await queue.get_message(message_id))["result"] == {"ok": True}
+
+
 # -- purge -------------------------------------------------------------------------------
 
 

@@ -414,3 +414,27 @@ def test_a_schema_1_queue_is_upgraded_and_its_counts_stay_exact(db_path: Path) -
     assert (stats.pending, stats.dead, stats.enqueued_total) == (3, 0, 3)
     assert stats.depth == 3
     queue.close()
+
+
+def test_a_schema_2_queue_gets_the_result_column(db_path: Path) -> None:
+    """Schema 2 kept completed messages without a result; opening such a file adds the
+    column (old history reads as result None) and completes with results from then on."""
+    queue = SQLiteQueue(db_path, table_name="jobs", retention=3600)
+    old, new = queue.enqueue_batch(["old", "new"]).unwrap()
+    queue.complete(queue.dequeue().unwrap()).unwrap()
+    queue.close()
+    conn = sqlite3.connect(db_path)
+    with conn:  # as sqqueue with schema 2 left the file
+        conn.execute('ALTER TABLE "jobs_done" DROP COLUMN result')
+        conn.execute("UPDATE sqqueue_queues SET schema_version = 2 WHERE name = 'jobs'")
+    conn.close()
+    assert "result" not in {r[1] for r in rows(db_path, "PRAGMA table_info(jobs_done)")}
+
+    queue = SQLiteQueue(db_path, table_name="jobs", retention=3600)
+    assert rows(db_path, "SELECT schema_version FROM sqqueue_queues WHERE name = 'jobs'") == [
+        (sqlite_backend.SCHEMA_VERSION,)
+    ]
+    assert queue.get_message(old).unwrap()["result"] is None
+    queue.complete(queue.dequeue().unwrap(), result={"n": 2}).unwrap()
+    assert queue.get_message(new).unwrap()["result"] == {"n": 2}
+    queue.close()

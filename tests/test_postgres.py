@@ -43,6 +43,7 @@ from sqqueue import (
     SQLiteQueue,
     connect,
 )
+from sqqueue.backends import postgres as pg_backend
 from sqqueue.tools import copy_queues
 
 TABLE = "jobs"
@@ -739,6 +740,34 @@ def test_ddl_is_the_schema_the_queue_creates(target: QueueTarget) -> None:
         assert _tables(target.url, manual) == _tables(target.url, str(target.schema))
     finally:
         drop_schema(target.url, manual)
+
+
+def test_a_schema_1_queue_gets_the_result_column(target: QueueTarget) -> None:
+    """Schema 1 kept completed messages without a result; opening such a queue adds the
+    column (old history reads as result None) and records the new version."""
+    queue = target.open(TABLE, retention=3600)
+    old, new = ok(queue.enqueue_batch(["old", "new"]))
+    ok(queue.complete(ok(queue.dequeue())))
+    queue.close()
+    target.run_sql(
+        [
+            f'ALTER TABLE "{TABLE}_done" DROP COLUMN result',
+            f"UPDATE sqqueue_queues SET schema_version = 1 WHERE name = '{TABLE}'",
+        ]
+    )
+    queue = target.open(TABLE, retention=3600)
+    try:
+        assert ok(queue.get_message(old))["result"] is None
+        ok(queue.complete(ok(queue.dequeue()), result={"n": 2}))
+        assert ok(queue.get_message(new))["result"] == {"n": 2}
+    finally:
+        queue.close()
+    with psycopg.connect(target.url, autocommit=True) as conn:
+        conn.execute(f'SET search_path TO "{target.schema}"')
+        version = conn.execute(
+            "SELECT schema_version FROM sqqueue_queues WHERE name = %s", (TABLE,)
+        ).fetchone()
+    assert version == (pg_backend.SCHEMA_VERSION,)
 
 
 # -- copy_queues ---------------------------------------------------------------------------

@@ -23,7 +23,17 @@ import pytest
 
 from conftest import QueueTarget
 from helpers import message_statuses
-from sqqueue import Message, Ok, Queue, Result, Worker, WorkerHooks, WorkerStats, worker
+from sqqueue import (
+    Message,
+    Ok,
+    Queue,
+    Reject,
+    Result,
+    Worker,
+    WorkerHooks,
+    WorkerStats,
+    worker,
+)
 
 MakeQueue = Callable[..., Queue]
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -187,6 +197,95 @@ def test_worker_dead_letters_after_max_attempts(
     assert letter["last_error"] == "ValueError: attempt 3 failed"
     assert (stats.started, stats.failed, stats.dead_lettered, stats.completed) == (3, 3, 1, 0)
     assert statuses(rq) == [(message_id, "dead", 3)]
+
+
+def test_reject_dead_letters_at_once(rq: Queue, running: Callable[[Worker], Running]) -> None:
+    """A handler raising Reject sends its message to the dead-letter queue on the first
+    attempt, with the exception's line as last_error; on_dead_letter is called."""
+    message_id = ok(rq.enqueue({"to": None}, max_attempts=5))
+    dead: list[tuple[Message, BaseException]] = []
+
+    def handler(message: Message) -> None:
+        raise Reject("no recipient")
+
+    r = running(
+        make_worker(rq, handler, hooks=WorkerHooks(on_dead_letter=lambda m, e: dead.append((m, e))))
+    )
+    wait_until(lambda: len(dead) == 1, what="dead letter hook")
+    stats = r.stop()
+    (letter,) = ok(rq.get_dead_letters())
+    assert (letter["id"], letter["attempts"], letter["last_error"]) == (
+        message_id,
+        1,
+        "Reject: no recipient",
+    )
+    assert (stats.failed, stats.dead_lettered) == (1, 1)
+    assert isinstance(dead[0][1], Reject)
+
+
+def test_retry_delay_decides_when_the_next_attempt_comes(
+    rq: Queue, running: Callable[[Worker], Running]
+) -> None:
+    """retry_delay(message, exc) gives the seconds before the next attempt; a retry_delay
+    that raises falls back to the queue's policy (immediate here)."""
+    slow_id, fast_id = ok(rq.enqueue_batch(["slow", "fast"]))
+    asked: list[tuple[int, str]] = []
+
+    def retry_delay(message: Message, exc: BaseException) -> float:
+        asked.append((message.id, str(exc)))
+        if message.payload == "fast":
+            raise RuntimeError("bug in retry_delay")
+        return 3600.0
+
+    attempts: dict[str, int] = {}
+
+    def handler(message: Message) -> None:
+        attempts[message.payload] = message.attempts
+        if message.payload == "slow" or message.attempts == 1:
+            raise ValueError(message.payload)
+
+    r = running(make_worker(rq, handler, retry_delay=retry_delay))
+    wait_until(lambda: attempts.get("fast") == 2, what="the fast retry")
+    r.stop()
+    assert attempts == {"slow": 1, "fast": 2}
+    slow = ok(rq.get_message(slow_id))
+    assert slow["status"] == "delayed"
+    assert slow["visible_at"].timestamp() > time.time() + 3500
+    assert (slow_id, "slow") in asked and (fast_id, "fast") in asked
+    assert ok(rq.get_message(fast_id)) is None  # completed on its second attempt
+
+
+def test_results_keeps_return_values(
+    make_queue: MakeQueue, running: Callable[[Worker], Running]
+) -> None:
+    """results=True keeps each handler's return value with its completed message (None
+    is not stored); a value that is not JSON fails the message, which is retried."""
+    queue = make_queue(table_name="jobs", clock=None, retention=3600)
+    ids = ok(queue.enqueue_batch(["upper", "none", "tuple"]))
+    calls: list[tuple[str, int]] = []
+
+    def handler(message: Message) -> Any:
+        calls.append((message.payload, message.attempts))
+        if message.payload == "upper":
+            return {"value": "UPPER"}
+        if message.payload == "tuple" and message.attempts == 1:
+            return (1, 2)
+        return None
+
+    r = running(make_worker(queue, handler, results=True))
+    wait_until(lambda: not statuses(queue), what="all three completed")
+    stats = r.stop()
+    results = {d["id"]: d["result"] for d in ok(queue.get_completed())}
+    assert results == {ids[0]: {"value": "UPPER"}, ids[1]: None, ids[2]: None}
+    assert ("tuple", 2) in calls
+    assert (stats.completed, stats.failed) == (3, 1)
+
+
+def test_results_need_a_queue_that_keeps_history(rq: Queue) -> None:
+    with pytest.raises(ValueError, match="retention"):
+        make_worker(rq, lambda m: None, results=True)
+    with pytest.raises(ValueError, match="retry_delay"):
+        make_worker(rq, lambda m: None, retry_delay=5)
 
 
 def test_failing_hook_is_not_fatal(rq: Queue, running: Callable[[Worker], Running]) -> None:

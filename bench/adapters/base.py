@@ -131,6 +131,53 @@ class Adapter:
         """The library's own 'how many are waiting' call."""
         raise Unsupported("no stats or size call")
 
+    def run_tasks(self, n: int, cap: float) -> dict[str, Any]:
+        """Enqueue ``n`` calls of a no-op task (untimed), then drain them with the library's
+        own worker process; the rate at which that process ran them."""
+        raise Unsupported("no task API with a worker process")
+
+    def _drain_with(
+        self, argv: list[str], remaining: Any, n: int, cap: float, env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Start a worker process (``argv``, in the work directory) on ``n`` waiting tasks
+        and time it from the first task gone to the last (``remaining()`` polled every
+        5 ms), so the process's start-up is not counted; then stop it."""
+        import signal
+        import subprocess
+
+        proc = subprocess.Popen(  # noqa: S603  (the worker command of the subject's own library)
+            argv,
+            cwd=self.workdir,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            first_left, t_first = n, 0.0
+            deadline = time.monotonic() + cap + 60  # start-up, then the cap
+            while time.monotonic() < deadline:
+                left = remaining()
+                if left < n and t_first == 0.0:
+                    first_left, t_first = left, time.perf_counter()
+                    deadline = time.monotonic() + cap
+                if left == 0:
+                    break
+                time.sleep(0.005)
+            t_end = time.perf_counter()
+            left = remaining()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        if t_first == 0.0:
+            return {"value": None, "unit": "msg/s", "done": 0, "failed_to_start": True}
+        done = first_left - left
+        return {"value": done / (t_end - t_first), "unit": "msg/s", "done": n - left,
+                "seconds": t_end - t_first}  # fmt: skip
+
     def files(self) -> list[str]:
         """Database files whose size (with their -wal) is reported."""
         raise NotImplementedError

@@ -1,7 +1,8 @@
 """huey's SQLite storage, huey.storage.SqliteStorage, used directly (peer, bench/.venv-peers).
 
 Only the storage layer is measured (what a huey consumer calls to move task data), not
-huey's task serialization or consumer process.
+huey's task serialization or consumer process; except in the tasks workload, which runs
+no-op tasks through huey's own consumer process.
 """
 
 from __future__ import annotations
@@ -10,6 +11,26 @@ import os
 from typing import Any, ClassVar
 
 from .base import Adapter as Base
+
+_TASK_APP = """
+from huey import Huey
+from huey.storage import SqliteStorage
+
+
+class Storage(SqliteStorage):
+    def _create_connection(self):
+        conn = super()._create_connection()
+        conn.execute("PRAGMA synchronous = NORMAL")  # as every subject (its default: FULL)
+        return conn
+
+
+huey = Huey("bench", storage_class=Storage, filename={path!r})
+
+
+@huey.task()
+def noop(n):
+    pass
+"""
 
 
 class Adapter(Base):
@@ -27,6 +48,7 @@ class Adapter(Base):
         "wait": "none (dequeue() returns None; consumers poll every 1 ms)",
         "fill": "its INSERT via executemany inside its own db(commit=True) transaction",
         "stats": "queue_size() (SELECT COUNT)",
+        "tasks": "@huey.task() no-op, one call each; `huey_consumer` (1 thread worker)",
     }
 
     def __init__(self, workdir: str) -> None:
@@ -62,6 +84,23 @@ class Adapter(Base):
 
     def stats(self) -> Any:
         return self.s.queue_size()
+
+    def run_tasks(self, n: int, cap: float) -> dict[str, Any]:
+        import sys
+
+        app = os.path.join(self.workdir, "hueyapp.py")
+        with open(app, "w") as f:
+            f.write(_TASK_APP.format(path=os.path.join(self.workdir, "tasks.db")))
+        sys.path.insert(0, self.workdir)
+        import hueyapp  # type: ignore[import-not-found]
+
+        for i in range(n):
+            hueyapp.noop(i)  # enqueues (huey's call of a task)
+        storage = hueyapp.huey.storage
+        argv = [sys.executable, "-m", "huey.bin.huey_consumer", "hueyapp.huey"]
+        return self._drain_with(
+            [*argv, "-w", "1", "-k", "thread", "-q"], storage.queue_size, n, cap
+        )
 
     def files(self) -> list[str]:
         return [self.path]

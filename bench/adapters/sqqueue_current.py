@@ -8,6 +8,17 @@ from typing import Any, ClassVar
 
 from .base import Adapter as Base
 
+_TASK_APP = """
+from sqqueue import Tasks
+
+tasks = Tasks({path!r}, synchronous="normal", lock_timeout=30.0)
+
+
+@tasks.task
+def noop(n: int) -> None:
+    pass
+"""
+
 
 class Adapter(Base):
     name = "sqqueue"
@@ -24,6 +35,7 @@ class Adapter(Base):
         "wait": "dequeue(wait=...): data_version polling 2-10 ms",
         "fill": "enqueue_batch() of 1,000",
         "stats": "stats()",
+        "tasks": "@tasks.task no-op, .delay() per call; `sqqueue worker app:tasks` (1 thread)",
     }
     cross_process_wait = "dequeue(wait=...)"
 
@@ -112,6 +124,28 @@ class Adapter(Base):
 
     def stats(self) -> Any:
         return self.q.stats().unwrap()
+
+    def run_tasks(self, n: int, cap: float) -> dict[str, Any]:
+        import sys
+
+        app = os.path.join(self.workdir, "taskapp.py")
+        with open(app, "w") as f:
+            f.write(_TASK_APP.format(path=os.path.join(self.workdir, "tasks.db")))
+        sys.path.insert(0, self.workdir)
+        import taskapp  # type: ignore[import-not-found]
+
+        for i in range(n):
+            taskapp.noop.delay(i).unwrap()
+        queue = taskapp.tasks.queue()
+        result = self._drain_with(
+            [sys.executable, "-m", "sqqueue.cli", "worker", "taskapp:tasks", "--concurrency", "1"],
+            lambda: queue.stats().unwrap().depth,
+            n,
+            cap,
+            env={"SQQUEUE_CONFIG": "none"},
+        )
+        taskapp.tasks.close()
+        return result
 
     def files(self) -> list[str]:
         return [self.path]

@@ -18,6 +18,7 @@ from .exceptions import (
     ErrorKind,
     QueueError,
     QueueFull,
+    Reject,
     RequeueError,
 )
 from .message import Item, Message
@@ -26,6 +27,7 @@ from .result import Err, Ok, Result, UnwrapError
 from .retry import RetryPolicy
 from .serializers import Serializer
 from .stats import QueueStats
+from .tasks import Tasks
 from .worker import Worker, WorkerHooks, WorkerStats, worker
 
 __version__ = "1.0.0.dev0"
@@ -47,11 +49,13 @@ __all__ = [
     "QueueError",
     "QueueFull",
     "QueueStats",
+    "Reject",
     "RequeueError",
     "Result",
     "RetryPolicy",
     "SQLiteQueue",
     "Serializer",
+    "Tasks",
     "UnwrapError",
     "Worker",
     "WorkerHooks",

@@ -41,7 +41,16 @@ from .exceptions import (
     RequeueError,
 )
 from .message import Message
-from .queue import MAX_BATCH_SIZE, MessageRef, Queue, SQLiteQueue, Step, _bounded_int, _error_text
+from .queue import (
+    _NO_RESULT,
+    MAX_BATCH_SIZE,
+    MessageRef,
+    Queue,
+    SQLiteQueue,
+    Step,
+    _bounded_int,
+    _error_text,
+)
 from .result import Err, Ok, Result
 from .stats import QueueStats
 from .worker import WorkerCore, WorkerStats
@@ -228,8 +237,10 @@ class AsyncQueue:
         if isinstance(result, Err) and result.error.kind is not ErrorKind.NOT_FOUND:
             raise result.error
 
-    async def complete(self, message: MessageRef) -> Result[None, CompletionError]:
-        return await self._call(self.sync.complete, message)
+    async def complete(
+        self, message: MessageRef, *, result: Any = _NO_RESULT
+    ) -> Result[None, CompletionError]:
+        return await self._call(functools.partial(self.sync.complete, result=result), message)
 
     async def complete_batch(self, messages: Sequence[MessageRef]) -> Result[int, CompletionError]:
         return await self._call(self.sync.complete_batch, messages)

@@ -6,6 +6,7 @@
     sqqueue enqueue jobs.db emails '{"to": "ada@example.com"}' --json
     sqqueue dlq list jobs.db emails             # what failed for good, and why
     sqqueue worker tasks:send jobs.db emails --concurrency 4
+    sqqueue worker myapp.jobs:tasks --concurrency 4    # every task of a sqqueue.Tasks app
 
 Needs the ``cli`` extra (click and rich): ``pip install 'sqqueue[cli]'``. Exit codes: 0
 done, 1 the operation failed (the error is one ``error: ...`` line on stderr), 2 bad usage.
@@ -42,7 +43,8 @@ from .queue import LISTABLE_STATES, PURGEABLE_STATES, Queue, SQLiteQueue
 from .result import Err, Result
 from .retry import RetryPolicy
 from .stats import QueueStats
-from .worker import Worker
+from .tasks import Tasks
+from .worker import Worker, WorkerStats
 
 try:
     import click
@@ -440,11 +442,15 @@ def _pretty_payload(payload: Any) -> str:
 # -- the worker's handler ---------------------------------------------------------------------
 
 
-def _load_handler(target: str) -> Callable[..., Any]:
-    """Import ``MODULE:FUNC`` (FUNC may be dotted), looking in the working directory too."""
+def _load_handler(target: str) -> Callable[..., Any] | Tasks:
+    """Import ``MODULE:FUNC`` (FUNC may be dotted) or ``MODULE:TASKS`` (a Tasks object),
+    looking in the working directory too."""
     module_name, sep, attribute = target.partition(":")
     if not sep or not module_name or not attribute:
-        raise CliError(f"the handler must be MODULE:FUNC (e.g. tasks:handle), got {target!r}", 2)
+        raise CliError(
+            f"the handler must be MODULE:FUNC or MODULE:TASKS (e.g. tasks:handle), got {target!r}",
+            2,
+        )
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
@@ -457,6 +463,8 @@ def _load_handler(target: str) -> Callable[..., Any]:
             obj = getattr(obj, part)
         except AttributeError:
             raise CliError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if isinstance(obj, Tasks):
+        return obj
     if not callable(obj):
         raise CliError(f"{target} is not callable (it is a {type(obj).__name__})")
     handler: Callable[..., Any] = obj
@@ -1354,9 +1362,9 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         _console().print(table)
 
     @main.command("worker")
-    @click.argument("target", metavar="MODULE:FUNC")
-    @db_arg
-    @queue_arg
+    @click.argument("target", metavar="MODULE:FUNC DB QUEUE | MODULE:TASKS")
+    @click.argument("db", metavar="", required=False)
+    @click.argument("queue", metavar="", required=False)
     @click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True)
     @click.option(
         "--visibility-timeout",
@@ -1395,8 +1403,8 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
     )
     def worker_cmd(
         target: str,
-        db: str,
-        queue: str,
+        db: str | None,
+        queue: str | None,
         concurrency: int,
         visibility_timeout: float | None,
         task_timeout: float | None,
@@ -1404,9 +1412,11 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         metrics_port: int | None,
         log_level: str,
     ) -> None:
-        """Run MODULE:FUNC for every message of QUEUE.
+        """Run MODULE:FUNC for every message of QUEUE, or every task of MODULE:TASKS.
 
-        It runs until SIGTERM or Ctrl-C.
+        It runs until SIGTERM or Ctrl-C. MODULE:TASKS names a sqqueue.Tasks object: it
+        knows its database and queues (serve them all, --concurrency handlers each) and
+        its periodic tasks (this worker schedules them too).
 
         The handler gets a sqqueue.Message: returning completes it, raising fails it (it
         is retried, then dead-lettered). An `async def` handler runs on an asyncio loop.
@@ -1417,23 +1427,37 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         \b
         Example:
           sqqueue worker tasks:send_email jobs.db emails --concurrency 4 --metrics-port 9464
+          sqqueue worker myapp.jobs:tasks --concurrency 4
         """
         handler = _load_handler(target)
-        name = _check_name(queue)
+        if isinstance(handler, Tasks):
+            if db is not None or queue is not None:
+                raise CliError(
+                    f"{target} is a Tasks object: it knows its database and queues, so give "
+                    "no DB or QUEUE",
+                    2,
+                )
+        elif db is None or queue is None:
+            raise CliError(f"{target} is a handler: give the DB and QUEUE it serves", 2)
         if not logging.getLogger().handlers:
             logging.basicConfig(
                 level=log_level.upper(),
                 stream=sys.stderr,
                 format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             )
+        options: dict[str, Any] = {
+            "concurrency": concurrency,
+            "visibility_timeout": visibility_timeout,
+            "task_timeout": task_timeout,
+            "grace_period": grace_period,
+        }
+        if isinstance(handler, Tasks):
+            _summary(_run_tasks(handler, options, metrics_port))
+            return
+        assert db is not None
+        name = _check_name(queue or "")
         server = None
         with _open(db, name, create=True) as q:
-            options: dict[str, Any] = {
-                "concurrency": concurrency,
-                "visibility_timeout": visibility_timeout,
-                "task_timeout": task_timeout,
-                "grace_period": grace_period,
-            }
             try:
                 if metrics_port is not None:
                     server, options["durations"] = _start_metrics(
@@ -1453,10 +1477,16 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
                 if server is not None:
                     server.shutdown()
                     server.server_close()
+        _summary([stats])
+
+    def _summary(stats: list[WorkerStats]) -> None:
+        def total(field: str) -> int:
+            return sum(getattr(s, field) for s in stats)
+
         click.echo(
-            f"worker stopped: {stats.completed} completed, {stats.failed} failed "
-            f"({stats.dead_lettered} dead-lettered, {stats.timed_out} timed out), "
-            f"{stats.released} released",
+            f"worker stopped: {total('completed')} completed, {total('failed')} failed "
+            f"({total('dead_lettered')} dead-lettered, {total('timed_out')} timed out), "
+            f"{total('released')} released",
             err=True,
         )
 
@@ -1488,6 +1518,30 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
                   token_file=token_file, schema=schema)  # fmt: skip
         except DashboardError as exc:
             raise CliError(str(exc), exc.code) from None
+
+    def _run_tasks(
+        tasks: Tasks, options: dict[str, Any], metrics_port: int | None
+    ) -> list[WorkerStats]:
+        server = None
+        try:
+            if metrics_port is not None:
+                try:
+                    from .tasks.prometheus import serve
+                except ImportError as exc:
+                    raise CliError(str(exc)) from None
+                try:
+                    server, options["durations"] = serve(tasks, metrics_port)
+                except OSError as exc:
+                    raise CliError(f"cannot serve metrics on port {metrics_port}: {exc}") from None
+                click.echo(f"metrics on {_metrics_url(server, '127.0.0.1')}", err=True)
+            return list(tasks.run_worker(**options).values())
+        except (ValueError, QueueError) as exc:
+            raise CliError(str(exc)) from None
+        finally:
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+            tasks.close()
 
     @main.group()
     def metrics() -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "ErrorKind",
     "QueueError",
     "QueueFull",
+    "Reject",
     "RequeueError",
 ]
 
@@ -80,3 +81,14 @@ class CompletionError(QueueError):
 
 class RequeueError(QueueError):
     """Failing, requeueing, extending or reprocessing a message failed."""
+
+
+class Reject(Exception):
+    """Raised by a worker's handler: this message can never succeed, so it goes to the
+    dead-letter queue at once, with this exception's line as its error, instead of being
+    retried::
+
+        def handle(message):
+            if "to" not in message.payload:
+                raise Reject("no recipient")   # last_error: "Reject: no recipient"
+    """

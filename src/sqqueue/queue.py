@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
 import os
@@ -45,7 +46,7 @@ from .metrics import Metrics, NullMetrics, StatsdMetrics
 from .names import validate_queue_name
 from .result import Err, Ok, Result
 from .retry import RetryPolicy
-from .serializers import Codec, Encoded, Serializer
+from .serializers import Codec, Encoded, Serializer, json_text
 from .stats import QueueStats
 from .targets import parse_target
 from .wakeup import signal_for
@@ -88,6 +89,7 @@ MAX_WAIT = 86400.0
 # its LISTEN connection keeps), well under 0.1% of a core. In-process enqueues wake
 # waiters at once, without polling.
 _POLL_MIN, _POLL_MAX = 0.002, 0.01
+_NO_RESULT: Any = object()  # complete() without a result (None is a result: JSON null)
 
 # A wait is a small plan of steps that a driver carries out: ("call", fn) runs a storage
 # call, ("sleep", seconds, seq) waits for a wake-up. The sync queue runs the steps inline;
@@ -930,16 +932,26 @@ class Queue:
             # be done twice (e.g. the lease expired): say so loudly.
             raise result.error
 
-    def complete(self, message: MessageRef) -> Result[None, CompletionError]:
-        """Acknowledge a leased message: it is removed for good.
+    def complete(
+        self, message: MessageRef, *, result: Any = _NO_RESULT
+    ) -> Result[None, CompletionError]:
+        """Acknowledge a leased message: it is removed for good (or kept as history, when
+        the queue has ``retention``).
 
         Refused (``Err``, nothing changes) if the lease expired or the message went to
         another consumer, so a slow consumer can never delete work someone else now holds.
+
+        ``result``: a JSON value kept with the completed message, read back with
+        ``get_message(id)["result"]`` until the history is pruned. Needs a queue that
+        keeps history (``retention`` or ``retention_max``)::
+
+            queue.complete(message, result={"sent": True})
         """
 
         try:  # _guard, inline (a hot path)
             message_id, token = self._ref(message)
-            outcome = self._backend.complete(message_id, token, float(self._clock()))
+            text = None if result is _NO_RESULT else self._result_text(result)
+            outcome = self._backend.complete(message_id, token, float(self._clock()), text)
             if outcome is not Outcome.DONE:
                 # A refused call keeps the remembered token: later calls by id stay fenced.
                 raise self._outcome_error(outcome, message_id, "completed")
@@ -954,6 +966,25 @@ class Queue:
             return Ok(None)
         except Exception as exc:
             return self._failed(CompletionError, "complete", exc)
+
+    def _result_text(self, result: object) -> str:
+        """A result as the JSON text kept with a completed message; raises QueueError."""
+        if not self._backend.policy.keeps_history:
+            raise QueueError(
+                f"queue {self.name!r} does not keep completed messages, so a result has nowhere "
+                "to go; open it with retention=SECONDS (or retention_max=N). Nothing was changed",
+                ErrorKind.INVALID_INPUT,
+            )
+        try:
+            return json_text(result, "the result")
+        except QueueError as exc:
+            raise QueueError(f"{exc}; nothing was changed", exc.kind) from exc
+
+    @property
+    def keeps_history(self) -> bool:
+        """Whether completed messages are kept (the ``retention``/``retention_max``
+        settings), and with them the results given to :meth:`complete`."""
+        return self._backend.policy.keeps_history
 
     def complete_batch(self, messages: Sequence[MessageRef]) -> Result[int, CompletionError]:
         """Acknowledge several leased messages in one transaction: all of them or, if any
@@ -1335,14 +1366,22 @@ class Queue:
             enqueued_at=to_datetime(row.created_at),
             completed_at=to_datetime(row.completed_at),
             group=row.group_key,
+            result=None,
         )
+        if row.result is not None:
+            try:
+                entry["result"] = json.loads(row.result)
+            except ValueError as exc:
+                entry["result"] = row.result
+                entry["result_error"] = f"stored result is not valid JSON: {exc}"
         return entry
 
     def get_completed(
         self, limit: int = 100, after_id: int = 0
     ) -> Result[list[dict[str, Any]], QueueError]:
         """Completed messages kept by the queue's ``retention`` setting, by id, as dicts
-        (``id``, ``payload``, ``priority``, ``attempts``, ``enqueued_at``, ``completed_at``)."""
+        (``id``, ``payload``, ``priority``, ``attempts``, ``enqueued_at``, ``completed_at``,
+        ``result``: what :meth:`complete` was given, else None)."""
         return self.list_messages("done", limit=limit, after_id=after_id)
 
     def redrive(

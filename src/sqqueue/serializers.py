@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .exceptions import ErrorKind, QueueError
 
-__all__ = ["BUILTIN_ENCODINGS", "Codec", "Encoded", "Serializer"]
+__all__ = ["BUILTIN_ENCODINGS", "Codec", "Encoded", "Serializer", "json_text"]
 
 TEXT, BYTES, JSON = "text", "bytes", "json"
 BUILTIN_ENCODINGS = frozenset({TEXT, BYTES, JSON})
@@ -71,8 +71,10 @@ def _serialization_error(message: str) -> QueueError:
     return QueueError(message, ErrorKind.SERIALIZATION)
 
 
-def _check_json_value(value: object) -> None:
-    """Refuse values that JSON would silently change (tuples, int keys, NaN, ...)."""
+def _check_json_value(value: object, what: str = "payload", custom: bool = True) -> None:
+    """Refuse values that JSON would silently change (tuples, int keys, NaN, ...).
+
+    ``what`` names the value in the error; ``custom``: suggest a custom serializer."""
     stack: list[object] = [value]
     while stack:
         item = stack.pop()
@@ -81,8 +83,8 @@ def _check_json_value(value: object) -> None:
         if isinstance(item, float):
             if not math.isfinite(item):
                 raise _serialization_error(
-                    f"payload contains {item!r}, which JSON cannot represent; "
-                    "send it as a string or pass a custom serializer"
+                    f"{what} contains {item!r}, which JSON cannot represent; "
+                    "send it as a string" + (" or pass a custom serializer" if custom else "")
                 )
             continue
         if type(item) is list:
@@ -92,15 +94,31 @@ def _check_json_value(value: object) -> None:
             for key, sub in item.items():
                 if not isinstance(key, str):
                     raise _serialization_error(
-                        f"payload dict has a non-str key {key!r}; JSON keys are strings, so it "
-                        "would come back changed. Use str keys or pass a custom serializer"
+                        f"{what} dict has a non-str key {key!r}; JSON keys are strings, so it "
+                        "would come back changed. Use str keys"
+                        + (" or pass a custom serializer" if custom else "")
                     )
                 stack.append(sub)
             continue
         raise _serialization_error(
-            f"payload contains a {type(item).__name__}, which does not round-trip through "
-            "JSON; convert it (e.g. a tuple to a list) or pass serializer=... to the queue"
+            f"{what} contains a {type(item).__name__}, which does not round-trip through "
+            "JSON; convert it (e.g. a tuple to a list)"
+            + (" or pass serializer=... to the queue" if custom else "")
         )
+
+
+def json_text(value: object, what: str = "value") -> str:
+    """``value`` as JSON text, refusing (``QueueError``, SERIALIZATION, naming it ``what``)
+    anything that would not come back the same (a tuple, a set, a dict with non-``str``
+    keys, NaN)."""
+    _check_json_value(value, what, custom=False)
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Lone surrogates cannot be stored as UTF-8 text; JSON's \u escapes can.
+        text = json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+    return text
 
 
 class Codec:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .exceptions import ErrorKind, Reject
 from .message import Message
 from .queue import Queue, _error_text
 from .result import Err
@@ -110,9 +111,19 @@ class WorkerCore:
         hooks: WorkerHooks | None = None,
         name: str | None = None,
         durations: DurationObserver | None = None,
+        results: bool = False,
+        retry_delay: Callable[[Message, BaseException], float | None] | None = None,
     ) -> None:
         if not callable(handler):
             raise ValueError("handler must be callable")
+        if results and not queue.keeps_history:
+            raise ValueError(
+                f"results=True keeps handlers' return values with the completed messages, "
+                f"but queue {queue.name!r} does not keep them: open it with retention=SECONDS "
+                "(or retention_max=N)"
+            )
+        if retry_delay is not None and not callable(retry_delay):
+            raise ValueError("retry_delay must be a callable (message, exception) -> seconds")
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
         lease = visibility_timeout or queue.default_visibility_timeout
@@ -140,6 +151,8 @@ class WorkerCore:
         self.handle_signals = handle_signals
         self.hooks = hooks or WorkerHooks()
         self.durations = durations
+        self.results = results
+        self.retry_delay = retry_delay
         self.name = name or f"sqqueue-worker-{queue.name}"
         self.stats = WorkerStats()
         self._stopping = threading.Event()
@@ -225,7 +238,14 @@ class WorkerCore:
         if exc is not None:
             self._record_failure(message, exc, elapsed)
             return
-        result = self.queue.complete(message)
+        if self.results and value is not None:
+            result = self.queue.complete(message, result=value)
+            if isinstance(result, Err) and result.error.kind is ErrorKind.SERIALIZATION:
+                # The handler ran, but what it returned cannot be kept: a failure.
+                self._record_failure(message, TypeError(str(result.error)), elapsed)
+                return
+        else:
+            result = self.queue.complete(message)
         if result.is_ok():
             self.stats.completed += 1
             self.stats.processing_seconds.append(elapsed)
@@ -248,9 +268,24 @@ class WorkerCore:
             except Exception:
                 logger.exception("worker %s: recording a duration failed", self.name)
 
+    def _retry_delay(self, message: Message, exc: BaseException) -> float | None:
+        """Seconds before the next attempt: ``retry_delay``'s answer, or None for the
+        queue's retry policy (also when ``retry_delay`` itself fails)."""
+        if self.retry_delay is None:
+            return None
+        try:
+            return self.retry_delay(message, exc)
+        except Exception:
+            logger.exception("worker %s: retry_delay failed; using the queue's policy", self.name)
+            return None
+
     def _record_failure(self, message: Message, exc: BaseException, elapsed: float) -> None:
         log_extra = {"message_id": message.id, "attempt": message.attempts}
-        result = self.queue.fail_message(message, error=_error_text(exc))
+        rejected = isinstance(exc, Reject)
+        delay = None if rejected else self._retry_delay(message, exc)
+        result = self.queue.fail_message(
+            message, send_to_dlq=rejected, error=_error_text(exc), delay=delay
+        )
         self.stats.failed += 1
         self.stats.processing_seconds.append(elapsed)
         self.hooks.call("on_failure", message, exc)
@@ -263,7 +298,7 @@ class WorkerCore:
                 extra=log_extra,
             )
             return
-        if message.attempts >= message.max_attempts:
+        if rejected or message.attempts >= message.max_attempts:
             self.stats.dead_lettered += 1
             self.hooks.call("on_dead_letter", message, exc)
             logger.warning(
@@ -355,8 +390,12 @@ class Worker(WorkerCore):
     """Runs ``handler(message)`` for each message of ``queue`` on ``concurrency`` threads.
 
     - Returns normally: the message is completed. Raises: it is failed with the exception's
-      last traceback line as its error, retried per the queue's retry policy, and
-      dead-lettered after its last attempt.
+      last traceback line as its error, retried per the queue's retry policy (or after
+      ``retry_delay(message, exc)`` seconds when given), and dead-lettered after its last
+      attempt. Raises :class:`~sqqueue.Reject`: dead-lettered at once, not retried.
+    - ``results=True``: the handler's return value, unless None, is kept as the message's
+      result (``complete(message, result=value)``; the queue must keep history). A value
+      that is not JSON fails the message.
     - Durations: ``durations=sqqueue.prometheus.Durations()`` records histograms of
       time-in-queue and processing time (statsd timers too when the queue uses statsd).
     - Heartbeat: every ``heartbeat`` seconds (default a third of the lease) the lease of

@@ -111,6 +111,7 @@ class StoredDone(NamedTuple):
     created_at: float
     completed_at: float
     group_key: str | None = None
+    result: str | None = None  #: JSON text kept by ``complete(..., result=)``
 
 
 class Outcome(enum.Enum):
@@ -160,8 +161,11 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def complete(self, message_id: int, token: int | None, now: float) -> Outcome:
-        """Delete a message held under a live lease."""
+    def complete(
+        self, message_id: int, token: int | None, now: float, result: str | None = None
+    ) -> Outcome:
+        """Delete a message held under a live lease (keeping it, with ``result``, when the
+        policy keeps history)."""
 
     @abstractmethod
     def complete_many(self, refs: Sequence[tuple[int, int | None]], now: float) -> list[Outcome]:

@@ -185,8 +185,10 @@ class SQLBackend(Backend):
             messages.sort(key=lambda m: (-m.priority, m.visible_at, m.id))
         return messages, folded
 
-    def _complete_one(self, conn: Conn, message_id: int, token: int | None, now: float) -> Outcome:
-        params = {"id": message_id, "token": token, "now": now}
+    def _complete_one(
+        self, conn: Conn, message_id: int, token: int | None, now: float, result: str | None = None
+    ) -> Outcome:
+        params = {"id": message_id, "token": token, "now": now, "result": result}
         keep = self.policy.keeps_history
         if keep and not conn.execute(self._sql["keep_done"], params).rowcount:
             return self._diagnose(conn, message_id, token)
@@ -194,9 +196,11 @@ class SQLBackend(Backend):
             return Outcome.DONE
         return self._diagnose(conn, message_id, token)
 
-    def complete(self, message_id: int, token: int | None, now: float) -> Outcome:
+    def complete(
+        self, message_id: int, token: int | None, now: float, result: str | None = None
+    ) -> Outcome:
         def run(conn: Conn) -> Outcome:
-            outcome = self._complete_one(conn, message_id, token, now)
+            outcome = self._complete_one(conn, message_id, token, now, result)
             if outcome is Outcome.DONE:
                 self._bump(conn, completed=1)
             return outcome

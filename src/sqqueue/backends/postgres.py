@@ -51,7 +51,7 @@ __all__ = ["SCHEMA_VERSION", "PostgresBackend"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: a result column in the history table (see UPGRADE_FROM_1)
 # Errors after which the whole transaction can simply run again.
 _RETRY = (
     pg_errors.DeadlockDetected,
@@ -374,7 +374,7 @@ class PostgresBackend(SQLBackend):
             row = conn.execute(
                 "SELECT schema_version FROM sqqueue_queues WHERE name = %s", (self.name,)
             ).fetchone()
-            return row is not None and row[0] <= SCHEMA_VERSION
+            return row is not None and row[0] == SCHEMA_VERSION
 
         return self._read(look)
 
@@ -393,6 +393,9 @@ class PostgresBackend(SQLBackend):
                 "SELECT schema_version FROM sqqueue_queues WHERE name = %s", (self.name,)
             ).fetchone()
             if self._known(row, SCHEMA_VERSION):
+                assert row is not None
+                if row[0] < SCHEMA_VERSION:
+                    self._upgrade(conn, row[0])
                 return
             exists = conn.execute(
                 "SELECT to_regclass(%s) IS NOT NULL", (f'"{self.name}"',)
@@ -411,6 +414,18 @@ class PostgresBackend(SQLBackend):
                 conn.execute(ddl)
 
         self._write(setup)
+
+    def _upgrade(self, conn: psycopg.Connection[Any], version: int) -> None:
+        """Bring a queue of an older schema version up to date, in the caller's
+        transaction. Every step is idempotent: DDL applied by hand registers version 1."""
+        if version < 2:
+            for statement in self._q.upgrade_from_1:
+                conn.execute(statement)
+        conn.execute(
+            "UPDATE sqqueue_queues SET schema_version = %s WHERE name = %s",
+            (SCHEMA_VERSION, self.name),
+        )
+        logger.info("upgraded queue %r in %s to schema %d", self.name, self.path, SCHEMA_VERSION)
 
     def ddl(self) -> list[str]:
         """The statements that create this queue, for teams that run migrations themselves."""
@@ -519,9 +534,11 @@ class PostgresBackend(SQLBackend):
         messages.sort(key=lambda m: (-m.priority, m.visible_at, m.id))
         return messages, 0
 
-    def complete(self, message_id: int, token: int | None, now: float) -> Outcome:
+    def complete(
+        self, message_id: int, token: int | None, now: float, result: str | None = None
+    ) -> Outcome:
         if self.policy.keeps_history:
-            return super().complete(message_id, token, now)
+            return super().complete(message_id, token, now, result)
         params = {"id": message_id, "token": token, "now": now}
         row = self._run(
             lambda conn: self._one(conn, "complete_counted", params), write=True, single=True

@@ -130,7 +130,8 @@ CREATE TABLE $done (
     attempts          INTEGER NOT NULL,
     created_at        DOUBLE PRECISION NOT NULL,
     completed_at      DOUBLE PRECISION NOT NULL,
-    group_key         TEXT
+    group_key         TEXT,
+    result            TEXT                  -- JSON: what complete(..., result=) kept
 )""",
     "CREATE INDEX $ix_done ON $done (completed_at)",
     """
@@ -195,7 +196,7 @@ DEAD_COLUMNS = (
 )
 DONE_COLUMNS = (
     "id, body_text, body_bytes, encoding, checksum, priority, attempts, created_at, "
-    "completed_at, group_key"
+    "completed_at, group_key, result"
 )
 _LIVE = (
     "status = 'processing' AND lease_expires_at > %(now)s "
@@ -359,9 +360,10 @@ STATEMENTS = {
         SELECT s.n FROM (SELECT count(*) AS n FROM gone) AS s
           LEFT JOIN LATERAL (SELECT sqqueue_count($lit, 0, 0, 0, completed => s.n)
                               WHERE s.n > 0) AS bump ON true""",
+    # A completed message kept as history, with the result its consumer gave (or NULL).
     "keep_done": f"""
         INSERT INTO $done ({DONE_COLUMNS})
-        SELECT id, {_COPY}, attempts, created_at, %(now)s, group_key
+        SELECT id, {_COPY}, attempts, created_at, %(now)s, group_key, %(result)s
           FROM $q WHERE id = %(id)s AND {_LIVE}""",
     "release": f"""
         UPDATE $q
@@ -525,6 +527,10 @@ STATEMENTS = {
              LIMIT %(batch)s)""",
 }
 
+# From schema version 1: completed messages kept as history can carry a result.
+# Idempotent, as DDL applied by hand registers version 1 with the column already there.
+UPGRADE_FROM_1 = ("ALTER TABLE $done ADD COLUMN IF NOT EXISTS result TEXT",)
+
 _REDRIVE_INTO = f"""
     INSERT INTO $q ({_COPY}, status, visible_at, attempts, max_attempts, last_error,
                     created_at, updated_at, group_key, prior_attempts)
@@ -571,6 +577,7 @@ class Rendered:
         self.tables = names
         self.sql = {key: self.fill(sql) for key, sql in STATEMENTS.items()}
         self.ddl = [self.fill(sql) for sql in QUEUE_DDL]
+        self.upgrade_from_1 = [self.fill(sql) for sql in UPGRADE_FROM_1]
 
     def fill(self, sql: str) -> str:
         return Template(sql).substitute(self.subst)

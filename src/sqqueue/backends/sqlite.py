@@ -48,7 +48,7 @@ R = TypeVar("R", StoredMessage, StoredDeadLetter, StoredDone)
 LARGE_PAYLOAD = 128 * 1024
 
 MIN_SQLITE_VERSION = (3, 35, 0)  # the oldest release sqqueue supports
-SCHEMA_VERSION = 2  # 2: no insert trigger (see UPGRADE_FROM_1)
+SCHEMA_VERSION = 3  # 2: no insert trigger (UPGRADE_FROM_1); 3: results kept (UPGRADE_FROM_2)
 # Batches acknowledged in one statement, at most this many: one parameter per message,
 # within the 999 parameters that SQLite builds before 3.32 allowed (some still do).
 _MAX_SET = 500
@@ -425,16 +425,8 @@ class SQLiteBackend(SQLBackend):
                 "SELECT schema_version FROM sqqueue_queues WHERE name = ?", (self.name,)
             ).fetchone()
             if self._known(row, SCHEMA_VERSION):
-                if row[0] == 1:
-                    for statement in self._q.upgrade_from_1:
-                        conn.execute(statement)
-                    conn.execute(
-                        "UPDATE sqqueue_queues SET schema_version = ? WHERE name = ?",
-                        (SCHEMA_VERSION, self.name),
-                    )
-                    logger.info(
-                        "upgraded queue %r in %s to schema %d", self.name, self.path, SCHEMA_VERSION
-                    )
+                if row[0] < SCHEMA_VERSION:
+                    self._upgrade(conn, row[0])
                 return
             now = float(self._clock())
             columns = self._table_columns(conn, self.name)
@@ -460,6 +452,21 @@ class SQLiteBackend(SQLBackend):
             conn.execute(self._sql["seed_totals"])
 
         self._write(setup)
+
+    def _upgrade(self, conn: sqlite3.Connection, version: int) -> None:
+        """Bring a queue of an older schema version up to date, in the caller's
+        transaction. Every step is idempotent: DDL applied by hand registers version 1."""
+        if version < 2:
+            for statement in self._q.upgrade_from_1:
+                conn.execute(statement)
+        if version < 3 and "result" not in self._table_columns(conn, self._q.tables["done"]):
+            for statement in self._q.upgrade_from_2:
+                conn.execute(statement)
+        conn.execute(
+            "UPDATE sqqueue_queues SET schema_version = ? WHERE name = ?",
+            (SCHEMA_VERSION, self.name),
+        )
+        logger.info("upgraded queue %r in %s to schema %d", self.name, self.path, SCHEMA_VERSION)
 
     @staticmethod
     def _table_columns(conn: sqlite3.Connection, table: str) -> set[str]:

@@ -135,7 +135,8 @@ CREATE TABLE $done (
     attempts          INTEGER NOT NULL,
     created_at        REAL NOT NULL,
     completed_at      REAL NOT NULL,
-    group_key         TEXT
+    group_key         TEXT,
+    result            TEXT                  -- JSON: what complete(..., result=) kept
 )""",
     "CREATE INDEX $ix_done ON $done (completed_at)",
     # Large payloads live apart from their message row, so that leasing, failing or
@@ -214,7 +215,8 @@ DEAD_COLUMNS = (
     "created_at, updated_at, dead_at, group_key, prior_attempts"
 )
 DONE_COLUMNS = (
-    "id, payload, encoding, checksum, priority, attempts, created_at, completed_at, group_key"
+    "id, payload, encoding, checksum, priority, attempts, created_at, completed_at, group_key, "
+    "result"
 )
 # Payloads are read as bytes plus "was it text", so a stored text that is not valid UTF-8
 # reaches the codec (which dead-letters it) instead of failing inside sqlite3.
@@ -354,9 +356,11 @@ STATEMENTS = {
                last_error = 'lease expired on attempt ' || attempts || ' of ' || max_attempts
          WHERE status = 'processing' AND lease_expires_at <= :now""",
     "complete": f"DELETE FROM $q WHERE id = :id AND {_LIVE}",
+    # A completed message kept as history, with the result its consumer gave (or NULL).
     "keep_done": f"""
         INSERT INTO $done ({DONE_COLUMNS})
-        SELECT id, payload, encoding, checksum, priority, attempts, created_at, :now, group_key
+        SELECT id, payload, encoding, checksum, priority, attempts, created_at, :now, group_key,
+               :result
           FROM $q WHERE id = :id AND {_LIVE}""",
     "release": f"""
         UPDATE $q
@@ -544,6 +548,9 @@ _E = LEGACY_EPOCH.format
 # From schema version 1: inserts are no longer counted by a trigger (the code that
 # inserts rows with ids of their own counts them instead, as version 1's trigger did).
 UPGRADE_FROM_1 = ("DROP TRIGGER IF EXISTS $tr_insert",)
+# From schema version 2: completed messages kept as history can carry a result. Run only
+# when the column is missing (DDL applied by hand registers version 1 with it already).
+UPGRADE_FROM_2 = ("ALTER TABLE $done ADD COLUMN result TEXT",)
 
 LEGACY_MIGRATION = (
     "ALTER TABLE $q RENAME TO $legacy",
@@ -621,6 +628,7 @@ class Rendered:
         self.ddl = [self.fill(sql) for sql in QUEUE_DDL]
         self.migration = [self.fill(sql) for sql in LEGACY_MIGRATION]
         self.upgrade_from_1 = [self.fill(sql) for sql in UPGRADE_FROM_1]
+        self.upgrade_from_2 = [self.fill(sql) for sql in UPGRADE_FROM_2]
         self.legacy_dead_insert = self.fill(LEGACY_DEAD_INSERT)
         self._complete_sets: dict[int, str] = {}
 

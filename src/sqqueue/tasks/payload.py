@@ -1,0 +1,129 @@
+"""The message a task call becomes: a JSON object, with a format number so it can evolve.
+
+::
+
+    {"sqqueue_task": 1, "name": "myapp.jobs.send_email",
+     "args": ["ada@example.com"], "kwargs": {"subject": "hi"}}
+
+A periodic task's run also carries ``"tick"``: the Unix time of the tick it is for. A
+worker reads format 1; a message of a newer format, one that is not a task call, or one
+naming a task the worker does not know is dead-lettered with the reason (it can never
+succeed here; redrive it once the workers are upgraded).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from ..exceptions import ErrorKind, QueueError, Reject
+
+__all__ = [
+    "FORMAT",
+    "MARK",
+    "InvalidTaskMessage",
+    "TaskCall",
+    "UnknownTask",
+    "check_json",
+    "decode",
+    "encode",
+]
+
+FORMAT = 1
+MARK = "sqqueue_task"  #: the key that marks a task call; its value is the format number
+
+
+class InvalidTaskMessage(Reject):
+    """The message is not a task call this worker can read (dead-lettered, not retried)."""
+
+
+class UnknownTask(Reject):
+    """The message names a task this worker does not know (dead-lettered, not retried)."""
+
+
+class TaskCall(NamedTuple):
+    name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    tick: float | None = None
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__
+
+
+def check_json(value: object, where: str) -> None:
+    """Raise ``QueueError`` (SERIALIZATION) if ``value`` would not come back the same from
+    JSON; the message names ``where`` it is and the path inside it (``['items'][2]``)."""
+    stack: list[tuple[object, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if item is None or isinstance(item, (bool, int, str)):
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise QueueError(
+                    f"{where}{path} is {item!r}, which JSON cannot represent; pass it as a str",
+                    ErrorKind.SERIALIZATION,
+                )
+            continue
+        if type(item) is list:
+            stack.extend((sub, f"{path}[{i}]") for i, sub in enumerate(item))
+            continue
+        if type(item) is dict:
+            for key, sub in item.items():
+                if not isinstance(key, str):
+                    raise QueueError(
+                        f"{where}{path} has the key {key!r}; JSON keys are str, so it would "
+                        "come back changed: use str keys",
+                        ErrorKind.SERIALIZATION,
+                    )
+                stack.append((sub, f"{path}[{key!r}]"))
+            continue
+        if isinstance(item, tuple):
+            hint = "it would come back as a list: pass a list"
+        else:
+            hint = (
+                "task arguments and results are JSON (str, int, float, bool, None, and lists "
+                "and dicts of them): pass a JSON value instead (e.g. a datetime's isoformat())"
+            )
+        raise QueueError(f"{where}{path} is a {_kind(item)}; {hint}", ErrorKind.SERIALIZATION)
+
+
+def encode(
+    name: str, args: list[Any], kwargs: dict[str, Any], tick: float | None = None
+) -> dict[str, Any]:
+    """The payload of a call (arguments already checked with :func:`check_json`)."""
+    payload: dict[str, Any] = {MARK: FORMAT, "name": name, "args": args, "kwargs": kwargs}
+    if tick is not None:
+        payload["tick"] = tick
+    return payload
+
+
+def decode(payload: object) -> TaskCall:
+    """The call a payload holds; raises :class:`InvalidTaskMessage` saying why not."""
+    if not isinstance(payload, Mapping) or MARK not in payload:
+        raise InvalidTaskMessage(
+            f"not a task call (a {_kind(payload)} without the {MARK!r} key): this queue's "
+            "workers run tasks; enqueue with a task's .delay()"
+        )
+    version = payload[MARK]
+    if version != FORMAT:
+        raise InvalidTaskMessage(
+            f"task message format {version!r}, but this worker reads format {FORMAT}: "
+            "upgrade sqqueue on the workers, then redrive the dead letter"
+        )
+    name, args, kwargs = payload.get("name"), payload.get("args"), payload.get("kwargs")
+    tick = payload.get("tick")
+    if (
+        not isinstance(name, str)
+        or not isinstance(args, list)
+        or not isinstance(kwargs, dict)
+        or not (tick is None or (isinstance(tick, (int, float)) and not isinstance(tick, bool)))
+    ):
+        raise InvalidTaskMessage(
+            "malformed task message: expected a str 'name', a list 'args', a dict "
+            f"'kwargs' and an optional number 'tick', got {dict(payload)!r:.200}"
+        )
+    return TaskCall(name, args, kwargs, None if tick is None else float(tick))

@@ -1,0 +1,388 @@
+"""Running tasks: the handler a worker calls for each message, per-task metrics, and the
+worker that serves every queue of a :class:`~sqqueue.tasks.Tasks` app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from ..aio import AsyncWorker
+from ..exceptions import QueueError, Reject
+from ..message import Message
+from ..worker import Worker, WorkerCore, WorkerHooks, WorkerStats
+from .context import RUNNING, TaskContext
+from .payload import MARK, TaskCall, UnknownTask, check_json, decode
+
+if TYPE_CHECKING:
+    from .app import Tasks
+    from .task import Task
+
+__all__ = ["Dispatcher", "ResultNotJSON", "TaskMetrics", "TaskStats", "TaskWorker"]
+
+logger = logging.getLogger(__name__)
+
+
+class ResultNotJSON(Reject):
+    """A task that stores its result returned something that is not JSON. It ran, so it is
+    dead-lettered rather than run again (fix the task, then redrive if need be)."""
+
+
+class Dispatcher:
+    """The handler of one queue's messages: finds the task a message names and runs it.
+
+    Call it (threads) or ``await run_async(message)`` (asyncio: coroutine tasks on the
+    loop, plain ones in a thread). Its ``retry_delay`` gives each task's retry policy to
+    the worker.
+    """
+
+    def __init__(self, tasks: Mapping[str, Task[Any, Any]], queue: str) -> None:
+        self.tasks = tasks
+        self.queue = queue
+
+    def lookup(self, message: Message) -> tuple[Task[Any, Any], TaskCall]:
+        call = decode(message.payload)
+        task = self.tasks.get(call.name)
+        if task is None:
+            raise UnknownTask(
+                f"no task named {call.name!r} is registered in this worker; deploy the code "
+                "that defines it to the workers, then redrive this dead letter"
+            )
+        return task, call
+
+    def _context(self, message: Message, task: Task[Any, Any], call: TaskCall) -> TaskContext:
+        tick = None if call.tick is None else datetime.fromtimestamp(call.tick, tz=timezone.utc)
+        return TaskContext(
+            task.name, message.id, message.attempts, message.max_attempts, self.queue, tick
+        )
+
+    def __call__(self, message: Message) -> Any:
+        task, call = self.lookup(message)
+        context = contextvars.copy_context()
+        context.run(RUNNING.set, self._context(message, task, call))
+        if task.is_async:
+            value = context.run(asyncio.run, _run_coroutine(task, call))
+        elif task.timeout is None:
+            value = context.run(task.fn, *call.args, **call.kwargs)
+        else:
+            value = _run_with_timeout(task, call, context)
+        return self._result(task, value)
+
+    async def run_async(self, message: Message) -> Any:
+        task, call = self.lookup(message)
+        token = RUNNING.set(self._context(message, task, call))
+        try:
+            if task.is_async:
+                value = await _run_coroutine(task, call)
+            else:
+                context = contextvars.copy_context()
+                if task.timeout is None:
+                    value = await asyncio.to_thread(context.run, task.fn, *call.args, **call.kwargs)
+                else:
+                    value = await asyncio.to_thread(_run_with_timeout, task, call, context)
+        finally:
+            RUNNING.reset(token)
+        return self._result(task, value)
+
+    def _result(self, task: Task[Any, Any], value: Any) -> Any:
+        """What the worker keeps as the message's result: the return value of a task that
+        stores results (checked to be JSON), else nothing."""
+        if not task.store_result:
+            return None
+        try:
+            check_json(value, f"the return value of {task.name}")
+        except QueueError as exc:
+            raise ResultNotJSON(str(exc)) from None
+        return value
+
+    def retry_delay(self, message: Message, exc: BaseException) -> float | None:
+        """The task's own retry policy, if it has one (else the queue's)."""
+        try:
+            task, _ = self.lookup(message)
+        except Reject:
+            return None
+        return None if task.retry is None else task.retry.delay(message.attempts)
+
+
+async def _run_coroutine(task: Task[Any, Any], call: TaskCall) -> Any:
+    coroutine = task.fn(*call.args, **call.kwargs)
+    if task.timeout is None:
+        return await coroutine
+    try:
+        return await asyncio.wait_for(coroutine, task.timeout)
+    except asyncio.TimeoutError:
+        raise TimeoutError(
+            f"task {task.name} ran longer than its timeout of {task.timeout:g} s (cancelled)"
+        ) from None
+
+
+def _run_with_timeout(task: Task[Any, Any], call: TaskCall, context: contextvars.Context) -> Any:
+    """Run a plain function with a time limit. Python cannot stop a thread: past the limit
+    the call is failed and its thread left to finish, its outcome ignored."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = context.run(task.fn, *call.args, **call.kwargs)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"sqqueue-task-{task.name}", daemon=True)
+    thread.start()
+    thread.join(task.timeout)
+    if thread.is_alive():
+        raise TimeoutError(
+            f"task {task.name} ran longer than its timeout of {task.timeout:g} s (its thread "
+            "is left to finish; what it returns is ignored)"
+        )
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+# -- per-task metrics --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskStats:
+    """What the workers of this process did with one task."""
+
+    task: str
+    started: int = 0
+    succeeded: int = 0
+    failed: int = 0  #: failed attempts (each retry counts)
+    dead_lettered: int = 0
+    seconds_total: float = 0.0  #: time spent running it, over every attempt that ended
+    seconds_max: float = 0.0
+
+
+class TaskMetrics:
+    """Counts and durations per task name, fed by the worker hooks
+    (:meth:`hooks` chains them with yours); read with :meth:`snapshot`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stats: dict[str, TaskStats] = {}
+        self._started: dict[tuple[str, int], float] = {}
+
+    @staticmethod
+    def _name(message: Message) -> str:
+        payload = message.payload
+        if (
+            isinstance(payload, Mapping)
+            and MARK in payload
+            and isinstance(payload.get("name"), str)
+        ):
+            return str(payload["name"])
+        return "(not a task)"
+
+    def _update(self, name: str, **changes: Any) -> None:
+        current = self._stats.get(name) or TaskStats(name)
+        self._stats[name] = replace(current, **changes)
+
+    def on_start(self, message: Message) -> None:
+        name = self._name(message)
+        with self._lock:
+            self._started[(message.queue, message.id)] = time.monotonic()
+            current = self._stats.get(name) or TaskStats(name)
+            self._update(name, started=current.started + 1)
+
+    def _ended(self, message: Message, outcome: str) -> None:
+        name = self._name(message)
+        with self._lock:
+            began = self._started.pop((message.queue, message.id), None)
+            current = self._stats.get(name) or TaskStats(name)
+            elapsed = 0.0 if began is None else time.monotonic() - began
+            self._update(
+                name,
+                **{outcome: getattr(current, outcome) + 1},
+                seconds_total=current.seconds_total + elapsed,
+                seconds_max=max(current.seconds_max, elapsed),
+            )
+
+    def on_success(self, message: Message, _value: Any) -> None:
+        self._ended(message, "succeeded")
+
+    def on_failure(self, message: Message, _exc: BaseException) -> None:
+        self._ended(message, "failed")
+
+    def on_dead_letter(self, message: Message, _exc: BaseException) -> None:
+        name = self._name(message)
+        with self._lock:
+            current = self._stats.get(name) or TaskStats(name)
+            self._update(name, dead_lettered=current.dead_lettered + 1)
+
+    def snapshot(self) -> dict[str, TaskStats]:
+        with self._lock:
+            return dict(self._stats)
+
+    def hooks(self, theirs: WorkerHooks | None = None) -> WorkerHooks:
+        """Worker hooks that record these metrics, then call ``theirs``."""
+        theirs = theirs or WorkerHooks()
+
+        def chain(mine: Callable[..., Any], other: Callable[..., Any] | None) -> Callable[..., Any]:
+            def both(*args: Any) -> None:
+                try:
+                    mine(*args)
+                except Exception:
+                    logger.exception("recording task metrics failed")
+                if other is not None:
+                    other(*args)
+
+            return both
+
+        return WorkerHooks(
+            on_start=chain(self.on_start, theirs.on_start),
+            on_success=chain(self.on_success, theirs.on_success),
+            on_failure=chain(self.on_failure, theirs.on_failure),
+            on_dead_letter=chain(self.on_dead_letter, theirs.on_dead_letter),
+        )
+
+
+# -- the worker of an app ------------------------------------------------------------------------
+
+
+class TaskWorker:
+    """Runs every task of an app: one :class:`~sqqueue.Worker` per queue (threads), or
+    one :class:`~sqqueue.AsyncWorker` per queue on one event loop when any task is a
+    coroutine; and the periodic scheduler. SIGTERM/SIGINT stop it gracefully (a second
+    signal at once), as they stop a Worker.
+
+    Options are those of :class:`~sqqueue.Worker` (``concurrency`` is per queue).
+    """
+
+    def __init__(
+        self,
+        app: Tasks,
+        *,
+        queues: list[str] | None = None,
+        periodic: bool = True,
+        handle_signals: bool = True,
+        hooks: WorkerHooks | None = None,
+        **options: Any,
+    ) -> None:
+        names = list(queues) if queues is not None else app.queue_names()
+        if not names:
+            raise ValueError("no queue to serve: register tasks first (@tasks.task)")
+        unknown = [n for n in names if n not in app.queue_names()]
+        if unknown:
+            raise ValueError(f"no task of this app uses queue {unknown[0]!r}")
+        for key in ("handle_signals", "results", "retry_delay"):
+            options.pop(key, None)
+        self.app = app
+        self.handle_signals = handle_signals
+        self.is_async = any(t.is_async for t in app.tasks.values())
+        self.workers: dict[str, WorkerCore] = {}
+        chained = app.metrics.hooks(hooks)
+        for name in names:
+            queue = app.queue(name)
+            dispatcher = Dispatcher(app.tasks, name)
+            settings = {
+                "handle_signals": False,
+                "hooks": chained,
+                "results": app.stores_results(name),
+                "retry_delay": dispatcher.retry_delay,
+                "name": f"sqqueue-tasks-{name}",
+                **options,
+            }
+            if self.is_async:
+                self.workers[name] = AsyncWorker(queue, dispatcher.run_async, **settings)
+            else:
+                self.workers[name] = Worker(queue, dispatcher, **settings)
+        self.scheduler = app.scheduler() if periodic and app.has_periodic() else None
+        self._stop_scheduler = threading.Event()
+        self._stopping = False
+
+    def stop(self, immediate: bool = False) -> None:
+        """Stop every queue's worker (gracefully, unless ``immediate``) and the scheduler."""
+        self._stopping = True
+        self._stop_scheduler.set()
+        for worker in self.workers.values():
+            worker.stop(immediate=immediate)
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self._stopping:
+            logger.warning("tasks worker: second %s, stopping immediately", name)
+            self.stop(immediate=True)
+        else:
+            logger.info("tasks worker: %s received, shutting down gracefully", name)
+            self.stop()
+
+    def _start_scheduler(self) -> threading.Thread | None:
+        if self.scheduler is None:
+            return None
+        thread = threading.Thread(
+            target=self.scheduler.run,
+            args=(self._stop_scheduler,),
+            name="sqqueue-tasks-scheduler",
+            daemon=True,
+        )
+        thread.start()
+        return thread
+
+    def run(self) -> dict[str, WorkerStats]:
+        """Serve until stopped; returns each queue's stats. Blocks the calling thread."""
+        if self.is_async:
+            return asyncio.run(self.run_async())
+        previous: dict[int, Any] = {}
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous[signum] = signal.signal(signum, lambda n, _f: self._on_signal(n))
+        stats: dict[str, WorkerStats] = {}
+        scheduler = self._start_scheduler()
+        try:
+            threads = []
+            for name, worker in self.workers.items():
+                assert isinstance(worker, Worker)
+
+                def serve(name: str = name, worker: Worker = worker) -> None:
+                    stats[name] = worker.run()
+
+                thread = threading.Thread(target=serve, name=f"sqqueue-tasks-{name}", daemon=True)
+                thread.start()
+                threads.append(thread)
+            while any(t.is_alive() for t in threads):
+                for thread in threads:
+                    thread.join(0.2)  # short waits: the main thread stays responsive to signals
+        finally:
+            self._stop_scheduler.set()
+            if scheduler is not None:
+                scheduler.join(5)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+        return stats
+
+    async def run_async(self) -> dict[str, WorkerStats]:
+        """:meth:`run` on the running event loop (every queue's AsyncWorker, or each
+        Worker in a thread)."""
+        loop = asyncio.get_running_loop()
+        installed: list[int] = []
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(signum, self._on_signal, int(signum))
+                    installed.append(int(signum))
+        scheduler = self._start_scheduler()
+        try:
+            names = list(self.workers)
+            runs = [
+                w.run() if isinstance(w, AsyncWorker) else asyncio.to_thread(w.run)  # type: ignore[attr-defined]
+                for w in self.workers.values()
+            ]
+            results = await asyncio.gather(*runs)
+        finally:
+            self._stop_scheduler.set()
+            for number in installed:
+                loop.remove_signal_handler(number)
+            if scheduler is not None:
+                await asyncio.to_thread(scheduler.join, 5)
+        return dict(zip(names, results, strict=True))

@@ -1,0 +1,685 @@
+"""The tasks API (sqqueue.Tasks): calls become JSON messages, workers run them, results
+come back, periodic tasks tick once per tick. Contract tests: every test runs on SQLite
+and on PostgreSQL. Workers run on threads here; tests/test_tasks_processes.py runs them
+as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import FakeClock, QueueTarget
+from sqqueue import Err, ErrorKind, Ok, Queue, RetryPolicy, Tasks
+from sqqueue.tasks import (
+    ResultUnavailable,
+    Schedule,
+    TaskContext,
+    TaskFailed,
+    TaskWorker,
+    current_task,
+)
+
+MakeTasks = Callable[..., Tasks]
+
+
+def ok(result: Any) -> Any:
+    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
+    return result.value
+
+
+def err(result: Any, kind: ErrorKind) -> str:
+    assert isinstance(result, Err), f"expected Err, got {result!r}"
+    assert result.error.kind is kind, result.error
+    return str(result.error)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(0.01)
+
+
+def settings_for(target: QueueTarget) -> tuple[str, dict[str, Any]]:
+    """(target, settings) for Tasks on the test's database."""
+    if target.backend == "sqlite":
+        return target.url, {}
+    return target.url, {"schema": target.schema}
+
+
+@pytest.fixture
+def make_tasks(queue_target: QueueTarget) -> Iterator[MakeTasks]:
+    """Tasks apps on the test's database (real clock unless one is given); closed after."""
+    made: list[Tasks] = []
+
+    def make(**kwargs: Any) -> Tasks:
+        url, settings = settings_for(queue_target)
+        app = Tasks(url, **{**settings, **kwargs})
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        app.close()
+
+
+@contextlib.contextmanager
+def serving(app: Tasks, **options: Any) -> Iterator[TaskWorker]:
+    """A worker for ``app`` on a thread, stopped (and joined) when the block ends."""
+    options.setdefault("handle_signals", False)
+    options.setdefault("poll_wait", 0.2)
+    worker = app.worker(**options)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(15)
+        assert not thread.is_alive(), "the tasks worker did not stop"
+
+
+# -- calling --------------------------------------------------------------------------------------
+
+
+def test_delay_runs_the_task_on_a_worker_and_returns_its_result(make_tasks: MakeTasks) -> None:
+    """delay() enqueues a JSON call; a worker runs it; handle.result() gives the value
+    (a task stays a plain function when called directly)."""
+    app = make_tasks()
+    seen: list[tuple[Any, ...]] = []
+
+    @app.task(store_result=True)
+    def add(a: int, b: int = 1, *, scale: int = 1) -> dict[str, int]:
+        seen.append((a, b, scale))
+        return {"sum": (a + b) * scale}
+
+    assert add(1, 2) == {"sum": 3}  # a plain call, here and now
+    handle = ok(add.delay(2, b=5, scale=10))
+    assert ok(handle.status()) == "pending"
+    payload = ok(app.queue().get_message(handle.id))["payload"]
+    assert payload == {
+        "sqqueue_task": 1,
+        "name": f"{__name__}.test_delay_runs_the_task_on_a_worker_and_returns_its_result.<locals>.add",
+        "args": [2],
+        "kwargs": {"b": 5, "scale": 10},
+    }
+    with serving(app):
+        assert handle.result(timeout=15) == {"sum": 70}
+    assert ok(handle.status()) == "done"
+    assert add.handle(handle.id).result(timeout=1) == {"sum": 70}
+    assert seen == [(1, 2, 1), (2, 5, 10)]
+
+
+def test_arguments_that_are_not_json_are_refused_by_name(make_tasks: MakeTasks) -> None:
+    """delay() checks arguments against the signature and JSON before enqueueing: an Err
+    names the argument (and where inside it), and nothing is enqueued."""
+    app = make_tasks()
+
+    @app.task
+    def job(when: Any, items: Any = None, *rest: Any, **extra: Any) -> None: ...
+
+    cases = [
+        ((datetime.now(timezone.utc),), "argument 'when' is a datetime"),
+        (("x", [1, {"at": {1, 2}}]), "argument 'items'[1]['at'] is a set"),
+        (("x", None, 1, (2, 3)), "argument *rest[1] is a tuple; it would come back as a list"),
+        (("x", float("nan")), "argument 'items' is nan"),
+    ]
+    for args, expected in cases:
+        assert expected in err(job.delay(*args), ErrorKind.SERIALIZATION)
+    assert "argument 'flag' is a bytes" in err(job.delay("x", flag=b"1"), ErrorKind.SERIALIZATION)
+    assert "{1: 2}" not in err(job.delay({1: 2}), ErrorKind.SERIALIZATION)
+    assert "missing a required argument: 'when'" in err(job.delay(), ErrorKind.INVALID_INPUT)
+    assert ok(app.queue().is_drained())
+
+
+def test_schedule_options(make_tasks: MakeTasks, clock: FakeClock) -> None:
+    """schedule(): delay or eta (timezone-aware), priority, dedup_key, group, ttl."""
+    app = make_tasks(clock=clock)
+
+    @app.task(priority=3)
+    def job(n: int) -> None: ...
+
+    later = ok(job.schedule((1,), delay=60))
+    eta = datetime.fromtimestamp(clock() + 3600, tz=timezone.utc)
+    at = ok(job.schedule([2], eta=eta.astimezone(timezone(timedelta(hours=5)))))
+    urgent = ok(job.schedule((3,), priority=9, group="g", ttl=30))
+    found = {h.id: ok(app.queue().get_message(h.id)) for h in (later, at, urgent)}
+    assert found[later.id]["visible_at"].timestamp() == clock() + 60
+    assert found[at.id]["visible_at"] == eta
+    assert (found[later.id]["priority"], found[urgent.id]["priority"]) == (3, 9)
+    assert found[urgent.id]["group"] == "g"
+    assert found[urgent.id]["expires_at"].timestamp() == clock() + 30
+    assert "timezone-aware" in err(
+        job.schedule((4,), eta=datetime(2030, 1, 1)), ErrorKind.INVALID_INPUT
+    )
+    assert "not both" in err(job.schedule((4,), eta=eta, delay=5), ErrorKind.INVALID_INPUT)
+    first = ok(job.schedule((5,), dedup_key="k"))
+    assert ok(job.schedule((6,), dedup_key="k")).id == first.id
+
+
+def test_dedup_and_group_from_the_arguments(make_tasks: MakeTasks) -> None:
+    """dedup=True: one message per task and arguments (defaults included); dedup and
+    group may also be functions of the arguments."""
+    app = make_tasks()
+
+    @app.task(dedup=True)
+    def refresh(user: int, full: bool = False) -> None: ...
+
+    @app.task(dedup=lambda order, **_: f"order-{order}", group=lambda order, **_: f"o{order % 2}")
+    def ship(order: int, note: str = "") -> None: ...
+
+    a = ok(refresh.delay(7))
+    assert ok(refresh.delay(7, full=False)).id == a.id
+    assert ok(refresh.delay(user=7)).id == a.id
+    assert ok(refresh.delay(7, True)).id != a.id
+    s = ok(ship.delay(4, note="x"))
+    assert ok(ship.delay(4, note="y")).id == s.id
+    assert ok(app.queue().get_message(s.id))["group"] == "o0"
+
+
+# -- failures ----------------------------------------------------------------------------------------
+
+
+def test_a_raising_task_is_retried_per_its_policy_then_dead_lettered(
+    make_tasks: MakeTasks,
+) -> None:
+    """A task raising is retried (its own RetryPolicy spaces the attempts) and, after its
+    retries, dead-lettered with the traceback's last line; result() raises TaskFailed."""
+    app = make_tasks()
+    attempts: list[int] = []
+
+    @app.task(retries=2, retry=RetryPolicy.fixed(0.05), store_result=True)
+    def flaky(n: int) -> None:
+        run = current_task()
+        assert run is not None
+        attempts.append(run.attempt)
+        raise ValueError(f"bad input {n}")
+
+    handle = ok(flaky.delay(7))
+    with serving(app), pytest.raises(TaskFailed) as failed:
+        handle.result(timeout=15)
+    assert attempts == [1, 2, 3]
+    assert failed.value.error == "ValueError: bad input 7"
+    assert "ValueError: bad input 7" in str(failed.value)
+    (letter,) = ok(app.queue().get_dead_letters())
+    assert (letter["id"], letter["attempts"], letter["last_error"]) == (
+        handle.id,
+        3,
+        "ValueError: bad input 7",
+    )
+    assert ok(handle.status()) == "dead"
+    stats = app.stats()[flaky.name]
+    assert (stats.started, stats.failed, stats.dead_lettered, stats.succeeded) == (3, 3, 1, 0)
+
+
+def test_retry_policy_of_a_task_delays_its_next_attempt(make_tasks: MakeTasks) -> None:
+    """After a failed attempt the call waits as its task's policy says (status
+    "failed": it will be retried)."""
+    app = make_tasks()
+    ran = threading.Event()
+
+    @app.task(retries=3, retry=RetryPolicy.fixed(3600))
+    def slow_retry() -> None:
+        ran.set()
+        raise RuntimeError("try later")
+
+    handle = ok(slow_retry.delay())
+    with serving(app):
+        assert ran.wait(15)
+        wait_until(lambda: ok(handle.status()) == "failed", what="the failed status")
+    found = ok(app.queue().get_message(handle.id))
+    assert found["visible_at"].timestamp() > time.time() + 3500
+    assert found["last_error"] == "RuntimeError: try later"
+
+
+def test_messages_a_worker_cannot_run_are_dead_lettered_with_the_reason(
+    make_tasks: MakeTasks,
+) -> None:
+    """A call of an unknown task, a payload that is no task call and a newer format are
+    dead-lettered on their first attempt, saying why (never retried)."""
+    app = make_tasks()
+
+    @app.task
+    def known() -> None: ...
+
+    queue = app.queue()
+    unknown = ok(queue.enqueue({"sqqueue_task": 1, "name": "gone.task", "args": [], "kwargs": {}}))
+    plain = ok(queue.enqueue("just a string"))
+    newer = ok(queue.enqueue({"sqqueue_task": 2, "name": known.name}))
+    with serving(app):
+        wait_until(lambda: len(ok(queue.get_dead_letters())) == 3, what="three dead letters")
+    errors = {d["id"]: (d["attempts"], d["last_error"]) for d in ok(queue.get_dead_letters())}
+    assert errors[unknown][0] == errors[plain][0] == errors[newer][0] == 1
+    assert errors[unknown][1].startswith("UnknownTask: no task named 'gone.task' is registered")
+    assert errors[plain][1].startswith("InvalidTaskMessage: not a task call (a str")
+    assert "format 2, but this worker reads format 1" in errors[newer][1]
+
+
+def test_a_result_that_is_not_json_dead_letters_the_call(make_tasks: MakeTasks) -> None:
+    app = make_tasks()
+
+    @app.task(store_result=True)
+    def when() -> Any:
+        return datetime.now(timezone.utc)
+
+    handle = ok(when.delay())
+    with serving(app), pytest.raises(TaskFailed) as failed:
+        handle.result(timeout=15)
+    assert failed.value.error is not None
+    assert failed.value.error.startswith(
+        f"ResultNotJSON: the return value of {when.name} is a datetime"
+    )
+
+
+def test_task_timeout_fails_the_run(make_tasks: MakeTasks) -> None:
+    """timeout: a run past it fails with TimeoutError (a plain function's thread is left
+    to finish; a coroutine is cancelled) and is retried, then dead-lettered."""
+    app = make_tasks()
+    release = threading.Event()
+    cancelled: list[bool] = []
+
+    @app.task(timeout=0.2, retries=0, store_result=True)
+    def stuck() -> None:
+        release.wait(10)
+
+    handle = ok(stuck.delay())
+    with serving(app), pytest.raises(TaskFailed) as failed:
+        handle.result(timeout=15)
+    release.set()
+    assert failed.value.error == (
+        f"TimeoutError: task {stuck.name} ran longer than its timeout of 0.2 s (its thread is "
+        "left to finish; what it returns is ignored)"
+    )
+
+    other = make_tasks(queue="async_jobs")
+
+    @other.task(timeout=0.2, retries=0, store_result=True)
+    async def sleepy() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    handle = ok(sleepy.delay())
+    with serving(other), pytest.raises(TaskFailed) as failed:
+        handle.result(timeout=15)
+    assert failed.value.error is not None and "(cancelled)" in failed.value.error
+    assert cancelled == [True]
+
+
+# -- results and status --------------------------------------------------------------------------
+
+
+def test_status_through_a_calls_life(make_tasks: MakeTasks) -> None:
+    """pending -> running -> done; a task that stores no result is "unknown" once run
+    (its message is not kept), and result() says it stores none."""
+    app = make_tasks()
+    started, finish = threading.Event(), threading.Event()
+
+    @app.task(store_result=True)
+    def slow() -> str:
+        started.set()
+        finish.wait(10)
+        return "finished"
+
+    @app.task(queue="fire_and_forget")
+    def quick() -> str:
+        return "ignored"
+
+    handle = ok(slow.delay())
+    other = ok(quick.delay())
+    assert ok(handle.status()) == "pending"
+    with serving(app):
+        assert started.wait(15)
+        assert ok(handle.status()) == "running"
+        finish.set()
+        assert handle.result(timeout=15) == "finished"
+        wait_until(lambda: ok(other.status()) == "unknown", what="quick to run")
+    assert ok(handle.status()) == "done"
+    with pytest.raises(ValueError, match="does not store results"):
+        other.result(timeout=1)
+    with pytest.raises(ResultUnavailable):
+        slow.handle(999_999).result(timeout=1)
+    with pytest.raises(TimeoutError):
+        ok(slow.delay()).result(timeout=0.05)
+
+
+def test_results_are_kept_for_result_ttl(make_tasks: MakeTasks, clock: FakeClock) -> None:
+    """The queue of a task that stores results keeps completed calls for result_ttl
+    seconds; maintenance prunes them afterwards."""
+    app = make_tasks(clock=clock, result_ttl=60, vacuum_threshold=1)
+
+    @app.task(store_result=True)
+    def echo(x: int) -> int:
+        return x
+
+    queue = app.queue()
+    assert queue.keeps_history
+    handle = ok(echo.delay(5))
+    message = ok(queue.dequeue())
+    ok(queue.complete(message, result=5))
+    assert handle.result(timeout=0) == 5
+    clock.advance(61)
+    ok(queue.enqueue("x"))  # a write: maintenance prunes the expired history
+    with pytest.raises(ResultUnavailable):
+        handle.result(timeout=0)
+
+
+# -- asyncio ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_async_tasks_and_delay_async(make_tasks: MakeTasks) -> None:
+    """await delay_async(); async def tasks run on the worker's event loop (plain ones
+    beside them in threads); await result_async()."""
+    app = make_tasks(store_result=True)
+    loops: list[bool] = []
+
+    @app.task
+    async def fetch(url: str) -> dict[str, Any]:
+        await asyncio.sleep(0.01)
+        run = current_task()
+        assert run is not None
+        loops.append(True)
+        return {"url": url, "id": run.message_id}
+
+    @app.task
+    def shout(text: str) -> str:
+        return text.upper()
+
+    first = ok(await fetch.delay_async("https://example.com"))
+    second = ok(await shout.delay_async("hi"))
+    third = ok(await fetch.schedule_async(("b",), delay=0.1))
+    worker = app.worker(handle_signals=False, poll_wait=0.2)
+    assert worker.is_async
+    runner = asyncio.create_task(worker.run_async())
+    try:
+        assert await first.result_async(timeout=15) == {
+            "url": "https://example.com",
+            "id": first.id,
+        }
+        assert await second.result_async(timeout=15) == "HI"
+        assert (await third.result_async(timeout=15))["url"] == "b"
+        assert ok(await first.status_async()) == "done"
+    finally:
+        worker.stop()
+        stats = await asyncio.wait_for(runner, 15)
+    assert stats["tasks"].completed == 3
+    assert loops == [True, True]
+
+
+# -- the outbox -----------------------------------------------------------------------------------
+
+
+def test_delay_in_commits_with_the_callers_transaction(
+    make_tasks: MakeTasks, queue_target: QueueTarget
+) -> None:
+    """delay_in(conn, ...) enqueues inside the caller's transaction: a rollback leaves no
+    call behind, a commit enqueues it."""
+    app = make_tasks()
+
+    @app.task
+    def notify(order: int) -> None: ...
+
+    queue = app.queue()
+    if queue_target.backend == "sqlite":
+        conn: Any = sqlite3.connect(queue_target.url[len("sqlite:///") :])
+        conn.execute("CREATE TABLE orders (id INTEGER)")
+        conn.commit()
+        conn.execute("INSERT INTO orders VALUES (1)")
+        kept = ok(notify.delay_in(conn, 1))
+        conn.rollback()
+        conn.execute("INSERT INTO orders VALUES (2)")
+        sent = ok(notify.delay_in(conn, 2))
+        conn.commit()
+        conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(queue_target.url) as conn:
+            conn.execute(f'SET search_path TO "{queue_target.schema}"')
+            conn.execute("CREATE TABLE orders (id INTEGER)")
+            conn.commit()
+            conn.execute("INSERT INTO orders VALUES (1)")
+            kept = ok(notify.delay_in(conn, 1))
+            conn.rollback()
+            conn.execute("INSERT INTO orders VALUES (2)")
+            sent = ok(notify.delay_in(conn, 2))
+            conn.commit()
+    assert ok(queue.get_message(kept.id)) is None or kept.id == sent.id
+    found = ok(queue.get_message(sent.id))
+    assert found["payload"]["args"] == [2]
+    assert ok(queue.stats()).pending == 1
+
+
+# -- periodic tasks ---------------------------------------------------------------------------------
+
+
+def test_each_tick_is_enqueued_once_by_any_number_of_workers(
+    make_tasks: MakeTasks, clock: FakeClock
+) -> None:
+    """Three apps (three workers' schedulers) on one database, a task every second, ten
+    seconds: ten messages, one per tick, whoever saw each tick first."""
+    apps = [make_tasks(clock=clock) for _ in range(3)]
+    for app in apps:
+
+        @app.periodic(every=1, name="tick")
+        def tick() -> None: ...
+
+    clock.advance(0.5 - clock() % 1)  # between two ticks
+    enqueued: list[tuple[str, float, int]] = []
+    for step in range(10):
+        clock.advance(1)
+        for app in apps[step % 3 :] + apps[: step % 3]:
+            enqueued.extend(app.schedule_due())
+        for app in apps:
+            assert app.schedule_due() == []  # the tick is handled: no second enqueue
+    ids = {message_id for _, _, message_id in enqueued}
+    ticks = sorted({tick for _, tick, _ in enqueued})
+    assert len(ids) == 10 and len(ticks) == 10
+    assert ticks == [ticks[0] + i for i in range(10)]
+    stats = ok(apps[0].queue().stats())
+    assert (stats.pending + stats.waiting, stats.enqueued_total) == (10, 10)
+    messages = [ok(apps[0].queue().get_message(i)) for i in sorted(ids)]
+    assert [m["payload"]["tick"] for m in messages] == ticks
+    assert {m["group"] for m in messages} == {"sqqueue.periodic:tick"}  # never overlapping
+
+
+def test_missed_ticks_are_skipped_or_run_once(make_tasks: MakeTasks, clock: FakeClock) -> None:
+    """A worker starting after ticks passed unseen: missed="skip" runs none of them (the
+    next tick runs as usual); missed="run_once" runs the latest of them, once, however
+    many workers start."""
+    clock.advance(3600 - clock() % 3600 + 100)  # 100 s past the hour: past the grace (60 s)
+    clock.advance(5 * 3600)  # five hourly ticks went by unseen
+    first = make_tasks(clock=clock)
+    second = make_tasks(clock=clock)
+    for app in (first, second):
+
+        @app.periodic(every=3600, name="skipper")
+        def skipper() -> None: ...
+
+        @app.periodic(every=3600, missed="run_once", name="catcher")
+        def catcher() -> None: ...
+
+    due = first.schedule_due()
+    assert [(name, clock() - tick) for name, tick, _ in due] == [("catcher", 100)]
+    assert second.schedule_due() == [("catcher", due[0][1], due[0][2])]  # the same message
+    clock.advance(3600 - 100)  # on the next hour: both tasks run it
+    names = sorted(name for name, _, _ in first.schedule_due() + second.schedule_due())
+    assert names == ["catcher", "catcher", "skipper", "skipper"]
+    assert ok(first.queue().stats()).enqueued_total == 3
+
+
+def test_periodic_runs_know_their_tick(make_tasks: MakeTasks) -> None:
+    """A worker's scheduler enqueues the ticks by itself; current_task().tick says which."""
+    app = make_tasks()
+    runs: list[TaskContext] = []
+
+    @app.periodic(every=1)
+    def beat() -> None:
+        run = current_task()
+        assert run is not None
+        runs.append(run)
+
+    with serving(app):
+        wait_until(lambda: len(runs) >= 2, what="two ticks")
+    ticks = [r.tick for r in runs]
+    assert all(t is not None and t.microsecond == 0 and t.tzinfo is timezone.utc for t in ticks)
+    assert ticks == sorted(set(ticks))
+
+
+def test_cron_schedules_in_their_time_zone() -> None:
+    """cron ticks follow the given IANA zone through daylight saving changes."""
+    pytest.importorskip("croniter")
+    paris = Schedule(cron="0 3 * * *", tz="Europe/Paris")
+    before_dst = datetime(2026, 3, 28, 12, tzinfo=timezone.utc).timestamp()
+    ticks = [paris.following(before_dst)]
+    ticks.append(paris.following(ticks[0]))
+    utc = [datetime.fromtimestamp(t, tz=timezone.utc).hour for t in ticks]
+    assert utc == [1, 1]  # 03:00 in Paris is 02:00 UTC in winter, 01:00 UTC in summer
+    assert utc == [1, 1] and ticks[1] - ticks[0] == 86400
+    assert paris.latest(ticks[1]) == ticks[1]
+    assert paris.latest(ticks[1] - 1) == ticks[0]
+    assert Schedule(every=60).latest(125.0) == 120.0
+    for bad in (
+        {"cron": "61 * * * *"},
+        {"cron": "0 3 * * *", "tz": "Mars/Olympus"},
+        {"every": 0},
+        {},
+    ):
+        with pytest.raises(ValueError):
+            Schedule(**bad)
+
+
+def test_first_cron_tick_after_winter_time() -> None:
+    pytest.importorskip("croniter")
+    paris = Schedule(cron="0 3 * * *", tz="Europe/Paris")
+    winter = datetime(2026, 1, 10, 12, tzinfo=timezone.utc).timestamp()
+    assert datetime.fromtimestamp(paris.following(winter), tz=timezone.utc).hour == 2
+
+
+# -- the app ---------------------------------------------------------------------------------------
+
+
+def test_tasks_on_several_queues_and_per_task_metrics(make_tasks: MakeTasks) -> None:
+    """A task names its queue; the worker serves every queue of the app; metrics count
+    per task."""
+    app = make_tasks(store_result=True)
+
+    @app.task
+    def a(x: int) -> int:
+        return x + 1
+
+    @app.task(queue="emails")
+    def b(x: int) -> int:
+        return x * 2
+
+    assert app.queue_names() == ["tasks", "emails"]
+    handles = [ok(a.delay(1)), ok(b.delay(2)), ok(a.delay(3))]
+    assert ok(app.queue("emails").get_message(handles[1].id))["payload"]["name"] == b.name
+    with serving(app, concurrency=2):
+        assert [h.result(timeout=15) for h in handles] == [2, 4, 4]
+    stats = app.stats()
+    assert (stats[a.name].succeeded, stats[b.name].succeeded) == (2, 1)
+    assert stats[a.name].seconds_max >= 0
+
+
+def test_per_task_prometheus_metrics(make_tasks: MakeTasks) -> None:
+    """The per-task collector exports what the workers counted, by task name."""
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from sqqueue.tasks.prometheus import TaskCollector
+
+    app = make_tasks(store_result=True)
+
+    @app.task(name="ok_task")
+    def fine() -> int:
+        return 1
+
+    @app.task(name="bad_task", retries=0)
+    def bad() -> None:
+        raise RuntimeError("no")
+
+    handles = [ok(fine.delay()), ok(fine.delay()), ok(bad.delay())]
+    with serving(app):
+        assert handles[0].result(timeout=15) == handles[1].result(timeout=15) == 1
+        with pytest.raises(TaskFailed):
+            handles[2].result(timeout=15)
+    registry = CollectorRegistry()
+    registry.register(TaskCollector(app))
+    text = generate_latest(registry).decode()
+    assert 'sqqueue_task_succeeded_total{task="ok_task"} 2.0' in text
+    assert 'sqqueue_task_failed_total{task="bad_task"} 1.0' in text
+    assert 'sqqueue_task_dead_lettered_total{task="bad_task"} 1.0' in text
+    assert 'sqqueue_task_seconds_count{task="ok_task"} 2.0' in text
+
+
+def test_tasks_on_a_given_queue(make_queue: Callable[..., Queue]) -> None:
+    """Tasks(queue) sends every task through that queue; results need it to keep history,
+    and periodic tasks need a path or URL."""
+    plain = make_queue(table_name="jobs", clock=None)
+    with pytest.raises(ValueError, match="retention"):
+        Tasks(plain, store_result=True)
+    app = Tasks(plain)
+
+    @app.task
+    def job() -> None: ...
+
+    assert ok(job.delay()).id > 0 and app.queue() is plain
+    with pytest.raises(ValueError, match="one queue"):
+        app.task(queue="other")(lambda: None)
+    with pytest.raises(ValueError, match="retention"):
+        app.task(store_result=True)(lambda: None)
+    with pytest.raises(ValueError, match="path or URL"):
+        app.periodic(every=60)
+    kept = Tasks(make_queue(table_name="kept", clock=None, retention=60), store_result=True)
+
+    @kept.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    handle = ok(double.delay(4))
+    with serving(kept):
+        assert handle.result(timeout=15) == 8
+    app.close()
+    assert ok(plain.stats()).pending == 1  # the given queue is still open
+
+
+def test_bad_registrations_raise() -> None:
+    app = Tasks("sqlite:///unused.db")
+    with pytest.raises(ValueError, match="timeout"):
+        app.task(timeout=-1)(lambda: None)
+    with pytest.raises(ValueError, match="retries"):
+        app.task(retries=-1)(lambda: None)
+    with pytest.raises(ValueError, match="no arguments"):
+        app.periodic(every=10)(lambda x: None)
+    with pytest.raises(ValueError, match="either cron"):
+        app.periodic()
+
+    @app.task(name="same")
+    def one() -> None: ...
+
+    with pytest.raises(ValueError, match="registered already"):
+
+        @app.task(name="same")
+        def two() -> None: ...
+
+    app.schedule_due()  # the scheduler starts with the periodic tasks registered so far
+    with pytest.raises(ValueError, match="before the scheduler starts"):
+        app.periodic(every=10)(lambda: None)
+
+    with pytest.raises(ValueError, match="unsupported URL"):
+        Tasks("redis://localhost")
+    assert not Path("unused.db").exists()
