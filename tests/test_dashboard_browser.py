@@ -1,7 +1,7 @@
 """The dashboard in a real browser (Playwright driving Debian's Chromium), on both
 backends: live counts, a dead letter redriven through the UI, hostile payloads shown as
 text, actions refused without login, and no console errors. Saves the screenshots the
-README uses (docs/images/, from the SQLite run).
+README uses (from the SQLite run; ``make screenshots`` writes them to docs/images/).
 
 Without a browser these tests are skipped with a message saying how to get one; with
 ``SQQUEUE_REQUIRE_BROWSER=1`` (CI sets it) a missing browser fails them instead.
@@ -29,7 +29,11 @@ from sqqueue import Queue
 
 TOKEN = "browser-test-token-0123456789"
 HOSTILE = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>']
-IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
+# Screenshots go to a temporary directory, so a test run leaves the checkout as it was;
+# `make screenshots` sets SQQUEUE_SCREENSHOTS=docs/images to refresh the README's pictures.
+IMAGES = Path(
+    os.environ.get("SQQUEUE_SCREENSHOTS") or Path(tempfile.gettempdir()) / "sqqueue-screenshots"
+)
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
