@@ -257,11 +257,12 @@ def test_enqueue_bulk_from_stdin_in_chunks(db: Path) -> None:
 
 
 def test_enqueue_bulk_json_bad_line_reports_the_line(db: Path) -> None:
-    """Chunks before the bad line are committed; the error names the line and says so."""
+    """Chunks before the bad line are committed; the error names the line and says so.
+    Bad JSON is a usage error (exit 2) on stdin as in the PAYLOAD argument."""
     good = [json.dumps({"n": n}) for n in range(1000)]
     text = "\n".join([*good, '{"n": 1000}', "{oops"]) + "\n"
     result = run("enqueue", db, "jobs", "-", "--json", input=text)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     line = one_error_line(result)
     assert "line 1002" in line
     assert "1000 message(s)" in line

@@ -23,6 +23,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -71,6 +72,10 @@ LIST_STATES = LISTABLE_STATES
 PURGE_STATES = PURGEABLE_STATES
 LIVE_STATES = ("pending", "delayed", "waiting", "processing")  # what purge takes by default
 CHUNK = 1000  # messages per enqueue_batch transaction when reading stdin
+BINARY_HINT = (
+    'to enqueue binary data, give it as JSON {"$bytes": "<base64>"} with --json '
+    '(e.g. base64 -w0 FILE | sed \'s/.*/{"$bytes": "&"}/\')'
+)
 
 T = TypeVar("T")
 
@@ -121,6 +126,35 @@ def _parse_json_payload(text: str) -> Any:
     if isinstance(value, dict) and set(value) == {"$bytes"} and isinstance(value["$bytes"], str):
         return base64.b64decode(value["$bytes"], validate=True)
     return value
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether text from the command line is real text (undecodable bytes in argv come
+    through as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _batch_error(text: str, numbers: list[int]) -> str:
+    """An enqueue_batch error as the command speaks: its item number becomes the line of
+    stdin it came from, and the method's name goes."""
+    text = text.removeprefix("enqueue_batch failed: ")
+    match = re.match(r"item (\d+): (.*?)(; nothing was enqueued)?$", text)
+    if match is None or int(match.group(1)) >= len(numbers):
+        return f"enqueue failed: {text}"
+    return f"line {numbers[int(match.group(1))]}: {match.group(2)}"
+
+
+def _stdin_lines() -> Iterator[bytes]:
+    """Standard input line by line, as bytes: each line is decoded (and refused if it is
+    not UTF-8) by the caller, whatever the locale says."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is not None:
+        return iter(buffer)
+    return (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
 
 
 def _retry_text(policy: RetryPolicy) -> str:
@@ -770,6 +804,8 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
           jq -c '.[]' jobs.json | sqqueue enqueue jobs.db emails - --json
         """
         if payload != "-":
+            if not _is_utf8(payload):
+                raise CliError(f"PAYLOAD is not UTF-8 text; {BINARY_HINT}", 2)
             value: Any = payload
             if parse_json:
                 try:
@@ -792,23 +828,39 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
             return
         if dedup_key is not None:
             raise CliError("--dedup-key needs a single PAYLOAD, not -", 2)
-        stream = sys.stdin
+        stream = _stdin_lines()
         total = 0
         with (
             _open(db, queue, create=True) as q,
             _progress("enqueueing", known_total=False) as update,
         ):
             batch: list[Item] = []
+            numbers: list[int] = []  # the line number of each item of the batch
 
             def flush() -> None:
                 nonlocal total
-                if batch:
-                    total += len(_unwrap(q.enqueue_batch(batch)))
-                    update(total, None)
-                    batch.clear()
+                if not batch:
+                    return
+                result = q.enqueue_batch(batch)
+                if isinstance(result, Err):
+                    raise CliError(
+                        f"{_batch_error(str(result.error), numbers)}; "
+                        f"{total} message(s) from earlier lines were enqueued"
+                    )
+                total += len(result.value)
+                update(total, None)
+                batch.clear()
+                numbers.clear()
 
-            for number, line in enumerate(stream, start=1):
-                text = line.rstrip("\r\n")
+            for number, raw in enumerate(stream, start=1):
+                try:
+                    text = raw.decode("utf-8").rstrip("\r\n")
+                except UnicodeDecodeError:
+                    raise CliError(
+                        f"line {number} is not UTF-8 text; {BINARY_HINT}; "
+                        f"{total} message(s) from earlier lines were enqueued",
+                        2,
+                    ) from None
                 if not text.strip():
                     continue
                 item: Any = text
@@ -818,9 +870,11 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
                     except ValueError as exc:
                         raise CliError(
                             f"line {number} is not valid JSON: {exc}; "
-                            f"{total} message(s) from earlier lines were enqueued"
+                            f"{total} message(s) from earlier lines were enqueued",
+                            2,
                         ) from None
                 batch.append(Item(item, priority, delay, max_attempts, group=group, ttl=ttl))
+                numbers.append(number)
                 if len(batch) >= CHUNK:
                     flush()
             flush()
