@@ -7,12 +7,15 @@ Behaviour tests run on every backend (``queue``/``make_queue``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import FakeClock
+from helpers import message_statuses
 from sqqueue import (
     Err,
     ErrorKind,
@@ -41,6 +44,10 @@ def take(queue: Queue, **kwargs: Any) -> Message:
     message = ok(queue.dequeue(**kwargs))
     assert isinstance(message, Message)
     return message
+
+
+def status_of(queue: Queue, message_id: int) -> str:
+    return {r["id"]: r["status"] for r in message_statuses(queue)}[message_id]
 
 
 # -- payloads that JSON cannot carry -----------------------------------------------------------
@@ -110,3 +117,87 @@ def test_unsupported_value_inside_json_gets_a_hint_for_its_type(
     assert hint in str(error)
     if not isinstance(value, tuple):
         assert "tuple" not in str(error)
+
+
+# -- a second call on a lease this queue object already ended ---------------------------------
+
+
+def test_fail_after_failing_says_it_was_already_failed(queue: Queue) -> None:
+    """The README's "retry in 30 s, then give up now" on one Message: the second call is
+    refused as WRONG_STATE, saying this object already failed it (nothing expired), and
+    how to do it by id, which then works."""
+    ok(queue.enqueue("job"))
+    message = take(queue, visibility_timeout=60)
+    ok(queue.fail_message(message, error="timeout calling API", delay=30))
+    error = err(queue.fail_message(message, send_to_dlq=True), ErrorKind.WRONG_STATE)
+    text = str(error)
+    assert "already failed" in text
+    assert "expired" not in text and "extend" not in text
+    assert f"fail_message({message.id}, send_to_dlq=True)" in text
+    assert status_of(queue, message.id) == "delayed"  # nothing was changed
+    ok(queue.fail_message(message.id, send_to_dlq=True))
+    assert status_of(queue, message.id) == "dead"
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "kind", "words"),
+    [
+        ("complete", "complete", ErrorKind.NOT_FOUND, "already completed"),
+        ("complete", "extend", ErrorKind.NOT_FOUND, "already completed"),
+        ("requeue", "complete", ErrorKind.WRONG_STATE, "already requeued"),
+        ("release", "extend", ErrorKind.WRONG_STATE, "already released"),
+        ("fail", "requeue", ErrorKind.WRONG_STATE, "already failed"),
+        ("dead", "complete", ErrorKind.WRONG_STATE, "already dead-lettered"),
+    ],
+)
+def test_second_call_on_an_ended_lease_says_what_this_object_did(
+    queue: Queue, first: str, second: str, kind: ErrorKind, words: str
+) -> None:
+    ok(queue.enqueue("job"))
+    message = take(queue)
+    calls: dict[str, Callable[[], Result[Any, Any]]] = {
+        "complete": lambda: queue.complete(message),
+        "requeue": lambda: queue.requeue(message),
+        "release": lambda: queue.release(message),
+        "fail": lambda: queue.fail_message(message, error="boom"),
+        "dead": lambda: queue.fail_message(message, send_to_dlq=True),
+        "extend": lambda: queue.extend(message, 60),
+    }
+    ok(calls[first]())
+    error = err(calls[second](), kind)
+    assert words in str(error)
+    assert "expired" not in str(error)
+
+
+def test_ended_lease_taken_by_another_consumer_is_lease_lost(queue: Queue) -> None:
+    ok(queue.enqueue("job"))
+    message = take(queue)
+    ok(queue.requeue(message))
+    again = take(queue)  # the next delivery, under a new lease
+    error = err(queue.complete(message), ErrorKind.LEASE_LOST)
+    assert "already requeued" in str(error) and "another consumer" in str(error)
+    ok(queue.complete(again))
+
+
+def test_expired_lease_is_still_reported_as_expired(queue: Queue, clock: FakeClock) -> None:
+    """Only leases this object ended itself are explained differently."""
+    ok(queue.enqueue("job"))
+    message = take(queue, visibility_timeout=10)
+    clock.advance(11)
+    error = err(queue.complete(message), ErrorKind.LEASE_EXPIRED)
+    assert "has expired" in str(error)
+
+
+def test_claim_block_that_ends_the_lease_itself_does_not_raise(queue: Queue) -> None:
+    """claim() completes the message after the block, unless the block completed, failed or
+    gave it back itself: failing it there used to raise a lease error out of the block."""
+    first = ok(queue.enqueue("fail me"))
+    second = ok(queue.enqueue("release me"))
+    with queue.claim() as message:
+        assert message is not None and message.id == first
+        ok(queue.fail_message(message, error="bad", delay=3600))
+    with queue.claim() as message:
+        assert message is not None and message.id == second
+        ok(queue.release(message))
+    assert status_of(queue, first) == "delayed"
+    assert status_of(queue, second) == "pending"

@@ -7,6 +7,7 @@ payload encoding, leases and fencing, Results, metrics, maintenance cadence);
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import logging
@@ -81,6 +82,9 @@ LISTABLE_STATES = ("pending", "delayed", "waiting", "processing", "dead", "done"
 PURGEABLE_STATES = ("pending", "delayed", "waiting", "processing", "dead", "done")
 MAX_ERROR_TEXT = 8_192
 _LEASE_MEMORY = 100_000  # leases remembered per queue object for id-only acks
+# Leases a queue object ended itself (completed, failed, gave back), remembered so that a
+# second call on the same Message says what happened instead of "expired".
+_ENDED_MEMORY = 10_000
 MAX_WAIT = 86400.0
 # Waiting consumers poll the backend's change counter from every 2 ms up to every 10 ms:
 # another process's enqueue is seen within ~10 ms, and an idle waiter costs ~100 checks a
@@ -279,6 +283,7 @@ class Queue:
         self._cached_defaults: tuple[Any, Any, Any, tuple[int, int, float | None]] | None = None
         self._work = 0  # messages written, for the maintenance cadence
         self._leases: dict[int, int] = {}
+        self._ended: collections.OrderedDict[int, str] = collections.OrderedDict()
         self._leases_lock = threading.Lock()
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ValueError("retry must be a sqqueue.RetryPolicy")
@@ -420,14 +425,39 @@ class Queue:
             while len(self._leases) > _LEASE_MEMORY:
                 del self._leases[next(iter(self._leases))]
 
-    def _forget(self, *message_ids: int) -> None:
+    def _forget(self, refs: Sequence[tuple[int, int | None]], what: str) -> None:
+        """Forget leases this object just ended, remembering ``what`` it did with each
+        (a past-tense verb: "completed", "failed", ...) for :meth:`_outcome_error`."""
         with self._leases_lock:
-            for message_id in message_ids:
+            ended = self._ended
+            for message_id, token in refs:
                 self._leases.pop(message_id, None)
+                if token is not None:
+                    ended[token] = what
+            while len(ended) > _ENDED_MEMORY:
+                ended.popitem(last=False)
 
-    def _outcome_error(self, outcome: Outcome, message_id: int, action: str) -> QueueError:
-        """Explain why a call on one message did nothing."""
+    def _ended_here(self, token: int | None) -> str | None:
+        """What this object did with the lease ``token``, if it ended it itself."""
+        if token is None:
+            return None
+        with self._leases_lock:
+            return self._ended.get(token)
+
+    def _outcome_error(
+        self,
+        outcome: Outcome,
+        message_id: int,
+        action: str,
+        token: int | None = None,
+        by_id: str = "",
+    ) -> QueueError:
+        """Explain why a call on one message did nothing. ``by_id`` is the call that does
+        it by id, for a message back in the queue (see :meth:`_ended_error`)."""
         q = self.name
+        done = self._ended_here(token)
+        if done is not None:
+            return self._ended_error(outcome, message_id, action, done, by_id)
         if outcome is Outcome.NOT_FOUND:
             return QueueError(
                 f"message {message_id} is not in queue {q!r}: it was completed, or never existed",
@@ -459,6 +489,40 @@ class Queue:
             f"the lease on message {message_id} has expired, so it cannot be {action}; "
             "it will be delivered again. Extend leases (extend()) for slow work",
             ErrorKind.LEASE_EXPIRED,
+            message_id,
+        )
+
+    def _ended_error(
+        self, outcome: Outcome, message_id: int, action: str, done: str, by_id: str
+    ) -> QueueError:
+        """Why a call on a lease this object already ended did nothing: say what it did,
+        and where the message is now (nothing expired)."""
+        said = f"this queue object already {done} message {message_id}, which ended its lease"
+        if outcome is Outcome.NOT_FOUND:
+            return QueueError(
+                f"{said}; it is no longer in queue {self.name!r} (completed); nothing was changed",
+                ErrorKind.NOT_FOUND,
+                message_id,
+            )
+        if outcome is Outcome.DEAD:
+            return QueueError(
+                f"{said}; it is in the dead-letter queue now, so it cannot be {action}; use "
+                f"reprocess_dead_letter({message_id}) to retry it",
+                ErrorKind.WRONG_STATE,
+                message_id,
+            )
+        if outcome is Outcome.LEASE_LOST:
+            return QueueError(
+                f"{said}; another consumer holds it now, so it cannot be {action} by this "
+                "lease; nothing was changed",
+                ErrorKind.LEASE_LOST,
+                message_id,
+            )
+        then = f"; to do it now, pass its id: {by_id}" if by_id else ""
+        return QueueError(
+            f"{said}; it is back in the queue, not leased, so it cannot be {action} again "
+            f"with that lease; nothing was changed{then}",
+            ErrorKind.WRONG_STATE,
             message_id,
         )
 
@@ -918,16 +982,20 @@ class Queue:
         try:
             yield message
         except Exception as exc:
-            self.fail_message(message, error=_error_text(exc))
+            if self._ended_here(message.lease_token) is None:
+                self.fail_message(message, error=_error_text(exc))
             raise
         except BaseException:
             # Interrupted (Ctrl-C, exit), not failed: give it back, attempt not counted.
-            self.release(message)
+            if self._ended_here(message.lease_token) is None:
+                self.release(message)
             raise
+        if self._ended_here(message.lease_token) is not None:
+            return  # the block completed, failed or gave back the message itself
         result = self.complete(message)
         if isinstance(result, Err) and result.error.kind is not ErrorKind.NOT_FOUND:
-            # NOT_FOUND: the block completed it itself. Anything else means the work may
-            # be done twice (e.g. the lease expired): say so loudly.
+            # NOT_FOUND: completed by another object meanwhile. Anything else means the
+            # work may be done twice (e.g. the lease expired): say so loudly.
             raise result.error
 
     def complete(self, message: MessageRef) -> Result[None, CompletionError]:
@@ -942,8 +1010,8 @@ class Queue:
             outcome = self._backend.complete(message_id, token, float(self._clock()))
             if outcome is not Outcome.DONE:
                 # A refused call keeps the remembered token: later calls by id stay fenced.
-                raise self._outcome_error(outcome, message_id, "completed")
-            self._forget(message_id)
+                raise self._outcome_error(outcome, message_id, "completed", token)
+            self._forget(((message_id, token),), "completed")
             if self._backend.policy.max_depth is not None:
                 self._room.notify()
             if self._measured:
@@ -975,21 +1043,21 @@ class Queue:
                 return Ok(0)
             outcomes = self._backend.complete_many(refs, self._now())
             refused = [
-                (mid, o)
-                for (mid, _), o in zip(refs, outcomes, strict=True)
+                (mid, token, o)
+                for (mid, token), o in zip(refs, outcomes, strict=True)
                 if o is not Outcome.DONE
             ]
             if refused:
-                first_id, first = refused[0]
-                reason = self._outcome_error(first, first_id, "completed")
+                first_id, first_token, first = refused[0]
+                reason = self._outcome_error(first, first_id, "completed", first_token)
                 raise QueueError(
                     f"{len(refused)} of {len(refs)} message(s) could not be completed "
-                    f"(ids {', '.join(str(i) for i, _ in refused[:10])}), so none was; "
+                    f"(ids {', '.join(str(i) for i, _, _ in refused[:10])}), so none was; "
                     f"message {first_id}: {reason}",
                     reason.kind,
                     first_id,
                 )
-            self._forget(*[mid for mid, _ in refs])
+            self._forget(refs, "completed")
             if self._backend.policy.max_depth is not None:
                 self._room.notify()
             if self._measured:
@@ -1033,8 +1101,11 @@ class Queue:
             )
             if outcome is not Outcome.DONE:
                 # A refused call keeps the remembered token: later calls by id stay fenced.
-                raise self._outcome_error(outcome, message_id, "failed")
-            self._forget(message_id)
+                # Back in the queue after this object gave it back: the id alone may
+                # still dead-letter it (as for any message nobody holds).
+                hint = f"fail_message({message_id}, send_to_dlq=True)" if send_to_dlq else ""
+                raise self._outcome_error(outcome, message_id, "failed", token, hint)
+            self._forget(((message_id, token),), "dead-lettered" if died else "failed")
             self._metrics.incr("fail")
             if not died:
                 self._signal.notify()
@@ -1058,8 +1129,8 @@ class Queue:
             now = self._now()
             outcome = self._backend.release(message_id, token, now, now, None, refund)
             if outcome is not Outcome.DONE:
-                raise self._outcome_error(outcome, message_id, f"{action}d")
-            self._forget(message_id)
+                raise self._outcome_error(outcome, message_id, f"{action}d", token)
+            self._forget(((message_id, token),), f"{action}d")
             self._signal.notify()
             self._count_operation()
             return Ok(None)
@@ -1089,7 +1160,7 @@ class Queue:
             now = self._now()
             outcome = self._backend.extend(message_id, token, now, now + duration)
             if outcome is not Outcome.DONE:
-                raise self._outcome_error(outcome, message_id, "extended")
+                raise self._outcome_error(outcome, message_id, "extended", token)
             expiry = to_datetime(now + duration)
             assert expiry is not None
             return Ok(expiry)
