@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +46,24 @@ def test_slow_work_retries_and_dead_letters(tmp_path: Path, worth_retrying: bool
         assert (row["status"], row["attempts"]) == ("delayed", 1)  # retried in 30 s
     else:
         assert (row["status"], row["attempts"]) == ("pending", 0)  # dead, then reprocessed
+
+
+def test_outbox_recipes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sqlite3 and SQLAlchemy outbox recipes: each order row and its message commit
+    together."""
+    monkeypatch.chdir(tmp_path)
+    plain, alchemy = python_blocks("### Enqueue in your own transaction (outbox)")
+    with sqlite3.connect("app.db") as setup:
+        setup.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, total REAL)")
+    setup.close()
+    with SQLiteQueue("app.db", table_name="orders_out") as queue:
+        run_block(plain, queue=queue)
+        scope = run_block(alchemy, queue=queue)
+        scope["engine"].dispose()
+        payloads = [m["payload"] for m in queue.list_messages("pending").unwrap()]
+    assert payloads == [{"order": 42}, {"order": 43}, {"order": 44}]
+    check = sqlite3.connect("app.db")
+    try:
+        assert [r[0] for r in check.execute("SELECT id FROM orders ORDER BY id")] == [42, 43, 44]
+    finally:
+        check.close()

@@ -149,6 +149,45 @@ def _no_delay(_attempts: int) -> float:
     return 0.0
 
 
+def _driver_connection(conn: Any) -> Any:
+    """The database driver's connection behind ``conn``, for ``enqueue_in``: ``conn``
+    itself, or what a SQLAlchemy ``Session``, ``Connection`` or pooled connection wraps.
+
+    Duck-typed, so the core never imports SQLAlchemy. A SQLAlchemy ``Connection`` must be
+    in a transaction: its ``commit()`` does nothing otherwise, and the message would be
+    rolled back when the connection goes back to the pool.
+    """
+    module = type(conn).__module__ or ""
+    if not module.startswith("sqlalchemy."):
+        return conn
+    if module.startswith("sqlalchemy.ext.asyncio"):
+        raise QueueError(
+            "enqueue_in takes a synchronous connection; for SQLAlchemy's asyncio API, "
+            "enqueue from a synchronous Session or Connection on the same database",
+            ErrorKind.INVALID_INPUT,
+        )
+    if callable(getattr(conn, "get_bind", None)):
+        conn = conn.connection()  # a Session: the connection of its transaction (begun now)
+    if callable(getattr(conn, "in_transaction", None)) and hasattr(conn, "connection"):
+        if not conn.in_transaction():
+            raise QueueError(
+                "the SQLAlchemy connection has no transaction yet: open one first (with "
+                "engine.begin() as conn:, or conn.begin()) so the message commits with "
+                "your rows",
+                ErrorKind.INVALID_INPUT,
+            )
+        conn = conn.connection  # the pool's proxy of the driver connection
+    driver = getattr(conn, "driver_connection", None) or getattr(conn, "dbapi_connection", None)
+    if driver is None:
+        raise QueueError(
+            f"cannot find the database connection inside SQLAlchemy's {type(conn).__name__}; "
+            "pass a Session, a Connection, or the driver's connection "
+            "(conn.connection.driver_connection)",
+            ErrorKind.INVALID_INPUT,
+        )
+    return driver
+
+
 def _error_text(exc: BaseException) -> str:
     """The last line of a traceback: ``ValueError: bad input``."""
     text = str(exc)
@@ -785,13 +824,16 @@ class Queue:
         group: str | None = None,
         ttl: float | timedelta | None = None,
     ) -> Result[int, EnqueueError]:
-        """Enqueue inside *your* open transaction on ``conn`` (a ``sqlite3.Connection`` on
-        the queue's file): the message commits or rolls back with your own rows (the
-        outbox pattern)::
+        """Enqueue inside *your* transaction on ``conn``: the message commits or rolls back
+        with your own rows (the outbox pattern)::
 
             with sqlite3.connect("app.db") as conn:          # commits on success
                 conn.execute("INSERT INTO orders (id) VALUES (?)", (42,))
                 queue.enqueue_in(conn, {"order": 42}).unwrap()
+
+        ``conn`` is a ``sqlite3.Connection`` on the queue's file (a ``psycopg``
+        connection on PostgreSQL), or a SQLAlchemy ``Session`` or ``Connection`` in a
+        transaction on it. A transaction that has not written yet is joined too.
         """
         item = Item(payload, priority, delay, max_attempts, dedup_key, group, ttl)
 
@@ -801,7 +843,7 @@ class Queue:
                     "enqueue_in needs your open database connection, got None",
                     ErrorKind.INVALID_INPUT,
                 )
-            return Ok(self._store([item], 0, conn=conn)[0])
+            return Ok(self._store([item], 0, conn=_driver_connection(conn))[0])
 
         return self._guard(EnqueueError, "enqueue_in", run)
 

@@ -654,7 +654,8 @@ class SQLiteBackend(SQLBackend):
         """Insert inside the caller's own transaction on its own connection (outbox)."""
         if not isinstance(conn, sqlite3.Connection):
             raise StorageError(
-                f"conn must be a sqlite3.Connection, got {type(conn).__name__}",
+                "conn must be your sqlite3.Connection on the queue's file (or a SQLAlchemy "
+                f"Session or Connection on it), got {type(conn).__name__}",
                 ErrorKind.INVALID_INPUT,
             )
         self._connection()  # raises if closed
@@ -671,17 +672,33 @@ class SQLiteBackend(SQLBackend):
                     ErrorKind.INVALID_INPUT,
                 )
             if not conn.in_transaction:
-                raise StorageError(
-                    "conn has no open transaction: begin one (e.g. execute your own INSERT or "
-                    "'BEGIN') so the message commits together with your rows",
-                    ErrorKind.INVALID_INPUT,
-                )
+                self._join(conn)
             row = self._single_plain(messages, now)
             if row is not None:
                 return [self._insert_one(conn, row)]
             return self._insert(conn, messages, now)
         except sqlite3.Error as exc:
             raise classify(exc, self.path) from exc
+
+    @staticmethod
+    def _join(conn: sqlite3.Connection) -> None:
+        """Open the transaction of a caller's connection that has none yet.
+
+        Under sqlite3's default (legacy) transaction control, the caller's transaction
+        begins at its first write, so one that has not written yet is not open: begin it
+        now, as sqlite3 would before our INSERT, but taking the write lock at once (our
+        reads and writes then see one snapshot). The caller's commit or rollback ends it.
+        In autocommit mode there is no transaction to join.
+        """
+        autocommit = getattr(conn, "autocommit", None)  # Python 3.12+: True, False or legacy
+        if conn.isolation_level is None or autocommit is True:
+            raise StorageError(
+                "conn is in autocommit mode and has no open transaction: execute 'BEGIN' "
+                "first, so the message commits together with your rows",
+                ErrorKind.INVALID_INPUT,
+            )
+        exclusive = conn.isolation_level.upper() == "EXCLUSIVE"
+        conn.execute("BEGIN EXCLUSIVE" if exclusive else "BEGIN IMMEDIATE")
 
     def _fold_expired(self, conn: sqlite3.Connection, now: float) -> int:
         """Expired leases back to pending (or dead), messages past their TTL out."""
