@@ -92,3 +92,27 @@ def fill(path: Path, queue: str, count: int) -> None:
     with SQLiteQueue(path, table_name=queue, default_max_attempts=1) as q:
         q.enqueue_batch([f"{queue} {n}" for n in range(count)]).unwrap()
         q.fail_message(q.dequeue().unwrap(), error="boom")  # type: ignore[arg-type]
+
+
+# -- a file that is not a database --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["check", "{f}"], ["salvage", "{f}", "{new}"], ["stats", "{f}"], ["ls", "{f}", "jobs"]],
+    ids=["check", "salvage", "stats", "ls"],
+)
+def test_a_text_file_is_not_an_sqlite_database(tmp_path: Path, args: list[str]) -> None:
+    """No advice to salvage what salvage cannot read, and no internal names."""
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, this is not a database\n" * 10)
+    before = text.read_bytes()
+    new = tmp_path / "new.db"
+    result = run(*(a.format(f=text, new=new) for a in args))
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert "is not an SQLite database" in line
+    assert "salvage " not in line and "damaged" not in line
+    assert "list_queues" not in line and "SQLITE_" not in line
+    assert text.read_bytes() == before
+    assert not new.exists()

@@ -1683,9 +1683,10 @@ class SQLiteQueue(Queue):
         try:
             return Ok(tools.list_queues(db_path))
         except QueueError as exc:
-            return Err(QueueError(f"list_queues failed: {exc}", exc.kind))
+            return Err(QueueError(f"cannot list the queues: {exc}", exc.kind))
         except Exception as exc:
-            return Err(QueueError(f"list_queues failed: {exc!r}", ErrorKind.STORAGE))
+            logger.error("listing the queues of a database failed unexpectedly", exc_info=exc)
+            return Err(QueueError(f"cannot list the queues: {exc!r}", ErrorKind.STORAGE))
 
 
 class PostgresQueue(Queue):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backends.sqlite import SQLiteBackend, classify
+from .backends.sqlite import SQLiteBackend, classify, not_a_database
 from .exceptions import ErrorKind, QueueError
 from .names import validate_queue_name
 from .targets import parse_target
@@ -137,7 +137,10 @@ def check(path: str | os.PathLike[str]) -> list[str]:
         try:
             rows = conn.execute("PRAGMA integrity_check").fetchall()
         except sqlite3.Error as exc:
-            return [str(classify(exc, str(path)))]
+            error = classify(exc, str(path))
+            if not_a_database(exc):
+                raise error from exc  # nothing to check, nor to salvage
+            return [str(error)]
     problems = [str(r[0]) for r in rows]
     return [] if problems == ["ok"] else problems
 
@@ -216,6 +219,10 @@ def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> S
                 for r in src.execute("SELECT name FROM sqqueue_queues ORDER BY name").fetchall()
             ]
         except sqlite3.DatabaseError as exc:
+            if not_a_database(exc):
+                raise QueueError(
+                    f"{classify(exc, str(source))}; nothing to salvage", ErrorKind.CORRUPT
+                ) from exc
             raise QueueError(
                 f"cannot read the queue list of {str(source)!r}: {exc}; nothing to salvage",
                 ErrorKind.CORRUPT,

@@ -90,6 +90,11 @@ def _error_name(exc: sqlite3.Error) -> str:
     return str(getattr(exc, "sqlite_errorname", "") or "")
 
 
+def not_a_database(exc: sqlite3.Error) -> bool:
+    """Whether SQLite found no database in the file at all (rather than a damaged one)."""
+    return _error_name(exc).startswith("SQLITE_NOTADB") or "not a database" in str(exc).lower()
+
+
 def classify(exc: sqlite3.Error, path: str) -> StorageError:
     """Turn a sqlite3 exception into a StorageError that says what to do."""
     text = str(exc)
@@ -111,11 +116,17 @@ def classify(exc: sqlite3.Error, path: str) -> StorageError:
             "directory permissions",
             ErrorKind.READ_ONLY,
         )
-    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or (
-        "malformed" in lowered or "not a database" in lowered
-    ):
+    if not_a_database(exc):
+        # The header is not SQLite's: another kind of file, or one destroyed from its
+        # first page, which no salvage can read.
         return StorageError(
-            f"database {path!r} is damaged or not an SQLite database ({text}); check it "
+            f"{path!r} is not an SQLite database; check the path (a queue file whose "
+            "header was overwritten can only be restored from a backup)",
+            ErrorKind.CORRUPT,
+        )
+    if name.startswith("SQLITE_CORRUPT") or "malformed" in lowered:
+        return StorageError(
+            f"database {path!r} is damaged ({text}); check it "
             f"with 'sqqueue check {path}', then copy every readable message into a new "
             f"file with 'sqqueue salvage {path} NEW.db' (or restore a backup)",
             ErrorKind.CORRUPT,
