@@ -21,9 +21,12 @@ from sqqueue import (
     ErrorKind,
     Message,
     Ok,
+    PostgresQueue,
     Queue,
     QueueError,
     Result,
+    config,
+    connect,
 )
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -201,3 +204,44 @@ def test_claim_block_that_ends_the_lease_itself_does_not_raise(queue: Queue) -> 
         ok(queue.release(message))
     assert status_of(queue, first) == "delayed"
     assert status_of(queue, second) == "pending"
+
+
+def test_postgres_queue_refuses_sqlite_only_settings() -> None:
+    """Refused before any connection is made, with why."""
+    for name, value in (("synchronous", "full"), ("vacuum_on_start", True)):
+        with pytest.raises(ValueError, match=f"{name} does not apply to PostgreSQL"):
+            PostgresQueue("postgresql://nowhere.invalid/db", "jobs", **{name: value})
+
+
+def test_sqlite_queue_refuses_postgres_only_settings(tmp_path: Path) -> None:
+    for name, value in (("pool_size", 2), ("schema", "app")):
+        with pytest.raises(ValueError, match=f"{name} does not apply to SQLite"):
+            connect(tmp_path / "jobs.db", "jobs", **{name: value})
+    assert not (tmp_path / "jobs.db").exists()
+
+
+def test_unknown_environment_variable_is_warned_about_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(config, "_warned", set())
+    environ = {"SQQUEUE_LOCK_TIMOUT": "5", "SQQUEUE_CONFIG": "none", "SQQUEUE_ZZZ": "1"}
+    with caplog.at_level(logging.WARNING, logger="sqqueue"):
+        for _ in range(3):
+            resolved = config.resolve({}, environ=environ)
+    assert resolved.values["lock_timeout"] == 30.0  # the misspelt one is not read
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2, warned
+    typo = next(m for m in warned if "SQQUEUE_LOCK_TIMOUT" in m)
+    assert "did you mean SQQUEUE_LOCK_TIMEOUT?" in typo
+    unknown = next(m for m in warned if "SQQUEUE_ZZZ" in m)
+    assert "SQQUEUE_DEFAULT_MAX_ATTEMPTS" in unknown  # no close one: the known ones
+
+
+def test_known_variables_are_not_warned_about(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(config, "_warned", set())
+    environ = {"SQQUEUE_LOCK_TIMEOUT": "5", "SQQUEUE_CONFIG": "none", "OTHER": "x"}
+    with caplog.at_level(logging.WARNING, logger="sqqueue"):
+        config.resolve({}, environ=environ)
+    assert not caplog.records

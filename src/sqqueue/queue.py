@@ -70,6 +70,19 @@ Clock = Callable[[], float]
 MessageRef = Message | int
 _tuple_new = tuple.__new__  # builds a named tuple without its __new__, a Python function
 
+#: Settings of SQLite queues that PostgreSQL queues refuse as arguments, and why. (From
+#: the environment or a config file, which may serve both backends, they are ignored.)
+_SQLITE_ONLY = {
+    "db_path": "the database is the url",
+    "synchronous": "durability is the server's synchronous_commit setting",
+    "vacuum_on_start": "PostgreSQL's autovacuum looks after the tables",
+}
+#: Arguments of PostgreSQL queues that SQLite queues refuse, and why.
+_POSTGRES_ONLY = {
+    "schema": "an SQLite file has no schemas",
+    "pool_size": "SQLite queues open one connection per thread",
+}
+
 # Limits that catch mistakes (a delay in milliseconds, a negative timeout) early.
 MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1
 MAX_DELAY = 10 * 366 * 86400.0  # ten years
@@ -1713,6 +1726,13 @@ class PostgresQueue(Queue):
 
         if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
             raise ValueError(f"url must be a postgresql:// URL, got {url!r}")
+        misplaced = sorted(set(settings) & set(_SQLITE_ONLY))
+        if misplaced:
+            name = misplaced[0]
+            raise ValueError(
+                f"{name} does not apply to PostgreSQL: {_SQLITE_ONLY[name]}; "
+                f"remove it from the arguments of PostgresQueue"
+            )
         prepared = _prepare({"table_name": table_name, **settings}, clock)
         backend = PostgresBackend(
             url,
@@ -1743,6 +1763,13 @@ def connect(url: str | os.PathLike[str], table_name: str = UNSET, **settings: An
     target = parse_target(url)
     if target.kind == "postgresql":
         return PostgresQueue(target.location, table_name, **settings)
+    misplaced = sorted(set(settings) & set(_POSTGRES_ONLY))
+    if misplaced:
+        name = misplaced[0]
+        raise ValueError(
+            f"{name} does not apply to SQLite: {_POSTGRES_ONLY[name]}; remove it, "
+            "or connect to a postgresql:// URL"
+        )
     return SQLiteQueue(target.location, table_name, **settings)
 
 
