@@ -499,7 +499,7 @@ def test_dlq_redrive_to_another_queue_with_progress(
 ) -> None:
     monkeypatch.setattr(cli, "_show_progress", lambda: True)
     make_dead(db, 3)
-    result = run("dlq", "redrive", db, "jobs", "--all", "--to", "retry_jobs")
+    result = run("dlq", "redrive", db, "jobs", "--all", "--to", "retry_jobs", "--create")
     assert result.exit_code == 0, result.output
     assert "redriving" in result.stderr
     assert counts(db, "retry_jobs")["pending"] == 3

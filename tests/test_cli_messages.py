@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from helpers import message_statuses
-from sqqueue import SQLiteQueue, cli
+from sqqueue import SQLiteQueue, cli, list_queues
 
 
 @pytest.fixture(autouse=True)
@@ -44,6 +44,13 @@ def one_error_line(result: Result) -> str:
 def statuses(db: Path, queue: str) -> dict[int, str]:
     with SQLiteQueue(db, table_name=queue) as q:
         return {row["id"]: row["status"] for row in message_statuses(q)}
+
+
+def make_dead(db: Path, queue: str, count: int) -> None:
+    with SQLiteQueue(db, table_name=queue, default_max_attempts=1) as q:
+        for n in range(count):
+            q.enqueue(f"job {n}").unwrap()
+            q.fail_message(q.dequeue().unwrap(), error="boom")  # type: ignore[arg-type]
 
 
 # -- enqueue: binary input and bad JSON ---------------------------------------------------------
@@ -86,6 +93,31 @@ def test_payload_refused_on_stdin_names_its_line(db: Path) -> None:
     assert line.startswith("error: line 3: payload contains inf")
     assert "enqueue_batch" not in line and "item " not in line
     assert "0 message(s) from earlier lines were enqueued" in line
+
+
+# -- dlq redrive --to -----------------------------------------------------------------------------
+
+
+def test_redrive_to_a_missing_queue_is_refused_with_the_queues_there(db: Path) -> None:
+    """A typo in --to neither redrives nor creates a queue, as in the Python API."""
+    make_dead(db, "emails", 1)
+    result = run("dlq", "redrive", db, "emails", "--all", "--to", "emials")
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert "no queue 'emials'" in line and "queues there: emails" in line
+    assert "--create" in line
+    assert list_queues(db).unwrap() == ["emails"]
+    assert statuses(db, "emails") == {1: "dead"}
+
+
+def test_redrive_to_a_new_queue_with_create(db: Path) -> None:
+    make_dead(db, "emails", 2)
+    result = run("dlq", "redrive", db, "emails", "--all", "--to", "emails_retry", "--create")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "redrove 2 message(s) to queue 'emails_retry'\n"
+    assert list_queues(db).unwrap() == ["emails", "emails_retry"]
+    assert set(statuses(db, "emails_retry").values()) == {"pending"}
+    assert run("dlq", "redrive", db, "emails", "--all", "--create").exit_code == 2
 
 
 def fill(path: Path, queue: str, count: int) -> None:

@@ -311,15 +311,20 @@ def _legacy_names(db: str) -> list[str]:
         raise CliError(str(exc)) from None
 
 
+def _require_queue(db: str, name: str, hint: str = "") -> None:
+    """Fail unless DB holds a queue ``name``, listing the queues it does hold."""
+    _require_db(db)
+    known = _queue_names(db)
+    if name not in known and name not in _legacy_names(db):
+        there = ", ".join(known) if known else "none"
+        raise CliError(f"no queue {name!r} in {db} (queues there: {there}){hint}")
+
+
 def _open(db: str, queue: str, *, create: bool = False) -> SQLiteQueue:
     """Open a queue; unless ``create``, the file and the queue must exist already."""
     name = _check_name(queue)
     if not create:
-        _require_db(db)
-        known = _queue_names(db)
-        if name not in known and name not in _legacy_names(db):
-            there = ", ".join(known) if known else "none"
-            raise CliError(f"no queue {name!r} in {db} (queues there: {there})")
+        _require_queue(db, name)
     try:
         return SQLiteQueue(db, table_name=name)
     except (ValueError, QueueError) as exc:
@@ -1062,6 +1067,9 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         "--to", "to_queue", metavar="QUEUE", help="Into this other queue of DB (new ids)."
     )
     @click.option(
+        "--create", is_flag=True, help="With --to: create that queue if DB has none of that name."
+    )
+    @click.option(
         "--rate",
         type=click.FloatRange(min=0, min_open=True),
         default=None,
@@ -1074,23 +1082,30 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         ids: tuple[int, ...],
         redrive_all: bool,
         to_queue: str | None,
+        create: bool,
         rate: float | None,
     ) -> None:
         """Put dead letters back to be delivered again.
 
-        They keep their ids (in QUEUE) and last error; their attempts start over.
+        They keep their ids (in QUEUE) and last error; their attempts start over. With
+        --to they go into another queue of DB, which must exist (or pass --create).
 
         \b
         Example:
           sqqueue dlq redrive jobs.db emails 42 43
           sqqueue dlq redrive jobs.db emails --all --rate 50
-          sqqueue dlq redrive jobs.db emails --all --to emails_retry
+          sqqueue dlq redrive jobs.db emails --all --to emails_retry --create
         """
         if redrive_all == bool(ids):
             raise CliError("give either message ids or --all", 2)
+        if create and to_queue is None:
+            raise CliError("--create goes with --to QUEUE", 2)
         target = queue if to_queue is None else _check_name(to_queue)
-        if to_queue is not None:
-            _open(db, target, create=True).close()  # the target queue may be new
+        _require_queue(db, queue)
+        if to_queue is not None and create:
+            _open(db, target, create=True).close()
+        elif to_queue is not None:
+            _require_queue(db, target, "; pass --create to create it")
         with _open(db, queue) as q, _progress("redriving", known_total=True) as update:
             moved = _unwrap(
                 q.redrive(
