@@ -855,8 +855,10 @@ def test_copy_between_files_keeps_ids_and_counts(tmp_path: Path) -> None:
         statuses = {s["id"]: s["status"] for s in message_statuses(copied)}
     assert statuses == {ids[0]: "dead", ids[1]: "pending", ids[2]: "pending"}
     again = run("copy", f"sqlite:///{source}", f"sqlite:///{target}")
-    assert again.exit_code == 1
-    assert "not empty" in again.output
+    assert again.exit_code == 0, again.output
+    assert "emails: 2 message(s), 1 dead letter(s) (already copied: nothing to do)" in again.output
+    with SQLiteQueue(target, table_name="emails") as copied:
+        assert {s["id"]: s["status"] for s in message_statuses(copied)} == statuses
 
 
 def test_copy_needs_urls(tmp_path: Path) -> None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
 from helpers import message_statuses
-from sqqueue import SQLiteQueue, cli, list_queues
+from sqqueue import SQLiteQueue, cli, list_queues, tools
+from sqqueue.backends.common import SQLBackend
 
 
 @pytest.fixture(autouse=True)
@@ -120,10 +122,73 @@ def test_redrive_to_a_new_queue_with_create(db: Path) -> None:
     assert run("dlq", "redrive", db, "emails", "--all", "--create").exit_code == 2
 
 
+# -- copy: checks first, reruns -------------------------------------------------------------------
+
+
 def fill(path: Path, queue: str, count: int) -> None:
     with SQLiteQueue(path, table_name=queue, default_max_attempts=1) as q:
         q.enqueue_batch([f"{queue} {n}" for n in range(count)]).unwrap()
         q.fail_message(q.dequeue().unwrap(), error="boom")  # type: ignore[arg-type]
+
+
+def test_copy_checks_every_queue_before_writing(tmp_path: Path) -> None:
+    """The second target queue is not empty: refused before the first is copied."""
+    source, target = tmp_path / "src.db", tmp_path / "dst.db"
+    fill(source, "a", 3)
+    fill(source, "b", 3)
+    with SQLiteQueue(target, table_name="b") as q:
+        q.enqueue("someone else's").unwrap()
+    result = run("copy", f"sqlite:///{source}", f"sqlite:///{target}")
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert "target queue 'b' is not empty" in line and "Nothing was copied" in line
+    assert list_queues(target).unwrap() == ["b"]  # 'a' was not even created
+    missing = run("copy", f"sqlite:///{source}", f"sqlite:///{target}", "a", "nope")
+    assert missing.exit_code == 1
+    assert "no queue 'nope' in the source (queues there: a, b)" in one_error_line(missing)
+    assert list_queues(target).unwrap() == ["b"]
+
+
+def test_copy_stopped_part_way_says_what_to_do_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy interrupted in its second queue: the rerun skips the first (already copied),
+    refuses the second naming --resume, and --resume finishes it with every id."""
+    source, target = tmp_path / "src.db", tmp_path / "dst.db"
+    fill(source, "a", 5)
+    fill(source, "b", 5)
+    real_import = SQLBackend.import_rows
+    calls = {"n": 0}
+
+    def interrupted(self: SQLBackend, *args: Any) -> None:
+        calls["n"] += 1
+        if self.name == "b" and calls["n"] > 4:
+            raise KeyboardInterrupt  # the operator pressed Ctrl-C
+        real_import(self, *args)
+
+    monkeypatch.setattr(SQLBackend, "import_rows", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tools.copy_queues(f"sqlite:///{source}", f"sqlite:///{target}", batch=2)
+    monkeypatch.setattr(SQLBackend, "import_rows", real_import)
+    partial = statuses(target, "b")
+    assert 0 < len(partial) < 5
+
+    rerun = run("copy", f"sqlite:///{source}", f"sqlite:///{target}")
+    assert rerun.exit_code == 1
+    line = one_error_line(rerun)
+    assert f"holds {len(partial)} of the 5 messages" in line and "--resume" in line
+    assert statuses(target, "b") == partial  # nothing written
+
+    resumed = run("copy", f"sqlite:///{source}", f"sqlite:///{target}", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "a: 4 message(s), 1 dead letter(s) (already copied: nothing to do)" in resumed.stdout
+    assert f"b: 4 message(s), 1 dead letter(s) ({len(partial)} were there already)" in (
+        resumed.stdout
+    )
+    for name in ("a", "b"):
+        assert statuses(target, name) == {
+            i: "pending" if s == "processing" else s for i, s in statuses(source, name).items()
+        }
 
 
 # -- a file that is not a database --------------------------------------------------------------

@@ -1318,16 +1318,24 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
     @click.argument("source", metavar="SRC_URL")
     @click.argument("target", metavar="DST_URL")
     @click.argument("queues", metavar="[QUEUE]...", nargs=-1)
-    def copy(source: str, target: str, queues: tuple[str, ...]) -> None:
+    @click.option(
+        "--resume",
+        is_flag=True,
+        help="Finish a copy that stopped part-way: copy what the target queues lack.",
+    )
+    def copy(source: str, target: str, queues: tuple[str, ...], resume: bool) -> None:
         """Copy queues from SRC_URL to DST_URL (SQLite to PostgreSQL, or back).
 
         Pending, delayed and waiting messages, in-flight ones (as pending) and dead
-        letters are copied with their ids, attempts and errors; SRC is left as it is. Every
-        target queue must be empty. The counts are checked after each queue.
+        letters are copied with their ids, attempts and errors; SRC is left as it is.
+        Every queue is checked before anything is written: each target queue must be
+        empty, or already hold a copy (skipped), or, with --resume, part of one. The
+        counts are checked after each queue.
 
         \b
         Example:
           sqqueue copy sqlite:///jobs.db postgresql://app@db.internal/app emails
+          sqqueue copy sqlite:///jobs.db postgresql://app@db.internal/app --resume
         """
         for url in (source, target):
             if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
@@ -1343,11 +1351,17 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
                     target,
                     queues or None,
                     progress=lambda _name, done, total: update(done, total),
+                    resume=resume,
                 )
             except (QueueError, ValueError, ImportError) as exc:
                 raise CliError(str(exc)) from None
         for name, counts in report.items():
-            click.echo(f"{name}: {counts['messages']} message(s), {counts['dead']} dead letter(s)")
+            line = f"{name}: {counts['messages']} message(s), {counts['dead']} dead letter(s)"
+            if counts["already"] and counts["already"] == counts["messages"] + counts["dead"]:
+                line += " (already copied: nothing to do)"
+            elif counts["already"]:
+                line += f" ({counts['already']} were there already)"
+            click.echo(line)
 
     # -- running things ------------------------------------------------------------------------
 
