@@ -213,3 +213,16 @@ def test_a_text_file_is_not_an_sqlite_database(tmp_path: Path, args: list[str]) 
     assert "list_queues" not in line and "SQLITE_" not in line
     assert text.read_bytes() == before
     assert not new.exists()
+
+
+# -- demo ---------------------------------------------------------------------------------------
+
+
+def test_demo_reruns_on_the_same_file(tmp_path: Path) -> None:
+    """A second run on one file uses a queue of its own and accounts for its own jobs."""
+    db = tmp_path / "demo.db"
+    for _ in range(2):
+        result = run("demo", "--jobs", "12", "--db", db)
+        assert result.exit_code == 0, result.output
+        assert "every job accounted for" in result.output
+    assert list_queues(db).unwrap() == ["demo_jobs", "demo_jobs_2"]

@@ -7,6 +7,7 @@ Behaviour tests run on every backend (``queue``/``make_queue``).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from sqqueue import (
     Queue,
     QueueError,
     Result,
+    SQLiteQueue,
     config,
     connect,
 )
@@ -206,6 +208,54 @@ def test_claim_block_that_ends_the_lease_itself_does_not_raise(queue: Queue) -> 
     assert status_of(queue, second) == "pending"
 
 
+# -- full queues ------------------------------------------------------------------------------
+
+
+def test_queue_full_advice_depends_on_whether_it_waited(make_queue: Callable[..., Queue]) -> None:
+    queue = make_queue(table_name="jobs", max_depth=1)
+    ok(queue.enqueue("a"))
+    at_once = str(err(queue.enqueue("b"), ErrorKind.QUEUE_FULL))
+    assert "pass wait=" in at_once
+    waited = str(err(queue.enqueue("b", wait=0.05), ErrorKind.QUEUE_FULL))
+    assert "pass wait=" not in waited
+    assert "after waiting 0.05 s" in waited and "max_depth" in waited
+
+
+# -- purge of dead letters by age -------------------------------------------------------------
+
+
+def test_purge_dead_counts_age_from_death(queue: Queue, clock: FakeClock) -> None:
+    """older_than on dead letters means dead for that long, not enqueued that long ago."""
+    week = 7 * 86400
+    old_id = ok(queue.enqueue("enqueued long ago"))
+    clock.advance(30 * 86400)
+    ok(queue.fail_message(old_id, send_to_dlq=True))  # died just now
+    assert ok(queue.purge("dead", older_than=week)) == 0
+    assert status_of(queue, old_id) == "dead"
+    clock.advance(week + 1)
+    assert ok(queue.purge("dead", older_than=week)) == 1
+    assert ok(queue.stats()).dead == 0
+
+
+# -- limits and settings ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "limit"),
+    [
+        (lambda q: q.enqueue("x", delay=1e12), "<= 316224000 seconds (3660 days)"),
+        (lambda q: q.dequeue(visibility_timeout=1e9), "<= 604800 seconds (7 days)"),
+        (lambda q: q.purge(older_than=1e13), "<= 1000000000000 seconds"),
+        (lambda q: q.redrive(rate=1e10), "<= 1000000000"),
+    ],
+    ids=["delay", "lease", "older_than", "rate"],
+)
+def test_limits_are_written_out(queue: Queue, call: Callable[[Queue], Any], limit: str) -> None:
+    error = err(call(queue), ErrorKind.INVALID_INPUT)
+    assert limit in str(error)
+    assert not re.search(r"\de[+-]\d", str(error).split("got")[0]), error
+
+
 def test_postgres_queue_refuses_sqlite_only_settings() -> None:
     """Refused before any connection is made, with why."""
     for name, value in (("synchronous", "full"), ("vacuum_on_start", True)):
@@ -245,3 +295,16 @@ def test_known_variables_are_not_warned_about(
     with caplog.at_level(logging.WARNING, logger="sqqueue"):
         config.resolve({}, environ=environ)
     assert not caplog.records
+
+
+def test_directory_path_advice_quotes_a_whole_path(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="is a directory") as info:
+        SQLiteQueue(tmp_path, "jobs")
+    assert repr(str(tmp_path / "queue.db")) in str(info.value)
+
+
+def test_readme_error_kind_table_lists_every_kind() -> None:
+    text = README.read_text()
+    table = text[text.index("| `ErrorKind` | meaning |") :].split("\n\n", 1)[0]
+    for kind in ErrorKind:
+        assert f"`{kind.name}`" in table, kind

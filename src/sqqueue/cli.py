@@ -557,7 +557,8 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         "--older-than",
         type=click.FloatRange(min=0),
         metavar="SECONDS",
-        help="Only messages enqueued more than SECONDS ago.",
+        help="Only messages enqueued more than SECONDS ago (dead letters: that died; kept "
+        "completed ones: that were completed).",
     )
 
     def confirm(question: str, yes: bool) -> None:
@@ -1120,7 +1121,12 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
     @dlq.command("purge")
     @db_arg
     @queue_arg
-    @older_opt
+    @click.option(
+        "--older-than",
+        type=click.FloatRange(min=0),
+        metavar="SECONDS",
+        help="Only dead letters that died more than SECONDS ago.",
+    )
     @yes_opt
     def dlq_purge(db: str, queue: str, older_than: float | None, yes: bool) -> None:
         """Delete dead letters of QUEUE for good (asks first unless --yes).
@@ -1131,7 +1137,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         """
         with _open(db, queue) as q:
             count = _unwrap(q.stats()).dead
-            scope = f" enqueued more than {older_than:g} s ago" if older_than is not None else ""
+            scope = f" dead for more than {older_than:.15g} s" if older_than is not None else ""
             confirm(
                 f"Delete the dead letters of queue {queue!r} in {db}{scope} ({count} there now)?",
                 yes,
@@ -1174,7 +1180,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
             now = _unwrap(q.stats())
             counts = now.to_dict()
             count = sum(counts[state] for state in effective if state in counts)
-            scope = f" enqueued more than {older_than:g} s ago" if older_than is not None else ""
+            scope = f" enqueued more than {older_than:.15g} s ago" if older_than is not None else ""
             confirm(
                 f"Delete the {', '.join(effective)} messages of queue {queue!r} in {db}{scope} "
                 f"({count} live or dead there now)?",
@@ -1539,7 +1545,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         click.echo(
             f"worker stopped: {stats.completed} completed, {stats.failed} failed "
             f"({stats.dead_lettered} dead-lettered, {stats.timed_out} timed out), "
-            f"{stats.released} released",
+            f"{stats.released} released, {stats.requeued} requeued at shutdown",
             err=True,
         )
 

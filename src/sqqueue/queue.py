@@ -137,12 +137,24 @@ def _seconds(value: object, what: str, *, minimum: float, maximum: float, strict
     seconds = float(value)
     too_small = seconds <= minimum if strict else seconds < minimum
     if not math.isfinite(seconds) or too_small or seconds > maximum:
-        low = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        low = f"> {_plain(minimum)}" if strict else f">= {_plain(minimum)}"
         raise QueueError(
-            f"{what} must be {low} and <= {maximum:g} seconds, got {value!r}",
+            f"{what} must be {low} and <= {_plain(maximum)} seconds{_in_days(maximum)}, "
+            f"got {value!r}",
             ErrorKind.INVALID_INPUT,
         )
     return seconds
+
+
+def _plain(number: float) -> str:
+    """A number as people write it: 316224000, not 3.16224e+08."""
+    return str(int(number)) if float(number).is_integer() else f"{number:.15g}"
+
+
+def _in_days(seconds: float) -> str:
+    """`` (N days)`` for a limit of a day or more, which is easier to read in days."""
+    days = seconds / 86400
+    return f" ({int(days)} days)" if days >= 1 and days.is_integer() else ""
 
 
 def _bounded_int(value: object, what: str, low: int, high: int) -> int:
@@ -156,6 +168,18 @@ def _bounded_int(value: object, what: str, low: int, high: int) -> int:
             f"{what} must be between {low} and {high}, got {value}", ErrorKind.INVALID_INPUT
         )
     return value
+
+
+def _full_advice(waited: float, conn: object) -> str:
+    """What to do about a full queue, after waiting ``waited`` seconds (or not at all)."""
+    if conn is not None:
+        return "; retry later (enqueue_in cannot wait: your transaction holds the lock)"
+    if waited:
+        return (
+            f" after waiting {_plain(waited)} s for room; consumers are not keeping up: "
+            "add consumers, raise max_depth, or wait longer"
+        )
+    return ". Retry later, or pass wait= to block until there is room"
 
 
 def _no_delay(_attempts: int) -> float:
@@ -748,7 +772,9 @@ class Queue:
                 remaining = deadline - time.monotonic()
                 if exc.kind is not ErrorKind.QUEUE_FULL or remaining <= 0 or conn is not None:
                     if exc.kind is ErrorKind.QUEUE_FULL:
-                        raise QueueFull(f"enqueue failed: {exc}") from exc
+                        raise QueueFull(
+                            f"enqueue failed: {exc}{_full_advice(patience, conn)}"
+                        ) from exc
                     raise
                 # Completions in this process notify at once; others are polled.
                 self._room.wait(self._room.seq, min(nap, remaining))
@@ -1471,8 +1497,16 @@ class Queue:
         def run() -> Result[int, RequeueError]:
             if to_queue is not None:
                 _config(lambda: validate_queue_name(to_queue))
-            if rate is not None:
-                _seconds(rate, "rate", minimum=0, maximum=1e9, strict=True)
+            if rate is not None and not (
+                isinstance(rate, (int, float))
+                and not isinstance(rate, bool)
+                and 0 < rate <= 1e9  # NaN fails this too
+            ):
+                raise QueueError(
+                    f"rate must be a number of messages a second, > 0 and <= 1000000000, "
+                    f"got {rate!r}",
+                    ErrorKind.INVALID_INPUT,
+                )
             wanted = None
             if ids is not None:
                 wanted = [_bounded_int(i, "id", 0, MAX_ID) for i in ids]
@@ -1523,12 +1557,13 @@ class Queue:
     ) -> Result[int, QueueError]:
         """Delete messages, in one transaction; ``Ok(count)``.
 
-        ``state`` is "pending", "delayed", "processing", "dead" or a list of them; by
-        default every message that is not dead. ``older_than`` (seconds) keeps messages
-        enqueued more recently than that::
+        ``state`` is "pending", "delayed", "waiting", "processing", "dead", "done" or a
+        list of them; by default every message that is not dead or done. ``older_than``
+        (seconds) keeps the more recent ones: live messages by when they were enqueued,
+        dead letters by when they died, kept completed ones by when they were completed::
 
             queue.purge()                                   # empty the queue
-            queue.purge("dead", older_than=7 * 86400)       # dead letters older than a week
+            queue.purge("dead", older_than=7 * 86400)       # dead for more than a week
         """
 
         def run() -> Result[int, QueueError]:

@@ -184,7 +184,8 @@ def _prepare_path(db_path: str | os.PathLike[str]) -> tuple[str, bool]:
     target = Path(path)
     if target.is_dir():
         raise ValueError(
-            f"db_path {path!r} is a directory; give a file path such as {path!r}/queue.db"
+            f"db_path {path!r} is a directory; give a file path such as "
+            f"{os.path.join(path, 'queue.db')!r}"
         )
     parent = target.parent
     if not parent.is_dir():
