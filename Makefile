@@ -36,7 +36,7 @@ test: lint typecheck pytest
 # Refresh the dashboard screenshots in docs/images from the browser tests.
 .PHONY: screenshots
 screenshots: $(STAMP)
-	SQQUEUE_SCREENSHOTS=docs/images $(BIN)/pytest -q tests/test_dashboard_browser.py -k sqlite
+	SQQUEUE_TEST_SCREENSHOTS=docs/images $(BIN)/pytest -q tests/test_dashboard_browser.py -k sqlite
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

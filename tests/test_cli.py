@@ -257,11 +257,12 @@ def test_enqueue_bulk_from_stdin_in_chunks(db: Path) -> None:
 
 
 def test_enqueue_bulk_json_bad_line_reports_the_line(db: Path) -> None:
-    """Chunks before the bad line are committed; the error names the line and says so."""
+    """Chunks before the bad line are committed; the error names the line and says so.
+    Bad JSON is a usage error (exit 2) on stdin as in the PAYLOAD argument."""
     good = [json.dumps({"n": n}) for n in range(1000)]
     text = "\n".join([*good, '{"n": 1000}', "{oops"]) + "\n"
     result = run("enqueue", db, "jobs", "-", "--json", input=text)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     line = one_error_line(result)
     assert "line 1002" in line
     assert "1000 message(s)" in line
@@ -498,7 +499,7 @@ def test_dlq_redrive_to_another_queue_with_progress(
 ) -> None:
     monkeypatch.setattr(cli, "_show_progress", lambda: True)
     make_dead(db, 3)
-    result = run("dlq", "redrive", db, "jobs", "--all", "--to", "retry_jobs")
+    result = run("dlq", "redrive", db, "jobs", "--all", "--to", "retry_jobs", "--create")
     assert result.exit_code == 0, result.output
     assert "redriving" in result.stderr
     assert counts(db, "retry_jobs")["pending"] == 3
@@ -872,8 +873,10 @@ def test_copy_between_files_keeps_ids_and_counts(tmp_path: Path) -> None:
         statuses = {s["id"]: s["status"] for s in message_statuses(copied)}
     assert statuses == {ids[0]: "dead", ids[1]: "pending", ids[2]: "pending"}
     again = run("copy", f"sqlite:///{source}", f"sqlite:///{target}")
-    assert again.exit_code == 1
-    assert "not empty" in again.output
+    assert again.exit_code == 0, again.output
+    assert "emails: 2 message(s), 1 dead letter(s) (already copied: nothing to do)" in again.output
+    with SQLiteQueue(target, table_name="emails") as copied:
+        assert {s["id"]: s["status"] for s in message_statuses(copied)} == statuses
 
 
 def test_copy_needs_urls(tmp_path: Path) -> None:

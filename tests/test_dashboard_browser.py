@@ -4,7 +4,7 @@ text, actions refused without login, and no console errors. Saves the screenshot
 README uses (from the SQLite run; ``make screenshots`` writes them to docs/images/).
 
 Without a browser these tests are skipped with a message saying how to get one; with
-``SQQUEUE_REQUIRE_BROWSER=1`` (CI sets it) a missing browser fails them instead.
+``SQQUEUE_TEST_REQUIRE_BROWSER=1`` (CI sets it) a missing browser fails them instead.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from sqqueue import Queue
 TOKEN = "browser-test-token-0123456789"
 HOSTILE = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>']
 # Screenshots go to a temporary directory, so a test run leaves the checkout as it was;
-# `make screenshots` sets SQQUEUE_SCREENSHOTS=docs/images to refresh the README's pictures.
+# `make screenshots` sets SQQUEUE_TEST_SCREENSHOTS=docs/images to refresh the README's pictures.
 IMAGES = Path(
-    os.environ.get("SQQUEUE_SCREENSHOTS") or Path(tempfile.gettempdir()) / "sqqueue-screenshots"
+    os.environ.get("SQQUEUE_TEST_SCREENSHOTS")
+    or Path(tempfile.gettempdir()) / "sqqueue-screenshots"
 )
 CHROMIUM_ARGS = [
     "--headless",
@@ -46,21 +47,21 @@ CHROMIUM_ARGS = [
 ]
 HOW_TO_GET_ONE = (
     "browser tests need Chromium and Playwright for Python: apt-get install chromium "
-    "(Debian/Ubuntu; or set SQQUEUE_CHROMIUM to a Chromium executable) and "
+    "(Debian/Ubuntu; or set SQQUEUE_TEST_CHROMIUM to a Chromium executable) and "
     "pip install -e '.[dev]'"
 )
 WAIT_MS = 20_000
 
 
 def _unavailable(why: str) -> None:
-    if os.environ.get("SQQUEUE_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"SQQUEUE_REQUIRE_BROWSER=1 but {why}; {HOW_TO_GET_ONE}", pytrace=False)
+    if os.environ.get("SQQUEUE_TEST_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"SQQUEUE_TEST_REQUIRE_BROWSER=1 but {why}; {HOW_TO_GET_ONE}", pytrace=False)
     pytest.skip(f"{why}; {HOW_TO_GET_ONE}")
 
 
 def _chromium_path() -> str | None:
     for candidate in (
-        os.environ.get("SQQUEUE_CHROMIUM"),
+        os.environ.get("SQQUEUE_TEST_CHROMIUM"),
         shutil.which("chromium"),
         "/usr/bin/chromium",
         shutil.which("chromium-browser"),

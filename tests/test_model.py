@@ -154,6 +154,8 @@ class QueueMachine(RuleBasedStateMachine):
         self.next_id = 1
         # Per queue object: id -> lease token it remembered at dequeue (for bare-id acks).
         self.memory: list[dict[int, int]] = [{} for _ in range(CONSUMERS)]
+        # Per queue object: the lease tokens it ended itself (completed, failed, gave back).
+        self.ended: list[set[int]] = [set() for _ in range(CONSUMERS)]
         self.handles: list[Message] = []  # every Message ever delivered (live or stale)
 
     def teardown(self) -> None:
@@ -214,6 +216,19 @@ class QueueMachine(RuleBasedStateMachine):
         if token is not None and token != rec.token:
             return "lease_lost"
         return "lease_expired"
+
+    def kind_of(self, found: str, c: int, token: int | None) -> ErrorKind:
+        """The ErrorKind of a refusal: a queue object that ended the lease itself says so,
+        and the message back in the queue is WRONG_STATE for it, not an expired lease."""
+        if found == "lease_expired" and token is not None and token in self.ended[c]:
+            return ErrorKind.WRONG_STATE
+        return KIND_OF[found]
+
+    def end(self, c: int, message_id: int, token: int | None) -> None:
+        """Queue object ``c`` ended the lease ``token`` on ``message_id`` itself."""
+        self.memory[c].pop(message_id, None)
+        if token is not None:
+            self.ended[c].add(token)
 
     def add(
         self, payload: Any, priority: int | None, delay: float, max_attempts: int | None
@@ -400,12 +415,12 @@ class QueueMachine(RuleBasedStateMachine):
         found = self.find(message_id, token)
         result = self.queues[c].complete(ref)
         if found != "live":
-            self.refused(result, CompletionError, KIND_OF[found], message_id)
+            self.refused(result, CompletionError, self.kind_of(found, c, token), message_id)
             return
         assert self.ok(result) is None
         rec = self.msgs[message_id]
         rec.status, rec.token, rec.lease_expires_at = "completed", None, None
-        self.memory[c].pop(message_id, None)
+        self.end(c, message_id, token)
 
     @rule(data=st.data(), send_to_dlq=st.booleans(), error=errors, delay=delays)
     def fail_message(
@@ -417,7 +432,7 @@ class QueueMachine(RuleBasedStateMachine):
         if found == "pending" and send_to_dlq:
             found = "live"  # send_to_dlq also buries a pending message (no lease needed)
         if found != "live":
-            self.refused(result, RequeueError, KIND_OF[found], message_id)
+            self.refused(result, RequeueError, self.kind_of(found, c, token), message_id)
             return
         assert self.ok(result) is None
         rec = self.msgs[message_id]
@@ -428,7 +443,7 @@ class QueueMachine(RuleBasedStateMachine):
         else:
             rec.status, rec.visible_at = "pending", self.now + delay
         rec.token = rec.lease_expires_at = None
-        self.memory[c].pop(message_id, None)
+        self.end(c, message_id, token)
 
     @rule(data=st.data())
     def requeue(self, data: st.DataObject) -> None:
@@ -436,13 +451,13 @@ class QueueMachine(RuleBasedStateMachine):
         found = self.find(message_id, token)
         result = self.queues[c].requeue(ref)
         if found != "live":
-            self.refused(result, RequeueError, KIND_OF[found], message_id)
+            self.refused(result, RequeueError, self.kind_of(found, c, token), message_id)
             return
         assert self.ok(result) is None
         rec = self.msgs[message_id]
         rec.status, rec.visible_at = "pending", self.now
         rec.token = rec.lease_expires_at = None
-        self.memory[c].pop(message_id, None)
+        self.end(c, message_id, token)
 
     @rule(data=st.data())
     def release(self, data: st.DataObject) -> None:
@@ -450,13 +465,13 @@ class QueueMachine(RuleBasedStateMachine):
         found = self.find(message_id, token)
         result = self.queues[c].release(ref)
         if found != "live":
-            self.refused(result, RequeueError, KIND_OF[found], message_id)
+            self.refused(result, RequeueError, self.kind_of(found, c, token), message_id)
             return
         assert self.ok(result) is None
         rec = self.msgs[message_id]
         rec.status, rec.visible_at, rec.attempts = "pending", self.now, max(rec.attempts - 1, 0)
         rec.token = rec.lease_expires_at = None
-        self.memory[c].pop(message_id, None)
+        self.end(c, message_id, token)
 
     @rule(data=st.data(), seconds=timeouts)
     def extend(self, data: st.DataObject, seconds: float) -> None:
@@ -464,7 +479,7 @@ class QueueMachine(RuleBasedStateMachine):
         found = self.find(message_id, token)
         result = self.queues[c].extend(ref, seconds)
         if found != "live":
-            self.refused(result, RequeueError, KIND_OF[found], message_id)
+            self.refused(result, RequeueError, self.kind_of(found, c, token), message_id)
             return
         assert self.ok(result) == dt(self.now + seconds)
         self.msgs[message_id].lease_expires_at = self.now + seconds

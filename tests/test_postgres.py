@@ -817,7 +817,8 @@ def test_copy_sqlite_to_postgres_and_back_keeps_everything(
 ) -> None:
     """copy_queues SQLite -> PostgreSQL -> SQLite: ids, payloads, states (pending,
     delayed, waiting, in-flight as pending, dead), attempts, errors and counts are kept;
-    new ids continue above the copied ones; a non-empty target is refused."""
+    new ids continue above the copied ones; copying again finds the copy there and does
+    nothing; a target with messages of its own is refused."""
     source = tmp_path / "source.db"
     with SQLiteQueue(source, TABLE) as queue:
         _fill(queue)
@@ -830,7 +831,7 @@ def test_copy_sqlite_to_postgres_and_back_keeps_everything(
     pg = with_params(target.url, options=f"-csearch_path={target.schema}")
 
     report = copy_queues(f"sqlite:///{source}", pg, [TABLE])
-    assert report == {TABLE: {"messages": 6, "dead": 1}}
+    assert report == {TABLE: {"messages": 6, "dead": 1, "already": 0}}
     with target.open(TABLE) as queue:
         assert _picture(queue) == original
         copied = ok(queue.stats())
@@ -857,9 +858,15 @@ def test_copy_sqlite_to_postgres_and_back_keeps_everything(
         highest = max(row[0] for part in original for row in part)
         assert ok(queue.enqueue("new")) > highest
 
+    # Copying again finds the copy there: nothing to do. A message of the target's own
+    # makes it a queue that is not empty: refused, with nothing written.
+    again = copy_queues(f"sqlite:///{source}", pg, [TABLE])
+    assert again == {TABLE: {"messages": 6, "dead": 1, "already": 7}}
+    with target.open(TABLE) as queue:
+        assert _picture(queue) == original
+        assert ok(queue.enqueue("new")) > highest
     with pytest.raises(QueueError, match="not empty") as info:
         copy_queues(f"sqlite:///{source}", pg, [TABLE])
     assert info.value.kind is ErrorKind.INVALID_INPUT
     with target.open(TABLE) as queue:
-        assert _picture(queue) == original
-        assert ok(queue.enqueue("new")) > highest
+        assert len(_picture(queue)[0]) == len(original[0]) + 1

@@ -292,9 +292,11 @@ def test_not_a_database_fails_to_open_naming_the_file(tmp_path: Path) -> None:
         SQLiteQueue(path, table_name="jobs")
     assert info.value.kind is ErrorKind.CORRUPT
     assert str(path) in str(info.value)
-    assert "integrity_check" in str(info.value) or "restore" in str(info.value)
-    problems = check(path)
-    assert problems and str(path) in problems[0]
+    assert "not an SQLite database" in str(info.value) and "backup" in str(info.value)
+    with pytest.raises(QueueError, match="not an SQLite database") as checked:
+        check(path)  # nothing to check, and nothing salvage could read
+    assert checked.value.kind is ErrorKind.CORRUPT
+    assert str(path) in str(checked.value)
 
 
 def test_damaged_pages_give_a_clear_err_naming_the_file(

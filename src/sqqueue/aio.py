@@ -224,15 +224,20 @@ class AsyncQueue:
         if message is None:
             yield None
             return
+        ended = self.sync._ended_here  # whether the block ended the lease itself
         try:
             yield message
         except Exception as exc:
-            await self.fail_message(message, error=_error_text(exc))
+            if ended(message.lease_token) is None:
+                await self.fail_message(message, error=_error_text(exc))
             raise
         except BaseException:
             # Cancelled or interrupted, not failed: give it back, attempt not counted.
-            await asyncio.shield(self.release(message))
+            if ended(message.lease_token) is None:
+                await asyncio.shield(self.release(message))
             raise
+        if ended(message.lease_token) is not None:
+            return
         result = await self.complete(message)
         if isinstance(result, Err) and result.error.kind is not ErrorKind.NOT_FOUND:
             raise result.error

@@ -24,6 +24,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -73,6 +74,10 @@ LIST_STATES = LISTABLE_STATES
 PURGE_STATES = PURGEABLE_STATES
 LIVE_STATES = ("pending", "delayed", "waiting", "processing")  # what purge takes by default
 CHUNK = 1000  # messages per enqueue_batch transaction when reading stdin
+BINARY_HINT = (
+    'to enqueue binary data, give it as JSON {"$bytes": "<base64>"} with --json '
+    '(e.g. base64 -w0 FILE | sed \'s/.*/{"$bytes": "&"}/\')'
+)
 
 T = TypeVar("T")
 
@@ -123,6 +128,35 @@ def _parse_json_payload(text: str) -> Any:
     if isinstance(value, dict) and set(value) == {"$bytes"} and isinstance(value["$bytes"], str):
         return base64.b64decode(value["$bytes"], validate=True)
     return value
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether text from the command line is real text (undecodable bytes in argv come
+    through as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _batch_error(text: str, numbers: list[int]) -> str:
+    """An enqueue_batch error as the command speaks: its item number becomes the line of
+    stdin it came from, and the method's name goes."""
+    text = text.removeprefix("enqueue_batch failed: ")
+    match = re.match(r"item (\d+): (.*?)(; nothing was enqueued)?$", text)
+    if match is None or int(match.group(1)) >= len(numbers):
+        return f"enqueue failed: {text}"
+    return f"line {numbers[int(match.group(1))]}: {match.group(2)}"
+
+
+def _stdin_lines() -> Iterator[bytes]:
+    """Standard input line by line, as bytes: each line is decoded (and refused if it is
+    not UTF-8) by the caller, whatever the locale says."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is not None:
+        return iter(buffer)
+    return (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
 
 
 def _retry_text(policy: RetryPolicy) -> str:
@@ -279,15 +313,20 @@ def _legacy_names(db: str) -> list[str]:
         raise CliError(str(exc)) from None
 
 
+def _require_queue(db: str, name: str, hint: str = "") -> None:
+    """Fail unless DB holds a queue ``name``, listing the queues it does hold."""
+    _require_db(db)
+    known = _queue_names(db)
+    if name not in known and name not in _legacy_names(db):
+        there = ", ".join(known) if known else "none"
+        raise CliError(f"no queue {name!r} in {db} (queues there: {there}){hint}")
+
+
 def _open(db: str, queue: str, *, create: bool = False) -> SQLiteQueue:
     """Open a queue; unless ``create``, the file and the queue must exist already."""
     name = _check_name(queue)
     if not create:
-        _require_db(db)
-        known = _queue_names(db)
-        if name not in known and name not in _legacy_names(db):
-            there = ", ".join(known) if known else "none"
-            raise CliError(f"no queue {name!r} in {db} (queues there: {there})")
+        _require_queue(db, name)
     try:
         return SQLiteQueue(db, table_name=name)
     except (ValueError, QueueError) as exc:
@@ -526,7 +565,8 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         "--older-than",
         type=click.FloatRange(min=0),
         metavar="SECONDS",
-        help="Only messages enqueued more than SECONDS ago.",
+        help="Only messages enqueued more than SECONDS ago (dead letters: that died; kept "
+        "completed ones: that were completed).",
     )
 
     def confirm(question: str, yes: bool) -> None:
@@ -778,6 +818,8 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
           jq -c '.[]' jobs.json | sqqueue enqueue jobs.db emails - --json
         """
         if payload != "-":
+            if not _is_utf8(payload):
+                raise CliError(f"PAYLOAD is not UTF-8 text; {BINARY_HINT}", 2)
             value: Any = payload
             if parse_json:
                 try:
@@ -800,23 +842,39 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
             return
         if dedup_key is not None:
             raise CliError("--dedup-key needs a single PAYLOAD, not -", 2)
-        stream = sys.stdin
+        stream = _stdin_lines()
         total = 0
         with (
             _open(db, queue, create=True) as q,
             _progress("enqueueing", known_total=False) as update,
         ):
             batch: list[Item] = []
+            numbers: list[int] = []  # the line number of each item of the batch
 
             def flush() -> None:
                 nonlocal total
-                if batch:
-                    total += len(_unwrap(q.enqueue_batch(batch)))
-                    update(total, None)
-                    batch.clear()
+                if not batch:
+                    return
+                result = q.enqueue_batch(batch)
+                if isinstance(result, Err):
+                    raise CliError(
+                        f"{_batch_error(str(result.error), numbers)}; "
+                        f"{total} message(s) from earlier lines were enqueued"
+                    )
+                total += len(result.value)
+                update(total, None)
+                batch.clear()
+                numbers.clear()
 
-            for number, line in enumerate(stream, start=1):
-                text = line.rstrip("\r\n")
+            for number, raw in enumerate(stream, start=1):
+                try:
+                    text = raw.decode("utf-8").rstrip("\r\n")
+                except UnicodeDecodeError:
+                    raise CliError(
+                        f"line {number} is not UTF-8 text; {BINARY_HINT}; "
+                        f"{total} message(s) from earlier lines were enqueued",
+                        2,
+                    ) from None
                 if not text.strip():
                     continue
                 item: Any = text
@@ -826,9 +884,11 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
                     except ValueError as exc:
                         raise CliError(
                             f"line {number} is not valid JSON: {exc}; "
-                            f"{total} message(s) from earlier lines were enqueued"
+                            f"{total} message(s) from earlier lines were enqueued",
+                            2,
                         ) from None
                 batch.append(Item(item, priority, delay, max_attempts, group=group, ttl=ttl))
+                numbers.append(number)
                 if len(batch) >= CHUNK:
                     flush()
             flush()
@@ -1016,6 +1076,9 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         "--to", "to_queue", metavar="QUEUE", help="Into this other queue of DB (new ids)."
     )
     @click.option(
+        "--create", is_flag=True, help="With --to: create that queue if DB has none of that name."
+    )
+    @click.option(
         "--rate",
         type=click.FloatRange(min=0, min_open=True),
         default=None,
@@ -1028,23 +1091,30 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         ids: tuple[int, ...],
         redrive_all: bool,
         to_queue: str | None,
+        create: bool,
         rate: float | None,
     ) -> None:
         """Put dead letters back to be delivered again.
 
-        They keep their ids (in QUEUE) and last error; their attempts start over.
+        They keep their ids (in QUEUE) and last error; their attempts start over. With
+        --to they go into another queue of DB, which must exist (or pass --create).
 
         \b
         Example:
           sqqueue dlq redrive jobs.db emails 42 43
           sqqueue dlq redrive jobs.db emails --all --rate 50
-          sqqueue dlq redrive jobs.db emails --all --to emails_retry
+          sqqueue dlq redrive jobs.db emails --all --to emails_retry --create
         """
         if redrive_all == bool(ids):
             raise CliError("give either message ids or --all", 2)
+        if create and to_queue is None:
+            raise CliError("--create goes with --to QUEUE", 2)
         target = queue if to_queue is None else _check_name(to_queue)
-        if to_queue is not None:
-            _open(db, target, create=True).close()  # the target queue may be new
+        _require_queue(db, queue)
+        if to_queue is not None and create:
+            _open(db, target, create=True).close()
+        elif to_queue is not None:
+            _require_queue(db, target, "; pass --create to create it")
         with _open(db, queue) as q, _progress("redriving", known_total=True) as update:
             moved = _unwrap(
                 q.redrive(
@@ -1059,7 +1129,12 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
     @dlq.command("purge")
     @db_arg
     @queue_arg
-    @older_opt
+    @click.option(
+        "--older-than",
+        type=click.FloatRange(min=0),
+        metavar="SECONDS",
+        help="Only dead letters that died more than SECONDS ago.",
+    )
     @yes_opt
     def dlq_purge(db: str, queue: str, older_than: float | None, yes: bool) -> None:
         """Delete dead letters of QUEUE for good (asks first unless --yes).
@@ -1070,7 +1145,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         """
         with _open(db, queue) as q:
             count = _unwrap(q.stats()).dead
-            scope = f" enqueued more than {older_than:g} s ago" if older_than is not None else ""
+            scope = f" dead for more than {older_than:.15g} s" if older_than is not None else ""
             confirm(
                 f"Delete the dead letters of queue {queue!r} in {db}{scope} ({count} there now)?",
                 yes,
@@ -1113,7 +1188,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
             now = _unwrap(q.stats())
             counts = now.to_dict()
             count = sum(counts[state] for state in effective if state in counts)
-            scope = f" enqueued more than {older_than:g} s ago" if older_than is not None else ""
+            scope = f" enqueued more than {older_than:.15g} s ago" if older_than is not None else ""
             confirm(
                 f"Delete the {', '.join(effective)} messages of queue {queue!r} in {db}{scope} "
                 f"({count} live or dead there now)?",
@@ -1257,16 +1332,24 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
     @click.argument("source", metavar="SRC_URL")
     @click.argument("target", metavar="DST_URL")
     @click.argument("queues", metavar="[QUEUE]...", nargs=-1)
-    def copy(source: str, target: str, queues: tuple[str, ...]) -> None:
+    @click.option(
+        "--resume",
+        is_flag=True,
+        help="Finish a copy that stopped part-way: copy what the target queues lack.",
+    )
+    def copy(source: str, target: str, queues: tuple[str, ...], resume: bool) -> None:
         """Copy queues from SRC_URL to DST_URL (SQLite to PostgreSQL, or back).
 
         Pending, delayed and waiting messages, in-flight ones (as pending) and dead
-        letters are copied with their ids, attempts and errors; SRC is left as it is. Every
-        target queue must be empty. The counts are checked after each queue.
+        letters are copied with their ids, attempts and errors; SRC is left as it is.
+        Every queue is checked before anything is written: each target queue must be
+        empty, or already hold a copy (skipped), or, with --resume, part of one. The
+        counts are checked after each queue.
 
         \b
         Example:
           sqqueue copy sqlite:///jobs.db postgresql://app@db.internal/app emails
+          sqqueue copy sqlite:///jobs.db postgresql://app@db.internal/app --resume
         """
         for url in (source, target):
             if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
@@ -1282,11 +1365,17 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
                     target,
                     queues or None,
                     progress=lambda _name, done, total: update(done, total),
+                    resume=resume,
                 )
             except (QueueError, ValueError, ImportError) as exc:
                 raise CliError(str(exc)) from None
         for name, counts in report.items():
-            click.echo(f"{name}: {counts['messages']} message(s), {counts['dead']} dead letter(s)")
+            line = f"{name}: {counts['messages']} message(s), {counts['dead']} dead letter(s)"
+            if counts["already"] and counts["already"] == counts["messages"] + counts["dead"]:
+                line += " (already copied: nothing to do)"
+            elif counts["already"]:
+                line += f" ({counts['already']} were there already)"
+            click.echo(line)
 
     # -- running things ------------------------------------------------------------------------
 
@@ -1486,7 +1575,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         click.echo(
             f"worker stopped: {total('completed')} completed, {total('failed')} failed "
             f"({total('dead_lettered')} dead-lettered, {total('timed_out')} timed out), "
-            f"{total('released')} released",
+            f"{total('released')} released, {total('requeued')} requeued at shutdown",
             err=True,
         )
 

@@ -22,9 +22,12 @@ in pyproject) overrides them for one queue::
 
 from __future__ import annotations
 
+import difflib
+import logging
 import math
 import os
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +37,8 @@ from .names import validate_queue_name
 from .retry import RetryPolicy
 
 __all__ = ["SETTINGS", "UNSET", "Resolved", "find_config_file", "parse_retry", "resolve"]
+
+logger = logging.getLogger(__name__)
 
 
 class _Unset:
@@ -277,6 +282,34 @@ def _check_keys(values: Mapping[str, Any], where: str) -> None:
         )
 
 
+#: SQQUEUE_* variables that are not queue settings: the config file's path and the
+#: dashboard's login token. ``SQQUEUE_TEST_*`` variables belong to sqqueue's own test suite.
+OTHER_VARIABLES = ("SQQUEUE_CONFIG", "SQQUEUE_DASHBOARD_TOKEN")
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_unknown_variables(env: Mapping[str, str]) -> None:
+    """Log a warning, once per name, for each ``SQQUEUE_*`` variable sqqueue does not
+    read: a misspelt setting would otherwise be ignored without a word."""
+    known = [f"SQQUEUE_{name.upper()}" for name in SETTINGS] + ["SQQUEUE_CONFIG"]
+    for key in env:
+        if not key.startswith("SQQUEUE_") or key in known or key in OTHER_VARIABLES:
+            continue
+        if key.startswith("SQQUEUE_TEST_"):
+            continue
+        with _warned_lock:
+            if key in _warned:
+                continue
+            _warned.add(key)
+        # Compared without the common prefix, which would make every name look close.
+        close = difflib.get_close_matches(key[8:], [k[8:] for k in known], n=1)
+        hint = f"did you mean SQQUEUE_{close[0]}?" if close else f"known: {', '.join(known)}"
+        logger.warning(
+            "environment variable %s is not a sqqueue setting and is ignored; %s", key, hint
+        )
+
+
 def resolve(
     explicit: Mapping[str, Any],
     environ: Mapping[str, str] | None = None,
@@ -284,6 +317,7 @@ def resolve(
 ) -> Resolved:
     """Merge arguments (values that are not ``UNSET``), environment, file and defaults."""
     env = os.environ if environ is None else environ
+    _warn_unknown_variables(env)
     given = {k: v for k, v in explicit.items() if v is not UNSET}
     _check_keys(given, "arguments")
     found = find_config_file(env, cwd)

@@ -18,13 +18,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import SQLiteQueue
+from . import SQLiteQueue, list_queues
 
 QUEUE = "demo_jobs"
 
 
-def produce(db: str, count: int, finished: Any) -> None:
-    with SQLiteQueue(db, table_name=QUEUE, default_max_attempts=3) as queue:
+def fresh_queue_name(db: str) -> str:
+    """``demo_jobs``, or ``demo_jobs_2``, ``_3``...: a queue this file does not hold yet, so
+    a second run on the same file counts only its own jobs."""
+    taken = set(list_queues(db).unwrap()) if os.path.exists(db) else set()
+    name, n = QUEUE, 1
+    while name in taken:
+        n += 1
+        name = f"{QUEUE}_{n}"
+    return name
+
+
+def produce(db: str, name: str, count: int, finished: Any) -> None:
+    with SQLiteQueue(db, table_name=name, default_max_attempts=3) as queue:
         for n in range(count):
             job = {"job": n, "kind": "poison" if n == 7 else "resize"}
             priority = 10 if n % 25 == 0 else 0
@@ -35,9 +46,14 @@ def produce(db: str, count: int, finished: Any) -> None:
 
 
 def consume(
-    db: str, name: str, done: mp.Queue[tuple[str, str, int]], finished: Any, stop_at: float
+    db: str,
+    table: str,
+    name: str,
+    done: mp.Queue[tuple[str, str, int]],
+    finished: Any,
+    stop_at: float,
 ) -> None:
-    with SQLiteQueue(db, table_name=QUEUE, default_visibility_timeout=5) as queue:
+    with SQLiteQueue(db, table_name=table, default_visibility_timeout=5) as queue:
         while time.monotonic() < stop_at:
             message = queue.dequeue().unwrap()
             if message is None:
@@ -63,16 +79,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     db = args.db or os.path.join(tempfile.mkdtemp(prefix="sqqueue-demo-"), "demo.db")
-    print(f"sqqueue demo: {args.jobs} jobs, 1 producer and 2 consumer processes on {db}")
-    SQLiteQueue(db, table_name=QUEUE).close()  # create the file before the processes start
+    table = fresh_queue_name(db)
+    print(
+        f"sqqueue demo: {args.jobs} jobs, 1 producer and 2 consumer processes on {db} "
+        f"(queue {table})"
+    )
+    SQLiteQueue(db, table_name=table).close()  # create the file before the processes start
 
     ctx = mp.get_context("spawn")
     done: mp.Queue[tuple[str, str, int]] = ctx.Queue()
     finished = ctx.Event()
     stop_at = time.monotonic() + 60
-    producer = ctx.Process(target=produce, args=(db, args.jobs, finished))
+    producer = ctx.Process(target=produce, args=(db, table, args.jobs, finished))
     consumers = [
-        ctx.Process(target=consume, args=(db, f"consumer-{i}", done, finished, stop_at))
+        ctx.Process(target=consume, args=(db, table, f"consumer-{i}", done, finished, stop_at))
         for i in (1, 2)
     ]
     started = time.monotonic()
@@ -102,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         c.join()
 
     elapsed = time.monotonic() - started
-    with SQLiteQueue(db, table_name=QUEUE) as queue:
+    with SQLiteQueue(db, table_name=table) as queue:
         dead = queue.get_dead_letters().unwrap()
         left = queue.is_drained().unwrap()
     total = sum(completed.values())
@@ -118,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  queue empty: {left}; completed {total} + dead {len(dead)} = {total + len(dead)}")
     ok = total + len(dead) == args.jobs and left
     print("every job accounted for" if ok else "MISMATCH: some jobs are unaccounted for")
-    print(f"inspect it: sqlite3 {Path(db)} 'SELECT * FROM {QUEUE}_dlq'")
+    print(f"inspect it: sqlite3 {Path(db)} 'SELECT * FROM {table}_dlq'")
     return 0 if ok else 1
 
 

@@ -7,6 +7,7 @@ payload encoding, leases and fencing, Results, metrics, maintenance cadence);
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import json
@@ -70,6 +71,19 @@ Clock = Callable[[], float]
 MessageRef = Message | int
 _tuple_new = tuple.__new__  # builds a named tuple without its __new__, a Python function
 
+#: Settings of SQLite queues that PostgreSQL queues refuse as arguments, and why. (From
+#: the environment or a config file, which may serve both backends, they are ignored.)
+_SQLITE_ONLY = {
+    "db_path": "the database is the url",
+    "synchronous": "durability is the server's synchronous_commit setting",
+    "vacuum_on_start": "PostgreSQL's autovacuum looks after the tables",
+}
+#: Arguments of PostgreSQL queues that SQLite queues refuse, and why.
+_POSTGRES_ONLY = {
+    "schema": "an SQLite file has no schemas",
+    "pool_size": "SQLite queues open one connection per thread",
+}
+
 # Limits that catch mistakes (a delay in milliseconds, a negative timeout) early.
 MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1
 MAX_DELAY = 10 * 366 * 86400.0  # ten years
@@ -82,6 +96,9 @@ LISTABLE_STATES = ("pending", "delayed", "waiting", "processing", "dead", "done"
 PURGEABLE_STATES = ("pending", "delayed", "waiting", "processing", "dead", "done")
 MAX_ERROR_TEXT = 8_192
 _LEASE_MEMORY = 100_000  # leases remembered per queue object for id-only acks
+# Leases a queue object ended itself (completed, failed, gave back), remembered so that a
+# second call on the same Message says what happened instead of "expired".
+_ENDED_MEMORY = 10_000
 MAX_WAIT = 86400.0
 # Waiting consumers poll the backend's change counter from every 2 ms up to every 10 ms:
 # another process's enqueue is seen within ~10 ms, and an idle waiter costs ~100 checks a
@@ -122,12 +139,24 @@ def _seconds(value: object, what: str, *, minimum: float, maximum: float, strict
     seconds = float(value)
     too_small = seconds <= minimum if strict else seconds < minimum
     if not math.isfinite(seconds) or too_small or seconds > maximum:
-        low = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        low = f"> {_plain(minimum)}" if strict else f">= {_plain(minimum)}"
         raise QueueError(
-            f"{what} must be {low} and <= {maximum:g} seconds, got {value!r}",
+            f"{what} must be {low} and <= {_plain(maximum)} seconds{_in_days(maximum)}, "
+            f"got {value!r}",
             ErrorKind.INVALID_INPUT,
         )
     return seconds
+
+
+def _plain(number: float) -> str:
+    """A number as people write it: 316224000, not 3.16224e+08."""
+    return str(int(number)) if float(number).is_integer() else f"{number:.15g}"
+
+
+def _in_days(seconds: float) -> str:
+    """`` (N days)`` for a limit of a day or more, which is easier to read in days."""
+    days = seconds / 86400
+    return f" ({int(days)} days)" if days >= 1 and days.is_integer() else ""
 
 
 def _bounded_int(value: object, what: str, low: int, high: int) -> int:
@@ -143,8 +172,59 @@ def _bounded_int(value: object, what: str, low: int, high: int) -> int:
     return value
 
 
+def _full_advice(waited: float, conn: object) -> str:
+    """What to do about a full queue, after waiting ``waited`` seconds (or not at all)."""
+    if conn is not None:
+        return "; retry later (enqueue_in cannot wait: your transaction holds the lock)"
+    if waited:
+        return (
+            f" after waiting {_plain(waited)} s for room; consumers are not keeping up: "
+            "add consumers, raise max_depth, or wait longer"
+        )
+    return ". Retry later, or pass wait= to block until there is room"
+
+
 def _no_delay(_attempts: int) -> float:
     return 0.0
+
+
+def _driver_connection(conn: Any) -> Any:
+    """The database driver's connection behind ``conn``, for ``enqueue_in``: ``conn``
+    itself, or what a SQLAlchemy ``Session``, ``Connection`` or pooled connection wraps.
+
+    Duck-typed, so the core never imports SQLAlchemy. A SQLAlchemy ``Connection`` must be
+    in a transaction: its ``commit()`` does nothing otherwise, and the message would be
+    rolled back when the connection goes back to the pool.
+    """
+    module = type(conn).__module__ or ""
+    if not module.startswith("sqlalchemy."):
+        return conn
+    if module.startswith("sqlalchemy.ext.asyncio"):
+        raise QueueError(
+            "enqueue_in takes a synchronous connection; for SQLAlchemy's asyncio API, "
+            "enqueue from a synchronous Session or Connection on the same database",
+            ErrorKind.INVALID_INPUT,
+        )
+    if callable(getattr(conn, "get_bind", None)):
+        conn = conn.connection()  # a Session: the connection of its transaction (begun now)
+    if callable(getattr(conn, "in_transaction", None)) and hasattr(conn, "connection"):
+        if not conn.in_transaction():
+            raise QueueError(
+                "the SQLAlchemy connection has no transaction yet: open one first (with "
+                "engine.begin() as conn:, or conn.begin()) so the message commits with "
+                "your rows",
+                ErrorKind.INVALID_INPUT,
+            )
+        conn = conn.connection  # the pool's proxy of the driver connection
+    driver = getattr(conn, "driver_connection", None) or getattr(conn, "dbapi_connection", None)
+    if driver is None:
+        raise QueueError(
+            f"cannot find the database connection inside SQLAlchemy's {type(conn).__name__}; "
+            "pass a Session, a Connection, or the driver's connection "
+            "(conn.connection.driver_connection)",
+            ErrorKind.INVALID_INPUT,
+        )
+    return driver
 
 
 def _error_text(exc: BaseException) -> str:
@@ -281,6 +361,7 @@ class Queue:
         self._cached_defaults: tuple[Any, Any, Any, tuple[int, int, float | None]] | None = None
         self._work = 0  # messages written, for the maintenance cadence
         self._leases: dict[int, int] = {}
+        self._ended: collections.OrderedDict[int, str] = collections.OrderedDict()
         self._leases_lock = threading.Lock()
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ValueError("retry must be a sqqueue.RetryPolicy")
@@ -422,14 +503,39 @@ class Queue:
             while len(self._leases) > _LEASE_MEMORY:
                 del self._leases[next(iter(self._leases))]
 
-    def _forget(self, *message_ids: int) -> None:
+    def _forget(self, refs: Sequence[tuple[int, int | None]], what: str) -> None:
+        """Forget leases this object just ended, remembering ``what`` it did with each
+        (a past-tense verb: "completed", "failed", ...) for :meth:`_outcome_error`."""
         with self._leases_lock:
-            for message_id in message_ids:
+            ended = self._ended
+            for message_id, token in refs:
                 self._leases.pop(message_id, None)
+                if token is not None:
+                    ended[token] = what
+            while len(ended) > _ENDED_MEMORY:
+                ended.popitem(last=False)
 
-    def _outcome_error(self, outcome: Outcome, message_id: int, action: str) -> QueueError:
-        """Explain why a call on one message did nothing."""
+    def _ended_here(self, token: int | None) -> str | None:
+        """What this object did with the lease ``token``, if it ended it itself."""
+        if token is None:
+            return None
+        with self._leases_lock:
+            return self._ended.get(token)
+
+    def _outcome_error(
+        self,
+        outcome: Outcome,
+        message_id: int,
+        action: str,
+        token: int | None = None,
+        by_id: str = "",
+    ) -> QueueError:
+        """Explain why a call on one message did nothing. ``by_id`` is the call that does
+        it by id, for a message back in the queue (see :meth:`_ended_error`)."""
         q = self.name
+        done = self._ended_here(token)
+        if done is not None:
+            return self._ended_error(outcome, message_id, action, done, by_id)
         if outcome is Outcome.NOT_FOUND:
             return QueueError(
                 f"message {message_id} is not in queue {q!r}: it was completed, or never existed",
@@ -461,6 +567,40 @@ class Queue:
             f"the lease on message {message_id} has expired, so it cannot be {action}; "
             "it will be delivered again. Extend leases (extend()) for slow work",
             ErrorKind.LEASE_EXPIRED,
+            message_id,
+        )
+
+    def _ended_error(
+        self, outcome: Outcome, message_id: int, action: str, done: str, by_id: str
+    ) -> QueueError:
+        """Why a call on a lease this object already ended did nothing: say what it did,
+        and where the message is now (nothing expired)."""
+        said = f"this queue object already {done} message {message_id}, which ended its lease"
+        if outcome is Outcome.NOT_FOUND:
+            return QueueError(
+                f"{said}; it is no longer in queue {self.name!r} (completed); nothing was changed",
+                ErrorKind.NOT_FOUND,
+                message_id,
+            )
+        if outcome is Outcome.DEAD:
+            return QueueError(
+                f"{said}; it is in the dead-letter queue now, so it cannot be {action}; use "
+                f"reprocess_dead_letter({message_id}) to retry it",
+                ErrorKind.WRONG_STATE,
+                message_id,
+            )
+        if outcome is Outcome.LEASE_LOST:
+            return QueueError(
+                f"{said}; another consumer holds it now, so it cannot be {action} by this "
+                "lease; nothing was changed",
+                ErrorKind.LEASE_LOST,
+                message_id,
+            )
+        then = f"; to do it now, pass its id: {by_id}" if by_id else ""
+        return QueueError(
+            f"{said}; it is back in the queue, not leased, so it cannot be {action} again "
+            f"with that lease; nothing was changed{then}",
+            ErrorKind.WRONG_STATE,
             message_id,
         )
 
@@ -634,7 +774,9 @@ class Queue:
                 remaining = deadline - time.monotonic()
                 if exc.kind is not ErrorKind.QUEUE_FULL or remaining <= 0 or conn is not None:
                     if exc.kind is ErrorKind.QUEUE_FULL:
-                        raise QueueFull(f"enqueue failed: {exc}") from exc
+                        raise QueueFull(
+                            f"enqueue failed: {exc}{_full_advice(patience, conn)}"
+                        ) from exc
                     raise
                 # Completions in this process notify at once; others are polled.
                 self._room.wait(self._room.seq, min(nap, remaining))
@@ -723,13 +865,16 @@ class Queue:
         group: str | None = None,
         ttl: float | timedelta | None = None,
     ) -> Result[int, EnqueueError]:
-        """Enqueue inside *your* open transaction on ``conn`` (a ``sqlite3.Connection`` on
-        the queue's file): the message commits or rolls back with your own rows (the
-        outbox pattern)::
+        """Enqueue inside *your* transaction on ``conn``: the message commits or rolls back
+        with your own rows (the outbox pattern)::
 
             with sqlite3.connect("app.db") as conn:          # commits on success
                 conn.execute("INSERT INTO orders (id) VALUES (?)", (42,))
                 queue.enqueue_in(conn, {"order": 42}).unwrap()
+
+        ``conn`` is a ``sqlite3.Connection`` on the queue's file (a ``psycopg``
+        connection on PostgreSQL), or a SQLAlchemy ``Session`` or ``Connection`` in a
+        transaction on it. A transaction that has not written yet is joined too.
         """
         item = Item(payload, priority, delay, max_attempts, dedup_key, group, ttl)
 
@@ -739,7 +884,7 @@ class Queue:
                     "enqueue_in needs your open database connection, got None",
                     ErrorKind.INVALID_INPUT,
                 )
-            return Ok(self._store([item], 0, conn=conn)[0])
+            return Ok(self._store([item], 0, conn=_driver_connection(conn))[0])
 
         return self._guard(EnqueueError, "enqueue_in", run)
 
@@ -920,16 +1065,20 @@ class Queue:
         try:
             yield message
         except Exception as exc:
-            self.fail_message(message, error=_error_text(exc))
+            if self._ended_here(message.lease_token) is None:
+                self.fail_message(message, error=_error_text(exc))
             raise
         except BaseException:
             # Interrupted (Ctrl-C, exit), not failed: give it back, attempt not counted.
-            self.release(message)
+            if self._ended_here(message.lease_token) is None:
+                self.release(message)
             raise
+        if self._ended_here(message.lease_token) is not None:
+            return  # the block completed, failed or gave back the message itself
         result = self.complete(message)
         if isinstance(result, Err) and result.error.kind is not ErrorKind.NOT_FOUND:
-            # NOT_FOUND: the block completed it itself. Anything else means the work may
-            # be done twice (e.g. the lease expired): say so loudly.
+            # NOT_FOUND: completed by another object meanwhile. Anything else means the
+            # work may be done twice (e.g. the lease expired): say so loudly.
             raise result.error
 
     def complete(
@@ -954,8 +1103,8 @@ class Queue:
             outcome = self._backend.complete(message_id, token, float(self._clock()), text)
             if outcome is not Outcome.DONE:
                 # A refused call keeps the remembered token: later calls by id stay fenced.
-                raise self._outcome_error(outcome, message_id, "completed")
-            self._forget(message_id)
+                raise self._outcome_error(outcome, message_id, "completed", token)
+            self._forget(((message_id, token),), "completed")
             if self._backend.policy.max_depth is not None:
                 self._room.notify()
             if self._measured:
@@ -1006,21 +1155,21 @@ class Queue:
                 return Ok(0)
             outcomes = self._backend.complete_many(refs, self._now())
             refused = [
-                (mid, o)
-                for (mid, _), o in zip(refs, outcomes, strict=True)
+                (mid, token, o)
+                for (mid, token), o in zip(refs, outcomes, strict=True)
                 if o is not Outcome.DONE
             ]
             if refused:
-                first_id, first = refused[0]
-                reason = self._outcome_error(first, first_id, "completed")
+                first_id, first_token, first = refused[0]
+                reason = self._outcome_error(first, first_id, "completed", first_token)
                 raise QueueError(
                     f"{len(refused)} of {len(refs)} message(s) could not be completed "
-                    f"(ids {', '.join(str(i) for i, _ in refused[:10])}), so none was; "
+                    f"(ids {', '.join(str(i) for i, _, _ in refused[:10])}), so none was; "
                     f"message {first_id}: {reason}",
                     reason.kind,
                     first_id,
                 )
-            self._forget(*[mid for mid, _ in refs])
+            self._forget(refs, "completed")
             if self._backend.policy.max_depth is not None:
                 self._room.notify()
             if self._measured:
@@ -1064,8 +1213,11 @@ class Queue:
             )
             if outcome is not Outcome.DONE:
                 # A refused call keeps the remembered token: later calls by id stay fenced.
-                raise self._outcome_error(outcome, message_id, "failed")
-            self._forget(message_id)
+                # Back in the queue after this object gave it back: the id alone may
+                # still dead-letter it (as for any message nobody holds).
+                hint = f"fail_message({message_id}, send_to_dlq=True)" if send_to_dlq else ""
+                raise self._outcome_error(outcome, message_id, "failed", token, hint)
+            self._forget(((message_id, token),), "dead-lettered" if died else "failed")
             self._metrics.incr("fail")
             if not died:
                 self._signal.notify()
@@ -1089,8 +1241,8 @@ class Queue:
             now = self._now()
             outcome = self._backend.release(message_id, token, now, now, None, refund)
             if outcome is not Outcome.DONE:
-                raise self._outcome_error(outcome, message_id, f"{action}d")
-            self._forget(message_id)
+                raise self._outcome_error(outcome, message_id, f"{action}d", token)
+            self._forget(((message_id, token),), f"{action}d")
             self._signal.notify()
             self._count_operation()
             return Ok(None)
@@ -1120,7 +1272,7 @@ class Queue:
             now = self._now()
             outcome = self._backend.extend(message_id, token, now, now + duration)
             if outcome is not Outcome.DONE:
-                raise self._outcome_error(outcome, message_id, "extended")
+                raise self._outcome_error(outcome, message_id, "extended", token)
             expiry = to_datetime(now + duration)
             assert expiry is not None
             return Ok(expiry)
@@ -1405,8 +1557,16 @@ class Queue:
         def run() -> Result[int, RequeueError]:
             if to_queue is not None:
                 _config(lambda: validate_queue_name(to_queue))
-            if rate is not None:
-                _seconds(rate, "rate", minimum=0, maximum=1e9, strict=True)
+            if rate is not None and not (
+                isinstance(rate, (int, float))
+                and not isinstance(rate, bool)
+                and 0 < rate <= 1e9  # NaN fails this too
+            ):
+                raise QueueError(
+                    f"rate must be a number of messages a second, > 0 and <= 1000000000, "
+                    f"got {rate!r}",
+                    ErrorKind.INVALID_INPUT,
+                )
             wanted = None
             if ids is not None:
                 wanted = [_bounded_int(i, "id", 0, MAX_ID) for i in ids]
@@ -1485,12 +1645,13 @@ class Queue:
     ) -> Result[int, QueueError]:
         """Delete messages, in one transaction; ``Ok(count)``.
 
-        ``state`` is "pending", "delayed", "processing", "dead" or a list of them; by
-        default every message that is not dead. ``older_than`` (seconds) keeps messages
-        enqueued more recently than that::
+        ``state`` is "pending", "delayed", "waiting", "processing", "dead", "done" or a
+        list of them; by default every message that is not dead or done. ``older_than``
+        (seconds) keeps the more recent ones: live messages by when they were enqueued,
+        dead letters by when they died, kept completed ones by when they were completed::
 
             queue.purge()                                   # empty the queue
-            queue.purge("dead", older_than=7 * 86400)       # dead letters older than a week
+            queue.purge("dead", older_than=7 * 86400)       # dead for more than a week
         """
 
         def run() -> Result[int, QueueError]:
@@ -1658,9 +1819,10 @@ class SQLiteQueue(Queue):
         try:
             return Ok(tools.list_queues(db_path))
         except QueueError as exc:
-            return Err(QueueError(f"list_queues failed: {exc}", exc.kind))
+            return Err(QueueError(f"cannot list the queues: {exc}", exc.kind))
         except Exception as exc:
-            return Err(QueueError(f"list_queues failed: {exc!r}", ErrorKind.STORAGE))
+            logger.error("listing the queues of a database failed unexpectedly", exc_info=exc)
+            return Err(QueueError(f"cannot list the queues: {exc!r}", ErrorKind.STORAGE))
 
 
 class PostgresQueue(Queue):
@@ -1687,6 +1849,13 @@ class PostgresQueue(Queue):
 
         if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
             raise ValueError(f"url must be a postgresql:// URL, got {url!r}")
+        misplaced = sorted(set(settings) & set(_SQLITE_ONLY))
+        if misplaced:
+            name = misplaced[0]
+            raise ValueError(
+                f"{name} does not apply to PostgreSQL: {_SQLITE_ONLY[name]}; "
+                f"remove it from the arguments of PostgresQueue"
+            )
         prepared = _prepare({"table_name": table_name, **settings}, clock)
         backend = PostgresBackend(
             url,
@@ -1717,6 +1886,13 @@ def connect(url: str | os.PathLike[str], table_name: str = UNSET, **settings: An
     target = parse_target(url)
     if target.kind == "postgresql":
         return PostgresQueue(target.location, table_name, **settings)
+    misplaced = sorted(set(settings) & set(_POSTGRES_ONLY))
+    if misplaced:
+        name = misplaced[0]
+        raise ValueError(
+            f"{name} does not apply to SQLite: {_POSTGRES_ONLY[name]}; remove it, "
+            "or connect to a postgresql:// URL"
+        )
     return SQLiteQueue(target.location, table_name, **settings)
 
 

@@ -15,8 +15,11 @@ write to the database file.
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import json
 import math
+import sys
 import zlib
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -71,53 +74,100 @@ def _serialization_error(message: str) -> QueueError:
     return QueueError(message, ErrorKind.SERIALIZATION)
 
 
+#: Deeper JSON is refused: Python's JSON decoder recurses, so a payload nested close to
+#: the interpreter's recursion limit could be stored yet fail to decode in a consumer.
+MAX_JSON_DEPTH = 500
+
+
+def _conversion_hint(item: object) -> str:
+    """How to turn a value JSON cannot hold into one it can."""
+    if isinstance(item, tuple):
+        return "convert it to a list"
+    if isinstance(item, (set, frozenset)):
+        return "convert it to a list (e.g. sorted(...))"
+    if isinstance(item, (datetime.date, datetime.time)):
+        return "convert it to a string (e.g. value.isoformat())"
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return "encode it as text (e.g. base64), or enqueue the bytes on their own"
+    if isinstance(item, decimal.Decimal):
+        return "convert it to a str (exact) or a float"
+    return "convert it to a str, int, float, bool, list or dict"
+
+
 def _check_json_value(value: object, what: str = "payload", custom: bool = True) -> None:
-    """Refuse values that JSON would silently change (tuples, int keys, NaN, ...).
+    """Refuse values that JSON would silently change (tuples, int keys, NaN, ...) or that
+    could not be decoded again (nested too deeply, or containing themselves).
 
     ``what`` names the value in the error; ``custom``: suggest a custom serializer."""
-    stack: list[object] = [value]
+    serializer = " or pass serializer=... to the queue" if custom else ""
+    stack: list[tuple[object, int]] = [(value, 0)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
         if item is None or isinstance(item, (bool, int, str)):
             continue
         if isinstance(item, float):
             if not math.isfinite(item):
                 raise _serialization_error(
                     f"{what} contains {item!r}, which JSON cannot represent; "
-                    "send it as a string" + (" or pass a custom serializer" if custom else "")
+                    f"send it as a string{serializer}"
                 )
             continue
-        if type(item) is list:
-            stack.extend(item)
-            continue
-        if type(item) is dict:
+        if type(item) is list or type(item) is dict:
+            if depth >= MAX_JSON_DEPTH:
+                raise _serialization_error(
+                    f"{what} is nested more than {MAX_JSON_DEPTH} lists or dicts deep (or "
+                    f"contains itself), too deep to decode reliably; flatten it{serializer}"
+                )
+            if type(item) is list:
+                stack.extend([(sub, depth + 1) for sub in item])
+                continue
+            assert isinstance(item, dict)
             for key, sub in item.items():
                 if not isinstance(key, str):
                     raise _serialization_error(
                         f"{what} dict has a non-str key {key!r}; JSON keys are strings, so it "
-                        "would come back changed. Use str keys"
-                        + (" or pass a custom serializer" if custom else "")
+                        f"would come back changed. Use str keys{serializer}"
                     )
-                stack.append(sub)
+                stack.append((sub, depth + 1))
             continue
         raise _serialization_error(
             f"{what} contains a {type(item).__name__}, which does not round-trip through "
-            "JSON; convert it (e.g. a tuple to a list)"
-            + (" or pass serializer=... to the queue" if custom else "")
+            f"JSON; {_conversion_hint(item)}{serializer}"
         )
+
+
+def _json_text(value: object, ascii_only: bool, what: str = "payload", custom: bool = True) -> str:
+    """``value`` (already checked) as compact JSON text."""
+    serializer = ", or pass serializer=... to the queue" if custom else ""
+    try:
+        return json.dumps(value, ensure_ascii=ascii_only, separators=(",", ":"))
+    except RecursionError as exc:
+        # Within MAX_JSON_DEPTH, but the caller's own stack was already deep.
+        raise _serialization_error(
+            f"{what} is nested too deeply to write as JSON here; flatten it{serializer}"
+        ) from exc
+    except ValueError as exc:
+        # What the check leaves to json: an int with more digits than Python will turn
+        # into text (sys.get_int_max_str_digits()).
+        limit = getattr(sys, "get_int_max_str_digits", lambda: 0)()
+        digits = f" (more than {limit} digits)" if limit else ""
+        raise _serialization_error(
+            f"{what} contains an integer too long to write as JSON text{digits}; send it "
+            f"as a string{serializer}"
+        ) from exc
 
 
 def json_text(value: object, what: str = "value") -> str:
     """``value`` as JSON text, refusing (``QueueError``, SERIALIZATION, naming it ``what``)
     anything that would not come back the same (a tuple, a set, a dict with non-``str``
-    keys, NaN)."""
+    keys, NaN, nesting too deep to decode)."""
     _check_json_value(value, what, custom=False)
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    text = _json_text(value, ascii_only=False, what=what, custom=False)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         # Lone surrogates cannot be stored as UTF-8 text; JSON's \u escapes can.
-        text = json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+        text = _json_text(value, ascii_only=True, what=what, custom=False)
     return text
 
 
@@ -166,12 +216,12 @@ class Codec:
             return Encoded(data, BYTES, zlib.crc32(data))
         if payload is None or isinstance(payload, (bool, int, float, list, dict)):
             _check_json_value(payload)
-            text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+            text = _json_text(payload, ascii_only=False)
             try:
                 return Encoded(text, JSON, checksum_of(text))
             except UnicodeEncodeError:
                 # Lone surrogates cannot be stored as UTF-8 text; JSON's \\u escapes can.
-                text = json.dumps(payload, ensure_ascii=True, separators=(",", ":"))
+                text = _json_text(payload, ascii_only=True)
                 return Encoded(text, JSON, checksum_of(text))
         raise _serialization_error(
             f"cannot store a payload of type {type(payload).__name__}: sqqueue stores str, "

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backends.sqlite import SQLiteBackend, classify
+from .backends.sqlite import SQLiteBackend, classify, not_a_database
 from .exceptions import ErrorKind, QueueError
 from .names import validate_queue_name
 from .targets import parse_target
@@ -137,7 +137,10 @@ def check(path: str | os.PathLike[str]) -> list[str]:
         try:
             rows = conn.execute("PRAGMA integrity_check").fetchall()
         except sqlite3.Error as exc:
-            return [str(classify(exc, str(path)))]
+            error = classify(exc, str(path))
+            if not_a_database(exc):
+                raise error from exc  # nothing to check, nor to salvage
+            return [str(error)]
     problems = [str(r[0]) for r in rows]
     return [] if problems == ["ok"] else problems
 
@@ -216,6 +219,10 @@ def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> S
                 for r in src.execute("SELECT name FROM sqqueue_queues ORDER BY name").fetchall()
             ]
         except sqlite3.DatabaseError as exc:
+            if not_a_database(exc):
+                raise QueueError(
+                    f"{classify(exc, str(source))}; nothing to salvage", ErrorKind.CORRUPT
+                ) from exc
             raise QueueError(
                 f"cannot read the queue list of {str(source)!r}: {exc}; nothing to salvage",
                 ErrorKind.CORRUPT,
@@ -324,58 +331,132 @@ def copy_queues(
     queues: Iterable[str] | None = None,
     progress: Callable[[str, int, int], Any] | None = None,
     batch: int = 1000,
+    *,
+    resume: bool = False,
 ) -> dict[str, dict[str, int]]:
     """Copy queues between databases, by URL (SQLite to PostgreSQL and back).
 
     Pending, delayed and waiting messages, in-flight ones (as pending) and dead letters are
-    copied with their ids, attempts and errors; the source is left as it is. Each target
-    queue must be empty. Returns, per queue, the counts copied; raises ``QueueError`` if
-    the target's counts do not match what was read::
+    copied with their ids, attempts and errors; the source is left as it is. Every queue is
+    checked before anything is written: it must exist in the source, and its target queue
+    must be empty, or already hold exactly the source's messages (a queue copied before,
+    skipped), or, with ``resume``, part of them (a copy that stopped part-way: the rest is
+    copied). Returns, per queue, the messages and dead letters the target holds from the
+    source and how many of them were ``already`` there; raises ``QueueError`` if the
+    target's counts do not match what was read::
 
         copy_queues("sqlite:///jobs.db", "postgresql://app@db/app", ["emails"])
     """
     from .queue import connect
 
-    names = list(queues) if queues is not None else list_queues_at(source)
+    available = list_queues_at(source)
+    names = [validate_queue_name(n) for n in queues] if queues is not None else available
+    missing = [n for n in names if n not in available]
+    if missing:
+        there = ", ".join(available) or "none"
+        raise QueueError(
+            f"no queue {missing[0]!r} in the source (queues there: {there}); nothing was copied",
+            ErrorKind.NOT_FOUND,
+        )
+    present = set(_queues_or_none(target))
+    skip: dict[str, set[int]] = {}
+    for name in names:  # every check first: nothing is written unless all pass
+        skip[name] = _already_there(source, target, name, resume) if name in present else set()
     report: dict[str, dict[str, int]] = {}
     for name in names:
-        src = connect(source, validate_queue_name(name))
+        src = connect(source, name)
         dst = connect(target, name)
         try:
-            report[name] = _copy_one(src, dst, progress, batch)
+            report[name] = _copy_one(src, dst, progress, batch, skip[name])
         finally:
             src.close()
             dst.close()
     return report
 
 
-def _copy_one(
-    src: Any, dst: Any, progress: Callable[[str, int, int], Any] | None, batch: int
-) -> dict[str, int]:
-    name = src.name
-    before = dst.stats().unwrap()
-    if before.depth or before.dead:
+def _queues_or_none(target: str) -> list[str]:
+    """The queues at ``target``; none when it is an SQLite file that does not exist yet."""
+    try:
+        return list_queues_at(target)
+    except QueueError as exc:
+        if exc.kind is ErrorKind.NOT_FOUND:
+            return []
+        raise
+
+
+def _identities(queue: Any) -> dict[int, Any]:
+    """Every message and dead letter of ``queue``: its id and enqueue time, which a copy
+    keeps (a message enqueued in the target on its own has another time)."""
+    found: dict[int, Any] = {}
+    for state in ("all", "dead"):
+        after = 0
+        while page := queue.list_messages(state, limit=1000, after_id=after).unwrap():
+            for entry in page:
+                found[entry["id"]] = entry.get("enqueued_at") or entry.get("created_at")
+            after = page[-1]["id"]
+    return found
+
+
+def _already_there(source: str, target: str, name: str, resume: bool) -> set[int]:
+    """The ids a non-empty target queue already holds from the source, when copying
+    into it is safe: all of them (copied before) or, with ``resume``, some of them.
+    Raises ``QueueError`` saying what to do otherwise."""
+    from .queue import connect
+
+    with connect(target, name) as dst:
+        held = _identities(dst).items()
+    if not held:
+        return set()
+    with connect(source, name) as src:
+        wanted = _identities(src).items()
+    if held == wanted or (resume and held < wanted):
+        return {message_id for message_id, _ in held}
+    if held < wanted:
         raise QueueError(
-            f"target queue {name!r} is not empty ({before.depth} messages, {before.dead} dead); "
-            "copy into an empty queue, or purge it first",
+            f"target queue {name!r} holds {len(held)} of the {len(wanted)} messages of the "
+            "source: an earlier copy stopped part-way. Nothing was copied; copy again with "
+            "resume (sqqueue copy --resume) to copy the rest",
             ErrorKind.INVALID_INPUT,
         )
+    raise QueueError(
+        f"target queue {name!r} is not empty: it holds {len(held - wanted)} message(s) that "
+        "are not in the source. Nothing was copied; copy into an empty queue, or purge it "
+        "first",
+        ErrorKind.INVALID_INPUT,
+    )
+
+
+def _copy_one(
+    src: Any,
+    dst: Any,
+    progress: Callable[[str, int, int], Any] | None,
+    batch: int,
+    skip: set[int],
+) -> dict[str, int]:
+    """Copy one queue's rows whose ids are not in ``skip`` (already in the target)."""
+    name = src.name
     now = src._now()
     total = src.stats().unwrap()
     expected = total.depth + total.dead
-    copied = {"messages": 0, "dead": 0}
+    copied = {"messages": 0, "dead": 0, "already": 0}
     for state, status in _COPY_STATES:
         after = 0
         while rows := src._backend.list_messages(state, now, batch, after):
-            dst._backend.import_rows([(row, status) for row in rows], [], now)
+            fresh = [(row, status) for row in rows if row.id not in skip]
+            if fresh:
+                dst._backend.import_rows(fresh, [], now)
             copied["messages"] += len(rows)
+            copied["already"] += len(rows) - len(fresh)
             after = rows[-1].id
             if progress is not None:
                 progress(name, copied["messages"] + copied["dead"], expected)
     after = 0
     while letters := src._backend.list_messages("dead", now, batch, after):
-        dst._backend.import_rows([], letters, now)
+        fresh_letters = [letter for letter in letters if letter.id not in skip]
+        if fresh_letters:
+            dst._backend.import_rows([], fresh_letters, now)
         copied["dead"] += len(letters)
+        copied["already"] += len(letters) - len(fresh_letters)
         after = letters[-1].id
         if progress is not None:
             progress(name, copied["messages"] + copied["dead"], expected)

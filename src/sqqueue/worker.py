@@ -51,7 +51,8 @@ class WorkerStats:
     failed: int = 0
     dead_lettered: int = 0
     timed_out: int = 0
-    released: int = 0
+    released: int = 0  #: taken but not started at shutdown: given back, attempt not counted
+    requeued: int = 0  #: still running when the grace period ended: given back at once
     processing_seconds: list[float] = field(default_factory=list, repr=False)
 
 
@@ -377,6 +378,8 @@ class WorkerCore:
                 task.abandoned = True
         for task in leftovers:
             result = self.queue.requeue(task.message)
+            if result.is_ok():
+                self.stats.requeued += 1
             logger.warning(
                 "worker %s: message %d still running at shutdown, returned to the queue (%s)",
                 self.name,

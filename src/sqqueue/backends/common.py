@@ -146,7 +146,7 @@ class SQLBackend(Backend):
         if depth + fresh > limit:
             raise StorageError(
                 f"queue {self.name!r} is full: {depth} messages, the limit is {limit}; "
-                "nothing was enqueued. Retry later, or pass wait= to block until there is room",
+                "nothing was enqueued",
                 ErrorKind.QUEUE_FULL,
             )
 

@@ -567,13 +567,19 @@ class PostgresBackend(SQLBackend):
     def enqueue_in(self, conn: Any, messages: Sequence[NewMessage], now: float) -> list[int]:
         if not isinstance(conn, psycopg.Connection):
             raise StorageError(
-                f"conn must be a psycopg.Connection, got {type(conn).__name__}",
+                "conn must be your psycopg.Connection (or a SQLAlchemy Session or Connection "
+                f"on psycopg), got {type(conn).__name__}",
                 ErrorKind.INVALID_INPUT,
             )
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
+        status = conn.info.transaction_status
+        # Outside autocommit, psycopg begins the transaction at the first statement, so
+        # one that has not run anything yet is joined by ours.
+        idle_in_own = status == psycopg.pq.TransactionStatus.IDLE and not conn.autocommit
+        if status != psycopg.pq.TransactionStatus.INTRANS and not idle_in_own:
             raise StorageError(
-                "conn has no open transaction: execute your own statements first (or use "
-                "'with conn.transaction():') so the message commits with your rows",
+                "conn has no open transaction it can share: use 'with conn.transaction():' "
+                "(or turn autocommit off), and roll back a failed transaction first, so the "
+                "message commits with your rows",
                 ErrorKind.INVALID_INPUT,
             )
         try:

@@ -491,7 +491,7 @@ STATEMENTS = {
     "purge_processing": """DELETE FROM $q WHERE status = 'processing'
                            AND (%(cutoff)s::float8 IS NULL OR created_at < %(cutoff)s::float8)""",
     "purge_dead": """DELETE FROM $dlq
-                     WHERE %(cutoff)s::float8 IS NULL OR created_at < %(cutoff)s::float8""",
+                     WHERE %(cutoff)s::float8 IS NULL OR dead_at < %(cutoff)s::float8""",
     "purge_done": """DELETE FROM $done
                      WHERE %(cutoff)s::float8 IS NULL OR completed_at < %(cutoff)s::float8""",
     # Copy between databases: rows arrive with their ids.

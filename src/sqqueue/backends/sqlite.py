@@ -90,6 +90,11 @@ def _error_name(exc: sqlite3.Error) -> str:
     return str(getattr(exc, "sqlite_errorname", "") or "")
 
 
+def not_a_database(exc: sqlite3.Error) -> bool:
+    """Whether SQLite found no database in the file at all (rather than a damaged one)."""
+    return _error_name(exc).startswith("SQLITE_NOTADB") or "not a database" in str(exc).lower()
+
+
 def classify(exc: sqlite3.Error, path: str) -> StorageError:
     """Turn a sqlite3 exception into a StorageError that says what to do."""
     text = str(exc)
@@ -111,11 +116,17 @@ def classify(exc: sqlite3.Error, path: str) -> StorageError:
             "directory permissions",
             ErrorKind.READ_ONLY,
         )
-    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or (
-        "malformed" in lowered or "not a database" in lowered
-    ):
+    if not_a_database(exc):
+        # The header is not SQLite's: another kind of file, or one destroyed from its
+        # first page, which no salvage can read.
         return StorageError(
-            f"database {path!r} is damaged or not an SQLite database ({text}); check it "
+            f"{path!r} is not an SQLite database; check the path (a queue file whose "
+            "header was overwritten can only be restored from a backup)",
+            ErrorKind.CORRUPT,
+        )
+    if name.startswith("SQLITE_CORRUPT") or "malformed" in lowered:
+        return StorageError(
+            f"database {path!r} is damaged ({text}); check it "
             f"with 'sqqueue check {path}', then copy every readable message into a new "
             f"file with 'sqqueue salvage {path} NEW.db' (or restore a backup)",
             ErrorKind.CORRUPT,
@@ -173,7 +184,8 @@ def _prepare_path(db_path: str | os.PathLike[str]) -> tuple[str, bool]:
     target = Path(path)
     if target.is_dir():
         raise ValueError(
-            f"db_path {path!r} is a directory; give a file path such as {path!r}/queue.db"
+            f"db_path {path!r} is a directory; give a file path such as "
+            f"{os.path.join(path, 'queue.db')!r}"
         )
     parent = target.parent
     if not parent.is_dir():
@@ -661,7 +673,8 @@ class SQLiteBackend(SQLBackend):
         """Insert inside the caller's own transaction on its own connection (outbox)."""
         if not isinstance(conn, sqlite3.Connection):
             raise StorageError(
-                f"conn must be a sqlite3.Connection, got {type(conn).__name__}",
+                "conn must be your sqlite3.Connection on the queue's file (or a SQLAlchemy "
+                f"Session or Connection on it), got {type(conn).__name__}",
                 ErrorKind.INVALID_INPUT,
             )
         self._connection()  # raises if closed
@@ -678,17 +691,33 @@ class SQLiteBackend(SQLBackend):
                     ErrorKind.INVALID_INPUT,
                 )
             if not conn.in_transaction:
-                raise StorageError(
-                    "conn has no open transaction: begin one (e.g. execute your own INSERT or "
-                    "'BEGIN') so the message commits together with your rows",
-                    ErrorKind.INVALID_INPUT,
-                )
+                self._join(conn)
             row = self._single_plain(messages, now)
             if row is not None:
                 return [self._insert_one(conn, row)]
             return self._insert(conn, messages, now)
         except sqlite3.Error as exc:
             raise classify(exc, self.path) from exc
+
+    @staticmethod
+    def _join(conn: sqlite3.Connection) -> None:
+        """Open the transaction of a caller's connection that has none yet.
+
+        Under sqlite3's default (legacy) transaction control, the caller's transaction
+        begins at its first write, so one that has not written yet is not open: begin it
+        now, as sqlite3 would before our INSERT, but taking the write lock at once (our
+        reads and writes then see one snapshot). The caller's commit or rollback ends it.
+        In autocommit mode there is no transaction to join.
+        """
+        autocommit = getattr(conn, "autocommit", None)  # Python 3.12+: True, False or legacy
+        if conn.isolation_level is None or autocommit is True:
+            raise StorageError(
+                "conn is in autocommit mode and has no open transaction: execute 'BEGIN' "
+                "first, so the message commits together with your rows",
+                ErrorKind.INVALID_INPUT,
+            )
+        exclusive = conn.isolation_level.upper() == "EXCLUSIVE"
+        conn.execute("BEGIN EXCLUSIVE" if exclusive else "BEGIN IMMEDIATE")
 
     def _fold_expired(self, conn: sqlite3.Connection, now: float) -> int:
         """Expired leases back to pending (or dead), messages past their TTL out."""

@@ -511,7 +511,7 @@ STATEMENTS = {
                         AND (:cutoff IS NULL OR created_at < :cutoff)""",
     "purge_processing": """DELETE FROM $q WHERE status = 'processing'
                            AND (:cutoff IS NULL OR created_at < :cutoff)""",
-    "purge_dead": "DELETE FROM $dlq WHERE :cutoff IS NULL OR created_at < :cutoff",
+    "purge_dead": "DELETE FROM $dlq WHERE :cutoff IS NULL OR dead_at < :cutoff",
     "purge_done": "DELETE FROM $done WHERE :cutoff IS NULL OR completed_at < :cutoff",
     # Copy between databases: rows arrive with their ids.
     "import_message": """

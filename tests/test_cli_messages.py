@@ -1,0 +1,228 @@
+"""What the ``sqqueue`` command says when it refuses: one ``error: ...`` line that names
+what happened and the command-line way out, with consistent exit codes, and no change to
+any file when it refuses."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from helpers import message_statuses
+from sqqueue import SQLiteQueue, cli, list_queues, tools
+from sqqueue.backends.common import SQLBackend
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No SQQUEUE_* settings or config file from the machine leak into a test."""
+    for key in list(os.environ):
+        if key.startswith("SQQUEUE_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("SQQUEUE_CONFIG", "none")
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "jobs.db"
+
+
+def run(*args: object, input: str | bytes | None = None) -> Result:
+    return CliRunner().invoke(cli.main, [str(a) for a in args], input=input)
+
+
+def one_error_line(result: Result) -> str:
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def statuses(db: Path, queue: str) -> dict[int, str]:
+    with SQLiteQueue(db, table_name=queue) as q:
+        return {row["id"]: row["status"] for row in message_statuses(q)}
+
+
+def make_dead(db: Path, queue: str, count: int) -> None:
+    with SQLiteQueue(db, table_name=queue, default_max_attempts=1) as q:
+        for n in range(count):
+            q.enqueue(f"job {n}").unwrap()
+            q.fail_message(q.dequeue().unwrap(), error="boom")  # type: ignore[arg-type]
+
+
+# -- enqueue: binary input and bad JSON ---------------------------------------------------------
+
+
+def test_binary_stdin_gets_the_command_line_way(db: Path) -> None:
+    """Not UTF-8 on stdin: a usage error pointing at --json and {"$bytes": ...}, not at
+    Python's bytes API; the earlier lines' count is given."""
+    result = run("enqueue", db, "jobs", "-", input=b"fine\nab\xff\xfecd\n")
+    assert result.exit_code == 2
+    line = one_error_line(result)
+    assert "line 2 is not UTF-8 text" in line
+    assert '{"$bytes": "<base64>"}' in line and "--json" in line
+    assert ".encode(" not in line and "surrogate" not in line and "enqueue_batch" not in line
+
+
+def test_binary_payload_argument_gets_the_command_line_way(db: Path) -> None:
+    """argv bytes that are not UTF-8 arrive as lone surrogates."""
+    result = run("enqueue", db, "jobs", "ab\udcff")
+    assert result.exit_code == 2
+    line = one_error_line(result)
+    assert "PAYLOAD is not UTF-8 text" in line and '{"$bytes"' in line
+    assert not db.exists()
+
+
+def test_bad_json_exits_2_from_the_argument_and_from_stdin(db: Path) -> None:
+    argument = run("enqueue", db, "jobs", "{oops", "--json")
+    stdin = run("enqueue", db, "jobs", "-", "--json", input="{oops\n")
+    assert argument.exit_code == stdin.exit_code == 2
+    assert "not valid JSON" in one_error_line(argument)
+    assert "line 1 is not valid JSON" in one_error_line(stdin)
+
+
+def test_payload_refused_on_stdin_names_its_line(db: Path) -> None:
+    """A value the queue refuses (JSON's 1e999 is infinity) is named by its line of stdin,
+    not by its index in an internal batch, and without the API's method name."""
+    result = run("enqueue", db, "jobs", "-", "--json", input='{"n": 1}\n\n{"n": 1e999}\n')
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert line.startswith("error: line 3: payload contains inf")
+    assert "enqueue_batch" not in line and "item " not in line
+    assert "0 message(s) from earlier lines were enqueued" in line
+
+
+# -- dlq redrive --to -----------------------------------------------------------------------------
+
+
+def test_redrive_to_a_missing_queue_is_refused_with_the_queues_there(db: Path) -> None:
+    """A typo in --to neither redrives nor creates a queue, as in the Python API."""
+    make_dead(db, "emails", 1)
+    result = run("dlq", "redrive", db, "emails", "--all", "--to", "emials")
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert "no queue 'emials'" in line and "queues there: emails" in line
+    assert "--create" in line
+    assert list_queues(db).unwrap() == ["emails"]
+    assert statuses(db, "emails") == {1: "dead"}
+
+
+def test_redrive_to_a_new_queue_with_create(db: Path) -> None:
+    make_dead(db, "emails", 2)
+    result = run("dlq", "redrive", db, "emails", "--all", "--to", "emails_retry", "--create")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "redrove 2 message(s) to queue 'emails_retry'\n"
+    assert list_queues(db).unwrap() == ["emails", "emails_retry"]
+    assert set(statuses(db, "emails_retry").values()) == {"pending"}
+    assert run("dlq", "redrive", db, "emails", "--all", "--create").exit_code == 2
+
+
+# -- copy: checks first, reruns -------------------------------------------------------------------
+
+
+def fill(path: Path, queue: str, count: int) -> None:
+    with SQLiteQueue(path, table_name=queue, default_max_attempts=1) as q:
+        q.enqueue_batch([f"{queue} {n}" for n in range(count)]).unwrap()
+        q.fail_message(q.dequeue().unwrap(), error="boom")  # type: ignore[arg-type]
+
+
+def test_copy_checks_every_queue_before_writing(tmp_path: Path) -> None:
+    """The second target queue is not empty: refused before the first is copied."""
+    source, target = tmp_path / "src.db", tmp_path / "dst.db"
+    fill(source, "a", 3)
+    fill(source, "b", 3)
+    with SQLiteQueue(target, table_name="b") as q:
+        q.enqueue("someone else's").unwrap()
+    result = run("copy", f"sqlite:///{source}", f"sqlite:///{target}")
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert "target queue 'b' is not empty" in line and "Nothing was copied" in line
+    assert list_queues(target).unwrap() == ["b"]  # 'a' was not even created
+    missing = run("copy", f"sqlite:///{source}", f"sqlite:///{target}", "a", "nope")
+    assert missing.exit_code == 1
+    assert "no queue 'nope' in the source (queues there: a, b)" in one_error_line(missing)
+    assert list_queues(target).unwrap() == ["b"]
+
+
+def test_copy_stopped_part_way_says_what_to_do_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy interrupted in its second queue: the rerun skips the first (already copied),
+    refuses the second naming --resume, and --resume finishes it with every id."""
+    source, target = tmp_path / "src.db", tmp_path / "dst.db"
+    fill(source, "a", 5)
+    fill(source, "b", 5)
+    real_import = SQLBackend.import_rows
+    calls = {"n": 0}
+
+    def interrupted(self: SQLBackend, *args: Any) -> None:
+        calls["n"] += 1
+        if self.name == "b" and calls["n"] > 4:
+            raise KeyboardInterrupt  # the operator pressed Ctrl-C
+        real_import(self, *args)
+
+    monkeypatch.setattr(SQLBackend, "import_rows", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tools.copy_queues(f"sqlite:///{source}", f"sqlite:///{target}", batch=2)
+    monkeypatch.setattr(SQLBackend, "import_rows", real_import)
+    partial = statuses(target, "b")
+    assert 0 < len(partial) < 5
+
+    rerun = run("copy", f"sqlite:///{source}", f"sqlite:///{target}")
+    assert rerun.exit_code == 1
+    line = one_error_line(rerun)
+    assert f"holds {len(partial)} of the 5 messages" in line and "--resume" in line
+    assert statuses(target, "b") == partial  # nothing written
+
+    resumed = run("copy", f"sqlite:///{source}", f"sqlite:///{target}", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "a: 4 message(s), 1 dead letter(s) (already copied: nothing to do)" in resumed.stdout
+    assert f"b: 4 message(s), 1 dead letter(s) ({len(partial)} were there already)" in (
+        resumed.stdout
+    )
+    for name in ("a", "b"):
+        assert statuses(target, name) == {
+            i: "pending" if s == "processing" else s for i, s in statuses(source, name).items()
+        }
+
+
+# -- a file that is not a database --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["check", "{f}"], ["salvage", "{f}", "{new}"], ["stats", "{f}"], ["ls", "{f}", "jobs"]],
+    ids=["check", "salvage", "stats", "ls"],
+)
+def test_a_text_file_is_not_an_sqlite_database(tmp_path: Path, args: list[str]) -> None:
+    """No advice to salvage what salvage cannot read, and no internal names."""
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, this is not a database\n" * 10)
+    before = text.read_bytes()
+    new = tmp_path / "new.db"
+    result = run(*(a.format(f=text, new=new) for a in args))
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert "is not an SQLite database" in line
+    assert "salvage " not in line and "damaged" not in line
+    assert "list_queues" not in line and "SQLITE_" not in line
+    assert text.read_bytes() == before
+    assert not new.exists()
+
+
+# -- demo ---------------------------------------------------------------------------------------
+
+
+def test_demo_reruns_on_the_same_file(tmp_path: Path) -> None:
+    """A second run on one file uses a queue of its own and accounts for its own jobs."""
+    db = tmp_path / "demo.db"
+    for _ in range(2):
+        result = run("demo", "--jobs", "12", "--db", db)
+        assert result.exit_code == 0, result.output
+        assert "every job accounted for" in result.output
+    assert list_queues(db).unwrap() == ["demo_jobs", "demo_jobs_2"]
