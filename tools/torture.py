@@ -58,7 +58,15 @@ from types import FrameType
 from typing import Any, Literal
 
 QUEUE = "torture"
-SCENARIOS = ("crash", "contention", "stale", "diskfull", "powerloss", "pgchaos")
+SCENARIOS = (
+    "crash",
+    "contention",
+    "stale",
+    "diskfull",
+    "powerloss",
+    "pgchaos",
+    "idle",
+)
 BACKENDS = ("sqlite", "postgres")
 # Which backends each scenario runs on (the others are about SQLite files).
 SCENARIO_BACKENDS = {
@@ -68,6 +76,7 @@ SCENARIO_BACKENDS = {
     "diskfull": ("sqlite",),
     "powerloss": ("sqlite",),
     "pgchaos": ("postgres",),
+    "idle": ("sqlite",),
 }
 # The application_name of every queue connection the children open on PostgreSQL: the
 # pgchaos driver terminates only these.
@@ -472,6 +481,34 @@ def child_xfsz(cfg: dict[str, Any]) -> None:
     os._exit(3)  # never killed: the limit was not reached
 
 
+# -- connections, waiting and the WAL ------------------------------------------------------
+
+
+def child_idle(cfg: dict[str, Any]) -> None:
+    """An idle Worker: the process's CPU time over a stretch with nothing to do."""
+    import threading
+
+    from sqqueue import SQLiteQueue, Worker
+
+    queue = SQLiteQueue(cfg["db"], f"idle_{cfg['concurrency']}")
+    worker = Worker(queue, lambda _m: None, concurrency=cfg["concurrency"], handle_signals=False)
+    runner = threading.Thread(target=worker.run, daemon=True)
+    runner.start()
+    time.sleep(2.0)  # started and waiting
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    cpu0, wall0 = cpu(), time.monotonic()
+    time.sleep(cfg["seconds"])
+    cpu1, wall1 = cpu(), time.monotonic()
+    worker.stop()
+    runner.join(30)
+    queue.close()
+    Path(cfg["out"]).write_text(json.dumps({"core_percent": 100 * (cpu1 - cpu0) / (wall1 - wall0)}))
+
+
 CHILDREN: dict[str, Callable[[dict[str, Any]], None]] = {
     "producer": child_producer,
     "consumer": child_consumer,
@@ -479,6 +516,7 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], None]] = {
     "stale": child_stale,
     "diskfull": child_diskfull,
     "xfsz": child_xfsz,
+    "idle": child_idle,
 }
 
 
@@ -1991,6 +2029,43 @@ def list_tokens(queue: Any) -> dict[int, str]:
         after = page[-1]["id"]
 
 
+# -- connections, waiting and the WAL ------------------------------------------------------
+
+
+def _child_result(
+    run: Run, name: str, role: str, cfg: dict[str, Any], timeout: float, tag: str = ""
+) -> tuple[int | None, Any]:
+    """Run one child to its end (bounded): its exit code, and its JSON output or None."""
+    here = run.workdir / name
+    here.mkdir(exist_ok=True)
+    out = here / f"{role}{tag}.json"
+    cfg = {"db": str(here / f"{name}.db"), "out": str(out), **cfg}
+    code = run.reap(run.spawn(role, cfg, f"{name}/{role}{tag}"), timeout=timeout)
+    return code, json.loads(out.read_text()) if out.exists() else None
+
+
+def scenario_idle(run: Run) -> None:
+    """The CPU an idle Worker costs, with 1, 4 and 20 threads (getrusage over 10 s; 1 and
+    20 threads over 4 s with --short)."""
+    name = "idle"
+    seconds = 4.0 if run.short else 10.0
+    load = os.getloadavg()[0]
+    run.info(name, "measured over (s), load average then", f"{seconds:g}, {load:.2f}")
+    for concurrency in (1, 20) if run.short else (1, 4, 20):
+        cfg = {"concurrency": concurrency, "seconds": seconds}
+        code, got = _child_result(run, name, "idle", cfg, seconds + 60, tag=str(concurrency))
+        run.expect(name, f"concurrency {concurrency}: child exit code", code, 0)
+        if got is not None:
+            percent = got["core_percent"]
+            run.require(
+                name,
+                f"concurrency {concurrency}: CPU, % of a core",
+                f"{percent:.2f}",
+                percent < 1.0,
+                "< 1",
+            )
+
+
 # -- report ------------------------------------------------------------------------------
 
 
@@ -2238,6 +2313,7 @@ def main(argv: list[str]) -> int:
         "pg-crash": pg_duration + 200,
         "pg-contention": 200,
         "pgchaos": pg_duration + 300,
+        "idle": 120,
     }
     signal.signal(signal.SIGTERM, _raise_on_signal)
     signal.signal(signal.SIGALRM, _watchdog)
@@ -2252,6 +2328,7 @@ def main(argv: list[str]) -> int:
         "pg-crash": lambda r: scenario_crash(r, "postgres"),
         "pg-contention": lambda r: scenario_contention(r, "postgres"),
         "pgchaos": scenario_pgchaos,
+        "idle": scenario_idle,
     }
     print(f"torture: seed {seed}, work directory {workdir}", file=sys.stderr)
     try:

@@ -9,6 +9,7 @@ handlers), and every error path rolls back before returning.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -17,12 +18,14 @@ import stat
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from ..exceptions import ErrorKind
 from ..names import validate_queue_name
+from ..wakeup import Watcher, signal_for
 from . import sqlite_sql as sql
 from .base import (
     NewMessage,
@@ -84,6 +87,50 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _DataVersion:
+    """The watcher's probe: ``PRAGMA data_version`` on a connection of its own.
+
+    The number changes whenever another connection commits, in this process or another;
+    a connection that never writes therefore sees every commit. It reads the WAL index in
+    shared memory: no table is touched, and no snapshot is held between reads.
+    """
+
+    def __init__(self, path: str) -> None:
+        # mode=rw: a database that has gone away is an error here, never a new empty file.
+        self._conn = sqlite3.connect(
+            f"{Path(path).as_uri()}?mode=rw",
+            uri=True,
+            timeout=1.0,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        self._cursor = self._conn.cursor()
+
+    def read(self) -> int:
+        # fetchall: the statement runs to its end, so no read transaction stays open.
+        return int(self._cursor.execute("PRAGMA data_version").fetchall()[0][0])
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+_watchers: dict[str, Watcher] = {}
+_watchers_lock = threading.Lock()
+_parked_watchers: list[Watcher] = []  # a parent's, after fork: their probes stay untouched
+
+
+def _watcher_for(path: str) -> Watcher:
+    """This process's watcher of the database at ``path`` (a real path)."""
+    with _watchers_lock:
+        watcher = _watchers.get(path)
+        if watcher is None or watcher.pid != os.getpid():
+            if watcher is not None:
+                _parked_watchers.append(watcher)
+            watcher = Watcher(os.path.basename(path), functools.partial(_DataVersion, path))
+            _watchers[path] = watcher
+        return watcher
 
 
 def _error_name(exc: sqlite3.Error) -> str:
@@ -227,9 +274,8 @@ class SQLiteBackend(SQLBackend):
         self._q = sql.render(self.name)
         self._sql = self._q.sql
         self._anchor: sqlite3.Connection | None = None
-        self._watch: sqlite3.Connection | None = None
-        self._watch_lock = threading.Lock()
-        self._watch_generation = -1
+        self._watcher: Watcher | None = None
+        self._watch_token = object()  # this object's registration with its watcher
         try:
             if self._memory:
                 # A memdb database lives while one connection is open.
@@ -283,6 +329,7 @@ class SQLiteBackend(SQLBackend):
                 _parked_after_fork.extend(self._conns)
                 self._conns = set()
             self._anchor = None
+            self._watcher = None  # the parent's watcher thread did not come along
         conn = self._open()
         local.conn = conn
         local.generation = _fork_generation
@@ -297,11 +344,12 @@ class SQLiteBackend(SQLBackend):
             conn.close()
 
     def close(self) -> None:
-        self._closed = True
-        with self._watch_lock:
-            self._watch = None
         with self._conns_lock:
+            self._closed = True
             conns, self._conns = self._conns, set()
+            watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.unregister(self._watch_token)
         for conn in conns:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
@@ -707,23 +755,23 @@ class SQLiteBackend(SQLBackend):
             )
         return int(dead + back + ttl)
 
-    def changes(self) -> int:
-        # PRAGMA data_version changes when any *other* connection commits. A dedicated
-        # connection that never writes therefore sees every commit, from this process too.
-        # It reads the WAL index in shared memory: no table is touched.
+    def watch(self) -> None:
         self._connection()  # raises CLOSED once the queue is closed
-        with self._watch_lock:
-            if self._watch is None or self._watch_generation != _fork_generation:
-                if self._watch is not None:
-                    _parked_after_fork.append(self._watch)
-                self._watch = None
-                self._connection()  # raises if closed
-                self._watch = self._open()
-                self._watch_generation = _fork_generation
-            try:
-                return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
-            except sqlite3.Error as exc:
-                raise classify(exc, self.path) from exc
+        if self._memory:
+            return  # a private in-memory queue has no other writers: its signal says it all
+        watcher = self._watcher
+        if watcher is not None and watcher.pid == os.getpid():
+            return
+        watcher = _watcher_for(os.path.realpath(self.path))
+        with self._conns_lock:
+            if self._closed:
+                raise StorageError(
+                    f"queue {self.name!r} is closed; create a new queue object", ErrorKind.CLOSED
+                )
+            self._watcher = watcher
+            watcher.register(self._watch_token, signal_for(self.wakeup_key))
+        # A queue object dropped without close() stops being watched when it is collected.
+        weakref.finalize(self, watcher.unregister, self._watch_token)
 
     # -- inspection --------------------------------------------------------------------
 
