@@ -89,6 +89,8 @@ def test_torture_short_run_holds_every_invariant(tmp_path: Path) -> None:
         "pg-crash",
         "pg-contention",
         "pgchaos",
+        "close",
+        "churn",
         "idle",
     }, output
     lost = [row for row in rows if "LOST" in row[1]]

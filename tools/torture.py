@@ -65,6 +65,8 @@ SCENARIOS = (
     "diskfull",
     "powerloss",
     "pgchaos",
+    "close",
+    "churn",
     "idle",
 )
 BACKENDS = ("sqlite", "postgres")
@@ -76,6 +78,8 @@ SCENARIO_BACKENDS = {
     "diskfull": ("sqlite",),
     "powerloss": ("sqlite",),
     "pgchaos": ("postgres",),
+    "close": ("sqlite",),
+    "churn": ("sqlite",),
     "idle": ("sqlite",),
 }
 # The application_name of every queue connection the children open on PostgreSQL: the
@@ -484,6 +488,132 @@ def child_xfsz(cfg: dict[str, Any]) -> None:
 # -- connections, waiting and the WAL ------------------------------------------------------
 
 
+def _unexpected(result: Any) -> bool:
+    """Around close(), a call may return Ok or Err(CLOSED); anything else is a defect."""
+    from sqqueue import Err, ErrorKind
+
+    return isinstance(result, Err) and result.error.kind is not ErrorKind.CLOSED
+
+
+def child_closer(cfg: dict[str, Any]) -> None:
+    """close() while threads are inside calls, then leaving ``async with`` while cancelled
+    tasks' calls still run; many rounds. A crash shows as the exit code."""
+    import asyncio
+    import threading
+
+    from sqqueue import AsyncSQLiteQueue, Err, SQLiteQueue
+
+    bad: list[str] = []
+    counts = Counter[str]()
+    for r in range(cfg["rounds"]):
+        queue = SQLiteQueue(cfg["db"], f"closer_{r}")
+        stop, closed = threading.Event(), threading.Event()
+
+        def call(fn: Callable[..., Any], *args: Any, _closed: threading.Event = closed) -> Any:
+            after = _closed.is_set()
+            result = fn(*args)
+            counts["after close" if after else "before close"] += 1
+            if _unexpected(result) or (after and not isinstance(result, Err)):
+                bad.append(f"{fn.__name__}: {_one_line(result)}")
+            return result
+
+        def loop(_queue: Any = queue, _stop: threading.Event = stop) -> None:
+            while not _stop.is_set():
+                got = call(_queue.dequeue)
+                call(_queue.enqueue, "x")
+                if got.is_ok() and got.value is not None:
+                    call(_queue.complete, got.value)
+
+        threads = [threading.Thread(target=loop) for _ in range(cfg["threads"])]
+        for t in threads:
+            t.start()
+        time.sleep(0.1)
+        closed.set()
+        queue.close()
+        time.sleep(0.02)
+        stop.set()
+        for t in threads:
+            t.join(30)
+
+    async def leave_while_calls_run(r: int) -> None:
+        async with AsyncSQLiteQueue(cfg["db"], f"aclose_{r}") as aq:
+
+            async def loop() -> None:
+                while True:
+                    for result in (await aq.enqueue("x"), await aq.dequeue()):
+                        counts["async"] += 1
+                        if _unexpected(result):
+                            bad.append(_one_line(result))
+
+            tasks = [asyncio.create_task(loop()) for _ in range(2 * cfg["threads"])]
+            await asyncio.sleep(0.05)
+            for task in tasks:
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def rounds() -> None:
+        for r in range(cfg["rounds"]):
+            await leave_while_calls_run(r)
+
+    asyncio.run(rounds())
+    Path(cfg["out"]).write_text(json.dumps({"counts": counts, "bad": bad}))
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"))
+
+
+def child_churn(cfg: dict[str, Any]) -> None:
+    """Thousands of short-lived threads, one enqueue each, under a low RLIMIT_NOFILE."""
+    import threading
+
+    from sqqueue import SQLiteQueue
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (cfg["nofile"], hard))
+    queue = SQLiteQueue(cfg["db"], QUEUE)
+    base = peak = _open_fds()
+    gate = threading.Semaphore(cfg["width"])
+    lock = threading.Lock()
+    oks, errors = 0, []
+
+    def one(i: int) -> None:
+        nonlocal oks
+        try:
+            result = queue.enqueue(i)
+            with lock:
+                if result.is_ok():
+                    oks += 1
+                else:
+                    errors.append(_one_line(result.error))
+        finally:
+            gate.release()
+
+    for i in range(cfg["threads"]):
+        gate.acquire()
+        threading.Thread(target=one, args=(i,)).start()
+        if i % 50 == 0:
+            peak = max(peak, _open_fds())
+    for _ in range(cfg["width"]):
+        gate.acquire()
+    depth = queue.stats().unwrap().depth
+    end = _open_fds()
+    queue.close()
+    Path(cfg["out"]).write_text(
+        json.dumps(
+            {
+                "oks": oks,
+                "errors": errors[:3],
+                "error_count": len(errors),
+                "depth": depth,
+                "base": base,
+                "peak": peak,
+                "end": end,
+            }
+        )
+    )
+
+
 def child_idle(cfg: dict[str, Any]) -> None:
     """An idle Worker: the process's CPU time over a stretch with nothing to do."""
     import threading
@@ -516,6 +646,8 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], None]] = {
     "stale": child_stale,
     "diskfull": child_diskfull,
     "xfsz": child_xfsz,
+    "closer": child_closer,
+    "churn": child_churn,
     "idle": child_idle,
 }
 
@@ -2044,6 +2176,52 @@ def _child_result(
     return code, json.loads(out.read_text()) if out.exists() else None
 
 
+def scenario_close(run: Run) -> None:
+    """close() while threads are inside calls, and async with left under cancelled calls."""
+    name = "close"
+    rounds = 20 if run.short else 100
+    code, got = _child_result(run, name, "closer", {"rounds": rounds, "threads": 4}, 240)
+    run.info(name, "rounds (sync, then asyncio) / threads", f"{rounds} / 4")
+    run.expect(name, "child exit code (a crash would be -11)", code, 0)
+    if got is None:
+        return
+    counts = got["counts"]
+    run.info(name, "calls before / after close(), async calls", dict(counts))
+    run.require(
+        name,
+        "calls after close() (the scenario bites)",
+        counts.get("after close", 0),
+        counts.get("after close", 0) > 0,
+        "> 0",
+    )
+    run.expect(
+        name, "results other than Ok / Err(CLOSED) (after close(): Err(CLOSED))", len(got["bad"]), 0
+    )
+    for sample in got["bad"][:3]:
+        run.info(name, "  sample", sample)
+
+
+def scenario_churn(run: Run) -> None:
+    """5,000 short-lived threads, one enqueue each, with 256 file descriptors."""
+    name = "churn"
+    threads, width, nofile = 5000, 32, 256
+    cfg = {"threads": threads, "width": width, "nofile": nofile}
+    code, got = _child_result(run, name, "churn", cfg, 200)
+    run.info(name, "threads (at once) / RLIMIT_NOFILE", f"{threads} ({width}) / {nofile}")
+    run.expect(name, "child exit code", code, 0)
+    if got is None:
+        return
+    run.expect(
+        name, "enqueues Ok / messages stored", (got["oks"], got["depth"]), (threads, threads)
+    )
+    run.expect(name, "errors", got["error_count"], 0)
+    grew = got["peak"] - got["base"]
+    run.require(
+        name, "file descriptors opened at peak", grew, grew <= 2 * width + 8, f"<= {2 * width + 8}"
+    )
+    run.info(name, "file descriptors at start / at the end", f"{got['base']} / {got['end']}")
+
+
 def scenario_idle(run: Run) -> None:
     """The CPU an idle Worker costs, with 1, 4 and 20 threads (getrusage over 10 s; 1 and
     20 threads over 4 s with --short)."""
@@ -2313,6 +2491,8 @@ def main(argv: list[str]) -> int:
         "pg-crash": pg_duration + 200,
         "pg-contention": 200,
         "pgchaos": pg_duration + 300,
+        "close": 250,
+        "churn": 210,
         "idle": 120,
     }
     signal.signal(signal.SIGTERM, _raise_on_signal)
@@ -2328,6 +2508,8 @@ def main(argv: list[str]) -> int:
         "pg-crash": lambda r: scenario_crash(r, "postgres"),
         "pg-contention": lambda r: scenario_contention(r, "postgres"),
         "pgchaos": scenario_pgchaos,
+        "close": scenario_close,
+        "churn": scenario_churn,
         "idle": scenario_idle,
     }
     print(f"torture: seed {seed}, work directory {workdir}", file=sys.stderr)

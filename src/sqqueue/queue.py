@@ -331,7 +331,11 @@ class Queue:
     # -- context management --------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the queue's database connections. Further calls return ``Err``."""
+        """Close the queue's database connections. Further calls return ``Err(CLOSED)``.
+
+        Safe while other threads are inside calls: those finish (or return
+        ``Err(CLOSED)``), and a connection in use is closed when its call ends.
+        """
         self._backend.close()
         self._signal.nudge()  # consumers waiting on this object look again, and stop
 
@@ -385,7 +389,9 @@ class Queue:
             try:
                 self._backend.maintain(rounds)
             except QueueError as exc:
-                logger.warning("queue %r: maintenance skipped: %s", self.name, exc)
+                # Closed by another thread meanwhile: nothing to maintain any more.
+                level = logging.DEBUG if exc.kind is ErrorKind.CLOSED else logging.WARNING
+                logger.log(level, "queue %r: maintenance skipped: %s", self.name, exc)
         if self._measured and self._metrics.wants_gauges(time.monotonic()):
             try:
                 self._metrics.gauge("size", self._backend.count_pending())

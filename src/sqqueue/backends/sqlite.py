@@ -57,6 +57,9 @@ SCHEMA_VERSION = 2  # 2: no insert trigger (see UPGRADE_FROM_1)
 _MAX_SET = 500
 # Maintenance leaves up to this many free pages (or 1/16 of the file) for reuse.
 _KEEP_FREE_PAGES = 32
+# Idle connections a queue object keeps for its next calls; more are closed as they are
+# given back. Busy ones are one per call in flight.
+_MAX_IDLE = 16
 Synchronous = Literal["normal", "full"]
 
 
@@ -267,9 +270,13 @@ class SQLiteBackend(SQLBackend):
         self._lock_timeout = lock_timeout
         self._journal_size_limit = journal_size_limit
         self._clock = clock or time.time
-        self._local = threading.local()
-        self._conns: set[sqlite3.Connection] = set()
-        self._conns_lock = threading.Lock()
+        # Connections are pooled, not tied to threads: a call takes one, gives it back when
+        # it ends. So connections follow the calls in flight, whatever the thread churn,
+        # and close() never closes a connection another thread is using.
+        self._idle: list[sqlite3.Connection] = []  # last in, first out: the warmest on top
+        self._conns: set[sqlite3.Connection] = set()  # every trusted one, idle or busy
+        self._pool_lock = threading.Lock()
+        self._generation = _fork_generation
         self._closed = False
         self._q = sql.render(self.name)
         self._sql = self._q.sql
@@ -299,7 +306,7 @@ class SQLiteBackend(SQLBackend):
             self._uri or self.path,
             timeout=self._lock_timeout,
             isolation_level=None,  # we issue BEGIN/COMMIT ourselves
-            check_same_thread=False,  # close() may run on another thread
+            check_same_thread=False,  # calls on any thread share the pool
             uri=self._uri is not None,
             cached_statements=128,
         )
@@ -310,50 +317,113 @@ class SQLiteBackend(SQLBackend):
         except BaseException:
             conn.close()
             raise
-        with self._conns_lock:
-            self._conns.add(conn)
         return conn
 
-    def _connection(self) -> sqlite3.Connection:
+    def _closed_error(self) -> StorageError:
+        return StorageError(
+            f"queue {self.name!r} is closed; create a new queue object", ErrorKind.CLOSED
+        )
+
+    def _check_open(self) -> None:
         if self._closed:
-            raise StorageError(
-                f"queue {self.name!r} is closed; create a new queue object", ErrorKind.CLOSED
-            )
-        local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is not None and local.generation == _fork_generation:
-            return conn
-        if conn is not None:
-            # Inherited through fork: park every connection of this object, untouched.
-            with self._conns_lock:
-                _parked_after_fork.extend(self._conns)
-                self._conns = set()
-            self._anchor = None
-            self._watcher = None  # the parent's watcher thread did not come along
-        conn = self._open()
-        local.conn = conn
-        local.generation = _fork_generation
+            raise self._closed_error()
+
+    # The pool's hot path takes no lock: list.pop and list.append are atomic, so an idle
+    # connection goes to exactly one call, and a connection is either in _idle (nobody's)
+    # or held by that one call. close() only closes what it pops from _idle; a call that
+    # finds the queue closed after taking or giving back a connection closes it itself.
+
+    def _checkout(self) -> sqlite3.Connection:
+        """A connection for one call, all to itself until ``_checkin``."""
+        if self._closed or self._generation != _fork_generation:
+            return self._checkout_new()  # raises CLOSED, or sets a parent's aside first
+        try:
+            conn = self._idle.pop()
+        except IndexError:
+            return self._checkout_new()
+        if self._closed:  # closed meanwhile, and close() could not see this one
+            self._checkin(conn)
+            raise self._closed_error()
         return conn
 
-    def _discard(self, conn: sqlite3.Connection) -> None:
-        with self._conns_lock:
+    def _checkout_new(self) -> sqlite3.Connection:
+        with self._pool_lock:
+            if self._closed:
+                raise self._closed_error()
+            if self._generation != _fork_generation:
+                self._leave_inherited()
+        conn = self._open()
+        with self._pool_lock:
+            if not self._closed:
+                self._conns.add(conn)
+                return conn
+        conn.close()
+        raise self._closed_error()
+
+    def _checkin(self, conn: sqlite3.Connection) -> None:
+        """Give a connection back: kept for the next call, or closed if the queue was closed
+        meanwhile (or enough are idle already)."""
+        if not self._closed and len(self._idle) < _MAX_IDLE and conn in self._conns:
+            self._idle.append(conn)
+            if self._closed:  # closed meanwhile: close() may have emptied _idle before
+                self._close_idle()
+            return
+        with self._pool_lock:
+            if conn not in self._conns and any(conn is p for p in _parked_after_fork):
+                return  # inherited through fork (used across it): not ours to close
             self._conns.discard(conn)
-        if getattr(self._local, "conn", None) is conn:
-            self._local.conn = None
         with contextlib.suppress(sqlite3.Error):
             conn.close()
 
-    def close(self) -> None:
-        with self._conns_lock:
-            self._closed = True
-            conns, self._conns = self._conns, set()
-            watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            watcher.unregister(self._watch_token)
-        for conn in conns:
+    def _close_idle(self) -> None:
+        while True:
+            try:
+                conn = self._idle.pop()
+            except IndexError:
+                return
+            with self._pool_lock:
+                self._conns.discard(conn)
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
-        self._anchor = None
+
+    def _leave_inherited(self) -> None:
+        """In a child process after fork (pool lock held): set the parent's connections
+        aside, untouched, and start afresh."""
+        _parked_after_fork.extend(self._conns)
+        if self._anchor is not None:
+            _parked_after_fork.append(self._anchor)
+        self._conns, self._idle, self._anchor = set(), [], None
+        self._watcher = None  # the parent's watcher thread did not come along
+        self._generation = _fork_generation
+
+    @contextlib.contextmanager
+    def _borrowed(self) -> Iterator[sqlite3.Connection]:
+        conn = self._checkout()
+        try:
+            yield conn
+        finally:
+            self._checkin(conn)
+
+    def _discard(self, conn: sqlite3.Connection) -> None:
+        """Stop trusting a connection in use: it is closed when its call gives it back."""
+        with self._pool_lock:
+            self._conns.discard(conn)
+
+    def close(self) -> None:
+        """Close idle connections now, busy ones when their calls end; later calls get
+        ``Err(CLOSED)``. Idempotent, and safe while other threads are inside calls."""
+        with self._pool_lock:
+            self._closed = True
+            if self._generation != _fork_generation:
+                self._leave_inherited()
+            anchor, self._anchor = self._anchor, None
+            watcher, self._watcher = self._watcher, None
+        self._close_idle()
+        if watcher is not None:
+            watcher.unregister(self._watch_token)
+        if anchor is not None:
+            with contextlib.suppress(sqlite3.Error):
+                anchor.close()
 
     # -- transactions --------------------------------------------------------------------
 
@@ -396,7 +466,7 @@ class SQLiteBackend(SQLBackend):
         start = deadline = 0.0  # set at the first conflict: the happy path reads no clock
         attempt = 0
         while True:
-            conn = self._connection()
+            conn = self._checkout()
             try:
                 if write:
                     conn.execute("BEGIN IMMEDIATE")
@@ -418,6 +488,8 @@ class SQLiteBackend(SQLBackend):
                     deadline = start + self._lock_timeout
                 if not self._backoff(attempt, deadline):
                     raise self._locked_error(time.monotonic() - start) from exc
+            finally:
+                self._checkin(conn)
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return self._run(fn, write=True)
@@ -457,12 +529,15 @@ class SQLiteBackend(SQLBackend):
     # -- schema ----------------------------------------------------------------------------
 
     def _init_schema(self, default_max_attempts: int) -> None:
-        conn = self._connection()
         if not self._memory:
             # auto_vacuum only takes effect before the first table exists: new files get
             # incremental vacuum, so maintenance can return free pages in small steps.
-            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            # It is a setting of the connection that creates the tables: setup below
+            # gets this same connection back (the pool is last in, first out, and no
+            # other thread has this object yet).
+            with self._borrowed() as conn:
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 logger.warning("%s: journal_mode is %s, not WAL", self.path, mode)
 
@@ -705,7 +780,7 @@ class SQLiteBackend(SQLBackend):
                 f"conn must be a sqlite3.Connection, got {type(conn).__name__}",
                 ErrorKind.INVALID_INPUT,
             )
-        self._connection()  # raises if closed
+        self._check_open()
         try:
             files = [row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"]
             if (
@@ -756,18 +831,16 @@ class SQLiteBackend(SQLBackend):
         return int(dead + back + ttl)
 
     def watch(self) -> None:
-        self._connection()  # raises CLOSED once the queue is closed
+        self._check_open()
         if self._memory:
             return  # a private in-memory queue has no other writers: its signal says it all
         watcher = self._watcher
         if watcher is not None and watcher.pid == os.getpid():
             return
         watcher = _watcher_for(os.path.realpath(self.path))
-        with self._conns_lock:
+        with self._pool_lock:
             if self._closed:
-                raise StorageError(
-                    f"queue {self.name!r} is closed; create a new queue object", ErrorKind.CLOSED
-                )
+                raise self._closed_error()
             self._watcher = watcher
             watcher.register(self._watch_token, signal_for(self.wakeup_key))
         # A queue object dropped without close() stops being watched when it is collected.
@@ -890,7 +963,7 @@ class SQLiteBackend(SQLBackend):
     def _with_conn(self, conn: Any, fn: Callable[[sqlite3.Connection], T]) -> T:
         if conn is None:
             return self._read(fn)
-        self._connection()  # raises if this queue is closed
+        self._check_open()
         if not isinstance(conn, sqlite3.Connection):
             raise StorageError(
                 f"conn must be a sqlite3.Connection, got {type(conn).__name__}",
@@ -938,8 +1011,10 @@ class SQLiteBackend(SQLBackend):
 
     @contextlib.contextmanager
     def raw_connection(self) -> Iterator[sqlite3.Connection]:
-        """This thread's connection, for callers that need SQL the interface does not offer."""
-        yield self._connection()
+        """A connection of the queue's pool for the ``with`` block, for callers that need SQL
+        the interface does not offer."""
+        with self._borrowed() as conn:
+            yield conn
 
 
 def _payload(raw: bytes | None, is_text: int | None) -> str | bytes | None:
