@@ -90,6 +90,7 @@ def test_torture_short_run_holds_every_invariant(tmp_path: Path) -> None:
         "pg-contention",
         "pgchaos",
         "close",
+        "outbox",
         "churn",
         "idle",
     }, output

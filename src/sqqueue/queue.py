@@ -281,6 +281,7 @@ class Queue:
         self._op_count = 0
         self._cached_defaults: tuple[Any, Any, Any, tuple[int, int, float | None]] | None = None
         self._work = 0  # messages written, for the maintenance cadence
+        self._upkeep_owed = 0  # upkeep rounds put off by writes in the caller's transaction
         self._leases: dict[int, int] = {}
         self._leases_lock = threading.Lock()
         if retry is not None and not isinstance(retry, RetryPolicy):
@@ -373,11 +374,13 @@ class Queue:
         logger.error("queue %r: %s failed unexpectedly", self.name, action, exc_info=exc)
         return Err(error_cls(f"{action} failed unexpectedly: {exc!r}", ErrorKind.STORAGE))
 
-    def _count_operation(self, messages: int = 1) -> None:
+    def _count_operation(self, messages: int = 1, upkeep: bool = True) -> None:
         """Count a write; every ``vacuum_threshold`` messages written, run bounded upkeep.
 
         Upkeep follows messages, not calls, so a queue drained in batches gives its space
-        back as fast as one drained message by message.
+        back as fast as one drained message by message. ``upkeep=False`` (a write inside
+        the caller's own transaction) only counts: the upkeep it would have run needs the
+        write lock that transaction holds, so it is left to this object's next call.
         """
         self._op_count = next(self._ops)
         if not self.vacuum_threshold:
@@ -385,7 +388,11 @@ class Queue:
         before = self._work
         self._work = before + messages  # racy under threads: only the cadence can drift
         rounds = self._work // self.vacuum_threshold - before // self.vacuum_threshold
-        if rounds:
+        if not upkeep:
+            self._upkeep_owed += rounds
+            return
+        if rounds or self._upkeep_owed:
+            rounds, self._upkeep_owed = rounds + self._upkeep_owed, 0
             try:
                 self._backend.maintain(rounds)
             except QueueError as exc:
@@ -649,7 +656,9 @@ class Queue:
         self._signal.notify()
         if self._measured:
             self._metrics.incr("enqueue", len(ids))
-        self._count_operation(len(ids))
+        # Inside the caller's transaction (the outbox), no upkeep: it would wait for the
+        # write lock that transaction holds.
+        self._count_operation(len(ids), conn is None)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("queue %r: enqueued message(s) %s", self.name, ids[:20])
         return ids
