@@ -92,6 +92,7 @@ def test_torture_short_run_holds_every_invariant(tmp_path: Path) -> None:
         "close",
         "outbox",
         "churn",
+        "walgrow",
         "idle",
     }, output
     lost = [row for row in rows if "LOST" in row[1]]

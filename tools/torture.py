@@ -68,6 +68,7 @@ SCENARIOS = (
     "close",
     "outbox",
     "churn",
+    "walgrow",
     "idle",
 )
 BACKENDS = ("sqlite", "postgres")
@@ -82,6 +83,7 @@ SCENARIO_BACKENDS = {
     "close": ("sqlite",),
     "outbox": ("sqlite",),
     "churn": ("sqlite",),
+    "walgrow": ("sqlite",),
     "idle": ("sqlite",),
 }
 # The application_name of every queue connection the children open on PostgreSQL: the
@@ -652,6 +654,51 @@ def child_churn(cfg: dict[str, Any]) -> None:
     )
 
 
+def child_walgrow(cfg: dict[str, Any]) -> None:
+    """A reader holds a read transaction while a producer writes past journal_size_limit:
+    what stats() and the log say, and whether the WAL shrinks once the reader lets go."""
+    from sqqueue import SQLiteQueue
+
+    warnings: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.WARNING:
+                warnings.append(record.getMessage())
+
+    logging.getLogger("sqqueue").addHandler(Collect())
+    queue = SQLiteQueue(cfg["db"], QUEUE)
+    queue.enqueue("first").unwrap()
+    reader = sqlite3.connect(cfg["db"], isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute(f'SELECT count(*) FROM "{QUEUE}"').fetchone()  # a snapshot, held
+    payload = "x" * (100 * 1024)
+    behind = []
+    while os.path.getsize(cfg["db"] + "-wal") < cfg["wal_bytes"]:
+        queue.enqueue_batch([payload] * 50).unwrap()
+        behind.append(queue.stats().unwrap().wal_frames_not_checkpointed)
+    held = queue.stats().unwrap()
+    reader.execute("COMMIT")
+    reader.close()
+    released = queue.stats().unwrap()
+    checkpoint = queue.perform_checkpoint()
+    after = os.path.getsize(cfg["db"] + "-wal")
+    queue.close()
+    Path(cfg["out"]).write_text(
+        json.dumps(
+            {
+                "wal_mib": held.wal_bytes / 2**20,
+                "behind": behind,
+                "held_behind": held.wal_frames_not_checkpointed,
+                "released_behind": released.wal_frames_not_checkpointed,
+                "checkpoint_ok": checkpoint.is_ok(),
+                "wal_after": after,
+                "warnings": warnings,
+            }
+        )
+    )
+
+
 def child_idle(cfg: dict[str, Any]) -> None:
     """An idle Worker: the process's CPU time over a stretch with nothing to do."""
     import threading
@@ -687,6 +734,7 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], None]] = {
     "closer": child_closer,
     "outbox": child_outbox,
     "churn": child_churn,
+    "walgrow": child_walgrow,
     "idle": child_idle,
 }
 
@@ -2281,6 +2329,30 @@ def scenario_churn(run: Run) -> None:
     run.info(name, "file descriptors at start / at the end", f"{got['base']} / {got['end']}")
 
 
+def scenario_walgrow(run: Run) -> None:
+    """A reader that never lets go: the WAL grows, and stats() and the log say why."""
+    name = "walgrow"
+    wal_mib = 80 if run.short else 128  # journal_size_limit is 64 MiB
+    code, got = _child_result(run, name, "walgrow", {"wal_bytes": wal_mib * 2**20}, 200)
+    run.expect(name, "child exit code", code, 0)
+    if got is None:
+        return
+    behind = got["behind"]
+    run.info(name, "WAL while the reader held its snapshot (MiB)", f"{got['wal_mib']:.0f}")
+    run.require(
+        name,
+        "stats(): frames not checkpointed, rising",
+        f"{behind[0]} .. {behind[-1]}",
+        0 < behind[0] < behind[-1] and behind == sorted(behind),
+        "> 0, rising",
+    )
+    named = [w for w in got["warnings"] if "read transaction" in w]
+    run.expect(name, "WARNING lines naming the reader (rate-limited)", len(named), 1)
+    run.expect(name, "frames not checkpointed once the reader let go", got["released_behind"], 0)
+    run.expect(name, "WAL bytes after perform_checkpoint()", got["wal_after"], 0)
+    shutil.rmtree(run.workdir / name, ignore_errors=True)  # over 100 MiB of files
+
+
 def scenario_idle(run: Run) -> None:
     """The CPU an idle Worker costs, with 1, 4 and 20 threads (getrusage over 10 s; 1 and
     20 threads over 4 s with --short)."""
@@ -2553,6 +2625,7 @@ def main(argv: list[str]) -> int:
         "close": 250,
         "outbox": 210,
         "churn": 210,
+        "walgrow": 210,
         "idle": 120,
     }
     signal.signal(signal.SIGTERM, _raise_on_signal)
@@ -2571,6 +2644,7 @@ def main(argv: list[str]) -> int:
         "close": scenario_close,
         "outbox": scenario_outbox,
         "churn": scenario_churn,
+        "walgrow": scenario_walgrow,
         "idle": scenario_idle,
     }
     print(f"torture: seed {seed}, work directory {workdir}", file=sys.stderr)

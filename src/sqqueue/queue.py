@@ -1243,6 +1243,8 @@ class Queue:
                     ttl_expired_total=raw["ttl_expired_total"],
                     db_bytes=raw["db_bytes"],
                     wal_bytes=raw["wal_bytes"],
+                    wal_frames=raw["wal_frames"],
+                    wal_frames_not_checkpointed=raw["wal_frames_not_checkpointed"],
                 )
             )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import random
 import sqlite3
@@ -60,6 +61,8 @@ _KEEP_FREE_PAGES = 32
 # Idle connections a queue object keeps for its next calls; more are closed as they are
 # given back. Busy ones are one per call in flight.
 _MAX_IDLE = 16
+# A WAL that cannot be checkpointed is warned about at most this often (seconds).
+_WAL_WARN_EVERY = 300.0
 Synchronous = Literal["normal", "full"]
 
 
@@ -283,6 +286,7 @@ class SQLiteBackend(SQLBackend):
         self._anchor: sqlite3.Connection | None = None
         self._watcher: Watcher | None = None
         self._watch_token = object()  # this object's registration with its watcher
+        self._wal_warned_at = -math.inf
         try:
             if self._memory:
                 # A memdb database lives while one connection is open.
@@ -860,9 +864,16 @@ class SQLiteBackend(SQLBackend):
             return int(free), int(conn.execute("PRAGMA page_count").fetchone()[0])
 
         free, total = self._read(free_pages)
+        if not self._memory:
+            # SQLite's automatic checkpoint keeps the WAL short, unless a reader holds it
+            # back: a WAL past its size limit is checked (and warned about) here.
+            with contextlib.suppress(OSError):
+                wal_bytes = os.path.getsize(self.path + "-wal")
+                if wal_bytes > self._journal_size_limit:
+                    self._passive_checkpoint(wal_bytes)
         # A busy queue frees and reuses pages all the time: give space back only when
         # there is some to give (a drained queue), not on every round. The checkpoint is
-        # what makes the file shorter; otherwise SQLite's automatic one keeps the WAL short.
+        # what makes the file shorter.
         if free < max(_KEEP_FREE_PAGES, total // 16):
             return
         pages = min(256 * max(rounds, 1), 4096)
@@ -958,7 +969,44 @@ class SQLiteBackend(SQLBackend):
                 sizes[key] = 0 if self._memory else os.path.getsize(self.path + suffix)
             except OSError:
                 sizes[key] = 0
+        if not self._memory:
+            frames, behind = self._passive_checkpoint(sizes["wal_bytes"])
+            sizes.update(wal_frames=frames, wal_frames_not_checkpointed=behind)
         return sizes
+
+    def _passive_checkpoint(self, wal_bytes: int) -> tuple[int, int]:
+        """Copy what can be copied from the WAL into the database without waiting for
+        anyone; (frames in the WAL, frames that could not be copied).
+
+        Frames stay behind when another connection reads from an older snapshot: a read
+        transaction left open keeps every later frame in the WAL, so the WAL grows with
+        every write until that reader lets go. Past journal_size_limit, that is warned
+        about (at most every few minutes).
+        """
+        if not wal_bytes:
+            return 0, 0
+        row = self._read(lambda c: c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0])
+        frames, done = max(int(row[1]), 0), max(int(row[2]), 0)
+        behind = frames - done
+        now = time.monotonic()
+        if (
+            behind
+            and wal_bytes > self._journal_size_limit
+            and now - self._wal_warned_at >= _WAL_WARN_EVERY
+        ):
+            self._wal_warned_at = now
+            logger.warning(
+                "%s: the WAL is %.0f MiB and %d of its %d frames cannot be checkpointed: "
+                "another connection holds a read transaction open (a long-running read, "
+                "a cursor not read to the end, a transaction never committed). The WAL "
+                "grows with every write until that reader ends; journal_size_limit only "
+                "applies after a complete checkpoint",
+                self.path,
+                wal_bytes / 2**20,
+                behind,
+                frames,
+            )
+        return frames, behind
 
     def _with_conn(self, conn: Any, fn: Callable[[sqlite3.Connection], T]) -> T:
         if conn is None:
