@@ -12,6 +12,12 @@ Scenarios (all by default):
 * ``pgchaos``    PostgreSQL only: producers and consumers at full speed while the driver
                  calls ``pg_terminate_backend`` on random client connections and restarts
                  the server.
+* ``close``      close() while threads are inside calls, and ``async with`` left while
+                 cancelled tasks' calls still run: no crash, Ok or Err(CLOSED) only.
+* ``outbox``     10,000 ``enqueue_in`` calls in the caller's transactions: none stalls.
+* ``churn``      5,000 short-lived threads under RLIMIT_NOFILE 256: descriptors bounded.
+* ``walgrow``    a reader holding a snapshot while the WAL grows: stats() and the log say so.
+* ``idle``       the CPU an idle Worker uses, with 1, 4 and 20 threads.
 
 ``crash`` and ``contention`` run on SQLite and on PostgreSQL (``--backend``; the table calls
 the PostgreSQL runs ``pg-crash`` and ``pg-contention``), each in a fresh schema. Without
