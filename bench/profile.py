@@ -76,13 +76,15 @@ class TimedConnection:
 def sql_breakdown(q: Any, loop: Callable[[], Any], n: int) -> None:
     """Run ``loop`` with every statement timed; print the cost per message by statement.
 
-    Reaches into the backend (``_connection``, ``_local``): a profiling aid, not an API.
+    Reaches into the backend (its pool's ``_checkout`` and ``_checkin``): a profiling aid,
+    not an API. Every call of the loop gets the one timed connection.
     """
     timings: dict[str, list[float]] = {}
     try:
         backend = q._backend
-        real = backend._connection()
-        timed = backend._local.conn = TimedConnection(real, timings)
+        real = backend._checkout()
+        timed = TimedConnection(real, timings)
+        backend._checkout, backend._checkin = (lambda: timed), (lambda _conn: None)
     except AttributeError as exc:
         print(f"(no SQL breakdown: the backend's internals changed: {exc})")
         return
@@ -91,7 +93,8 @@ def sql_breakdown(q: Any, loop: Callable[[], Any], n: int) -> None:
         loop()
         wall = (time.perf_counter() - t0) / n * 1e6
     finally:
-        backend._local.conn = real
+        del backend._checkout, backend._checkin  # the class's own again
+        backend._checkin(real)
     in_sql = sum(v[1] for v in timings.values()) / n * 1e6
     print(f"SQL statements per message (this pass {wall:.1f} µs/msg, of which {in_sql:.1f} in "
           f"sqlite3 calls, {wall - in_sql:.1f} in Python):")  # fmt: skip
@@ -187,7 +190,9 @@ def plain_cost(kind: str, n: int, tmp: str) -> tuple[float, float]:
 def our_wal_pages(q: Any, kind: str) -> float | None:
     """WAL pages per message for sqqueue (reaches into the backend: a profiling aid)."""
     try:
-        conn = q._backend._connection()
+        # The connection the loop's calls get: the pool hands the last one back first.
+        conn = q._backend._checkout()
+        q._backend._checkin(conn)
         path = q._backend.path
     except AttributeError:
         return None

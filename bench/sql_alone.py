@@ -55,7 +55,7 @@ Step = Callable[[], Any]  # one message (one-by-one loops) or one batch of BATCH
 def replay(ours: Any) -> dict[str, Step]:
     """sqqueue's transactions for each loop, as its SQLite backend runs them."""
     backend = ours.q._backend
-    conn = backend._connection()
+    conn = backend._checkout()  # this replay's own, out of the queue's pool
     sql = backend._sql
     lease = 300.0
 

@@ -410,8 +410,9 @@ async def test_waiting_dequeue_wakes_on_enqueue_from_another_task(aq: AsyncQueue
 async def test_async_wake_up_does_not_rely_on_polling(
     aq: AsyncQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the change counter frozen, an in-process enqueue still wakes an async waiter."""
-    monkeypatch.setattr(aq.sync._backend, "changes", lambda: 0)
+    """With no watcher at all (nothing from other connections can wake it), an in-process
+    enqueue still wakes an async waiter."""
+    monkeypatch.setattr(aq.sync._backend, "watch", lambda: None)
     waiter = asyncio.create_task(aq.dequeue(wait=3))
     await asyncio.sleep(0.05)
     start = time.perf_counter()

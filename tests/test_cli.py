@@ -856,6 +856,10 @@ def test_process_metrics_serve_answers_on_loopback(db: Path) -> None:
     assert pending == {"jobs": 2.0, "emails": 1.0}
     assert "sqqueue_enqueued" in families
     assert "sqqueue_oldest_pending_age_seconds" in families
+    behind = {
+        s.labels["queue"]: s.value for s in families["sqqueue_wal_frames_not_checkpointed"].samples
+    }
+    assert behind == {"jobs": 0.0, "emails": 0.0}
 
 
 # -- copy and migrate --sql ------------------------------------------------------------------

@@ -1112,6 +1112,41 @@ def test_outbox_rolls_back_with_callers_rows(
     check_counts(sqlite_queue)
 
 
+def test_outbox_never_runs_upkeep_inside_the_callers_transaction(
+    make_sqlite_queue: Callable[..., SQLiteQueue], db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upkeep writes, so it needs the write lock that the caller's open transaction holds:
+    enqueue_in never runs it (it used to wait 2 x lock_timeout for that lock every
+    vacuum_threshold messages). The rounds it owes run at the queue's next own call."""
+    queue = make_sqlite_queue(table_name="jobs", vacuum_threshold=10, lock_timeout=0.5)
+    conn = sqlite3.connect(db_path, timeout=10)
+    conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    upkeep: list[tuple[int, bool]] = []
+    real_maintain = queue._backend.maintain
+
+    def spy(rounds: int = 1) -> None:
+        upkeep.append((rounds, conn.in_transaction))
+        real_maintain(rounds)
+
+    monkeypatch.setattr(queue._backend, "maintain", spy)
+    slowest = 0.0
+    try:
+        for order in range(50):
+            conn.execute("INSERT INTO orders (id) VALUES (?)", (order,))
+            start = time.perf_counter()
+            ok(queue.enqueue_in(conn, {"order": order}))
+            slowest = max(slowest, time.perf_counter() - start)
+            conn.commit()
+        print(f"slowest of 50 enqueue_in: {slowest * 1000:.1f} ms")
+        assert upkeep == []  # none inside the caller's transactions
+        ok(queue.enqueue("not in a transaction of yours"))
+        assert upkeep == [(5, False)]  # the 5 rounds owed, run outside them
+    finally:
+        conn.close()
+    assert ok(queue.stats()).depth == 51
+
+
 def test_outbox_errors(sqlite_queue: SQLiteQueue, db_path: Path, tmp_path: Path) -> None:
     """No open transaction, a connection to another file, or no connection at all:
     Err(INVALID_INPUT), and nothing is enqueued."""

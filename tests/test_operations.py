@@ -148,6 +148,70 @@ def test_wal_stays_bounded_under_steady_load(db_path: Path) -> None:
     assert max(sizes) < 8 * 1024 * 1024, sizes
 
 
+def test_a_reader_that_never_lets_go_shows_in_stats_and_the_log(
+    make_sqlite_queue: Callable[..., SQLiteQueue],
+    db_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another connection holding a read transaction stops every checkpoint past its
+    snapshot, so the WAL grows with each write. stats() shows the frames that cannot be
+    checkpointed, and a WARNING (at most one every few minutes) names the cause; once the
+    reader lets go, the WAL is checkpointed again."""
+    queue = make_sqlite_queue(table_name="jobs", vacuum_threshold=100)
+    backend: Any = queue._backend
+    backend._journal_size_limit = 512 * 1024  # the default 64 MiB takes long to fill
+    ok_stats = queue.stats().unwrap()
+    assert ok_stats.wal_frames_not_checkpointed == 0
+    reader = sqlite3.connect(db_path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM jobs").fetchone()  # a snapshot, held
+    caplog.set_level(logging.WARNING, logger="sqqueue")
+    try:
+        behind = []
+        for _ in range(3):
+            queue.enqueue_batch(["x" * 2000] * 300).unwrap()
+            behind.append(queue.stats().unwrap().wal_frames_not_checkpointed)
+        stats = queue.stats().unwrap()
+        assert stats.wal_bytes > 512 * 1024
+        assert behind[0] > 0 and behind == sorted(behind) and behind[-1] > behind[0], behind
+        assert stats.wal_frames >= stats.wal_frames_not_checkpointed > 0
+        warnings = [r for r in caplog.records if "cannot be checkpointed" in r.getMessage()]
+        assert len(warnings) == 1, [r.getMessage() for r in caplog.records]  # rate-limited
+        assert "read transaction" in warnings[0].getMessage()
+        assert warnings[0].levelno == logging.WARNING
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+    assert queue.stats().unwrap().wal_frames_not_checkpointed == 0
+    assert queue.perform_checkpoint().is_ok()
+    assert os.path.getsize(f"{db_path}-wal") == 0
+
+
+def test_upkeep_warns_about_a_wal_that_cannot_be_checkpointed(
+    make_sqlite_queue: Callable[..., SQLiteQueue],
+    db_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nobody needs to call stats(): the queue's routine upkeep notices it too."""
+    queue = make_sqlite_queue(table_name="jobs", vacuum_threshold=100)
+    backend: Any = queue._backend
+    backend._journal_size_limit = 512 * 1024
+    reader = sqlite3.connect(db_path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM jobs").fetchone()
+    caplog.set_level(logging.WARNING, logger="sqqueue")
+    try:
+        for _ in range(4):
+            queue.enqueue_batch(["x" * 2000] * 300).unwrap()
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("cannot be checkpointed" in w and "read transaction" in w for w in warnings), (
+        warnings
+    )
+
+
 def test_checkpoint_truncates_the_wal(
     make_sqlite_queue: Callable[..., SQLiteQueue], db_path: Path
 ) -> None:

@@ -89,6 +89,11 @@ def test_torture_short_run_holds_every_invariant(tmp_path: Path) -> None:
         "pg-crash",
         "pg-contention",
         "pgchaos",
+        "close",
+        "outbox",
+        "churn",
+        "walgrow",
+        "idle",
     }, output
     lost = [row for row in rows if "LOST" in row[1]]
     phantom = [row for row in rows if "PHANTOM" in row[1]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -154,9 +155,9 @@ def test_enqueue_from_another_thread_wakes_waiter_within_ms(queue: Queue) -> Non
 def test_in_process_wake_up_does_not_rely_on_polling(
     queue: Queue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the change counter frozen (no cross-connection polling can see anything), an
-    in-process enqueue still wakes the waiter at once: the signal does it."""
-    monkeypatch.setattr(queue._backend, "changes", lambda: 0)
+    """With no watcher at all (nothing from other connections can wake it), an in-process
+    enqueue still wakes the waiter at once: the signal does it."""
+    monkeypatch.setattr(queue._backend, "watch", lambda: None)
     waiter = Waiter(lambda: queue.dequeue(wait=3))
     time.sleep(0.05)
     start = time.perf_counter()
@@ -327,7 +328,7 @@ def test_wake_waiters_without_cancel_keeps_waiting(queue: Queue) -> None:
 def test_idle_waiter_does_not_busy_poll(
     make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch, state: str
 ) -> None:
-    """An idle 1 s wait claims at most a few times: it polls only the cheap change counter."""
+    """An idle 1 s wait queries the queue a few times at most: it sleeps until woken."""
     queue = make_queue(table_name="jobs")
     if state == "delayed":
         ok(queue.enqueue("later", delay=3600))
@@ -337,26 +338,60 @@ def test_idle_waiter_does_not_busy_poll(
         assert ok(other.dequeue(visibility_timeout=3600)) is not None
     backend = queue._backend
     calls: Counter[str] = Counter()
-    real_claim, real_changes = backend.claim, backend.changes
+    for name in ("claim", "next_due", "watch"):
+        real = getattr(backend, name)
 
-    def counting_claim(*args: Any, **kwargs: Any) -> Any:
-        calls["claim"] += 1
-        return real_claim(*args, **kwargs)
+        def counting(*args: Any, _name: str = name, _real: Any = real, **kwargs: Any) -> Any:
+            calls[_name] += 1
+            return _real(*args, **kwargs)
 
-    def counting_changes() -> int:
-        calls["changes"] += 1
-        return real_changes()
-
-    monkeypatch.setattr(backend, "claim", counting_claim)
-    monkeypatch.setattr(backend, "changes", counting_changes)
+        monkeypatch.setattr(backend, name, counting)
     start = time.monotonic()
     assert ok(queue.dequeue(wait=1.0)) is None
     elapsed = time.monotonic() - start
     print(f"idle 1 s wait ({state}): {dict(calls)}")
     assert 0.95 <= elapsed < 2.0
     assert 1 <= calls["claim"] <= 3, calls
-    # Polling every 2..20 ms: about 50 cheap checks a second, not a tight loop.
-    assert calls["changes"] <= 150, calls
+    assert calls["watch"] <= 3, calls
+    # Once when the wait starts, and once more if the watcher starts up meanwhile.
+    assert calls["next_due"] <= 3, calls
+
+
+def test_waiting_costs_do_not_grow_with_the_number_of_waiters(
+    make_sqlite_queue: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20 consumers waiting idle check the database no more often than one does: one
+    watcher per process and database polls for all of them (about 100 cheap checks a
+    second), and a waiting consumer runs no query of its own while nothing happens."""
+    lock = threading.Lock()
+    statements: Counter[str] = Counter()
+    real_connect = sqlite3.connect
+
+    def trace(sql: str) -> None:
+        with lock:
+            statements["data_version" if "data_version" in sql else "other"] += 1
+
+    def traced_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = real_connect(*args, **kwargs)
+        conn.set_trace_callback(trace)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", traced_connect)
+    queue = make_sqlite_queue(table_name="jobs", clock=None)
+    seen = {}
+    for waiters in (1, 20):
+        with lock:
+            statements.clear()
+        threads = [Waiter(lambda: queue.dequeue(wait=1.0)) for _ in range(waiters)]
+        assert [w.join(10) for w in threads] == [Ok(None)] * waiters
+        with lock:
+            seen[waiters] = dict(statements)
+    print(f"statements while waiting 1 s, by number of waiters: {seen}")
+    # Polling every 2 to 10 ms: at most ~100 checks in the second, for 1 or 20 waiters.
+    assert seen[20].get("data_version", 0) <= 150, seen
+    # Each waiter: a claim when it starts (BEGIN, a look for expired leases, the pick,
+    # COMMIT), and a look at what falls due when it starts and when the watcher starts.
+    assert seen[20].get("other", 0) <= 20 * 12, seen
 
 
 def test_idle_waiter_ignores_busy_neighbour_table(

@@ -12,6 +12,12 @@ Scenarios (all by default):
 * ``pgchaos``    PostgreSQL only: producers and consumers at full speed while the driver
                  calls ``pg_terminate_backend`` on random client connections and restarts
                  the server.
+* ``close``      close() while threads are inside calls, and ``async with`` left while
+                 cancelled tasks' calls still run: no crash, Ok or Err(CLOSED) only.
+* ``outbox``     10,000 ``enqueue_in`` calls in the caller's transactions: none stalls.
+* ``churn``      5,000 short-lived threads under RLIMIT_NOFILE 256: descriptors bounded.
+* ``walgrow``    a reader holding a snapshot while the WAL grows: stats() and the log say so.
+* ``idle``       the CPU an idle Worker uses, with 1, 4 and 20 threads.
 
 ``crash`` and ``contention`` run on SQLite and on PostgreSQL (``--backend``; the table calls
 the PostgreSQL runs ``pg-crash`` and ``pg-contention``), each in a fresh schema. Without
@@ -58,7 +64,19 @@ from types import FrameType
 from typing import Any, Literal
 
 QUEUE = "torture"
-SCENARIOS = ("crash", "contention", "stale", "diskfull", "powerloss", "pgchaos")
+SCENARIOS = (
+    "crash",
+    "contention",
+    "stale",
+    "diskfull",
+    "powerloss",
+    "pgchaos",
+    "close",
+    "outbox",
+    "churn",
+    "walgrow",
+    "idle",
+)
 BACKENDS = ("sqlite", "postgres")
 # Which backends each scenario runs on (the others are about SQLite files).
 SCENARIO_BACKENDS = {
@@ -68,6 +86,11 @@ SCENARIO_BACKENDS = {
     "diskfull": ("sqlite",),
     "powerloss": ("sqlite",),
     "pgchaos": ("postgres",),
+    "close": ("sqlite",),
+    "outbox": ("sqlite",),
+    "churn": ("sqlite",),
+    "walgrow": ("sqlite",),
+    "idle": ("sqlite",),
 }
 # The application_name of every queue connection the children open on PostgreSQL: the
 # pgchaos driver terminates only these.
@@ -484,6 +507,241 @@ def child_xfsz(cfg: dict[str, Any]) -> None:
     os._exit(3)  # never killed: the limit was not reached
 
 
+# -- connections, waiting and the WAL ------------------------------------------------------
+
+
+def _unexpected(result: Any) -> bool:
+    """Around close(), a call may return Ok or Err(CLOSED); anything else is a defect."""
+    from sqqueue import Err, ErrorKind
+
+    return isinstance(result, Err) and result.error.kind is not ErrorKind.CLOSED
+
+
+def child_closer(cfg: dict[str, Any]) -> None:
+    """close() while threads are inside calls, then leaving ``async with`` while cancelled
+    tasks' calls still run; many rounds. A crash shows as the exit code."""
+    import asyncio
+    import threading
+
+    from sqqueue import AsyncSQLiteQueue, Err, SQLiteQueue
+
+    bad: list[str] = []
+    counts = Counter[str]()
+    for r in range(cfg["rounds"]):
+        queue = SQLiteQueue(cfg["db"], f"closer_{r}")
+        stop, closed = threading.Event(), threading.Event()
+
+        def call(fn: Callable[..., Any], *args: Any, _closed: threading.Event = closed) -> Any:
+            after = _closed.is_set()
+            result = fn(*args)
+            counts["after close" if after else "before close"] += 1
+            if _unexpected(result) or (after and not isinstance(result, Err)):
+                bad.append(f"{fn.__name__}: {_one_line(result)}")
+            return result
+
+        def loop(_queue: Any = queue, _stop: threading.Event = stop) -> None:
+            while not _stop.is_set():
+                got = call(_queue.dequeue)
+                call(_queue.enqueue, "x")
+                if got.is_ok() and got.value is not None:
+                    call(_queue.complete, got.value)
+
+        threads = [threading.Thread(target=loop) for _ in range(cfg["threads"])]
+        for t in threads:
+            t.start()
+        time.sleep(0.1)
+        closed.set()
+        queue.close()
+        time.sleep(0.02)
+        stop.set()
+        for t in threads:
+            t.join(30)
+
+    async def leave_while_calls_run(r: int) -> None:
+        async with AsyncSQLiteQueue(cfg["db"], f"aclose_{r}") as aq:
+
+            async def loop() -> None:
+                while True:
+                    for result in (await aq.enqueue("x"), await aq.dequeue()):
+                        counts["async"] += 1
+                        if _unexpected(result):
+                            bad.append(_one_line(result))
+
+            tasks = [asyncio.create_task(loop()) for _ in range(2 * cfg["threads"])]
+            await asyncio.sleep(0.05)
+            for task in tasks:
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def rounds() -> None:
+        for r in range(cfg["rounds"]):
+            await leave_while_calls_run(r)
+
+    asyncio.run(rounds())
+    Path(cfg["out"]).write_text(json.dumps({"counts": counts, "bad": bad}))
+
+
+def child_outbox(cfg: dict[str, Any]) -> None:
+    """``enqueue_in`` in a loop, each in the application's own transaction: how long the
+    slowest call took (upkeep inside it used to wait 2 x lock_timeout for the caller's lock)."""
+    from sqqueue import SQLiteQueue
+
+    queue = SQLiteQueue(cfg["db"], QUEUE, lock_timeout=cfg["lock_timeout"])
+    conn = sqlite3.connect(cfg["db"], timeout=30)
+    conn.execute("PRAGMA synchronous = NORMAL")  # as the queue's own: no fsync per commit
+    conn.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    durations, errors = [], []
+    for order in range(cfg["calls"]):
+        conn.execute("INSERT INTO orders (id) VALUES (?)", (order,))
+        start = time.perf_counter()
+        result = queue.enqueue_in(conn, {"order": order})
+        durations.append(time.perf_counter() - start)
+        if result.is_err():
+            errors.append(_one_line(result.error))
+        conn.commit()
+    conn.close()
+    depth = queue.stats().unwrap().depth
+    queue.close()
+    durations.sort()
+    Path(cfg["out"]).write_text(
+        json.dumps(
+            {
+                "slowest_ms": durations[-1] * 1000,
+                "p99_ms": durations[int(len(durations) * 0.99)] * 1000,
+                "depth": depth,
+                "errors": errors[:3],
+                "error_count": len(errors),
+            }
+        )
+    )
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"))
+
+
+def child_churn(cfg: dict[str, Any]) -> None:
+    """Thousands of short-lived threads, one enqueue each, under a low RLIMIT_NOFILE."""
+    import threading
+
+    from sqqueue import SQLiteQueue
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (cfg["nofile"], hard))
+    queue = SQLiteQueue(cfg["db"], QUEUE)
+    base = peak = _open_fds()
+    gate = threading.Semaphore(cfg["width"])
+    lock = threading.Lock()
+    oks, errors = 0, []
+
+    def one(i: int) -> None:
+        nonlocal oks
+        try:
+            result = queue.enqueue(i)
+            with lock:
+                if result.is_ok():
+                    oks += 1
+                else:
+                    errors.append(_one_line(result.error))
+        finally:
+            gate.release()
+
+    for i in range(cfg["threads"]):
+        gate.acquire()
+        threading.Thread(target=one, args=(i,)).start()
+        if i % 50 == 0:
+            peak = max(peak, _open_fds())
+    for _ in range(cfg["width"]):
+        gate.acquire()
+    depth = queue.stats().unwrap().depth
+    end = _open_fds()
+    queue.close()
+    Path(cfg["out"]).write_text(
+        json.dumps(
+            {
+                "oks": oks,
+                "errors": errors[:3],
+                "error_count": len(errors),
+                "depth": depth,
+                "base": base,
+                "peak": peak,
+                "end": end,
+            }
+        )
+    )
+
+
+def child_walgrow(cfg: dict[str, Any]) -> None:
+    """A reader holds a read transaction while a producer writes past journal_size_limit:
+    what stats() and the log say, and whether the WAL shrinks once the reader lets go."""
+    from sqqueue import SQLiteQueue
+
+    warnings: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.WARNING:
+                warnings.append(record.getMessage())
+
+    logging.getLogger("sqqueue").addHandler(Collect())
+    queue = SQLiteQueue(cfg["db"], QUEUE)
+    queue.enqueue("first").unwrap()
+    reader = sqlite3.connect(cfg["db"], isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute(f'SELECT count(*) FROM "{QUEUE}"').fetchone()  # a snapshot, held
+    payload = "x" * (100 * 1024)
+    behind = []
+    while os.path.getsize(cfg["db"] + "-wal") < cfg["wal_bytes"]:
+        queue.enqueue_batch([payload] * 50).unwrap()
+        behind.append(queue.stats().unwrap().wal_frames_not_checkpointed)
+    held = queue.stats().unwrap()
+    reader.execute("COMMIT")
+    reader.close()
+    released = queue.stats().unwrap()
+    checkpoint = queue.perform_checkpoint()
+    after = os.path.getsize(cfg["db"] + "-wal")
+    queue.close()
+    Path(cfg["out"]).write_text(
+        json.dumps(
+            {
+                "wal_mib": held.wal_bytes / 2**20,
+                "behind": behind,
+                "held_behind": held.wal_frames_not_checkpointed,
+                "released_behind": released.wal_frames_not_checkpointed,
+                "checkpoint_ok": checkpoint.is_ok(),
+                "wal_after": after,
+                "warnings": warnings,
+            }
+        )
+    )
+
+
+def child_idle(cfg: dict[str, Any]) -> None:
+    """An idle Worker: the process's CPU time over a stretch with nothing to do."""
+    import threading
+
+    from sqqueue import SQLiteQueue, Worker
+
+    queue = SQLiteQueue(cfg["db"], f"idle_{cfg['concurrency']}")
+    worker = Worker(queue, lambda _m: None, concurrency=cfg["concurrency"], handle_signals=False)
+    runner = threading.Thread(target=worker.run, daemon=True)
+    runner.start()
+    time.sleep(2.0)  # started and waiting
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    cpu0, wall0 = cpu(), time.monotonic()
+    time.sleep(cfg["seconds"])
+    cpu1, wall1 = cpu(), time.monotonic()
+    worker.stop()
+    runner.join(30)
+    queue.close()
+    Path(cfg["out"]).write_text(json.dumps({"core_percent": 100 * (cpu1 - cpu0) / (wall1 - wall0)}))
+
+
 CHILDREN: dict[str, Callable[[dict[str, Any]], None]] = {
     "producer": child_producer,
     "consumer": child_consumer,
@@ -491,6 +749,11 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], None]] = {
     "stale": child_stale,
     "diskfull": child_diskfull,
     "xfsz": child_xfsz,
+    "closer": child_closer,
+    "outbox": child_outbox,
+    "churn": child_churn,
+    "walgrow": child_walgrow,
+    "idle": child_idle,
 }
 
 
@@ -2007,6 +2270,133 @@ def list_tokens(queue: Any) -> dict[int, str]:
         after = page[-1]["id"]
 
 
+# -- connections, waiting and the WAL ------------------------------------------------------
+
+
+def _child_result(
+    run: Run, name: str, role: str, cfg: dict[str, Any], timeout: float, tag: str = ""
+) -> tuple[int | None, Any]:
+    """Run one child to its end (bounded): its exit code, and its JSON output or None."""
+    here = run.workdir / name
+    here.mkdir(exist_ok=True)
+    out = here / f"{role}{tag}.json"
+    cfg = {"db": str(here / f"{name}.db"), "out": str(out), **cfg}
+    code = run.reap(run.spawn(role, cfg, f"{name}/{role}{tag}"), timeout=timeout)
+    return code, json.loads(out.read_text()) if out.exists() else None
+
+
+def scenario_close(run: Run) -> None:
+    """close() while threads are inside calls, and async with left under cancelled calls."""
+    name = "close"
+    rounds = 20 if run.short else 100
+    code, got = _child_result(run, name, "closer", {"rounds": rounds, "threads": 4}, 240)
+    run.info(name, "rounds (sync, then asyncio) / threads", f"{rounds} / 4")
+    run.expect(name, "child exit code (a crash would be -11)", code, 0)
+    if got is None:
+        return
+    counts = got["counts"]
+    run.info(name, "calls before / after close(), async calls", dict(counts))
+    run.require(
+        name,
+        "calls after close() (the scenario bites)",
+        counts.get("after close", 0),
+        counts.get("after close", 0) > 0,
+        "> 0",
+    )
+    run.expect(
+        name, "results other than Ok / Err(CLOSED) (after close(): Err(CLOSED))", len(got["bad"]), 0
+    )
+    for sample in got["bad"][:3]:
+        run.info(name, "  sample", sample)
+
+
+def scenario_outbox(run: Run) -> None:
+    """10,000 enqueue_in calls, each in the caller's transaction: none waits on that lock."""
+    name = "outbox"
+    calls, lock_timeout = 10_000, 2.0
+    code, got = _child_result(
+        run, name, "outbox", {"calls": calls, "lock_timeout": lock_timeout}, 200
+    )
+    run.info(name, "enqueue_in calls (lock_timeout s)", f"{calls} ({lock_timeout:g})")
+    run.expect(name, "child exit code", code, 0)
+    if got is None:
+        return
+    run.expect(name, "errors", got["error_count"], 0)
+    run.expect(name, "messages enqueued", got["depth"], calls)
+    run.info(name, "p99 call (ms)", f"{got['p99_ms']:.2f}")
+    # Waiting on its own caller's lock cost 2 x lock_timeout every 1,000 calls.
+    run.require(
+        name, "slowest call (ms)", f"{got['slowest_ms']:.1f}", got["slowest_ms"] < 500, "< 500"
+    )
+
+
+def scenario_churn(run: Run) -> None:
+    """5,000 short-lived threads, one enqueue each, with 256 file descriptors."""
+    name = "churn"
+    threads, width, nofile = 5000, 32, 256
+    cfg = {"threads": threads, "width": width, "nofile": nofile}
+    code, got = _child_result(run, name, "churn", cfg, 200)
+    run.info(name, "threads (at once) / RLIMIT_NOFILE", f"{threads} ({width}) / {nofile}")
+    run.expect(name, "child exit code", code, 0)
+    if got is None:
+        return
+    run.expect(
+        name, "enqueues Ok / messages stored", (got["oks"], got["depth"]), (threads, threads)
+    )
+    run.expect(name, "errors", got["error_count"], 0)
+    grew = got["peak"] - got["base"]
+    run.require(
+        name, "file descriptors opened at peak", grew, grew <= 2 * width + 8, f"<= {2 * width + 8}"
+    )
+    run.info(name, "file descriptors at start / at the end", f"{got['base']} / {got['end']}")
+
+
+def scenario_walgrow(run: Run) -> None:
+    """A reader that never lets go: the WAL grows, and stats() and the log say why."""
+    name = "walgrow"
+    wal_mib = 80 if run.short else 128  # journal_size_limit is 64 MiB
+    code, got = _child_result(run, name, "walgrow", {"wal_bytes": wal_mib * 2**20}, 200)
+    run.expect(name, "child exit code", code, 0)
+    if got is None:
+        return
+    behind = got["behind"]
+    run.info(name, "WAL while the reader held its snapshot (MiB)", f"{got['wal_mib']:.0f}")
+    run.require(
+        name,
+        "stats(): frames not checkpointed, rising",
+        f"{behind[0]} .. {behind[-1]}",
+        0 < behind[0] < behind[-1] and behind == sorted(behind),
+        "> 0, rising",
+    )
+    named = [w for w in got["warnings"] if "read transaction" in w]
+    run.expect(name, "WARNING lines naming the reader (rate-limited)", len(named), 1)
+    run.expect(name, "frames not checkpointed once the reader let go", got["released_behind"], 0)
+    run.expect(name, "WAL bytes after perform_checkpoint()", got["wal_after"], 0)
+    shutil.rmtree(run.workdir / name, ignore_errors=True)  # over 100 MiB of files
+
+
+def scenario_idle(run: Run) -> None:
+    """The CPU an idle Worker costs, with 1, 4 and 20 threads (getrusage over 10 s; 1 and
+    20 threads over 4 s with --short)."""
+    name = "idle"
+    seconds = 4.0 if run.short else 10.0
+    load = os.getloadavg()[0]
+    run.info(name, "measured over (s), load average then", f"{seconds:g}, {load:.2f}")
+    for concurrency in (1, 20) if run.short else (1, 4, 20):
+        cfg = {"concurrency": concurrency, "seconds": seconds}
+        code, got = _child_result(run, name, "idle", cfg, seconds + 60, tag=str(concurrency))
+        run.expect(name, f"concurrency {concurrency}: child exit code", code, 0)
+        if got is not None:
+            percent = got["core_percent"]
+            run.require(
+                name,
+                f"concurrency {concurrency}: CPU, % of a core",
+                f"{percent:.2f}",
+                percent < 1.0,
+                "< 1",
+            )
+
+
 # -- report ------------------------------------------------------------------------------
 
 
@@ -2254,6 +2644,11 @@ def main(argv: list[str]) -> int:
         "pg-crash": pg_duration + 200,
         "pg-contention": 200,
         "pgchaos": pg_duration + 300,
+        "close": 250,
+        "outbox": 210,
+        "churn": 210,
+        "walgrow": 210,
+        "idle": 120,
     }
     signal.signal(signal.SIGTERM, _raise_on_signal)
     signal.signal(signal.SIGALRM, _watchdog)
@@ -2268,6 +2663,11 @@ def main(argv: list[str]) -> int:
         "pg-crash": lambda r: scenario_crash(r, "postgres"),
         "pg-contention": lambda r: scenario_contention(r, "postgres"),
         "pgchaos": scenario_pgchaos,
+        "close": scenario_close,
+        "outbox": scenario_outbox,
+        "churn": scenario_churn,
+        "walgrow": scenario_walgrow,
+        "idle": scenario_idle,
     }
     print(f"torture: seed {seed}, work directory {workdir}", file=sys.stderr)
     try:

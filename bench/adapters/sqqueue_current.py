@@ -32,7 +32,7 @@ class Adapter(Base):
         "enqueue_batch": "native enqueue_batch()",
         "dequeue_batch": "native dequeue_batch(100), then complete_batch() (one transaction)",
         "claim_batch": "native dequeue_batch(100)",
-        "wait": "dequeue(wait=...): data_version polling 2-10 ms",
+        "wait": "dequeue(wait=...): one data_version watcher per process and file, polling 2-10 ms",
         "fill": "enqueue_batch() of 1,000",
         "stats": "stats()",
         "tasks": "@tasks.task no-op, .delay() per call; `sqqueue worker app:tasks` (1 thread)",

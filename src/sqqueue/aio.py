@@ -82,7 +82,7 @@ class AsyncQueue:
                 if step[0] == "call":
                     step = plan.send(await self._call_uncancelled(step[1]))
                 else:
-                    step = plan.send(await signal_.wait_async(step[2], step[1]))
+                    step = plan.send(await signal_.wait_async(step[2], step[1], step[3]))
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 

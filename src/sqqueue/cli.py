@@ -391,6 +391,11 @@ def _stats_view(db: str, rows: list[QueueStats], legacy: list[str]) -> Renderabl
         )
         totals_table.add_row(s.queue, *(str(data[key]) for key in totals))
     files = f"file: {_size(rows[0].db_bytes)}, WAL: {_size(rows[0].wal_bytes)}"
+    if rows[0].wal_frames_not_checkpointed:
+        files += (
+            f" ({rows[0].wal_frames_not_checkpointed} of {rows[0].wal_frames} frames not "
+            "checkpointed: another connection reads an old snapshot)"
+        )
     parts: list[RenderableType] = [counts_table, totals_table, files]
     if legacy:
         parts.append(f"0.1.0 queues not migrated yet: {', '.join(legacy)}")

@@ -97,6 +97,11 @@ class QueueCollector(Collector):
         sizes = GaugeMetricFamily(
             "sqqueue_file_bytes", "Database and WAL file sizes.", labels=["queue", "file"]
         )
+        behind = GaugeMetricFamily(
+            "sqqueue_wal_frames_not_checkpointed",
+            "WAL frames a checkpoint could not copy back: a reader holds an old snapshot.",
+            labels=["queue"],
+        )
         totals = {
             key: CounterMetricFamily(f"sqqueue_{metric}", help_text, labels=["queue"])
             for key, metric, help_text in _TOTALS
@@ -113,6 +118,7 @@ class QueueCollector(Collector):
             expiring.add_metric([name], stats.expiring_soon)
             sizes.add_metric([name, "db"], stats.db_bytes)
             sizes.add_metric([name, "wal"], stats.wal_bytes)
+            behind.add_metric([name], stats.wal_frames_not_checkpointed)
             for key, metric, _ in _TOTALS:
                 field = "lease_expirations_total" if key == "lease_expirations" else metric
                 totals[key].add_metric([name], getattr(stats, field))
@@ -120,6 +126,7 @@ class QueueCollector(Collector):
         yield oldest
         yield expiring
         yield sizes
+        yield behind
         yield from totals.values()
 
 

@@ -100,19 +100,22 @@ _LEASE_MEMORY = 100_000  # leases remembered per queue object for id-only acks
 # second call on the same Message says what happened instead of "expired".
 _ENDED_MEMORY = 10_000
 MAX_WAIT = 86400.0
-# Waiting consumers poll the backend's change counter from every 2 ms up to every 10 ms:
-# another process's enqueue is seen within ~10 ms, and an idle waiter costs ~100 checks a
-# second of a few microseconds each (SQLite: PRAGMA data_version; PostgreSQL: a counter
-# its LISTEN connection keeps), well under 0.1% of a core. In-process enqueues wake
-# waiters at once, without polling.
-_POLL_MIN, _POLL_MAX = 0.002, 0.01
 _NO_RESULT: Any = object()  # complete() without a result (None is a result: JSON null)
+# Producers waiting for room (max_depth) poll from every 2 ms up to every 50 ms; in-process
+# completions wake them at once.
+_ROOM_POLL_MIN, _ROOM_POLL_MAX = 0.002, 0.05
+# A waiting consumer sleeps until it is woken (an enqueue in this process, or the watcher
+# seeing another connection's commit: see wakeup.py) or something falls due, re-reading
+# the clock at least this often.
+_RECHECK = 1.0
 
 # A wait is a small plan of steps that a driver carries out: ("call", fn) runs a storage
-# call, ("sleep", seconds, seq) waits for a wake-up. The sync queue runs the steps inline;
-# the asyncio queue runs calls in a thread and sleeps on the event loop: one logic, two
-# drivers.
-Step: TypeAlias = tuple[Literal["call"], Callable[[], Any]] | tuple[Literal["sleep"], float, int]
+# call, ("sleep", seconds, seq, changes) waits for a wake-up (the signal's seq or changes
+# moving past these). The sync queue runs the steps inline; the asyncio queue runs calls
+# in a thread and sleeps on the event loop: one logic, two drivers.
+Step: TypeAlias = (
+    tuple[Literal["call"], Callable[[], Any]] | tuple[Literal["sleep"], float, int, int]
+)
 
 _LOG_LEVEL_BY_KIND = {
     ErrorKind.LOCKED: logging.WARNING,
@@ -360,6 +363,7 @@ class Queue:
         self._op_count = 0  # write operations since the last upkeep round (0.1.0's count)
         self._cached_defaults: tuple[Any, Any, Any, tuple[int, int, float | None]] | None = None
         self._work = 0  # messages written, for the maintenance cadence
+        self._upkeep_owed = 0  # upkeep rounds put off by writes in the caller's transaction
         self._leases: dict[int, int] = {}
         self._ended: collections.OrderedDict[int, str] = collections.OrderedDict()
         self._leases_lock = threading.Lock()
@@ -411,8 +415,13 @@ class Queue:
     # -- context management --------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the queue's database connections. Further calls return ``Err``."""
+        """Close the queue's database connections. Further calls return ``Err(CLOSED)``.
+
+        Safe while other threads are inside calls: those finish (or return
+        ``Err(CLOSED)``), and a connection in use is closed when its call ends.
+        """
         self._backend.close()
+        self._signal.nudge()  # consumers waiting on this object look again, and stop
 
     def __enter__(self) -> Queue:
         return self
@@ -448,11 +457,13 @@ class Queue:
         logger.error("queue %r: %s failed unexpectedly", self.name, action, exc_info=exc)
         return Err(error_cls(f"{action} failed unexpectedly: {exc!r}", ErrorKind.STORAGE))
 
-    def _count_operation(self, messages: int = 1) -> None:
+    def _count_operation(self, messages: int = 1, upkeep: bool = True) -> None:
         """Count a write; every ``vacuum_threshold`` messages written, run bounded upkeep.
 
         Upkeep follows messages, not calls, so a queue drained in batches gives its space
-        back as fast as one drained message by message.
+        back as fast as one drained message by message. ``upkeep=False`` (a write inside
+        the caller's own transaction) only counts: the upkeep it would have run needs the
+        write lock that transaction holds, so it is left to this object's next call.
         """
         self._op_count += 1  # racy under threads, like the cadence: only counts can drift
         if not self.vacuum_threshold:
@@ -460,12 +471,18 @@ class Queue:
         before = self._work
         self._work = before + messages
         rounds = self._work // self.vacuum_threshold - before // self.vacuum_threshold
-        if rounds:
+        if not upkeep:
+            self._upkeep_owed += rounds
+            return
+        if rounds or self._upkeep_owed:
+            rounds, self._upkeep_owed = rounds + self._upkeep_owed, 0
             self._op_count = 0
             try:
                 self._backend.maintain(rounds)
             except QueueError as exc:
-                logger.warning("queue %r: maintenance skipped: %s", self.name, exc)
+                # Closed by another thread meanwhile: nothing to maintain any more.
+                level = logging.DEBUG if exc.kind is ErrorKind.CLOSED else logging.WARNING
+                logger.log(level, "queue %r: maintenance skipped: %s", self.name, exc)
         if self._measured and self._metrics.wants_gauges(time.monotonic()):
             try:
                 self._metrics.gauge("size", self._backend.count_pending())
@@ -755,7 +772,7 @@ class Queue:
         if wait:
             patience = _seconds(wait, "wait", minimum=0, maximum=MAX_WAIT, strict=False)
         deadline = time.monotonic() + patience if patience else 0.0
-        nap = _POLL_MIN
+        nap = _ROOM_POLL_MIN
         while True:
             now = float(self._clock())
             if len(items) == 1:
@@ -780,11 +797,13 @@ class Queue:
                     raise
                 # Completions in this process notify at once; others are polled.
                 self._room.wait(self._room.seq, min(nap, remaining))
-                nap = min(nap * 2, _POLL_MAX * 5)
+                nap = min(nap * 2, _ROOM_POLL_MAX)
         self._signal.notify()
         if self._measured:
             self._metrics.incr("enqueue", len(ids))
-        self._count_operation(len(ids))
+        # Inside the caller's transaction (the outbox), no upkeep: it would wait for the
+        # write lock that transaction holds.
+        self._count_operation(len(ids), conn is None)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("queue %r: enqueued message(s) %s", self.name, ids[:20])
         return ids
@@ -949,13 +968,15 @@ class Queue:
         deadline = time.monotonic() + patience
         backend, signal = self._backend, self._signal
         while True:
-            seq = signal.seq  # read before claiming, so a notify in between is not missed
+            # Read before claiming, so that a wake-up in between is not missed.
+            seq, seen = signal.seq, signal.changes
             messages: list[Message] = yield ("call", lambda: self._claim(limit, timeout))
             if messages or time.monotonic() >= deadline:
                 return messages
-            version = yield ("call", backend.changes)
+            # Commits by other connections nudge the signal from now on (one watcher per
+            # process and database does the polling, however many consumers wait).
+            yield ("call", backend.watch)
             due = yield ("call", lambda: backend.next_due(self._now()))
-            interval = _POLL_MIN
             # A backend whose wake-ups can be lost (NOTIFY over a dropped connection) is
             # also re-checked every poll_fallback seconds.
             fallback = getattr(backend, "poll_fallback", None)
@@ -969,19 +990,17 @@ class Queue:
                 until_due = math.inf if due is None else due - self._now()
                 if until_due <= 0:
                     break  # a delayed message fell due or a lease expired: claim it
-                nap = min(remaining, interval, until_due, max(recheck_at - time.monotonic(), 0))
-                woken = yield ("sleep", nap, seq)
+                # The clock is read again at least every _RECHECK seconds, so a wait
+                # follows a clock that jumps (a stepped wall clock, a test's fake one).
+                nap = min(remaining, until_due, _RECHECK, max(recheck_at - time.monotonic(), 0))
+                woken = yield ("sleep", nap, seq, seen)
                 if cancelled is not None and cancelled():
                     return []
                 if woken:
                     break  # an enqueue in this process
-                latest = yield ("call", backend.changes)
-                if latest != version:  # another connection committed: look again
-                    version = latest
+                if signal.changes != seen:  # another connection committed: look again
+                    seen = signal.changes
                     due = yield ("call", lambda: backend.next_due(self._now()))
-                    interval = _POLL_MIN
-                else:
-                    interval = min(interval * 2, _POLL_MAX)
 
     def wake_waiters(self) -> None:
         """Wake every consumer of this queue blocked in ``dequeue(wait=...)`` in this process."""
@@ -995,7 +1014,7 @@ class Queue:
                 if step[0] == "call":
                     step = plan.send(step[1]())
                 else:
-                    step = plan.send(self._signal.wait(step[2], step[1]))
+                    step = plan.send(self._signal.wait(step[2], step[1], step[3]))
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
@@ -1430,6 +1449,8 @@ class Queue:
                     ttl_expired_total=raw["ttl_expired_total"],
                     db_bytes=raw["db_bytes"],
                     wal_bytes=raw["wal_bytes"],
+                    wal_frames=raw["wal_frames"],
+                    wal_frames_not_checkpointed=raw["wal_frames_not_checkpointed"],
                 )
             )
 

@@ -32,6 +32,12 @@ class QueueStats:
     ttl_expired_total: int  #: messages whose time to live ran out before delivery
     db_bytes: int
     wal_bytes: int
+    #: frames (pages written) in the write-ahead log (SQLite; 0 on PostgreSQL)
+    wal_frames: int = 0
+    #: of those, frames a checkpoint could not copy back because another connection
+    #: still reads an older snapshot; growing steadily, it means a reader never lets go
+    #: and the WAL grows with every write
+    wal_frames_not_checkpointed: int = 0
 
     @property
     def depth(self) -> int:

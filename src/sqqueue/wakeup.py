@@ -1,68 +1,129 @@
-"""In-process wake-ups for consumers waiting on a queue.
+"""Wake-ups for consumers waiting on a queue.
 
 Producers in this process notify the queue's signal after every commit that may make a
 message available; consumers blocked in ``dequeue(wait=...)`` (threads or asyncio tasks) wake
-at once. Other processes are noticed by the backend's change counter, which waiting
-consumers poll with backoff.
+at once. Commits by other processes are noticed by one :class:`Watcher` per process and
+database, which polls the database's change counter with backoff and nudges the signals
+of its queues: however many consumers wait, the process polls once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
 
-__all__ = ["Signal", "signal_for"]
+__all__ = ["POLL_MAX", "POLL_MIN", "Probe", "Signal", "Watcher", "signal_for"]
+
+logger = logging.getLogger(__name__)
+
+# The watcher polls every 2 ms after a change, backing off to every 10 ms: another
+# process's commit is seen within ~10 ms, and an idle watcher costs ~100 cheap checks a
+# second for the whole process.
+POLL_MIN, POLL_MAX = 0.002, 0.01
+# After a failed check (the file is gone, the disk fails) the watcher backs off further.
+_POLL_FAILED = 1.0
+
+
+class _Kickable(Protocol):
+    def kick(self) -> None: ...
 
 
 class Signal:
-    """A sequence number that waiters can block on, from threads or event loops."""
+    """Two counters that waiters can block on, from threads or event loops.
+
+    ``seq`` counts events that may have made a message available (an enqueue in this
+    process, a message given back): a waiter woken by it claims at once. ``changes``
+    counts nudges: the database changed somewhere (another process committed, the queue
+    was closed), so a waiter looks again at what is due before deciding to claim.
+    """
 
     def __init__(self) -> None:
         # notify() takes the plain lock (entered in C); wait() blocks on the condition.
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._seq = 0
+        self._changes = 0
         self._blocked = 0  # threads in wait(): with none, notify() only counts
         self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        #: kicked whenever a waiter starts to wait, so that it watches for other processes
+        self.watcher: _Kickable | None = None
 
     @property
     def seq(self) -> int:
         return self._seq
 
+    @property
+    def changes(self) -> int:
+        return self._changes
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a thread or task is blocked on this signal now."""
+        return bool(self._blocked or self._async_waiters)
+
     def notify(self) -> None:
+        """A message may be available: waiters claim."""
         with self._lock:
             self._seq += 1
             if not self._blocked and not self._async_waiters:
                 return  # the usual case for a producer: nobody to wake in this process
+        self._wake()
+
+    def nudge(self) -> None:
+        """Something changed: waiters look again (no message implied)."""
+        with self._lock:
+            self._changes += 1
+            if not self._blocked and not self._async_waiters:
+                return
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._lock:
             self._cond.notify_all()
             waiters = list(self._async_waiters)
-        for loop, event in waiters:
+        for loop, wakeup in waiters:
             # A closed loop raises RuntimeError: its waiter is gone, nothing to wake.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(event.set)
+                loop.call_soon_threadsafe(wakeup.set)
 
-    def wait(self, seq: int, timeout: float) -> bool:
-        """Block until notified after ``seq`` or ``timeout`` passes; True if notified."""
+    def _idle(self, seq: int, changes: int | None) -> bool:
+        return self._seq == seq and (changes is None or self._changes == changes)
+
+    def _kick_watcher(self) -> None:
+        watcher = self.watcher
+        if watcher is not None:
+            watcher.kick()
+
+    def wait(self, seq: int, timeout: float, changes: int | None = None) -> bool:
+        """Block until notified after ``seq`` (or nudged after ``changes``, if given) or
+        ``timeout`` passes; True if notified."""
         with self._cond:
-            if self._seq == seq:
+            if self._idle(seq, changes):
                 self._blocked += 1
                 try:
+                    self._kick_watcher()  # after counting this waiter: see Watcher._needed
                     self._cond.wait(timeout)
                 finally:
                     self._blocked -= 1
             return self._seq != seq
 
-    async def wait_async(self, seq: int, timeout: float) -> bool:
+    async def wait_async(self, seq: int, timeout: float, changes: int | None = None) -> bool:
         """``wait`` for asyncio: suspends the task, never the event loop."""
-        event = asyncio.Event()
-        key = (asyncio.get_running_loop(), event)
+        wakeup = asyncio.Event()
+        key = (asyncio.get_running_loop(), wakeup)
         with self._cond:
-            if self._seq != seq:
-                return True
+            if not self._idle(seq, changes):
+                return self._seq != seq
             self._async_waiters.add(key)
+            self._kick_watcher()
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            await asyncio.wait_for(wakeup.wait(), timeout)
         except asyncio.TimeoutError:
             pass
         finally:
@@ -82,3 +143,136 @@ def signal_for(key: str) -> Signal:
         if signal is None:
             signal = _signals[key] = Signal()
         return signal
+
+
+class Probe(Protocol):
+    """A change counter of one database, read on a connection of the watcher's own."""
+
+    def read(self) -> int:
+        """A number that differs from the last one read whenever another connection
+        has committed to the database since."""
+
+    def close(self) -> None: ...
+
+
+class Watcher:
+    """Watches one database for this process: one thread polls its change counter and
+    nudges the signals of the queues registered on it.
+
+    The thread runs only while some registered signal has a waiter: with nobody waiting
+    it parks (no CPU at all), and a waiter that starts to wait kicks it. It ends, and
+    closes its probe, when the last registrant is gone. Its cost is the same whatever the
+    number of waiters.
+    """
+
+    def __init__(self, name: str, open_probe: Callable[[], Probe]) -> None:
+        self.name = name
+        self.pid = os.getpid()  # a watcher belongs to the process that made it
+        self._open_probe = open_probe
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._registrants: dict[object, Signal] = {}
+        self._signals: tuple[Signal, ...] = ()  # theirs, each once (replaced, never changed)
+        self._thread: threading.Thread | None = None
+        self._parked = False
+        #: the probe in use (referenced here too, so that after a fork the child keeps the
+        #: parent's connection alive and untouched)
+        self.probes: set[Probe] = set()
+
+    def register(self, registrant: object, signal: Signal) -> None:
+        """Nudge ``signal`` on every change, until ``unregister(registrant)``."""
+        if self.pid != os.getpid():
+            return  # a parent's watcher: its thread did not come along
+        with self._lock:
+            self._registrants[registrant] = signal
+            self._signals = tuple(dict.fromkeys(self._registrants.values()))
+            signal.watcher = self
+        self.kick()
+
+    def unregister(self, registrant: object) -> None:
+        if self.pid != os.getpid():
+            return
+        with self._lock:
+            signal = self._registrants.pop(registrant, None)
+            self._signals = tuple(dict.fromkeys(self._registrants.values()))
+            if signal is not None and signal not in self._signals:
+                signal.watcher = None
+            self._cond.notify_all()  # a parked thread re-checks whether it is still needed
+
+    def kick(self) -> None:
+        """A waiter is about to wait: make sure the thread runs."""
+        if self.pid != os.getpid():
+            return
+        with self._lock:
+            if not self._registrants:
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"sqqueue-watch-{self.name}", daemon=True
+                )
+                self._thread.start()
+            elif self._parked:
+                self._cond.notify_all()
+
+    def _nudge_all(self) -> None:
+        for signal in self._signals:
+            signal.nudge()
+
+    def _needed(self) -> bool:
+        """Whether to go on polling: parks while nobody waits; False when the watcher is no
+        longer needed at all."""
+        for signal in self._signals:  # the usual case, without taking the lock
+            if signal.waiting:
+                return True
+        # A waiter is counted by its signal before it kicks, and both the check here and
+        # the kick hold this lock: a waiter is never left with a parked watcher.
+        with self._lock:
+            while self._registrants and not any(s.waiting for s in self._signals):
+                self._parked = True
+                self._cond.wait()
+                self._parked = False
+            if self._registrants:
+                return True
+            self._thread = None
+            return False
+
+    def _run(self) -> None:
+        probe: Probe | None = None
+        version: int | None = None
+        interval = POLL_MIN
+        try:
+            while self._needed():
+                if probe is None:
+                    try:
+                        probe = self._open_probe()
+                    except Exception:
+                        logger.debug("watcher %s: cannot open its probe", self.name, exc_info=True)
+                        self._nudge_all()  # the waiters find out what is wrong themselves
+                        time.sleep(_POLL_FAILED)
+                        continue
+                    self.probes.add(probe)
+                    with contextlib.suppress(Exception):
+                        version = probe.read()
+                    # What was committed before the first read does not show as a change:
+                    # the waiters look once, so that nothing committed meanwhile is missed.
+                    self._nudge_all()
+                    continue
+                time.sleep(interval)
+                try:
+                    latest: int | None = probe.read()
+                except Exception:
+                    logger.debug("watcher %s: check failed", self.name, exc_info=True)
+                    latest, interval = None, _POLL_FAILED
+                if latest is None or latest != version:
+                    # Changed, or unknown (a failed check): the waiters look for themselves.
+                    if latest is not None:
+                        interval = POLL_MIN
+                    version = latest
+                    self._nudge_all()
+                else:
+                    interval = min(interval * 2, POLL_MAX)
+        finally:
+            if probe is not None and self.pid == os.getpid():
+                self.probes.discard(probe)
+                with contextlib.suppress(Exception):
+                    probe.close()

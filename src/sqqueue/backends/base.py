@@ -224,11 +224,15 @@ class Backend(ABC):
         or lease expiry (``<= now`` when something is claimable already), None if empty."""
 
     @abstractmethod
-    def changes(self) -> int:
-        """A number that changes whenever another connection commits to the queue's database.
+    def watch(self) -> None:
+        """Have commits by other connections wake this process's waiters on this queue.
 
-        Cheap enough to poll every few milliseconds: waiting consumers use it to notice work
-        from other processes without querying the queue.
+        Afterwards, a commit to the queue's database by another connection (another
+        process, another queue object) notifies or nudges the queue's signal
+        (``wakeup.signal_for(wakeup_key)``) within milliseconds, for as long as some
+        consumer waits on it. One watcher per process and database (SQLite) or per queue
+        object (PostgreSQL's listener) does this, whatever the number of waiters. Cheap
+        when already watching; raises CLOSED once the queue is closed.
         """
 
     @abstractmethod

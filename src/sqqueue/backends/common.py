@@ -430,8 +430,9 @@ class SQLBackend(Backend):
         }
 
     def _file_sizes(self) -> dict[str, int]:
-        """Sizes of the database's files, where the backend has any."""
-        return {"db_bytes": 0, "wal_bytes": 0}
+        """Sizes of the database's files, where the backend has any, and how far its
+        write-ahead log is from being checkpointed."""
+        return {"db_bytes": 0, "wal_bytes": 0, "wal_frames": 0, "wal_frames_not_checkpointed": 0}
 
     def stats(self, now: float, horizon: float) -> dict[str, Any]:
         def run(conn: Conn) -> dict[str, Any]:

@@ -178,7 +178,6 @@ class PostgresBackend(SQLBackend):
         self._pool_lock = threading.Lock()
         self._listener: threading.Thread | None = None
         self._listen_conn: psycopg.Connection[Any] | None = None
-        self._notified = 0
         self._listening = False
         try:
             self._init_schema(default_max_attempts)
@@ -609,9 +608,8 @@ class PostgresBackend(SQLBackend):
 
     # -- notifications -----------------------------------------------------------------
 
-    def changes(self) -> int:
-        """A counter bumped by every NOTIFY for this queue (or on every call while the
-        listener is reconnecting, so waiters keep polling)."""
+    def watch(self) -> None:
+        """Start the listener that wakes this queue's waiters (one per queue object)."""
         self._get_pool()  # raises CLOSED once closed; re-creates after fork
         with self._pool_lock:
             if self._listener is None or not self._listener.is_alive():
@@ -619,9 +617,6 @@ class PostgresBackend(SQLBackend):
                     target=self._listen, name=f"sqqueue-listen-{self.name}", daemon=True
                 )
                 self._listener.start()
-            if not self._listening:
-                self._notified += 1
-            return self._notified
 
     def _listen(self) -> None:
         signal = signal_for(self.wakeup_key)
@@ -632,6 +627,8 @@ class PostgresBackend(SQLBackend):
                 conn = psycopg.connect(self.url, autocommit=True)
             except psycopg.Error:
                 self._listening = False
+                # No notifications meanwhile: waiters look for themselves at each retry.
+                signal.nudge()
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
@@ -645,7 +642,6 @@ class PostgresBackend(SQLBackend):
                 # do not wake this one.
                 # Whatever was committed before LISTEN took effect was not notified to us:
                 # wake the waiters once so they look.
-                self._notified += 1
                 signal.notify()
                 current = conn.execute("SELECT current_schema()").fetchone()
                 expected = f"{current[0] if current else 'public'}.{self.name}"
@@ -654,7 +650,6 @@ class PostgresBackend(SQLBackend):
                 while not self._closed:
                     for note in conn.notifies(timeout=1.0):
                         if note.payload == expected:
-                            self._notified += 1
                             signal.notify()
             except Exception:
                 logger.debug("queue %r: listener lost its connection", self.name, exc_info=True)

@@ -9,7 +9,9 @@ handlers), and every error path rolls back before returning.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import math
 import os
 import random
 import sqlite3
@@ -17,12 +19,14 @@ import stat
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from ..exceptions import ErrorKind
 from ..names import validate_queue_name
+from ..wakeup import Watcher, signal_for
 from . import sqlite_sql as sql
 from .base import (
     NewMessage,
@@ -54,6 +58,11 @@ SCHEMA_VERSION = 3  # 2: no insert trigger (UPGRADE_FROM_1); 3: results kept (UP
 _MAX_SET = 500
 # Maintenance leaves up to this many free pages (or 1/16 of the file) for reuse.
 _KEEP_FREE_PAGES = 32
+# Idle connections a queue object keeps for its next calls; more are closed as they are
+# given back. Busy ones are one per call in flight.
+_MAX_IDLE = 16
+# A WAL that cannot be checkpointed is warned about at most this often (seconds).
+_WAL_WARN_EVERY = 300.0
 Synchronous = Literal["normal", "full"]
 
 
@@ -84,6 +93,50 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _DataVersion:
+    """The watcher's probe: ``PRAGMA data_version`` on a connection of its own.
+
+    The number changes whenever another connection commits, in this process or another;
+    a connection that never writes therefore sees every commit. It reads the WAL index in
+    shared memory: no table is touched, and no snapshot is held between reads.
+    """
+
+    def __init__(self, path: str) -> None:
+        # mode=rw: a database that has gone away is an error here, never a new empty file.
+        self._conn = sqlite3.connect(
+            f"{Path(path).as_uri()}?mode=rw",
+            uri=True,
+            timeout=1.0,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        self._cursor = self._conn.cursor()
+
+    def read(self) -> int:
+        # fetchall: the statement runs to its end, so no read transaction stays open.
+        return int(self._cursor.execute("PRAGMA data_version").fetchall()[0][0])
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+_watchers: dict[str, Watcher] = {}
+_watchers_lock = threading.Lock()
+_parked_watchers: list[Watcher] = []  # a parent's, after fork: their probes stay untouched
+
+
+def _watcher_for(path: str) -> Watcher:
+    """This process's watcher of the database at ``path`` (a real path)."""
+    with _watchers_lock:
+        watcher = _watchers.get(path)
+        if watcher is None or watcher.pid != os.getpid():
+            if watcher is not None:
+                _parked_watchers.append(watcher)
+            watcher = Watcher(os.path.basename(path), functools.partial(_DataVersion, path))
+            _watchers[path] = watcher
+        return watcher
 
 
 def _error_name(exc: sqlite3.Error) -> str:
@@ -232,16 +285,20 @@ class SQLiteBackend(SQLBackend):
         self._lock_timeout = lock_timeout
         self._journal_size_limit = journal_size_limit
         self._clock = clock or time.time
-        self._local = threading.local()
-        self._conns: set[sqlite3.Connection] = set()
-        self._conns_lock = threading.Lock()
+        # Connections are pooled, not tied to threads: a call takes one, gives it back when
+        # it ends. So connections follow the calls in flight, whatever the thread churn,
+        # and close() never closes a connection another thread is using.
+        self._idle: list[sqlite3.Connection] = []  # last in, first out: the warmest on top
+        self._conns: set[sqlite3.Connection] = set()  # every trusted one, idle or busy
+        self._pool_lock = threading.Lock()
+        self._generation = _fork_generation
         self._closed = False
         self._q = sql.render(self.name)
         self._sql = self._q.sql
         self._anchor: sqlite3.Connection | None = None
-        self._watch: sqlite3.Connection | None = None
-        self._watch_lock = threading.Lock()
-        self._watch_generation = -1
+        self._watcher: Watcher | None = None
+        self._watch_token = object()  # this object's registration with its watcher
+        self._wal_warned_at = -math.inf
         try:
             if self._memory:
                 # A memdb database lives while one connection is open.
@@ -265,7 +322,7 @@ class SQLiteBackend(SQLBackend):
             self._uri or self.path,
             timeout=self._lock_timeout,
             isolation_level=None,  # we issue BEGIN/COMMIT ourselves
-            check_same_thread=False,  # close() may run on another thread
+            check_same_thread=False,  # calls on any thread share the pool
             uri=self._uri is not None,
             cached_statements=128,
         )
@@ -276,48 +333,113 @@ class SQLiteBackend(SQLBackend):
         except BaseException:
             conn.close()
             raise
-        with self._conns_lock:
-            self._conns.add(conn)
         return conn
 
-    def _connection(self) -> sqlite3.Connection:
+    def _closed_error(self) -> StorageError:
+        return StorageError(
+            f"queue {self.name!r} is closed; create a new queue object", ErrorKind.CLOSED
+        )
+
+    def _check_open(self) -> None:
         if self._closed:
-            raise StorageError(
-                f"queue {self.name!r} is closed; create a new queue object", ErrorKind.CLOSED
-            )
-        local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is not None and local.generation == _fork_generation:
-            return conn
-        if conn is not None:
-            # Inherited through fork: park every connection of this object, untouched.
-            with self._conns_lock:
-                _parked_after_fork.extend(self._conns)
-                self._conns = set()
-            self._anchor = None
-        conn = self._open()
-        local.conn = conn
-        local.generation = _fork_generation
+            raise self._closed_error()
+
+    # The pool's hot path takes no lock: list.pop and list.append are atomic, so an idle
+    # connection goes to exactly one call, and a connection is either in _idle (nobody's)
+    # or held by that one call. close() only closes what it pops from _idle; a call that
+    # finds the queue closed after taking or giving back a connection closes it itself.
+
+    def _checkout(self) -> sqlite3.Connection:
+        """A connection for one call, all to itself until ``_checkin``."""
+        if self._closed or self._generation != _fork_generation:
+            return self._checkout_new()  # raises CLOSED, or sets a parent's aside first
+        try:
+            conn = self._idle.pop()
+        except IndexError:
+            return self._checkout_new()
+        if self._closed:  # closed meanwhile, and close() could not see this one
+            self._checkin(conn)
+            raise self._closed_error()
         return conn
 
-    def _discard(self, conn: sqlite3.Connection) -> None:
-        with self._conns_lock:
+    def _checkout_new(self) -> sqlite3.Connection:
+        with self._pool_lock:
+            if self._closed:
+                raise self._closed_error()
+            if self._generation != _fork_generation:
+                self._leave_inherited()
+        conn = self._open()
+        with self._pool_lock:
+            if not self._closed:
+                self._conns.add(conn)
+                return conn
+        conn.close()
+        raise self._closed_error()
+
+    def _checkin(self, conn: sqlite3.Connection) -> None:
+        """Give a connection back: kept for the next call, or closed if the queue was closed
+        meanwhile (or enough are idle already)."""
+        if not self._closed and len(self._idle) < _MAX_IDLE and conn in self._conns:
+            self._idle.append(conn)
+            if self._closed:  # closed meanwhile: close() may have emptied _idle before
+                self._close_idle()
+            return
+        with self._pool_lock:
+            if conn not in self._conns and any(conn is p for p in _parked_after_fork):
+                return  # inherited through fork (used across it): not ours to close
             self._conns.discard(conn)
-        if getattr(self._local, "conn", None) is conn:
-            self._local.conn = None
         with contextlib.suppress(sqlite3.Error):
             conn.close()
 
-    def close(self) -> None:
-        self._closed = True
-        with self._watch_lock:
-            self._watch = None
-        with self._conns_lock:
-            conns, self._conns = self._conns, set()
-        for conn in conns:
+    def _close_idle(self) -> None:
+        while True:
+            try:
+                conn = self._idle.pop()
+            except IndexError:
+                return
+            with self._pool_lock:
+                self._conns.discard(conn)
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
-        self._anchor = None
+
+    def _leave_inherited(self) -> None:
+        """In a child process after fork (pool lock held): set the parent's connections
+        aside, untouched, and start afresh."""
+        _parked_after_fork.extend(self._conns)
+        if self._anchor is not None:
+            _parked_after_fork.append(self._anchor)
+        self._conns, self._idle, self._anchor = set(), [], None
+        self._watcher = None  # the parent's watcher thread did not come along
+        self._generation = _fork_generation
+
+    @contextlib.contextmanager
+    def _borrowed(self) -> Iterator[sqlite3.Connection]:
+        conn = self._checkout()
+        try:
+            yield conn
+        finally:
+            self._checkin(conn)
+
+    def _discard(self, conn: sqlite3.Connection) -> None:
+        """Stop trusting a connection in use: it is closed when its call gives it back."""
+        with self._pool_lock:
+            self._conns.discard(conn)
+
+    def close(self) -> None:
+        """Close idle connections now, busy ones when their calls end; later calls get
+        ``Err(CLOSED)``. Idempotent, and safe while other threads are inside calls."""
+        with self._pool_lock:
+            self._closed = True
+            if self._generation != _fork_generation:
+                self._leave_inherited()
+            anchor, self._anchor = self._anchor, None
+            watcher, self._watcher = self._watcher, None
+        self._close_idle()
+        if watcher is not None:
+            watcher.unregister(self._watch_token)
+        if anchor is not None:
+            with contextlib.suppress(sqlite3.Error):
+                anchor.close()
 
     # -- transactions --------------------------------------------------------------------
 
@@ -360,7 +482,7 @@ class SQLiteBackend(SQLBackend):
         start = deadline = 0.0  # set at the first conflict: the happy path reads no clock
         attempt = 0
         while True:
-            conn = self._connection()
+            conn = self._checkout()
             try:
                 if write:
                     conn.execute("BEGIN IMMEDIATE")
@@ -382,6 +504,8 @@ class SQLiteBackend(SQLBackend):
                     deadline = start + self._lock_timeout
                 if not self._backoff(attempt, deadline):
                     raise self._locked_error(time.monotonic() - start) from exc
+            finally:
+                self._checkin(conn)
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return self._run(fn, write=True)
@@ -421,12 +545,15 @@ class SQLiteBackend(SQLBackend):
     # -- schema ----------------------------------------------------------------------------
 
     def _init_schema(self, default_max_attempts: int) -> None:
-        conn = self._connection()
         if not self._memory:
             # auto_vacuum only takes effect before the first table exists: new files get
             # incremental vacuum, so maintenance can return free pages in small steps.
-            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            # It is a setting of the connection that creates the tables: setup below
+            # gets this same connection back (the pool is last in, first out, and no
+            # other thread has this object yet).
+            with self._borrowed() as conn:
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 logger.warning("%s: journal_mode is %s, not WAL", self.path, mode)
 
@@ -677,7 +804,7 @@ class SQLiteBackend(SQLBackend):
                 f"Session or Connection on it), got {type(conn).__name__}",
                 ErrorKind.INVALID_INPUT,
             )
-        self._connection()  # raises if closed
+        self._check_open()
         try:
             files = [row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"]
             if (
@@ -743,23 +870,21 @@ class SQLiteBackend(SQLBackend):
             )
         return int(dead + back + ttl)
 
-    def changes(self) -> int:
-        # PRAGMA data_version changes when any *other* connection commits. A dedicated
-        # connection that never writes therefore sees every commit, from this process too.
-        # It reads the WAL index in shared memory: no table is touched.
-        self._connection()  # raises CLOSED once the queue is closed
-        with self._watch_lock:
-            if self._watch is None or self._watch_generation != _fork_generation:
-                if self._watch is not None:
-                    _parked_after_fork.append(self._watch)
-                self._watch = None
-                self._connection()  # raises if closed
-                self._watch = self._open()
-                self._watch_generation = _fork_generation
-            try:
-                return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
-            except sqlite3.Error as exc:
-                raise classify(exc, self.path) from exc
+    def watch(self) -> None:
+        self._check_open()
+        if self._memory:
+            return  # a private in-memory queue has no other writers: its signal says it all
+        watcher = self._watcher
+        if watcher is not None and watcher.pid == os.getpid():
+            return
+        watcher = _watcher_for(os.path.realpath(self.path))
+        with self._pool_lock:
+            if self._closed:
+                raise self._closed_error()
+            self._watcher = watcher
+            watcher.register(self._watch_token, signal_for(self.wakeup_key))
+        # A queue object dropped without close() stops being watched when it is collected.
+        weakref.finalize(self, watcher.unregister, self._watch_token)
 
     # -- inspection --------------------------------------------------------------------
 
@@ -775,9 +900,16 @@ class SQLiteBackend(SQLBackend):
             return int(free), int(conn.execute("PRAGMA page_count").fetchone()[0])
 
         free, total = self._read(free_pages)
+        if not self._memory:
+            # SQLite's automatic checkpoint keeps the WAL short, unless a reader holds it
+            # back: a WAL past its size limit is checked (and warned about) here.
+            with contextlib.suppress(OSError):
+                wal_bytes = os.path.getsize(self.path + "-wal")
+                if wal_bytes > self._journal_size_limit:
+                    self._passive_checkpoint(wal_bytes)
         # A busy queue frees and reuses pages all the time: give space back only when
         # there is some to give (a drained queue), not on every round. The checkpoint is
-        # what makes the file shorter; otherwise SQLite's automatic one keeps the WAL short.
+        # what makes the file shorter.
         if free < max(_KEEP_FREE_PAGES, total // 16):
             return
         pages = min(256 * max(rounds, 1), 4096)
@@ -873,12 +1005,49 @@ class SQLiteBackend(SQLBackend):
                 sizes[key] = 0 if self._memory else os.path.getsize(self.path + suffix)
             except OSError:
                 sizes[key] = 0
+        if not self._memory:
+            frames, behind = self._passive_checkpoint(sizes["wal_bytes"])
+            sizes.update(wal_frames=frames, wal_frames_not_checkpointed=behind)
         return sizes
+
+    def _passive_checkpoint(self, wal_bytes: int) -> tuple[int, int]:
+        """Copy what can be copied from the WAL into the database without waiting for
+        anyone; (frames in the WAL, frames that could not be copied).
+
+        Frames stay behind when another connection reads from an older snapshot: a read
+        transaction left open keeps every later frame in the WAL, so the WAL grows with
+        every write until that reader lets go. Past journal_size_limit, that is warned
+        about (at most every few minutes).
+        """
+        if not wal_bytes:
+            return 0, 0
+        row = self._read(lambda c: c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0])
+        frames, done = max(int(row[1]), 0), max(int(row[2]), 0)
+        behind = frames - done
+        now = time.monotonic()
+        if (
+            behind
+            and wal_bytes > self._journal_size_limit
+            and now - self._wal_warned_at >= _WAL_WARN_EVERY
+        ):
+            self._wal_warned_at = now
+            logger.warning(
+                "%s: the WAL is %.0f MiB and %d of its %d frames cannot be checkpointed: "
+                "another connection holds a read transaction open (a long-running read, "
+                "a cursor not read to the end, a transaction never committed). The WAL "
+                "grows with every write until that reader ends; journal_size_limit only "
+                "applies after a complete checkpoint",
+                self.path,
+                wal_bytes / 2**20,
+                behind,
+                frames,
+            )
+        return frames, behind
 
     def _with_conn(self, conn: Any, fn: Callable[[sqlite3.Connection], T]) -> T:
         if conn is None:
             return self._read(fn)
-        self._connection()  # raises if this queue is closed
+        self._check_open()
         if not isinstance(conn, sqlite3.Connection):
             raise StorageError(
                 f"conn must be a sqlite3.Connection, got {type(conn).__name__}",
@@ -926,8 +1095,10 @@ class SQLiteBackend(SQLBackend):
 
     @contextlib.contextmanager
     def raw_connection(self) -> Iterator[sqlite3.Connection]:
-        """This thread's connection, for callers that need SQL the interface does not offer."""
-        yield self._connection()
+        """A connection of the queue's pool for the ``with`` block, for callers that need SQL
+        the interface does not offer."""
+        with self._borrowed() as conn:
+            yield conn
 
 
 def _payload(raw: bytes | None, is_text: int | None) -> str | bytes | None:
