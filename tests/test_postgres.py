@@ -319,10 +319,10 @@ def _listening(queue: Queue, timeout: float = 5.0) -> int:
     """Wait until the queue's listener connection has run LISTEN; its backend pid."""
     deadline = time.monotonic() + timeout
     backend: Any = queue._backend
-    while not (backend._listening and backend._listen_conn is not None):
+    while not (backend._listening and backend._listener_pid is not None):
         assert time.monotonic() < deadline, "the listener never connected"
         time.sleep(0.01)
-    return int(backend._listen_conn.info.backend_pid)
+    return int(backend._listener_pid)
 
 
 def test_waiter_gets_message_after_its_listener_connection_is_killed(

@@ -177,8 +177,8 @@ class PostgresBackend(SQLBackend):
         self._pool: ConnectionPool[Any] | None = None
         self._pool_lock = threading.Lock()
         self._listener: threading.Thread | None = None
-        self._listen_conn: psycopg.Connection[Any] | None = None
         self._listening = False
+        self._listener_pid: int | None = None  # the server process of the listener, for tests
         try:
             self._init_schema(default_max_attempts)
         except BaseException:
@@ -204,7 +204,6 @@ class PostgresBackend(SQLBackend):
                 # Inherited through fork: the parent's sockets are not ours to use or close.
                 self._pool = None
                 self._listener = None
-                self._listen_conn = None
             if self._pool is None:
                 self._pid = os.getpid()
                 self._pool = ConnectionPool(
@@ -225,10 +224,9 @@ class PostgresBackend(SQLBackend):
         self._closed = True
         with self._pool_lock:
             pool, self._pool = self._pool, None
-            listen, self._listen_conn = self._listen_conn, None
-        if listen is not None:
-            with contextlib.suppress(Exception):
-                listen.close()
+        # The listener's connection is closed by the listener itself, within a second: a
+        # psycopg connection closed by one thread while another runs a statement on it
+        # can crash the process.
         if pool is not None and self._pid == os.getpid():
             with contextlib.suppress(Exception):
                 pool.close(timeout=1.0)
@@ -632,8 +630,7 @@ class PostgresBackend(SQLBackend):
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
-            with self._pool_lock:
-                self._listen_conn = conn
+            self._listener_pid = conn.info.backend_pid
             try:
                 conn.execute("LISTEN sqqueue")
                 if self.schema is not None:
