@@ -121,9 +121,9 @@ def _values(message: NewMessage) -> dict[str, Any]:
         "encoding": message.encoding,
         "checksum": message.checksum,
         "priority": message.priority,
-        "visible_at": message.visible_at,
+        "delay": message.delay,
         "max_attempts": message.max_attempts,
-        "expires_at": message.expires_at,
+        "ttl": message.ttl,
     }
 
 
@@ -154,10 +154,10 @@ class PostgresBackend(SQLBackend):
         *,
         lock_timeout: float = 30.0,
         default_max_attempts: int = 5,
-        clock: Callable[[], float] | None = None,
         policy: Policy | None = None,
         schema: str | None = None,
         pool_size: int = 4,
+        server_clock: Callable[[], float] | None = None,
     ) -> None:
         self.name = validate_queue_name(name)
         if schema is not None:
@@ -168,9 +168,10 @@ class PostgresBackend(SQLBackend):
         self.policy = policy or Policy()
         self.wakeup_key = f"postgres:{self.path}:{schema or ''}:{self.name}"
         self._lock_timeout = lock_timeout
-        self._clock = clock or time.time
+        # The server's clock decides every time; a test may pin it (see postgres_sql).
+        self._server_clock = server_clock
         self._pool_size = pool_size
-        self._q = sql.render(self.name)
+        self._q = sql.render(self.name, pinned=server_clock is not None)
         self._sql = self._q.sql
         self._closed = False
         self._pid = os.getpid()
@@ -404,8 +405,9 @@ class PostgresBackend(SQLBackend):
                     ErrorKind.INVALID_INPUT,
                 )
             conn.execute(
-                "INSERT INTO sqqueue_queues (name, schema_version, created_at) VALUES (%s, %s, %s)",
-                (self.name, SCHEMA_VERSION, float(self._clock())),
+                "INSERT INTO sqqueue_queues (name, schema_version, created_at) VALUES "
+                "(%s, %s, coalesce(%s, extract(epoch FROM clock_timestamp())::float8))",
+                (self.name, SCHEMA_VERSION, self._now()),
             )
             for ddl in self._q.ddl:
                 conn.execute(ddl)
@@ -433,9 +435,11 @@ class PostgresBackend(SQLBackend):
     def _notify(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(self._sql["notify"])  # delivered at commit, to every listener
 
-    def _insert(
-        self, conn: psycopg.Connection[Any], messages: Sequence[NewMessage], now: float
-    ) -> list[int]:
+    def _now(self) -> float | None:
+        return None if self._server_clock is None else float(self._server_clock())
+
+    def _insert(self, conn: psycopg.Connection[Any], messages: Sequence[NewMessage]) -> list[int]:
+        now = self._now()
         policy = self.policy
         if policy.max_depth is not None:
             conn.execute(
@@ -456,22 +460,18 @@ class PostgresBackend(SQLBackend):
                 plans.append((message, -1 - first_in_batch[key], None))
                 continue
             new_id = int(self._one(conn, "next_id")[0])
-            expires = None if window is None else now + window
-            claimed = self._one(
-                conn, "dedup_claim", {"key": key, "id": new_id, "expires_at": expires}
-            )
+            dedup = {"key": key, "id": new_id, "window": window, "now": now}
+            claimed = self._one(conn, "dedup_claim", dedup)
             if claimed is None:
                 # The key is taken (this waited for a concurrent producer to commit).
-                mid, until = self._one(conn, "dedup_get", {"key": key})
-                alive = (until is not None and until > now) or (
-                    until is None and self._one(conn, "exists", {"id": mid})[0]
+                mid, expires, fresh = self._one(conn, "dedup_get", dedup)
+                alive = (expires and fresh) or (
+                    not expires and self._one(conn, "exists", {"id": mid})[0]
                 )
                 if alive:
                     plans.append((message, int(mid), None))
                     continue
-                conn.execute(
-                    self._sql["dedup_set"], {"key": key, "id": new_id, "expires_at": expires}
-                )
+                conn.execute(self._sql["dedup_set"], dedup)
             first_in_batch[key] = index
             plans.append((message, None, new_id))
         fresh = sum(1 for _, dup, _ in plans if dup is None)
@@ -494,74 +494,78 @@ class PostgresBackend(SQLBackend):
             self._notify(conn)  # counted by the insert trigger
         return ids
 
-    def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[int]:
+    def enqueue(self, messages: Sequence[NewMessage]) -> list[int]:
         if self.policy.max_depth is not None or any(
             m.dedup_key is not None or m.group_key is not None for m in messages
         ):
-            return self._write(lambda conn: self._insert(conn, messages, now))
+            return self._write(lambda conn: self._insert(conn, messages))
         # The common case: plain messages, one statement for the whole batch (arrays
         # cost more to send than a single message's values, so one message goes alone).
         rows = [_values(m) for m in messages]
         if len(rows) == 1:
-            one = {**rows[0], "now": now}
+            one = rows[0]
             return self._run(
-                lambda conn: [int(self._one(conn, "insert_one", one)[0])], write=True, single=True
+                lambda conn: [int(self._one(conn, "insert_one", {**one, "now": self._now()})[0])],
+                write=True,
+                single=True,
             )
         many: dict[str, Any] = {key: [row[key] for row in rows] for key in rows[0]}
-        many["now"] = now
         return self._run(
-            lambda conn: [int(i) for i in self._one(conn, "insert_many", many)[0]],
+            lambda conn: [
+                int(i) for i in self._one(conn, "insert_many", {**many, "now": self._now()})[0]
+            ],
             write=True,
             single=True,
         )
 
-    def claim(
-        self, limit: int, now: float, lease_until: float, token: int
-    ) -> tuple[list[StoredMessage], int]:
-        params = {"now": now, "until": lease_until, "token": token, "limit": limit}
+    def claim(self, limit: int, lease: float, token: int) -> tuple[list[StoredMessage], int]:
+        params = {"lease": lease, "token": token, "limit": limit}
         rows = self._run(
-            lambda conn: conn.execute(self._sql["claim_probe"], params).fetchall(),
+            lambda conn: conn.execute(
+                self._sql["claim_probe"], {**params, "now": self._now()}
+            ).fetchall(),
             write=True,
             single=True,
         )
         if rows[0][-1]:
             # Something to fold first (rare): fold and claim in one transaction.
-            return super().claim(limit, now, lease_until, token)
+            return super().claim(limit, lease, token)
         messages = [self._message(row[:-1]) for row in rows if row[0] is not None]
         messages.sort(key=lambda m: (-m.priority, m.visible_at, m.id))
         return messages, 0
 
-    def complete(
-        self, message_id: int, token: int | None, now: float, result: str | None = None
-    ) -> Outcome:
+    def complete(self, message_id: int, token: int | None, result: str | None = None) -> Outcome:
         if self.policy.keeps_history:
-            return super().complete(message_id, token, now, result)
-        params = {"id": message_id, "token": token, "now": now}
+            return super().complete(message_id, token, result)
+        params = {"id": message_id, "token": token}
         row = self._run(
-            lambda conn: self._one(conn, "complete_counted", params), write=True, single=True
+            lambda conn: self._one(conn, "complete_counted", {**params, "now": self._now()}),
+            write=True,
+            single=True,
         )
         if row is not None and row[0]:
             return Outcome.DONE
         return self._read(lambda conn: self._diagnose(conn, message_id, token))
 
-    def complete_many(self, refs: Sequence[tuple[int, int | None]], now: float) -> list[Outcome]:
+    def complete_many(self, refs: Sequence[tuple[int, int | None]]) -> list[Outcome]:
         if self.policy.keeps_history:
-            return super().complete_many(refs, now)
+            return super().complete_many(refs)
         params = {
             "ids": [message_id for message_id, _ in refs],
             "tokens": [token for _, token in refs],
             "n": len(refs),
-            "now": now,
         }
         row = self._run(
-            lambda conn: self._one(conn, "complete_all", params), write=True, single=True
+            lambda conn: self._one(conn, "complete_all", {**params, "now": self._now()}),
+            write=True,
+            single=True,
         )
         if row is not None and row[0] == len(refs):
             return [Outcome.DONE] * len(refs)
         # Nothing was changed: the shared path finds out, message by message, why.
-        return super().complete_many(refs, now)
+        return super().complete_many(refs)
 
-    def enqueue_in(self, conn: Any, messages: Sequence[NewMessage], now: float) -> list[int]:
+    def enqueue_in(self, conn: Any, messages: Sequence[NewMessage]) -> list[int]:
         if not isinstance(conn, psycopg.Connection):
             raise StorageError(
                 "conn must be your psycopg.Connection (or a SQLAlchemy Session or Connection "
@@ -580,11 +584,11 @@ class PostgresBackend(SQLBackend):
                 ErrorKind.INVALID_INPUT,
             )
         try:
-            return self._insert(conn, messages, now)
+            return self._insert(conn, messages)
         except psycopg.Error as exc:
             raise self._classify(exc) from exc
 
-    def _fold_expired(self, conn: psycopg.Connection[Any], now: float) -> int:
+    def _fold_expired(self, conn: psycopg.Connection[Any], now: float | None) -> int:
         params: dict[str, Any] = {"now": now}
         if not self._one(conn, "any_expired", params)[0]:
             return 0
@@ -658,7 +662,7 @@ class PostgresBackend(SQLBackend):
     # -- inspection and maintenance ----------------------------------------------------------
 
     def maintain(self, rounds: int = 1) -> None:
-        self._prune(float(self._clock()))  # autovacuum returns the space on PostgreSQL
+        self._prune()  # autovacuum returns the space on PostgreSQL
 
     # -- hooks of SQLBackend ---------------------------------------------------------------
 
@@ -693,7 +697,7 @@ class PostgresBackend(SQLBackend):
             conn.execute(self._sql["group_lock"], {"group_key": group})
 
     def _other(self, target: str) -> Any:
-        return sql.render(validate_queue_name(target))
+        return sql.render(validate_queue_name(target), pinned=self._server_clock is not None)
 
     def _redrive_into(self, other: Any) -> str:
         return sql.redrive_into(other, self._q)
