@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 import select
 import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 try:
     import psycopg
     from psycopg import errors as pg_errors
-    from psycopg_pool import ConnectionPool
+    from psycopg.conninfo import conninfo_to_dict
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
         "the PostgreSQL backend needs psycopg 3: pip install 'sqqueue[postgres]'"
@@ -61,8 +63,117 @@ _RETRY = (
 )
 
 
+# A new connection refused with one of these is worth trying again until the deadline:
+# the server is there, but starting up or out of connection slots. Any other failure to
+# connect (refused, unknown host, bad password) is reported at once.
+_TRANSIENT_CONNECT = (
+    "the database system is starting up",
+    "too many clients",
+    "remaining connection slots",
+)
+# The listener's longest pause between attempts to reconnect.
+_LISTEN_BACKOFF = 0.5
+# Pools of queue objects inherited through fork: never used nor closed in the child (the
+# sockets are the parent's), and kept referenced so that no finalizer closes them either.
+_parked_after_fork: list[_Pool] = []
+
+
 class _CommitLost(Exception):
     """The connection failed while COMMIT was in flight."""
+
+
+class _ConnectFailed(Exception):
+    """A new connection could not be opened; ``transient``: the server answered that it is
+    starting up or full, so trying again soon may work."""
+
+    def __init__(self, cause: psycopg.Error, transient: bool) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.transient = transient
+
+
+class _PoolBusy(Exception):
+    """Every connection of the pool stayed in use until the call's deadline."""
+
+
+class _Pool:
+    """At most ``size`` connections, each opened when a call needs one, in that call's thread.
+
+    Not psycopg_pool's pool: that one connects from background threads, which retry for
+    minutes and log every failure at WARNING while calls wait on them. Here a call that
+    finds no idle connection opens one itself: a refused or unknown server is an error at
+    once, a server back from a restart is used by the very next call, and nothing is
+    logged on the side.
+    """
+
+    def __init__(self, connect: Callable[[float], psycopg.Connection[Any]], size: int) -> None:
+        self._connect = connect
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._slots = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+        self._closed = False
+        # Figures for the reliability suite, named as psycopg_pool's get_stats() names them.
+        self._stats = dict.fromkeys(
+            ("connections_num", "connections_errors", "connections_lost", "returns_bad"), 0
+        )
+
+    def get(self, deadline: float) -> psycopg.Connection[Any]:
+        """An idle connection, or a new one; waits for a free slot until ``deadline``
+        (``time.monotonic()``)."""
+        if not self._slots.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            raise _PoolBusy()
+        try:
+            with self._lock:
+                if self._idle:
+                    return self._idle.pop()
+            try:
+                conn = self._connect(deadline)
+            except _ConnectFailed:
+                self._stats["connections_errors"] += 1
+                raise
+            self._stats["connections_num"] += 1
+            return conn
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def put(self, conn: psycopg.Connection[Any]) -> None:
+        """Give back a connection from :meth:`get`: kept if it is healthy and idle (not in a
+        transaction), closed otherwise."""
+        try:
+            healthy = (
+                not conn.closed
+                and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            )
+            with self._lock:
+                if healthy and not self._closed:
+                    self._idle.append(conn)
+                    return
+            if not healthy:
+                self._stats["returns_bad"] += 1
+            with contextlib.suppress(Exception):
+                conn.close()
+        finally:
+            self._slots.release()
+
+    def discard(self, conn: psycopg.Connection[Any]) -> None:
+        """Close a connection from :meth:`get` that the server has closed."""
+        self._stats["connections_lost"] += 1
+        with contextlib.suppress(Exception):
+            conn.close()
+        self._slots.release()
+
+    def close(self) -> None:
+        """Close the idle connections; those in use are closed when they come back."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def get_stats(self) -> dict[str, int]:
+        return dict(self._stats)
 
 
 def redact(url: str) -> str:
@@ -175,27 +286,63 @@ class PostgresBackend(SQLBackend):
         self._sql = self._q.sql
         self._closed = False
         self._pid = os.getpid()
-        self._pool: ConnectionPool[Any] | None = None
+        self._pool: _Pool | None = None
         self._pool_lock = threading.Lock()
+        # The lock_timeout each connection was last given (see _bound_lock_wait).
+        self._lock_ms: weakref.WeakKeyDictionary[psycopg.Connection[Any], int] = (
+            weakref.WeakKeyDictionary()
+        )
+        # A connect_timeout in the URL still applies; ours is the call's deadline.
+        timeout = conninfo_to_dict(url).get("connect_timeout")
+        self._url_connect_timeout = float(timeout) if timeout and float(timeout) > 0 else None
         self._listener: threading.Thread | None = None
         self._listening = False
         self._listener_pid: int | None = None  # the server process of the listener, for tests
         try:
             self._init_schema(default_max_attempts)
+        except StorageError as exc:
+            self.close()
+            raise StorageError(f"cannot open queue {self.name!r}: {exc}", exc.kind) from exc
         except BaseException:
             self.close()
             raise
 
     # -- connections -------------------------------------------------------------------
 
-    def _configure(self, conn: psycopg.Connection[Any]) -> None:
-        if self.schema is not None:
-            conn.execute(f'SET search_path TO "{self.schema}"')  # created by _init_schema
-        # A statement waiting on a row or table lock gives up at lock_timeout, like SQLite's
-        # busy timeout; the retry loop then reports LOCKED.
-        conn.execute(f"SET lock_timeout = {max(int(self._lock_timeout * 1000), 1)}")
+    def _connect_timeout(self, deadline: float) -> int:
+        """libpq's connect_timeout for a connection needed by ``deadline``: whole seconds,
+        at least 2 (libpq's minimum), at most the URL's own connect_timeout."""
+        seconds = max(deadline - time.monotonic(), 2.0)
+        if self._url_connect_timeout is not None:
+            seconds = min(seconds, self._url_connect_timeout)
+        return max(math.ceil(seconds), 2)
 
-    def _get_pool(self) -> ConnectionPool[Any]:
+    def _open(self, deadline: float) -> psycopg.Connection[Any]:
+        """A new connection, configured for the queue."""
+        try:
+            # Transactions are explicit (BEGIN ... COMMIT), so that single statements can
+            # run as their own transaction.
+            conn = psycopg.connect(
+                self.url, autocommit=True, connect_timeout=self._connect_timeout(deadline)
+            )
+        except psycopg.Error as exc:
+            text = str(exc)
+            raise _ConnectFailed(exc, any(t in text for t in _TRANSIENT_CONNECT)) from exc
+        try:
+            if self.schema is not None:
+                conn.execute(f'SET search_path TO "{self.schema}"')  # created by _init_schema
+            # A statement waiting on a row or table lock gives up at lock_timeout, like
+            # SQLite's busy timeout; the retry loop then reports LOCKED.
+            ms = max(int(self._lock_timeout * 1000), 1)
+            conn.execute(f"SET lock_timeout = {ms}")
+            self._lock_ms[conn] = ms
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+        return conn
+
+    def _get_pool(self) -> _Pool:
         if self._closed:
             raise StorageError(
                 f"queue {self.name!r} is closed; create a new queue object", ErrorKind.CLOSED
@@ -203,22 +350,12 @@ class PostgresBackend(SQLBackend):
         with self._pool_lock:
             if self._pool is not None and self._pid != os.getpid():
                 # Inherited through fork: the parent's sockets are not ours to use or close.
+                _parked_after_fork.append(self._pool)
                 self._pool = None
                 self._listener = None
             if self._pool is None:
                 self._pid = os.getpid()
-                self._pool = ConnectionPool(
-                    self.url,
-                    min_size=1,
-                    max_size=self._pool_size,
-                    configure=self._configure,
-                    # Transactions are explicit (BEGIN ... COMMIT), so that single
-                    # statements can run as their own transaction.
-                    kwargs={"autocommit": True},
-                    open=True,
-                    timeout=self._lock_timeout,
-                    name=f"sqqueue-{self.name}",
-                )
+                self._pool = _Pool(self._open, self._pool_size)
             return self._pool
 
     def close(self) -> None:
@@ -229,8 +366,7 @@ class PostgresBackend(SQLBackend):
         # psycopg connection closed by one thread while another runs a statement on it
         # can crash the process.
         if pool is not None and self._pid == os.getpid():
-            with contextlib.suppress(Exception):
-                pool.close(timeout=1.0)
+            pool.close()
 
     # -- transactions ----------------------------------------------------------------------
 
@@ -250,11 +386,19 @@ class PostgresBackend(SQLBackend):
             return StorageError(f"{self.path!r} stayed locked ({text})", ErrorKind.LOCKED)
         if isinstance(exc, psycopg.OperationalError):
             return StorageError(
-                f"cannot reach the PostgreSQL server at {self.path!r} ({text}); it is retried "
-                "until lock_timeout, check the server and the network",
+                f"lost the connection to the PostgreSQL server at {self.path!r} ({text}); "
+                "it was retried until lock_timeout, check the server and the network",
                 ErrorKind.STORAGE,
             )
         return StorageError(f"database error on {self.path!r}: {text}", ErrorKind.STORAGE)
+
+    def _unreachable(self, failed: _ConnectFailed) -> StorageError:
+        text = str(failed.cause).strip().splitlines()[0] if str(failed.cause).strip() else ""
+        return StorageError(
+            f"cannot connect to the PostgreSQL server at {self.path!r}: {text}; check that "
+            "it is running and that the URL's host, port, database and credentials are right",
+            ErrorKind.STORAGE,
+        )
 
     def _run(
         self, fn: Callable[[psycopg.Connection[Any]], T], write: bool, single: bool = False
@@ -269,7 +413,23 @@ class PostgresBackend(SQLBackend):
         attempt = 0
         while True:
             try:
-                return self._attempt(fn, single)
+                return self._attempt(fn, single, deadline)
+            except _ConnectFailed as failed:
+                # Refused, unknown host, bad credentials: said at once. A server starting
+                # up (or full) is given until the deadline.
+                attempt += 1
+                remaining = deadline - time.monotonic()
+                if not failed.transient or remaining <= 0:
+                    raise self._unreachable(failed) from failed.cause
+                logger.debug("queue %r: retrying after %s", self.name, failed)
+                time.sleep(min(remaining, random.uniform(0, min(0.01 * 2**attempt, 0.25))))
+            except _PoolBusy:
+                raise StorageError(
+                    f"all {self._pool_size} connections of this queue object to {self.path!r} "
+                    f"stayed in use for {time.monotonic() - start:.1f} s; raise pool_size, or "
+                    f"lock_timeout (now {self._lock_timeout:g} s)",
+                    ErrorKind.LOCKED,
+                ) from None
             except _CommitLost as lost:
                 if not write:
                     # Nothing a read does can have taken effect: just run it again.
@@ -303,7 +463,7 @@ class PostgresBackend(SQLBackend):
             except StorageError:
                 raise
 
-    def _checkout(self, pool: ConnectionPool[Any]) -> psycopg.Connection[Any]:
+    def _checkout(self, pool: _Pool, deadline: float) -> psycopg.Connection[Any]:
         """A pooled connection that was not closed by the server while it sat idle.
 
         An idle connection has nothing to read; if its socket is readable, the server has
@@ -312,10 +472,7 @@ class PostgresBackend(SQLBackend):
         unknown outcome.
         """
         for _ in range(self._pool_size + 1):
-            try:
-                conn: psycopg.Connection[Any] = pool.getconn()
-            except Exception as exc:  # PoolTimeout: the server is not reachable
-                raise psycopg.OperationalError(str(exc)) from exc
+            conn = pool.get(deadline)
             try:
                 readable = bool(select.select([conn.fileno()], [], [], 0)[0])
             except (OSError, ValueError, psycopg.Error):
@@ -323,15 +480,29 @@ class PostgresBackend(SQLBackend):
             if not readable:
                 return conn
             logger.debug("queue %r: replacing a connection the server closed", self.name)
-            with contextlib.suppress(Exception):
-                conn.close()
-            pool.putconn(conn)  # closed: the pool drops it and opens another
+            pool.discard(conn)
         raise psycopg.OperationalError("every pooled connection was closed by the server")
 
-    def _attempt(self, fn: Callable[[psycopg.Connection[Any]], T], single: bool) -> T:
+    def _bound_lock_wait(self, conn: psycopg.Connection[Any], deadline: float) -> None:
+        """Keep the statements' wait for locks within what is left until the call's
+        deadline, so that a call that already waited (for a connection, or in an earlier
+        attempt) does not then wait a whole lock_timeout more. Costs a round trip only
+        when the setting has to change."""
+        full = self._lock_timeout
+        remaining = deadline - time.monotonic()
+        wanted = full if remaining >= 0.9 * full else max(remaining, 0.001)
+        ms = max(int(wanted * 1000), 1)
+        if self._lock_ms.get(conn) != ms:
+            conn.execute(f"SET lock_timeout = {ms}")
+            self._lock_ms[conn] = ms
+
+    def _attempt(
+        self, fn: Callable[[psycopg.Connection[Any]], T], single: bool, deadline: float
+    ) -> T:
         pool = self._get_pool()
-        conn = self._checkout(pool)
+        conn = self._checkout(pool, deadline)
         try:
+            self._bound_lock_wait(conn, deadline)
             if single:
                 try:
                     return fn(conn)
@@ -353,7 +524,7 @@ class PostgresBackend(SQLBackend):
                 raise _CommitLost() from exc
             return result
         finally:
-            pool.putconn(conn)  # a broken connection is discarded by the pool
+            pool.put(conn)  # a broken connection is closed, not kept
 
     def _write(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         return self._run(fn, write=True)
@@ -626,13 +797,19 @@ class PostgresBackend(SQLBackend):
         pid = os.getpid()
         while not self._closed and pid == os.getpid():
             try:
-                conn = psycopg.connect(self.url, autocommit=True)
+                conn = psycopg.connect(
+                    self.url,
+                    autocommit=True,
+                    connect_timeout=self._connect_timeout(time.monotonic() + 5),
+                )
             except psycopg.Error:
+                # The server is down: try again soon, so that waiting consumers are woken
+                # by notifications again within about half a second of its return.
                 self._listening = False
                 # No notifications meanwhile: waiters look for themselves at each retry.
                 signal.nudge()
                 time.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = min(backoff * 2, _LISTEN_BACKOFF)
                 continue
             self._listener_pid = conn.info.backend_pid
             try:
