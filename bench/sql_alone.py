@@ -62,7 +62,7 @@ def replay(ours: Any) -> dict[str, Step]:
     def claim(limit: int) -> tuple[list[Any], int]:
         now = time.time()
         token = random.getrandbits(62)
-        params = {"now": now, "until": now + lease, "token": token, "limit": limit}
+        params = {"now": now, "lease": lease, "token": token, "limit": limit}
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(sql["any_expired"], {"now": now}).fetchone()
         rows = conn.execute(sql["claim_pick"], params).fetchall()
@@ -89,13 +89,14 @@ def replay(ours: Any) -> dict[str, Step]:
     def enqueue() -> None:
         now = time.time()
         # One statement in autocommit mode: a transaction of its own, as enqueue() runs it.
-        conn.execute(sql["insert_plain"], (PAYLOAD, "text", CRC, 0, now, 5, now, None))
+        # (payload, encoding, checksum, priority, delay, max_attempts, now, ttl)
+        conn.execute(sql["insert_plain"], (PAYLOAD, "text", CRC, 0, 0.0, 5, now, None))
 
     def enqueue_batch() -> None:
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         first = conn.execute(sql["next_id"]).fetchone()[0]
-        rows = [(PAYLOAD, "text", CRC, 0, now, 5, now, None, first + i) for i in range(BATCH)]
+        rows = [(PAYLOAD, "text", CRC, 0, 0.0, 5, now, None, first + i) for i in range(BATCH)]
         conn.executemany(sql["insert_plain_at"], rows)
         conn.execute("COMMIT")
 

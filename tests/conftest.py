@@ -177,9 +177,12 @@ class QueueTarget:
     schema: str | None = None
 
     def open(self, table_name: str = "jobs", **settings: Any) -> Queue:
-        """A new queue object on this target (the caller closes it)."""
+        """A new queue object on this target (the caller closes it); on PostgreSQL a fake
+        ``clock`` also pins the server's time (see ``make_queue``)."""
         if self.backend == "sqlite":
             return connect(self.url, table_name, **settings)
+        if isinstance(settings.get("clock"), FakeClock):
+            settings.setdefault("server_clock", settings["clock"])
         return PostgresQueue(self.url, table_name, schema=self.schema, **settings)
 
     def run_sql(self, statements: list[str]) -> None:
@@ -262,7 +265,12 @@ def make_queue_target(
 @pytest.fixture
 def make_queue(queue_target: QueueTarget, clock: FakeClock) -> Iterator[Callable[..., Queue]]:
     """Factory for queues on the parametrized backend using the fake clock; all closed at
-    teardown. Every queue a test makes shares one database (file or schema)."""
+    teardown. Every queue a test makes shares one database (file or schema).
+
+    PostgreSQL measures time on the server's clock, not on the queue's ``clock``: there a
+    fake clock is also given as ``server_clock``, the hook that pins the server's time in
+    the queue's statements, so that ``clock.advance()`` moves time on both backends. A
+    test that passes another clock (``clock=time.time``) gets the server's real clock."""
     made: list[Queue] = []
 
     def make(**kwargs: Any) -> Queue:
@@ -273,6 +281,8 @@ def make_queue(queue_target: QueueTarget, clock: FakeClock) -> Iterator[Callable
             kwargs["db_path"] = queue_target.url[len("sqlite:///") :]
             queue: Queue = SQLiteQueue(**kwargs)
         else:
+            if isinstance(kwargs["clock"], FakeClock):
+                kwargs.setdefault("server_clock", kwargs["clock"])
             queue = PostgresQueue(queue_target.url, schema=queue_target.schema, **kwargs)
         made.append(queue)
         return queue

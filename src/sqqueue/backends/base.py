@@ -1,8 +1,12 @@
 """The storage interface the queue logic talks to.
 
 A backend stores rows and runs each operation as one atomic transaction; it knows nothing
-about payload types, Results or metrics. Times are Unix seconds passed in by the caller,
-so the queue's clock (injectable in tests) is the only clock.
+about payload types, Results or metrics. Times are Unix seconds, and the backend decides
+what "now" is, at the moment it matters: SQLite reads the queue's clock (injectable in
+tests) once the write lock is held, PostgreSQL uses the server's clock in its statements.
+The caller passes durations (a lease, a delay), never instants, so a call that waited for
+a lock, a connection or a retry still gets its whole lease, and clients whose clocks
+disagree share one clock on the server.
 """
 
 from __future__ import annotations
@@ -59,11 +63,11 @@ class NewMessage(NamedTuple):
     encoding: str
     checksum: int
     priority: int
-    visible_at: float
+    delay: float  #: seconds until it may be delivered (0: at once)
     max_attempts: int
     dedup_key: str | None = None
     group_key: str | None = None
-    expires_at: float | None = None
+    ttl: float | None = None  #: seconds it may wait to be delivered (None: forever)
 
 
 class StoredMessage(NamedTuple):
@@ -82,7 +86,8 @@ class StoredMessage(NamedTuple):
     group_key: str | None = None
     expires_at: float | None = None
     prior_attempts: int = 0
-    status: str = "pending"  #: pending (incl. delayed), waiting or processing
+    #: pending (incl. delayed), waiting or processing; "delayed" in a listing of all states
+    status: str = "pending"
 
 
 class StoredDeadLetter(NamedTuple):
@@ -129,8 +134,8 @@ class Backend(ABC):
     """One queue's storage. Implementations: SQLite (``sqlite.py``), PostgreSQL later.
 
     ``token`` arguments fence leases: when given, the call only acts if the message is
-    still held under that token and the lease has not expired at ``now``. ``None`` means
-    "whoever holds a live lease" (a caller that only knows the id).
+    still held under that token and the lease has not expired. ``None`` means "whoever
+    holds a live lease" (a caller that only knows the id).
     """
 
     name: str
@@ -139,7 +144,7 @@ class Backend(ABC):
     wakeup_key: str
 
     @abstractmethod
-    def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[int]:
+    def enqueue(self, messages: Sequence[NewMessage]) -> list[int]:
         """Insert all messages in one transaction; return their ids in order.
 
         A message whose dedup key was seen within the policy's window is not inserted:
@@ -147,28 +152,25 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def enqueue_in(self, conn: Any, messages: Sequence[NewMessage], now: float) -> list[int]:
+    def enqueue_in(self, conn: Any, messages: Sequence[NewMessage]) -> list[int]:
         """``enqueue`` inside the caller's own open transaction on ``conn`` (outbox)."""
 
     @abstractmethod
-    def claim(
-        self, limit: int, now: float, lease_until: float, token: int
-    ) -> tuple[list[StoredMessage], int]:
-        """Lease up to ``limit`` ready messages, best first, in one transaction.
+    def claim(self, limit: int, lease: float, token: int) -> tuple[list[StoredMessage], int]:
+        """Lease up to ``limit`` ready messages, best first, in one transaction, for
+        ``lease`` seconds from the moment the claim holds its locks.
 
         Expired leases are folded back first (to pending, or to the dead-letter queue on
         their last attempt). Returns the claimed rows and how many leases were folded.
         """
 
     @abstractmethod
-    def complete(
-        self, message_id: int, token: int | None, now: float, result: str | None = None
-    ) -> Outcome:
+    def complete(self, message_id: int, token: int | None, result: str | None = None) -> Outcome:
         """Delete a message held under a live lease (keeping it, with ``result``, when the
         policy keeps history)."""
 
     @abstractmethod
-    def complete_many(self, refs: Sequence[tuple[int, int | None]], now: float) -> list[Outcome]:
+    def complete_many(self, refs: Sequence[tuple[int, int | None]]) -> list[Outcome]:
         """Complete several (id, token) messages in one transaction, all or none: if any
         is refused, nothing changes. Returns each one's outcome."""
 
@@ -177,19 +179,17 @@ class Backend(ABC):
         self,
         message_id: int,
         token: int | None,
-        now: float,
-        visible_at: float,
+        delay: float,
         error: str | None,
         refund_attempt: bool,
     ) -> Outcome:
-        """Return a leased message to pending, visible from ``visible_at``."""
+        """Return a leased message to pending, visible ``delay`` seconds from now."""
 
     @abstractmethod
     def fail(
         self,
         message_id: int,
         token: int | None,
-        now: float,
         error: str | None,
         retry_after: Callable[[int], float],
         force_dead: bool,
@@ -198,16 +198,20 @@ class Backend(ABC):
 
         The message goes to the dead-letter queue (keeping its id and history) when
         ``force_dead`` or when it has used all its attempts, else back to pending, visible
-        ``retry_after(attempts)`` seconds from ``now``. With ``force_dead`` a pending message is buried too (the
-        immediate failure of the lifecycle). Returns the outcome and whether it died.
+        ``retry_after(attempts)`` seconds from now. With ``force_dead`` a pending message is
+        buried too (the immediate failure of the lifecycle). Returns the outcome and whether
+        it died.
         """
 
     @abstractmethod
-    def extend(self, message_id: int, token: int | None, now: float, lease_until: float) -> Outcome:
-        """Move a live lease's expiry to ``lease_until``."""
+    def extend(
+        self, message_id: int, token: int | None, seconds: float
+    ) -> tuple[Outcome, float | None]:
+        """Move a live lease's expiry to ``seconds`` from now; the outcome and the new
+        expiry (None when refused)."""
 
     @abstractmethod
-    def peek(self, now: float) -> StoredMessage | None:
+    def peek(self) -> StoredMessage | None:
         """The message the next claim would take, unchanged."""
 
     @abstractmethod
@@ -219,9 +223,10 @@ class Backend(ABC):
         """Messages waiting to be delivered (ready or delayed)."""
 
     @abstractmethod
-    def next_due(self, now: float) -> float | None:
-        """The earliest time a claim could succeed: the first pending message's visibility
-        or lease expiry (``<= now`` when something is claimable already), None if empty."""
+    def next_due(self) -> float | None:
+        """Seconds until a claim could succeed: until the first pending message's
+        visibility or lease expiry (``<= 0`` when something is claimable already), None if
+        the queue is empty."""
 
     @abstractmethod
     def watch(self) -> None:
@@ -236,7 +241,7 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def recover(self, now: float) -> int:
+    def recover(self) -> int:
         """Fold every expired lease back now; return how many."""
 
     @abstractmethod
@@ -244,12 +249,12 @@ class Backend(ABC):
         """All dead letters, oldest death first."""
 
     @abstractmethod
-    def revive(self, message_id: int, now: float) -> bool:
+    def revive(self, message_id: int) -> bool:
         """Move a dead letter back to pending with its id, attempts reset; False if absent."""
 
     @abstractmethod
     def redrive(
-        self, ids: Sequence[int] | None, target: str | None, now: float, limit: int, after: int
+        self, ids: Sequence[int] | None, target: str | None, limit: int, after: int
     ) -> tuple[list[int], list[int]]:
         """Move up to ``limit`` dead letters (``ids``, or every id after ``after``) back to
         this queue (same ids) or to queue ``target``; returns (moved, not found)."""
@@ -263,7 +268,6 @@ class Backend(ABC):
         self,
         messages: Sequence[tuple[StoredMessage, str]],
         dead: Sequence[StoredDeadLetter],
-        now: float,
     ) -> None:
         """Insert copied messages (with the status to give them) and dead letters, keeping
         their ids, in one transaction."""
@@ -278,24 +282,26 @@ class Backend(ABC):
         delayed), ``processing``, ``waiting`` (group members behind their head), ``dead``."""
 
     @abstractmethod
-    def stats(self, now: float, horizon: float) -> dict[str, Any]:
-        """Counts by state (from maintained counters), totals since creation, oldest ready
-        message's visibility time, leases expiring before ``now + horizon``, file sizes."""
+    def stats(self, horizon: float) -> dict[str, Any]:
+        """Counts by state (from maintained counters), totals since creation, how long the
+        oldest ready message has been visible, leases expiring within ``horizon`` seconds,
+        file sizes."""
 
     @abstractmethod
     def list_messages(
-        self, state: str, now: float, limit: int, after_id: int
+        self, state: str, limit: int, after_id: int
     ) -> list[StoredMessage] | list[StoredDeadLetter] | list[StoredDone]:
         """A page of messages in ``state`` (pending, delayed, waiting, processing, dead,
-        done, all) by id."""
+        done, all) by id; in "all", a delayed message's status says "delayed"."""
 
     @abstractmethod
     def find(self, message_id: int) -> StoredMessage | StoredDeadLetter | StoredDone | None:
         """One message by id: in the queue, a dead letter, or kept history; None if absent."""
 
     @abstractmethod
-    def purge(self, states: Sequence[str], now: float, older_than: float | None) -> int:
-        """Delete messages in ``states`` (created before ``older_than`` if given), atomically."""
+    def purge(self, states: Sequence[str], older_than: float | None) -> int:
+        """Delete messages in ``states`` (created more than ``older_than`` seconds ago if
+        given), atomically."""
 
     @abstractmethod
     def maintain(self, rounds: int = 1) -> None:
@@ -315,7 +321,7 @@ class Backend(ABC):
         """Release connections. Idempotent."""
 
 
-def import_params(row: StoredMessage, status: str, now: float) -> dict[str, Any]:
+def import_params(row: StoredMessage, status: str) -> dict[str, Any]:
     """Parameters of an ``import_message`` statement (copying between backends)."""
     return {
         "id": row.id,
@@ -329,7 +335,6 @@ def import_params(row: StoredMessage, status: str, now: float) -> dict[str, Any]
         "max_attempts": row.max_attempts,
         "last_error": row.last_error,
         "created_at": row.created_at,
-        "now": now,
         "group_key": row.group_key,
         "expires_at": row.expires_at,
         "prior_attempts": row.prior_attempts,

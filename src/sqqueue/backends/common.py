@@ -6,6 +6,11 @@ database's own tools (claiming and folding under concurrency, deduplication race
 payloads). Everything else, the state checks, fencing, dead-lettering and bookkeeping,
 is here, over a small set of hooks. Both drivers take the same named parameters
 (``{"id": 1, "now": ...}``) and return cursors with ``fetchone``/``fetchall``/``rowcount``.
+
+Times: every statement computes its instants from ``now`` and durations (``now + lease``).
+``now`` comes from :meth:`SQLBackend._now`, read inside the transaction, once the locks
+are held: SQLite's statements use it as given; PostgreSQL's use the server's clock instead
+(see ``postgres_sql``), so there ``now`` only matters to tests that pin the server's time.
 """
 
 from __future__ import annotations
@@ -80,7 +85,12 @@ class SQLBackend(Backend):
         """How a payload is bound in an import statement."""
 
     @abstractmethod
-    def _fold_expired(self, conn: Conn, now: float) -> int:
+    def _now(self) -> float | None:
+        """The time for the statements about to run, read once the transaction holds its
+        locks (PostgreSQL: None, unless a test pins the server's time)."""
+
+    @abstractmethod
+    def _fold_expired(self, conn: Conn, now: float | None) -> int:
         """Expired leases back to pending (or dead), messages past their TTL out."""
 
     def _claim_rows(self, conn: Conn, params: dict[str, Any]) -> list[Any]:
@@ -163,20 +173,18 @@ class SQLBackend(Backend):
             return Outcome.LEASE_LOST
         return Outcome.LEASE_EXPIRED
 
-    def _bury(self, conn: Conn, message_id: int, now: float, error: str | None) -> None:
+    def _bury(self, conn: Conn, message_id: int, now: float | None, error: str | None) -> None:
         params = {"id": message_id, "now": now, "error": self._store_text(error)}
         conn.execute(self._sql["bury"], params)
         conn.execute(self._sql["delete"], {"id": message_id})
 
     # -- operations ----------------------------------------------------------------------
 
-    def claim(
-        self, limit: int, now: float, lease_until: float, token: int
-    ) -> tuple[list[StoredMessage], int]:
-        params = {"now": now, "until": lease_until, "token": token, "limit": limit}
-
+    def claim(self, limit: int, lease: float, token: int) -> tuple[list[StoredMessage], int]:
         def run(conn: Conn) -> tuple[list[StoredMessage], int]:
+            now = self._now()
             folded = self._fold_expired(conn, now)
+            params = {"now": now, "lease": lease, "token": token, "limit": limit}
             rows = self._claim_rows(conn, params)
             return self._with_bodies(conn, [self._message(r) for r in rows]), folded
 
@@ -186,7 +194,12 @@ class SQLBackend(Backend):
         return messages, folded
 
     def _complete_one(
-        self, conn: Conn, message_id: int, token: int | None, now: float, result: str | None = None
+        self,
+        conn: Conn,
+        message_id: int,
+        token: int | None,
+        now: float | None,
+        result: str | None = None,
     ) -> Outcome:
         params = {"id": message_id, "token": token, "now": now, "result": result}
         keep = self.policy.keeps_history
@@ -196,19 +209,18 @@ class SQLBackend(Backend):
             return Outcome.DONE
         return self._diagnose(conn, message_id, token)
 
-    def complete(
-        self, message_id: int, token: int | None, now: float, result: str | None = None
-    ) -> Outcome:
+    def complete(self, message_id: int, token: int | None, result: str | None = None) -> Outcome:
         def run(conn: Conn) -> Outcome:
-            outcome = self._complete_one(conn, message_id, token, now, result)
+            outcome = self._complete_one(conn, message_id, token, self._now(), result)
             if outcome is Outcome.DONE:
                 self._bump(conn, completed=1)
             return outcome
 
         return self._write(run)
 
-    def complete_many(self, refs: Sequence[tuple[int, int | None]], now: float) -> list[Outcome]:
+    def complete_many(self, refs: Sequence[tuple[int, int | None]]) -> list[Outcome]:
         def run(conn: Conn) -> list[Outcome]:
+            now = self._now()
             outcomes = [self._complete_one(conn, mid, token, now) for mid, token in refs]
             if any(o is not Outcome.DONE for o in outcomes):
                 raise _Refused(outcomes)  # rolls the whole batch back
@@ -224,22 +236,20 @@ class SQLBackend(Backend):
         self,
         message_id: int,
         token: int | None,
-        now: float,
-        visible_at: float,
+        delay: float,
         error: str | None,
         refund_attempt: bool,
     ) -> Outcome:
         params = {
             "id": message_id,
             "token": token,
-            "now": now,
-            "visible_at": visible_at,
+            "delay": delay,
             "error": self._store_text(error),
             "refund": 1 if refund_attempt else 0,
         }
 
         def run(conn: Conn) -> Outcome:
-            if conn.execute(self._sql["release"], params).rowcount:
+            if conn.execute(self._sql["release"], {**params, "now": self._now()}).rowcount:
                 self._notify(conn)
                 return Outcome.DONE
             return self._diagnose(conn, message_id, token)
@@ -250,14 +260,13 @@ class SQLBackend(Backend):
         self,
         message_id: int,
         token: int | None,
-        now: float,
         error: str | None,
         retry_after: Callable[[int], float],
         force_dead: bool,
     ) -> tuple[Outcome, bool]:
-        live = {"id": message_id, "token": token, "now": now}
-
         def run(conn: Conn) -> tuple[Outcome, bool]:
+            now = self._now()
+            live = {"id": message_id, "token": token, "now": now}
             row = self._one(conn, "attempts_if_live", live)
             if row is None:
                 outcome = self._diagnose(conn, message_id, token)
@@ -273,7 +282,7 @@ class SQLBackend(Backend):
                 return Outcome.DONE, True
             retry = {
                 **live,
-                "visible_at": now + retry_after(attempts),
+                "delay": retry_after(attempts),
                 "error": self._store_text(error),
             }
             conn.execute(self._sql["release"], {**retry, "refund": 0})
@@ -283,20 +292,24 @@ class SQLBackend(Backend):
 
         return self._write(run)
 
-    def extend(self, message_id: int, token: int | None, now: float, lease_until: float) -> Outcome:
-        params = {"id": message_id, "token": token, "now": now, "until": lease_until}
+    def extend(
+        self, message_id: int, token: int | None, seconds: float
+    ) -> tuple[Outcome, float | None]:
+        params = {"id": message_id, "token": token, "lease": seconds}
 
-        def run(conn: Conn) -> Outcome:
-            if conn.execute(self._sql["extend"], params).rowcount:
-                return Outcome.DONE
-            return self._diagnose(conn, message_id, token)
+        def run(conn: Conn) -> tuple[Outcome, float | None]:
+            row = self._one(conn, "extend", {**params, "now": self._now()})
+            if row is not None:
+                return Outcome.DONE, float(row[0])
+            return self._diagnose(conn, message_id, token), None
 
         return self._write(run)
 
-    def peek(self, now: float) -> StoredMessage | None:
+    def peek(self) -> StoredMessage | None:
         def run(conn: Conn) -> StoredMessage | None:
-            ready = self._one(conn, "peek", {"now": now})
-            expired = self._one(conn, "peek_expired", {"now": now})
+            now = {"now": self._now()}
+            ready = self._one(conn, "peek", now)
+            expired = self._one(conn, "peek_expired", now)
             chosen = peek_choice(
                 None if ready is None else self._message(ready),
                 None if expired is None else self._message(expired),
@@ -311,12 +324,12 @@ class SQLBackend(Backend):
     def count_pending(self) -> int:
         return int(self._read(lambda conn: self._one(conn, "count_pending")[0]))
 
-    def next_due(self, now: float) -> float | None:
-        row = self._read(lambda conn: self._one(conn, "next_due"))
+    def next_due(self) -> float | None:
+        row = self._read(lambda conn: self._one(conn, "next_due", {"now": self._now()}))
         return None if row is None or row[0] is None else float(row[0])
 
-    def recover(self, now: float) -> int:
-        return self._write(lambda conn: self._fold_expired(conn, now))
+    def recover(self) -> int:
+        return self._write(lambda conn: self._fold_expired(conn, self._now()))
 
     def dead_letters(self) -> list[StoredDeadLetter]:
         def run(conn: Conn) -> list[StoredDeadLetter]:
@@ -325,7 +338,7 @@ class SQLBackend(Backend):
 
         return self._read_tx(run)
 
-    def _revive_one(self, conn: Conn, message_id: int, now: float) -> bool:
+    def _revive_one(self, conn: Conn, message_id: int, now: float | None) -> bool:
         params = {"id": message_id, "now": now}
         found = self._one(conn, "dead_group", params)
         if found is None:
@@ -336,9 +349,9 @@ class SQLBackend(Backend):
         self._count_revived(conn)
         return True
 
-    def revive(self, message_id: int, now: float) -> bool:
+    def revive(self, message_id: int) -> bool:
         def run(conn: Conn) -> bool:
-            if not self._revive_one(conn, message_id, now):
+            if not self._revive_one(conn, message_id, self._now()):
                 return False
             self._notify(conn)
             return True
@@ -354,11 +367,12 @@ class SQLBackend(Backend):
         """The statement moving one of our dead letters into queue ``other``."""
 
     def redrive(
-        self, ids: Sequence[int] | None, target: str | None, now: float, limit: int, after: int
+        self, ids: Sequence[int] | None, target: str | None, limit: int, after: int
     ) -> tuple[list[int], list[int]]:
         other = None if target is None or target == self.name else self._other(target)
 
         def run(conn: Conn) -> tuple[list[int], list[int]]:
+            now = self._now()
             if ids is None:
                 found = conn.execute(self._sql["dead_ids"], {"after": after, "limit": limit})
                 chosen = [int(r[0]) for r in found.fetchall()]
@@ -401,12 +415,12 @@ class SQLBackend(Backend):
         self,
         messages: Sequence[tuple[StoredMessage, str]],
         dead: Sequence[StoredDeadLetter],
-        now: float,
     ) -> None:
         def run(conn: Conn) -> None:
+            now = self._now()
             self._reserve_ids(conn, max([0, *(r.id for r, _ in messages), *(d.id for d in dead)]))
             for row, status in messages:
-                params = {**import_params(row, status, now), **self._body_params(row.data)}
+                params = {**import_params(row, status), **self._body_params(row.data), "now": now}
                 conn.execute(self._sql["import_message"], params)
             for letter in dead:
                 params = {**dead_params(letter), **self._body_params(letter.data)}
@@ -434,26 +448,27 @@ class SQLBackend(Backend):
         write-ahead log is from being checkpointed."""
         return {"db_bytes": 0, "wal_bytes": 0, "wal_frames": 0, "wal_frames_not_checkpointed": 0}
 
-    def stats(self, now: float, horizon: float) -> dict[str, Any]:
+    def stats(self, horizon: float) -> dict[str, Any]:
         def run(conn: Conn) -> dict[str, Any]:
+            now = self._now()
             return {
                 "counters": self._one(conn, "counters"),
                 "delayed_oldest": self._one(conn, "delayed_and_oldest", {"now": now}),
                 "waiting": self._one(conn, "waiting")[0],
-                "expiring": self._one(conn, "expiring", {"horizon": now + horizon})[0],
+                "expiring": self._one(conn, "expiring", {"now": now, "horizon": horizon})[0],
             }
 
         found = self._read_tx(run)
         (pending, processing, dead, enqueued, completed, failed, dead_lettered, expired,
          ttl_expired, created) = found["counters"]  # fmt: skip
-        delayed, oldest = found["delayed_oldest"]
+        delayed, oldest_age = found["delayed_oldest"]
         return {
             "pending": int(pending) - int(delayed) - int(found["waiting"]),
             "delayed": int(delayed),
             "waiting": int(found["waiting"]),
             "processing": int(processing),
             "dead": int(dead),
-            "oldest_pending_at": oldest,
+            "oldest_pending_age": None if oldest_age is None else float(oldest_age),
             "expiring": int(found["expiring"]),
             "enqueued_total": int(enqueued),
             "completed_total": int(completed),
@@ -466,13 +481,14 @@ class SQLBackend(Backend):
         }
 
     def list_messages(
-        self, state: str, now: float, limit: int, after_id: int
+        self, state: str, limit: int, after_id: int
     ) -> list[StoredMessage] | list[StoredDeadLetter] | list[StoredDone]:
-        params = {"now": now, "limit": limit, "after": after_id}
+        params = {"limit": limit, "after": after_id}
         convert = {"dead": self._dead, "done": self._done}.get(state, self._message)
 
         def run(conn: Conn) -> Any:
-            rows = conn.execute(self._sql[f"list_{state}"], params).fetchall()
+            rows = conn.execute(self._sql[f"list_{state}"], {**params, "now": self._now()})
+            rows = rows.fetchall()
             return self._with_bodies(conn, [convert(r) for r in rows])
 
         result: list[StoredMessage] | list[StoredDeadLetter] | list[StoredDone]
@@ -480,9 +496,8 @@ class SQLBackend(Backend):
         return result
 
     def find(self, message_id: int) -> StoredMessage | StoredDeadLetter | StoredDone | None:
-        params = {"id": message_id}
-
         def run(conn: Conn) -> StoredMessage | StoredDeadLetter | StoredDone | None:
+            params = {"id": message_id, "now": self._now()}
             converters: dict[str, Callable[[Any], Any]] = {
                 "find": self._message,
                 "find_dead": self._dead,
@@ -498,24 +513,23 @@ class SQLBackend(Backend):
 
         return self._read_tx(run)
 
-    def purge(self, states: Sequence[str], now: float, older_than: float | None) -> int:
-        params = {"now": now, "cutoff": older_than}
-
+    def purge(self, states: Sequence[str], older_than: float | None) -> int:
         def run(conn: Conn) -> int:
+            params = {"now": self._now(), "age": older_than}
             # Waiting group members first, so deleting their heads promotes nothing.
             ordered = sorted(states, key=lambda s: s != "waiting")
             return sum(conn.execute(self._sql[f"purge_{s}"], params).rowcount for s in ordered)
 
         return self._write(run)
 
-    def _prune(self, now: float) -> None:
+    def _prune(self) -> None:
         """Retention and dedup upkeep, in bounded steps."""
         policy = self.policy
-        batch = {"batch": 500, "now": now}
 
         def run(conn: Conn) -> None:
+            batch = {"batch": 500, "now": self._now()}
             if policy.retention is not None:
-                cutoff = {**batch, "cutoff": now - policy.retention}
+                cutoff = {**batch, "age": policy.retention}
                 conn.execute(self._sql["prune_done_age"], cutoff)
             if policy.retention_max is not None:
                 keep = {**batch, "keep": policy.retention_max}

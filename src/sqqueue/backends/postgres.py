@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 import select
 import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 try:
     import psycopg
     from psycopg import errors as pg_errors
-    from psycopg_pool import ConnectionPool
+    from psycopg.conninfo import conninfo_to_dict
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
         "the PostgreSQL backend needs psycopg 3: pip install 'sqqueue[postgres]'"
@@ -61,8 +63,117 @@ _RETRY = (
 )
 
 
+# A new connection refused with one of these is worth trying again until the deadline:
+# the server is there, but starting up or out of connection slots. Any other failure to
+# connect (refused, unknown host, bad password) is reported at once.
+_TRANSIENT_CONNECT = (
+    "the database system is starting up",
+    "too many clients",
+    "remaining connection slots",
+)
+# The listener's longest pause between attempts to reconnect.
+_LISTEN_BACKOFF = 0.5
+# Pools of queue objects inherited through fork: never used nor closed in the child (the
+# sockets are the parent's), and kept referenced so that no finalizer closes them either.
+_parked_after_fork: list[_Pool] = []
+
+
 class _CommitLost(Exception):
     """The connection failed while COMMIT was in flight."""
+
+
+class _ConnectFailed(Exception):
+    """A new connection could not be opened; ``transient``: the server answered that it is
+    starting up or full, so trying again soon may work."""
+
+    def __init__(self, cause: psycopg.Error, transient: bool) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.transient = transient
+
+
+class _PoolBusy(Exception):
+    """Every connection of the pool stayed in use until the call's deadline."""
+
+
+class _Pool:
+    """At most ``size`` connections, each opened when a call needs one, in that call's thread.
+
+    Not psycopg_pool's pool: that one connects from background threads, which retry for
+    minutes and log every failure at WARNING while calls wait on them. Here a call that
+    finds no idle connection opens one itself: a refused or unknown server is an error at
+    once, a server back from a restart is used by the very next call, and nothing is
+    logged on the side.
+    """
+
+    def __init__(self, connect: Callable[[float], psycopg.Connection[Any]], size: int) -> None:
+        self._connect = connect
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._slots = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+        self._closed = False
+        # Figures for the reliability suite, named as psycopg_pool's get_stats() names them.
+        self._stats = dict.fromkeys(
+            ("connections_num", "connections_errors", "connections_lost", "returns_bad"), 0
+        )
+
+    def get(self, deadline: float) -> psycopg.Connection[Any]:
+        """An idle connection, or a new one; waits for a free slot until ``deadline``
+        (``time.monotonic()``)."""
+        if not self._slots.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            raise _PoolBusy()
+        try:
+            with self._lock:
+                if self._idle:
+                    return self._idle.pop()
+            try:
+                conn = self._connect(deadline)
+            except _ConnectFailed:
+                self._stats["connections_errors"] += 1
+                raise
+            self._stats["connections_num"] += 1
+            return conn
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def put(self, conn: psycopg.Connection[Any]) -> None:
+        """Give back a connection from :meth:`get`: kept if it is healthy and idle (not in a
+        transaction), closed otherwise."""
+        try:
+            healthy = (
+                not conn.closed
+                and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            )
+            with self._lock:
+                if healthy and not self._closed:
+                    self._idle.append(conn)
+                    return
+            if not healthy:
+                self._stats["returns_bad"] += 1
+            with contextlib.suppress(Exception):
+                conn.close()
+        finally:
+            self._slots.release()
+
+    def discard(self, conn: psycopg.Connection[Any]) -> None:
+        """Close a connection from :meth:`get` that the server has closed."""
+        self._stats["connections_lost"] += 1
+        with contextlib.suppress(Exception):
+            conn.close()
+        self._slots.release()
+
+    def close(self) -> None:
+        """Close the idle connections; those in use are closed when they come back."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def get_stats(self) -> dict[str, int]:
+        return dict(self._stats)
 
 
 def redact(url: str) -> str:
@@ -121,9 +232,9 @@ def _values(message: NewMessage) -> dict[str, Any]:
         "encoding": message.encoding,
         "checksum": message.checksum,
         "priority": message.priority,
-        "visible_at": message.visible_at,
+        "delay": message.delay,
         "max_attempts": message.max_attempts,
-        "expires_at": message.expires_at,
+        "ttl": message.ttl,
     }
 
 
@@ -154,10 +265,10 @@ class PostgresBackend(SQLBackend):
         *,
         lock_timeout: float = 30.0,
         default_max_attempts: int = 5,
-        clock: Callable[[], float] | None = None,
         policy: Policy | None = None,
         schema: str | None = None,
         pool_size: int = 4,
+        server_clock: Callable[[], float] | None = None,
     ) -> None:
         self.name = validate_queue_name(name)
         if schema is not None:
@@ -168,33 +279,70 @@ class PostgresBackend(SQLBackend):
         self.policy = policy or Policy()
         self.wakeup_key = f"postgres:{self.path}:{schema or ''}:{self.name}"
         self._lock_timeout = lock_timeout
-        self._clock = clock or time.time
+        # The server's clock decides every time; a test may pin it (see postgres_sql).
+        self._server_clock = server_clock
         self._pool_size = pool_size
-        self._q = sql.render(self.name)
+        self._q = sql.render(self.name, pinned=server_clock is not None)
         self._sql = self._q.sql
         self._closed = False
         self._pid = os.getpid()
-        self._pool: ConnectionPool[Any] | None = None
+        self._pool: _Pool | None = None
         self._pool_lock = threading.Lock()
+        # The lock_timeout each connection was last given (see _bound_lock_wait).
+        self._lock_ms: weakref.WeakKeyDictionary[psycopg.Connection[Any], int] = (
+            weakref.WeakKeyDictionary()
+        )
+        # A connect_timeout in the URL still applies; ours is the call's deadline.
+        timeout = conninfo_to_dict(url).get("connect_timeout")
+        self._url_connect_timeout = float(timeout) if timeout and float(timeout) > 0 else None
         self._listener: threading.Thread | None = None
         self._listening = False
         self._listener_pid: int | None = None  # the server process of the listener, for tests
         try:
             self._init_schema(default_max_attempts)
+        except StorageError as exc:
+            self.close()
+            raise StorageError(f"cannot open queue {self.name!r}: {exc}", exc.kind) from exc
         except BaseException:
             self.close()
             raise
 
     # -- connections -------------------------------------------------------------------
 
-    def _configure(self, conn: psycopg.Connection[Any]) -> None:
-        if self.schema is not None:
-            conn.execute(f'SET search_path TO "{self.schema}"')  # created by _init_schema
-        # A statement waiting on a row or table lock gives up at lock_timeout, like SQLite's
-        # busy timeout; the retry loop then reports LOCKED.
-        conn.execute(f"SET lock_timeout = {max(int(self._lock_timeout * 1000), 1)}")
+    def _connect_timeout(self, deadline: float) -> int:
+        """libpq's connect_timeout for a connection needed by ``deadline``: whole seconds,
+        at least 2 (libpq's minimum), at most the URL's own connect_timeout."""
+        seconds = max(deadline - time.monotonic(), 2.0)
+        if self._url_connect_timeout is not None:
+            seconds = min(seconds, self._url_connect_timeout)
+        return max(math.ceil(seconds), 2)
 
-    def _get_pool(self) -> ConnectionPool[Any]:
+    def _open(self, deadline: float) -> psycopg.Connection[Any]:
+        """A new connection, configured for the queue."""
+        try:
+            # Transactions are explicit (BEGIN ... COMMIT), so that single statements can
+            # run as their own transaction.
+            conn = psycopg.connect(
+                self.url, autocommit=True, connect_timeout=self._connect_timeout(deadline)
+            )
+        except psycopg.Error as exc:
+            text = str(exc)
+            raise _ConnectFailed(exc, any(t in text for t in _TRANSIENT_CONNECT)) from exc
+        try:
+            if self.schema is not None:
+                conn.execute(f'SET search_path TO "{self.schema}"')  # created by _init_schema
+            # A statement waiting on a row or table lock gives up at lock_timeout, like
+            # SQLite's busy timeout; the retry loop then reports LOCKED.
+            ms = max(int(self._lock_timeout * 1000), 1)
+            conn.execute(f"SET lock_timeout = {ms}")
+            self._lock_ms[conn] = ms
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+        return conn
+
+    def _get_pool(self) -> _Pool:
         if self._closed:
             raise StorageError(
                 f"queue {self.name!r} is closed; create a new queue object", ErrorKind.CLOSED
@@ -202,22 +350,12 @@ class PostgresBackend(SQLBackend):
         with self._pool_lock:
             if self._pool is not None and self._pid != os.getpid():
                 # Inherited through fork: the parent's sockets are not ours to use or close.
+                _parked_after_fork.append(self._pool)
                 self._pool = None
                 self._listener = None
             if self._pool is None:
                 self._pid = os.getpid()
-                self._pool = ConnectionPool(
-                    self.url,
-                    min_size=1,
-                    max_size=self._pool_size,
-                    configure=self._configure,
-                    # Transactions are explicit (BEGIN ... COMMIT), so that single
-                    # statements can run as their own transaction.
-                    kwargs={"autocommit": True},
-                    open=True,
-                    timeout=self._lock_timeout,
-                    name=f"sqqueue-{self.name}",
-                )
+                self._pool = _Pool(self._open, self._pool_size)
             return self._pool
 
     def close(self) -> None:
@@ -228,8 +366,7 @@ class PostgresBackend(SQLBackend):
         # psycopg connection closed by one thread while another runs a statement on it
         # can crash the process.
         if pool is not None and self._pid == os.getpid():
-            with contextlib.suppress(Exception):
-                pool.close(timeout=1.0)
+            pool.close()
 
     # -- transactions ----------------------------------------------------------------------
 
@@ -249,11 +386,19 @@ class PostgresBackend(SQLBackend):
             return StorageError(f"{self.path!r} stayed locked ({text})", ErrorKind.LOCKED)
         if isinstance(exc, psycopg.OperationalError):
             return StorageError(
-                f"cannot reach the PostgreSQL server at {self.path!r} ({text}); it is retried "
-                "until lock_timeout, check the server and the network",
+                f"lost the connection to the PostgreSQL server at {self.path!r} ({text}); "
+                "it was retried until lock_timeout, check the server and the network",
                 ErrorKind.STORAGE,
             )
         return StorageError(f"database error on {self.path!r}: {text}", ErrorKind.STORAGE)
+
+    def _unreachable(self, failed: _ConnectFailed) -> StorageError:
+        text = str(failed.cause).strip().splitlines()[0] if str(failed.cause).strip() else ""
+        return StorageError(
+            f"cannot connect to the PostgreSQL server at {self.path!r}: {text}; check that "
+            "it is running and that the URL's host, port, database and credentials are right",
+            ErrorKind.STORAGE,
+        )
 
     def _run(
         self, fn: Callable[[psycopg.Connection[Any]], T], write: bool, single: bool = False
@@ -268,7 +413,23 @@ class PostgresBackend(SQLBackend):
         attempt = 0
         while True:
             try:
-                return self._attempt(fn, single)
+                return self._attempt(fn, single, deadline)
+            except _ConnectFailed as failed:
+                # Refused, unknown host, bad credentials: said at once. A server starting
+                # up (or full) is given until the deadline.
+                attempt += 1
+                remaining = deadline - time.monotonic()
+                if not failed.transient or remaining <= 0:
+                    raise self._unreachable(failed) from failed.cause
+                logger.debug("queue %r: retrying after %s", self.name, failed)
+                time.sleep(min(remaining, random.uniform(0, min(0.01 * 2**attempt, 0.25))))
+            except _PoolBusy:
+                raise StorageError(
+                    f"all {self._pool_size} connections of this queue object to {self.path!r} "
+                    f"stayed in use for {time.monotonic() - start:.1f} s; raise pool_size, or "
+                    f"lock_timeout (now {self._lock_timeout:g} s)",
+                    ErrorKind.LOCKED,
+                ) from None
             except _CommitLost as lost:
                 if not write:
                     # Nothing a read does can have taken effect: just run it again.
@@ -302,7 +463,7 @@ class PostgresBackend(SQLBackend):
             except StorageError:
                 raise
 
-    def _checkout(self, pool: ConnectionPool[Any]) -> psycopg.Connection[Any]:
+    def _checkout(self, pool: _Pool, deadline: float) -> psycopg.Connection[Any]:
         """A pooled connection that was not closed by the server while it sat idle.
 
         An idle connection has nothing to read; if its socket is readable, the server has
@@ -311,10 +472,7 @@ class PostgresBackend(SQLBackend):
         unknown outcome.
         """
         for _ in range(self._pool_size + 1):
-            try:
-                conn: psycopg.Connection[Any] = pool.getconn()
-            except Exception as exc:  # PoolTimeout: the server is not reachable
-                raise psycopg.OperationalError(str(exc)) from exc
+            conn = pool.get(deadline)
             try:
                 readable = bool(select.select([conn.fileno()], [], [], 0)[0])
             except (OSError, ValueError, psycopg.Error):
@@ -322,15 +480,29 @@ class PostgresBackend(SQLBackend):
             if not readable:
                 return conn
             logger.debug("queue %r: replacing a connection the server closed", self.name)
-            with contextlib.suppress(Exception):
-                conn.close()
-            pool.putconn(conn)  # closed: the pool drops it and opens another
+            pool.discard(conn)
         raise psycopg.OperationalError("every pooled connection was closed by the server")
 
-    def _attempt(self, fn: Callable[[psycopg.Connection[Any]], T], single: bool) -> T:
+    def _bound_lock_wait(self, conn: psycopg.Connection[Any], deadline: float) -> None:
+        """Keep the statements' wait for locks within what is left until the call's
+        deadline, so that a call that already waited (for a connection, or in an earlier
+        attempt) does not then wait a whole lock_timeout more. Costs a round trip only
+        when the setting has to change."""
+        full = self._lock_timeout
+        remaining = deadline - time.monotonic()
+        wanted = full if remaining >= 0.9 * full else max(remaining, 0.001)
+        ms = max(int(wanted * 1000), 1)
+        if self._lock_ms.get(conn) != ms:
+            conn.execute(f"SET lock_timeout = {ms}")
+            self._lock_ms[conn] = ms
+
+    def _attempt(
+        self, fn: Callable[[psycopg.Connection[Any]], T], single: bool, deadline: float
+    ) -> T:
         pool = self._get_pool()
-        conn = self._checkout(pool)
+        conn = self._checkout(pool, deadline)
         try:
+            self._bound_lock_wait(conn, deadline)
             if single:
                 try:
                     return fn(conn)
@@ -352,7 +524,7 @@ class PostgresBackend(SQLBackend):
                 raise _CommitLost() from exc
             return result
         finally:
-            pool.putconn(conn)  # a broken connection is discarded by the pool
+            pool.put(conn)  # a broken connection is closed, not kept
 
     def _write(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         return self._run(fn, write=True)
@@ -404,8 +576,9 @@ class PostgresBackend(SQLBackend):
                     ErrorKind.INVALID_INPUT,
                 )
             conn.execute(
-                "INSERT INTO sqqueue_queues (name, schema_version, created_at) VALUES (%s, %s, %s)",
-                (self.name, SCHEMA_VERSION, float(self._clock())),
+                "INSERT INTO sqqueue_queues (name, schema_version, created_at) VALUES "
+                "(%s, %s, coalesce(%s, extract(epoch FROM clock_timestamp())::float8))",
+                (self.name, SCHEMA_VERSION, self._now()),
             )
             for ddl in self._q.ddl:
                 conn.execute(ddl)
@@ -433,9 +606,11 @@ class PostgresBackend(SQLBackend):
     def _notify(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(self._sql["notify"])  # delivered at commit, to every listener
 
-    def _insert(
-        self, conn: psycopg.Connection[Any], messages: Sequence[NewMessage], now: float
-    ) -> list[int]:
+    def _now(self) -> float | None:
+        return None if self._server_clock is None else float(self._server_clock())
+
+    def _insert(self, conn: psycopg.Connection[Any], messages: Sequence[NewMessage]) -> list[int]:
+        now = self._now()
         policy = self.policy
         if policy.max_depth is not None:
             conn.execute(
@@ -456,22 +631,18 @@ class PostgresBackend(SQLBackend):
                 plans.append((message, -1 - first_in_batch[key], None))
                 continue
             new_id = int(self._one(conn, "next_id")[0])
-            expires = None if window is None else now + window
-            claimed = self._one(
-                conn, "dedup_claim", {"key": key, "id": new_id, "expires_at": expires}
-            )
+            dedup = {"key": key, "id": new_id, "window": window, "now": now}
+            claimed = self._one(conn, "dedup_claim", dedup)
             if claimed is None:
                 # The key is taken (this waited for a concurrent producer to commit).
-                mid, until = self._one(conn, "dedup_get", {"key": key})
-                alive = (until is not None and until > now) or (
-                    until is None and self._one(conn, "exists", {"id": mid})[0]
+                mid, expires, fresh = self._one(conn, "dedup_get", dedup)
+                alive = (expires and fresh) or (
+                    not expires and self._one(conn, "exists", {"id": mid})[0]
                 )
                 if alive:
                     plans.append((message, int(mid), None))
                     continue
-                conn.execute(
-                    self._sql["dedup_set"], {"key": key, "id": new_id, "expires_at": expires}
-                )
+                conn.execute(self._sql["dedup_set"], dedup)
             first_in_batch[key] = index
             plans.append((message, None, new_id))
         fresh = sum(1 for _, dup, _ in plans if dup is None)
@@ -494,74 +665,78 @@ class PostgresBackend(SQLBackend):
             self._notify(conn)  # counted by the insert trigger
         return ids
 
-    def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[int]:
+    def enqueue(self, messages: Sequence[NewMessage]) -> list[int]:
         if self.policy.max_depth is not None or any(
             m.dedup_key is not None or m.group_key is not None for m in messages
         ):
-            return self._write(lambda conn: self._insert(conn, messages, now))
+            return self._write(lambda conn: self._insert(conn, messages))
         # The common case: plain messages, one statement for the whole batch (arrays
         # cost more to send than a single message's values, so one message goes alone).
         rows = [_values(m) for m in messages]
         if len(rows) == 1:
-            one = {**rows[0], "now": now}
+            one = rows[0]
             return self._run(
-                lambda conn: [int(self._one(conn, "insert_one", one)[0])], write=True, single=True
+                lambda conn: [int(self._one(conn, "insert_one", {**one, "now": self._now()})[0])],
+                write=True,
+                single=True,
             )
         many: dict[str, Any] = {key: [row[key] for row in rows] for key in rows[0]}
-        many["now"] = now
         return self._run(
-            lambda conn: [int(i) for i in self._one(conn, "insert_many", many)[0]],
+            lambda conn: [
+                int(i) for i in self._one(conn, "insert_many", {**many, "now": self._now()})[0]
+            ],
             write=True,
             single=True,
         )
 
-    def claim(
-        self, limit: int, now: float, lease_until: float, token: int
-    ) -> tuple[list[StoredMessage], int]:
-        params = {"now": now, "until": lease_until, "token": token, "limit": limit}
+    def claim(self, limit: int, lease: float, token: int) -> tuple[list[StoredMessage], int]:
+        params = {"lease": lease, "token": token, "limit": limit}
         rows = self._run(
-            lambda conn: conn.execute(self._sql["claim_probe"], params).fetchall(),
+            lambda conn: conn.execute(
+                self._sql["claim_probe"], {**params, "now": self._now()}
+            ).fetchall(),
             write=True,
             single=True,
         )
         if rows[0][-1]:
             # Something to fold first (rare): fold and claim in one transaction.
-            return super().claim(limit, now, lease_until, token)
+            return super().claim(limit, lease, token)
         messages = [self._message(row[:-1]) for row in rows if row[0] is not None]
         messages.sort(key=lambda m: (-m.priority, m.visible_at, m.id))
         return messages, 0
 
-    def complete(
-        self, message_id: int, token: int | None, now: float, result: str | None = None
-    ) -> Outcome:
+    def complete(self, message_id: int, token: int | None, result: str | None = None) -> Outcome:
         if self.policy.keeps_history:
-            return super().complete(message_id, token, now, result)
-        params = {"id": message_id, "token": token, "now": now}
+            return super().complete(message_id, token, result)
+        params = {"id": message_id, "token": token}
         row = self._run(
-            lambda conn: self._one(conn, "complete_counted", params), write=True, single=True
+            lambda conn: self._one(conn, "complete_counted", {**params, "now": self._now()}),
+            write=True,
+            single=True,
         )
         if row is not None and row[0]:
             return Outcome.DONE
         return self._read(lambda conn: self._diagnose(conn, message_id, token))
 
-    def complete_many(self, refs: Sequence[tuple[int, int | None]], now: float) -> list[Outcome]:
+    def complete_many(self, refs: Sequence[tuple[int, int | None]]) -> list[Outcome]:
         if self.policy.keeps_history:
-            return super().complete_many(refs, now)
+            return super().complete_many(refs)
         params = {
             "ids": [message_id for message_id, _ in refs],
             "tokens": [token for _, token in refs],
             "n": len(refs),
-            "now": now,
         }
         row = self._run(
-            lambda conn: self._one(conn, "complete_all", params), write=True, single=True
+            lambda conn: self._one(conn, "complete_all", {**params, "now": self._now()}),
+            write=True,
+            single=True,
         )
         if row is not None and row[0] == len(refs):
             return [Outcome.DONE] * len(refs)
         # Nothing was changed: the shared path finds out, message by message, why.
-        return super().complete_many(refs, now)
+        return super().complete_many(refs)
 
-    def enqueue_in(self, conn: Any, messages: Sequence[NewMessage], now: float) -> list[int]:
+    def enqueue_in(self, conn: Any, messages: Sequence[NewMessage]) -> list[int]:
         if not isinstance(conn, psycopg.Connection):
             raise StorageError(
                 "conn must be your psycopg.Connection (or a SQLAlchemy Session or Connection "
@@ -580,11 +755,11 @@ class PostgresBackend(SQLBackend):
                 ErrorKind.INVALID_INPUT,
             )
         try:
-            return self._insert(conn, messages, now)
+            return self._insert(conn, messages)
         except psycopg.Error as exc:
             raise self._classify(exc) from exc
 
-    def _fold_expired(self, conn: psycopg.Connection[Any], now: float) -> int:
+    def _fold_expired(self, conn: psycopg.Connection[Any], now: float | None) -> int:
         params: dict[str, Any] = {"now": now}
         if not self._one(conn, "any_expired", params)[0]:
             return 0
@@ -622,13 +797,19 @@ class PostgresBackend(SQLBackend):
         pid = os.getpid()
         while not self._closed and pid == os.getpid():
             try:
-                conn = psycopg.connect(self.url, autocommit=True)
+                conn = psycopg.connect(
+                    self.url,
+                    autocommit=True,
+                    connect_timeout=self._connect_timeout(time.monotonic() + 5),
+                )
             except psycopg.Error:
+                # The server is down: try again soon, so that waiting consumers are woken
+                # by notifications again within about half a second of its return.
                 self._listening = False
                 # No notifications meanwhile: waiters look for themselves at each retry.
                 signal.nudge()
                 time.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                backoff = min(backoff * 2, _LISTEN_BACKOFF)
                 continue
             self._listener_pid = conn.info.backend_pid
             try:
@@ -658,7 +839,7 @@ class PostgresBackend(SQLBackend):
     # -- inspection and maintenance ----------------------------------------------------------
 
     def maintain(self, rounds: int = 1) -> None:
-        self._prune(float(self._clock()))  # autovacuum returns the space on PostgreSQL
+        self._prune()  # autovacuum returns the space on PostgreSQL
 
     # -- hooks of SQLBackend ---------------------------------------------------------------
 
@@ -693,7 +874,7 @@ class PostgresBackend(SQLBackend):
             conn.execute(self._sql["group_lock"], {"group_key": group})
 
     def _other(self, target: str) -> Any:
-        return sql.render(validate_queue_name(target))
+        return sql.render(validate_queue_name(target), pinned=self._server_clock is not None)
 
     def _redrive_into(self, other: Any) -> str:
         return sql.redrive_into(other, self._q)

@@ -12,10 +12,15 @@ the semantics and the ``copy`` tool are the same on both. Differences, and why:
 * a message of a group takes a transaction-level advisory lock on its group, so
   "one at a time, in order" holds between producers and consumers on different machines;
 * functions are created with ``SET search_path FROM CURRENT``, so the triggers work from
-  any connection, whatever its search_path.
+  any connection, whatever its search_path;
+* the time is the server's: ``$now`` reads the server's clock when the statement runs
+  (after any wait for a connection or a retry), so every machine's lease, delay and time
+  to live is measured on one clock, whatever the clients' clocks say. Instants are
+  computed in the statements from durations (``$now + %(lease)s``).
 
 Templates: ``$q``, ``$dlq``, ``$done``, ``$dedup`` are the queue's tables, ``$lit`` its name
-as a literal, ``$ix_*``/``$tr_*``/``$fn_*`` its indexes, triggers and functions.
+as a literal, ``$ix_*``/``$tr_*``/``$fn_*`` its indexes, triggers and functions, ``$now``
+the current time.
 """
 
 from __future__ import annotations
@@ -26,6 +31,14 @@ from string import Template
 __all__ = ["COLUMNS", "DEAD_COLUMNS", "DONE_COLUMNS", "REGISTRY_DDL", "Rendered", "render"]
 
 COUNTER_SHARDS = 64
+
+# The server's time in Unix seconds. A scalar subquery is computed once per statement (one
+# time for all its rows, and a value the planner can use in an index search, which a bare
+# clock_timestamp() is not).
+SERVER_NOW = "(SELECT extract(epoch FROM clock_timestamp())::float8)"
+# The time pinned by a test (PostgresQueue(server_clock=...)): the statement's "now"
+# parameter instead of the server's clock.
+PINNED_NOW = "%(now)s::float8"
 
 REGISTRY_DDL = (
     """
@@ -189,6 +202,10 @@ COLUMNS = (
     "created_at, visible_at, lease_token, lease_expires_at, last_error, group_key, "
     "expires_at, prior_attempts, status"
 )
+# For a listing of all states: a delayed message says so.
+LIST_ALL_COLUMNS = COLUMNS.replace(
+    "status", "CASE WHEN status = 'pending' AND visible_at > $now THEN 'delayed' ELSE status END"
+)
 _COPY = "body_text, body_bytes, encoding, checksum, priority"
 DEAD_COLUMNS = (
     "id, body_text, body_bytes, encoding, checksum, priority, attempts, max_attempts, "
@@ -199,15 +216,15 @@ DONE_COLUMNS = (
     "completed_at, group_key, result"
 )
 _LIVE = (
-    "status = 'processing' AND lease_expires_at > %(now)s "
+    "status = 'processing' AND lease_expires_at > $now "
     "AND (%(token)s::bigint IS NULL OR lease_token = %(token)s::bigint)"
 )
 
 # Is there an expired lease, or a message past its time to live?
 _ANY_EXPIRED = """coalesce((SELECT min(lease_expires_at) FROM $q
-                          WHERE status = 'processing') <= %(now)s, false)
+                          WHERE status = 'processing') <= $now, false)
             OR coalesce((SELECT min(expires_at) FROM $q
-                          WHERE expires_at IS NOT NULL) <= %(now)s, false)"""
+                          WHERE expires_at IS NOT NULL) <= $now, false)"""
 
 STATEMENTS = {
     "group_lock": "SELECT pg_advisory_xact_lock(hashtextextended($lit || '/' || %(group_key)s, 0))",
@@ -219,8 +236,8 @@ STATEMENTS = {
                 CASE WHEN %(group_key)s::text IS NOT NULL AND EXISTS (
                          SELECT 1 FROM $q WHERE group_key = %(group_key)s::text)
                      THEN 'waiting' ELSE 'pending' END,
-                %(priority)s, %(visible_at)s, %(max_attempts)s, %(now)s, %(now)s,
-                %(expires_at)s, %(group_key)s)
+                %(priority)s, $now + %(delay)s, %(max_attempts)s, $now, $now,
+                $now + %(ttl)s::float8, %(group_key)s)
         RETURNING id""",
     # One plain message (no group, no dedup key) in one statement that also wakes the
     # listeners: one round trip in autocommit.
@@ -229,7 +246,7 @@ STATEMENTS = {
             INSERT INTO $q (body_text, body_bytes, encoding, checksum, priority, visible_at,
                             max_attempts, created_at, updated_at, expires_at)
             VALUES (%(text)s, %(bytes)s, %(encoding)s, %(checksum)s, %(priority)s,
-                    %(visible_at)s, %(max_attempts)s, %(now)s, %(now)s, %(expires_at)s)
+                    $now + %(delay)s, %(max_attempts)s, $now, $now, $now + %(ttl)s::float8)
             RETURNING id)
         SELECT id, pg_notify('sqqueue', current_schema() || '.' || $lit) FROM added""",
     # Plain messages (no group, no dedup key) of any number in one statement, which also
@@ -238,10 +255,10 @@ STATEMENTS = {
         WITH added AS (
             INSERT INTO $q (body_text, body_bytes, encoding, checksum, priority, visible_at,
                             max_attempts, created_at, updated_at, expires_at)
-            SELECT t, b, e, c, p, v, m, %(now)s, %(now)s, x
+            SELECT t, b, e, c, p, $now + v, m, $now, $now, $now + x
               FROM unnest(%(text)s::text[], %(bytes)s::bytea[], %(encoding)s::text[],
-                          %(checksum)s::bigint[], %(priority)s::int[], %(visible_at)s::float8[],
-                          %(max_attempts)s::int[], %(expires_at)s::float8[])
+                          %(checksum)s::bigint[], %(priority)s::int[], %(delay)s::float8[],
+                          %(max_attempts)s::int[], %(ttl)s::float8[])
                    WITH ORDINALITY AS u (t, b, e, c, p, v, m, x, n)
              ORDER BY n
             RETURNING id)
@@ -249,11 +266,16 @@ STATEMENTS = {
           FROM added""",
     "next_id": "SELECT nextval(pg_get_serial_sequence($q_regclass, 'id'))",
     "dedup_claim": """
-        INSERT INTO $dedup (key, message_id, expires_at) VALUES (%(key)s, %(id)s, %(expires_at)s)
+        INSERT INTO $dedup (key, message_id, expires_at)
+        VALUES (%(key)s, %(id)s, $now + %(window)s::float8)
         ON CONFLICT (key) DO NOTHING RETURNING key""",
-    "dedup_get": "SELECT message_id, expires_at FROM $dedup WHERE key = %(key)s FOR UPDATE",
+    # The message a key points to, whether it has an expiry, and whether that is to come.
+    "dedup_get": """
+        SELECT message_id, expires_at IS NOT NULL, expires_at > $now
+          FROM $dedup WHERE key = %(key)s FOR UPDATE""",
     "dedup_set": """
-        UPDATE $dedup SET message_id = %(id)s, expires_at = %(expires_at)s WHERE key = %(key)s""",
+        UPDATE $dedup SET message_id = %(id)s, expires_at = $now + %(window)s::float8
+         WHERE key = %(key)s""",
     "exists": """
         SELECT EXISTS (SELECT 1 FROM $q WHERE id = %(id)s)
             OR EXISTS (SELECT 1 FROM $dlq WHERE id = %(id)s)""",
@@ -268,13 +290,13 @@ STATEMENTS = {
     "claim": f"""
         WITH picked AS (
             SELECT id FROM $q
-             WHERE status = 'pending' AND visible_at <= %(now)s
+             WHERE status = 'pending' AND visible_at <= $now
              ORDER BY priority DESC, visible_at, id
              LIMIT %(limit)s
              FOR UPDATE SKIP LOCKED)
         UPDATE $q AS m
            SET status = 'processing', attempts = attempts + 1, lease_token = %(token)s,
-               lease_expires_at = %(until)s, updated_at = %(now)s
+               lease_expires_at = $now + %(lease)s, updated_at = $now
           FROM picked WHERE m.id = picked.id
         RETURNING {", ".join("m." + c.strip() for c in COLUMNS.split(","))}""",
     # One statement, so one round trip in autocommit: claim what is ready, unless an
@@ -285,7 +307,7 @@ STATEMENTS = {
         WITH probe AS (SELECT {_ANY_EXPIRED} AS expired),
         picked AS (
             SELECT id FROM $q
-             WHERE status = 'pending' AND visible_at <= %(now)s
+             WHERE status = 'pending' AND visible_at <= $now
                AND NOT (SELECT expired FROM probe)
              ORDER BY priority DESC, visible_at, id
              LIMIT %(limit)s
@@ -293,7 +315,7 @@ STATEMENTS = {
         claimed AS (
             UPDATE $q AS m
                SET status = 'processing', attempts = attempts + 1, lease_token = %(token)s,
-                   lease_expires_at = %(until)s, updated_at = %(now)s
+                   lease_expires_at = $now + %(lease)s, updated_at = $now
               FROM picked WHERE m.id = picked.id
             RETURNING {", ".join("m." + c.strip() for c in COLUMNS.split(","))})
         SELECT claimed.*, probe.expired FROM probe LEFT JOIN claimed ON true""",
@@ -304,25 +326,25 @@ STATEMENTS = {
     # same row twice.
     "lock_expired": """
         SELECT id FROM $q
-         WHERE (status = 'processing' AND lease_expires_at <= %(now)s)
-            OR (expires_at <= %(now)s
-                AND (status <> 'processing' OR lease_expires_at <= %(now)s))
+         WHERE (status = 'processing' AND lease_expires_at <= $now)
+            OR (expires_at <= $now
+                AND (status <> 'processing' OR lease_expires_at <= $now))
          LIMIT 1000
          FOR UPDATE SKIP LOCKED""",
     "ttl_bury": f"""
         INSERT INTO $dlq ({DEAD_COLUMNS})
         SELECT id, {_COPY}, attempts, max_attempts,
                'expired: its time to live ran out before it was completed',
-               created_at, %(now)s, %(now)s, group_key, prior_attempts
+               created_at, $now, $now, group_key, prior_attempts
           FROM $q
-         WHERE id = ANY(%(ids)s) AND expires_at <= %(now)s""",
-    "ttl_delete": "DELETE FROM $q WHERE id = ANY(%(ids)s) AND expires_at <= %(now)s",
+         WHERE id = ANY(%(ids)s) AND expires_at <= $now""",
+    "ttl_delete": "DELETE FROM $q WHERE id = ANY(%(ids)s) AND expires_at <= $now",
     "lease_bury": f"""
         INSERT INTO $dlq ({DEAD_COLUMNS})
         SELECT id, {_COPY}, attempts, max_attempts,
                'lease expired on the last attempt (' || attempts || ' of ' || max_attempts
                    || ') without being completed',
-               created_at, %(now)s, %(now)s, group_key, prior_attempts
+               created_at, $now, $now, group_key, prior_attempts
           FROM $q
          WHERE id = ANY(%(ids)s) AND status = 'processing' AND attempts >= max_attempts""",
     "lease_delete_dead": """
@@ -331,7 +353,7 @@ STATEMENTS = {
     "lease_return": """
         UPDATE $q
            SET status = 'pending', visible_at = lease_expires_at, lease_token = NULL,
-               lease_expires_at = NULL, updated_at = %(now)s,
+               lease_expires_at = NULL, updated_at = $now,
                last_error = 'lease expired on attempt ' || attempts || ' of ' || max_attempts
          WHERE id = ANY(%(ids)s) AND status = 'processing'""",
     "complete": f"DELETE FROM $q WHERE id = %(id)s AND {_LIVE} RETURNING group_key",
@@ -349,7 +371,7 @@ STATEMENTS = {
             SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::bigint[]) AS r (id, token)),
         held AS (
             SELECT m.id FROM $q AS m JOIN wanted AS w ON m.id = w.id
-             WHERE m.status = 'processing' AND m.lease_expires_at > %(now)s
+             WHERE m.status = 'processing' AND m.lease_expires_at > $now
                AND (w.token IS NULL OR m.lease_token = w.token)
                FOR UPDATE OF m),
         gone AS (
@@ -363,17 +385,18 @@ STATEMENTS = {
     # A completed message kept as history, with the result its consumer gave (or NULL).
     "keep_done": f"""
         INSERT INTO $done ({DONE_COLUMNS})
-        SELECT id, {_COPY}, attempts, created_at, %(now)s, group_key, %(result)s
+        SELECT id, {_COPY}, attempts, created_at, $now, group_key, %(result)s
           FROM $q WHERE id = %(id)s AND {_LIVE}""",
     "release": f"""
         UPDATE $q
-           SET status = 'pending', visible_at = %(visible_at)s, lease_token = NULL,
+           SET status = 'pending', visible_at = $now + %(delay)s, lease_token = NULL,
                lease_expires_at = NULL, attempts = greatest(attempts - %(refund)s, 0),
-               last_error = coalesce(%(error)s, last_error), updated_at = %(now)s
+               last_error = coalesce(%(error)s, last_error), updated_at = $now
          WHERE id = %(id)s AND {_LIVE}""",
     "extend": f"""
-        UPDATE $q SET lease_expires_at = %(until)s, updated_at = %(now)s
-         WHERE id = %(id)s AND {_LIVE}""",
+        UPDATE $q SET lease_expires_at = $now + %(lease)s, updated_at = $now
+         WHERE id = %(id)s AND {_LIVE}
+        RETURNING lease_expires_at""",
     "attempts_if_live": f"""
         SELECT attempts, max_attempts FROM $q WHERE id = %(id)s AND {_LIVE} FOR UPDATE""",
     "state": "SELECT status, lease_token FROM $q WHERE id = %(id)s",
@@ -381,7 +404,7 @@ STATEMENTS = {
     "bury": f"""
         INSERT INTO $dlq ({DEAD_COLUMNS})
         SELECT id, {_COPY}, attempts, max_attempts, coalesce(%(error)s, last_error),
-               created_at, %(now)s, %(now)s, group_key, prior_attempts
+               created_at, $now, $now, group_key, prior_attempts
           FROM $q WHERE id = %(id)s""",
     "delete": "DELETE FROM $q WHERE id = %(id)s",
     "lock_pending": "SELECT group_key FROM $q WHERE id = %(id)s AND status <> 'processing' FOR UPDATE",
@@ -392,7 +415,7 @@ STATEMENTS = {
                CASE WHEN d.group_key IS NOT NULL AND EXISTS (
                         SELECT 1 FROM $q WHERE group_key = d.group_key)
                     THEN 'waiting' ELSE 'pending' END,
-               %(now)s, 0, max_attempts, last_error, created_at, %(now)s, group_key,
+               $now, 0, max_attempts, last_error, created_at, $now, group_key,
                prior_attempts + attempts
           FROM $dlq AS d WHERE id = %(id)s""",
     "dead_group": "SELECT group_key FROM $dlq WHERE id = %(id)s FOR UPDATE",
@@ -401,14 +424,14 @@ STATEMENTS = {
     "dead_ids": "SELECT id FROM $dlq WHERE id > %(after)s ORDER BY id LIMIT %(limit)s",
     "peek": f"""
         SELECT {COLUMNS} FROM $q
-         WHERE status = 'pending' AND visible_at <= %(now)s
-           AND (expires_at IS NULL OR expires_at > %(now)s)
+         WHERE status = 'pending' AND visible_at <= $now
+           AND (expires_at IS NULL OR expires_at > $now)
          ORDER BY priority DESC, visible_at, id
          LIMIT 1""",
     "peek_expired": f"""
         SELECT {COLUMNS} FROM $q
-         WHERE status = 'processing' AND lease_expires_at <= %(now)s
-           AND attempts < max_attempts AND (expires_at IS NULL OR expires_at > %(now)s)
+         WHERE status = 'processing' AND lease_expires_at <= $now
+           AND attempts < max_attempts AND (expires_at IS NULL OR expires_at > $now)
          ORDER BY priority DESC, lease_expires_at, id
          LIMIT 1""",
     "is_drained": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
@@ -450,50 +473,52 @@ STATEMENTS = {
               FROM levels WHERE levels.p IS NOT NULL
         )
         SELECT coalesce(sum((SELECT count(*) FROM $q WHERE status = 'pending'
-                              AND priority = levels.p AND visible_at > %(now)s)), 0),
-               min((SELECT min(visible_at) FROM $q WHERE status = 'pending'
-                     AND priority = levels.p AND visible_at <= %(now)s))
+                              AND priority = levels.p AND visible_at > $now)), 0),
+               $now - min((SELECT min(visible_at) FROM $q WHERE status = 'pending'
+                            AND priority = levels.p AND visible_at <= $now))
           FROM levels WHERE levels.p IS NOT NULL""",
     # Only grouped messages wait: counted through the group index, not the whole table.
     "waiting": """
         SELECT count(*) FROM $q WHERE group_key IS NOT NULL AND status = 'waiting'""",
     "expiring": """
-        SELECT count(*) FROM $q WHERE status = 'processing' AND lease_expires_at <= %(horizon)s""",
+        SELECT count(*) FROM $q
+         WHERE status = 'processing' AND lease_expires_at <= $now + %(horizon)s""",
     "next_due": """
         SELECT least((SELECT min(visible_at) FROM $q WHERE status = 'pending'),
                      (SELECT min(lease_expires_at) FROM $q WHERE status = 'processing'),
-                     (SELECT min(expires_at) FROM $q WHERE expires_at IS NOT NULL))""",
+                     (SELECT min(expires_at) FROM $q WHERE expires_at IS NOT NULL)) - $now""",
     "dead_letters": f"SELECT {DEAD_COLUMNS} FROM $dlq ORDER BY dead_at, id",
     "list_pending": f"""SELECT {COLUMNS} FROM $q WHERE status = 'pending'
-                        AND visible_at <= %(now)s AND id > %(after)s ORDER BY id LIMIT %(limit)s""",
+                        AND visible_at <= $now AND id > %(after)s ORDER BY id LIMIT %(limit)s""",
     "list_delayed": f"""SELECT {COLUMNS} FROM $q WHERE status = 'pending'
-                        AND visible_at > %(now)s AND id > %(after)s ORDER BY id LIMIT %(limit)s""",
+                        AND visible_at > $now AND id > %(after)s ORDER BY id LIMIT %(limit)s""",
     # Only grouped messages wait: read through the group index, not the whole table.
     "list_waiting": f"""SELECT {COLUMNS} FROM $q WHERE group_key IS NOT NULL AND status = 'waiting'
                         AND id > %(after)s ORDER BY id LIMIT %(limit)s""",
     "list_processing": f"""SELECT {COLUMNS} FROM $q WHERE status = 'processing'
                            AND id > %(after)s ORDER BY id LIMIT %(limit)s""",
     # One message by id, wherever it is: in the queue, among the dead letters, in history.
-    "find": f"SELECT {COLUMNS} FROM $q WHERE id = %(id)s",
+    "find": f"SELECT {LIST_ALL_COLUMNS} FROM $q WHERE id = %(id)s",
     "find_dead": f"SELECT {DEAD_COLUMNS} FROM $dlq WHERE id = %(id)s",
     "find_done": f"SELECT {DONE_COLUMNS} FROM $done WHERE id = %(id)s",
-    "list_all": f"SELECT {COLUMNS} FROM $q WHERE id > %(after)s ORDER BY id LIMIT %(limit)s",
+    "list_all": f"""SELECT {LIST_ALL_COLUMNS} FROM $q WHERE id > %(after)s
+                    ORDER BY id LIMIT %(limit)s""",
     "list_dead": f"""SELECT {DEAD_COLUMNS} FROM $dlq WHERE id > %(after)s
                      ORDER BY id LIMIT %(limit)s""",
     "list_done": f"""SELECT {DONE_COLUMNS} FROM $done WHERE id > %(after)s
                      ORDER BY id LIMIT %(limit)s""",
-    "purge_pending": """DELETE FROM $q WHERE status = 'pending' AND visible_at <= %(now)s
-                        AND (%(cutoff)s::float8 IS NULL OR created_at < %(cutoff)s::float8)""",
-    "purge_delayed": """DELETE FROM $q WHERE status = 'pending' AND visible_at > %(now)s
-                        AND (%(cutoff)s::float8 IS NULL OR created_at < %(cutoff)s::float8)""",
+    "purge_pending": """DELETE FROM $q WHERE status = 'pending' AND visible_at <= $now
+                        AND (%(age)s::float8 IS NULL OR created_at < $now - %(age)s::float8)""",
+    "purge_delayed": """DELETE FROM $q WHERE status = 'pending' AND visible_at > $now
+                        AND (%(age)s::float8 IS NULL OR created_at < $now - %(age)s::float8)""",
     "purge_waiting": """DELETE FROM $q WHERE status = 'waiting'
-                        AND (%(cutoff)s::float8 IS NULL OR created_at < %(cutoff)s::float8)""",
+                        AND (%(age)s::float8 IS NULL OR created_at < $now - %(age)s::float8)""",
     "purge_processing": """DELETE FROM $q WHERE status = 'processing'
-                           AND (%(cutoff)s::float8 IS NULL OR created_at < %(cutoff)s::float8)""",
+                           AND (%(age)s::float8 IS NULL OR created_at < $now - %(age)s::float8)""",
     "purge_dead": """DELETE FROM $dlq
-                     WHERE %(cutoff)s::float8 IS NULL OR dead_at < %(cutoff)s::float8""",
+                     WHERE %(age)s::float8 IS NULL OR dead_at < $now - %(age)s::float8""",
     "purge_done": """DELETE FROM $done
-                     WHERE %(cutoff)s::float8 IS NULL OR completed_at < %(cutoff)s::float8""",
+                     WHERE %(age)s::float8 IS NULL OR completed_at < $now - %(age)s::float8""",
     # Copy between databases: rows arrive with their ids.
     "import_message": """
         INSERT INTO $q (id, body_text, body_bytes, encoding, checksum, status, priority,
@@ -501,7 +526,7 @@ STATEMENTS = {
                         group_key, expires_at, prior_attempts)
         VALUES (%(id)s, %(text)s, %(bytes)s, %(encoding)s, %(checksum)s, %(status)s,
                 %(priority)s, %(visible_at)s, %(attempts)s, %(max_attempts)s, %(last_error)s,
-                %(created_at)s, %(now)s, %(group_key)s, %(expires_at)s, %(prior_attempts)s)""",
+                %(created_at)s, $now, %(group_key)s, %(expires_at)s, %(prior_attempts)s)""",
     "import_dead": f"""
         INSERT INTO $dlq ({DEAD_COLUMNS})
         VALUES (%(id)s, %(text)s, %(bytes)s, %(encoding)s, %(checksum)s, %(priority)s,
@@ -512,7 +537,7 @@ STATEMENTS = {
         SELECT setval(pg_get_serial_sequence($q_regclass, 'id'),
                       greatest(%(high)s, nextval(pg_get_serial_sequence($q_regclass, 'id'))))""",
     "prune_done_age": """
-        DELETE FROM $done WHERE id IN (SELECT id FROM $done WHERE completed_at < %(cutoff)s
+        DELETE FROM $done WHERE id IN (SELECT id FROM $done WHERE completed_at < $now - %(age)s
                                         ORDER BY completed_at LIMIT %(batch)s)""",
     "prune_done_count": """
         DELETE FROM $done WHERE id IN (SELECT id FROM $done ORDER BY completed_at
@@ -521,7 +546,7 @@ STATEMENTS = {
     "prune_dedup": """
         DELETE FROM $dedup WHERE key IN (
             SELECT key FROM $dedup
-             WHERE (expires_at IS NOT NULL AND expires_at <= %(now)s)
+             WHERE (expires_at IS NOT NULL AND expires_at <= $now)
                 OR (expires_at IS NULL AND NOT EXISTS (SELECT 1 FROM $q WHERE id = message_id)
                     AND NOT EXISTS (SELECT 1 FROM $dlq WHERE id = message_id))
              LIMIT %(batch)s)""",
@@ -534,7 +559,7 @@ UPGRADE_FROM_1 = ("ALTER TABLE $done ADD COLUMN IF NOT EXISTS result TEXT",)
 _REDRIVE_INTO = f"""
     INSERT INTO $q ({_COPY}, status, visible_at, attempts, max_attempts, last_error,
                     created_at, updated_at, group_key, prior_attempts)
-    SELECT {_COPY}, 'pending', %(now)s, 0, max_attempts, last_error, created_at, %(now)s,
+    SELECT {_COPY}, 'pending', $now, 0, max_attempts, last_error, created_at, $now,
            NULL, prior_attempts + attempts
       FROM $src WHERE id = %(id)s"""
 
@@ -549,9 +574,10 @@ def _fit(name: str, suffix: str) -> str:
 
 
 class Rendered:
-    """The statements of one queue, ready to execute."""
+    """The statements of one queue, ready to execute; ``pinned``: the time is the "now"
+    parameter (tests) instead of the server's clock."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, pinned: bool = False) -> None:
         names = {
             "q": name,
             "dlq": _fit(name, "_dlq"),
@@ -574,6 +600,7 @@ class Rendered:
         self.subst = {key: f'"{value}"' for key, value in names.items()}
         self.subst["lit"] = f"'{name}'"
         self.subst["q_regclass"] = f"""'"{name}"'"""
+        self.subst["now"] = PINNED_NOW if pinned else SERVER_NOW
         self.tables = names
         self.sql = {key: self.fill(sql) for key, sql in STATEMENTS.items()}
         self.ddl = [self.fill(sql) for sql in QUEUE_DDL]
@@ -588,9 +615,9 @@ def schema_script(rendered: Rendered) -> list[str]:
     return [s.strip() for s in (*REGISTRY_DDL, *rendered.ddl, rendered.sql["register"])]
 
 
-def render(name: str) -> Rendered:
+def render(name: str, pinned: bool = False) -> Rendered:
     """Statements for the queue ``name`` (which must already be validated)."""
-    return Rendered(name)
+    return Rendered(name, pinned)
 
 
 def redrive_into(target: Rendered, source: Rendered) -> str:

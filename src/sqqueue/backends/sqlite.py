@@ -52,7 +52,11 @@ R = TypeVar("R", StoredMessage, StoredDeadLetter, StoredDone)
 LARGE_PAYLOAD = 128 * 1024
 
 MIN_SQLITE_VERSION = (3, 35, 0)  # the oldest release sqqueue supports
-SCHEMA_VERSION = 3  # 2: no insert trigger (UPGRADE_FROM_1); 3: results kept (UPGRADE_FROM_2)
+SCHEMA_VERSION = 4  # 2: no insert trigger (UPGRADE_FROM_1); 3: results kept (UPGRADE_FROM_2);
+# 4: updated_at in the ready index (UPGRADE_FROM_3)
+# A clock that reads more than this much earlier than it did has been stepped back.
+_STEP_BACK = 1.0
+_LONGEST_LEASE = 7 * 86400.0  # the queue's longest visibility timeout
 # Batches acknowledged in one statement, at most this many: one parameter per message,
 # within the 999 parameters that SQLite builds before 3.32 allowed (some still do).
 _MAX_SET = 500
@@ -292,6 +296,11 @@ class SQLiteBackend(SQLBackend):
         self._conns: set[sqlite3.Connection] = set()  # every trusted one, idle or busy
         self._pool_lock = threading.Lock()
         self._generation = _fork_generation
+        # The latest time read from the clock, to notice it being stepped back; and whether
+        # the next fold should look for leases taken before such a step (every new queue
+        # object looks once: the step may have happened while no process was running).
+        self._latest = -math.inf
+        self._look_for_future_leases = True
         self._closed = False
         self._q = sql.render(self.name)
         self._sql = self._q.sql
@@ -601,6 +610,9 @@ class SQLiteBackend(SQLBackend):
         if version < 3 and "result" not in self._table_columns(conn, self._q.tables["done"]):
             for statement in self._q.upgrade_from_2:
                 conn.execute(statement)
+        if version < 4:
+            for statement in self._q.upgrade_from_3:
+                conn.execute(statement)
         conn.execute(
             "UPDATE sqqueue_queues SET schema_version = ? WHERE name = ?",
             (SCHEMA_VERSION, self.name),
@@ -700,10 +712,9 @@ class SQLiteBackend(SQLBackend):
 
     # -- operations --------------------------------------------------------------------
 
-    def _insert(
-        self, conn: sqlite3.Connection, messages: Sequence[NewMessage], now: float
-    ) -> list[int]:
+    def _insert(self, conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> list[int]:
         """Insert inside the caller's transaction: dedup, depth limit, groups."""
+        now = self._now()
         policy = self.policy
         plain = policy.max_depth is None
         for m in messages if plain else ():  # a loop, not all(...): no generator to resume
@@ -716,7 +727,7 @@ class SQLiteBackend(SQLBackend):
             first = int(conn.execute(self._sql["next_id"]).fetchone()[0])
             # insert_plain's columns and the id, in one tuple per row.
             rows = [
-                (*m[:6], now, m.expires_at, first + i)  # data ... max_attempts, as in NewMessage
+                (*m[:6], now, m.ttl, first + i)  # data ... max_attempts, as in NewMessage
                 for i, m in enumerate(messages)
             ]
             conn.executemany(self._sql["insert_plain_at"], rows)
@@ -774,29 +785,32 @@ class SQLiteBackend(SQLBackend):
         alive = conn.execute(self._sql["exists"], {"id": message_id}).fetchone()[0]
         return message_id if alive else None
 
-    def _single_plain(self, messages: Sequence[NewMessage], now: float) -> tuple[Any, ...] | None:
+    def _single_plain(self, messages: Sequence[NewMessage]) -> tuple[Any, ...] | None:
         """``insert_plain``'s parameters when ``messages`` is one message that needs
         nothing but its INSERT (no dedup key, group, large body or depth limit), the
         most common enqueue; else None."""
         if len(messages) == 1 and self.policy.max_depth is None:
             m = messages[0]
             if m.dedup_key is None and m.group_key is None and len(m.data) < LARGE_PAYLOAD:
-                return (*m[:6], now, m.expires_at)  # data ... max_attempts, as in NewMessage
+                # data ... max_attempts, as in NewMessage. The clock is read as late as it
+                # can be; a wait for the write lock inside the statement shortens a delay
+                # or a time to live by that wait (see README, "Clocks").
+                return (*m[:6], self._now(), m.ttl)
         return None
 
     def _insert_one(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> int:
         return int(conn.execute(self._sql["insert_plain"], row).lastrowid or 0)
 
-    def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[int]:
-        row = self._single_plain(messages, now)
+    def enqueue(self, messages: Sequence[NewMessage]) -> list[int]:
+        row = self._single_plain(messages)
         if row is not None:
             # A single statement is a transaction of its own (autocommit): it takes the
             # write lock at its start, as BEGIN IMMEDIATE would, and its next-id
             # sub-selects read under that lock. No BEGIN and COMMIT to run around it.
             return [self._run(self._insert_one, False, row)]
-        return self._run(self._insert, True, messages, now)
+        return self._run(self._insert, True, messages)
 
-    def enqueue_in(self, conn: Any, messages: Sequence[NewMessage], now: float) -> list[int]:
+    def enqueue_in(self, conn: Any, messages: Sequence[NewMessage]) -> list[int]:
         """Insert inside the caller's own transaction on its own connection (outbox)."""
         if not isinstance(conn, sqlite3.Connection):
             raise StorageError(
@@ -819,10 +833,10 @@ class SQLiteBackend(SQLBackend):
                 )
             if not conn.in_transaction:
                 self._join(conn)
-            row = self._single_plain(messages, now)
+            row = self._single_plain(messages)
             if row is not None:
                 return [self._insert_one(conn, row)]
-            return self._insert(conn, messages, now)
+            return self._insert(conn, messages)
         except sqlite3.Error as exc:
             raise classify(exc, self.path) from exc
 
@@ -846,9 +860,33 @@ class SQLiteBackend(SQLBackend):
         exclusive = conn.isolation_level.upper() == "EXCLUSIVE"
         conn.execute("BEGIN EXCLUSIVE" if exclusive else "BEGIN IMMEDIATE")
 
-    def _fold_expired(self, conn: sqlite3.Connection, now: float) -> int:
+    def _now(self) -> float:
+        now = float(self._clock())
+        latest = self._latest
+        if now > latest:
+            self._latest = now
+        elif now < latest - _STEP_BACK:
+            # The clock was stepped back: leases taken before the step end that much later
+            # than they should; the next fold restarts them (see "reanchor_leases").
+            self._latest = now
+            self._look_for_future_leases = True
+        return now
+
+    def _fold_expired(self, conn: sqlite3.Connection, now: float | None) -> int:
         """Expired leases back to pending (or dead), messages past their TTL out."""
         params = {"now": now}
+        if self._look_for_future_leases:
+            self._look_for_future_leases = False
+            moved = conn.execute(
+                self._sql["reanchor_leases"], {**params, "longest": _LONGEST_LEASE}
+            ).rowcount
+            if moved:
+                logger.warning(
+                    "queue %r: the clock was set back; %d lease(s) taken before that start "
+                    "again from now",
+                    self.name,
+                    moved,
+                )
         if not conn.execute(self._sql["any_expired"], params).fetchone()[0]:
             return 0
         if self.policy.expired_to_dlq:
@@ -893,7 +931,7 @@ class SQLiteBackend(SQLBackend):
     def maintain(self, rounds: int = 1) -> None:
         # Each step is bounded: a few hundred rows or pages per round (at most 16 MiB of
         # pages at once), and a checkpoint that never waits for readers or writers.
-        self._prune(float(self._clock()))
+        self._prune()
 
         def free_pages(conn: sqlite3.Connection) -> tuple[int, int]:
             free = conn.execute("PRAGMA freelist_count").fetchone()[0]
@@ -941,7 +979,7 @@ class SQLiteBackend(SQLBackend):
                 )
         return rows
 
-    def complete_many(self, refs: Sequence[tuple[int, int | None]], now: float) -> list[Outcome]:
+    def complete_many(self, refs: Sequence[tuple[int, int | None]]) -> list[Outcome]:
         # A batch claimed together (one lease token, each id once, no history kept) goes
         # in one DELETE; any other batch, or one with a message no longer held, takes the
         # shared path, which finds out message by message why.
@@ -954,11 +992,11 @@ class SQLiteBackend(SQLBackend):
             or {t for _, t in refs} != {token}  # (a set, not any(...): no generator to resume)
             or len(set(ids)) != len(ids)
         ):
-            return super().complete_many(refs, now)
+            return super().complete_many(refs)
         statement = self._q.complete_set(len(ids))
 
         def run(conn: sqlite3.Connection) -> list[Outcome]:
-            if conn.execute(statement, (*ids, now, token)).rowcount != len(ids):
+            if conn.execute(statement, (*ids, self._now(), token)).rowcount != len(ids):
                 raise _Refused([])  # rolls back what was deleted
             self._bump(conn, completed=len(ids))
             return [Outcome.DONE] * len(ids)
@@ -966,7 +1004,7 @@ class SQLiteBackend(SQLBackend):
         try:
             return self._write(run)
         except _Refused:
-            return super().complete_many(refs, now)
+            return super().complete_many(refs)
 
     def _message(self, row: Sequence[Any]) -> StoredMessage:
         # Runs for every message claimed: tuple.__new__ skips the named tuple's __new__
@@ -1126,9 +1164,9 @@ def _insert_params(message: NewMessage, now: float) -> dict[str, Any]:
         "encoding": message.encoding,
         "checksum": message.checksum,
         "priority": message.priority,
-        "visible_at": message.visible_at,
+        "delay": message.delay,
         "max_attempts": message.max_attempts,
         "now": now,
-        "expires_at": message.expires_at,
+        "ttl": message.ttl,
         "group_key": message.group_key,
     }

@@ -77,6 +77,11 @@ COUNTERS = (
     "base",
 )
 
+READY_INDEX = (
+    "CREATE INDEX $ix_ready ON $q (priority DESC, visible_at, id, updated_at) "
+    "WHERE status = 'pending'"
+)
+
 QUEUE_DDL = (
     """
 CREATE TABLE $q (
@@ -102,8 +107,9 @@ CREATE TABLE $q (
     expires_at        REAL,              -- never delivered after this (time to live)
     prior_attempts    INTEGER NOT NULL DEFAULT 0  -- attempts before a redrive
 )""",
-    # Serves the claim exactly: ready rows in delivery order, pending rows only.
-    "CREATE INDEX $ix_ready ON $q (priority DESC, visible_at, id) WHERE status = 'pending'",
+    # Serves the claim exactly: ready rows in delivery order, pending rows only. updated_at
+    # is there to tell a message without a delay (see _READY) without reading its row.
+    READY_INDEX,
     # Serves the fold of expired leases, and waiting consumers' next wake-up.
     "CREATE INDEX $ix_leases ON $q (lease_expires_at) WHERE status = 'processing'",
     "CREATE INDEX $ix_expiry ON $q (expires_at) WHERE expires_at IS NOT NULL",
@@ -225,7 +231,8 @@ READ_COLUMNS = COLUMNS.replace("payload", _PAYLOAD, 1)
 # A pending row as it reads once claimed (see "claim_pick").
 _CLAIMED_COLUMNS = (
     f"id, {_PAYLOAD}, encoding, checksum, priority, attempts + 1, max_attempts, created_at, "
-    "visible_at, :token, :until, last_error, group_key, expires_at, prior_attempts, 'processing'"
+    "visible_at, :token, :now + :lease, last_error, group_key, expires_at, prior_attempts, "
+    "'processing'"
 )
 READ_DEAD_COLUMNS = DEAD_COLUMNS.replace("payload", _PAYLOAD, 1)
 READ_DONE_COLUMNS = DONE_COLUMNS.replace("payload", _PAYLOAD, 1)
@@ -252,6 +259,17 @@ _PROCESSING = "(SELECT count(*) FROM $q WHERE status = 'processing')"
 _LIVE = (
     "status = 'processing' AND lease_expires_at > :now AND (:token IS NULL OR lease_token = :token)"
 )
+# A pending message is ready when the clock says it is visible, or when it was visible
+# already when it was last written: a message without a delay (enqueued, failed without a
+# retry delay, released, back from an expired lease) is stored with visible_at no later
+# than updated_at. Only a message with a delay depends on the clock, so a clock stepped
+# back never hides a message that was ready.
+_READY = "(visible_at <= :now OR visible_at <= updated_at)"
+_DELAYED = "(visible_at > :now AND visible_at > updated_at)"
+# For a listing of all states: a delayed message says so.
+LIST_ALL_COLUMNS = READ_COLUMNS.replace(
+    "status", f"CASE WHEN status = 'pending' AND {_DELAYED} THEN 'delayed' ELSE status END"
+)
 # A message of a group waits while any other message of its group is still in the queue.
 _FIRST_STATUS = """CASE WHEN :group_key IS NOT NULL AND EXISTS (
                            SELECT 1 FROM $q WHERE group_key = :group_key)
@@ -261,22 +279,23 @@ STATEMENTS = {
     "insert": f"""
         INSERT INTO $q (id, payload, encoding, checksum, priority, visible_at, max_attempts,
                         created_at, updated_at, expires_at)
-        VALUES ({_NEXT_ID}, :data, :encoding, :checksum, :priority, :visible_at,
-                :max_attempts, :now, :now, :expires_at)""",
+        VALUES ({_NEXT_ID}, :data, :encoding, :checksum, :priority, :now + :delay,
+                :max_attempts, :now, :now, :now + :ttl)""",
+    # Positional: data, encoding, checksum, priority, delay, max_attempts, now, ttl.
     "insert_plain": f"""
         INSERT INTO $q (id, payload, encoding, checksum, priority, visible_at, max_attempts,
                         created_at, updated_at, expires_at)
-        VALUES ({_NEXT_ID}, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)""",
+        VALUES ({_NEXT_ID}, ?1, ?2, ?3, ?4, ?7 + ?5, ?6, ?7, ?7, ?7 + ?8)""",
     # A batch: the caller reads next_id once and numbers the rows itself.
     "insert_plain_at": """
         INSERT INTO $q (id, payload, encoding, checksum, priority, visible_at, max_attempts,
                         created_at, updated_at, expires_at)
-        VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)""",
+        VALUES (?9, ?1, ?2, ?3, ?4, ?7 + ?5, ?6, ?7, ?7, ?7 + ?8)""",
     "insert_grouped": f"""
         INSERT INTO $q (id, payload, encoding, checksum, status, priority, visible_at,
                         max_attempts, created_at, updated_at, expires_at, group_key)
         VALUES ({_NEXT_ID}, :data, :encoding, :checksum, {_FIRST_STATUS}, :priority,
-                :visible_at, :max_attempts, :now, :now, :expires_at, :group_key)""",
+                :now + :delay, :max_attempts, :now, :now, :now + :ttl, :group_key)""",
     "next_id": f"SELECT {_NEXT_ID}",
     # Make the ids up to :high taken without counting them as enqueues: #base moves up
     # with the highest id, so fresh stays as it is. Run in this order.
@@ -302,21 +321,21 @@ STATEMENTS = {
     # every time, more than the claim itself.
     "claim_pick": f"""
         SELECT {_CLAIMED_COLUMNS} FROM $q
-         WHERE status = 'pending' AND visible_at <= :now
+         WHERE status = 'pending' AND {_READY}
          ORDER BY priority DESC, visible_at, id
          LIMIT :limit""",
     "claim_one": """
         UPDATE $q
            SET status = 'processing', attempts = attempts + 1, lease_token = :token,
-               lease_expires_at = :until, updated_at = :now
+               lease_expires_at = :now + :lease, updated_at = :now
          WHERE id = :id""",
     # For a batch: the same query as claim_pick, so the same rows (the write lock is held).
-    "claim_many": """
+    "claim_many": f"""
         UPDATE $q
            SET status = 'processing', attempts = attempts + 1, lease_token = :token,
-               lease_expires_at = :until, updated_at = :now
+               lease_expires_at = :now + :lease, updated_at = :now
          WHERE id IN (SELECT id FROM $q
-                       WHERE status = 'pending' AND visible_at <= :now
+                       WHERE status = 'pending' AND {_READY}
                        ORDER BY priority DESC, visible_at, id
                        LIMIT :limit)""",
     # One probe per claim: is there an expired lease, or a message past its time to live?
@@ -348,6 +367,14 @@ STATEMENTS = {
         DELETE FROM $q
          WHERE status = 'processing' AND lease_expires_at <= :now
            AND attempts >= max_attempts""",
+    # A lease that started in the future was taken before the clock was stepped back: it
+    # starts again now, for the time it had (bounded by the longest lease), so a crashed
+    # consumer's message comes back within one lease instead of the size of the step.
+    "reanchor_leases": """
+        UPDATE $q
+           SET lease_expires_at = :now + min(max(lease_expires_at - updated_at, 0), :longest),
+               updated_at = :now
+         WHERE status = 'processing' AND updated_at > :now""",
     # The message becomes visible again from the moment its lease ran out.
     "lease_return": """
         UPDATE $q
@@ -364,13 +391,14 @@ STATEMENTS = {
           FROM $q WHERE id = :id AND {_LIVE}""",
     "release": f"""
         UPDATE $q
-           SET status = 'pending', visible_at = :visible_at, lease_token = NULL,
+           SET status = 'pending', visible_at = :now + :delay, lease_token = NULL,
                lease_expires_at = NULL, attempts = max(attempts - :refund, 0),
                last_error = coalesce(:error, last_error), updated_at = :now
          WHERE id = :id AND {_LIVE}""",
     "extend": f"""
-        UPDATE $q SET lease_expires_at = :until, updated_at = :now
-         WHERE id = :id AND {_LIVE}""",
+        UPDATE $q SET lease_expires_at = :now + :lease, updated_at = :now
+         WHERE id = :id AND {_LIVE}
+        RETURNING lease_expires_at""",
     "attempts_if_live": f"SELECT attempts, max_attempts FROM $q WHERE id = :id AND {_LIVE}",
     "state": "SELECT status, lease_token FROM $q WHERE id = :id",
     "in_dlq": "SELECT 1 FROM $dlq WHERE id = :id",
@@ -397,7 +425,7 @@ STATEMENTS = {
     "dead_ids": "SELECT id FROM $dlq WHERE id > :after ORDER BY id LIMIT :limit",
     "peek": f"""
         SELECT {READ_COLUMNS} FROM $q
-         WHERE status = 'pending' AND visible_at <= :now
+         WHERE status = 'pending' AND {_READY}
            AND (expires_at IS NULL OR expires_at > :now)
          ORDER BY priority DESC, visible_at, id
          LIMIT 1""",
@@ -439,7 +467,9 @@ STATEMENTS = {
                (SELECT created_at FROM sqqueue_queues WHERE name = $lit)""",
     # Per priority level, seek into the ready index: pending rows not yet visible, and
     # the oldest visible one. Costs a few seeks per level plus one step per delayed row.
-    "delayed_and_oldest": """
+    # (The age, not the time, of the oldest: a message ready since before a clock step
+    # back counts as just ready.)
+    "delayed_and_oldest": f"""
         WITH RECURSIVE levels(p) AS (
             SELECT max(priority) FROM $q WHERE status = 'pending'
             UNION ALL
@@ -447,17 +477,19 @@ STATEMENTS = {
               FROM levels WHERE levels.p IS NOT NULL
         )
         SELECT coalesce(sum((SELECT count(*) FROM $q WHERE status = 'pending'
-                              AND priority = levels.p AND visible_at > :now)), 0),
-               min((SELECT min(visible_at) FROM $q WHERE status = 'pending'
-                     AND priority = levels.p AND visible_at <= :now))
+                              AND priority = levels.p AND {_DELAYED})), 0),
+               max(:now - min((SELECT min(visible_at) FROM $q WHERE status = 'pending'
+                                AND priority = levels.p AND {_READY})), 0)
           FROM levels WHERE levels.p IS NOT NULL""",
     # Only grouped messages wait: counted through the group index, not the whole table.
     "waiting": """
         SELECT count(*) FROM $q WHERE group_key IS NOT NULL AND status = 'waiting'""",
     "expiring": """
-        SELECT count(*) FROM $q WHERE status = 'processing' AND lease_expires_at <= :horizon""",
-    # The earliest visible_at among pending rows, read from the ready index one priority
-    # level at a time (a skip-scan: a few index seeks per level, whatever the depth).
+        SELECT count(*) FROM $q
+         WHERE status = 'processing' AND lease_expires_at <= :now + :horizon""",
+    # Seconds until the earliest visible_at among pending rows, read from the ready index
+    # one priority level at a time (a skip-scan: a few index seeks per level, whatever the
+    # depth), or the first lease or time to live to run out.
     "next_due": """
         WITH RECURSIVE levels(p) AS (
             SELECT max(priority) FROM $q WHERE status = 'pending'
@@ -465,7 +497,7 @@ STATEMENTS = {
             SELECT (SELECT max(priority) FROM $q WHERE status = 'pending' AND priority < levels.p)
               FROM levels WHERE levels.p IS NOT NULL
         )
-        SELECT min(t) FROM (  -- aggregate min() skips NULLs
+        SELECT min(t) - :now FROM (  -- aggregate min() skips NULLs
             SELECT (SELECT min(visible_at) FROM $q
                      WHERE status = 'pending' AND priority = levels.p) AS t
               FROM levels WHERE levels.p IS NOT NULL
@@ -474,7 +506,7 @@ STATEMENTS = {
             UNION ALL
             SELECT min(expires_at) FROM $q WHERE expires_at IS NOT NULL)""",
     "dead_letters": f"SELECT {READ_DEAD_COLUMNS} FROM $dlq ORDER BY dead_at, id",
-    "list_pending": f"""SELECT {READ_COLUMNS} FROM $q WHERE status = 'pending' AND visible_at <= :now
+    "list_pending": f"""SELECT {READ_COLUMNS} FROM $q WHERE status = 'pending' AND {_READY}
                         AND id > :after ORDER BY id LIMIT :limit""",
     # Delayed rows are the tail of each priority level of the ready index: seek there
     # level by level (as "delayed_and_oldest" does), then sort by id.
@@ -487,6 +519,7 @@ STATEMENTS = {
         )
         SELECT {READ_COLUMNS} FROM levels JOIN $q INDEXED BY $ix_ready
             ON status = 'pending' AND priority = levels.p AND visible_at > :now
+               AND visible_at > updated_at
          WHERE id > :after ORDER BY id LIMIT :limit""",
     # Waiting and leased messages are read through their partial indexes (then sorted by
     # id): walking the table by id would pass every ready message of a deep queue.
@@ -497,22 +530,24 @@ STATEMENTS = {
                             WHERE status = 'processing' AND id > :after
                             ORDER BY id LIMIT :limit""",
     # One message by id, wherever it is: in the queue, among the dead letters, in history.
-    "find": f"SELECT {READ_COLUMNS} FROM $q WHERE id = :id",
+    "find": f"SELECT {LIST_ALL_COLUMNS} FROM $q WHERE id = :id",
     "find_dead": f"SELECT {READ_DEAD_COLUMNS} FROM $dlq WHERE id = :id",
     "find_done": f"SELECT {READ_DONE_COLUMNS} FROM $done WHERE id = :id",
-    "list_all": f"SELECT {READ_COLUMNS} FROM $q WHERE id > :after ORDER BY id LIMIT :limit",
+    "list_all": f"""SELECT {LIST_ALL_COLUMNS} FROM $q WHERE id > :after
+                    ORDER BY id LIMIT :limit""",
     "list_dead": f"SELECT {READ_DEAD_COLUMNS} FROM $dlq WHERE id > :after ORDER BY id LIMIT :limit",
     "list_done": f"SELECT {READ_DONE_COLUMNS} FROM $done WHERE id > :after ORDER BY id LIMIT :limit",
-    "purge_pending": """DELETE FROM $q WHERE status = 'pending' AND visible_at <= :now
-                        AND (:cutoff IS NULL OR created_at < :cutoff)""",
-    "purge_delayed": """DELETE FROM $q WHERE status = 'pending' AND visible_at > :now
-                        AND (:cutoff IS NULL OR created_at < :cutoff)""",
+    # :age: delete only messages created more than that many seconds ago (NULL: all).
+    "purge_pending": f"""DELETE FROM $q WHERE status = 'pending' AND {_READY}
+                         AND (:age IS NULL OR created_at < :now - :age)""",
+    "purge_delayed": f"""DELETE FROM $q WHERE status = 'pending' AND {_DELAYED}
+                         AND (:age IS NULL OR created_at < :now - :age)""",
     "purge_waiting": """DELETE FROM $q WHERE status = 'waiting'
-                        AND (:cutoff IS NULL OR created_at < :cutoff)""",
+                        AND (:age IS NULL OR created_at < :now - :age)""",
     "purge_processing": """DELETE FROM $q WHERE status = 'processing'
-                           AND (:cutoff IS NULL OR created_at < :cutoff)""",
-    "purge_dead": "DELETE FROM $dlq WHERE :cutoff IS NULL OR dead_at < :cutoff",
-    "purge_done": "DELETE FROM $done WHERE :cutoff IS NULL OR completed_at < :cutoff",
+                           AND (:age IS NULL OR created_at < :now - :age)""",
+    "purge_dead": "DELETE FROM $dlq WHERE :age IS NULL OR dead_at < :now - :age",
+    "purge_done": "DELETE FROM $done WHERE :age IS NULL OR completed_at < :now - :age",
     # Copy between databases: rows arrive with their ids.
     "import_message": """
         INSERT INTO $q (id, payload, encoding, checksum, status, priority, visible_at,
@@ -527,7 +562,7 @@ STATEMENTS = {
                 :last_error, :created_at, :updated_at, :dead_at, :group_key, :prior_attempts)""",
     # Retention and dedup upkeep, a bounded number of rows per round.
     "prune_done_age": """
-        DELETE FROM $done WHERE id IN (SELECT id FROM $done WHERE completed_at < :cutoff
+        DELETE FROM $done WHERE id IN (SELECT id FROM $done WHERE completed_at < :now - :age
                                         ORDER BY completed_at LIMIT :batch)""",
     "prune_done_count": """
         DELETE FROM $done WHERE id IN (SELECT id FROM $done ORDER BY completed_at
@@ -551,6 +586,9 @@ UPGRADE_FROM_1 = ("DROP TRIGGER IF EXISTS $tr_insert",)
 # From schema version 2: completed messages kept as history can carry a result. Run only
 # when the column is missing (DDL applied by hand registers version 1 with it already).
 UPGRADE_FROM_2 = ("ALTER TABLE $done ADD COLUMN result TEXT",)
+# From schema version 3: the ready index also holds updated_at, which tells a message
+# without a delay from a delayed one without reading its row (see _READY).
+UPGRADE_FROM_3 = ("DROP INDEX IF EXISTS $ix_ready", READY_INDEX)
 
 LEGACY_MIGRATION = (
     "ALTER TABLE $q RENAME TO $legacy",
@@ -629,6 +667,7 @@ class Rendered:
         self.migration = [self.fill(sql) for sql in LEGACY_MIGRATION]
         self.upgrade_from_1 = [self.fill(sql) for sql in UPGRADE_FROM_1]
         self.upgrade_from_2 = [self.fill(sql) for sql in UPGRADE_FROM_2]
+        self.upgrade_from_3 = [self.fill(sql) for sql in UPGRADE_FROM_3]
         self.legacy_dead_insert = self.fill(LEGACY_DEAD_INSERT)
         self._complete_sets: dict[int, str] = {}
 
