@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import inspect
 import itertools
+import logging
 import os
 import signal
 import subprocess
@@ -805,6 +806,123 @@ async def test_async_worker_task_timeout_with_default_heartbeat(aq: AsyncQueue) 
     await _stop(w, task, immediate=True)
     assert w.stats.timed_out == 1, f"task_timeout=0.5 not enforced after {elapsed:.1f} s"
     assert elapsed < 2.0
+
+
+class Unprintable(Exception):
+    """An exception whose message cannot be read."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no message for you")
+
+
+class NotAnException(BaseException):
+    """A BaseException of the application's own (not an Exception)."""
+
+
+ASYNC_HANDLER_ESCAPES: list[tuple[str, BaseException]] = [
+    ("coroutine", asyncio.CancelledError()),
+    ("coroutine", SystemExit(3)),
+    ("coroutine", KeyboardInterrupt()),
+    ("coroutine", NotAnException("custom")),
+    ("coroutine", Unprintable()),
+    ("function", SystemExit(3)),
+    ("function", KeyboardInterrupt()),
+]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("kind", "raised"),
+    ASYNC_HANDLER_ESCAPES,
+    ids=[f"{k}-{type(e).__name__}" for k, e in ASYNC_HANDLER_ESCAPES],
+)
+async def test_async_worker_counts_whatever_a_handler_raises_as_its_failure(
+    aq: AsyncQueue, caplog: pytest.LogCaptureFixture, kind: str, raised: BaseException
+) -> None:
+    """A CancelledError the handler lets escape, SystemExit, KeyboardInterrupt, any
+    BaseException, an exception whose str() raises, from a coroutine or a plain function:
+    the message is failed (retried, then dead-lettered), an ERROR says so, the event loop
+    is not stopped, and the same single runner goes on."""
+    caplog.set_level(logging.INFO, logger="sqqueue")
+    boom = ok(await aq.enqueue("boom", max_attempts=2))
+    after = ok(await aq.enqueue("after"))
+    seen: list[tuple[Any, int]] = []
+
+    def handle(message: Message) -> None:
+        seen.append((message.payload, message.attempts))
+        if message.payload == "boom":
+            raise raised
+
+    async def coroutine(message: Message) -> None:
+        await asyncio.sleep(0)
+        handle(message)
+
+    w = _async_worker(aq, coroutine if kind == "coroutine" else handle)
+    task = asyncio.create_task(w.run())
+    dead = [(boom, "dead", 2)]
+    await eventually(lambda: _statuses_are(aq, dead), timeout=15, what="both tries, then the DLQ")
+    stats = await _stop(w, task)
+    assert sorted(seen) == [("after", 1), ("boom", 1), ("boom", 2)]
+    (letter,) = ok(await aq.get_dead_letters())
+    assert letter["last_error"].startswith(type(raised).__name__), letter["last_error"]
+    assert (stats.started, stats.completed, stats.failed, stats.dead_lettered) == (3, 1, 2, 1)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert sum(f"message {boom}" in e and type(raised).__name__ in e for e in errors) == 2, errors
+    assert after not in [s[0] for s in await statuses(aq)]
+
+
+async def _statuses_are(aq: AsyncQueue, expected: list[tuple[int, str, int]]) -> bool:
+    return await statuses(aq) == expected
+
+
+@pytest.mark.asyncio
+async def test_async_handler_escape_is_recorded_as_what_happened_not_as_a_timeout(
+    aq: AsyncQueue,
+) -> None:
+    """With task_timeout, a coroutine that lets a CancelledError of its own escape has
+    that recorded, not a timeout."""
+    boom = ok(await aq.enqueue("boom", max_attempts=1))
+
+    async def handler(message: Message) -> None:
+        inner = asyncio.ensure_future(asyncio.sleep(30))
+        inner.cancel()
+        await inner  # raises CancelledError: the handler does not catch it
+
+    w = _async_worker(aq, handler, task_timeout=3, heartbeat=0.05)
+    task = asyncio.create_task(w.run())
+    await eventually(lambda: _has_dead_letters(aq), timeout=15, what="dead letter")
+    stats = await _stop(w, task)
+    (letter,) = ok(await aq.get_dead_letters())
+    assert (letter["id"], letter["last_error"]) == (boom, "CancelledError")
+    assert (stats.timed_out, stats.failed, stats.dead_lettered) == (0, 1, 1)
+
+
+async def _has_dead_letters(aq: AsyncQueue) -> bool:
+    return bool(ok(await aq.get_dead_letters()))
+
+
+@pytest.mark.asyncio
+async def test_cancelling_async_worker_run_stops_its_runners_and_heartbeat(
+    aq: AsyncQueue,
+) -> None:
+    """Cancelling the task running AsyncWorker.run() (an application shutting down) stops
+    everything: running messages go back to the queue, no handler or heartbeat goes on."""
+    held = ok(await aq.enqueue("held"))
+    started = asyncio.Event()
+
+    async def handler(message: Message) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    w = _async_worker(aq, handler, grace_period=30)
+    task = asyncio.create_task(w.run())
+    await asyncio.wait_for(started.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert await statuses(aq) == [(held, "pending", 1)]
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert [t for t in others if not t.done()] == [], others
 
 
 @pytest.mark.asyncio

@@ -7,6 +7,7 @@ Workers here run on the real clock with short leases, on every backend; every wa
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue as stdlib_queue
 import signal
@@ -302,6 +303,110 @@ def test_failing_hook_is_not_fatal(rq: Queue, running: Callable[[Worker], Runnin
     stats = r.stop()
     assert stats.completed == 1
     assert statuses(rq) == []
+
+
+# -- whatever a handler raises -------------------------------------------------------------
+
+
+class Unprintable(Exception):
+    """An exception whose message cannot be read."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no message for you")
+
+
+class NotAnException(BaseException):
+    """A BaseException of the application's own (not an Exception)."""
+
+
+HANDLER_ESCAPES: list[BaseException] = [
+    SystemExit(3),
+    KeyboardInterrupt(),
+    NotAnException("custom"),
+    GeneratorExit(),
+    Unprintable(),
+]
+
+
+@pytest.mark.parametrize("raised", HANDLER_ESCAPES, ids=lambda e: type(e).__name__)
+def test_whatever_a_handler_raises_fails_its_message_and_the_worker_goes_on(
+    rq: Queue,
+    running: Callable[[Worker], Running],
+    caplog: pytest.LogCaptureFixture,
+    raised: BaseException,
+) -> None:
+    """SystemExit, KeyboardInterrupt, any BaseException, or an exception whose str()
+    raises: the message is failed (retried, then dead-lettered), an ERROR says so, and the
+    same single runner goes on with the next messages."""
+    caplog.set_level(logging.INFO, logger="sqqueue")
+    boom = ok(rq.enqueue("boom", max_attempts=2))
+    after = ok(rq.enqueue("after"))
+    seen: list[tuple[Any, int]] = []
+
+    def handler(message: Message) -> None:
+        seen.append((message.payload, message.attempts))
+        if message.payload == "boom":
+            raise raised
+
+    r = running(make_worker(rq, handler))
+    wait_until(lambda: statuses(rq) == [(boom, "dead", 2)], timeout=15, what="both tries, then DLQ")
+    stats = r.stop()
+    assert seen == [("boom", 1), ("after", 1), ("boom", 2)]
+    (letter,) = ok(rq.get_dead_letters())
+    assert letter["last_error"].startswith(type(raised).__name__), letter["last_error"]
+    assert (stats.started, stats.completed, stats.failed, stats.dead_lettered) == (3, 1, 2, 1)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert sum(f"message {boom}" in e and type(raised).__name__ in e for e in errors) == 2, errors
+    assert after not in [s[0] for s in statuses(rq)]
+
+
+def test_handler_escape_is_recorded_as_what_happened_not_as_a_timeout(
+    rq: Queue, running: Callable[[Worker], Running]
+) -> None:
+    """With task_timeout, a handler that raises SystemExit at once has that recorded (the
+    timeout never fires for work that already ended)."""
+    boom = ok(rq.enqueue("boom", max_attempts=1))
+
+    def handler(message: Message) -> None:
+        raise SystemExit("handler gave up")
+
+    r = running(make_worker(rq, handler, task_timeout=3, heartbeat=0.05))
+    wait_until(lambda: bool(ok(rq.get_dead_letters())), timeout=15, what="dead letter")
+    stats = r.stop()
+    (letter,) = ok(rq.get_dead_letters())
+    assert (letter["id"], letter["last_error"]) == (boom, "SystemExit: handler gave up")
+    assert (stats.timed_out, stats.failed, stats.dead_lettered) == (0, 1, 1)
+
+
+class BrokenDurations:
+    """A duration observer whose first call raises SystemExit (a bug outside the handler)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def observe(self, queue: str, kind: str, seconds: float) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise SystemExit("observer bug")
+
+
+def test_runner_that_fails_outside_the_handler_is_replaced(
+    rq: Queue, running: Callable[[Worker], Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A runner whose own steps raise: an ERROR with the traceback, its message failed
+    (not left to a heartbeat that extends it forever), and a new runner takes the slot."""
+    caplog.set_level(logging.ERROR, logger="sqqueue")
+    first = ok(rq.enqueue("first"))
+    second = ok(rq.enqueue("second"))
+    handled: list[tuple[int, int]] = []
+    w = make_worker(rq, lambda m: handled.append((m.id, m.attempts)), durations=BrokenDurations())
+    r = running(w)
+    wait_until(lambda: not statuses(rq), timeout=15, what="both completed")
+    stats = r.stop()
+    assert sorted(handled) == [(first, 2), (second, 1)]
+    assert (stats.failed, stats.completed) == (1, 2)
+    failed = [r for r in caplog.records if "runner failed unexpectedly" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info is not None
 
 
 # -- concurrency ----------------------------------------------------------------------------
@@ -794,6 +899,45 @@ def test_second_signal_stops_at_once_and_requeues(
     message = ok(rq.dequeue())
     assert message is not None
     assert (message.id, message.attempts) == (message_id, 2)
+
+
+INTERRUPTED_SCRIPT = """
+import sys, time
+from sqqueue import PostgresQueue, Worker, connect
+
+url, schema = sys.argv[1], sys.argv[2]
+if url.startswith("sqlite:"):
+    queue = connect(url, "jobs")
+else:
+    queue = PostgresQueue(url, "jobs", schema=schema)
+
+
+def handle(message):
+    print(f"started {message.id}", flush=True)
+    time.sleep(60)
+
+
+Worker(queue, handle, handle_signals=False, grace_period=30, poll_wait=0.5).run()
+"""
+
+
+def test_keyboard_interrupt_in_run_gives_the_running_message_back(
+    rq: Queue, tmp_path: Path, queue_target: QueueTarget
+) -> None:
+    """Without its own signal handlers, Ctrl-C raises KeyboardInterrupt in run(): the
+    worker stops at once and its running message is pending again (not left leased by a
+    process that is gone), and the exception goes on."""
+    message_id = ok(rq.enqueue("x"))
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED_SCRIPT)
+    wp = WorkerProcess(script, queue_target, 0, 0)
+    wp.expect(f"started {message_id}")
+    wp.proc.send_signal(signal.SIGINT)
+    code = wp.proc.wait(15)
+    lines = wp.drain()
+    assert code != 0, lines
+    assert any("KeyboardInterrupt" in line for line in lines), lines
+    assert statuses(rq) == [(message_id, "pending", 1)]
 
 
 def test_sigkilled_workers_message_returns_after_lease(
