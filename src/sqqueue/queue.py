@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import math
@@ -95,7 +96,12 @@ MAX_ID = 2**63 - 1  # SQLite's largest integer
 LISTABLE_STATES = ("pending", "delayed", "waiting", "processing", "dead", "done", "all")
 PURGEABLE_STATES = ("pending", "delayed", "waiting", "processing", "dead", "done")
 MAX_ERROR_TEXT = 8_192
-_LEASE_MEMORY = 100_000  # leases remembered per queue object for id-only acks
+# Leases a queue object remembers for calls by bare id (about 10 MB at most). Past that it
+# forgets the oldest, and from then on fences bare ids by the lease's issuer (see _ref).
+_LEASE_MEMORY = 100_000
+# A lease token is this queue object's issuer number (a random 30 bits, new in each process)
+# and a count of its claims (32 bits): a token says which object issued it.
+_ISSUER_SHIFT = 32
 # Leases a queue object ended itself (completed, failed, gave back), remembered so that a
 # second call on the same Message says what happened instead of "expired".
 _ENDED_MEMORY = 10_000
@@ -426,6 +432,10 @@ class Queue:
         self._leases: dict[int, int] = {}
         self._ended: collections.OrderedDict[int, str] = collections.OrderedDict()
         self._leases_lock = threading.Lock()
+        self._forgot_leases = False  # set once _LEASE_MEMORY overflowed: see _ref
+        self._issuer = random.getrandbits(30) or 1
+        self._issuer_pid = os.getpid()  # the issuer number is drawn again in a forked child
+        self._claim_count = itertools.count(1)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ValueError("retry must be a sqqueue.RetryPolicy")
         self.retry = retry or RetryPolicy.immediate()
@@ -564,11 +574,42 @@ class Queue:
                     None,
                 )
             with self._leases_lock:
-                return message, self._leases.get(message)
+                token = self._leases.get(message)
+                if token is not None or not self._forgot_leases:
+                    return message, token
+            return message, self._own_lease(message)
         raise QueueError(
             f"expected a Message or a message id (int), got {type(message).__name__}",
             ErrorKind.INVALID_INPUT,
         )
+
+    def _own_lease(self, message_id: int) -> int | None:
+        """The token to act on ``message_id`` by bare id once this object has forgotten
+        leases: that of a lease this object issued; none (the backend then reports what it
+        finds) when nobody holds the message. A lease issued by another consumer is refused:
+        this object may have held the message before and forgotten it, and acting on the
+        other's lease would undo that consumer's work."""
+        found = self._backend.lease_of(message_id)
+        if found is None or found[0] != "processing":
+            return None
+        token = found[1]
+        if token is not None and token >> _ISSUER_SHIFT == self._issuer:
+            return token
+        raise QueueError(
+            f"message {message_id} is held by another consumer's lease, and this queue "
+            f"object no longer remembers whether it held the message before (it had more "
+            f"than {_LEASE_MEMORY:,} leases not yet finished, and forgot the oldest); nothing "
+            "was changed. Pass the Message returned by dequeue to act on a lease exactly",
+            ErrorKind.LEASE_LOST,
+            message_id,
+        )
+
+    def _new_token(self) -> int:
+        """A lease token: this object's issuer number, then the claim count."""
+        if self._issuer_pid != os.getpid():  # a forked child's first claim
+            self._issuer = random.getrandbits(30) or 1
+            self._issuer_pid = os.getpid()
+        return self._issuer << _ISSUER_SHIFT | (next(self._claim_count) & 0xFFFF_FFFF)
 
     def _remember(self, messages: Sequence[Message]) -> None:
         with self._leases_lock:
@@ -576,8 +617,20 @@ class Queue:
                 if m.lease_token is not None:
                     self._leases.pop(m.id, None)
                     self._leases[m.id] = m.lease_token
+            if len(self._leases) <= _LEASE_MEMORY:
+                return
             while len(self._leases) > _LEASE_MEMORY:
                 del self._leases[next(iter(self._leases))]
+            if self._forgot_leases:
+                return
+            self._forgot_leases = True
+        logger.warning(
+            "queue %r: this queue object holds more than %d leases not yet finished and "
+            "forgets the oldest; from now on a call by bare id acts only on a lease this "
+            "object issued (pass the Message for exact fencing, or finish messages sooner)",
+            self.name,
+            _LEASE_MEMORY,
+        )
 
     def _forget(self, refs: Sequence[tuple[int, int | None]], what: str) -> None:
         """Forget leases this object just ended, remembering ``what`` it did with each
@@ -1021,8 +1074,7 @@ class Queue:
         messages: list[Message] = []
         # Poisoned rows are dead-lettered and skipped; claim again to fill the batch.
         while len(messages) < limit:
-            # A fence, not a secret: the fast PRNG (reseeded after fork) is enough.
-            token = random.getrandbits(62)
+            token = self._new_token()
             # The backend starts the lease when the claim holds its locks, not before.
             rows, folded = self._backend.claim(limit - len(messages), timeout, token)
             if folded:

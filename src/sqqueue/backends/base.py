@@ -211,6 +211,10 @@ class Backend(ABC):
         expiry (None when refused)."""
 
     @abstractmethod
+    def lease_of(self, message_id: int) -> tuple[str, int | None] | None:
+        """A message's status and lease token, or None if it is not in the queue."""
+
+    @abstractmethod
     def peek(self) -> StoredMessage | None:
         """The message the next claim would take, unchanged."""
 

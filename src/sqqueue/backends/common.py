@@ -306,6 +306,10 @@ class SQLBackend(Backend):
 
         return self._write(run)
 
+    def lease_of(self, message_id: int) -> tuple[str, int | None] | None:
+        row = self._read(lambda conn: self._one(conn, "state", {"id": message_id}))
+        return None if row is None else (row[0], row[1])
+
     def peek(self) -> StoredMessage | None:
         def run(conn: Conn) -> StoredMessage | None:
             now = {"now": self._now()}
