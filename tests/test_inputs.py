@@ -828,10 +828,13 @@ def test_invisible_row_edited_by_hand_is_listed_and_blocks_nothing(
     assert ok(queue.purge("delayed")) == 1
 
 
-def test_unreadable_rows_on_every_backend(queue: Queue, queue_target: QueueTarget) -> None:
+@pytest.mark.parametrize("lease", ["1e20", "'NaN'", "'Infinity'"])
+def test_unreadable_rows_on_every_backend(
+    queue: Queue, queue_target: QueueTarget, lease: str
+) -> None:
     """The same isolation on PostgreSQL, whose typed columns still take an impossible time:
-    a creation time of 1e20 dead-letters only its row; a NULL or centuries-away lease on a
-    processing row is recovered."""
+    a creation time of 1e20 dead-letters only its row; a NULL, NaN, infinite or
+    centuries-away lease on a processing row is recovered."""
     ids = ok(queue.enqueue_batch(["a", "bad", "c", "crashed-1", "crashed-2"]))
     crashed = ok(queue.dequeue_batch(2, visibility_timeout=60))
     assert [m.id for m in crashed] == ids[:2]  # "a" and "bad": leased, then lost
@@ -839,7 +842,7 @@ def test_unreadable_rows_on_every_backend(queue: Queue, queue_target: QueueTarge
         [
             f"UPDATE jobs SET created_at = 1e20 WHERE id = {ids[1]}",
             f"UPDATE jobs SET lease_expires_at = NULL WHERE id = {ids[0]}",
-            f"UPDATE jobs SET lease_expires_at = 1e20 WHERE id = {ids[1]}",
+            f"UPDATE jobs SET lease_expires_at = {lease} WHERE id = {ids[1]}",
         ]
     )
     _listings_work(queue)

@@ -930,9 +930,12 @@ def test_second_signal_stops_at_once_and_requeues(
 
 
 INTERRUPTED_SCRIPT = """
-import sys, time
+import signal, sys, time
 from sqqueue import PostgresQueue, Worker, connect
 
+# Ctrl-C raises KeyboardInterrupt even when the tests run as a background job (which
+# starts its children with SIGINT ignored).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 url, schema = sys.argv[1], sys.argv[2]
 if url.startswith("sqlite:"):
     queue = connect(url, "jobs")
