@@ -2,15 +2,19 @@
 blocking the event loop, async claim(), AsyncWorker, and a Starlette app using the queue.
 
 Contract tests: ``AsyncQueue(make_queue(...))`` runs each on every backend.
+
+The suite must hold on a busy machine (two CPU hogs beside it). A wake-up is shown to
+come from the wake-up itself (polling off, a wait far longer than the test's deadline),
+not from how fast it came; lease expiry is driven by the fake clock where it decides the
+outcome; a time bound is only asserted against a contrast many times larger.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import inspect
-import itertools
+import logging
 import os
 import signal
 import subprocess
@@ -18,13 +22,13 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import QueueTarget
+from conftest import FakeClock, QueueTarget
 from helpers import message_statuses
 from sqqueue import (
     AsyncQueue,
@@ -54,7 +58,7 @@ def ok(result: Result[Any, Any]) -> Any:
     return result.value
 
 
-async def eventually(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> None:
+async def eventually(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> None:
     """Poll ``predicate`` (sync, or returning an awaitable) until true, within ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -70,6 +74,14 @@ async def eventually(predicate: Callable[[], Any], timeout: float = 5.0, what: s
 
 async def statuses(aq: AsyncQueue) -> list[tuple[int, str, int]]:
     return [(r["id"], r["status"], r["attempts"]) for r in message_statuses(aq.sync)]
+
+
+def no_polling(aq: AsyncQueue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No watcher of other connections' commits and no fallback re-check, so that a waiter
+    can only be woken by the in-process wake-up (or its own deadline)."""
+    backend = aq.sync._backend
+    monkeypatch.setattr(backend, "watch", lambda: None)
+    monkeypatch.setattr(backend, "poll_fallback", None, raising=False)
 
 
 @pytest.fixture
@@ -367,117 +379,124 @@ async def test_async_context_manager_closes(make_queue: MakeQueue) -> None:
 
 
 @pytest.mark.asyncio
-async def test_waiting_dequeue_does_not_block_event_loop(aq: AsyncQueue) -> None:
-    """While `await dequeue(wait=...)` waits, other tasks keep running (a ticker ticks)."""
-    stamps: list[float] = []
+async def test_waiting_dequeue_does_not_block_event_loop(
+    aq: AsyncQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While `await dequeue(wait=...)` waits, other tasks keep running (they hand a token
+    back and forth 50 times before its 30 s wait is over), and none of its storage calls
+    runs on the event loop's thread."""
+    loop_thread = threading.current_thread()
+    backend = aq.sync._backend
+    on_loop: list[str] = []
+    for name in ("claim", "watch", "next_due"):
+        real = getattr(backend, name)
 
-    async def ticker() -> None:
-        while True:
-            stamps.append(time.monotonic())
-            await asyncio.sleep(0.01)
+        def spy(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            if threading.current_thread() is loop_thread:
+                on_loop.append(_name)
+            return _real(*args, **kwargs)
 
-    tick_task = asyncio.create_task(ticker())
-    start = time.monotonic()
-    result = await aq.dequeue(wait=0.5)
-    elapsed = time.monotonic() - start
-    tick_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await tick_task
-    assert ok(result) is None
-    assert 0.45 <= elapsed < 1.5, elapsed
-    during = [t for t in stamps if start <= t <= start + elapsed]
-    assert len(during) >= 15, len(during)
-    gaps = [b - a for a, b in itertools.pairwise(during)]
-    assert max(gaps) < 0.1, max(gaps)
+        monkeypatch.setattr(backend, name, spy)
+    waiter = asyncio.create_task(aq.dequeue(wait=30))
+    ping, pong = asyncio.Event(), asyncio.Event()
+
+    async def partner() -> None:
+        for _ in range(50):
+            await ping.wait()
+            ping.clear()
+            pong.set()
+
+    other = asyncio.create_task(partner())
+    for _ in range(50):
+        ping.set()
+        await asyncio.wait_for(pong.wait(), 15)
+        pong.clear()
+    await asyncio.wait_for(other, 15)
+    assert not waiter.done(), "the waiting dequeue returned (or ran) before the others"
+    message_id = ok(await aq.enqueue("end the wait"))
+    assert ok(await asyncio.wait_for(waiter, 15)).id == message_id
+    assert on_loop == [], f"storage calls on the event loop's thread: {sorted(set(on_loop))}"
 
 
 @pytest.mark.asyncio
 async def test_waiting_dequeue_wakes_on_enqueue_from_another_task(aq: AsyncQueue) -> None:
-    """A waiting consumer task is woken by another task's enqueue within a few ms."""
-    waiter = asyncio.create_task(aq.dequeue(wait=5))
+    """A waiting consumer task gets another task's enqueue, long before its wait is over."""
+    waiter = asyncio.create_task(aq.dequeue(wait=30))
     await asyncio.sleep(0.1)
     assert not waiter.done()
-    start = time.perf_counter()
     message_id = ok(await aq.enqueue({"hello": "world"}))
-    message = ok(await asyncio.wait_for(waiter, 5))
-    latency = time.perf_counter() - start
+    message = ok(await asyncio.wait_for(waiter, 15))
     assert message is not None
     assert (message.id, message.payload) == (message_id, {"hello": "world"})
-    assert latency < 0.1, latency
 
 
 @pytest.mark.asyncio
 async def test_async_wake_up_does_not_rely_on_polling(
     aq: AsyncQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With no watcher at all (nothing from other connections can wake it), an in-process
-    enqueue still wakes an async waiter."""
-    monkeypatch.setattr(aq.sync._backend, "watch", lambda: None)
-    waiter = asyncio.create_task(aq.dequeue(wait=3))
+    """With no watcher at all and no fallback re-check (nothing from other connections can
+    wake it), an in-process enqueue still wakes an async waiter: nothing else could end
+    its 30 s wait in time."""
+    no_polling(aq, monkeypatch)
+    waiter = asyncio.create_task(aq.dequeue(wait=30))
     await asyncio.sleep(0.05)
-    start = time.perf_counter()
     message_id = ok(await aq.enqueue("signalled"))
-    message = ok(await asyncio.wait_for(waiter, 5))
+    message = ok(await asyncio.wait_for(waiter, 15))
     assert message is not None
     assert message.id == message_id
-    assert time.perf_counter() - start < 0.1
 
 
 @pytest.mark.asyncio
-async def test_waiting_dequeue_wakes_on_enqueue_from_a_thread(aq: AsyncQueue) -> None:
-    """A sync enqueue on another thread wakes an asyncio waiter."""
+async def test_waiting_dequeue_wakes_on_enqueue_from_a_thread(
+    aq: AsyncQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync enqueue on another thread wakes an asyncio waiter (polling off: only the
+    wake-up can end its 30 s wait in time)."""
+    no_polling(aq, monkeypatch)
     timer = threading.Timer(0.1, lambda: aq.sync.enqueue("from a thread"))
     timer.start()
-    start = time.monotonic()
-    message = ok(await aq.dequeue(wait=5))
-    timer.join(5)
+    message = ok(await asyncio.wait_for(aq.dequeue(wait=30), 15))
+    timer.join(15)
     assert message is not None
     assert message.payload == "from a thread"
-    assert time.monotonic() - start < 1.0
 
 
 @pytest.mark.asyncio
 async def test_waiting_dequeue_batch_wakes_on_enqueue_batch(aq: AsyncQueue) -> None:
     """`await dequeue_batch(wait=...)` returns the batch enqueued while it waited."""
-    waiter = asyncio.create_task(aq.dequeue_batch(10, wait=5))
+    waiter = asyncio.create_task(aq.dequeue_batch(10, wait=30))
     await asyncio.sleep(0.05)
     ids = ok(await aq.enqueue_batch(["a", "b"]))
-    messages = ok(await asyncio.wait_for(waiter, 5))
+    messages = ok(await asyncio.wait_for(waiter, 15))
     assert [m.id for m in messages] == ids
 
 
 @pytest.mark.asyncio
 async def test_many_waiters_hold_no_threads(aq: AsyncQueue) -> None:
-    """20 waiting consumers do not tie up the thread pool: other calls still run at once,
-    all waits end on time, and one batch of 20 messages feeds all of them."""
-    waiters = [asyncio.create_task(aq.dequeue(wait=3)) for _ in range(20)]
+    """20 waiting consumers do not tie up the thread pool (a few threads): a plain call
+    still runs while they wait 30 s each, one batch of 20 messages feeds all of them, and
+    20 short waits all end."""
+    waiters = [asyncio.create_task(aq.dequeue(wait=30)) for _ in range(20)]
     await asyncio.sleep(0.2)
-    start = time.monotonic()
-    assert ok(await aq.is_drained()) is True
-    assert time.monotonic() - start < 0.5, "a plain call waited for the thread pool"
+    # Were the waits holding the pool's threads, this would wait for their 30 s.
+    assert ok(await asyncio.wait_for(aq.is_drained(), 15)) is True
     ids = ok(await aq.enqueue_batch([f"m{i}" for i in range(20)]))
-    results = await asyncio.wait_for(asyncio.gather(*waiters), 5)
-    elapsed = time.monotonic() - start
+    results = await asyncio.wait_for(asyncio.gather(*waiters), 15)
     got = sorted(ok(r).id for r in results)
     assert got == sorted(ids)
-    assert elapsed < 2.0, elapsed
     idle = [asyncio.create_task(aq.dequeue(wait=0.4)) for _ in range(20)]
-    start = time.monotonic()
-    assert all(ok(r) is None for r in await asyncio.wait_for(asyncio.gather(*idle), 5))
-    assert time.monotonic() - start < 1.5
+    assert all(ok(r) is None for r in await asyncio.wait_for(asyncio.gather(*idle), 15))
 
 
 @pytest.mark.asyncio
 async def test_cancel_event_ends_async_wait(aq: AsyncQueue) -> None:
-    """cancel + wake_waiters() ends an async wait early with nothing."""
+    """cancel + wake_waiters() ends an async wait early (of its 30 s) with nothing."""
     cancel = threading.Event()
-    waiter = asyncio.create_task(aq.dequeue(wait=10, cancel=cancel))
+    waiter = asyncio.create_task(aq.dequeue(wait=30, cancel=cancel))
     await asyncio.sleep(0.05)
-    start = time.monotonic()
     cancel.set()
     aq.wake_waiters()
-    assert ok(await asyncio.wait_for(waiter, 2)) is None
-    assert time.monotonic() - start < 0.5
+    assert ok(await asyncio.wait_for(waiter, 15)) is None
 
 
 @pytest.mark.asyncio
@@ -507,7 +526,7 @@ async def test_cancelled_dequeue_does_not_strand_a_leased_message(
 
     def slow_claim(*args: Any, **kwargs: Any) -> Any:
         entered.set()
-        time.sleep(0.3)
+        time.sleep(0.3)  # the task is cancelled meanwhile
         return real_claim(*args, **kwargs)
 
     monkeypatch.setattr(backend, "claim", slow_claim)
@@ -516,9 +535,11 @@ async def test_cancelled_dequeue_does_not_strand_a_leased_message(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.sleep(0.5)  # the claim's thread has finished by now
+    # The claim's thread finishes by itself, then gives the message back.
+    await eventually(
+        lambda: _statuses_are_like(aq, [(message_id, "pending")]), what="the message back"
+    )
     monkeypatch.setattr(backend, "claim", real_claim)
-    assert [s[:2] for s in await statuses(aq)] == [(message_id, "pending")]
     message = ok(await aq.dequeue())
     assert message is not None
     assert message.id == message_id
@@ -550,10 +571,16 @@ with open_queue(sys.argv[1], sys.argv[2]) as queue:
 
 @pytest.mark.asyncio
 async def test_enqueue_from_another_process_wakes_async_waiter(
-    make_queue: MakeQueue, queue_target: QueueTarget, tmp_path: Path
+    make_queue: MakeQueue,
+    queue_target: QueueTarget,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """An asyncio waiter notices another process's enqueue quickly."""
+    """An asyncio waiter notices another process's enqueue, through the backend's change
+    counter (PostgreSQL: NOTIFY; its once-a-second fallback re-check is turned off, so
+    only a notification can end the 30 s wait)."""
     aq = AsyncQueue(make_queue(table_name="jobs", clock=None))
+    monkeypatch.setattr(aq.sync._backend, "poll_fallback", None, raising=False)
     script = tmp_path / "producer.py"
     script.write_text(PRODUCER)
     env = {**os.environ, "PYTHONPATH": str(SRC)}
@@ -561,17 +588,13 @@ async def test_enqueue_from_another_process_wakes_async_waiter(
         sys.executable, str(script), queue_target.url, str(queue_target.schema), env=env
     )
     try:
-        message = ok(await aq.dequeue(wait=10))
-        received = time.monotonic()
-        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        message = ok(await aq.dequeue(wait=30))
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    assert message is not None
-    latency = received - message.payload["t"]
-    print(f"cross-process async wake-up: {latency * 1000:.1f} ms")
-    assert latency < 0.1, latency
+    assert message is not None, "another process's enqueue was not noticed within 30 s"
 
 
 # -- async claim ----------------------------------------------------------------------------
@@ -610,7 +633,7 @@ async def test_async_claim_yields_none_on_timeout(aq: AsyncQueue) -> None:
     start = time.monotonic()
     async with aq.claim(wait=0.3) as message:
         assert message is None
-    assert 0.25 <= time.monotonic() - start < 1.5
+    assert 0.25 <= time.monotonic() - start < 15
 
 
 @pytest.mark.asyncio
@@ -640,7 +663,7 @@ def _async_worker(aq: AsyncQueue, handler: Any, **options: Any) -> AsyncWorker:
 
 async def _stop(w: AsyncWorker, task: asyncio.Task[WorkerStats], **kw: Any) -> WorkerStats:
     w.stop(**kw)
-    return await asyncio.wait_for(task, 10)
+    return await asyncio.wait_for(task, 30)
 
 
 @pytest.mark.asyncio
@@ -701,7 +724,7 @@ async def test_async_worker_concurrency(aq: AsyncQueue) -> None:
         peak[0] = max(peak[0], active[0])
         if active[0] == 4:
             gate.set()
-        await asyncio.wait_for(gate.wait(), 5)
+        await asyncio.wait_for(gate.wait(), 30)
         active[0] -= 1
 
     ok(await aq.enqueue_batch(list(range(4))))
@@ -713,43 +736,49 @@ async def test_async_worker_concurrency(aq: AsyncQueue) -> None:
     assert (stats.completed, stats.failed) == (4, 0)
 
 
+async def _lease_expiry(aq: AsyncQueue, message_id: int) -> datetime:
+    """When the lease on a message being processed runs out, as stored."""
+    entries = ok(await aq.list_messages("processing"))
+    (entry,) = [e for e in entries if e["id"] == message_id]
+    expiry = entry["lease_expires_at"]
+    assert isinstance(expiry, datetime)
+    return expiry
+
+
 @pytest.mark.asyncio
 async def test_async_worker_heartbeat_keeps_slow_coroutines_lease(
-    raq: AsyncQueue, make_queue: MakeQueue
+    aq: AsyncQueue, make_queue: MakeQueue, clock: FakeClock
 ) -> None:
-    """A 1.5 s coroutine on a 0.5 s lease keeps its message; another consumer never gets it."""
-    message_id = ok(await raq.enqueue("slow"))
-    attempts: list[int] = []
+    """While a coroutine runs, its lease is extended again and again, so no other consumer
+    gets the message: on the queue's (fake) clock it outlives its 30 s lease more than
+    three times over, and each time the heartbeat has moved the lease on."""
+    message_id = ok(await aq.enqueue("slow"))
+    started, release = asyncio.Event(), asyncio.Event()
 
     async def handler(message: Message) -> None:
-        attempts.append(message.attempts)
-        await asyncio.sleep(1.5)
+        started.set()
+        await asyncio.wait_for(release.wait(), 60)
 
-    spy = make_queue(table_name="jobs", clock=None)
-    stolen: list[Message] = []
-    spy_stop = threading.Event()
-
-    def poll() -> None:
-        while not spy_stop.is_set():
-            message = ok(spy.dequeue(visibility_timeout=10, wait=0.05))
-            if message is not None:
-                stolen.append(message)
-
-    w = _async_worker(raq, handler, visibility_timeout=0.5)
+    spy = make_queue(table_name="jobs")
+    w = _async_worker(aq, handler, visibility_timeout=30, heartbeat=0.05)
     task = asyncio.create_task(w.run())
-    await eventually(lambda: bool(attempts), what="handler start")
-    spy_thread = threading.Thread(target=poll, daemon=True)
-    spy_thread.start()
     try:
-        await eventually(lambda: w.stats.completed == 1, timeout=5, what="completion")
+        await asyncio.wait_for(started.wait(), 15)
+        for _ in range(5):
+            before = await _lease_expiry(aq, message_id)
+            clock.advance(20)  # most of the lease: a missed heartbeat would lose it next time
+
+            async def extended(b: datetime = before) -> bool:
+                return await _lease_expiry(aq, message_id) >= b + timedelta(seconds=20)
+
+            await eventually(extended, what="the heartbeat to extend the lease")
+            assert ok(spy.dequeue()) is None, "another consumer got the message"
     finally:
-        spy_stop.set()
-        await asyncio.to_thread(spy_thread.join, 5)
+        release.set()
+    await eventually(lambda: w.stats.completed == 1, what="completion")
     stats = await _stop(w, task)
-    assert stolen == [], f"message {message_id} was delivered to another consumer"
-    assert attempts == [1]
     assert (stats.completed, stats.failed) == (1, 0)
-    assert await statuses(raq) == []
+    assert await statuses(aq) == []
 
 
 @pytest.mark.asyncio
@@ -770,7 +799,9 @@ async def test_async_worker_task_timeout_cancels_hung_coroutine(aq: AsyncQueue) 
 
     hang_id = ok(await aq.enqueue("hang"))
     ok(await aq.enqueue("other"))
-    w = _async_worker(aq, handler, task_timeout=0.3, heartbeat=0.05, visibility_timeout=5)
+    # task_timeout tells a hung coroutine from a quick one: the quick ones must stay below
+    # it even when the loop waits for a busy CPU, so it is not tiny.
+    w = _async_worker(aq, handler, task_timeout=2, heartbeat=0.05, visibility_timeout=30)
     task = asyncio.create_task(w.run())
     await eventually(lambda: len(log) == 3 and w.stats.completed == 2, what="timeout and others")
     stats = await _stop(w, task)
@@ -786,8 +817,8 @@ async def test_async_worker_task_timeout_cancels_hung_coroutine(aq: AsyncQueue) 
 
 @pytest.mark.asyncio
 async def test_async_worker_task_timeout_with_default_heartbeat(aq: AsyncQueue) -> None:
-    """task_timeout=0.5 with the default 300 s lease fires about 0.5 s in, not at the
-    next lease heartbeat (100 s away)."""
+    """task_timeout=0.5 with the default 300 s lease fires soon after 0.5 s, not at the
+    next lease heartbeat, 100 s away (the bound below is far from both)."""
     started = asyncio.Event()
 
     async def handler(message: Message) -> None:
@@ -797,14 +828,134 @@ async def test_async_worker_task_timeout_with_default_heartbeat(aq: AsyncQueue) 
     ok(await aq.enqueue("hang", max_attempts=1))
     w = _async_worker(aq, handler, task_timeout=0.5, grace_period=0.5)
     task = asyncio.create_task(w.run())
-    await asyncio.wait_for(started.wait(), 5)
+    await asyncio.wait_for(started.wait(), 15)
     start = time.monotonic()
-    while w.stats.timed_out == 0 and time.monotonic() - start < 3:
+    while w.stats.timed_out == 0 and time.monotonic() - start < 30:
         await asyncio.sleep(0.02)
     elapsed = time.monotonic() - start
     await _stop(w, task, immediate=True)
     assert w.stats.timed_out == 1, f"task_timeout=0.5 not enforced after {elapsed:.1f} s"
-    assert elapsed < 2.0
+
+
+class Unprintable(Exception):
+    """An exception whose message cannot be read."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no message for you")
+
+
+class NotAnException(BaseException):
+    """A BaseException of the application's own (not an Exception)."""
+
+
+ASYNC_HANDLER_ESCAPES: list[tuple[str, BaseException]] = [
+    ("coroutine", asyncio.CancelledError()),
+    ("coroutine", SystemExit(3)),
+    ("coroutine", KeyboardInterrupt()),
+    ("coroutine", NotAnException("custom")),
+    ("coroutine", Unprintable()),
+    ("function", SystemExit(3)),
+    ("function", KeyboardInterrupt()),
+]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("kind", "raised"),
+    ASYNC_HANDLER_ESCAPES,
+    ids=[f"{k}-{type(e).__name__}" for k, e in ASYNC_HANDLER_ESCAPES],
+)
+async def test_async_worker_counts_whatever_a_handler_raises_as_its_failure(
+    aq: AsyncQueue, caplog: pytest.LogCaptureFixture, kind: str, raised: BaseException
+) -> None:
+    """A CancelledError the handler lets escape, SystemExit, KeyboardInterrupt, any
+    BaseException, an exception whose str() raises, from a coroutine or a plain function:
+    the message is failed (retried, then dead-lettered), an ERROR says so, the event loop
+    is not stopped, and the same single runner goes on."""
+    caplog.set_level(logging.INFO, logger="sqqueue")
+    boom = ok(await aq.enqueue("boom", max_attempts=2))
+    after = ok(await aq.enqueue("after"))
+    seen: list[tuple[Any, int]] = []
+
+    def handle(message: Message) -> None:
+        seen.append((message.payload, message.attempts))
+        if message.payload == "boom":
+            raise raised
+
+    async def coroutine(message: Message) -> None:
+        await asyncio.sleep(0)
+        handle(message)
+
+    w = _async_worker(aq, coroutine if kind == "coroutine" else handle)
+    task = asyncio.create_task(w.run())
+    dead = [(boom, "dead", 2)]
+    await eventually(lambda: _statuses_are(aq, dead), timeout=15, what="both tries, then the DLQ")
+    stats = await _stop(w, task)
+    assert sorted(seen) == [("after", 1), ("boom", 1), ("boom", 2)]
+    (letter,) = ok(await aq.get_dead_letters())
+    assert letter["last_error"].startswith(type(raised).__name__), letter["last_error"]
+    assert (stats.started, stats.completed, stats.failed, stats.dead_lettered) == (3, 1, 2, 1)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert sum(f"message {boom}" in e and type(raised).__name__ in e for e in errors) == 2, errors
+    assert after not in [s[0] for s in await statuses(aq)]
+
+
+async def _statuses_are(aq: AsyncQueue, expected: list[tuple[int, str, int]]) -> bool:
+    return await statuses(aq) == expected
+
+
+async def _statuses_are_like(aq: AsyncQueue, expected: list[tuple[int, str]]) -> bool:
+    return [s[:2] for s in await statuses(aq)] == expected
+
+
+@pytest.mark.asyncio
+async def test_async_handler_escape_is_recorded_as_what_happened_not_as_a_timeout(
+    aq: AsyncQueue,
+) -> None:
+    """With task_timeout, a coroutine that lets a CancelledError of its own escape has
+    that recorded, not a timeout."""
+    boom = ok(await aq.enqueue("boom", max_attempts=1))
+
+    async def handler(message: Message) -> None:
+        inner = asyncio.ensure_future(asyncio.sleep(30))
+        inner.cancel()
+        await inner  # raises CancelledError: the handler does not catch it
+
+    w = _async_worker(aq, handler, task_timeout=3, heartbeat=0.05)
+    task = asyncio.create_task(w.run())
+    await eventually(lambda: _has_dead_letters(aq), timeout=15, what="dead letter")
+    stats = await _stop(w, task)
+    (letter,) = ok(await aq.get_dead_letters())
+    assert (letter["id"], letter["last_error"]) == (boom, "CancelledError")
+    assert (stats.timed_out, stats.failed, stats.dead_lettered) == (0, 1, 1)
+
+
+async def _has_dead_letters(aq: AsyncQueue) -> bool:
+    return bool(ok(await aq.get_dead_letters()))
+
+
+@pytest.mark.asyncio
+async def test_cancelling_async_worker_run_stops_its_runners_and_heartbeat(
+    aq: AsyncQueue,
+) -> None:
+    """Cancelling the task running AsyncWorker.run() (an application shutting down) stops
+    everything: running messages go back to the queue, no handler or heartbeat goes on."""
+    held = ok(await aq.enqueue("held"))
+    started = asyncio.Event()
+
+    async def handler(message: Message) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    w = _async_worker(aq, handler, grace_period=30)
+    task = asyncio.create_task(w.run())
+    await asyncio.wait_for(started.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert await statuses(aq) == [(held, "pending", 1)]
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert [t for t in others if not t.done()] == [], others
 
 
 @pytest.mark.asyncio
@@ -820,13 +971,13 @@ async def test_async_worker_stops_gracefully(aq: AsyncQueue) -> None:
         await asyncio.sleep(0.5)
         finished.set()
 
-    w = _async_worker(aq, handler, grace_period=5)
+    w = _async_worker(aq, handler, grace_period=30)
     task = asyncio.create_task(w.run())
-    await asyncio.wait_for(started.wait(), 5)
+    await asyncio.wait_for(started.wait(), 15)
     begin = time.monotonic()
     await asyncio.to_thread(w.stop)
-    stats = await asyncio.wait_for(task, 10)
-    assert time.monotonic() - begin < 5
+    stats = await asyncio.wait_for(task, 30)
+    assert time.monotonic() - begin < 15, "stop() waited for the whole grace period"
     assert finished.is_set()
     assert (stats.started, stats.completed) == (1, 1)
     assert await statuses(aq) == [(next_id, "pending", 0)]
@@ -846,10 +997,10 @@ async def test_async_worker_requeues_coroutine_running_after_grace(aq: AsyncQueu
 
     w = _async_worker(aq, handler, grace_period=0.3)
     task = asyncio.create_task(w.run())
-    await asyncio.wait_for(started.wait(), 5)
+    await asyncio.wait_for(started.wait(), 15)
     begin = time.monotonic()
     stats = await _stop(w, task)
-    assert time.monotonic() - begin < 2.0
+    assert time.monotonic() - begin < 15, "stop() waited for the coroutine"
     assert stats.completed == 0
     assert await statuses(aq) == [(message_id, "pending", 1)]
 
@@ -862,7 +1013,7 @@ async def test_async_worker_idle_stop_is_prompt(aq: AsyncQueue) -> None:
     await asyncio.sleep(0.2)
     begin = time.monotonic()
     stats = await _stop(w, task)
-    assert time.monotonic() - begin < 1.5
+    assert time.monotonic() - begin < 10, "stop() waited for the 30 s poll"
     assert stats.started == 0
 
 
@@ -899,7 +1050,7 @@ async def handle(message):
 
 async def main():
     async with AsyncQueue(open_queue(sys.argv[1], sys.argv[2])) as queue:
-        stats = await AsyncWorker(queue, handle, grace_period=10, poll_wait=0.5).run()
+        stats = await AsyncWorker(queue, handle, grace_period=60, poll_wait=0.5).run()
     print(f"stopped completed={stats.completed}", flush=True)
 
 
@@ -931,14 +1082,14 @@ def test_async_worker_process_stops_gracefully_on_sigterm(
         assert first == f"started {slow_id}", first
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=15)
+        out, _ = proc.communicate(timeout=45)
         elapsed = time.monotonic() - sent
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
     assert proc.returncode == 0, out
-    assert elapsed < 10, elapsed
+    assert elapsed < 30, f"{elapsed:.1f} s: the worker waited for its grace period"
     assert f"finished {slow_id}" in out
     assert "stopped completed=1" in out
     rows = [(r["id"], r["status"], r["attempts"]) for r in message_statuses(queue)]
@@ -1002,17 +1153,14 @@ def test_starlette_app_round_trips_messages(make_queue: MakeQueue) -> None:
         waiting: dict[str, Any] = {}
 
         def wait_for_one() -> None:
-            waiting["response"] = client.post("/messages/next?wait=5")
-            waiting["at"] = time.monotonic()
+            waiting["response"] = client.post("/messages/next?wait=30")
 
         waiter = threading.Thread(target=wait_for_one, daemon=True)
         waiter.start()
         time.sleep(0.2)
         assert "response" not in waiting
-        sent = time.monotonic()
         late_id = client.post("/messages", json={"payload": "late"}).json()["id"]
-        waiter.join(5)
+        waiter.join(15)  # well before its 30 s wait is over
         assert not waiter.is_alive()
         assert waiting["response"].json() == {"id": late_id, "payload": "late", "attempts": 1}
-        assert waiting["at"] - sent < 1.0
     assert ok(aq.sync.is_drained()) is True

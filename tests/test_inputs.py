@@ -13,15 +13,19 @@ import ctypes
 import math
 import os
 import shutil
+import sqlite3
+import tempfile
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
 
-from conftest import QueueTarget
+from conftest import FakeClock, QueueTarget
 from helpers import message_statuses
 from sqqueue import (
     CompletionError,
@@ -628,3 +632,298 @@ def test_defaults_changed_after_opening_apply_and_are_checked(
     statuses = message_statuses(queue)
     assert [s["id"] for s in statuses][:1] == [first]
     assert len(statuses) == 3
+
+
+# -- rows edited by hand -----------------------------------------------------------------------
+# SQLite columns take any value, so a row edited with the sqlite3 shell (or damaged) can hold
+# text where a time belongs, a blob where a count belongs. Such a row must cost only itself:
+# it is dead-lettered with the reason, its neighbours are delivered, and every listing shows
+# the bad field with a marker instead of failing.
+
+# column, SQL value, the word the dead letter's error must contain (None: the row is still
+# readable and is delivered). Not here: attempts, which a claim's "attempts + 1" turns back
+# into a number (the property test below covers it).
+CORRUPTIONS: list[tuple[str, str, str | None]] = [
+    ("created_at", "1e20", "created_at"),
+    ("created_at", "-1e20", "created_at"),
+    ("created_at", "'yesterday'", "created_at"),
+    ("created_at", "9e999", "created_at"),
+    ("expires_at", "'never'", "expires_at"),
+    ("expires_at", "1e20", "expires_at"),
+    ("priority", "'high'", "priority"),
+    ("priority", "1.5", "priority"),
+    ("max_attempts", "'x'", "max_attempts"),
+    ("prior_attempts", "x'00'", "prior_attempts"),
+    ("last_error", "x'ff'", "last_error"),
+    ("group_key", "x'ff'", "group_key"),
+    ("checksum", "'abc'", "checksum"),
+    ("encoding", "x'6a736f6e'", "encoding"),
+    ("payload", "NULL", "payload"),
+    ("payload", "12345", "checksum"),
+    ("encoding", "CAST(x'74657874ff' AS TEXT)", "encoding"),  # 'text' and a byte not UTF-8
+    ("last_error", "CAST(x'6f6f7073ff' AS TEXT)", None),  # read with U+FFFD for the byte
+    ("updated_at", "'x'", None),  # not part of a message
+    ("lease_expires_at", "'x'", None),  # a pending row's lease is set by the claim
+]
+
+
+def _edit_row(
+    db: Path, table: str, column: str, value: str, message_id: int, *params: object
+) -> None:
+    """Set one column of one row by hand, as the sqlite3 shell would: ``value`` is an SQL
+    expression (its ``?`` take ``params``)."""
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute(f"UPDATE {table} SET {column} = {value} WHERE id = ?", (*params, message_id))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _entry(entries: list[dict[str, Any]], message_id: int) -> dict[str, Any]:
+    (found,) = [e for e in entries if e["id"] == message_id]
+    return found
+
+
+def _listings_work(queue: Queue) -> None:
+    """No listing or inspection call fails (whatever rows the queue holds)."""
+    for state in ("all", "pending", "delayed", "processing", "dead", "done"):
+        ok(queue.list_messages(state))
+    ok(queue.get_dead_letters())
+    ok(queue.get_completed())
+    ok(queue.get_all_statuses())
+    ok(queue.stats())
+    ok(queue.is_empty())
+
+
+@pytest.mark.parametrize("method", ["dequeue", "dequeue_batch", "peek"])
+@pytest.mark.parametrize(
+    ("column", "value", "reason"), CORRUPTIONS, ids=[f"{c}={v}" for c, v, _ in CORRUPTIONS]
+)
+def test_unreadable_field_costs_only_its_row(
+    make_sqlite_queue: Callable[..., SQLiteQueue],
+    db_path: Path,
+    column: str,
+    value: str,
+    reason: str | None,
+    method: str,
+) -> None:
+    """One hand-edited row, first in line: dequeue, dequeue_batch and peek get past it to
+    the next message; it is dead-lettered with a reason naming the field (or delivered,
+    when it can still be read); listings never fail and mark the bad field."""
+    queue = make_sqlite_queue(table_name="jobs")
+    bad, first, second = ok(queue.enqueue_batch(["bad", "first", "second"]))
+    _edit_row(db_path, "jobs", column, value, bad)
+    listed = _entry(ok(queue.list_messages("all")), bad)
+    if column in ("created_at", "expires_at", "priority", "max_attempts", "prior_attempts"):
+        shown = "enqueued_at" if column == "created_at" else column
+        assert str(listed[shown]).startswith("<invalid: "), listed
+    _listings_work(queue)
+    if method == "dequeue":
+        got = [ok(queue.dequeue()).id]
+    elif method == "dequeue_batch":
+        got = [m.id for m in ok(queue.dequeue_batch(10))]
+    else:
+        got = [ok(queue.peek()).id]
+    dead = ok(queue.get_dead_letters())
+    if reason is None:
+        assert dead == []
+        expected = {"dequeue": [bad], "dequeue_batch": [bad, first, second], "peek": [bad]}
+        assert got == expected[method]
+    else:
+        expected = {"dequeue": [first], "dequeue_batch": [first, second], "peek": [first]}
+        assert got == expected[method]
+        assert [d["id"] for d in dead] == [bad]
+        assert dead[0]["last_error"].startswith("undeliverable: ")
+        assert reason in dead[0]["last_error"], dead[0]["last_error"]
+        assert _entry(ok(queue.list_messages("dead")), bad)["last_error"] == dead[0]["last_error"]
+    _listings_work(queue)
+    # The queue goes on: every other message is delivered, once.
+    rest = [m.id for m in ok(queue.dequeue_batch(10))]
+    taken = rest if method == "peek" else got + rest
+    assert sorted(taken) == sorted([first, second] + ([bad] if reason is None else []))
+
+
+def test_completed_row_with_unreadable_time_is_listed_with_a_marker(
+    make_sqlite_queue: Callable[..., SQLiteQueue], db_path: Path
+) -> None:
+    """get_completed (retention) marks a completion time edited into text."""
+    queue = make_sqlite_queue(table_name="jobs", retention=3600)
+    ok(queue.enqueue_batch(["a", "b"]))
+    for message in ok(queue.dequeue_batch(2)):
+        ok(queue.complete(message))
+    first = ok(queue.get_completed())[0]["id"]
+    _edit_row(db_path, "jobs_done", "completed_at", "'soon'", first)
+    done = ok(queue.get_completed())
+    assert [d["completed_at"] for d in done if d["id"] == first] == ["<invalid: 'soon'>"]
+    assert all(isinstance(d["completed_at"], datetime) for d in done if d["id"] != first)
+
+
+def test_dead_letter_with_unreadable_fields_is_listed_with_markers(
+    make_sqlite_queue: Callable[..., SQLiteQueue], db_path: Path
+) -> None:
+    """A dead letter edited by hand (its times, its counts) is listed with markers; the
+    others are listed as usual, and it can still be redriven and dead-lettered again."""
+    queue = make_sqlite_queue(table_name="jobs")
+    ids = ok(queue.enqueue_batch(["a", "b"]))
+    for message_id in ids:
+        ok(queue.fail_message(message_id, send_to_dlq=True))
+    _edit_row(db_path, "jobs_dlq", "dead_at", "'then'", ids[0])
+    _edit_row(db_path, "jobs_dlq", "created_at", "1e300", ids[0])
+    _edit_row(db_path, "jobs_dlq", "attempts", "'many'", ids[0])
+    letters = ok(queue.get_dead_letters())
+    marked = _entry(letters, ids[0])
+    assert (marked["dead_at"], marked["created_at"], marked["attempts"]) == (
+        "<invalid: 'then'>",
+        "<invalid: 1e+300>",
+        "<invalid: 'many'>",
+    )
+    assert isinstance(_entry(letters, ids[1])["dead_at"], datetime)
+    assert ok(queue.redrive()) == 2
+    assert [m.payload for m in ok(queue.dequeue_batch(10))] == ["b"]
+    assert [d["id"] for d in ok(queue.get_dead_letters())] == [ids[0]]
+    _listings_work(queue)
+
+
+IMPOSSIBLE_LEASES = ["NULL", "'soon'", "x'00'", "9e999", "1e20"]
+
+
+@pytest.mark.parametrize("value", IMPOSSIBLE_LEASES)
+def test_impossible_lease_on_a_processing_row_is_recovered(
+    make_sqlite_queue: Callable[..., SQLiteQueue], db_path: Path, value: str
+) -> None:
+    """A processing row whose lease expiry is NULL, text, a blob, infinite or centuries
+    away would never expire: the next claim folds it back, and it is delivered again (or
+    dead-lettered, on its last attempt)."""
+    queue = make_sqlite_queue(table_name="jobs")
+    retried = ok(queue.enqueue("retried"))
+    last = ok(queue.enqueue("last", max_attempts=1))
+    for message in ok(queue.dequeue_batch(2)):  # the consumer "crashes" holding both
+        _edit_row(db_path, "jobs", "lease_expires_at", value, message.id)
+    _listings_work(queue)
+    again = ok(queue.dequeue())
+    assert again is not None
+    assert (again.id, again.attempts) == (retried, 2)
+    assert "lease expired" in (again.last_error or "")
+    (letter,) = ok(queue.get_dead_letters())
+    assert letter["id"] == last
+    assert "lease expired on the last attempt" in letter["last_error"]
+    assert ok(queue.stats()).lease_expirations_total == 2
+
+
+def test_invisible_row_edited_by_hand_is_listed_and_blocks_nothing(
+    make_sqlite_queue: Callable[..., SQLiteQueue], db_path: Path
+) -> None:
+    """A pending row whose visibility time is not a number is never ready, for SQLite as
+    for sqqueue (it is not repaired: it is listed as delayed, with a marker, and can be
+    purged); the messages behind it are delivered and every call works."""
+    queue = make_sqlite_queue(table_name="jobs")
+    hidden, after = ok(queue.enqueue_batch(["hidden", "after"]))
+    _edit_row(db_path, "jobs", "visible_at", "'later'", hidden)
+    entry = _entry(ok(queue.list_messages("all")), hidden)
+    assert (entry["status"], entry["visible_at"]) == ("delayed", "<invalid: 'later'>")
+    assert [m.id for m in ok(queue.dequeue_batch(10))] == [after]
+    assert ok(queue.dequeue(wait=0.05)) is None
+    _listings_work(queue)
+    assert ok(queue.purge("delayed")) == 1
+
+
+@pytest.mark.parametrize("lease", ["1e20", "'NaN'", "'Infinity'"])
+def test_unreadable_rows_on_every_backend(
+    queue: Queue, queue_target: QueueTarget, lease: str
+) -> None:
+    """The same isolation on PostgreSQL, whose typed columns still take an impossible time:
+    a creation time of 1e20 dead-letters only its row; a NULL, NaN, infinite or
+    centuries-away lease on a processing row is recovered."""
+    ids = ok(queue.enqueue_batch(["a", "bad", "c", "crashed-1", "crashed-2"]))
+    crashed = ok(queue.dequeue_batch(2, visibility_timeout=60))
+    assert [m.id for m in crashed] == ids[:2]  # "a" and "bad": leased, then lost
+    queue_target.run_sql(
+        [
+            f"UPDATE jobs SET created_at = 1e20 WHERE id = {ids[1]}",
+            f"UPDATE jobs SET lease_expires_at = NULL WHERE id = {ids[0]}",
+            f"UPDATE jobs SET lease_expires_at = {lease} WHERE id = {ids[1]}",
+        ]
+    )
+    _listings_work(queue)
+    got = ok(queue.dequeue_batch(10))
+    assert sorted(m.id for m in got) == [ids[0], *ids[2:]]
+    (letter,) = ok(queue.get_dead_letters())
+    assert letter["id"] == ids[1]
+    assert "created_at" in letter["last_error"]
+    assert letter["created_at"] == "<invalid: 1e+20>"
+    for message in got:
+        ok(queue.complete(message))
+    assert ok(queue.is_empty()) is True
+    _listings_work(queue)
+
+
+# Every column a hand edit could spoil, except id (the key), status (a CHECK constraint
+# guards it) and visible_at (a pending row whose visibility is not a number is never
+# ready; see test_invisible_row_edited_by_hand_is_listed_and_blocks_nothing).
+EDITABLE_COLUMNS = [
+    "payload", "encoding", "checksum", "priority", "lease_token", "lease_expires_at",
+    "attempts", "max_attempts", "last_error", "created_at", "updated_at", "group_key",
+    "expires_at", "prior_attempts",
+]  # fmt: skip
+
+
+# Values as (SQL expression, parameter): anything sqlite3 binds, and text that is not
+# UTF-8 (only SQL can store that).
+SQL_VALUES = st.one_of(
+    st.sampled_from([None, "yesterday", "", b"", 0, -1, 2.5, 1e20, -1e20]).map(lambda v: ("?", v)),
+    st.text(max_size=12).map(lambda v: ("?", v)),
+    st.binary(max_size=12).map(lambda v: ("?", v)),
+    st.floats(allow_nan=False).map(lambda v: ("?", v)),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1).map(lambda v: ("?", v)),
+    st.binary(min_size=1, max_size=12).map(lambda v: ("CAST(? AS TEXT)", v)),
+)
+
+
+# A hang must end the run with a stack dump: the default (signal) timeout would be taken
+# for a failure and shrunk, by running the hanging example again.
+@pytest.mark.timeout(120, method="thread")
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    column=st.sampled_from(EDITABLE_COLUMNS),
+    value=SQL_VALUES,
+    victim=st.integers(min_value=0, max_value=5),
+)
+def test_one_spoiled_field_costs_at_most_its_own_message(
+    tmp_path: Path, column: str, value: tuple[str, object], victim: int
+) -> None:
+    """Property: whatever one field of one row (pending or leased by a consumer that
+    crashed) is edited into, no call fails, every other message is completed exactly
+    once, and the edited one is either completed or dead-lettered with a reason."""
+    clock = FakeClock()
+    with tempfile.TemporaryDirectory(dir=tmp_path) as here:
+        db = Path(here) / "spoiled.db"
+        queue = SQLiteQueue(db, "jobs", clock=clock, default_visibility_timeout=30)
+        try:
+            ids = ok(queue.enqueue_batch([("a", 1), "b", {"c": 3}, b"d", ("e", 5), "f"]))
+            ok(queue.dequeue_batch(2))  # leased by a consumer that then crashed
+            try:
+                _edit_row(db, "jobs", column, value[0], ids[victim], value[1])
+            except sqlite3.IntegrityError:
+                assume(False)  # a NOT NULL or CHECK constraint refused the edit
+            completed: list[int] = []
+            for step in range(6):
+                _listings_work(queue)
+                ok(queue.peek())
+                for message in ok(queue.dequeue_batch(10)):
+                    ok(queue.complete(message))
+                    completed.append(message.id)
+                # Past every lease; then past a month, for a lease edited to days ahead.
+                clock.advance(31 * 86400 if step == 3 else 31)
+            assert ok(queue.is_empty()) is True
+            dead = {d["id"]: d["last_error"] for d in ok(queue.get_dead_letters())}
+            assert set(dead) <= {ids[victim]}, dead
+            assert all(dead.values()), dead
+            assert sorted(completed + list(dead)) == ids
+            _listings_work(queue)
+        finally:
+            queue.close()

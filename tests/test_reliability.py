@@ -65,7 +65,8 @@ def table_rows(output: str) -> list[list[str]]:
 def test_torture_short_run_holds_every_invariant(tmp_path: Path) -> None:
     """The CI form of the torture program exits 0 with LOST = PHANTOM = 0 in its table, on
     SQLite and on PostgreSQL (crash, contention, and pgchaos: connections terminated and the
-    server restarted mid-run, with no double delivery within a live lease)."""
+    server restarted mid-run, with no double delivery within a live lease), and every other
+    scenario's invariants hold (spoiled rows, misbehaving handlers, fencing by bare id)."""
     started = time.monotonic()
     command = [sys.executable, str(TORTURE), "--short", "--db-dir", str(tmp_path)]
     if os.environ.get("SQQUEUE_TEST_POSTGRES_URL"):
@@ -101,6 +102,9 @@ def test_torture_short_run_holds_every_invariant(tmp_path: Path) -> None:
         "walgrow",
         "idle",
         "pgoutage",
+        "spoiled",
+        "handlers",
+        "idfence",
     }, output
     lost = [row for row in rows if "LOST" in row[1]]
     phantom = [row for row in rows if "PHANTOM" in row[1]]

@@ -3,6 +3,7 @@ fencing, retries, DLQ."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 
 from helpers import message_statuses
 from sqqueue import Err, ErrorKind, Message, Ok, Queue, QueueError, Result
+from sqqueue import queue as queue_module
 
 MakeQueue = Callable[..., Queue]
 
@@ -260,6 +262,59 @@ def test_late_id_call_after_expiry_then_redelivery_is_lease_lost(
     before = snapshot(b)
     expect_err(OPS[op](a, stale.id), ErrorKind.LEASE_LOST)
     assert snapshot(b) == before
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_bare_id_fencing_holds_after_the_lease_memory_overflows(
+    make_queue: MakeQueue,
+    clock: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    op: str,
+) -> None:
+    """A queue object that holds more leases than it remembers (here 5) forgets the
+    oldest, says so once at WARNING, and still refuses a late call by bare id on a message
+    another consumer holds now (LEASE_LOST, nothing changed); its own forgotten leases
+    still work by id, and the remembered ones exactly."""
+    monkeypatch.setattr(queue_module, "_LEASE_MEMORY", 5)
+    caplog.set_level(logging.WARNING, logger="sqqueue")
+    a, b = make_queue(table_name="jobs"), make_queue(table_name="jobs")
+    ok(a.enqueue("contested", priority=1))
+    ok(a.enqueue_batch(list(range(10))))
+    stale = leased(a, visibility_timeout=10)
+    others = ok(a.dequeue_batch(10, visibility_timeout=3600))  # A now forgets 6 leases
+    warnings = [r for r in caplog.records if "forgets the oldest" in r.getMessage()]
+    assert len(warnings) == 1
+    clock.advance(11)
+    fresh = leased(b, visibility_timeout=100)
+    assert fresh.id == stale.id
+    before = snapshot(b)
+    error = expect_err(OPS[op](a, stale.id), ErrorKind.LEASE_LOST)
+    assert "Pass the Message" in str(error)
+    assert snapshot(b) == before
+    assert ok(a.complete(others[0].id)) is None  # forgotten, but issued by A: still A's
+    assert ok(a.complete(others[-1].id)) is None  # remembered
+    assert ok(b.complete(fresh)) is None
+
+
+def test_bare_id_fencing_past_a_hundred_thousand_leases(
+    make_sqlite_queue: Callable[..., Queue], clock: Any
+) -> None:
+    """The real limit: a queue object that leased M, then 110,000 more messages without
+    finishing any, cannot complete M by id once M's lease expired and another consumer took
+    it; that consumer keeps its message."""
+    a, b = make_sqlite_queue(table_name="jobs"), make_sqlite_queue(table_name="jobs")
+    m_id = ok(a.enqueue("M", priority=1))
+    for _ in range(11):
+        ok(a.enqueue_batch(["x"] * 10_000))
+    assert leased(a, visibility_timeout=10).id == m_id
+    for _ in range(11):
+        assert len(ok(a.dequeue_batch(10_000, visibility_timeout=3600))) == 10_000
+    clock.advance(11)
+    taken = leased(b)
+    assert taken.id == m_id
+    expect_err(a.complete(m_id), ErrorKind.LEASE_LOST)
+    assert ok(b.complete(taken)) is None
 
 
 def _fold_back(make_queue: MakeQueue, clock: Any) -> tuple[Queue, Queue, Message]:

@@ -1,12 +1,17 @@
 """The Worker: completion, failures and dead letters, hooks, concurrency, heartbeats,
 task timeouts, and shutdown (stop(), SIGTERM, a second signal, SIGKILL) in real processes.
 
-Workers here run on the real clock with short leases, on every backend; every wait is bounded.
+Workers here run on every backend; every wait is bounded. The suite must hold on a busy
+machine (two CPU hogs beside it): lease expiry is driven by the fake clock where it decides
+the outcome; waits return as soon as their condition holds and have generous deadlines; a
+time bound is only asserted against a contrast many times larger (a 30 s wait, a 100 s
+heartbeat), never against how fast the machine happens to be.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue as stdlib_queue
 import signal
@@ -16,12 +21,13 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import QueueTarget
+from conftest import FakeClock, QueueTarget
 from helpers import message_statuses
 from sqqueue import (
     Message,
@@ -45,7 +51,7 @@ def ok(result: Result[Any, Any]) -> Any:
     return result.value
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
     """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -304,6 +310,110 @@ def test_failing_hook_is_not_fatal(rq: Queue, running: Callable[[Worker], Runnin
     assert statuses(rq) == []
 
 
+# -- whatever a handler raises -------------------------------------------------------------
+
+
+class Unprintable(Exception):
+    """An exception whose message cannot be read."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no message for you")
+
+
+class NotAnException(BaseException):
+    """A BaseException of the application's own (not an Exception)."""
+
+
+HANDLER_ESCAPES: list[BaseException] = [
+    SystemExit(3),
+    KeyboardInterrupt(),
+    NotAnException("custom"),
+    GeneratorExit(),
+    Unprintable(),
+]
+
+
+@pytest.mark.parametrize("raised", HANDLER_ESCAPES, ids=lambda e: type(e).__name__)
+def test_whatever_a_handler_raises_fails_its_message_and_the_worker_goes_on(
+    rq: Queue,
+    running: Callable[[Worker], Running],
+    caplog: pytest.LogCaptureFixture,
+    raised: BaseException,
+) -> None:
+    """SystemExit, KeyboardInterrupt, any BaseException, or an exception whose str()
+    raises: the message is failed (retried, then dead-lettered), an ERROR says so, and the
+    same single runner goes on with the next messages."""
+    caplog.set_level(logging.INFO, logger="sqqueue")
+    boom = ok(rq.enqueue("boom", max_attempts=2))
+    after = ok(rq.enqueue("after"))
+    seen: list[tuple[Any, int]] = []
+
+    def handler(message: Message) -> None:
+        seen.append((message.payload, message.attempts))
+        if message.payload == "boom":
+            raise raised
+
+    r = running(make_worker(rq, handler))
+    wait_until(lambda: statuses(rq) == [(boom, "dead", 2)], timeout=15, what="both tries, then DLQ")
+    stats = r.stop()
+    assert seen == [("boom", 1), ("after", 1), ("boom", 2)]
+    (letter,) = ok(rq.get_dead_letters())
+    assert letter["last_error"].startswith(type(raised).__name__), letter["last_error"]
+    assert (stats.started, stats.completed, stats.failed, stats.dead_lettered) == (3, 1, 2, 1)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert sum(f"message {boom}" in e and type(raised).__name__ in e for e in errors) == 2, errors
+    assert after not in [s[0] for s in statuses(rq)]
+
+
+def test_handler_escape_is_recorded_as_what_happened_not_as_a_timeout(
+    rq: Queue, running: Callable[[Worker], Running]
+) -> None:
+    """With task_timeout, a handler that raises SystemExit at once has that recorded (the
+    timeout never fires for work that already ended)."""
+    boom = ok(rq.enqueue("boom", max_attempts=1))
+
+    def handler(message: Message) -> None:
+        raise SystemExit("handler gave up")
+
+    r = running(make_worker(rq, handler, task_timeout=3, heartbeat=0.05))
+    wait_until(lambda: bool(ok(rq.get_dead_letters())), timeout=15, what="dead letter")
+    stats = r.stop()
+    (letter,) = ok(rq.get_dead_letters())
+    assert (letter["id"], letter["last_error"]) == (boom, "SystemExit: handler gave up")
+    assert (stats.timed_out, stats.failed, stats.dead_lettered) == (0, 1, 1)
+
+
+class BrokenDurations:
+    """A duration observer whose first call raises SystemExit (a bug outside the handler)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def observe(self, queue: str, kind: str, seconds: float) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise SystemExit("observer bug")
+
+
+def test_runner_that_fails_outside_the_handler_is_replaced(
+    rq: Queue, running: Callable[[Worker], Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A runner whose own steps raise: an ERROR with the traceback, its message failed
+    (not left to a heartbeat that extends it forever), and a new runner takes the slot."""
+    caplog.set_level(logging.ERROR, logger="sqqueue")
+    first = ok(rq.enqueue("first"))
+    second = ok(rq.enqueue("second"))
+    handled: list[tuple[int, int]] = []
+    w = make_worker(rq, lambda m: handled.append((m.id, m.attempts)), durations=BrokenDurations())
+    r = running(w)
+    wait_until(lambda: not statuses(rq), timeout=15, what="both completed")
+    stats = r.stop()
+    assert sorted(handled) == [(first, 2), (second, 1)]
+    assert (stats.failed, stats.completed) == (1, 2)
+    failed = [r for r in caplog.records if "runner failed unexpectedly" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info is not None
+
+
 # -- concurrency ----------------------------------------------------------------------------
 
 
@@ -311,7 +421,7 @@ def test_concurrency_runs_n_handlers_at_once(
     rq: Queue, running: Callable[[Worker], Running]
 ) -> None:
     """concurrency=3: three handlers meet at a barrier, which needs all three running."""
-    barrier = threading.Barrier(3, timeout=5)
+    barrier = threading.Barrier(3, timeout=30)
     lock = threading.Lock()
     active, peak, threads = [0], [0], set()
 
@@ -361,43 +471,46 @@ def test_concurrency_one_runs_one_handler_at_a_time(
 # -- heartbeat ------------------------------------------------------------------------------
 
 
+def lease_expiry(queue: Queue, message_id: int) -> datetime:
+    """When the lease on a message being processed runs out, as stored."""
+    (entry,) = [e for e in ok(queue.list_messages("processing")) if e["id"] == message_id]
+    expiry = entry["lease_expires_at"]
+    assert isinstance(expiry, datetime)
+    return expiry
+
+
 def test_heartbeat_keeps_slow_handlers_message(
-    rq: Queue, make_queue: MakeQueue, running: Callable[[Worker], Running]
+    make_queue: MakeQueue, clock: FakeClock, running: Callable[[Worker], Running]
 ) -> None:
-    """A 1.5 s handler on a 0.5 s lease keeps its message: nobody else gets it meanwhile."""
-    message_id = ok(rq.enqueue("slow"))
-    attempts_seen: list[int] = []
-    finished = threading.Event()
+    """While its handler runs, the message's lease is extended again and again, so no other
+    consumer gets it: on the queue's (fake) clock the handler outlives its 30 s lease more
+    than three times over, and each time the heartbeat has moved the lease on."""
+    queue = make_queue(table_name="jobs")
+    spy = make_queue(table_name="jobs")
+    message_id = ok(queue.enqueue("slow"))
+    started, release = threading.Event(), threading.Event()
 
     def handler(message: Message) -> None:
-        attempts_seen.append(message.attempts)
-        time.sleep(1.5)
-        finished.set()
+        started.set()
+        release.wait(60)
 
-    spy = make_queue(table_name="jobs", clock=None)
-    stolen: list[Message] = []
-    spy_stop = threading.Event()
-
-    def poll() -> None:
-        while not spy_stop.is_set():
-            message = ok(spy.dequeue(visibility_timeout=10, wait=0.05))
-            if message is not None:
-                stolen.append(message)
-
-    r = running(make_worker(rq, handler, visibility_timeout=0.5))
-    wait_until(lambda: bool(attempts_seen), what="handler start")
-    spy_thread = threading.Thread(target=poll, daemon=True)
-    spy_thread.start()
-    assert finished.wait(5)
-    wait_until(lambda: not statuses(rq), what="completion")
-    spy_stop.set()
-    spy_thread.join(5)
+    r = running(make_worker(queue, handler, visibility_timeout=30, heartbeat=0.05))
+    try:
+        assert started.wait(15)
+        for _ in range(5):
+            before = lease_expiry(queue, message_id)
+            clock.advance(20)  # most of the lease: a missed heartbeat would lose it next time
+            wait_until(
+                lambda b=before: lease_expiry(queue, message_id) >= b + timedelta(seconds=20),
+                what="the heartbeat to extend the lease",
+            )
+            assert ok(spy.dequeue()) is None, "another consumer got the message"
+    finally:
+        release.set()
+    wait_until(lambda: not statuses(queue), what="completion")
     stats = r.stop()
-    assert stolen == [], "another consumer got the message while its handler was running"
-    assert attempts_seen == [1]
     assert (stats.completed, stats.failed) == (1, 0)
-    assert ok(rq.get_dead_letters()) == []
-    assert message_id not in [m.id for m in stolen]
+    assert ok(queue.get_dead_letters()) == []
 
 
 def test_heartbeat_default_is_a_third_of_the_lease(rq: Queue) -> None:
@@ -431,12 +544,14 @@ def test_task_timeout_fails_hung_handler_and_worker_goes_on(
     failures: list[BaseException] = []
     hang_id = ok(rq.enqueue("hang"))
     ok(rq.enqueue("after"))
+    # task_timeout is what tells a hung handler from a quick one: the quick ones here
+    # must stay below it even when their thread waits for a busy CPU, so it is not tiny.
     w = make_worker(
         rq,
         _hang_first_attempt(release, log),
-        task_timeout=0.3,
+        task_timeout=2,
         heartbeat=0.05,
-        visibility_timeout=5,
+        visibility_timeout=30,
         hooks=WorkerHooks(on_failure=lambda m, e: failures.append(e)),
     )
     r = running(w)
@@ -453,7 +568,8 @@ def test_task_timeout_fails_hung_handler_and_worker_goes_on(
         assert isinstance(failures[0], TimeoutError)
     finally:
         release.set()
-    time.sleep(0.2)  # the abandoned handler returns now: its outcome must be ignored
+    # The abandoned handler returns now: its outcome must be ignored (stop() waits for its
+    # thread, so whatever it would do is done before the stats are read).
     stats = r.stop()
     assert (stats.timed_out, stats.failed, stats.completed) == (1, 1, 2)
     assert statuses(rq) == []
@@ -487,10 +603,8 @@ def test_task_timeout_dead_letters_on_last_attempt(
 def test_task_timeout_is_enforced_with_default_heartbeat(
     rq: Queue, running: Callable[[Worker], Running]
 ) -> None:
-    """task_timeout=0.5 with the default 300 s lease still fires about 0.5 s in.
-
-    (The timeout must not wait for the next lease heartbeat, 100 s away by default.)
-    """
+    """task_timeout=0.5 with the default 300 s lease fires soon after 0.5 s, not at the
+    next lease heartbeat, 100 s away (the bound below is far from both)."""
     release = threading.Event()
     log: list[tuple[Any, int, str | None]] = []
     ok(rq.enqueue("hang"))
@@ -498,16 +612,35 @@ def test_task_timeout_is_enforced_with_default_heartbeat(
     r = running(w)
     try:
         wait_until(lambda: bool(log), what="handler start")
-        start = time.monotonic()
-        deadline = start + 3
-        while w.stats.timed_out == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        elapsed = time.monotonic() - start
+        wait_until(lambda: w.stats.timed_out == 1, timeout=30, what="the task timeout")
     finally:
         release.set()
     r.stop()
-    assert w.stats.timed_out == 1, f"task_timeout=0.5 not enforced after {elapsed:.1f} s"
-    assert elapsed < 2.0
+
+
+def test_stats_are_final_when_run_returns(rq: Queue, running: Callable[[Worker], Running]) -> None:
+    """A timeout is handled on the heartbeat's thread: run() waits for it, so the stats it
+    returns count the dead letter even when the failure hook is slow."""
+    release = threading.Event()
+    in_hook = threading.Event()
+    log: list[tuple[Any, int, str | None]] = []
+
+    def slow_hook(message: Message, exc: BaseException) -> None:
+        in_hook.set()
+        time.sleep(0.5)  # the dead letter is counted after this hook
+
+    ok(rq.enqueue("hang", max_attempts=1))
+    hooks = WorkerHooks(on_failure=slow_hook)
+    w = make_worker(
+        rq, _hang_first_attempt(release, log), task_timeout=0.2, heartbeat=0.05, hooks=hooks
+    )
+    r = running(w)
+    try:
+        assert in_hook.wait(15)
+    finally:
+        release.set()
+    stats = r.stop()
+    assert (stats.timed_out, stats.failed, stats.dead_lettered) == (1, 1, 1)
 
 
 # -- decorator ------------------------------------------------------------------------------
@@ -560,13 +693,13 @@ def test_stop_is_graceful(rq: Queue, running: Callable[[Worker], Running]) -> No
         time.sleep(0.5)
         finished.set()
 
-    r = running(make_worker(rq, handler, grace_period=5))
-    assert started.wait(5)
+    r = running(make_worker(rq, handler, grace_period=30))
+    assert started.wait(15)
     begin = time.monotonic()
-    stats = r.stop(timeout=10)
+    stats = r.stop(timeout=30)
     elapsed = time.monotonic() - begin
     assert finished.is_set()
-    assert elapsed < 5, elapsed
+    assert elapsed < 15, f"stop() waited {elapsed:.1f} s, as if for the whole grace period"
     assert (stats.completed, stats.started) == (1, 1)
     assert statuses(rq) == [(next_id, "pending", 0)]
     assert slow_id not in [s[0] for s in statuses(rq)]
@@ -602,8 +735,8 @@ def test_stop_of_idle_worker_returns_promptly(
     r = running(make_worker(rq, print, poll_wait=30, concurrency=3))
     time.sleep(0.2)
     begin = time.monotonic()
-    stats = r.stop(timeout=5)
-    assert time.monotonic() - begin < 1.5
+    stats = r.stop(timeout=30)
+    assert time.monotonic() - begin < 10, "stop() waited for the 30 s poll"
     assert stats.started == 0
 
 
@@ -614,22 +747,22 @@ def test_stop_requeues_handler_still_running_after_grace(
     its late completion is refused."""
     message_id = ok(rq.enqueue("stuck"))
     started, release = threading.Event(), threading.Event()
-    returned = threading.Event()
+    handlers: list[threading.Thread] = []
 
     def handler(message: Message) -> None:
+        handlers.append(threading.current_thread())
         started.set()
-        release.wait(10)
-        returned.set()
+        release.wait(60)
 
     r = running(make_worker(rq, handler, grace_period=0.3))
-    assert started.wait(5)
+    assert started.wait(15)
     begin = time.monotonic()
-    stats = r.stop(timeout=5)
-    assert time.monotonic() - begin < 2.0
+    stats = r.stop(timeout=30)
+    assert time.monotonic() - begin < 15, "stop() waited for the handler"
     assert statuses(rq) == [(message_id, "pending", 1)]
     release.set()
-    assert returned.wait(5)
-    time.sleep(0.1)
+    handlers[0].join(15)  # its thread has dealt with the late outcome once it ends
+    assert not handlers[0].is_alive()
     assert statuses(rq) == [(message_id, "pending", 1)]
     assert (stats.started, stats.completed, stats.requeued) == (1, 0, 1)  # counted
 
@@ -641,14 +774,14 @@ def test_stop_immediate_skips_grace(rq: Queue, running: Callable[[Worker], Runni
 
     def handler(message: Message) -> None:
         started.set()
-        release.wait(10)
+        release.wait(60)
 
     r = running(make_worker(rq, handler, grace_period=30))
-    assert started.wait(5)
+    assert started.wait(15)
     begin = time.monotonic()
     try:
-        r.stop(timeout=5, immediate=True)
-        assert time.monotonic() - begin < 1.5
+        r.stop(timeout=30, immediate=True)
+        assert time.monotonic() - begin < 15, "stop(immediate=True) waited for the grace"
         assert statuses(rq) == [(message_id, "pending", 1)]
     finally:
         release.set()
@@ -753,15 +886,15 @@ def test_sigterm_shuts_worker_process_down_gracefully(
     the grace period, and nothing is left 'processing'."""
     slow_id = ok(rq.enqueue({"sleep": 1.0}))
     next_id = ok(rq.enqueue({"sleep": 0}))
-    wp = spawn_worker(grace=10.0)
+    wp = spawn_worker(grace=60.0)
     wp.expect(f"started {slow_id}")
     sent = time.monotonic()
     wp.proc.send_signal(signal.SIGTERM)
-    code = wp.proc.wait(15)
+    code = wp.proc.wait(45)
     elapsed = time.monotonic() - sent
     lines = wp.drain()
     assert code == 0, lines
-    assert elapsed < 10.0, elapsed
+    assert elapsed < 30.0, f"{elapsed:.1f} s: the worker waited for its grace period"
     assert f"finished {slow_id}" in lines
     assert "stopped completed=1 released=0" in lines
     assert statuses(rq) == [(next_id, "pending", 0)]
@@ -778,17 +911,17 @@ def test_second_signal_stops_at_once_and_requeues(
     wp = spawn_worker(grace=30.0, lease=300.0)
     wp.expect(f"started {message_id}")
     wp.proc.send_signal(signal.SIGTERM)
-    wp.expect("shutting down gracefully", timeout=5)
+    wp.expect("shutting down gracefully", timeout=15)
     time.sleep(0.2)
     assert wp.proc.poll() is None, "the first signal must not stop the worker at once"
     assert statuses(rq) == [(message_id, "processing", 1)]
     sent = time.monotonic()
     wp.proc.send_signal(second)
-    code = wp.proc.wait(10)
+    code = wp.proc.wait(20)
     elapsed = time.monotonic() - sent
     lines = wp.drain()
     assert code == 0, lines
-    assert elapsed < 3.0, elapsed
+    assert elapsed < 15.0, f"{elapsed:.1f} s: the second signal waited for the handler"
     assert f"finished {message_id}" not in lines
     assert statuses(rq) == [(message_id, "pending", 1)]
     message = ok(rq.dequeue())
@@ -796,26 +929,64 @@ def test_second_signal_stops_at_once_and_requeues(
     assert (message.id, message.attempts) == (message_id, 2)
 
 
+INTERRUPTED_SCRIPT = """
+import signal, sys, time
+from sqqueue import PostgresQueue, Worker, connect
+
+# Ctrl-C raises KeyboardInterrupt even when the tests run as a background job (which
+# starts its children with SIGINT ignored).
+signal.signal(signal.SIGINT, signal.default_int_handler)
+url, schema = sys.argv[1], sys.argv[2]
+if url.startswith("sqlite:"):
+    queue = connect(url, "jobs")
+else:
+    queue = PostgresQueue(url, "jobs", schema=schema)
+
+
+def handle(message):
+    print(f"started {message.id}", flush=True)
+    time.sleep(60)
+
+
+Worker(queue, handle, handle_signals=False, grace_period=30, poll_wait=0.5).run()
+"""
+
+
+def test_keyboard_interrupt_in_run_gives_the_running_message_back(
+    rq: Queue, tmp_path: Path, queue_target: QueueTarget
+) -> None:
+    """Without its own signal handlers, Ctrl-C raises KeyboardInterrupt in run(): the
+    worker stops at once and its running message is pending again (not left leased by a
+    process that is gone), and the exception goes on."""
+    message_id = ok(rq.enqueue("x"))
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED_SCRIPT)
+    wp = WorkerProcess(script, queue_target, 0, 0)
+    wp.expect(f"started {message_id}")
+    wp.proc.send_signal(signal.SIGINT)
+    code = wp.proc.wait(15)
+    lines = wp.drain()
+    assert code != 0, lines
+    assert any("KeyboardInterrupt" in line for line in lines), lines
+    assert statuses(rq) == [(message_id, "pending", 1)]
+
+
 def test_sigkilled_workers_message_returns_after_lease(
     rq: Queue, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:
     """A worker killed with SIGKILL cannot clean up: its message comes back to another
-    consumer once the (short, heartbeat-extended) lease runs out."""
+    consumer once the (short, heartbeat-extended) lease runs out, as an expired lease."""
     message_id = ok(rq.enqueue({"sleep": 60}))
     wp = spawn_worker(grace=10.0, lease=1.0)
     wp.expect(f"started {message_id}")
     time.sleep(0.5)  # a few heartbeats
     assert statuses(rq) == [(message_id, "processing", 1)]
     wp.proc.send_signal(signal.SIGKILL)
-    assert wp.proc.wait(5) == -signal.SIGKILL
-    killed = time.monotonic()
-    assert ok(rq.dequeue()) is None, "the lease should still be live right after the kill"
-    message = ok(rq.dequeue(wait=5))
-    elapsed = time.monotonic() - killed
-    assert message is not None, "the message did not come back within 5 s"
+    assert wp.proc.wait(15) == -signal.SIGKILL
+    message = ok(rq.dequeue(wait=30))  # the lease is 1 s: it comes back long before
+    assert message is not None, "the message did not come back within 30 s"
     assert (message.id, message.attempts) == (message_id, 2)
     assert message.payload == {"sleep": 60}
     assert "lease expired" in (message.last_error or "")
-    assert elapsed < 1.5, elapsed
     ok(rq.complete(message))
     assert statuses(rq) == []

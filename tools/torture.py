@@ -25,6 +25,12 @@ Scenarios (all by default):
 * ``idle``       the CPU an idle Worker uses, with 1, 4 and 20 threads.
 * ``pgoutage``   PostgreSQL only: a server that is not there (refused, unknown host), then
                  the server stopped for 5 s under a web application and a worker.
+* ``spoiled``    consumers drain a queue while the driver writes nonsense into random
+                 fields of random rows: only those rows may be dead-lettered, no call fails.
+* ``handlers``   a Worker and an AsyncWorker whose handlers raise SystemExit,
+                 KeyboardInterrupt, CancelledError and the like, or hang: every message is
+                 settled and the workers keep running.
+* ``idfence``    late acks by bare id from a queue object holding 110,000 unfinished leases.
 
 ``crash``, ``contention``, ``lockwait`` and ``clocks`` run on SQLite and on PostgreSQL
 (``--backend``; the table calls the PostgreSQL runs ``pg-crash`` and so on), each in a
@@ -68,7 +74,7 @@ import urllib.parse
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
@@ -89,6 +95,9 @@ SCENARIOS = (
     "churn",
     "walgrow",
     "idle",
+    "spoiled",
+    "handlers",
+    "idfence",
 )
 BACKENDS = ("sqlite", "postgres")
 # Which backends each scenario runs on (the others are about SQLite files).
@@ -107,6 +116,9 @@ SCENARIO_BACKENDS = {
     "walgrow": ("sqlite",),
     "idle": ("sqlite",),
     "pgoutage": ("postgres",),
+    "spoiled": ("sqlite",),
+    "handlers": ("sqlite",),
+    "idfence": ("sqlite",),
 }
 # The application_name of every queue connection the children open on PostgreSQL: the
 # pgchaos driver terminates only these.
@@ -944,6 +956,122 @@ def child_worker(cfg: dict[str, Any]) -> None:
     queue.close()
 
 
+def child_spoiled(cfg: dict[str, Any]) -> None:
+    """Drain a queue whose rows the driver spoils meanwhile; list and inspect it as well.
+    Records what it completed and every call that failed (a refused late ack aside)."""
+    from sqqueue import Err, SQLiteQueue
+
+    queue = SQLiteQueue(cfg["db"], QUEUE)
+    completed: list[int] = []
+    errors: list[str] = []
+    refused = 0
+    inspections: list[Callable[[], Any]] = [
+        lambda: queue.list_messages("all", limit=100),
+        lambda: queue.list_messages("dead", limit=100),
+        queue.get_dead_letters,
+        queue.stats,
+        queue.peek,
+    ]
+    while time.time() < cfg["deadline"]:
+        got = queue.dequeue_batch(5, visibility_timeout=cfg["lease"], wait=0.1)
+        if isinstance(got, Err):
+            errors.append(f"dequeue_batch: {_one_line(got.error)}")
+            continue
+        time.sleep(random.uniform(0, 0.02))  # work: the driver may spoil leased rows now
+        for message in got.value:
+            acked = queue.complete(message)
+            if not isinstance(acked, Err):
+                completed.append(message.id)
+            elif acked.error.kind.value in REFUSALS:
+                refused += 1
+            else:
+                errors.append(f"complete: {_one_line(acked.error)}")
+        for inspect in inspections:
+            seen = inspect()
+            if isinstance(seen, Err):
+                errors.append(f"inspection: {_one_line(seen.error)}")
+        if not got.value and Path(cfg["stop"]).exists():
+            drained = queue.is_drained()
+            if isinstance(drained, Err):
+                errors.append(f"is_drained: {_one_line(drained.error)}")
+            elif drained.value:
+                break
+    queue.close()
+    out = {"completed": completed, "errors": errors, "refused": refused}
+    Path(cfg["out"]).write_text(json.dumps(out))
+
+
+# What a misbehaving handler does, by message payload (the worker and its asyncio twin).
+MISBEHAVIOURS = ("ok", "value", "exit", "interrupt", "base", "unprintable", "hang", "cancelled")
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message for you")
+
+
+class _Custom(BaseException):
+    """A BaseException of the application's own."""
+
+
+def _misbehave(kind: str) -> BaseException | None:
+    """The exception a handler raises for ``kind`` (None: it returns)."""
+    raised: dict[str, BaseException] = {
+        "value": ValueError("bad input"),
+        "exit": SystemExit(3),
+        "interrupt": KeyboardInterrupt(),
+        "base": _Custom("custom"),
+        "unprintable": _Unprintable(),
+    }
+    return raised.get(kind)
+
+
+def child_misbehaving(cfg: dict[str, Any]) -> None:
+    """A Worker (or AsyncWorker) whose handler returns, raises every kind of exception,
+    lets a CancelledError escape, or hangs past task_timeout on its first attempt; it runs
+    until SIGTERM and prints its stats."""
+    import asyncio
+
+    from sqqueue import AsyncWorker, SQLiteQueue, Worker
+
+    logging.basicConfig(
+        filename=cfg["pylog"], level=logging.INFO, format="%(levelname)s %(name)s %(message)s"
+    )
+    queue = SQLiteQueue(cfg["db"], QUEUE)
+    options = {"concurrency": 3, "task_timeout": cfg["task_timeout"], "poll_wait": 0.5}
+
+    if cfg["flavour"] == "async":
+
+        async def handle_async(message: Any) -> None:
+            kind = message.payload["kind"]
+            await asyncio.sleep(0)
+            if kind == "hang" and message.attempts == 1:
+                await asyncio.sleep(cfg["task_timeout"] * 3)  # cancelled by task_timeout
+            if kind == "cancelled":
+                raise asyncio.CancelledError()
+            error = _misbehave(kind)
+            if error is not None:
+                raise error
+
+        stats = asyncio.run(AsyncWorker(queue, handle_async, **options).run())
+    else:
+
+        def handle(message: Any) -> None:
+            kind = message.payload["kind"]
+            if kind == "hang" and message.attempts == 1:
+                time.sleep(cfg["task_timeout"] * 3)  # abandoned at task_timeout
+            if kind == "cancelled":
+                raise asyncio.CancelledError()  # a BaseException from a thread, too
+            error = _misbehave(kind)
+            if error is not None:
+                raise error
+
+        stats = Worker(queue, handle, **options).run()
+    queue.close()
+    summary = {k: v for k, v in asdict(stats).items() if k != "processing_seconds"}
+    Path(cfg["out"]).write_text(json.dumps(summary))
+
+
 CHILDREN: dict[str, Callable[[dict[str, Any]], None]] = {
     "producer": child_producer,
     "consumer": child_consumer,
@@ -960,6 +1088,8 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], None]] = {
     "clocks": child_clocks,
     "app": child_app,
     "worker": child_worker,
+    "spoiled": child_spoiled,
+    "misbehaving": child_misbehaving,
 }
 
 
@@ -2531,6 +2661,251 @@ def scenario_pgoutage(run: Run) -> None:
     run.info(name, "log lines at WARNING or above, by logger", dict(logged) or 0)
 
 
+# -- rows spoiled by hand ------------------------------------------------------------------
+
+# Values written by hand into one column of one row (as with the sqlite3 shell) while
+# consumers work: each may cost only its own row. Not among them: a time a few days
+# ahead, which is a valid (if odd) lease or delay that simply runs its course.
+SPOILS = (
+    "NULL", "''", "'yesterday'", "x'00ff'", "CAST(x'80' AS TEXT)", "1e20", "-1e20", "9e999",
+    "-9e999", "0", "-1", "2.5",
+)  # fmt: skip
+# Every column but the id, the status (a CHECK guards it) and visible_at (a pending row
+# whose visibility is not a number is never ready: listed, but not repaired).
+SPOILABLE = (
+    "payload", "encoding", "checksum", "priority", "lease_token", "lease_expires_at",
+    "attempts", "max_attempts", "last_error", "created_at", "updated_at", "group_key",
+    "expires_at", "prior_attempts",
+)  # fmt: skip
+
+
+def _spoil_rows(db: Path, rng: random.Random, total: int, spoils: int) -> dict[int, str]:
+    """Write ``spoils`` nonsense values into random fields of random rows, as consumers
+    work; returns the rows changed and how."""
+    spoiled: dict[int, str] = {}
+    conn = sqlite3.connect(db, timeout=30, isolation_level=None)
+    try:
+        for _ in range(spoils):
+            time.sleep(rng.uniform(0, 0.01))
+            row = conn.execute(
+                f'SELECT id FROM "{QUEUE}" WHERE id >= ? ORDER BY id LIMIT 1',
+                (rng.randrange(1, total + 1),),
+            ).fetchone()
+            if row is None:
+                continue
+            column, value = rng.choice(SPOILABLE), rng.choice(SPOILS)
+            try:
+                changed = conn.execute(
+                    f'UPDATE "{QUEUE}" SET {column} = {value} WHERE id = ?', (row[0],)
+                ).rowcount
+            except sqlite3.IntegrityError:
+                continue  # a NOT NULL column: refused, nothing spoiled
+            if changed:
+                spoiled[row[0]] = f"{column} = {value}"
+    finally:
+        conn.close()
+    return spoiled
+
+
+def scenario_spoiled(run: Run) -> None:
+    """Consumers drain a queue while the driver writes nonsense into random fields of
+    random rows: only spoiled rows may be dead-lettered, every other message is completed
+    exactly once, and no call fails (listings included)."""
+    from sqqueue import SQLiteQueue
+
+    name = "spoiled"
+    here = run.workdir / name
+    here.mkdir()
+    db = here / "spoiled.db"
+    total, consumers, spoils = (400, 3, 150) if run.short else (2000, 4, 600)
+    with SQLiteQueue(db, QUEUE, default_max_attempts=1000) as queue:
+        ids = queue.enqueue_batch([{"n": n} for n in range(total)]).unwrap()
+    stop = here / "stop"
+    deadline = time.time() + 90
+    rng = random.Random(run.seed)
+    spoiled = _spoil_rows(db, rng, total, spoils // 2)  # pending rows first, then any
+    procs = []
+    for i in range(consumers):
+        cfg = {
+            "db": str(db),
+            "lease": 2.0,
+            "stop": str(stop),
+            "out": str(here / f"out{i}.json"),
+            "deadline": deadline,
+        }
+        procs.append(run.spawn("spoiled", cfg, f"{name}/c{i}"))
+    spoiled.update(_spoil_rows(db, rng, total, spoils - spoils // 2))
+    stop.touch()
+    codes = [run.reap(p, timeout=max(1.0, deadline - time.time() + 10)) for p in procs]
+    completed: Counter[int] = Counter()
+    errors: list[str] = []
+    refused = 0
+    for i in range(consumers):
+        path = here / f"out{i}.json"
+        if not path.exists():
+            errors.append(f"consumer {i} wrote no output")
+            continue
+        data = json.loads(path.read_text())
+        completed.update(data["completed"])
+        errors += data["errors"]
+        refused += data["refused"]
+    with SQLiteQueue(db, QUEUE) as queue:
+        dead = {d["id"]: d["last_error"] for d in queue.get_dead_letters().unwrap()}
+    counts = queue_counts(db)
+    run.info(
+        name, "messages / consumers / fields spoiled", f"{total} / {consumers} / {len(spoiled)}"
+    )
+    run.info(
+        name,
+        "spoiled rows completed / dead-lettered",
+        f"{len(set(spoiled) & set(completed))} / {len(set(spoiled) & set(dead))}",
+    )
+    run.info(name, "late acks refused (a spoiled lease or token)", refused)
+    run.expect(name, "consumers exited cleanly", codes, [0] * consumers)
+    run.expect(name, "calls that failed (listings included)", len(errors), 0)
+    for sample in errors[:3]:
+        run.info(name, "  error sample", sample)
+    run.expect(name, "messages completed twice", sum(1 for c in completed.values() if c > 1), 0)
+    run.expect(name, "unspoiled messages dead-lettered", len(set(dead) - set(spoiled)), 0)
+    run.expect(name, "dead letters without a reason", sum(1 for e in dead.values() if not e), 0)
+    missing = set(ids) - set(completed) - set(dead)
+    run.expect(name, "messages neither completed nor dead-lettered", len(missing), 0)
+    for message_id in sorted(missing)[:3]:
+        run.info(name, "  missing", f"{message_id} ({spoiled.get(message_id, 'not spoiled')})")
+    run.expect(name, "messages left in the queue", counts["left"], 0)
+
+
+# -- handlers that misbehave ---------------------------------------------------------------
+
+
+def scenario_handlers(run: Run) -> None:
+    """A Worker and an AsyncWorker whose handlers raise every kind of exception (SystemExit,
+    KeyboardInterrupt, BaseException, an unprintable one, CancelledError) or hang past
+    task_timeout: each such message is failed and retried, then dead-lettered (or, hung
+    once, completed on its retry); the workers keep all their runners and stop cleanly."""
+    from sqqueue import Item, SQLiteQueue
+
+    name = "handlers"
+    here = run.workdir / name
+    here.mkdir()
+    per_kind = 10 if run.short else 40
+    for flavour in ("thread", "async"):
+        db = here / f"{flavour}.db"
+        kinds = [kind for kind in MISBEHAVIOURS for _ in range(per_kind)]
+        random.Random(run.seed).shuffle(kinds)
+        with SQLiteQueue(db, QUEUE) as queue:
+            ids = queue.enqueue_batch([Item({"kind": k}, max_attempts=2) for k in kinds]).unwrap()
+        kind_of = dict(zip(ids, kinds, strict=True))
+        cfg = {
+            "db": str(db),
+            "flavour": flavour,
+            "task_timeout": 1.0,
+            "out": str(here / f"{flavour}.json"),
+        }
+        proc = run.spawn("misbehaving", cfg, f"{name}/{flavour}")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if queue_counts(db)["left"] == 0:
+                break
+            time.sleep(0.2)
+        alive = proc.poll() is None
+        if alive:
+            proc.send_signal(signal.SIGTERM)
+        code = run.reap(proc, timeout=60)
+        summary = here / f"{flavour}.json"
+        out = summary.read_text() if summary.exists() else "none"
+        with SQLiteQueue(db, QUEUE) as queue:
+            dead = {d["id"]: d["last_error"] for d in queue.get_dead_letters().unwrap()}
+        counts = queue_counts(db)
+        failing = {i for i, k in kind_of.items() if k not in ("ok", "hang")}
+        wrong_error = [
+            i for i in failing if i in dead and not dead[i].startswith(_expected_error(kind_of[i]))
+        ]
+        log = (run.workdir / f"{name}/{flavour}.pylog").read_text(errors="replace")
+        unusual = sum(
+            1 for line in log.splitlines() if line.startswith("ERROR") and "the handler of" in line
+        )
+        run.info(name, f"{flavour}: messages ({per_kind} of each kind)", len(ids))
+        run.expect(name, f"{flavour}: worker alive until the queue was drained", alive, True)
+        run.expect(name, f"{flavour}: worker exit status after SIGTERM", code, 0)
+        run.expect(name, f"{flavour}: messages left (pending or processing)", counts["left"], 0)
+        run.expect(
+            name, f"{flavour}: failing messages not dead-lettered", len(failing - set(dead)), 0
+        )
+        run.expect(name, f"{flavour}: dead letters with the wrong error", len(wrong_error), 0)
+        run.expect(
+            name,
+            f"{flavour}: returning or hung-once messages dead-lettered",
+            len(set(dead) - failing),
+            0,
+        )
+        expected_unusual = 2 * sum(1 for i in failing if kind_of[i] != "value")
+        run.expect(name, f"{flavour}: ERROR lines for unusual failures", unusual, expected_unusual)
+        run.info(name, f"{flavour}: worker stats", _one_line(out))
+
+
+def _expected_error(kind: str) -> str:
+    """The start of the last_error a misbehaving handler's message is dead-lettered with."""
+    return {
+        "value": "ValueError",
+        "exit": "SystemExit",
+        "interrupt": "KeyboardInterrupt",
+        "base": "_Custom",
+        "unprintable": "_Unprintable",
+        "cancelled": "CancelledError",
+    }[kind]
+
+
+# -- fencing by bare id --------------------------------------------------------------------
+
+
+def scenario_idfence(run: Run) -> None:
+    """A queue object leases M, then 110,000 more messages without finishing any (more than
+    it remembers), M's lease expires and another consumer takes M: a late complete(M.id)
+    from the first object is refused, and the other consumer's lease is intact."""
+    from sqqueue import Err, SQLiteQueue
+
+    name = "idfence"
+    here = run.workdir / name
+    here.mkdir()
+    db = here / "idfence.db"
+    now = [time.time()]
+    with (
+        SQLiteQueue(db, QUEUE, clock=lambda: now[0]) as a,
+        SQLiteQueue(db, QUEUE, clock=lambda: now[0]) as b,
+    ):
+        m_id = a.enqueue("M", priority=1).unwrap()
+        for _ in range(11):
+            a.enqueue_batch(["x"] * 10_000).unwrap()
+        first = a.dequeue(visibility_timeout=10).unwrap()
+        leased = sum(
+            len(a.dequeue_batch(10_000, visibility_timeout=3600).unwrap()) for _ in range(11)
+        )
+        now[0] += 11  # M's lease is over; the others have an hour left
+        taken = b.dequeue(visibility_timeout=60).unwrap()
+        late = a.complete(m_id)
+        kept = b.complete(taken) if taken is not None else None
+    run.info(name, "leases held by one queue object, unfinished", 1 + leased)
+    run.expect(
+        name,
+        "M leased first, then taken by another consumer",
+        (getattr(first, "id", None), getattr(taken, "id", None)),
+        (m_id, m_id),
+    )
+    run.expect(
+        name,
+        "late complete(M.id) from the first object",
+        late.error.kind.value if isinstance(late, Err) else "ok",
+        "lease_lost",
+    )
+    run.expect(
+        name,
+        "the other consumer's complete",
+        "ok" if kept is not None and not isinstance(kept, Err) else repr(kept),
+        "ok",
+    )
+
+
 # -- disk full -----------------------------------------------------------------------------
 
 
@@ -3348,6 +3723,9 @@ def main(argv: list[str]) -> int:
         "clocks": 150,
         "pg-clocks": 150,
         "pgoutage": 150,
+        "spoiled": 150,
+        "handlers": 400,
+        "idfence": 150,
     }
     signal.signal(signal.SIGTERM, _raise_on_signal)
     signal.signal(signal.SIGALRM, _watchdog)
@@ -3372,6 +3750,9 @@ def main(argv: list[str]) -> int:
         "clocks": scenario_clocks,
         "pg-clocks": lambda r: scenario_clocks(r, "postgres"),
         "pgoutage": scenario_pgoutage,
+        "spoiled": scenario_spoiled,
+        "handlers": scenario_handlers,
+        "idfence": scenario_idfence,
     }
     print(f"torture: seed {seed}, work directory {workdir}", file=sys.stderr)
     try:

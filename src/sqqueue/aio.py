@@ -374,9 +374,10 @@ AsyncHandler = Callable[[Message], Awaitable[Any]]
 class AsyncWorker(WorkerCore):
     """:class:`~sqqueue.Worker` for coroutine handlers: ``concurrency`` tasks on the loop.
 
-    Same behaviour: completes on return, fails on exception, heartbeats, ``task_timeout``
-    (the handler's task is cancelled), and graceful shutdown on ``stop()``, SIGTERM or
-    SIGINT (when run on the main thread's loop)::
+    Same behaviour: completes on return, fails on exception (any: a CancelledError the
+    handler lets escape too), heartbeats, ``task_timeout`` (the handler's task is
+    cancelled), and graceful shutdown on ``stop()``, SIGTERM or SIGINT (when run on the
+    main thread's loop), or when the task running :meth:`run` is cancelled::
 
         async def handle(message): ...
         await AsyncWorker(queue, handle, concurrency=10).run()
@@ -402,14 +403,22 @@ class AsyncWorker(WorkerCore):
                     loop.add_signal_handler(signum, self._on_signal, int(signum))
                     installed.append(int(signum))
         logger.info("worker %s: started with %d task(s)", self.name, self.concurrency)
+        drained = asyncio.Event()
         try:
-            runners = [asyncio.create_task(self._consume_loop(i)) for i in range(self.concurrency)]
-            heart = asyncio.create_task(self._heartbeat_loop())
-            while not self._stopping.is_set():
-                await asyncio.sleep(0.05)
-            await self._drain(runners)
-            heart.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            runners = [asyncio.create_task(self._runner(i)) for i in range(self.concurrency)]
+            heart = asyncio.create_task(self._heartbeat_loop(drained))
+            try:
+                while not self._stopping.is_set():
+                    await asyncio.sleep(0.05)
+            except BaseException:
+                # Cancelled from outside: stop at once, giving running messages back.
+                self.stop(immediate=True)
+                raise
+            finally:
+                await self._drain(runners)
+                # The heartbeat may be failing a timed-out message right now: let that
+                # round finish, so the stats returned are final.
+                drained.set()
                 await heart
         finally:
             for number in installed:
@@ -426,37 +435,60 @@ class AsyncWorker(WorkerCore):
                 break
             _, pending = await asyncio.wait(pending, timeout=min(remaining, 0.05))
         await asyncio.to_thread(self._cut_off)
+        for handler_task in list(self._running.values()):
+            handler_task.cancel()  # cut off: their messages went back to the queue
         for runner in pending:
             runner.cancel()
         await asyncio.gather(*runners, return_exceptions=True)
 
-    async def _consume_loop(self, index: int) -> None:
+    async def _runner(self, index: int) -> None:
+        """One handler slot. Should its own steps ever raise, the failure is logged, its
+        message failed, and the slot carries on."""
         key = ("task", index)
+        while not self._stopping.is_set():
+            try:
+                await self._consume_loop(key)
+            except asyncio.CancelledError:
+                raise  # the worker is shutting down
+            except BaseException as exc:
+                await asyncio.to_thread(self._runner_failed, key, exc)
+                await asyncio.sleep(0.1)  # never a tight loop
+
+    async def _consume_loop(self, key: object) -> None:
         while not self._stopping.is_set():
             message = await self._take_async()
             if message is None:
                 continue
             task = await asyncio.to_thread(self._begin, key, message)
-            value: Any = None
-            error: BaseException | None = None
             handler_task = asyncio.ensure_future(self._invoke(message))
             self._running[key] = handler_task
             try:
-                value = await handler_task
-            except asyncio.CancelledError:
-                if not task.abandoned:
-                    raise
-            except Exception as exc:
-                error = exc
+                # wait(), not await: cancelling this runner (shutdown) must not be taken
+                # for the handler's outcome, nor the handler's outcome for a cancellation.
+                await asyncio.wait({handler_task})
             finally:
                 self._running.pop(key, None)
+            value: Any = None
+            error: BaseException | None = asyncio.CancelledError()
+            if not handler_task.cancelled():  # (it is when cancelled before it started)
+                value, error = handler_task.result()
             await asyncio.to_thread(self._end, key, task, value, error)
 
-    async def _invoke(self, message: Message) -> Any:
-        if self._is_coroutine:
-            return await self._async_handler(message)
-        # A plain function runs in a thread, so it cannot block the event loop.
-        return await asyncio.to_thread(self._async_handler, message)
+    async def _invoke(self, message: Message) -> tuple[Any, BaseException | None]:
+        """Run the handler: (its value, None) or (None, what it raised).
+
+        Whatever it raises is returned, not raised: KeyboardInterrupt or SystemExit
+        escaping a task would stop the event loop, and a CancelledError escaping the
+        handler is its failure, unless this worker cancelled it (task_timeout or the end
+        of shutdown), when the task is abandoned and its outcome ignored.
+        """
+        try:
+            if self._is_coroutine:
+                return await self._async_handler(message), None
+            # A plain function runs in a thread, so it cannot block the event loop.
+            return await asyncio.to_thread(self._async_handler, message), None
+        except BaseException as exc:
+            return None, exc
 
     async def _take_async(self) -> Message | None:
         result = await self._aqueue.dequeue(
@@ -469,7 +501,7 @@ class AsyncWorker(WorkerCore):
         message = result.value
         if message is not None and self._stopping.is_set():
             await asyncio.to_thread(self.queue.release, message)
-            self.stats.released += 1
+            self._count(released=1)
             return None
         return message
 
@@ -482,7 +514,10 @@ class AsyncWorker(WorkerCore):
             if running is not None:
                 running.get_loop().call_soon_threadsafe(running.cancel)
 
-    async def _heartbeat_loop(self) -> None:
-        while not self._immediate.is_set():
-            await asyncio.to_thread(self._beat)
-            await asyncio.sleep(self.tick)
+    async def _heartbeat_loop(self, drained: asyncio.Event) -> None:
+        while not drained.is_set():
+            running = await asyncio.to_thread(self._beat)
+            if self._stopping.is_set() and not running:
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(drained.wait(), self.tick)

@@ -170,10 +170,13 @@ def _retry_text(policy: RetryPolicy) -> str:
     return text
 
 
-def _when(value: datetime | None) -> str:
-    """ISO-8601 in UTC to the second, for tables: ``2026-01-31T09:15:00Z``."""
+def _when(value: datetime | str | None) -> str:
+    """ISO-8601 in UTC to the second, for tables: ``2026-01-31T09:15:00Z``. (A stored time
+    that cannot be read comes as the library's ``<invalid: ...>`` marker, shown as is.)"""
     if value is None:
         return "-"
+    if not isinstance(value, datetime):
+        return str(value)
     return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

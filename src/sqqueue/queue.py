@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import math
@@ -95,7 +96,12 @@ MAX_ID = 2**63 - 1  # SQLite's largest integer
 LISTABLE_STATES = ("pending", "delayed", "waiting", "processing", "dead", "done", "all")
 PURGEABLE_STATES = ("pending", "delayed", "waiting", "processing", "dead", "done")
 MAX_ERROR_TEXT = 8_192
-_LEASE_MEMORY = 100_000  # leases remembered per queue object for id-only acks
+# Leases a queue object remembers for calls by bare id (about 10 MB at most). Past that it
+# forgets the oldest, and from then on fences bare ids by the lease's issuer (see _ref).
+_LEASE_MEMORY = 100_000
+# A lease token is this queue object's issuer number (a random 30 bits, new in each process)
+# and a count of its claims (32 bits): a token says which object issued it.
+_ISSUER_SHIFT = 32
 # Leases a queue object ended itself (completed, failed, gave back), remembered so that a
 # second call on the same Message says what happened instead of "expired".
 _ENDED_MEMORY = 10_000
@@ -231,9 +237,68 @@ def _driver_connection(conn: Any) -> Any:
 
 
 def _error_text(exc: BaseException) -> str:
-    """The last line of a traceback: ``ValueError: bad input``."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """The last line of a traceback: ``ValueError: bad input``. Never raises, even for an
+    exception whose ``__str__`` does."""
+    name = type(exc).__name__
+    try:
+        text = str(exc)
+    except Exception as broken:
+        return f"{name} (its message could not be read: str() raised {type(broken).__name__})"
+    return f"{name}: {text}" if text else name
+
+
+# The stored fields of a row by the type a reader gets for each. A row edited by hand or
+# damaged can hold anything (SQLite columns take any value); such a field is reported by
+# name instead of failing the call that reads it.
+_TIME_FIELDS = frozenset(
+    {"created_at", "visible_at", "lease_expires_at", "expires_at", "updated_at", "dead_at",
+     "completed_at"}
+)  # fmt: skip
+_INT_FIELDS = frozenset(
+    {"priority", "attempts", "max_attempts", "prior_attempts", "lease_token", "checksum"}
+)
+_TEXT_FIELDS = frozenset({"encoding", "last_error", "group_key", "status"})
+
+
+def _shown(value: object) -> str:
+    """A short repr of a stored value, for error texts and markers."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _field_problem(name: str, value: object) -> str | None:
+    """Why a stored field cannot be read as its type; None when it can (NULL included)."""
+    if value is None:
+        return None
+    if name in _TIME_FIELDS:
+        try:
+            to_datetime(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError, OverflowError, OSError):
+            return f"{name} is {_shown(value)}, not a time"
+    elif name in _INT_FIELDS and type(value) is not int:
+        return f"{name} is {_shown(value)}, not an integer"
+    elif name in _TEXT_FIELDS and type(value) is not str:
+        return f"{name} is {_shown(value)}, not text"
+    return None
+
+
+def _readable(name: str, value: Any) -> Any:
+    """A stored field for a listing: as its type (times as datetimes), or, when it cannot
+    be read as one, the marker ``"<invalid: VALUE>"``."""
+    if _field_problem(name, value) is not None:
+        return f"<invalid: {_shown(value)}>"
+    return to_datetime(value) if name in _TIME_FIELDS else value
+
+
+def _unreadable(row: StoredMessage, exc: Exception) -> QueueError:
+    """The error for a row that cannot become a Message, naming its bad fields."""
+    problems = [
+        problem
+        for name, value in zip(row._fields, row, strict=True)
+        if (problem := _field_problem(name, value)) is not None
+    ]
+    reason = "; ".join(problems) if problems else _error_text(exc)
+    return QueueError(f"stored row cannot be read: {reason}", ErrorKind.CORRUPT, row.id)
 
 
 class _Prepared(NamedTuple):
@@ -367,6 +432,10 @@ class Queue:
         self._leases: dict[int, int] = {}
         self._ended: collections.OrderedDict[int, str] = collections.OrderedDict()
         self._leases_lock = threading.Lock()
+        self._forgot_leases = False  # set once _LEASE_MEMORY overflowed: see _ref
+        self._issuer = random.getrandbits(30) or 1
+        self._issuer_pid = os.getpid()  # the issuer number is drawn again in a forked child
+        self._claim_count = itertools.count(1)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ValueError("retry must be a sqqueue.RetryPolicy")
         self.retry = retry or RetryPolicy.immediate()
@@ -505,11 +574,42 @@ class Queue:
                     None,
                 )
             with self._leases_lock:
-                return message, self._leases.get(message)
+                token = self._leases.get(message)
+                if token is not None or not self._forgot_leases:
+                    return message, token
+            return message, self._own_lease(message)
         raise QueueError(
             f"expected a Message or a message id (int), got {type(message).__name__}",
             ErrorKind.INVALID_INPUT,
         )
+
+    def _own_lease(self, message_id: int) -> int | None:
+        """The token to act on ``message_id`` by bare id once this object has forgotten
+        leases: that of a lease this object issued; none (the backend then reports what it
+        finds) when nobody holds the message. A lease issued by another consumer is refused:
+        this object may have held the message before and forgotten it, and acting on the
+        other's lease would undo that consumer's work."""
+        found = self._backend.lease_of(message_id)
+        if found is None or found[0] != "processing":
+            return None
+        token = found[1]
+        if token is not None and token >> _ISSUER_SHIFT == self._issuer:
+            return token
+        raise QueueError(
+            f"message {message_id} is held by another consumer's lease, and this queue "
+            f"object no longer remembers whether it held the message before (it had more "
+            f"than {_LEASE_MEMORY:,} leases not yet finished, and forgot the oldest); nothing "
+            "was changed. Pass the Message returned by dequeue to act on a lease exactly",
+            ErrorKind.LEASE_LOST,
+            message_id,
+        )
+
+    def _new_token(self) -> int:
+        """A lease token: this object's issuer number, then the claim count."""
+        if self._issuer_pid != os.getpid():  # a forked child's first claim
+            self._issuer = random.getrandbits(30) or 1
+            self._issuer_pid = os.getpid()
+        return self._issuer << _ISSUER_SHIFT | (next(self._claim_count) & 0xFFFF_FFFF)
 
     def _remember(self, messages: Sequence[Message]) -> None:
         with self._leases_lock:
@@ -517,8 +617,20 @@ class Queue:
                 if m.lease_token is not None:
                     self._leases.pop(m.id, None)
                     self._leases[m.id] = m.lease_token
+            if len(self._leases) <= _LEASE_MEMORY:
+                return
             while len(self._leases) > _LEASE_MEMORY:
                 del self._leases[next(iter(self._leases))]
+            if self._forgot_leases:
+                return
+            self._forgot_leases = True
+        logger.warning(
+            "queue %r: this queue object holds more than %d leases not yet finished and "
+            "forgets the oldest; from now on a call by bare id acts only on a lease this "
+            "object issued (pass the Message for exact fencing, or finish messages sooner)",
+            self.name,
+            _LEASE_MEMORY,
+        )
 
     def _forget(self, refs: Sequence[tuple[int, int | None]], what: str) -> None:
         """Forget leases this object just ended, remembering ``what`` it did with each
@@ -624,34 +736,78 @@ class Queue:
     def _to_message(
         self, row: StoredMessage, when: Callable[[float | None], datetime | None] = to_datetime
     ) -> Message:
-        # Positional, in the order of Message's fields: keywords cost a third more, and
-        # this runs for every message delivered.
-        return Message(
-            row.id,
-            self._codec.decode(row.data, row.encoding, row.checksum),
-            row.priority,
-            row.attempts,
-            row.max_attempts,
-            when(row.created_at) or datetime.fromtimestamp(0),  # enqueued_at
-            when(row.lease_expires_at),
-            row.last_error,
-            self.name,  # queue
-            row.lease_token,
-            row.group_key,  # group
-            when(row.expires_at),
-            row.prior_attempts,
-        )
+        """The Message of a stored row; raises QueueError (CORRUPT) for a row that cannot
+        be read as one (a payload, time, number or text field that is not what it must be)."""
+        try:
+            # The counts and texts a Message promises, checked: a database edited by hand
+            # can hold anything there (times are checked by converting them).
+            if not (
+                type(row.priority) is int
+                and type(row.attempts) is int
+                and type(row.max_attempts) is int
+                and type(row.prior_attempts) is int
+                and (row.last_error is None or type(row.last_error) is str)
+                and (row.group_key is None or type(row.group_key) is str)
+            ):
+                raise TypeError("a stored field is not of its type")
+            # Positional, in the order of Message's fields: keywords cost a third more, and
+            # this runs for every message delivered.
+            return Message(
+                row.id,
+                self._codec.decode(row.data, row.encoding, row.checksum),
+                row.priority,
+                row.attempts,
+                row.max_attempts,
+                when(row.created_at) or datetime.fromtimestamp(0),  # enqueued_at
+                when(row.lease_expires_at),
+                row.last_error,
+                self.name,  # queue
+                row.lease_token,
+                row.group_key,  # group
+                when(row.expires_at),
+                row.prior_attempts,
+            )
+        except QueueError:
+            raise  # the payload's own error (checksum, encoding) says it best
+        except Exception as exc:
+            raise _unreadable(row, exc) from exc
 
-    def _isolate_poison(self, row: StoredMessage, reason: QueueError) -> None:
-        """Dead-letter a row that cannot be delivered, so it never blocks the queue."""
+    def _isolate_poison(self, row: StoredMessage, reason: QueueError) -> bool:
+        """Dead-letter a row that cannot be delivered, so it never blocks the queue.
+
+        Returns whether it was moved. Never raises: a failure here is logged, and the row
+        stays where it is (a leased one comes back when its lease runs out).
+        """
         error = f"undeliverable: {reason}"
-        outcome, _ = self._backend.fail(row.id, row.lease_token, error, _no_delay, True)
+        try:
+            outcome, _ = self._backend.fail(row.id, row.lease_token, error, _no_delay, True)
+            if outcome is not Outcome.DONE and row.lease_token is None:
+                # Seen by peek in an expired lease: fold the lease back, then bury it.
+                self._backend.recover()
+                outcome, _ = self._backend.fail(row.id, None, error, _no_delay, True)
+        except Exception:
+            logger.exception(
+                "queue %r: message %d is undeliverable (%s) and could not be dead-lettered",
+                self.name,
+                row.id,
+                reason,
+            )
+            return False
+        if outcome is not Outcome.DONE:
+            logger.error(
+                "queue %r: message %d is undeliverable (%s) and was not dead-lettered (%s)",
+                self.name,
+                row.id,
+                reason,
+                outcome.value,
+            )
+            return outcome is Outcome.DEAD
         logger.error(
             "queue %r: message %d dead-lettered as undeliverable: %s", self.name, row.id, reason
         )
         self._metrics.incr("poison")
-        if outcome is Outcome.DONE:
-            self._metrics.incr("dead_letter")
+        self._metrics.incr("dead_letter")
+        return True
 
     def _decoded(self, rows: Sequence[StoredMessage]) -> list[Message]:
         when = to_datetime
@@ -918,15 +1074,16 @@ class Queue:
         messages: list[Message] = []
         # Poisoned rows are dead-lettered and skipped; claim again to fill the batch.
         while len(messages) < limit:
-            # A fence, not a secret: the fast PRNG (reseeded after fork) is enough.
-            token = random.getrandbits(62)
+            token = self._new_token()
             # The backend starts the lease when the claim holds its locks, not before.
             rows, folded = self._backend.claim(limit - len(messages), timeout, token)
             if folded:
                 self._metrics.incr("recovered", folded)
             good = self._decoded(rows)
             messages.extend(good)
-            if len(good) == len(rows):
+            # Claim again only when every row was poisoned: messages already leased are
+            # not kept waiting for another transaction.
+            if good or not rows:
                 break
         self._remember(messages)
         if messages:
@@ -1305,6 +1462,7 @@ class Queue:
         """The message ``dequeue`` would return next, without leasing it; ``Ok(None)`` if none."""
 
         def run() -> Result[Message | None, QueueError]:
+            stuck: set[int] = set()
             while True:
                 row = self._backend.peek()
                 if row is None:
@@ -1312,7 +1470,10 @@ class Queue:
                 try:
                     return Ok(self._to_message(row))
                 except QueueError as exc:
-                    self._isolate_poison(row, exc)
+                    if row.id in stuck:  # could not be moved out of the way: do not spin
+                        raise
+                    if not self._isolate_poison(row, exc):
+                        stuck.add(row.id)
 
         return self._guard(QueueError, "peek", run)
 
@@ -1353,24 +1514,24 @@ class Queue:
         entry: dict[str, Any] = {"id": row.id}
         try:
             entry["payload"] = self._codec.decode(row.data, row.encoding, row.checksum)
-        except QueueError as exc:
+        except Exception as exc:
             entry["payload"] = row.data
-            entry["payload_error"] = str(exc)
+            entry["payload_error"] = str(exc) if isinstance(exc, QueueError) else _error_text(exc)
         return entry
 
     def _dead_letter_dict(self, row: StoredDeadLetter) -> dict[str, Any]:
         entry = self._payload_entry(row)
         entry.update(
             status="dead",
-            priority=row.priority,
-            attempts=row.attempts,
-            max_attempts=row.max_attempts,
-            last_error=row.last_error,
-            created_at=to_datetime(row.created_at),
-            updated_at=to_datetime(row.updated_at),
-            dead_at=to_datetime(row.dead_at),
-            group=row.group_key,
-            prior_attempts=row.prior_attempts,
+            priority=_readable("priority", row.priority),
+            attempts=_readable("attempts", row.attempts),
+            max_attempts=_readable("max_attempts", row.max_attempts),
+            last_error=_readable("last_error", row.last_error),
+            created_at=_readable("created_at", row.created_at),
+            updated_at=_readable("updated_at", row.updated_at),
+            dead_at=_readable("dead_at", row.dead_at),
+            group=_readable("group_key", row.group_key),
+            prior_attempts=_readable("prior_attempts", row.prior_attempts),
         )
         return entry
 
@@ -1511,16 +1672,16 @@ class Queue:
             status = row.status  # "delayed" for a delayed message
         entry.update(
             status=status,
-            priority=row.priority,
-            attempts=row.attempts,
-            max_attempts=row.max_attempts,
-            last_error=row.last_error,
-            enqueued_at=to_datetime(row.created_at),
-            visible_at=to_datetime(row.visible_at),
-            lease_expires_at=to_datetime(row.lease_expires_at),
-            group=row.group_key,
-            expires_at=to_datetime(row.expires_at),
-            prior_attempts=row.prior_attempts,
+            priority=_readable("priority", row.priority),
+            attempts=_readable("attempts", row.attempts),
+            max_attempts=_readable("max_attempts", row.max_attempts),
+            last_error=_readable("last_error", row.last_error),
+            enqueued_at=_readable("created_at", row.created_at),
+            visible_at=_readable("visible_at", row.visible_at),
+            lease_expires_at=_readable("lease_expires_at", row.lease_expires_at),
+            group=_readable("group_key", row.group_key),
+            expires_at=_readable("expires_at", row.expires_at),
+            prior_attempts=_readable("prior_attempts", row.prior_attempts),
         )
         return entry
 
@@ -1528,17 +1689,17 @@ class Queue:
         entry = self._payload_entry(row)
         entry.update(
             status="done",
-            priority=row.priority,
-            attempts=row.attempts,
-            enqueued_at=to_datetime(row.created_at),
-            completed_at=to_datetime(row.completed_at),
-            group=row.group_key,
+            priority=_readable("priority", row.priority),
+            attempts=_readable("attempts", row.attempts),
+            enqueued_at=_readable("created_at", row.created_at),
+            completed_at=_readable("completed_at", row.completed_at),
+            group=_readable("group_key", row.group_key),
             result=None,
         )
         if row.result is not None:
             try:
                 entry["result"] = json.loads(row.result)
-            except ValueError as exc:
+            except Exception as exc:  # not JSON, not even text: shown as stored, with why
                 entry["result"] = row.result
                 entry["result_error"] = f"stored result is not valid JSON: {exc}"
         return entry

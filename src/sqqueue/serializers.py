@@ -244,6 +244,10 @@ class Codec:
                     f"stored text is not valid UTF-8: {exc}", ErrorKind.CORRUPT
                 ) from exc
             if actual != checksum:
+                if type(checksum) is not int:
+                    raise QueueError(
+                        f"stored checksum {checksum!r} is not an integer", ErrorKind.CORRUPT
+                    )
                 raise QueueError(
                     f"payload checksum mismatch (stored {checksum:#010x}, computed "
                     f"{actual:#010x}): the stored bytes were changed on disk",

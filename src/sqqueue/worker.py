@@ -71,7 +71,7 @@ class WorkerHooks:
             return
         try:
             hook(*args)
-        except Exception:
+        except BaseException:  # SystemExit and the like too: a hook must not stop a runner
             logger.exception("worker hook %s failed", name)
 
 
@@ -160,6 +160,7 @@ class WorkerCore:
         self._immediate = threading.Event()
         self._tasks: dict[object, _Task] = {}  # driver's key (thread or task) -> running task
         self._lock = threading.Lock()
+        self._drained = threading.Event()  # shutdown finished: the heartbeat may end
 
     @property
     def stopping(self) -> bool:
@@ -187,6 +188,12 @@ class WorkerCore:
 
     # -- steps shared by the drivers (all synchronous, all storage calls) -------------------
 
+    def _count(self, **increments: int) -> None:
+        """Add to the stats; runners and the heartbeat count from their own threads."""
+        with self._lock:
+            for name, n in increments.items():
+                setattr(self.stats, name, getattr(self.stats, name) + n)
+
     def _take(self) -> Message | None:
         """Lease the next message, waiting up to ``poll_wait``; None when none or stopping."""
         result = self.queue.dequeue(
@@ -200,7 +207,7 @@ class WorkerCore:
         if message is not None and self._stopping.is_set():
             # Taken but not started: give it back without counting the attempt.
             self.queue.release(message)
-            self.stats.released += 1
+            self._count(released=1)
             return None
         return message
 
@@ -209,7 +216,7 @@ class WorkerCore:
         with self._lock:
             self._tasks[key] = task
         self._observe("time_in_queue", self.queue._now() - message.enqueued_at.timestamp())
-        self.stats.started += 1
+        self._count(started=1)
         self.hooks.call("on_start", message)
         logger.debug(
             "worker %s: handling message %d",
@@ -248,7 +255,7 @@ class WorkerCore:
         else:
             result = self.queue.complete(message)
         if result.is_ok():
-            self.stats.completed += 1
+            self._count(completed=1)
             self.stats.processing_seconds.append(elapsed)
             self.hooks.call("on_success", message, value)
             logger.debug("worker %s: completed message %d", self.name, message.id, extra=log_extra)
@@ -282,12 +289,22 @@ class WorkerCore:
 
     def _record_failure(self, message: Message, exc: BaseException, elapsed: float) -> None:
         log_extra = {"message_id": message.id, "attempt": message.attempts}
+        error = _error_text(exc)
+        unusual = _unusual(exc)
+        if unusual is not None:
+            # Not an ordinary failure: say so loudly, the message is failed all the same.
+            logger.error(
+                "worker %s: the handler of message %d %s; counted as a failure of the message: %s",
+                self.name,
+                message.id,
+                unusual,
+                error,
+                extra=log_extra,
+            )
         rejected = isinstance(exc, Reject)
         delay = None if rejected else self._retry_delay(message, exc)
-        result = self.queue.fail_message(
-            message, send_to_dlq=rejected, error=_error_text(exc), delay=delay
-        )
-        self.stats.failed += 1
+        result = self.queue.fail_message(message, send_to_dlq=rejected, error=error, delay=delay)
+        self._count(failed=1)
         self.stats.processing_seconds.append(elapsed)
         self.hooks.call("on_failure", message, exc)
         if result.is_err():
@@ -300,14 +317,14 @@ class WorkerCore:
             )
             return
         if rejected or message.attempts >= message.max_attempts:
-            self.stats.dead_lettered += 1
+            self._count(dead_lettered=1)
             self.hooks.call("on_dead_letter", message, exc)
             logger.warning(
                 "worker %s: message %d dead-lettered after %d attempts: %s",
                 self.name,
                 message.id,
                 message.attempts,
-                _error_text(exc),
+                error,
                 extra=log_extra,
             )
         else:
@@ -317,9 +334,28 @@ class WorkerCore:
                 message.id,
                 message.attempts,
                 message.max_attempts,
-                _error_text(exc),
+                error,
                 extra=log_extra,
             )
+
+    def _runner_failed(self, key: object, exc: BaseException) -> None:
+        """A runner's own steps (not its handler) raised: log it, and fail the message it
+        held (if any, and not already settled) so that no heartbeat keeps its lease."""
+        with self._lock:
+            task = self._tasks.pop(key, None)
+            held = task is not None and not task.abandoned
+            if task is not None:
+                task.abandoned = True
+        logger.error(
+            "worker %s: a runner failed unexpectedly (%s); another takes its place",
+            self.name,
+            _error_text(exc),
+            exc_info=exc,
+        )
+        if task is not None and held:
+            error = RuntimeError(f"the worker failed while handling it: {_error_text(exc)}")
+            error.__cause__ = exc
+            self._record_failure(task.message, error, time.monotonic() - task.started)
 
     @property
     def tick(self) -> float:
@@ -360,7 +396,7 @@ class WorkerCore:
             if task.abandoned:
                 return
             task.abandoned = True
-        self.stats.timed_out += 1
+        self._count(timed_out=1)
         error = TimeoutError(f"handler ran longer than task_timeout={self.task_timeout:g} s")
         self._record_failure(task.message, error, time.monotonic() - task.started)
         if not self._stopping.is_set():
@@ -396,6 +432,8 @@ class Worker(WorkerCore):
       last traceback line as its error, retried per the queue's retry policy (or after
       ``retry_delay(message, exc)`` seconds when given), and dead-lettered after its last
       attempt. Raises :class:`~sqqueue.Reject`: dead-lettered at once, not retried.
+      Whatever it raises counts (SystemExit, KeyboardInterrupt, any BaseException): the
+      message fails and the worker goes on; the unusual ones are logged at ERROR.
     - ``results=True``: the handler's return value, unless None, is kept as the message's
       result (``complete(message, result=value)``; the queue must keep history). A value
       that is not JSON fails the message.
@@ -424,20 +462,32 @@ class Worker(WorkerCore):
             for signum in (signal.SIGTERM, signal.SIGINT):
                 previous[signum] = signal.signal(signum, lambda n, _f: self._on_signal(n))
         logger.info("worker %s: started with %d thread(s)", self.name, self.concurrency)
+        heart = threading.Thread(
+            target=self._heartbeat_loop, name=f"{self.name}-heartbeat", daemon=True
+        )
         try:
             for _ in range(self.concurrency):
                 self._spawn()
-            heart = threading.Thread(
-                target=self._heartbeat_loop, name=f"{self.name}-heartbeat", daemon=True
-            )
             heart.start()
-            # A timed wait keeps the main thread responsive to signals on every platform.
+            # A timed wait keeps the main thread responsive to signals everywhere.
             while not self._stopping.wait(0.2):
                 pass
-            self._drain()
+        except BaseException:
+            # Interrupted (KeyboardInterrupt without signal handlers): stop at once, giving
+            # running messages back, then let the exception through.
+            self.stop(immediate=True)
+            raise
         finally:
-            for number, old_handler in previous.items():
-                signal.signal(number, old_handler)
+            try:
+                self._drain()
+                # The heartbeat may be failing a timed-out message right now: wait for it,
+                # so the stats returned are final (bounded: its calls have timeouts).
+                self._drained.set()
+                if heart.is_alive():
+                    heart.join(self.grace_period + 60)
+            finally:
+                for number, old_handler in previous.items():
+                    signal.signal(number, old_handler)
         logger.info("worker %s: stopped (%s)", self.name, self.stats)
         return self.stats
 
@@ -445,7 +495,7 @@ class Worker(WorkerCore):
         with self._lock:
             self._spawned += 1
             thread = threading.Thread(
-                target=self._consume_loop, name=f"{self.name}-{self._spawned}", daemon=True
+                target=self._runner, name=f"{self.name}-{self._spawned}", daemon=True
             )
             self._threads.append(thread)
         thread.start()
@@ -463,6 +513,18 @@ class Worker(WorkerCore):
                 thread.join(min(remaining, 0.05))
         self._cut_off()
 
+    def _runner(self) -> None:
+        """One handler thread. Should its own steps ever raise, the failure is logged,
+        its message failed, and a fresh thread takes the slot."""
+        try:
+            self._consume_loop()
+        except BaseException as exc:
+            try:
+                self._runner_failed(threading.current_thread(), exc)
+            finally:
+                if not self._stopping.wait(0.1):  # (a short pause: never a tight spawn loop)
+                    self._spawn()
+
     def _consume_loop(self) -> None:
         key = threading.current_thread()
         while not self._stopping.is_set():
@@ -474,18 +536,32 @@ class Worker(WorkerCore):
             error: BaseException | None = None
             try:
                 value = self.handler(message)
-            except Exception as exc:
+            except BaseException as exc:  # whatever the handler raises fails its message
                 error = exc
             self._end(key, task, value, error)
             if task.abandoned:
                 return  # a replacement thread took this slot
 
     def _heartbeat_loop(self) -> None:
-        while not self._immediate.is_set():
+        while not self._drained.is_set():
             running = self._beat()
             if self._stopping.is_set() and not running:
                 return
-            self._immediate.wait(self.tick)
+            self._drained.wait(self.tick)
+
+
+def _unusual(exc: BaseException) -> str | None:
+    """What makes a handler's exception more than an ordinary failure, if anything."""
+    if not isinstance(exc, Exception):
+        return f"raised {type(exc).__name__}, which is not an Exception"
+    try:
+        str(exc)
+    except Exception as broken:
+        return (
+            f"raised {type(exc).__name__}, whose message cannot be read "
+            f"(str() raised {type(broken).__name__})"
+        )
+    return None
 
 
 def worker(queue: Queue, **options: Any) -> Callable[[Handler], Worker]:

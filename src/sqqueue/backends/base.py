@@ -211,6 +211,10 @@ class Backend(ABC):
         expiry (None when refused)."""
 
     @abstractmethod
+    def lease_of(self, message_id: int) -> tuple[str, int | None] | None:
+        """A message's status and lease token, or None if it is not in the queue."""
+
+    @abstractmethod
     def peek(self) -> StoredMessage | None:
         """The message the next claim would take, unchanged."""
 
@@ -363,8 +367,11 @@ def dead_params(row: StoredDeadLetter) -> dict[str, Any]:
 def peek_choice(ready: StoredMessage | None, expired: StoredMessage | None) -> StoredMessage | None:
     """Which of the ready head and the best expired lease the next claim would deliver.
 
-    An expired lease comes back as if it became visible when its lease ran out.
+    An expired lease comes back as if it became visible when its lease ran out. Neither
+    is leased by peeking: their lease fields are left empty.
     """
+    if ready is not None and (ready.lease_token is not None or ready.lease_expires_at is not None):
+        ready = ready._replace(lease_token=None, lease_expires_at=None)
     if expired is not None:
         assert expired.lease_expires_at is not None
         expired = expired._replace(
@@ -373,6 +380,9 @@ def peek_choice(ready: StoredMessage | None, expired: StoredMessage | None) -> S
             lease_expires_at=None,
         )
     candidates = [m for m in (ready, expired) if m is not None]
-    if not candidates:
-        return None
-    return min(candidates, key=lambda m: (-m.priority, m.visible_at, m.id))
+    if len(candidates) < 2:
+        return candidates[0] if candidates else None
+    try:
+        return min(candidates, key=lambda m: (-m.priority, m.visible_at, m.id))
+    except TypeError:  # a field edited by hand into something that does not compare
+        return candidates[0]

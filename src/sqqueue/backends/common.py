@@ -15,6 +15,7 @@ are held: SQLite's statements use it as given; PostgreSQL's use the server's clo
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -305,6 +306,10 @@ class SQLBackend(Backend):
 
         return self._write(run)
 
+    def lease_of(self, message_id: int) -> tuple[str, int | None] | None:
+        row = self._read(lambda conn: self._one(conn, "state", {"id": message_id}))
+        return None if row is None else (row[0], row[1])
+
     def peek(self) -> StoredMessage | None:
         def run(conn: Conn) -> StoredMessage | None:
             now = {"now": self._now()}
@@ -326,7 +331,12 @@ class SQLBackend(Backend):
 
     def next_due(self) -> float | None:
         row = self._read(lambda conn: self._one(conn, "next_due", {"now": self._now()}))
-        return None if row is None or row[0] is None else float(row[0])
+        due = None if row is None else row[0]
+        # A time edited into nonsense by hand (text, NaN, infinite) is no wake-up time;
+        # waiters still notice other commits, and a claim repairs what it can.
+        if not isinstance(due, (int, float)) or not math.isfinite(due):
+            return None
+        return float(due)
 
     def recover(self) -> int:
         return self._write(lambda conn: self._fold_expired(conn, self._now()))

@@ -763,6 +763,7 @@ class PostgresBackend(SQLBackend):
         params: dict[str, Any] = {"now": now}
         if not self._one(conn, "any_expired", params)[0]:
             return 0
+        conn.execute(self._sql["lease_repair"], params)
         ids = [r[0] for r in conn.execute(self._sql["lock_expired"], params).fetchall()]
         if not ids:
             return 0  # someone else is folding them right now

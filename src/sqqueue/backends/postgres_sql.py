@@ -220,9 +220,18 @@ _LIVE = (
     "AND (%(token)s::bigint IS NULL OR lease_token = %(token)s::bigint)"
 )
 
-# Is there an expired lease, or a message past its time to live?
+# A lease expiry no sqqueue call could have set: NULL on a processing row, more than 30
+# days ahead (leases are at most 7 days), infinite or NaN (which PostgreSQL orders above
+# every other number).
+_IMPOSSIBLE_LEASE = "(lease_expires_at IS NULL OR lease_expires_at > $now + 2592000)"
+
+# Is there an expired lease (or an impossible one: see "lease_repair"), or a message past
+# its time to live?
 _ANY_EXPIRED = """coalesce((SELECT min(lease_expires_at) FROM $q
                           WHERE status = 'processing') <= $now, false)
+            OR coalesce((SELECT max(lease_expires_at) FROM $q
+                          WHERE status = 'processing') > $now + 2592000, false)
+            OR EXISTS (SELECT 1 FROM $q WHERE status = 'processing' AND lease_expires_at IS NULL)
             OR coalesce((SELECT min(expires_at) FROM $q
                           WHERE expires_at IS NOT NULL) <= $now, false)"""
 
@@ -322,6 +331,13 @@ STATEMENTS = {
     # Written with min() over the partial indexes so that every plan, including the
     # generic plan of a prepared statement, seeks instead of scanning the table.
     "any_expired": f"SELECT {_ANY_EXPIRED}",
+    # A processing row whose lease expiry is impossible (edited by hand) would never expire:
+    # its lease ends now, and the fold that follows returns it to the queue (or to the
+    # dead-letter queue on its last attempt).
+    "lease_repair": f"""
+        UPDATE $q SET lease_expires_at = $now
+         WHERE id IN (SELECT id FROM $q WHERE status = 'processing' AND {_IMPOSSIBLE_LEASE}
+                      FOR UPDATE SKIP LOCKED)""",
     # Rows to fold are locked first (SKIP LOCKED), so concurrent consumers never fold the
     # same row twice.
     "lock_expired": """

@@ -490,8 +490,11 @@ class SQLiteBackend(SQLBackend):
         the hot paths.)"""
         start = deadline = 0.0  # set at the first conflict: the happy path reads no clock
         attempt = 0
+        lenient = False
         while True:
             conn = self._checkout()
+            if lenient:
+                conn.text_factory = _lenient_text
             try:
                 if write:
                     conn.execute("BEGIN IMMEDIATE")
@@ -504,6 +507,12 @@ class SQLiteBackend(SQLBackend):
                     self._rollback(conn)
                     raise
             except sqlite3.Error as exc:
+                if _undecodable_text(exc) and not lenient:
+                    # A text column holds bytes that are not UTF-8 (a row edited by hand):
+                    # run the call again reading such text leniently, so the row can be
+                    # listed or dead-lettered instead of failing every call that reads it.
+                    lenient = True
+                    continue
                 err = classify(exc, self.path)
                 if err.kind is not ErrorKind.LOCKED:
                     raise err from exc
@@ -514,6 +523,8 @@ class SQLiteBackend(SQLBackend):
                 if not self._backoff(attempt, deadline):
                     raise self._locked_error(time.monotonic() - start) from exc
             finally:
+                if lenient:
+                    conn.text_factory = str
                 self._checkin(conn)
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -889,6 +900,7 @@ class SQLiteBackend(SQLBackend):
                 )
         if not conn.execute(self._sql["any_expired"], params).fetchone()[0]:
             return 0
+        conn.execute(self._sql["lease_repair"], params)
         if self.policy.expired_to_dlq:
             conn.execute(self._sql["ttl_bury"], params)
         ttl = conn.execute(self._sql["ttl_delete"], params).rowcount
@@ -1137,6 +1149,18 @@ class SQLiteBackend(SQLBackend):
         the interface does not offer."""
         with self._borrowed() as conn:
             yield conn
+
+
+def _undecodable_text(exc: sqlite3.Error) -> bool:
+    """Whether sqlite3 failed to read a TEXT value as UTF-8."""
+    return isinstance(exc, sqlite3.OperationalError) and str(exc).startswith(
+        "Could not decode to UTF-8"
+    )
+
+
+def _lenient_text(raw: bytes) -> str:
+    """TEXT as str, with bytes that are not UTF-8 replaced by U+FFFD."""
+    return raw.decode("utf-8", "replace")
 
 
 def _payload(raw: bytes | None, is_text: int | None) -> str | bytes | None:

@@ -270,6 +270,10 @@ _DELAYED = "(visible_at > :now AND visible_at > updated_at)"
 LIST_ALL_COLUMNS = READ_COLUMNS.replace(
     "status", f"CASE WHEN status = 'pending' AND {_DELAYED} THEN 'delayed' ELSE status END"
 )
+# A lease expiry no sqqueue call could have set: more than 30 days ahead (leases are at
+# most 7 days), infinite, or a text or blob written by hand. SQLite orders every text and
+# blob after every number, so one index range finds them all.
+_IMPOSSIBLE_LEASE = "lease_expires_at > :now + 2592000"
 # A message of a group waits while any other message of its group is still in the queue.
 _FIRST_STATUS = """CASE WHEN :group_key IS NOT NULL AND EXISTS (
                            SELECT 1 FROM $q WHERE group_key = :group_key)
@@ -339,9 +343,21 @@ STATEMENTS = {
                        ORDER BY priority DESC, visible_at, id
                        LIMIT :limit)""",
     # One probe per claim: is there an expired lease, or a message past its time to live?
-    "any_expired": """
+    # A lease whose expiry is NULL or impossible counts as expired (see "lease_repair").
+    # One EXISTS per range: each is a seek into an index (with OR, SQLite scans the table).
+    "any_expired": f"""
         SELECT EXISTS (SELECT 1 FROM $q WHERE status = 'processing' AND lease_expires_at <= :now)
+            OR EXISTS (SELECT 1 FROM $q WHERE status = 'processing' AND lease_expires_at IS NULL)
+            OR EXISTS (SELECT 1 FROM $q WHERE status = 'processing' AND {_IMPOSSIBLE_LEASE})
             OR EXISTS (SELECT 1 FROM $q WHERE expires_at <= :now)""",
+    # A processing row whose lease expiry is NULL or impossible (edited by hand) would never
+    # expire: its lease ends now, and the fold that follows returns it to the queue (or to
+    # the dead-letter queue on its last attempt).
+    "lease_repair": f"""
+        UPDATE $q SET lease_expires_at = :now
+         WHERE id IN (SELECT id FROM $q WHERE status = 'processing' AND lease_expires_at IS NULL
+                      UNION ALL
+                      SELECT id FROM $q WHERE status = 'processing' AND {_IMPOSSIBLE_LEASE})""",
     # Past its time to live: gone, unless a consumer holds a live lease on it (the
     # consumer may finish; if its lease runs out, it goes then).
     "ttl_bury": f"""
