@@ -860,9 +860,9 @@ def evaluate_targets(
 # --------------------------------------------------------------------------------------
 
 # One thread calling enqueue(), before the work on workers and producers (commit 2dc305d):
-# its ratio to plain sqlite3's one-thread autocommit INSERT, measured in one run
-# (bench/profile-notes.md, "Workers and producers").
-BEFORE_ONE_THREAD = {"commit": "2dc305d", "ratio": 0.0}
+# its ratio to plain sqlite3's one-thread autocommit INSERT in the same run; the median of
+# two `--only users` runs, 0.53x and 0.72x (bench/profile-notes.md, "Workers and producers").
+BEFORE_ONE_THREAD = {"commit": "2dc305d", "ratio": 0.62}
 # Run-to-run noise allowed to the "no slower than before" target (both ratios are medians
 # of the same number of repeats on this shared machine).
 NOISE = 0.05
@@ -1506,9 +1506,10 @@ def _context(
 ) -> dict[str, Any]:
     """What the report says about one part (SQLite or PostgreSQL) of a run."""
     load_after = os.getloadavg()[0]
-    rel_out = os.path.relpath(os.path.abspath(args.out), ROOT)
     if os.environ.get("MAKELEVEL"):
-        command = f"make bench    # runs: .venv/bin/python bench/run.py --out {rel_out}"
+        target = "bench-users" if args.only == ["users"] else "bench"
+        command = (f"make {target}    # runs: .venv/bin/python bench/run.py "
+                   + " ".join(shlex.quote(a) for a in sys.argv[1:]))  # fmt: skip
     else:
         command = "python bench/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     return {
