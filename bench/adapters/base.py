@@ -164,9 +164,10 @@ class Adapter:
             self.fill([make_payload(i) for i in range(lo, min(n, lo + 1000))])
 
     def run_worker(self, n: int, cap: float, processes: int, concurrency: int) -> dict[str, Any]:
-        """Put ``n`` messages in the queue (untimed), then drain them with ``processes`` worker processes
-        as the library's users run them (``concurrency`` handlers each where the library has
-        that setting), a no-op handler; the rate from the first message done to the last."""
+        """Put ``n`` messages in the queue (untimed), then drain them with ``processes``
+        worker processes as the library's users run them (``concurrency`` handlers each
+        where the library has that setting), a no-op handler; the rate from the first
+        message done to the last."""
         raise Unsupported("no worker")
 
     #: Can several threads call enqueue() on one adapter (one queue object, as web threads
@@ -219,16 +220,18 @@ class Adapter:
         import signal
         import subprocess
 
-        procs = [
-            subprocess.Popen(  # noqa: S603  (the subject's own worker command)
-                argv,
-                cwd=self.workdir,
-                env={**os.environ, **(env or {})},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for _ in range(processes)
-        ]
+        errlog = os.path.join(self.workdir, "worker-stderr.log")
+        with open(errlog, "wb") as err:
+            procs = [
+                subprocess.Popen(  # noqa: S603  (the subject's own worker command)
+                    argv,
+                    cwd=self.workdir,
+                    env={**os.environ, **(env or {})},
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                )
+                for _ in range(processes)
+            ]
         try:
             if barrier:
                 _release(self.workdir, procs)
@@ -254,7 +257,9 @@ class Adapter:
                     proc.kill()
                     proc.wait(10)
         if t_first == 0.0:
-            return {"value": None, "unit": "msg/s", "done": 0, "failed_to_start": True}
+            with open(errlog, errors="replace") as f:
+                tail = f.read()[-600:].strip()
+            return {"failed": f"no message was taken; the worker's stderr ends: {tail!r}"}
         done = first_left - left
         return {"value": done / (t_end - t_first), "unit": "msg/s", "done": n - left,
                 "seconds": t_end - t_first, "processes": processes}  # fmt: skip
