@@ -52,7 +52,7 @@ torture: $(STAMP)
 # --pg-url is given); writes docs/benchmarks.md and docs/benchmarks-chart.png. Peers and
 # sqqueue 0.1.0 get their own virtualenvs under bench/ (bench/setup_venvs.py; created once,
 # then reused). `make bench-users`: only the workers and producers users run, with the
-# one-by-one rows (~6 min), merged into the last full report.
+# one-by-one rows (~6 min), reported in bench/results/users.md (docs/ keeps the full run).
 .PHONY: bench bench-users
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
@@ -62,4 +62,5 @@ bench: $(STAMP)
 bench-users: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(PYTHON) bench/setup_venvs.py
-	$(BIN)/python bench/run.py --only users --merge --out docs/benchmarks.md
+	$(BIN)/python bench/run.py --only users --out bench/results/users.md \
+		--results bench/results/users.json

@@ -3,7 +3,8 @@ sqqueue's PostgreSQL backend side by side with plain SQL on the same server.
 
     make bench                                   # the full run (~20 min on 2 cores)
     .venv/bin/python bench/run.py --quick        # smoke run, < 5 min, smaller sizes
-    .venv/bin/python bench/run.py --only users --merge  # the rows users see (~6 min)
+    .venv/bin/python bench/run.py --only users --out bench/results/users.md \
+        --results bench/results/users.json   # the rows users see (~6 min; make bench-users)
     .venv/bin/python bench/run.py --only enqueue_one dequeue_one --repeats 9
     .venv/bin/python bench/run.py --only postgres --merge   # PostgreSQL part only (~5 min),
                                                  # keeping the SQLite rows of the last run
