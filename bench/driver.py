@@ -562,6 +562,7 @@ def w_producers(spec: Spec) -> dict[str, Any]:
     start = threading.Barrier(threads + 1)
     done = [0] * threads
     errors: dict[str, Any] = {"locked": 0, "other": 0, "samples": []}
+    errors_lock = threading.Lock()
     share = n // threads
 
     def produce(k: int) -> None:
@@ -575,7 +576,8 @@ def w_producers(spec: Spec) -> dict[str, Any]:
                 break
         if shared is None:
             a.close()
-            _add_errors(errors, a.errors)
+            with errors_lock:
+                _add_errors(errors, a.errors)
 
     workers = [threading.Thread(target=produce, args=(k,)) for k in range(threads)]
     for t in workers:
