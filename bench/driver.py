@@ -84,17 +84,10 @@ def w_info(spec: Spec) -> dict[str, Any]:
 def w_smoke(spec: Spec) -> dict[str, Any]:
     """A few messages through and back: is the subject's code working at all?"""
     a = _open(spec)
-    sent = [make_payload(i) for i in range(20)]
-    for p in sent[:10]:
-        if not a.enqueue(p):
-            raise RuntimeError(f"enqueue failed: {a.errors}")
-    if not a.enqueue_batch(sent[10:]):
-        raise RuntimeError(f"enqueue_batch failed: {a.errors}")
-    got = [a.dequeue_ack() for _ in range(10)] + a.dequeue_batch_ack(10)
-    extra = a.dequeue_ack()
-    a.close()
-    if got != sent or extra is not None:
-        raise RuntimeError(f"expected the 20 payloads back in order, got {got!r} then {extra!r}")
+    try:
+        a.smoke()
+    finally:
+        a.close()
     return {"ok": True, "errors": a.errors}
 
 
@@ -545,6 +538,69 @@ def w_wakeup(spec: Spec) -> dict[str, Any]:
     )
 
 
+def w_worker(spec: Spec) -> dict[str, Any]:
+    """A prefilled queue (untimed) drained by the library's own worker, run the way its
+    users run it, in ``processes`` processes of its own; timed from the first message done
+    to the last."""
+    a = _open(spec)
+    try:
+        out = a.run_worker(spec["n"], spec["cap"], spec.get("processes", 1), spec["concurrency"])
+    finally:
+        a.close()
+    return _result(a, **out)
+
+
+def w_producers(spec: Spec) -> dict[str, Any]:
+    """``threads`` threads of one process each calling enqueue(), one message per call
+    (``n`` in all), started together; messages enqueued ÷ time until the last returned.
+    The threads share one queue object, or open one each where the subject's objects
+    belong to one thread (plain sqlite3's connections)."""
+    import threading
+
+    threads, n, cap = spec["threads"], spec["n"], spec["cap"]
+    shared = _open(spec) if load(spec["subject"]).shared_across_threads else None
+    start = threading.Barrier(threads + 1)
+    done = [0] * threads
+    errors: dict[str, Any] = {"locked": 0, "other": 0, "samples": []}
+    errors_lock = threading.Lock()
+    share = n // threads
+
+    def produce(k: int) -> None:
+        a = shared or _open(spec)
+        payloads = [make_payload(k * share + i) for i in range(share)]
+        start.wait()
+        t0 = now()
+        for i, p in enumerate(payloads):
+            done[k] += int(a.enqueue(p))
+            if i % 100 == 0 and now() - t0 > cap:
+                break
+        if shared is None:
+            a.close()
+            with errors_lock:
+                _add_errors(errors, a.errors)
+
+    workers = [threading.Thread(target=produce, args=(k,)) for k in range(threads)]
+    for t in workers:
+        t.start()
+    start.wait()
+    t0 = now()
+    for t in workers:
+        t.join()
+    secs = now() - t0
+    if shared is not None:
+        shared.close()
+        _add_errors(errors, shared.errors)
+    out = _result(None, value=sum(done) / secs, unit="msg/s", done=sum(done), seconds=secs)
+    out["errors"] = errors
+    return out
+
+
+def _add_errors(total: dict[str, Any], errors: dict[str, Any]) -> None:
+    for key in ("locked", "other"):
+        total[key] += errors[key]
+    total["samples"] += errors["samples"][: 5 - len(total["samples"])]
+
+
 def w_tasks(spec: Spec) -> dict[str, Any]:
     """No-op tasks drained by the library's own worker process (prefilled, untimed)."""
     a = _open(spec)
@@ -569,6 +625,8 @@ WORKLOADS: dict[str, Callable[[Spec], dict[str, Any]]] = {
     "depth": w_depth,
     "wakeup": w_wakeup,
     "tasks": w_tasks,
+    "worker": w_worker,
+    "producers": w_producers,
 }
 
 

@@ -1,6 +1,7 @@
 """CPU instructions per message, counted by valgrind: a measure that does not drift.
 
     .venv/bin/python bench/instructions.py                    # sqqueue and plain sqlite3
+                                                              # (the least-work reference)
     .venv/bin/python bench/instructions.py --src /tmp/old/src # another checkout's sqqueue
     .venv/bin/python bench/instructions.py --only enqueue dequeue
 

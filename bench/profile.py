@@ -7,16 +7,17 @@
     .venv/bin/python bench/profile.py --postgres --pg-url postgresql://me@db/bench
 
 For each loop it prints the cost per message, the same cost for plain sqlite3 doing the
-minimal equivalent work (bench/adapters/plain_sqlite.py), the functions with the most
-self time (flat profile) and, with --tree, the call tree.
+least work (bench/adapters/plain_sqlite.py, the benchmark's reference: one autocommit
+statement per operation, executemany in one transaction for batches), the functions with
+the most self time (flat profile) and, with --tree, the call tree.
 
 With --postgres it profiles sqqueue's PostgreSQL backend instead, against plain SQL on the
-same server (bench/adapters/plain_pg.py): the cost per message split into client CPU,
-server CPU and the rest (waiting: round trips, scheduling), then every statement's calls
-per message, its round-trip time as the client sees it and, on the throwaway server
-(default), its time inside the server (from the server's log, log_min_duration_statement=0)
-and the trigger functions' time (track_functions). synchronous_commit=off as in
-bench/run.py (--pg-sync).
+same server (bench/adapters/plain_pg.py, one autocommit statement per operation): the
+cost per message split into client CPU, server CPU and the rest (waiting: round trips,
+scheduling), then every statement's calls per message, its round-trip time as the client
+sees it and, on the throwaway server (default), its time inside the server (from the
+server's log, log_min_duration_statement=0) and the trigger functions' time
+(track_functions). synchronous_commit=off as in bench/run.py (--pg-sync).
 """
 
 # ruff: noqa: RUF001, B023, PLR0915
@@ -141,7 +142,7 @@ def wal_pages(path: str, conn: Any, fn: Callable[[], Any], messages: int) -> flo
 
 
 def plain_cost(kind: str, n: int, tmp: str) -> tuple[float, float]:
-    """µs and WAL pages per message for plain sqlite3 (the benchmark's reference adapter)."""
+    """µs and WAL pages per message for plain sqlite3 (the benchmark's least-work reference)."""
     sys.path.append(HERE)
     try:
         from adapters.plain_sqlite import Adapter

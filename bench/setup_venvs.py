@@ -1,9 +1,10 @@
 """Create the virtualenvs of the benchmark's peers and of sqqueue 0.1.0 (idempotent).
 
     python3 bench/setup_venvs.py            # creates what is missing or out of date
-    python3 bench/setup_venvs.py --force    # recreate both
+    python3 bench/setup_venvs.py --force    # recreate them all
 
 bench/.venv-peers       persist-queue, litequeue, localqueue, huey
+bench/.venv-pgpeers     PgQueuer (with asyncpg, its documented driver), procrastinate (psycopg)
 bench/.venv-sqqueue010  sqqueue 0.1.0 (its own interpreter: same import name as this repo's)
 
 Versions are pinned so runs compare like with like; a venv whose marker file does not list
@@ -29,6 +30,14 @@ VENVS: dict[str, list[str]] = {
         "litequeue==0.14" if sys.version_info >= (3, 12) else "litequeue==0.9",
         "localqueue==1.4.1",
         "huey==3.5.4",
+    ],
+    ".venv-pgpeers": [
+        "pgqueuer[asyncpg]==1.6.0",
+        "procrastinate==3.10.0",
+        "psycopg[binary,pool]==3.3.9",
+        # pgqueuer 1.6.0's `pgq run` fails at start with typer 0.29 (its log-level option
+        # arrives as a string): the newest typer it works with here.
+        "typer==0.16.0",
     ],
     ".venv-sqqueue010": ["sqqueue==0.1.0"],
 }

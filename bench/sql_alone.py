@@ -7,7 +7,8 @@ For each loop, three subjects run interleaved in one process, round after round,
 on a shared machine hits them alike:
 
 - ``plain``: plain sqlite3 doing the least work (bench/adapters/plain_sqlite.py, the
-  benchmark's reference);
+  benchmark's reference: one autocommit statement per operation, ``executemany`` in one
+  transaction for batches);
 - ``sql``: sqqueue's own statements, replayed directly on its connection with no Python
   around them: the same transactions, the same SQL, the same parameters. This is the
   ceiling a Python layer on this schema can reach;

@@ -10,10 +10,12 @@ import importlib
 from typing import Any
 
 # subject name -> (module, virtualenv key). "main" is the project's .venv; the others are
-# created by bench/setup_venvs.py.
+# created by bench/setup_venvs.py. Which workloads each subject takes part in: bench/run.py.
 SUBJECTS: dict[str, tuple[str, str]] = {
     "sqqueue": ("adapters.sqqueue_current", "main"),
+    "sqqueue-before": ("adapters.sqqueue_before", "main"),
     "sqlite3": ("adapters.plain_sqlite", "main"),
+    "sqlite3-txn": ("adapters.plain_sqlite_txn", "main"),
     "persist-queue": ("adapters.peer_persistqueue", "peers"),
     "litequeue": ("adapters.peer_litequeue", "peers"),
     "localqueue": ("adapters.peer_localqueue", "peers"),
@@ -21,9 +23,12 @@ SUBJECTS: dict[str, tuple[str, str]] = {
     "sqqueue-0.1.0": ("adapters.sqqueue_010", "sqqueue010"),
     # PostgreSQL: the server named by BENCH_PG_URL (see adapters/pg.py and bench/run.py).
     "sqqueue-pg": ("adapters.sqqueue_pg", "main"),
+    "sqqueue-pg-before": ("adapters.sqqueue_pg_before", "main"),
     "plain-pg": ("adapters.plain_pg", "main"),
+    "pgqueuer": ("adapters.peer_pgqueuer", "pgpeers"),
+    "procrastinate": ("adapters.peer_procrastinate", "pgpeers"),
 }
-PG_SUBJECTS = ("sqqueue-pg", "plain-pg")
+PG_SUBJECTS = ("sqqueue-pg", "sqqueue-pg-before", "plain-pg", "pgqueuer", "procrastinate")
 
 
 def load(subject: str) -> Any:

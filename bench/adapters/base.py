@@ -28,6 +28,28 @@ def seq_of(payload: str) -> int:
     return int(payload[4:13])
 
 
+# The start of a worker script run with ``_drain_with(..., barrier=True)``: it says it is
+# ready (a file named after its pid), then waits for the file "go".
+BARRIER = """
+import os as _os, time as _time
+open(f"ready-{_os.getpid()}", "w").close()
+while not _os.path.exists("go"):
+    _time.sleep(0.001)
+"""
+
+
+def _release(workdir: str, procs: list[Any], timeout: float = 120.0) -> None:
+    """Wait until every process has written its ready file, then tell them all to start."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready = [f for f in os.listdir(workdir) if f.startswith("ready-")]
+        if len(ready) >= len(procs) or any(p.poll() is not None for p in procs):
+            break
+        time.sleep(0.005)
+    with open(os.path.join(workdir, "go"), "w"):
+        pass
+
+
 class Unsupported(Exception):
     """The subject has no way to do this workload; the text says why."""
 
@@ -136,23 +158,83 @@ class Adapter:
         own worker process; the rate at which that process ran them."""
         raise Unsupported("no task API with a worker process")
 
+    def prefill(self, n: int) -> None:
+        """Put ``n`` messages in the queue by the fastest means (untimed)."""
+        for lo in range(0, n, 1000):
+            self.fill([make_payload(i) for i in range(lo, min(n, lo + 1000))])
+
+    def run_worker(self, n: int, cap: float, processes: int, concurrency: int) -> dict[str, Any]:
+        """Put ``n`` messages in the queue (untimed), then drain them with ``processes``
+        worker processes as the library's users run them (``concurrency`` handlers each
+        where the library has that setting), a no-op handler; the rate from the first
+        message done to the last."""
+        raise Unsupported("no worker")
+
+    #: Can several threads call enqueue() on one adapter (one queue object, as web threads
+    #: share one)? If not, each producer thread opens its own (its own connection).
+    shared_across_threads: ClassVar[bool] = True
+
+    def smoke(self) -> None:
+        """A few messages through and back; raises if the subject does not work."""
+        sent = [make_payload(i) for i in range(20)]
+        for p in sent[:10]:
+            if not self.enqueue(p):
+                raise RuntimeError(f"enqueue failed: {self.errors}")
+        if not self.enqueue_batch(sent[10:]):
+            raise RuntimeError(f"enqueue_batch failed: {self.errors}")
+        got = [self.dequeue_ack() for _ in range(10)] + self.dequeue_batch_ack(10)
+        extra = self.dequeue_ack()
+        if got != sent or extra is not None:
+            raise RuntimeError(
+                f"expected the 20 payloads back in order, got {got!r} then {extra!r}"
+            )
+
+    def _script(self, name: str, text: str) -> str:
+        """Write a worker script (or app module) into the work directory; its path."""
+        path = os.path.join(self.workdir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
     def _drain_with(
-        self, argv: list[str], remaining: Any, n: int, cap: float, env: dict[str, str] | None = None
+        self,
+        argv: list[str],
+        remaining: Any,
+        n: int,
+        cap: float,
+        env: dict[str, str] | None = None,
+        processes: int = 1,
+        barrier: bool = False,
+        interval: float = 0.005,
     ) -> dict[str, Any]:
-        """Start a worker process (``argv``, in the work directory) on ``n`` waiting tasks
-        and time it from the first task gone to the last (``remaining()`` polled every
-        5 ms), so the process's start-up is not counted; then stop it."""
+        """Start ``processes`` worker processes (``argv``, in the work directory) on ``n``
+        waiting messages and time them from the first message gone to the last
+        (``remaining()`` polled every ``interval`` s), so start-up is not counted; then
+        stop them with SIGTERM, as a user would.
+
+        With ``barrier``, the processes are scripts that run :data:`BARRIER` once their
+        queue is open: each says it is ready, then waits for the word to start, so several
+        processes start together (one alone would otherwise drain part of the queue while
+        the others are still importing).
+        """
         import signal
         import subprocess
 
-        proc = subprocess.Popen(  # noqa: S603  (the worker command of the subject's own library)
-            argv,
-            cwd=self.workdir,
-            env={**os.environ, **(env or {})},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        errlog = os.path.join(self.workdir, "worker-stderr.log")
+        with open(errlog, "wb") as err:
+            procs = [
+                subprocess.Popen(  # noqa: S603  (the subject's own worker command)
+                    argv,
+                    cwd=self.workdir,
+                    env={**os.environ, **(env or {})},
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                )
+                for _ in range(processes)
+            ]
         try:
+            if barrier:
+                _release(self.workdir, procs)
             first_left, t_first = n, 0.0
             deadline = time.monotonic() + cap + 60  # start-up, then the cap
             while time.monotonic() < deadline:
@@ -162,21 +244,25 @@ class Adapter:
                     deadline = time.monotonic() + cap
                 if left == 0:
                     break
-                time.sleep(0.005)
+                time.sleep(interval)
             t_end = time.perf_counter()
             left = remaining()
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
         if t_first == 0.0:
-            return {"value": None, "unit": "msg/s", "done": 0, "failed_to_start": True}
+            with open(errlog, errors="replace") as f:
+                tail = f.read()[-600:].strip()
+            return {"failed": f"no message was taken; the worker's stderr ends: {tail!r}"}
         done = first_left - left
         return {"value": done / (t_end - t_first), "unit": "msg/s", "done": n - left,
-                "seconds": t_end - t_first}  # fmt: skip
+                "seconds": t_end - t_first, "processes": processes}  # fmt: skip
 
     def files(self) -> list[str]:
         """Database files whose size (with their -wal) is reported."""

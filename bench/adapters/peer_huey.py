@@ -11,6 +11,7 @@ import os
 from typing import Any, ClassVar
 
 from .base import Adapter as Base
+from .base import Unsupported, make_payload
 
 _TASK_APP = """
 from huey import Huey
@@ -29,6 +30,11 @@ huey = Huey("bench", storage_class=Storage, filename={path!r})
 
 @huey.task()
 def noop(n):
+    pass
+
+
+@huey.task()
+def handle(payload):
     pass
 """
 
@@ -49,6 +55,9 @@ class Adapter(Base):
         "fill": "its INSERT via executemany inside its own db(commit=True) transaction",
         "stats": "queue_size() (SELECT COUNT)",
         "tasks": "@huey.task() no-op, one call each; `huey_consumer` (1 thread worker)",
+        "worker": "@huey.task() no-op taking the payload, one call each; `huey_consumer -w 4 "
+        "-k thread` (its consumer with 4 worker threads), SqliteHuey storage with "
+        "synchronous=NORMAL; a task leaves the queue when it is taken",
     }
 
     def __init__(self, workdir: str) -> None:
@@ -85,22 +94,37 @@ class Adapter(Base):
     def stats(self) -> Any:
         return self.s.queue_size()
 
-    def run_tasks(self, n: int, cap: float) -> dict[str, Any]:
+    def _task_app(self) -> Any:
+        """The huey app module (hueyapp.py in the work directory), imported."""
         import sys
 
-        app = os.path.join(self.workdir, "hueyapp.py")
-        with open(app, "w") as f:
-            f.write(_TASK_APP.format(path=os.path.join(self.workdir, "tasks.db")))
+        self._script("hueyapp.py", _TASK_APP.format(path=os.path.join(self.workdir, "tasks.db")))
         sys.path.insert(0, self.workdir)
         import hueyapp  # type: ignore[import-not-found]
 
-        for i in range(n):
-            hueyapp.noop(i)  # enqueues (huey's call of a task)
-        storage = hueyapp.huey.storage
+        return hueyapp
+
+    def _consume(self, app: Any, n: int, cap: float, threads: int) -> dict[str, Any]:
+        import sys
+
         argv = [sys.executable, "-m", "huey.bin.huey_consumer", "hueyapp.huey"]
         return self._drain_with(
-            [*argv, "-w", "1", "-k", "thread", "-q"], storage.queue_size, n, cap
+            [*argv, "-w", str(threads), "-k", "thread", "-q"], app.huey.storage.queue_size, n, cap
         )
+
+    def run_tasks(self, n: int, cap: float) -> dict[str, Any]:
+        app = self._task_app()
+        for i in range(n):
+            app.noop(i)  # enqueues (huey's call of a task)
+        return self._consume(app, n, cap, threads=1)
+
+    def run_worker(self, n: int, cap: float, processes: int, concurrency: int) -> dict[str, Any]:
+        if processes != 1:
+            raise Unsupported("measured with one consumer process")
+        app = self._task_app()
+        for i in range(n):
+            app.handle(make_payload(i))
+        return self._consume(app, n, cap, threads=concurrency)
 
     def files(self) -> list[str]:
         return [self.path]

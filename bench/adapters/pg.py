@@ -18,6 +18,9 @@ from typing import Any
 
 URL_ENV = "BENCH_PG_URL"
 PID_ENV = "BENCH_PG_PID"
+# How often the driver counts the messages left while workers drain a queue on the server
+# (a count is a query the server runs too: less often than on SQLite, alike for every subject).
+POLL_INTERVAL = 0.02
 
 
 def pg_url() -> str:
@@ -47,6 +50,27 @@ def with_options(url: str, options: str) -> str:
             query=urllib.parse.urlencode([*rest, ("options", merged)], quote_via=urllib.parse.quote)
         )
     )
+
+
+def in_schema(url: str, schema: str) -> str:
+    """``url`` with ``schema`` first on every session's search_path (for libraries that
+    name their tables without a schema)."""
+    return with_options(url, f"-c search_path={schema}")
+
+
+def split_options(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without its libpq ``options``, and the ``-c name=value`` settings they held:
+    for drivers that take session settings apart (asyncpg's ``server_settings``)."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    settings: dict[str, str] = {}
+    for key, value in query:
+        if key == "options":
+            for item in re.findall(r"-c\s*(\S+)", value):
+                name, _, setting = item.partition("=")
+                settings[name] = setting
+    rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "options"])
+    return urllib.parse.urlunsplit(parts._replace(query=rest)), settings
 
 
 def redact(url: str) -> str:

@@ -6,7 +6,23 @@ import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from .base import BARRIER
 from .base import Adapter as Base
+
+# A worker process as the README shows it: the queue with its default settings, a handler
+# that does nothing, ``Worker(...).run()`` until SIGTERM.
+_WORKER_APP = """
+from sqqueue import SQLiteQueue, Worker
+
+queue = SQLiteQueue({path!r}, table_name="bench")
+
+
+def handle(message):
+    pass
+
+{barrier}
+Worker(queue, handle, concurrency={concurrency}).run()
+"""
 
 _TASK_APP = """
 from sqqueue import Tasks
@@ -29,6 +45,8 @@ class Adapter(Base):
         "(SELECT then UPDATE in one BEGIN IMMEDIATE transaction)"
     )
     how: ClassVar[dict[str, str]] = {
+        "enqueue": "enqueue()",
+        "dequeue": "dequeue(), then complete()",
         "enqueue_batch": "native enqueue_batch()",
         "dequeue_batch": "native dequeue_batch(100), then complete_batch() (one transaction)",
         "claim_batch": "native dequeue_batch(100)",
@@ -36,6 +54,9 @@ class Adapter(Base):
         "fill": "enqueue_batch() of 1,000",
         "stats": "stats()",
         "tasks": "@tasks.task no-op, .delay() per call; `sqqueue worker app:tasks` (1 thread)",
+        "worker": "Worker(queue, no-op, concurrency=4).run() in a process of its own, "
+        "default settings",
+        "producers": "one queue object shared by the threads, enqueue() per message",
     }
     cross_process_wait = "dequeue(wait=...)"
 
@@ -124,6 +145,32 @@ class Adapter(Base):
 
     def stats(self) -> Any:
         return self.q.stats().unwrap()
+
+    def remaining(self) -> int:
+        """Messages not yet done (pending, delayed or leased)."""
+        return int(self.q.stats().unwrap().depth)
+
+    def worker_app(self, concurrency: int) -> str:
+        return _WORKER_APP.format(path=self.path, barrier=BARRIER, concurrency=concurrency)
+
+    def run_worker(self, n: int, cap: float, processes: int, concurrency: int) -> dict[str, Any]:
+        self.prefill(n)
+        import sys
+
+        script = self._script("workerapp.py", self.worker_app(concurrency))
+        return self._drain_with(
+            [sys.executable, script],
+            self.remaining,
+            n,
+            cap,
+            env={"SQQUEUE_CONFIG": "none"},
+            processes=processes,
+            barrier=True,
+            interval=self.poll_interval,
+        )
+
+    #: How often the driver asks how many messages are left while a worker drains.
+    poll_interval = 0.005
 
     def run_tasks(self, n: int, cap: float) -> dict[str, Any]:
         import sys

@@ -8,9 +8,24 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from .base import BARRIER
 from .base import Adapter as Base
-from .pg import pg_url, schema_for, server_version
+from .pg import POLL_INTERVAL, pg_url, schema_for, server_version
 from .sqqueue_current import Adapter as SQLiteAdapter
+
+# A worker process: the queue with its default settings, a no-op handler, until SIGTERM.
+_WORKER_APP = """
+from sqqueue import PostgresQueue, Worker
+
+queue = PostgresQueue({url!r}, "bench", schema={schema!r})
+
+
+def handle(message):
+    pass
+
+{barrier}
+Worker(queue, handle, concurrency={concurrency}).run()
+"""
 
 
 class Adapter(SQLiteAdapter):
@@ -27,6 +42,7 @@ class Adapter(SQLiteAdapter):
         "wait": "dequeue(wait=...): LISTEN/NOTIFY, polling every 1 s as the fallback",
     }
     cross_process_wait = "dequeue(wait=...)"
+    poll_interval = POLL_INTERVAL
 
     def __init__(self, workdir: str) -> None:  # not the SQLite adapter's queue: Base only
         Base.__init__(self, workdir)
@@ -46,6 +62,11 @@ class Adapter(SQLiteAdapter):
     @classmethod
     def version(cls) -> str:
         return f"{super().version()} on {server_version()}"
+
+    def worker_app(self, concurrency: int) -> str:
+        return _WORKER_APP.format(
+            url=pg_url(), schema=self.schema, barrier=BARRIER, concurrency=concurrency
+        )
 
     def files(self) -> list[str]:
         return []
