@@ -244,22 +244,56 @@ def _prepare_path(db_path: str | os.PathLike[str]) -> tuple[str, bool]:
             f"db_path {path!r} is a directory; give a file path such as "
             f"{os.path.join(path, 'queue.db')!r}"
         )
-    parent = target.parent
+    # Through symlinks: the file is created (and SQLite puts its -wal and -shm) where
+    # the link points, so that is where the mode is set.
+    real = Path(os.path.realpath(path))
+    parent = real.parent
     if not parent.is_dir():
-        raise ValueError(f"cannot create {path!r}: directory {str(parent)!r} does not exist")
-    if not target.exists():
+        where = f" (where the link {path!r} points)" if target.is_symlink() else ""
+        raise ValueError(f"cannot create {path!r}: directory {str(parent)!r}{where} does not exist")
+    if not real.exists():
         try:
             # Created here, not by SQLite, so it is readable by its owner only; SQLite gives
             # the -wal and -shm files the same permissions.
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(real, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)
         except FileExistsError:
             pass
         except OSError as exc:
             raise ValueError(f"cannot create {path!r}: {exc.strerror}") from exc
-    elif not stat.S_ISREG(target.stat().st_mode):
+    info = real.stat()
+    if not stat.S_ISREG(info.st_mode):
         raise ValueError(f"db_path {path!r} is not a regular file")
+    if info.st_size == 0 and info.st_mode & 0o077:
+        # An empty file (made by `touch`, say) becomes the database now: owner-only, like
+        # one sqqueue creates, and so its -wal and -shm.
+        with contextlib.suppress(OSError):
+            os.chmod(real, 0o600)
+            info = real.stat()
+    _warn_if_shared(path, real, info.st_mode)
     return path, False
+
+
+_warned_shared: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_if_shared(path: str, real: Path, mode: int) -> None:
+    """Log once per file and process when others may read the queue file: SQLite gives
+    its -wal and -shm files the same mode, so they can read every message too."""
+    if not mode & 0o044:
+        return
+    with _warned_lock:
+        if str(real) in _warned_shared:
+            return
+        _warned_shared.add(str(real))
+    logger.warning(
+        "%s is readable by other users (mode %04o), and so are its -wal and -shm files: "
+        "run 'chmod 600 %s' unless they are meant to read the queue",
+        path,
+        stat.S_IMODE(mode),
+        path,
+    )
 
 
 class SQLiteBackend(SQLBackend):
