@@ -753,7 +753,7 @@ def test_completed_row_with_unreadable_time_is_listed_with_a_marker(
     for message in ok(queue.dequeue_batch(2)):
         ok(queue.complete(message))
     first = ok(queue.get_completed())[0]["id"]
-    _edit_row(db_path, "jobs_done", "completed_at", "'soon'", first)
+    _edit_row(db_path, '"jobs#done"', "completed_at", "'soon'", first)
     done = ok(queue.get_completed())
     assert [d["completed_at"] for d in done if d["id"] == first] == ["<invalid: 'soon'>"]
     assert all(isinstance(d["completed_at"], datetime) for d in done if d["id"] != first)

@@ -1302,10 +1302,11 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         help="With --sql: the queue(s) to print the DDL of (repeatable).",
     )
     def migrate(db: str, print_sql: bool, queues: tuple[str, ...]) -> None:
-        """Migrate the sqqueue 0.1.0 queues of DB now, or print the DDL (--sql).
+        """Migrate the queues of DB to the current layout now, or print the DDL (--sql).
 
-        Without --sql, prints the names of the queues migrated: opening a queue migrates
-        it anyway; this does them all at once, before a deploy. With --sql, DB is a path
+        Without --sql, migrates sqqueue 0.1.0 queues and upgrades queues of an older
+        sqqueue, and prints their names: opening a queue for use does that anyway; this
+        does them all at once, before a deploy. With --sql, DB is a path
         or a URL (sqlite:///... or postgresql://...) that only picks the dialect: nothing
         is opened, and the statements that create each --queue are printed, for teams
         that apply schema changes themselves.
@@ -1332,7 +1333,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         except (QueueError, ValueError) as exc:
             raise CliError(str(exc)) from None
         if not done:
-            click.echo(f"nothing to migrate: no sqqueue 0.1.0 queues in {db}")
+            click.echo(f"nothing to migrate: every queue in {db} has the current layout")
         for name in done:
             click.echo(name)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .backends import sqlite_sql
 from .backends.sqlite import SQLiteBackend, classify, not_a_database
 from .exceptions import ErrorKind, QueueError
 from .names import validate_queue_name
@@ -118,13 +119,33 @@ def legacy_queues(path: str | os.PathLike[str]) -> list[str]:
     return found
 
 
-def migrate(path: str | os.PathLike[str]) -> list[str]:
-    """Migrate every sqqueue 0.1.0 queue in the file now (each in one transaction).
+def _registered(path: str | os.PathLike[str]) -> list[tuple[str, int]]:
+    """(name, schema version) of the queues registered in the file, by name."""
+    with _read_only(path) as conn:
+        try:
+            tables = {
+                t[0] for t in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            if "sqqueue_queues" not in tables:
+                return []
+            rows = conn.execute("SELECT name, schema_version FROM sqqueue_queues ORDER BY name")
+            return [(str(r[0]), int(r[1])) for r in rows if r[0] in tables]
+        except sqlite3.Error as exc:
+            raise classify(exc, str(path)) from exc
 
-    Opening a queue migrates it anyway; this does all of them at once, e.g. before a
-    deploy. Returns the names migrated.
+
+def migrate(path: str | os.PathLike[str]) -> list[str]:
+    """Bring every queue of the file to the current layout now, each in one transaction:
+    queues of an older sqqueue schema are upgraded, then sqqueue 0.1.0 queues migrated.
+
+    Opening a queue does the same for that queue; this does all of them at once, e.g.
+    before a deploy. Returns the names of the queues changed.
     """
     done = []
+    for name, version in _registered(path):
+        if version < sqlite_sql.SCHEMA_VERSION:
+            SQLiteBackend(path, validate_queue_name(name)).close()
+            done.append(name)
     for name in legacy_queues(path):
         SQLiteBackend(path, validate_queue_name(name)).close()
         done.append(name)
@@ -156,9 +177,10 @@ class SalvageReport:
 
 
 def _rows(
-    conn: sqlite3.Connection, table: str, columns: tuple[str, ...]
+    conn: sqlite3.Connection, table: str, columns: tuple[str, ...], highest: int
 ) -> Iterator[tuple[object, ...]]:
-    """Every readable row; on damage, fall back to reading id by id and skip bad ones."""
+    """Every readable row; on damage, fall back to reading id by id (up to ``highest``,
+    the queue's largest id) and skip bad ones."""
     cols = ", ".join(columns)
     quoted = f'"{table}"'
     try:
@@ -170,7 +192,7 @@ def _rows(
         high = conn.execute(f"SELECT max(id) FROM {quoted}").fetchone()[0] or 0
     except sqlite3.DatabaseError:
         high = 0
-    high = max(high, _highest_id(conn, table))
+    high = max(high, highest)
     for ident in range(1, int(high) + 1):
         try:
             row = conn.execute(f"SELECT {cols} FROM {quoted} WHERE id = ?", (ident,)).fetchone()
@@ -181,13 +203,13 @@ def _rows(
             yield row
 
 
-def _highest_id(conn: sqlite3.Connection, name: str) -> int:
-    """The largest id a queue (or table) of a damaged file has handed out, as far as it
-    can be read: from its tables, its counters and the sequence sqqueue 0.1.0 kept."""
+def _highest_id(conn: sqlite3.Connection, name: str, version: int) -> int:
+    """The largest id a queue of a damaged file has handed out, as far as it can be read:
+    from its tables, its counters and the sequence sqqueue 0.1.0 kept."""
+    names = sqlite_sql.object_names(name, version)
     high = 0
     for query, params in (
-        (f'SELECT max(id) FROM "{name}"', ()),
-        (f'SELECT max(id) FROM "{name}_dlq"', ()),
+        *((f'SELECT max(id) FROM "{names[t]}"', ()) for t in ("q", "dlq", "done")),
         ("SELECT n FROM sqqueue_counters WHERE name = ?", (f"{name}#high",)),
         ("SELECT seq FROM sqlite_sequence WHERE name = ?", (name,)),
     ):
@@ -214,9 +236,11 @@ def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> S
     report = SalvageReport()
     with _read_only(source) as src:
         try:
-            names = [
-                validate_queue_name(r[0])
-                for r in src.execute("SELECT name FROM sqqueue_queues ORDER BY name").fetchall()
+            queues = [
+                (validate_queue_name(r[0]), int(r[1]))
+                for r in src.execute(
+                    "SELECT name, schema_version FROM sqqueue_queues ORDER BY name"
+                )
             ]
         except sqlite3.DatabaseError as exc:
             if not_a_database(exc):
@@ -227,19 +251,21 @@ def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> S
                 f"cannot read the queue list of {str(source)!r}: {exc}; nothing to salvage",
                 ErrorKind.CORRUPT,
             ) from exc
-        for name in names:
+        for name, version in queues:
+            tables = sqlite_sql.object_names(name, version)
             backend = SQLiteBackend(target_path, name)
             try:
                 with backend.raw_connection() as dst:
                     # Ids stay taken in the new file, so none is ever handed out again.
                     dst.execute("BEGIN IMMEDIATE")
-                    backend.reserve_ids(dst, _highest_id(src, name))
+                    highest = _highest_id(src, name, version)
+                    backend.reserve_ids(dst, highest)
                     dst.execute("COMMIT")
                     count = functools.partial(backend.count_arrivals, dst)
                     copied, lost = _copy_table(
-                        src, dst, name, _MESSAGE_COLUMNS, dead=False, count=count
+                        src, dst, tables, "q", _MESSAGE_COLUMNS, highest, count=count
                     )
-                    dead, dead_lost = _copy_table(src, dst, f"{name}_dlq", _DEAD_COLUMNS, dead=True)
+                    dead, dead_lost = _copy_table(src, dst, tables, "dlq", _DEAD_COLUMNS, highest)
             finally:
                 backend.close()
             report.copied[name] = copied
@@ -250,10 +276,9 @@ def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> S
     return report
 
 
-def _body_of(src: sqlite3.Connection, table: str, ident: object) -> object:
-    queue = table.removesuffix("_dlq")
+def _body_of(src: sqlite3.Connection, body: str, ident: object) -> object:
     try:
-        row = src.execute(f'SELECT payload FROM "{queue}_body" WHERE id = ?', (ident,)).fetchone()
+        row = src.execute(f'SELECT payload FROM "{body}" WHERE id = ?', (ident,)).fetchone()
     except sqlite3.DatabaseError:
         return None
     return None if row is None else row[0]
@@ -262,30 +287,33 @@ def _body_of(src: sqlite3.Connection, table: str, ident: object) -> object:
 def _copy_table(
     src: sqlite3.Connection,
     dst: sqlite3.Connection,
-    table: str,
+    tables: dict[str, str],
+    role: str,
     columns: tuple[str, ...],
-    dead: bool,
+    highest: int,
     count: Callable[[int], None] | None = None,
 ) -> tuple[int, int]:
-    """Copy ``table`` row by row in one transaction; (copied, unreadable). ``count`` is
-    told how many were copied, before the commit (dead letters count themselves)."""
+    """Copy the queue's ``role`` table (``tables``: its tables' names in the source) row by
+    row in one transaction; (copied, unreadable). ``count`` is told how many were copied,
+    before the commit (dead letters count themselves)."""
+    table = tables[role]
     copied = lost = 0
     placeholders = ", ".join("?" for _ in columns)
-    insert = f'INSERT INTO "{table}" ({", ".join(columns)}) VALUES ({placeholders})'
+    insert = f'INSERT INTO "{tables[role]}" ({", ".join(columns)}) VALUES ({placeholders})'
     dst.execute("BEGIN IMMEDIATE")
     try:
-        for row in _rows(src, table, columns):
+        for row in _rows(src, table, columns, highest):
             if len(row) == 2 and row[1] is None:
                 lost += 1
                 continue
             values = list(row)
             if values[1] is None:  # a large payload, kept in the queue's body table
-                body = _body_of(src, table, values[0])
+                body = _body_of(src, tables["body"], values[0])
                 if body is None:
                     lost += 1
                     continue
                 values[1] = body
-            status = columns.index("status") if not dead else -1
+            status = columns.index("status") if "status" in columns else -1
             if status >= 0 and values[status] == "processing":
                 values[status] = "pending"  # leases died with the source
             try:

@@ -126,18 +126,18 @@ class SQLBackend(Backend):
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _known(self, row: Any, supported: int) -> bool:
-        """Whether the registry row shows the queue exists; raise if its schema is newer
-        than this sqqueue understands."""
+    def _known(self, row: Any, supported: int) -> int | None:
+        """The queue's schema version from its registry row (None: there is none, the
+        queue does not exist); raise if it is newer than this sqqueue understands."""
         if row is None:
-            return False
+            return None
         if row[0] > supported:
             raise StorageError(
                 f"queue {self.name!r} in {self.path!r} has schema version {row[0]}, newer "
                 f"than this sqqueue understands ({supported}); upgrade sqqueue",
                 ErrorKind.STORAGE,
             )
-        return True
+        return int(row[0])
 
     def _one(self, conn: Conn, key: str, params: Any = None) -> Any:
         return conn.execute(self._sql[key], params or {}).fetchone()

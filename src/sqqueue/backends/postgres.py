@@ -53,7 +53,7 @@ __all__ = ["SCHEMA_VERSION", "PostgresBackend"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-SCHEMA_VERSION = 2  # 2: a result column in the history table (see UPGRADE_FROM_1)
+SCHEMA_VERSION = sql.SCHEMA_VERSION  # defined with the schema, in postgres_sql
 # Errors after which the whole transaction can simply run again.
 _RETRY = (
     pg_errors.DeadlockDetected,
@@ -534,21 +534,23 @@ class PostgresBackend(SQLBackend):
 
     # -- schema --------------------------------------------------------------------------
 
-    def _registered(self) -> bool:
-        """Whether the queue exists already: then opening it needs no DDL (nor DDL rights)."""
+    def _registered(self) -> int | None:
+        """The queue's schema version if it exists already (then opening it needs no DDL,
+        nor DDL rights, unless it is older), else None."""
 
-        def look(conn: psycopg.Connection[Any]) -> bool:
+        def look(conn: psycopg.Connection[Any]) -> int | None:
             if conn.execute("SELECT to_regclass('sqqueue_queues')").fetchone() == (None,):
-                return False
+                return None
             row = conn.execute(
                 "SELECT schema_version FROM sqqueue_queues WHERE name = %s", (self.name,)
             ).fetchone()
-            return row is not None and row[0] == SCHEMA_VERSION
+            return self._known(row, SCHEMA_VERSION)
 
         return self._read(look)
 
     def _init_schema(self, default_max_attempts: int) -> None:
-        if self._registered():
+        version = self._registered()
+        if version == SCHEMA_VERSION:
             return
 
         def setup(conn: psycopg.Connection[Any]) -> None:
@@ -561,20 +563,11 @@ class PostgresBackend(SQLBackend):
             row = conn.execute(
                 "SELECT schema_version FROM sqqueue_queues WHERE name = %s", (self.name,)
             ).fetchone()
-            if self._known(row, SCHEMA_VERSION):
-                assert row is not None
-                if row[0] < SCHEMA_VERSION:
-                    self._upgrade(conn, row[0])
+            version = self._known(row, SCHEMA_VERSION)
+            if version is not None:
+                self._upgrade(conn, version)
                 return
-            exists = conn.execute(
-                "SELECT to_regclass(%s) IS NOT NULL", (f'"{self.name}"',)
-            ).fetchone()
-            if exists and exists[0]:
-                raise StorageError(
-                    f"table {self.name!r} exists in {self.path!r} but is not a sqqueue queue; "
-                    "choose another table_name",
-                    ErrorKind.INVALID_INPUT,
-                )
+            self._refuse_taken_names(conn)
             conn.execute(
                 "INSERT INTO sqqueue_queues (name, schema_version, created_at) VALUES "
                 "(%s, %s, coalesce(%s, extract(epoch FROM clock_timestamp())::float8))",
@@ -586,16 +579,70 @@ class PostgresBackend(SQLBackend):
         self._write(setup)
 
     def _upgrade(self, conn: psycopg.Connection[Any], version: int) -> None:
-        """Bring a queue of an older schema version up to date, in the caller's
-        transaction. Every step is idempotent: DDL applied by hand registers version 1."""
+        """Bring a queue of an older schema version up to date, step by step, in the
+        caller's transaction. The first step does nothing where DDL applied by hand (which
+        registered version 1) made the result column already."""
+        if version == SCHEMA_VERSION:
+            return
+        steps: list[str] = []
         if version < 2:
-            for statement in self._q.upgrade_from_1:
-                conn.execute(statement)
+            steps += self._q.upgrade_from_1
+        if version < 3:
+            old = sql.object_names(self.name, version)
+            keys = {
+                role: self._found(conn, sql.PRIMARY_KEY, old[table], f"primary key of {table}")
+                for role, table in sql.PRIMARY_KEYS
+            }
+            sequence = self._found(conn, self._sql["sequence"], None, "id sequence")
+            steps += sql.upgrade_from_2(self._q, keys, sequence)
+        for statement in steps:
+            conn.execute(statement)
         conn.execute(
             "UPDATE sqqueue_queues SET schema_version = %s WHERE name = %s",
             (SCHEMA_VERSION, self.name),
         )
-        logger.info("upgraded queue %r in %s to schema %d", self.name, self.path, SCHEMA_VERSION)
+        logger.info(
+            "upgraded queue %r in %s from schema %d to %d",
+            self.name,
+            self.path,
+            version,
+            SCHEMA_VERSION,
+        )
+
+    def _found(
+        self, conn: psycopg.Connection[Any], statement: str, table: str | None, what: str
+    ) -> str:
+        """The one value ``statement`` finds (about ``table``, if given), for an upgrade."""
+        row = conn.execute(statement, () if table is None else (sql.quote(table),)).fetchone()
+        if row is None or row[0] is None:
+            raise StorageError(
+                f"cannot upgrade queue {self.name!r} in {self.path!r}: its {what} is missing",
+                ErrorKind.STORAGE,
+            )
+        return str(row[0])
+
+    def _refuse_taken_names(self, conn: psycopg.Connection[Any]) -> None:
+        """Refuse a new queue whose table another queue's object has: a queue still using
+        the names of an older sqqueue, or any other table."""
+        exists = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", (sql.quote(self.name),)
+        ).fetchone()
+        if not (exists and exists[0]):
+            return
+        for other, version in conn.execute("SELECT name, schema_version FROM sqqueue_queues"):
+            if self.name in sql.object_names(other, version).values() and other != self.name:
+                raise StorageError(
+                    f"cannot create queue {self.name!r} in {self.path!r}: {self.name!r} is a "
+                    f"table or index of queue {other!r}, which still uses the names of an "
+                    f"older sqqueue; open queue {other!r} once to rename them, then create "
+                    f"{self.name!r}",
+                    ErrorKind.INVALID_INPUT,
+                )
+        raise StorageError(
+            f"table {self.name!r} exists in {self.path!r} but is not a sqqueue queue; "
+            "choose another table_name",
+            ErrorKind.INVALID_INPUT,
+        )
 
     def ddl(self) -> list[str]:
         """The statements that create this queue, for teams that run migrations themselves."""

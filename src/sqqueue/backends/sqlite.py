@@ -52,8 +52,7 @@ R = TypeVar("R", StoredMessage, StoredDeadLetter, StoredDone)
 LARGE_PAYLOAD = 128 * 1024
 
 MIN_SQLITE_VERSION = (3, 35, 0)  # the oldest release sqqueue supports
-SCHEMA_VERSION = 4  # 2: no insert trigger (UPGRADE_FROM_1); 3: results kept (UPGRADE_FROM_2);
-# 4: updated_at in the ready index (UPGRADE_FROM_3)
+SCHEMA_VERSION = sql.SCHEMA_VERSION  # defined with the schema, in sqlite_sql
 # A clock that reads more than this much earlier than it did has been stepped back.
 _STEP_BACK = 1.0
 _LONGEST_LEASE = 7 * 86400.0  # the queue's longest visibility timeout
@@ -617,10 +616,11 @@ class SQLiteBackend(SQLBackend):
             row = conn.execute(
                 "SELECT schema_version FROM sqqueue_queues WHERE name = ?", (self.name,)
             ).fetchone()
-            if self._known(row, SCHEMA_VERSION):
-                if row[0] < SCHEMA_VERSION:
-                    self._upgrade(conn, row[0])
+            version = self._known(row, SCHEMA_VERSION)
+            if version is not None:
+                self._upgrade(conn, version)
                 return
+            self._refuse_conflicts(conn)
             now = float(self._clock())
             columns = self._table_columns(conn, self.name)
             # Registered first so the count triggers find the row; counted once at the end
@@ -633,7 +633,7 @@ class SQLiteBackend(SQLBackend):
             if not columns:
                 for ddl in self._q.ddl:
                     conn.execute(ddl)
-            elif {"processing_at", "dlq", "visible_at", "status"} <= columns:
+            elif _is_legacy(columns):
                 self._migrate_legacy(conn, now, default_max_attempts)
             else:
                 raise StorageError(
@@ -647,22 +647,78 @@ class SQLiteBackend(SQLBackend):
         self._write(setup)
 
     def _upgrade(self, conn: sqlite3.Connection, version: int) -> None:
-        """Bring a queue of an older schema version up to date, in the caller's
-        transaction. Every step is idempotent: DDL applied by hand registers version 1."""
+        """Bring a queue of an older schema version up to date, step by step, in the
+        caller's transaction. A step whose work DDL applied by hand may have done already
+        (that DDL registered version 1) runs only if it is missing."""
+        if version == SCHEMA_VERSION:
+            return
+        steps: list[str] = []
         if version < 2:
-            for statement in self._q.upgrade_from_1:
-                conn.execute(statement)
-        if version < 3 and "result" not in self._table_columns(conn, self._q.tables["done"]):
-            for statement in self._q.upgrade_from_2:
-                conn.execute(statement)
+            steps += self._q.upgrades[1]
+        done = sql.object_names(self.name, version)["done"]
+        if version < 3 and "result" not in self._table_columns(conn, done):
+            steps += self._q.upgrades[2]
         if version < 4:
-            for statement in self._q.upgrade_from_3:
-                conn.execute(statement)
+            steps += self._q.upgrades[3]
+        if version < 5:
+            steps += self._q.upgrades[4]
+        for statement in steps:
+            conn.execute(statement)
         conn.execute(
             "UPDATE sqqueue_queues SET schema_version = ? WHERE name = ?",
             (SCHEMA_VERSION, self.name),
         )
-        logger.info("upgraded queue %r in %s to schema %d", self.name, self.path, SCHEMA_VERSION)
+        logger.info(
+            "upgraded queue %r in %s from schema %d to %d",
+            self.name,
+            self.path,
+            version,
+            SCHEMA_VERSION,
+        )
+
+    def _refuse_conflicts(self, conn: sqlite3.Connection) -> None:
+        """Refuse a new queue whose tables another queue's would be: a queue whose name
+        differs only in case (SQLite table names ignore case), or a table or index of a
+        queue still using the names of an older sqqueue."""
+        self._refuse_case_conflict(conn)
+        wanted = {name.lower() for name in self._q.tables.values()}
+        for other, version in conn.execute("SELECT name, schema_version FROM sqqueue_queues"):
+            if version >= sql.SEPARATED_NAMES:
+                continue
+            for role, taken in sql.object_names(other, version).items():
+                if taken.lower() in wanted and role not in ("legacy", "legacy_dlq"):
+                    raise StorageError(
+                        f"cannot create queue {self.name!r} in {self.path!r}: {taken!r} is "
+                        f"a table or index of queue {other!r}, which still uses the names of "
+                        f"an older sqqueue; open queue {other!r} once (or run 'sqqueue migrate "
+                        f"{self.path}') to rename them, then create {self.name!r}",
+                        ErrorKind.INVALID_INPUT,
+                    )
+        found = conn.execute(
+            "SELECT type, name FROM sqlite_master WHERE lower(name) = lower(?) AND name <> ?",
+            (self.name, self.name),
+        ).fetchone()
+        if found is not None:
+            raise StorageError(
+                f"{found[0]} {found[1]!r} in {self.path!r} differs only in case from queue "
+                f"name {self.name!r}, and SQLite names ignore case; choose another table_name",
+                ErrorKind.INVALID_INPUT,
+            )
+
+    def _refuse_case_conflict(self, conn: sqlite3.Connection) -> None:
+        """Refuse a queue name that differs only in case from a queue of the file."""
+        same = conn.execute(
+            "SELECT name FROM sqqueue_queues WHERE lower(name) = lower(?) AND name <> ?",
+            (self.name, self.name),
+        ).fetchone()
+        if same is not None:
+            raise StorageError(
+                f"queue name {self.name!r} differs only in case from queue {same[0]!r} in "
+                f"{self.path!r}, and SQLite table names ignore case, so they would share "
+                f"tables; use {same[0]!r} to open that queue, or a name that differs in more "
+                "than case",
+                ErrorKind.INVALID_INPUT,
+            )
 
     @staticmethod
     def _table_columns(conn: sqlite3.Connection, table: str) -> set[str]:
@@ -1195,6 +1251,11 @@ def _undecodable_text(exc: sqlite3.Error) -> bool:
 def _lenient_text(raw: bytes) -> str:
     """TEXT as str, with bytes that are not UTF-8 replaced by U+FFFD."""
     return raw.decode("utf-8", "replace")
+
+
+def _is_legacy(columns: set[str]) -> bool:
+    """Whether a table with these columns is a queue in sqqueue 0.1.0's layout."""
+    return {"processing_at", "dlq", "visible_at", "status"} <= columns
 
 
 def _payload(raw: bytes | None, is_text: int | None) -> str | bytes | None:
