@@ -92,11 +92,12 @@ def test_names_that_differ_only_in_case(
         upper.enqueue("upper").unwrap()
         assert upper.dequeue().unwrap().payload == "upper"
         return
-    with pytest.raises(QueueError) as info:
-        make_queue(table_name="A")
-    assert info.value.kind is ErrorKind.INVALID_INPUT
-    assert "'A'" in str(info.value) and "'a'" in str(info.value)
-    assert "case" in str(info.value)
+    for read_only in (False, True):
+        with pytest.raises(QueueError) as info:
+            make_queue(table_name="A", read_only=read_only)
+        assert info.value.kind is ErrorKind.INVALID_INPUT
+        assert "'A'" in str(info.value) and "'a'" in str(info.value)
+        assert "case" in str(info.value)
     assert make_queue(table_name="a").dequeue().unwrap().payload == "lower"
 
 
@@ -243,6 +244,9 @@ def test_postgres_previous_layout_is_upgraded(
     """A PostgreSQL queue of the previous layout is renamed in place when opened: its rows
     stay, its objects are those of a queue created now, ids continue."""
     run_postgres(pg_url, pg_schema, POSTGRES_SCHEMA_1[name])
+    with pytest.raises(QueueError) as info:  # read-only: not upgraded, so refused
+        PostgresQueue(pg_url, name, schema=pg_schema, clock=clock, read_only=True)
+    assert info.value.kind is ErrorKind.READ_ONLY
     run_postgres(
         pg_url,
         pg_schema,

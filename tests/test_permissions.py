@@ -97,6 +97,7 @@ def test_a_file_others_can_read_is_opened_with_one_warning(
     for _ in range(3):
         with SQLiteQueue(shared, "jobs") as queue:
             queue.enqueue("x").unwrap()
+        SQLiteQueue(shared, "jobs", read_only=True).close()
         SQLiteQueue(private, "jobs").close()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings

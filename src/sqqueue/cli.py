@@ -325,13 +325,14 @@ def _require_queue(db: str, name: str, hint: str = "") -> None:
         raise CliError(f"no queue {name!r} in {db} (queues there: {there}){hint}")
 
 
-def _open(db: str, queue: str, *, create: bool = False) -> SQLiteQueue:
-    """Open a queue; unless ``create``, the file and the queue must exist already."""
+def _open(db: str, queue: str, *, create: bool = False, read_only: bool = False) -> SQLiteQueue:
+    """Open a queue; unless ``create``, the file and the queue must exist already. A
+    ``read_only`` queue changes nothing on disk (commands that only look use it)."""
     name = _check_name(queue)
     if not create:
         _require_queue(db, name)
     try:
-        return SQLiteQueue(db, table_name=name)
+        return SQLiteQueue(db, table_name=name, read_only=read_only)
     except (ValueError, QueueError) as exc:
         raise CliError(str(exc)) from None
 
@@ -643,14 +644,14 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         _require_db(db)
         opened: dict[str, SQLiteQueue] = {}
         if queue is not None:
-            opened[queue] = _open(db, queue)
+            opened[queue] = _open(db, queue, read_only=True)
 
         def snapshot() -> tuple[list[QueueStats], list[str]]:
             names = [queue] if queue is not None else _queue_names(db)
             rows = []
             for name in names:
                 if name not in opened:
-                    opened[name] = _open(db, name)
+                    opened[name] = _open(db, name, read_only=True)
                 rows.append(_unwrap(opened[name].stats()))
             return rows, [] if queue is not None else _legacy_names(db)
 
@@ -712,7 +713,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
           sqqueue ls jobs.db emails --state dead --limit 20
           sqqueue ls jobs.db emails --state dead --limit 20 --after 140
         """
-        with _open(db, queue) as q:
+        with _open(db, queue, read_only=True) as q:
             entries = _unwrap(q.list_messages(state, limit=limit, after_id=after))
         next_after = entries[-1]["id"] if len(entries) == limit else None
         if as_json:
@@ -743,7 +744,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         Example:
           sqqueue peek jobs.db emails
         """
-        with _open(db, queue) as q:
+        with _open(db, queue, read_only=True) as q:
             message = _unwrap(q.peek())
         if as_json:
             click.echo(_dumps(None if message is None else _message_dict(message)))
@@ -1029,7 +1030,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
           sqqueue dlq list jobs.db emails
           sqqueue dlq list jobs.db emails --json | jq '.messages[].last_error'
         """
-        with _open(db, queue) as q:
+        with _open(db, queue, read_only=True) as q:
             entries = _unwrap(q.list_messages("dead", limit=limit, after_id=after))
         next_after = entries[-1]["id"] if len(entries) == limit else None
         if as_json:
@@ -1055,7 +1056,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         Example:
           sqqueue dlq show jobs.db emails 42
         """
-        with _open(db, queue) as q:
+        with _open(db, queue, read_only=True) as q:
             entry = _dead_letter(q, message_id)
         if entry is None:
             raise CliError(f"message {message_id} is not in the dead-letter queue of {queue!r}")
@@ -1306,7 +1307,8 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
 
         Without --sql, migrates sqqueue 0.1.0 queues and upgrades queues of an older
         sqqueue, and prints their names: opening a queue for use does that anyway; this
-        does them all at once, before a deploy. With --sql, DB is a path
+        does them all at once, before a deploy. It is the only command that changes the
+        layout of a file (commands that only look change nothing). With --sql, DB is a path
         or a URL (sqlite:///... or postgresql://...) that only picks the dialect: nothing
         is opened, and the statements that create each --queue are printed, for teams
         that apply schema changes themselves.

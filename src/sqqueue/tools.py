@@ -20,10 +20,10 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .backends import sqlite_sql
-from .backends.sqlite import SQLiteBackend, classify, not_a_database
+from .backends.sqlite import SQLiteBackend, classify, file_state, not_a_database, open_read_only
 from .exceptions import ErrorKind, QueueError
 from .names import validate_queue_name
 from .targets import parse_target
@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _MESSAGE_COLUMNS = (
     "id",
@@ -71,78 +73,82 @@ _DEAD_COLUMNS = (
 )
 
 
+class _Changed(QueueError):
+    """The file changed while an immutable connection read it (a writer started)."""
+
+
 @contextlib.contextmanager
 def _read_only(path: str | os.PathLike[str]) -> Iterator[sqlite3.Connection]:
+    """A connection that reads the file and changes nothing on disk (see
+    ``open_read_only``); raises ``_Changed`` if the file changed under an immutable read."""
     target = Path(path)
     if not target.is_file():
         raise QueueError(f"no database file at {str(target)!r}", ErrorKind.NOT_FOUND)
-    conn = sqlite3.connect(f"{target.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    conn, snapshot = open_read_only(str(target))
     try:
         yield conn
     finally:
         conn.close()
+    if snapshot is not None and file_state(str(target)) != snapshot:
+        raise _Changed(
+            f"{str(target)!r} changed while it was read (a process opened it); read it again",
+            ErrorKind.LOCKED,
+        )
+
+
+def _read(path: str | os.PathLike[str], fn: Callable[[sqlite3.Connection], T]) -> T:
+    """``fn`` on a read-only connection to the file (again if the file changed meanwhile:
+    the next connection goes through the -shm of the process that opened it)."""
+    for _ in range(100):
+        with contextlib.suppress(_Changed), _read_only(path) as conn:
+            try:
+                return fn(conn)
+            except sqlite3.Error as exc:
+                raise classify(exc, str(path)) from exc
+    raise QueueError(f"{str(path)!r} kept changing while it was read; retry", ErrorKind.LOCKED)
+
+
+def _registered(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+    """(name, schema version) of the queues registered in the file, by name."""
+    tables = {t[0] for t in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "sqqueue_queues" not in tables:
+        return []
+    rows = conn.execute("SELECT name, schema_version FROM sqqueue_queues ORDER BY name")
+    return [(str(r[0]), int(r[1])) for r in rows if r[0] in tables]
 
 
 def list_queues(path: str | os.PathLike[str]) -> list[str]:
     """Names of the sqqueue queues in a database file, sorted."""
-    with _read_only(path) as conn:
-        try:
-            tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-            names = {t[0] for t in tables}
-            if "sqqueue_queues" not in names:
-                return []
-            rows = conn.execute("SELECT name FROM sqqueue_queues ORDER BY name").fetchall()
-        except sqlite3.Error as exc:
-            raise classify(exc, str(path)) from exc
-    return [r[0] for r in rows if r[0] in names]
+    return [name for name, _version in _read(path, _registered)]
 
 
 def legacy_queues(path: str | os.PathLike[str]) -> list[str]:
     """Queues in the file still in sqqueue 0.1.0's layout (not migrated yet)."""
-    with _read_only(path) as conn:
-        try:
-            names = {
-                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            }
-            registered: set[str] = set()
-            if "sqqueue_queues" in names:
-                registered = {r[0] for r in conn.execute("SELECT name FROM sqqueue_queues")}
-            found = []
-            for name in sorted(names - registered):
-                columns = {
-                    r[1] for r in conn.execute("SELECT * FROM pragma_table_info(?)", (name,))
-                }
-                if {"processing_at", "dlq", "visible_at", "status"} <= columns:
-                    found.append(name)
-        except sqlite3.Error as exc:
-            raise classify(exc, str(path)) from exc
-    return found
 
+    def look(conn: sqlite3.Connection) -> list[str]:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        registered: set[str] = set()
+        if "sqqueue_queues" in names:
+            registered = {r[0] for r in conn.execute("SELECT name FROM sqqueue_queues")}
+        found = []
+        for name in sorted(names - registered):
+            columns = {r[1] for r in conn.execute("SELECT * FROM pragma_table_info(?)", (name,))}
+            if {"processing_at", "dlq", "visible_at", "status"} <= columns:
+                found.append(name)
+        return found
 
-def _registered(path: str | os.PathLike[str]) -> list[tuple[str, int]]:
-    """(name, schema version) of the queues registered in the file, by name."""
-    with _read_only(path) as conn:
-        try:
-            tables = {
-                t[0] for t in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            }
-            if "sqqueue_queues" not in tables:
-                return []
-            rows = conn.execute("SELECT name, schema_version FROM sqqueue_queues ORDER BY name")
-            return [(str(r[0]), int(r[1])) for r in rows if r[0] in tables]
-        except sqlite3.Error as exc:
-            raise classify(exc, str(path)) from exc
+    return _read(path, look)
 
 
 def migrate(path: str | os.PathLike[str]) -> list[str]:
     """Bring every queue of the file to the current layout now, each in one transaction:
     queues of an older sqqueue schema are upgraded, then sqqueue 0.1.0 queues migrated.
 
-    Opening a queue does the same for that queue; this does all of them at once, e.g.
-    before a deploy. Returns the names of the queues changed.
+    Opening a queue for use does the same for that queue; this does all of them at once,
+    e.g. before a deploy. Returns the names of the queues changed.
     """
     done = []
-    for name, version in _registered(path):
+    for name, version in _read(path, _registered):
         if version < sqlite_sql.SCHEMA_VERSION:
             SQLiteBackend(path, validate_queue_name(name)).close()
             done.append(name)
@@ -153,16 +159,28 @@ def migrate(path: str | os.PathLike[str]) -> list[str]:
 
 
 def check(path: str | os.PathLike[str]) -> list[str]:
-    """Run SQLite's integrity check on the file; return the problems (empty when healthy)."""
-    with _read_only(path) as conn:
+    """Run SQLite's integrity check on the file; return the problems (empty when healthy).
+
+    Damage is a problem in the list; a file that is not an SQLite database, and anything
+    else that keeps the check from running (permissions, a lock), raises ``QueueError``
+    saying what it is.
+    """
+
+    def integrity(conn: sqlite3.Connection) -> list[str]:
         try:
-            rows = conn.execute("PRAGMA integrity_check").fetchall()
+            return [str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall()]
         except sqlite3.Error as exc:
             error = classify(exc, str(path))
-            if not_a_database(exc):
-                raise error from exc  # nothing to check, nor to salvage
+            if error.kind is not ErrorKind.CORRUPT or not_a_database(exc):
+                raise error from exc  # not damage: nothing to check, nor to salvage
             return [str(error)]
-    problems = [str(r[0]) for r in rows]
+
+    try:
+        problems = _read(path, integrity)
+    except QueueError as exc:
+        if exc.kind is ErrorKind.CORRUPT:
+            raise  # not an SQLite database: said as such
+        raise QueueError(f"cannot check {str(path)!r}: {exc}", exc.kind) from exc
     return [] if problems == ["ok"] else problems
 
 

@@ -142,6 +142,8 @@ class Backend(ABC):
     policy: Policy
     #: identifies the queue's storage within this process, for in-process wake-ups
     wakeup_key: str
+    #: opened read-only: nothing is created, migrated or written (writes raise READ_ONLY)
+    read_only: bool = False
 
     @abstractmethod
     def enqueue(self, messages: Sequence[NewMessage]) -> list[int]:

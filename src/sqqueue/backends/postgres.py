@@ -269,8 +269,10 @@ class PostgresBackend(SQLBackend):
         schema: str | None = None,
         pool_size: int = 4,
         server_clock: Callable[[], float] | None = None,
+        read_only: bool = False,
     ) -> None:
         self.name = validate_queue_name(name)
+        self.read_only = bool(read_only)
         if schema is not None:
             validate_queue_name(schema)
         self.url = url
@@ -336,6 +338,9 @@ class PostgresBackend(SQLBackend):
             ms = max(int(self._lock_timeout * 1000), 1)
             conn.execute(f"SET lock_timeout = {ms}")
             self._lock_ms[conn] = ms
+            if self.read_only:
+                # Whatever a read-only queue object runs, the server refuses to write it.
+                conn.execute("SET default_transaction_read_only = on")
         except BaseException:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -408,6 +413,8 @@ class PostgresBackend(SQLBackend):
 
         ``single``: ``fn`` runs exactly one statement, which is then its own transaction
         (autocommit): one round trip instead of three (BEGIN, statement, COMMIT)."""
+        if write:
+            self._refuse_writes()
         start = time.monotonic()
         deadline = start + self._lock_timeout
         attempt = 0
@@ -529,6 +536,15 @@ class PostgresBackend(SQLBackend):
     def _write(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         return self._run(fn, write=True)
 
+    def _refuse_writes(self) -> None:
+        """Raise READ_ONLY if this queue object was opened read-only."""
+        if self.read_only:
+            raise StorageError(
+                f"queue {self.name!r} in {self.path!r} was opened read-only (read_only=True), "
+                "so it changes nothing; open it without read_only to change it",
+                ErrorKind.READ_ONLY,
+            )
+
     def _read(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         return self._run(fn, write=False)
 
@@ -550,6 +566,21 @@ class PostgresBackend(SQLBackend):
 
     def _init_schema(self, default_max_attempts: int) -> None:
         version = self._registered()
+        if self.read_only:
+            if version is None:
+                raise StorageError(
+                    f"no queue {self.name!r} in {self.path!r}; a read-only queue object does "
+                    "not create one",
+                    ErrorKind.NOT_FOUND,
+                )
+            if version != SCHEMA_VERSION:
+                raise StorageError(
+                    f"queue {self.name!r} in {self.path!r} has the layout of an older sqqueue "
+                    f"(schema {version}); open it once for use to bring it up to date, then "
+                    "read it: opened read-only, it is not changed",
+                    ErrorKind.READ_ONLY,
+                )
+            return
         if version == SCHEMA_VERSION:
             return
 
@@ -790,6 +821,7 @@ class PostgresBackend(SQLBackend):
                 f"on psycopg), got {type(conn).__name__}",
                 ErrorKind.INVALID_INPUT,
             )
+        self._refuse_writes()
         status = conn.info.transaction_status
         # Outside autocommit, psycopg begins the transaction at the first statement, so
         # one that has not run anything yet is joined by ours.
@@ -934,6 +966,7 @@ class PostgresBackend(SQLBackend):
             for table in ("q", "dlq", "done", "dedup"):
                 c.execute(f"VACUUM {self._q.subst[table]}")
 
+        self._refuse_writes()
         if conn is not None:
             raise StorageError(
                 "vacuum_database(conn) takes no connection on PostgreSQL", ErrorKind.INVALID_INPUT
@@ -944,3 +977,4 @@ class PostgresBackend(SQLBackend):
     def checkpoint(self, conn: Any = None) -> None:
         """Nothing to do: PostgreSQL checkpoints its WAL by itself."""
         self._get_pool()
+        self._refuse_writes()
