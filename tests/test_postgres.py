@@ -833,7 +833,7 @@ def test_copy_sqlite_to_postgres_and_back_keeps_everything(
     pg = with_params(target.url, options=f"-csearch_path={target.schema}")
 
     report = copy_queues(f"sqlite:///{source}", pg, [TABLE])
-    assert report == {TABLE: {"messages": 6, "dead": 1, "already": 0}}
+    assert report == {TABLE: {"messages": 6, "dead": 1, "done": 0, "dedup": 0, "already": 0}}
     with target.open(TABLE) as queue:
         assert _picture(queue) == original
         copied = ok(queue.stats())
@@ -863,7 +863,7 @@ def test_copy_sqlite_to_postgres_and_back_keeps_everything(
     # Copying again finds the copy there: nothing to do. A message of the target's own
     # makes it a queue that is not empty: refused, with nothing written.
     again = copy_queues(f"sqlite:///{source}", pg, [TABLE])
-    assert again == {TABLE: {"messages": 6, "dead": 1, "already": 7}}
+    assert again == {TABLE: {"messages": 6, "dead": 1, "done": 0, "dedup": 0, "already": 7}}
     with target.open(TABLE) as queue:
         assert _picture(queue) == original
         assert ok(queue.enqueue("new")) > highest

@@ -1271,8 +1271,9 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
     def salvage(source: str, target: str) -> None:
         """Copy every readable message of SRC into a new file DST.
 
-        SRC is only read. Messages that were being processed come back pending; dead
-        letters stay dead; ids, priorities, attempts and errors are kept.
+        SRC is only read. Every column of every readable row is kept (ids, priorities,
+        attempts, errors, groups, times to live); dead letters, kept history and dedup
+        keys come along; messages that were being processed come back pending.
 
         \b
         Example:
@@ -1351,11 +1352,11 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
     def copy(source: str, target: str, queues: tuple[str, ...], resume: bool) -> None:
         """Copy queues from SRC_URL to DST_URL (SQLite to PostgreSQL, or back).
 
-        Pending, delayed and waiting messages, in-flight ones (as pending) and dead
-        letters are copied with their ids, attempts and errors; SRC is left as it is.
-        Every queue is checked before anything is written: each target queue must be
-        empty, or already hold a copy (skipped), or, with --resume, part of one. The
-        counts are checked after each queue.
+        Every column of every message is copied (in-flight ones arrive pending), with the
+        dead letters, kept history and dedup keys; SRC is only read. Every queue is
+        checked before anything is written: each target queue must be empty, or already
+        hold a copy (skipped), or, with --resume, part of one. The counts are checked
+        after each queue.
 
         \b
         Example:
@@ -1382,6 +1383,10 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
                 raise CliError(str(exc)) from None
         for name, counts in report.items():
             line = f"{name}: {counts['messages']} message(s), {counts['dead']} dead letter(s)"
+            if counts.get("done"):
+                line += f", {counts['done']} completed kept"
+            if counts.get("dedup"):
+                line += f", {counts['dedup']} dedup key(s)"
             if counts["already"] and counts["already"] == counts["messages"] + counts["dead"]:
                 line += " (already copied: nothing to do)"
             elif counts["already"]:

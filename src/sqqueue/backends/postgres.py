@@ -300,6 +300,7 @@ class PostgresBackend(SQLBackend):
         self._listener: threading.Thread | None = None
         self._listening = False
         self._listener_pid: int | None = None  # the server process of the listener, for tests
+        self._column_cache: dict[str, list[str]] = {}
         try:
             self._init_schema(default_max_attempts)
         except StorageError as exc:
@@ -935,9 +936,50 @@ class PostgresBackend(SQLBackend):
     def _store_text(self, text: str | None) -> str | None:
         return text.replace("\x00", _NUL_STANDIN) if text and "\x00" in text else text
 
-    def _body_params(self, data: str | bytes) -> dict[str, Any]:
-        text, raw = _body(data)
-        return {"text": text, "bytes": raw}
+    def _copy_columns(self, table: str) -> list[str]:
+        columns = self._column_cache.get(table)
+        if columns is None:
+            statement = sql.columns_sql(self._q, table)
+            found = self._read(lambda conn: conn.execute(statement).description)
+            names = [d.name for d in found or ()]
+            # The payload's two columns are one "payload" to a copy, where body_text was.
+            columns = [
+                "payload" if c == sql.PAYLOAD_COLUMNS[0] else c
+                for c in names
+                if c != sql.PAYLOAD_COLUMNS[1]
+            ]
+            self._column_cache[table] = columns
+        return columns
+
+    def _stored_columns(self, table: str) -> list[str]:
+        """The copy columns as the table has them (the payload as its two columns)."""
+        stored: list[str] = []
+        for column in self._copy_columns(table):
+            stored.extend(sql.PAYLOAD_COLUMNS if column == "payload" else (column,))
+        return stored
+
+    def _export(
+        self, conn: psycopg.Connection[Any], table: str, after: Any, limit: int, exact: bool = False
+    ) -> list[dict[str, Any]]:
+        stored = self._stored_columns(table)
+        statement = sql.export_sql(self._q, table, stored, exact)
+        rows = []
+        for raw in conn.execute(statement, {"after": after, "limit": limit}):
+            row = dict(zip(stored, raw, strict=True))
+            if "body_text" in row:
+                row["payload"] = _data(row.pop("body_text"), row.pop("body_bytes"))
+            if row.get("last_error"):
+                row["last_error"] = _restore_nul(row["last_error"])
+            rows.append(row)
+        return rows
+
+    def _import_one(self, conn: psycopg.Connection[Any], table: str, row: dict[str, Any]) -> None:
+        values = dict(row)
+        if "payload" in values:
+            values["body_text"], values["body_bytes"] = _body(values.pop("payload"))
+        if values.get("last_error"):
+            values["last_error"] = self._store_text(values["last_error"])
+        conn.execute(sql.import_sql(self._q, table, list(values)), values)
 
     def _reserve_ids(self, conn: psycopg.Connection[Any], high: int) -> None:
         conn.execute(self._sql["raise_sequence"], {"high": high})

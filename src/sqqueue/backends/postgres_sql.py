@@ -30,10 +30,12 @@ contain ``#`` nor end in ``_dlq``, so no queue's name is ever another queue's ob
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from string import Template
 
 __all__ = [
     "COLUMNS",
+    "COPY_TABLES",
     "DEAD_COLUMNS",
     "DONE_COLUMNS",
     "REGISTRY_DDL",
@@ -559,19 +561,6 @@ STATEMENTS = {
                      WHERE %(age)s::float8 IS NULL OR dead_at < $now - %(age)s::float8""",
     "purge_done": """DELETE FROM $done
                      WHERE %(age)s::float8 IS NULL OR completed_at < $now - %(age)s::float8""",
-    # Copy between databases: rows arrive with their ids.
-    "import_message": """
-        INSERT INTO $q (id, body_text, body_bytes, encoding, checksum, status, priority,
-                        visible_at, attempts, max_attempts, last_error, created_at, updated_at,
-                        group_key, expires_at, prior_attempts)
-        VALUES (%(id)s, %(text)s, %(bytes)s, %(encoding)s, %(checksum)s, %(status)s,
-                %(priority)s, %(visible_at)s, %(attempts)s, %(max_attempts)s, %(last_error)s,
-                %(created_at)s, $now, %(group_key)s, %(expires_at)s, %(prior_attempts)s)""",
-    "import_dead": f"""
-        INSERT INTO $dlq ({DEAD_COLUMNS})
-        VALUES (%(id)s, %(text)s, %(bytes)s, %(encoding)s, %(checksum)s, %(priority)s,
-                %(attempts)s, %(max_attempts)s, %(last_error)s, %(created_at)s,
-                %(updated_at)s, %(dead_at)s, %(group_key)s, %(prior_attempts)s)""",
     # Never hand out an id that arrived with a copied row (one value may be skipped).
     "raise_sequence": """
         SELECT setval(pg_get_serial_sequence($q_regclass, 'id'),
@@ -723,6 +712,42 @@ def upgrade_from_2(new: Rendered, found_keys: dict[str, str], sequence: str) -> 
     for role in _UPGRADE_FUNCTIONS:
         renames.append(f"ALTER FUNCTION {quote(old[role])}() RENAME TO {new.subst[role]}")
     return renames
+
+
+# -- copying a queue's rows (copy between databases) -------------------------------------
+#: The tables a copy moves, in order: (the template key of the table, the column it is
+#: read in order of). Their columns are read from the database itself.
+COPY_TABLES = {
+    "messages": ("q", "id"),
+    "dead": ("dlq", "id"),
+    "done": ("done", "id"),
+    "dedup": ("dedup", "key"),
+}
+#: The stored payload's columns, which a copy moves as one "payload".
+PAYLOAD_COLUMNS = ("body_text", "body_bytes")
+
+
+def columns_sql(rendered: Rendered, table: str) -> str:
+    """No rows, only the column names of one of COPY_TABLES (in the cursor's description)."""
+    return f"SELECT * FROM {rendered.subst[COPY_TABLES[table][0]]} LIMIT 0"
+
+
+def export_sql(rendered: Rendered, table: str, columns: Sequence[str], exact: bool = False) -> str:
+    """A page of one of COPY_TABLES, every column, in the order of its key, after
+    %(after)s (``exact``: the row whose key is %(after)s)."""
+    key_table, key = COPY_TABLES[table]
+    listed = ", ".join(quote(c) for c in columns)
+    found = (
+        f"{quote(key)} = %(after)s" if exact else f"{quote(key)} > %(after)s ORDER BY {quote(key)}"
+    )
+    return f"SELECT {listed} FROM {rendered.subst[key_table]} WHERE {found} LIMIT %(limit)s"
+
+
+def import_sql(rendered: Rendered, table: str, columns: Sequence[str]) -> str:
+    """Insert one copied row (named parameters, one per column) into one of COPY_TABLES."""
+    names = ", ".join(quote(c) for c in columns)
+    values = ", ".join(f"%({c})s" for c in columns)
+    return f"INSERT INTO {rendered.subst[COPY_TABLES[table][0]]} ({names}) VALUES ({values})"
 
 
 def schema_script(rendered: Rendered) -> list[str]:

@@ -477,6 +477,8 @@ class SQLiteBackend(SQLBackend):
         # Read-only connections opened as immutable, and the file state they depend on.
         self._snapshots: dict[sqlite3.Connection, FileState] = {}
         self._wal_warned_at = -math.inf
+        self._column_cache: dict[str, list[str]] = {}
+        self._import_sql: dict[tuple[str, tuple[str, ...]], str] = {}
         try:
             if self._memory:
                 # A memdb database lives while one connection is open.
@@ -1367,8 +1369,43 @@ class SQLiteBackend(SQLBackend):
     def _done(self, row: Sequence[Any]) -> StoredDone:
         return _done(row)
 
-    def _body_params(self, data: str | bytes) -> dict[str, Any]:
-        return {"data": data}
+    def _copy_columns(self, table: str) -> list[str]:
+        columns = self._column_cache.get(table)
+        if columns is None:
+            statement = sql.columns_sql(self._q, table)
+            found = self._read(lambda conn: conn.execute(statement).description)
+            columns = self._column_cache[table] = [d[0] for d in found]
+        return columns
+
+    def _export(
+        self, conn: sqlite3.Connection, table: str, after: Any, limit: int, exact: bool = False
+    ) -> list[dict[str, Any]]:
+        columns = self._copy_columns(table)
+        statement = sql.export_sql(self._q, table, columns, exact)
+        rows = []
+        for raw in conn.execute(statement, {"after": after, "limit": limit}):
+            values = iter(raw)
+            row = {}
+            for column in columns:
+                # The payload comes as two values: its bytes, and whether it was text.
+                value = next(values)
+                row[column] = _payload(value, next(values)) if column == "payload" else value
+            if table != "dedup" and row.get("payload", "") is None:
+                body = conn.execute(self._sql["body_get"], {"id": row["id"]}).fetchone()
+                row["payload"] = None if body is None else _payload(body[0], body[1])
+            rows.append(row)
+        return rows
+
+    def _import_one(self, conn: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
+        data = row.get("payload")
+        if table != "dedup" and data is not None and len(data) >= LARGE_PAYLOAD:
+            conn.execute(self._sql["body_put"], {"id": row["id"], "data": data})
+            row = {**row, "payload": None}
+        key = (table, tuple(row))
+        statement = self._import_sql.get(key)
+        if statement is None:
+            statement = self._import_sql[key] = sql.import_sql(self._q, table, list(row))
+        conn.execute(statement, row)
 
     def _reserve_ids(self, conn: sqlite3.Connection, high: int) -> None:
         self.reserve_ids(conn, high)

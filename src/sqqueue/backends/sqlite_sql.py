@@ -25,10 +25,12 @@ both be queues of one file (see the backend).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from string import Template
 
 __all__ = [
     "COLUMNS",
+    "COPY_TABLES",
     "COUNTERS",
     "DEAD_COLUMNS",
     "DONE_COLUMNS",
@@ -592,18 +594,6 @@ STATEMENTS = {
                            AND (:age IS NULL OR created_at < :now - :age)""",
     "purge_dead": "DELETE FROM $dlq WHERE :age IS NULL OR dead_at < :now - :age",
     "purge_done": "DELETE FROM $done WHERE :age IS NULL OR completed_at < :now - :age",
-    # Copy between databases: rows arrive with their ids.
-    "import_message": """
-        INSERT INTO $q (id, payload, encoding, checksum, status, priority, visible_at,
-                        attempts, max_attempts, last_error, created_at, updated_at,
-                        group_key, expires_at, prior_attempts)
-        VALUES (:id, :data, :encoding, :checksum, :status, :priority, :visible_at,
-                :attempts, :max_attempts, :last_error, :created_at, :now, :group_key,
-                :expires_at, :prior_attempts)""",
-    "import_dead": f"""
-        INSERT INTO $dlq ({DEAD_COLUMNS})
-        VALUES (:id, :data, :encoding, :checksum, :priority, :attempts, :max_attempts,
-                :last_error, :created_at, :updated_at, :dead_at, :group_key, :prior_attempts)""",
     # Retention and dedup upkeep, a bounded number of rows per round.
     "prune_done_age": """
         DELETE FROM $done WHERE id IN (SELECT id FROM $done WHERE completed_at < :now - :age
@@ -790,6 +780,40 @@ def schema_script(rendered: Rendered) -> list[str]:
         rendered.sql["register"],
     ]
     return [s.strip() for s in statements]
+
+
+# -- copying a queue's rows (copy between databases, salvage) ---------------------------
+#: The tables a copy moves, in order: (the template key of the table, the column it is
+#: read in order of). Their columns are read from the database itself, so a column added
+#: to the schema is copied without being listed again anywhere.
+COPY_TABLES = {
+    "messages": ("q", "id"),
+    "dead": ("dlq", "id"),
+    "done": ("done", "id"),
+    "dedup": ("dedup", "key"),
+}
+
+
+def columns_sql(rendered: Rendered, table: str) -> str:
+    """No rows, only the column names of one of COPY_TABLES (in the cursor's description)."""
+    return f"SELECT * FROM {rendered.subst[COPY_TABLES[table][0]]} LIMIT 0"
+
+
+def export_sql(rendered: Rendered, table: str, columns: Sequence[str], exact: bool = False) -> str:
+    """A page of one of COPY_TABLES, every column (the payload as bytes, then whether it
+    was text), in the order of its key, after :after (``exact``: the row whose key is
+    :after, found by a direct lookup)."""
+    key_table, key = COPY_TABLES[table]
+    listed = ", ".join(_PAYLOAD if c == "payload" else f'"{c}"' for c in columns)
+    found = f'"{key}" = :after' if exact else f'"{key}" > :after ORDER BY "{key}"'
+    return f"SELECT {listed} FROM {rendered.subst[key_table]} WHERE {found} LIMIT :limit"
+
+
+def import_sql(rendered: Rendered, table: str, columns: Sequence[str]) -> str:
+    """Insert one copied row (named parameters, one per column) into one of COPY_TABLES."""
+    names = ", ".join(f'"{c}"' for c in columns)
+    values = ", ".join(f":{c}" for c in columns)
+    return f"INSERT INTO {rendered.subst[COPY_TABLES[table][0]]} ({names}) VALUES ({values})"
 
 
 def render(name: str, version: int = SCHEMA_VERSION) -> Rendered:
