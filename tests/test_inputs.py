@@ -9,13 +9,11 @@ problem (or raise ValueError/QueueError at construction); no exception may escap
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import shutil
 import sqlite3
 import tempfile
-import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 
 from conftest import FakeClock, QueueTarget
-from helpers import message_statuses
+from helpers import message_statuses, without_dac_override
 from sqqueue import (
     CompletionError,
     DequeueError,
@@ -214,52 +212,6 @@ def test_truncated_database_is_queue_error(tmp_path: Path, clock: Any, fraction:
     assert str(copy) in str(info.value)
 
 
-def _without_dac_override(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` in a thread without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH.
-
-    The tests run as root, where chmod does not stop writes (root bypasses file permissions
-    through those capabilities). Linux capabilities are per thread, so dropping them from the
-    effective set of one short-lived thread makes file modes apply to it, like to any other
-    user, without touching the rest of the test process. Returns (value or exception).
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-    class Data(ctypes.Structure):
-        _fields_ = [
-            ("effective", ctypes.c_uint32),
-            ("permitted", ctypes.c_uint32),
-            ("inheritable", ctypes.c_uint32),
-        ]
-
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        header = Header(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
-        data = (Data * 2)()
-        if libc.capget(ctypes.byref(header), data) != 0:
-            outcome["setup"] = OSError(ctypes.get_errno(), "capget failed")
-            return
-        data[0].effective &= ~((1 << 1) | (1 << 2))  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-        if libc.capset(ctypes.byref(header), data) != 0:
-            outcome["setup"] = OSError(ctypes.get_errno(), "capset failed")
-            return
-        try:
-            outcome["value"] = fn()
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join(timeout=30)
-    assert not thread.is_alive()
-    if "setup" in outcome:
-        raise outcome["setup"]
-    return outcome.get("error", outcome.get("value"))
-
-
 def test_read_only_file_is_queue_error(tmp_path: Path, clock: Any) -> None:
     """A database file without write permission: QueueError (READ_ONLY) naming the path.
 
@@ -274,9 +226,9 @@ def test_read_only_file_is_queue_error(tmp_path: Path, clock: Any) -> None:
         with open(path, "r+b"):
             return "writable"
 
-    probe = _without_dac_override(try_write)
+    probe = without_dac_override(try_write)
     assert isinstance(probe, PermissionError), "the thread can still write: the setup failed"
-    result = _without_dac_override(lambda: SQLiteQueue(path, table_name="jobs", clock=clock))
+    result = without_dac_override(lambda: SQLiteQueue(path, table_name="jobs", clock=clock))
     assert isinstance(result, QueueError), f"expected QueueError, got {result!r}"
     assert result.kind is ErrorKind.READ_ONLY
     assert str(path) in str(result)
@@ -290,7 +242,7 @@ def test_new_file_in_read_only_directory_is_value_error(tmp_path: Path, clock: A
     directory.chmod(0o500)
     path = directory / "q.db"
     try:
-        result = _without_dac_override(lambda: SQLiteQueue(path, table_name="jobs", clock=clock))
+        result = without_dac_override(lambda: SQLiteQueue(path, table_name="jobs", clock=clock))
     finally:
         directory.chmod(0o700)
     assert isinstance(result, (ValueError, QueueError)), f"expected an error, got {result!r}"
@@ -753,7 +705,7 @@ def test_completed_row_with_unreadable_time_is_listed_with_a_marker(
     for message in ok(queue.dequeue_batch(2)):
         ok(queue.complete(message))
     first = ok(queue.get_completed())[0]["id"]
-    _edit_row(db_path, "jobs_done", "completed_at", "'soon'", first)
+    _edit_row(db_path, '"jobs#done"', "completed_at", "'soon'", first)
     done = ok(queue.get_completed())
     assert [d["completed_at"] for d in done if d["id"] == first] == ["<invalid: 'soon'>"]
     assert all(isinstance(d["completed_at"], datetime) for d in done if d["id"] != first)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from conftest import LOCAL_FIXTURES
 from helpers import message_statuses
 from sqqueue import Err, Message, Ok, QueueError, Result, SQLiteQueue
 from sqqueue.backends import sqlite as sqlite_backend
@@ -295,12 +296,12 @@ def assert_legacy_intact(path: Path, sequence: list[tuple[Any, ...]]) -> None:
 
 CONFLICTS = {
     # fails at once: the dead-letter table cannot be renamed out of the way
-    "dlq-rename": ("CREATE TABLE orders_dlq__sqqueue_v0 (x)", "orders_dlq__sqqueue_v0"),
+    "dlq-rename": ('CREATE TABLE "orders#dlq_v0" (x)', "orders#dlq_v0"),
     # fails after the dead-letter table was renamed
-    "queue-rename": ("CREATE TABLE orders__sqqueue_v0 (x)", "orders__sqqueue_v0"),
+    "queue-rename": ('CREATE TABLE "orders#v0" (x)', "orders#v0"),
     # fails after both renames and the new table were done
-    "ready-index": ("CREATE VIEW orders_ready AS SELECT 1", "orders_ready"),
-    "leases-index": ("CREATE INDEX orders_leases ON emails (id)", "orders_leases"),
+    "ready-index": ('CREATE VIEW "orders#ready" AS SELECT 1', "orders#ready"),
+    "leases-index": ('CREATE INDEX "orders#leases" ON emails (id)', "orders#leases"),
 }
 
 
@@ -324,7 +325,7 @@ def test_failed_migration_changes_nothing(
     assert_legacy_intact(legacy_db, sequence)
     drop = "VIEW" if ddl.startswith("CREATE VIEW") else "INDEX" if "INDEX" in ddl else "TABLE"
     conn = sqlite3.connect(legacy_db)
-    conn.execute(f"DROP {drop} {culprit}")
+    conn.execute(f'DROP {drop} "{culprit}"')
     conn.commit()
     conn.close()
     orders = make_sqlite_queue(db_path=legacy_db, table_name="orders")
@@ -337,7 +338,7 @@ def test_failed_migration_error_says_it_was_migrating(
 ) -> None:
     """The error of a failed migration says a 0.1.0 migration failed and nothing changed."""
     conn = sqlite3.connect(legacy_db)
-    conn.execute("CREATE TABLE orders__sqqueue_v0 (x)")
+    conn.execute('CREATE TABLE "orders#v0" (x)')
     conn.commit()
     conn.close()
     with pytest.raises(QueueError) as info:
@@ -391,13 +392,11 @@ WHEN NEW.id <= (SELECT n FROM sqqueue_counters WHERE name = 'jobs#high')
 END"""
 
 
-def test_a_schema_1_queue_is_upgraded_and_its_counts_stay_exact(db_path: Path) -> None:
-    """Schema 1 counted inserts with a trigger; schema 2 counts them in code. Opening a
+def test_a_schema_1_queue_is_upgraded_and_its_counts_stay_exact(tmp_path: Path) -> None:
+    """Schema 1 counted inserts with a trigger; later schemas count them in code. Opening a
     schema 1 file drops the trigger, so a revived message is not counted twice."""
-    queue = SQLiteQueue(db_path, table_name="jobs")
-    ids = queue.enqueue_batch(["a", "b", "c"]).unwrap()
-    queue.fail_message(ids[0], send_to_dlq=True).unwrap()
-    queue.close()
+    db_path = tmp_path / "schema-1.db"
+    db_path.write_bytes((LOCAL_FIXTURES / "sqqueue-schema-2.db").read_bytes())
     conn = sqlite3.connect(db_path)
     with conn:  # as sqqueue with schema 1 left the file
         conn.execute(_SCHEMA_1_INSERT_TRIGGER)
@@ -409,65 +408,66 @@ def test_a_schema_1_queue_is_upgraded_and_its_counts_stay_exact(db_path: Path) -
     assert rows(db_path, "SELECT schema_version FROM sqqueue_queues WHERE name = 'jobs'") == [
         (sqlite_backend.SCHEMA_VERSION,)
     ]
-    queue.reprocess_dead_letter(ids[0]).unwrap()
+    before = queue.stats().unwrap()
+    [dead] = ok(queue.get_dead_letters())
+    queue.reprocess_dead_letter(dead["id"]).unwrap()
     stats = queue.stats().unwrap()
-    assert (stats.pending, stats.dead, stats.enqueued_total) == (3, 0, 3)
-    assert stats.depth == 3
+    assert (stats.dead, stats.depth) == (before.dead - 1, before.depth + 1)
+    assert stats.enqueued_total == before.enqueued_total
+    assert stats.depth == len(message_statuses(queue)) - stats.dead
     queue.close()
 
 
-def test_a_schema_2_queue_gets_the_result_column(db_path: Path) -> None:
+def test_a_schema_2_queue_gets_the_result_column(tmp_path: Path, clock: Any) -> None:
     """Schema 2 kept completed messages without a result; opening such a file adds the
     column (old history reads as result None) and completes with results from then on."""
-    queue = SQLiteQueue(db_path, table_name="jobs", retention=3600)
-    old, new = queue.enqueue_batch(["old", "new"]).unwrap()
-    queue.complete(queue.dequeue().unwrap()).unwrap()
-    queue.close()
-    conn = sqlite3.connect(db_path)
-    with conn:  # as sqqueue with schema 2 left the file
-        conn.execute('ALTER TABLE "jobs_done" DROP COLUMN result')
-        conn.execute("UPDATE sqqueue_queues SET schema_version = 2 WHERE name = 'jobs'")
-    conn.close()
+    db_path = tmp_path / "schema-2.db"
+    db_path.write_bytes((LOCAL_FIXTURES / "sqqueue-schema-2.db").read_bytes())
     assert "result" not in {r[1] for r in rows(db_path, "PRAGMA table_info(jobs_done)")}
+    [(old,)] = rows(db_path, "SELECT id FROM jobs_done")
 
-    queue = SQLiteQueue(db_path, table_name="jobs", retention=3600)
+    clock.advance(1000)  # past the fixture's times
+    queue = SQLiteQueue(db_path, table_name="jobs", retention=3600, clock=clock)
     assert rows(db_path, "SELECT schema_version FROM sqqueue_queues WHERE name = 'jobs'") == [
         (sqlite_backend.SCHEMA_VERSION,)
     ]
     assert queue.get_message(old).unwrap()["result"] is None
-    queue.complete(queue.dequeue().unwrap(), result={"n": 2}).unwrap()
-    assert queue.get_message(new).unwrap()["result"] == {"n": 2}
+    new = queue.dequeue().unwrap()
+    queue.complete(new, result={"n": 2}).unwrap()
+    assert queue.get_message(new.id).unwrap()["result"] == {"n": 2}
+    queue.close()
 
 
-def test_a_schema_3_queue_is_upgraded_and_its_messages_stay_as_they_were(db_path: Path) -> None:
+def test_a_schema_3_queue_is_upgraded_and_its_messages_stay_as_they_were(
+    tmp_path: Path, clock: Any
+) -> None:
     """Schema 4 keeps updated_at in the ready index (it tells a message without a delay from
     a delayed one). Opening a schema 3 file rebuilds the index in place: every message stays
-    as it was (ready, delayed, leased), and the queue works on."""
-    queue = SQLiteQueue(db_path, table_name="jobs")
-    ready = queue.enqueue("ready").unwrap()
-    queue.enqueue("later", delay=3600).unwrap()
-    queue.enqueue("leased").unwrap()
-    queue.close()
+    as it was (ready, delayed, leased, waiting, dead), and the queue works on."""
+    db_path = tmp_path / "schema-3.db"
+    db_path.write_bytes((LOCAL_FIXTURES / "sqqueue-schema-2.db").read_bytes())
     conn = sqlite3.connect(db_path)
-    with conn:  # as sqqueue with schema 3 left the file
-        conn.execute('DROP INDEX "jobs_ready"')
-        conn.execute(
-            'CREATE INDEX "jobs_ready" ON "jobs" (priority DESC, visible_at, id) '
-            "WHERE status = 'pending'"
-        )
+    with conn:  # as sqqueue with schema 3 left the file: schema 2, and results kept
+        conn.execute('ALTER TABLE "jobs_done" ADD COLUMN result TEXT')
         conn.execute("UPDATE sqqueue_queues SET schema_version = 3 WHERE name = 'jobs'")
     conn.close()
 
-    queue = SQLiteQueue(db_path, table_name="jobs")
-    (index,) = rows(db_path, "SELECT sql FROM sqlite_master WHERE name = 'jobs_ready'")
+    clock.advance(10)  # the fixture's leases (60 s) still run; message 3 is due again
+    queue = SQLiteQueue(db_path, table_name="jobs", clock=clock)
+    (index,) = rows(db_path, "SELECT sql FROM sqlite_master WHERE name = 'jobs#ready'")
     assert "updated_at" in index[0]
     assert rows(db_path, "SELECT schema_version FROM sqqueue_queues WHERE name = 'jobs'") == [
         (sqlite_backend.SCHEMA_VERSION,)
     ]
-    assert sqlite_backend.SCHEMA_VERSION == 4
     stats = queue.stats().unwrap()
-    assert (stats.pending, stats.delayed) == (2, 1)
+    assert (stats.pending, stats.delayed, stats.processing, stats.waiting, stats.dead) == (
+        1,
+        1,
+        2,
+        1,
+        1,
+    )
     first = queue.dequeue().unwrap()
-    assert first is not None and first.id == ready
+    assert first is not None and first.id == 3
     assert rows(db_path, "PRAGMA integrity_check") == [("ok",)]
     queue.close()

@@ -10,6 +10,7 @@ conftest. It never skips.
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 import subprocess
@@ -25,7 +26,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import QueueTarget, drop_schema
+from conftest import LOCAL_FIXTURES, QueueTarget, drop_schema
 from helpers import message_statuses
 from sqqueue import (
     CompletionError,
@@ -745,19 +746,20 @@ def test_ddl_is_the_schema_the_queue_creates(target: QueueTarget) -> None:
 def test_a_schema_1_queue_gets_the_result_column(target: QueueTarget) -> None:
     """Schema 1 kept completed messages without a result; opening such a queue adds the
     column (old history reads as result None) and records the new version."""
-    queue = target.open(TABLE, retention=3600)
-    old, new = ok(queue.enqueue_batch(["old", "new"]))
-    ok(queue.complete(ok(queue.dequeue())))
-    queue.close()
+    ddl = json.loads((LOCAL_FIXTURES / "postgres-schema-1.json").read_text(encoding="utf-8"))
     target.run_sql(
         [
-            f'ALTER TABLE "{TABLE}_done" DROP COLUMN result',
-            f"UPDATE sqqueue_queues SET schema_version = 1 WHERE name = '{TABLE}'",
+            *ddl["jobs"],  # as sqqueue with schema 1 created the queue
+            """INSERT INTO "jobs_done" (id, body_text, encoding, priority, attempts,
+                                        created_at, completed_at)
+               VALUES (1, 'old', 'text', 0, 1, 0, 0)""",
+            "SELECT setval(pg_get_serial_sequence('\"jobs\"', 'id'), 1)",
         ]
     )
     queue = target.open(TABLE, retention=3600)
     try:
-        assert ok(queue.get_message(old))["result"] is None
+        assert ok(queue.get_message(1))["result"] is None
+        new = ok(queue.enqueue("new"))
         ok(queue.complete(ok(queue.dequeue()), result={"n": 2}))
         assert ok(queue.get_message(new))["result"] == {"n": 2}
     finally:
@@ -831,7 +833,7 @@ def test_copy_sqlite_to_postgres_and_back_keeps_everything(
     pg = with_params(target.url, options=f"-csearch_path={target.schema}")
 
     report = copy_queues(f"sqlite:///{source}", pg, [TABLE])
-    assert report == {TABLE: {"messages": 6, "dead": 1, "already": 0}}
+    assert report == {TABLE: {"messages": 6, "dead": 1, "done": 0, "dedup": 0, "already": 0}}
     with target.open(TABLE) as queue:
         assert _picture(queue) == original
         copied = ok(queue.stats())
@@ -861,7 +863,7 @@ def test_copy_sqlite_to_postgres_and_back_keeps_everything(
     # Copying again finds the copy there: nothing to do. A message of the target's own
     # makes it a queue that is not empty: refused, with nothing written.
     again = copy_queues(f"sqlite:///{source}", pg, [TABLE])
-    assert again == {TABLE: {"messages": 6, "dead": 1, "already": 7}}
+    assert again == {TABLE: {"messages": 6, "dead": 1, "done": 0, "dedup": 0, "already": 7}}
     with target.open(TABLE) as queue:
         assert _picture(queue) == original
         assert ok(queue.enqueue("new")) > highest

@@ -325,13 +325,14 @@ def _require_queue(db: str, name: str, hint: str = "") -> None:
         raise CliError(f"no queue {name!r} in {db} (queues there: {there}){hint}")
 
 
-def _open(db: str, queue: str, *, create: bool = False) -> SQLiteQueue:
-    """Open a queue; unless ``create``, the file and the queue must exist already."""
+def _open(db: str, queue: str, *, create: bool = False, read_only: bool = False) -> SQLiteQueue:
+    """Open a queue; unless ``create``, the file and the queue must exist already. A
+    ``read_only`` queue changes nothing on disk (commands that only look use it)."""
     name = _check_name(queue)
     if not create:
         _require_queue(db, name)
     try:
-        return SQLiteQueue(db, table_name=name)
+        return SQLiteQueue(db, table_name=name, read_only=read_only)
     except (ValueError, QueueError) as exc:
         raise CliError(str(exc)) from None
 
@@ -643,14 +644,14 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         _require_db(db)
         opened: dict[str, SQLiteQueue] = {}
         if queue is not None:
-            opened[queue] = _open(db, queue)
+            opened[queue] = _open(db, queue, read_only=True)
 
         def snapshot() -> tuple[list[QueueStats], list[str]]:
             names = [queue] if queue is not None else _queue_names(db)
             rows = []
             for name in names:
                 if name not in opened:
-                    opened[name] = _open(db, name)
+                    opened[name] = _open(db, name, read_only=True)
                 rows.append(_unwrap(opened[name].stats()))
             return rows, [] if queue is not None else _legacy_names(db)
 
@@ -712,7 +713,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
           sqqueue ls jobs.db emails --state dead --limit 20
           sqqueue ls jobs.db emails --state dead --limit 20 --after 140
         """
-        with _open(db, queue) as q:
+        with _open(db, queue, read_only=True) as q:
             entries = _unwrap(q.list_messages(state, limit=limit, after_id=after))
         next_after = entries[-1]["id"] if len(entries) == limit else None
         if as_json:
@@ -743,7 +744,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         Example:
           sqqueue peek jobs.db emails
         """
-        with _open(db, queue) as q:
+        with _open(db, queue, read_only=True) as q:
             message = _unwrap(q.peek())
         if as_json:
             click.echo(_dumps(None if message is None else _message_dict(message)))
@@ -1029,7 +1030,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
           sqqueue dlq list jobs.db emails
           sqqueue dlq list jobs.db emails --json | jq '.messages[].last_error'
         """
-        with _open(db, queue) as q:
+        with _open(db, queue, read_only=True) as q:
             entries = _unwrap(q.list_messages("dead", limit=limit, after_id=after))
         next_after = entries[-1]["id"] if len(entries) == limit else None
         if as_json:
@@ -1055,7 +1056,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         Example:
           sqqueue dlq show jobs.db emails 42
         """
-        with _open(db, queue) as q:
+        with _open(db, queue, read_only=True) as q:
             entry = _dead_letter(q, message_id)
         if entry is None:
             raise CliError(f"message {message_id} is not in the dead-letter queue of {queue!r}")
@@ -1270,8 +1271,9 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
     def salvage(source: str, target: str) -> None:
         """Copy every readable message of SRC into a new file DST.
 
-        SRC is only read. Messages that were being processed come back pending; dead
-        letters stay dead; ids, priorities, attempts and errors are kept.
+        SRC is only read. Every column of every readable row is kept (ids, priorities,
+        attempts, errors, groups, times to live); dead letters, kept history and dedup
+        keys come along; messages that were being processed come back pending.
 
         \b
         Example:
@@ -1302,10 +1304,12 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         help="With --sql: the queue(s) to print the DDL of (repeatable).",
     )
     def migrate(db: str, print_sql: bool, queues: tuple[str, ...]) -> None:
-        """Migrate the sqqueue 0.1.0 queues of DB now, or print the DDL (--sql).
+        """Migrate the queues of DB to the current layout now, or print the DDL (--sql).
 
-        Without --sql, prints the names of the queues migrated: opening a queue migrates
-        it anyway; this does them all at once, before a deploy. With --sql, DB is a path
+        Without --sql, migrates sqqueue 0.1.0 queues and upgrades queues of an older
+        sqqueue, and prints their names: opening a queue for use does that anyway; this
+        does them all at once, before a deploy. It is the only command that changes the
+        layout of a file (commands that only look change nothing). With --sql, DB is a path
         or a URL (sqlite:///... or postgresql://...) that only picks the dialect: nothing
         is opened, and the statements that create each --queue are printed, for teams
         that apply schema changes themselves.
@@ -1332,7 +1336,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         except (QueueError, ValueError) as exc:
             raise CliError(str(exc)) from None
         if not done:
-            click.echo(f"nothing to migrate: no sqqueue 0.1.0 queues in {db}")
+            click.echo(f"nothing to migrate: every queue in {db} has the current layout")
         for name in done:
             click.echo(name)
 
@@ -1348,11 +1352,11 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
     def copy(source: str, target: str, queues: tuple[str, ...], resume: bool) -> None:
         """Copy queues from SRC_URL to DST_URL (SQLite to PostgreSQL, or back).
 
-        Pending, delayed and waiting messages, in-flight ones (as pending) and dead
-        letters are copied with their ids, attempts and errors; SRC is left as it is.
-        Every queue is checked before anything is written: each target queue must be
-        empty, or already hold a copy (skipped), or, with --resume, part of one. The
-        counts are checked after each queue.
+        Every column of every message is copied (in-flight ones arrive pending), with the
+        dead letters, kept history and dedup keys; SRC is only read. Every queue is
+        checked before anything is written: each target queue must be empty, or already
+        hold a copy (skipped), or, with --resume, part of one. The counts are checked
+        after each queue.
 
         \b
         Example:
@@ -1379,6 +1383,10 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
                 raise CliError(str(exc)) from None
         for name, counts in report.items():
             line = f"{name}: {counts['messages']} message(s), {counts['dead']} dead letter(s)"
+            if counts.get("done"):
+                line += f", {counts['done']} completed kept"
+            if counts.get("dedup"):
+                line += f", {counts['dedup']} dedup key(s)"
             if counts["already"] and counts["already"] == counts["messages"] + counts["dead"]:
                 line += " (already copied: nothing to do)"
             elif counts["already"]:

@@ -34,6 +34,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         "sqqueue.prometheus needs prometheus-client: pip install 'sqqueue[prometheus]'"
     ) from exc
 
+from .exceptions import QueueError
 from .queue import SQLiteQueue
 
 __all__ = ["Durations", "QueueCollector", "serve"]
@@ -64,7 +65,9 @@ class QueueCollector(Collector):
         with self._lock:
             queue = self._open.get(name)
             if queue is None:
-                queue = self._open[name] = SQLiteQueue(self.db_path, table_name=name)
+                queue = self._open[name] = SQLiteQueue(
+                    self.db_path, table_name=name, read_only=True
+                )
             return queue
 
     def close(self) -> None:
@@ -107,7 +110,11 @@ class QueueCollector(Collector):
             for key, metric, help_text in _TOTALS
         }
         for name in names:
-            result = self._queue(name).stats()
+            try:
+                result = self._queue(name).stats()
+            except (QueueError, ValueError) as exc:  # cannot be opened read-only (0.1.0, gone)
+                logger.warning("queue %r of %s skipped: %s", name, self.db_path, exc)
+                continue
             if result.is_err():
                 logger.warning("stats of queue %r failed: %s", name, result.error)
                 continue

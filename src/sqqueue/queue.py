@@ -400,6 +400,9 @@ class Queue:
     ) -> None:
         self._backend = backend
         self.name = backend.name
+        #: opened with read_only=True: reads work, every call that would write returns
+        #: Err(kind=READ_ONLY), and nothing on disk changes
+        self.read_only = backend.read_only
         self.vacuum_threshold = _config(
             lambda: _bounded_int(vacuum_threshold, "vacuum_threshold", 0, 2**31)
         )
@@ -516,8 +519,11 @@ class Queue:
         """The ``Err`` for an exception raised by ``action`` (see ``_guard``); the hottest
         calls inline ``_guard`` as ``try: ... except Exception: return self._failed(...)``."""
         if isinstance(exc, QueueError):
-            # The caller gets the Err; the log only speaks up for trouble with the database.
+            # The caller gets the Err; the log only speaks up for trouble with the database
+            # (a write refused by a queue opened read-only is the caller's own choice).
             level = _LOG_LEVEL_BY_KIND.get(exc.kind, logging.DEBUG)
+            if self.read_only and exc.kind is ErrorKind.READ_ONLY:
+                level = logging.DEBUG
             logger.log(level, "queue %r: %s failed: %s", self.name, action, exc)
             if isinstance(exc, error_cls) and type(exc) is not error_cls:
                 return Err(exc)  # a more specific error (QueueFull) reaches the caller as is
@@ -1470,6 +1476,12 @@ class Queue:
                 try:
                     return Ok(self._to_message(row))
                 except QueueError as exc:
+                    if self.read_only:  # cannot set it aside: say what is wrong with it
+                        raise QueueError(
+                            f"message {row.id}, next in line, cannot be delivered: {exc}",
+                            exc.kind,
+                            row.id,
+                        ) from exc
                     if row.id in stuck:  # could not be moved out of the way: do not spin
                         raise
                     if not self._isolate_poison(row, exc):
@@ -1913,6 +1925,12 @@ class SQLiteQueue(Queue):
     A setting not passed as an argument comes from the ``SQQUEUE_<SETTING>`` environment
     variable, then the config file (see :mod:`sqqueue.config`), then the default shown in
     the README; ``self.settings`` and ``self.setting_sources`` tell what was used.
+
+    ``read_only=True`` opens an existing queue to look at it (a dashboard, a report): it
+    creates, migrates and upgrades nothing, does not even create the -wal and -shm files,
+    and every call that would write returns ``Err(kind=READ_ONLY)``. A queue in an older
+    layout (sqqueue 0.1.0's or an older sqqueue's) is refused: ``sqqueue migrate``
+    brings it up to date.
     """
 
     def __init__(
@@ -1939,6 +1957,7 @@ class SQLiteQueue(Queue):
         retention: float | None = UNSET,
         retention_max: int | None = UNSET,
         max_depth: int | None = UNSET,
+        read_only: bool = False,
     ) -> None:
         prepared = _prepare(
             {
@@ -1977,10 +1996,11 @@ class SQLiteQueue(Queue):
             default_max_attempts=prepared.max_attempts,
             clock=clock,
             policy=prepared.policy,
+            read_only=read_only,
         )
         self._adopt(backend, prepared, serializer, clock)
         self.db_path = backend.path
-        if settings["vacuum_on_start"]:
+        if settings["vacuum_on_start"] and not self.read_only:
             result = self.vacuum_database()
             if result.is_err():
                 logger.warning("queue %r: vacuum on start skipped: %s", self.name, result.error)
@@ -2008,7 +2028,9 @@ class PostgresQueue(Queue):
     Every lease, delay and time to live is measured on the server's clock, so clients
     whose clocks disagree still agree on them; ``clock`` decides nothing here. For tests,
     ``server_clock`` (a function returning Unix seconds) pins the time this object's
-    statements use instead of the server's clock.
+    statements use instead of the server's clock. ``read_only=True``: no DDL, and every
+    call that would write returns ``Err(kind=READ_ONLY)`` (the connections are read-only
+    transactions too).
     """
 
     def __init__(
@@ -2021,6 +2043,7 @@ class PostgresQueue(Queue):
         serializer: Serializer | None = None,
         clock: Clock | None = None,
         server_clock: Clock | None = None,
+        read_only: bool = False,
         **settings: Any,
     ) -> None:
         from .backends.postgres import PostgresBackend  # psycopg is an optional extra
@@ -2046,6 +2069,7 @@ class PostgresQueue(Queue):
             schema=schema,
             pool_size=_config(lambda: _bounded_int(pool_size, "pool_size", 1, 1000)),
             server_clock=server_clock,
+            read_only=read_only,
         )
         self._adopt(backend, prepared, serializer, clock)
         self.url = backend.path
@@ -2059,7 +2083,8 @@ def connect(url: str | os.PathLike[str], table_name: str = UNSET, **settings: An
         sqqueue.connect("sqlite:////var/lib/app/jobs.db", "emails")  # an absolute path
         sqqueue.connect("postgresql://app@db.internal/app", "emails")
 
-    Other keyword arguments are the queue's settings.
+    Other keyword arguments are the queue's settings, and ``read_only=True`` to look at
+    an existing queue without changing anything (see :class:`SQLiteQueue`).
     """
     if not isinstance(url, (str, os.PathLike)):
         raise ValueError(f"url must be a str, got {type(url).__name__}")

@@ -13,16 +13,16 @@ These work on the file, not on one queue, and are what ``sqqueue check`` and
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from .backends.sqlite import SQLiteBackend, classify, not_a_database
+from .backends import sqlite_sql
+from .backends.sqlite import SQLiteBackend, classify, file_state, not_a_database, open_read_only
 from .exceptions import ErrorKind, QueueError
 from .names import validate_queue_name
 from .targets import parse_target
@@ -41,90 +41,91 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_MESSAGE_COLUMNS = (
-    "id",
-    "payload",
-    "encoding",
-    "checksum",
-    "status",
-    "priority",
-    "visible_at",
-    "attempts",
-    "max_attempts",
-    "last_error",
-    "created_at",
-    "updated_at",
-)
-_DEAD_COLUMNS = (
-    "id",
-    "payload",
-    "encoding",
-    "checksum",
-    "priority",
-    "attempts",
-    "max_attempts",
-    "last_error",
-    "created_at",
-    "updated_at",
-    "dead_at",
-)
+T = TypeVar("T")
+
+#: The tables of a queue that copy and salvage move, in order, and each one's key.
+_TABLES = (("messages", "id"), ("dead", "id"), ("done", "id"), ("dedup", "key"))
+
+
+class _Changed(QueueError):
+    """The file changed while an immutable connection read it (a writer started)."""
 
 
 @contextlib.contextmanager
 def _read_only(path: str | os.PathLike[str]) -> Iterator[sqlite3.Connection]:
+    """A connection that reads the file and changes nothing on disk (see
+    ``open_read_only``); raises ``_Changed`` if the file changed under an immutable read."""
     target = Path(path)
     if not target.is_file():
         raise QueueError(f"no database file at {str(target)!r}", ErrorKind.NOT_FOUND)
-    conn = sqlite3.connect(f"{target.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    conn, snapshot = open_read_only(str(target))
     try:
         yield conn
     finally:
         conn.close()
+    if snapshot is not None and file_state(str(target)) != snapshot:
+        raise _Changed(
+            f"{str(target)!r} changed while it was read (a process opened it); read it again",
+            ErrorKind.LOCKED,
+        )
+
+
+def _read(path: str | os.PathLike[str], fn: Callable[[sqlite3.Connection], T]) -> T:
+    """``fn`` on a read-only connection to the file (again if the file changed meanwhile:
+    the next connection goes through the -shm of the process that opened it)."""
+    for _ in range(100):
+        with contextlib.suppress(_Changed), _read_only(path) as conn:
+            try:
+                return fn(conn)
+            except sqlite3.Error as exc:
+                raise classify(exc, str(path)) from exc
+    raise QueueError(f"{str(path)!r} kept changing while it was read; retry", ErrorKind.LOCKED)
+
+
+def _registered(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+    """(name, schema version) of the queues registered in the file, by name."""
+    tables = {t[0] for t in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "sqqueue_queues" not in tables:
+        return []
+    rows = conn.execute("SELECT name, schema_version FROM sqqueue_queues ORDER BY name")
+    return [(str(r[0]), int(r[1])) for r in rows if r[0] in tables]
 
 
 def list_queues(path: str | os.PathLike[str]) -> list[str]:
     """Names of the sqqueue queues in a database file, sorted."""
-    with _read_only(path) as conn:
-        try:
-            tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-            names = {t[0] for t in tables}
-            if "sqqueue_queues" not in names:
-                return []
-            rows = conn.execute("SELECT name FROM sqqueue_queues ORDER BY name").fetchall()
-        except sqlite3.Error as exc:
-            raise classify(exc, str(path)) from exc
-    return [r[0] for r in rows if r[0] in names]
+    return [name for name, _version in _read(path, _registered)]
 
 
 def legacy_queues(path: str | os.PathLike[str]) -> list[str]:
     """Queues in the file still in sqqueue 0.1.0's layout (not migrated yet)."""
-    with _read_only(path) as conn:
-        try:
-            names = {
-                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            }
-            registered: set[str] = set()
-            if "sqqueue_queues" in names:
-                registered = {r[0] for r in conn.execute("SELECT name FROM sqqueue_queues")}
-            found = []
-            for name in sorted(names - registered):
-                columns = {
-                    r[1] for r in conn.execute("SELECT * FROM pragma_table_info(?)", (name,))
-                }
-                if {"processing_at", "dlq", "visible_at", "status"} <= columns:
-                    found.append(name)
-        except sqlite3.Error as exc:
-            raise classify(exc, str(path)) from exc
-    return found
+
+    def look(conn: sqlite3.Connection) -> list[str]:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        registered: set[str] = set()
+        if "sqqueue_queues" in names:
+            registered = {r[0] for r in conn.execute("SELECT name FROM sqqueue_queues")}
+        found = []
+        for name in sorted(names - registered):
+            columns = {r[1] for r in conn.execute("SELECT * FROM pragma_table_info(?)", (name,))}
+            if {"processing_at", "dlq", "visible_at", "status"} <= columns:
+                found.append(name)
+        return found
+
+    return _read(path, look)
 
 
 def migrate(path: str | os.PathLike[str]) -> list[str]:
-    """Migrate every sqqueue 0.1.0 queue in the file now (each in one transaction).
+    """Bring every queue of the file to the current layout now, each in one transaction:
+    queues of an older sqqueue schema are upgraded, then sqqueue 0.1.0 queues migrated.
 
-    Opening a queue migrates it anyway; this does all of them at once, e.g. before a
-    deploy. Returns the names migrated.
+    Opening a queue for use does the same for that queue; this does all of them at once,
+    e.g. before a deploy. Returns the names of the queues changed.
     """
     done = []
+    for name, version in _read(path, _registered):
+        if version < sqlite_sql.SCHEMA_VERSION:
+            SQLiteBackend(path, validate_queue_name(name)).close()
+            done.append(name)
     for name in legacy_queues(path):
         SQLiteBackend(path, validate_queue_name(name)).close()
         done.append(name)
@@ -132,16 +133,28 @@ def migrate(path: str | os.PathLike[str]) -> list[str]:
 
 
 def check(path: str | os.PathLike[str]) -> list[str]:
-    """Run SQLite's integrity check on the file; return the problems (empty when healthy)."""
-    with _read_only(path) as conn:
+    """Run SQLite's integrity check on the file; return the problems (empty when healthy).
+
+    Damage is a problem in the list; a file that is not an SQLite database, and anything
+    else that keeps the check from running (permissions, a lock), raises ``QueueError``
+    saying what it is.
+    """
+
+    def integrity(conn: sqlite3.Connection) -> list[str]:
         try:
-            rows = conn.execute("PRAGMA integrity_check").fetchall()
+            return [str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall()]
         except sqlite3.Error as exc:
             error = classify(exc, str(path))
-            if not_a_database(exc):
-                raise error from exc  # nothing to check, nor to salvage
+            if error.kind is not ErrorKind.CORRUPT or not_a_database(exc):
+                raise error from exc  # not damage: nothing to check, nor to salvage
             return [str(error)]
-    problems = [str(r[0]) for r in rows]
+
+    try:
+        problems = _read(path, integrity)
+    except QueueError as exc:
+        if exc.kind is ErrorKind.CORRUPT:
+            raise  # not an SQLite database: said as such
+        raise QueueError(f"cannot check {str(path)!r}: {exc}", exc.kind) from exc
     return [] if problems == ["ok"] else problems
 
 
@@ -155,39 +168,13 @@ class SalvageReport:
     errors: list[str] = field(default_factory=list)
 
 
-def _rows(
-    conn: sqlite3.Connection, table: str, columns: tuple[str, ...]
-) -> Iterator[tuple[object, ...]]:
-    """Every readable row; on damage, fall back to reading id by id and skip bad ones."""
-    cols = ", ".join(columns)
-    quoted = f'"{table}"'
-    try:
-        yield from conn.execute(f"SELECT {cols} FROM {quoted} ORDER BY id").fetchall()
-        return
-    except sqlite3.DatabaseError:
-        logger.warning("salvage: %s is damaged; reading it row by row", table)
-    try:
-        high = conn.execute(f"SELECT max(id) FROM {quoted}").fetchone()[0] or 0
-    except sqlite3.DatabaseError:
-        high = 0
-    high = max(high, _highest_id(conn, table))
-    for ident in range(1, int(high) + 1):
-        try:
-            row = conn.execute(f"SELECT {cols} FROM {quoted} WHERE id = ?", (ident,)).fetchone()
-        except sqlite3.DatabaseError:
-            yield (ident, None)  # a marker: this id could not be read
-            continue
-        if row is not None:
-            yield row
-
-
-def _highest_id(conn: sqlite3.Connection, name: str) -> int:
-    """The largest id a queue (or table) of a damaged file has handed out, as far as it
-    can be read: from its tables, its counters and the sequence sqqueue 0.1.0 kept."""
+def _highest_id(conn: sqlite3.Connection, name: str, version: int) -> int:
+    """The largest id a queue of a damaged file has handed out, as far as it can be read:
+    from its tables, its counters and the sequence sqqueue 0.1.0 kept."""
+    names = sqlite_sql.object_names(name, version)
     high = 0
     for query, params in (
-        (f'SELECT max(id) FROM "{name}"', ()),
-        (f'SELECT max(id) FROM "{name}_dlq"', ()),
+        *((f'SELECT max(id) FROM "{names[t]}"', ()) for t in ("q", "dlq", "done")),
         ("SELECT n FROM sqqueue_counters WHERE name = ?", (f"{name}#high",)),
         ("SELECT seq FROM sqlite_sequence WHERE name = ?", (name,)),
     ):
@@ -198,12 +185,21 @@ def _highest_id(conn: sqlite3.Connection, name: str) -> int:
     return high
 
 
+def _released(row: dict[str, Any]) -> dict[str, Any]:
+    """A copied message as it arrives: one being processed comes back pending, without its
+    lease (its consumer belongs to the old database); everything else as it was."""
+    if row.get("status") != "processing":
+        return row
+    return {**row, "status": "pending", "lease_token": None, "lease_expires_at": None}
+
+
 def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> SalvageReport:
     """Copy every readable message of every queue in ``source`` into a new file ``target``.
 
-    Ids, priorities, attempts and errors are kept; messages that were being processed come
-    back pending (their consumers are gone with the damaged file); dead letters stay dead.
-    The source is opened read-only and never changed.
+    Every column is kept (ids, priorities, attempts, errors, groups, expiry times, prior
+    attempts), and so are dead letters, kept history and deduplication keys; messages
+    that were being processed come back pending (their consumers are gone with the
+    damaged file). The source is opened read-only and never changed.
     """
     target_path = Path(target)
     if target_path.exists():
@@ -214,10 +210,7 @@ def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> S
     report = SalvageReport()
     with _read_only(source) as src:
         try:
-            names = [
-                validate_queue_name(r[0])
-                for r in src.execute("SELECT name FROM sqqueue_queues ORDER BY name").fetchall()
-            ]
+            queues = _registered(src)
         except sqlite3.DatabaseError as exc:
             if not_a_database(exc):
                 raise QueueError(
@@ -227,79 +220,91 @@ def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> S
                 f"cannot read the queue list of {str(source)!r}: {exc}; nothing to salvage",
                 ErrorKind.CORRUPT,
             ) from exc
-        for name in names:
-            backend = SQLiteBackend(target_path, name)
-            try:
-                with backend.raw_connection() as dst:
-                    # Ids stay taken in the new file, so none is ever handed out again.
-                    dst.execute("BEGIN IMMEDIATE")
-                    backend.reserve_ids(dst, _highest_id(src, name))
-                    dst.execute("COMMIT")
-                    count = functools.partial(backend.count_arrivals, dst)
-                    copied, lost = _copy_table(
-                        src, dst, name, _MESSAGE_COLUMNS, dead=False, count=count
-                    )
-                    dead, dead_lost = _copy_table(src, dst, f"{name}_dlq", _DEAD_COLUMNS, dead=True)
-            finally:
-                backend.close()
-            report.copied[name] = copied
-            report.dead_copied[name] = dead
-            report.lost_rows += lost + dead_lost
-            if lost or dead_lost:
-                report.errors.append(f"{name}: {lost + dead_lost} unreadable row(s) skipped")
+        highest = {name: _highest_id(src, name, version) for name, version in queues}
+    for name, _version in queues:
+        try:
+            reader = SQLiteBackend(
+                source, validate_queue_name(name), read_only=True, older_layout=True
+            )
+        except QueueError as exc:
+            report.errors.append(f"{name}: cannot be read, skipped ({exc})")
+            continue
+        writer = SQLiteBackend(target_path, name)
+        try:
+            with writer.raw_connection() as dst:
+                # Ids stay taken in the new file, so none is ever handed out again.
+                dst.execute("BEGIN IMMEDIATE")
+                writer.reserve_ids(dst, highest[name])
+                dst.execute("COMMIT")
+            counts = {
+                table: _salvage_table(reader, writer, table, key, highest[name], report)
+                for table, key in _TABLES
+            }
+        finally:
+            reader.close()
+            writer.close()
+        report.copied[name] = counts["messages"]
+        report.dead_copied[name] = counts["dead"]
     return report
 
 
-def _body_of(src: sqlite3.Connection, table: str, ident: object) -> object:
-    queue = table.removesuffix("_dlq")
-    try:
-        row = src.execute(f'SELECT payload FROM "{queue}_body" WHERE id = ?', (ident,)).fetchone()
-    except sqlite3.DatabaseError:
-        return None
-    return None if row is None else row[0]
-
-
-def _copy_table(
-    src: sqlite3.Connection,
-    dst: sqlite3.Connection,
+def _salvage_table(
+    reader: SQLiteBackend,
+    writer: SQLiteBackend,
     table: str,
-    columns: tuple[str, ...],
-    dead: bool,
-    count: Callable[[int], None] | None = None,
-) -> tuple[int, int]:
-    """Copy ``table`` row by row in one transaction; (copied, unreadable). ``count`` is
-    told how many were copied, before the commit (dead letters count themselves)."""
-    copied = lost = 0
-    placeholders = ", ".join("?" for _ in columns)
-    insert = f'INSERT INTO "{table}" ({", ".join(columns)}) VALUES ({placeholders})'
-    dst.execute("BEGIN IMMEDIATE")
+    key: str,
+    high: int,
+    report: SalvageReport,
+) -> int:
+    """Copy one table of one queue; on damage, read it row by row and skip what cannot be
+    read (each skipped row is counted and reported). Returns the rows copied."""
     try:
-        for row in _rows(src, table, columns):
-            if len(row) == 2 and row[1] is None:
-                lost += 1
-                continue
-            values = list(row)
-            if values[1] is None:  # a large payload, kept in the queue's body table
-                body = _body_of(src, table, values[0])
-                if body is None:
-                    lost += 1
-                    continue
-                values[1] = body
-            status = columns.index("status") if not dead else -1
-            if status >= 0 and values[status] == "processing":
-                values[status] = "pending"  # leases died with the source
+        rows = _all_rows(reader, table, key)
+    except QueueError:
+        if table == "dedup":
+            report.errors.append(f"{reader.name}: deduplication keys unreadable, skipped")
+            return 0
+        logger.warning("salvage: %s of %r is damaged; reading it row by row", table, reader.name)
+        rows = []
+        for ident in range(1, high + 1):
             try:
-                dst.execute(insert, values)
+                found = reader.export_row(table, ident)
+            except QueueError:
+                _lost(report, reader.name, table, 1)
+                continue
+            if found is not None:
+                rows.append(found)
+    readable = [r for r in rows if table == "dedup" or r.get("payload") is not None]
+    _lost(report, reader.name, table, len(rows) - len(readable))  # bodies that are gone
+    if table == "messages":
+        readable = [_released(r) for r in readable]
+    try:
+        writer.import_rows(table, readable)
+        return len(readable)
+    except QueueError:
+        copied = 0
+        for row in readable:  # find the rows the target refuses, one by one
+            try:
+                writer.import_rows(table, [row])
                 copied += 1
-            except sqlite3.Error:
-                lost += 1
-        if count is not None:
-            count(copied)
-        dst.execute("COMMIT")
-    except BaseException:
-        dst.execute("ROLLBACK")
-        raise
-    return copied, lost
+            except QueueError:
+                _lost(report, writer.name, table, 1)
+        return copied
+
+
+def _all_rows(reader: SQLiteBackend, table: str, key: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    after: Any = "" if key == "key" else 0
+    while page := reader.export_rows(table, after, 1000):
+        rows.extend(page)
+        after = page[-1][key]
+    return rows
+
+
+def _lost(report: SalvageReport, name: str, table: str, count: int) -> None:
+    if count:
+        report.lost_rows += count
+        report.errors.append(f"{name}: {count} unreadable row(s) of {table} skipped")
 
 
 def list_queues_at(target: str | os.PathLike[str], schema: str | None = None) -> list[str]:
@@ -315,17 +320,6 @@ def list_queues_at(target: str | os.PathLike[str], schema: str | None = None) ->
     return list_queues(location)
 
 
-# The status a copied message gets, by its status in the source: a leased message comes
-# back pending (its consumer belongs to the old database), a delayed one stays delayed (its
-# time is kept), a waiting group member keeps waiting.
-_COPY_STATUS = {
-    "pending": "pending",
-    "delayed": "pending",
-    "waiting": "waiting",
-    "processing": "pending",
-}
-
-
 def copy_queues(
     source: str,
     target: str,
@@ -337,14 +331,16 @@ def copy_queues(
 ) -> dict[str, dict[str, int]]:
     """Copy queues between databases, by URL (SQLite to PostgreSQL and back).
 
-    Pending, delayed and waiting messages, in-flight ones (as pending) and dead letters are
-    copied with their ids, attempts and errors; the source is left as it is. Every queue is
-    checked before anything is written: it must exist in the source, and its target queue
-    must be empty, or already hold exactly the source's messages (a queue copied before,
-    skipped), or, with ``resume``, part of them (a copy that stopped part-way: the rest is
-    copied). Returns, per queue, the messages and dead letters the target holds from the
-    source and how many of them were ``already`` there; raises ``QueueError`` if the
-    target's counts do not match what was read::
+    Every row of every table of the queue is copied with every column: messages (one
+    being processed comes back pending, its consumer belongs to the source), dead
+    letters, kept history and deduplication keys. The source is opened read-only and
+    left as it is. Every queue is checked before anything is written: it must exist in
+    the source, and its target queue must be empty, or already hold exactly the source's
+    messages (a queue copied before, skipped), or, with ``resume``, part of them (a copy
+    that stopped part-way: the rest is copied). Returns, per queue, the messages, dead
+    letters, kept completed messages and dedup keys the target holds from the source, and
+    how many of its messages and dead letters were ``already`` there; raises
+    ``QueueError`` if the target's counts do not match what was read::
 
         copy_queues("sqlite:///jobs.db", "postgresql://app@db/app", ["emails"])
     """
@@ -365,8 +361,12 @@ def copy_queues(
         skip[name] = _already_there(source, target, name, resume) if name in present else set()
     report: dict[str, dict[str, int]] = {}
     for name in names:
-        src = connect(source, name)
-        dst = connect(target, name)
+        src = connect(source, name, read_only=True)
+        try:
+            dst = connect(target, name)
+        except BaseException:
+            src.close()
+            raise
         try:
             report[name] = _copy_one(src, dst, progress, batch, skip[name])
         finally:
@@ -386,10 +386,11 @@ def _queues_or_none(target: str) -> list[str]:
 
 
 def _identities(queue: Any) -> dict[int, Any]:
-    """Every message and dead letter of ``queue``: its id and enqueue time, which a copy
-    keeps (a message enqueued in the target on its own has another time)."""
+    """Every message, dead letter and kept completed message of ``queue``: its id and
+    enqueue time, which a copy keeps (a message enqueued in the target on its own has
+    another time)."""
     found: dict[int, Any] = {}
-    for state in ("all", "dead"):
+    for state in ("all", "dead", "done"):
         after = 0
         while page := queue.list_messages(state, limit=1000, after_id=after).unwrap():
             for entry in page:
@@ -408,7 +409,7 @@ def _already_there(source: str, target: str, name: str, resume: bool) -> set[int
         held = _identities(dst).items()
     if not held:
         return set()
-    with connect(source, name) as src:
+    with connect(source, name, read_only=True) as src:
         wanted = _identities(src).items()
     if held == wanted or (resume and held < wanted):
         return {message_id for message_id, _ in held}
@@ -434,32 +435,27 @@ def _copy_one(
     batch: int,
     skip: set[int],
 ) -> dict[str, int]:
-    """Copy one queue's rows whose ids are not in ``skip`` (already in the target)."""
+    """Copy one queue's rows, every column, but those already in the target: messages,
+    dead letters and kept history with ids in ``skip``, dedup keys the target has."""
     name = src.name
     total = src.stats().unwrap()
     expected = total.depth + total.dead
-    copied = {"messages": 0, "dead": 0, "already": 0}
-    after = 0
-    # One pass over every message, by id, each with its status (on the source's clock).
-    while rows := src._backend.list_messages("all", batch, after):
-        fresh = [(row, _COPY_STATUS[row.status]) for row in rows if row.id not in skip]
-        if fresh:
-            dst._backend.import_rows(fresh, [])
-        copied["messages"] += len(rows)
-        copied["already"] += len(rows) - len(fresh)
-        after = rows[-1].id
-        if progress is not None:
-            progress(name, copied["messages"] + copied["dead"], expected)
-    after = 0
-    while letters := src._backend.list_messages("dead", batch, after):
-        fresh_letters = [letter for letter in letters if letter.id not in skip]
-        if fresh_letters:
-            dst._backend.import_rows([], fresh_letters)
-        copied["dead"] += len(letters)
-        copied["already"] += len(letters) - len(fresh_letters)
-        after = letters[-1].id
-        if progress is not None:
-            progress(name, copied["messages"] + copied["dead"], expected)
+    keys = {row["key"] for row in _all_rows(dst._backend, "dedup", "key")} if skip else set()
+    copied = dict.fromkeys(("messages", "dead", "done", "dedup", "already"), 0)
+    for table, key in _TABLES:
+        after: Any = "" if key == "key" else 0
+        while rows := src._backend.export_rows(table, after, batch):
+            after = rows[-1][key]
+            taken = keys if table == "dedup" else skip
+            fresh = [row for row in rows if row[key] not in taken]
+            if table == "messages":
+                fresh = [_released(row) for row in fresh]
+            dst._backend.import_rows(table, fresh)
+            copied[table] += len(rows)
+            if table in ("messages", "dead"):
+                copied["already"] += len(rows) - len(fresh)
+                if progress is not None:
+                    progress(name, copied["messages"] + copied["dead"], expected)
     after_copy = dst.stats().unwrap()
     if after_copy.depth != copied["messages"] or after_copy.dead != copied["dead"]:
         raise QueueError(

@@ -117,6 +117,8 @@ class WorkerCore:
     ) -> None:
         if not callable(handler):
             raise ValueError("handler must be callable")
+        if queue.read_only:
+            raise ValueError(f"queue {queue.name!r} was opened read-only; a worker needs to write")
         if results and not queue.keeps_history:
             raise ValueError(
                 f"results=True keeps handlers' return values with the completed messages, "

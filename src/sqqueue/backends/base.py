@@ -142,6 +142,8 @@ class Backend(ABC):
     policy: Policy
     #: identifies the queue's storage within this process, for in-process wake-ups
     wakeup_key: str
+    #: opened read-only: nothing is created, migrated or written (writes raise READ_ONLY)
+    read_only: bool = False
 
     @abstractmethod
     def enqueue(self, messages: Sequence[NewMessage]) -> list[int]:
@@ -268,13 +270,22 @@ class Backend(ABC):
         """Delete the dead letters with these ids in one transaction; return how many."""
 
     @abstractmethod
-    def import_rows(
-        self,
-        messages: Sequence[tuple[StoredMessage, str]],
-        dead: Sequence[StoredDeadLetter],
-    ) -> None:
-        """Insert copied messages (with the status to give them) and dead letters, keeping
-        their ids, in one transaction."""
+    def export_rows(self, table: str, after: Any, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` rows of one of the queue's tables ("messages", "dead", "done" or
+        "dedup"), after the key ``after`` (an id; a dedup key), in key order, each with
+        every column the table has, the stored payload as ``payload``: what a copy of the
+        queue moves."""
+
+    @abstractmethod
+    def export_row(self, table: str, key: Any) -> dict[str, Any] | None:
+        """The row of ``table`` whose key is ``key``, as ``export_rows`` gives it, found by
+        a direct lookup (salvage reads a damaged table this way, row by row); None if
+        there is none."""
+
+    @abstractmethod
+    def import_rows(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert rows exported from another queue (``export_rows``), keeping every column,
+        in one transaction; the rows' ids stay taken and are counted as enqueues."""
 
     @abstractmethod
     def ddl(self) -> list[str]:
@@ -323,45 +334,6 @@ class Backend(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections. Idempotent."""
-
-
-def import_params(row: StoredMessage, status: str) -> dict[str, Any]:
-    """Parameters of an ``import_message`` statement (copying between backends)."""
-    return {
-        "id": row.id,
-        "data": row.data,
-        "encoding": row.encoding,
-        "checksum": row.checksum,
-        "status": status,
-        "priority": row.priority,
-        "visible_at": row.visible_at,
-        "attempts": row.attempts,
-        "max_attempts": row.max_attempts,
-        "last_error": row.last_error,
-        "created_at": row.created_at,
-        "group_key": row.group_key,
-        "expires_at": row.expires_at,
-        "prior_attempts": row.prior_attempts,
-    }
-
-
-def dead_params(row: StoredDeadLetter) -> dict[str, Any]:
-    """Parameters of an ``import_dead`` statement (copying between backends)."""
-    return {
-        "id": row.id,
-        "data": row.data,
-        "encoding": row.encoding,
-        "checksum": row.checksum,
-        "priority": row.priority,
-        "attempts": row.attempts,
-        "max_attempts": row.max_attempts,
-        "last_error": row.last_error,
-        "created_at": row.created_at,
-        "updated_at": row.updated_at,
-        "dead_at": row.dead_at,
-        "group_key": row.group_key,
-        "prior_attempts": row.prior_attempts,
-    }
 
 
 def peek_choice(ready: StoredMessage | None, expired: StoredMessage | None) -> StoredMessage | None:

@@ -28,8 +28,6 @@ from .base import (
     StoredDeadLetter,
     StoredDone,
     StoredMessage,
-    dead_params,
-    import_params,
     peek_choice,
 )
 
@@ -82,10 +80,6 @@ class SQLBackend(Backend):
     def _done(self, row: Sequence[Any]) -> StoredDone: ...
 
     @abstractmethod
-    def _body_params(self, data: str | bytes) -> dict[str, Any]:
-        """How a payload is bound in an import statement."""
-
-    @abstractmethod
     def _now(self) -> float | None:
         """The time for the statements about to run, read once the transaction holds its
         locks (PostgreSQL: None, unless a test pins the server's time)."""
@@ -126,18 +120,18 @@ class SQLBackend(Backend):
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _known(self, row: Any, supported: int) -> bool:
-        """Whether the registry row shows the queue exists; raise if its schema is newer
-        than this sqqueue understands."""
+    def _known(self, row: Any, supported: int) -> int | None:
+        """The queue's schema version from its registry row (None: there is none, the
+        queue does not exist); raise if it is newer than this sqqueue understands."""
         if row is None:
-            return False
+            return None
         if row[0] > supported:
             raise StorageError(
                 f"queue {self.name!r} in {self.path!r} has schema version {row[0]}, newer "
                 f"than this sqqueue understands ({supported}); upgrade sqqueue",
                 ErrorKind.STORAGE,
             )
-        return True
+        return int(row[0])
 
     def _one(self, conn: Conn, key: str, params: Any = None) -> Any:
         return conn.execute(self._sql[key], params or {}).fetchone()
@@ -421,22 +415,57 @@ class SQLBackend(Backend):
 
         return self._write(run)
 
-    def import_rows(
-        self,
-        messages: Sequence[tuple[StoredMessage, str]],
-        dead: Sequence[StoredDeadLetter],
-    ) -> None:
+    # -- copying whole tables (copy between databases, salvage) ---------------------------
+
+    @abstractmethod
+    def _copy_columns(self, table: str) -> list[str]:
+        """The columns of one of the copy tables ("messages", "dead", "done", "dedup") as
+        the database has them, the stored payload as one ``payload`` column."""
+
+    @abstractmethod
+    def _export(
+        self, conn: Conn, table: str, after: Any, limit: int, exact: bool = False
+    ) -> list[dict[str, Any]]:
+        """A page of ``table`` (see ``export_rows``), read on ``conn`` (``exact``: the row
+        whose key is ``after``)."""
+
+    @abstractmethod
+    def _import_one(self, conn: Conn, table: str, row: dict[str, Any]) -> None:
+        """Insert one row of ``table`` as exported (``payload`` stored the backend's way)."""
+
+    def export_rows(self, table: str, after: Any, limit: int) -> list[dict[str, Any]]:
+        self._copy_columns(table)  # read (and kept) before the export's transaction
+        return self._read_tx(lambda conn: self._export(conn, table, after, limit))
+
+    def export_row(self, table: str, key: Any) -> dict[str, Any] | None:
+        self._copy_columns(table)
+        rows = self._read_tx(lambda conn: self._export(conn, table, key, 1, exact=True))
+        return rows[0] if rows else None
+
+    def import_rows(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        own = set(self._copy_columns(table))
+        extra = sorted({column for row in rows for column in row} - own)
+        if extra:
+            raise StorageError(
+                f"cannot copy into queue {self.name!r} in {self.path!r}: its {table} table "
+                f"has no column {', '.join(map(repr, extra))}; upgrade sqqueue where the "
+                "target is opened (nothing was copied)",
+                ErrorKind.STORAGE,
+            )
+
         def run(conn: Conn) -> None:
-            now = self._now()
-            self._reserve_ids(conn, max([0, *(r.id for r, _ in messages), *(d.id for d in dead)]))
-            for row, status in messages:
-                params = {**import_params(row, status), **self._body_params(row.data), "now": now}
-                conn.execute(self._sql["import_message"], params)
-            for letter in dead:
-                params = {**dead_params(letter), **self._body_params(letter.data)}
-                conn.execute(self._sql["import_dead"], params)
-            self._count_imported(conn, len(messages), len(dead))
-            self._notify(conn)
+            if table != "dedup":
+                # Every id copied stays taken: the target never hands it out again.
+                self._reserve_ids(conn, max(int(row["id"]) for row in rows))
+            for row in rows:
+                self._import_one(conn, table, row)
+            if table == "messages":
+                self._count_imported(conn, len(rows), 0)
+                self._notify(conn)
+            elif table == "dead":
+                self._count_imported(conn, 0, len(rows))
 
         self._write(run)
 

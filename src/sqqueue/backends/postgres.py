@@ -53,7 +53,7 @@ __all__ = ["SCHEMA_VERSION", "PostgresBackend"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-SCHEMA_VERSION = 2  # 2: a result column in the history table (see UPGRADE_FROM_1)
+SCHEMA_VERSION = sql.SCHEMA_VERSION  # defined with the schema, in postgres_sql
 # Errors after which the whole transaction can simply run again.
 _RETRY = (
     pg_errors.DeadlockDetected,
@@ -269,8 +269,10 @@ class PostgresBackend(SQLBackend):
         schema: str | None = None,
         pool_size: int = 4,
         server_clock: Callable[[], float] | None = None,
+        read_only: bool = False,
     ) -> None:
         self.name = validate_queue_name(name)
+        self.read_only = bool(read_only)
         if schema is not None:
             validate_queue_name(schema)
         self.url = url
@@ -298,6 +300,7 @@ class PostgresBackend(SQLBackend):
         self._listener: threading.Thread | None = None
         self._listening = False
         self._listener_pid: int | None = None  # the server process of the listener, for tests
+        self._column_cache: dict[str, list[str]] = {}
         try:
             self._init_schema(default_max_attempts)
         except StorageError as exc:
@@ -336,6 +339,9 @@ class PostgresBackend(SQLBackend):
             ms = max(int(self._lock_timeout * 1000), 1)
             conn.execute(f"SET lock_timeout = {ms}")
             self._lock_ms[conn] = ms
+            if self.read_only:
+                # Whatever a read-only queue object runs, the server refuses to write it.
+                conn.execute("SET default_transaction_read_only = on")
         except BaseException:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -408,6 +414,8 @@ class PostgresBackend(SQLBackend):
 
         ``single``: ``fn`` runs exactly one statement, which is then its own transaction
         (autocommit): one round trip instead of three (BEGIN, statement, COMMIT)."""
+        if write:
+            self._refuse_writes()
         start = time.monotonic()
         deadline = start + self._lock_timeout
         attempt = 0
@@ -529,26 +537,52 @@ class PostgresBackend(SQLBackend):
     def _write(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         return self._run(fn, write=True)
 
+    def _refuse_writes(self) -> None:
+        """Raise READ_ONLY if this queue object was opened read-only."""
+        if self.read_only:
+            raise StorageError(
+                f"queue {self.name!r} in {self.path!r} was opened read-only (read_only=True), "
+                "so it changes nothing; open it without read_only to change it",
+                ErrorKind.READ_ONLY,
+            )
+
     def _read(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         return self._run(fn, write=False)
 
     # -- schema --------------------------------------------------------------------------
 
-    def _registered(self) -> bool:
-        """Whether the queue exists already: then opening it needs no DDL (nor DDL rights)."""
+    def _registered(self) -> int | None:
+        """The queue's schema version if it exists already (then opening it needs no DDL,
+        nor DDL rights, unless it is older), else None."""
 
-        def look(conn: psycopg.Connection[Any]) -> bool:
+        def look(conn: psycopg.Connection[Any]) -> int | None:
             if conn.execute("SELECT to_regclass('sqqueue_queues')").fetchone() == (None,):
-                return False
+                return None
             row = conn.execute(
                 "SELECT schema_version FROM sqqueue_queues WHERE name = %s", (self.name,)
             ).fetchone()
-            return row is not None and row[0] == SCHEMA_VERSION
+            return self._known(row, SCHEMA_VERSION)
 
         return self._read(look)
 
     def _init_schema(self, default_max_attempts: int) -> None:
-        if self._registered():
+        version = self._registered()
+        if self.read_only:
+            if version is None:
+                raise StorageError(
+                    f"no queue {self.name!r} in {self.path!r}; a read-only queue object does "
+                    "not create one",
+                    ErrorKind.NOT_FOUND,
+                )
+            if version != SCHEMA_VERSION:
+                raise StorageError(
+                    f"queue {self.name!r} in {self.path!r} has the layout of an older sqqueue "
+                    f"(schema {version}); open it once for use to bring it up to date, then "
+                    "read it: opened read-only, it is not changed",
+                    ErrorKind.READ_ONLY,
+                )
+            return
+        if version == SCHEMA_VERSION:
             return
 
         def setup(conn: psycopg.Connection[Any]) -> None:
@@ -561,20 +595,11 @@ class PostgresBackend(SQLBackend):
             row = conn.execute(
                 "SELECT schema_version FROM sqqueue_queues WHERE name = %s", (self.name,)
             ).fetchone()
-            if self._known(row, SCHEMA_VERSION):
-                assert row is not None
-                if row[0] < SCHEMA_VERSION:
-                    self._upgrade(conn, row[0])
+            version = self._known(row, SCHEMA_VERSION)
+            if version is not None:
+                self._upgrade(conn, version)
                 return
-            exists = conn.execute(
-                "SELECT to_regclass(%s) IS NOT NULL", (f'"{self.name}"',)
-            ).fetchone()
-            if exists and exists[0]:
-                raise StorageError(
-                    f"table {self.name!r} exists in {self.path!r} but is not a sqqueue queue; "
-                    "choose another table_name",
-                    ErrorKind.INVALID_INPUT,
-                )
+            self._refuse_taken_names(conn)
             conn.execute(
                 "INSERT INTO sqqueue_queues (name, schema_version, created_at) VALUES "
                 "(%s, %s, coalesce(%s, extract(epoch FROM clock_timestamp())::float8))",
@@ -586,16 +611,70 @@ class PostgresBackend(SQLBackend):
         self._write(setup)
 
     def _upgrade(self, conn: psycopg.Connection[Any], version: int) -> None:
-        """Bring a queue of an older schema version up to date, in the caller's
-        transaction. Every step is idempotent: DDL applied by hand registers version 1."""
+        """Bring a queue of an older schema version up to date, step by step, in the
+        caller's transaction. The first step does nothing where DDL applied by hand (which
+        registered version 1) made the result column already."""
+        if version == SCHEMA_VERSION:
+            return
+        steps: list[str] = []
         if version < 2:
-            for statement in self._q.upgrade_from_1:
-                conn.execute(statement)
+            steps += self._q.upgrade_from_1
+        if version < 3:
+            old = sql.object_names(self.name, version)
+            keys = {
+                role: self._found(conn, sql.PRIMARY_KEY, old[table], f"primary key of {table}")
+                for role, table in sql.PRIMARY_KEYS
+            }
+            sequence = self._found(conn, self._sql["sequence"], None, "id sequence")
+            steps += sql.upgrade_from_2(self._q, keys, sequence)
+        for statement in steps:
+            conn.execute(statement)
         conn.execute(
             "UPDATE sqqueue_queues SET schema_version = %s WHERE name = %s",
             (SCHEMA_VERSION, self.name),
         )
-        logger.info("upgraded queue %r in %s to schema %d", self.name, self.path, SCHEMA_VERSION)
+        logger.info(
+            "upgraded queue %r in %s from schema %d to %d",
+            self.name,
+            self.path,
+            version,
+            SCHEMA_VERSION,
+        )
+
+    def _found(
+        self, conn: psycopg.Connection[Any], statement: str, table: str | None, what: str
+    ) -> str:
+        """The one value ``statement`` finds (about ``table``, if given), for an upgrade."""
+        row = conn.execute(statement, () if table is None else (sql.quote(table),)).fetchone()
+        if row is None or row[0] is None:
+            raise StorageError(
+                f"cannot upgrade queue {self.name!r} in {self.path!r}: its {what} is missing",
+                ErrorKind.STORAGE,
+            )
+        return str(row[0])
+
+    def _refuse_taken_names(self, conn: psycopg.Connection[Any]) -> None:
+        """Refuse a new queue whose table another queue's object has: a queue still using
+        the names of an older sqqueue, or any other table."""
+        exists = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", (sql.quote(self.name),)
+        ).fetchone()
+        if not (exists and exists[0]):
+            return
+        for other, version in conn.execute("SELECT name, schema_version FROM sqqueue_queues"):
+            if self.name in sql.object_names(other, version).values() and other != self.name:
+                raise StorageError(
+                    f"cannot create queue {self.name!r} in {self.path!r}: {self.name!r} is a "
+                    f"table or index of queue {other!r}, which still uses the names of an "
+                    f"older sqqueue; open queue {other!r} once to rename them, then create "
+                    f"{self.name!r}",
+                    ErrorKind.INVALID_INPUT,
+                )
+        raise StorageError(
+            f"table {self.name!r} exists in {self.path!r} but is not a sqqueue queue; "
+            "choose another table_name",
+            ErrorKind.INVALID_INPUT,
+        )
 
     def ddl(self) -> list[str]:
         """The statements that create this queue, for teams that run migrations themselves."""
@@ -743,6 +822,7 @@ class PostgresBackend(SQLBackend):
                 f"on psycopg), got {type(conn).__name__}",
                 ErrorKind.INVALID_INPUT,
             )
+        self._refuse_writes()
         status = conn.info.transaction_status
         # Outside autocommit, psycopg begins the transaction at the first statement, so
         # one that has not run anything yet is joined by ours.
@@ -856,9 +936,50 @@ class PostgresBackend(SQLBackend):
     def _store_text(self, text: str | None) -> str | None:
         return text.replace("\x00", _NUL_STANDIN) if text and "\x00" in text else text
 
-    def _body_params(self, data: str | bytes) -> dict[str, Any]:
-        text, raw = _body(data)
-        return {"text": text, "bytes": raw}
+    def _copy_columns(self, table: str) -> list[str]:
+        columns = self._column_cache.get(table)
+        if columns is None:
+            statement = sql.columns_sql(self._q, table)
+            found = self._read(lambda conn: conn.execute(statement).description)
+            names = [d.name for d in found or ()]
+            # The payload's two columns are one "payload" to a copy, where body_text was.
+            columns = [
+                "payload" if c == sql.PAYLOAD_COLUMNS[0] else c
+                for c in names
+                if c != sql.PAYLOAD_COLUMNS[1]
+            ]
+            self._column_cache[table] = columns
+        return columns
+
+    def _stored_columns(self, table: str) -> list[str]:
+        """The copy columns as the table has them (the payload as its two columns)."""
+        stored: list[str] = []
+        for column in self._copy_columns(table):
+            stored.extend(sql.PAYLOAD_COLUMNS if column == "payload" else (column,))
+        return stored
+
+    def _export(
+        self, conn: psycopg.Connection[Any], table: str, after: Any, limit: int, exact: bool = False
+    ) -> list[dict[str, Any]]:
+        stored = self._stored_columns(table)
+        statement = sql.export_sql(self._q, table, stored, exact)
+        rows = []
+        for raw in conn.execute(statement, {"after": after, "limit": limit}):
+            row = dict(zip(stored, raw, strict=True))
+            if "body_text" in row:
+                row["payload"] = _data(row.pop("body_text"), row.pop("body_bytes"))
+            if row.get("last_error"):
+                row["last_error"] = _restore_nul(row["last_error"])
+            rows.append(row)
+        return rows
+
+    def _import_one(self, conn: psycopg.Connection[Any], table: str, row: dict[str, Any]) -> None:
+        values = dict(row)
+        if "payload" in values:
+            values["body_text"], values["body_bytes"] = _body(values.pop("payload"))
+        if values.get("last_error"):
+            values["last_error"] = self._store_text(values["last_error"])
+        conn.execute(sql.import_sql(self._q, table, list(values)), values)
 
     def _reserve_ids(self, conn: psycopg.Connection[Any], high: int) -> None:
         conn.execute(self._sql["raise_sequence"], {"high": high})
@@ -887,6 +1008,7 @@ class PostgresBackend(SQLBackend):
             for table in ("q", "dlq", "done", "dedup"):
                 c.execute(f"VACUUM {self._q.subst[table]}")
 
+        self._refuse_writes()
         if conn is not None:
             raise StorageError(
                 "vacuum_database(conn) takes no connection on PostgreSQL", ErrorKind.INVALID_INPUT
@@ -897,3 +1019,4 @@ class PostgresBackend(SQLBackend):
     def checkpoint(self, conn: Any = None) -> None:
         """Nothing to do: PostgreSQL checkpoints its WAL by itself."""
         self._get_pool()
+        self._refuse_writes()

@@ -16,6 +16,7 @@ import os
 import random
 import sqlite3
 import stat
+import struct
 import threading
 import time
 import uuid
@@ -39,7 +40,14 @@ from .base import (
 )
 from .common import SQLBackend, _Refused
 
-__all__ = ["MIN_SQLITE_VERSION", "SCHEMA_VERSION", "SQLiteBackend", "check_sqlite_version"]
+__all__ = [
+    "MIN_SQLITE_VERSION",
+    "SCHEMA_VERSION",
+    "SQLiteBackend",
+    "check_sqlite_version",
+    "file_state",
+    "open_read_only",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +60,7 @@ R = TypeVar("R", StoredMessage, StoredDeadLetter, StoredDone)
 LARGE_PAYLOAD = 128 * 1024
 
 MIN_SQLITE_VERSION = (3, 35, 0)  # the oldest release sqqueue supports
-SCHEMA_VERSION = 4  # 2: no insert trigger (UPGRADE_FROM_1); 3: results kept (UPGRADE_FROM_2);
-# 4: updated_at in the ready index (UPGRADE_FROM_3)
+SCHEMA_VERSION = sql.SCHEMA_VERSION  # defined with the schema, in sqlite_sql
 # A clock that reads more than this much earlier than it did has been stepped back.
 _STEP_BACK = 1.0
 _LONGEST_LEASE = 7 * 86400.0  # the queue's longest visibility timeout
@@ -168,11 +175,15 @@ def classify(exc: sqlite3.Error, path: str) -> StorageError:
             ErrorKind.DISK_FULL,
         )
     if name.startswith("SQLITE_READONLY") or "readonly" in lowered:
+        problem = access_problem(path) or "check the file and directory permissions"
         return StorageError(
-            f"cannot write to {path!r}: it is read-only ({text}); check the file and "
-            "directory permissions",
+            f"cannot write to {path!r}: it is read-only ({text}); {problem}",
             ErrorKind.READ_ONLY,
         )
+    if name.startswith("SQLITE_CANTOPEN") or "unable to open" in lowered:
+        denied = access_problem(path, writing=False)
+        if denied is not None:
+            return StorageError(f"cannot open {path!r} ({text}): {denied}", ErrorKind.STORAGE)
     if not_a_database(exc):
         # The header is not SQLite's: another kind of file, or one destroyed from its
         # first page, which no salvage can read.
@@ -206,6 +217,42 @@ def classify(exc: sqlite3.Error, path: str) -> StorageError:
     return StorageError(f"database error on {path!r}: {text}", ErrorKind.STORAGE)
 
 
+# access() as the process (its effective user and, on Linux, its capabilities) acts.
+_EFFECTIVE_IDS = os.access in os.supports_effective_ids
+
+
+def access_problem(path: str, writing: bool = True) -> str | None:
+    """What the permissions keep this process from doing with the database ``path`` and
+    its -wal and -shm files (reading only, unless ``writing``), in words with what to do;
+    None if they allow it."""
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    user = f"this user (uid {os.geteuid()})" if hasattr(os, "geteuid") else "this user"
+    fix = "run as the user that owns the queue file, or give this user access"
+    wanted = [(os.R_OK, "read")] + ([(os.W_OK, "write")] if writing else [])
+    for mode, verb in wanted:
+        for name in (path, f"{path}-wal", f"{path}-shm"):
+            try:
+                info = os.stat(name)
+            except OSError:
+                continue
+            if not os.access(name, mode, effective_ids=_EFFECTIVE_IDS):
+                return (
+                    f"{user} may not {verb} {name} (owner uid {info.st_uid}, mode "
+                    f"{stat.S_IMODE(info.st_mode):04o}); {fix}"
+                )
+    directory = os.path.dirname(os.path.abspath(path))
+    companions = not os.path.exists(f"{path}-shm")
+    if (writing or companions) and not os.access(
+        directory, os.W_OK | os.X_OK, effective_ids=_EFFECTIVE_IDS
+    ):
+        return (
+            f"{user} may not create files in {directory}, where SQLite keeps the database's "
+            f"-wal and -shm files; {fix}"
+        )
+    return None
+
+
 def _space_limit(path: str) -> str | None:
     """Why a write may have failed for lack of space, or None if space looks fine."""
     try:
@@ -229,8 +276,9 @@ def _space_limit(path: str) -> str | None:
     return None
 
 
-def _prepare_path(db_path: str | os.PathLike[str]) -> tuple[str, bool]:
-    """Check the path and create the file owner-only. Returns (path, is_memory)."""
+def _prepare_path(db_path: str | os.PathLike[str], create: bool = True) -> tuple[str, bool]:
+    """Check the path and, if ``create``, create the file owner-only. Returns (path,
+    is_memory)."""
     path = os.fspath(db_path)
     if not isinstance(path, str) or not path:
         raise ValueError("db_path must be a non-empty path to the database file")
@@ -244,22 +292,131 @@ def _prepare_path(db_path: str | os.PathLike[str]) -> tuple[str, bool]:
             f"db_path {path!r} is a directory; give a file path such as "
             f"{os.path.join(path, 'queue.db')!r}"
         )
-    parent = target.parent
+    # Through symlinks: the file is created (and SQLite puts its -wal and -shm) where
+    # the link points, so that is where the mode is set.
+    real = Path(os.path.realpath(path))
+    parent = real.parent
     if not parent.is_dir():
-        raise ValueError(f"cannot create {path!r}: directory {str(parent)!r} does not exist")
-    if not target.exists():
+        where = f" (where the link {path!r} points)" if target.is_symlink() else ""
+        raise ValueError(f"cannot create {path!r}: directory {str(parent)!r}{where} does not exist")
+    if not real.exists():
+        if not create:
+            raise StorageError(f"no database at {path!r}", ErrorKind.NOT_FOUND)
         try:
             # Created here, not by SQLite, so it is readable by its owner only; SQLite gives
             # the -wal and -shm files the same permissions.
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(real, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)
         except FileExistsError:
             pass
         except OSError as exc:
             raise ValueError(f"cannot create {path!r}: {exc.strerror}") from exc
-    elif not stat.S_ISREG(target.stat().st_mode):
+    info = real.stat()
+    if not stat.S_ISREG(info.st_mode):
         raise ValueError(f"db_path {path!r} is not a regular file")
+    if create and info.st_size == 0 and info.st_mode & 0o077:
+        # An empty file (made by `touch`, say) becomes the database now: owner-only, like
+        # one sqqueue creates, and so its -wal and -shm.
+        with contextlib.suppress(OSError):
+            os.chmod(real, 0o600)
+            info = real.stat()
+    _warn_if_shared(path, real, info.st_mode)
     return path, False
+
+
+_warned_shared: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_if_shared(path: str, real: Path, mode: int) -> None:
+    """Log once per file and process when others may read the queue file: SQLite gives
+    its -wal and -shm files the same mode, so they can read every message too."""
+    if not mode & 0o044:
+        return
+    with _warned_lock:
+        if str(real) in _warned_shared:
+            return
+        _warned_shared.add(str(real))
+    logger.warning(
+        "%s is readable by other users (mode %04o), and so are its -wal and -shm files: "
+        "run 'chmod 600 %s' unless they are meant to read the queue",
+        path,
+        stat.S_IMODE(mode),
+        path,
+    )
+
+
+# A file's state, as far as a reader that bypasses SQLite's locking depends on it: the
+# database's inode, size, modification and change times, and the -wal and -shm sizes
+# (-1 when absent).
+FileState = tuple[int, int, int, int, int, int]
+
+
+def file_state(path: str) -> FileState:
+    """The state of the database ``path`` and its -wal and -shm files (see FileState)."""
+    info = os.stat(path)
+    sizes = []
+    for suffix in ("-wal", "-shm"):
+        try:
+            sizes.append(os.stat(path + suffix).st_size)
+        except FileNotFoundError:
+            sizes.append(-1)
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns, sizes[0], sizes[1])
+
+
+def _wal_mode(path: str) -> bool:
+    """Whether the database header says WAL mode (bytes 18 and 19 are 2)."""
+    with open(path, "rb") as file:
+        header = file.read(20)
+    return len(header) == 20 and header[18] == 2 and header[19] == 2
+
+
+def open_read_only(path: str, timeout: float = 5.0) -> tuple[sqlite3.Connection, FileState | None]:
+    """A connection that reads ``path`` without changing anything on disk, and the state
+    its reads depend on (None: SQLite's own locking keeps them consistent).
+
+    SQLite reads a WAL database through its -shm file and creates the -shm and -wal when
+    they are missing, even for a read-only connection, which cannot remove them again;
+    and it cannot create them in a directory the reader may not write. A reader must not
+    leave files behind (another user's process might then be unable to open them). So
+    when there is no -shm and no -wal (or an empty one), which means nobody has the
+    database open and all of it is in the main file, it is read as immutable: the caller
+    checks with :func:`file_state` after each read that nothing changed meanwhile (a
+    writer that starts creates the -wal first), and reads again if it did.
+    """
+    try:
+        state = file_state(path)
+        wal_size, shm_size = state[4], state[5]
+        idle_wal = shm_size < 0 and _wal_mode(path)
+    except OSError as exc:
+        denied = access_problem(path, writing=False)
+        raise StorageError(denied or f"cannot read {path!r}: {exc.strerror}") from exc
+    snapshot: FileState | None = None
+    query = "mode=ro"
+    if idle_wal:
+        if wal_size > 0:
+            raise StorageError(
+                f"cannot read {path!r} without changing it: {path}-wal holds changes not yet "
+                f"copied into the database and there is no {path}-shm (a copied or "
+                f"half-removed file); open the queue once for use, or run 'sqqueue "
+                f"checkpoint {path}', then read it again",
+                ErrorKind.READ_ONLY,
+            )
+        query = "mode=ro&immutable=1"
+        snapshot = state
+    uri = f"{Path(path).resolve().as_uri()}?{query}"
+    try:
+        conn = sqlite3.connect(
+            uri,
+            uri=True,
+            timeout=timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            cached_statements=128,
+        )
+    except sqlite3.Error as exc:
+        raise classify(exc, path) from exc
+    return conn, snapshot
 
 
 class SQLiteBackend(SQLBackend):
@@ -276,12 +433,22 @@ class SQLiteBackend(SQLBackend):
         journal_size_limit: int = 64 * 1024 * 1024,
         clock: Callable[[], float] | None = None,
         policy: Policy | None = None,
+        read_only: bool = False,
+        older_layout: bool = False,
     ) -> None:
+        """``read_only``: create, migrate and write nothing (see ``open_read_only``).
+        ``older_layout`` (with ``read_only``): open a queue of an older sqqueue's layout too,
+        by the names of its version, for ``export_rows`` only (the other reads expect the
+        current columns); salvage reads damaged files of any version this way."""
         check_sqlite_version()
         self.name = validate_queue_name(name)
         if synchronous not in ("normal", "full"):
             raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
-        self.path, self._memory = _prepare_path(db_path)
+        self.read_only = bool(read_only)
+        self._older_layout = bool(older_layout)
+        self.path, self._memory = _prepare_path(db_path, create=not self.read_only)
+        if self._memory and self.read_only:
+            raise ValueError("a private ':memory:' queue cannot be opened read-only")
         self._uri = f"file:/sqqueue-{uuid.uuid4().hex}?vfs=memdb" if self._memory else None
         self.wakeup_key = f"sqlite:{self._uri or os.path.realpath(self.path)}:{self.name}"
         self.policy = policy or Policy()
@@ -307,7 +474,11 @@ class SQLiteBackend(SQLBackend):
         self._anchor: sqlite3.Connection | None = None
         self._watcher: Watcher | None = None
         self._watch_token = object()  # this object's registration with its watcher
+        # Read-only connections opened as immutable, and the file state they depend on.
+        self._snapshots: dict[sqlite3.Connection, FileState] = {}
         self._wal_warned_at = -math.inf
+        self._column_cache: dict[str, list[str]] = {}
+        self._import_sql: dict[tuple[str, tuple[str, ...]], str] = {}
         try:
             if self._memory:
                 # A memdb database lives while one connection is open.
@@ -327,6 +498,11 @@ class SQLiteBackend(SQLBackend):
     # -- connections -------------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
+        if self.read_only:
+            conn, snapshot = open_read_only(self.path, self._lock_timeout)
+            if snapshot is not None:
+                self._snapshots[conn] = snapshot
+            return conn
         conn = sqlite3.connect(
             self._uri or self.path,
             timeout=self._lock_timeout,
@@ -444,6 +620,7 @@ class SQLiteBackend(SQLBackend):
             anchor, self._anchor = self._anchor, None
             watcher, self._watcher = self._watcher, None
         self._close_idle()
+        self._snapshots.clear()
         if watcher is not None:
             watcher.unregister(self._watch_token)
         if anchor is not None:
@@ -488,6 +665,8 @@ class SQLiteBackend(SQLBackend):
         """Run ``fn(conn, *args, **kwargs)`` in one transaction, retrying on lock contention
         until the deadline. (Arguments rather than a closure: one Python call less on
         the hot paths.)"""
+        if self.read_only:
+            return self._run_read_only(fn, write, *args, **kwargs)
         start = deadline = 0.0  # set at the first conflict: the happy path reads no clock
         attempt = 0
         lenient = False
@@ -530,6 +709,60 @@ class SQLiteBackend(SQLBackend):
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return self._run(fn, write=True)
 
+    def _refuse_writes(self) -> None:
+        """Raise READ_ONLY if this queue object was opened read-only."""
+        if self.read_only:
+            raise StorageError(
+                f"queue {self.name!r} in {self.path!r} was opened read-only (read_only=True), "
+                "so it changes nothing; open it without read_only to change it",
+                ErrorKind.READ_ONLY,
+            )
+
+    def _run_read_only(
+        self,
+        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        write: bool,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """``_run`` for a read-only queue: writes are refused; a read through an immutable
+        connection (see :func:`open_read_only`) counts only if the files did not change
+        meanwhile, else it runs again on a connection that goes through the -shm."""
+        if write:
+            self._refuse_writes()
+        for _ in range(100):
+            conn = self._checkout()
+            try:
+                snapshot = self._snapshots.get(conn)
+                if snapshot is not None and file_state(self.path) != snapshot:
+                    self._forget(conn)  # a writer came: read through its -shm from now on
+                    continue
+                try:
+                    result = fn(conn, *args, **kwargs)
+                except BaseException:
+                    self._rollback(conn)
+                    raise
+                if snapshot is None or file_state(self.path) == snapshot:
+                    return result
+                self._forget(conn)
+            except sqlite3.Error as exc:
+                raise classify(exc, self.path) from exc
+            except OSError as exc:
+                raise StorageError(
+                    f"cannot read {self.path!r}: {exc.strerror}", ErrorKind.STORAGE
+                ) from exc
+            finally:
+                self._checkin(conn)
+        raise StorageError(
+            f"could not read {self.path!r}: it kept changing while it was read; retry",
+            ErrorKind.LOCKED,
+        )
+
+    def _forget(self, conn: sqlite3.Connection) -> None:
+        """Drop an immutable connection whose file changed (closed when checked in)."""
+        self._snapshots.pop(conn, None)
+        self._discard(conn)
+
     def _read_tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """A read of several statements, from one snapshot."""
 
@@ -565,6 +798,9 @@ class SQLiteBackend(SQLBackend):
     # -- schema ----------------------------------------------------------------------------
 
     def _init_schema(self, default_max_attempts: int) -> None:
+        if self.read_only:
+            self._look_up_schema()
+            return
         if not self._memory:
             # auto_vacuum only takes effect before the first table exists: new files get
             # incremental vacuum, so maintenance can return free pages in small steps.
@@ -583,10 +819,11 @@ class SQLiteBackend(SQLBackend):
             row = conn.execute(
                 "SELECT schema_version FROM sqqueue_queues WHERE name = ?", (self.name,)
             ).fetchone()
-            if self._known(row, SCHEMA_VERSION):
-                if row[0] < SCHEMA_VERSION:
-                    self._upgrade(conn, row[0])
+            version = self._known(row, SCHEMA_VERSION)
+            if version is not None:
+                self._upgrade(conn, version)
                 return
+            self._refuse_conflicts(conn)
             now = float(self._clock())
             columns = self._table_columns(conn, self.name)
             # Registered first so the count triggers find the row; counted once at the end
@@ -599,7 +836,7 @@ class SQLiteBackend(SQLBackend):
             if not columns:
                 for ddl in self._q.ddl:
                     conn.execute(ddl)
-            elif {"processing_at", "dlq", "visible_at", "status"} <= columns:
+            elif _is_legacy(columns):
                 self._migrate_legacy(conn, now, default_max_attempts)
             else:
                 raise StorageError(
@@ -613,22 +850,120 @@ class SQLiteBackend(SQLBackend):
         self._write(setup)
 
     def _upgrade(self, conn: sqlite3.Connection, version: int) -> None:
-        """Bring a queue of an older schema version up to date, in the caller's
-        transaction. Every step is idempotent: DDL applied by hand registers version 1."""
+        """Bring a queue of an older schema version up to date, step by step, in the
+        caller's transaction. A step whose work DDL applied by hand may have done already
+        (that DDL registered version 1) runs only if it is missing."""
+        if version == SCHEMA_VERSION:
+            return
+        steps: list[str] = []
         if version < 2:
-            for statement in self._q.upgrade_from_1:
-                conn.execute(statement)
-        if version < 3 and "result" not in self._table_columns(conn, self._q.tables["done"]):
-            for statement in self._q.upgrade_from_2:
-                conn.execute(statement)
+            steps += self._q.upgrades[1]
+        done = sql.object_names(self.name, version)["done"]
+        if version < 3 and "result" not in self._table_columns(conn, done):
+            steps += self._q.upgrades[2]
         if version < 4:
-            for statement in self._q.upgrade_from_3:
-                conn.execute(statement)
+            steps += self._q.upgrades[3]
+        if version < 5:
+            steps += self._q.upgrades[4]
+        for statement in steps:
+            conn.execute(statement)
         conn.execute(
             "UPDATE sqqueue_queues SET schema_version = ? WHERE name = ?",
             (SCHEMA_VERSION, self.name),
         )
-        logger.info("upgraded queue %r in %s to schema %d", self.name, self.path, SCHEMA_VERSION)
+        logger.info(
+            "upgraded queue %r in %s from schema %d to %d",
+            self.name,
+            self.path,
+            version,
+            SCHEMA_VERSION,
+        )
+
+    def _look_up_schema(self) -> None:
+        """For a read-only queue: find the queue, change nothing. A queue of an older
+        layout (an older sqqueue's, or 0.1.0's) is refused, as bringing it up to date
+        writes (unless ``older_layout``: then it is read by the names of its version)."""
+
+        def look(conn: sqlite3.Connection) -> int:
+            registry = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sqqueue_queues'"
+            ).fetchone()
+            row = None
+            if registry is not None:
+                row = conn.execute(
+                    "SELECT schema_version FROM sqqueue_queues WHERE name = ?", (self.name,)
+                ).fetchone()
+            version = self._known(row, SCHEMA_VERSION)
+            if version == SCHEMA_VERSION or (version is not None and self._older_layout):
+                return version
+            if version is not None:
+                raise self._not_migrated(f"has the layout of an older sqqueue (schema {version})")
+            if registry is not None:
+                self._refuse_case_conflict(conn)
+            if _is_legacy(self._table_columns(conn, self.name)):
+                raise self._not_migrated("is still in sqqueue 0.1.0's layout")
+            raise StorageError(
+                f"no queue {self.name!r} in {self.path!r}; a read-only queue object does not "
+                "create one",
+                ErrorKind.NOT_FOUND,
+            )
+
+        version = self._read(look)
+        if version != SCHEMA_VERSION:
+            self._q = sql.render(self.name, version)
+            self._sql = self._q.sql
+
+    def _not_migrated(self, what: str) -> StorageError:
+        return StorageError(
+            f"queue {self.name!r} in {self.path!r} {what}; bring it up to date with 'sqqueue "
+            f"migrate {self.path}' (or by opening it once for use), then read it: opened "
+            "read-only, it is not changed",
+            ErrorKind.READ_ONLY,
+        )
+
+    def _refuse_conflicts(self, conn: sqlite3.Connection) -> None:
+        """Refuse a new queue whose tables another queue's would be: a queue whose name
+        differs only in case (SQLite table names ignore case), or a table or index of a
+        queue still using the names of an older sqqueue."""
+        self._refuse_case_conflict(conn)
+        wanted = {name.lower() for name in self._q.tables.values()}
+        for other, version in conn.execute("SELECT name, schema_version FROM sqqueue_queues"):
+            if version >= sql.SEPARATED_NAMES:
+                continue
+            for role, taken in sql.object_names(other, version).items():
+                if taken.lower() in wanted and role not in ("legacy", "legacy_dlq"):
+                    raise StorageError(
+                        f"cannot create queue {self.name!r} in {self.path!r}: {taken!r} is "
+                        f"a table or index of queue {other!r}, which still uses the names of "
+                        f"an older sqqueue; open queue {other!r} once (or run 'sqqueue migrate "
+                        f"{self.path}') to rename them, then create {self.name!r}",
+                        ErrorKind.INVALID_INPUT,
+                    )
+        found = conn.execute(
+            "SELECT type, name FROM sqlite_master WHERE lower(name) = lower(?) AND name <> ?",
+            (self.name, self.name),
+        ).fetchone()
+        if found is not None:
+            raise StorageError(
+                f"{found[0]} {found[1]!r} in {self.path!r} differs only in case from queue "
+                f"name {self.name!r}, and SQLite names ignore case; choose another table_name",
+                ErrorKind.INVALID_INPUT,
+            )
+
+    def _refuse_case_conflict(self, conn: sqlite3.Connection) -> None:
+        """Refuse a queue name that differs only in case from a queue of the file."""
+        same = conn.execute(
+            "SELECT name FROM sqqueue_queues WHERE lower(name) = lower(?) AND name <> ?",
+            (self.name, self.name),
+        ).fetchone()
+        if same is not None:
+            raise StorageError(
+                f"queue name {self.name!r} differs only in case from queue {same[0]!r} in "
+                f"{self.path!r}, and SQLite table names ignore case, so they would share "
+                f"tables; use {same[0]!r} to open that queue, or a name that differs in more "
+                "than case",
+                ErrorKind.INVALID_INPUT,
+            )
 
     @staticmethod
     def _table_columns(conn: sqlite3.Connection, table: str) -> set[str]:
@@ -813,6 +1148,8 @@ class SQLiteBackend(SQLBackend):
         return int(conn.execute(self._sql["insert_plain"], row).lastrowid or 0)
 
     def enqueue(self, messages: Sequence[NewMessage]) -> list[int]:
+        if self.read_only:
+            self._refuse_writes()  # (the single insert below is not a "write" to _run)
         row = self._single_plain(messages)
         if row is not None:
             # A single statement is a transaction of its own (autocommit): it takes the
@@ -830,6 +1167,7 @@ class SQLiteBackend(SQLBackend):
                 ErrorKind.INVALID_INPUT,
             )
         self._check_open()
+        self._refuse_writes()
         try:
             files = [row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"]
             if (
@@ -922,6 +1260,7 @@ class SQLiteBackend(SQLBackend):
 
     def watch(self) -> None:
         self._check_open()
+        self._refuse_writes()  # only consumers and producers wait for changes
         if self._memory:
             return  # a private in-memory queue has no other writers: its signal says it all
         watcher = self._watcher
@@ -941,6 +1280,7 @@ class SQLiteBackend(SQLBackend):
     # -- maintenance -------------------------------------------------------------------
 
     def maintain(self, rounds: int = 1) -> None:
+        self._refuse_writes()
         # Each step is bounded: a few hundred rows or pages per round (at most 16 MiB of
         # pages at once), and a checkpoint that never waits for readers or writers.
         self._prune()
@@ -1029,8 +1369,43 @@ class SQLiteBackend(SQLBackend):
     def _done(self, row: Sequence[Any]) -> StoredDone:
         return _done(row)
 
-    def _body_params(self, data: str | bytes) -> dict[str, Any]:
-        return {"data": data}
+    def _copy_columns(self, table: str) -> list[str]:
+        columns = self._column_cache.get(table)
+        if columns is None:
+            statement = sql.columns_sql(self._q, table)
+            found = self._read(lambda conn: conn.execute(statement).description)
+            columns = self._column_cache[table] = [d[0] for d in found]
+        return columns
+
+    def _export(
+        self, conn: sqlite3.Connection, table: str, after: Any, limit: int, exact: bool = False
+    ) -> list[dict[str, Any]]:
+        columns = self._copy_columns(table)
+        statement = sql.export_sql(self._q, table, columns, exact)
+        rows = []
+        for raw in conn.execute(statement, {"after": after, "limit": limit}):
+            values = iter(raw)
+            row = {}
+            for column in columns:
+                # The payload comes as two values: its bytes, and whether it was text.
+                value = next(values)
+                row[column] = _payload(value, next(values)) if column == "payload" else value
+            if table != "dedup" and row.get("payload", "") is None:
+                body = conn.execute(self._sql["body_get"], {"id": row["id"]}).fetchone()
+                row["payload"] = None if body is None else _payload(body[0], body[1])
+            rows.append(row)
+        return rows
+
+    def _import_one(self, conn: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
+        data = row.get("payload")
+        if table != "dedup" and data is not None and len(data) >= LARGE_PAYLOAD:
+            conn.execute(self._sql["body_put"], {"id": row["id"], "data": data})
+            row = {**row, "payload": None}
+        key = (table, tuple(row))
+        statement = self._import_sql.get(key)
+        if statement is None:
+            statement = self._import_sql[key] = sql.import_sql(self._q, table, list(row))
+        conn.execute(statement, row)
 
     def _reserve_ids(self, conn: sqlite3.Connection, high: int) -> None:
         self.reserve_ids(conn, high)
@@ -1056,7 +1431,10 @@ class SQLiteBackend(SQLBackend):
             except OSError:
                 sizes[key] = 0
         if not self._memory:
-            frames, behind = self._passive_checkpoint(sizes["wal_bytes"])
+            if self.read_only:  # a checkpoint writes to the database: read the WAL index
+                frames, behind = _wal_progress(self.path, sizes["wal_bytes"])
+            else:
+                frames, behind = self._passive_checkpoint(sizes["wal_bytes"])
             sizes.update(wal_frames=frames, wal_frames_not_checkpointed=behind)
         return sizes
 
@@ -1095,6 +1473,8 @@ class SQLiteBackend(SQLBackend):
         return frames, behind
 
     def _with_conn(self, conn: Any, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run maintenance ``fn`` (vacuum, checkpoint) on ``conn`` or on our own."""
+        self._refuse_writes()
         if conn is None:
             return self._read(fn)
         self._check_open()
@@ -1161,6 +1541,32 @@ def _undecodable_text(exc: sqlite3.Error) -> bool:
 def _lenient_text(raw: bytes) -> str:
     """TEXT as str, with bytes that are not UTF-8 replaced by U+FFFD."""
     return raw.decode("utf-8", "replace")
+
+
+def _wal_progress(path: str, wal_bytes: int) -> tuple[int, int]:
+    """(frames in the WAL, frames not yet copied into the database), read from the
+    header of the -shm file without writing anything (https://sqlite.org/walformat.html:
+    two identical copies of the header, mxFrame at byte 16, then nBackfill at byte 96, in
+    the machine's byte order); (0, 0) when there is no WAL index to read."""
+    if not wal_bytes:
+        return 0, 0
+    try:
+        with open(f"{path}-shm", "rb") as file:
+            head = file.read(100)
+    except OSError:
+        return 0, 0
+    if len(head) < 100 or head[:48] != head[48:96]:
+        return 0, 0  # not initialised, or being rewritten right now
+    version, frames = struct.unpack_from("=I", head, 0)[0], struct.unpack_from("=I", head, 16)[0]
+    if version != 3007000 or not head[12]:
+        return 0, 0
+    copied = struct.unpack_from("=I", head, 96)[0]
+    return frames, max(frames - copied, 0)
+
+
+def _is_legacy(columns: set[str]) -> bool:
+    """Whether a table with these columns is a queue in sqqueue 0.1.0's layout."""
+    return {"processing_at", "dlq", "visible_at", "status"} <= columns
 
 
 def _payload(raw: bytes | None, is_text: int | None) -> str | bytes | None:

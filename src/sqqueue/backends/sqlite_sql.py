@@ -10,25 +10,47 @@ Layout of one queue ``q``::
     q          pending (incl. delayed), waiting (behind another message of their group)
                and processing (leased) messages
     q_dlq      dead letters, keeping the id they had in q
-    q_done     completed messages, when the queue keeps a history (retention)
-    q_dedup    deduplication keys of recent enqueues
-    sqqueue_queues   one row per queue: schema version, exact counts, event totals
+    q#done     completed messages, when the queue keeps a history (retention)
+    q#dedup    deduplication keys of recent enqueues
+    q#body     payloads of large messages
+    sqqueue_queues   one row per queue: schema version, creation time
+    sqqueue_counters exact counts and event totals, one row per queue and counter
+
+Every other object of the queue (indexes, triggers) is named ``q#...`` too. Queue names
+cannot contain ``#`` nor end in ``_dlq``, so no queue's name is ever another queue's
+internal object (schema version 5; earlier versions used ``q_done``, ``q_ready``, ...).
+SQLite compares table names without regard to case, so ``Jobs`` and ``jobs`` cannot
+both be queues of one file (see the backend).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from string import Template
 
 __all__ = [
     "COLUMNS",
+    "COPY_TABLES",
     "COUNTERS",
     "DEAD_COLUMNS",
     "DONE_COLUMNS",
     "REGISTRY_DDL",
+    "SCHEMA_VERSION",
+    "UPGRADES",
     "Rendered",
     "redrive_into",
     "render",
 ]
+
+#: The layout version this module creates, recorded per queue in sqqueue_queues:
+#: 2: no insert trigger (UPGRADE_FROM_1); 3: results kept (UPGRADE_FROM_2);
+#: 4: updated_at in the ready index (UPGRADE_FROM_3); 5: internal names "q#..."
+#: (UPGRADE_FROM_4).
+SCHEMA_VERSION = 5
+#: The first version whose internal objects are named "q#..." (see _NAMES).
+SEPARATED_NAMES = 5
+#: A version with the names before SEPARATED_NAMES ("$old_done", ... in the upgrades).
+OLD_NAMES = SEPARATED_NAMES - 1
 
 # One row per queue: its schema version and creation time; and the queues' counters, one
 # row each, named '<queue>#<counter>'.
@@ -82,12 +104,12 @@ READY_INDEX = (
     "WHERE status = 'pending'"
 )
 
-QUEUE_DDL = (
+TABLES_DDL = (
     """
 CREATE TABLE $q (
     id                INTEGER PRIMARY KEY,  -- never reused: see COUNTERS
     payload,                             -- TEXT for str and JSON, BLOB for bytes;
-                                         -- NULL when large: the body is in $body
+                                         -- NULL when large: the body is kept apart
     encoding          TEXT NOT NULL,     -- 'text', 'bytes', 'json' or a serializer name
     checksum          INTEGER,           -- CRC-32 of the stored bytes; NULL for 0.1.0 rows
     -- OR, not IN (...): SQLite checks an IN list of three through a temporary table,
@@ -107,17 +129,10 @@ CREATE TABLE $q (
     expires_at        REAL,              -- never delivered after this (time to live)
     prior_attempts    INTEGER NOT NULL DEFAULT 0  -- attempts before a redrive
 )""",
-    # Serves the claim exactly: ready rows in delivery order, pending rows only. updated_at
-    # is there to tell a message without a delay (see _READY) without reading its row.
-    READY_INDEX,
-    # Serves the fold of expired leases, and waiting consumers' next wake-up.
-    "CREATE INDEX $ix_leases ON $q (lease_expires_at) WHERE status = 'processing'",
-    "CREATE INDEX $ix_expiry ON $q (expires_at) WHERE expires_at IS NOT NULL",
-    "CREATE INDEX $ix_group ON $q (group_key, id) WHERE group_key IS NOT NULL",
     """
 CREATE TABLE $dlq (
     id                INTEGER PRIMARY KEY,  -- the id the message had in $q
-    payload,                                -- NULL: the body is in $body
+    payload,                                -- NULL: the body is kept apart
     encoding          TEXT NOT NULL,
     checksum          INTEGER,
     status            TEXT NOT NULL DEFAULT 'dead',
@@ -134,7 +149,7 @@ CREATE TABLE $dlq (
     """
 CREATE TABLE $done (
     id                INTEGER PRIMARY KEY,  -- the id the message had in $q
-    payload,                                -- NULL: the body is in $body
+    payload,                                -- NULL: the body is kept apart
     encoding          TEXT NOT NULL,
     checksum          INTEGER,
     priority          INTEGER NOT NULL,
@@ -144,7 +159,6 @@ CREATE TABLE $done (
     group_key         TEXT,
     result            TEXT                  -- JSON: what complete(..., result=) kept
 )""",
-    "CREATE INDEX $ix_done ON $done (completed_at)",
     # Large payloads live apart from their message row, so that leasing, failing or
     # moving a message never rewrites (or loads) megabytes. A body goes when its message
     # has left the queue, the dead letters and the history.
@@ -153,6 +167,26 @@ CREATE TABLE $body (
     id                INTEGER PRIMARY KEY,  -- the message's id
     payload           NOT NULL
 )""",
+    """
+CREATE TABLE $dedup (
+    key               TEXT PRIMARY KEY,
+    message_id        INTEGER NOT NULL,
+    expires_at        REAL               -- NULL: for as long as the message exists
+)""",
+)
+
+INDEX_DDL = (
+    # Serves the claim exactly: ready rows in delivery order, pending rows only. updated_at
+    # is there to tell a message without a delay (see _READY) without reading its row.
+    READY_INDEX,
+    # Serves the fold of expired leases, and waiting consumers' next wake-up.
+    "CREATE INDEX $ix_leases ON $q (lease_expires_at) WHERE status = 'processing'",
+    "CREATE INDEX $ix_expiry ON $q (expires_at) WHERE expires_at IS NOT NULL",
+    "CREATE INDEX $ix_group ON $q (group_key, id) WHERE group_key IS NOT NULL",
+    "CREATE INDEX $ix_done ON $done (completed_at)",
+)
+
+TRIGGER_DDL = (
     """
 CREATE TRIGGER $tr_body_q AFTER DELETE ON $q WHEN OLD.payload IS NULL BEGIN
     DELETE FROM $body WHERE id = OLD.id
@@ -171,12 +205,6 @@ CREATE TRIGGER $tr_body_done AFTER DELETE ON $done WHEN OLD.payload IS NULL BEGI
        AND NOT EXISTS (SELECT 1 FROM $q WHERE id = OLD.id)
        AND NOT EXISTS (SELECT 1 FROM $dlq WHERE id = OLD.id);
 END""",
-    """
-CREATE TABLE $dedup (
-    key               TEXT PRIMARY KEY,
-    message_id        INTEGER NOT NULL,
-    expires_at        REAL               -- NULL: for as long as the message exists
-)""",
     # No insert trigger: inserts with the next id are counted as "fresh" (see COUNTERS),
     # and the few paths that insert rows with ids of their own count them in the same
     # transaction (revive, import, salvage). A trigger, even one that does nothing,
@@ -210,6 +238,8 @@ CREATE TRIGGER $tr_dlq_delete AFTER DELETE ON $dlq BEGIN
     UPDATE sqqueue_counters SET n = n - 1 WHERE name = $c_dead;
 END""",
 )
+
+QUEUE_DDL = (*TABLES_DDL, *INDEX_DDL, *TRIGGER_DDL)
 
 COLUMNS = (
     "id, payload, encoding, checksum, priority, attempts, max_attempts, created_at, "
@@ -456,9 +486,9 @@ STATEMENTS = {
     "count_pending": f"SELECT {_QUEUED} - {_PROCESSING}",
     "bump": "UPDATE sqqueue_counters SET n = n + :n WHERE name = :counter",
     # For DDL applied by hand: what opening a new queue does after creating its tables.
-    "register": """
+    "register": f"""
         INSERT INTO sqqueue_queues (name, schema_version, created_at)
-        VALUES ($lit, 1, (julianday('now') - 2440587.5) * 86400.0)""",
+        VALUES ($lit, {SCHEMA_VERSION}, (julianday('now') - 2440587.5) * 86400.0)""",
     "make_counters": f"""
         INSERT OR IGNORE INTO sqqueue_counters (name, n)
         VALUES {", ".join(f"('$name#{c}', 0)" for c in COUNTERS)}""",
@@ -564,18 +594,6 @@ STATEMENTS = {
                            AND (:age IS NULL OR created_at < :now - :age)""",
     "purge_dead": "DELETE FROM $dlq WHERE :age IS NULL OR dead_at < :now - :age",
     "purge_done": "DELETE FROM $done WHERE :age IS NULL OR completed_at < :now - :age",
-    # Copy between databases: rows arrive with their ids.
-    "import_message": """
-        INSERT INTO $q (id, payload, encoding, checksum, status, priority, visible_at,
-                        attempts, max_attempts, last_error, created_at, updated_at,
-                        group_key, expires_at, prior_attempts)
-        VALUES (:id, :data, :encoding, :checksum, :status, :priority, :visible_at,
-                :attempts, :max_attempts, :last_error, :created_at, :now, :group_key,
-                :expires_at, :prior_attempts)""",
-    "import_dead": f"""
-        INSERT INTO $dlq ({DEAD_COLUMNS})
-        VALUES (:id, :data, :encoding, :checksum, :priority, :attempts, :max_attempts,
-                :last_error, :created_at, :updated_at, :dead_at, :group_key, :prior_attempts)""",
     # Retention and dedup upkeep, a bounded number of rows per round.
     "prune_done_age": """
         DELETE FROM $done WHERE id IN (SELECT id FROM $done WHERE completed_at < :now - :age
@@ -598,13 +616,32 @@ LEGACY_EPOCH = "((julianday({col}) - 2440587.5) * 86400.0)"
 _E = LEGACY_EPOCH.format
 # From schema version 1: inserts are no longer counted by a trigger (the code that
 # inserts rows with ids of their own counts them instead, as version 1's trigger did).
-UPGRADE_FROM_1 = ("DROP TRIGGER IF EXISTS $tr_insert",)
+UPGRADE_FROM_1 = ('DROP TRIGGER IF EXISTS "${name}_count_insert"',)
 # From schema version 2: completed messages kept as history can carry a result. Run only
-# when the column is missing (DDL applied by hand registers version 1 with it already).
-UPGRADE_FROM_2 = ("ALTER TABLE $done ADD COLUMN result TEXT",)
+# when the column is missing (DDL applied by hand registered version 1 with it already).
+UPGRADE_FROM_2 = ("ALTER TABLE $old_done ADD COLUMN result TEXT",)
 # From schema version 3: the ready index also holds updated_at, which tells a message
-# without a delay from a delayed one without reading its row (see _READY).
-UPGRADE_FROM_3 = ("DROP INDEX IF EXISTS $ix_ready", READY_INDEX)
+# without a delay from a delayed one without reading its row (see _READY). (The index
+# still has its name of before version 5 then.)
+UPGRADE_FROM_3 = (
+    "DROP INDEX IF EXISTS $old_ix_ready",
+    READY_INDEX.replace("$ix_ready", "$old_ix_ready"),
+)
+# From schema version 4: internal objects named "q#..." (see the module's docstring), so
+# that no valid queue name is taken by another queue's table or index. SQLite cannot
+# rename an index or a trigger: they are dropped and made again (an index build, once).
+UPGRADE_FROM_4 = (
+    *(f"DROP TRIGGER IF EXISTS $old_{key}" for key in ("tr_delete", "tr_high", "tr_group")),
+    *(f"DROP TRIGGER IF EXISTS $old_{key}" for key in ("tr_dlq_insert", "tr_dlq_delete")),
+    *(f"DROP TRIGGER IF EXISTS $old_{key}" for key in ("tr_body_q", "tr_body_dlq", "tr_body_done")),
+    *(f"DROP INDEX IF EXISTS $old_{key}" for key in ("ix_ready", "ix_leases", "ix_expiry")),
+    *(f"DROP INDEX IF EXISTS $old_{key}" for key in ("ix_group", "ix_done")),
+    *(f"ALTER TABLE $old_{key} RENAME TO ${key}" for key in ("done", "dedup", "body")),
+    *INDEX_DDL,
+    *TRIGGER_DDL,
+)
+#: The statements that bring a queue from each older schema version to the next.
+UPGRADES = {1: UPGRADE_FROM_1, 2: UPGRADE_FROM_2, 3: UPGRADE_FROM_3, 4: UPGRADE_FROM_4}
 
 LEGACY_MIGRATION = (
     "ALTER TABLE $q RENAME TO $legacy",
@@ -643,36 +680,54 @@ LEGACY_DEAD_INSERT = f"""
             NULL, 0)"""
 
 
-class Rendered:
-    """The statements of one queue, ready to execute."""
+# The roles of a queue's objects and their names' suffixes. Names are "<queue>#<suffix>"
+# from schema version 5 on (SEPARATED_NAMES); before, "<queue>_<suffix>". Dead letters
+# keep "<queue>_dlq" (0.1.0's name; no queue name may end in "_dlq").
+_NAMES = {
+    "done": "done",
+    "dedup": "dedup",
+    "body": "body",
+    "legacy": "v0",  # a 0.1.0 table while it is migrated
+    "legacy_dlq": "dlq_v0",
+    "ix_ready": "ready",
+    "ix_leases": "leases",
+    "ix_expiry": "expiry",
+    "ix_group": "group",
+    "ix_done": "done_at",
+    "tr_delete": "count_delete",
+    "tr_high": "highest_id",
+    "tr_group": "group_next",
+    "tr_dlq_insert": "dlq_count_insert",
+    "tr_dlq_delete": "dlq_count_delete",
+    "tr_body_q": "body_gc",
+    "tr_body_dlq": "dlq_body_gc",
+    "tr_body_done": "done_body_gc",
+}
 
-    def __init__(self, name: str) -> None:
-        names = {
-            "q": name,
-            "dlq": f"{name}_dlq",
-            "done": f"{name}_done",
-            "dedup": f"{name}_dedup",
-            "body": f"{name}_body",
-            "legacy": f"{name}__sqqueue_v0",
-            "legacy_dlq": f"{name}_dlq__sqqueue_v0",
-            "ix_ready": f"{name}_ready",
-            "ix_leases": f"{name}_leases",
-            "ix_expiry": f"{name}_expiry",
-            "ix_group": f"{name}_group",
-            "ix_done": f"{name}_done_at",
-            "tr_insert": f"{name}_count_insert",
-            "tr_delete": f"{name}_count_delete",
-            "tr_high": f"{name}_highest_id",
-            "tr_group": f"{name}_group_next",
-            "tr_dlq_insert": f"{name}_dlq_count_insert",
-            "tr_dlq_delete": f"{name}_dlq_count_delete",
-            "tr_body_q": f"{name}_body_gc",
-            "tr_body_dlq": f"{name}_dlq_body_gc",
-            "tr_body_done": f"{name}_done_body_gc",
-        }
-        # Names are validated identifiers (letters, digits, underscores): quoting them as
-        # they are is safe, and the literal needs no escaping either.
+
+def object_names(name: str, version: int = SCHEMA_VERSION) -> dict[str, str]:
+    """The names of queue ``name``'s tables, indexes and triggers in schema ``version``."""
+    separator = "#" if version >= SEPARATED_NAMES else "_"
+    names = {"q": name, "dlq": f"{name}_dlq"}
+    names.update({key: f"{name}{separator}{suffix}" for key, suffix in _NAMES.items()})
+    return names
+
+
+class Rendered:
+    """The statements of one queue, ready to execute.
+
+    ``version``: the schema version whose names to use (an older queue can be read as it
+    is, without upgrading it, by a read-only queue object).
+    """
+
+    def __init__(self, name: str, version: int = SCHEMA_VERSION) -> None:
+        names = object_names(name, version)
+        # Names are validated identifiers (letters, digits, underscores) plus '#': quoting
+        # them as they are is safe, and the literal needs no escaping either.
         self.subst = {key: f'"{value}"' for key, value in names.items()}
+        self.subst.update(
+            {f"old_{key}": f'"{value}"' for key, value in object_names(name, OLD_NAMES).items()}
+        )
         self.subst["lit"] = f"'{name}'"
         self.subst["name"] = name
         for counter in COUNTERS:
@@ -681,9 +736,7 @@ class Rendered:
         self.sql = {key: self.fill(sql) for key, sql in STATEMENTS.items()}
         self.ddl = [self.fill(sql) for sql in QUEUE_DDL]
         self.migration = [self.fill(sql) for sql in LEGACY_MIGRATION]
-        self.upgrade_from_1 = [self.fill(sql) for sql in UPGRADE_FROM_1]
-        self.upgrade_from_2 = [self.fill(sql) for sql in UPGRADE_FROM_2]
-        self.upgrade_from_3 = [self.fill(sql) for sql in UPGRADE_FROM_3]
+        self.upgrades = {v: [self.fill(sql) for sql in steps] for v, steps in UPGRADES.items()}
         self.legacy_dead_insert = self.fill(LEGACY_DEAD_INSERT)
         self._complete_sets: dict[int, str] = {}
 
@@ -729,6 +782,41 @@ def schema_script(rendered: Rendered) -> list[str]:
     return [s.strip() for s in statements]
 
 
-def render(name: str) -> Rendered:
-    """Statements for the queue ``name`` (which must already be validated)."""
-    return Rendered(name)
+# -- copying a queue's rows (copy between databases, salvage) ---------------------------
+#: The tables a copy moves, in order: (the template key of the table, the column it is
+#: read in order of). Their columns are read from the database itself, so a column added
+#: to the schema is copied without being listed again anywhere.
+COPY_TABLES = {
+    "messages": ("q", "id"),
+    "dead": ("dlq", "id"),
+    "done": ("done", "id"),
+    "dedup": ("dedup", "key"),
+}
+
+
+def columns_sql(rendered: Rendered, table: str) -> str:
+    """No rows, only the column names of one of COPY_TABLES (in the cursor's description)."""
+    return f"SELECT * FROM {rendered.subst[COPY_TABLES[table][0]]} LIMIT 0"
+
+
+def export_sql(rendered: Rendered, table: str, columns: Sequence[str], exact: bool = False) -> str:
+    """A page of one of COPY_TABLES, every column (the payload as bytes, then whether it
+    was text), in the order of its key, after :after (``exact``: the row whose key is
+    :after, found by a direct lookup)."""
+    key_table, key = COPY_TABLES[table]
+    listed = ", ".join(_PAYLOAD if c == "payload" else f'"{c}"' for c in columns)
+    found = f'"{key}" = :after' if exact else f'"{key}" > :after ORDER BY "{key}"'
+    return f"SELECT {listed} FROM {rendered.subst[key_table]} WHERE {found} LIMIT :limit"
+
+
+def import_sql(rendered: Rendered, table: str, columns: Sequence[str]) -> str:
+    """Insert one copied row (named parameters, one per column) into one of COPY_TABLES."""
+    names = ", ".join(f'"{c}"' for c in columns)
+    values = ", ".join(f":{c}" for c in columns)
+    return f"INSERT INTO {rendered.subst[COPY_TABLES[table][0]]} ({names}) VALUES ({values})"
+
+
+def render(name: str, version: int = SCHEMA_VERSION) -> Rendered:
+    """Statements for the queue ``name`` (which must already be validated), with the
+    object names of schema ``version``."""
+    return Rendered(name, version)
