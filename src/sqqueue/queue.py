@@ -112,7 +112,8 @@ _NO_RESULT: Any = object()  # complete() without a result (None is a result: JSO
 _ROOM_POLL_MIN, _ROOM_POLL_MAX = 0.002, 0.05
 # A waiting consumer sleeps until it is woken (an enqueue in this process, or the watcher
 # seeing another connection's commit: see wakeup.py) or something falls due, re-reading
-# the clock at least this often.
+# the clock at least this often while something is due (with nothing due, a clock jump
+# changes nothing, and an idle consumer sleeps until woken or its wait ends).
 _RECHECK = 1.0
 
 # A wait is a small plan of steps that a driver carries out: ("call", fn) runs a storage
@@ -1147,9 +1148,11 @@ class Queue:
                 until_due = due - self._now()
                 if until_due <= 0:
                     break  # a delayed message fell due or a lease expired: claim it
-                # The clock is read again at least every _RECHECK seconds, so a wait
-                # follows a clock that jumps (a stepped wall clock, a test's fake one).
-                nap = min(remaining, until_due, _RECHECK, max(recheck_at - time.monotonic(), 0))
+                # While something is due, the clock is read again at least every _RECHECK
+                # seconds, so a wait follows a clock that jumps (a stepped wall clock, a
+                # test's fake one).
+                recheck = _RECHECK if until_due < math.inf else math.inf
+                nap = min(remaining, until_due, recheck, max(recheck_at - time.monotonic(), 0))
                 woken = yield ("sleep", nap, seq, seen)
                 if cancelled is not None and cancelled():
                     return []

@@ -107,7 +107,7 @@ class WorkerCore:
         heartbeat: float | None = None,
         task_timeout: float | None = None,
         grace_period: float = 30.0,
-        poll_wait: float = 5.0,
+        poll_wait: float = 30.0,
         handle_signals: bool = True,
         hooks: WorkerHooks | None = None,
         name: str | None = None,
@@ -443,6 +443,9 @@ class Worker(WorkerCore):
       time-in-queue and processing time (statsd timers too when the queue uses statsd).
     - Heartbeat: every ``heartbeat`` seconds (default a third of the lease) the lease of
       each running message is extended, so slow but alive handlers keep their messages.
+    - ``poll_wait``: how long an idle runner waits before it claims again on its own. A
+      message enqueued anywhere wakes it at once (see "Waiting" in the README); the timed
+      claim only backs up a lost wake-up, so the default is long (30 s) and idle is cheap.
     - ``task_timeout``: a handler running longer is abandoned: its message is failed with a
       timeout error (and retried), and a fresh thread takes its place. Python cannot kill
       the thread; if it finishes later, its result is ignored.
@@ -471,8 +474,9 @@ class Worker(WorkerCore):
             for _ in range(self.concurrency):
                 self._spawn()
             heart.start()
-            # A timed wait keeps the main thread responsive to signals everywhere.
-            while not self._stopping.wait(0.2):
+            # A timed wait keeps the main thread responsive to signals everywhere (on
+            # Windows a lock wait is not interrupted by Ctrl-C); a second is short enough.
+            while not self._stopping.wait(1.0):
                 pass
         except BaseException:
             # Interrupted (KeyboardInterrupt without signal handlers): stop at once, giving
