@@ -134,8 +134,8 @@ def test_enqueue_returns_ok_int_ids_in_order(queue: Queue) -> None:
     assert isinstance(first, Ok) and type(first.value) is int
     assert first.value == 1 and second.value == 2
     assert statuses(queue) == [
-        {"id": 1, "status": "pending", "priority": 0, "attempts": 0, "max_attempts": 5},
-        {"id": 2, "status": "pending", "priority": 3, "attempts": 0, "max_attempts": 2},
+        {"id": 1, "status": "ready", "priority": 0, "attempts": 0, "max_attempts": 5},
+        {"id": 2, "status": "ready", "priority": 3, "attempts": 0, "max_attempts": 2},
     ]
 
 
@@ -144,7 +144,7 @@ def test_enqueue_uses_queue_defaults(make_queue: MakeQueue) -> None:
     queue = make_queue(table_name="jobs", default_priority=4, default_max_attempts=9)
     msg_id = ok(queue.enqueue("x"))
     assert statuses(queue) == [
-        {"id": msg_id, "status": "pending", "priority": 4, "attempts": 0, "max_attempts": 9}
+        {"id": msg_id, "status": "ready", "priority": 4, "attempts": 0, "max_attempts": 9}
     ]
 
 
@@ -178,7 +178,7 @@ def test_enqueue_batch_plain_and_tuple_items(queue: Queue, clock: Any) -> None:
     rows = {row["id"]: row for row in statuses(queue)}
     assert rows[1] == {
         "id": 1,
-        "status": "pending",
+        "status": "ready",
         "priority": 0,
         "attempts": 0,
         "max_attempts": 5,
@@ -187,7 +187,7 @@ def test_enqueue_batch_plain_and_tuple_items(queue: Queue, clock: Any) -> None:
     assert rows[4]["status"] == "delayed"
     assert rows[5] == {
         "id": 5,
-        "status": "pending",
+        "status": "ready",
         "priority": 1,
         "attempts": 0,
         "max_attempts": 1,
@@ -346,7 +346,7 @@ def test_fail_message_returns_to_pending(queue: Queue, by: str) -> None:
     message = leased(queue)
     assert queue.fail_message(message if by == "message" else message.id, error="oops") == Ok(None)
     assert statuses(queue) == [
-        {"id": message.id, "status": "pending", "priority": 0, "attempts": 1, "max_attempts": 5}
+        {"id": message.id, "status": "ready", "priority": 0, "attempts": 1, "max_attempts": 5}
     ]
     again = leased(queue)
     assert again.id == message.id and again.last_error == "oops" and again.attempts == 2
@@ -406,7 +406,7 @@ def test_peek_does_not_lease(queue: Queue) -> None:
     assert peeked.attempts == 0
     assert peeked.lease_expires_at is None
     assert ok(queue.peek()).id == peeked.id  # still there
-    assert all(row["status"] == "pending" and row["attempts"] == 0 for row in statuses(queue))
+    assert all(row["status"] == "ready" and row["attempts"] == 0 for row in statuses(queue))
     message = leased(queue)
     assert message.id == peeked.id and message.attempts == 1
     assert ok(queue.peek()).payload == "low"
@@ -532,7 +532,7 @@ def test_reprocess_dead_letter_keeps_id_and_resets_attempts(queue: Queue) -> Non
     assert queue.reprocess_dead_letter(msg_id) == Ok(None)
     assert ok(queue.get_dead_letters()) == []
     assert statuses(queue) == [
-        {"id": msg_id, "status": "pending", "priority": 4, "attempts": 0, "max_attempts": 2}
+        {"id": msg_id, "status": "ready", "priority": 4, "attempts": 0, "max_attempts": 2}
     ]
     again = leased(queue)
     assert (again.id, again.payload, again.attempts) == (msg_id, "poison", 1)
@@ -562,9 +562,9 @@ def test_get_all_statuses_counts_by_status(queue: Queue, clock: Any) -> None:
     assert statuses(queue) == [
         {"id": 1, "status": "dead", "priority": 9, "attempts": 0, "max_attempts": 5},
         {"id": 2, "status": "processing", "priority": 8, "attempts": 1, "max_attempts": 5},
-        {"id": 3, "status": "pending", "priority": 1, "attempts": 0, "max_attempts": 5},
+        {"id": 3, "status": "ready", "priority": 1, "attempts": 0, "max_attempts": 5},
         {"id": 4, "status": "delayed", "priority": 0, "attempts": 0, "max_attempts": 7},
-        {"id": 5, "status": "pending", "priority": -1, "attempts": 0, "max_attempts": 5},
+        {"id": 5, "status": "ready", "priority": -1, "attempts": 0, "max_attempts": 5},
         {"id": 6, "status": "waiting", "priority": -1, "attempts": 0, "max_attempts": 5},
     ]
     counts = ok(queue.get_all_statuses())
@@ -779,7 +779,7 @@ def test_many_queues_in_one_database_are_isolated(make_queue: MakeQueue) -> None
     ok(orders.fail_message(message, send_to_dlq=True))
     assert ok(emails.get_dead_letters()) == []
     assert [d["id"] for d in ok(orders.get_dead_letters())] == [1]
-    assert [r["status"] for r in statuses(emails)] == ["pending"]
+    assert [r["status"] for r in statuses(emails)] == ["ready"]
     orders.close()
     assert leased(emails).payload == "e1"
 
@@ -994,7 +994,7 @@ def test_get_message_finds_a_message_in_any_state(make_queue: MakeQueue, clock: 
     ok(queue.complete(leased(queue)))
     found = {i: ok(queue.get_message(i)) for i in (ready, later, held, dead, done)}
     assert {i: f["status"] for i, f in found.items() if f is not None} == {
-        ready: "pending",
+        ready: "ready",
         later: "delayed",
         held: "processing",
         dead: "dead",

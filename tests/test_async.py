@@ -537,7 +537,7 @@ async def test_cancelled_dequeue_does_not_strand_a_leased_message(
         await task
     # The claim's thread finishes by itself, then gives the message back.
     await eventually(
-        lambda: _statuses_are_like(aq, [(message_id, "pending")]), what="the message back"
+        lambda: _statuses_are_like(aq, [(message_id, "ready")]), what="the message back"
     )
     monkeypatch.setattr(backend, "claim", real_claim)
     message = ok(await aq.dequeue())
@@ -622,7 +622,7 @@ async def test_async_claim_fails_and_reraises(aq: AsyncQueue) -> None:
 
     with pytest.raises(ValueError, match="nope"):
         await fail_in_block()
-    assert await statuses(aq) == [(message_id, "pending", 1)]
+    assert await statuses(aq) == [(message_id, "ready", 1)]
     again = ok(await aq.dequeue())
     assert again.last_error == "ValueError: nope"
 
@@ -953,7 +953,7 @@ async def test_cancelling_async_worker_run_stops_its_runners_and_heartbeat(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 10)
-    assert await statuses(aq) == [(held, "pending", 1)]
+    assert await statuses(aq) == [(held, "ready", 1)]
     others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert [t for t in others if not t.done()] == [], others
 
@@ -980,7 +980,7 @@ async def test_async_worker_stops_gracefully(aq: AsyncQueue) -> None:
     assert time.monotonic() - begin < 15, "stop() waited for the whole grace period"
     assert finished.is_set()
     assert (stats.started, stats.completed) == (1, 1)
-    assert await statuses(aq) == [(next_id, "pending", 0)]
+    assert await statuses(aq) == [(next_id, "ready", 0)]
     assert slow_id not in [s[0] for s in await statuses(aq)]
 
 
@@ -1002,7 +1002,7 @@ async def test_async_worker_requeues_coroutine_running_after_grace(aq: AsyncQueu
     stats = await _stop(w, task)
     assert time.monotonic() - begin < 15, "stop() waited for the coroutine"
     assert stats.completed == 0
-    assert await statuses(aq) == [(message_id, "pending", 1)]
+    assert await statuses(aq) == [(message_id, "ready", 1)]
 
 
 @pytest.mark.asyncio
@@ -1093,7 +1093,7 @@ def test_async_worker_process_stops_gracefully_on_sigterm(
     assert f"finished {slow_id}" in out
     assert "stopped completed=1" in out
     rows = [(r["id"], r["status"], r["attempts"]) for r in message_statuses(queue)]
-    assert rows == [(next_id, "pending", 0)]
+    assert rows == [(next_id, "ready", 0)]
 
 
 # -- a web app ------------------------------------------------------------------------------

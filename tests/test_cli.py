@@ -68,7 +68,7 @@ def one_error_line(result: Result) -> str:
 def counts(db: Path, queue: str = "jobs") -> dict[str, int]:
     with open_queue(db, queue) as q:
         s = q.stats().unwrap()
-    return {"pending": s.pending, "delayed": s.delayed, "processing": s.processing, "dead": s.dead}
+    return {"ready": s.ready, "delayed": s.delayed, "processing": s.processing, "dead": s.dead}
 
 
 def all_commands() -> Iterator[list[str]]:
@@ -156,7 +156,7 @@ def test_bad_queue_name_is_a_one_line_usage_error(db: Path) -> None:
         result = run(*args)
         assert result.exit_code == 2, args
         assert "invalid queue name" in one_error_line(result)
-    assert counts(db)["pending"] == 0
+    assert counts(db)["ready"] == 0
 
 
 def test_unknown_queue_is_named_with_the_queues_there(db: Path) -> None:
@@ -266,7 +266,7 @@ def test_enqueue_bulk_json_bad_line_reports_the_line(db: Path) -> None:
     line = one_error_line(result)
     assert "line 1002" in line
     assert "1000 message(s)" in line
-    assert counts(db)["pending"] == 1000
+    assert counts(db)["ready"] == 1000
 
 
 def test_enqueue_bulk_shows_progress_on_a_terminal(
@@ -276,7 +276,7 @@ def test_enqueue_bulk_shows_progress_on_a_terminal(
     result = run("enqueue", db, "jobs", "-", input="a\nb\nc\n")
     assert result.exit_code == 0
     assert "enqueueing" in result.stderr
-    assert counts(db)["pending"] == 3
+    assert counts(db)["ready"] == 3
 
 
 def test_enqueue_group_ttl_and_dedup_key(db: Path) -> None:
@@ -307,7 +307,7 @@ def test_stats_table_and_json(db: Path) -> None:
     assert "totals since creation" in table.stdout
     data = json.loads(run("stats", db, "--json").stdout)
     jobs = data["queues"]["jobs"]
-    assert (jobs["pending"], jobs["delayed"], jobs["processing"], jobs["dead"]) == (1, 1, 1, 1)
+    assert (jobs["ready"], jobs["delayed"], jobs["processing"], jobs["dead"]) == (1, 1, 1, 1)
     assert jobs["enqueued_total"] == 4
     assert jobs["expiring_soon"] == 0
     assert data["queues"]["emails"]["pending"] == 1
@@ -407,7 +407,7 @@ def test_dequeue_leaves_the_message_leased_then_complete(db: Path) -> None:
     again = run("complete", db, "jobs", "1")
     assert again.exit_code == 1
     assert "not in queue 'jobs'" in one_error_line(again)
-    assert counts(db) == {"pending": 0, "delayed": 0, "processing": 1, "dead": 0}
+    assert counts(db) == {"ready": 0, "delayed": 0, "processing": 1, "dead": 0}
 
 
 def test_dequeue_on_an_empty_queue_prints_nothing(db: Path) -> None:
@@ -424,7 +424,7 @@ def test_complete_a_pending_message_is_refused(db: Path) -> None:
     result = run("complete", db, "jobs", "1")
     assert result.exit_code == 1
     assert "pending" in one_error_line(result)
-    assert counts(db)["pending"] == 1
+    assert counts(db)["ready"] == 1
 
 
 def test_fail_retries_or_dead_letters(db: Path) -> None:
@@ -481,7 +481,7 @@ def test_dlq_redrive_ids_all_and_errors(db: Path) -> None:
     some = run("dlq", "redrive", db, "jobs", "1", "3")
     assert some.exit_code == 0, some.output
     assert some.stdout == "redrove 2 message(s) to queue 'jobs'\n"
-    assert counts(db)["pending"] == 2 and counts(db)["dead"] == 2
+    assert counts(db)["ready"] == 2 and counts(db)["dead"] == 2
     unknown = run("dlq", "redrive", db, "jobs", "1")
     assert unknown.exit_code == 1
     one_error_line(unknown)
@@ -489,7 +489,7 @@ def test_dlq_redrive_ids_all_and_errors(db: Path) -> None:
     assert run("dlq", "redrive", db, "jobs", "2", "--all").exit_code == 2
     everything = run("dlq", "redrive", db, "jobs", "--all")
     assert everything.exit_code == 0
-    assert counts(db) == {"pending": 4, "delayed": 0, "processing": 0, "dead": 0}
+    assert counts(db) == {"ready": 4, "delayed": 0, "processing": 0, "dead": 0}
     with open_queue(db) as q:
         assert {e["id"] for e in q.list_messages("pending").unwrap()} == {1, 2, 3, 4}
 
@@ -502,7 +502,7 @@ def test_dlq_redrive_to_another_queue_with_progress(
     result = run("dlq", "redrive", db, "jobs", "--all", "--to", "retry_jobs", "--create")
     assert result.exit_code == 0, result.output
     assert "redriving" in result.stderr
-    assert counts(db, "retry_jobs")["pending"] == 3
+    assert counts(db, "retry_jobs")["ready"] == 3
     assert counts(db)["dead"] == 0
 
 
@@ -531,7 +531,7 @@ def test_purge_states_and_confirmation(db: Path) -> None:
     refused = run("purge", db, "jobs")
     assert refused.exit_code == 2
     assert "not a terminal" in one_error_line(refused)
-    assert counts(db)["pending"] == 2
+    assert counts(db)["ready"] == 2
     delayed = run("purge", db, "jobs", "--state", "delayed", "--yes")
     assert delayed.stdout == "deleted 1 message(s) from queue 'jobs'\n"
     default = run("purge", db, "jobs", "--yes")
@@ -539,7 +539,7 @@ def test_purge_states_and_confirmation(db: Path) -> None:
     assert counts(db)["dead"] == 1  # the default keeps dead letters
     everything = run("purge", db, "jobs", "--state", "all", "-y")
     assert everything.stdout == "deleted 1 message(s) from queue 'jobs'\n"
-    assert counts(db) == {"pending": 0, "delayed": 0, "processing": 0, "dead": 0}
+    assert counts(db) == {"ready": 0, "delayed": 0, "processing": 0, "dead": 0}
 
 
 # -- the file -----------------------------------------------------------------------------------
@@ -598,7 +598,7 @@ def test_salvage_copies_and_refuses_an_existing_target(db: Path, tmp_path: Path)
     assert result.exit_code == 0, result.output
     assert "jobs: 2 message(s), 0 dead letter(s)" in result.stdout
     assert "emails: 0 message(s), 1 dead letter(s)" in result.stdout
-    assert counts(target)["pending"] == 2
+    assert counts(target)["ready"] == 2
     again = run("salvage", db, target)
     assert again.exit_code == 1
     assert "already exists" in one_error_line(again)
@@ -811,7 +811,7 @@ def test_process_worker_runs_handler_and_stops_on_sigterm(db: Path, tmp_path: Pa
     try:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            if counts(db) == {"pending": 0, "delayed": 0, "processing": 0, "dead": 1}:
+            if counts(db) == {"ready": 0, "delayed": 0, "processing": 0, "dead": 1}:
                 break
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
@@ -851,11 +851,11 @@ def test_process_metrics_serve_answers_on_loopback(db: Path) -> None:
     pending = {
         s.labels["queue"]: s.value
         for s in families["sqqueue_messages"].samples
-        if s.labels["state"] == "pending"
+        if s.labels["state"] == "ready"
     }
     assert pending == {"jobs": 2.0, "emails": 1.0}
     assert "sqqueue_enqueued" in families
-    assert "sqqueue_oldest_pending_age_seconds" in families
+    assert "sqqueue_oldest_ready_age_seconds" in families
     behind = {
         s.labels["queue"]: s.value for s in families["sqqueue_wal_frames_not_checkpointed"].samples
     }
@@ -875,7 +875,7 @@ def test_copy_between_files_keeps_ids_and_counts(tmp_path: Path) -> None:
     assert "emails: 2 message(s), 1 dead letter(s)" in result.output
     with SQLiteQueue(target, table_name="emails") as copied:
         statuses = {s["id"]: s["status"] for s in message_statuses(copied)}
-    assert statuses == {ids[0]: "dead", ids[1]: "pending", ids[2]: "pending"}
+    assert statuses == {ids[0]: "dead", ids[1]: "ready", ids[2]: "ready"}
     again = run("copy", f"sqlite:///{source}", f"sqlite:///{target}")
     assert again.exit_code == 0, again.output
     assert "emails: 2 message(s), 1 dead letter(s) (already copied: nothing to do)" in again.output

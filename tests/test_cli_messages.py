@@ -118,7 +118,7 @@ def test_redrive_to_a_new_queue_with_create(db: Path) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout == "redrove 2 message(s) to queue 'emails_retry'\n"
     assert list_queues(db).unwrap() == ["emails", "emails_retry"]
-    assert set(statuses(db, "emails_retry").values()) == {"pending"}
+    assert set(statuses(db, "emails_retry").values()) == {"ready"}
     assert run("dlq", "redrive", db, "emails", "--all", "--create").exit_code == 2
 
 
@@ -187,7 +187,7 @@ def test_copy_stopped_part_way_says_what_to_do_and_resumes(
     )
     for name in ("a", "b"):
         assert statuses(target, name) == {
-            i: "pending" if s == "processing" else s for i, s in statuses(source, name).items()
+            i: "ready" if s == "processing" else s for i, s in statuses(source, name).items()
         }
 
 

@@ -280,7 +280,7 @@ def test_dead_letters_redrive_delete_and_purge_through_forms(queue_target: Queue
                 "The background redrive finished: 3" in client.get("/queues/jobs?state=dead").text
             )
             statuses = {row["id"]: row["status"] for row in queue.list_messages("all").unwrap()}
-            assert all(statuses[i] == "pending" for i in [*ids[:2], *more])
+            assert all(statuses[i] == "ready" for i in [*ids[:2], *more])
             # A redrive of an id that is no longer dead says so.
             answer = confirm_and_post(client, f"/queues/jobs/confirm?action=redrive&id={ids[0]}")
             assert flash_text(client, answer).startswith(

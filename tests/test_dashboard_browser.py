@@ -254,7 +254,7 @@ def test_a_dead_letter_is_redriven_through_the_ui(watched: Watched, served: Serv
     expect(page.locator(f'tr[data-id="{ids[1]}"]')).to_have_count(1)
     queue = open_queue(served.target)
     try:
-        assert queue.get_message(ids[0]).unwrap()["status"] == "pending"
+        assert queue.get_message(ids[0]).unwrap()["status"] == "ready"
     finally:
         queue.close()
 

@@ -205,7 +205,7 @@ def test_claim_block_that_ends_the_lease_itself_does_not_raise(queue: Queue) -> 
         assert message is not None and message.id == second
         ok(queue.release(message))
     assert status_of(queue, first) == "delayed"
-    assert status_of(queue, second) == "pending"
+    assert status_of(queue, second) == "ready"
 
 
 # -- full queues ------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from sqqueue import (
 
 MakeQueue = Callable[..., Queue]
 SRC = Path(__file__).resolve().parents[1] / "src"
-STATES = ("pending", "delayed", "waiting", "processing", "dead")
+STATES = ("ready", "delayed", "waiting", "processing", "dead")
 
 
 @pytest.fixture(autouse=True)
@@ -207,7 +207,7 @@ def test_dedup_window_exists_lasts_while_message_or_dead_letter_exists(
     second = ok(queue.enqueue("b", dedup_key="k"))
     assert second != first
     assert ok(queue.enqueue("b2", dedup_key="k")) == second
-    assert statuses(queue) == {second: "pending"}
+    assert statuses(queue) == {second: "ready"}
     check_counts(queue)
 
 
@@ -350,17 +350,17 @@ def test_groups_deliver_one_at_a_time_in_order(make_queue: MakeQueue) -> None:
     b = [ok(queue.enqueue(f"b{i}", group="B")) for i in range(2)]
     plain = ok(queue.enqueue("plain"))
     assert statuses(queue) == {
-        a[0]: "pending",
+        a[0]: "ready",
         a[1]: "waiting",
         a[2]: "waiting",
-        b[0]: "pending",
+        b[0]: "ready",
         b[1]: "waiting",
-        plain: "pending",
+        plain: "ready",
     }
     stats = ok(queue.stats())
     assert (stats.pending, stats.waiting, stats.depth) == (3, 3, 6)
     assert ids_in(queue, "waiting") == [a[1], a[2], b[1]]
-    assert ids_in(queue, "pending") == [a[0], b[0], plain]
+    assert ids_in(queue, "ready") == [a[0], b[0], plain]
     waiting_row = ok(queue.list_messages("waiting"))[0]
     assert waiting_row["status"] == "waiting"
     assert waiting_row["group"] == "A"
@@ -373,7 +373,7 @@ def test_groups_deliver_one_at_a_time_in_order(make_queue: MakeQueue) -> None:
     check_counts(queue)
 
     ok(queue.complete(batch[0]))
-    assert statuses(queue)[a[1]] == "pending"
+    assert statuses(queue)[a[1]] == "ready"
     assert statuses(queue)[a[2]] == "waiting"
     assert take(queue).id == a[1]
     nothing(queue)  # a2 waits for a1, b1 for b0
@@ -390,7 +390,7 @@ def test_list_messages_all_reports_waiting(make_queue: MakeQueue) -> None:
     blocked = ok(queue.enqueue("w", group="G"))
     later = ok(queue.enqueue("d", delay=100))
     listed = {row["id"]: row["status"] for row in ok(queue.list_messages("all"))}
-    assert listed == statuses(queue) == {head: "pending", blocked: "waiting", later: "delayed"}
+    assert listed == statuses(queue) == {head: "ready", blocked: "waiting", later: "delayed"}
 
 
 def test_group_priorities_apply_across_groups_not_within(make_queue: MakeQueue) -> None:
@@ -420,7 +420,7 @@ def test_group_failed_head_stays_head(make_queue: MakeQueue, clock: FakeClock) -
     nxt = ok(queue.enqueue("next", group="G"))
     message = take(queue)
     ok(queue.fail_message(message, error="try again", delay=0))
-    assert statuses(queue) == {head: "pending", nxt: "waiting"}
+    assert statuses(queue) == {head: "ready", nxt: "waiting"}
     message = take(queue)
     assert (message.id, message.attempts) == (head, 2)
     ok(queue.fail_message(message, error="later", delay=10))
@@ -446,7 +446,7 @@ def test_group_dead_letter_does_not_block(make_queue: MakeQueue, clock: FakeCloc
     g = [ok(queue.enqueue(f"g{i}", group="G")) for i in range(4)]
     first = take(queue)
     ok(queue.fail_message(first, error="boom"))  # last attempt -> dead
-    assert statuses(queue) == {g[0]: "dead", g[1]: "pending", g[2]: "waiting", g[3]: "waiting"}
+    assert statuses(queue) == {g[0]: "dead", g[1]: "ready", g[2]: "waiting", g[3]: "waiting"}
     second = take(queue, visibility_timeout=5)
     assert second.id == g[1]
     clock.advance(6)  # its only lease runs out: dead letter
@@ -458,7 +458,7 @@ def test_group_dead_letter_does_not_block(make_queue: MakeQueue, clock: FakeCloc
     assert statuses(queue) == dict.fromkeys(g[:2] + g[3:], "dead")
     check_counts(queue)
     after = ok(queue.enqueue("after", group="G"))  # the group is empty again: no wait
-    assert statuses(queue)[after] == "pending"
+    assert statuses(queue)[after] == "ready"
     assert take(queue).id == after
 
 
@@ -855,7 +855,7 @@ def test_purge_lists_older_than_and_validation(make_queue: MakeQueue, clock: Fak
     err(queue.purge("pending", older_than=-1), ErrorKind.INVALID_INPUT)
     assert statuses(queue) == before
     assert ok(queue.purge(["pending", "dead"], older_than=50)) == 3
-    assert statuses(queue) == {new: "pending", new_dead: "dead"}
+    assert statuses(queue) == {new: "ready", new_dead: "dead"}
     assert not set(old) & set(statuses(queue))
     assert ok(queue.purge(["pending", "dead"], older_than=timedelta(hours=1))) == 0
     check_counts(queue)
@@ -867,10 +867,10 @@ def test_purge_of_group_head_releases_next(make_queue: MakeQueue) -> None:
     queue = make_queue(table_name="jobs")
     g = [ok(queue.enqueue(f"g{i}", group="G")) for i in range(3)]
     assert ok(queue.purge("pending")) == 1
-    assert statuses(queue) == {g[1]: "pending", g[2]: "waiting"}
+    assert statuses(queue) == {g[1]: "ready", g[2]: "waiting"}
     take(queue)
     assert ok(queue.purge("processing")) == 1
-    assert statuses(queue) == {g[2]: "pending"}
+    assert statuses(queue) == {g[2]: "ready"}
     h = [ok(queue.enqueue(f"h{i}", group="H")) for i in range(3)]
     assert statuses(queue)[h[1]] == "waiting"
     assert ok(queue.purge(["pending", "waiting"])) == 4
@@ -896,7 +896,7 @@ def test_redrive_back_to_same_queue(make_queue: MakeQueue) -> None:
     queue = make_queue(table_name="jobs", default_max_attempts=2)
     ids = _dead_letters(queue, ["a", "b", "c"], attempts=2)
     assert ok(queue.redrive(ids=[ids[1]])) == 1
-    assert statuses(queue) == {ids[0]: "dead", ids[1]: "pending", ids[2]: "dead"}
+    assert statuses(queue) == {ids[0]: "dead", ids[1]: "ready", ids[2]: "dead"}
     assert ok(queue.redrive()) == 2
     rows = ok(queue.list_messages("pending"))
     assert [r["id"] for r in rows] == ids
@@ -946,7 +946,7 @@ def test_redrive_errors(make_queue: MakeQueue) -> None:
     err(queue.redrive(ids=[alive]), ErrorKind.NOT_FOUND)
     result = queue.redrive(to_queue="nope")
     assert isinstance(result, Err)
-    assert statuses(queue) == {ids[0]: "dead", alive: "pending"}
+    assert statuses(queue) == {ids[0]: "dead", alive: "ready"}
     err(queue.redrive(rate=0), ErrorKind.INVALID_INPUT)
     check_counts(queue)
 
@@ -967,7 +967,7 @@ def test_redrive_rate_and_progress(make_queue: MakeQueue) -> None:
     assert len(calls) > 1
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
     assert all(t == 20 for _, t in calls)
-    assert statuses(queue) == dict.fromkeys(ids, "pending")
+    assert statuses(queue) == dict.fromkeys(ids, "ready")
     check_counts(queue)
 
 
@@ -980,7 +980,7 @@ def test_delete_dead_letters(make_queue: MakeQueue) -> None:
     ids = _dead_letters(queue, ["a", "b", big], attempts=1)
     alive = ok(queue.enqueue("alive"))
     assert ok(queue.delete_dead_letters([ids[0], ids[2], ids[2], alive, 999_999])) == 2
-    assert statuses(queue) == {ids[1]: "dead", alive: "pending"}
+    assert statuses(queue) == {ids[1]: "dead", alive: "ready"}
     assert ok(queue.get_message(ids[2])) is None
     assert ok(queue.delete_dead_letters([ids[0]])) == 0
     assert ok(queue.delete_dead_letters([])) == 0
@@ -988,7 +988,7 @@ def test_delete_dead_letters(make_queue: MakeQueue) -> None:
     err(queue.delete_dead_letters([-1]), ErrorKind.INVALID_INPUT)
     err(queue.delete_dead_letters([True]), ErrorKind.INVALID_INPUT)
     err(queue.delete_dead_letters(list(range(10_001))), ErrorKind.INVALID_INPUT)
-    assert statuses(queue) == {ids[1]: "dead", alive: "pending"}
+    assert statuses(queue) == {ids[1]: "dead", alive: "ready"}
     assert ok(queue.stats()).dead == 1
     check_counts(queue)
 
@@ -1053,7 +1053,7 @@ def test_max_depth_wait_until_room(make_queue: MakeQueue) -> None:
     elapsed = time.monotonic() - started
     thread.join(5)
     assert 0.15 <= elapsed < 4, elapsed
-    assert statuses(queue) == {second: "pending"}
+    assert statuses(queue) == {second: "ready"}
 
 
 def test_max_depth_wait_gives_up(make_queue: MakeQueue) -> None:
@@ -1090,7 +1090,7 @@ def test_outbox_commits_with_callers_rows(
     assert ok(sqlite_queue.enqueue_in(app_conn, {"order": 42}, dedup_key="order-42")) == message_id
     assert statuses(sqlite_queue) == {}  # not committed yet
     app_conn.commit()
-    assert statuses(sqlite_queue) == {message_id: "pending"}
+    assert statuses(sqlite_queue) == {message_id: "ready"}
     message = take(sqlite_queue)
     assert message.payload == {"order": 42}
     assert ok(sqlite_queue.stats()).enqueued_total == 1
@@ -1166,3 +1166,42 @@ def test_outbox_errors(sqlite_queue: SQLiteQueue, db_path: Path, tmp_path: Path)
         idle.close()
         elsewhere.close()
     assert statuses(sqlite_queue) == {}
+
+
+def test_glossary_words_mean_the_same_in_stats_listings_purge_and_dicts(
+    make_queue: MakeQueue, clock: FakeClock
+) -> None:
+    """ready = can be dequeued now; delayed = not before a time; pending = both (0.1.0's
+    word); depth = every live message. Stats, list_messages, purge, get_message and
+    get_all_statuses all use the words that way."""
+    queue = make_queue(table_name="words")
+    leased = ok(queue.enqueue("leased"))
+    later = ok(queue.enqueue("later", delay=600))
+    doomed = ok(queue.enqueue("doomed"))
+    first, second = ok(queue.dequeue_batch(3))  # later is not due yet
+    assert (first.id, second.id) == (leased, doomed)
+    ok(queue.fail_message(second, send_to_dlq=True, error="x"))
+    ready = ok(queue.enqueue("ready"))
+
+    stats = ok(queue.stats())
+    assert (stats.ready, stats.delayed, stats.processing, stats.dead) == (1, 1, 1, 1)
+    assert stats.pending == stats.ready + stats.delayed == 2
+    assert stats.depth == 3
+    assert stats.to_dict()["pending"] == 2 and stats.to_dict()["ready"] == 1
+    assert ok(queue.get_all_statuses())["pending"] == 2
+
+    def listed(state: str) -> dict[int, str]:
+        return {row["id"]: row["status"] for row in ok(queue.list_messages(state))}
+
+    assert listed("ready") == {ready: "ready"}
+    assert listed("delayed") == {later: "delayed"}
+    assert listed("pending") == {ready: "ready", later: "delayed"}
+    assert ok(queue.get_message(ready))["status"] == "ready"
+    assert ok(queue.get_message(later))["status"] == "delayed"
+    assert ok(queue.get_message(leased))["status"] == "processing"
+
+    (dead,) = ok(queue.list_messages("dead"))
+    assert dead["enqueued_at"] == dead["created_at"]  # the glossary's key, and 0.1.0's
+
+    assert ok(queue.purge("pending")) == 2  # ready and delayed, not the leased one
+    assert {row["id"] for row in ok(queue.list_messages("all"))} == {leased}

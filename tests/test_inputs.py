@@ -436,7 +436,7 @@ def test_bad_visibility_timeout_is_err(queue: Queue, timeout: Any) -> None:
         queue.dequeue_batch(5, visibility_timeout=timeout), ErrorKind.INVALID_INPUT, "visibility"
     )
     assert isinstance(error, DequeueError)
-    assert message_statuses(queue)[0]["status"] == "pending"  # nothing was leased
+    assert message_statuses(queue)[0]["status"] == "ready"  # nothing was leased
     message = leased(queue)
     error = expect_err(queue.extend(message, timeout), ErrorKind.INVALID_INPUT, "seconds")
     assert isinstance(error, RequeueError)
@@ -447,7 +447,7 @@ def test_bad_batch_size_is_err(queue: Queue, size: Any) -> None:
     """batch_size must be an int from 1 to a sane maximum."""
     ok(queue.enqueue("x"))
     expect_err(queue.dequeue_batch(size), ErrorKind.INVALID_INPUT, "batch_size")
-    assert message_statuses(queue)[0]["status"] == "pending"
+    assert message_statuses(queue)[0]["status"] == "ready"
 
 
 @pytest.mark.parametrize("attempts", [0, -1, True, 1.5, 10**12, "3"])

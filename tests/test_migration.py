@@ -78,8 +78,8 @@ def open_legacy(
 
 
 def expected_status(row: dict[str, Any], now: float) -> str:
-    if row["status"] == "pending" and legacy_time(row["visible_at"]) > now:
-        return "delayed"
+    if row["status"] == "pending":  # stored by 0.1.0; the glossary splits it by time
+        return "delayed" if legacy_time(row["visible_at"]) > now else "ready"
     return str(row["status"])
 
 
@@ -113,7 +113,7 @@ def test_every_message_keeps_its_state(open_legacy: Callable[[str], SQLiteQueue]
     assert [statuses[i] for i in (1, 2, 5, 11, 12)] == [
         "processing",
         "processing",
-        "pending",
+        "ready",
         "processing",
         "delayed",
     ]
@@ -257,7 +257,7 @@ def test_dead_lettering_id_1_later_works(open_legacy: Callable[[str], SQLiteQueu
     assert sorted(d["payload"] for d in dead.values()) == ["order-1", "order-3"]
     assert orders.reprocess_dead_letter(1) == Ok(None)
     row = next(r for r in message_statuses(orders) if r["id"] == 1)
-    assert (row["status"], row["attempts"]) == ("pending", 0)
+    assert (row["status"], row["attempts"]) == ("ready", 0)
 
 
 def test_integrity_check_ok(open_legacy: Callable[[str], SQLiteQueue], legacy_db: Path) -> None:
@@ -460,7 +460,7 @@ def test_a_schema_3_queue_is_upgraded_and_its_messages_stay_as_they_were(
         (sqlite_backend.SCHEMA_VERSION,)
     ]
     stats = queue.stats().unwrap()
-    assert (stats.pending, stats.delayed, stats.processing, stats.waiting, stats.dead) == (
+    assert (stats.ready, stats.delayed, stats.processing, stats.waiting, stats.dead) == (
         1,
         1,
         2,

@@ -543,8 +543,8 @@ class QueueMachine(RuleBasedStateMachine):
             if rec.status == "completed":
                 continue
             status = rec.status
-            if status == "pending" and rec.visible_at > self.now:
-                status = "delayed"
+            if status == "pending":  # the model's word; the queue says which of the two
+                status = "delayed" if rec.visible_at > self.now else "ready"
             expected.append(
                 {
                     "id": i,

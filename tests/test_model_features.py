@@ -30,7 +30,7 @@ from sqqueue import Item, Message, Ok, SQLiteQueue
 
 MAX_ATTEMPTS = 2
 LEASE = 1000.0
-STATES = ("pending", "delayed", "waiting", "processing", "dead")
+STATES = ("ready", "delayed", "waiting", "processing", "dead")
 
 groups = st.sampled_from([None, None, "a", "b"])
 keys = st.sampled_from([None, None, "k1", "k2", "k3"])
@@ -118,7 +118,7 @@ class FeatureMachine(RuleBasedStateMachine):
             return "processing"
         if not self.is_head(m):
             return "waiting"
-        return "delayed" if m.visible_at > self.clock() else "pending"
+        return "delayed" if m.visible_at > self.clock() else "ready"
 
     def model_enqueue(
         self, priority: int, group: str | None, key: str | None, ttl: float | None

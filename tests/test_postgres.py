@@ -619,7 +619,7 @@ def test_connection_lost_during_commit_is_unknown_outcome(
     elif operation == "complete":
         assert after == []
     else:
-        assert [(r["status"], r["attempts"]) for r in after] == [("pending", 1)]
+        assert [(r["status"], r["attempts"]) for r in after] == [("ready", 1)]
     assert after != before
     # The queue goes on working on the same connections.
     assert isinstance(queue.enqueue("afterwards"), Ok)
@@ -798,7 +798,7 @@ def _picture(queue: Queue) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]
         (
             r["id"],
             r["payload"],
-            "pending" if r["status"] == "processing" else r["status"],
+            "ready" if r["status"] == "processing" else r["status"],
             r["priority"],
             r["attempts"],
             r["max_attempts"],

@@ -45,7 +45,7 @@ def test_slow_work_retries_and_dead_letters(tmp_path: Path, worth_retrying: bool
     if worth_retrying:
         assert (row["status"], row["attempts"]) == ("delayed", 1)  # retried in 30 s
     else:
-        assert (row["status"], row["attempts"]) == ("pending", 0)  # dead, then reprocessed
+        assert (row["status"], row["attempts"]) == ("ready", 0)  # dead, then reprocessed
 
 
 def test_outbox_recipes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -327,7 +327,7 @@ def _fold_back(make_queue: MakeQueue, clock: Any) -> tuple[Queue, Queue, Message
     clock.advance(10)
     assert leased(b).payload == "urgent"  # this dequeue folded A's lease back
     contested = next(row for row in message_statuses(b) if row["id"] == stale.id)
-    assert contested["status"] == "pending"
+    assert contested["status"] == "ready"
     return a, b, stale
 
 
@@ -526,8 +526,8 @@ def test_recover_processing_messages_count(queue: Queue, clock: Any) -> None:
     assert queue.recover_processing_messages() == Ok(3)
     statuses = {row["id"]: row["status"] for row in message_statuses(queue)}
     assert statuses == {
-        short[0].id: "pending",
-        short[1].id: "pending",
+        short[0].id: "ready",
+        short[1].id: "ready",
         short[2].id: "dead",
         long.id: "processing",
     }
@@ -542,7 +542,7 @@ def test_recover_processing_messages_count(queue: Queue, clock: Any) -> None:
 
 def _counts(queue: Queue) -> tuple[int, int, int, int]:
     stats = ok(queue.stats())
-    return stats.pending + stats.delayed, stats.processing, stats.dead, stats.enqueued_total
+    return stats.pending, stats.processing, stats.dead, stats.enqueued_total
 
 
 def test_ids_are_never_reused_even_when_the_newest_message_leaves(
@@ -589,7 +589,7 @@ def test_counts_stay_exact_through_every_way_in_and_out(make_queue: MakeQueue) -
     assert ok(queue.redrive(to_queue="counted_other")) == 1
     assert _counts(queue) == (8, 1, 0, 11)
     assert _counts(other) == (1, 0, 0, 1)
-    assert ok(queue.purge("pending")) == 7
+    assert ok(queue.purge("ready")) == 7
     assert _counts(queue) == (1, 1, 0, 11)
     ok(queue.enqueue("after"))
     assert _counts(queue) == (2, 1, 0, 12)

@@ -307,7 +307,7 @@ def test_cancelled_wait_leaves_later_messages_alone(queue: Queue) -> None:
     queue.wake_waiters()
     assert ok(waiter.join(2)) is None
     message_id = ok(queue.enqueue("after"))
-    assert status_of(queue, message_id)["status"] == "pending"
+    assert status_of(queue, message_id)["status"] == "ready"
 
 
 def test_wake_waiters_without_cancel_keeps_waiting(queue: Queue) -> None:
@@ -666,7 +666,7 @@ def test_explicit_delay_overrides_policy(make_queue: MakeQueue, clock: Any) -> N
     queue = make_queue(table_name="jobs", retry=RetryPolicy.fixed(300))
     message_id = ok(queue.enqueue("job"))
     _fail_once(queue, delay=0)
-    assert status_of(queue, message_id)["status"] == "pending"
+    assert status_of(queue, message_id)["status"] == "ready"
     _fail_once(queue, delay=5)
     clock.advance(4.9)
     assert ok(queue.dequeue()) is None
@@ -737,7 +737,7 @@ def test_release_does_not_count_the_attempt(queue: Queue) -> None:
         assert message.attempts == 1
         ok(queue.release(message))
         row = status_of(queue, message_id)
-        assert (row["status"], row["attempts"]) == ("pending", 0)
+        assert (row["status"], row["attempts"]) == ("ready", 0)
     last = ok(queue.dequeue())
     ok(queue.fail_message(last, error="real failure"))
     (dead,) = ok(queue.get_dead_letters())
@@ -753,7 +753,7 @@ def test_requeue_counts_the_attempt(queue: Queue) -> None:
         assert message.attempts == attempt
         ok(queue.requeue(message))
         row = status_of(queue, message_id)
-        assert (row["status"], row["attempts"]) == ("pending", attempt)
+        assert (row["status"], row["attempts"]) == ("ready", attempt)
     assert ok(queue.dequeue()).attempts == 4
 
 
@@ -808,7 +808,7 @@ def test_claim_fails_and_reraises_on_exception(queue: Queue) -> None:
     with pytest.raises(ValueError, match="bad input"):
         _raise_in_claim(queue, ValueError("bad input"))
     row = status_of(queue, message_id)
-    assert (row["status"], row["attempts"]) == ("pending", 1)
+    assert (row["status"], row["attempts"]) == ("ready", 1)
     again = ok(queue.dequeue())
     assert again.last_error == "ValueError: bad input"
 

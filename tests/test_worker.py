@@ -660,7 +660,7 @@ def test_worker_decorator(rq: Queue, running: Callable[[Worker], Running]) -> No
     ok(rq.enqueue(21))
     peeked = ok(rq.peek())
     assert handle(peeked) == 42  # a direct call runs the handler, nothing else
-    assert statuses(rq)[0][1] == "pending"
+    assert statuses(rq)[0][1] == "ready"
     handled.clear()
     ok(rq.enqueue(5))
     r = running(handle)
@@ -701,7 +701,7 @@ def test_stop_is_graceful(rq: Queue, running: Callable[[Worker], Running]) -> No
     assert finished.is_set()
     assert elapsed < 15, f"stop() waited {elapsed:.1f} s, as if for the whole grace period"
     assert (stats.completed, stats.started) == (1, 1)
-    assert statuses(rq) == [(next_id, "pending", 0)]
+    assert statuses(rq) == [(next_id, "ready", 0)]
     assert slow_id not in [s[0] for s in statuses(rq)]
 
 
@@ -725,7 +725,7 @@ def test_message_taken_while_stopping_is_released_uncounted(
     stats = running(w).join(timeout=10)
     assert handled == []
     assert (stats.released, stats.started, stats.completed) == (1, 0, 0)
-    assert statuses(rq) == [(message_id, "pending", 0)]
+    assert statuses(rq) == [(message_id, "ready", 0)]
 
 
 def test_stop_of_idle_worker_returns_promptly(
@@ -759,11 +759,11 @@ def test_stop_requeues_handler_still_running_after_grace(
     begin = time.monotonic()
     stats = r.stop(timeout=30)
     assert time.monotonic() - begin < 15, "stop() waited for the handler"
-    assert statuses(rq) == [(message_id, "pending", 1)]
+    assert statuses(rq) == [(message_id, "ready", 1)]
     release.set()
     handlers[0].join(15)  # its thread has dealt with the late outcome once it ends
     assert not handlers[0].is_alive()
-    assert statuses(rq) == [(message_id, "pending", 1)]
+    assert statuses(rq) == [(message_id, "ready", 1)]
     assert (stats.started, stats.completed, stats.requeued) == (1, 0, 1)  # counted
 
 
@@ -782,7 +782,7 @@ def test_stop_immediate_skips_grace(rq: Queue, running: Callable[[Worker], Runni
     try:
         r.stop(timeout=30, immediate=True)
         assert time.monotonic() - begin < 15, "stop(immediate=True) waited for the grace"
-        assert statuses(rq) == [(message_id, "pending", 1)]
+        assert statuses(rq) == [(message_id, "ready", 1)]
     finally:
         release.set()
 
@@ -897,7 +897,7 @@ def test_sigterm_shuts_worker_process_down_gracefully(
     assert elapsed < 30.0, f"{elapsed:.1f} s: the worker waited for its grace period"
     assert f"finished {slow_id}" in lines
     assert "stopped completed=1 released=0" in lines
-    assert statuses(rq) == [(next_id, "pending", 0)]
+    assert statuses(rq) == [(next_id, "ready", 0)]
     assert all(row["status"] != "processing" for row in message_statuses(rq))
 
 
@@ -923,7 +923,7 @@ def test_second_signal_stops_at_once_and_requeues(
     assert code == 0, lines
     assert elapsed < 15.0, f"{elapsed:.1f} s: the second signal waited for the handler"
     assert f"finished {message_id}" not in lines
-    assert statuses(rq) == [(message_id, "pending", 1)]
+    assert statuses(rq) == [(message_id, "ready", 1)]
     message = ok(rq.dequeue())
     assert message is not None
     assert (message.id, message.attempts) == (message_id, 2)
@@ -968,7 +968,7 @@ def test_keyboard_interrupt_in_run_gives_the_running_message_back(
     lines = wp.drain()
     assert code != 0, lines
     assert any("KeyboardInterrupt" in line for line in lines), lines
-    assert statuses(rq) == [(message_id, "pending", 1)]
+    assert statuses(rq) == [(message_id, "ready", 1)]
 
 
 def test_sigkilled_workers_message_returns_after_lease(

@@ -72,7 +72,7 @@ __all__ = ["main"]
 NEEDS = "the sqqueue command needs: pip install 'sqqueue[cli]'"
 LIST_STATES = LISTABLE_STATES
 PURGE_STATES = PURGEABLE_STATES
-LIVE_STATES = ("pending", "delayed", "waiting", "processing")  # what purge takes by default
+LIVE_STATES = ("ready", "delayed", "waiting", "processing")  # what purge takes by default
 CHUNK = 1000  # messages per enqueue_batch transaction when reading stdin
 BINARY_HINT = (
     'to enqueue binary data, give it as JSON {"$bytes": "<base64>"} with --json '
@@ -372,9 +372,7 @@ def _stats_view(db: str, rows: list[QueueStats], legacy: list[str]) -> Renderabl
             text += f" (0.1.0 queues: {', '.join(legacy)}; run `sqqueue migrate {db}`)"
         return text
     first = rows[0].to_dict()
-    states = [
-        key for key in ("pending", "delayed", "waiting", "processing", "dead") if key in first
-    ]
+    states = [key for key in ("ready", "delayed", "waiting", "processing", "dead") if key in first]
     totals = [key for key in first if key.endswith("_total")]
     counts_table = _table(f"{db} at {now}")
     counts_table.add_column("queue")
@@ -390,7 +388,7 @@ def _stats_view(db: str, rows: list[QueueStats], legacy: list[str]) -> Renderabl
         counts_table.add_row(
             s.queue,
             *(str(data[key]) for key in states),
-            _age(s.oldest_pending_age),
+            _age(s.oldest_ready_age),
             str(s.expiring_soon),
         )
         totals_table.add_row(s.queue, *(str(data[key]) for key in totals))
@@ -1170,8 +1168,9 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         "states",
         multiple=True,
         type=click.Choice([*PURGE_STATES, "all"]),
-        help="Which messages (repeatable). Default: pending, delayed, waiting and "
-        "processing; all: those, dead letters and kept completed messages.",
+        help="Which messages (repeatable). Default: ready, delayed, waiting and "
+        "processing; pending: ready and delayed; all: those, dead letters and kept "
+        "completed messages.",
     )
     @older_opt
     @yes_opt
@@ -1189,9 +1188,10 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
           sqqueue purge jobs.db emails --state delayed --older-than 86400 --yes
         """
         if "all" in states:
-            chosen = list(PURGE_STATES)
-        else:
-            chosen = sorted(set(states), key=PURGE_STATES.index)
+            states = tuple(PURGE_STATES)
+        if "pending" in states:  # ready and delayed, 0.1.0's word
+            states = (*states, "ready", "delayed")
+        chosen = sorted(set(states) - {"pending"}, key=PURGE_STATES.index)
         effective = chosen or list(LIVE_STATES)
         with _open(db, queue) as q:
             now = _unwrap(q.stats())

@@ -41,7 +41,7 @@ __all__ = ["Durations", "QueueCollector", "serve"]
 
 logger = logging.getLogger(__name__)
 
-_STATES = ("pending", "delayed", "waiting", "processing", "dead")
+_STATES = ("ready", "delayed", "waiting", "processing", "dead")
 _TOTALS = (
     ("enqueued", "enqueued_total", "Messages enqueued since the queue was created."),
     ("completed", "completed_total", "Messages completed."),
@@ -88,7 +88,7 @@ class QueueCollector(Collector):
             "sqqueue_messages", "Messages in the queue by state.", labels=["queue", "state"]
         )
         oldest = GaugeMetricFamily(
-            "sqqueue_oldest_pending_age_seconds",
+            "sqqueue_oldest_ready_age_seconds",
             "How long the oldest ready message has waited.",
             labels=["queue"],
         )
@@ -121,7 +121,7 @@ class QueueCollector(Collector):
             stats = result.unwrap()
             for state in _STATES:
                 depth.add_metric([name, state], getattr(stats, state))
-            oldest.add_metric([name], stats.oldest_pending_age or 0.0)
+            oldest.add_metric([name], stats.oldest_ready_age or 0.0)
             expiring.add_metric([name], stats.expiring_soon)
             sizes.add_metric([name, "db"], stats.db_bytes)
             sizes.add_metric([name, "wal"], stats.wal_bytes)

@@ -93,8 +93,11 @@ MAX_ATTEMPTS = 1_000_000
 MAX_BATCH_SIZE = 10_000
 MAX_ID = 2**63 - 1  # SQLite's largest integer
 #: states ``list_messages`` and ``purge`` accept
-LISTABLE_STATES = ("pending", "delayed", "waiting", "processing", "dead", "done", "all")
-PURGEABLE_STATES = ("pending", "delayed", "waiting", "processing", "dead", "done")
+# The states of the glossary; "pending" is ready and delayed together (0.1.0's word).
+LISTABLE_STATES = (
+    "ready", "delayed", "waiting", "processing", "dead", "done", "pending", "all"
+)  # fmt: skip
+PURGEABLE_STATES = ("ready", "delayed", "waiting", "processing", "dead", "done", "pending")
 MAX_ERROR_TEXT = 8_192
 # Leases a queue object remembers for calls by bare id (about 10 MB at most). Past that it
 # forgets the oldest, and from then on fences bare ids by the lease's issuer (see _ref).
@@ -1542,7 +1545,8 @@ class Queue:
             attempts=_readable("attempts", row.attempts),
             max_attempts=_readable("max_attempts", row.max_attempts),
             last_error=_readable("last_error", row.last_error),
-            created_at=_readable("created_at", row.created_at),
+            enqueued_at=_readable("created_at", row.created_at),
+            created_at=_readable("created_at", row.created_at),  # 0.1.0's key
             updated_at=_readable("updated_at", row.updated_at),
             dead_at=_readable("dead_at", row.dead_at),
             group=_readable("group_key", row.group_key),
@@ -1552,8 +1556,8 @@ class Queue:
 
     def get_dead_letters(self) -> Result[list[dict[str, Any]], QueueError]:
         """Dead letters as dicts: ``id`` (the original), ``payload``, ``priority``,
-        ``attempts``, ``max_attempts``, ``last_error``, ``created_at``, ``updated_at``,
-        ``dead_at``."""
+        ``attempts``, ``max_attempts``, ``last_error``, ``enqueued_at`` (also under 0.1.0's
+        key ``created_at``), ``updated_at``, ``dead_at``."""
 
         def run() -> Result[list[dict[str, Any]], QueueError]:
             return Ok([self._dead_letter_dict(row) for row in self._backend.dead_letters()])
@@ -1603,16 +1607,16 @@ class Queue:
                 expiring_within, "expiring_within", minimum=0, maximum=MAX_DELAY, strict=False
             )
             raw = self._backend.stats(horizon)
-            oldest = raw["oldest_pending_age"]
+            oldest = raw["oldest_ready_age"]
             return Ok(
                 QueueStats(
                     queue=self.name,
-                    pending=raw["pending"],
+                    ready=raw["ready"],
                     delayed=raw["delayed"],
                     waiting=raw["waiting"],
                     processing=raw["processing"],
                     dead=raw["dead"],
-                    oldest_pending_age=None if oldest is None else max(0.0, oldest),
+                    oldest_ready_age=None if oldest is None else max(0.0, oldest),
                     expiring_soon=raw["expiring"],
                     enqueued_total=raw["enqueued_total"],
                     completed_total=raw["completed_total"],
@@ -1632,8 +1636,9 @@ class Queue:
     def list_messages(
         self, state: str = "pending", limit: int = 100, after_id: int = 0
     ) -> Result[list[dict[str, Any]], QueueError]:
-        """A page of messages in ``state`` ("pending", "delayed", "processing", "dead" or
-        "all"), by id, as dicts; pass the last id seen as ``after_id`` for the next page::
+        """A page of messages in ``state`` ("ready", "delayed", "waiting", "processing",
+        "dead", "done", "pending" for ready and delayed together, or "all"), by id, as
+        dicts; pass the last id seen as ``after_id`` for the next page::
 
             page = queue.list_messages("dead", limit=50).unwrap()
             more = queue.list_messages("dead", limit=50, after_id=page[-1]["id"]).unwrap()
@@ -1654,7 +1659,7 @@ class Queue:
 
     def get_message(self, message_id: int) -> Result[dict[str, Any] | None, QueueError]:
         """One message by id, whatever its state, as a dict like :meth:`list_messages`
-        gives (``status`` says where it is: pending, delayed, waiting, processing, dead or
+        gives (``status`` says where it is: ready, delayed, waiting, processing, dead or
         done); ``Ok(None)`` when the queue has no such message (completed without
         ``retention``, or never existed)::
 
@@ -1683,8 +1688,8 @@ class Queue:
 
     def _message_dict(self, row: StoredMessage, status: str) -> dict[str, Any]:
         entry = self._payload_entry(row)
-        if status == "all":
-            status = row.status  # "delayed" for a delayed message
+        if status in ("all", "pending"):
+            status = row.status  # the row says: ready or delayed, waiting, processing
         entry.update(
             status=status,
             priority=_readable("priority", row.priority),
@@ -1834,8 +1839,9 @@ class Queue:
     ) -> Result[int, QueueError]:
         """Delete messages, in one transaction; ``Ok(count)``.
 
-        ``state`` is "pending", "delayed", "waiting", "processing", "dead", "done" or a
-        list of them; by default every message that is not dead or done. ``older_than``
+        ``state`` is "ready", "delayed", "waiting", "processing", "dead", "done", "pending"
+        (ready and delayed) or a list of them; by default every message that is not dead or
+        done. ``older_than``
         (seconds) keeps the more recent ones: live messages by when they were enqueued,
         dead letters by when they died, kept completed ones by when they were completed::
 
@@ -1845,7 +1851,7 @@ class Queue:
 
         def run() -> Result[int, QueueError]:
             if state is None:
-                states: list[str] = ["pending", "delayed", "waiting", "processing"]
+                states: list[str] = ["ready", "delayed", "waiting", "processing"]
             elif isinstance(state, str):
                 states = [state]
             else:
@@ -1859,6 +1865,8 @@ class Queue:
             age = None
             if older_than is not None:
                 age = _seconds(older_than, "older_than", minimum=0, maximum=1e12, strict=False)
+            if "pending" in states:
+                states = [s for s in states if s != "pending"] + ["ready", "delayed"]
             removed = self._backend.purge(sorted(set(states)), age)
             if self._backend.policy.max_depth is not None:
                 self._room.notify()

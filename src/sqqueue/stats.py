@@ -17,12 +17,12 @@ class QueueStats:
     """
 
     queue: str
-    pending: int  #: ready to be delivered now
+    ready: int  #: can be dequeued now
     delayed: int  #: waiting for their delay (or retry backoff) to pass
     waiting: int  #: behind an earlier message of their group
     processing: int  #: leased by a consumer
     dead: int  #: in the dead-letter queue
-    oldest_pending_age: float | None  #: seconds the oldest ready message has waited
+    oldest_ready_age: float | None  #: seconds the oldest ready message has waited
     expiring_soon: int  #: leases that run out within ``expiring_within`` seconds
     enqueued_total: int
     completed_total: int
@@ -40,11 +40,18 @@ class QueueStats:
     wal_frames_not_checkpointed: int = 0
 
     @property
+    def pending(self) -> int:
+        """Ready and delayed messages: 0.1.0's "pending", as ``get_all_statuses()`` counts."""
+        return self.ready + self.delayed
+
+    @property
     def depth(self) -> int:
-        """Messages not yet done: pending + delayed + waiting + processing."""
-        return self.pending + self.delayed + self.waiting + self.processing
+        """Messages not yet done: ready + delayed + waiting + processing (what
+        ``max_depth`` counts)."""
+        return self.ready + self.delayed + self.waiting + self.processing
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["pending"] = self.pending
         data["depth"] = self.depth
         return data

@@ -498,16 +498,16 @@ class SQLBackend(Backend):
             }
 
         found = self._read_tx(run)
-        (pending, processing, dead, enqueued, completed, failed, dead_lettered, expired,
+        (queued, processing, dead, enqueued, completed, failed, dead_lettered, expired,
          ttl_expired, created) = found["counters"]  # fmt: skip
         delayed, oldest_age = found["delayed_oldest"]
         return {
-            "pending": int(pending) - int(delayed) - int(found["waiting"]),
+            "ready": int(queued) - int(delayed) - int(found["waiting"]),
             "delayed": int(delayed),
             "waiting": int(found["waiting"]),
             "processing": int(processing),
             "dead": int(dead),
-            "oldest_pending_age": None if oldest_age is None else float(oldest_age),
+            "oldest_ready_age": None if oldest_age is None else float(oldest_age),
             "expiring": int(found["expiring"]),
             "enqueued_total": int(enqueued),
             "completed_total": int(completed),

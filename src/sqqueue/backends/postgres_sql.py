@@ -226,9 +226,12 @@ COLUMNS = (
     "created_at, visible_at, lease_token, lease_expires_at, last_error, group_key, "
     "expires_at, prior_attempts, status"
 )
-# For a listing of all states: a delayed message says so.
+# For a listing of all states: the stored 'pending' reads as the state it is in now, ready
+# or delayed (the words of the glossary).
 LIST_ALL_COLUMNS = COLUMNS.replace(
-    "status", "CASE WHEN status = 'pending' AND visible_at > $now THEN 'delayed' ELSE status END"
+    "status",
+    "CASE WHEN status <> 'pending' THEN status WHEN visible_at > $now THEN 'delayed' "
+    "ELSE 'ready' END",
 )
 _COPY = "body_text, body_bytes, encoding, checksum, priority"
 DEAD_COLUMNS = (
@@ -530,8 +533,11 @@ STATEMENTS = {
                      (SELECT min(lease_expires_at) FROM $q WHERE status = 'processing'),
                      (SELECT min(expires_at) FROM $q WHERE expires_at IS NOT NULL)) - $now""",
     "dead_letters": f"SELECT {DEAD_COLUMNS} FROM $dlq ORDER BY dead_at, id",
-    "list_pending": f"""SELECT {COLUMNS} FROM $q WHERE status = 'pending'
-                        AND visible_at <= $now AND id > %(after)s ORDER BY id LIMIT %(limit)s""",
+    "list_ready": f"""SELECT {COLUMNS} FROM $q WHERE status = 'pending'
+                      AND visible_at <= $now AND id > %(after)s ORDER BY id LIMIT %(limit)s""",
+    # Pending is ready and delayed together; each row says which.
+    "list_pending": f"""SELECT {LIST_ALL_COLUMNS} FROM $q WHERE status = 'pending'
+                        AND id > %(after)s ORDER BY id LIMIT %(limit)s""",
     "list_delayed": f"""SELECT {COLUMNS} FROM $q WHERE status = 'pending'
                         AND visible_at > $now AND id > %(after)s ORDER BY id LIMIT %(limit)s""",
     # Only grouped messages wait: read through the group index, not the whole table.
@@ -549,7 +555,7 @@ STATEMENTS = {
                      ORDER BY id LIMIT %(limit)s""",
     "list_done": f"""SELECT {DONE_COLUMNS} FROM $done WHERE id > %(after)s
                      ORDER BY id LIMIT %(limit)s""",
-    "purge_pending": """DELETE FROM $q WHERE status = 'pending' AND visible_at <= $now
+    "purge_ready": """DELETE FROM $q WHERE status = 'pending' AND visible_at <= $now
                         AND (%(age)s::float8 IS NULL OR created_at < $now - %(age)s::float8)""",
     "purge_delayed": """DELETE FROM $q WHERE status = 'pending' AND visible_at > $now
                         AND (%(age)s::float8 IS NULL OR created_at < $now - %(age)s::float8)""",

@@ -296,9 +296,11 @@ _LIVE = (
 # back never hides a message that was ready.
 _READY = "(visible_at <= :now OR visible_at <= updated_at)"
 _DELAYED = "(visible_at > :now AND visible_at > updated_at)"
-# For a listing of all states: a delayed message says so.
+# For a listing of all states: the stored 'pending' reads as the state it is in now, ready
+# or delayed (the words of the glossary).
 LIST_ALL_COLUMNS = READ_COLUMNS.replace(
-    "status", f"CASE WHEN status = 'pending' AND {_DELAYED} THEN 'delayed' ELSE status END"
+    "status",
+    f"CASE WHEN status <> 'pending' THEN status WHEN {_DELAYED} THEN 'delayed' ELSE 'ready' END",
 )
 # A lease expiry no sqqueue call could have set: more than 30 days ahead (leases are at
 # most 7 days), infinite, or a text or blob written by hand. SQLite orders every text and
@@ -552,7 +554,10 @@ STATEMENTS = {
             UNION ALL
             SELECT min(expires_at) FROM $q WHERE expires_at IS NOT NULL)""",
     "dead_letters": f"SELECT {READ_DEAD_COLUMNS} FROM $dlq ORDER BY dead_at, id",
-    "list_pending": f"""SELECT {READ_COLUMNS} FROM $q WHERE status = 'pending' AND {_READY}
+    "list_ready": f"""SELECT {READ_COLUMNS} FROM $q WHERE status = 'pending' AND {_READY}
+                      AND id > :after ORDER BY id LIMIT :limit""",
+    # Pending is ready and delayed together; each row says which.
+    "list_pending": f"""SELECT {LIST_ALL_COLUMNS} FROM $q WHERE status = 'pending'
                         AND id > :after ORDER BY id LIMIT :limit""",
     # Delayed rows are the tail of each priority level of the ready index: seek there
     # level by level (as "delayed_and_oldest" does), then sort by id.
@@ -584,7 +589,7 @@ STATEMENTS = {
     "list_dead": f"SELECT {READ_DEAD_COLUMNS} FROM $dlq WHERE id > :after ORDER BY id LIMIT :limit",
     "list_done": f"SELECT {READ_DONE_COLUMNS} FROM $done WHERE id > :after ORDER BY id LIMIT :limit",
     # :age: delete only messages created more than that many seconds ago (NULL: all).
-    "purge_pending": f"""DELETE FROM $q WHERE status = 'pending' AND {_READY}
+    "purge_ready": f"""DELETE FROM $q WHERE status = 'pending' AND {_READY}
                          AND (:age IS NULL OR created_at < :now - :age)""",
     "purge_delayed": f"""DELETE FROM $q WHERE status = 'pending' AND {_DELAYED}
                          AND (:age IS NULL OR created_at < :now - :age)""",

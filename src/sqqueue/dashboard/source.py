@@ -447,7 +447,7 @@ def summary(stats: QueueStats) -> dict[str, Any]:
     return {
         "counts": states.counts(stats),
         "depth": stats.depth,
-        "oldest_ready_age": stats.oldest_pending_age,
+        "oldest_ready_age": stats.oldest_ready_age,
         "expiring_soon": stats.expiring_soon,
         "totals": {
             "enqueued": stats.enqueued_total,

@@ -1,8 +1,7 @@
-"""The words the dashboard shows for message states, mapped to the library's, in one place.
+"""The words the dashboard shows for message states, in one place.
 
-The library says ``pending`` for a message that is ready to be delivered now (``stats()``,
-``list_messages("pending")``); the dashboard says *ready*. Every other state keeps its name;
-``processing`` is shown as *processing (leased)* where there is room.
+They are the library's states (the glossary: ready, delayed, waiting, processing, dead,
+done); ``processing`` is shown as *processing (leased)* where there is room.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ class State(NamedTuple):
 
 
 STATES = (
-    State("ready", "pending", "Ready", "can be delivered now"),
+    State("ready", "ready", "Ready", "can be delivered now"),
     State("delayed", "delayed", "Delayed", "waiting for a delay or a retry backoff to pass"),
     State("waiting", "waiting", "Waiting", "behind an earlier message of their group"),
     State("processing", "processing", "Processing (leased)", "held by a consumer under a lease"),
@@ -42,7 +41,7 @@ def by_label(label: str) -> State | None:
 def counts(stats: QueueStats) -> dict[str, int]:
     """``QueueStats`` counts under the dashboard's labels, in display order."""
     return {
-        "ready": stats.pending,
+        "ready": stats.ready,
         "delayed": stats.delayed,
         "waiting": stats.waiting,
         "processing": stats.processing,

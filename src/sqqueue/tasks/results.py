@@ -41,7 +41,7 @@ def _status(found: dict[str, Any] | None) -> TaskStatus:
     status = found["status"]
     if status == "processing":
         return "running"
-    if status in ("pending", "delayed", "waiting"):
+    if status in ("ready", "delayed", "waiting"):
         return "failed" if found.get("attempts", 0) > 0 else "pending"
     if status in ("done", "dead"):
         return status  # type: ignore[no-any-return]
