@@ -672,7 +672,7 @@ def test_worker_handler_errors(db: Path, tmp_path: Path, monkeypatch: pytest.Mon
 def test_worker_tasks_target_errors(
     db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """MODULE:TASKS (a sqqueue.Tasks object) takes no DB and QUEUE; MODULE:FUNC needs both."""
+    """MODULE:TASKS (a sqqueue.Tasks object) takes no TARGET and QUEUE; MODULE:FUNC needs both."""
     monkeypatch.setattr(sys, "path", list(sys.path))
     for name in ("taskapp", "handlers2"):
         monkeypatch.delitem(sys.modules, name, raising=False)
@@ -680,10 +680,10 @@ def test_worker_tasks_target_errors(
     (tmp_path / "handlers2.py").write_text("def handle(message):\n    return None\n")
     result = run("worker", "taskapp:tasks", db, "jobs")
     assert result.exit_code == 2
-    assert "give no DB or QUEUE" in one_error_line(result)
+    assert "give no TARGET, QUEUE or --schema" in one_error_line(result)
     result = run("worker", "handlers2:handle")
     assert result.exit_code == 2
-    assert "give the DB and QUEUE" in one_error_line(result)
+    assert "give the TARGET and QUEUE" in one_error_line(result)
     assert not db.exists()
 
 

@@ -3,6 +3,7 @@
 ::
 
     sqqueue stats jobs.db                       # every queue in the file, as a table
+    sqqueue stats postgresql://app@db.internal/app --schema jobs
     sqqueue enqueue jobs.db emails '{"to": "ada@example.com"}' --json
     sqqueue dlq list jobs.db emails             # what failed for good, and why
     sqqueue worker tasks:send jobs.db emails --concurrency 4
@@ -53,7 +54,13 @@ def _build() -> click.Group:
     )
     @click.version_option(__version__, prog_name="sqqueue")
     def main() -> None:
-        """Operate sqqueue queues: a persistent message queue in an SQLite file.
+        """Operate sqqueue queues: a persistent message queue in an SQLite file or a
+        PostgreSQL database.
+
+        TARGET is an SQLite file (jobs.db, sqlite:///jobs.db, sqlite:////abs/jobs.db) or a
+        PostgreSQL URL (postgresql://user@host/db; --schema NAME for queues in a schema).
+        Passwords are never printed. Commands that only mean something for an SQLite
+        file (checkpoint, check, salvage) refuse a PostgreSQL URL with exit code 2.
 
         Exit codes: 0 done, 1 the operation failed (one "error: ..." line on stderr),
         2 bad usage. Read-only commands never create a database file.
@@ -63,6 +70,7 @@ def _build() -> click.Group:
           sqqueue stats jobs.db
           sqqueue enqueue jobs.db emails '{"to": "ada@example.com"}' --json
           sqqueue worker tasks:send jobs.db emails --concurrency 4
+          sqqueue stats postgresql://app@db.internal/app
         """
 
     for command in (

@@ -16,6 +16,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
@@ -39,9 +40,10 @@ from .. import tools
 from ..exceptions import QueueError
 from ..message import Message
 from ..names import validate_queue_name
-from ..queue import LISTABLE_STATES, PURGEABLE_STATES, Queue, SQLiteQueue
+from ..queue import LISTABLE_STATES, PURGEABLE_STATES, Queue, connect, list_queues
 from ..result import Err, Result
 from ..retry import RetryPolicy
+from ..targets import parse_target, redact
 
 LIST_STATES = LISTABLE_STATES
 PURGE_STATES = PURGEABLE_STATES
@@ -65,8 +67,15 @@ class CliError(Exception):
 # -- small helpers (no click needed) ----------------------------------------------------------
 
 
+#: a password in a PostgreSQL URL or connection string quoted in an error, whoever wrote it
+_URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@")
+_PARAM_PASSWORD = re.compile(r"(?i)\b(password=)[^&\s'\"]*")
+
+
 def one_line(text: object) -> str:
-    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+    """An error as one line, with any password it quotes masked."""
+    flat = " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+    return _PARAM_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", flat))
 
 
 def unwrap(result: Result[T, Any]) -> T:
@@ -258,16 +267,76 @@ def progress_bar(description: str, known_total: bool) -> Iterator[Callable[[int,
         yield update
 
 
-# -- opening files and queues -----------------------------------------------------------------
+# -- opening databases and queues --------------------------------------------------------------
 
 
-def require_db(db: str) -> None:
-    """Read-only commands never create a file: fail when there is none."""
-    path = Path(db)
+@dataclass(frozen=True)
+class Database:
+    """A TARGET argument: an SQLite file (a path or ``sqlite:///`` URL) or a PostgreSQL
+    URL, with the ``--schema`` its queues live in (PostgreSQL only)."""
+
+    given: str  #: as typed: what the library is given
+    kind: str  #: "sqlite" or "postgresql"
+    location: str  #: the file path, or the URL
+    schema: str | None = None
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.kind == "postgresql"
+
+    @property
+    def shown(self) -> str:
+        """How messages name it: the path, or the URL without its password."""
+        if not self.is_postgres:
+            return self.given
+        text = redact(self.location)
+        return f"{text} (schema {self.schema})" if self.schema else text
+
+    @property
+    def typed(self) -> str:
+        """The TARGET (and --schema) as typed again in a command this one suggests,
+        without the password."""
+        if not self.is_postgres:
+            return self.given
+        text = redact(self.location)
+        return f"{text} --schema {self.schema}" if self.schema else text
+
+
+def database(target: str, schema: str | None = None) -> Database:
+    """Parse a TARGET argument (and ``--schema``); a bad one is a usage error."""
+    try:
+        kind, location = parse_target(target)
+    except ValueError as exc:
+        raise CliError(str(exc), 2) from None
+    if schema is not None:
+        if kind != "postgresql":
+            raise CliError(
+                "--schema applies to a postgresql:// URL only: an SQLite file has no schemas",
+                2,
+            )
+        try:
+            validate_queue_name(schema)
+        except ValueError as exc:
+            raise CliError(f"--schema: {exc}", 2) from None
+    return Database(target, kind, location, schema)
+
+
+def sqlite_only(db: Database, what: str, instead: str) -> None:
+    """Refuse (exit 2) a command that only means something for an SQLite file."""
+    if db.is_postgres:
+        raise CliError(f"{what}; {instead}", 2)
+
+
+def require_db(db: Database) -> None:
+    """Read-only commands never create a file: fail when there is none. (A PostgreSQL
+    database is there or not when it is first asked.)"""
+    if db.is_postgres:
+        return
+    path = Path(db.location)
     if path.is_dir():
-        raise CliError(f"{db} is a directory, not a database file")
+        raise CliError(f"{db.shown} is a directory, not a database file")
     if not path.is_file():
-        raise CliError(f"no database at {db}")
+        raise CliError(f"no database at {db.shown}")
 
 
 def check_name(queue: str) -> str:
@@ -277,47 +346,43 @@ def check_name(queue: str) -> str:
         raise CliError(str(exc), 2) from None
 
 
-def queue_names(db: str) -> list[str]:
-    return unwrap(SQLiteQueue.list_queues(db))
+def queue_names(db: Database) -> list[str]:
+    return unwrap(list_queues(db.given, schema=db.schema))
 
 
-def legacy_names(db: str) -> list[str]:
+def legacy_names(db: Database) -> list[str]:
+    """Queues still in sqqueue 0.1.0's layout (an SQLite file's only: 0.1.0 had no
+    PostgreSQL)."""
+    if db.is_postgres:
+        return []
     try:
-        return tools.legacy_queues(db)
+        return tools.legacy_queues(db.location)
     except QueueError as exc:
         raise CliError(str(exc)) from None
 
 
-def require_queue(db: str, name: str, hint: str = "") -> None:
-    """Fail unless DB holds a queue ``name``, listing the queues it does hold."""
+def require_queue(db: Database, name: str, hint: str = "") -> None:
+    """Fail unless the database holds a queue ``name``, listing the queues it does hold."""
     require_db(db)
     known = queue_names(db)
     if name not in known and name not in legacy_names(db):
         there = ", ".join(known) if known else "none"
-        raise CliError(f"no queue {name!r} in {db} (queues there: {there}){hint}")
+        raise CliError(f"no queue {name!r} in {db.shown} (queues there: {there}){hint}")
 
 
-def open_queue(
-    db: str, queue: str, *, create: bool = False, read_only: bool = False
-) -> SQLiteQueue:
-    """Open a queue; unless ``create``, the file and the queue must exist already. A
-    ``read_only`` queue changes nothing on disk (commands that only look use it)."""
+def open_queue(db: Database, queue: str, *, create: bool = False, read_only: bool = False) -> Queue:
+    """Open a queue; unless ``create``, the database and the queue must exist already. A
+    ``read_only`` queue changes nothing (commands that only look use it)."""
     name = check_name(queue)
     if not create:
         require_queue(db, name)
+    settings: dict[str, Any] = {"read_only": read_only}
+    if db.is_postgres:
+        settings["schema"] = db.schema
     try:
-        return SQLiteQueue(db, table_name=name, read_only=read_only)
+        return connect(db.given, name, **settings)
     except (ValueError, QueueError) as exc:
         raise CliError(str(exc)) from None
-
-
-def any_queue(db: str, action: str) -> SQLiteQueue:
-    """Any queue of the file, for file-wide maintenance (the API hangs it on queues)."""
-    require_db(db)
-    names = queue_names(db)
-    if not names:
-        raise CliError(f"no sqqueue queues in {db}; nothing to {action}")
-    return open_queue(db, names[0])
 
 
 def dead_letter(queue: Queue, message_id: int) -> dict[str, Any] | None:
@@ -413,7 +478,12 @@ class SqqueueGroup(click.Group):
 
 
 as_json = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-db_arg = click.argument("db", metavar="DB")
+db_arg = click.argument("target", metavar="TARGET")
+schema_opt = click.option(
+    "--schema",
+    metavar="NAME",
+    help="PostgreSQL: the schema the queues live in (else the server's search path).",
+)
 queue_arg = click.argument("queue", metavar="QUEUE")
 id_arg = click.argument("message_id", metavar="ID", type=click.IntRange(min=0))
 yes_opt = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")

@@ -25,11 +25,14 @@ def dlq() -> None:
 
 @dlq.command("list")
 @base.db_arg
+@base.schema_opt
 @base.queue_arg
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True, metavar="N")
 @click.option("--after", type=click.IntRange(min=0), default=0, metavar="ID")
 @base.as_json
-def dlq_list(db: str, queue: str, limit: int, after: int, as_json: bool) -> None:
+def dlq_list(
+    target: str, queue: str, limit: int, after: int, as_json: bool, schema: str | None
+) -> None:
     """List the dead letters of QUEUE, a page at a time.
 
     \b
@@ -37,6 +40,7 @@ def dlq_list(db: str, queue: str, limit: int, after: int, as_json: bool) -> None
       sqqueue dlq list jobs.db emails
       sqqueue dlq list jobs.db emails --json | jq '.messages[].last_error'
     """
+    db = base.database(target, schema)
     with base.open_queue(db, queue, read_only=True) as q:
         entries = base.unwrap(q.list_messages("dead", limit=limit, after_id=after))
     next_after = entries[-1]["id"] if len(entries) == limit else None
@@ -54,16 +58,18 @@ def dlq_list(db: str, queue: str, limit: int, after: int, as_json: bool) -> None
 
 @dlq.command("show")
 @base.db_arg
+@base.schema_opt
 @base.queue_arg
 @base.id_arg
 @base.as_json
-def dlq_show(db: str, queue: str, message_id: int, as_json: bool) -> None:
+def dlq_show(target: str, queue: str, message_id: int, as_json: bool, schema: str | None) -> None:
     """Show one dead letter in full: payload, attempts, times and last error.
 
     \b
     Example:
       sqqueue dlq show jobs.db emails 42
     """
+    db = base.database(target, schema)
     with base.open_queue(db, queue, read_only=True) as q:
         entry = base.dead_letter(q, message_id)
     if entry is None:
@@ -87,12 +93,15 @@ def dlq_show(db: str, queue: str, message_id: int, as_json: bool) -> None:
 
 @dlq.command("redrive")
 @base.db_arg
+@base.schema_opt
 @base.queue_arg
 @click.argument("ids", metavar="[ID]...", nargs=-1, type=click.IntRange(min=0))
 @click.option("--all", "redrive_all", is_flag=True, help="Every dead letter of QUEUE.")
-@click.option("--to", "to_queue", metavar="QUEUE", help="Into this other queue of DB (new ids).")
 @click.option(
-    "--create", is_flag=True, help="With --to: create that queue if DB has none of that name."
+    "--to", "to_queue", metavar="QUEUE", help="Into this other queue of TARGET (new ids)."
+)
+@click.option(
+    "--create", is_flag=True, help="With --to: create that queue if TARGET has none of that name."
 )
 @click.option(
     "--rate",
@@ -102,18 +111,19 @@ def dlq_show(db: str, queue: str, message_id: int, as_json: bool) -> None:
     help="At most N messages a second, not to flood consumers.",
 )
 def dlq_redrive(
-    db: str,
+    target: str,
     queue: str,
     ids: tuple[int, ...],
     redrive_all: bool,
     to_queue: str | None,
     create: bool,
     rate: float | None,
+    schema: str | None,
 ) -> None:
     """Put dead letters back to be delivered again.
 
     They keep their ids (in QUEUE) and last error; their attempts start over. With
-    --to they go into another queue of DB, which must exist (or pass --create).
+    --to they go into another queue of TARGET, which must exist (or pass --create).
 
     \b
     Example:
@@ -121,16 +131,17 @@ def dlq_redrive(
       sqqueue dlq redrive jobs.db emails --all --rate 50
       sqqueue dlq redrive jobs.db emails --all --to emails_retry --create
     """
+    db = base.database(target, schema)
     if redrive_all == bool(ids):
         raise base.CliError("give either message ids or --all", 2)
     if create and to_queue is None:
         raise base.CliError("--create goes with --to QUEUE", 2)
-    target = queue if to_queue is None else base.check_name(to_queue)
+    dest = queue if to_queue is None else base.check_name(to_queue)
     base.require_queue(db, queue)
     if to_queue is not None and create:
-        base.open_queue(db, target, create=True).close()
+        base.open_queue(db, dest, create=True).close()
     elif to_queue is not None:
-        base.require_queue(db, target, "; pass --create to create it")
+        base.require_queue(db, dest, "; pass --create to create it")
     with (
         base.open_queue(db, queue) as q,
         base.progress_bar("redriving", known_total=True) as update,
@@ -143,11 +154,12 @@ def dlq_redrive(
                 progress=update,
             )
         )
-    click.echo(f"redrove {moved} message(s) to queue {target!r}")
+    click.echo(f"redrove {moved} message(s) to queue {dest!r}")
 
 
 @dlq.command("purge")
 @base.db_arg
+@base.schema_opt
 @base.queue_arg
 @click.option(
     "--older-than",
@@ -156,18 +168,21 @@ def dlq_redrive(
     help="Only dead letters that died more than SECONDS ago.",
 )
 @base.yes_opt
-def dlq_purge(db: str, queue: str, older_than: float | None, yes: bool) -> None:
+def dlq_purge(
+    target: str, queue: str, older_than: float | None, yes: bool, schema: str | None
+) -> None:
     """Delete dead letters of QUEUE for good (asks first unless --yes).
 
     \b
     Example:
       sqqueue dlq purge jobs.db emails --older-than 604800 --yes
     """
+    db = base.database(target, schema)
     with base.open_queue(db, queue) as q:
         count = base.unwrap(q.stats()).dead
         scope = f" dead for more than {older_than:.15g} s" if older_than is not None else ""
         base.confirm(
-            f"Delete the dead letters of queue {queue!r} in {db}{scope} ({count} there now)?",
+            f"Delete the dead letters of queue {queue!r} in {db.shown}{scope} ({count} there now)?",
             yes,
         )
         removed = base.unwrap(q.purge("dead", older_than=older_than))

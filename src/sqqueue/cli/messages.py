@@ -15,7 +15,7 @@ from rich.console import Group, RenderableType
 from rich.live import Live
 
 from ..message import Item
-from ..queue import SQLiteQueue
+from ..queue import Queue
 from ..result import Err
 from ..stats import QueueStats
 from . import base
@@ -30,17 +30,17 @@ _TOTAL_HEADERS = {
 }
 
 
-def _stats_view(db: str, rows: list[QueueStats], legacy: list[str]) -> RenderableType:
+def _stats_view(db: base.Database, rows: list[QueueStats], legacy: list[str]) -> RenderableType:
     now = base.fmt_when(datetime.now(timezone.utc))
     if not rows:
-        text = f"no sqqueue queues in {db}"
+        text = f"no sqqueue queues in {db.shown}"
         if legacy:
-            text += f" (0.1.0 queues: {', '.join(legacy)}; run `sqqueue migrate {db}`)"
+            text += f" (0.1.0 queues: {', '.join(legacy)}; run `sqqueue migrate {db.shown}`)"
         return text
     first = rows[0].to_dict()
     states = [key for key in ("ready", "delayed", "waiting", "processing", "dead") if key in first]
     totals = [key for key in first if key.endswith("_total")]
-    counts_table = base.new_table(f"{db} at {now}")
+    counts_table = base.new_table(f"{db.shown} at {now}")
     counts_table.add_column("queue")
     for header in (*states, "oldest", "expiring"):
         counts_table.add_column(header, justify="right")
@@ -58,24 +58,30 @@ def _stats_view(db: str, rows: list[QueueStats], legacy: list[str]) -> Renderabl
             str(s.expiring_soon),
         )
         totals_table.add_row(s.queue, *(str(data[key]) for key in totals))
-    files = f"file: {base.fmt_size(rows[0].db_bytes)}, WAL: {base.fmt_size(rows[0].wal_bytes)}"
-    if rows[0].wal_frames_not_checkpointed:
-        files += (
-            f" ({rows[0].wal_frames_not_checkpointed} of {rows[0].wal_frames} frames not "
-            "checkpointed: another connection reads an old snapshot)"
-        )
-    parts: list[RenderableType] = [counts_table, totals_table, files]
+    parts: list[RenderableType] = [counts_table, totals_table]
+    if not db.is_postgres:  # a server's files are its own business
+        files = f"file: {base.fmt_size(rows[0].db_bytes)}, WAL: {base.fmt_size(rows[0].wal_bytes)}"
+        if rows[0].wal_frames_not_checkpointed:
+            files += (
+                f" ({rows[0].wal_frames_not_checkpointed} of {rows[0].wal_frames} frames not "
+                "checkpointed: another connection reads an old snapshot)"
+            )
+        parts.append(files)
     if legacy:
         parts.append(f"0.1.0 queues not migrated yet: {', '.join(legacy)}")
     return Group(*parts)
 
 
-def _stats_json(db: str, rows: list[QueueStats], legacy: list[str]) -> dict[str, Any]:
-    db_bytes = rows[0].db_bytes if rows else os.path.getsize(db)
-    wal = Path(f"{db}-wal")
-    wal_bytes = rows[0].wal_bytes if rows else (wal.stat().st_size if wal.is_file() else 0)
+def _stats_json(db: base.Database, rows: list[QueueStats], legacy: list[str]) -> dict[str, Any]:
+    """The stats document; on PostgreSQL the file sizes are null (no file of ours)."""
+    db_bytes: int | None = None
+    wal_bytes: int | None = None
+    if not db.is_postgres:
+        wal = Path(f"{db.location}-wal")
+        db_bytes = rows[0].db_bytes if rows else os.path.getsize(db.location)
+        wal_bytes = rows[0].wal_bytes if rows else (wal.stat().st_size if wal.is_file() else 0)
     return {
-        "db": db,
+        "db": db.shown,
         "at": datetime.now(timezone.utc),
         "db_bytes": db_bytes,
         "wal_bytes": wal_bytes,
@@ -89,6 +95,7 @@ def _stats_json(db: str, rows: list[QueueStats], legacy: list[str]) -> dict[str,
 
 @click.command()
 @base.db_arg
+@base.schema_opt
 @click.argument("queue", metavar="[QUEUE]", required=False)
 @base.as_json
 @click.option(
@@ -98,24 +105,29 @@ def _stats_json(db: str, rows: list[QueueStats], legacy: list[str]) -> dict[str,
     flag_value=2.0,
     default=None,
     metavar="[SECONDS]",
-    help="Refresh every SECONDS (2 by default) until Ctrl-C. Put it after DB and QUEUE "
+    help="Refresh every SECONDS (2 by default) until Ctrl-C. Put it after TARGET and QUEUE "
     "(or write --watch=5). With --json, prints one JSON document per line.",
 )
-def stats(db: str, queue: str | None, as_json: bool, watch: float | None) -> None:
-    """Counts, ages and totals of every queue in DB (or just QUEUE).
+def stats(
+    target: str, queue: str | None, as_json: bool, watch: float | None, schema: str | None
+) -> None:
+    """Counts, ages and totals of every queue in TARGET (or just QUEUE).
 
-    Pending (ready now), delayed, processing (leased) and dead messages, the age of
-    the oldest ready message, leases expiring within 60 s, totals since each queue was
-    created, and the database and WAL file sizes.
+    Ready (can be dequeued now), delayed, waiting (behind an earlier message of their
+    group), processing (leased) and dead messages, the age of the oldest ready message,
+    leases expiring within 60 s, totals since each queue was created, and, for an SQLite
+    file, the database and WAL file sizes (null in --json on PostgreSQL).
 
     \b
     Example:
       sqqueue stats jobs.db
       sqqueue stats jobs.db emails --json
       sqqueue stats jobs.db --watch 5
+      sqqueue stats postgresql://app@db.internal/app --schema jobs
     """
+    db = base.database(target, schema)
     base.require_db(db)
-    opened: dict[str, SQLiteQueue] = {}
+    opened: dict[str, Queue] = {}
     if queue is not None:
         opened[queue] = base.open_queue(db, queue, read_only=True)
 
@@ -159,6 +171,7 @@ def stats(db: str, queue: str | None, as_json: bool, watch: float | None) -> Non
 
 @click.command("ls")
 @base.db_arg
+@base.schema_opt
 @base.queue_arg
 @click.option(
     "--state",
@@ -177,7 +190,9 @@ def stats(db: str, queue: str | None, as_json: bool, watch: float | None) -> Non
     help="Start after this id (the value printed at the end of the previous page).",
 )
 @base.as_json
-def ls(db: str, queue: str, state: str, limit: int, after: int, as_json: bool) -> None:
+def ls(
+    target: str, queue: str, state: str, limit: int, after: int, as_json: bool, schema: str | None
+) -> None:
     """List the messages of QUEUE by id, a page at a time.
 
     \b
@@ -185,6 +200,7 @@ def ls(db: str, queue: str, state: str, limit: int, after: int, as_json: bool) -
       sqqueue ls jobs.db emails --state dead --limit 20
       sqqueue ls jobs.db emails --state dead --limit 20 --after 140
     """
+    db = base.database(target, schema)
     with base.open_queue(db, queue, read_only=True) as q:
         entries = base.unwrap(q.list_messages(state, limit=limit, after_id=after))
     next_after = entries[-1]["id"] if len(entries) == limit else None
@@ -206,9 +222,10 @@ def ls(db: str, queue: str, state: str, limit: int, after: int, as_json: bool) -
 
 @click.command()
 @base.db_arg
+@base.schema_opt
 @base.queue_arg
 @base.as_json
-def peek(db: str, queue: str, as_json: bool) -> None:
+def peek(target: str, queue: str, as_json: bool, schema: str | None) -> None:
     """Show the next message without taking it.
 
     The message the next dequeue would get; it stays where it is.
@@ -217,6 +234,7 @@ def peek(db: str, queue: str, as_json: bool) -> None:
     Example:
       sqqueue peek jobs.db emails
     """
+    db = base.database(target, schema)
     with base.open_queue(db, queue, read_only=True) as q:
         message = base.unwrap(q.peek())
     if as_json:
@@ -243,6 +261,7 @@ def peek(db: str, queue: str, as_json: bool) -> None:
 
 @click.command()
 @base.db_arg
+@base.schema_opt
 @base.queue_arg
 @click.argument("payload", metavar="PAYLOAD|-")
 @click.option(
@@ -276,7 +295,7 @@ def peek(db: str, queue: str, as_json: bool) -> None:
     help="Add nothing if a message with KEY was enqueued recently (prints its id).",
 )
 def enqueue(
-    db: str,
+    target: str,
     queue: str,
     payload: str,
     parse_json: bool,
@@ -286,10 +305,11 @@ def enqueue(
     ttl: float | None,
     group: str | None,
     dedup_key: str | None,
+    schema: str | None,
 ) -> None:
     """Add a message (or one per line of stdin); prints its id.
 
-    QUEUE (and DB) are created if needed.
+    QUEUE (and an SQLite file) are created if needed.
 
     PAYLOAD is stored as text unless --json is given. With "-", every line of stdin is
     a message (blank lines are skipped), added in transactions of 1000; prints the
@@ -301,6 +321,7 @@ def enqueue(
       sqqueue enqueue jobs.db emails '{"to": "ada@example.com"}' --json --priority 5
       jq -c '.[]' jobs.json | sqqueue enqueue jobs.db emails - --json
     """
+    db = base.database(target, schema)
     if payload != "-":
         if not base.is_utf8(payload):
             raise base.CliError(f"PAYLOAD is not UTF-8 text; {base.BINARY_HINT}", 2)
@@ -381,6 +402,7 @@ def enqueue(
 
 @click.command()
 @base.db_arg
+@base.schema_opt
 @base.queue_arg
 @click.option(
     "--wait",
@@ -398,7 +420,12 @@ def enqueue(
 )
 @base.as_json
 def dequeue(
-    db: str, queue: str, wait: float, visibility_timeout: float | None, as_json: bool
+    target: str,
+    queue: str,
+    wait: float,
+    visibility_timeout: float | None,
+    as_json: bool,
+    schema: str | None,
 ) -> None:
     """Lease the next message; prints "ID<TAB>PAYLOAD".
 
@@ -411,6 +438,7 @@ def dequeue(
       read -r id payload < <(sqqueue dequeue jobs.db emails --wait 30)
       [ -n "$id" ] && sqqueue complete jobs.db emails "$id"
     """
+    db = base.database(target, schema)
     with base.open_queue(db, queue) as q:
         message = base.unwrap(q.dequeue(visibility_timeout=visibility_timeout, wait=wait))
     if as_json:
@@ -423,22 +451,24 @@ def dequeue(
         if base.stream_is_tty(sys.stderr):
             click.echo(
                 f"leased until {base.fmt_when(message.lease_expires_at)}; finish it with: "
-                f"sqqueue complete {db} {queue} {message.id}",
+                f"sqqueue complete {db.typed} {queue} {message.id}",
                 err=True,
             )
 
 
 @click.command()
 @base.db_arg
+@base.schema_opt
 @base.queue_arg
 @base.id_arg
-def complete(db: str, queue: str, message_id: int) -> None:
+def complete(target: str, queue: str, message_id: int, schema: str | None) -> None:
     """Acknowledge a leased message: it is deleted for good.
 
     \b
     Example:
       sqqueue complete jobs.db emails 42
     """
+    db = base.database(target, schema)
     with base.open_queue(db, queue) as q:
         base.unwrap(q.complete(message_id))
     click.echo(f"completed message {message_id}")
@@ -446,6 +476,7 @@ def complete(db: str, queue: str, message_id: int) -> None:
 
 @click.command()
 @base.db_arg
+@base.schema_opt
 @base.queue_arg
 @base.id_arg
 @click.option("--error", "error", metavar="TEXT", help="Why it failed (kept as last error).")
@@ -458,7 +489,13 @@ def complete(db: str, queue: str, message_id: int) -> None:
     help="Retry after SECONDS (the queue's retry policy otherwise).",
 )
 def fail(
-    db: str, queue: str, message_id: int, error: str | None, dlq: bool, delay: float | None
+    target: str,
+    queue: str,
+    message_id: int,
+    error: str | None,
+    dlq: bool,
+    delay: float | None,
+    schema: str | None,
 ) -> None:
     """Record a failed attempt of a leased message.
 
@@ -469,6 +506,7 @@ def fail(
       sqqueue fail jobs.db emails 42 --error "smtp timeout"
       sqqueue fail jobs.db emails 42 --error "bad address" --dlq
     """
+    db = base.database(target, schema)
     with base.open_queue(db, queue) as q:
         base.unwrap(q.fail_message(message_id, send_to_dlq=dlq, error=error, delay=delay))
         dead = base.dead_letter(q, message_id) is not None
@@ -480,6 +518,7 @@ def fail(
 
 @click.command()
 @base.db_arg
+@base.schema_opt
 @base.queue_arg
 @click.option(
     "--state",
@@ -493,7 +532,12 @@ def fail(
 @base.older_opt
 @base.yes_opt
 def purge(
-    db: str, queue: str, states: tuple[str, ...], older_than: float | None, yes: bool
+    target: str,
+    queue: str,
+    states: tuple[str, ...],
+    older_than: float | None,
+    yes: bool,
+    schema: str | None,
 ) -> None:
     """Delete messages of QUEUE for good (asks first unless --yes).
 
@@ -505,6 +549,7 @@ def purge(
       sqqueue purge jobs.db emails --yes
       sqqueue purge jobs.db emails --state delayed --older-than 86400 --yes
     """
+    db = base.database(target, schema)
     if "all" in states:
         states = tuple(base.PURGE_STATES)
     if "pending" in states:  # ready and delayed, 0.1.0's word
@@ -517,7 +562,7 @@ def purge(
         count = sum(counts[state] for state in effective if state in counts)
         scope = f" enqueued more than {older_than:.15g} s ago" if older_than is not None else ""
         base.confirm(
-            f"Delete the {', '.join(effective)} messages of queue {queue!r} in {db}{scope} "
+            f"Delete the {', '.join(effective)} messages of queue {queue!r} in {db.shown}{scope} "
             f"({count} live or dead there now)?",
             yes,
         )

@@ -50,9 +50,10 @@ def _load_handler(target: str) -> Callable[..., Any] | Tasks:
 
 
 @click.command("worker")
-@click.argument("target", metavar="MODULE:FUNC DB QUEUE | MODULE:TASKS")
+@click.argument("target", metavar="MODULE:FUNC TARGET QUEUE | MODULE:TASKS")
 @click.argument("db", metavar="", required=False)
 @click.argument("queue", metavar="", required=False)
+@base.schema_opt
 @click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option(
     "--visibility-timeout",
@@ -93,6 +94,7 @@ def worker_cmd(
     target: str,
     db: str | None,
     queue: str | None,
+    schema: str | None,
     concurrency: int,
     visibility_timeout: float | None,
     task_timeout: float | None,
@@ -100,7 +102,7 @@ def worker_cmd(
     metrics_port: int | None,
     log_level: str,
 ) -> None:
-    """Run MODULE:FUNC for every message of QUEUE, or every task of MODULE:TASKS.
+    """Run MODULE:FUNC for every message of QUEUE in TARGET, or every task of MODULE:TASKS.
 
     It runs until SIGTERM or Ctrl-C. MODULE:TASKS names a sqqueue.Tasks object: it
     knows its database and queues (serve them all, --concurrency handlers each) and
@@ -115,18 +117,19 @@ def worker_cmd(
     \b
     Example:
       sqqueue worker tasks:send_email jobs.db emails --concurrency 4 --metrics-port 9464
+      sqqueue worker tasks:send_email postgresql://app@db.internal/app emails
       sqqueue worker myapp.jobs:tasks --concurrency 4
     """
     handler = _load_handler(target)
     if isinstance(handler, Tasks):
-        if db is not None or queue is not None:
+        if db is not None or queue is not None or schema is not None:
             raise base.CliError(
                 f"{target} is a Tasks object: it knows its database and queues, so give "
-                "no DB or QUEUE",
+                "no TARGET, QUEUE or --schema",
                 2,
             )
     elif db is None or queue is None:
-        raise base.CliError(f"{target} is a handler: give the DB and QUEUE it serves", 2)
+        raise base.CliError(f"{target} is a handler: give the TARGET and QUEUE it serves", 2)
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=log_level.upper(),
@@ -143,13 +146,14 @@ def worker_cmd(
         _summary(_run_tasks(handler, options, metrics_port))
         return
     assert db is not None
+    where = base.database(db, schema)
     name = base.check_name(queue or "")
     server = None
-    with base.open_queue(db, name, create=True) as q:
+    with base.open_queue(where, name, create=True) as q:
         try:
             if metrics_port is not None:
                 server, options["durations"] = start_metrics(
-                    db, metrics_port, "127.0.0.1", [name], with_durations=True
+                    where, metrics_port, "127.0.0.1", [name], with_durations=True
                 )
                 click.echo(f"metrics on {metrics_url(server, '127.0.0.1')}", err=True)
             if inspect.iscoroutinefunction(handler):
