@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import message_statuses
 from sqqueue import SQLiteQueue, cli
+from sqqueue.cli import base as cli_base
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("SQQUEUE_")}
 ENV["SQQUEUE_CONFIG"] = "none"
@@ -272,7 +273,7 @@ def test_enqueue_bulk_json_bad_line_reports_the_line(db: Path) -> None:
 def test_enqueue_bulk_shows_progress_on_a_terminal(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli, "_show_progress", lambda: True)
+    monkeypatch.setattr(cli_base, "show_progress", lambda: True)
     result = run("enqueue", db, "jobs", "-", input="a\nb\nc\n")
     assert result.exit_code == 0
     assert "enqueueing" in result.stderr
@@ -339,7 +340,7 @@ def test_stats_watch_refreshes_until_interrupted(db: Path, monkeypatch: pytest.M
         if len(calls) == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_pause", pause)
+    monkeypatch.setattr(cli_base, "pause", pause)
     result = run("stats", db, "jobs", "--json", "--watch=0.5")
     assert result.exit_code == 0, result.output
     snapshots = [json.loads(line) for line in result.stdout.splitlines()]
@@ -497,7 +498,7 @@ def test_dlq_redrive_ids_all_and_errors(db: Path) -> None:
 def test_dlq_redrive_to_another_queue_with_progress(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli, "_show_progress", lambda: True)
+    monkeypatch.setattr(cli_base, "show_progress", lambda: True)
     make_dead(db, 3)
     result = run("dlq", "redrive", db, "jobs", "--all", "--to", "retry_jobs", "--create")
     assert result.exit_code == 0, result.output
@@ -511,7 +512,7 @@ def test_dlq_purge_needs_confirmation(db: Path, monkeypatch: pytest.MonkeyPatch)
     refused = run("dlq", "purge", db, "jobs")
     assert refused.exit_code == 2
     assert "--yes" in one_error_line(refused)
-    monkeypatch.setattr(cli, "_stdin_interactive", lambda: True)
+    monkeypatch.setattr(cli_base, "stdin_interactive", lambda: True)
     declined = run("dlq", "purge", db, "jobs", input="n\n")
     assert declined.exit_code == 1
     assert "aborted" in declined.stderr
@@ -671,7 +672,7 @@ def test_worker_handler_errors(db: Path, tmp_path: Path, monkeypatch: pytest.Mon
 def test_worker_tasks_target_errors(
     db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """MODULE:TASKS (a sqqueue.Tasks object) takes no DB and QUEUE; MODULE:FUNC needs both."""
+    """MODULE:TASKS (a sqqueue.Tasks object) takes no TARGET and QUEUE; MODULE:FUNC needs both."""
     monkeypatch.setattr(sys, "path", list(sys.path))
     for name in ("taskapp", "handlers2"):
         monkeypatch.delitem(sys.modules, name, raising=False)
@@ -679,10 +680,10 @@ def test_worker_tasks_target_errors(
     (tmp_path / "handlers2.py").write_text("def handle(message):\n    return None\n")
     result = run("worker", "taskapp:tasks", db, "jobs")
     assert result.exit_code == 2
-    assert "give no DB or QUEUE" in one_error_line(result)
+    assert "give no TARGET, QUEUE or --schema" in one_error_line(result)
     result = run("worker", "handlers2:handle")
     assert result.exit_code == 2
-    assert "give the DB and QUEUE" in one_error_line(result)
+    assert "give the TARGET and QUEUE" in one_error_line(result)
     assert not db.exists()
 
 

@@ -872,3 +872,15 @@ def test_copy_sqlite_to_postgres_and_back_keeps_everything(
     assert info.value.kind is ErrorKind.INVALID_INPUT
     with target.open(TABLE) as queue:
         assert len(_picture(queue)[0]) == len(original[0]) + 1
+
+
+def test_errors_mask_a_password_given_as_a_parameter() -> None:
+    """``?password=`` in the URL is masked like a password in the user part."""
+    from sqqueue.targets import redact
+
+    url = "postgresql://app@127.0.0.1:1/app?password=s3cret&connect_timeout=5"
+    assert redact(url) == "postgresql://app@127.0.0.1:1/app?password=***&connect_timeout=5"
+    assert redact("postgresql://app:s3cret@db/app") == "postgresql://app:***@db/app"
+    with pytest.raises(QueueError) as info:
+        PostgresQueue(url, "jobs")
+    assert "s3cret" not in str(info.value) and "password=***" in str(info.value)

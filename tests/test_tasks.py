@@ -686,3 +686,37 @@ def test_bad_registrations_raise() -> None:
     with pytest.raises(ValueError, match="unsupported URL"):
         Tasks("redis://localhost")
     assert not Path("unused.db").exists()
+
+
+def test_tasks_worker_metrics_include_the_queues(make_tasks: MakeTasks) -> None:
+    """``sqqueue.tasks.prometheus.serve`` exports the queues' own metrics beside the
+    per-task ones, from a file or from PostgreSQL (in the app's schema)."""
+    pytest.importorskip("prometheus_client")
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sqqueue.tasks.prometheus import serve
+
+    app = make_tasks()
+
+    @app.task(name="ping")
+    def ping() -> None:
+        return None
+
+    ping.delay().unwrap()
+    server, _durations = serve(app, 0)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        with urllib.request.urlopen(url, timeout=20) as response:
+            text = response.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    ready = {
+        s.labels["queue"]: s.value
+        for s in families["sqqueue_messages"].samples
+        if s.labels["state"] == "ready"
+    }
+    assert ready == {app.default_queue: 1.0}

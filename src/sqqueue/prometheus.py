@@ -2,9 +2,10 @@
 
 Two pieces:
 
-* :class:`QueueCollector` reads every queue's stats from a database file when Prometheus
-  scrapes: depth by state, oldest pending age, leases about to expire, event totals, file
-  sizes. Any process can serve it (``sqqueue metrics serve jobs.db``); it only reads.
+* :class:`QueueCollector` reads every queue's stats from a database (an SQLite file or a
+  PostgreSQL URL) when Prometheus scrapes: depth by state, oldest ready age, leases about
+  to expire, event totals, and an SQLite file's sizes. Any process can serve it
+  (``sqqueue metrics serve jobs.db``, or a ``postgresql://`` URL); it only reads.
 * :class:`Durations` records histograms of time-in-queue and processing time for a
   :class:`~sqqueue.Worker`: ``Worker(queue, handler, durations=Durations())``.
 
@@ -14,6 +15,7 @@ Example::
     from sqqueue.prometheus import QueueCollector
 
     REGISTRY.register(QueueCollector("jobs.db"))
+    # or: QueueCollector("postgresql://app@db.internal/app", schema="jobs")
     start_http_server(9464, addr="127.0.0.1")
 """
 
@@ -35,7 +37,8 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     ) from exc
 
 from .exceptions import QueueError
-from .queue import SQLiteQueue
+from .queue import Queue, connect, list_queues
+from .targets import parse_target, redact
 
 __all__ = ["Durations", "QueueCollector", "serve"]
 
@@ -53,21 +56,38 @@ _TOTALS = (
 
 
 class QueueCollector(Collector):
-    """Exports the stats of the queues in one SQLite file (all of them by default)."""
+    """Exports the stats of the queues in one database (all of them by default).
 
-    def __init__(self, db_path: str | os.PathLike[str], queues: Iterable[str] | None = None):
+    ``db_path`` is an SQLite file (a path or ``sqlite:///`` URL) or a ``postgresql://``
+    URL; ``schema`` is the PostgreSQL schema the queues live in. Queues are opened
+    read-only, once, on the first scrape that needs them. The file-size gauges are for
+    SQLite only (a PostgreSQL server's storage is its own).
+    """
+
+    def __init__(
+        self,
+        db_path: str | os.PathLike[str],
+        queues: Iterable[str] | None = None,
+        *,
+        schema: str | None = None,
+    ):
         self.db_path = os.fspath(db_path)
+        self._kind = parse_target(self.db_path).kind  # a bad target raises ValueError now
+        if schema is not None and self._kind != "postgresql":
+            raise ValueError("schema applies to a postgresql:// URL only")
+        self.schema = schema
         self.queues = list(queues) if queues is not None else None
-        self._open: dict[str, SQLiteQueue] = {}
+        self._open: dict[str, Queue] = {}
         self._lock = threading.Lock()
 
-    def _queue(self, name: str) -> SQLiteQueue:
+    def _queue(self, name: str) -> Queue:
         with self._lock:
             queue = self._open.get(name)
             if queue is None:
-                queue = self._open[name] = SQLiteQueue(
-                    self.db_path, table_name=name, read_only=True
-                )
+                settings: dict[str, Any] = {"read_only": True}
+                if self._kind == "postgresql":
+                    settings.update(schema=self.schema, pool_size=1)
+                queue = self._open[name] = connect(self.db_path, name, **settings)
             return queue
 
     def close(self) -> None:
@@ -79,9 +99,9 @@ class QueueCollector(Collector):
     def collect(self) -> Iterator[Any]:
         names = self.queues
         if names is None:
-            listed = SQLiteQueue.list_queues(self.db_path)
+            listed = list_queues(self.db_path, schema=self.schema)
             if listed.is_err():
-                logger.warning("cannot list queues of %s: %s", self.db_path, listed.error)
+                logger.warning("cannot list queues of %s: %s", redact(self.db_path), listed.error)
                 return
             names = listed.unwrap()
         depth = GaugeMetricFamily(
@@ -113,7 +133,7 @@ class QueueCollector(Collector):
             try:
                 result = self._queue(name).stats()
             except (QueueError, ValueError) as exc:  # cannot be opened read-only (0.1.0, gone)
-                logger.warning("queue %r of %s skipped: %s", name, self.db_path, exc)
+                logger.warning("queue %r of %s skipped: %s", name, redact(self.db_path), exc)
                 continue
             if result.is_err():
                 logger.warning("stats of queue %r failed: %s", name, result.error)
@@ -123,9 +143,10 @@ class QueueCollector(Collector):
                 depth.add_metric([name, state], getattr(stats, state))
             oldest.add_metric([name], stats.oldest_ready_age or 0.0)
             expiring.add_metric([name], stats.expiring_soon)
-            sizes.add_metric([name, "db"], stats.db_bytes)
-            sizes.add_metric([name, "wal"], stats.wal_bytes)
-            behind.add_metric([name], stats.wal_frames_not_checkpointed)
+            if self._kind == "sqlite":
+                sizes.add_metric([name, "db"], stats.db_bytes)
+                sizes.add_metric([name, "wal"], stats.wal_bytes)
+                behind.add_metric([name], stats.wal_frames_not_checkpointed)
             for key, metric, _ in _TOTALS:
                 field = "lease_expirations_total" if key == "lease_expirations" else metric
                 totals[key].add_metric([name], getattr(stats, field))
@@ -168,13 +189,16 @@ def serve(
     host: str = "127.0.0.1",
     queues: Iterable[str] | None = None,
     registry: CollectorRegistry | None = None,
+    *,
+    schema: str | None = None,
 ) -> tuple[Any, Any]:
-    """Serve ``/metrics`` for the queues of ``db_path`` on ``host:port`` in a thread.
+    """Serve ``/metrics`` for the queues of ``db_path`` (an SQLite file or a PostgreSQL
+    URL, in ``schema``) on ``host:port`` in a thread.
 
     Binds to the loopback interface unless told otherwise. Returns the server and its
     thread (``server.shutdown()`` stops it).
     """
     target = registry if registry is not None else CollectorRegistry()
-    target.register(QueueCollector(db_path, queues))
+    target.register(QueueCollector(db_path, queues, schema=schema))
     server, thread = start_http_server(port, addr=host, registry=target)
     return server, thread

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from typing import Literal, NamedTuple
 
-__all__ = ["Target", "parse_target"]
+__all__ = ["Target", "parse_target", "redact"]
 
 
 class Target(NamedTuple):
@@ -48,3 +49,21 @@ def parse_target(target: str | os.PathLike[str]) -> Target:
             "postgresql://user@host/db (for a file whose name has a ':', write ./name)"
         )
     return Target("sqlite", target)
+
+
+_SECRET_PARAM = re.compile(r"(?i)\b(password=)[^&\s'\"]*")
+
+
+def redact(target: str) -> str:
+    """The target as messages and logs may show it: a PostgreSQL URL's password (in the
+    user part or a ``password=`` parameter) becomes ``***``; anything else is unchanged."""
+    if not target.startswith(("postgresql://", "postgres://")):
+        return target
+    parts = urllib.parse.urlsplit(target)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    return urllib.parse.urlunsplit(
+        parts._replace(netloc=netloc, query=_SECRET_PARAM.sub(r"\1***", parts.query))
+    )

@@ -19,7 +19,6 @@ import random
 import select
 import threading
 import time
-import urllib.parse
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -35,6 +34,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 from ..exceptions import ErrorKind
 from ..names import validate_queue_name
+from ..targets import redact  # the URL without its password, for messages and logs
 from ..wakeup import signal_for
 from . import postgres_sql as sql
 from .base import (
@@ -174,15 +174,6 @@ class _Pool:
 
     def get_stats(self) -> dict[str, int]:
         return dict(self._stats)
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _data(text: str | None, raw: bytes | memoryview | None) -> str | bytes:

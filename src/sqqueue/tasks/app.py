@@ -338,6 +338,12 @@ class Tasks:
         """The registered tasks by name (read-only)."""
         return MappingProxyType(self._tasks)
 
+    @property
+    def schema(self) -> str | None:
+        """The PostgreSQL schema of the queues (the ``schema=`` setting), if any."""
+        value = self._settings.get("schema")
+        return value if isinstance(value, str) else None
+
     def queue_names(self) -> list[str]:
         """The queues the registered tasks use (the default one first)."""
         names = [self.default_queue]

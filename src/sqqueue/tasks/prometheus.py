@@ -57,15 +57,13 @@ class TaskCollector(Collector):
 
 
 def serve(tasks: Tasks, port: int, host: str = "127.0.0.1") -> tuple[Any, Durations]:
-    """Serve ``/metrics`` for a tasks worker: per-task metrics, the queues' own (when they
-    live in an SQLite file) and the durations the workers record. Returns the server and
+    """Serve ``/metrics`` for a tasks worker: per-task metrics, the queues' own (in an
+    SQLite file or a PostgreSQL database) and the durations the workers record. Returns the server and
     the :class:`~sqqueue.prometheus.Durations` to give the workers."""
     registry = CollectorRegistry()
     durations = Durations(registry)
     registry.register(TaskCollector(tasks))
-    if tasks.target is not None:
-        where = parse_target(tasks.target)
-        if where.kind == "sqlite" and where.location != ":memory:":
-            registry.register(QueueCollector(where.location, tasks.queue_names()))
+    if tasks.target is not None and parse_target(tasks.target).location != ":memory:":
+        registry.register(QueueCollector(tasks.target, tasks.queue_names(), schema=tasks.schema))
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server, durations

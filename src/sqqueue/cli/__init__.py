@@ -1,0 +1,105 @@
+"""The ``sqqueue`` command: look into, feed, drain and look after queues from a shell.
+
+::
+
+    sqqueue stats jobs.db                       # every queue in the file, as a table
+    sqqueue stats postgresql://app@db.internal/app --schema jobs
+    sqqueue enqueue jobs.db emails '{"to": "ada@example.com"}' --json
+    sqqueue dlq list jobs.db emails             # what failed for good, and why
+    sqqueue worker tasks:send jobs.db emails --concurrency 4
+    sqqueue worker myapp.jobs:tasks --concurrency 4    # every task of a sqqueue.Tasks app
+
+Needs the ``cli`` extra (click and rich): ``pip install 'sqqueue[cli]'``. Exit codes: 0
+done, 1 the operation failed (the error is one ``error: ...`` line on stderr), 2 bad usage.
+``--json`` output is JSON with datetimes as ISO-8601 strings and bytes as
+``{"$bytes": "<base64>"}``.
+
+This package holds the click group ``main`` (the console script ``sqqueue``); each
+module beside it declares one group of commands at module level, and ``base`` what
+they share.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NoReturn
+
+from .. import __version__
+
+try:
+    import click
+    import rich  # noqa: F401 - the tables and progress bars need it
+except ImportError:  # pragma: no cover - depends on the install
+    _HAVE_DEPS = False
+else:
+    _HAVE_DEPS = True
+
+__all__ = ["main"]
+
+NEEDS = "the sqqueue command needs: pip install 'sqqueue[cli]'"
+
+
+def _missing_deps(*_args: Any, **_kwargs: Any) -> NoReturn:
+    sys.stderr.write(f"{NEEDS}\n")
+    raise SystemExit(2)
+
+
+def _build() -> click.Group:
+    """The ``sqqueue`` group with every command registered on it."""
+    from . import base, config, dashboard, demo, dlq, file, messages, metrics, worker
+
+    @click.group(
+        cls=base.SqqueueGroup,
+        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    )
+    @click.version_option(__version__, prog_name="sqqueue")
+    def main() -> None:
+        """Operate sqqueue queues: a persistent message queue in an SQLite file or a
+        PostgreSQL database.
+
+        TARGET is an SQLite file (jobs.db, sqlite:///jobs.db, sqlite:////abs/jobs.db) or a
+        PostgreSQL URL (postgresql://user@host/db; --schema NAME for queues in a schema).
+        Passwords are never printed. Commands that only mean something for an SQLite
+        file (checkpoint, check, salvage) refuse a PostgreSQL URL with exit code 2.
+
+        Exit codes: 0 done, 1 the operation failed (one "error: ..." line on stderr),
+        2 bad usage. Read-only commands never create a database file.
+
+        \b
+        Example:
+          sqqueue stats jobs.db
+          sqqueue enqueue jobs.db emails '{"to": "ada@example.com"}' --json
+          sqqueue worker tasks:send jobs.db emails --concurrency 4
+          sqqueue stats postgresql://app@db.internal/app
+        """
+
+    for command in (
+        messages.stats,
+        messages.ls,
+        messages.peek,
+        messages.enqueue,
+        messages.dequeue,
+        messages.complete,
+        messages.fail,
+        messages.purge,
+        dlq.dlq,
+        file.vacuum,
+        file.checkpoint,
+        file.check,
+        file.salvage,
+        file.migrate,
+        file.copy,
+        demo.demo,
+        config.config_cmd,
+        worker.worker_cmd,
+        dashboard.dashboard,
+        metrics.metrics,
+    ):
+        main.add_command(command)
+    return main
+
+
+if _HAVE_DEPS:
+    main: click.Group = _build()
+else:  # pragma: no cover - depends on the install
+    main = _missing_deps  # type: ignore[assignment]

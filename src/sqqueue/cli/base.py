@@ -1,0 +1,514 @@
+"""What every command shares: errors and exit codes, the shared options, opening a
+database and its queues, and rendering (tables, JSON, times and sizes).
+
+Everything here is plain functions; the commands (one module per group of them) call
+them through this module, so that tests can replace the few hooks that look at the
+terminal (``stdin_interactive``, ``show_progress``, ``pause``).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich import box
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from .. import tools
+from ..exceptions import QueueError
+from ..message import Message
+from ..names import validate_queue_name
+from ..queue import LISTABLE_STATES, PURGEABLE_STATES, Queue, connect, list_queues
+from ..result import Err, Result
+from ..retry import RetryPolicy
+from ..targets import parse_target, redact
+
+LIST_STATES = LISTABLE_STATES
+PURGE_STATES = PURGEABLE_STATES
+LIVE_STATES = ("ready", "delayed", "waiting", "processing")  # what purge takes by default
+BINARY_HINT = (
+    'to enqueue binary data, give it as JSON {"$bytes": "<base64>"} with --json '
+    '(e.g. base64 -w0 FILE | sed \'s/.*/{"$bytes": "&"}/\')'
+)
+
+T = TypeVar("T")
+
+
+class CliError(Exception):
+    """An expected failure: one ``error: ...`` line on stderr and an exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- small helpers (no click needed) ----------------------------------------------------------
+
+
+#: a password in a PostgreSQL URL or connection string quoted in an error, whoever wrote it
+_URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@")
+_PARAM_PASSWORD = re.compile(r"(?i)\b(password=)[^&\s'\"]*")
+
+
+def one_line(text: object) -> str:
+    """An error as one line, with any password it quotes masked."""
+    flat = " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+    return _PARAM_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", flat))
+
+
+def unwrap(result: Result[T, Any]) -> T:
+    """The value of an ``Ok``; an ``Err`` becomes a one-line error (exit 1)."""
+    if isinstance(result, Err):
+        raise CliError(str(result.error))
+    return result.value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, RetryPolicy):
+        return retry_text(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot represent {type(value).__name__} as JSON")
+
+
+def dumps(data: Any, indent: int | None = 2) -> str:
+    return json.dumps(data, default=_json_default, indent=indent, ensure_ascii=False)
+
+
+def parse_json_payload(text: str) -> Any:
+    """A JSON payload; ``{"$bytes": "<base64>"}`` (what ``--json`` output uses) is bytes."""
+    value = json.loads(text)
+    if isinstance(value, dict) and set(value) == {"$bytes"} and isinstance(value["$bytes"], str):
+        return base64.b64decode(value["$bytes"], validate=True)
+    return value
+
+
+def is_utf8(text: str) -> bool:
+    """Whether text from the command line is real text (undecodable bytes in argv come
+    through as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def batch_error(text: str, numbers: list[int]) -> str:
+    """An enqueue_batch error as the command speaks: its item number becomes the line of
+    stdin it came from, and the method's name goes."""
+    text = text.removeprefix("enqueue_batch failed: ")
+    match = re.match(r"item (\d+): (.*?)(; nothing was enqueued)?$", text)
+    if match is None or int(match.group(1)) >= len(numbers):
+        return f"enqueue failed: {text}"
+    return f"line {numbers[int(match.group(1))]}: {match.group(2)}"
+
+
+def stdin_lines() -> Iterator[bytes]:
+    """Standard input line by line, as bytes: each line is decoded (and refused if it is
+    not UTF-8) by the caller, whatever the locale says."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is not None:
+        return iter(buffer)
+    return (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
+
+
+def retry_text(policy: RetryPolicy) -> str:
+    if policy.kind == "immediate":
+        return "immediate"
+    if policy.kind == "fixed":
+        return f"fixed:{policy.base:g}"
+    text = f"{policy.kind}:{policy.base:g}:{policy.cap:g}"
+    if policy.kind == "exponential" and (policy.factor != 2.0 or not policy.jitter):
+        text += f" (factor {policy.factor:g}, jitter {'on' if policy.jitter else 'off'})"
+    return text
+
+
+def fmt_when(value: datetime | str | None) -> str:
+    """ISO-8601 in UTC to the second, for tables: ``2026-01-31T09:15:00Z``. (A stored time
+    that cannot be read comes as the library's ``<invalid: ...>`` marker, shown as is.)"""
+    if value is None:
+        return "-"
+    if not isinstance(value, datetime):
+        return str(value)
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def fmt_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def fmt_size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{count} B"  # pragma: no cover - the loop always returns
+
+
+def payload_text(payload: Any) -> str:
+    """A payload for humans: text as it is, anything else as compact JSON."""
+    if isinstance(payload, str):
+        return payload
+    return dumps(payload, indent=None)
+
+
+def clip(text: str | None, width: int) -> str:
+    if not text:
+        return "-"
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+def message_dict(message: Message) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "queue": message.queue,
+        "payload": message.payload,
+        "priority": message.priority,
+        "attempts": message.attempts,
+        "max_attempts": message.max_attempts,
+        "prior_attempts": message.prior_attempts,
+        "enqueued_at": message.enqueued_at,
+        "lease_expires_at": message.lease_expires_at,
+        "expires_at": message.expires_at,
+        "group": message.group,
+        "last_error": message.last_error,
+    }
+
+
+def stream_is_tty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def stdin_interactive() -> bool:
+    """Whether someone can answer a question on stdin (tests replace this)."""
+    return stream_is_tty(sys.stdin)
+
+
+def show_progress() -> bool:
+    """Progress bars go to stderr, and only when it is a terminal (tests replace this)."""
+    return stream_is_tty(sys.stderr)
+
+
+def make_console() -> Console:
+    """stdout for tables: the terminal's width, or wide enough not to wrap in a pipe."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=160)
+    return console
+
+
+def pause(seconds: float) -> None:
+    """The wait between two ``--watch`` refreshes (tests replace this)."""
+    time.sleep(seconds)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, known_total: bool) -> Iterator[Callable[[int, int | None], Any]]:
+    """Yield ``update(done, total)``: a rich progress bar on a terminal, nothing when piped."""
+    if not show_progress():
+        yield lambda _done, _total: None
+        return
+    columns: list[ProgressColumn | str] = [SpinnerColumn(), TextColumn("{task.description}")]
+    if known_total:
+        columns += [BarColumn(), MofNCompleteColumn()]
+    else:
+        columns.append(TextColumn("{task.completed}"))
+    columns.append(TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        task = progress.add_task(description, total=None)
+
+        def update(done: int, total: int | None) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield update
+
+
+# -- opening databases and queues --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Database:
+    """A TARGET argument: an SQLite file (a path or ``sqlite:///`` URL) or a PostgreSQL
+    URL, with the ``--schema`` its queues live in (PostgreSQL only)."""
+
+    given: str  #: as typed: what the library is given
+    kind: str  #: "sqlite" or "postgresql"
+    location: str  #: the file path, or the URL
+    schema: str | None = None
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.kind == "postgresql"
+
+    @property
+    def shown(self) -> str:
+        """How messages name it: the path, or the URL without its password."""
+        if not self.is_postgres:
+            return self.given
+        text = redact(self.location)
+        return f"{text} (schema {self.schema})" if self.schema else text
+
+    @property
+    def typed(self) -> str:
+        """The TARGET (and --schema) as typed again in a command this one suggests,
+        without the password."""
+        if not self.is_postgres:
+            return self.given
+        text = redact(self.location)
+        return f"{text} --schema {self.schema}" if self.schema else text
+
+
+def database(target: str, schema: str | None = None) -> Database:
+    """Parse a TARGET argument (and ``--schema``); a bad one is a usage error."""
+    try:
+        kind, location = parse_target(target)
+    except ValueError as exc:
+        raise CliError(str(exc), 2) from None
+    if schema is not None:
+        if kind != "postgresql":
+            raise CliError(
+                "--schema applies to a postgresql:// URL only: an SQLite file has no schemas",
+                2,
+            )
+        try:
+            validate_queue_name(schema)
+        except ValueError as exc:
+            raise CliError(f"--schema: {exc}", 2) from None
+    return Database(target, kind, location, schema)
+
+
+def sqlite_only(db: Database, what: str, instead: str) -> None:
+    """Refuse (exit 2) a command that only means something for an SQLite file."""
+    if db.is_postgres:
+        raise CliError(f"{what}; {instead}", 2)
+
+
+def require_db(db: Database) -> None:
+    """Read-only commands never create a file: fail when there is none. (A PostgreSQL
+    database is there or not when it is first asked.)"""
+    if db.is_postgres:
+        return
+    path = Path(db.location)
+    if path.is_dir():
+        raise CliError(f"{db.shown} is a directory, not a database file")
+    if not path.is_file():
+        raise CliError(f"no database at {db.shown}")
+
+
+def check_name(queue: str) -> str:
+    try:
+        return validate_queue_name(queue)
+    except ValueError as exc:
+        raise CliError(str(exc), 2) from None
+
+
+def queue_names(db: Database) -> list[str]:
+    return unwrap(list_queues(db.given, schema=db.schema))
+
+
+def legacy_names(db: Database) -> list[str]:
+    """Queues still in sqqueue 0.1.0's layout (an SQLite file's only: 0.1.0 had no
+    PostgreSQL)."""
+    if db.is_postgres:
+        return []
+    try:
+        return tools.legacy_queues(db.location)
+    except QueueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def require_queue(db: Database, name: str, hint: str = "") -> None:
+    """Fail unless the database holds a queue ``name``, listing the queues it does hold."""
+    require_db(db)
+    known = queue_names(db)
+    if name not in known and name not in legacy_names(db):
+        there = ", ".join(known) if known else "none"
+        raise CliError(f"no queue {name!r} in {db.shown} (queues there: {there}){hint}")
+
+
+def open_queue(db: Database, queue: str, *, create: bool = False, read_only: bool = False) -> Queue:
+    """Open a queue; unless ``create``, the database and the queue must exist already. A
+    ``read_only`` queue changes nothing (commands that only look use it)."""
+    name = check_name(queue)
+    if not create:
+        require_queue(db, name)
+    settings: dict[str, Any] = {"read_only": read_only}
+    if db.is_postgres:
+        settings["schema"] = db.schema
+    try:
+        return connect(db.given, name, **settings)
+    except (ValueError, QueueError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def dead_letter(queue: Queue, message_id: int) -> dict[str, Any] | None:
+    """The dead letter with this id, or None (one indexed page of the dead-letter queue)."""
+    if message_id < 1:
+        return None
+    page = unwrap(queue.list_messages("dead", limit=1, after_id=message_id - 1))
+    return page[0] if page and page[0]["id"] == message_id else None
+
+
+# -- rendering ----------------------------------------------------------------------------------
+
+
+def messages_table(title: str, entries: list[dict[str, Any]], width: int) -> Table:
+    """Messages as rows; narrow terminals leave out the enqueue time (--json has it all)."""
+    wide = width >= 110
+    table = new_table(title)
+    table.add_column("id", justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("pri", justify="right", no_wrap=True)
+    table.add_column("tries", justify="right", no_wrap=True)
+    if wide:
+        table.add_column("enqueued", no_wrap=True)
+    table.add_column("due/lease/dead/done", no_wrap=True)
+    table.add_column("last error", max_width=40, min_width=10)
+    table.add_column("payload", max_width=80, min_width=10)
+    for entry in entries:
+        status = entry["status"]
+        moment = {
+            "delayed": entry.get("visible_at"),
+            "processing": entry.get("lease_expires_at"),
+            "dead": entry.get("dead_at"),
+            "done": entry.get("completed_at"),
+        }.get(status)
+        attempts = str(entry["attempts"])
+        if "max_attempts" in entry:
+            attempts += f"/{entry['max_attempts']}"
+        cells = [str(entry["id"]), status, str(entry["priority"]), attempts]
+        if wide:
+            cells.append(fmt_when(entry.get("enqueued_at") or entry.get("created_at")))
+        cells += [
+            fmt_when(moment),
+            clip(entry.get("last_error"), 80),
+            clip(payload_text(entry["payload"]), 120),
+        ]
+        table.add_row(*cells)
+    return table
+
+
+def new_table(title: str | None) -> Table:
+    return Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        collapse_padding=True,
+    )
+
+
+def detail_text(fields: list[tuple[str, object]]) -> str:
+    width = max(len(label) for label, _ in fields) + 1
+    lines = []
+    for label, value in fields:
+        if isinstance(value, datetime):
+            text = value.isoformat()
+        elif value is None:
+            text = "-"
+        else:
+            text = str(value)
+        text = text.replace("\n", "\n" + " " * (width + 1))
+        lines.append(f"{label + ':':<{width}} {text}")
+    return "\n".join(lines)
+
+
+def pretty_payload(payload: Any) -> str:
+    if isinstance(payload, str):
+        return payload
+    return dumps(payload)
+
+
+# -- the group and the shared options ----------------------------------------------------------
+
+
+class SqqueueGroup(click.Group):
+    """Turns a CliError raised by any command into ``error: ...`` and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CliError as exc:
+            click.echo(f"error: {one_line(exc)}", err=True)
+            ctx.exit(exc.code)
+
+
+as_json = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+db_arg = click.argument("target", metavar="TARGET")
+schema_opt = click.option(
+    "--schema",
+    metavar="NAME",
+    help="PostgreSQL: the schema the queues live in (else the server's search path).",
+)
+queue_arg = click.argument("queue", metavar="QUEUE")
+id_arg = click.argument("message_id", metavar="ID", type=click.IntRange(min=0))
+yes_opt = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+older_opt = click.option(
+    "--older-than",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Only messages enqueued more than SECONDS ago (dead letters: that died; kept "
+    "completed ones: that were completed).",
+)
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask before deleting, unless ``yes``; refuse (exit 2) when nobody can answer."""
+    if yes:
+        return
+    if not stdin_interactive():
+        raise CliError(
+            "refusing to delete without confirmation: stdin is not a terminal; "
+            "pass --yes to confirm",
+            2,
+        )
+    try:
+        answer = click.confirm(question, default=False, err=True)
+    except click.Abort:
+        answer = False
+    if not answer:
+        raise CliError("aborted; nothing was deleted")

@@ -1,0 +1,62 @@
+"""``sqqueue config``: each setting's value and where it came from. (The one module of
+the command line that reads the settings machinery.)"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..config import SETTINGS, find_config_file, resolve
+from ..retry import RetryPolicy
+from . import base
+
+
+@click.command("config")
+@click.option("--queue", "queue", metavar="NAME", help="Include [queues.NAME] settings.")
+@base.as_json
+def config_cmd(queue: str | None, as_json: bool) -> None:
+    """Show each setting's value and where it came from.
+
+    Precedence: argument > environment (SQQUEUE_<SETTING>) > config file > default.
+    The file is $SQQUEUE_CONFIG, else ./sqqueue.toml, else [tool.sqqueue] in
+    ./pyproject.toml; [queues.NAME] tables override it for one queue.
+
+    \b
+    Example:
+      sqqueue config --queue emails
+      SQQUEUE_DEFAULT_MAX_ATTEMPTS=10 sqqueue config
+    """
+    explicit: dict[str, Any] = {}
+    if queue is not None:
+        explicit["table_name"] = base.check_name(queue)
+    try:
+        found = find_config_file()
+        resolved = resolve(explicit)
+    except ValueError as exc:
+        raise base.CliError(str(exc)) from None
+    config_file = str(found[0]) if found else None
+    if as_json:
+        settings = {
+            name: {"value": resolved.values[name], "source": resolved.sources[name]}
+            for name in SETTINGS
+        }
+        click.echo(base.dumps({"config_file": config_file, "settings": settings}))
+        return
+    click.echo(f"config file: {config_file or 'none'}")
+    table = base.new_table(None)
+    table.add_column("setting", no_wrap=True)
+    table.add_column("value", no_wrap=True)
+    table.add_column("source", no_wrap=True)
+    table.add_column("meaning")
+    for name, setting in SETTINGS.items():
+        value = resolved.values[name]
+        if isinstance(value, RetryPolicy):
+            shown = base.retry_text(value)
+        else:
+            shown = "-" if value is None else str(value)
+        source = resolved.sources[name]
+        if source.startswith("file "):
+            source = "file"  # the path is on the first line
+        table.add_row(name, shown, source, setting.help)
+    base.make_console().print(table)

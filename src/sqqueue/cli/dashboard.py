@@ -1,0 +1,37 @@
+"""``sqqueue dashboard``: the web dashboard (needs the ``dashboard`` extra)."""
+
+from __future__ import annotations
+
+import click
+
+from . import base
+
+
+@click.command("dashboard")
+@click.argument("target", metavar="TARGET")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8844, show_default=True)
+@click.option("--read-only", is_flag=True, help="Hide and refuse every action.")
+@click.option("--token-file", metavar="PATH", help="Read the login token from PATH.")
+@click.option("--schema", metavar="NAME", help="PostgreSQL schema of the queues.")
+def dashboard(target: str, host: str, port: int, read_only: bool,
+              token_file: str | None, schema: str | None) -> None:  # fmt: skip
+    """Serve a web dashboard of every queue in TARGET (an SQLite file or a
+    postgresql:// URL) until Ctrl-C. Needs: pip install 'sqqueue[dashboard]'.
+
+    The token is $SQQUEUE_DASHBOARD_TOKEN, the --token-file, or one made up and
+    printed now; a --host other than loopback needs one of the first two.
+
+    \b
+    Example:
+      sqqueue dashboard jobs.db --port 8844
+    """
+    try:
+        from ..dashboard.server import DashboardError, serve
+    except ImportError as exc:
+        raise base.CliError(str(exc), 2) from None
+    try:
+        serve(target, host=host, port=port, read_only=read_only,
+              token_file=token_file, schema=schema)  # fmt: skip
+    except DashboardError as exc:
+        raise base.CliError(str(exc), exc.code) from None

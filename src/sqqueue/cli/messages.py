@@ -1,0 +1,570 @@
+"""Looking at, feeding and draining the messages of a queue: ``stats``, ``ls``, ``peek``,
+``enqueue``, ``dequeue``, ``complete``, ``fail`` and ``purge``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Group, RenderableType
+from rich.live import Live
+
+from ..message import Item
+from ..queue import Queue
+from ..result import Err
+from ..stats import QueueStats
+from . import base
+
+CHUNK = 1000  # messages per enqueue_batch transaction when reading stdin
+
+
+_TOTAL_HEADERS = {
+    "dead_lettered": "to DLQ",
+    "lease_expirations": "lease exp.",
+    "ttl_expired": "TTL exp.",
+}
+
+
+def _stats_view(db: base.Database, rows: list[QueueStats], legacy: list[str]) -> RenderableType:
+    now = base.fmt_when(datetime.now(timezone.utc))
+    if not rows:
+        text = f"no sqqueue queues in {db.shown}"
+        if legacy:
+            text += f" (0.1.0 queues: {', '.join(legacy)}; run `sqqueue migrate {db.shown}`)"
+        return text
+    first = rows[0].to_dict()
+    states = [key for key in ("ready", "delayed", "waiting", "processing", "dead") if key in first]
+    totals = [key for key in first if key.endswith("_total")]
+    counts_table = base.new_table(f"{db.shown} at {now}")
+    counts_table.add_column("queue")
+    for header in (*states, "oldest", "expiring"):
+        counts_table.add_column(header, justify="right")
+    totals_table = base.new_table("totals since creation")
+    totals_table.add_column("queue")
+    for key in totals:
+        short = key.removesuffix("_total")
+        totals_table.add_column(_TOTAL_HEADERS.get(short, short.replace("_", " ")), justify="right")
+    for s in rows:
+        data = s.to_dict()
+        counts_table.add_row(
+            s.queue,
+            *(str(data[key]) for key in states),
+            base.fmt_age(s.oldest_ready_age),
+            str(s.expiring_soon),
+        )
+        totals_table.add_row(s.queue, *(str(data[key]) for key in totals))
+    parts: list[RenderableType] = [counts_table, totals_table]
+    if not db.is_postgres:  # a server's files are its own business
+        files = f"file: {base.fmt_size(rows[0].db_bytes)}, WAL: {base.fmt_size(rows[0].wal_bytes)}"
+        if rows[0].wal_frames_not_checkpointed:
+            files += (
+                f" ({rows[0].wal_frames_not_checkpointed} of {rows[0].wal_frames} frames not "
+                "checkpointed: another connection reads an old snapshot)"
+            )
+        parts.append(files)
+    if legacy:
+        parts.append(f"0.1.0 queues not migrated yet: {', '.join(legacy)}")
+    return Group(*parts)
+
+
+def _stats_json(db: base.Database, rows: list[QueueStats], legacy: list[str]) -> dict[str, Any]:
+    """The stats document; on PostgreSQL the file sizes are null (no file of ours)."""
+    db_bytes: int | None = None
+    wal_bytes: int | None = None
+    if not db.is_postgres:
+        wal = Path(f"{db.location}-wal")
+        db_bytes = rows[0].db_bytes if rows else os.path.getsize(db.location)
+        wal_bytes = rows[0].wal_bytes if rows else (wal.stat().st_size if wal.is_file() else 0)
+    return {
+        "db": db.shown,
+        "at": datetime.now(timezone.utc),
+        "db_bytes": db_bytes,
+        "wal_bytes": wal_bytes,
+        "queues": {s.queue: s.to_dict() for s in rows},
+        "legacy_queues": legacy,
+    }
+
+
+# -- looking -------------------------------------------------------------------------------
+
+
+@click.command()
+@base.db_arg
+@base.schema_opt
+@click.argument("queue", metavar="[QUEUE]", required=False)
+@base.as_json
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0.1),
+    is_flag=False,
+    flag_value=2.0,
+    default=None,
+    metavar="[SECONDS]",
+    help="Refresh every SECONDS (2 by default) until Ctrl-C. Put it after TARGET and QUEUE "
+    "(or write --watch=5). With --json, prints one JSON document per line.",
+)
+def stats(
+    target: str, queue: str | None, as_json: bool, watch: float | None, schema: str | None
+) -> None:
+    """Counts, ages and totals of every queue in TARGET (or just QUEUE).
+
+    Ready (can be dequeued now), delayed, waiting (behind an earlier message of their
+    group), processing (leased) and dead messages, the age of the oldest ready message,
+    leases expiring within 60 s, totals since each queue was created, and, for an SQLite
+    file, the database and WAL file sizes (null in --json on PostgreSQL).
+
+    \b
+    Example:
+      sqqueue stats jobs.db
+      sqqueue stats jobs.db emails --json
+      sqqueue stats jobs.db --watch 5
+      sqqueue stats postgresql://app@db.internal/app --schema jobs
+    """
+    db = base.database(target, schema)
+    base.require_db(db)
+    opened: dict[str, Queue] = {}
+    if queue is not None:
+        opened[queue] = base.open_queue(db, queue, read_only=True)
+
+    def snapshot() -> tuple[list[QueueStats], list[str]]:
+        names = [queue] if queue is not None else base.queue_names(db)
+        rows = []
+        for name in names:
+            if name not in opened:
+                opened[name] = base.open_queue(db, name, read_only=True)
+            rows.append(base.unwrap(opened[name].stats()))
+        return rows, [] if queue is not None else base.legacy_names(db)
+
+    console = base.make_console()
+    try:
+        if watch is None:
+            rows, legacy = snapshot()
+            if as_json:
+                click.echo(base.dumps(_stats_json(db, rows, legacy)))
+            else:
+                console.print(_stats_view(db, rows, legacy))
+            return
+        with contextlib.suppress(KeyboardInterrupt):
+            if as_json or not console.is_terminal:
+                while True:  # until Ctrl-C
+                    rows, legacy = snapshot()
+                    if as_json:
+                        click.echo(base.dumps(_stats_json(db, rows, legacy), indent=None))
+                    else:
+                        console.print(_stats_view(db, rows, legacy))
+                    sys.stdout.flush()
+                    base.pause(watch)
+            else:
+                with Live(console=console, auto_refresh=False) as live:
+                    while True:  # until Ctrl-C
+                        live.update(_stats_view(db, *snapshot()), refresh=True)
+                        base.pause(watch)
+    finally:
+        for opened_queue in opened.values():
+            opened_queue.close()
+
+
+@click.command("ls")
+@base.db_arg
+@base.schema_opt
+@base.queue_arg
+@click.option(
+    "--state",
+    type=click.Choice(base.LIST_STATES),
+    default="all",
+    show_default=True,
+    help="Which messages to list. all: every message not finished (not dead, not "
+    "done); done: completed messages kept by the retention setting.",
+)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True, metavar="N")
+@click.option(
+    "--after",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="ID",
+    help="Start after this id (the value printed at the end of the previous page).",
+)
+@base.as_json
+def ls(
+    target: str, queue: str, state: str, limit: int, after: int, as_json: bool, schema: str | None
+) -> None:
+    """List the messages of QUEUE by id, a page at a time.
+
+    \b
+    Example:
+      sqqueue ls jobs.db emails --state dead --limit 20
+      sqqueue ls jobs.db emails --state dead --limit 20 --after 140
+    """
+    db = base.database(target, schema)
+    with base.open_queue(db, queue, read_only=True) as q:
+        entries = base.unwrap(q.list_messages(state, limit=limit, after_id=after))
+    next_after = entries[-1]["id"] if len(entries) == limit else None
+    if as_json:
+        click.echo(
+            base.dumps(
+                {"queue": queue, "state": state, "messages": entries, "next_after": next_after}
+            )
+        )
+        return
+    if not entries:
+        click.echo(f"no {'' if state == 'all' else state + ' '}messages in queue {queue!r}")
+        return
+    console = base.make_console()
+    console.print(base.messages_table(f"{queue}: {state} messages", entries, console.width))
+    if next_after is not None:
+        click.echo(f"next page: --after {next_after}")
+
+
+@click.command()
+@base.db_arg
+@base.schema_opt
+@base.queue_arg
+@base.as_json
+def peek(target: str, queue: str, as_json: bool, schema: str | None) -> None:
+    """Show the next message without taking it.
+
+    The message the next dequeue would get; it stays where it is.
+
+    \b
+    Example:
+      sqqueue peek jobs.db emails
+    """
+    db = base.database(target, schema)
+    with base.open_queue(db, queue, read_only=True) as q:
+        message = base.unwrap(q.peek())
+    if as_json:
+        click.echo(base.dumps(None if message is None else base.message_dict(message)))
+    elif message is None:
+        click.echo(f"queue {queue!r} has no message ready")
+    else:
+        click.echo(
+            base.detail_text(
+                [
+                    ("id", message.id),
+                    ("priority", message.priority),
+                    ("attempts", f"{message.attempts}/{message.max_attempts}"),
+                    ("enqueued at", message.enqueued_at),
+                    ("last error", message.last_error),
+                    ("payload", base.pretty_payload(message.payload)),
+                ]
+            )
+        )
+
+
+# -- producing and consuming ---------------------------------------------------------------
+
+
+@click.command()
+@base.db_arg
+@base.schema_opt
+@base.queue_arg
+@click.argument("payload", metavar="PAYLOAD|-")
+@click.option(
+    "--json",
+    "parse_json",
+    is_flag=True,
+    help='Parse each payload as JSON ({"$bytes": "<base64>"} becomes bytes).',
+)
+@click.option("--priority", type=int, default=None, help="Higher is delivered first.")
+@click.option(
+    "--delay", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS", help="Hold back."
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Deliveries before the dead-letter queue.",
+)
+@click.option(
+    "--ttl",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Never deliver it after SECONDS.",
+)
+@click.option("--group", metavar="KEY", help="Deliver one message of the group at a time.")
+@click.option(
+    "--dedup-key",
+    metavar="KEY",
+    help="Add nothing if a message with KEY was enqueued recently (prints its id).",
+)
+def enqueue(
+    target: str,
+    queue: str,
+    payload: str,
+    parse_json: bool,
+    priority: int | None,
+    delay: float,
+    max_attempts: int | None,
+    ttl: float | None,
+    group: str | None,
+    dedup_key: str | None,
+    schema: str | None,
+) -> None:
+    """Add a message (or one per line of stdin); prints its id.
+
+    QUEUE (and an SQLite file) are created if needed.
+
+    PAYLOAD is stored as text unless --json is given. With "-", every line of stdin is
+    a message (blank lines are skipped), added in transactions of 1000; prints the
+    count.
+
+    \b
+    Example:
+      sqqueue enqueue jobs.db emails 'hello'
+      sqqueue enqueue jobs.db emails '{"to": "ada@example.com"}' --json --priority 5
+      jq -c '.[]' jobs.json | sqqueue enqueue jobs.db emails - --json
+    """
+    db = base.database(target, schema)
+    if payload != "-":
+        if not base.is_utf8(payload):
+            raise base.CliError(f"PAYLOAD is not UTF-8 text; {base.BINARY_HINT}", 2)
+        value: Any = payload
+        if parse_json:
+            try:
+                value = base.parse_json_payload(payload)
+            except ValueError as exc:
+                raise base.CliError(f"PAYLOAD is not valid JSON: {exc}", 2) from None
+        with base.open_queue(db, queue, create=True) as q:
+            new_id = base.unwrap(
+                q.enqueue(
+                    value,
+                    priority,
+                    delay,
+                    max_attempts,
+                    dedup_key=dedup_key,
+                    group=group,
+                    ttl=ttl,
+                )
+            )
+        click.echo(str(new_id))
+        return
+    if dedup_key is not None:
+        raise base.CliError("--dedup-key needs a single PAYLOAD, not -", 2)
+    stream = base.stdin_lines()
+    total = 0
+    with (
+        base.open_queue(db, queue, create=True) as q,
+        base.progress_bar("enqueueing", known_total=False) as update,
+    ):
+        batch: list[Item] = []
+        numbers: list[int] = []  # the line number of each item of the batch
+
+        def flush() -> None:
+            nonlocal total
+            if not batch:
+                return
+            result = q.enqueue_batch(batch)
+            if isinstance(result, Err):
+                raise base.CliError(
+                    f"{base.batch_error(str(result.error), numbers)}; "
+                    f"{total} message(s) from earlier lines were enqueued"
+                )
+            total += len(result.value)
+            update(total, None)
+            batch.clear()
+            numbers.clear()
+
+        for number, raw in enumerate(stream, start=1):
+            try:
+                text = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise base.CliError(
+                    f"line {number} is not UTF-8 text; {base.BINARY_HINT}; "
+                    f"{total} message(s) from earlier lines were enqueued",
+                    2,
+                ) from None
+            if not text.strip():
+                continue
+            item: Any = text
+            if parse_json:
+                try:
+                    item = base.parse_json_payload(text)
+                except ValueError as exc:
+                    raise base.CliError(
+                        f"line {number} is not valid JSON: {exc}; "
+                        f"{total} message(s) from earlier lines were enqueued",
+                        2,
+                    ) from None
+            batch.append(Item(item, priority, delay, max_attempts, group=group, ttl=ttl))
+            numbers.append(number)
+            if len(batch) >= CHUNK:
+                flush()
+        flush()
+    click.echo(f"enqueued {total} message(s) to queue {queue!r}")
+
+
+@click.command()
+@base.db_arg
+@base.schema_opt
+@base.queue_arg
+@click.option(
+    "--wait",
+    type=click.FloatRange(0, 86400),
+    default=0.0,
+    metavar="SECONDS",
+    help="Wait up to SECONDS for a message.",
+)
+@click.option(
+    "--visibility-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Lease length (the queue's default otherwise).",
+)
+@base.as_json
+def dequeue(
+    target: str,
+    queue: str,
+    wait: float,
+    visibility_timeout: float | None,
+    as_json: bool,
+    schema: str | None,
+) -> None:
+    """Lease the next message; prints "ID<TAB>PAYLOAD".
+
+    Finish it with `sqqueue complete` or `sqqueue fail` before the lease runs out, or
+    it is delivered again. Prints nothing (exit 0) when no message is ready; with
+    --json, prints the message as an object, or null.
+
+    \b
+    Example:
+      read -r id payload < <(sqqueue dequeue jobs.db emails --wait 30)
+      [ -n "$id" ] && sqqueue complete jobs.db emails "$id"
+    """
+    db = base.database(target, schema)
+    with base.open_queue(db, queue) as q:
+        message = base.unwrap(q.dequeue(visibility_timeout=visibility_timeout, wait=wait))
+    if as_json:
+        click.echo(base.dumps(None if message is None else base.message_dict(message)))
+    elif message is None:
+        if base.stream_is_tty(sys.stderr):
+            click.echo(f"queue {queue!r} has no message ready", err=True)
+    else:
+        click.echo(f"{message.id}\t{base.payload_text(message.payload)}")
+        if base.stream_is_tty(sys.stderr):
+            click.echo(
+                f"leased until {base.fmt_when(message.lease_expires_at)}; finish it with: "
+                f"sqqueue complete {db.typed} {queue} {message.id}",
+                err=True,
+            )
+
+
+@click.command()
+@base.db_arg
+@base.schema_opt
+@base.queue_arg
+@base.id_arg
+def complete(target: str, queue: str, message_id: int, schema: str | None) -> None:
+    """Acknowledge a leased message: it is deleted for good.
+
+    \b
+    Example:
+      sqqueue complete jobs.db emails 42
+    """
+    db = base.database(target, schema)
+    with base.open_queue(db, queue) as q:
+        base.unwrap(q.complete(message_id))
+    click.echo(f"completed message {message_id}")
+
+
+@click.command()
+@base.db_arg
+@base.schema_opt
+@base.queue_arg
+@base.id_arg
+@click.option("--error", "error", metavar="TEXT", help="Why it failed (kept as last error).")
+@click.option("--dlq", is_flag=True, help="Send it to the dead-letter queue at once.")
+@click.option(
+    "--delay",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Retry after SECONDS (the queue's retry policy otherwise).",
+)
+def fail(
+    target: str,
+    queue: str,
+    message_id: int,
+    error: str | None,
+    dlq: bool,
+    delay: float | None,
+    schema: str | None,
+) -> None:
+    """Record a failed attempt of a leased message.
+
+    It is retried, or dead-lettered when it has used its attempts (or with --dlq).
+
+    \b
+    Example:
+      sqqueue fail jobs.db emails 42 --error "smtp timeout"
+      sqqueue fail jobs.db emails 42 --error "bad address" --dlq
+    """
+    db = base.database(target, schema)
+    with base.open_queue(db, queue) as q:
+        base.unwrap(q.fail_message(message_id, send_to_dlq=dlq, error=error, delay=delay))
+        dead = base.dead_letter(q, message_id) is not None
+    if dead:
+        click.echo(f"message {message_id} moved to the dead-letter queue")
+    else:
+        click.echo(f"message {message_id} failed; it will be retried")
+
+
+@click.command()
+@base.db_arg
+@base.schema_opt
+@base.queue_arg
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([*base.PURGE_STATES, "all"]),
+    help="Which messages (repeatable). Default: ready, delayed, waiting and "
+    "processing; pending: ready and delayed; all: those, dead letters and kept "
+    "completed messages.",
+)
+@base.older_opt
+@base.yes_opt
+def purge(
+    target: str,
+    queue: str,
+    states: tuple[str, ...],
+    older_than: float | None,
+    yes: bool,
+    schema: str | None,
+) -> None:
+    """Delete messages of QUEUE for good (asks first unless --yes).
+
+    Without --yes and without a terminal to ask on, refuses (exit 2) rather than wait.
+    Deleting processing messages makes their consumers' acknowledgements fail.
+
+    \b
+    Example:
+      sqqueue purge jobs.db emails --yes
+      sqqueue purge jobs.db emails --state delayed --older-than 86400 --yes
+    """
+    db = base.database(target, schema)
+    if "all" in states:
+        states = tuple(base.PURGE_STATES)
+    if "pending" in states:  # ready and delayed, 0.1.0's word
+        states = (*states, "ready", "delayed")
+    chosen = sorted(set(states) - {"pending"}, key=base.PURGE_STATES.index)
+    effective = chosen or list(base.LIVE_STATES)
+    with base.open_queue(db, queue) as q:
+        now = base.unwrap(q.stats())
+        counts = now.to_dict()
+        count = sum(counts[state] for state in effective if state in counts)
+        scope = f" enqueued more than {older_than:.15g} s ago" if older_than is not None else ""
+        base.confirm(
+            f"Delete the {', '.join(effective)} messages of queue {queue!r} in {db.shown}{scope} "
+            f"({count} live or dead there now)?",
+            yes,
+        )
+        removed = base.unwrap(q.purge(chosen or None, older_than=older_than))
+    click.echo(f"deleted {removed} message(s) from queue {queue!r}")
