@@ -62,6 +62,8 @@ try:
         TimeElapsedColumn,
     )
     from rich.table import Table
+
+    from . import cli_security
 except ImportError:  # pragma: no cover - depends on the install
     _HAVE_DEPS = False
 else:
@@ -599,7 +601,8 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
         context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     )
     @click.version_option(__version__, prog_name="sqqueue")
-    def main() -> None:
+    @cli_security.key_file_option
+    def main(key_file: str | None) -> None:
         """Operate sqqueue queues: a persistent message queue in an SQLite file.
 
         Exit codes: 0 done, 1 the operation failed (one "error: ..." line on stderr),
@@ -611,6 +614,11 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
           sqqueue enqueue jobs.db emails '{"to": "ada@example.com"}' --json
           sqqueue worker tasks:send jobs.db emails --concurrency 4
         """
+        if key_file is not None:
+            try:
+                cli_security.use_key_file(key_file)
+            except ValueError as exc:
+                raise CliError(str(exc), 2) from None
 
     # -- looking -------------------------------------------------------------------------------
 
@@ -1696,6 +1704,7 @@ def _build() -> click.Group:  # noqa: PLR0915 - one place declares the whole com
             server.shutdown()
             server.server_close()
 
+    cli_security.register(main, CliError)
     return main
 
 
