@@ -332,3 +332,17 @@ def test_key_file_others_may_read_is_refused_by_the_commands(tmp_path: Path) -> 
     done = _cli("--key-file", key_file, "stats", tmp_path / "q.db")
     assert done.returncode == 2
     assert "chmod 600" in done.stderr and KEY not in done.stderr
+
+
+def test_security_page_examples_run_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    page = Path(__file__).resolve().parent.parent / "docs" / "security.md"
+    blocks = [part.split("```", 1)[0] for part in page.read_text().split("```python\n")[1:]]
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), {"print": lambda *a: None})
+    written = [p for p in tmp_path.iterdir() if p.name.startswith("secret-jobs")]
+    assert all(b"ada@example.com" not in p.read_bytes() for p in written)
+    assert written
