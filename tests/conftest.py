@@ -181,10 +181,11 @@ class QueueTarget:
     schema: str | None = None
     key: str | None = None  # an SQLite file's encryption key
 
-    def _sqlite(self) -> sqlite3.Connection:
+    def sqlite_connection(self, **options: Any) -> sqlite3.Connection:
+        """A connection of its own to the SQLite file (keyed, if it is encrypted)."""
         path = self.url[len("sqlite:///") :]
         key = encryption.EncryptionKey(self.key) if self.key else None
-        conn: sqlite3.Connection = encryption.connect(path, key)
+        conn: sqlite3.Connection = encryption.connect(path, key, **options)
         return conn
 
     def open(self, table_name: str = "jobs", **settings: Any) -> Queue:
@@ -201,7 +202,7 @@ class QueueTarget:
     def run_sql(self, statements: list[str]) -> None:
         """Run SQL statements by hand in this database (in the schema, on PostgreSQL)."""
         if self.backend == "sqlite":
-            conn = self._sqlite()
+            conn = self.sqlite_connection()
             try:
                 for statement in statements:
                     conn.execute(statement)
@@ -223,7 +224,7 @@ class QueueTarget:
             path = Path(self.url[len("sqlite:///") :])
             if not path.exists():
                 return set()
-            conn = self._sqlite()
+            conn = self.sqlite_connection()
             try:
                 rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
                 return {r[0] for r in rows}
