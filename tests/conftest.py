@@ -154,12 +154,25 @@ TEST_KEY = "x'" + "5e" * 32 + "'"
 _SQLITE_ONLY = frozenset({"test_model_features"})
 
 
+# Modules of process and timing tests: their encrypted variants are marked slow (they
+# run in `make test`; `-m "not slow"` leaves them out of a quick run).
+_SLOW_ENCRYPTED = frozenset(
+    {"test_concurrency", "test_tasks_processes", "test_worker", "test_time", "test_model"}
+)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Run every test that uses a backend-parametrized fixture once per backend."""
     if "backend" in metafunc.fixturenames:
         module = metafunc.module.__name__.rpartition(".")[2]
         names = ("sqlite",) if module in _SQLITE_ONLY else BACKENDS
-        metafunc.parametrize("backend", names, indirect=True)
+        params = [
+            pytest.param(name, marks=pytest.mark.slow)
+            if name == "sqlite-encrypted" and module in _SLOW_ENCRYPTED
+            else name
+            for name in names
+        ]
+        metafunc.parametrize("backend", params, indirect=True)
 
 
 @pytest.fixture
