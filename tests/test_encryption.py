@@ -346,3 +346,20 @@ def test_security_page_examples_run_as_written(
     written = [p for p in tmp_path.iterdir() if p.name.startswith("secret-jobs")]
     assert all(b"ada@example.com" not in p.read_bytes() for p in written)
     assert written
+
+
+@pytest.mark.parametrize("where", ["", "[queues.jobs]\n"])
+def test_config_file_never_holds_a_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    monkeypatch.setenv("SQQUEUE_CONFIG", str(tmp_path / "sqqueue.toml"))
+    (tmp_path / "sqqueue.toml").write_text(f'{where}encryption_key = "{KEY}"\n')
+    with pytest.raises(ValueError, match="not read from the config file") as info:
+        SQLiteQueue(tmp_path / "q.db", "jobs")
+    assert "SQQUEUE_ENCRYPTION_KEY_FILE" in str(info.value) and KEY not in str(info.value)
+    # The key variables are known: no "not a sqqueue setting" warning for them.
+    monkeypatch.setenv("SQQUEUE_CONFIG", "none")
+    monkeypatch.setenv(encryption.ENV_KEY, KEY)
+    with SQLiteQueue(tmp_path / "q.db", "jobs"):
+        pass
+    assert "not a sqqueue setting" not in caplog.text
