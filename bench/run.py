@@ -66,7 +66,9 @@ REFERENCES = (PLAIN, PLAIN_TXN)
 # current code on the rows users see (extracted from git: snapshot_before()).
 BEFORE_COMMIT = "2dc305d"
 BEFORE, PG_BEFORE = "sqqueue-before", "sqqueue-pg-before"
-NOT_PEERS = (*REFERENCES, BEFORE)
+# sqqueue on an encrypted file, beside the plain file on the one-by-one and batch rows.
+ENCRYPTED = "sqqueue-encrypted"
+NOT_PEERS = (*REFERENCES, BEFORE, ENCRYPTED)
 
 # Workload name -> (driver workload, label, better: "higher"/"lower", unit)
 WORKLOADS: dict[str, tuple[str, str, str, str]] = {
@@ -210,6 +212,7 @@ TAKES_PART: dict[str, list[str]] = {
 }
 ONLY_ON: dict[str, list[str]] = {
     PLAIN_TXN: ONE_BY_ONE,
+    ENCRYPTED: ONE_BY_ONE,
     BEFORE: USER_ROWS,
     PG_BEFORE: PG_USER_ROWS,
     "pgqueuer": ["pg_worker"],

@@ -1,8 +1,9 @@
 """Shared fixtures: a fake clock, and queues on every backend.
 
 ``make_queue``/``queue`` (and ``queue_target`` for child processes) are parametrized over
-the backends, SQLite (a real file in tmp_path) and PostgreSQL (a fresh schema per test):
-the behaviour tests are one contract suite. ``make_sqlite_queue``/``sqlite_queue`` are for
+the backends, SQLite (a real file in tmp_path), SQLite encrypted with SQLCipher (the same,
+with a key, also in ``SQQUEUE_ENCRYPTION_KEY`` for child processes and commands) and
+PostgreSQL (a fresh schema per test): the behaviour tests are one contract suite. ``make_sqlite_queue``/``sqlite_queue`` are for
 tests about SQLite itself.
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from sqqueue import PostgresQueue, Queue, SQLiteQueue, connect
+from sqqueue import PostgresQueue, Queue, SQLiteQueue, connect, encryption
 
 LOCAL_FIXTURES = Path(__file__).resolve().parent / "data"
 
@@ -143,11 +144,21 @@ def pg_schema(pg_url: str) -> Iterator[str]:
     drop_schema(pg_url, name)
 
 
-BACKENDS = ("sqlite", "postgres")
+BACKENDS = ("sqlite", "sqlite-encrypted", "postgres")
+#: the key of the encrypted SQLite files of the contract tests: a raw key, as a passphrase
+#: costs a key derivation (~0.2 s) per connection opened (test_encryption covers those)
+TEST_KEY = "x'" + "5e" * 32 + "'"
 
 # Modules whose tests build their SQLite queues themselves (test_model runs the same
 # model on both backends; the feature model only on SQLite, where it is fastest).
 _SQLITE_ONLY = frozenset({"test_model_features"})
+
+
+# Modules of process and timing tests: their encrypted variants are marked slow (they
+# run in `make test`; `-m "not slow"` leaves them out of a quick run).
+_SLOW_ENCRYPTED = frozenset(
+    {"test_concurrency", "test_tasks_processes", "test_worker", "test_time", "test_model"}
+)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -155,12 +166,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames:
         module = metafunc.module.__name__.rpartition(".")[2]
         names = ("sqlite",) if module in _SQLITE_ONLY else BACKENDS
-        metafunc.parametrize("backend", names, indirect=True)
+        params = [
+            pytest.param(name, marks=pytest.mark.slow)
+            if name == "sqlite-encrypted" and module in _SLOW_ENCRYPTED
+            else name
+            for name in names
+        ]
+        metafunc.parametrize("backend", params, indirect=True)
 
 
 @pytest.fixture
 def backend(request: pytest.FixtureRequest) -> str:
-    """Which backend a contract test runs on ("sqlite" or "postgres")."""
+    """Which backend a contract test runs on ("sqlite", "sqlite-encrypted" or "postgres")."""
     return str(request.param)
 
 
@@ -175,11 +192,21 @@ class QueueTarget:
     backend: str
     url: str
     schema: str | None = None
+    key: str | None = None  # an SQLite file's encryption key
+
+    def sqlite_connection(self, **options: Any) -> sqlite3.Connection:
+        """A connection of its own to the SQLite file (keyed, if it is encrypted)."""
+        path = self.url[len("sqlite:///") :]
+        key = encryption.EncryptionKey(self.key) if self.key else None
+        conn: sqlite3.Connection = encryption.connect(path, key, **options)
+        return conn
 
     def open(self, table_name: str = "jobs", **settings: Any) -> Queue:
         """A new queue object on this target (the caller closes it); on PostgreSQL a fake
         ``clock`` also pins the server's time (see ``make_queue``)."""
         if self.backend == "sqlite":
+            if self.key is not None:
+                settings.setdefault("encryption_key", self.key)
             return connect(self.url, table_name, **settings)
         if isinstance(settings.get("clock"), FakeClock):
             settings.setdefault("server_clock", settings["clock"])
@@ -188,7 +215,7 @@ class QueueTarget:
     def run_sql(self, statements: list[str]) -> None:
         """Run SQL statements by hand in this database (in the schema, on PostgreSQL)."""
         if self.backend == "sqlite":
-            conn = sqlite3.connect(self.url[len("sqlite:///") :])
+            conn = self.sqlite_connection()
             try:
                 for statement in statements:
                     conn.execute(statement)
@@ -210,7 +237,7 @@ class QueueTarget:
             path = Path(self.url[len("sqlite:///") :])
             if not path.exists():
                 return set()
-            conn = sqlite3.connect(path)
+            conn = self.sqlite_connection()
             try:
                 rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
                 return {r[0] for r in rows}
@@ -227,13 +254,20 @@ class QueueTarget:
 
 
 @pytest.fixture
-def queue_target(backend: str, request: pytest.FixtureRequest, db_path: Path) -> QueueTarget:
-    """The database behind ``make_queue``: a file in tmp_path, or a fresh PostgreSQL schema.
+def queue_target(
+    backend: str, request: pytest.FixtureRequest, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> QueueTarget:
+    """The database behind ``make_queue``: a file in tmp_path (encrypted: its key is also
+    in the environment, as a deployment would give it to commands and child processes),
+    or a fresh PostgreSQL schema.
 
     A PostgreSQL server that cannot be started is an error, never a skip.
     """
     if backend == "sqlite":
         return QueueTarget("sqlite", f"sqlite:///{db_path.resolve()}")
+    if backend == "sqlite-encrypted":
+        monkeypatch.setenv(encryption.ENV_KEY, TEST_KEY)
+        return QueueTarget("sqlite", f"sqlite:///{db_path.resolve()}", key=TEST_KEY)
     url = request.getfixturevalue("pg_url")
     schema = request.getfixturevalue("pg_schema")
     return QueueTarget("postgres", url, schema)
@@ -250,8 +284,10 @@ def make_queue_target(
 
     def make() -> QueueTarget:
         n = next(count)
-        if backend == "sqlite":
-            return QueueTarget("sqlite", f"sqlite:///{(tmp_path / f'other-{n}.db').resolve()}")
+        if backend.startswith("sqlite"):
+            key = TEST_KEY if backend == "sqlite-encrypted" else None
+            url = f"sqlite:///{(tmp_path / f'other-{n}.db').resolve()}"
+            return QueueTarget("sqlite", url, key=key)
         url = request.getfixturevalue("pg_url")
         schema = f"{request.getfixturevalue('pg_schema')}_{n}"
         schemas.append(schema)
@@ -279,6 +315,8 @@ def make_queue(queue_target: QueueTarget, clock: FakeClock) -> Iterator[Callable
             raise TypeError("db_path is SQLite-only: use make_sqlite_queue for that test")
         if queue_target.backend == "sqlite":
             kwargs["db_path"] = queue_target.url[len("sqlite:///") :]
+            if queue_target.key is not None:
+                kwargs.setdefault("encryption_key", queue_target.key)
             queue: Queue = SQLiteQueue(**kwargs)
         else:
             if isinstance(kwargs["clock"], FakeClock):

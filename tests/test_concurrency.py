@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -182,7 +181,7 @@ def integrity(target: QueueTarget) -> str:
     own consistency, so there is nothing to check there."""
     if target.backend != "sqlite":
         return "ok"
-    conn = sqlite3.connect(target.url[len("sqlite:///") :])
+    conn = target.sqlite_connection()
     try:
         return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
     finally:
@@ -591,7 +590,7 @@ class LockHolder:
     def __init__(self, target: QueueTarget) -> None:
         self.target = target
         if target.backend == "sqlite":
-            self.conn: Any = sqlite3.connect(target.url[len("sqlite:///") :], isolation_level=None)
+            self.conn: Any = target.sqlite_connection(isolation_level=None)
         else:
             import psycopg
 

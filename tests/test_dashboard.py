@@ -666,12 +666,10 @@ def test_state_listings_and_stats_read_indexes_not_the_table(queue_target: Queue
     params = {"now": time.time(), "limit": 51, "after": 0, "horizon": time.time() + 60}
     keys = ("list_processing", "list_waiting", "list_delayed", "delayed_and_oldest")
     if queue_target.backend == "sqlite":
-        import sqlite3
-
         from sqqueue.backends.sqlite_sql import render
 
         sql = render("jobs").sql
-        conn = sqlite3.connect(queue_target.url[len("sqlite:///") :])
+        conn = queue_target.sqlite_connection()
         try:
             for key in keys:
                 plan = " / ".join(

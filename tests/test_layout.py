@@ -283,8 +283,8 @@ def test_postgres_name_taken_by_a_queue_of_the_previous_layout(pg_url: str, pg_s
 # -- migrate --sql ------------------------------------------------------------------------------
 
 
-def sqlite_snapshot(db: Path) -> list[Any]:
-    conn = sqlite3.connect(db)
+def sqlite_snapshot(connect: Callable[[], sqlite3.Connection]) -> list[Any]:
+    conn = connect()
     try:
         return [
             conn.execute(
@@ -322,11 +322,12 @@ def test_printed_ddl_then_opening_changes_nothing(
     )
     assert f"'jobs', {version}," in printed.stdout
     if queue_target.backend == "sqlite":
-        db = Path(queue_target.url[len("sqlite:///") :])
-        conn = sqlite3.connect(db)
+        conn = queue_target.sqlite_connection()
         conn.executescript(printed.stdout)
         conn.close()
-        snapshot: Callable[[], list[Any]] = lambda: sqlite_snapshot(db)  # noqa: E731
+        snapshot: Callable[[], list[Any]] = lambda: sqlite_snapshot(  # noqa: E731
+            queue_target.sqlite_connection
+        )
     else:
         with psycopg.connect(queue_target.url, autocommit=True) as pg:
             pg.execute(f'CREATE SCHEMA "{queue_target.schema}"')

@@ -28,7 +28,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from conftest import FakeClock, QueueTarget, drop_schema
+from conftest import TEST_KEY, FakeClock, QueueTarget, drop_schema
 from helpers import message_statuses
 from sqqueue import (
     CompletionError,
@@ -600,10 +600,11 @@ def test_queue_matches_model(backend: str, tmp_path: Path, request: Any) -> None
 
     def database() -> tuple[QueueTarget, Callable[[], None]]:
         n = next(runs)
-        if backend == "sqlite":
+        if backend.startswith("sqlite"):
             directory = tmp_path / f"run-{n}"
             directory.mkdir()
-            target = QueueTarget("sqlite", f"sqlite:///{directory / 'model.db'}")
+            key = TEST_KEY if backend == "sqlite-encrypted" else None
+            target = QueueTarget("sqlite", f"sqlite:///{directory / 'model.db'}", key=key)
             return target, lambda: shutil.rmtree(directory, ignore_errors=True)
         url, schema = request.getfixturevalue("pg_url"), request.getfixturevalue("pg_schema")
         target = QueueTarget("postgres", url, f"{schema}_run{n}")

@@ -34,7 +34,12 @@ def err(result: Result[Any, Any], kind: ErrorKind) -> str:
 def engine(queue_target: QueueTarget) -> Iterator[sa.Engine]:
     """The application's SQLAlchemy engine on the queue's database, with an orders table
     (on PostgreSQL in the test's schema, where the queue is)."""
-    if queue_target.backend == "sqlite":
+    if queue_target.backend == "sqlite" and queue_target.key is not None:
+        # An encrypted file: SQLCipher connections, keyed (the file's pool, as for a file).
+        made = sa.create_engine(
+            "sqlite://", creator=queue_target.sqlite_connection, poolclass=sa.pool.QueuePool
+        )
+    elif queue_target.backend == "sqlite":
         made = sa.create_engine(queue_target.url)
     else:
         url = queue_target.url.replace("postgresql://", "postgresql+psycopg://", 1)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -437,7 +436,7 @@ def test_delay_in_commits_with_the_callers_transaction(
 
     queue = app.queue()
     if queue_target.backend == "sqlite":
-        conn: Any = sqlite3.connect(queue_target.url[len("sqlite:///") :])
+        conn: Any = queue_target.sqlite_connection()
         conn.execute("CREATE TABLE orders (id INTEGER)")
         conn.commit()
         conn.execute("INSERT INTO orders VALUES (1)")

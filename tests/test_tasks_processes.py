@@ -79,7 +79,9 @@ class Deployment:
         self.dir = tmp_path
         self.log = tmp_path / "runs.log"
         (tmp_path / "app.py").write_text(APP)
-        settings = {} if target.backend == "sqlite" else {"schema": target.schema}
+        settings: dict[str, Any] = {} if target.backend == "sqlite" else {"schema": target.schema}
+        if target.key is not None:
+            settings["encryption_key"] = target.key
         self.target_url = target.url
         self.settings = settings
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SQQUEUE_")}

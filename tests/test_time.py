@@ -11,7 +11,6 @@ clock per backend: the queue's clock on SQLite, the server's on PostgreSQL.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -57,7 +56,7 @@ def holding_lock(target: QueueTarget, table: str = "jobs") -> Iterator[Lock]:
     EXCLUSIVE mode, which readers pass) until the block ends."""
     lock = Lock()
     if target.backend == "sqlite":
-        conn = sqlite3.connect(target.url[len("sqlite:///") :], isolation_level=None)
+        conn = target.sqlite_connection(isolation_level=None)
         try:
             conn.execute("BEGIN IMMEDIATE")
             yield lock

@@ -14,6 +14,7 @@ from typing import Any
 SUBJECTS: dict[str, tuple[str, str]] = {
     "sqqueue": ("adapters.sqqueue_current", "main"),
     "sqqueue-before": ("adapters.sqqueue_before", "main"),
+    "sqqueue-encrypted": ("adapters.sqqueue_encrypted", "main"),
     "sqlite3": ("adapters.plain_sqlite", "main"),
     "sqlite3-txn": ("adapters.plain_sqlite_txn", "main"),
     "persist-queue": ("adapters.peer_persistqueue", "peers"),

@@ -273,7 +273,18 @@ def _file_settings(found: tuple[Path, bool], queue: str | None) -> dict[str, Any
     return values
 
 
+#: Secrets never read from the config file, where they would sit in plain text.
+_SECRETS = ("encryption_key", "signing_key")
+
+
 def _check_keys(values: Mapping[str, Any], where: str) -> None:
+    secrets = sorted(set(values) & set(_SECRETS))
+    if secrets:
+        raise ValueError(
+            f"{where}: {secrets[0]} is not read from the config file, where it would be "
+            f"kept in plain text; name an owner-only key file in SQQUEUE_{secrets[0].upper()}"
+            "_FILE instead (see docs/security.md)"
+        )
     unknown = sorted(set(values) - set(SETTINGS))
     if unknown:
         raise ValueError(
@@ -282,9 +293,17 @@ def _check_keys(values: Mapping[str, Any], where: str) -> None:
         )
 
 
-#: SQQUEUE_* variables that are not queue settings: the config file's path and the
-#: dashboard's login token. ``SQQUEUE_TEST_*`` variables belong to sqqueue's own test suite.
-OTHER_VARIABLES = ("SQQUEUE_CONFIG", "SQQUEUE_DASHBOARD_TOKEN")
+#: SQQUEUE_* variables that are not queue settings: the config file's path, the
+#: dashboard's login token and the keys (see docs/security.md). ``SQQUEUE_TEST_*``
+#: variables belong to sqqueue's own test suite.
+OTHER_VARIABLES = (
+    "SQQUEUE_CONFIG",
+    "SQQUEUE_DASHBOARD_TOKEN",
+    "SQQUEUE_ENCRYPTION_KEY",
+    "SQQUEUE_ENCRYPTION_KEY_FILE",
+    "SQQUEUE_SIGNING_KEY",
+    "SQQUEUE_SIGNING_KEY_FILE",
+)
 _warned: set[str] = set()
 _warned_lock = threading.Lock()
 

@@ -34,6 +34,7 @@ from .backends.base import (
 )
 from .backends.sqlite import SQLiteBackend, Synchronous
 from .config import UNSET
+from .encryption import EncryptionKey
 from .exceptions import (
     CompletionError,
     DequeueError,
@@ -78,6 +79,8 @@ _SQLITE_ONLY = {
     "db_path": "the database is the url",
     "synchronous": "durability is the server's synchronous_commit setting",
     "vacuum_on_start": "PostgreSQL's autovacuum looks after the tables",
+    "encryption_key": "encryption at rest is for SQLite files; on PostgreSQL use the "
+    "server's disk encryption and TLS (sslmode=verify-full in the URL)",
 }
 #: Arguments of PostgreSQL queues that SQLite queues refuse, and why.
 _POSTGRES_ONLY = {
@@ -1937,6 +1940,10 @@ class SQLiteQueue(Queue):
     variable, then the config file (see :mod:`sqqueue.config`), then the default shown in
     the README; ``self.settings`` and ``self.setting_sources`` tell what was used.
 
+    ``encryption_key`` (a passphrase, or 32 raw bytes; else ``SQQUEUE_ENCRYPTION_KEY`` or
+    ``SQQUEUE_ENCRYPTION_KEY_FILE``) keeps the file encrypted with SQLCipher
+    (``pip install 'sqqueue[encryption]'``; see docs/security.md).
+
     ``read_only=True`` opens an existing queue to look at it (a dashboard, a report): it
     creates, migrates and upgrades nothing, does not even create the -wal and -shm files,
     and every call that would write returns ``Err(kind=READ_ONLY)``. A queue in an older
@@ -1969,6 +1976,7 @@ class SQLiteQueue(Queue):
         retention_max: int | None = UNSET,
         max_depth: int | None = UNSET,
         read_only: bool = False,
+        encryption_key: str | bytes | EncryptionKey | None = None,
     ) -> None:
         prepared = _prepare(
             {
@@ -2008,6 +2016,7 @@ class SQLiteQueue(Queue):
             clock=clock,
             policy=prepared.policy,
             read_only=read_only,
+            encryption_key=encryption_key,
         )
         self._adopt(backend, prepared, serializer, clock)
         self.db_path = backend.path

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
+from .. import encryption
+from ..encryption import EncryptionKey
 from ..exceptions import ErrorKind
 from ..names import validate_queue_name
 from ..wakeup import Watcher, signal_for
@@ -77,6 +79,44 @@ _WAL_WARN_EVERY = 300.0
 Synchronous = Literal["normal", "full"]
 
 
+# What the drivers raise: sqlite3's errors, and sqlcipher3's own (a class tree of its
+# own) once an encrypted file has been opened in this process (see _use_sqlcipher).
+_ERRORS: tuple[type[sqlite3.Error], ...] = (sqlite3.Error,)
+
+
+def _use_sqlcipher() -> Any:
+    """The sqlcipher3 module, its errors now caught like sqlite3's."""
+    global _ERRORS
+    cipher = encryption.driver()
+    if len(_ERRORS) == 1:
+        _ERRORS = (sqlite3.Error, cipher.Error)
+    return cipher
+
+
+def _connect(key: EncryptionKey | None, target: str, **options: Any) -> sqlite3.Connection:
+    """A connection to ``target``: sqlite3's, or for an encrypted file SQLCipher's, keyed
+    before any other statement runs."""
+    if key is None:
+        plain: sqlite3.Connection = sqlite3.connect(target, **options)
+        return plain
+    conn = _use_sqlcipher().connect(target, **options)
+    try:
+        encryption.key_connection(conn, key)
+    except BaseException:
+        conn.close()
+        raise
+    return conn  # type: ignore[no-any-return]  # the sqlite3 API, on SQLCipher
+
+
+def _resolve_key(key: str | bytes | EncryptionKey | None) -> EncryptionKey | None:
+    """The key to open a file with (see ``encryption.resolve_key``); with one, sqlcipher3
+    is imported now, so a missing extra is reported before any file is created."""
+    resolved = encryption.resolve_key(key)
+    if resolved is not None:
+        _use_sqlcipher()
+    return resolved
+
+
 def check_sqlite_version(version: tuple[int, int, int] | None = None) -> None:
     """Raise ``RuntimeError`` if the SQLite library is older than sqqueue needs."""
     found = version or sqlite3.sqlite_version_info
@@ -114,9 +154,10 @@ class _DataVersion:
     shared memory: no table is touched, and no snapshot is held between reads.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, key: EncryptionKey | None = None) -> None:
         # mode=rw: a database that has gone away is an error here, never a new empty file.
-        self._conn = sqlite3.connect(
+        self._conn = _connect(
+            key,
             f"{Path(path).as_uri()}?mode=rw",
             uri=True,
             timeout=1.0,
@@ -138,14 +179,15 @@ _watchers_lock = threading.Lock()
 _parked_watchers: list[Watcher] = []  # a parent's, after fork: their probes stay untouched
 
 
-def _watcher_for(path: str) -> Watcher:
-    """This process's watcher of the database at ``path`` (a real path)."""
+def _watcher_for(path: str, key: EncryptionKey | None = None) -> Watcher:
+    """This process's watcher of the database at ``path`` (a real path; ``key``: its
+    encryption key)."""
     with _watchers_lock:
         watcher = _watchers.get(path)
         if watcher is None or watcher.pid != os.getpid():
             if watcher is not None:
                 _parked_watchers.append(watcher)
-            watcher = Watcher(os.path.basename(path), functools.partial(_DataVersion, path))
+            watcher = Watcher(os.path.basename(path), functools.partial(_DataVersion, path, key))
             _watchers[path] = watcher
         return watcher
 
@@ -185,10 +227,11 @@ def classify(exc: sqlite3.Error, path: str) -> StorageError:
         if denied is not None:
             return StorageError(f"cannot open {path!r} ({text}): {denied}", ErrorKind.STORAGE)
     if not_a_database(exc):
-        # The header is not SQLite's: another kind of file, or one destroyed from its
-        # first page, which no salvage can read.
+        # The header is not SQLite's: an encrypted file opened without its key, another
+        # kind of file, or one destroyed from its first page, which no salvage can read.
         return StorageError(
-            f"{path!r} is not an SQLite database; check the path (a queue file whose "
+            f"{path!r} is not an SQLite database; if this file is encrypted: give its key "
+            f"({encryption.GIVE_KEY}); else check the path (a queue file whose "
             "header was overwritten can only be restored from a backup)",
             ErrorKind.CORRUPT,
         )
@@ -371,7 +414,9 @@ def _wal_mode(path: str) -> bool:
     return len(header) == 20 and header[18] == 2 and header[19] == 2
 
 
-def open_read_only(path: str, timeout: float = 5.0) -> tuple[sqlite3.Connection, FileState | None]:
+def open_read_only(
+    path: str, timeout: float = 5.0, key: str | bytes | EncryptionKey | None = None
+) -> tuple[sqlite3.Connection, FileState | None]:
     """A connection that reads ``path`` without changing anything on disk, and the state
     its reads depend on (None: SQLite's own locking keeps them consistent).
 
@@ -383,7 +428,10 @@ def open_read_only(path: str, timeout: float = 5.0) -> tuple[sqlite3.Connection,
     database open and all of it is in the main file, it is read as immutable: the caller
     checks with :func:`file_state` after each read that nothing changed meanwhile (a
     writer that starts creates the -wal first), and reads again if it did.
+
+    ``key``: the file's encryption key (else the one in the environment, if any).
     """
+    resolved = encryption.resolve_key(key)
     try:
         state = file_state(path)
         wal_size, shm_size = state[4], state[5]
@@ -405,8 +453,10 @@ def open_read_only(path: str, timeout: float = 5.0) -> tuple[sqlite3.Connection,
         query = "mode=ro&immutable=1"
         snapshot = state
     uri = f"{Path(path).resolve().as_uri()}?{query}"
+    _refuse_mismatch(path, resolved)
     try:
-        conn = sqlite3.connect(
+        conn = _connect(
+            resolved,
             uri,
             uri=True,
             timeout=timeout,
@@ -414,9 +464,25 @@ def open_read_only(path: str, timeout: float = 5.0) -> tuple[sqlite3.Connection,
             check_same_thread=False,
             cached_statements=128,
         )
-    except sqlite3.Error as exc:
+    except _ERRORS as exc:
         raise classify(exc, path) from exc
+    if resolved is not None:
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        except _ERRORS as exc:
+            conn.close()
+            if not_a_database(exc):
+                raise StorageError(encryption.wrong_key(path), ErrorKind.INVALID_INPUT) from None
+            raise classify(exc, path) from exc
     return conn, snapshot
+
+
+def _refuse_mismatch(path: str, key: EncryptionKey | None) -> None:
+    """Refuse, before SQLite touches it, a plain file opened with a key (and an
+    encrypted one opened without)."""
+    problem = encryption.mismatch(path, key)
+    if problem is not None:
+        raise StorageError(problem, ErrorKind.INVALID_INPUT)
 
 
 class SQLiteBackend(SQLBackend):
@@ -435,8 +501,11 @@ class SQLiteBackend(SQLBackend):
         policy: Policy | None = None,
         read_only: bool = False,
         older_layout: bool = False,
+        encryption_key: str | bytes | EncryptionKey | None = None,
     ) -> None:
-        """``read_only``: create, migrate and write nothing (see ``open_read_only``).
+        """``encryption_key``: the file is encrypted with SQLCipher (see
+        :mod:`sqqueue.encryption`; else the key in the environment, if any).
+        ``read_only``: create, migrate and write nothing (see ``open_read_only``).
         ``older_layout`` (with ``read_only``): open a queue of an older sqqueue's layout too,
         by the names of its version, for ``export_rows`` only (the other reads expect the
         current columns); salvage reads damaged files of any version this way."""
@@ -446,9 +515,11 @@ class SQLiteBackend(SQLBackend):
             raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
         self.read_only = bool(read_only)
         self._older_layout = bool(older_layout)
+        self._key = _resolve_key(encryption_key)
         self.path, self._memory = _prepare_path(db_path, create=not self.read_only)
         if self._memory and self.read_only:
             raise ValueError("a private ':memory:' queue cannot be opened read-only")
+        self._check_key()
         self._uri = f"file:/sqqueue-{uuid.uuid4().hex}?vfs=memdb" if self._memory else None
         self.wakeup_key = f"sqlite:{self._uri or os.path.realpath(self.path)}:{self.name}"
         self.policy = policy or Policy()
@@ -484,9 +555,9 @@ class SQLiteBackend(SQLBackend):
                 # A memdb database lives while one connection is open.
                 self._anchor = self._open()
             self._init_schema(default_max_attempts)
-        except sqlite3.Error as exc:
+        except _ERRORS as exc:
             self.close()
-            err = classify(exc, self.path)
+            err = self._open_error(exc)
             raise StorageError(f"cannot open queue {self.name!r}: {err}", err.kind) from exc
         except StorageError as exc:
             self.close()
@@ -495,15 +566,33 @@ class SQLiteBackend(SQLBackend):
             self.close()
             raise
 
+    def _check_key(self) -> None:
+        """Refuse a key for a private queue, or for a file that is plain."""
+        if self._key is None:
+            return
+        if self._memory:
+            raise ValueError("a private ':memory:' queue has no file to encrypt: drop the key")
+        try:
+            _refuse_mismatch(self.path, self._key)
+        except StorageError as exc:
+            raise StorageError(f"cannot open queue {self.name!r}: {exc}", exc.kind) from None
+
+    def _open_error(self, exc: sqlite3.Error) -> StorageError:
+        """What went wrong opening the queue: with a key, "not a database" is a wrong key."""
+        if self._key is not None and not_a_database(exc):
+            return StorageError(encryption.wrong_key(self.path), ErrorKind.INVALID_INPUT)
+        return classify(exc, self.path)
+
     # -- connections -------------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
         if self.read_only:
-            conn, snapshot = open_read_only(self.path, self._lock_timeout)
+            conn, snapshot = open_read_only(self.path, self._lock_timeout, self._key)
             if snapshot is not None:
                 self._snapshots[conn] = snapshot
             return conn
-        conn = sqlite3.connect(
+        conn = _connect(
+            self._key,
             self._uri or self.path,
             timeout=self._lock_timeout,
             isolation_level=None,  # we issue BEGIN/COMMIT ourselves
@@ -573,7 +662,7 @@ class SQLiteBackend(SQLBackend):
             if conn not in self._conns and any(conn is p for p in _parked_after_fork):
                 return  # inherited through fork (used across it): not ours to close
             self._conns.discard(conn)
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(*_ERRORS):
             conn.close()
 
     def _close_idle(self) -> None:
@@ -584,7 +673,7 @@ class SQLiteBackend(SQLBackend):
                 return
             with self._pool_lock:
                 self._conns.discard(conn)
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(*_ERRORS):
                 conn.close()
 
     def _leave_inherited(self) -> None:
@@ -624,7 +713,7 @@ class SQLiteBackend(SQLBackend):
         if watcher is not None:
             watcher.unregister(self._watch_token)
         if anchor is not None:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(*_ERRORS):
                 anchor.close()
 
     # -- transactions --------------------------------------------------------------------
@@ -642,7 +731,7 @@ class SQLiteBackend(SQLBackend):
             return
         try:
             conn.execute("ROLLBACK")
-        except sqlite3.Error:
+        except _ERRORS:
             # A connection that cannot roll back is not trusted again.
             logger.warning("rollback failed on %s; discarding the connection", self.path)
             self._discard(conn)
@@ -685,7 +774,7 @@ class SQLiteBackend(SQLBackend):
                 except BaseException:
                     self._rollback(conn)
                     raise
-            except sqlite3.Error as exc:
+            except _ERRORS as exc:
                 if _undecodable_text(exc) and not lenient:
                     # A text column holds bytes that are not UTF-8 (a row edited by hand):
                     # run the call again reading such text leniently, so the row can be
@@ -745,7 +834,7 @@ class SQLiteBackend(SQLBackend):
                 if snapshot is None or file_state(self.path) == snapshot:
                     return result
                 self._forget(conn)
-            except sqlite3.Error as exc:
+            except _ERRORS as exc:
                 raise classify(exc, self.path) from exc
             except OSError as exc:
                 raise StorageError(
@@ -977,7 +1066,7 @@ class SQLiteBackend(SQLBackend):
         """Convert a sqqueue 0.1.0 table (and its _dlq) in place, inside the caller's txn."""
         try:
             self._migrate_legacy_tables(conn, now, max_attempts)
-        except sqlite3.Error as exc:
+        except _ERRORS as exc:
             err = classify(exc, self.path)
             raise StorageError(
                 f"migrating queue {self.name!r} from sqqueue 0.1.0 failed, so nothing was "
@@ -1160,7 +1249,7 @@ class SQLiteBackend(SQLBackend):
 
     def enqueue_in(self, conn: Any, messages: Sequence[NewMessage]) -> list[int]:
         """Insert inside the caller's own transaction on its own connection (outbox)."""
-        if not isinstance(conn, sqlite3.Connection):
+        if not _is_connection(conn):
             raise StorageError(
                 "conn must be your sqlite3.Connection on the queue's file (or a SQLAlchemy "
                 f"Session or Connection on it), got {type(conn).__name__}",
@@ -1186,7 +1275,7 @@ class SQLiteBackend(SQLBackend):
             if row is not None:
                 return [self._insert_one(conn, row)]
             return self._insert(conn, messages)
-        except sqlite3.Error as exc:
+        except _ERRORS as exc:
             raise classify(exc, self.path) from exc
 
     @staticmethod
@@ -1266,7 +1355,7 @@ class SQLiteBackend(SQLBackend):
         watcher = self._watcher
         if watcher is not None and watcher.pid == os.getpid():
             return
-        watcher = _watcher_for(os.path.realpath(self.path))
+        watcher = _watcher_for(os.path.realpath(self.path), self._key)
         with self._pool_lock:
             if self._closed:
                 raise self._closed_error()
@@ -1478,14 +1567,14 @@ class SQLiteBackend(SQLBackend):
         if conn is None:
             return self._read(fn)
         self._check_open()
-        if not isinstance(conn, sqlite3.Connection):
+        if not _is_connection(conn):
             raise StorageError(
                 f"conn must be a sqlite3.Connection, got {type(conn).__name__}",
                 ErrorKind.INVALID_INPUT,
             )
         try:
             return fn(conn)
-        except sqlite3.Error as exc:
+        except _ERRORS as exc:
             raise classify(exc, self.path) from exc
 
     def vacuum(self, conn: Any = None) -> None:
@@ -1531,9 +1620,16 @@ class SQLiteBackend(SQLBackend):
             yield conn
 
 
+def _is_connection(conn: Any) -> bool:
+    """Whether ``conn`` is a connection of sqlite3 (or of sqlcipher3, its copy)."""
+    return isinstance(conn, sqlite3.Connection) or (
+        len(_ERRORS) > 1 and isinstance(conn, encryption.driver().Connection)
+    )
+
+
 def _undecodable_text(exc: sqlite3.Error) -> bool:
-    """Whether sqlite3 failed to read a TEXT value as UTF-8."""
-    return isinstance(exc, sqlite3.OperationalError) and str(exc).startswith(
+    """Whether sqlite3 (or sqlcipher3) failed to read a TEXT value as UTF-8."""
+    return type(exc).__name__ == "OperationalError" and str(exc).startswith(
         "Could not decode to UTF-8"
     )
 

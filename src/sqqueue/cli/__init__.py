@@ -46,14 +46,15 @@ def _missing_deps(*_args: Any, **_kwargs: Any) -> NoReturn:
 
 def _build() -> click.Group:
     """The ``sqqueue`` group with every command registered on it."""
-    from . import base, config, dashboard, demo, dlq, file, messages, metrics, worker
+    from . import base, config, dashboard, demo, dlq, file, messages, metrics, security, worker
 
     @click.group(
         cls=base.SqqueueGroup,
         context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     )
     @click.version_option(__version__, prog_name="sqqueue")
-    def main() -> None:
+    @security.key_file_option
+    def main(key_file: str | None) -> None:
         """Operate sqqueue queues: a persistent message queue in an SQLite file or a
         PostgreSQL database.
 
@@ -72,6 +73,11 @@ def _build() -> click.Group:
           sqqueue worker tasks:send jobs.db emails --concurrency 4
           sqqueue stats postgresql://app@db.internal/app
         """
+        if key_file is not None:
+            try:
+                security.use_key_file(key_file)
+            except ValueError as exc:
+                raise base.CliError(str(exc), 2) from None
 
     for command in (
         messages.stats,
@@ -96,6 +102,7 @@ def _build() -> click.Group:
         metrics.metrics,
     ):
         main.add_command(command)
+    security.register(main, base.CliError)
     return main
 
 

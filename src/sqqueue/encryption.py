@@ -1,0 +1,459 @@
+"""Encryption at rest for SQLite queue files, with SQLCipher (``sqqueue[encryption]``).
+
+A key is a passphrase (``str``; SQLCipher derives the key from it) or 32 raw bytes.
+It comes from the ``encryption_key=`` argument, else the ``SQQUEUE_ENCRYPTION_KEY``
+environment variable, else the file named by ``SQQUEUE_ENCRYPTION_KEY_FILE`` (which only
+its owner may read). In the environment and in a key file, ``x'<64 hex digits>'`` is a raw
+key and anything else a passphrase (one trailing newline of a file is not part of it).
+
+The key is held by an :class:`EncryptionKey`, whose ``repr`` and ``str`` never show it,
+and is only ever given to SQLCipher in ``PRAGMA key``, the first statement on every
+connection. This module also copies a database between its plain and encrypted forms
+(``encrypt``, ``decrypt``, ``rekey``): a new file is written, checked, then put in place,
+so an interrupted run leaves the source as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sqlite3
+import stat
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from .exceptions import ErrorKind, QueueError
+
+__all__ = [
+    "ENV_KEY",
+    "ENV_KEY_FILE",
+    "CopyReport",
+    "EncryptionError",
+    "EncryptionKey",
+    "decrypt",
+    "driver",
+    "encrypt",
+    "file_kind",
+    "key_connection",
+    "read_key_file",
+    "rekey",
+    "resolve_key",
+]
+
+logger = logging.getLogger(__name__)
+
+ENV_KEY = "SQQUEUE_ENCRYPTION_KEY"
+ENV_KEY_FILE = "SQQUEUE_ENCRYPTION_KEY_FILE"
+INSTALL_HINT = "pip install 'sqqueue[encryption]'"
+GIVE_KEY = f"encryption_key=, {ENV_KEY} or {ENV_KEY_FILE}"
+_RAW = re.compile(r"^x'([0-9a-fA-F]{64})'$")
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class EncryptionError(QueueError):
+    """A key that cannot be used, or a file that does not match the key given."""
+
+    def __init__(self, message: str, kind: ErrorKind = ErrorKind.INVALID_INPUT) -> None:
+        super().__init__(message, kind)
+
+
+class EncryptionKey:
+    """An encryption key that never shows itself: not in ``repr``, ``str`` or pickles
+    of objects that print their attributes."""
+
+    __slots__ = ("_pragma",)
+
+    def __init__(self, key: str | bytes) -> None:
+        if isinstance(key, bytes):
+            if len(key) != 32:
+                raise ValueError(
+                    f"a raw encryption key is 32 bytes, got {len(key)}; "
+                    "or give a passphrase as a str"
+                )
+            self._pragma = f"\"x'{key.hex()}'\""
+        elif isinstance(key, str):
+            if not key:
+                raise ValueError("the encryption key (passphrase) is empty")
+            if "\x00" in key:
+                raise ValueError("the encryption key (passphrase) contains a NUL character")
+            raw = _RAW.match(key)
+            if raw:
+                self._pragma = f"\"x'{raw.group(1).lower()}'\""
+            else:
+                self._pragma = "'" + key.replace("'", "''") + "'"
+        else:
+            raise ValueError(
+                f"encryption_key must be a str passphrase or 32 raw bytes, got {type(key).__name__}"
+            )
+
+    def pragma_value(self) -> str:
+        """The key as SQL for ``PRAGMA key = ...`` (quoted and escaped)."""
+        return self._pragma
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EncryptionKey) and other._pragma == self._pragma
+
+    def __hash__(self) -> int:
+        return hash(self._pragma)
+
+    def __repr__(self) -> str:
+        return "EncryptionKey(<hidden>)"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Child processes (a worker's runners) get the key as it was given.
+        raw = _RAW.match(self._pragma.strip('"'))
+        if raw:
+            return (EncryptionKey, (bytes.fromhex(raw.group(1)),))
+        return (EncryptionKey, (self._pragma[1:-1].replace("''", "'"),))
+
+
+def read_key_file(path: str | os.PathLike[str]) -> EncryptionKey:
+    """The key in a file that only its owner may read (``ValueError`` otherwise)."""
+    name = os.fspath(path)
+    try:
+        info = os.stat(name)
+    except OSError as exc:
+        raise ValueError(f"cannot read the key file {name!r}: {exc.strerror}") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"the key file {name!r} is not a regular file")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077 or (hasattr(os, "geteuid") and info.st_uid != os.geteuid()):
+        raise ValueError(
+            f"the key file {name!r} may be read by others (owner uid {info.st_uid}, mode "
+            f"{mode:04o}); it must belong to this user and be readable by it only: "
+            f"run 'chmod 600 {name}'"
+        )
+    try:
+        with open(name, encoding="utf-8") as file:
+            text = file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the key file {name!r}: {exc}") from None
+    if text.endswith("\n"):
+        text = text[:-1].removesuffix("\r")
+    if not text:
+        raise ValueError(f"the key file {name!r} is empty")
+    return EncryptionKey(text)
+
+
+def resolve_key(
+    key: str | bytes | EncryptionKey | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> EncryptionKey | None:
+    """The key to use: ``key``, else ``SQQUEUE_ENCRYPTION_KEY``, else the file named by
+    ``SQQUEUE_ENCRYPTION_KEY_FILE``; None when there is none (a plain file)."""
+    if isinstance(key, EncryptionKey):
+        return key
+    if key is not None:
+        return EncryptionKey(key)
+    env = os.environ if environ is None else environ
+    if env.get(ENV_KEY):
+        try:
+            return EncryptionKey(env[ENV_KEY])
+        except ValueError as exc:
+            raise ValueError(f"{ENV_KEY}: {exc}") from None
+    if env.get(ENV_KEY_FILE):
+        try:
+            return read_key_file(env[ENV_KEY_FILE])
+        except ValueError as exc:
+            raise ValueError(f"{ENV_KEY_FILE}: {exc}") from None
+    return None
+
+
+def driver() -> ModuleType:
+    """The ``sqlcipher3`` module (the ``sqlite3`` API on SQLCipher), or ``RuntimeError``
+    saying what to install."""
+    try:
+        import sqlcipher3
+    except ImportError:
+        raise RuntimeError(f"encryption needs the sqlcipher3 package: {INSTALL_HINT}") from None
+    module: ModuleType = sqlcipher3
+    return module
+
+
+def driver_errors() -> tuple[type[Exception], ...]:
+    """The base exception classes of SQLite's drivers: sqlite3's, and sqlcipher3's own
+    (a separate class tree) once the extra is imported."""
+    return (sqlite3.Error, driver().Error)
+
+
+def key_connection(conn: Any, key: EncryptionKey) -> None:
+    """Key a freshly opened SQLCipher connection: ``PRAGMA key`` comes before any other
+    statement. Also silences SQLCipher's own log, which would print a wrong key's page
+    errors on stderr (wrong keys are reported by sqqueue instead)."""
+    conn.execute(f"PRAGMA key = {key.pragma_value()}")
+    conn.execute("PRAGMA cipher_log_level = NONE")
+
+
+def file_kind(path: str | os.PathLike[str]) -> str:
+    """``"missing"``, ``"empty"`` (a new database), ``"plain"`` (an SQLite header) or
+    ``"opaque"`` (encrypted, or not a database at all)."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return "missing"
+    if not header:
+        return "empty"
+    return "plain" if header == _SQLITE_MAGIC else "opaque"
+
+
+def mismatch(path: str, key: EncryptionKey | None) -> str | None:
+    """Why ``path`` cannot be opened with ``key`` as far as its header tells: a plain
+    file given a key. (A wrong key, or no key for an encrypted file, shows on the first
+    read, as SQLite's "file is not a database".)"""
+    kind = file_kind(path)
+    if key is not None and kind == "plain":
+        return (
+            f"wrong key or not an encrypted sqqueue database: {path!r} is a plain "
+            "(unencrypted) SQLite file; open it without a key, or encrypt it with "
+            f"'sqqueue encrypt {path} ENCRYPTED.db'"
+        )
+    return None
+
+
+def wrong_key(path: str) -> str:
+    """The explanation of SQLCipher's "file is not a database" for a keyed open."""
+    return (
+        f"wrong key or not an encrypted sqqueue database: {path!r} cannot be read "
+        f"with the key given ({GIVE_KEY})"
+    )
+
+
+def connect(path: str, key: EncryptionKey | None, **options: Any) -> Any:
+    """A connection to ``path`` (sqlite3's, or SQLCipher's keyed with ``key``)."""
+    if key is None:
+        return sqlite3.connect(path, **options)
+    conn = driver().connect(path, **options)
+    try:
+        key_connection(conn, key)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+# -- copying between plain and encrypted ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CopyReport:
+    """What ``encrypt``/``decrypt``/``rekey`` wrote: rows per table, checked equal."""
+
+    source: str
+    target: str
+    tables: dict[str, int]
+
+    @property
+    def rows(self) -> int:
+        return sum(self.tables.values())
+
+
+Progress = Callable[[str, int], None]
+
+
+def _counts(conn: Any) -> dict[str, int]:
+    names = [
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+            "ORDER BY name"
+        )
+    ]
+    return {n: int(conn.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0]) for n in names}
+
+
+def not_plain_hint(path: str) -> str:
+    """What a file without an SQLite header is, when no key was given."""
+    return (
+        f"{path!r} is not an SQLite database; if this file is encrypted: give its key "
+        f"({GIVE_KEY}); else check the path"
+    )
+
+
+def _open_checked(path: str, key: EncryptionKey | None) -> Any:
+    """A connection to an existing database, with the key checked on a first read."""
+    problem = mismatch(path, key)
+    if problem is not None:
+        raise EncryptionError(problem)
+    conn = connect(path, key, isolation_level=None)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except Exception as exc:
+        conn.close()
+        if "not a database" in str(exc):
+            text = wrong_key(path) if key is not None else not_plain_hint(path)
+            raise EncryptionError(text) from None
+        raise
+    return conn
+
+
+def _export(
+    source: str,
+    partial: str,
+    source_key: EncryptionKey | None,
+    target_key: EncryptionKey | None,
+) -> dict[str, int]:
+    """Copy every table of ``source`` into the empty file ``partial`` with
+    ``sqlcipher_export``, in one read transaction; the source's row counts."""
+    # Both ends on SQLCipher (which reads plain files too, given no key), so that one
+    # connection ATTACHes the other, each with its own key.
+    cipher = driver()
+    src = cipher.connect(source, isolation_level=None)
+    try:
+        if source_key is not None:
+            key_connection(src, source_key)
+        else:
+            src.execute("PRAGMA cipher_log_level = NONE")
+        src.execute("BEGIN")  # one snapshot of the source for the counts and the copy
+        try:
+            counts = _counts(src)
+        except cipher.DatabaseError as exc:
+            if "not a database" in str(exc):
+                raise EncryptionError(wrong_key(source)) from None
+            raise
+        attach_key = target_key.pragma_value() if target_key is not None else "''"
+        src.execute(f"ATTACH DATABASE ? AS target KEY {attach_key}", (partial,))
+        src.execute("SELECT sqlcipher_export('target')")
+        version = src.execute("PRAGMA main.user_version").fetchone()[0]
+        src.execute(f"PRAGMA target.user_version = {int(version)}")
+        src.execute("COMMIT")
+        src.execute("DETACH DATABASE target")
+    finally:
+        src.close()
+    return counts
+
+
+def _verify(partial: str, key: EncryptionKey | None, expected: dict[str, int]) -> dict[str, int]:
+    """Read the copy back with its key: every table, the same counts, a sound file."""
+    check = _open_checked(partial, key)
+    try:
+        found = _counts(check)
+        integrity = check.execute("PRAGMA quick_check").fetchone()[0]
+        check.execute("PRAGMA journal_mode = WAL")  # as sqqueue keeps its files
+    finally:
+        check.close()
+    if found != expected or integrity != "ok":
+        raise EncryptionError(
+            f"the copy {partial!r} does not match its source ({integrity}; "
+            f"{found} != {expected}); the source is unchanged",
+            ErrorKind.CORRUPT,
+        )
+    return found
+
+
+def _copy(
+    source: str,
+    target: str,
+    source_key: EncryptionKey | None,
+    target_key: EncryptionKey | None,
+    progress: Progress | None,
+    replace: bool = False,
+) -> CopyReport:
+    """Copy every table of ``source`` into a new file, check the counts match, then move
+    it to ``target``. Until that last step only ``<target>.partial`` is written, so an
+    interrupted copy leaves ``source`` (and ``target``) as they were."""
+    if not os.path.exists(source):
+        raise EncryptionError(f"no database at {source!r}", ErrorKind.NOT_FOUND)
+    if not replace and os.path.exists(target):
+        raise EncryptionError(f"{target!r} exists already; give the name of a new file")
+    problem = mismatch(source, source_key)
+    if problem is not None:
+        raise EncryptionError(problem)
+    partial = f"{target}.partial"
+    for leftover in (partial, f"{partial}-wal", f"{partial}-shm", f"{partial}-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(leftover)  # a copy that was interrupted before
+    os.close(os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    counts = _export(source, partial, source_key, target_key)
+    if progress is not None:
+        progress("copied", sum(counts.values()))
+    found = _verify(partial, target_key, counts)
+    if progress is not None:
+        progress("verified", sum(found.values()))
+    _fsync(partial)
+    os.replace(partial, target)
+    _fsync_dir(target)
+    logger.info(
+        "copied %s to %s: %d rows in %d tables", source, target, sum(found.values()), len(found)
+    )
+    return CopyReport(source, target, found)
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _given(key: str | bytes | EncryptionKey) -> EncryptionKey:
+    if isinstance(key, EncryptionKey):
+        return key
+    return EncryptionKey(key)
+
+
+@contextlib.contextmanager
+def _quiet_source(path: str, key: EncryptionKey | None) -> Iterator[None]:
+    """Checkpoint the source first, so that the copy holds what its WAL holds."""
+    conn = _open_checked(path, key)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    yield
+
+
+def encrypt(
+    plain: str | os.PathLike[str],
+    encrypted: str | os.PathLike[str],
+    key: str | bytes | EncryptionKey,
+    progress: Progress | None = None,
+) -> CopyReport:
+    """Write an encrypted copy of the plain database ``plain`` to the new file
+    ``encrypted`` (every table, counts checked); ``plain`` is left as it was."""
+    target_key = _given(key)
+    with _quiet_source(os.fspath(plain), None):
+        return _copy(os.fspath(plain), os.fspath(encrypted), None, target_key, progress)
+
+
+def decrypt(
+    encrypted: str | os.PathLike[str],
+    plain: str | os.PathLike[str],
+    key: str | bytes | EncryptionKey,
+    progress: Progress | None = None,
+) -> CopyReport:
+    """Write a plain copy of the encrypted database ``encrypted`` to the new file ``plain``."""
+    source_key = _given(key)
+    with _quiet_source(os.fspath(encrypted), source_key):
+        return _copy(os.fspath(encrypted), os.fspath(plain), source_key, None, progress)
+
+
+def rekey(
+    path: str | os.PathLike[str],
+    old_key: str | bytes | EncryptionKey,
+    new_key: str | bytes | EncryptionKey,
+    progress: Progress | None = None,
+) -> CopyReport:
+    """Re-encrypt ``path`` with ``new_key``: a copy under the new key is written and
+    checked next to it, then atomically replaces it. Stop every process using the queue
+    first (one still open on the old file keeps writing to the replaced file)."""
+    old, new = _given(old_key), _given(new_key)
+    name = os.fspath(path)
+    with _quiet_source(name, old):
+        return _copy(name, name, old, new, progress, replace=True)

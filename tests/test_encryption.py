@@ -1,0 +1,365 @@
+"""Encryption at rest: SQLCipher files hold no plaintext, keys are checked and never shown,
+and encrypt/decrypt/rekey lose nothing, even when killed."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sqqueue import ErrorKind, QueueError, SQLiteQueue, connect, encryption
+from sqqueue.encryption import EncryptionError, EncryptionKey
+
+KEY = "correct horse battery staple"
+MARKER = "PLAINTEXT-MARKER-7f3a"
+
+
+def _files(path: Path) -> list[Path]:
+    return [p for p in path.parent.iterdir() if p.name.startswith(path.name)]
+
+
+def _assert_no_marker(path: Path) -> None:
+    files = _files(path)
+    assert files
+    for file in files:
+        assert MARKER.encode() not in file.read_bytes(), file.name
+
+
+def _total(queue: SQLiteQueue | Any) -> int:
+    stats = queue.stats().unwrap()
+    return int(stats.pending + stats.delayed + stats.waiting + stats.processing)
+
+
+def _fill(path: Path, count: int, key: str | bytes | None = KEY, size: int = 0) -> None:
+    with SQLiteQueue(path, "jobs", encryption_key=key) as queue:
+        assert queue.enqueue_batch([{"m": MARKER, "pad": "x" * size}] * count).is_ok()
+
+
+def test_no_plaintext_in_file_wal_or_shm(tmp_path: Path) -> None:
+    path = tmp_path / "secret.db"
+    queue = SQLiteQueue(path, "jobs", encryption_key=KEY)
+    for n in range(200):
+        assert queue.enqueue({"m": MARKER, "n": n}, dedup_key=f"{MARKER}-{n}").is_ok()
+    message = queue.dequeue().unwrap()
+    assert message is not None and message.payload["m"] == MARKER
+    assert queue.fail_message(message, error=MARKER).is_ok()
+    # Open: the WAL and the shared-memory file exist and hold the recent writes.
+    assert {p.name for p in _files(path)} >= {"secret.db", "secret.db-wal", "secret.db-shm"}
+    _assert_no_marker(path)
+    queue.close()
+    _assert_no_marker(path)
+    # The same queue on a plain file does hold the marker: the search can find it.
+    _fill(tmp_path / "plain.db", 1, key=None)
+    assert MARKER.encode() in b"".join(p.read_bytes() for p in _files(tmp_path / "plain.db"))
+
+
+def test_raw_key_and_passphrase_from_environment_and_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = os.urandom(32)
+    path = tmp_path / "raw.db"
+    _fill(path, 3, key=raw)
+    monkeypatch.setenv(encryption.ENV_KEY, f"x'{raw.hex()}'")
+    with connect(f"sqlite:///{path}", "jobs") as queue:
+        assert _total(queue) == 3
+    monkeypatch.delenv(encryption.ENV_KEY)
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY + "\n")
+    key_file.chmod(0o600)
+    monkeypatch.setenv(encryption.ENV_KEY_FILE, str(key_file))
+    with connect(tmp_path / "file.db", "jobs") as queue:
+        assert queue.enqueue(MARKER).is_ok()
+    monkeypatch.delenv(encryption.ENV_KEY_FILE)
+    with SQLiteQueue(tmp_path / "file.db", "jobs", encryption_key=KEY) as queue:
+        assert _total(queue) == 1
+
+
+def test_key_file_readable_by_others_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    key_file.chmod(0o640)
+    monkeypatch.setenv(encryption.ENV_KEY_FILE, str(key_file))
+    with pytest.raises(ValueError, match="chmod 600") as info:
+        SQLiteQueue(tmp_path / "q.db", "jobs")
+    assert KEY not in str(info.value)
+    assert not (tmp_path / "q.db").exists()
+
+
+@pytest.mark.parametrize("bad", [b"short", "", 42])
+def test_bad_keys_are_refused_at_construction(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(ValueError, match=r"encryption key|encryption_key"):
+        SQLiteQueue(tmp_path / "q.db", "jobs", encryption_key=bad)  # type: ignore[arg-type]
+
+
+def _snapshot(path: Path) -> list[tuple[str, str, int]]:
+    return sorted(
+        (p.name, hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in _files(path)
+    )
+
+
+@pytest.mark.parametrize(
+    ("encrypted", "key", "expected"),
+    [
+        (True, "wrong key", "wrong key or not an encrypted sqqueue database"),
+        (True, None, "this file is encrypted: give its key (encryption_key="),
+        (False, KEY, "wrong key or not an encrypted sqqueue database"),
+    ],
+)
+@pytest.mark.parametrize("read_only", [False, True])
+def test_key_mismatch_is_a_clear_error_that_changes_nothing(
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    encrypted: bool,
+    key: str | None,
+    expected: str,
+    read_only: bool,
+) -> None:
+    path = tmp_path / "q.db"
+    _fill(path, 5, key=KEY if encrypted else None)
+    before = _snapshot(path)
+    time.sleep(0.01)  # an mtime written by a failed open would differ
+    with pytest.raises(QueueError) as info:
+        SQLiteQueue(path, "jobs", encryption_key=key, read_only=read_only)
+    assert expected in str(info.value)
+    assert "file is not a database" not in str(info.value)
+    assert _snapshot(path) == before
+    # SQLCipher's own log is silenced: nothing on stderr.
+    assert "ERROR" not in capfd.readouterr().err
+
+
+def test_missing_extra_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "sqlcipher3", None)  # import fails as if not installed
+    with pytest.raises(RuntimeError, match=r"pip install 'sqqueue\[encryption\]'"):
+        SQLiteQueue(tmp_path / "q.db", "jobs", encryption_key=KEY)
+    assert not (tmp_path / "q.db").exists()
+
+
+def test_key_never_shown(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    path = tmp_path / "q.db"
+    queue = SQLiteQueue(path, "jobs", encryption_key=KEY)
+    queue.enqueue({"m": 1})
+    queue.dequeue()
+    shown = [repr(queue), str(queue.settings), repr(queue.stats()), repr(queue.setting_sources)]
+    queue.close()
+    for bad in ("wrong " + KEY, None):
+        with pytest.raises(QueueError) as info:
+            SQLiteQueue(path, "jobs", encryption_key=bad)
+        shown += [str(info.value), repr(info.value)]
+    key = EncryptionKey(KEY)
+    shown += [repr(key), str(key), repr(encryption.resolve_key(KEY))]
+    report = encryption.rekey(path, KEY, "new " + KEY)
+    shown.append(repr(report))
+    for text in [*shown, caplog.text]:
+        assert KEY not in text
+        assert KEY.replace("'", "''") not in text
+
+
+def test_async_queue_and_worker_open_encrypted_files(tmp_path: Path) -> None:
+    import asyncio
+
+    from sqqueue.aio import AsyncSQLiteQueue
+
+    path = tmp_path / "q.db"
+
+    async def run() -> int:
+        queue = AsyncSQLiteQueue(path, "jobs", encryption_key=KEY)
+        try:
+            assert (await queue.enqueue(MARKER)).is_ok()
+            stats = (await queue.stats()).unwrap()
+            return stats.pending
+        finally:
+            await queue.close()
+
+    assert asyncio.run(run()) == 1
+    _assert_no_marker(path)
+
+
+# -- encrypt, decrypt, rekey --------------------------------------------------------------
+
+
+def test_encrypt_decrypt_rekey_round_trip(tmp_path: Path) -> None:
+    plain, secret, back = tmp_path / "plain.db", tmp_path / "secret.db", tmp_path / "back.db"
+    _fill(plain, 120, key=None)
+    with SQLiteQueue(plain, "jobs") as queue:
+        assert queue.dequeue().unwrap() is not None
+    seen: list[tuple[str, int]] = []
+    report = encryption.encrypt(plain, secret, KEY, progress=lambda s, n: seen.append((s, n)))
+    assert report.tables  # every table, counted in both files
+    assert [s for s, _ in seen] == ["copied", "verified"]
+    assert oct(secret.stat().st_mode & 0o777) == "0o600"
+    _assert_no_marker(secret)
+    with SQLiteQueue(secret, "jobs", encryption_key=KEY) as queue:
+        assert _total(queue) == 120
+    encryption.rekey(secret, KEY, b"k" * 32)
+    with pytest.raises(QueueError, match="wrong key"):
+        SQLiteQueue(secret, "jobs", encryption_key=KEY)
+    encryption.decrypt(secret, back, b"k" * 32)
+    with SQLiteQueue(back, "jobs") as queue:
+        assert _total(queue) == 120
+        assert queue.dequeue().unwrap() is not None  # the lease taken before is kept
+    with pytest.raises(EncryptionError, match="exists already"):
+        encryption.encrypt(plain, secret, KEY)
+    with pytest.raises(EncryptionError, match="wrong key"):
+        encryption.decrypt(secret, tmp_path / "x.db", KEY)
+
+
+_COPY_CHILD = textwrap.dedent(
+    """
+    import sys
+    from sqqueue import encryption
+    action, source, target = sys.argv[1:4]
+    if action == "encrypt":
+        encryption.encrypt(source, target, "k2")
+    else:
+        encryption.rekey(source, "k1", "k2")
+    """
+)
+
+
+@pytest.mark.parametrize("action", ["encrypt", "rekey"])
+def test_killed_copy_loses_nothing(tmp_path: Path, action: str) -> None:
+    source = tmp_path / "source.db"
+    key = None if action == "encrypt" else "k1"
+    _fill(source, 4000, key=key, size=4000)  # ~16 MB: the copy takes a while
+    target = tmp_path / "target.db" if action == "encrypt" else source
+    before = hashlib.sha256(source.read_bytes()).hexdigest()
+    partial = Path(f"{target}.partial")
+    child = subprocess.Popen([sys.executable, "-c", _COPY_CHILD, action, str(source), str(target)])
+    try:
+        deadline = time.monotonic() + 60
+        while not (partial.exists() and partial.stat().st_size > 0):
+            assert child.poll() is None, "the copy ended before it could be interrupted"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    assert hashlib.sha256(source.read_bytes()).hexdigest() == before
+    if action == "encrypt":
+        assert not target.exists()
+    with SQLiteQueue(source, "jobs", encryption_key=key) as queue:
+        assert _total(queue) == 4000
+    # Run again: the leftover partial copy is replaced, and the copy completes.
+    if action == "encrypt":
+        encryption.encrypt(source, target, "k2")
+    else:
+        encryption.rekey(source, "k1", "k2")
+    assert not partial.exists()
+    with SQLiteQueue(target, "jobs", encryption_key="k2") as queue:
+        assert _total(queue) == 4000
+
+
+def test_plain_queue_is_refused_a_key_on_memory(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no file to encrypt"):
+        SQLiteQueue(":memory:", "jobs", encryption_key=KEY)
+
+
+def test_key_mismatch_kind(tmp_path: Path) -> None:
+    _fill(tmp_path / "q.db", 1)
+    with pytest.raises(QueueError) as info:
+        SQLiteQueue(tmp_path / "q.db", "jobs", encryption_key="nope")
+    assert info.value.kind is ErrorKind.INVALID_INPUT
+
+
+# -- the command line ---------------------------------------------------------------------
+
+
+def _cli(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SQQUEUE_ENCRYPTION")}
+    return subprocess.run(
+        [sys.executable, "-m", "sqqueue.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**clean, **(env or {})},
+        check=False,
+    )
+
+
+def test_commands_take_the_key_file_and_encrypt_decrypt_rekey(tmp_path: Path) -> None:
+    key_file, new_file = tmp_path / "old.key", tmp_path / "new.key"
+    for file, text in ((key_file, KEY), (new_file, "a new key\n")):
+        file.write_text(text)
+        file.chmod(0o600)
+    plain, secret = tmp_path / "plain.db", tmp_path / "secret.db"
+    _fill(plain, 7, key=None)
+    done = _cli("--key-file", key_file, "encrypt", plain, secret)
+    assert done.returncode == 0, done.stderr
+    assert "verified" in done.stderr and "checked" in done.stdout
+    _assert_no_marker(secret)
+    # Every command reads the file with --key-file, or the key file in the environment.
+    stats = _cli("--key-file", key_file, "stats", secret, "jobs", "--json")
+    assert stats.returncode == 0, stats.stderr
+    assert '"pending": 7' in stats.stdout
+    env = {encryption.ENV_KEY_FILE: str(key_file)}
+    assert _cli("enqueue", secret, "jobs", MARKER, env=env).returncode == 0
+    missing = _cli("stats", secret, "jobs")
+    assert missing.returncode == 1
+    assert "this file is encrypted: give its key" in missing.stderr
+    rekeyed = _cli("--key-file", key_file, "rekey", secret, "--new-key-file", new_file)
+    assert rekeyed.returncode == 0, rekeyed.stderr
+    old = _cli("--key-file", key_file, "stats", secret, "jobs")
+    assert old.returncode == 1 and "wrong key" in old.stderr
+    back = tmp_path / "back.db"
+    decrypted = _cli("--key-file", new_file, "decrypt", secret, back)
+    assert decrypted.returncode == 0, decrypted.stderr
+    with SQLiteQueue(back, "jobs") as queue:
+        assert _total(queue) == 8
+    for done in (stats, rekeyed, decrypted, old, missing):
+        assert KEY not in done.stdout + done.stderr
+
+
+def test_key_file_others_may_read_is_refused_by_the_commands(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    key_file.chmod(0o644)
+    done = _cli("--key-file", key_file, "stats", tmp_path / "q.db")
+    assert done.returncode == 2
+    assert "chmod 600" in done.stderr and KEY not in done.stderr
+
+
+def test_security_page_examples_run_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    page = Path(__file__).resolve().parent.parent / "docs" / "security.md"
+    blocks = [part.split("```", 1)[0] for part in page.read_text().split("```python\n")[1:]]
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), {"print": lambda *a: None})
+    written = [p for p in tmp_path.iterdir() if p.name.startswith("secret-jobs")]
+    assert all(b"ada@example.com" not in p.read_bytes() for p in written)
+    assert written
+
+
+@pytest.mark.parametrize("where", ["", "[queues.jobs]\n"])
+def test_config_file_never_holds_a_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    monkeypatch.setenv("SQQUEUE_CONFIG", str(tmp_path / "sqqueue.toml"))
+    (tmp_path / "sqqueue.toml").write_text(f'{where}encryption_key = "{KEY}"\n')
+    with pytest.raises(ValueError, match="not read from the config file") as info:
+        SQLiteQueue(tmp_path / "q.db", "jobs")
+    assert "SQQUEUE_ENCRYPTION_KEY_FILE" in str(info.value) and KEY not in str(info.value)
+    # The key variables are known: no "not a sqqueue setting" warning for them.
+    monkeypatch.setenv("SQQUEUE_CONFIG", "none")
+    monkeypatch.setenv(encryption.ENV_KEY, KEY)
+    with SQLiteQueue(tmp_path / "q.db", "jobs"):
+        pass
+    assert "not a sqqueue setting" not in caplog.text
