@@ -1,0 +1,172 @@
+"""The documentation: the site builds with --strict, and every Python example runs as written.
+
+Each page's ```python blocks run in order, in one namespace, in an empty temporary
+directory (so ``SQLiteQueue("jobs.db")`` makes a fresh file). A line right before a block
+can change how it runs:
+
+- ``<!-- test: skip REASON -->``: the block does not run (keep these rare, and say why);
+- ``<!-- test: sigterm-when-drained -->``: the block runs a worker until SIGTERM; the test
+  sends it, as an operator would, once the worker is running and every queue in the
+  directory is drained.
+
+A page with ``<!-- test: postgres -->`` runs with ``DATABASE_URL`` set to the test
+PostgreSQL server. Every fenced block must name its language, so that a block meant to run
+cannot be left out by mistake.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sqqueue
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [
+    ROOT / "README.md",
+    *sorted(p for p in (ROOT / "docs").rglob("*.md") if "hooks" not in p.parts),
+]
+MARKER = re.compile(r"^<!-- test: ([a-z-]+)(?: (.*))? -->$")
+
+
+@dataclass
+class Block:
+    language: str
+    line: int
+    code: str
+    marker: str | None
+    reason: str | None
+
+
+def blocks_of(page: Path) -> list[Block]:
+    """Every fenced block of ``page``; fails on a block without a language."""
+    lines = page.read_text().splitlines()
+    found: list[Block] = []
+    i = 0
+    while i < len(lines):
+        opening = re.match(r"^(\s*)```(.*)$", lines[i])
+        if not opening:
+            i += 1
+            continue
+        indent, info = opening.groups()
+        language = info.split()[0] if info.strip() else ""
+        assert language, f"{page.name}:{i + 1}: a fenced block must name its language"
+        end = i + 1
+        while not re.match(rf"^{indent}```\s*$", lines[end]):
+            end += 1
+        previous = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+        marker = MARKER.match(previous.strip())
+        body = "\n".join(line[len(indent) :] for line in lines[i + 1 : end])
+        found.append(
+            Block(
+                language,
+                i + 1,
+                body + "\n",
+                marker.group(1) if marker else None,
+                marker.group(2) if marker else None,
+            )
+        )
+        i = end + 1
+    return found
+
+
+def page_id(page: Path) -> str:
+    return str(page.relative_to(ROOT))
+
+
+def test_site_builds_strict(tmp_path: Path) -> None:
+    """``mkdocs build --strict``: a broken link, anchor or API reference fails it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert (tmp_path / "reference" / "configuration" / "index.html").exists()
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_python_blocks_are_marked_and_indented_blocks_do_not_hide(page: Path) -> None:
+    for block in blocks_of(page):
+        if block.language == "python":
+            assert not block.code.startswith((" ", "\t")), f"{page.name}:{block.line}"
+        if block.marker == "skip":
+            assert block.reason, f"{page.name}:{block.line}: say why the block does not run"
+        elif block.marker is not None:
+            assert block.marker == "sigterm-when-drained", f"{page.name}:{block.line}"
+
+
+def _stop_when_drained(directory: Path, ours: Any, done: threading.Event) -> None:
+    """SIGTERM this process once a worker runs (it replaced our handler) and every queue of
+    every database in ``directory`` is drained."""
+    deadline = time.monotonic() + 90
+    while not done.is_set() and time.monotonic() < deadline:
+        if signal.getsignal(signal.SIGTERM) is not ours and _all_drained(directory):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        done.wait(0.1)
+
+
+def _all_drained(directory: Path) -> bool:
+    databases = list(directory.glob("*.db"))
+    if not databases:
+        return False
+    for db in databases:
+        for name in sqqueue.list_queues(db).unwrap_or([]):
+            with sqqueue.SQLiteQueue(db, table_name=name, read_only=True) as queue:
+                if queue.is_drained().unwrap_or(False) is not True:
+                    return False
+    return True
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_python_examples_run(
+    page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    runnable = [b for b in blocks_of(page) if b.language == "python" and b.marker != "skip"]
+    if not runnable:
+        return
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SQQUEUE_CONFIG", raising=False)
+    if "<!-- test: postgres -->" in page.read_text():
+        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    scope: dict[str, Any] = {"__name__": "docs_example"}
+    try:
+        for block in runnable:
+            code = compile(block.code, f"{page_id(page)}:{block.line}", "exec")
+            if block.marker != "sigterm-when-drained":
+                exec(code, scope)
+                continue
+
+            def ours(*_: object) -> None:
+                """Ignores a SIGTERM that comes before the worker's handler is in place."""
+
+            previous = signal.signal(signal.SIGTERM, ours)
+            done = threading.Event()
+            stopper = threading.Thread(target=_stop_when_drained, args=(tmp_path, ours, done))
+            stopper.start()
+            try:
+                exec(code, scope)
+            finally:
+                done.set()
+                stopper.join()
+                signal.signal(signal.SIGTERM, previous)
+    finally:
+        for value in scope.values():
+            if isinstance(value, sqqueue.Queue):
+                value.close()
