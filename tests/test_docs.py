@@ -9,7 +9,7 @@ can change how it runs:
   sends it, as an operator would, once the worker is running and its queue is drained.
 
 A page with ``<!-- test: postgres -->`` runs with ``DATABASE_URL`` set to the test
-PostgreSQL server. Every fenced block must name its language, so that a block meant to run
+PostgreSQL server, and keeps its queues in the schema ``jobs`` (dropped before and after). Every fenced block must name its language, so that a block meant to run
 cannot be left out by mistake.
 """
 
@@ -133,6 +133,13 @@ def _workers_drained() -> bool:
     return bool(queues) and all(q.is_drained().unwrap_or(True) for q in queues)
 
 
+def _drop_schema(url: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 @pytest.mark.parametrize("page", PAGES, ids=page_id)
 def test_python_examples_run(
     page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
@@ -143,7 +150,10 @@ def test_python_examples_run(
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("SQQUEUE_CONFIG", raising=False)
     if "<!-- test: postgres -->" in page.read_text():
-        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("pg_url"))
+        url = request.getfixturevalue("pg_url")
+        monkeypatch.setenv("DATABASE_URL", url)
+        _drop_schema(url, "jobs")  # the pages keep their PostgreSQL queues in schema "jobs"
+        request.addfinalizer(lambda: _drop_schema(url, "jobs"))
     monkeypatch.syspath_prepend(str(tmp_path))
     scope: dict[str, Any] = {"__name__": "docs_example"}
     try:
