@@ -48,7 +48,8 @@ def _settings() -> str:
         "| --- | --- | --- | --- | --- |",
     ]
     for name, setting in SETTINGS.items():
-        default = "—" if setting.default is None else f"`{setting.default!r}`"
+        shown = getattr(setting.default, "kind", setting.default)  # a RetryPolicy by its kind
+        default = "—" if shown is None else f"`{shown!r}`"
         rows.append(
             f"| `{name}` | `SQQUEUE_{name.upper()}` | `{name}` | {default} | {setting.help} |"
         )
