@@ -41,10 +41,10 @@ screenshots: $(STAMP)
 # The documentation site (MkDocs + Material) from docs/ into site/; --strict turns a broken
 # link or a missing reference into a failure. The test suite runs the same build.
 docs: $(STAMP)
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 docs-serve: $(STAMP)
-	$(BIN)/mkdocs serve --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict
 
 # The wheel and source distribution in dist/, to install this version where PyPI's is older:
 # pip install dist/sqqueue-*.whl
