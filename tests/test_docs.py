@@ -182,3 +182,26 @@ def test_python_examples_run(
         for value in scope.values():
             if isinstance(value, sqqueue.Queue):
                 value.close()
+
+
+def test_alert_rules_use_exported_metrics(tmp_path: Path) -> None:
+    """Every metric the suggested alert rules name is one the exporter serves."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from sqqueue.prometheus import QueueCollector
+
+    page = (ROOT / "docs" / "operations" / "metrics.md").read_text()
+    (rules,) = [
+        b.code
+        for b in blocks_of(ROOT / "docs" / "operations" / "metrics.md")
+        if b.language == "yaml"
+    ]
+    named = set(re.findall(r"\b(sqqueue_[a-z_]+)", rules))
+    assert named, "no metric in the alert rules"
+    with sqqueue.SQLiteQueue(tmp_path / "jobs.db", table_name="emails") as queue:
+        queue.enqueue("x")
+    registry = CollectorRegistry()
+    registry.register(QueueCollector(tmp_path / "jobs.db"))
+    served = set(re.findall(r"^(sqqueue_[a-z_]+)", generate_latest(registry).decode(), re.M))
+    assert named <= served, f"not exported: {sorted(named - served)}"
+    assert "suggested alerts" in page.lower()
