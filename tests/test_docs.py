@@ -9,13 +9,15 @@ can change how it runs:
   sends it, as an operator would, once the worker is running and its queue is drained.
 
 A page with ``<!-- test: postgres -->`` runs with ``DATABASE_URL`` set to the test
-PostgreSQL server, and keeps its queues in the schema ``jobs`` (dropped before and after). Every fenced block must name its language, so that a block meant to run
-cannot be left out by mistake.
+PostgreSQL server, and keeps its queues in the schema ``jobs`` (dropped before and after).
+Every fenced block must name its language, so that a block meant to run cannot be left out
+by mistake.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import re
 import signal
@@ -111,26 +113,41 @@ def test_python_blocks_are_marked_and_indented_blocks_do_not_hide(page: Path) ->
             assert block.marker == "sigterm-when-drained", f"{page.name}:{block.line}"
 
 
-def _stop_when_drained(ours: Any, done: threading.Event, late: list[str]) -> None:
+def _stop_when_drained(ours: Any, done: threading.Event, late: list[str], before: set[int]) -> None:
     """SIGTERM this process once a worker runs (it replaced our handler) and the queues of
     every worker are drained; after 90 s, SIGTERM it anyway and say so."""
     deadline = time.monotonic() + 90
     while not done.is_set():
-        if signal.getsignal(signal.SIGTERM) is not ours and _workers_drained():
+        if signal.getsignal(signal.SIGTERM) is not ours and _workers_drained(before):
             break
         if time.monotonic() > deadline:
-            late.append("the worker's queue was not drained within 90 s")
+            late.append(f"not drained within 90 s: {_undrained(before)}")
             break
         done.wait(0.1)
     if not done.is_set():
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _workers_drained() -> bool:
-    workers = [o for o in gc.get_objects() if isinstance(o, WorkerCore)]
-    # A closed queue (a worker of an earlier example) answers Err: nothing left to wait for.
-    queues = [getattr(w.queue, "sync", w.queue) for w in workers]
-    return bool(queues) and all(q.is_drained().unwrap_or(True) for q in queues)
+def _workers() -> list[WorkerCore]:
+    return [o for o in gc.get_objects() if isinstance(o, WorkerCore)]
+
+
+def _worker_queues(before: set[int]) -> list[sqqueue.Queue]:
+    """The queues of the workers made since ``before`` (the ids of the workers then)."""
+    return [getattr(w.queue, "sync", w.queue) for w in _workers() if id(w) not in before]
+
+
+def _workers_drained(before: set[int]) -> bool:
+    queues = _worker_queues(before)
+    return bool(queues) and all(q.is_drained().unwrap_or(False) for q in queues)
+
+
+def _undrained(before: set[int]) -> list[str]:
+    return [
+        f"{q.name}: {q.stats().unwrap_or(None)}"
+        for q in _worker_queues(before)
+        if not q.is_drained().unwrap_or(False)
+    ]
 
 
 def _drop_schema(url: str, schema: str) -> None:
@@ -156,6 +173,9 @@ def test_python_examples_run(
         request.addfinalizer(lambda: _drop_schema(url, "jobs"))
     monkeypatch.syspath_prepend(str(tmp_path))
     scope: dict[str, Any] = {"__name__": "docs_example"}
+    # The logging page configures the "sqqueue" logger: put it back for the other tests.
+    loggers = [logging.getLogger(), logging.getLogger("sqqueue")]
+    saved = [(lg, lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
     try:
         for block in runnable:
             code = compile(block.code, f"{page_id(page)}:{block.line}", "exec")
@@ -169,7 +189,8 @@ def test_python_examples_run(
             previous = signal.signal(signal.SIGTERM, ours)
             done = threading.Event()
             late: list[str] = []
-            stopper = threading.Thread(target=_stop_when_drained, args=(ours, done, late))
+            before = {id(w) for w in _workers()}
+            stopper = threading.Thread(target=_stop_when_drained, args=(ours, done, late, before))
             stopper.start()
             try:
                 exec(code, scope)
@@ -182,6 +203,10 @@ def test_python_examples_run(
         for value in scope.values():
             if isinstance(value, sqqueue.Queue):
                 value.close()
+        for lg, handlers, level, propagate in saved:
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+            lg.propagate = propagate
 
 
 def test_alert_rules_use_exported_metrics(tmp_path: Path) -> None:
