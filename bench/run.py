@@ -574,7 +574,7 @@ def _sqlite_report(
         "statements, each in its own `BEGIN IMMEDIATE ... COMMIT`) on the one-by-one and "
         "batch rows.")  # fmt: skip
     add("")
-    add("```")
+    add("```sh")
     add(ctx["command"])
     add("```")
     add("")
@@ -1061,7 +1061,7 @@ def _pg_report(
         "procrastinate take part in the worker row (see [what users see]"
         "(#workers-and-producers-what-users-see)).")  # fmt: skip
     add("")
-    add("```")
+    add("```sh")
     add(ctx["command"])
     add("```")
     add("")

@@ -6,6 +6,7 @@ Behaviour tests run on every backend (``queue``/``make_queue``).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from sqqueue import (
     connect,
 )
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+DOCS_HOOK = Path(__file__).resolve().parent.parent / "docs" / "hooks" / "reference.py"
 
 
 def ok(result: Result[Any, Any]) -> Any:
@@ -128,7 +129,7 @@ def test_unsupported_value_inside_json_gets_a_hint_for_its_type(
 
 
 def test_fail_after_failing_says_it_was_already_failed(queue: Queue) -> None:
-    """The README's "retry in 30 s, then give up now" on one Message: the second call is
+    """The retries guide's "retry in 30 s, then give up now" on one Message: the second call is
     refused as WRONG_STATE, saying this object already failed it (nothing expired), and
     how to do it by id, which then works."""
     ok(queue.enqueue("job"))
@@ -303,8 +304,13 @@ def test_directory_path_advice_quotes_a_whole_path(tmp_path: Path) -> None:
     assert repr(str(tmp_path / "queue.db")) in str(info.value)
 
 
-def test_readme_error_kind_table_lists_every_kind() -> None:
-    text = README.read_text()
-    table = text[text.index("| `ErrorKind` | meaning |") :].split("\n\n", 1)[0]
+def test_error_kind_reference_lists_every_kind() -> None:
+    """The documentation's error-kind table, generated from ErrorKind, has every kind with
+    advice."""
+    spec = importlib.util.spec_from_file_location("docs_reference", DOCS_HOOK)
+    assert spec is not None and spec.loader is not None
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    table = hook.on_page_markdown("<!-- generated: error-kinds -->")
     for kind in ErrorKind:
-        assert f"`{kind.name}`" in table, kind
+        assert f"| `{kind.name}` | `{kind.value}` |" in table, kind

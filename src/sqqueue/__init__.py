@@ -10,6 +10,8 @@ if message is not None:
     queue.complete(message)
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from .aio import AsyncQueue, AsyncSQLiteQueue, AsyncWorker, connect_async
 from .exceptions import (
     CompletionError,
@@ -30,7 +32,11 @@ from .stats import QueueStats
 from .tasks import Tasks
 from .worker import Worker, WorkerHooks, WorkerStats, worker
 
-__version__ = "1.0.0.dev0"
+# The version is defined once, in pyproject.toml; the installed metadata carries it here.
+try:
+    __version__ = version("sqqueue")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AsyncQueue",
