@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -483,3 +483,13 @@ def schema_sql(backend: str, queue: str) -> list[str]:
     raise QueueError(
         f"unknown backend {backend!r}: use 'sqlite' or 'postgresql'", ErrorKind.INVALID_INPUT
     )
+
+
+def grant_sql(schema: str, queues: Sequence[str], roles: dict[str, str]) -> list[str]:
+    """The PostgreSQL GRANT statements for ``roles`` (``{"producer": ROLE, "consumer":
+    ROLE, "admin": ROLE}``, any of them) on ``queues`` in ``schema``, without connecting
+    anywhere; ``ValueError`` for a bad name."""
+    from .backends import postgres_sql
+
+    names = [validate_queue_name(q) for q in queues]
+    return postgres_sql.grant_statements(validate_queue_name(schema), names, roles)

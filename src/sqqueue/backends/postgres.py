@@ -71,6 +71,11 @@ _TRANSIENT_CONNECT = (
     "too many clients",
     "remaining connection slots",
 )
+# What to do about a missing privilege (the owner of the schema grants them).
+GRANTS_HINT = (
+    "the owner of the schema grants each role what it needs: 'sqqueue grants URL "
+    "--producer ROLE --consumer ROLE --admin ROLE' prints the statements"
+)
 # The listener's longest pause between attempts to reconnect.
 _LISTEN_BACKOFF = 0.5
 # Pools of queue objects inherited through fork: never used nor closed in the child (the
@@ -292,6 +297,7 @@ class PostgresBackend(SQLBackend):
         self._listening = False
         self._listener_pid: int | None = None  # the server process of the listener, for tests
         self._column_cache: dict[str, list[str]] = {}
+        self._role = conninfo_to_dict(url).get("user")
         try:
             self._init_schema(default_max_attempts)
         except StorageError as exc:
@@ -374,7 +380,12 @@ class PostgresBackend(SQLBackend):
                 f"the PostgreSQL server of {self.path!r} is out of disk space ({text})",
                 ErrorKind.DISK_FULL,
             )
-        if isinstance(exc, (pg_errors.ReadOnlySqlTransaction, pg_errors.InsufficientPrivilege)):
+        if isinstance(exc, pg_errors.InsufficientPrivilege):
+            return StorageError(
+                f"{self._role_shown()} lacks a privilege on {self.path!r}: {text}; {GRANTS_HINT}",
+                ErrorKind.READ_ONLY,
+            )
+        if isinstance(exc, pg_errors.ReadOnlySqlTransaction):
             return StorageError(
                 f"cannot write to {self.path!r}: {text}; check the role's privileges",
                 ErrorKind.READ_ONLY,
@@ -388,6 +399,10 @@ class PostgresBackend(SQLBackend):
                 ErrorKind.STORAGE,
             )
         return StorageError(f"database error on {self.path!r}: {text}", ErrorKind.STORAGE)
+
+    def _role_shown(self) -> str:
+        """The role the URL logs in as, for messages (never the password)."""
+        return f"role {self._role!r}" if self._role else "the role of this URL"
 
     def _unreachable(self, failed: _ConnectFailed) -> StorageError:
         text = str(failed.cause).strip().splitlines()[0] if str(failed.cause).strip() else ""
@@ -547,6 +562,14 @@ class PostgresBackend(SQLBackend):
         nor DDL rights, unless it is older), else None."""
 
         def look(conn: psycopg.Connection[Any]) -> int | None:
+            if self.schema is not None:
+                usage = conn.execute(sql.SCHEMA_USAGE, (self.schema,)).fetchone()
+                if usage is not None and not usage[0]:
+                    raise StorageError(
+                        f"{self._role_shown()} may not use schema {self.schema!r} in "
+                        f"{self.path!r} (it lacks USAGE on the schema); {GRANTS_HINT}",
+                        ErrorKind.READ_ONLY,
+                    )
             if conn.execute("SELECT to_regclass('sqqueue_queues')").fetchone() == (None,):
                 return None
             row = conn.execute(
@@ -599,7 +622,19 @@ class PostgresBackend(SQLBackend):
             for ddl in self._q.ddl:
                 conn.execute(ddl)
 
-        self._write(setup)
+        try:
+            self._write(setup)
+        except StorageError as exc:
+            if exc.kind is not ErrorKind.READ_ONLY:
+                raise
+            # Only the owner of the schema creates and upgrades queues.
+            state = "does not exist yet" if version is None else "has an older layout"
+            raise StorageError(
+                f"queue {self.name!r} {state}, and {self._role_shown()} may not change the "
+                f"layout ({exc}); open it once as the owner of the schema (or run 'sqqueue "
+                "migrate' as the owner), then grant this role its privileges",
+                ErrorKind.READ_ONLY,
+            ) from exc
 
     def _upgrade(self, conn: psycopg.Connection[Any], version: int) -> None:
         """Bring a queue of an older schema version up to date, step by step, in the
@@ -829,6 +864,20 @@ class PostgresBackend(SQLBackend):
             return self._insert(conn, messages)
         except psycopg.Error as exc:
             raise self._classify(exc) from exc
+
+    def purge(self, states: Sequence[str], older_than: float | None) -> int:
+        # A consumer may delete the queue's rows (that is how it completes messages), and
+        # PostgreSQL cannot tell that from a purge: purging is refused unless the role
+        # administers the queue.
+        self._refuse_writes()
+        if not self._read(lambda conn: self._one(conn, "may_administer")[0]):
+            raise StorageError(
+                f"{self._role_shown()} may not purge queue {self.name!r} in {self.path!r}: "
+                "purging is for the queue's administrator (a role with DELETE on its dead "
+                f"letters); {GRANTS_HINT}",
+                ErrorKind.READ_ONLY,
+            )
+        return super().purge(states, older_than)
 
     def _fold_expired(self, conn: psycopg.Connection[Any], now: float | None) -> int:
         params: dict[str, Any] = {"now": now}

@@ -30,6 +30,7 @@ contain ``#`` nor end in ``_dlq``, so no queue's name is ever another queue's ob
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from string import Template
 
@@ -464,6 +465,9 @@ STATEMENTS = {
                prior_attempts + attempts
           FROM $dlq AS d WHERE id = %(id)s""",
     "dead_group": "SELECT group_key FROM $dlq WHERE id = %(id)s FOR UPDATE",
+    # Whether this role administers the queue (may delete its dead letters): purging is
+    # refused to the others, as a consumer's DELETE on the queue is only for completing.
+    "may_administer": "SELECT has_table_privilege($dlq_regclass, 'DELETE')",
     "delete_dead": "DELETE FROM $dlq WHERE id = %(id)s",
     "queue_exists": "SELECT 1 FROM sqqueue_queues WHERE name = %(name)s",
     "dead_ids": "SELECT id FROM $dlq WHERE id > %(after)s ORDER BY id LIMIT %(limit)s",
@@ -587,6 +591,9 @@ STATEMENTS = {
              LIMIT %(batch)s)""",
 }
 
+#: Whether the role may use schema %s: one row (no row: there is no such schema).
+SCHEMA_USAGE = "SELECT has_schema_privilege(oid, 'USAGE') FROM pg_namespace WHERE nspname = %s"
+
 # From schema version 1: completed messages kept as history can carry a result.
 # Idempotent, as DDL applied by hand registers version 1 with the column already there.
 UPGRADE_FROM_1 = ("ALTER TABLE $old_done ADD COLUMN IF NOT EXISTS result TEXT",)
@@ -666,6 +673,7 @@ class Rendered:
         )
         self.subst["lit"] = f"'{name}'"
         self.subst["q_regclass"] = f"""'"{name}"'"""
+        self.subst["dlq_regclass"] = f"'{quote(names['dlq'])}'"
         self.subst["now"] = PINNED_NOW if pinned else SERVER_NOW
         self.tables = names
         self.sql = {key: self.fill(sql) for key, sql in STATEMENTS.items()}
@@ -769,3 +777,103 @@ def render(name: str, pinned: bool = False) -> Rendered:
 def redrive_into(target: Rendered, source: Rendered) -> str:
     """The statement moving one dead letter of ``source`` into queue ``target``."""
     return Template(_REDRIVE_INTO).substitute({**target.subst, "src": source.subst["dlq"]})
+
+
+# -- least privilege: what each role may do (sqqueue grants) ------------------------------
+# Templates: $schema the schema, $role the role (both quoted), $registry, $counters and
+# $count_fn the schema's shared objects, $q, $dlq, $done, $dedup and $seq one queue's
+# (qualified, current layout). Creating and upgrading queues stays with the owner of the
+# schema: no role below may run DDL.
+
+#: The roles ``grants`` knows, in the order their statements are printed.
+ROLES = ("producer", "consumer", "admin")
+
+# Every role opens queues, and every write of a queue row adds to the shared counters
+# (the tables' triggers call sqqueue_count as the writing role).
+_SHARED_GRANTS = (
+    # Find the queue's objects in the schema.
+    "GRANT USAGE ON SCHEMA $schema TO $role",
+    # Read the queue's layout version when the queue object is constructed (no DDL then).
+    "GRANT SELECT ON $registry TO $role",
+    # Keep the counts and totals the triggers and stats() maintain.
+    "GRANT SELECT, INSERT, UPDATE ON $counters TO $role",
+    # The counting function the triggers call.
+    "GRANT EXECUTE ON FUNCTION $count_fn TO $role",
+)
+
+_QUEUE_GRANTS = {
+    "producer": (
+        # Add messages; RETURNING gives back their ids; a group's new message checks
+        # whether its group already has one (no payload column is readable).
+        "GRANT INSERT, SELECT (id, group_key) ON $q TO $role",
+        # Ids reserved ahead for deduplicated messages.
+        "GRANT USAGE ON SEQUENCE $seq TO $role",
+        # Is a deduplicated message still alive (ids only)?
+        "GRANT SELECT (id) ON $dlq TO $role",
+        # Claim, look up, renew and prune deduplication keys.
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON $dedup TO $role",
+    ),
+    "consumer": (
+        # Claim, renew, release, complete and fold back expired leases.
+        "GRANT SELECT, UPDATE, DELETE ON $q TO $role",
+        # Dead-letter a message that failed for good (ids only are readable: is it dead?).
+        "GRANT INSERT, SELECT (id) ON $dlq TO $role",
+        # Keep completed messages as history, and prune it to the retention settings.
+        "GRANT INSERT, DELETE, SELECT (id, completed_at) ON $done TO $role",
+        # Prune expired deduplication keys.
+        "GRANT SELECT, DELETE ON $dedup TO $role",
+    ),
+    "admin": (
+        # Everything on the queue's rows: purge, redrive, copy, inspect.
+        "GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON $q, $dlq, $done, $dedup TO $role",
+        # Redrive and copy keep ids, and move the sequence past them.
+        "GRANT USAGE, SELECT, UPDATE ON SEQUENCE $seq TO $role",
+    ),
+}
+
+_ROLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$-]{0,62}")
+# Words GRANT reads as something else than a role, even quoted (and the server's own roles).
+_NOT_ROLES = ("public", "current_user", "current_role", "session_user", "none")
+
+
+def validate_role(role: object) -> str:
+    """``role`` if it is a role name ``grants`` will print, else ``ValueError``."""
+    if not isinstance(role, str) or not _ROLE_NAME.fullmatch(role):
+        raise ValueError(
+            f"invalid role name {role!r}: use 1-63 ASCII letters, digits, '_', '$' or '-', "
+            "starting with a letter or underscore"
+        )
+    if role.lower() in _NOT_ROLES or role.lower().startswith("pg_"):
+        raise ValueError(f"invalid role name {role!r}: that name is reserved by PostgreSQL")
+    return role
+
+
+def grant_statements(schema: str, queues: Sequence[str], roles: dict[str, str]) -> list[str]:
+    """The GRANT statements giving each role of ``roles`` (``{"producer": "app_in", ...}``,
+    any of ROLES) what it needs on ``queues`` (validated names, current layout) in
+    ``schema``; role names are validated here."""
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown:
+        raise ValueError(f"unknown role kind {unknown[0]!r}: use {', '.join(ROLES)}")
+    where = quote(schema)
+    shared = {
+        "schema": where,
+        "registry": f"{where}.sqqueue_queues",
+        "counters": f"{where}.sqqueue_counters",
+        "count_fn": f"{where}.sqqueue_count(text, {', '.join(['bigint'] * 9)})",
+    }
+    statements: list[str] = []
+    for kind in ROLES:
+        if kind not in roles:
+            continue
+        values = {**shared, "role": quote(validate_role(roles[kind]))}
+        statements += [Template(s).substitute(values) for s in _SHARED_GRANTS]
+        for name in queues:
+            names = object_names(name)
+            objects = {
+                key: f"{where}.{quote(names[key])}" for key in ("q", "dlq", "done", "dedup", "seq")
+            }
+            statements += [
+                Template(s).substitute({**values, **objects}) for s in _QUEUE_GRANTS[kind]
+            ]
+    return statements

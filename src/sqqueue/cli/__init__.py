@@ -46,7 +46,19 @@ def _missing_deps(*_args: Any, **_kwargs: Any) -> NoReturn:
 
 def _build() -> click.Group:
     """The ``sqqueue`` group with every command registered on it."""
-    from . import base, config, dashboard, demo, dlq, file, messages, metrics, security, worker
+    from . import (
+        base,
+        config,
+        dashboard,
+        demo,
+        dlq,
+        file,
+        messages,
+        metrics,
+        roles,
+        security,
+        worker,
+    )
 
     @click.group(
         cls=base.SqqueueGroup,
@@ -95,6 +107,7 @@ def _build() -> click.Group:
         file.salvage,
         file.migrate,
         file.copy,
+        roles.grants,
         demo.demo,
         config.config_cmd,
         worker.worker_cmd,
