@@ -713,15 +713,15 @@ def test_message_taken_while_stopping_is_released_uncounted(
     message_id = ok(rq.enqueue("job"))
     handled: list[Message] = []
     w = make_worker(rq, handled.append)
-    real_dequeue = rq.dequeue
+    real_dequeue_batch = rq.dequeue_batch
 
     def dequeue_then_stop(*args: Any, **kwargs: Any) -> Any:
-        result = real_dequeue(*args, **kwargs)
-        if result.is_ok() and result.value is not None:
+        result = real_dequeue_batch(*args, **kwargs)
+        if result.is_ok() and result.value:
             w.stop()  # the stop request lands between the lease and the handler
         return result
 
-    monkeypatch.setattr(rq, "dequeue", dequeue_then_stop)
+    monkeypatch.setattr(rq, "dequeue_batch", dequeue_then_stop)
     stats = running(w).join(timeout=10)
     assert handled == []
     assert (stats.released, stats.started, stats.completed) == (1, 0, 0)

@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import inspect
@@ -375,8 +376,8 @@ class AsyncWorker(WorkerCore):
     """:class:`~sqqueue.Worker` for coroutine handlers: ``concurrency`` tasks on the loop.
 
     Same behaviour: completes on return, fails on exception (any: a CancelledError the
-    handler lets escape too), heartbeats, ``task_timeout`` (the handler's task is
-    cancelled), and graceful shutdown on ``stop()``, SIGTERM or SIGINT (when run on the
+    handler lets escape too), prefetch and grouped acknowledgements, heartbeats,
+    ``task_timeout`` (the handler's task is cancelled), and graceful shutdown on ``stop()``, SIGTERM or SIGINT (when run on the
     main thread's loop), or when the task running :meth:`run` is cancelled::
 
         async def handle(message): ...
@@ -392,6 +393,12 @@ class AsyncWorker(WorkerCore):
         )
         self._aqueue = queue if isinstance(queue, AsyncQueue) else AsyncQueue(queue)
         self._running: dict[object, asyncio.Future[Any]] = {}
+        # Prefetch, as the threaded Worker does it: one runner at a time claims for itself
+        # and the runners idle beside it (made on the loop, in run()).
+        self._handoff: asyncio.Condition | None = None
+        self._prefetched: collections.deque[Message] = collections.deque()
+        self._fetching = False
+        self._idle = 0
 
     async def run(self) -> WorkerStats:
         """Process messages until stopped; returns the stats."""
@@ -404,6 +411,8 @@ class AsyncWorker(WorkerCore):
                     installed.append(int(signum))
         logger.info("worker %s: started with %d task(s)", self.name, self.concurrency)
         drained = asyncio.Event()
+        self._handoff = asyncio.Condition()
+        acker = self._start_acks()
         try:
             runners = [asyncio.create_task(self._runner(i)) for i in range(self.concurrency)]
             heart = asyncio.create_task(self._heartbeat_loop(drained))
@@ -416,6 +425,8 @@ class AsyncWorker(WorkerCore):
                 raise
             finally:
                 await self._drain(runners)
+                await asyncio.to_thread(self._release_prefetched)
+                await asyncio.to_thread(self._close_acks, acker)
                 # The heartbeat may be failing a timed-out message right now: let that
                 # round finish, so the stats returned are final.
                 drained.set()
@@ -491,19 +502,53 @@ class AsyncWorker(WorkerCore):
             return None, exc
 
     async def _take_async(self) -> Message | None:
-        result = await self._aqueue.dequeue(
-            visibility_timeout=self.lease, wait=self.poll_wait, cancel=self._stopping
-        )
-        if isinstance(result, Err):
-            logger.warning("worker %s: dequeue failed: %s", self.name, result.error)
-            await asyncio.sleep(min(self.poll_wait, 1.0))
+        """The next message: one a runner fetched for this one, or a fetch of our own for
+        us and the runners idle beside us; None when stopping or nothing came."""
+        handoff = self._handoff
+        assert handoff is not None  # made by run()
+        async with handoff:
+            while not self._prefetched and self._fetching and not self._stopping.is_set():
+                self._idle += 1
+                try:
+                    await handoff.wait()
+                finally:
+                    self._idle -= 1
+            if self._stopping.is_set():
+                return None  # what is prefetched is given back by run()
+            if self._prefetched:
+                return self._prefetched.popleft()
+            self._fetching = True
+            size = min(self.prefetch, self._idle + 1)
+        batch: list[Message] = []
+        try:
+            result = await self._aqueue.dequeue_batch(
+                size, visibility_timeout=self.lease, wait=self.poll_wait, cancel=self._stopping
+            )
+            if isinstance(result, Err):
+                logger.warning("worker %s: dequeue failed: %s", self.name, result.error)
+                await asyncio.sleep(min(self.poll_wait, 1.0))
+            else:
+                batch = result.value
+        finally:
+            async with handoff:
+                self._fetching = False
+                stopping = self._stopping.is_set()
+                if batch and not stopping:
+                    self._prefetched.extend(batch[1:])
+                handoff.notify_all()
+        if stopping:  # taken but not started: give them back without counting the attempt
+            for message in batch:
+                await asyncio.to_thread(self.queue.release, message)
+            self._count(released=len(batch))
             return None
-        message = result.value
-        if message is not None and self._stopping.is_set():
-            await asyncio.to_thread(self.queue.release, message)
-            self._count(released=1)
-            return None
-        return message
+        return batch[0] if batch else None
+
+    def _release_prefetched(self) -> None:
+        """At shutdown: give back what was claimed but never started."""
+        left, self._prefetched = list(self._prefetched), collections.deque()
+        for message in left:
+            self.queue.release(message)
+        self._count(released=len(left))
 
     def _replace_abandoned(self) -> None:
         # The abandoned handler's task is cancelled, so its runner carries on by itself.

@@ -26,6 +26,7 @@ import math
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -33,13 +34,17 @@ from typing import Any, Protocol
 from .exceptions import ErrorKind, Reject
 from .message import Message
 from .queue import Queue, _error_text
-from .result import Err
+from .result import Err, Ok, Result
 
 __all__ = ["Worker", "WorkerHooks", "WorkerStats", "worker"]
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Message], Any]
+
+# At most this many messages claimed in one go: enough to amortise a claim over a batch,
+# few enough that one worker does not hold messages other workers could be serving.
+MAX_PREFETCH = 100
 
 
 @dataclass
@@ -114,6 +119,7 @@ class WorkerCore:
         durations: DurationObserver | None = None,
         results: bool = False,
         retry_delay: Callable[[Message, BaseException], float | None] | None = None,
+        prefetch: int | None = None,
     ) -> None:
         if not callable(handler):
             raise ValueError("handler must be callable")
@@ -129,6 +135,14 @@ class WorkerCore:
             raise ValueError("retry_delay must be a callable (message, exception) -> seconds")
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        if prefetch is None:
+            prefetch = min(concurrency, MAX_PREFETCH)
+        if (
+            not isinstance(prefetch, int)
+            or isinstance(prefetch, bool)
+            or not 1 <= prefetch <= MAX_PREFETCH
+        ):
+            raise ValueError(f"prefetch must be an int from 1 to {MAX_PREFETCH}, got {prefetch!r}")
         lease = visibility_timeout or queue.default_visibility_timeout
         for label, value in (
             ("visibility_timeout", lease),
@@ -144,6 +158,7 @@ class WorkerCore:
         self.queue = queue
         self.handler = handler
         self.concurrency = concurrency
+        self.prefetch = prefetch
         self.lease = float(lease)
         self.heartbeat = float(heartbeat) if heartbeat else max(self.lease / 3, 0.05)
         if self.heartbeat >= self.lease:
@@ -163,6 +178,12 @@ class WorkerCore:
         self._tasks: dict[object, _Task] = {}  # driver's key (thread or task) -> running task
         self._lock = threading.Lock()
         self._drained = threading.Event()  # shutdown finished: the heartbeat may end
+        # Grouped acknowledgements: while the ack thread runs, handlers' completions are
+        # left here and their runners go on; the thread completes whatever has gathered
+        # in one transaction.
+        self._acks_ready = threading.Condition(threading.Lock())
+        self._acks: list[tuple[Message, Any, float]] = []
+        self._acks_open = False
 
     @property
     def stopping(self) -> bool:
@@ -195,23 +216,6 @@ class WorkerCore:
         with self._lock:
             for name, n in increments.items():
                 setattr(self.stats, name, getattr(self.stats, name) + n)
-
-    def _take(self) -> Message | None:
-        """Lease the next message, waiting up to ``poll_wait``; None when none or stopping."""
-        result = self.queue.dequeue(
-            visibility_timeout=self.lease, wait=self.poll_wait, cancel=self._stopping
-        )
-        if isinstance(result, Err):
-            logger.warning("worker %s: dequeue failed: %s", self.name, result.error)
-            self._stopping.wait(min(self.poll_wait, 1.0))  # the database is in trouble: back off
-            return None
-        message = result.value
-        if message is not None and self._stopping.is_set():
-            # Taken but not started: give it back without counting the attempt.
-            self.queue.release(message)
-            self._count(released=1)
-            return None
-        return message
 
     def _begin(self, key: object, message: Message) -> _Task:
         task = _Task(message, time.monotonic())
@@ -254,14 +258,75 @@ class WorkerCore:
                 # The handler ran, but what it returned cannot be kept: a failure.
                 self._record_failure(message, TypeError(str(result.error)), elapsed)
                 return
+            self._completed(message, value, elapsed, result)
         else:
-            result = self.queue.complete(message)
-        if result.is_ok():
-            self._count(completed=1)
-            self.stats.processing_seconds.append(elapsed)
-            self.hooks.call("on_success", message, value)
-            logger.debug("worker %s: completed message %d", self.name, message.id, extra=log_extra)
-        else:
+            self._acknowledge(message, value, elapsed)
+
+    def _acknowledge(self, message: Message, value: Any, elapsed: float) -> None:
+        """Complete a message whose handler returned: through the ack thread while it runs
+        (grouped with others), else at once."""
+        with self._acks_ready:
+            if self._acks_open:
+                self._acks.append((message, value, elapsed))
+                self._acks_ready.notify()
+                return
+        self._completed(message, value, elapsed, self.queue.complete(message))
+
+    # -- grouped acknowledgements --------------------------------------------------------------
+
+    def _start_acks(self) -> threading.Thread:
+        """Start the thread that completes messages in groups (ended by ``_close_acks``)."""
+        with self._acks_ready:
+            self._acks_open = True
+        thread = threading.Thread(target=self._ack_loop, name=f"{self.name}-acks", daemon=True)
+        thread.start()
+        return thread
+
+    def _ack_loop(self) -> None:
+        """Complete what the runners finished, each round in one transaction, until closed."""
+        while True:
+            with self._acks_ready:
+                while not self._acks and self._acks_open:
+                    self._acks_ready.wait()
+                batch, self._acks = self._acks, []
+                if not batch:
+                    return  # closed, and nothing left
+            try:
+                self._flush(batch)
+            except BaseException as exc:  # never lose the thread: log, and the leases run out
+                logger.error(
+                    "worker %s: completing %d message(s) failed unexpectedly (%s); they will "
+                    "be delivered again when their leases expire",
+                    self.name,
+                    len(batch),
+                    _error_text(exc),
+                    exc_info=exc,
+                )
+
+    def _flush(self, batch: list[tuple[Message, Any, float]]) -> None:
+        result = self.queue.complete_batch([message for message, _, _ in batch])
+        if isinstance(result, Ok):
+            for message, value, elapsed in batch:
+                self._completed(message, value, elapsed, result)
+            return
+        # One of them was refused (its lease lost, say), so none was completed: complete
+        # them one by one, each fenced by its own lease as always.
+        for message, value, elapsed in batch:
+            self._completed(message, value, elapsed, self.queue.complete(message))
+
+    def _close_acks(self, acker: threading.Thread) -> None:
+        """Let the ack thread complete what is left, then end it."""
+        with self._acks_ready:
+            self._acks_open = False
+            self._acks_ready.notify()
+        acker.join()
+
+    def _completed(
+        self, message: Message, value: Any, elapsed: float, result: Result[Any, Any]
+    ) -> None:
+        """Count, hook and log the outcome of completing ``message``."""
+        log_extra = {"message_id": message.id, "attempt": message.attempts}
+        if isinstance(result, Err):
             logger.warning(
                 "worker %s: could not complete message %d: %s",
                 self.name,
@@ -269,6 +334,11 @@ class WorkerCore:
                 result.error,
                 extra=log_extra,
             )
+            return
+        self._count(completed=1)
+        self.stats.processing_seconds.append(elapsed)
+        self.hooks.call("on_success", message, value)
+        logger.debug("worker %s: completed message %d", self.name, message.id, extra=log_extra)
 
     def _observe(self, kind: str, seconds: float) -> None:
         self.queue._metrics.timing(f"{kind}_seconds", seconds)
@@ -443,6 +513,15 @@ class Worker(WorkerCore):
       time-in-queue and processing time (statsd timers too when the queue uses statsd).
     - Heartbeat: every ``heartbeat`` seconds (default a third of the lease) the lease of
       each running message is extended, so slow but alive handlers keep their messages.
+    - Prefetch: a runner that finds nothing to do claims for itself and for the runners
+      idle beside it in one transaction (at most ``prefetch`` messages, default
+      ``concurrency``, at most 100), so a busy worker claims in batches and holds no more
+      than it can start at once.
+    - Grouped acknowledgements: a handler's runner goes on as soon as the handler returns;
+      one thread completes what has gathered in one transaction, each message still fenced
+      by its own lease (if one was lost, the others are completed one by one). A process
+      killed between a handler's return and that commit (a few milliseconds) has its
+      message delivered again once the lease runs out: at-least-once, never lost.
     - ``poll_wait``: how long an idle runner waits before it claims again on its own. A
       message enqueued anywhere wakes it at once (see "Waiting" in the README); the timed
       claim only backs up a lost wake-up, so the default is long (30 s) and idle is cheap.
@@ -459,6 +538,17 @@ class Worker(WorkerCore):
         super().__init__(queue, handler, **options)
         self._threads: list[threading.Thread] = []
         self._spawned = 0
+        # Prefetch: one runner at a time claims for itself and the runners idle beside it;
+        # what it claimed beyond its own message waits here for them.
+        self._handoff = threading.Condition(self._lock)
+        self._prefetched: deque[Message] = deque()
+        self._fetching = False
+        self._idle = 0
+
+    def stop(self, immediate: bool = False) -> None:
+        super().stop(immediate)
+        with self._handoff:
+            self._handoff.notify_all()  # runners waiting for a fetch see the stop
 
     def run(self) -> WorkerStats:
         """Process messages until stopped; returns the stats. Blocks the calling thread."""
@@ -470,6 +560,7 @@ class Worker(WorkerCore):
         heart = threading.Thread(
             target=self._heartbeat_loop, name=f"{self.name}-heartbeat", daemon=True
         )
+        acker = self._start_acks()
         try:
             for _ in range(self.concurrency):
                 self._spawn()
@@ -486,6 +577,8 @@ class Worker(WorkerCore):
         finally:
             try:
                 self._drain()
+                self._release_prefetched()
+                self._close_acks(acker)
                 # The heartbeat may be failing a timed-out message right now: wait for it,
                 # so the stats returned are final (bounded: its calls have timeouts).
                 self._drained.set()
@@ -547,6 +640,59 @@ class Worker(WorkerCore):
             self._end(key, task, value, error)
             if task.abandoned:
                 return  # a replacement thread took this slot
+
+    # -- prefetch ---------------------------------------------------------------------------
+
+    def _take(self) -> Message | None:
+        """The next message: one a runner fetched for this one, or a fetch of our own for
+        us and the runners idle beside us; None when stopping or nothing came."""
+        with self._handoff:
+            while not self._prefetched and self._fetching and not self._stopping.is_set():
+                self._idle += 1
+                try:
+                    self._handoff.wait()
+                finally:
+                    self._idle -= 1
+            if self._stopping.is_set():
+                return None  # what is prefetched is given back by run()
+            if self._prefetched:
+                return self._prefetched.popleft()
+            self._fetching = True
+            size = min(self.prefetch, self._idle + 1)
+        batch: list[Message] = []
+        try:
+            batch = self._claim(size)
+        finally:
+            with self._handoff:
+                self._fetching = False
+                stopping = self._stopping.is_set()
+                if batch and not stopping:
+                    self._prefetched.extend(batch[1:])
+                self._handoff.notify_all()
+        if stopping:  # taken but not started: give them back without counting the attempt
+            for message in batch:
+                self.queue.release(message)
+            self._count(released=len(batch))
+            return None
+        return batch[0] if batch else None
+
+    def _claim(self, size: int) -> list[Message]:
+        result = self.queue.dequeue_batch(
+            size, visibility_timeout=self.lease, wait=self.poll_wait, cancel=self._stopping
+        )
+        if isinstance(result, Err):
+            logger.warning("worker %s: dequeue failed: %s", self.name, result.error)
+            self._stopping.wait(min(self.poll_wait, 1.0))  # the database is in trouble: back off
+            return []
+        return result.value
+
+    def _release_prefetched(self) -> None:
+        """At shutdown: give back what was claimed but never started (attempt not counted)."""
+        with self._handoff:
+            left, self._prefetched = list(self._prefetched), deque()
+        for message in left:
+            self.queue.release(message)
+        self._count(released=len(left))
 
     def _heartbeat_loop(self) -> None:
         while not self._drained.is_set():

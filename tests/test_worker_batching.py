@@ -1,0 +1,334 @@
+"""The Worker amortises storage calls: runners claim for the runners idle beside them
+(prefetch), and completions gather and land together in one transaction (grouped acks).
+
+What must hold: a grouped ack is fenced by each message's lease like a single one; a
+message whose handler returned but whose ack had not landed when the process died is
+delivered again (at-least-once), never lost; what was claimed but not started is given
+back at shutdown without counting an attempt. Every wait is bounded; nothing here depends
+on how fast the machine is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import FakeClock
+from helpers import message_statuses
+from sqqueue import AsyncQueue, AsyncWorker, Message, Ok, Queue, Result, SQLiteQueue, Worker
+
+MakeQueue = Callable[..., Queue]
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def ok(result: Result[Any, Any]) -> Any:
+    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
+    return result.value
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(0.01)
+
+
+def run_in_thread(worker: Worker) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(worker.run()), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def statuses(queue: Queue) -> dict[int, tuple[str, int]]:
+    return {r["id"]: (r["status"], r["attempts"]) for r in message_statuses(queue)}
+
+
+class HeldAcks:
+    """Wraps ``queue.complete_batch`` so that its first call waits for a signal: the
+    completions of the handlers that return meanwhile gather behind it."""
+
+    def __init__(self, queue: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[list[int]] = []
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        real = queue.complete_batch
+
+        def complete_batch(messages: Any) -> Any:
+            self.calls.append([m.id for m in messages])
+            if len(self.calls) == 1:
+                self.entered.set()
+                assert self.release.wait(30), "the test never released the first flush"
+            return real(messages)
+
+        monkeypatch.setattr(queue, "complete_batch", complete_batch)
+
+
+def test_prefetch_must_be_a_bounded_int(make_queue: MakeQueue) -> None:
+    queue = make_queue(table_name="jobs")
+    for bad in (0, -1, 101, True, 2.0, "4"):
+        with pytest.raises(ValueError, match="prefetch"):
+            Worker(queue, print, prefetch=bad)
+    assert Worker(queue, print, concurrency=3).prefetch == 3
+    assert Worker(queue, print, concurrency=500).prefetch == 100
+
+
+def test_completions_gather_into_one_transaction(
+    make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one flush is under way, the completions of handlers that return meanwhile
+    wait behind it and land together in the next one."""
+    queue = make_queue(table_name="jobs", clock=None)
+    ids = ok(queue.enqueue_batch([f"job-{i}" for i in range(5)]))
+    held = HeldAcks(queue, monkeypatch)
+    handled: list[int] = []
+
+    def handler(m: Message) -> None:
+        if handled:  # after the first: only once its completion is being written
+            assert held.entered.wait(20)
+        handled.append(m.id)
+
+    w = Worker(queue, handler, concurrency=1, handle_signals=False)
+    thread, out = run_in_thread(w)
+    assert held.entered.wait(20), "the first completion never reached complete_batch"
+    wait_until(lambda: len(handled) == 5, what="the other four handlers to return")
+    held.release.set()
+    wait_until(lambda: not queue.stats().unwrap().depth, what="every message completed")
+    w.stop()
+    thread.join(20)
+    assert not thread.is_alive()
+    first, *rest = held.calls
+    assert len(first) == 1 and sorted(first + [i for call in rest for i in call]) == ids
+    assert rest == [sorted(set(ids) - set(first))]  # the four others, in one transaction
+    assert out[0].completed == 5
+
+
+def test_grouped_acks_are_fenced_one_by_one_when_a_lease_was_lost(
+    make_queue: MakeQueue, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group holding one message whose lease ran out and went to another consumer:
+    that one is refused (its new holder keeps it), the others are completed."""
+    queue = make_queue(table_name="jobs")
+    other = make_queue(table_name="jobs")
+    ids = ok(queue.enqueue_batch(["a", "b", "c"]))
+    held = HeldAcks(queue, monkeypatch)
+    handled: list[int] = []
+    w = Worker(
+        queue,
+        lambda m: handled.append(m.id),
+        concurrency=1,
+        visibility_timeout=30,
+        handle_signals=False,
+    )
+    thread, out = run_in_thread(w)
+    assert held.entered.wait(20)
+    wait_until(lambda: len(handled) == 3, what="three handlers to return")
+    # The lease of a message whose ack waits runs out, and another consumer takes it.
+    clock.advance(31)
+    taken = ok(other.dequeue(visibility_timeout=600))
+    assert taken is not None
+    lost = taken.id
+    held.release.set()
+    wait_until(lambda: len(held.calls) >= 2, what="the second flush")
+    wait_until(
+        lambda: set(statuses(queue)) == {lost},
+        what="every message but the re-leased one completed",
+    )
+    w.stop()
+    thread.join(20)
+    assert not thread.is_alive()
+    assert statuses(queue) == {lost: ("processing", 2)}
+    assert ok(other.complete(taken)) is None  # its new holder's lease is intact
+    assert out[0].completed == 2
+    assert set(ids) - {lost} <= set(handled)
+
+
+def test_claimed_but_not_started_is_given_back_at_shutdown(
+    make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch that returns as the worker stops: every message in it is released at once,
+    its attempt not counted, and no handler runs."""
+    queue = make_queue(table_name="jobs", clock=None)
+    ids = ok(queue.enqueue_batch(["a", "b", "c", "d"]))
+    handled: list[Message] = []
+    w = Worker(queue, handled.append, concurrency=4, handle_signals=False, poll_wait=1)
+    real = queue.dequeue_batch
+    sizes: list[int] = []
+
+    def dequeue_batch_then_stop(size: int, *args: Any, **kwargs: Any) -> Any:
+        sizes.append(size)
+        result = real(4, *args, **kwargs)  # as if every runner had been idle
+        w.stop()
+        return result
+
+    monkeypatch.setattr(queue, "dequeue_batch", dequeue_batch_then_stop)
+    thread, out = run_in_thread(w)
+    thread.join(20)
+    assert not thread.is_alive()
+    assert handled == []
+    assert (out[0].released, out[0].started) == (4, 0)
+    assert statuses(queue) == dict.fromkeys(ids, ("ready", 0))
+    assert all(1 <= size <= 4 for size in sizes)
+
+
+def test_claims_never_exceed_the_prefetch_bound(
+    make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However many runners are idle, one claim asks for at most ``prefetch`` messages,
+    and every message is handled exactly once."""
+    queue = make_queue(table_name="jobs", clock=None)
+    ids = ok(queue.enqueue_batch([f"m{i}" for i in range(60)]))
+    real = queue.dequeue_batch
+    sizes: list[int] = []
+
+    def recording(size: int, *args: Any, **kwargs: Any) -> Any:
+        sizes.append(size)
+        return real(size, *args, **kwargs)
+
+    monkeypatch.setattr(queue, "dequeue_batch", recording)
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def handler(m: Message) -> None:
+        with lock:
+            seen.append(m.id)
+
+    w = Worker(queue, handler, concurrency=6, prefetch=3, handle_signals=False, poll_wait=1)
+    thread, out = run_in_thread(w)
+    wait_until(lambda: not queue.stats().unwrap().depth, what="the queue drained")
+    w.stop()
+    thread.join(20)
+    assert sorted(seen) == ids
+    assert max(sizes) <= 3
+    assert out[0].completed == 60
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, threading
+    sys.path.insert(0, sys.argv[1])
+    from sqqueue import SQLiteQueue, Worker
+
+    queue = SQLiteQueue(sys.argv[2], "jobs")
+    never = threading.Event()
+    # Acks never land: the handler has returned, its completion waits in the worker.
+    queue.complete_batch = lambda messages: never.wait()
+    queue.complete = lambda *a, **k: never.wait()
+
+    def handler(message):
+        print("handled", message.id, flush=True)
+
+    Worker(queue, handler, concurrency=1, visibility_timeout=1, heartbeat=0.5).run()
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_handled_message_whose_ack_had_not_landed_is_delivered_again(tmp_path: Path) -> None:
+    """SIGKILL after the handler returned but before its grouped ack was written: the
+    message is not lost; once its lease runs out it is delivered again."""
+    db = tmp_path / "jobs.db"
+    queue = SQLiteQueue(str(db), "jobs")
+    try:
+        message_id = ok(queue.enqueue("precious"))
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(SRC), str(db)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            assert line.split() == ["handled", str(message_id)]
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(30)
+        again = ok(queue.dequeue(wait=30))
+        assert again is not None and again.id == message_id and again.attempts == 2
+        assert again.payload == "precious"
+        ok(queue.complete(again))
+    finally:
+        queue.close()
+
+
+def test_async_worker_prefetches_and_groups_acks(
+    make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The asyncio worker takes the same paths: every message handled once, completed
+    through complete_batch, and claims no larger than prefetch."""
+    queue = make_queue(table_name="jobs", clock=None)
+    ids = ok(queue.enqueue_batch([f"m{i}" for i in range(40)]))
+    completed: list[int] = []
+    real_complete = queue.complete_batch
+
+    def spy(messages: Any) -> Any:
+        completed.extend(m.id for m in messages)
+        return real_complete(messages)
+
+    monkeypatch.setattr(queue, "complete_batch", spy)
+    aqueue = AsyncQueue(queue)
+    real_claim = aqueue.dequeue_batch
+    sizes: list[int] = []
+
+    async def claim(size: int, *args: Any, **kwargs: Any) -> Any:
+        sizes.append(size)
+        return await real_claim(size, *args, **kwargs)
+
+    monkeypatch.setattr(aqueue, "dequeue_batch", claim)
+    handled: list[int] = []
+
+    async def handler(m: Message) -> None:
+        handled.append(m.id)
+
+    async def main() -> Any:
+        w = AsyncWorker(aqueue, handler, concurrency=4, prefetch=3, handle_signals=False)
+        task = asyncio.create_task(w.run())
+        deadline = time.monotonic() + 30
+        while sorted(completed) != ids and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        w.stop()
+        return await asyncio.wait_for(task, 30)
+
+    stats = asyncio.run(main())
+    assert sorted(handled) == ids and sorted(completed) == ids
+    assert stats.completed == 40
+    assert max(sizes) <= 3
+
+
+def test_async_worker_gives_back_what_it_claimed_but_did_not_start(
+    make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = make_queue(table_name="jobs", clock=None)
+    ids = ok(queue.enqueue_batch(["a", "b", "c"]))
+    aqueue = AsyncQueue(queue)
+    real_claim = aqueue.dequeue_batch
+    handled: list[int] = []
+
+    async def handler(m: Message) -> None:
+        handled.append(m.id)
+
+    w = AsyncWorker(aqueue, handler, concurrency=3, handle_signals=False, poll_wait=1)
+
+    async def claim_then_stop(size: int, *args: Any, **kwargs: Any) -> Any:
+        result = await real_claim(3, *args, **kwargs)
+        w.stop()
+        return result
+
+    monkeypatch.setattr(aqueue, "dequeue_batch", claim_then_stop)
+    stats = asyncio.run(asyncio.wait_for(w.run(), 30))
+    assert handled == []
+    assert (stats.released, stats.started) == (3, 0)
+    assert statuses(queue) == dict.fromkeys(ids, ("ready", 0))
