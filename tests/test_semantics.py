@@ -12,7 +12,7 @@ import pytest
 
 from helpers import message_statuses
 from sqqueue import Err, ErrorKind, Message, Ok, Queue, QueueError, Result
-from sqqueue import queue as queue_module
+from sqqueue.core import consume as consume_module
 
 MakeQueue = Callable[..., Queue]
 
@@ -276,7 +276,7 @@ def test_bare_id_fencing_holds_after_the_lease_memory_overflows(
     oldest, says so once at WARNING, and still refuses a late call by bare id on a message
     another consumer holds now (LEASE_LOST, nothing changed); its own forgotten leases
     still work by id, and the remembered ones exactly."""
-    monkeypatch.setattr(queue_module, "_LEASE_MEMORY", 5)
+    monkeypatch.setattr(consume_module, "LEASE_MEMORY", 5)
     caplog.set_level(logging.WARNING, logger="sqqueue")
     a, b = make_queue(table_name="jobs"), make_queue(table_name="jobs")
     ok(a.enqueue("contested", priority=1))

@@ -30,9 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .core.checks import error_text
+from .core.queue import Queue
 from .exceptions import ErrorKind, Reject
 from .message import Message
-from .queue import Queue, _error_text
 from .result import Err
 
 __all__ = ["Worker", "WorkerHooks", "WorkerStats", "worker"]
@@ -217,7 +218,7 @@ class WorkerCore:
         task = _Task(message, time.monotonic())
         with self._lock:
             self._tasks[key] = task
-        self._observe("time_in_queue", self.queue._now() - message.enqueued_at.timestamp())
+        self._observe("time_in_queue", self.queue.parts.now() - message.enqueued_at.timestamp())
         self._count(started=1)
         self.hooks.call("on_start", message)
         logger.debug(
@@ -271,7 +272,7 @@ class WorkerCore:
             )
 
     def _observe(self, kind: str, seconds: float) -> None:
-        self.queue._metrics.timing(f"{kind}_seconds", seconds)
+        self.queue.parts.metrics.timing(f"{kind}_seconds", seconds)
         if self.durations is not None:
             try:
                 self.durations.observe(self.queue.name, kind, seconds)
@@ -291,7 +292,7 @@ class WorkerCore:
 
     def _record_failure(self, message: Message, exc: BaseException, elapsed: float) -> None:
         log_extra = {"message_id": message.id, "attempt": message.attempts}
-        error = _error_text(exc)
+        error = error_text(exc)
         unusual = _unusual(exc)
         if unusual is not None:
             # Not an ordinary failure: say so loudly, the message is failed all the same.
@@ -351,11 +352,11 @@ class WorkerCore:
         logger.error(
             "worker %s: a runner failed unexpectedly (%s); another takes its place",
             self.name,
-            _error_text(exc),
+            error_text(exc),
             exc_info=exc,
         )
         if task is not None and held:
-            error = RuntimeError(f"the worker failed while handling it: {_error_text(exc)}")
+            error = RuntimeError(f"the worker failed while handling it: {error_text(exc)}")
             error.__cause__ = exc
             self._record_failure(task.message, error, time.monotonic() - task.started)
 
