@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, NamedTuple
+from typing import Any
 
-from . import catalog, config
+from . import catalog
 from .backends.base import Backend, Policy
-from .backends.sqlite import SQLiteBackend, Synchronous
-from .config import UNSET
+from .backends.sqlite import SQLiteBackend
 from .core.admin import LISTABLE_STATES, PURGEABLE_STATES
-from .core.checks import MAX_ATTEMPTS, MAX_DELAY, bounded_int, seconds
-from .core.checks import config as _config
+from .core.checks import bounded_int, config
 from .core.parts import Clock
 from .core.queue import MessageRef, Queue
 from .exceptions import ErrorKind, QueueError
 from .metrics import Metrics, StatsdMetrics
 from .result import Err, Ok, Result
-from .retry import RetryPolicy
 from .serializers import Serializer
+from .settings import UNSET, Settings, load
 from .targets import parse_target
 
 __all__ = [
@@ -40,13 +38,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Settings of SQLite queues that PostgreSQL queues refuse as arguments, and why. (From
-#: the environment or a config file, which may serve both backends, they are ignored.)
-_SQLITE_ONLY = {
-    "db_path": "the database is the url",
-    "synchronous": "durability is the server's synchronous_commit setting",
-    "vacuum_on_start": "PostgreSQL's autovacuum looks after the tables",
-}
 #: Arguments of PostgreSQL queues that SQLite queues refuse, and why.
 _POSTGRES_ONLY = {
     "schema": "an SQLite file has no schemas",
@@ -54,102 +45,47 @@ _POSTGRES_ONLY = {
 }
 
 
-class _Prepared(NamedTuple):
-    settings: dict[str, Any]
-    sources: dict[str, str]
-    metrics: Metrics | None
-    policy: Policy
-    lock_timeout: float
-    max_attempts: int
-
-
-def _prepare(explicit: dict[str, Any], clock: Clock | None) -> _Prepared:
-    """Resolve settings (argument > env > file > default) and check them; raises
-    ValueError with what to fix."""
-    resolved = config.resolve(explicit)
-    settings = resolved.values
-    timeout = _config(
-        lambda: seconds(
-            settings["lock_timeout"], "lock_timeout", minimum=0, maximum=86400, strict=True
-        )
-    )
-    max_attempts = _config(
-        lambda: bounded_int(
-            settings["default_max_attempts"], "default_max_attempts", 1, MAX_ATTEMPTS
-        )
-    )
-    metrics: Metrics | None = None
-    if settings["statsd_host"] is not None:
-        port = settings["statsd_port"]
-        _config(lambda: bounded_int(port, "statsd_port", 1, 65535))
-        metrics = StatsdMetrics(
-            settings["statsd_host"], port, settings["statsd_prefix"], settings["table_name"]
-        )
+def _settings(explicit: dict[str, Any], backend: str, clock: Clock | None) -> Settings:
+    """Resolve and check a queue's settings, before anything is opened."""
     if clock is not None and not callable(clock):
         raise ValueError("clock must be a callable returning Unix seconds")
-    policy = _config(lambda: _policy(settings))
-    return _Prepared(settings, resolved.sources, metrics, policy, timeout, max_attempts)
+    return load(explicit, backend)
 
 
-def _policy(settings: dict[str, Any]) -> Policy:
-    """The storage policy from resolved settings; raises QueueError for bad values."""
-    window = settings["dedup_window"]
-    if window == "exists":
-        window = None
-    elif window is not None:
-        window = seconds(window, "dedup_window", minimum=0, maximum=MAX_DELAY, strict=True)
-    on_expire = settings["on_expire"]
-    if on_expire not in ("dead", "drop"):
-        raise QueueError(
-            f"on_expire must be 'dead' or 'drop', got {on_expire!r}", ErrorKind.INVALID_INPUT
-        )
-    retention = settings["retention"]
-    if retention is not None:
-        retention = seconds(retention, "retention", minimum=0, maximum=1e12, strict=True)
-    keep = settings["retention_max"]
-    if keep is not None:
-        keep = bounded_int(keep, "retention_max", 1, 2**62)
-    depth = settings["max_depth"]
-    if depth is not None:
-        depth = bounded_int(depth, "max_depth", 1, 2**62)
+def _policy(settings: Settings) -> Policy:
+    """What the storage enforces inside its transactions, from checked settings."""
     return Policy(
-        dedup_window=window,
-        expired_to_dlq=on_expire == "dead",
-        retention=retention,
-        retention_max=keep,
-        max_depth=depth,
+        dedup_window=settings.dedup_window,
+        expired_to_dlq=settings.on_expire == "dead",
+        retention=settings.retention,
+        retention_max=settings.retention_max,
+        max_depth=settings.max_depth,
     )
 
 
-def _adopt(
+def _metrics(settings: Settings) -> Metrics | None:
+    if settings.statsd_host is None:
+        return None
+    return StatsdMetrics(
+        settings.statsd_host, settings.statsd_port, settings.statsd_prefix, settings.table_name
+    )
+
+
+def _start(
     queue: Queue,
     backend: Backend,
-    prepared: _Prepared,
+    settings: Settings,
     serializer: Serializer | None,
     clock: Clock | None,
 ) -> None:
-    """Finish construction of a queue from resolved settings."""
-    settings = prepared.settings
+    """Finish construction of a queue over its opened backend (closed again on failure)."""
     try:
         Queue.__init__(
-            queue,
-            backend,
-            vacuum_threshold=settings["vacuum_threshold"],
-            default_max_attempts=settings["default_max_attempts"],
-            default_visibility_timeout=settings["default_visibility_timeout"],
-            default_priority=settings["default_priority"],
-            serializer=serializer,
-            clock=clock,
-            metrics=prepared.metrics,
-            retry=settings["retry"],
-            default_ttl=settings["default_ttl"],
+            queue, backend, settings, serializer=serializer, clock=clock, metrics=_metrics(settings)
         )
     except BaseException:
         backend.close()
         raise
-    queue.settings = settings
-    queue.setting_sources = prepared.sources
-    queue.table_name = settings["table_name"]
 
 
 class SQLiteQueue(Queue):
@@ -195,20 +131,12 @@ class SQLiteQueue(Queue):
         statsd_port: int = UNSET,
         statsd_prefix: str = UNSET,
         *,
-        synchronous: Synchronous = UNSET,
-        lock_timeout: float = UNSET,
         serializer: Serializer | None = None,
         clock: Clock | None = None,
-        retry: RetryPolicy | None = UNSET,
-        dedup_window: float | str = UNSET,
-        default_ttl: float | None = UNSET,
-        on_expire: str = UNSET,
-        retention: float | None = UNSET,
-        retention_max: int | None = UNSET,
-        max_depth: int | None = UNSET,
         read_only: bool = False,
+        **settings: Any,
     ) -> None:
-        prepared = _prepare(
+        resolved = _settings(
             {
                 "db_path": db_path,
                 "table_name": table_name,
@@ -220,36 +148,28 @@ class SQLiteQueue(Queue):
                 "statsd_host": statsd_host,
                 "statsd_port": statsd_port,
                 "statsd_prefix": statsd_prefix,
-                "synchronous": synchronous,
-                "lock_timeout": lock_timeout,
-                "retry": retry,
-                "dedup_window": dedup_window,
-                "default_ttl": default_ttl,
-                "on_expire": on_expire,
-                "retention": retention,
-                "retention_max": retention_max,
-                "max_depth": max_depth,
+                **settings,
             },
+            "sqlite",
             clock,
         )
-        settings = prepared.settings
-        if settings["db_path"] is None:
+        if resolved.db_path is None:
             raise ValueError(
                 "db_path is required: pass it, or set SQQUEUE_DB_PATH or db_path in sqqueue.toml"
             )
         backend = SQLiteBackend(
-            settings["db_path"],
-            settings["table_name"],
-            synchronous=settings["synchronous"],
-            lock_timeout=prepared.lock_timeout,
-            default_max_attempts=prepared.max_attempts,
+            resolved.db_path,
+            resolved.table_name,
+            synchronous=resolved.synchronous,
+            lock_timeout=resolved.lock_timeout,
+            default_max_attempts=resolved.default_max_attempts,
             clock=clock,
-            policy=prepared.policy,
+            policy=_policy(resolved),
             read_only=read_only,
         )
-        _adopt(self, backend, prepared, serializer, clock)
+        _start(self, backend, resolved, serializer, clock)
         self.db_path = backend.path
-        if settings["vacuum_on_start"] and not self.read_only:
+        if resolved.vacuum_on_start and not self.read_only:
             result = self.vacuum_database()
             if result.is_err():
                 logger.warning("queue %r: vacuum on start skipped: %s", self.name, result.error)
@@ -299,28 +219,21 @@ class PostgresQueue(Queue):
 
         if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
             raise ValueError(f"url must be a postgresql:// URL, got {url!r}")
-        misplaced = sorted(set(settings) & set(_SQLITE_ONLY))
-        if misplaced:
-            name = misplaced[0]
-            raise ValueError(
-                f"{name} does not apply to PostgreSQL: {_SQLITE_ONLY[name]}; "
-                f"remove it from the arguments of PostgresQueue"
-            )
-        prepared = _prepare({"table_name": table_name, **settings}, clock)
+        resolved = _settings({"table_name": table_name, **settings}, "postgresql", clock)
         if server_clock is not None and not callable(server_clock):
             raise ValueError("server_clock must be a callable returning Unix seconds")
         backend = PostgresBackend(
             url,
-            prepared.settings["table_name"],
-            lock_timeout=prepared.lock_timeout,
-            default_max_attempts=prepared.max_attempts,
-            policy=prepared.policy,
+            resolved.table_name,
+            lock_timeout=resolved.lock_timeout,
+            default_max_attempts=resolved.default_max_attempts,
+            policy=_policy(resolved),
             schema=schema,
-            pool_size=_config(lambda: bounded_int(pool_size, "pool_size", 1, 1000)),
+            pool_size=config(lambda: bounded_int(pool_size, "pool_size", 1, 1000)),
             server_clock=server_clock,
             read_only=read_only,
         )
-        _adopt(self, backend, prepared, serializer, clock)
+        _start(self, backend, resolved, serializer, clock)
         self.url = backend.path
 
 

@@ -28,19 +28,13 @@ from ..metrics import Metrics
 from ..result import Err, Ok, Result
 from ..retry import RetryPolicy
 from ..serializers import Serializer
+from ..settings import Settings
 from ..stats import QueueStats
 from . import admin, consume, convert, settle
 from .checks import (
-    MAX_ATTEMPTS,
     MAX_BATCH_SIZE,
-    MAX_DELAY,
-    MAX_PRIORITY,
-    MAX_VISIBILITY_TIMEOUT,
-    MIN_PRIORITY,
     bounded_int,
-    config,
     error_text,
-    seconds,
 )
 from .compat import Compat
 from .parts import Clock, Parts
@@ -61,63 +55,35 @@ class Queue(Compat):
     raises.
     """
 
-    #: the settings the queue was opened with, and where each came from (argument,
-    #: environment, file, default); set by the constructors that resolve settings
-    settings: dict[str, Any]
-    setting_sources: dict[str, str]
-    table_name: str
-
     def __init__(
         self,
         backend: Backend,
+        settings: Settings,
         *,
-        vacuum_threshold: int = 1000,
-        default_max_attempts: int = 5,
-        default_visibility_timeout: float = 300.0,
-        default_priority: int = 0,
         serializer: Serializer | None = None,
         clock: Clock | None = None,
         metrics: Metrics | None = None,
-        retry: RetryPolicy | None = None,
-        default_ttl: float | timedelta | None = None,
     ) -> None:
         self._backend = backend
         self.name = backend.name
         #: opened with read_only=True: reads work, every call that would write returns
         #: Err(kind=READ_ONLY), and nothing on disk changes
         self.read_only = backend.read_only
-        threshold = config(lambda: bounded_int(vacuum_threshold, "vacuum_threshold", 0, 2**31))
-        self.default_max_attempts = config(
-            lambda: bounded_int(default_max_attempts, "default_max_attempts", 1, MAX_ATTEMPTS)
-        )
-        self.default_visibility_timeout = config(
-            lambda: seconds(
-                default_visibility_timeout,
-                "default_visibility_timeout",
-                minimum=0,
-                maximum=MAX_VISIBILITY_TIMEOUT,
-                strict=True,
-            )
-        )
-        self.default_priority = config(
-            lambda: bounded_int(default_priority, "default_priority", MIN_PRIORITY, MAX_PRIORITY)
-        )
-        if clock is not None and not callable(clock):
-            raise ValueError("clock must be a callable returning Unix seconds")
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise ValueError("retry must be a sqqueue.RetryPolicy")
-        self.retry = retry or RetryPolicy.immediate()
-        self.default_ttl = (
-            None
-            if default_ttl is None
-            else config(
-                lambda: seconds(default_ttl, "ttl", minimum=0, maximum=MAX_DELAY, strict=True)
-            )
-        )
+        #: the settings the queue was opened with (see :class:`~sqqueue.settings.Settings`)
+        self.settings = settings
+        self.setting_sources = dict(settings.sources)
+        self.table_name: str = settings.table_name
+        # The defaults of new messages and leases: public, and settable at any time (a
+        # producer checks them again when they change).
+        self.default_max_attempts: int = settings.default_max_attempts
+        self.default_visibility_timeout: float = settings.default_visibility_timeout
+        self.default_priority: int = settings.default_priority
+        self.default_ttl: float | None = settings.default_ttl
+        self.retry: RetryPolicy = settings.retry
         #: the parts this queue's modules share, and with them the asyncio queue, workers
         #: and tools (internal: not covered by the compatibility promise)
         self.parts = Parts(backend, serializer, clock, metrics)
-        self.parts.upkeep.threshold = threshold
+        self.parts.upkeep.threshold = settings.vacuum_threshold
         self._producer = Producer(self.parts, self)
 
     # The upkeep cadence: settable at any time.
