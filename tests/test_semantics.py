@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from helpers import message_statuses
+from helpers import leased, message_statuses, ok
 from sqqueue import Err, ErrorKind, Message, Ok, Queue, QueueError, Result
 from sqqueue.core import consume as consume_module
 
@@ -24,19 +24,8 @@ def expect_err(result: Result[Any, Any], kind: ErrorKind) -> QueueError:
     return result.error
 
 
-def ok(result: Result[Any, Any]) -> Any:
-    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
-    return result.value
-
-
 def at(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc)
-
-
-def leased(queue: Queue, **kwargs: Any) -> Message:
-    message = ok(queue.dequeue(**kwargs))
-    assert isinstance(message, Message), "expected a message, the queue had none ready"
-    return message
 
 
 def snapshot(queue: Queue) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

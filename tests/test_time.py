@@ -23,21 +23,11 @@ import psycopg
 import pytest
 
 from conftest import FakeClock, QueueTarget
-from sqqueue import Message, Ok, PostgresQueue, Queue, Result
+from helpers import leased, ok
+from sqqueue import Message, PostgresQueue, Queue, Result
 
 MakeQueue = Callable[..., Queue]
 HOLD = 1.5  # seconds another connection keeps the queue locked; longer than the leases below
-
-
-def ok(result: Result[Any, Any]) -> Any:
-    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
-    return result.value
-
-
-def leased(queue: Queue, **kwargs: Any) -> Message:
-    message = ok(queue.dequeue(**kwargs))
-    assert isinstance(message, Message), "expected a message, the queue had none ready"
-    return message
 
 
 def stamp(value: datetime) -> float:

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from conftest import QueueTarget
-from helpers import message_statuses
+from helpers import message_statuses, ok
 from sqqueue import (
     CompletionError,
     DequeueError,
@@ -32,18 +32,11 @@ from sqqueue import (
     Message,
     Ok,
     Queue,
-    Result,
     RetryPolicy,
 )
 
 MakeQueue = Callable[..., Queue]
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def ok(result: Result[Any, Any]) -> Any:
-    """Assert ``result`` is Ok and return its value."""
-    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
-    return result.value
 
 
 def status_of(queue: Queue, message_id: int) -> dict[str, Any]:

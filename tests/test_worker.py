@@ -28,13 +28,11 @@ from typing import Any
 import pytest
 
 from conftest import FakeClock, QueueTarget
-from helpers import message_statuses
+from helpers import message_statuses, ok
 from sqqueue import (
     Message,
-    Ok,
     Queue,
     Reject,
-    Result,
     Worker,
     WorkerHooks,
     WorkerStats,
@@ -43,12 +41,6 @@ from sqqueue import (
 
 MakeQueue = Callable[..., Queue]
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def ok(result: Result[Any, Any]) -> Any:
-    """Assert ``result`` is Ok and return its value."""
-    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
-    return result.value
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
