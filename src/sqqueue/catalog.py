@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+from .backends import sqlite_sql
 from .backends.sqlite import classify, file_state, open_read_only
 from .exceptions import ErrorKind, QueueError
 from .targets import parse_target
@@ -54,10 +55,10 @@ def read(path: str | os.PathLike[str], fn: Callable[[sqlite3.Connection], T]) ->
 
 def registered(conn: sqlite3.Connection) -> list[tuple[str, int]]:
     """(name, schema version) of the queues registered in the file, by name."""
-    tables = {t[0] for t in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    tables = {t[0] for t in conn.execute(sqlite_sql.TABLES)}
     if "sqqueue_queues" not in tables:
         return []
-    rows = conn.execute("SELECT name, schema_version FROM sqqueue_queues ORDER BY name")
+    rows = conn.execute(sqlite_sql.REGISTERED_BY_NAME)
     return [(str(r[0]), int(r[1])) for r in rows if r[0] in tables]
 
 

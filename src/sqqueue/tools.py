@@ -45,20 +45,20 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: The tables of a queue that copy and salvage move, in order, and each one's key.
-_TABLES = (("messages", "id"), ("dead", "id"), ("done", "id"), ("dedup", "key"))
+_TABLES = tuple((table, key) for table, (_, key) in sqlite_sql.COPY_TABLES.items())
 
 
 def legacy_queues(path: str | os.PathLike[str]) -> list[str]:
     """Queues in the file still in sqqueue 0.1.0's layout (not migrated yet)."""
 
     def look(conn: sqlite3.Connection) -> list[str]:
-        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        names = {r[0] for r in conn.execute(sqlite_sql.TABLES)}
         registered: set[str] = set()
         if "sqqueue_queues" in names:
-            registered = {r[0] for r in conn.execute("SELECT name FROM sqqueue_queues")}
+            registered = {r[0] for r in conn.execute(sqlite_sql.REGISTERED_NAMES)}
         found = []
         for name in sorted(names - registered):
-            columns = {r[1] for r in conn.execute("SELECT * FROM pragma_table_info(?)", (name,))}
+            columns = {r[1] for r in conn.execute(sqlite_sql.TABLE_COLUMNS, (name,))}
             if {"processing_at", "dlq", "visible_at", "status"} <= columns:
                 found.append(name)
         return found
@@ -94,7 +94,7 @@ def check(path: str | os.PathLike[str]) -> list[str]:
 
     def integrity(conn: sqlite3.Connection) -> list[str]:
         try:
-            return [str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall()]
+            return [str(r[0]) for r in conn.execute(sqlite_sql.INTEGRITY_CHECK).fetchall()]
         except sqlite3.Error as exc:
             error = classify(exc, str(path))
             if error.kind is not ErrorKind.CORRUPT or not_a_database(exc):
@@ -126,9 +126,9 @@ def _highest_id(conn: sqlite3.Connection, name: str, version: int) -> int:
     names = sqlite_sql.object_names(name, version)
     high = 0
     for query, params in (
-        *((f'SELECT max(id) FROM "{names[t]}"', ()) for t in ("q", "dlq", "done")),
-        ("SELECT n FROM sqqueue_counters WHERE name = ?", (f"{name}#high",)),
-        ("SELECT seq FROM sqlite_sequence WHERE name = ?", (name,)),
+        *((sqlite_sql.MAX_ID_OF.format(table=names[t]), ()) for t in ("q", "dlq", "done")),
+        (sqlite_sql.COUNTER_VALUE, (f"{name}#high",)),
+        (sqlite_sql.LEGACY_SEQUENCE, (name,)),
     ):
         with contextlib.suppress(sqlite3.DatabaseError):
             row = conn.execute(query, params).fetchone()
@@ -185,9 +185,9 @@ def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> S
         try:
             with writer.raw_connection() as dst:
                 # Ids stay taken in the new file, so none is ever handed out again.
-                dst.execute("BEGIN IMMEDIATE")
+                dst.execute(sqlite_sql.BEGIN_IMMEDIATE)
                 writer.reserve_ids(dst, highest[name])
-                dst.execute("COMMIT")
+                dst.execute(sqlite_sql.COMMIT)
             counts = {
                 table: _salvage_table(reader, writer, table, key, highest[name], report)
                 for table, key in _TABLES

@@ -243,10 +243,10 @@ def list_postgres_queues(url: str, schema: str | None = None) -> list[str]:
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             if schema is not None:
-                conn.execute(f'SET search_path TO "{validate_queue_name(schema)}"')
-            if conn.execute("SELECT to_regclass('sqqueue_queues')").fetchone() == (None,):
+                conn.execute(sql.SET_SEARCH_PATH.format(schema=validate_queue_name(schema)))
+            if conn.execute(sql.HAS_REGISTRY).fetchone() == (None,):
                 return []
-            rows = conn.execute("SELECT name FROM sqqueue_queues ORDER BY name").fetchall()
+            rows = conn.execute(sql.QUEUE_NAMES).fetchall()
     except psycopg.Error as exc:
         raise StorageError(f"cannot list queues at {redact(url)!r}: {exc}") from exc
     return [r[0] for r in rows]
@@ -333,15 +333,17 @@ class PostgresBackend(SQLBackend):
             raise _ConnectFailed(exc, any(t in text for t in _TRANSIENT_CONNECT)) from exc
         try:
             if self.schema is not None:
-                conn.execute(f'SET search_path TO "{self.schema}"')  # created by _init_schema
+                conn.execute(
+                    sql.SET_SEARCH_PATH.format(schema=self.schema)
+                )  # created by _init_schema
             # A statement waiting on a row or table lock gives up at lock_timeout, like
             # SQLite's busy timeout; the retry loop then reports LOCKED.
             ms = max(int(self._lock_timeout * 1000), 1)
-            conn.execute(f"SET lock_timeout = {ms}")
+            conn.execute(sql.SET_LOCK_TIMEOUT.format(ms=ms))
             self._lock_ms[conn] = ms
             if self.read_only:
                 # Whatever a read-only queue object runs, the server refuses to write it.
-                conn.execute("SET default_transaction_read_only = on")
+                conn.execute(sql.READ_ONLY_TRANSACTIONS)
         except BaseException:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -501,7 +503,7 @@ class PostgresBackend(SQLBackend):
         wanted = full if remaining >= 0.9 * full else max(remaining, 0.001)
         ms = max(int(wanted * 1000), 1)
         if self._lock_ms.get(conn) != ms:
-            conn.execute(f"SET lock_timeout = {ms}")
+            conn.execute(sql.SET_LOCK_TIMEOUT.format(ms=ms))
             self._lock_ms[conn] = ms
 
     def _attempt(
@@ -519,15 +521,15 @@ class PostgresBackend(SQLBackend):
                         # The statement was its own commit: it may have taken effect.
                         raise _CommitLost() from exc
                     raise
-            conn.execute("BEGIN")
+            conn.execute(sql.BEGIN)
             try:
                 result = fn(conn)
             except BaseException:
                 with contextlib.suppress(Exception):
-                    conn.execute("ROLLBACK")
+                    conn.execute(sql.ROLLBACK)
                 raise
             try:
-                conn.execute("COMMIT")
+                conn.execute(sql.COMMIT)
             except psycopg.OperationalError as exc:
                 raise _CommitLost() from exc
             return result
@@ -556,11 +558,9 @@ class PostgresBackend(SQLBackend):
         nor DDL rights, unless it is older), else None."""
 
         def look(conn: psycopg.Connection[Any]) -> int | None:
-            if conn.execute("SELECT to_regclass('sqqueue_queues')").fetchone() == (None,):
+            if conn.execute(sql.HAS_REGISTRY).fetchone() == (None,):
                 return None
-            row = conn.execute(
-                "SELECT schema_version FROM sqqueue_queues WHERE name = %s", (self.name,)
-            ).fetchone()
+            row = conn.execute(sql.SCHEMA_VERSION_OF, (self.name,)).fetchone()
             return self._known(row, SCHEMA_VERSION)
 
         return self._read(look)
@@ -587,22 +587,19 @@ class PostgresBackend(SQLBackend):
 
         def setup(conn: psycopg.Connection[Any]) -> None:
             # One schema change at a time across every process and machine.
-            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('sqqueue schema', 0))")
+            conn.execute(sql.SCHEMA_LOCK)
             if self.schema is not None:
-                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                conn.execute(sql.CREATE_SCHEMA.format(schema=self.schema))
             for ddl in sql.REGISTRY_DDL:
                 conn.execute(ddl)
-            row = conn.execute(
-                "SELECT schema_version FROM sqqueue_queues WHERE name = %s", (self.name,)
-            ).fetchone()
+            row = conn.execute(sql.SCHEMA_VERSION_OF, (self.name,)).fetchone()
             version = self._known(row, SCHEMA_VERSION)
             if version is not None:
                 self._upgrade(conn, version)
                 return
             self._refuse_taken_names(conn)
             conn.execute(
-                "INSERT INTO sqqueue_queues (name, schema_version, created_at) VALUES "
-                "(%s, %s, coalesce(%s, extract(epoch FROM clock_timestamp())::float8))",
+                sql.REGISTER_QUEUE,
                 (self.name, SCHEMA_VERSION, self._now()),
             )
             for ddl in self._q.ddl:
@@ -630,7 +627,7 @@ class PostgresBackend(SQLBackend):
         for statement in steps:
             conn.execute(statement)
         conn.execute(
-            "UPDATE sqqueue_queues SET schema_version = %s WHERE name = %s",
+            sql.SET_SCHEMA_VERSION,
             (SCHEMA_VERSION, self.name),
         )
         logger.info(
@@ -656,12 +653,10 @@ class PostgresBackend(SQLBackend):
     def _refuse_taken_names(self, conn: psycopg.Connection[Any]) -> None:
         """Refuse a new queue whose table another queue's object has: a queue still using
         the names of an older sqqueue, or any other table."""
-        exists = conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL", (sql.quote(self.name),)
-        ).fetchone()
+        exists = conn.execute(sql.TABLE_EXISTS, (sql.quote(self.name),)).fetchone()
         if not (exists and exists[0]):
             return
-        for other, version in conn.execute("SELECT name, schema_version FROM sqqueue_queues"):
+        for other, version in conn.execute(sql.REGISTERED_VERSIONS):
             if self.name in sql.object_names(other, version).values() and other != self.name:
                 raise StorageError(
                     f"cannot create queue {self.name!r} in {self.path!r}: {self.name!r} is a "
@@ -692,9 +687,7 @@ class PostgresBackend(SQLBackend):
         now = self._now()
         policy = self.policy
         if policy.max_depth is not None:
-            conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{self.name}/depth",)
-            )
+            conn.execute(sql.ADVISORY_LOCK, (f"{self.name}/depth",))
         # Locks in a fixed order, so two producers can never deadlock on them.
         for group in sorted({m.group_key for m in messages if m.group_key is not None}):
             conn.execute(self._sql["group_lock"], {"group_key": group})
@@ -894,15 +887,15 @@ class PostgresBackend(SQLBackend):
                 continue
             self._listener_pid = conn.info.backend_pid
             try:
-                conn.execute("LISTEN sqqueue")
+                conn.execute(sql.LISTEN)
                 if self.schema is not None:
-                    conn.execute(f'SET search_path TO "{self.schema}"')
+                    conn.execute(sql.SET_SEARCH_PATH.format(schema=self.schema))
                 # Producers notify "<schema>.<queue>": same-named queues in other schemas
                 # do not wake this one.
                 # Whatever was committed before LISTEN took effect was not notified to us:
                 # wake the waiters once so they look.
                 signal.notify()
-                current = conn.execute("SELECT current_schema()").fetchone()
+                current = conn.execute(sql.CURRENT_SCHEMA).fetchone()
                 expected = f"{current[0] if current else 'public'}.{self.name}"
                 self._listening = True
                 backoff = 0.05
@@ -1006,7 +999,7 @@ class PostgresBackend(SQLBackend):
 
         def run(c: psycopg.Connection[Any]) -> None:
             for table in ("q", "dlq", "done", "dedup"):
-                c.execute(f"VACUUM {self._q.subst[table]}")
+                c.execute(sql.VACUUM_TABLE.format(table=self._q.subst[table]))
 
         self._refuse_writes()
         if conn is not None:
