@@ -196,35 +196,49 @@ def next_in_line(parts: Parts) -> Message | None:
                 stuck.add(row.id)
 
 
-def _payload_entry(
-    parts: Parts, row: StoredMessage | StoredDeadLetter | StoredDone
+# The keys of the dicts listings give, each with the stored field it is read from, by
+# kind of row, in the order they appear.
+_MESSAGE_KEYS = (
+    ("priority", "priority"), ("attempts", "attempts"), ("max_attempts", "max_attempts"),
+    ("last_error", "last_error"), ("enqueued_at", "created_at"), ("visible_at", "visible_at"),
+    ("lease_expires_at", "lease_expires_at"), ("group", "group_key"),
+    ("expires_at", "expires_at"), ("prior_attempts", "prior_attempts"),
+)  # fmt: skip
+_DEAD_KEYS = (
+    ("priority", "priority"), ("attempts", "attempts"), ("max_attempts", "max_attempts"),
+    ("last_error", "last_error"), ("enqueued_at", "created_at"),
+    ("created_at", "created_at"),  # 0.1.0's key
+    ("updated_at", "updated_at"), ("dead_at", "dead_at"), ("group", "group_key"),
+    ("prior_attempts", "prior_attempts"),
+)  # fmt: skip
+_DONE_KEYS = (
+    ("priority", "priority"), ("attempts", "attempts"), ("enqueued_at", "created_at"),
+    ("completed_at", "completed_at"), ("group", "group_key"),
+)  # fmt: skip
+
+
+def _entry(
+    parts: Parts,
+    row: StoredMessage | StoredDeadLetter | StoredDone,
+    status: str,
+    keys: tuple[tuple[str, str], ...],
 ) -> dict[str, Any]:
-    """``{"id", "payload"}`` of a stored row; an undecodable payload comes raw, with why."""
+    """A stored row as a dict: ``id``, ``payload`` (raw, with ``payload_error``, when it
+    cannot be decoded), ``status``, then ``keys`` read as their types (see _readable)."""
     entry: dict[str, Any] = {"id": row.id}
     try:
         entry["payload"] = parts.codec.decode(row.data, row.encoding, row.checksum)
     except Exception as exc:
         entry["payload"] = row.data
         entry["payload_error"] = str(exc) if isinstance(exc, QueueError) else error_text(exc)
+    entry["status"] = status
+    for key, field in keys:
+        entry[key] = _readable(field, getattr(row, field))
     return entry
 
 
 def dead_letter_dict(parts: Parts, row: StoredDeadLetter) -> dict[str, Any]:
-    entry = _payload_entry(parts, row)
-    entry.update(
-        status="dead",
-        priority=_readable("priority", row.priority),
-        attempts=_readable("attempts", row.attempts),
-        max_attempts=_readable("max_attempts", row.max_attempts),
-        last_error=_readable("last_error", row.last_error),
-        enqueued_at=_readable("created_at", row.created_at),
-        created_at=_readable("created_at", row.created_at),  # 0.1.0's key
-        updated_at=_readable("updated_at", row.updated_at),
-        dead_at=_readable("dead_at", row.dead_at),
-        group=_readable("group_key", row.group_key),
-        prior_attempts=_readable("prior_attempts", row.prior_attempts),
-    )
-    return entry
+    return _entry(parts, row, "dead", _DEAD_KEYS)
 
 
 def row_dict(
@@ -235,40 +249,15 @@ def row_dict(
         return dead_letter_dict(parts, row)
     if isinstance(row, StoredDone):
         return _done_dict(parts, row)
-    return _message_dict(parts, row, state)
-
-
-def _message_dict(parts: Parts, row: StoredMessage, status: str) -> dict[str, Any]:
-    entry = _payload_entry(parts, row)
-    if status in ("all", "pending"):
-        status = row.status  # the row says: ready or delayed, waiting, processing
-    entry.update(
-        status=status,
-        priority=_readable("priority", row.priority),
-        attempts=_readable("attempts", row.attempts),
-        max_attempts=_readable("max_attempts", row.max_attempts),
-        last_error=_readable("last_error", row.last_error),
-        enqueued_at=_readable("created_at", row.created_at),
-        visible_at=_readable("visible_at", row.visible_at),
-        lease_expires_at=_readable("lease_expires_at", row.lease_expires_at),
-        group=_readable("group_key", row.group_key),
-        expires_at=_readable("expires_at", row.expires_at),
-        prior_attempts=_readable("prior_attempts", row.prior_attempts),
-    )
-    return entry
+    # "all" and "pending" cover several states: the row says which (ready or delayed,
+    # waiting, processing)
+    status = row.status if state in ("all", "pending") else state
+    return _entry(parts, row, status, _MESSAGE_KEYS)
 
 
 def _done_dict(parts: Parts, row: StoredDone) -> dict[str, Any]:
-    entry = _payload_entry(parts, row)
-    entry.update(
-        status="done",
-        priority=_readable("priority", row.priority),
-        attempts=_readable("attempts", row.attempts),
-        enqueued_at=_readable("created_at", row.created_at),
-        completed_at=_readable("completed_at", row.completed_at),
-        group=_readable("group_key", row.group_key),
-        result=None,
-    )
+    entry = _entry(parts, row, "done", _DONE_KEYS)
+    entry["result"] = None
     if row.result is not None:
         try:
             entry["result"] = json.loads(row.result)
