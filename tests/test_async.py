@@ -775,6 +775,7 @@ async def test_async_worker_heartbeat_keeps_slow_coroutines_lease(
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_async_worker_task_timeout_cancels_hung_coroutine(aq: AsyncQueue) -> None:
     """task_timeout cancels the hung coroutine, fails its message with a TimeoutError text,
     and the worker goes on with other messages."""
@@ -1052,6 +1053,7 @@ asyncio.run(main())
 )
 
 
+@pytest.mark.slow
 def test_async_worker_process_stops_gracefully_on_sigterm(
     make_queue: MakeQueue, queue_target: QueueTarget, tmp_path: Path
 ) -> None:

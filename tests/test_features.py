@@ -500,6 +500,7 @@ out.write_text(json.dumps(log))
 """
 
 
+@pytest.mark.slow
 def test_groups_under_concurrent_consumers(tmp_path: Path, db_path: Path) -> None:
     """Three consumer processes on 10 groups x 30 messages: within a group processing
     never overlaps and follows enqueue order, each message is delivered only after the

@@ -833,6 +833,7 @@ SQL_VALUES = st.one_of(
     value=SQL_VALUES,
     victim=st.integers(min_value=0, max_value=5),
 )
+@pytest.mark.slow
 def test_one_spoiled_field_costs_at_most_its_own_message(
     tmp_path: Path, column: str, value: tuple[str, object], victim: int
 ) -> None:

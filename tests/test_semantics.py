@@ -286,6 +286,7 @@ def test_bare_id_fencing_holds_after_the_lease_memory_overflows(
     assert ok(b.complete(fresh)) is None
 
 
+@pytest.mark.slow
 def test_bare_id_fencing_past_a_hundred_thousand_leases(
     make_sqlite_queue: Callable[..., Queue], clock: Any
 ) -> None:

@@ -516,6 +516,7 @@ def test_missed_ticks_are_skipped_or_run_once(make_tasks: MakeTasks, clock: Fake
     assert ok(first.queue().stats()).enqueued_total == 3
 
 
+@pytest.mark.slow
 def test_periodic_runs_know_their_tick(make_tasks: MakeTasks) -> None:
     """A worker's scheduler enqueues the ticks by itself; current_task().tick says which."""
     app = make_tasks()

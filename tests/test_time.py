@@ -85,6 +85,7 @@ def call_while_locked(
 # -- a call that waited for a lock gets its whole time ---------------------------------------
 
 
+@pytest.mark.slow
 def test_a_dequeue_that_waited_for_the_lock_gets_its_whole_lease(
     make_queue: MakeQueue, queue_target: QueueTarget
 ) -> None:
@@ -104,6 +105,7 @@ def test_a_dequeue_that_waited_for_the_lock_gets_its_whole_lease(
     )
 
 
+@pytest.mark.slow
 def test_a_batch_that_waited_for_the_lock_gets_its_whole_lease(
     make_queue: MakeQueue, queue_target: QueueTarget
 ) -> None:
@@ -118,6 +120,7 @@ def test_a_batch_that_waited_for_the_lock_gets_its_whole_lease(
     assert min(stamp(m.lease_expires_at) for m in batch) >= released_at + 1 - 1e-3
 
 
+@pytest.mark.slow
 def test_an_extend_that_waited_for_the_lock_gets_its_whole_extension(
     make_queue: MakeQueue, queue_target: QueueTarget
 ) -> None:
@@ -133,6 +136,7 @@ def test_an_extend_that_waited_for_the_lock_gets_its_whole_extension(
     assert stamp(entry["lease_expires_at"]) == pytest.approx(expiry, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_a_fail_with_delay_that_waited_for_the_lock_keeps_its_whole_delay(
     make_queue: MakeQueue, queue_target: QueueTarget
 ) -> None:
@@ -149,6 +153,7 @@ def test_a_fail_with_delay_that_waited_for_the_lock_keeps_its_whole_delay(
     assert stamp(entry["visible_at"]) >= released_at + 1 - 1e-3
 
 
+@pytest.mark.slow
 def test_a_release_that_waited_for_the_lock_is_visible_from_when_it_happened(
     make_queue: MakeQueue, queue_target: QueueTarget
 ) -> None:

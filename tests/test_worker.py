@@ -526,6 +526,7 @@ def _hang_first_attempt(
     return handler
 
 
+@pytest.mark.slow
 def test_task_timeout_fails_hung_handler_and_worker_goes_on(
     rq: Queue, running: Callable[[Worker], Running]
 ) -> None:
@@ -871,6 +872,7 @@ def spawn_worker(
         wp.proc.wait(10)
 
 
+@pytest.mark.slow
 def test_sigterm_shuts_worker_process_down_gracefully(
     rq: Queue, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:
@@ -963,6 +965,7 @@ def test_keyboard_interrupt_in_run_gives_the_running_message_back(
     assert statuses(rq) == [(message_id, "ready", 1)]
 
 
+@pytest.mark.slow
 def test_sigkilled_workers_message_returns_after_lease(
     rq: Queue, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:
