@@ -252,6 +252,30 @@ def list_postgres_queues(url: str, schema: str | None = None) -> list[str]:
     return [r[0] for r in rows]
 
 
+def classify(exc: BaseException, path: str) -> StorageError:
+    """Turn a psycopg exception into a StorageError that says what to do."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, pg_errors.DiskFull):
+        return StorageError(
+            f"the PostgreSQL server of {path!r} is out of disk space ({text})",
+            ErrorKind.DISK_FULL,
+        )
+    if isinstance(exc, (pg_errors.ReadOnlySqlTransaction, pg_errors.InsufficientPrivilege)):
+        return StorageError(
+            f"cannot write to {path!r}: {text}; check the role's privileges",
+            ErrorKind.READ_ONLY,
+        )
+    if isinstance(exc, (pg_errors.LockNotAvailable, pg_errors.QueryCanceled)):
+        return StorageError(f"{path!r} stayed locked ({text})", ErrorKind.LOCKED)
+    if isinstance(exc, psycopg.OperationalError):
+        return StorageError(
+            f"lost the connection to the PostgreSQL server at {path!r} ({text}); "
+            "it was retried until lock_timeout, check the server and the network",
+            ErrorKind.STORAGE,
+        )
+    return StorageError(f"database error on {path!r}: {text}", ErrorKind.STORAGE)
+
+
 class PostgresBackend(SQLBackend):
     """One queue in a PostgreSQL database; safe for threads, processes and machines."""
 
@@ -378,28 +402,6 @@ class PostgresBackend(SQLBackend):
 
     # -- transactions ----------------------------------------------------------------------
 
-    def _classify(self, exc: BaseException) -> StorageError:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, pg_errors.DiskFull):
-            return StorageError(
-                f"the PostgreSQL server of {self.path!r} is out of disk space ({text})",
-                ErrorKind.DISK_FULL,
-            )
-        if isinstance(exc, (pg_errors.ReadOnlySqlTransaction, pg_errors.InsufficientPrivilege)):
-            return StorageError(
-                f"cannot write to {self.path!r}: {text}; check the role's privileges",
-                ErrorKind.READ_ONLY,
-            )
-        if isinstance(exc, (pg_errors.LockNotAvailable, pg_errors.QueryCanceled)):
-            return StorageError(f"{self.path!r} stayed locked ({text})", ErrorKind.LOCKED)
-        if isinstance(exc, psycopg.OperationalError):
-            return StorageError(
-                f"lost the connection to the PostgreSQL server at {self.path!r} ({text}); "
-                "it was retried until lock_timeout, check the server and the network",
-                ErrorKind.STORAGE,
-            )
-        return StorageError(f"database error on {self.path!r}: {text}", ErrorKind.STORAGE)
-
     def _unreachable(self, failed: _ConnectFailed) -> StorageError:
         text = str(failed.cause).strip().splitlines()[0] if str(failed.cause).strip() else ""
         return StorageError(
@@ -446,7 +448,7 @@ class PostgresBackend(SQLBackend):
                     exc_lost = psycopg.OperationalError("connection lost while committing a read")
                     attempt += 1
                     if time.monotonic() >= deadline:
-                        raise self._classify(exc_lost) from lost.__cause__
+                        raise classify(exc_lost, self.path) from lost.__cause__
                     time.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.5)))
                     continue
                 raise StorageError(
@@ -458,7 +460,7 @@ class PostgresBackend(SQLBackend):
                 attempt += 1
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    err = self._classify(exc)
+                    err = classify(exc, self.path)
                     if isinstance(exc, _RETRY) and not isinstance(exc, pg_errors.UniqueViolation):
                         raise StorageError(
                             f"{self.path!r} stayed locked for {time.monotonic() - start:.1f} s "
@@ -469,7 +471,7 @@ class PostgresBackend(SQLBackend):
                 logger.debug("queue %r: retrying after %s", self.name, exc)
                 time.sleep(min(remaining, random.uniform(0, min(0.002 * 2**attempt, 0.5))))
             except psycopg.Error as exc:
-                raise self._classify(exc) from exc
+                raise classify(exc, self.path) from exc
             except StorageError:
                 raise
 
@@ -624,19 +626,7 @@ class PostgresBackend(SQLBackend):
             }
             sequence = self._found(conn, self._sql["sequence"], None, "id sequence")
             steps += sql.upgrade_from_2(self._q, keys, sequence)
-        for statement in steps:
-            conn.execute(statement)
-        conn.execute(
-            sql.SET_SCHEMA_VERSION,
-            (SCHEMA_VERSION, self.name),
-        )
-        logger.info(
-            "upgraded queue %r in %s from schema %d to %d",
-            self.name,
-            self.path,
-            version,
-            SCHEMA_VERSION,
-        )
+        self._apply_upgrade(conn, steps, sql.SET_SCHEMA_VERSION, version, SCHEMA_VERSION)
 
     def _found(
         self, conn: psycopg.Connection[Any], statement: str, table: str | None, what: str
@@ -830,7 +820,7 @@ class PostgresBackend(SQLBackend):
         try:
             return self._insert(conn, messages)
         except psycopg.Error as exc:
-            raise self._classify(exc) from exc
+            raise classify(exc, self.path) from exc
 
     def _fold_expired(self, conn: psycopg.Connection[Any], now: float | None) -> int:
         params: dict[str, Any] = {"now": now}

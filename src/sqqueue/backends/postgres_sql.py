@@ -510,7 +510,7 @@ STATEMENTS = {
     # Whether the queue holds no message at all (dead letters and history aside).
     "is_drained": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
     # Ready, delayed and waiting messages (the depth less those processing): the size gauge.
-    "count_pending": """
+    "count_unleased": """
         SELECT coalesce(sum(pending_count), 0) FROM sqqueue_counters WHERE queue = $lit""",
     # Add to the queue's totals through sqqueue_count (one row per slot, no hot row).
     "bump": """

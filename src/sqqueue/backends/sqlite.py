@@ -863,19 +863,7 @@ class SQLiteBackend(SQLBackend):
             steps += self._q.upgrades[3]
         if version < 5:
             steps += self._q.upgrades[4]
-        for statement in steps:
-            conn.execute(statement)
-        conn.execute(
-            sql.SET_SCHEMA_VERSION,
-            (SCHEMA_VERSION, self.name),
-        )
-        logger.info(
-            "upgraded queue %r in %s from schema %d to %d",
-            self.name,
-            self.path,
-            version,
-            SCHEMA_VERSION,
-        )
+        self._apply_upgrade(conn, steps, sql.SET_SCHEMA_VERSION, version, SCHEMA_VERSION)
 
     def _look_up_schema(self) -> None:
         """For a read-only queue: find the queue, change nothing. A queue of an older

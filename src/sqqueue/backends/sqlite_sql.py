@@ -514,7 +514,7 @@ STATEMENTS = {
     # Whether the queue holds no message at all (dead letters and history aside).
     "is_drained": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
     # Ready, delayed and waiting messages (the depth less those processing): the size gauge.
-    "count_pending": f"SELECT {_QUEUED} - {_PROCESSING}",
+    "count_unleased": f"SELECT {_QUEUED} - {_PROCESSING}",
     # Add :n to one counter.
     "bump": "UPDATE sqqueue_counters SET n = n + :n WHERE name = :counter",
     # For DDL applied by hand: what opening a new queue does after creating its tables.

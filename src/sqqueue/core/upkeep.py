@@ -56,6 +56,6 @@ class Upkeep:
                 logger.log(level, "queue %r: maintenance skipped: %s", self.name, exc)
         if self.measured and self.metrics.wants_gauges(time.monotonic()):
             try:
-                self.metrics.gauge("size", self.backend.count_pending())
+                self.metrics.gauge("size", self.backend.count_unleased())
             except QueueError:
                 logger.debug("queue %r: size gauge skipped", self.name, exc_info=True)
