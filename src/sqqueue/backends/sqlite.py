@@ -53,7 +53,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 P = ParamSpec("P")
-_tuple_new = tuple.__new__
 R = TypeVar("R", StoredMessage, StoredDeadLetter, StoredDone)
 
 #: payloads from this size on are stored apart from their message row
@@ -777,10 +776,7 @@ class SQLiteBackend(SQLBackend):
 
     def _with_bodies(self, conn: sqlite3.Connection, rows: list[R]) -> list[R]:
         """Fill in the payloads kept in the body table (large ones)."""
-        for row in rows:  # a loop, not all(...): this runs for every claim
-            if row.data is None:
-                break
-        else:
+        if all(row.data is not None for row in rows):
             return rows
         out = []
         for row in rows:
@@ -1041,10 +1037,10 @@ class SQLiteBackend(SQLBackend):
         now = self._now()
         policy = self.policy
         plain = policy.max_depth is None
-        for m in messages if plain else ():  # a loop, not all(...): no generator to resume
-            if m.dedup_key is not None or m.group_key is not None or len(m.data) >= LARGE_PAYLOAD:
-                plain = False
-                break
+        plain = plain and all(
+            m.dedup_key is None and m.group_key is None and len(m.data) < LARGE_PAYLOAD
+            for m in messages
+        )
         if plain:
             # The common case: plain inserts, positional parameters, counted as fresh.
             # Inside one write transaction nobody else takes ids: number the rows here.
@@ -1337,9 +1333,8 @@ class SQLiteBackend(SQLBackend):
             return super().complete_many(refs)
 
     def _message(self, row: Sequence[Any]) -> StoredMessage:
-        # Runs for every message claimed: tuple.__new__ skips the named tuple's __new__
-        # (a Python function); the claim's columns are StoredMessage's fields, in order.
-        return _tuple_new(StoredMessage, (row[0], _payload(row[1], row[2]), *row[3:]))
+        # The claim's columns are StoredMessage's fields, in order.
+        return StoredMessage(row[0], _payload(row[1], row[2]), *row[3:])
 
     def _dead(self, row: Sequence[Any]) -> StoredDeadLetter:
         return _dead(row)
