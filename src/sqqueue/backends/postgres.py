@@ -22,7 +22,7 @@ import time
 import urllib.parse
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 try:
     import psycopg
@@ -53,6 +53,7 @@ __all__ = ["SCHEMA_VERSION", "PostgresBackend"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+P = ParamSpec("P")
 SCHEMA_VERSION = sql.SCHEMA_VERSION  # defined with the schema, in postgres_sql
 # Errors after which the whole transaction can simply run again.
 _RETRY = (
@@ -411,13 +412,27 @@ class PostgresBackend(SQLBackend):
         )
 
     def _run(
-        self, fn: Callable[[psycopg.Connection[Any]], T], write: bool, single: bool = False
+        self,
+        fn: Callable[Concatenate[psycopg.Connection[Any], P], T],
+        write: bool,
+        *args: P.args,
+        **kwargs: P.kwargs,
     ) -> T:
-        """Run ``fn`` in one transaction; retry on lost connections and lock conflicts
-        until the deadline. A lost COMMIT is reported as an unknown outcome.
+        """Run ``fn(conn, *args, **kwargs)`` in one transaction; retry on lost connections
+        and lock conflicts until the deadline. A lost COMMIT is reported as an unknown
+        outcome. (The signature of every backend's ``_run``.)"""
+        if args or kwargs:
+            return self._transact(lambda conn: fn(conn, *args, **kwargs), write, False)
+        return self._transact(fn, write, False)
 
-        ``single``: ``fn`` runs exactly one statement, which is then its own transaction
-        (autocommit): one round trip instead of three (BEGIN, statement, COMMIT)."""
+    def _run_alone(self, fn: Callable[[psycopg.Connection[Any]], T], write: bool) -> T:
+        """``_run`` for an ``fn`` that runs exactly one statement, which is then its own
+        transaction (autocommit): one round trip instead of three (BEGIN, statement,
+        COMMIT)."""
+        return self._transact(fn, write, True)
+
+    def _transact(self, fn: Callable[[psycopg.Connection[Any]], T], write: bool, single: bool) -> T:
+        """The retry loop of ``_run`` and ``_run_alone``."""
         if write:
             self._refuse_writes()
         start = time.monotonic()
@@ -737,28 +752,25 @@ class PostgresBackend(SQLBackend):
         rows = [_values(m) for m in messages]
         if len(rows) == 1:
             one = rows[0]
-            return self._run(
+            return self._run_alone(
                 lambda conn: [int(self._one(conn, "insert_one", {**one, "now": self._now()})[0])],
                 write=True,
-                single=True,
             )
         many: dict[str, Any] = {key: [row[key] for row in rows] for key in rows[0]}
-        return self._run(
+        return self._run_alone(
             lambda conn: [
                 int(i) for i in self._one(conn, "insert_many", {**many, "now": self._now()})[0]
             ],
             write=True,
-            single=True,
         )
 
     def claim(self, limit: int, lease: float, token: int) -> tuple[list[StoredMessage], int]:
         params = {"lease": lease, "token": token, "limit": limit}
-        rows = self._run(
+        rows = self._run_alone(
             lambda conn: conn.execute(
                 self._sql["claim_probe"], {**params, "now": self._now()}
             ).fetchall(),
             write=True,
-            single=True,
         )
         if rows[0][-1]:
             # Something to fold first (rare): fold and claim in one transaction.
@@ -771,10 +783,9 @@ class PostgresBackend(SQLBackend):
         if self.policy.keeps_history:
             return super().complete(message_id, token, result)
         params = {"id": message_id, "token": token}
-        row = self._run(
+        row = self._run_alone(
             lambda conn: self._one(conn, "complete_counted", {**params, "now": self._now()}),
             write=True,
-            single=True,
         )
         if row is not None and row[0]:
             return Outcome.DONE
@@ -788,10 +799,9 @@ class PostgresBackend(SQLBackend):
             "tokens": [token for _, token in refs],
             "n": len(refs),
         }
-        row = self._run(
+        row = self._run_alone(
             lambda conn: self._one(conn, "complete_all", {**params, "now": self._now()}),
             write=True,
-            single=True,
         )
         if row is not None and row[0] == len(refs):
             return [Outcome.DONE] * len(refs)
@@ -997,7 +1007,7 @@ class PostgresBackend(SQLBackend):
                 "vacuum_database(conn) takes no connection on PostgreSQL", ErrorKind.INVALID_INPUT
             )
         # VACUUM cannot run inside a transaction: each statement is its own.
-        self._run(run, write=False, single=True)
+        self._run_alone(run, write=False)
 
     def checkpoint(self, conn: Any = None) -> None:
         """Nothing to do: PostgreSQL checkpoints its WAL by itself."""
