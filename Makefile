@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test lint typecheck pytest clean docs docs-serve dist
+.PHONY: demo test test-fast lint typecheck pytest clean docs docs-serve dist
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ pytest: $(STAMP)
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# The quick tier for editing, under a minute on 2 cores: no test marked slow (real
+# processes, crashes, browsers, model checking, waits on locks), and SQLite only (the
+# tests of PostgreSQL start a server). `make test` runs everything.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow" -k "not postgres"
 
 # Refresh the dashboard screenshots in docs/images from the browser tests.
 .PHONY: screenshots

@@ -9,7 +9,33 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqqueue import Queue
+from sqqueue import Err, ErrorKind, Message, Ok, Queue, QueueError, Result
+
+
+def ok(result: Result[Any, Any]) -> Any:
+    """Assert ``result`` is Ok and return its value."""
+    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
+    return result.value
+
+
+def err(result: Result[Any, Any], kind: ErrorKind) -> QueueError:
+    """Assert ``result`` is an Err of ``kind`` and return the error."""
+    assert isinstance(result, Err), f"expected Err({kind}), got {result!r}"
+    assert result.error.kind is kind, f"expected {kind}, got {result.error!r}"
+    return result.error
+
+
+def err_text(result: Result[Any, Any], kind: ErrorKind) -> str:
+    """Assert ``result`` is an Err of ``kind`` and return what it says."""
+    return str(err(result, kind))
+
+
+def leased(queue: Queue, **kwargs: Any) -> Message:
+    """Dequeue a message, asserting there was one."""
+    message = ok(queue.dequeue(**kwargs))
+    assert isinstance(message, Message), "expected a message, the queue had none ready"
+    return message
+
 
 STATUS_KEYS = ("id", "status", "priority", "attempts", "max_attempts")
 

@@ -22,7 +22,7 @@ import pytest
 
 import sqqueue
 from conftest import QueueTarget
-from helpers import message_statuses
+from helpers import leased, message_statuses, ok
 from sqqueue import (
     CompletionError,
     DequeueError,
@@ -53,24 +53,12 @@ def expect_err(result: Result[Any, Any], kind: ErrorKind, cls: type = QueueError
     return result.error
 
 
-def ok(result: Result[Any, Any]) -> Any:
-    """Assert ``result`` is Ok and return its value."""
-    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
-    return result.value
-
-
 def at(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc)
 
 
 def statuses(queue: Queue) -> list[dict[str, Any]]:
     return message_statuses(queue)
-
-
-def leased(queue: Queue, **kwargs: Any) -> Message:
-    message = ok(queue.dequeue(**kwargs))
-    assert isinstance(message, Message)
-    return message
 
 
 # -- Result ----------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from conftest import FakeClock, QueueTarget
-from helpers import message_statuses
+from helpers import message_statuses, ok
 from sqqueue import (
     AsyncQueue,
     AsyncSQLiteQueue,
@@ -39,7 +39,6 @@ from sqqueue import (
     Message,
     Ok,
     Queue,
-    Result,
     RetryPolicy,
     SQLiteQueue,
     WorkerHooks,
@@ -50,12 +49,6 @@ MakeQueue = Callable[..., Queue]
 SRC = Path(__file__).resolve().parents[1] / "src"
 # Pure calls that do no I/O stay plain methods on the async queue.
 NOT_COROUTINES = {"get_operation_count", "wake_waiters", "claim", "ddl"}
-
-
-def ok(result: Result[Any, Any]) -> Any:
-    """Assert ``result`` is Ok and return its value."""
-    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
-    return result.value
 
 
 async def eventually(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> None:
@@ -782,6 +775,7 @@ async def test_async_worker_heartbeat_keeps_slow_coroutines_lease(
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_async_worker_task_timeout_cancels_hung_coroutine(aq: AsyncQueue) -> None:
     """task_timeout cancels the hung coroutine, fails its message with a TimeoutError text,
     and the worker goes on with other messages."""
@@ -1059,6 +1053,7 @@ asyncio.run(main())
 )
 
 
+@pytest.mark.slow
 def test_async_worker_process_stops_gracefully_on_sigterm(
     make_queue: MakeQueue, queue_target: QueueTarget, tmp_path: Path
 ) -> None:

@@ -694,6 +694,7 @@ def test_metrics_serve_unknown_queue(db: Path) -> None:
     assert "no queue 'nope'" in one_error_line(result)
 
 
+@pytest.mark.slow
 def test_demo_accounts_for_every_job(tmp_path: Path) -> None:
     result = run("demo", "--jobs", "20", "--db", tmp_path / "demo.db")
     assert result.exit_code == 0, result.output

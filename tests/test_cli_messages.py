@@ -218,6 +218,7 @@ def test_a_text_file_is_not_an_sqlite_database(tmp_path: Path, args: list[str]) 
 # -- demo ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_demo_reruns_on_the_same_file(tmp_path: Path) -> None:
     """A second run on one file uses a queue of its own and accounts for its own jobs."""
     db = tmp_path / "demo.db"

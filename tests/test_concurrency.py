@@ -21,6 +21,8 @@ from conftest import QueueTarget
 from helpers import message_statuses
 from sqqueue import DequeueError, EnqueueError, Err, ErrorKind, Ok, Queue
 
+pytestmark = pytest.mark.slow
+
 TABLE = "jobs"
 CHILD_TIMEOUT = 20.0  # seconds any group of child processes may take, all together
 

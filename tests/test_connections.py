@@ -160,6 +160,7 @@ def run_child(target: QueueTarget, role: str, *args: object) -> dict[str, Any]:
 # -- close() while other threads are inside calls --------------------------------------------
 
 
+@pytest.mark.slow
 def test_close_under_threads_never_crashes(queue_target: QueueTarget) -> None:
     """30 rounds of 4 threads looping enqueue/dequeue/complete, close() after 0.1 s; then 30
     rounds of leaving ``async with`` while cancelled tasks' calls still run: the process
@@ -210,6 +211,7 @@ def test_close_never_closes_a_connection_another_thread_uses(
 # -- connections follow calls, not threads ---------------------------------------------------
 
 
+@pytest.mark.slow
 def test_short_lived_threads_do_not_leak_connections(queue_target: QueueTarget) -> None:
     """5,000 threads, each doing one enqueue and ending, 32 at a time, with at most 256
     file descriptors: every enqueue succeeds and the descriptors stay bounded (a

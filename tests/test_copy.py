@@ -188,6 +188,7 @@ def schemas(pg_url: str) -> Iterator[Callable[[], str]]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(operations=st.lists(_operation, max_size=25))
+@pytest.mark.slow
 def test_salvage_and_copy_keep_every_field(
     operations: list[tuple[str, Any]],
     tmp_path: Path,

@@ -589,6 +589,7 @@ def _sqqueue(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     )
 
 
+@pytest.mark.slow
 def test_command_refuses_unsafe_or_broken_starts(tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
     connect(str(db), "jobs").close()
@@ -608,6 +609,7 @@ def test_command_refuses_unsafe_or_broken_starts(tmp_path: Path) -> None:
     assert "Traceback" not in exposed.stderr + missing.stderr + weak.stderr
 
 
+@pytest.mark.slow
 def test_command_serves_and_prints_a_made_up_token_once(tmp_path: Path) -> None:
     import httpx
 

@@ -27,6 +27,8 @@ import pytest
 from conftest import QueueTarget
 from sqqueue import Queue
 
+pytestmark = pytest.mark.slow
+
 TOKEN = "browser-test-token-0123456789"
 HOSTILE = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>']
 # Screenshots go to a temporary directory, so a test run leaves the checkout as it was;

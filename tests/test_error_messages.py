@@ -17,33 +17,20 @@ from typing import Any
 import pytest
 
 from conftest import FakeClock
-from helpers import message_statuses
+from helpers import err, message_statuses, ok
 from sqqueue import (
-    Err,
     ErrorKind,
     Message,
-    Ok,
     PostgresQueue,
     Queue,
-    QueueError,
     Result,
     SQLiteQueue,
     config,
     connect,
 )
+from sqqueue import settings as settings_module
 
 DOCS_HOOK = Path(__file__).resolve().parent.parent / "docs" / "hooks" / "reference.py"
-
-
-def ok(result: Result[Any, Any]) -> Any:
-    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
-    return result.value
-
-
-def err(result: Result[Any, Any], kind: ErrorKind) -> QueueError:
-    assert isinstance(result, Err), f"expected Err({kind}), got {result!r}"
-    assert result.error.kind is kind, f"expected {kind}, got {result.error!r}"
-    return result.error
 
 
 def take(queue: Queue, **kwargs: Any) -> Message:
@@ -274,7 +261,7 @@ def test_sqlite_queue_refuses_postgres_only_settings(tmp_path: Path) -> None:
 def test_unknown_environment_variable_is_warned_about_once(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(config, "_warned", set())
+    monkeypatch.setattr(settings_module, "_warned", set())
     environ = {"SQQUEUE_LOCK_TIMOUT": "5", "SQQUEUE_CONFIG": "none", "SQQUEUE_ZZZ": "1"}
     with caplog.at_level(logging.WARNING, logger="sqqueue"):
         for _ in range(3):
@@ -291,7 +278,7 @@ def test_unknown_environment_variable_is_warned_about_once(
 def test_known_variables_are_not_warned_about(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(config, "_warned", set())
+    monkeypatch.setattr(settings_module, "_warned", set())
     environ = {"SQQUEUE_LOCK_TIMEOUT": "5", "SQQUEUE_CONFIG": "none", "OTHER": "x"}
     with caplog.at_level(logging.WARNING, logger="sqqueue"):
         config.resolve({}, environ=environ)

@@ -25,19 +25,16 @@ from typing import Any
 import pytest
 
 from conftest import FakeClock
-from helpers import message_statuses
+from helpers import err, message_statuses, ok
 from sqqueue import (
     EnqueueError,
     Err,
     ErrorKind,
     Item,
     Message,
-    Ok,
     Queue,
-    QueueError,
     QueueFull,
     RequeueError,
-    Result,
     SQLiteQueue,
 )
 
@@ -53,19 +50,6 @@ def _no_outside_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         if key.startswith("SQQUEUE_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("SQQUEUE_CONFIG", "none")
-
-
-def ok(result: Result[Any, Any]) -> Any:
-    """Assert ``result`` is Ok and return its value."""
-    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
-    return result.value
-
-
-def err(result: Result[Any, Any], kind: ErrorKind) -> QueueError:
-    """Assert ``result`` is an Err of ``kind`` and return the error."""
-    assert isinstance(result, Err), f"expected Err({kind}), got {result!r}"
-    assert result.error.kind is kind, f"expected {kind}, got {result.error!r}"
-    return result.error
 
 
 def statuses(queue: Queue) -> dict[int, str]:
@@ -516,6 +500,7 @@ out.write_text(json.dumps(log))
 """
 
 
+@pytest.mark.slow
 def test_groups_under_concurrent_consumers(tmp_path: Path, db_path: Path) -> None:
     """Three consumer processes on 10 groups x 30 messages: within a group processing
     never overlaps and follows enqueue order, each message is delivered only after the

@@ -24,14 +24,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 
 from conftest import FakeClock, QueueTarget
-from helpers import message_statuses, without_dac_override
+from helpers import leased, message_statuses, ok, without_dac_override
 from sqqueue import (
     CompletionError,
     DequeueError,
     EnqueueError,
     Err,
     ErrorKind,
-    Message,
     Ok,
     Queue,
     QueueError,
@@ -52,17 +51,6 @@ def expect_err(result: Result[Any, Any], kind: ErrorKind, *words: str) -> QueueE
     for word in words:
         assert word.lower() in text, f"{word!r} not in error message {str(result.error)!r}"
     return result.error
-
-
-def ok(result: Result[Any, Any]) -> Any:
-    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
-    return result.value
-
-
-def leased(queue: Queue, **kwargs: Any) -> Message:
-    message = ok(queue.dequeue(**kwargs))
-    assert isinstance(message, Message)
-    return message
 
 
 def without_path(error: BaseException, path: Path) -> str:
@@ -845,6 +833,7 @@ SQL_VALUES = st.one_of(
     value=SQL_VALUES,
     victim=st.integers(min_value=0, max_value=5),
 )
+@pytest.mark.slow
 def test_one_spoiled_field_costs_at_most_its_own_message(
     tmp_path: Path, column: str, value: tuple[str, object], victim: int
 ) -> None:

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from conftest import LOCAL_FIXTURES
-from helpers import message_statuses
-from sqqueue import Err, Message, Ok, QueueError, Result, SQLiteQueue
+from helpers import message_statuses, ok
+from sqqueue import Err, Message, Ok, QueueError, SQLiteQueue
 from sqqueue.backends import sqlite as sqlite_backend
 
 MakeQueue = Callable[..., SQLiteQueue]
@@ -33,11 +33,6 @@ def legacy_time(text: str) -> float:
 # Shortly after the 0.1.0 file was written: messages 1 and 11 are still leased (until
 # 20:19:43), message 2's lease has run out, message 12 is due only the next day.
 LEGACY_NOW = legacy_time("2026-11-27 20:15:00")
-
-
-def ok(result: Result[Any, Any]) -> Any:
-    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
-    return result.value
 
 
 def rows(path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -41,6 +42,8 @@ from sqqueue import (
     QueueError,
     RequeueError,
 )
+
+pytestmark = pytest.mark.slow
 
 # A fresh, empty database for one run of the state machine, and how to throw it away.
 Database = Callable[[], tuple[QueueTarget, Callable[[], None]]]

@@ -18,15 +18,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from conftest import FakeClock
-from helpers import message_statuses
-from sqqueue import Item, Message, Ok, SQLiteQueue
+from helpers import message_statuses, ok
+from sqqueue import Item, Message, SQLiteQueue
 
 MAX_ATTEMPTS = 2
 LEASE = 1000.0
@@ -49,11 +48,6 @@ class Model:
     expires_at: float | None
     attempts: int = 0
     message: Message | None = None  # set while leased
-
-
-def ok(result: Any) -> Any:
-    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
-    return result.value
 
 
 class FeatureMachine(RuleBasedStateMachine):

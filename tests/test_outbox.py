@@ -15,19 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from conftest import QueueTarget
-from helpers import message_statuses
-from sqqueue import Err, ErrorKind, Ok, PostgresQueue, Queue, Result
-
-
-def ok(result: Result[Any, Any]) -> Any:
-    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
-    return result.value
-
-
-def err(result: Result[Any, Any], kind: ErrorKind) -> str:
-    assert isinstance(result, Err), f"expected Err({kind}), got {result!r}"
-    assert result.error.kind is kind, f"expected {kind}, got {result.error!r}"
-    return str(result.error)
+from helpers import err_text, message_statuses, ok
+from sqqueue import ErrorKind, PostgresQueue, Queue
 
 
 @pytest.fixture
@@ -117,14 +106,14 @@ def test_sqlalchemy_connection_without_a_transaction_is_refused(
     """Its commit() would be a no-op and the message rolled back in the pool: refused,
     saying how to open one."""
     with engine.connect() as conn:
-        text = err(outbox.enqueue_in(conn, "x"), ErrorKind.INVALID_INPUT)
+        text = err_text(outbox.enqueue_in(conn, "x"), ErrorKind.INVALID_INPUT)
     assert "engine.begin()" in text and "conn.begin()" in text
     assert "_ConnectionFairy" not in text
     assert payloads(outbox) == []
 
 
 def test_something_else_names_what_to_pass(outbox: Queue) -> None:
-    text = err(outbox.enqueue_in(object(), "x"), ErrorKind.INVALID_INPUT)
+    text = err_text(outbox.enqueue_in(object(), "x"), ErrorKind.INVALID_INPUT)
     assert "SQLAlchemy Session or Connection" in text
 
 
@@ -162,6 +151,6 @@ def test_psycopg_transaction_not_started_yet_is_joined(pg_url: str, pg_schema: s
             ok(queue.enqueue_in(conn, "committed"))
             conn.commit()
         with psycopg.connect(pg_url, options=options, autocommit=True) as auto:
-            text = err(queue.enqueue_in(auto, "x"), ErrorKind.INVALID_INPUT)
+            text = err_text(queue.enqueue_in(auto, "x"), ErrorKind.INVALID_INPUT)
             assert "conn.transaction()" in text
         assert payloads(queue) == ["committed"]

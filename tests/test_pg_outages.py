@@ -28,6 +28,8 @@ import pytest
 
 from sqqueue import Err, ErrorKind, Message, Ok, PostgresQueue, QueueError, Worker
 
+pytestmark = pytest.mark.slow
+
 TABLE = "jobs"
 
 

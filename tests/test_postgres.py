@@ -27,7 +27,7 @@ import psycopg
 import pytest
 
 from conftest import LOCAL_FIXTURES, QueueTarget, drop_schema
-from helpers import message_statuses
+from helpers import message_statuses, ok
 from sqqueue import (
     CompletionError,
     DequeueError,
@@ -40,7 +40,6 @@ from sqqueue import (
     Queue,
     QueueError,
     RequeueError,
-    Result,
     SQLiteQueue,
     connect,
 )
@@ -89,12 +88,6 @@ elif role == "wait":
 
 queue.close()
 """
-
-
-def ok(result: Result[Any, Any]) -> Any:
-    """Assert ``result`` is Ok and return its value."""
-    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
-    return result.value
 
 
 def with_params(url: str, **params: str) -> str:

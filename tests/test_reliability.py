@@ -33,6 +33,8 @@ import pytest
 from sqqueue import ErrorKind, QueueError, SQLiteQueue
 from sqqueue.tools import check, salvage
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 TORTURE = ROOT / "tools" / "torture.py"
 

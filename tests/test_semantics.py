@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from helpers import message_statuses
+from helpers import leased, message_statuses, ok
 from sqqueue import Err, ErrorKind, Message, Ok, Queue, QueueError, Result
-from sqqueue import queue as queue_module
+from sqqueue.core import consume as consume_module
 
 MakeQueue = Callable[..., Queue]
 
@@ -24,19 +24,8 @@ def expect_err(result: Result[Any, Any], kind: ErrorKind) -> QueueError:
     return result.error
 
 
-def ok(result: Result[Any, Any]) -> Any:
-    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
-    return result.value
-
-
 def at(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, tz=timezone.utc)
-
-
-def leased(queue: Queue, **kwargs: Any) -> Message:
-    message = ok(queue.dequeue(**kwargs))
-    assert isinstance(message, Message), "expected a message, the queue had none ready"
-    return message
 
 
 def snapshot(queue: Queue) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -276,7 +265,7 @@ def test_bare_id_fencing_holds_after_the_lease_memory_overflows(
     oldest, says so once at WARNING, and still refuses a late call by bare id on a message
     another consumer holds now (LEASE_LOST, nothing changed); its own forgotten leases
     still work by id, and the remembered ones exactly."""
-    monkeypatch.setattr(queue_module, "_LEASE_MEMORY", 5)
+    monkeypatch.setattr(consume_module, "LEASE_MEMORY", 5)
     caplog.set_level(logging.WARNING, logger="sqqueue")
     a, b = make_queue(table_name="jobs"), make_queue(table_name="jobs")
     ok(a.enqueue("contested", priority=1))
@@ -297,6 +286,7 @@ def test_bare_id_fencing_holds_after_the_lease_memory_overflows(
     assert ok(b.complete(fresh)) is None
 
 
+@pytest.mark.slow
 def test_bare_id_fencing_past_a_hundred_thousand_leases(
     make_sqlite_queue: Callable[..., Queue], clock: Any
 ) -> None:

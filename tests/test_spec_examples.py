@@ -335,6 +335,7 @@ RESULT_TYPING = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_result_type_checks_as_documented(tmp_path: Path) -> None:
     """mypy accepts the ways code uses a Result: is_ok() then value, isinstance, match,
     0.1.0's Result[T, E] annotations."""

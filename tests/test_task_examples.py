@@ -21,6 +21,8 @@ import pytest
 
 from sqqueue.tasks import TaskWorker
 
+pytestmark = pytest.mark.slow
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from conftest import FakeClock, QueueTarget
-from sqqueue import Err, ErrorKind, Ok, Queue, RetryPolicy, Tasks
+from helpers import err_text, ok
+from sqqueue import ErrorKind, Queue, RetryPolicy, Tasks
 from sqqueue.tasks import (
     ResultUnavailable,
     Schedule,
@@ -28,17 +29,6 @@ from sqqueue.tasks import (
 )
 
 MakeTasks = Callable[..., Tasks]
-
-
-def ok(result: Any) -> Any:
-    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
-    return result.value
-
-
-def err(result: Any, kind: ErrorKind) -> str:
-    assert isinstance(result, Err), f"expected Err, got {result!r}"
-    assert result.error.kind is kind, result.error
-    return str(result.error)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
@@ -137,10 +127,12 @@ def test_arguments_that_are_not_json_are_refused_by_name(make_tasks: MakeTasks) 
         (("x", float("nan")), "argument 'items' is nan"),
     ]
     for args, expected in cases:
-        assert expected in err(job.delay(*args), ErrorKind.SERIALIZATION)
-    assert "argument 'flag' is a bytes" in err(job.delay("x", flag=b"1"), ErrorKind.SERIALIZATION)
-    assert "{1: 2}" not in err(job.delay({1: 2}), ErrorKind.SERIALIZATION)
-    assert "missing a required argument: 'when'" in err(job.delay(), ErrorKind.INVALID_INPUT)
+        assert expected in err_text(job.delay(*args), ErrorKind.SERIALIZATION)
+    assert "argument 'flag' is a bytes" in err_text(
+        job.delay("x", flag=b"1"), ErrorKind.SERIALIZATION
+    )
+    assert "{1: 2}" not in err_text(job.delay({1: 2}), ErrorKind.SERIALIZATION)
+    assert "missing a required argument: 'when'" in err_text(job.delay(), ErrorKind.INVALID_INPUT)
     assert ok(app.queue().is_drained())
 
 
@@ -161,10 +153,10 @@ def test_schedule_options(make_tasks: MakeTasks, clock: FakeClock) -> None:
     assert (found[later.id]["priority"], found[urgent.id]["priority"]) == (3, 9)
     assert found[urgent.id]["group"] == "g"
     assert found[urgent.id]["expires_at"].timestamp() == clock() + 30
-    assert "timezone-aware" in err(
+    assert "timezone-aware" in err_text(
         job.schedule((4,), eta=datetime(2030, 1, 1)), ErrorKind.INVALID_INPUT
     )
-    assert "not both" in err(job.schedule((4,), eta=eta, delay=5), ErrorKind.INVALID_INPUT)
+    assert "not both" in err_text(job.schedule((4,), eta=eta, delay=5), ErrorKind.INVALID_INPUT)
     first = ok(job.schedule((5,), dedup_key="k"))
     assert ok(job.schedule((6,), dedup_key="k")).id == first.id
 
@@ -523,6 +515,7 @@ def test_missed_ticks_are_skipped_or_run_once(make_tasks: MakeTasks, clock: Fake
     assert ok(first.queue().stats()).enqueued_total == 3
 
 
+@pytest.mark.slow
 def test_periodic_runs_know_their_tick(make_tasks: MakeTasks) -> None:
     """A worker's scheduler enqueues the ticks by itself; current_task().tick says which."""
     app = make_tasks()

@@ -22,21 +22,11 @@ import psycopg
 import pytest
 
 from conftest import FakeClock, QueueTarget
-from sqqueue import Message, Ok, PostgresQueue, Queue, Result
+from helpers import leased, ok
+from sqqueue import Message, PostgresQueue, Queue, Result
 
 MakeQueue = Callable[..., Queue]
 HOLD = 1.5  # seconds another connection keeps the queue locked; longer than the leases below
-
-
-def ok(result: Result[Any, Any]) -> Any:
-    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
-    return result.value
-
-
-def leased(queue: Queue, **kwargs: Any) -> Message:
-    message = ok(queue.dequeue(**kwargs))
-    assert isinstance(message, Message), "expected a message, the queue had none ready"
-    return message
 
 
 def stamp(value: datetime) -> float:
@@ -94,6 +84,7 @@ def call_while_locked(
 # -- a call that waited for a lock gets its whole time ---------------------------------------
 
 
+@pytest.mark.slow
 def test_a_dequeue_that_waited_for_the_lock_gets_its_whole_lease(
     make_queue: MakeQueue, queue_target: QueueTarget
 ) -> None:
@@ -113,6 +104,7 @@ def test_a_dequeue_that_waited_for_the_lock_gets_its_whole_lease(
     )
 
 
+@pytest.mark.slow
 def test_a_batch_that_waited_for_the_lock_gets_its_whole_lease(
     make_queue: MakeQueue, queue_target: QueueTarget
 ) -> None:
@@ -127,6 +119,7 @@ def test_a_batch_that_waited_for_the_lock_gets_its_whole_lease(
     assert min(stamp(m.lease_expires_at) for m in batch) >= released_at + 1 - 1e-3
 
 
+@pytest.mark.slow
 def test_an_extend_that_waited_for_the_lock_gets_its_whole_extension(
     make_queue: MakeQueue, queue_target: QueueTarget
 ) -> None:
@@ -142,6 +135,7 @@ def test_an_extend_that_waited_for_the_lock_gets_its_whole_extension(
     assert stamp(entry["lease_expires_at"]) == pytest.approx(expiry, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_a_fail_with_delay_that_waited_for_the_lock_keeps_its_whole_delay(
     make_queue: MakeQueue, queue_target: QueueTarget
 ) -> None:
@@ -158,6 +152,7 @@ def test_a_fail_with_delay_that_waited_for_the_lock_keeps_its_whole_delay(
     assert stamp(entry["visible_at"]) >= released_at + 1 - 1e-3
 
 
+@pytest.mark.slow
 def test_a_release_that_waited_for_the_lock_is_visible_from_when_it_happened(
     make_queue: MakeQueue, queue_target: QueueTarget
 ) -> None:

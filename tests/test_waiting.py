@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from conftest import QueueTarget
-from helpers import message_statuses
+from helpers import message_statuses, ok
 from sqqueue import (
     CompletionError,
     DequeueError,
@@ -32,18 +32,11 @@ from sqqueue import (
     Message,
     Ok,
     Queue,
-    Result,
     RetryPolicy,
 )
 
 MakeQueue = Callable[..., Queue]
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def ok(result: Result[Any, Any]) -> Any:
-    """Assert ``result`` is Ok and return its value."""
-    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
-    return result.value
 
 
 def status_of(queue: Queue, message_id: int) -> dict[str, Any]:
@@ -263,6 +256,7 @@ def test_expired_lease_wakes_waiter(realtime: Queue, make_queue: MakeQueue) -> N
     assert 0.2 <= elapsed < 1.0, elapsed
 
 
+@pytest.mark.slow
 def test_fake_clock_advance_releases_delayed_message_to_waiter(queue: Queue, clock: Any) -> None:
     """With an injected clock, a waiter sees a delayed message once the clock passes its time."""
     message_id = ok(queue.enqueue("later", delay=60))
@@ -325,6 +319,7 @@ def test_wake_waiters_without_cancel_keeps_waiting(queue: Queue) -> None:
 
 
 @pytest.mark.parametrize("state", ["empty", "delayed", "leased elsewhere"])
+@pytest.mark.slow
 def test_idle_waiter_does_not_busy_poll(
     make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch, state: str
 ) -> None:
@@ -357,6 +352,7 @@ def test_idle_waiter_does_not_busy_poll(
     assert calls["next_due"] <= 3, calls
 
 
+@pytest.mark.slow
 def test_waiting_costs_do_not_grow_with_the_number_of_waiters(
     make_sqlite_queue: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -487,6 +483,7 @@ def producer(tmp_path: Path, queue_target: QueueTarget) -> Iterator[subprocess.P
         proc.wait(10)
 
 
+@pytest.mark.slow
 def test_enqueue_from_another_process_wakes_waiter(
     make_queue: MakeQueue, producer: subprocess.Popen[str]
 ) -> None:

@@ -28,13 +28,11 @@ from typing import Any
 import pytest
 
 from conftest import FakeClock, QueueTarget
-from helpers import message_statuses
+from helpers import message_statuses, ok
 from sqqueue import (
     Message,
-    Ok,
     Queue,
     Reject,
-    Result,
     Worker,
     WorkerHooks,
     WorkerStats,
@@ -43,12 +41,6 @@ from sqqueue import (
 
 MakeQueue = Callable[..., Queue]
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def ok(result: Result[Any, Any]) -> Any:
-    """Assert ``result`` is Ok and return its value."""
-    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
-    return result.value
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
@@ -534,6 +526,7 @@ def _hang_first_attempt(
     return handler
 
 
+@pytest.mark.slow
 def test_task_timeout_fails_hung_handler_and_worker_goes_on(
     rq: Queue, running: Callable[[Worker], Running]
 ) -> None:
@@ -879,6 +872,7 @@ def spawn_worker(
         wp.proc.wait(10)
 
 
+@pytest.mark.slow
 def test_sigterm_shuts_worker_process_down_gracefully(
     rq: Queue, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:
@@ -971,6 +965,7 @@ def test_keyboard_interrupt_in_run_gives_the_running_message_back(
     assert statuses(rq) == [(message_id, "ready", 1)]
 
 
+@pytest.mark.slow
 def test_sigkilled_workers_message_returns_after_lease(
     rq: Queue, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:

@@ -33,6 +33,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Seque
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
+from .core import consume
+from .core.checks import MAX_BATCH_SIZE, bounded_int, error_text
+from .core.consume import Step
+from .core.queue import NO_RESULT, MessageRef, Queue
 from .exceptions import (
     CompletionError,
     DequeueError,
@@ -42,16 +46,7 @@ from .exceptions import (
     RequeueError,
 )
 from .message import Message
-from .queue import (
-    _NO_RESULT,
-    MAX_BATCH_SIZE,
-    MessageRef,
-    Queue,
-    SQLiteQueue,
-    Step,
-    _bounded_int,
-    _error_text,
-)
+from .queue import SQLiteQueue, connect
 from .result import Err, Ok, Result
 from .stats import QueueStats
 from .worker import WorkerCore, WorkerStats
@@ -76,7 +71,7 @@ class AsyncQueue:
 
     async def _drive(self, plan: Generator[Step, Any, T]) -> T:
         """Carry out a wait plan: storage calls in a thread, sleeps on the event loop."""
-        signal_ = self.sync._signal
+        signal_ = self.sync.parts.signal
         try:
             step = next(plan)
             while True:
@@ -86,6 +81,17 @@ class AsyncQueue:
                     step = plan.send(await signal_.wait_async(step[2], step[1], step[3]))
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+
+    def _plan(
+        self,
+        limit: int,
+        visibility_timeout: float | None,
+        wait: float,
+        cancelled: Callable[[], bool] | None,
+    ) -> Generator[Step, Any, list[Message]]:
+        """The sync queue's wait plan for a claim, for this driver to carry out."""
+        timeout = consume.lease_seconds(visibility_timeout, self.sync.default_visibility_timeout)
+        return consume.claim_plan(self.sync.parts, limit, timeout, wait, cancelled)
 
     async def _call_uncancelled(self, fn: Callable[[], T]) -> T:
         """Run a storage call in a thread; if the task is cancelled meanwhile, let the call
@@ -189,10 +195,9 @@ class AsyncQueue:
     ) -> Result[Message | None, DequeueError]:
         """Lease the next message; with ``wait``, suspend (not block) until one comes."""
         cancelled = cancel.is_set if cancel is not None else None
-        plan = self.sync._claim_plan(1, visibility_timeout, wait, cancelled)
 
         async def run() -> Message | None:
-            messages = await self._drive(plan)
+            messages = await self._drive(self._plan(1, visibility_timeout, wait, cancelled))
             return messages[0] if messages else None
 
         return await self._guarded(DequeueError, "dequeue", run())
@@ -208,10 +213,8 @@ class AsyncQueue:
         cancelled = cancel.is_set if cancel is not None else None
 
         async def run() -> list[Message]:
-            size = _bounded_int(batch_size, "batch_size", 1, MAX_BATCH_SIZE)
-            return await self._drive(
-                self.sync._claim_plan(size, visibility_timeout, wait, cancelled)
-            )
+            size = bounded_int(batch_size, "batch_size", 1, MAX_BATCH_SIZE)
+            return await self._drive(self._plan(size, visibility_timeout, wait, cancelled))
 
         return await self._guarded(DequeueError, "dequeue_batch", run())
 
@@ -225,12 +228,12 @@ class AsyncQueue:
         if message is None:
             yield None
             return
-        ended = self.sync._ended_here  # whether the block ended the lease itself
+        ended = self.sync.parts.leases.ended_here  # whether the block ended the lease itself
         try:
             yield message
         except Exception as exc:
             if ended(message.lease_token) is None:
-                await self.fail_message(message, error=_error_text(exc))
+                await self.fail_message(message, error=error_text(exc))
             raise
         except BaseException:
             # Cancelled or interrupted, not failed: give it back, attempt not counted.
@@ -244,7 +247,7 @@ class AsyncQueue:
             raise result.error
 
     async def complete(
-        self, message: MessageRef, *, result: Any = _NO_RESULT
+        self, message: MessageRef, *, result: Any = NO_RESULT
     ) -> Result[None, CompletionError]:
         return await self._call(functools.partial(self.sync.complete, result=result), message)
 
@@ -363,8 +366,6 @@ async def connect_async(url: str, table_name: str | None = None, **settings: Any
 
     queue = await connect_async("postgresql://app@db/app", "emails")
     """
-    from .queue import connect
-
     args = (url,) if table_name is None else (url, table_name)
     return AsyncQueue(await asyncio.to_thread(connect, *args, **settings))
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from .backends import sqlite_sql as sql
 from .exceptions import ErrorKind, QueueError
 
 __all__ = [
@@ -186,8 +187,8 @@ def key_connection(conn: Any, key: EncryptionKey) -> None:
     """Key a freshly opened SQLCipher connection: ``PRAGMA key`` comes before any other
     statement. Also silences SQLCipher's own log, which would print a wrong key's page
     errors on stderr (wrong keys are reported by sqqueue instead)."""
-    conn.execute(f"PRAGMA key = {key.pragma_value()}")
-    conn.execute("PRAGMA cipher_log_level = NONE")
+    conn.execute(sql.CIPHER_KEY.format(key=key.pragma_value()))
+    conn.execute(sql.CIPHER_QUIET)
 
 
 def file_kind(path: str | os.PathLike[str]) -> str:
@@ -258,14 +259,8 @@ Progress = Callable[[str, int], None]
 
 
 def _counts(conn: Any) -> dict[str, int]:
-    names = [
-        r[0]
-        for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
-            "ORDER BY name"
-        )
-    ]
-    return {n: int(conn.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0]) for n in names}
+    names = [r[0] for r in conn.execute(sql.USER_TABLES)]
+    return {n: int(conn.execute(sql.ROW_COUNT.format(table=n)).fetchone()[0]) for n in names}
 
 
 def not_plain_hint(path: str) -> str:
@@ -283,7 +278,7 @@ def _open_checked(path: str, key: EncryptionKey | None) -> Any:
         raise EncryptionError(problem)
     conn = connect(path, key, isolation_level=None)
     try:
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        conn.execute(sql.READ_SCHEMA).fetchone()
     except Exception as exc:
         conn.close()
         if "not a database" in str(exc):
@@ -309,8 +304,8 @@ def _export(
         if source_key is not None:
             key_connection(src, source_key)
         else:
-            src.execute("PRAGMA cipher_log_level = NONE")
-        src.execute("BEGIN")  # one snapshot of the source for the counts and the copy
+            src.execute(sql.CIPHER_QUIET)
+        src.execute(sql.BEGIN)  # one snapshot of the source for the counts and the copy
         try:
             counts = _counts(src)
         except cipher.DatabaseError as exc:
@@ -318,12 +313,12 @@ def _export(
                 raise EncryptionError(wrong_key(source)) from None
             raise
         attach_key = target_key.pragma_value() if target_key is not None else "''"
-        src.execute(f"ATTACH DATABASE ? AS target KEY {attach_key}", (partial,))
-        src.execute("SELECT sqlcipher_export('target')")
-        version = src.execute("PRAGMA main.user_version").fetchone()[0]
-        src.execute(f"PRAGMA target.user_version = {int(version)}")
-        src.execute("COMMIT")
-        src.execute("DETACH DATABASE target")
+        src.execute(sql.ATTACH_TARGET.format(key=attach_key), (partial,))
+        src.execute(sql.EXPORT_TO_TARGET)
+        version = src.execute(sql.MAIN_USER_VERSION).fetchone()[0]
+        src.execute(sql.SET_TARGET_USER_VERSION.format(version=int(version)))
+        src.execute(sql.COMMIT)
+        src.execute(sql.DETACH_TARGET)
     finally:
         src.close()
     return counts
@@ -334,8 +329,8 @@ def _verify(partial: str, key: EncryptionKey | None, expected: dict[str, int]) -
     check = _open_checked(partial, key)
     try:
         found = _counts(check)
-        integrity = check.execute("PRAGMA quick_check").fetchone()[0]
-        check.execute("PRAGMA journal_mode = WAL")  # as sqqueue keeps its files
+        integrity = check.execute(sql.QUICK_CHECK).fetchone()[0]
+        check.execute(sql.JOURNAL_MODE_WAL)  # as sqqueue keeps its files
     finally:
         check.close()
     if found != expected or integrity != "ok":
@@ -413,7 +408,7 @@ def _quiet_source(path: str, key: EncryptionKey | None) -> Iterator[None]:
     """Checkpoint the source first, so that the copy holds what its WAL holds."""
     conn = _open_checked(path, key)
     try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute(sql.CHECKPOINT_TRUNCATE)
     finally:
         conn.close()
     yield

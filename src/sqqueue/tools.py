@@ -16,16 +16,17 @@ import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .backends import sqlite_sql
-from .backends.sqlite import SQLiteBackend, classify, file_state, not_a_database, open_read_only
+from .backends.sqlite import SQLiteBackend, classify, not_a_database
+from .catalog import list_queues, list_queues_at, read, read_only, registered
 from .exceptions import ErrorKind, QueueError
 from .names import validate_queue_name
-from .targets import parse_target
+from .queue import connect
 
 __all__ = [
     "SalvageReport",
@@ -44,74 +45,25 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: The tables of a queue that copy and salvage move, in order, and each one's key.
-_TABLES = (("messages", "id"), ("dead", "id"), ("done", "id"), ("dedup", "key"))
-
-
-class _Changed(QueueError):
-    """The file changed while an immutable connection read it (a writer started)."""
-
-
-@contextlib.contextmanager
-def _read_only(path: str | os.PathLike[str]) -> Iterator[sqlite3.Connection]:
-    """A connection that reads the file and changes nothing on disk (see
-    ``open_read_only``); raises ``_Changed`` if the file changed under an immutable read."""
-    target = Path(path)
-    if not target.is_file():
-        raise QueueError(f"no database file at {str(target)!r}", ErrorKind.NOT_FOUND)
-    conn, snapshot = open_read_only(str(target))
-    try:
-        yield conn
-    finally:
-        conn.close()
-    if snapshot is not None and file_state(str(target)) != snapshot:
-        raise _Changed(
-            f"{str(target)!r} changed while it was read (a process opened it); read it again",
-            ErrorKind.LOCKED,
-        )
-
-
-def _read(path: str | os.PathLike[str], fn: Callable[[sqlite3.Connection], T]) -> T:
-    """``fn`` on a read-only connection to the file (again if the file changed meanwhile:
-    the next connection goes through the -shm of the process that opened it)."""
-    for _ in range(100):
-        with contextlib.suppress(_Changed), _read_only(path) as conn:
-            try:
-                return fn(conn)
-            except sqlite3.Error as exc:
-                raise classify(exc, str(path)) from exc
-    raise QueueError(f"{str(path)!r} kept changing while it was read; retry", ErrorKind.LOCKED)
-
-
-def _registered(conn: sqlite3.Connection) -> list[tuple[str, int]]:
-    """(name, schema version) of the queues registered in the file, by name."""
-    tables = {t[0] for t in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if "sqqueue_queues" not in tables:
-        return []
-    rows = conn.execute("SELECT name, schema_version FROM sqqueue_queues ORDER BY name")
-    return [(str(r[0]), int(r[1])) for r in rows if r[0] in tables]
-
-
-def list_queues(path: str | os.PathLike[str]) -> list[str]:
-    """Names of the sqqueue queues in a database file, sorted."""
-    return [name for name, _version in _read(path, _registered)]
+_TABLES = tuple((table, key) for table, (_, key) in sqlite_sql.COPY_TABLES.items())
 
 
 def legacy_queues(path: str | os.PathLike[str]) -> list[str]:
     """Queues in the file still in sqqueue 0.1.0's layout (not migrated yet)."""
 
     def look(conn: sqlite3.Connection) -> list[str]:
-        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        names = {r[0] for r in conn.execute(sqlite_sql.TABLES)}
         registered: set[str] = set()
         if "sqqueue_queues" in names:
-            registered = {r[0] for r in conn.execute("SELECT name FROM sqqueue_queues")}
+            registered = {r[0] for r in conn.execute(sqlite_sql.REGISTERED_NAMES)}
         found = []
         for name in sorted(names - registered):
-            columns = {r[1] for r in conn.execute("SELECT * FROM pragma_table_info(?)", (name,))}
+            columns = {r[1] for r in conn.execute(sqlite_sql.TABLE_COLUMNS, (name,))}
             if {"processing_at", "dlq", "visible_at", "status"} <= columns:
                 found.append(name)
         return found
 
-    return _read(path, look)
+    return read(path, look)
 
 
 def migrate(path: str | os.PathLike[str]) -> list[str]:
@@ -122,7 +74,7 @@ def migrate(path: str | os.PathLike[str]) -> list[str]:
     e.g. before a deploy. Returns the names of the queues changed.
     """
     done = []
-    for name, version in _read(path, _registered):
+    for name, version in read(path, registered):
         if version < sqlite_sql.SCHEMA_VERSION:
             SQLiteBackend(path, validate_queue_name(name)).close()
             done.append(name)
@@ -142,7 +94,7 @@ def check(path: str | os.PathLike[str]) -> list[str]:
 
     def integrity(conn: sqlite3.Connection) -> list[str]:
         try:
-            return [str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall()]
+            return [str(r[0]) for r in conn.execute(sqlite_sql.INTEGRITY_CHECK).fetchall()]
         except sqlite3.Error as exc:
             error = classify(exc, str(path))
             if error.kind is not ErrorKind.CORRUPT or not_a_database(exc):
@@ -150,7 +102,7 @@ def check(path: str | os.PathLike[str]) -> list[str]:
             return [str(error)]
 
     try:
-        problems = _read(path, integrity)
+        problems = read(path, integrity)
     except QueueError as exc:
         if exc.kind is ErrorKind.CORRUPT:
             raise  # not an SQLite database: said as such
@@ -174,9 +126,9 @@ def _highest_id(conn: sqlite3.Connection, name: str, version: int) -> int:
     names = sqlite_sql.object_names(name, version)
     high = 0
     for query, params in (
-        *((f'SELECT max(id) FROM "{names[t]}"', ()) for t in ("q", "dlq", "done")),
-        ("SELECT n FROM sqqueue_counters WHERE name = ?", (f"{name}#high",)),
-        ("SELECT seq FROM sqlite_sequence WHERE name = ?", (name,)),
+        *((sqlite_sql.MAX_ID_OF.format(table=names[t]), ()) for t in ("q", "dlq", "done")),
+        (sqlite_sql.COUNTER_VALUE, (f"{name}#high",)),
+        (sqlite_sql.LEGACY_SEQUENCE, (name,)),
     ):
         with contextlib.suppress(sqlite3.DatabaseError):
             row = conn.execute(query, params).fetchone()
@@ -208,9 +160,9 @@ def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> S
             ErrorKind.INVALID_INPUT,
         )
     report = SalvageReport()
-    with _read_only(source) as src:
+    with read_only(source) as src:
         try:
-            queues = _registered(src)
+            queues = registered(src)
         except sqlite3.DatabaseError as exc:
             if not_a_database(exc):
                 raise QueueError(
@@ -233,9 +185,9 @@ def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> S
         try:
             with writer.raw_connection() as dst:
                 # Ids stay taken in the new file, so none is ever handed out again.
-                dst.execute("BEGIN IMMEDIATE")
+                dst.execute(sqlite_sql.BEGIN_IMMEDIATE)
                 writer.reserve_ids(dst, highest[name])
-                dst.execute("COMMIT")
+                dst.execute(sqlite_sql.COMMIT)
             counts = {
                 table: _salvage_table(reader, writer, table, key, highest[name], report)
                 for table, key in _TABLES
@@ -307,19 +259,6 @@ def _lost(report: SalvageReport, name: str, table: str, count: int) -> None:
         report.errors.append(f"{name}: {count} unreadable row(s) of {table} skipped")
 
 
-def list_queues_at(target: str | os.PathLike[str], schema: str | None = None) -> list[str]:
-    """Names of the queues in a database: a file path, ``sqlite:///`` or ``postgresql://``
-    (in ``schema``, if given)."""
-    kind, location = parse_target(target)
-    if kind == "postgresql":
-        from .backends.postgres import list_postgres_queues
-
-        return list_postgres_queues(location, schema)
-    if schema is not None:
-        raise QueueError("schema applies to PostgreSQL only", ErrorKind.INVALID_INPUT)
-    return list_queues(location)
-
-
 def copy_queues(
     source: str,
     target: str,
@@ -344,8 +283,6 @@ def copy_queues(
 
         copy_queues("sqlite:///jobs.db", "postgresql://app@db/app", ["emails"])
     """
-    from .queue import connect
-
     available = list_queues_at(source)
     names = [validate_queue_name(n) for n in queues] if queues is not None else available
     missing = [n for n in names if n not in available]
@@ -403,8 +340,6 @@ def _already_there(source: str, target: str, name: str, resume: bool) -> set[int
     """The ids a non-empty target queue already holds from the source, when copying
     into it is safe: all of them (copied before) or, with ``resume``, some of them.
     Raises ``QueueError`` saying what to do otherwise."""
-    from .queue import connect
-
     with connect(target, name) as dst:
         held = _identities(dst).items()
     if not held:
@@ -440,17 +375,17 @@ def _copy_one(
     name = src.name
     total = src.stats().unwrap()
     expected = total.depth + total.dead
-    keys = {row["key"] for row in _all_rows(dst._backend, "dedup", "key")} if skip else set()
+    keys = {row["key"] for row in _all_rows(dst.parts.backend, "dedup", "key")} if skip else set()
     copied = dict.fromkeys(("messages", "dead", "done", "dedup", "already"), 0)
     for table, key in _TABLES:
         after: Any = "" if key == "key" else 0
-        while rows := src._backend.export_rows(table, after, batch):
+        while rows := src.parts.backend.export_rows(table, after, batch):
             after = rows[-1][key]
             taken = keys if table == "dedup" else skip
             fresh = [row for row in rows if row[key] not in taken]
             if table == "messages":
                 fresh = [_released(row) for row in fresh]
-            dst._backend.import_rows(table, fresh)
+            dst.parts.backend.import_rows(table, fresh)
             copied[table] += len(rows)
             if table in ("messages", "dead"):
                 copied["already"] += len(rows) - len(fresh)

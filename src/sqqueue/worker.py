@@ -31,9 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .core.checks import error_text
+from .core.queue import Queue
 from .exceptions import ErrorKind, Reject
 from .message import Message
-from .queue import Queue, _error_text
 from .result import Err, Ok, Result
 
 __all__ = ["Worker", "WorkerHooks", "WorkerStats", "worker"]
@@ -221,7 +222,7 @@ class WorkerCore:
         task = _Task(message, time.monotonic())
         with self._lock:
             self._tasks[key] = task
-        self._observe("time_in_queue", self.queue._now() - message.enqueued_at.timestamp())
+        self._observe("time_in_queue", self.queue.parts.now() - message.enqueued_at.timestamp())
         self._count(started=1)
         self.hooks.call("on_start", message)
         logger.debug(
@@ -299,7 +300,7 @@ class WorkerCore:
                     "be delivered again when their leases expire",
                     self.name,
                     len(batch),
-                    _error_text(exc),
+                    error_text(exc),
                     exc_info=exc,
                 )
 
@@ -341,7 +342,7 @@ class WorkerCore:
         logger.debug("worker %s: completed message %d", self.name, message.id, extra=log_extra)
 
     def _observe(self, kind: str, seconds: float) -> None:
-        self.queue._metrics.timing(f"{kind}_seconds", seconds)
+        self.queue.parts.metrics.timing(f"{kind}_seconds", seconds)
         if self.durations is not None:
             try:
                 self.durations.observe(self.queue.name, kind, seconds)
@@ -361,7 +362,7 @@ class WorkerCore:
 
     def _record_failure(self, message: Message, exc: BaseException, elapsed: float) -> None:
         log_extra = {"message_id": message.id, "attempt": message.attempts}
-        error = _error_text(exc)
+        error = error_text(exc)
         unusual = _unusual(exc)
         if unusual is not None:
             # Not an ordinary failure: say so loudly, the message is failed all the same.
@@ -421,11 +422,11 @@ class WorkerCore:
         logger.error(
             "worker %s: a runner failed unexpectedly (%s); another takes its place",
             self.name,
-            _error_text(exc),
+            error_text(exc),
             exc_info=exc,
         )
         if task is not None and held:
-            error = RuntimeError(f"the worker failed while handling it: {_error_text(exc)}")
+            error = RuntimeError(f"the worker failed while handling it: {error_text(exc)}")
             error.__cause__ = exc
             self._record_failure(task.message, error, time.monotonic() - task.started)
 

@@ -225,8 +225,8 @@ class Backend(ABC):
         """True when no message is ready, delayed, waiting or leased (dead letters aside)."""
 
     @abstractmethod
-    def count_pending(self) -> int:
-        """Messages waiting to be delivered (ready or delayed)."""
+    def count_unleased(self) -> int:
+        """Messages not leased: ready, delayed and waiting (the size gauge)."""
 
     @abstractmethod
     def next_due(self) -> float | None:

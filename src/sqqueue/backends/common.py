@@ -15,6 +15,7 @@ are held: SQLite's statements use it as given; PostgreSQL's use the server's clo
 
 from __future__ import annotations
 
+import logging
 import math
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
@@ -35,6 +36,8 @@ __all__ = ["TOTALS", "SQLBackend"]
 
 T = TypeVar("T")
 Conn = Any  # sqlite3.Connection or psycopg.Connection
+
+logger = logging.getLogger(__name__)
 
 #: the event totals each operation may add to
 TOTALS = ("enqueued", "completed", "failed", "dead_lettered", "expired", "ttl_expired")
@@ -69,6 +72,16 @@ class SQLBackend(Backend):
     def _read_tx(self, fn: Callable[[Conn], T]) -> T:
         """A read of several statements from one snapshot (default: a plain read)."""
         return self._read(fn)
+
+    def _apply_upgrade(
+        self, conn: Conn, steps: Sequence[str], set_version: str, old: int, new: int
+    ) -> None:
+        """Run the statements of a schema upgrade and record the queue's new version, in
+        the caller's transaction."""
+        for statement in steps:
+            conn.execute(statement)
+        conn.execute(set_version, (new, self.name))
+        logger.info("upgraded queue %r in %s from schema %d to %d", self.name, self.path, old, new)
 
     @abstractmethod
     def _message(self, row: Sequence[Any]) -> StoredMessage: ...
@@ -320,8 +333,8 @@ class SQLBackend(Backend):
     def is_drained(self) -> bool:
         return bool(self._read(lambda conn: self._one(conn, "is_drained")[0]))
 
-    def count_pending(self) -> int:
-        return int(self._read(lambda conn: self._one(conn, "count_pending")[0]))
+    def count_unleased(self) -> int:
+        return int(self._read(lambda conn: self._one(conn, "count_unleased")[0]))
 
     def next_due(self) -> float | None:
         row = self._read(lambda conn: self._one(conn, "next_due", {"now": self._now()}))

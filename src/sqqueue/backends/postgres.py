@@ -21,7 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 try:
     import psycopg
@@ -53,6 +53,7 @@ __all__ = ["SCHEMA_VERSION", "PostgresBackend"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+P = ParamSpec("P")
 SCHEMA_VERSION = sql.SCHEMA_VERSION  # defined with the schema, in postgres_sql
 # Errors after which the whole transaction can simply run again.
 _RETRY = (
@@ -239,13 +240,44 @@ def list_postgres_queues(url: str, schema: str | None = None) -> list[str]:
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             if schema is not None:
-                conn.execute(f'SET search_path TO "{validate_queue_name(schema)}"')
-            if conn.execute("SELECT to_regclass('sqqueue_queues')").fetchone() == (None,):
+                conn.execute(sql.SET_SEARCH_PATH.format(schema=validate_queue_name(schema)))
+            if conn.execute(sql.HAS_REGISTRY).fetchone() == (None,):
                 return []
-            rows = conn.execute("SELECT name FROM sqqueue_queues ORDER BY name").fetchall()
+            rows = conn.execute(sql.QUEUE_NAMES).fetchall()
     except psycopg.Error as exc:
         raise StorageError(f"cannot list queues at {redact(url)!r}: {exc}") from exc
     return [r[0] for r in rows]
+
+
+def classify(exc: BaseException, path: str, role: str | None = None) -> StorageError:
+    """Turn a psycopg exception into a StorageError that says what to do (``role``: the
+    role the URL logs in as, named when it lacks a privilege)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, pg_errors.DiskFull):
+        return StorageError(
+            f"the PostgreSQL server of {path!r} is out of disk space ({text})",
+            ErrorKind.DISK_FULL,
+        )
+    if isinstance(exc, pg_errors.InsufficientPrivilege):
+        who = f"role {role!r}" if role else "the role of this URL"
+        return StorageError(
+            f"{who} lacks a privilege on {path!r}: {text}; {GRANTS_HINT}",
+            ErrorKind.READ_ONLY,
+        )
+    if isinstance(exc, pg_errors.ReadOnlySqlTransaction):
+        return StorageError(
+            f"cannot write to {path!r}: {text}; check the role's privileges",
+            ErrorKind.READ_ONLY,
+        )
+    if isinstance(exc, (pg_errors.LockNotAvailable, pg_errors.QueryCanceled)):
+        return StorageError(f"{path!r} stayed locked ({text})", ErrorKind.LOCKED)
+    if isinstance(exc, psycopg.OperationalError):
+        return StorageError(
+            f"lost the connection to the PostgreSQL server at {path!r} ({text}); "
+            "it was retried until lock_timeout, check the server and the network",
+            ErrorKind.STORAGE,
+        )
+    return StorageError(f"database error on {path!r}: {text}", ErrorKind.STORAGE)
 
 
 class PostgresBackend(SQLBackend):
@@ -297,7 +329,8 @@ class PostgresBackend(SQLBackend):
         self._listening = False
         self._listener_pid: int | None = None  # the server process of the listener, for tests
         self._column_cache: dict[str, list[str]] = {}
-        self._role = conninfo_to_dict(url).get("user")
+        user = conninfo_to_dict(url).get("user")
+        self._role = None if user is None else str(user)
         try:
             self._init_schema(default_max_attempts)
         except StorageError as exc:
@@ -330,15 +363,17 @@ class PostgresBackend(SQLBackend):
             raise _ConnectFailed(exc, any(t in text for t in _TRANSIENT_CONNECT)) from exc
         try:
             if self.schema is not None:
-                conn.execute(f'SET search_path TO "{self.schema}"')  # created by _init_schema
+                conn.execute(
+                    sql.SET_SEARCH_PATH.format(schema=self.schema)
+                )  # created by _init_schema
             # A statement waiting on a row or table lock gives up at lock_timeout, like
             # SQLite's busy timeout; the retry loop then reports LOCKED.
             ms = max(int(self._lock_timeout * 1000), 1)
-            conn.execute(f"SET lock_timeout = {ms}")
+            conn.execute(sql.SET_LOCK_TIMEOUT.format(ms=ms))
             self._lock_ms[conn] = ms
             if self.read_only:
                 # Whatever a read-only queue object runs, the server refuses to write it.
-                conn.execute("SET default_transaction_read_only = on")
+                conn.execute(sql.READ_ONLY_TRANSACTIONS)
         except BaseException:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -373,33 +408,6 @@ class PostgresBackend(SQLBackend):
 
     # -- transactions ----------------------------------------------------------------------
 
-    def _classify(self, exc: BaseException) -> StorageError:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, pg_errors.DiskFull):
-            return StorageError(
-                f"the PostgreSQL server of {self.path!r} is out of disk space ({text})",
-                ErrorKind.DISK_FULL,
-            )
-        if isinstance(exc, pg_errors.InsufficientPrivilege):
-            return StorageError(
-                f"{self._role_shown()} lacks a privilege on {self.path!r}: {text}; {GRANTS_HINT}",
-                ErrorKind.READ_ONLY,
-            )
-        if isinstance(exc, pg_errors.ReadOnlySqlTransaction):
-            return StorageError(
-                f"cannot write to {self.path!r}: {text}; check the role's privileges",
-                ErrorKind.READ_ONLY,
-            )
-        if isinstance(exc, (pg_errors.LockNotAvailable, pg_errors.QueryCanceled)):
-            return StorageError(f"{self.path!r} stayed locked ({text})", ErrorKind.LOCKED)
-        if isinstance(exc, psycopg.OperationalError):
-            return StorageError(
-                f"lost the connection to the PostgreSQL server at {self.path!r} ({text}); "
-                "it was retried until lock_timeout, check the server and the network",
-                ErrorKind.STORAGE,
-            )
-        return StorageError(f"database error on {self.path!r}: {text}", ErrorKind.STORAGE)
-
     def _role_shown(self) -> str:
         """The role the URL logs in as, for messages (never the password)."""
         return f"role {self._role!r}" if self._role else "the role of this URL"
@@ -413,13 +421,27 @@ class PostgresBackend(SQLBackend):
         )
 
     def _run(
-        self, fn: Callable[[psycopg.Connection[Any]], T], write: bool, single: bool = False
+        self,
+        fn: Callable[Concatenate[psycopg.Connection[Any], P], T],
+        write: bool,
+        *args: P.args,
+        **kwargs: P.kwargs,
     ) -> T:
-        """Run ``fn`` in one transaction; retry on lost connections and lock conflicts
-        until the deadline. A lost COMMIT is reported as an unknown outcome.
+        """Run ``fn(conn, *args, **kwargs)`` in one transaction; retry on lost connections
+        and lock conflicts until the deadline. A lost COMMIT is reported as an unknown
+        outcome. (The signature of every backend's ``_run``.)"""
+        if args or kwargs:
+            return self._transact(lambda conn: fn(conn, *args, **kwargs), write, False)
+        return self._transact(fn, write, False)
 
-        ``single``: ``fn`` runs exactly one statement, which is then its own transaction
-        (autocommit): one round trip instead of three (BEGIN, statement, COMMIT)."""
+    def _run_alone(self, fn: Callable[[psycopg.Connection[Any]], T], write: bool) -> T:
+        """``_run`` for an ``fn`` that runs exactly one statement, which is then its own
+        transaction (autocommit): one round trip instead of three (BEGIN, statement,
+        COMMIT)."""
+        return self._transact(fn, write, True)
+
+    def _transact(self, fn: Callable[[psycopg.Connection[Any]], T], write: bool, single: bool) -> T:
+        """The retry loop of ``_run`` and ``_run_alone``."""
         if write:
             self._refuse_writes()
         start = time.monotonic()
@@ -450,7 +472,7 @@ class PostgresBackend(SQLBackend):
                     exc_lost = psycopg.OperationalError("connection lost while committing a read")
                     attempt += 1
                     if time.monotonic() >= deadline:
-                        raise self._classify(exc_lost) from lost.__cause__
+                        raise classify(exc_lost, self.path, self._role) from lost.__cause__
                     time.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.5)))
                     continue
                 raise StorageError(
@@ -462,7 +484,7 @@ class PostgresBackend(SQLBackend):
                 attempt += 1
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    err = self._classify(exc)
+                    err = classify(exc, self.path, self._role)
                     if isinstance(exc, _RETRY) and not isinstance(exc, pg_errors.UniqueViolation):
                         raise StorageError(
                             f"{self.path!r} stayed locked for {time.monotonic() - start:.1f} s "
@@ -473,7 +495,7 @@ class PostgresBackend(SQLBackend):
                 logger.debug("queue %r: retrying after %s", self.name, exc)
                 time.sleep(min(remaining, random.uniform(0, min(0.002 * 2**attempt, 0.5))))
             except psycopg.Error as exc:
-                raise self._classify(exc) from exc
+                raise classify(exc, self.path, self._role) from exc
             except StorageError:
                 raise
 
@@ -507,7 +529,7 @@ class PostgresBackend(SQLBackend):
         wanted = full if remaining >= 0.9 * full else max(remaining, 0.001)
         ms = max(int(wanted * 1000), 1)
         if self._lock_ms.get(conn) != ms:
-            conn.execute(f"SET lock_timeout = {ms}")
+            conn.execute(sql.SET_LOCK_TIMEOUT.format(ms=ms))
             self._lock_ms[conn] = ms
 
     def _attempt(
@@ -525,15 +547,15 @@ class PostgresBackend(SQLBackend):
                         # The statement was its own commit: it may have taken effect.
                         raise _CommitLost() from exc
                     raise
-            conn.execute("BEGIN")
+            conn.execute(sql.BEGIN)
             try:
                 result = fn(conn)
             except BaseException:
                 with contextlib.suppress(Exception):
-                    conn.execute("ROLLBACK")
+                    conn.execute(sql.ROLLBACK)
                 raise
             try:
-                conn.execute("COMMIT")
+                conn.execute(sql.COMMIT)
             except psycopg.OperationalError as exc:
                 raise _CommitLost() from exc
             return result
@@ -570,11 +592,9 @@ class PostgresBackend(SQLBackend):
                         f"{self.path!r} (it lacks USAGE on the schema); {GRANTS_HINT}",
                         ErrorKind.READ_ONLY,
                     )
-            if conn.execute("SELECT to_regclass('sqqueue_queues')").fetchone() == (None,):
+            if conn.execute(sql.HAS_REGISTRY).fetchone() == (None,):
                 return None
-            row = conn.execute(
-                "SELECT schema_version FROM sqqueue_queues WHERE name = %s", (self.name,)
-            ).fetchone()
+            row = conn.execute(sql.SCHEMA_VERSION_OF, (self.name,)).fetchone()
             return self._known(row, SCHEMA_VERSION)
 
         return self._read(look)
@@ -601,22 +621,19 @@ class PostgresBackend(SQLBackend):
 
         def setup(conn: psycopg.Connection[Any]) -> None:
             # One schema change at a time across every process and machine.
-            conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('sqqueue schema', 0))")
+            conn.execute(sql.SCHEMA_LOCK)
             if self.schema is not None:
-                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                conn.execute(sql.CREATE_SCHEMA.format(schema=self.schema))
             for ddl in sql.REGISTRY_DDL:
                 conn.execute(ddl)
-            row = conn.execute(
-                "SELECT schema_version FROM sqqueue_queues WHERE name = %s", (self.name,)
-            ).fetchone()
+            row = conn.execute(sql.SCHEMA_VERSION_OF, (self.name,)).fetchone()
             version = self._known(row, SCHEMA_VERSION)
             if version is not None:
                 self._upgrade(conn, version)
                 return
             self._refuse_taken_names(conn)
             conn.execute(
-                "INSERT INTO sqqueue_queues (name, schema_version, created_at) VALUES "
-                "(%s, %s, coalesce(%s, extract(epoch FROM clock_timestamp())::float8))",
+                sql.REGISTER_QUEUE,
                 (self.name, SCHEMA_VERSION, self._now()),
             )
             for ddl in self._q.ddl:
@@ -653,19 +670,7 @@ class PostgresBackend(SQLBackend):
             }
             sequence = self._found(conn, self._sql["sequence"], None, "id sequence")
             steps += sql.upgrade_from_2(self._q, keys, sequence)
-        for statement in steps:
-            conn.execute(statement)
-        conn.execute(
-            "UPDATE sqqueue_queues SET schema_version = %s WHERE name = %s",
-            (SCHEMA_VERSION, self.name),
-        )
-        logger.info(
-            "upgraded queue %r in %s from schema %d to %d",
-            self.name,
-            self.path,
-            version,
-            SCHEMA_VERSION,
-        )
+        self._apply_upgrade(conn, steps, sql.SET_SCHEMA_VERSION, version, SCHEMA_VERSION)
 
     def _found(
         self, conn: psycopg.Connection[Any], statement: str, table: str | None, what: str
@@ -682,12 +687,10 @@ class PostgresBackend(SQLBackend):
     def _refuse_taken_names(self, conn: psycopg.Connection[Any]) -> None:
         """Refuse a new queue whose table another queue's object has: a queue still using
         the names of an older sqqueue, or any other table."""
-        exists = conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL", (sql.quote(self.name),)
-        ).fetchone()
+        exists = conn.execute(sql.TABLE_EXISTS, (sql.quote(self.name),)).fetchone()
         if not (exists and exists[0]):
             return
-        for other, version in conn.execute("SELECT name, schema_version FROM sqqueue_queues"):
+        for other, version in conn.execute(sql.REGISTERED_VERSIONS):
             if self.name in sql.object_names(other, version).values() and other != self.name:
                 raise StorageError(
                     f"cannot create queue {self.name!r} in {self.path!r}: {self.name!r} is a "
@@ -718,9 +721,7 @@ class PostgresBackend(SQLBackend):
         now = self._now()
         policy = self.policy
         if policy.max_depth is not None:
-            conn.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{self.name}/depth",)
-            )
+            conn.execute(sql.ADVISORY_LOCK, (f"{self.name}/depth",))
         # Locks in a fixed order, so two producers can never deadlock on them.
         for group in sorted({m.group_key for m in messages if m.group_key is not None}):
             conn.execute(self._sql["group_lock"], {"group_key": group})
@@ -780,28 +781,25 @@ class PostgresBackend(SQLBackend):
         rows = [_values(m) for m in messages]
         if len(rows) == 1:
             one = rows[0]
-            return self._run(
+            return self._run_alone(
                 lambda conn: [int(self._one(conn, "insert_one", {**one, "now": self._now()})[0])],
                 write=True,
-                single=True,
             )
         many: dict[str, Any] = {key: [row[key] for row in rows] for key in rows[0]}
-        return self._run(
+        return self._run_alone(
             lambda conn: [
                 int(i) for i in self._one(conn, "insert_many", {**many, "now": self._now()})[0]
             ],
             write=True,
-            single=True,
         )
 
     def claim(self, limit: int, lease: float, token: int) -> tuple[list[StoredMessage], int]:
         params = {"lease": lease, "token": token, "limit": limit}
-        rows = self._run(
+        rows = self._run_alone(
             lambda conn: conn.execute(
                 self._sql["claim_probe"], {**params, "now": self._now()}
             ).fetchall(),
             write=True,
-            single=True,
         )
         if rows[0][-1]:
             # Something to fold first (rare): fold and claim in one transaction.
@@ -814,10 +812,9 @@ class PostgresBackend(SQLBackend):
         if self.policy.keeps_history:
             return super().complete(message_id, token, result)
         params = {"id": message_id, "token": token}
-        row = self._run(
+        row = self._run_alone(
             lambda conn: self._one(conn, "complete_counted", {**params, "now": self._now()}),
             write=True,
-            single=True,
         )
         if row is not None and row[0]:
             return Outcome.DONE
@@ -831,10 +828,9 @@ class PostgresBackend(SQLBackend):
             "tokens": [token for _, token in refs],
             "n": len(refs),
         }
-        row = self._run(
+        row = self._run_alone(
             lambda conn: self._one(conn, "complete_all", {**params, "now": self._now()}),
             write=True,
-            single=True,
         )
         if row is not None and row[0] == len(refs):
             return [Outcome.DONE] * len(refs)
@@ -863,7 +859,7 @@ class PostgresBackend(SQLBackend):
         try:
             return self._insert(conn, messages)
         except psycopg.Error as exc:
-            raise self._classify(exc) from exc
+            raise classify(exc, self.path, self._role) from exc
 
     def purge(self, states: Sequence[str], older_than: float | None) -> int:
         # A consumer may delete the queue's rows (that is how it completes messages), and
@@ -934,15 +930,15 @@ class PostgresBackend(SQLBackend):
                 continue
             self._listener_pid = conn.info.backend_pid
             try:
-                conn.execute("LISTEN sqqueue")
+                conn.execute(sql.LISTEN)
                 if self.schema is not None:
-                    conn.execute(f'SET search_path TO "{self.schema}"')
+                    conn.execute(sql.SET_SEARCH_PATH.format(schema=self.schema))
                 # Producers notify "<schema>.<queue>": same-named queues in other schemas
                 # do not wake this one.
                 # Whatever was committed before LISTEN took effect was not notified to us:
                 # wake the waiters once so they look.
                 signal.notify()
-                current = conn.execute("SELECT current_schema()").fetchone()
+                current = conn.execute(sql.CURRENT_SCHEMA).fetchone()
                 expected = f"{current[0] if current else 'public'}.{self.name}"
                 self._listening = True
                 backoff = 0.05
@@ -1046,7 +1042,7 @@ class PostgresBackend(SQLBackend):
 
         def run(c: psycopg.Connection[Any]) -> None:
             for table in ("q", "dlq", "done", "dedup"):
-                c.execute(f"VACUUM {self._q.subst[table]}")
+                c.execute(sql.VACUUM_TABLE.format(table=self._q.subst[table]))
 
         self._refuse_writes()
         if conn is not None:
@@ -1054,7 +1050,7 @@ class PostgresBackend(SQLBackend):
                 "vacuum_database(conn) takes no connection on PostgreSQL", ErrorKind.INVALID_INPUT
             )
         # VACUUM cannot run inside a transaction: each statement is its own.
-        self._run(run, write=False, single=True)
+        self._run_alone(run, write=False)
 
     def checkpoint(self, conn: Any = None) -> None:
         """Nothing to do: PostgreSQL checkpoints its WAL by itself."""

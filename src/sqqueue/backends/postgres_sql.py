@@ -264,7 +264,9 @@ _ANY_EXPIRED = """coalesce((SELECT min(lease_expires_at) FROM $q
                           WHERE expires_at IS NOT NULL) <= $now, false)"""
 
 STATEMENTS = {
+    # Serialise enqueues of one group (the first of a group is ready, later ones wait).
     "group_lock": "SELECT pg_advisory_xact_lock(hashtextextended($lit || '/' || %(group_key)s, 0))",
+    # Insert one message with every option.
     "insert": """
         INSERT INTO $q (id, body_text, body_bytes, encoding, checksum, status, priority,
                         visible_at, max_attempts, created_at, updated_at, expires_at, group_key)
@@ -301,9 +303,11 @@ STATEMENTS = {
             RETURNING id)
         SELECT array_agg(id ORDER BY id), pg_notify('sqqueue', current_schema() || '.' || $lit)
           FROM added""",
+    # Draw the id the next message gets from the queue's sequence.
     "next_id": "SELECT nextval(pg_get_serial_sequence($q_regclass, 'id'))",
     # The name of the id sequence, qualified and quoted as SQL text needs it.
     "sequence": "SELECT pg_get_serial_sequence($q_regclass, 'id')",
+    # Take a dedup key for a new message; nothing when another message holds it.
     "dedup_claim": """
         INSERT INTO $dedup (key, message_id, expires_at)
         VALUES (%(key)s, %(id)s, $now + %(window)s::float8)
@@ -312,12 +316,15 @@ STATEMENTS = {
     "dedup_get": """
         SELECT message_id, expires_at IS NOT NULL, expires_at > $now
           FROM $dedup WHERE key = %(key)s FOR UPDATE""",
+    # Point a dedup key at a new message, its window starting now.
     "dedup_set": """
         UPDATE $dedup SET message_id = %(id)s, expires_at = $now + %(window)s::float8
          WHERE key = %(key)s""",
+    # Whether an id is taken, by a message or a dead letter.
     "exists": """
         SELECT EXISTS (SELECT 1 FROM $q WHERE id = %(id)s)
             OR EXISTS (SELECT 1 FROM $dlq WHERE id = %(id)s)""",
+    # Messages counted against max_depth: ready, delayed, waiting and processing.
     "depth": """
         SELECT coalesce(sum(pending_count + processing_count), 0)
           FROM sqqueue_counters WHERE queue = $lit""",
@@ -325,7 +332,9 @@ STATEMENTS = {
     "register": f"""
         INSERT INTO sqqueue_queues (name, schema_version, created_at)
         VALUES ($lit, {SCHEMA_VERSION}, extract(epoch FROM clock_timestamp()))""",
+    # Wake listeners of this queue (consumers waiting in other processes).
     "notify": "SELECT pg_notify('sqqueue', current_schema() || '.' || $lit)",
+    # Lease up to :limit ready messages, skipping rows other claims hold.
     "claim": f"""
         WITH picked AS (
             SELECT id FROM $q
@@ -377,6 +386,7 @@ STATEMENTS = {
                 AND (status <> 'processing' OR lease_expires_at <= $now))
          LIMIT 1000
          FOR UPDATE SKIP LOCKED""",
+    # Dead-letter the messages past their time to live.
     "ttl_bury": f"""
         INSERT INTO $dlq ({DEAD_COLUMNS})
         SELECT id, {_COPY}, attempts, max_attempts,
@@ -384,7 +394,9 @@ STATEMENTS = {
                created_at, $now, $now, group_key, prior_attempts
           FROM $q
          WHERE id = ANY(%(ids)s) AND expires_at <= $now""",
+    # Delete the messages past their time to live (once buried, or when dropped).
     "ttl_delete": "DELETE FROM $q WHERE id = ANY(%(ids)s) AND expires_at <= $now",
+    # Dead-letter the messages whose lease ran out on their last attempt.
     "lease_bury": f"""
         INSERT INTO $dlq ({DEAD_COLUMNS})
         SELECT id, {_COPY}, attempts, max_attempts,
@@ -393,15 +405,18 @@ STATEMENTS = {
                created_at, $now, $now, group_key, prior_attempts
           FROM $q
          WHERE id = ANY(%(ids)s) AND status = 'processing' AND attempts >= max_attempts""",
+    # Delete those messages from the queue table, once buried.
     "lease_delete_dead": """
         DELETE FROM $q
          WHERE id = ANY(%(ids)s) AND status = 'processing' AND attempts >= max_attempts""",
+    # Return the messages whose lease ran out, visible from when it ran out.
     "lease_return": """
         UPDATE $q
            SET status = 'pending', visible_at = lease_expires_at, lease_token = NULL,
                lease_expires_at = NULL, updated_at = $now,
                last_error = 'lease expired on attempt ' || attempts || ' of ' || max_attempts
          WHERE id = ANY(%(ids)s) AND status = 'processing'""",
+    # Delete a message under a live lease (the caller's, when a token is given).
     "complete": f"DELETE FROM $q WHERE id = %(id)s AND {_LIVE} RETURNING group_key",
     # complete as one statement: the delete and the completed total together; returns
     # the number of messages completed (0: not held, ask why).
@@ -433,27 +448,34 @@ STATEMENTS = {
         INSERT INTO $done ({DONE_COLUMNS})
         SELECT id, {_COPY}, attempts, created_at, $now, group_key, %(result)s
           FROM $q WHERE id = %(id)s AND {_LIVE}""",
+    # Give a leased message back: visible after :delay, its attempt refunded if asked.
     "release": f"""
         UPDATE $q
            SET status = 'pending', visible_at = $now + %(delay)s, lease_token = NULL,
                lease_expires_at = NULL, attempts = greatest(attempts - %(refund)s, 0),
                last_error = coalesce(%(error)s, last_error), updated_at = $now
          WHERE id = %(id)s AND {_LIVE}""",
+    # Move a live lease's expiry to lease seconds from now.
     "extend": f"""
         UPDATE $q SET lease_expires_at = $now + %(lease)s, updated_at = $now
          WHERE id = %(id)s AND {_LIVE}
         RETURNING lease_expires_at""",
+    # The attempt count of a message under a live lease (the caller's, when a token is given).
     "attempts_if_live": f"""
         SELECT attempts, max_attempts FROM $q WHERE id = %(id)s AND {_LIVE} FOR UPDATE""",
+    # The status and lease token of one message.
     "state": "SELECT status, lease_token FROM $q WHERE id = %(id)s",
+    # Whether a message is in the dead-letter table.
     "in_dlq": "SELECT 1 FROM $dlq WHERE id = %(id)s",
+    # Copy one message into the dead-letter table, with its error and the time it died.
     "bury": f"""
         INSERT INTO $dlq ({DEAD_COLUMNS})
         SELECT id, {_COPY}, attempts, max_attempts, coalesce(%(error)s, last_error),
                created_at, $now, $now, group_key, prior_attempts
           FROM $q WHERE id = %(id)s""",
+    # Delete one message by id, whatever its state.
     "delete": "DELETE FROM $q WHERE id = %(id)s",
-    "lock_pending": "SELECT group_key FROM $q WHERE id = %(id)s AND status <> 'processing' FOR UPDATE",
+    # Put a dead letter back in the queue with its id and a fresh attempt count.
     "revive": f"""
         INSERT INTO $q (id, {_COPY}, status, visible_at, attempts, max_attempts, last_error,
                         created_at, updated_at, group_key, prior_attempts)
@@ -464,31 +486,41 @@ STATEMENTS = {
                $now, 0, max_attempts, last_error, created_at, $now, group_key,
                prior_attempts + attempts
           FROM $dlq AS d WHERE id = %(id)s""",
+    # The group of a dead letter, to put it back behind its group's messages.
     "dead_group": "SELECT group_key FROM $dlq WHERE id = %(id)s FOR UPDATE",
     # Whether this role administers the queue (may delete its dead letters): purging is
     # refused to the others, as a consumer's DELETE on the queue is only for completing.
     "may_administer": "SELECT has_table_privilege($dlq_regclass, 'DELETE')",
+    # Delete one dead letter by id.
     "delete_dead": "DELETE FROM $dlq WHERE id = %(id)s",
+    # Whether a queue is registered.
     "queue_exists": "SELECT 1 FROM sqqueue_queues WHERE name = %(name)s",
+    # A page of dead letter ids, in id order.
     "dead_ids": "SELECT id FROM $dlq WHERE id > %(after)s ORDER BY id LIMIT %(limit)s",
+    # The message a claim would take next, without leasing it.
     "peek": f"""
         SELECT {COLUMNS} FROM $q
          WHERE status = 'pending' AND visible_at <= $now
            AND (expires_at IS NULL OR expires_at > $now)
          ORDER BY priority DESC, visible_at, id
          LIMIT 1""",
+    # A message under a lease that ran out, which a claim would take back first.
     "peek_expired": f"""
         SELECT {COLUMNS} FROM $q
          WHERE status = 'processing' AND lease_expires_at <= $now
            AND attempts < max_attempts AND (expires_at IS NULL OR expires_at > $now)
          ORDER BY priority DESC, lease_expires_at, id
          LIMIT 1""",
+    # Whether the queue holds no message at all (dead letters and history aside).
     "is_drained": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
-    "count_pending": """
+    # Ready, delayed and waiting messages (the depth less those processing): the size gauge.
+    "count_unleased": """
         SELECT coalesce(sum(pending_count), 0) FROM sqqueue_counters WHERE queue = $lit""",
+    # Add to the queue's totals through sqqueue_count (one row per slot, no hot row).
     "bump": """
         SELECT sqqueue_count($lit, 0, 0, 0, %(enqueued)s, %(completed)s, %(failed)s,
                              %(dead_lettered)s, %(expired)s, %(ttl_expired)s)""",
+    # Exact counts from the rows, when a queue is created or migrated.
     "recount": """
         WITH counted AS (
             SELECT (SELECT count(*) FROM $q WHERE status <> 'processing') AS p,
@@ -499,10 +531,12 @@ STATEMENTS = {
                              d - coalesce(sum(dead_count), 0))
           FROM counted LEFT JOIN sqqueue_counters ON queue = $lit
          GROUP BY p, r, d""",
+    # Start the enqueued total from the messages already there.
     "seed_totals": """
         SELECT sqqueue_count($lit, 0, 0, 0, coalesce(sum(pending_count + processing_count
                                                          + dead_count), 0))
           FROM sqqueue_counters WHERE queue = $lit""",
+    # Every counter of the queue, for stats.
     "counters": """
         SELECT coalesce(sum(pending_count), 0), coalesce(sum(processing_count), 0),
                coalesce(sum(dead_count), 0), coalesce(sum(enqueued_total), 0),
@@ -529,59 +563,79 @@ STATEMENTS = {
     # Only grouped messages wait: counted through the group index, not the whole table.
     "waiting": """
         SELECT count(*) FROM $q WHERE group_key IS NOT NULL AND status = 'waiting'""",
+    # Leases that run out within the horizon.
     "expiring": """
         SELECT count(*) FROM $q
          WHERE status = 'processing' AND lease_expires_at <= $now + %(horizon)s""",
+    # When the next delayed message falls due or lease runs out.
     "next_due": """
         SELECT least((SELECT min(visible_at) FROM $q WHERE status = 'pending'),
                      (SELECT min(lease_expires_at) FROM $q WHERE status = 'processing'),
                      (SELECT min(expires_at) FROM $q WHERE expires_at IS NOT NULL)) - $now""",
+    # Every dead letter, in the order they died (0.1.0's get_dead_letters).
     "dead_letters": f"SELECT {DEAD_COLUMNS} FROM $dlq ORDER BY dead_at, id",
+    # A page of ready messages, by id.
     "list_ready": f"""SELECT {COLUMNS} FROM $q WHERE status = 'pending'
                       AND visible_at <= $now AND id > %(after)s ORDER BY id LIMIT %(limit)s""",
     # Pending is ready and delayed together; each row says which.
     "list_pending": f"""SELECT {LIST_ALL_COLUMNS} FROM $q WHERE status = 'pending'
                         AND id > %(after)s ORDER BY id LIMIT %(limit)s""",
+    # A page of delayed messages, by id.
     "list_delayed": f"""SELECT {COLUMNS} FROM $q WHERE status = 'pending'
                         AND visible_at > $now AND id > %(after)s ORDER BY id LIMIT %(limit)s""",
     # Only grouped messages wait: read through the group index, not the whole table.
     "list_waiting": f"""SELECT {COLUMNS} FROM $q WHERE group_key IS NOT NULL AND status = 'waiting'
                         AND id > %(after)s ORDER BY id LIMIT %(limit)s""",
+    # A page of leased messages, by id.
     "list_processing": f"""SELECT {COLUMNS} FROM $q WHERE status = 'processing'
                            AND id > %(after)s ORDER BY id LIMIT %(limit)s""",
     # One message by id, wherever it is: in the queue, among the dead letters, in history.
     "find": f"SELECT {LIST_ALL_COLUMNS} FROM $q WHERE id = %(id)s",
+    # One dead letter by id.
     "find_dead": f"SELECT {DEAD_COLUMNS} FROM $dlq WHERE id = %(id)s",
+    # One kept completed message by id.
     "find_done": f"SELECT {DONE_COLUMNS} FROM $done WHERE id = %(id)s",
+    # A page of messages in any live state, by id.
     "list_all": f"""SELECT {LIST_ALL_COLUMNS} FROM $q WHERE id > %(after)s
                     ORDER BY id LIMIT %(limit)s""",
+    # A page of dead letters, by id.
     "list_dead": f"""SELECT {DEAD_COLUMNS} FROM $dlq WHERE id > %(after)s
                      ORDER BY id LIMIT %(limit)s""",
+    # A page of kept completed messages, by id.
     "list_done": f"""SELECT {DONE_COLUMNS} FROM $done WHERE id > %(after)s
                      ORDER BY id LIMIT %(limit)s""",
+    # Delete ready messages (enqueued before :age, if given).
     "purge_ready": """DELETE FROM $q WHERE status = 'pending' AND visible_at <= $now
                         AND (%(age)s::float8 IS NULL OR created_at < $now - %(age)s::float8)""",
+    # Delete delayed messages (enqueued before :age, if given).
     "purge_delayed": """DELETE FROM $q WHERE status = 'pending' AND visible_at > $now
                         AND (%(age)s::float8 IS NULL OR created_at < $now - %(age)s::float8)""",
+    # Delete messages waiting for their group (enqueued before :age, if given).
     "purge_waiting": """DELETE FROM $q WHERE status = 'waiting'
                         AND (%(age)s::float8 IS NULL OR created_at < $now - %(age)s::float8)""",
+    # Delete leased messages (enqueued before :age, if given).
     "purge_processing": """DELETE FROM $q WHERE status = 'processing'
                            AND (%(age)s::float8 IS NULL OR created_at < $now - %(age)s::float8)""",
+    # Delete dead letters (older than :age, if given).
     "purge_dead": """DELETE FROM $dlq
                      WHERE %(age)s::float8 IS NULL OR dead_at < $now - %(age)s::float8""",
+    # Delete kept completed messages (older than :age, if given).
     "purge_done": """DELETE FROM $done
                      WHERE %(age)s::float8 IS NULL OR completed_at < $now - %(age)s::float8""",
     # Never hand out an id that arrived with a copied row (one value may be skipped).
     "raise_sequence": """
         SELECT setval(pg_get_serial_sequence($q_regclass, 'id'),
                       greatest(%(high)s, nextval(pg_get_serial_sequence($q_regclass, 'id'))))""",
+    # Delete kept completed messages older than retention, a batch at a time.
     "prune_done_age": """
         DELETE FROM $done WHERE id IN (SELECT id FROM $done WHERE completed_at < $now - %(age)s
                                         ORDER BY completed_at LIMIT %(batch)s)""",
+    # Delete the oldest kept completed messages past retention_max, a batch at a time.
     "prune_done_count": """
         DELETE FROM $done WHERE id IN (SELECT id FROM $done ORDER BY completed_at
                                         LIMIT least(%(batch)s, greatest((SELECT count(*) FROM $done)
                                                                         - %(keep)s, 0)))""",
+    # Forget dedup keys past their window, or whose message is gone.
     "prune_dedup": """
         DELETE FROM $dedup WHERE key IN (
             SELECT key FROM $dedup
@@ -877,3 +931,49 @@ def grant_statements(schema: str, queues: Sequence[str], roles: dict[str, str]) 
                 Template(s).substitute({**values, **objects}) for s in _QUEUE_GRANTS[kind]
             ]
     return statements
+
+
+# -- Statements on the database and its connections, not on one queue --------------------
+# Each with what it does; ``{name}`` fields are filled with str.format by the caller.
+
+#: look for the queues' tables in this schema
+SET_SEARCH_PATH = 'SET search_path TO "{schema}"'
+#: how long a statement waits for a lock before it fails, in milliseconds
+SET_LOCK_TIMEOUT = "SET lock_timeout = {ms}"
+#: every transaction of the connection is read-only (read_only=True queues)
+READ_ONLY_TRANSACTIONS = "SET default_transaction_read_only = on"
+#: open a transaction
+BEGIN = "BEGIN"
+#: end a transaction, keeping its writes
+COMMIT = "COMMIT"
+#: end a transaction, undoing its writes
+ROLLBACK = "ROLLBACK"
+#: the registry of queues, or NULL when the schema has none
+HAS_REGISTRY = "SELECT to_regclass('sqqueue_queues')"
+#: the names of the registered queues, sorted
+QUEUE_NAMES = "SELECT name FROM sqqueue_queues ORDER BY name"
+#: the schema version of one registered queue
+SCHEMA_VERSION_OF = "SELECT schema_version FROM sqqueue_queues WHERE name = %s"
+#: one process at a time creates or upgrades queues (held until the transaction ends)
+SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('sqqueue schema', 0))"
+#: create the schema the queues live in
+CREATE_SCHEMA = 'CREATE SCHEMA IF NOT EXISTS "{schema}"'
+#: register a queue with its schema version and creation time (the server's, if not given)
+REGISTER_QUEUE = (
+    "INSERT INTO sqqueue_queues (name, schema_version, created_at) VALUES "
+    "(%s, %s, coalesce(%s, extract(epoch FROM clock_timestamp())::float8))"
+)
+#: record that a queue was upgraded to a schema version
+SET_SCHEMA_VERSION = "UPDATE sqqueue_queues SET schema_version = %s WHERE name = %s"
+#: whether a table exists
+TABLE_EXISTS = "SELECT to_regclass(%s) IS NOT NULL"
+#: every registered queue with its schema version
+REGISTERED_VERSIONS = "SELECT name, schema_version FROM sqqueue_queues"
+#: a lock on a name, held until the transaction ends
+ADVISORY_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+#: hear the notifications of enqueues (see the notify statement)
+LISTEN = "LISTEN sqqueue"
+#: the schema the connection's names resolve in
+CURRENT_SCHEMA = "SELECT current_schema()"
+#: reclaim a table's dead rows now
+VACUUM_TABLE = "VACUUM {table}"

@@ -55,7 +55,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 P = ParamSpec("P")
-_tuple_new = tuple.__new__
 R = TypeVar("R", StoredMessage, StoredDeadLetter, StoredDone)
 
 #: payloads from this size on are stored apart from their message row
@@ -168,7 +167,7 @@ class _DataVersion:
 
     def read(self) -> int:
         # fetchall: the statement runs to its end, so no read transaction stays open.
-        return int(self._cursor.execute("PRAGMA data_version").fetchall()[0][0])
+        return int(self._cursor.execute(sql.DATA_VERSION).fetchall()[0][0])
 
     def close(self) -> None:
         self._conn.close()
@@ -468,7 +467,7 @@ def open_read_only(
         raise classify(exc, path) from exc
     if resolved is not None:
         try:
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+            conn.execute(sql.READ_SCHEMA).fetchall()
         except _ERRORS as exc:
             conn.close()
             if not_a_database(exc):
@@ -601,9 +600,9 @@ class SQLiteBackend(SQLBackend):
             cached_statements=128,
         )
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self._lock_timeout * 1000)}")
-            conn.execute(f"PRAGMA synchronous = {self._synchronous.upper()}")
-            conn.execute(f"PRAGMA journal_size_limit = {int(self._journal_size_limit)}")
+            conn.execute(sql.BUSY_TIMEOUT.format(ms=int(self._lock_timeout * 1000)))
+            conn.execute(sql.SYNCHRONOUS.format(mode=self._synchronous.upper()))
+            conn.execute(sql.JOURNAL_SIZE_LIMIT.format(size=int(self._journal_size_limit)))
         except BaseException:
             conn.close()
             raise
@@ -730,7 +729,7 @@ class SQLiteBackend(SQLBackend):
         if not conn.in_transaction:
             return
         try:
-            conn.execute("ROLLBACK")
+            conn.execute(sql.ROLLBACK)
         except _ERRORS:
             # A connection that cannot roll back is not trusted again.
             logger.warning("rollback failed on %s; discarding the connection", self.path)
@@ -765,11 +764,11 @@ class SQLiteBackend(SQLBackend):
                 conn.text_factory = _lenient_text
             try:
                 if write:
-                    conn.execute("BEGIN IMMEDIATE")
+                    conn.execute(sql.BEGIN_IMMEDIATE)
                 try:
                     result = fn(conn, *args, **kwargs)
                     if write:
-                        conn.execute("COMMIT")
+                        conn.execute(sql.COMMIT)
                     return result
                 except BaseException:
                     self._rollback(conn)
@@ -856,20 +855,17 @@ class SQLiteBackend(SQLBackend):
         """A read of several statements, from one snapshot."""
 
         def run(conn: sqlite3.Connection) -> T:
-            conn.execute("BEGIN")
+            conn.execute(sql.BEGIN)
             try:
                 return fn(conn)
             finally:
-                conn.execute("COMMIT")
+                conn.execute(sql.COMMIT)
 
         return self._read(run)
 
     def _with_bodies(self, conn: sqlite3.Connection, rows: list[R]) -> list[R]:
         """Fill in the payloads kept in the body table (large ones)."""
-        for row in rows:  # a loop, not all(...): this runs for every claim
-            if row.data is None:
-                break
-        else:
+        if all(row.data is not None for row in rows):
             return rows
         out = []
         for row in rows:
@@ -897,17 +893,15 @@ class SQLiteBackend(SQLBackend):
             # gets this same connection back (the pool is last in, first out, and no
             # other thread has this object yet).
             with self._borrowed() as conn:
-                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                conn.execute(sql.AUTO_VACUUM_INCREMENTAL)
+                mode = conn.execute(sql.JOURNAL_MODE_WAL).fetchone()[0]
             if str(mode).lower() != "wal":
                 logger.warning("%s: journal_mode is %s, not WAL", self.path, mode)
 
         def setup(conn: sqlite3.Connection) -> None:
             for ddl in sql.REGISTRY_DDL:
                 conn.execute(ddl)
-            row = conn.execute(
-                "SELECT schema_version FROM sqqueue_queues WHERE name = ?", (self.name,)
-            ).fetchone()
+            row = conn.execute(sql.SCHEMA_VERSION_OF, (self.name,)).fetchone()
             version = self._known(row, SCHEMA_VERSION)
             if version is not None:
                 self._upgrade(conn, version)
@@ -918,7 +912,7 @@ class SQLiteBackend(SQLBackend):
             # Registered first so the count triggers find the row; counted once at the end
             # because migrated rows were inserted before the triggers existed.
             conn.execute(
-                "INSERT INTO sqqueue_queues (name, schema_version, created_at) VALUES (?, ?, ?)",
+                sql.REGISTER_QUEUE,
                 (self.name, SCHEMA_VERSION, now),
             )
             conn.execute(self._sql["make_counters"])
@@ -954,19 +948,7 @@ class SQLiteBackend(SQLBackend):
             steps += self._q.upgrades[3]
         if version < 5:
             steps += self._q.upgrades[4]
-        for statement in steps:
-            conn.execute(statement)
-        conn.execute(
-            "UPDATE sqqueue_queues SET schema_version = ? WHERE name = ?",
-            (SCHEMA_VERSION, self.name),
-        )
-        logger.info(
-            "upgraded queue %r in %s from schema %d to %d",
-            self.name,
-            self.path,
-            version,
-            SCHEMA_VERSION,
-        )
+        self._apply_upgrade(conn, steps, sql.SET_SCHEMA_VERSION, version, SCHEMA_VERSION)
 
     def _look_up_schema(self) -> None:
         """For a read-only queue: find the queue, change nothing. A queue of an older
@@ -974,14 +956,10 @@ class SQLiteBackend(SQLBackend):
         writes (unless ``older_layout``: then it is read by the names of its version)."""
 
         def look(conn: sqlite3.Connection) -> int:
-            registry = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sqqueue_queues'"
-            ).fetchone()
+            registry = conn.execute(sql.HAS_REGISTRY).fetchone()
             row = None
             if registry is not None:
-                row = conn.execute(
-                    "SELECT schema_version FROM sqqueue_queues WHERE name = ?", (self.name,)
-                ).fetchone()
+                row = conn.execute(sql.SCHEMA_VERSION_OF, (self.name,)).fetchone()
             version = self._known(row, SCHEMA_VERSION)
             if version == SCHEMA_VERSION or (version is not None and self._older_layout):
                 return version
@@ -1016,7 +994,7 @@ class SQLiteBackend(SQLBackend):
         queue still using the names of an older sqqueue."""
         self._refuse_case_conflict(conn)
         wanted = {name.lower() for name in self._q.tables.values()}
-        for other, version in conn.execute("SELECT name, schema_version FROM sqqueue_queues"):
+        for other, version in conn.execute(sql.REGISTERED_VERSIONS):
             if version >= sql.SEPARATED_NAMES:
                 continue
             for role, taken in sql.object_names(other, version).items():
@@ -1029,7 +1007,7 @@ class SQLiteBackend(SQLBackend):
                         ErrorKind.INVALID_INPUT,
                     )
         found = conn.execute(
-            "SELECT type, name FROM sqlite_master WHERE lower(name) = lower(?) AND name <> ?",
+            sql.CLASHING_OBJECTS,
             (self.name, self.name),
         ).fetchone()
         if found is not None:
@@ -1042,7 +1020,7 @@ class SQLiteBackend(SQLBackend):
     def _refuse_case_conflict(self, conn: sqlite3.Connection) -> None:
         """Refuse a queue name that differs only in case from a queue of the file."""
         same = conn.execute(
-            "SELECT name FROM sqqueue_queues WHERE lower(name) = lower(?) AND name <> ?",
+            sql.CLASHING_QUEUES,
             (self.name, self.name),
         ).fetchone()
         if same is not None:
@@ -1056,7 +1034,7 @@ class SQLiteBackend(SQLBackend):
 
     @staticmethod
     def _table_columns(conn: sqlite3.Connection, table: str) -> set[str]:
-        return {row[1] for row in conn.execute("SELECT * FROM pragma_table_info(?)", (table,))}
+        return {row[1] for row in conn.execute(sql.TABLE_COLUMNS, (table,))}
 
     def ddl(self) -> list[str]:
         """The statements that create this queue (for teams that run migrations themselves)."""
@@ -1082,10 +1060,8 @@ class SQLiteBackend(SQLBackend):
         tables = self._q.tables
         has_legacy_dlq = bool(self._table_columns(conn, tables["dlq"]))
         if has_legacy_dlq:
-            conn.execute(f'ALTER TABLE "{tables["dlq"]}" RENAME TO "{tables["legacy_dlq"]}"')
-        seq_row = conn.execute(
-            "SELECT seq FROM sqlite_sequence WHERE name = ?", (self.name,)
-        ).fetchone()
+            conn.execute(sql.RENAME_TABLE.format(old=tables["dlq"], new=tables["legacy_dlq"]))
+        seq_row = conn.execute(sql.LEGACY_SEQUENCE, (self.name,)).fetchone()
         for statement in self._q.migration:
             conn.execute(statement, params)
         # 0.1.0 created an index named idx_status_id on its first queue; it went with the
@@ -1098,14 +1074,12 @@ class SQLiteBackend(SQLBackend):
     def _migrate_legacy_dlq(self, conn: sqlite3.Connection, now: float, max_attempts: int) -> None:
         tables = self._q.tables
         q, dlq, old = (f'"{tables[k]}"' for k in ("q", "dlq", "legacy_dlq"))
-        rows = conn.execute(
-            f"SELECT id, payload, priority, created_at, updated_at FROM {old} ORDER BY id"
-        ).fetchall()
+        rows = conn.execute(sql.LEGACY_ROWS.format(table=old)).fetchall()
         for old_id, payload, priority, created, updated in rows:
             # 0.1.0 numbered dead letters separately, so a dead letter's id may belong to a
             # live message too. Such a dead letter gets a fresh id from the queue's sequence.
             taken = conn.execute(
-                f"SELECT 1 FROM {q} WHERE id = ? UNION ALL SELECT 1 FROM {dlq} WHERE id = ?",
+                sql.ID_TAKEN.format(q=q, dlq=dlq),
                 (old_id, old_id),
             ).fetchone()
             new_id = old_id
@@ -1126,7 +1100,7 @@ class SQLiteBackend(SQLBackend):
                     "now": now,
                 },
             )
-        conn.execute(f"DROP TABLE {old}")
+        conn.execute(sql.DROP_TABLE.format(table=old))
 
     def _next_id(self, conn: sqlite3.Connection) -> int:
         """Reserve the next id, for a row that goes elsewhere than the queue table."""
@@ -1152,10 +1126,10 @@ class SQLiteBackend(SQLBackend):
         now = self._now()
         policy = self.policy
         plain = policy.max_depth is None
-        for m in messages if plain else ():  # a loop, not all(...): no generator to resume
-            if m.dedup_key is not None or m.group_key is not None or len(m.data) >= LARGE_PAYLOAD:
-                plain = False
-                break
+        plain = plain and all(
+            m.dedup_key is None and m.group_key is None and len(m.data) < LARGE_PAYLOAD
+            for m in messages
+        )
         if plain:
             # The common case: plain inserts, positional parameters, counted as fresh.
             # Inside one write transaction nobody else takes ids: number the rows here.
@@ -1258,7 +1232,7 @@ class SQLiteBackend(SQLBackend):
         self._check_open()
         self._refuse_writes()
         try:
-            files = [row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"]
+            files = [row[2] for row in conn.execute(sql.DATABASE_LIST) if row[1] == "main"]
             if (
                 self._memory
                 or not files
@@ -1296,7 +1270,7 @@ class SQLiteBackend(SQLBackend):
                 ErrorKind.INVALID_INPUT,
             )
         exclusive = conn.isolation_level.upper() == "EXCLUSIVE"
-        conn.execute("BEGIN EXCLUSIVE" if exclusive else "BEGIN IMMEDIATE")
+        conn.execute(sql.BEGIN_EXCLUSIVE if exclusive else sql.BEGIN_IMMEDIATE)
 
     def _now(self) -> float:
         now = float(self._clock())
@@ -1375,8 +1349,8 @@ class SQLiteBackend(SQLBackend):
         self._prune()
 
         def free_pages(conn: sqlite3.Connection) -> tuple[int, int]:
-            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-            return int(free), int(conn.execute("PRAGMA page_count").fetchone()[0])
+            free = conn.execute(sql.FREELIST_COUNT).fetchone()[0]
+            return int(free), int(conn.execute(sql.PAGE_COUNT).fetchone()[0])
 
         free, total = self._read(free_pages)
         if not self._memory:
@@ -1393,8 +1367,8 @@ class SQLiteBackend(SQLBackend):
             return
         pages = min(256 * max(rounds, 1), 4096)
         # executescript steps the pragma to completion; execute() would free one page only.
-        self._read(lambda conn: conn.executescript(f"PRAGMA incremental_vacuum({pages});"))
-        self._read(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+        self._read(lambda conn: conn.executescript(sql.INCREMENTAL_VACUUM.format(pages=pages)))
+        self._read(lambda conn: conn.execute(sql.CHECKPOINT_PASSIVE).fetchall())
 
     # -- hooks of SQLBackend ---------------------------------------------------------------
 
@@ -1448,9 +1422,8 @@ class SQLiteBackend(SQLBackend):
             return super().complete_many(refs)
 
     def _message(self, row: Sequence[Any]) -> StoredMessage:
-        # Runs for every message claimed: tuple.__new__ skips the named tuple's __new__
-        # (a Python function); the claim's columns are StoredMessage's fields, in order.
-        return _tuple_new(StoredMessage, (row[0], _payload(row[1], row[2]), *row[3:]))
+        # The claim's columns are StoredMessage's fields, in order.
+        return StoredMessage(row[0], _payload(row[1], row[2]), *row[3:])
 
     def _dead(self, row: Sequence[Any]) -> StoredDeadLetter:
         return _dead(row)
@@ -1538,7 +1511,7 @@ class SQLiteBackend(SQLBackend):
         """
         if not wal_bytes:
             return 0, 0
-        row = self._read(lambda c: c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0])
+        row = self._read(lambda c: c.execute(sql.CHECKPOINT_PASSIVE).fetchall()[0])
         frames, done = max(int(row[1]), 0), max(int(row[2]), 0)
         behind = frames - done
         now = time.monotonic()
@@ -1587,8 +1560,8 @@ class SQLiteBackend(SQLBackend):
                     "cannot VACUUM inside an open transaction; commit it first",
                     ErrorKind.INVALID_INPUT,
                 )
-            c.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            c.execute("VACUUM")
+            c.execute(sql.AUTO_VACUUM_INCREMENTAL)
+            c.execute(sql.VACUUM)
 
         self._with_conn(conn, run)
 
@@ -1597,7 +1570,7 @@ class SQLiteBackend(SQLBackend):
             return
 
         def run(c: sqlite3.Connection) -> None:
-            busy, _log, _done = c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            busy, _log, _done = c.execute(sql.CHECKPOINT_TRUNCATE).fetchone()
             if busy:
                 raise StorageError(
                     f"checkpoint of {self.path!r} could not finish: other connections are "
@@ -1609,7 +1582,7 @@ class SQLiteBackend(SQLBackend):
 
     def integrity_check(self) -> list[str]:
         """``PRAGMA integrity_check`` messages (``['ok']`` for a healthy file)."""
-        rows = self._read(lambda c: c.execute("PRAGMA integrity_check").fetchall())
+        rows = self._read(lambda c: c.execute(sql.INTEGRITY_CHECK).fetchall())
         return [str(r[0]) for r in rows]
 
     @contextlib.contextmanager

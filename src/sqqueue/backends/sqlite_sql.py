@@ -312,6 +312,7 @@ _FIRST_STATUS = """CASE WHEN :group_key IS NOT NULL AND EXISTS (
                       THEN 'waiting' ELSE 'pending' END"""
 
 STATEMENTS = {
+    # Insert one message with every option.
     "insert": f"""
         INSERT INTO $q (id, payload, encoding, checksum, priority, visible_at, max_attempts,
                         created_at, updated_at, expires_at)
@@ -327,27 +328,36 @@ STATEMENTS = {
         INSERT INTO $q (id, payload, encoding, checksum, priority, visible_at, max_attempts,
                         created_at, updated_at, expires_at)
         VALUES (?9, ?1, ?2, ?3, ?4, ?7 + ?5, ?6, ?7, ?7, ?7 + ?8)""",
+    # Insert one message of a group: waiting if its group has a message ahead.
     "insert_grouped": f"""
         INSERT INTO $q (id, payload, encoding, checksum, status, priority, visible_at,
                         max_attempts, created_at, updated_at, expires_at, group_key)
         VALUES ({_NEXT_ID}, :data, :encoding, :checksum, {_FIRST_STATUS}, :priority,
                 :now + :delay, :max_attempts, :now, :now, :now + :ttl, :group_key)""",
+    # The id the next message gets.
     "next_id": f"SELECT {_NEXT_ID}",
     # Make the ids up to :high taken without counting them as enqueues: #base moves up
     # with the highest id, so fresh stays as it is. Run in this order.
     "reserve_base": f"""
         UPDATE sqqueue_counters SET n = n + max(:high - {_HIGHEST}, 0) WHERE name = $c_base""",
+    # Make the ids up to :high taken (the high-water mark).
     "reserve_high": "UPDATE sqqueue_counters SET n = max(n, :high) WHERE name = $c_high",
+    # The message a dedup key points to, and until when.
     "dedup_get": "SELECT message_id, expires_at FROM $dedup WHERE key = :key",
+    # A payload kept in the side table (large payloads).
     "body_get": BODY,
+    # Keep a large payload in the side table.
     "body_put": "INSERT INTO $body (id, payload) VALUES (:id, :data)",
+    # Point a dedup key at a new message, or add it.
     "dedup_put": """
         INSERT INTO $dedup (key, message_id, expires_at) VALUES (:key, :id, :expires_at)
         ON CONFLICT (key) DO UPDATE SET message_id = excluded.message_id,
                                         expires_at = excluded.expires_at""",
+    # Whether an id is taken, by a message or a dead letter.
     "exists": """
         SELECT EXISTS (SELECT 1 FROM $q WHERE id = :id)
             OR EXISTS (SELECT 1 FROM $dlq WHERE id = :id)""",
+    # Messages counted against max_depth: ready, delayed, waiting and processing.
     "depth": f"SELECT {_QUEUED}",
     # A claim is a SELECT of the rows as they will be once claimed, then an UPDATE of the
     # same rows, in one write transaction. UPDATE ... RETURNING would do it in one
@@ -360,6 +370,7 @@ STATEMENTS = {
          WHERE status = 'pending' AND {_READY}
          ORDER BY priority DESC, visible_at, id
          LIMIT :limit""",
+    # Lease the message claim_pick chose.
     "claim_one": """
         UPDATE $q
            SET status = 'processing', attempts = attempts + 1, lease_token = :token,
@@ -399,9 +410,11 @@ STATEMENTS = {
                created_at, :now, :now, group_key, prior_attempts
           FROM $q
          WHERE expires_at <= :now AND (status <> 'processing' OR lease_expires_at <= :now)""",
+    # Delete the messages past their time to live (once buried, or when dropped).
     "ttl_delete": """
         DELETE FROM $q
          WHERE expires_at <= :now AND (status <> 'processing' OR lease_expires_at <= :now)""",
+    # Dead-letter the messages whose lease ran out on their last attempt.
     "lease_bury": f"""
         INSERT INTO $dlq ({DEAD_COLUMNS})
         SELECT id, payload, encoding, checksum, priority, attempts, max_attempts,
@@ -411,6 +424,7 @@ STATEMENTS = {
           FROM $q
          WHERE status = 'processing' AND lease_expires_at <= :now
            AND attempts >= max_attempts""",
+    # Delete those messages from the queue table, once buried.
     "lease_delete_dead": """
         DELETE FROM $q
          WHERE status = 'processing' AND lease_expires_at <= :now
@@ -430,6 +444,7 @@ STATEMENTS = {
                lease_expires_at = NULL, updated_at = :now,
                last_error = 'lease expired on attempt ' || attempts || ' of ' || max_attempts
          WHERE status = 'processing' AND lease_expires_at <= :now""",
+    # Delete a message under a live lease (the caller's, when a token is given).
     "complete": f"DELETE FROM $q WHERE id = :id AND {_LIVE}",
     # A completed message kept as history, with the result its consumer gave (or NULL).
     "keep_done": f"""
@@ -437,24 +452,31 @@ STATEMENTS = {
         SELECT id, payload, encoding, checksum, priority, attempts, created_at, :now, group_key,
                :result
           FROM $q WHERE id = :id AND {_LIVE}""",
+    # Give a leased message back: visible after :delay, its attempt refunded if asked.
     "release": f"""
         UPDATE $q
            SET status = 'pending', visible_at = :now + :delay, lease_token = NULL,
                lease_expires_at = NULL, attempts = max(attempts - :refund, 0),
                last_error = coalesce(:error, last_error), updated_at = :now
          WHERE id = :id AND {_LIVE}""",
+    # Move a live lease's expiry to lease seconds from now.
     "extend": f"""
         UPDATE $q SET lease_expires_at = :now + :lease, updated_at = :now
          WHERE id = :id AND {_LIVE}
         RETURNING lease_expires_at""",
+    # The attempt count of a message under a live lease (the caller's, when a token is given).
     "attempts_if_live": f"SELECT attempts, max_attempts FROM $q WHERE id = :id AND {_LIVE}",
+    # The status and lease token of one message.
     "state": "SELECT status, lease_token FROM $q WHERE id = :id",
+    # Whether a message is in the dead-letter table.
     "in_dlq": "SELECT 1 FROM $dlq WHERE id = :id",
+    # Copy one message into the dead-letter table, with its error and the time it died.
     "bury": f"""
         INSERT INTO $dlq ({DEAD_COLUMNS})
         SELECT id, payload, encoding, checksum, priority, attempts, max_attempts,
                coalesce(:error, last_error), created_at, :now, :now, group_key, prior_attempts
           FROM $q WHERE id = :id""",
+    # Delete one message by id, whatever its state.
     "delete": "DELETE FROM $q WHERE id = :id",
     # Back from the dead letters with the same id and a fresh set of attempts; the
     # attempts it used are kept in prior_attempts, its last error stays.
@@ -467,10 +489,15 @@ STATEMENTS = {
                priority, :now, 0, max_attempts, last_error, created_at, :now, group_key,
                prior_attempts + attempts
           FROM $dlq AS d WHERE id = :id""",
+    # Delete one dead letter by id.
     "delete_dead": "DELETE FROM $dlq WHERE id = :id",
+    # The group of a dead letter, to put it back behind its group's messages.
     "dead_group": "SELECT group_key FROM $dlq WHERE id = :id",
+    # Whether a queue is registered.
     "queue_exists": "SELECT 1 FROM sqqueue_queues WHERE name = :name",
+    # A page of dead letter ids, in id order.
     "dead_ids": "SELECT id FROM $dlq WHERE id > :after ORDER BY id LIMIT :limit",
+    # The message a claim would take next, without leasing it.
     "peek": f"""
         SELECT {READ_COLUMNS} FROM $q
          WHERE status = 'pending' AND {_READY}
@@ -484,13 +511,17 @@ STATEMENTS = {
            AND attempts < max_attempts AND (expires_at IS NULL OR expires_at > :now)
          ORDER BY priority DESC, lease_expires_at, id
          LIMIT 1""",
+    # Whether the queue holds no message at all (dead letters and history aside).
     "is_drained": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
-    "count_pending": f"SELECT {_QUEUED} - {_PROCESSING}",
+    # Ready, delayed and waiting messages (the depth less those processing): the size gauge.
+    "count_unleased": f"SELECT {_QUEUED} - {_PROCESSING}",
+    # Add :n to one counter.
     "bump": "UPDATE sqqueue_counters SET n = n + :n WHERE name = :counter",
     # For DDL applied by hand: what opening a new queue does after creating its tables.
     "register": f"""
         INSERT INTO sqqueue_queues (name, schema_version, created_at)
         VALUES ($lit, {SCHEMA_VERSION}, (julianday('now') - 2440587.5) * 86400.0)""",
+    # Create the queue's counters, once.
     "make_counters": f"""
         INSERT OR IGNORE INTO sqqueue_counters (name, n)
         VALUES {", ".join(f"('$name#{c}', 0)" for c in COUNTERS)}""",
@@ -502,6 +533,7 @@ STATEMENTS = {
                 WHEN $c_dead THEN (SELECT count(*) FROM $dlq)
                 ELSE {_HIGHEST} END
          WHERE name IN ($c_queued, $c_dead, $c_base)""",
+    # Start the enqueued total from the messages already there.
     "seed_totals": f"""
         UPDATE sqqueue_counters
            SET n = {_counter("queued")} + {_counter("dead")}
@@ -532,6 +564,7 @@ STATEMENTS = {
     # Only grouped messages wait: counted through the group index, not the whole table.
     "waiting": """
         SELECT count(*) FROM $q WHERE group_key IS NOT NULL AND status = 'waiting'""",
+    # Leases that run out within the horizon.
     "expiring": """
         SELECT count(*) FROM $q
          WHERE status = 'processing' AND lease_expires_at <= :now + :horizon""",
@@ -553,7 +586,9 @@ STATEMENTS = {
             SELECT min(lease_expires_at) FROM $q WHERE status = 'processing'
             UNION ALL
             SELECT min(expires_at) FROM $q WHERE expires_at IS NOT NULL)""",
+    # Every dead letter, in the order they died (0.1.0's get_dead_letters).
     "dead_letters": f"SELECT {READ_DEAD_COLUMNS} FROM $dlq ORDER BY dead_at, id",
+    # A page of ready messages, by id.
     "list_ready": f"""SELECT {READ_COLUMNS} FROM $q WHERE status = 'pending' AND {_READY}
                       AND id > :after ORDER BY id LIMIT :limit""",
     # Pending is ready and delayed together; each row says which.
@@ -577,36 +612,49 @@ STATEMENTS = {
     "list_waiting": f"""SELECT {READ_COLUMNS} FROM $q INDEXED BY $ix_group
                          WHERE group_key IS NOT NULL AND status = 'waiting'
                            AND id > :after ORDER BY id LIMIT :limit""",
+    # A page of leased messages, by id.
     "list_processing": f"""SELECT {READ_COLUMNS} FROM $q INDEXED BY $ix_leases
                             WHERE status = 'processing' AND id > :after
                             ORDER BY id LIMIT :limit""",
     # One message by id, wherever it is: in the queue, among the dead letters, in history.
     "find": f"SELECT {LIST_ALL_COLUMNS} FROM $q WHERE id = :id",
+    # One dead letter by id.
     "find_dead": f"SELECT {READ_DEAD_COLUMNS} FROM $dlq WHERE id = :id",
+    # One kept completed message by id.
     "find_done": f"SELECT {READ_DONE_COLUMNS} FROM $done WHERE id = :id",
+    # A page of messages in any live state, by id.
     "list_all": f"""SELECT {LIST_ALL_COLUMNS} FROM $q WHERE id > :after
                     ORDER BY id LIMIT :limit""",
+    # A page of dead letters, by id.
     "list_dead": f"SELECT {READ_DEAD_COLUMNS} FROM $dlq WHERE id > :after ORDER BY id LIMIT :limit",
+    # A page of kept completed messages, by id.
     "list_done": f"SELECT {READ_DONE_COLUMNS} FROM $done WHERE id > :after ORDER BY id LIMIT :limit",
     # :age: delete only messages created more than that many seconds ago (NULL: all).
     "purge_ready": f"""DELETE FROM $q WHERE status = 'pending' AND {_READY}
                          AND (:age IS NULL OR created_at < :now - :age)""",
+    # Delete delayed messages (enqueued before :age, if given).
     "purge_delayed": f"""DELETE FROM $q WHERE status = 'pending' AND {_DELAYED}
                          AND (:age IS NULL OR created_at < :now - :age)""",
+    # Delete messages waiting for their group (enqueued before :age, if given).
     "purge_waiting": """DELETE FROM $q WHERE status = 'waiting'
                         AND (:age IS NULL OR created_at < :now - :age)""",
+    # Delete leased messages (enqueued before :age, if given).
     "purge_processing": """DELETE FROM $q WHERE status = 'processing'
                            AND (:age IS NULL OR created_at < :now - :age)""",
+    # Delete dead letters (older than :age, if given).
     "purge_dead": "DELETE FROM $dlq WHERE :age IS NULL OR dead_at < :now - :age",
+    # Delete kept completed messages (older than :age, if given).
     "purge_done": "DELETE FROM $done WHERE :age IS NULL OR completed_at < :now - :age",
     # Retention and dedup upkeep, a bounded number of rows per round.
     "prune_done_age": """
         DELETE FROM $done WHERE id IN (SELECT id FROM $done WHERE completed_at < :now - :age
                                         ORDER BY completed_at LIMIT :batch)""",
+    # Delete the oldest kept completed messages past retention_max, a batch at a time.
     "prune_done_count": """
         DELETE FROM $done WHERE id IN (SELECT id FROM $done ORDER BY completed_at
                                         LIMIT min(:batch, max((SELECT count(*) FROM $done)
                                                               - :keep, 0)))""",
+    # Forget dedup keys past their window, or whose message is gone.
     "prune_dedup": """
         DELETE FROM $dedup WHERE key IN (
             SELECT key FROM $dedup
@@ -825,3 +873,110 @@ def render(name: str, version: int = SCHEMA_VERSION) -> Rendered:
     """Statements for the queue ``name`` (which must already be validated), with the
     object names of schema ``version``."""
     return Rendered(name, version)
+
+
+# -- Statements on the file and its connections, not on one queue ------------------------
+# Each with what it does; ``{name}`` fields are filled with str.format by the caller.
+
+#: a number that changes when another connection commits (the watcher's poll)
+DATA_VERSION = "PRAGMA data_version"
+#: how long a statement waits for a lock before SQLITE_BUSY, in milliseconds
+BUSY_TIMEOUT = "PRAGMA busy_timeout = {ms}"
+#: the durability of commits: NORMAL or FULL
+SYNCHRONOUS = "PRAGMA synchronous = {mode}"
+#: the size, in bytes, the WAL is truncated to after a checkpoint
+JOURNAL_SIZE_LIMIT = "PRAGMA journal_size_limit = {size}"
+#: open a transaction that takes locks when it first reads or writes
+BEGIN = "BEGIN"
+#: open a transaction holding the write lock at once
+BEGIN_IMMEDIATE = "BEGIN IMMEDIATE"
+#: open a transaction that keeps readers out too
+BEGIN_EXCLUSIVE = "BEGIN EXCLUSIVE"
+#: end a transaction, keeping its writes
+COMMIT = "COMMIT"
+#: end a transaction, undoing its writes
+ROLLBACK = "ROLLBACK"
+#: free pages are kept for incremental_vacuum to give back (set before the first table)
+AUTO_VACUUM_INCREMENTAL = "PRAGMA auto_vacuum = INCREMENTAL"
+#: write-ahead logging: readers do not block the writer; returns the mode in force
+JOURNAL_MODE_WAL = "PRAGMA journal_mode = WAL"
+#: the schema version of one registered queue
+SCHEMA_VERSION_OF = "SELECT schema_version FROM sqqueue_queues WHERE name = ?"
+#: register a queue with its schema version and creation time
+REGISTER_QUEUE = "INSERT INTO sqqueue_queues (name, schema_version, created_at) VALUES (?, ?, ?)"
+#: record that a queue was upgraded to a schema version
+SET_SCHEMA_VERSION = "UPDATE sqqueue_queues SET schema_version = ? WHERE name = ?"
+#: whether the file has the registry of queues
+HAS_REGISTRY = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sqqueue_queues'"
+#: every registered queue with its schema version
+REGISTERED_VERSIONS = "SELECT name, schema_version FROM sqqueue_queues"
+#: every registered queue with its schema version, by name
+REGISTERED_BY_NAME = "SELECT name, schema_version FROM sqqueue_queues ORDER BY name"
+#: the names of the registered queues
+REGISTERED_NAMES = "SELECT name FROM sqqueue_queues"
+#: tables, indexes and triggers whose name differs from this one only in case
+CLASHING_OBJECTS = "SELECT type, name FROM sqlite_master WHERE lower(name) = lower(?) AND name <> ?"
+#: registered queues whose name differs from this one only in case
+CLASHING_QUEUES = "SELECT name FROM sqqueue_queues WHERE lower(name) = lower(?) AND name <> ?"
+#: the columns of a table (column 1 is the name)
+TABLE_COLUMNS = "SELECT * FROM pragma_table_info(?)"
+#: the names of the file's tables
+TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
+#: rename a table (0.1.0's dead-letter table, set aside while it is migrated)
+RENAME_TABLE = 'ALTER TABLE "{old}" RENAME TO "{new}"'
+#: the last id sqqueue 0.1.0 handed out for a queue
+LEGACY_SEQUENCE = "SELECT seq FROM sqlite_sequence WHERE name = ?"
+#: the rows of 0.1.0's dead-letter table, to migrate them
+LEGACY_ROWS = "SELECT id, payload, priority, created_at, updated_at FROM {table} ORDER BY id"
+#: whether an id is taken by a message or a dead letter (while migrating)
+ID_TAKEN = "SELECT 1 FROM {q} WHERE id = ? UNION ALL SELECT 1 FROM {dlq} WHERE id = ?"
+#: drop a table (0.1.0's, once migrated)
+DROP_TABLE = "DROP TABLE {table}"
+#: the files attached to a connection (column 2 is the path)
+DATABASE_LIST = "PRAGMA database_list"
+#: pages on the free list, which incremental_vacuum can give back
+FREELIST_COUNT = "PRAGMA freelist_count"
+#: the file's size in pages
+PAGE_COUNT = "PRAGMA page_count"
+#: give up to this many free pages back to the filesystem
+INCREMENTAL_VACUUM = "PRAGMA incremental_vacuum({pages});"
+#: copy the WAL into the file as far as readers allow, without waiting
+CHECKPOINT_PASSIVE = "PRAGMA wal_checkpoint(PASSIVE)"
+#: copy the WAL into the file and truncate it, waiting for readers
+CHECKPOINT_TRUNCATE = "PRAGMA wal_checkpoint(TRUNCATE)"
+#: rebuild the file, giving all free space back
+VACUUM = "VACUUM"
+#: check the whole file; "ok" when sound
+INTEGRITY_CHECK = "PRAGMA integrity_check"
+#: the highest id of a table (salvage: ids stay unique)
+MAX_ID_OF = 'SELECT max(id) FROM "{table}"'
+#: one counter's value
+COUNTER_VALUE = "SELECT n FROM sqqueue_counters WHERE name = ?"
+
+# -- SQLCipher: keying connections, and copying between plain and encrypted files ---------
+# (sqqueue.encryption; ``{name}`` fields are filled with str.format by the caller.)
+
+#: key a connection: the first statement on it ({key}: a quoted passphrase or x'...' blob)
+CIPHER_KEY = "PRAGMA key = {key}"
+#: SQLCipher prints nothing on stderr: sqqueue reports a wrong key itself
+CIPHER_QUIET = "PRAGMA cipher_log_level = NONE"
+#: read the schema: the first read, which fails with "not a database" on a wrong key
+READ_SCHEMA = "SELECT count(*) FROM sqlite_master"
+#: the database's own tables, by name
+USER_TABLES = (
+    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+)
+#: the rows of one table
+ROW_COUNT = 'SELECT count(*) FROM "{table}"'
+#: attach the copy's file under the name "target", with its own key ('' for a plain file)
+ATTACH_TARGET = "ATTACH DATABASE ? AS target KEY {key}"
+#: copy every table, index and trigger of the main database into "target"
+EXPORT_TO_TARGET = "SELECT sqlcipher_export('target')"
+#: the main database's user_version (sqqueue's file layout marker)
+MAIN_USER_VERSION = "PRAGMA main.user_version"
+#: give "target" the same user_version
+SET_TARGET_USER_VERSION = "PRAGMA target.user_version = {version}"
+#: let go of "target"
+DETACH_TARGET = "DETACH DATABASE target"
+#: a quick structural check of the whole file
+QUICK_CHECK = "PRAGMA quick_check"

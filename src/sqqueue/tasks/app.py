@@ -12,9 +12,10 @@ from types import MappingProxyType
 from typing import Any, ParamSpec, TypeVar, overload
 
 from ..aio import AsyncQueue
+from ..core.checks import MAX_ATTEMPTS, MAX_DELAY
 from ..exceptions import EnqueueError
 from ..names import validate_queue_name
-from ..queue import MAX_ATTEMPTS, MAX_DELAY, Queue, connect
+from ..queue import Queue, connect
 from ..result import Result
 from ..retry import RetryPolicy
 from ..targets import parse_target

@@ -1,0 +1,209 @@
+"""Looking after a queue: dead letters, purges, listings and counts. Each function
+raises QueueError for the Result API's ``Err``; the queue's methods wrap them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from ..exceptions import ErrorKind, QueueError
+from ..names import validate_queue_name
+from ..stats import QueueStats
+from ..wakeup import signal_for
+from . import convert
+from .checks import MAX_BATCH_SIZE, MAX_DELAY, MAX_ID, bounded_int, config, seconds
+
+if TYPE_CHECKING:
+    from .parts import Parts
+
+logger = logging.getLogger(__name__)
+
+#: states ``list_messages`` and ``purge`` accept
+# The states of the glossary; "pending" is ready and delayed together (0.1.0's word).
+LISTABLE_STATES = (
+    "ready", "delayed", "waiting", "processing", "dead", "done", "pending", "all"
+)  # fmt: skip
+PURGEABLE_STATES = ("ready", "delayed", "waiting", "processing", "dead", "done", "pending")
+
+
+def stats(parts: Parts, expiring_within: float | timedelta) -> QueueStats:
+    horizon = seconds(
+        expiring_within, "expiring_within", minimum=0, maximum=MAX_DELAY, strict=False
+    )
+    raw = parts.backend.stats(horizon)
+    oldest = raw["oldest_ready_age"]
+    return QueueStats(
+        queue=parts.name,
+        ready=raw["ready"],
+        delayed=raw["delayed"],
+        waiting=raw["waiting"],
+        processing=raw["processing"],
+        dead=raw["dead"],
+        oldest_ready_age=None if oldest is None else max(0.0, oldest),
+        expiring_soon=raw["expiring"],
+        enqueued_total=raw["enqueued_total"],
+        completed_total=raw["completed_total"],
+        failed_total=raw["failed_total"],
+        dead_lettered_total=raw["dead_lettered_total"],
+        lease_expirations_total=raw["expired_total"],
+        ttl_expired_total=raw["ttl_expired_total"],
+        db_bytes=raw["db_bytes"],
+        wal_bytes=raw["wal_bytes"],
+        wal_frames=raw["wal_frames"],
+        wal_frames_not_checkpointed=raw["wal_frames_not_checkpointed"],
+    )
+
+
+def list_messages(parts: Parts, state: str, limit: int, after_id: int) -> list[dict[str, Any]]:
+    if state not in LISTABLE_STATES:
+        raise QueueError(
+            f"state must be one of {', '.join(LISTABLE_STATES)}, got {state!r}",
+            ErrorKind.INVALID_INPUT,
+        )
+    size = bounded_int(limit, "limit", 1, MAX_BATCH_SIZE)
+    after = bounded_int(after_id, "after_id", 0, MAX_ID)
+    rows = parts.backend.list_messages(state, size, after)
+    return [convert.row_dict(parts, row, state) for row in rows]
+
+
+def get_message(parts: Parts, message_id: int) -> dict[str, Any] | None:
+    ident = bounded_int(message_id, "message_id", 0, MAX_ID)
+    row = parts.backend.find(ident)
+    return None if row is None else convert.row_dict(parts, row, "all")
+
+
+def dead_letters(parts: Parts) -> list[dict[str, Any]]:
+    return [convert.dead_letter_dict(parts, row) for row in parts.backend.dead_letters()]
+
+
+def revive(parts: Parts, message_id: int) -> None:
+    """Put one dead letter back in the queue with its id and a fresh attempt count."""
+    ident = bounded_int(message_id, "message_id", 0, MAX_ID)
+    if not parts.backend.revive(ident):
+        raise QueueError(
+            f"message {ident} is not in the dead-letter queue of {parts.name!r}; "
+            "see get_dead_letters() for the ids there",
+            ErrorKind.NOT_FOUND,
+            ident,
+        )
+    parts.signal.notify()
+    parts.upkeep.count()
+    logger.info("queue %r: dead letter %d returned to the queue", parts.name, ident)
+
+
+def recover(parts: Parts) -> int:
+    """Return every message whose lease expired to the queue now; the count."""
+    count = parts.backend.recover()
+    if count:
+        parts.metrics.incr("recovered", count)
+        logger.info("queue %r: recovered %d expired lease(s)", parts.name, count)
+    return count
+
+
+def redrive(
+    parts: Parts,
+    ids: Sequence[int] | None,
+    to_queue: str | None,
+    rate: float | None,
+    progress: Callable[[int, int], Any] | None,
+) -> int:
+    if to_queue is not None:
+        config(lambda: validate_queue_name(to_queue))
+    if rate is not None and not (
+        isinstance(rate, (int, float))
+        and not isinstance(rate, bool)
+        and 0 < rate <= 1e9  # NaN fails this too
+    ):
+        raise QueueError(
+            f"rate must be a number of messages a second, > 0 and <= 1000000000, got {rate!r}",
+            ErrorKind.INVALID_INPUT,
+        )
+    backend = parts.backend
+    wanted = None
+    if ids is not None:
+        wanted = [bounded_int(i, "id", 0, MAX_ID) for i in ids]
+        total = len(wanted)
+    else:
+        total = backend.stats(0)["dead"]
+    chunk = 500 if rate is None else max(1, min(500, int(rate // 10) or 1))
+    moved = 0
+    after = 0
+    started = time.monotonic()
+    while True:
+        batch_ids = None if wanted is None else wanted[:chunk]
+        if wanted is not None:
+            wanted = wanted[chunk:]
+            if not batch_ids:
+                break
+        done, missing = backend.redrive(batch_ids, to_queue, chunk, after)
+        if missing:
+            raise QueueError(
+                f"no dead letter with id {', '.join(map(str, missing))} in queue "
+                f"{parts.name!r}; {moved + len(done)} other(s) were redriven",
+                ErrorKind.NOT_FOUND,
+            )
+        if not done and wanted is None:
+            break
+        moved += len(done)
+        after = max(done, default=after)
+        parts.signal.notify()
+        if to_queue is not None:
+            signal_for(backend.wakeup_key.rsplit(":", 1)[0] + f":{to_queue}").notify()
+        if progress is not None:
+            progress(moved, max(total, moved))
+        if rate is not None:
+            # Sleep until this many messages are due at the given rate.
+            ahead = moved / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+    parts.upkeep.count(max(moved, 1))
+    logger.info("queue %r: redrove %d dead letter(s)", parts.name, moved)
+    return moved
+
+
+def delete_dead_letters(parts: Parts, ids: Sequence[int]) -> int:
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
+        raise QueueError(
+            f"ids must be a list of message ids, got {type(ids).__name__}",
+            ErrorKind.INVALID_INPUT,
+        )
+    if len(ids) > MAX_BATCH_SIZE:
+        raise QueueError(
+            f"at most {MAX_BATCH_SIZE} ids at a time, got {len(ids)}", ErrorKind.INVALID_INPUT
+        )
+    wanted = sorted({bounded_int(i, "id", 0, MAX_ID) for i in ids})
+    removed = parts.backend.delete_dead(wanted) if wanted else 0
+    parts.upkeep.count(max(removed, 1))
+    logger.info("queue %r: deleted %d dead letter(s)", parts.name, removed)
+    return removed
+
+
+def purge(
+    parts: Parts, state: str | Sequence[str] | None, older_than: float | timedelta | None
+) -> int:
+    if state is None:
+        states: list[str] = ["ready", "delayed", "waiting", "processing"]
+    elif isinstance(state, str):
+        states = [state]
+    else:
+        states = list(state)
+    for item in states:
+        if item not in PURGEABLE_STATES:
+            raise QueueError(
+                f"state must be one of {', '.join(PURGEABLE_STATES)}, got {item!r}",
+                ErrorKind.INVALID_INPUT,
+            )
+    age = None
+    if older_than is not None:
+        age = seconds(older_than, "older_than", minimum=0, maximum=1e12, strict=False)
+    if "pending" in states:
+        states = [s for s in states if s != "pending"] + ["ready", "delayed"]
+    removed = parts.backend.purge(sorted(set(states)), age)
+    if parts.backend.policy.max_depth is not None:
+        parts.room.notify()
+    parts.upkeep.count(max(removed, 1))
+    logger.info("queue %r: purged %d message(s) (%s)", parts.name, removed, ", ".join(states))
+    return removed

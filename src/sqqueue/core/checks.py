@@ -1,0 +1,94 @@
+"""Limits and validators shared by the queue's calls and its settings.
+
+A validator raises :class:`~sqqueue.QueueError` (``INVALID_INPUT``) saying what is wrong;
+the Result API turns that into ``Err``, construction into ``ValueError`` (:func:`config`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TypeVar
+
+from ..exceptions import ErrorKind, QueueError
+
+T = TypeVar("T")
+
+# Limits that catch mistakes (a delay in milliseconds, a negative timeout) early.
+MIN_PRIORITY, MAX_PRIORITY = -(2**31), 2**31 - 1
+MAX_DELAY = 10 * 366 * 86400.0  # ten years
+MAX_VISIBILITY_TIMEOUT = 7 * 86400.0  # a week; longer work extends its lease
+MAX_ATTEMPTS = 1_000_000
+MAX_BATCH_SIZE = 10_000
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+MAX_ERROR_TEXT = 8_192
+MAX_WAIT = 86400.0
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def seconds(value: object, what: str, *, minimum: float, maximum: float, strict: bool) -> float:
+    """Validate a duration in seconds (number or timedelta); raise QueueError if invalid."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise QueueError(
+            f"{what} must be a number of seconds, got {type(value).__name__}",
+            ErrorKind.INVALID_INPUT,
+        )
+    number = float(value)
+    too_small = number <= minimum if strict else number < minimum
+    if not math.isfinite(number) or too_small or number > maximum:
+        low = f"> {plain(minimum)}" if strict else f">= {plain(minimum)}"
+        raise QueueError(
+            f"{what} must be {low} and <= {plain(maximum)} seconds{_in_days(maximum)}, "
+            f"got {value!r}",
+            ErrorKind.INVALID_INPUT,
+        )
+    return number
+
+
+def plain(number: float) -> str:
+    """A number as people write it: 316224000, not 3.16224e+08."""
+    return str(int(number)) if float(number).is_integer() else f"{number:.15g}"
+
+
+def _in_days(limit: float) -> str:
+    """`` (N days)`` for a limit of a day or more, which is easier to read in days."""
+    days = limit / 86400
+    return f" ({int(days)} days)" if days >= 1 and days.is_integer() else ""
+
+
+def bounded_int(value: object, what: str, low: int, high: int) -> int:
+    if not is_int(value):
+        raise QueueError(
+            f"{what} must be an int, got {type(value).__name__}", ErrorKind.INVALID_INPUT
+        )
+    assert isinstance(value, int)
+    if not low <= value <= high:
+        raise QueueError(
+            f"{what} must be between {low} and {high}, got {value}", ErrorKind.INVALID_INPUT
+        )
+    return value
+
+
+def config(check: Callable[[], T]) -> T:
+    """Run a validator at construction time, where bad settings raise ValueError."""
+    try:
+        return check()
+    except QueueError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def error_text(exc: BaseException) -> str:
+    """The last line of a traceback: ``ValueError: bad input``. Never raises, even for an
+    exception whose ``__str__`` does."""
+    name = type(exc).__name__
+    try:
+        text = str(exc)
+    except Exception as broken:
+        return f"{name} (its message could not be read: str() raised {type(broken).__name__})"
+    return f"{name}: {text}" if text else name

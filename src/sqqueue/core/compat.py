@@ -1,0 +1,95 @@
+"""The names of sqqueue 0.1.0, gathered in one block so 0.1.0 code keeps working unchanged.
+
+Each is a short alias over the modern calls and the queue's parts; new code uses the
+modern names beside them:
+
+=================================  ==============================================
+0.1.0                              modern
+=================================  ==============================================
+``get_dead_letters()``             ``list_messages("dead")`` (paged)
+``reprocess_dead_letter(id)``      ``redrive([id])``
+``recover_processing_messages()``  nothing to call: dequeue recovers by itself
+``get_all_statuses()``             ``stats()``
+``vacuum_database()``              routine upkeep (``vacuum_threshold``)
+``perform_checkpoint()``           routine upkeep
+``get_operation_count()``          ``stats()`` totals
+=================================  ==============================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..exceptions import QueueError, RequeueError
+from ..result import Ok, Result
+from . import admin
+from .parts import Parts
+
+
+class Compat:
+    """The 0.1.0 methods of :class:`~sqqueue.Queue`."""
+
+    parts: Parts
+
+    def get_dead_letters(self) -> Result[list[dict[str, Any]], QueueError]:
+        """Dead letters as dicts: ``id`` (the original), ``payload``, ``priority``,
+        ``attempts``, ``max_attempts``, ``last_error``, ``enqueued_at`` (also under 0.1.0's
+        key ``created_at``), ``updated_at``, ``dead_at``."""
+        parts = self.parts
+        return parts.guard(QueueError, "get_dead_letters", lambda: Ok(admin.dead_letters(parts)))
+
+    def reprocess_dead_letter(self, message_id: int) -> Result[None, RequeueError]:
+        """Put a dead letter back in the queue with the same id and a fresh attempt count."""
+        parts = self.parts
+
+        def run() -> Result[None, RequeueError]:
+            admin.revive(parts, message_id)
+            return Ok(None)
+
+        return parts.guard(RequeueError, "reprocess_dead_letter", run)
+
+    def recover_processing_messages(self) -> Result[int, QueueError]:
+        """Return every message whose lease expired to the queue now; ``Ok(count)``.
+
+        Dequeue does this by itself, so calling it is only needed to see the count. A
+        message on its last attempt goes to the dead-letter queue instead.
+        """
+        parts = self.parts
+        return parts.guard(
+            QueueError, "recover_processing_messages", lambda: Ok(admin.recover(parts))
+        )
+
+    def get_all_statuses(self) -> Result[dict[str, int], QueueError]:
+        """Message counts by status, as in 0.1.0: ``Ok({"pending": 2, "processing": 1,
+        ...})``.
+
+        ``pending`` counts ready and delayed messages and ``processing`` the leased ones
+        (0.1.0's meanings); ``waiting`` counts group members waiting for their turn and
+        ``dead`` the dead letters. Every key is present. Read from the counters the
+        database keeps, so it costs the same at any depth; :meth:`stats` has the finer
+        breakdown and :meth:`list_messages` the messages themselves.
+        """
+        backend = self.parts.backend
+        return self.parts.guard(QueueError, "get_all_statuses", lambda: Ok(backend.status_counts()))
+
+    def vacuum_database(self, conn: Any = None) -> Result[None, QueueError]:
+        """Rebuild the database file to give free space back to the filesystem.
+
+        This rewrites the whole file; routine upkeep (every ``vacuum_threshold``
+        operations) reclaims space in small steps instead.
+        """
+        backend = self.parts.backend
+        return self.parts.guard(QueueError, "vacuum_database", lambda: Ok(backend.vacuum(conn)))
+
+    def perform_checkpoint(self, conn: Any = None) -> Result[None, QueueError]:
+        """Copy the write-ahead log into the database file and truncate the log."""
+        backend = self.parts.backend
+        return self.parts.guard(
+            QueueError, "perform_checkpoint", lambda: Ok(backend.checkpoint(conn))
+        )
+
+    def get_operation_count(self) -> int:
+        """Write operations made through this object since its last upkeep round (as in
+        0.1.0: back to 0 each time routine maintenance runs, every ``vacuum_threshold``
+        messages written; it only grows when ``vacuum_threshold`` is 0)."""
+        return self.parts.upkeep.operations

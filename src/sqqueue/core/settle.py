@@ -1,0 +1,154 @@
+"""Ending or changing a lease: complete, fail, give back, extend. Each checks the lease
+(fencing) in the backend's transaction and explains a refusal; the queue's methods wrap
+them in Results."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from ..backends.base import Outcome
+from ..exceptions import ErrorKind, QueueError
+from ..message import Message, to_datetime
+from ..serializers import json_text
+from .checks import MAX_DELAY, MAX_ERROR_TEXT, MAX_VISIBILITY_TIMEOUT, seconds
+
+if TYPE_CHECKING:
+    from .parts import Parts
+
+logger = logging.getLogger(__name__)
+
+
+def result_text(parts: Parts, result: object) -> str:
+    """A result as the JSON text kept with a completed message; raises QueueError."""
+    if not parts.backend.policy.keeps_history:
+        raise QueueError(
+            f"queue {parts.name!r} does not keep completed messages, so a result has nowhere "
+            "to go; open it with retention=SECONDS (or retention_max=N). Nothing was changed",
+            ErrorKind.INVALID_INPUT,
+        )
+    try:
+        return json_text(result, "the result")
+    except QueueError as exc:
+        raise QueueError(f"{exc}; nothing was changed", exc.kind) from exc
+
+
+def complete(parts: Parts, message: object, text: str | None) -> None:
+    """Complete one leased message, keeping ``text`` as its result."""
+    leases = parts.leases
+    message_id, token = leases.ref(message)
+    outcome = parts.backend.complete(message_id, token, text)
+    if outcome is not Outcome.DONE:
+        # A refused call keeps the remembered token: later calls by id stay fenced.
+        raise leases.outcome_error(outcome, message_id, "completed", token)
+    leases.forget(((message_id, token),), "completed")
+    if parts.backend.policy.max_depth is not None:
+        parts.room.notify()
+    if parts.measured:
+        parts.metrics.incr("complete")
+    parts.upkeep.count()
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("queue %r: completed message %d", parts.name, message_id)
+
+
+def complete_batch(parts: Parts, messages: Sequence[object]) -> int:
+    """Complete several leased messages in one transaction, all or none; the count."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise QueueError(
+            "complete_batch expects a list of messages or ids", ErrorKind.INVALID_INPUT
+        )
+    leases = parts.leases
+    # A Message is the usual reference: read it here, without a call per message.
+    refs = [(m.id, m.lease_token) if type(m) is Message else leases.ref(m) for m in messages]
+    if not refs:
+        return 0
+    outcomes = parts.backend.complete_many(refs)
+    refused = [
+        (mid, token, o)
+        for (mid, token), o in zip(refs, outcomes, strict=True)
+        if o is not Outcome.DONE
+    ]
+    if refused:
+        first_id, first_token, first = refused[0]
+        reason = leases.outcome_error(first, first_id, "completed", first_token)
+        raise QueueError(
+            f"{len(refused)} of {len(refs)} message(s) could not be completed "
+            f"(ids {', '.join(str(i) for i, _, _ in refused[:10])}), so none was; "
+            f"message {first_id}: {reason}",
+            reason.kind,
+            first_id,
+        )
+    leases.forget(refs, "completed")
+    if parts.backend.policy.max_depth is not None:
+        parts.room.notify()
+    if parts.measured:
+        parts.metrics.incr("complete", len(refs))
+    parts.upkeep.count(len(refs))
+    return len(refs)
+
+
+def fail(
+    parts: Parts,
+    message: object,
+    send_to_dlq: bool,
+    error: str | None,
+    delay: float | timedelta | None,
+    retry_delay: Callable[[int], float],
+) -> None:
+    """Record a failed attempt: retried after ``delay`` (else ``retry_delay(attempts)``),
+    or dead-lettered when its attempts are used or ``send_to_dlq``."""
+    leases = parts.leases
+    message_id, token = leases.ref(message)
+    if error is not None and not isinstance(error, str):
+        raise QueueError(
+            f"error must be a str, got {type(error).__name__}", ErrorKind.INVALID_INPUT
+        )
+    text = error[:MAX_ERROR_TEXT] if error is not None else None
+    if delay is None:
+        # The storage knows the attempt count, also when only the id was passed.
+        retry_after = retry_delay
+    else:
+        after = seconds(delay, "delay", minimum=0, maximum=MAX_DELAY, strict=False)
+        retry_after = lambda _attempts: after  # noqa: E731
+    outcome, died = parts.backend.fail(message_id, token, text, retry_after, bool(send_to_dlq))
+    if outcome is not Outcome.DONE:
+        # A refused call keeps the remembered token: later calls by id stay fenced.
+        # Back in the queue after this object gave it back: the id alone may
+        # still dead-letter it (as for any message nobody holds).
+        hint = f"fail_message({message_id}, send_to_dlq=True)" if send_to_dlq else ""
+        raise leases.outcome_error(outcome, message_id, "failed", token, hint)
+    leases.forget(((message_id, token),), "dead-lettered" if died else "failed")
+    parts.metrics.incr("fail")
+    if not died:
+        parts.signal.notify()
+    if died:
+        parts.metrics.incr("dead_letter")
+        logger.info("queue %r: message %d moved to the dead-letter queue", parts.name, message_id)
+    parts.upkeep.count()
+
+
+def give_back(parts: Parts, message: object, refund: bool, action: str) -> None:
+    """Return a leased message to the queue, visible at once (requeue and release)."""
+    leases = parts.leases
+    message_id, token = leases.ref(message)
+    outcome = parts.backend.release(message_id, token, 0.0, None, refund)
+    if outcome is not Outcome.DONE:
+        raise leases.outcome_error(outcome, message_id, f"{action}d", token)
+    leases.forget(((message_id, token),), f"{action}d")
+    parts.signal.notify()
+    parts.upkeep.count()
+
+
+def extend(parts: Parts, message: object, duration: float | timedelta) -> datetime:
+    """Extend a live lease to ``duration`` from now; the new expiry."""
+    message_id, token = parts.leases.ref(message)
+    length = seconds(duration, "seconds", minimum=0, maximum=MAX_VISIBILITY_TIMEOUT, strict=True)
+    # The backend measures the lease from when it holds the message's lock.
+    outcome, until = parts.backend.extend(message_id, token, length)
+    if outcome is not Outcome.DONE:
+        raise parts.leases.outcome_error(outcome, message_id, "extended", token)
+    expiry = to_datetime(until)
+    assert expiry is not None
+    return expiry
