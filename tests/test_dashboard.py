@@ -201,7 +201,7 @@ def test_message_page_shows_details_and_escapes_payloads(queue_target: QueueTarg
     queue = queue_target.open("jobs")
     try:
         data_id = queue.enqueue({"to": "ada", "tags": ["a", "b"]}, group="customer-7").unwrap()
-        bytes_id = queue.enqueue(b"\x00\x01hello").unwrap()
+        bytes_id = queue.enqueue(b"\x00\x01hello", dedup_key="order-<41>").unwrap()
         hostile = [queue.enqueue(p).unwrap() for p in HOSTILE]
         held = queue.dequeue().unwrap()
         assert held is not None and held.id == data_id
@@ -216,6 +216,8 @@ def test_message_page_shows_details_and_escapes_payloads(queue_target: QueueTarg
             assert "<img src=x" not in page
             raw = client.get(f"/queues/jobs/messages/{bytes_id}").text
             assert "00 01 68 65 6c 6c 6f" in raw
+            assert '<dd id="dedup-key">order-&lt;41&gt;</dd>' in raw  # the dedup key, escaped
+            assert '<dd id="dedup-key">-</dd>' in page  # none for that one
             for message_id in hostile:
                 text = client.get(f"/queues/jobs/messages/{message_id}").text
                 assert "<script>alert(1)</script>" not in text
@@ -225,6 +227,7 @@ def test_message_page_shows_details_and_escapes_payloads(queue_target: QueueTarg
             assert "<script>alert" not in listing
             api = client.get(f"/api/queues/jobs/messages/{bytes_id}").json()
             assert api["payload"] == {"$bytes": "AAFoZWxsbw=="}
+            assert api["dedup_key"] == "order-<41>"
             assert api["status"] == "ready"
     finally:
         queue.close()

@@ -1190,3 +1190,18 @@ def test_glossary_words_mean_the_same_in_stats_listings_purge_and_dicts(
 
     assert ok(queue.purge("pending")) == 2  # ready and delayed, not the leased one
     assert {row["id"] for row in ok(queue.list_messages("all"))} == {leased}
+
+
+def test_get_message_says_which_dedup_key_a_message_holds(make_queue: MakeQueue) -> None:
+    """get_message() shows the deduplication key a message holds (None without one), while
+    it is live and once dead-lettered."""
+    queue = make_queue(table_name="keys", dedup_window=3600)
+    keyed = ok(queue.enqueue("a", dedup_key="invoice-17"))
+    plain = ok(queue.enqueue("b"))
+    assert ok(queue.get_message(keyed))["dedup_key"] == "invoice-17"
+    assert ok(queue.get_message(plain))["dedup_key"] is None
+    message = ok(queue.dequeue())
+    assert message.id == keyed
+    ok(queue.fail_message(message, send_to_dlq=True, error="no"))
+    found = ok(queue.get_message(keyed))
+    assert (found["status"], found["dedup_key"]) == ("dead", "invoice-17")

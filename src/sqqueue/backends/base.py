@@ -314,6 +314,10 @@ class Backend(ABC):
         """One message by id: in the queue, a dead letter, or kept history; None if absent."""
 
     @abstractmethod
+    def dedup_key(self, message_id: int) -> str | None:
+        """The deduplication key message ``message_id`` holds, or None."""
+
+    @abstractmethod
     def purge(self, states: Sequence[str], older_than: float | None) -> int:
         """Delete messages in ``states`` (created more than ``older_than`` seconds ago if
         given), atomically."""

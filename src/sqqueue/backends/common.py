@@ -565,6 +565,10 @@ class SQLBackend(Backend):
 
         return self._read_tx(run)
 
+    def dedup_key(self, message_id: int) -> str | None:
+        row = self._read_tx(lambda conn: self._one(conn, "dedup_of", {"id": message_id}))
+        return None if row is None else str(row[0])
+
     def purge(self, states: Sequence[str], older_than: float | None) -> int:
         def run(conn: Conn) -> int:
             params = {"now": self._now(), "age": older_than}

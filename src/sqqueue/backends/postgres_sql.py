@@ -316,6 +316,9 @@ STATEMENTS = {
     "dedup_get": """
         SELECT message_id, expires_at IS NOT NULL, expires_at > $now
           FROM $dedup WHERE key = %(key)s FOR UPDATE""",
+    # The dedup key a message holds, if any: for showing one message (it reads the keys,
+    # which upkeep keeps to those of the dedup window).
+    "dedup_of": "SELECT key FROM $dedup WHERE message_id = %(id)s LIMIT 1",
     # Point a dedup key at a new message, its window starting now.
     "dedup_set": """
         UPDATE $dedup SET message_id = %(id)s, expires_at = $now + %(window)s::float8

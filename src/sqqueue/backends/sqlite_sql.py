@@ -344,6 +344,9 @@ STATEMENTS = {
     "reserve_high": "UPDATE sqqueue_counters SET n = max(n, :high) WHERE name = $c_high",
     # The message a dedup key points to, and until when.
     "dedup_get": "SELECT message_id, expires_at FROM $dedup WHERE key = :key",
+    # The dedup key a message holds, if any: for showing one message (it reads the keys,
+    # which upkeep keeps to those of the dedup window).
+    "dedup_of": "SELECT key FROM $dedup WHERE message_id = :id LIMIT 1",
     # A payload kept in the side table (large payloads).
     "body_get": BODY,
     # Keep a large payload in the side table.

@@ -72,7 +72,11 @@ def list_messages(parts: Parts, state: str, limit: int, after_id: int) -> list[d
 def get_message(parts: Parts, message_id: int) -> dict[str, Any] | None:
     ident = bounded_int(message_id, "message_id", 0, MAX_ID)
     row = parts.backend.find(ident)
-    return None if row is None else convert.row_dict(parts, row, "all")
+    if row is None:
+        return None
+    entry = convert.row_dict(parts, row, "all")
+    entry["dedup_key"] = parts.backend.dedup_key(ident)
+    return entry
 
 
 def dead_letters(parts: Parts) -> list[dict[str, Any]]:

@@ -458,8 +458,9 @@ class Queue(Compat):
     def get_message(self, message_id: int) -> Result[dict[str, Any] | None, QueueError]:
         """One message by id, whatever its state, as a dict like :meth:`list_messages`
         gives (``status`` says where it is: ready, delayed, waiting, processing, dead or
-        done); ``Ok(None)`` when the queue has no such message (completed without
-        ``retention``, or never existed)::
+        done), plus ``dedup_key``, the deduplication key it holds (or None); ``Ok(None)``
+        when the queue has no such message (completed without ``retention``, or never
+        existed)::
 
             found = queue.get_message(42).unwrap()
             if found is not None:
