@@ -719,6 +719,7 @@ def test_every_method_after_close_is_err_closed(queue: Queue) -> None:
         "fail_message": lambda: queue.fail_message(message),
         "requeue": lambda: queue.requeue(message),
         "extend": lambda: queue.extend(message, 10),
+        "extend_batch": lambda: queue.extend_batch([message], 10),
         "peek": queue.peek,
         "is_empty": queue.is_empty,
         "recover": queue.recover_processing_messages,

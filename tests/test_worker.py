@@ -505,6 +505,96 @@ def test_heartbeat_keeps_slow_handlers_message(
     assert ok(queue.get_dead_letters()) == []
 
 
+def test_heartbeat_extends_the_running_leases_in_one_call(
+    make_queue: MakeQueue,
+    clock: FakeClock,
+    running: Callable[[Worker], Running],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A heartbeat round extends the leases of all the handlers due in one extend_batch
+    call, never one extend per message; the leases move on."""
+    queue = make_queue(table_name="jobs")
+    ids = ok(queue.enqueue_batch(["a", "b", "c"]))
+    calls: list[list[int]] = []
+    extend_batch = queue.extend_batch
+
+    def spy(messages: list[Message], visibility_timeout: float | None = None) -> Any:
+        calls.append([m.id for m in messages])
+        return extend_batch(messages, visibility_timeout)
+
+    monkeypatch.setattr(queue, "extend_batch", spy)
+    monkeypatch.setattr(queue, "extend", lambda *a: pytest.fail("extend called per message"))
+    started, release = threading.Semaphore(0), threading.Event()
+
+    def handler(message: Message) -> None:
+        started.release()
+        release.wait(60)
+
+    r = running(make_worker(queue, handler, concurrency=3, visibility_timeout=30, heartbeat=0.05))
+    try:
+        for _ in ids:
+            assert started.acquire(timeout=15)
+        before = {i: lease_expiry(queue, i) for i in ids}
+        clock.advance(20)
+        # Rounds soon fall in step: each extends every running lease at once.
+        wait_until(lambda: ids in map(sorted, calls), what="a round extending all three")
+        wait_until(
+            lambda: all(lease_expiry(queue, i) >= before[i] + timedelta(seconds=20) for i in ids),
+            what="the heartbeat to extend the leases",
+        )
+    finally:
+        release.set()
+    wait_until(lambda: not statuses(queue), what="completion")
+    stats = r.stop()
+    assert (stats.completed, stats.failed) == (3, 0)
+    assert all(len(set(call)) == len(call) for call in calls)
+
+
+def test_heartbeat_warns_of_each_lost_lease_and_extends_the_others(
+    make_queue: MakeQueue,
+    clock: FakeClock,
+    running: Callable[[Worker], Running],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A lease lost to another consumer is logged at WARNING, message by message, while the
+    running handlers' other leases are still extended by the same heartbeat."""
+    queue = make_queue(table_name="jobs")
+    other = make_queue(table_name="jobs")
+    keep, lose = ok(queue.enqueue_batch(["keep", "lose"]))
+    started, release = threading.Semaphore(0), threading.Event()
+    taken: list[Message] = []
+
+    def handler(message: Message) -> None:
+        if message.payload == "lose":  # handed back, and another consumer takes it
+            ok(queue.requeue(message))
+            taken.append(ok(other.dequeue(visibility_timeout=300)))
+        started.release()
+        release.wait(60)
+
+    caplog.set_level(logging.WARNING, logger="sqqueue.worker")
+    r = running(make_worker(queue, handler, concurrency=2, visibility_timeout=30, heartbeat=0.05))
+    try:
+        for _ in range(2):
+            assert started.acquire(timeout=15)
+        assert [m.id for m in taken] == [lose]
+        before = lease_expiry(queue, keep)
+        clock.advance(20)
+        wait_until(
+            lambda: lease_expiry(queue, keep) >= before + timedelta(seconds=20),
+            what="the heartbeat to extend the live lease",
+        )
+        wait_until(
+            lambda: any(f"lease of message {lose}" in r.getMessage() for r in caplog.records),
+            what="a warning about the lost lease",
+        )
+    finally:
+        release.set()
+    warned = {rec.getMessage() for rec in caplog.records if "could not extend" in rec.getMessage()}
+    assert warned and all(f"message {lose}:" in text for text in warned)
+    assert lease_expiry(other, lose) == taken[0].lease_expires_at  # left to its holder
+    r.stop()
+
+
 def test_heartbeat_default_is_a_third_of_the_lease(rq: Queue) -> None:
     """Without heartbeat=, leases are extended every lease/3; a heartbeat >= lease is refused."""
     assert make_worker(rq, print, visibility_timeout=3).heartbeat == pytest.approx(1.0)

@@ -274,6 +274,13 @@ class AsyncQueue:
     ) -> Result[datetime, RequeueError]:
         return await self._call(self.sync.extend, message, seconds)
 
+    async def extend_batch(
+        self,
+        messages: Sequence[MessageRef],
+        visibility_timeout: float | timedelta | None = None,
+    ) -> Result[int, RequeueError]:
+        return await self._call(self.sync.extend_batch, messages, visibility_timeout)
+
     async def peek(self) -> Result[Message | None, QueueError]:
         return await self._call(self.sync.peek)
 

@@ -17,6 +17,7 @@ __all__ = [
     "DequeueError",
     "EnqueueError",
     "ErrorKind",
+    "LeasesNotExtended",
     "QueueError",
     "QueueFull",
     "Reject",
@@ -81,6 +82,19 @@ class CompletionError(QueueError):
 
 class RequeueError(QueueError):
     """Failing, requeueing, extending or reprocessing a message failed."""
+
+
+class LeasesNotExtended(RequeueError):
+    """``extend_batch`` could not extend some of the leases it was given (lost, expired,
+    unknown); it extended the others. ``refused`` maps the id of each lease left as it was
+    to why (the error ``extend`` would have returned); ``extended`` counts those extended.
+    ``kind`` and ``message_id`` are those of the first refusal."""
+
+    def __init__(self, message: str, refused: dict[int, QueueError], extended: int) -> None:
+        first_id, first = next(iter(refused.items()))
+        super().__init__(message, first.kind, first_id)
+        self.refused = refused
+        self.extended = extended
 
 
 class Reject(Exception):

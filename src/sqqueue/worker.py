@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from .core.checks import error_text
 from .core.queue import Queue
-from .exceptions import ErrorKind, Reject
+from .exceptions import ErrorKind, LeasesNotExtended, Reject
 from .message import Message
 from .result import Err, Ok, Result
 
@@ -446,23 +446,36 @@ class WorkerCore:
             tasks = [t for t in self._tasks.values() if not t.abandoned]
         now = time.monotonic()
         running = []
+        due = []
         for task in tasks:
             if self.task_timeout is not None and now - task.started > self.task_timeout:
                 self._time_out(task)
                 continue
             running.append(task)
-            if now - task.last_beat < self.heartbeat:
-                continue
-            task.last_beat = now
-            result = self.queue.extend(task.message, self.lease)
-            if isinstance(result, Err):
-                logger.warning(
-                    "worker %s: could not extend the lease of message %d: %s",
-                    self.name,
-                    task.message.id,
-                    result.error,
-                )
+            if now - task.last_beat >= self.heartbeat:
+                task.last_beat = now
+                due.append(task.message)
+        if due:
+            self._extend(due)
         return running
+
+    def _extend(self, messages: list[Message]) -> None:
+        """Extend the leases of ``messages`` in one call; warn of each one refused."""
+        result = self.queue.extend_batch(messages, self.lease)
+        if not isinstance(result, Err):
+            return
+        error = result.error
+        if isinstance(error, LeasesNotExtended):  # some lost or expired, the others extended
+            failed = [(m, error.refused[m.id]) for m in messages if m.id in error.refused]
+        else:  # the call failed (the database, say): none was extended
+            failed = [(m, error) for m in messages]
+        for message, why in failed:
+            logger.warning(
+                "worker %s: could not extend the lease of message %d: %s",
+                self.name,
+                message.id,
+                why,
+            )
 
     def _time_out(self, task: _Task) -> None:
         with self._lock:
@@ -512,8 +525,9 @@ class Worker(WorkerCore):
       that is not JSON fails the message.
     - Durations: ``durations=sqqueue.prometheus.Durations()`` records histograms of
       time-in-queue and processing time (statsd timers too when the queue uses statsd).
-    - Heartbeat: every ``heartbeat`` seconds (default a third of the lease) the lease of
-      each running message is extended, so slow but alive handlers keep their messages.
+    - Heartbeat: every ``heartbeat`` seconds (default a third of the lease) the leases of
+      the running messages are extended, all in one call (``extend_batch``), so slow but
+      alive handlers keep their messages.
     - Prefetch: a runner that finds nothing to do claims for itself and for the runners
       idle beside it in one transaction (at most ``prefetch`` messages, default
       ``concurrency``, at most 100), so a busy worker claims in batches and holds no more

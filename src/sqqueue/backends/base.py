@@ -213,6 +213,13 @@ class Backend(ABC):
         expiry (None when refused)."""
 
     @abstractmethod
+    def extend_many(
+        self, refs: Sequence[tuple[int, int | None]], seconds: float
+    ) -> list[tuple[Outcome, float | None]]:
+        """:meth:`extend` for several leases in one transaction: each live one is extended,
+        the others are left as they are; an outcome and new expiry per ref, in order."""
+
+    @abstractmethod
     def lease_of(self, message_id: int) -> tuple[str, int | None] | None:
         """A message's status and lease token, or None if it is not in the queue."""
 

@@ -463,6 +463,18 @@ STATEMENTS = {
         UPDATE $q SET lease_expires_at = $now + %(lease)s, updated_at = $now
          WHERE id = %(id)s AND {_LIVE}
         RETURNING lease_expires_at""",
+    # Move every live lease of the (id, token) pairs to lease seconds from now, in id order.
+    "extend_many": """
+        WITH wanted AS (
+            SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::bigint[]) AS r (id, token)),
+        held AS (
+            SELECT m.id FROM $q AS m JOIN wanted AS w ON m.id = w.id
+             WHERE m.status = 'processing' AND m.lease_expires_at > $now
+               AND (w.token IS NULL OR m.lease_token = w.token)
+             ORDER BY m.id FOR UPDATE OF m)
+        UPDATE $q SET lease_expires_at = $now + %(lease)s, updated_at = $now
+         WHERE id IN (SELECT id FROM held)
+        RETURNING id, lease_token, lease_expires_at""",
     # The attempt count of a message under a live lease (the caller's, when a token is given).
     "attempts_if_live": f"""
         SELECT attempts, max_attempts FROM $q WHERE id = %(id)s AND {_LIVE} FOR UPDATE""",

@@ -68,6 +68,7 @@ _LONGEST_LEASE = 7 * 86400.0  # the queue's longest visibility timeout
 # Batches acknowledged in one statement, at most this many: one parameter per message,
 # within the 999 parameters that SQLite builds before 3.32 allowed (some still do).
 _MAX_SET = 500
+_MAX_EXTEND_SET = 400  # likewise for extend_batch, at two parameters per message
 # Maintenance leaves up to this many free pages (or 1/16 of the file) for reuse.
 _KEEP_FREE_PAGES = 32
 # Idle connections a queue object keeps for its next calls; more are closed as they are
@@ -1392,6 +1393,25 @@ class SQLiteBackend(SQLBackend):
                     f"claim in {self.path!r} found {len(rows)} messages but marked {marked}",
                     ErrorKind.STORAGE,
                 )
+        return rows
+
+    def _extend_rows(
+        self,
+        conn: sqlite3.Connection,
+        refs: Sequence[tuple[int, int | None]],
+        seconds: float,
+    ) -> list[Any]:
+        # One statement per _MAX_EXTEND_SET messages: a heartbeat's batch (one message
+        # per running handler) fits in one.
+        now = self._now()
+        rows: list[Any] = []
+        for start in range(0, len(refs), _MAX_EXTEND_SET):
+            chunk = refs[start : start + _MAX_EXTEND_SET]
+            params: dict[str, Any] = {"now": now, "lease": seconds}
+            for i, (message_id, token) in enumerate(chunk):
+                params[f"id{i}"] = message_id
+                params[f"token{i}"] = token
+            rows += conn.execute(self._q.extend_set(len(chunk)), params).fetchall()
         return rows
 
     def complete_many(self, refs: Sequence[tuple[int, int | None]]) -> list[Outcome]:

@@ -467,6 +467,14 @@ STATEMENTS = {
         UPDATE $q SET lease_expires_at = :now + :lease, updated_at = :now
          WHERE id = :id AND {_LIVE}
         RETURNING lease_expires_at""",
+    # Move every live lease of the (id, token) rows {pairs} to lease seconds from now.
+    "extend_many": """
+        WITH wanted (id, token) AS (VALUES {pairs})
+        UPDATE $q SET lease_expires_at = :now + :lease, updated_at = :now
+          FROM wanted
+         WHERE $q.id = wanted.id AND status = 'processing' AND lease_expires_at > :now
+           AND (wanted.token IS NULL OR lease_token = wanted.token)
+        RETURNING id, lease_token, lease_expires_at""",
     # The attempt count of a message under a live lease (the caller's, when a token is given).
     "attempts_if_live": f"SELECT attempts, max_attempts FROM $q WHERE id = :id AND {_LIVE}",
     # The status and lease token of one message.
@@ -795,6 +803,7 @@ class Rendered:
         self.upgrades = {v: [self.fill(sql) for sql in steps] for v, steps in UPGRADES.items()}
         self.legacy_dead_insert = self.fill(LEGACY_DEAD_INSERT)
         self._complete_sets: dict[int, str] = {}
+        self._extend_sets: dict[int, str] = {}
 
     def fill(self, sql: str) -> str:
         return Template(sql).substitute(self.subst)
@@ -809,6 +818,15 @@ class Rendered:
                 f"DELETE FROM $q WHERE id IN ({marks}) AND status = 'processing'"
                 f" AND lease_expires_at > ?{count + 1} AND lease_token = ?{count + 2}"
             )
+        return statement
+
+    def extend_set(self, count: int) -> str:
+        """extend_many for ``count`` messages, with the parameters ``:id0, :token0, ...``
+        (and ``:now``, ``:lease``)."""
+        statement = self._extend_sets.get(count)
+        if statement is None:
+            pairs = ", ".join(f"(:id{i}, :token{i})" for i in range(count))
+            statement = self._extend_sets[count] = self.sql["extend_many"].format(pairs=pairs)
         return statement
 
 

@@ -407,6 +407,34 @@ class Queue(Compat):
             RequeueError, "extend", lambda: Ok(settle.extend(parts, message, seconds))
         )
 
+    def extend_batch(
+        self,
+        messages: Sequence[MessageRef],
+        visibility_timeout: float | timedelta | None = None,
+    ) -> Result[int, RequeueError]:
+        """Extend several live leases to ``visibility_timeout`` seconds from now (default:
+        the queue's ``default_visibility_timeout``) in one transaction; ``Ok(count)``.
+
+        Each lease is fenced by its own token, as with :meth:`extend`. Not all or nothing:
+        a lease that was lost or expired is left as it is while the others are extended,
+        and the result is then ``Err(LeasesNotExtended)``, whose ``refused`` maps each id
+        not extended to why (and ``extended`` counts the others). A worker's heartbeat
+        extends the leases of its running handlers this way::
+
+            result = queue.extend_batch(running, visibility_timeout=60)
+            if isinstance(result, Err) and isinstance(result.error, LeasesNotExtended):
+                for message_id, why in result.error.refused.items():
+                    ...  # lost: someone else may be working on it now
+        """
+        parts = self.parts
+        default = self.default_visibility_timeout
+
+        def run() -> Result[int, RequeueError]:
+            length = consume.lease_seconds(visibility_timeout, default)
+            return Ok(settle.extend_batch(parts, messages, length))
+
+        return parts.guard(RequeueError, "extend_batch", run)
+
     # -- inspection ----------------------------------------------------------------------
 
     def peek(self) -> Result[Message | None, QueueError]:

@@ -1,6 +1,6 @@
-"""Ending or changing a lease: complete, fail, give back, extend. Each checks the lease
-(fencing) in the backend's transaction and explains a refusal; the queue's methods wrap
-them in Results."""
+"""Ending or changing a lease: complete, fail, give back, extend (one or several). Each
+checks the lease (fencing) in the backend's transaction and explains a refusal; the
+queue's methods wrap them in Results."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from ..backends.base import Outcome
-from ..exceptions import ErrorKind, QueueError
+from ..exceptions import ErrorKind, LeasesNotExtended, QueueError
 from ..message import Message, to_datetime
 from ..serializers import json_text
 from .checks import MAX_DELAY, MAX_ERROR_TEXT, MAX_VISIBILITY_TIMEOUT, seconds
@@ -152,3 +152,37 @@ def extend(parts: Parts, message: object, duration: float | timedelta) -> dateti
     expiry = to_datetime(until)
     assert expiry is not None
     return expiry
+
+
+def extend_batch(parts: Parts, messages: Sequence[object], length: float) -> int:
+    """Extend several live leases to ``length`` seconds from now in one transaction; the
+    count. Each lease is fenced by its own token: those lost or expired are left as they
+    are, the others are extended all the same, and LeasesNotExtended says which were not
+    (a heartbeat keeps what it still holds and learns what it lost)."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise QueueError("extend_batch expects a list of messages or ids", ErrorKind.INVALID_INPUT)
+    if not messages:
+        raise QueueError(
+            "extend_batch needs at least one message or id; nothing was extended",
+            ErrorKind.INVALID_INPUT,
+        )
+    leases = parts.leases
+    # A Message is the usual reference: read it here, without a call per message.
+    refs = [(m.id, m.lease_token) if type(m) is Message else leases.ref(m) for m in messages]
+    outcomes = parts.backend.extend_many(refs, length)
+    refused = {
+        mid: leases.outcome_error(outcome, mid, "extended", token)
+        for (mid, token), (outcome, _) in zip(refs, outcomes, strict=True)
+        if outcome is not Outcome.DONE
+    }
+    extended = sum(outcome is Outcome.DONE for outcome, _ in outcomes)
+    if refused:
+        first_id, first = next(iter(refused.items()))
+        raise LeasesNotExtended(
+            f"{len(refs) - extended} of {len(refs)} lease(s) could not be extended "
+            f"(ids {', '.join(str(i) for i in list(refused)[:10])}); the other {extended} "
+            f"were; message {first_id}: {first}",
+            refused,
+            extended,
+        )
+    return extended
