@@ -20,7 +20,6 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import inspect
@@ -401,12 +400,8 @@ class AsyncWorker(WorkerCore):
         )
         self._aqueue = queue if isinstance(queue, AsyncQueue) else AsyncQueue(queue)
         self._running: dict[object, asyncio.Future[Any]] = {}
-        # Prefetch, as the threaded Worker does it: one runner at a time claims for itself
-        # and the runners idle beside it (made on the loop, in run()).
+        # Guards the prefetch state (see WorkerCore); made on the loop, in run().
         self._handoff: asyncio.Condition | None = None
-        self._prefetched: collections.deque[Message] = collections.deque()
-        self._fetching = False
-        self._idle = 0
 
     async def run(self) -> WorkerStats:
         """Process messages until stopped; returns the stats."""
@@ -515,22 +510,19 @@ class AsyncWorker(WorkerCore):
         handoff = self._handoff
         assert handoff is not None  # made by run()
         async with handoff:
-            while not self._prefetched and self._fetching and not self._stopping.is_set():
+            while self._must_wait():
                 self._idle += 1
                 try:
                     await handoff.wait()
                 finally:
                     self._idle -= 1
-            if self._stopping.is_set():
-                return None  # what is prefetched is given back by run()
-            if self._prefetched:
-                return self._prefetched.popleft()
-            self._fetching = True
-            size = min(self.prefetch, self._idle + 1)
+            step = self._next_or_fetch()
+        if not isinstance(step, int):
+            return step
         batch: list[Message] = []
         try:
             result = await self._aqueue.dequeue_batch(
-                size, visibility_timeout=self.lease, wait=self.poll_wait, cancel=self._stopping
+                step, visibility_timeout=self.lease, wait=self.poll_wait, cancel=self._stopping
             )
             if isinstance(result, Err):
                 logger.warning("worker %s: dequeue failed: %s", self.name, result.error)
@@ -539,24 +531,15 @@ class AsyncWorker(WorkerCore):
                 batch = result.value
         finally:
             async with handoff:
-                self._fetching = False
-                stopping = self._stopping.is_set()
-                if batch and not stopping:
-                    self._prefetched.extend(batch[1:])
+                mine, back = self._fetched(batch)
                 handoff.notify_all()
-        if stopping:  # taken but not started: give them back without counting the attempt
-            for message in batch:
-                await asyncio.to_thread(self.queue.release, message)
-            self._count(released=len(batch))
-            return None
-        return batch[0] if batch else None
+        if back:
+            await asyncio.to_thread(self._give_back, back)
+        return mine
 
     def _release_prefetched(self) -> None:
         """At shutdown: give back what was claimed but never started."""
-        left, self._prefetched = list(self._prefetched), collections.deque()
-        for message in left:
-            self.queue.release(message)
-        self._count(released=len(left))
+        self._give_back(self._unstarted())
 
     def _replace_abandoned(self) -> None:
         # The abandoned handler's task is cancelled, so its runner carries on by itself.

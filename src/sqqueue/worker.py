@@ -179,6 +179,13 @@ class WorkerCore:
         self._tasks: dict[object, _Task] = {}  # driver's key (thread or task) -> running task
         self._lock = threading.Lock()
         self._drained = threading.Event()  # shutdown finished: the heartbeat may end
+        # Prefetch: one runner at a time claims for itself and the runners idle beside it;
+        # what it claimed beyond its own message waits here for them. The drivers guard
+        # these with their own handoff lock (threads or the event loop) and take the
+        # decisions below under it.
+        self._prefetched: deque[Message] = deque()
+        self._fetching = False
+        self._idle = 0
         # Grouped acknowledgements: while the ack thread runs, handlers' completions are
         # left here and their runners go on; the thread completes whatever has gathered
         # in one transaction.
@@ -274,6 +281,43 @@ class WorkerCore:
         self._completed(message, value, elapsed, self.queue.complete(message))
 
     # -- grouped acknowledgements --------------------------------------------------------------
+
+    # -- prefetch: the decisions, taken under the driver's handoff lock ----------------------
+
+    def _must_wait(self) -> bool:
+        """Whether a runner waits: another runner is fetching and nothing is left over."""
+        return not self._prefetched and self._fetching and not self._stopping.is_set()
+
+    def _next_or_fetch(self) -> Message | int | None:
+        """After waiting: None when stopping (what is prefetched is given back at the end),
+        a message another runner fetched, or the size of the fetch this runner now makes
+        for itself and the runners idle beside it."""
+        if self._stopping.is_set():
+            return None
+        if self._prefetched:
+            return self._prefetched.popleft()
+        self._fetching = True
+        return min(self.prefetch, self._idle + 1)
+
+    def _fetched(self, batch: list[Message]) -> tuple[Message | None, list[Message]]:
+        """After a fetch: this runner's message, and what to give back unstarted (all of
+        it when the worker is stopping); the rest waits for the idle runners."""
+        self._fetching = False
+        if self._stopping.is_set():
+            return None, batch
+        self._prefetched.extend(batch[1:])
+        return (batch[0] if batch else None), []
+
+    def _unstarted(self) -> list[Message]:
+        """At shutdown: what was prefetched and never started, to give back."""
+        left, self._prefetched = list(self._prefetched), deque()
+        return left
+
+    def _give_back(self, messages: list[Message]) -> None:
+        """Release messages taken but not started, without counting their attempt."""
+        for message in messages:
+            self.queue.release(message)
+        self._count(released=len(messages))
 
     def _start_acks(self) -> threading.Thread:
         """Start the thread that completes messages in groups (ended by ``_close_acks``)."""
@@ -553,12 +597,7 @@ class Worker(WorkerCore):
         super().__init__(queue, handler, **options)
         self._threads: list[threading.Thread] = []
         self._spawned = 0
-        # Prefetch: one runner at a time claims for itself and the runners idle beside it;
-        # what it claimed beyond its own message waits here for them.
-        self._handoff = threading.Condition(self._lock)
-        self._prefetched: deque[Message] = deque()
-        self._fetching = False
-        self._idle = 0
+        self._handoff = threading.Condition(self._lock)  # guards the prefetch state
 
     def stop(self, immediate: bool = False) -> None:
         super().stop(immediate)
@@ -662,34 +701,24 @@ class Worker(WorkerCore):
         """The next message: one a runner fetched for this one, or a fetch of our own for
         us and the runners idle beside us; None when stopping or nothing came."""
         with self._handoff:
-            while not self._prefetched and self._fetching and not self._stopping.is_set():
+            while self._must_wait():
                 self._idle += 1
                 try:
                     self._handoff.wait()
                 finally:
                     self._idle -= 1
-            if self._stopping.is_set():
-                return None  # what is prefetched is given back by run()
-            if self._prefetched:
-                return self._prefetched.popleft()
-            self._fetching = True
-            size = min(self.prefetch, self._idle + 1)
+            step = self._next_or_fetch()
+        if not isinstance(step, int):
+            return step
         batch: list[Message] = []
         try:
-            batch = self._claim(size)
+            batch = self._claim(step)
         finally:
             with self._handoff:
-                self._fetching = False
-                stopping = self._stopping.is_set()
-                if batch and not stopping:
-                    self._prefetched.extend(batch[1:])
+                mine, back = self._fetched(batch)
                 self._handoff.notify_all()
-        if stopping:  # taken but not started: give them back without counting the attempt
-            for message in batch:
-                self.queue.release(message)
-            self._count(released=len(batch))
-            return None
-        return batch[0] if batch else None
+        self._give_back(back)
+        return mine
 
     def _claim(self, size: int) -> list[Message]:
         result = self.queue.dequeue_batch(
@@ -702,12 +731,10 @@ class Worker(WorkerCore):
         return result.value
 
     def _release_prefetched(self) -> None:
-        """At shutdown: give back what was claimed but never started (attempt not counted)."""
+        """At shutdown: give back what was claimed but never started."""
         with self._handoff:
-            left, self._prefetched = list(self._prefetched), deque()
-        for message in left:
-            self.queue.release(message)
-        self._count(released=len(left))
+            left = self._unstarted()
+        self._give_back(left)
 
     def _heartbeat_loop(self) -> None:
         while not self._drained.is_set():
