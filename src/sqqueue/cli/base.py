@@ -432,6 +432,18 @@ def messages_table(title: str, entries: list[dict[str, Any]], width: int) -> Tab
     return table
 
 
+def print_page(title: str, entries: list[dict[str, Any]], limit: int, nothing: str) -> None:
+    """One page of messages as a table (``nothing`` when empty), then how to ask for the
+    next page when this one is full."""
+    if not entries:
+        click.echo(nothing)
+        return
+    console = make_console()
+    console.print(messages_table(title, entries, console.width))
+    if len(entries) == limit:
+        click.echo(f"next page: --after {entries[-1]['id']}")
+
+
 def new_table(title: str | None) -> Table:
     return Table(
         title=title,

@@ -47,13 +47,7 @@ def dlq_list(
     if as_json:
         click.echo(base.dumps({"queue": queue, "messages": entries, "next_after": next_after}))
         return
-    if not entries:
-        click.echo(f"no dead letters in queue {queue!r}")
-        return
-    console = base.make_console()
-    console.print(base.messages_table(f"{queue}: dead letters", entries, console.width))
-    if next_after is not None:
-        click.echo(f"next page: --after {next_after}")
+    base.print_page(f"{queue}: dead letters", entries, limit, f"no dead letters in queue {queue!r}")
 
 
 @dlq.command("show")

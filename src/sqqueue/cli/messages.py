@@ -211,13 +211,8 @@ def ls(
             )
         )
         return
-    if not entries:
-        click.echo(f"no {'' if state == 'all' else state + ' '}messages in queue {queue!r}")
-        return
-    console = base.make_console()
-    console.print(base.messages_table(f"{queue}: {state} messages", entries, console.width))
-    if next_after is not None:
-        click.echo(f"next page: --after {next_after}")
+    nothing = f"no {'' if state == 'all' else state + ' '}messages in queue {queue!r}"
+    base.print_page(f"{queue}: {state} messages", entries, limit, nothing)
 
 
 @click.command()
