@@ -135,13 +135,22 @@ def test_grouped_acks_are_fenced_one_by_one_when_a_lease_was_lost(
     thread, out = run_in_thread(w)
     assert held.entered.wait(20)
     wait_until(lambda: len(handled) == 3, what="three handlers to return")
-    # The lease of a message whose ack waits runs out, and another consumer takes it.
+    # The worker stops claiming first (its acks still wait): else its own runner could
+    # take the expired lease before the other consumer does.
+    w.stop()
+    wait_until(
+        lambda: not [t for t in threading.enumerate() if t.name == f"{w.name}-1"],
+        what="the worker's runner to end",
+    )
+    # The lease of one message whose ack waits runs out, and another consumer takes it;
+    # the other two keep theirs.
+    for message_id in ids[1:]:
+        ok(queue.extend(message_id, 600))
     clock.advance(31)
     taken = ok(other.dequeue(visibility_timeout=600))
     assert taken is not None
     lost = taken.id
     held.release.set()
-    wait_until(lambda: len(held.calls) >= 2, what="the second flush")
     wait_until(
         lambda: set(statuses(queue)) == {lost},
         what="every message but the re-leased one completed",
