@@ -567,6 +567,16 @@ def test_first_cron_tick_after_winter_time() -> None:
 # -- the app ---------------------------------------------------------------------------------------
 
 
+def test_task_options_are_checked_by_name(tmp_path: Path) -> None:
+    """A misspelt or internal keyword is refused at registration, as a signature would."""
+    app = Tasks(str(tmp_path / "jobs.db"))
+    for bad in ({"retires": 3}, {"max_attempts": 2}, {"periodic": None}):
+        with pytest.raises(TypeError, match=repr(next(iter(bad)))):
+            app.task(**bad)
+    registered = app.task(name="named", retries=2, priority=3)(lambda: None)
+    assert (registered.name, registered.max_attempts, registered.priority) == ("named", 3, 3)
+
+
 def test_tasks_on_several_queues_and_per_task_metrics(make_tasks: MakeTasks) -> None:
     """A task names its queue; the worker serves every queue of the app; metrics count
     per task."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -27,6 +28,9 @@ __all__ = ["routes"]
 logger = logging.getLogger(__name__)
 
 MAX_LIMIT = 1000
+
+#: what a dead-letter endpoint does, given the checked JSON body, the queue's name and queue
+DeadLetterAction = Callable[[dict[str, Any], str, Any], Awaitable[Response]]
 
 
 def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, declared together
@@ -147,14 +151,8 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
         name = request.path_params["name"]
         message_id = request.path_params["message_id"]
 
-        def read() -> tuple[bool, dict[str, Any] | None]:
-            queue_ = d.source.queue(name)
-            if queue_ is None:
-                return False, None
-            return True, value_of(queue_.get_message(message_id))
-
         try:
-            exists, entry = await d.call(read)
+            exists, entry = await d.call(d.source.message, name, message_id)
         except Exception as exc:
             return error(str(exc), 500)
         if not exists:
@@ -180,21 +178,29 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
             return None
         return ids
 
-    async def redrive(request: Request) -> Response:
-        ctx = d.context(request)
-        body, refusal = await body_of(ctx)
-        if body is None:
-            assert refusal is not None
-            return refusal
-        name = request.path_params["name"]
+    def on_dead_letters(act: DeadLetterAction) -> Callable[[Request], Awaitable[Response]]:
+        """A JSON body posted on a queue's dead letters: checked, and the queue found, first."""
+
+        async def handler(request: Request) -> Response:
+            body, refusal = await body_of(d.context(request))
+            if body is None:
+                assert refusal is not None
+                return refusal
+            name = request.path_params["name"]
+            queue_ = await d.call(d.source.queue, name)
+            if queue_ is None:
+                return error(f"no queue {name!r}", 404)
+            return await act(body, name, queue_)
+
+        return handler
+
+    @on_dead_letters
+    async def redrive(body: dict[str, Any], name: str, queue_: Any) -> Response:
         rate = body.get("rate", d.redrive_rate)
         if rate is not None and (
             not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0
         ):
             return error("rate must be a number of messages per second above 0, or null", 400)
-        queue_ = await d.call(d.source.queue, name)
-        if queue_ is None:
-            return error(f"no queue {name!r}", 404)
         if body.get("all") is True:
             job = await d.call(d.source.start_redrive_all, name, rate)
             return d.json({"redrive": job.to_dict()}, status=202)
@@ -208,19 +214,11 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
         logger.info("dashboard: redrove %d dead letter(s) of %r", result.value, name)
         return d.json({"redriven": result.value})
 
-    async def delete(request: Request) -> Response:
-        ctx = d.context(request)
-        body, refusal = await body_of(ctx)
-        if body is None:
-            assert refusal is not None
-            return refusal
-        name = request.path_params["name"]
+    @on_dead_letters
+    async def delete(body: dict[str, Any], name: str, queue_: Any) -> Response:
         ids = ids_of(body)
         if ids is None:
             return error('give "ids": [id, ...]', 400)
-        queue_ = await d.call(d.source.queue, name)
-        if queue_ is None:
-            return error(f"no queue {name!r}", 404)
         result = await d.call(queue_.delete_dead_letters, ids)
         if isinstance(result, Err):
             status = 400 if result.error.kind is ErrorKind.INVALID_INPUT else 500
@@ -228,13 +226,8 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
         logger.info("dashboard: deleted %d dead letter(s) of %r", result.value, name)
         return d.json({"deleted": result.value})
 
-    async def purge(request: Request) -> Response:
-        ctx = d.context(request)
-        body, refusal = await body_of(ctx)
-        if body is None:
-            assert refusal is not None
-            return refusal
-        name = request.path_params["name"]
+    @on_dead_letters
+    async def purge(body: dict[str, Any], name: str, queue_: Any) -> Response:
         older_than = body.get("older_than")
         if older_than is not None and (
             not isinstance(older_than, (int, float))
@@ -245,9 +238,6 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
             return error(
                 "older_than must be seconds (0 or more), or null for every dead letter", 400
             )
-        queue_ = await d.call(d.source.queue, name)
-        if queue_ is None:
-            return error(f"no queue {name!r}", 404)
         result = await d.call(queue_.purge, "dead", older_than)
         if result.is_err():
             return error(str(result.error), 500)

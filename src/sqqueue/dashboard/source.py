@@ -243,6 +243,13 @@ class Source:
             created.close()
         return opened
 
+    def message(self, name: str, message_id: int) -> tuple[bool, dict[str, Any] | None]:
+        """Whether queue ``name`` exists, and its message ``message_id`` (None: not there)."""
+        queue = self.queue(name)
+        if queue is None:
+            return False, None
+        return True, value_of(queue.get_message(message_id))
+
     def close(self) -> None:
         """Stop sampling and close every queue (for a clean shutdown)."""
         self._stop.set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -49,6 +50,12 @@ def _safe_next(path: str | None) -> str:
     if not path or not path.startswith("/") or path.startswith("//") or "\\" in path:
         return "/"
     return path
+
+
+#: a posted form's fields
+Form = dict[str, list[str]]
+#: what a dead-letter form does, given the checked form and the queue it names
+DeadLetterAction = Callable[[Context, Form, str, Any], Awaitable[Response]]
 
 
 def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared together
@@ -225,14 +232,8 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
         name = request.path_params["name"]
         message_id = request.path_params["message_id"]
 
-        def read() -> tuple[bool, dict[str, Any] | None]:
-            queue = d.source.queue(name)
-            if queue is None:
-                return False, None
-            return True, value_of(queue.get_message(message_id))
-
         try:
-            exists, entry = await d.call(read)
+            exists, entry = await d.call(d.source.message, name, message_id)
         except Exception as exc:
             return d.page(ctx, "error.html", status=500, title="Error", error=str(exc))
         if not exists:
@@ -292,7 +293,24 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
         values["redrive_rate"] = d.redrive_rate
         return d.page(ctx, "confirm.html", title="Confirm", **values)
 
-    def rate_from(form: dict[str, list[str]]) -> float | None:
+    def on_dead_letters(act: DeadLetterAction) -> Callable[[Request], Awaitable[Response]]:
+        """A form posted on a queue's dead letters: checked, and the queue found, first."""
+
+        async def handler(request: Request) -> Response:
+            ctx = d.context(request)
+            form, refusal = await checked_form(ctx)
+            if form is None:
+                assert refusal is not None
+                return refusal
+            name = request.path_params["name"]
+            queue = await d.call(d.source.queue, name)
+            if queue is None:
+                return not_found(ctx, f"No queue {name!r} in this database.")
+            return await act(ctx, form, name, queue)
+
+        return handler
+
+    def rate_from(form: Form) -> float | None:
         text = _first(form, "rate").strip()
         if not text:
             return d.redrive_rate
@@ -301,16 +319,8 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
             raise ValueError("the rate must be a number of messages per second above 0")
         return value
 
-    async def redrive(request: Request) -> Response:
-        ctx = d.context(request)
-        form, refusal = await checked_form(ctx)
-        if form is None:
-            assert refusal is not None
-            return refusal
-        name = request.path_params["name"]
-        queue = await d.call(d.source.queue, name)
-        if queue is None:
-            return not_found(ctx, f"No queue {name!r} in this database.")
+    @on_dead_letters
+    async def redrive(ctx: Context, form: Form, name: str, queue: Any) -> Response:
         back = f"/queues/{name}?state=dead"
         try:
             rate = rate_from(form)
@@ -330,16 +340,8 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
         logger.info("dashboard: redrove %d dead letter(s) of %r", result.value, name)
         return d.redirect(ctx, back, f"Redrove {result.value} dead letter(s): {_ids(ids)}.")
 
-    async def delete(request: Request) -> Response:
-        ctx = d.context(request)
-        form, refusal = await checked_form(ctx)
-        if form is None:
-            assert refusal is not None
-            return refusal
-        name = request.path_params["name"]
-        queue = await d.call(d.source.queue, name)
-        if queue is None:
-            return not_found(ctx, f"No queue {name!r} in this database.")
+    @on_dead_letters
+    async def delete(ctx: Context, form: Form, name: str, queue: Any) -> Response:
         back = f"/queues/{name}?state=dead"
         ids = selected(form.get("id", []))
         if not ids:
@@ -352,16 +354,8 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
         note = f" ({gone} were no longer dead letters)" if gone else ""
         return d.redirect(ctx, back, f"Deleted {result.value} dead letter(s){note}.")
 
-    async def purge(request: Request) -> Response:
-        ctx = d.context(request)
-        form, refusal = await checked_form(ctx)
-        if form is None:
-            assert refusal is not None
-            return refusal
-        name = request.path_params["name"]
-        queue = await d.call(d.source.queue, name)
-        if queue is None:
-            return not_found(ctx, f"No queue {name!r} in this database.")
+    @on_dead_letters
+    async def purge(ctx: Context, form: Form, name: str, queue: Any) -> Response:
         back = f"/queues/{name}?state=dead"
         try:
             older_than = float(_first(form, "older_than"))

@@ -33,6 +33,22 @@ R = TypeVar("R")
 #: the margin a tick's deduplication key outlives its task's longest interval by
 _TICK_KEY_MARGIN = 300.0
 
+#: the keywords of Tasks.task (its typed overload lists them with their types)
+_TASK_OPTIONS = frozenset(
+    (
+        "name",
+        "queue",
+        "priority",
+        "retries",
+        "retry",
+        "timeout",
+        "dedup",
+        "group",
+        "ttl",
+        "store_result",
+    )
+)
+
 
 class Tasks:
     """A set of tasks and the database they go through::
@@ -137,20 +153,7 @@ class Tasks:
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
-        self,
-        fn: Callable[P, R] | None = None,
-        /,
-        *,
-        name: str | None = None,
-        queue: str | None = None,
-        priority: int | None = None,
-        retries: int | None = None,
-        retry: RetryPolicy | None = None,
-        timeout: float | None = None,
-        dedup: bool | Callable[..., str] | None = None,
-        group: KeyOption = None,
-        ttl: float | timedelta | None = None,
-        store_result: bool | None = None,
+        self, fn: Callable[P, R] | None = None, /, **options: Any
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a function as a task (``@tasks.task`` or ``@tasks.task(...)``).
 
@@ -168,21 +171,12 @@ class Tasks:
         - ``store_result``: keep the return value (JSON) for ``handle.result()``.
         """
 
+        unknown = sorted(set(options) - _TASK_OPTIONS)
+        if unknown:
+            raise TypeError(f"task() got an unexpected keyword argument {unknown[0]!r}")
+
         def register(function: Callable[P, R]) -> Task[P, R]:
-            return self._register(
-                function,
-                name=name,
-                queue=queue,
-                priority=priority,
-                retries=retries,
-                retry=retry,
-                timeout=timeout,
-                dedup=dedup,
-                group=group,
-                ttl=ttl,
-                store_result=store_result,
-                periodic=None,
-            )
+            return self._register(function, options, periodic=None)
 
         return register if fn is None else register(fn)
 
@@ -225,40 +219,29 @@ class Tasks:
         schedule = Schedule(cron=cron, every=every, tz=tz)
         spec = Periodic(schedule, missed, grace)
 
+        options = {
+            "name": name,
+            "queue": queue,
+            "priority": priority,
+            "retries": retries,
+            "retry": retry,
+            "timeout": timeout,
+            "ttl": ttl,
+            "store_result": store_result,
+        }
+
         def register(function: Callable[[], R]) -> Task[[], R]:
-            return self._register(
-                function,
-                name=name,
-                queue=queue,
-                priority=priority,
-                retries=retries,
-                retry=retry,
-                timeout=timeout,
-                dedup=None,
-                group=None,
-                ttl=ttl,
-                store_result=store_result,
-                periodic=spec,
-            )
+            return self._register(function, options, periodic=spec)
 
         return register
 
     def _register(
-        self,
-        fn: Callable[P, R],
-        *,
-        name: str | None,
-        queue: str | None,
-        priority: int | None,
-        retries: int | None,
-        retry: RetryPolicy | None,
-        timeout: float | None,
-        dedup: bool | Callable[..., str] | None,
-        group: KeyOption,
-        ttl: float | timedelta | None,
-        store_result: bool | None,
-        periodic: Periodic | None,
+        self, fn: Callable[P, R], options: Mapping[str, Any], periodic: Periodic | None
     ) -> Task[P, R]:
+        """Check and record a task; ``options`` are the keywords of :meth:`task`."""
+        options = dict(options)
+        name, queue = options.pop("name", None), options.pop("queue", None)
+        retries, store_result = options.pop("retries", None), options.pop("store_result", None)
         if isinstance(fn, Task):
             raise ValueError(f"{fn.name} is a task already")
         if not callable(fn):
@@ -294,15 +277,10 @@ class Tasks:
             fn,
             name=task_name,
             queue=queue_name,
-            priority=priority,
             max_attempts=max_attempts,
-            retry=retry,
-            timeout=timeout,
-            dedup=dedup,
-            group=group,
-            ttl=ttl,
             store_result=stores,
             periodic=periodic,
+            **options,
         )
         with self._lock:
             existing = self._tasks.get(task_name)
