@@ -158,8 +158,17 @@ def test_previous_layout_is_upgraded_keeping_every_row(
     with SQLiteQueue(db, "jobs", clock=clock) as queue:
         assert any("upgraded queue 'jobs'" in r.getMessage() for r in caplog.records)
         after = sqlite_rows(db, sqlite_sql.object_names("jobs"))
-        # (the history gained its result column on the way, NULL for rows kept before)
-        assert after == {**before, "done": [(*row, None) for row in before["done"]]}
+        # (the history gained its result column on the way, NULL for rows kept before;
+        # jobs' counter of the messages in its table is named for the depth it counts)
+        counters = sorted(
+            (name.replace("jobs#queued", "jobs#depth"), n) for name, n in before["counters"]
+        )
+        assert ("jobs#queued", -2) in before["counters"]  # (less what the fresh ids add)
+        assert after == {
+            **before,
+            "done": [(*row, None) for row in before["done"]],
+            "counters": counters,
+        }
         assert [m["id"] for m in message_statuses(queue)] == [2, 3, 4, 5, 6, 7]
         fresh = tmp_path / "fresh.db"
         SQLiteQueue(fresh, "jobs").close()
@@ -187,6 +196,40 @@ def test_a_name_taken_by_a_queue_of_the_previous_layout(tmp_path: Path, clock: F
     with SQLiteQueue(db, "a", clock=clock) as queue:
         clock.advance(10)
         assert queue.dequeue().unwrap().payload == "in queue a"
+
+
+def test_schema_5_depth_counter_is_renamed(tmp_path: Path, clock: FakeClock) -> None:
+    """Schema 5 named the counter of the messages in a queue's table "queued"; opening
+    the queue names it "depth", and the trigger that counts deletes counts that one."""
+    db = tmp_path / "v5.db"
+    with SQLiteQueue(db, "jobs", clock=clock) as queue:
+        for n in range(3):
+            queue.enqueue(f"m{n}").unwrap()
+        queue.dequeue().unwrap()
+    names = sqlite_sql.object_names("jobs")
+    conn = sqlite3.connect(db)
+    with conn:  # the layout schema 5 wrote
+        conn.execute("UPDATE sqqueue_counters SET name = 'jobs#queued' WHERE name = 'jobs#depth'")
+        conn.execute(f'DROP TRIGGER "{names["tr_delete"]}"')
+        conn.execute(
+            f'CREATE TRIGGER "{names["tr_delete"]}" AFTER DELETE ON "{names["q"]}" BEGIN '
+            "UPDATE sqqueue_counters SET n = n - 1 WHERE name = 'jobs#queued'; END"
+        )
+        conn.execute("UPDATE sqqueue_queues SET schema_version = 5")
+    conn.close()
+    with SQLiteQueue(db, "jobs", clock=clock) as queue:
+        taken = queue.dequeue().unwrap()
+        assert taken is not None and queue.stats().unwrap().depth == 3
+        queue.complete(taken).unwrap()
+        stats = queue.stats().unwrap()
+        assert (stats.depth, stats.ready, stats.processing) == (2, 1, 1)
+    conn = sqlite3.connect(db)
+    counters = dict(conn.execute("SELECT name, n FROM sqqueue_counters WHERE name LIKE 'jobs#%'"))
+    conn.close()
+    assert "jobs#queued" not in counters and "jobs#depth" in counters
+    fresh = tmp_path / "fresh.db"
+    SQLiteQueue(fresh, "jobs").close()
+    assert sqlite_objects(db, "jobs") == sqlite_objects(fresh, "jobs")
 
 
 def test_migrate_upgrades_every_queue(tmp_path: Path) -> None:
@@ -268,6 +311,72 @@ def test_postgres_previous_layout_is_upgraded(
         assert postgres_objects(pg_url, pg_schema, name) == postgres_objects(pg_url, fresh, name)
     finally:
         run_postgres(pg_url, fresh, [f'DROP SCHEMA "{fresh}" CASCADE'])
+
+
+def test_postgres_schema_3_counters_renamed_keeping_grants(pg_url: str, pg_schema: str) -> None:
+    """Schema 3 named the unleased count pending_count (and sqqueue_count's parameter
+    pending): opening a queue renames both for every queue of the schema, and the
+    function's privileges stay as they were (a role keeps its grant, PUBLIC gets none)."""
+    role = f"{pg_schema}_worker"
+    with PostgresQueue(pg_url, "jobs", schema=pg_schema) as queue:
+        for n in range(3):
+            queue.enqueue(f"m{n}").unwrap()
+        queue.dequeue().unwrap()
+    args = postgres_sql.COUNT_FN_ARGS
+    old_function = postgres_sql.COUNT_FUNCTION.replace("unleased", "pending")
+    run_postgres(
+        pg_url,
+        pg_schema,
+        [
+            f'DROP ROLE IF EXISTS "{role}"',
+            f'CREATE ROLE "{role}"',
+            "ALTER TABLE sqqueue_counters RENAME COLUMN unleased_count TO pending_count",
+            f"DROP FUNCTION sqqueue_count({args})",
+            old_function,
+            f"REVOKE ALL ON FUNCTION sqqueue_count({args}) FROM PUBLIC",
+            f'GRANT EXECUTE ON FUNCTION sqqueue_count({args}) TO "{role}"',
+            "UPDATE sqqueue_queues SET schema_version = 3",
+        ],
+    )
+    try:
+        with PostgresQueue(pg_url, "jobs", schema=pg_schema) as queue:
+            stats = queue.stats().unwrap()
+            assert (stats.ready, stats.processing) == (2, 1)
+            queue.enqueue("after").unwrap()
+            assert queue.stats().unwrap().ready == 3
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'SET search_path TO "{pg_schema}"')
+            columns = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_schema = %s AND table_name = 'sqqueue_counters'",
+                    (pg_schema,),
+                )
+            }
+            assert "unleased_count" in columns and "pending_count" not in columns
+            granted = conn.execute(
+                "SELECT has_function_privilege(%s, %s, 'EXECUTE')",
+                (role, f"{pg_schema}.sqqueue_count({args})"),
+            ).fetchone()
+            assert granted == (True,)
+            public = conn.execute(  # revoked from PUBLIC before, and still
+                "SELECT count(*) FROM pg_proc, "
+                "aclexplode(coalesce(proacl, acldefault('f', proowner))) AS a "
+                "WHERE pg_proc.oid = to_regprocedure(%s) AND a.grantee = 0",
+                (f"{pg_schema}.sqqueue_count({args})",),
+            ).fetchone()
+            assert public == (0,)
+            names = conn.execute(
+                "SELECT proargnames FROM pg_proc WHERE proname = 'sqqueue_count' "
+                "AND pronamespace = %s::regnamespace",
+                (pg_schema,),
+            ).fetchone()
+            assert names is not None and names[0][1] == "unleased"
+    finally:
+        run_postgres(
+            pg_url, pg_schema, [f"DROP FUNCTION sqqueue_count({args})", f'DROP ROLE "{role}"']
+        )
 
 
 def test_postgres_name_taken_by_a_queue_of_the_previous_layout(pg_url: str, pg_schema: str) -> None:

@@ -1392,7 +1392,7 @@ class Store:
                 f"""SELECT (SELECT count(*) FROM {s}."{QUEUE}" WHERE status <> 'processing'),
                            (SELECT count(*) FROM {s}."{QUEUE}" WHERE status = 'processing'),
                            (SELECT count(*) FROM {s}."{QUEUE}_dlq"),
-                           coalesce(sum(pending_count), 0), coalesce(sum(processing_count), 0),
+                           coalesce(sum(unleased_count), 0), coalesce(sum(processing_count), 0),
                            coalesce(sum(dead_count), 0)
                       FROM {s}.sqqueue_counters WHERE queue = %s""",
                 (QUEUE,),

@@ -520,9 +520,9 @@ class SQLBackend(Backend):
             return self._one(conn, "counters"), self._one(conn, "waiting")[0]
 
         counters, waiting = self._read_tx(run)
-        queued, processing, dead = (int(n) for n in counters[:3])
+        unleased, processing, dead = (int(n) for n in counters[:3])
         return {
-            "pending": queued - int(waiting),
+            "pending": unleased - int(waiting),
             "processing": processing,
             "waiting": int(waiting),
             "dead": dead,
@@ -544,11 +544,11 @@ class SQLBackend(Backend):
             }
 
         found = self._read_tx(run)
-        (queued, processing, dead, enqueued, completed, failed, dead_lettered, expired,
+        (unleased, processing, dead, enqueued, completed, failed, dead_lettered, expired,
          ttl_expired, created) = found["counters"]  # fmt: skip
         delayed, oldest_age = found["delayed_oldest"]
         return {
-            "ready": int(queued) - int(delayed) - int(found["waiting"]),
+            "ready": int(unleased) - int(delayed) - int(found["waiting"]),
             "delayed": int(delayed),
             "waiting": int(found["waiting"]),
             "processing": int(processing),

@@ -47,8 +47,9 @@ __all__ = [
 
 #: The layout version this module creates, recorded per queue in sqqueue_queues:
 #: 2: a result column in the history table (UPGRADE_FROM_1); 3: internal names "q#..."
-#: (upgrade_from_2).
-SCHEMA_VERSION = 3
+#: (upgrade_from_2); 4: the counters' pending_count renamed unleased_count (in REGISTRY_DDL,
+#: as the counters table holds every queue of the schema).
+SCHEMA_VERSION = 4
 #: The first version whose internal objects are named "q#..." (see object_names).
 SEPARATED_NAMES = 3
 #: A version with the names before SEPARATED_NAMES ("$old_done", ... in the upgrades).
@@ -64,6 +65,31 @@ SERVER_NOW = "(SELECT extract(epoch FROM clock_timestamp())::float8)"
 # parameter instead of the server's clock.
 PINNED_NOW = "%(now)s::float8"
 
+#: sqqueue_count's argument types, as DROP and GRANT name the function
+COUNT_FN_ARGS = ", ".join(["text"] + ["bigint"] * 9)
+# Adds to this connection's shard of a queue's counters.
+COUNT_FUNCTION = f"""CREATE OR REPLACE FUNCTION sqqueue_count(
+    q TEXT, unleased BIGINT, processing BIGINT, dead BIGINT,
+    enqueued BIGINT DEFAULT 0, completed BIGINT DEFAULT 0, failed BIGINT DEFAULT 0,
+    dead_lettered BIGINT DEFAULT 0, expired BIGINT DEFAULT 0, ttl_expired BIGINT DEFAULT 0)
+RETURNS void LANGUAGE sql SET search_path FROM CURRENT AS $$
+    INSERT INTO sqqueue_counters AS c (queue, shard, unleased_count, processing_count,
+        dead_count, enqueued_total, completed_total, failed_total, dead_lettered_total,
+        expired_total, ttl_expired_total)
+    VALUES (q, pg_backend_pid() % {COUNTER_SHARDS}, unleased, processing, dead, enqueued,
+            completed, failed, dead_lettered, expired, ttl_expired)
+    ON CONFLICT (queue, shard) DO UPDATE SET
+        unleased_count = c.unleased_count + excluded.unleased_count,
+        processing_count = c.processing_count + excluded.processing_count,
+        dead_count = c.dead_count + excluded.dead_count,
+        enqueued_total = c.enqueued_total + excluded.enqueued_total,
+        completed_total = c.completed_total + excluded.completed_total,
+        failed_total = c.failed_total + excluded.failed_total,
+        dead_lettered_total = c.dead_lettered_total + excluded.dead_lettered_total,
+        expired_total = c.expired_total + excluded.expired_total,
+        ttl_expired_total = c.ttl_expired_total + excluded.ttl_expired_total
+$$"""
+
 REGISTRY_DDL = (
     """
 CREATE TABLE IF NOT EXISTS sqqueue_queues (
@@ -75,7 +101,7 @@ CREATE TABLE IF NOT EXISTS sqqueue_queues (
 CREATE TABLE IF NOT EXISTS sqqueue_counters (
     queue                TEXT NOT NULL,
     shard                INTEGER NOT NULL,
-    pending_count        BIGINT NOT NULL DEFAULT 0,
+    unleased_count       BIGINT NOT NULL DEFAULT 0,  -- ready, delayed or waiting
     processing_count     BIGINT NOT NULL DEFAULT 0,
     dead_count           BIGINT NOT NULL DEFAULT 0,
     enqueued_total       BIGINT NOT NULL DEFAULT 0,
@@ -86,29 +112,38 @@ CREATE TABLE IF NOT EXISTS sqqueue_counters (
     ttl_expired_total    BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (queue, shard)
 )""",
-    # Adds to this connection's shard of a queue's counters.
+    # Before schema 4 the unleased count was named pending_count, though it holds the
+    # waiting messages too (the glossary's pending is ready + delayed): renamed once, for
+    # every queue of the schema. sqqueue_count's parameter was named pending too, which
+    # only dropping the function changes: it is made again at once, with the grants it had.
     f"""
-CREATE OR REPLACE FUNCTION sqqueue_count(
-    q TEXT, pending BIGINT, processing BIGINT, dead BIGINT,
-    enqueued BIGINT DEFAULT 0, completed BIGINT DEFAULT 0, failed BIGINT DEFAULT 0,
-    dead_lettered BIGINT DEFAULT 0, expired BIGINT DEFAULT 0, ttl_expired BIGINT DEFAULT 0)
-RETURNS void LANGUAGE sql SET search_path FROM CURRENT AS $$
-    INSERT INTO sqqueue_counters AS c (queue, shard, pending_count, processing_count,
-        dead_count, enqueued_total, completed_total, failed_total, dead_lettered_total,
-        expired_total, ttl_expired_total)
-    VALUES (q, pg_backend_pid() % {COUNTER_SHARDS}, pending, processing, dead, enqueued,
-            completed, failed, dead_lettered, expired, ttl_expired)
-    ON CONFLICT (queue, shard) DO UPDATE SET
-        pending_count = c.pending_count + excluded.pending_count,
-        processing_count = c.processing_count + excluded.processing_count,
-        dead_count = c.dead_count + excluded.dead_count,
-        enqueued_total = c.enqueued_total + excluded.enqueued_total,
-        completed_total = c.completed_total + excluded.completed_total,
-        failed_total = c.failed_total + excluded.failed_total,
-        dead_lettered_total = c.dead_lettered_total + excluded.dead_lettered_total,
-        expired_total = c.expired_total + excluded.expired_total,
-        ttl_expired_total = c.ttl_expired_total + excluded.ttl_expired_total
-$$""",
+DO $migrate$
+DECLARE
+    acl aclitem[];
+    grantee_name TEXT;
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_attribute
+                WHERE attrelid = 'sqqueue_counters'::regclass
+                  AND attname = 'pending_count' AND NOT attisdropped) THEN
+        SELECT proacl INTO acl FROM pg_proc
+         WHERE oid = to_regprocedure('sqqueue_count({COUNT_FN_ARGS})');
+        ALTER TABLE sqqueue_counters RENAME COLUMN pending_count TO unleased_count;
+        DROP FUNCTION IF EXISTS sqqueue_count({COUNT_FN_ARGS});
+        EXECUTE $ddl${COUNT_FUNCTION}$ddl$;
+        IF acl IS NOT NULL THEN  -- NULL: the default privileges, which it has again
+            REVOKE ALL ON FUNCTION sqqueue_count({COUNT_FN_ARGS}) FROM PUBLIC;
+            FOR grantee_name IN
+                SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END
+                  FROM aclexplode(acl) AS a LEFT JOIN pg_roles AS r ON r.oid = a.grantee
+                 WHERE a.privilege_type = 'EXECUTE'
+            LOOP
+                EXECUTE format('GRANT EXECUTE ON FUNCTION sqqueue_count({COUNT_FN_ARGS}) TO %s',
+                               grantee_name);
+            END LOOP;
+        END IF;
+    END IF;
+END $migrate$""",
+    COUNT_FUNCTION,
 )
 
 QUEUE_DDL = (
@@ -329,7 +364,7 @@ STATEMENTS = {
             OR EXISTS (SELECT 1 FROM $dlq WHERE id = %(id)s)""",
     # Messages counted against max_depth: ready, delayed, waiting and processing.
     "depth": """
-        SELECT coalesce(sum(pending_count + processing_count), 0)
+        SELECT coalesce(sum(unleased_count + processing_count), 0)
           FROM sqqueue_counters WHERE queue = $lit""",
     # For DDL applied by hand: what opening a new queue does after creating its tables.
     "register": f"""
@@ -530,7 +565,7 @@ STATEMENTS = {
     "is_drained": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
     # Ready, delayed and waiting messages (the depth less those processing): the size gauge.
     "count_unleased": """
-        SELECT coalesce(sum(pending_count), 0) FROM sqqueue_counters WHERE queue = $lit""",
+        SELECT coalesce(sum(unleased_count), 0) FROM sqqueue_counters WHERE queue = $lit""",
     # Add to the queue's totals through sqqueue_count (one row per slot, no hot row).
     "bump": """
         SELECT sqqueue_count($lit, 0, 0, 0, %(enqueued)s, %(completed)s, %(failed)s,
@@ -541,19 +576,19 @@ STATEMENTS = {
             SELECT (SELECT count(*) FROM $q WHERE status <> 'processing') AS p,
                    (SELECT count(*) FROM $q WHERE status = 'processing') AS r,
                    (SELECT count(*) FROM $dlq) AS d)
-        SELECT sqqueue_count($lit, p - coalesce(sum(pending_count), 0),
+        SELECT sqqueue_count($lit, p - coalesce(sum(unleased_count), 0),
                              r - coalesce(sum(processing_count), 0),
                              d - coalesce(sum(dead_count), 0))
           FROM counted LEFT JOIN sqqueue_counters ON queue = $lit
          GROUP BY p, r, d""",
     # Start the enqueued total from the messages already there.
     "seed_totals": """
-        SELECT sqqueue_count($lit, 0, 0, 0, coalesce(sum(pending_count + processing_count
+        SELECT sqqueue_count($lit, 0, 0, 0, coalesce(sum(unleased_count + processing_count
                                                          + dead_count), 0))
           FROM sqqueue_counters WHERE queue = $lit""",
     # Every counter of the queue, for stats.
     "counters": """
-        SELECT coalesce(sum(pending_count), 0), coalesce(sum(processing_count), 0),
+        SELECT coalesce(sum(unleased_count), 0), coalesce(sum(processing_count), 0),
                coalesce(sum(dead_count), 0), coalesce(sum(enqueued_total), 0),
                coalesce(sum(completed_total), 0), coalesce(sum(failed_total), 0),
                coalesce(sum(dead_lettered_total), 0), coalesce(sum(expired_total), 0),
@@ -929,7 +964,7 @@ def grant_statements(schema: str, queues: Sequence[str], roles: dict[str, str]) 
         "schema": where,
         "registry": f"{where}.sqqueue_queues",
         "counters": f"{where}.sqqueue_counters",
-        "count_fn": f"{where}.sqqueue_count(text, {', '.join(['bigint'] * 9)})",
+        "count_fn": f"{where}.sqqueue_count({COUNT_FN_ARGS})",
     }
     statements: list[str] = []
     for kind in ROLES:

@@ -949,6 +949,8 @@ class SQLiteBackend(SQLBackend):
             steps += self._q.upgrades[3]
         if version < 5:
             steps += self._q.upgrades[4]
+        if version < 6:
+            steps += self._q.upgrades[5]
         self._apply_upgrade(conn, steps, sql.SET_SCHEMA_VERSION, version, SCHEMA_VERSION)
 
     def _look_up_schema(self) -> None:
@@ -1117,8 +1119,8 @@ class SQLiteBackend(SQLBackend):
 
     def count_arrivals(self, conn: sqlite3.Connection, messages: int) -> None:
         """Inside the caller's transaction: count ``messages`` rows inserted into the queue
-        table with ids of their own (not the next ones), as queued and as enqueues."""
-        self._bump(conn, queued=messages, enqueued=messages)
+        table with ids of their own (not the next ones), in the depth and as enqueues."""
+        self._bump(conn, depth=messages, enqueued=messages)
 
     # -- operations --------------------------------------------------------------------
 
@@ -1493,7 +1495,7 @@ class SQLiteBackend(SQLBackend):
         self.reserve_ids(conn, high)
 
     def _count_revived(self, conn: sqlite3.Connection) -> None:
-        self._bump(conn, queued=1)
+        self._bump(conn, depth=1)
 
     def _count_imported(self, conn: sqlite3.Connection, messages: int, dead: int) -> None:
         self.count_arrivals(conn, messages)

@@ -45,8 +45,8 @@ __all__ = [
 #: The layout version this module creates, recorded per queue in sqqueue_queues:
 #: 2: no insert trigger (UPGRADE_FROM_1); 3: results kept (UPGRADE_FROM_2);
 #: 4: updated_at in the ready index (UPGRADE_FROM_3); 5: internal names "q#..."
-#: (UPGRADE_FROM_4).
-SCHEMA_VERSION = 5
+#: (UPGRADE_FROM_4); 6: the depth counter named for what it counts (UPGRADE_FROM_5).
+SCHEMA_VERSION = 6
 #: The first version whose internal objects are named "q#..." (see _NAMES).
 SEPARATED_NAMES = 5
 #: A version with the names before SEPARATED_NAMES ("$old_done", ... in the upgrades).
@@ -75,19 +75,19 @@ CREATE TABLE IF NOT EXISTS sqqueue_counters (
 # paths write as few counters as they can:
 #
 # - a claim writes none: the messages being processed are counted from the lease index
-#   (which holds exactly them), so #queued counts pending and processing together;
+#   (which holds exactly them), so #depth counts unleased and processing together;
 # - an enqueue writes none either. Ids are handed out one after another, so the enqueues
 #   not yet counted are derived from them:
 #
 #   next id  = max(largest id in the queue, #high) + 1       (ids are never reused)
 #   #high    = the largest id that ever left the queue, or was reserved (imports)
 #   fresh    = max(largest id in the queue, #high) - #base   (enqueues not yet counted)
-#   queued   = #queued + fresh;   enqueued = #enqueued + fresh
+#   depth    = #depth + fresh;    enqueued = #enqueued + fresh
 #
 # An insert whose id is not the next one (a revived dead letter, an import, a salvaged
 # row) is counted by the code that makes it. The rows are created with the queue.
 COUNTERS = (
-    "queued",  # in the queue table: pending, delayed, waiting or processing
+    "depth",  # in the queue table: ready, delayed, waiting or processing
     "dead",
     "enqueued",
     "completed",
@@ -98,6 +98,12 @@ COUNTERS = (
     "high",  # see above
     "base",
 )
+
+# A message leaving the queue table leaves its depth.
+DELETE_TRIGGER = """
+CREATE TRIGGER $tr_delete AFTER DELETE ON $q BEGIN
+    UPDATE sqqueue_counters SET n = n - 1 WHERE name = $c_depth;
+END"""
 
 READY_INDEX = (
     "CREATE INDEX $ix_ready ON $q (priority DESC, visible_at, id, updated_at) "
@@ -209,10 +215,7 @@ END""",
     # and the few paths that insert rows with ids of their own count them in the same
     # transaction (revive, import, salvage). A trigger, even one that does nothing,
     # cost 1.35 us per row inserted.
-    """
-CREATE TRIGGER $tr_delete AFTER DELETE ON $q BEGIN
-    UPDATE sqqueue_counters SET n = n - 1 WHERE name = $c_queued;
-END""",
+    DELETE_TRIGGER,
     # The largest id leaving the queue raises #high, so it is never handed out again.
     """
 CREATE TRIGGER $tr_high AFTER DELETE ON $q
@@ -279,7 +282,7 @@ def _counter(name: str) -> str:
     return f"(SELECT n FROM sqqueue_counters WHERE name = $c_{name})"
 
 
-_QUEUED = f"({_counter('queued')} + {_FRESH})"
+_DEPTH = f"({_counter('depth')} + {_FRESH})"
 # Served by the lease index, so it costs one step per message being processed.
 _PROCESSING = "(SELECT count(*) FROM $q WHERE status = 'processing')"
 
@@ -361,7 +364,7 @@ STATEMENTS = {
         SELECT EXISTS (SELECT 1 FROM $q WHERE id = :id)
             OR EXISTS (SELECT 1 FROM $dlq WHERE id = :id)""",
     # Messages counted against max_depth: ready, delayed, waiting and processing.
-    "depth": f"SELECT {_QUEUED}",
+    "depth": f"SELECT {_DEPTH}",
     # A claim is a SELECT of the rows as they will be once claimed, then an UPDATE of the
     # same rows, in one write transaction. UPDATE ... RETURNING would do it in one
     # statement, but SQLite runs it through temporary tables (for the RETURNING rows, the
@@ -525,7 +528,7 @@ STATEMENTS = {
     # Whether the queue holds no message at all (dead letters and history aside).
     "is_drained": "SELECT NOT EXISTS (SELECT 1 FROM $q)",
     # Ready, delayed and waiting messages (the depth less those processing): the size gauge.
-    "count_unleased": f"SELECT {_QUEUED} - {_PROCESSING}",
+    "count_unleased": f"SELECT {_DEPTH} - {_PROCESSING}",
     # Add :n to one counter.
     "bump": "UPDATE sqqueue_counters SET n = n + :n WHERE name = :counter",
     # For DDL applied by hand: what opening a new queue does after creating its tables.
@@ -540,19 +543,19 @@ STATEMENTS = {
     "recount": f"""
         UPDATE sqqueue_counters
            SET n = CASE name
-                WHEN $c_queued THEN (SELECT count(*) FROM $q)
+                WHEN $c_depth THEN (SELECT count(*) FROM $q)
                 WHEN $c_dead THEN (SELECT count(*) FROM $dlq)
                 ELSE {_HIGHEST} END
-         WHERE name IN ($c_queued, $c_dead, $c_base)""",
+         WHERE name IN ($c_depth, $c_dead, $c_base)""",
     # Start the enqueued total from the messages already there.
     "seed_totals": f"""
         UPDATE sqqueue_counters
-           SET n = {_counter("queued")} + {_counter("dead")}
+           SET n = {_counter("depth")} + {_counter("dead")}
          WHERE name = $c_enqueued""",
     # pending (incl. delayed and waiting), processing, dead, then the totals in the order
     # of COUNTERS, then the queue's creation time.
     "counters": f"""
-        SELECT {_QUEUED} - {_PROCESSING}, {_PROCESSING}, {_counter("dead")},
+        SELECT {_DEPTH} - {_PROCESSING}, {_PROCESSING}, {_counter("dead")},
                {_counter("enqueued")} + {_FRESH},
                {", ".join(_counter(c) for c in COUNTERS[3:8])},
                (SELECT created_at FROM sqqueue_queues WHERE name = $lit)""",
@@ -704,8 +707,22 @@ UPGRADE_FROM_4 = (
     *INDEX_DDL,
     *TRIGGER_DDL,
 )
+# From schema version 5: the counter of the messages in the queue table is named for
+# what it counts, the queue's depth (it was "queued"); the trigger that names it is made
+# again.
+UPGRADE_FROM_5 = (
+    "UPDATE sqqueue_counters SET name = $c_depth WHERE name = '$name#queued'",
+    "DROP TRIGGER IF EXISTS $tr_delete",
+    DELETE_TRIGGER,
+)
 #: The statements that bring a queue from each older schema version to the next.
-UPGRADES = {1: UPGRADE_FROM_1, 2: UPGRADE_FROM_2, 3: UPGRADE_FROM_3, 4: UPGRADE_FROM_4}
+UPGRADES = {
+    1: UPGRADE_FROM_1,
+    2: UPGRADE_FROM_2,
+    3: UPGRADE_FROM_3,
+    4: UPGRADE_FROM_4,
+    5: UPGRADE_FROM_5,
+}
 
 LEGACY_MIGRATION = (
     "ALTER TABLE $q RENAME TO $legacy",
