@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from sqqueue import Queue, SQLiteQueue
-from sqqueue.backends.sqlite import check_sqlite_version
+from sqqueue.backends.sqlite_files import check_sqlite_version
 from sqqueue.logs import JSONFormatter
 
 

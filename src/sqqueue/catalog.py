@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .backends import sqlite_sql
-from .backends.sqlite import classify, file_state, open_read_only
+from .backends.sqlite_files import classify, file_state, open_read_only
 from .exceptions import ErrorKind, QueueError
 from .targets import parse_target
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .backends import sqlite_sql
-from .backends.sqlite import SQLiteBackend, classify, not_a_database
+from .backends.sqlite import SQLiteBackend
+from .backends.sqlite_files import classify, not_a_database
 from .catalog import list_queues, list_queues_at, read, read_only, registered
 from .exceptions import ErrorKind, QueueError
 from .names import validate_queue_name

@@ -9,20 +9,16 @@ handlers), and every error path rolls back before returning.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import os
 import random
 import sqlite3
-import stat
-import struct
 import threading
 import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from .. import encryption
@@ -30,6 +26,7 @@ from ..encryption import EncryptionKey
 from ..exceptions import ErrorKind
 from ..names import validate_queue_name
 from ..wakeup import Watcher, signal_for
+from . import sqlite_files as files
 from . import sqlite_sql as sql
 from .base import (
     NewMessage,
@@ -42,14 +39,7 @@ from .base import (
 )
 from .common import SQLBackend, _Refused
 
-__all__ = [
-    "MIN_SQLITE_VERSION",
-    "SCHEMA_VERSION",
-    "SQLiteBackend",
-    "check_sqlite_version",
-    "file_state",
-    "open_read_only",
-]
+__all__ = ["SCHEMA_VERSION", "SQLiteBackend"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +50,6 @@ R = TypeVar("R", StoredMessage, StoredDeadLetter, StoredDone)
 #: payloads from this size on are stored apart from their message row
 LARGE_PAYLOAD = 128 * 1024
 
-MIN_SQLITE_VERSION = (3, 35, 0)  # the oldest release sqqueue supports
 SCHEMA_VERSION = sql.SCHEMA_VERSION  # defined with the schema, in sqlite_sql
 # A clock that reads more than this much earlier than it did has been stepped back.
 _STEP_BACK = 1.0
@@ -77,412 +66,6 @@ _MAX_IDLE = 16
 # A WAL that cannot be checkpointed is warned about at most this often (seconds).
 _WAL_WARN_EVERY = 300.0
 Synchronous = Literal["normal", "full"]
-
-
-# What the drivers raise: sqlite3's errors, and sqlcipher3's own (a class tree of its
-# own) once an encrypted file has been opened in this process (see _use_sqlcipher).
-_ERRORS: tuple[type[sqlite3.Error], ...] = (sqlite3.Error,)
-
-
-def _use_sqlcipher() -> Any:
-    """The sqlcipher3 module, its errors now caught like sqlite3's."""
-    global _ERRORS
-    cipher = encryption.driver()
-    if len(_ERRORS) == 1:
-        _ERRORS = (sqlite3.Error, cipher.Error)
-    return cipher
-
-
-def _connect(key: EncryptionKey | None, target: str, **options: Any) -> sqlite3.Connection:
-    """A connection to ``target``: sqlite3's, or for an encrypted file SQLCipher's, keyed
-    before any other statement runs."""
-    if key is None:
-        plain: sqlite3.Connection = sqlite3.connect(target, **options)
-        return plain
-    conn = _use_sqlcipher().connect(target, **options)
-    try:
-        encryption.key_connection(conn, key)
-    except BaseException:
-        conn.close()
-        raise
-    return conn  # type: ignore[no-any-return]  # the sqlite3 API, on SQLCipher
-
-
-def _resolve_key(key: str | bytes | EncryptionKey | None) -> EncryptionKey | None:
-    """The key to open a file with (see ``encryption.resolve_key``); with one, sqlcipher3
-    is imported now, so a missing extra is reported before any file is created."""
-    resolved = encryption.resolve_key(key)
-    if resolved is not None:
-        _use_sqlcipher()
-    return resolved
-
-
-def check_sqlite_version(version: tuple[int, int, int] | None = None) -> None:
-    """Raise ``RuntimeError`` if the SQLite library is older than sqqueue needs."""
-    found = version or sqlite3.sqlite_version_info
-    if found < MIN_SQLITE_VERSION:
-        raise RuntimeError(
-            f"sqqueue needs SQLite {'.'.join(map(str, MIN_SQLITE_VERSION))} or newer; "
-            "this Python uses SQLite "
-            f"{'.'.join(map(str, found))}. Use a newer Python build or install 'pysqlite3-binary'."
-        )
-
-
-# --------------------------------------------------------------------------------------
-# Connections survive threads, not forks: a child process must never use a connection
-# its parent opened (SQLite's locks would be wrong), nor close it (that could drop the
-# parent's locks). After a fork, inherited connections are parked here and left alone.
-# --------------------------------------------------------------------------------------
-_fork_generation = 0
-_parked_after_fork: list[sqlite3.Connection] = []
-
-
-def _after_fork_in_child() -> None:
-    global _fork_generation
-    _fork_generation += 1
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class _DataVersion:
-    """The watcher's probe: ``PRAGMA data_version`` on a connection of its own.
-
-    The number changes whenever another connection commits, in this process or another;
-    a connection that never writes therefore sees every commit. It reads the WAL index in
-    shared memory: no table is touched, and no snapshot is held between reads.
-    """
-
-    def __init__(self, path: str, key: EncryptionKey | None = None) -> None:
-        # mode=rw: a database that has gone away is an error here, never a new empty file.
-        self._conn = _connect(
-            key,
-            f"{Path(path).as_uri()}?mode=rw",
-            uri=True,
-            timeout=1.0,
-            isolation_level=None,
-            check_same_thread=False,
-        )
-        self._cursor = self._conn.cursor()
-
-    def read(self) -> int:
-        # fetchall: the statement runs to its end, so no read transaction stays open.
-        return int(self._cursor.execute(sql.DATA_VERSION).fetchall()[0][0])
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-_watchers: dict[str, Watcher] = {}
-_watchers_lock = threading.Lock()
-_parked_watchers: list[Watcher] = []  # a parent's, after fork: their probes stay untouched
-
-
-def _watcher_for(path: str, key: EncryptionKey | None = None) -> Watcher:
-    """This process's watcher of the database at ``path`` (a real path; ``key``: its
-    encryption key)."""
-    with _watchers_lock:
-        watcher = _watchers.get(path)
-        if watcher is None or watcher.pid != os.getpid():
-            if watcher is not None:
-                _parked_watchers.append(watcher)
-            watcher = Watcher(os.path.basename(path), functools.partial(_DataVersion, path, key))
-            _watchers[path] = watcher
-        return watcher
-
-
-def _error_name(exc: sqlite3.Error) -> str:
-    return str(getattr(exc, "sqlite_errorname", "") or "")
-
-
-def not_a_database(exc: sqlite3.Error) -> bool:
-    """Whether SQLite found no database in the file at all (rather than a damaged one)."""
-    return _error_name(exc).startswith("SQLITE_NOTADB") or "not a database" in str(exc).lower()
-
-
-def classify(exc: sqlite3.Error, path: str) -> StorageError:
-    """Turn a sqlite3 exception into a StorageError that says what to do."""
-    text = str(exc)
-    name = _error_name(exc)
-    lowered = text.lower()
-    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in lowered:
-        return StorageError(
-            f"database {path!r} is locked by another connection ({text})", ErrorKind.LOCKED
-        )
-    if name.startswith("SQLITE_FULL") or "disk is full" in lowered:
-        return StorageError(
-            f"cannot write to {path!r}: the disk or file size limit is full ({text}); "
-            "free space and retry, nothing was written",
-            ErrorKind.DISK_FULL,
-        )
-    if name.startswith("SQLITE_READONLY") or "readonly" in lowered:
-        problem = access_problem(path) or "check the file and directory permissions"
-        return StorageError(
-            f"cannot write to {path!r}: it is read-only ({text}); {problem}",
-            ErrorKind.READ_ONLY,
-        )
-    if name.startswith("SQLITE_CANTOPEN") or "unable to open" in lowered:
-        denied = access_problem(path, writing=False)
-        if denied is not None:
-            return StorageError(f"cannot open {path!r} ({text}): {denied}", ErrorKind.STORAGE)
-    if not_a_database(exc):
-        # The header is not SQLite's: an encrypted file opened without its key, another
-        # kind of file, or one destroyed from its first page, which no salvage can read.
-        return StorageError(
-            f"{path!r} is not an SQLite database; if this file is encrypted: give its key "
-            f"({encryption.GIVE_KEY}); else check the path (a queue file whose "
-            "header was overwritten can only be restored from a backup)",
-            ErrorKind.CORRUPT,
-        )
-    if name.startswith("SQLITE_CORRUPT") or "malformed" in lowered:
-        return StorageError(
-            f"database {path!r} is damaged ({text}); check it "
-            f"with 'sqqueue check {path}', then copy every readable message into a new "
-            f"file with 'sqqueue salvage {path} NEW.db' (or restore a backup)",
-            ErrorKind.CORRUPT,
-        )
-    if name.startswith("SQLITE_IOERR") or "i/o error" in lowered:
-        # SQLite reports a write refused by the file size limit (EFBIG) as an I/O error,
-        # and ENOSPC as one too on some paths: look at the limits before blaming the disk.
-        limit = _space_limit(path)
-        if limit is not None:
-            return StorageError(
-                f"cannot write to {path!r}: {limit} ({text}); free space and retry, "
-                "nothing was written",
-                ErrorKind.DISK_FULL,
-            )
-        return StorageError(
-            f"input/output error on {path!r} ({text}); the disk may be full, failing "
-            "or gone; nothing was written",
-            ErrorKind.STORAGE,
-        )
-    return StorageError(f"database error on {path!r}: {text}", ErrorKind.STORAGE)
-
-
-# access() as the process (its effective user and, on Linux, its capabilities) acts.
-_EFFECTIVE_IDS = os.access in os.supports_effective_ids
-
-
-def access_problem(path: str, writing: bool = True) -> str | None:
-    """What the permissions keep this process from doing with the database ``path`` and
-    its -wal and -shm files (reading only, unless ``writing``), in words with what to do;
-    None if they allow it."""
-    if path == ":memory:" or path.startswith("file:"):
-        return None
-    user = f"this user (uid {os.geteuid()})" if hasattr(os, "geteuid") else "this user"
-    fix = "run as the user that owns the queue file, or give this user access"
-    wanted = [(os.R_OK, "read")] + ([(os.W_OK, "write")] if writing else [])
-    for mode, verb in wanted:
-        for name in (path, f"{path}-wal", f"{path}-shm"):
-            try:
-                info = os.stat(name)
-            except OSError:
-                continue
-            if not os.access(name, mode, effective_ids=_EFFECTIVE_IDS):
-                return (
-                    f"{user} may not {verb} {name} (owner uid {info.st_uid}, mode "
-                    f"{stat.S_IMODE(info.st_mode):04o}); {fix}"
-                )
-    directory = os.path.dirname(os.path.abspath(path))
-    companions = not os.path.exists(f"{path}-shm")
-    if (writing or companions) and not os.access(
-        directory, os.W_OK | os.X_OK, effective_ids=_EFFECTIVE_IDS
-    ):
-        return (
-            f"{user} may not create files in {directory}, where SQLite keeps the database's "
-            f"-wal and -shm files; {fix}"
-        )
-    return None
-
-
-def _space_limit(path: str) -> str | None:
-    """Why a write may have failed for lack of space, or None if space looks fine."""
-    try:
-        import resource  # POSIX only
-
-        soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-        if soft != resource.RLIM_INFINITY:
-            sizes = [os.path.getsize(p) for p in (path, f"{path}-wal") if os.path.exists(p)]
-            # A write that would cross the limit fails: the file is within a page or
-            # two of it, or the write itself was large.
-            if sizes and max(sizes) + 16 * 1024 * 1024 >= soft:
-                return f"the file size limit is reached (RLIMIT_FSIZE = {soft} bytes)"
-    except (ImportError, OSError, ValueError):
-        pass
-    try:
-        stats = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
-    except (OSError, AttributeError):
-        return None
-    if stats.f_bavail * stats.f_frsize < 1024 * 1024:
-        return "the disk is full"
-    return None
-
-
-def _prepare_path(db_path: str | os.PathLike[str], create: bool = True) -> tuple[str, bool]:
-    """Check the path and, if ``create``, create the file owner-only. Returns (path,
-    is_memory)."""
-    path = os.fspath(db_path)
-    if not isinstance(path, str) or not path:
-        raise ValueError("db_path must be a non-empty path to the database file")
-    if path == ":memory:":
-        return path, True
-    if "\x00" in path:
-        raise ValueError("db_path contains a NUL character")
-    target = Path(path)
-    if target.is_dir():
-        raise ValueError(
-            f"db_path {path!r} is a directory; give a file path such as "
-            f"{os.path.join(path, 'queue.db')!r}"
-        )
-    # Through symlinks: the file is created (and SQLite puts its -wal and -shm) where
-    # the link points, so that is where the mode is set.
-    real = Path(os.path.realpath(path))
-    parent = real.parent
-    if not parent.is_dir():
-        where = f" (where the link {path!r} points)" if target.is_symlink() else ""
-        raise ValueError(f"cannot create {path!r}: directory {str(parent)!r}{where} does not exist")
-    if not real.exists():
-        if not create:
-            raise StorageError(f"no database at {path!r}", ErrorKind.NOT_FOUND)
-        try:
-            # Created here, not by SQLite, so it is readable by its owner only; SQLite gives
-            # the -wal and -shm files the same permissions.
-            fd = os.open(real, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            os.close(fd)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise ValueError(f"cannot create {path!r}: {exc.strerror}") from exc
-    info = real.stat()
-    if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"db_path {path!r} is not a regular file")
-    if create and info.st_size == 0 and info.st_mode & 0o077:
-        # An empty file (made by `touch`, say) becomes the database now: owner-only, like
-        # one sqqueue creates, and so its -wal and -shm.
-        with contextlib.suppress(OSError):
-            os.chmod(real, 0o600)
-            info = real.stat()
-    _warn_if_shared(path, real, info.st_mode)
-    return path, False
-
-
-_warned_shared: set[str] = set()
-_warned_lock = threading.Lock()
-
-
-def _warn_if_shared(path: str, real: Path, mode: int) -> None:
-    """Log once per file and process when others may read the queue file: SQLite gives
-    its -wal and -shm files the same mode, so they can read every message too."""
-    if not mode & 0o044:
-        return
-    with _warned_lock:
-        if str(real) in _warned_shared:
-            return
-        _warned_shared.add(str(real))
-    logger.warning(
-        "%s is readable by other users (mode %04o), and so are its -wal and -shm files: "
-        "run 'chmod 600 %s' unless they are meant to read the queue",
-        path,
-        stat.S_IMODE(mode),
-        path,
-    )
-
-
-# A file's state, as far as a reader that bypasses SQLite's locking depends on it: the
-# database's inode, size, modification and change times, and the -wal and -shm sizes
-# (-1 when absent).
-FileState = tuple[int, int, int, int, int, int]
-
-
-def file_state(path: str) -> FileState:
-    """The state of the database ``path`` and its -wal and -shm files (see FileState)."""
-    info = os.stat(path)
-    sizes = []
-    for suffix in ("-wal", "-shm"):
-        try:
-            sizes.append(os.stat(path + suffix).st_size)
-        except FileNotFoundError:
-            sizes.append(-1)
-    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns, sizes[0], sizes[1])
-
-
-def _wal_mode(path: str) -> bool:
-    """Whether the database header says WAL mode (bytes 18 and 19 are 2)."""
-    with open(path, "rb") as file:
-        header = file.read(20)
-    return len(header) == 20 and header[18] == 2 and header[19] == 2
-
-
-def open_read_only(
-    path: str, timeout: float = 5.0, key: str | bytes | EncryptionKey | None = None
-) -> tuple[sqlite3.Connection, FileState | None]:
-    """A connection that reads ``path`` without changing anything on disk, and the state
-    its reads depend on (None: SQLite's own locking keeps them consistent).
-
-    SQLite reads a WAL database through its -shm file and creates the -shm and -wal when
-    they are missing, even for a read-only connection, which cannot remove them again;
-    and it cannot create them in a directory the reader may not write. A reader must not
-    leave files behind (another user's process might then be unable to open them). So
-    when there is no -shm and no -wal (or an empty one), which means nobody has the
-    database open and all of it is in the main file, it is read as immutable: the caller
-    checks with :func:`file_state` after each read that nothing changed meanwhile (a
-    writer that starts creates the -wal first), and reads again if it did.
-
-    ``key``: the file's encryption key (else the one in the environment, if any).
-    """
-    resolved = encryption.resolve_key(key)
-    try:
-        state = file_state(path)
-        wal_size, shm_size = state[4], state[5]
-        idle_wal = shm_size < 0 and _wal_mode(path)
-    except OSError as exc:
-        denied = access_problem(path, writing=False)
-        raise StorageError(denied or f"cannot read {path!r}: {exc.strerror}") from exc
-    snapshot: FileState | None = None
-    query = "mode=ro"
-    if idle_wal:
-        if wal_size > 0:
-            raise StorageError(
-                f"cannot read {path!r} without changing it: {path}-wal holds changes not yet "
-                f"copied into the database and there is no {path}-shm (a copied or "
-                f"half-removed file); open the queue once for use, or run 'sqqueue "
-                f"checkpoint {path}', then read it again",
-                ErrorKind.READ_ONLY,
-            )
-        query = "mode=ro&immutable=1"
-        snapshot = state
-    uri = f"{Path(path).resolve().as_uri()}?{query}"
-    _refuse_mismatch(path, resolved)
-    try:
-        conn = _connect(
-            resolved,
-            uri,
-            uri=True,
-            timeout=timeout,
-            isolation_level=None,
-            check_same_thread=False,
-            cached_statements=128,
-        )
-    except _ERRORS as exc:
-        raise classify(exc, path) from exc
-    if resolved is not None:
-        try:
-            conn.execute(sql.READ_SCHEMA).fetchall()
-        except _ERRORS as exc:
-            conn.close()
-            if not_a_database(exc):
-                raise StorageError(encryption.wrong_key(path), ErrorKind.INVALID_INPUT) from None
-            raise classify(exc, path) from exc
-    return conn, snapshot
-
-
-def _refuse_mismatch(path: str, key: EncryptionKey | None) -> None:
-    """Refuse, before SQLite touches it, a plain file opened with a key (and an
-    encrypted one opened without)."""
-    problem = encryption.mismatch(path, key)
-    if problem is not None:
-        raise StorageError(problem, ErrorKind.INVALID_INPUT)
 
 
 class SQLiteBackend(SQLBackend):
@@ -509,14 +92,14 @@ class SQLiteBackend(SQLBackend):
         ``older_layout`` (with ``read_only``): open a queue of an older sqqueue's layout too,
         by the names of its version, for ``export_rows`` only (the other reads expect the
         current columns); salvage reads damaged files of any version this way."""
-        check_sqlite_version()
+        files.check_sqlite_version()
         self.name = validate_queue_name(name)
         if synchronous not in ("normal", "full"):
             raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
         self.read_only = bool(read_only)
         self._older_layout = bool(older_layout)
-        self._key = _resolve_key(encryption_key)
-        self.path, self._memory = _prepare_path(db_path, create=not self.read_only)
+        self._key = files.resolve_key(encryption_key)
+        self.path, self._memory = files.prepare_path(db_path, create=not self.read_only)
         if self._memory and self.read_only:
             raise ValueError("a private ':memory:' queue cannot be opened read-only")
         self._check_key()
@@ -533,7 +116,7 @@ class SQLiteBackend(SQLBackend):
         self._idle: list[sqlite3.Connection] = []  # last in, first out: the warmest on top
         self._conns: set[sqlite3.Connection] = set()  # every trusted one, idle or busy
         self._pool_lock = threading.Lock()
-        self._generation = _fork_generation
+        self._generation = files.fork_generation()
         # The latest time read from the clock, to notice it being stepped back; and whether
         # the next fold should look for leases taken before such a step (every new queue
         # object looks once: the step may have happened while no process was running).
@@ -546,7 +129,7 @@ class SQLiteBackend(SQLBackend):
         self._watcher: Watcher | None = None
         self._watch_token = object()  # this object's registration with its watcher
         # Read-only connections opened as immutable, and the file state they depend on.
-        self._snapshots: dict[sqlite3.Connection, FileState] = {}
+        self._snapshots: dict[sqlite3.Connection, files.FileState] = {}
         self._wal_warned_at = -math.inf
         self._column_cache: dict[str, list[str]] = {}
         self._import_sql: dict[tuple[str, tuple[str, ...]], str] = {}
@@ -555,7 +138,7 @@ class SQLiteBackend(SQLBackend):
                 # A memdb database lives while one connection is open.
                 self._anchor = self._open()
             self._init_schema(default_max_attempts)
-        except _ERRORS as exc:
+        except files.driver_errors() as exc:
             self.close()
             err = self._open_error(exc)
             raise StorageError(f"cannot open queue {self.name!r}: {err}", err.kind) from exc
@@ -573,25 +156,25 @@ class SQLiteBackend(SQLBackend):
         if self._memory:
             raise ValueError("a private ':memory:' queue has no file to encrypt: drop the key")
         try:
-            _refuse_mismatch(self.path, self._key)
+            files.refuse_mismatch(self.path, self._key)
         except StorageError as exc:
             raise StorageError(f"cannot open queue {self.name!r}: {exc}", exc.kind) from None
 
     def _open_error(self, exc: sqlite3.Error) -> StorageError:
         """What went wrong opening the queue: with a key, "not a database" is a wrong key."""
-        if self._key is not None and not_a_database(exc):
+        if self._key is not None and files.not_a_database(exc):
             return StorageError(encryption.wrong_key(self.path), ErrorKind.INVALID_INPUT)
-        return classify(exc, self.path)
+        return files.classify(exc, self.path)
 
     # -- connections -------------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
         if self.read_only:
-            conn, snapshot = open_read_only(self.path, self._lock_timeout, self._key)
+            conn, snapshot = files.open_read_only(self.path, self._lock_timeout, self._key)
             if snapshot is not None:
                 self._snapshots[conn] = snapshot
             return conn
-        conn = _connect(
+        conn = files.connect(
             self._key,
             self._uri or self.path,
             timeout=self._lock_timeout,
@@ -625,7 +208,7 @@ class SQLiteBackend(SQLBackend):
 
     def _checkout(self) -> sqlite3.Connection:
         """A connection for one call, all to itself until ``_checkin``."""
-        if self._closed or self._generation != _fork_generation:
+        if self._closed or self._generation != files.fork_generation():
             return self._checkout_new()  # raises CLOSED, or sets a parent's aside first
         try:
             conn = self._idle.pop()
@@ -640,7 +223,7 @@ class SQLiteBackend(SQLBackend):
         with self._pool_lock:
             if self._closed:
                 raise self._closed_error()
-            if self._generation != _fork_generation:
+            if self._generation != files.fork_generation():
                 self._leave_inherited()
         conn = self._open()
         with self._pool_lock:
@@ -659,10 +242,10 @@ class SQLiteBackend(SQLBackend):
                 self._close_idle()
             return
         with self._pool_lock:
-            if conn not in self._conns and any(conn is p for p in _parked_after_fork):
+            if conn not in self._conns and any(conn is p for p in files.parked_after_fork):
                 return  # inherited through fork (used across it): not ours to close
             self._conns.discard(conn)
-        with contextlib.suppress(*_ERRORS):
+        with contextlib.suppress(*files.driver_errors()):
             conn.close()
 
     def _close_idle(self) -> None:
@@ -673,18 +256,18 @@ class SQLiteBackend(SQLBackend):
                 return
             with self._pool_lock:
                 self._conns.discard(conn)
-            with contextlib.suppress(*_ERRORS):
+            with contextlib.suppress(*files.driver_errors()):
                 conn.close()
 
     def _leave_inherited(self) -> None:
         """In a child process after fork (pool lock held): set the parent's connections
         aside, untouched, and start afresh."""
-        _parked_after_fork.extend(self._conns)
+        files.parked_after_fork.extend(self._conns)
         if self._anchor is not None:
-            _parked_after_fork.append(self._anchor)
+            files.parked_after_fork.append(self._anchor)
         self._conns, self._idle, self._anchor = set(), [], None
         self._watcher = None  # the parent's watcher thread did not come along
-        self._generation = _fork_generation
+        self._generation = files.fork_generation()
 
     @contextlib.contextmanager
     def _borrowed(self) -> Iterator[sqlite3.Connection]:
@@ -704,7 +287,7 @@ class SQLiteBackend(SQLBackend):
         ``Err(CLOSED)``. Idempotent, and safe while other threads are inside calls."""
         with self._pool_lock:
             self._closed = True
-            if self._generation != _fork_generation:
+            if self._generation != files.fork_generation():
                 self._leave_inherited()
             anchor, self._anchor = self._anchor, None
             watcher, self._watcher = self._watcher, None
@@ -713,7 +296,7 @@ class SQLiteBackend(SQLBackend):
         if watcher is not None:
             watcher.unregister(self._watch_token)
         if anchor is not None:
-            with contextlib.suppress(*_ERRORS):
+            with contextlib.suppress(*files.driver_errors()):
                 anchor.close()
 
     # -- transactions --------------------------------------------------------------------
@@ -731,7 +314,7 @@ class SQLiteBackend(SQLBackend):
             return
         try:
             conn.execute(sql.ROLLBACK)
-        except _ERRORS:
+        except files.driver_errors():
             # A connection that cannot roll back is not trusted again.
             logger.warning("rollback failed on %s; discarding the connection", self.path)
             self._discard(conn)
@@ -762,7 +345,7 @@ class SQLiteBackend(SQLBackend):
         while True:
             conn = self._checkout()
             if lenient:
-                conn.text_factory = _lenient_text
+                conn.text_factory = files.lenient_text
             try:
                 if write:
                     conn.execute(sql.BEGIN_IMMEDIATE)
@@ -774,14 +357,14 @@ class SQLiteBackend(SQLBackend):
                 except BaseException:
                     self._rollback(conn)
                     raise
-            except _ERRORS as exc:
-                if _undecodable_text(exc) and not lenient:
+            except files.driver_errors() as exc:
+                if files.undecodable_text(exc) and not lenient:
                     # A text column holds bytes that are not UTF-8 (a row edited by hand):
                     # run the call again reading such text leniently, so the row can be
                     # listed or dead-lettered instead of failing every call that reads it.
                     lenient = True
                     continue
-                err = classify(exc, self.path)
+                err = files.classify(exc, self.path)
                 if err.kind is not ErrorKind.LOCKED:
                     raise err from exc
                 attempt += 1
@@ -823,7 +406,7 @@ class SQLiteBackend(SQLBackend):
             conn = self._checkout()
             try:
                 snapshot = self._snapshots.get(conn)
-                if snapshot is not None and file_state(self.path) != snapshot:
+                if snapshot is not None and files.file_state(self.path) != snapshot:
                     self._forget(conn)  # a writer came: read through its -shm from now on
                     continue
                 try:
@@ -831,11 +414,11 @@ class SQLiteBackend(SQLBackend):
                 except BaseException:
                     self._rollback(conn)
                     raise
-                if snapshot is None or file_state(self.path) == snapshot:
+                if snapshot is None or files.file_state(self.path) == snapshot:
                     return result
                 self._forget(conn)
-            except _ERRORS as exc:
-                raise classify(exc, self.path) from exc
+            except files.driver_errors() as exc:
+                raise files.classify(exc, self.path) from exc
             except OSError as exc:
                 raise StorageError(
                     f"cannot read {self.path!r}: {exc.strerror}", ErrorKind.STORAGE
@@ -1047,8 +630,8 @@ class SQLiteBackend(SQLBackend):
         """Convert a sqqueue 0.1.0 table (and its _dlq) in place, inside the caller's txn."""
         try:
             self._migrate_legacy_tables(conn, now, max_attempts)
-        except _ERRORS as exc:
-            err = classify(exc, self.path)
+        except files.driver_errors() as exc:
+            err = files.classify(exc, self.path)
             raise StorageError(
                 f"migrating queue {self.name!r} from sqqueue 0.1.0 failed, so nothing was "
                 f"changed (the whole migration is one transaction): {err}",
@@ -1226,7 +809,7 @@ class SQLiteBackend(SQLBackend):
 
     def enqueue_in(self, conn: Any, messages: Sequence[NewMessage]) -> list[int]:
         """Insert inside the caller's own transaction on its own connection (outbox)."""
-        if not _is_connection(conn):
+        if not files.is_connection(conn):
             raise StorageError(
                 "conn must be your sqlite3.Connection on the queue's file (or a SQLAlchemy "
                 f"Session or Connection on it), got {type(conn).__name__}",
@@ -1235,14 +818,14 @@ class SQLiteBackend(SQLBackend):
         self._check_open()
         self._refuse_writes()
         try:
-            files = [row[2] for row in conn.execute(sql.DATABASE_LIST) if row[1] == "main"]
+            opened = [row[2] for row in conn.execute(sql.DATABASE_LIST) if row[1] == "main"]
             if (
                 self._memory
-                or not files
-                or os.path.realpath(files[0]) != os.path.realpath(self.path)
+                or not opened
+                or os.path.realpath(opened[0]) != os.path.realpath(self.path)
             ):
                 raise StorageError(
-                    f"conn is open on {files[0] if files else 'another database'!r}, not on the "
+                    f"conn is open on {opened[0] if opened else 'another database'!r}, not on the "
                     f"queue's file {self.path!r}",
                     ErrorKind.INVALID_INPUT,
                 )
@@ -1252,8 +835,8 @@ class SQLiteBackend(SQLBackend):
             if row is not None:
                 return [self._insert_one(conn, row)]
             return self._insert(conn, messages)
-        except _ERRORS as exc:
-            raise classify(exc, self.path) from exc
+        except files.driver_errors() as exc:
+            raise files.classify(exc, self.path) from exc
 
     @staticmethod
     def _join(conn: sqlite3.Connection) -> None:
@@ -1332,7 +915,7 @@ class SQLiteBackend(SQLBackend):
         watcher = self._watcher
         if watcher is not None and watcher.pid == os.getpid():
             return
-        watcher = _watcher_for(os.path.realpath(self.path), self._key)
+        watcher = files.watcher_for(os.path.realpath(self.path), self._key)
         with self._pool_lock:
             if self._closed:
                 raise self._closed_error()
@@ -1516,7 +1099,7 @@ class SQLiteBackend(SQLBackend):
                 sizes[key] = 0
         if not self._memory:
             if self.read_only:  # a checkpoint writes to the database: read the WAL index
-                frames, behind = _wal_progress(self.path, sizes["wal_bytes"])
+                frames, behind = files.wal_progress(self.path, sizes["wal_bytes"])
             else:
                 frames, behind = self._passive_checkpoint(sizes["wal_bytes"])
             sizes.update(wal_frames=frames, wal_frames_not_checkpointed=behind)
@@ -1562,15 +1145,15 @@ class SQLiteBackend(SQLBackend):
         if conn is None:
             return self._read(fn)
         self._check_open()
-        if not _is_connection(conn):
+        if not files.is_connection(conn):
             raise StorageError(
                 f"conn must be a sqlite3.Connection, got {type(conn).__name__}",
                 ErrorKind.INVALID_INPUT,
             )
         try:
             return fn(conn)
-        except _ERRORS as exc:
-            raise classify(exc, self.path) from exc
+        except files.driver_errors() as exc:
+            raise files.classify(exc, self.path) from exc
 
     def vacuum(self, conn: Any = None) -> None:
         if self._memory:
@@ -1613,46 +1196,6 @@ class SQLiteBackend(SQLBackend):
         the interface does not offer."""
         with self._borrowed() as conn:
             yield conn
-
-
-def _is_connection(conn: Any) -> bool:
-    """Whether ``conn`` is a connection of sqlite3 (or of sqlcipher3, its copy)."""
-    return isinstance(conn, sqlite3.Connection) or (
-        len(_ERRORS) > 1 and isinstance(conn, encryption.driver().Connection)
-    )
-
-
-def _undecodable_text(exc: sqlite3.Error) -> bool:
-    """Whether sqlite3 (or sqlcipher3) failed to read a TEXT value as UTF-8."""
-    return type(exc).__name__ == "OperationalError" and str(exc).startswith(
-        "Could not decode to UTF-8"
-    )
-
-
-def _lenient_text(raw: bytes) -> str:
-    """TEXT as str, with bytes that are not UTF-8 replaced by U+FFFD."""
-    return raw.decode("utf-8", "replace")
-
-
-def _wal_progress(path: str, wal_bytes: int) -> tuple[int, int]:
-    """(frames in the WAL, frames not yet copied into the database), read from the
-    header of the -shm file without writing anything (https://sqlite.org/walformat.html:
-    two identical copies of the header, mxFrame at byte 16, then nBackfill at byte 96, in
-    the machine's byte order); (0, 0) when there is no WAL index to read."""
-    if not wal_bytes:
-        return 0, 0
-    try:
-        with open(f"{path}-shm", "rb") as file:
-            head = file.read(100)
-    except OSError:
-        return 0, 0
-    if len(head) < 100 or head[:48] != head[48:96]:
-        return 0, 0  # not initialised, or being rewritten right now
-    version, frames = struct.unpack_from("=I", head, 0)[0], struct.unpack_from("=I", head, 16)[0]
-    if version != 3007000 or not head[12]:
-        return 0, 0
-    copied = struct.unpack_from("=I", head, 96)[0]
-    return frames, max(frames - copied, 0)
 
 
 def _is_legacy(columns: set[str]) -> bool:

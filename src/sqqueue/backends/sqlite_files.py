@@ -1,0 +1,511 @@
+"""The SQLite file, apart from any queue: the driver (sqlite3, or SQLCipher for an
+encrypted file) and its errors, what a failure means (``classify``), permissions and free
+space, creating the file owner-only, reading it without changing it, the probe the
+watcher polls, and connections that must not cross a fork.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import sqlite3
+import stat
+import struct
+import threading
+from pathlib import Path
+from typing import Any
+
+from .. import encryption
+from ..encryption import EncryptionKey
+from ..exceptions import ErrorKind
+from ..wakeup import Watcher
+from . import sqlite_sql as sql
+from .base import StorageError
+
+__all__ = [
+    "MIN_SQLITE_VERSION",
+    "FileState",
+    "access_problem",
+    "check_sqlite_version",
+    "classify",
+    "connect",
+    "driver_errors",
+    "file_state",
+    "fork_generation",
+    "is_connection",
+    "lenient_text",
+    "not_a_database",
+    "open_read_only",
+    "parked_after_fork",
+    "prepare_path",
+    "refuse_mismatch",
+    "resolve_key",
+    "undecodable_text",
+    "use_sqlcipher",
+    "wal_progress",
+    "watcher_for",
+]
+
+logger = logging.getLogger(__name__)
+
+MIN_SQLITE_VERSION = (3, 35, 0)  # the oldest release sqqueue supports
+
+
+# What the drivers raise: sqlite3's errors, and sqlcipher3's own (a class tree of its
+# own) once an encrypted file has been opened in this process (see use_sqlcipher).
+_errors: tuple[type[sqlite3.Error], ...] = (sqlite3.Error,)
+
+
+def driver_errors() -> tuple[type[sqlite3.Error], ...]:
+    """The exception classes of the drivers in use: catch these, not sqlite3.Error."""
+    return _errors
+
+
+def use_sqlcipher() -> Any:
+    """The sqlcipher3 module, its errors now caught like sqlite3's."""
+    global _errors
+    cipher = encryption.driver()
+    if len(_errors) == 1:
+        _errors = (sqlite3.Error, cipher.Error)
+    return cipher
+
+
+def connect(key: EncryptionKey | None, target: str, **options: Any) -> sqlite3.Connection:
+    """A connection to ``target``: sqlite3's, or for an encrypted file SQLCipher's, keyed
+    before any other statement runs."""
+    if key is None:
+        plain: sqlite3.Connection = sqlite3.connect(target, **options)
+        return plain
+    conn = use_sqlcipher().connect(target, **options)
+    try:
+        encryption.key_connection(conn, key)
+    except BaseException:
+        conn.close()
+        raise
+    return conn  # type: ignore[no-any-return]  # the sqlite3 API, on SQLCipher
+
+
+def resolve_key(key: str | bytes | EncryptionKey | None) -> EncryptionKey | None:
+    """The key to open a file with (see ``encryption.resolve_key``); with one, sqlcipher3
+    is imported now, so a missing extra is reported before any file is created."""
+    resolved = encryption.resolve_key(key)
+    if resolved is not None:
+        use_sqlcipher()
+    return resolved
+
+
+def check_sqlite_version(version: tuple[int, int, int] | None = None) -> None:
+    """Raise ``RuntimeError`` if the SQLite library is older than sqqueue needs."""
+    found = version or sqlite3.sqlite_version_info
+    if found < MIN_SQLITE_VERSION:
+        raise RuntimeError(
+            f"sqqueue needs SQLite {'.'.join(map(str, MIN_SQLITE_VERSION))} or newer; "
+            "this Python uses SQLite "
+            f"{'.'.join(map(str, found))}. Use a newer Python build or install 'pysqlite3-binary'."
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Connections survive threads, not forks: a child process must never use a connection
+# its parent opened (SQLite's locks would be wrong), nor close it (that could drop the
+# parent's locks). After a fork, inherited connections are parked here and left alone.
+# --------------------------------------------------------------------------------------
+_fork_generation = 0
+#: connections inherited from the parent process, never used nor closed
+parked_after_fork: list[sqlite3.Connection] = []
+
+
+def fork_generation() -> int:
+    """How many forks this process is from the one that imported sqqueue: a connection
+    opened in another generation belongs to an ancestor."""
+    return _fork_generation
+
+
+def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _DataVersion:
+    """The watcher's probe: ``PRAGMA data_version`` on a connection of its own.
+
+    The number changes whenever another connection commits, in this process or another;
+    a connection that never writes therefore sees every commit. It reads the WAL index in
+    shared memory: no table is touched, and no snapshot is held between reads.
+    """
+
+    def __init__(self, path: str, key: EncryptionKey | None = None) -> None:
+        # mode=rw: a database that has gone away is an error here, never a new empty file.
+        self._conn = connect(
+            key,
+            f"{Path(path).as_uri()}?mode=rw",
+            uri=True,
+            timeout=1.0,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        self._cursor = self._conn.cursor()
+
+    def read(self) -> int:
+        # fetchall: the statement runs to its end, so no read transaction stays open.
+        return int(self._cursor.execute(sql.DATA_VERSION).fetchall()[0][0])
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+_watchers: dict[str, Watcher] = {}
+_watchers_lock = threading.Lock()
+_parked_watchers: list[Watcher] = []  # a parent's, after fork: their probes stay untouched
+
+
+def watcher_for(path: str, key: EncryptionKey | None = None) -> Watcher:
+    """This process's watcher of the database at ``path`` (a real path; ``key``: its
+    encryption key)."""
+    with _watchers_lock:
+        watcher = _watchers.get(path)
+        if watcher is None or watcher.pid != os.getpid():
+            if watcher is not None:
+                _parked_watchers.append(watcher)
+            watcher = Watcher(os.path.basename(path), functools.partial(_DataVersion, path, key))
+            _watchers[path] = watcher
+        return watcher
+
+
+def _error_name(exc: sqlite3.Error) -> str:
+    return str(getattr(exc, "sqlite_errorname", "") or "")
+
+
+def not_a_database(exc: sqlite3.Error) -> bool:
+    """Whether SQLite found no database in the file at all (rather than a damaged one)."""
+    return _error_name(exc).startswith("SQLITE_NOTADB") or "not a database" in str(exc).lower()
+
+
+def classify(exc: sqlite3.Error, path: str) -> StorageError:
+    """Turn a sqlite3 exception into a StorageError that says what to do."""
+    text = str(exc)
+    name = _error_name(exc)
+    lowered = text.lower()
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in lowered:
+        return StorageError(
+            f"database {path!r} is locked by another connection ({text})", ErrorKind.LOCKED
+        )
+    if name.startswith("SQLITE_FULL") or "disk is full" in lowered:
+        return StorageError(
+            f"cannot write to {path!r}: the disk or file size limit is full ({text}); "
+            "free space and retry, nothing was written",
+            ErrorKind.DISK_FULL,
+        )
+    if name.startswith("SQLITE_READONLY") or "readonly" in lowered:
+        problem = access_problem(path) or "check the file and directory permissions"
+        return StorageError(
+            f"cannot write to {path!r}: it is read-only ({text}); {problem}",
+            ErrorKind.READ_ONLY,
+        )
+    if name.startswith("SQLITE_CANTOPEN") or "unable to open" in lowered:
+        denied = access_problem(path, writing=False)
+        if denied is not None:
+            return StorageError(f"cannot open {path!r} ({text}): {denied}", ErrorKind.STORAGE)
+    if not_a_database(exc):
+        # The header is not SQLite's: an encrypted file opened without its key, another
+        # kind of file, or one destroyed from its first page, which no salvage can read.
+        return StorageError(
+            f"{path!r} is not an SQLite database; if this file is encrypted: give its key "
+            f"({encryption.GIVE_KEY}); else check the path (a queue file whose "
+            "header was overwritten can only be restored from a backup)",
+            ErrorKind.CORRUPT,
+        )
+    if name.startswith("SQLITE_CORRUPT") or "malformed" in lowered:
+        return StorageError(
+            f"database {path!r} is damaged ({text}); check it "
+            f"with 'sqqueue check {path}', then copy every readable message into a new "
+            f"file with 'sqqueue salvage {path} NEW.db' (or restore a backup)",
+            ErrorKind.CORRUPT,
+        )
+    if name.startswith("SQLITE_IOERR") or "i/o error" in lowered:
+        # SQLite reports a write refused by the file size limit (EFBIG) as an I/O error,
+        # and ENOSPC as one too on some paths: look at the limits before blaming the disk.
+        limit = _space_limit(path)
+        if limit is not None:
+            return StorageError(
+                f"cannot write to {path!r}: {limit} ({text}); free space and retry, "
+                "nothing was written",
+                ErrorKind.DISK_FULL,
+            )
+        return StorageError(
+            f"input/output error on {path!r} ({text}); the disk may be full, failing "
+            "or gone; nothing was written",
+            ErrorKind.STORAGE,
+        )
+    return StorageError(f"database error on {path!r}: {text}", ErrorKind.STORAGE)
+
+
+# access() as the process (its effective user and, on Linux, its capabilities) acts.
+_EFFECTIVE_IDS = os.access in os.supports_effective_ids
+
+
+def access_problem(path: str, writing: bool = True) -> str | None:
+    """What the permissions keep this process from doing with the database ``path`` and
+    its -wal and -shm files (reading only, unless ``writing``), in words with what to do;
+    None if they allow it."""
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    user = f"this user (uid {os.geteuid()})" if hasattr(os, "geteuid") else "this user"
+    fix = "run as the user that owns the queue file, or give this user access"
+    wanted = [(os.R_OK, "read")] + ([(os.W_OK, "write")] if writing else [])
+    for mode, verb in wanted:
+        for name in (path, f"{path}-wal", f"{path}-shm"):
+            try:
+                info = os.stat(name)
+            except OSError:
+                continue
+            if not os.access(name, mode, effective_ids=_EFFECTIVE_IDS):
+                return (
+                    f"{user} may not {verb} {name} (owner uid {info.st_uid}, mode "
+                    f"{stat.S_IMODE(info.st_mode):04o}); {fix}"
+                )
+    directory = os.path.dirname(os.path.abspath(path))
+    companions = not os.path.exists(f"{path}-shm")
+    if (writing or companions) and not os.access(
+        directory, os.W_OK | os.X_OK, effective_ids=_EFFECTIVE_IDS
+    ):
+        return (
+            f"{user} may not create files in {directory}, where SQLite keeps the database's "
+            f"-wal and -shm files; {fix}"
+        )
+    return None
+
+
+def _space_limit(path: str) -> str | None:
+    """Why a write may have failed for lack of space, or None if space looks fine."""
+    try:
+        import resource  # POSIX only
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != resource.RLIM_INFINITY:
+            sizes = [os.path.getsize(p) for p in (path, f"{path}-wal") if os.path.exists(p)]
+            # A write that would cross the limit fails: the file is within a page or
+            # two of it, or the write itself was large.
+            if sizes and max(sizes) + 16 * 1024 * 1024 >= soft:
+                return f"the file size limit is reached (RLIMIT_FSIZE = {soft} bytes)"
+    except (ImportError, OSError, ValueError):
+        pass
+    try:
+        stats = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
+    except (OSError, AttributeError):
+        return None
+    if stats.f_bavail * stats.f_frsize < 1024 * 1024:
+        return "the disk is full"
+    return None
+
+
+def prepare_path(db_path: str | os.PathLike[str], create: bool = True) -> tuple[str, bool]:
+    """Check the path and, if ``create``, create the file owner-only. Returns (path,
+    is_memory)."""
+    path = os.fspath(db_path)
+    if not isinstance(path, str) or not path:
+        raise ValueError("db_path must be a non-empty path to the database file")
+    if path == ":memory:":
+        return path, True
+    if "\x00" in path:
+        raise ValueError("db_path contains a NUL character")
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(
+            f"db_path {path!r} is a directory; give a file path such as "
+            f"{os.path.join(path, 'queue.db')!r}"
+        )
+    # Through symlinks: the file is created (and SQLite puts its -wal and -shm) where
+    # the link points, so that is where the mode is set.
+    real = Path(os.path.realpath(path))
+    parent = real.parent
+    if not parent.is_dir():
+        where = f" (where the link {path!r} points)" if target.is_symlink() else ""
+        raise ValueError(f"cannot create {path!r}: directory {str(parent)!r}{where} does not exist")
+    if not real.exists():
+        if not create:
+            raise StorageError(f"no database at {path!r}", ErrorKind.NOT_FOUND)
+        try:
+            # Created here, not by SQLite, so it is readable by its owner only; SQLite gives
+            # the -wal and -shm files the same permissions.
+            fd = os.open(real, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise ValueError(f"cannot create {path!r}: {exc.strerror}") from exc
+    info = real.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"db_path {path!r} is not a regular file")
+    if create and info.st_size == 0 and info.st_mode & 0o077:
+        # An empty file (made by `touch`, say) becomes the database now: owner-only, like
+        # one sqqueue creates, and so its -wal and -shm.
+        with contextlib.suppress(OSError):
+            os.chmod(real, 0o600)
+            info = real.stat()
+    _warn_if_shared(path, real, info.st_mode)
+    return path, False
+
+
+_warned_shared: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_if_shared(path: str, real: Path, mode: int) -> None:
+    """Log once per file and process when others may read the queue file: SQLite gives
+    its -wal and -shm files the same mode, so they can read every message too."""
+    if not mode & 0o044:
+        return
+    with _warned_lock:
+        if str(real) in _warned_shared:
+            return
+        _warned_shared.add(str(real))
+    logger.warning(
+        "%s is readable by other users (mode %04o), and so are its -wal and -shm files: "
+        "run 'chmod 600 %s' unless they are meant to read the queue",
+        path,
+        stat.S_IMODE(mode),
+        path,
+    )
+
+
+# A file's state, as far as a reader that bypasses SQLite's locking depends on it: the
+# database's inode, size, modification and change times, and the -wal and -shm sizes
+# (-1 when absent).
+FileState = tuple[int, int, int, int, int, int]
+
+
+def file_state(path: str) -> FileState:
+    """The state of the database ``path`` and its -wal and -shm files (see FileState)."""
+    info = os.stat(path)
+    sizes = []
+    for suffix in ("-wal", "-shm"):
+        try:
+            sizes.append(os.stat(path + suffix).st_size)
+        except FileNotFoundError:
+            sizes.append(-1)
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns, sizes[0], sizes[1])
+
+
+def _wal_mode(path: str) -> bool:
+    """Whether the database header says WAL mode (bytes 18 and 19 are 2)."""
+    with open(path, "rb") as file:
+        header = file.read(20)
+    return len(header) == 20 and header[18] == 2 and header[19] == 2
+
+
+def open_read_only(
+    path: str, timeout: float = 5.0, key: str | bytes | EncryptionKey | None = None
+) -> tuple[sqlite3.Connection, FileState | None]:
+    """A connection that reads ``path`` without changing anything on disk, and the state
+    its reads depend on (None: SQLite's own locking keeps them consistent).
+
+    SQLite reads a WAL database through its -shm file and creates the -shm and -wal when
+    they are missing, even for a read-only connection, which cannot remove them again;
+    and it cannot create them in a directory the reader may not write. A reader must not
+    leave files behind (another user's process might then be unable to open them). So
+    when there is no -shm and no -wal (or an empty one), which means nobody has the
+    database open and all of it is in the main file, it is read as immutable: the caller
+    checks with :func:`file_state` after each read that nothing changed meanwhile (a
+    writer that starts creates the -wal first), and reads again if it did.
+
+    ``key``: the file's encryption key (else the one in the environment, if any).
+    """
+    resolved = encryption.resolve_key(key)
+    try:
+        state = file_state(path)
+        wal_size, shm_size = state[4], state[5]
+        idle_wal = shm_size < 0 and _wal_mode(path)
+    except OSError as exc:
+        denied = access_problem(path, writing=False)
+        raise StorageError(denied or f"cannot read {path!r}: {exc.strerror}") from exc
+    snapshot: FileState | None = None
+    query = "mode=ro"
+    if idle_wal:
+        if wal_size > 0:
+            raise StorageError(
+                f"cannot read {path!r} without changing it: {path}-wal holds changes not yet "
+                f"copied into the database and there is no {path}-shm (a copied or "
+                f"half-removed file); open the queue once for use, or run 'sqqueue "
+                f"checkpoint {path}', then read it again",
+                ErrorKind.READ_ONLY,
+            )
+        query = "mode=ro&immutable=1"
+        snapshot = state
+    uri = f"{Path(path).resolve().as_uri()}?{query}"
+    refuse_mismatch(path, resolved)
+    try:
+        conn = connect(
+            resolved,
+            uri,
+            uri=True,
+            timeout=timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            cached_statements=128,
+        )
+    except _errors as exc:
+        raise classify(exc, path) from exc
+    if resolved is not None:
+        try:
+            conn.execute(sql.READ_SCHEMA).fetchall()
+        except _errors as exc:
+            conn.close()
+            if not_a_database(exc):
+                raise StorageError(encryption.wrong_key(path), ErrorKind.INVALID_INPUT) from None
+            raise classify(exc, path) from exc
+    return conn, snapshot
+
+
+def refuse_mismatch(path: str, key: EncryptionKey | None) -> None:
+    """Refuse, before SQLite touches it, a plain file opened with a key (and an
+    encrypted one opened without)."""
+    problem = encryption.mismatch(path, key)
+    if problem is not None:
+        raise StorageError(problem, ErrorKind.INVALID_INPUT)
+
+
+def is_connection(conn: Any) -> bool:
+    """Whether ``conn`` is a connection of sqlite3 (or of sqlcipher3, its copy)."""
+    return isinstance(conn, sqlite3.Connection) or (
+        len(_errors) > 1 and isinstance(conn, encryption.driver().Connection)
+    )
+
+
+def undecodable_text(exc: sqlite3.Error) -> bool:
+    """Whether sqlite3 (or sqlcipher3) failed to read a TEXT value as UTF-8."""
+    return type(exc).__name__ == "OperationalError" and str(exc).startswith(
+        "Could not decode to UTF-8"
+    )
+
+
+def lenient_text(raw: bytes) -> str:
+    """TEXT as str, with bytes that are not UTF-8 replaced by U+FFFD."""
+    return raw.decode("utf-8", "replace")
+
+
+def wal_progress(path: str, wal_bytes: int) -> tuple[int, int]:
+    """(frames in the WAL, frames not yet copied into the database), read from the
+    header of the -shm file without writing anything (https://sqlite.org/walformat.html:
+    two identical copies of the header, mxFrame at byte 16, then nBackfill at byte 96, in
+    the machine's byte order); (0, 0) when there is no WAL index to read."""
+    if not wal_bytes:
+        return 0, 0
+    try:
+        with open(f"{path}-shm", "rb") as file:
+            head = file.read(100)
+    except OSError:
+        return 0, 0
+    if len(head) < 100 or head[:48] != head[48:96]:
+        return 0, 0  # not initialised, or being rewritten right now
+    version, frames = struct.unpack_from("=I", head, 0)[0], struct.unpack_from("=I", head, 16)[0]
+    if version != 3007000 or not head[12]:
+        return 0, 0
+    copied = struct.unpack_from("=I", head, 96)[0]
+    return frames, max(frames - copied, 0)
