@@ -158,8 +158,11 @@ def test_previous_layout_is_upgraded_keeping_every_row(
     with SQLiteQueue(db, "jobs", clock=clock) as queue:
         assert any("upgraded queue 'jobs'" in r.getMessage() for r in caplog.records)
         after = sqlite_rows(db, sqlite_sql.object_names("jobs"))
-        # (the history gained its result column on the way, NULL for rows kept before)
-        assert after == {**before, "done": [(*row, None) for row in before["done"]]}
+        # (the history gained its result column on the way, and every message table its
+        # signature column: NULL for rows kept before)
+        signed = {table: [(*row, None) for row in before[table]] for table in ("q", "dlq")}
+        done = [(*row, None, None) for row in before["done"]]
+        assert after == {**before, **signed, "done": done}
         assert [m["id"] for m in message_statuses(queue)] == [2, 3, 4, 5, 6, 7]
         fresh = tmp_path / "fresh.db"
         SQLiteQueue(fresh, "jobs").close()
