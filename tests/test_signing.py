@@ -427,3 +427,30 @@ def test_a_signature_is_versioned_text() -> None:
     assert not SigningKeys(KEY).verify(None, "x", "text", 0, 5, None)
     assert not SigningKeys(KEY).verify(signature, None, "text", 0, 5, None)
     assert os.environ.get("SQQUEUE_SIGNING_KEY") is None
+
+
+def test_the_command_line_signs_and_verifies_with_the_environment_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: FakeClock
+) -> None:
+    from click.testing import CliRunner
+
+    from sqqueue import cli
+
+    for name in list(os.environ):
+        if name.startswith("SQQUEUE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("SQQUEUE_CONFIG", "none")
+    db = tmp_path / "jobs.db"
+    SQLiteQueue(db, "jobs", clock=clock).close()
+    SQLiteQueue(db, "jobs").enqueue("unsigned").unwrap()
+    monkeypatch.setenv("SQQUEUE_SIGNING_KEY", KEY)
+
+    def run(*args: object) -> Any:
+        return CliRunner().invoke(cli.main, [str(a) for a in args])
+
+    assert run("enqueue", db, "jobs", "from the command line").exit_code == 0
+    result = run("dequeue", db, "jobs")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().endswith("from the command line")
+    with SQLiteQueue(db, "jobs", signing_key=KEY) as queue:
+        assert list(dead_errors(queue).values()) == ["signature invalid"]
