@@ -454,3 +454,22 @@ def test_the_command_line_signs_and_verifies_with_the_environment_key(
     assert result.stdout.strip().endswith("from the command line")
     with SQLiteQueue(db, "jobs", signing_key=KEY) as queue:
         assert list(dead_errors(queue).values()) == ["signature invalid"]
+
+
+def test_tasks_pass_the_key_to_their_queues(tmp_path: Path) -> None:
+    from sqqueue import Tasks
+
+    db = tmp_path / "tasks.db"
+    tasks = Tasks(db, signing_key=KEY)
+
+    @tasks.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    add.delay(1, 2)
+    queue = tasks.queue()
+    SQLiteQueue(db, queue.name).enqueue({"sqqueue_task": 1, "name": "forged"}).unwrap()
+    got = queue.dequeue_batch(5).unwrap()
+    assert [m.payload["args"] for m in got] == [[1, 2]]
+    assert list(dead_errors(queue).values()) == ["signature invalid"]
+    tasks.close()
