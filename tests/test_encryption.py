@@ -345,7 +345,7 @@ def test_security_page_examples_run_as_written(
         for before, part in itertools.pairwise(parts)
         if "<!-- test: skip" not in before.rstrip().rsplit("\n", 1)[-1]
     ]
-    assert len(blocks) == 2
+    assert len(blocks) == 3  # encryption (two), signed messages (one)
     monkeypatch.chdir(tmp_path)
     for block in blocks:
         exec(compile(block, str(page), "exec"), {"print": lambda *a: None})

@@ -158,17 +158,16 @@ def test_previous_layout_is_upgraded_keeping_every_row(
     with SQLiteQueue(db, "jobs", clock=clock) as queue:
         assert any("upgraded queue 'jobs'" in r.getMessage() for r in caplog.records)
         after = sqlite_rows(db, sqlite_sql.object_names("jobs"))
-        # (the history gained its result column on the way, NULL for rows kept before;
-        # jobs' counter of the messages in its table is named for the depth it counts)
+        # (the history gained its result column on the way, and every message table its
+        # signature column: NULL for rows kept before; jobs' counter of the messages in its
+        # table is named for the depth it counts)
+        signed = {table: [(*row, None) for row in before[table]] for table in ("q", "dlq")}
+        done = [(*row, None, None) for row in before["done"]]
         counters = sorted(
             (name.replace("jobs#queued", "jobs#depth"), n) for name, n in before["counters"]
         )
         assert ("jobs#queued", -2) in before["counters"]  # (less what the fresh ids add)
-        assert after == {
-            **before,
-            "done": [(*row, None) for row in before["done"]],
-            "counters": counters,
-        }
+        assert after == {**before, **signed, "done": done, "counters": counters}
         assert [m["id"] for m in message_statuses(queue)] == [2, 3, 4, 5, 6, 7]
         fresh = tmp_path / "fresh.db"
         SQLiteQueue(fresh, "jobs").close()
@@ -215,6 +214,8 @@ def test_schema_5_depth_counter_is_renamed(tmp_path: Path, clock: FakeClock) -> 
             f'CREATE TRIGGER "{names["tr_delete"]}" AFTER DELETE ON "{names["q"]}" BEGIN '
             "UPDATE sqqueue_counters SET n = n - 1 WHERE name = 'jobs#queued'; END"
         )
+        for table in ("q", "dlq", "done"):  # (schema 7's, added after)
+            conn.execute(f'ALTER TABLE "{names[table]}" DROP COLUMN signature')
         conn.execute("UPDATE sqqueue_queues SET schema_version = 5")
     conn.close()
     with SQLiteQueue(db, "jobs", clock=clock) as queue:

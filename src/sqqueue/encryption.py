@@ -41,6 +41,7 @@ __all__ = [
     "file_kind",
     "key_connection",
     "read_key_file",
+    "read_secret_file",
     "rekey",
     "resolve_key",
 ]
@@ -116,6 +117,12 @@ class EncryptionKey:
 
 def read_key_file(path: str | os.PathLike[str]) -> EncryptionKey:
     """The key in a file that only its owner may read (``ValueError`` otherwise)."""
+    return EncryptionKey(read_secret_file(path))
+
+
+def read_secret_file(path: str | os.PathLike[str]) -> str:
+    """The text of a file that only its owner may read, less one final line end
+    (``ValueError`` otherwise, or when it is empty): a key file."""
     name = os.fspath(path)
     try:
         info = os.stat(name)
@@ -139,7 +146,7 @@ def read_key_file(path: str | os.PathLike[str]) -> EncryptionKey:
         text = text[:-1].removesuffix("\r")
     if not text:
         raise ValueError(f"the key file {name!r} is empty")
-    return EncryptionKey(text)
+    return text
 
 
 def resolve_key(

@@ -24,6 +24,7 @@ from .metrics import Metrics, StatsdMetrics
 from .result import Err, Ok, Result
 from .serializers import Serializer
 from .settings import UNSET, Settings, load
+from .signing import SigningKeys, resolve_signing_key
 from .targets import parse_target
 
 __all__ = [
@@ -72,17 +73,27 @@ def _metrics(settings: Settings) -> Metrics | None:
     )
 
 
+SigningKey = str | bytes | list[str | bytes] | tuple[str | bytes, ...] | SigningKeys
+
+
 def _start(
     queue: Queue,
     backend: Backend,
     settings: Settings,
     serializer: Serializer | None,
     clock: Clock | None,
+    signer: SigningKeys | None,
 ) -> None:
     """Finish construction of a queue over its opened backend (closed again on failure)."""
     try:
         Queue.__init__(
-            queue, backend, settings, serializer=serializer, clock=clock, metrics=_metrics(settings)
+            queue,
+            backend,
+            settings,
+            serializer=serializer,
+            clock=clock,
+            metrics=_metrics(settings),
+            signer=signer,
         )
     except BaseException:
         backend.close()
@@ -116,6 +127,10 @@ class SQLiteQueue(Queue):
     ``SQQUEUE_ENCRYPTION_KEY_FILE``) keeps the file encrypted with SQLCipher
     (``pip install 'sqqueue[encryption]'``; see docs/security.md).
 
+    ``signing_key`` (a key, or a list of keys: the first signs, any verifies; else
+    ``SQQUEUE_SIGNING_KEY`` or ``SQQUEUE_SIGNING_KEY_FILE``) signs every message enqueued
+    and delivers only messages whose signature verifies (see docs/security.md).
+
     ``read_only=True`` opens an existing queue to look at it (a dashboard, a report): it
     creates, migrates and upgrades nothing, does not even create the -wal and -shm files,
     and every call that would write returns ``Err(kind=READ_ONLY)``. A queue in an older
@@ -140,8 +155,10 @@ class SQLiteQueue(Queue):
         clock: Clock | None = None,
         read_only: bool = False,
         encryption_key: str | bytes | EncryptionKey | None = None,
+        signing_key: SigningKey | None = None,
         **settings: Any,
     ) -> None:
+        signer = resolve_signing_key(signing_key)
         resolved = _settings(
             {
                 "db_path": db_path,
@@ -174,7 +191,7 @@ class SQLiteQueue(Queue):
             read_only=read_only,
             encryption_key=encryption_key,
         )
-        _start(self, backend, resolved, serializer, clock)
+        _start(self, backend, resolved, serializer, clock, signer)
         self.db_path = backend.path
         if resolved.vacuum_on_start and not self.read_only:
             result = self.vacuum_database()
@@ -206,7 +223,7 @@ class PostgresQueue(Queue):
     ``server_clock`` (a function returning Unix seconds) pins the time this object's
     statements use instead of the server's clock. ``read_only=True``: no DDL, and every
     call that would write returns ``Err(kind=READ_ONLY)`` (the connections are read-only
-    transactions too).
+    transactions too). ``signing_key``: as for :class:`SQLiteQueue`.
     """
 
     def __init__(
@@ -220,6 +237,7 @@ class PostgresQueue(Queue):
         clock: Clock | None = None,
         server_clock: Clock | None = None,
         read_only: bool = False,
+        signing_key: SigningKey | None = None,
         **settings: Any,
     ) -> None:
         from .backends.postgres import PostgresBackend  # psycopg is an optional extra
@@ -232,6 +250,7 @@ class PostgresQueue(Queue):
                 "SQLite files; on PostgreSQL use the server's disk encryption and TLS "
                 "(sslmode=verify-full in the URL)"
             )
+        signer = resolve_signing_key(signing_key)
         resolved = _settings({"table_name": table_name, **settings}, "postgresql", clock)
         if server_clock is not None and not callable(server_clock):
             raise ValueError("server_clock must be a callable returning Unix seconds")
@@ -246,7 +265,7 @@ class PostgresQueue(Queue):
             server_clock=server_clock,
             read_only=read_only,
         )
-        _start(self, backend, resolved, serializer, clock)
+        _start(self, backend, resolved, serializer, clock, signer)
         self.url = backend.path
 
 
@@ -258,8 +277,9 @@ def connect(url: str | os.PathLike[str], table_name: str = UNSET, **settings: An
         sqqueue.connect("sqlite:////var/lib/app/jobs.db", "emails")  # an absolute path
         sqqueue.connect("postgresql://app@db.internal/app", "emails")
 
-    Other keyword arguments are the queue's settings, and ``read_only=True`` to look at
-    an existing queue without changing anything (see :class:`SQLiteQueue`).
+    Other keyword arguments are the queue's settings, ``signing_key=`` to sign and verify
+    messages, and ``read_only=True`` to look at an existing queue without changing
+    anything (see :class:`SQLiteQueue`).
     """
     if not isinstance(url, (str, os.PathLike)):
         raise ValueError(f"url must be a str, got {type(url).__name__}")

@@ -218,6 +218,12 @@ def _check_on_expire(value: Any) -> str:
     return str(value)
 
 
+def _check_accept_unsigned(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"accept_unsigned must be True or False, got {value!r}")
+    return value
+
+
 def _check_retry(value: Any) -> RetryPolicy:
     if value is None:
         return RetryPolicy.immediate()
@@ -285,6 +291,9 @@ SETTINGS: dict[str, Setting] = {
                 _optional(_check_int("retention_max", 1, 2**62))),
         Setting("max_depth", None, _optional_int, "refuse enqueues past this many messages",
                 _optional(_check_int("max_depth", 1, 2**62))),
+        Setting("accept_unsigned", False, _bool,
+                "with a signing key: deliver messages stored unsigned",
+                _check_accept_unsigned),
     )
 }  # fmt: skip
 

@@ -38,6 +38,11 @@ class QueueStats:
     #: still reads an older snapshot; growing steadily, it means a reader never lets go
     #: and the WAL grows with every write
     wal_frames_not_checkpointed: int = 0
+    #: messages this queue object dead-lettered as "signature invalid" since it was
+    #: opened (a queue with a signing key; see docs/security.md)
+    signature_invalid: int = 0
+    #: messages stored without a signature that it delivered (``accept_unsigned``)
+    unsigned_accepted: int = 0
 
     @property
     def pending(self) -> int:

@@ -68,6 +68,7 @@ class NewMessage(NamedTuple):
     dedup_key: str | None = None
     group_key: str | None = None
     ttl: float | None = None  #: seconds it may wait to be delivered (None: forever)
+    signature: str | None = None  #: see sqqueue.signing (None: unsigned)
 
 
 class StoredMessage(NamedTuple):
@@ -88,6 +89,7 @@ class StoredMessage(NamedTuple):
     prior_attempts: int = 0
     #: pending (incl. delayed), waiting or processing; "delayed" in a listing of all states
     status: str = "pending"
+    signature: str | None = None  #: see sqqueue.signing (None: unsigned)
 
 
 class StoredDeadLetter(NamedTuple):
@@ -104,6 +106,7 @@ class StoredDeadLetter(NamedTuple):
     dead_at: float
     group_key: str | None = None
     prior_attempts: int = 0
+    signature: str | None = None
 
 
 class StoredDone(NamedTuple):
@@ -117,6 +120,7 @@ class StoredDone(NamedTuple):
     completed_at: float
     group_key: str | None = None
     result: str | None = None  #: JSON text kept by ``complete(..., result=)``
+    signature: str | None = None
 
 
 class Outcome(enum.Enum):

@@ -232,6 +232,7 @@ def _values(message: NewMessage) -> dict[str, Any]:
         "delay": message.delay,
         "max_attempts": message.max_attempts,
         "ttl": message.ttl,
+        "signature": message.signature,
     }
 
 
@@ -670,6 +671,8 @@ class PostgresBackend(SQLBackend):
             }
             sequence = self._found(conn, self._sql["sequence"], None, "id sequence")
             steps += sql.upgrade_from_2(self._q, keys, sequence)
+        if version < 5:
+            steps += self._q.upgrade_from_4
         self._apply_upgrade(conn, steps, sql.SET_SCHEMA_VERSION, version, SCHEMA_VERSION)
 
     def _found(

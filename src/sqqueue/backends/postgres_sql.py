@@ -48,8 +48,9 @@ __all__ = [
 #: The layout version this module creates, recorded per queue in sqqueue_queues:
 #: 2: a result column in the history table (UPGRADE_FROM_1); 3: internal names "q#..."
 #: (upgrade_from_2); 4: the counters' pending_count renamed unleased_count (in REGISTRY_DDL,
-#: as the counters table holds every queue of the schema).
-SCHEMA_VERSION = 4
+#: as the counters table holds every queue of the schema); 5: message signatures
+#: (UPGRADE_FROM_4).
+SCHEMA_VERSION = 5
 #: The first version whose internal objects are named "q#..." (see object_names).
 SEPARATED_NAMES = 3
 #: A version with the names before SEPARATED_NAMES ("$old_done", ... in the upgrades).
@@ -168,7 +169,8 @@ CREATE TABLE $q (
     updated_at        DOUBLE PRECISION NOT NULL,
     group_key         TEXT,
     expires_at        DOUBLE PRECISION,
-    prior_attempts    INTEGER NOT NULL DEFAULT 0
+    prior_attempts    INTEGER NOT NULL DEFAULT 0,
+    signature         TEXT               -- HMAC of the message (sqqueue.signing); NULL: unsigned
 )""",
     "CREATE INDEX $ix_ready ON $q (priority DESC, visible_at, id) WHERE status = 'pending'",
     "CREATE INDEX $ix_leases ON $q (lease_expires_at) WHERE status = 'processing'",
@@ -190,7 +192,8 @@ CREATE TABLE $dlq (
     updated_at        DOUBLE PRECISION NOT NULL,
     dead_at           DOUBLE PRECISION NOT NULL,
     group_key         TEXT,
-    prior_attempts    INTEGER NOT NULL DEFAULT 0
+    prior_attempts    INTEGER NOT NULL DEFAULT 0,
+    signature         TEXT
 )""",
     """
 CREATE TABLE $done (
@@ -204,7 +207,8 @@ CREATE TABLE $done (
     created_at        DOUBLE PRECISION NOT NULL,
     completed_at      DOUBLE PRECISION NOT NULL,
     group_key         TEXT,
-    result            TEXT                  -- JSON: what complete(..., result=) kept
+    result            TEXT,                 -- JSON: what complete(..., result=) kept
+    signature         TEXT
 )""",
     "CREATE INDEX $ix_done ON $done (completed_at)",
     """
@@ -260,7 +264,7 @@ END $$$$""",
 COLUMNS = (
     "id, body_text, body_bytes, encoding, checksum, priority, attempts, max_attempts, "
     "created_at, visible_at, lease_token, lease_expires_at, last_error, group_key, "
-    "expires_at, prior_attempts, status"
+    "expires_at, prior_attempts, status, signature"
 )
 # For a listing of all states: the stored 'pending' reads as the state it is in now, ready
 # or delayed (the words of the glossary).
@@ -272,11 +276,11 @@ LIST_ALL_COLUMNS = COLUMNS.replace(
 _COPY = "body_text, body_bytes, encoding, checksum, priority"
 DEAD_COLUMNS = (
     "id, body_text, body_bytes, encoding, checksum, priority, attempts, max_attempts, "
-    "last_error, created_at, updated_at, dead_at, group_key, prior_attempts"
+    "last_error, created_at, updated_at, dead_at, group_key, prior_attempts, signature"
 )
 DONE_COLUMNS = (
     "id, body_text, body_bytes, encoding, checksum, priority, attempts, created_at, "
-    "completed_at, group_key, result"
+    "completed_at, group_key, result, signature"
 )
 _LIVE = (
     "status = 'processing' AND lease_expires_at > $now "
@@ -304,23 +308,25 @@ STATEMENTS = {
     # Insert one message with every option.
     "insert": """
         INSERT INTO $q (id, body_text, body_bytes, encoding, checksum, status, priority,
-                        visible_at, max_attempts, created_at, updated_at, expires_at, group_key)
+                        visible_at, max_attempts, created_at, updated_at, expires_at, group_key,
+                        signature)
         VALUES (coalesce(%(id)s, nextval(pg_get_serial_sequence($q_regclass, 'id'))),
                 %(text)s, %(bytes)s, %(encoding)s, %(checksum)s,
                 CASE WHEN %(group_key)s::text IS NOT NULL AND EXISTS (
                          SELECT 1 FROM $q WHERE group_key = %(group_key)s::text)
                      THEN 'waiting' ELSE 'pending' END,
                 %(priority)s, $now + %(delay)s, %(max_attempts)s, $now, $now,
-                $now + %(ttl)s::float8, %(group_key)s)
+                $now + %(ttl)s::float8, %(group_key)s, %(signature)s)
         RETURNING id""",
     # One plain message (no group, no dedup key) in one statement that also wakes the
     # listeners: one round trip in autocommit.
     "insert_one": """
         WITH added AS (
             INSERT INTO $q (body_text, body_bytes, encoding, checksum, priority, visible_at,
-                            max_attempts, created_at, updated_at, expires_at)
+                            max_attempts, created_at, updated_at, expires_at, signature)
             VALUES (%(text)s, %(bytes)s, %(encoding)s, %(checksum)s, %(priority)s,
-                    $now + %(delay)s, %(max_attempts)s, $now, $now, $now + %(ttl)s::float8)
+                    $now + %(delay)s, %(max_attempts)s, $now, $now, $now + %(ttl)s::float8,
+                    %(signature)s)
             RETURNING id)
         SELECT id, pg_notify('sqqueue', current_schema() || '.' || $lit) FROM added""",
     # Plain messages (no group, no dedup key) of any number in one statement, which also
@@ -328,12 +334,12 @@ STATEMENTS = {
     "insert_many": """
         WITH added AS (
             INSERT INTO $q (body_text, body_bytes, encoding, checksum, priority, visible_at,
-                            max_attempts, created_at, updated_at, expires_at)
-            SELECT t, b, e, c, p, $now + v, m, $now, $now, $now + x
+                            max_attempts, created_at, updated_at, expires_at, signature)
+            SELECT t, b, e, c, p, $now + v, m, $now, $now, $now + x, s
               FROM unnest(%(text)s::text[], %(bytes)s::bytea[], %(encoding)s::text[],
                           %(checksum)s::bigint[], %(priority)s::int[], %(delay)s::float8[],
-                          %(max_attempts)s::int[], %(ttl)s::float8[])
-                   WITH ORDINALITY AS u (t, b, e, c, p, v, m, x, n)
+                          %(max_attempts)s::int[], %(ttl)s::float8[], %(signature)s::text[])
+                   WITH ORDINALITY AS u (t, b, e, c, p, v, m, x, s, n)
              ORDER BY n
             RETURNING id)
         SELECT array_agg(id ORDER BY id), pg_notify('sqqueue', current_schema() || '.' || $lit)
@@ -429,7 +435,7 @@ STATEMENTS = {
         INSERT INTO $dlq ({DEAD_COLUMNS})
         SELECT id, {_COPY}, attempts, max_attempts,
                'expired: its time to live ran out before it was completed',
-               created_at, $now, $now, group_key, prior_attempts
+               created_at, $now, $now, group_key, prior_attempts, signature
           FROM $q
          WHERE id = ANY(%(ids)s) AND expires_at <= $now""",
     # Delete the messages past their time to live (once buried, or when dropped).
@@ -440,7 +446,7 @@ STATEMENTS = {
         SELECT id, {_COPY}, attempts, max_attempts,
                'lease expired on the last attempt (' || attempts || ' of ' || max_attempts
                    || ') without being completed',
-               created_at, $now, $now, group_key, prior_attempts
+               created_at, $now, $now, group_key, prior_attempts, signature
           FROM $q
          WHERE id = ANY(%(ids)s) AND status = 'processing' AND attempts >= max_attempts""",
     # Delete those messages from the queue table, once buried.
@@ -484,7 +490,7 @@ STATEMENTS = {
     # A completed message kept as history, with the result its consumer gave (or NULL).
     "keep_done": f"""
         INSERT INTO $done ({DONE_COLUMNS})
-        SELECT id, {_COPY}, attempts, created_at, $now, group_key, %(result)s
+        SELECT id, {_COPY}, attempts, created_at, $now, group_key, %(result)s, signature
           FROM $q WHERE id = %(id)s AND {_LIVE}""",
     # Give a leased message back: visible after :delay, its attempt refunded if asked.
     "release": f"""
@@ -521,20 +527,20 @@ STATEMENTS = {
     "bury": f"""
         INSERT INTO $dlq ({DEAD_COLUMNS})
         SELECT id, {_COPY}, attempts, max_attempts, coalesce(%(error)s, last_error),
-               created_at, $now, $now, group_key, prior_attempts
+               created_at, $now, $now, group_key, prior_attempts, signature
           FROM $q WHERE id = %(id)s""",
     # Delete one message by id, whatever its state.
     "delete": "DELETE FROM $q WHERE id = %(id)s",
     # Put a dead letter back in the queue with its id and a fresh attempt count.
     "revive": f"""
         INSERT INTO $q (id, {_COPY}, status, visible_at, attempts, max_attempts, last_error,
-                        created_at, updated_at, group_key, prior_attempts)
+                        created_at, updated_at, group_key, prior_attempts, signature)
         SELECT id, {_COPY},
                CASE WHEN d.group_key IS NOT NULL AND EXISTS (
                         SELECT 1 FROM $q WHERE group_key = d.group_key)
                     THEN 'waiting' ELSE 'pending' END,
                $now, 0, max_attempts, last_error, created_at, $now, group_key,
-               prior_attempts + attempts
+               prior_attempts + attempts, signature
           FROM $dlq AS d WHERE id = %(id)s""",
     # The group of a dead letter, to put it back behind its group's messages.
     "dead_group": "SELECT group_key FROM $dlq WHERE id = %(id)s FOR UPDATE",
@@ -701,12 +707,18 @@ SCHEMA_USAGE = "SELECT has_schema_privilege(oid, 'USAGE') FROM pg_namespace WHER
 # From schema version 1: completed messages kept as history can carry a result.
 # Idempotent, as DDL applied by hand registers version 1 with the column already there.
 UPGRADE_FROM_1 = ("ALTER TABLE $old_done ADD COLUMN IF NOT EXISTS result TEXT",)
+# From schema version 4: messages carry a signature (sqqueue.signing), in every table a
+# message row lives in; rows of before stay unsigned (NULL).
+UPGRADE_FROM_4 = tuple(
+    f"ALTER TABLE ${table} ADD COLUMN IF NOT EXISTS signature TEXT"
+    for table in ("q", "dlq", "done")
+)
 
 _REDRIVE_INTO = f"""
     INSERT INTO $q ({_COPY}, status, visible_at, attempts, max_attempts, last_error,
-                    created_at, updated_at, group_key, prior_attempts)
+                    created_at, updated_at, group_key, prior_attempts, signature)
     SELECT {_COPY}, 'pending', $now, 0, max_attempts, last_error, created_at, $now,
-           NULL, prior_attempts + attempts
+           NULL, prior_attempts + attempts, signature
       FROM $src WHERE id = %(id)s"""
 
 
@@ -783,6 +795,7 @@ class Rendered:
         self.sql = {key: self.fill(sql) for key, sql in STATEMENTS.items()}
         self.ddl = [self.fill(sql) for sql in QUEUE_DDL]
         self.upgrade_from_1 = [self.fill(sql) for sql in UPGRADE_FROM_1]
+        self.upgrade_from_4 = [self.fill(sql) for sql in UPGRADE_FROM_4]
 
     def fill(self, sql: str) -> str:
         return Template(sql).substitute(self.subst)

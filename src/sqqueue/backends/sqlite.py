@@ -534,6 +534,8 @@ class SQLiteBackend(SQLBackend):
             steps += self._q.upgrades[4]
         if version < 6:
             steps += self._q.upgrades[5]
+        if version < 7:
+            steps += self._q.upgrades[6]
         self._apply_upgrade(conn, steps, sql.SET_SCHEMA_VERSION, version, SCHEMA_VERSION)
 
     def _look_up_schema(self) -> None:
@@ -722,7 +724,7 @@ class SQLiteBackend(SQLBackend):
             first = int(conn.execute(self._sql["next_id"]).fetchone()[0])
             # insert_plain's columns and the id, in one tuple per row.
             rows = [
-                (*m[:6], now, m.ttl, first + i)  # data ... max_attempts, as in NewMessage
+                (*m[:6], now, m.ttl, m.signature, first + i)  # data ... max_attempts
                 for i, m in enumerate(messages)
             ]
             conn.executemany(self._sql["insert_plain_at"], rows)
@@ -790,7 +792,7 @@ class SQLiteBackend(SQLBackend):
                 # data ... max_attempts, as in NewMessage. The clock is read as late as it
                 # can be; a wait for the write lock inside the statement shortens a delay
                 # or a time to live by that wait (see README, "Clocks").
-                return (*m[:6], self._now(), m.ttl)
+                return (*m[:6], self._now(), m.ttl, m.signature)
         return None
 
     def _insert_one(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> int:
@@ -1233,4 +1235,5 @@ def _insert_params(message: NewMessage, now: float) -> dict[str, Any]:
         "now": now,
         "ttl": message.ttl,
         "group_key": message.group_key,
+        "signature": message.signature,
     }

@@ -45,8 +45,11 @@ __all__ = [
 #: The layout version this module creates, recorded per queue in sqqueue_queues:
 #: 2: no insert trigger (UPGRADE_FROM_1); 3: results kept (UPGRADE_FROM_2);
 #: 4: updated_at in the ready index (UPGRADE_FROM_3); 5: internal names "q#..."
-#: (UPGRADE_FROM_4); 6: the depth counter named for what it counts (UPGRADE_FROM_5).
-SCHEMA_VERSION = 6
+#: (UPGRADE_FROM_4); 6: the depth counter named for what it counts (UPGRADE_FROM_5);
+#: 7: message signatures (UPGRADE_FROM_6).
+SCHEMA_VERSION = 7
+#: The first version whose message tables have a signature column.
+SIGNED = 7
 #: The first version whose internal objects are named "q#..." (see _NAMES).
 SEPARATED_NAMES = 5
 #: A version with the names before SEPARATED_NAMES ("$old_done", ... in the upgrades).
@@ -133,7 +136,10 @@ CREATE TABLE $q (
     updated_at        REAL NOT NULL,
     group_key         TEXT,              -- messages of a group are delivered one at a time
     expires_at        REAL,              -- never delivered after this (time to live)
-    prior_attempts    INTEGER NOT NULL DEFAULT 0  -- attempts before a redrive
+    -- attempts before a redrive
+    prior_attempts    INTEGER NOT NULL DEFAULT 0,
+    -- HMAC of the message (sqqueue.signing); NULL: unsigned
+    signature         TEXT
 )""",
     """
 CREATE TABLE $dlq (
@@ -150,7 +156,8 @@ CREATE TABLE $dlq (
     updated_at        REAL NOT NULL,
     dead_at           REAL NOT NULL,
     group_key         TEXT,
-    prior_attempts    INTEGER NOT NULL DEFAULT 0
+    prior_attempts    INTEGER NOT NULL DEFAULT 0,
+    signature         TEXT
 )""",
     """
 CREATE TABLE $done (
@@ -163,7 +170,9 @@ CREATE TABLE $done (
     created_at        REAL NOT NULL,
     completed_at      REAL NOT NULL,
     group_key         TEXT,
-    result            TEXT                  -- JSON: what complete(..., result=) kept
+    -- JSON: what complete(..., result=) kept
+    result            TEXT,
+    signature         TEXT
 )""",
     # Large payloads live apart from their message row, so that leasing, failing or
     # moving a message never rewrites (or loads) megabytes. A body goes when its message
@@ -247,28 +256,30 @@ QUEUE_DDL = (*TABLES_DDL, *INDEX_DDL, *TRIGGER_DDL)
 COLUMNS = (
     "id, payload, encoding, checksum, priority, attempts, max_attempts, created_at, "
     "visible_at, lease_token, lease_expires_at, last_error, group_key, expires_at, "
-    "prior_attempts, status"
+    "prior_attempts, status, signature"
 )
 DEAD_COLUMNS = (
     "id, payload, encoding, checksum, priority, attempts, max_attempts, last_error, "
-    "created_at, updated_at, dead_at, group_key, prior_attempts"
+    "created_at, updated_at, dead_at, group_key, prior_attempts, signature"
 )
 DONE_COLUMNS = (
     "id, payload, encoding, checksum, priority, attempts, created_at, completed_at, group_key, "
-    "result"
+    "result, signature"
 )
 # Payloads are read as bytes plus "was it text", so a stored text that is not valid UTF-8
 # reaches the codec (which dead-letters it) instead of failing inside sqlite3.
 _PAYLOAD = "CAST(payload AS BLOB), typeof(payload) = 'text'"
-READ_COLUMNS = COLUMNS.replace("payload", _PAYLOAD, 1)
+# Reads name the signature $signature: NULL for a queue read in an older layout (a
+# read-only object does not upgrade it), which has no such column.
+READ_COLUMNS = COLUMNS.replace("payload", _PAYLOAD, 1).replace("signature", "$signature")
 # A pending row as it reads once claimed (see "claim_pick").
 _CLAIMED_COLUMNS = (
     f"id, {_PAYLOAD}, encoding, checksum, priority, attempts + 1, max_attempts, created_at, "
     "visible_at, :token, :now + :lease, last_error, group_key, expires_at, prior_attempts, "
-    "'processing'"
+    "'processing', signature"
 )
-READ_DEAD_COLUMNS = DEAD_COLUMNS.replace("payload", _PAYLOAD, 1)
-READ_DONE_COLUMNS = DONE_COLUMNS.replace("payload", _PAYLOAD, 1)
+READ_DEAD_COLUMNS = DEAD_COLUMNS.replace("payload", _PAYLOAD, 1).replace("signature", "$signature")
+READ_DONE_COLUMNS = DONE_COLUMNS.replace("payload", _PAYLOAD, 1).replace("signature", "$signature")
 BODY = f"SELECT {_PAYLOAD} FROM $body WHERE id = :id"
 
 # The largest id handed out so far, the next one, and the enqueues not yet counted.
@@ -318,25 +329,27 @@ STATEMENTS = {
     # Insert one message with every option.
     "insert": f"""
         INSERT INTO $q (id, payload, encoding, checksum, priority, visible_at, max_attempts,
-                        created_at, updated_at, expires_at)
+                        created_at, updated_at, expires_at, signature)
         VALUES ({_NEXT_ID}, :data, :encoding, :checksum, :priority, :now + :delay,
-                :max_attempts, :now, :now, :now + :ttl)""",
-    # Positional: data, encoding, checksum, priority, delay, max_attempts, now, ttl.
+                :max_attempts, :now, :now, :now + :ttl, :signature)""",
+    # Positional: data, encoding, checksum, priority, delay, max_attempts, now, ttl,
+    # signature.
     "insert_plain": f"""
         INSERT INTO $q (id, payload, encoding, checksum, priority, visible_at, max_attempts,
-                        created_at, updated_at, expires_at)
-        VALUES ({_NEXT_ID}, ?1, ?2, ?3, ?4, ?7 + ?5, ?6, ?7, ?7, ?7 + ?8)""",
-    # A batch: the caller reads next_id once and numbers the rows itself.
+                        created_at, updated_at, expires_at, signature)
+        VALUES ({_NEXT_ID}, ?1, ?2, ?3, ?4, ?7 + ?5, ?6, ?7, ?7, ?7 + ?8, ?9)""",
+    # A batch: the caller reads next_id once and numbers the rows itself (?10).
     "insert_plain_at": """
         INSERT INTO $q (id, payload, encoding, checksum, priority, visible_at, max_attempts,
-                        created_at, updated_at, expires_at)
-        VALUES (?9, ?1, ?2, ?3, ?4, ?7 + ?5, ?6, ?7, ?7, ?7 + ?8)""",
+                        created_at, updated_at, expires_at, signature)
+        VALUES (?10, ?1, ?2, ?3, ?4, ?7 + ?5, ?6, ?7, ?7, ?7 + ?8, ?9)""",
     # Insert one message of a group: waiting if its group has a message ahead.
     "insert_grouped": f"""
         INSERT INTO $q (id, payload, encoding, checksum, status, priority, visible_at,
-                        max_attempts, created_at, updated_at, expires_at, group_key)
+                        max_attempts, created_at, updated_at, expires_at, group_key, signature)
         VALUES ({_NEXT_ID}, :data, :encoding, :checksum, {_FIRST_STATUS}, :priority,
-                :now + :delay, :max_attempts, :now, :now, :now + :ttl, :group_key)""",
+                :now + :delay, :max_attempts, :now, :now, :now + :ttl, :group_key,
+                :signature)""",
     # The id the next message gets.
     "next_id": f"SELECT {_NEXT_ID}",
     # Make the ids up to :high taken without counting them as enqueues: #base moves up
@@ -413,7 +426,7 @@ STATEMENTS = {
         INSERT INTO $dlq ({DEAD_COLUMNS})
         SELECT id, payload, encoding, checksum, priority, attempts, max_attempts,
                'expired: its time to live ran out before it was completed',
-               created_at, :now, :now, group_key, prior_attempts
+               created_at, :now, :now, group_key, prior_attempts, signature
           FROM $q
          WHERE expires_at <= :now AND (status <> 'processing' OR lease_expires_at <= :now)""",
     # Delete the messages past their time to live (once buried, or when dropped).
@@ -426,7 +439,7 @@ STATEMENTS = {
         SELECT id, payload, encoding, checksum, priority, attempts, max_attempts,
                'lease expired on the last attempt (' || attempts || ' of ' || max_attempts
                    || ') without being completed',
-               created_at, :now, :now, group_key, prior_attempts
+               created_at, :now, :now, group_key, prior_attempts, signature
           FROM $q
          WHERE status = 'processing' AND lease_expires_at <= :now
            AND attempts >= max_attempts""",
@@ -456,7 +469,7 @@ STATEMENTS = {
     "keep_done": f"""
         INSERT INTO $done ({DONE_COLUMNS})
         SELECT id, payload, encoding, checksum, priority, attempts, created_at, :now, group_key,
-               :result
+               :result, signature
           FROM $q WHERE id = :id AND {_LIVE}""",
     # Give a leased message back: visible after :delay, its attempt refunded if asked.
     "release": f"""
@@ -488,7 +501,8 @@ STATEMENTS = {
     "bury": f"""
         INSERT INTO $dlq ({DEAD_COLUMNS})
         SELECT id, payload, encoding, checksum, priority, attempts, max_attempts,
-               coalesce(:error, last_error), created_at, :now, :now, group_key, prior_attempts
+               coalesce(:error, last_error), created_at, :now, :now, group_key, prior_attempts,
+               signature
           FROM $q WHERE id = :id""",
     # Delete one message by id, whatever its state.
     "delete": "DELETE FROM $q WHERE id = :id",
@@ -497,11 +511,11 @@ STATEMENTS = {
     "revive": f"""
         INSERT INTO $q (id, payload, encoding, checksum, status, priority, visible_at,
                         attempts, max_attempts, last_error, created_at, updated_at,
-                        group_key, prior_attempts)
+                        group_key, prior_attempts, signature)
         SELECT id, payload, encoding, checksum,
                {_FIRST_STATUS.replace(":group_key", "d.group_key")},
                priority, :now, 0, max_attempts, last_error, created_at, :now, group_key,
-               prior_attempts + attempts
+               prior_attempts + attempts, signature
           FROM $dlq AS d WHERE id = :id""",
     # Delete one dead letter by id.
     "delete_dead": "DELETE FROM $dlq WHERE id = :id",
@@ -715,6 +729,11 @@ UPGRADE_FROM_5 = (
     "DROP TRIGGER IF EXISTS $tr_delete",
     DELETE_TRIGGER,
 )
+# From schema version 6: messages carry a signature (sqqueue.signing), in every table a
+# message row lives in; rows of before stay unsigned (NULL).
+UPGRADE_FROM_6 = tuple(
+    f"ALTER TABLE ${table} ADD COLUMN signature TEXT" for table in ("q", "dlq", "done")
+)
 #: The statements that bring a queue from each older schema version to the next.
 UPGRADES = {
     1: UPGRADE_FROM_1,
@@ -722,6 +741,7 @@ UPGRADES = {
     3: UPGRADE_FROM_3,
     4: UPGRADE_FROM_4,
     5: UPGRADE_FROM_5,
+    6: UPGRADE_FROM_6,
 }
 
 LEGACY_MIGRATION = (
@@ -749,7 +769,7 @@ LEGACY_MIGRATION = (
            coalesce(attempts, 0), coalesce(max_attempts, :max_attempts),
            'migrated from sqqueue 0.1.0 with status ' || quote(status),
            coalesce({_E(col="created_at")}, :now),
-           coalesce({_E(col="updated_at")}, :now), :now, NULL, 0
+           coalesce({_E(col="updated_at")}, :now), :now, NULL, 0, NULL
       FROM $legacy
      WHERE status NOT IN ('pending', 'processing')""",
     "DROP TABLE $legacy",
@@ -758,7 +778,7 @@ LEGACY_DEAD_INSERT = f"""
     INSERT INTO $dlq ({DEAD_COLUMNS})
     VALUES (:id, :payload, 'text', NULL, :priority, 0, :max_attempts, :note,
             coalesce({_E(col=":created")}, :now), coalesce({_E(col=":updated")}, :now), :now,
-            NULL, 0)"""
+            NULL, 0, NULL)"""
 
 
 # The roles of a queue's objects and their names' suffixes. Names are "<queue>#<suffix>"
@@ -811,6 +831,7 @@ class Rendered:
         )
         self.subst["lit"] = f"'{name}'"
         self.subst["name"] = name
+        self.subst["signature"] = "signature" if version >= SIGNED else "NULL"
         for counter in COUNTERS:
             self.subst[f"c_{counter}"] = f"'{name}#{counter}'"
         self.tables = names
@@ -851,9 +872,9 @@ class Rendered:
 _REDRIVE_INTO = f"""
     INSERT INTO $q (id, payload, encoding, checksum, status, priority, visible_at, attempts,
                     max_attempts, last_error, created_at, updated_at, group_key,
-                    prior_attempts)
+                    prior_attempts, signature)
     SELECT {_NEXT_ID}, payload, encoding, checksum, 'pending', priority, :now, 0, max_attempts,
-           last_error, created_at, :now, NULL, prior_attempts + attempts
+           last_error, created_at, :now, NULL, prior_attempts + attempts, signature
       FROM $src WHERE id = :id"""
 
 

@@ -54,6 +54,8 @@ def stats(parts: Parts, expiring_within: float | timedelta) -> QueueStats:
         wal_bytes=raw["wal_bytes"],
         wal_frames=raw["wal_frames"],
         wal_frames_not_checkpointed=raw["wal_frames_not_checkpointed"],
+        signature_invalid=parts.signature_counts["signature_invalid"],
+        unsigned_accepted=parts.signature_counts["unsigned_accepted"],
     )
 
 

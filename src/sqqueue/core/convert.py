@@ -121,14 +121,18 @@ def message(
 
 
 def messages(parts: Parts, rows: Sequence[StoredMessage]) -> list[Message]:
-    """The Messages of claimed rows; a row that cannot be one is dead-lettered instead."""
+    """The Messages of claimed rows; a row that cannot be one, or that a signing queue
+    finds without a valid signature, is dead-lettered instead."""
     when = to_datetime
     if len(rows) > 1:
         # A batch shares its lease expiry, and often its enqueue time: convert each
         # timestamp once (datetime.fromtimestamp is a third of a Message's cost).
         when = functools.lru_cache(maxsize=8)(to_datetime)
     found = []
+    signer = parts.signer
     for row in rows:
+        if signer is not None and not signed(parts, row):
+            continue
         try:
             found.append(message(parts, row, when))
         except QueueError as exc:
@@ -142,8 +146,65 @@ def isolate_poison(parts: Parts, row: StoredMessage, reason: QueueError) -> bool
     Returns whether it was moved. Never raises: a failure here is logged, and the row
     stays where it is (a leased one comes back when its lease runs out).
     """
+    name = parts.name
+    moved = _bury(parts, row, f"undeliverable: {reason}", f"is undeliverable ({reason})")
+    if moved:
+        logger.error(
+            "queue %r: message %d dead-lettered as undeliverable: %s", name, row.id, reason
+        )
+        parts.metrics.incr("poison")
+        parts.metrics.incr("dead_letter")
+    return moved
+
+
+#: The error a message without a valid signature is dead-lettered with.
+SIGNATURE_INVALID = "signature invalid"
+
+
+def signed(parts: Parts, row: StoredMessage) -> bool:
+    """Whether a signing queue may deliver ``row``: its signature matches one of the
+    queue's keys (or it has none and the queue accepts unsigned messages). A row that
+    may not be delivered is dead-lettered as "signature invalid"."""
+    signer = parts.signer
+    assert signer is not None
+    if row.signature is None and parts.accept_unsigned:
+        _count(parts, "unsigned_accepted")
+        logger.info(
+            "queue %r: message %d has no signature and is delivered (accept_unsigned)",
+            parts.name,
+            row.id,
+        )
+        return True
+    if signer.verify(
+        row.signature, row.data, row.encoding, row.priority, row.max_attempts, row.group_key
+    ):
+        return True
+    what = "has no signature" if row.signature is None else "has a signature that does not match"
+    if _bury(parts, row, SIGNATURE_INVALID, what):
+        # The payload and the key are never logged: the id says which row to look at.
+        logger.warning(
+            "queue %r: message %d %s; dead-lettered as %r, not delivered",
+            parts.name,
+            row.id,
+            what,
+            SIGNATURE_INVALID,
+        )
+        _count(parts, "signature_invalid")
+        parts.metrics.incr("dead_letter")
+    return False
+
+
+def _count(parts: Parts, counter: str) -> None:
+    with parts.counts_lock:
+        parts.signature_counts[counter] += 1
+    parts.metrics.incr(counter)
+
+
+def _bury(parts: Parts, row: StoredMessage, error: str, problem: str) -> bool:
+    """Dead-letter ``row`` with ``error``, fenced by its lease; whether it was moved.
+    Never raises: a failure is logged (saying the row ``problem``), and the row stays where
+    it is (a leased one comes back when its lease runs out)."""
     backend, name = parts.backend, parts.name
-    error = f"undeliverable: {reason}"
     try:
         outcome, _ = backend.fail(row.id, row.lease_token, error, _no_delay, True)
         if outcome is not Outcome.DONE and row.lease_token is None:
@@ -152,24 +213,18 @@ def isolate_poison(parts: Parts, row: StoredMessage, reason: QueueError) -> bool
             outcome, _ = backend.fail(row.id, None, error, _no_delay, True)
     except Exception:
         logger.exception(
-            "queue %r: message %d is undeliverable (%s) and could not be dead-lettered",
-            name,
-            row.id,
-            reason,
+            "queue %r: message %d %s and could not be dead-lettered", name, row.id, problem
         )
         return False
     if outcome is not Outcome.DONE:
         logger.error(
-            "queue %r: message %d is undeliverable (%s) and was not dead-lettered (%s)",
+            "queue %r: message %d %s and was not dead-lettered (%s)",
             name,
             row.id,
-            reason,
+            problem,
             outcome.value,
         )
         return outcome is Outcome.DEAD
-    logger.error("queue %r: message %d dead-lettered as undeliverable: %s", name, row.id, reason)
-    parts.metrics.incr("poison")
-    parts.metrics.incr("dead_letter")
     return True
 
 
@@ -181,6 +236,28 @@ def next_in_line(parts: Parts) -> Message | None:
         row = parts.backend.peek()
         if row is None:
             return None
+        if parts.signer is not None:
+            if parts.read_only:
+                verified = parts.signer.verify(
+                    row.signature, row.data, row.encoding, row.priority, row.max_attempts,
+                    row.group_key,
+                )  # fmt: skip
+                if not verified and not (row.signature is None and parts.accept_unsigned):
+                    raise QueueError(
+                        f"message {row.id}, next in line, has no valid signature: a "
+                        f"consumer dead-letters it as {SIGNATURE_INVALID!r}",
+                        ErrorKind.CORRUPT,
+                        row.id,
+                    )
+            elif not signed(parts, row):
+                if parts.backend.lease_of(row.id) is not None:  # could not be moved
+                    raise QueueError(
+                        f"message {row.id}, next in line, has no valid signature and could "
+                        "not be dead-lettered (see the log)",
+                        ErrorKind.STORAGE,
+                        row.id,
+                    )
+                continue
         try:
             return message(parts, row)
         except QueueError as exc:

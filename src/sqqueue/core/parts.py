@@ -4,6 +4,7 @@ metrics, wake-up signals, lease memory and upkeep, and how a failure becomes an 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -13,6 +14,7 @@ from ..exceptions import ErrorKind, QueueError
 from ..metrics import Metrics, NullMetrics
 from ..result import Err, Result
 from ..serializers import Codec, Serializer
+from ..signing import SigningKeys
 from ..wakeup import signal_for
 from .consume import Leases
 from .upkeep import Upkeep
@@ -42,6 +44,8 @@ class Parts:
         serializer: Serializer | None,
         clock: Clock | None,
         metrics: Metrics | None,
+        signer: SigningKeys | None = None,
+        accept_unsigned: bool = False,
     ) -> None:
         self.backend = backend
         self.name = backend.name
@@ -57,6 +61,14 @@ class Parts:
         self.room = signal_for(backend.wakeup_key + ":room")
         self.leases = Leases(backend, self.name)
         self.upkeep = Upkeep(backend, self.name, self.metrics, self.measured)
+        #: signs new messages and verifies claimed ones (None: neither; see signing.py)
+        self.signer = signer
+        #: deliver messages stored without a signature (those of before signing was on)
+        self.accept_unsigned = accept_unsigned
+        #: messages this object refused ("signature invalid") and unsigned ones it
+        #: delivered (accept_unsigned), since it was opened
+        self.signature_counts = {"signature_invalid": 0, "unsigned_accepted": 0}
+        self.counts_lock = threading.Lock()
 
     def now(self) -> float:
         """The queue's clock, in Unix seconds."""

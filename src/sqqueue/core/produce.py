@@ -81,9 +81,14 @@ class Producer:
             return self.with_options(item, self.parts.codec.encode(item.payload))
         data, encoding, checksum = self.parts.codec.encode(item)
         priority, max_attempts, ttl = defaults
+        signer = self.parts.signer
+        signature = None
+        if signer is not None:
+            signature = signer.sign(data, encoding, priority, max_attempts, None)
         # tuple.__new__: NewMessage(...) would run the named tuple's __new__ in Python.
         return _tuple_new(
-            NewMessage, (data, encoding, checksum, priority, 0.0, max_attempts, None, None, ttl)
+            NewMessage,
+            (data, encoding, checksum, priority, 0.0, max_attempts, None, None, ttl, signature),
         )
 
     def with_options(self, item: Item, encoded: Encoded) -> NewMessage:
@@ -103,6 +108,10 @@ class Producer:
                     f"{label} must be a non-empty str of at most 512 characters, got {value!r}",
                     ErrorKind.INVALID_INPUT,
                 )
+        signer = self.parts.signer
+        signature = None
+        if signer is not None:
+            signature = signer.sign(encoded.data, encoded.encoding, prio, attempts, item.group)
         return NewMessage(
             data=encoded.data,
             encoding=encoded.encoding,
@@ -113,6 +122,7 @@ class Producer:
             dedup_key=item.dedup_key,
             group_key=item.group,
             ttl=ttl,
+            signature=signature,
         )
 
     def new_messages(self, items: Sequence[object]) -> list[NewMessage]:

@@ -29,6 +29,7 @@ from ..result import Err, Ok, Result
 from ..retry import RetryPolicy
 from ..serializers import Serializer
 from ..settings import Settings
+from ..signing import SigningKeys
 from ..stats import QueueStats
 from . import admin, consume, convert, settle
 from .checks import (
@@ -63,6 +64,7 @@ class Queue(Compat):
         serializer: Serializer | None = None,
         clock: Clock | None = None,
         metrics: Metrics | None = None,
+        signer: SigningKeys | None = None,
     ) -> None:
         self._backend = backend
         self.name = backend.name
@@ -82,7 +84,7 @@ class Queue(Compat):
         self.retry: RetryPolicy = settings.retry
         #: the parts this queue's modules share, and with them the asyncio queue, workers
         #: and tools (internal: not covered by the compatibility promise)
-        self.parts = Parts(backend, serializer, clock, metrics)
+        self.parts = Parts(backend, serializer, clock, metrics, signer, settings.accept_unsigned)
         self.parts.upkeep.threshold = settings.vacuum_threshold
         self._producer = Producer(self.parts, self)
 
