@@ -285,6 +285,9 @@ SETTINGS: dict[str, Setting] = {
                 _optional(_check_int("retention_max", 1, 2**62))),
         Setting("max_depth", None, _optional_int, "refuse enqueues past this many messages",
                 _optional(_check_int("max_depth", 1, 2**62))),
+        Setting("group_commit_max", 1000, _int,
+                "most messages concurrent enqueues share a commit with (1: each alone)",
+                _check_int("group_commit_max", 1, 1_000_000)),
     )
 }  # fmt: skip
 

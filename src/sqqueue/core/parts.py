@@ -1,5 +1,6 @@
 """What the queue's modules share for one queue object: its backend, codec, clock,
-metrics, wake-up signals, lease memory and upkeep, and how a failure becomes an ``Err``."""
+metrics, wake-up signals, lease memory, upkeep and group commit, and how a failure
+becomes an ``Err``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ..result import Err, Result
 from ..serializers import Codec, Serializer
 from ..wakeup import signal_for
 from .consume import Leases
+from .group_commit import GroupCommit
 from .upkeep import Upkeep
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,8 @@ class Parts:
         self.room = signal_for(backend.wakeup_key + ":room")
         self.leases = Leases(backend, self.name)
         self.upkeep = Upkeep(backend, self.name, self.metrics, self.measured)
+        #: concurrent enqueues share their transactions through it (the outbox does not)
+        self.commits = GroupCommit(backend, max_messages=1000)
 
     def now(self) -> float:
         """The queue's clock, in Unix seconds."""

@@ -84,6 +84,7 @@ class Queue(Compat):
         #: and tools (internal: not covered by the compatibility promise)
         self.parts = Parts(backend, serializer, clock, metrics)
         self.parts.upkeep.threshold = settings.vacuum_threshold
+        self.parts.commits.max_messages = settings.group_commit_max
         self._producer = Producer(self.parts, self)
 
     # The upkeep cadence: settable at any time.
