@@ -9,6 +9,7 @@ known, with no timing involved. Every wait is bounded by a generous deadline.
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 import threading
@@ -568,3 +569,33 @@ def test_item_options_survive_a_group(queue: Queue, monkeypatch: pytest.MonkeyPa
     # One group member at a time, in order.
     first = ok(queue.dequeue_batch(10))
     assert "g2" not in [m.payload for m in first] and "g1" in [m.payload for m in first]
+
+
+def test_a_child_forked_during_a_commit_enqueues_on_its_own(
+    queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    gate = Gate(queue, monkeypatch)
+    callers = Callers()
+    led(queue, gate, callers)  # a commit runs (held) in the parent when it forks
+    queue_up(queue, callers, {"waiting": lambda: queue.enqueue("waiting")})
+    pid = os.fork()
+    if pid == 0:  # the child: the leader and the waiting caller are not here
+        code = 1
+        try:
+            queue.parts.backend.enqueue = gate.real  # type: ignore[method-assign]
+            code = 0 if queue.enqueue("child").is_ok() else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + DEADLINE
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hangs")
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    gate.open()
+    assert all(r.is_ok() for r in callers.join().values())
+    assert sorted(stored(queue).values()) == ["child", "leader", "waiting"]

@@ -24,7 +24,9 @@ Errors keep each caller's answer its own:
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Sequence
 
@@ -49,6 +51,19 @@ def _shared(error: Exception) -> bool:
     """Whether ``error`` is a failure of the database, the same for every caller."""
     return isinstance(error, QueueError) and error.kind in _SHARED_FAILURES
 
+
+# Every GroupCommit of this process, to start afresh in a forked child: the threads that
+# held the lead or waited in line do not exist there.
+_everyone: weakref.WeakSet[GroupCommit] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for commits in list(_everyone):
+        commits.reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 # What a waiting caller is told when it wakes up.
 _LEAD, _DONE, _ALONE = "lead", "done", "alone"
@@ -78,6 +93,11 @@ class GroupCommit:
     def __init__(self, backend: Backend, max_messages: int) -> None:
         self.backend = backend
         self.max_messages = max_messages
+        self.reset()
+        _everyone.add(self)
+
+    def reset(self) -> None:
+        """Start with nobody in line (a new object, or one inherited by a forked child)."""
         self._lock = threading.Lock()
         self._busy = False  # a leader holds the lead (committing, or woken to commit)
         self._waiting: deque[_Caller] = deque()
