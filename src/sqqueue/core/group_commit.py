@@ -112,24 +112,31 @@ class GroupCommit:
         their ids, once that transaction has committed. Raises what the insert raises."""
         if self.max_messages <= 1:
             return self.backend.enqueue(messages)
-        me = _Caller(messages)
+        me: _Caller | None = None
         with self._lock:
-            leading = not self._busy
-            if leading:
-                self._busy = True
-            else:
+            if self._busy:
+                me = _Caller(messages)
                 me.wake = threading.Lock()
                 me.wake.acquire()
                 self._waiting.append(me)
-        if not leading:
-            self._wait(me)
-            if me.verdict == _DONE:
-                if me.error is not None:
-                    raise me.error
-                return me.ids
-            if me.verdict == _ALONE:
+            else:
+                self._busy = True
+        if me is None:
+            # Nobody waits while nobody leads: this caller commits alone, at once (the
+            # common case, kept short), then hands the lead to whoever came meanwhile.
+            try:
                 return self.backend.enqueue(messages)
-        return self._lead(me)
+            finally:
+                with self._lock:
+                    self._pass_lead()
+        self._wait(me)
+        if me.verdict == _DONE:
+            if me.error is not None:
+                raise me.error
+            return me.ids
+        if me.verdict == _ALONE:
+            return self.backend.enqueue(messages)
+        return self._lead(me)  # handed the lead: commit for those waiting behind
 
     def _wait(self, me: _Caller) -> None:
         """Wait for the verdict. No timeout: a leader always settles its group and hands
@@ -149,7 +156,8 @@ class GroupCommit:
             raise
 
     def _lead(self, me: _Caller) -> list[int]:
-        """Insert this caller's messages and those of the callers waiting behind it."""
+        """Insert the messages of this caller, handed the lead, and those of the callers
+        waiting behind it."""
         group = [me]
         ids: list[int] | None = None
         error: Exception | None = None
