@@ -294,6 +294,10 @@ SETTINGS: dict[str, Setting] = {
         Setting("accept_unsigned", False, _bool,
                 "with a signing key: deliver messages stored unsigned",
                 _check_accept_unsigned),
+        Setting("group_commit_max", None, _optional_int,
+                "most messages concurrent enqueues share a commit with (1: each alone; "
+                "default: 1000 on PostgreSQL, 1 on SQLite)",
+                _optional(_check_int("group_commit_max", 1, 1_000_000))),
     )
 }  # fmt: skip
 

@@ -135,7 +135,8 @@ class Outcome(enum.Enum):
 
 
 class Backend(ABC):
-    """One queue's storage. Implementations: SQLite (``sqlite.py``), PostgreSQL later.
+    """One queue's storage. Implementations: SQLite (``sqlite.py``), PostgreSQL
+    (``postgres.py``).
 
     ``token`` arguments fence leases: when given, the call only acts if the message is
     still held under that token and the lease has not expired. ``None`` means "whoever
@@ -148,13 +149,19 @@ class Backend(ABC):
     wakeup_key: str
     #: opened read-only: nothing is created, migrated or written (writes raise READ_ONLY)
     read_only: bool = False
+    #: whether concurrent enqueues share commits by default: worth it where a commit is a
+    #: round trip and a flush (PostgreSQL), not where it is a WAL append in this process
+    #: (SQLite: measured, 8 threads sharing were slower, bench/profile-notes.md)
+    shares_commits: bool = False
 
     @abstractmethod
-    def enqueue(self, messages: Sequence[NewMessage]) -> list[int]:
+    def enqueue(self, messages: Sequence[NewMessage], started: float | None = None) -> list[int]:
         """Insert all messages in one transaction; return their ids in order.
 
         A message whose dedup key was seen within the policy's window is not inserted:
         its id is that of the original. Raises QUEUE_FULL past the policy's max depth.
+        ``started``: when the caller began (``time.monotonic()``), if it waited before
+        this call (in line for a shared commit): the lock timeout counts from then.
         """
 
     @abstractmethod

@@ -284,6 +284,8 @@ def classify(exc: BaseException, path: str, role: str | None = None) -> StorageE
 class PostgresBackend(SQLBackend):
     """One queue in a PostgreSQL database; safe for threads, processes and machines."""
 
+    shares_commits = True
+
     #: waiting consumers also re-check at least this often, in case a NOTIFY was lost
     poll_fallback = 1.0
 
@@ -441,11 +443,18 @@ class PostgresBackend(SQLBackend):
         COMMIT)."""
         return self._transact(fn, write, True)
 
-    def _transact(self, fn: Callable[[psycopg.Connection[Any]], T], write: bool, single: bool) -> T:
-        """The retry loop of ``_run`` and ``_run_alone``."""
+    def _transact(
+        self,
+        fn: Callable[[psycopg.Connection[Any]], T],
+        write: bool,
+        single: bool,
+        started: float | None = None,
+    ) -> T:
+        """The retry loop of ``_run`` and ``_run_alone``; the lock timeout counts from
+        ``started`` (``time.monotonic()``) if given, else from now."""
         if write:
             self._refuse_writes()
-        start = time.monotonic()
+        start = time.monotonic() if started is None else started
         deadline = start + self._lock_timeout
         attempt = 0
         while True:
@@ -774,26 +783,30 @@ class PostgresBackend(SQLBackend):
             self._notify(conn)  # counted by the insert trigger
         return ids
 
-    def enqueue(self, messages: Sequence[NewMessage]) -> list[int]:
+    def enqueue(self, messages: Sequence[NewMessage], started: float | None = None) -> list[int]:
         if self.policy.max_depth is not None or any(
             m.dedup_key is not None or m.group_key is not None for m in messages
         ):
-            return self._write(lambda conn: self._insert(conn, messages))
+            return self._transact(lambda conn: self._insert(conn, messages), True, False, started)
         # The common case: plain messages, one statement for the whole batch (arrays
         # cost more to send than a single message's values, so one message goes alone).
         rows = [_values(m) for m in messages]
         if len(rows) == 1:
             one = rows[0]
-            return self._run_alone(
+            return self._transact(
                 lambda conn: [int(self._one(conn, "insert_one", {**one, "now": self._now()})[0])],
-                write=True,
+                True,
+                True,
+                started,
             )
         many: dict[str, Any] = {key: [row[key] for row in rows] for key in rows[0]}
-        return self._run_alone(
+        return self._transact(
             lambda conn: [
                 int(i) for i in self._one(conn, "insert_many", {**many, "now": self._now()})[0]
             ],
-            write=True,
+            True,
+            True,
+            started,
         )
 
     def claim(self, limit: int, lease: float, token: int) -> tuple[list[StoredMessage], int]:

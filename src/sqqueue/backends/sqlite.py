@@ -337,6 +337,18 @@ class SQLiteBackend(SQLBackend):
         """Run ``fn(conn, *args, **kwargs)`` in one transaction, retrying on lock contention
         until the deadline. (Arguments rather than a closure: one Python call less on
         the hot paths.)"""
+        return self._run_since(None, fn, write, *args, **kwargs)
+
+    def _run_since(
+        self,
+        started: float | None,
+        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        write: bool,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """``_run`` for a call that began at ``started`` (``time.monotonic()``; None: at
+        the first conflict): the lock timeout counts from then."""
         if self.read_only:
             return self._run_read_only(fn, write, *args, **kwargs)
         start = deadline = 0.0  # set at the first conflict: the happy path reads no clock
@@ -369,7 +381,7 @@ class SQLiteBackend(SQLBackend):
                     raise err from exc
                 attempt += 1
                 if attempt == 1:
-                    start = time.monotonic()
+                    start = time.monotonic() if started is None else started
                     deadline = start + self._lock_timeout
                 if not self._backoff(attempt, deadline):
                     raise self._locked_error(time.monotonic() - start) from exc
@@ -798,7 +810,7 @@ class SQLiteBackend(SQLBackend):
     def _insert_one(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> int:
         return int(conn.execute(self._sql["insert_plain"], row).lastrowid or 0)
 
-    def enqueue(self, messages: Sequence[NewMessage]) -> list[int]:
+    def enqueue(self, messages: Sequence[NewMessage], started: float | None = None) -> list[int]:
         if self.read_only:
             self._refuse_writes()  # (the single insert below is not a "write" to _run)
         row = self._single_plain(messages)
@@ -806,8 +818,8 @@ class SQLiteBackend(SQLBackend):
             # A single statement is a transaction of its own (autocommit): it takes the
             # write lock at its start, as BEGIN IMMEDIATE would, and its next-id
             # sub-selects read under that lock. No BEGIN and COMMIT to run around it.
-            return [self._run(self._insert_one, False, row)]
-        return self._run(self._insert, True, messages)
+            return [self._run_since(started, self._insert_one, False, row)]
+        return self._run_since(started, self._insert, True, messages)
 
     def enqueue_in(self, conn: Any, messages: Sequence[NewMessage]) -> list[int]:
         """Insert inside the caller's own transaction on its own connection (outbox)."""

@@ -2,6 +2,7 @@
 
 - :mod:`.checks`: limits and the validators of arguments and settings
 - :mod:`.produce`: payloads and items to validated, encoded new messages, and storing them
+- :mod:`.group_commit`: concurrent enqueues sharing one transaction
 - :mod:`.consume`: claims, the wait plan shared by sync and asyncio, lease memory and fencing
 - :mod:`.convert`: stored rows to Messages and dicts, poison isolation
 - :mod:`.upkeep`: the maintenance cadence and gauges

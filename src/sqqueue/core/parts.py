@@ -1,5 +1,6 @@
 """What the queue's modules share for one queue object: its backend, codec, clock,
-metrics, wake-up signals, lease memory and upkeep, and how a failure becomes an ``Err``."""
+metrics, wake-up signals, lease memory, upkeep and group commit, and how a failure
+becomes an ``Err``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ..serializers import Codec, Serializer
 from ..signing import SigningKeys
 from ..wakeup import signal_for
 from .consume import Leases
+from .group_commit import GroupCommit
 from .upkeep import Upkeep
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,8 @@ class Parts:
         #: delivered (accept_unsigned), since it was opened
         self.signature_counts = {"signature_invalid": 0, "unsigned_accepted": 0}
         self.counts_lock = threading.Lock()
+        #: concurrent enqueues share their transactions through it (the outbox does not)
+        self.commits = GroupCommit(backend, max_messages=1000)
 
     def now(self) -> float:
         """The queue's clock, in Unix seconds."""

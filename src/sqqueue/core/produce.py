@@ -1,6 +1,7 @@
 """Producing: payloads and items to validated, encoded new messages, stored in one
-transaction (waiting for room when the queue is full, if asked). This is the one place
-a message is built for insert."""
+transaction (waiting for room when the queue is full, if asked), which concurrent
+callers share (:mod:`.group_commit`). This is the one place a message is built for
+insert."""
 
 from __future__ import annotations
 
@@ -157,7 +158,7 @@ class Producer:
                 if conn is not None:
                     ids = backend.enqueue_in(conn, batch)
                 else:
-                    ids = backend.enqueue(batch)
+                    ids = parts.commits.enqueue(batch)
                 break
             except QueueError as exc:
                 remaining = deadline - time.monotonic()

@@ -31,7 +31,7 @@ from ..serializers import Serializer
 from ..settings import Settings
 from ..signing import SigningKeys
 from ..stats import QueueStats
-from . import admin, consume, convert, settle
+from . import admin, consume, convert, group_commit, settle
 from .checks import (
     MAX_BATCH_SIZE,
     bounded_int,
@@ -86,6 +86,10 @@ class Queue(Compat):
         #: and tools (internal: not covered by the compatibility promise)
         self.parts = Parts(backend, serializer, clock, metrics, signer, settings.accept_unsigned)
         self.parts.upkeep.threshold = settings.vacuum_threshold
+        shared = settings.group_commit_max
+        if shared is None:
+            shared = group_commit.DEFAULT_MAX if backend.shares_commits else 1
+        self.parts.commits.max_messages = shared
         self._producer = Producer(self.parts, self)
 
     # The upkeep cadence: settable at any time.
