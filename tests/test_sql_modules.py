@@ -23,7 +23,8 @@ SQL_START = re.compile(
 # Statement names one dialect has and the other has not, and why. (The inserts, claims
 # and dedup steps are shaped by what each engine does fastest: SQLite runs the steps of
 # one transaction on one connection at no cost per statement, PostgreSQL pays a round
-# trip per statement and does more in one.)
+# trip per statement and does more in one. The plan that chooses among them is shared:
+# common.SQLBackend.)
 ONLY_SQLITE = {
     "body_get": "large payloads live in a side table; PostgreSQL TOASTs them itself",
     "body_put": "large payloads live in a side table; PostgreSQL TOASTs them itself",

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from ..exceptions import ErrorKind
 from .base import (
     Backend,
+    NewMessage,
     Outcome,
     StorageError,
     StoredDeadLetter,
@@ -68,6 +69,10 @@ class SQLBackend(Backend):
     @abstractmethod
     def _read(self, fn: Callable[[Conn], T]) -> T:
         """Run ``fn`` on a connection, for reads."""
+
+    @abstractmethod
+    def _refuse_writes(self) -> None:
+        """Raise READ_ONLY if this queue object was opened read-only."""
 
     def _read_tx(self, fn: Callable[[Conn], T]) -> T:
         """A read of several statements from one snapshot (default: a plain read)."""
@@ -130,6 +135,43 @@ class SQLBackend(Backend):
 
     def _notify(self, conn: Conn) -> None:
         """Tell waiting consumers elsewhere, at commit (default: they poll)."""
+
+    #: a payload this large or larger is stored apart from its row (default: never)
+    large_payload: float = math.inf
+    #: a plain batch is one statement too (else: several, in a transaction)
+    plain_batch_alone = False
+
+    @abstractmethod
+    def _run_insert(
+        self,
+        started: float | None,
+        insert: Callable[[Conn, Sequence[NewMessage]], list[int]],
+        messages: Sequence[NewMessage],
+        alone: bool,
+    ) -> list[int]:
+        """Run ``insert(conn, messages)`` as one write transaction, retried as the
+        backend does; ``alone``: it is one statement, its own transaction (autocommit).
+        The lock timeout counts from ``started`` if given."""
+
+    @abstractmethod
+    def _insert_plain(self, conn: Conn, messages: Sequence[NewMessage]) -> list[int]:
+        """Insert messages that need nothing but their rows (see ``_plain``)."""
+
+    def _lock_insert(self, conn: Conn, messages: Sequence[NewMessage]) -> None:
+        """Take the locks a checked insert needs (default: the write lock is enough)."""
+
+    @abstractmethod
+    def _take_key(self, conn: Conn, key: str, now: float | None) -> tuple[int | None, int | None]:
+        """Look a dedup key up for a new message: (the id of the live message holding
+        it, None), or (None, the id reserved for the new message if the backend took the
+        key already, else None)."""
+
+    @abstractmethod
+    def _insert_row(
+        self, conn: Conn, message: NewMessage, reserved: int | None, now: float | None
+    ) -> int:
+        """Insert one message of a checked insert (with ``reserved`` as its id if given,
+        and its dedup key recorded if the backend did not take it already); its id."""
 
     def _lock_group(self, conn: Conn, group: str | None) -> None:
         """Serialize work on one message group (default: the write lock already does)."""
@@ -201,6 +243,71 @@ class SQLBackend(Backend):
         conn.execute(self._sql["delete"], {"id": message_id})
 
     # -- operations ----------------------------------------------------------------------
+
+    def enqueue(self, messages: Sequence[NewMessage], started: float | None = None) -> list[int]:
+        if self.read_only:
+            self._refuse_writes()
+        if self._plain(messages):
+            # The common case. One statement is a transaction of its own (autocommit): no
+            # BEGIN and COMMIT around it.
+            alone = len(messages) == 1 or self.plain_batch_alone
+            return self._run_insert(started, self._insert_plain, messages, alone)
+        return self._run_insert(started, self._insert_checked, messages, False)
+
+    def _insert(self, conn: Conn, messages: Sequence[NewMessage]) -> list[int]:
+        """Insert inside a transaction already open (the outbox's, the caller's own)."""
+        if self._plain(messages):
+            return self._insert_plain(conn, messages)
+        return self._insert_checked(conn, messages)
+
+    def _plain(self, messages: Sequence[NewMessage]) -> bool:
+        """Whether the messages need nothing but their rows: no dedup key, group, body
+        stored apart, nor depth limit to check."""
+        if self.policy.max_depth is not None:
+            return False
+        large = self.large_payload
+        for m in messages:
+            if m.dedup_key is not None or m.group_key is not None or len(m.data) >= large:
+                return False
+        return True
+
+    def _insert_checked(self, conn: Conn, messages: Sequence[NewMessage]) -> list[int]:
+        """Insert with what a plain insert skips: dedup keys, groups, the depth limit.
+        Duplicates are decided first (of stored messages, or of earlier items), so that
+        the depth limit counts only what is really added."""
+        now = self._now()
+        self._lock_insert(conn, messages)
+        holders: dict[int, int] = {}  # item -> the live message that holds its key
+        same_as: dict[int, int] = {}  # item -> the earlier item with its key
+        reserved: dict[int, int] = {}  # item -> the id taken with its key
+        first_with: dict[str, int] = {}
+        for index, message in enumerate(messages):
+            key = message.dedup_key
+            if key is None:
+                continue
+            if key in first_with:
+                same_as[index] = first_with[key]
+                continue
+            holder, taken = self._take_key(conn, key, now)
+            if holder is not None:
+                holders[index] = holder
+                continue
+            first_with[key] = index
+            if taken is not None:
+                reserved[index] = taken
+        fresh = len(messages) - len(holders) - len(same_as)
+        self._check_depth(conn, fresh)
+        ids: list[int] = []
+        for index, message in enumerate(messages):
+            if index in same_as:
+                ids.append(ids[same_as[index]])
+            elif index in holders:
+                ids.append(holders[index])
+            else:
+                ids.append(self._insert_row(conn, message, reserved.get(index), now))
+        if fresh:
+            self._notify(conn)
+        return ids
 
     def claim(self, limit: int, lease: float, token: int) -> tuple[list[StoredMessage], int]:
         def run(conn: Conn) -> tuple[list[StoredMessage], int]:

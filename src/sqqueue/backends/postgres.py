@@ -729,85 +729,66 @@ class PostgresBackend(SQLBackend):
     def _now(self) -> float | None:
         return None if self._server_clock is None else float(self._server_clock())
 
-    def _insert(self, conn: psycopg.Connection[Any], messages: Sequence[NewMessage]) -> list[int]:
-        now = self._now()
-        policy = self.policy
-        if policy.max_depth is not None:
+    # -- inserts: the plan is SQLBackend's; these run its statements -----------------
+
+    plain_batch_alone = True  # insert_many: the whole batch in one statement
+
+    def _run_insert(
+        self,
+        started: float | None,
+        insert: Callable[[psycopg.Connection[Any], Sequence[NewMessage]], list[int]],
+        messages: Sequence[NewMessage],
+        alone: bool,
+    ) -> list[int]:
+        return self._transact(lambda conn: insert(conn, messages), True, alone, started)
+
+    def _insert_plain(
+        self, conn: psycopg.Connection[Any], messages: Sequence[NewMessage]
+    ) -> list[int]:
+        # Each statement also wakes the listeners (at commit). Arrays cost more to send
+        # than a single message's values, so one message goes alone.
+        rows = [_values(m) for m in messages]
+        if len(rows) == 1:
+            return [int(self._one(conn, "insert_one", {**rows[0], "now": self._now()})[0])]
+        many: dict[str, Any] = {key: [row[key] for row in rows] for key in rows[0]}
+        return [int(i) for i in self._one(conn, "insert_many", {**many, "now": self._now()})[0]]
+
+    def _lock_insert(self, conn: psycopg.Connection[Any], messages: Sequence[NewMessage]) -> None:
+        if self.policy.max_depth is not None:
             conn.execute(sql.ADVISORY_LOCK, (f"{self.name}/depth",))
         # Locks in a fixed order, so two producers can never deadlock on them.
         for group in sorted({m.group_key for m in messages if m.group_key is not None}):
             conn.execute(self._sql["group_lock"], {"group_key": group})
-        window = policy.dedup_window
-        plans: list[tuple[NewMessage, int | None, int | None]] = []  # (msg, dup of, new id)
-        first_in_batch: dict[str, int] = {}
-        for index, message in enumerate(messages):
-            key = message.dedup_key
-            if key is None:
-                plans.append((message, None, None))
-                continue
-            if key in first_in_batch:
-                plans.append((message, -1 - first_in_batch[key], None))
-                continue
-            new_id = int(self._one(conn, "next_id")[0])
-            dedup = {"key": key, "id": new_id, "window": window, "now": now}
-            claimed = self._one(conn, "dedup_claim", dedup)
-            if claimed is None:
-                # The key is taken (this waited for a concurrent producer to commit).
-                mid, expires, fresh = self._one(conn, "dedup_get", dedup)
-                alive = (expires and fresh) or (
-                    not expires and self._one(conn, "exists", {"id": mid})[0]
-                )
-                if alive:
-                    plans.append((message, int(mid), None))
-                    continue
-                conn.execute(self._sql["dedup_set"], dedup)
-            first_in_batch[key] = index
-            plans.append((message, None, new_id))
-        fresh = sum(1 for _, dup, _ in plans if dup is None)
-        self._check_depth(conn, fresh)
-        ids: list[int] = []
-        for message, dup, reserved in plans:
-            if dup is not None:
-                ids.append(dup if dup >= 0 else ids[-1 - dup])
-                continue
-            params = {
-                **_values(message),
-                "id": reserved,
-                "now": now,
-                "group_key": message.group_key,
-            }
-            row = conn.execute(self._sql["insert"], params).fetchone()
-            assert row is not None
-            ids.append(int(row[0]))
-        if fresh:
-            self._notify(conn)  # counted by the insert trigger
-        return ids
 
-    def enqueue(self, messages: Sequence[NewMessage], started: float | None = None) -> list[int]:
-        if self.policy.max_depth is not None or any(
-            m.dedup_key is not None or m.group_key is not None for m in messages
-        ):
-            return self._transact(lambda conn: self._insert(conn, messages), True, False, started)
-        # The common case: plain messages, one statement for the whole batch (arrays
-        # cost more to send than a single message's values, so one message goes alone).
-        rows = [_values(m) for m in messages]
-        if len(rows) == 1:
-            one = rows[0]
-            return self._transact(
-                lambda conn: [int(self._one(conn, "insert_one", {**one, "now": self._now()})[0])],
-                True,
-                True,
-                started,
+    def _take_key(
+        self, conn: psycopg.Connection[Any], key: str, now: float | None
+    ) -> tuple[int | None, int | None]:
+        # Taken at once for the new message's id (ON CONFLICT DO NOTHING), so that racing
+        # producers see one winner without a serialisation failure.
+        new_id = int(self._one(conn, "next_id")[0])
+        dedup = {"key": key, "id": new_id, "window": self.policy.dedup_window, "now": now}
+        if self._one(conn, "dedup_claim", dedup) is None:
+            # The key is taken (this waited for a concurrent producer to commit).
+            holder, expires, fresh = self._one(conn, "dedup_get", dedup)
+            alive = (expires and fresh) or (
+                not expires and self._one(conn, "exists", {"id": holder})[0]
             )
-        many: dict[str, Any] = {key: [row[key] for row in rows] for key in rows[0]}
-        return self._transact(
-            lambda conn: [
-                int(i) for i in self._one(conn, "insert_many", {**many, "now": self._now()})[0]
-            ],
-            True,
-            True,
-            started,
-        )
+            if alive:
+                return int(holder), None
+            conn.execute(self._sql["dedup_set"], dedup)
+        return None, new_id
+
+    def _insert_row(
+        self,
+        conn: psycopg.Connection[Any],
+        message: NewMessage,
+        reserved: int | None,
+        now: float | None,
+    ) -> int:
+        params = {**_values(message), "id": reserved, "now": now, "group_key": message.group_key}
+        row = conn.execute(self._sql["insert"], params).fetchone()
+        assert row is not None
+        return int(row[0])
 
     def claim(self, limit: int, lease: float, token: int) -> tuple[list[StoredMessage], int]:
         params = {"lease": lease, "token": token, "limit": limit}

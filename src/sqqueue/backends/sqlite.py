@@ -721,105 +721,70 @@ class SQLiteBackend(SQLBackend):
 
     # -- operations --------------------------------------------------------------------
 
-    def _insert(self, conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> list[int]:
-        """Insert inside the caller's transaction: dedup, depth limit, groups."""
-        now = self._now()
-        policy = self.policy
-        plain = policy.max_depth is None
-        plain = plain and all(
-            m.dedup_key is None and m.group_key is None and len(m.data) < LARGE_PAYLOAD
-            for m in messages
-        )
-        if plain:
-            # The common case: plain inserts, positional parameters, counted as fresh.
-            # Inside one write transaction nobody else takes ids: number the rows here.
-            first = int(conn.execute(self._sql["next_id"]).fetchone()[0])
-            # insert_plain's columns and the id, in one tuple per row.
-            rows = [
-                (*m[:6], now, m.ttl, m.signature, first + i)  # data ... max_attempts
-                for i, m in enumerate(messages)
-            ]
-            conn.executemany(self._sql["insert_plain_at"], rows)
-            return list(range(first, first + len(messages)))
-        # Decide first which messages are duplicates (of stored ones, or of earlier items
-        # of this batch), so the depth limit counts only what will really be added.
-        existing: list[int | None] = []
-        first_in_batch: dict[str, int] = {}
-        for index, message in enumerate(messages):
-            key = message.dedup_key
-            found: int | None = None
-            if key is not None:
-                if key in first_in_batch:
-                    found = -1 - first_in_batch[key]  # refers to an item of this batch
-                else:
-                    found = self._dedup_hit(conn, key, now)
-                    if found is None:
-                        first_in_batch[key] = index
-            existing.append(found)
-        fresh = sum(1 for e in existing if e is None)
-        self._check_depth(conn, fresh)
-        ids: list[int] = []
-        for message, found in zip(messages, existing, strict=True):
-            if found is not None:
-                ids.append(found if found >= 0 else ids[-1 - found])
-                continue
-            statement = "insert" if message.group_key is None else "insert_grouped"
-            params = _insert_params(message, now)
-            large = len(message.data) >= LARGE_PAYLOAD
-            if large:
-                params["data"] = None
-            new_id = int(conn.execute(self._sql[statement], params).lastrowid or 0)
-            if large:
-                conn.execute(self._sql["body_put"], {"id": new_id, "data": message.data})
-            ids.append(new_id)
-            if message.dedup_key is not None:
-                window = policy.dedup_window
-                conn.execute(
-                    self._sql["dedup_put"],
-                    {
-                        "key": message.dedup_key,
-                        "id": new_id,
-                        "expires_at": None if window is None else now + window,
-                    },
-                )
-        return ids
+    # -- inserts: the plan is SQLBackend's; these run its statements -----------------
 
-    def _dedup_hit(self, conn: sqlite3.Connection, key: str, now: float) -> int | None:
+    large_payload = LARGE_PAYLOAD
+
+    def _run_insert(
+        self,
+        started: float | None,
+        insert: Callable[[sqlite3.Connection, Sequence[NewMessage]], list[int]],
+        messages: Sequence[NewMessage],
+        alone: bool,
+    ) -> list[int]:
+        # Alone, the INSERT takes the write lock at its start, as BEGIN IMMEDIATE would,
+        # and its next-id sub-selects read under that lock.
+        return self._run_since(started, insert, not alone, messages)
+
+    def _insert_plain(self, conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> list[int]:
+        now = self._now()  # read as late as it can be (see "Clocks" in the docs)
+        if len(messages) == 1:
+            m = messages[0]
+            row = (*m[:6], now, m.ttl, m.signature)  # data ... max_attempts, as NewMessage
+            return [int(conn.execute(self._sql["insert_plain"], row).lastrowid or 0)]
+        # Inside one write transaction nobody else takes ids: the rows are numbered here.
+        first = int(conn.execute(self._sql["next_id"]).fetchone()[0])
+        rows = [(*m[:6], now, m.ttl, m.signature, first + i) for i, m in enumerate(messages)]
+        conn.executemany(self._sql["insert_plain_at"], rows)
+        return list(range(first, first + len(messages)))
+
+    def _take_key(
+        self, conn: sqlite3.Connection, key: str, now: float | None
+    ) -> tuple[int | None, int | None]:
+        # The write lock is held: the key is recorded with the new message's id after its
+        # insert (dedup_put), as no other producer can take it meanwhile.
         row = conn.execute(self._sql["dedup_get"], {"key": key}).fetchone()
         if row is None:
-            return None
+            return None, None
         message_id, expires_at = int(row[0]), row[1]
         if expires_at is not None:
-            return message_id if expires_at > now else None
+            return (message_id if now is not None and expires_at > now else None), None
         alive = conn.execute(self._sql["exists"], {"id": message_id}).fetchone()[0]
-        return message_id if alive else None
+        return (message_id if alive else None), None
 
-    def _single_plain(self, messages: Sequence[NewMessage]) -> tuple[Any, ...] | None:
-        """``insert_plain``'s parameters when ``messages`` is one message that needs
-        nothing but its INSERT (no dedup key, group, large body or depth limit), the
-        most common enqueue; else None."""
-        if len(messages) == 1 and self.policy.max_depth is None:
-            m = messages[0]
-            if m.dedup_key is None and m.group_key is None and len(m.data) < LARGE_PAYLOAD:
-                # data ... max_attempts, as in NewMessage. The clock is read as late as it
-                # can be; a wait for the write lock inside the statement shortens a delay
-                # or a time to live by that wait (see README, "Clocks").
-                return (*m[:6], self._now(), m.ttl, m.signature)
-        return None
-
-    def _insert_one(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> int:
-        return int(conn.execute(self._sql["insert_plain"], row).lastrowid or 0)
-
-    def enqueue(self, messages: Sequence[NewMessage], started: float | None = None) -> list[int]:
-        if self.read_only:
-            self._refuse_writes()  # (the single insert below is not a "write" to _run)
-        row = self._single_plain(messages)
-        if row is not None:
-            # A single statement is a transaction of its own (autocommit): it takes the
-            # write lock at its start, as BEGIN IMMEDIATE would, and its next-id
-            # sub-selects read under that lock. No BEGIN and COMMIT to run around it.
-            return [self._run_since(started, self._insert_one, False, row)]
-        return self._run_since(started, self._insert, True, messages)
+    def _insert_row(
+        self,
+        conn: sqlite3.Connection,
+        message: NewMessage,
+        reserved: int | None,
+        now: float | None,
+    ) -> int:
+        statement = "insert" if message.group_key is None else "insert_grouped"
+        params = _insert_params(message, now)
+        large = len(message.data) >= LARGE_PAYLOAD
+        if large:
+            params["data"] = None
+        new_id = int(conn.execute(self._sql[statement], params).lastrowid or 0)
+        if large:
+            conn.execute(self._sql["body_put"], {"id": new_id, "data": message.data})
+        if message.dedup_key is not None:
+            window = self.policy.dedup_window
+            expires_at = None if window is None or now is None else now + window
+            conn.execute(
+                self._sql["dedup_put"],
+                {"key": message.dedup_key, "id": new_id, "expires_at": expires_at},
+            )
+        return new_id
 
     def enqueue_in(self, conn: Any, messages: Sequence[NewMessage]) -> list[int]:
         """Insert inside the caller's own transaction on its own connection (outbox)."""
@@ -845,9 +810,6 @@ class SQLiteBackend(SQLBackend):
                 )
             if not conn.in_transaction:
                 self._join(conn)
-            row = self._single_plain(messages)
-            if row is not None:
-                return [self._insert_one(conn, row)]
             return self._insert(conn, messages)
         except files.driver_errors() as exc:
             raise files.classify(exc, self.path) from exc
@@ -1236,7 +1198,7 @@ def _done(row: Sequence[Any]) -> StoredDone:
     return StoredDone(row[0], _payload(row[1], row[2]), *row[3:])
 
 
-def _insert_params(message: NewMessage, now: float) -> dict[str, Any]:
+def _insert_params(message: NewMessage, now: float | None) -> dict[str, Any]:
     return {
         "data": message.data,
         "encoding": message.encoding,
