@@ -740,13 +740,18 @@ class SQLiteBackend(SQLBackend):
         now = self._now()  # read as late as it can be (see "Clocks" in the docs)
         if len(messages) == 1:
             m = messages[0]
-            row = (*m[:6], now, m.ttl, m.signature)  # data ... max_attempts, as NewMessage
-            return [int(conn.execute(self._sql["insert_plain"], row).lastrowid or 0)]
-        # Inside one write transaction nobody else takes ids: the rows are numbered here.
-        first = int(conn.execute(self._sql["next_id"]).fetchone()[0])
-        rows = [(*m[:6], now, m.ttl, m.signature, first + i) for i, m in enumerate(messages)]
-        conn.executemany(self._sql["insert_plain_at"], rows)
-        return list(range(first, first + len(messages)))
+            if m.signature is None:
+                row = (*m[:6], now, m.ttl)  # data ... max_attempts, as in NewMessage
+                return [int(conn.execute(self._sql["insert_plain"], row).lastrowid or 0)]
+        elif all(m.signature is None for m in messages):
+            # Inside one write transaction nobody else takes ids: the rows are numbered here.
+            first = int(conn.execute(self._sql["next_id"]).fetchone()[0])
+            rows = [(*m[:6], now, m.ttl, first + i) for i, m in enumerate(messages)]
+            conn.executemany(self._sql["insert_plain_at"], rows)
+            return list(range(first, first + len(messages)))
+        # Signed: the statement that names the signature (see "insert_plain").
+        insert = self._sql["insert"]
+        return [int(conn.execute(insert, _insert_params(m, now)).lastrowid or 0) for m in messages]
 
     def _take_key(
         self, conn: sqlite3.Connection, key: str, now: float | None
