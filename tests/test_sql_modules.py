@@ -30,8 +30,7 @@ ONLY_SQLITE = {
     "body_put": "large payloads live in a side table; PostgreSQL TOASTs them itself",
     "insert_plain": "an unsigned plain message in one autocommit statement, positional "
     "parameters, no signature column",
-    "insert_plain_at": "an unsigned batch numbered by the caller from next_id, run by "
-    "executemany",
+    "insert_plain_at": "an unsigned batch numbered by the caller from next_id, run by executemany",
     "insert_grouped": "a group's message: waiting if one is ahead (PostgreSQL: group_lock)",
     "reserve_base": "ids come from counters, not a sequence (PostgreSQL: raise_sequence)",
     "reserve_high": "ids come from counters, not a sequence (PostgreSQL: raise_sequence)",
