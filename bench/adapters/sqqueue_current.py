@@ -60,11 +60,16 @@ class Adapter(Base):
     }
     cross_process_wait = "dequeue(wait=...)"
 
+    #: the database file, in the work directory
+    filename = "sqqueue.db"
+    #: settings of a subject that differs only in them (an encrypted file's key)
+    extra: ClassVar[dict[str, Any]] = {}
+
     def __init__(self, workdir: str) -> None:
         super().__init__(workdir)
         from sqqueue import SQLiteQueue
 
-        self.path = os.path.join(workdir, "sqqueue.db")
+        self.path = os.path.join(workdir, self.filename)
         # Settings spelled out so no SQQUEUE_* variable or config file changes them.
         self.q = SQLiteQueue(
             self.path,
@@ -73,6 +78,7 @@ class Adapter(Base):
             default_visibility_timeout=300.0,
             synchronous="normal",
             lock_timeout=30.0,
+            **self.extra,
         )
 
     @classmethod
