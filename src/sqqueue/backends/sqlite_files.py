@@ -1,7 +1,7 @@
 """The SQLite file, apart from any queue: the driver (sqlite3, or SQLCipher for an
 encrypted file) and its errors, what a failure means (``classify``), permissions and free
 space, creating the file owner-only, reading it without changing it, the probe the
-watcher polls, and connections that must not cross a fork.
+watcher reads, and connections that must not cross a fork.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ import sqlite3
 import stat
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from .. import encryption
 from ..encryption import EncryptionKey
 from ..exceptions import ErrorKind
-from ..wakeup import Watcher
+from ..wakeup import POLL_IDLE, Watcher
+from . import file_events
 from . import sqlite_sql as sql
 from .base import StorageError
 
@@ -132,12 +134,20 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+# With file events, a quiet watcher still reads the counter this often, in case a write
+# went unnoticed (a file replaced under the queue, a filesystem without events).
+_QUIET_BACKUP = 5.0
+
+
 class _DataVersion:
-    """The watcher's probe: ``PRAGMA data_version`` on a connection of its own.
+    """The watcher's probe: ``PRAGMA data_version`` on a connection of its own, and file
+    events for the database and its WAL where the system has them.
 
     The number changes whenever another connection commits, in this process or another;
     a connection that never writes therefore sees every commit. It reads the WAL index in
-    shared memory: no table is touched, and no snapshot is held between reads.
+    shared memory: no table is touched, and no snapshot is held between reads. Every
+    commit writes the WAL (or, without one, the database file), so a write to either is
+    what a quiet watcher waits for.
     """
 
     def __init__(self, path: str, key: EncryptionKey | None = None) -> None:
@@ -151,12 +161,26 @@ class _DataVersion:
             check_same_thread=False,
         )
         self._cursor = self._conn.cursor()
+        self.read()  # opens the WAL, so that it exists to be watched
+        self._events = file_events.watch([path, f"{path}-wal"])
 
     def read(self) -> int:
         # fetchall: the statement runs to its end, so no read transaction stays open.
         return int(self._cursor.execute(sql.DATA_VERSION).fetchall()[0][0])
 
+    def wait(self) -> None:
+        events = self._events
+        if events is not None and events.working:
+            events.wait(_QUIET_BACKUP)
+        else:
+            time.sleep(POLL_IDLE)
+
+    def touched(self) -> bool:
+        return self._events is not None and self._events.touched()
+
     def close(self) -> None:
+        if self._events is not None:
+            self._events.close()
         self._conn.close()
 
 
