@@ -81,8 +81,9 @@ def test_prefetch_must_be_a_bounded_int(make_queue: MakeQueue) -> None:
     for bad in (0, -1, 101, True, 2.0, "4"):
         with pytest.raises(ValueError, match="prefetch"):
             Worker(queue, print, prefetch=bad)
-    assert Worker(queue, print, concurrency=3).prefetch == 3
+    assert Worker(queue, print, concurrency=3).prefetch == 100  # how much: by pace
     assert Worker(queue, print, concurrency=500).prefetch == 100
+    assert Worker(queue, print, concurrency=3, prefetch=7).prefetch == 7
 
 
 def test_completions_gather_into_one_transaction(
@@ -224,6 +225,94 @@ def test_claims_never_exceed_the_prefetch_bound(
     assert out[0].completed == 60
 
 
+def _recording_claims(queue: Queue, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size each claim of ``queue``'s worker asks for, in order."""
+    real = queue.dequeue_batch
+    sizes: list[int] = []
+
+    def recording(size: int, *args: Any, **kwargs: Any) -> Any:
+        sizes.append(size)
+        return real(size, *args, **kwargs)
+
+    monkeypatch.setattr(queue, "dequeue_batch", recording)
+    return sizes
+
+
+def test_quick_handlers_get_large_claims(
+    make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once handlers are seen to be quick, a claim takes what the worker will start within
+    moments, not only one message per idle runner: one runner, 150 no-op messages, a few
+    claims of up to ``prefetch`` each, every message handled once."""
+    queue = make_queue(table_name="jobs", clock=None)
+    ids = ok(queue.enqueue_batch([f"m{i}" for i in range(150)]))
+    sizes = _recording_claims(queue, monkeypatch)
+    seen: list[int] = []
+    w = Worker(queue, lambda m: seen.append(m.id), concurrency=1, handle_signals=False)
+    thread, out = run_in_thread(w)
+    wait_until(lambda: not queue.stats().unwrap().depth, what="the queue drained")
+    w.stop()
+    thread.join(20)
+    assert sorted(seen) == ids and out[0].completed == 150
+    assert sizes[0] == 1  # nothing known of the handlers yet: only the idle runner's
+    assert max(sizes) == 100  # the prefetch bound: a 50 ms budget holds far more no-ops
+    assert len(sizes) <= 10, sizes
+
+
+def test_slow_handlers_claim_only_for_idle_runners(
+    make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Handlers that take longer than the claim-ahead budget: no message is claimed
+    beyond the runners that can start it now, so other workers can serve the rest."""
+    queue = make_queue(table_name="jobs", clock=None)
+    ids = ok(queue.enqueue_batch([f"m{i}" for i in range(6)]))
+    sizes = _recording_claims(queue, monkeypatch)
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def handler(m: Message) -> None:
+        time.sleep(0.15)  # three times the 50 ms budget: nothing to claim ahead
+        with lock:
+            seen.append(m.id)
+
+    w = Worker(queue, handler, concurrency=2, handle_signals=False, poll_wait=1)
+    thread, out = run_in_thread(w)
+    wait_until(lambda: not queue.stats().unwrap().depth, what="the queue drained")
+    w.stop()
+    thread.join(20)
+    assert sorted(seen) == ids and out[0].completed == 6
+    assert max(sizes) <= 2, sizes
+
+
+def test_claimed_messages_that_wait_past_a_heartbeat_are_given_back(
+    make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Quick handlers led the worker to claim ahead, then one handler took long: the
+    messages it held unstarted for longer than a heartbeat are released (attempt not
+    counted) rather than started on a lease half spent, and are handled once each later."""
+    queue = make_queue(table_name="jobs")  # a fake clock: no lease runs out in this test
+    ids = ok(queue.enqueue_batch([f"m{i}" for i in range(20)]))
+    sizes = _recording_claims(queue, monkeypatch)
+    handled: list[tuple[int, int]] = []
+
+    def handler(m: Message) -> None:
+        handled.append((m.id, m.attempts))
+        if len(handled) == 2:
+            time.sleep(1.3)  # longer than the heartbeat (1 s): the 18 held are stale
+
+    w = Worker(
+        queue, handler, concurrency=1, visibility_timeout=3, handle_signals=False, poll_wait=1
+    )
+    thread, out = run_in_thread(w)
+    wait_until(lambda: not queue.stats().unwrap().depth, what="the queue drained")
+    w.stop()
+    thread.join(20)
+    assert sorted(i for i, _ in handled) == ids  # each once
+    assert all(attempts == 1 for _, attempts in handled), handled
+    assert sizes[:2] == [1, 100], sizes  # the second claim took the other 19
+    assert out[0].released == 18 and out[0].completed == 20
+
+
 CHILD = textwrap.dedent(
     """
     import sys, threading
@@ -277,7 +366,8 @@ def test_async_worker_prefetches_and_groups_acks(
     make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The asyncio worker takes the same paths: every message handled once, completed
-    through complete_batch, and claims no larger than prefetch."""
+    through complete_batch, claims no larger than prefetch, and larger than one message
+    per idle runner once its handlers are seen to be quick."""
     queue = make_queue(table_name="jobs", clock=None)
     ids = ok(queue.enqueue_batch([f"m{i}" for i in range(40)]))
     completed: list[int] = []
@@ -314,7 +404,42 @@ def test_async_worker_prefetches_and_groups_acks(
     stats = asyncio.run(main())
     assert sorted(handled) == ids and sorted(completed) == ids
     assert stats.completed == 40
-    assert max(sizes) <= 3
+    assert max(sizes) <= 3, sizes
+
+
+def test_async_worker_claims_ahead_for_quick_handlers(
+    make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One asyncio runner with a quick coroutine handler: claims grow past the one idle
+    runner's message, up to ``prefetch``."""
+    queue = make_queue(table_name="jobs", clock=None)
+    ids = ok(queue.enqueue_batch([f"m{i}" for i in range(150)]))
+    aqueue = AsyncQueue(queue)
+    real_claim = aqueue.dequeue_batch
+    sizes: list[int] = []
+
+    async def claim(size: int, *args: Any, **kwargs: Any) -> Any:
+        sizes.append(size)
+        return await real_claim(size, *args, **kwargs)
+
+    monkeypatch.setattr(aqueue, "dequeue_batch", claim)
+    handled: list[int] = []
+
+    async def handler(m: Message) -> None:
+        handled.append(m.id)
+
+    async def main() -> Any:
+        w = AsyncWorker(aqueue, handler, concurrency=1, handle_signals=False)
+        task = asyncio.create_task(w.run())
+        deadline = time.monotonic() + 60
+        while queue.stats().unwrap().depth and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        w.stop()
+        return await asyncio.wait_for(task, 30)
+
+    stats = asyncio.run(main())
+    assert sorted(handled) == ids and stats.completed == 150
+    assert sizes[0] == 1 and max(sizes) == 100, sizes
 
 
 def test_async_worker_gives_back_what_it_claimed_but_did_not_start(

@@ -48,7 +48,7 @@ from .message import Message
 from .queue import SQLiteQueue, connect
 from .result import Err, Ok, Result
 from .stats import QueueStats
-from .worker import WorkerCore, WorkerStats
+from .worker import Claimed, WorkerCore, WorkerStats
 
 __all__ = ["AsyncQueue", "AsyncSQLiteQueue", "AsyncWorker", "connect_async"]
 
@@ -470,10 +470,11 @@ class AsyncWorker(WorkerCore):
 
     async def _consume_loop(self, key: object) -> None:
         while not self._stopping.is_set():
-            message = await self._take_async()
-            if message is None:
+            claimed = await self._take_async()
+            if claimed is None:
                 continue
-            task = await asyncio.to_thread(self._begin, key, message)
+            message = claimed[0]
+            task = await asyncio.to_thread(self._begin, key, message, claimed[1])
             handler_task = asyncio.ensure_future(self._invoke(message))
             self._running[key] = handler_task
             try:
@@ -504,9 +505,9 @@ class AsyncWorker(WorkerCore):
         except BaseException as exc:
             return None, exc
 
-    async def _take_async(self) -> Message | None:
-        """The next message: one a runner fetched for this one, or a fetch of our own for
-        us and the runners idle beside us; None when stopping or nothing came."""
+    async def _take_async(self) -> Claimed | None:
+        """The next message: one fetched earlier, or a fetch of our own for us, the
+        runners idle beside us and those about to be; None when stopping or nothing came."""
         handoff = self._handoff
         assert handoff is not None  # made by run()
         async with handoff:
@@ -516,7 +517,9 @@ class AsyncWorker(WorkerCore):
                     await handoff.wait()
                 finally:
                     self._idle -= 1
-            step = self._next_or_fetch()
+            step, stale = self._next_or_fetch()
+        if stale:
+            await asyncio.to_thread(self._give_back, stale)
         if not isinstance(step, int):
             return step
         batch: list[Message] = []

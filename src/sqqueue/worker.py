@@ -46,6 +46,10 @@ Handler = Callable[[Message], Any]
 # At most this many messages claimed in one go: enough to amortise a claim over a batch,
 # few enough that one worker does not hold messages other workers could be serving.
 MAX_PREFETCH = 100
+# A worker claims ahead (beyond its idle runners) what it expects to start within this
+# many seconds at the pace of its recent handlers: quick handlers get large claims, slow
+# ones none beyond the idle runners, so no message waits long for a runner.
+AHEAD_SECONDS = 0.05
 
 
 @dataclass
@@ -87,14 +91,18 @@ class DurationObserver(Protocol):
     def observe(self, queue: str, kind: str, seconds: float) -> None: ...
 
 
+#: a claimed message and when its lease was taken (``time.monotonic()``)
+Claimed = tuple[Message, float]
+
+
 class _Task:
     """One message being handled: the heartbeat extends its lease until it is done."""
 
-    def __init__(self, message: Message, started: float) -> None:
+    def __init__(self, message: Message, started: float, leased_at: float) -> None:
         self.message = message
         self.started = started
         self.abandoned = False  # timed out or cut off at shutdown: its outcome is ignored
-        self.last_beat = started
+        self.last_beat = leased_at  # the lease is extended on its own schedule
 
 
 class WorkerCore:
@@ -137,7 +145,7 @@ class WorkerCore:
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
         if prefetch is None:
-            prefetch = min(concurrency, MAX_PREFETCH)
+            prefetch = MAX_PREFETCH
         if (
             not isinstance(prefetch, int)
             or isinstance(prefetch, bool)
@@ -179,13 +187,14 @@ class WorkerCore:
         self._tasks: dict[object, _Task] = {}  # driver's key (thread or task) -> running task
         self._lock = threading.Lock()
         self._drained = threading.Event()  # shutdown finished: the heartbeat may end
-        # Prefetch: one runner at a time claims for itself and the runners idle beside it;
-        # what it claimed beyond its own message waits here for them. The drivers guard
-        # these with their own handoff lock (threads or the event loop) and take the
-        # decisions below under it.
-        self._prefetched: deque[Message] = deque()
+        # Prefetch: one runner at a time claims for itself, the runners idle beside it and
+        # what the worker will start within AHEAD_SECONDS; what it claimed beyond its own
+        # message waits here for the next free runner. The drivers guard these with their
+        # own handoff lock (threads or the event loop) and take the decisions below under it.
+        self._prefetched: deque[Claimed] = deque()
         self._fetching = False
         self._idle = 0
+        self._pace: float | None = None  # recent seconds per handler call (moving average)
         # Grouped acknowledgements: while the ack thread runs, handlers' completions are
         # left here and their runners go on; the thread completes whatever has gathered
         # in one transaction.
@@ -225,8 +234,8 @@ class WorkerCore:
             for name, n in increments.items():
                 setattr(self.stats, name, getattr(self.stats, name) + n)
 
-    def _begin(self, key: object, message: Message) -> _Task:
-        task = _Task(message, time.monotonic())
+    def _begin(self, key: object, message: Message, leased_at: float) -> _Task:
+        task = _Task(message, time.monotonic(), leased_at)
         with self._lock:
             self._tasks[key] = task
         self._observe("time_in_queue", self.queue.parts.now() - message.enqueued_at.timestamp())
@@ -242,10 +251,12 @@ class WorkerCore:
 
     def _end(self, key: object, task: _Task, value: Any, exc: BaseException | None) -> None:
         """Complete or fail the message, unless the task was abandoned meanwhile."""
-        with self._lock:
-            self._tasks.pop(key, None)
         message = task.message
         elapsed = time.monotonic() - task.started
+        with self._lock:
+            self._tasks.pop(key, None)
+            pace = self._pace
+            self._pace = elapsed if pace is None else 0.8 * pace + 0.2 * elapsed
         log_extra = {"message_id": message.id, "attempt": message.attempts}
         if task.abandoned:
             logger.info(
@@ -288,29 +299,44 @@ class WorkerCore:
         """Whether a runner waits: another runner is fetching and nothing is left over."""
         return not self._prefetched and self._fetching and not self._stopping.is_set()
 
-    def _next_or_fetch(self) -> Message | int | None:
+    def _next_or_fetch(self) -> tuple[Claimed | int | None, list[Message]]:
         """After waiting: None when stopping (what is prefetched is given back at the end),
-        a message another runner fetched, or the size of the fetch this runner now makes
-        for itself and the runners idle beside it."""
+        a message fetched earlier, or the size of the fetch this runner now makes; and the
+        messages fetched earlier that waited past a heartbeat, to give back unstarted
+        (their leases are spent: another worker may serve them sooner)."""
         if self._stopping.is_set():
-            return None
-        if self._prefetched:
-            return self._prefetched.popleft()
+            return None, []
+        stale: list[Message] = []
+        oldest = time.monotonic() - self.heartbeat
+        while self._prefetched:
+            claimed = self._prefetched.popleft()
+            if claimed[1] >= oldest:
+                return claimed, stale
+            stale.append(claimed[0])
         self._fetching = True
-        return min(self.prefetch, self._idle + 1)
+        return min(self.prefetch, self._idle + 1 + self._ahead()), stale
 
-    def _fetched(self, batch: list[Message]) -> tuple[Message | None, list[Message]]:
+    def _ahead(self) -> int:
+        """How many messages beyond the idle runners the worker expects to start within
+        AHEAD_SECONDS, at the pace of its recent handlers (none before any has ended)."""
+        pace = self._pace
+        if pace is None:
+            return 0
+        return int(min(self.concurrency * AHEAD_SECONDS / max(pace, 1e-6), MAX_PREFETCH))
+
+    def _fetched(self, batch: list[Message]) -> tuple[Claimed | None, list[Message]]:
         """After a fetch: this runner's message, and what to give back unstarted (all of
-        it when the worker is stopping); the rest waits for the idle runners."""
+        it when the worker is stopping); the rest waits for the next free runners."""
         self._fetching = False
         if self._stopping.is_set():
             return None, batch
-        self._prefetched.extend(batch[1:])
-        return (batch[0] if batch else None), []
+        leased_at = time.monotonic()
+        self._prefetched.extend((message, leased_at) for message in batch[1:])
+        return ((batch[0], leased_at) if batch else None), []
 
     def _unstarted(self) -> list[Message]:
         """At shutdown: what was prefetched and never started, to give back."""
-        left, self._prefetched = list(self._prefetched), deque()
+        left, self._prefetched = [m for m, _ in self._prefetched], deque()
         return left
 
     def _give_back(self, messages: list[Message]) -> None:
@@ -572,10 +598,12 @@ class Worker(WorkerCore):
     - Heartbeat: every ``heartbeat`` seconds (default a third of the lease) the leases of
       the running messages are extended, all in one call (``extend_batch``), so slow but
       alive handlers keep their messages.
-    - Prefetch: a runner that finds nothing to do claims for itself and for the runners
-      idle beside it in one transaction (at most ``prefetch`` messages, default
-      ``concurrency``, at most 100), so a busy worker claims in batches and holds no more
-      than it can start at once.
+    - Prefetch: a runner that finds nothing to do claims, in one transaction, for itself,
+      the runners idle beside it and what the worker will start within 50 ms at the pace
+      of its recent handlers (at most ``prefetch`` messages, default and most 100). Quick
+      handlers get large claims; handlers slower than that get one message per idle
+      runner, so a worker holds little that another could be serving. A message held
+      unstarted for longer than a heartbeat is given back (attempt not counted).
     - Grouped acknowledgements: a handler's runner goes on as soon as the handler returns;
       one thread completes what has gathered in one transaction, each message still fenced
       by its own lease (if one was lost, the others are completed one by one). A process
@@ -681,10 +709,11 @@ class Worker(WorkerCore):
     def _consume_loop(self) -> None:
         key = threading.current_thread()
         while not self._stopping.is_set():
-            message = self._take()
-            if message is None:
+            claimed = self._take()
+            if claimed is None:
                 continue
-            task = self._begin(key, message)
+            message = claimed[0]
+            task = self._begin(key, message, claimed[1])
             value: Any = None
             error: BaseException | None = None
             try:
@@ -697,9 +726,9 @@ class Worker(WorkerCore):
 
     # -- prefetch ---------------------------------------------------------------------------
 
-    def _take(self) -> Message | None:
-        """The next message: one a runner fetched for this one, or a fetch of our own for
-        us and the runners idle beside us; None when stopping or nothing came."""
+    def _take(self) -> Claimed | None:
+        """The next message: one fetched earlier, or a fetch of our own for us, the
+        runners idle beside us and those about to be; None when stopping or nothing came."""
         with self._handoff:
             while self._must_wait():
                 self._idle += 1
@@ -707,7 +736,9 @@ class Worker(WorkerCore):
                     self._handoff.wait()
                 finally:
                     self._idle -= 1
-            step = self._next_or_fetch()
+            step, stale = self._next_or_fetch()
+        if stale:
+            self._give_back(stale)
         if not isinstance(step, int):
             return step
         batch: list[Message] = []
