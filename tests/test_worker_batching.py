@@ -313,6 +313,77 @@ def test_claimed_messages_that_wait_past_a_heartbeat_are_given_back(
     assert out[0].released == 18 and out[0].completed == 20
 
 
+def test_the_heartbeat_gives_back_what_waits_while_every_runner_is_busy(
+    make_queue: MakeQueue,
+) -> None:
+    """Claimed ahead, then the only runner is stuck in a long handler: the heartbeat gives
+    the held messages back while it runs, so other consumers can serve them meanwhile."""
+    queue = make_queue(table_name="jobs")  # a fake clock: no lease runs out in this test
+    other = make_queue(table_name="jobs")
+    ids = ok(queue.enqueue_batch([f"m{i}" for i in range(20)]))
+    served_elsewhere: list[int] = []
+    handled: list[int] = []
+
+    def handler(m: Message) -> None:
+        handled.append(m.id)
+        if len(handled) == 2:  # the 18 others are held unstarted by now
+            wait_until(
+                lambda: queue.stats().unwrap().ready == 18,
+                what="the heartbeat to give the held messages back",
+            )
+            while (taken := ok(other.dequeue())) is not None:
+                served_elsewhere.append(taken.id)
+                ok(other.complete(taken))
+
+    w = Worker(
+        queue, handler, concurrency=1, visibility_timeout=3, handle_signals=False, poll_wait=1
+    )
+    thread, out = run_in_thread(w)
+    wait_until(lambda: not queue.stats().unwrap().depth, what="the queue drained")
+    w.stop()
+    thread.join(20)
+    assert len(served_elsewhere) == 18
+    assert sorted(handled + served_elsewhere) == ids
+    assert out[0].released == 18 and out[0].completed == 2
+
+
+def test_the_async_heartbeat_gives_back_what_waits_while_every_runner_is_busy(
+    make_queue: MakeQueue,
+) -> None:
+    """The asyncio worker's heartbeat does the same: held messages go back while the only
+    runner is busy, and nothing is handled twice."""
+    queue = make_queue(table_name="jobs")  # a fake clock: no lease runs out in this test
+    ids = ok(queue.enqueue_batch([f"m{i}" for i in range(20)]))
+    aqueue = AsyncQueue(queue)
+    handled: list[int] = []
+    given_back: list[int] = []
+
+    async def handler(m: Message) -> None:
+        handled.append(m.id)
+        if len(handled) == 2:
+            deadline = time.monotonic() + 20
+            while queue.stats().unwrap().ready != 18:
+                assert time.monotonic() < deadline, "the held messages were never given back"
+                await asyncio.sleep(0.02)
+            given_back.append(queue.stats().unwrap().ready)
+
+    async def main() -> Any:
+        w = AsyncWorker(
+            aqueue, handler, concurrency=1, visibility_timeout=3, handle_signals=False, poll_wait=1
+        )
+        task = asyncio.create_task(w.run())
+        deadline = time.monotonic() + 60
+        while queue.stats().unwrap().depth and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        w.stop()
+        return await asyncio.wait_for(task, 30)
+
+    stats = asyncio.run(main())
+    assert given_back == [18]
+    assert sorted(handled) == ids  # the 18 came back and were handled then, once each
+    assert stats.released == 18 and stats.completed == 20
+
+
 CHILD = textwrap.dedent(
     """
     import sys, threading

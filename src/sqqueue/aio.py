@@ -554,7 +554,13 @@ class AsyncWorker(WorkerCore):
                 running.get_loop().call_soon_threadsafe(running.cancel)
 
     async def _heartbeat_loop(self, drained: asyncio.Event) -> None:
+        handoff = self._handoff
+        assert handoff is not None  # made by run()
         while not drained.is_set():
+            async with handoff:
+                stale = self._stale()
+            if stale:
+                await asyncio.to_thread(self._give_back, stale)
             running = await asyncio.to_thread(self._beat)
             if self._stopping.is_set() and not running:
                 return

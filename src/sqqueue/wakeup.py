@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 # 50 ms). Measured on a small virtual machine, a check after a sleep costs 0.2 to 0.7 ms
 # of CPU (caches gone cold, far more than the 3 us of a check in a loop): polling 20 times
 # a second put an idle Worker at 0.7 to 1.05% of a core beside other work; with file
-# events it checks about once a second (the probe's back-up interval).
+# events it checks every few seconds (the probe's back-up interval), 0.2 to 0.4%.
 POLL_MIN, POLL_MAX, POLL_IDLE, QUIET = 0.002, 0.01, 0.05, 1.0
 # After a failed check (the file is gone, the disk fails) the watcher backs off further.
 _POLL_FAILED = 1.0

@@ -306,15 +306,22 @@ class WorkerCore:
         (their leases are spent: another worker may serve them sooner)."""
         if self._stopping.is_set():
             return None, []
-        stale: list[Message] = []
-        oldest = time.monotonic() - self.heartbeat
-        while self._prefetched:
-            claimed = self._prefetched.popleft()
-            if claimed[1] >= oldest:
-                return claimed, stale
-            stale.append(claimed[0])
+        stale = self._stale()
+        if self._prefetched:
+            return self._prefetched.popleft(), stale
         self._fetching = True
         return min(self.prefetch, self._idle + 1 + self._ahead()), stale
+
+    def _stale(self) -> list[Message]:
+        """Take out the prefetched messages that have waited past a heartbeat, to give
+        back: started now, they would run on a lease mostly spent, and held on while every
+        runner is busy, they would keep from other workers what those could serve. Called
+        when a runner takes a message, and by the heartbeat."""
+        oldest = time.monotonic() - self.heartbeat
+        stale: list[Message] = []
+        while self._prefetched and self._prefetched[0][1] < oldest:  # oldest first
+            stale.append(self._prefetched.popleft()[0])
+        return stale
 
     def _ahead(self) -> int:
         """How many messages beyond the idle runners the worker expects to start within
@@ -769,6 +776,10 @@ class Worker(WorkerCore):
 
     def _heartbeat_loop(self) -> None:
         while not self._drained.is_set():
+            with self._handoff:
+                stale = self._stale()
+            if stale:
+                self._give_back(stale)
             running = self._beat()
             if self._stopping.is_set() and not running:
                 return
