@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import ctypes
 import os
+import subprocess
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +117,25 @@ def file_state(path: Path) -> dict[str, tuple[bytes, int, int]]:
             state[name.name] = (name.read_bytes(), info.st_mtime_ns, info.st_mode)
     state["directory"] = (" ".join(sorted(os.listdir(path.parent))).encode(), 0, 0)
     return state
+
+
+@contextmanager
+def ready_child(script: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """Run ``script`` with ``args`` (sqqueue from this checkout importable), its stdin and
+    stdout piped, once it has printed "ready"; killed at the end if still running."""
+    src = Path(__file__).resolve().parents[1] / "src"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(src)},
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)

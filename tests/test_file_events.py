@@ -3,7 +3,6 @@ polling (inotify), and the polling it falls back to where events are not availab
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -14,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from helpers import ok
+from helpers import ok, ready_child
 from sqqueue import SQLiteQueue, wakeup
 from sqqueue.backends import file_events, sqlite_files
 
@@ -138,21 +137,8 @@ def quick_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
 def producer(db_path: Path, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     script = tmp_path / "producer.py"
     script.write_text(PRODUCER)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(db_path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(SRC)},
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
+    with ready_child(script, str(db_path)) as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
 
 
 def _events_off(monkeypatch: pytest.MonkeyPatch) -> None:

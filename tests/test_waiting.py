@@ -7,12 +7,10 @@ so a regression shows before it fails.
 
 from __future__ import annotations
 
-import os
 import random
 import sqlite3
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -23,7 +21,7 @@ from typing import Any
 import pytest
 
 from conftest import QueueTarget
-from helpers import message_statuses, ok
+from helpers import message_statuses, ok, ready_child
 from sqqueue import (
     CompletionError,
     DequeueError,
@@ -468,21 +466,8 @@ def producer(tmp_path: Path, queue_target: QueueTarget) -> Iterator[subprocess.P
     ends it."""
     script = tmp_path / "producer.py"
     script.write_text(PRODUCER)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), queue_target.url, str(queue_target.schema), "jobs"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(SRC)},
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
+    with ready_child(script, queue_target.url, str(queue_target.schema), "jobs") as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
 
 
 @pytest.mark.slow
