@@ -201,14 +201,7 @@ def test_claims_never_exceed_the_prefetch_bound(
     and every message is handled exactly once."""
     queue = make_queue(table_name="jobs", clock=None)
     ids = ok(queue.enqueue_batch([f"m{i}" for i in range(60)]))
-    real = queue.dequeue_batch
-    sizes: list[int] = []
-
-    def recording(size: int, *args: Any, **kwargs: Any) -> Any:
-        sizes.append(size)
-        return real(size, *args, **kwargs)
-
-    monkeypatch.setattr(queue, "dequeue_batch", recording)
+    sizes = _recording_claims(queue, monkeypatch)
     seen: list[int] = []
     lock = threading.Lock()
 
