@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from sqqueue.tasks import (
     TaskWorker,
     current_task,
 )
+from sqqueue.tasks.runner import TaskMetrics
 
 MakeTasks = Callable[..., Tasks]
 
@@ -598,6 +600,26 @@ def test_tasks_on_several_queues_and_per_task_metrics(make_tasks: MakeTasks) -> 
     stats = app.stats()
     assert (stats[a.name].succeeded, stats[b.name].succeeded) == (2, 1)
     assert stats[a.name].seconds_max >= 0
+
+
+def test_task_metrics_remember_a_bounded_number_of_starts(
+    make_queue: Callable[..., Queue], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start whose end the metrics never hear of (a handler abandoned at its timeout, a
+    completion refused) is not kept for the life of the worker: only the latest
+    ``STARTS_KEPT`` starts wait for their ends."""
+    monkeypatch.setattr(importlib.import_module("sqqueue.tasks.runner"), "STARTS_KEPT", 2)
+    queue = make_queue(table_name="metered")
+    ok(queue.enqueue_batch(["a", "b", "c", "d"]))
+    messages = ok(queue.dequeue_batch(4))
+    metrics = TaskMetrics()
+    for message in messages:
+        metrics.on_start(message)
+    assert len(metrics._started) == 2  # the two latest, waiting for their ends
+    for message in messages:
+        metrics.on_success(message, None)
+    assert not metrics._started
+    assert metrics.snapshot()["(not a task)"].succeeded == 4
 
 
 def test_per_task_prometheus_metrics(make_tasks: MakeTasks) -> None:

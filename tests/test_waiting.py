@@ -7,6 +7,8 @@ so a regression shows before it fails.
 
 from __future__ import annotations
 
+import gc
+import os
 import random
 import sqlite3
 import statistics
@@ -31,6 +33,7 @@ from sqqueue import (
     Ok,
     Queue,
     RetryPolicy,
+    SQLiteQueue,
 )
 
 MakeQueue = Callable[..., Queue]
@@ -873,3 +876,26 @@ def test_claim_on_closed_queue_raises_dequeue_error(make_queue: MakeQueue) -> No
     with pytest.raises(DequeueError) as info, queue.claim() as _message:
         pytest.fail("the block must not run")
     assert info.value.kind is ErrorKind.CLOSED
+
+
+def test_closed_queues_leave_no_watcher_or_signal_behind(tmp_path: Path) -> None:
+    """A process that opens and closes queues on many files over its life keeps nothing
+    for a file once its queue objects are gone (no watcher, no wake-up signal)."""
+    from sqqueue import wakeup
+    from sqqueue.backends import sqlite_files
+
+    folder = os.path.realpath(tmp_path)
+    for i in range(20):
+        queue = SQLiteQueue(str(tmp_path / f"q{i}.db"), "jobs")
+        assert ok(queue.dequeue(wait=0.01)) is None  # a wait starts the file's watcher
+        queue.close()
+    del queue
+
+    def left() -> list[str]:
+        gc.collect()
+        return [key for key in [*wakeup._signals, *sqlite_files._watchers] if folder in key]
+
+    deadline = time.monotonic() + 15  # a watcher's thread ends soon after its last queue
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert left() == []

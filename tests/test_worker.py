@@ -11,6 +11,8 @@ heartbeat), never against how fast the machine happens to be.
 from __future__ import annotations
 
 import contextlib
+import gc
+import importlib
 import logging
 import os
 import queue as stdlib_queue
@@ -20,6 +22,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,6 +33,7 @@ import pytest
 from conftest import FakeClock, QueueTarget
 from helpers import message_statuses, ok
 from sqqueue import (
+    Item,
     Message,
     Queue,
     Reject,
@@ -614,6 +618,56 @@ def _hang_first_attempt(
             release.wait(20)
 
     return handler
+
+
+# -- a long life: what a worker keeps does not grow ---------------------------------------
+
+
+def test_worker_keeps_only_the_latest_durations(
+    rq: Queue, running: Callable[[Worker], Running], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``processing_seconds`` holds the latest ``DURATIONS_KEPT`` durations, not one per
+    message for the life of the worker."""
+    monkeypatch.setattr(importlib.import_module("sqqueue.worker"), "DURATIONS_KEPT", 3)
+    ok(rq.enqueue_batch(list(range(8))))
+    r = running(make_worker(rq, lambda m: None))
+    wait_until(lambda: r.worker.stats.completed == 8, what="eight completions")
+    stats = r.stop()
+    assert len(stats.processing_seconds) == 3
+    assert all(0 <= s < 60 for s in stats.processing_seconds)
+
+
+def test_runners_replaced_after_timeouts_are_let_go_once_they_end(
+    rq: Queue, running: Callable[[Worker], Running]
+) -> None:
+    """Each handler that times out gets a replacement runner; once the abandoned ones end,
+    the worker holds no reference to them, so timeouts now and then pile up nothing."""
+    first, later = threading.Event(), threading.Event()
+
+    def handler(message: Message) -> None:
+        (first if message.payload == "hang" else later).wait(20)
+
+    ok(rq.enqueue_batch([Item("hang", max_attempts=1)] * 3))
+    w = make_worker(rq, handler, task_timeout=0.2, heartbeat=0.05, grace_period=1)
+    r = running(w)
+    try:
+        wait_until(lambda: w.stats.timed_out == 3, what="three timeouts")
+        abandoned = [
+            weakref.ref(t)
+            for t in threading.enumerate()
+            if t.name.startswith(f"{w.name}-") and t.name.rsplit("-", 1)[1] in ("1", "2", "3")
+        ]
+        assert len(abandoned) == 3
+        first.set()
+        wait_until(lambda: not any((t := ref()) and t.is_alive() for ref in abandoned))
+        ok(rq.enqueue("hang later", max_attempts=1))
+        wait_until(lambda: w.stats.timed_out == 4, what="a fourth timeout, and a new runner")
+        gc.collect()
+        assert [ref() for ref in abandoned] == [None, None, None]
+    finally:
+        first.set()
+        later.set()
+    r.stop()
 
 
 @pytest.mark.slow

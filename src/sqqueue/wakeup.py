@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Protocol
 
@@ -138,12 +139,15 @@ class Signal:
         return self._seq != seq
 
 
-_signals: dict[str, Signal] = {}
+# Weak: a signal lives while a queue object holds it, so a process that opens and closes
+# queues on many files over its life does not keep one for each.
+_signals: weakref.WeakValueDictionary[str, Signal] = weakref.WeakValueDictionary()
 _signals_lock = threading.Lock()
 
 
 def signal_for(key: str) -> Signal:
-    """The process-wide signal of one queue (``key`` names its database and table)."""
+    """The process-wide signal of one queue (``key`` names its database and table), shared
+    by this process's queue objects on it while any of them is open."""
     with _signals_lock:
         signal = _signals.get(key)
         if signal is None:

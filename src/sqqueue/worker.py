@@ -51,6 +51,14 @@ MAX_PREFETCH = 100
 # ones none beyond the idle runners, so no message waits long for a runner.
 AHEAD_SECONDS = 0.05
 
+#: How many of the latest handler durations ``WorkerStats.processing_seconds`` keeps (a
+#: worker runs for months: keeping every one would grow without end).
+DURATIONS_KEPT = 1_000
+
+
+def _recent_durations() -> deque[float]:
+    return deque(maxlen=DURATIONS_KEPT)
+
 
 @dataclass
 class WorkerStats:
@@ -63,7 +71,8 @@ class WorkerStats:
     timed_out: int = 0
     released: int = 0  #: taken but not started at shutdown: given back, attempt not counted
     requeued: int = 0  #: still running when the grace period ended: given back at once
-    processing_seconds: list[float] = field(default_factory=list, repr=False)
+    #: how long the latest handlers ran (seconds), the last ``DURATIONS_KEPT`` of them
+    processing_seconds: deque[float] = field(default_factory=_recent_durations, repr=False)
 
 
 @dataclass
@@ -685,6 +694,8 @@ class Worker(WorkerCore):
             thread = threading.Thread(
                 target=self._runner, name=f"{self.name}-{self._spawned}", daemon=True
             )
+            # Runners that ended (replaced after a failure or a timeout) are forgotten.
+            self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
         thread.start()
 

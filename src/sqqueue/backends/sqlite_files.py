@@ -15,6 +15,7 @@ import stat
 import struct
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +185,8 @@ class _DataVersion:
         self._conn.close()
 
 
-_watchers: dict[str, Watcher] = {}
+# Weak: a watcher lives while a queue object on its file holds it (see signal_for).
+_watchers: weakref.WeakValueDictionary[str, Watcher] = weakref.WeakValueDictionary()
 _watchers_lock = threading.Lock()
 _parked_watchers: list[Watcher] = []  # a parent's, after fork: their probes stay untouched
 

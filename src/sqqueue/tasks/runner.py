@@ -30,6 +30,9 @@ __all__ = ["Dispatcher", "ResultNotJSON", "TaskMetrics", "TaskStats", "TaskWorke
 
 logger = logging.getLogger(__name__)
 
+#: How many started tasks ``TaskMetrics`` remembers the start of, awaiting their end.
+STARTS_KEPT = 10_000
+
 
 class ResultNotJSON(Reject):
     """A task that stores its result returned something that is not JSON. It ran, so it is
@@ -192,6 +195,10 @@ class TaskMetrics:
         name = self._name(message)
         with self._lock:
             self._started[(message.queue, message.id)] = time.monotonic()
+            # A message that never ends here (its handler abandoned at its timeout, its
+            # completion refused) leaves its start behind: keep only the latest ones.
+            while len(self._started) > STARTS_KEPT:
+                del self._started[next(iter(self._started))]
             current = self._stats.get(name) or TaskStats(name)
             self._update(name, started=current.started + 1)
 
