@@ -268,6 +268,9 @@ class AsyncQueue:
     async def release(self, message: MessageRef) -> Result[None, RequeueError]:
         return await self._call(self.sync.release, message)
 
+    async def release_batch(self, messages: Sequence[MessageRef]) -> Result[int, RequeueError]:
+        return await self._call(self.sync.release_batch, messages)
+
     async def extend(
         self, message: MessageRef, seconds: float | timedelta
     ) -> Result[datetime, RequeueError]:

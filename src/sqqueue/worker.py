@@ -69,7 +69,9 @@ class WorkerStats:
     failed: int = 0
     dead_lettered: int = 0
     timed_out: int = 0
-    released: int = 0  #: taken but not started at shutdown: given back, attempt not counted
+    #: taken but not started (at shutdown, or held past a heartbeat): given back, attempt
+    #: not counted
+    released: int = 0
     requeued: int = 0  #: still running when the grace period ended: given back at once
     #: how long the latest handlers ran (seconds), the last ``DURATIONS_KEPT`` of them
     processing_seconds: deque[float] = field(default_factory=_recent_durations, repr=False)
@@ -356,10 +358,17 @@ class WorkerCore:
         return left
 
     def _give_back(self, messages: list[Message]) -> None:
-        """Release messages taken but not started, without counting their attempt."""
-        for message in messages:
-            self.queue.release(message)
-        self._count(released=len(messages))
+        """Release messages taken but not started, without counting their attempt: in one
+        transaction, or one by one if a lease among them was lost meanwhile (the others
+        still go back; the lost one is someone else's now)."""
+        if not messages:
+            return
+        result = self.queue.release_batch(messages)
+        if isinstance(result, Ok):
+            released = result.value
+        else:
+            released = sum(self.queue.release(message).is_ok() for message in messages)
+        self._count(released=released)
 
     def _start_acks(self) -> threading.Thread:
         """Start the thread that completes messages in groups (ended by ``_close_acks``)."""

@@ -199,6 +199,11 @@ class Backend(ABC):
         """Return a leased message to pending, visible ``delay`` seconds from now."""
 
     @abstractmethod
+    def release_many(self, refs: Sequence[tuple[int, int | None]]) -> list[Outcome]:
+        """Give back several (id, token) messages not worked on (visible at once, their
+        attempts refunded) in one transaction, all or none. Each one's outcome."""
+
+    @abstractmethod
     def fail(
         self,
         message_id: int,

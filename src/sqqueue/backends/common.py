@@ -33,7 +33,7 @@ from .base import (
     peek_choice,
 )
 
-__all__ = ["TOTALS", "SQLBackend"]
+__all__ = ["TOTALS", "Refused", "SQLBackend"]
 
 T = TypeVar("T")
 Conn = Any  # sqlite3.Connection or psycopg.Connection
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 TOTALS = ("enqueued", "completed", "failed", "dead_lettered", "expired", "ttl_expired")
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """Ends a batch transaction (rolling it back) when one of its messages is refused."""
 
     def __init__(self, outcomes: list[Outcome]) -> None:
@@ -347,19 +347,54 @@ class SQLBackend(Backend):
 
         return self._write(run)
 
-    def complete_many(self, refs: Sequence[tuple[int, int | None]]) -> list[Outcome]:
+    def _all_or_none(
+        self,
+        refs: Sequence[tuple[int, int | None]],
+        one: Callable[[Conn, int, int | None, float | None], Outcome],
+        after: Callable[[Conn, int], None],
+    ) -> list[Outcome]:
+        """Run ``one`` for each (id, token) in one transaction, then ``after`` with their
+        count; if any is refused, nothing changes (rolled back). Each one's outcome."""
+
         def run(conn: Conn) -> list[Outcome]:
             now = self._now()
-            outcomes = [self._complete_one(conn, mid, token, now) for mid, token in refs]
+            outcomes = [one(conn, mid, token, now) for mid, token in refs]
             if any(o is not Outcome.DONE for o in outcomes):
-                raise _Refused(outcomes)  # rolls the whole batch back
-            self._bump(conn, completed=len(outcomes))
+                raise Refused(outcomes)  # rolls the whole batch back
+            after(conn, len(outcomes))
             return outcomes
 
         try:
             return self._write(run)
-        except _Refused as refused:
+        except Refused as refused:
             return refused.outcomes
+
+    def complete_many(self, refs: Sequence[tuple[int, int | None]]) -> list[Outcome]:
+        return self._all_or_none(
+            refs, self._complete_one, lambda conn, n: self._bump(conn, completed=n)
+        )
+
+    def _release_one(
+        self,
+        conn: Conn,
+        message_id: int,
+        token: int | None,
+        now: float | None,
+        delay: float = 0.0,
+        error: str | None = None,
+        refund_attempt: bool = True,
+    ) -> Outcome:
+        params = {
+            "id": message_id,
+            "token": token,
+            "now": now,
+            "delay": delay,
+            "error": self._store_text(error),
+            "refund": 1 if refund_attempt else 0,
+        }
+        if conn.execute(self._sql["release"], params).rowcount:
+            return Outcome.DONE
+        return self._diagnose(conn, message_id, token)
 
     def release(
         self,
@@ -369,21 +404,17 @@ class SQLBackend(Backend):
         error: str | None,
         refund_attempt: bool,
     ) -> Outcome:
-        params = {
-            "id": message_id,
-            "token": token,
-            "delay": delay,
-            "error": self._store_text(error),
-            "refund": 1 if refund_attempt else 0,
-        }
-
         def run(conn: Conn) -> Outcome:
-            if conn.execute(self._sql["release"], {**params, "now": self._now()}).rowcount:
+            now = self._now()
+            outcome = self._release_one(conn, message_id, token, now, delay, error, refund_attempt)
+            if outcome is Outcome.DONE:
                 self._notify(conn)
-                return Outcome.DONE
-            return self._diagnose(conn, message_id, token)
+            return outcome
 
         return self._write(run)
+
+    def release_many(self, refs: Sequence[tuple[int, int | None]]) -> list[Outcome]:
+        return self._all_or_none(refs, self._release_one, lambda conn, _n: self._notify(conn))
 
     def fail(
         self,

@@ -37,7 +37,7 @@ from .base import (
     StoredDone,
     StoredMessage,
 )
-from .common import SQLBackend, _Refused
+from .common import Refused, SQLBackend
 
 __all__ = ["SCHEMA_VERSION", "SQLiteBackend"]
 
@@ -998,13 +998,13 @@ class SQLiteBackend(SQLBackend):
 
         def run(conn: sqlite3.Connection) -> list[Outcome]:
             if conn.execute(statement, (*ids, self._now(), token)).rowcount != len(ids):
-                raise _Refused([])  # rolls back what was deleted
+                raise Refused([])  # rolls back what was deleted
             self._bump(conn, completed=len(ids))
             return [Outcome.DONE] * len(ids)
 
         try:
             return self._write(run)
-        except _Refused:
+        except Refused:
             return super().complete_many(refs)
 
     def _message(self, row: Sequence[Any]) -> StoredMessage:

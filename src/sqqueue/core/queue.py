@@ -404,6 +404,20 @@ class Queue(Compat):
         and the attempt is not counted. For consumers shutting down with prefetched work."""
         return self._give_back(message, refund=True, action="release")
 
+    def release_batch(self, messages: Sequence[MessageRef]) -> Result[int, RequeueError]:
+        """:meth:`release` for several leased messages, in one transaction: all of them
+        or, if any is refused (its lease lost or expired), none; ``Ok(count)``. For a
+        consumer that stops with messages it claimed but never started::
+
+            batch = queue.dequeue_batch(100).unwrap()
+            ...  # stopping after some of them: give the rest back
+            queue.release_batch(batch[done:])
+        """
+        parts = self.parts
+        return parts.guard(
+            RequeueError, "release_batch", lambda: Ok(settle.release_batch(parts, messages))
+        )
+
     def extend(
         self, message: MessageRef, seconds: float | timedelta
     ) -> Result[datetime, RequeueError]:

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: a message as a lease call names it: its id and lease token (None: by id alone)
+Ref = tuple[int, int | None]
+
 
 def result_text(parts: Parts, result: object) -> str:
     """A result as the JSON text kept with a completed message; raises QueueError."""
@@ -53,18 +56,18 @@ def complete(parts: Parts, message: object, text: str | None) -> None:
         logger.debug("queue %r: completed message %d", parts.name, message_id)
 
 
-def complete_batch(parts: Parts, messages: Sequence[object]) -> int:
-    """Complete several leased messages in one transaction, all or none; the count."""
+def _batch_refs(parts: Parts, messages: Sequence[object], action: str) -> list[Ref]:
+    """The (id, lease token) of each message of a batch call; raises for a non-list."""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise QueueError(
-            "complete_batch expects a list of messages or ids", ErrorKind.INVALID_INPUT
-        )
+        raise QueueError(f"{action} expects a list of messages or ids", ErrorKind.INVALID_INPUT)
     leases = parts.leases
     # A Message is the usual reference: read it here, without a call per message.
-    refs = [(m.id, m.lease_token) if type(m) is Message else leases.ref(m) for m in messages]
-    if not refs:
-        return 0
-    outcomes = parts.backend.complete_many(refs)
+    return [(m.id, m.lease_token) if type(m) is Message else leases.ref(m) for m in messages]
+
+
+def _all_done(parts: Parts, refs: list[Ref], outcomes: list[Outcome], verb: str) -> None:
+    """Raise, naming the refused messages, unless every outcome of an all-or-none batch is
+    DONE (``verb``: what a DONE one was, "completed" say)."""
     refused = [
         (mid, token, o)
         for (mid, token), o in zip(refs, outcomes, strict=True)
@@ -72,15 +75,23 @@ def complete_batch(parts: Parts, messages: Sequence[object]) -> int:
     ]
     if refused:
         first_id, first_token, first = refused[0]
-        reason = leases.outcome_error(first, first_id, "completed", first_token)
+        reason = parts.leases.outcome_error(first, first_id, verb, first_token)
         raise QueueError(
-            f"{len(refused)} of {len(refs)} message(s) could not be completed "
+            f"{len(refused)} of {len(refs)} message(s) could not be {verb} "
             f"(ids {', '.join(str(i) for i, _, _ in refused[:10])}), so none was; "
             f"message {first_id}: {reason}",
             reason.kind,
             first_id,
         )
-    leases.forget(refs, "completed")
+
+
+def complete_batch(parts: Parts, messages: Sequence[object]) -> int:
+    """Complete several leased messages in one transaction, all or none; the count."""
+    refs = _batch_refs(parts, messages, "complete_batch")
+    if not refs:
+        return 0
+    _all_done(parts, refs, parts.backend.complete_many(refs), "completed")
+    parts.leases.forget(refs, "completed")
     if parts.backend.policy.max_depth is not None:
         parts.room.notify()
     if parts.measured:
@@ -141,6 +152,19 @@ def give_back(parts: Parts, message: object, refund: bool, action: str) -> None:
     parts.upkeep.count()
 
 
+def release_batch(parts: Parts, messages: Sequence[object]) -> int:
+    """Give back several leased messages not worked on, in one transaction, all or none;
+    the count."""
+    refs = _batch_refs(parts, messages, "release_batch")
+    if not refs:
+        return 0
+    _all_done(parts, refs, parts.backend.release_many(refs), "released")
+    parts.leases.forget(refs, "released")
+    parts.signal.notify()
+    parts.upkeep.count(len(refs))
+    return len(refs)
+
+
 def extend(parts: Parts, message: object, duration: float | timedelta) -> datetime:
     """Extend a live lease to ``duration`` from now; the new expiry."""
     message_id, token = parts.leases.ref(message)
@@ -159,16 +183,13 @@ def extend_batch(parts: Parts, messages: Sequence[object], length: float) -> int
     count. Each lease is fenced by its own token: those lost or expired are left as they
     are, the others are extended all the same, and LeasesNotExtended says which were not
     (a heartbeat keeps what it still holds and learns what it lost)."""
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise QueueError("extend_batch expects a list of messages or ids", ErrorKind.INVALID_INPUT)
-    if not messages:
+    refs = _batch_refs(parts, messages, "extend_batch")
+    if not refs:
         raise QueueError(
             "extend_batch needs at least one message or id; nothing was extended",
             ErrorKind.INVALID_INPUT,
         )
     leases = parts.leases
-    # A Message is the usual reference: read it here, without a call per message.
-    refs = [(m.id, m.lease_token) if type(m) is Message else leases.ref(m) for m in messages]
     outcomes = parts.backend.extend_many(refs, length)
     refused = {
         mid: leases.outcome_error(outcome, mid, "extended", token)
