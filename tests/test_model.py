@@ -276,9 +276,13 @@ class QueueMachine(RuleBasedStateMachine):
         assert msg.lease_token is not None
         assert tuple(msg) == (rec.id, msg.payload)
 
-    def draw_ref(self, data: st.DataObject) -> tuple[Message | int, int, int, int | None]:
-        """Pick what to act on: (ref, consumer, id, token the call will carry)."""
-        c = data.draw(consumers, label="consumer")
+    def draw_ref(
+        self, data: st.DataObject, c: int | None = None
+    ) -> tuple[Message | int, int, int, int | None]:
+        """Pick what to act on: (ref, consumer, id, token the call will carry); the
+        consumer is drawn too unless given."""
+        if c is None:
+            c = data.draw(consumers, label="consumer")
         kind = data.draw(st.sampled_from(["live", "handle", "id", "unknown"]), label="target")
         live = [h for h in self.handles if self.find(h.id, h.lease_token) == "live"]
         if kind == "live" and live:
@@ -424,6 +428,43 @@ class QueueMachine(RuleBasedStateMachine):
         rec = self.msgs[message_id]
         rec.status, rec.token, rec.lease_expires_at = "completed", None, None
         self.end(c, message_id, token)
+
+    def batch(
+        self, data: st.DataObject, call: str, cls: type[QueueError]
+    ) -> list[tuple[int, int | None]] | None:
+        """One consumer's ``call`` (complete_batch or release_batch) on up to four refs:
+        all or none. The (id, token) pairs it ended, or None when it was refused."""
+        c = data.draw(consumers, label="consumer")
+        picks = [self.draw_ref(data, c) for _ in range(data.draw(st.integers(0, 4)))]
+        result = getattr(self.queues[c], call)([ref for ref, _, _, _ in picks])
+        found = [self.find(message_id, token) for _, _, message_id, token in picks]
+        ids = [message_id for _, _, message_id, _ in picks]
+        if all(f == "live" for f in found) and len(set(ids)) == len(ids):
+            assert self.ok(result) == len(picks)
+            for _, _, message_id, token in picks:
+                self.end(c, message_id, token)
+            return [(message_id, token) for _, _, message_id, token in picks]
+        assert isinstance(result, Err) and isinstance(result.error, cls), result
+        if len(set(ids)) == len(ids):
+            # Named after the first it refused (ending one message does not change another).
+            first = next(i for i, f in enumerate(found) if f != "live")
+            _, _, message_id, token = picks[first]
+            assert result.error.kind is self.kind_of(found[first], c, token), result
+            assert result.error.message_id == message_id, result
+        return None
+
+    @rule(data=st.data())
+    def complete_batch(self, data: st.DataObject) -> None:
+        for message_id, _ in self.batch(data, "complete_batch", CompletionError) or []:
+            rec = self.msgs[message_id]
+            rec.status, rec.token, rec.lease_expires_at = "completed", None, None
+
+    @rule(data=st.data())
+    def release_batch(self, data: st.DataObject) -> None:
+        for message_id, _ in self.batch(data, "release_batch", RequeueError) or []:
+            rec = self.msgs[message_id]
+            rec.status, rec.visible_at, rec.attempts = "pending", self.now, max(rec.attempts - 1, 0)
+            rec.token = rec.lease_expires_at = None
 
     @rule(data=st.data(), send_to_dlq=st.booleans(), error=errors, delay=delays)
     def fail_message(
