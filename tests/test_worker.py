@@ -661,9 +661,14 @@ def test_runners_replaced_after_timeouts_are_let_go_once_they_end(
         first.set()
         wait_until(lambda: not any((t := ref()) and t.is_alive() for ref in abandoned))
         ok(rq.enqueue("hang later", max_attempts=1))
-        wait_until(lambda: w.stats.timed_out == 4, what="a fourth timeout, and a new runner")
-        gc.collect()
-        assert [ref() for ref in abandoned] == [None, None, None]
+        wait_until(lambda: w.stats.timed_out == 4, what="a fourth timeout")
+
+        def all_let_go() -> bool:
+            gc.collect()
+            return [ref() for ref in abandoned] == [None, None, None]
+
+        # (The timeout is counted before its replacement runner starts: wait for both.)
+        wait_until(all_let_go, what="the ended runners to be let go once a new one starts")
     finally:
         first.set()
         later.set()
