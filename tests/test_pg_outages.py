@@ -145,7 +145,7 @@ class Calls:
     """What the application thread saw: (started, returned, ok) per call, by monotonic time."""
 
     log: list[tuple[float, float, bool]] = field(default_factory=list)
-    errors: list[QueueError] = field(default_factory=list)
+    errors: list[tuple[float, QueueError]] = field(default_factory=list)  #: (started, error)
     stop: threading.Event = field(default_factory=threading.Event)
 
 
@@ -184,7 +184,7 @@ def test_calls_fail_fast_during_a_restart_and_work_resumes_within_about_a_second
             returned = time.monotonic()
             calls.log.append((started, returned, isinstance(result, Ok)))
             if isinstance(result, Err):
-                calls.errors.append(result.error)
+                calls.errors.append((started, result.error))
             calls.stop.wait(0.02)
 
     app_thread = threading.Thread(target=application, daemon=True)
@@ -235,8 +235,17 @@ def test_calls_fail_fast_during_a_restart_and_work_resumes_within_about_a_second
     assert slowest_down < 1.0
     assert first_ok - back < 3.0
     assert processed - back < 3.0
-    assert all(e.kind is ErrorKind.STORAGE for e in calls.errors), calls.errors[:3]
-    assert any("cannot connect" in str(e) for e in calls.errors), calls.errors[:3]
+    # A call in flight while the server stopped may have lost its connection while
+    # committing, and then cannot know whether its message was stored (UNKNOWN_OUTCOME, as
+    # documented); every other call failed to connect (STORAGE).
+    unexpected = [
+        e
+        for started, e in calls.errors
+        if e.kind is not ErrorKind.STORAGE
+        and not (started < stopped and e.kind is ErrorKind.UNKNOWN_OUTCOME)
+    ]
+    assert unexpected == []
+    assert any("cannot connect" in str(e) for _, e in calls.errors), calls.errors[:3]
     assert noisy_records(caplog) == []
 
 
