@@ -408,6 +408,35 @@ def test_read_only_in_a_directory_the_user_cannot_write(tmp_path: Path, clock: F
     assert file_state(db) == before
 
 
+def test_read_only_connections_beyond_the_pool_are_forgotten(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A burst of concurrent reads opens more connections than the pool keeps; those closed
+    when the burst ends leave nothing behind (a long-running reader of a file it cannot
+    write does not grow with every burst)."""
+    directory = tmp_path / "locked"
+    directory.mkdir()
+    db, _queue, _dead = current_file(directory, clock)
+    directory.chmod(0o555)
+    try:
+
+        def bursts() -> int:
+            with SQLiteQueue(db, "jobs", clock=clock, read_only=True) as reader:
+                backend: Any = reader.parts.backend
+                for _ in range(5):
+                    burst = [backend._checkout() for _ in range(40)]
+                    for conn in burst:
+                        backend._checkin(conn)
+                assert reader.stats().unwrap().depth == 4
+                return len(backend._snapshots)
+
+        kept = without_dac_override(bursts)
+    finally:
+        directory.chmod(0o755)
+    assert not isinstance(kept, BaseException), kept
+    assert 0 < kept <= 16  # the pool's idle connections, no more
+
+
 def test_check_names_a_permission_problem_not_damage(tmp_path: Path, clock: FakeClock) -> None:
     """`sqqueue check` on a healthy file the user may not read: the error names the
     permissions and what to do; it does not call the file damaged nor advise salvage."""

@@ -245,6 +245,7 @@ class SQLiteBackend(SQLBackend):
             if conn not in self._conns and any(conn is p for p in files.parked_after_fork):
                 return  # inherited through fork (used across it): not ours to close
             self._conns.discard(conn)
+        self._snapshots.pop(conn, None)
         with contextlib.suppress(*files.driver_errors()):
             conn.close()
 
