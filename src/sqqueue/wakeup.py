@@ -147,7 +147,7 @@ _signals_lock = threading.Lock()
 
 def signal_for(key: str) -> Signal:
     """The process-wide signal of one queue (``key`` names its database and table), shared
-    by this process's queue objects on it while any of them is open."""
+    by this process's queue objects on it while any of them is alive."""
     with _signals_lock:
         signal = _signals.get(key)
         if signal is None:
