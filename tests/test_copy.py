@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from conftest import FakeClock, drop_schema
+from helpers import ok
 from sqqueue import Item, SQLiteQueue, connect
 from sqqueue.backends import sqlite_sql
 from sqqueue.tools import copy_queues, salvage
@@ -238,3 +239,34 @@ def test_copy_keeps_history_and_dedup_keys(
     with connect(postgres, "jobs", clock=clock, retention=86400) as copied:
         assert copied.enqueue("twice", dedup_key="order-42").unwrap() == kept
         assert [d["payload"] for d in copied.get_completed().unwrap()] == ["done"]
+
+
+def test_text_with_nul_characters_stays_text_through_postgresql(
+    tmp_path: Path, pg_url: str, schemas: Callable[[], str], clock: FakeClock
+) -> None:
+    """PostgreSQL text cannot hold NUL, so such text is stored there as bytes: it still
+    comes back as text, from the queue and from a copy back to SQLite (as a message, a
+    dead letter and a completed message alike)."""
+    source = tmp_path / "source.db"
+    with SQLiteQueue(source, "jobs", clock=clock, retention=86400) as queue:
+        ok(queue.enqueue("\x00"))
+        ok(queue.enqueue("dead\x00letter", max_attempts=1))
+        ok(queue.enqueue("done\x00"))
+        ok(queue.enqueue(b"raw\x00bytes"))
+        first, dying, done = ok(queue.dequeue_batch(3, visibility_timeout=60))
+        ok(queue.fail_message(dying))
+        ok(queue.complete(done))
+        ok(queue.release(first))
+    postgres = with_search_path(pg_url, schemas())
+    copy_queues(f"sqlite:///{source}", postgres, ["jobs"])
+    with connect(postgres, "jobs", clock=clock, retention=86400) as copied:
+        assert [m["payload"] for m in ok(copied.list_messages())] == ["\x00", b"raw\x00bytes"]
+        assert [d["payload"] for d in ok(copied.get_dead_letters())] == ["dead\x00letter"]
+        assert [d["payload"] for d in ok(copied.get_completed())] == ["done\x00"]
+    copy_queues(postgres, f"sqlite:///{tmp_path / 'back.db'}", ["jobs"])
+    back = stored(tmp_path / "back.db")
+    original = stored(source)
+    for table in ("q", "dlq", "done"):
+        assert [(r["payload"], r["payload_type"]) for r in back[table]] == [
+            (r["payload"], r["payload_type"]) for r in original[table]
+        ]

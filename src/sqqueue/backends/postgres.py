@@ -34,6 +34,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 from ..exceptions import ErrorKind
 from ..names import validate_queue_name
+from ..serializers import JSON, TEXT
 from ..targets import redact  # the URL without its password, for messages and logs
 from ..wakeup import signal_for
 from . import postgres_sql as sql
@@ -182,8 +183,19 @@ class _Pool:
         return dict(self._stats)
 
 
-def _data(text: str | None, raw: bytes | memoryview | None) -> str | bytes:
-    return text if text is not None else bytes(raw or b"")
+# PostgreSQL text cannot hold NUL: text holding it is stored as its UTF-8 bytes (see
+# _body), and comes back as text where the encoding says the payload is text.
+_TEXT_ENCODINGS = frozenset({TEXT, JSON})
+
+
+def _data(text: str | None, raw: bytes | memoryview | None, encoding: str) -> str | bytes:
+    if text is not None:
+        return text
+    data = bytes(raw or b"")
+    if encoding in _TEXT_ENCODINGS:
+        with contextlib.suppress(UnicodeDecodeError):  # else damaged: the checksum says so
+            return data.decode("utf-8")
+    return data
 
 
 # PostgreSQL text cannot hold NUL. Error texts (which may quote binary input) store it as
@@ -196,21 +208,21 @@ def _restore_nul(text: str | None) -> str | None:
 
 
 def _message(row: Sequence[Any]) -> StoredMessage:
-    message = StoredMessage(row[0], _data(row[1], row[2]), *row[3:])
+    message = StoredMessage(row[0], _data(row[1], row[2], row[3]), *row[3:])
     if message.last_error and _NUL_STANDIN in message.last_error:
         message = message._replace(last_error=_restore_nul(message.last_error))
     return message
 
 
 def _dead(row: Sequence[Any]) -> StoredDeadLetter:
-    letter = StoredDeadLetter(row[0], _data(row[1], row[2]), *row[3:])
+    letter = StoredDeadLetter(row[0], _data(row[1], row[2], row[3]), *row[3:])
     if letter.last_error and _NUL_STANDIN in letter.last_error:
         letter = letter._replace(last_error=_restore_nul(letter.last_error))
     return letter
 
 
 def _done(row: Sequence[Any]) -> StoredDone:
-    return StoredDone(row[0], _data(row[1], row[2]), *row[3:])
+    return StoredDone(row[0], _data(row[1], row[2], row[3]), *row[3:])
 
 
 def _body(data: str | bytes) -> tuple[str | None, bytes | None]:
@@ -1000,7 +1012,8 @@ class PostgresBackend(SQLBackend):
         for raw in conn.execute(statement, {"after": after, "limit": limit}):
             row = dict(zip(stored, raw, strict=True))
             if "body_text" in row:
-                row["payload"] = _data(row.pop("body_text"), row.pop("body_bytes"))
+                text, body = row.pop("body_text"), row.pop("body_bytes")
+                row["payload"] = _data(text, body, row.get("encoding", ""))
             if row.get("last_error"):
                 row["last_error"] = _restore_nul(row["last_error"])
             rows.append(row)
