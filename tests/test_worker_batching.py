@@ -27,7 +27,17 @@ import pytest
 
 from conftest import FakeClock
 from helpers import message_statuses
-from sqqueue import AsyncQueue, AsyncWorker, Message, Ok, Queue, Result, SQLiteQueue, Worker
+from sqqueue import (
+    AsyncQueue,
+    AsyncWorker,
+    Message,
+    Ok,
+    Queue,
+    Result,
+    SQLiteQueue,
+    Worker,
+    WorkerStats,
+)
 
 MakeQueue = Callable[..., Queue]
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -51,6 +61,20 @@ def run_in_thread(worker: Worker) -> tuple[threading.Thread, list[Any]]:
     thread = threading.Thread(target=lambda: out.append(worker.run()), daemon=True)
     thread.start()
     return thread, out
+
+
+def drain_with_one_runner(queue: Queue, handler: Callable[[Message], None]) -> WorkerStats:
+    """Run a one-runner worker (3 s leases: a heartbeat every second) until the queue is
+    drained, then stop it; its stats."""
+    w = Worker(
+        queue, handler, concurrency=1, visibility_timeout=3, handle_signals=False, poll_wait=1
+    )
+    thread, out = run_in_thread(w)
+    wait_until(lambda: not queue.stats().unwrap().depth, what="the queue drained")
+    w.stop()
+    thread.join(20)
+    stats: WorkerStats = out[0]
+    return stats
 
 
 def statuses(queue: Queue) -> dict[int, tuple[str, int]]:
@@ -303,17 +327,11 @@ def test_claimed_messages_that_wait_past_a_heartbeat_are_given_back(
         if len(handled) == 2:
             time.sleep(1.3)  # longer than the heartbeat (1 s): the 18 held are stale
 
-    w = Worker(
-        queue, handler, concurrency=1, visibility_timeout=3, handle_signals=False, poll_wait=1
-    )
-    thread, out = run_in_thread(w)
-    wait_until(lambda: not queue.stats().unwrap().depth, what="the queue drained")
-    w.stop()
-    thread.join(20)
+    stats = drain_with_one_runner(queue, handler)
     assert sorted(i for i, _ in handled) == ids  # each once
     assert all(attempts == 1 for _, attempts in handled), handled
     assert sizes[:2] == [1, 100], sizes  # the second claim took the other 19
-    assert out[0].released == 18 and out[0].completed == 20
+    assert stats.released == 18 and stats.completed == 20
 
 
 @pytest.mark.usefixtures("claim_far_ahead")
@@ -339,16 +357,10 @@ def test_the_heartbeat_gives_back_what_waits_while_every_runner_is_busy(
                 served_elsewhere.append(taken.id)
                 ok(other.complete(taken))
 
-    w = Worker(
-        queue, handler, concurrency=1, visibility_timeout=3, handle_signals=False, poll_wait=1
-    )
-    thread, out = run_in_thread(w)
-    wait_until(lambda: not queue.stats().unwrap().depth, what="the queue drained")
-    w.stop()
-    thread.join(20)
+    stats = drain_with_one_runner(queue, handler)
     assert len(served_elsewhere) == 18
     assert sorted(handled + served_elsewhere) == ids
-    assert out[0].released == 18 and out[0].completed == 2
+    assert stats.released == 18 and stats.completed == 2
 
 
 @pytest.mark.usefixtures("claim_far_ahead")
