@@ -1,9 +1,12 @@
 """The asyncio API: the same queue, the same Results, as coroutines.
 
-:class:`AsyncQueue` wraps a synchronous :class:`~sqqueue.queue.Queue`: every storage call
-runs in a worker thread, so the event loop never waits on the database, and the queue
-logic is the very same code. Waiting for work (``dequeue(wait=...)``) runs the shared wait
-plan with asyncio sleeps: a waiting consumer holds no thread.
+:class:`AsyncQueue` wraps a synchronous :class:`~sqqueue.queue.Queue`, so the queue logic
+is the very same code, and the event loop never waits on the database. On PostgreSQL,
+whose driver has an asyncio face, the hot operations (enqueue, dequeue, complete, fail,
+release, extend and their batches) run natively on the loop (see :mod:`sqqueue.bridge`):
+no thread per call. Every other call, and every call on SQLite (whose driver is
+synchronous), runs in a worker thread. Waiting for work (``dequeue(wait=...)``) runs the
+shared wait plan with asyncio sleeps: a waiting consumer holds no thread.
 
 Example::
 
@@ -32,6 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Seque
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
+from . import bridge
 from .core import consume
 from .core.checks import MAX_BATCH_SIZE, bounded_int, error_text
 from .core.consume import Step
@@ -58,18 +62,56 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class AsyncQueue:
-    """Asyncio face of a queue: the methods of :class:`~sqqueue.queue.Queue`, awaited."""
+async def _on_loop(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run a sync call of the queue logic on the event loop (sqqueue.bridge), to its end
+    even if the awaiting task is cancelled meanwhile, as a call in a thread would."""
+    call = asyncio.ensure_future(bridge.run(functools.partial(fn, *args, **kwargs)))
+    return await asyncio.shield(call)
 
-    def __init__(self, queue: Queue) -> None:
+
+class AsyncQueue:
+    """Asyncio face of a queue: the methods of :class:`~sqqueue.queue.Queue`, awaited.
+
+    ``native``: run the hot operations on the event loop, without threads; by default
+    wherever the backend can (PostgreSQL, with the ``greenlet`` package its extra brings).
+    ``native=False`` runs every call in a worker thread, as on SQLite.
+    """
+
+    def __init__(self, queue: Queue, *, native: bool | None = None) -> None:
         self.sync = queue
         self.name = queue.name
+        able = queue.parts.backend.native_asyncio and bridge.AVAILABLE
+        if native and not able:
+            raise ValueError(
+                "native=True needs a backend whose driver has an asyncio face (PostgreSQL) "
+                "and the greenlet package (pip install 'sqqueue[postgres]')"
+            )
+        self._native = able if native is None else bool(native)
+
+    @property
+    def native(self) -> bool:
+        """Whether the hot operations run on the event loop rather than in threads."""
+        return self._native
 
     async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
+    async def _hot(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a hot operation: natively on the loop where it can, else in a thread. Either
+        way, it runs to its end even if the awaiting task is cancelled meanwhile (it took
+        effect or not, as its Result would have said), like a call in a thread."""
+        if not self._native:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        return await _on_loop(fn, *args, **kwargs)
+
+    def _start(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        if self._native:
+            return asyncio.ensure_future(bridge.run(fn))
+        return asyncio.ensure_future(asyncio.to_thread(fn))
+
     async def _drive(self, plan: Generator[Step, Any, T]) -> T:
-        """Carry out a wait plan: storage calls in a thread, sleeps on the event loop."""
+        """Carry out a wait plan: storage calls natively or in a thread, sleeps on the event
+        loop."""
         signal_ = self.sync.parts.signal
         try:
             step = next(plan)
@@ -93,10 +135,10 @@ class AsyncQueue:
         return consume.claim_plan(self.sync.parts, limit, timeout, wait, cancelled)
 
     async def _call_uncancelled(self, fn: Callable[[], T]) -> T:
-        """Run a storage call in a thread; if the task is cancelled meanwhile, let the call
-        finish and give back any message it leased, so nothing is stranded under a lease
-        nobody holds."""
-        future = asyncio.ensure_future(asyncio.to_thread(fn))
+        """Run a storage call (natively or in a thread); if the task is cancelled meanwhile,
+        let the call finish and give back any message it leased, so nothing is stranded
+        under a lease nobody holds."""
+        future = self._start(fn)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -105,7 +147,7 @@ class AsyncQueue:
                 if isinstance(result, list):
                     for message in result:
                         if isinstance(message, Message):
-                            await asyncio.to_thread(self.sync.release, message)
+                            await self._hot(self.sync.release, message)
             raise
 
     async def _guarded(
@@ -147,7 +189,9 @@ class AsyncQueue:
         ttl: float | timedelta | None = None,
         wait: float = 0,
     ) -> Result[int, EnqueueError]:
-        return await self._call(
+        # Waiting for room in a full queue blocks: in a thread.
+        run = self._hot if not wait else self._call
+        return await run(
             functools.partial(
                 self.sync.enqueue, dedup_key=dedup_key, group=group, ttl=ttl, wait=wait
             ),
@@ -160,7 +204,8 @@ class AsyncQueue:
     async def enqueue_batch(
         self, payloads: Sequence[Any], *, wait: float = 0
     ) -> Result[list[int], EnqueueError]:
-        return await self._call(functools.partial(self.sync.enqueue_batch, wait=wait), payloads)
+        run = self._hot if not wait else self._call
+        return await run(functools.partial(self.sync.enqueue_batch, wait=wait), payloads)
 
     async def enqueue_in(
         self,
@@ -248,10 +293,10 @@ class AsyncQueue:
     async def complete(
         self, message: MessageRef, *, result: Any = NO_RESULT
     ) -> Result[None, CompletionError]:
-        return await self._call(functools.partial(self.sync.complete, result=result), message)
+        return await self._hot(functools.partial(self.sync.complete, result=result), message)
 
     async def complete_batch(self, messages: Sequence[MessageRef]) -> Result[int, CompletionError]:
-        return await self._call(self.sync.complete_batch, messages)
+        return await self._hot(self.sync.complete_batch, messages)
 
     async def fail_message(
         self,
@@ -260,28 +305,28 @@ class AsyncQueue:
         error: str | None = None,
         delay: float | timedelta | None = None,
     ) -> Result[None, RequeueError]:
-        return await self._call(self.sync.fail_message, message, send_to_dlq, error, delay)
+        return await self._hot(self.sync.fail_message, message, send_to_dlq, error, delay)
 
     async def requeue(self, message: MessageRef) -> Result[None, RequeueError]:
-        return await self._call(self.sync.requeue, message)
+        return await self._hot(self.sync.requeue, message)
 
     async def release(self, message: MessageRef) -> Result[None, RequeueError]:
-        return await self._call(self.sync.release, message)
+        return await self._hot(self.sync.release, message)
 
     async def release_batch(self, messages: Sequence[MessageRef]) -> Result[int, RequeueError]:
-        return await self._call(self.sync.release_batch, messages)
+        return await self._hot(self.sync.release_batch, messages)
 
     async def extend(
         self, message: MessageRef, seconds: float | timedelta
     ) -> Result[datetime, RequeueError]:
-        return await self._call(self.sync.extend, message, seconds)
+        return await self._hot(self.sync.extend, message, seconds)
 
     async def extend_batch(
         self,
         messages: Sequence[MessageRef],
         visibility_timeout: float | timedelta | None = None,
     ) -> Result[int, RequeueError]:
-        return await self._call(self.sync.extend_batch, messages, visibility_timeout)
+        return await self._hot(self.sync.extend_batch, messages, visibility_timeout)
 
     async def peek(self) -> Result[Message | None, QueueError]:
         return await self._call(self.sync.peek)
@@ -370,16 +415,21 @@ class AsyncSQLiteQueue(AsyncQueue):
         return await asyncio.to_thread(SQLiteQueue.list_queues, db_path)
 
 
-async def connect_async(url: str, table_name: str | None = None, **settings: Any) -> AsyncQueue:
+async def connect_async(
+    url: str, table_name: str | None = None, *, native: bool | None = None, **settings: Any
+) -> AsyncQueue:
     """``sqqueue.connect`` for asyncio: opens the queue off the event loop::
 
     queue = await connect_async("postgresql://app@db/app", "emails")
+
+    ``native``: see :class:`AsyncQueue`.
     """
     args = (url,) if table_name is None else (url, table_name)
-    return AsyncQueue(await asyncio.to_thread(connect, *args, **settings))
+    return AsyncQueue(await asyncio.to_thread(connect, *args, **settings), native=native)
 
 
 AsyncHandler = Callable[[Message], Awaitable[Any]]
+_HOOKS = ("on_start", "on_success", "on_failure", "on_dead_letter")  # WorkerHooks' fields
 
 
 class AsyncWorker(WorkerCore):
@@ -477,7 +527,7 @@ class AsyncWorker(WorkerCore):
             if claimed is None:
                 continue
             message = claimed[0]
-            task = await asyncio.to_thread(self._begin, key, message, claimed[1])
+            task = await self._step(self._begin, key, message, claimed[1])
             handler_task = asyncio.ensure_future(self._invoke(message))
             self._running[key] = handler_task
             try:
@@ -490,7 +540,16 @@ class AsyncWorker(WorkerCore):
             error: BaseException | None = asyncio.CancelledError()
             if not handler_task.cancelled():  # (it is when cancelled before it started)
                 value, error = handler_task.result()
-            await asyncio.to_thread(self._end, key, task, value, error)
+            await self._step(self._end, key, task, value, error)
+
+    async def _step(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one of the worker's own steps around a handler (begin, end): natively on
+        the loop where the queue runs so and no hook is set (a hook is user code, which
+        may block), else in a thread."""
+        hooks = self.hooks
+        if self._aqueue.native and all(getattr(hooks, name) is None for name in _HOOKS):
+            return await _on_loop(fn, *args, **kwargs)
+        return await asyncio.to_thread(fn, *args, **kwargs)
 
     async def _invoke(self, message: Message) -> tuple[Any, BaseException | None]:
         """Run the handler: (its value, None) or (None, what it raised).

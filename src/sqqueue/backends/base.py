@@ -153,6 +153,9 @@ class Backend(ABC):
     #: round trip and a flush (PostgreSQL), not where it is a WAL append in this process
     #: (SQLite: measured, 8 threads sharing were slower, bench/profile-notes.md)
     shares_commits: bool = False
+    #: whether the asyncio API may run this backend's calls on the event loop (through
+    #: sqqueue.bridge: its driver has an asyncio face, PostgreSQL), rather than in threads
+    native_asyncio: bool = False
 
     @abstractmethod
     def enqueue(self, messages: Sequence[NewMessage], started: float | None = None) -> list[int]:

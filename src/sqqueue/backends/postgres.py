@@ -11,6 +11,7 @@ connection lost *during* commit (or during a single statement) is reported as
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -32,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         "the PostgreSQL backend needs psycopg 3: pip install 'sqqueue[postgres]'"
     ) from exc
 
+from .. import bridge
 from ..exceptions import ErrorKind
 from ..names import validate_queue_name
 from ..serializers import JSON, TEXT
@@ -48,6 +50,7 @@ from .base import (
     StoredMessage,
 )
 from .common import SQLBackend
+from .postgres_async import AsyncFace
 
 __all__ = ["SCHEMA_VERSION", "PostgresBackend"]
 
@@ -103,8 +106,43 @@ class _PoolBusy(Exception):
     """Every connection of the pool stayed in use until the call's deadline."""
 
 
+class _Slots:
+    """At most ``size`` holders at once; a thread waits for its turn."""
+
+    def __init__(self, size: int) -> None:
+        self._semaphore = threading.BoundedSemaphore(size)
+
+    def take(self, deadline: float) -> bool:
+        """One slot, waiting until ``deadline`` (``time.monotonic()``); False if none."""
+        return self._semaphore.acquire(timeout=max(deadline - time.monotonic(), 0.0))
+
+    def give(self) -> None:
+        self._semaphore.release()
+
+
+class _LoopSlots:
+    """:class:`_Slots` for bridged calls on one event loop: the waiting task is suspended."""
+
+    def __init__(self, size: int) -> None:  # (made in a bridged call, on its loop)
+        self._loop_semaphore = asyncio.Semaphore(size)
+
+    def take(self, deadline: float) -> bool:
+        semaphore = self._loop_semaphore
+        if not semaphore.locked():
+            return bridge.wait_for(semaphore.acquire())  # free: at once
+        remaining = max(deadline - time.monotonic(), 0.0)
+        try:
+            return bridge.wait_for(asyncio.wait_for(semaphore.acquire(), remaining))
+        except asyncio.TimeoutError:
+            return False
+
+    def give(self) -> None:
+        self._loop_semaphore.release()
+
+
 class _Pool:
-    """At most ``size`` connections, each opened when a call needs one, in that call's thread.
+    """At most ``size`` connections, each opened when a call needs one, in that call's thread
+    (or, for the asyncio API's bridged calls, on that call's event loop: one pool per loop).
 
     Not psycopg_pool's pool: that one connects from background threads, which retry for
     minutes and log every failure at WARNING while calls wait on them. Here a call that
@@ -113,10 +151,12 @@ class _Pool:
     logged on the side.
     """
 
-    def __init__(self, connect: Callable[[float], psycopg.Connection[Any]], size: int) -> None:
+    def __init__(
+        self, connect: Callable[[float], psycopg.Connection[Any]], slots: _Slots | _LoopSlots
+    ) -> None:
         self._connect = connect
         self._idle: list[psycopg.Connection[Any]] = []
-        self._slots = threading.BoundedSemaphore(size)
+        self._slots = slots
         self._lock = threading.Lock()
         self._closed = False
         # Figures for the reliability suite, named as psycopg_pool's get_stats() names them.
@@ -127,7 +167,7 @@ class _Pool:
     def get(self, deadline: float) -> psycopg.Connection[Any]:
         """An idle connection, or a new one; waits for a free slot until ``deadline``
         (``time.monotonic()``)."""
-        if not self._slots.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+        if not self._slots.take(deadline):
             raise _PoolBusy()
         try:
             with self._lock:
@@ -141,7 +181,7 @@ class _Pool:
             self._stats["connections_num"] += 1
             return conn
         except BaseException:
-            self._slots.release()
+            self._slots.give()
             raise
 
     def put(self, conn: psycopg.Connection[Any]) -> None:
@@ -161,14 +201,14 @@ class _Pool:
             with contextlib.suppress(Exception):
                 conn.close()
         finally:
-            self._slots.release()
+            self._slots.give()
 
     def discard(self, conn: psycopg.Connection[Any]) -> None:
         """Close a connection from :meth:`get` that the server has closed."""
         self._stats["connections_lost"] += 1
         with contextlib.suppress(Exception):
             conn.close()
-        self._slots.release()
+        self._slots.give()
 
     def close(self) -> None:
         """Close the idle connections; those in use are closed when they come back."""
@@ -297,6 +337,8 @@ class PostgresBackend(SQLBackend):
     """One queue in a PostgreSQL database; safe for threads, processes and machines."""
 
     shares_commits = True
+    # Its driver has an asyncio face: the asyncio API runs its calls on the event loop.
+    native_asyncio = True
 
     #: waiting consumers also re-check at least this often, in case a NOTIFY was lost
     poll_fallback = 1.0
@@ -332,6 +374,10 @@ class PostgresBackend(SQLBackend):
         self._closed = False
         self._pid = os.getpid()
         self._pool: _Pool | None = None
+        # The pools of the event loops whose bridged calls used this queue object.
+        self._loop_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = (
+            weakref.WeakKeyDictionary()
+        )
         self._pool_lock = threading.Lock()
         # The lock_timeout each connection was last given (see _bound_lock_wait).
         self._lock_ms: weakref.WeakKeyDictionary[psycopg.Connection[Any], int] = (
@@ -370,7 +416,11 @@ class PostgresBackend(SQLBackend):
         try:
             # Transactions are explicit (BEGIN ... COMMIT), so that single statements can
             # run as their own transaction.
-            conn = psycopg.connect(
+            # In a bridged call (the asyncio API), the connection is psycopg's asyncio
+            # one behind a synchronous face: its statements are awaited on the loop.
+            # (The face has the methods of psycopg.Connection that the backend uses.)
+            connect: Any = AsyncFace.connect if bridge.active() else psycopg.connect
+            conn: psycopg.Connection[Any] = connect(
                 self.url, autocommit=True, connect_timeout=self._connect_timeout(deadline)
             )
         except psycopg.Error as exc:
@@ -401,25 +451,38 @@ class PostgresBackend(SQLBackend):
                 f"queue {self.name!r} is closed; create a new queue object", ErrorKind.CLOSED
             )
         with self._pool_lock:
-            if self._pool is not None and self._pid != os.getpid():
+            if self._pid != os.getpid():
                 # Inherited through fork: the parent's sockets are not ours to use or close.
-                _parked_after_fork.append(self._pool)
+                _parked_after_fork.extend([self._pool] if self._pool else [])
+                _parked_after_fork.extend(self._loop_pools.values())
                 self._pool = None
+                self._loop_pools = weakref.WeakKeyDictionary()
                 self._listener = None
-            if self._pool is None:
                 self._pid = os.getpid()
-                self._pool = _Pool(self._open, self._pool_size)
+            if bridge.active():
+                loop = asyncio.get_running_loop()
+                pool = self._loop_pools.get(loop)
+                if pool is None:
+                    pool = _Pool(self._open, _LoopSlots(self._pool_size))
+                    self._loop_pools[loop] = pool
+                return pool
+            if self._pool is None:
+                self._pool = _Pool(self._open, _Slots(self._pool_size))
             return self._pool
 
     def close(self) -> None:
         self._closed = True
         with self._pool_lock:
-            pool, self._pool = self._pool, None
+            pools = [self._pool, *self._loop_pools.values()]
+            self._pool = None
+            self._loop_pools = weakref.WeakKeyDictionary()
         # The listener's connection is closed by the listener itself, within a second: a
         # psycopg connection closed by one thread while another runs a statement on it
         # can crash the process.
-        if pool is not None and self._pid == os.getpid():
-            pool.close()
+        if self._pid == os.getpid():
+            for pool in pools:
+                if pool is not None:
+                    pool.close()
 
     # -- transactions ----------------------------------------------------------------------
 
@@ -480,7 +543,7 @@ class PostgresBackend(SQLBackend):
                 if not failed.transient or remaining <= 0:
                     raise self._unreachable(failed) from failed.cause
                 logger.debug("queue %r: retrying after %s", self.name, failed)
-                time.sleep(min(remaining, random.uniform(0, min(0.01 * 2**attempt, 0.25))))
+                bridge.sleep(min(remaining, random.uniform(0, min(0.01 * 2**attempt, 0.25))))
             except _PoolBusy:
                 raise StorageError(
                     f"all {self._pool_size} connections of this queue object to {self.path!r} "
@@ -495,7 +558,7 @@ class PostgresBackend(SQLBackend):
                     attempt += 1
                     if time.monotonic() >= deadline:
                         raise classify(exc_lost, self.path, self._role) from lost.__cause__
-                    time.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.5)))
+                    bridge.sleep(random.uniform(0, min(0.002 * 2**attempt, 0.5)))
                     continue
                 raise StorageError(
                     f"the connection to {self.path!r} was lost while committing, so it is "
@@ -515,7 +578,7 @@ class PostgresBackend(SQLBackend):
                         ) from exc
                     raise err from exc
                 logger.debug("queue %r: retrying after %s", self.name, exc)
-                time.sleep(min(remaining, random.uniform(0, min(0.002 * 2**attempt, 0.5))))
+                bridge.sleep(min(remaining, random.uniform(0, min(0.002 * 2**attempt, 0.5))))
             except psycopg.Error as exc:
                 raise classify(exc, self.path, self._role) from exc
             except StorageError:

@@ -20,6 +20,10 @@ Errors keep each caller's answer its own:
   returned leaves nothing committed (the backend rolls back on any exception), so the
   other callers of its group insert their messages again, alone; the next caller waiting
   takes the lead as always.
+
+Callers may be threads or asyncio tasks running the core on the event loop (see
+:mod:`sqqueue.bridge`): a caller waits on a :class:`~sqqueue.bridge.Wake`, which blocks a
+thread but suspends a task, so a task waiting in line never stalls its loop.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from ..backends.base import Backend, NewMessage
+from ..bridge import Wake
 from ..exceptions import ErrorKind, QueueError
 
 # Failures of the database, not of any one message: inserting again alone would only
@@ -85,9 +90,8 @@ class _Caller:
         self.verdict = ""  # set under the lock, before ``wake`` is set
         self.ids: list[int] = []
         self.error: QueueError | None = None
-        # Only callers who wait need one: a lock taken at once, released by the leader
-        # (a bare lock costs less than an Event, in the commit's critical path).
-        self.wake: threading.Lock | None = None
+        # Only callers who wait need one, given by the leader.
+        self.wake: Wake | None = None
 
 
 class GroupCommit:
@@ -122,8 +126,7 @@ class GroupCommit:
         with self._lock:
             if self._busy:
                 me = _Caller(messages)
-                me.wake = threading.Lock()
-                me.wake.acquire()
+                me.wake = Wake()
                 self._waiting.append(me)
             else:
                 self._busy = True
@@ -149,7 +152,7 @@ class GroupCommit:
         the lead on, whatever its insert does."""
         assert me.wake is not None
         try:
-            me.wake.acquire()
+            me.wake.wait()
         except BaseException:
             # Interrupted while waiting: leave the line, and pass the lead on if it had
             # just been handed to this caller, so that nobody waits for it.
@@ -205,7 +208,7 @@ class GroupCommit:
             nxt = self._waiting.popleft()
             nxt.verdict = _LEAD
             assert nxt.wake is not None
-            nxt.wake.release()
+            nxt.wake.give()
         else:
             self._busy = False
 
@@ -226,4 +229,4 @@ class GroupCommit:
             else:
                 caller.verdict = _ALONE
             assert caller.wake is not None
-            caller.wake.release()
+            caller.wake.give()
