@@ -595,6 +595,17 @@ def w_producers(spec: Spec) -> dict[str, Any]:
     return out
 
 
+def w_async_producers(spec: Spec) -> dict[str, Any]:
+    """``tasks`` asyncio tasks of one process each calling enqueue() (``n`` in all),
+    started together; messages enqueued ÷ time until the last call returned."""
+    a = _open(spec)
+    try:
+        out = a.run_async_producers(spec["n"], spec["tasks"], spec["cap"])
+    finally:
+        a.close()
+    return _result(a, **out)
+
+
 def _add_errors(total: dict[str, Any], errors: dict[str, Any]) -> None:
     for key in ("locked", "other"):
         total[key] += errors[key]
@@ -627,6 +638,7 @@ WORKLOADS: dict[str, Callable[[Spec], dict[str, Any]]] = {
     "tasks": w_tasks,
     "worker": w_worker,
     "producers": w_producers,
+    "async_producers": w_async_producers,
 }
 
 

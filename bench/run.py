@@ -143,6 +143,8 @@ QUICK: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 # PostgreSQL: workload name -> (driver workload, label, better, unit), as above.
 PG_OURS, PG_PLAIN = "sqqueue-pg", "plain-pg"
+# The asyncio API on PostgreSQL: natively on the event loop, and with a thread per call.
+PG_ASYNC, PG_ASYNC_THREADS = "sqqueue-pg-asyncio", "sqqueue-pg-asyncio-threads"
 PG_PEERS = ["pgqueuer", "procrastinate"]
 PG_CONSUMERS = (1, 2, 4, 8)
 PG_WORKLOADS: dict[str, tuple[str, str, str, str]] = {
@@ -159,8 +161,13 @@ PG_WORKLOADS: dict[str, tuple[str, str, str, str]] = {
                     "higher", "msg/s"),
     "pg_producers8": ("producers", "8 threads each calling enqueue()", "higher", "msg/s"),
     "pg_producers1": ("producers", "1 thread calling enqueue()", "higher", "msg/s"),
+    "pg_async_worker": ("worker", "AsyncWorker(queue, handler, concurrency=4), 1 process, "
+                        "prefilled queue", "higher", "msg/s"),
+    "pg_async_tasks64": ("async_producers", "64 asyncio tasks each calling enqueue()", "higher",
+                         "msg/s"),
 }  # fmt: skip
-PG_USER_ROWS = ["pg_worker", "pg_workers4", "pg_producers8", "pg_producers1"]
+PG_ASYNC_ROWS = ["pg_async_worker", "pg_async_tasks64"]
+PG_USER_ROWS = ["pg_worker", "pg_workers4", "pg_producers8", "pg_producers1", *PG_ASYNC_ROWS]
 PG_REPEATED = [
     *PG_USER_ROWS,
     *(w for w in PG_WORKLOADS if w != "pg_wakeup" and w not in PG_USER_ROWS),
@@ -177,6 +184,8 @@ PG_FULL: dict[str, dict[str, Any]] = {
     "pg_workers4": {"n": 10_000, "cap": 8, "concurrency": 4, "processes": 4, "repeats": 3},
     "pg_producers8": {"n": 8000, "cap": 3, "threads": 8, "repeats": 3},
     "pg_producers1": {"n": 4000, "cap": 3, "threads": 1, "repeats": 3},
+    "pg_async_worker": {"n": 10_000, "cap": 8, "concurrency": 4, "processes": 1, "repeats": 3},
+    "pg_async_tasks64": {"n": 12_800, "cap": 3, "tasks": 64, "repeats": 3},
 }
 PG_QUICK: dict[str, dict[str, Any]] = {
     "pg_enqueue_one": {"n": 500, "cap": 1},
@@ -189,6 +198,8 @@ PG_QUICK: dict[str, dict[str, Any]] = {
     "pg_workers4": {"n": 3000, "cap": 5, "concurrency": 4, "processes": 4},
     "pg_producers8": {"n": 2000, "cap": 1.5, "threads": 8},
     "pg_producers1": {"n": 1000, "cap": 1.5, "threads": 1},
+    "pg_async_worker": {"n": 3000, "cap": 5, "concurrency": 4, "processes": 1},
+    "pg_async_tasks64": {"n": 3200, "cap": 1.5, "tasks": 64},
 }
 ALL_WORKLOADS = {**WORKLOADS, **PG_WORKLOADS}
 ONE_BY_ONE = ["enqueue_one", "dequeue_one", "enqueue_batch", "dequeue_batch"]
@@ -209,18 +220,33 @@ TAKES_PART: dict[str, list[str]] = {
     "pg_workers4": [PG_OURS, PG_BEFORE, PG_PLAIN],
     "pg_producers8": [PG_OURS, PG_BEFORE, PG_PLAIN],
     "pg_producers1": [PG_OURS, PG_BEFORE, PG_PLAIN],
+    **{row: [PG_ASYNC, PG_ASYNC_THREADS] for row in PG_ASYNC_ROWS},
 }
 ONLY_ON: dict[str, list[str]] = {
     PLAIN_TXN: ONE_BY_ONE,
     ENCRYPTED: ONE_BY_ONE,
     BEFORE: USER_ROWS,
     PG_BEFORE: PG_USER_ROWS,
+    PG_ASYNC: PG_ASYNC_ROWS,
+    PG_ASYNC_THREADS: PG_ASYNC_ROWS,
     "pgqueuer": ["pg_worker"],
     "procrastinate": ["pg_worker"],
 }
 # The subjects `--only users` runs unless --subjects names others.
 GROUP_SUBJECTS = {
-    "users": [OURS, BEFORE, PLAIN, PLAIN_TXN, "huey", PG_OURS, PG_BEFORE, PG_PLAIN, *PG_PEERS]
+    "users": [
+        OURS,
+        BEFORE,
+        PLAIN,
+        PLAIN_TXN,
+        "huey",
+        PG_OURS,
+        PG_BEFORE,
+        PG_ASYNC,
+        PG_ASYNC_THREADS,
+        PG_PLAIN,
+        *PG_PEERS,
+    ]
 }
 
 
@@ -928,6 +954,8 @@ USER_TABLE: dict[str, list[tuple[str, tuple[str, str], str]]] = {
         ("pg_workers4", ("pg_worker", PG_PLAIN), "1 process, as above"),
         ("pg_producers8", ("pg_producers1", PG_PLAIN), "1 thread, one INSERT per message"),
         ("pg_producers1", ("pg_producers1", PG_PLAIN), "1 thread, one INSERT per message"),
+        ("pg_async_worker", ("pg_worker", PG_PLAIN), "1 process, as the Worker row's"),
+        ("pg_async_tasks64", ("pg_producers1", PG_PLAIN), "1 thread, one INSERT per message"),
         ("pg_enqueue_one", ("pg_enqueue_one", PG_PLAIN), "one INSERT per message"),
         ("pg_dequeue_one", ("pg_dequeue_one", PG_PLAIN), "SKIP LOCKED claim + DELETE"),
         ("pg_enqueue_batch", ("pg_enqueue_batch", PG_PLAIN), "one INSERT ... SELECT unnest(...)"),
@@ -963,13 +991,14 @@ def _users_report(add: Any, summary: dict[str, dict[str, Any]]) -> list[dict[str
         present = [r for r in rows if r[0] in summary]
         if not present:
             continue
-        ours = OURS if part == "SQLite" else PG_OURS
+        default = OURS if part == "SQLite" else PG_OURS
         add(f"### On {part}")
         add("")
         add("| what users run | sqqueue msg/s | least-work reference, same run | msg/s "
             "| sqqueue ÷ reference | others in the same run, msg/s (sqqueue ÷ them) |")  # fmt: skip
         add("|---|---|---|---|---|---|")
         for w, (rw, rs), what in present:
+            ours = PG_ASYNC if w in PG_ASYNC_ROWS else default  # the asyncio API's rows
             v, ref = _value(summary, w, ours), _value(summary, rw, rs)
             others = []
             for s, cell in summary[w].items():
@@ -1027,6 +1056,10 @@ def evaluate_user_targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, 
         r, m = vs(w, ours, w, peer)
         part = "SQLite" if w == "worker" else "PostgreSQL"
         target(f"Worker throughput ahead of {peer}'s ({part})", r, 1.0, m, ahead=True)
+    for w in PG_ASYNC_ROWS:
+        r, m = vs(w, PG_ASYNC, w, PG_ASYNC_THREADS)
+        target(f"{PG_WORKLOADS[w][1]} (PostgreSQL): natively on the event loop ahead of a "
+               "thread per call (native=False, same run)", r, 1.0, m, ahead=True)  # fmt: skip
     for w, need in (("enqueue_one", 0.6), ("dequeue_one", 0.5), ("enqueue_batch", 0.5),
                     ("dequeue_batch", 0.5)):  # fmt: skip
         r, m = vs(w, OURS, w, PLAIN)
@@ -1041,7 +1074,7 @@ def _pg_report(
     pg = ctx.get("pg") or {}
     info = ctx["info"]
     m = ctx["machine"]
-    listed = (PG_OURS, PG_BEFORE, PG_PLAIN, *PG_PEERS)
+    listed = (PG_OURS, PG_BEFORE, PG_ASYNC, PG_ASYNC_THREADS, PG_PLAIN, *PG_PEERS)
     subjects = [s for s in listed if s in ctx["subjects"]] or [PG_OURS, PG_PLAIN]
 
     def cell(w: str, s: str) -> dict[str, Any]:
@@ -1293,7 +1326,8 @@ def evaluate_pg_targets(
 
 # Chart labels of the rows users see (the PostgreSQL ones are named pg_<the same>).
 SHORT = {"worker": "Worker c=4\n1 process", "workers4": "Worker c=4\n4 processes",
-         "producers8": "enqueue()\n8 threads", "producers1": "enqueue()\n1 thread"}  # fmt: skip
+         "producers8": "enqueue()\n8 threads", "producers1": "enqueue()\n1 thread",
+         "async_worker": "AsyncWorker\nc=4", "async_tasks64": "enqueue()\n64 tasks"}  # fmt: skip
 
 
 def draw_chart(
@@ -1371,7 +1405,7 @@ def _bars(
     for j, w in enumerate(group):
         present = [s for s in subjects if (summary[w].get(s) or {}).get("value")]
         for i, s in enumerate(present):
-            ours = s in (OURS, PG_OURS)
+            ours = s in (OURS, PG_OURS, PG_ASYNC)
             ax.bar(j + (i - (len(present) - 1) / 2) * width, summary[w][s]["value"], width,
                    label=None if s in named else s, color=color_of[s],
                    edgecolor="black" if ours else None, linewidth=1.2 if ours else 0)  # fmt: skip
@@ -1384,8 +1418,9 @@ def _chart_pg(axes: Any, ctx: dict[str, Any], summary: dict[str, dict[str, Any]]
     short = {**{f"pg_{w}": text for w, text in SHORT.items()},
              "pg_enqueue_one": "enqueue\n1/txn", "pg_dequeue_one": "dequeue+ack\n1 by 1",
              "pg_enqueue_batch": "enqueue\nbatch 100", "pg_dequeue_batch": "dequeue+ack\nbatch 100"}  # fmt: skip
-    colors = {PG_OURS: "tab:blue", PG_BEFORE: "tab:cyan", PG_PLAIN: "tab:orange",
-              "pgqueuer": "tab:green", "procrastinate": "tab:red"}  # fmt: skip
+    colors = {PG_OURS: "tab:blue", PG_BEFORE: "tab:cyan", PG_ASYNC: "tab:purple",
+              PG_ASYNC_THREADS: "tab:pink", PG_PLAIN: "tab:orange", "pgqueuer": "tab:green",
+              "procrastinate": "tab:red"}  # fmt: skip
     ax = axes[0]
     _bars(ax, single, list(colors), summary, colors, 0.8 / 4)
     ax.set_xticks(range(len(single)))

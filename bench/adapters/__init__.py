@@ -25,11 +25,21 @@ SUBJECTS: dict[str, tuple[str, str]] = {
     # PostgreSQL: the server named by BENCH_PG_URL (see adapters/pg.py and bench/run.py).
     "sqqueue-pg": ("adapters.sqqueue_pg", "main"),
     "sqqueue-pg-before": ("adapters.sqqueue_pg_before", "main"),
+    "sqqueue-pg-asyncio": ("adapters.sqqueue_pg_asyncio", "main"),
+    "sqqueue-pg-asyncio-threads": ("adapters.sqqueue_pg_asyncio_threads", "main"),
     "plain-pg": ("adapters.plain_pg", "main"),
     "pgqueuer": ("adapters.peer_pgqueuer", "pgpeers"),
     "procrastinate": ("adapters.peer_procrastinate", "pgpeers"),
 }
-PG_SUBJECTS = ("sqqueue-pg", "sqqueue-pg-before", "plain-pg", "pgqueuer", "procrastinate")
+PG_SUBJECTS = (
+    "sqqueue-pg",
+    "sqqueue-pg-before",
+    "sqqueue-pg-asyncio",
+    "sqqueue-pg-asyncio-threads",
+    "plain-pg",
+    "pgqueuer",
+    "procrastinate",
+)
 
 
 def load(subject: str) -> Any:
