@@ -13,6 +13,7 @@ recovered from; one queue object serves one event loop after another.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -148,6 +149,11 @@ async def test_native_false_and_sqlite_run_in_threads(
 ) -> None:
     threaded = AsyncQueue(queue, native=False)
     assert not threaded.native
+    with monkeypatch.context() as patched:
+        # Windows' default event loop cannot run psycopg's asyncio connections.
+        patched.setattr(sys, "platform", "win32")
+        assert not AsyncQueue(queue).native
+        assert AsyncQueue(queue, native=True).native
     threads = no_threads(monkeypatch)
     ok(await threaded.enqueue("in a thread"))
     assert threads, "native=False ran the enqueue without a thread"

@@ -29,6 +29,7 @@ import inspect
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
@@ -73,8 +74,10 @@ class AsyncQueue:
     """Asyncio face of a queue: the methods of :class:`~sqqueue.queue.Queue`, awaited.
 
     ``native``: run the hot operations on the event loop, without threads; by default
-    wherever the backend can (PostgreSQL, with the ``greenlet`` package its extra brings).
-    ``native=False`` runs every call in a worker thread, as on SQLite.
+    wherever the backend can (PostgreSQL, with the ``greenlet`` package its extra brings),
+    but not on Windows, whose default event loop psycopg's asyncio connections cannot use
+    (pass ``native=True`` there with a selector event loop). ``native=False`` runs every
+    call in a worker thread, as on SQLite.
     """
 
     def __init__(self, queue: Queue, *, native: bool | None = None) -> None:
@@ -86,7 +89,7 @@ class AsyncQueue:
                 "native=True needs a backend whose driver has an asyncio face (PostgreSQL) "
                 "and the greenlet package (pip install 'sqqueue[postgres]')"
             )
-        self._native = able if native is None else bool(native)
+        self._native = able and sys.platform != "win32" if native is None else bool(native)
 
     @property
     def native(self) -> bool:
