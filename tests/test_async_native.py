@@ -252,7 +252,11 @@ def test_waiting_for_a_connection_ends_within_lock_timeout(pg_url: str, pg_schem
 
 
 async def waiting_for_a_connection(pg_url: str, pg_schema: str) -> None:
-    queue = PostgresQueue(pg_url, TABLE, schema=pg_schema, pool_size=1, lock_timeout=1)
+    # (group_commit_max=1: the second enqueue must wait for the connection, not join the
+    # first one's commit.)
+    queue = PostgresQueue(
+        pg_url, TABLE, schema=pg_schema, pool_size=1, lock_timeout=1, group_commit_max=1
+    )
     aq = AsyncQueue(queue)
     ok(await aq.enqueue("the table exists"))
     ticks = 0
