@@ -126,3 +126,19 @@ def test_a_wake_is_given_across_threads_and_tasks_without_blocking_the_loop() ->
         waiter.join(10)
 
     asyncio.run(main())
+
+
+def test_a_call_that_never_waits_ends_at_start() -> None:
+    def boom() -> None:
+        raise ValueError("at once")
+
+    async def main() -> None:
+        started = bridge.start(lambda: 5)
+        assert started.done and started.value() == 5
+        with pytest.raises(ValueError, match="at once"):
+            bridge.start(boom)
+        waits = bridge.start(lambda: bridge.wait_for(answer(7)))
+        assert not waits.done
+        assert await waits.finish() == 7
+
+    asyncio.run(main())

@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from datetime import datetime, timedelta
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 from . import bridge
 from .core import consume
@@ -66,8 +66,10 @@ T = TypeVar("T")
 async def _on_loop(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run a sync call of the queue logic on the event loop (sqqueue.bridge), to its end
     even if the awaiting task is cancelled meanwhile, as a call in a thread would."""
-    call = asyncio.ensure_future(bridge.run(functools.partial(fn, *args, **kwargs)))
-    return await asyncio.shield(call)
+    started = bridge.start(functools.partial(fn, *args, **kwargs))
+    if started.done:  # it never waited (nothing to cancel): no task needed
+        return cast(T, started.value())
+    return cast(T, await asyncio.shield(asyncio.ensure_future(started.finish())))
 
 
 class AsyncQueue:

@@ -27,7 +27,7 @@ try:
 except ImportError:  # the postgres extra brings it
     greenlet = None
 
-__all__ = ["AVAILABLE", "Wake", "active", "run", "sleep", "wait_for"]
+__all__ = ["AVAILABLE", "Started", "Wake", "active", "run", "sleep", "start", "wait_for"]
 
 T = TypeVar("T")
 
@@ -55,21 +55,49 @@ def wait_for(awaitable: Awaitable[T]) -> T:
     return cast(T, current.parent.switch(awaitable))
 
 
+class Started:
+    """A bridged call, run up to its first wait (or to its end, if it never waits)."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        if greenlet is None:
+            raise RuntimeError("the greenlet package is needed: pip install 'sqqueue[postgres]'")
+        self._call = _Bridged(fn, greenlet.getcurrent())
+        # What it awaits next, or (once ended) its value; what it raised is raised here.
+        self._request: Any = self._call.switch(*args)
+
+    @property
+    def done(self) -> bool:
+        """Whether it ended without waiting for anything."""
+        return bool(self._call.dead)
+
+    async def finish(self) -> Any:
+        """Carry it on to its end, awaiting what it waits for; its value."""
+        call, request = self._call, self._request
+        while not call.dead:
+            try:
+                value = await request
+            except BaseException as exc:  # raised inside the call, which decides
+                request = call.throw(exc)
+            else:
+                request = call.switch(value)
+        return request
+
+    def value(self) -> Any:
+        """Its value, once :attr:`done`."""
+        assert self.done
+        return self._request
+
+
+def start(fn: Callable[..., Any], *args: Any) -> Started:
+    """Run ``fn(*args)`` on this event loop's thread up to its first wait: a call that
+    never waits on I/O costs no task (see :func:`run`)."""
+    return Started(fn, *args)
+
+
 async def run(fn: Callable[..., T], *args: Any) -> T:
     """Run ``fn(*args)`` on this event loop's thread, awaiting whatever it hands to
     :func:`wait_for`; its value, or what it raised."""
-    if greenlet is None:
-        raise RuntimeError("the greenlet package is needed: pip install 'sqqueue[postgres]'")
-    call = _Bridged(fn, greenlet.getcurrent())
-    request = call.switch(*args)
-    while not call.dead:
-        try:
-            value = await request
-        except BaseException as exc:  # raised inside the call, which decides
-            request = call.throw(exc)
-        else:
-            request = call.switch(value)
-    return cast(T, request)
+    return cast(T, await Started(fn, *args).finish())
 
 
 def sleep(seconds: float) -> None:
