@@ -96,7 +96,7 @@ def test_a_batch_claimed_together_with_one_message_gone_changes_nothing(
 
 
 def test_a_large_batch_is_completed_too(make_queue: Callable[..., Queue]) -> None:
-    # Past the size acknowledged in one statement, the message-by-message path takes it.
+    # Past the size acknowledged in one statement (SQLite: 500), in several.
     queue = make_queue(table_name="jobs")
     queue.enqueue_batch([f"m{i}" for i in range(600)]).unwrap()
     batch = queue.dequeue_batch(600).unwrap()
@@ -104,3 +104,40 @@ def test_a_large_batch_is_completed_too(make_queue: Callable[..., Queue]) -> Non
     assert queue.complete_batch(batch).unwrap() == 600
     assert queue.is_drained().unwrap()
     assert queue.stats().unwrap().completed_total == 600
+
+
+def test_a_batch_from_several_claims_is_completed_together(
+    make_queue: Callable[..., Queue],
+) -> None:
+    # A worker acknowledges what its runners finished, whichever claims they came from:
+    # each claim has its own lease token, and every message is fenced by its own.
+    queue = make_queue(table_name="jobs")
+    queue.enqueue_batch([f"m{i}" for i in range(9)]).unwrap()
+    claims = [queue.dequeue_batch(3).unwrap() for _ in range(3)]
+    assert len({m.lease_token for claim in claims for m in claim}) == 3
+    mixed = [claims[2][0], claims[0][1], claims[1][2], claims[0][0], claims[2][1]]
+    assert queue.complete_batch(mixed).unwrap() == 5
+    left = sorted(s["id"] for s in message_statuses(queue))
+    assert left == sorted(m.id for m in (claims[0][2], claims[1][0], claims[1][1], claims[2][2]))
+    assert queue.stats().unwrap().completed_total == 5
+
+
+def test_a_batch_from_several_claims_with_one_lease_taken_over_changes_nothing(
+    make_queue: Callable[..., Queue], clock: Any
+) -> None:
+    queue = make_queue(table_name="jobs")
+    queue.enqueue_batch(["a", "b", "c", "d"]).unwrap()
+    first = queue.dequeue_batch(2, visibility_timeout=5).unwrap()
+    second = queue.dequeue_batch(2, visibility_timeout=60).unwrap()
+    clock.advance(10)  # the first claim's leases ran out ...
+    again = queue.dequeue_batch(2, visibility_timeout=60).unwrap()  # ... and were taken again
+    assert sorted(m.id for m in again) == sorted(m.id for m in first)
+    result = queue.complete_batch([*second, *first])
+    assert result.is_err()
+    assert result.error.kind is ErrorKind.LEASE_LOST  # type: ignore[union-attr]
+    statuses = {s["id"]: s["status"] for s in message_statuses(queue)}
+    assert set(statuses.values()) == {"processing"} and len(statuses) == 4
+    assert queue.stats().unwrap().completed_total == 0
+    # The current holders' acknowledgements land, the stale ones never did.
+    assert queue.complete_batch([*again, *second]).unwrap() == 4
+    assert queue.is_drained().unwrap()

@@ -249,8 +249,8 @@ class WorkerCore:
         task = _Task(message, time.monotonic(), leased_at)
         with self._lock:
             self._tasks[key] = task
+            self.stats.started += 1
         self._observe("time_in_queue", self.queue.parts.now() - message.enqueued_at.timestamp())
-        self._count(started=1)
         self.hooks.call("on_start", message)
         logger.debug(
             "worker %s: handling message %d",
@@ -402,8 +402,7 @@ class WorkerCore:
     def _flush(self, batch: list[tuple[Message, Any, float]]) -> None:
         result = self.queue.complete_batch([message for message, _, _ in batch])
         if isinstance(result, Ok):
-            for message, value, elapsed in batch:
-                self._completed(message, value, elapsed, result)
+            self._done(batch)
             return
         # One of them was refused (its lease lost, say), so none was completed: complete
         # them one by one, each fenced by its own lease as always.
@@ -421,20 +420,31 @@ class WorkerCore:
         self, message: Message, value: Any, elapsed: float, result: Result[Any, Any]
     ) -> None:
         """Count, hook and log the outcome of completing ``message``."""
-        log_extra = {"message_id": message.id, "attempt": message.attempts}
         if isinstance(result, Err):
             logger.warning(
                 "worker %s: could not complete message %d: %s",
                 self.name,
                 message.id,
                 result.error,
-                extra=log_extra,
+                extra={"message_id": message.id, "attempt": message.attempts},
             )
             return
-        self._count(completed=1)
-        self.stats.processing_seconds.append(elapsed)
-        self.hooks.call("on_success", message, value)
-        logger.debug("worker %s: completed message %d", self.name, message.id, extra=log_extra)
+        self._done([(message, value, elapsed)])
+
+    def _done(self, completed: list[tuple[Message, Any, float]]) -> None:
+        """Count, hook and log completed messages; a group is counted in one step, so the
+        ack thread does not take the runners' lock once per message."""
+        with self._lock:
+            self.stats.completed += len(completed)
+        self.stats.processing_seconds.extend(elapsed for _, _, elapsed in completed)
+        for message, value, _ in completed:
+            self.hooks.call("on_success", message, value)
+            logger.debug(
+                "worker %s: completed message %d",
+                self.name,
+                message.id,
+                extra={"message_id": message.id, "attempt": message.attempts},
+            )
 
     def _observe(self, kind: str, seconds: float) -> None:
         self.queue.parts.metrics.timing(f"{kind}_seconds", seconds)

@@ -982,26 +982,34 @@ class SQLiteBackend(SQLBackend):
         return rows
 
     def complete_many(self, refs: Sequence[tuple[int, int | None]]) -> list[Outcome]:
-        # A batch claimed together (one lease token, each id once, no history kept) goes
-        # in one DELETE; any other batch, or one with a message no longer held, takes the
-        # shared path, which finds out message by message why.
-        token = refs[0][1] if refs else None
-        ids = [message_id for message_id, _ in refs]
+        # Messages claimed together share a lease token: each claim's messages go in one
+        # DELETE (a worker's grouped acknowledgements span a few claims), all in one
+        # transaction. A batch with history kept, an id twice, or a message no longer
+        # held takes the shared path, which finds out message by message why.
         if (
-            token is None
+            len(refs) < 2
             or self.policy.keeps_history
-            or not 1 < len(ids) <= _MAX_SET
-            or {t for _, t in refs} != {token}  # (a set, not any(...): no generator to resume)
-            or len(set(ids)) != len(ids)
+            or any(token is None for _, token in refs)
+            or len({message_id for message_id, _ in refs}) != len(refs)
         ):
             return super().complete_many(refs)
-        statement = self._q.complete_set(len(ids))
+        claims: dict[int | None, list[int]] = {}
+        for message_id, token in refs:
+            claims.setdefault(token, []).append(message_id)
+        sets = [
+            (token, ids[start : start + _MAX_SET])
+            for token, ids in claims.items()
+            for start in range(0, len(ids), _MAX_SET)
+        ]
 
         def run(conn: sqlite3.Connection) -> list[Outcome]:
-            if conn.execute(statement, (*ids, self._now(), token)).rowcount != len(ids):
-                raise Refused([])  # rolls back what was deleted
-            self._bump(conn, completed=len(ids))
-            return [Outcome.DONE] * len(ids)
+            now = self._now()
+            for token, ids in sets:
+                statement = self._q.complete_set(len(ids))
+                if conn.execute(statement, (*ids, now, token)).rowcount != len(ids):
+                    raise Refused([])  # rolls back what was deleted
+            self._bump(conn, completed=len(refs))
+            return [Outcome.DONE] * len(refs)
 
         try:
             return self._write(run)
