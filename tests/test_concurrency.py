@@ -636,6 +636,35 @@ def timed(call: Any, holder: LockHolder, limit: float = 5.0) -> tuple[Any, float
     return box["result"], box["elapsed"]
 
 
+@pytest.mark.parametrize("call", ["enqueue", "dequeue", "complete", "enqueue_batch"])
+def test_a_call_waits_for_a_held_lock_lock_timeout_in_all(
+    queue_target: QueueTarget, call: str
+) -> None:
+    """lock_timeout bounds the whole call: the wait inside SQLite's busy handler and any
+    retries after it together (it once waited twice as long: the retries counted from
+    the end of the first wait)."""
+    queue = queue_target.open(TABLE, lock_timeout=1.0)
+    holder = LockHolder(queue_target)
+    try:
+        queue.enqueue("held").unwrap()
+        message = queue.dequeue().unwrap()
+        assert message is not None
+        calls = {
+            "enqueue": lambda: queue.enqueue("x"),
+            "dequeue": queue.dequeue,
+            "complete": lambda: queue.complete(message),
+            "enqueue_batch": lambda: queue.enqueue_batch(["a", "b"]),
+        }
+        holder.hold()
+        result, elapsed = timed(calls[call], holder)
+        assert isinstance(result, Err), result
+        assert result.error.kind is ErrorKind.LOCKED
+        assert 0.9 <= elapsed < 1.6, elapsed
+    finally:
+        holder.close()
+        queue.close()
+
+
 def test_held_write_lock_gives_locked_within_lock_timeout(queue_target: QueueTarget) -> None:
     """While another connection holds a write lock longer than lock_timeout=0.3, enqueue
     and dequeue return Err(LOCKED) after about that long; once the holder lets go, both

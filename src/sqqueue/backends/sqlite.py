@@ -310,6 +310,11 @@ class SQLiteBackend(SQLBackend):
         time.sleep(min(remaining, random.uniform(0, min(0.001 * 2**attempt, 0.1))))
         return True
 
+    def _wait_at_most(self, conn: sqlite3.Connection, seconds: float) -> None:
+        """Set how long ``conn``'s statements wait for a lock (SQLite's busy timeout)."""
+        with contextlib.suppress(*files.driver_errors()):  # (closed: nothing to set)
+            conn.execute(sql.BUSY_TIMEOUT.format(ms=max(int(seconds * 1000), 0)))
+
     def _rollback(self, conn: sqlite3.Connection) -> None:
         if not conn.in_transaction:
             return
@@ -348,17 +353,20 @@ class SQLiteBackend(SQLBackend):
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
-        """``_run`` for a call that began at ``started`` (``time.monotonic()``; None: at
-        the first conflict): the lock timeout counts from then."""
+        """``_run`` for a call that began at ``started`` (``time.monotonic()``; None: now):
+        the lock timeout counts from then, the waits of every attempt together."""
         if self.read_only:
             return self._run_read_only(fn, write, *args, **kwargs)
-        start = deadline = 0.0  # set at the first conflict: the happy path reads no clock
+        start = time.monotonic() if started is None else started
+        deadline = start + self._lock_timeout
         attempt = 0
         lenient = False
         while True:
             conn = self._checkout()
             if lenient:
                 conn.text_factory = files.lenient_text
+            if attempt:  # a retry waits for the lock only as long as the call has left
+                self._wait_at_most(conn, deadline - time.monotonic())
             try:
                 if write:
                     conn.execute(sql.BEGIN_IMMEDIATE)
@@ -381,14 +389,13 @@ class SQLiteBackend(SQLBackend):
                 if err.kind is not ErrorKind.LOCKED:
                     raise err from exc
                 attempt += 1
-                if attempt == 1:
-                    start = time.monotonic() if started is None else started
-                    deadline = start + self._lock_timeout
                 if not self._backoff(attempt, deadline):
                     raise self._locked_error(time.monotonic() - start) from exc
             finally:
                 if lenient:
                     conn.text_factory = str
+                if attempt:
+                    self._wait_at_most(conn, self._lock_timeout)
                 self._checkin(conn)
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
