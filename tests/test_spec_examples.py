@@ -308,6 +308,109 @@ def test_010_fixture_settings_and_operation_count(in_tmp: Path) -> None:
     queue.close()
 
 
+def test_the_class_diagram_keywords_as_010_code_passes_them(in_tmp: Path) -> None:
+    """The class diagram names the message argument ``message_id``: complete(message_id=),
+    fail_message(message_id=, send_to_dlq=), and requeue(message_id=) of the usage guide."""
+    from sqqueue import SQLiteQueue
+
+    queue = SQLiteQueue(db_path="q.db", table_name="jobs")
+    ids = queue.enqueue_batch(["a", "b", "c"]).value
+    assert queue.dequeue().value == (ids[0], "a")
+    assert queue.complete(message_id=ids[0]).is_ok()
+    assert queue.dequeue().value == (ids[1], "b")
+    assert queue.fail_message(message_id=ids[1], send_to_dlq=True).is_ok()
+    assert [d["id"] for d in queue.get_dead_letters().value] == [ids[1]]
+    assert queue.reprocess_dead_letter(message_id=ids[1]).is_ok()
+    message = queue.dequeue().value
+    assert queue.requeue(message_id=message.id).is_ok()
+    with pytest.raises(TypeError, match="twice"):
+        queue.complete(message, message_id=message.id)
+    queue.close()
+
+
+def test_async_calls_take_message_id_too(in_tmp: Path) -> None:
+    import asyncio
+    import inspect
+
+    from sqqueue.aio import AsyncSQLiteQueue
+
+    assert inspect.iscoroutinefunction(AsyncSQLiteQueue.complete)
+
+    async def main() -> None:
+        queue = AsyncSQLiteQueue("q.db", "jobs")
+        first, second, third = (await queue.enqueue_batch(["a", "b", "c"])).value
+        await queue.dequeue_batch(3)
+        assert (await queue.complete(message_id=first)).is_ok()
+        assert (await queue.fail_message(message_id=second, send_to_dlq=True)).is_ok()
+        assert (await queue.requeue(message_id=third)).is_ok()
+        assert (await queue.dequeue()).value == (third, "c")
+        await queue.close()
+
+    asyncio.run(main())
+
+
+def test_the_010_constructor_positionally_and_by_default(in_tmp: Path) -> None:
+    """0.1.0's __init__(db_path="queue.db", table_name="message_queue", vacuum_threshold,
+    vacuum_on_start, statsd_host, statsd_port, statsd_prefix, default_priority,
+    default_visibility_timeout, default_max_attempts), and its attributes."""
+    import logging
+
+    from sqqueue import SQLiteQueue
+
+    queue = SQLiteQueue()
+    assert (queue.db_path, queue.name) == ("queue.db", "message_queue")
+    assert (in_tmp / "queue.db").is_file()
+    assert queue.enqueue("x").is_ok()
+    queue.close()
+    named = SQLiteQueue(table_name="emails")
+    assert named.db_path == "queue.db"
+    named.close()
+    ordered = SQLiteQueue("p.db", "t", 500, False, None, None, "app", 2, 60, 3)
+    assert ordered.default_priority == 2
+    assert ordered.default_visibility_timeout == 60
+    assert ordered.default_max_attempts == 3
+    assert ordered.settings["statsd_prefix"] == "app"
+    assert ordered.settings["vacuum_threshold"] == 500
+    assert isinstance(ordered.logger, logging.Logger)
+    assert ordered.statsd_client is None
+    ordered.close()
+
+
+def test_a_statsd_host_with_010s_default_port(in_tmp: Path) -> None:
+    """0.1.0's statsd_port defaulted to None: with a host, the standard port is used."""
+    pytest.importorskip("statsd")
+    from sqqueue import SQLiteQueue
+
+    queue = SQLiteQueue("q.db", "jobs", statsd_host="127.0.0.1", statsd_port=None)
+    assert queue.settings["statsd_port"] == 8125
+    assert queue.statsd_client is not None
+    assert queue.enqueue("x").is_ok()  # (counted to a port nobody listens on: harmless)
+    queue.close()
+
+
+def test_a_message_equals_its_010_pair() -> None:
+    import dataclasses
+    from datetime import datetime, timezone
+
+    from sqqueue import Message
+
+    message = Message(7, {"a": 1}, 0, 1, 5, datetime.now(timezone.utc), None, lease_token=3)
+    assert message == (7, {"a": 1})
+    assert (7, {"a": 1}) == message  # noqa: SIM300 (the reflected comparison is the point)
+    assert message != (7, {"a": 2})
+    assert message == dataclasses.replace(message, lease_token=4)  # a fencing detail
+    # Every other field counts, as a dataclass compares them.
+    for field in dataclasses.fields(Message):
+        if not field.compare:
+            continue
+        value = getattr(message, field.name)
+        other = f"{value}!" if isinstance(value, str | type(None)) else None
+        assert message != dataclasses.replace(message, **{field.name: other}), field.name
+    simple = dataclasses.replace(message, payload="x")
+    assert hash(simple) == hash((7, "x"))
+    assert {simple: "found"}[(7, "x")] == "found"
+
+
 RESULT_TYPING = textwrap.dedent(
     """
     from sqqueue import Err, Ok, QueueError, Result, SQLiteQueue

@@ -39,6 +39,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 from . import bridge
 from .core import consume
 from .core.checks import MAX_BATCH_SIZE, bounded_int, error_text
+from .core.compat import message_id_keyword
 from .core.consume import Step
 from .core.queue import NO_RESULT, MessageRef, Queue
 from .exceptions import (
@@ -295,6 +296,7 @@ class AsyncQueue:
         if isinstance(result, Err) and result.error.kind is not ErrorKind.NOT_FOUND:
             raise result.error
 
+    @message_id_keyword
     async def complete(
         self, message: MessageRef, *, result: Any = NO_RESULT
     ) -> Result[None, CompletionError]:
@@ -303,6 +305,7 @@ class AsyncQueue:
     async def complete_batch(self, messages: Sequence[MessageRef]) -> Result[int, CompletionError]:
         return await self._hot(self.sync.complete_batch, messages)
 
+    @message_id_keyword
     async def fail_message(
         self,
         message: MessageRef,
@@ -312,6 +315,7 @@ class AsyncQueue:
     ) -> Result[None, RequeueError]:
         return await self._hot(self.sync.fail_message, message, send_to_dlq, error, delay)
 
+    @message_id_keyword
     async def requeue(self, message: MessageRef) -> Result[None, RequeueError]:
         return await self._hot(self.sync.requeue, message)
 

@@ -21,9 +21,10 @@ def to_datetime(timestamp: float | None) -> datetime | None:
 class Message:
     """A message taken from a queue.
 
-    It unpacks like the ``(id, payload)`` pair of sqqueue 0.1.0::
+    It unpacks like the ``(id, payload)`` pair of sqqueue 0.1.0, and equals it::
 
         msg_id, payload = message
+        assert message == (msg_id, payload)
 
     and carries the rest as attributes. Pass the message itself (not just its id) to
     ``complete``/``fail_message``/``extend``/``requeue``: it holds the lease token that
@@ -43,6 +44,35 @@ class Message:
     group: str | None = None
     expires_at: datetime | None = None
     prior_attempts: int = 0  #: attempts made before the message was last redriven
+
+    def __eq__(self, other: object) -> bool:
+        # 0.1.0 handed out (id, payload) tuples: a message still equals its pair.
+        if isinstance(other, tuple):
+            return (self.id, self.payload) == other
+        if type(other) is not Message:
+            return NotImplemented
+        return self._compared() == other._compared()
+
+    def __hash__(self) -> int:
+        # The pair's hash, so that a message and the pair it equals hash alike.
+        return hash((self.id, self.payload))
+
+    def _compared(self) -> tuple[Any, ...]:
+        """The fields equality compares: all but the lease token (a fencing detail)."""
+        return (
+            self.id,
+            self.payload,
+            self.priority,
+            self.attempts,
+            self.max_attempts,
+            self.enqueued_at,
+            self.lease_expires_at,
+            self.last_error,
+            self.queue,
+            self.group,
+            self.expires_at,
+            self.prior_attempts,
+        )
 
     def __iter__(self) -> Iterator[Any]:
         yield self.id

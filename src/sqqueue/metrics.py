@@ -51,6 +51,11 @@ class StatsdMetrics(Metrics):
         self._interval = gauge_interval
         self._last_gauge = 0.0
 
+    @property
+    def client(self) -> Any:
+        """The ``statsd.StatsClient`` the metrics go through."""
+        return self._client
+
     def incr(self, name: str, count: int = 1) -> None:
         try:
             self._client.incr(name, count)

@@ -144,12 +144,13 @@ class SQLiteQueue(Queue):
         table_name: str = UNSET,
         vacuum_threshold: int = UNSET,
         vacuum_on_start: bool = UNSET,
-        default_max_attempts: int = UNSET,
-        default_visibility_timeout: float = UNSET,
-        default_priority: int = UNSET,
+        # The rest of 0.1.0's positional order, which code written for it may rely on.
         statsd_host: str | None = UNSET,
-        statsd_port: int = UNSET,
+        statsd_port: int | None = UNSET,
         statsd_prefix: str = UNSET,
+        default_priority: int = UNSET,
+        default_visibility_timeout: float = UNSET,
+        default_max_attempts: int = UNSET,
         *,
         serializer: Serializer | None = None,
         clock: Clock | None = None,
@@ -169,7 +170,8 @@ class SQLiteQueue(Queue):
                 "default_visibility_timeout": default_visibility_timeout,
                 "default_priority": default_priority,
                 "statsd_host": statsd_host,
-                "statsd_port": statsd_port,
+                # None was 0.1.0's default for "not given": the standard port then.
+                "statsd_port": UNSET if statsd_port is None else statsd_port,
                 "statsd_prefix": statsd_prefix,
                 **settings,
             },
@@ -178,7 +180,8 @@ class SQLiteQueue(Queue):
         )
         if resolved.db_path is None:
             raise ValueError(
-                "db_path is required: pass it, or set SQQUEUE_DB_PATH or db_path in sqqueue.toml"
+                "db_path is None: pass a file path (or leave it out for queue.db, in the "
+                "current directory)"
             )
         backend = SQLiteBackend(
             resolved.db_path,
@@ -200,7 +203,8 @@ class SQLiteQueue(Queue):
 
     @staticmethod
     def list_queues(db_path: str | os.PathLike[str]) -> Result[list[str], QueueError]:
-        """Names of the queues in a database file: ``Ok(["emails", "thumbnails"])``."""
+        """Names of the queues in a database file: ``Ok(["emails", "thumbnails"])``
+        (those of sqqueue 0.1.0 once migrated: see :func:`list_queues`)."""
         try:
             return Ok(catalog.list_queues(db_path))
         except QueueError as exc:
@@ -303,7 +307,9 @@ def list_queues(
 
     ``target`` is an SQLite file (a path or ``sqlite:///`` URL) or a ``postgresql://``
     URL (``schema``: the PostgreSQL schema the queues live in). Reads only: nothing is
-    created or migrated.
+    created or migrated, so queues still in sqqueue 0.1.0's layout are not listed until
+    they are migrated (``sqqueue migrate FILE``, or opening each one for use);
+    ``sqqueue stats FILE`` names them.
     """
     try:
         return Ok(catalog.list_queues_at(target, schema=schema))

@@ -256,7 +256,7 @@ class Setting:
 SETTINGS: dict[str, Setting] = {
     s.name: s
     for s in (
-        Setting("db_path", None, _str, "database file", backends=SQLITE,
+        Setting("db_path", "queue.db", _str, "database file", backends=SQLITE,
                 elsewhere="the database is the url"),
         Setting("table_name", "message_queue", validate_queue_name, "queue name"),
         Setting("vacuum_threshold", 1000, _int, "writes between maintenance steps (0: never)",

@@ -13,23 +13,72 @@ modern names beside them:
 ``vacuum_database()``              routine upkeep (``vacuum_threshold``)
 ``perform_checkpoint()``           routine upkeep
 ``get_operation_count()``          ``stats()`` totals
+``complete(message_id=...)``       ``complete(message)`` (also ``fail_message``,
+                                   ``requeue``; see :func:`message_id_keyword`)
 =================================  ==============================================
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from ..exceptions import QueueError, RequeueError
+from ..metrics import StatsdMetrics
 from ..result import Ok, Result
 from . import admin
 from .parts import Parts
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _moved(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """The positional arguments, with 0.1.0's ``message_id=`` keyword moved in front."""
+    if "message_id" not in kwargs:
+        return args
+    if args:
+        raise TypeError(f"{name}() got the message twice: positionally and as message_id=")
+    return (kwargs.pop("message_id"),)
+
+
+def message_id_keyword(method: F) -> F:
+    """Let a call that takes a message as its first argument also take it as
+    ``message_id=``, the keyword 0.1.0 gave it (``queue.complete(message_id=5)``)."""
+    name = method.__name__
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def call_async(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return await method(self, *_moved(name, args, kwargs), **kwargs)
+
+        return cast(F, call_async)
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return method(self, *_moved(name, args, kwargs), **kwargs)
+
+    return cast(F, call)
+
 
 class Compat:
-    """The 0.1.0 methods of :class:`~sqqueue.Queue`."""
+    """The 0.1.0 methods and attributes of :class:`~sqqueue.Queue`."""
 
     parts: Parts
+
+    @property
+    def logger(self) -> logging.Logger:
+        """0.1.0's ``queue.logger``: the library's logger (it adds no handler of its own)."""
+        return logging.getLogger("sqqueue")
+
+    @property
+    def statsd_client(self) -> Any:
+        """0.1.0's ``queue.statsd_client``: the ``statsd.StatsClient`` metrics go to, or
+        None when statsd is off."""
+        metrics = self.parts.metrics
+        return metrics.client if isinstance(metrics, StatsdMetrics) else None
 
     def get_dead_letters(self) -> Result[list[dict[str, Any]], QueueError]:
         """Dead letters as dicts: ``id`` (the original), ``payload``, ``priority``,

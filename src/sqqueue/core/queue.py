@@ -37,7 +37,7 @@ from .checks import (
     bounded_int,
     error_text,
 )
-from .compat import Compat
+from .compat import Compat, message_id_keyword
 from .parts import Clock, Parts
 from .produce import Producer, batch_items, driver_connection
 
@@ -317,6 +317,7 @@ class Queue(Compat):
             # work may be done twice (e.g. the lease expired): say so loudly.
             raise result.error
 
+    @message_id_keyword
     def complete(
         self, message: MessageRef, *, result: Any = NO_RESULT
     ) -> Result[None, CompletionError]:
@@ -360,6 +361,7 @@ class Queue(Compat):
             CompletionError, "complete_batch", lambda: Ok(settle.complete_batch(parts, messages))
         )
 
+    @message_id_keyword
     def fail_message(
         self,
         message: MessageRef,
@@ -394,6 +396,7 @@ class Queue(Compat):
 
         return parts.guard(RequeueError, action, run)
 
+    @message_id_keyword
     def requeue(self, message: MessageRef) -> Result[None, RequeueError]:
         """Give a leased message back: it is visible again at once, at the back of its
         priority. The attempt it used still counts; it is not recorded as a failure."""
