@@ -36,6 +36,7 @@ from sqqueue import (
     AsyncWorker,
     Err,
     ErrorKind,
+    Item,
     Message,
     Ok,
     Queue,
@@ -129,14 +130,17 @@ def test_async_sqlite_queue_takes_sqlite_queue_arguments(tmp_path: Path) -> None
     """AsyncSQLiteQueue accepts SQLiteQueue's positional and keyword arguments."""
     params = _parameters(SQLiteQueue.__init__)
     assert [p[0] for p in params][:3] == ["db_path", "table_name", "vacuum_threshold"]
-    aq = AsyncSQLiteQueue(
+    aq = AsyncSQLiteQueue(  # 0.1.0's positional order
         tmp_path / "a.db",
         "emails",
         500,
         False,
-        7,
-        60.0,
+        None,
+        None,
+        "sqqueue",
         2,
+        60.0,
+        7,
         synchronous="full",
         lock_timeout=5.0,
         retry=RetryPolicy.fixed(3),
@@ -1162,3 +1166,57 @@ def test_starlette_app_round_trips_messages(make_queue: MakeQueue) -> None:
         assert not waiter.is_alive()
         assert waiting["response"].json() == {"id": late_id, "payload": "late", "attempts": 1}
     assert ok(aq.sync.is_drained()) is True
+
+
+# -- plain handlers on threads of their own -------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_async_worker_runs_more_plain_handlers_at_once_than_the_loops_pool(
+    raq: AsyncQueue,
+) -> None:
+    """Plain handlers run on threads of their own, not the loop's default pool (which the
+    worker's own steps use): more of them than that pool holds run at the same time, and
+    their leases are still extended."""
+    pool = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's default size
+    concurrency = pool + 2
+    ok(await raq.enqueue_batch([f"m{i}" for i in range(concurrency)]))
+    together = threading.Barrier(concurrency, timeout=20)
+
+    def handle(message: Message) -> None:
+        together.wait()  # breaks (and fails the message) unless all run at once
+
+    w = _async_worker(raq, handle, concurrency=concurrency)
+    task = asyncio.create_task(w.run())
+    await eventually(lambda: w.stats.completed + w.stats.failed >= concurrency, timeout=30)
+    stats = await _stop(w, task)
+    assert (stats.completed, stats.failed) == (concurrency, 0)
+
+
+def test_async_worker_run_returns_though_a_plain_handler_hangs(tmp_path: Path) -> None:
+    """A plain handler that never returns is abandoned at task_timeout; after stop(),
+    run() returns and so does asyncio.run() (no pool thread it would wait for)."""
+    release = threading.Event()
+    box: dict[str, Any] = {}
+
+    def handle(message: Message) -> None:
+        if message.payload == "hang":
+            release.wait(60)
+
+    async def main() -> None:
+        queue = AsyncSQLiteQueue(tmp_path / "q.db", "jobs")
+        ok(await queue.enqueue_batch([Item("hang", max_attempts=1), "fine"]))
+        w = _async_worker(queue, handle, concurrency=2, task_timeout=0.2, grace_period=30)
+        task = asyncio.create_task(w.run())
+        await eventually(lambda: w.stats.timed_out == 1 and w.stats.completed == 1)
+        box["stats"] = await _stop(w, task)
+        await queue.close()
+
+    runner = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
+    runner.start()
+    runner.join(20)
+    try:
+        assert not runner.is_alive(), "asyncio.run() waited for the hung handler's thread"
+        assert box["stats"].timed_out == 1
+    finally:
+        release.set()

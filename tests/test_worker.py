@@ -1134,3 +1134,134 @@ def test_sigkilled_workers_message_returns_after_lease(
     assert "lease expired" in (message.last_error or "")
     ok(rq.complete(message))
     assert statuses(rq) == []
+
+
+# -- careless handlers and settings ---------------------------------------------------------
+
+
+def test_a_handler_ending_as_it_times_out_is_completed_or_failed_never_both(
+    rq: Queue, running: Callable[[Worker], Running]
+) -> None:
+    """Handlers that end right about task_timeout race the heartbeat: each message is
+    either completed (on_success) or timed out (on_failure), and the stats add up."""
+    ids = ok(rq.enqueue_batch([Item(f"m{i}", max_attempts=1) for i in range(48)]))
+    outcomes: dict[int, list[str]] = {i: [] for i in ids}
+    lock = threading.Lock()
+
+    def note(kind: str) -> Callable[..., None]:
+        def hook(message: Message, _: Any) -> None:
+            with lock:
+                outcomes[message.id].append(kind)
+
+        return hook
+
+    def handle(message: Message) -> None:
+        time.sleep(0.08 + (message.id % 5) * 0.01)  # 0.08 to 0.12 s around the timeout
+
+    w = make_worker(
+        rq,
+        handle,
+        concurrency=16,
+        task_timeout=0.1,
+        hooks=WorkerHooks(on_success=note("completed"), on_failure=note("failed")),
+    )
+    r = running(w)
+    wait_until(lambda: w.stats.completed + w.stats.failed >= len(ids), what="every outcome")
+    stats = r.stop(timeout=30)
+    assert all(len(kinds) == 1 for kinds in outcomes.values()), outcomes
+    assert stats.started == len(ids)
+    assert stats.completed + stats.failed == len(ids)
+    assert stats.failed == stats.timed_out == stats.dead_lettered
+    assert ok(rq.is_drained()) is True
+    assert len(ok(rq.get_dead_letters())) == stats.failed
+
+
+@pytest.mark.parametrize("answer", [-5, float("nan"), float("inf"), "10", 1e300])
+def test_a_retry_delay_that_is_not_a_delay_falls_back_to_the_queues_policy(
+    rq: Queue, running: Callable[[Worker], Running], answer: Any
+) -> None:
+    (message_id,) = ok(rq.enqueue_batch(["x"]))
+
+    def handle(message: Message) -> None:
+        raise ValueError("boom")
+
+    w = make_worker(rq, handle, retry_delay=lambda m, e: answer)
+    r = running(w)
+    wait_until(lambda: w.stats.failed >= 1, what="the failure")
+    r.stop()
+    (row,) = [s for s in message_statuses(rq) if s["id"] == message_id]
+    assert row["status"] != "processing"  # failed and waiting for its retry, not stuck
+    assert row["attempts"] >= 1
+    assert ok(rq.get_message(message_id))["last_error"] == "ValueError: boom"
+
+
+def test_stop_does_not_wait_for_a_hung_handler_already_timed_out(
+    rq: Queue, running: Callable[[Worker], Running]
+) -> None:
+    """A handler that never returns is abandoned at task_timeout (its message failed);
+    stopping afterwards does not wait the grace period for its thread."""
+    ok(rq.enqueue_batch([Item("hang", max_attempts=1), "fine"]))  # (not retried)
+    release = threading.Event()
+
+    def handle(message: Message) -> None:
+        if message.payload == "hang":
+            release.wait(60)
+
+    w = make_worker(rq, handle, concurrency=2, task_timeout=0.2, grace_period=30)
+    r = running(w)
+    try:
+        wait_until(lambda: w.stats.timed_out == 1 and w.stats.completed == 1, what="both")
+        started = time.monotonic()
+        r.stop(timeout=20)
+        assert time.monotonic() - started < 10  # not the grace period's 30 s
+    finally:
+        release.set()
+
+
+def test_poll_wait_zero_is_refused(rq: Queue) -> None:
+    with pytest.raises(ValueError, match="poll_wait must be > 0"):
+        Worker(rq, lambda m: None, poll_wait=0)
+
+
+class _UnreadableError(Exception):
+    def __str__(self) -> str:
+        raise KeyboardInterrupt("from __str__")
+
+
+class _BadRepr:
+    def __init__(self, raises: BaseException) -> None:
+        self.raises = raises
+
+    def __repr__(self) -> str:
+        raise self.raises
+
+
+def test_an_exception_whose_message_cannot_be_read_still_fails_its_message(
+    rq: Queue, running: Callable[[Worker], Running]
+) -> None:
+    (message_id,) = ok(rq.enqueue_batch([Item("x", max_attempts=1)]))
+
+    def handle(message: Message) -> None:
+        raise _UnreadableError
+
+    w = make_worker(rq, handle)
+    r = running(w)
+    wait_until(lambda: w.stats.dead_lettered == 1, what="the dead letter")
+    r.stop()
+    (dead,) = ok(rq.get_dead_letters())
+    assert dead["id"] == message_id
+    assert "could not be read" in dead["last_error"]
+
+
+@pytest.mark.parametrize("raises", [RuntimeError("repr"), SystemExit("repr")])
+def test_a_result_whose_own_code_raises_fails_its_message(
+    make_queue: MakeQueue, running: Callable[[Worker], Running], raises: BaseException
+) -> None:
+    queue = make_queue(table_name="jobs", clock=None, retention=3600)
+    (message_id,) = ok(queue.enqueue_batch([Item("x", max_attempts=1)]))
+    w = make_worker(queue, lambda m: {_BadRepr(raises): 1}, results=True)
+    r = running(w)
+    wait_until(lambda: w.stats.dead_lettered == 1, what="the dead letter")
+    r.stop()
+    assert [d["id"] for d in ok(queue.get_dead_letters())] == [message_id]
+    assert ok(queue.is_drained()) is True

@@ -54,6 +54,7 @@ from .message import Message
 from .queue import SQLiteQueue, connect
 from .result import Err, Ok, Result
 from .stats import QueueStats
+from .threads import run_in_own_thread
 from .worker import Claimed, WorkerCore, WorkerStats
 
 __all__ = ["AsyncQueue", "AsyncSQLiteQueue", "AsyncWorker", "connect_async"]
@@ -446,8 +447,11 @@ class AsyncWorker(WorkerCore):
 
     Same behaviour: completes on return, fails on exception (any: a CancelledError the
     handler lets escape too), prefetch and grouped acknowledgements, heartbeats,
-    ``task_timeout`` (the handler's task is cancelled), and graceful shutdown on ``stop()``, SIGTERM or SIGINT (when run on the
-    main thread's loop), or when the task running :meth:`run` is cancelled::
+    ``task_timeout`` (the handler's task is cancelled), and graceful shutdown on
+    ``stop()``, SIGTERM or SIGINT (when run on the main thread's loop). Cancelling the task
+    running :meth:`run` stops at once: running handlers are cancelled and their messages
+    given back to the queue. A plain (not ``async``) handler runs on a thread of its own
+    for each message (see :mod:`sqqueue.threads`)::
 
         async def handle(message): ...
         await AsyncWorker(queue, handle, concurrency=10).run()
@@ -571,8 +575,9 @@ class AsyncWorker(WorkerCore):
         try:
             if self._is_coroutine:
                 return await self._async_handler(message), None
-            # A plain function runs in a thread, so it cannot block the event loop.
-            return await asyncio.to_thread(self._async_handler, message), None
+            # A plain function runs in a thread, so it cannot block the event loop: one
+            # of its own, not the loop's pool, which runs the worker's own steps.
+            return await run_in_own_thread(self._async_handler, message), None
         except BaseException as exc:
             return None, exc
 

@@ -94,6 +94,14 @@ def _conversion_hint(item: object) -> str:
     return "convert it to a str, int, float, bool, list or dict"
 
 
+def _shown(value: object) -> str:
+    """``repr(value)`` for an error message, or its type's name when its own code raises."""
+    try:
+        return repr(value)
+    except BaseException:  # (a user's __repr__ may raise anything: it is input)
+        return f"a {type(value).__name__}"
+
+
 def _check_json_value(value: object, what: str = "payload", custom: bool = True) -> None:
     """Refuse values that JSON would silently change (tuples, int keys, NaN, ...) or that
     could not be decoded again (nested too deeply, or containing themselves).
@@ -108,7 +116,7 @@ def _check_json_value(value: object, what: str = "payload", custom: bool = True)
         if isinstance(item, float):
             if not math.isfinite(item):
                 raise _serialization_error(
-                    f"{what} contains {item!r}, which JSON cannot represent; "
+                    f"{what} contains {_shown(item)}, which JSON cannot represent; "
                     f"send it as a string{serializer}"
                 )
             continue
@@ -125,7 +133,7 @@ def _check_json_value(value: object, what: str = "payload", custom: bool = True)
             for key, sub in item.items():
                 if not isinstance(key, str):
                     raise _serialization_error(
-                        f"{what} dict has a non-str key {key!r}; JSON keys are strings, so it "
+                        f"{what} dict has a non-str key {_shown(key)}; JSON keys are strings, so it "
                         f"would come back changed. Use str keys{serializer}"
                     )
                 stack.append((sub, depth + 1))

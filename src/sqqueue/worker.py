@@ -51,6 +51,9 @@ MAX_PREFETCH = 100
 # ones none beyond the idle runners, so no message waits long for a runner.
 AHEAD_SECONDS = 0.05
 
+# What complete(message, result=value) says of a value it cannot keep.
+_UNKEEPABLE = frozenset({ErrorKind.SERIALIZATION, ErrorKind.INVALID_INPUT})
+
 #: How many of the latest handler durations ``WorkerStats.processing_seconds`` keeps (a
 #: worker runs for months: keeping every one would grow without end).
 DURATIONS_KEPT = 1_000
@@ -116,6 +119,25 @@ class _Task:
         self.last_beat = leased_at  # the lease is extended on its own schedule
 
 
+def _check_times(
+    lease: float, grace_period: float, poll_wait: float, task_timeout: float | None
+) -> None:
+    """Raise ValueError, saying which, for a duration a worker cannot use."""
+    for label, value in (
+        ("visibility_timeout", lease),
+        ("grace_period", grace_period),
+        ("poll_wait", poll_wait),
+    ):
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{label} must be a finite number >= 0, got {value!r}")
+    if poll_wait == 0:  # an idle runner would claim again and again, a core's worth
+        raise ValueError("poll_wait must be > 0 seconds (how long an idle runner waits)")
+    if task_timeout is not None and not (
+        isinstance(task_timeout, (int, float)) and task_timeout > 0
+    ):
+        raise ValueError(f"task_timeout must be > 0 seconds, got {task_timeout!r}")
+
+
 class WorkerCore:
     """What every worker shares, whatever runs its handlers (threads or asyncio tasks):
     settings, stats, hooks, and the decisions taken when a handler ends, beats or overruns.
@@ -164,17 +186,7 @@ class WorkerCore:
         ):
             raise ValueError(f"prefetch must be an int from 1 to {MAX_PREFETCH}, got {prefetch!r}")
         lease = visibility_timeout or queue.default_visibility_timeout
-        for label, value in (
-            ("visibility_timeout", lease),
-            ("grace_period", grace_period),
-            ("poll_wait", poll_wait),
-        ):
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{label} must be a finite number >= 0, got {value!r}")
-        if task_timeout is not None and not (
-            isinstance(task_timeout, (int, float)) and task_timeout > 0
-        ):
-            raise ValueError(f"task_timeout must be > 0 seconds, got {task_timeout!r}")
+        _check_times(lease, grace_period, poll_wait, task_timeout)
         self.queue = queue
         self.handler = handler
         self.concurrency = concurrency
@@ -265,11 +277,14 @@ class WorkerCore:
         message = task.message
         elapsed = time.monotonic() - task.started
         with self._lock:
+            # Under the lock with _time_out's check: a handler that ends as it times out
+            # is either completed here or failed there, never both.
             self._tasks.pop(key, None)
+            abandoned = task.abandoned
             pace = self._pace
             self._pace = elapsed if pace is None else 0.8 * pace + 0.2 * elapsed
         log_extra = {"message_id": message.id, "attempt": message.attempts}
-        if task.abandoned:
+        if abandoned:
             logger.info(
                 "worker %s: abandoned message %d ended after %.1f s (result ignored)",
                 self.name,
@@ -283,8 +298,12 @@ class WorkerCore:
             self._record_failure(message, exc, elapsed)
             return
         if self.results and value is not None:
-            result = self.queue.complete(message, result=value)
-            if isinstance(result, Err) and result.error.kind is ErrorKind.SERIALIZATION:
+            try:
+                result = self.queue.complete(message, result=value)
+            except BaseException as raised:  # the value's own code raised (its __repr__?)
+                self._record_failure(message, raised, elapsed)
+                return
+            if isinstance(result, Err) and result.error.kind in _UNKEEPABLE:
                 # The handler ran, but what it returned cannot be kept: a failure.
                 self._record_failure(message, TypeError(str(result.error)), elapsed)
                 return
@@ -482,6 +501,23 @@ class WorkerCore:
         rejected = isinstance(exc, Reject)
         delay = None if rejected else self._retry_delay(message, exc)
         result = self.queue.fail_message(message, send_to_dlq=rejected, error=error, delay=delay)
+        if (
+            delay is not None
+            and isinstance(result, Err)
+            and result.error.kind is ErrorKind.INVALID_INPUT
+        ):
+            # retry_delay answered something that is not a delay (negative, NaN, a str):
+            # the queue's policy decides instead, as when retry_delay raises.
+            logger.warning(
+                "worker %s: retry_delay returned %r for message %d, which is not a delay "
+                "(%s); using the queue's policy",
+                self.name,
+                delay,
+                message.id,
+                result.error,
+                extra=log_extra,
+            )
+            result = self.queue.fail_message(message, send_to_dlq=rejected, error=error)
         self._count(failed=1)
         self.stats.processing_seconds.append(elapsed)
         self.hooks.call("on_failure", message, exc)
@@ -574,8 +610,12 @@ class WorkerCore:
             failed = [(m, error.refused[m.id]) for m in messages if m.id in error.refused]
         else:  # the call failed (the database, say): none was extended
             failed = [(m, error) for m in messages]
+        with self._lock:
+            running = {task.message.id for task in self._tasks.values() if not task.abandoned}
         for message, why in failed:
-            logger.warning(
+            # A handler that ended since this round began settles its message itself.
+            logger.log(
+                logging.WARNING if message.id in running else logging.DEBUG,
                 "worker %s: could not extend the lease of message %d: %s",
                 self.name,
                 message.id,
@@ -584,8 +624,8 @@ class WorkerCore:
 
     def _time_out(self, task: _Task) -> None:
         with self._lock:
-            if task.abandoned:
-                return
+            if task.abandoned or task not in self._tasks.values():
+                return  # ended meanwhile (or already abandoned): its runner settles it
             task.abandoned = True
         self._count(timed_out=1)
         error = TimeoutError(f"handler ran longer than task_timeout={self.task_timeout:g} s")
@@ -723,7 +763,11 @@ class Worker(WorkerCore):
 
     def _drain(self) -> None:
         deadline = time.monotonic() + self.grace_period
-        for thread in list(self._threads):
+        with self._lock:
+            # A runner stuck in an abandoned handler (timed out, its message settled) is
+            # not waited for: it holds nothing, and may never return.
+            stuck = {key for key, task in self._tasks.items() if task.abandoned}
+        for thread in [t for t in self._threads if t not in stuck]:
             while thread.is_alive() and not self._immediate.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -822,7 +866,7 @@ def _unusual(exc: BaseException) -> str | None:
         return f"raised {type(exc).__name__}, which is not an Exception"
     try:
         str(exc)
-    except Exception as broken:
+    except BaseException as broken:  # (even KeyboardInterrupt from a __str__: it is input)
         return (
             f"raised {type(exc).__name__}, whose message cannot be read "
             f"(str() raised {type(broken).__name__})"

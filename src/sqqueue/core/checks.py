@@ -89,6 +89,6 @@ def error_text(exc: BaseException) -> str:
     name = type(exc).__name__
     try:
         text = str(exc)
-    except Exception as broken:
+    except BaseException as broken:  # (a __str__ raising KeyboardInterrupt is input too)
         return f"{name} (its message could not be read: str() raised {type(broken).__name__})"
     return f"{name}: {text}" if text else name

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..aio import AsyncWorker
 from ..exceptions import QueueError, Reject
 from ..message import Message
+from ..threads import run_in_own_thread
 from ..worker import Worker, WorkerCore, WorkerHooks, WorkerStats
 from .context import RUNNING, TaskContext
 from .payload import MARK, TaskCall, UnknownTask, check_json, decode
@@ -87,10 +88,11 @@ class Dispatcher:
                 value = await _run_coroutine(task, call)
             else:
                 context = contextvars.copy_context()
+                # On a thread of its own, not the loop's pool (see sqqueue.threads).
                 if task.timeout is None:
-                    value = await asyncio.to_thread(context.run, task.fn, *call.args, **call.kwargs)
+                    value = await run_in_own_thread(context.run, task.fn, *call.args, **call.kwargs)
                 else:
-                    value = await asyncio.to_thread(_run_with_timeout, task, call, context)
+                    value = await run_in_own_thread(_run_with_timeout, task, call, context)
         finally:
             RUNNING.reset(token)
         return self._result(task, value)
