@@ -647,6 +647,26 @@ def test_config_bad_value_is_one_line(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "lock_timeout" in one_error_line(result)
 
 
+@pytest.mark.parametrize("value", ["-5", "0", "86401"])
+def test_config_refuses_what_every_command_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("SQQUEUE_LOCK_TIMEOUT", value)
+    result = run("config")
+    assert result.exit_code == 1
+    assert "lock_timeout must be > 0" in one_error_line(result)
+    assert run("enqueue", tmp_path / "q.db", "jobs", "x").exit_code == 1
+
+
+def test_config_never_shows_a_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SQQUEUE_DB_PATH", "postgresql://app:s3cret@db.internal/app")
+    for args in (("config",), ("config", "--json")):
+        result = run(*args)
+        assert result.exit_code == 0, result.output
+        assert "s3cret" not in result.output
+        assert "app:***@db.internal" in result.output
+
+
 # -- worker and metrics: argument errors (the running parts are process tests below) -------------
 
 
@@ -901,3 +921,28 @@ def test_migrate_sql_prints_ddl_without_connecting(url: str, marker: str) -> Non
     assert 'CREATE TABLE "emails"' in result.output
     assert marker in result.output
     assert run("migrate", "--sql", url).exit_code == 2  # no --queue
+
+
+@pytest.mark.parametrize("where", ["missing-dir/x.db", "notes.txt", "."])
+def test_demo_on_a_file_that_cannot_hold_a_queue_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("hello")
+    result = run("demo", "--jobs", "5", "--db", where)
+    assert result.exit_code == 1
+    assert "cannot run the demo" in one_error_line(result)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "NaN"])
+def test_seconds_options_refuse_what_is_not_a_finite_number(db: Path, value: str) -> None:
+    seed(db, payloads=["x"])
+    for args in (
+        ("stats", db, "--watch", value),
+        ("enqueue", db, "jobs", "y", "--delay", value),
+        ("dequeue", db, "jobs", "--wait", value),
+    ):
+        result = run(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "not a finite number" in result.output or "Invalid value" in result.output
+        assert "Traceback" not in result.output

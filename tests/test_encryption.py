@@ -369,3 +369,44 @@ def test_config_file_never_holds_a_key(
     with SQLiteQueue(tmp_path / "q.db", "jobs"):
         pass
     assert "not a sqqueue setting" not in caplog.text
+
+
+def test_check_and_salvage_read_encrypted_files(tmp_path: Path) -> None:
+    """check and salvage take the key like every command: a healthy encrypted file checks
+    clean and salvages whole (into an encrypted file), a damaged one is reported, never
+    a traceback."""
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    key_file.chmod(0o600)
+    secret = tmp_path / "secret.db"
+    _fill(secret, 300, size=100)
+    healthy = _cli("--key-file", key_file, "check", secret)
+    assert healthy.returncode == 0, healthy.stderr
+    saved = tmp_path / "saved.db"
+    salvaged = _cli("--key-file", key_file, "salvage", secret, saved)
+    assert salvaged.returncode == 0, salvaged.stderr
+    _assert_no_marker(saved)
+    with SQLiteQueue(saved, "jobs", encryption_key=KEY) as queue:
+        assert _total(queue) == 300
+    damaged = tmp_path / "damaged.db"
+    data = bytearray(secret.read_bytes())
+    data[4096 * 3 + 50 : 4096 * 3 + 3050] = bytes(3000)
+    damaged.write_bytes(bytes(data))
+    damaged.chmod(0o600)
+    checked = _cli("--key-file", key_file, "check", damaged)
+    assert checked.returncode == 1
+    assert "damaged" in checked.stderr and "Traceback" not in checked.stderr
+    rescued = _cli("--key-file", key_file, "salvage", damaged, tmp_path / "rescued.db")
+    # What it reads it copies; if even the list of queues is gone, it says so.
+    assert rescued.returncode == 0 or rescued.stderr.startswith("error: "), rescued.stderr
+    assert "Traceback" not in rescued.stderr
+
+
+def test_encrypting_a_file_that_is_not_there_creates_nothing(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY)
+    key_file.chmod(0o600)
+    done = _cli("--key-file", key_file, "encrypt", tmp_path / "typo.db", tmp_path / "out.db")
+    assert done.returncode == 1
+    assert "no database at" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]

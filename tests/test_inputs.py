@@ -874,3 +874,39 @@ def test_one_spoiled_field_costs_at_most_its_own_message(
             _listings_work(queue)
         finally:
             queue.close()
+
+
+@pytest.mark.parametrize("flag", ["smtp timeout", 1.5, [True]])
+def test_fail_message_refuses_a_send_to_dlq_that_is_not_a_flag(
+    make_queue: MakeQueue, flag: Any
+) -> None:
+    """fail_message(message, "smtp timeout") reads as an error text, but the second
+    argument is send_to_dlq: refused, rather than dead-lettering with the text lost."""
+    queue = make_queue(table_name="jobs")
+    ok(queue.enqueue("x"))
+    message = leased(queue)
+    result = queue.fail_message(message, flag)
+    assert result.is_err()
+    assert result.error.kind is ErrorKind.INVALID_INPUT  # type: ignore[union-attr]
+    assert "error=" in str(result.error)
+    assert [s["status"] for s in message_statuses(queue)] == ["processing"]
+    assert queue.fail_message(message, error="smtp timeout").is_ok()
+
+
+def test_a_private_memory_queue_has_stats(clock: Any) -> None:
+    queue = SQLiteQueue(":memory:", "jobs", clock=clock)
+    ok(queue.enqueue("x"))
+    stats = ok(queue.stats())
+    assert (stats.ready, stats.db_bytes, stats.wal_frames) == (1, 0, 0)
+    queue.close()
+
+
+def test_a_schema_version_edited_into_text_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    SQLiteQueue(path, "jobs").close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE sqqueue_queues SET schema_version = 'seven'")
+    conn.close()
+    with pytest.raises(QueueError, match="'seven' in the sqqueue_queues table") as raised:
+        SQLiteQueue(path, "jobs")
+    assert raised.value.kind is ErrorKind.CORRUPT

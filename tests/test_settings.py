@@ -73,3 +73,29 @@ def test_queue_exposes_its_settings(tmp_path: Path) -> None:
         assert queue.settings.max_depth == 3
         assert queue.setting_sources["max_depth"] == "argument"
         assert queue.keeps_history is False
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("vacuum_on_start", "false", "vacuum_on_start must be True or False"),
+        ("vacuum_on_start", 2, "vacuum_on_start must be True or False"),
+        ("statsd_host", 5, "statsd_host must be a host name"),
+        ("statsd_host", "no-such-host.invalid", "statsd_host 'no-such-host.invalid' cannot"),
+    ],
+)
+def test_arguments_of_the_wrong_kind_are_refused_by_name(
+    tmp_path: Path, setting: str, value: object, says: str
+) -> None:
+    """An argument is checked as the same value from the environment would be: the str
+    "false" is not taken for true, a host that cannot be looked up is said so."""
+    if setting == "statsd_host":
+        pytest.importorskip("statsd")
+    with pytest.raises(ValueError, match=says):
+        SQLiteQueue(tmp_path / "q.db", "jobs", **{setting: value})
+
+
+def test_an_empty_statsd_host_turns_statsd_off(tmp_path: Path) -> None:
+    with SQLiteQueue(tmp_path / "q.db", "jobs", statsd_host="", vacuum_on_start=1) as queue:
+        assert queue.statsd_client is None
+        assert queue.settings.vacuum_on_start is True

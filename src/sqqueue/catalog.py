@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .backends import sqlite_sql
-from .backends.sqlite_files import classify, file_state, open_read_only
+from .backends.sqlite_files import classify, driver_errors, file_state, open_read_only
 from .exceptions import ErrorKind, QueueError
 from .targets import parse_target
 
@@ -48,7 +48,7 @@ def read(path: str | os.PathLike[str], fn: Callable[[sqlite3.Connection], T]) ->
         with contextlib.suppress(_Changed), read_only(path) as conn:
             try:
                 return fn(conn)
-            except sqlite3.Error as exc:
+            except driver_errors() as exc:  # (SQLCipher's errors too)
                 raise classify(exc, str(path)) from exc
     raise QueueError(f"{str(path)!r} kept changing while it was read; retry", ErrorKind.LOCKED)
 

@@ -11,6 +11,7 @@ from .settings import (
     Resolved,
     Setting,
     find_config_file,
+    load,
     parse_retry,
     resolve,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "Resolved",
     "Setting",
     "find_config_file",
+    "load",
     "parse_retry",
     "resolve",
 ]

@@ -413,6 +413,8 @@ def _given(key: str | bytes | EncryptionKey) -> EncryptionKey:
 @contextlib.contextmanager
 def _quiet_source(path: str, key: EncryptionKey | None) -> Iterator[None]:
     """Checkpoint the source first, so that the copy holds what its WAL holds."""
+    if not os.path.isfile(path):  # (opening it would create an empty file there)
+        raise EncryptionError(f"no database at {path!r}", ErrorKind.NOT_FOUND)
     conn = _open_checked(path, key)
     try:
         conn.execute(sql.CHECKPOINT_TRUNCATE)

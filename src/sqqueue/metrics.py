@@ -47,7 +47,10 @@ class StatsdMetrics(Metrics):
                 "pip install 'sqqueue[statsd]'",
                 ErrorKind.INVALID_INPUT,
             ) from exc
-        self._client: Any = statsd.StatsClient(host, port, prefix=f"{prefix}.{queue}")
+        try:
+            self._client: Any = statsd.StatsClient(host, port, prefix=f"{prefix}.{queue}")
+        except OSError as exc:  # (the host is looked up once, here)
+            raise ValueError(f"statsd_host {host!r} cannot be used: {exc}") from None
         self._interval = gauge_interval
         self._last_gauge = 0.0
 

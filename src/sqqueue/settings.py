@@ -199,6 +199,26 @@ def _check_int(what: str, low: int, high: int) -> Callable[[Any], Any]:
     return lambda value: bounded_int(value, what, low, high)
 
 
+def _check_statsd_host(value: Any) -> str | None:
+    """A host name, or None (as is "": statsd off)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"statsd_host must be a host name, got {value!r}")
+    return value
+
+
+def _check_flag(what: str) -> Callable[[Any], bool]:
+    """True or False only: a str such as "false" would otherwise count as true."""
+
+    def check(value: Any) -> bool:
+        if not (isinstance(value, bool) or (isinstance(value, int) and value in (0, 1))):
+            raise ValueError(f"{what} must be True or False, got {value!r}")
+        return bool(value)
+
+    return check
+
+
 def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda value: None if value is None else check(value)
 
@@ -261,7 +281,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("table_name", "message_queue", validate_queue_name, "queue name"),
         Setting("vacuum_threshold", 1000, _int, "writes between maintenance steps (0: never)",
                 _check_int("vacuum_threshold", 0, 2**31)),
-        Setting("vacuum_on_start", False, _bool, "full VACUUM when opening", backends=SQLITE,
+        Setting("vacuum_on_start", False, _bool, "full VACUUM when opening",
+                _check_flag("vacuum_on_start"), backends=SQLITE,
                 elsewhere="PostgreSQL's autovacuum looks after the tables"),
         Setting("default_max_attempts", 5, _int, "deliveries before the dead-letter queue",
                 _check_int("default_max_attempts", 1, MAX_ATTEMPTS)),
@@ -269,7 +290,8 @@ SETTINGS: dict[str, Setting] = {
                 _check_seconds("default_visibility_timeout", MAX_VISIBILITY_TIMEOUT)),
         Setting("default_priority", 0, _int, "priority when none is given",
                 _check_int("default_priority", MIN_PRIORITY, MAX_PRIORITY)),
-        Setting("statsd_host", None, _optional_str, "statsd server (enables statsd)"),
+        Setting("statsd_host", None, _optional_str, "statsd server (enables statsd)",
+                _check_statsd_host),
         Setting("statsd_port", 8125, _int, "statsd port"),  # checked when statsd_host is set
         Setting("statsd_prefix", "sqqueue", _str, "statsd metric prefix"),
         Setting("synchronous", "normal", _synchronous, "'normal' or 'full' durability",

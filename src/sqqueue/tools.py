@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from .backends import sqlite_sql
 from .backends.sqlite import SQLiteBackend
-from .backends.sqlite_files import classify, not_a_database
+from .backends.sqlite_files import classify, driver_errors, not_a_database
 from .catalog import list_queues, list_queues_at, read, read_only, registered
 from .exceptions import ErrorKind, QueueError
 from .names import validate_queue_name
@@ -96,7 +96,7 @@ def check(path: str | os.PathLike[str]) -> list[str]:
     def integrity(conn: sqlite3.Connection) -> list[str]:
         try:
             return [str(r[0]) for r in conn.execute(sqlite_sql.INTEGRITY_CHECK).fetchall()]
-        except sqlite3.Error as exc:
+        except driver_errors() as exc:  # (SQLCipher's errors too)
             error = classify(exc, str(path))
             if error.kind is not ErrorKind.CORRUPT or not_a_database(exc):
                 raise error from exc  # not damage: nothing to check, nor to salvage
@@ -131,7 +131,7 @@ def _highest_id(conn: sqlite3.Connection, name: str, version: int) -> int:
         (sqlite_sql.COUNTER_VALUE, (f"{name}#high",)),
         (sqlite_sql.LEGACY_SEQUENCE, (name,)),
     ):
-        with contextlib.suppress(sqlite3.DatabaseError):
+        with contextlib.suppress(*driver_errors()):
             row = conn.execute(query, params).fetchone()
             if row is not None and row[0] is not None:
                 high = max(high, int(row[0]))
@@ -164,7 +164,7 @@ def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> S
     with read_only(source) as src:
         try:
             queues = registered(src)
-        except sqlite3.DatabaseError as exc:
+        except driver_errors() as exc:
             if not_a_database(exc):
                 raise QueueError(
                     f"{classify(exc, str(source))}; nothing to salvage", ErrorKind.CORRUPT

@@ -194,6 +194,13 @@ class SQLBackend(Backend):
         queue does not exist); raise if it is newer than this sqqueue understands."""
         if row is None:
             return None
+        if type(row[0]) is not int:  # (edited by hand)
+            raise StorageError(
+                f"queue {self.name!r} in {self.path!r} has schema version {row[0]!r} in the "
+                "sqqueue_queues table, which is not a version number; set it back to the "
+                f"number it was (at most {supported}) or restore the file from a backup",
+                ErrorKind.CORRUPT,
+            )
         if row[0] > supported:
             raise StorageError(
                 f"queue {self.name!r} in {self.path!r} has schema version {row[0]}, newer "

@@ -1088,7 +1088,7 @@ class SQLiteBackend(SQLBackend):
         return sql.redrive_into(other, self._q)
 
     def _file_sizes(self) -> dict[str, int]:
-        sizes = {}
+        sizes = {"wal_frames": 0, "wal_frames_not_checkpointed": 0}  # (in memory: no WAL)
         for key, suffix in (("db_bytes", ""), ("wal_bytes", "-wal")):
             try:
                 sizes[key] = 0 if self._memory else os.path.getsize(self.path + suffix)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
 import os
 import re
 import sys
@@ -54,6 +55,17 @@ BINARY_HINT = (
 )
 
 T = TypeVar("T")
+
+
+class FiniteRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses ``nan`` and ``inf``, which it lets through
+    (``--watch nan`` would reach ``time.sleep``)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return number
 
 
 class CliError(Exception):
@@ -501,7 +513,7 @@ id_arg = click.argument("message_id", metavar="ID", type=click.IntRange(min=0))
 yes_opt = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 older_opt = click.option(
     "--older-than",
-    type=click.FloatRange(min=0),
+    type=FiniteRange(min=0),
     metavar="SECONDS",
     help="Only messages enqueued more than SECONDS ago (dead letters: that died; kept "
     "completed ones: that were completed).",

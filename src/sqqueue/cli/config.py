@@ -7,9 +7,23 @@ from typing import Any
 
 import click
 
-from ..config import SETTINGS, find_config_file, resolve
+from ..config import SETTINGS, find_config_file, load, resolve
 from ..retry import RetryPolicy
+from ..targets import parse_target, redact
 from . import base
+
+
+def _backend(db_path: Any) -> str:
+    """The backend the settings are for: PostgreSQL when db_path is its URL."""
+    try:
+        return parse_target(db_path).kind
+    except ValueError:
+        return "sqlite"
+
+
+def _shown(value: Any) -> Any:
+    """A setting's value as it may be shown: a PostgreSQL URL without its password."""
+    return redact(value) if isinstance(value, str) else value
 
 
 @click.command("config")
@@ -33,12 +47,14 @@ def config_cmd(queue: str | None, as_json: bool) -> None:
     try:
         found = find_config_file()
         resolved = resolve(explicit)
+        # Checked as a queue checks them, so a value every command refuses is refused here.
+        load(explicit, _backend(resolved.values["db_path"]))
     except ValueError as exc:
-        raise base.CliError(str(exc)) from None
+        raise base.CliError(redact(str(exc))) from None
     config_file = str(found[0]) if found else None
     if as_json:
         settings = {
-            name: {"value": resolved.values[name], "source": resolved.sources[name]}
+            name: {"value": _shown(resolved.values[name]), "source": resolved.sources[name]}
             for name in SETTINGS
         }
         click.echo(base.dumps({"config_file": config_file, "settings": settings}))
@@ -50,7 +66,7 @@ def config_cmd(queue: str | None, as_json: bool) -> None:
     table.add_column("source", no_wrap=True)
     table.add_column("meaning")
     for name, setting in SETTINGS.items():
-        value = resolved.values[name]
+        value = _shown(resolved.values[name])
         if isinstance(value, RetryPolicy):
             shown = base.retry_text(value)
         else:

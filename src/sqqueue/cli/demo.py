@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import click
 
+from ..exceptions import QueueError
+from . import base
+
 
 @click.command()
 @click.option(
@@ -23,6 +26,9 @@ def demo(ctx: click.Context, jobs: int, db_path: str | None) -> None:
     from .. import demo as demo_module
 
     argv = ["--jobs", str(jobs)] + (["--db", db_path] if db_path else [])
-    code = demo_module.main(argv)
+    try:
+        code = demo_module.main(argv)
+    except (QueueError, ValueError) as exc:  # a --db that cannot hold a queue
+        raise base.CliError(f"cannot run the demo on {db_path!r}: {exc}") from None
     if code:
         ctx.exit(1)

@@ -99,7 +99,7 @@ def dlq_show(target: str, queue: str, message_id: int, as_json: bool, schema: st
 )
 @click.option(
     "--rate",
-    type=click.FloatRange(min=0, min_open=True),
+    type=base.FiniteRange(min=0, min_open=True),
     default=None,
     metavar="N",
     help="At most N messages a second, not to flood consumers.",
@@ -157,7 +157,7 @@ def dlq_redrive(
 @base.queue_arg
 @click.option(
     "--older-than",
-    type=click.FloatRange(min=0),
+    type=base.FiniteRange(min=0),
     metavar="SECONDS",
     help="Only dead letters that died more than SECONDS ago.",
 )

@@ -100,7 +100,7 @@ def _stats_json(db: base.Database, rows: list[QueueStats], legacy: list[str]) ->
 @base.as_json
 @click.option(
     "--watch",
-    type=click.FloatRange(min=0.1),
+    type=base.FiniteRange(min=0.1),
     is_flag=False,
     flag_value=2.0,
     default=None,
@@ -267,7 +267,7 @@ def peek(target: str, queue: str, as_json: bool, schema: str | None) -> None:
 )
 @click.option("--priority", type=int, default=None, help="Higher is delivered first.")
 @click.option(
-    "--delay", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS", help="Hold back."
+    "--delay", type=base.FiniteRange(min=0), default=0.0, metavar="SECONDS", help="Hold back."
 )
 @click.option(
     "--max-attempts",
@@ -278,7 +278,7 @@ def peek(target: str, queue: str, as_json: bool, schema: str | None) -> None:
 )
 @click.option(
     "--ttl",
-    type=click.FloatRange(min=0, min_open=True),
+    type=base.FiniteRange(min=0, min_open=True),
     default=None,
     metavar="SECONDS",
     help="Never deliver it after SECONDS.",
@@ -401,14 +401,14 @@ def enqueue(
 @base.queue_arg
 @click.option(
     "--wait",
-    type=click.FloatRange(0, 86400),
+    type=base.FiniteRange(0, 86400),
     default=0.0,
     metavar="SECONDS",
     help="Wait up to SECONDS for a message.",
 )
 @click.option(
     "--visibility-timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=base.FiniteRange(min=0, min_open=True),
     default=None,
     metavar="SECONDS",
     help="Lease length (the queue's default otherwise).",
@@ -478,7 +478,7 @@ def complete(target: str, queue: str, message_id: int, schema: str | None) -> No
 @click.option("--dlq", is_flag=True, help="Send it to the dead-letter queue at once.")
 @click.option(
     "--delay",
-    type=click.FloatRange(min=0),
+    type=base.FiniteRange(min=0),
     default=None,
     metavar="SECONDS",
     help="Retry after SECONDS (the queue's retry policy otherwise).",

@@ -57,21 +57,21 @@ def _load_handler(target: str) -> Callable[..., Any] | Tasks:
 @click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option(
     "--visibility-timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=base.FiniteRange(min=0, min_open=True),
     default=None,
     metavar="SECONDS",
     help="Lease length; a heartbeat extends it while the handler runs.",
 )
 @click.option(
     "--task-timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=base.FiniteRange(min=0, min_open=True),
     default=None,
     metavar="SECONDS",
     help="Fail a message whose handler runs longer.",
 )
 @click.option(
     "--grace-period",
-    type=click.FloatRange(min=0),
+    type=base.FiniteRange(min=0),
     default=30.0,
     show_default=True,
     metavar="SECONDS",

@@ -116,6 +116,13 @@ def fail(
         raise QueueError(
             f"error must be a str, got {type(error).__name__}", ErrorKind.INVALID_INPUT
         )
+    if send_to_dlq is not None and not isinstance(send_to_dlq, int):
+        # fail_message(message, "timed out") would dead-letter it at once, the text lost.
+        raise QueueError(
+            f"send_to_dlq must be True or False, got a {type(send_to_dlq).__name__}; to "
+            "record why the message failed, pass error=...; nothing was changed",
+            ErrorKind.INVALID_INPUT,
+        )
     text = error[:MAX_ERROR_TEXT] if error is not None else None
     if delay is None:
         # The storage knows the attempt count, also when only the id was passed.
