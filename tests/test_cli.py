@@ -946,3 +946,10 @@ def test_seconds_options_refuse_what_is_not_a_finite_number(db: Path, value: str
         assert result.exit_code == 2, (args, result.output)
         assert "not a finite number" in result.output or "Invalid value" in result.output
         assert "Traceback" not in result.output
+
+
+def test_dashboard_schema_on_an_sqlite_file_is_a_usage_error(db: Path) -> None:
+    seed(db, payloads=["x"])
+    result = run("dashboard", db, "--schema", "jobs")
+    assert result.exit_code == 2
+    assert "--schema applies to a postgresql:// URL only" in one_error_line(result)

@@ -104,6 +104,7 @@ def test_enqueue_ls_peek_and_stats(queue_target: QueueTarget) -> None:
     assert (jobs["ready"], jobs["delayed"], jobs["pending"]) == (3, 1, 4)
     if queue_target.backend == "postgres":
         assert data["db_bytes"] is None and data["wal_bytes"] is None
+        assert jobs["db_bytes"] is None and jobs["wal_bytes"] is None  # (no file of ours)
     else:
         assert data["db_bytes"] > 0
     table = ok("stats", *args)

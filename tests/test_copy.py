@@ -270,3 +270,33 @@ def test_text_with_nul_characters_stays_text_through_postgresql(
         assert [(r["payload"], r["payload_type"]) for r in back[table]] == [
             (r["payload"], r["payload_type"]) for r in original[table]
         ]
+
+
+def test_copy_command_takes_the_schema_of_each_end(
+    tmp_path: Path, pg_url: str, schemas: Callable[[], str], clock: FakeClock
+) -> None:
+    """--schema names the schema of the PostgreSQL ends (as for every command),
+    --target-schema the target's when it differs: SQLite -> schema "a" -> schema "b"."""
+    from click.testing import CliRunner
+
+    from sqqueue import cli
+
+    first, second = schemas(), schemas()
+    source = tmp_path / "source.db"
+    with SQLiteQueue(source, "jobs", clock=clock) as queue:
+        ids = queue.enqueue_batch(["x", "y"]).unwrap()
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(cli.main, ["copy", *args])
+
+    done = run(f"sqlite:///{source}", pg_url, "jobs", "--schema", first)
+    assert done.exit_code == 0, done.output
+    moved = run(pg_url, pg_url, "jobs", "--schema", first, "--target-schema", second)
+    assert moved.exit_code == 0, moved.output
+    again = run(pg_url, pg_url, "jobs", "--schema", first, "--target-schema", second)
+    assert again.exit_code == 0 and "already copied" in again.output, again.output
+    with connect(pg_url, "jobs", schema=second, read_only=True) as copied:
+        assert [m["id"] for m in copied.list_messages("all").unwrap()] == ids
+    refused = run(f"sqlite:///{source}", f"sqlite:///{tmp_path / 'b.db'}", "--schema", first)
+    assert refused.exit_code == 2
+    assert "apply to postgresql:// URLs only" in refused.output

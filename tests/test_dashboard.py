@@ -607,9 +607,13 @@ def test_command_refuses_unsafe_or_broken_starts(tmp_path: Path) -> None:
     assert missing.stderr.startswith("error: ") and "missing.db" in missing.stderr
     short = tmp_path / "token"
     short.write_text("short\n")
+    short.chmod(0o644)
+    shared = _sqqueue("dashboard", str(db), "--port", "0", "--token-file", str(short), env=env)
+    assert shared.returncode == 2 and "may be read by others" in shared.stderr
+    short.chmod(0o600)
     weak = _sqqueue("dashboard", str(db), "--port", "0", "--token-file", str(short), env=env)
     assert weak.returncode == 2 and "at least 16" in weak.stderr
-    assert "Traceback" not in exposed.stderr + missing.stderr + weak.stderr
+    assert "Traceback" not in exposed.stderr + missing.stderr + weak.stderr + shared.stderr
 
 
 @pytest.mark.slow

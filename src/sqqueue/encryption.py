@@ -120,20 +120,21 @@ def read_key_file(path: str | os.PathLike[str]) -> EncryptionKey:
     return EncryptionKey(read_secret_file(path))
 
 
-def read_secret_file(path: str | os.PathLike[str]) -> str:
+def read_secret_file(path: str | os.PathLike[str], what: str = "key file") -> str:
     """The text of a file that only its owner may read, less one final line end
-    (``ValueError`` otherwise, or when it is empty): a key file."""
+    (``ValueError`` otherwise, or when it is empty): a key file, a token file (``what``
+    names it in the errors)."""
     name = os.fspath(path)
     try:
         info = os.stat(name)
     except OSError as exc:
-        raise ValueError(f"cannot read the key file {name!r}: {exc.strerror}") from exc
+        raise ValueError(f"cannot read the {what} {name!r}: {exc.strerror}") from exc
     if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"the key file {name!r} is not a regular file")
+        raise ValueError(f"the {what} {name!r} is not a regular file")
     mode = stat.S_IMODE(info.st_mode)
     if mode & 0o077 or (hasattr(os, "geteuid") and info.st_uid != os.geteuid()):
         raise ValueError(
-            f"the key file {name!r} may be read by others (owner uid {info.st_uid}, mode "
+            f"the {what} {name!r} may be read by others (owner uid {info.st_uid}, mode "
             f"{mode:04o}); it must belong to this user and be readable by it only: "
             f"run 'chmod 600 {name}'"
         )
@@ -141,11 +142,11 @@ def read_secret_file(path: str | os.PathLike[str]) -> str:
         with open(name, encoding="utf-8") as file:
             text = file.read()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read the key file {name!r}: {exc}") from None
+        raise ValueError(f"cannot read the {what} {name!r}: {exc}") from None
     if text.endswith("\n"):
         text = text[:-1].removesuffix("\r")
     if not text:
-        raise ValueError(f"the key file {name!r} is empty")
+        raise ValueError(f"the {what} {name!r} is empty")
     return text
 
 

@@ -268,6 +268,8 @@ def copy_queues(
     batch: int = 1000,
     *,
     resume: bool = False,
+    source_schema: str | None = None,
+    target_schema: str | None = None,
 ) -> dict[str, dict[str, int]]:
     """Copy queues between databases, by URL (SQLite to PostgreSQL and back).
 
@@ -280,11 +282,13 @@ def copy_queues(
     that stopped part-way: the rest is copied). Returns, per queue, the messages, dead
     letters, kept completed messages and dedup keys the target holds from the source, and
     how many of its messages and dead letters were ``already`` there; raises
-    ``QueueError`` if the target's counts do not match what was read::
+    ``QueueError`` if the target's counts do not match what was read. ``source_schema``
+    and ``target_schema``: the PostgreSQL schema the queues live in at either end::
 
         copy_queues("sqlite:///jobs.db", "postgresql://app@db/app", ["emails"])
     """
-    available = list_queues_at(source)
+    src_at, dst_at = _in_schema(source_schema), _in_schema(target_schema)
+    available = list_queues_at(source, schema=source_schema)
     names = [validate_queue_name(n) for n in queues] if queues is not None else available
     missing = [n for n in names if n not in available]
     if missing:
@@ -293,15 +297,21 @@ def copy_queues(
             f"no queue {missing[0]!r} in the source (queues there: {there}); nothing was copied",
             ErrorKind.NOT_FOUND,
         )
-    present = set(_queues_or_none(target))
+    present = set(_queues_or_none(target, target_schema))
     skip: dict[str, set[int]] = {}
     for name in names:  # every check first: nothing is written unless all pass
-        skip[name] = _already_there(source, target, name, resume) if name in present else set()
+        skip[name] = set()
+        if name in present:
+            with (
+                connect(target, name, **dst_at) as dst,
+                connect(source, name, read_only=True, **src_at) as src,
+            ):
+                skip[name] = _already_there(src, dst, resume)
     report: dict[str, dict[str, int]] = {}
     for name in names:
-        src = connect(source, name, read_only=True)
+        src = connect(source, name, read_only=True, **src_at)
         try:
-            dst = connect(target, name)
+            dst = connect(target, name, **dst_at)
         except BaseException:
             src.close()
             raise
@@ -313,10 +323,15 @@ def copy_queues(
     return report
 
 
-def _queues_or_none(target: str) -> list[str]:
+def _in_schema(schema: str | None) -> dict[str, str]:
+    """The settings that put a PostgreSQL queue in ``schema`` (none: the default one)."""
+    return {"schema": schema} if schema is not None else {}
+
+
+def _queues_or_none(target: str, schema: str | None) -> list[str]:
     """The queues at ``target``; none when it is an SQLite file that does not exist yet."""
     try:
-        return list_queues_at(target)
+        return list_queues_at(target, schema=schema)
     except QueueError as exc:
         if exc.kind is ErrorKind.NOT_FOUND:
             return []
@@ -337,16 +352,15 @@ def _identities(queue: Any) -> dict[int, Any]:
     return found
 
 
-def _already_there(source: str, target: str, name: str, resume: bool) -> set[int]:
-    """The ids a non-empty target queue already holds from the source, when copying
-    into it is safe: all of them (copied before) or, with ``resume``, some of them.
-    Raises ``QueueError`` saying what to do otherwise."""
-    with connect(target, name) as dst:
-        held = _identities(dst).items()
+def _already_there(src: Any, dst: Any, resume: bool) -> set[int]:
+    """The ids a non-empty target queue already holds from the source queue, when
+    copying into it is safe: all of them (copied before) or, with ``resume``, some of
+    them. Raises ``QueueError`` saying what to do otherwise."""
+    name = dst.name
+    held = _identities(dst).items()
     if not held:
         return set()
-    with connect(source, name, read_only=True) as src:
-        wanted = _identities(src).items()
+    wanted = _identities(src).items()
     if held == wanted or (resume and held < wanted):
         return {message_id for message_id, _ in held}
     if held < wanted:

@@ -26,6 +26,7 @@ def dashboard(target: str, host: str, port: int, read_only: bool,
     Example:
       sqqueue dashboard jobs.db --port 8844
     """
+    base.database(target, schema)  # a bad TARGET or --schema: a usage error, before starting
     try:
         from ..dashboard.server import DashboardError, serve
     except ImportError as exc:

@@ -229,7 +229,24 @@ def _migrate_postgres(db: base.Database) -> list[str]:
     is_flag=True,
     help="Finish a copy that stopped part-way: copy what the target queues lack.",
 )
-def copy(source: str, target: str, queues: tuple[str, ...], resume: bool) -> None:
+@click.option(
+    "--schema",
+    metavar="NAME",
+    help="The PostgreSQL schema of the queues, at each end that is PostgreSQL.",
+)
+@click.option(
+    "--target-schema",
+    metavar="NAME",
+    help="The target's PostgreSQL schema, when it is not --schema.",
+)
+def copy(
+    source: str,
+    target: str,
+    queues: tuple[str, ...],
+    resume: bool,
+    schema: str | None,
+    target_schema: str | None,
+) -> None:
     """Copy queues from SRC_URL to DST_URL (SQLite to PostgreSQL, or back).
 
     Every column of every message is copied (in-flight ones arrive pending), with the
@@ -242,13 +259,25 @@ def copy(source: str, target: str, queues: tuple[str, ...], resume: bool) -> Non
     Example:
       sqqueue copy sqlite:///jobs.db postgresql://app@db.internal/app emails
       sqqueue copy sqlite:///jobs.db postgresql://app@db.internal/app --resume
+      sqqueue copy postgresql://app@db/app postgresql://app@db/app --schema old \\
+        --target-schema new
     """
+    postgres = [url.startswith(("postgresql://", "postgres://")) for url in (source, target)]
     for url in (source, target):
         if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise click.UsageError(
                 f"{url!r} is not a URL: use sqlite:///path.db or postgresql://..."
             )
-    base.require_db(base.database(source))
+    if (schema is not None and not any(postgres)) or (
+        target_schema is not None and not postgres[1]
+    ):
+        raise click.UsageError(
+            "--schema and --target-schema apply to postgresql:// URLs only: an SQLite "
+            "file has no schemas"
+        )
+    source_schema = schema if postgres[0] else None
+    target_schema = (target_schema or schema) if postgres[1] else None
+    base.require_db(base.database(source, source_schema))
     with base.progress_bar("copying", known_total=True) as update:
         try:
             report = tools.copy_queues(
@@ -257,6 +286,8 @@ def copy(source: str, target: str, queues: tuple[str, ...], resume: bool) -> Non
                 queues or None,
                 progress=lambda _name, done, total: update(done, total),
                 resume=resume,
+                source_schema=source_schema,
+                target_schema=target_schema,
             )
         except (QueueError, ValueError, ImportError) as exc:
             raise base.CliError(str(exc)) from None

@@ -80,12 +80,16 @@ def _stats_json(db: base.Database, rows: list[QueueStats], legacy: list[str]) ->
         wal = Path(f"{db.location}-wal")
         db_bytes = rows[0].db_bytes if rows else os.path.getsize(db.location)
         wal_bytes = rows[0].wal_bytes if rows else (wal.stat().st_size if wal.is_file() else 0)
+    queues = {s.queue: s.to_dict() for s in rows}
+    if db.is_postgres:
+        for counts in queues.values():
+            counts.update(db_bytes=None, wal_bytes=None)
     return {
         "db": db.shown,
         "at": datetime.now(timezone.utc),
         "db_bytes": db_bytes,
         "wal_bytes": wal_bytes,
-        "queues": {s.queue: s.to_dict() for s in rows},
+        "queues": queues,
         "legacy_queues": legacy,
     }
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from .. import list_queues
+from ..encryption import read_secret_file
 from .app import TOKEN_ENV, create_app
 from .auth import generate_token
 from .web import shown_target
@@ -54,17 +55,13 @@ def resolve_token(token_file: str | None) -> tuple[str, bool]:
     """The token to use and whether it was made up now: from ``token_file``, else from
     ``$SQQUEUE_DASHBOARD_TOKEN``, else a new random one."""
     if token_file is not None:
+        # A secret, read as key files are: only its owner may read it.
         try:
-            with open(token_file, encoding="utf-8") as f:
-                token = f.read().strip()
-        except OSError as exc:
-            raise DashboardError(
-                f"cannot read the token file {token_file}: {exc.strerror or exc}", 2
-            ) from None
-        except UnicodeDecodeError:
-            raise DashboardError(f"the token file {token_file} is not UTF-8 text", 2) from None
+            token = read_secret_file(token_file, "token file").strip()
+        except ValueError as exc:
+            raise DashboardError(str(exc), 2) from None
         if not token:
-            raise DashboardError(f"the token file {token_file} is empty", 2)
+            raise DashboardError(f"the token file {token_file!r} is empty", 2)
         return token, False
     token = os.environ.get(TOKEN_ENV, "").strip()
     if token:
