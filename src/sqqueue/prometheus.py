@@ -97,13 +97,21 @@ class QueueCollector(Collector):
             self._open.clear()
 
     def collect(self) -> Iterator[Any]:
+        # 0 when this scrape could not read something (the exporter's log says what):
+        # without it, a database gone would look like one with no queues.
+        up = GaugeMetricFamily(
+            "sqqueue_up", "1 if every queue could be read at this scrape, else 0."
+        )
         names = self.queues
         if names is None:
             listed = list_queues(self.db_path, schema=self.schema)
             if listed.is_err():
                 logger.warning("cannot list queues of %s: %s", redact(self.db_path), listed.error)
+                up.add_metric([], 0)
+                yield up
                 return
             names = listed.unwrap()
+        failures = 0
         depth = GaugeMetricFamily(
             "sqqueue_messages", "Messages in the queue by state.", labels=["queue", "state"]
         )
@@ -134,9 +142,11 @@ class QueueCollector(Collector):
                 result = self._queue(name).stats()
             except (QueueError, ValueError) as exc:  # cannot be opened read-only (0.1.0, gone)
                 logger.warning("queue %r of %s skipped: %s", name, redact(self.db_path), exc)
+                failures += 1
                 continue
             if result.is_err():
                 logger.warning("stats of queue %r failed: %s", name, result.error)
+                failures += 1
                 continue
             stats = result.unwrap()
             for state in _STATES:
@@ -150,6 +160,8 @@ class QueueCollector(Collector):
             for key, metric, _ in _TOTALS:
                 field = "lease_expirations_total" if key == "lease_expirations" else metric
                 totals[key].add_metric([name], getattr(stats, field))
+        up.add_metric([], 0 if failures else 1)
+        yield up
         yield depth
         yield oldest
         yield expiring
