@@ -521,12 +521,15 @@ async def test_cancelled_dequeue_does_not_strand_a_leased_message(
     message_id = ok(await aq.enqueue("job"))
     backend = aq.sync._backend
     real_claim = backend.claim
-    entered = threading.Event()
+    entered, claimed = threading.Event(), threading.Event()
 
     def slow_claim(*args: Any, **kwargs: Any) -> Any:
         entered.set()
         bridge.sleep(0.3)  # the task is cancelled meanwhile (natively, the loop runs on)
-        return real_claim(*args, **kwargs)
+        try:
+            return real_claim(*args, **kwargs)
+        finally:
+            claimed.set()
 
     monkeypatch.setattr(backend, "claim", slow_claim)
     task = asyncio.create_task(aq.dequeue(wait=5))
@@ -536,6 +539,7 @@ async def test_cancelled_dequeue_does_not_strand_a_leased_message(
         await task
     # The claim (its thread, or its bridged call) finishes by itself, then gives the
     # message back.
+    assert await asyncio.to_thread(claimed.wait, 5)
     await eventually(
         lambda: _statuses_are_like(aq, [(message_id, "ready")]), what="the message back"
     )
@@ -1220,3 +1224,39 @@ def test_async_worker_run_returns_though_a_plain_handler_hangs(tmp_path: Path) -
         assert box["stats"].timed_out == 1
     finally:
         release.set()
+
+
+@pytest.mark.asyncio
+async def test_a_dequeue_cancelled_twice_still_gives_its_message_back(
+    raq: AsyncQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled, then cancelled again while it gives back what its claim leased (a
+    TaskGroup, then the loop's shutdown): the message still goes back at once."""
+    message_id = ok(await raq.enqueue("job"))
+    backend = raq.sync._backend
+    real_claim = backend.claim
+    entered, claimed = threading.Event(), threading.Event()
+
+    def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        bridge.sleep(0.4)
+        try:
+            return real_claim(*args, **kwargs)
+        finally:
+            claimed.set()
+
+    monkeypatch.setattr(backend, "claim", slow_claim)
+    task = asyncio.create_task(raq.dequeue(wait=5, visibility_timeout=300))
+    assert await asyncio.to_thread(entered.wait, 5)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await asyncio.to_thread(claimed.wait, 5)  # the claim ended: the message leased
+    await eventually(  # (long before its lease of 300 s would run out)
+        lambda: _statuses_are_like(raq, [(message_id, "ready")]), 10, "the message back"
+    )
+    monkeypatch.setattr(backend, "claim", real_claim)
+    message = ok(await raq.dequeue())
+    assert message is not None and message.id == message_id

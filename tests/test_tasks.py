@@ -744,3 +744,27 @@ def test_tasks_worker_metrics_include_the_queues(make_tasks: MakeTasks) -> None:
         if s.labels["state"] == "ready"
     }
     assert ready == {app.default_queue: 1.0}
+
+
+def test_a_handle_never_gives_another_tasks_result(make_tasks: MakeTasks) -> None:
+    """Ids come back from web requests: task.handle(id) for an id of another task's
+    call is unknown to it, never that call's result."""
+    app = make_tasks()
+
+    @app.task(store_result=True)
+    def secret() -> dict[str, str]:
+        return {"token": "s3cr3t"}
+
+    @app.task(store_result=True)
+    def public() -> int:
+        return 1
+
+    handle = ok(secret.delay())
+    with serving(app):
+        assert handle.result(timeout=15) == {"token": "s3cr3t"}
+    other = public.handle(handle.id)
+    assert ok(other.status()) == "unknown"
+    with pytest.raises(ResultUnavailable, match="not a call of this task"):
+        other.result(timeout=0)
+    assert ok(app.queue().enqueue("not a task call")) > handle.id
+    assert ok(public.handle(handle.id + 1).status()) == "unknown"

@@ -65,6 +65,11 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+# Give-backs of cancelled claims still running: a task the loop holds only weakly must be
+# referenced until it ends.
+_unfinished: set[asyncio.Future[None]] = set()
+
+
 async def _on_loop(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run a sync call of the queue logic on the event loop (sqqueue.bridge), to its end
     even if the awaiting task is cancelled meanwhile, as a call in a thread would."""
@@ -149,13 +154,23 @@ class AsyncQueue:
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                result = await future
-                if isinstance(result, list):
-                    for message in result:
-                        if isinstance(message, Message):
-                            await self._hot(self.sync.release, message)
+            # The give-back is a task of its own: cancelled again (a TaskGroup, then the
+            # loop's shutdown), this one stops waiting for it, but it still runs.
+            back = asyncio.ensure_future(self._give_back(future))
+            _unfinished.add(back)
+            back.add_done_callback(_unfinished.discard)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(back)
             raise
+
+    async def _give_back(self, call: asyncio.Future[Any]) -> None:
+        """Once a cancelled claim's call has ended, release what it leased."""
+        with contextlib.suppress(Exception):
+            result = await call
+            if isinstance(result, list):
+                for message in result:
+                    if isinstance(message, Message):
+                        await self._hot(self.sync.release, message)
 
     async def _guarded(
         self, error_cls: type[QueueError], action: str, coro: Awaitable[T]

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..exceptions import QueueError
 from ..result import Err, Result
+from .payload import MARK
 
 if TYPE_CHECKING:
     from .task import Task
@@ -72,11 +73,19 @@ class TaskHandle:
         return hash((self.task.name, self.id))
 
     def _lookup(self) -> Result[dict[str, Any] | None, QueueError]:
+        """The message of this call; None when there is none, or when the id is a call of
+        another task (an id from a web request may be anyone's: never another's result)."""
         try:
             queue = self.task.app.queue(self.task.queue)
         except (QueueError, ValueError) as exc:
             return Err(QueueError(f"cannot open queue {self.task.queue!r}: {exc}"))
-        return queue.get_message(self.id)
+        return queue.get_message(self.id).map(self._mine)
+
+    def _mine(self, found: dict[str, Any] | None) -> dict[str, Any] | None:
+        payload = found.get("payload") if found is not None else None
+        if not isinstance(payload, dict) or MARK not in payload:
+            return None
+        return found if payload.get("name") == self.task.name else None
 
     def status(self) -> Result[TaskStatus, QueueError]:
         """``Ok`` with where the call is:
