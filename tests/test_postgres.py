@@ -880,3 +880,47 @@ def test_errors_mask_a_password_given_as_a_parameter() -> None:
     with pytest.raises(QueueError) as info:
         PostgresQueue(url, "jobs")
     assert "s3cret" not in str(info.value) and "password=***" in str(info.value)
+
+
+def _backends_connected(url: str, schema: str) -> int:
+    """Connections of this test's queue objects to the server (their search_path or
+    LISTEN aside, they come from this process)."""
+    import os
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE client_port IS NOT NULL "
+            "AND pid <> pg_backend_pid() AND application_name = %s",
+            (f"leak-{os.getpid()}-{schema}",),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_queue_objects_nobody_closed_let_go_of_their_listener_and_connections(
+    pg_url: str, pg_schema: str
+) -> None:
+    """A queue object per request, never closed, that waited for messages: once nothing
+    refers to it, its listener thread ends and its connections close (the listener held
+    it, so they stayed until the server ran out of connections)."""
+    import gc
+    import os
+
+    url = with_params(pg_url, application_name=f"leak-{os.getpid()}-{pg_schema}")
+
+    def listeners() -> int:
+        return sum(t.name == "sqqueue-listen-jobs" and t.is_alive() for t in threading.enumerate())
+
+    before = listeners()
+    for _ in range(5):
+        queue = PostgresQueue(url, "jobs", schema=pg_schema)
+        assert ok(queue.dequeue(wait=0.05)) is None  # (starts its listener)
+        del queue
+    gc.collect()
+    deadline = time.monotonic() + 15
+    while (listeners() > before or _backends_connected(pg_url, pg_schema)) and (
+        time.monotonic() < deadline
+    ):
+        gc.collect()
+        time.sleep(0.1)
+    assert listeners() == before
+    assert _backends_connected(pg_url, pg_schema) == 0

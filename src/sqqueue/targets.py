@@ -12,7 +12,7 @@ import re
 import urllib.parse
 from typing import Literal, NamedTuple
 
-__all__ = ["Target", "parse_target", "redact"]
+__all__ = ["Target", "hide_password", "parse_target", "redact"]
 
 
 class Target(NamedTuple):
@@ -51,7 +51,7 @@ def parse_target(target: str | os.PathLike[str]) -> Target:
     return Target("sqlite", target)
 
 
-_SECRET_PARAM = re.compile(r"(?i)\b(password=)[^&\s'\"]*")
+_SECRET_PARAM = re.compile(r"(?i)\b(password=)([^&\s'\"]*)")
 
 
 def redact(target: str) -> str:
@@ -67,3 +67,18 @@ def redact(target: str) -> str:
     return urllib.parse.urlunsplit(
         parts._replace(netloc=netloc, query=_SECRET_PARAM.sub(r"\1***", parts.query))
     )
+
+
+def hide_password(text: str, target: str) -> str:
+    """``text`` (a driver's error, say) with the password of the PostgreSQL URL
+    ``target`` replaced by ``***`` wherever it appears, as typed or as decoded."""
+    if not target.startswith(("postgresql://", "postgres://")):
+        return text
+    parts = urllib.parse.urlsplit(target)
+    secrets = [parts.password] if parts.password else []
+    secrets += [m.group(2) for m in _SECRET_PARAM.finditer(parts.query)]
+    for secret in secrets:
+        for form in {secret, urllib.parse.unquote(secret)}:
+            if form:
+                text = text.replace(form, "***")
+    return text

@@ -37,7 +37,7 @@ from .. import bridge
 from ..exceptions import ErrorKind
 from ..names import validate_queue_name
 from ..serializers import JSON, TEXT
-from ..targets import redact  # the URL without its password, for messages and logs
+from ..targets import hide_password, redact  # the URL without its password
 from ..wakeup import signal_for
 from . import postgres_sql as sql
 from .base import (
@@ -288,17 +288,42 @@ def _values(message: NewMessage) -> dict[str, Any]:
     }
 
 
+def url_settings(url: str) -> dict[str, Any]:
+    """The connection settings of a PostgreSQL URL; ValueError, saying why without its
+    password, for one libpq refuses (a space in a password, an unknown parameter)."""
+    try:
+        info = conninfo_to_dict(url)
+        timeout = info.get("connect_timeout")
+        if timeout is not None:
+            float(timeout)
+    except (psycopg.Error, ValueError) as exc:
+        raise ValueError(
+            f"invalid PostgreSQL URL {redact(url)!r}: {hide_password(str(exc).strip(), url)}"
+        ) from None
+    return info
+
+
+# How long listing the queues waits for a server that does not answer (unless the URL
+# sets connect_timeout): the default lock_timeout.
+_LIST_CONNECT_TIMEOUT = 30
+
+
 def list_postgres_queues(url: str, schema: str | None = None) -> list[str]:
     """Names of the sqqueue queues in a PostgreSQL database (schema), sorted."""
+    timeout: dict[str, Any] = {}
+    if "connect_timeout" not in url_settings(url):
+        timeout["connect_timeout"] = _LIST_CONNECT_TIMEOUT
     try:
-        with psycopg.connect(url, autocommit=True) as conn:
+        with psycopg.connect(url, autocommit=True, **timeout) as conn:
             if schema is not None:
                 conn.execute(sql.SET_SEARCH_PATH.format(schema=validate_queue_name(schema)))
             if conn.execute(sql.HAS_REGISTRY).fetchone() == (None,):
                 return []
             rows = conn.execute(sql.QUEUE_NAMES).fetchall()
     except psycopg.Error as exc:
-        raise StorageError(f"cannot list queues at {redact(url)!r}: {exc}") from exc
+        raise StorageError(
+            f"cannot list queues at {redact(url)!r}: {hide_password(str(exc), url)}"
+        ) from exc
     return [r[0] for r in rows]
 
 
@@ -384,13 +409,14 @@ class PostgresBackend(SQLBackend):
             weakref.WeakKeyDictionary()
         )
         # A connect_timeout in the URL still applies; ours is the call's deadline.
-        timeout = conninfo_to_dict(url).get("connect_timeout")
+        info = url_settings(url)
+        timeout = info.get("connect_timeout")
         self._url_connect_timeout = float(timeout) if timeout and float(timeout) > 0 else None
         self._listener: threading.Thread | None = None
         self._listening = False
         self._listener_pid: int | None = None  # the server process of the listener, for tests
         self._column_cache: dict[str, list[str]] = {}
-        user = conninfo_to_dict(url).get("user")
+        user = info.get("user")
         self._role = None if user is None else str(user)
         try:
             self._init_schema(default_max_attempts)
@@ -976,54 +1002,12 @@ class PostgresBackend(SQLBackend):
         with self._pool_lock:
             if self._listener is None or not self._listener.is_alive():
                 self._listener = threading.Thread(
-                    target=self._listen, name=f"sqqueue-listen-{self.name}", daemon=True
+                    target=_listen,
+                    args=(weakref.ref(self),),
+                    name=f"sqqueue-listen-{self.name}",
+                    daemon=True,
                 )
                 self._listener.start()
-
-    def _listen(self) -> None:
-        signal = signal_for(self.wakeup_key)
-        backoff = 0.05
-        pid = os.getpid()
-        while not self._closed and pid == os.getpid():
-            try:
-                conn = psycopg.connect(
-                    self.url,
-                    autocommit=True,
-                    connect_timeout=self._connect_timeout(time.monotonic() + 5),
-                )
-            except psycopg.Error:
-                # The server is down: try again soon, so that waiting consumers are woken
-                # by notifications again within about half a second of its return.
-                self._listening = False
-                # No notifications meanwhile: waiters look for themselves at each retry.
-                signal.nudge()
-                time.sleep(backoff)
-                backoff = min(backoff * 2, _LISTEN_BACKOFF)
-                continue
-            self._listener_pid = conn.info.backend_pid
-            try:
-                conn.execute(sql.LISTEN)
-                if self.schema is not None:
-                    conn.execute(sql.SET_SEARCH_PATH.format(schema=self.schema))
-                # Producers notify "<schema>.<queue>": same-named queues in other schemas
-                # do not wake this one.
-                # Whatever was committed before LISTEN took effect was not notified to us:
-                # wake the waiters once so they look.
-                signal.notify()
-                current = conn.execute(sql.CURRENT_SCHEMA).fetchone()
-                expected = f"{current[0] if current else 'public'}.{self.name}"
-                self._listening = True
-                backoff = 0.05
-                while not self._closed:
-                    for note in conn.notifies(timeout=1.0):
-                        if note.payload == expected:
-                            signal.notify()
-            except Exception:
-                logger.debug("queue %r: listener lost its connection", self.name, exc_info=True)
-            finally:
-                self._listening = False
-                with contextlib.suppress(Exception):
-                    conn.close()
 
     # -- inspection and maintenance ----------------------------------------------------------
 
@@ -1129,3 +1113,73 @@ class PostgresBackend(SQLBackend):
         """Nothing to do: PostgreSQL checkpoints its WAL by itself."""
         self._get_pool()
         self._refuse_writes()
+
+
+def _open_for(ref: weakref.ReferenceType[PostgresBackend]) -> Any:
+    """Everything the listener needs of its queue object, or None once it is closed or
+    gone (the listener holds it weakly: see _listen)."""
+    backend = ref()
+    if backend is None or backend._closed:
+        return None
+    return (
+        backend.url,
+        backend.schema,
+        backend.name,
+        signal_for(backend.wakeup_key),
+        backend._connect_timeout(time.monotonic() + 5),
+    )
+
+
+def _mark(ref: weakref.ReferenceType[PostgresBackend], listening: bool, pid: int = 0) -> None:
+    backend = ref()
+    if backend is not None:
+        backend._listening = listening
+        if pid:
+            backend._listener_pid = pid
+
+
+def _listen(ref: weakref.ReferenceType[PostgresBackend]) -> None:
+    """The thread that wakes a queue object's waiters on its notifications, until the
+    object is closed or gone. It holds the object weakly: one nobody closed is still
+    collected, with its connections, once nothing else refers to it."""
+    backoff = 0.05
+    pid = os.getpid()
+    while pid == os.getpid():
+        found = _open_for(ref)
+        if found is None:
+            return
+        url, schema, name, signal, connect_timeout = found
+        try:
+            conn = psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout)
+        except psycopg.Error:
+            # The server is down: try again soon, so that waiting consumers are woken
+            # by notifications again within about half a second of its return.
+            _mark(ref, listening=False)
+            # No notifications meanwhile: waiters look for themselves at each retry.
+            signal.nudge()
+            time.sleep(backoff)
+            backoff = min(backoff * 2, _LISTEN_BACKOFF)
+            continue
+        try:
+            conn.execute(sql.LISTEN)
+            if schema is not None:
+                conn.execute(sql.SET_SEARCH_PATH.format(schema=schema))
+            # Producers notify "<schema>.<queue>": same-named queues in other schemas
+            # do not wake this one.
+            # Whatever was committed before LISTEN took effect was not notified to us:
+            # wake the waiters once so they look.
+            signal.notify()
+            current = conn.execute(sql.CURRENT_SCHEMA).fetchone()
+            expected = f"{current[0] if current else 'public'}.{name}"
+            _mark(ref, listening=True, pid=conn.info.backend_pid)
+            backoff = 0.05
+            while _open_for(ref) is not None:
+                for note in conn.notifies(timeout=1.0):
+                    if note.payload == expected:
+                        signal.notify()
+        except Exception:
+            logger.debug("queue %r: listener lost its connection", name, exc_info=True)
+        finally:
+            _mark(ref, listening=False)
+            with contextlib.suppress(Exception):
+                conn.close()
