@@ -1009,6 +1009,20 @@ class PostgresBackend(SQLBackend):
                 )
                 self._listener.start()
 
+    def listen_target(self) -> tuple[str, str | None, str, Any, float] | None:
+        """For the listener thread (see _listen): the URL, schema and queue name to listen
+        for, the wake-up signal and a connect timeout; None once closed."""
+        if self._closed:
+            return None
+        timeout = self._connect_timeout(time.monotonic() + 5)
+        return self.url, self.schema, self.name, signal_for(self.wakeup_key), timeout
+
+    def mark_listening(self, listening: bool, pid: int = 0) -> None:
+        """Record whether the listener listens now (and its server process, for tests)."""
+        self._listening = listening
+        if pid:
+            self._listener_pid = pid
+
     # -- inspection and maintenance ----------------------------------------------------------
 
     def maintain(self, rounds: int = 1) -> None:
@@ -1116,26 +1130,16 @@ class PostgresBackend(SQLBackend):
 
 
 def _open_for(ref: weakref.ReferenceType[PostgresBackend]) -> Any:
-    """Everything the listener needs of its queue object, or None once it is closed or
-    gone (the listener holds it weakly: see _listen)."""
+    """What the listener needs of its queue object, or None once it is closed or gone
+    (the listener holds it weakly: see _listen)."""
     backend = ref()
-    if backend is None or backend._closed:
-        return None
-    return (
-        backend.url,
-        backend.schema,
-        backend.name,
-        signal_for(backend.wakeup_key),
-        backend._connect_timeout(time.monotonic() + 5),
-    )
+    return None if backend is None else backend.listen_target()
 
 
 def _mark(ref: weakref.ReferenceType[PostgresBackend], listening: bool, pid: int = 0) -> None:
     backend = ref()
     if backend is not None:
-        backend._listening = listening
-        if pid:
-            backend._listener_pid = pid
+        backend.mark_listening(listening, pid)
 
 
 def _listen(ref: weakref.ReferenceType[PostgresBackend]) -> None:
