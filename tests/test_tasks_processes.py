@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -238,13 +240,19 @@ def test_a_periodic_task_ticks_once_per_tick_under_two_workers(deployment: Deplo
     wait_for(lambda: len(deployment.lines("beat")) >= 1, 30, "the first tick")
     first = time.monotonic()
     time.sleep(10 - (time.monotonic() - first))
-    for proc in workers:
-        deployment.stop(proc)
+    logs = "".join(deployment.stop(proc) for proc in workers)
     ticks = [float(tick) for tick, _pid in deployment.lines("beat")]
     counts = Counter(ticks)
     assert set(counts.values()) == {1}, counts.most_common(3)
-    assert 8 <= len(ticks) <= 13, sorted(ticks)
-    assert max(ticks) - min(ticks) == len(ticks) - 1  # consecutive seconds, none skipped
+    # Consecutive seconds, but for ticks both workers noticed late (a machine too busy to
+    # wake them within half a second skips those, as missed="skip" says, and logs it).
+    skipped = {
+        datetime.fromisoformat(iso).timestamp()
+        for iso in re.findall(r"tick (\S+) noticed [\d.]+ s late, skipped", logs)
+    }
+    missing = set(range(int(min(ticks)), int(max(ticks)) + 1)) - {int(t) for t in ticks}
+    assert missing <= skipped, (sorted(ticks), sorted(skipped))
+    assert 8 <= len(ticks) + len(missing) <= 13, sorted(ticks)
 
 
 def test_results_and_dead_letters_across_processes(deployment: Deployment) -> None:
