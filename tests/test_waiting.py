@@ -899,3 +899,30 @@ def test_closed_queues_leave_no_watcher_or_signal_behind(tmp_path: Path) -> None
     while left() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert left() == []
+
+
+def test_a_watcher_unregistering_on_its_own_thread_under_its_lock_does_not_deadlock() -> None:
+    """The collector may run a queue object's finalizer (which unregisters it from its
+    file's watcher) on the watcher's own thread while that thread holds the watcher's
+    lock: the unregistering must go through, not wait for itself for ever. Here a
+    registrant's __hash__, which the watcher calls under its lock, unregisters another."""
+    from sqqueue.wakeup import Signal, Watcher
+
+    watcher = Watcher("test", open_probe=lambda: None)  # type: ignore[arg-type,return-value]
+    first = object()
+    watcher.register(first, Signal())
+
+    class Collected:
+        def __hash__(self) -> int:
+            watcher.unregister(first)  # as a finalizer run by the collector would
+            return 1
+
+    done = threading.Event()
+
+    def register() -> None:
+        watcher.register(Collected(), Signal())
+        done.set()
+
+    thread = threading.Thread(target=register, daemon=True)
+    thread.start()
+    assert done.wait(10), "the watcher waited for its own lock"

@@ -189,7 +189,10 @@ class Watcher:
         self.name = name
         self.pid = os.getpid()  # a watcher belongs to the process that made it
         self._open_probe = open_probe
-        self._lock = threading.Lock()
+        # Re-entrant: a queue object collected while this thread holds the lock (the
+        # collector runs wherever memory is allocated) unregisters itself through a
+        # finalizer on this same thread, which would otherwise wait for itself for ever.
+        self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._registrants: dict[object, Signal] = {}
         self._signals: tuple[Signal, ...] = ()  # theirs, each once (replaced, never changed)
