@@ -512,6 +512,27 @@ async def test_cancelling_the_waiting_task_leaves_message_for_others(aq: AsyncQu
     assert message.id == message_id
 
 
+def _slow_claims(
+    aq: AsyncQueue, monkeypatch: pytest.MonkeyPatch, seconds: float
+) -> tuple[threading.Event, threading.Event, Any]:
+    """Make the queue's claims take ``seconds`` (the task is cancelled meanwhile; natively,
+    the loop runs on): (claim entered, claim ended, the real claim to put back)."""
+    backend = aq.sync._backend
+    real_claim = backend.claim
+    entered, claimed = threading.Event(), threading.Event()
+
+    def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        bridge.sleep(seconds)
+        try:
+            return real_claim(*args, **kwargs)
+        finally:
+            claimed.set()
+
+    monkeypatch.setattr(backend, "claim", slow_claim)
+    return entered, claimed, real_claim
+
+
 @pytest.mark.asyncio
 async def test_cancelled_dequeue_does_not_strand_a_leased_message(
     aq: AsyncQueue, monkeypatch: pytest.MonkeyPatch
@@ -519,19 +540,7 @@ async def test_cancelled_dequeue_does_not_strand_a_leased_message(
     """A dequeue cancelled while its claim runs (asyncio.wait_for, a client disconnecting)
     must not leave the message leased to nobody until its lease (300 s) runs out."""
     message_id = ok(await aq.enqueue("job"))
-    backend = aq.sync._backend
-    real_claim = backend.claim
-    entered, claimed = threading.Event(), threading.Event()
-
-    def slow_claim(*args: Any, **kwargs: Any) -> Any:
-        entered.set()
-        bridge.sleep(0.3)  # the task is cancelled meanwhile (natively, the loop runs on)
-        try:
-            return real_claim(*args, **kwargs)
-        finally:
-            claimed.set()
-
-    monkeypatch.setattr(backend, "claim", slow_claim)
+    entered, claimed, real_claim = _slow_claims(aq, monkeypatch, 0.3)
     task = asyncio.create_task(aq.dequeue(wait=5))
     assert await asyncio.to_thread(entered.wait, 5)
     task.cancel()
@@ -543,7 +552,7 @@ async def test_cancelled_dequeue_does_not_strand_a_leased_message(
     await eventually(
         lambda: _statuses_are_like(aq, [(message_id, "ready")]), what="the message back"
     )
-    monkeypatch.setattr(backend, "claim", real_claim)
+    monkeypatch.setattr(aq.sync._backend, "claim", real_claim)
     message = ok(await aq.dequeue())
     assert message is not None
     assert message.id == message_id
@@ -1233,19 +1242,7 @@ async def test_a_dequeue_cancelled_twice_still_gives_its_message_back(
     """Cancelled, then cancelled again while it gives back what its claim leased (a
     TaskGroup, then the loop's shutdown): the message still goes back at once."""
     message_id = ok(await raq.enqueue("job"))
-    backend = raq.sync._backend
-    real_claim = backend.claim
-    entered, claimed = threading.Event(), threading.Event()
-
-    def slow_claim(*args: Any, **kwargs: Any) -> Any:
-        entered.set()
-        bridge.sleep(0.4)
-        try:
-            return real_claim(*args, **kwargs)
-        finally:
-            claimed.set()
-
-    monkeypatch.setattr(backend, "claim", slow_claim)
+    entered, claimed, real_claim = _slow_claims(raq, monkeypatch, 0.4)
     task = asyncio.create_task(raq.dequeue(wait=5, visibility_timeout=300))
     assert await asyncio.to_thread(entered.wait, 5)
     task.cancel()
@@ -1257,6 +1254,6 @@ async def test_a_dequeue_cancelled_twice_still_gives_its_message_back(
     await eventually(  # (long before its lease of 300 s would run out)
         lambda: _statuses_are_like(raq, [(message_id, "ready")]), 10, "the message back"
     )
-    monkeypatch.setattr(backend, "claim", real_claim)
+    monkeypatch.setattr(raq.sync._backend, "claim", real_claim)
     message = ok(await raq.dequeue())
     assert message is not None and message.id == message_id
