@@ -36,10 +36,12 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 # The quick tier for editing, under a minute on 2 cores: no test marked slow (real
-# processes, crashes, browsers, model checking, waits on locks), and SQLite only (the
-# tests of PostgreSQL start a server). `make test` runs everything.
+# processes, crashes, browsers, model checking, waits on locks), and plain SQLite files
+# only (the tests of PostgreSQL start a server; the encrypted variants repeat the plain
+# ones on SQLCipher). `make test` runs everything.
 test-fast: $(STAMP)
-	$(BIN)/pytest -q -m "not slow" -k "not postgres"
+	$(BIN)/pytest -q -n 3 -m "not slow" -k "not postgres and not sqlite-encrypted" \
+		--ignore-glob='tests/test_pg_*'
 
 # Refresh the dashboard screenshots in docs/images from the browser tests.
 .PHONY: screenshots

@@ -3,8 +3,9 @@
 ``make_queue``/``queue`` (and ``queue_target`` for child processes) are parametrized over
 the backends, SQLite (a real file in tmp_path), SQLite encrypted with SQLCipher (the same,
 with a key, also in ``SQQUEUE_ENCRYPTION_KEY`` for child processes and commands) and
-PostgreSQL (a fresh schema per test): the behaviour tests are one contract suite. ``make_sqlite_queue``/``sqlite_queue`` are for
-tests about SQLite itself.
+PostgreSQL (a fresh schema per test): the behaviour tests are one contract suite.
+``make_sqlite_queue``/``sqlite_queue`` are for tests about SQLite itself, run on a plain and
+on an encrypted file (``sqlite_file``).
 """
 
 from __future__ import annotations
@@ -54,17 +55,34 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_sqlite_queue(db_path: Path, clock: FakeClock) -> Iterator[Callable[..., SQLiteQueue]]:
+def sqlite_file(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The kind of file behind ``make_sqlite_queue``: "sqlite" (plain) or "sqlite-encrypted"
+    (SQLCipher with TEST_KEY, which is also put in SQQUEUE_ENCRYPTION_KEY, as a deployment
+    would give it: the queues a test opens itself, its child processes and commands use it).
+    Parametrized in pytest_generate_tests; a test marked plain_file gets a plain file only."""
+    kind = str(getattr(request, "param", "sqlite"))
+    if kind == "sqlite-encrypted":
+        monkeypatch.setenv(encryption.ENV_KEY, TEST_KEY)
+    return kind
+
+
+@pytest.fixture
+def make_sqlite_queue(
+    db_path: Path, clock: FakeClock, sqlite_file: str
+) -> Iterator[Callable[..., SQLiteQueue]]:
     """Factory for SQLite queues on ``db_path`` using the fake clock; all closed at teardown.
 
     For tests about SQLite itself (files, WAL, PRAGMAs, migration); behaviour tests use
-    ``make_queue``, which runs them on every backend.
+    ``make_queue``, which runs them on every backend. Each test runs on a plain file and on
+    an encrypted one (see ``sqlite_file``).
     """
     made: list[SQLiteQueue] = []
 
     def make(**kwargs: Any) -> SQLiteQueue:
         kwargs.setdefault("db_path", db_path)
         kwargs.setdefault("clock", clock)
+        if sqlite_file == "sqlite-encrypted":
+            kwargs.setdefault("encryption_key", TEST_KEY)
         queue = SQLiteQueue(**kwargs)
         made.append(queue)
         return queue
@@ -157,22 +175,64 @@ _SQLITE_ONLY = frozenset({"test_model_features"})
 # Modules of process and timing tests: their encrypted variants are marked slow (they
 # run in `make test`; `-m "not slow"` leaves them out of a quick run).
 _SLOW_ENCRYPTED = frozenset(
-    {"test_concurrency", "test_tasks_processes", "test_worker", "test_time", "test_model"}
+    {
+        "test_concurrency",
+        "test_tasks_processes",
+        "test_worker",
+        "test_time",
+        "test_model",
+        "test_file_events",
+    }
 )
 
 
+#: the files of the SQLite tests (``make_sqlite_queue``): plain, and encrypted with TEST_KEY
+SQLITE_FILES = ("sqlite", "sqlite-encrypted")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "plain_file(reason): a test about the plain SQLite file itself (its header, stdlib "
+        "sqlite3, a fixture file): make_sqlite_queue gives it a plain file only",
+    )
+
+
+def _parametrizes(metafunc: pytest.Metafunc, name: str) -> bool:
+    """Whether the test parametrizes ``name`` itself (some cases only on a plain file)."""
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0]
+        if isinstance(names, str):
+            names = [n.strip() for n in names.split(",")]
+        if name in names:
+            return True
+    return False
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Run every test that uses a backend-parametrized fixture once per backend."""
+    """Run every test that uses a backend-parametrized fixture once per backend, and every
+    test on ``make_sqlite_queue`` on a plain and on an encrypted file."""
+    module = metafunc.module.__name__.rpartition(".")[2]
+
+    def marked(name: str) -> Any:
+        if name == "sqlite-encrypted" and module in _SLOW_ENCRYPTED:
+            return pytest.param(name, marks=pytest.mark.slow)
+        return name
+
     if "backend" in metafunc.fixturenames:
-        module = metafunc.module.__name__.rpartition(".")[2]
         names = ("sqlite",) if module in _SQLITE_ONLY else BACKENDS
-        params = [
-            pytest.param(name, marks=pytest.mark.slow)
-            if name == "sqlite-encrypted" and module in _SLOW_ENCRYPTED
-            else name
-            for name in names
-        ]
-        metafunc.parametrize("backend", params, indirect=True)
+        metafunc.parametrize("backend", [marked(name) for name in names], indirect=True)
+    elif "sqlite_file" in metafunc.fixturenames and not _parametrizes(metafunc, "sqlite_file"):
+        plain = metafunc.definition.get_closest_marker("plain_file")
+        if plain is None:
+            metafunc.parametrize(
+                "sqlite_file", [marked(name) for name in SQLITE_FILES], indirect=True
+            )
+        elif not (plain.args or plain.kwargs.get("reason")):
+            raise pytest.UsageError(
+                f"{metafunc.definition.nodeid}: plain_file needs its reason, "
+                '@pytest.mark.plain_file("...")'
+            )
 
 
 @pytest.fixture

@@ -7,12 +7,25 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
-from sqqueue import Err, ErrorKind, Message, Ok, Queue, QueueError, Result
+import pytest
+from click.testing import CliRunner
+from click.testing import Result as CliResult
+
+from sqqueue import Err, ErrorKind, Message, Ok, Queue, QueueError, Result, SQLiteQueue, Tasks, cli
+from sqqueue.tasks import TaskWorker
+
+if TYPE_CHECKING:
+    from conftest import QueueTarget
+
+
+# -- results --------------------------------------------------------------------------------------
 
 
 def ok(result: Result[Any, Any]) -> Any:
@@ -21,11 +34,18 @@ def ok(result: Result[Any, Any]) -> Any:
     return result.value
 
 
-def err(result: Result[Any, Any], kind: ErrorKind) -> QueueError:
-    """Assert ``result`` is an Err of ``kind`` and return the error."""
+def err(
+    result: Result[Any, Any], kind: ErrorKind, *words: str, cls: type[QueueError] = QueueError
+) -> QueueError:
+    """Assert ``result`` is an Err of ``kind``, a ``cls``, saying all ``words``; the error."""
     assert isinstance(result, Err), f"expected Err({kind}), got {result!r}"
-    assert result.error.kind is kind, f"expected {kind}, got {result.error!r}"
-    return result.error
+    error = result.error
+    assert isinstance(error, cls), f"expected {cls.__name__}, got {error!r}"
+    assert error.kind is kind, f"expected {kind}, got {error!r}"
+    text = str(error).lower()
+    for word in words:
+        assert word.lower() in text, f"{word!r} not in error message {str(error)!r}"
+    return error
 
 
 def err_text(result: Result[Any, Any], kind: ErrorKind) -> str:
@@ -39,6 +59,13 @@ def leased(queue: Queue, **kwargs: Any) -> Message:
     assert isinstance(message, Message), "expected a message, the queue had none ready"
     return message
 
+
+def at(timestamp: float) -> datetime:
+    """The UTC datetime of a Unix ``timestamp`` (as the queue reports its times)."""
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
+
+
+# -- what a queue holds ---------------------------------------------------------------------------
 
 STATUS_KEYS = ("id", "status", "priority", "attempts", "max_attempts")
 
@@ -57,6 +84,51 @@ def message_statuses(queue: Queue) -> list[dict[str, Any]]:
             rows.extend(page)
             after = page[-1]["id"]
     return sorted(({key: row[key] for key in STATUS_KEYS} for row in rows), key=lambda r: r["id"])
+
+
+def statuses(queue: Queue, *keys: str) -> dict[int, Any]:
+    """By id, the status of every message of ``queue`` (dead letters included); with
+    ``keys``, the tuple of those fields instead (``statuses(q, "status", "attempts")``)."""
+    rows = message_statuses(queue)
+    if not keys:
+        return {row["id"]: row["status"] for row in rows}
+    return {row["id"]: tuple(row[key] for key in keys) for row in rows}
+
+
+def status_rows(queue: Queue) -> list[tuple[int, str, int]]:
+    """``(id, status, attempts)`` of every message of ``queue``, dead letters included, in
+    id order: a list, so that a test can compare it with ``[]`` or one literal row."""
+    return [(row["id"], row["status"], row["attempts"]) for row in message_statuses(queue)]
+
+
+# -- waiting --------------------------------------------------------------------------------------
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 15.0, what: str = "", interval: float = 0.01
+) -> None:
+    """Poll ``predicate`` every ``interval`` s until true; fail the test after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+@contextmanager
+def serving(app: Tasks, **options: Any) -> Iterator[TaskWorker]:
+    """A worker for ``app`` on a thread (no signal handlers, 0.2 s polls by default) for a block."""
+    options.setdefault("handle_signals", False)
+    options.setdefault("poll_wait", 0.2)
+    worker = app.worker(**options)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(15)
+        assert not thread.is_alive(), "the tasks worker did not stop"
 
 
 def without_dac_override(fn: Callable[[], Any]) -> Any:
@@ -139,3 +211,78 @@ def ready_child(script: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
         if proc.poll() is None:
             proc.kill()
         proc.wait(10)
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+# The environment of a child ``sqqueue`` process: no SQQUEUE_* setting and no config file.
+CLI_ENV = {k: v for k, v in os.environ.items() if not k.startswith("SQQUEUE_")}
+CLI_ENV["SQQUEUE_CONFIG"] = "none"
+SQQUEUE = [sys.executable, "-m", "sqqueue.cli"]
+
+
+def isolate(
+    monkeypatch: pytest.MonkeyPatch, directory: Path | None = None, *, config_files: bool = False
+) -> None:
+    """Unset every SQQUEUE_* variable and, unless ``config_files``, turn config files off
+    (SQQUEUE_CONFIG=none); with ``directory``, work there. The tests of ``sqqueue config``
+    keep config files on, to find the sqqueue.toml they write in ``directory``."""
+    for key in list(os.environ):
+        if key.startswith("SQQUEUE_"):
+            monkeypatch.delenv(key)
+    if not config_files:
+        monkeypatch.setenv("SQQUEUE_CONFIG", "none")
+    if directory is not None:
+        monkeypatch.chdir(directory)
+
+
+def run_cli(*args: object, input: str | bytes | None = None) -> CliResult:
+    """Run the ``sqqueue`` command with ``args`` in-process (click's CliRunner)."""
+    return CliRunner().invoke(cli.main, [str(a) for a in args], input=input)
+
+
+def one_error_line(result: CliResult) -> str:
+    """Assert the command wrote one ``error: ...`` line to stderr and no traceback; the line."""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def read_line_within(proc: subprocess.Popen[str], seconds: float) -> str:
+    """The first stdout line of ``proc``, or fail after ``seconds``."""
+    box: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(seconds)
+    assert box and box[0], "no output in time"
+    return box[0]
+
+
+@overload
+def opened(where: Path, name: str = "jobs") -> SQLiteQueue: ...
+@overload
+def opened(where: QueueTarget, name: str = "jobs") -> Queue: ...
+def opened(where: Path | QueueTarget, name: str = "jobs") -> Queue:
+    """A new queue ``name`` in the SQLite file or on the test target ``where`` (to be closed)."""
+    if isinstance(where, Path):
+        return SQLiteQueue(where, table_name=name)
+    return where.open(name)
+
+
+def counts(where: Path | QueueTarget, name: str = "jobs") -> dict[str, int]:
+    """The ready, delayed, processing and dead counts of the queue ``name`` (see ``opened``)."""
+    with opened(where, name) as q:
+        s = q.stats().unwrap()
+    return {"ready": s.ready, "delayed": s.delayed, "processing": s.processing, "dead": s.dead}
+
+
+def make_dead(where: Path | QueueTarget, count: int, name: str = "jobs") -> list[int]:
+    """Enqueue ``count`` messages ("bad <n>"), dead-letter each at once ("error <id>"): ids."""
+    with opened(where, name) as q:
+        ids = [q.enqueue(f"bad {n}").unwrap() for n in range(count)]
+        for ident in ids:
+            q.fail_message(ident, send_to_dlq=True, error=f"error {ident}").unwrap()
+    return ids

@@ -14,7 +14,7 @@ import sqlite3
 import stat
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import pytest
 
 import sqqueue
 from conftest import QueueTarget
-from helpers import leased, message_statuses, ok
+from helpers import at, err, leased, message_statuses, ok
 from sqqueue import (
     CompletionError,
     DequeueError,
@@ -40,25 +40,6 @@ from sqqueue import (
 
 MakeQueue = Callable[..., Queue]
 MakeSQLiteQueue = Callable[..., SQLiteQueue]
-
-
-# -- helpers ---------------------------------------------------------------------------------
-
-
-def expect_err(result: Result[Any, Any], kind: ErrorKind, cls: type = QueueError) -> QueueError:
-    """Assert ``result`` is an Err of ``cls`` with ``kind``; return the error."""
-    assert isinstance(result, Err), f"expected Err({kind}), got {result!r}"
-    assert isinstance(result.error, cls), f"expected {cls.__name__}, got {result.error!r}"
-    assert result.error.kind is kind, f"expected kind {kind}, got {result.error!r}"
-    return result.error
-
-
-def at(timestamp: float) -> datetime:
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
-
-
-def statuses(queue: Queue) -> list[dict[str, Any]]:
-    return message_statuses(queue)
 
 
 # -- Result ----------------------------------------------------------------------------------
@@ -121,7 +102,7 @@ def test_enqueue_returns_ok_int_ids_in_order(queue: Queue) -> None:
     second = queue.enqueue({"b": 1}, priority=3, max_attempts=2)
     assert isinstance(first, Ok) and type(first.value) is int
     assert first.value == 1 and second.value == 2
-    assert statuses(queue) == [
+    assert message_statuses(queue) == [
         {"id": 1, "status": "ready", "priority": 0, "attempts": 0, "max_attempts": 5},
         {"id": 2, "status": "ready", "priority": 3, "attempts": 0, "max_attempts": 2},
     ]
@@ -131,7 +112,7 @@ def test_enqueue_uses_queue_defaults(make_queue: MakeQueue) -> None:
     """default_priority and default_max_attempts apply when the call leaves them out."""
     queue = make_queue(table_name="jobs", default_priority=4, default_max_attempts=9)
     msg_id = ok(queue.enqueue("x"))
-    assert statuses(queue) == [
+    assert message_statuses(queue) == [
         {"id": msg_id, "status": "ready", "priority": 4, "attempts": 0, "max_attempts": 9}
     ]
 
@@ -139,7 +120,7 @@ def test_enqueue_uses_queue_defaults(make_queue: MakeQueue) -> None:
 def test_enqueue_accepts_timedelta_delay(queue: Queue, clock: Any) -> None:
     """A timedelta delay works like seconds."""
     ok(queue.enqueue("later", delay=timedelta(minutes=1)))
-    assert statuses(queue)[0]["status"] == "delayed"
+    assert message_statuses(queue)[0]["status"] == "delayed"
     clock.advance(60)
     assert leased(queue).payload == "later"
 
@@ -163,7 +144,7 @@ def test_enqueue_batch_plain_and_tuple_items(queue: Queue, clock: Any) -> None:
     )
     assert ids == [1, 2, 3, 4, 5, 6]
     assert all(type(i) is int for i in ids)
-    rows = {row["id"]: row for row in statuses(queue)}
+    rows = {row["id"]: row for row in message_statuses(queue)}
     assert rows[1] == {
         "id": 1,
         "status": "ready",
@@ -190,7 +171,7 @@ def test_enqueue_batch_plain_and_tuple_items(queue: Queue, clock: Any) -> None:
 def test_enqueue_batch_empty_list(queue: Queue) -> None:
     """An empty batch is Ok([]) and adds nothing."""
     assert ok(queue.enqueue_batch([])) == []
-    assert statuses(queue) == []
+    assert message_statuses(queue) == []
 
 
 @pytest.mark.parametrize(
@@ -211,13 +192,13 @@ def test_enqueue_batch_is_all_or_nothing(
 ) -> None:
     """One bad item in the middle: Err naming the item, and nothing at all is enqueued."""
     ok(queue.enqueue("before"))
-    before = statuses(queue)
+    before = message_statuses(queue)
     items = ["a", "b", bad_item, "c", "d"]
-    error = expect_err(queue.enqueue_batch(items), kind, EnqueueError)
+    error = err(queue.enqueue_batch(items), kind, cls=EnqueueError)
     assert "item 2" in str(error)
     assert words in str(error)
     assert "nothing was enqueued" in str(error)
-    assert statuses(queue) == before
+    assert message_statuses(queue) == before
     # The queue still works after the refused batch, and ids are not skipped.
     assert ok(queue.enqueue_batch(["e"])) == [2]
 
@@ -225,9 +206,9 @@ def test_enqueue_batch_is_all_or_nothing(
 @pytest.mark.parametrize("not_a_list", ["abc", b"abc", {"a": 1}, None, 5])
 def test_enqueue_batch_refuses_non_lists(queue: Queue, not_a_list: Any) -> None:
     """A str, bytes, dict, None or int is not a batch."""
-    error = expect_err(queue.enqueue_batch(not_a_list), ErrorKind.INVALID_INPUT, EnqueueError)
+    error = err(queue.enqueue_batch(not_a_list), ErrorKind.INVALID_INPUT, cls=EnqueueError)
     assert "list" in str(error)
-    assert statuses(queue) == []
+    assert message_statuses(queue) == []
 
 
 # -- dequeue / Message ------------------------------------------------------------------------
@@ -290,7 +271,7 @@ def test_dequeue_batch_is_ordered_and_leases_all(queue: Queue, clock: Any) -> No
     batch = ok(queue.dequeue_batch(4, visibility_timeout=20))
     assert [m.payload for m in batch] == ["p9", "p5-a", "p5-b", "p0-a"]
     assert all(m.attempts == 1 and m.lease_expires_at == at(clock() + 20) for m in batch)
-    processing = [row["id"] for row in statuses(queue) if row["status"] == "processing"]
+    processing = [row["id"] for row in message_statuses(queue) if row["status"] == "processing"]
     assert sorted(processing) == sorted(m.id for m in batch)
     rest = ok(queue.dequeue_batch(10))
     assert [m.payload for m in rest] == ["p0-b"]
@@ -323,7 +304,7 @@ def test_complete_removes_message(queue: Queue, by: str) -> None:
     message = leased(queue)
     result = queue.complete(message if by == "message" else message.id)
     assert result == Ok(None)
-    assert statuses(queue) == []
+    assert message_statuses(queue) == []
     assert ok(queue.is_drained()) is True
 
 
@@ -333,7 +314,7 @@ def test_fail_message_returns_to_pending(queue: Queue, by: str) -> None:
     ok(queue.enqueue("x"))
     message = leased(queue)
     assert queue.fail_message(message if by == "message" else message.id, error="oops") == Ok(None)
-    assert statuses(queue) == [
+    assert message_statuses(queue) == [
         {"id": message.id, "status": "ready", "priority": 0, "attempts": 1, "max_attempts": 5}
     ]
     again = leased(queue)
@@ -367,16 +348,16 @@ def test_extend_moves_lease_expiry(queue: Queue, clock: Any, by: str) -> None:
 
 def test_method_error_classes(queue: Queue) -> None:
     """Each method reports errors with its documented error class."""
-    expect_err(queue.enqueue(object()), ErrorKind.SERIALIZATION, EnqueueError)
-    expect_err(queue.enqueue_batch([object()]), ErrorKind.SERIALIZATION, EnqueueError)
-    expect_err(queue.dequeue(visibility_timeout=-1), ErrorKind.INVALID_INPUT, DequeueError)
-    expect_err(queue.dequeue_batch(0), ErrorKind.INVALID_INPUT, DequeueError)
-    expect_err(queue.complete(5), ErrorKind.NOT_FOUND, CompletionError)
-    expect_err(queue.fail_message(5), ErrorKind.NOT_FOUND, RequeueError)
-    expect_err(queue.requeue(5), ErrorKind.NOT_FOUND, RequeueError)
-    expect_err(queue.extend(5, 10), ErrorKind.NOT_FOUND, RequeueError)
-    expect_err(queue.reprocess_dead_letter(5), ErrorKind.NOT_FOUND, RequeueError)
-    error = expect_err(queue.complete(5), ErrorKind.NOT_FOUND)
+    err(queue.enqueue(object()), ErrorKind.SERIALIZATION, cls=EnqueueError)
+    err(queue.enqueue_batch([object()]), ErrorKind.SERIALIZATION, cls=EnqueueError)
+    err(queue.dequeue(visibility_timeout=-1), ErrorKind.INVALID_INPUT, cls=DequeueError)
+    err(queue.dequeue_batch(0), ErrorKind.INVALID_INPUT, cls=DequeueError)
+    err(queue.complete(5), ErrorKind.NOT_FOUND, cls=CompletionError)
+    err(queue.fail_message(5), ErrorKind.NOT_FOUND, cls=RequeueError)
+    err(queue.requeue(5), ErrorKind.NOT_FOUND, cls=RequeueError)
+    err(queue.extend(5, 10), ErrorKind.NOT_FOUND, cls=RequeueError)
+    err(queue.reprocess_dead_letter(5), ErrorKind.NOT_FOUND, cls=RequeueError)
+    error = err(queue.complete(5), ErrorKind.NOT_FOUND)
     assert error.message_id == 5
 
 
@@ -394,7 +375,7 @@ def test_peek_does_not_lease(queue: Queue) -> None:
     assert peeked.attempts == 0
     assert peeked.lease_expires_at is None
     assert ok(queue.peek()).id == peeked.id  # still there
-    assert all(row["status"] == "ready" and row["attempts"] == 0 for row in statuses(queue))
+    assert all(row["status"] == "ready" and row["attempts"] == 0 for row in message_statuses(queue))
     message = leased(queue)
     assert message.id == peeked.id and message.attempts == 1
     assert ok(queue.peek()).payload == "low"
@@ -519,13 +500,13 @@ def test_reprocess_dead_letter_keeps_id_and_resets_attempts(queue: Queue) -> Non
     assert [d["id"] for d in ok(queue.get_dead_letters())] == [msg_id]
     assert queue.reprocess_dead_letter(msg_id) == Ok(None)
     assert ok(queue.get_dead_letters()) == []
-    assert statuses(queue) == [
+    assert message_statuses(queue) == [
         {"id": msg_id, "status": "ready", "priority": 4, "attempts": 0, "max_attempts": 2}
     ]
     again = leased(queue)
     assert (again.id, again.payload, again.attempts) == (msg_id, "poison", 1)
     # A second reprocess of the same id is an error: it is no longer dead.
-    expect_err(queue.reprocess_dead_letter(msg_id), ErrorKind.NOT_FOUND, RequeueError)
+    err(queue.reprocess_dead_letter(msg_id), ErrorKind.NOT_FOUND, cls=RequeueError)
 
 
 # -- get_all_statuses --------------------------------------------------------------------------
@@ -547,7 +528,7 @@ def test_get_all_statuses_counts_by_status(queue: Queue, clock: Any) -> None:
         # pending: ready (3, 5) and delayed (4); waiting: 6, behind its group's head
         {"pending": 3, "processing": 1, "waiting": 1, "dead": 1}
     )
-    assert statuses(queue) == [
+    assert message_statuses(queue) == [
         {"id": 1, "status": "dead", "priority": 9, "attempts": 0, "max_attempts": 5},
         {"id": 2, "status": "processing", "priority": 8, "attempts": 1, "max_attempts": 5},
         {"id": 3, "status": "ready", "priority": 1, "attempts": 0, "max_attempts": 5},
@@ -556,7 +537,7 @@ def test_get_all_statuses_counts_by_status(queue: Queue, clock: Any) -> None:
         {"id": 6, "status": "waiting", "priority": -1, "attempts": 0, "max_attempts": 5},
     ]
     counts = ok(queue.get_all_statuses())
-    assert sum(counts.values()) == len(statuses(queue))
+    assert sum(counts.values()) == len(message_statuses(queue))
 
 
 # -- maintenance ---------------------------------------------------------------------------
@@ -576,10 +557,10 @@ def test_maintenance_calls_are_ok_and_keep_messages(make_queue: MakeQueue) -> No
     ok(queue.enqueue_batch(["kept", "leased", "dead"]))
     taken = leased(queue)
     ok(queue.fail_message(taken.id + 2, send_to_dlq=True))
-    before = statuses(queue)
+    before = message_statuses(queue)
     assert queue.vacuum_database() == Ok(None)
     assert queue.perform_checkpoint() == Ok(None)
-    assert statuses(queue) == before
+    assert message_statuses(queue) == before
     assert ok(queue.complete(taken)) is None
     assert leased(queue).payload == "leased"
     assert [d["payload"] for d in ok(queue.get_dead_letters())] == ["dead"]
@@ -599,6 +580,7 @@ def test_vacuum_database_shrinks_file(make_sqlite_queue: MakeSQLiteQueue, db_pat
     assert ok(queue.enqueue("after")) > 0
 
 
+@pytest.mark.plain_file("passes its own stdlib sqlite3 connection, which has no key")
 def test_vacuum_and_checkpoint_with_explicit_connection(
     make_sqlite_queue: MakeSQLiteQueue, db_path: Path
 ) -> None:
@@ -619,17 +601,18 @@ def test_vacuum_and_checkpoint_with_explicit_connection(
     assert leased(queue).payload == "kept"
 
 
+@pytest.mark.plain_file("passes its own stdlib sqlite3 connection, which has no key")
 def test_maintenance_rejects_bad_connections(sqlite_queue: SQLiteQueue, db_path: Path) -> None:
     """conn must be a sqlite3.Connection; VACUUM inside an open transaction is refused."""
     queue = sqlite_queue
-    error = expect_err(queue.vacuum_database("not a conn"), ErrorKind.INVALID_INPUT)
+    error = err(queue.vacuum_database("not a conn"), ErrorKind.INVALID_INPUT)
     assert "sqlite3.Connection" in str(error)
-    expect_err(queue.perform_checkpoint(42), ErrorKind.INVALID_INPUT)
+    err(queue.perform_checkpoint(42), ErrorKind.INVALID_INPUT)
     conn = sqlite3.connect(db_path, isolation_level=None)
     try:
         conn.execute("BEGIN")
         conn.execute("SELECT count(*) FROM jobs").fetchone()
-        error = expect_err(queue.vacuum_database(conn), ErrorKind.INVALID_INPUT)
+        error = err(queue.vacuum_database(conn), ErrorKind.INVALID_INPUT)
         assert "transaction" in str(error)
         conn.execute("ROLLBACK")
     finally:
@@ -644,7 +627,7 @@ def test_perform_checkpoint_truncates_wal(sqlite_queue: SQLiteQueue, db_path: Pa
     assert wal.exists() and wal.stat().st_size > 0
     assert queue.perform_checkpoint() == Ok(None)
     assert wal.stat().st_size == 0
-    assert len(statuses(queue)) == 50
+    assert len(message_statuses(queue)) == 50
 
 
 def test_ddl_applied_by_hand_gives_a_working_queue(
@@ -698,9 +681,9 @@ def test_context_manager_closes(make_queue: MakeQueue) -> None:
     with opened as queue:
         assert queue is opened
         assert ok(queue.enqueue("x")) == 1
-    expect_err(queue.enqueue("y"), ErrorKind.CLOSED, EnqueueError)
+    err(queue.enqueue("y"), ErrorKind.CLOSED, cls=EnqueueError)
     with make_queue(table_name="jobs") as reopened:
-        assert [row["id"] for row in statuses(reopened)] == [1]
+        assert [row["id"] for row in message_statuses(reopened)] == [1]
 
 
 def test_every_method_after_close_is_err_closed(queue: Queue) -> None:
@@ -747,8 +730,8 @@ def test_maintenance_with_conn_after_close_is_err_closed(
     queue.close()
     conn = sqlite3.connect(db_path)
     try:
-        expect_err(queue.vacuum_database(conn), ErrorKind.CLOSED)
-        expect_err(queue.perform_checkpoint(conn), ErrorKind.CLOSED)
+        err(queue.vacuum_database(conn), ErrorKind.CLOSED)
+        err(queue.perform_checkpoint(conn), ErrorKind.CLOSED)
     finally:
         conn.close()
 
@@ -764,15 +747,16 @@ def test_many_queues_in_one_database_are_isolated(make_queue: MakeQueue) -> None
     message = leased(orders)
     assert message.payload == "o1" and message.queue == "orders"
     # Same id, other queue: emails' message 1 is pending there, orders' is processing.
-    expect_err(emails.complete(1), ErrorKind.WRONG_STATE)
+    err(emails.complete(1), ErrorKind.WRONG_STATE)
     ok(orders.fail_message(message, send_to_dlq=True))
     assert ok(emails.get_dead_letters()) == []
     assert [d["id"] for d in ok(orders.get_dead_letters())] == [1]
-    assert [r["status"] for r in statuses(emails)] == ["ready"]
+    assert [r["status"] for r in message_statuses(emails)] == ["ready"]
     orders.close()
     assert leased(emails).payload == "e1"
 
 
+@pytest.mark.plain_file("reads the registry with stdlib sqlite3, which has no key")
 def test_queues_of_one_file_are_registered(
     make_sqlite_queue: MakeSQLiteQueue, db_path: Path
 ) -> None:
@@ -846,9 +830,9 @@ def test_custom_serializer_round_trip(make_queue: MakeQueue) -> None:
 def test_custom_serializer_failure_is_serialization_err(make_queue: MakeQueue) -> None:
     """If dumps raises, enqueue returns Err(SERIALIZATION) naming the serializer."""
     queue = make_queue(table_name="jobs", serializer=PointSerializer())
-    error = expect_err(queue.enqueue(5), ErrorKind.SERIALIZATION, EnqueueError)
+    error = err(queue.enqueue(5), ErrorKind.SERIALIZATION, cls=EnqueueError)
     assert "point-json" in str(error)
-    assert statuses(queue) == []
+    assert message_statuses(queue) == []
 
 
 @pytest.mark.parametrize("bad", [object(), "not-a-serializer"])

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from conftest import FakeClock, QueueTarget
-from helpers import message_statuses, ok
+from helpers import ok, status_rows
 from sqqueue import (
     AsyncQueue,
     AsyncSQLiteQueue,
@@ -65,10 +65,6 @@ async def eventually(predicate: Callable[[], Any], timeout: float = 15.0, what: 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
         await asyncio.sleep(0.01)
-
-
-async def statuses(aq: AsyncQueue) -> list[tuple[int, str, int]]:
-    return [(r["id"], r["status"], r["attempts"]) for r in message_statuses(aq.sync)]
 
 
 def no_polling(aq: AsyncQueue, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -620,7 +616,7 @@ async def test_async_claim_completes_on_success(aq: AsyncQueue) -> None:
     async with aq.claim(wait=1) as message:
         assert message is not None
         assert message.id == message_id
-    assert await statuses(aq) == []
+    assert status_rows(aq.sync) == []
 
 
 @pytest.mark.asyncio
@@ -635,7 +631,7 @@ async def test_async_claim_fails_and_reraises(aq: AsyncQueue) -> None:
 
     with pytest.raises(ValueError, match="nope"):
         await fail_in_block()
-    assert await statuses(aq) == [(message_id, "ready", 1)]
+    assert status_rows(aq.sync) == [(message_id, "ready", 1)]
     again = ok(await aq.dequeue())
     assert again.last_error == "ValueError: nope"
 
@@ -723,7 +719,7 @@ async def test_async_worker_completes_fails_and_dead_letters(aq: AsyncQueue) -> 
         "ValueError: bad 2",
     )
     assert (stats.completed, stats.failed, stats.dead_lettered) == (2, 3, 1)
-    assert await statuses(aq) == [(bad_id, "dead", 2)]
+    assert status_rows(aq.sync) == [(bad_id, "dead", 2)]
 
 
 @pytest.mark.asyncio
@@ -791,7 +787,7 @@ async def test_async_worker_heartbeat_keeps_slow_coroutines_lease(
     await eventually(lambda: w.stats.completed == 1, what="completion")
     stats = await _stop(w, task)
     assert (stats.completed, stats.failed) == (1, 0)
-    assert await statuses(aq) == []
+    assert status_rows(aq.sync) == []
 
 
 @pytest.mark.asyncio
@@ -825,7 +821,7 @@ async def test_async_worker_task_timeout_cancels_hung_coroutine(aq: AsyncQueue) 
     assert retry_error is not None
     assert retry_error.startswith("TimeoutError"), retry_error
     assert (stats.timed_out, stats.failed, stats.completed) == (1, 1, 2)
-    assert await statuses(aq) == []
+    assert status_rows(aq.sync) == []
     assert hang_id not in [r["id"] for r in ok(await aq.get_dead_letters())]
 
 
@@ -911,15 +907,15 @@ async def test_async_worker_counts_whatever_a_handler_raises_as_its_failure(
     assert (stats.started, stats.completed, stats.failed, stats.dead_lettered) == (3, 1, 2, 1)
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert sum(f"message {boom}" in e and type(raised).__name__ in e for e in errors) == 2, errors
-    assert after not in [s[0] for s in await statuses(aq)]
+    assert after not in [s[0] for s in status_rows(aq.sync)]
 
 
 async def _statuses_are(aq: AsyncQueue, expected: list[tuple[int, str, int]]) -> bool:
-    return await statuses(aq) == expected
+    return status_rows(aq.sync) == expected
 
 
 async def _statuses_are_like(aq: AsyncQueue, expected: list[tuple[int, str]]) -> bool:
-    return [s[:2] for s in await statuses(aq)] == expected
+    return [s[:2] for s in status_rows(aq.sync)] == expected
 
 
 @pytest.mark.asyncio
@@ -967,7 +963,7 @@ async def test_cancelling_async_worker_run_stops_its_runners_and_heartbeat(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 10)
-    assert await statuses(aq) == [(held, "ready", 1)]
+    assert status_rows(aq.sync) == [(held, "ready", 1)]
     others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert [t for t in others if not t.done()] == [], others
 
@@ -994,8 +990,8 @@ async def test_async_worker_stops_gracefully(aq: AsyncQueue) -> None:
     assert time.monotonic() - begin < 15, "stop() waited for the whole grace period"
     assert finished.is_set()
     assert (stats.started, stats.completed) == (1, 1)
-    assert await statuses(aq) == [(next_id, "ready", 0)]
-    assert slow_id not in [s[0] for s in await statuses(aq)]
+    assert status_rows(aq.sync) == [(next_id, "ready", 0)]
+    assert slow_id not in [s[0] for s in status_rows(aq.sync)]
 
 
 @pytest.mark.asyncio
@@ -1016,7 +1012,7 @@ async def test_async_worker_requeues_coroutine_running_after_grace(aq: AsyncQueu
     stats = await _stop(w, task)
     assert time.monotonic() - begin < 15, "stop() waited for the coroutine"
     assert stats.completed == 0
-    assert await statuses(aq) == [(message_id, "ready", 1)]
+    assert status_rows(aq.sync) == [(message_id, "ready", 1)]
 
 
 @pytest.mark.asyncio
@@ -1107,8 +1103,7 @@ def test_async_worker_process_stops_gracefully_on_sigterm(
     assert elapsed < 30, f"{elapsed:.1f} s: the worker waited for its grace period"
     assert f"finished {slow_id}" in out
     assert "stopped completed=1" in out
-    rows = [(r["id"], r["status"], r["attempts"]) for r in message_statuses(queue)]
-    assert rows == [(next_id, "ready", 0)]
+    assert status_rows(queue) == [(next_id, "ready", 0)]
 
 
 # -- a web app ------------------------------------------------------------------------------

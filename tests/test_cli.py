@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,24 +16,29 @@ from typing import Any
 
 import click
 import pytest
-from click.testing import CliRunner, Result
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import message_statuses
+from helpers import (
+    CLI_ENV,
+    SQQUEUE,
+    counts,
+    isolate,
+    make_dead,
+    message_statuses,
+    one_error_line,
+    opened,
+    read_line_within,
+    run_cli,
+)
 from sqqueue import SQLiteQueue, cli
 from sqqueue.cli import base as cli_base
-
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("SQQUEUE_")}
-ENV["SQQUEUE_CONFIG"] = "none"
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No SQQUEUE_* settings or config file from the machine leak into a test."""
-    for key in list(os.environ):
-        if key.startswith("SQQUEUE_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
+    """No SQQUEUE_* settings or config file from the machine leak into a test; config
+    files stay on, for the tests of ``sqqueue config`` that write one in ``tmp_path``."""
+    isolate(monkeypatch, tmp_path, config_files=True)
 
 
 @pytest.fixture
@@ -43,33 +46,11 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "jobs.db"
 
 
-def run(*args: object, input: str | None = None) -> Result:
-    return CliRunner().invoke(cli.main, [str(a) for a in args], input=input)
-
-
 def seed(db: Path, queue: str = "jobs", payloads: list[Any] | None = None, **kw: Any) -> list[int]:
-    with SQLiteQueue(db, table_name=queue) as q:
+    with opened(db, queue) as q:
         if not payloads:
             return []
         return [q.enqueue(p, **kw).unwrap() for p in payloads]
-
-
-def open_queue(db: Path, queue: str = "jobs") -> SQLiteQueue:
-    return SQLiteQueue(db, table_name=queue)
-
-
-def one_error_line(result: Result) -> str:
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in result.output
-    return lines[0]
-
-
-def counts(db: Path, queue: str = "jobs") -> dict[str, int]:
-    with open_queue(db, queue) as q:
-        s = q.stats().unwrap()
-    return {"ready": s.ready, "delayed": s.delayed, "processing": s.processing, "dead": s.dead}
 
 
 def all_commands() -> Iterator[list[str]]:
@@ -92,7 +73,7 @@ def test_every_command_has_help_with_an_example() -> None:
     names = list(all_commands())
     assert len(names) >= 20
     for name in names:
-        result = run(*name, "--help")
+        result = run_cli(*name, "--help")
         assert result.exit_code == 0, (name, result.output)
         assert "Example:" in result.stdout, name
         assert "sqqueue" in result.stdout.split("Example:")[1], name
@@ -100,13 +81,13 @@ def test_every_command_has_help_with_an_example() -> None:
 
 def test_usage_errors_exit_2() -> None:
     """Click's usage errors (unknown command, missing argument) exit with 2."""
-    assert run("nosuchcommand").exit_code == 2
-    assert run("ls", "only-db.db").exit_code == 2
-    assert run("ls", "x.db", "jobs", "--limit", "0").exit_code == 2
+    assert run_cli("nosuchcommand").exit_code == 2
+    assert run_cli("ls", "only-db.db").exit_code == 2
+    assert run_cli("ls", "x.db", "jobs", "--limit", "0").exit_code == 2
 
 
 def test_version() -> None:
-    result = run("--version")
+    result = run_cli("--version")
     assert result.exit_code == 0
     assert "sqqueue" in result.stdout
 
@@ -139,7 +120,7 @@ def test_version() -> None:
 )
 def test_missing_database_fails_without_creating_it(db: Path, args: list[str]) -> None:
     """Commands that read (or act on existing messages) never create the file."""
-    result = run(*(a.format(db=db) for a in args))
+    result = run_cli(*(a.format(db=db) for a in args))
     assert result.exit_code == 1
     assert one_error_line(result) == f"error: no database at {db}"
     assert not db.exists()
@@ -154,7 +135,7 @@ def test_bad_queue_name_is_a_one_line_usage_error(db: Path) -> None:
         ["enqueue", db, "x_dlq", "hi"],
         ["config", "--queue", "1abc"],
     ):
-        result = run(*args)
+        result = run_cli(*args)
         assert result.exit_code == 2, args
         assert "invalid queue name" in one_error_line(result)
     assert counts(db)["ready"] == 0
@@ -164,7 +145,7 @@ def test_unknown_queue_is_named_with_the_queues_there(db: Path) -> None:
     """A read on a queue that does not exist fails and does not create it."""
     seed(db, "jobs")
     seed(db, "emails")
-    result = run("peek", db, "nosuch")
+    result = run_cli("peek", db, "nosuch")
     assert result.exit_code == 1
     line = one_error_line(result)
     assert "no queue 'nosuch'" in line
@@ -175,13 +156,13 @@ def test_unknown_queue_is_named_with_the_queues_there(db: Path) -> None:
 def test_not_a_database_is_an_error_not_a_traceback(tmp_path: Path) -> None:
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not sqlite" * 100)
-    result = run("stats", junk)
+    result = run_cli("stats", junk)
     assert result.exit_code == 1
     one_error_line(result)
 
 
 def test_directory_is_not_a_database(tmp_path: Path) -> None:
-    result = run("stats", tmp_path)
+    result = run_cli("stats", tmp_path)
     assert result.exit_code == 1
     assert "is a directory" in one_error_line(result)
 
@@ -191,17 +172,17 @@ def test_directory_is_not_a_database(tmp_path: Path) -> None:
 
 def test_enqueue_text_and_json_payloads_with_options(db: Path) -> None:
     """A plain payload is stored as text, --json parses it; options reach the message."""
-    first = run("enqueue", db, "jobs", "hello")
+    first = run_cli("enqueue", db, "jobs", "hello")
     assert first.exit_code == 0, first.output
     assert first.stdout.strip() == "1"
-    second = run(
+    second = run_cli(
         "enqueue", db, "jobs", '{"to": "ada", "n": 1}', "--json", "--priority", "7",
         "--max-attempts", "3",
     )  # fmt: skip
     assert second.stdout.strip() == "2"
-    third = run("enqueue", db, "jobs", "42", "--delay", "3600")
+    third = run_cli("enqueue", db, "jobs", "42", "--delay", "3600")
     assert third.stdout.strip() == "3"
-    with open_queue(db) as q:
+    with opened(db) as q:
         entries = {e["id"]: e for e in q.list_messages("all").unwrap()}
     assert entries[1]["payload"] == "hello"
     assert entries[2]["payload"] == {"to": "ada", "n": 1}
@@ -213,13 +194,13 @@ def test_enqueue_text_and_json_payloads_with_options(db: Path) -> None:
 
 def test_enqueue_creates_the_database_and_queue(tmp_path: Path) -> None:
     target = tmp_path / "new.db"
-    result = run("enqueue", target, "fresh", "x")
+    result = run_cli("enqueue", target, "fresh", "x")
     assert result.exit_code == 0
     assert SQLiteQueue.list_queues(target).unwrap() == ["fresh"]
 
 
 def test_enqueue_invalid_json_argument_is_a_usage_error(db: Path) -> None:
-    result = run("enqueue", db, "jobs", "{not json", "--json")
+    result = run_cli("enqueue", db, "jobs", "{not json", "--json")
     assert result.exit_code == 2
     assert "not valid JSON" in one_error_line(result)
     assert not db.exists()
@@ -227,7 +208,7 @@ def test_enqueue_invalid_json_argument_is_a_usage_error(db: Path) -> None:
 
 def test_enqueue_error_from_the_library_exits_1(tmp_path: Path) -> None:
     """A file in a directory that does not exist: the constructor's ValueError, one line."""
-    result = run("enqueue", tmp_path / "nodir" / "x.db", "jobs", "hi")
+    result = run_cli("enqueue", tmp_path / "nodir" / "x.db", "jobs", "hi")
     assert result.exit_code == 1
     one_error_line(result)
 
@@ -236,10 +217,10 @@ def test_enqueue_bytes_round_trip_through_json(db: Path) -> None:
     """{"$bytes": base64} in means bytes stored, and the same marker comes back out."""
     raw = bytes(range(256))
     marker = json.dumps({"$bytes": base64.b64encode(raw).decode()})
-    assert run("enqueue", db, "jobs", marker, "--json").exit_code == 0
-    with open_queue(db) as q:
+    assert run_cli("enqueue", db, "jobs", marker, "--json").exit_code == 0
+    with opened(db) as q:
         assert q.peek().unwrap().payload == raw  # type: ignore[union-attr]
-    shown = json.loads(run("peek", db, "jobs", "--json").stdout)
+    shown = json.loads(run_cli("peek", db, "jobs", "--json").stdout)
     assert base64.b64decode(shown["payload"]["$bytes"]) == raw
 
 
@@ -247,11 +228,11 @@ def test_enqueue_bulk_from_stdin_in_chunks(db: Path) -> None:
     """'-' reads one message per line (blank lines skipped) across several transactions."""
     lines = [f"line {n}" for n in range(2500)]
     text = "\n".join(lines[:10]) + "\n\n   \n" + "\n".join(lines[10:]) + "\n"
-    result = run("enqueue", db, "jobs", "-", "--priority", "2", input=text)
+    result = run_cli("enqueue", db, "jobs", "-", "--priority", "2", input=text)
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "enqueued 2500 message(s) to queue 'jobs'"
     assert result.stderr == ""  # no progress bar: stderr is not a terminal
-    with open_queue(db) as q:
+    with opened(db) as q:
         page = q.list_messages("pending", limit=10_000).unwrap()
     assert [e["payload"] for e in page] == lines
     assert {e["priority"] for e in page} == {2}
@@ -262,7 +243,7 @@ def test_enqueue_bulk_json_bad_line_reports_the_line(db: Path) -> None:
     Bad JSON is a usage error (exit 2) on stdin as in the PAYLOAD argument."""
     good = [json.dumps({"n": n}) for n in range(1000)]
     text = "\n".join([*good, '{"n": 1000}', "{oops"]) + "\n"
-    result = run("enqueue", db, "jobs", "-", "--json", input=text)
+    result = run_cli("enqueue", db, "jobs", "-", "--json", input=text)
     assert result.exit_code == 2
     line = one_error_line(result)
     assert "line 1002" in line
@@ -274,20 +255,20 @@ def test_enqueue_bulk_shows_progress_on_a_terminal(
     db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(cli_base, "show_progress", lambda: True)
-    result = run("enqueue", db, "jobs", "-", input="a\nb\nc\n")
+    result = run_cli("enqueue", db, "jobs", "-", input="a\nb\nc\n")
     assert result.exit_code == 0
     assert "enqueueing" in result.stderr
     assert counts(db)["ready"] == 3
 
 
 def test_enqueue_group_ttl_and_dedup_key(db: Path) -> None:
-    first = run("enqueue", db, "jobs", "a", "--dedup-key", "k1", "--group", "g", "--ttl", "60")
-    again = run("enqueue", db, "jobs", "b", "--dedup-key", "k1")
+    first = run_cli("enqueue", db, "jobs", "a", "--dedup-key", "k1", "--group", "g", "--ttl", "60")
+    again = run_cli("enqueue", db, "jobs", "b", "--dedup-key", "k1")
     assert first.stdout == again.stdout == "1\n"  # the duplicate returns the original id
-    shown = json.loads(run("peek", db, "jobs", "--json").stdout)
+    shown = json.loads(run_cli("peek", db, "jobs", "--json").stdout)
     assert shown["group"] == "g"
     assert shown["expires_at"] is not None
-    bulk = run("enqueue", db, "jobs", "-", "--dedup-key", "k", input="x\n")
+    bulk = run_cli("enqueue", db, "jobs", "-", "--dedup-key", "k", input="x\n")
     assert bulk.exit_code == 2
 
 
@@ -298,15 +279,15 @@ def test_stats_table_and_json(db: Path) -> None:
     seed(db, "jobs", ["a", "b", "c"])
     seed(db, "jobs", ["later"], delay=3600)
     seed(db, "emails", ["e"])
-    with open_queue(db) as q:
+    with opened(db) as q:
         taken = q.dequeue().unwrap()
         assert taken is not None
         q.fail_message(q.dequeue().unwrap(), send_to_dlq=True, error="boom").unwrap()  # type: ignore[arg-type]
-    table = run("stats", db)
+    table = run_cli("stats", db)
     assert table.exit_code == 0, table.output
     assert "jobs" in table.stdout and "emails" in table.stdout
     assert "totals since creation" in table.stdout
-    data = json.loads(run("stats", db, "--json").stdout)
+    data = json.loads(run_cli("stats", db, "--json").stdout)
     jobs = data["queues"]["jobs"]
     assert (jobs["ready"], jobs["delayed"], jobs["processing"], jobs["dead"]) == (1, 1, 1, 1)
     assert jobs["enqueued_total"] == 4
@@ -314,7 +295,7 @@ def test_stats_table_and_json(db: Path) -> None:
     assert data["queues"]["emails"]["pending"] == 1
     assert data["db_bytes"] > 0
     assert data["at"].endswith("+00:00")
-    one = json.loads(run("stats", db, "emails", "--json").stdout)
+    one = json.loads(run_cli("stats", db, "emails", "--json").stdout)
     assert list(one["queues"]) == ["emails"]
 
 
@@ -323,10 +304,10 @@ def test_stats_of_a_file_without_queues(tmp_path: Path) -> None:
 
     empty = tmp_path / "empty.db"
     sqlite3.connect(empty).execute("CREATE TABLE t (x)").connection.close()
-    result = run("stats", empty)
+    result = run_cli("stats", empty)
     assert result.exit_code == 0
     assert "no sqqueue queues" in result.stdout
-    assert json.loads(run("stats", empty, "--json").stdout)["queues"] == {}
+    assert json.loads(run_cli("stats", empty, "--json").stdout)["queues"] == {}
 
 
 def test_stats_watch_refreshes_until_interrupted(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -341,13 +322,13 @@ def test_stats_watch_refreshes_until_interrupted(db: Path, monkeypatch: pytest.M
             raise KeyboardInterrupt
 
     monkeypatch.setattr(cli_base, "pause", pause)
-    result = run("stats", db, "jobs", "--json", "--watch=0.5")
+    result = run_cli("stats", db, "jobs", "--json", "--watch=0.5")
     assert result.exit_code == 0, result.output
     snapshots = [json.loads(line) for line in result.stdout.splitlines()]
     assert [s["queues"]["jobs"]["pending"] for s in snapshots] == [1, 2, 3]
     assert calls == [0.5, 0.5, 0.5]
     calls.clear()
-    table = run("stats", db, "--watch")
+    table = run_cli("stats", db, "--watch")
     assert table.exit_code == 0
     assert table.stdout.count("totals since creation") == 3
     assert calls == [2.0, 2.0, 2.0]
@@ -359,36 +340,36 @@ def test_stats_watch_refreshes_until_interrupted(db: Path, monkeypatch: pytest.M
 def test_ls_pages_and_states(db: Path) -> None:
     seed(db, "jobs", [f"m{n}" for n in range(5)])
     seed(db, "jobs", ["later"], delay=3600)
-    first = run("ls", db, "jobs", "--limit", "2")
+    first = run_cli("ls", db, "jobs", "--limit", "2")
     assert first.exit_code == 0
     assert "m0" in first.stdout and "m1" in first.stdout and "m2" not in first.stdout
     assert "next page: --after 2" in first.stdout
-    page = json.loads(run("ls", db, "jobs", "--limit", "2", "--after", "2", "--json").stdout)
+    page = json.loads(run_cli("ls", db, "jobs", "--limit", "2", "--after", "2", "--json").stdout)
     assert [m["id"] for m in page["messages"]] == [3, 4]
     assert page["next_after"] == 4
-    last = json.loads(run("ls", db, "jobs", "--limit", "2", "--after", "4", "--json").stdout)
+    last = json.loads(run_cli("ls", db, "jobs", "--limit", "2", "--after", "4", "--json").stdout)
     assert [m["id"] for m in last["messages"]] == [5, 6] and last["next_after"] == 6
-    end = json.loads(run("ls", db, "jobs", "--limit", "2", "--after", "6", "--json").stdout)
+    end = json.loads(run_cli("ls", db, "jobs", "--limit", "2", "--after", "6", "--json").stdout)
     assert end["messages"] == [] and end["next_after"] is None
-    delayed = json.loads(run("ls", db, "jobs", "--state", "delayed", "--json").stdout)
+    delayed = json.loads(run_cli("ls", db, "jobs", "--state", "delayed", "--json").stdout)
     assert [m["payload"] for m in delayed["messages"]] == ["later"]
     assert delayed["messages"][0]["visible_at"].endswith("+00:00")
-    none = run("ls", db, "jobs", "--state", "dead")
+    none = run_cli("ls", db, "jobs", "--state", "dead")
     assert none.exit_code == 0 and "no dead messages" in none.stdout
-    assert run("ls", db, "jobs", "--state", "bogus").exit_code == 2
+    assert run_cli("ls", db, "jobs", "--state", "bogus").exit_code == 2
 
 
 def test_peek_does_not_lease(db: Path) -> None:
     seed(db, "jobs", [{"k": "v"}])
-    result = run("peek", db, "jobs")
+    result = run_cli("peek", db, "jobs")
     assert result.exit_code == 0
     assert "id:" in result.stdout and '"k": "v"' in result.stdout
     assert counts(db)["processing"] == 0
-    data = json.loads(run("peek", db, "jobs", "--json").stdout)
+    data = json.loads(run_cli("peek", db, "jobs", "--json").stdout)
     assert data["payload"] == {"k": "v"} and data["attempts"] == 0
     seed(db, "empty")
-    assert "no message ready" in run("peek", db, "empty").stdout
-    assert run("peek", db, "empty", "--json").stdout.strip() == "null"
+    assert "no message ready" in run_cli("peek", db, "empty").stdout
+    assert run_cli("peek", db, "empty", "--json").stdout.strip() == "null"
 
 
 # -- dequeue, complete, fail --------------------------------------------------------------------
@@ -396,16 +377,16 @@ def test_peek_does_not_lease(db: Path) -> None:
 
 def test_dequeue_leaves_the_message_leased_then_complete(db: Path) -> None:
     seed(db, "jobs", ["first", {"n": 2}])
-    out = run("dequeue", db, "jobs")
+    out = run_cli("dequeue", db, "jobs")
     assert out.exit_code == 0
     assert out.stdout == "1\tfirst\n"
     assert counts(db)["processing"] == 1
-    data = json.loads(run("dequeue", db, "jobs", "--json", "--visibility-timeout", "30").stdout)
+    data = json.loads(run_cli("dequeue", db, "jobs", "--json", "--visibility-timeout", "30").stdout)
     assert data["id"] == 2 and data["payload"] == {"n": 2} and data["attempts"] == 1
     assert data["lease_expires_at"].endswith("+00:00")
-    done = run("complete", db, "jobs", "1")
+    done = run_cli("complete", db, "jobs", "1")
     assert done.exit_code == 0 and done.stdout == "completed message 1\n"
-    again = run("complete", db, "jobs", "1")
+    again = run_cli("complete", db, "jobs", "1")
     assert again.exit_code == 1
     assert "not in queue 'jobs'" in one_error_line(again)
     assert counts(db) == {"ready": 0, "delayed": 0, "processing": 1, "dead": 0}
@@ -413,16 +394,16 @@ def test_dequeue_leaves_the_message_leased_then_complete(db: Path) -> None:
 
 def test_dequeue_on_an_empty_queue_prints_nothing(db: Path) -> None:
     seed(db, "jobs")
-    plain = run("dequeue", db, "jobs")
+    plain = run_cli("dequeue", db, "jobs")
     assert plain.exit_code == 0 and plain.stdout == ""
-    assert run("dequeue", db, "jobs", "--json").stdout.strip() == "null"
-    waited = run("dequeue", db, "jobs", "--wait", "0.2")
+    assert run_cli("dequeue", db, "jobs", "--json").stdout.strip() == "null"
+    waited = run_cli("dequeue", db, "jobs", "--wait", "0.2")
     assert waited.exit_code == 0 and waited.stdout == ""
 
 
 def test_complete_a_pending_message_is_refused(db: Path) -> None:
     seed(db, "jobs", ["x"])
-    result = run("complete", db, "jobs", "1")
+    result = run_cli("complete", db, "jobs", "1")
     assert result.exit_code == 1
     assert "pending" in one_error_line(result)
     assert counts(db)["ready"] == 1
@@ -430,19 +411,19 @@ def test_complete_a_pending_message_is_refused(db: Path) -> None:
 
 def test_fail_retries_or_dead_letters(db: Path) -> None:
     seed(db, "jobs", ["a", "b"], max_attempts=3)
-    run("dequeue", db, "jobs")
-    retried = run("fail", db, "jobs", "1", "--error", "smtp timeout")
+    run_cli("dequeue", db, "jobs")
+    retried = run_cli("fail", db, "jobs", "1", "--error", "smtp timeout")
     assert retried.exit_code == 0
     assert "will be retried" in retried.stdout
-    run("dequeue", db, "jobs")  # id 2 (1 went to the back)
-    dead = run("fail", db, "jobs", "2", "--dlq", "--error", "bad address")
+    run_cli("dequeue", db, "jobs")  # id 2 (1 went to the back)
+    dead = run_cli("fail", db, "jobs", "2", "--dlq", "--error", "bad address")
     assert "dead-letter queue" in dead.stdout
-    with open_queue(db) as q:
+    with opened(db) as q:
         entries = {e["id"]: e for e in q.list_messages("all").unwrap()}
         letters = q.get_dead_letters().unwrap()
     assert entries[1]["last_error"] == "smtp timeout"
     assert [(d["id"], d["last_error"]) for d in letters] == [(2, "bad address")]
-    unknown = run("fail", db, "jobs", "99")
+    unknown = run_cli("fail", db, "jobs", "99")
     assert unknown.exit_code == 1
     assert "99" in one_error_line(unknown)
 
@@ -450,48 +431,40 @@ def test_fail_retries_or_dead_letters(db: Path) -> None:
 # -- the dead-letter queue ----------------------------------------------------------------------
 
 
-def make_dead(db: Path, count: int, queue: str = "jobs") -> list[int]:
-    ids = seed(db, queue, [f"bad {n}" for n in range(count)])
-    with open_queue(db, queue) as q:
-        for ident in ids:
-            q.fail_message(ident, send_to_dlq=True, error=f"error {ident}").unwrap()
-    return ids
-
-
 def test_dlq_list_and_show(db: Path) -> None:
     make_dead(db, 3)
-    listed = run("dlq", "list", db, "jobs")
+    listed = run_cli("dlq", "list", db, "jobs")
     assert listed.exit_code == 0
     assert "error 2" in listed.stdout and "bad 1" in listed.stdout
-    data = json.loads(run("dlq", "list", db, "jobs", "--json", "--limit", "2").stdout)
+    data = json.loads(run_cli("dlq", "list", db, "jobs", "--json", "--limit", "2").stdout)
     assert [m["id"] for m in data["messages"]] == [1, 2] and data["next_after"] == 2
     assert data["messages"][0]["dead_at"].endswith("+00:00")
-    shown = run("dlq", "show", db, "jobs", "2")
+    shown = run_cli("dlq", "show", db, "jobs", "2")
     assert shown.exit_code == 0
     assert "last error:  error 2" in shown.stdout and "bad 1" in shown.stdout
-    assert json.loads(run("dlq", "show", db, "jobs", "3", "--json").stdout)["id"] == 3
-    missing = run("dlq", "show", db, "jobs", "9")
+    assert json.loads(run_cli("dlq", "show", db, "jobs", "3", "--json").stdout)["id"] == 3
+    missing = run_cli("dlq", "show", db, "jobs", "9")
     assert missing.exit_code == 1
     assert "not in the dead-letter queue" in one_error_line(missing)
     seed(db, "clean")
-    assert "no dead letters" in run("dlq", "list", db, "clean").stdout
+    assert "no dead letters" in run_cli("dlq", "list", db, "clean").stdout
 
 
 def test_dlq_redrive_ids_all_and_errors(db: Path) -> None:
     make_dead(db, 4)
-    some = run("dlq", "redrive", db, "jobs", "1", "3")
+    some = run_cli("dlq", "redrive", db, "jobs", "1", "3")
     assert some.exit_code == 0, some.output
     assert some.stdout == "redrove 2 message(s) to queue 'jobs'\n"
     assert counts(db)["ready"] == 2 and counts(db)["dead"] == 2
-    unknown = run("dlq", "redrive", db, "jobs", "1")
+    unknown = run_cli("dlq", "redrive", db, "jobs", "1")
     assert unknown.exit_code == 1
     one_error_line(unknown)
-    assert run("dlq", "redrive", db, "jobs").exit_code == 2
-    assert run("dlq", "redrive", db, "jobs", "2", "--all").exit_code == 2
-    everything = run("dlq", "redrive", db, "jobs", "--all")
+    assert run_cli("dlq", "redrive", db, "jobs").exit_code == 2
+    assert run_cli("dlq", "redrive", db, "jobs", "2", "--all").exit_code == 2
+    everything = run_cli("dlq", "redrive", db, "jobs", "--all")
     assert everything.exit_code == 0
     assert counts(db) == {"ready": 4, "delayed": 0, "processing": 0, "dead": 0}
-    with open_queue(db) as q:
+    with opened(db) as q:
         assert {e["id"] for e in q.list_messages("pending").unwrap()} == {1, 2, 3, 4}
 
 
@@ -500,7 +473,7 @@ def test_dlq_redrive_to_another_queue_with_progress(
 ) -> None:
     monkeypatch.setattr(cli_base, "show_progress", lambda: True)
     make_dead(db, 3)
-    result = run("dlq", "redrive", db, "jobs", "--all", "--to", "retry_jobs", "--create")
+    result = run_cli("dlq", "redrive", db, "jobs", "--all", "--to", "retry_jobs", "--create")
     assert result.exit_code == 0, result.output
     assert "redriving" in result.stderr
     assert counts(db, "retry_jobs")["ready"] == 3
@@ -509,17 +482,17 @@ def test_dlq_redrive_to_another_queue_with_progress(
 
 def test_dlq_purge_needs_confirmation(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_dead(db, 2)
-    refused = run("dlq", "purge", db, "jobs")
+    refused = run_cli("dlq", "purge", db, "jobs")
     assert refused.exit_code == 2
     assert "--yes" in one_error_line(refused)
     monkeypatch.setattr(cli_base, "stdin_interactive", lambda: True)
-    declined = run("dlq", "purge", db, "jobs", input="n\n")
+    declined = run_cli("dlq", "purge", db, "jobs", input="n\n")
     assert declined.exit_code == 1
     assert "aborted" in declined.stderr
     assert counts(db)["dead"] == 2
-    recent = run("dlq", "purge", db, "jobs", "--older-than", "3600", "--yes")
+    recent = run_cli("dlq", "purge", db, "jobs", "--older-than", "3600", "--yes")
     assert recent.stdout == "deleted 0 dead letter(s) from queue 'jobs'\n"
-    accepted = run("dlq", "purge", db, "jobs", input="y\n")
+    accepted = run_cli("dlq", "purge", db, "jobs", input="y\n")
     assert accepted.exit_code == 0
     assert "deleted 2 dead letter(s)" in accepted.stdout
     assert counts(db)["dead"] == 0
@@ -529,16 +502,16 @@ def test_purge_states_and_confirmation(db: Path) -> None:
     seed(db, "jobs", ["a", "b"])
     seed(db, "jobs", ["later"], delay=3600)
     make_dead(db, 1)
-    refused = run("purge", db, "jobs")
+    refused = run_cli("purge", db, "jobs")
     assert refused.exit_code == 2
     assert "not a terminal" in one_error_line(refused)
     assert counts(db)["ready"] == 2
-    delayed = run("purge", db, "jobs", "--state", "delayed", "--yes")
+    delayed = run_cli("purge", db, "jobs", "--state", "delayed", "--yes")
     assert delayed.stdout == "deleted 1 message(s) from queue 'jobs'\n"
-    default = run("purge", db, "jobs", "--yes")
+    default = run_cli("purge", db, "jobs", "--yes")
     assert default.stdout == "deleted 2 message(s) from queue 'jobs'\n"
     assert counts(db)["dead"] == 1  # the default keeps dead letters
-    everything = run("purge", db, "jobs", "--state", "all", "-y")
+    everything = run_cli("purge", db, "jobs", "--state", "all", "-y")
     assert everything.stdout == "deleted 1 message(s) from queue 'jobs'\n"
     assert counts(db) == {"ready": 0, "delayed": 0, "processing": 0, "dead": 0}
 
@@ -548,12 +521,12 @@ def test_purge_states_and_confirmation(db: Path) -> None:
 
 def test_vacuum_and_checkpoint(db: Path) -> None:
     seed(db, "jobs", ["x" * 500] * 200)
-    with open_queue(db) as q:
+    with opened(db) as q:
         q.purge().unwrap()
-    vacuumed = run("vacuum", db)
+    vacuumed = run_cli("vacuum", db)
     assert vacuumed.exit_code == 0
     assert vacuumed.stdout.startswith(f"vacuumed {db}: ")
-    checkpointed = run("checkpoint", db)
+    checkpointed = run_cli("checkpoint", db)
     assert checkpointed.exit_code == 0
     assert checkpointed.stdout.rstrip().endswith("-> 0 B")
 
@@ -563,7 +536,7 @@ def test_vacuum_needs_a_queue(tmp_path: Path) -> None:
 
     plain = tmp_path / "plain.db"
     sqlite3.connect(plain).execute("CREATE TABLE t (x)").connection.close()
-    result = run("vacuum", plain)
+    result = run_cli("vacuum", plain)
     assert result.exit_code == 1
     assert "no sqqueue queues" in one_error_line(result)
 
@@ -578,40 +551,40 @@ def damage(path: Path) -> None:
 
 def test_check_healthy_and_damaged(db: Path, tmp_path: Path) -> None:
     seed(db, "jobs", ["x" * 200] * 300)
-    healthy = run("check", db)
+    healthy = run_cli("check", db)
     assert healthy.exit_code == 0
     assert healthy.stdout.startswith("ok:")
     damage(db)
-    broken = run("check", db)
+    broken = run_cli("check", db)
     assert broken.exit_code == 1
     assert "damaged" in one_error_line(broken)
     assert broken.stdout.strip()  # the problems themselves
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"x" * 5000)
-    assert run("check", junk).exit_code == 1
+    assert run_cli("check", junk).exit_code == 1
 
 
 def test_salvage_copies_and_refuses_an_existing_target(db: Path, tmp_path: Path) -> None:
     seed(db, "jobs", ["a", "b"])
     make_dead(db, 1, "emails")
     target = tmp_path / "rescued.db"
-    result = run("salvage", db, target)
+    result = run_cli("salvage", db, target)
     assert result.exit_code == 0, result.output
     assert "jobs: 2 message(s), 0 dead letter(s)" in result.stdout
     assert "emails: 0 message(s), 1 dead letter(s)" in result.stdout
     assert counts(target)["ready"] == 2
-    again = run("salvage", db, target)
+    again = run_cli("salvage", db, target)
     assert again.exit_code == 1
     assert "already exists" in one_error_line(again)
 
 
 def test_migrate_legacy_queues(legacy_db: Path) -> None:
-    result = run("migrate", legacy_db)
+    result = run_cli("migrate", legacy_db)
     assert result.exit_code == 0, result.output
     names = result.stdout.split()
     assert names
     assert set(names) <= set(SQLiteQueue.list_queues(legacy_db).unwrap())
-    again = run("migrate", legacy_db)
+    again = run_cli("migrate", legacy_db)
     assert "nothing to migrate" in again.stdout
 
 
@@ -623,7 +596,7 @@ def test_config_shows_value_and_source(tmp_path: Path, monkeypatch: pytest.Monke
         "default_visibility_timeout = 60\n\n[queues.emails]\ndefault_max_attempts = 10\n"
     )
     monkeypatch.setenv("SQQUEUE_LOCK_TIMEOUT", "5")
-    data = json.loads(run("config", "--queue", "emails", "--json").stdout)
+    data = json.loads(run_cli("config", "--queue", "emails", "--json").stdout)
     settings = data["settings"]
     assert data["config_file"].endswith("sqqueue.toml")
     assert settings["lock_timeout"] == {"value": 5.0, "source": "env SQQUEUE_LOCK_TIMEOUT"}
@@ -633,16 +606,16 @@ def test_config_shows_value_and_source(tmp_path: Path, monkeypatch: pytest.Monke
     assert settings["table_name"] == {"value": "emails", "source": "argument"}
     assert settings["default_priority"] == {"value": 0, "source": "default"}
     assert settings["retry"]["value"] == "immediate"
-    other = json.loads(run("config", "--json").stdout)["settings"]
+    other = json.loads(run_cli("config", "--json").stdout)["settings"]
     assert other["default_max_attempts"] == {"value": 5, "source": "default"}
-    table = run("config")
+    table = run_cli("config")
     assert table.exit_code == 0
     assert "config file:" in table.stdout and "env SQQUEUE_LOCK_TIMEOUT" in table.stdout
 
 
 def test_config_bad_value_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SQQUEUE_LOCK_TIMEOUT", "soon")
-    result = run("config")
+    result = run_cli("config")
     assert result.exit_code == 1
     assert "lock_timeout" in one_error_line(result)
 
@@ -652,16 +625,16 @@ def test_config_refuses_what_every_command_refuses(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
     monkeypatch.setenv("SQQUEUE_LOCK_TIMEOUT", value)
-    result = run("config")
+    result = run_cli("config")
     assert result.exit_code == 1
     assert "lock_timeout must be > 0" in one_error_line(result)
-    assert run("enqueue", tmp_path / "q.db", "jobs", "x").exit_code == 1
+    assert run_cli("enqueue", tmp_path / "q.db", "jobs", "x").exit_code == 1
 
 
 def test_config_never_shows_a_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SQQUEUE_DB_PATH", "postgresql://app:s3cret@db.internal/app")
     for args in (("config",), ("config", "--json")):
-        result = run(*args)
+        result = run_cli(*args)
         assert result.exit_code == 0, result.output
         assert "s3cret" not in result.output
         assert "app:***@db.internal" in result.output
@@ -682,11 +655,11 @@ def test_worker_handler_errors(db: Path, tmp_path: Path, monkeypatch: pytest.Mon
         "handlers:VALUE": 1,  # not callable
     }
     for target, code in cases.items():
-        result = run("worker", target, db, "jobs")
+        result = run_cli("worker", target, db, "jobs")
         assert result.exit_code == code, (target, result.output)
         one_error_line(result)
     assert not db.exists()
-    assert run("worker", "handlers:handle", db, "jobs", "--concurrency", "0").exit_code == 2
+    assert run_cli("worker", "handlers:handle", db, "jobs", "--concurrency", "0").exit_code == 2
 
 
 def test_worker_tasks_target_errors(
@@ -698,10 +671,10 @@ def test_worker_tasks_target_errors(
         monkeypatch.delitem(sys.modules, name, raising=False)
     (tmp_path / "taskapp.py").write_text(f"from sqqueue import Tasks\ntasks = Tasks({str(db)!r})\n")
     (tmp_path / "handlers2.py").write_text("def handle(message):\n    return None\n")
-    result = run("worker", "taskapp:tasks", db, "jobs")
+    result = run_cli("worker", "taskapp:tasks", db, "jobs")
     assert result.exit_code == 2
     assert "give no TARGET, QUEUE or --schema" in one_error_line(result)
-    result = run("worker", "handlers2:handle")
+    result = run_cli("worker", "handlers2:handle")
     assert result.exit_code == 2
     assert "give the TARGET and QUEUE" in one_error_line(result)
     assert not db.exists()
@@ -709,21 +682,19 @@ def test_worker_tasks_target_errors(
 
 def test_metrics_serve_unknown_queue(db: Path) -> None:
     seed(db, "jobs")
-    result = run("metrics", "serve", db, "--queue", "nope")
+    result = run_cli("metrics", "serve", db, "--queue", "nope")
     assert result.exit_code == 1
     assert "no queue 'nope'" in one_error_line(result)
 
 
 @pytest.mark.slow
 def test_demo_accounts_for_every_job(tmp_path: Path) -> None:
-    result = run("demo", "--jobs", "20", "--db", tmp_path / "demo.db")
+    result = run_cli("demo", "--jobs", "20", "--db", tmp_path / "demo.db")
     assert result.exit_code == 0, result.output
     assert "every job accounted for" in result.stdout
 
 
 # -- real processes -----------------------------------------------------------------------------
-
-SQQUEUE = [sys.executable, "-m", "sqqueue.cli"]
 
 
 def sqqueue(*args: object, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -732,7 +703,7 @@ def sqqueue(*args: object, **kw: Any) -> subprocess.CompletedProcess[str]:
         check=False,
         capture_output=True,
         text=True,
-        env=ENV,
+        env=CLI_ENV,
         timeout=30,
         **kw,
     )
@@ -745,7 +716,7 @@ def test_process_without_click_says_what_to_install() -> None:
         check=False,
         capture_output=True,
         text=True,
-        env=ENV,
+        env=CLI_ENV,
         timeout=30,
     )
     assert done.returncode == 2
@@ -763,7 +734,7 @@ def test_process_bulk_enqueue_from_a_pipe_then_stats_json(db: Path) -> None:
         check=False,
         capture_output=True,
         text=True,
-        env=ENV,
+        env=CLI_ENV,
         timeout=30,
     )
     assert done.returncode == 0, done.stderr
@@ -784,7 +755,7 @@ def test_process_stats_watch_stops_on_ctrl_c(db: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=ENV,
+        env=CLI_ENV,
     )
     try:
         assert proc.stdout is not None
@@ -796,17 +767,6 @@ def test_process_stats_watch_stops_on_ctrl_c(db: Path) -> None:
         proc.kill()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
-
-
-def read_line_within(proc: subprocess.Popen[str], seconds: float) -> str:
-    """The first stdout line of ``proc``, or fail after ``seconds``."""
-    box: list[str] = []
-    assert proc.stdout is not None
-    reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-    reader.start()
-    reader.join(seconds)
-    assert box and box[0], "no output in time"
-    return box[0]
 
 
 def test_process_worker_runs_handler_and_stops_on_sigterm(db: Path, tmp_path: Path) -> None:
@@ -828,7 +788,7 @@ def test_process_worker_runs_handler_and_stops_on_sigterm(db: Path, tmp_path: Pa
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=ENV,
+        env=CLI_ENV,
     )
     try:
         deadline = time.monotonic() + 15
@@ -844,7 +804,7 @@ def test_process_worker_runs_handler_and_stops_on_sigterm(db: Path, tmp_path: Pa
     handled = (tmp_path / "handled.txt").read_text().split()
     assert sorted(handled) == ["four", "one", "three", "two"]
     assert "worker stopped: 4 completed, 1 failed (1 dead-lettered" in err
-    with open_queue(db) as q:
+    with opened(db) as q:
         assert q.get_dead_letters().unwrap()[0]["last_error"] == "ValueError: bad payload"
 
 
@@ -856,7 +816,7 @@ def test_process_metrics_serve_answers_on_loopback(db: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=ENV,
+        env=CLI_ENV,
     )
     try:
         line = read_line_within(proc, 15)
@@ -892,23 +852,34 @@ def test_copy_between_files_keeps_ids_and_counts(tmp_path: Path) -> None:
     with SQLiteQueue(source, table_name="emails", default_max_attempts=1) as queue:
         ids = queue.enqueue_batch(["a", "b", "c"]).unwrap()
         queue.fail_message(queue.dequeue().unwrap(), error="boom")  # type: ignore[arg-type]
-    result = run("copy", f"sqlite:///{source}", f"sqlite:///{target}")
+    result = run_cli("copy", f"sqlite:///{source}", f"sqlite:///{target}")
     assert result.exit_code == 0, result.output
     assert "emails: 2 message(s), 1 dead letter(s)" in result.output
     with SQLiteQueue(target, table_name="emails") as copied:
         statuses = {s["id"]: s["status"] for s in message_statuses(copied)}
     assert statuses == {ids[0]: "dead", ids[1]: "ready", ids[2]: "ready"}
-    again = run("copy", f"sqlite:///{source}", f"sqlite:///{target}")
+    again = run_cli("copy", f"sqlite:///{source}", f"sqlite:///{target}")
     assert again.exit_code == 0, again.output
     assert "emails: 2 message(s), 1 dead letter(s) (already copied: nothing to do)" in again.output
     with SQLiteQueue(target, table_name="emails") as copied:
         assert {s["id"]: s["status"] for s in message_statuses(copied)} == statuses
 
 
-def test_copy_needs_urls(tmp_path: Path) -> None:
-    result = run("copy", tmp_path / "a.db", "sqlite:///b.db")
+def test_copy_takes_file_paths_like_every_command(tmp_path: Path) -> None:
+    source, target = tmp_path / "a.db", tmp_path / "b.db"
+    with SQLiteQueue(source, table_name="emails") as queue:
+        queue.enqueue_batch(["a", "b"]).unwrap()
+    result = run_cli("copy", str(source), str(target))
+    assert result.exit_code == 0, result.output
+    assert "emails: 2 message(s), 0 dead letter(s)" in result.output
+    with SQLiteQueue(target, table_name="emails") as copied:
+        assert [m.payload for m in copied.dequeue_batch(10).unwrap()] == ["a", "b"]
+
+
+def test_copy_refuses_what_is_no_database(tmp_path: Path) -> None:
+    result = run_cli("copy", "mysql://db/app", str(tmp_path / "b.db"))
     assert result.exit_code == 2
-    assert "not a URL" in result.output
+    assert "unsupported URL 'mysql://db/app'" in result.output
 
 
 @pytest.mark.parametrize(
@@ -916,11 +887,11 @@ def test_copy_needs_urls(tmp_path: Path) -> None:
     [("postgresql://db.internal/app", "DOUBLE PRECISION"), ("jobs.db", "REAL NOT NULL")],
 )
 def test_migrate_sql_prints_ddl_without_connecting(url: str, marker: str) -> None:
-    result = run("migrate", "--sql", url, "--queue", "emails")
+    result = run_cli("migrate", "--sql", url, "--queue", "emails")
     assert result.exit_code == 0, result.output
     assert 'CREATE TABLE "emails"' in result.output
     assert marker in result.output
-    assert run("migrate", "--sql", url).exit_code == 2  # no --queue
+    assert run_cli("migrate", "--sql", url).exit_code == 2  # no --queue
 
 
 @pytest.mark.parametrize("where", ["missing-dir/x.db", "notes.txt", "."])
@@ -929,7 +900,7 @@ def test_demo_on_a_file_that_cannot_hold_a_queue_is_one_line(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes.txt").write_text("hello")
-    result = run("demo", "--jobs", "5", "--db", where)
+    result = run_cli("demo", "--jobs", "5", "--db", where)
     assert result.exit_code == 1
     assert "cannot run the demo" in one_error_line(result)
 
@@ -942,7 +913,7 @@ def test_seconds_options_refuse_what_is_not_a_finite_number(db: Path, value: str
         ("enqueue", db, "jobs", "y", "--delay", value),
         ("dequeue", db, "jobs", "--wait", value),
     ):
-        result = run(*args)
+        result = run_cli(*args)
         assert result.exit_code == 2, (args, result.output)
         assert "not a finite number" in result.output or "Invalid value" in result.output
         assert "Traceback" not in result.output
@@ -950,6 +921,6 @@ def test_seconds_options_refuse_what_is_not_a_finite_number(db: Path, value: str
 
 def test_dashboard_schema_on_an_sqlite_file_is_a_usage_error(db: Path) -> None:
     seed(db, payloads=["x"])
-    result = run("dashboard", db, "--schema", "jobs")
+    result = run_cli("dashboard", db, "--schema", "jobs")
     assert result.exit_code == 2
     assert "--schema applies to a postgresql:// URL only" in one_error_line(result)

@@ -4,26 +4,20 @@ any file when it refuses."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
-from helpers import message_statuses
-from sqqueue import SQLiteQueue, cli, list_queues, tools
+from helpers import isolate, one_error_line, opened, run_cli, statuses
+from sqqueue import SQLiteQueue, list_queues, tools
 from sqqueue.backends.common import SQLBackend
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No SQQUEUE_* settings or config file from the machine leak into a test."""
-    for key in list(os.environ):
-        if key.startswith("SQQUEUE_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("SQQUEUE_CONFIG", "none")
-    monkeypatch.chdir(tmp_path)
+    isolate(monkeypatch, tmp_path)
 
 
 @pytest.fixture
@@ -31,24 +25,16 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "jobs.db"
 
 
-def run(*args: object, input: str | bytes | None = None) -> Result:
-    return CliRunner().invoke(cli.main, [str(a) for a in args], input=input)
+def statuses_in(db: Path, queue: str) -> dict[int, str]:
+    """``helpers.statuses`` of the queue ``queue`` in the SQLite file ``db``."""
+    with opened(db, queue) as q:
+        return statuses(q)
 
 
-def one_error_line(result: Result) -> str:
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in result.output
-    return lines[0]
-
-
-def statuses(db: Path, queue: str) -> dict[int, str]:
-    with SQLiteQueue(db, table_name=queue) as q:
-        return {row["id"]: row["status"] for row in message_statuses(q)}
-
-
-def make_dead(db: Path, queue: str, count: int) -> None:
+def dead_after_one_attempt(db: Path, queue: str, count: int) -> None:
+    """Enqueue ``count`` messages ("job 0", ...) with one attempt each and fail each once:
+    dead letters the way a failing handler makes them (one attempt counted, error "boom"),
+    where ``helpers.make_dead`` sends fresh messages straight to the dead letters."""
     with SQLiteQueue(db, table_name=queue, default_max_attempts=1) as q:
         for n in range(count):
             q.enqueue(f"job {n}").unwrap()
@@ -61,7 +47,7 @@ def make_dead(db: Path, queue: str, count: int) -> None:
 def test_binary_stdin_gets_the_command_line_way(db: Path) -> None:
     """Not UTF-8 on stdin: a usage error pointing at --json and {"$bytes": ...}, not at
     Python's bytes API; the earlier lines' count is given."""
-    result = run("enqueue", db, "jobs", "-", input=b"fine\nab\xff\xfecd\n")
+    result = run_cli("enqueue", db, "jobs", "-", input=b"fine\nab\xff\xfecd\n")
     assert result.exit_code == 2
     line = one_error_line(result)
     assert "line 2 is not UTF-8 text" in line
@@ -71,7 +57,7 @@ def test_binary_stdin_gets_the_command_line_way(db: Path) -> None:
 
 def test_binary_payload_argument_gets_the_command_line_way(db: Path) -> None:
     """argv bytes that are not UTF-8 arrive as lone surrogates."""
-    result = run("enqueue", db, "jobs", "ab\udcff")
+    result = run_cli("enqueue", db, "jobs", "ab\udcff")
     assert result.exit_code == 2
     line = one_error_line(result)
     assert "PAYLOAD is not UTF-8 text" in line and '{"$bytes"' in line
@@ -79,8 +65,8 @@ def test_binary_payload_argument_gets_the_command_line_way(db: Path) -> None:
 
 
 def test_bad_json_exits_2_from_the_argument_and_from_stdin(db: Path) -> None:
-    argument = run("enqueue", db, "jobs", "{oops", "--json")
-    stdin = run("enqueue", db, "jobs", "-", "--json", input="{oops\n")
+    argument = run_cli("enqueue", db, "jobs", "{oops", "--json")
+    stdin = run_cli("enqueue", db, "jobs", "-", "--json", input="{oops\n")
     assert argument.exit_code == stdin.exit_code == 2
     assert "not valid JSON" in one_error_line(argument)
     assert "line 1 is not valid JSON" in one_error_line(stdin)
@@ -89,7 +75,7 @@ def test_bad_json_exits_2_from_the_argument_and_from_stdin(db: Path) -> None:
 def test_payload_refused_on_stdin_names_its_line(db: Path) -> None:
     """A value the queue refuses (JSON's 1e999 is infinity) is named by its line of stdin,
     not by its index in an internal batch, and without the API's method name."""
-    result = run("enqueue", db, "jobs", "-", "--json", input='{"n": 1}\n\n{"n": 1e999}\n')
+    result = run_cli("enqueue", db, "jobs", "-", "--json", input='{"n": 1}\n\n{"n": 1e999}\n')
     assert result.exit_code == 1
     line = one_error_line(result)
     assert line.startswith("error: line 3: payload contains inf")
@@ -102,24 +88,24 @@ def test_payload_refused_on_stdin_names_its_line(db: Path) -> None:
 
 def test_redrive_to_a_missing_queue_is_refused_with_the_queues_there(db: Path) -> None:
     """A typo in --to neither redrives nor creates a queue, as in the Python API."""
-    make_dead(db, "emails", 1)
-    result = run("dlq", "redrive", db, "emails", "--all", "--to", "emials")
+    dead_after_one_attempt(db, "emails", 1)
+    result = run_cli("dlq", "redrive", db, "emails", "--all", "--to", "emials")
     assert result.exit_code == 1
     line = one_error_line(result)
     assert "no queue 'emials'" in line and "queues there: emails" in line
     assert "--create" in line
     assert list_queues(db).unwrap() == ["emails"]
-    assert statuses(db, "emails") == {1: "dead"}
+    assert statuses_in(db, "emails") == {1: "dead"}
 
 
 def test_redrive_to_a_new_queue_with_create(db: Path) -> None:
-    make_dead(db, "emails", 2)
-    result = run("dlq", "redrive", db, "emails", "--all", "--to", "emails_retry", "--create")
+    dead_after_one_attempt(db, "emails", 2)
+    result = run_cli("dlq", "redrive", db, "emails", "--all", "--to", "emails_retry", "--create")
     assert result.exit_code == 0, result.output
     assert result.stdout == "redrove 2 message(s) to queue 'emails_retry'\n"
     assert list_queues(db).unwrap() == ["emails", "emails_retry"]
-    assert set(statuses(db, "emails_retry").values()) == {"ready"}
-    assert run("dlq", "redrive", db, "emails", "--all", "--create").exit_code == 2
+    assert set(statuses_in(db, "emails_retry").values()) == {"ready"}
+    assert run_cli("dlq", "redrive", db, "emails", "--all", "--create").exit_code == 2
 
 
 # -- copy: checks first, reruns -------------------------------------------------------------------
@@ -138,12 +124,12 @@ def test_copy_checks_every_queue_before_writing(tmp_path: Path) -> None:
     fill(source, "b", 3)
     with SQLiteQueue(target, table_name="b") as q:
         q.enqueue("someone else's").unwrap()
-    result = run("copy", f"sqlite:///{source}", f"sqlite:///{target}")
+    result = run_cli("copy", f"sqlite:///{source}", f"sqlite:///{target}")
     assert result.exit_code == 1
     line = one_error_line(result)
     assert "target queue 'b' is not empty" in line and "Nothing was copied" in line
     assert list_queues(target).unwrap() == ["b"]  # 'a' was not even created
-    missing = run("copy", f"sqlite:///{source}", f"sqlite:///{target}", "a", "nope")
+    missing = run_cli("copy", f"sqlite:///{source}", f"sqlite:///{target}", "a", "nope")
     assert missing.exit_code == 1
     assert "no queue 'nope' in the source (queues there: a, b)" in one_error_line(missing)
     assert list_queues(target).unwrap() == ["b"]
@@ -170,24 +156,24 @@ def test_copy_stopped_part_way_says_what_to_do_and_resumes(
     with pytest.raises(KeyboardInterrupt):
         tools.copy_queues(f"sqlite:///{source}", f"sqlite:///{target}", batch=2)
     monkeypatch.setattr(SQLBackend, "import_rows", real_import)
-    partial = statuses(target, "b")
+    partial = statuses_in(target, "b")
     assert 0 < len(partial) < 5
 
-    rerun = run("copy", f"sqlite:///{source}", f"sqlite:///{target}")
+    rerun = run_cli("copy", f"sqlite:///{source}", f"sqlite:///{target}")
     assert rerun.exit_code == 1
     line = one_error_line(rerun)
     assert f"holds {len(partial)} of the 5 messages" in line and "--resume" in line
-    assert statuses(target, "b") == partial  # nothing written
+    assert statuses_in(target, "b") == partial  # nothing written
 
-    resumed = run("copy", f"sqlite:///{source}", f"sqlite:///{target}", "--resume")
+    resumed = run_cli("copy", f"sqlite:///{source}", f"sqlite:///{target}", "--resume")
     assert resumed.exit_code == 0, resumed.output
     assert "a: 4 message(s), 1 dead letter(s) (already copied: nothing to do)" in resumed.stdout
     assert f"b: 4 message(s), 1 dead letter(s) ({len(partial)} were there already)" in (
         resumed.stdout
     )
     for name in ("a", "b"):
-        assert statuses(target, name) == {
-            i: "ready" if s == "processing" else s for i, s in statuses(source, name).items()
+        assert statuses_in(target, name) == {
+            i: "ready" if s == "processing" else s for i, s in statuses_in(source, name).items()
         }
 
 
@@ -205,7 +191,7 @@ def test_a_text_file_is_not_an_sqlite_database(tmp_path: Path, args: list[str]) 
     text.write_text("hello, this is not a database\n" * 10)
     before = text.read_bytes()
     new = tmp_path / "new.db"
-    result = run(*(a.format(f=text, new=new) for a in args))
+    result = run_cli(*(a.format(f=text, new=new) for a in args))
     assert result.exit_code == 1
     line = one_error_line(result)
     assert "is not an SQLite database" in line
@@ -223,7 +209,7 @@ def test_demo_reruns_on_the_same_file(tmp_path: Path) -> None:
     """A second run on one file uses a queue of its own and accounts for its own jobs."""
     db = tmp_path / "demo.db"
     for _ in range(2):
-        result = run("demo", "--jobs", "12", "--db", db)
+        result = run_cli("demo", "--jobs", "12", "--db", db)
         assert result.exit_code == 0, result.output
         assert "every job accounted for" in result.output
     assert list_queues(db).unwrap() == ["demo_jobs", "demo_jobs_2"]

@@ -7,36 +7,35 @@ something for an SQLite file refuse a PostgreSQL URL, and no password is ever pr
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import LOCAL_FIXTURES, QueueTarget
-from sqqueue import Queue, cli, list_queues
+from helpers import (
+    CLI_ENV,
+    SQQUEUE,
+    counts,
+    isolate,
+    make_dead,
+    one_error_line,
+    opened,
+    read_line_within,
+    run_cli,
+)
+from sqqueue import list_queues
 from sqqueue.targets import redact
-
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("SQQUEUE_")}
-ENV["SQQUEUE_CONFIG"] = "none"
-SQQUEUE = [sys.executable, "-m", "sqqueue.cli"]
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No SQQUEUE_* settings or config file from the machine leak into a test."""
-    for key in list(os.environ):
-        if key.startswith("SQQUEUE_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("SQQUEUE_CONFIG", "none")
-    monkeypatch.chdir(tmp_path)
+    isolate(monkeypatch, tmp_path)
 
 
 def where(target: QueueTarget) -> list[str]:
@@ -46,40 +45,11 @@ def where(target: QueueTarget) -> list[str]:
     return [target.url, "--schema", str(target.schema)]
 
 
-def run(*args: object, input: str | None = None) -> Result:
-    return CliRunner().invoke(cli.main, [str(a) for a in args], input=input)
-
-
-def ok(*args: object, input: str | None = None) -> str:
-    result = run(*args, input=input)
+def run_ok(*args: object, input: str | None = None) -> str:
+    """Run the command, assert it exits 0, and return its stdout."""
+    result = run_cli(*args, input=input)
     assert result.exit_code == 0, result.output
     return result.stdout
-
-
-def one_error_line(result: Result) -> str:
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in result.output
-    return lines[0]
-
-
-def opened(target: QueueTarget, name: str = "jobs") -> Queue:
-    """The queue on the server's (or the machine's) real clock, as the command sees it."""
-    return target.open(name)
-
-
-def counts(target: QueueTarget, name: str = "jobs") -> dict[str, int]:
-    with opened(target, name) as q:
-        s = q.stats().unwrap()
-    return {"ready": s.ready, "delayed": s.delayed, "processing": s.processing, "dead": s.dead}
-
-
-def make_dead(target: QueueTarget, count: int, name: str = "jobs") -> None:
-    with opened(target, name) as q:
-        for n in range(count):
-            ident = q.enqueue(f"bad {n}").unwrap()
-            q.fail_message(ident, send_to_dlq=True, error=f"error {ident}").unwrap()
 
 
 # -- messages -----------------------------------------------------------------------------------
@@ -87,19 +57,19 @@ def make_dead(target: QueueTarget, count: int, name: str = "jobs") -> None:
 
 def test_enqueue_ls_peek_and_stats(queue_target: QueueTarget) -> None:
     args = where(queue_target)
-    assert ok("enqueue", args[0], "jobs", '{"n": 1}', "--json", *args[1:]) == "1\n"
-    bulk = ok("enqueue", args[0], "jobs", "-", *args[1:], input="a\nb\n")
+    assert run_ok("enqueue", args[0], "jobs", '{"n": 1}', "--json", *args[1:]) == "1\n"
+    bulk = run_ok("enqueue", args[0], "jobs", "-", *args[1:], input="a\nb\n")
     assert bulk == "enqueued 2 message(s) to queue 'jobs'\n"
-    ok("enqueue", args[0], "jobs", "later", "--delay", "3600", *args[1:])
-    listed = json.loads(ok("ls", args[0], "jobs", "--json", "--limit", "2", *args[1:]))
+    run_ok("enqueue", args[0], "jobs", "later", "--delay", "3600", *args[1:])
+    listed = json.loads(run_ok("ls", args[0], "jobs", "--json", "--limit", "2", *args[1:]))
     assert [m["payload"] for m in listed["messages"]] == [{"n": 1}, "a"]
     assert listed["next_after"] == 2
-    delayed = json.loads(ok("ls", args[0], "jobs", "--state", "delayed", "--json", *args[1:]))
+    delayed = json.loads(run_ok("ls", args[0], "jobs", "--state", "delayed", "--json", *args[1:]))
     assert [m["payload"] for m in delayed["messages"]] == ["later"]
-    peeked = json.loads(ok("peek", args[0], "jobs", "--json", *args[1:]))
+    peeked = json.loads(run_ok("peek", args[0], "jobs", "--json", *args[1:]))
     assert peeked["payload"] == {"n": 1}
     assert counts(queue_target)["processing"] == 0
-    data = json.loads(ok("stats", *args, "--json"))
+    data = json.loads(run_ok("stats", *args, "--json"))
     jobs = data["queues"]["jobs"]
     assert (jobs["ready"], jobs["delayed"], jobs["pending"]) == (3, 1, 4)
     if queue_target.backend == "postgres":
@@ -107,10 +77,10 @@ def test_enqueue_ls_peek_and_stats(queue_target: QueueTarget) -> None:
         assert jobs["db_bytes"] is None and jobs["wal_bytes"] is None  # (no file of ours)
     else:
         assert data["db_bytes"] > 0
-    table = ok("stats", *args)
+    table = run_ok("stats", *args)
     assert "jobs" in table and "totals since creation" in table
     assert ("WAL:" in table) is (queue_target.backend == "sqlite")
-    assert json.loads(ok("stats", args[0], "jobs", "--json", *args[1:]))["queues"].keys() == {
+    assert json.loads(run_ok("stats", args[0], "jobs", "--json", *args[1:]))["queues"].keys() == {
         "jobs"
     }
 
@@ -119,14 +89,14 @@ def test_dequeue_complete_and_fail(queue_target: QueueTarget) -> None:
     args = where(queue_target)
     with opened(queue_target) as q:
         q.enqueue_batch(["first", "second"]).unwrap()
-    assert ok("dequeue", args[0], "jobs", *args[1:]) == "1\tfirst\n"
-    assert ok("complete", args[0], "jobs", "1", *args[1:]) == "completed message 1\n"
-    taken = json.loads(ok("dequeue", args[0], "jobs", "--json", *args[1:]))
+    assert run_ok("dequeue", args[0], "jobs", *args[1:]) == "1\tfirst\n"
+    assert run_ok("complete", args[0], "jobs", "1", *args[1:]) == "completed message 1\n"
+    taken = json.loads(run_ok("dequeue", args[0], "jobs", "--json", *args[1:]))
     assert taken["id"] == 2
-    dead = ok("fail", args[0], "jobs", "2", "--dlq", "--error", "boom", *args[1:])
+    dead = run_ok("fail", args[0], "jobs", "2", "--dlq", "--error", "boom", *args[1:])
     assert "dead-letter queue" in dead
     assert counts(queue_target) == {"ready": 0, "delayed": 0, "processing": 0, "dead": 1}
-    again = run("complete", args[0], "jobs", "1", *args[1:])
+    again = run_cli("complete", args[0], "jobs", "1", *args[1:])
     assert again.exit_code == 1
     assert "not in queue 'jobs'" in one_error_line(again)
 
@@ -136,13 +106,14 @@ def test_purge(queue_target: QueueTarget) -> None:
     with opened(queue_target) as q:
         q.enqueue_batch(["a", "b"]).unwrap()
         q.enqueue("later", delay=3600).unwrap()
-    refused = run("purge", args[0], "jobs", *args[1:])
+    refused = run_cli("purge", args[0], "jobs", *args[1:])
     assert refused.exit_code == 2
-    delayed = ok("purge", args[0], "jobs", "--state", "delayed", "--yes", *args[1:])
+    delayed = run_ok("purge", args[0], "jobs", "--state", "delayed", "--yes", *args[1:])
     assert delayed == "deleted 1 message(s) from queue 'jobs'\n"
     assert counts(queue_target)["ready"] == 2
     assert (
-        ok("purge", args[0], "jobs", "-y", *args[1:]) == "deleted 2 message(s) from queue 'jobs'\n"
+        run_ok("purge", args[0], "jobs", "-y", *args[1:])
+        == "deleted 2 message(s) from queue 'jobs'\n"
     )
 
 
@@ -150,7 +121,7 @@ def test_unknown_queue_is_named_with_the_queues_there(queue_target: QueueTarget)
     args = where(queue_target)
     for name in ("jobs", "emails"):
         opened(queue_target, name).close()
-    result = run("peek", args[0], "nosuch", *args[1:])
+    result = run_cli("peek", args[0], "nosuch", *args[1:])
     assert result.exit_code == 1
     line = one_error_line(result)
     assert "no queue 'nosuch'" in line and "(queues there: emails, jobs)" in line
@@ -163,17 +134,17 @@ def test_unknown_queue_is_named_with_the_queues_there(queue_target: QueueTarget)
 def test_dlq_list_show_redrive_and_purge(queue_target: QueueTarget) -> None:
     args = where(queue_target)
     make_dead(queue_target, 3)
-    listed = json.loads(ok("dlq", "list", args[0], "jobs", "--json", *args[1:]))
+    listed = json.loads(run_ok("dlq", "list", args[0], "jobs", "--json", *args[1:]))
     assert [m["id"] for m in listed["messages"]] == [1, 2, 3]
-    shown = ok("dlq", "show", args[0], "jobs", "2", *args[1:])
+    shown = run_ok("dlq", "show", args[0], "jobs", "2", *args[1:])
     assert "last error:  error 2" in shown and "bad 1" in shown
-    moved = ok("dlq", "redrive", args[0], "jobs", "1", "--to", "retry", "--create", *args[1:])
+    moved = run_ok("dlq", "redrive", args[0], "jobs", "1", "--to", "retry", "--create", *args[1:])
     assert moved == "redrove 1 message(s) to queue 'retry'\n"
     assert counts(queue_target, "retry")["ready"] == 1
-    assert ok("dlq", "redrive", args[0], "jobs", "2", *args[1:]) == (
+    assert run_ok("dlq", "redrive", args[0], "jobs", "2", *args[1:]) == (
         "redrove 1 message(s) to queue 'jobs'\n"
     )
-    purged = ok("dlq", "purge", args[0], "jobs", "--yes", *args[1:])
+    purged = run_ok("dlq", "purge", args[0], "jobs", "--yes", *args[1:])
     assert purged == "deleted 1 dead letter(s) from queue 'jobs'\n"
     assert counts(queue_target) == {"ready": 1, "delayed": 0, "processing": 0, "dead": 0}
 
@@ -187,7 +158,7 @@ def test_vacuum(queue_target: QueueTarget) -> None:
         q.enqueue_batch(["x" * 500] * 50).unwrap()
         q.purge().unwrap()
     opened(queue_target, "emails").close()
-    out = ok("vacuum", *args)
+    out = run_ok("vacuum", *args)
     if queue_target.backend == "postgres":
         assert (
             out == f"vacuumed the tables of 2 queue(s) in {redact(queue_target.url)} "
@@ -200,7 +171,7 @@ def test_vacuum(queue_target: QueueTarget) -> None:
 def test_migrate_with_nothing_to_migrate(queue_target: QueueTarget) -> None:
     args = where(queue_target)
     opened(queue_target).close()
-    assert "nothing to migrate" in ok("migrate", *args)
+    assert "nothing to migrate" in run_ok("migrate", *args)
 
 
 def test_migrate_upgrades_postgres_queues_of_the_previous_layout(
@@ -217,13 +188,13 @@ def test_migrate_upgrades_postgres_queues_of_the_previous_layout(
         for statement in layouts["jobs"]:
             conn.execute(statement)
     QueueTarget("postgres", pg_url, pg_schema).open("current").close()
-    refused = run("stats", pg_url, "jobs", "--schema", pg_schema)
+    refused = run_cli("stats", pg_url, "jobs", "--schema", pg_schema)
     assert refused.exit_code == 1
     assert "older sqqueue" in one_error_line(refused)
-    assert ok("migrate", pg_url, "--schema", pg_schema) == "jobs\n"
-    data = json.loads(ok("stats", pg_url, "--schema", pg_schema, "--json"))
+    assert run_ok("migrate", pg_url, "--schema", pg_schema) == "jobs\n"
+    data = json.loads(run_ok("stats", pg_url, "--schema", pg_schema, "--json"))
     assert set(data["queues"]) == {"current", "jobs"}
-    assert "nothing to migrate" in ok("migrate", pg_url, "--schema", pg_schema)
+    assert "nothing to migrate" in run_ok("migrate", pg_url, "--schema", pg_schema)
 
 
 def test_copy_from_a_file_into_postgresql(tmp_path: Path, pg_url: str, pg_schema: str) -> None:
@@ -238,7 +209,7 @@ def test_copy_from_a_file_into_postgresql(tmp_path: Path, pg_url: str, pg_schema
         q.enqueue_batch(["a", "b"]).unwrap()
     separator = "&" if "?" in pg_url else "?"
     url = f"{pg_url}{separator}options=-csearch_path%3D{pg_schema}"
-    out = ok("copy", source.url, url)
+    out = run_ok("copy", source.url, url)
     assert out == "jobs: 2 message(s), 1 dead letter(s)\n"
     copied = QueueTarget("postgres", pg_url, pg_schema)
     assert counts(copied) == {"ready": 2, "delayed": 0, "processing": 0, "dead": 1}
@@ -260,7 +231,7 @@ def test_sqlite_file_commands_refuse_a_postgres_url(
     """Exit 2, saying why and what to use instead, with the password masked; nothing is
     created (no server is even asked)."""
     pg = "postgresql://app:s3cret@db.invalid/app"
-    result = run(*(a.format(pg=pg) for a in args))
+    result = run_cli(*(a.format(pg=pg) for a in args))
     assert result.exit_code == 2
     line = one_error_line(result)
     assert "is for SQLite files" in line and says in line
@@ -269,13 +240,13 @@ def test_sqlite_file_commands_refuse_a_postgres_url(
 
 
 def test_schema_is_for_postgres_only(tmp_path: Path) -> None:
-    result = run("stats", tmp_path / "jobs.db", "--schema", "jobs")
+    result = run_cli("stats", tmp_path / "jobs.db", "--schema", "jobs")
     assert result.exit_code == 2
     assert "--schema applies to a postgresql:// URL only" in one_error_line(result)
-    bad = run("stats", "postgresql://db.invalid/app", "--schema", "no-dashes")
+    bad = run_cli("stats", "postgresql://db.invalid/app", "--schema", "no-dashes")
     assert bad.exit_code == 2
     assert "--schema" in one_error_line(bad)
-    url = run("stats", "mysql://db/app")
+    url = run_cli("stats", "mysql://db/app")
     assert url.exit_code == 2
     assert "unsupported URL" in one_error_line(url)
 
@@ -287,24 +258,13 @@ def test_a_password_is_never_printed() -> None:
         "postgresql://app:s3cret@127.0.0.1:1/app?connect_timeout=5",
         "postgresql://app@127.0.0.1:1/app?password=s3cret&connect_timeout=5",
     ):
-        result = run("stats", url)
+        result = run_cli("stats", url)
         assert result.exit_code == 1, result.output
         one_error_line(result)
         assert "s3cret" not in result.output
 
 
 # -- metrics ------------------------------------------------------------------------------------
-
-
-def read_line_within(proc: subprocess.Popen[str], seconds: float) -> str:
-    """The first stdout line of ``proc``, or fail after ``seconds``."""
-    box: list[str] = []
-    assert proc.stdout is not None
-    reader = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-    reader.start()
-    reader.join(seconds)
-    assert box and box[0], "no output in time"
-    return box[0]
 
 
 def stop(proc: subprocess.Popen[str]) -> str:
@@ -324,7 +284,7 @@ def test_process_metrics_serve_on_postgres(pg_url: str, pg_schema: str) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=ENV,
+        env=CLI_ENV,
     )
     try:
         line = read_line_within(proc, 30)
@@ -360,7 +320,7 @@ def test_process_worker_on_postgres(pg_url: str, pg_schema: str, tmp_path: Path)
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=ENV,
+        env=CLI_ENV,
     )
     try:
         deadline = time.monotonic() + 30
@@ -382,7 +342,7 @@ def test_process_dashboard_on_postgres(pg_url: str, pg_schema: str) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=ENV,
+        env=CLI_ENV,
     )
     try:
         line = read_line_within(proc, 30)

@@ -61,7 +61,10 @@ def released(tables: Rows) -> Rows:
     return out
 
 
-def counts(path: Path, clock: FakeClock) -> tuple[int, ...]:
+def read_only_counts(path: Path, clock: FakeClock) -> tuple[int, ...]:
+    """(pending + processing, delayed, waiting, dead, depth) of the queue "jobs" in the file
+    ``path``, opened read-only: what a copy must agree on, which ``helpers.counts`` (ready,
+    delayed, processing, dead, through a writable queue) does not cover."""
     with SQLiteQueue(path, "jobs", clock=clock, read_only=True) as queue:
         s = queue.stats().unwrap()
     return (s.pending + s.processing, s.delayed, s.waiting, s.dead, s.depth)
@@ -210,13 +213,13 @@ def test_salvage_and_copy_keep_every_field(
 
     salvage(source, run / "salvaged.db")
     assert stored(run / "salvaged.db") == expected
-    assert counts(run / "salvaged.db", clock) == counts(source, clock)
+    assert read_only_counts(run / "salvaged.db", clock) == read_only_counts(source, clock)
 
     postgres = with_search_path(pg_url, schemas())
     copy_queues(f"sqlite:///{source}", postgres, ["jobs"])
     copy_queues(postgres, f"sqlite:///{run / 'back.db'}", ["jobs"])
     assert stored(run / "back.db") == expected
-    assert counts(run / "back.db", clock) == counts(source, clock)
+    assert read_only_counts(run / "back.db", clock) == read_only_counts(source, clock)
     assert stored(source) == original  # the source is only read
 
 

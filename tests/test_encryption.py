@@ -232,6 +232,29 @@ _COPY_CHILD = textwrap.dedent(
 )
 
 
+def _content(path: Path, key: str | None) -> str:
+    """A digest of every table's rows and the schema, read with ``key``."""
+    conn = encryption.connect(str(path), EncryptionKey(key) if key else None)
+    try:
+        digest = hashlib.sha256()
+        for name, schema in conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name"):
+            digest.update(repr((name, schema)).encode())
+            if schema and schema.startswith("CREATE TABLE"):
+                rows = conn.execute(f'SELECT * FROM "{name}"').fetchall()
+                digest.update(repr(sorted(map(repr, rows))).encode())
+        return digest.hexdigest()
+    finally:
+        conn.close()
+
+
+def _journal_mode(path: Path, key: str) -> str:
+    conn = encryption.connect(str(path), EncryptionKey(key))
+    try:
+        return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+    finally:
+        conn.close()
+
+
 @pytest.mark.parametrize("action", ["encrypt", "rekey"])
 def test_killed_copy_loses_nothing(tmp_path: Path, action: str) -> None:
     source = tmp_path / "source.db"
@@ -239,6 +262,7 @@ def test_killed_copy_loses_nothing(tmp_path: Path, action: str) -> None:
     _fill(source, 4000, key=key, size=4000)  # ~16 MB: the copy takes a while
     target = tmp_path / "target.db" if action == "encrypt" else source
     before = hashlib.sha256(source.read_bytes()).hexdigest()
+    content = _content(source, key)
     partial = Path(f"{target}.partial")
     child = subprocess.Popen([sys.executable, "-c", _COPY_CHILD, action, str(source), str(target)])
     try:
@@ -251,11 +275,16 @@ def test_killed_copy_loses_nothing(tmp_path: Path, action: str) -> None:
     finally:
         child.wait(timeout=60)
     assert child.returncode == -signal.SIGKILL
-    assert hashlib.sha256(source.read_bytes()).hexdigest() == before
     if action == "encrypt":
+        assert hashlib.sha256(source.read_bytes()).hexdigest() == before
         assert not target.exists()
+    # rekey held the file out of WAL mode (see encryption._hold), which rewrote its first
+    # page: the rows are the same, read with the old key.
+    assert _content(source, key) == content
     with SQLiteQueue(source, "jobs", encryption_key=key) as queue:
         assert _total(queue) == 4000
+    if action == "rekey":
+        assert _journal_mode(source, "k1") == "wal"  # set again by the queue that opened it
     # Run again: the leftover partial copy is replaced, and the copy completes.
     if action == "encrypt":
         encryption.encrypt(source, target, "k2")
@@ -263,6 +292,173 @@ def test_killed_copy_loses_nothing(tmp_path: Path, action: str) -> None:
         encryption.rekey(source, "k1", "k2")
     assert not partial.exists()
     with SQLiteQueue(target, "jobs", encryption_key="k2") as queue:
+        assert _total(queue) == 4000
+
+
+# -- rekey of a file in use ---------------------------------------------------------------
+
+# Raw keys: a passphrase costs a key derivation (~0.2 s) on every connection opened.
+OLD_RAW, NEW_RAW = "x'" + "0a" * 32 + "'", "x'" + "0b" * 32 + "'"
+
+
+def _payloads(path: Path, key: str) -> list[Any]:
+    with SQLiteQueue(path, "jobs", encryption_key=key, read_only=True) as queue:
+        return sorted(str(m["payload"]) for m in queue.list_messages("pending").unwrap())
+
+
+# Exits 0 if no process holds the database open: SQLite's shared lock on the database
+# file (the bytes from 2**30 + 2 on) is what other processes see of a connection.
+_NOBODY_HAS_IT_OPEN = textwrap.dedent(
+    """
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDWR)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 510, 2**30 + 2)
+    except OSError:
+        sys.exit(1)
+    """
+)
+
+
+def _nobody_has_it_open(path: Path) -> bool:
+    probe = [sys.executable, "-c", _NOBODY_HAS_IT_OPEN, str(path)]
+    return subprocess.run(probe, check=False).returncode == 0
+
+
+def test_rekey_is_refused_while_a_queue_is_open_in_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The open queue keeps working and loses nothing, its locks seen by other processes
+    as before; the file still opens with the old key. Once the queue is closed, rekey
+    succeeds and every message reads back."""
+    monkeypatch.setattr(encryption, "IN_USE_WAIT", 0.2)
+    path = tmp_path / "q.db"
+    queue = SQLiteQueue(path, "jobs", encryption_key=OLD_RAW)
+    try:
+        assert queue.enqueue("before").is_ok()
+        assert not _nobody_has_it_open(path)
+        with pytest.raises(EncryptionError, match="is in use") as info:
+            encryption.rekey(path, OLD_RAW, NEW_RAW)
+        assert info.value.kind is ErrorKind.LOCKED
+        assert "stop every process using it" in str(info.value)
+        assert not _nobody_has_it_open(path)
+        assert queue.enqueue("after").is_ok()
+        assert _total(queue) == 2
+    finally:
+        queue.close()
+    assert sorted(p.name for p in _files(path)) == ["q.db"]  # no copy was started
+    assert _nobody_has_it_open(path)
+    assert _payloads(path, OLD_RAW) == ["after", "before"]
+    assert _journal_mode(path, OLD_RAW) == "wal"
+    encryption.rekey(path, OLD_RAW, NEW_RAW)
+    assert _payloads(path, NEW_RAW) == ["after", "before"]
+    assert _journal_mode(path, NEW_RAW) == "wal"
+    with pytest.raises(QueueError, match="wrong key"):
+        SQLiteQueue(path, "jobs", encryption_key=OLD_RAW)
+
+
+def test_rekey_that_fails_before_the_replace_leaves_the_file_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "q.db"
+    _fill(path, 5, key=OLD_RAW)
+
+    def broken(*args: Any) -> None:
+        raise OSError("the disk failed")
+
+    monkeypatch.setattr(encryption, "_fsync", broken)  # after the copy, before the replace
+    with pytest.raises(OSError, match="the disk failed"):
+        encryption.rekey(path, OLD_RAW, NEW_RAW)
+    assert _journal_mode(path, OLD_RAW) == "wal"  # back as it was
+    assert not Path(f"{path}-journal").exists()
+    assert _payloads(path, OLD_RAW) == [str({"m": MARKER, "pad": ""})] * 5
+    monkeypatch.undo()
+    encryption.rekey(path, OLD_RAW, NEW_RAW)
+    assert len(_payloads(path, NEW_RAW)) == 5
+
+
+# A process holding a queue open: it enqueues what it reads on stdin, line by line, and
+# answers each; it closes the queue at the end of its input. Like an application, it
+# also opens other queue objects on the file meanwhile (which must not drop its locks).
+_APPLICATION = textwrap.dedent(
+    """
+    import sys
+    from sqqueue import SQLiteQueue
+    path, key = sys.argv[1:3]
+    with SQLiteQueue(path, "jobs", encryption_key=key) as queue:
+        SQLiteQueue(path, "emails", encryption_key=key).close()
+        with SQLiteQueue(path, "jobs", encryption_key=key, read_only=True) as reader:
+            reader.stats().unwrap()
+        print("open", flush=True)
+        for line in sys.stdin:
+            queue.enqueue(line.strip()).unwrap()
+            print("enqueued", flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_rekey_command_is_refused_while_another_process_has_the_file_open(
+    tmp_path: Path,
+) -> None:
+    key_file, new_file = tmp_path / "old.key", tmp_path / "new.key"
+    for file, text in ((key_file, OLD_RAW), (new_file, NEW_RAW)):
+        file.write_text(text)
+        file.chmod(0o600)
+    path = tmp_path / "q.db"
+    _fill(path, 3, key=OLD_RAW)
+    app = subprocess.Popen(
+        [sys.executable, "-c", _APPLICATION, str(path), OLD_RAW],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert app.stdin is not None and app.stdout is not None
+        assert app.stdout.readline().strip() == "open"
+        refused = _cli("--key-file", key_file, "rekey", path, "--new-key-file", new_file)
+        assert refused.returncode == 1, refused.stderr
+        assert "is in use" in refused.stderr and "stop every process" in refused.stderr
+        assert "Traceback" not in refused.stderr and "0a" * 32 not in refused.stderr
+        app.stdin.write("after the refusal\n")
+        app.stdin.flush()
+        assert app.stdout.readline().strip() == "enqueued"
+    finally:
+        app.communicate(timeout=60)
+    assert app.returncode == 0
+    assert len(_payloads(path, OLD_RAW)) == 4
+    rekeyed = _cli("--key-file", key_file, "rekey", path, "--new-key-file", new_file)
+    assert rekeyed.returncode == 0, rekeyed.stderr
+    payloads = _payloads(path, NEW_RAW)
+    assert len(payloads) == 4 and "after the refusal" in payloads
+
+
+@pytest.mark.slow
+def test_a_connection_opened_during_rekey_finds_no_database(tmp_path: Path) -> None:
+    """A process that opens the file while rekey copies it waits for the lock, then finds
+    the file it opened (now replaced) unreadable: a key error, never a write where nobody
+    reads."""
+    source = tmp_path / "source.db"
+    _fill(source, 4000, key="k1", size=4000)  # ~16 MB: the copy takes a while
+    partial = Path(f"{source}.partial")
+    child = subprocess.Popen([sys.executable, "-c", _COPY_CHILD, "rekey", str(source), "x"])
+    try:
+        deadline = time.monotonic() + 60
+        while not (partial.exists() and partial.stat().st_size > 0):
+            assert child.poll() is None, "the copy ended before the file could be opened"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        late = encryption.connect(str(source), EncryptionKey("k1"), timeout=60)
+        try:
+            assert child.poll() is None  # opened before the copy replaced the file
+            with pytest.raises(encryption.driver_errors(), match="not a database"):
+                late.execute("SELECT count(*) FROM jobs").fetchall()
+        finally:
+            late.close()
+    finally:
+        child.wait(timeout=60)
+    assert child.returncode == 0
+    with SQLiteQueue(source, "jobs", encryption_key="k2") as queue:
         assert _total(queue) == 4000
 
 
@@ -345,7 +541,7 @@ def test_security_page_examples_run_as_written(
         for before, part in itertools.pairwise(parts)
         if "<!-- test: skip" not in before.rstrip().rsplit("\n", 1)[-1]
     ]
-    assert len(blocks) == 3  # encryption (two), signed messages (one)
+    assert len(blocks) == 4  # encryption (two), signed messages (two)
     monkeypatch.chdir(tmp_path)
     for block in blocks:
         exec(compile(block, str(page), "exec"), {"print": lambda *a: None})

@@ -17,10 +17,9 @@ from typing import Any
 import pytest
 
 from conftest import FakeClock
-from helpers import err, message_statuses, ok
+from helpers import err, leased, ok, statuses
 from sqqueue import (
     ErrorKind,
-    Message,
     PostgresQueue,
     Queue,
     Result,
@@ -31,16 +30,6 @@ from sqqueue import (
 from sqqueue import settings as settings_module
 
 DOCS_HOOK = Path(__file__).resolve().parent.parent / "docs" / "hooks" / "reference.py"
-
-
-def take(queue: Queue, **kwargs: Any) -> Message:
-    message = ok(queue.dequeue(**kwargs))
-    assert isinstance(message, Message)
-    return message
-
-
-def status_of(queue: Queue, message_id: int) -> str:
-    return {r["id"]: r["status"] for r in message_statuses(queue)}[message_id]
 
 
 # -- payloads that JSON cannot carry -----------------------------------------------------------
@@ -91,7 +80,7 @@ def test_unstorable_json_is_a_serialization_error_without_traceback(
 def test_json_nested_within_the_limit_round_trips(queue: Queue) -> None:
     deep = _nested(400)
     ok(queue.enqueue(deep))
-    assert take(queue).payload == deep
+    assert leased(queue).payload == deep
 
 
 @pytest.mark.parametrize(
@@ -120,16 +109,16 @@ def test_fail_after_failing_says_it_was_already_failed(queue: Queue) -> None:
     refused as WRONG_STATE, saying this object already failed it (nothing expired), and
     how to do it by id, which then works."""
     ok(queue.enqueue("job"))
-    message = take(queue, visibility_timeout=60)
+    message = leased(queue, visibility_timeout=60)
     ok(queue.fail_message(message, error="timeout calling API", delay=30))
     error = err(queue.fail_message(message, send_to_dlq=True), ErrorKind.WRONG_STATE)
     text = str(error)
     assert "already failed" in text
     assert "expired" not in text and "extend" not in text
     assert f"fail_message({message.id}, send_to_dlq=True)" in text
-    assert status_of(queue, message.id) == "delayed"  # nothing was changed
+    assert statuses(queue)[message.id] == "delayed"  # nothing was changed
     ok(queue.fail_message(message.id, send_to_dlq=True))
-    assert status_of(queue, message.id) == "dead"
+    assert statuses(queue)[message.id] == "dead"
 
 
 @pytest.mark.parametrize(
@@ -147,7 +136,7 @@ def test_second_call_on_an_ended_lease_says_what_this_object_did(
     queue: Queue, first: str, second: str, kind: ErrorKind, words: str
 ) -> None:
     ok(queue.enqueue("job"))
-    message = take(queue)
+    message = leased(queue)
     calls: dict[str, Callable[[], Result[Any, Any]]] = {
         "complete": lambda: queue.complete(message),
         "requeue": lambda: queue.requeue(message),
@@ -164,9 +153,9 @@ def test_second_call_on_an_ended_lease_says_what_this_object_did(
 
 def test_ended_lease_taken_by_another_consumer_is_lease_lost(queue: Queue) -> None:
     ok(queue.enqueue("job"))
-    message = take(queue)
+    message = leased(queue)
     ok(queue.requeue(message))
-    again = take(queue)  # the next delivery, under a new lease
+    again = leased(queue)  # the next delivery, under a new lease
     error = err(queue.complete(message), ErrorKind.LEASE_LOST)
     assert "already requeued" in str(error) and "another consumer" in str(error)
     ok(queue.complete(again))
@@ -175,7 +164,7 @@ def test_ended_lease_taken_by_another_consumer_is_lease_lost(queue: Queue) -> No
 def test_expired_lease_is_still_reported_as_expired(queue: Queue, clock: FakeClock) -> None:
     """Only leases this object ended itself are explained differently."""
     ok(queue.enqueue("job"))
-    message = take(queue, visibility_timeout=10)
+    message = leased(queue, visibility_timeout=10)
     clock.advance(11)
     error = err(queue.complete(message), ErrorKind.LEASE_EXPIRED)
     assert "has expired" in str(error)
@@ -192,8 +181,8 @@ def test_claim_block_that_ends_the_lease_itself_does_not_raise(queue: Queue) -> 
     with queue.claim() as message:
         assert message is not None and message.id == second
         ok(queue.release(message))
-    assert status_of(queue, first) == "delayed"
-    assert status_of(queue, second) == "ready"
+    assert statuses(queue)[first] == "delayed"
+    assert statuses(queue)[second] == "ready"
 
 
 # -- full queues ------------------------------------------------------------------------------
@@ -219,7 +208,7 @@ def test_purge_dead_counts_age_from_death(queue: Queue, clock: FakeClock) -> Non
     clock.advance(30 * 86400)
     ok(queue.fail_message(old_id, send_to_dlq=True))  # died just now
     assert ok(queue.purge("dead", older_than=week)) == 0
-    assert status_of(queue, old_id) == "dead"
+    assert statuses(queue)[old_id] == "dead"
     clock.advance(week + 1)
     assert ok(queue.purge("dead", older_than=week)) == 1
     assert ok(queue.stats()).dead == 0

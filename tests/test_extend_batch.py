@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
 from conftest import FakeClock
-from helpers import err, leased, ok
+from helpers import at, err, leased, ok
 from sqqueue import AsyncQueue, Err, ErrorKind, LeasesNotExtended, Message, Queue, RequeueError
 
 MakeQueue = Callable[..., Queue]
-
-
-def at(timestamp: float) -> datetime:
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
 
 
 def expiries(queue: Queue) -> dict[int, datetime]:

@@ -25,13 +25,12 @@ from typing import Any
 import pytest
 
 from conftest import FakeClock
-from helpers import err, message_statuses, ok
+from helpers import err, isolate, leased, ok, statuses
 from sqqueue import (
     EnqueueError,
     Err,
     ErrorKind,
     Item,
-    Message,
     Queue,
     QueueFull,
     RequeueError,
@@ -46,14 +45,7 @@ STATES = ("ready", "delayed", "waiting", "processing", "dead")
 @pytest.fixture(autouse=True)
 def _no_outside_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Settings come from the tests only: no SQQUEUE_* variables, no config file."""
-    for key in list(os.environ):
-        if key.startswith("SQQUEUE_"):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("SQQUEUE_CONFIG", "none")
-
-
-def statuses(queue: Queue) -> dict[int, str]:
-    return {row["id"]: row["status"] for row in message_statuses(queue)}
+    isolate(monkeypatch)
 
 
 def check_counts(queue: Queue) -> Counter[str]:
@@ -64,12 +56,6 @@ def check_counts(queue: Queue) -> Counter[str]:
     assert {s: getattr(stats, s) for s in STATES} == {s: seen.get(s, 0) for s in STATES}
     assert stats.depth == sum(seen[s] for s in STATES if s != "dead")
     return seen
-
-
-def take(queue: Queue, **kwargs: Any) -> Message:
-    message = ok(queue.dequeue(**kwargs))
-    assert message is not None, "expected a message to be delivered"
-    return message
 
 
 def nothing(queue: Queue) -> None:
@@ -156,7 +142,7 @@ def test_dedup_key_returns_original_id_within_window(
     clock.advance(30)
     assert ok(queue.enqueue({"n": "dup"}, dedup_key="order-1")) == first
     assert sorted(statuses(queue)) == [first, other]
-    message = take(queue)
+    message = leased(queue)
     assert message.id == first
     assert message.payload == {"n": 1}  # the duplicate's payload was not stored
     ok(queue.complete(message))
@@ -186,7 +172,7 @@ def test_dedup_window_exists_lasts_while_message_or_dead_letter_exists(
     assert ok(queue.enqueue("a3", dedup_key="k")) == first  # still exists, as a dead letter
     assert statuses(queue) == {first: "dead"}
     ok(queue.reprocess_dead_letter(first))
-    message = take(queue)
+    message = leased(queue)
     ok(queue.complete(message))
     second = ok(queue.enqueue("b", dedup_key="k"))
     assert second != first
@@ -359,10 +345,10 @@ def test_groups_deliver_one_at_a_time_in_order(make_queue: MakeQueue) -> None:
     ok(queue.complete(batch[0]))
     assert statuses(queue)[a[1]] == "ready"
     assert statuses(queue)[a[2]] == "waiting"
-    assert take(queue).id == a[1]
+    assert leased(queue).id == a[1]
     nothing(queue)  # a2 waits for a1, b1 for b0
     ok(queue.complete(batch[1]))
-    assert take(queue).id == b[1]
+    assert leased(queue).id == b[1]
     check_counts(queue)
 
 
@@ -386,13 +372,13 @@ def test_group_priorities_apply_across_groups_not_within(make_queue: MakeQueue) 
     z = ok(queue.enqueue("z", group="A", priority=9))
     low = ok(queue.enqueue("low", priority=-1))
     assert ok(queue.peek()).id == y
-    first = take(queue)
-    second = take(queue)
+    first = leased(queue)
+    second = leased(queue)
     assert (first.id, second.id) == (y, x)
-    assert take(queue).id == low  # z (priority 9) is still waiting behind x
+    assert leased(queue).id == low  # z (priority 9) is still waiting behind x
     nothing(queue)
     ok(queue.complete(second))
-    assert take(queue).id == z
+    assert leased(queue).id == z
     check_counts(queue)
 
 
@@ -402,24 +388,24 @@ def test_group_failed_head_stays_head(make_queue: MakeQueue, clock: FakeClock) -
     queue = make_queue(table_name="jobs", default_max_attempts=5)
     head = ok(queue.enqueue("head", group="G"))
     nxt = ok(queue.enqueue("next", group="G"))
-    message = take(queue)
+    message = leased(queue)
     ok(queue.fail_message(message, error="try again", delay=0))
     assert statuses(queue) == {head: "ready", nxt: "waiting"}
-    message = take(queue)
+    message = leased(queue)
     assert (message.id, message.attempts) == (head, 2)
     ok(queue.fail_message(message, error="later", delay=10))
     assert statuses(queue) == {head: "delayed", nxt: "waiting"}
     check_counts(queue)
     nothing(queue)
     clock.advance(10)
-    message = take(queue, visibility_timeout=5)
+    message = leased(queue, visibility_timeout=5)
     assert message.id == head
     clock.advance(6)  # lease runs out
-    message = take(queue)
+    message = leased(queue)
     assert (message.id, message.attempts) == (head, 4)
     assert statuses(queue) == {head: "processing", nxt: "waiting"}
     ok(queue.complete(message))
-    assert take(queue).id == nxt
+    assert leased(queue).id == nxt
     check_counts(queue)
 
 
@@ -428,13 +414,13 @@ def test_group_dead_letter_does_not_block(make_queue: MakeQueue, clock: FakeCloc
     pending) lets the next member of its group be delivered."""
     queue = make_queue(table_name="jobs", default_max_attempts=1)
     g = [ok(queue.enqueue(f"g{i}", group="G")) for i in range(4)]
-    first = take(queue)
+    first = leased(queue)
     ok(queue.fail_message(first, error="boom"))  # last attempt -> dead
     assert statuses(queue) == {g[0]: "dead", g[1]: "ready", g[2]: "waiting", g[3]: "waiting"}
-    second = take(queue, visibility_timeout=5)
+    second = leased(queue, visibility_timeout=5)
     assert second.id == g[1]
     clock.advance(6)  # its only lease runs out: dead letter
-    third = take(queue)
+    third = leased(queue)
     assert third.id == g[2]
     assert "lease expired" in ok(queue.get_dead_letters())[-1]["last_error"]
     ok(queue.complete(third))
@@ -443,7 +429,7 @@ def test_group_dead_letter_does_not_block(make_queue: MakeQueue, clock: FakeCloc
     check_counts(queue)
     after = ok(queue.enqueue("after", group="G"))  # the group is empty again: no wait
     assert statuses(queue)[after] == "ready"
-    assert take(queue).id == after
+    assert leased(queue).id == after
 
 
 def test_group_redriven_member_waits_its_turn(make_queue: MakeQueue) -> None:
@@ -451,15 +437,15 @@ def test_group_redriven_member_waits_its_turn(make_queue: MakeQueue) -> None:
     parallel with the group's current head."""
     queue = make_queue(table_name="jobs", default_max_attempts=1)
     first = ok(queue.enqueue("first", group="G"))
-    ok(queue.fail_message(take(queue), error="boom"))
+    ok(queue.fail_message(leased(queue), error="boom"))
     second = ok(queue.enqueue("second", group="G"))
-    head = take(queue)
+    head = leased(queue)
     assert head.id == second
     assert ok(queue.redrive(ids=[first])) == 1
     assert statuses(queue) == {first: "waiting", second: "processing"}
     nothing(queue)
     ok(queue.complete(head))
-    assert take(queue).id == first
+    assert leased(queue).id == first
     check_counts(queue)
 
 
@@ -555,10 +541,10 @@ def test_ttl_expired_message_is_dead_lettered(make_queue: MakeQueue, clock: Fake
     plain = ok(queue.enqueue("plain"))
     assert ok(queue.peek()).expires_at == datetime.fromtimestamp(clock() + 10, tz=timezone.utc)
     clock.advance(10)
-    message = take(queue)
+    message = leased(queue)
     assert message.id == long
     assert message.expires_at == datetime.fromtimestamp(clock() + 50, tz=timezone.utc)
-    assert take(queue).id == plain
+    assert leased(queue).id == plain
     nothing(queue)
     (dead,) = ok(queue.get_dead_letters())
     assert dead["id"] == short
@@ -577,7 +563,7 @@ def test_default_ttl_and_drop(make_queue: MakeQueue, clock: FakeClock) -> None:
     keep = ok(queue.enqueue("own ttl", ttl=100))
     ok(queue.enqueue_batch(["b1", Item("b2", ttl=5)]))
     clock.advance(10)
-    assert take(queue).id == keep
+    assert leased(queue).id == keep
     nothing(queue)
     assert ok(queue.get_dead_letters()) == []
     stats = ok(queue.stats())
@@ -602,8 +588,8 @@ def test_ttl_does_not_yank_a_live_lease(make_queue: MakeQueue, clock: FakeClock)
     queue = make_queue(table_name="jobs")
     a = ok(queue.enqueue("a", ttl=10))
     b = ok(queue.enqueue("b", ttl=10))
-    msg_a = take(queue, visibility_timeout=100)
-    msg_b = take(queue, visibility_timeout=30)
+    msg_a = leased(queue, visibility_timeout=100)
+    msg_b = leased(queue, visibility_timeout=30)
     clock.advance(20)
     nothing(queue)  # folds expired messages: the leased ones stay
     assert ok(queue.recover_processing_messages()) == 0
@@ -626,10 +612,10 @@ def test_ttl_expires_waiting_group_member(make_queue: MakeQueue, clock: FakeCloc
     queue = make_queue(table_name="jobs")
     g = [ok(queue.enqueue("g0", group="G")), ok(queue.enqueue("g1", group="G", ttl=5))]
     g.append(ok(queue.enqueue("g2", group="G")))
-    head = take(queue, visibility_timeout=100)
+    head = leased(queue, visibility_timeout=100)
     clock.advance(10)
     ok(queue.complete(head))
-    assert take(queue).id == g[2]
+    assert leased(queue).id == g[2]
     assert statuses(queue) == {g[1]: "dead", g[2]: "processing"}
     assert ok(queue.stats()).ttl_expired_total == 1
     check_counts(queue)
@@ -645,7 +631,7 @@ def test_peek_never_shows_an_expired_message(make_queue: MakeQueue, clock: FakeC
     peeked = ok(queue.peek())
     assert peeked is not None
     assert peeked.id == fresh
-    assert take(queue).id == fresh
+    assert leased(queue).id == fresh
 
 
 # -- retention of completed messages ------------------------------------------------------
@@ -655,7 +641,7 @@ def test_completed_messages_are_not_kept_by_default(make_queue: MakeQueue) -> No
     """Without retention, completed messages are deleted at once."""
     queue = make_queue(table_name="jobs")
     ok(queue.enqueue("a"))
-    ok(queue.complete(take(queue)))
+    ok(queue.complete(leased(queue)))
     assert ok(queue.get_completed()) == []
     assert ok(queue.list_messages("done")) == []
     assert ok(queue.stats()).completed_total == 1
@@ -666,7 +652,7 @@ def test_retention_keeps_completed_messages(make_queue: MakeQueue, clock: FakeCl
     "done") with completed_at and attempts, page by page."""
     queue = make_queue(table_name="jobs", retention=3600)
     ids = ok(queue.enqueue_batch([{"n": 1}, {"n": 2}, {"n": 3}]))
-    first = take(queue)
+    first = leased(queue)
     ok(queue.fail_message(first, error="retry"))
     enqueued_at = clock()
     clock.advance(5)
@@ -703,7 +689,7 @@ def test_retention_prunes_by_age_during_maintenance(
         ok(queue.complete(message))  # ops 3-5 (maintenance at 4: nothing old yet)
     clock.advance(61)
     recent = ok(queue.enqueue("d"))  # op 6
-    message = take(queue)  # op 7
+    message = leased(queue)  # op 7
     assert len(ok(queue.get_completed())) == 3  # old, but no maintenance since
     ok(queue.complete(message))  # op 8: maintenance
     assert [d["id"] for d in ok(queue.get_completed())] == [recent]
@@ -741,9 +727,9 @@ def test_complete_keeps_a_json_result_with_the_history(
     queue = make_queue(table_name="jobs", retention=3600)
     assert queue.keeps_history
     first, second, third = ok(queue.enqueue_batch(["a", "b", "c"]))
-    ok(queue.complete(take(queue), result={"sent": 3, "to": ["ada", "éè\u2603"]}))
-    ok(queue.complete(take(queue), result=None))
-    ok(queue.complete(take(queue)))
+    ok(queue.complete(leased(queue), result={"sent": 3, "to": ["ada", "éè\u2603"]}))
+    ok(queue.complete(leased(queue), result=None))
+    ok(queue.complete(leased(queue)))
     found = ok(queue.get_message(first))
     assert (found["status"], found["result"]) == ("done", {"sent": 3, "to": ["ada", "éè\u2603"]})
     assert ok(queue.get_message(second))["result"] is None
@@ -764,7 +750,7 @@ def test_complete_with_a_result_is_refused_without_history_or_json(
     plain = make_queue(table_name="plain")
     assert not plain.keeps_history
     ok(plain.enqueue("a"))
-    message = take(plain)
+    message = leased(plain)
     refused = plain.complete(message, result=1)
     err(refused, ErrorKind.INVALID_INPUT)
     assert "retention" in str(refused.error)
@@ -773,7 +759,7 @@ def test_complete_with_a_result_is_refused_without_history_or_json(
 
     kept = make_queue(table_name="kept", retention_max=10)
     ok(kept.enqueue("b"))
-    message = take(kept)
+    message = leased(kept)
     for bad in ((1, 2), {1: "x"}, float("nan"), object()):
         err(kept.complete(message, result=bad), ErrorKind.SERIALIZATION)
     assert ok(kept.get_message(message.id))["status"] == "processing"
@@ -806,8 +792,8 @@ def test_purge_by_state(make_queue: MakeQueue, clock: FakeClock) -> None:
     dead = ok(queue.enqueue("x"))
     ok(queue.fail_message(dead, send_to_dlq=True))
     done = ok(queue.enqueue("c", priority=9))
-    ok(queue.complete(take(queue)))
-    processing = take(queue)
+    ok(queue.complete(leased(queue)))
+    processing = leased(queue)
     assert processing.id == pending  # same priority and time as h: the lower id first
     assert ok(queue.purge("waiting")) == 2
     assert not set(waiting) & set(statuses(queue))
@@ -853,7 +839,7 @@ def test_purge_of_group_head_releases_next(make_queue: MakeQueue) -> None:
     g = [ok(queue.enqueue(f"g{i}", group="G")) for i in range(3)]
     assert ok(queue.purge("pending")) == 1
     assert statuses(queue) == {g[1]: "ready", g[2]: "waiting"}
-    take(queue)
+    leased(queue)
     assert ok(queue.purge("processing")) == 1
     assert statuses(queue) == {g[2]: "ready"}
     h = [ok(queue.enqueue(f"h{i}", group="H")) for i in range(3)]
@@ -888,10 +874,10 @@ def test_redrive_back_to_same_queue(make_queue: MakeQueue) -> None:
     assert [r["attempts"] for r in rows] == [0, 0, 0]
     assert [r["prior_attempts"] for r in rows] == [2, 2, 2]
     assert [r["last_error"] for r in rows] == ["boom a", "boom b", "boom c"]
-    message = take(queue)
+    message = leased(queue)
     assert (message.attempts, message.prior_attempts, message.last_error) == (1, 2, "boom a")
     ok(queue.fail_message(message, error="again"))
-    ok(queue.fail_message(take(queue), error="again"))
+    ok(queue.fail_message(leased(queue), error="again"))
     (dead,) = ok(queue.get_dead_letters())
     assert (dead["attempts"], dead["prior_attempts"]) == (2, 2)
     assert ok(queue.redrive()) == 1
@@ -989,7 +975,7 @@ def test_max_depth_refuses_with_queue_full(make_queue: MakeQueue, clock: FakeClo
     ok(queue.enqueue("d", delay=60))
     h = ok(queue.enqueue("h", group="G"))
     ok(queue.enqueue("w", group="G"))
-    assert take(queue).id == p
+    assert leased(queue).id == p
     before = statuses(queue)
     error = err(queue.enqueue("too many"), ErrorKind.QUEUE_FULL)
     assert isinstance(error, QueueFull)
@@ -1025,7 +1011,7 @@ def test_max_depth_wait_until_room(make_queue: MakeQueue) -> None:
     """enqueue(wait=...) blocks until a completion on another thread makes room."""
     queue = make_queue(table_name="jobs", max_depth=1)
     ok(queue.enqueue("first"))
-    message = take(queue)
+    message = leased(queue)
 
     def finish() -> None:
         time.sleep(0.2)
@@ -1066,6 +1052,7 @@ def app_conn(db_path: Path, sqlite_queue: SQLiteQueue) -> Iterator[sqlite3.Conne
     conn.close()
 
 
+@pytest.mark.plain_file("the application's connection is stdlib sqlite3, which has no key")
 def test_outbox_commits_with_callers_rows(
     sqlite_queue: SQLiteQueue, app_conn: sqlite3.Connection
 ) -> None:
@@ -1076,12 +1063,13 @@ def test_outbox_commits_with_callers_rows(
     assert statuses(sqlite_queue) == {}  # not committed yet
     app_conn.commit()
     assert statuses(sqlite_queue) == {message_id: "ready"}
-    message = take(sqlite_queue)
+    message = leased(sqlite_queue)
     assert message.payload == {"order": 42}
     assert ok(sqlite_queue.stats()).enqueued_total == 1
     check_counts(sqlite_queue)
 
 
+@pytest.mark.plain_file("the application's connection is stdlib sqlite3, which has no key")
 def test_outbox_rolls_back_with_callers_rows(
     sqlite_queue: SQLiteQueue, app_conn: sqlite3.Connection
 ) -> None:
@@ -1097,6 +1085,7 @@ def test_outbox_rolls_back_with_callers_rows(
     check_counts(sqlite_queue)
 
 
+@pytest.mark.plain_file("the application's connection is stdlib sqlite3, which has no key")
 def test_outbox_never_runs_upkeep_inside_the_callers_transaction(
     make_sqlite_queue: Callable[..., SQLiteQueue], db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1132,6 +1121,7 @@ def test_outbox_never_runs_upkeep_inside_the_callers_transaction(
     assert ok(queue.stats()).depth == 51
 
 
+@pytest.mark.plain_file("the application's connection is stdlib sqlite3, which has no key")
 def test_outbox_errors(sqlite_queue: SQLiteQueue, db_path: Path, tmp_path: Path) -> None:
     """No open transaction, a connection to another file, or no connection at all:
     Err(INVALID_INPUT), and nothing is enqueued."""

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from conftest import FakeClock, QueueTarget
-from helpers import err, ok
+from helpers import err, ok, wait_until
 from sqqueue import AsyncQueue, ErrorKind, Queue, QueueError, Result, SQLiteQueue
 from sqqueue.backends.base import NewMessage
 from sqqueue.core import group_commit
@@ -115,19 +115,17 @@ class Callers:
         return self.results
 
 
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting until {what}"
-        time.sleep(0.001)
-
-
 def queue_up(queue: Queue, callers: Callers, calls: dict[str, Callable[[], Any]]) -> None:
     """Start each call in turn, once the one before is waiting for the next commit."""
     for name, call in calls.items():
         expected = queue.parts.commits.waiting + 1
         callers.start(name, call)
-        wait_until(lambda n=expected: queue.parts.commits.waiting == n, f"{name} waits")
+        wait_until(
+            lambda n=expected: queue.parts.commits.waiting == n,
+            timeout=DEADLINE,
+            what=f"{name} to wait",
+            interval=0.001,
+        )
 
 
 def led(queue: Queue, gate: Gate, callers: Callers, payload: Any = "leader") -> None:
@@ -136,7 +134,8 @@ def led(queue: Queue, gate: Gate, callers: Callers, payload: Any = "leader") -> 
     assert gate.entered.wait(DEADLINE)
 
 
-def stored(queue: Queue) -> dict[int, Any]:
+def stored_payloads(queue: Queue) -> dict[int, Any]:
+    """The payload of every message listed under "all" in ``queue``, by id."""
     return {row["id"]: row["payload"] for row in ok(queue.list_messages("all", limit=10_000))}
 
 
@@ -152,7 +151,10 @@ def test_callers_behind_a_commit_share_the_next_one(
     assert gate.sizes() == [1, 5]  # the five that came during the first commit: one more
     ids = {name: ok(result) for name, result in results.items()}
     assert len(set(ids.values())) == 6
-    assert stored(queue) == {ids["leader"]: "leader", **{ids[f"c{i}"]: f"m{i}" for i in range(5)}}
+    assert stored_payloads(queue) == {
+        ids["leader"]: "leader",
+        **{ids[f"c{i}"]: f"m{i}" for i in range(5)},
+    }
     # In the order they came, within the group as between groups.
     assert [ids[f"c{i}"] for i in range(5)] == sorted(ids[f"c{i}"] for i in range(5))
     assert ids["leader"] < ids["c0"]
@@ -187,7 +189,7 @@ def test_many_threads_lose_nothing_and_keep_each_producer_in_order(
         worker.join(DEADLINE * 4)
         assert not worker.is_alive()
     assert unseen == []
-    everything = stored(queue)
+    everything = stored_payloads(queue)
     assert len(everything) == threads * each
     for k, ids in got.items():
         assert [everything[i] for i in ids] == [{"t": k, "i": i} for i in range(each)]
@@ -284,7 +286,12 @@ def test_group_commit_max_1_commits_every_call_alone(
     for i in range(3):
         callers.start(f"c{i}", lambda i=i: queue.enqueue(i))
     # Nobody waits for the held commit: each inserts on its own.
-    wait_until(lambda: len(gate.calls) == 4, "every caller inserts")
+    wait_until(
+        lambda: len(gate.calls) == 4,
+        timeout=DEADLINE,
+        what="every caller to insert",
+        interval=0.001,
+    )
     gate.open()
     assert all(r.is_ok() for r in callers.join().values())
     assert gate.sizes() == [1, 1, 1, 1]
@@ -310,7 +317,7 @@ def test_concurrent_duplicates_behave_as_one_after_the_other(
     assert gate.sizes() == [1, 3]  # one group
     first, second = ok(results["first"]), ok(results["second"])
     assert second == first  # what a sequential duplicate gets: the original's id
-    assert sorted(stored(queue).values()) == ["first", "leader", "plain"]
+    assert sorted(stored_payloads(queue).values()) == ["first", "leader", "plain"]
     # And later, alone, a duplicate still gets it.
     assert ok(queue.enqueue("third", dedup_key="k")) == first
 
@@ -327,7 +334,7 @@ def test_many_threads_racing_on_one_dedup_key_store_one_message(queue: Queue) ->
     results = callers.join()
     ids = {ok(result) for result in results.values()}
     assert len(ids) == 1
-    assert list(stored(queue)) == list(ids)
+    assert list(stored_payloads(queue)) == list(ids)
 
 
 def test_a_full_queue_fails_only_the_callers_without_room(
@@ -347,7 +354,7 @@ def test_a_full_queue_fails_only_the_callers_without_room(
     assert len(refused) == 1
     err(results[refused[0]], ErrorKind.QUEUE_FULL)
     fitted = {f"m{name[1]}" for name in results if name not in ("leader", *refused)}
-    assert sorted(stored(queue).values()) == sorted({"leader", *fitted})
+    assert sorted(stored_payloads(queue).values()) == sorted({"leader", *fitted})
 
 
 def test_one_bad_message_does_not_fail_the_others(
@@ -375,7 +382,7 @@ def test_one_bad_message_does_not_fail_the_others(
     results = callers.join()
     assert "value refused" in str(err(results["bad"], ErrorKind.STORAGE))
     assert ok(results["a"]) > 0 and len(ok(results["b"])) == 2
-    assert sorted(stored(queue).values()) == ["a", "b0", "b1", "leader"]
+    assert sorted(stored_payloads(queue).values()) == ["a", "b0", "b1", "leader"]
     sizes = gate.sizes()
     assert sizes[:2] == [1, 4] and sorted(sizes[2:]) == [1, 1, 2]  # the group, then each alone
 
@@ -396,9 +403,10 @@ def test_a_storage_error_reaches_every_caller_of_the_group(
     assert all("disk is full" in str(e) for e in errors)
     assert len({id(e) for e in errors}) == 3  # each caller its own error
     assert gate.sizes() == [1, 3]  # not tried again alone: it would fail the same way
-    assert list(stored(queue).values()) == ["leader"]
+    assert list(stored_payloads(queue).values()) == ["leader"]
 
 
+@pytest.mark.plain_file("locks the file with stdlib sqlite3, which has no key")
 def test_a_locked_database_reaches_every_caller_once(
     make_sqlite_queue: Callable[..., SQLiteQueue],
     db_path: Path,
@@ -441,7 +449,7 @@ def test_closing_while_callers_wait_answers_each_of_them(
     for i in range(3):
         err(results[f"c{i}"], ErrorKind.CLOSED)
     with queue_target.open(clock=clock) as reopened:
-        assert stored(reopened) == {leader: "leader"}
+        assert stored_payloads(reopened) == {leader: "leader"}
 
 
 def test_an_interrupted_leader_leaves_nobody_waiting(
@@ -467,11 +475,12 @@ def test_an_interrupted_leader_leaves_nobody_waiting(
     # Its followers inserted their own messages, each alone; nothing is stuck.
     assert gate.sizes() == [1, 3, 1, 1]
     ids = {name: ok(results[name]) for name in ("leader", "a", "b")}
-    assert stored(queue) == {ids[name]: name for name in ids}
+    assert stored_payloads(queue) == {ids[name]: name for name in ids}
     assert queue.parts.commits.waiting == 0
     assert ok(queue.enqueue("after")) > 0
 
 
+@pytest.mark.plain_file("the outbox joins a stdlib sqlite3 connection, which has no key")
 def test_the_outbox_never_joins_a_group(
     make_sqlite_queue: Callable[..., SQLiteQueue],
     db_path: Path,
@@ -492,8 +501,8 @@ def test_the_outbox_never_joins_a_group(
         conn.close()
     gate.open()
     callers.join()
-    assert sorted(stored(queue).values()) == ["leader", "outbox"]
-    assert ok(outbox) in stored(queue)
+    assert sorted(stored_payloads(queue).values()) == ["leader", "outbox"]
+    assert ok(outbox) in stored_payloads(queue)
     assert gate.sizes() == [1]
 
 
@@ -506,7 +515,11 @@ def test_asyncio_tasks_share_commits(queue: Queue, monkeypatch: pytest.MonkeyPat
     async def main() -> list[Result[int, Any]]:
         tasks = [asyncio.create_task(aqueue.enqueue(f"a{i}")) for i in range(4)]
         await asyncio.to_thread(
-            wait_until, lambda: queue.parts.commits.waiting == 4, "the tasks wait"
+            wait_until,
+            lambda: queue.parts.commits.waiting == 4,
+            timeout=DEADLINE,
+            what="the tasks to wait",
+            interval=0.001,
         )
         gate.open()
         return await asyncio.gather(*tasks)
@@ -515,7 +528,7 @@ def test_asyncio_tasks_share_commits(queue: Queue, monkeypatch: pytest.MonkeyPat
     callers.join()
     assert gate.sizes() == [1, 4]
     ids = [ok(result) for result in results]
-    assert [stored(queue)[i] for i in ids] == ["a0", "a1", "a2", "a3"]
+    assert [stored_payloads(queue)[i] for i in ids] == ["a0", "a1", "a2", "a3"]
 
 
 # A child that enqueues from several threads, prints each id it got Ok for, and kills
@@ -557,7 +570,7 @@ def test_every_ok_survives_a_kill_right_after_it(queue_target: QueueTarget, queu
     assert child.returncode == -9, child.stderr.decode()
     printed = [int(line) for line in child.stdout.decode().split()]
     assert len(printed) == 10
-    everything = stored(queue)
+    everything = stored_payloads(queue)
     assert all(message_id in everything for message_id in printed)
 
 
@@ -617,4 +630,4 @@ def test_a_child_forked_during_a_commit_enqueues_on_its_own(
     assert os.waitstatus_to_exitcode(done[1]) == 0
     gate.open()
     assert all(r.is_ok() for r in callers.join().values())
-    assert sorted(stored(queue).values()) == ["child", "leader", "waiting"]
+    assert sorted(stored_payloads(queue).values()) == ["child", "leader", "waiting"]

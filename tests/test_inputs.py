@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 
 from conftest import FakeClock, QueueTarget
-from helpers import leased, message_statuses, ok, without_dac_override
+from helpers import err, leased, message_statuses, ok, without_dac_override
 from sqqueue import (
     CompletionError,
     DequeueError,
@@ -40,17 +40,6 @@ from sqqueue import (
 )
 
 MakeQueue = Callable[..., Queue]
-
-
-def expect_err(result: Result[Any, Any], kind: ErrorKind, *words: str) -> QueueError:
-    """Assert an Err of ``kind`` whose message contains every one of ``words``."""
-    assert isinstance(result, Err), f"expected Err({kind}), got {result!r}"
-    assert isinstance(result.error, QueueError)
-    assert result.error.kind is kind, f"expected kind {kind}, got {result.error!r}"
-    text = str(result.error).lower()
-    for word in words:
-        assert word.lower() in text, f"{word!r} not in error message {str(result.error)!r}"
-    return result.error
 
 
 def without_path(error: BaseException, path: Path) -> str:
@@ -360,11 +349,11 @@ def _stable_id(payload: Any) -> str:
 @pytest.mark.parametrize(("payload", "words"), REFUSED, ids=[_stable_id(p) for p, _ in REFUSED])
 def test_unstorable_payload_is_serialization_err(queue: Queue, payload: Any, words: str) -> None:
     """Payloads that would not round-trip exactly: Err(SERIALIZATION), nothing enqueued."""
-    error = expect_err(queue.enqueue(payload), ErrorKind.SERIALIZATION, words)
+    error = err(queue.enqueue(payload), ErrorKind.SERIALIZATION, words)
     assert isinstance(error, EnqueueError)
     assert message_statuses(queue) == []
     # As a batch item the payload is wrapped in a 1-tuple, so a tuple payload stays a payload.
-    expect_err(queue.enqueue_batch(["fine", (payload,)]), ErrorKind.SERIALIZATION, "item 1")
+    err(queue.enqueue_batch(["fine", (payload,)]), ErrorKind.SERIALIZATION, "item 1")
     assert message_statuses(queue) == []
 
 
@@ -389,10 +378,8 @@ BAD_PRIORITIES = [True, False, 1.0, 0.5, float("nan"), 2**31, -(2**31) - 1, 10**
 @pytest.mark.parametrize("priority", BAD_PRIORITIES[:-1], ids=repr)
 def test_bad_priority_is_err(queue: Queue, priority: Any) -> None:
     """Priorities must be ints within 32 bits; bools and floats are refused."""
-    expect_err(queue.enqueue("x", priority=priority), ErrorKind.INVALID_INPUT, "priority")
-    expect_err(
-        queue.enqueue_batch(["a", ("x", priority)]), ErrorKind.INVALID_INPUT, "priority", "item 1"
-    )
+    err(queue.enqueue("x", priority=priority), ErrorKind.INVALID_INPUT, "priority")
+    err(queue.enqueue_batch(["a", ("x", priority)]), ErrorKind.INVALID_INPUT, "priority", "item 1")
     assert message_statuses(queue) == []
 
 
@@ -409,12 +396,12 @@ BAD_DELAYS = [-1, -0.001, float("nan"), float("inf"), -float("inf"), 10**12, 1e3
 @pytest.mark.parametrize("delay", [*BAD_DELAYS, timedelta(seconds=-1)], ids=repr)
 def test_bad_delay_is_err(queue: Queue, delay: Any) -> None:
     """Negative, NaN, infinite, absurdly large or non-numeric delays are refused."""
-    expect_err(queue.enqueue("x", delay=delay), ErrorKind.INVALID_INPUT, "delay")
-    expect_err(queue.enqueue_batch([("x", None, delay)]), ErrorKind.INVALID_INPUT, "delay")
+    err(queue.enqueue("x", delay=delay), ErrorKind.INVALID_INPUT, "delay")
+    err(queue.enqueue_batch([("x", None, delay)]), ErrorKind.INVALID_INPUT, "delay")
     assert message_statuses(queue) == []
     ok(queue.enqueue("y"))
     message = leased(queue)
-    expect_err(queue.fail_message(message, delay=delay), ErrorKind.INVALID_INPUT, "delay")
+    err(queue.fail_message(message, delay=delay), ErrorKind.INVALID_INPUT, "delay")
     assert message_statuses(queue)[0]["status"] == "processing"
 
 
@@ -425,14 +412,14 @@ BAD_TIMEOUTS = [0, -1, float("nan"), float("inf"), 10**9, 1e300, "30", True, Non
 def test_bad_visibility_timeout_is_err(queue: Queue, timeout: Any) -> None:
     """Zero, negative, NaN, infinite, huge or non-numeric lease times are refused."""
     ok(queue.enqueue("x"))
-    expect_err(queue.dequeue(visibility_timeout=timeout), ErrorKind.INVALID_INPUT, "visibility")
-    error = expect_err(
+    err(queue.dequeue(visibility_timeout=timeout), ErrorKind.INVALID_INPUT, "visibility")
+    error = err(
         queue.dequeue_batch(5, visibility_timeout=timeout), ErrorKind.INVALID_INPUT, "visibility"
     )
     assert isinstance(error, DequeueError)
     assert message_statuses(queue)[0]["status"] == "ready"  # nothing was leased
     message = leased(queue)
-    error = expect_err(queue.extend(message, timeout), ErrorKind.INVALID_INPUT, "seconds")
+    error = err(queue.extend(message, timeout), ErrorKind.INVALID_INPUT, "seconds")
     assert isinstance(error, RequeueError)
 
 
@@ -440,14 +427,14 @@ def test_bad_visibility_timeout_is_err(queue: Queue, timeout: Any) -> None:
 def test_bad_batch_size_is_err(queue: Queue, size: Any) -> None:
     """batch_size must be an int from 1 to a sane maximum."""
     ok(queue.enqueue("x"))
-    expect_err(queue.dequeue_batch(size), ErrorKind.INVALID_INPUT, "batch_size")
+    err(queue.dequeue_batch(size), ErrorKind.INVALID_INPUT, "batch_size")
     assert message_statuses(queue)[0]["status"] == "ready"
 
 
 @pytest.mark.parametrize("attempts", [0, -1, True, 1.5, 10**12, "3"])
 def test_bad_max_attempts_is_err(queue: Queue, attempts: Any) -> None:
     """max_attempts must be a positive int."""
-    expect_err(queue.enqueue("x", max_attempts=attempts), ErrorKind.INVALID_INPUT, "max_attempts")
+    err(queue.enqueue("x", max_attempts=attempts), ErrorKind.INVALID_INPUT, "max_attempts")
     assert message_statuses(queue) == []
 
 
@@ -478,7 +465,7 @@ def test_non_int_id_is_invalid_input(queue: Queue, call: str, bad_id: Any) -> No
     ok(queue.enqueue("x"))
     leased(queue)
     before = message_statuses(queue)
-    error = expect_err(ID_CALLS[call](queue, bad_id), ErrorKind.INVALID_INPUT)
+    error = err(ID_CALLS[call](queue, bad_id), ErrorKind.INVALID_INPUT)
     assert isinstance(error, ERROR_CLASS[call])
     assert "int" in str(error)
     assert message_statuses(queue) == before
@@ -510,8 +497,8 @@ def test_error_text_must_be_str(queue: Queue) -> None:
     """fail_message(error=...) accepts only str; long text is kept (truncated), not refused."""
     ok(queue.enqueue("x"))
     message = leased(queue)
-    expect_err(queue.fail_message(message, error=123), ErrorKind.INVALID_INPUT, "error")  # type: ignore[arg-type]
-    expect_err(queue.fail_message(message, error=b"x"), ErrorKind.INVALID_INPUT, "error")  # type: ignore[arg-type]
+    err(queue.fail_message(message, error=123), ErrorKind.INVALID_INPUT, "error")  # type: ignore[arg-type]
+    err(queue.fail_message(message, error=b"x"), ErrorKind.INVALID_INPUT, "error")  # type: ignore[arg-type]
     ok(queue.fail_message(message, error="é\x00" * 100_000))
     again = leased(queue)
     assert again.last_error is not None
@@ -524,8 +511,8 @@ def test_double_complete(queue: Queue) -> None:
     ok(queue.enqueue("x"))
     message = leased(queue)
     assert queue.complete(message) == Ok(None)
-    expect_err(queue.complete(message), ErrorKind.NOT_FOUND, str(message.id))
-    expect_err(queue.complete(message.id), ErrorKind.NOT_FOUND, str(message.id))
+    err(queue.complete(message), ErrorKind.NOT_FOUND, str(message.id))
+    err(queue.complete(message.id), ErrorKind.NOT_FOUND, str(message.id))
 
 
 def test_fail_after_complete(queue: Queue) -> None:
@@ -533,10 +520,10 @@ def test_fail_after_complete(queue: Queue) -> None:
     ok(queue.enqueue("x"))
     message = leased(queue)
     ok(queue.complete(message))
-    expect_err(queue.fail_message(message), ErrorKind.NOT_FOUND)
-    expect_err(queue.fail_message(message, send_to_dlq=True), ErrorKind.NOT_FOUND)
-    expect_err(queue.requeue(message), ErrorKind.NOT_FOUND)
-    expect_err(queue.extend(message, 10), ErrorKind.NOT_FOUND)
+    err(queue.fail_message(message), ErrorKind.NOT_FOUND)
+    err(queue.fail_message(message, send_to_dlq=True), ErrorKind.NOT_FOUND)
+    err(queue.requeue(message), ErrorKind.NOT_FOUND)
+    err(queue.extend(message, 10), ErrorKind.NOT_FOUND)
     assert message_statuses(queue) == []
     assert ok(queue.get_dead_letters()) == []
 
@@ -570,11 +557,11 @@ def test_defaults_changed_after_opening_apply_and_are_checked(
     assert (message.payload, message.priority, message.max_attempts) == ("after-1", 7, 2)
     assert message.expires_at is not None
     queue.default_priority = 2**40
-    expect_err(queue.enqueue("too high"), ErrorKind.INVALID_INPUT, "priority")
-    expect_err(queue.enqueue_batch(["a", "b"]), ErrorKind.INVALID_INPUT, "priority")
+    err(queue.enqueue("too high"), ErrorKind.INVALID_INPUT, "priority")
+    err(queue.enqueue_batch(["a", "b"]), ErrorKind.INVALID_INPUT, "priority")
     queue.default_priority = 0
     queue.default_max_attempts = True  # type: ignore[assignment]
-    expect_err(queue.enqueue("bool"), ErrorKind.INVALID_INPUT, "max_attempts")
+    err(queue.enqueue("bool"), ErrorKind.INVALID_INPUT, "max_attempts")
     statuses = message_statuses(queue)
     assert [s["id"] for s in statuses][:1] == [first]
     assert len(statuses) == 3
@@ -646,6 +633,7 @@ def _listings_work(queue: Queue) -> None:
 @pytest.mark.parametrize(
     ("column", "value", "reason"), CORRUPTIONS, ids=[f"{c}={v}" for c, v, _ in CORRUPTIONS]
 )
+@pytest.mark.plain_file("edits rows by hand with stdlib sqlite3, which has no key")
 def test_unreadable_field_costs_only_its_row(
     make_sqlite_queue: Callable[..., SQLiteQueue],
     db_path: Path,
@@ -690,6 +678,7 @@ def test_unreadable_field_costs_only_its_row(
     assert sorted(taken) == sorted([first, second] + ([bad] if reason is None else []))
 
 
+@pytest.mark.plain_file("edits rows by hand with stdlib sqlite3, which has no key")
 def test_completed_row_with_unreadable_time_is_listed_with_a_marker(
     make_sqlite_queue: Callable[..., SQLiteQueue], db_path: Path
 ) -> None:
@@ -705,6 +694,7 @@ def test_completed_row_with_unreadable_time_is_listed_with_a_marker(
     assert all(isinstance(d["completed_at"], datetime) for d in done if d["id"] != first)
 
 
+@pytest.mark.plain_file("edits rows by hand with stdlib sqlite3, which has no key")
 def test_dead_letter_with_unreadable_fields_is_listed_with_markers(
     make_sqlite_queue: Callable[..., SQLiteQueue], db_path: Path
 ) -> None:
@@ -735,6 +725,7 @@ IMPOSSIBLE_LEASES = ["NULL", "'soon'", "x'00'", "9e999", "1e20"]
 
 
 @pytest.mark.parametrize("value", IMPOSSIBLE_LEASES)
+@pytest.mark.plain_file("edits rows by hand with stdlib sqlite3, which has no key")
 def test_impossible_lease_on_a_processing_row_is_recovered(
     make_sqlite_queue: Callable[..., SQLiteQueue], db_path: Path, value: str
 ) -> None:
@@ -757,6 +748,7 @@ def test_impossible_lease_on_a_processing_row_is_recovered(
     assert ok(queue.stats()).lease_expirations_total == 2
 
 
+@pytest.mark.plain_file("edits rows by hand with stdlib sqlite3, which has no key")
 def test_invisible_row_edited_by_hand_is_listed_and_blocks_nothing(
     make_sqlite_queue: Callable[..., SQLiteQueue], db_path: Path
 ) -> None:

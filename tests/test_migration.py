@@ -24,6 +24,8 @@ EXPECTED: dict[str, list[dict[str, Any]]] = json.loads(
 )
 LEGACY_TABLES = ("orders", "orders_dlq", "emails", "emails_dlq")
 
+pytestmark = pytest.mark.plain_file("migrates the sqqueue 0.1.0 fixture file, which is plain")
+
 
 def legacy_time(text: str) -> float:
     """0.1.0 stored UTC times as 'YYYY-MM-DD HH:MM:SS[.ffffff]'."""

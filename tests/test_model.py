@@ -14,7 +14,6 @@ import itertools
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from hypothesis.stateful import (
 )
 
 from conftest import TEST_KEY, FakeClock, QueueTarget, drop_schema
-from helpers import message_statuses
+from helpers import at, err, message_statuses, ok
 from sqqueue import (
     CompletionError,
     EnqueueError,
@@ -100,10 +99,6 @@ class Rec:
     lease_expires_at: float | None = None
     last_error: str | _LeaseNote | None = None
     dead_at: float | None = None
-
-
-def dt(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=timezone.utc)
 
 
 def same_payload(actual: Any, expected: Any) -> bool:
@@ -252,16 +247,8 @@ class QueueMachine(RuleBasedStateMachine):
     # -- checks on results -----------------------------------------------------------------
 
     @staticmethod
-    def ok(result: Any) -> Any:
-        assert isinstance(result, Ok), f"expected Ok, got {result!r}"
-        return result.value
-
-    @staticmethod
     def refused(result: Any, cls: type[QueueError], kind: ErrorKind, message_id: int) -> None:
-        assert isinstance(result, Err), f"expected Err({kind}), got {result!r}"
-        assert isinstance(result.error, cls), result
-        assert result.error.kind is kind, f"expected {kind}, got {result!r}"
-        assert result.error.message_id == message_id, result
+        assert err(result, kind, cls=cls).message_id == message_id, result
 
     def check_delivery(self, msg: Message, rec: Rec, until: float) -> None:
         assert msg.id == rec.id
@@ -269,8 +256,8 @@ class QueueMachine(RuleBasedStateMachine):
         assert msg.priority == rec.priority
         assert msg.attempts == rec.attempts
         assert msg.max_attempts == rec.max_attempts
-        assert msg.enqueued_at == dt(rec.created_at)
-        assert msg.lease_expires_at == dt(until)
+        assert msg.enqueued_at == at(rec.created_at)
+        assert msg.lease_expires_at == at(until)
         assert error_matches(msg.last_error, rec.last_error), (msg.last_error, rec.last_error)
         assert msg.queue == TABLE
         assert msg.lease_token is not None
@@ -325,7 +312,7 @@ class QueueMachine(RuleBasedStateMachine):
             payload, priority=priority, delay=delay, max_attempts=max_attempts
         )
         rec = self.add(payload, priority, delay, max_attempts)
-        assert self.ok(result) == rec.id
+        assert ok(result) == rec.id
 
     @rule(
         c=consumers,
@@ -365,7 +352,7 @@ class QueueMachine(RuleBasedStateMachine):
             return  # nothing enqueued: the invariants check the database did not change
         result = self.queues[c].enqueue_batch(batch)
         ids = [self.add(p, prio, d or 0, a).id for p, prio, d, a in specs]
-        assert self.ok(result) == ids
+        assert ok(result) == ids
 
     # -- rules: consuming ----------------------------------------------------------------
 
@@ -394,7 +381,7 @@ class QueueMachine(RuleBasedStateMachine):
     def dequeue(self, c: int, timeout: float | None) -> None:
         live_before = {r.id for r in self.msgs.values() if self.live(r)}
         result = self.queues[c].dequeue(visibility_timeout=timeout)
-        msg = self.ok(result)
+        msg = ok(result)
         recs = self._deliver(1, timeout)
         if msg is not None:
             assert msg.id not in live_before, f"message {msg.id} leased twice"
@@ -409,7 +396,7 @@ class QueueMachine(RuleBasedStateMachine):
     def dequeue_batch(self, c: int, size: int, timeout: float) -> None:
         live_before = {r.id for r in self.msgs.values() if self.live(r)}
         result = self.queues[c].dequeue_batch(batch_size=size, visibility_timeout=timeout)
-        msgs = self.ok(result)
+        msgs = ok(result)
         assert isinstance(msgs, list)
         assert not {m.id for m in msgs} & live_before, "a live lease was handed out again"
         assert len({m.id for m in msgs}) == len(msgs), "one message twice in a batch"
@@ -424,7 +411,7 @@ class QueueMachine(RuleBasedStateMachine):
         if found != "live":
             self.refused(result, CompletionError, self.kind_of(found, c, token), message_id)
             return
-        assert self.ok(result) is None
+        assert ok(result) is None
         rec = self.msgs[message_id]
         rec.status, rec.token, rec.lease_expires_at = "completed", None, None
         self.end(c, message_id, token)
@@ -440,7 +427,7 @@ class QueueMachine(RuleBasedStateMachine):
         found = [self.find(message_id, token) for _, _, message_id, token in picks]
         ids = [message_id for _, _, message_id, _ in picks]
         if all(f == "live" for f in found) and len(set(ids)) == len(ids):
-            assert self.ok(result) == len(picks)
+            assert ok(result) == len(picks)
             for _, _, message_id, token in picks:
                 self.end(c, message_id, token)
             return [(message_id, token) for _, _, message_id, token in picks]
@@ -478,7 +465,7 @@ class QueueMachine(RuleBasedStateMachine):
         if found != "live":
             self.refused(result, RequeueError, self.kind_of(found, c, token), message_id)
             return
-        assert self.ok(result) is None
+        assert ok(result) is None
         rec = self.msgs[message_id]
         if error is not None:
             rec.last_error = error
@@ -497,7 +484,7 @@ class QueueMachine(RuleBasedStateMachine):
         if found != "live":
             self.refused(result, RequeueError, self.kind_of(found, c, token), message_id)
             return
-        assert self.ok(result) is None
+        assert ok(result) is None
         rec = self.msgs[message_id]
         rec.status, rec.visible_at = "pending", self.now
         rec.token = rec.lease_expires_at = None
@@ -511,7 +498,7 @@ class QueueMachine(RuleBasedStateMachine):
         if found != "live":
             self.refused(result, RequeueError, self.kind_of(found, c, token), message_id)
             return
-        assert self.ok(result) is None
+        assert ok(result) is None
         rec = self.msgs[message_id]
         rec.status, rec.visible_at, rec.attempts = "pending", self.now, max(rec.attempts - 1, 0)
         rec.token = rec.lease_expires_at = None
@@ -525,7 +512,7 @@ class QueueMachine(RuleBasedStateMachine):
         if found != "live":
             self.refused(result, RequeueError, self.kind_of(found, c, token), message_id)
             return
-        assert self.ok(result) == dt(self.now + seconds)
+        assert ok(result) == at(self.now + seconds)
         self.msgs[message_id].lease_expires_at = self.now + seconds
 
     @rule(seconds=advances)
@@ -545,18 +532,18 @@ class QueueMachine(RuleBasedStateMachine):
         if rec is None or rec.status != "dead":
             self.refused(result, RequeueError, ErrorKind.NOT_FOUND, message_id)
             return
-        assert self.ok(result) is None
+        assert ok(result) is None
         rec.status, rec.visible_at, rec.attempts, rec.dead_at = "pending", self.now, 0, None
 
     @rule(c=consumers)
     def recover_processing_messages(self, c: int) -> None:
         result = self.queues[c].recover_processing_messages()
-        assert self.ok(result) == self.fold(self.msgs)
+        assert ok(result) == self.fold(self.msgs)
 
     @rule(c=consumers)
     def peek(self, c: int) -> None:
         """peek() shows the next message without leasing it (the model is unchanged)."""
-        msg = self.ok(self.queues[c].peek())
+        msg = ok(self.queues[c].peek())
         # peek names what the next dequeue would deliver: expired leases count, as if
         # folded back, without changing anything.
         folded = copy.deepcopy(self.msgs)
@@ -602,7 +589,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     @invariant()
     def dead_letters_match(self) -> None:
-        letters = self.ok(self.queues[1].get_dead_letters())
+        letters = ok(self.queues[1].get_dead_letters())
         dead = sorted(
             (r for r in self.msgs.values() if r.status == "dead"),
             key=lambda r: (r.dead_at, r.id),
@@ -616,13 +603,13 @@ class QueueMachine(RuleBasedStateMachine):
             assert d["attempts"] == rec.attempts
             assert d["max_attempts"] == rec.max_attempts
             assert error_matches(d["last_error"], rec.last_error), (d["last_error"], rec)
-            assert d["created_at"] == dt(rec.created_at)
-            assert d["dead_at"] == dt(rec.dead_at)
+            assert d["created_at"] == at(rec.created_at)
+            assert d["dead_at"] == at(rec.dead_at)
 
     @invariant()
     def emptiness_matches(self) -> None:
         waiting = any(r.status in ("pending", "processing") for r in self.msgs.values())
-        assert self.ok(self.queues[0].is_drained()) is (not waiting)
+        assert ok(self.queues[0].is_drained()) is (not waiting)
 
 
 MODEL_SETTINGS = settings(

@@ -148,6 +148,7 @@ def test_wal_stays_bounded_under_steady_load(db_path: Path) -> None:
     assert max(sizes) < 8 * 1024 * 1024, sizes
 
 
+@pytest.mark.plain_file("holds a reader open with stdlib sqlite3, which has no key")
 def test_a_reader_that_never_lets_go_shows_in_stats_and_the_log(
     make_sqlite_queue: Callable[..., SQLiteQueue],
     db_path: Path,
@@ -187,6 +188,7 @@ def test_a_reader_that_never_lets_go_shows_in_stats_and_the_log(
     assert os.path.getsize(f"{db_path}-wal") == 0
 
 
+@pytest.mark.plain_file("holds a reader open with stdlib sqlite3, which has no key")
 def test_upkeep_warns_about_a_wal_that_cannot_be_checkpointed(
     make_sqlite_queue: Callable[..., SQLiteQueue],
     db_path: Path,
@@ -222,6 +224,7 @@ def test_checkpoint_truncates_the_wal(
     assert os.path.getsize(f"{db_path}-wal") == 0
 
 
+@pytest.mark.plain_file("checks the file with stdlib sqlite3, which has no key")
 def test_vacuum_gives_space_back(
     make_sqlite_queue: Callable[..., SQLiteQueue], db_path: Path
 ) -> None:

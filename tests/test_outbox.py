@@ -120,6 +120,7 @@ def test_something_else_names_what_to_pass(outbox: Queue) -> None:
 # -- driver connections -----------------------------------------------------------------------
 
 
+@pytest.mark.plain_file("joins a stdlib sqlite3 transaction, which has no key")
 def test_sqlite3_transaction_not_written_yet_is_joined(sqlite_queue: Queue) -> None:
     """sqlite3 (legacy transaction control) opens a transaction at the first write: a
     message enqueued before any write commits or rolls back with the caller."""

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.core import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import QueueTarget
-from sqqueue.prometheus import QueueCollector
+from sqqueue import Queue
+from sqqueue.aio import AsyncQueue
+from sqqueue.prometheus import QueueCollector, SignatureCollector
 
 
 def test_collector_reads_every_queue(queue_target: QueueTarget) -> None:
@@ -50,3 +56,41 @@ def test_a_database_that_cannot_be_read_says_so(tmp_path: object) -> None:
     finally:
         collector.close()
     assert samples == {"sqqueue_up": 0}
+
+
+def test_signature_counts_of_the_consumers_queue_objects(
+    make_queue: Callable[..., Queue], queue_target: QueueTarget
+) -> None:
+    """SignatureCollector exports the refusals and unsigned deliveries its queue objects
+    counted, summed by queue, and keeps a closed object's last counts."""
+    key = "a signing key"
+    strict = make_queue(table_name="jobs", signing_key=key)
+    altered = strict.enqueue("real").unwrap()
+    column = "body_text" if queue_target.backend == "postgres" else "payload"
+    queue_target.run_sql([f"UPDATE jobs SET {column} = 'altered' WHERE id = {altered}"])
+    assert strict.dequeue().unwrap() is None  # refused: dead-lettered as signature invalid
+    make_queue(table_name="jobs").enqueue("unsigned").unwrap()
+    lenient = make_queue(table_name="jobs", signing_key=key, accept_unsigned=True)
+    assert lenient.dequeue().unwrap() is not None
+    idle = make_queue(table_name="emails", signing_key=key)
+    registry = CollectorRegistry()
+    registry.register(SignatureCollector([strict, AsyncQueue(lenient), idle]))
+
+    def exposed() -> dict[tuple[str, str], float]:
+        text = generate_latest(registry).decode()
+        return {
+            (s.name, s.labels["queue"]): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if family.type == "counter" and s.name.endswith("_total")
+        }
+
+    expected = {
+        ("sqqueue_signature_invalid_total", "jobs"): 1,
+        ("sqqueue_signature_invalid_total", "emails"): 0,
+        ("sqqueue_unsigned_accepted_total", "jobs"): 1,
+        ("sqqueue_unsigned_accepted_total", "emails"): 0,
+    }
+    assert exposed() == expected
+    strict.close()
+    assert exposed() == expected

@@ -107,12 +107,24 @@ def needs_migration(layout: str, args: list[str]) -> bool:
     return layout == "schema-2" or args[0] != "stats" or args[-1] == "orders"
 
 
-@pytest.mark.parametrize("layout", ["current", "schema-2", "0.1.0"])
-def test_read_only_commands_change_no_file(layout: str, tmp_path: Path, clock: FakeClock) -> None:
-    """Every read-only command, on a current file, a file of the previous layout and a
-    sqqueue 0.1.0 file: the files keep their bytes, times and modes, and no file appears
-    (a queue not in the current layout is refused, saying how to migrate it). A 0.1.0
-    application can still write to its table afterwards."""
+# The files of older layouts are the plain fixture files; a current file is also encrypted.
+@pytest.mark.parametrize(
+    ("layout", "sqlite_file"),
+    [
+        pytest.param("current", "sqlite", id="current"),
+        pytest.param("current", "sqlite-encrypted", id="current-sqlite-encrypted"),
+        pytest.param("schema-2", "sqlite", id="schema-2"),
+        pytest.param("0.1.0", "sqlite", id="0.1.0"),
+    ],
+    indirect=["sqlite_file"],
+)
+def test_read_only_commands_change_no_file(
+    layout: str, sqlite_file: str, tmp_path: Path, clock: FakeClock
+) -> None:
+    """Every read-only command, on a current file (plain and encrypted), a file of the
+    previous layout and a sqqueue 0.1.0 file: the files keep their bytes, times and modes,
+    and no file appears (a queue not in the current layout is refused, saying how to
+    migrate it). A 0.1.0 application can still write to its table afterwards."""
     if layout == "current":
         db, queue, dead = current_file(tmp_path, clock)
     elif layout == "schema-2":
@@ -154,6 +166,7 @@ def test_read_only_commands_after_migrate(tmp_path: Path) -> None:
     assert shown.exit_code == 0 and "poison again" in shown.stdout
 
 
+@pytest.mark.usefixtures("sqlite_file")
 def test_read_only_commands_beside_a_running_application(tmp_path: Path, clock: FakeClock) -> None:
     """With the application's queue open (its -wal and -shm exist), the commands see its
     latest messages and leave the database and its -wal as they are."""
@@ -309,6 +322,7 @@ def test_read_only_refuses_the_previous_layout_and_leaves_it(tmp_path: Path) -> 
     assert file_state(db) == before
 
 
+@pytest.mark.usefixtures("sqlite_file")
 def test_read_only_sees_a_writer_that_starts_later(tmp_path: Path, clock: FakeClock) -> None:
     """Opened on an idle file (no -wal, no -shm), a read-only queue still sees what a
     writer that starts afterwards commits, and what it leaves in the file when it stops."""
@@ -328,6 +342,7 @@ def test_read_only_sees_a_writer_that_starts_later(tmp_path: Path, clock: FakeCl
         assert reader.stats().unwrap().pending == 4
 
 
+@pytest.mark.usefixtures("sqlite_file")
 def test_read_only_reader_in_another_thread_while_writing(tmp_path: Path, clock: FakeClock) -> None:
     """Reads that overlap writes always see a consistent count (never fewer than what was
     committed before the read began)."""
@@ -374,9 +389,86 @@ def test_read_only_peek_reports_an_undeliverable_message(tmp_path: Path, clock: 
     assert file_state(db) == before
 
 
+# A writer in rollback mode that dies in the middle of a transaction, after its changes
+# reached the database file (a cache of two pages spills them): its -journal is hot.
+_DIES_MID_TRANSACTION = """
+import os, sys
+from sqqueue import encryption
+conn = encryption.connect(sys.argv[1], encryption.resolve_key(), isolation_level=None)
+conn.execute("PRAGMA journal_mode = DELETE")
+conn.execute("PRAGMA cache_size = 2")
+conn.execute("BEGIN")
+conn.execute("CREATE TABLE scratch (x)")
+for _ in range(100):
+    conn.execute("INSERT INTO scratch VALUES (zeroblob(4000))")
+os._exit(0)
+"""
+
+
+@pytest.mark.usefixtures("sqlite_file")
+def test_read_only_refuses_a_file_with_a_hot_journal(tmp_path: Path, clock: FakeClock) -> None:
+    """A file whose -journal holds a dead writer's unfinished transaction is not read as
+    it is on disk (half written): the error says to open it for use first, and nothing
+    changes. Opened for use, it is rolled back, and reads again."""
+    db = tmp_path / "q.db"
+    with SQLiteQueue(db, "jobs", clock=clock) as queue:
+        queue.enqueue("kept").unwrap()
+    subprocess.run([sys.executable, "-c", _DIES_MID_TRANSACTION, str(db)], check=True)
+    assert Path(f"{db}-journal").stat().st_size > 0
+    before = file_state(db)
+    with pytest.raises(QueueError) as info:
+        SQLiteQueue(db, "jobs", clock=clock, read_only=True)
+    assert info.value.kind is ErrorKind.READ_ONLY
+    assert "-journal holds a transaction a writer left unfinished" in str(info.value)
+    assert file_state(db) == before
+    with SQLiteQueue(db, "jobs", clock=clock) as queue:
+        assert queue.stats().unwrap().pending == 1
+    assert not Path(f"{db}-journal").exists()
+    with SQLiteQueue(db, "jobs", clock=clock, read_only=True) as reader:
+        assert reader.stats().unwrap().pending == 1
+
+
+# Whether a process holds the database open, as SQLite tells: its shared lock on the -shm
+# file's "dead man switch" byte (128), which an exclusive lock is refused while held.
+_NOBODY_HAS_IT_OPEN = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1] + "-shm", os.O_RDWR)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)
+except OSError:
+    sys.exit(1)
+"""
+
+
+@pytest.mark.usefixtures("sqlite_file")
+def test_stats_of_a_read_only_queue_keep_the_locks_of_this_process(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """A read-only queue's stats read the -shm without closing it: closing a file drops
+    every lock this process holds on it, the application's own connections' too, and
+    other processes would then rebuild the WAL index under them."""
+    db = tmp_path / "q.db"
+
+    def nobody_has_it_open() -> bool:
+        probe = [sys.executable, "-c", _NOBODY_HAS_IT_OPEN, str(db)]
+        return subprocess.run(probe, check=False).returncode == 0
+
+    with SQLiteQueue(db, "jobs", clock=clock) as app:
+        app.enqueue("x").unwrap()
+        assert not nobody_has_it_open()
+        with SQLiteQueue(db, "jobs", clock=clock, read_only=True) as reader:
+            for _ in range(2):
+                assert reader.stats().unwrap().wal_frames > 0
+                assert not nobody_has_it_open()
+        app.enqueue("y").unwrap()
+        assert not nobody_has_it_open()
+    assert not Path(f"{db}-shm").exists()
+
+
 # -- permissions ------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("sqlite_file")
 def test_read_only_in_a_directory_the_user_cannot_write(tmp_path: Path, clock: FakeClock) -> None:
     """An idle file in a directory the user may not write (SQLite could not create the
     -shm there): read-only queues and commands read it all the same, creating nothing.
@@ -408,6 +500,7 @@ def test_read_only_in_a_directory_the_user_cannot_write(tmp_path: Path, clock: F
     assert file_state(db) == before
 
 
+@pytest.mark.usefixtures("sqlite_file")
 def test_read_only_connections_beyond_the_pool_are_forgotten(
     tmp_path: Path, clock: FakeClock
 ) -> None:
@@ -437,6 +530,7 @@ def test_read_only_connections_beyond_the_pool_are_forgotten(
     assert 0 < kept <= 16  # the pool's idle connections, no more
 
 
+@pytest.mark.usefixtures("sqlite_file")
 def test_check_names_a_permission_problem_not_damage(tmp_path: Path, clock: FakeClock) -> None:
     """`sqqueue check` on a healthy file the user may not read: the error names the
     permissions and what to do; it does not call the file damaged nor advise salvage."""
@@ -455,6 +549,7 @@ def test_check_names_a_permission_problem_not_damage(tmp_path: Path, clock: Fake
     assert "damaged" not in error and "salvage" not in error
 
 
+@pytest.mark.usefixtures("sqlite_file")
 def test_check_with_a_shm_the_user_cannot_read(tmp_path: Path, clock: FakeClock) -> None:
     """With the application running in another process (its -shm exists) but the -shm not
     readable by this user: the error names that file and the permissions."""

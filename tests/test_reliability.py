@@ -224,6 +224,7 @@ POISON_ROWS: dict[str, tuple[str | bytes, str, str]] = {
 
 @pytest.mark.parametrize("method", ["dequeue", "dequeue_batch", "peek"])
 @pytest.mark.parametrize("case", sorted(POISON_ROWS))
+@pytest.mark.plain_file("writes poison rows with stdlib sqlite3, which has no key")
 def test_poison_row_is_dead_lettered_without_blocking_or_open_transaction(
     case: str,
     method: str,

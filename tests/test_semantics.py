@@ -5,27 +5,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 
-from helpers import leased, message_statuses, ok
-from sqqueue import Err, ErrorKind, Message, Ok, Queue, QueueError, Result
+from helpers import at, err, leased, message_statuses, ok
+from sqqueue import Err, ErrorKind, Message, Ok, Queue, Result
 from sqqueue.core import consume as consume_module
 
 MakeQueue = Callable[..., Queue]
-
-
-def expect_err(result: Result[Any, Any], kind: ErrorKind) -> QueueError:
-    assert isinstance(result, Err), f"expected Err({kind}), got {result!r}"
-    assert isinstance(result.error, QueueError)
-    assert result.error.kind is kind, f"expected kind {kind}, got {result.error!r}"
-    return result.error
-
-
-def at(timestamp: float) -> datetime:
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
 
 
 def snapshot(queue: Queue) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -194,7 +182,7 @@ def test_late_call_after_redelivery_is_lease_lost(
     """A consumer whose lease expired and went to another consumer gets LEASE_LOST."""
     a, b, stale = _lose_lease(make_queue, clock)
     before = snapshot(b)
-    error = expect_err(OPS[op](a, stale if by == "message" else stale.id), ErrorKind.LEASE_LOST)
+    error = err(OPS[op](a, stale if by == "message" else stale.id), ErrorKind.LEASE_LOST)
     assert error.message_id == stale.id
     assert "another consumer" in str(error)
     assert snapshot(b) == before
@@ -226,9 +214,7 @@ def test_late_call_without_redelivery_is_lease_expired(
     message = leased(queue, visibility_timeout=10)
     clock.advance(10)
     before = snapshot(queue)
-    error = expect_err(
-        OPS[op](queue, message if by == "message" else message.id), ErrorKind.LEASE_EXPIRED
-    )
+    error = err(OPS[op](queue, message if by == "message" else message.id), ErrorKind.LEASE_EXPIRED)
     assert error.message_id == message.id
     assert "expired" in str(error)
     assert snapshot(queue) == before
@@ -245,11 +231,11 @@ def test_late_id_call_after_expiry_then_redelivery_is_lease_lost(
     ok(a.enqueue("contested"))
     stale = leased(a, visibility_timeout=10)
     clock.advance(10)
-    expect_err(a.complete(stale.id), ErrorKind.LEASE_EXPIRED)
+    err(a.complete(stale.id), ErrorKind.LEASE_EXPIRED)
     fresh = leased(b, visibility_timeout=100)
     assert fresh.id == stale.id
     before = snapshot(b)
-    expect_err(OPS[op](a, stale.id), ErrorKind.LEASE_LOST)
+    err(OPS[op](a, stale.id), ErrorKind.LEASE_LOST)
     assert snapshot(b) == before
 
 
@@ -278,7 +264,7 @@ def test_bare_id_fencing_holds_after_the_lease_memory_overflows(
     fresh = leased(b, visibility_timeout=100)
     assert fresh.id == stale.id
     before = snapshot(b)
-    error = expect_err(OPS[op](a, stale.id), ErrorKind.LEASE_LOST)
+    error = err(OPS[op](a, stale.id), ErrorKind.LEASE_LOST)
     assert "Pass the Message" in str(error)
     assert snapshot(b) == before
     assert ok(a.complete(others[0].id)) is None  # forgotten, but issued by A: still A's
@@ -303,7 +289,7 @@ def test_bare_id_fencing_past_a_hundred_thousand_leases(
     clock.advance(11)
     taken = leased(b)
     assert taken.id == m_id
-    expect_err(a.complete(m_id), ErrorKind.LEASE_LOST)
+    err(a.complete(m_id), ErrorKind.LEASE_LOST)
     assert ok(b.complete(taken)) is None
 
 
@@ -342,7 +328,7 @@ def test_late_call_after_lease_folded_back_is_lease_expired(
     """The refusal says LEASE_EXPIRED (the caller's lease ran out), not "pending: dequeue it
     first": the caller holds a Message whose lease token proves it had dequeued it."""
     a, _b, stale = _fold_back(make_queue, clock)
-    expect_err(OPS[op](a, stale), ErrorKind.LEASE_EXPIRED)
+    err(OPS[op](a, stale), ErrorKind.LEASE_EXPIRED)
 
 
 def test_id_only_caller_on_other_object_acts_on_live_lease(
@@ -473,7 +459,7 @@ def test_state_checks(queue: Queue, op: str, state: str, kind: ErrorKind) -> Non
     """Calls on a message that is not leased are refused with the right kind; nothing changes."""
     msg_id = _message_in_state(queue, state)
     before = snapshot(queue)
-    error = expect_err(STATE_OPS[op](queue, msg_id), kind)
+    error = err(STATE_OPS[op](queue, msg_id), kind)
     assert error.message_id == msg_id
     assert str(msg_id) in str(error)
     if state == "dead":
@@ -488,8 +474,8 @@ def test_send_to_dlq_on_completed_or_dead_is_refused(queue: Queue) -> None:
     dead = ok(queue.enqueue("dead"))
     ok(queue.fail_message(dead, send_to_dlq=True))
     before = snapshot(queue)
-    expect_err(queue.fail_message(done, send_to_dlq=True), ErrorKind.NOT_FOUND)
-    expect_err(queue.fail_message(dead, send_to_dlq=True), ErrorKind.WRONG_STATE)
+    err(queue.fail_message(done, send_to_dlq=True), ErrorKind.NOT_FOUND)
+    err(queue.fail_message(dead, send_to_dlq=True), ErrorKind.WRONG_STATE)
     assert snapshot(queue) == before
 
 
@@ -497,8 +483,8 @@ def test_reprocess_of_non_dead_message_is_not_found(queue: Queue) -> None:
     """reprocess_dead_letter only accepts ids that are in the dead-letter queue."""
     pending = ok(queue.enqueue("p"))
     before = snapshot(queue)
-    expect_err(queue.reprocess_dead_letter(pending), ErrorKind.NOT_FOUND)
-    expect_err(queue.reprocess_dead_letter(12345), ErrorKind.NOT_FOUND)
+    err(queue.reprocess_dead_letter(pending), ErrorKind.NOT_FOUND)
+    err(queue.reprocess_dead_letter(12345), ErrorKind.NOT_FOUND)
     assert snapshot(queue) == before
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import sqlite3
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import LOCAL_FIXTURES, FakeClock, QueueTarget
-from sqqueue import Item, Queue, SQLiteQueue
-from sqqueue.aio import AsyncQueue
+from sqqueue import Item, PostgresQueue, Queue, SQLiteQueue, connect
+from sqqueue.aio import AsyncQueue, AsyncSQLiteQueue, connect_async
 from sqqueue.signing import SigningKeys, canonical, resolve_signing_key
 from sqqueue.tools import copy_queues, salvage
 
@@ -73,6 +75,45 @@ def test_an_altered_row_is_dead_lettered_and_the_next_is_delivered(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert any(str(forged) in r.getMessage() and "'jobs'" in r.getMessage() for r in warnings)
     assert not any("evil" in r.getMessage() or KEY in r.getMessage() for r in caplog.records)
+
+
+@pytest.fixture
+def statsd_socket() -> Iterator[socket.socket]:
+    """A UDP socket on 127.0.0.1 standing in for a statsd server."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    yield sock
+    sock.close()
+
+
+def statsd_lines(sock: socket.socket, wanted: set[str], seconds: float = 5) -> set[str]:
+    """statsd lines received until every one of ``wanted`` came (or the time is up)."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + seconds
+    while not wanted <= seen and (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            seen.update(sock.recv(65536).decode().splitlines())
+        except TimeoutError:
+            break
+    return seen
+
+
+def test_a_refusal_is_counted_in_statsd(
+    make_queue: Callable[..., Queue], queue_target: QueueTarget, statsd_socket: socket.socket
+) -> None:
+    port = statsd_socket.getsockname()[1]
+    queue = make_queue(
+        table_name="jobs", signing_key=KEY, statsd_host="127.0.0.1", statsd_port=port
+    )
+    forged = queue.enqueue("real").unwrap()
+    alter(queue_target, forged, "payload")
+    assert queue.dequeue().unwrap() is None
+    assert dead_errors(queue) == {forged: "signature invalid"}
+    wanted = {"sqqueue.jobs.signature_invalid:1|c", "sqqueue.jobs.dead_letter:1|c"}
+    seen = statsd_lines(statsd_socket, wanted)
+    assert wanted <= seen, f"missing {wanted - seen}; got {seen}"
+    assert not any(KEY in line or "evil" in line for line in seen)
 
 
 def test_changes_outside_the_signature_keep_it_valid(
@@ -233,6 +274,88 @@ def test_copy_and_salvage_keep_signatures(tmp_path: Path, clock: FakeClock) -> N
             assert dead_errors(queue) == {}
 
 
+def test_the_outbox_signs_on_postgresql(pg_url: str, pg_schema: str) -> None:
+    """enqueue_in on the caller's psycopg connection signs as enqueue does: the rows
+    carry a signature, verify, and one altered after its commit is refused."""
+    import psycopg
+
+    with (
+        PostgresQueue(pg_url, "jobs", schema=pg_schema, signing_key=KEY) as queue,
+        psycopg.connect(pg_url, options=f"-csearch_path={pg_schema}") as conn,
+    ):
+        with conn.transaction():
+            kept = [
+                queue.enqueue_in(conn, "in my transaction").unwrap(),
+                queue.enqueue_in(conn, b"\x00bytes").unwrap(),
+                queue.enqueue_in(conn, {"order": 42}, priority=2, group="g").unwrap(),
+            ]
+            forged = queue.enqueue_in(conn, "real", max_attempts=3).unwrap()
+        with conn.transaction():
+            stored = conn.execute("SELECT signature FROM jobs ORDER BY id").fetchall()
+            conn.execute("UPDATE jobs SET body_text = 'altered' WHERE id = %s", (forged,))
+        assert len(stored) == 4 and all(row[0].startswith("v1:") for row in stored)
+        got = sorted(queue.dequeue_batch(10).unwrap(), key=lambda m: m.id)
+        assert [m.id for m in got] == kept
+        assert [m.payload for m in got] == ["in my transaction", b"\x00bytes", {"order": 42}]
+        assert dead_errors(queue) == {forged: "signature invalid"}
+
+
+COPIED: list[Any] = ["text", b"\x00bytes", {"json": [1, 2]}, "NUL \x00 in text"]
+
+
+def _fill_signed(queue: Queue) -> tuple[list[int], int]:
+    """Signed messages of every kind, one grouped and one large; and the id of one more,
+    to be altered by hand."""
+    ids = [queue.enqueue(payload).unwrap() for payload in COPIED]
+    ids.append(queue.enqueue("grouped", priority=2, max_attempts=3, group="g").unwrap())
+    ids.append(queue.enqueue(b"x" * (200 * 1024)).unwrap())  # a body kept apart
+    return ids, queue.enqueue("real").unwrap()
+
+
+@pytest.mark.parametrize("direction", ["sqlite-to-postgresql", "postgresql-to-sqlite"])
+def test_copy_between_backends_keeps_signatures_and_launders_nothing(
+    tmp_path: Path, pg_url: str, pg_schema: str, direction: str
+) -> None:
+    """The target queue, with the same key, delivers every copied message (text, bytes,
+    JSON, grouped, a large body); one altered in the source before the copy is refused
+    there as it would have been in the source."""
+    import psycopg
+
+    sqlite_url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    source, target = (
+        (sqlite_url, pg_url) if direction == "sqlite-to-postgresql" else (pg_url, sqlite_url)
+    )
+
+    def schema_of(url: str) -> str | None:
+        return pg_schema if url == pg_url else None
+
+    def opened(url: str) -> Queue:
+        at = {"schema": pg_schema} if url == pg_url else {}
+        return connect(url, "jobs", signing_key=KEY, **at)
+
+    with opened(source) as queue:
+        ids, forged = _fill_signed(queue)
+    if source == sqlite_url:
+        with sqlite3.connect(tmp_path / "jobs.db") as conn:
+            conn.execute("UPDATE jobs SET payload = 'altered' WHERE id = ?", (forged,))
+        conn.close()
+    else:
+        with psycopg.connect(pg_url, options=f"-csearch_path={pg_schema}") as pg:
+            pg.execute("UPDATE jobs SET body_text = 'altered' WHERE id = %s", (forged,))
+    copy_queues(
+        source, target, ["jobs"], source_schema=schema_of(source), target_schema=schema_of(target)
+    )
+    with opened(target) as copied:
+        got = sorted(copied.dequeue_batch(10).unwrap(), key=lambda m: m.id)
+        assert [m.id for m in got] == ids
+        assert [m.payload for m in got[: len(COPIED)]] == COPIED
+        grouped, large = got[len(COPIED) :]
+        assert (grouped.payload, grouped.priority, grouped.max_attempts) == ("grouped", 2, 3)
+        assert large.payload == b"x" * (200 * 1024)
+        assert dead_errors(copied) == {forged: "signature invalid"}
+        assert copied.stats().unwrap().signature_invalid == 1
+
+
 def test_worker_and_async_paths_verify(make_queue: Callable[..., Queue]) -> None:
     from sqqueue import Worker
 
@@ -280,6 +403,63 @@ def test_invalid_keys_raise_at_construction(tmp_path: Path, value: Any, said: st
         SQLiteQueue(tmp_path / "jobs.db", "jobs", signing_key=value)
     with pytest.raises(ValueError, match="accept_unsigned"):
         SQLiteQueue(tmp_path / "jobs.db", "jobs", signing_key=KEY, accept_unsigned="yes")
+
+
+NEEDS_KEY = "accept_unsigned=True needs a signing key"
+
+
+def test_accept_unsigned_without_a_key_is_refused(tmp_path: Path) -> None:
+    """Without a key nothing is verified: accept_unsigned would be ignored without a word.
+    Every way to open a queue refuses it before anything is opened."""
+    path = tmp_path / "jobs.db"
+    with pytest.raises(ValueError, match=NEEDS_KEY) as refused:
+        SQLiteQueue(path, "jobs", accept_unsigned=True)
+    assert "SQQUEUE_SIGNING_KEY" in str(refused.value)
+    with pytest.raises(ValueError, match=NEEDS_KEY):
+        connect(f"sqlite:///{path}", "jobs", accept_unsigned=True)
+    with pytest.raises(ValueError, match=NEEDS_KEY):
+        AsyncSQLiteQueue(path, "jobs", accept_unsigned=True)
+    with pytest.raises(ValueError, match=NEEDS_KEY):
+        asyncio.run(connect_async(str(path), "jobs", accept_unsigned=True))
+    assert not path.exists()
+
+
+def test_accept_unsigned_without_a_key_on_each_backend(make_queue: Callable[..., Queue]) -> None:
+    with pytest.raises(ValueError, match=NEEDS_KEY):
+        make_queue(table_name="jobs", accept_unsigned=True)
+    assert make_queue(table_name="jobs", accept_unsigned=False).enqueue("x").is_ok()
+
+
+def test_accept_unsigned_from_the_environment_without_a_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The message says where the setting came from. A read-only queue delivers nothing,
+    so a keyless tool that only looks (dashboard, metrics) may share the consumers'
+    environment; a read-only queue given the argument itself is still refused."""
+    monkeypatch.setenv("SQQUEUE_CONFIG", "none")
+    path = tmp_path / "jobs.db"
+    SQLiteQueue(path, "jobs").close()
+    monkeypatch.setenv("SQQUEUE_ACCEPT_UNSIGNED", "true")
+    with pytest.raises(
+        ValueError, match=r"accept_unsigned \(from env SQQUEUE_ACCEPT_UNSIGNED\) needs a"
+    ):
+        SQLiteQueue(path, "jobs")
+    with SQLiteQueue(path, "jobs", read_only=True) as looking:
+        assert looking.settings.accept_unsigned is True
+    with pytest.raises(ValueError, match=NEEDS_KEY):
+        SQLiteQueue(path, "jobs", read_only=True, accept_unsigned=True)
+    monkeypatch.setenv("SQQUEUE_SIGNING_KEY", KEY)
+    with SQLiteQueue(path, "jobs") as queue:
+        assert queue.settings.accept_unsigned is True
+    monkeypatch.delenv("SQQUEUE_SIGNING_KEY")
+    with SQLiteQueue(path, "jobs", accept_unsigned=False) as queue:  # the argument wins
+        assert queue.settings.accept_unsigned is False
+    monkeypatch.delenv("SQQUEUE_ACCEPT_UNSIGNED")
+    config = tmp_path / "sqqueue.toml"
+    config.write_text("accept_unsigned = true\n")
+    monkeypatch.setenv("SQQUEUE_CONFIG", str(config))
+    with pytest.raises(ValueError, match=r"accept_unsigned \(from file .*sqqueue.toml\)"):
+        connect(path, "jobs")
 
 
 def test_keys_from_the_environment_and_a_key_file(

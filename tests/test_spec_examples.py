@@ -106,7 +106,9 @@ MAINTENANCE = textwrap.dedent(
 
 
 @pytest.fixture
-def in_tmp(tmp_path: Path):
+def in_tmp(tmp_path: Path, sqlite_file: str):
+    """Run in a fresh directory, on a plain file and on an encrypted one (the key in the
+    environment, where the 0.1.0 code shown cannot pass it)."""
     old = Path.cwd()
     os.chdir(tmp_path)
     try:

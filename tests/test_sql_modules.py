@@ -140,3 +140,33 @@ def test_both_dialects_name_the_same_statements() -> None:
     assert sorted(postgres_names - sqlite_names) == []
     assert set(ONLY_SQLITE) <= set(sqlite_sql.STATEMENTS)
     assert set(ONLY_POSTGRES) <= set(postgres_sql.STATEMENTS)
+
+
+def is_sql(value: object) -> bool:
+    """Whether ``value`` is SQL text, or a tuple of statements."""
+    if isinstance(value, str):
+        return bool(SQL_START.match(value))
+    return isinstance(value, tuple) and any(is_sql(item) for item in value)
+
+
+@pytest.mark.parametrize("module", [sqlite_sql, postgres_sql], ids=["sqlite", "postgresql"])
+def test_every_statement_outside_the_table_has_a_description(module: object) -> None:
+    """Module-level statements (DDL, pragmas, the steps of migrations) are described by a
+    comment line right above them, as the statements of the table are."""
+    path = Path(module.__file__)  # type: ignore[attr-defined]
+    source = path.read_text()
+    comments = {
+        tok.start[0]
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+        if tok.type == tokenize.COMMENT
+    }
+    undescribed = []
+    for node in ast.parse(source).body:
+        if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+            continue
+        target = node.targets[0]
+        if not isinstance(target, ast.Name) or target.id == "STATEMENTS":
+            continue
+        if is_sql(getattr(module, target.id, None)) and node.lineno - 1 not in comments:
+            undescribed.append(target.id)
+    assert undescribed == []

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from sqqueue.tasks import TaskWorker
+from helpers import serving
 
 pytestmark = pytest.mark.slow
 
@@ -50,19 +49,6 @@ def imported(directory: Path, *names: str, **env: str) -> Iterator[list[ModuleTy
         os.environ.update(saved_env)
 
 
-@contextlib.contextmanager
-def serving(tasks: Any) -> Iterator[TaskWorker]:
-    worker = tasks.worker(handle_signals=False, poll_wait=0.2, periodic=False)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(15)
-        assert not thread.is_alive()
-
-
 def poll_status(get: Any, url: str, want: str, timeout: float = 20.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -86,7 +72,7 @@ def test_fastapi_endpoint_enqueues_a_task(tmp_path: Path) -> None:
         assert response.status_code == 202, response.text
         call_id = response.json()["id"]
         assert client.get(f"/emails/{call_id}").json() == {"id": call_id, "status": "pending"}
-        with serving(jobs.tasks):
+        with serving(jobs.tasks, periodic=False):
             body = poll_status(lambda url: client.get(url).json(), f"/emails/{call_id}", "done")
         assert body["result"] == {
             "to": "ada@example.com",
@@ -106,13 +92,13 @@ def test_flask_app_enqueues_a_task(tmp_path: Path) -> None:
         response = client.post("/emails", json={"to": "bob@example.com", "subject": "yo"})
         assert response.status_code == 202
         call_id = response.get_json()["id"]
-        with serving(jobs.tasks):
+        with serving(jobs.tasks, periodic=False):
             body = poll_status(lambda url: client.get(url).get_json(), f"/emails/{call_id}", "done")
         assert body["result"]["to"] == "bob@example.com"
         refresh = jobs.refresh_profile
         first = refresh.delay(7).unwrap()
         assert refresh.delay(7).unwrap().id == first.id  # dedup=True: one pending refresh
-        with serving(jobs.tasks):
+        with serving(jobs.tasks, periodic=False):
             assert first.result(timeout=20) == {"user_id": 7}
         assert jobs.nightly_cleanup.periodic is not None
 

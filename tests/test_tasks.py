@@ -6,7 +6,6 @@ as real processes."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import threading
 import time
@@ -18,27 +17,18 @@ from typing import Any
 import pytest
 
 from conftest import FakeClock, QueueTarget
-from helpers import err_text, ok
+from helpers import err_text, ok, serving, wait_until
 from sqqueue import ErrorKind, Queue, RetryPolicy, Tasks
 from sqqueue.tasks import (
     ResultUnavailable,
     Schedule,
     TaskContext,
     TaskFailed,
-    TaskWorker,
     current_task,
 )
 from sqqueue.tasks.runner import TaskMetrics
 
 MakeTasks = Callable[..., Tasks]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(0.01)
 
 
 def settings_for(target: QueueTarget) -> tuple[str, dict[str, Any]]:
@@ -65,22 +55,6 @@ def make_tasks(queue_target: QueueTarget) -> Iterator[MakeTasks]:
     yield make
     for app in made:
         app.close()
-
-
-@contextlib.contextmanager
-def serving(app: Tasks, **options: Any) -> Iterator[TaskWorker]:
-    """A worker for ``app`` on a thread, stopped (and joined) when the block ends."""
-    options.setdefault("handle_signals", False)
-    options.setdefault("poll_wait", 0.2)
-    worker = app.worker(**options)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(15)
-        assert not thread.is_alive(), "the tasks worker did not stop"
 
 
 # -- calling --------------------------------------------------------------------------------------

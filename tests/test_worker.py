@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from conftest import FakeClock, QueueTarget
-from helpers import message_statuses, ok
+from helpers import message_statuses, ok, status_rows, wait_until
 from sqqueue import (
     Item,
     Message,
@@ -45,19 +45,6 @@ from sqqueue import (
 
 MakeQueue = Callable[..., Queue]
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
-    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(0.01)
-
-
-def statuses(queue: Queue) -> list[tuple[int, str, int]]:
-    return [(r["id"], r["status"], r["attempts"]) for r in message_statuses(queue)]
 
 
 class Running:
@@ -136,7 +123,7 @@ def test_worker_completes_on_return_and_calls_hooks(
     assert successes == [(ids[0], "A"), (ids[1], "B"), (ids[2], "C")]
     assert (stats.started, stats.completed, stats.failed, stats.dead_lettered) == (3, 3, 0, 0)
     assert len(stats.processing_seconds) == 3
-    assert statuses(rq) == []
+    assert status_rows(rq) == []
     assert ok(rq.get_dead_letters()) == []
 
 
@@ -159,7 +146,7 @@ def test_worker_fails_with_last_traceback_line(
 
     hooks = WorkerHooks(on_failure=lambda m, e: failures.append((m, e)))
     r = running(make_worker(rq, handler, hooks=hooks))
-    wait_until(lambda: len(seen) == 2 and not statuses(rq), what="retry and completion")
+    wait_until(lambda: len(seen) == 2 and not status_rows(rq), what="retry and completion")
     stats = r.stop()
     assert seen == [(1, None), (2, expected_error)]
     assert len(failures) == 1
@@ -198,7 +185,7 @@ def test_worker_dead_letters_after_max_attempts(
     assert letter["attempts"] == 3
     assert letter["last_error"] == "ValueError: attempt 3 failed"
     assert (stats.started, stats.failed, stats.dead_lettered, stats.completed) == (3, 3, 1, 0)
-    assert statuses(rq) == [(message_id, "dead", 3)]
+    assert status_rows(rq) == [(message_id, "dead", 3)]
 
 
 def test_reject_dead_letters_at_once(rq: Queue, running: Callable[[Worker], Running]) -> None:
@@ -275,7 +262,7 @@ def test_results_keeps_return_values(
         return None
 
     r = running(make_worker(queue, handler, results=True))
-    wait_until(lambda: not statuses(queue), what="all three completed")
+    wait_until(lambda: not status_rows(queue), what="all three completed")
     stats = r.stop()
     results = {d["id"]: d["result"] for d in ok(queue.get_completed())}
     assert results == {ids[0]: {"value": "UPPER"}, ids[1]: None, ids[2]: None}
@@ -303,7 +290,7 @@ def test_failing_hook_is_not_fatal(rq: Queue, running: Callable[[Worker], Runnin
     assert done.wait(5)
     stats = r.stop()
     assert stats.completed == 1
-    assert statuses(rq) == []
+    assert status_rows(rq) == []
 
 
 # -- whatever a handler raises -------------------------------------------------------------
@@ -350,7 +337,9 @@ def test_whatever_a_handler_raises_fails_its_message_and_the_worker_goes_on(
             raise raised
 
     r = running(make_worker(rq, handler))
-    wait_until(lambda: statuses(rq) == [(boom, "dead", 2)], timeout=15, what="both tries, then DLQ")
+    wait_until(
+        lambda: status_rows(rq) == [(boom, "dead", 2)], timeout=15, what="both tries, then DLQ"
+    )
     stats = r.stop()
     assert seen == [("boom", 1), ("after", 1), ("boom", 2)]
     (letter,) = ok(rq.get_dead_letters())
@@ -358,7 +347,7 @@ def test_whatever_a_handler_raises_fails_its_message_and_the_worker_goes_on(
     assert (stats.started, stats.completed, stats.failed, stats.dead_lettered) == (3, 1, 2, 1)
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert sum(f"message {boom}" in e and type(raised).__name__ in e for e in errors) == 2, errors
-    assert after not in [s[0] for s in statuses(rq)]
+    assert after not in [s[0] for s in status_rows(rq)]
 
 
 def test_handler_escape_is_recorded_as_what_happened_not_as_a_timeout(
@@ -402,7 +391,7 @@ def test_runner_that_fails_outside_the_handler_is_replaced(
     handled: list[tuple[int, int]] = []
     w = make_worker(rq, lambda m: handled.append((m.id, m.attempts)), durations=BrokenDurations())
     r = running(w)
-    wait_until(lambda: not statuses(rq), timeout=15, what="both completed")
+    wait_until(lambda: not status_rows(rq), timeout=15, what="both completed")
     stats = r.stop()
     assert sorted(handled) == [(first, 2), (second, 1)]
     assert (stats.failed, stats.completed) == (1, 2)
@@ -432,7 +421,7 @@ def test_concurrency_runs_n_handlers_at_once(
 
     ok(rq.enqueue_batch(["a", "b", "c"]))
     r = running(make_worker(rq, handler, concurrency=3))
-    wait_until(lambda: not statuses(rq), what="all three completed")
+    wait_until(lambda: not status_rows(rq), what="all three completed")
     stats = r.stop()
     assert (stats.completed, stats.failed) == (3, 0)
     assert peak[0] == 3
@@ -457,7 +446,7 @@ def test_concurrency_one_runs_one_handler_at_a_time(
 
     ok(rq.enqueue_batch(list(range(5))))
     r = running(make_worker(rq, handler))
-    wait_until(lambda: not statuses(rq), what="all five completed")
+    wait_until(lambda: not status_rows(rq), what="all five completed")
     stats = r.stop()
     assert stats.completed == 5
     assert peak[0] == 1
@@ -503,7 +492,7 @@ def test_heartbeat_keeps_slow_handlers_message(
             assert ok(spy.dequeue()) is None, "another consumer got the message"
     finally:
         release.set()
-    wait_until(lambda: not statuses(queue), what="completion")
+    wait_until(lambda: not status_rows(queue), what="completion")
     stats = r.stop()
     assert (stats.completed, stats.failed) == (1, 0)
     assert ok(queue.get_dead_letters()) == []
@@ -548,7 +537,7 @@ def test_heartbeat_extends_the_running_leases_in_one_call(
         )
     finally:
         release.set()
-    wait_until(lambda: not statuses(queue), what="completion")
+    wait_until(lambda: not status_rows(queue), what="completion")
     stats = r.stop()
     assert (stats.completed, stats.failed) == (3, 0)
     assert all(len(set(call)) == len(call) for call in calls)
@@ -698,7 +687,7 @@ def test_task_timeout_fails_hung_handler_and_worker_goes_on(
     )
     r = running(w)
     try:
-        wait_until(lambda: len(log) == 3 and not statuses(rq), what="timeout, retry and other")
+        wait_until(lambda: len(log) == 3 and not status_rows(rq), what="timeout, retry and other")
         assert not release.is_set()
         payloads = [(p, a) for p, a, _ in log]
         assert payloads[0] == ("hang", 1)
@@ -714,7 +703,7 @@ def test_task_timeout_fails_hung_handler_and_worker_goes_on(
     # thread, so whatever it would do is done before the stats are read).
     stats = r.stop()
     assert (stats.timed_out, stats.failed, stats.completed) == (1, 1, 2)
-    assert statuses(rq) == []
+    assert status_rows(rq) == []
     assert ok(rq.get_dead_letters()) == []
     assert hang_id not in [r["id"] for r in message_statuses(rq)]
 
@@ -802,11 +791,11 @@ def test_worker_decorator(rq: Queue, running: Callable[[Worker], Running]) -> No
     ok(rq.enqueue(21))
     peeked = ok(rq.peek())
     assert handle(peeked) == 42  # a direct call runs the handler, nothing else
-    assert statuses(rq)[0][1] == "ready"
+    assert status_rows(rq)[0][1] == "ready"
     handled.clear()
     ok(rq.enqueue(5))
     r = running(handle)
-    wait_until(lambda: not statuses(rq), what="both completed")
+    wait_until(lambda: not status_rows(rq), what="both completed")
     stats = r.stop()
     assert sorted(handled) == [5, 21]
     assert stats.completed == 2
@@ -843,8 +832,8 @@ def test_stop_is_graceful(rq: Queue, running: Callable[[Worker], Running]) -> No
     assert finished.is_set()
     assert elapsed < 15, f"stop() waited {elapsed:.1f} s, as if for the whole grace period"
     assert (stats.completed, stats.started) == (1, 1)
-    assert statuses(rq) == [(next_id, "ready", 0)]
-    assert slow_id not in [s[0] for s in statuses(rq)]
+    assert status_rows(rq) == [(next_id, "ready", 0)]
+    assert slow_id not in [s[0] for s in status_rows(rq)]
 
 
 def test_message_taken_while_stopping_is_released_uncounted(
@@ -867,7 +856,7 @@ def test_message_taken_while_stopping_is_released_uncounted(
     stats = running(w).join(timeout=10)
     assert handled == []
     assert (stats.released, stats.started, stats.completed) == (1, 0, 0)
-    assert statuses(rq) == [(message_id, "ready", 0)]
+    assert status_rows(rq) == [(message_id, "ready", 0)]
 
 
 def test_stop_of_idle_worker_returns_promptly(
@@ -901,11 +890,11 @@ def test_stop_requeues_handler_still_running_after_grace(
     begin = time.monotonic()
     stats = r.stop(timeout=30)
     assert time.monotonic() - begin < 15, "stop() waited for the handler"
-    assert statuses(rq) == [(message_id, "ready", 1)]
+    assert status_rows(rq) == [(message_id, "ready", 1)]
     release.set()
     handlers[0].join(15)  # its thread has dealt with the late outcome once it ends
     assert not handlers[0].is_alive()
-    assert statuses(rq) == [(message_id, "ready", 1)]
+    assert status_rows(rq) == [(message_id, "ready", 1)]
     assert (stats.started, stats.completed, stats.requeued) == (1, 0, 1)  # counted
 
 
@@ -924,7 +913,7 @@ def test_stop_immediate_skips_grace(rq: Queue, running: Callable[[Worker], Runni
     try:
         r.stop(timeout=30, immediate=True)
         assert time.monotonic() - begin < 15, "stop(immediate=True) waited for the grace"
-        assert statuses(rq) == [(message_id, "ready", 1)]
+        assert status_rows(rq) == [(message_id, "ready", 1)]
     finally:
         release.set()
 
@@ -1040,7 +1029,7 @@ def test_sigterm_shuts_worker_process_down_gracefully(
     assert elapsed < 30.0, f"{elapsed:.1f} s: the worker waited for its grace period"
     assert f"finished {slow_id}" in lines
     assert "stopped completed=1 released=0" in lines
-    assert statuses(rq) == [(next_id, "ready", 0)]
+    assert status_rows(rq) == [(next_id, "ready", 0)]
     assert all(row["status"] != "processing" for row in message_statuses(rq))
 
 
@@ -1057,7 +1046,7 @@ def test_second_signal_stops_at_once_and_requeues(
     wp.expect("shutting down gracefully", timeout=15)
     time.sleep(0.2)
     assert wp.proc.poll() is None, "the first signal must not stop the worker at once"
-    assert statuses(rq) == [(message_id, "processing", 1)]
+    assert status_rows(rq) == [(message_id, "processing", 1)]
     sent = time.monotonic()
     wp.proc.send_signal(second)
     code = wp.proc.wait(20)
@@ -1066,7 +1055,7 @@ def test_second_signal_stops_at_once_and_requeues(
     assert code == 0, lines
     assert elapsed < 15.0, f"{elapsed:.1f} s: the second signal waited for the handler"
     assert f"finished {message_id}" not in lines
-    assert statuses(rq) == [(message_id, "ready", 1)]
+    assert status_rows(rq) == [(message_id, "ready", 1)]
     message = ok(rq.dequeue())
     assert message is not None
     assert (message.id, message.attempts) == (message_id, 2)
@@ -1111,7 +1100,7 @@ def test_keyboard_interrupt_in_run_gives_the_running_message_back(
     lines = wp.drain()
     assert code != 0, lines
     assert any("KeyboardInterrupt" in line for line in lines), lines
-    assert statuses(rq) == [(message_id, "ready", 1)]
+    assert status_rows(rq) == [(message_id, "ready", 1)]
 
 
 @pytest.mark.slow
@@ -1124,7 +1113,7 @@ def test_sigkilled_workers_message_returns_after_lease(
     wp = spawn_worker(grace=10.0, lease=1.0)
     wp.expect(f"started {message_id}")
     time.sleep(0.5)  # a few heartbeats
-    assert statuses(rq) == [(message_id, "processing", 1)]
+    assert status_rows(rq) == [(message_id, "processing", 1)]
     wp.proc.send_signal(signal.SIGKILL)
     assert wp.proc.wait(15) == -signal.SIGKILL
     message = ok(rq.dequeue(wait=30))  # the lease is 1 s: it comes back long before
@@ -1133,7 +1122,7 @@ def test_sigkilled_workers_message_returns_after_lease(
     assert message.payload == {"sleep": 60}
     assert "lease expired" in (message.last_error or "")
     ok(rq.complete(message))
-    assert statuses(rq) == []
+    assert status_rows(rq) == []
 
 
 # -- careless handlers and settings ---------------------------------------------------------

@@ -26,14 +26,12 @@ from typing import Any
 import pytest
 
 from conftest import FakeClock
-from helpers import message_statuses
+from helpers import ok, statuses, wait_until
 from sqqueue import (
     AsyncQueue,
     AsyncWorker,
     Message,
-    Ok,
     Queue,
-    Result,
     SQLiteQueue,
     Worker,
     WorkerStats,
@@ -41,19 +39,7 @@ from sqqueue import (
 
 MakeQueue = Callable[..., Queue]
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def ok(result: Result[Any, Any]) -> Any:
-    assert isinstance(result, Ok), f"expected Ok, got {result!r}"
-    return result.value
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(0.01)
+WAIT = 20.0  # seconds any one wait_until of these tests may take
 
 
 def run_in_thread(worker: Worker) -> tuple[threading.Thread, list[Any]]:
@@ -70,15 +56,11 @@ def drain_with_one_runner(queue: Queue, handler: Callable[[Message], None]) -> W
         queue, handler, concurrency=1, visibility_timeout=3, handle_signals=False, poll_wait=1
     )
     thread, out = run_in_thread(w)
-    wait_until(lambda: not queue.stats().unwrap().depth, what="the queue drained")
+    wait_until(lambda: not queue.stats().unwrap().depth, timeout=WAIT, what="the queue drained")
     w.stop()
     thread.join(20)
     stats: WorkerStats = out[0]
     return stats
-
-
-def statuses(queue: Queue) -> dict[int, tuple[str, int]]:
-    return {r["id"]: (r["status"], r["attempts"]) for r in message_statuses(queue)}
 
 
 class HeldAcks:
@@ -129,9 +111,11 @@ def test_completions_gather_into_one_transaction(
     w = Worker(queue, handler, concurrency=1, handle_signals=False)
     thread, out = run_in_thread(w)
     assert held.entered.wait(20), "the first completion never reached complete_batch"
-    wait_until(lambda: len(handled) == 5, what="the other four handlers to return")
+    wait_until(lambda: len(handled) == 5, timeout=WAIT, what="the other four handlers to return")
     held.release.set()
-    wait_until(lambda: not queue.stats().unwrap().depth, what="every message completed")
+    wait_until(
+        lambda: not queue.stats().unwrap().depth, timeout=WAIT, what="every message completed"
+    )
     w.stop()
     thread.join(20)
     assert not thread.is_alive()
@@ -160,12 +144,13 @@ def test_grouped_acks_are_fenced_one_by_one_when_a_lease_was_lost(
     )
     thread, out = run_in_thread(w)
     assert held.entered.wait(20)
-    wait_until(lambda: len(handled) == 3, what="three handlers to return")
+    wait_until(lambda: len(handled) == 3, timeout=WAIT, what="three handlers to return")
     # The worker stops claiming first (its acks still wait): else its own runner could
     # take the expired lease before the other consumer does.
     w.stop()
     wait_until(
         lambda: not [t for t in threading.enumerate() if t.name == f"{w.name}-1"],
+        timeout=WAIT,
         what="the worker's runner to end",
     )
     # The lease of one message whose ack waits runs out, and another consumer takes it;
@@ -178,13 +163,14 @@ def test_grouped_acks_are_fenced_one_by_one_when_a_lease_was_lost(
     lost = taken.id
     held.release.set()
     wait_until(
-        lambda: set(statuses(queue)) == {lost},
+        lambda: set(statuses(queue, "status", "attempts")) == {lost},
+        timeout=WAIT,
         what="every message but the re-leased one completed",
     )
     w.stop()
     thread.join(20)
     assert not thread.is_alive()
-    assert statuses(queue) == {lost: ("processing", 2)}
+    assert statuses(queue, "status", "attempts") == {lost: ("processing", 2)}
     assert ok(other.complete(taken)) is None  # its new holder's lease is intact
     assert out[0].completed == 2
     assert set(ids) - {lost} <= set(handled)
@@ -214,7 +200,7 @@ def test_claimed_but_not_started_is_given_back_at_shutdown(
     assert not thread.is_alive()
     assert handled == []
     assert (out[0].released, out[0].started) == (4, 0)
-    assert statuses(queue) == dict.fromkeys(ids, ("ready", 0))
+    assert statuses(queue, "status", "attempts") == dict.fromkeys(ids, ("ready", 0))
     assert all(1 <= size <= 4 for size in sizes)
 
 
@@ -235,7 +221,7 @@ def test_claims_never_exceed_the_prefetch_bound(
 
     w = Worker(queue, handler, concurrency=6, prefetch=3, handle_signals=False, poll_wait=1)
     thread, out = run_in_thread(w)
-    wait_until(lambda: not queue.stats().unwrap().depth, what="the queue drained")
+    wait_until(lambda: not queue.stats().unwrap().depth, timeout=WAIT, what="the queue drained")
     w.stop()
     thread.join(20)
     assert sorted(seen) == ids
@@ -275,7 +261,7 @@ def test_quick_handlers_get_large_claims(
     seen: list[int] = []
     w = Worker(queue, lambda m: seen.append(m.id), concurrency=1, handle_signals=False)
     thread, out = run_in_thread(w)
-    wait_until(lambda: not queue.stats().unwrap().depth, what="the queue drained")
+    wait_until(lambda: not queue.stats().unwrap().depth, timeout=WAIT, what="the queue drained")
     w.stop()
     thread.join(20)
     assert sorted(seen) == ids and out[0].completed == 150
@@ -303,7 +289,7 @@ def test_slow_handlers_claim_only_for_idle_runners(
 
     w = Worker(queue, handler, concurrency=2, handle_signals=False, poll_wait=1)
     thread, out = run_in_thread(w)
-    wait_until(lambda: not queue.stats().unwrap().depth, what="the queue drained")
+    wait_until(lambda: not queue.stats().unwrap().depth, timeout=WAIT, what="the queue drained")
     w.stop()
     thread.join(20)
     assert sorted(seen) == ids and out[0].completed == 6
@@ -351,6 +337,7 @@ def test_the_heartbeat_gives_back_what_waits_while_every_runner_is_busy(
         if len(handled) == 2:  # the 18 others are held unstarted by now
             wait_until(
                 lambda: queue.stats().unwrap().ready == 18,
+                timeout=WAIT,
                 what="the heartbeat to give the held messages back",
             )
             while (taken := ok(other.dequeue())) is not None:
@@ -543,4 +530,4 @@ def test_async_worker_gives_back_what_it_claimed_but_did_not_start(
     stats = asyncio.run(asyncio.wait_for(w.run(), 30))
     assert handled == []
     assert (stats.released, stats.started) == (3, 0)
-    assert statuses(queue) == dict.fromkeys(ids, ("ready", 0))
+    assert statuses(queue, "status", "attempts") == dict.fromkeys(ids, ("ready", 0))

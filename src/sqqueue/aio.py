@@ -39,7 +39,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 from . import bridge
 from .core import consume
 from .core.checks import MAX_BATCH_SIZE, bounded_int, error_text
-from .core.compat import message_id_keyword
+from .core.compat import AsyncCompat, message_id_keyword
 from .core.consume import Step
 from .core.queue import NO_RESULT, MessageRef, Queue
 from .exceptions import (
@@ -79,7 +79,7 @@ async def _on_loop(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     return cast(T, await asyncio.shield(asyncio.ensure_future(started.finish())))
 
 
-class AsyncQueue:
+class AsyncQueue(AsyncCompat):
     """Asyncio face of a queue: the methods of :class:`~sqqueue.queue.Queue`, awaited.
 
     ``native``: run the hot operations on the event loop, without threads; by default
@@ -88,6 +88,8 @@ class AsyncQueue:
     (pass ``native=True`` there with a selector event loop). ``native=False`` runs every
     call in a worker thread, as on SQLite.
     """
+
+    sync: Queue  #: the queue it awaits
 
     def __init__(self, queue: Queue, *, native: bool | None = None) -> None:
         self.sync = queue
@@ -362,24 +364,6 @@ class AsyncQueue:
     async def is_drained(self) -> Result[bool, QueueError]:
         return await self._call(self.sync.is_drained)
 
-    async def recover_processing_messages(self) -> Result[int, QueueError]:
-        return await self._call(self.sync.recover_processing_messages)
-
-    async def get_dead_letters(self) -> Result[list[dict[str, Any]], QueueError]:
-        return await self._call(self.sync.get_dead_letters)
-
-    async def reprocess_dead_letter(self, message_id: int) -> Result[None, RequeueError]:
-        return await self._call(self.sync.reprocess_dead_letter, message_id)
-
-    async def get_all_statuses(self) -> Result[dict[str, int], QueueError]:
-        return await self._call(self.sync.get_all_statuses)
-
-    async def vacuum_database(self, conn: Any = None) -> Result[None, QueueError]:
-        return await self._call(self.sync.vacuum_database, conn)
-
-    async def perform_checkpoint(self, conn: Any = None) -> Result[None, QueueError]:
-        return await self._call(self.sync.perform_checkpoint, conn)
-
     async def stats(self, expiring_within: float = 60.0) -> Result[QueueStats, QueueError]:
         return await self._call(self.sync.stats, expiring_within)
 
@@ -415,9 +399,6 @@ class AsyncQueue:
 
     def ddl(self) -> list[str]:
         return self.sync.ddl()
-
-    def get_operation_count(self) -> int:
-        return self.sync.get_operation_count()
 
     def wake_waiters(self) -> None:
         self.sync.wake_waiters()

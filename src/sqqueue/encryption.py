@@ -10,7 +10,7 @@ The key is held by an :class:`EncryptionKey`, whose ``repr`` and ``str`` never s
 and is only ever given to SQLCipher in ``PRAGMA key``, the first statement on every
 connection. This module also copies a database between its plain and encrypted forms
 (``encrypt``, ``decrypt``, ``rekey``): a new file is written, checked, then put in place,
-so an interrupted run leaves the source as it was.
+so an interrupted run leaves the source's data as it was.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ ENV_KEY_FILE = "SQQUEUE_ENCRYPTION_KEY_FILE"
 INSTALL_HINT = "pip install 'sqqueue[encryption]'"
 GIVE_KEY = f"encryption_key=, {ENV_KEY} or {ENV_KEY_FILE}"
 _RAW = re.compile(r"^x'([0-9a-fA-F]{64})'$")
-_SQLITE_MAGIC = b"SQLite format 3\x00"
+#: the first 16 bytes of a plain SQLite file (an encrypted one starts with its salt)
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 class EncryptionError(QueueError):
@@ -201,34 +202,54 @@ def key_connection(conn: Any, key: EncryptionKey) -> None:
 
 def file_kind(path: str | os.PathLike[str]) -> str:
     """``"missing"``, ``"empty"`` (a new database), ``"plain"`` (an SQLite header) or
-    ``"opaque"`` (encrypted, or not a database at all)."""
+    ``"opaque"`` (encrypted, or not a database at all).
+
+    Not for a file this process may have open (see ``maybe_open``): closing a file drops
+    every POSIX lock the process holds on it, its SQLite connections' included."""
     try:
         with open(path, "rb") as file:
-            header = file.read(len(_SQLITE_MAGIC))
+            header = file.read(len(SQLITE_MAGIC))
     except FileNotFoundError:
         return "missing"
     if not header:
         return "empty"
-    return "plain" if header == _SQLITE_MAGIC else "opaque"
+    return "plain" if header == SQLITE_MAGIC else "opaque"
+
+
+def maybe_open(path: str | os.PathLike[str]) -> bool:
+    """Whether a connection may have the database ``path`` open: its -shm exists.
+
+    Then its header is not read. A connection of this process holds POSIX locks on the
+    file, which closing any descriptor of it would drop (they belong to the process);
+    SQLite's connections elsewhere would take it for gone: the last of them to close
+    would remove the WAL under it, a rekey would replace the file. (A sqqueue connection
+    is in WAL mode, which keeps the -shm for as long as the file is open.)"""
+    return os.path.exists(f"{os.fspath(path)}-shm")
 
 
 def mismatch(path: str, key: EncryptionKey | None) -> str | None:
     """Why ``path`` cannot be opened with ``key`` as far as its header tells: a plain
     file given a key. (A wrong key, or no key for an encrypted file, shows on the first
-    read, as SQLite's "file is not a database".)"""
-    kind = file_kind(path)
-    if key is not None and kind == "plain":
-        return (
-            f"wrong key or not an encrypted sqqueue database: {path!r} is a plain "
-            "(unencrypted) SQLite file; open it without a key, or encrypt it with "
-            f"'sqqueue encrypt {path} ENCRYPTED.db'"
-        )
-    return None
+    read, as SQLite's "file is not a database"; so does a plain file given a key while
+    the file is open, whose header is not read: see ``maybe_open`` and ``wrong_key``.)"""
+    return None if key is None else _plain(path)
+
+
+def _plain(path: str) -> str | None:
+    """That ``path`` is a plain SQLite file, if its header can be read and says so."""
+    if maybe_open(path) or file_kind(path) != "plain":
+        return None
+    return (
+        f"wrong key or not an encrypted sqqueue database: {path!r} is a plain "
+        "(unencrypted) SQLite file; open it without a key, or encrypt it with "
+        f"'sqqueue encrypt {path} ENCRYPTED.db'"
+    )
 
 
 def wrong_key(path: str) -> str:
-    """The explanation of SQLCipher's "file is not a database" for a keyed open."""
-    return (
+    """The explanation of SQLCipher's "file is not a database" for a keyed open (that the
+    file is plain, when its header can be read)."""
+    return _plain(path) or (
         f"wrong key or not an encrypted sqqueue database: {path!r} cannot be read "
         f"with the key given ({GIVE_KEY})"
     )
@@ -297,39 +318,56 @@ def _open_checked(path: str, key: EncryptionKey | None) -> Any:
 
 
 def _export(
+    src: Any,
     source: str,
     partial: str,
-    source_key: EncryptionKey | None,
     target_key: EncryptionKey | None,
+    exclusive: bool = False,
 ) -> dict[str, int]:
-    """Copy every table of ``source`` into the empty file ``partial`` with
-    ``sqlcipher_export``, in one read transaction; the source's row counts."""
-    # Both ends on SQLCipher (which reads plain files too, given no key), so that one
-    # connection ATTACHes the other, each with its own key.
+    """Copy every table of ``source``, open on ``src`` (an SQLCipher connection), into the
+    empty file ``partial`` with ``sqlcipher_export``, in one transaction (``exclusive``:
+    holding the source's write lock); the source's row counts."""
     cipher = driver()
-    src = cipher.connect(source, isolation_level=None)
+    attach_key = target_key.pragma_value() if target_key is not None else "''"
+    src.execute(sql.ATTACH_TARGET.format(key=attach_key), (partial,))
+    try:
+        # One snapshot of the source for the counts and the copy.
+        src.execute(sql.BEGIN_EXCLUSIVE if exclusive else sql.BEGIN)
+        try:
+            counts = _counts(src)
+            src.execute(sql.EXPORT_TO_TARGET)
+            version = src.execute(sql.MAIN_USER_VERSION).fetchone()[0]
+            src.execute(sql.SET_TARGET_USER_VERSION.format(version=int(version)))
+            src.execute(sql.COMMIT)
+        except BaseException:
+            with contextlib.suppress(cipher.Error):
+                src.execute(sql.ROLLBACK)
+            raise
+    except cipher.DatabaseError as exc:
+        if "not a database" in str(exc):
+            raise EncryptionError(wrong_key(source)) from None
+        raise
+    finally:
+        with contextlib.suppress(cipher.Error):
+            src.execute(sql.DETACH_TARGET)
+    return counts
+
+
+def _export_from(
+    source: str, partial: str, source_key: EncryptionKey | None, target_key: EncryptionKey | None
+) -> dict[str, int]:
+    """``_export`` on a connection of its own to ``source``."""
+    # SQLCipher's, even for a plain source (it reads those given no key), so that the one
+    # connection ATTACHes the copy with the copy's own key.
+    src = driver().connect(source, isolation_level=None)
     try:
         if source_key is not None:
             key_connection(src, source_key)
         else:
             src.execute(sql.CIPHER_QUIET)
-        src.execute(sql.BEGIN)  # one snapshot of the source for the counts and the copy
-        try:
-            counts = _counts(src)
-        except cipher.DatabaseError as exc:
-            if "not a database" in str(exc):
-                raise EncryptionError(wrong_key(source)) from None
-            raise
-        attach_key = target_key.pragma_value() if target_key is not None else "''"
-        src.execute(sql.ATTACH_TARGET.format(key=attach_key), (partial,))
-        src.execute(sql.EXPORT_TO_TARGET)
-        version = src.execute(sql.MAIN_USER_VERSION).fetchone()[0]
-        src.execute(sql.SET_TARGET_USER_VERSION.format(version=int(version)))
-        src.execute(sql.COMMIT)
-        src.execute(sql.DETACH_TARGET)
+        return _export(src, source, partial, target_key)
     finally:
         src.close()
-    return counts
 
 
 def _verify(partial: str, key: EncryptionKey | None, expected: dict[str, int]) -> dict[str, int]:
@@ -338,9 +376,15 @@ def _verify(partial: str, key: EncryptionKey | None, expected: dict[str, int]) -
     try:
         found = _counts(check)
         integrity = check.execute(sql.QUICK_CHECK).fetchone()[0]
-        check.execute(sql.JOURNAL_MODE_WAL)  # as sqqueue keeps its files
+        mode = str(check.execute(sql.JOURNAL_MODE_WAL).fetchone()[0])  # as sqqueue keeps files
     finally:
         check.close()
+    if mode.lower() != "wal":
+        raise EncryptionError(
+            f"the copy {partial!r} cannot be put in WAL mode (it is in {mode} mode); "
+            "the source is unchanged",
+            ErrorKind.STORAGE,
+        )
     if found != expected or integrity != "ok":
         raise EncryptionError(
             f"the copy {partial!r} does not match its source ({integrity}; "
@@ -356,31 +400,44 @@ def _copy(
     source_key: EncryptionKey | None,
     target_key: EncryptionKey | None,
     progress: Progress | None,
-    replace: bool = False,
+    held: _Held | None = None,
 ) -> CopyReport:
     """Copy every table of ``source`` into a new file, check the counts match, then move
     it to ``target``. Until that last step only ``<target>.partial`` is written, so an
-    interrupted copy leaves ``source`` (and ``target``) as they were."""
-    if not os.path.exists(source):
-        raise EncryptionError(f"no database at {source!r}", ErrorKind.NOT_FOUND)
-    if not replace and os.path.exists(target):
-        raise EncryptionError(f"{target!r} exists already; give the name of a new file")
-    problem = mismatch(source, source_key)
-    if problem is not None:
-        raise EncryptionError(problem)
+    interrupted copy leaves ``source`` (and ``target``) as they were.
+
+    ``held``: the source, taken by ``_hold`` (rekey): the copy is read through its
+    connection, and it replaces the source."""
+    if held is None:
+        # (A held source was checked before it was taken; and opening it again now, even
+        # to read its header, would drop the hold's locks when closed: POSIX locks belong
+        # to the process, and any descriptor closed on the file releases them all.)
+        if not os.path.exists(source):
+            raise EncryptionError(f"no database at {source!r}", ErrorKind.NOT_FOUND)
+        if os.path.exists(target):
+            raise EncryptionError(f"{target!r} exists already; give the name of a new file")
+        problem = mismatch(source, source_key)
+        if problem is not None:
+            raise EncryptionError(problem)
     partial = f"{target}.partial"
     for leftover in (partial, f"{partial}-wal", f"{partial}-shm", f"{partial}-journal"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(leftover)  # a copy that was interrupted before
     os.close(os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-    counts = _export(source, partial, source_key, target_key)
+    if held is None:
+        counts = _export_from(source, partial, source_key, target_key)
+    else:
+        counts = _export(held.conn, source, partial, target_key, exclusive=True)
     if progress is not None:
         progress("copied", sum(counts.values()))
     found = _verify(partial, target_key, counts)
     if progress is not None:
         progress("verified", sum(found.values()))
     _fsync(partial)
-    os.replace(partial, target)
+    if held is None:
+        os.replace(partial, target)
+    else:
+        held.replace_with(partial)
     _fsync_dir(target)
     logger.info(
         "copied %s to %s: %d rows in %d tables", source, target, sum(found.values()), len(found)
@@ -456,9 +513,108 @@ def rekey(
     progress: Progress | None = None,
 ) -> CopyReport:
     """Re-encrypt ``path`` with ``new_key``: a copy under the new key is written and
-    checked next to it, then atomically replaces it. Stop every process using the queue
-    first (one still open on the old file keeps writing to the replaced file)."""
+    checked next to it, then atomically replaces it.
+
+    A process with the file open would go on writing to the replaced file, where nothing
+    reads it. So the file is first taken for this call alone: while any process (this one
+    included) has it open, rekey is refused with an ``EncryptionError`` (kind ``LOCKED``)
+    and nothing changes; stop every process using the queue, then run it again. Until the
+    copy replaces the file, no other process can open it."""
     old, new = _given(old_key), _given(new_key)
     name = os.fspath(path)
-    with _quiet_source(name, old):
-        return _copy(name, name, old, new, progress, replace=True)
+    with _hold(name, old) as held:
+        return _copy(name, name, old, new, progress, held)
+
+
+# -- holding the file a rekey replaces ----------------------------------------------------
+
+#: how long rekey waits for a process that has the file open to let go of it (a command
+#: that reads it for a moment), before it gives up: the file is in use
+IN_USE_WAIT = 2.0
+# What is overwritten in the file a rekey replaced: the salt and the rest of the first
+# page (of SQLCipher's default size; at least the first page whatever the page size).
+_SCRAMBLED = 4096
+
+
+class _Held:
+    """The file ``path``, held by this process alone on the connection ``conn``."""
+
+    def __init__(self, path: str, conn: Any) -> None:
+        self.path = path
+        self.conn = conn
+        self.replaced = False
+        self._old: int | None = None  # a descriptor of the replaced file
+
+    def replace_with(self, partial: str) -> None:
+        """Put ``partial`` in place of the held file, and make the file it replaced
+        unreadable: a process that opened the path before the replace, and waits for
+        the lock, then finds no database there (a key error) instead of writing where
+        nobody will read."""
+        self._old = os.open(self.path, os.O_WRONLY)  # the same file the connection holds
+        os.replace(partial, self.path)
+        self.replaced = True
+        try:
+            os.pwrite(self._old, bytes(_SCRAMBLED), 0)
+        except OSError as exc:  # the new file is in place all the same
+            logger.warning("%s: the file it replaced is left readable: %s", self.path, exc)
+
+    def release(self) -> None:
+        """Let go of the file; if it was not replaced, back in WAL mode, as it was."""
+        try:
+            if not self.replaced:
+                # Back in WAL mode, as sqqueue keeps its files (in vain if the disk
+                # failed: sqqueue sets WAL again whenever it opens the file).
+                with contextlib.suppress(*driver_errors()):
+                    if self.conn.in_transaction:
+                        self.conn.execute(sql.ROLLBACK)
+                    self.conn.execute(sql.JOURNAL_MODE_WAL).fetchall()
+            self.conn.close()
+        finally:
+            # Closed last: closing any descriptor of a file drops every lock this process
+            # holds on it (POSIX), the hold's included.
+            if self._old is not None:
+                os.close(self._old)
+
+
+@contextlib.contextmanager
+def _hold(path: str, key: EncryptionKey) -> Iterator[_Held]:
+    """``path`` held by this process alone, on one connection keyed with ``key``, for the
+    block: refused (``EncryptionError``, kind ``LOCKED``) while another connection, in
+    this process or another, has it open.
+
+    ``locking_mode = EXCLUSIVE`` keeps every lock the connection takes until it closes;
+    leaving WAL mode (``journal_mode = DELETE``) takes the file's exclusive lock, which
+    SQLite only grants when no other connection has the WAL open, copies the WAL into the
+    file and removes the -wal and -shm. Out of WAL mode, closing the connection removes no
+    -wal by name, which, once the file is replaced, would be the new file's."""
+    if not os.path.isfile(path):  # (opening it would create an empty file there)
+        raise EncryptionError(f"no database at {path!r}", ErrorKind.NOT_FOUND)
+    problem = mismatch(path, key)
+    if problem is not None:
+        raise EncryptionError(problem)
+    in_use = EncryptionError(
+        f"{path!r} is in use: a process has it open (an application's queue, a worker, a "
+        "command); stop every process using it, then run rekey again (nothing was changed)",
+        ErrorKind.LOCKED,
+    )
+    conn = connect(path, key, isolation_level=None, timeout=IN_USE_WAIT)
+    try:
+        # "main." only: the copy attached beside it keeps the usual locking and journal.
+        conn.execute(sql.LOCKING_MODE_EXCLUSIVE).fetchall()
+        mode = str(conn.execute(sql.JOURNAL_MODE_DELETE).fetchone()[0])
+    except driver_errors() as exc:
+        conn.close()
+        text = str(exc).lower()
+        if "not a database" in text:
+            raise EncryptionError(wrong_key(path)) from None
+        if "locked" in text or "busy" in text:
+            raise in_use from None
+        raise
+    if mode.lower() != "delete":  # (SQLite answers the mode it kept when it cannot change)
+        conn.close()
+        raise in_use
+    held = _Held(path, conn)
+    try:
+        yield held
+    finally:
+        held.release()

@@ -1,6 +1,6 @@
 """Prometheus metrics (``pip install 'sqqueue[prometheus]'``).
 
-Two pieces:
+Three pieces:
 
 * :class:`QueueCollector` reads every queue's stats from a database (an SQLite file or a
   PostgreSQL URL) when Prometheus scrapes: depth by state, oldest ready age, leases about
@@ -8,6 +8,9 @@ Two pieces:
   (``sqqueue metrics serve jobs.db``, or a ``postgresql://`` URL); it only reads.
 * :class:`Durations` records histograms of time-in-queue and processing time for a
   :class:`~sqqueue.Worker`: ``Worker(queue, handler, durations=Durations())``.
+* :class:`SignatureCollector` exports the signature counts of the consumers' own queue
+  objects (messages refused as "signature invalid", unsigned ones delivered): each queue
+  object counts those in memory, so they are served by the process that consumes.
 
 Example::
 
@@ -36,11 +39,12 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         "sqqueue.prometheus needs prometheus-client: pip install 'sqqueue[prometheus]'"
     ) from exc
 
+from .aio import AsyncQueue
 from .exceptions import QueueError
 from .queue import Queue, connect, list_queues
 from .targets import parse_target, redact
 
-__all__ = ["Durations", "QueueCollector", "serve"]
+__all__ = ["Durations", "QueueCollector", "SignatureCollector", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +57,11 @@ _TOTALS = (
     ("lease_expirations", "lease_expirations_total", "Leases that expired unacknowledged."),
     ("ttl_expired", "ttl_expired_total", "Messages whose time to live ran out undelivered."),
 )
+#: the signature counts of QueueStats, and their help texts
+_SIGNATURES = {
+    "signature_invalid": "Messages these queue objects dead-lettered as 'signature invalid'.",
+    "unsigned_accepted": "Unsigned messages these queue objects delivered (accept_unsigned).",
+}
 
 
 class QueueCollector(Collector):
@@ -61,7 +70,9 @@ class QueueCollector(Collector):
     ``db_path`` is an SQLite file (a path or ``sqlite:///`` URL) or a ``postgresql://``
     URL; ``schema`` is the PostgreSQL schema the queues live in. Queues are opened
     read-only, once, on the first scrape that needs them. The file-size gauges are for
-    SQLite only (a PostgreSQL server's storage is its own).
+    SQLite only (a PostgreSQL server's storage is its own). The signature counts are not
+    in the database, only in the queue objects that consume: see
+    :class:`SignatureCollector`.
     """
 
     def __init__(
@@ -168,6 +179,51 @@ class QueueCollector(Collector):
         yield sizes
         yield behind
         yield from totals.values()
+
+
+class SignatureCollector(Collector):
+    """Exports ``sqqueue_signature_invalid_total`` and ``sqqueue_unsigned_accepted_total``
+    of this process's queue objects, by queue.
+
+    A queue object with a signing key counts the messages it refused and the unsigned
+    ones it delivered in memory, since it was opened (``stats().signature_invalid`` and
+    ``stats().unsigned_accepted``); the database keeps no such total, so a
+    :class:`QueueCollector`, which opens queues of its own, cannot see them. Register this
+    collector in the consumers' process, with the queue objects they use (synchronous or
+    asyncio)::
+
+        REGISTRY.register(SignatureCollector([queue]))
+
+    Several objects on one queue add up to one series. A closed object keeps the counts
+    last read from it, so that a series never goes down while the process runs (a drop
+    would read to Prometheus as a restart, and the next scrape as new refusals).
+    """
+
+    def __init__(self, queues: Iterable[Queue | AsyncQueue]) -> None:
+        self.queues = [q.sync if isinstance(q, AsyncQueue) else q for q in queues]
+        self._last = [dict.fromkeys(_SIGNATURES, 0) for _ in self.queues]
+        self._lock = threading.Lock()  # scrapes may come on several server threads
+
+    def collect(self) -> Iterator[Any]:
+        families = {
+            field: CounterMetricFamily(f"sqqueue_{field}_total", help_text, labels=["queue"])
+            for field, help_text in _SIGNATURES.items()
+        }
+        totals: dict[tuple[str, str], int] = {}
+        with self._lock:
+            for queue, last in zip(self.queues, self._last, strict=True):
+                # stats() is the public way to these counts; it reads the database too, and
+                # returns Err for a closed object (or a database it cannot read).
+                result = queue.stats()
+                if result.is_ok():
+                    stats = result.unwrap()
+                    for field in _SIGNATURES:
+                        last[field] = getattr(stats, field)
+                for field, count in last.items():
+                    totals[field, queue.name] = totals.get((field, queue.name), 0) + count
+        for (field, name), count in sorted(totals.items()):
+            families[field].add_metric([name], count)
+        yield from families.values()
 
 
 class Durations:

@@ -23,7 +23,7 @@ from .exceptions import ErrorKind, QueueError
 from .metrics import Metrics, StatsdMetrics
 from .result import Err, Ok, Result
 from .serializers import Serializer
-from .settings import UNSET, Settings, load
+from .settings import UNSET, Settings, check_accept_unsigned_has_key, load
 from .signing import SigningKeys, resolve_signing_key
 from .targets import parse_target
 
@@ -47,22 +47,19 @@ _POSTGRES_ONLY = {
 }
 
 
-def _settings(explicit: dict[str, Any], backend: str, clock: Clock | None) -> Settings:
+def _settings(
+    explicit: dict[str, Any],
+    backend: str,
+    clock: Clock | None,
+    signer: SigningKeys | None,
+    read_only: bool,
+) -> Settings:
     """Resolve and check a queue's settings, before anything is opened."""
     if clock is not None and not callable(clock):
         raise ValueError("clock must be a callable returning Unix seconds")
-    return load(explicit, backend)
-
-
-def _policy(settings: Settings) -> Policy:
-    """What the storage enforces inside its transactions, from checked settings."""
-    return Policy(
-        dedup_window=settings.dedup_window,
-        expired_to_dlq=settings.on_expire == "dead",
-        retention=settings.retention,
-        retention_max=settings.retention_max,
-        max_depth=settings.max_depth,
-    )
+    resolved = load(explicit, backend)
+    check_accept_unsigned_has_key(resolved, signer is not None, read_only)
+    return resolved
 
 
 def _metrics(settings: Settings) -> Metrics | None:
@@ -177,6 +174,8 @@ class SQLiteQueue(Queue):
             },
             "sqlite",
             clock,
+            signer,
+            read_only,
         )
         if resolved.db_path is None:
             raise ValueError(
@@ -186,11 +185,8 @@ class SQLiteQueue(Queue):
         backend = SQLiteBackend(
             resolved.db_path,
             resolved.table_name,
-            synchronous=resolved.synchronous,
-            lock_timeout=resolved.lock_timeout,
-            default_max_attempts=resolved.default_max_attempts,
             clock=clock,
-            policy=_policy(resolved),
+            policy=Policy.of(resolved),
             read_only=read_only,
             encryption_key=encryption_key,
         )
@@ -255,15 +251,15 @@ class PostgresQueue(Queue):
                 "(sslmode=verify-full in the URL)"
             )
         signer = resolve_signing_key(signing_key)
-        resolved = _settings({"table_name": table_name, **settings}, "postgresql", clock)
+        resolved = _settings(
+            {"table_name": table_name, **settings}, "postgresql", clock, signer, read_only
+        )
         if server_clock is not None and not callable(server_clock):
             raise ValueError("server_clock must be a callable returning Unix seconds")
         backend = PostgresBackend(
             url,
             resolved.table_name,
-            lock_timeout=resolved.lock_timeout,
-            default_max_attempts=resolved.default_max_attempts,
-            policy=_policy(resolved),
+            policy=Policy.of(resolved),
             schema=schema,
             pool_size=config(lambda: bounded_int(pool_size, "pool_size", 1, 1000)),
             server_clock=server_clock,

@@ -246,8 +246,8 @@ class Codec:
                 ErrorKind.CORRUPT,
             )
         if checksum is not None:
-            try:  # checksum_of, inline: this runs for every message delivered
-                actual = zlib.crc32(data.encode("utf-8") if isinstance(data, str) else data)
+            try:
+                actual = checksum_of(data)
             except UnicodeEncodeError as exc:
                 raise QueueError(
                     f"stored text is not valid UTF-8: {exc}", ErrorKind.CORRUPT

@@ -57,6 +57,7 @@ __all__ = [
     "UNSET",
     "Resolved",
     "Settings",
+    "check_accept_unsigned_has_key",
     "find_config_file",
     "load",
     "parse_retry",
@@ -242,6 +243,29 @@ def _check_accept_unsigned(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"accept_unsigned must be True or False, got {value!r}")
     return value
+
+
+def check_accept_unsigned_has_key(settings: Settings, signed: bool, read_only: bool) -> None:
+    """Raise ValueError when ``accept_unsigned`` is on for a queue without a signing key.
+
+    The setting loosens a signing queue's verification; without a key nothing is verified
+    at all, so it would be ignored without a word while its user believes signing is on.
+    A read-only queue delivers nothing: there a value from the environment or the config
+    file, which keyless tools (the dashboard, the metrics exporter) share with the
+    consumers, is let be; one given as an argument is refused all the same.
+    """
+    if not settings.accept_unsigned or signed:
+        return
+    source = settings.sources["accept_unsigned"]
+    if read_only and source != "argument":
+        return
+    given = "accept_unsigned=True" if source == "argument" else f"accept_unsigned (from {source})"
+    raise ValueError(
+        f"{given} needs a signing key: it lets a queue that verifies signatures deliver "
+        "messages stored without one, and this queue has no key, so it would verify "
+        "nothing. Give the key (signing_key=, SQQUEUE_SIGNING_KEY or "
+        "SQQUEUE_SIGNING_KEY_FILE), or turn accept_unsigned off"
+    )
 
 
 def _check_retry(value: Any) -> RetryPolicy:

@@ -60,7 +60,7 @@ def legacy_queues(path: str | os.PathLike[str]) -> list[str]:
         found = []
         for name in sorted(names - registered):
             columns = {r[1] for r in conn.execute(sqlite_sql.TABLE_COLUMNS, (name,))}
-            if {"processing_at", "dlq", "visible_at", "status"} <= columns:
+            if columns >= sqlite_sql.LEGACY_COLUMNS:
                 found.append(name)
         return found
 

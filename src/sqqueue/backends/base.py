@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 from ..exceptions import QueueError
@@ -37,18 +37,41 @@ class StorageError(QueueError):
 
 @dataclass(frozen=True)
 class Policy:
-    """Per-queue behaviour the storage enforces inside its transactions."""
+    """The settings the storage applies: what it enforces inside its transactions and how
+    long a call may wait. Each is the queue's setting of the same name (:meth:`of`); the
+    defaults are those of the settings table."""
 
     #: seconds a dedup key is remembered after enqueue; None: while the message exists
     dedup_window: float | None = 300.0
-    #: messages past their time to live go to the dead-letter queue (else: dropped)
-    expired_to_dlq: bool = True
+    #: "dead": messages past their time to live go to the dead-letter queue; "drop"
+    on_expire: str = "dead"
     #: keep completed messages this many seconds (None: delete at once)
     retention: float | None = None
     #: keep at most this many completed messages
     retention_max: int | None = None
     #: refuse enqueues past this many messages (pending, delayed, waiting, processing)
     max_depth: int | None = None
+    #: seconds a call may wait for a lock (and, in all, for the database)
+    lock_timeout: float = 30.0
+    #: the attempts of rows that arrive without any (sqqueue 0.1.0's, when migrated)
+    default_max_attempts: int = 5
+    #: SQLite's durability of a commit, "normal" or "full" (PostgreSQL: the server's)
+    synchronous: str = "normal"
+
+    @classmethod
+    def of(cls, settings: Any) -> Policy:
+        """The policy of a queue's resolved settings (``settings.NAME`` for each field; a
+        setting that does not apply to the backend keeps its default)."""
+        defaults = cls()
+        values: dict[str, Any] = {
+            f.name: getattr(settings, f.name, getattr(defaults, f.name)) for f in fields(cls)
+        }
+        return cls(**values)
+
+    @property
+    def expired_to_dlq(self) -> bool:
+        """Whether messages past their time to live go to the dead-letter queue."""
+        return self.on_expire == "dead"
 
     @property
     def keeps_history(self) -> bool:

@@ -102,9 +102,43 @@ class SQLBackend(Backend):
         """The time for the statements about to run, read once the transaction holds its
         locks (PostgreSQL: None, unless a test pins the server's time)."""
 
-    @abstractmethod
+    def _before_fold(self, conn: Conn, params: dict[str, Any]) -> None:
+        """Put right what must be before expired leases are looked for (default: nothing)."""
+
+    def _lock_expired(self, conn: Conn, params: dict[str, Any]) -> bool:
+        """Take the expired rows for this fold; False when another fold has them (default:
+        the transaction's write lock holds them already)."""
+        return True
+
     def _fold_expired(self, conn: Conn, now: float | None) -> int:
         """Expired leases back to pending (or dead), messages past their TTL out."""
+        params: dict[str, Any] = {"now": now}
+        self._before_fold(conn, params)
+        if not self._one(conn, "any_expired", params)[0]:
+            return 0
+        conn.execute(self._sql["lease_repair"], params)
+        if not self._lock_expired(conn, params):
+            return 0
+        if self.policy.expired_to_dlq:
+            conn.execute(self._sql["ttl_bury"], params)
+        ttl = conn.execute(self._sql["ttl_delete"], params).rowcount
+        conn.execute(self._sql["lease_bury"], params)
+        dead = conn.execute(self._sql["lease_delete_dead"], params).rowcount
+        back = conn.execute(self._sql["lease_return"], params).rowcount
+        buried_ttl = ttl if self.policy.expired_to_dlq else 0
+        self._bump(conn, expired=dead + back, dead_lettered=dead + buried_ttl, ttl_expired=ttl)
+        if back:
+            self._notify(conn)
+        if dead or ttl:
+            logger.info(
+                "queue %r: %d expired lease(s) dead-lettered, %d message(s) past their "
+                "time to live %s",
+                self.name,
+                dead,
+                ttl,
+                "dead-lettered" if self.policy.expired_to_dlq else "dropped",
+            )
+        return int(dead + back + ttl)
 
     def _claim_rows(self, conn: Conn, params: dict[str, Any]) -> list[Any]:
         """Claim up to ``params["limit"]`` ready messages; their rows as claimed."""
@@ -140,6 +174,8 @@ class SQLBackend(Backend):
     large_payload: float = math.inf
     #: a plain batch is one statement too (else: several, in a transaction)
     plain_batch_alone = False
+    #: the plain inserts store signatures too (else signed messages take the checked one)
+    plain_signatures = True
 
     @abstractmethod
     def _run_insert(
@@ -269,14 +305,24 @@ class SQLBackend(Backend):
 
     def _plain(self, messages: Sequence[NewMessage]) -> bool:
         """Whether the messages need nothing but their rows: no dedup key, group, body
-        stored apart, nor depth limit to check."""
+        stored apart, depth limit to check, nor a signature where the plain statements
+        store none."""
         if self.policy.max_depth is not None:
             return False
-        large = self.large_payload
+        large, signatures = self.large_payload, self.plain_signatures
         for m in messages:
             if m.dedup_key is not None or m.group_key is not None or len(m.data) >= large:
                 return False
+            if m.signature is not None and not signatures:
+                return False
         return True
+
+    def _key_alive(self, conn: Conn, holder: int, expires: bool, fresh: bool) -> bool:
+        """Whether the message ``holder`` still holds its dedup key: while the key's
+        window lasts (``fresh``) when it has one, else while the message is in the queue."""
+        if expires:
+            return fresh
+        return bool(self._one(conn, "exists", {"id": holder})[0])
 
     def _insert_checked(self, conn: Conn, messages: Sequence[NewMessage]) -> list[int]:
         """Insert with what a plain insert skips: dedup keys, groups, the depth limit.
@@ -316,7 +362,28 @@ class SQLBackend(Backend):
             self._notify(conn)
         return ids
 
+    def _claim_alone(self, limit: int, lease: float, token: int) -> list[StoredMessage] | None:
+        """Claim in one statement of its own, when nothing needs folding first; None when
+        something does, or the backend has no such statement (the default)."""
+        return None
+
+    def _complete_alone(self, message_id: int, token: int | None) -> bool:
+        """Complete one message (no history kept) in one statement of its own; False when
+        it was not done so (not held, or no such statement: the default)."""
+        return False
+
+    def _complete_all(self, refs: Sequence[tuple[int, int | None]]) -> bool:
+        """Complete distinct messages (no history kept) together, all or none, in fewer
+        statements than one each; False when nothing was changed (one was not held, or
+        the backend has no such way: the default)."""
+        return False
+
     def claim(self, limit: int, lease: float, token: int) -> tuple[list[StoredMessage], int]:
+        claimed = self._claim_alone(limit, lease, token)
+        if claimed is not None:
+            claimed.sort(key=lambda m: (-m.priority, m.visible_at, m.id))
+            return claimed, 0
+
         def run(conn: Conn) -> tuple[list[StoredMessage], int]:
             now = self._now()
             folded = self._fold_expired(conn, now)
@@ -346,6 +413,9 @@ class SQLBackend(Backend):
         return self._diagnose(conn, message_id, token)
 
     def complete(self, message_id: int, token: int | None, result: str | None = None) -> Outcome:
+        if not self.policy.keeps_history and self._complete_alone(message_id, token):
+            return Outcome.DONE
+
         def run(conn: Conn) -> Outcome:
             outcome = self._complete_one(conn, message_id, token, self._now(), result)
             if outcome is Outcome.DONE:
@@ -377,6 +447,11 @@ class SQLBackend(Backend):
             return refused.outcomes
 
     def complete_many(self, refs: Sequence[tuple[int, int | None]]) -> list[Outcome]:
+        # Together where the backend can; else (or when one is refused) one by one, which
+        # finds out why.
+        distinct = len({message_id for message_id, _ in refs}) == len(refs)
+        if distinct and not self.policy.keeps_history and self._complete_all(refs):
+            return [Outcome.DONE] * len(refs)
         return self._all_or_none(
             refs, self._complete_one, lambda conn, n: self._bump(conn, completed=n)
         )

@@ -42,7 +42,6 @@ from ..wakeup import signal_for
 from . import postgres_sql as sql
 from .base import (
     NewMessage,
-    Outcome,
     Policy,
     StorageError,
     StoredDeadLetter,
@@ -373,8 +372,6 @@ class PostgresBackend(SQLBackend):
         url: str,
         name: str,
         *,
-        lock_timeout: float = 30.0,
-        default_max_attempts: int = 5,
         policy: Policy | None = None,
         schema: str | None = None,
         pool_size: int = 4,
@@ -390,7 +387,7 @@ class PostgresBackend(SQLBackend):
         self.schema = schema
         self.policy = policy or Policy()
         self.wakeup_key = f"postgres:{self.path}:{schema or ''}:{self.name}"
-        self._lock_timeout = lock_timeout
+        self._lock_timeout = self.policy.lock_timeout
         # The server's clock decides every time; a test may pin it (see postgres_sql).
         self._server_clock = server_clock
         self._pool_size = pool_size
@@ -419,7 +416,7 @@ class PostgresBackend(SQLBackend):
         user = info.get("user")
         self._role = None if user is None else str(user)
         try:
-            self._init_schema(default_max_attempts)
+            self._init_schema(self.policy.default_max_attempts)
         except StorageError as exc:
             self.close()
             raise StorageError(f"cannot open queue {self.name!r}: {exc}", exc.kind) from exc
@@ -871,10 +868,7 @@ class PostgresBackend(SQLBackend):
         if self._one(conn, "dedup_claim", dedup) is None:
             # The key is taken (this waited for a concurrent producer to commit).
             holder, expires, fresh = self._one(conn, "dedup_get", dedup)
-            alive = (expires and fresh) or (
-                not expires and self._one(conn, "exists", {"id": holder})[0]
-            )
-            if alive:
+            if self._key_alive(conn, holder, bool(expires), bool(fresh)):
                 return int(holder), None
             conn.execute(self._sql["dedup_set"], dedup)
         return None, new_id
@@ -891,7 +885,7 @@ class PostgresBackend(SQLBackend):
         assert row is not None
         return int(row[0])
 
-    def claim(self, limit: int, lease: float, token: int) -> tuple[list[StoredMessage], int]:
+    def _claim_alone(self, limit: int, lease: float, token: int) -> list[StoredMessage] | None:
         params = {"lease": lease, "token": token, "limit": limit}
         rows = self._run_alone(
             lambda conn: conn.execute(
@@ -900,27 +894,18 @@ class PostgresBackend(SQLBackend):
             write=True,
         )
         if rows[0][-1]:
-            # Something to fold first (rare): fold and claim in one transaction.
-            return super().claim(limit, lease, token)
-        messages = [self._message(row[:-1]) for row in rows if row[0] is not None]
-        messages.sort(key=lambda m: (-m.priority, m.visible_at, m.id))
-        return messages, 0
+            return None  # something to fold first (rare): fold and claim in one transaction
+        return [self._message(row[:-1]) for row in rows if row[0] is not None]
 
-    def complete(self, message_id: int, token: int | None, result: str | None = None) -> Outcome:
-        if self.policy.keeps_history:
-            return super().complete(message_id, token, result)
+    def _complete_alone(self, message_id: int, token: int | None) -> bool:
         params = {"id": message_id, "token": token}
         row = self._run_alone(
             lambda conn: self._one(conn, "complete_counted", {**params, "now": self._now()}),
             write=True,
         )
-        if row is not None and row[0]:
-            return Outcome.DONE
-        return self._read(lambda conn: self._diagnose(conn, message_id, token))
+        return row is not None and bool(row[0])
 
-    def complete_many(self, refs: Sequence[tuple[int, int | None]]) -> list[Outcome]:
-        if self.policy.keeps_history:
-            return super().complete_many(refs)
+    def _complete_all(self, refs: Sequence[tuple[int, int | None]]) -> bool:
         params = {
             "ids": [message_id for message_id, _ in refs],
             "tokens": [token for _, token in refs],
@@ -930,10 +915,7 @@ class PostgresBackend(SQLBackend):
             lambda conn: self._one(conn, "complete_all", {**params, "now": self._now()}),
             write=True,
         )
-        if row is not None and row[0] == len(refs):
-            return [Outcome.DONE] * len(refs)
-        # Nothing was changed: the shared path finds out, message by message, why.
-        return super().complete_many(refs)
+        return row is not None and row[0] == len(refs)
 
     def enqueue_in(self, conn: Any, messages: Sequence[NewMessage]) -> list[int]:
         if not isinstance(conn, psycopg.Connection):
@@ -973,26 +955,11 @@ class PostgresBackend(SQLBackend):
             )
         return super().purge(states, older_than)
 
-    def _fold_expired(self, conn: psycopg.Connection[Any], now: float | None) -> int:
-        params: dict[str, Any] = {"now": now}
-        if not self._one(conn, "any_expired", params)[0]:
-            return 0
-        conn.execute(self._sql["lease_repair"], params)
-        ids = [r[0] for r in conn.execute(self._sql["lock_expired"], params).fetchall()]
-        if not ids:
-            return 0  # someone else is folding them right now
-        params["ids"] = ids
-        if self.policy.expired_to_dlq:
-            conn.execute(self._sql["ttl_bury"], params)
-        ttl = conn.execute(self._sql["ttl_delete"], params).rowcount
-        conn.execute(self._sql["lease_bury"], params)
-        dead = conn.execute(self._sql["lease_delete_dead"], params).rowcount
-        back = conn.execute(self._sql["lease_return"], params).rowcount
-        buried_ttl = ttl if self.policy.expired_to_dlq else 0
-        self._bump(conn, expired=dead + back, dead_lettered=dead + buried_ttl, ttl_expired=ttl)
-        if back:
-            self._notify(conn)
-        return int(dead + back + ttl)
+    def _lock_expired(self, conn: psycopg.Connection[Any], params: dict[str, Any]) -> bool:
+        """Lock the expired rows (their ids into ``params``), skipping those another
+        fold holds right now."""
+        params["ids"] = [r[0] for r in conn.execute(self._sql["lock_expired"], params)]
+        return bool(params["ids"])
 
     # -- notifications -----------------------------------------------------------------
 

@@ -91,6 +91,8 @@ RETURNS void LANGUAGE sql SET search_path FROM CURRENT AS $$
         ttl_expired_total = c.ttl_expired_total + excluded.ttl_expired_total
 $$"""
 
+# What every queue of a schema shares: the registry of queues (their schema versions)
+# and the function that keeps the counters.
 REGISTRY_DDL = (
     """
 CREATE TABLE IF NOT EXISTS sqqueue_queues (
@@ -147,6 +149,7 @@ END $migrate$""",
     COUNT_FUNCTION,
 )
 
+# A queue's tables, indexes, and the triggers (and their functions) that keep its counts.
 QUEUE_DDL = (
     """
 CREATE TABLE $q (
@@ -714,6 +717,7 @@ UPGRADE_FROM_4 = tuple(
     for table in ("q", "dlq", "done")
 )
 
+# Redrive into another queue of the same schema: a new id there, the history kept.
 _REDRIVE_INTO = f"""
     INSERT INTO $q ({_COPY}, status, visible_at, attempts, max_attempts, last_error,
                     created_at, updated_at, group_key, prior_attempts, signature)

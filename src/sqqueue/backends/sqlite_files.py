@@ -127,8 +127,9 @@ def fork_generation() -> int:
 
 
 def _after_fork_in_child() -> None:
-    global _fork_generation
+    global _fork_generation, _shm_lock
     _fork_generation += 1
+    _shm_lock = threading.Lock()  # (another thread may have held it at the fork)
 
 
 if hasattr(os, "register_at_fork"):
@@ -402,28 +403,63 @@ def _warn_if_shared(path: str, real: Path, mode: int) -> None:
 
 
 # A file's state, as far as a reader that bypasses SQLite's locking depends on it: the
-# database's inode, size, modification and change times, and the -wal and -shm sizes
-# (-1 when absent).
-FileState = tuple[int, int, int, int, int, int]
+# database's inode, size, modification and change times, and the -wal, -shm and -journal
+# sizes (-1 when absent). A writer creates its -wal (or, in rollback mode, its -journal)
+# before it changes the database, so a read that overlapped a write sees the state change.
+FileState = tuple[int, int, int, int, int, int, int]
+
+_COMPANIONS = ("-wal", "-shm", "-journal")
 
 
 def file_state(path: str) -> FileState:
-    """The state of the database ``path`` and its -wal and -shm files (see FileState)."""
+    """The state of the database ``path`` and its -wal, -shm and -journal (see FileState)."""
     info = os.stat(path)
     sizes = []
-    for suffix in ("-wal", "-shm"):
+    for suffix in _COMPANIONS:
         try:
             sizes.append(os.stat(path + suffix).st_size)
         except FileNotFoundError:
             sizes.append(-1)
-    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns, sizes[0], sizes[1])
+    return (
+        info.st_ino,
+        info.st_size,
+        info.st_mtime_ns,
+        info.st_ctime_ns,
+        sizes[0],
+        sizes[1],
+        sizes[2],
+    )
 
 
 def _wal_mode(path: str) -> bool:
-    """Whether the database header says WAL mode (bytes 18 and 19 are 2)."""
+    """Whether the database is in WAL mode, as far as its header tells.
+
+    A plain file says so in bytes 18 and 19 (both 2). SQLCipher encrypts the whole header
+    (the first 16 bytes are its salt), so an encrypted file is taken to be in WAL mode:
+    sqqueue opens every file in WAL mode and leaves it so. (The caller checks the state of
+    the files after each immutable read, which also catches a writer in rollback mode.)
+    An empty file is a new database, in no mode yet.
+    """
     with open(path, "rb") as file:
         header = file.read(20)
-    return len(header) == 20 and header[18] == 2 and header[19] == 2
+    if len(header) < 20:
+        return False
+    if not header.startswith(encryption.SQLITE_MAGIC):
+        return True
+    return header[18] == 2 and header[19] == 2
+
+
+def _hot_journal(path: str) -> bool:
+    """Whether ``path`` has a -journal SQLite may have to roll back: one that starts with
+    a non-zero byte (SQLite's own test: a journal it is done with is deleted, emptied or
+    has its header zeroed), left by a writer in rollback mode that died, or still being
+    written by a live one."""
+    try:
+        with open(f"{path}-journal", "rb") as file:
+            first = file.read(1)
+    except FileNotFoundError:
+        return False
+    return first not in (b"", b"\x00")
 
 
 def open_read_only(
@@ -439,7 +475,9 @@ def open_read_only(
     when there is no -shm and no -wal (or an empty one), which means nobody has the
     database open and all of it is in the main file, it is read as immutable: the caller
     checks with :func:`file_state` after each read that nothing changed meanwhile (a
-    writer that starts creates the -wal first), and reads again if it did.
+    writer that starts creates the -wal first), and reads again if it did. An encrypted
+    file is read so too (its header, which tells the journal mode, is encrypted: see
+    ``_wal_mode``), but never a file with a hot -journal.
 
     ``key``: the file's encryption key (else the one in the environment, if any).
     """
@@ -447,7 +485,10 @@ def open_read_only(
     try:
         state = file_state(path)
         wal_size, shm_size = state[4], state[5]
-        idle_wal = shm_size < 0 and _wal_mode(path)
+        # A hot -journal holds what the file looked like before a writer's unfinished
+        # transaction: only SQLite's own locking reads such a file right.
+        hot = _hot_journal(path)
+        idle_wal = shm_size < 0 and not hot and _wal_mode(path)
     except OSError as exc:
         denied = access_problem(path, writing=False)
         raise StorageError(denied or f"cannot read {path!r}: {exc.strerror}") from exc
@@ -478,14 +519,24 @@ def open_read_only(
         )
     except _errors as exc:
         raise classify(exc, path) from exc
-    if resolved is not None:
+    if resolved is not None or hot:
+        # A first read: a wrong key shows here, and so does a hot -journal, which a
+        # read-only connection cannot roll back.
         try:
             conn.execute(sql.READ_SCHEMA).fetchall()
         except _errors as exc:
             conn.close()
-            if not_a_database(exc):
+            if resolved is not None and not_a_database(exc):
                 raise StorageError(encryption.wrong_key(path), ErrorKind.INVALID_INPUT) from None
-            raise classify(exc, path) from exc
+            error = classify(exc, path)
+            if hot and error.kind is ErrorKind.READ_ONLY:
+                raise StorageError(
+                    f"cannot read {path!r} without changing it: {path}-journal holds a "
+                    "transaction a writer left unfinished, which must be rolled back "
+                    "first; open the queue once for use, then read it again",
+                    ErrorKind.READ_ONLY,
+                ) from exc
+            raise error from exc
     return conn, snapshot
 
 
@@ -516,6 +567,35 @@ def lenient_text(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
+# The -shm files read by wal_progress, each through a descriptor kept open while that
+# file exists: this process's connections hold POSIX locks on the -shm (that they have
+# the database open, which reader is where, who writes), and closing any descriptor of
+# a file drops every lock the process holds on it. Other processes would then take the
+# WAL index for unused and rebuild it under those connections. A -shm that was removed
+# or replaced (its last connection closed) has no locks left to keep: its descriptor is
+# closed then. {-shm path: (inode, descriptor)}
+_shm_files: dict[str, tuple[int, int]] = {}
+_shm_lock = threading.Lock()
+
+
+def _read_shm(shm: str, size: int) -> bytes:
+    """The first ``size`` bytes of the -shm file ``shm``, read without closing it."""
+    with _shm_lock:
+        for name, (inode, fd) in list(_shm_files.items()):
+            try:
+                current = os.stat(name).st_ino
+            except OSError:
+                current = -1
+            if current != inode:
+                del _shm_files[name]
+                os.close(fd)
+        entry = _shm_files.get(shm)
+        if entry is None:
+            fd = os.open(shm, os.O_RDONLY)
+            entry = _shm_files[shm] = (os.fstat(fd).st_ino, fd)
+        return os.pread(entry[1], size, 0)
+
+
 def wal_progress(path: str, wal_bytes: int) -> tuple[int, int]:
     """(frames in the WAL, frames not yet copied into the database), read from the
     header of the -shm file without writing anything (https://sqlite.org/walformat.html:
@@ -524,8 +604,7 @@ def wal_progress(path: str, wal_bytes: int) -> tuple[int, int]:
     if not wal_bytes:
         return 0, 0
     try:
-        with open(f"{path}-shm", "rb") as file:
-            head = file.read(100)
+        head = _read_shm(f"{path}-shm", 100)
     except OSError:
         return 0, 0
     if len(head) < 100 or head[:48] != head[48:96]:

@@ -108,11 +108,14 @@ CREATE TRIGGER $tr_delete AFTER DELETE ON $q BEGIN
     UPDATE sqqueue_counters SET n = n - 1 WHERE name = $c_depth;
 END"""
 
+# The claim's index: ready rows in delivery order (see INDEX_DDL).
 READY_INDEX = (
     "CREATE INDEX $ix_ready ON $q (priority DESC, visible_at, id, updated_at) "
     "WHERE status = 'pending'"
 )
 
+# A queue's tables: its messages, dead letters, completed messages, large payloads and
+# dedup keys.
 TABLES_DDL = (
     """
 CREATE TABLE $q (
@@ -190,6 +193,7 @@ CREATE TABLE $dedup (
 )""",
 )
 
+# A queue's indexes, each for the statements it serves.
 INDEX_DDL = (
     # Serves the claim exactly: ready rows in delivery order, pending rows only. updated_at
     # is there to tell a message without a delay (see _READY) without reading its row.
@@ -201,6 +205,7 @@ INDEX_DDL = (
     "CREATE INDEX $ix_done ON $done (completed_at)",
 )
 
+# A queue's triggers: large payloads leave with the last row naming them, and counters.
 TRIGGER_DDL = (
     """
 CREATE TRIGGER $tr_body_q AFTER DELETE ON $q WHEN OLD.payload IS NULL BEGIN
@@ -251,6 +256,7 @@ CREATE TRIGGER $tr_dlq_delete AFTER DELETE ON $dlq BEGIN
 END""",
 )
 
+# Everything a new queue is made of.
 QUEUE_DDL = (*TABLES_DDL, *INDEX_DDL, *TRIGGER_DDL)
 
 COLUMNS = (
@@ -280,6 +286,7 @@ _CLAIMED_COLUMNS = (
 )
 READ_DEAD_COLUMNS = DEAD_COLUMNS.replace("payload", _PAYLOAD, 1).replace("signature", "$signature")
 READ_DONE_COLUMNS = DONE_COLUMNS.replace("payload", _PAYLOAD, 1).replace("signature", "$signature")
+# The payload of a message stored apart from its row (a large one).
 BODY = f"SELECT {_PAYLOAD} FROM $body WHERE id = :id"
 
 # The largest id handed out so far, the next one, and the enqueues not yet counted.
@@ -746,6 +753,10 @@ UPGRADES = {
     6: UPGRADE_FROM_6,
 }
 
+# The columns that tell a table in sqqueue 0.1.0's layout (a queue not migrated yet).
+LEGACY_COLUMNS = frozenset({"processing_at", "dlq", "visible_at", "status"})
+
+# A 0.1.0 table to this schema, in one transaction: its rows keep their ids.
 LEGACY_MIGRATION = (
     "ALTER TABLE $q RENAME TO $legacy",
     *QUEUE_DDL,
@@ -776,6 +787,7 @@ LEGACY_MIGRATION = (
      WHERE status NOT IN ('pending', 'processing')""",
     "DROP TABLE $legacy",
 )
+# A 0.1.0 dead letter (from its own table) into the dead letters, with why it is there.
 LEGACY_DEAD_INSERT = f"""
     INSERT INTO $dlq ({DEAD_COLUMNS})
     VALUES (:id, :payload, 'text', NULL, :priority, 0, :max_attempts, :note,
@@ -1041,3 +1053,7 @@ SET_TARGET_USER_VERSION = "PRAGMA target.user_version = {version}"
 DETACH_TARGET = "DETACH DATABASE target"
 #: a quick structural check of the whole file
 QUICK_CHECK = "PRAGMA quick_check"
+#: keep every lock the connection takes until it closes (rekey's hold on the file)
+LOCKING_MODE_EXCLUSIVE = "PRAGMA main.locking_mode = EXCLUSIVE"
+#: leave WAL mode: copies the WAL in and removes -wal and -shm (needs the file alone)
+JOURNAL_MODE_DELETE = "PRAGMA main.journal_mode = DELETE"

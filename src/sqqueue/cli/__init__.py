@@ -113,9 +113,11 @@ def _build() -> click.Group:
         worker.worker_cmd,
         dashboard.dashboard,
         metrics.metrics,
+        security.encrypt_command,
+        security.decrypt_command,
+        security.rekey_command,
     ):
         main.add_command(command)
-    security.register(main, base.CliError)
     return main
 
 

@@ -221,8 +221,8 @@ def _migrate_postgres(db: base.Database) -> list[str]:
 
 
 @click.command()
-@click.argument("source", metavar="SRC_URL")
-@click.argument("target", metavar="DST_URL")
+@click.argument("source", metavar="SRC")
+@click.argument("target", metavar="DST")
 @click.argument("queues", metavar="[QUEUE]...", nargs=-1)
 @click.option(
     "--resume",
@@ -247,7 +247,7 @@ def copy(
     schema: str | None,
     target_schema: str | None,
 ) -> None:
-    """Copy queues from SRC_URL to DST_URL (SQLite to PostgreSQL, or back).
+    """Copy queues from SRC to DST (each an SQLite file or a PostgreSQL URL).
 
     Every column of every message is copied (in-flight ones arrive pending), with the
     dead letters, kept history and dedup keys; SRC is only read. Every queue is
@@ -262,12 +262,8 @@ def copy(
       sqqueue copy postgresql://app@db/app postgresql://app@db/app --schema old \\
         --target-schema new
     """
-    postgres = [url.startswith(("postgresql://", "postgres://")) for url in (source, target)]
-    for url in (source, target):
-        if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
-            raise click.UsageError(
-                f"{url!r} is not a URL: use sqlite:///path.db or postgresql://..."
-            )
+    # Either end is an SQLite file (a path or sqlite:/// URL) or a postgresql:// URL.
+    postgres = [base.database(end).kind == "postgresql" for end in (source, target)]
     if (schema is not None and not any(postgres)) or (
         target_schema is not None and not postgres[1]
     ):

@@ -1,7 +1,8 @@
 """The names of sqqueue 0.1.0, gathered in one block so 0.1.0 code keeps working unchanged.
 
 Each is a short alias over the modern calls and the queue's parts; new code uses the
-modern names beside them:
+modern names beside them. :class:`Compat` gives them to :class:`~sqqueue.Queue`,
+:class:`AsyncCompat` the same, awaited, to :class:`~sqqueue.AsyncQueue`:
 
 =================================  ==============================================
 0.1.0                              modern
@@ -15,7 +16,14 @@ modern names beside them:
 ``get_operation_count()``          ``stats()`` totals
 ``complete(message_id=...)``       ``complete(message)`` (also ``fail_message``,
                                    ``requeue``; see :func:`message_id_keyword`)
+``queue.logger``                   ``logging.getLogger("sqqueue")``
+``queue.statsd_client``            ``statsd_host=`` (metrics go there)
 =================================  ==============================================
+
+Elsewhere, where 0.1.0's shape lives in the modern call itself: ``SQLiteQueue``'s
+positional order and defaults, ``statsd_port=None`` (:mod:`sqqueue.queue`); a dead
+letter's ``created_at`` key beside ``enqueued_at`` (:mod:`.convert`); a ``Message`` equal
+to its ``(id, payload)`` pair and unpacked as one (:mod:`sqqueue.message`).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 from ..exceptions import QueueError, RequeueError
@@ -33,6 +41,7 @@ from . import admin
 from .parts import Parts
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def _moved(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
@@ -142,3 +151,34 @@ class Compat:
         0.1.0: back to 0 each time routine maintenance runs, every ``vacuum_threshold``
         messages written; it only grows when ``vacuum_threshold`` is 0)."""
         return self.parts.upkeep.operations
+
+
+class AsyncCompat:
+    """The 0.1.0 methods of :class:`~sqqueue.AsyncQueue`: those of :class:`Compat`,
+    awaited (each runs the sync queue's in a thread)."""
+
+    sync: Compat
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]:
+        raise NotImplementedError  # the asyncio queue's
+
+    async def get_dead_letters(self) -> Result[list[dict[str, Any]], QueueError]:
+        return await self._call(self.sync.get_dead_letters)
+
+    async def reprocess_dead_letter(self, message_id: int) -> Result[None, RequeueError]:
+        return await self._call(self.sync.reprocess_dead_letter, message_id)
+
+    async def recover_processing_messages(self) -> Result[int, QueueError]:
+        return await self._call(self.sync.recover_processing_messages)
+
+    async def get_all_statuses(self) -> Result[dict[str, int], QueueError]:
+        return await self._call(self.sync.get_all_statuses)
+
+    async def vacuum_database(self, conn: Any = None) -> Result[None, QueueError]:
+        return await self._call(self.sync.vacuum_database, conn)
+
+    async def perform_checkpoint(self, conn: Any = None) -> Result[None, QueueError]:
+        return await self._call(self.sync.perform_checkpoint, conn)
+
+    def get_operation_count(self) -> int:
+        return self.sync.get_operation_count()

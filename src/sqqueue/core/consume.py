@@ -271,8 +271,7 @@ def claim(parts: Parts, limit: int, timeout: float) -> list[Message]:
             break
     leases.remember(messages)
     if messages:
-        if parts.measured:
-            parts.metrics.incr("dequeue", len(messages))
+        parts.metrics.incr("dequeue", len(messages))
         parts.upkeep.count(len(messages))
         if logger.isEnabledFor(logging.DEBUG):
             for m in messages:

@@ -55,14 +55,12 @@ class Parts:
         self.codec = Codec(serializer)
         self.clock: Clock = clock or time.time
         self.metrics: Metrics = metrics or NullMetrics()
-        # Whether metrics go anywhere: hot paths skip the calls to NullMetrics.
-        self.measured = not isinstance(self.metrics, NullMetrics)
         self.signal = signal_for(backend.wakeup_key)
         # Producers blocked on a full queue wait on their own signal, so completions do
         # not wake idle consumers.
         self.room = signal_for(backend.wakeup_key + ":room")
         self.leases = Leases(backend, self.name)
-        self.upkeep = Upkeep(backend, self.name, self.metrics, self.measured)
+        self.upkeep = Upkeep(backend, self.name, self.metrics)
         #: signs new messages and verifies claimed ones (None: neither; see signing.py)
         self.signer = signer
         #: deliver messages stored without a signature (those of before signing was on)

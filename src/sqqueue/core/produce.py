@@ -172,8 +172,7 @@ class Producer:
                 parts.room.wait(parts.room.seq, min(nap, remaining))
                 nap = min(nap * 2, _ROOM_POLL_MAX)
         parts.signal.notify()
-        if parts.measured:
-            parts.metrics.incr("enqueue", len(ids))
+        parts.metrics.incr("enqueue", len(ids))
         # Inside the caller's transaction (the outbox), no upkeep: it would wait for the
         # write lock that transaction holds.
         parts.upkeep.count(len(ids), conn is None)

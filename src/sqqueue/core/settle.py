@@ -49,8 +49,7 @@ def complete(parts: Parts, message: object, text: str | None) -> None:
     leases.forget(((message_id, token),), "completed")
     if parts.backend.policy.max_depth is not None:
         parts.room.notify()
-    if parts.measured:
-        parts.metrics.incr("complete")
+    parts.metrics.incr("complete")
     parts.upkeep.count()
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("queue %r: completed message %d", parts.name, message_id)
@@ -94,8 +93,7 @@ def complete_batch(parts: Parts, messages: Sequence[object]) -> int:
     parts.leases.forget(refs, "completed")
     if parts.backend.policy.max_depth is not None:
         parts.room.notify()
-    if parts.measured:
-        parts.metrics.incr("complete", len(refs))
+    parts.metrics.incr("complete", len(refs))
     parts.upkeep.count(len(refs))
     return len(refs)
 

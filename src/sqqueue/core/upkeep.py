@@ -16,11 +16,10 @@ logger = logging.getLogger(__name__)
 class Upkeep:
     """Counts writes and runs the backend's upkeep rounds when they fall due."""
 
-    def __init__(self, backend: Backend, name: str, metrics: Metrics, measured: bool) -> None:
+    def __init__(self, backend: Backend, name: str, metrics: Metrics) -> None:
         self.backend = backend
         self.name = name
         self.metrics = metrics
-        self.measured = measured
         #: messages written between upkeep rounds (0: never)
         self.threshold = 1000
         #: write operations since the last upkeep round (0.1.0's get_operation_count)
@@ -54,7 +53,7 @@ class Upkeep:
                 # Closed by another thread meanwhile: nothing to maintain any more.
                 level = logging.DEBUG if exc.kind is ErrorKind.CLOSED else logging.WARNING
                 logger.log(level, "queue %r: maintenance skipped: %s", self.name, exc)
-        if self.measured and self.metrics.wants_gauges(time.monotonic()):
+        if self.metrics.wants_gauges(time.monotonic()):
             try:
                 self.metrics.gauge("size", self.backend.count_unleased())
             except QueueError:
