@@ -718,6 +718,13 @@ def test_tasks_worker_metrics_include_the_queues(make_tasks: MakeTasks) -> None:
         if s.labels["state"] == "ready"
     }
     assert ready == {app.default_queue: 1.0}
+    # The worker's own queue objects count signatures (none refused here).
+    refused = {
+        s.labels["queue"]: s.value
+        for s in families["sqqueue_signature_invalid"].samples
+        if s.name == "sqqueue_signature_invalid_total"
+    }
+    assert refused == {app.default_queue: 0.0}
 
 
 def test_a_handle_never_gives_another_tasks_result(make_tasks: MakeTasks) -> None:

@@ -21,7 +21,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         "sqqueue.tasks.prometheus needs prometheus-client: pip install 'sqqueue[prometheus]'"
     ) from exc
 
-from ..prometheus import Durations, QueueCollector
+from ..prometheus import Durations, QueueCollector, SignatureCollector
 from ..targets import parse_target
 from .app import Tasks
 
@@ -58,12 +58,15 @@ class TaskCollector(Collector):
 
 def serve(tasks: Tasks, port: int, host: str = "127.0.0.1") -> tuple[Any, Durations]:
     """Serve ``/metrics`` for a tasks worker: per-task metrics, the queues' own (in an
-    SQLite file or a PostgreSQL database) and the durations the workers record. Returns the server and
+    SQLite file or a PostgreSQL database), the signatures its queue objects refused or let
+    through, and the durations the workers record. Returns the server and
     the :class:`~sqqueue.prometheus.Durations` to give the workers."""
     registry = CollectorRegistry()
     durations = Durations(registry)
     registry.register(TaskCollector(tasks))
     if tasks.target is not None and parse_target(tasks.target).location != ":memory:":
         registry.register(QueueCollector(tasks.target, tasks.queue_names(), schema=tasks.schema))
+    # The signature counts live in the worker's own queue objects (see SignatureCollector).
+    registry.register(SignatureCollector([tasks.queue(name) for name in tasks.queue_names()]))
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server, durations
