@@ -16,6 +16,9 @@ from conftest import FakeClock
 from sqqueue import SQLiteQueue
 from sqqueue.tools import copy_queues, salvage
 
+# Plain files and encrypted ones (the key in the environment): both owner-only.
+pytestmark = pytest.mark.usefixtures("sqlite_file")
+
 
 @pytest.fixture(autouse=True)
 def _permissive_umask() -> Iterator[None]:

@@ -444,6 +444,9 @@ print(json.dumps({
 """
 
 
+# A full disk and a write killed mid-way, on a plain and on an encrypted file (the key in
+# the environment, which the child process inherits).
+@pytest.mark.usefixtures("sqlite_file")
 def test_disk_full_is_an_err_and_nothing_is_lost(db_path: Path) -> None:
     """Under RLIMIT_FSIZE (SIGXFSZ ignored) a write returns Err(DISK_FULL) saying the disk
     is full; acknowledged messages stay; after the limit is lifted everything works."""
@@ -481,6 +484,7 @@ sys.exit(3)
 
 
 @pytest.mark.parametrize("vacuum_threshold", [1000, 3], ids=["in-wal-write", "in-checkpoint"])
+@pytest.mark.usefixtures("sqlite_file")
 def test_sigxfsz_kill_mid_write_leaves_a_healthy_file(
     db_path: Path, tmp_path: Path, vacuum_threshold: int
 ) -> None:
