@@ -232,6 +232,16 @@ _COPY_CHILD = textwrap.dedent(
 )
 
 
+def _wait_for_copy(child: subprocess.Popen[bytes], partial: Path, why: str) -> None:
+    """Wait (at most a minute) until the copy ``child`` runs has written to ``partial``;
+    ``why`` is the failure if the child ends first."""
+    deadline = time.monotonic() + 60
+    while not (partial.exists() and partial.stat().st_size > 0):
+        assert child.poll() is None, why
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
 def _content(path: Path, key: str | None) -> str:
     """A digest of every table's rows and the schema, read with ``key``."""
     conn = encryption.connect(str(path), EncryptionKey(key) if key else None)
@@ -266,11 +276,7 @@ def test_killed_copy_loses_nothing(tmp_path: Path, action: str) -> None:
     partial = Path(f"{target}.partial")
     child = subprocess.Popen([sys.executable, "-c", _COPY_CHILD, action, str(source), str(target)])
     try:
-        deadline = time.monotonic() + 60
-        while not (partial.exists() and partial.stat().st_size > 0):
-            assert child.poll() is None, "the copy ended before it could be interrupted"
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        _wait_for_copy(child, partial, "the copy ended before it could be interrupted")
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.wait(timeout=60)
@@ -443,11 +449,7 @@ def test_a_connection_opened_during_rekey_finds_no_database(tmp_path: Path) -> N
     partial = Path(f"{source}.partial")
     child = subprocess.Popen([sys.executable, "-c", _COPY_CHILD, "rekey", str(source), "x"])
     try:
-        deadline = time.monotonic() + 60
-        while not (partial.exists() and partial.stat().st_size > 0):
-            assert child.poll() is None, "the copy ended before the file could be opened"
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        _wait_for_copy(child, partial, "the copy ended before the file could be opened")
         late = encryption.connect(str(source), EncryptionKey("k1"), timeout=60)
         try:
             assert child.poll() is None  # opened before the copy replaced the file
