@@ -665,6 +665,45 @@ def test_a_call_waits_for_a_held_lock_lock_timeout_in_all(
         queue.close()
 
 
+@pytest.mark.parametrize("call", ["enqueue", "dequeue"])
+def test_a_call_waiting_for_a_lock_goes_on_once_it_is_released(
+    queue_target: QueueTarget, call: str
+) -> None:
+    """A call that finds the write lock taken waits for it (lock_timeout=30) and goes on,
+    soon after the other connection lets go, with its work done."""
+    queue = queue_target.open(TABLE, lock_timeout=30.0)
+    holder = LockHolder(queue_target)
+    try:
+        queue.enqueue("first").unwrap()
+        calls = {"enqueue": lambda: queue.enqueue("second"), "dequeue": queue.dequeue}
+        holder.hold()
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            box["result"] = calls[call]()
+            box["returned_at"] = time.monotonic()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(0.3)
+        assert thread.is_alive(), box  # waiting for the lock
+        released_at = time.monotonic()
+        holder.release()
+        thread.join(20)
+        assert not thread.is_alive(), "still waiting 20 s after the lock was released"
+        result = box["result"]
+        assert isinstance(result, Ok), result
+        assert box["returned_at"] >= released_at  # it had waited for the lock
+        if call == "enqueue":
+            assert queue.stats().unwrap().ready == 2
+        else:
+            assert result.value is not None
+            assert result.value.payload == "first"
+    finally:
+        holder.close()
+        queue.close()
+
+
 def test_held_write_lock_gives_locked_within_lock_timeout(queue_target: QueueTarget) -> None:
     """While another connection holds a write lock longer than lock_timeout=0.3, enqueue
     and dequeue return Err(LOCKED) after about that long; once the holder lets go, both

@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -249,3 +250,17 @@ def test_a_busy_thread_pool_reuses_its_connections(sqlite_queue: SQLiteQueue, th
             t.join(10)
     assert sqlite_queue.stats().unwrap().depth == 50 * threads
     assert len(opened) <= threads + 1, len(opened)
+
+
+def test_the_pause_between_retries_stays_bounded_after_a_thousand_tries(
+    sqlite_queue: SQLiteQueue,
+) -> None:
+    """The pause before the thousandth retry of a call kept waiting for a lock is as short
+    as the tenth's (it once overflowed: 2 ** attempt as a float)."""
+    backend: Any = sqlite_queue._backend
+    deadline = time.monotonic() + 0.5
+    for attempt in (10, 1_100, 100_000):
+        start = time.monotonic()
+        assert backend._backoff(attempt, deadline) is True
+        assert time.monotonic() - start < 0.45
+    assert backend._backoff(1_100, time.monotonic() - 1) is False  # past the deadline

@@ -14,8 +14,9 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
+import sqqueue
 from conftest import FakeClock
-from sqqueue import ErrorKind, PostgresQueue, QueueError, cli, tools
+from sqqueue import ErrorKind, Ok, PostgresQueue, QueueError, cli, tools
 from sqqueue.backends import postgres_sql
 
 PASSWORD = "pw-S3cret-never-shown"
@@ -248,6 +249,25 @@ def test_a_role_without_the_schema_is_told_what_is_missing(pg_url: str, pg_schem
         assert PASSWORD not in text
     finally:
         drop_role(pg_url, role)
+
+
+def test_listing_a_schema_without_usage_says_so(pg_url: str, pg_schema: str) -> None:
+    """A role that may not use the schema is told so, not handed an empty list as if
+    there were no queues; a schema that does not exist has none."""
+    PostgresQueue(pg_url, "jobs", schema=pg_schema).close()
+    role = create_role(pg_url)
+    try:
+        error = refused(sqqueue.list_queues(as_role(pg_url, role), schema=pg_schema), role)
+        assert "USAGE" in str(error) and pg_schema in str(error), error
+        assert sqqueue.list_queues(as_role(pg_url, role), schema="no_such_schema") == Ok([])
+    finally:
+        drop_role(pg_url, role)
+
+
+def test_every_granted_role_lists_the_queues(roles: Roles) -> None:
+    for kind in postgres_sql.ROLES:
+        url = as_role(roles.url, roles.names[kind])
+        assert sqqueue.list_queues(url, schema=roles.schema) == Ok(["jobs"]), kind
 
 
 def test_a_role_may_not_create_a_queue(roles: Roles) -> None:

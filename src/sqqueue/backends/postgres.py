@@ -310,12 +310,25 @@ _LIST_CONNECT_TIMEOUT = 30
 def list_postgres_queues(url: str, schema: str | None = None) -> list[str]:
     """Names of the sqqueue queues in a PostgreSQL database (schema), sorted."""
     timeout: dict[str, Any] = {}
-    if "connect_timeout" not in url_settings(url):
+    settings = url_settings(url)
+    if "connect_timeout" not in settings:
         timeout["connect_timeout"] = _LIST_CONNECT_TIMEOUT
     try:
         with psycopg.connect(url, autocommit=True, **timeout) as conn:
             if schema is not None:
-                conn.execute(sql.SET_SEARCH_PATH.format(schema=validate_queue_name(schema)))
+                schema = validate_queue_name(schema)
+                # Without USAGE the schema's tables are out of sight, as if there were none:
+                # say so, rather than list nothing.
+                usage = conn.execute(sql.SCHEMA_USAGE, (schema,)).fetchone()
+                if usage is not None and not usage[0]:
+                    user = settings.get("user")
+                    who = f"role {user!r}" if user else "the role of this URL"
+                    raise StorageError(
+                        f"{who} may not use schema {schema!r} at {redact(url)!r} (it lacks "
+                        f"USAGE on the schema), so it cannot see its queues; {GRANTS_HINT}",
+                        ErrorKind.READ_ONLY,
+                    )
+                conn.execute(sql.SET_SEARCH_PATH.format(schema=schema))
             if conn.execute(sql.HAS_REGISTRY).fetchone() == (None,):
                 return []
             rows = conn.execute(sql.QUEUE_NAMES).fetchall()

@@ -303,7 +303,8 @@ class SQLiteBackend(SQLBackend):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        time.sleep(min(remaining, random.uniform(0, min(0.001 * 2**attempt, 0.1))))
+        # (2 ** attempt as a float would overflow after a thousand tries: capped first.)
+        time.sleep(min(remaining, random.uniform(0, min(0.001 * 2 ** min(attempt, 7), 0.1))))
         return True
 
     def _wait_at_most(self, conn: sqlite3.Connection, seconds: float) -> None:
