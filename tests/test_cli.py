@@ -631,6 +631,28 @@ def test_config_refuses_what_every_command_refuses(
     assert run_cli("enqueue", tmp_path / "q.db", "jobs", "x").exit_code == 1
 
 
+def test_config_warns_of_accept_unsigned_without_a_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """accept_unsigned from the environment without a signing key makes every queue opened
+    for use refuse to open: config says so (and stays quiet once a key is set)."""
+    monkeypatch.delenv("SQQUEUE_SIGNING_KEY", raising=False)
+    monkeypatch.delenv("SQQUEUE_SIGNING_KEY_FILE", raising=False)
+    monkeypatch.setenv("SQQUEUE_ACCEPT_UNSIGNED", "1")
+    table = run_cli("config")
+    assert table.exit_code == 0, table.output
+    assert table.stderr.startswith("warning: accept_unsigned is on and no signing key"), (
+        table.stderr
+    )
+    data = json.loads(run_cli("config", "--json").stdout)
+    assert len(data["warnings"]) == 1 and "SQQUEUE_SIGNING_KEY" in data["warnings"][0]
+    with pytest.raises(ValueError, match="needs a signing key"):
+        SQLiteQueue(tmp_path / "q.db", "jobs")  # what the warning is about
+    monkeypatch.setenv("SQQUEUE_SIGNING_KEY", "k" * 32)
+    assert run_cli("config").stderr == ""
+    assert json.loads(run_cli("config", "--json").stdout)["warnings"] == []
+
+
 def test_config_never_shows_a_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SQQUEUE_DB_PATH", "postgresql://app:s3cret@db.internal/app")
     for args in (("config",), ("config", "--json")):

@@ -368,16 +368,18 @@ def test_handler_escape_is_recorded_as_what_happened_not_as_a_timeout(
     assert (stats.timed_out, stats.failed, stats.dead_lettered) == (0, 1, 1)
 
 
-class BrokenDurations:
-    """A duration observer whose first call raises SystemExit (a bug outside the handler)."""
+class BrokenHooks(WorkerHooks):
+    """Hooks whose dispatcher itself raises SystemExit on its first call (a bug in the
+    worker's own steps, outside the handler: a hook's own failure is caught inside)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls = 0
 
-    def observe(self, queue: str, kind: str, seconds: float) -> None:
+    def call(self, name: str, *args: Any) -> None:
         self.calls += 1
         if self.calls == 1:
-            raise SystemExit("observer bug")
+            raise SystemExit("worker bug")
 
 
 def test_runner_that_fails_outside_the_handler_is_replaced(
@@ -389,7 +391,7 @@ def test_runner_that_fails_outside_the_handler_is_replaced(
     first = ok(rq.enqueue("first"))
     second = ok(rq.enqueue("second"))
     handled: list[tuple[int, int]] = []
-    w = make_worker(rq, lambda m: handled.append((m.id, m.attempts)), durations=BrokenDurations())
+    w = make_worker(rq, lambda m: handled.append((m.id, m.attempts)), hooks=BrokenHooks())
     r = running(w)
     wait_until(lambda: not status_rows(rq), timeout=15, what="both completed")
     stats = r.stop()

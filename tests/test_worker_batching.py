@@ -32,8 +32,10 @@ from sqqueue import (
     AsyncWorker,
     Message,
     Queue,
+    RetryPolicy,
     SQLiteQueue,
     Worker,
+    WorkerHooks,
     WorkerStats,
 )
 
@@ -531,3 +533,154 @@ def test_async_worker_gives_back_what_it_claimed_but_did_not_start(
     assert handled == []
     assert (stats.released, stats.started) == (3, 0)
     assert statuses(queue, "status", "attempts") == dict.fromkeys(ids, ("ready", 0))
+
+
+# -- leases kept while a message is handled and until its ack lands -----------------------------
+
+
+class _Counting(Worker):
+    """A Worker that counts how often each message id reaches its handler."""
+
+    def __init__(self, queue: Queue, handler: Callable[[Message], Any], **options: Any) -> None:
+        self.handled: dict[int, int] = {}
+        lock = threading.Lock()
+
+        def counted(m: Message) -> Any:
+            with lock:
+                self.handled[m.id] = self.handled.get(m.id, 0) + 1
+            return handler(m)
+
+        super().__init__(queue, counted, handle_signals=False, poll_wait=0.1, **options)
+
+
+def _handled_once_each(
+    queue: Queue, worker: _Counting, n: int, feed: Callable[[], None] = lambda: None
+) -> tuple[dict[int, int], Any]:
+    """Run ``worker``, then ``feed()``, until ``n`` messages are completed; stop it. (How
+    often each message id was handled, the queue's stats.)"""
+    thread, out = run_in_thread(worker)
+    feed()
+    wait_until(
+        lambda: queue.stats().unwrap().completed_total >= n, timeout=WAIT, what="all completed"
+    )
+    worker.stop()
+    thread.join(WAIT)
+    assert not thread.is_alive() and out, "the worker did not stop"
+    return dict(worker.handled), queue.stats().unwrap()
+
+
+def test_a_heartbeat_over_half_the_lease_keeps_the_lease(tmp_path: Path) -> None:
+    """heartbeat=0.7 x the lease (allowed: it is shorter than the lease), and messages
+    leased at every moment between two heartbeat rounds: handlers that run for longer than
+    a lease keep their messages, each handled once. (A lease taken just after a round was
+    first extended two rounds later, 2.8 s on, past the 2 s lease, and a spare runner took
+    the message again.)"""
+    queue = SQLiteQueue(tmp_path / "q.db", "jobs")  # the real clock: leases run out
+    worker = _Counting(
+        queue, lambda m: time.sleep(3.5), concurrency=10, visibility_timeout=2.0, heartbeat=1.4
+    )
+
+    def feed() -> None:
+        for i in range(7):  # one every 0.2 s: over a whole heartbeat
+            queue.enqueue(i).unwrap()
+            time.sleep(0.2)
+
+    handled, stats = _handled_once_each(queue, worker, 7, feed)
+    assert handled == dict.fromkeys(range(1, 8), 1), handled
+    assert stats.lease_expirations_total == 0 and stats.completed_total == 7
+    queue.close()
+
+
+@pytest.mark.parametrize("slow", ["on_success hook", "commit"])
+def test_messages_waiting_for_their_ack_keep_their_leases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: str
+) -> None:
+    """The ack thread is held up for more than two leases (an on_success hook that blocks,
+    a commit that waits): the messages whose handlers returned meanwhile keep their
+    leases until their ack lands, and none is handled twice."""
+    queue = SQLiteQueue(tmp_path / "q.db", "jobs")  # the real clock: leases run out
+    queue.enqueue_batch(list(range(10))).unwrap()
+    hooks = WorkerHooks()
+    if slow == "commit":
+        held = HeldAcks(queue, monkeypatch)
+
+        def release_later() -> None:
+            held.entered.wait(WAIT)
+            time.sleep(2.5)
+            held.release.set()
+
+        threading.Thread(target=release_later, daemon=True).start()
+    else:
+        blocked = threading.Event()
+
+        def on_success(message: Message, value: Any) -> None:
+            if not blocked.is_set():
+                blocked.set()
+                time.sleep(2.5)
+
+        hooks = WorkerHooks(on_success=on_success)
+    worker = _Counting(
+        queue, lambda m: time.sleep(0.01), concurrency=2, visibility_timeout=1.0, hooks=hooks
+    )
+    handled, stats = _handled_once_each(queue, worker, 10)
+    assert handled == dict.fromkeys(range(1, 11), 1), handled
+    assert stats.lease_expirations_total == 0 and stats.completed_total == 10
+    queue.close()
+
+
+def test_retry_delay_raising_a_base_exception_still_fails_the_message(
+    make_queue: MakeQueue,
+) -> None:
+    """retry_delay raises SystemExit: the queue's retry policy decides, as when it raises
+    an Exception; the message was failed (not left leased), then retried and completed."""
+    queue = make_queue(table_name="jobs", retry=RetryPolicy.immediate())
+    queue.enqueue("x").unwrap()
+    attempts: list[int] = []
+
+    def handler(m: Message) -> None:
+        attempts.append(m.attempts)
+        if m.attempts == 1:
+            raise ValueError("the first attempt fails")
+
+    def retry_delay(m: Message, exc: BaseException) -> float:
+        raise SystemExit("retry_delay broke")
+
+    stats = drain_with_one_runner_and(queue, handler, retry_delay=retry_delay)
+    assert attempts == [1, 2]
+    assert (stats.failed, stats.completed) == (1, 1)
+    assert queue.stats().unwrap().processing == 0
+
+
+def test_a_durations_observer_raising_a_base_exception_still_completes_the_message(
+    make_queue: MakeQueue,
+) -> None:
+    """The durations observer raises KeyboardInterrupt when told a processing time: it is
+    logged like a failing hook, and the message is completed all the same."""
+    queue = make_queue(table_name="jobs")
+    queue.enqueue("x").unwrap()
+
+    class Broken:
+        def observe(self, queue: str, kind: str, seconds: float) -> None:
+            if kind == "processing":
+                raise KeyboardInterrupt("observer")
+
+    stats = drain_with_one_runner_and(queue, lambda m: None, durations=Broken())
+    assert stats.completed == 1
+    assert queue.stats().unwrap().completed_total == 1
+
+
+def drain_with_one_runner_and(
+    queue: Queue, handler: Callable[[Message], None], **options: Any
+) -> WorkerStats:
+    """Run a one-runner worker with ``options`` until every message is completed, then
+    stop it; its stats."""
+    w = Worker(queue, handler, concurrency=1, handle_signals=False, poll_wait=0.2, **options)
+    thread, out = run_in_thread(w)
+    wait_until(
+        lambda: not queue.stats().unwrap().depth, timeout=WAIT, what="every message completed"
+    )
+    w.stop()
+    thread.join(WAIT)
+    assert not thread.is_alive() and out, "the worker did not stop"
+    stats: WorkerStats = out[0]
+    return stats

@@ -224,6 +224,11 @@ class WorkerCore:
         self._acks_ready = threading.Condition(threading.Lock())
         self._acks: list[tuple[Message, Any, float]] = []
         self._acks_open = False
+        # Their tasks, by message id, until the commit that completes them: the heartbeat
+        # keeps extending their leases meanwhile (a slow commit, a hook that blocks the
+        # ack thread), so a message whose handler returned is never delivered again while
+        # this process is alive.
+        self._unacked: dict[int, _Task] = {}
 
     @property
     def stopping(self) -> bool:
@@ -309,14 +314,16 @@ class WorkerCore:
                 return
             self._completed(message, value, elapsed, result)
         else:
-            self._acknowledge(message, value, elapsed)
+            self._acknowledge(task, value, elapsed)
 
-    def _acknowledge(self, message: Message, value: Any, elapsed: float) -> None:
+    def _acknowledge(self, task: _Task, value: Any, elapsed: float) -> None:
         """Complete a message whose handler returned: through the ack thread while it runs
         (grouped with others), else at once."""
+        message = task.message
         with self._acks_ready:
             if self._acks_open:
                 self._acks.append((message, value, elapsed))
+                self._unacked[message.id] = task
                 self._acks_ready.notify()
                 return
         self._completed(message, value, elapsed, self.queue.complete(message))
@@ -409,6 +416,7 @@ class WorkerCore:
             try:
                 self._flush(batch)
             except BaseException as exc:  # never lose the thread: log, and the leases run out
+                self._settled(batch)
                 logger.error(
                     "worker %s: completing %d message(s) failed unexpectedly (%s); they will "
                     "be delivered again when their leases expire",
@@ -421,12 +429,21 @@ class WorkerCore:
     def _flush(self, batch: list[tuple[Message, Any, float]]) -> None:
         result = self.queue.complete_batch([message for message, _, _ in batch])
         if isinstance(result, Ok):
+            self._settled(batch)
             self._done(batch)
             return
         # One of them was refused (its lease lost, say), so none was completed: complete
         # them one by one, each fenced by its own lease as always.
-        for message, value, elapsed in batch:
-            self._completed(message, value, elapsed, self.queue.complete(message))
+        results = [self.queue.complete(message) for message, _, _ in batch]
+        self._settled(batch)
+        for (message, value, elapsed), completed in zip(batch, results, strict=True):
+            self._completed(message, value, elapsed, completed)
+
+    def _settled(self, batch: list[tuple[Message, Any, float]]) -> None:
+        """The messages of ``batch`` are completed (or refused): no lease to keep."""
+        with self._acks_ready:
+            for message, _, _ in batch:
+                self._unacked.pop(message.id, None)
 
     def _close_acks(self, acker: threading.Thread) -> None:
         """Let the ack thread complete what is left, then end it."""
@@ -470,7 +487,7 @@ class WorkerCore:
         if self.durations is not None:
             try:
                 self.durations.observe(self.queue.name, kind, seconds)
-            except Exception:
+            except BaseException:  # as for hooks: never in the way of settling the message
                 logger.exception("worker %s: recording a duration failed", self.name)
 
     def _retry_delay(self, message: Message, exc: BaseException) -> float | None:
@@ -480,7 +497,7 @@ class WorkerCore:
             return None
         try:
             return self.retry_delay(message, exc)
-        except Exception:
+        except BaseException:  # (SystemExit too: the message must still be failed)
             logger.exception("worker %s: retry_delay failed; using the queue's policy", self.name)
             return None
 
@@ -585,7 +602,13 @@ class WorkerCore:
         """
         with self._lock:
             tasks = [t for t in self._tasks.values() if not t.abandoned]
+        with self._acks_ready:
+            unacked = list(self._unacked.values())
         now = time.monotonic()
+        # A lease is extended at the last round before its heartbeat falls due, not at the
+        # first one after: the rounds are a tick apart, and waiting for the one after let
+        # up to two heartbeats pass, more than the lease when heartbeat > lease / 2.
+        due_before = now + self.tick - self.heartbeat
         running = []
         due = []
         for task in tasks:
@@ -593,7 +616,8 @@ class WorkerCore:
                 self._time_out(task)
                 continue
             running.append(task)
-            if now - task.last_beat >= self.heartbeat:
+        for task in running + unacked:
+            if task.last_beat <= due_before:
                 task.last_beat = now
                 due.append(task.message)
         if due:
@@ -681,9 +705,10 @@ class Worker(WorkerCore):
       unstarted for longer than a heartbeat is given back (attempt not counted).
     - Grouped acknowledgements: a handler's runner goes on as soon as the handler returns;
       one thread completes what has gathered in one transaction, each message still fenced
-      by its own lease (if one was lost, the others are completed one by one). A process
-      killed between a handler's return and that commit (a few milliseconds) has its
-      message delivered again once the lease runs out: at-least-once, never lost.
+      by its own lease (if one was lost, the others are completed one by one), and the
+      heartbeat extends that lease until the commit. A process killed between a
+      handler's return and that commit (a few milliseconds) has its message delivered
+      again once the lease runs out: at-least-once, never lost.
     - ``poll_wait``: how long an idle runner waits before it claims again on its own. A
       message enqueued anywhere wakes it at once (see "Waiting" in the README); the timed
       claim only backs up a lost wake-up, so the default is long (30 s) and idle is cheap.

@@ -3,10 +3,12 @@ the command line that reads the settings machinery.)"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
 
+from .. import signing
 from ..config import SETTINGS, find_config_file, load, resolve
 from ..retry import RetryPolicy
 from ..targets import parse_target, redact
@@ -19,6 +21,20 @@ def _backend(db_path: Any) -> str:
         return parse_target(db_path).kind
     except ValueError:
         return "sqlite"
+
+
+def _warnings(values: dict[str, Any]) -> list[str]:
+    """What these settings will do that their user may not expect."""
+    found = []
+    if values["accept_unsigned"] and not (
+        os.environ.get(signing.ENV_KEY) or os.environ.get(signing.ENV_KEY_FILE)
+    ):
+        found.append(
+            "accept_unsigned is on and no signing key is set "
+            f"({signing.ENV_KEY} or {signing.ENV_KEY_FILE}): a queue opened without "
+            "signing_key= refuses to open (unless it is read-only)"
+        )
+    return found
 
 
 def _shown(value: Any) -> Any:
@@ -52,13 +68,17 @@ def config_cmd(queue: str | None, as_json: bool) -> None:
     except ValueError as exc:
         raise base.CliError(redact(str(exc))) from None
     config_file = str(found[0]) if found else None
+    warnings = _warnings(resolved.values)
     if as_json:
         settings = {
             name: {"value": _shown(resolved.values[name]), "source": resolved.sources[name]}
             for name in SETTINGS
         }
-        click.echo(base.dumps({"config_file": config_file, "settings": settings}))
+        report = {"config_file": config_file, "settings": settings, "warnings": warnings}
+        click.echo(base.dumps(report))
         return
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"config file: {config_file or 'none'}")
     table = base.new_table(None)
     table.add_column("setting", no_wrap=True)
