@@ -684,3 +684,34 @@ def drain_with_one_runner_and(
     assert not thread.is_alive() and out, "the worker did not stop"
     stats: WorkerStats = out[0]
     return stats
+
+
+def test_async_worker_messages_waiting_for_their_ack_keep_their_leases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The asyncio worker shares the ack thread and the heartbeat: a commit held up for
+    more than two leases loses no lease, and no message is handled twice."""
+    queue = SQLiteQueue(tmp_path / "q.db", "jobs")  # the real clock: leases run out
+    queue.enqueue_batch(list(range(10))).unwrap()
+    held = HeldAcks(queue, monkeypatch)
+
+    def release_later() -> None:
+        held.entered.wait(WAIT)
+        time.sleep(2.5)
+        held.release.set()
+
+    threading.Thread(target=release_later, daemon=True).start()
+    handled: list[int] = []
+
+    async def handler(m: Message) -> None:
+        handled.append(m.id)
+        await asyncio.sleep(0.01)
+
+    w = AsyncWorker(
+        AsyncQueue(queue), handler, concurrency=2, visibility_timeout=1.0, handle_signals=False
+    )
+    stats = _run_until(w, lambda: queue.stats().unwrap().completed_total >= 10)
+    assert sorted(handled) == list(range(1, 11)), handled
+    assert stats.completed == 10
+    assert queue.stats().unwrap().lease_expirations_total == 0
+    queue.close()
