@@ -131,7 +131,9 @@ def test_grouped_acks_are_fenced_one_by_one_when_a_lease_was_lost(
     make_queue: MakeQueue, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A group holding one message whose lease ran out and went to another consumer:
-    that one is refused (its new holder keeps it), the others are completed."""
+    that one is refused (its new holder keeps it), the others are completed. (The
+    heartbeat extends the leases of acks that wait; here its next round, 25 s away, comes
+    too late, as for a process stalled for longer than a lease.)"""
     queue = make_queue(table_name="jobs")
     other = make_queue(table_name="jobs")
     ids = ok(queue.enqueue_batch(["a", "b", "c"]))
@@ -142,6 +144,7 @@ def test_grouped_acks_are_fenced_one_by_one_when_a_lease_was_lost(
         lambda m: handled.append(m.id),
         concurrency=1,
         visibility_timeout=30,
+        heartbeat=25,
         handle_signals=False,
     )
     thread, out = run_in_thread(w)

@@ -598,7 +598,8 @@ class WorkerCore:
     def _beat(self) -> list[_Task]:
         """One heartbeat round: time out overrunning tasks, extend leases that are due.
 
-        Returns the tasks still running.
+        Returns the tasks whose leases it keeps: running, or waiting for their ack (the
+        heartbeat goes on while there are any, also when the worker is stopping).
         """
         with self._lock:
             tasks = [t for t in self._tasks.values() if not t.abandoned]
@@ -622,7 +623,7 @@ class WorkerCore:
                 due.append(task.message)
         if due:
             self._extend(due)
-        return running
+        return running + unacked
 
     def _extend(self, messages: list[Message]) -> None:
         """Extend the leases of ``messages`` in one call; warn of each one refused."""
