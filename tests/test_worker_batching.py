@@ -51,12 +51,13 @@ def run_in_thread(worker: Worker) -> tuple[threading.Thread, list[Any]]:
     return thread, out
 
 
-def drain_with_one_runner(queue: Queue, handler: Callable[[Message], None]) -> WorkerStats:
-    """Run a one-runner worker (3 s leases: a heartbeat every second) until the queue is
-    drained, then stop it; its stats."""
-    w = Worker(
-        queue, handler, concurrency=1, visibility_timeout=3, handle_signals=False, poll_wait=1
-    )
+def drain_with_one_runner(
+    queue: Queue, handler: Callable[[Message], None], **options: Any
+) -> WorkerStats:
+    """Run a one-runner worker (3 s leases: a heartbeat every second; else ``options``)
+    until the queue is drained, then stop it; its stats."""
+    options = {"visibility_timeout": 3, "poll_wait": 1, **options}
+    w = Worker(queue, handler, concurrency=1, handle_signals=False, **options)
     thread, out = run_in_thread(w)
     wait_until(lambda: not queue.stats().unwrap().depth, timeout=WAIT, what="the queue drained")
     w.stop()
@@ -83,6 +84,16 @@ class HeldAcks:
             return real(messages)
 
         monkeypatch.setattr(queue, "complete_batch", complete_batch)
+
+    def release_after(self, seconds: float) -> None:
+        """Release the first flush ``seconds`` after it began (from a thread of its own)."""
+
+        def release() -> None:
+            self.entered.wait(WAIT)
+            time.sleep(seconds)
+            self.release.set()
+
+        threading.Thread(target=release, daemon=True).start()
 
 
 def test_prefetch_must_be_a_bounded_int(make_queue: MakeQueue) -> None:
@@ -605,14 +616,7 @@ def test_messages_waiting_for_their_ack_keep_their_leases(
     queue.enqueue_batch(list(range(10))).unwrap()
     hooks = WorkerHooks()
     if slow == "commit":
-        held = HeldAcks(queue, monkeypatch)
-
-        def release_later() -> None:
-            held.entered.wait(WAIT)
-            time.sleep(2.5)
-            held.release.set()
-
-        threading.Thread(target=release_later, daemon=True).start()
+        HeldAcks(queue, monkeypatch).release_after(2.5)
     else:
         blocked = threading.Event()
 
@@ -648,7 +652,7 @@ def test_retry_delay_raising_a_base_exception_still_fails_the_message(
     def retry_delay(m: Message, exc: BaseException) -> float:
         raise SystemExit("retry_delay broke")
 
-    stats = drain_with_one_runner_and(queue, handler, retry_delay=retry_delay)
+    stats = drain_with_one_runner(queue, handler, retry_delay=retry_delay)
     assert attempts == [1, 2]
     assert (stats.failed, stats.completed) == (1, 1)
     assert queue.stats().unwrap().processing == 0
@@ -667,26 +671,9 @@ def test_a_durations_observer_raising_a_base_exception_still_completes_the_messa
             if kind == "processing":
                 raise KeyboardInterrupt("observer")
 
-    stats = drain_with_one_runner_and(queue, lambda m: None, durations=Broken())
+    stats = drain_with_one_runner(queue, lambda m: None, durations=Broken())
     assert stats.completed == 1
     assert queue.stats().unwrap().completed_total == 1
-
-
-def drain_with_one_runner_and(
-    queue: Queue, handler: Callable[[Message], None], **options: Any
-) -> WorkerStats:
-    """Run a one-runner worker with ``options`` until every message is completed, then
-    stop it; its stats."""
-    w = Worker(queue, handler, concurrency=1, handle_signals=False, poll_wait=0.2, **options)
-    thread, out = run_in_thread(w)
-    wait_until(
-        lambda: not queue.stats().unwrap().depth, timeout=WAIT, what="every message completed"
-    )
-    w.stop()
-    thread.join(WAIT)
-    assert not thread.is_alive() and out, "the worker did not stop"
-    stats: WorkerStats = out[0]
-    return stats
 
 
 def test_async_worker_messages_waiting_for_their_ack_keep_their_leases(
@@ -696,14 +683,7 @@ def test_async_worker_messages_waiting_for_their_ack_keep_their_leases(
     more than two leases loses no lease, and no message is handled twice."""
     queue = SQLiteQueue(tmp_path / "q.db", "jobs")  # the real clock: leases run out
     queue.enqueue_batch(list(range(10))).unwrap()
-    held = HeldAcks(queue, monkeypatch)
-
-    def release_later() -> None:
-        held.entered.wait(WAIT)
-        time.sleep(2.5)
-        held.release.set()
-
-    threading.Thread(target=release_later, daemon=True).start()
+    HeldAcks(queue, monkeypatch).release_after(2.5)
     handled: list[int] = []
 
     async def handler(m: Message) -> None:
