@@ -698,3 +698,51 @@ def test_async_worker_messages_waiting_for_their_ack_keep_their_leases(
     assert stats.completed == 10
     assert queue.stats().unwrap().lease_expirations_total == 0
     queue.close()
+
+
+@pytest.mark.parametrize("slow", ["retry_delay", "completion with a result"])
+def test_a_message_settled_by_its_runner_keeps_its_lease_until_settled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow: str
+) -> None:
+    """The runner settles the message itself (a failure, or a completion that keeps the
+    handler's result) and that takes more than two leases (retry_delay asks a slow
+    service; the commit waits): the heartbeat keeps the lease meanwhile, so the spare
+    runner never takes the message, and every attempt is the one the handler counted."""
+    queue = SQLiteQueue(tmp_path / "q.db", "jobs", retention=3600)  # the real clock
+    queue.enqueue_batch(["a", "b"]).unwrap()
+    options: dict[str, Any] = {}
+    if slow == "retry_delay":
+
+        def handler(m: Message) -> str:
+            if m.attempts == 1:
+                raise ValueError("the first attempt fails")
+            return "done"
+
+        def retry_delay(m: Message, exc: BaseException) -> float:
+            time.sleep(2.5)
+            return 0
+
+        options["retry_delay"] = retry_delay
+        expected = 2  # attempts each
+    else:
+        real = queue.complete
+
+        def complete(message: Message, *args: Any, **kwargs: Any) -> Any:
+            time.sleep(2.5)
+            return real(message, *args, **kwargs)
+
+        monkeypatch.setattr(queue, "complete", complete)
+
+        def handler(m: Message) -> str:
+            return f"result of {m.payload}"
+
+        options["results"] = True
+        expected = 1
+    worker = _Counting(queue, handler, concurrency=3, visibility_timeout=1.0, **options)
+    handled, stats = _handled_once_each(queue, worker, 2)
+    assert handled == {1: expected, 2: expected}, handled
+    assert stats.lease_expirations_total == 0 and stats.completed_total == 2
+    if slow != "retry_delay":
+        results = {d["id"]: d["result"] for d in queue.get_completed().unwrap()}
+        assert results == {1: "result of a", 2: "result of b"}
+    queue.close()

@@ -116,6 +116,9 @@ class _Task:
         self.message = message
         self.started = started
         self.abandoned = False  # timed out or cut off at shutdown: its outcome is ignored
+        # The handler returned or raised, and its runner is settling the message: no
+        # timeout or cut-off any more, but the heartbeat keeps the lease until it is done.
+        self.ended = False
         self.last_beat = leased_at  # the lease is extended on its own schedule
 
 
@@ -278,16 +281,26 @@ class WorkerCore:
         return task
 
     def _end(self, key: object, task: _Task, value: Any, exc: BaseException | None) -> None:
-        """Complete or fail the message, unless the task was abandoned meanwhile."""
-        message = task.message
+        """Complete or fail the message, unless the task was abandoned meanwhile. The task
+        stays among the running ones (its lease extended) until its message is settled or
+        handed to the ack thread: retry_delay, a slow commit, may take longer than a lease."""
         elapsed = time.monotonic() - task.started
         with self._lock:
             # Under the lock with _time_out's check: a handler that ends as it times out
             # is either completed here or failed there, never both.
-            self._tasks.pop(key, None)
-            abandoned = task.abandoned
+            task.ended = True
             pace = self._pace
             self._pace = elapsed if pace is None else 0.8 * pace + 0.2 * elapsed
+        try:
+            self._settle(task, value, exc, elapsed)
+        finally:
+            with self._lock:
+                if self._tasks.get(key) is task:
+                    del self._tasks[key]
+
+    def _settle(self, task: _Task, value: Any, exc: BaseException | None, elapsed: float) -> None:
+        message = task.message
+        abandoned = task.abandoned  # (no longer changes: the task has ended)
         log_extra = {"message_id": message.id, "attempt": message.attempts}
         if abandoned:
             logger.info(
@@ -574,7 +587,8 @@ class WorkerCore:
         held (if any, and not already settled) so that no heartbeat keeps its lease."""
         with self._lock:
             task = self._tasks.pop(key, None)
-            held = task is not None and not task.abandoned
+            # (An ended task's message was being settled: not failed a second time.)
+            held = task is not None and not (task.abandoned or task.ended)
             if task is not None:
                 task.abandoned = True
         logger.error(
@@ -604,6 +618,8 @@ class WorkerCore:
         with self._lock:
             tasks = [t for t in self._tasks.values() if not t.abandoned]
         with self._acks_ready:
+            # (A task handed to the ack thread is among the running ones for a moment:
+            # the same object, so extended once below.)
             unacked = list(self._unacked.values())
         now = time.monotonic()
         # A lease is extended at the last round before its heartbeat falls due, not at the
@@ -613,7 +629,8 @@ class WorkerCore:
         running = []
         due = []
         for task in tasks:
-            if self.task_timeout is not None and now - task.started > self.task_timeout:
+            timeout = self.task_timeout
+            if timeout is not None and not task.ended and now - task.started > timeout:
                 self._time_out(task)
                 continue
             running.append(task)
@@ -649,7 +666,7 @@ class WorkerCore:
 
     def _time_out(self, task: _Task) -> None:
         with self._lock:
-            if task.abandoned or task not in self._tasks.values():
+            if task.abandoned or task.ended:
                 return  # ended meanwhile (or already abandoned): its runner settles it
             task.abandoned = True
         self._count(timed_out=1)
@@ -665,7 +682,8 @@ class WorkerCore:
         """At the end of shutdown: requeue what is still running, so it comes back now
         rather than after its lease; the handler's own late ack will be refused."""
         with self._lock:
-            leftovers = [t for t in self._tasks.values() if not t.abandoned]
+            # (A task that ended is being settled by its runner, not cut off.)
+            leftovers = [t for t in self._tasks.values() if not (t.abandoned or t.ended)]
             for task in leftovers:
                 task.abandoned = True
         for task in leftovers:
