@@ -112,7 +112,9 @@ class SQLiteBackend(SQLBackend):
         self._idle: list[sqlite3.Connection] = []  # last in, first out: the warmest on top
         self._conns: set[sqlite3.Connection] = set()  # every trusted one, idle or busy
         self._pool_lock = threading.Lock()
-        self._generation = files.fork_generation()
+        # The process that opened these connections: a child process after fork must not use
+        # them (an os.getpid() compare costs a tenth of asking sqlite_files).
+        self._pid = os.getpid()
         # The latest time read from the clock, to notice it being stepped back; and whether
         # the next fold should look for leases taken before such a step (every new queue
         # object looks once: the step may have happened while no process was running).
@@ -204,7 +206,7 @@ class SQLiteBackend(SQLBackend):
 
     def _checkout(self) -> sqlite3.Connection:
         """A connection for one call, all to itself until ``_checkin``."""
-        if self._closed or self._generation != files.fork_generation():
+        if self._closed or self._pid != os.getpid():
             return self._checkout_new()  # raises CLOSED, or sets a parent's aside first
         try:
             conn = self._idle.pop()
@@ -219,7 +221,7 @@ class SQLiteBackend(SQLBackend):
         with self._pool_lock:
             if self._closed:
                 raise self._closed_error()
-            if self._generation != files.fork_generation():
+            if self._pid != os.getpid():
                 self._leave_inherited()
         conn = self._open()
         with self._pool_lock:
@@ -264,7 +266,7 @@ class SQLiteBackend(SQLBackend):
             files.parked_after_fork.append(self._anchor)
         self._conns, self._idle, self._anchor = set(), [], None
         self._watcher = None  # the parent's watcher thread did not come along
-        self._generation = files.fork_generation()
+        self._pid = os.getpid()
 
     @contextlib.contextmanager
     def _borrowed(self) -> Iterator[sqlite3.Connection]:
@@ -284,7 +286,7 @@ class SQLiteBackend(SQLBackend):
         ``Err(CLOSED)``. Idempotent, and safe while other threads are inside calls."""
         with self._pool_lock:
             self._closed = True
-            if self._generation != files.fork_generation():
+            if self._pid != os.getpid():
                 self._leave_inherited()
             anchor, self._anchor = self._anchor, None
             watcher, self._watcher = self._watcher, None

@@ -36,7 +36,6 @@ __all__ = [
     "connect",
     "driver_errors",
     "file_state",
-    "fork_generation",
     "is_connection",
     "lenient_text",
     "not_a_database",
@@ -115,20 +114,12 @@ def check_sqlite_version(version: tuple[int, int, int] | None = None) -> None:
 # its parent opened (SQLite's locks would be wrong), nor close it (that could drop the
 # parent's locks). After a fork, inherited connections are parked here and left alone.
 # --------------------------------------------------------------------------------------
-_fork_generation = 0
 #: connections inherited from the parent process, never used nor closed
 parked_after_fork: list[sqlite3.Connection] = []
 
 
-def fork_generation() -> int:
-    """How many forks this process is from the one that imported sqqueue: a connection
-    opened in another generation belongs to an ancestor."""
-    return _fork_generation
-
-
 def _after_fork_in_child() -> None:
-    global _fork_generation, _shm_lock
-    _fork_generation += 1
+    global _shm_lock
     _shm_lock = threading.Lock()  # (another thread may have held it at the fork)
 
 

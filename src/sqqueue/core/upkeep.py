@@ -20,6 +20,9 @@ class Upkeep:
         self.backend = backend
         self.name = name
         self.metrics = metrics
+        # Metrics that never want gauges (the default's) are not asked after every write,
+        # nor the clock read for them: about 2% of an enqueue (bench/profile-notes.md).
+        self.gauges = type(metrics).wants_gauges is not Metrics.wants_gauges
         #: messages written between upkeep rounds (0: never)
         self.threshold = 1000
         #: write operations since the last upkeep round (0.1.0's get_operation_count)
@@ -53,7 +56,7 @@ class Upkeep:
                 # Closed by another thread meanwhile: nothing to maintain any more.
                 level = logging.DEBUG if exc.kind is ErrorKind.CLOSED else logging.WARNING
                 logger.log(level, "queue %r: maintenance skipped: %s", self.name, exc)
-        if self.metrics.wants_gauges(time.monotonic()):
+        if self.gauges and self.metrics.wants_gauges(time.monotonic()):
             try:
                 self.metrics.gauge("size", self.backend.count_unleased())
             except QueueError:
