@@ -904,6 +904,37 @@ def test_statsd_custom_prefix(make_queue: MakeQueue, statsd_socket: socket.socke
     assert "myapp.emails.enqueue:1|c" in seen
 
 
+def test_worker_durations_reach_statsd_and_the_observer(
+    make_queue: MakeQueue, statsd_socket: socket.socket
+) -> None:
+    """A worker reports how long each message waited and how long its handler ran: as
+    statsd timers when the queue uses statsd, and to its ``durations`` observer."""
+    from prometheus_client import CollectorRegistry
+
+    from sqqueue import Worker
+    from sqqueue.prometheus import Durations
+
+    port = statsd_socket.getsockname()[1]
+    queue = make_queue(table_name="jobs", statsd_host="127.0.0.1", statsd_port=port, clock=None)
+    ok(queue.enqueue_batch(["a", "b", "c"]))
+    registry = CollectorRegistry()
+    handled: list[str] = []
+
+    def handler(message: Message) -> None:
+        handled.append(message.payload)
+        if len(handled) == 3:
+            worker.stop()
+
+    worker = Worker(queue, handler, durations=Durations(registry), handle_signals=False)
+    assert worker.run().completed == 3
+    for kind in ("time_in_queue", "processing"):
+        count = registry.get_sample_value(f"sqqueue_{kind}_seconds_count", {"queue": "jobs"})
+        assert count == 3, (kind, count)
+    lines = _receive(statsd_socket, {"sqqueue.jobs.complete:3|c"})
+    timers = {line.split(":")[0] for line in lines if line.endswith("|ms")}
+    assert timers == {"sqqueue.jobs.time_in_queue_seconds", "sqqueue.jobs.processing_seconds"}
+
+
 def test_statsd_unreachable_never_breaks_queue(make_queue: MakeQueue) -> None:
     """Metrics to a port nobody listens on do not affect results."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -28,6 +28,18 @@ class Metrics:
         """Whether the (costly to compute) gauges should be sent now."""
         return False
 
+    # Callers that would work something out only to report it ask these first: with the
+    # default, which does nothing, they skip the work (bench/profile-notes.md).
+    @property
+    def sends_gauges(self) -> bool:
+        """Whether ``wants_gauges`` can ever say yes (a subclass defines it)."""
+        return type(self).wants_gauges is not Metrics.wants_gauges
+
+    @property
+    def records_timings(self) -> bool:
+        """Whether ``timing`` does anything (a subclass defines it)."""
+        return type(self).timing is not Metrics.timing
+
 
 class NullMetrics(Metrics):
     pass

@@ -204,6 +204,8 @@ class WorkerCore:
         self.handle_signals = handle_signals
         self.hooks = hooks or WorkerHooks()
         self.durations = durations
+        # Whether anyone records durations: if not, none is worked out.
+        self._timed = durations is not None or queue.parts.metrics.records_timings
         self.results = results
         self.retry_delay = retry_delay
         self.name = name or f"sqqueue-worker-{queue.name}"
@@ -270,7 +272,9 @@ class WorkerCore:
         with self._lock:
             self._tasks[key] = task
             self.stats.started += 1
-        self._observe("time_in_queue", self.queue.parts.now() - message.enqueued_at.timestamp())
+        if self._timed:
+            waited = self.queue.parts.now() - message.enqueued_at.timestamp()
+            self._observe("time_in_queue", waited)
         self.hooks.call("on_start", message)
         logger.debug(
             "worker %s: handling message %d",
@@ -311,7 +315,8 @@ class WorkerCore:
                 extra=log_extra,
             )
             return
-        self._observe("processing", elapsed)
+        if self._timed:
+            self._observe("processing", elapsed)
         if exc is not None:
             self._record_failure(message, exc, elapsed)
             return
@@ -337,7 +342,8 @@ class WorkerCore:
             if self._acks_open:
                 self._acks.append((message, value, elapsed))
                 self._unacked[message.id] = task
-                self._acks_ready.notify()
+                if len(self._acks) == 1:  # (only then can the ack thread be waiting)
+                    self._acks_ready.notify()
                 return
         self._completed(message, value, elapsed, self.queue.complete(message))
 

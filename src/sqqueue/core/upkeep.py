@@ -22,7 +22,7 @@ class Upkeep:
         self.metrics = metrics
         # Metrics that never want gauges (the default's) are not asked after every write,
         # nor the clock read for them: about 2% of an enqueue (bench/profile-notes.md).
-        self.gauges = type(metrics).wants_gauges is not Metrics.wants_gauges
+        self.gauges = metrics.sends_gauges
         #: messages written between upkeep rounds (0: never)
         self.threshold = 1000
         #: write operations since the last upkeep round (0.1.0's get_operation_count)
