@@ -9,6 +9,8 @@ problem (or raise ValueError/QueueError at construction); no exception may escap
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import math
 import os
 import shutil
@@ -26,6 +28,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from conftest import FakeClock, QueueTarget
 from helpers import err, leased, message_statuses, ok, without_dac_override
 from sqqueue import (
+    AsyncQueue,
     CompletionError,
     DequeueError,
     EnqueueError,
@@ -565,6 +568,115 @@ def test_defaults_changed_after_opening_apply_and_are_checked(
     statuses = message_statuses(queue)
     assert [s["id"] for s in statuses][:1] == [first]
     assert len(statuses) == 3
+
+
+@pytest.mark.parametrize("lease", [-60, 0, 1e300, math.nan, "60", None], ids=repr)
+def test_a_default_visibility_timeout_set_to_nonsense_is_refused_by_claims(
+    make_queue: MakeQueue, lease: Any
+) -> None:
+    """default_visibility_timeout may be set at any time: a claim that would use a value
+    that is no lease length is an Err naming it, and no message is leased (a negative
+    lease delivered one message twice; an endless one dead-lettered it)."""
+    queue = make_queue(table_name="jobs")
+    ok(queue.enqueue("job"))
+    queue.default_visibility_timeout = lease
+    err(queue.dequeue(), ErrorKind.INVALID_INPUT, "default_visibility_timeout")
+    err(queue.dequeue_batch(5), ErrorKind.INVALID_INPUT, "default_visibility_timeout")
+    aqueue = AsyncQueue(queue)
+    err(asyncio.run(aqueue.dequeue()), ErrorKind.INVALID_INPUT, "default_visibility_timeout")
+    assert [(m["status"], m["attempts"]) for m in message_statuses(queue)] == [("ready", 0)]
+    queue.default_visibility_timeout = 30
+    assert ok(queue.dequeue_batch(5, visibility_timeout=10))[0].attempts == 1
+
+
+@pytest.mark.parametrize("threshold", ["1000", -1, 1.5, None, 2**40], ids=repr)
+def test_vacuum_threshold_set_to_nonsense_raises_at_once(
+    make_queue: MakeQueue, threshold: Any
+) -> None:
+    """vacuum_threshold is configuration: a bad value raises ValueError when set, and the
+    queue keeps the one it had (it used to turn the next enqueue, already committed, into
+    an Err)."""
+    queue = make_queue(table_name="jobs")
+    with pytest.raises(ValueError, match="vacuum_threshold"):
+        queue.vacuum_threshold = threshold
+    assert queue.vacuum_threshold == 1000
+    ok(queue.enqueue("job"))
+    queue.vacuum_threshold = 0
+    assert queue.vacuum_threshold == 0
+
+
+@pytest.mark.parametrize("cancel", [True, "stop", 1], ids=repr)
+def test_a_cancel_that_is_not_an_event_is_invalid_input(make_queue: MakeQueue, cancel: Any) -> None:
+    """cancel= takes a threading.Event: anything else is an Err saying so, before any
+    wait, from the synchronous and the asyncio calls alike."""
+    queue = make_queue(table_name="jobs")
+    aqueue = AsyncQueue(queue)
+    calls = [
+        queue.dequeue(wait=0.1, cancel=cancel),
+        queue.dequeue_batch(5, wait=0.1, cancel=cancel),
+        asyncio.run(aqueue.dequeue(wait=0.1, cancel=cancel)),
+        asyncio.run(aqueue.dequeue_batch(5, wait=0.1, cancel=cancel)),
+    ]
+    for result in calls:
+        err(result, ErrorKind.INVALID_INPUT, "cancel", "threading.Event")
+
+
+class _Undecidable:
+    """A value whose truth cannot be told (as numpy arrays): bool() raises."""
+
+    def __bool__(self) -> bool:
+        raise ValueError("the truth value is ambiguous")
+
+
+def test_async_enqueue_with_an_undecidable_wait_is_an_err(make_queue: MakeQueue) -> None:
+    """AsyncQueue.enqueue(wait=...) with a value bool() refuses: an Err, as from the
+    synchronous call, not an exception."""
+    queue = make_queue(table_name="jobs")
+    aqueue = AsyncQueue(queue)
+    err(queue.enqueue("x", wait=_Undecidable()), ErrorKind.INVALID_INPUT, "wait")
+    err(asyncio.run(aqueue.enqueue("x", wait=_Undecidable())), ErrorKind.INVALID_INPUT, "wait")
+    err(
+        asyncio.run(aqueue.enqueue_batch(["x"], wait=_Undecidable())),
+        ErrorKind.INVALID_INPUT,
+        "wait",
+    )
+    assert ok(queue.stats()).depth == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("id", 2**70),
+        ("id", "1"),
+        ("id", None),
+        ("lease_token", 2**80),
+        ("lease_token", "7"),
+        ("lease_token", -1),
+    ],
+)
+def test_a_message_with_its_fields_changed_is_invalid_input(
+    make_queue: MakeQueue, field: str, value: Any
+) -> None:
+    """A Message whose id or lease token was set to something no queue gives: every call
+    taking it refuses it as INVALID_INPUT (not a storage error logged at ERROR, nor
+    "not found" for id "1"), and the message stays leased."""
+    queue = make_queue(table_name="jobs")
+    ok(queue.enqueue("job"))
+    message = leased(queue)
+    changed = dataclasses.replace(message, **{field: value})
+    calls = {
+        "complete": lambda: queue.complete(changed),
+        "complete_batch": lambda: queue.complete_batch([changed]),
+        "extend": lambda: queue.extend(changed, 10),
+        "extend_batch": lambda: queue.extend_batch([changed], 10),
+        "release_batch": lambda: queue.release_batch([changed]),
+        "fail_message": lambda: queue.fail_message(changed),
+    }
+    for name, call in calls.items():
+        error = err(call(), ErrorKind.INVALID_INPUT, "lease token")
+        assert "is not one a queue gives" in str(error), name
+    assert [m["status"] for m in message_statuses(queue)] == ["processing"]
+    ok(queue.complete(message))
 
 
 # -- rows edited by hand -----------------------------------------------------------------------

@@ -70,6 +70,13 @@ T = TypeVar("T")
 _unfinished: set[asyncio.Future[None]] = set()
 
 
+def _may_wait(wait: object) -> bool:
+    """Whether an enqueue may wait for room in a full queue, which blocks: then it runs in
+    a thread. Anything but a plain zero goes there, where the call checks it (an odd
+    ``wait`` is answered with an Err, as by the synchronous call)."""
+    return not (type(wait) in (int, float) and wait == 0)
+
+
 async def _on_loop(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run a sync call of the queue logic on the event loop (sqqueue.bridge), to its end
     even if the awaiting task is cancelled meanwhile, as a call in a thread would."""
@@ -213,8 +220,7 @@ class AsyncQueue(AsyncCompat):
         ttl: float | timedelta | None = None,
         wait: float = 0,
     ) -> Result[int, EnqueueError]:
-        # Waiting for room in a full queue blocks: in a thread.
-        run = self._hot if not wait else self._call
+        run = self._call if _may_wait(wait) else self._hot
         return await run(
             functools.partial(
                 self.sync.enqueue, dedup_key=dedup_key, group=group, ttl=ttl, wait=wait
@@ -228,7 +234,7 @@ class AsyncQueue(AsyncCompat):
     async def enqueue_batch(
         self, payloads: Sequence[Any], *, wait: float = 0
     ) -> Result[list[int], EnqueueError]:
-        run = self._hot if not wait else self._call
+        run = self._call if _may_wait(wait) else self._hot
         return await run(functools.partial(self.sync.enqueue_batch, wait=wait), payloads)
 
     async def enqueue_in(
@@ -262,9 +268,9 @@ class AsyncQueue(AsyncCompat):
         cancel: threading.Event | None = None,
     ) -> Result[Message | None, DequeueError]:
         """Lease the next message; with ``wait``, suspend (not block) until one comes."""
-        cancelled = cancel.is_set if cancel is not None else None
 
         async def run() -> Message | None:
+            cancelled = consume.cancel_check(cancel)
             messages = await self._drive(self._plan(1, visibility_timeout, wait, cancelled))
             return messages[0] if messages else None
 
@@ -278,10 +284,9 @@ class AsyncQueue(AsyncCompat):
         *,
         cancel: threading.Event | None = None,
     ) -> Result[list[Message], DequeueError]:
-        cancelled = cancel.is_set if cancel is not None else None
-
         async def run() -> list[Message]:
             size = bounded_int(batch_size, "batch_size", 1, MAX_BATCH_SIZE)
+            cancelled = consume.cancel_check(cancel)
             return await self._drive(self._plan(size, visibility_timeout, wait, cancelled))
 
         return await self._guarded(DequeueError, "dequeue_batch", run())

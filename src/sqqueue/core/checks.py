@@ -9,9 +9,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ..exceptions import ErrorKind, QueueError
+
+if TYPE_CHECKING:
+    from ..message import Message
 
 T = TypeVar("T")
 
@@ -92,3 +95,18 @@ def error_text(exc: BaseException) -> str:
     except BaseException as broken:  # (a __str__ raising KeyboardInterrupt is input too)
         return f"{name} (its message could not be read: str() raised {type(broken).__name__})"
     return f"{name}: {text}" if text else name
+
+
+def message_ref(message: Message) -> tuple[int, int | None]:
+    """A Message's (id, lease token), checked: its fields may have been set to anything
+    since a queue made it, and a wrong one must be refused as such, not fail in the
+    database (an int too large for it) or name another message ("1" for 1)."""
+    mid, token = message.id, message.lease_token
+    id_ok = type(mid) is int and 0 <= mid <= MAX_ID
+    if id_ok and (token is None or (type(token) is int and 0 <= token <= MAX_ID)):
+        return mid, token
+    raise QueueError(
+        f"this Message's id ({mid!r}) or lease token ({token!r}) is not one a queue gives: "
+        "pass the Message as dequeue() returned it, or its id",
+        ErrorKind.INVALID_INPUT,
+    )

@@ -18,7 +18,7 @@ from ..backends.base import Backend, Outcome
 from ..exceptions import ErrorKind, QueueError
 from ..message import Message
 from . import convert
-from .checks import MAX_ID, MAX_VISIBILITY_TIMEOUT, MAX_WAIT, is_int, seconds
+from .checks import MAX_ID, MAX_VISIBILITY_TIMEOUT, MAX_WAIT, is_int, message_ref, seconds
 
 if TYPE_CHECKING:
     from .parts import Parts
@@ -69,7 +69,7 @@ class Leases:
     def ref(self, message: object) -> tuple[int, int | None]:
         """(id, lease token) of a Message or an id this object may have leased."""
         if isinstance(message, Message):
-            return message.id, message.lease_token
+            return message_ref(message)
         if is_int(message):
             assert isinstance(message, int)
             if not 0 <= message <= MAX_ID:
@@ -239,17 +239,28 @@ class Leases:
         )
 
 
-def lease_seconds(visibility_timeout: object, default: float) -> float:
-    """The lease length a claim asked for (``None``: the queue's ``default``)."""
+def lease_seconds(visibility_timeout: object, default: object) -> float:
+    """The lease length a claim asked for (``None``: the queue's ``default``, checked
+    too: ``default_visibility_timeout`` may have been set to anything since)."""
     if visibility_timeout is None:
-        return default
-    return seconds(
-        visibility_timeout,
-        "visibility_timeout",
-        minimum=0,
-        maximum=MAX_VISIBILITY_TIMEOUT,
-        strict=True,
-    )
+        value, what = default, "default_visibility_timeout"
+    else:
+        value, what = visibility_timeout, "visibility_timeout"
+    return seconds(value, what, minimum=0, maximum=MAX_VISIBILITY_TIMEOUT, strict=True)
+
+
+def cancel_check(cancel: object) -> Callable[[], bool] | None:
+    """What a waiting claim asks to know whether ``cancel`` (a ``threading.Event``, or
+    None) was set; anything else is refused, before the wait."""
+    if cancel is None:
+        return None
+    is_set = getattr(cancel, "is_set", None)
+    if not callable(is_set):
+        raise QueueError(
+            f"cancel must be a threading.Event (or None), got {type(cancel).__name__}",
+            ErrorKind.INVALID_INPUT,
+        )
+    return is_set  # type: ignore[no-any-return]
 
 
 def claim(parts: Parts, limit: int, timeout: float) -> list[Message]:

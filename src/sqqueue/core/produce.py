@@ -143,7 +143,7 @@ class Producer:
         parts = self.parts
         backend = parts.backend
         patience = 0.0
-        if wait:
+        if not (type(wait) is int and wait == 0):  # (not bool(wait): it may raise)
             patience = seconds(wait, "wait", minimum=0, maximum=MAX_WAIT, strict=False)
         deadline = time.monotonic() + patience if patience else 0.0
         nap = _ROOM_POLL_MIN

@@ -99,7 +99,11 @@ class Queue(Compat):
 
     @vacuum_threshold.setter
     def vacuum_threshold(self, value: int) -> None:
-        self.parts.upkeep.threshold = value
+        # Checked here: a bad value would otherwise surface after some write's commit.
+        try:
+            self.parts.upkeep.threshold = bounded_int(value, "vacuum_threshold", 0, 2**31)
+        except QueueError as exc:
+            raise ValueError(str(exc)) from None
 
     # -- context management --------------------------------------------------------------
 
@@ -251,7 +255,7 @@ class Queue(Compat):
             if wait == 0:  # no waiting: no wait plan to carry out
                 messages = consume.claim(parts, 1, timeout)
             else:
-                cancelled = cancel.is_set if cancel is not None else None
+                cancelled = consume.cancel_check(cancel)
                 plan = consume.claim_plan(parts, 1, timeout, wait, cancelled)
                 messages = consume.drive(parts, plan)
             return Ok(messages[0] if messages else None)
@@ -271,11 +275,11 @@ class Queue(Compat):
         With ``wait``, block until at least one message is available or the time is up.
         """
         parts = self.parts
-        cancelled = cancel.is_set if cancel is not None else None
 
         def run() -> Result[list[Message], DequeueError]:
             size = bounded_int(batch_size, "batch_size", 1, MAX_BATCH_SIZE)
             timeout = consume.lease_seconds(visibility_timeout, self.default_visibility_timeout)
+            cancelled = consume.cancel_check(cancel)
             plan = consume.claim_plan(parts, size, timeout, wait, cancelled)
             return Ok(consume.drive(parts, plan))
 

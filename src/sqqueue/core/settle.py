@@ -13,7 +13,7 @@ from ..backends.base import Outcome
 from ..exceptions import ErrorKind, LeasesNotExtended, QueueError
 from ..message import Message, to_datetime
 from ..serializers import json_text
-from .checks import MAX_DELAY, MAX_ERROR_TEXT, MAX_VISIBILITY_TIMEOUT, seconds
+from .checks import MAX_DELAY, MAX_ERROR_TEXT, MAX_VISIBILITY_TIMEOUT, message_ref, seconds
 
 if TYPE_CHECKING:
     from .parts import Parts
@@ -60,8 +60,8 @@ def _batch_refs(parts: Parts, messages: Sequence[object], action: str) -> list[R
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise QueueError(f"{action} expects a list of messages or ids", ErrorKind.INVALID_INPUT)
     leases = parts.leases
-    # A Message is the usual reference: read it here, without a call per message.
-    return [(m.id, m.lease_token) if type(m) is Message else leases.ref(m) for m in messages]
+    # A Message is the usual reference: read without the lease memory's lock.
+    return [message_ref(m) if type(m) is Message else leases.ref(m) for m in messages]
 
 
 def _all_done(parts: Parts, refs: list[Ref], outcomes: list[Outcome], verb: str) -> None:
