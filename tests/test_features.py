@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -923,22 +924,108 @@ def test_redrive_errors(make_queue: MakeQueue) -> None:
 
 
 def test_redrive_rate_and_progress(make_queue: MakeQueue) -> None:
-    """rate caps messages per second (20 at 100/s take at least ~0.15 s); progress sees
-    (done, total) rising to (20, 20)."""
+    """rate caps messages per second (30 at 100/s go in chunks of 10 a tenth of a second
+    apart, so take at least ~0.2 s); progress sees (done, total) rising to (30, 30)."""
     queue = make_queue(table_name="jobs")
-    ids = ok(queue.enqueue_batch([f"m{i}" for i in range(20)]))
+    ids = ok(queue.enqueue_batch([f"m{i}" for i in range(30)]))
     for message_id in ids:
         ok(queue.fail_message(message_id, send_to_dlq=True))
     calls: list[tuple[int, int]] = []
     started = time.monotonic()
-    assert ok(queue.redrive(rate=100, progress=lambda d, t: calls.append((d, t)))) == 20
+    assert ok(queue.redrive(rate=100, progress=lambda d, t: calls.append((d, t)))) == 30
     elapsed = time.monotonic() - started
     assert elapsed >= 0.15, elapsed
-    assert calls[-1] == (20, 20)
+    assert calls[-1] == (30, 30)
     assert len(calls) > 1
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
-    assert all(t == 20 for _, t in calls)
+    assert all(t == 30 for _, t in calls)
     assert statuses(queue) == dict.fromkeys(ids, "ready")
+    check_counts(queue)
+
+
+def _finishes(call: Callable[[], Any], within: float = 5.0) -> Any:
+    """What ``call()`` returns, run in a thread that must end within ``within`` seconds
+    (generous: the defects these guard against took from 20 s to for ever)."""
+    results: list[Any] = []
+    thread = threading.Thread(target=lambda: results.append(call()), daemon=True)
+    thread.start()
+    thread.join(within)
+    assert not thread.is_alive(), f"still running after {within} s"
+    (result,) = results
+    return result
+
+
+def test_redrive_paced_ends_once_the_last_is_moved(make_queue: MakeQueue) -> None:
+    """A paced redrive waits only between the chunks it moves: with nothing left after
+    one, it returns at once, whatever the rate (it used to wait 20 s after the last dead
+    letter at 0.05 a second, eleven days at 1e-6)."""
+    queue = make_queue(table_name="jobs", default_max_attempts=1)
+    ids = _dead_letters(queue, ["a", "b", "c"], attempts=1)
+    assert ok(_finishes(lambda: queue.redrive(ids=[ids[0]], rate=0.05))) == 1
+    assert ok(_finishes(lambda: queue.redrive(ids=[ids[1]], rate=1e-6))) == 1
+    assert ok(_finishes(lambda: queue.redrive(rate=1e-6))) == 1
+    assert statuses(queue) == dict.fromkeys(ids, "ready")
+    check_counts(queue)
+
+
+@pytest.mark.parametrize("rate", [0.01, 5e-324], ids=["100s-apart", "tiniest"])
+def test_redrive_paced_ends_when_the_queue_is_closed(make_queue: MakeQueue, rate: float) -> None:
+    """close() from another thread ends a paced redrive's wait at once: Err(CLOSED), the
+    dead letters moved so far staying moved. Wake-ups meant for consumers (an enqueue,
+    wake_waiters) do not end the wait; the tiniest rate (an endless wait) is no error."""
+    queue = make_queue(table_name="jobs", default_max_attempts=1)
+    ids = _dead_letters(queue, ["a", "b", "c"], attempts=1)
+    first = threading.Event()
+    results: list[Any] = []
+
+    def redrive() -> None:
+        results.append(queue.redrive(rate=rate, progress=lambda done, total: first.set()))
+
+    thread = threading.Thread(target=redrive, daemon=True)
+    thread.start()
+    assert first.wait(10), "the first chunk was not moved"
+    ok(make_queue(table_name="jobs").enqueue("live"))
+    queue.wake_waiters()
+    thread.join(0.3)
+    assert thread.is_alive(), f"the wait ended before close(): {results}"
+    queue.close()
+    thread.join(5)
+    assert not thread.is_alive(), "close() did not end the redrive's wait"
+    err(results[0], ErrorKind.CLOSED, "closed", "1 of 3", cls=RequeueError)
+    other = make_queue(table_name="jobs")
+    assert [statuses(other)[i] for i in ids] == ["ready", "dead", "dead"]
+    check_counts(other)
+
+
+def test_redrive_progress_that_raises(
+    make_queue: MakeQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A progress callback that raises does not stop the redrive nor turn the dead letters
+    it moved into an error: logged (once, as a warning, with no payload), then Ok. A
+    KeyboardInterrupt is let through, as anywhere else in the call: what moved stays."""
+    caplog.set_level(logging.DEBUG, logger="sqqueue")
+    queue = make_queue(table_name="jobs", default_max_attempts=1)
+    ids = _dead_letters(queue, [f"secret-{i}" for i in range(4)], attempts=1)
+    calls: list[tuple[int, int]] = []
+
+    def broken(done: int, total: int) -> None:
+        calls.append((done, total))
+        raise RuntimeError("progress bar gone")
+
+    assert ok(queue.redrive(ids=ids[:2], rate=10, progress=broken)) == 2  # 2 chunks
+    assert ok(queue.redrive(ids=ids[2:3], progress=broken)) == 1
+    assert calls == [(1, 2), (2, 2), (1, 1)]
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2, [r.getMessage() for r in warnings]
+    assert all("progress" in r.getMessage() and r.exc_info for r in warnings)
+    assert "secret" not in caplog.text
+
+    def interrupt(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        queue.redrive(ids=ids[3:], progress=interrupt)
+    assert statuses(queue)[ids[3]] == "ready"
     check_counts(queue)
 
 

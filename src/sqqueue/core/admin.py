@@ -109,6 +109,11 @@ def recover(parts: Parts) -> int:
     return count
 
 
+#: the longest single wait of a paced redrive: a longer one (a tiny rate's, days or for
+#: ever) goes on in waits of this length, each well within what a lock's timeout takes
+_MAX_PACE_WAIT = 60.0
+
+
 def redrive(
     parts: Parts,
     ids: Sequence[int] | None,
@@ -116,17 +121,14 @@ def redrive(
     rate: float | None,
     progress: Callable[[int, int], Any] | None,
 ) -> int:
+    """Move dead letters back (see ``Queue.redrive``), a chunk per transaction; the count.
+
+    Paced by ``rate`` between chunks only: the wait before a chunk is for the messages
+    moved so far, so a redrive returns as soon as the last chunk is moved, and a wait is
+    ended at once by close() (CLOSED, saying how many were moved: they stay moved)."""
     if to_queue is not None:
         config(lambda: validate_queue_name(to_queue))
-    if rate is not None and not (
-        isinstance(rate, (int, float))
-        and not isinstance(rate, bool)
-        and 0 < rate <= 1e9  # NaN fails this too
-    ):
-        raise QueueError(
-            f"rate must be a number of messages a second, > 0 and <= 1000000000, got {rate!r}",
-            ErrorKind.INVALID_INPUT,
-        )
+    _check_rate(rate)
     backend = parts.backend
     wanted = None
     if ids is not None:
@@ -137,37 +139,129 @@ def redrive(
     chunk = 500 if rate is None else max(1, min(500, int(rate // 10) or 1))
     moved = 0
     after = 0
+    complained = False  # whether ``progress`` raised already (see _report)
     started = time.monotonic()
-    while True:
-        batch_ids = None if wanted is None else wanted[:chunk]
-        if wanted is not None:
-            wanted = wanted[chunk:]
-            if not batch_ids:
+    try:
+        while True:
+            # Read before the chunk: a close() from now on ends the wait that follows it.
+            seen = parts.signal.changes
+            batch_ids = None if wanted is None else wanted[:chunk]
+            if wanted is not None:
+                wanted = wanted[chunk:]
+                if not batch_ids:
+                    break
+            done, missing = backend.redrive(batch_ids, to_queue, chunk, after)
+            if missing:
+                raise QueueError(
+                    f"no dead letter with id {', '.join(map(str, missing))} in queue "
+                    f"{parts.name!r}; {moved + len(done)} other(s) were redriven",
+                    ErrorKind.NOT_FOUND,
+                )
+            if not done and wanted is None:
+                break  # the full chunk before was the last
+            moved += len(done)
+            after = max(done, default=after)
+            _wake_consumers(parts, to_queue)
+            if progress is not None:
+                complained |= _report(parts, progress, moved, max(total, moved), complained)
+            if not _more(parts, wanted, len(done) == chunk, paced=rate is not None):
                 break
-        done, missing = backend.redrive(batch_ids, to_queue, chunk, after)
-        if missing:
-            raise QueueError(
-                f"no dead letter with id {', '.join(map(str, missing))} in queue "
-                f"{parts.name!r}; {moved + len(done)} other(s) were redriven",
-                ErrorKind.NOT_FOUND,
-            )
-        if not done and wanted is None:
-            break
-        moved += len(done)
-        after = max(done, default=after)
-        parts.signal.notify()
-        if to_queue is not None:
-            signal_for(backend.wakeup_key.rsplit(":", 1)[0] + f":{to_queue}").notify()
-        if progress is not None:
-            progress(moved, max(total, moved))
-        if rate is not None:
-            # Sleep until this many messages are due at the given rate.
-            ahead = moved / rate - (time.monotonic() - started)
-            if ahead > 0:
-                time.sleep(ahead)
+            if rate is not None:
+                _pace(parts, started + moved / rate, seen)
+    except QueueError as exc:
+        if exc.kind is not ErrorKind.CLOSED:
+            raise
+        raise QueueError(
+            f"queue {parts.name!r} was closed after {moved} of {max(total, moved)} dead "
+            "letter(s) were redriven (those stay redriven)",
+            ErrorKind.CLOSED,
+        ) from exc
     parts.upkeep.count(max(moved, 1))
     logger.info("queue %r: redrove %d dead letter(s)", parts.name, moved)
     return moved
+
+
+def _check_rate(rate: float | None) -> None:
+    # Any rate above 0 is accepted, however small: the last chunk is never waited after,
+    # and close() ends any wait, so a tiny rate (a wait of days, or for ever, between
+    # chunks) is what was asked for, not a hang to refuse.
+    if rate is not None and not (
+        isinstance(rate, (int, float))
+        and not isinstance(rate, bool)
+        and 0 < rate <= 1e9  # NaN fails this too
+    ):
+        raise QueueError(
+            f"rate must be a number of messages a second, > 0 and <= 1000000000, got {rate!r}",
+            ErrorKind.INVALID_INPUT,
+        )
+
+
+def _wake_consumers(parts: Parts, to_queue: str | None) -> None:
+    """Wake the consumers in this process of the queue the dead letters went to."""
+    parts.signal.notify()
+    if to_queue is not None:
+        key = parts.backend.wakeup_key.rsplit(":", 1)[0] + f":{to_queue}"
+        signal_for(key).notify()
+
+
+def _more(parts: Parts, wanted: list[int] | None, full: bool, paced: bool) -> bool:
+    """Whether a redrive has another chunk to move: ids still ``wanted``, or (every dead
+    letter) a ``full`` last chunk, since a short one took all there were after the cursor.
+
+    After a full chunk, a paced redrive first checks there are dead letters left, so as not
+    to wait for nothing; an unpaced one just looks for the next chunk. (A dead letter that
+    died meanwhile with an id below the cursor is counted but not redriven: at worst one
+    wait for an empty chunk.)"""
+    if wanted is not None:
+        return bool(wanted)
+    if not full:
+        return False
+    return not paced or parts.backend.status_counts()["dead"] > 0
+
+
+def _report(
+    parts: Parts, progress: Callable[[int, int], Any], done: int, total: int, quiet: bool
+) -> bool:
+    """Call ``progress(done, total)``; whether it raised.
+
+    The callback is the caller's code, like a worker's hooks: what it raises is logged and
+    the redrive goes on. The chunks moved are committed, so an Err would misreport them,
+    and stopping would leave the redrive half done for a broken progress bar. Logged as a
+    warning the first time, then (``quiet``) at debug, so a callback that fails at every
+    chunk does not flood the log; never with the messages. KeyboardInterrupt, SystemExit
+    (not Exception) are let through: unlike a hook, the callback runs on the caller's own
+    thread, which they are meant to stop, here as anywhere else in the call."""
+    try:
+        progress(done, total)
+    except Exception:
+        logger.log(
+            logging.DEBUG if quiet else logging.WARNING,
+            "queue %r: redrive progress callback failed at %d of %d; the redrive goes on",
+            parts.name,
+            done,
+            total,
+            exc_info=True,
+        )
+        return True
+    return False
+
+
+def _pace(parts: Parts, until: float, seen: int) -> None:
+    """Wait until ``until`` (``time.monotonic()``) for a redrive's rate; raise CLOSED as
+    soon as the queue is closed.
+
+    It waits on the queue's wake-up signal, as ``dequeue(wait=...)`` does: close() nudges
+    it. ``seen`` is the signal's count of nudges read before the last chunk was moved, so
+    that a close() since then is not missed. Other wake-ups do not end the wait: after a
+    notify (an enqueue in this process) it waits on at once; after a nudge (close()'s, or
+    another connection's commit seen by the watcher) it first reads the database, which
+    raises CLOSED once the queue is closed."""
+    signal = parts.signal
+    while (left := until - time.monotonic()) > 0:
+        signal.wait(signal.seq, min(left, _MAX_PACE_WAIT), seen)
+        if signal.changes != seen:
+            seen = signal.changes  # (read first: a close() during the look is not missed)
+            parts.backend.status_counts()
 
 
 def delete_dead_letters(parts: Parts, ids: Sequence[int]) -> int:

@@ -552,6 +552,11 @@ class Queue(Compat):
         ones it used are added to ``prior_attempts``::
 
             queue.redrive(rate=50, progress=lambda done, total: print(done, "/", total))
+
+        A paced redrive waits only between chunks, and ``close()`` from another thread
+        ends it at once with ``Err(CLOSED)`` (what was moved by then stays moved). What
+        ``progress`` raises is logged and the redrive goes on (KeyboardInterrupt and
+        SystemExit are let through).
         """
         parts = self.parts
         return parts.guard(
