@@ -23,7 +23,7 @@ from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 from conftest import QueueTarget
-from sqqueue import Queue, connect
+from sqqueue import PostgresQueue, Queue, connect
 from sqqueue.dashboard import create_app
 from sqqueue.dashboard.auth import Auth
 from sqqueue.dashboard.source import BUCKET, BUCKETS, Sampler
@@ -520,6 +520,24 @@ def test_shown_target_hides_postgres_password() -> None:
 
 
 # -- mounting, sampling -------------------------------------------------------------------
+
+
+def test_a_postgres_url_is_taken_as_the_queues_take_it(pg_url: str, pg_schema: str) -> None:
+    """An uppercase scheme and spaces around the URL (read from a file, say) open the
+    same PostgreSQL queues as the URL itself, and the page names it without its password;
+    a mistyped scheme is refused without it."""
+    PostgresQueue(pg_url, "emails", schema=pg_schema).enqueue("x").unwrap()
+    scheme, rest = pg_url.split("://", 1)
+    shouting = f"  {scheme.upper()}://{rest}\n"
+    target = QueueTarget("postgresql", shouting, pg_schema)
+    with dashboard(target) as client:
+        listed = client.get("/api/queues", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert [q["name"] for q in listed.json()["queues"]] == ["emails"]
+        page = client.get("/login").text
+        assert f"{scheme}://" in page and scheme.upper() not in page
+    with pytest.raises(ValueError, match="unsupported URL") as refused:
+        create_app(f"postgresql+psycopg://app:Hunter2Secret@{rest}", token=TOKEN)
+    assert "Hunter2Secret" not in str(refused.value)
 
 
 def test_mounted_under_a_prefix(queue_target: QueueTarget) -> None:

@@ -25,7 +25,7 @@ from .result import Err, Ok, Result
 from .serializers import Serializer
 from .settings import UNSET, Settings, check_accept_unsigned_has_key, load
 from .signing import SigningKeys, resolve_signing_key
-from .targets import parse_target
+from .targets import parse_target, postgres_url, refuse_keyword_value
 
 __all__ = [
     "LISTABLE_STATES",
@@ -182,6 +182,8 @@ class SQLiteQueue(Queue):
                 "db_path is None: pass a file path (or leave it out for queue.db, in the "
                 "current directory)"
             )
+        # A libpq "host=... password=..." string is a mistake, not a file to create.
+        refuse_keyword_value(resolved.db_path)
         backend = SQLiteBackend(
             resolved.db_path,
             resolved.table_name,
@@ -201,6 +203,10 @@ class SQLiteQueue(Queue):
     def list_queues(db_path: str | os.PathLike[str]) -> Result[list[str], QueueError]:
         """Names of the queues in a database file: ``Ok(["emails", "thumbnails"])``
         (those of sqqueue 0.1.0 once migrated: see :func:`list_queues`)."""
+        try:
+            refuse_keyword_value(db_path)
+        except ValueError as exc:
+            return Err(QueueError(str(exc), ErrorKind.INVALID_INPUT))
         try:
             return Ok(catalog.list_queues(db_path))
         except QueueError as exc:
@@ -242,8 +248,8 @@ class PostgresQueue(Queue):
     ) -> None:
         from .backends.postgres import PostgresBackend  # psycopg is an optional extra
 
-        if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
-            raise ValueError(f"url must be a postgresql:// URL, got {url!r}")
+        # (ValueError naming it without its password; an uppercase scheme is lowercased)
+        url = postgres_url(url)
         if "encryption_key" in settings:
             raise ValueError(
                 "encryption_key does not apply to PostgreSQL queues: encryption at rest is for "

@@ -289,17 +289,23 @@ def _values(message: NewMessage) -> dict[str, Any]:
 
 def url_settings(url: str) -> dict[str, Any]:
     """The connection settings of a PostgreSQL URL; ValueError, saying why without its
-    password, for one libpq refuses (a space in a password, an unknown parameter)."""
+    password, for one libpq refuses (a space in a password, an unknown parameter).
+
+    The ValueError is raised outside the ``except`` block: libpq's own error may quote the
+    password (``invalid percent-encoded token: "..."``), and raised inside it would ride
+    along as ``__context__``, for error trackers (and ``from None`` only hides it from
+    tracebacks).
+    """
     try:
         info = conninfo_to_dict(url)
         timeout = info.get("connect_timeout")
         if timeout is not None:
             float(timeout)
     except (psycopg.Error, ValueError) as exc:
-        raise ValueError(
-            f"invalid PostgreSQL URL {redact(url)!r}: {hide_password(str(exc).strip(), url)}"
-        ) from None
-    return info
+        refused = hide_password(str(exc).strip(), url)
+    else:
+        return info
+    raise ValueError(f"invalid PostgreSQL URL {redact(url)!r}: {refused}")
 
 
 # How long listing the queues waits for a server that does not answer (unless the URL

@@ -26,6 +26,7 @@ from ..exceptions import QueueError
 from ..queue import Queue, SQLiteQueue, connect
 from ..result import Err, Result
 from ..stats import QueueStats
+from ..targets import parse_target
 from . import states
 
 __all__ = ["Health", "RedriveJob", "Sampler", "Source", "is_postgres", "value_of"]
@@ -181,6 +182,9 @@ class Source:
             raise ValueError(
                 "target must be an SQLite file path, a sqlite:/// URL or a postgresql:// URL"
             )
+        found = parse_target(target)  # (ValueError for a mistyped URL, password masked)
+        if found.kind == "postgresql":
+            target = found.location  # as libpq takes it: POSTGRESQL:// lowercased, say
         if schema is not None and not is_postgres(target):
             raise ValueError("schema applies to a PostgreSQL target only")
         self.target = target
