@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -98,6 +100,18 @@ class OwnServer:
     url: str
     ctl: Any
     socket_dir: str
+    pgdata: Path
+
+    def processes(self) -> list[int]:
+        """The postmaster's pid and those of its children (from /proc: no tool needed)."""
+        postmaster = int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                # The parent's pid is the 2nd field after the name in parentheses.
+                if int(stat.read_text().rpartition(")")[2].split()[1]) == postmaster:
+                    children.append(int(stat.parent.name))
+        return [postmaster, *children]
 
     def stop(self) -> None:
         self.ctl("stop", "-m", "fast")
@@ -131,7 +145,7 @@ def own_server() -> Iterator[OwnServer]:
     url = handle.get_uri()
     socket_dir = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["host"]
     try:
-        yield OwnServer(url, ctl, socket_dir)
+        yield OwnServer(url, ctl, socket_dir, Path(handle.pgdata))
     finally:
         # cleanup() stops only the postmaster it started; a restarted one is stopped here.
         with contextlib.suppress(Exception):
@@ -274,6 +288,39 @@ def test_a_broken_connection_is_not_kept_after_the_server_is_back(
         with psycopg.connect(own_server.url) as conn:
             row = conn.execute(f'SELECT count(*) FROM "{TABLE}"').fetchone()
         assert row is not None and row[0] == 5
+    finally:
+        queue.close()
+
+
+def test_a_server_that_stops_answering_is_given_up_on(own_server: OwnServer) -> None:
+    """The server's processes are stopped (SIGSTOP: the kernel still holds the sockets
+    open, so no TCP setting notices anything) while a call runs on a pooled connection:
+    it returns Err within about twice lock_timeout instead of waiting for as long as the
+    server sleeps (a write saying its outcome is unknown, a read that it failed); once
+    the server runs again, the queue works on a fresh connection."""
+    queue = PostgresQueue(own_server.url, TABLE, pool_size=1, lock_timeout=1)
+    try:
+        for name, call, kind in [
+            ("enqueue", lambda: queue.enqueue("while stopped"), ErrorKind.UNKNOWN_OUTCOME),
+            ("stats", queue.stats, ErrorKind.STORAGE),
+        ]:
+            assert isinstance(queue.enqueue("warm"), Ok)  # the pool's one connection
+            stopped = own_server.processes()
+            for pid in stopped:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                start = time.monotonic()
+                result = call()
+                took = time.monotonic() - start
+            finally:
+                for pid in stopped:
+                    os.kill(pid, signal.SIGCONT)
+            assert isinstance(result, Err), (name, result)
+            assert result.error.kind is kind, (name, result)
+            assert "did not answer" in str(result.error), (name, result)
+            assert took < 2 * 1 + 3, f"{name} took {took:.2f} s with lock_timeout 1 s"
+        after = queue.enqueue("after")
+        assert isinstance(after, Ok), after
     finally:
         queue.close()
 

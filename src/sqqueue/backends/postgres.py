@@ -49,6 +49,7 @@ from .base import (
     StoredMessage,
 )
 from .common import SQLBackend
+from .pg_watchdog import watchdog
 from .postgres_async import AsyncFace
 
 __all__ = ["SCHEMA_VERSION", "PostgresBackend"]
@@ -103,6 +104,16 @@ class _ConnectFailed(Exception):
 
 class _PoolBusy(Exception):
     """Every connection of the pool stayed in use until the call's deadline."""
+
+
+class _Unanswered(Exception):
+    """The server did not answer a statement by the call's answer deadline, and the
+    watchdog cut the connection; ``maybe_done``: it was a commit (or a statement that was
+    its own), which may have taken effect."""
+
+    def __init__(self, maybe_done: bool) -> None:
+        super().__init__("the server did not answer")
+        self.maybe_done = maybe_done
 
 
 class _Slots:
@@ -540,6 +551,21 @@ class PostgresBackend(SQLBackend):
             ErrorKind.STORAGE,
         )
 
+    def _unanswered(self, maybe_done: bool) -> StorageError:
+        waited = 2 * self._lock_timeout
+        if maybe_done:
+            outcome = "it is unknown whether the operation took effect: check before retrying"
+            kind = ErrorKind.UNKNOWN_OUTCOME
+        else:
+            outcome = "the operation did not take effect; retry once the server answers"
+            kind = ErrorKind.STORAGE
+        return StorageError(
+            f"the PostgreSQL server at {self.path!r} did not answer within {waited:g} s of "
+            "the call (twice lock_timeout): stopped, overloaded, or the network is down, so "
+            f"the connection was closed; {outcome}",
+            kind,
+        )
+
     def _run(
         self,
         fn: Callable[Concatenate[psycopg.Connection[Any], P], T],
@@ -586,6 +612,8 @@ class PostgresBackend(SQLBackend):
                     raise self._unreachable(failed) from failed.cause
                 logger.debug("queue %r: retrying after %s", self.name, failed)
                 bridge.sleep(min(remaining, random.uniform(0, min(0.01 * 2**attempt, 0.25))))
+            except _Unanswered as unanswered:
+                raise self._unanswered(write and unanswered.maybe_done) from None
             except _PoolBusy:
                 raise StorageError(
                     f"all {self._pool_size} connections of this queue object to {self.path!r} "
@@ -664,30 +692,50 @@ class PostgresBackend(SQLBackend):
     ) -> T:
         pool = self._get_pool()
         conn = self._checkout(pool, deadline)
+        # The server has until a lock_timeout past the call's deadline to answer (waits
+        # for locks end at the deadline; the time beyond is for the statements' work):
+        # past it, the connection is cut (see pg_watchdog).
+        watch = watchdog.watch(conn, deadline + self._lock_timeout)
         try:
-            self._bound_lock_wait(conn, deadline)
-            if single:
-                try:
-                    return fn(conn)
-                except psycopg.OperationalError as exc:
-                    if conn.broken:
-                        # The statement was its own commit: it may have taken effect.
-                        raise _CommitLost() from exc
-                    raise
-            conn.execute(sql.BEGIN)
-            try:
-                result = fn(conn)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    conn.execute(sql.ROLLBACK)
-                raise
-            try:
-                conn.execute(sql.COMMIT)
-            except psycopg.OperationalError as exc:
-                raise _CommitLost() from exc
-            return result
+            return self._statements(conn, fn, single, deadline)
+        except (psycopg.Error, _CommitLost) as exc:
+            if watchdog.end(watch):
+                raise _Unanswered(isinstance(exc, _CommitLost)) from exc
+            raise
         finally:
+            watchdog.end(watch)
             pool.put(conn)  # a broken connection is closed, not kept
+
+    def _statements(
+        self,
+        conn: psycopg.Connection[Any],
+        fn: Callable[[psycopg.Connection[Any]], T],
+        single: bool,
+        deadline: float,
+    ) -> T:
+        """Run ``fn`` on ``conn``: as its own transaction when ``single``, else between
+        BEGIN and COMMIT; a connection lost during a commit raises _CommitLost."""
+        self._bound_lock_wait(conn, deadline)
+        if single:
+            try:
+                return fn(conn)
+            except psycopg.OperationalError as exc:
+                if conn.broken:
+                    # The statement was its own commit: it may have taken effect.
+                    raise _CommitLost() from exc
+                raise
+        conn.execute(sql.BEGIN)
+        try:
+            result = fn(conn)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.execute(sql.ROLLBACK)
+            raise
+        try:
+            conn.execute(sql.COMMIT)
+        except psycopg.OperationalError as exc:
+            raise _CommitLost() from exc
+        return result
 
     def _write(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         return self._run(fn, write=True)
