@@ -12,6 +12,7 @@ outcome; a time bound is only asserted against a contrast many times larger.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import logging
@@ -910,6 +911,80 @@ async def test_async_worker_counts_whatever_a_handler_raises_as_its_failure(
     assert after not in [s[0] for s in status_rows(aq.sync)]
 
 
+@pytest.mark.asyncio
+async def test_a_plain_handler_raising_stop_iteration_fails_only_its_message(
+    aq: AsyncQueue,
+) -> None:
+    """A plain function's StopIteration (``next()`` on an empty iterator) cannot cross an
+    asyncio future: it still fails its message, as any exception does, and the single
+    runner goes on (it used to hold its slot and extend that lease for ever)."""
+    empty = ok(await aq.enqueue([], max_attempts=1))
+    after = ok(await aq.enqueue(["x"]))
+
+    def first(message: Message) -> Any:
+        return next(iter(message.payload))
+
+    w = _async_worker(aq, first, concurrency=1)
+    task = asyncio.create_task(w.run())
+    await eventually(
+        lambda: _statuses_are(aq, [(empty, "dead", 1)]), timeout=15, what="failed, then dead"
+    )
+    stats = await _stop(w, task)
+    (letter,) = ok(await aq.get_dead_letters())
+    assert letter["last_error"].startswith("StopIteration"), letter["last_error"]
+    assert (stats.completed, stats.failed) == (1, 1)
+    assert after not in [s[0] for s in status_rows(aq.sync)]
+
+
+@pytest.mark.asyncio
+async def test_a_function_run_in_its_own_thread_can_raise_stop_iteration() -> None:
+    """What the function raises reaches the awaiting coroutine; a StopIteration, which a
+    future refuses, as a coroutine passes it on: a RuntimeError caused by it."""
+    from sqqueue.threads import run_in_own_thread
+
+    with pytest.raises(RuntimeError, match="raised StopIteration") as raised:
+        await asyncio.wait_for(run_in_own_thread(next, iter([])), 10)
+    assert isinstance(raised.value.__cause__, StopIteration)
+    with pytest.raises(KeyError):
+        await asyncio.wait_for(run_in_own_thread({}.__getitem__, "k"), 10)
+
+
+@pytest.mark.asyncio
+async def test_a_timed_out_handler_that_ignores_its_cancellation_gives_up_its_slot(
+    aq: AsyncQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    """task_timeout: a coroutine that swallows the cancellation runs on, but its message
+    is failed and the worker's only slot takes the next messages (it used to wait for
+    that handler for ever, as a Worker's thread is replaced)."""
+    stuck = ok(await aq.enqueue("stuck", max_attempts=1))
+    rest = [ok(await aq.enqueue(name)) for name in ("a", "b")]
+    release = asyncio.Event()  # lets the stubborn handler end, for the test to finish
+    done: list[str] = []
+
+    async def handler(message: Message) -> None:
+        if message.payload == "stuck":
+            while not release.is_set():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(0.05)
+        done.append(message.payload)
+
+    w = _async_worker(aq, handler, concurrency=1, task_timeout=1, visibility_timeout=5)
+    task = asyncio.create_task(w.run())
+    try:
+        await eventually(lambda: _done(done, ["a", "b"]), timeout=20, what="the others handled")
+        assert [s[:2] for s in status_rows(aq.sync)] == [(stuck, "dead")]
+    finally:
+        release.set()
+        stats = await _stop(w, task)
+    assert (stats.timed_out, stats.completed) == (1, 2), stats
+    assert rest == [stuck + 1, stuck + 2]
+    assert any("ignores cancellation" in r.getMessage() for r in caplog.records)
+
+
+async def _done(done: list[str], expected: list[str]) -> bool:
+    return sorted(done) == expected
+
+
 async def _statuses_are(aq: AsyncQueue, expected: list[tuple[int, str, int]]) -> bool:
     return status_rows(aq.sync) == expected
 
@@ -1049,6 +1124,7 @@ ASYNC_WORKER_SCRIPT = (
     OPEN_QUEUE
     + """
 import asyncio
+import contextlib
 from sqqueue import AsyncQueue, AsyncWorker
 
 

@@ -55,7 +55,7 @@ from .queue import SQLiteQueue, connect
 from .result import Err, Ok, Result
 from .stats import QueueStats
 from .threads import run_in_own_thread
-from .worker import Claimed, WorkerCore, WorkerStats
+from .worker import Claimed, RunningTask, WorkerCore, WorkerStats
 
 __all__ = ["AsyncQueue", "AsyncSQLiteQueue", "AsyncWorker", "connect_async"]
 
@@ -68,6 +68,19 @@ T = TypeVar("T")
 # Give-backs of cancelled claims still running: a task the loop holds only weakly must be
 # referenced until it ends.
 _unfinished: set[asyncio.Future[None]] = set()
+
+
+def _outcome(fn: Callable[[Message], Any], message: Message) -> tuple[Any, BaseException | None]:
+    """``(fn(message), None)``, or ``(None, what it raised)``."""
+    try:
+        return fn(message), None
+    except BaseException as exc:  # whatever it is: the handler's failure, not the worker's
+        return None, exc
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _may_wait(wait: object) -> bool:
@@ -448,11 +461,13 @@ class AsyncWorker(WorkerCore):
 
     Same behaviour: completes on return, fails on exception (any: a CancelledError the
     handler lets escape too), prefetch and grouped acknowledgements, heartbeats,
-    ``task_timeout`` (the handler's task is cancelled), and graceful shutdown on
+    ``task_timeout`` (the handler's task is cancelled; one that ignores that runs on
+    apart, and its slot takes the next message), and graceful shutdown on
     ``stop()``, SIGTERM or SIGINT (when run on the main thread's loop). Cancelling the task
     running :meth:`run` stops at once: running handlers are cancelled and their messages
     given back to the queue. A plain (not ``async``) handler runs on a thread of its own
-    for each message (see :mod:`sqqueue.threads`)::
+    for each message (see :mod:`sqqueue.threads`); a coroutine must not block the loop,
+    which runs the heartbeat too::
 
         async def handle(message): ...
         await AsyncWorker(queue, handle, concurrency=10).run()
@@ -467,6 +482,10 @@ class AsyncWorker(WorkerCore):
         )
         self._aqueue = queue if isinstance(queue, AsyncQueue) else AsyncQueue(queue)
         self._running: dict[object, asyncio.Future[Any]] = {}
+        # With task_timeout: per runner, a future resolved when its handler is given up on;
+        # and the handlers given up on that still run (kept referenced until they end).
+        self._given_up: dict[object, asyncio.Future[None]] = {}
+        self._strays: set[asyncio.Future[Any]] = set()
         # Guards the prefetch state (see WorkerCore); made on the loop, in run().
         self._handoff: asyncio.Condition | None = None
 
@@ -516,7 +535,7 @@ class AsyncWorker(WorkerCore):
                 break
             _, pending = await asyncio.wait(pending, timeout=min(remaining, 0.05))
         await asyncio.to_thread(self._cut_off)
-        for handler_task in list(self._running.values()):
+        for handler_task in [*self._running.values(), *self._strays]:
             handler_task.cancel()  # cut off: their messages went back to the queue
         for runner in pending:
             runner.cancel()
@@ -544,12 +563,22 @@ class AsyncWorker(WorkerCore):
             task = await self._step(self._begin, key, message, claimed[1])
             handler_task = asyncio.ensure_future(self._invoke(message))
             self._running[key] = handler_task
+            waits: set[asyncio.Future[Any]] = {handler_task}
+            if self.task_timeout is not None:
+                # Resolved when the heartbeat gives up on the handler (see _replace_abandoned).
+                waits.add(
+                    self._given_up.setdefault(key, asyncio.get_running_loop().create_future())
+                )
             try:
                 # wait(), not await: cancelling this runner (shutdown) must not be taken
                 # for the handler's outcome, nor the handler's outcome for a cancellation.
-                await asyncio.wait({handler_task})
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 self._running.pop(key, None)
+                self._given_up.pop(key, None)
+            if not handler_task.done():
+                self._let_go(key, task, handler_task)  # timed out, and ignoring its cancel
+                continue
             value: Any = None
             error: BaseException | None = asyncio.CancelledError()
             if not handler_task.cancelled():  # (it is when cancelled before it started)
@@ -577,8 +606,9 @@ class AsyncWorker(WorkerCore):
             if self._is_coroutine:
                 return await self._async_handler(message), None
             # A plain function runs in a thread, so it cannot block the event loop: one
-            # of its own, not the loop's pool, which runs the worker's own steps.
-            return await run_in_own_thread(self._async_handler, message), None
+            # of its own, not the loop's pool, which runs the worker's own steps. Its
+            # outcome comes back as a value: a StopIteration could not cross a future.
+            return await run_in_own_thread(_outcome, self._async_handler, message)
         except BaseException as exc:
             return None, exc
 
@@ -622,13 +652,34 @@ class AsyncWorker(WorkerCore):
         self._give_back(self._unstarted())
 
     def _replace_abandoned(self) -> None:
-        # The abandoned handler's task is cancelled, so its runner carries on by itself.
+        # The abandoned handler's task is cancelled, and its runner stops waiting for it:
+        # the runner carries on by itself, even if the handler ignores the cancellation.
         with self._lock:
             keys = [k for k, t in self._tasks.items() if t.abandoned]
         for key in keys:
             running = self._running.get(key)
             if running is not None:
                 running.get_loop().call_soon_threadsafe(running.cancel)
+            given_up = self._given_up.get(key)
+            if given_up is not None:
+                given_up.get_loop().call_soon_threadsafe(_resolve, given_up)
+
+    def _let_go(self, key: object, task: RunningTask, handler_task: asyncio.Future[Any]) -> None:
+        """A handler timed out and cancelled, but still running (it swallowed the
+        cancellation): its message was failed already; it runs on apart, and its slot
+        takes the next message."""
+        with self._lock:
+            if self._tasks.get(key) is task:
+                del self._tasks[key]
+        self._strays.add(handler_task)
+        handler_task.add_done_callback(self._strays.discard)
+        logger.warning(
+            "worker %s: the handler of message %d runs on though it timed out and was "
+            "cancelled (it ignores cancellation); its slot goes on without it",
+            self.name,
+            task.message.id,
+            extra={"message_id": task.message.id, "attempt": task.message.attempts},
+        )
 
     async def _heartbeat_loop(self, drained: asyncio.Event) -> None:
         handoff = self._handoff

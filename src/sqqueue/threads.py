@@ -37,6 +37,12 @@ async def run_in_own_thread(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kw
             return
         if error is None:
             done.set_result(value)
+        elif isinstance(error, StopIteration):
+            # A future refuses it (the await would end as if a generator had): it arrives
+            # as a coroutine would pass it on (PEP 479), a RuntimeError caused by it.
+            wrapped = RuntimeError(f"{_name(fn)} raised StopIteration")
+            wrapped.__cause__ = error
+            done.set_exception(wrapped)
         else:
             done.set_exception(error)
 

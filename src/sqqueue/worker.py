@@ -109,7 +109,7 @@ class DurationObserver(Protocol):
 Claimed = tuple[Message, float]
 
 
-class _Task:
+class RunningTask:
     """One message being handled: the heartbeat extends its lease until it is done."""
 
     def __init__(self, message: Message, started: float, leased_at: float) -> None:
@@ -212,7 +212,7 @@ class WorkerCore:
         self.stats = WorkerStats()
         self._stopping = threading.Event()
         self._immediate = threading.Event()
-        self._tasks: dict[object, _Task] = {}  # driver's key (thread or task) -> running task
+        self._tasks: dict[object, RunningTask] = {}  # driver's key (thread or task) -> running task
         self._lock = threading.Lock()
         self._drained = threading.Event()  # shutdown finished: the heartbeat may end
         # Prefetch: one runner at a time claims for itself, the runners idle beside it and
@@ -233,7 +233,7 @@ class WorkerCore:
         # keeps extending their leases meanwhile (a slow commit, a hook that blocks the
         # ack thread), so a message whose handler returned is never delivered again while
         # this process is alive.
-        self._unacked: dict[int, _Task] = {}
+        self._unacked: dict[int, RunningTask] = {}
 
     @property
     def stopping(self) -> bool:
@@ -267,8 +267,8 @@ class WorkerCore:
             for name, n in increments.items():
                 setattr(self.stats, name, getattr(self.stats, name) + n)
 
-    def _begin(self, key: object, message: Message, leased_at: float) -> _Task:
-        task = _Task(message, time.monotonic(), leased_at)
+    def _begin(self, key: object, message: Message, leased_at: float) -> RunningTask:
+        task = RunningTask(message, time.monotonic(), leased_at)
         with self._lock:
             self._tasks[key] = task
             self.stats.started += 1
@@ -284,7 +284,7 @@ class WorkerCore:
         )
         return task
 
-    def _end(self, key: object, task: _Task, value: Any, exc: BaseException | None) -> None:
+    def _end(self, key: object, task: RunningTask, value: Any, exc: BaseException | None) -> None:
         """Complete or fail the message, unless the task was abandoned meanwhile. The task
         stays among the running ones (its lease extended) until its message is settled or
         handed to the ack thread: retry_delay, a slow commit, may take longer than a lease."""
@@ -302,7 +302,9 @@ class WorkerCore:
                 if self._tasks.get(key) is task:
                     del self._tasks[key]
 
-    def _settle(self, task: _Task, value: Any, exc: BaseException | None, elapsed: float) -> None:
+    def _settle(
+        self, task: RunningTask, value: Any, exc: BaseException | None, elapsed: float
+    ) -> None:
         message = task.message
         abandoned = task.abandoned  # (no longer changes: the task has ended)
         log_extra = {"message_id": message.id, "attempt": message.attempts}
@@ -334,7 +336,7 @@ class WorkerCore:
         else:
             self._acknowledge(task, value, elapsed)
 
-    def _acknowledge(self, task: _Task, value: Any, elapsed: float) -> None:
+    def _acknowledge(self, task: RunningTask, value: Any, elapsed: float) -> None:
         """Complete a message whose handler returned: through the ack thread while it runs
         (grouped with others), else at once."""
         message = task.message
@@ -615,7 +617,7 @@ class WorkerCore:
             return self.heartbeat
         return max(min(self.heartbeat, self.task_timeout / 4), 0.01)
 
-    def _beat(self) -> list[_Task]:
+    def _beat(self) -> list[RunningTask]:
         """One heartbeat round: time out overrunning tasks, extend leases that are due.
 
         Returns the tasks whose leases it keeps: running, or waiting for their ack (the
@@ -670,7 +672,7 @@ class WorkerCore:
                 why,
             )
 
-    def _time_out(self, task: _Task) -> None:
+    def _time_out(self, task: RunningTask) -> None:
         with self._lock:
             if task.abandoned or task.ended:
                 return  # ended meanwhile (or already abandoned): its runner settles it
