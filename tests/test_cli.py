@@ -668,20 +668,29 @@ def test_config_never_shows_a_password(tmp_path: Path, monkeypatch: pytest.Monke
 def test_worker_handler_errors(db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Bad MODULE:FUNC targets fail with one line and never open the database."""
     monkeypatch.setattr(sys, "path", list(sys.path))  # the command adds the working dir
-    monkeypatch.delitem(sys.modules, "handlers", raising=False)
+    for name in ("handlers", "failing", "broken"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
     (tmp_path / "handlers.py").write_text("VALUE = 3\ndef handle(message):\n    return None\n")
+    (tmp_path / "failing.py").write_text("raise RuntimeError('import-time failure')\n")
+    (tmp_path / "broken.py").write_text("def handle(:\n")
     cases = {
         "handlers": 2,  # no colon
         "no_such_module:handle": 1,
         "handlers:missing": 1,
         "handlers:VALUE": 1,  # not callable
+        "failing:handle": 1,  # the module's own code raises
+        "broken:handle": 1,  # a SyntaxError
     }
     for target, code in cases.items():
         result = run_cli("worker", target, db, "jobs")
         assert result.exit_code == code, (target, result.output)
-        one_error_line(result)
+        line = one_error_line(result)
+        if target.startswith(("failing", "broken")):
+            assert "RuntimeError: import-time failure" in line or "SyntaxError" in line, line
     assert not db.exists()
-    assert run_cli("worker", "handlers:handle", db, "jobs", "--concurrency", "0").exit_code == 2
+    for concurrency in ("0", "10001", "99999999999999999999"):
+        refused = run_cli("worker", "handlers:handle", db, "jobs", "--concurrency", concurrency)
+        assert refused.exit_code == 2, (concurrency, refused.output)
 
 
 def test_worker_tasks_target_errors(

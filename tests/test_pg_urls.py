@@ -124,6 +124,18 @@ def test_redact_masks_every_secret_of_a_url(url: str, shown: str, secret: str) -
     assert hide_password(f"libpq said {secret}.", url) == "libpq said ***."
 
 
+def test_the_parts_of_a_password_split_at_an_at_sign_are_masked_too() -> None:
+    """libpq ends the user part at the first '@': the rest of such a password is taken
+    for the host, and a failure to resolve it quotes that part, masked all the same (the
+    real command too); parts of a character or two are left, not to garble the text."""
+    url = "postgresql://bob:s3cr@t-Tail@db.example.invalid/app"
+    said = "failed to resolve host 't-Tail@db.example.invalid': Name or service not known"
+    assert "t-Tail" not in hide_password(said, url)
+    assert hide_password("a b c", "postgresql://bob:a@b@db/app") == "a b c"
+    result = sqqueue.list_queues(url)
+    assert result.is_err() and "t-Tail" not in str(result.error) and "s3cr" not in str(result.error)
+
+
 def test_an_sslpassword_is_masked_wherever_the_url_is_shown(pg_url: str, pg_schema: str) -> None:
     url = with_param(pg_url, f"sslpassword={PASSPHRASE}")  # (a socket: no TLS, it is unused)
     with sqqueue.PostgresQueue(url, "jobs", schema=pg_schema) as queue:

@@ -42,6 +42,7 @@ from sqqueue import (
     WorkerStats,
     worker,
 )
+from sqqueue.worker import MAX_CONCURRENCY
 
 MakeQueue = Callable[..., Queue]
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -805,7 +806,12 @@ def test_worker_decorator(rq: Queue, running: Callable[[Worker], Running]) -> No
 
 def test_worker_rejects_bad_settings(rq: Queue) -> None:
     """Bad options raise ValueError when the worker is built."""
-    for options in ({"concurrency": 0}, {"task_timeout": -1}, {"grace_period": float("nan")}):
+    for options in (
+        {"concurrency": 0},
+        {"concurrency": MAX_CONCURRENCY + 1},  # a typo's thousands of threads: refused
+        {"task_timeout": -1},
+        {"grace_period": float("nan")},
+    ):
         with pytest.raises(ValueError):
             make_worker(rq, print, **options)
     with pytest.raises(ValueError):

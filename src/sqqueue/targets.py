@@ -203,8 +203,12 @@ def hide_password(text: str, target: str) -> str:
 
 
 def _forms(secret: str) -> set[str]:
-    """A secret as a message may quote it: as typed, and percent-decoded."""
-    return {secret, urllib.parse.unquote(secret)}
+    """A secret as a message may quote it: as typed, percent-decoded, and (libpq ends
+    the user part at the first '@', taking the rest for the host) each part of it
+    around an '@' (but a character or two: masking those would garble the message)."""
+    forms = {secret, urllib.parse.unquote(secret)}
+    forms |= {part for form in list(forms) for part in form.split("@") if len(part) > 2}
+    return forms
 
 
 def _masked(target: str) -> tuple[str, list[str]]:

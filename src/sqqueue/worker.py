@@ -37,12 +37,15 @@ from .exceptions import ErrorKind, LeasesNotExtended, Reject
 from .message import Message
 from .result import Err, Ok, Result
 
-__all__ = ["Worker", "WorkerHooks", "WorkerStats", "worker"]
+__all__ = ["MAX_CONCURRENCY", "Worker", "WorkerHooks", "WorkerStats", "worker"]
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Message], Any]
 
+#: At most this many handlers at once (threads for a Worker, tasks for an AsyncWorker):
+#: far beyond what one process serves well, and a bound on a typo's cost.
+MAX_CONCURRENCY = 10_000
 # At most this many messages claimed in one go: enough to amortise a claim over a batch,
 # few enough that one worker does not hold messages other workers could be serving.
 MAX_PREFETCH = 100
@@ -178,8 +181,14 @@ class WorkerCore:
             )
         if retry_delay is not None and not callable(retry_delay):
             raise ValueError("retry_delay must be a callable (message, exception) -> seconds")
-        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        if (
+            not isinstance(concurrency, int)
+            or isinstance(concurrency, bool)
+            or not 1 <= concurrency <= MAX_CONCURRENCY
+        ):
+            raise ValueError(
+                f"concurrency must be an int from 1 to {MAX_CONCURRENCY}, got {concurrency!r}"
+            )
         if prefetch is None:
             prefetch = MAX_PREFETCH
         if (
@@ -772,6 +781,8 @@ class Worker(WorkerCore):
         acker = self._start_acks()
         try:
             for _ in range(self.concurrency):
+                if self._stopping.is_set():  # (a signal while starting many threads)
+                    break
                 self._spawn()
             heart.start()
             # A timed wait keeps the main thread responsive to signals everywhere (on

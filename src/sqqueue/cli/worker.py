@@ -15,7 +15,7 @@ import click
 
 from ..exceptions import QueueError
 from ..tasks import Tasks
-from ..worker import Worker, WorkerStats
+from ..worker import MAX_CONCURRENCY, Worker, WorkerStats
 from . import base
 from .metrics import metrics_url, start_metrics
 
@@ -34,8 +34,8 @@ def _load_handler(target: str) -> Callable[..., Any] | Tasks:
         sys.path.insert(0, cwd)
     try:
         obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise base.CliError(f"cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:  # not found, or the module's own code failed (SyntaxError too)
+        raise base.CliError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
     for part in attribute.split("."):
         try:
             obj = getattr(obj, part)
@@ -54,7 +54,9 @@ def _load_handler(target: str) -> Callable[..., Any] | Tasks:
 @click.argument("db", metavar="", required=False)
 @click.argument("queue", metavar="", required=False)
 @base.schema_opt
-@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--concurrency", type=click.IntRange(min=1, max=MAX_CONCURRENCY), default=1, show_default=True
+)
 @click.option(
     "--visibility-timeout",
     type=base.FiniteRange(min=0, min_open=True),
