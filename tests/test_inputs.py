@@ -679,6 +679,27 @@ def test_a_message_with_its_fields_changed_is_invalid_input(
     ok(queue.complete(message))
 
 
+def _raising_clock() -> float:
+    raise OSError("no time")
+
+
+@pytest.mark.parametrize(
+    "clock",
+    [_raising_clock, lambda: "abc", lambda: None, lambda: math.nan, lambda: math.inf,
+     lambda: 1e300, lambda: 2**80, lambda: -1.0, lambda: True],
+    ids=["raises", "str", "None", "nan", "inf", "1e300", "2**80", "negative", "bool"],
+)  # fmt: skip
+def test_a_clock_telling_nonsense_is_refused_at_construction(
+    queue_target: QueueTarget, clock: Callable[[], Any]
+) -> None:
+    """A clock that raises or tells no plausible time raises ValueError naming it when the
+    queue is built (it made messages enqueued with Ok dead-lettered at once, or a NOT NULL
+    error); on PostgreSQL, server_clock alike."""
+    what = "server_clock" if queue_target.backend == "postgresql" else "clock"
+    with pytest.raises(ValueError, match=f"{what}"):
+        queue_target.open("jobs", **{what: clock})
+
+
 # -- rows edited by hand -----------------------------------------------------------------------
 # SQLite columns take any value, so a row edited with the sqlite3 shell (or damaged) can hold
 # text where a time belongs, a blob where a count belongs. Such a row must cost only itself:

@@ -55,11 +55,37 @@ def _settings(
     read_only: bool,
 ) -> Settings:
     """Resolve and check a queue's settings, before anything is opened."""
-    if clock is not None and not callable(clock):
-        raise ValueError("clock must be a callable returning Unix seconds")
+    _check_clock(clock, "clock")
     resolved = load(explicit, backend)
     check_accept_unsigned_has_key(resolved, signer is not None, read_only)
     return resolved
+
+
+#: Unix seconds a clock may say: from 1970 to the year 2100 (beyond, a clock that says
+#: so is wrong, and the times computed from it would not fit where they are stored).
+_LATEST_TIME = 4_102_444_800.0
+
+
+def _check_clock(clock: Clock | None, what: str) -> None:
+    """ValueError unless ``clock`` is None or a callable that tells a plausible time now
+    (a clock returning nonsense would make every message look expired, or never due)."""
+    if clock is None:
+        return
+    if not callable(clock):
+        raise ValueError(f"{what} must be a callable returning Unix seconds")
+    try:
+        now = clock()
+    except Exception as exc:
+        raise ValueError(f"{what}() raised {type(exc).__name__}: {exc}") from exc
+    if (
+        not isinstance(now, (int, float))
+        or isinstance(now, bool)
+        or not 0 <= now <= _LATEST_TIME  # (NaN fails this too)
+    ):
+        raise ValueError(
+            f"{what}() must return Unix seconds (a number from 0 to {_LATEST_TIME:.0f}), "
+            f"got {now!r}"
+        )
 
 
 def _metrics(settings: Settings) -> Metrics | None:
@@ -260,8 +286,7 @@ class PostgresQueue(Queue):
         resolved = _settings(
             {"table_name": table_name, **settings}, "postgresql", clock, signer, read_only
         )
-        if server_clock is not None and not callable(server_clock):
-            raise ValueError("server_clock must be a callable returning Unix seconds")
+        _check_clock(server_clock, "server_clock")
         backend = PostgresBackend(
             url,
             resolved.table_name,
