@@ -704,6 +704,26 @@ def test_a_call_waiting_for_a_lock_goes_on_once_it_is_released(
         queue.close()
 
 
+def test_a_queue_opens_and_reads_while_another_connection_writes(
+    queue_target: QueueTarget,
+) -> None:
+    """Opening an existing queue of this version changes nothing, so it needs no write
+    lock: a web request opening the queue while a worker's long write transaction holds
+    the lock opens it at once and reads it (it used to wait for lock_timeout and fail)."""
+    queue_target.open(TABLE).enqueue("there").unwrap()
+    holder = LockHolder(queue_target)
+    try:
+        holder.hold()
+        opened, elapsed = timed(lambda: queue_target.open(TABLE, lock_timeout=5), holder)
+        assert elapsed < 2.5, f"opening waited {elapsed:.2f} s for the write lock"
+        assert opened.stats().unwrap().depth == 1
+        holder.release()
+        assert opened.dequeue().unwrap().payload == "there"
+        opened.close()
+    finally:
+        holder.close()
+
+
 def test_held_write_lock_gives_locked_within_lock_timeout(queue_target: QueueTarget) -> None:
     """While another connection holds a write lock longer than lock_timeout=0.3, enqueue
     and dequeue return Err(LOCKED) after about that long; once the holder lets go, both

@@ -493,12 +493,16 @@ class SQLiteBackend(SQLBackend):
             # incremental vacuum, so maintenance can return free pages in small steps.
             # It is a setting of the connection that creates the tables: setup below
             # gets this same connection back (the pool is last in, first out, and no
-            # other thread has this object yet).
+            # other thread has this object yet). Setting it takes the write lock, so it
+            # is set on a file without tables only.
             with self._borrowed() as conn:
-                conn.execute(sql.AUTO_VACUUM_INCREMENTAL)
+                if conn.execute(sql.READ_SCHEMA).fetchone()[0] == 0:
+                    conn.execute(sql.AUTO_VACUUM_INCREMENTAL)
                 mode = conn.execute(sql.JOURNAL_MODE_WAL).fetchone()[0]
             if str(mode).lower() != "wal":
                 logger.warning("%s: journal_mode is %s, not WAL", self.path, mode)
+        if self._read(self._is_current):
+            return  # the usual case: opened without the write lock, nobody is kept waiting
 
         def setup(conn: sqlite3.Connection) -> None:
             for ddl in sql.REGISTRY_DDL:
@@ -533,6 +537,14 @@ class SQLiteBackend(SQLBackend):
             conn.execute(self._sql["seed_totals"])
 
         self._write(setup)
+
+    def _is_current(self, conn: sqlite3.Connection) -> bool:
+        """Whether the queue exists in this version's layout: nothing to create or
+        upgrade (a newer sqqueue's layout is refused, as by the setup)."""
+        if conn.execute(sql.HAS_REGISTRY).fetchone() is None:
+            return False
+        row = conn.execute(sql.SCHEMA_VERSION_OF, (self.name,)).fetchone()
+        return self._known(row, SCHEMA_VERSION) == SCHEMA_VERSION
 
     def _upgrade(self, conn: sqlite3.Connection, version: int) -> None:
         """Bring a queue of an older schema version up to date, step by step, in the

@@ -1033,7 +1033,8 @@ COUNTER_VALUE = "SELECT n FROM sqqueue_counters WHERE name = ?"
 CIPHER_KEY = "PRAGMA key = {key}"
 #: SQLCipher prints nothing on stderr: sqqueue reports a wrong key itself
 CIPHER_QUIET = "PRAGMA cipher_log_level = NONE"
-#: read the schema: the first read, which fails with "not a database" on a wrong key
+#: read the schema: how many objects it holds (0: a new file); on an encrypted file the
+#: first read, which fails with "not a database" on a wrong key
 READ_SCHEMA = "SELECT count(*) FROM sqlite_master"
 #: the database's own tables, by name
 USER_TABLES = (
