@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +20,7 @@ import pytest
 
 from conftest import FakeClock, QueueTarget
 from helpers import err_text, ok, serving, wait_until
-from sqqueue import ErrorKind, Queue, RetryPolicy, Tasks
+from sqqueue import ErrorKind, Message, Queue, RetryPolicy, Tasks, WorkerHooks
 from sqqueue.tasks import (
     ResultUnavailable,
     Schedule,
@@ -155,6 +157,80 @@ def test_dedup_and_group_from_the_arguments(make_tasks: MakeTasks) -> None:
     s = ok(ship.delay(4, note="x"))
     assert ok(ship.delay(4, note="y")).id == s.id
     assert ok(app.queue().get_message(s.id))["group"] == "o0"
+
+
+def test_arguments_nested_too_deep_are_the_same_err_with_or_without_dedup(
+    make_tasks: MakeTasks,
+) -> None:
+    """An argument nested past MAX_JSON_DEPTH, or an int too long to write as text, is an
+    Err from every way of enqueueing, and the same whether the task has dedup=True (whose
+    key digests the arguments: it used to raise RecursionError, or give another kind of
+    Err) or not; nothing is enqueued."""
+    app = make_tasks()
+
+    @app.task(name="keyed", dedup=True)
+    def keyed(x: Any) -> None: ...
+
+    @app.task(name="plain")
+    def plain(x: Any) -> None: ...
+
+    deep: list[Any] = []
+    inner = deep
+    for _ in range(5000):
+        inner.append([])
+        inner = inner[0]
+    values: list[object] = [deep]
+    if getattr(sys, "get_int_max_str_digits", lambda: 0)():  # (Python 3.10.7 and later)
+        values.append(10**5000)
+    for value in values:
+        said = {
+            err_text(result, ErrorKind.SERIALIZATION).split(": ", 1)[1]
+            for result in (
+                keyed.delay(value),
+                keyed.schedule((value,), delay=5),
+                keyed.schedule((), {"x": value}),
+                asyncio.run(keyed.delay_async(value)),
+                plain.delay(value),
+            )
+        }
+        assert len(said) == 1, said  # one Err, whichever way and whichever task
+    assert "nested more than 500" in err_text(keyed.delay(deep), ErrorKind.SERIALIZATION)
+    assert ok(app.queue().is_drained())
+
+
+@pytest.mark.timeout(20)
+def test_an_argument_that_contains_itself_is_an_err(make_tasks: MakeTasks) -> None:
+    """A list or dict that contains itself is refused (delay() used to loop forever
+    checking it, and so did a worker checking such a return value)."""
+    app = make_tasks()
+
+    @app.task(dedup=True)
+    def job(x: Any) -> None: ...
+
+    looped: dict[str, Any] = {}
+    looped["self"] = [looped]
+    assert "contains itself" in err_text(job.delay(looped), ErrorKind.SERIALIZATION)
+    assert ok(app.queue().is_drained())
+
+
+def test_schedule_refuses_args_and_kwargs_of_the_wrong_type(make_tasks: MakeTasks) -> None:
+    """schedule()'s args and kwargs are values: a str is not split into characters, and
+    a kwargs that is not a mapping is an Err, not a TypeError."""
+    app = make_tasks()
+
+    @app.task
+    def job(*letters: Any, **named: Any) -> None: ...
+
+    assert "args must be a tuple or list" in err_text(
+        job.schedule("abc"),  # type: ignore[arg-type]
+        ErrorKind.INVALID_INPUT,
+    )
+    assert "kwargs must be a dict" in err_text(
+        job.schedule((1,), [("a", 1)]),  # type: ignore[arg-type]
+        ErrorKind.INVALID_INPUT,
+    )
+    assert ok(app.queue().is_drained())
+    assert ok(job.schedule(["a"], {"b": 2}))
 
 
 # -- failures ----------------------------------------------------------------------------------------
@@ -491,6 +567,54 @@ def test_missed_ticks_are_skipped_or_run_once(make_tasks: MakeTasks, clock: Fake
     assert ok(first.queue().stats()).enqueued_total == 3
 
 
+@pytest.mark.parametrize("schedule", [{"every": 60}, {"cron": "* * * * *"}], ids=["every", "cron"])
+def test_periodic_ticks_resume_when_the_clock_goes_back(
+    make_tasks: MakeTasks,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    schedule: dict[str, Any],
+) -> None:
+    """A clock stepped a day ahead, then corrected: the ticks resume at once by the
+    corrected clock, with a warning (they used to stop, silently, until the clock caught
+    up with the tick handled a day ahead). The tick enqueued ahead is not enqueued twice
+    when it comes round again: its deduplication key still holds, for this scheduler and
+    for a restarted one alike. A step back between two ticks changes nothing."""
+    if "cron" in schedule:
+        pytest.importorskip("croniter")
+    clock.advance(-(clock() % 60))  # on a tick
+    start = clock()
+    app = make_tasks(clock=clock)
+
+    @app.periodic(**schedule, name="minutely")
+    def minutely() -> None: ...
+
+    scheduler = app.scheduler()
+    caplog.set_level(logging.INFO, logger="sqqueue.tasks.periodic")
+    assert [t for _, t, _ in scheduler.run_pending()] == [start]
+    clock.advance(30)
+    clock.advance(-20)  # back, but still past the tick handled: nothing to say
+    assert scheduler.run_pending() == []
+    clock.advance(86400 - 10)
+    ahead = scheduler.run_pending()
+    assert [t for _, t, _ in ahead] == [start + 86400]
+    clock.advance(-(86400 - 60))  # corrected, on the next minute
+    resumed = []
+    for _ in range(3):
+        resumed += scheduler.run_pending()
+        clock.advance(60)
+    assert [t - start for _, t, _ in resumed] == [60, 120, 180]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "clock went back" in warnings[0], warnings
+    assert "minutely" in warnings[0]
+
+    clock.advance(start + 86400 - clock())  # the tick enqueued ahead comes round again
+    assert scheduler.run_pending() == ahead
+    restarted = make_tasks(clock=clock)
+    restarted.periodic(**schedule, name="minutely")(minutely.fn)
+    assert restarted.schedule_due() == ahead
+    assert ok(app.queue().stats()).enqueued_total == 5
+
+
 @pytest.mark.slow
 def test_periodic_runs_know_their_tick(make_tasks: MakeTasks) -> None:
     """A worker's scheduler enqueues the ticks by itself; current_task().tick says which."""
@@ -684,6 +808,32 @@ def test_bad_registrations_raise() -> None:
     with pytest.raises(ValueError, match="unsupported URL"):
         Tasks("redis://localhost")
     assert not Path("unused.db").exists()
+
+
+def test_coroutine_hooks_are_refused_when_the_worker_is_made(tmp_path: Path) -> None:
+    """Worker hooks are called as plain functions: an async one would make a coroutine
+    that nothing awaits, its work silently not done. The tasks worker refuses it."""
+    app = Tasks(str(tmp_path / "jobs.db"))
+
+    @app.task
+    def job() -> None: ...
+
+    async def on_start(message: Message) -> None: ...
+
+    class OnFailure:
+        async def __call__(self, message: Message, exc: BaseException) -> None: ...
+
+    try:
+        for name, hook in (("on_start", on_start), ("on_failure", OnFailure())):
+            with pytest.raises(ValueError, match=f"{name} is a coroutine function"):
+                WorkerHooks(**{name: hook})
+            hooks = WorkerHooks()
+            setattr(hooks, name, hook)  # set after WorkerHooks checked them
+            with pytest.raises(ValueError, match=f"{name} is a coroutine function"):
+                app.worker(hooks=hooks)
+        assert app.worker(hooks=WorkerHooks(on_start=lambda message: None)).workers
+    finally:
+        app.close()
 
 
 def test_tasks_worker_metrics_include_the_queues(make_tasks: MakeTasks) -> None:

@@ -21,6 +21,7 @@ or as a decorator::
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import signal
@@ -28,7 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 from .core.checks import error_text
@@ -91,6 +92,21 @@ class WorkerHooks:
     on_success: Callable[[Message, Any], Any] | None = None
     on_failure: Callable[[Message, BaseException], Any] | None = None
     on_dead_letter: Callable[[Message, BaseException], Any] | None = None
+
+    def __post_init__(self) -> None:
+        # Hooks are called as plain functions (from a worker's threads, AsyncWorker's
+        # too): an async def hook would only make a coroutine nothing awaits, its work
+        # silently not done. Refused here rather than found missing in production.
+        for f in fields(self):
+            hook = getattr(self, f.name)
+            if inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(
+                getattr(hook, "__call__", None)  # noqa: B004 (the method, not callability)
+            ):
+                raise ValueError(
+                    f"hook {f.name} is a coroutine function, which would never be awaited: "
+                    "worker hooks are called as plain functions; make it a plain def (for "
+                    "async work, schedule it from there, e.g. asyncio.run_coroutine_threadsafe)"
+                )
 
     def call(self, name: str, *args: Any) -> None:
         hook = getattr(self, name)

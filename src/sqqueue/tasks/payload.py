@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from ..exceptions import ErrorKind, QueueError, Reject
+from ..serializers import MAX_JSON_DEPTH
 
 __all__ = [
     "FORMAT",
@@ -32,6 +33,7 @@ __all__ = [
 
 FORMAT = 1
 MARK = "sqqueue_task"  #: the key that marks a task call; its value is the format number
+_ALWAYS_WRITABLE_BITS = 2000  #: ints this long are under any int_max_str_digits limit
 
 
 class InvalidTaskMessage(Reject):
@@ -55,31 +57,30 @@ def _kind(value: object) -> str:
 
 def check_json(value: object, where: str) -> None:
     """Raise ``QueueError`` (SERIALIZATION) if ``value`` would not come back the same from
-    JSON; the message names ``where`` it is and the path inside it (``['items'][2]``)."""
-    stack: list[tuple[object, str]] = [(value, "")]
+    JSON, or could not be written as JSON at all; the message names ``where`` it is and the
+    path inside it (``['items'][2]``).
+
+    It walks the value with a stack of its own, never recursing: a value nested more than
+    ``MAX_JSON_DEPTH`` deep, or containing itself, is refused here rather than raising
+    ``RecursionError`` (or looping forever) in whatever writes it next (the digest of
+    ``dedup=True``, the queue's serializer)."""
+    stack: list[tuple[object, str, int]] = [(value, "", 0)]
     while stack:
-        item, path = stack.pop()
-        if item is None or isinstance(item, (bool, int, str)):
+        item, path, depth = stack.pop()
+        if item is None or isinstance(item, (bool, str)):
             continue
-        if isinstance(item, float):
-            if not math.isfinite(item):
+        if isinstance(item, (int, float)):
+            _check_number(item, f"{where}{path}")
+            continue
+        if type(item) is list or type(item) is dict:
+            if depth >= MAX_JSON_DEPTH:
+                # Not the path: it would be MAX_JSON_DEPTH subscripts long.
                 raise QueueError(
-                    f"{where}{path} is {item!r}, which JSON cannot represent; pass it as a str",
+                    f"{where} is nested more than {MAX_JSON_DEPTH} lists or dicts deep (or "
+                    "contains itself), too deep to decode reliably; flatten it",
                     ErrorKind.SERIALIZATION,
                 )
-            continue
-        if type(item) is list:
-            stack.extend((sub, f"{path}[{i}]") for i, sub in enumerate(item))
-            continue
-        if type(item) is dict:
-            for key, sub in item.items():
-                if not isinstance(key, str):
-                    raise QueueError(
-                        f"{where}{path} has the key {key!r}; JSON keys are str, so it would "
-                        "come back changed: use str keys",
-                        ErrorKind.SERIALIZATION,
-                    )
-                stack.append((sub, f"{path}[{key!r}]"))
+            stack.extend((sub, sub_path, depth + 1) for sub, sub_path in _items(item, where, path))
             continue
         if isinstance(item, tuple):
             hint = "it would come back as a list: pass a list"
@@ -89,6 +90,43 @@ def check_json(value: object, where: str) -> None:
                 "and dicts of them): pass a JSON value instead (e.g. a datetime's isoformat())"
             )
         raise QueueError(f"{where}{path} is a {_kind(item)}; {hint}", ErrorKind.SERIALIZATION)
+
+
+def _items(item: list[Any] | dict[Any, Any], where: str, path: str) -> list[tuple[object, str]]:
+    """The values inside a list or dict, each with its path; refuses a non-str key."""
+    if isinstance(item, list):
+        return [(sub, f"{path}[{i}]") for i, sub in enumerate(item)]
+    for key in item:
+        if not isinstance(key, str):
+            raise QueueError(
+                f"{where}{path} has the key {key!r}; JSON keys are str, so it would "
+                "come back changed: use str keys",
+                ErrorKind.SERIALIZATION,
+            )
+    return [(sub, f"{path}[{key!r}]") for key, sub in item.items()]
+
+
+def _check_number(item: int | float, where: str) -> None:
+    """Refuse a float JSON cannot represent, or an int too long for Python to write as
+    text (``sys.set_int_max_str_digits``), which ``json.dumps`` would raise on."""
+    if isinstance(item, float):
+        if not math.isfinite(item):
+            raise QueueError(
+                f"{where} is {item!r}, which JSON cannot represent; pass it as a str",
+                ErrorKind.SERIALIZATION,
+            )
+        return
+    # Python's smallest digit limit is 640 digits (over 2,100 bits): shorter ints always
+    # convert, so only long ones pay for the conversion that finds out.
+    if item.bit_length() <= _ALWAYS_WRITABLE_BITS:
+        return
+    try:
+        int.__repr__(item)
+    except ValueError:
+        raise QueueError(
+            f"{where} is an int too long to write as JSON text; pass it as a str",
+            ErrorKind.SERIALIZATION,
+        ) from None
 
 
 def encode(

@@ -197,43 +197,72 @@ class Scheduler:
         worker enqueued that tick first)."""
         enqueued: list[tuple[str, float, int]] = []
         with self._lock:
+            self._notice_clock_back(float(self._clock()))
             for task in self.tasks:
-                periodic = task.periodic
-                assert periodic is not None
-                now = float(self._clock())
-                tick = periodic.schedule.latest(now)
-                if tick <= self._handled.get(task.name, -math.inf):
-                    continue
-                grace = self._grace.get(task.name)
-                if grace is None:
-                    grace = self._grace[task.name] = periodic.grace_at(now)
-                if now - tick > grace:
-                    self._handled[task.name] = tick
-                    logger.info(
-                        "periodic task %s: tick %s noticed %.1f s late, skipped (missed='skip')",
-                        task.name,
-                        _iso(tick),
-                        now - tick,
-                    )
-                    continue
-                result = self._enqueue(task, tick)
-                if isinstance(result, Ok):
-                    self._handled[task.name] = tick
-                    enqueued.append((task.name, tick, result.value))
-                    logger.debug(
-                        "periodic task %s: tick %s is message %d",
-                        task.name,
-                        _iso(tick),
-                        result.value,
-                    )
-                else:
-                    logger.warning(
-                        "periodic task %s: could not enqueue tick %s (will retry): %s",
-                        task.name,
-                        _iso(tick),
-                        result.error,
-                    )
+                done = self._run_task(task)
+                if done is not None:
+                    enqueued.append(done)
         return enqueued
+
+    def _notice_clock_back(self, now: float) -> None:
+        """Forget the ticks handled that are still to come by the clock as it reads now.
+
+        The clock went back (a step forward later corrected, a VM restored): remembered,
+        such a tick would hold its task back until the clock caught up with it again,
+        silently, maybe for days. Forgotten, this process does what a restarted one does:
+        it enqueues the ticks due by the clock as it now reads, and a tick enqueued
+        already (by this process before the step, or by another worker) is found by its
+        deduplication key, whose stored expiry the step back only lengthens, so it is not
+        enqueued twice while the key lives.
+        """
+        ahead = {name: tick for name, tick in self._handled.items() if tick > now}
+        if not ahead:
+            return
+        for name in ahead:
+            del self._handled[name]
+        latest = max(ahead.values())
+        logger.warning(
+            "periodic scheduler: the clock went back: it reads %s, %.1f s before tick %s, "
+            "which was handled already; the ticks of %s resume by the clock as it reads now",
+            _iso(now),
+            latest - now,
+            _iso(latest),
+            ", ".join(sorted(ahead)),
+        )
+
+    def _run_task(self, task: Task[Any, Any]) -> tuple[str, float, int] | None:
+        """Handle one task's latest tick if this process has not: enqueue it, or skip it
+        when late (``missed="skip"``); (task, tick, message id) when enqueued."""
+        periodic = task.periodic
+        assert periodic is not None
+        now = float(self._clock())
+        tick = periodic.schedule.latest(now)
+        if tick <= self._handled.get(task.name, -math.inf):
+            return None
+        grace = self._grace.get(task.name)
+        if grace is None:
+            grace = self._grace[task.name] = periodic.grace_at(now)
+        if now - tick > grace:
+            self._handled[task.name] = tick
+            logger.info(
+                "periodic task %s: tick %s noticed %.1f s late, skipped (missed='skip')",
+                task.name,
+                _iso(tick),
+                now - tick,
+            )
+            return None
+        result = self._enqueue(task, tick)
+        if not isinstance(result, Ok):
+            logger.warning(
+                "periodic task %s: could not enqueue tick %s (will retry): %s",
+                task.name,
+                _iso(tick),
+                result.error,
+            )
+            return None
+        self._handled[task.name] = tick
+        logger.debug("periodic task %s: tick %s is message %d", task.name, _iso(tick), result.value)
+        return task.name, tick, result.value
 
     def seconds_to_next(self) -> float:
         """How long to sleep before the next round: until the next tick, at most 1 s."""

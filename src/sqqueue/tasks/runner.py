@@ -27,7 +27,14 @@ if TYPE_CHECKING:
     from .app import Tasks
     from .task import Task
 
-__all__ = ["Dispatcher", "ResultNotJSON", "TaskMetrics", "TaskStats", "TaskWorker"]
+__all__ = [
+    "Dispatcher",
+    "ResultNotJSON",
+    "TaskMetrics",
+    "TaskStats",
+    "TaskWorker",
+    "check_hooks",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -234,8 +241,9 @@ class TaskMetrics:
             return dict(self._stats)
 
     def hooks(self, theirs: WorkerHooks | None = None) -> WorkerHooks:
-        """Worker hooks that record these metrics, then call ``theirs``."""
-        theirs = theirs or WorkerHooks()
+        """Worker hooks that record these metrics, then call ``theirs``; ValueError if
+        one of theirs is a coroutine function (see :func:`check_hooks`)."""
+        theirs = check_hooks(theirs)
 
         def chain(mine: Callable[..., Any], other: Callable[..., Any] | None) -> Callable[..., Any]:
             def both(*args: Any) -> None:
@@ -254,6 +262,20 @@ class TaskMetrics:
             on_failure=chain(self.on_failure, theirs.on_failure),
             on_dead_letter=chain(self.on_dead_letter, theirs.on_dead_letter),
         )
+
+
+_HOOK_NAMES = ("on_start", "on_success", "on_failure", "on_dead_letter")
+
+
+def check_hooks(hooks: WorkerHooks | None) -> WorkerHooks:
+    """``hooks`` (or none), checked again as the worker is made: hooks set to a
+    coroutine function after WorkerHooks(...) checked them would never run (see
+    ``WorkerHooks``)."""
+    if hooks is None:
+        return WorkerHooks()
+    if not isinstance(hooks, WorkerHooks):
+        raise ValueError(f"hooks must be a sqqueue.WorkerHooks, got {type(hooks).__name__}")
+    return WorkerHooks(**{name: getattr(hooks, name) for name in _HOOK_NAMES})
 
 
 # -- the worker of an app ------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import hashlib
 import inspect
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -101,7 +101,7 @@ class Task(Generic[P, R]):
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Result[TaskHandle, EnqueueError]:
         """Have a worker run ``fn(*args, **kwargs)`` as soon as it can: ``Ok(TaskHandle)``."""
-        return self._enqueue(list(args), dict(kwargs), {})
+        return self._enqueue(args, kwargs, {})
 
     def schedule(
         self,
@@ -129,7 +129,7 @@ class Task(Generic[P, R]):
             "group": group,
             "ttl": ttl,
         }
-        return self._enqueue(list(args), dict(kwargs or {}), options)
+        return self._enqueue(args, kwargs, options)
 
     def delay_in(
         self, conn: Any, *args: P.args, **kwargs: P.kwargs
@@ -137,13 +137,13 @@ class Task(Generic[P, R]):
         """``delay()`` inside your own open transaction on ``conn`` (an ``sqlite3``
         connection on the queue's file, or a ``psycopg`` connection): the call is enqueued
         if and only if your transaction commits (the outbox pattern)."""
-        return self._enqueue(list(args), dict(kwargs), {}, conn=conn)
+        return self._enqueue(args, kwargs, {}, conn=conn)
 
     async def delay_async(
         self, *args: P.args, **kwargs: P.kwargs
     ) -> Result[TaskHandle, EnqueueError]:
         """``delay()`` for asyncio: the database work runs in a thread."""
-        return await asyncio.to_thread(self._enqueue, list(args), dict(kwargs), {})
+        return await asyncio.to_thread(self._enqueue, args, kwargs, {})
 
     async def schedule_async(
         self,
@@ -157,9 +157,14 @@ class Task(Generic[P, R]):
     # -- the parts of an enqueue -------------------------------------------------------------
 
     def _enqueue(
-        self, args: list[Any], kwargs: dict[str, Any], options: dict[str, Any], conn: Any = None
+        self,
+        call_args: object,
+        call_kwargs: object,
+        options: dict[str, Any],
+        conn: Any = None,
     ) -> Result[TaskHandle, EnqueueError]:
         try:
+            args, kwargs = _arguments(call_args, call_kwargs)
             bound = self._bind(args, kwargs)
             payload = encode(self.name, args, kwargs)
             dedup_key = options.get("dedup_key") or self._key(self.dedup, bound, args, kwargs)
@@ -221,11 +226,7 @@ class Task(Generic[P, R]):
         if isinstance(option, str):
             return option
         if option is True:
-            full = self.signature.bind(*args, **kwargs)
-            full.apply_defaults()
-            text = json.dumps(full.arguments, sort_keys=True, separators=(",", ":"), default=repr)
-            digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-            return f"{self.name}:{digest}"
+            return self._digest_key(args, kwargs)
         try:
             key = option(*args, **kwargs)
         except Exception as exc:
@@ -239,6 +240,23 @@ class Task(Generic[P, R]):
             )
         return key
 
+    def _digest_key(self, args: list[Any], kwargs: dict[str, Any]) -> str:
+        """``dedup=True``'s key: a digest of the task's name and its arguments (defaults
+        included, so ``f(7)`` and ``f(7, full=False)`` are one call)."""
+        full = self.signature.bind(*args, **kwargs)
+        full.apply_defaults()
+        try:
+            text = json.dumps(full.arguments, sort_keys=True, separators=(",", ":"), default=repr)
+        except RecursionError:
+            # check_json bounds the nesting, but the caller's own stack may be deep already:
+            # refused as the queue's serializer refuses it, not raised where a Result is due.
+            raise QueueError(
+                "the arguments are nested too deeply to write as JSON here; flatten them",
+                ErrorKind.SERIALIZATION,
+            ) from None
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        return f"{self.name}:{digest}"
+
     def _delay(self, delay: float | timedelta | None, eta: datetime | None) -> float | timedelta:
         if eta is None:
             return 0 if delay is None else delay
@@ -251,3 +269,21 @@ class Task(Generic[P, R]):
                 ErrorKind.INVALID_INPUT,
             )
         return max(0.0, eta.timestamp() - self.app.now())
+
+
+def _arguments(args: object, kwargs: object) -> tuple[list[Any], dict[str, Any]]:
+    """A call's arguments as a list and a dict. ``schedule()`` takes them as values, which
+    may be anything: a str would be split into characters, a list of pairs read as a dict;
+    refused (``QueueError``, INVALID_INPUT) instead, as a Result, not raised."""
+    if not isinstance(args, (tuple, list)):
+        raise QueueError(
+            f"args must be a tuple or list of the task's positional arguments, got "
+            f"{type(args).__name__}",
+            ErrorKind.INVALID_INPUT,
+        )
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise QueueError(
+            f"kwargs must be a dict of the task's keyword arguments, got {type(kwargs).__name__}",
+            ErrorKind.INVALID_INPUT,
+        )
+    return list(args), dict(kwargs or {})
