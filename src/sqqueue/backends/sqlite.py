@@ -501,8 +501,16 @@ class SQLiteBackend(SQLBackend):
                 mode = conn.execute(sql.JOURNAL_MODE_WAL).fetchone()[0]
             if str(mode).lower() != "wal":
                 logger.warning("%s: journal_mode is %s, not WAL", self.path, mode)
+        if not files.writable(self.path):
+            # Said now, not at the first write: open it read_only=True to read it.
+            problem = files.access_problem(self.path) or "check the file's permissions"
+            raise StorageError(
+                f"cannot write to {self.path!r}: it is read-only for this process; "
+                f"{problem} (or open it with read_only=True to read it)",
+                ErrorKind.READ_ONLY,
+            )
         if self._read(self._is_current):
-            return  # the usual case: opened without the write lock, nobody is kept waiting
+            return  # the usual case: opened without the write lock, nobody kept waiting
 
         def setup(conn: sqlite3.Connection) -> None:
             for ddl in sql.REGISTRY_DDL:

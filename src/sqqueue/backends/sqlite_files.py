@@ -48,6 +48,7 @@ __all__ = [
     "use_sqlcipher",
     "wal_progress",
     "watcher_for",
+    "writable",
 ]
 
 logger = logging.getLogger(__name__)
@@ -266,6 +267,19 @@ def classify(exc: sqlite3.Error, path: str) -> StorageError:
 
 # access() as the process (its effective user and, on Linux, its capabilities) acts.
 _EFFECTIVE_IDS = os.access in os.supports_effective_ids
+
+
+def writable(path: str) -> bool:
+    """Whether this process may write the database file, as the kernel decides for its
+    effective user (and a thread's capabilities). Asked, never tried by opening it:
+    closing any descriptor of a file drops every lock the process holds on it (POSIX),
+    SQLite's included."""
+    if path == ":memory:" or path.startswith("file:"):
+        return True
+    try:
+        return os.access(path, os.W_OK, effective_ids=_EFFECTIVE_IDS)
+    except OSError:
+        return False
 
 
 def access_problem(path: str, writing: bool = True) -> str | None:
