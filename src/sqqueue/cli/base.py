@@ -38,7 +38,7 @@ from rich.progress import (
 from rich.table import Table
 
 from .. import tools
-from ..exceptions import QueueError
+from ..exceptions import ErrorKind, QueueError
 from ..message import Message
 from ..names import validate_queue_name
 from ..queue import LISTABLE_STATES, PURGEABLE_STATES, Queue, connect, list_queues
@@ -81,7 +81,7 @@ class CliError(Exception):
 
 #: a password in a PostgreSQL URL or connection string quoted in an error, whoever wrote it
 _URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@")
-_PARAM_PASSWORD = re.compile(r"(?i)\b(password=)[^&\s'\"]*")
+_PARAM_PASSWORD = re.compile(r"(?i)\b((?:ssl)?password=)[^&\s'\"]*")
 
 
 def one_line(text: object) -> str:
@@ -91,9 +91,11 @@ def one_line(text: object) -> str:
 
 
 def unwrap(result: Result[T, Any]) -> T:
-    """The value of an ``Ok``; an ``Err`` becomes a one-line error (exit 1)."""
+    """The value of an ``Ok``; an ``Err`` becomes a one-line error: exit 2 when the input
+    was refused (a value out of range, say: bad usage), else 1."""
     if isinstance(result, Err):
-        raise CliError(str(result.error))
+        refused = getattr(result.error, "kind", None) is ErrorKind.INVALID_INPUT
+        raise CliError(str(result.error), 2 if refused else 1)
     return result.value
 
 
