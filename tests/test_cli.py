@@ -206,18 +206,6 @@ def test_enqueue_invalid_json_argument_is_a_usage_error(db: Path) -> None:
     assert not db.exists()
 
 
-def test_a_value_the_library_refuses_is_a_usage_error(db: Path) -> None:
-    """A priority out of range, a delay of centuries: the library's Err(INVALID_INPUT),
-    as one line, with the exit status of bad usage (2), and nothing enqueued."""
-    run_cli("enqueue", db, "jobs", "first")
-    for option, value in (("--priority", "99999999999999999999999"), ("--delay", "1e12")):
-        result = run_cli("enqueue", db, "jobs", "hi", option, value)
-        assert result.exit_code == 2, (option, result.output)
-        assert option.strip("-") in one_error_line(result)
-    assert run_cli("stats", db, "--json").exit_code == 0
-    assert SQLiteQueue(db, "jobs").stats().unwrap().depth == 1
-
-
 def test_enqueue_error_from_the_library_exits_1(tmp_path: Path) -> None:
     """A file in a directory that does not exist: the constructor's ValueError, one line."""
     result = run_cli("enqueue", tmp_path / "nodir" / "x.db", "jobs", "hi")

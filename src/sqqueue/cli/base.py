@@ -38,7 +38,7 @@ from rich.progress import (
 from rich.table import Table
 
 from .. import tools
-from ..exceptions import ErrorKind, QueueError
+from ..exceptions import QueueError
 from ..message import Message
 from ..names import validate_queue_name
 from ..queue import LISTABLE_STATES, PURGEABLE_STATES, Queue, connect, list_queues
@@ -91,11 +91,9 @@ def one_line(text: object) -> str:
 
 
 def unwrap(result: Result[T, Any]) -> T:
-    """The value of an ``Ok``; an ``Err`` becomes a one-line error: exit 2 when the input
-    was refused (a value out of range, say: bad usage), else 1."""
+    """The value of an ``Ok``; an ``Err`` becomes a one-line error (exit 1)."""
     if isinstance(result, Err):
-        refused = getattr(result.error, "kind", None) is ErrorKind.INVALID_INPUT
-        raise CliError(str(result.error), 2 if refused else 1)
+        raise CliError(str(result.error))
     return result.value
 
 
