@@ -83,7 +83,13 @@ def test_torture_short_run_holds_every_invariant(tmp_path: Path) -> None:
     )
     output = done.stdout + done.stderr
     failed = [line for line in done.stdout.splitlines() if "**FAIL**" in line]
-    # The failed rows first: the whole output is too long for a report to keep.
+    failed += [
+        line
+        for line in output.splitlines()
+        if line.startswith("torture: seed") or "  missing" in line or "  error sample" in line
+    ]
+    # The failed rows and the seed (to run it again) first: the whole output is too long
+    # for a report to keep.
     assert done.returncode == 0, "\n".join([*failed, "", output[-4000:]])
     rows = table_rows(done.stdout)
     scenarios = {row[0] for row in rows}
