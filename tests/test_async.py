@@ -984,6 +984,38 @@ async def test_a_timed_out_handler_that_ignores_its_cancellation_gives_up_its_sl
     assert any("ignores cancellation" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.asyncio
+async def test_giving_up_on_a_timed_out_handler_never_touches_the_next_one(
+    aq: AsyncQueue,
+) -> None:
+    """The heartbeat (a thread) times a handler out as it returns, and its runner has
+    gone on to its next message by the time the loop acts: that next handler is neither
+    cancelled nor let go (it was, and its message stayed leased with nobody on it)."""
+    from sqqueue.worker import RunningTask
+
+    ok(await aq.enqueue("x"))
+    message = ok(await aq.dequeue())
+    w = _async_worker(aq, lambda m: None, task_timeout=1)
+    key = ("task", 0)
+    timed_out = RunningTask(message, 0.0, 0.0)
+    timed_out.abandoned = True
+    next_one = RunningTask(message, 0.0, 0.0)
+    handler = asyncio.ensure_future(asyncio.sleep(30))
+    given_up: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    w._tasks[key], w._running[key], w._given_up[key] = next_one, handler, given_up
+    try:
+        w._give_up(key, timed_out)
+        await asyncio.sleep(0)
+        assert not handler.cancelled() and not given_up.done()
+        w._tasks[key] = timed_out  # still on the timed-out one: given up on
+        w._give_up(key, timed_out)
+        await asyncio.sleep(0)
+        assert handler.cancelled() and given_up.done()
+    finally:
+        handler.cancel()
+        ok(await aq.complete(message))
+
+
 async def _done(done: list[str], expected: list[str]) -> bool:
     return sorted(done) == expected
 

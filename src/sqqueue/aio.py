@@ -78,11 +78,6 @@ def _outcome(fn: Callable[[Message], Any], message: Message) -> tuple[Any, BaseE
         return None, exc
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 def _may_wait(wait: object) -> bool:
     """Whether an enqueue may wait for room in a full queue, which blocks: then it runs in
     a thread. Anything but a plain zero goes there, where the call checks it (an odd
@@ -655,14 +650,25 @@ class AsyncWorker(WorkerCore):
         # The abandoned handler's task is cancelled, and its runner stops waiting for it:
         # the runner carries on by itself, even if the handler ignores the cancellation.
         with self._lock:
-            keys = [k for k, t in self._tasks.items() if t.abandoned]
-        for key in keys:
+            abandoned = [(key, task) for key, task in self._tasks.items() if task.abandoned]
+        for key, task in abandoned:
             running = self._running.get(key)
             if running is not None:
-                running.get_loop().call_soon_threadsafe(running.cancel)
-            given_up = self._given_up.get(key)
-            if given_up is not None:
-                given_up.get_loop().call_soon_threadsafe(_resolve, given_up)
+                running.get_loop().call_soon_threadsafe(self._give_up, key, task)
+
+    def _give_up(self, key: object, task: RunningTask) -> None:
+        """On the loop: cancel the handler of the abandoned ``task`` and stop its runner
+        waiting for it, if that runner still runs it (by now it may have gone on to its
+        next message, which must not be touched)."""
+        with self._lock:
+            if self._tasks.get(key) is not task:
+                return
+        running = self._running.get(key)
+        if running is not None:
+            running.cancel()
+        given_up = self._given_up.get(key)
+        if given_up is not None and not given_up.done():
+            given_up.set_result(None)
 
     def _let_go(self, key: object, task: RunningTask, handler_task: asyncio.Future[Any]) -> None:
         """A handler timed out and cancelled, but still running (it swallowed the
