@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -777,6 +778,19 @@ def test_process_bulk_enqueue_from_a_pipe_then_stats_json(db: Path) -> None:
     missing = sqqueue("stats", db.with_name("missing.db"))
     assert missing.returncode == 1
     assert missing.stderr == f"error: no database at {db.with_name('missing.db')}\n"
+
+
+def test_process_says_a_failure_once(db: Path) -> None:
+    """A failed call is one ``error:`` line, not also the library's warning about it
+    (which Python prints when the program set no logging up)."""
+    seed(db, "jobs", ["hello"])
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE jobs SET payload = 'tampered'")
+    conn.close()
+    done = sqqueue("peek", db, "jobs")
+    assert done.returncode == 1
+    assert done.stderr.count("checksum mismatch") == 1, done.stderr
+    assert done.stderr.startswith("error: peek failed: message 1"), done.stderr
 
 
 def test_process_stats_watch_stops_on_ctrl_c(db: Path) -> None:

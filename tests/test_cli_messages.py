@@ -72,6 +72,17 @@ def test_bad_json_exits_2_from_the_argument_and_from_stdin(db: Path) -> None:
     assert "line 1 is not valid JSON" in one_error_line(stdin)
 
 
+@pytest.mark.parametrize("priority", ["2147483648", "-2147483649", "99999999999"])
+def test_priority_out_of_range_is_a_usage_error(db: Path, priority: str) -> None:
+    """Outside the queue's 32-bit range: exit 2 naming the range, and no file made."""
+    result = run_cli("enqueue", db, "jobs", "x", "--priority", priority)
+    assert result.exit_code == 2, result.output
+    assert "-2147483648<=x<=2147483647" in result.stderr
+    assert not db.exists()
+    at_edge = run_cli("enqueue", db, "jobs", "x", "--priority", "2147483647")
+    assert at_edge.exit_code == 0, at_edge.output
+
+
 def test_payload_refused_on_stdin_names_its_line(db: Path) -> None:
     """A value the queue refuses (JSON's 1e999 is infinity) is named by its line of stdin,
     not by its index in an internal batch, and without the API's method name."""

@@ -21,6 +21,7 @@ they share.
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any, NoReturn
 
@@ -42,6 +43,34 @@ NEEDS = "the sqqueue command needs: pip install 'sqqueue[cli]'"
 def _missing_deps(*_args: Any, **_kwargs: Any) -> NoReturn:
     sys.stderr.write(f"{NEEDS}\n")
     raise SystemExit(2)
+
+
+# Commands that run until stopped and log as they go (each sets up its own logging).
+_LONG_RUNNING = frozenset({"worker", "dashboard"})
+
+
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Warnings on stderr in the command's own style (``warning: ...``), leaving out the
+    library's line about a failed call: the command gets that failure as an ``Err`` and
+    prints it as its ``error: ...`` line."""
+
+    def __init__(self) -> None:
+        super().__init__()  # (stderr)
+        self.setLevel(logging.WARNING)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "returned_as_err", False)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {super().format(record)}"
+
+
+def _reported_once() -> None:
+    """Say each failure once. With no logging set up, Python's last-resort handler would
+    print the library's warning about a failed call, then the command the same error."""
+    root = logging.getLogger()
+    if not root.handlers:  # (else the embedding program set logging up: its choice)
+        root.addHandler(_Stderr())
 
 
 def _build() -> click.Group:
@@ -66,7 +95,8 @@ def _build() -> click.Group:
     )
     @click.version_option(__version__, prog_name="sqqueue")
     @security.key_file_option
-    def main(key_file: str | None) -> None:
+    @click.pass_context
+    def main(ctx: click.Context, key_file: str | None) -> None:
         """Operate sqqueue queues: a persistent message queue in an SQLite file or a
         PostgreSQL database.
 
@@ -85,6 +115,8 @@ def _build() -> click.Group:
           sqqueue worker tasks:send jobs.db emails --concurrency 4
           sqqueue stats postgresql://app@db.internal/app
         """
+        if ctx.invoked_subcommand not in _LONG_RUNNING:
+            _reported_once()
         if key_file is not None:
             try:
                 security.use_key_file(key_file)

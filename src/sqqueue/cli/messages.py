@@ -269,7 +269,14 @@ def peek(target: str, queue: str, as_json: bool, schema: str | None) -> None:
     is_flag=True,
     help='Parse each payload as JSON ({"$bytes": "<base64>"} becomes bytes).',
 )
-@click.option("--priority", type=int, default=None, help="Higher is delivered first.")
+@click.option(
+    "--priority",
+    # The queue's range (a 32-bit integer): outside it, a usage error like any other.
+    type=click.IntRange(-(2**31), 2**31 - 1),
+    default=None,
+    metavar="N",
+    help="Higher is delivered first (-2147483648 to 2147483647).",
+)
 @click.option(
     "--delay", type=base.FiniteRange(min=0), default=0.0, metavar="SECONDS", help="Hold back."
 )

@@ -23,6 +23,9 @@ from .upkeep import Upkeep
 
 logger = logging.getLogger(__name__)
 
+#: ``extra`` of a log record about a failure the caller also gets, as an ``Err``.
+RETURNED_AS_ERR = {"returned_as_err": True}
+
 T = TypeVar("T")
 QE = TypeVar("QE", bound=QueueError)
 Clock = Callable[[], float]
@@ -93,7 +96,10 @@ class Parts:
             level = _LOG_LEVEL_BY_KIND.get(exc.kind, logging.DEBUG)
             if self.read_only and exc.kind is ErrorKind.READ_ONLY:
                 level = logging.DEBUG
-            logger.log(level, "queue %r: %s failed: %s", self.name, action, exc)
+            # (Marked as such: the sqqueue command, which prints the Err, leaves it out.)
+            logger.log(
+                level, "queue %r: %s failed: %s", self.name, action, exc, extra=RETURNED_AS_ERR
+            )
             if isinstance(exc, error_cls) and type(exc) is not error_cls:
                 return Err(exc)  # a more specific error (QueueFull) reaches the caller as is
             return Err(error_cls(f"{action} failed: {exc}", exc.kind, exc.message_id))
