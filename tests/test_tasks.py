@@ -6,6 +6,7 @@ as real processes."""
 from __future__ import annotations
 
 import asyncio
+import enum
 import importlib
 import logging
 import sys
@@ -90,6 +91,14 @@ def test_delay_runs_the_task_on_a_worker_and_returns_its_result(make_tasks: Make
     assert seen == [(1, 2, 1), (2, 5, 10)]
 
 
+class _Level(enum.IntEnum):
+    HIGH = 2
+
+
+class _Color(str, enum.Enum):
+    RED = "red"
+
+
 def test_arguments_that_are_not_json_are_refused_by_name(make_tasks: MakeTasks) -> None:
     """delay() checks arguments against the signature and JSON before enqueueing: an Err
     names the argument (and where inside it), and nothing is enqueued."""
@@ -103,6 +112,9 @@ def test_arguments_that_are_not_json_are_refused_by_name(make_tasks: MakeTasks) 
         (("x", [1, {"at": {1, 2}}]), "argument 'items'[1]['at'] is a set"),
         (("x", None, 1, (2, 3)), "argument *rest[1] is a tuple; it would come back as a list"),
         (("x", float("nan")), "argument 'items' is nan"),
+        ((_Level.HIGH,), "argument 'when' is the Enum member _Level.HIGH; it would come back"),
+        (("x", {"level": _Color.RED}), "argument 'items'['level'] is the Enum member _Color.RED"),
+        (("x", {_Color.RED: 1}), "argument 'items' has the key <_Color.RED: 'red'>"),
     ]
     for args, expected in cases:
         assert expected in err_text(job.delay(*args), ErrorKind.SERIALIZATION)

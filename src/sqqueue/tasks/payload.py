@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from enum import Enum
 from typing import Any, NamedTuple
 
 from ..exceptions import ErrorKind, QueueError, Reject
@@ -67,6 +68,12 @@ def check_json(value: object, where: str) -> None:
     stack: list[tuple[object, str, int]] = [(value, "", 0)]
     while stack:
         item, path, depth = stack.pop()
+        if isinstance(item, Enum):  # (an IntEnum or StrEnum member is an int or a str too)
+            raise QueueError(
+                f"{where}{path} is the Enum member {type(item).__name__}.{item.name}; it would "
+                "come back as its plain value: pass .value (and rebuild the member in the task)",
+                ErrorKind.SERIALIZATION,
+            )
         if item is None or isinstance(item, (bool, str)):
             continue
         if isinstance(item, (int, float)):
@@ -97,7 +104,7 @@ def _items(item: list[Any] | dict[Any, Any], where: str, path: str) -> list[tupl
     if isinstance(item, list):
         return [(sub, f"{path}[{i}]") for i, sub in enumerate(item)]
     for key in item:
-        if not isinstance(key, str):
+        if not isinstance(key, str) or isinstance(key, Enum):
             raise QueueError(
                 f"{where}{path} has the key {key!r}; JSON keys are str, so it would "
                 "come back changed: use str keys",
