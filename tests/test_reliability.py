@@ -7,6 +7,7 @@
 * payload checksums and poison rows: dead-lettered with the reason, never blocking the head,
   never leaving a transaction open, logged and counted (statsd ``poison``);
 * damaged files: a clear error naming the file, ``tools.check`` and ``tools.salvage``;
+* a file deleted, moved away or replaced under an open queue: an error, not a ghost file;
 * disk full under RLIMIT_FSIZE, in a subprocess (also killed by SIGXFSZ mid-write);
 * a 100 MB payload: peak RSS growth bounded, measured in a fresh subprocess.
 """
@@ -30,7 +31,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import err
 from sqqueue import ErrorKind, QueueError, SQLiteQueue
+from sqqueue.backends import sqlite as sqlite_backend
+from sqqueue.backends import sqlite_files
 from sqqueue.tools import check, salvage
 
 pytestmark = pytest.mark.slow
@@ -551,3 +555,70 @@ def test_100mb_payload_peak_rss_growth_under_4x(db_path: Path) -> None:
     assert report["same"] is True
     ratio = report["growth"] / report["size"]
     assert ratio < 4, f"peak RSS grew by {ratio:.1f} x the payload size"
+
+
+# -- the file under an open queue deleted, moved away or replaced --------------------------
+
+
+@pytest.fixture
+def look_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls look at the file at every call, not once a second (no sleeping in tests)."""
+    monkeypatch.setattr(sqlite_backend, "_FILE_CHECK_INTERVAL", 0.0)
+
+
+def _remove_with_companions(db: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+
+@pytest.mark.usefixtures("look_every_call")
+def test_a_deleted_file_is_an_error_not_a_ghost(tmp_path: Path) -> None:
+    """rm jobs.db* under a running queue: its calls say so (writes would only go to the
+    unlinked file, lost when it closes) while a new queue object uses the new file."""
+    db = tmp_path / "jobs.db"
+    with SQLiteQueue(db, table_name="jobs") as old:
+        assert old.enqueue("before").is_ok()
+        _remove_with_companions(db)
+        for result in (old.enqueue("after"), old.dequeue(), old.stats(), old.peek()):
+            said = f"database file {str(db)!r} was deleted or moved away"
+            err(result, ErrorKind.STORAGE, said, "open the queue again")
+        with SQLiteQueue(db, table_name="jobs") as new:
+            assert new.enqueue("fresh").unwrap() == 1
+            assert new.stats().unwrap().depth == 1
+        assert old.enqueue("still after").is_err()
+
+
+@pytest.mark.usefixtures("look_every_call")
+def test_a_replaced_file_is_an_error_until_the_opened_one_is_back(tmp_path: Path) -> None:
+    """mv jobs.db aside, then a copy (a restore) in its place: the queue object that had
+    the original open refuses to go on with a file nobody else sees, until it is back."""
+    db = tmp_path / "jobs.db"
+    aside = tmp_path / "aside.db"
+    with SQLiteQueue(db, table_name="jobs") as q:
+        assert q.enqueue("one").is_ok()
+        os.rename(db, aside)
+        db.write_bytes(aside.read_bytes())
+        err(q.enqueue("two"), ErrorKind.STORAGE, "was replaced by another file")
+        db.unlink()
+        os.rename(aside, db)
+        assert q.enqueue("three").is_ok()
+        assert [m.payload for m in q.dequeue_batch(10).unwrap()] == ["one", "three"]
+
+
+def test_the_file_is_looked_at_once_a_second_not_at_every_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look costs a stat: calls make one a second (by the monotonic clock)."""
+    db = tmp_path / "jobs.db"
+    looks: list[str] = []
+    real = sqlite_files.file_identity
+
+    def counted(path: str) -> tuple[int, int] | None:
+        looks.append(path)
+        return real(path)
+
+    with SQLiteQueue(db, table_name="jobs") as q:
+        monkeypatch.setattr(sqlite_files, "file_identity", counted)
+        for n in range(200):
+            assert q.enqueue(n).is_ok()
+    assert 1 <= len(looks) <= 10, len(looks)

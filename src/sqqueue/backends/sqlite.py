@@ -62,12 +62,20 @@ _KEEP_FREE_PAGES = 32
 # Idle connections a queue object keeps for its next calls; more are closed as they are
 # given back. Busy ones are one per call in flight.
 _MAX_IDLE = 16
+# How often calls look whether the path still names the file the queue opened: a stat a
+# second, not one per call (about 3% of an enqueue).
+_FILE_CHECK_INTERVAL = 1.0
 # A WAL that cannot be checkpointed is warned about at most this often (seconds).
 _WAL_WARN_EVERY = 300.0
 
 
 class SQLiteBackend(SQLBackend):
     """One queue in one SQLite file. Safe to share between threads; survives ``fork``."""
+
+    # The file opened (device, inode; None until opened, and for a private queue), and when
+    # calls look next whether the path still names it (``time.monotonic()``).
+    _file_id: tuple[int, int] | None = None
+    _next_file_check = 0.0
 
     def __init__(
         self,
@@ -136,6 +144,9 @@ class SQLiteBackend(SQLBackend):
                 # A memdb database lives while one connection is open.
                 self._anchor = self._open()
             self._init_schema(self.policy.default_max_attempts)
+            # The file opened: should the path name another one later (deleted, moved
+            # away, replaced), calls say so instead of going on with a file nobody sees.
+            self._file_id = None if self._memory else files.file_identity(self.path)
         except files.driver_errors() as exc:
             self.close()
             err = self._open_error(exc)
@@ -353,9 +364,11 @@ class SQLiteBackend(SQLBackend):
     ) -> T:
         """``_run`` for a call that began at ``started`` (``time.monotonic()``; None: now):
         the lock timeout counts from then, the waits of every attempt together."""
+        start = time.monotonic() if started is None else started
+        if start >= self._next_file_check:
+            self._check_file(start)
         if self.read_only:
             return self._run_read_only(fn, write, *args, **kwargs)
-        start = time.monotonic() if started is None else started
         deadline = start + self._lock_timeout
         attempt = 0
         lenient = False
@@ -395,6 +408,27 @@ class SQLiteBackend(SQLBackend):
                 if attempt:
                     self._wait_at_most(conn, self._lock_timeout)
                 self._checkin(conn)
+
+    def _check_file(self, now: float) -> None:
+        """Raise STORAGE if the path no longer names the file this queue opened: what it
+        wrote there would be lost with that file, and what others write to the new one
+        it would never see. Looked at once a second; at every call once it happened."""
+        if self._file_id is None:
+            return
+        try:
+            current = files.file_identity(self.path)
+        except OSError:
+            current = self._file_id  # (cannot look, a directory's permissions: the call tells)
+        if current == self._file_id:
+            self._next_file_check = now + _FILE_CHECK_INTERVAL
+            return
+        self._next_file_check = 0.0
+        what = "deleted or moved away" if current is None else "replaced by another file"
+        raise StorageError(
+            f"database file {self.path!r} was {what} while queue {self.name!r} had it open; "
+            "open the queue again (a new queue object) to use the file there now",
+            ErrorKind.STORAGE,
+        )
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return self._run(fn, write=True)

@@ -35,6 +35,7 @@ __all__ = [
     "classify",
     "connect",
     "driver_errors",
+    "file_identity",
     "file_state",
     "is_connection",
     "lenient_text",
@@ -414,6 +415,15 @@ def _warn_if_shared(path: str, real: Path, mode: int) -> None:
 FileState = tuple[int, int, int, int, int, int, int]
 
 _COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def file_identity(path: str) -> tuple[int, int] | None:
+    """Which file ``path`` names now (device and inode, through symlinks); None if none."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def file_state(path: str) -> FileState:
