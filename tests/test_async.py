@@ -677,6 +677,48 @@ async def _stop(w: AsyncWorker, task: asyncio.Task[WorkerStats], **kw: Any) -> W
 
 
 @pytest.mark.asyncio
+async def test_async_worker_runs_once_and_stops_when_its_queue_is_closed(aq: AsyncQueue) -> None:
+    """Closing the queue ends run() (a closed queue stays closed); a second run() raises."""
+
+    async def handle(message: Message) -> None: ...
+
+    w = _async_worker(aq, handle, poll_wait=30)
+    task = asyncio.create_task(w.run())
+    await asyncio.sleep(0.05)
+    await aq.close()
+    await asyncio.wait_for(task, 30)
+    with pytest.raises(RuntimeError, match="runs once"):
+        await w.run()
+
+
+@pytest.mark.asyncio
+async def test_async_worker_runs_the_coroutine_a_plain_callable_makes(aq: AsyncQueue) -> None:
+    """``lambda m: handle(m, db)`` around an async handle: the coroutine it returns is the
+    work, run and awaited (not taken for a return value); a generator function is refused."""
+    ids = ok(await aq.enqueue_batch(["a", "b"]))
+    ran: list[Any] = []
+
+    async def handle(message: Message, suffix: str) -> str:
+        await asyncio.sleep(0)
+        ran.append(message.payload + suffix)
+        return "done"
+
+    w = _async_worker(aq, lambda m: handle(m, "!"))
+    task = asyncio.create_task(w.run())
+    await eventually(lambda: len(ran) == 2, what="both handled")
+    stats = await _stop(w, task)
+    assert sorted(ran) == ["a!", "b!"]
+    assert (stats.completed, stats.failed) == (2, 0)
+    assert ok(await aq.get_message(ids[0])) is None
+
+    def generator(message: Message) -> Any:
+        yield message
+
+    with pytest.raises(ValueError, match="generator function"):
+        _async_worker(aq, generator)
+
+
+@pytest.mark.asyncio
 async def test_async_worker_completes_fails_and_dead_letters(aq: AsyncQueue) -> None:
     """Return: completed. Raise: failed (error kept) and retried. Last attempt: DLQ. Hooks
     get the right arguments."""

@@ -5,6 +5,7 @@ as real processes."""
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import enum
 import importlib
@@ -314,13 +315,22 @@ def test_messages_a_worker_cannot_run_are_dead_lettered_with_the_reason(
     unknown = ok(queue.enqueue({"sqqueue_task": 1, "name": "gone.task", "args": [], "kwargs": {}}))
     plain = ok(queue.enqueue("just a string"))
     newer = ok(queue.enqueue({"sqqueue_task": 2, "name": known.name}))
+    card = "4111-1111-1111-1111"
+    malformed = ok(queue.enqueue({"sqqueue_task": 1, "name": known.name, "args": [card]}))
     with serving(app):
-        wait_until(lambda: len(ok(queue.get_dead_letters())) == 3, what="three dead letters")
+        wait_until(lambda: len(ok(queue.get_dead_letters())) == 4, what="four dead letters")
     errors = {d["id"]: (d["attempts"], d["last_error"]) for d in ok(queue.get_dead_letters())}
     assert errors[unknown][0] == errors[plain][0] == errors[newer][0] == 1
     assert errors[unknown][1].startswith("UnknownTask: no task named 'gone.task' is registered")
     assert errors[plain][1].startswith("InvalidTaskMessage: not a task call (a str")
     assert "format 2, but this worker reads format 1" in errors[newer][1]
+    # The fields' types, never the arguments (data, perhaps secret) in logs or errors.
+    assert errors[malformed][1] == (
+        "InvalidTaskMessage: malformed task message: expected a str 'name', a list 'args', "
+        "a dict 'kwargs' and an optional number 'tick', got name str, args list, kwargs "
+        "missing, tick missing"
+    )
+    assert card not in errors[malformed][1]
 
 
 def test_a_result_that_is_not_json_dead_letters_the_call(make_tasks: MakeTasks) -> None:
@@ -374,6 +384,48 @@ def test_task_timeout_fails_the_run(make_tasks: MakeTasks) -> None:
         handle.result(timeout=15)
     assert failed.value.error is not None and "(cancelled)" in failed.value.error
     assert cancelled == [True]
+
+
+@pytest.mark.parametrize("raised", [SystemExit, KeyboardInterrupt])
+def test_a_coroutine_task_with_a_timeout_that_raises_base_exceptions_fails_its_run(
+    make_tasks: MakeTasks, raised: type[BaseException]
+) -> None:
+    """SystemExit or KeyboardInterrupt from a coroutine under ``timeout``: that run fails
+    (dead-lettered here) and the worker goes on with the next call, as without timeout."""
+    app = make_tasks()
+
+    @app.task(timeout=5, retries=0, store_result=True)
+    async def boom() -> None:
+        raise raised("from the task")
+
+    @app.task(store_result=True)
+    async def fine() -> str:
+        return "fine"
+
+    failing, after = ok(boom.delay()), ok(fine.delay())
+    with serving(app):
+        assert after.result(timeout=15) == "fine"
+        with pytest.raises(TaskFailed) as failed:
+            failing.result(timeout=15)
+    assert failed.value.error == f"{raised.__name__}: from the task"
+    assert ok(failing.status()) == "dead"
+
+
+def test_a_coroutine_tasks_own_timeout_error_is_not_taken_for_its_timeout(
+    make_tasks: MakeTasks,
+) -> None:
+    """A TimeoutError the task raises itself (a gateway that did not answer) is recorded
+    as it is, not as the task running past its ``timeout``."""
+    app = make_tasks()
+
+    @app.task(timeout=600, retries=0, store_result=True)
+    async def fetch() -> None:
+        raise TimeoutError("the gateway did not answer within 2 s")
+
+    handle = ok(fetch.delay())
+    with serving(app), pytest.raises(TaskFailed) as failed:
+        handle.result(timeout=15)
+    assert failed.value.error == "TimeoutError: the gateway did not answer within 2 s"
 
 
 # -- results and status --------------------------------------------------------------------------
@@ -794,6 +846,55 @@ def test_tasks_on_a_given_queue(make_queue: Callable[..., Queue]) -> None:
     assert ok(plain.stats()).pending == 1  # the given queue is still open
 
 
+def test_an_interrupted_tasks_worker_gives_running_calls_back_and_stops(
+    make_tasks: MakeTasks,
+) -> None:
+    """KeyboardInterrupt in run() (no signal handlers): every queue's worker stops at once,
+    a running call goes back to the queue, nothing runs afterwards, and the exception
+    gets through, as for a Worker. A run() after that raises: a worker runs once."""
+    app = make_tasks()
+    started, release = threading.Event(), threading.Event()
+    ran: list[int] = []
+
+    @app.task
+    def slow(n: int) -> None:
+        ran.append(n)
+        started.set()
+        release.wait(30)
+
+    first = ok(slow.delay(1))
+    worker = app.worker(handle_signals=False, poll_wait=0.2)
+    threading.Thread(
+        target=lambda: started.wait(15) and _thread.interrupt_main(), daemon=True
+    ).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            worker.run()
+        # Given back before run() let the interrupt through:
+        assert ok(app.queue().get_message(first.id))["status"] == "ready"
+        ok(slow.delay(2))
+        time.sleep(0.5)  # (a worker still serving would take call 2 within its 0.2 s poll)
+        assert ran == [1]
+    finally:
+        release.set()
+    with pytest.raises(RuntimeError, match="has run already"):
+        worker.run()
+
+
+def test_a_tasks_worker_refuses_the_options_its_tasks_decide(make_tasks: MakeTasks) -> None:
+    """results= and retry_delay= would be overridden by the tasks' own settings: refused,
+    saying where each is set, rather than silently ignored."""
+    app = make_tasks()
+
+    @app.task
+    def job() -> None: ...
+
+    with pytest.raises(ValueError, match=r"no retry_delay=.*@tasks.task\(retry="):
+        app.worker(retry_delay=lambda m, e: 5)
+    with pytest.raises(ValueError, match=r"no results=.*store_result=True"):
+        app.worker(results=True)
+
+
 def test_bad_registrations_raise() -> None:
     app = Tasks("sqlite:///unused.db")
     with pytest.raises(ValueError, match="timeout"):
@@ -804,6 +905,16 @@ def test_bad_registrations_raise() -> None:
         app.periodic(every=10)(lambda x: None)
     with pytest.raises(ValueError, match="either cron"):
         app.periodic()
+
+    def export(n: int) -> Iterator[int]:
+        yield from range(n)
+
+    async def stream() -> Any:
+        yield 1
+
+    for generator in (export, stream):  # calling one would not run its body
+        with pytest.raises(ValueError, match=r"generator function.*must return, not yield"):
+            app.task(generator)
 
     @app.task(name="same")
     def one() -> None: ...

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -269,6 +270,56 @@ def test_results_keeps_return_values(
     assert results == {ids[0]: {"value": "UPPER"}, ids[1]: None, ids[2]: None}
     assert ("tuple", 2) in calls
     assert (stats.completed, stats.failed) == (3, 1)
+
+
+class _AsyncCall:
+    async def __call__(self, message: Message) -> None: ...
+
+
+async def _async_handler(message: Message) -> None: ...
+
+
+def _generator_handler(message: Message) -> Iterator[int]:
+    yield 1
+
+
+def test_handlers_whose_body_would_never_run_are_refused(rq: Queue) -> None:
+    """An async function (or object) given to Worker, a generator function given to any
+    worker: calling them would not run them, so every message would be "completed"
+    without its work. Refused when the worker is made, saying what to do."""
+    for handler in (_async_handler, _AsyncCall()):
+        with pytest.raises(ValueError, match=r"async function.*use AsyncWorker"):
+            make_worker(rq, handler)
+    with pytest.raises(ValueError, match="generator function"):
+        make_worker(rq, _generator_handler)
+
+
+def test_a_handler_that_returns_a_coroutine_fails_its_message(
+    rq: Queue, running: Callable[[Worker], Running]
+) -> None:
+    """``lambda m: handle(m)`` around an async handle: the coroutine is never run by a
+    Worker, so the message fails (and is not completed unseen); the coroutine is closed,
+    so Python does not warn of it never being awaited."""
+    ran: list[int] = []
+
+    async def handle(message: Message) -> None:
+        ran.append(message.id)
+
+    message_id = ok(rq.enqueue("job", max_attempts=1))
+    failures: list[BaseException] = []
+    hooks = WorkerHooks(on_failure=lambda m, exc: failures.append(exc))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a coroutine left unawaited would warn
+        r = running(make_worker(rq, lambda m: handle(m), hooks=hooks))  # noqa: PLW0108
+        wait_until(lambda: ok(rq.get_dead_letters()), what="the message dead-lettered")
+        stats = r.stop()
+        gc.collect()
+    assert ran == []
+    assert (stats.completed, stats.failed, stats.dead_lettered) == (0, 1, 1)
+    assert "returned a coroutine" in str(failures[0])
+    dead = ok(rq.get_dead_letters())
+    assert [d["id"] for d in dead] == [message_id]
+    assert "use AsyncWorker" in dead[0]["last_error"]
 
 
 def test_results_need_a_queue_that_keeps_history(rq: Queue) -> None:
@@ -904,6 +955,30 @@ def test_stop_requeues_handler_still_running_after_grace(
     assert not handlers[0].is_alive()
     assert status_rows(rq) == [(message_id, "ready", 1)]
     assert (stats.started, stats.completed, stats.requeued) == (1, 0, 1)  # counted
+
+
+def test_a_worker_runs_once(rq: Queue, running: Callable[[Worker], Running]) -> None:
+    """A second run() would return at once, serving nothing (stop() is for good): it
+    raises instead, saying to make a new worker."""
+    w = make_worker(rq, print)
+    running(w).stop()
+    with pytest.raises(RuntimeError, match="has run already; a worker runs once"):
+        w.run()
+
+
+def test_a_worker_whose_queue_is_closed_stops(
+    rq: Queue, running: Callable[[Worker], Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Closing the queue under a running worker (another thread, a handler) ends run():
+    a closed queue stays closed, and a worker that went on would only log a failure a
+    second, forever. It says why, once, at ERROR."""
+    r = running(make_worker(rq, print, poll_wait=30, concurrency=2))
+    wait_until(lambda: r.worker.stats is not None and r.thread.is_alive(), what="running")
+    rq.close()
+    r.join(timeout=30)
+    said = [rec for rec in caplog.records if "the worker stops" in rec.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.ERROR
+    assert "closed" in said[0].getMessage()
 
 
 def test_stop_immediate_skips_grace(rq: Queue, running: Callable[[Worker], Running]) -> None:

@@ -468,6 +468,8 @@ class AsyncWorker(WorkerCore):
         await AsyncWorker(queue, handle, concurrency=10).run()
     """
 
+    _runs_coroutines = True
+
     def __init__(self, queue: AsyncQueue | Queue, handler: AsyncHandler, **options: Any) -> None:
         sync_queue = queue.sync if isinstance(queue, AsyncQueue) else queue
         super().__init__(sync_queue, handler, **options)
@@ -486,6 +488,7 @@ class AsyncWorker(WorkerCore):
 
     async def run(self) -> WorkerStats:
         """Process messages until stopped; returns the stats."""
+        self._start_once()
         loop = asyncio.get_running_loop()
         installed: list[int] = []
         if self.handle_signals and threading.current_thread() is threading.main_thread():
@@ -603,7 +606,12 @@ class AsyncWorker(WorkerCore):
             # A plain function runs in a thread, so it cannot block the event loop: one
             # of its own, not the loop's pool, which runs the worker's own steps. Its
             # outcome comes back as a value: a StopIteration could not cross a future.
-            return await run_in_own_thread(_outcome, self._async_handler, message)
+            value, error = await run_in_own_thread(_outcome, self._async_handler, message)
+            if inspect.iscoroutine(value):
+                # A plain callable that makes the coroutine (``lambda m: handle(m, db)``):
+                # its work is that coroutine, run here like an async handler's.
+                return await value, None
+            return value, error
         except BaseException as exc:
             return None, exc
 
@@ -630,8 +638,9 @@ class AsyncWorker(WorkerCore):
                 step, visibility_timeout=self.lease, wait=self.poll_wait, cancel=self._stopping
             )
             if isinstance(result, Err):
-                logger.warning("worker %s: dequeue failed: %s", self.name, result.error)
-                await asyncio.sleep(min(self.poll_wait, 1.0))
+                self._dequeue_failed(result.error)
+                if not self._stopping.is_set():  # the database is in trouble: back off
+                    await asyncio.sleep(min(self.poll_wait, 1.0))
             else:
                 batch = result.value
         finally:

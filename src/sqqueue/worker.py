@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from .core.checks import error_text
 from .core.queue import Queue
-from .exceptions import ErrorKind, LeasesNotExtended, Reject
+from .exceptions import ErrorKind, LeasesNotExtended, QueueError, Reject
 from .message import Message
 from .result import Err, Ok, Result
 
@@ -166,6 +166,9 @@ class WorkerCore:
     Drivers call the storage through the synchronous queue (asyncio drivers in a thread).
     """
 
+    #: whether this driver runs what a handler's call makes when that is a coroutine
+    _runs_coroutines = False
+
     def __init__(
         self,
         queue: Queue,
@@ -185,8 +188,7 @@ class WorkerCore:
         retry_delay: Callable[[Message, BaseException], float | None] | None = None,
         prefetch: int | None = None,
     ) -> None:
-        if not callable(handler):
-            raise ValueError("handler must be callable")
+        _check_handler(handler, self._runs_coroutines)
         if queue.read_only:
             raise ValueError(f"queue {queue.name!r} was opened read-only; a worker needs to write")
         if results and not queue.keeps_history:
@@ -237,6 +239,7 @@ class WorkerCore:
         self.stats = WorkerStats()
         self._stopping = threading.Event()
         self._immediate = threading.Event()
+        self._ran = False
         self._tasks: dict[object, RunningTask] = {}  # driver's key (thread or task) -> running task
         self._lock = threading.Lock()
         self._drained = threading.Event()  # shutdown finished: the heartbeat may end
@@ -263,6 +266,27 @@ class WorkerCore:
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
+
+    def _start_once(self) -> None:
+        """Raise RuntimeError if this worker ran before: it stays stopped (stop() is for
+        good), so a second run() would return at once, serving nothing."""
+        with self._lock:
+            if self._ran:
+                raise RuntimeError(
+                    f"worker {self.name} has run already; a worker runs once: make a new one"
+                )
+            self._ran = True
+
+    def _dequeue_failed(self, error: QueueError) -> None:
+        """A claim failed: a closed queue stops the worker (it stays closed; a worker
+        that went on would only fail every second, serving nothing); anything else is
+        logged, and the driver backs off before claiming again."""
+        if error.kind is ErrorKind.CLOSED:
+            if not self._stopping.is_set():
+                logger.error("worker %s: %s; the worker stops", self.name, error)
+            self.stop(immediate=True)
+            return
+        logger.warning("worker %s: dequeue failed: %s", self.name, error)
 
     def __call__(self, message: Message) -> Any:
         """A worker made with ``@worker`` can still be called like its handler."""
@@ -344,6 +368,11 @@ class WorkerCore:
             return
         if self._timed:
             self._observe("processing", elapsed)
+        if exc is None and not self._runs_coroutines and _made_coroutine(value):
+            exc = TypeError(
+                "the handler returned a coroutine, which a Worker does not run (an async "
+                "function called without await?): use AsyncWorker for coroutines"
+            )
         if exc is not None:
             self._record_failure(message, exc, elapsed)
             return
@@ -786,6 +815,7 @@ class Worker(WorkerCore):
 
     def run(self) -> WorkerStats:
         """Process messages until stopped; returns the stats. Blocks the calling thread."""
+        self._start_once()
         previous: dict[int, Any] = {}
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
@@ -916,7 +946,7 @@ class Worker(WorkerCore):
             size, visibility_timeout=self.lease, wait=self.poll_wait, cancel=self._stopping
         )
         if isinstance(result, Err):
-            logger.warning("worker %s: dequeue failed: %s", self.name, result.error)
+            self._dequeue_failed(result.error)
             self._stopping.wait(min(self.poll_wait, 1.0))  # the database is in trouble: back off
             return []
         return result.value
@@ -937,6 +967,36 @@ class Worker(WorkerCore):
             if self._stopping.is_set() and not running:
                 return
             self._drained.wait(self.tick)
+
+
+def _check_handler(handler: object, coroutines_run: bool) -> None:
+    """Raise ValueError for a handler that is not callable, or whose body calling it
+    would not run: a generator function's runs only when iterated, and a coroutine's only
+    when awaited, which only an AsyncWorker (``coroutines_run``) does. Callable objects
+    are looked into."""
+    if not callable(handler):
+        raise ValueError("handler must be callable")
+    for fn in (handler, getattr(handler, "__call__", None)):  # noqa: B004 (the method)
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            raise ValueError(
+                "handler is a generator function (it has a yield): calling it would not "
+                "run it; make it a function that returns"
+            )
+        if inspect.iscoroutinefunction(fn) and not coroutines_run:
+            raise ValueError(
+                "handler is an async function, which a Worker would only call to get a "
+                "coroutine it never runs: use AsyncWorker (await AsyncWorker(queue, "
+                "handler).run()), or make it a plain def"
+            )
+
+
+def _made_coroutine(value: object) -> bool:
+    """Whether a handler returned a coroutine, work a Worker never does (closed here, so
+    Python does not warn of it later)."""
+    if inspect.iscoroutine(value):
+        value.close()
+        return True
+    return False
 
 
 def _unusual(exc: BaseException) -> str | None:

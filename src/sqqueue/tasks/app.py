@@ -246,6 +246,12 @@ class Tasks:
             raise ValueError(f"{fn.name} is a task already")
         if not callable(fn):
             raise ValueError(f"a task must be a function, got {type(fn).__name__}")
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            # Calling it only makes a generator: its body would never run.
+            raise ValueError(
+                f"{getattr(fn, '__qualname__', fn)} is a generator function (it has a yield): "
+                "a task must return, not yield (return a list)"
+            )
         task_name = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
         if not isinstance(task_name, str) or not 0 < len(task_name) <= 200:
             raise ValueError(f"a task name must be a str of 1 to 200 characters, got {task_name!r}")

@@ -156,7 +156,7 @@ def decode(payload: object) -> TaskCall:
     version = payload[MARK]
     if version != FORMAT:
         raise InvalidTaskMessage(
-            f"task message format {version!r}, but this worker reads format {FORMAT}: "
+            f"task message format {version!r:.40}, but this worker reads format {FORMAT}: "
             "upgrade sqqueue on the workers, then redrive the dead letter"
         )
     name, args, kwargs = payload.get("name"), payload.get("args"), payload.get("kwargs")
@@ -167,8 +167,14 @@ def decode(payload: object) -> TaskCall:
         or not isinstance(kwargs, dict)
         or not (tick is None or (isinstance(tick, (int, float)) and not isinstance(tick, bool)))
     ):
+        # The fields' types, not their values: arguments are data (payloads are never
+        # logged, and this error is, and kept as the dead letter's last_error).
+        found = ", ".join(
+            f"{key} {_kind(payload[key]) if key in payload else 'missing'}"
+            for key in ("name", "args", "kwargs", "tick")
+        )
         raise InvalidTaskMessage(
             "malformed task message: expected a str 'name', a list 'args', a dict "
-            f"'kwargs' and an optional number 'tick', got {dict(payload)!r:.200}"
+            f"'kwargs' and an optional number 'tick', got {found}"
         )
     return TaskCall(name, args, kwargs, None if tick is None else float(tick))

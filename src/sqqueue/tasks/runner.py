@@ -128,12 +128,28 @@ async def _run_coroutine(task: Task[Any, Any], call: TaskCall) -> Any:
     coroutine = task.fn(*call.args, **call.kwargs)
     if task.timeout is None:
         return await coroutine
+
+    async def outcome() -> tuple[bool, Any]:
+        # wait_for runs this in a task of its own, which would hand a SystemExit or
+        # KeyboardInterrupt to the event loop (ending the whole worker), and whose
+        # TimeoutError would pass for the timeout's: whatever the task raises is caught
+        # here and raised again below, where it fails only its message, as it is.
+        try:
+            return True, await coroutine
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            return False, exc
+
     try:
-        return await asyncio.wait_for(coroutine, task.timeout)
+        finished, value = await asyncio.wait_for(outcome(), task.timeout)
     except asyncio.TimeoutError:
         raise TimeoutError(
             f"task {task.name} ran longer than its timeout of {task.timeout:g} s (cancelled)"
         ) from None
+    if not finished:
+        raise value
+    return value
 
 
 def _run_with_timeout(task: Task[Any, Any], call: TaskCall, context: contextvars.Context) -> Any:
@@ -287,8 +303,12 @@ class TaskWorker:
     coroutine; and the periodic scheduler. SIGTERM/SIGINT stop it gracefully (a second
     signal at once), as they stop a Worker.
 
-    Options are those of :class:`~sqqueue.Worker` (``concurrency`` is per queue).
+    Options are those of :class:`~sqqueue.Worker` (``concurrency`` is per queue), but
+    ``results`` and ``retry_delay``, which the tasks decide.
     """
+
+    # How long an interrupted run() waits for its workers to give their messages back.
+    _IMMEDIATE_STOP = 10.0
 
     def __init__(
         self,
@@ -306,8 +326,12 @@ class TaskWorker:
         unknown = [n for n in names if n not in app.queue_names()]
         if unknown:
             raise ValueError(f"no task of this app uses queue {unknown[0]!r}")
-        for key in ("handle_signals", "results", "retry_delay"):
-            options.pop(key, None)
+        for key, instead in (
+            ("results", "@tasks.task(store_result=True), or Tasks(..., store_result=True)"),
+            ("retry_delay", "@tasks.task(retry=RetryPolicy...), or the queue's retry policy"),
+        ):
+            if key in options:  # set per queue below, from the tasks
+                raise ValueError(f"a tasks worker takes no {key}=: its tasks decide ({instead})")
         self.app = app
         self.handle_signals = handle_signals
         self.is_async = any(t.is_async for t in app.tasks.values())
@@ -331,6 +355,7 @@ class TaskWorker:
         self.scheduler = app.scheduler() if periodic and app.has_periodic() else None
         self._stop_scheduler = threading.Event()
         self._stopping = False
+        self._ran = False
 
     def stop(self, immediate: bool = False) -> None:
         """Stop every queue's worker (gracefully, unless ``immediate``) and the scheduler."""
@@ -360,30 +385,50 @@ class TaskWorker:
         thread.start()
         return thread
 
+    def _start_once(self) -> None:
+        """Raise RuntimeError if this worker ran before (see ``Worker.run``)."""
+        if self._ran:
+            raise RuntimeError("this tasks worker has run already; make a new one: tasks.worker()")
+        self._ran = True
+
     def run(self) -> dict[str, WorkerStats]:
-        """Serve until stopped; returns each queue's stats. Blocks the calling thread."""
+        """Serve until stopped; returns each queue's stats. Blocks the calling thread.
+        Interrupted (KeyboardInterrupt without signal handlers), it stops at once, running
+        messages given back, then lets the exception through, as a Worker does."""
         if self.is_async:
             return asyncio.run(self.run_async())
+        self._start_once()
         previous: dict[int, Any] = {}
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 previous[signum] = signal.signal(signum, lambda n, _f: self._on_signal(n))
         stats: dict[str, WorkerStats] = {}
         scheduler = self._start_scheduler()
+        # Each worker's end is an Event, not its thread's join(): a join interrupted by
+        # KeyboardInterrupt takes the thread for ended (Python 3.11), and no later join
+        # would wait for it.
+        ended: list[threading.Event] = []
         try:
-            threads = []
             for name, worker in self.workers.items():
                 assert isinstance(worker, Worker)
+                done = threading.Event()
 
-                def serve(name: str = name, worker: Worker = worker) -> None:
-                    stats[name] = worker.run()
+                def serve(name: str = name, worker: Worker = worker, done: Any = done) -> None:
+                    try:
+                        stats[name] = worker.run()
+                    finally:
+                        done.set()
 
-                thread = threading.Thread(target=serve, name=f"sqqueue-tasks-{name}", daemon=True)
-                thread.start()
-                threads.append(thread)
-            while any(t.is_alive() for t in threads):
-                for thread in threads:
-                    thread.join(0.2)  # short waits: the main thread stays responsive to signals
+                threading.Thread(target=serve, name=f"sqqueue-tasks-{name}", daemon=True).start()
+                ended.append(done)
+            for done in ended:
+                while not done.wait(0.2):  # short waits: the main thread stays responsive
+                    pass
+        except BaseException:
+            self.stop(immediate=True)
+            for done in ended:
+                done.wait(self._IMMEDIATE_STOP)
+            raise
         finally:
             self._stop_scheduler.set()
             if scheduler is not None:
@@ -395,6 +440,7 @@ class TaskWorker:
     async def run_async(self) -> dict[str, WorkerStats]:
         """:meth:`run` on the running event loop (every queue's AsyncWorker, or each
         Worker in a thread)."""
+        self._start_once()
         loop = asyncio.get_running_loop()
         installed: list[int] = []
         if self.handle_signals and threading.current_thread() is threading.main_thread():
