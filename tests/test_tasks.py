@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -719,6 +720,33 @@ def test_cron_schedules_in_their_time_zone() -> None:
     ):
         with pytest.raises(ValueError):
             Schedule(**bad)
+
+
+def test_a_cron_job_at_a_fixed_hour_runs_once_in_the_repeated_autumn_hour() -> None:
+    """On the night daylight saving time ends, 02:00-03:00 happens twice in Paris: a job
+    at 02:30 runs once (as cron runs it), while a job every hour runs in both hours."""
+    pytest.importorskip("croniter")
+    paris = ZoneInfo("Europe/Paris")
+
+    def ticks(cron: str, count: int) -> list[str]:
+        schedule = Schedule(cron=cron, tz="Europe/Paris")
+        when = datetime(2026, 10, 25, 0, 30, tzinfo=paris).timestamp()
+        found = []
+        for _ in range(count):
+            when = schedule.following(when)
+            found.append(datetime.fromtimestamp(when, tz=paris).isoformat())
+        return found
+
+    assert ticks("30 2 * * *", 2) == ["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"]
+    assert ticks("0 * * * *", 3) == [
+        "2026-10-25T01:00:00+02:00",
+        "2026-10-25T02:00:00+02:00",
+        "2026-10-25T02:00:00+01:00",
+    ]
+    nightly = Schedule(cron="30 2 * * *", tz="Europe/Paris")
+    second_0245 = datetime(2026, 10, 25, 2, 45, tzinfo=paris, fold=1).timestamp()
+    first_0230 = datetime(2026, 10, 25, 2, 30, tzinfo=paris).timestamp()
+    assert nightly.latest(second_0245) == first_0230  # not run again at the second 02:30
 
 
 def test_first_cron_tick_after_winter_time() -> None:

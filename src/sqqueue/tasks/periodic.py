@@ -96,6 +96,8 @@ class Schedule:
         self._croniter: Any = croniter
         if not croniter.is_valid(cron):
             raise ValueError(f"invalid cron expression {cron!r} (e.g. '0 3 * * *': 03:00 daily)")
+        # At fixed hours ("30 2 * * *"), not every hour ("0 * * * *", "*/2" too).
+        self._fixed_hours = not cron.split()[1].startswith("*")
         try:
             self.following(0.0)
         except Exception as exc:  # croniter's "no such date" errors
@@ -109,18 +111,32 @@ class Schedule:
     def _at(self, when: float) -> datetime:
         return datetime.fromtimestamp(when, tz=self.tz)
 
+    def _repeated(self, tick: float) -> bool:
+        """Whether a cron tick is the second of a time of day that the autumn change of
+        daylight saving time repeats, for a schedule at fixed hours. Cron runs such a job
+        once that night (a nightly job must not run twice); a job every hour runs in each
+        hour that passes, the repeated one too."""
+        return self._fixed_hours and self._at(tick).fold == 1
+
     def following(self, when: float) -> float:
         """The first tick strictly after ``when`` (Unix seconds)."""
         if self.every is not None:
             return (math.floor(when / self.every) + 1) * self.every
-        return float(self._croniter(self.cron, self._at(when)).get_next(float))
+        ticks = self._croniter(self.cron, self._at(when))
+        tick = float(ticks.get_next(float))
+        while self._repeated(tick):
+            tick = float(ticks.get_next(float))
+        return tick
 
     def latest(self, now: float) -> float:
         """The last tick at or before ``now``."""
         if self.every is not None:
             return math.floor(now / self.every) * self.every
-        after = self.following(now)
-        return float(self._croniter(self.cron, self._at(after)).get_prev(float))
+        ticks = self._croniter(self.cron, self._at(self.following(now)))
+        tick = float(ticks.get_prev(float))
+        while self._repeated(tick):
+            tick = float(ticks.get_prev(float))
+        return tick
 
     def longest_gap(self, now: float) -> float:
         """The longest time between two ticks (cron: looked for over the next 1,000 ticks
