@@ -37,7 +37,7 @@ from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, cast
 
 from . import bridge
-from .core import consume
+from .core import consume, settle
 from .core.checks import MAX_BATCH_SIZE, bounded_int, error_text
 from .core.compat import AsyncCompat, message_id_keyword
 from .core.consume import Step
@@ -314,12 +314,14 @@ class AsyncQueue(AsyncCompat):
             yield message
         except Exception as exc:
             if ended(message.lease_token) is None:
-                await self.fail_message(message, error=error_text(exc))
+                failed = await self.fail_message(message, error=error_text(exc))
+                settle.unsettled(self.name, message, "failed", failed)
             raise
         except BaseException:
             # Cancelled or interrupted, not failed: give it back, attempt not counted.
             if ended(message.lease_token) is None:
-                await asyncio.shield(self.release(message))
+                released = await asyncio.shield(self.release(message))
+                settle.unsettled(self.name, message, "given back", released)
             raise
         if ended(message.lease_token) is not None:
             return

@@ -860,22 +860,24 @@ class SQLiteBackend(SQLBackend):
         self._check_open()
         self._refuse_writes()
         try:
-            opened = [row[2] for row in conn.execute(sql.DATABASE_LIST) if row[1] == "main"]
-            if (
-                self._memory
-                or not opened
-                or os.path.realpath(opened[0]) != os.path.realpath(self.path)
-            ):
-                raise StorageError(
-                    f"conn is open on {opened[0] if opened else 'another database'!r}, not on the "
-                    f"queue's file {self.path!r}",
-                    ErrorKind.INVALID_INPUT,
-                )
+            self._check_same_file(conn)
             if not conn.in_transaction:
                 self._join(conn)
             return self._insert(conn, messages)
         except files.driver_errors() as exc:
             raise files.classify(exc, self.path) from exc
+
+    def _check_same_file(self, conn: sqlite3.Connection) -> None:
+        """Refuse a caller's ``conn`` unless it is open on the queue's file: on another
+        database, enqueue_in would write there and vacuum or checkpoint act there, each
+        returning Ok with the queue's file untouched."""
+        opened = [row[2] for row in conn.execute(sql.DATABASE_LIST) if row[1] == "main"]
+        if self._memory or not opened or os.path.realpath(opened[0]) != os.path.realpath(self.path):
+            raise StorageError(
+                f"conn is open on {opened[0] if opened else 'another database'!r}, not on the "
+                f"queue's file {self.path!r}",
+                ErrorKind.INVALID_INPUT,
+            )
 
     @staticmethod
     def _join(conn: sqlite3.Connection) -> None:
@@ -1171,6 +1173,7 @@ class SQLiteBackend(SQLBackend):
                 ErrorKind.INVALID_INPUT,
             )
         try:
+            self._check_same_file(conn)
             return fn(conn)
         except files.driver_errors() as exc:
             raise files.classify(exc, self.path) from exc

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +14,7 @@ from ..names import validate_queue_name
 from ..stats import QueueStats
 from ..wakeup import signal_for
 from . import convert
-from .checks import MAX_BATCH_SIZE, MAX_DELAY, MAX_ID, bounded_int, config, seconds
+from .checks import MAX_BATCH_SIZE, MAX_DELAY, MAX_ID, bounded_int, seconds
 
 if TYPE_CHECKING:
     from .parts import Parts
@@ -27,6 +27,9 @@ LISTABLE_STATES = (
     "ready", "delayed", "waiting", "processing", "dead", "done", "pending", "all"
 )  # fmt: skip
 PURGEABLE_STATES = ("ready", "delayed", "waiting", "processing", "dead", "done", "pending")
+
+# Sequences that are not lists of ids or states: iterated, they give characters or bytes.
+_NOT_LISTS = (str, bytes, bytearray, memoryview)
 
 
 def stats(parts: Parts, expiring_within: float | timedelta) -> QueueStats:
@@ -127,12 +130,24 @@ def redrive(
     moved so far, so a redrive returns as soon as the last chunk is moved, and a wait is
     ended at once by close() (CLOSED, saying how many were moved: they stay moved)."""
     if to_queue is not None:
-        config(lambda: validate_queue_name(to_queue))
+        try:
+            validate_queue_name(to_queue)
+        except ValueError as exc:
+            raise QueueError(f"to_queue: {exc}", ErrorKind.INVALID_INPUT) from None
     _check_rate(rate)
     backend = parts.backend
     wanted = None
     if ids is not None:
-        wanted = [bounded_int(i, "id", 0, MAX_ID) for i in ids]
+        # Any iterable of ids (a list, a set, a generator), but not bytes or a str: b"\x02"
+        # would redrive dead letter 2.
+        if isinstance(ids, _NOT_LISTS) or not isinstance(ids, Iterable):
+            raise QueueError(
+                f"ids must be a list of message ids (or None for every dead letter), got "
+                f"{type(ids).__name__}",
+                ErrorKind.INVALID_INPUT,
+            )
+        # Each id once, in the order given: a second mention would find it redriven.
+        wanted = list(dict.fromkeys(bounded_int(i, "id", 0, MAX_ID) for i in ids))
         total = len(wanted)
     else:
         total = backend.stats(0)["dead"]
@@ -265,7 +280,7 @@ def _pace(parts: Parts, until: float, seen: int) -> None:
 
 
 def delete_dead_letters(parts: Parts, ids: Sequence[int]) -> int:
-    if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
+    if isinstance(ids, _NOT_LISTS) or not isinstance(ids, Sequence):
         raise QueueError(
             f"ids must be a list of message ids, got {type(ids).__name__}",
             ErrorKind.INVALID_INPUT,
@@ -288,6 +303,13 @@ def purge(
         states: list[str] = ["ready", "delayed", "waiting", "processing"]
     elif isinstance(state, str):
         states = [state]
+    elif isinstance(state, _NOT_LISTS) or not isinstance(state, Iterable):
+        # (b"dead" would be read as the states 100, 101, 97, 100)
+        raise QueueError(
+            f"state must be a state name ({', '.join(PURGEABLE_STATES)}) or a list of them, "
+            f"got {type(state).__name__}",
+            ErrorKind.INVALID_INPUT,
+        )
     else:
         states = list(state)
     for item in states:

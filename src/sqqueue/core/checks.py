@@ -86,27 +86,59 @@ def config(check: Callable[[], T]) -> T:
         raise ValueError(str(exc)) from None
 
 
+def storable_text(text: str) -> str:
+    """``text`` with each lone surrogate written as its escape (``\\udcff``).
+
+    os.fsdecode() puts one in for each byte of a file name that is not UTF-8, and no
+    database takes it as text (nor a log file written as UTF-8). An error naming such a
+    file must still be recorded: refused, the failure was lost, and a rejected message
+    was delivered again and again. An escape, not "?", keeps the text telling which byte
+    it was."""
+    if text.isascii():
+        return text  # the usual case, checked cheaply
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_text(exc: BaseException) -> str:
-    """The last line of a traceback: ``ValueError: bad input``. Never raises, even for an
-    exception whose ``__str__`` does."""
+    """The last line of a traceback: ``ValueError: bad input``, storable (see
+    ``storable_text``). Never raises, even for an exception whose ``__str__`` does."""
     name = type(exc).__name__
     try:
         text = str(exc)
     except BaseException as broken:  # (a __str__ raising KeyboardInterrupt is input too)
         return f"{name} (its message could not be read: str() raised {type(broken).__name__})"
-    return f"{name}: {text}" if text else name
+    return storable_text(f"{name}: {text}" if text else name)
 
 
-def message_ref(message: Message) -> tuple[int, int | None]:
-    """A Message's (id, lease token), checked: its fields may have been set to anything
-    since a queue made it, and a wrong one must be refused as such, not fail in the
-    database (an int too large for it) or name another message ("1" for 1)."""
+def message_ref(message: Message, queue: str) -> tuple[int, int]:
+    """A Message's (id, lease token), checked before queue ``queue`` acts on its lease.
+
+    Its fields may have been set to anything since a queue made it, and a wrong one must
+    be refused as such, not fail in the database (an int too large for it) or name another
+    message ("1" for 1). A Message with no lease token (from peek(), or built by hand) is
+    refused too: acting on it by id alone could end the lease another consumer holds, and
+    a Message promises exact fencing (a bare id stays unfenced, as in 0.1.0). So is one
+    another queue delivered: its id names another message here."""
     mid, token = message.id, message.lease_token
     id_ok = type(mid) is int and 0 <= mid <= MAX_ID
-    if id_ok and (token is None or (type(token) is int and 0 <= token <= MAX_ID)):
-        return mid, token
-    raise QueueError(
-        f"this Message's id ({mid!r}) or lease token ({token!r}) is not one a queue gives: "
-        "pass the Message as dequeue() returned it, or its id",
-        ErrorKind.INVALID_INPUT,
-    )
+    if not id_ok or not (token is None or (type(token) is int and 0 <= token <= MAX_ID)):
+        raise QueueError(
+            f"this Message's id ({mid!r}) or lease token ({token!r}) is not one a queue "
+            "gives: pass the Message as dequeue() returned it, or its id",
+            ErrorKind.INVALID_INPUT,
+        )
+    # An empty name: a Message built by hand, which says nothing about its queue.
+    if message.queue and message.queue != queue:
+        raise QueueError(
+            f"message {mid} is from queue {message.queue!r}, not {queue!r}: pass it to the "
+            "queue that delivered it; nothing was changed",
+            ErrorKind.INVALID_INPUT,
+        )
+    if token is None:
+        raise QueueError(
+            f"this Message (id {mid}) was not leased: it came from peek(), or was built from "
+            "a listing, so it holds no lease to act on. Dequeue the message to act on it, or "
+            f"pass its id ({mid}) to act without fencing; nothing was changed",
+            ErrorKind.INVALID_INPUT,
+        )
+    return mid, token

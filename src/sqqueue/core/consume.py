@@ -69,7 +69,7 @@ class Leases:
     def ref(self, message: object) -> tuple[int, int | None]:
         """(id, lease token) of a Message or an id this object may have leased."""
         if isinstance(message, Message):
-            return message_ref(message)
+            return message_ref(message, self.name)
         if is_int(message):
             assert isinstance(message, int)
             if not 0 <= message <= MAX_ID:

@@ -104,9 +104,20 @@ class Producer:
         if ttl is not None:
             ttl = seconds(ttl, "ttl", minimum=0, maximum=MAX_DELAY, strict=True)
         for label, value in (("dedup_key", item.dedup_key), ("group", item.group)):
-            if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 512):
+            if value is None:
+                continue
+            if not isinstance(value, str) or not 0 < len(value) <= 512:
                 raise QueueError(
                     f"{label} must be a non-empty str of at most 512 characters, got {value!r}",
+                    ErrorKind.INVALID_INPUT,
+                )
+            if not _is_utf8(value):
+                # A key is matched exactly, so it is refused rather than escaped (an escaped
+                # key could equal another caller's). The database cannot store it as text.
+                raise QueueError(
+                    f"{label} must be valid UTF-8 text, got {value!r}, which holds a lone "
+                    "surrogate (as os.fsdecode() makes of bytes that are not UTF-8); build "
+                    "it from text, or escape it first",
                     ErrorKind.INVALID_INPUT,
                 )
         signer = self.parts.signer
@@ -179,6 +190,17 @@ class Producer:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("queue %r: enqueued message(s) %s", parts.name, ids[:20])
         return ids
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8: it holds no lone surrogate."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def batch_items(payloads: object) -> list[object]:

@@ -81,7 +81,7 @@ class Queue(Compat):
         self.default_visibility_timeout: float = settings.default_visibility_timeout
         self.default_priority: int = settings.default_priority
         self.default_ttl: float | None = settings.default_ttl
-        self.retry: RetryPolicy = settings.retry
+        self._retry: RetryPolicy = settings.retry
         #: the parts this queue's modules share, and with them the asyncio queue, workers
         #: and tools (internal: not covered by the compatibility promise)
         self.parts = Parts(backend, serializer, clock, metrics, signer, settings.accept_unsigned)
@@ -104,6 +104,23 @@ class Queue(Compat):
             self.parts.upkeep.threshold = bounded_int(value, "vacuum_threshold", 0, 2**31)
         except QueueError as exc:
             raise ValueError(str(exc)) from None
+
+    # The retry policy: settable at any time.
+    @property
+    def retry(self) -> RetryPolicy:
+        """How long a failed message waits before it is delivered again."""
+        return self._retry
+
+    @retry.setter
+    def retry(self, value: RetryPolicy) -> None:
+        # Checked here, as vacuum_threshold is: a bad value would otherwise surface as a
+        # storage error from the next fail_message (or a worker's), far from the mistake.
+        if not isinstance(value, RetryPolicy):
+            raise ValueError(
+                "retry must be a sqqueue.RetryPolicy (RetryPolicy.immediate() for no "
+                f"delay, RetryPolicy.fixed(30), ...), got {type(value).__name__}"
+            )
+        self._retry = value
 
     # -- context management --------------------------------------------------------------
 
@@ -252,10 +269,12 @@ class Queue(Compat):
 
         def run() -> Result[Message | None, DequeueError]:
             timeout = consume.lease_seconds(visibility_timeout, self.default_visibility_timeout)
+            # Checked without a wait too: a call that works only while wait is 0 hides the
+            # mistake until the day a wait is added.
+            cancelled = consume.cancel_check(cancel)
             if wait == 0:  # no waiting: no wait plan to carry out
                 messages = consume.claim(parts, 1, timeout)
             else:
-                cancelled = consume.cancel_check(cancel)
                 plan = consume.claim_plan(parts, 1, timeout, wait, cancelled)
                 messages = consume.drive(parts, plan)
             return Ok(messages[0] if messages else None)
@@ -306,12 +325,13 @@ class Queue(Compat):
             yield message
         except Exception as exc:
             if ended_here(message.lease_token) is None:
-                self.fail_message(message, error=error_text(exc))
+                failed = self.fail_message(message, error=error_text(exc))
+                settle.unsettled(self.name, message, "failed", failed)
             raise
         except BaseException:
             # Interrupted (Ctrl-C, exit), not failed: give it back, attempt not counted.
             if ended_here(message.lease_token) is None:
-                self.release(message)
+                settle.unsettled(self.name, message, "given back", self.release(message))
             raise
         if ended_here(message.lease_token) is not None:
             return  # the block completed, failed or gave back the message itself

@@ -7,13 +7,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..backends.base import Outcome
 from ..exceptions import ErrorKind, LeasesNotExtended, QueueError
 from ..message import Message, to_datetime
+from ..result import Err, Result
 from ..serializers import json_text
-from .checks import MAX_DELAY, MAX_ERROR_TEXT, MAX_VISIBILITY_TIMEOUT, message_ref, seconds
+from .checks import (
+    MAX_DELAY,
+    MAX_ERROR_TEXT,
+    MAX_VISIBILITY_TIMEOUT,
+    message_ref,
+    seconds,
+    storable_text,
+)
 
 if TYPE_CHECKING:
     from .parts import Parts
@@ -36,6 +44,21 @@ def result_text(parts: Parts, result: object) -> str:
         return json_text(result, "the result")
     except QueueError as exc:
         raise QueueError(f"{exc}; nothing was changed", exc.kind) from exc
+
+
+def unsettled(queue: str, message: Message, what: str, result: Result[None, Any]) -> None:
+    """Log it when a claim block that raised could not have its message failed or given
+    back (``what``): the block's own exception is what the caller sees, so this Err is
+    not raised in its place; unlogged, it would be lost (no error recorded, the message
+    left leased until its lease expires)."""
+    if isinstance(result, Err):
+        logger.warning(
+            "queue %r: the block of claim() raised, and message %d could not be %s: %s",
+            queue,
+            message.id,
+            what,
+            result.error,
+        )
 
 
 def complete(parts: Parts, message: object, text: str | None) -> None:
@@ -61,7 +84,8 @@ def _batch_refs(parts: Parts, messages: Sequence[object], action: str) -> list[R
         raise QueueError(f"{action} expects a list of messages or ids", ErrorKind.INVALID_INPUT)
     leases = parts.leases
     # A Message is the usual reference: read without the lease memory's lock.
-    return [message_ref(m) if type(m) is Message else leases.ref(m) for m in messages]
+    name = parts.name
+    return [message_ref(m, name) if type(m) is Message else leases.ref(m) for m in messages]
 
 
 def _all_done(parts: Parts, refs: list[Ref], outcomes: list[Outcome], verb: str) -> None:
@@ -114,14 +138,22 @@ def fail(
         raise QueueError(
             f"error must be a str, got {type(error).__name__}", ErrorKind.INVALID_INPUT
         )
-    if send_to_dlq is not None and not isinstance(send_to_dlq, int):
+    if type(send_to_dlq) is int and send_to_dlq not in (0, 1):
+        # fail_message(message, 30) reads as a delay, but would dead-letter it at once.
+        # 0 and 1 stay flags: 0.1.0 code may pass them.
+        hint = f" (for a delay, pass delay={send_to_dlq})" if 1 < send_to_dlq <= MAX_DELAY else ""
+        raise QueueError(
+            f"send_to_dlq must be True or False, got {send_to_dlq}{hint}; nothing was changed",
+            ErrorKind.INVALID_INPUT,
+        )
+    if not (send_to_dlq is None or type(send_to_dlq) in (bool, int)):
         # fail_message(message, "timed out") would dead-letter it at once, the text lost.
         raise QueueError(
             f"send_to_dlq must be True or False, got a {type(send_to_dlq).__name__}; to "
             "record why the message failed, pass error=...; nothing was changed",
             ErrorKind.INVALID_INPUT,
         )
-    text = error[:MAX_ERROR_TEXT] if error is not None else None
+    text = storable_text(error[:MAX_ERROR_TEXT])[:MAX_ERROR_TEXT] if error is not None else None
     if delay is None:
         # The storage knows the attempt count, also when only the id was passed.
         retry_after = retry_delay
