@@ -338,6 +338,26 @@ def test_stats_watch_refreshes_until_interrupted(db: Path, monkeypatch: pytest.M
 # -- ls and peek --------------------------------------------------------------------------------
 
 
+def test_text_that_looks_like_markup_is_shown_as_it_is(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Brackets in a payload, an error, a path are text: never styling that hides them,
+    nor markup that fails to parse (a traceback)."""
+    seed(db, "jobs", ["see [/etc/hosts] for details", "[bold red]hidden[/bold red] text"])
+    shown = run_cli("ls", db, "jobs")
+    assert shown.exit_code == 0, shown.output
+    assert "see [/etc/hosts] for details" in shown.stdout
+    assert "[bold red]hidden[/bold red] text" in shown.stdout
+    assert run_cli("fail", db, "jobs", 1, "--dlq", "--error", "SMTP [/] refused").exit_code == 0
+    dead = run_cli("dlq", "list", db, "jobs")
+    assert dead.exit_code == 0, dead.output
+    assert "SMTP [/] refused" in dead.stdout
+    monkeypatch.setenv("SQQUEUE_DB_PATH", "/data/[/]jobs.db")
+    config = run_cli("config")
+    assert config.exit_code == 0, config.output
+    assert "/data/[/]jobs.db" in config.stdout
+
+
 def test_ls_pages_and_states(db: Path) -> None:
     seed(db, "jobs", [f"m{n}" for n in range(5)])
     seed(db, "jobs", ["later"], delay=3600)

@@ -83,6 +83,76 @@ def test_priority_out_of_range_is_a_usage_error(db: Path, priority: str) -> None
     assert at_edge.exit_code == 0, at_edge.output
 
 
+@pytest.mark.parametrize(
+    ("payload", "said"),
+    [
+        ("NaN", "NaN is not JSON"),
+        ("[Infinity]", "Infinity is not JSON"),
+        ("1e400", "1e400 is too large for a number"),
+        ("[" * 5000 + "]" * 5000, "nested too deeply"),
+    ],
+    ids=["nan", "infinity", "1e400", "deep"],
+)
+def test_json_that_is_not_json_is_a_usage_error(db: Path, payload: str, said: str) -> None:
+    """What Python's json module reads but JSON is not (or cannot be read at all): exit 2
+    saying why, from the argument and from stdin alike, never a traceback."""
+    argument = run_cli("enqueue", db, "jobs", payload, "--json")
+    stdin = run_cli("enqueue", db, "jobs", "-", "--json", input=payload + "\n")
+    assert argument.exit_code == stdin.exit_code == 2
+    assert said in one_error_line(argument)
+    assert said in one_error_line(stdin)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--visibility-timeout", "700000"), ("--grace-period", "1e10")],
+)
+def test_worker_durations_it_could_not_use_are_usage_errors(
+    db: Path, tmp_path: Path, option: str, value: str
+) -> None:
+    """A lease past a week (refused by every claim, so nothing was ever handled) or a grace
+    period past a day (an OverflowError at shutdown): refused before the worker starts."""
+    (tmp_path / "noop_handlers.py").write_text("def handle(message):\n    pass\n")
+    result = run_cli("worker", "noop_handlers:handle", db, "jobs", option, value)
+    assert result.exit_code == 2, result.output
+    assert "is not in the range" in result.stderr
+    assert run_cli("stats", db, "--watch=1e10").exit_code == 2
+
+
+def test_copy_and_migrate_refuse_a_bad_queue_name_as_usage(db: Path, tmp_path: Path) -> None:
+    with opened(db):
+        pass
+    copied = run_cli("copy", db, tmp_path / "copy.db", "bad-name")
+    printed = run_cli("migrate", "--sql", db, "--queue", "bad-name")
+    assert copied.exit_code == printed.exit_code == 2
+    assert "invalid queue name 'bad-name'" in one_error_line(copied)
+    assert "invalid queue name 'bad-name'" in one_error_line(printed)
+    assert not (tmp_path / "copy.db").exists()
+
+
+def test_an_id_past_any_database_is_not_a_dead_letter(db: Path) -> None:
+    with opened(db):
+        pass
+    result = run_cli("dlq", "show", db, "jobs", "99999999999999999999999")
+    assert result.exit_code == 1
+    assert one_error_line(result) == (
+        "error: message 99999999999999999999999 is not in the dead-letter queue of 'jobs'"
+    )
+
+
+def test_a_config_file_that_is_not_utf8_is_named(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with opened(db):
+        pass
+    config = tmp_path / "bin.toml"
+    config.write_bytes(b'a = "\xff"\n')
+    monkeypatch.setenv("SQQUEUE_CONFIG", str(config))
+    result = run_cli("stats", db)
+    assert result.exit_code == 1
+    assert f"cannot read config file {config}" in one_error_line(result)
+
+
 def test_payload_refused_on_stdin_names_its_line(db: Path) -> None:
     """A value the queue refuses (JSON's 1e999 is infinity) is named by its line of stdin,
     not by its index in an internal batch, and without the API's method name."""

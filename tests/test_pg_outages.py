@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from sqqueue import Err, ErrorKind, Message, Ok, PostgresQueue, QueueError, Worker
+from sqqueue import Err, ErrorKind, Message, Ok, PostgresQueue, QueueError, Worker, list_queues
 
 pytestmark = pytest.mark.slow
 
@@ -374,3 +374,59 @@ def test_no_call_waits_past_lock_timeout_even_after_waiting_for_a_connection(
     assert isinstance(succeeded, Ok), results
     assert isinstance(refused, Err) and refused.error.kind is ErrorKind.LOCKED, results
     assert took_err < 2 + 0.75, f"waited {took_err:.2f} s with lock_timeout 2 s"
+
+
+# -- listing the queues (what every command line call does first) ------------------------------
+
+
+def test_listing_the_queues_waits_no_longer_than_lock_timeout_for_a_locked_registry(
+    pg_url: str, pg_schema: str
+) -> None:
+    """Another session holds the queues' registry locked: list_queues returns
+    Err(LOCKED) after about lock_timeout (1 s here), not after the 30 s default or never."""
+    PostgresQueue(pg_url, TABLE, schema=pg_schema).close()
+    locked, done = threading.Event(), threading.Event()
+
+    def lock_registry() -> None:
+        with psycopg.connect(pg_url) as conn:
+            conn.execute(f'SET search_path TO "{pg_schema}"')
+            conn.execute("LOCK TABLE sqqueue_queues IN ACCESS EXCLUSIVE MODE")
+            locked.set()
+            done.wait(60)
+            conn.rollback()
+
+    holder = threading.Thread(target=lock_registry)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        start = time.monotonic()
+        result = list_queues(pg_url, schema=pg_schema, lock_timeout=1)
+        took = time.monotonic() - start
+    finally:
+        done.set()
+        holder.join(20)
+    assert isinstance(result, Err) and result.error.kind is ErrorKind.LOCKED, result
+    assert took < 20, took  # (the default, 30 s, or for ever before)
+    assert ok_names(list_queues(pg_url, schema=pg_schema, lock_timeout=1)) == [TABLE]
+
+
+def test_listing_the_queues_of_a_server_that_never_answers_ends_in_time() -> None:
+    """A socket that takes the connection and never says a word: list_queues gives up
+    within its lock_timeout (libpq's connect timeout, at least 2 s), saying so, without
+    the password."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+        start = time.monotonic()
+        result = list_queues(f"postgresql://app:s3cret-pw@127.0.0.1:{port}/app", lock_timeout=1)
+        took = time.monotonic() - start
+    assert isinstance(result, Err), result
+    assert "s3cret-pw" not in str(result.error)
+    assert "127.0.0.1" in str(result.error)
+    assert took < 20, took  # (30 s before, whatever lock_timeout said)
+
+
+def ok_names(result: Any) -> list[str]:
+    assert isinstance(result, Ok), result
+    return list(result.value)

@@ -67,14 +67,16 @@ def list_queues(path: str | os.PathLike[str]) -> list[str]:
     return [name for name, _version in read(path, registered)]
 
 
-def list_queues_at(target: str | os.PathLike[str], schema: str | None = None) -> list[str]:
+def list_queues_at(
+    target: str | os.PathLike[str], schema: str | None = None, timeout: float = 30.0
+) -> list[str]:
     """Names of the queues in a database: a file path, ``sqlite:///`` or ``postgresql://``
-    (in ``schema``, if given)."""
+    (in ``schema``, if given; a server gets ``timeout`` seconds to answer)."""
     kind, location = parse_target(target)
     if kind == "postgresql":
         from .backends.postgres import list_postgres_queues
 
-        return list_postgres_queues(location, schema)
+        return list_postgres_queues(location, schema, timeout)
     if schema is not None:
         raise QueueError("schema applies to PostgreSQL only", ErrorKind.INVALID_INPUT)
     return list_queues(location)

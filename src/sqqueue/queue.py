@@ -15,7 +15,7 @@ from . import catalog
 from .backends.base import Backend, Policy
 from .backends.sqlite import SQLiteBackend
 from .core.admin import LISTABLE_STATES, PURGEABLE_STATES
-from .core.checks import bounded_int, config
+from .core.checks import bounded_int, config, seconds
 from .core.parts import Clock
 from .core.queue import MessageRef, Queue
 from .encryption import EncryptionKey
@@ -328,7 +328,10 @@ def connect(url: str | os.PathLike[str], table_name: str = UNSET, **settings: An
 
 
 def list_queues(
-    target: str | os.PathLike[str], *, schema: str | None = None
+    target: str | os.PathLike[str],
+    *,
+    schema: str | None = None,
+    lock_timeout: float | None = None,
 ) -> Result[list[str], QueueError]:
     """Names of the queues in a database, sorted: ``Ok(["emails", "thumbnails"])``.
 
@@ -336,10 +339,17 @@ def list_queues(
     URL (``schema``: the PostgreSQL schema the queues live in). Reads only: nothing is
     created or migrated, so queues still in sqqueue 0.1.0's layout are not listed until
     they are migrated (``sqqueue migrate FILE``, or opening each one for use);
-    ``sqqueue stats FILE`` names them.
+    ``sqqueue stats FILE`` names them. A PostgreSQL server gets ``lock_timeout`` seconds
+    to answer (default: the setting, as for a queue), then the call returns
+    ``Err(kind=LOCKED)``.
     """
     try:
-        return Ok(catalog.list_queues_at(target, schema=schema))
+        if lock_timeout is None:
+            lock_timeout = load({}, "postgresql").lock_timeout
+        timeout = config(
+            lambda: seconds(lock_timeout, "lock_timeout", minimum=0, maximum=86400, strict=True)
+        )
+        return Ok(catalog.list_queues_at(target, schema=schema, timeout=timeout))
     except ValueError as exc:
         return Err(QueueError(str(exc), ErrorKind.INVALID_INPUT))
     except QueueError as exc:

@@ -95,7 +95,9 @@ def check(path: str | os.PathLike[str]) -> list[str]:
 
     def integrity(conn: sqlite3.Connection) -> list[str]:
         try:
-            return [str(r[0]) for r in conn.execute(sqlite_sql.INTEGRITY_CHECK).fetchall()]
+            rows = conn.execute(sqlite_sql.INTEGRITY_CHECK).fetchall()
+            # One problem per line: SQLite may put several in one row, a line each.
+            return [line for r in rows for line in str(r[0]).splitlines() if line.strip()]
         except driver_errors() as exc:  # (SQLCipher's errors too)
             error = classify(exc, str(path))
             if error.kind is not ErrorKind.CORRUPT or not_a_database(exc):

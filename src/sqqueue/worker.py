@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
-from .core.checks import error_text
+from .core.checks import MAX_VISIBILITY_TIMEOUT, MAX_WAIT, error_text
 from .core.queue import Queue
 from .exceptions import ErrorKind, LeasesNotExtended, QueueError, Reject
 from .message import Message
@@ -144,14 +144,18 @@ class RunningTask:
 def _check_times(
     lease: float, grace_period: float, poll_wait: float, task_timeout: float | None
 ) -> None:
-    """Raise ValueError, saying which, for a duration a worker cannot use."""
-    for label, value in (
-        ("visibility_timeout", lease),
-        ("grace_period", grace_period),
-        ("poll_wait", poll_wait),
+    """Raise ValueError, saying which, for a duration a worker cannot use: also one the
+    queue would refuse at every claim (a lease past a week, a wait past a day), or too
+    long to wait for at all (a grace period of 1e10 s)."""
+    for label, value, most in (
+        ("visibility_timeout", lease, MAX_VISIBILITY_TIMEOUT),
+        ("grace_period", grace_period, MAX_WAIT),
+        ("poll_wait", poll_wait, MAX_WAIT),
     ):
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(f"{label} must be a finite number >= 0, got {value!r}")
+        if value > most:
+            raise ValueError(f"{label} must be at most {most:g} seconds, got {value!r}")
     if poll_wait == 0:  # an idle runner would claim again and again, a core's worth
         raise ValueError("poll_wait must be > 0 seconds (how long an idle runner waits)")
     if task_timeout is not None and not (

@@ -319,41 +319,61 @@ def url_settings(url: str) -> dict[str, Any]:
     raise ValueError(f"invalid PostgreSQL URL {redact(url)!r}: {refused}")
 
 
-# How long listing the queues waits for a server that does not answer (unless the URL
-# sets connect_timeout): the default lock_timeout.
-_LIST_CONNECT_TIMEOUT = 30
-
-
-def list_postgres_queues(url: str, schema: str | None = None) -> list[str]:
-    """Names of the sqqueue queues in a PostgreSQL database (schema), sorted."""
-    timeout: dict[str, Any] = {}
+def list_postgres_queues(url: str, schema: str | None = None, timeout: float = 30.0) -> list[str]:
+    """Names of the sqqueue queues in a PostgreSQL database (schema), sorted; within
+    ``timeout`` seconds (a queue's ``lock_timeout``), whatever the server does: a table
+    locked by another session, a server that takes the connection and never answers."""
+    deadline = time.monotonic() + timeout
+    options: dict[str, Any] = {}
     settings = url_settings(url)
     if "connect_timeout" not in settings:
-        timeout["connect_timeout"] = _LIST_CONNECT_TIMEOUT
+        options["connect_timeout"] = max(math.ceil(timeout), 2)  # (libpq's least is 2 s)
     try:
-        with psycopg.connect(url, autocommit=True, **timeout) as conn:
-            if schema is not None:
-                schema = validate_queue_name(schema)
-                # Without USAGE the schema's tables are out of sight, as if there were none:
-                # say so, rather than list nothing.
-                usage = conn.execute(sql.SCHEMA_USAGE, (schema,)).fetchone()
-                if usage is not None and not usage[0]:
-                    user = settings.get("user")
-                    who = f"role {user!r}" if user else "the role of this URL"
+        with psycopg.connect(url, autocommit=True, **options) as conn:
+            # Past the deadline the connection is cut (see pg_watchdog); waits for locks
+            # end before it, reported by the server.
+            watch = watchdog.watch(conn, deadline)
+            try:
+                conn.execute(sql.SET_LOCK_TIMEOUT.format(ms=max(int(timeout * 1000), 1)))
+                rows = _queue_names(conn, url, settings, schema)
+            except psycopg.Error as exc:
+                if watchdog.end(watch):
                     raise StorageError(
-                        f"{who} may not use schema {schema!r} at {redact(url)!r} (it lacks "
-                        f"USAGE on the schema), so it cannot see its queues; {GRANTS_HINT}",
-                        ErrorKind.READ_ONLY,
-                    )
-                conn.execute(sql.SET_SEARCH_PATH.format(schema=schema))
-            if conn.execute(sql.HAS_REGISTRY).fetchone() == (None,):
-                return []
-            rows = conn.execute(sql.QUEUE_NAMES).fetchall()
+                        f"cannot list queues at {redact(url)!r}: the server did not answer "
+                        f"within {timeout:g} s (lock_timeout); retry, or raise lock_timeout",
+                        ErrorKind.LOCKED,
+                    ) from exc
+                raise
+            finally:
+                watchdog.end(watch)
     except psycopg.Error as exc:
         raise StorageError(
-            f"cannot list queues at {redact(url)!r}: {hide_password(str(exc), url)}"
+            f"cannot list queues at {redact(url)!r}: {hide_password(str(exc), url)}",
+            ErrorKind.LOCKED if isinstance(exc, pg_errors.LockNotAvailable) else ErrorKind.STORAGE,
         ) from exc
-    return [r[0] for r in rows]
+    return rows
+
+
+def _queue_names(
+    conn: psycopg.Connection[Any], url: str, settings: dict[str, str], schema: str | None
+) -> list[str]:
+    if schema is not None:
+        schema = validate_queue_name(schema)
+        # Without USAGE the schema's tables are out of sight, as if there were none: say
+        # so, rather than list nothing.
+        usage = conn.execute(sql.SCHEMA_USAGE, (schema,)).fetchone()
+        if usage is not None and not usage[0]:
+            user = settings.get("user")
+            who = f"role {user!r}" if user else "the role of this URL"
+            raise StorageError(
+                f"{who} may not use schema {schema!r} at {redact(url)!r} (it lacks USAGE on "
+                f"the schema), so it cannot see its queues; {GRANTS_HINT}",
+                ErrorKind.READ_ONLY,
+            )
+        conn.execute(sql.SET_SEARCH_PATH.format(schema=schema))
+    if conn.execute(sql.HAS_REGISTRY).fetchone() == (None,):
+        return []
+    return [r[0] for r in conn.execute(sql.QUEUE_NAMES).fetchall()]
 
 
 def classify(exc: BaseException, path: str, role: str | None = None) -> StorageError:

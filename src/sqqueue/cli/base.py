@@ -115,9 +115,25 @@ def dumps(data: Any, indent: int | None = 2) -> str:
     return json.dumps(data, default=_json_default, indent=indent, ensure_ascii=False)
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON (Python's json module reads it; nothing else does)")
+
+
+def _finite(number: str) -> float:
+    value = float(number)
+    if not math.isfinite(value):
+        raise ValueError(f"{number} is too large for a number (it would be infinity)")
+    return value
+
+
 def parse_json_payload(text: str) -> Any:
-    """A JSON payload; ``{"$bytes": "<base64>"}`` (what ``--json`` output uses) is bytes."""
-    value = json.loads(text)
+    """A JSON payload; ``{"$bytes": "<base64>"}`` (what ``--json`` output uses) is bytes.
+    Raises ValueError for text that is not JSON: also ``NaN`` and ``Infinity``, a number
+    too large for a float (``1e400``), and nesting too deep to read."""
+    try:
+        value = json.loads(text, parse_constant=_not_json, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("nested too deeply to read") from None
     if isinstance(value, dict) and set(value) == {"$bytes"} and isinstance(value["$bytes"], str):
         return base64.b64decode(value["$bytes"], validate=True)
     return value
@@ -246,10 +262,12 @@ def show_progress() -> bool:
 
 
 def make_console() -> Console:
-    """stdout for tables: the terminal's width, or wide enough not to wrap in a pipe."""
-    console = Console()
+    """stdout for tables: the terminal's width, or wide enough not to wrap in a pipe.
+    Text is shown as it is: rich would read ``[...]`` in a payload, an error or a path as
+    its markup, hiding it or failing on it."""
+    console = Console(markup=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=160)
+        console = Console(width=160, markup=False)
     return console
 
 
@@ -399,7 +417,7 @@ def open_queue(db: Database, queue: str, *, create: bool = False, read_only: boo
 
 def dead_letter(queue: Queue, message_id: int) -> dict[str, Any] | None:
     """The dead letter with this id, or None (one indexed page of the dead-letter queue)."""
-    if message_id < 1:
+    if not 1 <= message_id <= 2**63 - 1:  # (past the largest id a database holds)
         return None
     page = unwrap(queue.list_messages("dead", limit=1, after_id=message_id - 1))
     return page[0] if page and page[0]["id"] == message_id else None

@@ -181,6 +181,8 @@ def migrate(target: str, schema: str | None, print_sql: bool, queues: tuple[str,
                 "set to the schema, and leave out --schema",
                 2,
             )
+        for name in queues:
+            base.check_name(name)  # a bad name is bad usage (exit 2), before anything prints
         try:
             for name in queues:
                 for statement in tools.schema_sql(db.kind, name):
@@ -273,6 +275,8 @@ def copy(
         )
     source_schema = schema if postgres[0] else None
     target_schema = (target_schema or schema) if postgres[1] else None
+    for name in queues:
+        base.check_name(name)
     base.require_db(base.database(source, source_schema))
     with base.progress_bar("copying", known_total=True) as update:
         try:

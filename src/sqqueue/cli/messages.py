@@ -104,7 +104,7 @@ def _stats_json(db: base.Database, rows: list[QueueStats], legacy: list[str]) ->
 @base.as_json
 @click.option(
     "--watch",
-    type=base.FiniteRange(min=0.1),
+    type=base.FiniteRange(min=0.1, max=86400),
     is_flag=False,
     flag_value=2.0,
     default=None,

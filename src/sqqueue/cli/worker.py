@@ -59,7 +59,7 @@ def _load_handler(target: str) -> Callable[..., Any] | Tasks:
 )
 @click.option(
     "--visibility-timeout",
-    type=base.FiniteRange(min=0, min_open=True),
+    type=base.FiniteRange(min=0, min_open=True, max=7 * 86400),  # (a queue's longest lease)
     default=None,
     metavar="SECONDS",
     help="Lease length; a heartbeat extends it while the handler runs.",
@@ -73,7 +73,7 @@ def _load_handler(target: str) -> Callable[..., Any] | Tasks:
 )
 @click.option(
     "--grace-period",
-    type=base.FiniteRange(min=0),
+    type=base.FiniteRange(min=0, max=86400),
     default=30.0,
     show_default=True,
     metavar="SECONDS",
