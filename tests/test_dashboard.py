@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +27,8 @@ from conftest import QueueTarget
 from sqqueue import PostgresQueue, Queue, connect
 from sqqueue.dashboard import create_app
 from sqqueue.dashboard.auth import Auth
+from sqqueue.dashboard.present import one_line
+from sqqueue.dashboard.server import allowed_hosts
 from sqqueue.dashboard.source import BUCKET, BUCKETS, Sampler
 from sqqueue.dashboard.web import shown_target
 from sqqueue.stats import QueueStats
@@ -567,6 +570,300 @@ def test_mounted_under_a_prefix(queue_target: QueueTarget) -> None:
     assert dead_ids(queue_target.open("jobs")) == []
 
 
+def test_hostile_requests_are_refused_with_400_or_404_never_500(
+    queue_target: QueueTarget,
+) -> None:
+    """Forms with too many fields, JSON nested too deeply, ids beyond any message, ages
+    and rates out of range: each is refused as the client's mistake (400, or 404 for an
+    id no message can have), with the security headers, never an unhandled 500."""
+    queue = queue_target.open("jobs")
+    try:
+        ids = dead_letters(queue, ["a"])
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        with dashboard(queue_target) as client:
+            fields = "&".join(f"f{i}=1" for i in range(20_001))
+            form = {"content-type": "application/x-www-form-urlencoded"}
+            for path in ("/login", "/logout"):
+                answer = client.post(path, content=fields, headers=form)
+                assert answer.status_code == 400, path
+                assert "more than 20,000 fields" in answer.text
+                assert "script-src 'self'" in answer.headers["content-security-policy"]
+                assert answer.headers["cache-control"] == "no-store"
+            deep = b'{"older_than": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+            answer = client.post(
+                "/api/queues/jobs/dead/purge",
+                content=deep,
+                headers={**good, "content-type": "application/json"},
+            )
+            assert answer.status_code == 400
+            assert "nested too deeply" in answer.json()["error"]
+            login(client)
+            for too_big in (2**63, 2**64):
+                assert client.get(f"/queues/jobs/messages/{too_big}").status_code == 404
+                api = client.get(f"/api/queues/jobs/messages/{too_big}", headers=good)
+                assert api.status_code == 404
+                assert f"has no message {too_big}" in api.json()["error"]
+            purge = client.post(
+                "/api/queues/jobs/dead/purge", json={"older_than": 1e300}, headers=good
+            )
+            assert purge.status_code == 400
+            assert "100 years" in purge.json()["error"]
+            for rate in (1e10, True, 0, "fast"):
+                redrive = client.post(
+                    "/api/queues/jobs/dead/redrive", json={"ids": ids, "rate": rate}, headers=good
+                )
+                assert redrive.status_code == 400, rate
+                assert "at most 1000000000" in redrive.json()["error"]
+            page = client.get("/queues/jobs/confirm?action=purge&older_than=1e308&unit=days")
+            assert page.status_code == 400
+            assert "100 years" in page.text
+            csrf = csrf_of(client.get("/queues/jobs?state=dead").text)
+            answer = client.post(
+                "/queues/jobs/dead/purge", data={"older_than": "inf", "csrf": csrf}
+            )
+            assert flash_text(client, answer).startswith("bad: Nothing purged")
+    finally:
+        queue.close()
+    assert dead_ids(queue_target.open("jobs")) == ids
+
+
+def test_an_unhandled_error_still_carries_the_security_headers(
+    queue_target: QueueTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug's 500 is answered outside every middleware: it carries the CSP and no-store
+    headers all the same, and shows no traceback."""
+    app = create_app(queue_target.url, token=TOKEN, schema=queue_target.schema)
+
+    def broken() -> None:
+        raise RuntimeError("a bug with a secret in it")
+
+    monkeypatch.setattr(app.state.dashboard.source, "overview", broken)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            answer = client.get("/api/overview", headers={"Authorization": f"Bearer {TOKEN}"})
+    finally:
+        app.state.dashboard.source.close()
+    assert answer.status_code == 500
+    assert "script-src 'self'" in answer.headers["content-security-policy"]
+    assert answer.headers["cache-control"] == "no-store"
+    assert answer.headers["x-frame-options"] == "DENY"
+    assert "secret" not in answer.text and "Traceback" not in answer.text
+
+
+def test_a_stored_time_out_of_range_shows_as_invalid(tmp_path: Path) -> None:
+    """A row whose time cannot be read (edited by hand, damaged) shows the library's
+    ``<invalid: ...>`` marker for that field; its page and the queue's still render."""
+    target = QueueTarget("sqlite", f"sqlite:///{tmp_path / 'jobs.db'}")
+    queue = target.open("jobs")
+    try:
+        message_id = queue.enqueue("fine").unwrap()
+    finally:
+        queue.close()
+    target.run_sql(["UPDATE jobs SET created_at = 1e300"])
+    with dashboard(target) as client:
+        login(client)
+        for path in (
+            "/queues/jobs",
+            "/queues/jobs?state=all",
+            f"/queues/jobs/messages/{message_id}",
+        ):
+            page = client.get(path)
+            assert page.status_code == 200, path
+            assert "&lt;invalid: 1e+300&gt;" in page.text, path
+            assert "fine" in page.text, path
+
+
+def test_a_slowly_paced_redrive_of_selected_ids_runs_in_the_background(
+    queue_target: QueueTarget,
+) -> None:
+    """A redrive of selected dead letters paced to take more than a few seconds answers
+    at once and goes on in the background (one job per queue: more are refused while it
+    runs), in the pages and the API alike; stopping the dashboard ends it."""
+    queue = queue_target.open("jobs")
+    try:
+        ids = dead_letters(queue, [f"m{i}" for i in range(6)])
+        with dashboard(queue_target) as client:
+            login(client)
+            page = client.get(f"/queues/jobs/confirm?action=redrive&id={ids[0]}&id={ids[1]}")
+            data = {"csrf": csrf_of(page.text), "id": [str(ids[0]), str(ids[1])], "rate": "0.001"}
+            answers: list[Any] = []
+            # In a thread, so that a redrive held inside the request fails this test (the
+            # join times out) rather than hanging it: close() below ends the wait anyway.
+            post = threading.Thread(
+                target=lambda: answers.append(client.post("/queues/jobs/dead/redrive", data=data))
+            )
+            post.start()
+            post.join(timeout=30)
+            held = post.is_alive()
+            source = client.app.state.dashboard.source  # type: ignore[attr-defined]
+            try:
+                assert not held, "the paced redrive held the request open"
+                assert "ok: Redriving 2 dead letter(s) in the background" in flash_text(
+                    client, answers[0]
+                )
+                job = client.get("/api/queues/jobs").json()["redrive"]
+                assert (job["selected"], job["rate"], job["running"]) == (2, 0.001, True)
+                assert (
+                    "Redriving 2 selected dead letter(s)"
+                    in client.get("/queues/jobs?state=dead").text
+                )
+                good = {"Authorization": f"Bearer {TOKEN}"}
+                busy = client.post(
+                    "/api/queues/jobs/dead/redrive",
+                    json={"ids": ids[2:4], "rate": 0.001},
+                    headers=good,
+                )
+                assert busy.status_code == 409
+                assert "wait for it to finish" in busy.json()["error"]
+                # A quick one still runs in the request, beside the background job.
+                quick = client.post(
+                    "/api/queues/jobs/dead/redrive", json={"ids": [ids[5]]}, headers=good
+                )
+                assert quick.json() == {"redriven": 1}
+                deadline = time.monotonic() + 30
+                while ids[0] in dead_ids(queue) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert ids[0] not in dead_ids(queue)  # the first chunk went at once
+            finally:
+                source.close()  # ends the paced wait of the job (and of a held request)
+                post.join(timeout=30)
+            job_state = source.redrive_job("jobs")
+            assert job_state is not None and job_state.thread is not None
+            job_state.thread.join(timeout=30)
+            assert not job_state.running
+            assert job_state.error is not None and "closed" in job_state.error
+            assert dead_ids(queue) == [ids[1], *ids[2:5]]
+    finally:
+        queue.close()
+
+
+def test_api_redrive_paced_for_long_answers_202_with_the_job(queue_target: QueueTarget) -> None:
+    queue = queue_target.open("jobs")
+    try:
+        ids = dead_letters(queue, ["a", "b", "c"])
+        with dashboard(queue_target) as client:
+            good = {"Authorization": f"Bearer {TOKEN}"}
+            answer = client.post(
+                "/api/queues/jobs/dead/redrive", json={"ids": ids, "rate": 0.5}, headers=good
+            )
+            assert answer.status_code == 202
+            job = answer.json()["redrive"]
+            assert (job["selected"], job["total"], job["running"]) == (3, 3, True)
+            client.app.state.dashboard.source.close()  # type: ignore[attr-defined]
+    finally:
+        queue.close()
+
+
+def test_logout_ends_the_session_on_the_server(queue_target: QueueTarget) -> None:
+    """After logging out, a copy of the old cookie and its CSRF token (another local
+    service on 127.0.0.1 receives the cookie: cookies are not per port) opens nothing."""
+    queue = queue_target.open("jobs")
+    try:
+        ids = dead_letters(queue, ["a"])
+        with dashboard(queue_target) as client:
+            login(client)
+            csrf = csrf_of(client.get("/queues/jobs?state=dead").text)
+            old = client.cookies.get("sqqueue_dashboard")
+            assert old
+            assert client.post("/logout", data={"csrf": csrf}).status_code == 303
+            with TestClient(client.app, follow_redirects=False) as copy:
+                copy.cookies.set("sqqueue_dashboard", old)
+                assert copy.get("/api/overview").status_code == 401
+                page = copy.get("/queues/jobs?state=dead")
+                assert page.status_code == 303
+                assert page.headers["location"].startswith("/login")
+                copy.cookies.set("sqqueue_dashboard", old)
+                refused = copy.post(
+                    "/queues/jobs/dead/delete", data={"id": str(ids[0]), "csrf": csrf}
+                )
+                assert refused.status_code == 401
+                copy.cookies.set("sqqueue_dashboard", old)
+                api = copy.post(
+                    "/api/queues/jobs/dead/delete",
+                    json={"ids": ids},
+                    headers={"X-CSRF-Token": csrf},
+                )
+                assert api.status_code == 401
+            # A new login works as before.
+            login(client)
+            assert client.get("/api/overview").status_code == 200
+    finally:
+        queue.close()
+    assert dead_ids(queue_target.open("jobs")) == ids
+
+
+def test_only_the_served_host_header_is_answered(queue_target: QueueTarget) -> None:
+    """Served with allowed hosts (as ``sqqueue dashboard`` serves it), a request naming
+    another host (DNS rebinding) gets 400, with the security headers."""
+    with dashboard(queue_target, allowed_hosts=["testserver"]) as client:
+        assert client.get("/login").status_code == 200
+        for host in ("attacker.example", "attacker.example:80", "testserver.attacker.example"):
+            answer = client.get("/login", headers={"host": host})
+            assert answer.status_code == 400, host
+            assert "unexpected Host header" in answer.text
+            assert "script-src 'self'" in answer.headers["content-security-policy"]
+            api = client.get(
+                "/api/overview", headers={"host": host, "Authorization": f"Bearer {TOKEN}"}
+            )
+            assert api.status_code == 400
+    assert allowed_hosts("127.0.0.1", 8844) == [
+        "127.0.0.1:8844", "[::1]:8844", "localhost:8844",
+    ]  # fmt: skip
+    assert allowed_hosts("::1", 80) == [
+        "127.0.0.1", "127.0.0.1:80", "[::1]", "[::1]:80", "localhost", "localhost:80",
+    ]  # fmt: skip
+    assert allowed_hosts("192.0.2.7", 8844, ["Queues.example.com"]) == [
+        "192.0.2.7:8844", "queues.example.com",
+    ]  # fmt: skip
+
+
+def test_a_replaced_database_file_is_opened_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the SQLite file is deleted and made anew (a restore), the dashboard drops
+    the queue it had open and shows the new file's contents (after at most one failed
+    request), without a restart."""
+    import sqqueue.backends.sqlite
+
+    monkeypatch.setattr(sqqueue.backends.sqlite, "_FILE_CHECK_INTERVAL", 0.0)
+    path = tmp_path / "jobs.db"
+    target = QueueTarget("sqlite", f"sqlite:///{path}")
+    queue = target.open("jobs")
+    queue.enqueue("from-the-old-file").unwrap()
+    queue.close()
+    with dashboard(target) as client:
+        login(client)
+        assert "from-the-old-file" in client.get("/queues/jobs").text
+        for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            name.unlink(missing_ok=True)
+        queue = target.open("jobs")
+        queue.enqueue("from-the-new-file").unwrap()
+        queue.close()
+        pages = [client.get("/queues/jobs") for _ in range(2)]
+        assert pages[-1].status_code == 200
+        assert "from-the-new-file" in pages[-1].text
+        assert "from-the-old-file" not in pages[-1].text
+        listed = client.get("/api/queues/jobs/messages").json()["messages"]
+        assert [m["payload"] for m in listed] == ["from-the-new-file"]
+
+
+def test_long_payloads_are_clipped_before_their_whitespace_is_normalised() -> None:
+    """A list shows a payload's first hundred characters; it never splits the whole
+    payload (megabytes, fifty to a page) to find them."""
+
+    class Huge(str):
+        def split(self, *args: Any, **kwargs: Any) -> list[str]:  # type: ignore[override]
+            raise AssertionError("the whole payload was split")
+
+    text = Huge("word  \n " * 1_000_000)
+    shown = one_line(text)
+    assert shown == ("word " * 20)[:99] + "…"
+    assert one_line(" " * 10_000 + "x") == "…"  # a clip is always marked
+    assert one_line("short  text\n") == "short text"
+    assert one_line({"k": "v" * 500}, width=10) == '{"k": "vv…'
+    assert one_line(memoryview(b"abc")) == "<3 bytes>"
+
+
 def _stats(enqueued: int, completed: int, failed: int) -> QueueStats:
     return QueueStats("q", 0, 0, 0, 0, 0, None, 0, enqueued, completed, failed, 0, 0, 0, 0, 0)
 
@@ -671,6 +968,67 @@ def test_command_serves_and_prints_a_made_up_token_once(tmp_path: Path) -> None:
         proc.terminate()
         out, err = proc.communicate(timeout=30)
     assert token.group(1) not in out + err  # printed once, in the lines read above
+    assert proc.returncode == 0, err
+
+
+@pytest.mark.slow
+def test_command_counts_real_peers_and_answers_only_its_own_host(tmp_path: Path) -> None:
+    """Served by ``sqqueue dashboard``: X-Forwarded-For is not believed (rotating it does
+    not slip past the login throttle, nor can it lock out another address), and a request
+    whose Host header names another site (DNS rebinding) gets 400."""
+    import httpx
+
+    db = tmp_path / "jobs.db"
+    connect(str(db), "jobs").close()
+    env = {**os.environ, "SQQUEUE_DASHBOARD_TOKEN": TOKEN}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sqqueue.cli", "dashboard", str(db), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        url = re.search(r"at (http://127\.0\.0\.1:(\d+)/)", proc.stdout.readline())
+        assert url
+        port = url.group(2)
+        with httpx.Client(base_url=url.group(1), follow_redirects=False, timeout=20) as http:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    page = http.get("/login")
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "the dashboard did not answer"
+                    time.sleep(0.1)
+            assert page.status_code == 200
+            for host in (f"localhost:{port}", f"[::1]:{port}"):
+                assert http.get("/login", headers={"host": host}).status_code == 200, host
+            for host in (f"attacker.example:{port}", "127.0.0.1", f"127.0.0.1:{int(port) + 1}"):
+                foreign = http.get("/login", headers={"host": host})
+                assert foreign.status_code == 400, host
+                assert "unexpected Host header" in foreign.text
+            csrf = csrf_of(page.text)
+            codes = [
+                http.post(
+                    "/login",
+                    data={"token": f"wrong-{i}", "csrf": csrf},
+                    headers={"X-Forwarded-For": f"10.0.0.{i}"},
+                ).status_code
+                for i in range(10)
+            ]
+            assert codes == [401] * 10
+            # All ten came from this one peer: it is throttled, whatever it claims to be.
+            throttled = http.post(
+                "/login",
+                data={"token": TOKEN, "csrf": csrf},
+                headers={"X-Forwarded-For": "10.0.0.99"},
+            )
+            assert throttled.status_code == 429
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
 
 

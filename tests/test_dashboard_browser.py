@@ -145,10 +145,17 @@ def served(queue_target: QueueTarget) -> Iterator[Served]:
 
     # The queue the tests use exists (and is empty) before the dashboard starts.
     queue_target.open("emails").close()
-    app = create_app(queue_target.url, token=TOKEN, schema=queue_target.schema, refresh=0.5)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
+    # As `sqqueue dashboard` serves it: only its own Host header is answered.
+    app = create_app(
+        queue_target.url,
+        token=TOKEN,
+        schema=queue_target.schema,
+        refresh=0.5,
+        allowed_hosts=[f"127.0.0.1:{sock.getsockname()[1]}"],
+    )
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -14,8 +14,16 @@ from . import base
 @click.option("--read-only", is_flag=True, help="Hide and refuse every action.")
 @click.option("--token-file", metavar="PATH", help="Read the login token from PATH.")
 @click.option("--schema", metavar="NAME", help="PostgreSQL schema of the queues.")
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    metavar="HOST",
+    multiple=True,
+    help="Also answer this Host header (NAME or NAME:PORT, as a proxy in front sends it).",
+)
 def dashboard(target: str, host: str, port: int, read_only: bool,
-              token_file: str | None, schema: str | None) -> None:  # fmt: skip
+              token_file: str | None, schema: str | None,
+              allow_hosts: tuple[str, ...]) -> None:  # fmt: skip
     """Serve a web dashboard of every queue in TARGET (an SQLite file or a
     postgresql:// URL) until Ctrl-C. Needs: pip install 'sqqueue[dashboard]'.
 
@@ -33,6 +41,6 @@ def dashboard(target: str, host: str, port: int, read_only: bool,
         raise base.CliError(str(exc), 2) from None
     try:
         serve(target, host=host, port=port, read_only=read_only,
-              token_file=token_file, schema=schema)  # fmt: skip
+              token_file=token_file, schema=schema, allow_hosts=allow_hosts)  # fmt: skip
     except DashboardError as exc:
         raise base.CliError(str(exc), exc.code) from None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,7 +19,7 @@ from starlette.routing import Route
 from ..exceptions import ErrorKind
 from ..result import Err
 from . import present, states
-from .source import value_of
+from .source import RedriveJob, takes_long, value_of
 from .web import Context, Dashboard, FormError
 
 __all__ = ["routes"]
@@ -126,10 +125,8 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
             queue_ = d.source.queue(name)
             if queue_ is None:
                 return None
-            return [
-                present.message_view(r)
-                for r in value_of(queue_.list_messages(library, limit, after))
-            ]
+            listed = d.source.checked(name, queue_, queue_.list_messages(library, limit, after))
+            return [present.message_view(r) for r in value_of(listed)]
 
         try:
             rows = await d.call(read)
@@ -194,23 +191,43 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
 
         return handler
 
+    def status_of(failed: Err[Any, Any]) -> int:
+        """The HTTP status of a failed action: the caller's mistake or the server's."""
+        kind = getattr(failed.error, "kind", None)
+        if kind is ErrorKind.NOT_FOUND:
+            return 404
+        return 400 if kind is ErrorKind.INVALID_INPUT else 500
+
+    def busy(job: RedriveJob) -> Response:
+        return d.json({
+            "error": f"a background redrive of queue {job.queue!r} is running ({job.done} of "
+                     f"{job.total} so far); wait for it to finish, then retry",
+            "redrive": job.to_dict(),
+        }, status=409)  # fmt: skip
+
     @on_dead_letters
     async def redrive(body: dict[str, Any], name: str, queue_: Any) -> Response:
         rate = body.get("rate", d.redrive_rate)
-        if rate is not None and (
-            not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0
-        ):
-            return error("rate must be a number of messages per second above 0, or null", 400)
+        if rate is not None:
+            try:
+                rate = present.rate(rate)
+            except ValueError as exc:
+                return error(f"{exc}; or null for no limit", 400)
         if body.get("all") is True:
-            job = await d.call(d.source.start_redrive_all, name, rate)
+            job, started = await d.call(d.source.start_redrive, name, rate)
+            if not started and job.selected is not None:
+                return busy(job)
             return d.json({"redrive": job.to_dict()}, status=202)
         ids = ids_of(body)
         if not ids:
             return error('give "ids": [id, ...] or "all": true', 400)
-        result = await d.call(queue_.redrive, ids, None, rate)
+        if takes_long(len(ids), rate):
+            # Paced for longer than a request should last: in the background, as "all".
+            job, started = await d.call(d.source.start_redrive, name, rate, ids)
+            return d.json({"redrive": job.to_dict()}, status=202) if started else busy(job)
+        result = await d.call(d.source.run, name, queue_, queue_.redrive, ids, None, rate)
         if isinstance(result, Err):
-            status = 404 if result.error.kind is ErrorKind.NOT_FOUND else 500
-            return error(str(result.error), status)
+            return error(str(result.error), status_of(result))
         logger.info("dashboard: redrove %d dead letter(s) of %r", result.value, name)
         return d.json({"redriven": result.value})
 
@@ -219,28 +236,27 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
         ids = ids_of(body)
         if ids is None:
             return error('give "ids": [id, ...]', 400)
-        result = await d.call(queue_.delete_dead_letters, ids)
+        result = await d.call(d.source.run, name, queue_, queue_.delete_dead_letters, ids)
         if isinstance(result, Err):
-            status = 400 if result.error.kind is ErrorKind.INVALID_INPUT else 500
-            return error(str(result.error), status)
+            return error(str(result.error), status_of(result))
         logger.info("dashboard: deleted %d dead letter(s) of %r", result.value, name)
         return d.json({"deleted": result.value})
 
     @on_dead_letters
     async def purge(body: dict[str, Any], name: str, queue_: Any) -> Response:
         older_than = body.get("older_than")
-        if older_than is not None and (
-            not isinstance(older_than, (int, float))
-            or isinstance(older_than, bool)
-            or not math.isfinite(older_than)
-            or older_than < 0
-        ):
-            return error(
-                "older_than must be seconds (0 or more), or null for every dead letter", 400
-            )
-        result = await d.call(queue_.purge, "dead", older_than)
-        if result.is_err():
-            return error(str(result.error), 500)
+        if older_than is not None:
+            try:
+                older_than = present.older_than(older_than)
+            except ValueError:
+                return error(
+                    f"older_than must be seconds from 0 to {present.MAX_OLDER_THAN:.0f} "
+                    "(100 years), or null for every dead letter",
+                    400,
+                )
+        result = await d.call(d.source.run, name, queue_, queue_.purge, "dead", older_than)
+        if isinstance(result, Err):
+            return error(str(result.error), status_of(result))
         logger.info("dashboard: purged %d dead letter(s) of %r", result.value, name)
         return d.json({"purged": result.value})
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from starlette.applications import Starlette
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -65,6 +67,39 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+class HostCheck:
+    """Answers 400 to a request whose ``Host`` header is not one of ``allowed``: against
+    DNS rebinding, where a web page of another site makes the browser send requests to
+    the dashboard under that site's name (and so with its cookies, origin and scripts)."""
+
+    def __init__(self, app: ASGIApp, allowed: Iterable[str]) -> None:
+        self.app = app
+        self.allowed = frozenset(host.lower() for host in allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":  # (the dashboard serves no websockets)
+            host = Headers(scope=scope).get("host", "").lower()
+            if host not in self.allowed:
+                response = PlainTextResponse(
+                    "unexpected Host header: open the dashboard at the address it serves "
+                    "(sqqueue dashboard --allow-host NAME adds a name, for a proxy)",
+                    status_code=400,
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def server_error(_request: Request, exc: Exception) -> Response:
+    """The answer to an error nothing else caught: a plain 500 carrying the security
+    headers itself, since Starlette sends it from outside every middleware."""
+    # (Starlette raises the exception again once this is sent: the server logs it.)
+    headers = {**HEADERS, "cache-control": "no-store"}
+    return PlainTextResponse(
+        "Internal Server Error: the dashboard failed; its log says why", 500, headers=headers
+    )
+
+
 def create_app(
     target: str | os.PathLike[str],
     *,
@@ -74,6 +109,7 @@ def create_app(
     redrive_rate: float | None = 100.0,
     refresh: float = 2.0,
     sample_every: float = 5.0,
+    allowed_hosts: Iterable[str] | None = None,
 ) -> Starlette:
     """The dashboard of every queue in ``target`` (an SQLite file path, ``sqlite:///`` or
     ``postgresql://`` URL; ``schema``: the PostgreSQL schema of the queues), as an ASGI
@@ -89,6 +125,8 @@ def create_app(
     ``read_only`` hides and refuses every action. ``redrive_rate`` caps redrives (messages
     per second; None: no cap). Pages refresh every ``refresh`` seconds (with JavaScript);
     the charts come from totals sampled every ``sample_every`` seconds by this process.
+    ``allowed_hosts``: the ``Host`` header values to answer (``"127.0.0.1:8844"``), others
+    get 400 (against DNS rebinding); None (mounted in your app): your app checks them.
     """
     if token is None:
         token = os.environ.get(TOKEN_ENV) or None
@@ -121,7 +159,9 @@ def create_app(
         Mount("/api", routes=api.routes(dashboard)),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.add_middleware(SecurityHeaders)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={500: server_error})
+    if allowed_hosts is not None:
+        app.add_middleware(HostCheck, allowed=list(allowed_hosts))
+    app.add_middleware(SecurityHeaders)  # added last: the outermost, so on every answer
     app.state.dashboard = dashboard
     return app

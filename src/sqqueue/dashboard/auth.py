@@ -6,6 +6,9 @@
   ends every session. JSON clients send ``Authorization: Bearer <token>`` instead.
 * Every form carries a CSRF token bound to the session; JSON calls made with the session
   cookie send it in the ``X-CSRF-Token`` header.
+* Logging out revokes the session's id in this process until the session would have
+  expired anyway, so a copy of the cookie (and its CSRF token) is worth nothing after it.
+  The cookie stays stateless otherwise: only revoked ids are remembered.
 * The token itself is never logged, shown in a repr or put in an error.
 """
 
@@ -67,6 +70,9 @@ class Auth:
             )
         self._digest = hashlib.sha256(token.encode()).digest()
         self._key = hmac.new(token.encode(), b"sqqueue-dashboard-signing-key", "sha256").digest()
+        #: ids of sessions logged out -> when they would have expired (then forgotten)
+        self._revoked: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return "<Auth (token hidden)>"
@@ -126,9 +132,29 @@ class Auth:
                 and isinstance(authed, bool)
                 and isinstance(issued, (int, float))
                 and 0 <= now - issued < SESSION_MAX_AGE
+                and not self.revoked(sid)
             ):
                 return Session(sid, authed, float(issued))
         return self.new_session(False, now)
+
+    def revoke(self, session: Session, now: float | None = None) -> None:
+        """End ``session`` for good (logging out): its cookie is refused from now on.
+
+        Only logged-in sessions are remembered, each until it would have expired, so the
+        set stays as small as the logins made in the last 12 hours: an anonymous session
+        opens nothing, and a flood of anonymous logouts must not grow it."""
+        if not session.authed or session.fresh:
+            return
+        now = time.time() if now is None else now
+        with self._lock:
+            for sid in [s for s, until in self._revoked.items() if until <= now]:
+                del self._revoked[sid]
+            self._revoked[session.sid] = session.issued_at + SESSION_MAX_AGE
+
+    def revoked(self, sid: str) -> bool:
+        """Whether the session ``sid`` was logged out."""
+        with self._lock:
+            return sid in self._revoked
 
     def csrf_token(self, session: Session) -> str:
         """The CSRF token of a session: forms and JSON calls by cookie must carry it."""

@@ -17,12 +17,17 @@ from . import states
 __all__ = [
     "CHART_HEIGHT",
     "CHART_WIDTH",
+    "MAX_OLDER_THAN",
+    "MAX_RATE",
     "age",
     "chart",
     "json_default",
     "message_view",
+    "older_than",
     "one_line",
     "payload_text",
+    "rate",
+    "seconds_from",
     "size",
     "when",
 ]
@@ -30,14 +35,27 @@ __all__ = [
 CHART_WIDTH, CHART_HEIGHT = 240, 48
 PAYLOAD_PAGE_LIMIT = 256 * 1024  # characters of a payload shown on its page
 BYTES_SHOWN = 4096  # bytes of a binary payload shown as hex
+#: the longest "older than" a purge takes, in seconds: 100 years (anything longer would
+#: keep every dead letter anyway, and the library refuses absurd ages)
+MAX_OLDER_THAN = 100 * 365.25 * 86400
+#: the fastest redrive rate, messages per second (the library's own upper bound)
+MAX_RATE = 1e9
 
 
-def when(value: datetime | float | None) -> str:
-    """ISO-8601 in UTC to the second: ``2026-01-31 09:15:00Z``; ``-`` for none."""
+def when(value: datetime | float | str | None) -> str:
+    """ISO-8601 in UTC to the second: ``2026-01-31 09:15:00Z``; ``-`` for none.
+
+    A stored time the library cannot read comes as its marker text (``<invalid: 1e+300>``)
+    and is shown as is: one damaged row must not take the whole page down."""
     if value is None:
         return "-"
+    if isinstance(value, str):
+        return value
     if not isinstance(value, datetime):
-        value = datetime.fromtimestamp(float(value), tz=timezone.utc)
+        try:
+            value = datetime.fromtimestamp(float(value), tz=timezone.utc)
+        except (TypeError, ValueError, OverflowError, OSError):
+            return f"<invalid: {value!r}>"
     return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
@@ -108,7 +126,8 @@ def _clip_page(text: str) -> str:
 def one_line(payload: Any, width: int = 100) -> str:
     """A payload on one line, clipped, for lists."""
     if isinstance(payload, (bytes, bytearray, memoryview)):
-        text = f"<{len(bytes(payload)):,} bytes>"
+        count = payload.nbytes if isinstance(payload, memoryview) else len(payload)
+        text = f"<{count:,} bytes>"
     elif isinstance(payload, str):
         text = payload
     else:
@@ -116,8 +135,14 @@ def one_line(payload: Any, width: int = 100) -> str:
             text = json.dumps(payload, ensure_ascii=False)
         except (TypeError, ValueError):
             text = repr(payload)
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    # Clip before normalising the whitespace: a list of 50 payloads of megabytes each
+    # must not split every one of them whole to show a hundred characters.
+    prefix = width * 4
+    clipped = len(text) > prefix
+    text = " ".join(text[:prefix].split())
+    if len(text) > width:
+        return text[: width - 1] + "…"
+    return text + "…" if clipped else text
 
 
 def message_view(entry: dict[str, Any]) -> dict[str, Any]:
@@ -182,11 +207,46 @@ def _nice(value: int) -> str:
 
 def seconds_from(number: str, unit: str) -> float:
     """``number`` ``unit`` (minutes, hours, days) in seconds; ValueError if not a number
-    of them."""
+    of them, or more than :data:`MAX_OLDER_THAN` seconds in all."""
     factors = {"minutes": 60.0, "hours": 3600.0, "days": 86400.0}
     if unit not in factors:
         raise ValueError(f"unit must be minutes, hours or days, got {unit!r}")
-    value = float(number)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"expected a number of {unit} of 0 or more, got {number!r}")
-    return value * factors[unit]
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"expected a number of {unit}, got {number!r}") from None
+    # Checked after multiplying: 1e308 days is a finite number of days but not of seconds.
+    return older_than(value * factors[unit], f"{number} {unit}")
+
+
+def older_than(seconds: Any, shown: str | None = None) -> float:
+    """``seconds`` as the age of a purge: a number from 0 to :data:`MAX_OLDER_THAN`;
+    ValueError saying the allowed range otherwise (``shown``: how the user wrote it)."""
+    if (
+        not isinstance(seconds, (int, float))
+        or isinstance(seconds, bool)
+        or not math.isfinite(seconds)
+        or not 0 <= seconds <= MAX_OLDER_THAN
+    ):
+        given = shown if shown is not None else repr(seconds)
+        raise ValueError(
+            f"older than must be from 0 seconds to 100 years ({MAX_OLDER_THAN:.0f} seconds), "
+            f"got {given}"
+        )
+    return float(seconds)
+
+
+def rate(value: Any) -> float:
+    """``value`` as a redrive rate: messages per second above 0, at most :data:`MAX_RATE`;
+    ValueError saying the allowed range otherwise."""
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or not 0 < value <= MAX_RATE
+    ):
+        raise ValueError(
+            f"the rate must be a number of messages per second above 0 and at most "
+            f"{MAX_RATE:.0f}, got {value!r}"
+        )
+    return float(value)

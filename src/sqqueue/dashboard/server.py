@@ -5,6 +5,9 @@
   at start is only for the machine's own loopback.
 * A token made up at start is printed once, to the terminal that started the server, and
   nowhere else.
+* It answers only requests whose ``Host`` header names the address it serves (against DNS
+  rebinding), and takes the client's address from the connection, never from headers a
+  client may forge (``X-Forwarded-For``): the login throttle counts real peers.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
 from .. import list_queues
@@ -25,7 +28,7 @@ from .app import TOKEN_ENV, create_app
 from .auth import generate_token
 from .web import shown_target
 
-__all__ = ["DashboardError", "is_loopback", "resolve_token", "serve"]
+__all__ = ["DashboardError", "allowed_hosts", "is_loopback", "resolve_token", "serve"]
 
 
 class DashboardError(Exception):
@@ -49,6 +52,21 @@ def is_loopback(host: str) -> bool:
         )
     except ValueError:
         return False
+
+
+def allowed_hosts(host: str, port: int, extra: Iterable[str] = ()) -> list[str]:
+    """The ``Host`` header values the dashboard served on ``host``:``port`` answers: that
+    address, and on the loopback also 127.0.0.1, localhost and [::1], each with the port
+    (and without it on port 80, as browsers send it); plus ``extra`` as given (the names
+    a proxy in front forwards, ``--allow-host``)."""
+    names = {host.strip("[]")}
+    if is_loopback(host):
+        names |= {"127.0.0.1", "localhost", "::1"}
+    shown = {f"[{name}]" if ":" in name else name for name in names}
+    found = {f"{name}:{port}" for name in shown}
+    if port == 80:
+        found |= shown
+    return sorted(found | {name.strip().lower() for name in extra if name.strip()})
 
 
 def resolve_token(token_file: str | None) -> tuple[str, bool]:
@@ -77,9 +95,12 @@ def serve(
     read_only: bool = False,
     token_file: str | None = None,
     schema: str | None = None,
+    allow_hosts: Iterable[str] = (),
     out: TextIO | None = None,
 ) -> None:
-    """Serve the dashboard of ``target`` until Ctrl-C or SIGTERM; raises DashboardError."""
+    """Serve the dashboard of ``target`` until Ctrl-C or SIGTERM; raises DashboardError.
+
+    ``allow_hosts``: more ``Host`` header values to answer than the address served."""
     import uvicorn
 
     out = out or sys.stdout
@@ -94,12 +115,17 @@ def serve(
     found = list_queues(target, schema=schema)
     if found.is_err():
         raise DashboardError(str(found.error))
-    try:
-        app = create_app(target, token=token, read_only=read_only, schema=schema)
-    except ValueError as exc:
-        raise DashboardError(str(exc), 2) from None
     sock = _bind(host, port)
     bound = sock.getsockname()[1]
+    # Bound first: with --port 0, the Host headers to answer carry the port picked.
+    hosts = allowed_hosts(host, bound, allow_hosts)
+    try:
+        app = create_app(
+            target, token=token, read_only=read_only, schema=schema, allowed_hosts=hosts
+        )
+    except ValueError as exc:
+        sock.close()
+        raise DashboardError(str(exc), 2) from None
     shown_host = f"[{host}]" if ":" in host else host
     lines = [f"sqqueue dashboard of {shown_target(target)} at http://{shown_host}:{bound}/"]
     if read_only:
@@ -108,10 +134,21 @@ def serve(
         lines.append(f"log in with this token (shown only now): {token}")
     if not is_loopback(host):
         lines.append("warning: plain HTTP on a non-loopback address; put it behind a TLS proxy")
+        lines.append(f"answering the Host header values {', '.join(hosts)} (more: --allow-host)")
     lines.append("Ctrl-C to stop")
     out.write("\n".join(lines) + "\n")
     out.flush()
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    # No proxy headers: uvicorn would otherwise take the client's address from
+    # X-Forwarded-For when the peer is 127.0.0.1, so anyone on the machine (or a proxy
+    # passing the header through) could spoof it and slip past the login throttle.
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        proxy_headers=False,
+        forwarded_allow_ips=[],
+    )
     server = _server_class()(config)
     try:
         server.run(sockets=[sock])

@@ -4,7 +4,8 @@ public API of sqqueue, plus what the app itself samples over time.
 Everything here is synchronous (sqlite3 and psycopg calls); the web layer runs it in
 worker threads. Queue objects are opened once per name, by :meth:`Source.open_queue`
 alone, and only for names that :func:`sqqueue.list_queues` reports, so looking never
-creates a queue.
+creates a queue. One whose calls say it is of no use any more (its file was replaced by
+a restore, say) is dropped, and opened afresh by the next request.
 """
 
 from __future__ import annotations
@@ -22,18 +23,29 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .. import list_queues
-from ..exceptions import QueueError
+from ..exceptions import ErrorKind, QueueError
 from ..queue import Queue, SQLiteQueue, connect
 from ..result import Err, Result
 from ..stats import QueueStats
 from ..targets import parse_target
 from . import states
 
-__all__ = ["Health", "RedriveJob", "Sampler", "Source", "is_postgres", "value_of"]
+__all__ = [
+    "FOREGROUND_REDRIVE",
+    "MAX_ID",
+    "Health",
+    "RedriveJob",
+    "Sampler",
+    "Source",
+    "is_postgres",
+    "takes_long",
+    "value_of",
+]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+E = TypeVar("E", bound=Exception)
 
 #: chart buckets: one minute each, the last hour
 BUCKET = 60.0
@@ -48,6 +60,15 @@ _NAMES_TTL = 2.0  # seconds the list of queues is reused before it is read again
 _WAL_MAGIC = (0x377F0682, 0x377F0683)
 #: what a queue name can be (sqqueue's rule); anything else is no queue of ours
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+#: the largest message id (SQLite's largest integer): a larger one names no message
+MAX_ID = 2**63 - 1
+#: seconds a redrive of selected ids may take inside a request; one paced to take longer
+#: runs in the background, as "redrive all" does, so a tiny rate holds no request (and no
+#: worker thread) open for hours
+FOREGROUND_REDRIVE = 5.0
+#: what a call answers when the queue object itself is of no use any more: STORAGE (its
+#: file was deleted or replaced, say by a restore) or CLOSED
+_BROKEN = (ErrorKind.STORAGE, ErrorKind.CLOSED)
 
 
 def value_of(result: Result[T, QueueError]) -> T:
@@ -59,6 +80,12 @@ def value_of(result: Result[T, QueueError]) -> T:
 
 def is_postgres(target: str) -> bool:
     return target.startswith(("postgresql://", "postgres://"))
+
+
+def takes_long(count: int, rate: float | None) -> bool:
+    """Whether redriving ``count`` dead letters at ``rate`` per second would take longer
+    than :data:`FOREGROUND_REDRIVE` seconds (then it runs in the background)."""
+    return rate is not None and count / rate > FOREGROUND_REDRIVE
 
 
 class Sampler:
@@ -139,16 +166,21 @@ class Health:
 
 @dataclass
 class RedriveJob:
-    """A redrive of every dead letter of a queue, running in the background."""
+    """A redrive running in the background: every dead letter of a queue, or selected ones
+    whose pacing takes too long for a request."""
 
     queue: str
     rate: float | None
     started_at: float
+    #: how many dead letters were selected; None: every one
+    selected: int | None = None
     total: int = 0
     done: int = 0
     finished_at: float | None = None
     error: str | None = None
     thread: threading.Thread | None = field(default=None, repr=False)
+    #: the job's own queue object while it runs (closed to stop it, on shutdown)
+    handle: Queue | None = field(default=None, repr=False)
 
     @property
     def running(self) -> bool:
@@ -158,6 +190,7 @@ class RedriveJob:
         return {
             "queue": self.queue,
             "rate": self.rate,
+            "selected": self.selected,
             "started_at": self.started_at,
             "total": self.total,
             "done": self.done,
@@ -247,15 +280,43 @@ class Source:
             created.close()
         return opened
 
+    def checked(self, name: str, queue: Queue, result: Result[T, E]) -> Result[T, E]:
+        """``result`` of a call on ``queue``, the cached queue ``name``, as it is; when it
+        says the queue object is of no use any more (STORAGE: its file was deleted or
+        replaced, say by a restore; or CLOSED), that object is dropped and closed first,
+        so the next request opens the queue afresh instead of failing until a restart."""
+        if isinstance(result, Err) and getattr(result.error, "kind", None) in _BROKEN:
+            self.drop(name, queue)
+        return result
+
+    def run(
+        self, name: str, queue: Queue, call: Callable[..., Result[T, E]], *args: Any
+    ) -> Result[T, E]:
+        """``call(*args)``, a method of ``queue`` (the cached queue ``name``), its result
+        :meth:`checked` (in the caller's worker thread: dropping closes connections)."""
+        return self.checked(name, queue, call(*args))
+
+    def drop(self, name: str, queue: Queue) -> None:
+        """Forget and close the cached ``queue`` of ``name`` (if it is still the cached one)."""
+        with self._lock:
+            if self._queues.get(name) is not queue:
+                return  # dropped already by another request, maybe opened again since
+            del self._queues[name]
+            self._names = None  # read the list again: the queue may be gone with the file
+        logger.info("dashboard: queue %r is of no use any more; it is opened again", name)
+        queue.close()
+
     def message(self, name: str, message_id: int) -> tuple[bool, dict[str, Any] | None]:
         """Whether queue ``name`` exists, and its message ``message_id`` (None: not there)."""
         queue = self.queue(name)
         if queue is None:
             return False, None
-        return True, value_of(queue.get_message(message_id))
+        if not 0 <= message_id <= MAX_ID:
+            return True, None  # no such id can exist: not found, like any unknown id
+        return True, value_of(self.checked(name, queue, queue.get_message(message_id)))
 
     def close(self) -> None:
-        """Stop sampling and close every queue (for a clean shutdown)."""
+        """Stop sampling and background redrives, and close every queue (a clean shutdown)."""
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -263,6 +324,8 @@ class Source:
         with self._lock:
             queues = list(self._queues.values())
             self._queues.clear()
+            # Closing a job's queue ends its paced wait at once (Err CLOSED, reported).
+            queues += [job.handle for job in self._jobs.values() if job.handle is not None]
         for queue in queues:
             queue.close()
 
@@ -273,7 +336,7 @@ class Source:
         queue = self.queue(name)
         if queue is None:
             return None
-        found: QueueStats = value_of(queue.stats())
+        found: QueueStats = value_of(self.checked(name, queue, queue.stats()))
         return found
 
     def overview(self) -> dict[str, Any]:
@@ -372,7 +435,7 @@ class Source:
             if queue is None:
                 value_of(list_queues(self.target, schema=self.schema))
             else:
-                value_of(queue.is_drained())
+                value_of(self.checked(names[0], queue, queue.is_drained()))
         except Exception as exc:
             health.ok, health.error = False, str(exc)
         health.query_seconds = time.perf_counter() - started
@@ -411,31 +474,47 @@ class Source:
                 logger.exception("dashboard: sampling the queues failed")
             self._stop.wait(self.sample_every)
 
-    # -- redriving everything ------------------------------------------------------------
+    # -- redriving in the background ------------------------------------------------------
 
     def redrive_job(self, name: str) -> RedriveJob | None:
         with self._lock:
             return self._jobs.get(name)
 
-    def start_redrive_all(self, name: str, rate: float | None) -> RedriveJob:
-        """Redrive every dead letter of ``name`` in a background thread, at ``rate`` per
-        second; returns the job (the running one, if one is running already)."""
-        queue = self.queue(name)
-        if queue is None:
+    def start_redrive(
+        self, name: str, rate: float | None, ids: list[int] | None = None
+    ) -> tuple[RedriveJob, bool]:
+        """Redrive the dead letters ``ids`` of ``name`` (None: every one) in a background
+        thread, at ``rate`` per second; returns the job and whether this call started it.
+
+        One job per queue at a time: while one runs, it is returned (started False), so
+        a flood of slow redrives holds one thread, not one per request. The job has its
+        own queue object, which :meth:`close` closes to end it."""
+        if self.queue(name) is None:
             raise LookupError(f"no queue {name!r}")
         with self._lock:
             current = self._jobs.get(name)
             if current is not None and current.running:
-                return current
-            job = RedriveJob(name, rate, started_at=self.clock())
+                return current, False
+            selected = None if ids is None else len(ids)
+            job = RedriveJob(name, rate, started_at=self.clock(), selected=selected)
+            job.total = selected or 0
             self._jobs[name] = job
 
         def progress(done: int, total: int) -> None:
             job.done, job.total = done, total
 
         def run() -> None:
+            queue = None
             try:
-                result = queue.redrive(rate=rate, progress=progress)
+                queue = self.open_queue(name)
+                with self._lock:
+                    stopping = self._stop.is_set()
+                    if not stopping:
+                        job.handle = queue
+                if stopping:
+                    job.error = "the dashboard stopped before the redrive began"
+                    return
+                result = queue.redrive(ids, None, rate, progress)
                 if result.is_ok():
                     job.done = result.value
                     job.total = max(job.total, job.done)
@@ -445,12 +524,16 @@ class Source:
             except Exception as exc:  # reported on the page, never lost
                 job.error = f"redrive failed: {exc!r}"
             finally:
+                with self._lock:
+                    job.handle = None
+                if queue is not None:
+                    queue.close()
                 job.finished_at = self.clock()
 
         job.thread = threading.Thread(target=run, name=f"sqqueue-dashboard-redrive-{name}")
         job.thread.daemon = True
         job.thread.start()
-        return job
+        return job, True
 
 
 def summary(stats: QueueStats) -> dict[str, Any]:

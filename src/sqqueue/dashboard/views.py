@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import present, states
-from .source import NAME, value_of
+from .source import NAME, RedriveJob, takes_long, value_of
 from .web import Context, Dashboard, FormError
 
 __all__ = ["routes"]
@@ -144,6 +144,9 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
             return refused(ctx, str(exc), 400)
         if not d.auth.csrf_matches(ctx.session, _first(form, "csrf")):
             return refused(ctx, "The form has expired; reload the page and retry.")
+        # Ended on the server too: a copy of the cookie (another local service on
+        # 127.0.0.1 receives it, cookies are not per port) must not outlive the logout.
+        d.auth.revoke(ctx.session)
         response = d.redirect(ctx, "/login", "Logged out.")
         d.set_session(ctx, response, d.auth.new_session(False))
         return response
@@ -194,7 +197,8 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
             rows: list[dict[str, Any]] = []
             # A state with no messages is not listed at all: nothing to find, nothing read.
             if counted != 0 and summary.get("error") is None:
-                page = value_of(queue.list_messages(library, PAGE_SIZE + 1, after))
+                listed = queue.list_messages(library, PAGE_SIZE + 1, after)
+                page = value_of(d.source.checked(name, queue, listed))
                 rows = [present.message_view(r) for r in page]
             return {
                 "summary": summary,
@@ -314,10 +318,17 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
         text = _first(form, "rate").strip()
         if not text:
             return d.redrive_rate
-        value = float(text)
-        if not value > 0 or value > 1e9:
-            raise ValueError("the rate must be a number of messages per second above 0")
-        return value
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(
+                f"the rate must be a number of messages per second, got {text!r}"
+            ) from None
+        return present.rate(value)
+
+    def busy(job: RedriveJob) -> str:
+        return (f"Nothing redriven: a background redrive of this queue is running ({job.done:,} "
+                f"of {job.total:,} so far); wait for it to finish, then retry.")  # fmt: skip
 
     @on_dead_letters
     async def redrive(ctx: Context, form: Form, name: str, queue: Any) -> Response:
@@ -326,15 +337,24 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
             rate = rate_from(form)
         except ValueError as exc:
             return d.redirect(ctx, back, f"Nothing redriven: {exc}.", ok=False)
+        pace = "as fast as possible" if rate is None else f"at {rate:g} per second"
         if _first(form, "all") == "1":
-            job = await d.call(d.source.start_redrive_all, name, rate)
-            pace = "as fast as possible" if rate is None else f"at {rate:g} per second"
+            job, started = await d.call(d.source.start_redrive, name, rate)
+            if not started and job.selected is not None:
+                return d.redirect(ctx, back, busy(job), ok=False)
             return d.redirect(ctx, back, f"Redriving every dead letter in the background, {pace}; "
                                          f"progress shows below (job started {present.when(job.started_at)}).")  # fmt: skip
         ids = selected(form.get("id", []))
         if not ids:
             return d.redirect(ctx, back, "Nothing redriven: no dead letter was selected.", ok=False)
-        result = await d.call(queue.redrive, ids, None, rate)
+        if takes_long(len(ids), rate):
+            # Paced for longer than a request should last: in the background, as "all".
+            job, started = await d.call(d.source.start_redrive, name, rate, ids)
+            if not started:
+                return d.redirect(ctx, back, busy(job), ok=False)
+            return d.redirect(ctx, back, f"Redriving {len(ids)} dead letter(s) in the background, "
+                                         f"{pace}; progress shows below: {_ids(ids)}.")  # fmt: skip
+        result = await d.call(d.source.run, name, queue, queue.redrive, ids, None, rate)
         if result.is_err():
             return d.redirect(ctx, back, _sentence(str(result.error)), ok=False)
         logger.info("dashboard: redrove %d dead letter(s) of %r", result.value, name)
@@ -346,7 +366,7 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
         ids = selected(form.get("id", []))
         if not ids:
             return d.redirect(ctx, back, "Nothing deleted: no dead letter was selected.", ok=False)
-        result = await d.call(queue.delete_dead_letters, ids)
+        result = await d.call(d.source.run, name, queue, queue.delete_dead_letters, ids)
         if result.is_err():
             return d.redirect(ctx, back, _sentence(str(result.error)), ok=False)
         logger.info("dashboard: deleted %d dead letter(s) of %r", result.value, name)
@@ -358,13 +378,11 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
     async def purge(ctx: Context, form: Form, name: str, queue: Any) -> Response:
         back = f"/queues/{name}?state=dead"
         try:
-            older_than = float(_first(form, "older_than"))
-            if not older_than >= 0:
-                raise ValueError
+            older_than = present.older_than(float(_first(form, "older_than")))
         except ValueError:
-            return d.redirect(ctx, back, "Nothing purged: older_than must be seconds, 0 or more.",
-                              ok=False)  # fmt: skip
-        result = await d.call(queue.purge, "dead", older_than)
+            return d.redirect(ctx, back, "Nothing purged: older_than must be seconds, from 0 to "
+                              f"{present.MAX_OLDER_THAN:.0f} (100 years).", ok=False)  # fmt: skip
+        result = await d.call(d.source.run, name, queue, queue.purge, "dead", older_than)
         if result.is_err():
             return d.redirect(ctx, back, _sentence(str(result.error)), ok=False)
         logger.info("dashboard: purged %d dead letter(s) of %r", result.value, name)

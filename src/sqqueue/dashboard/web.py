@@ -26,6 +26,7 @@ T = TypeVar("T")
 SESSION_COOKIE = "sqqueue_dashboard"
 FLASH_COOKIE = "sqqueue_dashboard_flash"
 FORM_LIMIT = 256 * 1024  # bytes of a form body
+FORM_FIELDS = 20_000  # fields of a form body (a form selects at most 1,000 ids)
 
 
 class FormError(Exception):
@@ -126,7 +127,12 @@ class Dashboard:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             raise FormError("the form is not UTF-8") from None
-        return urllib.parse.parse_qs(text, keep_blank_values=True, max_num_fields=20_000)
+        try:
+            return urllib.parse.parse_qs(text, keep_blank_values=True, max_num_fields=FORM_FIELDS)
+        except ValueError:  # parse_qs refuses more than max_num_fields
+            raise FormError(
+                f"the form has more than {FORM_FIELDS:,} fields; send fewer at a time"
+            ) from None
 
     async def json_body(self, request: Request) -> dict[str, Any]:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -141,6 +147,8 @@ class Dashboard:
             data = json.loads(body or b"{}")
         except ValueError as exc:
             raise FormError(f"the body is not JSON: {exc}") from None
+        except RecursionError:  # the parser recurses per level of nesting
+            raise FormError("the JSON body is nested too deeply; send a flat object") from None
         if not isinstance(data, dict):
             raise FormError("the body must be a JSON object")
         return data
