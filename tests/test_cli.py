@@ -343,6 +343,7 @@ def test_text_that_looks_like_markup_is_shown_as_it_is(
 ) -> None:
     """Brackets in a payload, an error, a path are text: never styling that hides them,
     nor markup that fails to parse (a traceback)."""
+    monkeypatch.setenv("COLUMNS", "250")  # (one line per message, whatever the terminal)
     seed(db, "jobs", ["see [/etc/hosts] for details", "[bold red]hidden[/bold red] text"])
     shown = run_cli("ls", db, "jobs")
     assert shown.exit_code == 0, shown.output

@@ -154,12 +154,13 @@ def test_a_config_file_that_is_not_utf8_is_named(
 
 
 def test_payload_refused_on_stdin_names_its_line(db: Path) -> None:
-    """A value the queue refuses (JSON's 1e999 is infinity) is named by its line of stdin,
-    not by its index in an internal batch, and without the API's method name."""
-    result = run_cli("enqueue", db, "jobs", "-", "--json", input='{"n": 1}\n\n{"n": 1e999}\n')
+    """A value the queue refuses (JSON nested deeper than it keeps) is named by its line of
+    stdin, not by its index in an internal batch, and without the API's method name."""
+    deep = "[" * 600 + "]" * 600
+    result = run_cli("enqueue", db, "jobs", "-", "--json", input=f'{{"n": 1}}\n\n{{"n": {deep}}}\n')
     assert result.exit_code == 1
     line = one_error_line(result)
-    assert line.startswith("error: line 3: payload contains inf")
+    assert line.startswith("error: line 3: payload is nested more than 500")
     assert "enqueue_batch" not in line and "item " not in line
     assert "0 message(s) from earlier lines were enqueued" in line
 

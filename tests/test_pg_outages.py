@@ -410,23 +410,6 @@ def test_listing_the_queues_waits_no_longer_than_lock_timeout_for_a_locked_regis
     assert ok_names(list_queues(pg_url, schema=pg_schema, lock_timeout=1)) == [TABLE]
 
 
-def test_listing_the_queues_of_a_server_that_never_answers_ends_in_time() -> None:
-    """A socket that takes the connection and never says a word: list_queues gives up
-    within its lock_timeout (libpq's connect timeout, at least 2 s), saying so, without
-    the password."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(8)
-        port = server.getsockname()[1]
-        start = time.monotonic()
-        result = list_queues(f"postgresql://app:s3cret-pw@127.0.0.1:{port}/app", lock_timeout=1)
-        took = time.monotonic() - start
-    assert isinstance(result, Err), result
-    assert "s3cret-pw" not in str(result.error)
-    assert "127.0.0.1" in str(result.error)
-    assert took < 20, took  # (30 s before, whatever lock_timeout said)
-
-
 def ok_names(result: Any) -> list[str]:
     assert isinstance(result, Ok), result
     return list(result.value)

@@ -14,7 +14,6 @@ import pytest
 
 import sqqueue
 from helpers import one_error_line, run_cli
-from sqqueue.backends import postgres
 from sqqueue.exceptions import QueueError
 from sqqueue.targets import hide_password, redact
 
@@ -66,13 +65,13 @@ def silent_server() -> Iterator[int]:
     server.close()
 
 
-def test_listing_the_queues_of_a_server_that_does_not_answer_gives_up(
-    silent_server: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(postgres, "_LIST_CONNECT_TIMEOUT", 1)
+def test_listing_the_queues_of_a_server_that_does_not_answer_gives_up(silent_server: int) -> None:
+    """Within its lock_timeout (libpq's connect timeout: at least 2 s), not 30 s or never."""
     started = time.monotonic()
     secret = "s3cret-pw"
-    listed = sqqueue.list_queues(f"postgresql://app:{secret}@127.0.0.1:{silent_server}/app")
+    listed = sqqueue.list_queues(
+        f"postgresql://app:{secret}@127.0.0.1:{silent_server}/app", lock_timeout=1
+    )
     assert listed.is_err()
     assert time.monotonic() - started < 15  # (not the hang it was)
     assert "timeout" in str(listed.error), listed.error

@@ -207,9 +207,11 @@ def test_no_call_is_lost_when_workers_are_killed(deployment: Deployment) -> None
     """Workers SIGKILLed at random moments and restarted: every call runs at least once
     (a killed worker's calls come back when its 1 s leases expire)."""
     app = deployment.producer()
-    total = 300
+    # Work enough for several kills at 0.3-0.8 s apart to land mid-work (about 3 s of
+    # handler time on four runners), however fast the machine.
+    total = 600
     for n in range(total):
-        assert isinstance(app.call.delay(n, pause=0.01), Ok)
+        assert isinstance(app.call.delay(n, pause=0.02), Ok)
     lease = {"TASKS_LEASE": "1"}
     workers = [deployment.start("--concurrency", "2", **lease) for _ in range(2)]
     rng = random.Random(11)
