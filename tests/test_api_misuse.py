@@ -142,6 +142,18 @@ def test_a_key_or_group_with_a_lone_surrogate_is_invalid_input(queue: Queue, fie
     ok(queue.enqueue("x", **{field: "report-\u00e9.csv"}))  # any real text is fine
 
 
+@pytest.mark.parametrize("field", ["dedup_key", "group"])
+def test_a_key_or_group_with_a_nul_is_invalid_input_on_every_backend(
+    queue: Queue, field: str
+) -> None:
+    """PostgreSQL text cannot hold NUL: refused as INVALID_INPUT naming the option on
+    every backend alike (it was Err(STORAGE) on PostgreSQL only), nothing enqueued."""
+    bad = {field: "order\x007"}
+    err(queue.enqueue("x", **bad), ErrorKind.INVALID_INPUT, field, "NUL")
+    err(queue.enqueue_batch(["ok", Item("x", **bad)]), ErrorKind.INVALID_INPUT, field, "NUL")
+    assert message_statuses(queue) == []
+
+
 # -- Messages that hold no lease, or come from another queue -------------------------------------
 
 

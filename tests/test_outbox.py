@@ -139,6 +139,29 @@ def test_sqlite3_transaction_not_written_yet_is_joined(sqlite_queue: Queue) -> N
     assert len(message_statuses(sqlite_queue)) == 1
 
 
+def test_psycopg_connection_on_its_own_search_path_writes_to_the_queues_schema(
+    pg_url: str, pg_schema: str
+) -> None:
+    """A plain connection (its search path the server's default) joined by a queue in a
+    schema: the message goes to that queue, whatever queue of the same name the default
+    path holds, and the caller's own statements still see their own tables after it."""
+    import psycopg
+
+    with (
+        PostgresQueue(pg_url, "jobs", schema=pg_schema) as queue,
+        PostgresQueue(pg_url, "jobs", schema=f"{pg_schema}_other") as decoy,
+    ):
+        with psycopg.connect(pg_url, options=f"-csearch_path={pg_schema}_other") as conn:
+            ok(queue.enqueue_in(conn, "outbox"))
+            path = conn.execute("SELECT current_setting('search_path')").fetchone()
+            assert path == (f"{pg_schema}_other",)
+            conn.commit()
+        assert payloads(queue) == ["outbox"]
+        assert payloads(decoy) == []
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(f'DROP SCHEMA "{pg_schema}_other" CASCADE')
+
+
 def test_psycopg_transaction_not_started_yet_is_joined(pg_url: str, pg_schema: str) -> None:
     """psycopg (outside autocommit) begins at the first statement: joined likewise. In
     autocommit mode there is no transaction to join: refused, saying how to open one."""

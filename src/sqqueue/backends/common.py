@@ -202,6 +202,12 @@ class SQLBackend(Backend):
         it, None), or (None, the id reserved for the new message if the backend took the
         key already, else None)."""
 
+    def _early_id(self, conn: Conn) -> int | None:
+        """An id for a message without a dedup key, taken while the keys of its batch are
+        (default None: the insert gives it). A backend whose ``_take_key`` takes ids
+        takes the others here too, so that a batch's ids follow its order."""
+        return None
+
     @abstractmethod
     def _insert_row(
         self, conn: Conn, message: NewMessage, reserved: int | None, now: float | None
@@ -334,9 +340,15 @@ class SQLBackend(Backend):
         same_as: dict[int, int] = {}  # item -> the earlier item with its key
         reserved: dict[int, int] = {}  # item -> the id taken with its key
         first_with: dict[str, int] = {}
+        keyed = any(m.dedup_key is not None for m in messages)
         for index, message in enumerate(messages):
             key = message.dedup_key
             if key is None:
+                # Ids follow the batch's order (a group's messages are delivered by id):
+                # where taking a key takes an id, the other items take theirs in turn.
+                early = self._early_id(conn) if keyed else None
+                if early is not None:
+                    reserved[index] = early
                 continue
             if key in first_with:
                 same_as[index] = first_with[key]

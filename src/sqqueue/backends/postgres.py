@@ -960,6 +960,9 @@ class PostgresBackend(SQLBackend):
             conn.execute(self._sql["dedup_set"], dedup)
         return None, new_id
 
+    def _early_id(self, conn: psycopg.Connection[Any]) -> int | None:
+        return int(self._one(conn, "next_id")[0])  # (_take_key takes its ids so)
+
     def _insert_row(
         self,
         conn: psycopg.Connection[Any],
@@ -1024,7 +1027,18 @@ class PostgresBackend(SQLBackend):
                 ErrorKind.INVALID_INPUT,
             )
         try:
-            return self._insert(conn, messages)
+            if self.schema is None:
+                return self._insert(conn, messages)
+            # The caller's connection looks for tables on its own search path: the queue's
+            # schema is put first for our statements, then the caller's path given back.
+            shown = conn.execute(sql.SHOW_SEARCH_PATH).fetchone()
+            conn.execute(sql.SET_LOCAL_SEARCH_PATH.format(schema=self.schema))
+            try:
+                return self._insert(conn, messages)
+            finally:
+                # (Not in a failed transaction: the caller rolls it back, and SET LOCAL.)
+                if conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+                    conn.execute(sql.RESTORE_SEARCH_PATH, (shown[0] if shown else "",))
         except psycopg.Error as exc:
             raise classify(exc, self.path, self._role) from exc
 

@@ -111,6 +111,12 @@ class Producer:
                     f"{label} must be a non-empty str of at most 512 characters, got {value!r}",
                     ErrorKind.INVALID_INPUT,
                 )
+            if "\x00" in value:
+                # PostgreSQL text cannot hold one; refused on every backend alike.
+                raise QueueError(
+                    f"{label} must not contain NUL characters (\\x00), got {value!r}",
+                    ErrorKind.INVALID_INPUT,
+                )
             if not _is_utf8(value):
                 # A key is matched exactly, so it is refused rather than escaped (an escaped
                 # key could equal another caller's). The database cannot store it as text.
