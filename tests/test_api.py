@@ -52,7 +52,8 @@ def test_result_types_behave_as_documented() -> None:
     assert good.value == 3 and good.error is None
     assert good.unwrap() == 3 and good.unwrap_or(9) == 3
     assert good.map(lambda v: v * 2) == Ok(6)
-    assert bool(good) is True and bool(Ok(None)) is True
+    # As true as its value, so `if queue.is_empty():` reads as written; success is is_ok().
+    assert bool(good) is True and bool(Ok(None)) is False and Ok(None).is_ok()
     error = QueueError("boom", ErrorKind.NOT_FOUND, 7)
     bad: Result[int, QueueError] = Err(error)
     assert bad.is_err() and not bad.is_ok()

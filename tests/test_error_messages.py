@@ -290,3 +290,31 @@ def test_error_kind_reference_lists_every_kind() -> None:
     table = hook.on_page_markdown("<!-- generated: error-kinds -->")
     for kind in ErrorKind:
         assert f"| `{kind.name}` | `{kind.value}` |" in table, kind
+
+
+def test_a_database_failure_is_logged_with_its_traceback_and_chained(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Trouble with the database (a table dropped underneath): the Err's error chains the
+    driver's own exception, and the ERROR log line carries the traceback."""
+    import sqlite3
+
+    from sqqueue import ErrorKind, SQLiteQueue
+
+    db = tmp_path / "jobs.db"
+    with SQLiteQueue(db, table_name="jobs") as queue:
+        conn = sqlite3.connect(db)
+        conn.execute('DROP TABLE "jobs"')
+        conn.commit()
+        conn.close()
+        caplog.set_level(logging.DEBUG, logger="sqqueue")
+        result = queue.enqueue("x")
+    assert result.is_err() and result.error.kind is ErrorKind.STORAGE
+    chain, cause = [], result.error.__cause__
+    while cause is not None:
+        chain.append(cause)
+        cause = cause.__cause__
+    assert any(isinstance(c, sqlite3.Error) for c in chain), chain
+    [record] = [r for r in caplog.records if "enqueue failed" in r.getMessage()]
+    assert record.levelno == logging.ERROR
+    assert record.exc_info is not None and record.exc_info[1] is not None

@@ -159,9 +159,9 @@ def test_dead_letter_is_migrated_with_its_payload(
     assert dead["payload"] == legacy["payload"] == "order-3"
     assert dead["status"] == "dead"
     assert dead["priority"] == legacy["priority"]
-    assert dead["created_at"].timestamp() == pytest.approx(
-        legacy_time(legacy["created_at"]), abs=0.002
-    )
+    assert dead["created_at"].timestamp() == legacy_time(legacy["created_at"])
+    # It died when 0.1.0 moved it (its last update), not when the file was migrated.
+    assert dead["dead_at"].timestamp() == legacy_time(legacy["updated_at"])
     assert "0.1.0" in dead["last_error"]
     # Its 0.1.0 id (1) belongs to a live message, so it was given a fresh one.
     assert dead["id"] != legacy["id"]
@@ -180,6 +180,51 @@ def test_emails_payload_comes_back_as_exact_str(
     assert message.payload == EXPECTED["emails"][0]["payload"]
     assert "hi éè 😀" in message.payload
     assert (message.id, message.attempts, message.max_attempts) == (1, 1, 5)
+
+
+def test_every_time_is_kept_to_the_microsecond(
+    open_legacy: Callable[[str], SQLiteQueue], legacy_db: Path
+) -> None:
+    """0.1.0's times ('YYYY-MM-DD HH:MM:SS.ffffff') come through exact: no rounding to
+    milliseconds, no drift from reading them as day numbers."""
+    open_legacy("orders")
+    stored = {
+        row[0]: row[1:]
+        for row in rows(
+            legacy_db, "SELECT id, created_at, visible_at, lease_expires_at FROM orders"
+        )
+    }
+    for legacy in EXPECTED["orders"]:
+        created, visible, lease = stored[legacy["id"]]
+        assert created == legacy_time(legacy["created_at"]), legacy["id"]
+        if legacy["status"] == "processing":
+            assert lease == legacy_time(legacy["processing_at"]), legacy["id"]
+        else:
+            assert visible == legacy_time(legacy["visible_at"]), legacy["id"]
+
+
+def test_bytes_payloads_of_0_1_0_come_back_as_bytes(tmp_path: Path) -> None:
+    """0.1.0 kept a bytes payload as a BLOB (in its TEXT column) and gave it back as
+    bytes: after the migration it still does, ready or dead, binary or ASCII."""
+    db_path = tmp_path / "blobs.db"
+    conn = sqlite3.connect(db_path)
+    with conn:
+        for table in ("blobs", "blobs_dlq"):
+            [(ddl,)] = rows(
+                LOCAL_FIXTURES / "sqqueue-0.1.0.db",
+                "SELECT sql FROM sqlite_master WHERE name = ?",
+                table.replace("blobs", "orders"),
+            )
+            conn.execute(ddl.replace("orders", "blobs", 1))
+        binary, ascii_bytes = b"\x89PNG\r\n\x1a\n\x00\xff", b"plain ascii bytes"
+        for payload in (binary, ascii_bytes, "text"):
+            conn.execute("INSERT INTO blobs (payload) VALUES (?)", (payload,))
+        conn.execute("INSERT INTO blobs_dlq (payload) VALUES (?)", (b"\x00dead\xff",))
+    conn.close()
+    with SQLiteQueue(db_path, table_name="blobs") as queue:
+        got = [m.payload for m in ok(queue.dequeue_batch(10))]
+        assert got == [binary, ascii_bytes, "text"]
+        assert [d["payload"] for d in ok(queue.get_dead_letters())] == [b"\x00dead\xff"]
 
 
 def test_migrated_messages_can_be_completed(open_legacy: Callable[[str], SQLiteQueue]) -> None:

@@ -17,6 +17,8 @@ def test_ok_interface() -> None:
     assert r.unwrap_or(0) == 5
     assert repr(r) == "Ok(5)"
     assert bool(r) is True
+    # As true as its value: the 0.1.0 README's `if dequeued:` and `if queue.is_empty():`.
+    assert [bool(Ok(v)) for v in (None, False, 0, [], "", True, [1])] == [False] * 5 + [True] * 2
     assert r.map(lambda v: v + 1) == Ok(6)
 
 

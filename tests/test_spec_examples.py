@@ -223,6 +223,27 @@ def test_first_usage_example_runs_as_written(in_tmp: Path) -> None:
     queue.close()  # type: ignore[attr-defined]
 
 
+def test_first_usage_example_tells_a_queue_with_messages_left(in_tmp: Path) -> None:
+    """Run where messages wait already, the example's ``if queue.is_empty():`` says so (an
+    Ok is as true as its value), and ``if dequeued:`` is false on an empty queue."""
+    from sqqueue.queue import SQLiteQueue
+
+    with SQLiteQueue(db_path="my_queue.db", table_name="custom_queue") as earlier:
+        earlier.enqueue_batch(["first", "second"]).unwrap()
+    lines = run(FIRST_EXAMPLE, {})
+    assert lines == [
+        "Enqueued message ID: Ok(3)",
+        "Dequeued message ID 1: first",
+        "There are pending messages.",
+    ]
+    with SQLiteQueue(db_path="my_queue.db", table_name="custom_queue") as queue:
+        while queue.dequeue_batch(10).unwrap():
+            pass
+        dequeued = queue.dequeue()
+        assert dequeued.is_ok() and not dequeued  # Ok(None): the example's "Queue is empty."
+        assert queue.is_empty() and not queue.is_empty().is_err()
+
+
 def test_result_is_the_generic_base_class_as_in_010() -> None:
     """0.1.0's own Result tests: Ok and Err are Results, annotated Result[T, E]."""
     from sqqueue.result import Err, Ok, Result

@@ -9,6 +9,9 @@ Expected failures (unknown id, expired lease, locked database, bad input) come b
     else:
         print(result.error)
 
+An ``Ok`` is as true as its value and an ``Err`` is false, so ``if queue.is_empty():``
+and ``if dequeued:`` read as they say; ask ``is_ok()`` whether a call succeeded.
+
 ``Result`` is the generic base class of ``Ok`` and ``Err`` (as in sqqueue 0.1.0), so
 ``isinstance(result, Result)`` holds for both and ``Result[int, QueueError]`` annotates
 either. Both variants support structural pattern matching::
@@ -123,10 +126,12 @@ class Ok(Result[T, E]):
     def __hash__(self) -> int:
         return hash(("Ok", self._value))
 
-    def __bool__(self) -> Literal[True]:
-        # ``Ok`` is truthy and ``Err`` falsy, so ``assert queue.complete(m)`` checks success.
-        # Note ``Ok(None)`` (an empty dequeue) is truthy too: test ``.value`` for that.
-        return True
+    def __bool__(self) -> bool:
+        """As true as the value held (an ``Err`` is false): so the 0.1.0 README's
+        ``if dequeued:`` is false for an empty queue (``Ok(None)``) and ``if
+        queue.is_empty():`` reads as written. Success is ``is_ok()``, not truth:
+        ``complete()`` succeeds with ``Ok(None)``."""
+        return bool(self._value)
 
 
 class Err(Result[T, E]):

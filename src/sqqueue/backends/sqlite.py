@@ -751,7 +751,9 @@ class SQLiteBackend(SQLBackend):
                 self._q.legacy_dead_insert,
                 {
                     "id": new_id,
-                    "payload": str(payload),
+                    # (0.1.0 kept bytes as a BLOB, and gave them back as bytes)
+                    "payload": payload if isinstance(payload, bytes) else str(payload),
+                    "encoding": "bytes" if isinstance(payload, bytes) else "text",
                     "priority": priority or 0,
                     "max_attempts": max_attempts,
                     "note": note,

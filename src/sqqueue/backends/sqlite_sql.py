@@ -701,9 +701,18 @@ STATEMENTS = {
              LIMIT :batch)""",
 }
 
-# sqqueue 0.1.0 stored times as 'YYYY-MM-DD HH:MM:SS[.ffffff]' in UTC.
-LEGACY_EPOCH = "((julianday({col}) - 2440587.5) * 86400.0)"
+# sqqueue 0.1.0 stored times as 'YYYY-MM-DD HH:MM:SS[.ffffff]' in UTC: the whole seconds
+# and the fraction read apart, to the microsecond (julianday() rounds to milliseconds).
+LEGACY_EPOCH = (
+    "(CAST(strftime('%s', {col}) AS REAL) + CASE WHEN instr({col}, '.') > 0"
+    " THEN CAST(substr({col}, instr({col}, '.')) AS REAL) ELSE 0 END)"
+)
 _E = LEGACY_EPOCH.format
+# 0.1.0 kept bytes payloads as BLOBs (and gave them back as bytes), any other as text.
+_LEGACY_PAYLOAD = (
+    "CASE WHEN typeof(payload) = 'blob' THEN payload ELSE CAST(payload AS TEXT) END, "
+    "CASE WHEN typeof(payload) = 'blob' THEN 'bytes' ELSE 'text' END"
+)
 # From schema version 1: inserts are no longer counted by a trigger (the code that
 # inserts rows with ids of their own counts them instead, as version 1's trigger did).
 UPGRADE_FROM_1 = ('DROP TRIGGER IF EXISTS "${name}_count_insert"',)
@@ -765,7 +774,7 @@ LEGACY_MIGRATION = (
     INSERT INTO $q (id, payload, encoding, checksum, status, priority, visible_at,
                     lease_token, lease_expires_at, attempts, max_attempts, last_error,
                     created_at, updated_at)
-    SELECT id, CAST(payload AS TEXT), 'text', NULL, status, coalesce(priority, 0),
+    SELECT id, {_LEGACY_PAYLOAD}, NULL, status, coalesce(priority, 0),
            coalesce({_E(col="visible_at")}, {_E(col="created_at")}, :now),
            NULL,
            CASE WHEN status = 'processing'
@@ -778,21 +787,23 @@ LEGACY_MIGRATION = (
     # Any other status 0.1.0 might have left is kept, as a dead letter that says why.
     f"""
     INSERT INTO $dlq ({DEAD_COLUMNS})
-    SELECT id, CAST(payload AS TEXT), 'text', NULL, coalesce(priority, 0),
+    SELECT id, {_LEGACY_PAYLOAD}, NULL, coalesce(priority, 0),
            coalesce(attempts, 0), coalesce(max_attempts, :max_attempts),
            'migrated from sqqueue 0.1.0 with status ' || quote(status),
            coalesce({_E(col="created_at")}, :now),
-           coalesce({_E(col="updated_at")}, :now), :now, NULL, 0, NULL
+           coalesce({_E(col="updated_at")}, :now), coalesce({_E(col="updated_at")}, :now),
+           NULL, 0, NULL
       FROM $legacy
      WHERE status NOT IN ('pending', 'processing')""",
     "DROP TABLE $legacy",
 )
-# A 0.1.0 dead letter (from its own table) into the dead letters, with why it is there.
+# A 0.1.0 dead letter (from its own table) into the dead letters, with why it is there;
+# it died when 0.1.0 last updated it (moving it there).
 LEGACY_DEAD_INSERT = f"""
     INSERT INTO $dlq ({DEAD_COLUMNS})
-    VALUES (:id, :payload, 'text', NULL, :priority, 0, :max_attempts, :note,
-            coalesce({_E(col=":created")}, :now), coalesce({_E(col=":updated")}, :now), :now,
-            NULL, 0, NULL)"""
+    VALUES (:id, :payload, :encoding, NULL, :priority, 0, :max_attempts, :note,
+            coalesce({_E(col=":created")}, :now), coalesce({_E(col=":updated")}, :now),
+            coalesce({_E(col=":updated")}, :now), NULL, 0, NULL)"""
 
 
 # The roles of a queue's objects and their names' suffixes. Names are "<queue>#<suffix>"

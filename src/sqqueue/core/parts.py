@@ -96,13 +96,24 @@ class Parts:
             level = _LOG_LEVEL_BY_KIND.get(exc.kind, logging.DEBUG)
             if self.read_only and exc.kind is ErrorKind.READ_ONLY:
                 level = logging.DEBUG
-            # (Marked as such: the sqqueue command, which prints the Err, leaves it out.)
+            # Trouble with the database is logged with its traceback, the driver's own
+            # error chained below it. (Marked as such: the sqqueue command, which prints
+            # the Err, leaves it out.)
             logger.log(
-                level, "queue %r: %s failed: %s", self.name, action, exc, extra=RETURNED_AS_ERR
+                level,
+                "queue %r: %s failed: %s",
+                self.name,
+                action,
+                exc,
+                exc_info=exc if level >= logging.ERROR else None,
+                extra=RETURNED_AS_ERR,
             )
             if isinstance(exc, error_cls) and type(exc) is not error_cls:
                 return Err(exc)  # a more specific error (QueueFull) reaches the caller as is
-            return Err(error_cls(f"{action} failed: {exc}", exc.kind, exc.message_id))
-        # The Result promise: report, do not raise.
-        logger.error("queue %r: %s failed unexpectedly", self.name, action, exc_info=exc)
-        return Err(error_cls(f"{action} failed unexpectedly: {exc!r}", ErrorKind.STORAGE))
+            error = error_cls(f"{action} failed: {exc}", exc.kind, exc.message_id)
+        else:
+            # The Result promise: report, do not raise.
+            logger.error("queue %r: %s failed unexpectedly", self.name, action, exc_info=exc)
+            error = error_cls(f"{action} failed unexpectedly: {exc!r}", ErrorKind.STORAGE)
+        error.__cause__ = exc  # what happened underneath, for a traceback of the Err
+        return Err(error)
