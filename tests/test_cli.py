@@ -874,6 +874,37 @@ def test_process_worker_runs_handler_and_stops_on_sigterm(db: Path, tmp_path: Pa
         assert q.get_dead_letters().unwrap()[0]["last_error"] == "ValueError: bad payload"
 
 
+def test_process_worker_runs_an_object_with_an_async_call(db: Path, tmp_path: Path) -> None:
+    """A handler object whose ``__call__`` is ``async def`` runs on an AsyncWorker, as an
+    ``async def`` function does: its messages are handled, not refused nor skipped."""
+    (tmp_path / "async_obj.py").write_text(
+        "class Handler:\n"
+        "    async def __call__(self, message):\n"
+        "        with open('handled.txt', 'a') as out:\n"
+        "            out.write(message.payload + '\\n')\n"
+        "handler = Handler()\n"
+    )
+    seed(db, "jobs", ["one", "two"])
+    proc = subprocess.Popen(
+        [*SQQUEUE, "worker", "async_obj:handler", str(db), "jobs"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=CLI_ENV,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and counts(db)["ready"] + counts(db)["processing"]:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert sorted((tmp_path / "handled.txt").read_text().split()) == ["one", "two"]
+
+
 def test_process_metrics_serve_answers_on_loopback(db: Path) -> None:
     seed(db, "jobs", ["a", "b"])
     seed(db, "emails", ["c"])

@@ -520,6 +520,17 @@ def test_shown_target_hides_postgres_password() -> None:
     shown = shown_target("postgresql://app:s3cret@db.internal:5433/app?password=s3cret")
     assert shown == "postgresql://app:***@db.internal:5433/app"
     assert shown_target("jobs.db") == "jobs.db"
+    # Read as sqqueue connects: any case of the scheme; '#', '?' and '@' in a password
+    # (a URL parser would cut it there, showing the rest or failing to start).
+    for url in (
+        "POSTGRESQL://app:2024%23Hunter2@127.0.0.1:5432/app",
+        "postgresql://app:2024#Hunter2@127.0.0.1:5432/app",
+        "postgresql://app:Hunter2?x@127.0.0.1:5432/app",
+        "postgres://app:Hunt@er2@127.0.0.1:5432/app?sslmode=require",
+    ):
+        shown = shown_target(url)
+        assert shown.partition("://")[2] == "app:***@127.0.0.1:5432/app", (url, shown)
+        assert "Hunter2" not in shown and "Hunt" not in shown
 
 
 # -- mounting, sampling -------------------------------------------------------------------

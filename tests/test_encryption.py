@@ -219,6 +219,46 @@ def test_encrypt_decrypt_rekey_round_trip(tmp_path: Path) -> None:
         encryption.decrypt(secret, tmp_path / "x.db", KEY)
 
 
+def test_rekey_through_a_symlink_replaces_the_file_behind_it(tmp_path: Path) -> None:
+    """app/q.db a link to data/q.db (a volume): the real file is re-keyed in its own
+    directory and the link kept, not the link replaced by a copy and the volume's file
+    left scrambled."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "app").mkdir()
+    real, link = tmp_path / "data" / "q.db", tmp_path / "app" / "q.db"
+    _fill(real, 30, key=KEY)
+    link.symlink_to(Path("..") / "data" / "q.db")
+    encryption.rekey(link, KEY, b"k" * 32)
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    with SQLiteQueue(real, "jobs", encryption_key=b"k" * 32) as queue:
+        assert _total(queue) == 30
+    assert not (tmp_path / "app" / "q.db.partial").exists()
+
+
+def test_a_file_open_with_one_driver_is_not_opened_writable_with_the_other(
+    tmp_path: Path,
+) -> None:
+    """sqlite3 and SQLCipher keep their locks apart: a refused open with the other driver
+    (no key for an encrypted file open here, a key for a plain one) would drop the open
+    queue's locks when its probe closed, and that queue's WAL would be removed under it
+    (it reported the file damaged). Refused before any connection; the open one goes on."""
+    secret, plain = tmp_path / "secret.db", tmp_path / "plain.db"
+    with SQLiteQueue(secret, "jobs", encryption_key=KEY) as keyed:
+        assert keyed.enqueue("before").is_ok()
+        with pytest.raises(QueueError, match="open in this process with an encryption key"):
+            SQLiteQueue(secret, "jobs")
+        for n in range(50):
+            assert keyed.enqueue(n).is_ok(), n
+        assert Path(f"{secret}-wal").exists()
+        assert _total(keyed) == 51
+    with SQLiteQueue(plain, "jobs") as unkeyed:
+        with pytest.raises(QueueError, match="open in this process without a key"):
+            SQLiteQueue(plain, "jobs", encryption_key=KEY)
+        assert unkeyed.enqueue("still").is_ok()
+    with SQLiteQueue(secret, "jobs", encryption_key=KEY) as again:  # closed: counted no more
+        assert _total(again) == 51
+
+
 _COPY_CHILD = textwrap.dedent(
     """
     import sys

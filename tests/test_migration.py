@@ -513,3 +513,29 @@ def test_a_schema_3_queue_is_upgraded_and_its_messages_stay_as_they_were(
     assert first is not None and first.id == 3
     assert rows(db_path, "PRAGMA integrity_check") == [("ok",)]
     queue.close()
+
+
+def test_odd_0_1_0_times_are_read_exactly_or_not_at_all(tmp_path: Path, clock: Any) -> None:
+    """A fraction just under a second stays in its second (strftime rounds it into the
+    next), a Z or an offset is read as written, and text that is no time falls back to
+    the migration's own clock, as a missing time does."""
+    db_path = tmp_path / "odd.db"
+    [(ddl,)] = rows(
+        LOCAL_FIXTURES / "sqqueue-0.1.0.db", "SELECT sql FROM sqlite_master WHERE name = 'orders'"
+    )
+    conn = sqlite3.connect(db_path)
+    with conn:
+        conn.execute(ddl)
+        conn.execute(
+            "INSERT INTO orders (payload, visible_at, created_at, updated_at) VALUES (?, ?, ?, ?)",
+            ("late", "2026-11-27 20:14:43.999600", "2026-11-27T20:14:43+02:00", "not a time"),
+        )
+    conn.close()
+    with SQLiteQueue(db_path, table_name="orders", clock=clock):
+        pass
+    [(visible, created, updated)] = rows(
+        db_path, "SELECT visible_at, created_at, updated_at FROM orders"
+    )
+    assert visible == legacy_time("2026-11-27 20:14:43.999600")
+    assert created == datetime.fromisoformat("2026-11-27T20:14:43+02:00").timestamp()
+    assert updated == pytest.approx(clock(), abs=5)

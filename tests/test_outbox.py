@@ -162,6 +162,36 @@ def test_psycopg_connection_on_its_own_search_path_writes_to_the_queues_schema(
             admin.execute(f'DROP SCHEMA "{pg_schema}_other" CASCADE')
 
 
+def test_a_queue_found_on_its_own_search_path_gets_the_outbox_message(
+    pg_url: str, pg_schema: str
+) -> None:
+    """No schema=: the queue's tables are where its own connections find them (here the
+    URL's search path), and enqueue_in writes there, whatever the caller's path says."""
+    import urllib.parse
+
+    import psycopg
+
+    other = f"{pg_schema}_caller"
+    sep = "&" if "?" in pg_url else "?"
+    options = urllib.parse.quote(f"-csearch_path={pg_schema}")
+    url = f"{pg_url}{sep}options={options}"
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA IF NOT EXISTS "{pg_schema}"')
+    try:
+        with (
+            PostgresQueue(url, "jobs") as queue,
+            PostgresQueue(pg_url, "jobs", schema=other) as decoy,
+        ):
+            with psycopg.connect(pg_url, options=f"-csearch_path={other}") as conn:
+                ok(queue.enqueue_in(conn, "outbox"))
+                conn.commit()
+            assert payloads(queue) == ["outbox"]
+            assert payloads(decoy) == []
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(f'DROP SCHEMA IF EXISTS "{other}" CASCADE')
+
+
 def test_psycopg_transaction_not_started_yet_is_joined(pg_url: str, pg_schema: str) -> None:
     """psycopg (outside autocommit) begins at the first statement: joined likewise. In
     autocommit mode there is no transaction to join: refused, saying how to open one."""

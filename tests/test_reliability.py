@@ -626,3 +626,33 @@ def test_the_file_is_looked_at_once_a_second_not_at_every_call(
         for n in range(200):
             assert q.enqueue(n).is_ok()
     assert 1 <= len(looks) <= 10, len(looks)
+
+
+@pytest.mark.usefixtures("look_every_call")
+def test_a_queue_opened_by_a_relative_path_keeps_its_file_after_a_chdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path is made absolute when the queue is opened: after a chdir the queue still
+    works on its file (no false "deleted" error, no empty database made in the new
+    directory by a connection opened later)."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    monkeypatch.chdir(first)
+    with SQLiteQueue("jobs.db", table_name="jobs") as queue:
+        assert queue.enqueue("one").is_ok()
+        monkeypatch.chdir(second)
+        held = queue.dequeue().unwrap()
+        assert queue.enqueue("two").is_ok()
+        assert held is not None and held.payload == "one"
+    assert list(second.iterdir()) == []
+
+
+@pytest.mark.usefixtures("look_every_call")
+def test_a_closed_queue_says_closed_even_when_its_file_is_gone(tmp_path: Path) -> None:
+    """CLOSED comes first: a worker stops on it (a deleted file alone is STORAGE)."""
+    db = tmp_path / "jobs.db"
+    queue = SQLiteQueue(db, table_name="jobs")
+    queue.close()
+    _remove_with_companions(db)
+    err(queue.dequeue(), ErrorKind.CLOSED)

@@ -738,6 +738,12 @@ def test_a_cron_job_at_a_fixed_hour_runs_once_in_the_repeated_autumn_hour() -> N
         return found
 
     assert ticks("30 2 * * *", 2) == ["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"]
+    assert ticks("@daily", 1) == ["2026-10-26T00:00:00+01:00"]
+    for every_hour in ("0 0-23 * * *", "@hourly"):
+        assert ticks(every_hour, 3)[1:] == [
+            "2026-10-25T02:00:00+02:00",
+            "2026-10-25T02:00:00+01:00",
+        ]
     assert ticks("0 * * * *", 3) == [
         "2026-10-25T01:00:00+02:00",
         "2026-10-25T02:00:00+02:00",

@@ -521,7 +521,9 @@ def rekey(
     and nothing changes; stop every process using the queue, then run it again. Until the
     copy replaces the file, no other process can open it."""
     old, new = _given(old_key), _given(new_key)
-    name = os.fspath(path)
+    # The file itself, through any symlink: its copy is written beside it and replaces it
+    # there (replacing the link would leave the real file, scrambled, where it was).
+    name = os.path.realpath(os.fspath(path))
     with _hold(name, old) as held:
         return _copy(name, name, old, new, progress, held)
 

@@ -219,7 +219,7 @@ class SQLiteQueue(Queue):
             encryption_key=encryption_key,
         )
         _start(self, backend, resolved, serializer, clock, signer)
-        self.db_path = backend.path
+        self.db_path: str = os.fspath(resolved.db_path)  # as given (0.1.0's attribute)
         if resolved.vacuum_on_start and not self.read_only:
             result = self.vacuum_database()
             if result.is_err():
@@ -339,9 +339,11 @@ def list_queues(
     URL (``schema``: the PostgreSQL schema the queues live in). Reads only: nothing is
     created or migrated, so queues still in sqqueue 0.1.0's layout are not listed until
     they are migrated (``sqqueue migrate FILE``, or opening each one for use);
-    ``sqqueue stats FILE`` names them. A PostgreSQL server gets ``lock_timeout`` seconds
-    to answer (default: the setting, as for a queue), then the call returns
-    ``Err(kind=LOCKED)``.
+    ``sqqueue stats FILE`` names them. On PostgreSQL, as for a queue's calls (default: the
+    ``lock_timeout`` setting): a wait for a lock ends after ``lock_timeout`` seconds and a
+    server that stops answering is given up after twice that (``Err(kind=LOCKED)``); a
+    connection that cannot be made is given up after ``lock_timeout`` (at least 2 s,
+    libpq's least), ``Err(kind=STORAGE)``.
     """
     try:
         if lock_timeout is None:

@@ -330,17 +330,20 @@ def list_postgres_queues(url: str, schema: str | None = None, timeout: float = 3
         options["connect_timeout"] = max(math.ceil(timeout), 2)  # (libpq's least is 2 s)
     try:
         with psycopg.connect(url, autocommit=True, **options) as conn:
-            # Past the deadline the connection is cut (see pg_watchdog); waits for locks
-            # end before it, reported by the server.
-            watch = watchdog.watch(conn, deadline)
+            # Waits for locks end at the deadline, reported by the server (LOCKED); a
+            # server that stops answering is cut off a lock_timeout later, as a queue's
+            # calls are (see pg_watchdog).
+            remaining = max(deadline - time.monotonic(), 0.001)
+            watch = watchdog.watch(conn, deadline + timeout)
             try:
-                conn.execute(sql.SET_LOCK_TIMEOUT.format(ms=max(int(timeout * 1000), 1)))
+                conn.execute(sql.SET_LOCK_TIMEOUT.format(ms=int(remaining * 1000)))
                 rows = _queue_names(conn, url, settings, schema)
             except psycopg.Error as exc:
                 if watchdog.end(watch):
                     raise StorageError(
                         f"cannot list queues at {redact(url)!r}: the server did not answer "
-                        f"within {timeout:g} s (lock_timeout); retry, or raise lock_timeout",
+                        f"within {2 * timeout:g} s (twice lock_timeout); retry, or raise "
+                        "lock_timeout",
                         ErrorKind.LOCKED,
                     ) from exc
                 raise
@@ -435,6 +438,7 @@ class PostgresBackend(SQLBackend):
         self.url = url
         self.path = redact(url)
         self.schema = schema
+        self._home: str | None = None  # see _home_schema
         self.policy = policy or Policy()
         self.wakeup_key = f"postgres:{self.path}:{schema or ''}:{self.name}"
         self._lock_timeout = self.policy.lock_timeout
@@ -1007,6 +1011,21 @@ class PostgresBackend(SQLBackend):
         )
         return row is not None and row[0] == len(refs)
 
+    def _home_schema(self) -> str:
+        """The schema of the queue's tables: ``schema``, else where its own connections
+        find them (looked up once)."""
+        if self.schema is not None:
+            return self.schema
+        if self._home is None:
+            row = self._read(lambda conn: conn.execute(sql.CURRENT_SCHEMA).fetchone())
+            if row is None or row[0] is None:
+                raise StorageError(
+                    f"no schema on the search path of {self.path!r} holds queue {self.name!r}",
+                    ErrorKind.STORAGE,
+                )
+            self._home = str(row[0])
+        return self._home
+
     def enqueue_in(self, conn: Any, messages: Sequence[NewMessage]) -> list[int]:
         if not isinstance(conn, psycopg.Connection):
             raise StorageError(
@@ -1026,19 +1045,19 @@ class PostgresBackend(SQLBackend):
                 "message commits with your rows",
                 ErrorKind.INVALID_INPUT,
             )
+        home = self._home_schema()
         try:
-            if self.schema is None:
-                return self._insert(conn, messages)
             # The caller's connection looks for tables on its own search path: the queue's
-            # schema is put first for our statements, then the caller's path given back.
+            # schema stands in for it while our statements run, then the caller's path
+            # is given back (for the rest of the caller's transaction, as SET LOCAL does).
             shown = conn.execute(sql.SHOW_SEARCH_PATH).fetchone()
-            conn.execute(sql.SET_LOCAL_SEARCH_PATH.format(schema=self.schema))
+            conn.execute(sql.LOCAL_SEARCH_PATH, ('"' + home.replace('"', '""') + '"',))
             try:
                 return self._insert(conn, messages)
             finally:
-                # (Not in a failed transaction: the caller rolls it back, and SET LOCAL.)
+                # (Not in a failed transaction: the caller rolls it back, and our path.)
                 if conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
-                    conn.execute(sql.RESTORE_SEARCH_PATH, (shown[0] if shown else "",))
+                    conn.execute(sql.LOCAL_SEARCH_PATH, (shown[0] if shown else "",))
         except psycopg.Error as exc:
             raise classify(exc, self.path, self._role) from exc
 

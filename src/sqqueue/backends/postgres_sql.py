@@ -1005,12 +1005,13 @@ def grant_statements(schema: str, queues: Sequence[str], roles: dict[str, str]) 
 
 #: look for the queues' tables in this schema
 SET_SEARCH_PATH = 'SET search_path TO "{schema}"'
-#: the caller's search path, to give back after enqueue_in (see SET_LOCAL_SEARCH_PATH)
+#: the caller's search path, to give back after enqueue_in (see LOCAL_SEARCH_PATH)
 SHOW_SEARCH_PATH = "SELECT current_setting('search_path')"
-#: look in the queue's schema for the rest of the caller's transaction (enqueue_in)
-SET_LOCAL_SEARCH_PATH = 'SET LOCAL search_path TO "{schema}"'
-#: give the caller's transaction its own search path back (enqueue_in)
-RESTORE_SEARCH_PATH = "SELECT set_config('search_path', %s, true)"
+#: the schema the queue's own connections create and find its tables in (no schema=)
+CURRENT_SCHEMA = "SELECT current_schema()"
+#: the search path for the rest of the caller's transaction (enqueue_in): the queue's
+#: schema while its statements run, then the caller's own path back
+LOCAL_SEARCH_PATH = "SELECT set_config('search_path', %s, true)"
 #: how long a statement waits for a lock before it fails, in milliseconds
 SET_LOCK_TIMEOUT = "SET lock_timeout = {ms}"
 #: every transaction of the connection is read-only (read_only=True queues)

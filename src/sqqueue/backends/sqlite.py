@@ -19,6 +19,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from .. import encryption
@@ -69,6 +70,23 @@ _FILE_CHECK_INTERVAL = 1.0
 _WAL_WARN_EVERY = 300.0
 
 
+def legacy_time(text: object) -> float | None:
+    """The Unix time of a time sqqueue 0.1.0 stored ('YYYY-MM-DD HH:MM:SS[.ffffff]', UTC;
+    an offset or a Z is read as written), to the microsecond; None for anything else."""
+    if not isinstance(text, str):
+        return None
+    value = text.strip()
+    if value[-1:] in ("Z", "z"):  # (fromisoformat reads a Z only from Python 3.11 on)
+        value = value[:-1] + "+00:00"
+    try:
+        when = datetime.fromisoformat(value)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return when.timestamp()
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
 class SQLiteBackend(SQLBackend):
     """One queue in one SQLite file. Safe to share between threads; survives ``fork``."""
 
@@ -76,6 +94,7 @@ class SQLiteBackend(SQLBackend):
     # calls look next whether the path still names it (``time.monotonic()``).
     _file_id: tuple[int, int] | None = None
     _next_file_check = 0.0
+    _driver_used = False  # counted by sqlite_files.use_driver, until close()
 
     def __init__(
         self,
@@ -101,8 +120,6 @@ class SQLiteBackend(SQLBackend):
         self._older_layout = bool(older_layout)
         self._key = files.resolve_key(encryption_key)
         self.path, self._memory = files.prepare_path(db_path, create=not self.read_only)
-        if self._memory and self.read_only:
-            raise ValueError("a private ':memory:' queue cannot be opened read-only")
         self._check_key()
         self._uri = f"file:/sqqueue-{uuid.uuid4().hex}?vfs=memdb" if self._memory else None
         self.wakeup_key = f"sqlite:{self._uri or os.path.realpath(self.path)}:{self.name}"
@@ -140,6 +157,7 @@ class SQLiteBackend(SQLBackend):
         self._column_cache: dict[str, list[str]] = {}
         self._import_sql: dict[tuple[str, tuple[str, ...]], str] = {}
         try:
+            self._use_driver()
             if self._memory:
                 # A memdb database lives while one connection is open.
                 self._anchor = self._open()
@@ -159,7 +177,10 @@ class SQLiteBackend(SQLBackend):
             raise
 
     def _check_key(self) -> None:
-        """Refuse a key for a private queue, or for a file that is plain."""
+        """Refuse a private queue opened read-only or with a key, and a key for a file
+        that is plain."""
+        if self._memory and self.read_only:
+            raise ValueError("a private ':memory:' queue cannot be opened read-only")
         if self._key is None:
             return
         if self._memory:
@@ -168,6 +189,14 @@ class SQLiteBackend(SQLBackend):
             files.refuse_mismatch(self.path, self._key)
         except StorageError as exc:
             raise StorageError(f"cannot open queue {self.name!r}: {exc}", exc.kind) from None
+
+    def _use_driver(self) -> None:
+        """Refuse a writable open with the other driver than this process has the file
+        open with (see ``sqlite_files.use_driver``); counted until ``close``."""
+        if self._memory or self.read_only:
+            return
+        files.use_driver(self.path, self._key is not None)
+        self._driver_used = True
 
     def _open_error(self, exc: sqlite3.Error) -> StorageError:
         """What went wrong opening the queue: with a key, "not a database" is a wrong key."""
@@ -301,6 +330,9 @@ class SQLiteBackend(SQLBackend):
                 self._leave_inherited()
             anchor, self._anchor = self._anchor, None
             watcher, self._watcher = self._watcher, None
+            used, self._driver_used = self._driver_used, False
+        if used:
+            files.release_driver(self.path, self._key is not None)
         self._close_idle()
         self._snapshots.clear()
         if watcher is not None:
@@ -365,7 +397,7 @@ class SQLiteBackend(SQLBackend):
         """``_run`` for a call that began at ``started`` (``time.monotonic()``; None: now):
         the lock timeout counts from then, the waits of every attempt together."""
         start = time.monotonic() if started is None else started
-        if start >= self._next_file_check:
+        if start >= self._next_file_check and not self._closed:  # (closed: CLOSED says it)
             self._check_file(start)
         if self.read_only:
             return self._run_read_only(fn, write, *args, **kwargs)
@@ -722,6 +754,7 @@ class SQLiteBackend(SQLBackend):
         if has_legacy_dlq:
             conn.execute(sql.RENAME_TABLE.format(old=tables["dlq"], new=tables["legacy_dlq"]))
         seq_row = conn.execute(sql.LEGACY_SEQUENCE, (self.name,)).fetchone()
+        conn.create_function(sql.LEGACY_TIME, 1, legacy_time)
         for statement in self._q.migration:
             conn.execute(statement, params)
         # 0.1.0 created an index named idx_status_id on its first queue; it went with the

@@ -44,8 +44,10 @@ __all__ = [
     "parked_after_fork",
     "prepare_path",
     "refuse_mismatch",
+    "release_driver",
     "resolve_key",
     "undecodable_text",
+    "use_driver",
     "use_sqlcipher",
     "wal_progress",
     "watcher_for",
@@ -339,8 +341,8 @@ def _space_limit(path: str) -> str | None:
 
 
 def prepare_path(db_path: str | os.PathLike[str], create: bool = True) -> tuple[str, bool]:
-    """Check the path and, if ``create``, create the file owner-only. Returns (path,
-    is_memory)."""
+    """Check the path and, if ``create``, create the file owner-only. Returns (absolute
+    path, is_memory)."""
     path = os.fspath(db_path)
     if not isinstance(path, str) or not path:
         raise ValueError("db_path must be a non-empty path to the database file")
@@ -383,7 +385,9 @@ def prepare_path(db_path: str | os.PathLike[str], create: bool = True) -> tuple[
             os.chmod(real, 0o600)
             info = real.stat()
     _warn_if_shared(path, real, info.st_mode)
-    return path, False
+    # Absolute: connections opened later (the pool grows on demand) and the look at the
+    # file's identity must reach this file after a chdir, not one of the same name there.
+    return os.path.abspath(path), False
 
 
 _warned_shared: set[str] = set()
@@ -553,6 +557,49 @@ def open_read_only(
                 ) from exc
             raise error from exc
     return conn, snapshot
+
+
+# Which driver each file is open with in this process, by how many queue objects:
+# {real path: {keyed: count}}. sqlite3 and sqlcipher3 are two SQLite libraries, each
+# with its own table of the process's locks: a connection of one, closed, drops the POSIX
+# locks the other's connections hold on the file (they belong to the process), and the
+# last of those to close then takes the file for unused and removes its WAL. So a file
+# open with one is never opened writable with the other.
+_drivers: dict[str, dict[bool, int]] = {}
+_drivers_lock = threading.Lock()
+
+
+def use_driver(path: str, keyed: bool) -> None:
+    """Count a queue object opening ``path`` with a key (SQLCipher) or without (sqlite3);
+    raise StorageError (INVALID_INPUT), before any connection, when this process has it
+    open with the other. Undone by ``release_driver``."""
+    real = os.path.realpath(path)
+    with _drivers_lock:
+        counts = _drivers.setdefault(real, {True: 0, False: 0})
+        if counts[not keyed]:
+            if keyed:
+                problem = (
+                    f"{path!r} is open in this process without a key (a plain file): "
+                    "open it without a key"
+                )
+            else:
+                problem = (
+                    f"{path!r} is open in this process with an encryption key: open it "
+                    "with the same key"
+                )
+            raise StorageError(problem, ErrorKind.INVALID_INPUT)
+        counts[keyed] += 1
+
+
+def release_driver(path: str, keyed: bool) -> None:
+    """Uncount what ``use_driver`` counted."""
+    real = os.path.realpath(path)
+    with _drivers_lock:
+        counts = _drivers.get(real)
+        if counts is not None and counts[keyed]:
+            counts[keyed] -= 1
+            if not any(counts.values()):
+                del _drivers[real]
 
 
 def refuse_mismatch(path: str, key: EncryptionKey | None) -> None:

@@ -701,12 +701,11 @@ STATEMENTS = {
              LIMIT :batch)""",
 }
 
-# sqqueue 0.1.0 stored times as 'YYYY-MM-DD HH:MM:SS[.ffffff]' in UTC: the whole seconds
-# and the fraction read apart, to the microsecond (julianday() rounds to milliseconds).
-LEGACY_EPOCH = (
-    "(CAST(strftime('%s', {col}) AS REAL) + CASE WHEN instr({col}, '.') > 0"
-    " THEN CAST(substr({col}, instr({col}, '.')) AS REAL) ELSE 0 END)"
-)
+# sqqueue 0.1.0 stored times as 'YYYY-MM-DD HH:MM:SS[.ffffff]' in UTC, read by a function
+# the migration registers (sqlite.legacy_time): to the microsecond, where julianday()
+# rounds to milliseconds and strftime('%s') carries a rounded fraction into the seconds.
+LEGACY_TIME = "sqqueue_legacy_time"
+LEGACY_EPOCH = LEGACY_TIME + "({col})"
 _E = LEGACY_EPOCH.format
 # 0.1.0 kept bytes payloads as BLOBs (and gave them back as bytes), any other as text.
 _LEGACY_PAYLOAD = (

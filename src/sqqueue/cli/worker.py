@@ -158,7 +158,10 @@ def worker_cmd(
                     where, metrics_port, "127.0.0.1", [name], with_durations=True
                 )
                 click.echo(f"metrics on {metrics_url(server, '127.0.0.1')}", err=True)
-            if inspect.iscoroutinefunction(handler):
+            # (An object whose __call__ is async is a coroutine handler too.)
+            if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+                getattr(handler, "__call__", None)  # noqa: B004 (the method, not callability)
+            ):
                 from ..aio import AsyncWorker
 
                 async_worker = AsyncWorker(q, handler, **options)

@@ -4,6 +4,7 @@ form parsing, rendering and responses."""
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from .. import __version__
+from ..targets import parse_target, redact
 from . import present, states
 from .auth import FLASH_MAX_AGE, SESSION_MAX_AGE, Auth, LoginThrottle, Session
 from .source import Source
@@ -213,16 +215,15 @@ class Dashboard:
 
 
 def shown_target(target: str) -> str:
-    """The target as pages show it: a PostgreSQL URL without its password or options."""
-    if not target.startswith(("postgresql://", "postgres://")):
+    """The target as pages show it: a PostgreSQL URL without its password or options.
+
+    Read the way sqqueue connects (any case of the scheme; a password may hold '#', '?'
+    or '@', which a URL parser would cut it at), masked by ``sqqueue.targets.redact``,
+    then cut before its options; a file path as given."""
+    try:
+        parsed = parse_target(target)
+    except ValueError:
+        return redact(target)
+    if parsed.kind != "postgresql":
         return target
-    parts = urllib.parse.urlsplit(target)
-    netloc = parts.hostname or ""
-    if ":" in netloc:
-        netloc = f"[{netloc}]"
-    if parts.username:
-        secret = ":***" if parts.password is not None else ""
-        netloc = f"{parts.username}{secret}@{netloc}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return re.split(r"[?#]", redact(parsed.location), maxsplit=1)[0]

@@ -96,8 +96,12 @@ class Schedule:
         self._croniter: Any = croniter
         if not croniter.is_valid(cron):
             raise ValueError(f"invalid cron expression {cron!r} (e.g. '0 3 * * *': 03:00 daily)")
-        # At fixed hours ("30 2 * * *"), not every hour ("0 * * * *", "*/2" too).
-        self._fixed_hours = not cron.split()[1].startswith("*")
+        # At fixed hours ("30 2 * * *", "@daily"), not every hour ("0 * * * *", "0 0-23 * * *",
+        # "@hourly"); an hour field starting with "*" ("*/2") counts as every hour, as in cron.
+        fields = cron.split()
+        self._fixed_hours = croniter(cron).expanded[1] != ["*"] and not (
+            len(fields) >= 5 and fields[1].startswith("*")
+        )
         try:
             self.following(0.0)
         except Exception as exc:  # croniter's "no such date" errors
