@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -234,6 +235,30 @@ def isolate(
         monkeypatch.setenv("SQQUEUE_CONFIG", "none")
     if directory is not None:
         monkeypatch.chdir(directory)
+
+
+def worker_until(
+    args: list[object], cwd: Path, done: Callable[[], bool], seconds: float = 15
+) -> tuple[int, str]:
+    """Run ``sqqueue worker ARGS`` in ``cwd`` until ``done()`` (at most ``seconds``), stop
+    it with SIGTERM; its exit code and stderr."""
+    proc = subprocess.Popen(
+        [*SQQUEUE, "worker", *map(str, args)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=CLI_ENV,
+    )
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not done():
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    return proc.returncode, err
 
 
 def run_cli(*args: object, input: str | bytes | None = None) -> CliResult:

@@ -9,7 +9,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from helpers import (
     opened,
     read_line_within,
     run_cli,
+    worker_until,
 )
 from sqqueue import SQLiteQueue, cli
 from sqqueue.cli import base as cli_base
@@ -848,25 +848,12 @@ def test_process_worker_runs_handler_and_stops_on_sigterm(db: Path, tmp_path: Pa
     )
     seed(db, "jobs", ["one", "two", "three", "four"])
     seed(db, "jobs", ["bad"], max_attempts=1)
-    proc = subprocess.Popen(
-        [*SQQUEUE, "worker", "tasks:handle", str(db), "jobs", "--concurrency", "2"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=CLI_ENV,
+    code, err = worker_until(
+        ["tasks:handle", db, "jobs", "--concurrency", "2"],
+        tmp_path,
+        lambda: counts(db) == {"ready": 0, "delayed": 0, "processing": 0, "dead": 1},
     )
-    try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if counts(db) == {"ready": 0, "delayed": 0, "processing": 0, "dead": 1}:
-                break
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=15)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
+    assert code == 0, err
     handled = (tmp_path / "handled.txt").read_text().split()
     assert sorted(handled) == ["four", "one", "three", "two"]
     assert "worker stopped: 4 completed, 1 failed (1 dead-lettered" in err
@@ -885,23 +872,12 @@ def test_process_worker_runs_an_object_with_an_async_call(db: Path, tmp_path: Pa
         "handler = Handler()\n"
     )
     seed(db, "jobs", ["one", "two"])
-    proc = subprocess.Popen(
-        [*SQQUEUE, "worker", "async_obj:handler", str(db), "jobs"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=CLI_ENV,
+    code, err = worker_until(
+        ["async_obj:handler", db, "jobs"],
+        tmp_path,
+        lambda: counts(db)["ready"] + counts(db)["processing"] == 0,
     )
-    try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and counts(db)["ready"] + counts(db)["processing"]:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=15)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
+    assert code == 0, err
     assert sorted((tmp_path / "handled.txt").read_text().split()) == ["one", "two"]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from helpers import (
     opened,
     read_line_within,
     run_cli,
+    worker_until,
 )
 from sqqueue import list_queues
 from sqqueue.targets import redact
@@ -314,23 +314,13 @@ def test_process_worker_on_postgres(pg_url: str, pg_schema: str, tmp_path: Path)
     with opened(target) as q:
         q.enqueue_batch(["one", "two"]).unwrap()
         q.enqueue("bad", max_attempts=1).unwrap()
-    proc = subprocess.Popen(
-        [*SQQUEUE, "worker", "handlers:handle", pg_url, "jobs", "--schema", pg_schema],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=CLI_ENV,
+    code, err = worker_until(
+        ["handlers:handle", pg_url, "jobs", "--schema", pg_schema],
+        tmp_path,
+        lambda: counts(target) == {"ready": 0, "delayed": 0, "processing": 0, "dead": 1},
+        seconds=30,
     )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if counts(target) == {"ready": 0, "delayed": 0, "processing": 0, "dead": 1}:
-                break
-            time.sleep(0.1)
-        err = stop(proc)
-    finally:
-        proc.kill()
+    assert code == 0, err
     assert "worker stopped: 2 completed, 1 failed (1 dead-lettered" in err
 
 

@@ -946,16 +946,7 @@ def test_command_refuses_unsafe_or_broken_starts(tmp_path: Path) -> None:
 def test_command_serves_and_prints_a_made_up_token_once(tmp_path: Path) -> None:
     import httpx
 
-    db = tmp_path / "jobs.db"
-    connect(str(db), "jobs").close()
-    env = {**os.environ, "SQQUEUE_DASHBOARD_TOKEN": ""}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sqqueue.cli", "dashboard", str(db), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    proc = _serve_new_queue(tmp_path, token="")
     try:
         assert proc.stdout is not None
         lines = [proc.stdout.readline() for _ in range(3)]
@@ -963,14 +954,7 @@ def test_command_serves_and_prints_a_made_up_token_once(tmp_path: Path) -> None:
         token = re.search(r"token \(shown only now\): (\S+)", lines[1])
         assert url and token, lines
         with httpx.Client(base_url=url.group(1), follow_redirects=False, timeout=20) as http:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    page = http.get("/login")
-                    break
-                except httpx.TransportError:
-                    assert time.monotonic() < deadline, "the dashboard did not answer"
-                    time.sleep(0.1)
+            page = _login_page_when_up(http)
             assert page.status_code == 200
             answer = http.post("/login", data={"token": token.group(1), "csrf": csrf_of(page.text)})
             assert answer.status_code == 303
@@ -982,6 +966,33 @@ def test_command_serves_and_prints_a_made_up_token_once(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
 
 
+def _serve_new_queue(tmp_path: Path, token: str) -> subprocess.Popen[str]:
+    """``sqqueue dashboard`` of a new file with queue "jobs", on a port of its choice,
+    with ``token`` in $SQQUEUE_DASHBOARD_TOKEN ("": it makes one up and prints it)."""
+    db = tmp_path / "jobs.db"
+    connect(str(db), "jobs").close()
+    return subprocess.Popen(
+        [sys.executable, "-m", "sqqueue.cli", "dashboard", str(db), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "SQQUEUE_DASHBOARD_TOKEN": token},
+    )
+
+
+def _login_page_when_up(http: Any) -> Any:
+    """The login page, once the server just started answers (within 30 s)."""
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return http.get("/login")
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "the dashboard did not answer"
+            time.sleep(0.1)
+
+
 @pytest.mark.slow
 def test_command_counts_real_peers_and_answers_only_its_own_host(tmp_path: Path) -> None:
     """Served by ``sqqueue dashboard``: X-Forwarded-For is not believed (rotating it does
@@ -989,30 +1000,14 @@ def test_command_counts_real_peers_and_answers_only_its_own_host(tmp_path: Path)
     whose Host header names another site (DNS rebinding) gets 400."""
     import httpx
 
-    db = tmp_path / "jobs.db"
-    connect(str(db), "jobs").close()
-    env = {**os.environ, "SQQUEUE_DASHBOARD_TOKEN": TOKEN}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sqqueue.cli", "dashboard", str(db), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    proc = _serve_new_queue(tmp_path, token=TOKEN)
     try:
         assert proc.stdout is not None
         url = re.search(r"at (http://127\.0\.0\.1:(\d+)/)", proc.stdout.readline())
         assert url
         port = url.group(2)
         with httpx.Client(base_url=url.group(1), follow_redirects=False, timeout=20) as http:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    page = http.get("/login")
-                    break
-                except httpx.TransportError:
-                    assert time.monotonic() < deadline, "the dashboard did not answer"
-                    time.sleep(0.1)
+            page = _login_page_when_up(http)
             assert page.status_code == 200
             for host in (f"localhost:{port}", f"[::1]:{port}"):
                 assert http.get("/login", headers={"host": host}).status_code == 200, host
