@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
+import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
@@ -10,7 +15,8 @@ from prometheus_client.core import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import QueueTarget
-from sqqueue import Queue
+from helpers import CLI_ENV, SQQUEUE
+from sqqueue import Queue, SQLiteQueue
 from sqqueue.aio import AsyncQueue
 from sqqueue.prometheus import QueueCollector, SignatureCollector
 
@@ -58,6 +64,53 @@ def test_a_database_that_cannot_be_read_says_so(tmp_path: object) -> None:
     assert samples == {"sqqueue_up": 0}
 
 
+def test_a_file_of_0_1_0_queues_is_not_healthy_and_empty(
+    legacy_db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Queues still in 0.1.0's layout are not listed: the scrape says sqqueue_up 0 and the
+    log says to migrate, instead of a healthy file with no queues."""
+    registry = CollectorRegistry()
+    registry.register(QueueCollector(legacy_db))
+    samples = {s.name: s.value for family in registry.collect() for s in family.samples}
+    assert samples == {"sqqueue_up": 0}
+    assert any("sqqueue migrate" in r.getMessage() for r in caplog.records)
+
+
+def test_the_collector_keeps_no_queue_it_will_not_read_again(tmp_path: Path) -> None:
+    """A queue gone from the file (a restore without it, a drop) has its queue object
+    closed at the next scrape; one whose file was replaced is opened afresh."""
+    db = tmp_path / "jobs.db"
+    for name in ("jobs", "emails"):
+        SQLiteQueue(db, table_name=name).close()
+    collector = QueueCollector(db)
+    registry = CollectorRegistry()
+    registry.register(collector)
+
+    def queues() -> set[str]:
+        return {
+            s.labels["queue"]
+            for family in registry.collect()
+            for s in family.samples
+            if s.name == "sqqueue_messages"
+        }
+
+    assert queues() == {"jobs", "emails"}
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    with SQLiteQueue(db, table_name="jobs") as restored:
+        restored.enqueue("after the restore").unwrap()
+    queues()  # (the replaced file noticed: at most one scrape later)
+    assert queues() == {"jobs"}
+    ready = [
+        s.value
+        for family in registry.collect()
+        for s in family.samples
+        if s.name == "sqqueue_messages" and s.labels["state"] == "ready"
+    ]
+    assert ready == [1]
+    collector.close()
+
+
 def test_signature_counts_of_the_consumers_queue_objects(
     make_queue: Callable[..., Queue], queue_target: QueueTarget
 ) -> None:
@@ -94,3 +147,45 @@ def test_signature_counts_of_the_consumers_queue_objects(
     assert exposed() == expected
     strict.close()
     assert exposed() == expected
+
+
+def test_the_worker_command_exports_its_queues_signature_counts(tmp_path: Path) -> None:
+    """`sqqueue worker FUNC DB QUEUE --metrics-port` serves the refusals its own queue
+    object counted (the metrics page lists them for it), beside the queue's metrics."""
+    db = tmp_path / "jobs.db"
+    with SQLiteQueue(db, table_name="jobs") as unsigned:
+        unsigned.enqueue_batch(["a", "b"]).unwrap()
+    (tmp_path / "noop_handler.py").write_text("def handle(message):\n    pass\n")
+    env = {**CLI_ENV, "SQQUEUE_SIGNING_KEY": "a signing key"}
+    proc = subprocess.Popen(
+        [*SQQUEUE, "worker", "noop_handler:handle", str(db), "jobs", "--metrics-port", "0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stderr is not None
+        url = ""
+        while not url:
+            line = proc.stderr.readline()
+            assert line, "the worker ended before it served metrics"
+            url = line.split("metrics on ", 1)[1].strip() if "metrics on " in line else ""
+        refused = 0.0
+        deadline = time.monotonic() + 30
+        while refused < 2 and time.monotonic() < deadline:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                text = response.read().decode()
+            refused = sum(
+                s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name == "sqqueue_signature_invalid_total" and s.labels["queue"] == "jobs"
+            )
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert refused == 2

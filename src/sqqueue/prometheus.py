@@ -39,9 +39,11 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         "sqqueue.prometheus needs prometheus-client: pip install 'sqqueue[prometheus]'"
     ) from exc
 
+from . import tools
 from .aio import AsyncQueue
-from .exceptions import QueueError
+from .exceptions import ErrorKind, QueueError
 from .queue import Queue, connect, list_queues
+from .result import Err
 from .targets import parse_target, redact
 
 __all__ = ["Durations", "QueueCollector", "SignatureCollector", "serve"]
@@ -102,10 +104,41 @@ class QueueCollector(Collector):
             return queue
 
     def close(self) -> None:
+        self._forget_all_but(())
+
+    def _forget(self, name: str) -> None:
+        """Close and forget the queue object of ``name``, if one is open."""
         with self._lock:
-            for queue in self._open.values():
-                queue.close()
-            self._open.clear()
+            queue = self._open.pop(name, None)
+        if queue is not None:
+            queue.close()
+
+    def _forget_all_but(self, names: Iterable[str]) -> None:
+        """Close the queue objects of queues no longer listed (gone with their file, or
+        dropped): a long-running exporter keeps none it will not read again."""
+        keep = set(names)
+        for name in [n for n in list(self._open) if n not in keep]:
+            self._forget(name)
+
+    def _unmigrated(self) -> int:
+        """1, logged, when an SQLite file holds only queues in sqqueue 0.1.0's layout
+        (which listing does not show): else the file would look healthy and empty."""
+        if self._kind != "sqlite":
+            return 0
+        try:
+            legacy = tools.legacy_queues(parse_target(self.db_path).location)
+        except QueueError:
+            return 0  # (no file, say: listing said so already)
+        if not legacy:
+            return 0
+        logger.warning(
+            "%s holds queues in sqqueue 0.1.0's layout (%s), not exported until migrated: "
+            "run 'sqqueue migrate %s'",
+            redact(self.db_path),
+            ", ".join(legacy),
+            redact(self.db_path),
+        )
+        return 1
 
     def collect(self) -> Iterator[Any]:
         # 0 when this scrape could not read something (the exporter's log says what):
@@ -122,7 +155,8 @@ class QueueCollector(Collector):
                 yield up
                 return
             names = listed.unwrap()
-        failures = 0
+            self._forget_all_but(names)
+        failures = self._unmigrated() if not names else 0
         depth = GaugeMetricFamily(
             "sqqueue_messages", "Messages in the queue by state.", labels=["queue", "state"]
         )
@@ -155,11 +189,13 @@ class QueueCollector(Collector):
                 logger.warning("queue %r of %s skipped: %s", name, redact(self.db_path), exc)
                 failures += 1
                 continue
-            if result.is_err():
+            if isinstance(result, Err):
                 logger.warning("stats of queue %r failed: %s", name, result.error)
                 failures += 1
+                if result.error.kind in (ErrorKind.STORAGE, ErrorKind.CLOSED):
+                    self._forget(name)  # (its file replaced, say: opened afresh next time)
                 continue
-            stats = result.unwrap()
+            stats = result.value
             for state in _STATES:
                 depth.add_metric([name, state], getattr(stats, state))
             oldest.add_metric([name], stats.oldest_ready_age or 0.0)

@@ -13,17 +13,26 @@ from . import base
 
 
 def start_metrics(
-    db: base.Database, port: int, host: str, queues: list[str] | None, with_durations: bool
+    db: base.Database,
+    port: int,
+    host: str,
+    queues: list[str] | None,
+    with_durations: bool,
+    served: list[Any] | None = None,
 ) -> tuple[Any, Any]:
-    """Start the Prometheus endpoint; returns (server, Durations or None)."""
+    """Start the Prometheus endpoint; returns (server, Durations or None). ``served``:
+    the queue objects a worker uses, whose signature counts are exported too."""
     try:
         from prometheus_client import CollectorRegistry
 
-        from ..prometheus import Durations, serve
+        from ..prometheus import Durations, SignatureCollector, serve
     except ImportError as exc:
         raise base.CliError(str(exc)) from None
     registry = CollectorRegistry()
     durations = Durations(registry) if with_durations else None
+    if served:
+        # (The counts live in the worker's own queue objects: see SignatureCollector.)
+        registry.register(SignatureCollector(served))
     try:
         server, _thread = serve(
             db.given, port=port, host=host, queues=queues, registry=registry, schema=db.schema

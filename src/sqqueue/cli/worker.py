@@ -155,7 +155,7 @@ def worker_cmd(
         try:
             if metrics_port is not None:
                 server, options["durations"] = start_metrics(
-                    where, metrics_port, "127.0.0.1", [name], with_durations=True
+                    where, metrics_port, "127.0.0.1", [name], with_durations=True, served=[q]
                 )
                 click.echo(f"metrics on {metrics_url(server, '127.0.0.1')}", err=True)
             # (An object whose __call__ is async is a coroutine handler too.)
