@@ -64,7 +64,8 @@ def _stats_view(db: base.Database, rows: list[QueueStats], legacy: list[str]) ->
         if rows[0].wal_frames_not_checkpointed:
             files += (
                 f" ({rows[0].wal_frames_not_checkpointed} of {rows[0].wal_frames} frames not "
-                "checkpointed: another connection reads an old snapshot)"
+                "copied back yet: the next checkpoint does it, unless a connection still "
+                "reads an old snapshot)"
             )
         parts.append(files)
     if legacy:

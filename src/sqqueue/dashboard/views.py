@@ -386,7 +386,7 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
         if result.is_err():
             return d.redirect(ctx, back, _sentence(str(result.error)), ok=False)
         logger.info("dashboard: purged %d dead letter(s) of %r", result.value, name)
-        return d.redirect(ctx, back, f"Purged {result.value} dead letter(s) enqueued more than "
+        return d.redirect(ctx, back, f"Purged {result.value} dead letter(s) that died more than "
                                      f"{present.age(older_than)} ago.")  # fmt: skip
 
     return [
