@@ -91,10 +91,11 @@ class SQLiteBackend(SQLBackend):
     """One queue in one SQLite file. Safe to share between threads; survives ``fork``."""
 
     # The file opened (device, inode; None until opened, and for a private queue), and when
-    # calls look next whether the path still names it (``time.monotonic()``).
-    _file_id: tuple[int, int] | None = None
-    _next_file_check = 0.0
-    _driver_used = False  # counted by sqlite_files.use_driver, until close()
+    # calls look next whether the path still names it (``time.monotonic()``); and whether
+    # sqlite_files.use_driver counted this object (until close()).
+    _file_id: tuple[int, int] | None
+    _next_file_check: float
+    _driver_used: bool
 
     def __init__(
         self,
@@ -146,6 +147,9 @@ class SQLiteBackend(SQLBackend):
         self._latest = -math.inf
         self._look_for_future_leases = True
         self._closed = False
+        # (Every attribute set here, in one order: calls read them on the hot path, where
+        # attributes first set later would slow every lookup on the object.)
+        self._file_id, self._next_file_check, self._driver_used = None, 0.0, False
         self._q = sql.render(self.name)
         self._sql = self._q.sql
         self._anchor: sqlite3.Connection | None = None
