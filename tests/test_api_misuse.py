@@ -1,4 +1,4 @@
-"""Misused calls that must come back as a clear ``Err`` (or be done right), found in review:
+"""Misused calls that must come back as a clear ``Err`` (or be done right):
 text the database cannot hold, Messages that hold no lease or come from another queue,
 arguments of the wrong shape. Each was a wrong action, or a STORAGE error logged at ERROR,
 before.
