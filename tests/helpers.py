@@ -237,19 +237,26 @@ def isolate(
         monkeypatch.chdir(directory)
 
 
+def cli_process(
+    *args: object, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """``sqqueue ARGS`` as a process of its own (text pipes; ``CLI_ENV`` unless ``env``)."""
+    return subprocess.Popen(
+        [*SQQUEUE, *map(str, args)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=CLI_ENV if env is None else env,
+    )
+
+
 def worker_until(
     args: list[object], cwd: Path, done: Callable[[], bool], seconds: float = 15
 ) -> tuple[int, str]:
     """Run ``sqqueue worker ARGS`` in ``cwd`` until ``done()`` (at most ``seconds``), stop
     it with SIGTERM; its exit code and stderr."""
-    proc = subprocess.Popen(
-        [*SQQUEUE, "worker", *map(str, args)],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=CLI_ENV,
-    )
+    proc = cli_process("worker", *args, cwd=cwd)
     try:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and not done():

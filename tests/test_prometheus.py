@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from prometheus_client.core import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import QueueTarget
-from helpers import CLI_ENV, SQQUEUE
+from helpers import CLI_ENV, cli_process
 from sqqueue import Queue, SQLiteQueue
 from sqqueue.aio import AsyncQueue
 from sqqueue.prometheus import QueueCollector, SignatureCollector
@@ -157,13 +156,8 @@ def test_the_worker_command_exports_its_queues_signature_counts(tmp_path: Path) 
         unsigned.enqueue_batch(["a", "b"]).unwrap()
     (tmp_path / "noop_handler.py").write_text("def handle(message):\n    pass\n")
     env = {**CLI_ENV, "SQQUEUE_SIGNING_KEY": "a signing key"}
-    proc = subprocess.Popen(
-        [*SQQUEUE, "worker", "noop_handler:handle", str(db), "jobs", "--metrics-port", "0"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+    proc = cli_process(
+        "worker", "noop_handler:handle", db, "jobs", "--metrics-port", "0", cwd=tmp_path, env=env
     )
     try:
         assert proc.stderr is not None

@@ -347,7 +347,10 @@ def list_queues(
     """
     try:
         if lock_timeout is None:
-            lock_timeout = load({}, "postgresql").lock_timeout
+            # The setting (environment, config file) is read only where it is used: an
+            # exporter lists an SQLite file's queues at every scrape.
+            postgres = parse_target(target).kind == "postgresql"
+            lock_timeout = load({}, "postgresql").lock_timeout if postgres else 30.0
         timeout = config(
             lambda: seconds(lock_timeout, "lock_timeout", minimum=0, maximum=86400, strict=True)
         )
