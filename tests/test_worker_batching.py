@@ -40,6 +40,8 @@ from sqqueue import (
 )
 
 MakeQueue = Callable[..., Queue]
+# (``sqqueue.worker`` as an attribute is the decorator of that name)
+worker_module = importlib.import_module("sqqueue.worker")
 SRC = Path(__file__).resolve().parents[1] / "src"
 WAIT = 20.0  # seconds any one wait_until of these tests may take
 
@@ -72,12 +74,14 @@ class HeldAcks:
 
     def __init__(self, queue: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[list[int]] = []
+        self.threads: list[str] = []  # the thread of each call
         self.release = threading.Event()
         self.entered = threading.Event()
         real = queue.complete_batch
 
         def complete_batch(messages: Any) -> Any:
             self.calls.append([m.id for m in messages])
+            self.threads.append(threading.current_thread().name)
             if len(self.calls) == 1:
                 self.entered.set()
                 assert self.release.wait(30), "the test never released the first flush"
@@ -94,6 +98,12 @@ class HeldAcks:
             self.release.set()
 
         threading.Thread(target=release, daemon=True).start()
+
+
+def acks_on_their_own_thread(queue: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Have the workers made from now on leave every completion to their ack thread, also
+    on SQLite (where a runner about to claim commits those gathered so far itself)."""
+    monkeypatch.setattr(queue.parts.backend, "one_writer", False)
 
 
 def test_prefetch_must_be_a_bounded_int(make_queue: MakeQueue) -> None:
@@ -113,6 +123,7 @@ def test_completions_gather_into_one_transaction(
     wait behind it and land together in the next one."""
     queue = make_queue(table_name="jobs", clock=None)
     ids = ok(queue.enqueue_batch([f"job-{i}" for i in range(5)]))
+    acks_on_their_own_thread(queue, monkeypatch)
     held = HeldAcks(queue, monkeypatch)
     handled: list[int] = []
 
@@ -135,7 +146,39 @@ def test_completions_gather_into_one_transaction(
     first, *rest = held.calls
     assert len(first) == 1 and sorted(first + [i for call in rest for i in call]) == ids
     assert rest == [sorted(set(ids) - set(first))]  # the four others, in one transaction
+    assert set(held.threads) == {f"{w.name}-acks"}
     assert out[0].completed == 5
+
+
+def test_a_runner_about_to_claim_commits_the_gathered_completions_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite (one write lock), the runner about to claim commits the completions
+    gathered so far itself, just before its claim: the ack thread would only wait for
+    the claim's lock. (The ack thread is kept waiting here, so that only the runner
+    can take them.)"""
+    monkeypatch.setattr(worker_module, "ACK_DELAY", 60.0)
+    queue = SQLiteQueue(tmp_path / "q.db", table_name="jobs")
+    ids = ok(queue.enqueue_batch(["a", "b"]))
+    held = HeldAcks(queue, monkeypatch)
+    w = Worker(queue, lambda m: None, concurrency=1, handle_signals=False)
+    thread, out = run_in_thread(w)
+    try:
+        assert held.entered.wait(20)
+        # The first claim was of one message (no pace yet): its completion is committed
+        # by the runner before it claims the next.
+        assert held.calls[0] == [ids[0]] and held.threads[0] == f"{w.name}-1"
+        assert statuses(queue) == {ids[0]: "processing", ids[1]: "ready"}
+        held.release.set()
+        wait_until(lambda: not queue.stats().unwrap().depth, timeout=WAIT, what="the drain")
+    finally:
+        held.release.set()
+        w.stop()
+        thread.join(20)
+        queue.close()
+    assert not thread.is_alive()
+    assert out[0].completed == 2
+    assert sorted(i for call in held.calls for i in call) == ids
 
 
 def test_grouped_acks_are_fenced_one_by_one_when_a_lease_was_lost(
@@ -148,6 +191,7 @@ def test_grouped_acks_are_fenced_one_by_one_when_a_lease_was_lost(
     queue = make_queue(table_name="jobs")
     other = make_queue(table_name="jobs")
     ids = ok(queue.enqueue_batch(["a", "b", "c"]))
+    acks_on_their_own_thread(queue, monkeypatch)
     held = HeldAcks(queue, monkeypatch)
     handled: list[int] = []
     w = Worker(

@@ -176,6 +176,11 @@ class Backend(ABC):
     #: round trip and a flush (PostgreSQL), not where it is a WAL append in this process
     #: (SQLite: measured, 8 threads sharing were slower, bench/profile-notes.md)
     shares_commits: bool = False
+    #: whether the writers of one database take its one write lock in turn (SQLite): a
+    #: worker's runner about to claim then commits the completions gathered so far itself,
+    #: just before its claim, rather than leave them to a second thread that would wait for
+    #: the claim's lock (bench/profile-notes.md)
+    one_writer: bool = False
     #: whether the asyncio API may run this backend's calls on the event loop (through
     #: sqqueue.bridge: its driver has an asyncio face, PostgreSQL), rather than in threads
     native_asyncio: bool = False

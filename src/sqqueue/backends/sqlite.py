@@ -90,6 +90,8 @@ def legacy_time(text: object) -> float | None:
 class SQLiteBackend(SQLBackend):
     """One queue in one SQLite file. Safe to share between threads; survives ``fork``."""
 
+    one_writer = True
+
     # The file opened (device, inode; None until opened, and for a private queue), and when
     # calls look next whether the path still names it (``time.monotonic()``); and whether
     # sqlite_files.use_driver counted this object (until close()).
