@@ -47,6 +47,7 @@ from sqqueue import (
     WorkerStats,
     bridge,
 )
+from sqqueue.backends.base import Backend
 
 MakeQueue = Callable[..., Queue]
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -674,6 +675,45 @@ def _async_worker(aq: AsyncQueue, handler: Any, **options: Any) -> AsyncWorker:
 async def _stop(w: AsyncWorker, task: asyncio.Task[WorkerStats], **kw: Any) -> WorkerStats:
     w.stop(**kw)
     return await asyncio.wait_for(task, 30)
+
+
+@pytest.mark.asyncio
+async def test_async_worker_keeps_storage_calls_off_the_event_loop(
+    make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An AsyncWorker runs its own steps around a handler on the loop, but none of its
+    storage calls blocks the loop's thread: a claim, a failure, a result kept and the
+    grouped completions run in threads, or (natively, on PostgreSQL) in a bridged call
+    whose I/O is awaited."""
+    queue = make_queue(table_name="jobs", clock=None, retention=3600)
+    aq = AsyncQueue(queue)
+    loop_thread = threading.current_thread()
+    backend = queue.parts.backend
+    on_loop: list[str] = []
+    for name in sorted(Backend.__abstractmethods__):
+        real = getattr(backend, name)
+
+        def spy(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            if threading.current_thread() is loop_thread and not bridge.active():
+                on_loop.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(backend, name, spy)
+
+    async def handle(message: Message) -> int:
+        if message.payload % 2:
+            raise ValueError("odd")
+        return int(message.payload)
+
+    for results in (False, True):
+        ok(await aq.enqueue_batch([Item(i, max_attempts=1) for i in range(4)]))
+        w = _async_worker(aq, handle, results=results)
+        task = asyncio.create_task(w.run())
+        await eventually(lambda s=w.stats: s.completed + s.failed == 4, what="four handled")
+        stats = await _stop(w, task)
+        assert (stats.completed, stats.failed) == (2, 2)
+    assert on_loop == [], f"storage calls blocking the event loop: {sorted(set(on_loop))}"
+    assert ok(await aq.stats()).dead == 4
 
 
 @pytest.mark.asyncio

@@ -560,7 +560,7 @@ class AsyncWorker(WorkerCore):
             if claimed is None:
                 continue
             message = claimed[0]
-            task = await self._step(self._begin, key, message, claimed[1])
+            task = await self._step(False, self._begin, key, message, claimed[1])
             handler_task = asyncio.ensure_future(self._invoke(message))
             self._running[key] = handler_task
             waits: set[asyncio.Future[Any]] = {handler_task}
@@ -583,14 +583,24 @@ class AsyncWorker(WorkerCore):
             error: BaseException | None = asyncio.CancelledError()
             if not handler_task.cancelled():  # (it is when cancelled before it started)
                 value, error = handler_task.result()
-            await self._step(self._end, key, task, value, error)
+            # Only a success left to the ack thread settles without the database.
+            settles_here = error is not None or self.results or not self._acks_open
+            await self._step(settles_here, self._end, key, task, value, error)
 
-    async def _step(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run one of the worker's own steps around a handler (begin, end): natively on
-        the loop where the queue runs so and no hook is set (a hook is user code, which
-        may block), else in a thread."""
+    async def _step(
+        self, uses_database: bool, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run one of the worker's own steps around a handler (begin, end) on the loop,
+        unless it could block it: in a thread when a hook is set (user code, which may
+        block), or when the step uses the database and the queue's calls do not run on
+        the loop natively. (A thread per step costs a no-op handler nine tenths of its
+        throughput on SQLite: bench/profile-notes.md.)"""
         hooks = self.hooks
-        if self._aqueue.native and all(getattr(hooks, name) is None for name in _HOOKS):
+        if any(getattr(hooks, name) is not None for name in _HOOKS):
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        if not uses_database:
+            return fn(*args, **kwargs)
+        if self._aqueue.native:
             return await _on_loop(fn, *args, **kwargs)
         return await asyncio.to_thread(fn, *args, **kwargs)
 
