@@ -593,8 +593,8 @@ class AsyncWorker(WorkerCore):
         """Run one of the worker's own steps around a handler (begin, end) on the loop,
         unless it could block it: in a thread when a hook is set (user code, which may
         block), or when the step uses the database and the queue's calls do not run on
-        the loop natively. (A thread per step costs a no-op handler nine tenths of its
-        throughput on SQLite: bench/profile-notes.md.)"""
+        the loop natively. (A thread per step cost no-op handlers three quarters of
+        their throughput on SQLite: bench/profile-notes.md.)"""
         hooks = self.hooks
         if any(getattr(hooks, name) is not None for name in _HOOKS):
             return await asyncio.to_thread(fn, *args, **kwargs)
