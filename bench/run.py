@@ -1537,7 +1537,12 @@ def main() -> int:
     os.makedirs(logdir, exist_ok=True)
 
     global SNAPSHOT, BEFORE_SNAPSHOT, BEFORE_NA
-    SNAPSHOT, src_hash = snapshot_src()
+    # The commit, and whether src/ differs from it, as the snapshot is taken: src/ may
+    # change while the run goes on.
+    SNAPSHOT, content_hash = snapshot_src()
+    source = (
+        f"{git_state()} (snapshot of src/sqqueue taken at the start, content hash {content_hash})"
+    )
     if BEFORE in subjects or PG_BEFORE in subjects:
         BEFORE_SNAPSHOT, BEFORE_NA = snapshot_before()
     info: dict[str, Any] = {}
@@ -1567,7 +1572,7 @@ def main() -> int:
                 )
                 return 1
         return _run(args, workloads, subjects, info, logdir, out, started, load_before,
-                    src_hash, pg_desc, pg_started)  # fmt: skip
+                    source, pg_desc, pg_started)  # fmt: skip
     finally:
         shutil.rmtree(SNAPSHOT, ignore_errors=True)
         if BEFORE_SNAPSHOT:
@@ -1585,7 +1590,7 @@ def _context(
     subjects: list[str],
     info: dict[str, Any],
     params: dict[str, dict[str, Any]],
-    src_hash: str,
+    source: str,
 ) -> dict[str, Any]:
     """What the report says about one part (SQLite or PostgreSQL) of a run."""
     load_after = os.getloadavg()[0]
@@ -1612,7 +1617,7 @@ def _context(
         "loaded": load_before > 0.5 or load_after > 1.6,
         "notes": list(args.note),
         "described": {s: describe(s) for s in subjects},
-        "git": f"{git_state()} (snapshot of src/sqqueue taken at the start, content hash {src_hash})",
+        "git": source,
     }
 
 
@@ -1625,7 +1630,7 @@ def _run(
     out: str,
     started: float,
     load_before: float,
-    src_hash: str,
+    source: str,
     pg_desc: dict[str, Any],
     pg_started: float,
 ) -> int:
@@ -1674,7 +1679,7 @@ def _run(
         if i == sqlite_tasks + 1 and sqlite_tasks:
             # The SQLite part is over: its context (duration, load after) is taken now.
             sqlite_ctx = _context(args, started, load_before, loads["sqlite"], repeats,
-                                  available, {k: info[k] for k in available}, params, src_hash)  # fmt: skip
+                                  available, {k: info[k] for k in available}, params, source)  # fmt: skip
             part_started["postgres"] = time.monotonic()
         if "_skip" in p:
             result: dict[str, Any] = {"na": f"excluded: {p['_skip']}"}
@@ -1697,11 +1702,11 @@ def _run(
     ran_pg = any(w in PG_WORKLOADS for w in workloads)
     if ran_sqlite and sqlite_ctx is None:
         sqlite_ctx = _context(args, started, load_before, loads["sqlite"], repeats, available,
-                              {k: info[k] for k in available}, params, src_hash)  # fmt: skip
+                              {k: info[k] for k in available}, params, source)  # fmt: skip
     pg_ctx: dict[str, Any] | None = None
     if ran_pg:
         pg_ctx = _context(args, part_started["postgres"], load_before, loads["postgres"], repeats,
-                          pg_available, {k: info[k] for k in pg_available}, pg_params, src_hash)  # fmt: skip
+                          pg_available, {k: info[k] for k in pg_available}, pg_params, source)  # fmt: skip
         if not ran_sqlite:
             # the server's start and the subjects' smoke tests count too
             pg_ctx["duration_min"] = (time.monotonic() - started) / 60
