@@ -181,6 +181,79 @@ def test_a_runner_about_to_claim_commits_the_gathered_completions_first(
     assert sorted(i for call in held.calls for i in call) == ids
 
 
+def test_a_slow_on_success_hook_never_holds_up_claims(make_queue: MakeQueue) -> None:
+    """Hooks run on the ack thread, also for completions a runner committed before its
+    claim (SQLite): an on_success hook that waits for the next message to be handled
+    sees it handled, by runners that went on claiming."""
+    queue = make_queue(table_name="jobs", clock=None)
+    ok(queue.enqueue("a"))
+    b_handled = threading.Event()
+    hooked: list[tuple[str, bool]] = []
+
+    def on_success(message: Message, _value: Any) -> None:
+        if message.payload == "a":
+            ok(queue.enqueue("b"))
+            hooked.append((threading.current_thread().name, b_handled.wait(WAIT)))
+
+    def handler(message: Message) -> None:
+        if message.payload == "b":
+            b_handled.set()
+
+    w = Worker(
+        queue,
+        handler,
+        concurrency=2,
+        handle_signals=False,
+        hooks=WorkerHooks(on_success=on_success),
+    )
+    thread, out = run_in_thread(w)
+    try:
+        wait_until(lambda: len(hooked) == 1, timeout=WAIT + 5, what="the hook of a to return")
+    finally:
+        b_handled.set()
+        w.stop()
+        thread.join(20)
+    assert hooked == [(f"{w.name}-acks", True)]
+    assert out[0].completed == 2
+
+
+def test_an_immediate_stop_waits_for_a_runners_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop(immediate=True) while a runner commits the completions gathered before its
+    claim (SQLite): run() returns once that commit is done, with it counted and hooked,
+    and the runner claims nothing more."""
+    monkeypatch.setattr(worker_module, "ACK_DELAY", 60.0)  # (only the runner commits)
+    queue = SQLiteQueue(tmp_path / "q.db", table_name="jobs")
+    ids = ok(queue.enqueue_batch(["a", "b"]))
+    held = HeldAcks(queue, monkeypatch)
+    hooked: list[int] = []
+    w = Worker(
+        queue,
+        lambda m: None,
+        concurrency=1,
+        handle_signals=False,
+        hooks=WorkerHooks(on_success=lambda m, _v: hooked.append(m.id)),
+    )
+    thread, out = run_in_thread(w)
+    try:
+        assert held.entered.wait(WAIT)
+        assert held.threads == [f"{w.name}-1"]
+        w.stop(immediate=True)
+        thread.join(0.5)
+        assert thread.is_alive(), "run() returned while a runner was still committing"
+        held.release.set()
+        thread.join(WAIT)
+        assert not thread.is_alive()
+        assert (out[0].completed, hooked) == (1, [ids[0]])
+        assert statuses(queue) == {ids[1]: "ready"}
+    finally:
+        held.release.set()
+        w.stop()
+        thread.join(20)
+        queue.close()
+
+
 def test_grouped_acks_are_fenced_one_by_one_when_a_lease_was_lost(
     make_queue: MakeQueue, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -43,6 +43,11 @@ __all__ = ["MAX_CONCURRENCY", "Worker", "WorkerHooks", "WorkerStats", "worker"]
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Message], Any]
+# A handler's return, to complete: its message, the value it returned, how long it ran.
+Acked = tuple[Message, Any, float]
+# A commit of such completions: what it completed, and the result of each one when they
+# had to be completed one by one (None: all together). Nothing when it failed outright.
+Committed = tuple[list[Acked], list[Result[None, Any]] | None]
 
 #: At most this many handlers at once (threads for a Worker, tasks for an AsyncWorker):
 #: far beyond what one process serves well, and a bound on a typo's cost.
@@ -123,7 +128,10 @@ class WorkerHooks:
 
 
 class DurationObserver(Protocol):
-    """Receives ``time_in_queue`` and ``processing`` durations (e.g. prometheus.Durations)."""
+    """Receives ``time_in_queue`` and ``processing`` durations (e.g. prometheus.Durations).
+
+    Called as a handler starts and ends: on the worker's threads, and for an AsyncWorker
+    on the event loop, so it must return at once (record, never wait on I/O)."""
 
     def observe(self, queue: str, kind: str, seconds: float) -> None: ...
 
@@ -263,9 +271,13 @@ class WorkerCore:
         # left here and their runners go on; the thread completes whatever has gathered
         # in one transaction.
         self._acks_ready = threading.Condition(threading.Lock())
-        self._acks: list[tuple[Message, Any, float]] = []
-        self._acks_open = False
+        self._acks: list[Acked] = []
+        # On one write lock (SQLite), runners about to claim commit what has gathered
+        # (see _commit_gathered): how many are committing now, and what they committed,
+        # for the ack thread to report.
         self._acks_with_claims = queue.parts.backend.one_writer
+        self._acks_open, self._committing = False, 0
+        self._reports: list[Committed] = []
         # Their tasks, by message id, until the commit that completes them: the heartbeat
         # keeps extending their leases meanwhile (a slow commit, a hook that blocks the
         # ack thread), so a message whose handler returned is never delivered again while
@@ -489,38 +501,58 @@ class WorkerCore:
         return thread
 
     def _ack_loop(self) -> None:
-        """Complete what the runners finished, each round in one transaction, until closed."""
+        """Complete what the runners finished, each round in one transaction, and report
+        what was completed (counts, ``on_success`` hooks, logs), also what runners about
+        to claim committed themselves; until closed and nothing is left."""
         while True:
             with self._acks_ready:
-                while not self._acks and self._acks_open:
+                while not (self._acks or self._reports) and (self._acks_open or self._committing):
                     self._acks_ready.wait()
-                if self._acks_open:
+                if self._acks and self._acks_open:
                     self._acks_ready.wait(ACK_DELAY)  # (closing wakes it at once)
                 batch, self._acks = self._acks, []
-                if not batch and not self._acks_open:
-                    return  # closed, and nothing left
-            self._complete_gathered(batch)
+                reports, self._reports = self._reports, []
+                if not (batch or reports or self._acks_open or self._committing):
+                    return  # closed, and nothing left (no runner still committing)
+            for committed in reports:
+                self._report(committed)
+            if batch:
+                self._report(self._commit(batch))
 
-    def _gathered(self) -> list[tuple[Message, Any, float]]:
-        """Take the completions gathered so far, for a runner about to claim on a database
-        with one write lock (SQLite): it commits them itself, just before its claim, where
-        the ack thread would wait for the claim's lock (in SQLite's busy handler, a
-        millisecond or more a time). Measured: +19% no-op jobs a second through one
-        SQLite Worker; -9% on PostgreSQL, where the two run side by side, so not there."""
+    def _commit_gathered(self) -> None:
+        """Commit the completions gathered so far, from a runner about to claim on a
+        database with one write lock (SQLite), just before its claim: the ack thread
+        would only wait for the claim's lock (in SQLite's busy handler, a millisecond or
+        more a time). Measured: +19% no-op jobs a second through one SQLite Worker; -9%
+        on PostgreSQL, where the two run side by side, so not there. The ack thread
+        reports them, so a slow ``on_success`` hook never holds up a claim, and waits for
+        this commit before it ends."""
         with self._acks_ready:
             batch, self._acks = self._acks, []
-        return batch
-
-    def _complete_gathered(self, batch: list[tuple[Message, Any, float]]) -> None:
-        """Complete gathered acknowledgements in one transaction; never raises (an
-        unexpected failure is logged, and the messages come again when their leases
-        expire)."""
-        if not batch:
-            return
+            if not batch:
+                return
+            self._committing += 1
+        committed: Committed | None = None
         try:
-            self._flush(batch)
+            committed = self._commit(batch)
+        finally:
+            with self._acks_ready:
+                self._committing -= 1
+                if committed is not None:
+                    self._reports.append(committed)
+                self._acks_ready.notify()
+
+    def _commit(self, batch: list[Acked]) -> Committed:
+        """Complete ``batch`` in one transaction, or one by one if one of them was refused
+        (its lease lost, say: then none was completed), each fenced by its own lease as
+        always. Never raises: after an unexpected failure, logged, nothing is reported
+        and the messages come again when their leases expire."""
+        try:
+            result = self.queue.complete_batch([message for message, _, _ in batch])
+            results = None
+            if not isinstance(result, Ok):
+                results = [self.queue.complete(message) for message, _, _ in batch]
         except BaseException as exc:  # never lose the thread: log, and the leases run out
-            self._settled(batch)
             logger.error(
                 "worker %s: completing %d message(s) failed unexpectedly (%s); they will "
                 "be delivered again when their leases expire",
@@ -529,21 +561,25 @@ class WorkerCore:
                 error_text(exc),
                 exc_info=exc,
             )
-
-    def _flush(self, batch: list[tuple[Message, Any, float]]) -> None:
-        result = self.queue.complete_batch([message for message, _, _ in batch])
-        if isinstance(result, Ok):
+            return [], []
+        finally:
             self._settled(batch)
-            self._done(batch)
-            return
-        # One of them was refused (its lease lost, say), so none was completed: complete
-        # them one by one, each fenced by its own lease as always.
-        results = [self.queue.complete(message) for message, _, _ in batch]
-        self._settled(batch)
-        for (message, value, elapsed), completed in zip(batch, results, strict=True):
-            self._completed(message, value, elapsed, completed)
+        return batch, results
 
-    def _settled(self, batch: list[tuple[Message, Any, float]]) -> None:
+    def _report(self, committed: Committed) -> None:
+        """Count, hook and log what a commit of gathered completions did. Never raises:
+        the ack thread must outlive anything (hooks are guarded on their own)."""
+        batch, results = committed
+        try:
+            if results is None:
+                self._done(batch)
+                return
+            for (message, value, elapsed), completed in zip(batch, results, strict=True):
+                self._completed(message, value, elapsed, completed)
+        except BaseException:
+            logger.exception("worker %s: reporting %d completion(s) failed", self.name, len(batch))
+
+    def _settled(self, batch: list[Acked]) -> None:
         """The messages of ``batch`` are completed (or refused): no lease to keep."""
         with self._acks_ready:
             for message, _, _ in batch:
@@ -804,6 +840,7 @@ class Worker(WorkerCore):
       that is not JSON fails the message.
     - Durations: ``durations=sqqueue.prometheus.Durations()`` records histograms of
       time-in-queue and processing time (statsd timers too when the queue uses statsd).
+      An observer of your own must return at once: an AsyncWorker calls it on the loop.
     - Heartbeat: every ``heartbeat`` seconds (default a third of the lease) the leases of
       the running messages are extended, all in one call (``extend_batch``), so slow but
       alive handlers keep their messages.
@@ -815,9 +852,10 @@ class Worker(WorkerCore):
       unstarted for longer than a heartbeat is given back (attempt not counted).
     - Grouped acknowledgements: a handler's runner goes on as soon as the handler returns;
       what gathers within 2 ms is completed in one transaction (by a thread of its own,
-      or on SQLite by the runner about to claim, just before its claim), each message
-      still fenced by its own lease (if one was lost, the others are completed one by
-      one), and the heartbeat extends that lease until the commit. A process killed between a
+      or on SQLite by the runner about to claim, just before its claim; ``on_success``
+      hooks run on that thread of its own), each message still fenced by its own lease
+      (if one was lost, the others are completed one by one), and the heartbeat extends
+      that lease until the commit. A process killed between a
       handler's return and that commit (a few milliseconds) has its message delivered
       again once the lease runs out: at-least-once, never lost.
     - ``poll_wait``: how long an idle runner waits before it claims again on its own. A
@@ -964,7 +1002,7 @@ class Worker(WorkerCore):
         batch: list[Message] = []
         try:
             if self._acks_with_claims:
-                self._complete_gathered(self._gathered())
+                self._commit_gathered()
             batch = self._claim(step)
         finally:
             with self._handoff:
@@ -974,6 +1012,8 @@ class Worker(WorkerCore):
         return mine
 
     def _claim(self, size: int) -> list[Message]:
+        if self._stopping.is_set():  # (since _take looked: while committing, say)
+            return []
         result = self.queue.dequeue_batch(
             size, visibility_timeout=self.lease, wait=self.poll_wait, cancel=self._stopping
         )
