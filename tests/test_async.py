@@ -717,6 +717,28 @@ async def test_async_worker_keeps_storage_calls_off_the_event_loop(
 
 
 @pytest.mark.asyncio
+async def test_async_worker_calls_retry_delay_off_the_event_loop(aq: AsyncQueue) -> None:
+    """retry_delay is code of yours, which may block: an AsyncWorker calls it in a
+    thread, also where its own steps run on the loop (no hooks; natively on PostgreSQL)."""
+    loop_thread = threading.current_thread()
+    called_on_loop: list[bool] = []
+
+    def retry_delay(message: Message, exc: BaseException) -> float:
+        called_on_loop.append(threading.current_thread() is loop_thread)
+        return 60.0
+
+    async def handle(message: Message) -> None:
+        raise ValueError("not yet")
+
+    ok(await aq.enqueue("x"))
+    w = _async_worker(aq, handle, retry_delay=retry_delay)
+    task = asyncio.create_task(w.run())
+    await eventually(lambda: w.stats.failed == 1, what="the failure")
+    await _stop(w, task)
+    assert called_on_loop == [False]
+
+
+@pytest.mark.asyncio
 async def test_async_worker_runs_once_and_stops_when_its_queue_is_closed(aq: AsyncQueue) -> None:
     """Closing the queue ends run() (a closed queue stays closed); a second run() raises."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import os
 import signal
 import subprocess
@@ -30,6 +31,9 @@ from helpers import ok, statuses, wait_until
 from sqqueue import (
     AsyncQueue,
     AsyncWorker,
+    CompletionError,
+    Err,
+    ErrorKind,
     Message,
     Queue,
     RetryPolicy,
@@ -252,6 +256,52 @@ def test_an_immediate_stop_waits_for_a_runners_commit(
         w.stop()
         thread.join(20)
         queue.close()
+
+
+@pytest.mark.parametrize("committer", ["ack thread", "runner"])
+def test_a_group_the_database_fails_is_not_tried_again_one_by_one(
+    make_queue: MakeQueue,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    committer: str,
+) -> None:
+    """A failure of the database's (locked past lock_timeout, say) is the same for every
+    message of a group: logged once per group, not waited out again once per message;
+    the messages come back when their leases run out. (Only a refusal, a lease lost,
+    sends a group's messages one by one.)"""
+    queue = make_queue(table_name="jobs", clock=None)
+    ids = ok(queue.enqueue_batch(["a", "b", "c"]))
+    if committer == "ack thread":
+        acks_on_their_own_thread(queue, monkeypatch)
+    locked = CompletionError("complete_batch failed: database is locked", ErrorKind.LOCKED)
+    groups: list[int] = []
+    singles: list[int] = []
+
+    def complete_batch(messages: Any) -> Any:
+        groups.append(len(messages))
+        return Err(locked)
+
+    def complete(message: Any, **kwargs: Any) -> Any:
+        singles.append(message.id)
+        return Err(locked)
+
+    monkeypatch.setattr(queue, "complete_batch", complete_batch)
+    monkeypatch.setattr(queue, "complete", complete)
+    w = Worker(queue, lambda m: None, concurrency=1, handle_signals=False)
+    with caplog.at_level(logging.WARNING, logger="sqqueue.worker"):
+        thread, out = run_in_thread(w)
+        try:
+            wait_until(lambda: sum(groups) == 3, timeout=WAIT, what="three completions tried")
+        finally:
+            w.stop()
+            thread.join(20)
+    assert not thread.is_alive()
+    assert singles == []
+    assert out[0].completed == 0
+    failed = [r for r in caplog.records if "could not complete" in r.getMessage()]
+    assert len(failed) == len(groups)
+    assert all("leases expire" in r.getMessage() for r in failed)
+    assert statuses(queue) == dict.fromkeys(ids, "processing")
 
 
 def test_grouped_acks_are_fenced_one_by_one_when_a_lease_was_lost(

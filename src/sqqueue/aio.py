@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from datetime import datetime, timedelta
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 from . import bridge
 from .core import consume, settle
@@ -451,6 +451,9 @@ async def connect_async(
 
 AsyncHandler = Callable[[Message], Awaitable[Any]]
 _HOOKS = ("on_start", "on_success", "on_failure", "on_dead_letter")  # WorkerHooks' fields
+# What one of an AsyncWorker's own steps calls besides its bookkeeping, which decides
+# where it runs (see AsyncWorker._step).
+_Needs = Literal["nothing", "database", "your code"]
 
 
 class AsyncWorker(WorkerCore):
@@ -560,7 +563,7 @@ class AsyncWorker(WorkerCore):
             if claimed is None:
                 continue
             message = claimed[0]
-            task = await self._step(False, self._begin, key, message, claimed[1])
+            task = await self._step("nothing", self._begin, key, message, claimed[1])
             handler_task = asyncio.ensure_future(self._invoke(message))
             self._running[key] = handler_task
             waits: set[asyncio.Future[Any]] = {handler_task}
@@ -583,22 +586,27 @@ class AsyncWorker(WorkerCore):
             error: BaseException | None = asyncio.CancelledError()
             if not handler_task.cancelled():  # (it is when cancelled before it started)
                 value, error = handler_task.result()
-            # Only a success left to the ack thread settles without the database.
-            settles_here = error is not None or self.results or not self._acks_open
-            await self._step(settles_here, self._end, key, task, value, error)
+            # Only a success left to the ack thread settles without the database; a
+            # failure runs retry_delay, when given: code of yours.
+            needs: _Needs = "nothing"
+            if error is not None and self.retry_delay is not None:
+                needs = "your code"
+            elif error is not None or self.results or not self._acks_open:
+                needs = "database"
+            await self._step(needs, self._end, key, task, value, error)
 
     async def _step(
-        self, uses_database: bool, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+        self, needs: _Needs, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run one of the worker's own steps around a handler (begin, end) on the loop,
-        unless it could block it: in a thread when a hook is set (user code, which may
-        block), or when the step uses the database and the queue's calls do not run on
-        the loop natively. (A thread per step cost no-op handlers three quarters of
-        their throughput on SQLite: bench/profile-notes.md.)"""
+        unless it could block it: in a thread when it runs code of yours (a hook, which
+        every step may call, or ``retry_delay``), or when it uses the database and the
+        queue's calls do not run on the loop natively. (A thread per step cost no-op
+        handlers three quarters of their throughput on SQLite: bench/profile-notes.md.)"""
         hooks = self.hooks
-        if any(getattr(hooks, name) is not None for name in _HOOKS):
+        if needs == "your code" or any(getattr(hooks, name) is not None for name in _HOOKS):
             return await asyncio.to_thread(fn, *args, **kwargs)
-        if not uses_database:
+        if needs == "nothing":
             return fn(*args, **kwargs)
         if self._aqueue.native:
             return await _on_loop(fn, *args, **kwargs)

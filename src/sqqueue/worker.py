@@ -66,6 +66,11 @@ ACK_DELAY = 0.002
 
 # What complete(message, result=value) says of a value it cannot keep.
 _UNKEEPABLE = frozenset({ErrorKind.SERIALIZATION, ErrorKind.INVALID_INPUT})
+# What complete_batch says when one of its messages was refused (the others, completed
+# one by one, may be fine); any other error is the database's, the same for each one.
+_REFUSED = frozenset(
+    {ErrorKind.NOT_FOUND, ErrorKind.WRONG_STATE, ErrorKind.LEASE_EXPIRED, ErrorKind.LEASE_LOST}
+)
 
 #: How many of the latest handler durations ``WorkerStats.processing_seconds`` keeps (a
 #: worker runs for months: keeping every one would grow without end).
@@ -545,12 +550,22 @@ class WorkerCore:
     def _commit(self, batch: list[Acked]) -> Committed:
         """Complete ``batch`` in one transaction, or one by one if one of them was refused
         (its lease lost, say: then none was completed), each fenced by its own lease as
-        always. Never raises: after an unexpected failure, logged, nothing is reported
-        and the messages come again when their leases expire."""
+        always. Never raises: after a failure of the database (once, not once per message:
+        each would wait out the lock timeout again) or an unexpected one, logged, nothing
+        is reported and the messages come again when their leases expire."""
         try:
             result = self.queue.complete_batch([message for message, _, _ in batch])
             results = None
-            if not isinstance(result, Ok):
+            if isinstance(result, Err):
+                if result.error.kind not in _REFUSED:
+                    logger.warning(
+                        "worker %s: could not complete %d message(s): %s; they will be "
+                        "delivered again when their leases expire",
+                        self.name,
+                        len(batch),
+                        result.error,
+                    )
+                    return [], []
                 results = [self.queue.complete(message) for message, _, _ in batch]
         except BaseException as exc:  # never lose the thread: log, and the leases run out
             logger.error(
@@ -852,10 +867,10 @@ class Worker(WorkerCore):
       unstarted for longer than a heartbeat is given back (attempt not counted).
     - Grouped acknowledgements: a handler's runner goes on as soon as the handler returns;
       what gathers within 2 ms is completed in one transaction (by a thread of its own,
-      or on SQLite by the runner about to claim, just before its claim; ``on_success``
-      hooks run on that thread of its own), each message still fenced by its own lease
-      (if one was lost, the others are completed one by one), and the heartbeat extends
-      that lease until the commit. A process killed between a
+      or on SQLite by the runner about to claim, just before its claim; their
+      ``on_success`` hooks run on that thread of its own), each message still fenced by
+      its own lease (if one was lost, the others are completed one by one), and the
+      heartbeat extends that lease until the commit. A process killed between a
       handler's return and that commit (a few milliseconds) has its message delivered
       again once the lease runs out: at-least-once, never lost.
     - ``poll_wait``: how long an idle runner waits before it claims again on its own. A
