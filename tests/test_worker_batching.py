@@ -11,6 +11,7 @@ on how fast the machine is.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
@@ -357,6 +358,85 @@ def test_grouped_acks_are_fenced_one_by_one_when_a_lease_was_lost(
     assert ok(other.complete(taken)) is None  # its new holder's lease is intact
     assert out[0].completed == 2
     assert set(ids) - {lost} <= set(handled)
+
+
+def test_an_immediate_stop_waits_for_a_message_being_settled(make_queue: MakeQueue) -> None:
+    """stop(immediate=True) while a runner settles a message whose handler had ended (its
+    failure, retry_delay still deciding): run() returns once it is settled, its count
+    final, so the queue can be closed right after."""
+    queue = make_queue(table_name="jobs", clock=None)
+    message_id = ok(queue.enqueue("x"))
+    deciding, decided = threading.Event(), threading.Event()
+
+    def retry_delay(message: Message, exc: BaseException) -> float:
+        deciding.set()
+        assert decided.wait(WAIT)
+        return 60.0
+
+    def handler(message: Message) -> None:
+        raise ValueError("not yet")
+
+    w = Worker(queue, handler, concurrency=1, handle_signals=False, retry_delay=retry_delay)
+    thread, out = run_in_thread(w)
+    try:
+        assert deciding.wait(WAIT)
+        w.stop(immediate=True)
+        thread.join(0.5)
+        assert thread.is_alive(), "run() returned while a message was being settled"
+        decided.set()
+        thread.join(WAIT)
+        assert not thread.is_alive()
+        assert out[0].failed == 1
+        queue.close()
+    finally:
+        decided.set()
+        w.stop()
+        thread.join(20)
+    other = make_queue(table_name="jobs", clock=None)
+    assert statuses(other) == {message_id: "delayed"}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["stop", "cancel"])
+async def test_an_async_worker_stopped_at_once_waits_for_a_message_being_settled(
+    make_queue: MakeQueue, how: str
+) -> None:
+    """The same for an AsyncWorker stopped at once or cancelled: its failing step goes on
+    in its thread, and run() ends once it is done."""
+    queue = make_queue(table_name="jobs", clock=None)
+    message_id = ok(queue.enqueue("x"))
+    deciding, decided = threading.Event(), threading.Event()
+
+    def retry_delay(message: Message, exc: BaseException) -> float:
+        deciding.set()
+        assert decided.wait(WAIT)
+        return 60.0
+
+    async def handler(message: Message) -> None:
+        raise ValueError("not yet")
+
+    w = AsyncWorker(
+        AsyncQueue(queue), handler, handle_signals=False, poll_wait=0.5, retry_delay=retry_delay
+    )
+    task = asyncio.ensure_future(w.run())
+    try:
+        assert await asyncio.to_thread(deciding.wait, WAIT)
+        if how == "stop":
+            w.stop(immediate=True)
+        else:
+            task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=0.5)
+        assert not done, "run() ended while a message was being settled"
+        decided.set()
+        await asyncio.wait({task}, timeout=WAIT)
+        assert task.done()
+        assert w.stats.failed == 1
+    finally:
+        decided.set()
+        w.stop()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(task, WAIT)
+    assert statuses(queue) == {message_id: "delayed"}
 
 
 def test_claimed_but_not_started_is_given_back_at_shutdown(

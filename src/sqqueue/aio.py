@@ -55,7 +55,7 @@ from .queue import SQLiteQueue, connect
 from .result import Err, Ok, Result
 from .stats import QueueStats
 from .threads import run_in_own_thread
-from .worker import Claimed, RunningTask, WorkerCore, WorkerStats
+from .worker import SETTLE_WAIT, Claimed, RunningTask, WorkerCore, WorkerStats
 
 __all__ = ["AsyncQueue", "AsyncSQLiteQueue", "AsyncWorker", "connect_async"]
 
@@ -488,6 +488,8 @@ class AsyncWorker(WorkerCore):
         # and the handlers given up on that still run (kept referenced until they end).
         self._given_up: dict[object, asyncio.Future[None]] = {}
         self._strays: set[asyncio.Future[Any]] = set()
+        # The worker's own steps running off the loop (in threads) or bridged, until done.
+        self._off_loop: set[asyncio.Future[Any]] = set()
         # Guards the prefetch state (see WorkerCore); made on the loop, in run().
         self._handoff: asyncio.Condition | None = None
 
@@ -543,6 +545,9 @@ class AsyncWorker(WorkerCore):
         for runner in pending:
             runner.cancel()
         await asyncio.gather(*runners, return_exceptions=True)
+        # A cancelled runner's step off the loop (settling its message) goes on: wait.
+        if self._off_loop:
+            await asyncio.wait(self._off_loop, timeout=SETTLE_WAIT)
 
     async def _runner(self, index: int) -> None:
         """One handler slot. Should its own steps ever raise, the failure is logged, its
@@ -603,14 +608,18 @@ class AsyncWorker(WorkerCore):
         every step may call, or ``retry_delay``), or when it uses the database and the
         queue's calls do not run on the loop natively. (A thread per step cost no-op
         handlers three quarters of their throughput on SQLite: bench/profile-notes.md.)"""
-        hooks = self.hooks
-        if needs == "your code" or any(getattr(hooks, name) is not None for name in _HOOKS):
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        if needs == "nothing":
+        hooked = any(getattr(self.hooks, name) is not None for name in _HOOKS)
+        if needs == "nothing" and not hooked:
             return fn(*args, **kwargs)
-        if self._aqueue.native:
-            return await _on_loop(fn, *args, **kwargs)
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        if needs == "database" and not hooked and self._aqueue.native:
+            step = asyncio.ensure_future(_on_loop(fn, *args, **kwargs))
+        else:
+            step = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+        # Shielded: a runner cancelled at shutdown leaves the step to end, and run()
+        # waits for it (see _drain).
+        self._off_loop.add(step)
+        step.add_done_callback(self._off_loop.discard)
+        return await asyncio.shield(step)
 
     async def _invoke(self, message: Message) -> tuple[Any, BaseException | None]:
         """Run the handler: (its value, None) or (None, what it raised).

@@ -63,6 +63,11 @@ AHEAD_SECONDS = 0.05
 # that come meanwhile, or a runner about to claim, which takes them along. It bounds how
 # long a handler's return waits for its commit (beyond the commit itself).
 ACK_DELAY = 0.002
+# At the end of shutdown, run() waits at most this long for runners still settling a
+# message whose handler had ended (failing it, keeping its result: database calls, hooks),
+# also after an immediate stop, which waits for no handler: the stats it returns are then
+# final, and the queue may be closed right after it.
+SETTLE_WAIT = 5.0
 
 # What complete(message, result=value) says of a value it cannot keep.
 _UNKEEPABLE = frozenset({ErrorKind.SERIALIZATION, ErrorKind.INVALID_INPUT})
@@ -820,6 +825,12 @@ class WorkerCore:
     def _replace_abandoned(self) -> None:
         """Start a new runner in place of one stuck in an abandoned handler."""
 
+    def _settling(self) -> list[object]:
+        """The keys of the runners settling a message whose handler ended (after
+        ``_cut_off``, no other handler counts as running)."""
+        with self._lock:
+            return [key for key, task in self._tasks.items() if task.ended and not task.abandoned]
+
     def _cut_off(self) -> None:
         """At the end of shutdown: requeue what is still running, so it comes back now
         rather than after its lease; the handler's own late ack will be refused."""
@@ -882,7 +893,8 @@ class Worker(WorkerCore):
     - Shutdown (``stop()``, SIGTERM or SIGINT): no new messages are taken, running handlers
       get ``grace_period`` seconds to finish, messages taken but not started are released
       (attempt not counted) and those still running after the grace period are requeued,
-      so nothing waits for a lease to expire. A second signal stops at once.
+      so nothing waits for a lease to expire. A second signal stops at once (handlers
+      are not waited for; a message being settled, up to ``SETTLE_WAIT`` seconds).
     """
 
     def __init__(self, queue: Queue, handler: Handler, **options: Any) -> None:
@@ -966,6 +978,10 @@ class Worker(WorkerCore):
                     break
                 thread.join(min(remaining, 0.05))
         self._cut_off()
+        until = time.monotonic() + SETTLE_WAIT
+        for key in self._settling():
+            if isinstance(key, threading.Thread):
+                key.join(max(until - time.monotonic(), 0))
 
     def _runner(self) -> None:
         """One handler thread. Should its own steps ever raise, the failure is logged,
