@@ -58,6 +58,14 @@ def run_in_thread(worker: Worker) -> tuple[threading.Thread, list[Any]]:
     return thread, out
 
 
+async def eventually_async(predicate: Callable[[], bool]) -> None:
+    """Await until ``predicate`` holds (every 10 ms); fail the test after WAIT seconds."""
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {predicate}"
+        await asyncio.sleep(0.01)
+
+
 def drain_with_one_runner(
     queue: Queue, handler: Callable[[Message], None], **options: Any
 ) -> WorkerStats:
@@ -305,6 +313,30 @@ def test_a_group_the_database_fails_is_not_tried_again_one_by_one(
     assert statuses(queue) == dict.fromkeys(ids, "processing")
 
 
+def test_a_group_whose_commit_outcome_is_unknown_is_completed_one_by_one(
+    make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection lost at the commit (UNKNOWN_OUTCOME) is not the database's for good:
+    the group's messages are completed one by one, each fenced by its lease, so each
+    outcome is known and none is delivered again."""
+    queue = make_queue(table_name="jobs", clock=None)
+    ids = ok(queue.enqueue_batch(["a", "b", "c"]))
+    real = queue.complete_batch
+    lost = CompletionError("complete_batch failed: connection lost", ErrorKind.UNKNOWN_OUTCOME)
+    groups: list[int] = []
+
+    def complete_batch(messages: Any) -> Any:
+        groups.append(len(messages))
+        return Err(lost) if len(groups) == 1 else real(messages)
+
+    monkeypatch.setattr(queue, "complete_batch", complete_batch)
+    handled: list[int] = []
+    stats = drain_with_one_runner(queue, lambda m: handled.append(m.id))
+    assert sorted(handled) == ids  # each once
+    assert stats.completed == 3
+    assert statuses(queue) == {}
+
+
 def test_grouped_acks_are_fenced_one_by_one_when_a_lease_was_lost(
     make_queue: MakeQueue, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -437,6 +469,55 @@ async def test_an_async_worker_stopped_at_once_waits_for_a_message_being_settled
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(task, WAIT)
     assert statuses(queue) == {message_id: "delayed"}
+
+
+@pytest.mark.asyncio
+async def test_an_async_worker_cancelled_again_while_waiting_still_shuts_down(
+    make_queue: MakeQueue,
+) -> None:
+    """Cancelled a second time while it waits for a message being settled: it stops
+    waiting, but still gives back what it prefetched and ends its ack thread, then ends
+    with the cancellation."""
+    queue = make_queue(table_name="jobs", clock=None)
+    ids = ok(queue.enqueue_batch(["fails", *["waits"] * 5]))
+    deciding, decided = threading.Event(), threading.Event()
+
+    def retry_delay(message: Message, exc: BaseException) -> float:
+        deciding.set()
+        assert decided.wait(WAIT)
+        return 60.0
+
+    async def handler(message: Message) -> None:
+        if message.payload == "fails":
+            raise ValueError("not yet")
+        await asyncio.sleep(3600)
+
+    w = AsyncWorker(
+        AsyncQueue(queue),
+        handler,
+        concurrency=1,
+        prefetch=6,
+        handle_signals=False,
+        poll_wait=0.5,
+        retry_delay=retry_delay,
+    )
+    task = asyncio.ensure_future(w.run())
+    try:
+        assert await asyncio.to_thread(deciding.wait, WAIT)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=0.3)
+        assert not done, "run() ended while a message was being settled"
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=WAIT)
+        assert done and task.cancelled()
+        assert not [t for t in threading.enumerate() if t.name == f"{w.name}-acks"]
+    finally:
+        decided.set()
+        w.stop()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(task, WAIT)
+    await eventually_async(lambda: statuses(queue)[ids[0]] == "delayed")
+    assert {statuses(queue)[i] for i in ids[1:]} == {"ready"}
 
 
 def test_claimed_but_not_started_is_given_back_at_shutdown(

@@ -488,8 +488,8 @@ class AsyncWorker(WorkerCore):
         # and the handlers given up on that still run (kept referenced until they end).
         self._given_up: dict[object, asyncio.Future[None]] = {}
         self._strays: set[asyncio.Future[Any]] = set()
-        # The worker's own steps running off the loop (in threads) or bridged, until done.
-        self._off_loop: set[asyncio.Future[Any]] = set()
+        # The worker's own steps settling a message off the loop (in threads, or bridged).
+        self._settling_steps: set[asyncio.Future[Any]] = set()
         # Guards the prefetch state (see WorkerCore); made on the loop, in run().
         self._handoff: asyncio.Condition | None = None
 
@@ -518,20 +518,24 @@ class AsyncWorker(WorkerCore):
                 self.stop(immediate=True)
                 raise
             finally:
-                await self._drain(runners)
+                cancelled = await self._drain(runners)
                 await asyncio.to_thread(self._release_prefetched)
                 await asyncio.to_thread(self._close_acks, acker)
                 # The heartbeat may be failing a timed-out message right now: let that
                 # round finish, so the stats returned are final.
                 drained.set()
                 await heart
+                if cancelled:
+                    raise asyncio.CancelledError
         finally:
             for number in installed:
                 loop.remove_signal_handler(number)
         logger.info("worker %s: stopped (%s)", self.name, self.stats)
         return self.stats
 
-    async def _drain(self, runners: list[asyncio.Task[None]]) -> None:
+    async def _drain(self, runners: list[asyncio.Task[None]]) -> bool:
+        """Wait for the runners (``grace_period``), cut off what still runs, wait for
+        steps settling messages (``SETTLE_WAIT``); whether it was cancelled meanwhile."""
         deadline = time.monotonic() + self.grace_period
         pending = {r for r in runners if not r.done()}
         while pending and not self._immediate.is_set():
@@ -545,9 +549,15 @@ class AsyncWorker(WorkerCore):
         for runner in pending:
             runner.cancel()
         await asyncio.gather(*runners, return_exceptions=True)
-        # A cancelled runner's step off the loop (settling its message) goes on: wait.
-        if self._off_loop:
-            await asyncio.wait(self._off_loop, timeout=SETTLE_WAIT)
+        # A cancelled runner's step settling its message goes on (off the loop): wait.
+        if self._settling_steps:
+            try:
+                await asyncio.wait(self._settling_steps, timeout=SETTLE_WAIT)
+            except asyncio.CancelledError:
+                # Cancelled again: stop waiting, but finish shutting down (run() ends
+                # with the cancellation).
+                return True
+        return False
 
     async def _runner(self, index: int) -> None:
         """One handler slot. Should its own steps ever raise, the failure is logged, its
@@ -615,10 +625,11 @@ class AsyncWorker(WorkerCore):
             step = asyncio.ensure_future(_on_loop(fn, *args, **kwargs))
         else:
             step = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
-        # Shielded: a runner cancelled at shutdown leaves the step to end, and run()
-        # waits for it (see _drain).
-        self._off_loop.add(step)
-        step.add_done_callback(self._off_loop.discard)
+        if needs != "nothing":
+            # Settling a message: a runner cancelled at shutdown leaves it to end
+            # (shielded), and run() waits for it (see _drain).
+            self._settling_steps.add(step)
+            step.add_done_callback(self._settling_steps.discard)
         return await asyncio.shield(step)
 
     async def _invoke(self, message: Message) -> tuple[Any, BaseException | None]:

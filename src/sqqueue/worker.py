@@ -71,10 +71,18 @@ SETTLE_WAIT = 5.0
 
 # What complete(message, result=value) says of a value it cannot keep.
 _UNKEEPABLE = frozenset({ErrorKind.SERIALIZATION, ErrorKind.INVALID_INPUT})
-# What complete_batch says when one of its messages was refused (the others, completed
-# one by one, may be fine); any other error is the database's, the same for each one.
-_REFUSED = frozenset(
-    {ErrorKind.NOT_FOUND, ErrorKind.WRONG_STATE, ErrorKind.LEASE_EXPIRED, ErrorKind.LEASE_LOST}
+# Failures of the database itself, which completing a group's messages one by one would
+# only meet again (each waiting out the lock timeout, for a lock). After anything else
+# (one message refused, a connection lost at the commit) they are completed one by one,
+# each fenced by its lease, and the outcome of each is known.
+_DATABASE_FAILURES = frozenset(
+    {
+        ErrorKind.LOCKED,
+        ErrorKind.DISK_FULL,
+        ErrorKind.READ_ONLY,
+        ErrorKind.CLOSED,
+        ErrorKind.CORRUPT,
+    }
 )
 
 #: How many of the latest handler durations ``WorkerStats.processing_seconds`` keeps (a
@@ -555,14 +563,14 @@ class WorkerCore:
     def _commit(self, batch: list[Acked]) -> Committed:
         """Complete ``batch`` in one transaction, or one by one if one of them was refused
         (its lease lost, say: then none was completed), each fenced by its own lease as
-        always. Never raises: after a failure of the database (once, not once per message:
-        each would wait out the lock timeout again) or an unexpected one, logged, nothing
-        is reported and the messages come again when their leases expire."""
+        always. Never raises: after a failure of the database itself (logged once, not
+        met again once per message) or an unexpected one, nothing is reported and the
+        messages come again when their leases expire."""
         try:
             result = self.queue.complete_batch([message for message, _, _ in batch])
             results = None
             if isinstance(result, Err):
-                if result.error.kind not in _REFUSED:
+                if result.error.kind in _DATABASE_FAILURES:
                     logger.warning(
                         "worker %s: could not complete %d message(s): %s; they will be "
                         "delivered again when their leases expire",
@@ -894,7 +902,7 @@ class Worker(WorkerCore):
       get ``grace_period`` seconds to finish, messages taken but not started are released
       (attempt not counted) and those still running after the grace period are requeued,
       so nothing waits for a lease to expire. A second signal stops at once (handlers
-      are not waited for; a message being settled, up to ``SETTLE_WAIT`` seconds).
+      are not waited for; a runner settling a message, up to ``SETTLE_WAIT`` seconds).
     """
 
     def __init__(self, queue: Queue, handler: Handler, **options: Any) -> None:
@@ -979,9 +987,12 @@ class Worker(WorkerCore):
                 thread.join(min(remaining, 0.05))
         self._cut_off()
         until = time.monotonic() + SETTLE_WAIT
-        for key in self._settling():
-            if isinstance(key, threading.Thread):
-                key.join(max(until - time.monotonic(), 0))
+        try:
+            for key in self._settling():
+                if isinstance(key, threading.Thread):
+                    key.join(max(until - time.monotonic(), 0))
+        except BaseException:  # (Ctrl-C again) stop waiting; the rest of shutdown still runs
+            logger.warning("worker %s: interrupted while messages were being settled", self.name)
 
     def _runner(self) -> None:
         """One handler thread. Should its own steps ever raise, the failure is logged,
