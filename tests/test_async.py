@@ -374,18 +374,14 @@ async def test_async_context_manager_closes(make_queue: MakeQueue) -> None:
 # -- waiting without blocking the loop ------------------------------------------------------
 
 
-@pytest.mark.asyncio
-async def test_waiting_dequeue_does_not_block_event_loop(
-    aq: AsyncQueue, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """While `await dequeue(wait=...)` waits, other tasks keep running (they hand a token
-    back and forth 50 times before its 30 s wait is over), and none of its storage calls
-    blocks the event loop's thread: they run in threads, or (natively, on PostgreSQL) in a
-    bridged call whose I/O is awaited."""
+def calls_on_the_loop(queue: Queue, names: list[str], monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Spy on the storage calls ``names`` of ``queue``: the list filled with the name of
+    each one made on this thread (the event loop's), other than in a bridged call whose
+    I/O is awaited, i.e. each call that blocks the loop."""
     loop_thread = threading.current_thread()
-    backend = aq.sync._backend
+    backend = queue.parts.backend
     on_loop: list[str] = []
-    for name in ("claim", "watch", "next_due"):
+    for name in names:
         real = getattr(backend, name)
 
         def spy(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
@@ -394,6 +390,18 @@ async def test_waiting_dequeue_does_not_block_event_loop(
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(backend, name, spy)
+    return on_loop
+
+
+@pytest.mark.asyncio
+async def test_waiting_dequeue_does_not_block_event_loop(
+    aq: AsyncQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While `await dequeue(wait=...)` waits, other tasks keep running (they hand a token
+    back and forth 50 times before its 30 s wait is over), and none of its storage calls
+    blocks the event loop's thread: they run in threads, or (natively, on PostgreSQL) in a
+    bridged call whose I/O is awaited."""
+    on_loop = calls_on_the_loop(aq.sync, ["claim", "watch", "next_due"], monkeypatch)
     waiter = asyncio.create_task(aq.dequeue(wait=30))
     ping, pong = asyncio.Event(), asyncio.Event()
 
@@ -687,18 +695,7 @@ async def test_async_worker_keeps_storage_calls_off_the_event_loop(
     whose I/O is awaited."""
     queue = make_queue(table_name="jobs", clock=None, retention=3600)
     aq = AsyncQueue(queue)
-    loop_thread = threading.current_thread()
-    backend = queue.parts.backend
-    on_loop: list[str] = []
-    for name in sorted(Backend.__abstractmethods__):
-        real = getattr(backend, name)
-
-        def spy(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
-            if threading.current_thread() is loop_thread and not bridge.active():
-                on_loop.append(_name)
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(backend, name, spy)
+    on_loop = calls_on_the_loop(queue, sorted(Backend.__abstractmethods__), monkeypatch)
 
     async def handle(message: Message) -> int:
         if message.payload % 2:

@@ -113,6 +113,33 @@ class HeldAcks:
         threading.Thread(target=release, daemon=True).start()
 
 
+def stop_at_once_while(
+    w: Worker, thread: threading.Thread, release: threading.Event, what: str
+) -> None:
+    """``stop(immediate=True)`` while ``what`` is held: ``run()`` (on ``thread``) must not
+    return until ``release`` is set, and must return then."""
+    w.stop(immediate=True)
+    thread.join(0.5)
+    assert thread.is_alive(), f"run() returned while {what}"
+    release.set()
+    thread.join(WAIT)
+    assert not thread.is_alive()
+
+
+class HeldRetryDelay:
+    """A ``retry_delay`` (60 s) that waits, once called (``deciding``), until the test
+    lets it answer (``decided``): a message being settled, held there."""
+
+    def __init__(self) -> None:
+        self.deciding = threading.Event()
+        self.decided = threading.Event()
+
+    def __call__(self, message: Message, exc: BaseException) -> float:
+        self.deciding.set()
+        assert self.decided.wait(WAIT)
+        return 60.0
+
+
 def acks_on_their_own_thread(queue: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
     """Have the workers made from now on leave every completion to their ack thread, also
     on SQLite (where a runner about to claim commits those gathered so far itself)."""
@@ -252,12 +279,7 @@ def test_an_immediate_stop_waits_for_a_runners_commit(
     try:
         assert held.entered.wait(WAIT)
         assert held.threads == [f"{w.name}-1"]
-        w.stop(immediate=True)
-        thread.join(0.5)
-        assert thread.is_alive(), "run() returned while a runner was still committing"
-        held.release.set()
-        thread.join(WAIT)
-        assert not thread.is_alive()
+        stop_at_once_while(w, thread, held.release, "a runner was still committing")
         assert (out[0].completed, hooked) == (1, [ids[0]])
         assert statuses(queue) == {ids[1]: "ready"}
     finally:
@@ -398,12 +420,7 @@ def test_an_immediate_stop_waits_for_a_message_being_settled(make_queue: MakeQue
     final, so the queue can be closed right after."""
     queue = make_queue(table_name="jobs", clock=None)
     message_id = ok(queue.enqueue("x"))
-    deciding, decided = threading.Event(), threading.Event()
-
-    def retry_delay(message: Message, exc: BaseException) -> float:
-        deciding.set()
-        assert decided.wait(WAIT)
-        return 60.0
+    retry_delay = HeldRetryDelay()
 
     def handler(message: Message) -> None:
         raise ValueError("not yet")
@@ -411,17 +428,12 @@ def test_an_immediate_stop_waits_for_a_message_being_settled(make_queue: MakeQue
     w = Worker(queue, handler, concurrency=1, handle_signals=False, retry_delay=retry_delay)
     thread, out = run_in_thread(w)
     try:
-        assert deciding.wait(WAIT)
-        w.stop(immediate=True)
-        thread.join(0.5)
-        assert thread.is_alive(), "run() returned while a message was being settled"
-        decided.set()
-        thread.join(WAIT)
-        assert not thread.is_alive()
+        assert retry_delay.deciding.wait(WAIT)
+        stop_at_once_while(w, thread, retry_delay.decided, "a message was being settled")
         assert out[0].failed == 1
         queue.close()
     finally:
-        decided.set()
+        retry_delay.decided.set()
         w.stop()
         thread.join(20)
     other = make_queue(table_name="jobs", clock=None)
@@ -437,12 +449,7 @@ async def test_an_async_worker_stopped_at_once_waits_for_a_message_being_settled
     in its thread, and run() ends once it is done."""
     queue = make_queue(table_name="jobs", clock=None)
     message_id = ok(queue.enqueue("x"))
-    deciding, decided = threading.Event(), threading.Event()
-
-    def retry_delay(message: Message, exc: BaseException) -> float:
-        deciding.set()
-        assert decided.wait(WAIT)
-        return 60.0
+    retry_delay = HeldRetryDelay()
 
     async def handler(message: Message) -> None:
         raise ValueError("not yet")
@@ -452,19 +459,19 @@ async def test_an_async_worker_stopped_at_once_waits_for_a_message_being_settled
     )
     task = asyncio.ensure_future(w.run())
     try:
-        assert await asyncio.to_thread(deciding.wait, WAIT)
+        assert await asyncio.to_thread(retry_delay.deciding.wait, WAIT)
         if how == "stop":
             w.stop(immediate=True)
         else:
             task.cancel()
         done, _ = await asyncio.wait({task}, timeout=0.5)
         assert not done, "run() ended while a message was being settled"
-        decided.set()
+        retry_delay.decided.set()
         await asyncio.wait({task}, timeout=WAIT)
         assert task.done()
         assert w.stats.failed == 1
     finally:
-        decided.set()
+        retry_delay.decided.set()
         w.stop()
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(task, WAIT)
@@ -480,12 +487,7 @@ async def test_an_async_worker_cancelled_again_while_waiting_still_shuts_down(
     with the cancellation."""
     queue = make_queue(table_name="jobs", clock=None)
     ids = ok(queue.enqueue_batch(["fails", *["waits"] * 5]))
-    deciding, decided = threading.Event(), threading.Event()
-
-    def retry_delay(message: Message, exc: BaseException) -> float:
-        deciding.set()
-        assert decided.wait(WAIT)
-        return 60.0
+    retry_delay = HeldRetryDelay()
 
     async def handler(message: Message) -> None:
         if message.payload == "fails":
@@ -503,7 +505,7 @@ async def test_an_async_worker_cancelled_again_while_waiting_still_shuts_down(
     )
     task = asyncio.ensure_future(w.run())
     try:
-        assert await asyncio.to_thread(deciding.wait, WAIT)
+        assert await asyncio.to_thread(retry_delay.deciding.wait, WAIT)
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=0.3)
         assert not done, "run() ended while a message was being settled"
@@ -512,7 +514,7 @@ async def test_an_async_worker_cancelled_again_while_waiting_still_shuts_down(
         assert done and task.cancelled()
         assert not [t for t in threading.enumerate() if t.name == f"{w.name}-acks"]
     finally:
-        decided.set()
+        retry_delay.decided.set()
         w.stop()
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(task, WAIT)
