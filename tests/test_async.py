@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from conftest import FakeClock, QueueTarget
-from helpers import ok, status_rows
+from helpers import eventually, ok, status_rows
 from sqqueue import (
     AsyncQueue,
     AsyncSQLiteQueue,
@@ -53,20 +53,6 @@ MakeQueue = Callable[..., Queue]
 SRC = Path(__file__).resolve().parents[1] / "src"
 # Pure calls that do no I/O stay plain methods on the async queue.
 NOT_COROUTINES = {"get_operation_count", "wake_waiters", "claim", "ddl"}
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> None:
-    """Poll ``predicate`` (sync, or returning an awaitable) until true, within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
 
 
 def no_polling(aq: AsyncQueue, monkeypatch: pytest.MonkeyPatch) -> None:

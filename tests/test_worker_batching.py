@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from conftest import FakeClock
-from helpers import ok, statuses, wait_until
+from helpers import eventually, ok, statuses, wait_until
 from sqqueue import (
     AsyncQueue,
     AsyncWorker,
@@ -56,14 +56,6 @@ def run_in_thread(worker: Worker) -> tuple[threading.Thread, list[Any]]:
     thread = threading.Thread(target=lambda: out.append(worker.run()), daemon=True)
     thread.start()
     return thread, out
-
-
-async def eventually_async(predicate: Callable[[], bool]) -> None:
-    """Await until ``predicate`` holds (every 10 ms); fail the test after WAIT seconds."""
-    deadline = time.monotonic() + WAIT
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {predicate}"
-        await asyncio.sleep(0.01)
 
 
 def drain_with_one_runner(
@@ -518,7 +510,7 @@ async def test_an_async_worker_cancelled_again_while_waiting_still_shuts_down(
         w.stop()
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(task, WAIT)
-    await eventually_async(lambda: statuses(queue)[ids[0]] == "delayed")
+    await eventually(lambda: statuses(queue)[ids[0]] == "delayed", WAIT, "the retry set")
     assert {statuses(queue)[i] for i in ids[1:]} == {"ready"}
 
 

@@ -44,6 +44,21 @@ class ErrorKind(str, Enum):
     STORAGE = "storage"  #: any other database failure
 
 
+#: Failures of the database itself, not of any one message or call: trying the same
+#: work again message by message would only meet them again (each waiting out the lock
+#: timeout, for a lock). Grouped work (shared commits, a worker's grouped completions)
+#: gives up on the whole group after one of these.
+DATABASE_FAILURES = frozenset(
+    {
+        ErrorKind.LOCKED,
+        ErrorKind.DISK_FULL,
+        ErrorKind.READ_ONLY,
+        ErrorKind.CLOSED,
+        ErrorKind.CORRUPT,
+    }
+)
+
+
 class QueueError(Exception):
     """Base class of every sqqueue error."""
 

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from .core.checks import MAX_VISIBILITY_TIMEOUT, MAX_WAIT, error_text
 from .core.queue import Queue
-from .exceptions import ErrorKind, LeasesNotExtended, QueueError, Reject
+from .exceptions import DATABASE_FAILURES, ErrorKind, LeasesNotExtended, QueueError, Reject
 from .message import Message
 from .result import Err, Ok, Result
 
@@ -71,19 +71,6 @@ SETTLE_WAIT = 5.0
 
 # What complete(message, result=value) says of a value it cannot keep.
 _UNKEEPABLE = frozenset({ErrorKind.SERIALIZATION, ErrorKind.INVALID_INPUT})
-# Failures of the database itself, which completing a group's messages one by one would
-# only meet again (each waiting out the lock timeout, for a lock). After anything else
-# (one message refused, a connection lost at the commit) they are completed one by one,
-# each fenced by its lease, and the outcome of each is known.
-_DATABASE_FAILURES = frozenset(
-    {
-        ErrorKind.LOCKED,
-        ErrorKind.DISK_FULL,
-        ErrorKind.READ_ONLY,
-        ErrorKind.CLOSED,
-        ErrorKind.CORRUPT,
-    }
-)
 
 #: How many of the latest handler durations ``WorkerStats.processing_seconds`` keeps (a
 #: worker runs for months: keeping every one would grow without end).
@@ -570,7 +557,7 @@ class WorkerCore:
             result = self.queue.complete_batch([message for message, _, _ in batch])
             results = None
             if isinstance(result, Err):
-                if result.error.kind in _DATABASE_FAILURES:
+                if result.error.kind in DATABASE_FAILURES:
                     logger.warning(
                         "worker %s: could not complete %d message(s): %s; they will be "
                         "delivered again when their leases expire",
@@ -579,6 +566,8 @@ class WorkerCore:
                         result.error,
                     )
                     return [], []
+                # Anything else (one message refused, a connection lost at the commit):
+                # one by one, each fenced by its lease, so the outcome of each is known.
                 results = [self.queue.complete(message) for message, _, _ in batch]
         except BaseException as exc:  # never lose the thread: log, and the leases run out
             logger.error(

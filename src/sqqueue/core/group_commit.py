@@ -37,20 +37,11 @@ from collections.abc import Sequence
 
 from ..backends.base import Backend, NewMessage
 from ..bridge import Wake
-from ..exceptions import ErrorKind, QueueError
+from ..exceptions import DATABASE_FAILURES, ErrorKind, QueueError
 
-# Failures of the database, not of any one message: inserting again alone would only
-# fail the same way (after as long a wait, for a lock).
-_SHARED_FAILURES = frozenset(
-    {
-        ErrorKind.LOCKED,
-        ErrorKind.DISK_FULL,
-        ErrorKind.READ_ONLY,
-        ErrorKind.CLOSED,
-        ErrorKind.UNKNOWN_OUTCOME,
-        ErrorKind.CORRUPT,
-    }
-)
+# Failures the same for every caller of a group: the database's own, and a commit whose
+# outcome is unknown (inserting again alone could store a message twice).
+_SHARED_FAILURES = DATABASE_FAILURES | {ErrorKind.UNKNOWN_OUTCOME}
 
 
 def _shared(error: Exception) -> bool:
