@@ -558,7 +558,10 @@ def w_producers(spec: Spec) -> dict[str, Any]:
     import threading
 
     threads, n, cap = spec["threads"], spec["n"], spec["cap"]
-    shared = _open(spec) if load(spec["subject"]).shared_across_threads else None
+    # Opened here first in any case, so that the threads opening their own find the
+    # database made (eight connections setting up one new file at once can fail).
+    first = _open(spec)
+    shared = first if load(spec["subject"]).shared_across_threads else None
     start = threading.Barrier(threads + 1)
     done = [0] * threads
     errors: dict[str, Any] = {"locked": 0, "other": 0, "samples": []}
@@ -566,7 +569,11 @@ def w_producers(spec: Spec) -> dict[str, Any]:
     share = n // threads
 
     def produce(k: int) -> None:
-        a = shared or _open(spec)
+        try:
+            a = shared or _open(spec)
+        except BaseException:
+            start.abort()  # the run fails instead of waiting for this thread forever
+            raise
         payloads = [make_payload(k * share + i) for i in range(share)]
         start.wait()
         t0 = now()
@@ -587,8 +594,8 @@ def w_producers(spec: Spec) -> dict[str, Any]:
     for t in workers:
         t.join()
     secs = now() - t0
+    first.close()
     if shared is not None:
-        shared.close()
         _add_errors(errors, shared.errors)
     out = _result(None, value=sum(done) / secs, unit="msg/s", done=sum(done), seconds=secs)
     out["errors"] = errors

@@ -17,6 +17,7 @@ SUBJECTS: dict[str, tuple[str, str]] = {
     "sqqueue-encrypted": ("adapters.sqqueue_encrypted", "main"),
     "sqlite3": ("adapters.plain_sqlite", "main"),
     "sqlite3-txn": ("adapters.plain_sqlite_txn", "main"),
+    "sqlite3-shared-commits": ("adapters.plain_sqlite_shared", "main"),
     "persist-queue": ("adapters.peer_persistqueue", "peers"),
     "litequeue": ("adapters.peer_litequeue", "peers"),
     "localqueue": ("adapters.peer_localqueue", "peers"),
