@@ -571,3 +571,36 @@ def test_counts_stay_exact_through_every_way_in_and_out(make_queue: MakeQueue) -
     assert _counts(queue) == (2, 1, 0, 12)
     statuses = message_statuses(queue)
     assert len(statuses) == 3
+
+
+def test_a_batch_read_after_its_claim_commits_leaves_out_rows_claimed_again_since(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite leases a batch in its write transaction and reads the rows after the commit
+    (outside the write lock). Should a lease run out and another consumer claim the
+    message in between, the first claim does not deliver it too: only the rows still
+    held under its own lease are read."""
+    from conftest import FakeClock
+    from sqqueue import SQLiteQueue
+
+    clock = FakeClock()
+    path = str(tmp_path / "q.db")
+    first, other = SQLiteQueue(path, clock=clock), SQLiteQueue(path, clock=clock)
+    ok(first.enqueue_batch(["a", "b", "c"]))
+    backend = first.parts.backend
+    read_after_commit = backend._read_tx
+    taken: list[Message] = []
+
+    def lease_runs_out_before_the_read(fn: Callable[..., Any]) -> Any:
+        clock.advance(2)  # past the 1 s lease
+        taken.extend(ok(other.dequeue_batch(2, visibility_timeout=60)))
+        return read_after_commit(fn)
+
+    monkeypatch.setattr(backend, "_read_tx", lease_runs_out_before_the_read)
+    mine = ok(first.dequeue_batch(3, visibility_timeout=1))
+    monkeypatch.undo()
+    # The other consumer's claim found all three leases run out: it took two, and the
+    # third is back in the queue (for the next claim), not delivered by the first claim.
+    assert sorted(m.payload for m in taken) == ["a", "b"]
+    assert mine == []
+    assert [m.payload for m in ok(other.dequeue_batch(3))] == ["c"]

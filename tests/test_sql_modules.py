@@ -38,7 +38,9 @@ ONLY_SQLITE = {
     "claim_pick": "SELECT then UPDATE by id: SQLite's UPDATE ... RETURNING with a subquery "
     "builds temporary tables on every claim",
     "claim_one": "the UPDATE of the one row claim_pick chose",
-    "claim_many": "the UPDATE of the rows claim_pick chose",
+    "claim_many": "a batch's UPDATE of the rows claim_pick would choose",
+    "claimed": "a batch is read after its claim commits, outside SQLite's one write lock "
+    "(PostgreSQL's claim returns its rows, locking only them)",
     "make_counters": "one counter row per name; PostgreSQL's counters are sharded rows "
     "written by sqqueue_count, created with the queue",
     "reanchor_leases": "leases measured on a client clock that was stepped back; "

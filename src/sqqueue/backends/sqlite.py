@@ -1025,20 +1025,38 @@ class SQLiteBackend(SQLBackend):
             if n:
                 conn.execute(self._sql["bump"], {"n": n, "counter": f"{self.name}#{counter}"})
 
-    _claims_in_order = True  # claim_pick's ORDER BY
+    _claims_in_order = True  # the ORDER BY of claim_pick and of claimed
+
+    def claim(self, limit: int, lease: float, token: int) -> tuple[list[StoredMessage], int]:
+        if limit == 1:
+            return super().claim(limit, lease, token)
+        # A batch is leased in the write transaction and read after its commit: the write
+        # lock is held for the lease alone, not while the rows are stepped through (each
+        # step lets this process's other threads run while other processes wait for the
+        # lock). Measured: 4 worker processes on one file drain about 40% faster, one
+        # process as fast as before (bench/profile-notes.md). Should the read fail, the
+        # messages come back when their leases expire, as after a lost connection.
+
+        def lease_them(conn: sqlite3.Connection) -> tuple[float, int, int]:
+            now = self._now()
+            folded = self._fold_expired(conn, now)
+            params = {"now": now, "lease": lease, "token": token, "limit": limit}
+            return now, folded, conn.execute(self._sql["claim_many"], params).rowcount
+
+        def read(conn: sqlite3.Connection) -> list[StoredMessage]:
+            held = {"now": now, "lease": lease, "token": token}
+            rows = conn.execute(self._sql["claimed"], held).fetchall()
+            return self._with_bodies(conn, [self._message(row) for row in rows])
+
+        now, folded, leased = self._write(lease_them)
+        return (self._read_tx(read) if leased else []), folded
 
     def _claim_rows(self, conn: sqlite3.Connection, params: dict[str, Any]) -> list[Any]:
-        # Two statements instead of UPDATE ... RETURNING: see "claim_pick" in sqlite_sql.
+        # One message (batches: claim above). Two statements instead of UPDATE ...
+        # RETURNING: see "claim_pick" in sqlite_sql.
         rows = conn.execute(self._sql["claim_pick"], params).fetchall()
-        if len(rows) == 1:
+        if rows:
             conn.execute(self._sql["claim_one"], {**params, "id": rows[0][0]})
-        elif rows:
-            marked = conn.execute(self._sql["claim_many"], params).rowcount
-            if marked != len(rows):  # the write lock is held: the same query, the same rows
-                raise StorageError(
-                    f"claim in {self.path!r} found {len(rows)} messages but marked {marked}",
-                    ErrorKind.STORAGE,
-                )
         return rows
 
     def _extend_rows(

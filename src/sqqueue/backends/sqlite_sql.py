@@ -404,7 +404,8 @@ STATEMENTS = {
            SET status = 'processing', attempts = attempts + 1, lease_token = :token,
                lease_expires_at = :now + :lease, updated_at = :now
          WHERE id = :id""",
-    # For a batch: the same query as claim_pick, so the same rows (the write lock is held).
+    # Lease a batch: the rows claim_pick would choose, in one statement. They are read
+    # after the commit ("claimed"), so the write lock is not held while they are read.
     "claim_many": f"""
         UPDATE $q
            SET status = 'processing', attempts = attempts + 1, lease_token = :token,
@@ -413,6 +414,15 @@ STATEMENTS = {
                        WHERE status = 'pending' AND {_READY}
                        ORDER BY priority DESC, visible_at, id
                        LIMIT :limit)""",
+    # The rows a batch claim leased (after its commit): still processing under its token,
+    # with the expiry it set (the same :now + :lease, so the same value; a seek into the
+    # lease index). A row whose lease ran out and was claimed again since is not among
+    # them: it is the other claim's.
+    "claimed": f"""
+        SELECT {READ_COLUMNS} FROM $q
+         WHERE status = 'processing' AND lease_expires_at = :now + :lease
+           AND lease_token = :token
+         ORDER BY priority DESC, visible_at, id""",
     # One probe per claim: is there an expired lease, or a message past its time to live?
     # A lease whose expiry is NULL or impossible counts as expired (see "lease_repair").
     # One EXISTS per range: each is a seek into an index (with OR, SQLite scans the table).
