@@ -1166,6 +1166,82 @@ async def test_cancelling_async_worker_run_stops_its_runners_and_heartbeat(
 
 
 @pytest.mark.asyncio
+async def test_cancelling_run_while_it_waits_for_handlers_to_finish_still_shuts_down(
+    aq: AsyncQueue,
+) -> None:
+    """stop() (SIGTERM), then the application cancels the task running run() while it
+    waits out the grace period: every step of shutdown still runs (handlers cancelled,
+    their messages given back, nothing left running) and run() ends cancelled."""
+    held = ok(await aq.enqueue("held"))
+    started = asyncio.Event()
+    cancelled: list[int] = []
+
+    async def handler(message: Message) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.append(message.id)
+            raise
+
+    w = _async_worker(aq, handler, grace_period=30)
+    task = asyncio.create_task(w.run())
+    await asyncio.wait_for(started.wait(), 10)
+    w.stop()
+    await eventually(lambda: w.stopping, what="the worker stopping")
+    await asyncio.sleep(0.1)  # (into the grace period's wait)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert cancelled == [held]
+    assert status_rows(aq.sync) == [(held, "ready", 1)]
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert [t for t in others if not t.done()] == [], others
+
+
+@pytest.mark.asyncio
+async def test_a_message_timed_out_while_on_start_runs_is_not_handled(
+    raq: AsyncQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A message whose on_start hook outlasts task_timeout is failed as timed out; when
+    the hook returns, the handler is not called for that attempt (the message may be
+    running elsewhere by then), only for the next one."""
+    message_id = ok(await raq.enqueue("x"))
+    in_hook, go_on = threading.Event(), threading.Event()
+    handled: list[int] = []
+
+    def on_start(message: Message) -> None:
+        if message.attempts == 1:
+            in_hook.set()
+            go_on.wait(30)
+
+    async def handler(message: Message) -> None:
+        handled.append(message.attempts)
+
+    caplog.set_level(logging.INFO, logger="sqqueue.worker")
+    w = _async_worker(
+        raq,
+        handler,
+        task_timeout=0.5,
+        heartbeat=0.05,
+        visibility_timeout=30,
+        hooks=WorkerHooks(on_start=on_start),
+    )
+    task = asyncio.create_task(w.run())
+    try:
+        await eventually(in_hook.is_set, what="the on_start hook")
+        await eventually(lambda: w.stats.timed_out == 1, what="the timeout")
+    finally:
+        go_on.set()
+    ended = f"abandoned message {message_id} ended"
+    await eventually(lambda: ended in caplog.text, what="the first attempt past its hook")
+    await eventually(lambda: handled == [2], what="the second attempt handled")
+    w.stop()
+    await asyncio.wait_for(task, 10)
+    assert handled == [2]
+
+
+@pytest.mark.asyncio
 async def test_async_worker_stops_gracefully(aq: AsyncQueue) -> None:
     """stop() from another thread: the running coroutine finishes and is completed, nothing
     new is taken, and run() returns."""

@@ -719,6 +719,126 @@ def test_runners_replaced_after_timeouts_are_let_go_once_they_end(
 
 
 @pytest.mark.slow
+def test_failing_a_timed_out_message_does_not_hold_up_the_heartbeat(
+    rq: Queue, running: Callable[[Worker], Running]
+) -> None:
+    """A timed-out message is failed apart from the heartbeat: while its retry_delay
+    (your code) takes its time, the leases of the other running messages are still
+    extended, so none of them goes to another consumer."""
+    release, in_delay, b_running = threading.Event(), threading.Event(), threading.Event()
+
+    def handler(message: Message) -> None:
+        if message.payload == "b":
+            b_running.set()
+        release.wait(30)
+
+    def retry_delay(message: Message, exc: BaseException) -> float | None:
+        in_delay.set()
+        release.wait(30)
+        return None
+
+    ok(rq.enqueue("hang"))
+    w = make_worker(
+        rq,
+        handler,
+        concurrency=2,
+        task_timeout=1,
+        heartbeat=0.05,
+        visibility_timeout=30,
+        retry_delay=retry_delay,
+    )
+    r = running(w)
+    try:
+        wait_until(in_delay.is_set, what="the timed-out message being failed")
+        b = ok(rq.enqueue("b"))
+        wait_until(b_running.is_set, what="b's handler")
+
+        def lease_of_b() -> Any:
+            return ok(rq.get_message(b))["lease_expires_at"]
+
+        first = lease_of_b()
+        wait_until(lambda: lease_of_b() > first, what="b's lease extended meanwhile")
+    finally:
+        release.set()
+    stats = r.stop()
+    assert (stats.timed_out, stats.failed) == (1, 1)
+
+
+def test_a_message_cut_off_while_on_start_runs_is_not_handled(
+    rq: Queue, running: Callable[[Worker], Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An immediate stop while the on_start hook of a message runs gives the message
+    back; when the hook returns, its handler is not called (another consumer may hold
+    the message by then)."""
+    message_id = ok(rq.enqueue("x"))
+    in_hook, go_on = threading.Event(), threading.Event()
+    handled: list[Message] = []
+
+    def on_start(message: Message) -> None:
+        in_hook.set()
+        go_on.wait(30)
+
+    w = make_worker(rq, handled.append, hooks=WorkerHooks(on_start=on_start))
+    r = running(w)
+    caplog.set_level(logging.INFO, logger="sqqueue.worker")
+    try:
+        wait_until(in_hook.is_set, what="the on_start hook")
+        stats = r.stop(immediate=True)
+        assert stats.requeued == 1
+    finally:
+        go_on.set()
+    ended = f"abandoned message {message_id} ended"
+    wait_until(lambda: ended in caplog.text, what="the runner past the hook")
+    assert handled == []
+
+
+def test_an_immediate_stop_waits_for_a_blocked_on_success_hook_only_so_long(
+    rq: Queue, running: Callable[[Worker], Running], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hooks of grouped completions run on the thread that commits them: after an
+    immediate stop (a second SIGTERM), run() waits for it at most SETTLE_WAIT, not for
+    as long as a hook of yours blocks."""
+    monkeypatch.setattr(importlib.import_module("sqqueue.worker"), "SETTLE_WAIT", 0.2)
+    hooked, release = threading.Event(), threading.Event()
+
+    def on_success(message: Message, value: Any) -> None:
+        hooked.set()
+        release.wait(60)
+
+    ok(rq.enqueue("x"))
+    r = running(make_worker(rq, lambda m: None, hooks=WorkerHooks(on_success=on_success)))
+    try:
+        wait_until(hooked.is_set, what="the on_success hook")
+        r.worker.stop()
+        r.stop(immediate=True)  # returns (within 10 s) while the hook still blocks
+        assert not release.is_set()
+    finally:
+        release.set()
+
+
+def test_with_a_heartbeat_over_half_the_lease_prefetched_messages_go_back_sooner(
+    rq: Queue, running: Callable[[Worker], Running]
+) -> None:
+    """With heartbeat > lease / 2, a prefetched message started a heartbeat after its
+    claim would get its first extension after its lease ran out (another consumer could
+    take it while it runs): it is given back long before (attempt not counted)."""
+    done: list[str] = []
+
+    def handler(message: Message) -> None:
+        if message.payload == "first":
+            time.sleep(0.5)  # (long past the 0.05 s a prefetched message may wait here)
+        done.append(message.payload)
+
+    ok(rq.enqueue("warm-up"))  # (sets the pace: the next claim takes both messages)
+    r = running(make_worker(rq, handler, visibility_timeout=1.0, heartbeat=0.9))
+    wait_until(lambda: done == ["warm-up"], what="the warm-up")
+    ok(rq.enqueue_batch(["first", "second"]))
+    wait_until(lambda: len(done) == 3, what="both messages")
+    stats = r.stop()
+    assert stats.released >= 1
+    assert sorted(done) == ["first", "second", "warm-up"]
+
+
 def test_task_timeout_fails_hung_handler_and_worker_goes_on(
     rq: Queue, running: Callable[[Worker], Running]
 ) -> None:

@@ -518,13 +518,14 @@ class AsyncWorker(WorkerCore):
                 self.stop(immediate=True)
                 raise
             finally:
+                # Every step of shutdown runs, even when cancelled again meanwhile.
                 cancelled = await self._drain(runners)
-                await asyncio.to_thread(self._release_prefetched)
-                await asyncio.to_thread(self._close_acks, acker)
-                # The heartbeat may be failing a timed-out message right now: let that
-                # round finish, so the stats returned are final.
+                to_the_end, in_thread = self._to_the_end, asyncio.to_thread
+                cancelled |= await to_the_end(in_thread(self._release_prefetched))
+                cancelled |= await to_the_end(in_thread(self._close_acks, acker))
+                cancelled |= await to_the_end(in_thread(self._wait_for_timeouts))
                 drained.set()
-                await heart
+                cancelled |= await self._to_the_end(heart)
                 if cancelled:
                     raise asyncio.CancelledError
         finally:
@@ -538,17 +539,22 @@ class AsyncWorker(WorkerCore):
         steps settling messages (``SETTLE_WAIT``); whether it was cancelled meanwhile."""
         deadline = time.monotonic() + self.grace_period
         pending = {r for r in runners if not r.done()}
-        while pending and not self._immediate.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            _, pending = await asyncio.wait(pending, timeout=min(remaining, 0.05))
-        await asyncio.to_thread(self._cut_off)
+        cancelled = False
+        try:
+            while pending and not self._immediate.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                _, pending = await asyncio.wait(pending, timeout=min(remaining, 0.05))
+        except asyncio.CancelledError:
+            cancelled = True
+            self.stop(immediate=True)
+        cancelled |= await self._to_the_end(asyncio.to_thread(self._cut_off))
         for handler_task in [*self._running.values(), *self._strays]:
             handler_task.cancel()  # cut off: their messages went back to the queue
-        for runner in pending:
+        for runner in runners:
             runner.cancel()
-        await asyncio.gather(*runners, return_exceptions=True)
+        cancelled |= await self._to_the_end(asyncio.gather(*runners, return_exceptions=True))
         # A cancelled runner's step settling its message goes on (off the loop): wait.
         if self._settling_steps:
             try:
@@ -557,7 +563,23 @@ class AsyncWorker(WorkerCore):
                 # Cancelled again: stop waiting, but finish shutting down (run() ends
                 # with the cancellation).
                 return True
-        return False
+        return cancelled
+
+    async def _to_the_end(self, step: Awaitable[T]) -> bool:
+        """Await a step of shutdown to its end, even when cancelled meanwhile (then the
+        worker stops at once: bounded waits end early); whether it was cancelled."""
+        future = asyncio.ensure_future(step)
+        cancelled = False
+        while not future.done():
+            try:
+                await asyncio.shield(future)
+            except asyncio.CancelledError:
+                if future.cancelled():
+                    raise
+                cancelled = True
+                self.stop(immediate=True)
+        future.result()  # (its own exception, if any)
+        return cancelled
 
     async def _runner(self, index: int) -> None:
         """One handler slot. Should its own steps ever raise, the failure is logged, its
@@ -579,6 +601,9 @@ class AsyncWorker(WorkerCore):
                 continue
             message = claimed[0]
             task = await self._step("nothing", self._begin, key, message, claimed[1])
+            if task.abandoned:  # timed out or cut off while on_start ran: settled already
+                await self._step("nothing", self._end, key, task, None, None)
+                continue
             handler_task = asyncio.ensure_future(self._invoke(message))
             self._running[key] = handler_task
             waits: set[asyncio.Future[Any]] = {handler_task}

@@ -158,6 +158,13 @@ class RunningTask:
         self.last_beat = leased_at  # the lease is extended on its own schedule
 
 
+def _check_count(name: str, value: object, most: int) -> int:
+    """``value``, if it is an int from 1 to ``most``; else ValueError."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+        raise ValueError(f"{name} must be an int from 1 to {most}, got {value!r}")
+    return value
+
+
 def _check_times(
     lease: float, grace_period: float, poll_wait: float, task_timeout: float | None
 ) -> None:
@@ -220,22 +227,10 @@ class WorkerCore:
             )
         if retry_delay is not None and not callable(retry_delay):
             raise ValueError("retry_delay must be a callable (message, exception) -> seconds")
-        if (
-            not isinstance(concurrency, int)
-            or isinstance(concurrency, bool)
-            or not 1 <= concurrency <= MAX_CONCURRENCY
-        ):
-            raise ValueError(
-                f"concurrency must be an int from 1 to {MAX_CONCURRENCY}, got {concurrency!r}"
-            )
-        if prefetch is None:
-            prefetch = MAX_PREFETCH
-        if (
-            not isinstance(prefetch, int)
-            or isinstance(prefetch, bool)
-            or not 1 <= prefetch <= MAX_PREFETCH
-        ):
-            raise ValueError(f"prefetch must be an int from 1 to {MAX_PREFETCH}, got {prefetch!r}")
+        _check_count("concurrency", concurrency, MAX_CONCURRENCY)
+        prefetch = _check_count(
+            "prefetch", MAX_PREFETCH if prefetch is None else prefetch, MAX_PREFETCH
+        )
         lease = visibility_timeout or queue.default_visibility_timeout
         _check_times(lease, grace_period, poll_wait, task_timeout)
         self.queue = queue
@@ -288,6 +283,8 @@ class WorkerCore:
         # ack thread), so a message whose handler returned is never delivered again while
         # this process is alive.
         self._unacked: dict[int, RunningTask] = {}
+        # Threads failing timed-out messages (see _time_out), waited for at shutdown.
+        self._failing: list[threading.Thread] = []
 
     @property
     def stopping(self) -> bool:
@@ -440,7 +437,7 @@ class WorkerCore:
     def _next_or_fetch(self) -> tuple[Claimed | int | None, list[Message]]:
         """After waiting: None when stopping (what is prefetched is given back at the end),
         a message fetched earlier, or the size of the fetch this runner now makes; and the
-        messages fetched earlier that waited past a heartbeat, to give back unstarted
+        messages fetched earlier that waited too long (see _stale), to give back unstarted
         (their leases are spent: another worker may serve them sooner)."""
         if self._stopping.is_set():
             return None, []
@@ -455,7 +452,10 @@ class WorkerCore:
         back: started now, they would run on a lease mostly spent, and held on while every
         runner is busy, they would keep from other workers what those could serve. Called
         when a runner takes a message, and by the heartbeat."""
-        oldest = time.monotonic() - self.heartbeat
+        # Started later, the next heartbeat round (up to a tick away) could come after
+        # the lease ran out, when heartbeat > lease / 2: such a message goes back sooner.
+        limit = min(self.heartbeat, self.lease - self.tick - (self.lease - self.heartbeat) / 2)
+        oldest = time.monotonic() - limit
         stale: list[Message] = []
         while self._prefetched and self._prefetched[0][1] < oldest:  # oldest first
             stale.append(self._prefetched.popleft()[0])
@@ -603,11 +603,24 @@ class WorkerCore:
                 self._unacked.pop(message.id, None)
 
     def _close_acks(self, acker: threading.Thread) -> None:
-        """Let the ack thread complete what is left, then end it."""
+        """Let the ack thread complete what is left, then end it. After an immediate stop,
+        wait at most SETTLE_WAIT (an ``on_success`` hook of yours may block it): what it
+        has not committed comes again when its leases expire."""
         with self._acks_ready:
             self._acks_open = False
             self._acks_ready.notify()
-        acker.join()
+        immediate_since = None
+        while acker.is_alive():
+            if self._immediate.is_set():
+                immediate_since = immediate_since or time.monotonic()
+                if time.monotonic() - immediate_since >= SETTLE_WAIT:
+                    logger.warning(
+                        "worker %s: stopped without waiting further for the thread that "
+                        "completes messages (a hook of yours blocks it?)",
+                        self.name,
+                    )
+                    return
+            acker.join(0.05)
 
     def _completed(
         self, message: Message, value: Any, elapsed: float, result: Result[Any, Any]
@@ -658,7 +671,11 @@ class WorkerCore:
             logger.exception("worker %s: retry_delay failed; using the queue's policy", self.name)
             return None
 
-    def _record_failure(self, message: Message, exc: BaseException, elapsed: float) -> None:
+    def _record_failure(
+        self, message: Message, exc: BaseException, elapsed: float, held: RunningTask | None = None
+    ) -> None:
+        """Fail ``message`` (retry_delay decides when it comes again), count and hook it;
+        ``held``: its task, whose lease the heartbeat keeps until the failure is stored."""
         log_extra = {"message_id": message.id, "attempt": message.attempts}
         error = error_text(exc)
         unusual = _unusual(exc)
@@ -692,6 +709,8 @@ class WorkerCore:
                 extra=log_extra,
             )
             result = self.queue.fail_message(message, send_to_dlq=rejected, error=error)
+        if held is not None:
+            self._unhold(held)
         self._count(failed=1)
         self.stats.processing_seconds.append(elapsed)
         self.hooks.call("on_failure", message, exc)
@@ -815,9 +834,47 @@ class WorkerCore:
             task.abandoned = True
         self._count(timed_out=1)
         error = TimeoutError(f"handler ran longer than task_timeout={self.task_timeout:g} s")
-        self._record_failure(task.message, error, time.monotonic() - task.started)
+        # Failed on a thread of its own, its lease kept meanwhile as an ack's: retry_delay
+        # and the hooks are your code, and the heartbeat must not wait for them to extend
+        # the other leases.
+        with self._acks_ready:
+            self._unacked[task.message.id] = task
+        failing = threading.Thread(
+            target=self._fail_timed_out,
+            args=(task, error, time.monotonic() - task.started),
+            name=f"{self.name}-timeout",
+            daemon=True,
+        )
+        with self._lock:
+            self._failing = [thread for thread in self._failing if thread.is_alive()]
+            self._failing.append(failing)
+        failing.start()
         if not self._stopping.is_set():
             self._replace_abandoned()
+
+    def _fail_timed_out(self, task: RunningTask, error: TimeoutError, elapsed: float) -> None:
+        try:
+            self._record_failure(task.message, error, elapsed, held=task)
+        except BaseException:  # (a thread of its own: log what would otherwise vanish)
+            logger.exception("worker %s: failing timed-out message %d", self.name, task.message.id)
+        finally:
+            self._unhold(task)
+
+    def _unhold(self, task: RunningTask) -> None:
+        """The heartbeat no longer keeps the lease of ``task`` (its failure is stored)."""
+        with self._acks_ready:
+            # (The message may be held again by now, on a new lease of its own.)
+            if self._unacked.get(task.message.id) is task:
+                del self._unacked[task.message.id]
+
+    def _wait_for_timeouts(self) -> None:
+        """At shutdown: wait up to SETTLE_WAIT for timed-out messages being failed, so the
+        stats returned are final."""
+        until = time.monotonic() + SETTLE_WAIT
+        with self._lock:
+            failing = list(self._failing)
+        for thread in failing:
+            thread.join(max(until - time.monotonic(), 0))
 
     def _replace_abandoned(self) -> None:
         """Start a new runner in place of one stuck in an abandoned handler."""
@@ -872,7 +929,8 @@ class Worker(WorkerCore):
       of its recent handlers (at most ``prefetch`` messages, default and most 100). Quick
       handlers get large claims; handlers slower than that get one message per idle
       runner, so a worker holds little that another could be serving. A message held
-      unstarted for longer than a heartbeat is given back (attempt not counted).
+      unstarted for longer than a heartbeat (less when heartbeat > lease / 2) is given
+      back (attempt not counted).
     - Grouped acknowledgements: a handler's runner goes on as soon as the handler returns;
       what gathers within 2 ms is completed in one transaction (by a thread of its own,
       or on SQLite by the runner about to claim, just before its claim; their
@@ -937,11 +995,10 @@ class Worker(WorkerCore):
                 self._drain()
                 self._release_prefetched()
                 self._close_acks(acker)
-                # The heartbeat may be failing a timed-out message right now: wait for it,
-                # so the stats returned are final (bounded: its calls have timeouts).
+                self._wait_for_timeouts()
                 self._drained.set()
                 if heart.is_alive():
-                    heart.join(self.grace_period + 60)
+                    heart.join(self.grace_period + 60)  # (bounded: its calls have timeouts)
             finally:
                 for number, old_handler in previous.items():
                     signal.signal(number, old_handler)
@@ -1005,10 +1062,12 @@ class Worker(WorkerCore):
             task = self._begin(key, message, claimed[1])
             value: Any = None
             error: BaseException | None = None
-            try:
-                value = self.handler(message)
-            except BaseException as exc:  # whatever the handler raises fails its message
-                error = exc
+            # (Timed out or cut off while on_start ran: settled already, not to be handled.)
+            if not task.abandoned:
+                try:
+                    value = self.handler(message)
+                except BaseException as exc:  # whatever the handler raises fails its message
+                    error = exc
             self._end(key, task, value, error)
             if task.abandoned:
                 return  # a replacement thread took this slot
