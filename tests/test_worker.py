@@ -1236,6 +1236,57 @@ def test_sigterm_shuts_worker_process_down_gracefully(
     assert all(row["status"] != "processing" for row in message_statuses(rq))
 
 
+_SIGNAL_WHILE_LOCKED = """
+import os, signal, sys, threading
+from sqqueue import SQLiteQueue, Worker
+
+queue = SQLiteQueue(sys.argv[1], table_name="jobs")
+worker = Worker(queue, lambda m: None, concurrency=2, poll_wait=1)
+real = worker._lock
+sent = []
+
+
+class SignalInside:
+    # The worker's lock, sending SIGTERM to this process (whose handler then runs on this
+    # thread) the first time run()'s thread holds it.
+    def __enter__(self):
+        real.acquire()
+        if not sent and threading.current_thread() is threading.main_thread():
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self
+
+    def __exit__(self, *exc):
+        real.release()
+
+    def __getattr__(self, name):
+        return getattr(real, name)
+
+
+worker._lock = SignalInside()
+stats = worker.run()
+print("returned", bool(sent), flush=True)
+"""
+
+
+def test_a_signal_while_run_holds_the_workers_lock_still_stops_it(tmp_path: Path) -> None:
+    """The signal handler runs on run()'s thread between any two of its steps, also while
+    that thread holds the worker's lock: it only notes the signal (stopping there would
+    wait for that lock forever), and run() acts on it and returns."""
+    script = tmp_path / "signal_while_locked.py"
+    script.write_text(_SIGNAL_WHILE_LOCKED)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "q.db")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "returned True", done.stdout + done.stderr
+
+
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
 def test_second_signal_stops_at_once_and_requeues(
     rq: Queue, spawn_worker: Callable[..., WorkerProcess], second: signal.Signals

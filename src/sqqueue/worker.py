@@ -68,6 +68,8 @@ ACK_DELAY = 0.002
 # also after an immediate stop, which waits for no handler: the stats it returns are then
 # final, and the queue may be closed right after it.
 SETTLE_WAIT = 5.0
+# How often run()'s thread acts on the signals received (SIGTERM, SIGINT) while it waits.
+SIGNAL_CHECK = 0.05
 
 # What complete(message, result=value) says of a value it cannot keep.
 _UNKEEPABLE = frozenset({ErrorKind.SERIALIZATION, ErrorKind.INVALID_INPUT})
@@ -321,6 +323,9 @@ class WorkerCore:
             self._immediate.set()
         self._stopping.set()
         self.queue.wake_waiters()
+
+    def _heed_signals(self) -> None:
+        """Act on the signals a driver's handler noted (none by default)."""
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
@@ -611,6 +616,7 @@ class WorkerCore:
             self._acks_ready.notify()
         immediate_since = None
         while acker.is_alive():
+            self._heed_signals()
             if self._immediate.is_set():
                 immediate_since = immediate_since or time.monotonic()
                 if time.monotonic() - immediate_since >= SETTLE_WAIT:
@@ -957,6 +963,9 @@ class Worker(WorkerCore):
         self._threads: list[threading.Thread] = []
         self._spawned = 0
         self._handoff = threading.Condition(self._lock)  # guards the prefetch state
+        # Signals received, noted by the handler and acted on by run()'s thread: a handler
+        # runs between any two steps of that thread, which may hold a lock stop() takes.
+        self._signals: list[int] = []
 
     def stop(self, immediate: bool = False) -> None:
         super().stop(immediate)
@@ -969,7 +978,7 @@ class Worker(WorkerCore):
         previous: dict[int, Any] = {}
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
-                previous[signum] = signal.signal(signum, lambda n, _f: self._on_signal(n))
+                previous[signum] = signal.signal(signum, lambda n, _f: self._signals.append(n))
         logger.info("worker %s: started with %d thread(s)", self.name, self.concurrency)
         heart = threading.Thread(
             target=self._heartbeat_loop, name=f"{self.name}-heartbeat", daemon=True
@@ -982,9 +991,9 @@ class Worker(WorkerCore):
                 self._spawn()
             heart.start()
             # A timed wait keeps the main thread responsive to signals everywhere (on
-            # Windows a lock wait is not interrupted by Ctrl-C); a second is short enough.
-            while not self._stopping.wait(1.0):
-                pass
+            # Windows a lock wait is not interrupted by Ctrl-C), and heeds them.
+            while not self._stopping.wait(SIGNAL_CHECK):
+                self._heed_signals()
         except BaseException:
             # Interrupted (KeyboardInterrupt without signal handlers): stop at once, giving
             # running messages back, then let the exception through.
@@ -1004,6 +1013,10 @@ class Worker(WorkerCore):
                     signal.signal(number, old_handler)
         logger.info("worker %s: stopped (%s)", self.name, self.stats)
         return self.stats
+
+    def _heed_signals(self) -> None:
+        while self._signals:
+            self._on_signal(self._signals.pop(0))
 
     def _spawn(self) -> None:
         with self._lock:
@@ -1030,13 +1043,17 @@ class Worker(WorkerCore):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                thread.join(min(remaining, 0.05))
+                thread.join(min(remaining, SIGNAL_CHECK))
+                self._heed_signals()
         self._cut_off()
         until = time.monotonic() + SETTLE_WAIT
         try:
             for key in self._settling():
-                if isinstance(key, threading.Thread):
-                    key.join(max(until - time.monotonic(), 0))
+                while isinstance(key, threading.Thread) and key.is_alive():
+                    if time.monotonic() >= until:
+                        break
+                    key.join(min(max(until - time.monotonic(), 0), SIGNAL_CHECK))
+                    self._heed_signals()
         except BaseException:  # (Ctrl-C again) stop waiting; the rest of shutdown still runs
             logger.warning("worker %s: interrupted while messages were being settled", self.name)
 
