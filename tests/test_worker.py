@@ -1236,6 +1236,42 @@ def test_sigterm_shuts_worker_process_down_gracefully(
     assert all(row["status"] != "processing" for row in message_statuses(rq))
 
 
+def test_an_immediate_stop_waits_for_a_claim_in_flight(tmp_path: Path) -> None:
+    """A runner claiming while the worker stops at once (its claim waiting for SQLite's
+    write lock, held by another writer for a moment) is waited for, up to SETTLE_WAIT:
+    what it claimed is given back before run() returns, not after, when the queue may
+    be closed (its messages would then wait for their leases to run out)."""
+    import sqlite3
+
+    from sqqueue import SQLiteQueue
+
+    path = str(tmp_path / "q.db")
+    queue = SQLiteQueue(path, table_name="jobs", default_visibility_timeout=300)
+    ok(queue.enqueue_batch(["a", "b", "c"]))
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")  # another writer, for a moment
+    w = make_worker(queue, lambda m: None)
+    released: list[int] = []  # as run() returned
+    run = threading.Thread(target=lambda: released.append(w.run().released))
+    run.start()
+    wait_until(lambda: w._fetcher is not None, what="a runner claiming")
+    time.sleep(0.2)  # (into its claim, waiting for the lock)
+    w.stop(immediate=True)
+    done_writing = threading.Timer(0.5, lambda: writer.execute("COMMIT"))
+    done_writing.start()
+    run.join(30)
+    assert not run.is_alive()
+    queue.close()  # as soon as run() returned
+    done_writing.join()
+    writer.close()
+    assert released == [3]
+    other = SQLiteQueue(path, table_name="jobs")
+    try:
+        assert (ok(other.stats()).ready, ok(other.stats()).processing) == (3, 0)
+    finally:
+        other.close()
+
+
 _SIGNAL_WHILE_LOCKED = """
 import os, signal, sys, threading
 from sqqueue import SQLiteQueue, Worker

@@ -966,6 +966,10 @@ class Worker(WorkerCore):
         # Signals received, noted by the handler and acted on by run()'s thread: a handler
         # runs between any two steps of that thread, which may hold a lock stop() takes.
         self._signals: list[int] = []
+        # The runner claiming now, until what it claimed is handed out or given back: at
+        # shutdown it is waited for as a runner settling a message is (up to SETTLE_WAIT),
+        # so that no claim lands after run() returned, when the queue may be closed.
+        self._fetcher: threading.Thread | None = None
 
     def stop(self, immediate: bool = False) -> None:
         super().stop(immediate)
@@ -1047,8 +1051,10 @@ class Worker(WorkerCore):
                 self._heed_signals()
         self._cut_off()
         until = time.monotonic() + SETTLE_WAIT
+        with self._handoff:
+            fetcher = [self._fetcher] if self._fetcher is not None else []
         try:
-            for key in self._settling():
+            for key in [*self._settling(), *fetcher]:
                 while isinstance(key, threading.Thread) and key.is_alive():
                     if time.monotonic() >= until:
                         break
@@ -1102,11 +1108,14 @@ class Worker(WorkerCore):
                 finally:
                     self._idle -= 1
             step, stale = self._next_or_fetch()
+            if isinstance(step, int):
+                self._fetcher = threading.current_thread()
         if stale:
             self._give_back(stale)
         if not isinstance(step, int):
             return step
         batch: list[Message] = []
+        back: list[Message] = []
         try:
             if self._acks_with_claims:
                 self._commit_gathered()
@@ -1115,7 +1124,9 @@ class Worker(WorkerCore):
             with self._handoff:
                 mine, back = self._fetched(batch)
                 self._handoff.notify_all()
-        self._give_back(back)
+            self._give_back(back)
+            with self._handoff:
+                self._fetcher = None
         return mine
 
     def _claim(self, size: int) -> list[Message]:
