@@ -626,7 +626,7 @@ class WorkerCore:
                         self.name,
                     )
                     return
-            acker.join(0.05)
+            acker.join(SIGNAL_CHECK)
 
     def _completed(
         self, message: Message, value: Any, elapsed: float, result: Result[Any, Any]
