@@ -42,7 +42,8 @@ class Adapter(Base):
     at_least_once = "yes"
     semantics = (
         "leases with automatic redelivery on expiry, fenced acks, atomic claim "
-        "(SELECT then UPDATE in one BEGIN IMMEDIATE transaction)"
+        "(one message: SELECT then UPDATE in one BEGIN IMMEDIATE transaction; a batch: "
+        "its UPDATE in one, its rows read after the commit)"
     )
     how: ClassVar[dict[str, str]] = {
         "enqueue": "enqueue()",

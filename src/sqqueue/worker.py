@@ -851,10 +851,10 @@ class WorkerCore:
             name=f"{self.name}-timeout",
             daemon=True,
         )
-        with self._lock:
+        with self._lock:  # (started under it: shutdown joins only started threads)
             self._failing = [thread for thread in self._failing if thread.is_alive()]
             self._failing.append(failing)
-        failing.start()
+            failing.start()
         if not self._stopping.is_set():
             self._replace_abandoned()
 
