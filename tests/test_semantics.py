@@ -604,3 +604,31 @@ def test_a_batch_read_after_its_claim_commits_leaves_out_rows_claimed_again_sinc
     assert sorted(m.payload for m in taken) == ["a", "b"]
     assert mine == []
     assert [m.payload for m in ok(other.dequeue_batch(3))] == ["c"]
+
+
+def test_a_batch_read_after_its_claim_finds_rows_whose_expiry_was_reanchored_since(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between a batch claim's commit and its read, another claim on a clock stepped back
+    re-anchors the leases (their expiry changes): the batch is still read, by its token,
+    not left leased to nobody."""
+    from conftest import FakeClock
+    from sqqueue import SQLiteQueue
+
+    clock = FakeClock()
+    path = str(tmp_path / "q.db")
+    first, other = SQLiteQueue(path, clock=clock), SQLiteQueue(path, clock=clock)
+    ok(first.enqueue_batch(["a", "b", "c"]))
+    backend = first.parts.backend
+    read_after_commit = backend._read_tx
+
+    def clock_steps_back_before_the_read(fn: Callable[..., Any]) -> Any:
+        clock.advance(-600)
+        assert ok(other.dequeue_batch(3)) == []  # (its fold re-anchors the leases)
+        return read_after_commit(fn)
+
+    monkeypatch.setattr(backend, "_read_tx", clock_steps_back_before_the_read)
+    mine = ok(first.dequeue_batch(3, visibility_timeout=60))
+    monkeypatch.undo()
+    assert [m.payload for m in mine] == ["a", "b", "c"]
+    assert ok(first.complete_batch(mine)) == 3

@@ -41,6 +41,7 @@ ONLY_SQLITE = {
     "claim_many": "a batch's UPDATE of the rows claim_pick would choose",
     "claimed": "a batch is read after its claim commits, outside SQLite's one write lock "
     "(PostgreSQL's claim returns its rows, locking only them)",
+    "claimed_by_token": "the fallback of claimed",
     "make_counters": "one counter row per name; PostgreSQL's counters are sharded rows "
     "written by sqqueue_count, created with the queue",
     "reanchor_leases": "leases measured on a client clock that was stepped back; "

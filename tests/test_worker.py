@@ -1254,7 +1254,7 @@ def test_an_immediate_stop_waits_for_a_claim_in_flight(tmp_path: Path) -> None:
     released: list[int] = []  # as run() returned
     run = threading.Thread(target=lambda: released.append(w.run().released))
     run.start()
-    wait_until(lambda: w._fetcher is not None, what="a runner claiming")
+    wait_until(lambda: bool(w._in_hand), what="a runner claiming")
     time.sleep(0.2)  # (into its claim, waiting for the lock)
     w.stop(immediate=True)
     done_writing = threading.Timer(0.5, lambda: writer.execute("COMMIT"))
@@ -1270,6 +1270,39 @@ def test_an_immediate_stop_waits_for_a_claim_in_flight(tmp_path: Path) -> None:
         assert (ok(other.stats()).ready, ok(other.stats()).processing) == (3, 0)
     finally:
         other.close()
+
+
+def test_a_message_taken_but_not_yet_started_at_an_immediate_stop_is_given_back(
+    rq: Queue,
+) -> None:
+    """A runner that has taken its message but not yet started it when the worker stops
+    at once is waited for (up to SETTLE_WAIT): the message is given back unstarted before
+    run() returns, and its handler never runs."""
+    ok(rq.enqueue("x"))
+    took, go_on = threading.Event(), threading.Event()
+    handled: list[Message] = []
+
+    class Paused(Worker):
+        def _begin(self, key: object, message: Message, leased_at: float) -> Any:
+            took.set()
+            go_on.wait(30)  # (the runner paused between taking and starting)
+            return super()._begin(key, message, leased_at)
+
+    w = Paused(rq, handled.append, handle_signals=False, poll_wait=0.5)
+    stats: list[WorkerStats] = []
+    run = threading.Thread(target=lambda: stats.append(w.run()))
+    run.start()
+    try:
+        wait_until(took.is_set, what="the message taken")
+        w.stop(immediate=True)
+        threading.Timer(0.3, go_on.set).start()
+        run.join(30)
+    finally:
+        go_on.set()
+    assert not run.is_alive()
+    assert (stats[0].started, stats[0].released) == (0, 1)
+    assert status_rows(rq) == [(1, "ready", 0)]
+    assert handled == []
 
 
 _SIGNAL_WHILE_LOCKED = """

@@ -601,6 +601,9 @@ class AsyncWorker(WorkerCore):
                 continue
             message = claimed[0]
             task = await self._step("nothing", self._begin, key, message, claimed[1])
+            if task is None:  # stopping: not started
+                await self._step("database", self._give_back, [message])
+                return
             if task.abandoned:  # timed out or cut off while on_start ran: settled already
                 await self._step("nothing", self._end, key, task, None, None)
                 continue

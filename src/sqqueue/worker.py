@@ -344,9 +344,13 @@ class WorkerCore:
             for name, n in increments.items():
                 setattr(self.stats, name, getattr(self.stats, name) + n)
 
-    def _begin(self, key: object, message: Message, leased_at: float) -> RunningTask:
+    def _begin(self, key: object, message: Message, leased_at: float) -> RunningTask | None:
+        """Register ``message`` as running (then shutdown cuts it off if need be); None
+        when the worker is stopping: not started, for the caller to give back."""
         task = RunningTask(message, time.monotonic(), leased_at)
         with self._lock:
+            if self._stopping.is_set():
+                return None
             self._tasks[key] = task
             self.stats.started += 1
         if self._timed:
@@ -834,24 +838,25 @@ class WorkerCore:
             )
 
     def _time_out(self, task: RunningTask) -> None:
-        with self._lock:
-            if task.abandoned or task.ended:
-                return  # ended meanwhile (or already abandoned): its runner settles it
-            task.abandoned = True
-        self._count(timed_out=1)
         error = TimeoutError(f"handler ran longer than task_timeout={self.task_timeout:g} s")
-        # Failed on a thread of its own, its lease kept meanwhile as an ack's: retry_delay
-        # and the hooks are your code, and the heartbeat must not wait for them to extend
-        # the other leases.
-        with self._acks_ready:
-            self._unacked[task.message.id] = task
         failing = threading.Thread(
             target=self._fail_timed_out,
             args=(task, error, time.monotonic() - task.started),
             name=f"{self.name}-timeout",
             daemon=True,
         )
-        with self._lock:  # (started under it: shutdown joins only started threads)
+        with self._lock:
+            if task.abandoned or task.ended:
+                return  # ended meanwhile (or already abandoned): its runner settles it
+            task.abandoned = True
+            self.stats.timed_out += 1
+            # Failed on a thread of its own, its lease kept meanwhile as an ack's:
+            # retry_delay and the hooks are your code, and the heartbeat must not wait
+            # for them to extend the other leases. Started with the abandonment, under
+            # one lock: shutdown cuts off what still runs, then waits for these threads,
+            # and finds every one.
+            with self._acks_ready:
+                self._unacked[task.message.id] = task
             self._failing = [thread for thread in self._failing if thread.is_alive()]
             self._failing.append(failing)
             failing.start()
@@ -966,10 +971,11 @@ class Worker(WorkerCore):
         # Signals received, noted by the handler and acted on by run()'s thread: a handler
         # runs between any two steps of that thread, which may hold a lock stop() takes.
         self._signals: list[int] = []
-        # The runner claiming now, until what it claimed is handed out or given back: at
-        # shutdown it is waited for as a runner settling a message is (up to SETTLE_WAIT),
-        # so that no claim lands after run() returned, when the queue may be closed.
-        self._fetcher: threading.Thread | None = None
+        # Runners claiming, or holding a message not yet registered as running (or given
+        # back): at shutdown they are waited for as runners settling a message are (up to
+        # SETTLE_WAIT), so that no claim lands and no handler starts after run() returned,
+        # when the queue may be closed.
+        self._in_hand: set[threading.Thread] = set()
 
     def stop(self, immediate: bool = False) -> None:
         super().stop(immediate)
@@ -1052,9 +1058,9 @@ class Worker(WorkerCore):
         self._cut_off()
         until = time.monotonic() + SETTLE_WAIT
         with self._handoff:
-            fetcher = [self._fetcher] if self._fetcher is not None else []
+            in_hand = list(self._in_hand)
         try:
-            for key in [*self._settling(), *fetcher]:
+            for key in [*self._settling(), *in_hand]:
                 while isinstance(key, threading.Thread) and key.is_alive():
                     if time.monotonic() >= until:
                         break
@@ -1082,7 +1088,13 @@ class Worker(WorkerCore):
             if claimed is None:
                 continue
             message = claimed[0]
-            task = self._begin(key, message, claimed[1])
+            try:
+                task = self._begin(key, message, claimed[1])
+                if task is None:  # stopping: not started
+                    self._give_back([message])
+                    return
+            finally:
+                self._out_of_hand()
             value: Any = None
             error: BaseException | None = None
             # (Timed out or cut off while on_start ran: settled already, not to be handled.)
@@ -1108,8 +1120,8 @@ class Worker(WorkerCore):
                 finally:
                     self._idle -= 1
             step, stale = self._next_or_fetch()
-            if isinstance(step, int):
-                self._fetcher = threading.current_thread()
+            if step is not None:
+                self._in_hand.add(threading.current_thread())
         if stale:
             self._give_back(stale)
         if not isinstance(step, int):
@@ -1125,9 +1137,14 @@ class Worker(WorkerCore):
                 mine, back = self._fetched(batch)
                 self._handoff.notify_all()
             self._give_back(back)
-            with self._handoff:
-                self._fetcher = None
+            if mine is None:
+                self._out_of_hand()
         return mine
+
+    def _out_of_hand(self) -> None:
+        """This runner holds no message it has not registered (or given back)."""
+        with self._handoff:
+            self._in_hand.discard(threading.current_thread())
 
     def _claim(self, size: int) -> list[Message]:
         if self._stopping.is_set():  # (since _take looked: while committing, say)

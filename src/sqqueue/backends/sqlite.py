@@ -1046,6 +1046,8 @@ class SQLiteBackend(SQLBackend):
         def read(conn: sqlite3.Connection) -> list[StoredMessage]:
             held = {"now": now, "lease": lease, "token": token}
             rows = conn.execute(self._sql["claimed"], held).fetchall()
+            if len(rows) < leased:  # (an expiry re-anchored since, or a lease taken over)
+                rows = conn.execute(self._sql["claimed_by_token"], held).fetchall()
             return self._with_bodies(conn, [self._message(row) for row in rows])
 
         now, folded, leased = self._write(lease_them)

@@ -423,6 +423,13 @@ STATEMENTS = {
          WHERE status = 'processing' AND lease_expires_at = :now + :lease
            AND lease_token = :token
          ORDER BY priority DESC, visible_at, id""",
+    # The same rows by their token alone, when "claimed" found fewer than were leased: a
+    # claim elsewhere may have re-anchored their expiry since (a clock stepped back; see
+    # "reanchor_leases"). It reads every processing row, so it is the fallback only.
+    "claimed_by_token": f"""
+        SELECT {READ_COLUMNS} FROM $q
+         WHERE status = 'processing' AND lease_token = :token
+         ORDER BY priority DESC, visible_at, id""",
     # One probe per claim: is there an expired lease, or a message past its time to live?
     # A lease whose expiry is NULL or impossible counts as expired (see "lease_repair").
     # One EXISTS per range: each is a seek into an index (with OR, SQLite scans the table).
