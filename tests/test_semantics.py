@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from conftest import FakeClock
 from helpers import at, err, leased, message_statuses, ok
-from sqqueue import Err, ErrorKind, Message, Ok, Queue, Result
+from sqqueue import Err, ErrorKind, Message, Ok, Queue, Result, SQLiteQueue
 from sqqueue.core import consume as consume_module
 
 MakeQueue = Callable[..., Queue]
@@ -573,6 +574,32 @@ def test_counts_stay_exact_through_every_way_in_and_out(make_queue: MakeQueue) -
     assert len(statuses) == 3
 
 
+def _batch_claim_around(
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    lease: float,
+    between: Callable[[FakeClock, SQLiteQueue], None],
+) -> tuple[list[Message], SQLiteQueue, SQLiteQueue]:
+    """Two consumers of one SQLite file on one fake clock, "a", "b" and "c" enqueued: the
+    first claims all three (a ``lease``-second lease), ``between(clock, other)`` running
+    after its claim commits and before it reads the rows. Its messages, and the two."""
+    clock = FakeClock()
+    path = str(tmp_path / "q.db")
+    first, other = SQLiteQueue(path, clock=clock), SQLiteQueue(path, clock=clock)
+    ok(first.enqueue_batch(["a", "b", "c"]))
+    backend = first.parts.backend
+    read_after_commit = backend._read_tx
+
+    def read(fn: Callable[..., Any]) -> Any:
+        between(clock, other)
+        return read_after_commit(fn)
+
+    monkeypatch.setattr(backend, "_read_tx", read)
+    mine = ok(first.dequeue_batch(3, visibility_timeout=lease))
+    monkeypatch.undo()
+    return mine, first, other
+
+
 def test_a_batch_read_after_its_claim_commits_leaves_out_rows_claimed_again_since(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -580,25 +607,13 @@ def test_a_batch_read_after_its_claim_commits_leaves_out_rows_claimed_again_sinc
     (outside the write lock). Should a lease run out and another consumer claim the
     message in between, the first claim does not deliver it too: only the rows still
     held under its own lease are read."""
-    from conftest import FakeClock
-    from sqqueue import SQLiteQueue
-
-    clock = FakeClock()
-    path = str(tmp_path / "q.db")
-    first, other = SQLiteQueue(path, clock=clock), SQLiteQueue(path, clock=clock)
-    ok(first.enqueue_batch(["a", "b", "c"]))
-    backend = first.parts.backend
-    read_after_commit = backend._read_tx
     taken: list[Message] = []
 
-    def lease_runs_out_before_the_read(fn: Callable[..., Any]) -> Any:
+    def lease_runs_out(clock: FakeClock, other: SQLiteQueue) -> None:
         clock.advance(2)  # past the 1 s lease
         taken.extend(ok(other.dequeue_batch(2, visibility_timeout=60)))
-        return read_after_commit(fn)
 
-    monkeypatch.setattr(backend, "_read_tx", lease_runs_out_before_the_read)
-    mine = ok(first.dequeue_batch(3, visibility_timeout=1))
-    monkeypatch.undo()
+    mine, _, other = _batch_claim_around(tmp_path, monkeypatch, 1, lease_runs_out)
     # The other consumer's claim found all three leases run out: it took two, and the
     # third is back in the queue (for the next claim), not delivered by the first claim.
     assert sorted(m.payload for m in taken) == ["a", "b"]
@@ -612,23 +627,11 @@ def test_a_batch_read_after_its_claim_finds_rows_whose_expiry_was_reanchored_sin
     """Between a batch claim's commit and its read, another claim on a clock stepped back
     re-anchors the leases (their expiry changes): the batch is still read, by its token,
     not left leased to nobody."""
-    from conftest import FakeClock
-    from sqqueue import SQLiteQueue
 
-    clock = FakeClock()
-    path = str(tmp_path / "q.db")
-    first, other = SQLiteQueue(path, clock=clock), SQLiteQueue(path, clock=clock)
-    ok(first.enqueue_batch(["a", "b", "c"]))
-    backend = first.parts.backend
-    read_after_commit = backend._read_tx
-
-    def clock_steps_back_before_the_read(fn: Callable[..., Any]) -> Any:
+    def clock_steps_back(clock: FakeClock, other: SQLiteQueue) -> None:
         clock.advance(-600)
         assert ok(other.dequeue_batch(3)) == []  # (its fold re-anchors the leases)
-        return read_after_commit(fn)
 
-    monkeypatch.setattr(backend, "_read_tx", clock_steps_back_before_the_read)
-    mine = ok(first.dequeue_batch(3, visibility_timeout=60))
-    monkeypatch.undo()
+    mine, first, _ = _batch_claim_around(tmp_path, monkeypatch, 60, clock_steps_back)
     assert [m.payload for m in mine] == ["a", "b", "c"]
     assert ok(first.complete_batch(mine)) == 3
