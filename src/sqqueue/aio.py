@@ -525,7 +525,7 @@ class AsyncWorker(WorkerCore):
                 cancelled |= await to_the_end(in_thread(self._close_acks, acker))
                 cancelled |= await to_the_end(in_thread(self._wait_for_timeouts))
                 drained.set()
-                cancelled |= await self._to_the_end(heart)
+                cancelled |= await to_the_end(heart)
                 if cancelled:
                     raise asyncio.CancelledError
         finally:
