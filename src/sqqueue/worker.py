@@ -280,10 +280,11 @@ class WorkerCore:
         self._acks_with_claims = queue.parts.backend.one_writer
         self._acks_open, self._committing = False, 0
         self._reports: list[Committed] = []
-        # Their tasks, by message id, until the commit that completes them: the heartbeat
-        # keeps extending their leases meanwhile (a slow commit, a hook that blocks the
-        # ack thread), so a message whose handler returned is never delivered again while
-        # this process is alive.
+        # Their tasks, by message id, until the commit that completes them (or, timed out,
+        # until their failure is stored): the heartbeat keeps extending their leases
+        # meanwhile (a slow commit, a hook that blocks the ack thread, retry_delay), so a
+        # message whose handler returned is never delivered again while this process is
+        # alive.
         self._unacked: dict[int, RunningTask] = {}
         # Threads failing timed-out messages (see _time_out), waited for at shutdown.
         self._failing: list[threading.Thread] = []
@@ -881,11 +882,19 @@ class WorkerCore:
     def _wait_for_timeouts(self) -> None:
         """At shutdown: wait up to SETTLE_WAIT for timed-out messages being failed, so the
         stats returned are final."""
-        until = time.monotonic() + SETTLE_WAIT
         with self._lock:
             failing = list(self._failing)
-        for thread in failing:
-            thread.join(max(until - time.monotonic(), 0))
+        self._join_until(failing, time.monotonic() + SETTLE_WAIT)
+
+    def _join_until(self, threads: list[Any], until: float) -> None:
+        """Wait for ``threads`` to end, up to the monotonic time ``until``, heeding
+        signals meanwhile."""
+        for thread in threads:
+            while isinstance(thread, threading.Thread) and thread.is_alive():
+                if time.monotonic() >= until:
+                    return
+                thread.join(min(until - time.monotonic(), SIGNAL_CHECK))
+                self._heed_signals()
 
     def _replace_abandoned(self) -> None:
         """Start a new runner in place of one stuck in an abandoned handler."""
@@ -1060,12 +1069,7 @@ class Worker(WorkerCore):
         with self._handoff:
             in_hand = list(self._in_hand)
         try:
-            for key in [*self._settling(), *in_hand]:
-                while isinstance(key, threading.Thread) and key.is_alive():
-                    if time.monotonic() >= until:
-                        break
-                    key.join(min(max(until - time.monotonic(), 0), SIGNAL_CHECK))
-                    self._heed_signals()
+            self._join_until([*self._settling(), *in_hand], until)
         except BaseException:  # (Ctrl-C again) stop waiting; the rest of shutdown still runs
             logger.warning("worker %s: interrupted while messages were being settled", self.name)
 
