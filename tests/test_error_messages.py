@@ -318,3 +318,21 @@ def test_a_database_failure_is_logged_with_its_traceback_and_chained(
     [record] = [r for r in caplog.records if "enqueue failed" in r.getMessage()]
     assert record.levelno == logging.ERROR
     assert record.exc_info is not None and record.exc_info[1] is not None
+
+
+def test_a_value_too_large_for_sqlite_is_an_input_error(tmp_path: Path) -> None:
+    """SQLite refuses a value past its length limit (1,000,000,000 bytes by default): the
+    caller's input, not a storage failure, with what to do instead."""
+    import sqlite3
+
+    from sqqueue.backends.sqlite_files import classify
+
+    conn = sqlite3.connect(tmp_path / "big.db")
+    conn.execute("CREATE TABLE t (x)")
+    conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1000)  # the same refusal, without a gigabyte
+    with pytest.raises(sqlite3.DataError) as refused:
+        conn.execute("INSERT INTO t VALUES (?)", (b"x" * 1001,))
+    conn.close()
+    error = classify(refused.value, "big.db")
+    assert error.kind is ErrorKind.INVALID_INPUT
+    assert "enqueue a reference" in str(error) and "nothing was written" in str(error)

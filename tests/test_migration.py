@@ -14,7 +14,7 @@ import pytest
 
 from conftest import LOCAL_FIXTURES
 from helpers import message_statuses, ok
-from sqqueue import Err, Message, Ok, QueueError, SQLiteQueue
+from sqqueue import Err, Message, Ok, QueueError, SQLiteQueue, tools
 from sqqueue.backends import sqlite as sqlite_backend
 
 MakeQueue = Callable[..., SQLiteQueue]
@@ -539,3 +539,56 @@ def test_odd_0_1_0_times_are_read_exactly_or_not_at_all(tmp_path: Path, clock: A
     assert visible == legacy_time("2026-11-27 20:14:43.999600")
     assert created == datetime.fromisoformat("2026-11-27T20:14:43+02:00").timestamp()
     assert updated == pytest.approx(clock(), abs=5)
+
+
+def test_a_0_1_0_message_with_no_attempt_left_is_migrated_dead(tmp_path: Path, clock: Any) -> None:
+    """0.1.0 left a message that failed its last attempt pending, and its next dequeue
+    dead-lettered it: migrated, it is a dead letter that says why, never run again."""
+    db_path = tmp_path / "spent.db"
+    [(ddl,)] = rows(
+        LOCAL_FIXTURES / "sqqueue-0.1.0.db", "SELECT sql FROM sqlite_master WHERE name = 'orders'"
+    )
+    conn = sqlite3.connect(db_path)
+    with conn:
+        conn.execute(ddl)
+        conn.executemany(
+            "INSERT INTO orders (payload, status, attempts, max_attempts) VALUES (?, ?, ?, ?)",
+            [("spent", "pending", 3, 3), ("one left", "pending", 2, 3)],
+        )
+    conn.close()
+    with SQLiteQueue(db_path, table_name="orders", clock=clock) as queue:
+        (dead,) = ok(queue.get_dead_letters())
+        assert (dead["id"], dead["payload"], dead["attempts"]) == (1, "spent", 3)
+        assert (
+            dead["last_error"] == "migrated from sqqueue 0.1.0 with no attempt left (3 of 3 used)"
+        )
+        message = ok(queue.dequeue())
+        assert (message.id, message.attempts) == (2, 3)
+
+
+def test_migrate_refuses_a_0_1_0_name_it_no_longer_takes_before_changing_anything(
+    tmp_path: Path,
+) -> None:
+    """0.1.0 took any name SQLite takes: migrating a file with one sqqueue refuses says
+    how to rename its tables, and migrates nothing until then."""
+    db_path = tmp_path / "names.db"
+    [(ddl,)] = rows(
+        LOCAL_FIXTURES / "sqqueue-0.1.0.db", "SELECT sql FROM sqlite_master WHERE name = 'orders'"
+    )
+    conn = sqlite3.connect(db_path)
+    with conn:
+        for name in ("café_jobs", "plain"):
+            conn.execute(ddl.replace("orders", f'"{name}"', 1))
+            conn.execute(f'INSERT INTO "{name}" (payload) VALUES (?)', (name,))
+    conn.close()
+    with pytest.raises(ValueError, match="rename its tables, then migrate") as raised:
+        tools.migrate(db_path)
+    assert 'ALTER TABLE "café_jobs" RENAME TO new_name' in str(raised.value)
+    assert tools.legacy_queues(db_path) == ["café_jobs", "plain"]
+    conn = sqlite3.connect(db_path)
+    with conn:
+        conn.execute('ALTER TABLE "café_jobs" RENAME TO cafe_jobs')
+    conn.close()
+    assert sorted(tools.migrate(db_path)) == ["cafe_jobs", "plain"]
+    with SQLiteQueue(db_path, table_name="cafe_jobs") as queue:
+        assert ok(queue.dequeue()).payload == "café_jobs"

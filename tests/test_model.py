@@ -486,7 +486,13 @@ class QueueMachine(RuleBasedStateMachine):
             return
         assert ok(result) is None
         rec = self.msgs[message_id]
-        rec.status, rec.visible_at = "pending", self.now
+        if rec.attempts >= rec.max_attempts:  # no attempt left: dead
+            rec.status, rec.dead_at = "dead", self.now
+            rec.last_error = (
+                f"requeued with no attempt left ({rec.attempts} of {rec.attempts} used)"
+            )
+        else:
+            rec.status, rec.visible_at = "pending", self.now
         rec.token = rec.lease_expires_at = None
         self.end(c, message_id, token)
 

@@ -49,6 +49,29 @@ def test_payloads_are_not_logged_above_debug(
             assert secret not in record.getMessage()
 
 
+def test_every_change_of_a_message_leaves_a_debug_record(
+    make_queue: Callable[..., Queue], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each operation that moves a message says so at DEBUG, by id (never the payload)."""
+    queue = make_queue(table_name="jobs", default_max_attempts=1)
+    message_id = queue.enqueue("s3cr3t-payload", max_attempts=5).unwrap()
+    steps = {
+        "failed message": lambda m: queue.fail_message(m, error="boom", delay=0),
+        "requeued": queue.requeue,
+        "released message(s)": lambda m: queue.release_batch([m]),
+        "released": queue.release,
+        "completed message": queue.complete,
+    }
+    for words, step in steps.items():
+        message = queue.dequeue().unwrap()
+        with caplog.at_level(logging.DEBUG, logger="sqqueue"):
+            caplog.clear()
+            assert step(message).is_ok()
+        said = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+        assert any(words in text and str(message_id) in text for text in said), (words, said)
+        assert not any("s3cr3t" in text for text in said)
+
+
 def test_expected_failures_do_not_log_warnings(
     make_queue: Callable[..., Queue], caplog: pytest.LogCaptureFixture
 ) -> None:

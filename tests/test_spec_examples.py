@@ -434,6 +434,26 @@ def test_a_message_equals_its_010_pair() -> None:
     assert {simple: "found"}[(7, "x")] == "found"
 
 
+def test_messages_sort_count_and_search_as_their_010_pairs() -> None:
+    """0.1.0 code may sort a batch of (id, payload) tuples, or count and search one."""
+    from datetime import datetime, timezone
+
+    from sqqueue import Message
+
+    def message(message_id: int, payload: str) -> Message:
+        return Message(message_id, payload, 0, 1, 5, datetime.now(timezone.utc), None)
+
+    batch = [message(3, "c"), message(1, "z"), message(2, "a")]
+    assert [m.id for m in sorted(batch)] == [1, 2, 3]
+    assert [m.id for m in sorted(batch, reverse=True)] == [3, 2, 1]
+    assert message(1, "a") < (1, "b")
+    assert (1, "b") > message(1, "a")  # noqa: SIM300 (the reflected comparison)
+    assert message(1, "a") <= (1, "a") and message(1, "a") >= (1, "a")
+    assert (message(2, "a").index("a"), message(2, "a").count(2)) == (1, 1)
+    with pytest.raises(TypeError):
+        message(1, "a") < 1  # noqa: B015 (only a pair compares)
+
+
 RESULT_TYPING = textwrap.dedent(
     """
     from sqqueue import Err, Ok, QueueError, Result, SQLiteQueue

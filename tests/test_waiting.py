@@ -744,6 +744,34 @@ def test_requeue_counts_the_attempt(queue: Queue) -> None:
     assert ok(queue.dequeue()).attempts == 4
 
 
+@pytest.mark.parametrize("by", ["message", "id"])
+def test_requeue_on_the_last_attempt_dead_letters(queue: Queue, by: str) -> None:
+    """A message requeued with no attempt left is dead-lettered, as sqqueue 0.1.0's next
+    dequeue did: a message that always fails is not delivered forever."""
+    message_id = ok(queue.enqueue("poison", max_attempts=2))
+    for _ in range(2):
+        message = ok(queue.dequeue())
+        assert message is not None
+        ok(queue.requeue(message if by == "message" else message.id))
+    assert ok(queue.dequeue()) is None
+    (dead,) = ok(queue.get_dead_letters())
+    assert (dead["id"], dead["attempts"]) == (message_id, 2)
+    assert dead["last_error"] == "requeued with no attempt left (2 of 2 used)"
+    stats = ok(queue.stats())
+    assert (stats.dead, stats.dead_lettered_total, stats.failed_total) == (1, 1, 0)
+    ok(queue.redrive())  # back with a fresh set of attempts
+    assert ok(queue.dequeue()).attempts == 1
+
+
+def test_release_on_the_last_attempt_gives_it_back(queue: Queue) -> None:
+    """release refunds the attempt: a message given back unstarted on its last attempt
+    stays in the queue."""
+    ok(queue.enqueue("job", max_attempts=1))
+    ok(queue.release(ok(queue.dequeue())))
+    again = ok(queue.dequeue())
+    assert (again.payload, again.attempts) == ("job", 1)
+
+
 def test_release_and_requeue_keep_last_error(queue: Queue) -> None:
     """Giving a message back does not erase the error of an earlier failed attempt."""
     ok(queue.enqueue("job"))

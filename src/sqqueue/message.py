@@ -84,6 +84,37 @@ class Message:
     def __getitem__(self, index: int) -> Any:
         return (self.id, self.payload)[index]
 
+    # Ordered, counted and searched as its (id, payload) pair, as 0.1.0's tuples were:
+    # ``sorted(batch)`` orders a batch by id.
+    def _pair(self, other: object) -> tuple[tuple[Any, Any], tuple[Any, ...]] | None:
+        if isinstance(other, Message):
+            return (self.id, self.payload), (other.id, other.payload)
+        if isinstance(other, tuple):
+            return (self.id, self.payload), other
+        return None
+
+    def __lt__(self, other: object) -> bool:
+        pair = self._pair(other)
+        return NotImplemented if pair is None else pair[0] < pair[1]
+
+    def __le__(self, other: object) -> bool:
+        pair = self._pair(other)
+        return NotImplemented if pair is None else pair[0] <= pair[1]
+
+    def __gt__(self, other: object) -> bool:
+        pair = self._pair(other)
+        return NotImplemented if pair is None else pair[0] > pair[1]
+
+    def __ge__(self, other: object) -> bool:
+        pair = self._pair(other)
+        return NotImplemented if pair is None else pair[0] >= pair[1]
+
+    def count(self, value: Any) -> int:
+        return (self.id, self.payload).count(value)
+
+    def index(self, value: Any) -> int:
+        return (self.id, self.payload).index(value)
+
     def __repr__(self) -> str:
         payload = repr(self.payload)
         if len(payload) > 60:

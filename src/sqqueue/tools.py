@@ -74,15 +74,30 @@ def migrate(path: str | os.PathLike[str]) -> list[str]:
     Opening a queue for use does the same for that queue; this does all of them at once,
     e.g. before a deploy. Returns the names of the queues changed.
     """
+    legacy = [_legacy_name(path, name) for name in legacy_queues(path)]
     done = []
     for name, version in read(path, registered):
         if version < sqlite_sql.SCHEMA_VERSION:
             SQLiteBackend(path, validate_queue_name(name)).close()
             done.append(name)
-    for name in legacy_queues(path):
-        SQLiteBackend(path, validate_queue_name(name)).close()
+    for name in legacy:
+        SQLiteBackend(path, name).close()
         done.append(name)
     return done
+
+
+def _legacy_name(path: str | os.PathLike[str], name: str) -> str:
+    """The name of a 0.1.0 queue, checked before anything is migrated: 0.1.0 took any
+    name SQLite takes, and one sqqueue refuses must be renamed first."""
+    try:
+        return validate_queue_name(name)
+    except ValueError as exc:
+        raise ValueError(
+            f"{exc}; sqqueue 0.1.0 made this queue in {os.fspath(path)!r} under a name "
+            "sqqueue no longer takes: rename its tables, then migrate, e.g. "
+            f'sqlite3 {os.fspath(path)} \'ALTER TABLE "{name}" RENAME TO new_name; '
+            f'ALTER TABLE "{name}_dlq" RENAME TO new_name_dlq\' (nothing was migrated)'
+        ) from None
 
 
 def check(path: str | os.PathLike[str]) -> list[str]:

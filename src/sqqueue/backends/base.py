@@ -226,8 +226,9 @@ class Backend(ABC):
         delay: float,
         error: str | None,
         refund_attempt: bool,
-    ) -> Outcome:
-        """Return a leased message to pending, visible ``delay`` seconds from now."""
+    ) -> tuple[Outcome, bool]:
+        """Return a leased message to pending, visible ``delay`` seconds from now; and
+        whether it was dead-lettered instead (an attempt not refunded that was its last)."""
 
     @abstractmethod
     def release_many(self, refs: Sequence[tuple[int, int | None]]) -> list[Outcome]:

@@ -497,13 +497,23 @@ class SQLBackend(Backend):
         delay: float,
         error: str | None,
         refund_attempt: bool,
-    ) -> Outcome:
-        def run(conn: Conn) -> Outcome:
+    ) -> tuple[Outcome, bool]:
+        def run(conn: Conn) -> tuple[Outcome, bool]:
             now = self._now()
+            if not refund_attempt:
+                # Given back with no attempt left: dead, as 0.1.0's next dequeue made it
+                # (else it would be delivered again past its max_attempts, forever).
+                live = {"id": message_id, "token": token, "now": now}
+                row = self._one(conn, "attempts_if_live", live)
+                if row is not None and row[0] >= row[1]:
+                    why = f"requeued with no attempt left ({row[0]} of {row[1]} used)"
+                    self._bury(conn, message_id, now, error or why)
+                    self._bump(conn, dead_lettered=1)
+                    return Outcome.DONE, True
             outcome = self._release_one(conn, message_id, token, now, delay, error, refund_attempt)
             if outcome is Outcome.DONE:
                 self._notify(conn)
-            return outcome
+            return outcome, False
 
         return self._write(run)
 

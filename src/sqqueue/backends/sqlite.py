@@ -682,7 +682,8 @@ class SQLiteBackend(SQLBackend):
         return StorageError(
             f"queue {self.name!r} in {self.path!r} {what}; bring it up to date with 'sqqueue "
             f"migrate {self.path}' (or by opening it once for use), then read it: opened "
-            "read-only, it is not changed",
+            "read-only, it is not changed (a file you may not write: copy it, with its -wal "
+            "file if there is one, and migrate the copy)",
             ErrorKind.READ_ONLY,
         )
 

@@ -218,6 +218,13 @@ def classify(exc: sqlite3.Error, path: str) -> StorageError:
         return StorageError(
             f"database {path!r} is locked by another connection ({text})", ErrorKind.LOCKED
         )
+    if name.startswith("SQLITE_TOOBIG") or "too big" in lowered:
+        return StorageError(
+            f"a value is too large for {path!r} ({text}): SQLite keeps at most "
+            "1,000,000,000 bytes in one payload (its SQLITE_MAX_LENGTH); store large data "
+            "elsewhere and enqueue a reference to it; nothing was written",
+            ErrorKind.INVALID_INPUT,
+        )
     if name.startswith("SQLITE_FULL") or "disk is full" in lowered:
         return StorageError(
             f"cannot write to {path!r}: the disk or file size limit is full ({text}); "

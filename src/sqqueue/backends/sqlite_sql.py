@@ -782,10 +782,13 @@ UPGRADES = {
 LEGACY_COLUMNS = frozenset({"processing_at", "dlq", "visible_at", "status"})
 
 # A 0.1.0 table to this schema, in one transaction: its rows keep their ids.
+# A 0.1.0 message that may still be tried (0.1.0 dead-lettered the others at dequeue).
+_LEGACY_ATTEMPTS_LEFT = "coalesce(attempts, 0) < coalesce(max_attempts, :max_attempts)"
 LEGACY_MIGRATION = (
     "ALTER TABLE $q RENAME TO $legacy",
     *QUEUE_DDL,
-    # pending and processing keep their state; processing_at was 0.1.0's lease expiry.
+    # pending and processing keep their state; processing_at was 0.1.0's lease expiry. A
+    # pending message with no attempt left was dead to 0.1.0 (its next dequeue moved it).
     f"""
     INSERT INTO $q (id, payload, encoding, checksum, status, priority, visible_at,
                     lease_token, lease_expires_at, attempts, max_attempts, last_error,
@@ -799,18 +802,23 @@ LEGACY_MIGRATION = (
            coalesce({_E(col="created_at")}, :now),
            coalesce({_E(col="updated_at")}, :now)
       FROM $legacy
-     WHERE status IN ('pending', 'processing')""",
+     WHERE status = 'processing' OR (status = 'pending' AND {_LEGACY_ATTEMPTS_LEFT})""",
     # Any other status 0.1.0 might have left is kept, as a dead letter that says why.
     f"""
     INSERT INTO $dlq ({DEAD_COLUMNS})
     SELECT id, {_LEGACY_PAYLOAD}, NULL, coalesce(priority, 0),
            coalesce(attempts, 0), coalesce(max_attempts, :max_attempts),
-           'migrated from sqqueue 0.1.0 with status ' || quote(status),
+           CASE WHEN status = 'pending'
+                THEN 'migrated from sqqueue 0.1.0 with no attempt left ('
+                     || coalesce(attempts, 0) || ' of '
+                     || coalesce(max_attempts, :max_attempts) || ' used)'
+                ELSE 'migrated from sqqueue 0.1.0 with status ' || quote(status) END,
            coalesce({_E(col="created_at")}, :now),
            coalesce({_E(col="updated_at")}, :now), coalesce({_E(col="updated_at")}, :now),
            NULL, 0, NULL
       FROM $legacy
-     WHERE status NOT IN ('pending', 'processing')""",
+     WHERE status NOT IN ('pending', 'processing')
+        OR (status = 'pending' AND NOT {_LEGACY_ATTEMPTS_LEFT})""",
     "DROP TABLE $legacy",
 )
 # A 0.1.0 dead letter (from its own table) into the dead letters, with why it is there;

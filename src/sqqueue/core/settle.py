@@ -169,23 +169,35 @@ def fail(
         raise leases.outcome_error(outcome, message_id, "failed", token, hint)
     leases.forget(((message_id, token),), "dead-lettered" if died else "failed")
     parts.metrics.incr("fail")
-    if not died:
-        parts.signal.notify()
     if died:
         parts.metrics.incr("dead_letter")
         logger.info("queue %r: message %d moved to the dead-letter queue", parts.name, message_id)
+    else:
+        logger.debug("queue %r: failed message %d, to be retried", parts.name, message_id)
+        parts.signal.notify()
     parts.upkeep.count()
 
 
 def give_back(parts: Parts, message: object, refund: bool, action: str) -> None:
-    """Return a leased message to the queue, visible at once (requeue and release)."""
+    """Return a leased message to the queue, visible at once (requeue and release); a
+    requeued message that had no attempt left is dead-lettered instead."""
     leases = parts.leases
     message_id, token = leases.ref(message)
-    outcome = parts.backend.release(message_id, token, 0.0, None, refund)
+    outcome, died = parts.backend.release(message_id, token, 0.0, None, refund)
     if outcome is not Outcome.DONE:
         raise leases.outcome_error(outcome, message_id, f"{action}d", token)
-    leases.forget(((message_id, token),), f"{action}d")
-    parts.signal.notify()
+    leases.forget(((message_id, token),), "dead-lettered" if died else f"{action}d")
+    if died:
+        parts.metrics.incr("dead_letter")
+        logger.info(
+            "queue %r: message %d %sd with no attempt left, moved to the dead-letter queue",
+            parts.name,
+            message_id,
+            action,
+        )
+    else:
+        logger.debug("queue %r: message %d %sd", parts.name, message_id, action)
+        parts.signal.notify()
     parts.upkeep.count()
 
 
@@ -197,6 +209,7 @@ def release_batch(parts: Parts, messages: Sequence[object]) -> int:
         return 0
     _all_done(parts, refs, parts.backend.release_many(refs), "released")
     parts.leases.forget(refs, "released")
+    logger.debug("queue %r: released message(s) %s", parts.name, [mid for mid, _ in refs][:20])
     parts.signal.notify()
     parts.upkeep.count(len(refs))
     return len(refs)
