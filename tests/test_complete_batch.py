@@ -52,9 +52,12 @@ def test_the_same_message_twice_is_refused_and_changes_nothing(
     queue = make_queue(table_name="jobs")
     queue.enqueue_batch(["a", "b"]).unwrap()
     a, b = queue.dequeue_batch(2, visibility_timeout=60).unwrap()
-    result = queue.complete_batch([a, b, a])
-    assert result.is_err()
-    assert result.error.kind is ErrorKind.NOT_FOUND  # type: ignore[union-attr]
+    for call in (queue.complete_batch, queue.release_batch, queue.extend_batch):
+        args = (60,) if call == queue.extend_batch else ()
+        result = call([a, b, a.id], *args)  # type: ignore[operator]
+        assert result.is_err(), call
+        assert result.error.kind is ErrorKind.INVALID_INPUT  # type: ignore[union-attr]
+        assert f"message {a.id} more than once" in str(result.error)
     assert sorted(s["status"] for s in message_statuses(queue)) == [
         "processing",
         "processing",

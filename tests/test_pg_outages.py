@@ -325,6 +325,59 @@ def test_a_server_that_stops_answering_is_given_up_on(own_server: OwnServer) -> 
         queue.close()
 
 
+@pytest.mark.parametrize("callers", ["threads", "asyncio tasks"])
+def test_many_callers_on_a_server_that_stops_answering_end_in_time(
+    own_server: OwnServer, callers: str
+) -> None:
+    """Twelve callers at once, two connections, the server stopped (SIGSTOP): every call
+    ends within about twice lock_timeout from its start, not in waves of pool_size, each
+    wave adding a lock_timeout (threads: through a shared commit whose leader came after
+    its deadline; tasks: waiting for a connection past the deadline)."""
+    import asyncio
+
+    from sqqueue import AsyncQueue
+
+    queue = PostgresQueue(own_server.url, TABLE, pool_size=2, lock_timeout=2)
+    took: list[float] = []
+    try:
+        assert isinstance(queue.enqueue_batch(["warm"]), Ok)
+        stopped = own_server.processes()
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            if callers == "threads":
+
+                def call(n: int) -> None:
+                    assert isinstance(queue.enqueue(n), Err)
+                    took.append(time.monotonic() - start)
+
+                threads = [threading.Thread(target=call, args=(n,)) for n in range(12)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join(60)
+            else:
+                aq = AsyncQueue(queue)
+
+                async def one(n: int) -> None:
+                    assert isinstance(await aq.enqueue(n), Err)
+                    took.append(time.monotonic() - start)
+
+                async def together() -> None:
+                    await asyncio.wait_for(asyncio.gather(*(one(n) for n in range(12))), 60)
+
+                asyncio.run(together())
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
+        assert len(took) == 12
+        assert max(took) < 2 * 2 + 1.5, f"calls ended after {sorted(took)} s, lock_timeout 2 s"
+        assert isinstance(queue.enqueue("after"), Ok)
+    finally:
+        queue.close()
+
+
 def test_no_call_waits_past_lock_timeout_even_after_waiting_for_a_connection(
     pg_url: str, pg_schema: str
 ) -> None:

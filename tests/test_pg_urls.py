@@ -38,6 +38,15 @@ def test_a_url_libpq_refuses_is_a_value_error_without_its_password(url: str) -> 
     assert SECRET not in str(listed.error)
 
 
+@pytest.mark.parametrize(
+    ("schema", "why"), [("my-schema", "ASCII letters"), ("pg_catalog", "are reserved")]
+)
+def test_a_bad_schema_is_named_as_the_schema(schema: str, why: str) -> None:
+    with pytest.raises(ValueError, match=f"invalid schema name '{schema}'.*{why}"):
+        sqqueue.connect("postgresql://app@127.0.0.1:9/app", "jobs", schema=schema)
+    assert sqqueue.tools.grant_sql("jobs_schema_dlq", ["jobs"], {"producer": "app"})
+
+
 @pytest.fixture
 def silent_server() -> Iterator[int]:
     """A port that accepts connections and never answers (a hung server, a black hole)."""

@@ -28,6 +28,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -478,6 +479,38 @@ def test_disk_full_is_an_err_and_nothing_is_lost(db_path: Path) -> None:
     assert check(db_path) == []
 
 
+STATS_WHEN_FULL_SCRIPT = """
+import os, resource, sqlite3, sys
+from sqqueue import SQLiteQueue
+
+db = sys.argv[1]
+queue = SQLiteQueue(db, table_name="jobs")
+queue.enqueue("first").unwrap()
+reader = sqlite3.connect(db)
+reader.execute("BEGIN")
+reader.execute("SELECT count(*) FROM jobs").fetchall()  # holds the WAL: no checkpoint
+queue.enqueue_batch([os.urandom(2000) for _ in range(200)]).unwrap()
+reader.close()
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+# The database file cannot grow: a checkpoint, which copies the WAL into it, fails.
+resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(db), hard))
+stats = queue.stats()
+assert stats.is_ok(), stats
+assert stats.value.ready == 201 and stats.value.wal_frames > 0, stats
+print("ok")
+"""
+
+
+@pytest.mark.plain_file("the script holds the WAL with a plain sqlite3 reader")
+@pytest.mark.usefixtures("sqlite_file")
+def test_stats_work_when_the_disk_is_full(db_path: Path) -> None:
+    """stats() counts the WAL with a checkpoint, which writes to the database: when it
+    cannot write, the WAL's progress is read from its index instead, and monitoring keeps
+    working when it is needed most."""
+    done = run_script(STATS_WHEN_FULL_SCRIPT, str(db_path))
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
 SIGXFSZ_SCRIPT = """
 import os, resource, signal, sys, zlib
 from sqqueue import SQLiteQueue
@@ -656,3 +689,64 @@ def test_a_closed_queue_says_closed_even_when_its_file_is_gone(tmp_path: Path) -
     queue.close()
     _remove_with_companions(db)
     err(queue.dequeue(), ErrorKind.CLOSED)
+
+
+# -- an interrupt at any statement -----------------------------------------------------------
+
+
+def _interrupt_at_statement(n: int) -> None:
+    """Raise KeyboardInterrupt as the ``n``-th SQLite statement from now returns, as a
+    Ctrl-C arriving at that moment would."""
+    seen = 0
+
+    def hook(frame: Any, event: str, arg: Any) -> None:
+        nonlocal seen
+        if event != "c_return" or getattr(arg, "__name__", "") not in ("execute", "executemany"):
+            return
+        if not isinstance(getattr(arg, "__self__", None), sqlite3.Connection | sqlite3.Cursor):
+            return
+        seen += 1
+        if seen == n:
+            sys.setprofile(None)
+            raise KeyboardInterrupt
+
+    sys.setprofile(hook)
+
+
+def test_an_interrupt_at_any_statement_leaves_no_transaction_open(tmp_path: Path) -> None:
+    """Ctrl-C may land as any statement returns, BEGIN included: the call is interrupted,
+    but no transaction stays open on a pooled connection (which would hold the write lock
+    and make later calls' Ok a lie), and every later Ok is on disk."""
+    path = tmp_path / "q.db"
+    queue = SQLiteQueue(path, table_name="jobs", lock_timeout=2)
+    calls: dict[str, Callable[[], object]] = {
+        "enqueue": lambda: queue.enqueue("x"),
+        "enqueue_batch": lambda: queue.enqueue_batch(["x", "y"]),
+        "dequeue": queue.dequeue,
+        "dequeue_batch": lambda: queue.dequeue_batch(5),
+        "complete": lambda: queue.complete(queue.dequeue().unwrap() or 0),
+        "fail_message": lambda: queue.fail_message(queue.dequeue().unwrap() or 0),
+        "stats": queue.stats,
+    }
+    interrupted = set()
+    for name, call in calls.items():
+        for n in range(1, 9):
+            queue.enqueue_batch(["a", "b", "c"]).unwrap()
+            _interrupt_at_statement(n)
+            try:
+                call()
+            except KeyboardInterrupt:
+                interrupted.add(name)
+            finally:
+                sys.setprofile(None)
+            other = sqlite3.connect(path, timeout=1, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")  # the write lock is free
+                other.execute("ROLLBACK")
+                message_id = queue.enqueue(f"{name}-{n}").unwrap()
+                stored = other.execute("SELECT payload FROM jobs WHERE id = ?", (message_id,))
+                assert stored.fetchone() == (f"{name}-{n}",), (name, n)
+            finally:
+                other.close()
+    assert interrupted == set(calls)  # each call was cut off somewhere
+    queue.close()

@@ -164,6 +164,24 @@ def test_extend_keeps_message_from_redelivery(make_queue: MakeQueue, clock: Any)
 # -- fencing -----------------------------------------------------------------------------------
 
 
+def test_a_late_ack_in_a_batch_is_explained_by_its_own_lease(
+    make_queue: MakeQueue, clock: Any
+) -> None:
+    """The messages of one batch claim share a token: completing one of them does not make
+    a late call on another read as "already completed" (its lease expired, or was lost)."""
+    owner, other = make_queue(table_name="jobs"), make_queue(table_name="jobs")
+    ok(owner.enqueue_batch(["m1", "m2", "m3"]))
+    m1, m2, m3 = ok(owner.dequeue_batch(3, visibility_timeout=10))
+    ok(owner.complete(m1))
+    clock.advance(11)
+    taken = ok(other.dequeue(visibility_timeout=30))
+    assert taken.id == m2.id
+    err(owner.complete(m2), ErrorKind.LEASE_LOST)
+    expired = err(owner.complete(m3), ErrorKind.LEASE_EXPIRED)
+    assert "already" not in str(expired)
+    assert "already completed" in str(err(owner.complete(m1), ErrorKind.NOT_FOUND))
+
+
 def _lose_lease(make_queue: MakeQueue, clock: Any) -> tuple[Queue, Queue, Message]:
     """A leases a message, the lease expires, B gets it: returns (A, B, A's message)."""
     a, b = make_queue(table_name="jobs"), make_queue(table_name="jobs")

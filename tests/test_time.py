@@ -276,3 +276,27 @@ def test_a_clock_stepped_back_hides_no_ready_message_and_leases_still_end(
     assert ok(consumer.dequeue()) is None  # the delayed one waits for its time on the clock
     clock.advance(3600)
     assert leased(consumer).payload == "due in 10 s"
+
+
+@pytest.mark.parametrize("wrong", [time.time_ns, lambda: time.time() * 1000, lambda: -1.0])
+def test_a_clock_that_goes_wrong_after_construction_changes_nothing(
+    tmp_path: Any, wrong: Callable[[], float]
+) -> None:
+    """The clock is checked when the queue is built, and again as each call reads it: a
+    clock that later says nanoseconds (or nonsense) would expire every lease, or make
+    every message look long dead, in one call."""
+    from sqqueue import ErrorKind, SQLiteQueue
+
+    clocks: list[Callable[[], float]] = [time.time]
+    queue = SQLiteQueue(tmp_path / "q.db", table_name="jobs", clock=lambda: clocks[0]())  # noqa: PLW0108 (read late)
+    ok(queue.enqueue_batch(list(range(5))))
+    held = ok(queue.dequeue(visibility_timeout=60))
+    clocks[0] = wrong
+    for result in (queue.dequeue(), queue.enqueue("x"), queue.complete(held)):
+        assert result.is_err() and result.error.kind is ErrorKind.STORAGE, result
+        assert "the queue's clock says" in str(result.error)
+    clocks[0] = time.time
+    stats = ok(queue.stats())
+    assert (stats.ready, stats.processing, stats.dead) == (4, 1, 0)
+    ok(queue.complete(held))
+    queue.close()

@@ -16,6 +16,7 @@ import importlib
 import logging
 import os
 import queue as stdlib_queue
+import re
 import signal
 import subprocess
 import sys
@@ -1533,6 +1534,28 @@ def test_stop_does_not_wait_for_a_hung_handler_already_timed_out(
 def test_poll_wait_zero_is_refused(rq: Queue) -> None:
     with pytest.raises(ValueError, match="poll_wait must be > 0"):
         Worker(rq, lambda m: None, poll_wait=0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"visibility_timeout": 0}, "visibility_timeout must be > 0"),
+        ({"heartbeat": 0}, "heartbeat must be a number of seconds, at least 0.01"),
+        ({"heartbeat": -1}, "at least 0.01"),
+        ({"heartbeat": 1e-9}, "at least 0.01"),
+        ({"heartbeat": float("nan")}, "at least 0.01"),
+        ({"heartbeat": "5"}, "heartbeat must be a number"),
+        ({"heartbeat": True}, "heartbeat must be a number"),
+        ({"hooks": {"on_success": print}}, "hooks must be a WorkerHooks"),
+        ({"hooks": "x"}, "hooks must be a WorkerHooks"),
+    ],
+)
+def test_worker_settings_it_cannot_use_are_refused(
+    rq: Queue, settings: dict[str, Any], says: str
+) -> None:
+    """Said at construction, not replaced by a default or found out at every message."""
+    with pytest.raises(ValueError, match=re.escape(says)):
+        Worker(rq, lambda m: None, **settings)
 
 
 class _UnreadableError(Exception):

@@ -313,17 +313,17 @@ class AsyncQueue(AsyncCompat):
         try:
             yield message
         except Exception as exc:
-            if ended(message.lease_token) is None:
+            if ended(message.id, message.lease_token) is None:
                 failed = await self.fail_message(message, error=error_text(exc))
                 settle.unsettled(self.name, message, "failed", failed)
             raise
         except BaseException:
             # Cancelled or interrupted, not failed: give it back, attempt not counted.
-            if ended(message.lease_token) is None:
+            if ended(message.id, message.lease_token) is None:
                 released = await asyncio.shield(self.release(message))
                 settle.unsettled(self.name, message, "given back", released)
             raise
-        if ended(message.lease_token) is not None:
+        if ended(message.id, message.lease_token) is not None:
             return
         result = await self.complete(message)
         if isinstance(result, Err) and result.error.kind is not ErrorKind.NOT_FOUND:

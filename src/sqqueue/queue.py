@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from . import catalog
-from .backends.base import Backend, Policy
+from .backends.base import LATEST_TIME, Backend, Policy
 from .backends.sqlite import SQLiteBackend
 from .core.admin import LISTABLE_STATES, PURGEABLE_STATES
 from .core.checks import bounded_int, config, seconds
@@ -61,11 +61,6 @@ def _settings(
     return resolved
 
 
-#: Unix seconds a clock may say: from 1970 to the year 2100 (beyond, a clock that says
-#: so is wrong, and the times computed from it would not fit where they are stored).
-_LATEST_TIME = 4_102_444_800.0
-
-
 def _check_clock(clock: Clock | None, what: str) -> None:
     """ValueError unless ``clock`` is None or a callable that tells a plausible time now
     (a clock returning nonsense would make every message look expired, or never due)."""
@@ -80,11 +75,10 @@ def _check_clock(clock: Clock | None, what: str) -> None:
     if (
         not isinstance(now, (int, float))
         or isinstance(now, bool)
-        or not 0 <= now <= _LATEST_TIME  # (NaN fails this too)
+        or not 0 <= now <= LATEST_TIME  # (NaN fails this too)
     ):
         raise ValueError(
-            f"{what}() must return Unix seconds (a number from 0 to {_LATEST_TIME:.0f}), "
-            f"got {now!r}"
+            f"{what}() must return Unix seconds (a number from 0 to {LATEST_TIME:.0f}), got {now!r}"
         )
 
 

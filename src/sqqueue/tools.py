@@ -26,7 +26,7 @@ from .backends.sqlite import SQLiteBackend
 from .backends.sqlite_files import classify, driver_errors, not_a_database
 from .catalog import list_queues, list_queues_at, read, read_only, registered
 from .exceptions import ErrorKind, QueueError
-from .names import validate_queue_name
+from .names import validate_queue_name, validate_schema_name
 from .queue import connect
 
 __all__ = [
@@ -459,4 +459,4 @@ def grant_sql(schema: str, queues: Sequence[str], roles: dict[str, str]) -> list
     from .backends import postgres_sql
 
     names = [validate_queue_name(q) for q in queues]
-    return postgres_sql.grant_statements(validate_queue_name(schema), names, roles)
+    return postgres_sql.grant_statements(validate_schema_name(schema), names, roles)

@@ -55,6 +55,8 @@ MAX_CONCURRENCY = 10_000
 # At most this many messages claimed in one go: enough to amortise a claim over a batch,
 # few enough that one worker does not hold messages other workers could be serving.
 MAX_PREFETCH = 100
+#: the shortest heartbeat a worker takes
+MIN_HEARTBEAT = 0.01
 # A worker claims ahead (beyond its idle runners) what it expects to start within this
 # many seconds at the pace of its recent handlers: quick handlers get large claims, slow
 # ones none beyond the idle runners, so no message waits long for a runner.
@@ -184,10 +186,28 @@ def _check_times(
             raise ValueError(f"{label} must be at most {most:g} seconds, got {value!r}")
     if poll_wait == 0:  # an idle runner would claim again and again, a core's worth
         raise ValueError("poll_wait must be > 0 seconds (how long an idle runner waits)")
+    if lease == 0:
+        raise ValueError("visibility_timeout must be > 0 seconds (the lease of each message)")
     if task_timeout is not None and not (
         isinstance(task_timeout, (int, float)) and task_timeout > 0
     ):
         raise ValueError(f"task_timeout must be > 0 seconds, got {task_timeout!r}")
+
+
+def _heartbeat(value: object) -> float:
+    """``value`` as a heartbeat, if it is a number of seconds a heartbeat can keep (each
+    round extends leases: one every few milliseconds would spin a core); else ValueError."""
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < MIN_HEARTBEAT
+    ):
+        raise ValueError(
+            f"heartbeat must be a number of seconds, at least {MIN_HEARTBEAT:g} and shorter "
+            f"than the lease (visibility_timeout), got {value!r}"
+        )
+    return float(value)
 
 
 class WorkerCore:
@@ -233,14 +253,21 @@ class WorkerCore:
         prefetch = _check_count(
             "prefetch", MAX_PREFETCH if prefetch is None else prefetch, MAX_PREFETCH
         )
-        lease = visibility_timeout or queue.default_visibility_timeout
+        if hooks is not None and not isinstance(hooks, WorkerHooks):
+            raise ValueError(
+                f"hooks must be a WorkerHooks (hooks=WorkerHooks(on_success=...)), got a "
+                f"{type(hooks).__name__}"
+            )
+        lease = (
+            queue.default_visibility_timeout if visibility_timeout is None else visibility_timeout
+        )
         _check_times(lease, grace_period, poll_wait, task_timeout)
         self.queue = queue
         self.handler = handler
         self.concurrency = concurrency
         self.prefetch = prefetch
         self.lease = float(lease)
-        self.heartbeat = float(heartbeat) if heartbeat else max(self.lease / 3, 0.05)
+        self.heartbeat = max(self.lease / 3, 0.05) if heartbeat is None else _heartbeat(heartbeat)
         if self.heartbeat >= self.lease:
             raise ValueError("heartbeat must be shorter than the lease (visibility_timeout)")
         self.task_timeout = task_timeout

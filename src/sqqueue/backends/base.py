@@ -19,6 +19,10 @@ from typing import Any, NamedTuple
 
 from ..exceptions import QueueError
 
+#: Unix seconds a clock may say: from 1970 to the year 2100 (beyond, a clock that says
+#: so is wrong, and the times computed from it would not fit where they are stored).
+LATEST_TIME = 4_102_444_800.0
+
 __all__ = [
     "Backend",
     "NewMessage",

@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 from .. import bridge
 from ..exceptions import ErrorKind
-from ..names import validate_queue_name
+from ..names import validate_queue_name, validate_schema_name
 from ..serializers import JSON, TEXT
 from ..targets import hide_password, redact  # the URL without its password
 from ..wakeup import signal_for
@@ -137,12 +137,18 @@ class _LoopSlots:
         self._loop_semaphore = asyncio.Semaphore(size)
 
     def take(self, deadline: float) -> bool:
+        return bridge.wait_for(self._take(deadline))
+
+    async def _take(self, deadline: float) -> bool:
+        # Looked at on the loop, in the step that takes it: a slot seen free when the call
+        # started may be gone by the time the loop runs this.
         semaphore = self._loop_semaphore
         if not semaphore.locked():
-            return bridge.wait_for(semaphore.acquire())  # free: at once
+            await semaphore.acquire()  # free: at once
+            return True
         remaining = max(deadline - time.monotonic(), 0.0)
         try:
-            return bridge.wait_for(asyncio.wait_for(semaphore.acquire(), remaining))
+            return await asyncio.wait_for(semaphore.acquire(), remaining)
         except asyncio.TimeoutError:
             return False
 
@@ -361,7 +367,7 @@ def _queue_names(
     conn: psycopg.Connection[Any], url: str, settings: dict[str, str], schema: str | None
 ) -> list[str]:
     if schema is not None:
-        schema = validate_queue_name(schema)
+        schema = validate_schema_name(schema)
         # Without USAGE the schema's tables are out of sight, as if there were none: say
         # so, rather than list nothing.
         usage = conn.execute(sql.SCHEMA_USAGE, (schema,)).fetchone()
@@ -434,7 +440,7 @@ class PostgresBackend(SQLBackend):
         self.name = validate_queue_name(name)
         self.read_only = bool(read_only)
         if schema is not None:
-            validate_queue_name(schema)
+            validate_schema_name(schema)
         self.url = url
         self.path = redact(url)
         self.schema = schema
@@ -623,6 +629,15 @@ class PostgresBackend(SQLBackend):
             self._refuse_writes()
         start = time.monotonic() if started is None else started
         deadline = start + self._lock_timeout
+        if time.monotonic() >= deadline:
+            # Its whole lock_timeout spent in line behind other calls' commits (which
+            # failed): an attempt now would only add its own wait to that.
+            raise StorageError(
+                f"waited {time.monotonic() - start:.1f} s for earlier calls on {self.path!r} "
+                f"to commit, past lock_timeout ({self._lock_timeout:g} s); nothing was done: "
+                "retry later or raise lock_timeout",
+                ErrorKind.LOCKED,
+            )
         attempt = 0
         while True:
             try:

@@ -30,6 +30,7 @@ from ..wakeup import Watcher, signal_for
 from . import sqlite_files as files
 from . import sqlite_sql as sql
 from .base import (
+    LATEST_TIME,
     NewMessage,
     Policy,
     StorageError,
@@ -280,6 +281,11 @@ class SQLiteBackend(SQLBackend):
     def _checkin(self, conn: sqlite3.Connection) -> None:
         """Give a connection back: kept for the next call, or closed if the queue was closed
         meanwhile (or enough are idle already)."""
+        if conn.in_transaction:
+            # Left open by an interrupt (KeyboardInterrupt) between a statement and the
+            # rollback meant for it: pooled so, the next call's writes would never commit
+            # and its Ok would lie, and the write lock would stay held.
+            self._rollback(conn)
         if not self._closed and len(self._idle) < _MAX_IDLE and conn in self._conns:
             self._idle.append(conn)
             if self._closed:  # closed meanwhile: close() may have emptied _idle before
@@ -417,9 +423,10 @@ class SQLiteBackend(SQLBackend):
             if attempt:  # a retry waits for the lock only as long as the call has left
                 self._wait_at_most(conn, deadline - time.monotonic())
             try:
-                if write:
-                    conn.execute(sql.BEGIN_IMMEDIATE)
                 try:
+                    # (BEGIN inside: an interrupt landing as it returns rolls back too.)
+                    if write:
+                        conn.execute(sql.BEGIN_IMMEDIATE)
                     result = fn(conn, *args, **kwargs)
                     if write:
                         conn.execute(sql.COMMIT)
@@ -943,6 +950,13 @@ class SQLiteBackend(SQLBackend):
 
     def _now(self) -> float:
         now = float(self._clock())
+        if not 0 <= now <= LATEST_TIME:  # (NaN too) checked when the queue was built: a
+            # clock that goes wrong later would expire every lease, or never let one end.
+            raise StorageError(
+                f"the queue's clock says {now!r}, not Unix seconds (0 to {LATEST_TIME:.0f}); "
+                "nothing was changed: fix the clock passed as clock=",
+                ErrorKind.STORAGE,
+            )
         latest = self._latest
         if now > latest:
             self._latest = now
@@ -1182,12 +1196,21 @@ class SQLiteBackend(SQLBackend):
             except OSError:
                 sizes[key] = 0
         if not self._memory:
-            if self.read_only:  # a checkpoint writes to the database: read the WAL index
-                frames, behind = files.wal_progress(self.path, sizes["wal_bytes"])
-            else:
-                frames, behind = self._passive_checkpoint(sizes["wal_bytes"])
+            frames, behind = self._wal_progress(sizes["wal_bytes"])
             sizes.update(wal_frames=frames, wal_frames_not_checkpointed=behind)
         return sizes
+
+    def _wal_progress(self, wal_bytes: int) -> tuple[int, int]:
+        """(frames in the WAL, frames not checkpointed): by a passive checkpoint, or, when
+        the database cannot be written (opened read-only, a full disk: a checkpoint
+        writes to it), from the WAL index, so that stats keep working then."""
+        if not self.read_only:
+            try:
+                return self._passive_checkpoint(wal_bytes)
+            except StorageError as exc:
+                if exc.kind not in (ErrorKind.DISK_FULL, ErrorKind.READ_ONLY):
+                    raise
+        return files.wal_progress(self.path, wal_bytes)
 
     def _passive_checkpoint(self, wal_bytes: int) -> tuple[int, int]:
         """Copy what can be copied from the WAL into the database without waiting for

@@ -40,7 +40,7 @@ from rich.table import Table
 from .. import tools
 from ..exceptions import QueueError
 from ..message import Message
-from ..names import validate_queue_name
+from ..names import validate_queue_name, validate_schema_name
 from ..queue import LISTABLE_STATES, PURGEABLE_STATES, Queue, connect, list_queues
 from ..result import Err, Result
 from ..retry import RetryPolicy
@@ -345,7 +345,7 @@ def database(target: str, schema: str | None = None) -> Database:
                 2,
             )
         try:
-            validate_queue_name(schema)
+            validate_schema_name(schema)
         except ValueError as exc:
             raise CliError(f"--schema: {exc}", 2) from None
     return Database(target, kind, location, schema)

@@ -59,7 +59,8 @@ class Leases:
         self.backend = backend
         self.name = name
         self.held: dict[int, int] = {}
-        self.ended: collections.OrderedDict[int, str] = collections.OrderedDict()
+        # By (id, token): the messages of one batch claim share their token.
+        self.ended: collections.OrderedDict[tuple[int, int], str] = collections.OrderedDict()
         self.lock = threading.Lock()
         self.forgot = False  # set once LEASE_MEMORY overflowed: see ref
         self.issuer = random.getrandbits(30) or 1
@@ -145,16 +146,17 @@ class Leases:
             for message_id, token in refs:
                 self.held.pop(message_id, None)
                 if token is not None:
-                    ended[token] = what
+                    ended[message_id, token] = what
             while len(ended) > _ENDED_MEMORY:
                 ended.popitem(last=False)
 
-    def ended_here(self, token: int | None) -> str | None:
-        """What this object did with the lease ``token``, if it ended it itself."""
+    def ended_here(self, message_id: int, token: int | None) -> str | None:
+        """What this object did with message ``message_id``'s lease ``token``, if it ended
+        it itself."""
         if token is None:
             return None
         with self.lock:
-            return self.ended.get(token)
+            return self.ended.get((message_id, token))
 
     def outcome_error(
         self,
@@ -167,7 +169,7 @@ class Leases:
         """Explain why a call on one message did nothing. ``by_id`` is the call that does
         it by id, for a message back in the queue (see :meth:`ended_error`)."""
         q = self.name
-        done = self.ended_here(token)
+        done = self.ended_here(message_id, token)
         if done is not None:
             return self.ended_error(outcome, message_id, action, done, by_id)
         if outcome is Outcome.NOT_FOUND:

@@ -324,16 +324,16 @@ class Queue(Compat):
         try:
             yield message
         except Exception as exc:
-            if ended_here(message.lease_token) is None:
+            if ended_here(message.id, message.lease_token) is None:
                 failed = self.fail_message(message, error=error_text(exc))
                 settle.unsettled(self.name, message, "failed", failed)
             raise
         except BaseException:
             # Interrupted (Ctrl-C, exit), not failed: give it back, attempt not counted.
-            if ended_here(message.lease_token) is None:
+            if ended_here(message.id, message.lease_token) is None:
                 settle.unsettled(self.name, message, "given back", self.release(message))
             raise
-        if ended_here(message.lease_token) is not None:
+        if ended_here(message.id, message.lease_token) is not None:
             return  # the block completed, failed or gave back the message itself
         result = self.complete(message)
         if isinstance(result, Err) and result.error.kind is not ErrorKind.NOT_FOUND:

@@ -85,7 +85,18 @@ def _batch_refs(parts: Parts, messages: Sequence[object], action: str) -> list[R
     leases = parts.leases
     # A Message is the usual reference: read without the lease memory's lock.
     name = parts.name
-    return [message_ref(m, name) if type(m) is Message else leases.ref(m) for m in messages]
+    refs = [message_ref(m, name) if type(m) is Message else leases.ref(m) for m in messages]
+    seen: set[int] = set()
+    for message_id, _ in refs:
+        if message_id in seen:
+            raise QueueError(
+                f"{action} was given message {message_id} more than once; pass each message "
+                "once (nothing was changed)",
+                ErrorKind.INVALID_INPUT,
+                message_id,
+            )
+        seen.add(message_id)
+    return refs
 
 
 def _all_done(parts: Parts, refs: list[Ref], outcomes: list[Outcome], verb: str) -> None:
