@@ -41,6 +41,7 @@ from sqqueue import (
     Message,
     Ok,
     Queue,
+    QueueError,
     RetryPolicy,
     SQLiteQueue,
     WorkerHooks,
@@ -76,6 +77,22 @@ def raq(make_queue: MakeQueue) -> AsyncQueue:
 
 
 # -- the same API ---------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_async_dequeues_fail_as_the_sync_ones_do(
+    aq: AsyncQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Same Err, same cause underneath, same log record as the sync call's."""
+    aq.sync.close()
+    with caplog.at_level(logging.DEBUG, logger="sqqueue"):
+        for call, action in ((aq.dequeue(), "dequeue"), (aq.dequeue_batch(5), "dequeue_batch")):
+            caplog.clear()
+            result = await call
+            assert isinstance(result, Err) and result.error.kind is ErrorKind.CLOSED
+            assert isinstance(result.error.__cause__, QueueError)
+            assert str(result.error) == str(aq.sync.dequeue().error).replace("dequeue", action, 1)
+            assert any(f"{action} failed" in r.getMessage() for r in caplog.records)
 
 
 def _public_methods(cls: type) -> set[str]:

@@ -27,12 +27,15 @@ SECRET = "my SECRET pw"
         f"postgresql://app@127.0.0.1:9/app?password={SECRET}",
         "postgresql://app:pw@127.0.0.1:9/app?bogus=1",
         "postgresql://app:pw@127.0.0.1:9/app?connect_timeout=abc",
+        f"postgresql://app:{SECRET}@ss@127.0.0.1:9/app",  # an '@' not written as %40
+        "postgresql://app:my@pw@127.0.0.1:9/app",
     ],
 )
 def test_a_url_libpq_refuses_is_a_value_error_without_its_password(url: str) -> None:
     with pytest.raises(ValueError, match="invalid PostgreSQL URL") as raised:
         sqqueue.connect(url, "jobs")
-    assert SECRET not in str(raised.value)
+    assert SECRET not in str(raised.value) and "my@pw" not in str(raised.value)
+    assert "ss@" not in str(raised.value)
     listed = sqqueue.list_queues(url)
     assert listed.is_err()
     assert SECRET not in str(listed.error)

@@ -194,11 +194,8 @@ class AsyncQueue(AsyncCompat):
     ) -> Result[T, Any]:
         try:
             return Ok(await coro)
-        except QueueError as exc:
-            return Err(error_cls(f"{action} failed: {exc}", exc.kind, exc.message_id))
-        except Exception as exc:
-            logger.exception("queue %r: %s failed unexpectedly", self.name, action)
-            return Err(error_cls(f"{action} failed unexpectedly: {exc!r}", ErrorKind.STORAGE))
+        except Exception as exc:  # logged and turned into an Err as the sync calls' are
+            return self.sync.parts.failed(error_cls, action, exc)
 
     # -- context management --------------------------------------------------------------
 

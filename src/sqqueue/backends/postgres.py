@@ -313,6 +313,14 @@ def url_settings(url: str) -> dict[str, Any]:
     along as ``__context__``, for error trackers (and ``from None`` only hides it from
     tracebacks).
     """
+    authority = url.partition("://")[2].partition("/")[0]
+    if authority.count("@") > 1:
+        # libpq would end the user part at the first '@' and take the rest of the
+        # password for the host, which its errors then quote.
+        raise ValueError(
+            f"invalid PostgreSQL URL {redact(url)!r}: its user or password holds an '@'; "
+            "write it as %40"
+        )
     try:
         info = conninfo_to_dict(url)
         timeout = info.get("connect_timeout")
