@@ -4,8 +4,10 @@ mounting under a prefix; and the ``sqqueue dashboard`` command."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -23,7 +25,8 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.testclient import TestClient
 
-from conftest import QueueTarget
+from conftest import LOCAL_FIXTURES, QueueTarget
+from helpers import file_state, without_dac_override
 from sqqueue import PostgresQueue, Queue, connect
 from sqqueue.dashboard import create_app
 from sqqueue.dashboard.auth import Auth
@@ -856,6 +859,287 @@ def test_a_replaced_database_file_is_opened_again(
         assert "from-the-old-file" not in pages[-1].text
         listed = client.get("/api/queues/jobs/messages").json()["messages"]
         assert [m["payload"] for m in listed] == ["from-the-new-file"]
+
+
+def test_api_bodies_missing_a_key_or_with_an_unknown_one_are_refused(tmp_path: Path) -> None:
+    """A purge says which dead letters it deletes: a body without "older_than" (empty,
+    or with the key misspelt) is refused with 400, never read as "every dead letter";
+    redrive and delete refuse a key they do not take as well. Nothing is touched."""
+    target = QueueTarget("sqlite", f"sqlite:///{tmp_path / 'jobs.db'}")
+    queue = target.open("jobs")
+    try:
+        ids = dead_letters(queue, ["a", "b"])
+    finally:
+        queue.close()
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    as_json = {**good, "content-type": "application/json"}
+    with dashboard(target) as client:
+        for body in (b"", b"{}", b'{"olderThan": 86400}', b'{"older_than_seconds": 86400}',
+                     b'{"older_than ": 86400}', b'{"ids": "1"}'):  # fmt: skip
+            answer = client.post("/api/queues/jobs/dead/purge", content=body, headers=as_json)
+            assert answer.status_code == 400, body
+            message = answer.json()["error"]
+            if body in (b"", b"{}"):
+                assert message.startswith('"older_than" is required'), message
+                assert "or null to purge every dead letter" in message
+            else:
+                assert message.startswith("unknown key"), message
+                assert 'this endpoint takes "older_than"' in message
+        both = client.post(
+            "/api/queues/jobs/dead/purge", json={"older_than": 0, "ids": ids}, headers=good
+        )
+        assert both.status_code == 400
+        assert both.json()["error"].startswith('unknown key "ids"')
+        refused = [
+            ("redrive", {"ids": ids, "rat": 5}, 'unknown key "rat"'),
+            ("redrive", {"all": True, "ids": ids}, "not both"),
+            ("redrive", {"all": "yes"}, '"all" must be true or false'),
+            ("redrive", {}, 'give "ids"'),
+            ("delete", {"ids": ids, "all": True}, 'unknown key "all"'),
+            ("delete", {"id": ids}, 'unknown key "id"'),
+        ]
+        for action, body, expected in refused:
+            answer = client.post(f"/api/queues/jobs/dead/{action}", json=body, headers=good)
+            assert answer.status_code == 400, (action, body)
+            assert expected in answer.json()["error"], (action, body, answer.text)
+        listed = client.get("/api/queues/jobs/messages?state=dead", headers=good).json()
+        assert [m["id"] for m in listed["messages"]] == ids
+        purged = client.post("/api/queues/jobs/dead/purge", json={"older_than": None}, headers=good)
+        assert purged.json() == {"purged": 2}
+
+
+def test_api_message_pages_end_with_next_after_null(tmp_path: Path) -> None:
+    """``next_after`` is null on the last page, a page exactly full included: a client
+    walking the pages never asks for an empty one."""
+    target = QueueTarget("sqlite", f"sqlite:///{tmp_path / 'jobs.db'}")
+    queue = target.open("jobs")
+    try:
+        ids = queue.enqueue_batch(["a", "b", "c", "d"]).unwrap()
+    finally:
+        queue.close()
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    with dashboard(target) as client:
+        for limit in (1, 2, 3, 4, 5):
+            pages: list[list[int]] = []
+            after: int | None = 0
+            while after is not None:
+                page = client.get(
+                    f"/api/queues/jobs/messages?after={after}&limit={limit}", headers=good
+                ).json()
+                pages.append([m["id"] for m in page["messages"]])
+                after = page["next_after"]
+                if after is not None:
+                    assert after == pages[-1][-1]
+            assert [i for p in pages for i in p] == ids, limit
+            assert all(pages), (limit, pages)  # no empty page, the last one included
+            assert len(pages) == -(-len(ids) // limit), limit
+
+
+def _journal_mode(path: Path) -> str:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _look_everywhere(client: TestClient, queue: str, dead: int) -> None:
+    """Every page and GET endpoint of ``queue`` (its dead letter ``dead`` too): each
+    answered, none a server error."""
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    paths = ["/", f"/queues/{queue}", f"/queues/{queue}?state=dead",
+             f"/queues/{queue}?state=all", f"/queues/{queue}/messages/{dead}"]  # fmt: skip
+    for path in paths:
+        assert client.get(path).status_code == 200, path
+    api = ["/api/overview", "/api/queues", f"/api/queues/{queue}",
+           f"/api/queues/{queue}/messages?state=dead",
+           f"/api/queues/{queue}/messages/{dead}"]  # fmt: skip
+    for path in api:
+        assert client.get(path, headers=good).status_code == 200, path
+
+
+def test_read_only_dashboard_changes_nothing_in_the_file(tmp_path: Path) -> None:
+    """With read_only, queues are opened read-only: looking at every page and endpoint
+    leaves the file, its journal mode (DELETE here: not switched to WAL) and its
+    directory as they were, and works for a user who may only read the file and its
+    directory (to whom a dashboard that opens queues for use suggests read-only).
+
+    As root, permissions only apply without CAP_DAC_OVERRIDE: the dashboard (its
+    threads are started from that one) runs in a thread without it."""
+    directory = tmp_path / "locked"
+    directory.mkdir()
+    db = directory / "jobs.db"
+    target = QueueTarget("sqlite", f"sqlite:///{db}")
+    queue = target.open("jobs")
+    try:
+        queue.enqueue_batch(["a", "b"]).unwrap()
+        dead = dead_letters(queue, ["dies"])[0]
+    finally:
+        queue.close()
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode = DELETE")
+    conn.close()
+    before = file_state(db)
+    with dashboard(target, read_only=True) as client:
+        login(client)
+        _look_everywhere(client, "jobs", dead)
+        overview = client.get("/api/overview").json()
+    assert overview["health"]["ok"] is True, overview["health"]
+    assert overview["queues"][0]["counts"]["ready"] == 2
+    assert file_state(db) == before
+    assert _journal_mode(db) == "delete"
+
+    def as_a_reader() -> tuple[dict[str, Any], dict[str, Any]]:
+        with dashboard(target, read_only=True) as client:
+            login(client)
+            _look_everywhere(client, "jobs", dead)
+            data: dict[str, Any] = client.get("/api/overview").json()
+        with dashboard(target) as client:  # opening for use needs to write: it says so
+            login(client)
+            writing: dict[str, Any] = client.get("/api/overview").json()
+        return data, writing
+
+    db.chmod(0o444)
+    directory.chmod(0o555)
+    try:
+        outcome = without_dac_override(as_a_reader)
+    finally:
+        directory.chmod(0o755)
+        db.chmod(0o600)
+    assert not isinstance(outcome, BaseException), outcome
+    data, writing = outcome
+    assert data["health"]["ok"] is True, data["health"]
+    assert data["queues"][0]["error"] is None
+    assert data["queues"][0]["counts"]["dead"] == 1
+    assert writing["health"]["ok"] is False
+    assert "serve the dashboard read-only" in writing["queues"][0]["error"]
+    assert file_state(db) == {**before, "jobs.db": (*before["jobs.db"][:2], 0o100600)}
+
+
+def test_a_queue_in_an_older_layout(tmp_path: Path) -> None:
+    """Read-only, a queue of an older sqqueue's layout is not upgraded (the file keeps
+    its bytes): the overview, its page and the API say to run sqqueue migrate, and the
+    health is failing. Without read_only, the dashboard opens it for use, as an
+    application does, which brings its layout up to date."""
+    db = tmp_path / "old.db"
+    db.write_bytes((LOCAL_FIXTURES / "sqqueue-schema-2.db").read_bytes())
+    db.chmod(0o600)
+    target = QueueTarget("sqlite", f"sqlite:///{db}")
+    before = file_state(db)
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    migrate = f"sqqueue migrate {db}"
+    with dashboard(target, read_only=True) as client:
+        login(client)
+        overview = client.get("/api/overview").json()
+        rows = {row["name"]: row for row in overview["queues"]}
+        assert migrate in rows["jobs"]["error"]
+        assert overview["health"]["ok"] is False
+        assert migrate in client.get("/").text
+        page = client.get("/queues/jobs?state=dead")
+        assert page.status_code == 200
+        assert migrate in page.text
+        row = client.get("/api/queues/jobs", headers=good)
+        assert row.status_code == 200
+        assert migrate in row.json()["error"]
+        for path in ("/api/queues/jobs/messages", "/api/queues/jobs/messages/7"):
+            answer = client.get(path, headers=good)
+            assert answer.status_code == 503, path
+            assert migrate in answer.json()["error"]
+        message = client.get("/queues/jobs/messages/7")
+        assert message.status_code == 503
+        assert migrate in message.text
+    assert file_state(db) == before
+    with dashboard(target) as client:
+        login(client)
+        listed = client.get("/api/queues/jobs/messages?state=dead", headers=good)
+        assert listed.status_code == 200
+        assert [m["id"] for m in listed.json()["messages"]] == [7]
+        assert client.get("/api/overview").json()["health"]["ok"] is True
+
+
+def test_a_file_of_sqqueue_0_1_0_queues_says_to_migrate_them(legacy_db: Path) -> None:
+    """A file holding only sqqueue 0.1.0 queues (which listing does not show until they
+    are migrated) is not shown as empty and healthy: the overview names them and says
+    to run sqqueue migrate, in the page and the API; the dashboard leaves them as they
+    are."""
+    target = QueueTarget("sqlite", f"sqlite:///{legacy_db}")
+    before = file_state(legacy_db)
+    migrate = f"sqqueue migrate {legacy_db}"
+    for read_only in (False, True):
+        with dashboard(target, read_only=read_only) as client:
+            login(client)
+            page = client.get("/").text
+            assert "No queues in this database yet" not in page
+            assert "0.1.0" in page and "(emails, orders)" in page and migrate in page
+            data = client.get("/api/overview").json()
+            listed = client.get("/api/queues").json()
+        assert data["queues"] == []
+        assert data["legacy_queues"] == listed["legacy_queues"] == ["emails", "orders"]
+        assert migrate in data["legacy_error"]
+        assert data["health"]["ok"] is False
+        assert migrate in data["health"]["error"]
+        assert file_state(legacy_db) == before
+
+
+def test_a_deleted_database_is_reported_not_a_server_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the SQLite file is deleted while the dashboard runs, every page and endpoint
+    says so: the API as {"error": ...} with 503, pages as an error page with 503; the
+    health reads as failing; and the dashboard logs no unexpected error."""
+    import sqqueue.backends.sqlite
+
+    monkeypatch.setattr(sqqueue.backends.sqlite, "_FILE_CHECK_INTERVAL", 0.0)
+    path = tmp_path / "jobs.db"
+    target = QueueTarget("sqlite", f"sqlite:///{path}")
+    queue = target.open("jobs")
+    try:
+        dead = dead_letters(queue, ["a"])[0]
+    finally:
+        queue.close()
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    with dashboard(target) as client:
+        login(client)
+        csrf = csrf_of(client.get("/queues/jobs?state=dead").text)
+        assert client.get("/api/queues/jobs", headers=good).status_code == 200
+        for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            name.unlink(missing_ok=True)
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            # (The queue object still open learns that its file is gone and is dropped.)
+            health = client.get("/api/overview").json()["health"]
+            assert health["ok"] is False
+            assert health["error"]
+            health = client.get("/api/overview").json()["health"]
+            assert health["ok"] is False
+            assert "no database file" in health["error"]
+            gets = ["/api/queues/jobs", "/api/queues/jobs/messages",
+                    f"/api/queues/jobs/messages/{dead}"]  # fmt: skip
+            answers = [client.get(p, headers=good) for p in gets]
+            posts = {"purge": {"older_than": None}, "delete": {"ids": [dead]},
+                     "redrive": {"ids": [dead]}}  # fmt: skip
+            answers += [
+                client.post(f"/api/queues/jobs/dead/{action}", json=body, headers=good)
+                for action, body in posts.items()
+            ]
+            for answer in answers:
+                assert answer.status_code == 503, (answer.url, answer.text)
+                assert "no database file" in answer.json()["error"], answer.url
+            pages = [client.get(p) for p in ("/queues/jobs", f"/queues/jobs/messages/{dead}",
+                                             "/queues/jobs/confirm?action=purge")]  # fmt: skip
+            fields = {"older_than": "0", "id": str(dead), "csrf": csrf}
+            pages += [client.post(f"/queues/jobs/dead/{a}", data=fields) for a in posts]
+            for answer in pages:
+                assert answer.status_code == 503, (answer.url, answer.text)
+                assert "text/html" in answer.headers["content-type"]
+                assert "no database file" in answer.text, answer.url
+            page = client.get("/")
+            assert page.status_code == 200
+            assert 'class="health bad"' in page.text
+    # (The library's own record of a call that failed, returned as an Err, is its own.)
+    unexpected = [r for r in caplog.records if not getattr(r, "returned_as_err", False)]
+    assert not [r for r in unexpected if r.levelno >= logging.ERROR or r.exc_info]
+    assert not path.exists()
 
 
 def test_long_payloads_are_clipped_before_their_whitespace_is_normalised() -> None:

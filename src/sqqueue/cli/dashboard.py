@@ -11,7 +11,11 @@ from . import base
 @click.argument("target", metavar="TARGET")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8844, show_default=True)
-@click.option("--read-only", is_flag=True, help="Hide and refuse every action.")
+@click.option(
+    "--read-only",
+    is_flag=True,
+    help="Hide and refuse every action, and open the queues read-only: change nothing.",
+)
 @click.option("--token-file", metavar="PATH", help="Read the login token from PATH.")
 @click.option("--schema", metavar="NAME", help="PostgreSQL schema of the queues.")
 @click.option(

@@ -2,12 +2,15 @@
 
 Clients authenticate with ``Authorization: Bearer <token>``; the pages' own script uses
 the session cookie (and, to change data, the ``X-CSRF-Token`` header). States are named
-as the pages name them: ready, delayed, waiting, processing, dead, done, all.
+as the pages name them: ready, delayed, waiting, processing, dead, done, all. A body
+with a key an endpoint does not take is refused, not ignored: a misspelt ``older_than``
+must not purge every dead letter.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,11 +19,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..exceptions import ErrorKind
+from ..exceptions import QueueError
 from ..result import Err
 from . import present, states
 from .source import RedriveJob, takes_long, value_of
-from .web import Context, Dashboard, FormError
+from .web import UNAVAILABLE, Context, Dashboard, FormError, action_status
 
 __all__ = ["routes"]
 
@@ -30,6 +33,8 @@ MAX_LIMIT = 1000
 
 #: what a dead-letter endpoint does, given the checked JSON body, the queue's name and queue
 DeadLetterAction = Callable[[dict[str, Any], str, Any], Awaitable[Response]]
+#: an endpoint
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, declared together
@@ -37,6 +42,35 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
 
     def error(message: str, status: int, **headers: str) -> Response:
         return d.json({"error": message}, status=status, headers=headers or None)
+
+    def answering(endpoint: Endpoint) -> Endpoint:
+        """``endpoint``, with a failure of the database it meets (its file deleted, say:
+        ``QueueError`` from finding the queue) answered as ``{"error": ...}``, 503: an
+        expected condition, logged as one line, not an unhandled error."""
+
+        async def handler(request: Request) -> Response:
+            try:
+                return await endpoint(request)
+            except QueueError as exc:
+                logger.info("dashboard: %s %s failed: %s", request.method, request.url.path, exc)
+                return error(str(exc), UNAVAILABLE)
+
+        return handler
+
+    def failed(exc: Exception) -> Response:
+        """The answer to a read that raised: 503 for the database's failure, else 500."""
+        return error(str(exc), UNAVAILABLE if isinstance(exc, QueueError) else 500)
+
+    def unknown_keys(body: dict[str, Any], *taken: str) -> Response | None:
+        """The refusal of a body with keys the endpoint does not take (a misspelt key is
+        a mistake to report, never a default to apply), else None."""
+        unknown = [key for key in body if key not in taken]
+        if not unknown:
+            return None
+        names = ", ".join(json.dumps(key, ensure_ascii=False) for key in unknown)
+        takes = ", ".join(json.dumps(key) for key in taken)
+        plural = "s" if len(unknown) > 1 else ""
+        return error(f"unknown key{plural} {names}: this endpoint takes {takes}", 400)
 
     def unauthorized() -> Response:
         return error(
@@ -79,7 +113,8 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
             return unauthorized()
         data = await d.call(d.source.overview)
         return d.json({"queues": [with_chart(row) for row in data["queues"]],
-                       "error": data["error"]})  # fmt: skip
+                       "error": data["error"], "legacy_queues": data["legacy_queues"],
+                       "legacy_error": data["legacy_error"]})  # fmt: skip
 
     async def queue(request: Request) -> Response:
         ctx = d.context(request)
@@ -88,8 +123,10 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
         name = request.path_params["name"]
 
         def read() -> dict[str, Any] | None:
-            if d.source.queue(name) is None:
+            if not d.source.has(name):
                 return None
+            # A queue that cannot be opened (an older layout, read-only) has its error in
+            # the row, as in the overview.
             row = with_chart(d.source.queue_summary(name, d.source.clock()))
             job = d.source.redrive_job(name)
             row["redrive"] = None if job is None else job.to_dict()
@@ -125,20 +162,23 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
             queue_ = d.source.queue(name)
             if queue_ is None:
                 return None
-            listed = d.source.checked(name, queue_, queue_.list_messages(library, limit, after))
+            # One row more than asked: whether there is a next page (a last page exactly
+            # full has none, and says so).
+            listed = d.source.checked(name, queue_, queue_.list_messages(library, limit + 1, after))
             return [present.message_view(r) for r in value_of(listed)]
 
         try:
             rows = await d.call(read)
         except Exception as exc:
-            return error(str(exc), 500)
+            return failed(exc)
         if rows is None:
             return error(f"no queue {name!r}", 404)
+        page = rows[:limit]
         return d.json({
             "queue": name,
             "state": label,
-            "messages": rows,
-            "next_after": rows[-1]["id"] if len(rows) == limit else None,
+            "messages": page,
+            "next_after": page[-1]["id"] if len(rows) > limit else None,
         })  # fmt: skip
 
     async def message(request: Request) -> Response:
@@ -151,7 +191,7 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
         try:
             exists, entry = await d.call(d.source.message, name, message_id)
         except Exception as exc:
-            return error(str(exc), 500)
+            return failed(exc)
         if not exists:
             return error(f"no queue {name!r}", 404)
         if entry is None:
@@ -191,13 +231,6 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
 
         return handler
 
-    def status_of(failed: Err[Any, Any]) -> int:
-        """The HTTP status of a failed action: the caller's mistake or the server's."""
-        kind = getattr(failed.error, "kind", None)
-        if kind is ErrorKind.NOT_FOUND:
-            return 404
-        return 400 if kind is ErrorKind.INVALID_INPUT else 500
-
     def busy(job: RedriveJob) -> Response:
         return d.json({
             "error": f"a background redrive of queue {job.queue!r} is running ({job.done} of "
@@ -207,13 +240,21 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
 
     @on_dead_letters
     async def redrive(body: dict[str, Any], name: str, queue_: Any) -> Response:
+        refusal = unknown_keys(body, "ids", "all", "rate")
+        if refusal is not None:
+            return refusal
+        every = body.get("all", False)
+        if not isinstance(every, bool):
+            return error('"all" must be true or false', 400)
+        if every and "ids" in body:
+            return error('give "ids": [id, ...] or "all": true, not both', 400)
         rate = body.get("rate", d.redrive_rate)
         if rate is not None:
             try:
                 rate = present.rate(rate)
             except ValueError as exc:
                 return error(f"{exc}; or null for no limit", 400)
-        if body.get("all") is True:
+        if every:
             job, started = await d.call(d.source.start_redrive, name, rate)
             if not started and job.selected is not None:
                 return busy(job)
@@ -227,24 +268,37 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
             return d.json({"redrive": job.to_dict()}, status=202) if started else busy(job)
         result = await d.call(d.source.run, name, queue_, queue_.redrive, ids, None, rate)
         if isinstance(result, Err):
-            return error(str(result.error), status_of(result))
+            return error(str(result.error), action_status(result.error))
         logger.info("dashboard: redrove %d dead letter(s) of %r", result.value, name)
         return d.json({"redriven": result.value})
 
     @on_dead_letters
     async def delete(body: dict[str, Any], name: str, queue_: Any) -> Response:
+        refusal = unknown_keys(body, "ids")
+        if refusal is not None:
+            return refusal
         ids = ids_of(body)
         if ids is None:
             return error('give "ids": [id, ...]', 400)
         result = await d.call(d.source.run, name, queue_, queue_.delete_dead_letters, ids)
         if isinstance(result, Err):
-            return error(str(result.error), status_of(result))
+            return error(str(result.error), action_status(result.error))
         logger.info("dashboard: deleted %d dead letter(s) of %r", result.value, name)
         return d.json({"deleted": result.value})
 
     @on_dead_letters
     async def purge(body: dict[str, Any], name: str, queue_: Any) -> Response:
-        older_than = body.get("older_than")
+        refusal = unknown_keys(body, "older_than")
+        if refusal is not None:
+            return refusal
+        if "older_than" not in body:
+            # Required, null included: purging every dead letter is said, never a default.
+            return error(
+                '"older_than" is required: seconds since the dead letters died (0 to '
+                f"{present.MAX_OLDER_THAN:.0f}, 100 years), or null to purge every dead letter",
+                400,
+            )
+        older_than = body["older_than"]
         if older_than is not None:
             try:
                 older_than = present.older_than(older_than)
@@ -256,17 +310,17 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
                 )
         result = await d.call(d.source.run, name, queue_, queue_.purge, "dead", older_than)
         if isinstance(result, Err):
-            return error(str(result.error), status_of(result))
+            return error(str(result.error), action_status(result.error))
         logger.info("dashboard: purged %d dead letter(s) of %r", result.value, name)
         return d.json({"purged": result.value})
 
     return [
-        Route("/overview", overview, methods=["GET"]),
-        Route("/queues", queue_list, methods=["GET"]),
-        Route("/queues/{name}", queue, methods=["GET"]),
-        Route("/queues/{name}/messages", messages, methods=["GET"]),
-        Route("/queues/{name}/messages/{message_id:int}", message, methods=["GET"]),
-        Route("/queues/{name}/dead/redrive", redrive, methods=["POST"]),
-        Route("/queues/{name}/dead/delete", delete, methods=["POST"]),
-        Route("/queues/{name}/dead/purge", purge, methods=["POST"]),
+        Route("/overview", answering(overview), methods=["GET"]),
+        Route("/queues", answering(queue_list), methods=["GET"]),
+        Route("/queues/{name}", answering(queue), methods=["GET"]),
+        Route("/queues/{name}/messages", answering(messages), methods=["GET"]),
+        Route("/queues/{name}/messages/{message_id:int}", answering(message), methods=["GET"]),
+        Route("/queues/{name}/dead/redrive", answering(redrive), methods=["POST"]),
+        Route("/queues/{name}/dead/delete", answering(delete), methods=["POST"]),
+        Route("/queues/{name}/dead/purge", answering(purge), methods=["POST"]),
     ]

@@ -122,9 +122,12 @@ def create_app(
 
     ``token`` (default: ``$SQQUEUE_DASHBOARD_TOKEN``) is what operators log in with, and
     what JSON clients send as ``Authorization: Bearer <token>``; at least 16 characters.
-    ``read_only`` hides and refuses every action. ``redrive_rate`` caps redrives (messages
-    per second; None: no cap). Pages refresh every ``refresh`` seconds (with JavaScript);
-    the charts come from totals sampled every ``sample_every`` seconds by this process.
+    ``read_only`` hides and refuses every action, and opens the queues read-only: nothing
+    in the database changes (without it, opening a queue of an older sqqueue brings its
+    layout up to date, as an application opening it does). ``redrive_rate`` caps
+    redrives (messages per second; None: no cap). Pages refresh every ``refresh``
+    seconds (with JavaScript); the charts come from totals sampled every
+    ``sample_every`` seconds by this process.
     ``allowed_hosts``: the ``Host`` header values to answer (``"127.0.0.1:8844"``), others
     get 400 (against DNS rebinding); None (mounted in your app): your app checks them.
     """
@@ -140,7 +143,9 @@ def create_app(
     if not refresh > 0 or not sample_every > 0:
         raise ValueError("refresh and sample_every must be above 0 seconds")
     auth = Auth(token)
-    source = Source(os.fspath(target), schema=schema, sample_every=sample_every)
+    source = Source(
+        os.fspath(target), schema=schema, read_only=read_only, sample_every=sample_every
+    )
     dashboard = Dashboard(
         source, auth, read_only=read_only, redrive_rate=redrive_rate, refresh=refresh
     )

@@ -4,8 +4,10 @@ public API of sqqueue, plus what the app itself samples over time.
 Everything here is synchronous (sqlite3 and psycopg calls); the web layer runs it in
 worker threads. Queue objects are opened once per name, by :meth:`Source.open_queue`
 alone, and only for names that :func:`sqqueue.list_queues` reports, so looking never
-creates a queue. One whose calls say it is of no use any more (its file was replaced by
-a restore, say) is dropped, and opened afresh by the next request.
+creates a queue; a read-only source opens them with ``read_only=True``, so that it
+changes nothing at all in the database. One whose calls say it is of no use any more
+(its file was replaced by a restore, say) is dropped, and opened afresh by the next
+request.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .. import list_queues
+from .. import list_queues, tools
 from ..exceptions import ErrorKind, QueueError
 from ..queue import Queue, SQLiteQueue, connect
 from ..result import Err, Result
@@ -201,13 +203,15 @@ class RedriveJob:
 
 
 class Source:
-    """The queues of one database (an SQLite file or a PostgreSQL URL, in ``schema``)."""
+    """The queues of one database (an SQLite file or a PostgreSQL URL, in ``schema``);
+    ``read_only``: opened to look only, changing nothing in the database."""
 
     def __init__(
         self,
         target: str,
         *,
         schema: str | None = None,
+        read_only: bool = False,
         sample_every: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -223,11 +227,15 @@ class Source:
         self.target = target
         self.schema = schema
         self.backend = "postgresql" if is_postgres(target) else "sqlite"
+        #: the SQLite file's path (what ``sqqueue migrate`` takes); None on PostgreSQL
+        self.path = None if self.backend == "postgresql" else found.location
+        self.read_only = read_only
         self.sample_every = sample_every
         self.clock = clock
         self.sampler = Sampler()
         self._queues: dict[str, Queue] = {}
         self._names: tuple[float, list[str]] | None = None
+        self._legacy: tuple[float, list[str]] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -243,11 +251,31 @@ class Source:
     # -- queues --------------------------------------------------------------------------
 
     def open_queue(self, name: str) -> Queue:
-        """Open queue ``name`` of the target: the one place the dashboard opens queues."""
+        """Open queue ``name`` of the target: the one place the dashboard opens queues.
+
+        Read-only, nothing is created, upgraded or written (not even the journal mode, or
+        the -wal and -shm files), and a file the process may only read is read all the
+        same; a queue in an older layout is refused then (``QueueError`` saying to run
+        ``sqqueue migrate``), as bringing it up to date writes. Otherwise the queue is
+        opened for use, as an application opens it (an older layout is upgraded)."""
         if self.backend == "postgresql":
-            return connect(self.target, name, schema=self.schema, pool_size=2)
-        # Opening must never rewrite the file, whatever the environment asks of writers.
-        return connect(self.target, name, vacuum_on_start=False)
+            return connect(
+                self.target, name, schema=self.schema, pool_size=2, read_only=self.read_only
+            )
+        if self.read_only:
+            return connect(self.target, name, read_only=True)
+        try:
+            # Opening must never rewrite the file, whatever the environment asks of writers.
+            return connect(self.target, name, vacuum_on_start=False)
+        except QueueError as exc:
+            if exc.kind is not ErrorKind.READ_ONLY:
+                raise
+            # A file this user may only read: a dashboard that only looks reads it.
+            raise QueueError(
+                f"{exc}; or, to look only, serve the dashboard read-only (sqqueue dashboard "
+                "--read-only, create_app(..., read_only=True))",
+                exc.kind,
+            ) from exc
 
     def names(self, fresh: bool = False) -> list[str]:
         """The queues in the database, sorted (read again every few seconds).
@@ -263,6 +291,35 @@ class Source:
             self._names = (now, found)
         return found
 
+    def legacy_names(self) -> list[str]:
+        """The queues of the SQLite file still in sqqueue 0.1.0's layout, which listing
+        does not show until they are migrated (read again every few seconds; always
+        empty on PostgreSQL, which 0.1.0 did not support).
+
+        Raises ``QueueError`` when the file cannot be read."""
+        if self.path is None:
+            return []
+        now = time.monotonic()
+        with self._lock:
+            cached = self._legacy
+        if cached is not None and now - cached[0] < _NAMES_TTL:
+            return cached[1]
+        found = tools.legacy_queues(self.path)
+        with self._lock:
+            self._legacy = (now, found)
+        return found
+
+    def has(self, name: str) -> bool:
+        """Whether the database has a queue ``name`` (opening nothing).
+
+        Raises ``QueueError`` when the database cannot be read."""
+        if not NAME.fullmatch(name):
+            return False
+        with self._lock:
+            if name in self._queues:
+                return True
+        return name in self.names() or name in self.names(fresh=True)
+
     def queue(self, name: str) -> Queue | None:
         """The open queue ``name``, or None when the database has no such queue."""
         if not NAME.fullmatch(name):
@@ -271,7 +328,7 @@ class Source:
             opened = self._queues.get(name)
         if opened is not None:
             return opened
-        if name not in self.names() and name not in self.names(fresh=True):
+        if not self.has(name):
             return None
         created = self.open_queue(name)
         with self._lock:
@@ -341,22 +398,42 @@ class Source:
 
     def overview(self) -> dict[str, Any]:
         """Every queue's counts by state, oldest age, leases expiring soon, totals, and the
-        database's health, as the overview and ``/api/overview`` show them."""
+        database's health, as the overview and ``/api/overview`` show them; and the
+        queues of the file still in sqqueue 0.1.0's layout, with what to do about them
+        (else a file holding only those would look empty and healthy)."""
         now = self.clock()
         rows: list[dict[str, Any]] = []
         error = None
+        legacy: list[str] = []
         try:
             names = self.names()
         except Exception as exc:  # the database cannot be read: say so, show nothing
             names, error = [], str(exc)
+        else:
+            try:
+                legacy = self.legacy_names()
+            except QueueError as exc:  # (read just now: a passing lock, say) the rest shows
+                logger.debug("dashboard: cannot look for sqqueue 0.1.0 queues: %s", exc)
         for name in names:
             rows.append(self.queue_summary(name, now))
+        legacy_error = self.legacy_error(legacy)
         return {
             "at": now,
             "queues": rows,
             "error": error,
-            "health": self.health(rows),
+            "legacy_queues": legacy,
+            "legacy_error": legacy_error,
+            "health": self.health(rows, error or legacy_error),
         }
+
+    def legacy_error(self, legacy: list[str]) -> str | None:
+        """What the dashboard says of the file's queues in sqqueue 0.1.0's layout, if any."""
+        if not legacy:
+            return None
+        return (
+            f"{self.path} holds queues in sqqueue 0.1.0's layout ({', '.join(legacy)}), not "
+            f"shown until they are migrated: run 'sqqueue migrate {self.path}'"
+        )
 
     def queue_summary(self, name: str, now: float) -> dict[str, Any]:
         row: dict[str, Any] = {"name": name, "error": None}
@@ -373,20 +450,29 @@ class Source:
         row["chart"] = self.sampler.buckets(name, now)
         return row
 
-    def health(self, rows: list[dict[str, Any]] | None = None) -> Health:
-        """The database's health; for SQLite from the stats rows already read."""
+    def health(self, rows: list[dict[str, Any]] | None = None, error: str | None = None) -> Health:
+        """The database's health; for SQLite from the stats rows already read. ``error``:
+        what keeps the database from being read in full (it cannot be listed, say), a
+        failure of its health too."""
         now = self.clock()
         if self.backend == "sqlite":
-            return self._file_health(rows or [], now)
-        return self._connection_health(now)
+            return self._file_health(rows or [], now, error)
+        health = self._connection_health(now)
+        if error is not None and health.ok:
+            health.ok, health.error = False, error
+        return health
 
-    def _file_health(self, rows: list[dict[str, Any]], now: float) -> Health:
+    def _file_health(
+        self, rows: list[dict[str, Any]], now: float, error: str | None = None
+    ) -> Health:
         health = Health("sqlite", checked_at=now)
         sized = [row for row in rows if row.get("db_bytes") is not None]
         if sized:
             health.db_bytes = sized[0]["db_bytes"]
             health.wal_bytes = sized[0]["wal_bytes"]
         errors = [row["error"] for row in rows if row.get("error")]
+        if error is not None:
+            errors.insert(0, error)
         if errors:
             health.ok, health.error = False, errors[0]
         self._watch_wal(health.wal_bytes, now)

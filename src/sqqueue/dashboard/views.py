@@ -16,9 +16,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..exceptions import QueueError
 from . import present, states
 from .source import NAME, RedriveJob, takes_long, value_of
-from .web import Context, Dashboard, FormError
+from .web import UNAVAILABLE, Context, Dashboard, FormError
 
 __all__ = ["routes"]
 
@@ -56,6 +57,8 @@ def _safe_next(path: str | None) -> str:
 Form = dict[str, list[str]]
 #: what a dead-letter form does, given the checked form and the queue it names
 DeadLetterAction = Callable[[Context, Form, str, Any], Awaitable[Response]]
+#: a page's endpoint
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared together
@@ -72,6 +75,25 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
 
     def not_found(ctx: Context, why: str) -> Response:
         return d.page(ctx, "error.html", status=404, title="Not found", error=why)
+
+    def failed(ctx: Context, exc: Exception) -> Response:
+        """The page of a read that raised: 503 for the database's failure, else 500."""
+        status = UNAVAILABLE if isinstance(exc, QueueError) else 500
+        return d.page(ctx, "error.html", status=status, title="Error", error=str(exc))
+
+    def answering(endpoint: Endpoint) -> Endpoint:
+        """``endpoint``, with a failure of the database it meets (its file deleted, say:
+        ``QueueError`` from finding the queue) shown on an error page, 503: an expected
+        condition, logged as one line, not an unhandled error."""
+
+        async def handler(request: Request) -> Response:
+            try:
+                return await endpoint(request)
+            except QueueError as exc:
+                logger.info("dashboard: %s %s failed: %s", request.method, request.url.path, exc)
+                return failed(d.context(request), exc)
+
+        return handler
 
     async def checked_form(ctx: Context) -> tuple[dict[str, list[str]] | None, Response | None]:
         """The form of an action, or the refusal: not logged in, read-only, bad CSRF."""
@@ -187,16 +209,18 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
             return d.redirect(ctx, f"/queues/{name}/messages/{wanted}")
 
         def read() -> dict[str, Any] | None:
-            queue = d.source.queue(name)
-            if queue is None:
+            if not d.source.has(name):
                 return None
             now = d.source.clock()
+            # A queue that cannot be opened (an older layout, read-only) has its error in
+            # the summary, which the page shows.
             summary = d.source.queue_summary(name, now)
             library = "all" if state is None else state.library
             counted = summary.get("counts", {}).get(label)
             rows: list[dict[str, Any]] = []
             # A state with no messages is not listed at all: nothing to find, nothing read.
-            if counted != 0 and summary.get("error") is None:
+            queue = d.source.queue(name) if counted != 0 and summary.get("error") is None else None
+            if queue is not None:
                 listed = queue.list_messages(library, PAGE_SIZE + 1, after)
                 page = value_of(d.source.checked(name, queue, listed))
                 rows = [present.message_view(r) for r in page]
@@ -210,7 +234,7 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
         try:
             found = await d.call(read)
         except Exception as exc:
-            return d.page(ctx, "error.html", status=500, title="Error", error=str(exc))
+            return failed(ctx, exc)
         if found is None:
             return not_found(ctx, f"No queue {name!r} in this database.")
         summary = found["summary"]
@@ -239,7 +263,7 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
         try:
             exists, entry = await d.call(d.source.message, name, message_id)
         except Exception as exc:
-            return d.page(ctx, "error.html", status=500, title="Error", error=str(exc))
+            return failed(ctx, exc)
         if not exists:
             return not_found(ctx, f"No queue {name!r} in this database.")
         if entry is None:
@@ -390,21 +414,21 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
                                      f"{present.age(older_than)} ago.")  # fmt: skip
 
     return [
-        Route("/", overview, methods=["GET"], name="overview"),
+        Route("/", answering(overview), methods=["GET"], name="overview"),
         Route("/login", login_page, methods=["GET"], name="login_page"),
         Route("/login", login, methods=["POST"], name="login"),
         Route("/logout", logout, methods=["POST"], name="logout"),
-        Route("/queues/{name}", queue_page, methods=["GET"], name="queue"),
+        Route("/queues/{name}", answering(queue_page), methods=["GET"], name="queue"),
         Route(
             "/queues/{name}/messages/{message_id:int}",
-            message_page,
+            answering(message_page),
             methods=["GET"],
             name="message",
         ),
-        Route("/queues/{name}/confirm", confirm, methods=["GET"], name="confirm"),
-        Route("/queues/{name}/dead/redrive", redrive, methods=["POST"], name="redrive"),
-        Route("/queues/{name}/dead/delete", delete, methods=["POST"], name="delete"),
-        Route("/queues/{name}/dead/purge", purge, methods=["POST"], name="purge"),
+        Route("/queues/{name}/confirm", answering(confirm), methods=["GET"], name="confirm"),
+        Route("/queues/{name}/dead/redrive", answering(redrive), methods=["POST"], name="redrive"),
+        Route("/queues/{name}/dead/delete", answering(delete), methods=["POST"], name="delete"),
+        Route("/queues/{name}/dead/purge", answering(purge), methods=["POST"], name="purge"),
     ]
 
 

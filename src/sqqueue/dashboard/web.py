@@ -17,22 +17,39 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from .. import __version__
+from ..exceptions import DATABASE_FAILURES, ErrorKind, QueueError
 from ..targets import parse_target, redact
 from . import present, states
 from .auth import FLASH_MAX_AGE, SESSION_MAX_AGE, Auth, LoginThrottle, Session
 from .source import Source
 
-__all__ = ["Context", "Dashboard", "FormError"]
+__all__ = ["UNAVAILABLE", "Context", "Dashboard", "FormError", "action_status"]
 
 T = TypeVar("T")
 SESSION_COOKIE = "sqqueue_dashboard"
 FLASH_COOKIE = "sqqueue_dashboard_flash"
 FORM_LIMIT = 256 * 1024  # bytes of a form body
 FORM_FIELDS = 20_000  # fields of a form body (a form selects at most 1,000 ids)
+#: the status of a request the database failed (its file deleted, locked, unreadable, or
+#: a queue in a layout a read-only dashboard cannot read): the service, not the request
+UNAVAILABLE = 503
+#: kinds of error that are failures of the database itself, not of the request
+_DATABASE_KINDS = DATABASE_FAILURES | {ErrorKind.STORAGE}
 
 
 class FormError(Exception):
     """A form or JSON body the dashboard cannot take (what is wrong, for the user)."""
+
+
+def action_status(error: BaseException) -> int:
+    """The HTTP status of an action that failed with ``error``: 404 (no such dead letter)
+    or 400 (bad input) for the caller's mistake, 503 when the database failed, else 500."""
+    kind = error.kind if isinstance(error, QueueError) else None
+    if kind is ErrorKind.NOT_FOUND:
+        return 404
+    if kind is ErrorKind.INVALID_INPUT:
+        return 400
+    return UNAVAILABLE if kind in _DATABASE_KINDS else 500
 
 
 @dataclass
@@ -146,6 +163,8 @@ class Dashboard:
             if len(body) > FORM_LIMIT:
                 raise FormError("the body is too large")
         try:
+            # An empty body is an empty object: each endpoint says which keys it needs
+            # (a purge's "older_than" included), so it never stands for a default action.
             data = json.loads(body or b"{}")
         except ValueError as exc:
             raise FormError(f"the body is not JSON: {exc}") from None
