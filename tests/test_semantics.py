@@ -182,6 +182,27 @@ def test_a_late_ack_in_a_batch_is_explained_by_its_own_lease(
     assert "already completed" in str(err(owner.complete(m1), ErrorKind.NOT_FOUND))
 
 
+def test_stats_count_a_lease_that_ran_out_where_the_next_claim_puts_it(
+    queue: Queue, clock: Any
+) -> None:
+    """A consumer that died leaves leases nobody holds: stats show them ready (or dead on
+    their last attempt) at once, not processing and "expiring" until someone claims."""
+    ok(queue.enqueue_batch(["a", "b", "c"]))
+    ok(queue.enqueue("last", max_attempts=1))
+    held = ok(queue.dequeue_batch(4, visibility_timeout=30))
+    assert len(held) == 4
+    stats = ok(queue.stats())
+    assert (stats.ready, stats.processing, stats.dead, stats.expiring_soon) == (0, 4, 0, 4)
+    ok(queue.complete(held[0]))
+    clock.advance(31)  # the consumer is gone: its leases ran out
+    stats = ok(queue.stats())
+    assert (stats.ready, stats.processing, stats.dead, stats.expiring_soon) == (2, 0, 1, 0)
+    fresh = ok(queue.dequeue(visibility_timeout=600))  # the claim folds them back: the same
+    stats = ok(queue.stats())
+    assert (stats.ready, stats.processing, stats.dead, stats.expiring_soon) == (1, 1, 1, 0)
+    assert fresh.payload in ("b", "c")
+
+
 def _lose_lease(make_queue: MakeQueue, clock: Any) -> tuple[Queue, Queue, Message]:
     """A leases a message, the lease expires, B gets it: returns (A, B, A's message)."""
     a, b = make_queue(table_name="jobs"), make_queue(table_name="jobs")

@@ -20,10 +20,12 @@ class QueueStats:
     ready: int  #: can be dequeued now
     delayed: int  #: waiting for their delay (or retry backoff) to pass
     waiting: int  #: behind an earlier message of their group
-    processing: int  #: leased by a consumer
+    #: leased by a consumer (a message whose lease ran out counts as ready, or as dead on
+    #: its last attempt, as the next dequeue will find it)
+    processing: int
     dead: int  #: in the dead-letter queue
     oldest_ready_age: float | None  #: seconds the oldest ready message has waited
-    expiring_soon: int  #: leases that run out within ``expiring_within`` seconds
+    expiring_soon: int  #: live leases that run out within ``expiring_within`` seconds
     enqueued_total: int
     completed_total: int
     failed_total: int  #: failed attempts (each fail_message, including dead-lettering ones)

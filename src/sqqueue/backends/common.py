@@ -782,21 +782,24 @@ class SQLBackend(Backend):
                 "counters": self._one(conn, "counters"),
                 "delayed_oldest": self._one(conn, "delayed_and_oldest", {"now": now}),
                 "waiting": self._one(conn, "waiting")[0],
-                "expiring": self._one(conn, "expiring", {"now": now, "horizon": horizon})[0],
+                "leases": self._one(conn, "leases", {"now": now, "horizon": horizon}),
             }
 
         found = self._read_tx(run)
         (unleased, processing, dead, enqueued, completed, failed, dead_lettered, expired,
          ttl_expired, created) = found["counters"]  # fmt: skip
         delayed, oldest_age = found["delayed_oldest"]
+        # A lease that ran out is nobody's any more: its message counts where the next
+        # claim will put it (ready, or dead on its last attempt), not as processing.
+        expiring, lapsed, lapsed_dead = (int(n) for n in found["leases"])
         return {
-            "ready": int(unleased) - int(delayed) - int(found["waiting"]),
+            "ready": int(unleased) - int(delayed) - int(found["waiting"]) + lapsed - lapsed_dead,
             "delayed": int(delayed),
             "waiting": int(found["waiting"]),
-            "processing": int(processing),
-            "dead": int(dead),
+            "processing": int(processing) - lapsed,
+            "dead": int(dead) + lapsed_dead,
             "oldest_ready_age": None if oldest_age is None else float(oldest_age),
-            "expiring": int(found["expiring"]),
+            "expiring": expiring,
             "enqueued_total": int(enqueued),
             "completed_total": int(completed),
             "failed_total": int(failed),

@@ -622,10 +622,13 @@ STATEMENTS = {
     # Only grouped messages wait: counted through the group index, not the whole table.
     "waiting": """
         SELECT count(*) FROM $q WHERE group_key IS NOT NULL AND status = 'waiting'""",
-    # Leases that run out within the horizon.
-    "expiring": """
-        SELECT count(*) FROM $q
-         WHERE status = 'processing' AND lease_expires_at <= $now + %(horizon)s""",
+    # Live leases that run out within the horizon; leases already run out (which the next
+    # claim folds back), and how many of those were on their last attempt (dead then).
+    "leases": """
+        SELECT count(*) FILTER (WHERE lease_expires_at > $now),
+               count(*) FILTER (WHERE lease_expires_at <= $now),
+               count(*) FILTER (WHERE lease_expires_at <= $now AND attempts >= max_attempts)
+          FROM $q WHERE status = 'processing' AND lease_expires_at <= $now + %(horizon)s""",
     # When the next delayed message falls due or lease runs out.
     "next_due": """
         SELECT least((SELECT min(visible_at) FROM $q WHERE status = 'pending'),

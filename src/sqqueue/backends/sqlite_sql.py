@@ -618,10 +618,13 @@ STATEMENTS = {
     # Only grouped messages wait: counted through the group index, not the whole table.
     "waiting": """
         SELECT count(*) FROM $q WHERE group_key IS NOT NULL AND status = 'waiting'""",
-    # Leases that run out within the horizon.
-    "expiring": """
-        SELECT count(*) FROM $q
-         WHERE status = 'processing' AND lease_expires_at <= :now + :horizon""",
+    # Live leases that run out within the horizon; leases already run out (which the next
+    # claim folds back), and how many of those were on their last attempt (dead then).
+    "leases": """
+        SELECT coalesce(sum(lease_expires_at > :now), 0),
+               coalesce(sum(lease_expires_at <= :now), 0),
+               coalesce(sum(lease_expires_at <= :now AND attempts >= max_attempts), 0)
+          FROM $q WHERE status = 'processing' AND lease_expires_at <= :now + :horizon""",
     # Seconds until the earliest visible_at among pending rows, read from the ready index
     # one priority level at a time (a skip-scan: a few index seeks per level, whatever the
     # depth), or the first lease or time to live to run out.
