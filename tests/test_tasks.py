@@ -8,6 +8,7 @@ from __future__ import annotations
 import _thread
 import asyncio
 import enum
+import functools
 import importlib
 import logging
 import sys
@@ -22,11 +23,12 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from conftest import FakeClock, QueueTarget
-from helpers import err_text, ok, serving, wait_until
+from helpers import err, err_text, leased, ok, serving, wait_until
 from sqqueue import ErrorKind, Message, Queue, RetryPolicy, Tasks, WorkerHooks
 from sqqueue.tasks import (
     ResultUnavailable,
     Schedule,
+    Task,
     TaskContext,
     TaskFailed,
     current_task,
@@ -1056,3 +1058,146 @@ def test_a_handle_never_gives_another_tasks_result(make_tasks: MakeTasks) -> Non
         other.result(timeout=0)
     assert ok(app.queue().enqueue("not a task call")) > handle.id
     assert ok(public.handle(handle.id + 1).status()) == "unknown"
+
+
+# -- registering: one function per name ------------------------------------------------------------
+
+
+def test_another_function_under_a_taken_name_is_refused(tmp_path: Path) -> None:
+    """Two tasks made by one factory, or two lambdas, have the same default name: the
+    second is refused at registration (it used to replace the first silently, so the
+    first's calls ran the second's code). The same function again replaces its
+    registration; a partial or a callable object needs a name=."""
+    app = Tasks(str(tmp_path / "jobs.db"))
+
+    def make_exporter(fmt: str) -> Task[[str], str]:
+        @app.task
+        def export(path: str) -> str:
+            return f"{fmt}:{path}"
+
+        return export
+
+    to_csv = make_exporter("csv")
+    with pytest.raises(ValueError, match=r"registered already, for another function.*name="):
+        make_exporter("pdf")
+    assert app.tasks[to_csv.name] is to_csv
+    app.task(lambda: 1)
+    with pytest.raises(ValueError, match="registered already"):
+        app.task(lambda: 2)
+
+    def job() -> None: ...
+
+    app.task(job)
+    again = app.task(retries=2)(job)
+    assert app.tasks[again.name] is again and again.max_attempts == 3
+
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    class Job:
+        def __call__(self, x: int) -> int:
+            return x
+
+    for nameless in (functools.partial(add, 1), Job()):
+        with pytest.raises(ValueError, match=r"no module and qualified name.*pass name="):
+            app.task(nameless)
+    app.task(name="add-one")(functools.partial(add, 1))
+    with pytest.raises(ValueError, match=r"registered already, for another function \(a partial"):
+        app.task(name="add-one")(functools.partial(add, 2))
+    app.close()
+
+
+# -- enqueueing: the outbox, own parameters, periodic groups, deduplication ------------------------
+
+
+def test_delay_in_without_a_connection_is_an_err(make_tasks: MakeTasks) -> None:
+    """delay_in(None, ...) is the queue's Err, nothing enqueued: it used to enqueue at
+    once, outside the transaction it is for."""
+    app = make_tasks()
+
+    @app.task(name="send")
+    def send(to: str) -> None: ...
+
+    err(send.delay_in(None, "ada@example.com"), ErrorKind.INVALID_INPUT, "got None")
+    assert ok(app.queue().is_drained())
+
+
+def test_task_parameters_may_be_named_self_or_conn(make_tasks: MakeTasks) -> None:
+    """The methods taking a task's arguments take their own positional-only: a task
+    parameter named self (or conn, for delay_in) is the task's (it used to be a
+    TypeError, where a Result is due)."""
+    app = make_tasks()
+
+    @app.task(name="notify")
+    def notify(user: str, self: bool = False, conn: str = "email") -> str:
+        return f"{user} {self} {conn}"
+
+    assert notify("ada", self=True, conn="sms") == "ada True sms"
+    queue = app.queue()
+    handle = ok(notify.delay("ada", self=True))
+    assert ok(queue.get_message(handle.id))["payload"]["kwargs"] == {"self": True}
+    handle = ok(asyncio.run(notify.delay_async("ada", self=True, conn="sms")))
+    assert ok(queue.get_message(handle.id))["payload"]["kwargs"] == {"self": True, "conn": "sms"}
+    err(notify.delay_in(None, "ada", conn="sms"), ErrorKind.INVALID_INPUT, "got None")
+
+
+def test_a_periodic_task_called_by_hand_joins_its_group(
+    make_tasks: MakeTasks, clock: FakeClock
+) -> None:
+    """delay() of a periodic task is in the group of its ticks, so it never overlaps a
+    scheduled run (it used to run beside it); another group is refused."""
+    app = make_tasks(clock=clock)
+
+    @app.periodic(every=3600, missed="run_once", name="cleanup")
+    def cleanup() -> None: ...
+
+    ((_, _, tick_id),) = app.schedule_due()
+    by_hand = ok(cleanup.delay())
+    queue = app.queue()
+    groups = {ok(queue.get_message(i))["group"] for i in (tick_id, by_hand.id)}
+    assert groups == {"sqqueue.periodic:cleanup"}
+    assert ok(queue.stats()).waiting == 1  # the call by hand waits for the tick's run
+    assert "never overlap" in err_text(cleanup.schedule(group="mine"), ErrorKind.INVALID_INPUT)
+
+
+def test_dedup_holds_while_the_call_is_unfinished(make_tasks: MakeTasks, clock: FakeClock) -> None:
+    """dedup=True: one unfinished call per set of arguments, however long it waits (a
+    call scheduled an hour ahead used to be doubled after 300 s), and a call made once
+    it is done runs (one made within 300 s used to get the done call's handle). A dead
+    letter holds its key while it is kept."""
+    app = make_tasks(clock=clock)
+
+    @app.task(name="rebuild", dedup=True)
+    def rebuild(report: int) -> None: ...
+
+    queue = app.queue()
+    later = ok(rebuild.schedule((7,), delay=3600))
+    clock.advance(301)
+    assert ok(rebuild.delay(7)) == later  # still waiting: the same call
+    clock.advance(3600)
+    running = leased(queue)
+    assert running.id == later.id
+    assert ok(rebuild.delay(7)) == later  # running: the same call
+    ok(queue.complete(running))
+    clock.advance(10)
+    again = ok(rebuild.delay(7))
+    assert again != later and ok(again.status()) == "pending"
+    ok(queue.fail_message(leased(queue), send_to_dlq=True, error="gave up"))
+    assert ok(rebuild.delay(7)) == again and ok(again.status()) == "dead"
+    ok(queue.delete_dead_letters([again.id]))
+    assert ok(rebuild.delay(7)).id not in (later.id, again.id)
+
+
+def test_dedup_keys_leave_out_defaults_that_are_not_json(make_tasks: MakeTasks) -> None:
+    """Two producers (two processes) make the same key for the same call, also when a
+    default is an object() sentinel: its repr (a memory address) used to be in the key."""
+    handles = []
+    for app in (make_tasks(), make_tasks()):
+        unset = object()  # another object, at another address, in each producer
+
+        @app.task(name="reindex", dedup=True)
+        def reindex(doc_id: int, since: Any = unset) -> None: ...
+
+        handles += [ok(reindex.delay(42)), ok(reindex.delay(doc_id=42))]
+    assert len({h.id for h in handles}) == 1
+    assert ok(reindex.delay(42, since="2030-01-01")).id != handles[0].id

@@ -36,7 +36,7 @@ def send_email(to: str, subject: str) -> dict[str, str]:
 
 @tasks.task(dedup=True)
 async def refresh_profile(user_id: int) -> dict[str, int]:
-    """An asyncio task; dedup=True: one pending refresh per user, however often asked."""
+    """An asyncio task; dedup=True: one unfinished refresh per user, however often asked."""
     await asyncio.sleep(0.01)  # e.g. an HTTP call with httpx.AsyncClient
     return {"user_id": user_id}
 

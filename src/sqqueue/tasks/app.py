@@ -21,7 +21,7 @@ from ..retry import RetryPolicy
 from ..targets import parse_target
 from ..worker import WorkerStats
 from .payload import encode
-from .periodic import Missed, Periodic, Schedule, Scheduler, tick_key
+from .periodic import Missed, Periodic, Schedule, Scheduler, periodic_group, tick_key
 from .runner import TaskMetrics, TaskStats, TaskWorker
 from .task import KeyOption, Task
 
@@ -71,6 +71,9 @@ class Tasks:
     - ``clock``: a function returning Unix seconds (tests), used by the queues too.
     - other keyword arguments are settings of the queues it opens
       (``default_visibility_timeout=60``, ``retry=RetryPolicy.exponential()``, ...).
+      It opens them with ``dedup_window="exists"``: a task call's deduplication key
+      holds while the call is unfinished (see :meth:`task`); ``dedup_window=SECONDS``
+      makes keys hold that long from the enqueue instead.
     """
 
     def __init__(
@@ -157,7 +160,11 @@ class Tasks:
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a function as a task (``@tasks.task`` or ``@tasks.task(...)``).
 
-        - ``name``: how messages name it (default ``module.function``); keep it stable.
+        - ``name``: how messages name it (default ``module.qualname``); keep it stable.
+          A name is one function's: registering another function under a name taken
+          (two made by one factory, two lambdas: their default names are the same)
+          raises ``ValueError``; the same function again replaces its registration. A
+          ``functools.partial`` or a callable object needs a ``name``.
         - ``queue``: the queue its calls go through (default the app's).
         - ``priority``, ``ttl``: as for ``enqueue``.
         - ``retries``: attempts after the first (default: the queue's max attempts);
@@ -165,8 +172,11 @@ class Tasks:
         - ``timeout``: seconds a run may take; past it the run fails with TimeoutError
           (and is retried). A coroutine is cancelled; a plain function's thread cannot be
           stopped by Python, so it is left to finish and its result ignored.
-        - ``dedup``: ``True`` for a deduplication key from the task and its arguments, or a
-          function of the arguments returning the key; ``group``: a message group, fixed
+        - ``dedup``: ``True`` for a deduplication key from the task and its arguments (the
+          JSON ones: a default that is not JSON is left out), or a function of the
+          arguments returning the key. While a call with that key is unfinished (waiting,
+          running, to be retried) or dead-lettered, another returns its handle and adds
+          nothing; once it is done, a new call runs. ``group``: a message group, fixed
           or a function of the arguments (calls of one group run one at a time, in order).
         - ``store_result``: keep the return value (JSON) for ``handle.result()``.
         """
@@ -208,7 +218,9 @@ class Tasks:
         Each tick runs once, however many workers run. ``missed``: what happens to ticks
         that passed while no worker was running: ``"skip"`` them (default; a tick noticed
         more than ``grace`` seconds late is skipped) or ``"run_once"`` (the latest of them
-        runs once). It is a task too: ``nightly_cleanup.delay()`` runs it now.
+        runs once). It is a task too: ``nightly_cleanup.delay()`` runs it now, or once
+        the run in progress has finished: every call of it is in one message group, so
+        no two of its runs overlap.
         """
         if self._given is not None:
             raise ValueError(
@@ -252,7 +264,17 @@ class Tasks:
                 f"{getattr(fn, '__qualname__', fn)} is a generator function (it has a yield): "
                 "a task must return, not yield (return a list)"
             )
-        task_name = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
+        if name is None:
+            module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+            if not (isinstance(module, str) and isinstance(qualname, str)):
+                # A functools.partial, a callable object: nothing to name it by.
+                raise ValueError(
+                    f"a {type(fn).__name__} has no module and qualified name to name a task "
+                    "by: pass name=... (@tasks.task(name='myapp.jobs.export'))"
+                )
+            task_name = f"{module}.{qualname}"
+        else:
+            task_name = name
         if not isinstance(task_name, str) or not 0 < len(task_name) <= 200:
             raise ValueError(f"a task name must be a str of 1 to 200 characters, got {task_name!r}")
         queue_name = validate_queue_name(queue) if queue is not None else self.default_queue
@@ -290,14 +312,15 @@ class Tasks:
         )
         with self._lock:
             existing = self._tasks.get(task_name)
-            if existing is not None and (
-                existing.fn.__module__,
-                existing.fn.__qualname__,
-            ) != (fn.__module__, fn.__qualname__):
+            # Another function under a name taken is refused, even one with the same module
+            # and qualified name (two made by one factory, two lambdas): messages name the
+            # task, so the second would silently run in place of the first. The same
+            # function again (registered twice, or with other options) replaces it.
+            if existing is not None and existing.fn is not fn:
                 raise ValueError(
-                    f"a task named {task_name!r} is registered already (for "
-                    f"{existing.fn.__module__}.{existing.fn.__qualname__}); give one of them "
-                    "another name="
+                    f"a task named {task_name!r} is registered already, for another function "
+                    f"({_describe(existing.fn)}); give each its own name: "
+                    "@tasks.task(name=...)"
                 )
             if stores and self._given is not None and not self._given.keeps_history:
                 raise ValueError(_no_history(self._given.name))
@@ -371,7 +394,12 @@ class Tasks:
                     raise ValueError(f"Tasks(queue) has the one queue {self._given.name!r}")
                 opened = self._given
             else:
-                settings = dict(self._settings)
+                # A task call's deduplication key (dedup=True, a key function, a
+                # dedup_key) holds while the call is in the queue (waiting, running,
+                # retrying) or its dead letter is: one unfinished call per key, and a call
+                # made once it is done runs. A time window would let a call scheduled past
+                # it be doubled, and swallow one made just after an identical call ended.
+                settings = {"dedup_window": "exists", **self._settings}
                 if self.stores_results(name) and not (
                     "retention" in settings or "retention_max" in settings
                 ):
@@ -408,7 +436,7 @@ class Tasks:
             0,
             task.max_attempts,
             dedup_key=tick_key(task.name, tick),
-            group=f"sqqueue.periodic:{task.name}",
+            group=periodic_group(task.name),
             ttl=task.ttl,
         )
 
@@ -457,6 +485,14 @@ class Tasks:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _describe(fn: Callable[..., Any]) -> str:
+    """A function's module and qualified name, or its type (a partial, an object)."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if isinstance(module, str) and isinstance(qualname, str):
+        return f"{module}.{qualname}"
+    return f"a {type(fn).__name__}"
 
 
 def _no_history(name: str) -> str:

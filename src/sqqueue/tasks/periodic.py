@@ -13,8 +13,9 @@ Ticks missed while no worker ran (or while every worker was stalled) follow the 
   interval, at most 60 s) is not run; the schedule goes on with the next tick.
 * ``"run_once"``: the latest missed tick is run once, however late; older ones are not.
 
-Runs of one periodic task never overlap: they share a message group, so a run starts
-once the previous one has finished (or was dead-lettered).
+Runs of one periodic task never overlap: they share a message group (with the calls
+made by hand, ``task.delay()``), so a run starts once the previous one has finished (or
+was dead-lettered).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from ..result import Ok, Result
 if TYPE_CHECKING:
     from .task import Task
 
-__all__ = ["MISSED_POLICIES", "Periodic", "Schedule", "Scheduler", "tick_key"]
+__all__ = ["MISSED_POLICIES", "Periodic", "Schedule", "Scheduler", "periodic_group", "tick_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +190,12 @@ class Periodic:
 def tick_key(task_name: str, tick: float) -> str:
     """The deduplication key of one tick of one task: the same in every process."""
     return f"sqqueue.tick:{task_name}@{tick:.3f}"
+
+
+def periodic_group(task_name: str) -> str:
+    """The message group of every call of a periodic task (its ticks', and ``delay()``'s):
+    one group, so its runs never overlap."""
+    return f"sqqueue.periodic:{task_name}"
 
 
 Enqueue = Callable[["Task[Any, Any]", float], Result[int, EnqueueError]]

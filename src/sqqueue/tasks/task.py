@@ -16,7 +16,7 @@ from ..exceptions import EnqueueError, ErrorKind, QueueError
 from ..result import Err, Ok, Result
 from ..retry import RetryPolicy
 from .payload import check_json, encode
-from .periodic import Periodic
+from .periodic import Periodic, periodic_group
 from .results import TaskHandle
 
 if TYPE_CHECKING:
@@ -28,6 +28,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 KeyOption = str | Callable[..., str] | None
+
+#: ``_enqueue``'s ``conn`` when the call is not ``delay_in``'s (whose ``conn`` may be None)
+_NO_CONNECTION: Any = object()
 
 
 class Task(Generic[P, R]):
@@ -89,7 +92,10 @@ class Task(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<Task {self.name} on queue {self.queue!r}>"
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+    # The methods taking the task's arguments take their own parameters positional-only
+    # (``/``): a task parameter named ``self`` or ``conn`` is then one of the task's.
+
+    def __call__(self, /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function here, now, like a plain call."""
         return self.fn(*args, **kwargs)
 
@@ -99,7 +105,7 @@ class Task(Generic[P, R]):
 
     # -- enqueueing ------------------------------------------------------------------------
 
-    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Result[TaskHandle, EnqueueError]:
+    def delay(self, /, *args: P.args, **kwargs: P.kwargs) -> Result[TaskHandle, EnqueueError]:
         """Have a worker run ``fn(*args, **kwargs)`` as soon as it can: ``Ok(TaskHandle)``."""
         return self._enqueue(args, kwargs, {})
 
@@ -132,15 +138,17 @@ class Task(Generic[P, R]):
         return self._enqueue(args, kwargs, options)
 
     def delay_in(
-        self, conn: Any, *args: P.args, **kwargs: P.kwargs
+        self, conn: Any, /, *args: P.args, **kwargs: P.kwargs
     ) -> Result[TaskHandle, EnqueueError]:
         """``delay()`` inside your own open transaction on ``conn`` (an ``sqlite3``
         connection on the queue's file, or a ``psycopg`` connection): the call is enqueued
-        if and only if your transaction commits (the outbox pattern)."""
+        if and only if your transaction commits (the outbox pattern). ``conn`` None is an
+        ``Err`` (INVALID_INPUT), nothing enqueued: never an enqueue outside the
+        transaction."""
         return self._enqueue(args, kwargs, {}, conn=conn)
 
     async def delay_async(
-        self, *args: P.args, **kwargs: P.kwargs
+        self, /, *args: P.args, **kwargs: P.kwargs
     ) -> Result[TaskHandle, EnqueueError]:
         """``delay()`` for asyncio: the database work runs in a thread."""
         return await asyncio.to_thread(self._enqueue, args, kwargs, {})
@@ -161,14 +169,14 @@ class Task(Generic[P, R]):
         call_args: object,
         call_kwargs: object,
         options: dict[str, Any],
-        conn: Any = None,
+        conn: Any = _NO_CONNECTION,
     ) -> Result[TaskHandle, EnqueueError]:
         try:
             args, kwargs = _arguments(call_args, call_kwargs)
             bound = self._bind(args, kwargs)
             payload = encode(self.name, args, kwargs)
             dedup_key = options.get("dedup_key") or self._key(self.dedup, bound, args, kwargs)
-            group = options.get("group") or self._key(self.group, bound, args, kwargs)
+            group = self._group(options.get("group"), bound, args, kwargs)
             delay = self._delay(options.get("delay"), options.get("eta"))
             priority = options.get("priority")
             ttl = options.get("ttl")
@@ -185,7 +193,9 @@ class Task(Generic[P, R]):
             "ttl": self.ttl if ttl is None else ttl,
         }
         priority = self.priority if priority is None else priority
-        if conn is not None:
+        if conn is not _NO_CONNECTION:
+            # None too: the queue refuses it (Err), where enqueue() would commit at once,
+            # outside the transaction the caller meant.
             result = queue.enqueue_in(conn, payload, priority, delay, self.max_attempts, **keywords)
         else:
             result = queue.enqueue(payload, priority, delay, self.max_attempts, **keywords)
@@ -212,6 +222,27 @@ class Task(Generic[P, R]):
                 check_json(value, f"argument {pname!r}")
         return bound
 
+    def _group(
+        self,
+        given: str | None,
+        bound: inspect.BoundArguments,
+        args: list[Any],
+        kwargs: dict[str, Any],
+    ) -> str | None:
+        """The call's message group: ``schedule(group=)``, else the task's. Every call of
+        a periodic task, its ticks' and one made by hand alike, is in the task's periodic
+        group, so that no two of its runs overlap."""
+        if self.periodic is None:
+            return given or self._key(self.group, bound, args, kwargs)
+        own = periodic_group(self.name)
+        if given is not None and given != own:
+            raise QueueError(
+                f"a periodic task's calls are all in its group {own!r}, so that its runs "
+                f"never overlap: group={given!r} is refused",
+                ErrorKind.INVALID_INPUT,
+            )
+        return own
+
     def _key(
         self,
         option: bool | Callable[..., str] | str | None,
@@ -226,7 +257,7 @@ class Task(Generic[P, R]):
         if isinstance(option, str):
             return option
         if option is True:
-            return self._digest_key(args, kwargs)
+            return self._digest_key(bound)
         try:
             key = option(*args, **kwargs)
         except Exception as exc:
@@ -240,13 +271,29 @@ class Task(Generic[P, R]):
             )
         return key
 
-    def _digest_key(self, args: list[Any], kwargs: dict[str, Any]) -> str:
-        """``dedup=True``'s key: a digest of the task's name and its arguments (defaults
-        included, so ``f(7)`` and ``f(7, full=False)`` are one call)."""
-        full = self.signature.bind(*args, **kwargs)
+    def _digest_key(self, bound: inspect.BoundArguments) -> str:
+        """``dedup=True``'s key: a digest of the task's name and its arguments as bound
+        to its parameters, with the defaults that are JSON values (so ``f(7)`` and
+        ``f(7, full=False)`` are one call).
+
+        Only JSON goes in, so every process makes the same key for the same call. A
+        default that is not JSON (an ``object()`` sentinel: its repr holds a memory
+        address) is left out: a call that does not give that argument is keyed by the
+        arguments it gives (which delay() checked to be JSON)."""
+        full = self.signature.bind(*bound.args, **bound.kwargs)
         full.apply_defaults()
+        arguments: dict[str, Any] = {}
+        parameters = self.signature.parameters
+        for pname, value in full.arguments.items():
+            # (An absent *args or **kwargs is () or {}, written as [] or {}: kept.)
+            variadic = parameters[pname].kind in (
+                inspect.Parameter.VAR_POSITIONAL,
+                inspect.Parameter.VAR_KEYWORD,
+            )
+            if pname in bound.arguments or variadic or _is_json(value):
+                arguments[pname] = value
         try:
-            text = json.dumps(full.arguments, sort_keys=True, separators=(",", ":"), default=repr)
+            text = json.dumps(arguments, sort_keys=True, separators=(",", ":"))
         except RecursionError:
             # check_json bounds the nesting, but the caller's own stack may be deep already:
             # refused as the queue's serializer refuses it, not raised where a Result is due.
@@ -269,6 +316,15 @@ class Task(Generic[P, R]):
                 ErrorKind.INVALID_INPUT,
             )
         return max(0.0, eta.timestamp() - self.app.now())
+
+
+def _is_json(value: object) -> bool:
+    """Whether ``value`` comes back the same from JSON (see :func:`check_json`)."""
+    try:
+        check_json(value, "a default")
+    except QueueError:
+        return False
+    return True
 
 
 def _arguments(args: object, kwargs: object) -> tuple[list[Any], dict[str, Any]]:
