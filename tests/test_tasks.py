@@ -10,6 +10,7 @@ import asyncio
 import enum
 import functools
 import importlib
+import inspect
 import logging
 import sys
 import threading
@@ -23,7 +24,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from conftest import FakeClock, QueueTarget
-from helpers import err, err_text, leased, ok, serving, wait_until
+from helpers import err, err_text, leased, ok, one_error_line, run_cli, serving, wait_until
 from sqqueue import ErrorKind, Message, Queue, RetryPolicy, Tasks, WorkerHooks
 from sqqueue.tasks import (
     ResultUnavailable,
@@ -1201,3 +1202,120 @@ def test_dedup_keys_leave_out_defaults_that_are_not_json(make_tasks: MakeTasks) 
         handles += [ok(reindex.delay(42)), ok(reindex.delay(doc_id=42))]
     assert len({h.id for h in handles}) == 1
     assert ok(reindex.delay(42, since="2030-01-01")).id != handles[0].id
+
+
+# -- workers: no task, and what they log --------------------------------------------------------------
+
+
+def test_a_worker_of_an_app_with_no_task_does_not_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An app with no task registered (its tasks' module not imported): the worker is
+    refused, from Python and from the command line, and no call is dead-lettered (it
+    used to serve the default queue and dead-letter every call as unknown)."""
+    db = tmp_path / "jobs.db"
+    producer = Tasks(str(db))
+
+    @producer.task(name="send")
+    def send(to: str) -> None: ...
+
+    ok(send.delay("ada@example.com"))
+    empty = Tasks(str(db))
+    with pytest.raises(ValueError, match=r"no task is registered.*import the module"):
+        empty.worker()
+    (tmp_path / "emptyjobs.py").write_text(
+        f"from sqqueue import Tasks\ntasks = Tasks({str(db)!r})\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delitem(sys.modules, "emptyjobs", raising=False)
+    result = run_cli("worker", "emptyjobs:tasks")
+    assert result.exit_code == 1
+    assert "no task is registered" in one_error_line(result)
+    stats = ok(producer.queue().stats())
+    assert (stats.pending, stats.dead) == (1, 0)
+    producer.close()
+    empty.close()
+
+
+def test_worker_errors_show_no_argument_or_result_data(
+    make_tasks: MakeTasks, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a worker logs above DEBUG and keeps as last_error says what was wrong by types,
+    positions and the task's parameters: never a result's dict keys, a bad format field,
+    or the keywords of a call. A call whose arguments do not fit the task's parameters is
+    dead-lettered at once (it used to be retried until its attempts ran out)."""
+    app = make_tasks()
+    secrets = ("alice@example.com", "bob@example.com", "tok_live_4242", "carol@example.com")
+
+    @app.task(name="balances", store_result=True)
+    def balances() -> dict[str, Any]:
+        return {"alice@example.com": 10, "bob@example.com": {20}}
+
+    @app.task(name="notify")
+    def notify(user: str) -> None: ...
+
+    queue = app.queue()
+    result_id = ok(balances.delay()).id
+    token_id = ok(queue.enqueue({"sqqueue_task": "tok_live_4242", "name": "notify"}))
+    call = {"sqqueue_task": 1, "name": "notify", "args": [], "kwargs": {"carol@example.com": 1}}
+    misfit_id = ok(queue.enqueue(call))
+    caplog.set_level(logging.DEBUG, logger="sqqueue")
+    with serving(app):
+        wait_until(lambda: len(ok(queue.get_dead_letters())) == 3, what="three dead letters")
+    dead = {d["id"]: d for d in ok(queue.get_dead_letters())}
+    assert dead[result_id]["last_error"].startswith(
+        "ResultNotJSON: the return value of balances[...] is a set;"
+    )
+    assert dead[token_id]["last_error"] == (
+        "InvalidTaskMessage: malformed task message: its 'sqqueue_task' field is a str, not "
+        "a format number (a small positive int)"
+    )
+    assert dead[misfit_id]["attempts"] == 1
+    assert dead[misfit_id]["last_error"] == (
+        "InvalidTaskMessage: the call's arguments do not fit the parameters of task notify: "
+        "1 keyword argument(s) it has no parameter for; missing 'user'; fix the call or the "
+        "task, then redrive this dead letter"
+    )
+    for letter in dead.values():
+        assert not any(s in letter["last_error"] for s in secrets), letter["last_error"]
+    shown = [r.getMessage() for r in caplog.records if r.levelno > logging.DEBUG]
+    assert shown and not [line for line in shown if any(s in line for s in secrets)]
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any("balances['bob@example.com'] is a set" in line for line in debug)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "said"),
+    [
+        ([1, 2, 3], {}, "3 positional arguments, for at most 2"),
+        ([1], {"a": 1}, "given both by position and by keyword: 'a'"),
+        ([], {"b": 2}, "missing 'a'"),
+        ([1], {"x": 1, "y": 2}, "2 keyword argument(s) it has no parameter for"),
+    ],
+)
+def test_a_call_that_does_not_fit_is_described_without_its_keywords(
+    args: list[Any], kwargs: dict[str, Any], said: str
+) -> None:
+    from sqqueue.tasks.runner import _mismatch
+
+    def job(a: int, b: int = 0, *, c: int = 0) -> None: ...
+
+    assert _mismatch(inspect.signature(job), args, kwargs) == said
+
+
+def test_a_call_given_back_at_shutdown_reads_pending(make_tasks: MakeTasks) -> None:
+    """A run given back by a worker shutting down (requeue: its attempt counts) did not
+    fail: status() says "pending" (it said "failed"); a failed attempt says "failed"."""
+    app = make_tasks()
+
+    @app.task(name="job")
+    def job() -> None: ...
+
+    handle = ok(job.delay())
+    queue = app.queue()
+    ok(queue.requeue(leased(queue)))
+    assert ok(queue.get_message(handle.id))["attempts"] == 1
+    assert ok(handle.status()) == "pending"
+    ok(queue.fail_message(leased(queue), error="RuntimeError: boom"))
+    assert ok(handle.status()) == "failed"

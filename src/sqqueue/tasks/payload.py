@@ -38,7 +38,8 @@ _ALWAYS_WRITABLE_BITS = 2000  #: ints this long are under any int_max_str_digits
 
 
 class InvalidTaskMessage(Reject):
-    """The message is not a task call this worker can read (dead-lettered, not retried)."""
+    """The message is not a task call this worker can read, or its arguments do not fit
+    the task's parameters (dead-lettered, not retried)."""
 
 
 class UnknownTask(Reject):
@@ -56,10 +57,13 @@ def _kind(value: object) -> str:
     return type(value).__name__
 
 
-def check_json(value: object, where: str) -> None:
+def check_json(value: object, where: str, *, keys: bool = True) -> None:
     """Raise ``QueueError`` (SERIALIZATION) if ``value`` would not come back the same from
     JSON, or could not be written as JSON at all; the message names ``where`` it is and the
     path inside it (``['items'][2]``).
+
+    ``keys=False``: the message shows no dict key (``[...][2]``; a bad key by its type),
+    for a message that is logged and kept (a task's return value): keys are data.
 
     It walks the value with a stack of its own, never recursing: a value nested more than
     ``MAX_JSON_DEPTH`` deep, or containing itself, is refused here rather than raising
@@ -87,7 +91,9 @@ def check_json(value: object, where: str) -> None:
                     "contains itself), too deep to decode reliably; flatten it",
                     ErrorKind.SERIALIZATION,
                 )
-            stack.extend((sub, sub_path, depth + 1) for sub, sub_path in _items(item, where, path))
+            stack.extend(
+                (sub, sub_path, depth + 1) for sub, sub_path in _items(item, where, path, keys)
+            )
             continue
         if isinstance(item, tuple):
             hint = "it would come back as a list: pass a list"
@@ -99,18 +105,22 @@ def check_json(value: object, where: str) -> None:
         raise QueueError(f"{where}{path} is a {_kind(item)}; {hint}", ErrorKind.SERIALIZATION)
 
 
-def _items(item: list[Any] | dict[Any, Any], where: str, path: str) -> list[tuple[object, str]]:
-    """The values inside a list or dict, each with its path; refuses a non-str key."""
+def _items(
+    item: list[Any] | dict[Any, Any], where: str, path: str, keys: bool
+) -> list[tuple[object, str]]:
+    """The values inside a list or dict, each with its path (its keys shown or not);
+    refuses a non-str key."""
     if isinstance(item, list):
         return [(sub, f"{path}[{i}]") for i, sub in enumerate(item)]
     for key in item:
         if not isinstance(key, str) or isinstance(key, Enum):
+            shown = f"the key {key!r}" if keys else f"a key of type {_kind(key)}"
             raise QueueError(
-                f"{where}{path} has the key {key!r}; JSON keys are str, so it would "
+                f"{where}{path} has {shown}; JSON keys are str, so it would "
                 "come back changed: use str keys",
                 ErrorKind.SERIALIZATION,
             )
-    return [(sub, f"{path}[{key!r}]") for key, sub in item.items()]
+    return [(sub, f"{path}[{key!r}]" if keys else f"{path}[...]") for key, sub in item.items()]
 
 
 def _check_number(item: int | float, where: str) -> None:
@@ -155,8 +165,14 @@ def decode(payload: object) -> TaskCall:
         )
     version = payload[MARK]
     if version != FORMAT:
+        if not (isinstance(version, int) and not isinstance(version, bool) and 0 < version < 2**31):
+            # By its type only: it is no format number, and may be anything (data).
+            raise InvalidTaskMessage(
+                f"malformed task message: its {MARK!r} field is a {_kind(version)}, not a "
+                "format number (a small positive int)"
+            )
         raise InvalidTaskMessage(
-            f"task message format {version!r:.40}, but this worker reads format {FORMAT}: "
+            f"task message format {version}, but this worker reads format {FORMAT}: "
             "upgrade sqqueue on the workers, then redrive the dead letter"
         )
     name, args, kwargs = payload.get("name"), payload.get("args"), payload.get("kwargs")

@@ -43,7 +43,10 @@ def _status(found: dict[str, Any] | None) -> TaskStatus:
     if status == "processing":
         return "running"
     if status in ("ready", "delayed", "waiting"):
-        return "failed" if found.get("attempts", 0) > 0 else "pending"
+        # A failed attempt leaves its error. A run given back at shutdown (its attempt
+        # counts, as a crash's does) did not fail: it waits to run again, "pending".
+        failed = found.get("attempts", 0) > 0 and found.get("last_error") is not None
+        return "failed" if failed else "pending"
     if status in ("done", "dead"):
         return status  # type: ignore[no-any-return]
     return "unknown"
@@ -90,9 +93,10 @@ class TaskHandle:
     def status(self) -> Result[TaskStatus, QueueError]:
         """``Ok`` with where the call is:
 
-        - ``"pending"``: waiting to run (delayed, or behind others of its group, too);
-        - ``"running"``: a worker holds it now;
-        - ``"failed"``: an attempt failed (or its worker died); it will be retried;
+        - ``"pending"``: waiting to run (delayed, or behind others of its group, too;
+          or given back by a worker shutting down while it ran: run again);
+        - ``"running"``: a worker holds it (one that died, until its lease runs out);
+        - ``"failed"``: an attempt failed; it will be retried;
         - ``"done"``: it ran (kept while the queue keeps history: tasks that store results);
         - ``"dead"``: it failed for good and is in the dead-letter queue;
         - ``"unknown"``: no such message: it ran and was not kept (a task that stores no

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import inspect
 import logging
 import signal
 import threading
@@ -21,7 +22,7 @@ from ..message import Message
 from ..threads import run_in_own_thread
 from ..worker import Worker, WorkerCore, WorkerHooks, WorkerStats
 from .context import RUNNING, TaskContext
-from .payload import MARK, TaskCall, UnknownTask, check_json, decode
+from .payload import MARK, InvalidTaskMessage, TaskCall, UnknownTask, check_json, decode
 
 if TYPE_CHECKING:
     from .app import Tasks
@@ -60,6 +61,8 @@ class Dispatcher:
         self.queue = queue
 
     def lookup(self, message: Message) -> tuple[Task[Any, Any], TaskCall]:
+        """The task a message calls and the call; raises a ``Reject`` (dead-lettered at
+        once) for a call that can never run here."""
         call = decode(message.payload)
         task = self.tasks.get(call.name)
         if task is None:
@@ -67,6 +70,16 @@ class Dispatcher:
                 f"no task named {call.name!r} is registered in this worker; deploy the code "
                 "that defines it to the workers, then redrive this dead letter"
             )
+        try:
+            task.signature.bind(*call.args, **call.kwargs)
+        except TypeError:
+            # Every attempt would fail the same way: not retried. Python's own message
+            # would name the call's keywords (data): this one names the task's parameters.
+            raise InvalidTaskMessage(
+                f"the call's arguments do not fit the parameters of task {task.name}: "
+                f"{_mismatch(task.signature, call.args, call.kwargs)}; fix the call or the "
+                "task, then redrive this dead letter"
+            ) from None
         return task, call
 
     def _context(self, message: Message, task: Task[Any, Any], call: TaskCall) -> TaskContext:
@@ -85,7 +98,7 @@ class Dispatcher:
             value = context.run(task.fn, *call.args, **call.kwargs)
         else:
             value = _run_with_timeout(task, call, context)
-        return self._result(task, value)
+        return self._result(task, value, message)
 
     async def run_async(self, message: Message) -> Any:
         task, call = self.lookup(message)
@@ -102,16 +115,23 @@ class Dispatcher:
                     value = await run_in_own_thread(_run_with_timeout, task, call, context)
         finally:
             RUNNING.reset(token)
-        return self._result(task, value)
+        return self._result(task, value, message)
 
-    def _result(self, task: Task[Any, Any], value: Any) -> Any:
+    def _result(self, task: Task[Any, Any], value: Any, message: Message) -> Any:
         """What the worker keeps as the message's result: the return value of a task that
         stores results (checked to be JSON), else nothing."""
         if not task.store_result:
             return None
+        where = f"the return value of {task.name}"
         try:
-            check_json(value, f"the return value of {task.name}")
+            # The error is logged and kept as last_error: it shows no dict key (data).
+            check_json(value, where, keys=False)
         except QueueError as exc:
+            if logger.isEnabledFor(logging.DEBUG):  # where exactly, keys shown
+                try:
+                    check_json(value, where)
+                except QueueError as shown:
+                    logger.debug("message %d: %s", message.id, shown)
             raise ResultNotJSON(str(exc)) from None
         return value
 
@@ -122,6 +142,44 @@ class Dispatcher:
         except Reject:
             return None
         return None if task.retry is None else task.retry.delay(message.attempts)
+
+
+def _mismatch(signature: inspect.Signature, args: list[Any], kwargs: dict[str, Any]) -> str:
+    """How a call's arguments miss a signature, by counts and the function's own parameter
+    names, never the call's keywords or values (data)."""
+    kinds = inspect.Parameter
+    params = list(signature.parameters.values())
+    positional = [
+        p for p in params if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)
+    ]
+    by_keyword = {
+        p.name for p in params if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
+    }
+    takes_more = any(p.kind is kinds.VAR_POSITIONAL for p in params)
+    takes_any_keyword = any(p.kind is kinds.VAR_KEYWORD for p in params)
+    problems: list[str] = []
+    if not takes_more and len(args) > len(positional):
+        problems.append(f"{len(args)} positional arguments, for at most {len(positional)}")
+    placed = {p.name for p in positional[: len(args)]}
+    twice = [name for name in by_keyword if name in placed and name in kwargs]
+    if twice:
+        problems.append(
+            "given both by position and by keyword: " + ", ".join(repr(n) for n in sorted(twice))
+        )
+    strangers = [k for k in kwargs if k not in by_keyword]
+    if strangers and not takes_any_keyword:
+        problems.append(f"{len(strangers)} keyword argument(s) it has no parameter for")
+    given = placed | {k for k in kwargs if k in by_keyword}
+    missing = [
+        p.name
+        for p in params
+        if p.default is kinds.empty
+        and p.kind not in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)
+        and p.name not in given
+    ]
+    if missing:
+        problems.append("missing " + ", ".join(repr(n) for n in missing))
+    return "; ".join(problems) or "they do not bind to its parameters"
 
 
 async def _run_coroutine(task: Task[Any, Any], call: TaskCall) -> Any:
@@ -320,9 +378,17 @@ class TaskWorker:
         hooks: WorkerHooks | None = None,
         **options: Any,
     ) -> None:
+        if not app.tasks:
+            # Else it would serve the default queue and dead-letter every call on it as
+            # unknown: most likely the module defining the tasks was not imported.
+            raise ValueError(
+                "no task is registered in this Tasks app: import the module that defines "
+                "its tasks (@tasks.task) before starting the worker, or name that module "
+                "(sqqueue worker myapp.jobs:tasks)"
+            )
         names = list(queues) if queues is not None else app.queue_names()
         if not names:
-            raise ValueError("no queue to serve: register tasks first (@tasks.task)")
+            raise ValueError("no queue to serve: name at least one in queues=[...]")
         unknown = [n for n in names if n not in app.queue_names()]
         if unknown:
             raise ValueError(f"no task of this app uses queue {unknown[0]!r}")
