@@ -129,6 +129,24 @@ def test_bad_input_is_an_err_and_extends_nothing(
     assert expiries(queue) == {message.id: at(clock() + 5)}
 
 
+def test_one_message_under_a_lapsed_and_a_live_lease_is_extended_once(
+    make_queue: MakeQueue, clock: FakeClock
+) -> None:
+    """A worker may hold a message again after its first lease ran out: its heartbeat
+    then passes both leases. Only the lapsed one is refused; the others are extended."""
+    queue = make_queue(table_name="jobs")
+    ok(queue.enqueue("a"))
+    stale = leased(queue, visibility_timeout=5)
+    clock.advance(10)
+    fresh = leased(queue, visibility_timeout=30)
+    assert fresh.id == stale.id
+    ok(queue.enqueue("b"))
+    other = leased(queue, visibility_timeout=30)
+    error = err(queue.extend_batch([stale, other, fresh], 60), ErrorKind.LEASE_LOST)
+    assert isinstance(error, LeasesNotExtended) and "1 of 3" in str(error)
+    assert expiries(queue) == {fresh.id: at(clock() + 60), other.id: at(clock() + 60)}
+
+
 def test_the_asyncio_queue_extends_a_batch(make_queue: MakeQueue, clock: FakeClock) -> None:
     aq = AsyncQueue(make_queue(table_name="jobs"))
 

@@ -41,6 +41,12 @@ def test_a_url_libpq_refuses_is_a_value_error_without_its_password(url: str) -> 
     assert SECRET not in str(listed.error)
 
 
+def test_an_at_sign_in_the_query_is_no_password_s() -> None:
+    listed = sqqueue.list_queues("postgresql://app:pw@127.0.0.1:9?application_name=ops@eu")
+    assert listed.is_err() and "invalid PostgreSQL URL" not in str(listed.error)
+    assert "Connection refused" in str(listed.error)
+
+
 @pytest.mark.parametrize(
     ("schema", "why"), [("my-schema", "ASCII letters"), ("pg_catalog", "are reserved")]
 )

@@ -197,6 +197,7 @@ def test_stats_count_a_lease_that_ran_out_where_the_next_claim_puts_it(
     clock.advance(31)  # the consumer is gone: its leases ran out
     stats = ok(queue.stats())
     assert (stats.ready, stats.processing, stats.dead, stats.expiring_soon) == (2, 0, 1, 0)
+    assert stats.oldest_ready_age == pytest.approx(1, abs=0.01)  # ready since they ran out
     fresh = ok(queue.dequeue(visibility_timeout=600))  # the claim folds them back: the same
     stats = ok(queue.stats())
     assert (stats.ready, stats.processing, stats.dead, stats.expiring_soon) == (1, 1, 1, 0)

@@ -555,7 +555,7 @@ def test_delay_in_commits_with_the_callers_transaction(
         kept = ok(notify.delay_in(conn, 1))
         conn.rollback()
         conn.execute("INSERT INTO orders VALUES (2)")
-        sent = ok(notify.delay_in(conn, 2))
+        sent = ok(notify.delay_in(conn=conn, order=2))  # (conn by keyword too)
         conn.commit()
         conn.close()
     else:
@@ -569,11 +569,11 @@ def test_delay_in_commits_with_the_callers_transaction(
             kept = ok(notify.delay_in(conn, 1))
             conn.rollback()
             conn.execute("INSERT INTO orders VALUES (2)")
-            sent = ok(notify.delay_in(conn, 2))
+            sent = ok(notify.delay_in(conn=conn, order=2))  # (conn by keyword too)
             conn.commit()
     assert ok(queue.get_message(kept.id)) is None or kept.id == sent.id
     found = ok(queue.get_message(sent.id))
-    assert found["payload"]["args"] == [2]
+    assert found["payload"]["kwargs"] == {"order": 2}
     assert ok(queue.stats()).pending == 1
 
 
@@ -1105,7 +1105,37 @@ def test_another_function_under_a_taken_name_is_refused(tmp_path: Path) -> None:
     app.task(name="add-one")(functools.partial(add, 1))
     with pytest.raises(ValueError, match=r"registered already, for another function \(a partial"):
         app.task(name="add-one")(functools.partial(add, 2))
-    app.close()
+
+
+def test_a_reloaded_module_registers_its_tasks_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """importlib.reload of a module of tasks (a development server, IPython's autoreload)
+    defines each task's function anew, on the app another module holds: the new version
+    replaces the old one, with or without name=."""
+    (tmp_path / "reload_app.py").write_text(
+        f"from sqqueue import Tasks\ntasks = Tasks({str(tmp_path / 'jobs.db')!r})\n"
+    )
+    (tmp_path / "reloaded_jobs.py").write_text(
+        "from reload_app import tasks\n"
+        "@tasks.task\n"
+        "def send(to: str) -> str:\n"
+        "    return 'v1:' + to\n"
+        "@tasks.task(name='named')\n"
+        "def named() -> int:\n"
+        "    return 1\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    module = importlib.import_module("reloaded_jobs")
+    app = importlib.import_module("reload_app").tasks
+    first = app.tasks["reloaded_jobs.send"]
+    importlib.reload(module)
+    again = app.tasks["reloaded_jobs.send"]
+    assert again is not first and again is module.send
+    assert app.tasks["named"] is module.named
+    assert sorted(app.tasks) == ["named", "reloaded_jobs.send"]
 
 
 # -- enqueueing: the outbox, own parameters, periodic groups, deduplication ------------------------

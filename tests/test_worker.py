@@ -1078,6 +1078,32 @@ def test_stop_requeues_handler_still_running_after_grace(
     assert (stats.started, stats.completed, stats.requeued) == (1, 0, 1)  # counted
 
 
+def test_a_handler_cut_off_at_shutdown_on_its_last_attempt_is_a_dead_letter(
+    rq: Queue, running: Callable[[Worker], Running]
+) -> None:
+    """Cut off on its last attempt, the message is dead-lettered (as a crash would leave
+    it): counted, logged and hooked as such, not as "returned to the queue"."""
+    message_id = ok(rq.enqueue("stuck", max_attempts=1))
+    started, release = threading.Event(), threading.Event()
+    buried: list[tuple[int, str]] = []
+
+    def handler(message: Message) -> None:
+        started.set()
+        release.wait(60)
+
+    hooks = WorkerHooks(on_dead_letter=lambda m, exc: buried.append((m.id, str(exc))))
+    r = running(make_worker(rq, handler, grace_period=0.3, hooks=hooks))
+    try:
+        assert started.wait(15)
+        stats = r.stop(timeout=30)
+    finally:
+        release.set()
+    assert (stats.requeued, stats.dead_lettered) == (0, 1)
+    assert buried == [(message_id, "cut off at shutdown")]
+    (dead,) = ok(rq.get_dead_letters())
+    assert dead["id"] == message_id and "no attempt left" in dead["last_error"]
+
+
 def test_a_worker_runs_once(rq: Queue, running: Callable[[Worker], Running]) -> None:
     """A second run() would return at once, serving nothing (stop() is for good): it
     raises instead, saying to make a new worker."""

@@ -194,6 +194,11 @@ def _check_times(
         raise ValueError(f"task_timeout must be > 0 seconds, got {task_timeout!r}")
 
 
+class _CutOff(Exception):
+    """What ``on_dead_letter`` is given for a message still running when shutdown ended
+    on its last attempt: no exception of the handler's ended it."""
+
+
 def _heartbeat(value: object) -> float:
     """``value`` as a heartbeat, if it is a number of seconds a heartbeat can keep (each
     round extends leases: one every few milliseconds would spin a core); else ValueError."""
@@ -941,15 +946,22 @@ class WorkerCore:
             for task in leftovers:
                 task.abandoned = True
         for task in leftovers:
-            result = self.queue.requeue(task.message)
-            if result.is_ok():
+            message = task.message
+            result = self.queue.requeue(message)
+            # A requeue on the message's last attempt dead-letters it (as a crash would).
+            died = result.is_ok() and message.attempts >= message.max_attempts
+            if died:
+                self._count(dead_lettered=1)
+                self.hooks.call("on_dead_letter", message, _CutOff("cut off at shutdown"))
+            elif result.is_ok():
                 self.stats.requeued += 1
             logger.warning(
-                "worker %s: message %d still running at shutdown, returned to the queue (%s)",
+                "worker %s: message %d still running at shutdown, %s (%s)",
                 self.name,
-                task.message.id,
+                message.id,
+                "dead-lettered: that was its last attempt" if died else "returned to the queue",
                 "ok" if result.is_ok() else result.error,
-                extra={"message_id": task.message.id, "attempt": task.message.attempts},
+                extra={"message_id": message.id, "attempt": message.attempts},
             )
 
 

@@ -791,7 +791,10 @@ class SQLBackend(Backend):
         delayed, oldest_age = found["delayed_oldest"]
         # A lease that ran out is nobody's any more: its message counts where the next
         # claim will put it (ready, or dead on its last attempt), not as processing.
-        expiring, lapsed, lapsed_dead = (int(n) for n in found["leases"])
+        expiring, lapsed, lapsed_dead = (int(n) for n in found["leases"][:3])
+        lapsed_age = found["leases"][3]
+        if lapsed_age is not None and (oldest_age is None or lapsed_age > oldest_age):
+            oldest_age = lapsed_age
         return {
             "ready": int(unleased) - int(delayed) - int(found["waiting"]) + lapsed - lapsed_dead,
             "delayed": int(delayed),

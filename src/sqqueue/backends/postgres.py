@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import random
+import re
 import select
 import threading
 import time
@@ -313,7 +314,7 @@ def url_settings(url: str) -> dict[str, Any]:
     along as ``__context__``, for error trackers (and ``from None`` only hides it from
     tracebacks).
     """
-    authority = url.partition("://")[2].partition("/")[0]
+    authority = re.split(r"[/?#]", url.partition("://")[2], maxsplit=1)[0]
     if authority.count("@") > 1:
         # libpq would end the user part at the first '@' and take the rest of the
         # password for the host, which its errors then quote.

@@ -623,11 +623,14 @@ STATEMENTS = {
     "waiting": """
         SELECT count(*) FROM $q WHERE group_key IS NOT NULL AND status = 'waiting'""",
     # Live leases that run out within the horizon; leases already run out (which the next
-    # claim folds back), and how many of those were on their last attempt (dead then).
+    # claim folds back), how many of those were on their last attempt (dead then), and
+    # how long ago the first of the others ran out (ready since).
     "leases": """
         SELECT count(*) FILTER (WHERE lease_expires_at > $now),
                count(*) FILTER (WHERE lease_expires_at <= $now),
-               count(*) FILTER (WHERE lease_expires_at <= $now AND attempts >= max_attempts)
+               count(*) FILTER (WHERE lease_expires_at <= $now AND attempts >= max_attempts),
+               $now - min(lease_expires_at) FILTER (WHERE lease_expires_at <= $now
+                                                     AND attempts < max_attempts)
           FROM $q WHERE status = 'processing' AND lease_expires_at <= $now + %(horizon)s""",
     # When the next delayed message falls due or lease runs out.
     "next_due": """

@@ -619,11 +619,14 @@ STATEMENTS = {
     "waiting": """
         SELECT count(*) FROM $q WHERE group_key IS NOT NULL AND status = 'waiting'""",
     # Live leases that run out within the horizon; leases already run out (which the next
-    # claim folds back), and how many of those were on their last attempt (dead then).
+    # claim folds back), how many of those were on their last attempt (dead then), and
+    # how long ago the first of the others ran out (ready since).
     "leases": """
         SELECT coalesce(sum(lease_expires_at > :now), 0),
                coalesce(sum(lease_expires_at <= :now), 0),
-               coalesce(sum(lease_expires_at <= :now AND attempts >= max_attempts), 0)
+               coalesce(sum(lease_expires_at <= :now AND attempts >= max_attempts), 0),
+               :now - min(CASE WHEN lease_expires_at <= :now AND attempts < max_attempts
+                               THEN lease_expires_at END)
           FROM $q WHERE status = 'processing' AND lease_expires_at <= :now + :horizon""",
     # Seconds until the earliest visible_at among pending rows, read from the ready index
     # one priority level at a time (a skip-scan: a few index seeks per level, whatever the
@@ -784,9 +787,9 @@ UPGRADES = {
 # The columns that tell a table in sqqueue 0.1.0's layout (a queue not migrated yet).
 LEGACY_COLUMNS = frozenset({"processing_at", "dlq", "visible_at", "status"})
 
-# A 0.1.0 table to this schema, in one transaction: its rows keep their ids.
 # A 0.1.0 message that may still be tried (0.1.0 dead-lettered the others at dequeue).
 _LEGACY_ATTEMPTS_LEFT = "coalesce(attempts, 0) < coalesce(max_attempts, :max_attempts)"
+# A 0.1.0 table to this schema, in one transaction: its rows keep their ids.
 LEGACY_MIGRATION = (
     "ALTER TABLE $q RENAME TO $legacy",
     *QUEUE_DDL,

@@ -86,16 +86,19 @@ def _batch_refs(parts: Parts, messages: Sequence[object], action: str) -> list[R
     # A Message is the usual reference: read without the lease memory's lock.
     name = parts.name
     refs = [message_ref(m, name) if type(m) is Message else leases.ref(m) for m in messages]
-    seen: set[int] = set()
-    for message_id, _ in refs:
-        if message_id in seen:
+    # The same lease twice is a mistake to say. One id under two leases is not: a worker
+    # may hold a message again after its first lease ran out, and its heartbeat extends
+    # both (the first is refused, by itself).
+    seen: set[Ref] = set()
+    for ref in refs:
+        if ref in seen:
             raise QueueError(
-                f"{action} was given message {message_id} more than once; pass each message "
+                f"{action} was given message {ref[0]} more than once; pass each message "
                 "once (nothing was changed)",
                 ErrorKind.INVALID_INPUT,
-                message_id,
+                ref[0],
             )
-        seen.add(message_id)
+        seen.add(ref)
     return refs
 
 

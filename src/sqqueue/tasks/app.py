@@ -312,11 +312,12 @@ class Tasks:
         )
         with self._lock:
             existing = self._tasks.get(task_name)
-            # Another function under a name taken is refused, even one with the same module
-            # and qualified name (two made by one factory, two lambdas): messages name the
-            # task, so the second would silently run in place of the first. The same
-            # function again (registered twice, or with other options) replaces it.
-            if existing is not None and existing.fn is not fn:
+            # Another function under a name taken is refused: messages name the task, so
+            # the second would silently run in place of the first. The same function again
+            # (registered twice, or with other options) replaces it, and so does a new
+            # version of it, its module reloaded (the same module and qualified name);
+            # functions of one factory or lambdas share such names without being one.
+            if existing is not None and not _same_function(existing.fn, fn):
                 raise ValueError(
                     f"a task named {task_name!r} is registered already, for another function "
                     f"({_describe(existing.fn)}); give each its own name: "
@@ -493,6 +494,21 @@ def _describe(fn: Callable[..., Any]) -> str:
     if isinstance(module, str) and isinstance(qualname, str):
         return f"{module}.{qualname}"
     return f"a {type(fn).__name__}"
+
+
+def _same_function(old: Callable[..., Any], new: Callable[..., Any]) -> bool:
+    """Whether ``new`` is ``old`` or a new version of it (its module reloaded): the same
+    module and qualified name, one that names a single function (not a factory's local
+    function, nor a lambda)."""
+    if old is new:
+        return True
+    qualname = getattr(new, "__qualname__", None)
+    return (
+        isinstance(qualname, str)
+        and "<" not in qualname  # <locals>, <lambda>: not one function's name
+        and qualname == getattr(old, "__qualname__", None)
+        and getattr(new, "__module__", None) == getattr(old, "__module__", None)
+    )
 
 
 def _no_history(name: str) -> str:

@@ -138,13 +138,16 @@ class Task(Generic[P, R]):
         return self._enqueue(args, kwargs, options)
 
     def delay_in(
-        self, conn: Any, /, *args: P.args, **kwargs: P.kwargs
+        self, conn: Any = None, /, *args: P.args, **kwargs: P.kwargs
     ) -> Result[TaskHandle, EnqueueError]:
         """``delay()`` inside your own open transaction on ``conn`` (an ``sqlite3``
         connection on the queue's file, or a ``psycopg`` connection): the call is enqueued
         if and only if your transaction commits (the outbox pattern). ``conn`` None is an
         ``Err`` (INVALID_INPUT), nothing enqueued: never an enqueue outside the
-        transaction."""
+        transaction. ``conn=`` by keyword is the connection too, unless the task itself
+        has a parameter named ``conn``."""
+        if conn is None and "conn" in kwargs and "conn" not in self.signature.parameters:
+            conn = kwargs.pop("conn")
         return self._enqueue(args, kwargs, {}, conn=conn)
 
     async def delay_async(
