@@ -359,6 +359,71 @@ def test_text_that_looks_like_markup_is_shown_as_it_is(
     assert "/data/[/]jobs.db" in config.stdout
 
 
+#: every command that prints stored payloads and errors, text and JSON
+READERS = [
+    ["peek", "{db}", "jobs"],
+    ["ls", "{db}", "jobs"],
+    ["dlq", "list", "{db}", "jobs"],
+    ["dlq", "show", "{db}", "jobs", "1"],
+    ["dequeue", "{db}", "jobs"],
+]
+
+
+def stored_as_dead_then_live(db: Path, payload: Any, error: str) -> None:
+    """Message 1 of queue jobs dead with ``error``, message 2 ready, both ``payload``."""
+    with opened(db) as q:
+        q.enqueue(payload).unwrap()
+        q.fail_message(q.dequeue().unwrap(), send_to_dlq=True, error=error)  # type: ignore[arg-type]
+        q.enqueue(payload).unwrap()
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+@pytest.mark.parametrize("args", READERS, ids=lambda a: "-".join(w for w in a[:2] if "{" not in w))
+def test_a_lone_surrogate_in_a_payload_is_printed_escaped(
+    db: Path, args: list[str], as_json: bool
+) -> None:
+    """A payload a Python producer stored with a lone surrogate in it: printed as \\ud800
+    (JSON's own escape in --json), never a traceback; dequeue prints what it leased."""
+    stored_as_dead_then_live(db, {"a": ["\ud800"]}, "boom")
+    result = run_cli(*(a.format(db=db) for a in args), *(["--json"] if as_json else []))
+    assert result.exit_code == 0, result.output
+    assert "\\ud800" in result.stdout
+    if as_json:
+        data = json.loads(result.stdout)
+        if "messages" in data:
+            data = data["messages"][0]
+        assert data["payload"] == {"a": ["\ud800"]}
+    if args[0] == "dequeue" and not as_json:
+        assert result.stdout.startswith("2\t")
+
+
+@pytest.mark.parametrize("args", READERS, ids=lambda a: "-".join(w for w in a[:2] if "{" not in w))
+def test_control_characters_are_shown_escaped(db: Path, args: list[str]) -> None:
+    """A payload or last error cannot retitle the terminal, clear it or colour it: control
+    characters show escaped in text output, and --json keeps the exact text."""
+    payload = "x\x1b]0;pwned\x07\x1b[31mRED\u009b\x7f"
+    stored_as_dead_then_live(db, payload, "e\x1b[2J")
+    given = [a.format(db=db) for a in args]
+    result = run_cli(*given)
+    assert result.exit_code == 0, result.output
+    for raw in ("\x1b", "\x07", "\u009b", "\x7f"):
+        assert raw not in result.stdout
+    assert "x\\x1b]0;pwned\\x07\\x1b[31mRED\\x9b\\x7f" in result.stdout
+    if args[0] == "dlq":
+        assert "e\\x1b[2J" in result.stdout
+    exact = json.loads(run_cli(*given, "--json").stdout) if args[0] != "dequeue" else None
+    if exact is not None:
+        entry = exact["messages"][0] if "messages" in exact else exact
+        assert entry["payload"] == payload
+
+
+def test_an_error_line_shows_control_characters_escaped(tmp_path: Path) -> None:
+    result = run_cli("ls", tmp_path / "a\x1b[2Jb.db", "jobs")
+    assert result.exit_code == 1
+    assert "a\\x1b[2Jb.db" in one_error_line(result)
+    assert "\x1b" not in result.stderr
+
+
 def test_ls_pages_and_states(db: Path) -> None:
     seed(db, "jobs", [f"m{n}" for n in range(5)])
     seed(db, "jobs", ["later"], delay=3600)

@@ -115,6 +115,7 @@ def _build() -> click.Group:
           sqqueue worker tasks:send jobs.db emails --concurrency 4
           sqqueue stats postgresql://app@db.internal/app
         """
+        base.escape_output_errors()
         if ctx.invoked_subcommand not in _LONG_RUNNING:
             _reported_once()
         if key_file is not None:

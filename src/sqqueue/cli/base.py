@@ -112,7 +112,39 @@ def _json_default(value: Any) -> Any:
 
 
 def dumps(data: Any, indent: int | None = 2) -> str:
-    return json.dumps(data, default=_json_default, indent=indent, ensure_ascii=False)
+    """JSON text, non-ASCII characters as they are; all ASCII (``\\uXXXX`` escapes, which
+    every JSON reader takes back) when stdout could not write it as it is: a lone
+    surrogate stored by a Python producer, or a character stdout's encoding lacks."""
+    text = json.dumps(data, default=_json_default, indent=indent, ensure_ascii=False)
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        text = json.dumps(data, default=_json_default, indent=indent, ensure_ascii=True)
+    return text
+
+
+def escape_output_errors() -> None:
+    """Let stdout and stderr escape what their encoding cannot write (``\\ud800``), so
+    that no stored text makes a command fail half-way, e.g. after a dequeue leased the
+    message it could not print."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):  # (closed, or not reconfigurable)
+                reconfigure(errors="backslashreplace")
+
+
+#: what a terminal would act on rather than show: C0 controls, DEL, C1 controls (and
+#: lone surrogates, which no terminal can show)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def printable(text: str, keep: str = "") -> str:
+    """Text as a terminal shows it safely: control characters but those in ``keep``
+    escaped as Python writes them (``\\x1b``, ``\\r``), so that a payload or an error
+    cannot move the cursor, clear the screen or retitle the window. (``--json`` output
+    keeps the exact text, in JSON's own escapes.)"""
+    return _CONTROL.sub(lambda m: m.group() if m.group() in keep else repr(m.group())[1:-1], text)
 
 
 def _not_json(constant: str) -> Any:
@@ -221,9 +253,10 @@ def payload_text(payload: Any) -> str:
 
 
 def clip(text: str | None, width: int) -> str:
+    """Text for a table cell: on one line, control characters escaped, cut to ``width``."""
     if not text:
         return "-"
-    flat = " ".join(text.split())
+    flat = printable(" ".join(text.split()))
     return flat if len(flat) <= width else flat[: width - 3] + "..."
 
 
@@ -485,6 +518,8 @@ def new_table(title: str | None) -> Table:
 
 
 def detail_text(fields: list[tuple[str, object]]) -> str:
+    """``label: value`` lines (peek, dlq show): a value of several lines is indented under
+    its first, and control characters but newlines and tabs are escaped."""
     width = max(len(label) for label, _ in fields) + 1
     lines = []
     for label, value in fields:
@@ -494,7 +529,7 @@ def detail_text(fields: list[tuple[str, object]]) -> str:
             text = "-"
         else:
             text = str(value)
-        text = text.replace("\n", "\n" + " " * (width + 1))
+        text = printable(text, keep="\n\t").replace("\n", "\n" + " " * (width + 1))
         lines.append(f"{label + ':':<{width}} {text}")
     return "\n".join(lines)
 
@@ -515,7 +550,7 @@ class SqqueueGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CliError as exc:
-            click.echo(f"error: {one_line(exc)}", err=True)
+            click.echo(f"error: {printable(one_line(exc))}", err=True)
             ctx.exit(exc.code)
 
 

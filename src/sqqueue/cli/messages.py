@@ -438,7 +438,8 @@ def dequeue(
 
     Finish it with `sqqueue complete` or `sqqueue fail` before the lease runs out, or
     it is delivered again. Prints nothing (exit 0) when no message is ready; with
-    --json, prints the message as an object, or null.
+    --json, prints the message as an object, or null. Control characters of PAYLOAD
+    (but newline and tab) print escaped (\\x1b); --json has the exact payload.
 
     \b
     Example:
@@ -454,7 +455,9 @@ def dequeue(
         if base.stream_is_tty(sys.stderr):
             click.echo(f"queue {queue!r} has no message ready", err=True)
     else:
-        click.echo(f"{message.id}\t{base.payload_text(message.payload)}")
+        # (Control characters escaped, as in every text output: --json has the exact text.)
+        text = base.printable(base.payload_text(message.payload), keep="\n\t")
+        click.echo(f"{message.id}\t{text}")
         if base.stream_is_tty(sys.stderr):
             click.echo(
                 f"leased until {base.fmt_when(message.lease_expires_at)}; finish it with: "
