@@ -4,6 +4,7 @@ any file when it refuses."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +214,8 @@ def test_copy_checks_every_queue_before_writing(tmp_path: Path) -> None:
     assert list_queues(target).unwrap() == ["b"]  # 'a' was not even created
     missing = run_cli("copy", f"sqlite:///{source}", f"sqlite:///{target}", "a", "nope")
     assert missing.exit_code == 1
-    assert "no queue 'nope' in the source (queues there: a, b)" in one_error_line(missing)
+    assert "no queue 'nope' in sqlite:///" in one_error_line(missing)
+    assert "(queues there: a, b); nothing was copied" in one_error_line(missing)
     assert list_queues(target).unwrap() == ["b"]
 
 
@@ -257,6 +259,72 @@ def test_copy_stopped_part_way_says_what_to_do_and_resumes(
         assert statuses_in(target, name) == {
             i: "ready" if s == "processing" else s for i, s in statuses_in(source, name).items()
         }
+
+
+# -- sqqueue 0.1.0 queues and files without queues ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["salvage", "{f}", "{new}"], ["copy", "{f}", "{new}"], ["copy", "{f}", "{new}", "orders"]],
+    ids=["salvage", "copy", "copy-a-queue"],
+)
+def test_copy_and_salvage_refuse_a_file_of_0_1_0_queues(
+    legacy_db: Path, tmp_path: Path, args: list[str]
+) -> None:
+    """Not a success that wrote nothing: the 0.1.0 queues are named, with the way to
+    migrate them; the file is left as it was and no target is made."""
+    before = legacy_db.read_bytes()
+    new = tmp_path / "new.db"
+    result = run_cli(*(a.format(f=legacy_db, new=new) for a in args))
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert f"holds only sqqueue 0.1.0 queues ({', '.join(tools.legacy_queues(legacy_db))})" in line
+    assert f"`sqqueue migrate {legacy_db}` first" in line and "on a copy" in line
+    assert legacy_db.read_bytes() == before
+    assert not new.exists()
+
+
+@pytest.mark.parametrize("command", ["salvage", "copy"])
+def test_copy_and_salvage_refuse_a_file_without_queues(tmp_path: Path, command: str) -> None:
+    plain = tmp_path / "plain.db"
+    with sqlite3.connect(plain) as conn:
+        conn.execute("CREATE TABLE notes (text)")
+    new = tmp_path / "new.db"
+    result = run_cli(command, plain, new)
+    assert result.exit_code == 1
+    assert f"no sqqueue queue in {plain}; nothing to {command}" in one_error_line(result)
+    assert not new.exists()
+
+
+def test_copy_and_salvage_of_current_and_0_1_0_queues(legacy_db: Path, tmp_path: Path) -> None:
+    """copy of every queue refuses (naming the 0.1.0 ones), and copies the current queue
+    named; salvage copies the current queue and fails saying which were left out."""
+    with SQLiteQueue(legacy_db, table_name="jobs") as q:
+        q.enqueue("current").unwrap()
+    legacy = ", ".join(tools.legacy_queues(legacy_db))
+    refused = run_cli("copy", legacy_db, tmp_path / "all.db")
+    assert refused.exit_code == 1
+    line = one_error_line(refused)
+    assert f"holds sqqueue 0.1.0 queues ({legacy})" in line and "or name the queues" in line
+    assert not (tmp_path / "all.db").exists()
+    named = run_cli("copy", legacy_db, tmp_path / "jobs.db", "jobs")
+    assert named.exit_code == 0, named.output
+    assert list_queues(tmp_path / "jobs.db").unwrap() == ["jobs"]
+    salvaged = run_cli("salvage", legacy_db, tmp_path / "rescued.db")
+    assert salvaged.exit_code == 1
+    assert "jobs: 1 message(s)" in salvaged.stdout
+    assert f"0.1.0 queues of {legacy_db} ({legacy}) were not salvaged" in one_error_line(salvaged)
+    assert list_queues(tmp_path / "rescued.db").unwrap() == ["jobs"]
+
+
+def test_an_unknown_queue_of_a_0_1_0_file_names_the_0_1_0_queues(legacy_db: Path) -> None:
+    result = run_cli("ls", legacy_db, "nosuch")
+    assert result.exit_code == 1
+    line = one_error_line(result)
+    assert "(queues there: none; sqqueue 0.1.0 queues: " in line
+    assert ", ".join(tools.legacy_queues(legacy_db)) in line
+    assert f"`sqqueue migrate {legacy_db}`" in line
 
 
 # -- a file that is not a database --------------------------------------------------------------

@@ -424,13 +424,27 @@ def legacy_names(db: Database) -> list[str]:
         raise CliError(str(exc)) from None
 
 
+def legacy_hint(db: Database, legacy: list[str]) -> str:
+    """What to say of the 0.1.0 queues of a database, when it has any."""
+    if not legacy:
+        return ""
+    return (
+        f"; sqqueue 0.1.0 queues: {', '.join(legacy)}, to migrate with `sqqueue migrate {db.typed}`"
+    )
+
+
 def require_queue(db: Database, name: str, hint: str = "") -> None:
-    """Fail unless the database holds a queue ``name``, listing the queues it does hold."""
+    """Fail unless the database holds a queue ``name``, listing the queues it does hold
+    (0.1.0 queues too: a name among them is there, to be migrated)."""
     require_db(db)
     known = queue_names(db)
-    if name not in known and name not in legacy_names(db):
+    legacy = legacy_names(db)
+    if name not in known and name not in legacy:
         there = ", ".join(known) if known else "none"
-        raise CliError(f"no queue {name!r} in {db.shown} (queues there: {there}){hint}")
+        raise CliError(
+            f"no queue {name!r} in {db.shown} (queues there: {there}"
+            f"{legacy_hint(db, legacy)}){hint}"
+        )
 
 
 def open_queue(db: Database, queue: str, *, create: bool = False, read_only: bool = False) -> Queue:

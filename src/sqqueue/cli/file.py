@@ -116,7 +116,9 @@ def salvage(source: str, target: str) -> None:
 
     SRC is only read. Every column of every readable row is kept (ids, priorities,
     attempts, errors, groups, times to live); dead letters, kept history and dedup
-    keys come along; messages that were being processed come back pending.
+    keys come along; messages that were being processed come back pending. Queues
+    still in sqqueue 0.1.0's layout are not read: the error names them (exit 1); run
+    `sqqueue migrate` on a copy of SRC first.
 
     \b
     Example:
@@ -130,9 +132,17 @@ def salvage(source: str, target: str) -> None:
     )
     base.require_db(src)
     try:
+        legacy = tools.legacy_queues(src.location)
+    except QueueError:
+        legacy = []  # (a damaged list of tables: salvage says what it cannot read)
+    try:
         report = tools.salvage(src.location, dst.location)
     except (QueueError, ValueError) as exc:
         raise base.CliError(str(exc)) from None
+    if not report.copied and not report.errors:  # (then nothing was written)
+        if legacy:
+            raise base.CliError(_only_legacy(src, legacy, "salvage"))
+        raise base.CliError(f"no sqqueue queue in {src.shown}; nothing to salvage")
     for name in sorted(report.copied):
         click.echo(
             f"{name}: {report.copied[name]} message(s), "
@@ -141,6 +151,28 @@ def salvage(source: str, target: str) -> None:
     for problem in report.errors:
         click.echo(f"warning: {problem}", err=True)
     click.echo(f"salvaged into {dst.shown}; {report.lost_rows} unreadable row(s) skipped")
+    if legacy:
+        raise base.CliError(
+            f"the sqqueue 0.1.0 queues of {src.shown} ({', '.join(legacy)}) were not "
+            f"salvaged: salvage reads the current layout only; run `sqqueue migrate` on a "
+            f"copy of {src.shown} (with its -wal file if there is one), then salvage the copy"
+        )
+
+
+def _migrate_first(src: base.Database) -> str:
+    """How to bring the 0.1.0 queues of the file ``src`` to a layout copy and salvage read."""
+    return (
+        f"run `sqqueue migrate {src.typed}` first (if the file must stay untouched: on a "
+        "copy of it, with its -wal file if there is one)"
+    )
+
+
+def _only_legacy(src: base.Database, legacy: list[str], what: str) -> str:
+    """The error of copy or salvage (``what``) given only sqqueue 0.1.0 queues."""
+    return (
+        f"{src.shown} holds only sqqueue 0.1.0 queues ({', '.join(legacy)}), which {what} "
+        f"does not read: {_migrate_first(src)}; nothing was written"
+    )
 
 
 @click.command()
@@ -255,7 +287,8 @@ def copy(
     dead letters, kept history and dedup keys; SRC is only read. Every queue is
     checked before anything is written: each target queue must be empty, or already
     hold a copy (skipped), or, with --resume, part of one. The counts are checked
-    after each queue.
+    after each queue. A SRC with no queue, or with sqqueue 0.1.0 queues among those to
+    copy, is refused: run `sqqueue migrate` on SRC (or on a copy of it) first.
 
     \b
     Example:
@@ -277,7 +310,7 @@ def copy(
     target_schema = (target_schema or schema) if postgres[1] else None
     for name in queues:
         base.check_name(name)
-    base.require_db(base.database(source, source_schema))
+    _check_copy_source(base.database(source, source_schema), queues)
     with base.progress_bar("copying", known_total=True) as update:
         try:
             report = tools.copy_queues(
@@ -302,3 +335,26 @@ def copy(
         elif counts["already"]:
             line += f" ({counts['already']} were there already)"
         click.echo(line)
+
+
+def _check_copy_source(src: base.Database, queues: tuple[str, ...]) -> None:
+    """Refuse a copy that would leave queues out unsaid: sqqueue 0.1.0 queues (which copy
+    does not read) among those asked for, or in the source when every queue is asked
+    for; and a source with no queue at all."""
+    base.require_db(src)
+    current = base.queue_names(src)
+    legacy = base.legacy_names(src)
+    for name in queues:
+        base.require_queue(src, name, "; nothing was copied")  # (0.1.0 ones: refused below)
+    left_out = [name for name in queues if name in legacy] if queues else legacy
+    if left_out and not current:
+        raise base.CliError(_only_legacy(src, legacy, "copy"))
+    if left_out:
+        raise base.CliError(
+            f"{src.shown} holds sqqueue 0.1.0 queues ({', '.join(left_out)}), which copy does "
+            f"not read: {_migrate_first(src)}"
+            + ("" if queues else ", or name the queues to copy")
+            + "; nothing was written"
+        )
+    if not current:
+        raise base.CliError(f"no sqqueue queue in {src.shown}; nothing to copy")
