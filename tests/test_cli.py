@@ -29,6 +29,7 @@ from helpers import (
     opened,
     read_line_within,
     run_cli,
+    wait_until,
     worker_until,
 )
 from sqqueue import SQLiteQueue, cli
@@ -898,6 +899,65 @@ def test_process_stats_watch_stops_on_ctrl_c(db: Path) -> None:
         proc.kill()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+
+
+def test_process_bulk_enqueue_commits_slow_input_and_says_what_ctrl_c_left(db: Path) -> None:
+    """Lines from a slow pipe are committed within about a second, not held for a full
+    batch; Ctrl-C exits 130 saying how many messages were committed, and that count is
+    what the queue holds."""
+    proc = subprocess.Popen(
+        [*SQQUEUE, "enqueue", str(db), "jobs", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=CLI_ENV,
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write("".join(f"line {n}\n" for n in range(1500)))
+        proc.stdin.flush()
+        wait_until(lambda: db.exists() and counts(db)["ready"] == 1500, what="1500 committed")
+        proc.stdin.write("one more\nand another\n")
+        proc.stdin.flush()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    said = counts(db)["ready"]
+    assert said in (1500, 1502)  # (the last two lines may have had their second)
+    assert err == (
+        f"error: interrupted: {said} message(s) enqueued to queue 'jobs' (input lines 1 to "
+        f"{said}); the lines after those were not enqueued\n"
+    )
+
+
+def test_ctrl_c_during_a_commit_is_raised_after_it() -> None:
+    """What the commit did is counted before the interrupt stops the command."""
+    done = []
+
+    def commit() -> None:
+        with cli_base.interrupts_after():
+            signal.raise_signal(signal.SIGINT)
+            done.append("committed")
+
+    with pytest.raises(KeyboardInterrupt):
+        commit()
+    assert done == ["committed"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_is_one_error_line_and_exit_130(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seed(db, "jobs", ["a"])
+
+    def interrupted(*_args: Any, **_kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_base, "open_queue", interrupted)
+    result = run_cli("dequeue", db, "jobs", "--wait", "30")
+    assert result.exit_code == 130
+    assert one_error_line(result) == "error: interrupted"
 
 
 def test_process_worker_runs_handler_and_stops_on_sigterm(db: Path, tmp_path: Path) -> None:

@@ -10,7 +10,8 @@
     sqqueue worker myapp.jobs:tasks --concurrency 4    # every task of a sqqueue.Tasks app
 
 Needs the ``cli`` extra (click and rich): ``pip install 'sqqueue[cli]'``. Exit codes: 0
-done, 1 the operation failed (the error is one ``error: ...`` line on stderr), 2 bad usage.
+done, 1 the operation failed (the error is one ``error: ...`` line on stderr), 2 bad usage,
+130 interrupted (Ctrl-C).
 ``--json`` output is JSON with datetimes as ISO-8601 strings and bytes as
 ``{"$bytes": "<base64>"}``.
 
@@ -106,7 +107,8 @@ def _build() -> click.Group:
         file (checkpoint, check, salvage) refuse a PostgreSQL URL with exit code 2.
 
         Exit codes: 0 done, 1 the operation failed (one "error: ..." line on stderr),
-        2 bad usage. Read-only commands never create a database file.
+        2 bad usage, 130 interrupted (Ctrl-C). Read-only commands never create a
+        database file.
 
         \b
         Example:

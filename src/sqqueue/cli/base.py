@@ -14,8 +14,12 @@ import json
 import math
 import os
 import re
+import select
+import signal
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -66,6 +70,10 @@ class FiniteRange(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
         return number
+
+
+#: the exit status of a command stopped by Ctrl-C (SIGINT), as shells report it (128 + 2)
+INTERRUPTED = 130
 
 
 class CliError(Exception):
@@ -198,6 +206,79 @@ def stdin_lines() -> Iterator[bytes]:
     if buffer is not None:
         return iter(buffer)
     return (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
+
+
+def _waitable_stdin() -> int | None:
+    """The descriptor of stdin, when a read of it can be waited for with a timeout: a
+    pipe, a file or a terminal on POSIX (Windows' select takes sockets only)."""
+    if os.name == "nt":  # pragma: no cover - depends on the platform
+        return None
+    try:
+        return sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # (replaced by a stream without one)
+        return None
+
+
+class StdinReader:
+    """Standard input line by line, as bytes (see ``stdin_lines``), with a timeout: so
+    that a slow producer (``tail -f``) can have what it sent committed without waiting
+    for a full batch. Where stdin cannot be waited on, a read waits as long as it takes."""
+
+    def __init__(self) -> None:
+        self._fd = _waitable_stdin()
+        self._blocking = stdin_lines() if self._fd is None else iter(())
+        self._lines: deque[bytes] = deque()
+        self._partial = bytearray()  # a line not ended yet
+        self._ended = False
+
+    def read(self, timeout: float | None) -> bytes | None:
+        """The next line, with its newline; ``b""`` at the end of input; None when no
+        whole line came within ``timeout`` seconds (None: no limit)."""
+        fd = self._fd
+        if fd is None:
+            return next(self._blocking, b"")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._lines:
+            if self._ended:
+                last = bytes(self._partial)  # (the last line, without a newline)
+                self._partial.clear()
+                return last
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                self._ended = True
+                continue
+            *whole, rest = chunk.split(b"\n")
+            if whole:
+                whole[0] = bytes(self._partial) + whole[0]
+                self._partial = bytearray(rest)
+                self._lines.extend(line + b"\n" for line in whole)
+            else:
+                self._partial += rest
+        return self._lines.popleft()
+
+
+@contextlib.contextmanager
+def interrupts_after() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) back until the block is done, then raise it: a commit is made
+    and counted, or not made, never made and left uncounted. (Only where SIGINT raises
+    KeyboardInterrupt: in the main thread, unless it is ignored or handled otherwise.)"""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def retry_text(policy: RetryPolicy) -> str:
@@ -558,7 +639,8 @@ def pretty_payload(payload: Any) -> str:
 
 
 class SqqueueGroup(click.Group):
-    """Turns a CliError raised by any command into ``error: ...`` and its exit code."""
+    """Turns a CliError raised by any command into ``error: ...`` and its exit code, and
+    Ctrl-C into ``error: interrupted`` and exit code 130 (not click's ``Aborted!``, 1)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -566,6 +648,10 @@ class SqqueueGroup(click.Group):
         except CliError as exc:
             click.echo(f"error: {printable(one_line(exc))}", err=True)
             ctx.exit(exc.code)
+        except KeyboardInterrupt:
+            # (Commands that run until Ctrl-C stop on it themselves, with status 0.)
+            click.echo("error: interrupted", err=True)
+            ctx.exit(INTERRUPTED)
 
 
 as_json = click.option("--json", "as_json", is_flag=True, help="Print JSON.")

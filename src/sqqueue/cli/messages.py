@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from ..stats import QueueStats
 from . import base
 
 CHUNK = 1000  # messages per enqueue_batch transaction when reading stdin
+LATENCY = 1.0  # seconds a line read from stdin waits at most for its batch's commit
 
 
 _TOTAL_HEADERS = {
@@ -319,8 +322,10 @@ def enqueue(
     QUEUE (and an SQLite file) are created if needed.
 
     PAYLOAD is stored as text unless --json is given. With "-", every line of stdin is
-    a message (blank lines are skipped), added in transactions of 1000; prints the
-    count.
+    a message (blank lines are skipped), committed in transactions of 1000, at the end
+    of input, and once a line has waited a second (slow input, as from tail -f, is
+    committed as it comes); prints the count. Ctrl-C stops it (exit 130), saying how
+    many messages were committed: the lines after those were not.
 
     \b
     Example:
@@ -354,57 +359,102 @@ def enqueue(
         return
     if dedup_key is not None:
         raise base.CliError("--dedup-key needs a single PAYLOAD, not -", 2)
-    stream = base.stdin_lines()
-    total = 0
-    with (
-        base.open_queue(db, queue, create=True) as q,
-        base.progress_bar("enqueueing", known_total=False) as update,
-    ):
-        batch: list[Item] = []
-        numbers: list[int] = []  # the line number of each item of the batch
+    with base.open_queue(db, queue, create=True) as q:
+        total = _enqueue_stdin(
+            q,
+            queue,
+            parse_json,
+            lambda item: Item(item, priority, delay, max_attempts, group=group, ttl=ttl),
+        )
+    click.echo(f"enqueued {total} message(s) to queue {queue!r}")
+
+
+_BLANK = object()  # a blank line of stdin, which is skipped
+
+
+def _line_payload(raw: bytes, number: int, parse_json: bool, earlier: Callable[[], str]) -> Any:
+    """The payload of line ``number`` of stdin, or ``_BLANK``. A line that is not UTF-8
+    text, or not JSON with ``parse_json``, is bad usage: the error names the line, and
+    ``earlier()`` says what earlier lines enqueued."""
+    try:
+        text = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise base.CliError(
+            f"line {number} is not UTF-8 text; {base.BINARY_HINT}; {earlier()}", 2
+        ) from None
+    if not text.strip():
+        return _BLANK
+    if not parse_json:
+        return text
+    try:
+        return base.parse_json_payload(text)
+    except ValueError as exc:
+        raise base.CliError(f"line {number} is not valid JSON: {exc}; {earlier()}", 2) from None
+
+
+def _enqueue_stdin(q: Queue, queue: str, parse_json: bool, make: Callable[[Any], Item]) -> int:
+    """Enqueue a message per line of stdin into ``q``, the queue named ``queue`` (``make``
+    turns a payload into its Item), in batches of ``CHUNK``; a batch is also committed
+    once its first line has waited ``LATENCY`` seconds, so that a slow producer's lines
+    (``tail -f``) do not wait for a full batch. Returns the count. Ctrl-C stops it: the
+    error says how many messages, from which lines, were committed; the rest were not."""
+    lines = base.StdinReader()
+    total = 0  # messages committed
+    through = 0  # the last line they come from
+    number = 0
+    batch: list[Item] = []
+    numbers: list[int] = []  # the line number of each item of the batch
+    first_read = 0.0  # when the batch's first line was read
+
+    def earlier() -> str:
+        return f"{total} message(s) from earlier lines were enqueued"
+
+    with base.progress_bar("enqueueing", known_total=False) as update:
 
         def flush() -> None:
-            nonlocal total
+            nonlocal total, through
             if not batch:
                 return
-            result = q.enqueue_batch(batch)
-            if isinstance(result, Err):
-                raise base.CliError(
-                    f"{base.batch_error(str(result.error), numbers)}; "
-                    f"{total} message(s) from earlier lines were enqueued"
-                )
-            total += len(result.value)
+            with base.interrupts_after():  # (so that the count said is what was committed)
+                result = q.enqueue_batch(batch)
+                if isinstance(result, Err):
+                    raise base.CliError(
+                        f"{base.batch_error(str(result.error), numbers)}; {earlier()}"
+                    )
+                total += len(result.value)
+                through = numbers[-1]
             update(total, None)
             batch.clear()
             numbers.clear()
 
-        for number, raw in enumerate(stream, start=1):
-            try:
-                text = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError:
-                raise base.CliError(
-                    f"line {number} is not UTF-8 text; {base.BINARY_HINT}; "
-                    f"{total} message(s) from earlier lines were enqueued",
-                    2,
-                ) from None
-            if not text.strip():
-                continue
-            item: Any = text
-            if parse_json:
-                try:
-                    item = base.parse_json_payload(text)
-                except ValueError as exc:
-                    raise base.CliError(
-                        f"line {number} is not valid JSON: {exc}; "
-                        f"{total} message(s) from earlier lines were enqueued",
-                        2,
-                    ) from None
-            batch.append(Item(item, priority, delay, max_attempts, group=group, ttl=ttl))
-            numbers.append(number)
-            if len(batch) >= CHUNK:
-                flush()
-        flush()
-    click.echo(f"enqueued {total} message(s) to queue {queue!r}")
+        try:
+            while True:
+                wait = max(0.0, first_read + LATENCY - time.monotonic()) if batch else None
+                raw = lines.read(wait)
+                if raw is None:  # the batch's first line has waited long enough
+                    flush()
+                    continue
+                if not raw:
+                    break
+                number += 1
+                item = _line_payload(raw, number, parse_json, earlier)
+                if item is _BLANK:
+                    continue
+                if not batch:
+                    first_read = time.monotonic()
+                batch.append(make(item))
+                numbers.append(number)
+                if len(batch) >= CHUNK or time.monotonic() - first_read >= LATENCY:
+                    flush()
+            flush()
+        except KeyboardInterrupt:
+            done = f" (input lines 1 to {through})" if through else ""
+            raise base.CliError(
+                f"interrupted: {total} message(s) enqueued to queue {queue!r}{done}; "
+                "the lines after those were not enqueued",
+                base.INTERRUPTED,
+            ) from None
+    return total
 
 
 @click.command()
