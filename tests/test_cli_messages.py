@@ -85,6 +85,63 @@ def test_priority_out_of_range_is_a_usage_error(db: Path, priority: str) -> None
 
 
 @pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["enqueue", "{db}", "jobs", "x", "--max-attempts", "99999999"], "--max-attempts must be"),
+        (["enqueue", "{db}", "jobs", "x", "--delay", "1e308"], "--delay must be"),
+        (["enqueue", "{db}", "jobs", "x", "--ttl", "1e308"], "--ttl must be"),
+        (["enqueue", "{db}", "jobs", "x", "--group", ""], "--group must be"),
+        (["enqueue", "{db}", "jobs", "x", "--dedup-key", ""], "--dedup-key must be"),
+        (["enqueue", "{db}", "jobs", "-", "--max-attempts", "99999999"], "--max-attempts must"),
+        (["dequeue", "{db}", "jobs", "--visibility-timeout", "1e308"], "--visibility-timeout must"),
+        (["fail", "{db}", "jobs", "1", "--delay", "1e308"], "--delay must be"),
+        (["purge", "{db}", "jobs", "--older-than", "1e308", "--yes"], "--older-than must be"),
+        (["dlq", "purge", "{db}", "jobs", "--older-than", "1e308", "--yes"], "--older-than must"),
+        (["dlq", "redrive", "{db}", "jobs", "--all", "--rate", "1e308"], "--rate must be"),
+        (["ls", "{db}", "jobs", "--after", "99999999999999999999999"], "'--after'"),
+        (["dlq", "list", "{db}", "jobs", "--after", "99999999999999999999999"], "'--after'"),
+    ],
+    ids=[
+        "max-attempts",
+        "delay",
+        "ttl",
+        "group",
+        "dedup-key",
+        "stdin-max-attempts",
+        "visibility-timeout",
+        "fail-delay",
+        "older-than",
+        "dlq-older-than",
+        "rate",
+        "after",
+        "dlq-after",
+    ],
+)
+def test_a_value_out_of_range_is_a_usage_error_naming_the_option(
+    db: Path, args: list[str], said: str
+) -> None:
+    """Limits the library checks are said with the option's name, as bad usage (exit 2),
+    not as a failed operation with a Python parameter's name."""
+    with SQLiteQueue(db, table_name="jobs") as q:
+        q.enqueue("x").unwrap()
+        q.dequeue().unwrap()
+    result = run_cli(*(a.format(db=db) for a in args), input="line\n")
+    assert result.exit_code == 2, result.output
+    assert said in result.stderr
+    for python_name in ("max_attempts", "visibility_timeout", "older_than", "dedup_key", "failed:"):
+        assert python_name not in result.stderr
+    assert statuses_in(db, "jobs") == {1: "processing"}  # nothing changed
+
+
+def test_a_failure_of_fail_is_said_as_the_command(db: Path) -> None:
+    with SQLiteQueue(db, table_name="jobs") as q:
+        q.enqueue("x").unwrap()
+    result = run_cli("fail", db, "jobs", "55")
+    assert result.exit_code == 1
+    assert one_error_line(result).startswith("error: fail failed: message 55 is not in queue")
+
+
+@pytest.mark.parametrize(
     ("payload", "said"),
     [
         ("NaN", "NaN is not JSON"),

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
@@ -42,7 +42,7 @@ from rich.progress import (
 from rich.table import Table
 
 from .. import tools
-from ..exceptions import QueueError
+from ..exceptions import ErrorKind, QueueError
 from ..message import Message
 from ..names import validate_queue_name, validate_schema_name
 from ..queue import LISTABLE_STATES, PURGEABLE_STATES, Queue, connect, list_queues
@@ -72,6 +72,8 @@ class FiniteRange(click.FloatRange):
         return number
 
 
+#: the largest id a database holds (SQLite's largest integer, PostgreSQL's bigint)
+MAX_ID = 2**63 - 1
 #: the exit status of a command stopped by Ctrl-C (SIGINT), as shells report it (128 + 2)
 INTERRUPTED = 130
 
@@ -98,11 +100,42 @@ def one_line(text: object) -> str:
     return _PARAM_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", flat))
 
 
-def unwrap(result: Result[T, Any]) -> T:
-    """The value of an ``Ok``; an ``Err`` becomes a one-line error (exit 1)."""
-    if isinstance(result, Err):
-        raise CliError(str(result.error))
-    return result.value
+#: what the library says before a call's error: ``fail_message failed: ...``, and for
+#: one item of a batch, ``item 3: ...``
+_FAILED = re.compile(r"^(?:[a-z_]+ failed: )?(?:item \d+: )?(?P<detail>.*)$", re.DOTALL)
+_CALL_FAILED = re.compile(r"^[a-z_]+ failed: ")
+
+
+def usage_error(error: object, options: Mapping[str, str]) -> CliError | None:
+    """Bad usage (exit 2) naming the option, when ``error`` is the library refusing the
+    value of one of ``options`` (its parameter names, to the options that give them:
+    ``{"max_attempts": "--max-attempts"}``); else None. The library checks its limits
+    itself: the command passes them on rather than keep a copy of each."""
+    if not isinstance(error, QueueError) or error.kind is not ErrorKind.INVALID_INPUT:
+        return None
+    match = _FAILED.match(str(error))
+    name, _, rest = (match["detail"] if match else "").partition(" ")
+    if name not in options or not rest.startswith("must "):
+        return None
+    return CliError(f"{options[name]} {rest.removesuffix('; nothing was enqueued')}", 2)
+
+
+def unwrap(
+    result: Result[T, Any], command: str | None = None, options: Mapping[str, str] | None = None
+) -> T:
+    """The value of an ``Ok``; an ``Err`` becomes a one-line error (exit 1), said as
+    ``COMMAND failed: ...`` rather than by the library's method name when ``command``
+    is given; or bad usage (exit 2), when it refuses the value of one of ``options``
+    (see ``usage_error``)."""
+    if not isinstance(result, Err):
+        return result.value
+    usage = usage_error(result.error, options or {})
+    if usage is not None:
+        raise usage
+    text = str(result.error)
+    if command is not None:
+        text = _CALL_FAILED.sub(lambda _m: f"{command} failed: ", text, count=1)
+    raise CliError(text)
 
 
 def _json_default(value: Any) -> Any:
@@ -545,7 +578,7 @@ def open_queue(db: Database, queue: str, *, create: bool = False, read_only: boo
 
 def dead_letter(queue: Queue, message_id: int) -> dict[str, Any] | None:
     """The dead letter with this id, or None (one indexed page of the dead-letter queue)."""
-    if not 1 <= message_id <= 2**63 - 1:  # (past the largest id a database holds)
+    if not 1 <= message_id <= MAX_ID:
         return None
     page = unwrap(queue.list_messages("dead", limit=1, after_id=message_id - 1))
     return page[0] if page and page[0]["id"] == message_id else None

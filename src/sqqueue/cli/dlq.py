@@ -28,7 +28,7 @@ def dlq() -> None:
 @base.schema_opt
 @base.queue_arg
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True, metavar="N")
-@click.option("--after", type=click.IntRange(min=0), default=0, metavar="ID")
+@click.option("--after", type=click.IntRange(0, base.MAX_ID), default=0, metavar="ID")
 @base.as_json
 def dlq_list(
     target: str, queue: str, limit: int, after: int, as_json: bool, schema: str | None
@@ -42,7 +42,7 @@ def dlq_list(
     """
     db = base.database(target, schema)
     with base.open_queue(db, queue, read_only=True) as q:
-        entries = base.unwrap(q.list_messages("dead", limit=limit, after_id=after))
+        entries = base.unwrap(q.list_messages("dead", limit=limit, after_id=after), "dlq list")
     next_after = entries[-1]["id"] if len(entries) == limit else None
     if as_json:
         click.echo(base.dumps({"queue": queue, "messages": entries, "next_after": next_after}))
@@ -146,7 +146,8 @@ def dlq_redrive(
                 to_queue=to_queue,
                 rate=rate,
                 progress=update,
-            )
+            ),
+            options={"rate": "--rate"},
         )
     click.echo(f"redrove {moved} message(s) to queue {dest!r}")
 
@@ -179,5 +180,7 @@ def dlq_purge(
             f"Delete the dead letters of queue {queue!r} in {db.shown}{scope} ({count} there now)?",
             yes,
         )
-        removed = base.unwrap(q.purge("dead", older_than=older_than))
+        removed = base.unwrap(
+            q.purge("dead", older_than=older_than), options={"older_than": "--older-than"}
+        )
     click.echo(f"deleted {removed} dead letter(s) from queue {queue!r}")

@@ -25,6 +25,20 @@ from . import base
 CHUNK = 1000  # messages per enqueue_batch transaction when reading stdin
 LATENCY = 1.0  # seconds a line read from stdin waits at most for its batch's commit
 
+# The options of each command whose values the library checks, by its parameter names: a
+# value it refuses is bad usage, said with the option's name (see base.usage_error).
+ENQUEUE_OPTIONS = {
+    "priority": "--priority",
+    "delay": "--delay",
+    "max_attempts": "--max-attempts",
+    "ttl": "--ttl",
+    "group": "--group",
+    "dedup_key": "--dedup-key",
+}
+DEQUEUE_OPTIONS = {"visibility_timeout": "--visibility-timeout", "wait": "--wait"}
+FAIL_OPTIONS = {"delay": "--delay", "error": "--error"}
+PURGE_OPTIONS = {"older_than": "--older-than"}
+
 
 _TOTAL_HEADERS = {
     "dead_lettered": "to DLQ",
@@ -192,7 +206,7 @@ def stats(
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True, metavar="N")
 @click.option(
     "--after",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, base.MAX_ID),
     default=0,
     metavar="ID",
     help="Start after this id (the value printed at the end of the previous page).",
@@ -210,7 +224,7 @@ def ls(
     """
     db = base.database(target, schema)
     with base.open_queue(db, queue, read_only=True) as q:
-        entries = base.unwrap(q.list_messages(state, limit=limit, after_id=after))
+        entries = base.unwrap(q.list_messages(state, limit=limit, after_id=after), "ls")
     next_after = entries[-1]["id"] if len(entries) == limit else None
     if as_json:
         click.echo(
@@ -353,7 +367,8 @@ def enqueue(
                     dedup_key=dedup_key,
                     group=group,
                     ttl=ttl,
-                )
+                ),
+                options=ENQUEUE_OPTIONS,
             )
         click.echo(str(new_id))
         return
@@ -418,6 +433,10 @@ def _enqueue_stdin(q: Queue, queue: str, parse_json: bool, make: Callable[[Any],
             with base.interrupts_after():  # (so that the count said is what was committed)
                 result = q.enqueue_batch(batch)
                 if isinstance(result, Err):
+                    # (The options are the same for every line: a value refused is bad usage.)
+                    usage = base.usage_error(result.error, ENQUEUE_OPTIONS)
+                    if usage is not None:
+                        raise base.CliError(f"{usage}; {earlier()}", usage.code)
                     raise base.CliError(
                         f"{base.batch_error(str(result.error), numbers)}; {earlier()}"
                     )
@@ -498,7 +517,9 @@ def dequeue(
     """
     db = base.database(target, schema)
     with base.open_queue(db, queue) as q:
-        message = base.unwrap(q.dequeue(visibility_timeout=visibility_timeout, wait=wait))
+        message = base.unwrap(
+            q.dequeue(visibility_timeout=visibility_timeout, wait=wait), options=DEQUEUE_OPTIONS
+        )
     if as_json:
         click.echo(base.dumps(None if message is None else base.message_dict(message)))
     elif message is None:
@@ -568,7 +589,11 @@ def fail(
     """
     db = base.database(target, schema)
     with base.open_queue(db, queue) as q:
-        base.unwrap(q.fail_message(message_id, send_to_dlq=dlq, error=error, delay=delay))
+        base.unwrap(
+            q.fail_message(message_id, send_to_dlq=dlq, error=error, delay=delay),
+            "fail",
+            FAIL_OPTIONS,
+        )
         dead = base.dead_letter(q, message_id) is not None
     if dead:
         click.echo(f"message {message_id} moved to the dead-letter queue")
@@ -626,5 +651,5 @@ def purge(
             f"({count} live or dead there now)?",
             yes,
         )
-        removed = base.unwrap(q.purge(chosen or None, older_than=older_than))
+        removed = base.unwrap(q.purge(chosen or None, older_than=older_than), options=PURGE_OPTIONS)
     click.echo(f"deleted {removed} message(s) from queue {queue!r}")
