@@ -34,6 +34,7 @@ from helpers import (
 )
 from sqqueue import SQLiteQueue, cli
 from sqqueue.cli import base as cli_base
+from sqqueue.cli import metrics as cli_metrics
 
 
 @pytest.fixture(autouse=True)
@@ -652,6 +653,27 @@ def test_check_healthy_and_damaged(db: Path, tmp_path: Path) -> None:
     assert run_cli("check", junk).exit_code == 1
 
 
+def test_check_of_damage_sqlite_cannot_step_over_names_the_table(db: Path) -> None:
+    """When SQLite's check of the whole file stops at the damage, the problems are those of
+    each table, in SQLite's words, and the next step is salvage, not check again."""
+    seed(db, "jobs", ["x" * 200] * 300)
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'jobs'").fetchone()
+        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    conn.close()
+    with db.open("r+b") as handle:
+        handle.seek((root - 1) * page_size)
+        handle.write(b"\x00")  # (no b-tree page type)
+    result = run_cli("check", db)
+    assert result.exit_code == 1
+    assert result.stdout == (
+        "table 'jobs': database disk image is malformed (SQLite cannot check it to the end)\n"
+    )
+    assert f"`sqqueue salvage {db} NEW.db`" in one_error_line(result)
+    assert "sqqueue check" not in result.output
+
+
 def test_salvage_copies_and_refuses_an_existing_target(db: Path, tmp_path: Path) -> None:
     seed(db, "jobs", ["a", "b"])
     make_dead(db, 1, "emails")
@@ -804,6 +826,22 @@ def test_metrics_serve_unknown_queue(db: Path) -> None:
     result = run_cli("metrics", "serve", db, "--queue", "nope")
     assert result.exit_code == 1
     assert "no queue 'nope'" in one_error_line(result)
+
+
+def test_metrics_serve_refuses_a_file_that_is_not_a_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused at start, as the dashboard refuses it, not served as sqqueue_up 0."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello, this is not a database\n")
+
+    def served(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("started serving")
+
+    monkeypatch.setattr(cli_metrics, "start_metrics", served)
+    result = run_cli("metrics", "serve", notes, "--port", "0")
+    assert result.exit_code == 1
+    assert f"'{notes}' is not an SQLite database" in one_error_line(result)
 
 
 @pytest.mark.slow

@@ -110,14 +110,14 @@ def check(path: str | os.PathLike[str]) -> list[str]:
 
     def integrity(conn: sqlite3.Connection) -> list[str]:
         try:
-            rows = conn.execute(sqlite_sql.INTEGRITY_CHECK).fetchall()
-            # One problem per line: SQLite may put several in one row, a line each.
-            return [line for r in rows for line in str(r[0]).splitlines() if line.strip()]
+            return _problems(conn.execute(sqlite_sql.INTEGRITY_CHECK).fetchall())
         except driver_errors() as exc:  # (SQLCipher's errors too)
             error = classify(exc, str(path))
             if error.kind is not ErrorKind.CORRUPT or not_a_database(exc):
                 raise error from exc  # not damage: nothing to check, nor to salvage
-            return [str(error)]
+            # SQLite stopped at damage it could not step over: check table by table,
+            # for what it finds in each and where it stopped.
+            return _table_by_table(conn, exc)
 
     try:
         problems = read(path, integrity)
@@ -126,6 +126,29 @@ def check(path: str | os.PathLike[str]) -> list[str]:
             raise  # not an SQLite database: said as such
         raise QueueError(f"cannot check {str(path)!r}: {exc}", exc.kind) from exc
     return [] if problems == ["ok"] else problems
+
+
+def _problems(rows: list[Any]) -> list[str]:
+    """The problems in the rows of an integrity check: one a line (SQLite may put several
+    in one row); ``["ok"]`` for none."""
+    return [line for r in rows for line in str(r[0]).splitlines() if line.strip()]
+
+
+def _table_by_table(conn: sqlite3.Connection, stopped: Exception) -> list[str]:
+    """The integrity check of each table of the file, for a file whose whole check
+    ``stopped`` at damage: the problems SQLite finds in each table, and the tables whose
+    check stops too, with SQLite's reason."""
+    found: list[str] = []
+    with contextlib.suppress(*driver_errors()):  # (the list of tables may be damaged too)
+        for (table,) in conn.execute(sqlite_sql.TABLES).fetchall():
+            quoted = table.replace('"', '""')
+            try:
+                rows = conn.execute(sqlite_sql.TABLE_INTEGRITY_CHECK.format(table=quoted))
+                problems = _problems(rows.fetchall())
+            except driver_errors() as exc:
+                problems = [f"{exc} (SQLite cannot check it to the end)"]
+            found += [f"table {table!r}: {line}" for line in problems if line != "ok"]
+    return found or [f"{stopped} (SQLite cannot run the integrity check to the end)"]
 
 
 @dataclass

@@ -1062,6 +1062,8 @@ CHECKPOINT_TRUNCATE = "PRAGMA wal_checkpoint(TRUNCATE)"
 VACUUM = "VACUUM"
 #: check the whole file; "ok" when sound
 INTEGRITY_CHECK = "PRAGMA integrity_check"
+#: check one table and its indexes; "ok" when sound
+TABLE_INTEGRITY_CHECK = 'PRAGMA integrity_check("{table}")'
 #: the highest id of a table (salvage: ids stay unique)
 MAX_ID_OF = 'SELECT max(id) FROM "{table}"'
 #: one counter's value
