@@ -648,3 +648,26 @@ def test_encrypting_a_file_that_is_not_there_creates_nothing(tmp_path: Path) -> 
     assert done.returncode == 1
     assert "no database at" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["key"]
+
+
+def test_encrypting_a_file_encrypted_already_points_to_rekey(tmp_path: Path) -> None:
+    """Not "not an SQLite database; give its key": the file is named as encrypted already,
+    with the key given (then rekey is the way to another key), or with another."""
+    key_file, other_file = tmp_path / "key", tmp_path / "other.key"
+    for file, text in ((key_file, KEY), (other_file, "another key\n")):
+        file.write_text(text)
+        file.chmod(0o600)
+    secret = tmp_path / "secret.db"
+    _fill(secret, 3)
+    before = secret.read_bytes()
+    same = _cli("--key-file", key_file, "encrypt", secret, tmp_path / "again.db")
+    assert same.returncode == 1
+    assert f"'{secret}' is encrypted already, with the key given" in same.stderr
+    assert "sqqueue --key-file KEY rekey" in same.stderr
+    other = _cli("--key-file", other_file, "encrypt", secret, tmp_path / "again.db")
+    assert other.returncode == 1
+    assert "encrypted already, under another key than the one given" in other.stderr
+    assert "give its key" not in same.stderr + other.stderr
+    assert KEY not in same.stderr + other.stderr
+    assert secret.read_bytes() == before
+    assert not (tmp_path / "again.db").exists()

@@ -490,8 +490,33 @@ def encrypt(
     """Write an encrypted copy of the plain database ``plain`` to the new file
     ``encrypted`` (every table, counts checked); ``plain`` is left as it was."""
     target_key = _given(key)
-    with _quiet_source(os.fspath(plain), None):
-        return _copy(os.fspath(plain), os.fspath(encrypted), None, target_key, progress)
+    source = os.fspath(plain)
+    problem = _not_plain(source, target_key)
+    if problem is not None:
+        raise EncryptionError(problem)
+    with _quiet_source(source, None):
+        return _copy(source, os.fspath(encrypted), None, target_key, progress)
+
+
+def _not_plain(path: str, key: EncryptionKey) -> str | None:
+    """Why ``path``, to be encrypted with ``key``, is no plain SQLite file, when its header
+    says so: encrypted already (with that key, or another), or not a database at all."""
+    if maybe_open(path) or file_kind(path) != "opaque":
+        return None  # (a plain file, or none: the copy says what it finds)
+    driver()  # (without the extra, that is what to say: RuntimeError naming it)
+    try:
+        _open_checked(path, key).close()
+    except Exception:  # (any failure means: not with this key)
+        return (
+            f"{path!r} is not a plain SQLite database: it is encrypted already, under "
+            "another key than the one given (decrypt or rekey it with its own key), or "
+            "it is not a database at all (check the path)"
+        )
+    return (
+        f"{path!r} is encrypted already, with the key given: nothing to encrypt; to "
+        f"encrypt it under another key, rekey it ('sqqueue --key-file KEY rekey {path} "
+        "--new-key-file NEW_KEY', or sqqueue.encryption.rekey)"
+    )
 
 
 def decrypt(
