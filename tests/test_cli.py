@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -603,6 +604,37 @@ def test_purge_states_and_confirmation(db: Path) -> None:
     everything = run_cli("purge", db, "jobs", "--state", "all", "-y")
     assert everything.stdout == "deleted 1 message(s) from queue 'jobs'\n"
     assert counts(db) == {"ready": 0, "delayed": 0, "processing": 0, "dead": 0}
+
+
+@pytest.mark.parametrize("command", [["purge"], ["dlq", "purge"]], ids=["purge", "dlq-purge"])
+def test_purge_asked_deletes_what_it_counted(
+    db: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """The count in the question is what is deleted: messages (dead letters) that arrive
+    while the question waits are kept."""
+    dead = command[0] == "dlq"
+    if dead:
+        make_dead(db, 2)
+    else:
+        seed(db, "jobs", ["a", "b"])
+    asked: list[str] = []
+
+    def answer_later(question: str, **_kwargs: Any) -> bool:
+        asked.append(question)
+        time.sleep(0.05)  # (someone reading the question)
+        if dead:
+            make_dead(db, 1)
+        else:
+            seed(db, "jobs", ["arrived while asking"])
+        return True
+
+    monkeypatch.setattr(cli_base, "stdin_interactive", lambda: True)
+    monkeypatch.setattr(click, "confirm", answer_later)
+    result = run_cli(*command, db, "jobs")
+    assert result.exit_code == 0, result.output
+    assert "deleted 2 " in result.stdout
+    assert counts(db)["dead" if dead else "ready"] == 1
+    assert "(2 there now; those that arrive while you answer are kept)?" in asked[0]
 
 
 # -- the file -----------------------------------------------------------------------------------

@@ -706,6 +706,14 @@ older_opt = click.option(
 )
 
 
+def asked_since(asked: float, older_than: float | None) -> float:
+    """The ``older_than`` of a purge confirmed to a question asked at ``asked`` (on
+    ``time.monotonic()``): what it counted, no more. The messages that arrived (dead
+    letters that died, completed ones that completed) while it waited are younger than
+    the wait, and are kept."""
+    return (older_than or 0.0) + (time.monotonic() - asked)
+
+
 def confirm(question: str, yes: bool) -> None:
     """Ask before deleting, unless ``yes``; refuse (exit 2) when nobody can answer."""
     if yes:

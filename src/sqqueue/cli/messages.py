@@ -627,7 +627,9 @@ def purge(
     """Delete messages of QUEUE for good (asks first unless --yes).
 
     Without --yes and without a terminal to ask on, refuses (exit 2) rather than wait.
-    Deleting processing messages makes their consumers' acknowledgements fail.
+    Asked, it deletes what was there when it asked: messages enqueued (dead letters:
+    dead, completed ones: completed) while the question waits are kept. Deleting
+    processing messages makes their consumers' acknowledgements fail.
 
     \b
     Example:
@@ -642,14 +644,17 @@ def purge(
     chosen = sorted(set(states) - {"pending"}, key=base.PURGE_STATES.index)
     effective = chosen or list(base.LIVE_STATES)
     with base.open_queue(db, queue) as q:
+        asked = time.monotonic()
         now = base.unwrap(q.stats())
         counts = now.to_dict()
         count = sum(counts[state] for state in effective if state in counts)
         scope = f" enqueued more than {older_than:.15g} s ago" if older_than is not None else ""
         base.confirm(
             f"Delete the {', '.join(effective)} messages of queue {queue!r} in {db.shown}{scope} "
-            f"({count} live or dead there now)?",
+            f"({count} there now; those that arrive while you answer are kept)?",
             yes,
         )
+        if not yes:
+            older_than = base.asked_since(asked, older_than)
         removed = base.unwrap(q.purge(chosen or None, older_than=older_than), options=PURGE_OPTIONS)
     click.echo(f"deleted {removed} message(s) from queue {queue!r}")
