@@ -411,7 +411,10 @@ def test_control_characters_are_shown_escaped(db: Path, args: list[str]) -> None
     assert result.exit_code == 0, result.output
     for raw in ("\x1b", "\x07", "\u009b", "\x7f"):
         assert raw not in result.stdout
-    assert "x\\x1b]0;pwned\\x07\\x1b[31mRED\\x9b\\x7f" in result.stdout
+    shown = "x\\x1b]0;pwned\\x07\\x1b[31mRED\\x9b\\x7f"
+    if args[0] in ("ls", "dlq") and args[1] != "show":
+        shown = shown[:16]  # (a table cell: cut to the width the other columns leave)
+    assert shown in result.stdout
     if args[0] == "dlq":
         assert "e\\x1b[2J" in result.stdout
     exact = json.loads(run_cli(*given, "--json").stdout) if args[0] != "dequeue" else None
