@@ -9,7 +9,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -403,12 +402,16 @@ def test_a_lone_surrogate_in_a_payload_is_printed_escaped(
 @pytest.mark.parametrize("args", READERS, ids=lambda a: "-".join(w for w in a[:2] if "{" not in w))
 def test_control_characters_are_shown_escaped(db: Path, args: list[str]) -> None:
     """A payload or last error cannot retitle the terminal, clear it or colour it: control
-    characters show escaped in text output, and --json keeps the exact text."""
+    characters show escaped in text output, and --json keeps the exact text (so does
+    dequeue's line when piped into a program)."""
     payload = "x\x1b]0;pwned\x07\x1b[31mRED\u009b\x7f"
     stored_as_dead_then_live(db, payload, "e\x1b[2J")
     given = [a.format(db=db) for a in args]
     result = run_cli(*given)
     assert result.exit_code == 0, result.output
+    if args[0] == "dequeue":  # piped: the payload as it is, for the program reading it
+        assert result.stdout == f"2\t{payload}\n"
+        return
     for raw in ("\x1b", "\x07", "\u009b", "\x7f"):
         assert raw not in result.stdout
     shown = "x\\x1b]0;pwned\\x07\\x1b[31mRED\\x9b\\x7f"
@@ -607,37 +610,6 @@ def test_purge_states_and_confirmation(db: Path) -> None:
     everything = run_cli("purge", db, "jobs", "--state", "all", "-y")
     assert everything.stdout == "deleted 1 message(s) from queue 'jobs'\n"
     assert counts(db) == {"ready": 0, "delayed": 0, "processing": 0, "dead": 0}
-
-
-@pytest.mark.parametrize("command", [["purge"], ["dlq", "purge"]], ids=["purge", "dlq-purge"])
-def test_purge_asked_deletes_what_it_counted(
-    db: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
-) -> None:
-    """The count in the question is what is deleted: messages (dead letters) that arrive
-    while the question waits are kept."""
-    dead = command[0] == "dlq"
-    if dead:
-        make_dead(db, 2)
-    else:
-        seed(db, "jobs", ["a", "b"])
-    asked: list[str] = []
-
-    def answer_later(question: str, **_kwargs: Any) -> bool:
-        asked.append(question)
-        time.sleep(0.05)  # (someone reading the question)
-        if dead:
-            make_dead(db, 1)
-        else:
-            seed(db, "jobs", ["arrived while asking"])
-        return True
-
-    monkeypatch.setattr(cli_base, "stdin_interactive", lambda: True)
-    monkeypatch.setattr(click, "confirm", answer_later)
-    result = run_cli(*command, db, "jobs")
-    assert result.exit_code == 0, result.output
-    assert "deleted 2 " in result.stdout
-    assert counts(db)["dead" if dead else "ready"] == 1
-    assert "(2 there now; those that arrive while you answer are kept)?" in asked[0]
 
 
 # -- the file -----------------------------------------------------------------------------------
@@ -1077,6 +1049,29 @@ def test_process_worker_runs_an_object_with_an_async_call(db: Path, tmp_path: Pa
     )
     assert code == 0, err
     assert sorted((tmp_path / "handled.txt").read_text().split()) == ["one", "two"]
+
+
+def test_process_metrics_serve_starts_while_its_database_is_unreachable() -> None:
+    """An exporter may start before its database: it serves sqqueue_up 0 until it can
+    read the queues (only a file that is no database at all is refused at start)."""
+    proc = subprocess.Popen(
+        [*SQQUEUE, "metrics", "serve", "postgresql://monitor@127.0.0.1:9/app", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=CLI_ENV,
+    )
+    try:
+        url = read_line_within(proc, 15).split()[1]
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    up = next(f for f in text_string_to_metric_families(text) if f.name == "sqqueue_up")
+    assert [sample.value for sample in up.samples] == [0.0]
 
 
 def test_process_metrics_serve_answers_on_loopback(db: Path) -> None:

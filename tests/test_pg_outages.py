@@ -246,7 +246,7 @@ def test_calls_fail_fast_during_a_restart_and_work_resumes_within_about_a_second
     )
     assert not any(ok_ for _, _, ok_ in down_calls)
     # Refused connections are said at once (generous bounds: the machine may be busy).
-    assert slowest_down < 1.0
+    assert slowest_down < 2.0
     assert first_ok - back < 3.0
     assert processed - back < 3.0
     # A call in flight while the server stopped may have lost its connection while

@@ -1189,6 +1189,9 @@ def test_a_periodic_task_called_by_hand_joins_its_group(
     assert groups == {"sqqueue.periodic:cleanup"}
     assert ok(queue.stats()).waiting == 1  # the call by hand waits for the tick's run
     assert "never overlap" in err_text(cleanup.schedule(group="mine"), ErrorKind.INVALID_INPUT)
+    # One not due yet would hold back every tick behind it in the group: refused.
+    for later in ({"delay": 600}, {"eta": datetime.fromtimestamp(clock() + 3600, timezone.utc)}):
+        assert "runs now" in err_text(cleanup.schedule(**later), ErrorKind.INVALID_INPUT)
 
 
 def test_dedup_holds_while_the_call_is_unfinished(make_tasks: MakeTasks, clock: FakeClock) -> None:

@@ -527,6 +527,14 @@ def queue_names(db: Database) -> list[str]:
     return unwrap(list_queues(db.given, schema=db.schema))
 
 
+def refuse_if_not_a_database(db: Database) -> None:
+    """CliError for a target that is a file but no SQLite database (or a damaged one):
+    no later try can read it. Any other failure to list its queues may pass."""
+    listed = list_queues(db.given, schema=db.schema)
+    if isinstance(listed, Err) and listed.error.kind is ErrorKind.CORRUPT:
+        raise CliError(str(listed.error))
+
+
 def legacy_names(db: Database) -> list[str]:
     """Queues still in sqqueue 0.1.0's layout (an SQLite file's only: 0.1.0 had no
     PostgreSQL)."""
@@ -704,14 +712,6 @@ older_opt = click.option(
     help="Only messages enqueued more than SECONDS ago (dead letters: that died; kept "
     "completed ones: that were completed).",
 )
-
-
-def asked_since(asked: float, older_than: float | None) -> float:
-    """The ``older_than`` of a purge confirmed to a question asked at ``asked`` (on
-    ``time.monotonic()``): what it counted, no more. The messages that arrived (dead
-    letters that died, completed ones that completed) while it waited are younger than
-    the wait, and are kept."""
-    return (older_than or 0.0) + (time.monotonic() - asked)
 
 
 def confirm(question: str, yes: bool) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import click
 
 from . import base
@@ -170,25 +168,19 @@ def dlq_purge(
 ) -> None:
     """Delete dead letters of QUEUE for good (asks first unless --yes).
 
-    Asked, it deletes the dead letters there when it asked: those that die while the
-    question waits are kept.
-
     \b
     Example:
       sqqueue dlq purge jobs.db emails --older-than 604800 --yes
     """
     db = base.database(target, schema)
     with base.open_queue(db, queue) as q:
-        asked = time.monotonic()
         count = base.unwrap(q.stats()).dead
         scope = f" dead for more than {older_than:.15g} s" if older_than is not None else ""
         base.confirm(
             f"Delete the dead letters of queue {queue!r} in {db.shown}{scope} ({count} there "
-            "now; those that arrive while you answer are kept)?",
+            "now, and any that die before you answer)?",
             yes,
         )
-        if not yes:
-            older_than = base.asked_since(asked, older_than)
         removed = base.unwrap(
             q.purge("dead", older_than=older_than), options={"older_than": "--older-than"}
         )

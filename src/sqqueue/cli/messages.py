@@ -526,9 +526,12 @@ def dequeue(
         if base.stream_is_tty(sys.stderr):
             click.echo(f"queue {queue!r} has no message ready", err=True)
     else:
-        # (Control characters escaped, as in every text output: --json has the exact text.)
-        text = base.printable(base.payload_text(message.payload), keep="\n\t")
-        click.echo(f"{message.id}\t{text}")
+        # The payload as it is for the program it is piped into; on a terminal, control
+        # characters escaped, as in every text output (--json always has the exact text).
+        text = base.payload_text(message.payload)
+        if base.stream_is_tty(sys.stdout):
+            text = base.printable(text, keep="\n\t")
+        click.echo(f"{message.id}\t{text}", color=True)  # (color: click keeps the text whole)
         if base.stream_is_tty(sys.stderr):
             click.echo(
                 f"leased until {base.fmt_when(message.lease_expires_at)}; finish it with: "
@@ -627,9 +630,7 @@ def purge(
     """Delete messages of QUEUE for good (asks first unless --yes).
 
     Without --yes and without a terminal to ask on, refuses (exit 2) rather than wait.
-    Asked, it deletes what was there when it asked: messages enqueued (dead letters:
-    dead, completed ones: completed) while the question waits are kept. Deleting
-    processing messages makes their consumers' acknowledgements fail.
+    Deleting processing messages makes their consumers' acknowledgements fail.
 
     \b
     Example:
@@ -644,17 +645,14 @@ def purge(
     chosen = sorted(set(states) - {"pending"}, key=base.PURGE_STATES.index)
     effective = chosen or list(base.LIVE_STATES)
     with base.open_queue(db, queue) as q:
-        asked = time.monotonic()
         now = base.unwrap(q.stats())
         counts = now.to_dict()
         count = sum(counts[state] for state in effective if state in counts)
         scope = f" enqueued more than {older_than:.15g} s ago" if older_than is not None else ""
         base.confirm(
             f"Delete the {', '.join(effective)} messages of queue {queue!r} in {db.shown}{scope} "
-            f"({count} there now; those that arrive while you answer are kept)?",
+            f"({count} there now, and any that arrive before you answer)?",
             yes,
         )
-        if not yes:
-            older_than = base.asked_since(asked, older_than)
         removed = base.unwrap(q.purge(chosen or None, older_than=older_than), options=PURGE_OPTIONS)
     click.echo(f"deleted {removed} message(s) from queue {queue!r}")

@@ -85,12 +85,15 @@ def metrics_serve(
     db = base.database(target, schema)
     base.require_db(db)
     names = [base.check_name(name) for name in queues]
-    # Read the list of queues now, with or without --queue: a file that is not an SQLite
-    # database (or cannot be read) is refused at start, not served as sqqueue_up 0.
-    known = set(base.queue_names(db)) | set(base.legacy_names(db))
-    missing = [name for name in names if name not in known]
-    if missing:
-        raise base.CliError(f"no queue {missing[0]!r} in {db.shown}")
+    if names:
+        known = set(base.queue_names(db)) | set(base.legacy_names(db))
+        missing = [name for name in names if name not in known]
+        if missing:
+            raise base.CliError(f"no queue {missing[0]!r} in {db.shown}")
+    else:
+        # A file that is not an SQLite database is refused at start; a database gone or
+        # unreachable is served as sqqueue_up 0, and recovers when it is back.
+        base.refuse_if_not_a_database(db)
     server, _ = start_metrics(db, port, host, names or None, with_durations=False)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda _n, _f: stop.set())

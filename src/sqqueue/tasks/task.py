@@ -181,6 +181,14 @@ class Task(Generic[P, R]):
             dedup_key = options.get("dedup_key") or self._key(self.dedup, bound, args, kwargs)
             group = self._group(options.get("group"), bound, args, kwargs)
             delay = self._delay(options.get("delay"), options.get("eta"))
+            if self.periodic is not None and delay:
+                # In the task's group, a call not due yet would hold back every tick
+                # behind it until its time.
+                raise QueueError(
+                    "a periodic task called by hand runs now (its runs share a group, which "
+                    "a later call would hold back): no delay or eta",
+                    ErrorKind.INVALID_INPUT,
+                )
             priority = options.get("priority")
             ttl = options.get("ttl")
             queue = self.app.queue(self.queue)
