@@ -152,8 +152,9 @@ class QueueMachine(RuleBasedStateMachine):
         self.next_id = 1
         # Per queue object: id -> lease token it remembered at dequeue (for bare-id acks).
         self.memory: list[dict[int, int]] = [{} for _ in range(CONSUMERS)]
-        # Per queue object: the lease tokens it ended itself (completed, failed, gave back).
-        self.ended: list[set[int]] = [set() for _ in range(CONSUMERS)]
+        # Per queue object: the leases it ended itself (completed, failed, gave back), by
+        # (id, token): the messages of one batch claim share their token.
+        self.ended: list[set[tuple[int, int]]] = [set() for _ in range(CONSUMERS)]
         self.handles: list[Message] = []  # every Message ever delivered (live or stale)
 
     def teardown(self) -> None:
@@ -215,10 +216,10 @@ class QueueMachine(RuleBasedStateMachine):
             return "lease_lost"
         return "lease_expired"
 
-    def kind_of(self, found: str, c: int, token: int | None) -> ErrorKind:
+    def kind_of(self, found: str, c: int, message_id: int, token: int | None) -> ErrorKind:
         """The ErrorKind of a refusal: a queue object that ended the lease itself says so,
         and the message back in the queue is WRONG_STATE for it, not an expired lease."""
-        if found == "lease_expired" and token is not None and token in self.ended[c]:
+        if found == "lease_expired" and token is not None and (message_id, token) in self.ended[c]:
             return ErrorKind.WRONG_STATE
         return KIND_OF[found]
 
@@ -226,7 +227,7 @@ class QueueMachine(RuleBasedStateMachine):
         """Queue object ``c`` ended the lease ``token`` on ``message_id`` itself."""
         self.memory[c].pop(message_id, None)
         if token is not None:
-            self.ended[c].add(token)
+            self.ended[c].add((message_id, token))
 
     def add(
         self, payload: Any, priority: int | None, delay: float, max_attempts: int | None
@@ -409,7 +410,9 @@ class QueueMachine(RuleBasedStateMachine):
         found = self.find(message_id, token)
         result = self.queues[c].complete(ref)
         if found != "live":
-            self.refused(result, CompletionError, self.kind_of(found, c, token), message_id)
+            self.refused(
+                result, CompletionError, self.kind_of(found, c, message_id, token), message_id
+            )
             return
         assert ok(result) is None
         rec = self.msgs[message_id]
@@ -436,7 +439,7 @@ class QueueMachine(RuleBasedStateMachine):
             # Named after the first it refused (ending one message does not change another).
             first = next(i for i, f in enumerate(found) if f != "live")
             _, _, message_id, token = picks[first]
-            assert result.error.kind is self.kind_of(found[first], c, token), result
+            assert result.error.kind is self.kind_of(found[first], c, message_id, token), result
             assert result.error.message_id == message_id, result
         return None
 
@@ -463,7 +466,9 @@ class QueueMachine(RuleBasedStateMachine):
         if found == "pending" and send_to_dlq:
             found = "live"  # send_to_dlq also buries a pending message (no lease needed)
         if found != "live":
-            self.refused(result, RequeueError, self.kind_of(found, c, token), message_id)
+            self.refused(
+                result, RequeueError, self.kind_of(found, c, message_id, token), message_id
+            )
             return
         assert ok(result) is None
         rec = self.msgs[message_id]
@@ -482,7 +487,9 @@ class QueueMachine(RuleBasedStateMachine):
         found = self.find(message_id, token)
         result = self.queues[c].requeue(ref)
         if found != "live":
-            self.refused(result, RequeueError, self.kind_of(found, c, token), message_id)
+            self.refused(
+                result, RequeueError, self.kind_of(found, c, message_id, token), message_id
+            )
             return
         assert ok(result) is None
         rec = self.msgs[message_id]
@@ -502,7 +509,9 @@ class QueueMachine(RuleBasedStateMachine):
         found = self.find(message_id, token)
         result = self.queues[c].release(ref)
         if found != "live":
-            self.refused(result, RequeueError, self.kind_of(found, c, token), message_id)
+            self.refused(
+                result, RequeueError, self.kind_of(found, c, message_id, token), message_id
+            )
             return
         assert ok(result) is None
         rec = self.msgs[message_id]
@@ -516,7 +525,9 @@ class QueueMachine(RuleBasedStateMachine):
         found = self.find(message_id, token)
         result = self.queues[c].extend(ref, seconds)
         if found != "live":
-            self.refused(result, RequeueError, self.kind_of(found, c, token), message_id)
+            self.refused(
+                result, RequeueError, self.kind_of(found, c, message_id, token), message_id
+            )
             return
         assert ok(result) == at(self.now + seconds)
         self.msgs[message_id].lease_expires_at = self.now + seconds
