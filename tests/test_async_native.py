@@ -289,39 +289,6 @@ async def waiting_for_a_connection(pg_url: str, pg_schema: str) -> None:
         queue.close()
 
 
-def test_tasks_started_together_wait_for_connections_within_lock_timeout(
-    pg_url: str, pg_schema: str
-) -> None:
-    """Tasks started in the same turn of the loop all see the pool free when they start;
-    those that find it taken by the time they wait still wait only until their deadline,
-    not for whole waves of calls ahead of them."""
-    bounded(started_together(pg_url, pg_schema))
-
-
-async def started_together(pg_url: str, pg_schema: str) -> None:
-    queue = PostgresQueue(
-        pg_url, TABLE, schema=pg_schema, pool_size=2, lock_timeout=1, group_commit_max=1
-    )
-    aq = AsyncQueue(queue)
-    ok(await aq.enqueue("the table exists"))
-    locker = await psycopg.AsyncConnection.connect(pg_url)
-    try:
-        await locker.execute(f'SET search_path TO "{pg_schema}"')
-        await locker.execute(f'LOCK TABLE "{TABLE}" IN EXCLUSIVE MODE')
-        start = time.monotonic()
-
-        async def timed(n: int) -> float:
-            err(await aq.enqueue(n), ErrorKind.LOCKED)
-            return time.monotonic() - start
-
-        took = await asyncio.gather(*(timed(n) for n in range(8)))
-        # In waves of pool_size, the last would end after 4 lock_timeouts.
-        assert max(took) < 1 + 1.5, f"waited {max(took):.2f} s with lock_timeout 1 s"
-    finally:
-        await locker.close()
-        queue.close()
-
-
 @pytest.mark.asyncio
 async def test_a_cancelled_call_still_ends(queue: PostgresQueue) -> None:
     """Cancelling the task that awaits a completion does not cut the call short: the

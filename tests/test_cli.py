@@ -1051,11 +1051,11 @@ def test_process_worker_runs_an_object_with_an_async_call(db: Path, tmp_path: Pa
     assert sorted((tmp_path / "handled.txt").read_text().split()) == ["one", "two"]
 
 
-def test_process_metrics_serve_starts_while_its_database_is_unreachable() -> None:
-    """An exporter may start before its database: it serves sqqueue_up 0 until it can
-    read the queues (only a file that is no database at all is refused at start)."""
+def scrape_served(target: str) -> tuple[str, str, int, str]:
+    """Start ``sqqueue metrics serve TARGET --port 0``, scrape it once, stop it with
+    SIGTERM: (its URL, the scrape, its exit status, its stderr)."""
     proc = subprocess.Popen(
-        [*SQQUEUE, "metrics", "serve", "postgresql://monitor@127.0.0.1:9/app", "--port", "0"],
+        [*SQQUEUE, "metrics", "serve", target, "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -1066,10 +1066,17 @@ def test_process_metrics_serve_starts_while_its_database_is_unreachable() -> Non
         with urllib.request.urlopen(url, timeout=10) as response:
             text = response.read().decode()
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=10)
+        _, err = proc.communicate(timeout=10)
     finally:
         proc.kill()
-    assert proc.returncode == 0
+    return url, text, proc.returncode, err
+
+
+def test_process_metrics_serve_starts_while_its_database_is_unreachable() -> None:
+    """An exporter may start before its database: it serves sqqueue_up 0 until it can
+    read the queues (only a file that is no database at all is refused at start)."""
+    _, text, returncode, err = scrape_served("postgresql://monitor@127.0.0.1:9/app")
+    assert returncode == 0, err
     up = next(f for f in text_string_to_metric_families(text) if f.name == "sqqueue_up")
     assert [sample.value for sample in up.samples] == [0.0]
 
@@ -1077,24 +1084,9 @@ def test_process_metrics_serve_starts_while_its_database_is_unreachable() -> Non
 def test_process_metrics_serve_answers_on_loopback(db: Path) -> None:
     seed(db, "jobs", ["a", "b"])
     seed(db, "emails", ["c"])
-    proc = subprocess.Popen(
-        [*SQQUEUE, "metrics", "serve", str(db), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=CLI_ENV,
-    )
-    try:
-        line = read_line_within(proc, 15)
-        url = line.split()[1]
-        assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
-        with urllib.request.urlopen(url, timeout=10) as response:
-            text = response.read().decode()
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=10)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
+    url, text, returncode, err = scrape_served(str(db))
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
+    assert returncode == 0, err
     families = {f.name: f for f in text_string_to_metric_families(text)}
     pending = {
         s.labels["queue"]: s.value

@@ -54,6 +54,14 @@ def table_dicts(path: Path, table: str) -> list[dict[str, Any]]:
         conn.close()
 
 
+def legacy_ddl(name: str) -> str:
+    """The CREATE TABLE of a queue named ``name`` as sqqueue 0.1.0 made it (its fixture's)."""
+    [(ddl,)] = rows(
+        LOCAL_FIXTURES / "sqqueue-0.1.0.db", "SELECT sql FROM sqlite_master WHERE name = 'orders'"
+    )
+    return str(ddl).replace("orders", f'"{name}"', 1)
+
+
 def schema_names(path: Path) -> set[str]:
     return {r[0] for r in rows(path, "SELECT name FROM sqlite_master")}
 
@@ -520,12 +528,9 @@ def test_odd_0_1_0_times_are_read_exactly_or_not_at_all(tmp_path: Path, clock: A
     next), a Z or an offset is read as written, and text that is no time falls back to
     the migration's own clock, as a missing time does."""
     db_path = tmp_path / "odd.db"
-    [(ddl,)] = rows(
-        LOCAL_FIXTURES / "sqqueue-0.1.0.db", "SELECT sql FROM sqlite_master WHERE name = 'orders'"
-    )
     conn = sqlite3.connect(db_path)
     with conn:
-        conn.execute(ddl)
+        conn.execute(legacy_ddl("orders"))
         conn.execute(
             "INSERT INTO orders (payload, visible_at, created_at, updated_at) VALUES (?, ?, ?, ?)",
             ("late", "2026-11-27 20:14:43.999600", "2026-11-27T20:14:43+02:00", "not a time"),
@@ -545,12 +550,9 @@ def test_a_0_1_0_message_with_no_attempt_left_is_migrated_dead(tmp_path: Path, c
     """0.1.0 left a message that failed its last attempt pending, and its next dequeue
     dead-lettered it: migrated, it is a dead letter that says why, never run again."""
     db_path = tmp_path / "spent.db"
-    [(ddl,)] = rows(
-        LOCAL_FIXTURES / "sqqueue-0.1.0.db", "SELECT sql FROM sqlite_master WHERE name = 'orders'"
-    )
     conn = sqlite3.connect(db_path)
     with conn:
-        conn.execute(ddl)
+        conn.execute(legacy_ddl("orders"))
         conn.executemany(
             "INSERT INTO orders (payload, status, attempts, max_attempts) VALUES (?, ?, ?, ?)",
             [("spent", "pending", 3, 3), ("one left", "pending", 2, 3)],
@@ -572,13 +574,10 @@ def test_migrate_refuses_a_0_1_0_name_it_no_longer_takes_before_changing_anythin
     """0.1.0 took any name SQLite takes: migrating a file with one sqqueue refuses says
     how to rename its tables, and migrates nothing until then."""
     db_path = tmp_path / "names.db"
-    [(ddl,)] = rows(
-        LOCAL_FIXTURES / "sqqueue-0.1.0.db", "SELECT sql FROM sqlite_master WHERE name = 'orders'"
-    )
     conn = sqlite3.connect(db_path)
     with conn:
         for name in ("café_jobs", "plain"):
-            conn.execute(ddl.replace("orders", f'"{name}"', 1))
+            conn.execute(legacy_ddl(name))
             conn.execute(f'INSERT INTO "{name}" (payload) VALUES (?)', (name,))
     conn.close()
     with pytest.raises(ValueError, match="rename its tables, then migrate") as raised:
