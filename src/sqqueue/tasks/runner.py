@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import inspect
 import logging
 import signal
 import threading
@@ -76,8 +75,8 @@ class Dispatcher:
             # Every attempt would fail the same way: not retried. Python's own message
             # would name the call's keywords (data): this one names the task's parameters.
             raise InvalidTaskMessage(
-                f"the call's arguments do not fit the parameters of task {task.name}: "
-                f"{_mismatch(task.signature, call.args, call.kwargs)}; fix the call or the "
+                f"the call's arguments ({len(call.args)} positional, {len(call.kwargs)} by "
+                f"keyword) do not fit task {task.name}{task.signature}; fix the call or the "
                 "task, then redrive this dead letter"
             ) from None
         return task, call
@@ -142,44 +141,6 @@ class Dispatcher:
         except Reject:
             return None
         return None if task.retry is None else task.retry.delay(message.attempts)
-
-
-def _mismatch(signature: inspect.Signature, args: list[Any], kwargs: dict[str, Any]) -> str:
-    """How a call's arguments miss a signature, by counts and the function's own parameter
-    names, never the call's keywords or values (data)."""
-    kinds = inspect.Parameter
-    params = list(signature.parameters.values())
-    positional = [
-        p for p in params if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)
-    ]
-    by_keyword = {
-        p.name for p in params if p.kind in (kinds.POSITIONAL_OR_KEYWORD, kinds.KEYWORD_ONLY)
-    }
-    takes_more = any(p.kind is kinds.VAR_POSITIONAL for p in params)
-    takes_any_keyword = any(p.kind is kinds.VAR_KEYWORD for p in params)
-    problems: list[str] = []
-    if not takes_more and len(args) > len(positional):
-        problems.append(f"{len(args)} positional arguments, for at most {len(positional)}")
-    placed = {p.name for p in positional[: len(args)]}
-    twice = [name for name in by_keyword if name in placed and name in kwargs]
-    if twice:
-        problems.append(
-            "given both by position and by keyword: " + ", ".join(repr(n) for n in sorted(twice))
-        )
-    strangers = [k for k in kwargs if k not in by_keyword]
-    if strangers and not takes_any_keyword:
-        problems.append(f"{len(strangers)} keyword argument(s) it has no parameter for")
-    given = placed | {k for k in kwargs if k in by_keyword}
-    missing = [
-        p.name
-        for p in params
-        if p.default is kinds.empty
-        and p.kind not in (kinds.VAR_POSITIONAL, kinds.VAR_KEYWORD)
-        and p.name not in given
-    ]
-    if missing:
-        problems.append("missing " + ", ".join(repr(n) for n in missing))
-    return "; ".join(problems) or "they do not bind to its parameters"
 
 
 async def _run_coroutine(task: Task[Any, Any], call: TaskCall) -> Any:
