@@ -89,16 +89,14 @@ def _batch_refs(parts: Parts, messages: Sequence[object], action: str) -> list[R
     # The same lease twice is a mistake to say. One id under two leases is not: a worker
     # may hold a message again after its first lease ran out, and its heartbeat extends
     # both (the first is refused, by itself).
-    seen: set[Ref] = set()
-    for ref in refs:
-        if ref in seen:
-            raise QueueError(
-                f"{action} was given message {ref[0]} more than once; pass each message "
-                "once (nothing was changed)",
-                ErrorKind.INVALID_INPUT,
-                ref[0],
-            )
-        seen.add(ref)
+    if len(set(refs)) < len(refs):
+        twice = next(ref[0] for i, ref in enumerate(refs) if ref in refs[:i])
+        raise QueueError(
+            f"{action} was given message {twice} more than once; pass each message once "
+            "(nothing was changed)",
+            ErrorKind.INVALID_INPUT,
+            twice,
+        )
     return refs
 
 
