@@ -19,11 +19,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..exceptions import QueueError
 from ..result import Err
 from . import present, states
 from .source import RedriveJob, takes_long, value_of
-from .web import UNAVAILABLE, Context, Dashboard, FormError, action_status
+from .web import (
+    UNAVAILABLE,
+    Context,
+    Dashboard,
+    Endpoint,
+    FormError,
+    action_status,
+    answering,
+    failure_status,
+)
 
 __all__ = ["routes"]
 
@@ -33,8 +41,6 @@ MAX_LIMIT = 1000
 
 #: what a dead-letter endpoint does, given the checked JSON body, the queue's name and queue
 DeadLetterAction = Callable[[dict[str, Any], str, Any], Awaitable[Response]]
-#: an endpoint
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, declared together
@@ -43,23 +49,11 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
     def error(message: str, status: int, **headers: str) -> Response:
         return d.json({"error": message}, status=status, headers=headers or None)
 
-    def answering(endpoint: Endpoint) -> Endpoint:
-        """``endpoint``, with a failure of the database it meets (its file deleted, say:
-        ``QueueError`` from finding the queue) answered as ``{"error": ...}``, 503: an
-        expected condition, logged as one line, not an unhandled error."""
-
-        async def handler(request: Request) -> Response:
-            try:
-                return await endpoint(request)
-            except QueueError as exc:
-                logger.info("dashboard: %s %s failed: %s", request.method, request.url.path, exc)
-                return error(str(exc), UNAVAILABLE)
-
-        return handler
+    def answered(endpoint: Endpoint) -> Endpoint:
+        return answering(endpoint, lambda _request, exc: error(str(exc), UNAVAILABLE))
 
     def failed(exc: Exception) -> Response:
-        """The answer to a read that raised: 503 for the database's failure, else 500."""
-        return error(str(exc), UNAVAILABLE if isinstance(exc, QueueError) else 500)
+        return error(str(exc), failure_status(exc))
 
     def unknown_keys(body: dict[str, Any], *taken: str) -> Response | None:
         """The refusal of a body with keys the endpoint does not take (a misspelt key is
@@ -315,12 +309,12 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
         return d.json({"purged": result.value})
 
     return [
-        Route("/overview", answering(overview), methods=["GET"]),
-        Route("/queues", answering(queue_list), methods=["GET"]),
-        Route("/queues/{name}", answering(queue), methods=["GET"]),
-        Route("/queues/{name}/messages", answering(messages), methods=["GET"]),
-        Route("/queues/{name}/messages/{message_id:int}", answering(message), methods=["GET"]),
-        Route("/queues/{name}/dead/redrive", answering(redrive), methods=["POST"]),
-        Route("/queues/{name}/dead/delete", answering(delete), methods=["POST"]),
-        Route("/queues/{name}/dead/purge", answering(purge), methods=["POST"]),
+        Route("/overview", answered(overview), methods=["GET"]),
+        Route("/queues", answered(queue_list), methods=["GET"]),
+        Route("/queues/{name}", answered(queue), methods=["GET"]),
+        Route("/queues/{name}/messages", answered(messages), methods=["GET"]),
+        Route("/queues/{name}/messages/{message_id:int}", answered(message), methods=["GET"]),
+        Route("/queues/{name}/dead/redrive", answered(redrive), methods=["POST"]),
+        Route("/queues/{name}/dead/delete", answered(delete), methods=["POST"]),
+        Route("/queues/{name}/dead/purge", answered(purge), methods=["POST"]),
     ]

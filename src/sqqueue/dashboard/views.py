@@ -16,10 +16,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..exceptions import QueueError
 from . import present, states
 from .source import NAME, RedriveJob, takes_long, value_of
-from .web import UNAVAILABLE, Context, Dashboard, FormError
+from .web import Context, Dashboard, Endpoint, FormError, answering, failure_status
 
 __all__ = ["routes"]
 
@@ -57,8 +56,6 @@ def _safe_next(path: str | None) -> str:
 Form = dict[str, list[str]]
 #: what a dead-letter form does, given the checked form and the queue it names
 DeadLetterAction = Callable[[Context, Form, str, Any], Awaitable[Response]]
-#: a page's endpoint
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared together
@@ -77,23 +74,10 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
         return d.page(ctx, "error.html", status=404, title="Not found", error=why)
 
     def failed(ctx: Context, exc: Exception) -> Response:
-        """The page of a read that raised: 503 for the database's failure, else 500."""
-        status = UNAVAILABLE if isinstance(exc, QueueError) else 500
-        return d.page(ctx, "error.html", status=status, title="Error", error=str(exc))
+        return d.page(ctx, "error.html", status=failure_status(exc), title="Error", error=str(exc))
 
-    def answering(endpoint: Endpoint) -> Endpoint:
-        """``endpoint``, with a failure of the database it meets (its file deleted, say:
-        ``QueueError`` from finding the queue) shown on an error page, 503: an expected
-        condition, logged as one line, not an unhandled error."""
-
-        async def handler(request: Request) -> Response:
-            try:
-                return await endpoint(request)
-            except QueueError as exc:
-                logger.info("dashboard: %s %s failed: %s", request.method, request.url.path, exc)
-                return failed(d.context(request), exc)
-
-        return handler
+    def answered(endpoint: Endpoint) -> Endpoint:
+        return answering(endpoint, lambda request, exc: failed(d.context(request), exc))
 
     async def checked_form(ctx: Context) -> tuple[dict[str, list[str]] | None, Response | None]:
         """The form of an action, or the refusal: not logged in, read-only, bad CSRF."""
@@ -414,21 +398,21 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
                                      f"{present.age(older_than)} ago.")  # fmt: skip
 
     return [
-        Route("/", answering(overview), methods=["GET"], name="overview"),
+        Route("/", answered(overview), methods=["GET"], name="overview"),
         Route("/login", login_page, methods=["GET"], name="login_page"),
         Route("/login", login, methods=["POST"], name="login"),
         Route("/logout", logout, methods=["POST"], name="logout"),
-        Route("/queues/{name}", answering(queue_page), methods=["GET"], name="queue"),
+        Route("/queues/{name}", answered(queue_page), methods=["GET"], name="queue"),
         Route(
             "/queues/{name}/messages/{message_id:int}",
-            answering(message_page),
+            answered(message_page),
             methods=["GET"],
             name="message",
         ),
-        Route("/queues/{name}/confirm", answering(confirm), methods=["GET"], name="confirm"),
-        Route("/queues/{name}/dead/redrive", answering(redrive), methods=["POST"], name="redrive"),
-        Route("/queues/{name}/dead/delete", answering(delete), methods=["POST"], name="delete"),
-        Route("/queues/{name}/dead/purge", answering(purge), methods=["POST"], name="purge"),
+        Route("/queues/{name}/confirm", answered(confirm), methods=["GET"], name="confirm"),
+        Route("/queues/{name}/dead/redrive", answered(redrive), methods=["POST"], name="redrive"),
+        Route("/queues/{name}/dead/delete", answered(delete), methods=["POST"], name="delete"),
+        Route("/queues/{name}/dead/purge", answered(purge), methods=["POST"], name="purge"),
     ]
 
 

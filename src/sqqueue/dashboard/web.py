@@ -4,10 +4,11 @@ form parsing, rendering and responses."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -23,9 +24,19 @@ from . import present, states
 from .auth import FLASH_MAX_AGE, SESSION_MAX_AGE, Auth, LoginThrottle, Session
 from .source import Source
 
-__all__ = ["UNAVAILABLE", "Context", "Dashboard", "FormError", "action_status"]
+__all__ = [
+    "UNAVAILABLE",
+    "Context",
+    "Dashboard",
+    "Endpoint",
+    "FormError",
+    "action_status",
+    "answering",
+    "failure_status",
+]
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 SESSION_COOKIE = "sqqueue_dashboard"
 FLASH_COOKIE = "sqqueue_dashboard_flash"
 FORM_LIMIT = 256 * 1024  # bytes of a form body
@@ -39,6 +50,30 @@ _DATABASE_KINDS = DATABASE_FAILURES | {ErrorKind.STORAGE}
 
 class FormError(Exception):
     """A form or JSON body the dashboard cannot take (what is wrong, for the user)."""
+
+
+#: a page's or an endpoint's handler
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def failure_status(exc: BaseException) -> int:
+    """The HTTP status of a read that raised: 503 for the database's failure, else 500."""
+    return UNAVAILABLE if isinstance(exc, QueueError) else 500
+
+
+def answering(endpoint: Endpoint, answer: Callable[[Request, QueueError], Response]) -> Endpoint:
+    """``endpoint``, with a failure of the database it meets (its file deleted, say:
+    ``QueueError`` from finding the queue) answered by ``answer`` (an error page, a JSON
+    error): an expected condition, logged as one line, not an unhandled error."""
+
+    async def handler(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except QueueError as exc:
+            logger.info("dashboard: %s %s failed: %s", request.method, request.url.path, exc)
+            return answer(request, exc)
+
+    return handler
 
 
 def action_status(error: BaseException) -> int:

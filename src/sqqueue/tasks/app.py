@@ -264,17 +264,13 @@ class Tasks:
                 f"{getattr(fn, '__qualname__', fn)} is a generator function (it has a yield): "
                 "a task must return, not yield (return a list)"
             )
-        if name is None:
-            module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
-            if not (isinstance(module, str) and isinstance(qualname, str)):
-                # A functools.partial, a callable object: nothing to name it by.
-                raise ValueError(
-                    f"a {type(fn).__name__} has no module and qualified name to name a task "
-                    "by: pass name=... (@tasks.task(name='myapp.jobs.export'))"
-                )
-            task_name = f"{module}.{qualname}"
-        else:
-            task_name = name
+        task_name = name if name is not None else _qualified(fn)
+        if task_name is None:
+            # A functools.partial, a callable object: nothing to name it by.
+            raise ValueError(
+                f"a {type(fn).__name__} has no module and qualified name to name a task "
+                "by: pass name=... (@tasks.task(name='myapp.jobs.export'))"
+            )
         if not isinstance(task_name, str) or not 0 < len(task_name) <= 200:
             raise ValueError(f"a task name must be a str of 1 to 200 characters, got {task_name!r}")
         queue_name = validate_queue_name(queue) if queue is not None else self.default_queue
@@ -488,12 +484,17 @@ class Tasks:
         self.close()
 
 
-def _describe(fn: Callable[..., Any]) -> str:
-    """A function's module and qualified name, or its type (a partial, an object)."""
+def _qualified(fn: Callable[..., Any]) -> str | None:
+    """``module.qualname`` of a function; None for what has none (a partial, an object)."""
     module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
     if isinstance(module, str) and isinstance(qualname, str):
         return f"{module}.{qualname}"
-    return f"a {type(fn).__name__}"
+    return None
+
+
+def _describe(fn: Callable[..., Any]) -> str:
+    """A function's module and qualified name, or its type (a partial, an object)."""
+    return _qualified(fn) or f"a {type(fn).__name__}"
 
 
 def _same_function(old: Callable[..., Any], new: Callable[..., Any]) -> bool:
