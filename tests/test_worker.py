@@ -1299,36 +1299,35 @@ def test_an_immediate_stop_waits_for_a_claim_in_flight(tmp_path: Path) -> None:
         other.close()
 
 
-def test_a_message_taken_but_not_yet_started_at_an_immediate_stop_is_given_back(
+def test_a_message_handed_to_a_runner_is_running_at_once_for_an_immediate_stop(
     rq: Queue,
 ) -> None:
-    """A runner that has taken its message but not yet started it when the worker stops
-    at once is waited for (up to SETTLE_WAIT): the message is given back unstarted before
-    run() returns, and its handler never runs."""
+    """A runner registers the message it takes in the same step (no moment when it holds
+    one shutdown does not know of): stopped at once while ``on_start`` runs, the message
+    is returned to the queue before run() returns, as any message still running, and its
+    handler never runs."""
     ok(rq.enqueue("x"))
     took, go_on = threading.Event(), threading.Event()
     handled: list[Message] = []
 
-    class Paused(Worker):
-        def _begin(self, key: object, message: Message, leased_at: float) -> Any:
-            took.set()
-            go_on.wait(30)  # (the runner paused between taking and starting)
-            return super()._begin(key, message, leased_at)
+    def on_start(message: Message) -> None:
+        took.set()
+        go_on.wait(30)  # (the runner paused between taking its message and handling it)
 
-    w = Paused(rq, handled.append, handle_signals=False, poll_wait=0.5)
+    w = make_worker(rq, handled.append, poll_wait=0.5, hooks=WorkerHooks(on_start=on_start))
     stats: list[WorkerStats] = []
     run = threading.Thread(target=lambda: stats.append(w.run()))
     run.start()
     try:
         wait_until(took.is_set, what="the message taken")
         w.stop(immediate=True)
-        threading.Timer(0.3, go_on.set).start()
         run.join(30)
+        assert not run.is_alive()
+        assert status_rows(rq) == [(1, "ready", 1)]  # (back before run() returned)
     finally:
         go_on.set()
-    assert not run.is_alive()
-    assert (stats[0].started, stats[0].released) == (0, 1)
-    assert status_rows(rq) == [(1, "ready", 0)]
+    assert (stats[0].started, stats[0].requeued, stats[0].released) == (1, 1, 0)
+    wait_until(lambda: not any(t.is_alive() for t in w._threads), what="the runner ended")
     assert handled == []
 
 

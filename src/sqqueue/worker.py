@@ -320,6 +320,12 @@ class WorkerCore:
         self._unacked: dict[int, RunningTask] = {}
         # Threads failing timed-out messages (see _time_out), waited for at shutdown.
         self._failing: list[threading.Thread] = []
+        # How long a prefetched message may wait (see _stale). Started later, the next
+        # heartbeat round (up to a tick away) could come after the lease ran out, when
+        # heartbeat > lease / 2: such a message goes back sooner.
+        self._prefetch_limit = min(
+            self.heartbeat, self.lease - self.tick - (self.lease - self.heartbeat) / 2
+        )
 
     @property
     def stopping(self) -> bool:
@@ -378,14 +384,26 @@ class WorkerCore:
                 setattr(self.stats, name, getattr(self.stats, name) + n)
 
     def _begin(self, key: object, message: Message, leased_at: float) -> RunningTask | None:
-        """Register ``message`` as running (then shutdown cuts it off if need be); None
-        when the worker is stopping: not started, for the caller to give back."""
-        task = RunningTask(message, time.monotonic(), leased_at)
+        """Register ``message`` as running (then shutdown cuts it off if need be) and
+        announce it; None when the worker is stopping: not started, for the caller to
+        give back."""
         with self._lock:
-            if self._stopping.is_set():
-                return None
-            self._tasks[key] = task
-            self.stats.started += 1
+            task = self._register(key, message, leased_at)
+        if task is not None:
+            self._announce(task)
+        return task
+
+    def _register(self, key: object, message: Message, leased_at: float) -> RunningTask | None:
+        """Under the lock: ``message`` runs from now on, unless the worker is stopping."""
+        if self._stopping.is_set():
+            return None
+        task = self._tasks[key] = RunningTask(message, time.monotonic(), leased_at)
+        self.stats.started += 1
+        return task
+
+    def _announce(self, task: RunningTask) -> None:
+        """A registered task starts: its time in queue, ``on_start``, a DEBUG record."""
+        message = task.message
         if self._timed:
             waited = self.queue.parts.now() - message.enqueued_at.timestamp()
             self._observe("time_in_queue", waited)
@@ -396,7 +414,6 @@ class WorkerCore:
             message.id,
             extra={"message_id": message.id, "attempt": message.attempts},
         )
-        return task
 
     def _end(self, key: object, task: RunningTask, value: Any, exc: BaseException | None) -> None:
         """Complete or fail the message, unless the task was abandoned meanwhile. The task
@@ -494,10 +511,7 @@ class WorkerCore:
         back: started now, they would run on a lease mostly spent, and held on while every
         runner is busy, they would keep from other workers what those could serve. Called
         when a runner takes a message, and by the heartbeat."""
-        # Started later, the next heartbeat round (up to a tick away) could come after
-        # the lease ran out, when heartbeat > lease / 2: such a message goes back sooner.
-        limit = min(self.heartbeat, self.lease - self.tick - (self.lease - self.heartbeat) / 2)
-        oldest = time.monotonic() - limit
+        oldest = time.monotonic() - self._prefetch_limit
         stale: list[Message] = []
         while self._prefetched and self._prefetched[0][1] < oldest:  # oldest first
             stale.append(self._prefetched.popleft()[0])
@@ -1127,23 +1141,16 @@ class Worker(WorkerCore):
     def _consume_loop(self) -> None:
         key = threading.current_thread()
         while not self._stopping.is_set():
-            claimed = self._take()
-            if claimed is None:
+            task = self._take(key)
+            if task is None:
                 continue
-            message = claimed[0]
-            try:
-                task = self._begin(key, message, claimed[1])
-                if task is None:  # stopping: not started
-                    self._give_back([message])
-                    return
-            finally:
-                self._out_of_hand()
+            self._announce(task)
             value: Any = None
             error: BaseException | None = None
             # (Timed out or cut off while on_start ran: settled already, not to be handled.)
             if not task.abandoned:
                 try:
-                    value = self.handler(message)
+                    value = self.handler(task.message)
                 except BaseException as exc:  # whatever the handler raises fails its message
                     error = exc
             self._end(key, task, value, error)
@@ -1152,9 +1159,13 @@ class Worker(WorkerCore):
 
     # -- prefetch ---------------------------------------------------------------------------
 
-    def _take(self) -> Claimed | None:
-        """The next message: one fetched earlier, or a fetch of our own for us, the
-        runners idle beside us and those about to be; None when stopping or nothing came."""
+    def _take(self, key: threading.Thread) -> RunningTask | None:
+        """The next message, registered as running under ``key``: one fetched earlier, or
+        a fetch of our own for us, the runners idle beside us and those about to be; None
+        when stopping or nothing came. A message is registered in the step that hands it
+        over (the handoff lock is the worker's lock): a runner holds no message shutdown
+        does not know of, except while it claims or gives back (see _in_hand)."""
+        task = None
         with self._handoff:
             while self._must_wait():
                 self._idle += 1
@@ -1163,12 +1174,20 @@ class Worker(WorkerCore):
                 finally:
                     self._idle -= 1
             step, stale = self._next_or_fetch()
-            if step is not None:
-                self._in_hand.add(threading.current_thread())
+            if isinstance(step, tuple):
+                task = self._register(key, *step)
+                if task is None:  # stopping since: not started
+                    stale.append(step[0])
+            if stale or isinstance(step, int):
+                self._in_hand.add(key)
         if stale:
-            self._give_back(stale)
+            try:
+                self._give_back(stale)
+            finally:
+                if not isinstance(step, int):
+                    self._out_of_hand(key)
         if not isinstance(step, int):
-            return step
+            return task
         batch: list[Message] = []
         back: list[Message] = []
         try:
@@ -1177,17 +1196,26 @@ class Worker(WorkerCore):
             batch = self._claim(step)
         finally:
             with self._handoff:
+                self._in_hand.discard(key)
                 mine, back = self._fetched(batch)
+                if mine is not None:
+                    task = self._register(key, *mine)
+                    if task is None:
+                        back.append(mine[0])
+                if back:
+                    self._in_hand.add(key)
                 self._handoff.notify_all()
-            self._give_back(back)
-            if mine is None:
-                self._out_of_hand()
-        return mine
+            if back:
+                try:
+                    self._give_back(back)
+                finally:
+                    self._out_of_hand(key)
+        return task
 
-    def _out_of_hand(self) -> None:
+    def _out_of_hand(self, key: threading.Thread) -> None:
         """This runner holds no message it has not registered (or given back)."""
         with self._handoff:
-            self._in_hand.discard(threading.current_thread())
+            self._in_hand.discard(key)
 
     def _claim(self, size: int) -> list[Message]:
         if self._stopping.is_set():  # (since _take looked: while committing, say)
