@@ -29,7 +29,7 @@ from conftest import LOCAL_FIXTURES, QueueTarget
 from helpers import file_state, without_dac_override
 from sqqueue import PostgresQueue, Queue, connect
 from sqqueue.dashboard import create_app
-from sqqueue.dashboard.auth import Auth
+from sqqueue.dashboard.auth import Auth, LoginThrottle
 from sqqueue.dashboard.present import one_line
 from sqqueue.dashboard.server import allowed_hosts
 from sqqueue.dashboard.source import BUCKET, BUCKETS, Sampler
@@ -491,6 +491,86 @@ def test_login_wrong_token_throttle_and_logout(queue_target: QueueTarget) -> Non
         answer = client.post("/login", data={"token": TOKEN, "csrf": csrf_of(page.text),
                                              "next": "//evil.example/x"})  # fmt: skip
         assert answer.headers["location"] == "/"
+
+
+class Clock:
+    """A clock a test moves by hand (seconds)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_wrong_bearer_tokens_are_throttled_as_logins_are(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ten wrong tokens in the Authorization header from one address lock it out, as ten
+    in the login form do, and the two count together: 429 with Retry-After until the
+    oldest failure is 5 minutes old, the right token included (a guess must not be told
+    apart). A right token counts nothing, other addresses are not locked, and no token
+    is ever logged."""
+    target = QueueTarget("sqlite", f"sqlite:///{tmp_path / 'jobs.db'}")
+    target.open("jobs").close()
+    clock = Clock()
+    good = {"Authorization": f"Bearer {TOKEN}"}
+
+    def bad(i: int) -> dict[str, str]:
+        return {"Authorization": f"Bearer wrong-token-number-{i:04d}"}
+
+    caplog.set_level(logging.DEBUG)
+    with dashboard(target) as client:
+        client.app.state.dashboard.throttle = LoginThrottle(clock=clock)  # type: ignore[attr-defined]
+        for _ in range(30):  # right tokens are never counted
+            assert client.get("/api/queues", headers=good).status_code == 200
+        for i in range(5):
+            assert client.get("/api/queues", headers=bad(i)).status_code == 401
+        clock.now += 60
+        for i in range(5, 9):
+            answer = client.post("/api/queues/jobs/dead/purge", json={}, headers=bad(i))
+            assert answer.status_code == 401
+        assert client.get("/api/queues", headers=good).status_code == 200  # not yet locked
+        assert client.get("/api/queues", headers=bad(9)).status_code == 401  # the tenth
+        for headers in (bad(10), good):
+            locked = client.get("/api/queues", headers=headers)
+            assert locked.status_code == 429
+            assert locked.headers["retry-after"] == "240"  # the first failure, 300 s on
+            assert "too many wrong tokens" in locked.json()["error"]
+        assert client.get("/", headers=good).status_code == 429  # the pages read it too
+        assert client.get("/", headers=good).headers["retry-after"] == "240"
+        # The login form of that address is locked as well, and says for how long.
+        page = client.get("/login")
+        assert page.status_code == 200  # without a token, looking is not refused
+        form = client.post("/login", data={"token": TOKEN, "csrf": csrf_of(page.text)})
+        assert form.status_code == 429 and form.headers["retry-after"] == "240"
+        with TestClient(client.app, client=("192.0.2.7", 50000)) as elsewhere:
+            assert elsewhere.get("/api/queues", headers=good).status_code == 200
+        clock.now += 239
+        assert client.get("/api/queues", headers=good).headers["retry-after"] == "1"
+        clock.now += 1  # the first five failures are 5 minutes old: five more may come
+        assert client.get("/api/queues", headers=good).status_code == 200
+        for i in range(11, 16):
+            assert client.get("/api/queues", headers=bad(i)).status_code == 401
+        locked = client.get("/api/queues", headers=bad(16))
+        assert locked.status_code == 429 and locked.headers["retry-after"] == "60"
+    warnings = [r for r in caplog.records if "wrong bearer token" in r.getMessage()]
+    assert len(warnings) == 15 and all("testclient" in r.getMessage() for r in warnings)
+    assert all(r.levelno == logging.WARNING for r in warnings)
+    logged = caplog.text + "".join(str(r.args) + str(r.msg) for r in caplog.records)
+    assert "wrong-token-number" not in logged and TOKEN not in logged
+
+
+def test_login_form_failures_lock_out_the_bearer_token_too(tmp_path: Path) -> None:
+    target = QueueTarget("sqlite", f"sqlite:///{tmp_path / 'jobs.db'}")
+    target.open("jobs").close()
+    with dashboard(target) as client:
+        client.app.state.dashboard.throttle = LoginThrottle(clock=Clock())  # type: ignore[attr-defined]
+        csrf = csrf_of(client.get("/login").text)
+        for i in range(10):
+            assert client.post("/login", data={"token": f"w{i}", "csrf": csrf}).status_code == 401
+        locked = client.get("/api/overview", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert locked.status_code == 429 and locked.headers["retry-after"] == "300"
 
 
 def test_token_rules_and_never_shown(

@@ -66,7 +66,13 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
         plural = "s" if len(unknown) > 1 else ""
         return error(f"unknown key{plural} {names}: this endpoint takes {takes}", 400)
 
-    def unauthorized() -> Response:
+    def unauthorized(ctx: Context) -> Response:
+        if ctx.retry_after is not None:  # locked out: the token it sent was not even read
+            return error(
+                f"too many wrong tokens from your address; retry in {ctx.retry_after} s",
+                429,
+                **{"Retry-After": str(ctx.retry_after)},
+            )
         return error(
             "authenticate with the header 'Authorization: Bearer <token>'",
             401,
@@ -76,7 +82,7 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
     def may_act(ctx: Context) -> Response | None:
         """None when the request may change data, else the refusal."""
         if not ctx.authed:
-            return unauthorized()
+            return unauthorized(ctx)
         if d.read_only:
             return error("this dashboard is read-only: it changes nothing", 403)
         if not ctx.bearer and not d.auth.csrf_matches(
@@ -93,7 +99,7 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
     async def overview(request: Request) -> Response:
         ctx = d.context(request)
         if not ctx.authed:
-            return unauthorized()
+            return unauthorized(ctx)
         data = await d.call(d.source.overview)
         data["queues"] = [with_chart(row) for row in data["queues"]]
         data["health"] = dataclasses.asdict(data["health"])
@@ -104,7 +110,7 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
     async def queue_list(request: Request) -> Response:
         ctx = d.context(request)
         if not ctx.authed:
-            return unauthorized()
+            return unauthorized(ctx)
         data = await d.call(d.source.overview)
         return d.json({"queues": [with_chart(row) for row in data["queues"]],
                        "error": data["error"], "legacy_queues": data["legacy_queues"],
@@ -113,7 +119,7 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
     async def queue(request: Request) -> Response:
         ctx = d.context(request)
         if not ctx.authed:
-            return unauthorized()
+            return unauthorized(ctx)
         name = request.path_params["name"]
 
         def read() -> dict[str, Any] | None:
@@ -134,7 +140,7 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
     async def messages(request: Request) -> Response:
         ctx = d.context(request)
         if not ctx.authed:
-            return unauthorized()
+            return unauthorized(ctx)
         name = request.path_params["name"]
         query = request.query_params
         label = query.get("state", "ready")
@@ -178,7 +184,7 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the endpoints, decla
     async def message(request: Request) -> Response:
         ctx = d.context(request)
         if not ctx.authed:
-            return unauthorized()
+            return unauthorized(ctx)
         name = request.path_params["name"]
         message_id = request.path_params["message_id"]
 

@@ -4,6 +4,9 @@
   holds a session cookie (HttpOnly, SameSite=Strict) signed with a key derived from the
   token, so every process serving the same token accepts it and changing the token
   ends every session. JSON clients send ``Authorization: Bearer <token>`` instead.
+* Wrong tokens are counted per client address, in the login form and in the
+  ``Authorization`` header alike: too many in a short time lock the address out
+  (:class:`LoginThrottle`), so a token cannot be guessed at full speed by either.
 * Every form carries a CSRF token bound to the session; JSON calls made with the session
   cookie send it in the ``X-CSRF-Token`` header.
 * Logging out revokes the session's id in this process until the session would have
@@ -18,14 +21,23 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MIN_TOKEN_LENGTH", "Auth", "LoginThrottle", "Session", "generate_token"]
+__all__ = [
+    "MIN_TOKEN_LENGTH",
+    "Auth",
+    "LoginThrottle",
+    "Session",
+    "bearer_of",
+    "generate_token",
+]
 
 MIN_TOKEN_LENGTH = 16
 SESSION_MAX_AGE = 12 * 3600  # seconds a login lasts
@@ -35,6 +47,15 @@ FLASH_MAX_AGE = 120
 def generate_token() -> str:
     """A fresh random token (256 bits, URL-safe)."""
     return secrets.token_urlsafe(32)
+
+
+def bearer_of(header: str | None) -> str | None:
+    """The token an ``Authorization: Bearer <token>`` header offers; None for no header
+    or another scheme."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
 
 
 def _b64(data: bytes) -> str:
@@ -84,10 +105,8 @@ class Auth:
 
     def bearer_matches(self, header: str | None) -> bool:
         """Whether an ``Authorization`` header carries the token."""
-        if not header:
-            return False
-        scheme, _, value = header.partition(" ")
-        return scheme.lower() == "bearer" and self.token_matches(value.strip())
+        given = bearer_of(header)
+        return given is not None and self.token_matches(given)
 
     # -- signing ---------------------------------------------------------------------------
 
@@ -167,11 +186,17 @@ class Auth:
 
 
 class LoginThrottle:
-    """Refuses logins from a client after too many wrong tokens in a short time."""
+    """Refuses a client's tokens after too many wrong ones in a short time: ``limit``
+    wrong tokens within ``period`` seconds lock the client out until the oldest of them
+    is ``period`` seconds old. The login form and the ``Authorization`` header count
+    together. ``clock`` gives the time in seconds (monotonic; a test may pass its own)."""
 
-    def __init__(self, limit: int = 10, period: float = 300.0) -> None:
+    def __init__(
+        self, limit: int = 10, period: float = 300.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.limit = limit
         self.period = period
+        self.clock = clock
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
@@ -181,14 +206,25 @@ class LoginThrottle:
             failures.popleft()
         return failures
 
-    def allowed(self, client: str, now: float) -> bool:
+    def retry_after(self, client: str, now: float | None = None) -> int | None:
+        """None when ``client`` may try a token, else the whole seconds until it may."""
+        now = self.clock() if now is None else now
         with self._lock:
-            allowed = len(self._recent(client, now)) < self.limit
-            if not self._failures.get(client):
+            failures = self._recent(client, now)
+            wait = None
+            if len(failures) >= self.limit:
+                wait = max(1, math.ceil(failures[-self.limit] + self.period - now))
+            if not failures:
                 self._failures.pop(client, None)
-            return allowed
+            return wait
 
-    def failed(self, client: str, now: float) -> None:
+    def allowed(self, client: str, now: float | None = None) -> bool:
+        """Whether ``client`` may try a token."""
+        return self.retry_after(client, now) is None
+
+    def failed(self, client: str, now: float | None = None) -> None:
+        """Count a wrong token from ``client``."""
+        now = self.clock() if now is None else now
         with self._lock:
             self._recent(client, now).append(now)
             if len(self._failures) > 10_000:  # bounded memory under a flood of addresses

@@ -8,7 +8,6 @@ with a redirect and a one-time result message.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,7 +17,7 @@ from starlette.routing import Route
 
 from . import present, states
 from .source import NAME, RedriveJob, takes_long, value_of
-from .web import Context, Dashboard, Endpoint, FormError, answering, failure_status
+from .web import Context, Dashboard, Endpoint, FormError, answering, client_of, failure_status
 
 __all__ = ["routes"]
 
@@ -62,6 +61,8 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
     """The page routes of dashboard ``d``."""
 
     def login_first(ctx: Context) -> Response:
+        if ctx.retry_after is not None:  # a locked-out client sent a token in a header
+            return locked_out(ctx, ctx.retry_after)
         here = ctx.request.url.path[len(ctx.base) :] or "/"
         if ctx.request.url.query:
             here += "?" + ctx.request.url.query
@@ -69,6 +70,19 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
 
     def refused(ctx: Context, why: str, status: int = 403) -> Response:
         return d.page(ctx, "error.html", status=status, title="Refused", error=why)
+
+    def locked_out(
+        ctx: Context, retry_after: int, template: str = "error.html", **values: Any
+    ) -> Response:
+        """429: the client sent too many wrong tokens; it may try again in ``retry_after`` s."""
+        values.setdefault("title", "Refused")
+        response = d.page(
+            ctx, template, status=429,
+            error=f"Too many wrong tokens from your address; wait {retry_after} s and retry.",
+            **values,
+        )  # fmt: skip
+        response.headers["Retry-After"] = str(retry_after)
+        return response
 
     def not_found(ctx: Context, why: str) -> Response:
         return d.page(ctx, "error.html", status=404, title="Not found", error=why)
@@ -106,8 +120,7 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
 
     async def login(request: Request) -> Response:
         ctx = d.context(request)
-        client = request.client.host if request.client else "?"
-        now = time.monotonic()
+        client = client_of(request)
         try:
             form = await d.form(request)
         except FormError as exc:
@@ -124,13 +137,11 @@ def routes(d: Dashboard) -> list[Route]:  # noqa: PLR0915 - the pages, declared 
             )
         if not d.auth.csrf_matches(ctx.session, _first(form, "csrf")):
             return refused(ctx, "The login form has expired; reload it and retry.")
-        if not d.throttle.allowed(client, now):
-            return d.page(
-                ctx, "login.html", status=429, title="Log in", next=nxt,
-                error="Too many wrong tokens from your address; wait a few minutes.",
-            )  # fmt: skip
+        wait = d.throttle.retry_after(client)
+        if wait is not None:
+            return locked_out(ctx, wait, "login.html", title="Log in", next=nxt)
         if not d.auth.token_matches(_first(form, "token")):
-            d.throttle.failed(client, now)
+            d.throttle.failed(client)
             logger.warning("dashboard: a login with a wrong token from %s", client)
             return d.page(
                 ctx, "login.html", status=401, title="Log in", next=nxt,

@@ -21,7 +21,7 @@ from .. import __version__
 from ..exceptions import DATABASE_FAILURES, ErrorKind, QueueError
 from ..targets import parse_target, redact
 from . import present, states
-from .auth import FLASH_MAX_AGE, SESSION_MAX_AGE, Auth, LoginThrottle, Session
+from .auth import FLASH_MAX_AGE, SESSION_MAX_AGE, Auth, LoginThrottle, Session, bearer_of
 from .source import Source
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "FormError",
     "action_status",
     "answering",
+    "client_of",
     "failure_status",
 ]
 
@@ -39,6 +40,9 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 SESSION_COOKIE = "sqqueue_dashboard"
 FLASH_COOKIE = "sqqueue_dashboard_flash"
+#: where a request's verdict on its Authorization header is kept (in its ASGI scope), so
+#: that a wrong token is counted once however often the request's context is read
+_BEARER_VERDICT = "sqqueue.dashboard.bearer"
 FORM_LIMIT = 256 * 1024  # bytes of a form body
 FORM_FIELDS = 20_000  # fields of a form body (a form selects at most 1,000 ids)
 #: the status of a request the database failed (its file deleted, locked, unreadable, or
@@ -76,6 +80,12 @@ def answering(endpoint: Endpoint, answer: Callable[[Request, QueueError], Respon
     return handler
 
 
+def client_of(request: Request) -> str:
+    """The address wrong tokens are counted by: the connection's peer (never a header a
+    client may forge, such as ``X-Forwarded-For``)."""
+    return request.client.host if request.client else "?"
+
+
 def action_status(error: BaseException) -> int:
     """The HTTP status of an action that failed with ``error``: 404 (no such dead letter)
     or 400 (bad input) for the caller's mistake, 503 when the database failed, else 500."""
@@ -97,6 +107,9 @@ class Context:
     base: str
     #: authenticated by the Authorization header (JSON clients), not by the session
     bearer: bool = False
+    #: seconds the client must wait: it sent an Authorization header while locked out
+    #: for too many wrong tokens (the header was not read); else None
+    retry_after: int | None = None
 
     @property
     def authed(self) -> bool:
@@ -126,6 +139,7 @@ class Dashboard:
         self.read_only = read_only
         self.redrive_rate = redrive_rate
         self.refresh = refresh
+        #: wrong tokens per client, in the login form and the Authorization header alike
         self.throttle = LoginThrottle()
         self.templates = Environment(
             loader=PackageLoader("sqqueue.dashboard", "templates"),
@@ -159,9 +173,32 @@ class Dashboard:
     def context(self, request: Request) -> Context:
         self.source.start()  # sampling begins with the first request (mounted apps too)
         session = self.auth.read_session(request.cookies.get(SESSION_COOKIE))
-        bearer = self.auth.bearer_matches(request.headers.get("authorization"))
+        bearer, retry_after = self.bearer(request)
         base = str(request.scope.get("root_path", "")).rstrip("/")
-        return Context(request, session, base, bearer)
+        return Context(request, session, base, bearer, retry_after)
+
+    def bearer(self, request: Request) -> tuple[bool, int | None]:
+        """Whether the request's ``Authorization: Bearer`` header carries the token, and,
+        when its client is locked out for too many wrong tokens, the seconds it must wait
+        (the header is then not even compared). A wrong token counts against the client,
+        as one typed in the login form does; the token is never logged."""
+        verdict: tuple[bool, int | None] | None = request.scope.get(_BEARER_VERDICT)
+        if verdict is not None:
+            return verdict
+        given = bearer_of(request.headers.get("authorization"))
+        verdict = (False, None)
+        if given is not None:
+            client = client_of(request)
+            wait = self.throttle.retry_after(client)
+            if wait is not None:
+                verdict = (False, wait)
+            elif self.auth.token_matches(given):
+                verdict = (True, None)
+            else:
+                self.throttle.failed(client)
+                logger.warning("dashboard: a request with a wrong bearer token from %s", client)
+        request.scope[_BEARER_VERDICT] = verdict
+        return verdict
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a (blocking) database call in a worker thread."""
