@@ -4,6 +4,7 @@ mounting under a prefix; and the ``sqqueue dashboard`` command."""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -26,12 +27,12 @@ from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 from conftest import LOCAL_FIXTURES, QueueTarget
-from helpers import file_state, without_dac_override
+from helpers import file_state, run_cli, without_dac_override
 from sqqueue import PostgresQueue, Queue, connect
 from sqqueue.dashboard import create_app
 from sqqueue.dashboard.auth import Auth, LoginThrottle
 from sqqueue.dashboard.present import one_line
-from sqqueue.dashboard.server import allowed_hosts
+from sqqueue.dashboard.server import allowed_hosts, serve
 from sqqueue.dashboard.source import BUCKET, BUCKETS, Sampler
 from sqqueue.dashboard.web import shown_target
 from sqqueue.stats import QueueStats
@@ -571,6 +572,56 @@ def test_login_form_failures_lock_out_the_bearer_token_too(tmp_path: Path) -> No
             assert client.post("/login", data={"token": f"w{i}", "csrf": csrf}).status_code == 401
         locked = client.get("/api/overview", headers={"Authorization": f"Bearer {TOKEN}"})
         assert locked.status_code == 429 and locked.headers["retry-after"] == "300"
+
+
+def _set_cookies(response: Any) -> dict[str, str]:
+    """The cookies a response sets: name -> its whole Set-Cookie header, lower-cased."""
+    found = {}
+    for header in response.headers.get_list("set-cookie"):
+        found[header.split("=", 1)[0]] = header.lower()
+    return found
+
+
+def _secure(header: str) -> bool:
+    return "secure" in [part.strip() for part in header.split(";")]
+
+
+def test_secure_cookies_behind_a_proxy_that_ends_tls(tmp_path: Path) -> None:
+    """Behind a proxy that ends TLS, requests come by http: ``secure_cookies=True`` marks
+    every cookie Secure all the same (session, login, flash, the flash's removal). The
+    default marks them Secure when the request came by https; False never does."""
+    target = QueueTarget("sqlite", f"sqlite:///{tmp_path / 'jobs.db'}")
+    target.open("jobs").close()
+    with dashboard(target, secure_cookies=True) as client:
+        first = client.get("/login")
+        cookie = _set_cookies(first)["sqqueue_dashboard"]
+        assert _secure(cookie) and "httponly" in cookie and "samesite=strict" in cookie
+        # The browser would send a Secure cookie back through the proxy (by https); this
+        # client speaks http to the app, so it is handed the cookie as the proxy would.
+        client.cookies.set("sqqueue_dashboard", first.cookies["sqqueue_dashboard"])
+        answer = client.post("/login", data={"token": TOKEN, "csrf": csrf_of(first.text)})
+        assert answer.status_code == 303
+        assert _secure(_set_cookies(answer)["sqqueue_dashboard"])
+        client.cookies.set("sqqueue_dashboard", answer.cookies["sqqueue_dashboard"])
+        out = client.post("/logout", data={"csrf": csrf_of(client.get("/").text)})
+        assert out.status_code == 303
+        assert all(_secure(c) for c in _set_cookies(out).values()), out.headers
+        assert set(_set_cookies(out)) == {"sqqueue_dashboard", "sqqueue_dashboard_flash"}
+        client.cookies.set("sqqueue_dashboard_flash", out.cookies["sqqueue_dashboard_flash"])
+        shown = client.get("/login")
+        removed = _set_cookies(shown)["sqqueue_dashboard_flash"]
+        assert "max-age=0" in removed and _secure(removed)
+    for secure, scheme, expected in [
+        (None, "http", False),
+        (None, "https", True),
+        (False, "https", False),
+        (True, "https", True),
+    ]:
+        app = create_app(target.url, token=TOKEN, secure_cookies=secure)
+        with TestClient(app, base_url=f"{scheme}://testserver") as client:
+            cookie = _set_cookies(client.get("/login"))["sqqueue_dashboard"]
+            assert _secure(cookie) is expected, (secure, scheme, cookie)
+        app.state.dashboard.source.close()
 
 
 def test_token_rules_and_never_shown(
@@ -1328,6 +1379,56 @@ def test_command_serves_and_prints_a_made_up_token_once(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=30)
     assert token.group(1) not in out + err  # printed once, in the lines read above
     assert proc.returncode == 0, err
+
+
+@pytest.fixture
+def served_apps(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Starlette]]:
+    """The apps ``serve`` would run, each caught instead of being served: its socket is
+    bound and closed, nothing is answered."""
+    from sqqueue.dashboard import server
+
+    apps: list[Starlette] = []
+
+    class Caught:
+        def __init__(self, config: Any) -> None:
+            apps.append(config.app)
+
+        def run(self, sockets: list[Any]) -> None:
+            pass
+
+    monkeypatch.setattr(server, "_server_class", lambda: Caught)
+    yield apps
+    for app in apps:
+        app.state.dashboard.source.close()
+
+
+def test_command_secure_cookies_and_the_warning_off_the_loopback(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    served_apps: list[Starlette],
+) -> None:
+    """``--secure-cookies`` reaches the app (without it: Secure by the request's scheme);
+    a non-loopback address says at start, in the output and as a WARNING in the log, that
+    the token and the session cookie cross the network in clear, naming no secret."""
+    db = tmp_path / "jobs.db"
+    connect(str(db), "jobs").close()
+    monkeypatch.setenv("SQQUEUE_DASHBOARD_TOKEN", TOKEN)
+    assert run_cli("dashboard", db, "--port", "0", "--secure-cookies").exit_code == 0
+    assert run_cli("dashboard", db, "--port", "0").exit_code == 0
+    assert "--secure-cookies" in run_cli("dashboard", "--help").output
+    assert [app.state.dashboard.secure_cookies for app in served_apps] == [True, None]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # loopback
+    out = io.StringIO()
+    with caplog.at_level(logging.DEBUG):
+        serve(str(db), host="0.0.0.0", port=0, secure_cookies=True, out=out)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].name == "sqqueue.dashboard.server"
+    said = warnings[0].getMessage()
+    assert "0.0.0.0" in said and "in clear" in said and "TLS" in said
+    assert "in clear" in out.getvalue() and "--secure-cookies" in out.getvalue()
+    assert TOKEN not in caplog.text + out.getvalue()
+    assert served_apps[-1].state.dashboard.secure_cookies is True
 
 
 def _serve_new_queue(tmp_path: Path, token: str) -> subprocess.Popen[str]:

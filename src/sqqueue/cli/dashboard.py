@@ -25,9 +25,15 @@ from . import base
     multiple=True,
     help="Also answer this Host header (NAME or NAME:PORT, as a proxy in front sends it).",
 )
+@click.option(
+    "--secure-cookies",
+    is_flag=True,
+    help="Always mark the session cookie Secure (HTTPS only), as behind a proxy that ends "
+    "TLS. [default: Secure when the request came by https]",
+)
 def dashboard(target: str, host: str, port: int, read_only: bool,
               token_file: str | None, schema: str | None,
-              allow_hosts: tuple[str, ...]) -> None:  # fmt: skip
+              allow_hosts: tuple[str, ...], secure_cookies: bool) -> None:  # fmt: skip
     """Serve a web dashboard of every queue in TARGET (an SQLite file or a
     postgresql:// URL) until Ctrl-C. Needs: pip install 'sqqueue[dashboard]'.
 
@@ -45,6 +51,7 @@ def dashboard(target: str, host: str, port: int, read_only: bool,
         raise base.CliError(str(exc), 2) from None
     try:
         serve(target, host=host, port=port, read_only=read_only,
-              token_file=token_file, schema=schema, allow_hosts=allow_hosts)  # fmt: skip
+              token_file=token_file, schema=schema, allow_hosts=allow_hosts,
+              secure_cookies=True if secure_cookies else None)  # fmt: skip
     except DashboardError as exc:
         raise base.CliError(str(exc), exc.code) from None

@@ -110,6 +110,7 @@ def create_app(
     refresh: float = 2.0,
     sample_every: float = 5.0,
     allowed_hosts: Iterable[str] | None = None,
+    secure_cookies: bool | None = None,
 ) -> Starlette:
     """The dashboard of every queue in ``target`` (an SQLite file path, ``sqlite:///`` or
     ``postgresql://`` URL; ``schema``: the PostgreSQL schema of the queues), as an ASGI
@@ -130,6 +131,10 @@ def create_app(
     ``sample_every`` seconds by this process.
     ``allowed_hosts``: the ``Host`` header values to answer (``"127.0.0.1:8844"``), others
     get 400 (against DNS rebinding); None (mounted in your app): your app checks them.
+    ``secure_cookies``: whether the session cookie is ``Secure`` (sent back over HTTPS
+    only). None: when the request came by https, which a proxy that ends TLS hides unless
+    the server is told the scheme it forwards; True: always, for such a proxy; False:
+    never.
     """
     if token is None:
         token = os.environ.get(TOKEN_ENV) or None
@@ -147,7 +152,12 @@ def create_app(
         os.fspath(target), schema=schema, read_only=read_only, sample_every=sample_every
     )
     dashboard = Dashboard(
-        source, auth, read_only=read_only, redrive_rate=redrive_rate, refresh=refresh
+        source,
+        auth,
+        read_only=read_only,
+        redrive_rate=redrive_rate,
+        refresh=refresh,
+        secure_cookies=secure_cookies,
     )
 
     @asynccontextmanager

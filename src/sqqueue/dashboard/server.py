@@ -8,12 +8,17 @@
 * It answers only requests whose ``Host`` header names the address it serves (against DNS
   rebinding), and takes the client's address from the connection, never from headers a
   client may forge (``X-Forwarded-For``): the login throttle counts real peers.
+* It speaks plain HTTP: on an address other than loopback it warns at start (on its
+  output and as a WARNING in the log) that the token and the session cookie cross the
+  network in clear. It ignores ``X-Forwarded-Proto`` too, so behind a proxy that ends TLS
+  ``secure_cookies=True`` (``--secure-cookies``) is what makes the cookies Secure.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import os
 import signal
 import socket
@@ -29,6 +34,8 @@ from .auth import generate_token
 from .web import shown_target
 
 __all__ = ["DashboardError", "allowed_hosts", "is_loopback", "resolve_token", "serve"]
+
+logger = logging.getLogger(__name__)
 
 
 class DashboardError(Exception):
@@ -96,11 +103,14 @@ def serve(
     token_file: str | None = None,
     schema: str | None = None,
     allow_hosts: Iterable[str] = (),
+    secure_cookies: bool | None = None,
     out: TextIO | None = None,
 ) -> None:
     """Serve the dashboard of ``target`` until Ctrl-C or SIGTERM; raises DashboardError.
 
-    ``allow_hosts``: more ``Host`` header values to answer than the address served."""
+    ``allow_hosts``: more ``Host`` header values to answer than the address served.
+    ``secure_cookies``: as :func:`create_app` takes it (True behind a proxy that ends
+    TLS: the requests it forwards come by http)."""
     import uvicorn
 
     out = out or sys.stdout
@@ -121,7 +131,12 @@ def serve(
     hosts = allowed_hosts(host, bound, allow_hosts)
     try:
         app = create_app(
-            target, token=token, read_only=read_only, schema=schema, allowed_hosts=hosts
+            target,
+            token=token,
+            read_only=read_only,
+            schema=schema,
+            allowed_hosts=hosts,
+            secure_cookies=secure_cookies,
         )
     except ValueError as exc:
         sock.close()
@@ -133,8 +148,18 @@ def serve(
     if generated:
         lines.append(f"log in with this token (shown only now): {token}")
     if not is_loopback(host):
-        lines.append("warning: plain HTTP on a non-loopback address; put it behind a TLS proxy")
+        lines.append(
+            "warning: plain HTTP on a non-loopback address: the token and the session cookie "
+            "cross the network in clear; put it behind a TLS proxy (and pass --secure-cookies)"
+        )
         lines.append(f"answering the Host header values {', '.join(hosts)} (more: --allow-host)")
+        # In the log too, where a service manager keeps it (the address only, no secret).
+        logger.warning(
+            "dashboard: serving plain HTTP on %s, which is not a loopback address: the token "
+            "typed at login and the session cookie cross the network in clear unless a TLS "
+            "proxy is in front (then pass --secure-cookies)",
+            shown_host,
+        )
     lines.append("Ctrl-C to stop")
     out.write("\n".join(lines) + "\n")
     out.flush()

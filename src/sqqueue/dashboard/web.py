@@ -133,12 +133,15 @@ class Dashboard:
         read_only: bool,
         redrive_rate: float | None,
         refresh: float,
+        secure_cookies: bool | None = None,
     ) -> None:
         self.source = source
         self.auth = auth
         self.read_only = read_only
         self.redrive_rate = redrive_rate
         self.refresh = refresh
+        #: True: cookies always Secure; False: never; None: when the request came by https
+        self.secure_cookies = secure_cookies
         #: wrong tokens per client, in the login form and the Authorization header alike
         self.throttle = LoginThrottle()
         self.templates = Environment(
@@ -258,7 +261,13 @@ class Dashboard:
         )
         response = HTMLResponse(html, status_code=status)
         if flash is not None:
-            response.delete_cookie(FLASH_COOKIE, path=self.cookie_path(ctx))
+            response.delete_cookie(
+                FLASH_COOKIE,
+                path=self.cookie_path(ctx),
+                secure=self.secure(ctx),
+                httponly=True,
+                samesite="strict",
+            )
         self.keep_session(ctx, response)
         return response
 
@@ -276,10 +285,19 @@ class Dashboard:
                 path=self.cookie_path(ctx),
                 httponly=True,
                 samesite="strict",
-                secure=ctx.request.url.scheme == "https",
+                secure=self.secure(ctx),
             )
         self.keep_session(ctx, response)
         return response
+
+    def secure(self, ctx: Context) -> bool:
+        """Whether the cookies sent to ``ctx`` are Secure (sent back over HTTPS only):
+        as ``secure_cookies`` says, else when the request came by https. Behind a proxy
+        that ends TLS every request comes by http: ``secure_cookies=True`` marks them
+        Secure all the same."""
+        if self.secure_cookies is not None:
+            return self.secure_cookies
+        return ctx.request.url.scheme == "https"
 
     def cookie_path(self, ctx: Context) -> str:
         return (ctx.base or "") + "/"
@@ -297,7 +315,7 @@ class Dashboard:
             path=self.cookie_path(ctx),
             httponly=True,
             samesite="strict",
-            secure=ctx.request.url.scheme == "https",
+            secure=self.secure(ctx),
         )
 
     def json(self, data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
