@@ -609,6 +609,25 @@ def test_quick_handlers_get_large_claims(
     assert 10 <= max(sizes) <= 100, sizes
 
 
+def test_prefetch_1_claims_only_the_message_a_runner_starts(
+    make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``prefetch=1`` quick handlers get no claim ahead: each claim takes the one
+    message its runner starts, so a process that dies holds no message unstarted (whose
+    attempt its claim counted)."""
+    queue = make_queue(table_name="jobs", clock=None)
+    ids = ok(queue.enqueue_batch([f"m{i}" for i in range(150)]))
+    sizes = _recording_claims(queue, monkeypatch)
+    seen: list[int] = []
+    w = Worker(queue, lambda m: seen.append(m.id), concurrency=2, handle_signals=False, prefetch=1)
+    thread, out = run_in_thread(w)
+    wait_until(lambda: not queue.stats().unwrap().depth, timeout=WAIT, what="the queue drained")
+    w.stop()
+    thread.join(20)
+    assert sorted(seen) == ids and out[0].completed == 150
+    assert set(sizes) == {1}, sizes
+
+
 def test_slow_handlers_claim_only_for_idle_runners(
     make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
