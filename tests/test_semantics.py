@@ -204,6 +204,49 @@ def test_stats_count_a_lease_that_ran_out_where_the_next_claim_puts_it(
     assert fresh.payload in ("b", "c")
 
 
+STATES = ("ready", "delayed", "waiting", "processing", "dead")
+
+
+def _by_state(queue: Queue) -> tuple[tuple[int, ...], float | None]:
+    """Counts by state from stats, and the oldest ready age."""
+    stats = ok(queue.stats())
+    return tuple(getattr(stats, state) for state in STATES), stats.oldest_ready_age
+
+
+@pytest.mark.parametrize("on_expire", ["dead", "drop"])
+def test_counts_put_a_message_past_its_time_to_live_where_the_next_claim_puts_it(
+    make_queue: MakeQueue, clock: Any, on_expire: str
+) -> None:
+    """Past its time to live, a message leaves at the next claim (dead-lettered or
+    dropped), whether its lease ran out, on its last attempt or not, or it was ready,
+    delayed or waiting: stats count it there already. A live lease
+    keeps its message."""
+    queue = make_queue(table_name="jobs", on_expire=on_expire)
+    ok(queue.enqueue("lapsed", ttl=60))
+    ok(queue.enqueue("lapsed-last", max_attempts=1, ttl=60))
+    ok(queue.enqueue("held", ttl=60))
+    assert len(ok(queue.dequeue_batch(2, visibility_timeout=30))) == 2  # their consumer dies
+    live = ok(queue.dequeue(visibility_timeout=600))
+    assert live is not None and live.payload == "held"
+    ok(queue.enqueue("ready", ttl=60))
+    ok(queue.enqueue("delayed", delay=120, ttl=60))
+    ok(queue.enqueue("head", group="g", ttl=60))
+    ok(queue.enqueue("behind", group="g", ttl=60))
+    clock.advance(30)
+    ok(queue.enqueue("kept"))
+    clock.advance(31)  # the leases of two ran out, and every time to live but "kept"'s
+    gone = 6 if on_expire == "dead" else 0
+    expected = ((1, 0, 0, 1, gone), 31.0)
+    assert _by_state(queue) == expected
+    assert ok(queue.recover_processing_messages()) == 6  # what a claim does first
+    assert _by_state(queue) == expected
+    assert [d["payload"] for d in ok(queue.get_dead_letters())] == (
+        ["lapsed", "lapsed-last", "ready", "delayed", "head", "behind"] if gone else []
+    )
+    kept = ok(queue.dequeue())
+    assert kept is not None and kept.payload == "kept"
+
+
 def _lose_lease(make_queue: MakeQueue, clock: Any) -> tuple[Queue, Queue, Message]:
     """A leases a message, the lease expires, B gets it: returns (A, B, A's message)."""
     a, b = make_queue(table_name="jobs"), make_queue(table_name="jobs")

@@ -12,18 +12,19 @@ __all__ = ["QueueStats"]
 class QueueStats:
     """A snapshot of one queue, cheap enough to take every second on a deep queue.
 
-    Counts come from counters kept exact in the database; totals count events since the
-    queue was created, across all processes and restarts.
+    Counts come from counters kept exact in the database, each message counted where the
+    next dequeue puts it: one whose lease ran out as ready (dead on its last attempt), one
+    past its time to live (unless a live lease holds it) as dead, or nowhere with
+    ``on_expire="drop"``. Totals count events since the queue was created, across all
+    processes and restarts.
     """
 
     queue: str
     ready: int  #: can be dequeued now
     delayed: int  #: waiting for their delay (or retry backoff) to pass
     waiting: int  #: behind an earlier message of their group
-    #: leased by a consumer (a message whose lease ran out counts as ready, or as dead on
-    #: its last attempt, as the next dequeue will find it)
-    processing: int
-    dead: int  #: in the dead-letter queue
+    processing: int  #: leased by a consumer whose lease has not run out
+    dead: int  #: in the dead-letter queue, or going there at the next dequeue
     oldest_ready_age: float | None  #: seconds the oldest ready message has waited
     expiring_soon: int  #: live leases that run out within ``expiring_within`` seconds
     enqueued_total: int

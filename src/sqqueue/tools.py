@@ -428,8 +428,9 @@ def _copy_one(
     """Copy one queue's rows, every column, but those already in the target: messages,
     dead letters and kept history with ids in ``skip``, dedup keys the target has."""
     name = src.name
-    total = src.stats().unwrap()
-    expected = total.depth + total.dead
+    # Rows as stored (stats count a message past its time to live as dead or gone).
+    total = src.parts.backend.status_counts()
+    expected = sum(total.values())
     keys = {row["key"] for row in _all_rows(dst.parts.backend, "dedup", "key")} if skip else set()
     copied = dict.fromkeys(("messages", "dead", "done", "dedup", "already"), 0)
     for table, key in _TABLES:
@@ -446,12 +447,12 @@ def _copy_one(
                 copied["already"] += len(rows) - len(fresh)
                 if progress is not None:
                     progress(name, copied["messages"] + copied["dead"], expected)
-    after_copy = dst.stats().unwrap()
-    if after_copy.depth != copied["messages"] or after_copy.dead != copied["dead"]:
+    after_copy = dst.parts.backend.status_counts()
+    held = after_copy["pending"] + after_copy["processing"] + after_copy["waiting"]
+    if held != copied["messages"] or after_copy["dead"] != copied["dead"]:
         raise QueueError(
             f"copy of queue {name!r} does not add up: read {copied['messages']} messages and "
-            f"{copied['dead']} dead letters, the target holds {after_copy.depth} and "
-            f"{after_copy.dead}",
+            f"{copied['dead']} dead letters, the target holds {held} and {after_copy['dead']}",
             ErrorKind.STORAGE,
         )
     dst.wake_waiters()

@@ -357,9 +357,11 @@ class Backend(ABC):
 
     @abstractmethod
     def stats(self, horizon: float) -> dict[str, Any]:
-        """Counts by state (from maintained counters), totals since creation, how long the
-        oldest ready message has been visible, leases expiring within ``horizon`` seconds,
-        file sizes."""
+        """Counts by state, each message where the next claim puts it (a lease that ran
+        out: ready, or dead on its last attempt; past its time to live and not under a
+        live lease: dead, or nowhere when dropped), totals since creation, how long the
+        oldest ready message has been visible, live leases expiring within ``horizon``
+        seconds, file sizes."""
 
     @abstractmethod
     def list_messages(

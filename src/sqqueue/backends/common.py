@@ -770,6 +770,37 @@ class SQLBackend(Backend):
             "dead": dead,
         }
 
+    def _settled(self, conn: Conn, now: float | None, horizon: float) -> dict[str, Any]:
+        """Messages by state as the next claim will leave them, read in the caller's
+        snapshot (``pending`` is ready and delayed): a lease that ran out counts as
+        pending, or dead on its last attempt; a message past its time to live that no live
+        lease holds as dead (``on_expire="dead"``) or nowhere. With what stats add: the
+        counters, live leases running out within ``horizon`` seconds, how long ago the
+        first lease the claim returns ran out, and how many of the messages past their
+        time to live were delayed. (The messages of a group behind one that leaves count
+        as waiting until the claim.)"""
+        counters = self._one(conn, "counters")
+        waiting = int(self._one(conn, "waiting")[0])
+        leases = self._one(conn, "leases", {"now": now, "horizon": horizon})
+        expiring, lapsed, lapsed_dead, lapsed_ttl = (int(n) for n in leases[:4])
+        past_ttl = self._one(conn, "past_ttl", {"now": now})
+        unleased_ttl, delayed_ttl, waiting_ttl = (int(n) for n in past_ttl)
+        unleased, processing, dead = (int(n) for n in counters[:3])
+        # Lapsed leases return to the queue, but those past their time to live and those
+        # on their last attempt; messages past their time to live leave it.
+        returned = lapsed - lapsed_ttl - lapsed_dead
+        gone = unleased_ttl + lapsed_ttl
+        return {
+            "pending": unleased - waiting - (unleased_ttl - waiting_ttl) + returned,
+            "processing": processing - lapsed,
+            "waiting": waiting - waiting_ttl,
+            "dead": dead + lapsed_dead + (gone if self.policy.expired_to_dlq else 0),
+            "counters": counters,
+            "expiring": expiring,
+            "lapsed_age": leases[4],
+            "delayed_ttl": delayed_ttl,
+        }
+
     def _file_sizes(self) -> dict[str, int]:
         """Sizes of the database's files, where the backend has any, and how far its
         write-ahead log is from being checkpointed."""
@@ -779,30 +810,27 @@ class SQLBackend(Backend):
         def run(conn: Conn) -> dict[str, Any]:
             now = self._now()
             return {
-                "counters": self._one(conn, "counters"),
+                "settled": self._settled(conn, now, horizon),
                 "delayed_oldest": self._one(conn, "delayed_and_oldest", {"now": now}),
-                "waiting": self._one(conn, "waiting")[0],
-                "leases": self._one(conn, "leases", {"now": now, "horizon": horizon}),
             }
 
         found = self._read_tx(run)
-        (unleased, processing, dead, enqueued, completed, failed, dead_lettered, expired,
-         ttl_expired, created) = found["counters"]  # fmt: skip
+        settled = found["settled"]
+        (_, _, _, enqueued, completed, failed, dead_lettered, expired, ttl_expired,
+         created) = settled["counters"]  # fmt: skip
         delayed, oldest_age = found["delayed_oldest"]
-        # A lease that ran out is nobody's any more: its message counts where the next
-        # claim will put it (ready, or dead on its last attempt), not as processing.
-        expiring, lapsed, lapsed_dead = (int(n) for n in found["leases"][:3])
-        lapsed_age = found["leases"][3]
+        delayed = int(delayed) - settled["delayed_ttl"]
+        lapsed_age = settled["lapsed_age"]
         if lapsed_age is not None and (oldest_age is None or lapsed_age > oldest_age):
             oldest_age = lapsed_age
         return {
-            "ready": int(unleased) - int(delayed) - int(found["waiting"]) + lapsed - lapsed_dead,
-            "delayed": int(delayed),
-            "waiting": int(found["waiting"]),
-            "processing": int(processing) - lapsed,
-            "dead": int(dead) + lapsed_dead,
+            "ready": settled["pending"] - delayed,
+            "delayed": delayed,
+            "waiting": settled["waiting"],
+            "processing": settled["processing"],
+            "dead": settled["dead"],
             "oldest_ready_age": None if oldest_age is None else float(oldest_age),
-            "expiring": expiring,
+            "expiring": settled["expiring"],
             "enqueued_total": int(enqueued),
             "completed_total": int(completed),
             "failed_total": int(failed),

@@ -617,21 +617,34 @@ STATEMENTS = {
         SELECT coalesce(sum((SELECT count(*) FROM $q WHERE status = 'pending'
                               AND priority = levels.p AND visible_at > $now)), 0),
                $now - min((SELECT min(visible_at) FROM $q WHERE status = 'pending'
-                            AND priority = levels.p AND visible_at <= $now))
+                            AND priority = levels.p AND visible_at <= $now
+                            AND (expires_at IS NULL OR expires_at > $now)))
           FROM levels WHERE levels.p IS NOT NULL""",
     # Only grouped messages wait: counted through the group index, not the whole table.
     "waiting": """
         SELECT count(*) FROM $q WHERE group_key IS NOT NULL AND status = 'waiting'""",
     # Live leases that run out within the horizon; leases already run out (which the next
-    # claim folds back), how many of those were on their last attempt (dead then), and
-    # how long ago the first of the others ran out (ready since).
+    # claim folds back), and of those: how many were on their last attempt, within their
+    # time to live (dead then), how many are past their time to live (taken out then, as
+    # "past_ttl" says), and how long ago the first of the rest ran out (ready since).
     "leases": """
         SELECT count(*) FILTER (WHERE lease_expires_at > $now),
                count(*) FILTER (WHERE lease_expires_at <= $now),
-               count(*) FILTER (WHERE lease_expires_at <= $now AND attempts >= max_attempts),
+               count(*) FILTER (WHERE lease_expires_at <= $now AND attempts >= max_attempts
+                                  AND (expires_at IS NULL OR expires_at > $now)),
+               count(*) FILTER (WHERE lease_expires_at <= $now AND expires_at <= $now),
                $now - min(lease_expires_at) FILTER (WHERE lease_expires_at <= $now
-                                                     AND attempts < max_attempts)
+                                                     AND attempts < max_attempts
+                                                     AND (expires_at IS NULL
+                                                          OR expires_at > $now))
           FROM $q WHERE status = 'processing' AND lease_expires_at <= $now + %(horizon)s""",
+    # Messages past their time to live that no lease holds, which the next claim takes
+    # out (see "ttl_delete"): how many, and how many of those are delayed and waiting.
+    # Served by the expiry index: one step per such message.
+    "past_ttl": """
+        SELECT count(*), count(*) FILTER (WHERE status = 'pending' AND visible_at > $now),
+               count(*) FILTER (WHERE status = 'waiting' AND group_key IS NOT NULL)
+          FROM $q WHERE expires_at <= $now AND status <> 'processing'""",
     # When the next delayed message falls due or lease runs out.
     "next_due": """
         SELECT least((SELECT min(visible_at) FROM $q WHERE status = 'pending'),

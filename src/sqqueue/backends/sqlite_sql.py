@@ -613,21 +613,33 @@ STATEMENTS = {
         SELECT coalesce(sum((SELECT count(*) FROM $q WHERE status = 'pending'
                               AND priority = levels.p AND {_DELAYED})), 0),
                max(:now - min((SELECT min(visible_at) FROM $q WHERE status = 'pending'
-                                AND priority = levels.p AND {_READY})), 0)
+                                AND priority = levels.p AND {_READY}
+                                AND (expires_at IS NULL OR expires_at > :now))), 0)
           FROM levels WHERE levels.p IS NOT NULL""",
     # Only grouped messages wait: counted through the group index, not the whole table.
     "waiting": """
         SELECT count(*) FROM $q WHERE group_key IS NOT NULL AND status = 'waiting'""",
     # Live leases that run out within the horizon; leases already run out (which the next
-    # claim folds back), how many of those were on their last attempt (dead then), and
-    # how long ago the first of the others ran out (ready since).
+    # claim folds back), and of those: how many were on their last attempt, within their
+    # time to live (dead then), how many are past their time to live (taken out then, as
+    # "past_ttl" says), and how long ago the first of the rest ran out (ready since).
     "leases": """
         SELECT coalesce(sum(lease_expires_at > :now), 0),
                coalesce(sum(lease_expires_at <= :now), 0),
-               coalesce(sum(lease_expires_at <= :now AND attempts >= max_attempts), 0),
+               coalesce(sum(lease_expires_at <= :now AND attempts >= max_attempts
+                            AND (expires_at IS NULL OR expires_at > :now)), 0),
+               coalesce(sum(lease_expires_at <= :now AND expires_at <= :now), 0),
                :now - min(CASE WHEN lease_expires_at <= :now AND attempts < max_attempts
+                                AND (expires_at IS NULL OR expires_at > :now)
                                THEN lease_expires_at END)
           FROM $q WHERE status = 'processing' AND lease_expires_at <= :now + :horizon""",
+    # Messages past their time to live that no lease holds, which the next claim takes
+    # out (see "ttl_delete"): how many, and how many of those are delayed and waiting.
+    # Served by the expiry index: one step per such message.
+    "past_ttl": f"""
+        SELECT count(*), coalesce(sum(status = 'pending' AND {_DELAYED}), 0),
+               coalesce(sum(status = 'waiting' AND group_key IS NOT NULL), 0)
+          FROM $q WHERE expires_at <= :now AND status <> 'processing'""",
     # Seconds until the earliest visible_at among pending rows, read from the ready index
     # one priority level at a time (a skip-scan: a few index seeks per level, whatever the
     # depth), or the first lease or time to live to run out.

@@ -150,7 +150,7 @@ def redrive(
         wanted = list(dict.fromkeys(bounded_int(i, "id", 0, MAX_ID) for i in ids))
         total = len(wanted)
     else:
-        total = backend.stats(0)["dead"]
+        total = backend.status_counts()["dead"]  # the rows there (stats counts more)
     chunk = 500 if rate is None else max(1, min(500, int(rate // 10) or 1))
     moved = 0
     after = 0
