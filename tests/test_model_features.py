@@ -293,6 +293,13 @@ class FeatureMachine(RuleBasedStateMachine):
                 counts[self.status(m)] += 1
         counts["dead"] += len(self.dead)
         assert {s: getattr(stats, s) for s in STATES} == counts
+        statuses = ok(self.q.get_all_statuses())
+        assert statuses == {
+            "pending": counts["ready"] + counts["delayed"],
+            "processing": counts["processing"],
+            "waiting": counts["waiting"],
+            "dead": counts["dead"],
+        }
         assert stats.enqueued_total == self.totals["enqueued"]
         assert stats.completed_total == self.totals["completed"]
         assert stats.failed_total == self.totals["failed"]

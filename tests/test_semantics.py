@@ -207,10 +207,11 @@ def test_stats_count_a_lease_that_ran_out_where_the_next_claim_puts_it(
 STATES = ("ready", "delayed", "waiting", "processing", "dead")
 
 
-def _by_state(queue: Queue) -> tuple[tuple[int, ...], float | None]:
-    """Counts by state from stats, and the oldest ready age."""
+def _by_state(queue: Queue) -> tuple[tuple[int, ...], dict[str, int], float | None]:
+    """Counts by state from stats, get_all_statuses, and the oldest ready age."""
     stats = ok(queue.stats())
-    return tuple(getattr(stats, state) for state in STATES), stats.oldest_ready_age
+    counts = tuple(getattr(stats, state) for state in STATES)
+    return counts, ok(queue.get_all_statuses()), stats.oldest_ready_age
 
 
 @pytest.mark.parametrize("on_expire", ["dead", "drop"])
@@ -219,8 +220,8 @@ def test_counts_put_a_message_past_its_time_to_live_where_the_next_claim_puts_it
 ) -> None:
     """Past its time to live, a message leaves at the next claim (dead-lettered or
     dropped), whether its lease ran out, on its last attempt or not, or it was ready,
-    delayed or waiting: stats count it there already. A live lease
-    keeps its message."""
+    delayed or waiting: stats and get_all_statuses count it there already. A live
+    lease keeps its message."""
     queue = make_queue(table_name="jobs", on_expire=on_expire)
     ok(queue.enqueue("lapsed", ttl=60))
     ok(queue.enqueue("lapsed-last", max_attempts=1, ttl=60))
@@ -236,7 +237,11 @@ def test_counts_put_a_message_past_its_time_to_live_where_the_next_claim_puts_it
     ok(queue.enqueue("kept"))
     clock.advance(31)  # the leases of two ran out, and every time to live but "kept"'s
     gone = 6 if on_expire == "dead" else 0
-    expected = ((1, 0, 0, 1, gone), 31.0)
+    expected = (
+        (1, 0, 0, 1, gone),
+        {"pending": 1, "processing": 1, "waiting": 0, "dead": gone},
+        31.0,
+    )
     assert _by_state(queue) == expected
     assert ok(queue.recover_processing_messages()) == 6  # what a claim does first
     assert _by_state(queue) == expected
@@ -245,6 +250,24 @@ def test_counts_put_a_message_past_its_time_to_live_where_the_next_claim_puts_it
     )
     kept = ok(queue.dequeue())
     assert kept is not None and kept.payload == "kept"
+
+
+def test_get_all_statuses_counts_a_lease_that_ran_out_as_stats_do(queue: Queue, clock: Any) -> None:
+    """A lease that ran out is nobody's: get_all_statuses counts its message pending (dead
+    on its last attempt), as stats do and as the next claim leaves it, not processing."""
+    ok(queue.enqueue_batch(["a", "b"]))
+    ok(queue.enqueue("last", max_attempts=1))
+    assert len(ok(queue.dequeue_batch(3, visibility_timeout=30))) == 3
+    assert ok(queue.get_all_statuses()) == {
+        "pending": 0, "processing": 3, "waiting": 0, "dead": 0,
+    }  # fmt: skip
+    clock.advance(31)  # the consumer is gone: its leases ran out
+    expected = {"pending": 2, "processing": 0, "waiting": 0, "dead": 1}
+    assert ok(queue.get_all_statuses()) == expected
+    stats = ok(queue.stats())
+    assert (stats.pending, stats.processing, stats.waiting, stats.dead) == (2, 0, 0, 1)
+    assert ok(queue.recover_processing_messages()) == 3
+    assert ok(queue.get_all_statuses()) == expected
 
 
 def _lose_lease(make_queue: MakeQueue, clock: Any) -> tuple[Queue, Queue, Message]:

@@ -352,8 +352,14 @@ class Backend(ABC):
 
     @abstractmethod
     def status_counts(self) -> dict[str, int]:
-        """Messages by status from the maintained counters: ``pending`` (ready and
-        delayed), ``processing``, ``waiting`` (group members behind their head), ``dead``."""
+        """Messages by status as stored, from the maintained counters: ``pending`` (ready
+        and delayed), ``processing``, ``waiting`` (group members behind their head),
+        ``dead`` (the rows of the dead-letter table)."""
+
+    @abstractmethod
+    def settled_counts(self) -> dict[str, int]:
+        """The keys of ``status_counts``, each message counted where the next claim puts
+        it, as ``stats`` counts."""
 
     @abstractmethod
     def stats(self, horizon: float) -> dict[str, Any]:

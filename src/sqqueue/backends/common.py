@@ -770,6 +770,13 @@ class SQLBackend(Backend):
             "dead": dead,
         }
 
+    def settled_counts(self) -> dict[str, int]:
+        def run(conn: Conn) -> dict[str, Any]:
+            return self._settled(conn, self._now(), 0)
+
+        found = self._read_tx(run)
+        return {key: found[key] for key in ("pending", "processing", "waiting", "dead")}
+
     def _settled(self, conn: Conn, now: float | None, horizon: float) -> dict[str, Any]:
         """Messages by state as the next claim will leave them, read in the caller's
         snapshot (``pending`` is ready and delayed): a lease that ran out counts as

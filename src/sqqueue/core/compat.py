@@ -123,12 +123,18 @@ class Compat:
 
         ``pending`` counts ready and delayed messages and ``processing`` the leased ones
         (0.1.0's meanings); ``waiting`` counts group members waiting for their turn and
-        ``dead`` the dead letters. Every key is present. Read from the counters the
-        database keeps, so it costs the same at any depth; :meth:`stats` has the finer
-        breakdown and :meth:`list_messages` the messages themselves.
+        ``dead`` the dead letters. Every key is present. Each message counts where the
+        next dequeue puts it, as in :meth:`stats`: one whose lease ran out is ``pending``
+        (``dead`` on its last attempt), one past its time to live ``dead`` (or, with
+        ``on_expire="drop"``, nowhere). Read from the counters the database keeps (and a
+        step per lease run out or message past its time to live), so it costs about the
+        same at any depth; :meth:`stats` has the finer breakdown and
+        :meth:`list_messages` the messages themselves.
         """
         backend = self.parts.backend
-        return self.parts.guard(QueueError, "get_all_statuses", lambda: Ok(backend.status_counts()))
+        return self.parts.guard(
+            QueueError, "get_all_statuses", lambda: Ok(backend.settled_counts())
+        )
 
     def vacuum_database(self, conn: Any = None) -> Result[None, QueueError]:
         """Rebuild the database file to give free space back to the filesystem.
