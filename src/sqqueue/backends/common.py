@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 #: the event totals each operation may add to
 TOTALS = ("enqueued", "completed", "failed", "dead_lettered", "expired", "ttl_expired")
+#: seconds between a queue object's looks for stranded rows (see _repair_stranded)
+STRANDED_LOOK_EVERY = 60.0
 
 
 class Refused(Exception):
@@ -59,6 +62,8 @@ class SQLBackend(Backend):
     path: str  #: the database, for messages (a file path, or a URL without its password)
     #: whether ``_claim_rows`` returns rows in delivery order already (else they are sorted)
     _claims_in_order = False
+    #: when (``time.monotonic()``) a claim next looks for stranded rows
+    _stranded_look_at = -math.inf
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -139,6 +144,37 @@ class SQLBackend(Backend):
                 "dead-lettered" if self.policy.expired_to_dlq else "dropped",
             )
         return int(dead + back + ttl)
+
+    def _repair_stranded(self) -> None:
+        """Put right the rows edited by hand that no claim would ever take (see
+        "any_stranded"): a stranded waiting row becomes pending, an impossible visibility
+        time now. Claims call it; it looks at most once a minute, since the look passes
+        over the table (a read: the write lock is taken only when there is a repair)."""
+        looked = time.monotonic()
+        if looked < self._stranded_look_at:
+            return
+        self._stranded_look_at = looked + STRANDED_LOOK_EVERY
+        if not self._read(lambda conn: self._one(conn, "any_stranded", {"now": self._now()})[0]):
+            return
+
+        def run(conn: Conn) -> tuple[int, int]:
+            params = {"now": self._now()}
+            waiting = conn.execute(self._sql["stranded_repair"], params).rowcount
+            hidden = conn.execute(self._sql["visibility_repair"], params).rowcount
+            if waiting or hidden:
+                self._notify(conn)
+            return waiting, hidden
+
+        waiting, hidden = self._write(run)
+        if waiting or hidden:
+            logger.warning(
+                "queue %r: rows edited by hand put right: %d waiting message(s) with no "
+                "message of their group ahead made pending, %d message(s) with an impossible "
+                "visibility time made visible now",
+                self.name,
+                waiting,
+                hidden,
+            )
 
     def _claim_rows(self, conn: Conn, params: dict[str, Any]) -> list[Any]:
         """Claim up to ``params["limit"]`` ready messages; their rows as claimed."""
@@ -391,6 +427,7 @@ class SQLBackend(Backend):
         return False
 
     def claim(self, limit: int, lease: float, token: int) -> tuple[list[StoredMessage], int]:
+        self._repair_stranded()
         claimed = self._claim_alone(limit, lease, token)
         if claimed is not None:
             claimed.sort(key=lambda m: (-m.priority, m.visible_at, m.id))

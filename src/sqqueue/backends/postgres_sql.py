@@ -295,6 +295,15 @@ _LIVE = (
 # every other number).
 _IMPOSSIBLE_LEASE = "(lease_expires_at IS NULL OR lease_expires_at > $now + 2592000)"
 
+# A visibility time no sqqueue call could have set: later than the latest clock it takes
+# (2100) plus the longest delay (ten years), infinite or NaN. Not measured from now, so a
+# clock set back by years leaves delayed messages as they are.
+_IMPOSSIBLE_VISIBILITY = "visible_at > 4418668800"
+# A waiting row nothing will promote: no message of its group is pending or processing
+# (its group key is NULL, or the messages ahead of it were edited away by hand).
+_STRANDED = """w.status = 'waiting' AND NOT EXISTS (
+                   SELECT 1 FROM $q WHERE group_key = w.group_key AND status <> 'waiting')"""
+
 # Is there an expired lease (or an impossible one: see "lease_repair"), or a message past
 # its time to live?
 _ANY_EXPIRED = """coalesce((SELECT min(lease_expires_at) FROM $q
@@ -423,6 +432,26 @@ STATEMENTS = {
     "lease_repair": f"""
         UPDATE $q SET lease_expires_at = $now
          WHERE id IN (SELECT id FROM $q WHERE status = 'processing' AND {_IMPOSSIBLE_LEASE}
+                      FOR UPDATE SKIP LOCKED)""",
+    # Is there a row edited by hand that no claim would ever take: a pending one whose
+    # visibility time is impossible, or a stranded waiting one? A pass over the table, so
+    # a queue object looks at most once a minute (see "stranded_repair").
+    "any_stranded": f"""
+        SELECT EXISTS (SELECT 1 FROM $q WHERE status = 'pending' AND {_IMPOSSIBLE_VISIBILITY})
+            OR EXISTS (SELECT 1 FROM $q AS w WHERE {_STRANDED})""",
+    # A stranded waiting row becomes pending: the first of its group, or each one
+    # without a group (a row another repair promoted meanwhile is left as it is).
+    "stranded_repair": f"""
+        UPDATE $q SET status = 'pending'
+         WHERE status = 'waiting'
+           AND id IN (SELECT id FROM $q WHERE status = 'waiting' AND group_key IS NULL
+                      UNION ALL
+                      SELECT min(id) FROM $q AS w WHERE w.group_key IS NOT NULL AND {_STRANDED}
+                       GROUP BY w.group_key)""",
+    # An impossible visibility time (edited by hand) becomes now: the message is ready.
+    "visibility_repair": f"""
+        UPDATE $q SET visible_at = $now, updated_at = $now
+         WHERE id IN (SELECT id FROM $q WHERE status = 'pending' AND {_IMPOSSIBLE_VISIBILITY}
                       FOR UPDATE SKIP LOCKED)""",
     # Rows to fold are locked first (SKIP LOCKED), so concurrent consumers never fold the
     # same row twice.

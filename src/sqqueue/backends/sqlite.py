@@ -1045,6 +1045,7 @@ class SQLiteBackend(SQLBackend):
     def claim(self, limit: int, lease: float, token: int) -> tuple[list[StoredMessage], int]:
         if limit == 1:
             return super().claim(limit, lease, token)
+        self._repair_stranded()
         # A batch is leased in the write transaction and read after its commit: the write
         # lock is held for the lease alone, not while the rows are stepped through (each
         # step lets this process's other threads run while other processes wait for the

@@ -327,6 +327,15 @@ LIST_ALL_COLUMNS = READ_COLUMNS.replace(
 # most 7 days), infinite, or a text or blob written by hand. SQLite orders every text and
 # blob after every number, so one index range finds them all.
 _IMPOSSIBLE_LEASE = "lease_expires_at > :now + 2592000"
+# A visibility time no sqqueue call could have set: later than the latest clock it takes
+# (2100) plus the longest delay (ten years), infinite, or a text or blob written by hand
+# (SQLite orders every text and blob after every number). Not measured from now, so a
+# clock set back by years leaves delayed messages as they are.
+_IMPOSSIBLE_VISIBILITY = "visible_at > 4418668800"
+# A waiting row nothing will promote: no message of its group is pending or processing
+# (its group key is NULL, or the messages ahead of it were edited away by hand).
+_STRANDED = """w.status = 'waiting' AND NOT EXISTS (
+                   SELECT 1 FROM $q WHERE group_key = w.group_key AND status <> 'waiting')"""
 # A message of a group waits while any other message of its group is still in the queue.
 _FIRST_STATUS = """CASE WHEN :group_key IS NOT NULL AND EXISTS (
                            SELECT 1 FROM $q WHERE group_key = :group_key)
@@ -446,6 +455,24 @@ STATEMENTS = {
          WHERE id IN (SELECT id FROM $q WHERE status = 'processing' AND lease_expires_at IS NULL
                       UNION ALL
                       SELECT id FROM $q WHERE status = 'processing' AND {_IMPOSSIBLE_LEASE})""",
+    # Is there a row edited by hand that no claim would ever take: a pending one whose
+    # visibility time is impossible, or a stranded waiting one? A pass over the table, so
+    # a queue object looks at most once a minute (see "stranded_repair").
+    "any_stranded": f"""
+        SELECT EXISTS (SELECT 1 FROM $q WHERE status = 'pending' AND {_IMPOSSIBLE_VISIBILITY})
+            OR EXISTS (SELECT 1 FROM $q AS w WHERE {_STRANDED})""",
+    # A stranded waiting row becomes pending: the first of its group, or each one
+    # without a group.
+    "stranded_repair": f"""
+        UPDATE $q SET status = 'pending'
+         WHERE id IN (SELECT id FROM $q WHERE status = 'waiting' AND group_key IS NULL
+                      UNION ALL
+                      SELECT min(id) FROM $q AS w WHERE w.group_key IS NOT NULL AND {_STRANDED}
+                       GROUP BY w.group_key)""",
+    # An impossible visibility time (edited by hand) becomes now: the message is ready.
+    "visibility_repair": f"""
+        UPDATE $q SET visible_at = :now, updated_at = :now
+         WHERE status = 'pending' AND {_IMPOSSIBLE_VISIBILITY}""",
     # Past its time to live: gone, unless a consumer holds a live lease on it (the
     # consumer may finish; if its lease runs out, it goes then).
     "ttl_bury": f"""
