@@ -489,6 +489,34 @@ def test_results_are_kept_for_result_ttl(make_tasks: MakeTasks, clock: FakeClock
         handle.result(timeout=0)
 
 
+@pytest.mark.asyncio
+async def test_a_result_past_its_ttl_is_gone_before_maintenance_prunes_it(
+    make_tasks: MakeTasks, clock: FakeClock
+) -> None:
+    """Past result_ttl a call's result and status read as expired (ResultUnavailable,
+    "unknown"), as once pruned, while its completed message is still stored."""
+    app = make_tasks(clock=clock, result_ttl=60)
+
+    @app.task(store_result=True)
+    def echo(x: int) -> int:
+        return x
+
+    queue = app.queue()
+    handle = ok(echo.delay(5))
+    ok(queue.complete(ok(queue.dequeue()), result=5))
+    clock.advance(60)  # result_ttl to the second: still kept
+    assert handle.result(timeout=0) == 5
+    assert ok(handle.status()) == "done"
+    clock.advance(1)
+    assert ok(queue.get_message(handle.id))["status"] == "done"  # not pruned yet
+    with pytest.raises(ResultUnavailable, match="expired"):
+        handle.result(timeout=0)
+    with pytest.raises(ResultUnavailable, match="expired"):
+        await handle.result_async(timeout=0)
+    assert ok(handle.status()) == "unknown"
+    assert ok(await handle.status_async()) == "unknown"
+
+
 # -- asyncio ---------------------------------------------------------------------------------------
 
 

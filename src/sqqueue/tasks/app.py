@@ -67,7 +67,8 @@ class Tasks:
       through that one queue).
     - ``queue``: the queue of tasks that do not name one (default ``"tasks"``).
     - ``store_result``: keep every task's return value (each task can also ask for it);
-      results are kept ``result_ttl`` seconds (default a day).
+      results are kept ``result_ttl`` seconds (default a day) from the call's end, by
+      ``clock``: past it a handle reads them as expired, pruned yet or not.
     - ``clock``: a function returning Unix seconds (tests), used by the queues too.
     - other keyword arguments are settings of the queues it opens
       (``default_visibility_timeout=60``, ``retry=RetryPolicy.exponential()``, ...).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..exceptions import QueueError
@@ -85,10 +86,23 @@ class TaskHandle:
         return queue.get_message(self.id).map(self._mine)
 
     def _mine(self, found: dict[str, Any] | None) -> dict[str, Any] | None:
+        """``found`` if it is a call of this task, still readable; else None."""
         payload = found.get("payload") if found is not None else None
         if not isinstance(payload, dict) or MARK not in payload:
             return None
-        return found if payload.get("name") == self.task.name else None
+        if payload.get("name") != self.task.name:
+            return None
+        assert found is not None
+        return None if self._expired(found) else found
+
+    def _expired(self, found: dict[str, Any]) -> bool:
+        """Whether a finished call is past ``result_ttl`` by the app's clock: gone, as
+        once maintenance has pruned it (whether or not it has yet). The queue prunes what
+        completed more than its retention ago: the same bound."""
+        completed = found.get("completed_at") if found.get("status") == "done" else None
+        if not isinstance(completed, datetime):  # (not done; or a field that cannot be read)
+            return False
+        return completed.timestamp() < self.task.app.now() - self.task.app.result_ttl
 
     def status(self) -> Result[TaskStatus, QueueError]:
         """``Ok`` with where the call is:
@@ -100,7 +114,8 @@ class TaskHandle:
         - ``"done"``: it ran (kept while the queue keeps history: tasks that store results);
         - ``"dead"``: it failed for good and is in the dead-letter queue;
         - ``"unknown"``: no such message: it ran and was not kept (a task that stores no
-          result), its history expired, or the id is wrong.
+          result), its history expired (``result_ttl`` passed since it finished, pruned
+          yet or not), or the id is wrong.
         """
         return self._lookup().map(_status)
 
