@@ -24,7 +24,16 @@ import pytest
 
 from conftest import FakeClock, QueueTarget
 from helpers import err, err_text, leased, ok, one_error_line, run_cli, serving, wait_until
-from sqqueue import ErrorKind, Message, Queue, RetryPolicy, Tasks, WorkerHooks
+from sqqueue import (
+    ErrorKind,
+    Message,
+    Queue,
+    QueueError,
+    RetryPolicy,
+    Tasks,
+    WorkerHooks,
+    WorkerStats,
+)
 from sqqueue.tasks import (
     ResultUnavailable,
     Schedule,
@@ -33,7 +42,7 @@ from sqqueue.tasks import (
     TaskFailed,
     current_task,
 )
-from sqqueue.tasks.runner import TaskMetrics
+from sqqueue.tasks.runner import TaskMetrics, TaskWorker
 
 MakeTasks = Callable[..., Tasks]
 
@@ -826,6 +835,80 @@ def test_tasks_on_several_queues_and_per_task_metrics(make_tasks: MakeTasks) -> 
     stats = app.stats()
     assert (stats[a.name].succeeded, stats[b.name].succeeded) == (2, 1)
     assert stats[a.name].seconds_max >= 0
+
+
+@pytest.mark.parametrize("driver", ["threads", "asyncio"])
+def test_a_running_worker_serves_a_queue_registered_after_it_started(
+    make_tasks: MakeTasks, driver: str
+) -> None:
+    """A task registered on a new queue while the app's worker runs is served by it (a
+    coroutine task in a worker on threads, a plain one in a worker on asyncio); that
+    queue's stats are returned with the others'."""
+    app = make_tasks(store_result=True)
+
+    async def coroutine(x: int) -> int:
+        return x * 3
+
+    def plain(x: int) -> int:
+        return x * 3
+
+    first = app.task(name="first")(plain if driver == "threads" else coroutine)
+    returned: dict[str, WorkerStats] = {}
+    worker = app.worker(handle_signals=False, poll_wait=0.2)
+    assert worker.is_async is (driver == "asyncio")
+    thread = threading.Thread(target=lambda: returned.update(worker.run()), daemon=True)
+    thread.start()
+    try:
+        assert ok(first.delay(1)).result(timeout=15) == 3  # running
+        added = app.task(name="added", queue="added_queue")(
+            coroutine if driver == "threads" else plain
+        )
+        assert ok(added.delay(7)).result(timeout=15) == 21
+    finally:
+        worker.stop()
+        thread.join(15)
+    assert not thread.is_alive()
+    assert sorted(returned) == ["added_queue", "tasks"]
+    assert returned["added_queue"].completed == 1
+
+
+def test_a_new_queue_the_running_worker_cannot_open_is_logged_and_tried_again(
+    make_tasks: MakeTasks, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A queue registered while the worker runs that cannot be opened (the database is
+    down) is logged once, the other queues are served meanwhile, and it is served once it
+    opens."""
+    monkeypatch.setattr(TaskWorker, "_REOPEN_AFTER", 0.0)  # at every look
+    app = make_tasks(store_result=True)
+    opening = app.queue
+    down = threading.Event()
+    down.set()
+    tries: list[str] = []
+
+    def queue(name: str | None = None) -> Queue:
+        if name == "added_queue" and down.is_set():
+            tries.append(name)
+            raise QueueError("the database is down", ErrorKind.STORAGE)
+        return opening(name)
+
+    monkeypatch.setattr(app, "queue", queue)
+
+    @app.task
+    def first() -> int:
+        return 1
+
+    with serving(app), caplog.at_level(logging.ERROR, "sqqueue.tasks.runner"):
+        assert ok(first.delay()).result(timeout=15) == 1
+        added = app.task(name="added", queue="added_queue")(lambda: 2)
+        wait_until(lambda: len(tries) >= 3, what="the worker to try the new queue again")
+        assert ok(first.delay()).result(timeout=15) == 1  # served meanwhile
+        down.clear()
+        assert ok(added.delay()).result(timeout=15) == 2
+    errors = [r.getMessage() for r in caplog.records if r.name == "sqqueue.tasks.runner"]
+    assert errors == [
+        "tasks worker: cannot serve queue 'added_queue', of a task registered after the "
+        "worker started: the database is down; trying again every 0 s"
+    ]
 
 
 def test_task_metrics_remember_a_bounded_number_of_starts(

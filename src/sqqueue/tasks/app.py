@@ -353,16 +353,18 @@ class Tasks:
     def queue_names(self) -> list[str]:
         """The queues the registered tasks use (the default one first)."""
         names = [self.default_queue]
-        for task in self._tasks.values():
-            if task.queue not in names:
-                names.append(task.queue)
+        with self._lock:  # (a running worker reads them while tasks may be registered)
+            for task in self._tasks.values():
+                if task.queue not in names:
+                    names.append(task.queue)
         return names
 
     def stores_results(self, queue: str) -> bool:
         """Whether calls through ``queue`` keep results (app-wide, or one of its tasks)."""
-        return self.store_result or any(
-            t.store_result for t in self._tasks.values() if t.queue == queue
-        )
+        with self._lock:
+            return self.store_result or any(
+                t.store_result for t in self._tasks.values() if t.queue == queue
+            )
 
     def has_periodic(self) -> bool:
         return any(t.periodic is not None for t in self._tasks.values())
@@ -459,7 +461,8 @@ class Tasks:
         """A worker for every queue of the app and its periodic tasks; options are those of
         :class:`~sqqueue.Worker` (``concurrency`` per queue, ``task_timeout``,
         ``grace_period``, ``hooks``...) plus ``queues=[...]`` (only these) and
-        ``periodic=False`` (do not run the scheduler)."""
+        ``periodic=False`` (do not run the scheduler). Without ``queues``, it also serves
+        the queues of tasks registered while it runs."""
         return TaskWorker(self, **options)
 
     def run_worker(self, **options: Any) -> dict[str, WorkerStats]:

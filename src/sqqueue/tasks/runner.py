@@ -322,12 +322,20 @@ class TaskWorker:
     coroutine; and the periodic scheduler. SIGTERM/SIGINT stop it gracefully (a second
     signal at once), as they stop a Worker.
 
+    A task registered on a queue of its own while the worker runs is served too: the
+    running worker looks at the app's queues every 0.2 s and starts a worker for each
+    new one (not when made with ``queues=[...]``: it serves those only).
+
     Options are those of :class:`~sqqueue.Worker` (``concurrency`` is per queue), but
     ``results`` and ``retry_delay``, which the tasks decide.
     """
 
     # How long an interrupted run() waits for its workers to give their messages back.
     _IMMEDIATE_STOP = 10.0
+    #: how often a running worker looks for queues of tasks registered since it started
+    _ADOPT_EVERY = 0.2
+    #: how long it waits before opening again a new queue it could not open
+    _REOPEN_AFTER = 10.0
 
     def __init__(
         self,
@@ -363,33 +371,94 @@ class TaskWorker:
         self.handle_signals = handle_signals
         self.is_async = any(t.is_async for t in app.tasks.values())
         self.workers: dict[str, WorkerCore] = {}
-        chained = app.metrics.hooks(hooks)
+        self._options = options
+        self._hooks = app.metrics.hooks(hooks)
+        # Given queues=[...], it serves those only; else every queue of the app, those of
+        # tasks registered after it started too.
+        self._adopts = queues is None
+        self._reopen_at: dict[str, float] = {}  # new queues it could not open: when to retry
+        self._lock = threading.Lock()  # guards workers (added to while running) and stopping
         for name in names:
-            queue = app.queue(name)
-            dispatcher = Dispatcher(app.tasks, name)
-            settings = {
-                "handle_signals": False,
-                "hooks": chained,
-                "results": app.stores_results(name),
-                "retry_delay": dispatcher.retry_delay,
-                "name": f"sqqueue-tasks-{name}",
-                **options,
-            }
-            if self.is_async:
-                self.workers[name] = AsyncWorker(queue, dispatcher.run_async, **settings)
-            else:
-                self.workers[name] = Worker(queue, dispatcher, **settings)
+            self.workers[name] = self._make_worker(name)
         self.scheduler = app.scheduler() if periodic and app.has_periodic() else None
         self._stop_scheduler = threading.Event()
         self._stopping = False
         self._ran = False
+        # Signals received, noted by the handler and acted on by run()'s loop: a handler
+        # runs between any two steps of that thread, which may hold a lock stop() takes.
+        self._signals: list[int] = []
+
+    def _make_worker(self, name: str) -> WorkerCore:
+        """The worker of queue ``name`` (opened if need be: ``QueueError``, ``ValueError``)."""
+        queue = self.app.queue(name)
+        dispatcher = Dispatcher(self.app.tasks, name)
+        settings = {
+            "handle_signals": False,
+            "hooks": self._hooks,
+            "results": self.app.stores_results(name),
+            "retry_delay": dispatcher.retry_delay,
+            "name": f"sqqueue-tasks-{name}",
+            **self._options,
+        }
+        if self.is_async:
+            return AsyncWorker(queue, dispatcher.run_async, **settings)
+        return Worker(queue, dispatcher, **settings)
+
+    def _adopt_new_queues(self) -> list[tuple[str, WorkerCore]]:
+        """Workers for the queues of tasks registered since this worker was made, added to
+        :attr:`workers`, for the caller to run; none once stopping. A queue that cannot be
+        opened is logged and tried again ``_REOPEN_AFTER`` seconds later."""
+        if not self._adopts or self._stopping:
+            return []
+        now = time.monotonic()
+        with self._lock:
+            missing = [
+                name
+                for name in self.app.queue_names()
+                if name not in self.workers and self._reopen_at.get(name, 0.0) <= now
+            ]
+        made: list[tuple[str, WorkerCore]] = []
+        for name in missing:
+            try:
+                made.append((name, self._make_worker(name)))
+            except Exception as exc:
+                if name not in self._reopen_at:  # (logged once, not at every retry)
+                    logger.error(
+                        "tasks worker: cannot serve queue %r, of a task registered after the "
+                        "worker started: %s; trying again every %g s",
+                        name,
+                        exc,
+                        self._REOPEN_AFTER,
+                    )
+                self._reopen_at[name] = now + self._REOPEN_AFTER
+        added: list[tuple[str, WorkerCore]] = []
+        with self._lock:
+            if self._stopping:  # (stop() stopped the workers it found: not these)
+                return []
+            for name, worker in made:
+                self._reopen_at.pop(name, None)
+                self.workers[name] = worker
+                added.append((name, worker))
+        for name, _worker in added:
+            logger.info(
+                "tasks worker: serving queue %r too (a task registered on it after the worker "
+                "started)",
+                name,
+            )
+        return added
 
     def stop(self, immediate: bool = False) -> None:
         """Stop every queue's worker (gracefully, unless ``immediate``) and the scheduler."""
-        self._stopping = True
+        with self._lock:
+            self._stopping = True
+            workers = list(self.workers.values())
         self._stop_scheduler.set()
-        for worker in self.workers.values():
+        for worker in workers:
             worker.stop(immediate=immediate)
+
+    def _heed_signals(self) -> None:
+        while self._signals:
+            self._on_signal(self._signals.pop(0))
 
     def _on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
@@ -428,29 +497,42 @@ class TaskWorker:
         previous: dict[int, Any] = {}
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
-                previous[signum] = signal.signal(signum, lambda n, _f: self._on_signal(n))
+                previous[signum] = signal.signal(signum, lambda n, _f: self._signals.append(n))
         stats: dict[str, WorkerStats] = {}
         scheduler = self._start_scheduler()
         # Each worker's end is an Event, not its thread's join(): a join interrupted by
         # KeyboardInterrupt takes the thread for ended (Python 3.11), and no later join
         # would wait for it.
         ended: list[threading.Event] = []
+
+        def start(name: str, worker: WorkerCore) -> None:
+            assert isinstance(worker, Worker)
+            done = threading.Event()
+
+            def serve() -> None:
+                try:
+                    stats[name] = worker.run()
+                finally:
+                    done.set()
+
+            threading.Thread(target=serve, name=f"sqqueue-tasks-{name}", daemon=True).start()
+            ended.append(done)
+
         try:
-            for name, worker in self.workers.items():
-                assert isinstance(worker, Worker)
-                done = threading.Event()
-
-                def serve(name: str = name, worker: Worker = worker, done: Any = done) -> None:
-                    try:
-                        stats[name] = worker.run()
-                    finally:
-                        done.set()
-
-                threading.Thread(target=serve, name=f"sqqueue-tasks-{name}", daemon=True).start()
-                ended.append(done)
-            for done in ended:
-                while not done.wait(0.2):  # short waits: the main thread stays responsive
-                    pass
+            with self._lock:
+                first = list(self.workers.items())
+            for name, worker in first:
+                start(name, worker)
+            while True:
+                self._heed_signals()
+                waiting = next((done for done in ended if not done.is_set()), None)
+                if waiting is None:
+                    break
+                # Short waits: the main thread stays responsive, and sees new queues.
+                waiting.wait(self._ADOPT_EVERY)
+                self._heed_signals()
+                for name, worker in self._adopt_new_queues():
+                    start(name, worker)
         except BaseException:
             self.stop(immediate=True)
             for done in ended:
@@ -476,17 +558,52 @@ class TaskWorker:
                     loop.add_signal_handler(signum, self._on_signal, int(signum))
                     installed.append(int(signum))
         scheduler = self._start_scheduler()
+        runs: dict[str, asyncio.Future[WorkerStats]] = {}
+
+        def start(name: str, worker: WorkerCore) -> None:
+            if isinstance(worker, AsyncWorker):
+                runs[name] = asyncio.ensure_future(worker.run())
+            else:
+                assert isinstance(worker, Worker)
+                runs[name] = asyncio.ensure_future(asyncio.to_thread(worker.run))
+
         try:
-            names = list(self.workers)
-            runs = [
-                w.run() if isinstance(w, AsyncWorker) else asyncio.to_thread(w.run)  # type: ignore[attr-defined]
-                for w in self.workers.values()
-            ]
-            results = await asyncio.gather(*runs)
+            with self._lock:
+                first = list(self.workers.items())
+            for name, worker in first:
+                start(name, worker)
+            await self._serve_async(runs, start)
         finally:
             self._stop_scheduler.set()
             for number in installed:
                 loop.remove_signal_handler(number)
             if scheduler is not None:
                 await asyncio.to_thread(scheduler.join, 5)
-        return dict(zip(names, results, strict=True))
+        return {name: run.result() for name, run in runs.items()}
+
+    async def _serve_async(
+        self,
+        runs: dict[str, asyncio.Future[WorkerStats]],
+        start: Callable[[str, WorkerCore], None],
+    ) -> None:
+        """Wait for every queue's worker to end, starting those of queues registered
+        meanwhile. A worker that raises, or a cancellation, stops the others at once (their
+        running calls given back) before it gets through."""
+        try:
+            while True:
+                for run in runs.values():
+                    if run.done():
+                        run.result()  # (raises what the worker raised)
+                pending = [run for run in runs.values() if not run.done()]
+                if not pending:
+                    return
+                await asyncio.wait(pending, timeout=self._ADOPT_EVERY)
+                for name, worker in await asyncio.to_thread(self._adopt_new_queues):
+                    start(name, worker)
+        except BaseException:
+            self.stop(immediate=True)
+            for name, run in runs.items():
+                if isinstance(self.workers.get(name), AsyncWorker):
+                    run.cancel()  # (a Worker's thread is not: it ends once stopped)
+            await asyncio.wait(list(runs.values()), timeout=self._IMMEDIATE_STOP)
+            raise
