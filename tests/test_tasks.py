@@ -872,6 +872,26 @@ def test_a_running_worker_serves_a_queue_registered_after_it_started(
     assert returned["added_queue"].completed == 1
 
 
+def test_a_task_storing_results_registered_after_the_worker_started_keeps_them(
+    make_tasks: MakeTasks,
+) -> None:
+    """On a queue that keeps history (retention= given) but whose tasks stored no result
+    when the worker started, a task registered later with store_result=True gets its
+    results kept (they used to be dropped: result() gave None)."""
+    app = make_tasks(retention=600)
+
+    @app.task
+    def first() -> None:
+        return None
+
+    with serving(app):
+        first_call = ok(first.delay())
+        wait_until(lambda: ok(first_call.status()) == "done", what="the first call to run")
+        later = app.task(name="later", store_result=True)(lambda: {"kept": True})
+        assert ok(later.delay()).result(timeout=15) == {"kept": True}
+    assert ok(app.queue().get_message(first_call.id))["result"] is None
+
+
 def test_a_new_queue_the_running_worker_cannot_open_is_logged_and_tried_again(
     make_tasks: MakeTasks, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -395,7 +395,10 @@ class TaskWorker:
         settings = {
             "handle_signals": False,
             "hooks": self._hooks,
-            "results": self.app.stores_results(name),
+            # Whatever the queue can keep: the dispatcher gives the values of the tasks that
+            # store results, None for the others, so that a task registered later, storing
+            # results on a queue whose tasks stored none so far, has them kept too.
+            "results": queue.keeps_history,
             "retry_delay": dispatcher.retry_delay,
             "name": f"sqqueue-tasks-{name}",
             **self._options,
