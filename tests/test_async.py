@@ -22,7 +22,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from sqqueue import (
     bridge,
 )
 from sqqueue.backends.base import Backend
+from sqqueue.threads import run_in_own_thread
 
 MakeQueue = Callable[..., Queue]
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -895,6 +897,129 @@ async def test_async_worker_heartbeat_keeps_slow_coroutines_lease(
     assert status_rows(aq.sync) == []
 
 
+def _leases(queue: Queue) -> dict[int, datetime]:
+    """When the leases of the messages being processed run out, as stored (a sync call:
+    the loop's pool may be full)."""
+    return {e["id"]: e["lease_expires_at"] for e in ok(queue.list_messages("processing"))}
+
+
+async def _leases_kept(queue: Queue, clock: FakeClock, ids: list[int], rounds: int = 2) -> None:
+    """The messages ``ids`` stay leased, round after round: the (fake) clock moves on most
+    of a 30 s lease, and each time every lease is extended again; meanwhile another
+    consumer gets nothing."""
+    for _ in range(rounds):
+        before = _leases(queue)
+        assert sorted(before) == sorted(ids), before
+        clock.advance(20)  # most of the lease: a missed heartbeat would lose it next time
+
+        def extended(b: dict[int, datetime] = before) -> bool:
+            now = _leases(queue)
+            return all(now.get(i, b[i]) >= b[i] + timedelta(seconds=20) for i in ids)
+
+        await eventually(extended, what="the heartbeat to extend every lease")
+        assert ok(queue.dequeue()) is None, "another consumer got a message"
+
+
+@pytest.fixture
+def small_pool() -> Iterator[Callable[[int], None]]:
+    """Give the running loop a default thread pool (asyncio.to_thread's) of that size."""
+    pools: list[ThreadPoolExecutor] = []
+
+    def use(size: int) -> None:
+        pools.append(ThreadPoolExecutor(size, thread_name_prefix="small-pool"))
+        asyncio.get_running_loop().set_default_executor(pools[-1])
+
+    yield use
+    for pool in pools:
+        pool.shutdown(wait=False)
+
+
+@pytest.mark.asyncio
+async def test_async_worker_heartbeat_does_not_wait_for_the_loops_pool(
+    aq: AsyncQueue, make_queue: MakeQueue, clock: FakeClock, small_pool: Callable[[int], None]
+) -> None:
+    """Handlers that await asyncio.to_thread (a blocking client library, say) fill the
+    loop's default pool, more of them than it has threads: the heartbeat, on a thread of
+    its own, still extends their leases, so no other consumer gets their messages."""
+    size, count = 2, 4
+    small_pool(size)
+    ids = ok(await aq.enqueue_batch([f"job-{n}" for n in range(count)]))
+    everyone_running = asyncio.Event()
+    release = threading.Event()
+    running: list[int] = []
+    in_pool = threading.Semaphore(0)
+
+    def blocking_call() -> None:
+        in_pool.release()
+        release.wait(60)
+
+    async def handler(message: Message) -> None:
+        running.append(message.id)
+        if len(running) == count:
+            everyone_running.set()
+        await asyncio.wait_for(everyone_running.wait(), 30)
+        await asyncio.to_thread(blocking_call)
+
+    spy = make_queue(table_name="jobs")
+    w = _async_worker(aq, handler, concurrency=count, visibility_timeout=30, heartbeat=1)
+    task = asyncio.create_task(w.run())
+    try:
+        for _ in range(size):  # every thread of the pool blocked, the other calls queued
+            assert await run_in_own_thread(in_pool.acquire, True, 30)
+        await _leases_kept(spy, clock, ids)
+    finally:
+        release.set()
+    await eventually(lambda: w.stats.completed == count, what="completions")
+    stats = await _stop(w, task)
+    assert (stats.completed, stats.failed) == (count, 0)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("slow", ["retry_delay"])
+async def test_async_worker_keeps_leases_while_slow_hooks_fill_the_loops_pool(
+    aq: AsyncQueue,
+    make_queue: MakeQueue,
+    clock: FakeClock,
+    small_pool: Callable[[int], None],
+    slow: str,
+) -> None:
+    """Hooks and retry_delay (plain functions, which may take their time) run on the
+    loop's default pool. While slow ones fill it, the messages whose steps wait for one of
+    its threads keep their leases: the heartbeat has a thread of its own."""
+    size, count = 2, 4
+    small_pool(size)
+    ids = ok(await aq.enqueue_batch([f"job-{n}" for n in range(count)]))
+    release = threading.Event()
+    in_pool = threading.Semaphore(0)
+
+    def slow_call(*_: Any) -> float:
+        in_pool.release()
+        release.wait(60)
+        return 60.0
+
+    async def handler(message: Message) -> None:
+        if slow == "retry_delay":
+            raise RuntimeError("fails, and waits for its retry_delay")
+
+    options: dict[str, Any] = {"retry_delay": slow_call}
+    if slow == "on_start":
+        options = {"hooks": WorkerHooks(on_start=slow_call)}
+    spy = make_queue(table_name="jobs")
+    w = _async_worker(aq, handler, concurrency=count, visibility_timeout=30, heartbeat=1, **options)
+    task = asyncio.create_task(w.run())
+    try:
+        for _ in range(size):  # every thread of the pool blocked, the other steps queued
+            assert await run_in_own_thread(in_pool.acquire, True, 30)
+        await eventually(lambda: len(_leases(spy)) == count, what="every message taken")
+        await _leases_kept(spy, clock, ids)
+    finally:
+        release.set()
+    settled = "completed" if slow == "on_start" else "failed"
+    await eventually(lambda: getattr(w.stats, settled) == count, what=f"{settled} all")
+    stats = await _stop(w, task)
+    assert (stats.started, getattr(stats, settled)) == (count, count)
+
+
 @pytest.mark.asyncio
 @pytest.mark.slow
 async def test_async_worker_task_timeout_cancels_hung_coroutine(aq: AsyncQueue) -> None:
@@ -1044,8 +1169,6 @@ async def test_a_plain_handler_raising_stop_iteration_fails_only_its_message(
 async def test_a_function_run_in_its_own_thread_can_raise_stop_iteration() -> None:
     """What the function raises reaches the awaiting coroutine; a StopIteration, which a
     future refuses, as a coroutine passes it on: a RuntimeError caused by it."""
-    from sqqueue.threads import run_in_own_thread
-
     with pytest.raises(RuntimeError, match="raised StopIteration") as raised:
         await asyncio.wait_for(run_in_own_thread(next, iter([])), 10)
     assert isinstance(raised.value.__cause__, StopIteration)

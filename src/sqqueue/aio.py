@@ -54,7 +54,7 @@ from .message import Message
 from .queue import SQLiteQueue, connect
 from .result import Err, Ok, Result
 from .stats import QueueStats
-from .threads import run_in_own_thread
+from .threads import DedicatedThread, run_in_own_thread
 from .worker import SETTLE_WAIT, Claimed, RunningTask, WorkerCore, WorkerStats
 
 __all__ = ["AsyncQueue", "AsyncSQLiteQueue", "AsyncWorker", "connect_async"]
@@ -460,7 +460,9 @@ class AsyncWorker(WorkerCore):
     handler lets escape too), prefetch and grouped acknowledgements, heartbeats,
     ``task_timeout`` (the handler's task is cancelled; one that ignores that runs on
     apart, and its slot takes the next message), and graceful shutdown on
-    ``stop()``, SIGTERM or SIGINT (when run on the main thread's loop). Cancelling the task
+    ``stop()``, SIGTERM or SIGINT (when run on the main thread's loop). The heartbeat's
+    storage calls run on a thread of its own, so that nothing filling the loop's default
+    thread pool holds up the leases. Cancelling the task
     running :meth:`run` stops at once: running handlers are cancelled and their messages
     given back to the queue. A plain (not ``async``) handler runs on a thread of its own
     for each message (see :mod:`sqqueue.threads`); a coroutine must not block the loop,
@@ -506,7 +508,11 @@ class AsyncWorker(WorkerCore):
         acker = self._start_acks()
         try:
             runners = [asyncio.create_task(self._runner(i)) for i in range(self.concurrency)]
-            heart = asyncio.create_task(self._heartbeat_loop(drained))
+            # The heartbeat's calls run on a thread of its own, never the loop's default
+            # pool: handlers' asyncio.to_thread calls, hooks or retry_delay filling that
+            # pool must not hold up the leases of handlers still running.
+            beats = DedicatedThread(f"{self.name}-heartbeat")
+            heart = asyncio.create_task(self._heartbeat_loop(drained, beats))
             try:
                 while not self._stopping.is_set():
                     await asyncio.sleep(0.05)
@@ -522,7 +528,10 @@ class AsyncWorker(WorkerCore):
                 cancelled |= await to_the_end(in_thread(self._close_acks, acker))
                 cancelled |= await to_the_end(in_thread(self._wait_for_timeouts))
                 drained.set()
-                cancelled |= await to_the_end(heart)
+                try:
+                    cancelled |= await to_the_end(heart)
+                finally:
+                    beats.close()
                 if cancelled:
                     raise asyncio.CancelledError
         finally:
@@ -761,15 +770,17 @@ class AsyncWorker(WorkerCore):
             extra={"message_id": task.message.id, "attempt": task.message.attempts},
         )
 
-    async def _heartbeat_loop(self, drained: asyncio.Event) -> None:
+    async def _heartbeat_loop(self, drained: asyncio.Event, beats: DedicatedThread) -> None:
+        """The heartbeat: its rounds' storage calls (extending leases, timing handlers out,
+        giving back messages held unstarted too long) run on ``beats``, its own thread."""
         handoff = self._handoff
         assert handoff is not None  # made by run()
         while not drained.is_set():
             async with handoff:
                 stale = self._stale()
             if stale:
-                await asyncio.to_thread(self._give_back, stale)
-            running = await asyncio.to_thread(self._beat)
+                await beats.run(self._give_back, stale)
+            running = await beats.run(self._beat)
             if self._stopping.is_set() and not running:
                 return
             with contextlib.suppress(asyncio.TimeoutError):
