@@ -975,7 +975,7 @@ async def test_async_worker_heartbeat_does_not_wait_for_the_loops_pool(
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("slow", ["retry_delay"])
+@pytest.mark.parametrize("slow", ["on_start", "retry_delay"])
 async def test_async_worker_keeps_leases_while_slow_hooks_fill_the_loops_pool(
     aq: AsyncQueue,
     make_queue: MakeQueue,
@@ -985,7 +985,8 @@ async def test_async_worker_keeps_leases_while_slow_hooks_fill_the_loops_pool(
 ) -> None:
     """Hooks and retry_delay (plain functions, which may take their time) run on the
     loop's default pool. While slow ones fill it, the messages whose steps wait for one of
-    its threads keep their leases: the heartbeat has a thread of its own."""
+    its threads keep their leases: those waiting for on_start to start them count as
+    running for the heartbeat, which has a thread of its own."""
     size, count = 2, 4
     small_pool(size)
     ids = ok(await aq.enqueue_batch([f"job-{n}" for n in range(count)]))

@@ -383,7 +383,7 @@ def test_one_queue_object_serves_one_event_loop_after_another(queue: PostgresQue
 async def test_async_worker_runs_its_steps_on_the_loop_unless_hooks_may_block(
     queue: PostgresQueue, monkeypatch: pytest.MonkeyPatch, hooked: bool
 ) -> None:
-    """AsyncWorker's own steps around each handler (begin, end: acknowledgement, failure,
+    """AsyncWorker's own steps around each handler (start, end: acknowledgement, failure,
     retry) run natively on the loop; with hooks set (user code, which may block) they
     run in a thread, where a hook cannot stall the loop."""
     aq = AsyncQueue(queue)
@@ -405,6 +405,6 @@ async def test_async_worker_runs_its_steps_on_the_loop_unless_hooks_may_block(
     worker.stop()
     stats = await asyncio.wait_for(running, 30)
     assert stats.completed == 19 and stats.failed >= 1
-    steps = {name for name in threads if name in ("_begin", "_end")}
-    assert steps == ({"_begin", "_end"} if hooked else set()), threads
+    steps = {name for name in threads if name in ("_announce", "_end")}
+    assert steps == ({"_announce", "_end"} if hooked else set()), threads
     assert len(set(started)) == (20 if hooked else 0)

@@ -606,10 +606,14 @@ class AsyncWorker(WorkerCore):
             if claimed is None:
                 continue
             message = claimed[0]
-            task = await self._step("nothing", self._begin, key, message, claimed[1])
+            # Registered as running here, on the loop, before on_start (your code) waits
+            # for a thread: from now on the heartbeat keeps its lease.
+            with self._lock:
+                task = self._register(key, message, claimed[1])
             if task is None:  # stopping: not started
                 await self._step("database", self._give_back, [message])
                 return
+            await self._step("nothing", self._announce, task)
             if task.abandoned:  # timed out or cut off while on_start ran: settled already
                 await self._step("nothing", self._end, key, task, None, None)
                 continue
