@@ -17,6 +17,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import queue as stdlib_queue
 import signal
 import subprocess
 import sys
@@ -1519,6 +1520,184 @@ def test_async_worker_process_stops_gracefully_on_sigterm(
     assert f"finished {slow_id}" in out
     assert "stopped completed=1" in out
     assert status_rows(queue) == [(next_id, "ready", 0)]
+
+
+class _Child:
+    """A script in a child process (sqqueue from this checkout), its output lines read on
+    a thread; killed at the end if still running."""
+
+    def __init__(self, script: Path, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(SRC)},
+        )
+        self.lines: list[str] = []
+        self._queue: stdlib_queue.Queue[str | None] = stdlib_queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def expect(self, *texts: str, timeout: float = 15.0) -> None:
+        """Wait until it has printed, in any order, a line containing each of ``texts``."""
+        deadline = time.monotonic() + timeout
+        while not all(any(text in line for line in self.lines) for text in texts):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                pytest.fail(f"no lines with {texts} in {timeout} s; output: {self.lines}")
+            try:
+                line = self._queue.get(timeout=remaining)
+            except stdlib_queue.Empty:
+                continue
+            if line is None:
+                pytest.fail(f"exited ({self.proc.wait()}) before {texts}; output: {self.lines}")
+            self.lines.append(line)
+
+    def __enter__(self) -> _Child:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+TWO_ASYNC_WORKERS_SCRIPT = """
+import asyncio, logging, sys
+from sqqueue import AsyncSQLiteQueue, AsyncWorker
+
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="LOG %(message)s")
+
+
+async def work(name):
+    async def handle(message):
+        print(f"started {name} {message.id}", flush=True)
+        await asyncio.sleep(message.payload)
+        print(f"finished {name} {message.id}", flush=True)
+
+    async with AsyncSQLiteQueue(sys.argv[1], table_name=name) as queue:
+        worker = AsyncWorker(queue, handle, name=name, grace_period=60, poll_wait=0.5)
+        stats = await worker.run()
+    print(f"stopped {name} completed={stats.completed} requeued={stats.requeued}", flush=True)
+
+
+async def main():
+    await asyncio.gather(work("long"), work("short"))
+
+
+asyncio.run(main())
+print("exited normally", flush=True)
+"""
+
+
+def test_a_signal_stops_every_async_worker_of_the_loop(tmp_path: Path) -> None:
+    """Two AsyncWorkers run together on one loop: a SIGTERM stops both gracefully; once
+    one has ended, a second SIGTERM still reaches the other, which stops at once, gives
+    its running message back, and the program ends normally."""
+    db = tmp_path / "q.db"
+    long_queue = SQLiteQueue(db, table_name="long")
+    short_queue = SQLiteQueue(db, table_name="short")
+    long_id = ok(long_queue.enqueue(60))
+    short_id = ok(short_queue.enqueue(0.5))
+    script = tmp_path / "two_workers.py"
+    script.write_text(TWO_ASYNC_WORKERS_SCRIPT)
+    with _Child(script, str(db)) as child:
+        child.expect(f"started long {long_id}", f"started short {short_id}")
+        child.proc.send_signal(signal.SIGTERM)
+        graceful = "SIGTERM received, shutting down gracefully"
+        child.expect(f"worker long: {graceful}", f"worker short: {graceful}")
+        child.expect("stopped short completed=1")
+        assert child.proc.poll() is None, "the first signal must not stop the other at once"
+        child.proc.send_signal(signal.SIGTERM)
+        child.expect(
+            "worker long: second SIGTERM, stopping immediately",
+            "stopped long completed=0 requeued=1",
+            "exited normally",
+        )
+        assert child.proc.wait(15) == 0, child.lines
+    assert f"finished long {long_id}" not in child.lines
+    with long_queue, short_queue:
+        assert status_rows(long_queue) == [(long_id, "ready", 1)]
+        assert status_rows(short_queue) == []
+
+
+RESTORED_HANDLERS_SCRIPT = """
+import asyncio, os, signal, sys
+from sqqueue import AsyncSQLiteQueue, AsyncWorker
+
+received = []
+
+
+def own(signum, frame):
+    received.append(signal.Signals(signum).name)
+
+
+signal.signal(signal.SIGTERM, own)
+signal.signal(signal.SIGINT, own)
+
+
+def handlers():
+    return [signal.getsignal(s) is own for s in (signal.SIGTERM, signal.SIGINT)]
+
+
+async def handle(message):
+    pass
+
+
+async def main():
+    async with AsyncSQLiteQueue(sys.argv[1], table_name="jobs") as queue:
+        first, second = (AsyncWorker(queue, handle, name=n, poll_wait=0.5) for n in "ab")
+        runs = [asyncio.create_task(w.run()) for w in (first, second)]
+        await asyncio.sleep(0)  # both running (they take the signals as they start)
+        print("while both run, the program's own:", handlers(), flush=True)
+        first.stop()
+        await runs[0]
+        print("while one runs, the program's own:", handlers(), flush=True)
+        second.stop()
+        await runs[1]
+        print("after both, the program's own:", handlers(), flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # (up to 10 s)
+            if len(received) == 2:
+                break
+            await asyncio.sleep(0.01)
+        print("received on the loop:", sorted(received), flush=True)
+
+
+asyncio.run(main())
+print("after asyncio.run, the program's own:", handlers(), flush=True)
+"""
+
+
+def test_async_worker_puts_the_programs_signal_handlers_back(tmp_path: Path) -> None:
+    """AsyncWorkers take SIGTERM and SIGINT while they run; once the last of them has
+    ended, the handlers the program had installed are back, on the loop still running
+    and after it."""
+    script = tmp_path / "restored.py"
+    script.write_text(RESTORED_HANDLERS_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "q.db")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [
+        "while both run, the program's own: [False, False]",
+        "while one runs, the program's own: [False, False]",
+        "after both, the program's own: [True, True]",
+        "received on the loop: ['SIGINT', 'SIGTERM']",
+        "after asyncio.run, the program's own: [True, True]",
+    ], done.stdout + done.stderr
 
 
 # -- a web app ------------------------------------------------------------------------------

@@ -453,6 +453,71 @@ _HOOKS = ("on_start", "on_success", "on_failure", "on_dead_letter")  # WorkerHoo
 _Needs = Literal["nothing", "database", "your code"]
 
 
+class _LoopSignals:
+    """SIGTERM and SIGINT for the AsyncWorkers running on one event loop (the main
+    thread's: only it takes signals). One handler per signal, on the loop, passes each
+    signal to every one of them; when the last one ends, the handlers that were there
+    before are put back."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.receivers: list[Callable[[int], None]] = []
+        # The handler each signal had before (signal.getsignal), to put back; None when
+        # it cannot be (set outside Python, or by the loop: loop.add_signal_handler's
+        # callbacks cannot be read back), and the default comes back instead.
+        self.previous: dict[int, Any] = {}
+
+    def install(self) -> bool:
+        """Take SIGTERM and SIGINT on the loop; whether it could (not on Windows)."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            before = signal.getsignal(signum)
+            try:
+                self.loop.add_signal_handler(signum, self.deliver, int(signum))
+            except (NotImplementedError, RuntimeError):
+                continue
+            # One the program added on the loop shows as the loop's, the same as ours.
+            self.previous[int(signum)] = None if before is signal.getsignal(signum) else before
+        return bool(self.previous)
+
+    def deliver(self, signum: int) -> None:
+        for receiver in list(self.receivers):
+            receiver(signum)
+
+    def restore(self) -> None:
+        for signum, before in self.previous.items():
+            self.loop.remove_signal_handler(signum)  # back to the default
+            if before is not None:
+                signal.signal(signum, before)
+
+
+_signals_by_loop: dict[asyncio.AbstractEventLoop, _LoopSignals] = {}
+
+
+def _receive_signals(receiver: Callable[[int], None]) -> bool:
+    """Pass SIGTERM and SIGINT to ``receiver`` (on the running loop, with every other
+    receiver of that loop's) until :func:`_stop_receiving`; whether they will come."""
+    loop = asyncio.get_running_loop()
+    signals = _signals_by_loop.get(loop)
+    if signals is None:
+        signals = _LoopSignals(loop)
+        if not signals.install():
+            return False
+        _signals_by_loop[loop] = signals
+    signals.receivers.append(receiver)
+    return True
+
+
+def _stop_receiving(receiver: Callable[[int], None]) -> None:
+    """``receiver`` gets no more signals; after the last of its loop's, the handlers that
+    were there before are put back."""
+    loop = asyncio.get_running_loop()
+    signals = _signals_by_loop[loop]
+    signals.receivers.remove(receiver)
+    if not signals.receivers:
+        del _signals_by_loop[loop]
+        signals.restore()
+
+
 class AsyncWorker(WorkerCore):
     """:class:`~sqqueue.Worker` for coroutine handlers: ``concurrency`` tasks on the loop.
 
@@ -460,9 +525,10 @@ class AsyncWorker(WorkerCore):
     handler lets escape too), prefetch and grouped acknowledgements, heartbeats,
     ``task_timeout`` (the handler's task is cancelled; one that ignores that runs on
     apart, and its slot takes the next message), and graceful shutdown on
-    ``stop()``, SIGTERM or SIGINT (when run on the main thread's loop). The heartbeat's
-    storage calls run on a thread of its own, so that nothing filling the loop's default
-    thread pool holds up the leases. Cancelling the task
+    ``stop()``, SIGTERM or SIGINT (when run on the main thread's loop: a signal stops every
+    AsyncWorker running there, and the last to end puts back the handlers the program had
+    before). The heartbeat's storage calls run on a thread of its own, so that nothing
+    filling the loop's default thread pool holds up the leases. Cancelling the task
     running :meth:`run` stops at once: running handlers are cancelled and their messages
     given back to the queue. A plain (not ``async``) handler runs on a thread of its own
     for each message (see :mod:`sqqueue.threads`); a coroutine must not block the loop,
@@ -495,13 +561,14 @@ class AsyncWorker(WorkerCore):
     async def run(self) -> WorkerStats:
         """Process messages until stopped; returns the stats."""
         self._start_once()
-        loop = asyncio.get_running_loop()
-        installed: list[int] = []
-        if self.handle_signals and threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.add_signal_handler(signum, self._on_signal, int(signum))
-                    installed.append(int(signum))
+        # SIGTERM and SIGINT stop every AsyncWorker running on this loop (a first one
+        # gracefully, a second one at once), and once the last of them ends, the
+        # program's own handlers are back.
+        receiving = (
+            self.handle_signals
+            and threading.current_thread() is threading.main_thread()
+            and _receive_signals(self._on_signal)
+        )
         logger.info("worker %s: started with %d task(s)", self.name, self.concurrency)
         drained = asyncio.Event()
         self._handoff = asyncio.Condition()
@@ -535,8 +602,8 @@ class AsyncWorker(WorkerCore):
                 if cancelled:
                     raise asyncio.CancelledError
         finally:
-            for number in installed:
-                loop.remove_signal_handler(number)
+            if receiving:
+                _stop_receiving(self._on_signal)
         logger.info("worker %s: stopped (%s)", self.name, self.stats)
         return self.stats
 
