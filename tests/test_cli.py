@@ -4,11 +4,16 @@ that run for a while (bulk stdin, worker, metrics server, --watch) as real proce
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
+import pty
+import select
 import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -1003,6 +1008,59 @@ def test_ctrl_c_is_one_error_line_and_exit_130(db: Path, monkeypatch: pytest.Mon
     result = run_cli("dequeue", db, "jobs", "--wait", "30")
     assert result.exit_code == 130
     assert one_error_line(result) == "error: interrupted"
+
+
+def read_available(fd: int, seconds: float) -> bytes:
+    """What can be read from ``fd`` within ``seconds`` (b"" once the other side closed)."""
+    got = b""
+    deadline = time.monotonic() + seconds
+    with contextlib.suppress(OSError):  # (EIO: the other side of a terminal closed)
+        while select.select([fd], [], [], max(deadline - time.monotonic(), 0))[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            got += chunk
+    return got
+
+
+@pytest.mark.parametrize("command", [["purge"], ["dlq", "purge"]])
+def test_process_ctrl_c_at_the_question_is_an_interrupt(db: Path, command: list[str]) -> None:
+    """Ctrl-C at the confirmation question (asked on a terminal) stops the command like
+    any other interrupt, exit 130 and one short line, not as an answer; nothing is
+    deleted."""
+    seed(db, "jobs", ["a", "b"])
+    make_dead(db, 1)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [*SQQUEUE, *command, str(db), "jobs"],
+        stdin=follower,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        env=CLI_ENV,
+    )
+    os.close(follower)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 15
+        while b"[y/N]: " not in seen and time.monotonic() < deadline:
+            seen += read_available(leader, 0.2)
+        assert b"[y/N]: " in seen, seen
+        for _ in range(10):
+            proc.send_signal(signal.SIGINT)
+            seen += read_available(leader, 1)
+            if proc.poll() is not None or not seen.endswith(b"[y/N]: "):
+                break
+            # (Still at the question: a signal that came just before the read of the
+            # answer began is only handled once the read ends. Another one ends it.)
+        proc.wait(15)
+        seen += read_available(leader, 1)
+    finally:
+        proc.kill()
+        os.close(leader)
+    said = seen.decode().split("[y/N]: ", 1)[1]
+    assert proc.returncode == 130, said
+    assert said.split() == ["error:", "interrupted;", "nothing", "was", "deleted"], said
+    assert counts(db) == {"ready": 2, "delayed": 0, "processing": 0, "dead": 1}
 
 
 def test_process_worker_runs_handler_and_stops_on_sigterm(db: Path, tmp_path: Path) -> None:

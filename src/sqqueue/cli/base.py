@@ -715,7 +715,9 @@ older_opt = click.option(
 
 
 def confirm(question: str, yes: bool) -> None:
-    """Ask before deleting, unless ``yes``; refuse (exit 2) when nobody can answer."""
+    """Ask before deleting, unless ``yes``; refuse (exit 2) when nobody can answer. Ctrl-C
+    at the question is an interrupt like any other (exit 130), not an answer; end of
+    input (Ctrl-D) is a no (exit 1)."""
     if yes:
         return
     if not stdin_interactive():
@@ -726,7 +728,12 @@ def confirm(question: str, yes: bool) -> None:
         )
     try:
         answer = click.confirm(question, default=False, err=True)
-    except click.Abort:
+    except click.Abort as exc:
+        # (click turns both Ctrl-C and end of input into Abort; the one it caught is the
+        # exception's context.)
+        click.echo(err=True)  # (the question is still on its line)
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            raise CliError("interrupted; nothing was deleted", INTERRUPTED) from None
         answer = False
     if not answer:
         raise CliError("aborted; nothing was deleted")
