@@ -128,6 +128,88 @@ def test_unknown_queue_is_named_with_the_queues_there(queue_target: QueueTarget)
     assert list_queues(queue_target.url, schema=queue_target.schema).unwrap() == ["emails", "jobs"]
 
 
+def schema_there(url: str, schema: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+        return found.fetchone() is not None
+
+
+def said_no_schema(line: str, url: str, schema: str) -> None:
+    """``line`` is the error of a missing ``--schema``, saying how one is made."""
+    assert line.startswith(f"error: no schema '{schema}' in {redact(url)}: check --schema;"), line
+    assert f"--schema {schema})" in line and f"CREATE SCHEMA {schema}" in line, line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["stats", "{url}"],
+        ["stats", "{url}", "jobs"],
+        ["ls", "{url}", "jobs"],
+        ["peek", "{url}", "jobs"],
+        ["dequeue", "{url}", "jobs"],
+        ["complete", "{url}", "jobs", "1"],
+        ["fail", "{url}", "jobs", "1"],
+        ["purge", "{url}", "jobs", "--yes"],
+        ["dlq", "list", "{url}", "jobs"],
+        ["dlq", "show", "{url}", "jobs", "1"],
+        ["dlq", "redrive", "{url}", "jobs", "--all", "--to", "retry", "--create"],
+        ["dlq", "purge", "{url}", "jobs", "--yes"],
+        ["vacuum", "{url}"],
+        ["migrate", "{url}"],
+        ["grants", "{url}", "--producer", "app_web"],
+        ["copy", "{url}", "{file}"],
+        ["metrics", "serve", "{url}", "--queue", "jobs"],
+    ],
+)
+def test_a_schema_that_is_not_there_is_an_error_and_not_created(
+    pg_url: str, pg_schema: str, tmp_path: Path, args: list[str]
+) -> None:
+    """A --schema that does not exist (a typo) is said to be missing, exit 1 as for a
+    missing file, with how a schema is made; nothing is created, the schema least of
+    all. (An empty schema that exists is no error: it has no queues.)"""
+    file = tmp_path / "copy.db"
+    result = run_cli(*(a.format(url=pg_url, file=file) for a in args), "--schema", pg_schema)
+    assert result.exit_code == 1, result.output
+    said_no_schema(one_error_line(result), pg_url, pg_schema)
+    assert result.stdout == ""
+    assert not schema_there(pg_url, pg_schema)
+    assert not file.exists()
+
+
+def test_an_empty_schema_is_there_with_no_queues(pg_url: str, pg_schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{pg_schema}"')
+    assert run_ok("stats", pg_url, "--schema", pg_schema).startswith("no sqqueue queues in ")
+    absent = run_cli("ls", pg_url, "jobs", "--schema", pg_schema)
+    assert "no queue 'jobs'" in one_error_line(absent)
+
+
+@pytest.mark.parametrize("command", [["metrics", "serve"], ["dashboard"]])
+def test_process_serving_a_schema_that_is_not_there_is_refused(
+    pg_url: str, pg_schema: str, command: list[str]
+) -> None:
+    """metrics serve and dashboard refuse a --schema that does not exist at start (as a
+    file that does not exist), rather than serve nothing for ever."""
+    done = subprocess.run(
+        [*SQQUEUE, *command, pg_url, "--schema", pg_schema, "--port", "0"],
+        capture_output=True,
+        text=True,
+        env=CLI_ENV,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    said_no_schema(lines[0], pg_url, pg_schema)
+    assert not schema_there(pg_url, pg_schema)
+
+
 # -- the dead-letter queue ----------------------------------------------------------------------
 
 

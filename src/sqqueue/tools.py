@@ -25,9 +25,12 @@ from .backends import sqlite_sql
 from .backends.sqlite import SQLiteBackend
 from .backends.sqlite_files import classify, driver_errors, not_a_database
 from .catalog import list_queues, list_queues_at, read, read_only, registered
+from .core.checks import config, seconds
 from .exceptions import ErrorKind, QueueError
 from .names import validate_queue_name, validate_schema_name
 from .queue import connect
+from .settings import load
+from .targets import parse_target
 
 __all__ = [
     "SalvageReport",
@@ -38,6 +41,7 @@ __all__ = [
     "list_queues_at",
     "migrate",
     "salvage",
+    "schema_exists",
     "schema_sql",
 ]
 
@@ -361,6 +365,32 @@ def copy_queues(
             src.close()
             dst.close()
     return report
+
+
+def schema_exists(url: str, schema: str, *, lock_timeout: float | None = None) -> bool:
+    """Whether the PostgreSQL database at ``url`` has a schema named ``schema``.
+
+    ``list_queues`` lists no queue in a schema that does not exist, as in an empty one;
+    this tells the two apart (the ``sqqueue`` commands that only look refuse a schema
+    that is not there rather than create it). Reads only; ``lock_timeout`` as for
+    ``list_queues`` (default: the setting). Raises ``QueueError`` when the server cannot
+    be asked, ``ValueError`` for a target that is not a ``postgresql://`` URL or a name
+    that is no schema name.
+    """
+    kind, location = parse_target(url)
+    if kind != "postgresql":
+        raise ValueError(
+            f"schema_exists takes a postgresql:// URL, not {url!r}: a file has no schemas"
+        )
+    validate_schema_name(schema)
+    if lock_timeout is None:
+        lock_timeout = load({}, "postgresql").lock_timeout
+    timeout = config(
+        lambda: seconds(lock_timeout, "lock_timeout", minimum=0, maximum=86400, strict=True)
+    )
+    from .backends.postgres import postgres_schema_exists
+
+    return postgres_schema_exists(location, schema, timeout)
 
 
 def _in_schema(schema: str | None) -> dict[str, str]:

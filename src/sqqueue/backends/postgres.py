@@ -338,6 +338,35 @@ def list_postgres_queues(url: str, schema: str | None = None, timeout: float = 3
     """Names of the sqqueue queues in a PostgreSQL database (schema), sorted; within
     ``timeout`` seconds (a queue's ``lock_timeout``), whatever the server does: a table
     locked by another session, a server that takes the connection and never answers."""
+    return _ask(
+        url,
+        timeout,
+        "list queues",
+        lambda conn, settings: _queue_names(conn, url, settings, schema),
+    )
+
+
+def postgres_schema_exists(url: str, schema: str, timeout: float = 30.0) -> bool:
+    """Whether the PostgreSQL database has a schema ``schema`` (within ``timeout`` seconds,
+    as ``list_postgres_queues``)."""
+    schema = validate_schema_name(schema)
+    return _ask(
+        url,
+        timeout,
+        "look up schemas",
+        lambda conn, _settings: conn.execute(sql.SCHEMA_USAGE, (schema,)).fetchone() is not None,
+    )
+
+
+def _ask(
+    url: str,
+    timeout: float,
+    what: str,
+    fn: Callable[[psycopg.Connection[Any], dict[str, str]], T],
+) -> T:
+    """``fn(connection, URL settings)`` on a connection of its own, autocommit, within
+    ``timeout`` seconds whatever the server does; ``what`` it does, for the errors
+    ("cannot list queues at ...")."""
     deadline = time.monotonic() + timeout
     options: dict[str, Any] = {}
     settings = url_settings(url)
@@ -352,11 +381,11 @@ def list_postgres_queues(url: str, schema: str | None = None, timeout: float = 3
             watch = watchdog.watch(conn, deadline + timeout)
             try:
                 conn.execute(sql.SET_LOCK_TIMEOUT.format(ms=int(remaining * 1000)))
-                rows = _queue_names(conn, url, settings, schema)
+                answer = fn(conn, settings)
             except psycopg.Error as exc:
                 if watchdog.end(watch):
                     raise StorageError(
-                        f"cannot list queues at {redact(url)!r}: the server did not answer "
+                        f"cannot {what} at {redact(url)!r}: the server did not answer "
                         f"within {2 * timeout:g} s (twice lock_timeout); retry, or raise "
                         "lock_timeout",
                         ErrorKind.LOCKED,
@@ -366,10 +395,10 @@ def list_postgres_queues(url: str, schema: str | None = None, timeout: float = 3
                 watchdog.end(watch)
     except psycopg.Error as exc:
         raise StorageError(
-            f"cannot list queues at {redact(url)!r}: {hide_password(str(exc), url)}",
+            f"cannot {what} at {redact(url)!r}: {hide_password(str(exc), url)}",
             ErrorKind.LOCKED if isinstance(exc, pg_errors.LockNotAvailable) else ErrorKind.STORAGE,
         ) from exc
-    return rows
+    return answer
 
 
 def _queue_names(

@@ -524,15 +524,54 @@ def check_name(queue: str) -> str:
 
 
 def queue_names(db: Database) -> list[str]:
-    return unwrap(list_queues(db.given, schema=db.schema))
+    """The queues of the database; a ``--schema`` that does not exist is an error (it
+    holds no queue, as an empty one would: said as missing, and never created)."""
+    names = unwrap(list_queues(db.given, schema=db.schema))
+    if not names:
+        require_schema(db)
+    return names
+
+
+def require_schema(db: Database) -> None:
+    """Fail (exit 1, as for a missing file) when the ``--schema`` of a PostgreSQL target
+    does not exist: commands that look never create one."""
+    if not db.is_postgres or db.schema is None:
+        return
+    try:
+        there = tools.schema_exists(db.given, db.schema)
+    except (QueueError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    if not there:
+        raise _no_schema(db)
+
+
+def _no_schema(db: Database) -> CliError:
+    """The error for a ``--schema`` that does not exist, with how one is made."""
+    url = redact(db.location)
+    return CliError(
+        f"no schema {db.schema!r} in {url}: check --schema; a schema is created with its "
+        f"first queue (sqqueue enqueue {url} QUEUE PAYLOAD --schema {db.schema}), or by a "
+        f"role that may create schemas (CREATE SCHEMA {db.schema})"
+    )
 
 
 def refuse_if_not_a_database(db: Database) -> None:
-    """CliError for a target that is a file but no SQLite database (or a damaged one):
-    no later try can read it. Any other failure to list its queues may pass."""
+    """CliError for a target that is a file but no SQLite database (or a damaged one), or
+    a PostgreSQL ``--schema`` that does not exist: no later try can read it. Any other
+    failure to list its queues may pass."""
     listed = list_queues(db.given, schema=db.schema)
-    if isinstance(listed, Err) and listed.error.kind is ErrorKind.CORRUPT:
-        raise CliError(str(listed.error))
+    if isinstance(listed, Err):
+        if listed.error.kind is ErrorKind.CORRUPT:
+            raise CliError(str(listed.error))
+        return
+    if listed.value or not db.is_postgres or db.schema is None:
+        return
+    try:
+        there = tools.schema_exists(db.given, db.schema)
+    except (QueueError, ValueError):
+        return  # (a server that stopped answering meanwhile: it may come back)
+    if not there:
+        raise _no_schema(db)
 
 
 def legacy_names(db: Database) -> list[str]:

@@ -44,11 +44,12 @@ def dashboard(target: str, host: str, port: int, read_only: bool,
     Example:
       sqqueue dashboard jobs.db --port 8844
     """
-    base.database(target, schema)  # a bad TARGET or --schema: a usage error, before starting
+    db = base.database(target, schema)  # a bad TARGET or --schema: a usage error, first
     try:
         from ..dashboard.server import DashboardError, serve
     except ImportError as exc:
         raise base.CliError(str(exc), 2) from None
+    base.refuse_if_not_a_database(db)  # (a --schema that does not exist, too)
     try:
         serve(target, host=host, port=port, read_only=read_only,
               token_file=token_file, schema=schema, allow_hosts=allow_hosts,
