@@ -194,6 +194,22 @@ def without_dac_override(fn: Callable[[], Any]) -> Any:
     return outcome.get("error", outcome.get("value"))
 
 
+def drop_dac_override() -> None:
+    """For ``preexec_fn``: a child process that file modes apply to, even as root.
+
+    Drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set before the exec:
+    a root process gets its capabilities from that set at exec, so the command runs
+    without them (see ``without_dac_override`` for a thread of this process). Nothing to
+    do for another user, whom the modes bind anyway.
+    """
+    if os.geteuid() != 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
 def file_state(path: Path) -> dict[str, tuple[bytes, int, int]]:
     """The bytes, modification time and mode of the database ``path`` and of its -wal and
     -shm files where they exist, and the names in its directory: what a read must leave

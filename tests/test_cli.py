@@ -27,6 +27,7 @@ from helpers import (
     CLI_ENV,
     SQQUEUE,
     counts,
+    drop_dac_override,
     isolate,
     make_dead,
     message_statuses,
@@ -1061,6 +1062,50 @@ def test_process_ctrl_c_at_the_question_is_an_interrupt(db: Path, command: list[
     assert proc.returncode == 130, said
     assert said.split() == ["error:", "interrupted;", "nothing", "was", "deleted"], said
     assert counts(db) == {"ready": 2, "delayed": 0, "processing": 0, "dead": 1}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["enqueue", "{db}", "jobs", "more"],
+        ["dequeue", "{db}", "jobs"],
+        ["purge", "{db}", "jobs", "--yes"],
+        ["vacuum", "{db}"],
+    ],
+)
+def test_process_a_write_refused_by_the_file_mode_leaves_nothing_behind(
+    db: Path, args: list[str]
+) -> None:
+    """A command that would write a database file the user may not write fails, saying
+    so, and leaves the directory as it was: no -wal nor -shm file beside the database
+    (SQLite makes them when it opens the file, and they would outlive the command)."""
+    seed(db, "jobs", ["a"])
+    db.chmod(0o400)
+    probe = subprocess.run(
+        [sys.executable, "-c", f"open({str(db)!r}, 'r+b')"],
+        capture_output=True,
+        check=False,
+        preexec_fn=drop_dac_override,
+    )
+    if probe.returncode == 0:
+        pytest.skip("cannot run a process that file modes apply to (root keeps its rights)")
+    before = sorted(p.name for p in db.parent.iterdir())
+    assert before == ["jobs.db"]
+    content = db.read_bytes()
+    done = subprocess.run(
+        [*SQQUEUE, *(a.format(db=db) for a in args)],
+        capture_output=True,
+        text=True,
+        env=CLI_ENV,
+        timeout=30,
+        check=False,
+        preexec_fn=drop_dac_override,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert "read-only" in done.stderr and "may not write" in done.stderr, done.stderr
+    assert sorted(p.name for p in db.parent.iterdir()) == before
+    assert db.read_bytes() == content
 
 
 def test_process_worker_runs_handler_and_stops_on_sigterm(db: Path, tmp_path: Path) -> None:

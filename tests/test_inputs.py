@@ -209,11 +209,14 @@ def test_read_only_file_is_queue_error(tmp_path: Path, clock: Any) -> None:
 
     probe = without_dac_override(try_write)
     assert isinstance(probe, PermissionError), "the thread can still write: the setup failed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ro.db"]
     result = without_dac_override(lambda: SQLiteQueue(path, table_name="jobs", clock=clock))
     assert isinstance(result, QueueError), f"expected QueueError, got {result!r}"
     assert result.kind is ErrorKind.READ_ONLY
     assert str(path) in str(result)
     assert "read-only" in without_path(result, path)
+    # Refused before SQLite opened the file: no -wal or -shm left beside it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ro.db"]
 
 
 def test_new_file_in_read_only_directory_is_value_error(tmp_path: Path, clock: Any) -> None:

@@ -567,6 +567,15 @@ class SQLiteBackend(SQLBackend):
         if self.read_only:
             self._look_up_schema()
             return
+        if not files.writable(self.path):
+            # Said now, not at the first write: open it read_only=True to read it. Said
+            # before SQLite opens the file, which would leave a -wal and a -shm beside it.
+            problem = files.access_problem(self.path) or "check the file's permissions"
+            raise StorageError(
+                f"cannot write to {self.path!r}: it is read-only for this process; "
+                f"{problem} (or open it with read_only=True to read it)",
+                ErrorKind.READ_ONLY,
+            )
         if not self._memory:
             # auto_vacuum only takes effect before the first table exists: new files get
             # incremental vacuum, so maintenance can return free pages in small steps.
@@ -580,14 +589,6 @@ class SQLiteBackend(SQLBackend):
                 mode = conn.execute(sql.JOURNAL_MODE_WAL).fetchone()[0]
             if str(mode).lower() != "wal":
                 logger.warning("%s: journal_mode is %s, not WAL", self.path, mode)
-        if not files.writable(self.path):
-            # Said now, not at the first write: open it read_only=True to read it.
-            problem = files.access_problem(self.path) or "check the file's permissions"
-            raise StorageError(
-                f"cannot write to {self.path!r}: it is read-only for this process; "
-                f"{problem} (or open it with read_only=True to read it)",
-                ErrorKind.READ_ONLY,
-            )
         if self._read(self._is_current):
             return  # the usual case: opened without the write lock, nobody kept waiting
 
