@@ -90,7 +90,7 @@ def test_salvage_keeps_groups_expiry_and_prior_attempts(tmp_path: Path, clock: F
         second = queue.enqueue("second", group="customer-7").unwrap()
         queue.enqueue("expiring", ttl=60).unwrap()
         before = stored(source)
-    salvage(source, rescued)
+    assert salvage(source, rescued).complete
     assert stored(rescued) == before
     with SQLiteQueue(rescued, "jobs", clock=clock) as queue:
         statuses = {m["id"]: m for m in queue.list_messages("all").unwrap()}
@@ -223,7 +223,8 @@ def test_salvage_and_copy_keep_every_field(
     held, delayed, waiting, dead, depth = read_only_counts(source, clock)
     counts = (held - n, delayed, waiting, dead + n, depth - n)
 
-    salvage(source, run / "salvaged.db")
+    report = salvage(source, run / "salvaged.db")
+    assert report.complete, report  # (a sound file: every row read, none missing)
     assert stored(run / "salvaged.db") == expected
     assert read_only_counts(run / "salvaged.db", clock) == counts
 

@@ -381,6 +381,10 @@ def test_salvage_copies_every_readable_message(
     copied = report.copied["jobs"]
     assert 0 < report.lost_rows < len(originals)
     assert copied + report.lost_rows == len(originals)
+    # Said to be incomplete: what the queue's counters count and the copy lacks, and
+    # what SQLite's check finds in the source.
+    assert report.missing == {"jobs": report.lost_rows}
+    assert report.damage and not report.complete
     assert check(target) == []
     with SQLiteQueue(target, table_name="jobs") as rescued:
         stats = rescued.stats().unwrap()

@@ -157,21 +157,52 @@ def _table_by_table(conn: sqlite3.Connection, stopped: Exception) -> list[str]:
 
 @dataclass
 class SalvageReport:
-    """What ``salvage`` copied, per queue, and what it could not read."""
+    """What ``salvage`` copied, per queue, and what it could not read.
+
+    Rows SQLite reports unreadable are counted in ``lost_rows``. Rows under a damaged
+    interior page of a b-tree may be out of its reach without any error: ``missing``
+    compares what each queue's counters count (its messages and dead letters) with
+    what was copied, and ``damage`` is what SQLite's quick check finds wrong in the
+    source. Only a ``complete`` report says every row was read.
+    """
 
     copied: dict[str, int] = field(default_factory=dict)
     dead_copied: dict[str, int] = field(default_factory=dict)
+    #: rows found but unreadable (and ids whose look-up failed), skipped
     lost_rows: int = 0
+    #: a line for each problem met: unreadable rows, tables or queues
     errors: list[str] = field(default_factory=list)
+    #: per queue: how many of the messages and dead letters its counters count are not in
+    #: the copy (lost rows among them); at least that many are lost, as the counters of a
+    #: damaged file may be short too
+    missing: dict[str, int] = field(default_factory=dict)
+    #: the queues whose counters could not be read: what they lost is not known
+    uncounted: list[str] = field(default_factory=list)
+    #: what SQLite's quick check finds wrong in the source file ([] when nothing)
+    damage: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every row was read: nothing unreadable, nothing missing by the counters,
+        the counters of every queue read, and a source SQLite finds sound."""
+        return not (
+            self.lost_rows
+            or self.errors
+            or any(self.missing.values())
+            or self.uncounted
+            or self.damage
+        )
 
 
 def _highest_id(conn: sqlite3.Connection, name: str, version: int) -> int:
     """The largest id a queue of a damaged file has handed out, as far as it can be read:
-    from its tables, its counters and the sequence sqqueue 0.1.0 kept."""
+    from its tables, their indexes (which may be sound where a table is not), its
+    counters and the sequence sqqueue 0.1.0 kept."""
     names = sqlite_sql.object_names(name, version)
     high = 0
     for query, params in (
         *((sqlite_sql.MAX_ID_OF.format(table=names[t]), ()) for t in ("q", "dlq", "done")),
+        *((query, ()) for query in sqlite_sql.indexed_max_ids(name, version)),
         (sqlite_sql.COUNTER_VALUE, (f"{name}#high",)),
         (sqlite_sql.LEGACY_SEQUENCE, (name,)),
     ):
@@ -180,6 +211,38 @@ def _highest_id(conn: sqlite3.Connection, name: str, version: int) -> int:
             if row is not None and row[0] is not None:
                 high = max(high, int(row[0]))
     return high
+
+
+def _counters(conn: sqlite3.Connection, name: str) -> tuple[int, int, int, int] | None:
+    """The counters a queue's message and dead-letter counts follow from: (#depth, #dead,
+    #high, #base); None when one of them cannot be read. (Before schema 6, #depth was
+    named #queued.)"""
+    values: list[int] = []
+    for counters in (("depth", "queued"), ("dead",), ("high",), ("base",)):
+        value = None
+        for counter in counters:
+            try:
+                row = conn.execute(sqlite_sql.COUNTER_VALUE, (f"{name}#{counter}",)).fetchone()
+            except driver_errors():
+                return None
+            if row is not None:
+                value = row[0]
+                break
+        if not isinstance(value, int):
+            return None
+        values.append(value)
+    depth, dead, high, base = values
+    return depth, dead, high, base
+
+
+def _quick_check(conn: sqlite3.Connection) -> list[str]:
+    """What SQLite's quick check finds wrong in the file ([] when nothing): where pages
+    are out of a b-tree's reach, rows on them are missing without any read failing."""
+    try:
+        problems = _problems(conn.execute(sqlite_sql.QUICK_CHECK).fetchall())
+    except driver_errors() as exc:
+        return [f"{exc} (SQLite cannot check it to the end)"]
+    return [] if problems == ["ok"] else problems
 
 
 def _released(row: dict[str, Any]) -> dict[str, Any]:
@@ -218,6 +281,8 @@ def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> S
                 ErrorKind.CORRUPT,
             ) from exc
         highest = {name: _highest_id(src, name, version) for name, version in queues}
+        counters = {name: _counters(src, name) for name, _version in queues}
+        report.damage = _quick_check(src)
     for name, _version in queues:
         try:
             reader = SQLiteBackend(
@@ -240,8 +305,18 @@ def salvage(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> S
         finally:
             reader.close()
             writer.close()
-        report.copied[name] = counts["messages"]
-        report.dead_copied[name] = counts["dead"]
+        report.copied[name] = counts["messages"][0]
+        report.dead_copied[name] = counts["dead"][0]
+        counted = counters[name]
+        if counted is None:
+            report.uncounted.append(name)
+            continue
+        depth, dead, high, base = counted
+        # As the queue counts them (see sqlite_sql.COUNTERS), from the largest id there.
+        messages = depth + max(counts["messages"][1], highest[name], high) - base
+        report.missing[name] = max(messages - report.copied[name], 0) + max(
+            dead - report.dead_copied[name], 0
+        )
     return report
 
 
@@ -252,49 +327,79 @@ def _salvage_table(
     key: str,
     high: int,
     report: SalvageReport,
-) -> int:
+) -> tuple[int, int]:
     """Copy one table of one queue; on damage, read it row by row and skip what cannot be
-    read (each skipped row is counted and reported). Returns the rows copied."""
+    read (the rows skipped are counted and reported). Returns the rows copied and the
+    largest id read (0 for the dedup keys)."""
+    rows: list[dict[str, Any]] = []
     try:
-        rows = _all_rows(reader, table, key)
+        _all_rows(reader, table, key, rows, in_order=True)
     except QueueError:
         if table == "dedup":
             report.errors.append(f"{reader.name}: deduplication keys unreadable, skipped")
-            return 0
+            return 0, 0
         logger.warning("salvage: %s of %r is damaged; reading it row by row", table, reader.name)
+        # (Up to the largest id the scan read too: the file's own may be short of it.)
+        high = max([high, *(int(row[key]) for row in rows)])
+        report.errors.append(
+            f"{reader.name}: the {table} table is damaged; read it by id, up to id {high}"
+        )
         rows = []
+        unreadable = 0
         for ident in range(1, high + 1):
             try:
                 found = reader.export_row(table, ident)
             except QueueError:
-                _lost(report, reader.name, table, 1)
+                unreadable += 1
                 continue
             if found is not None:
                 rows.append(found)
+        _lost(report, reader.name, table, unreadable)
+    top = 0 if table == "dedup" else max((int(row[key]) for row in rows), default=0)
     readable = [r for r in rows if table == "dedup" or r.get("payload") is not None]
     _lost(report, reader.name, table, len(rows) - len(readable))  # bodies that are gone
     if table == "messages":
         readable = [_released(r) for r in readable]
     try:
         writer.import_rows(table, readable)
-        return len(readable)
+        return len(readable), top
     except QueueError:
         copied = 0
+        refused = 0
         for row in readable:  # find the rows the target refuses, one by one
             try:
                 writer.import_rows(table, [row])
                 copied += 1
             except QueueError:
-                _lost(report, writer.name, table, 1)
-        return copied
+                refused += 1
+        _lost(report, writer.name, table, refused)
+        return copied, top
 
 
-def _all_rows(reader: SQLiteBackend, table: str, key: str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
+def _all_rows(
+    reader: SQLiteBackend,
+    table: str,
+    key: str,
+    rows: list[dict[str, Any]] | None = None,
+    *,
+    in_order: bool = False,
+) -> list[dict[str, Any]]:
+    """Every row of one table, in the order of its key (added to ``rows``, if given);
+    QueueError at damage, with the rows read until then in ``rows``. ``in_order`` (an
+    SQLite file, whose keys sort as Python sorts them): keys that go back are damage
+    too, as a damaged b-tree can lead a scan back to rows it read, for ever."""
+    rows = [] if rows is None else rows
     after: Any = "" if key == "key" else 0
     while page := reader.export_rows(table, after, 1000):
-        rows.extend(page)
-        after = page[-1][key]
+        for row in page:
+            if in_order and (type(row[key]) is not type(after) or not row[key] > after):
+                raise QueueError(
+                    f"the {table} of queue {reader.name!r} come out of order ({row[key]!r} "
+                    f"after {after!r}): the file is damaged",
+                    ErrorKind.CORRUPT,
+                )
+            rows.append(row)
+            after = row[key]
     return rows
 
 

@@ -25,6 +25,7 @@ both be queues of one file (see the backend).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from string import Template
 
@@ -908,6 +909,29 @@ def object_names(name: str, version: int = SCHEMA_VERSION) -> dict[str, str]:
     return names
 
 
+# An index of INDEX_DDL: its name, its table and its condition, if partial.
+_INDEX = re.compile(
+    r"CREATE INDEX \$(?P<index>\w+) ON \$(?P<table>\w+) \([^)]*\)(?: WHERE (?P<where>.+))?"
+)
+
+
+def indexed_max_ids(name: str, version: int = SCHEMA_VERSION) -> list[str]:
+    """For salvage: a statement for each index of queue ``name``'s tables (by the names
+    of schema ``version``) that reads the largest id the index lists, from the index
+    alone (its condition in the query lets SQLite use it without the table): where a
+    table's own b-tree is damaged, its indexes may still tell how far its ids went."""
+    names = object_names(name, version)
+    found = []
+    for ddl in INDEX_DDL:
+        match = _INDEX.fullmatch(ddl)
+        if match is not None:
+            found.append(
+                f'SELECT max(id) FROM "{names[match["table"]]}" '
+                f'INDEXED BY "{names[match["index"]]}" WHERE {match["where"] or 1}'
+            )
+    return found
+
+
 class Rendered:
     """The statements of one queue, ready to execute.
 
@@ -1103,6 +1127,9 @@ VACUUM = "VACUUM"
 INTEGRITY_CHECK = "PRAGMA integrity_check"
 #: check one table and its indexes; "ok" when sound
 TABLE_INTEGRITY_CHECK = 'PRAGMA integrity_check("{table}")'
+#: check the structure of the whole file (its b-trees, not that indexes match their
+#: tables): faster than the integrity check; "ok" when sound
+QUICK_CHECK = "PRAGMA quick_check"
 #: the highest id of a table (salvage: ids stay unique)
 MAX_ID_OF = 'SELECT max(id) FROM "{table}"'
 #: one counter's value

@@ -120,6 +120,12 @@ def salvage(source: str, target: str) -> None:
     still in sqqueue 0.1.0's layout are not read: the error names them (exit 1); run
     `sqqueue migrate` on a copy of SRC first.
 
+    The last line says whether the copy is complete ("every row of SRC was read") or
+    "NOT complete", with what could be counted of what is missing: rows SQLite could
+    not read, and messages and dead letters the queues' counters count that are not in
+    the copy (damage can hide rows without any read failing); warnings say where. The
+    exit status is 0 either way: DST holds what could be read.
+
     \b
     Example:
       sqqueue salvage jobs.db rescued.db && sqqueue check rescued.db
@@ -150,13 +156,44 @@ def salvage(source: str, target: str) -> None:
         )
     for problem in report.errors:
         click.echo(f"warning: {problem}", err=True)
-    click.echo(f"salvaged into {dst.shown}; {report.lost_rows} unreadable row(s) skipped")
+    for name in sorted(report.missing):
+        if report.missing[name]:
+            click.echo(
+                f"warning: {name}: {report.missing[name]} of the messages and dead letters "
+                "its counters count are not in the copy",
+                err=True,
+            )
+    for name in report.uncounted:
+        click.echo(f"warning: {name}: its counters cannot be read to count what it lost", err=True)
+    if report.damage:
+        click.echo(
+            f"warning: {src.shown} is damaged (`sqqueue check {src.shown}` lists what SQLite "
+            "finds): rows on pages SQLite cannot reach are lost, and may be more than counted "
+            "here",
+            err=True,
+        )
+    click.echo(_salvage_summary(src, dst, report))
     if legacy:
         raise base.CliError(
             f"the sqqueue 0.1.0 queues of {src.shown} ({', '.join(legacy)}) were not "
             f"salvaged: salvage reads the current layout only; run `sqqueue migrate` on a "
             f"copy of {src.shown} (with its -wal file if there is one), then salvage the copy"
         )
+
+
+def _salvage_summary(src: base.Database, dst: base.Database, report: tools.SalvageReport) -> str:
+    """The last line of a salvage: a complete copy only when every row was read."""
+    if report.complete:
+        return f"salvaged into {dst.shown}; every row of {src.shown} was read"
+    said = []
+    if report.lost_rows:
+        said.append(f"{report.lost_rows} unreadable row(s) skipped")
+    missing = sum(report.missing.values())
+    if missing:
+        said.append(f"at least {missing} message(s) and dead letter(s) missing")
+    if not said:
+        said.append("rows may be missing")
+    return f"salvaged into {dst.shown}, NOT complete: {'; '.join(said)} (see the warnings)"
 
 
 def _migrate_first(src: base.Database) -> str:
