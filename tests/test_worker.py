@@ -644,8 +644,15 @@ def test_heartbeat_warns_of_each_lost_lease_and_extends_the_others(
 
 
 def test_heartbeat_default_is_a_third_of_the_lease(rq: Queue) -> None:
-    """Without heartbeat=, leases are extended every lease/3; a heartbeat >= lease is refused."""
+    """Without heartbeat=, leases are extended every lease/3, short ones too; a lease too
+    short for that (a heartbeat is at least 0.01 s) is refused as such, and a heartbeat
+    >= lease is refused."""
     assert make_worker(rq, print, visibility_timeout=3).heartbeat == pytest.approx(1.0)
+    assert make_worker(rq, print, visibility_timeout=0.06).heartbeat == pytest.approx(0.02)
+    assert make_worker(rq, print, visibility_timeout=0.05).heartbeat == pytest.approx(0.05 / 3)
+    assert make_worker(rq, print, visibility_timeout=0.03).heartbeat == pytest.approx(0.01)
+    with pytest.raises(ValueError, match=re.escape("visibility_timeout must be at least 0.03")):
+        make_worker(rq, print, visibility_timeout=0.029)
     with pytest.raises(ValueError, match="heartbeat"):
         make_worker(rq, print, visibility_timeout=1, heartbeat=2)
 
@@ -1564,7 +1571,8 @@ def test_poll_wait_zero_is_refused(rq: Queue) -> None:
 @pytest.mark.parametrize(
     ("settings", "says"),
     [
-        ({"visibility_timeout": 0}, "visibility_timeout must be > 0"),
+        ({"visibility_timeout": 0}, "visibility_timeout must be at least 0.03 seconds"),
+        ({"visibility_timeout": 0.02}, "visibility_timeout must be at least 0.03 seconds"),
         ({"heartbeat": 0}, "heartbeat must be a number of seconds, at least 0.01"),
         ({"heartbeat": -1}, "at least 0.01"),
         ({"heartbeat": 1e-9}, "at least 0.01"),

@@ -57,6 +57,9 @@ MAX_CONCURRENCY = 10_000
 MAX_PREFETCH = 100
 #: the shortest heartbeat a worker takes
 MIN_HEARTBEAT = 0.01
+#: the shortest lease a worker takes: by default its heartbeat comes every third of the
+#: lease, and no heartbeat is shorter than MIN_HEARTBEAT
+MIN_LEASE = 3 * MIN_HEARTBEAT
 # A worker claims ahead (beyond its idle runners) what it expects to start within this
 # many seconds at the pace of its recent handlers: quick handlers get large claims, slow
 # ones none beyond the idle runners, so no message waits long for a runner.
@@ -186,8 +189,12 @@ def _check_times(
             raise ValueError(f"{label} must be at most {most:g} seconds, got {value!r}")
     if poll_wait == 0:  # an idle runner would claim again and again, a core's worth
         raise ValueError("poll_wait must be > 0 seconds (how long an idle runner waits)")
-    if lease == 0:
-        raise ValueError("visibility_timeout must be > 0 seconds (the lease of each message)")
+    if lease < MIN_LEASE:
+        raise ValueError(
+            f"visibility_timeout must be at least {MIN_LEASE:g} seconds for a worker (the "
+            "lease of each message, extended by a heartbeat every third of it, and a "
+            f"heartbeat is at least {MIN_HEARTBEAT:g} s), got {lease!r}"
+        )
     if task_timeout is not None and not (
         isinstance(task_timeout, (int, float)) and task_timeout > 0
     ):
@@ -272,7 +279,10 @@ class WorkerCore:
         self.concurrency = concurrency
         self.prefetch = prefetch
         self.lease = float(lease)
-        self.heartbeat = max(self.lease / 3, 0.05) if heartbeat is None else _heartbeat(heartbeat)
+        # (max: lease / 3 may round below MIN_HEARTBEAT when lease is MIN_LEASE)
+        self.heartbeat = (
+            max(self.lease / 3, MIN_HEARTBEAT) if heartbeat is None else _heartbeat(heartbeat)
+        )
         if self.heartbeat >= self.lease:
             raise ValueError("heartbeat must be shorter than the lease (visibility_timeout)")
         self.task_timeout = task_timeout
