@@ -159,6 +159,28 @@ def test_worker_fails_with_last_traceback_line(
     assert (stats.failed, stats.completed, stats.dead_lettered) == (1, 1, 0)
 
 
+def test_a_failure_the_queue_refuses_is_not_counted(
+    rq: Queue, running: Callable[[Worker], Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``failed`` counts the failures stored, as ``completed`` counts the completions: a
+    handler that raises once its message's lease has ended (it completed it itself, here)
+    leaves no failure on record, and none is counted."""
+
+    def handler(message: Message) -> None:
+        ok(rq.complete(message))
+        raise ValueError("after all")
+
+    ok(rq.enqueue("x"))
+    w = make_worker(rq, handler)
+    r = running(w)
+    wait_until(
+        lambda: any("could not record failure" in rec.getMessage() for rec in caplog.records),
+        what="the refused failure",
+    )
+    stats = r.stop()
+    assert (stats.started, stats.failed, stats.completed) == (1, 0, 0)
+
+
 def test_worker_dead_letters_after_max_attempts(
     rq: Queue, running: Callable[[Worker], Running]
 ) -> None:
@@ -1083,6 +1105,32 @@ def test_stop_requeues_handler_still_running_after_grace(
     assert not handlers[0].is_alive()
     assert status_rows(rq) == [(message_id, "ready", 1)]
     assert (stats.started, stats.completed, stats.requeued) == (1, 0, 1)  # counted
+
+
+def test_a_cut_off_message_that_cannot_be_requeued_is_not_said_returned(
+    rq: Queue, running: Callable[[Worker], Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the requeue of a message cut off at shutdown is refused (its lease ended under
+    the handler), the log says it could not be returned, and why."""
+    started, release = threading.Event(), threading.Event()
+
+    def handler(message: Message) -> None:
+        started.set()
+        release.wait(30)
+
+    message_id = ok(rq.enqueue("x"))
+    r = running(make_worker(rq, handler, visibility_timeout=30))
+    try:
+        assert started.wait(15)
+        ok(rq.release(message_id))  # its lease ends: the requeue at shutdown is refused
+        stats = r.stop(immediate=True)
+    finally:
+        release.set()
+    said = [rec.getMessage() for rec in caplog.records if "at shutdown" in rec.getMessage()]
+    assert len(said) == 1
+    assert "could not be returned: requeue failed" in said[0]
+    assert "returned to the queue" not in said[0]
+    assert stats.requeued == 0
 
 
 def test_a_handler_cut_off_at_shutdown_on_its_last_attempt_is_a_dead_letter(

@@ -778,7 +778,6 @@ class WorkerCore:
             result = self.queue.fail_message(message, send_to_dlq=rejected, error=error)
         if held is not None:
             self._unhold(held)
-        self._count(failed=1)
         self.stats.processing_seconds.append(elapsed)
         self.hooks.call("on_failure", message, exc)
         if result.is_err():
@@ -790,6 +789,7 @@ class WorkerCore:
                 extra=log_extra,
             )
             return
+        self._count(failed=1)  # (a stored failure, as ``completed`` counts stored completions)
         if rejected or message.attempts >= message.max_attempts:
             self._count(dead_lettered=1)
             self.hooks.call("on_dead_letter", message, exc)
@@ -979,12 +979,17 @@ class WorkerCore:
                 self.hooks.call("on_dead_letter", message, _CutOff("cut off at shutdown"))
             elif result.is_ok():
                 self.stats.requeued += 1
+            if isinstance(result, Err):
+                outcome = f"could not be returned: {result.error}"
+            elif died:
+                outcome = "dead-lettered: that was its last attempt"
+            else:
+                outcome = "returned to the queue"
             logger.warning(
-                "worker %s: message %d still running at shutdown, %s (%s)",
+                "worker %s: message %d still running at shutdown, %s",
                 self.name,
                 message.id,
-                "dead-lettered: that was its last attempt" if died else "returned to the queue",
-                "ok" if result.is_ok() else result.error,
+                outcome,
                 extra={"message_id": message.id, "attempt": message.attempts},
             )
 
