@@ -1410,6 +1410,32 @@ async def test_async_worker_stops_gracefully(aq: AsyncQueue) -> None:
 
 
 @pytest.mark.asyncio
+async def test_async_worker_whose_queue_is_closed_starts_none_of_the_messages_it_holds(
+    aq: AsyncQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Closed while messages wait prefetched (here by a handler), the queue can acknowledge
+    none of them: the worker stops without starting any, and says why, once, at ERROR."""
+    closed = False
+    after_close: list[int] = []
+
+    async def handler(message: Message) -> None:
+        nonlocal closed
+        if closed:
+            after_close.append(message.id)
+        elif message.payload == 5:
+            await aq.close()
+            closed = True
+
+    ok(await aq.enqueue_batch(list(range(40))))
+    await asyncio.wait_for(_async_worker(aq, handler).run(), 30)
+    assert closed
+    assert after_close == []
+    said = [rec for rec in caplog.records if "the worker stops" in rec.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.ERROR
+    assert "closed" in said[0].getMessage()
+
+
+@pytest.mark.asyncio
 async def test_async_worker_requeues_coroutine_running_after_grace(aq: AsyncQueue) -> None:
     """After grace_period the still-running coroutine is cancelled and its message is
     pending again at once (attempt counted)."""

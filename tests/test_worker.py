@@ -1183,6 +1183,32 @@ def test_a_worker_whose_queue_is_closed_stops(
     assert "closed" in said[0].getMessage()
 
 
+def test_a_worker_whose_queue_is_closed_starts_none_of_the_messages_it_holds(
+    rq: Queue, running: Callable[[Worker], Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Closed while messages wait prefetched (here by a handler), the queue can acknowledge
+    none of them: the worker stops without starting any, and says why, once, at ERROR."""
+    closed = threading.Event()
+    after_close: list[int] = []
+
+    def handler(message: Message) -> None:
+        if closed.is_set():
+            after_close.append(message.id)
+        elif message.payload == 5:
+            rq.close()
+            closed.set()
+
+    ok(rq.enqueue_batch(list(range(40))))
+    assert not rq.closed
+    r = running(make_worker(rq, handler))
+    r.join(timeout=30)
+    assert closed.is_set() and rq.closed
+    assert after_close == []
+    said = [rec for rec in caplog.records if "the worker stops" in rec.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.ERROR
+    assert "closed" in said[0].getMessage()
+
+
 def test_stop_immediate_skips_grace(rq: Queue, running: Callable[[Worker], Running]) -> None:
     """stop(immediate=True) does not wait for the handler; its message is pending at once."""
     message_id = ok(rq.enqueue("stuck"))

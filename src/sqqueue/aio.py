@@ -122,6 +122,11 @@ class AsyncQueue(AsyncCompat):
         """Whether the hot operations run on the event loop rather than in threads."""
         return self._native
 
+    @property
+    def closed(self) -> bool:
+        """Whether the queue was closed (it stays closed)."""
+        return self.sync.closed
+
     async def _call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
 

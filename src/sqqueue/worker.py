@@ -362,6 +362,21 @@ class WorkerCore:
             return
         logger.warning("worker %s: dequeue failed: %s", self.name, error)
 
+    def _stop_closed(self) -> None:
+        """Under the handoff lock: the queue was closed while messages wait prefetched.
+        None of them is started: its handler's work could never be acknowledged. The
+        worker stops, as when a claim finds the queue closed (the runners waiting for a
+        fetch see the stop when the fetch ends, or at once: none waits while messages are
+        prefetched)."""
+        if not self._stopping.is_set():
+            logger.error(
+                "worker %s: queue %r is closed; the worker stops (messages taken but not "
+                "started are not handled)",
+                self.name,
+                self.queue.name,
+            )
+        WorkerCore.stop(self, immediate=True)  # (not the driver's: it takes the handoff lock)
+
     def __call__(self, message: Message) -> Any:
         """A worker made with ``@worker`` can still be called like its handler."""
         return self.handler(message)
@@ -512,6 +527,9 @@ class WorkerCore:
             return None, []
         stale = self._stale()
         if self._prefetched:
+            if self.queue.closed:  # (a claim finds it closed by itself, see _dequeue_failed)
+                self._stop_closed()
+                return None, stale
             return self._prefetched.popleft(), stale
         self._fetching = True
         return min(self.prefetch, self._idle + 1 + self._ahead()), stale
@@ -559,6 +577,8 @@ class WorkerCore:
         result = self.queue.release_batch(messages)
         if isinstance(result, Ok):
             released = result.value
+        elif isinstance(result, Err) and result.error.kind is ErrorKind.CLOSED:
+            return  # (and would be for each one: they come back when their leases expire)
         else:
             released = sum(self.queue.release(message).is_ok() for message in messages)
         self._count(released=released)

@@ -67,6 +67,7 @@ class Queue(Compat):
         signer: SigningKeys | None = None,
     ) -> None:
         self._backend = backend
+        self._closed = False
         self.name = backend.name
         #: opened with read_only=True: reads work, every call that would write returns
         #: Err(kind=READ_ONLY), and nothing on disk changes
@@ -130,8 +131,14 @@ class Queue(Compat):
         Safe while other threads are inside calls: those finish (or return
         ``Err(CLOSED)``), and a connection in use is closed when its call ends.
         """
+        self._closed = True
         self._backend.close()
         self.parts.signal.nudge()  # consumers waiting on this object look again, and stop
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called on this queue object (it stays closed)."""
+        return self._closed
 
     def __enter__(self) -> Queue:
         return self
