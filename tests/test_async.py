@@ -1410,6 +1410,36 @@ async def test_async_worker_stops_gracefully(aq: AsyncQueue) -> None:
 
 
 @pytest.mark.asyncio
+async def test_async_worker_stop_gives_back_prefetched_messages_at_once(aq: AsyncQueue) -> None:
+    """A graceful stop gives back the messages taken but not started as it begins, not
+    once the running handlers have ended: other consumers can serve them meanwhile."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(message: Message) -> None:
+        if message.payload == "slow":
+            started.set()
+            await release.wait()
+
+    ids = ok(await aq.enqueue_batch(["quick"] * 5 + ["slow"] + ["quick"] * 20))
+    w = _async_worker(aq, handler, grace_period=30)  # (the fake clock: nothing goes stale)
+    task = asyncio.create_task(w.run())
+    try:
+        await asyncio.wait_for(started.wait(), 15)
+        await eventually(lambda: w.stats.completed == 5, what="the quick ones before it")
+        held = len(w._prefetched)  # (the one runner is busy: nothing else takes them)
+        assert held > 0, "nothing prefetched behind the slow message"
+        w.stop()
+        await eventually(lambda: w.stats.released == held, what="the prefetched given back")
+        assert not task.done()  # still waiting for the slow handler
+        rows = await asyncio.to_thread(status_rows, aq.sync)
+        assert rows == [(ids[5], "processing", 1)] + [(i, "ready", 0) for i in ids[6:]]
+    finally:
+        release.set()
+    stats = await asyncio.wait_for(task, 30)
+    assert (stats.completed, stats.released) == (6, held)
+
+
+@pytest.mark.asyncio
 async def test_async_worker_whose_queue_is_closed_starts_none_of_the_messages_it_holds(
     aq: AsyncQueue, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1045,6 +1045,37 @@ def test_stop_is_graceful(rq: Queue, running: Callable[[Worker], Running]) -> No
     assert slow_id not in [s[0] for s in status_rows(rq)]
 
 
+def test_stop_gives_back_prefetched_messages_at_once(
+    rq: Queue, running: Callable[[Worker], Running]
+) -> None:
+    """A graceful stop gives back the messages taken but not started as it begins, not
+    once the running handlers have ended: other consumers can serve them meanwhile."""
+    started, release = threading.Event(), threading.Event()
+
+    def handler(message: Message) -> None:
+        if message.payload == "slow":
+            started.set()
+            release.wait(30)
+
+    ids = ok(rq.enqueue_batch(["quick"] * 5 + ["slow"] + ["quick"] * 20))
+    w = make_worker(rq, handler, visibility_timeout=60, grace_period=30)  # (no stale ones)
+    r = running(w)
+    try:
+        assert started.wait(15)
+        wait_until(lambda: w.stats.completed == 5, what="the quick ones before it completed")
+        held = len(w._prefetched)  # (the one runner is busy: nothing else takes them)
+        assert held > 0, "nothing prefetched behind the slow message"
+        w.stop()
+        wait_until(lambda: w.stats.released == held, what="the prefetched messages given back")
+        assert r.thread.is_alive()  # still waiting for the slow handler
+        # Those behind it are ready, their attempts not counted; only it is leased.
+        assert status_rows(rq) == [(ids[5], "processing", 1)] + [(i, "ready", 0) for i in ids[6:]]
+    finally:
+        release.set()
+    stats = r.join(timeout=30)
+    assert (stats.completed, stats.released) == (6, held)
+
+
 def test_message_taken_while_stopping_is_released_uncounted(
     rq: Queue, running: Callable[[Worker], Running], monkeypatch: pytest.MonkeyPatch
 ) -> None:

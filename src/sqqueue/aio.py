@@ -594,9 +594,9 @@ class AsyncWorker(WorkerCore):
                 raise
             finally:
                 # Every step of shutdown runs, even when cancelled again meanwhile.
-                cancelled = await self._drain(runners)
                 to_the_end, in_thread = self._to_the_end, asyncio.to_thread
-                cancelled |= await to_the_end(in_thread(self._release_prefetched))
+                cancelled = await to_the_end(self._release_prefetched())
+                cancelled |= await self._drain(runners)
                 cancelled |= await to_the_end(in_thread(self._close_acks, acker))
                 cancelled |= await to_the_end(in_thread(self._wait_for_timeouts))
                 drained.set()
@@ -801,9 +801,10 @@ class AsyncWorker(WorkerCore):
             await asyncio.to_thread(self._give_back, back)
         return mine
 
-    def _release_prefetched(self) -> None:
-        """At shutdown: give back what was claimed but never started."""
-        self._give_back(self._unstarted())
+    async def _release_prefetched(self) -> None:
+        """At shutdown, while runners may still take what is prefetched: give back what
+        was claimed but never started (taken out on the loop, where runners take it)."""
+        await asyncio.to_thread(self._give_back, self._unstarted())
 
     def _replace_abandoned(self) -> None:
         # The abandoned handler's task is cancelled, and its runner stops waiting for it:

@@ -1053,9 +1053,9 @@ class Worker(WorkerCore):
     - ``task_timeout``: a handler running longer is abandoned: its message is failed with a
       timeout error (and retried), and a fresh thread takes its place. Python cannot kill
       the thread; if it finishes later, its result is ignored.
-    - Shutdown (``stop()``, SIGTERM or SIGINT): no new messages are taken, running handlers
-      get ``grace_period`` seconds to finish, messages taken but not started are released
-      (attempt not counted) and those still running after the grace period are requeued,
+    - Shutdown (``stop()``, SIGTERM or SIGINT): no new messages are taken, messages taken
+      but not started are released at once (attempt not counted), running handlers get
+      ``grace_period`` seconds to finish, and those still running after it are requeued,
       so nothing waits for a lease to expire. A second signal stops at once (handlers
       are not waited for; a runner settling a message, up to ``SETTLE_WAIT`` seconds).
     """
@@ -1108,8 +1108,10 @@ class Worker(WorkerCore):
             raise
         finally:
             try:
-                self._drain()
+                # What waits prefetched goes back at once, not after the running handlers
+                # (a runner whose claim ends from now on gives back all of it: _fetched).
                 self._release_prefetched()
+                self._drain()
                 self._close_acks(acker)
                 self._wait_for_timeouts()
                 self._drained.set()
