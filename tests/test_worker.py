@@ -713,23 +713,22 @@ def test_worker_keeps_only_the_latest_durations(
 def test_runners_replaced_after_timeouts_are_let_go_once_they_end(
     rq: Queue, running: Callable[[Worker], Running]
 ) -> None:
-    """Each handler that times out gets a replacement runner; once the abandoned ones end,
-    the worker holds no reference to them, so timeouts now and then pile up nothing."""
+    """Each handler that times out gets a replacement runner (while at most concurrency of
+    them still run); once the abandoned ones end, the worker holds no reference to them,
+    so timeouts now and then pile up nothing."""
     first, later = threading.Event(), threading.Event()
+    abandoned: list[weakref.ref[threading.Thread]] = []
 
     def handler(message: Message) -> None:
+        if message.payload == "hang":
+            abandoned.append(weakref.ref(threading.current_thread()))
         (first if message.payload == "hang" else later).wait(20)
 
     ok(rq.enqueue_batch([Item("hang", max_attempts=1)] * 3))
-    w = make_worker(rq, handler, task_timeout=0.2, heartbeat=0.05, grace_period=1)
+    w = make_worker(rq, handler, concurrency=3, task_timeout=0.2, heartbeat=0.05, grace_period=1)
     r = running(w)
     try:
         wait_until(lambda: w.stats.timed_out == 3, what="three timeouts")
-        abandoned = [
-            weakref.ref(t)
-            for t in threading.enumerate()
-            if t.name.startswith(f"{w.name}-") and t.name.rsplit("-", 1)[1] in ("1", "2", "3")
-        ]
         assert len(abandoned) == 3
         first.set()
         wait_until(lambda: not any((t := ref()) and t.is_alive() for ref in abandoned))
@@ -792,6 +791,161 @@ def test_failing_a_timed_out_message_does_not_hold_up_the_heartbeat(
         release.set()
     stats = r.stop()
     assert (stats.timed_out, stats.failed) == (1, 1)
+
+
+def _spawn_refused(
+    w: Worker, monkeypatch: pytest.MonkeyPatch, refuse: Callable[[int], bool]
+) -> list[int]:
+    """Make the worker's ``n``-th runner thread fail to start (``RuntimeError: can't start
+    new thread``, as in a process that has too many) when ``refuse(n)``; the calls made."""
+    real_spawn = w._spawn
+    calls: list[int] = []
+
+    def spawn() -> None:
+        calls.append(len(calls) + 1)
+        if refuse(len(calls)):
+            raise RuntimeError("can't start new thread")
+        real_spawn()
+
+    monkeypatch.setattr(w, "_spawn", spawn)
+    return calls
+
+
+def test_a_heartbeat_round_that_fails_is_said_and_the_heartbeat_goes_on(
+    rq: Queue,
+    running: Callable[[Worker], Running],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A heartbeat round that raises (the replacement of a timed-out runner could not be
+    started) is logged at ERROR with its cause, and the heartbeat tries again: the
+    replacement starts on a later round, and serves."""
+    release = threading.Event()
+
+    def handler(message: Message) -> None:
+        if message.payload == "hang":
+            release.wait(30)
+
+    ok(rq.enqueue("hang", max_attempts=1))
+    w = make_worker(rq, handler, task_timeout=0.2, heartbeat=0.05)
+    calls = _spawn_refused(w, monkeypatch, lambda n: n == 2)  # (1: the first runner)
+    r = running(w)
+    try:
+        wait_until(lambda: len(calls) >= 3, what="the replacement started on a later round")
+        ok(rq.enqueue("after"))
+        wait_until(lambda: w.stats.completed == 1, what="the replacement serving")
+    finally:
+        release.set()
+    stats = r.stop()
+    assert (stats.timed_out, stats.failed, stats.completed) == (1, 1, 1)
+    said = [rec for rec in caplog.records if "heartbeat round failed" in rec.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.ERROR
+    assert "can't start new thread" in said[0].getMessage()
+
+
+def test_a_heartbeat_that_keeps_failing_stops_the_worker(
+    rq: Queue,
+    running: Callable[[Worker], Running],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When the heartbeat's rounds have failed for as long as a lease, leases may no
+    longer be kept: the worker stops, and says why at ERROR."""
+    release = threading.Event()
+    ok(rq.enqueue("hang", max_attempts=1))
+    w = make_worker(
+        rq,
+        lambda m: release.wait(30),
+        task_timeout=0.2,
+        heartbeat=0.05,
+        visibility_timeout=1,
+        grace_period=30,
+    )
+    _spawn_refused(w, monkeypatch, lambda n: n > 1)
+    r = running(w)
+    try:
+        r.join(timeout=30)
+    finally:
+        release.set()
+    said = [rec for rec in caplog.records if "the worker stops" in rec.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.ERROR
+    assert "heartbeat" in said[0].getMessage()
+
+
+def test_a_timed_out_message_is_failed_though_no_thread_can_be_started_for_it(
+    rq: Queue,
+    running: Callable[[Worker], Running],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A timed-out message is failed on a thread of its own; when none can be started,
+    the heartbeat fails it itself (said at ERROR), and goes on."""
+    release = threading.Event()
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name.endswith("-timeout"):
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+
+    def handler(message: Message) -> None:
+        if message.payload == "hang":
+            release.wait(30)
+
+    ok(rq.enqueue("hang", max_attempts=1))
+    w = make_worker(rq, handler, task_timeout=0.2, heartbeat=0.05)
+    r = running(w)
+    try:
+        wait_until(lambda: w.stats.failed == 1, what="the timed-out message failed")
+        ok(rq.enqueue("after"))
+        wait_until(lambda: w.stats.completed == 1, what="its replacement serving")
+    finally:
+        release.set()
+    stats = r.stop()
+    assert (stats.timed_out, stats.dead_lettered) == (1, 1)
+    said = [r for r in caplog.records if "could not start a thread to fail" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.ERROR
+
+
+def test_handlers_that_ignore_task_timeout_do_not_pile_up_threads(
+    rq: Queue, running: Callable[[Worker], Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handler that never returns keeps its thread (Python cannot kill one). With more
+    than ``concurrency`` of them still running, a timed-out runner is not replaced (said
+    once, at ERROR) until one of them returns: threads do not pile up without end."""
+    release = threading.Event()
+
+    def handler(message: Message) -> None:
+        release.wait(30)
+
+    ok(rq.enqueue_batch([Item("hang", max_attempts=1)] * 8))
+    w = make_worker(rq, handler, concurrency=2, task_timeout=0.2, heartbeat=0.05, grace_period=1)
+    r = running(w)
+
+    def capped() -> bool:
+        return any("ignores task_timeout" in rec.getMessage() for rec in caplog.records)
+
+    def runners() -> int:
+        prefix = f"{w.name}-"
+        return sum(
+            t.name.startswith(prefix) and t.name[len(prefix) :].isdigit()
+            for t in threading.enumerate()
+        )
+
+    try:
+        wait_until(lambda: w.stats.timed_out == 4 and capped(), what="the cap reached")
+        # Two runners replaced, then those two stuck as well: nothing more is started.
+        assert (w.stats.started, runners()) == (4, 4)
+    finally:
+        release.set()
+    # Once they return, the slots are filled again and the other messages served.
+    wait_until(lambda: w.stats.completed == 4, what="the rest served")
+    stats = r.stop()
+    assert (stats.started, stats.timed_out) == (8, 4)
+    said = [rec for rec in caplog.records if "ignores task_timeout" in rec.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.ERROR
 
 
 def test_a_message_cut_off_while_on_start_runs_is_not_handled(

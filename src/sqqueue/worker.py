@@ -75,6 +75,9 @@ ACK_DELAY = 0.002
 SETTLE_WAIT = 5.0
 # How often run()'s thread acts on the signals received (SIGTERM, SIGINT) while it waits.
 SIGNAL_CHECK = 0.05
+# After a heartbeat round failed, the next one comes within this many seconds (after a
+# heartbeat, if that is shorter: leases are still extended in time).
+HEARTBEAT_RETRY = 1.0
 
 # What complete(message, result=value) says of a value it cannot keep.
 _UNKEEPABLE = frozenset({ErrorKind.SERIALIZATION, ErrorKind.INVALID_INPUT})
@@ -852,6 +855,30 @@ class WorkerCore:
             error.__cause__ = exc
             self._record_failure(task.message, error, time.monotonic() - task.started)
 
+    def _heartbeat_failed(self, exc: BaseException, since: float | None) -> float:
+        """A heartbeat round raised (a thread it could not start, say): log it at ERROR
+        (with the traceback at the first of a run of failed rounds), and when the rounds
+        have failed for as long as a lease, stop the worker: leases are no longer kept,
+        nor timeouts enforced. Returns when the failed rounds began (the heartbeat goes
+        on, after a pause, until the worker has stopped)."""
+        now = time.monotonic()
+        began = now if since is None else since
+        logger.error(
+            "worker %s: a heartbeat round failed (%s); trying again",
+            self.name,
+            error_text(exc),
+            exc_info=exc if since is None else None,
+        )
+        if now - began >= self.lease and not self._stopping.is_set():
+            logger.error(
+                "worker %s: every heartbeat round for %.1f s has failed (leases may not be "
+                "extended, nor task_timeout enforced); the worker stops",
+                self.name,
+                now - began,
+            )
+            self.stop()
+        return began
+
     @property
     def tick(self) -> float:
         """How often the heartbeat loop wakes: often enough for leases and timeouts."""
@@ -916,12 +943,14 @@ class WorkerCore:
 
     def _time_out(self, task: RunningTask) -> None:
         error = TimeoutError(f"handler ran longer than task_timeout={self.task_timeout:g} s")
+        elapsed = time.monotonic() - task.started
         failing = threading.Thread(
             target=self._fail_timed_out,
-            args=(task, error, time.monotonic() - task.started),
+            args=(task, error, elapsed),
             name=f"{self.name}-timeout",
             daemon=True,
         )
+        unstarted: RuntimeError | None = None
         with self._lock:
             if task.abandoned or task.ended:
                 return  # ended meanwhile (or already abandoned): its runner settles it
@@ -935,10 +964,23 @@ class WorkerCore:
             with self._acks_ready:
                 self._unacked[task.message.id] = task
             self._failing = [thread for thread in self._failing if thread.is_alive()]
-            self._failing.append(failing)
-            failing.start()
+            try:
+                failing.start()
+            except RuntimeError as exc:  # (can't start new thread: the process has too many)
+                unstarted = exc
+            else:
+                self._failing.append(failing)
         if not self._stopping.is_set():
             self._replace_abandoned()
+        if unstarted is not None:
+            logger.error(
+                "worker %s: could not start a thread to fail timed-out message %d (%s); "
+                "failing it on the heartbeat's thread",
+                self.name,
+                task.message.id,
+                error_text(unstarted),
+            )
+            self._fail_timed_out(task, error, elapsed)
 
     def _fail_timed_out(self, task: RunningTask, error: TimeoutError, elapsed: float) -> None:
         try:
@@ -973,7 +1015,8 @@ class WorkerCore:
                 self._heed_signals()
 
     def _replace_abandoned(self) -> None:
-        """Start a new runner in place of one stuck in an abandoned handler."""
+        """Have a new runner take the place of one stuck in an abandoned handler (called
+        by the heartbeat's round)."""
 
     def _settling(self) -> list[object]:
         """The keys of the runners settling a message whose handler ended (after
@@ -1052,7 +1095,11 @@ class Worker(WorkerCore):
       claim only backs up a lost wake-up, so the default is long (30 s) and idle is cheap.
     - ``task_timeout``: a handler running longer is abandoned: its message is failed with a
       timeout error (and retried), and a fresh thread takes its place. Python cannot kill
-      the thread; if it finishes later, its result is ignored.
+      the thread; if it finishes later, its result is ignored. With more than
+      ``concurrency`` abandoned handlers still running, a timed-out thread is not replaced
+      until one of them returns (logged at ERROR, once): threads never pile up.
+    - The heartbeat never ends silently: a round that fails is logged at ERROR and tried
+      again; when every round has failed for as long as a lease, the worker stops.
     - Shutdown (``stop()``, SIGTERM or SIGINT): no new messages are taken, messages taken
       but not started are released at once (attempt not counted), running handlers get
       ``grace_period`` seconds to finish, and those still running after it are requeued,
@@ -1073,6 +1120,11 @@ class Worker(WorkerCore):
         # SETTLE_WAIT), so that no claim lands and no handler starts after run() returned,
         # when the queue may be closed.
         self._in_hand: set[threading.Thread] = set()
+        # Runners owed: replacements of runners stuck in an abandoned handler (or failed),
+        # started by the heartbeat unless too many abandoned handlers still run (see
+        # _fill_slots); and whether that was said.
+        self._owed = 0
+        self._capped_said = False
 
     def stop(self, immediate: bool = False) -> None:
         super().stop(immediate)
@@ -1139,7 +1191,49 @@ class Worker(WorkerCore):
         thread.start()
 
     def _replace_abandoned(self) -> None:
-        self._spawn()
+        with self._lock:
+            self._owed += 1  # started at the end of the heartbeat's round (_fill_slots)
+
+    def _fill_slots(self) -> None:
+        """Start the runners owed, while at most ``concurrency`` abandoned handlers still
+        run: a handler that ignores task_timeout keeps its thread (Python cannot kill a
+        thread), and replacing each one would pile up threads without end. Past that, a
+        slot waits until one of them returns. Raises when a thread cannot be started: the
+        slot stays owed, and the heartbeat tries again."""
+        while self._owed:
+            with self._lock:
+                if not self._owed or self._stopping.is_set():
+                    return
+                stuck = sum(1 for task in self._tasks.values() if task.abandoned)
+                capped = stuck > self.concurrency
+                if not capped:
+                    self._owed -= 1
+            if capped:
+                self._say_capped(stuck)
+                return
+            try:
+                self._spawn()
+            except BaseException:
+                with self._lock:
+                    self._owed += 1
+                raise
+
+    def _say_capped(self, stuck: int) -> None:
+        """Log at ERROR, once, that timed-out runners are no longer replaced."""
+        if self._capped_said:
+            return
+        self._capped_said = True
+        logger.error(
+            "worker %s: %d handlers still run though they timed out (task_timeout=%g s): a "
+            "handler that ignores task_timeout keeps its thread, which Python cannot kill. "
+            "With more than %d (concurrency) of them, a timed-out runner is not replaced "
+            "until one of them returns, so fewer messages are served meanwhile (give the "
+            "handler's own calls timeouts)",
+            self.name,
+            stuck,
+            self.task_timeout,
+            self.concurrency,
+        )
 
     def _drain(self) -> None:
         deadline = time.monotonic() + self.grace_period
@@ -1173,7 +1267,17 @@ class Worker(WorkerCore):
                 self._runner_failed(threading.current_thread(), exc)
             finally:
                 if not self._stopping.wait(0.1):  # (a short pause: never a tight spawn loop)
-                    self._spawn()
+                    with self._lock:
+                        self._owed += 1
+                    try:
+                        self._fill_slots()
+                    except BaseException as unstarted:
+                        logger.error(
+                            "worker %s: could not start a runner in place of the failed "
+                            "one (%s); the heartbeat tries again",
+                            self.name,
+                            error_text(unstarted),
+                        )
 
     def _consume_loop(self) -> None:
         key = threading.current_thread()
@@ -1273,15 +1377,29 @@ class Worker(WorkerCore):
         self._give_back(left)
 
     def _heartbeat_loop(self) -> None:
+        failing_since: float | None = None  # when the rounds began to fail, if they do
         while not self._drained.is_set():
-            with self._handoff:
-                stale = self._stale()
-            if stale:
-                self._give_back(stale)
-            running = self._beat()
+            try:
+                running = self._heartbeat_round()
+            except BaseException as exc:  # never a silent end: said, and tried again
+                failing_since = self._heartbeat_failed(exc, failing_since)
+                self._drained.wait(min(self.heartbeat, HEARTBEAT_RETRY))
+                continue
+            failing_since = None
             if self._stopping.is_set() and not running:
                 return
             self._drained.wait(self.tick)
+
+    def _heartbeat_round(self) -> bool:
+        """Give back what waited prefetched too long, extend leases and enforce timeouts,
+        then start the runners owed; whether any lease is still kept."""
+        with self._handoff:
+            stale = self._stale()
+        if stale:
+            self._give_back(stale)
+        running = self._beat()
+        self._fill_slots()
+        return bool(running)
 
 
 def _check_handler(handler: object, coroutines_run: bool) -> None:
