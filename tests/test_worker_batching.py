@@ -214,9 +214,9 @@ def test_a_runner_about_to_claim_commits_the_gathered_completions_first(
 
 
 def test_a_slow_on_success_hook_never_holds_up_claims(make_queue: MakeQueue) -> None:
-    """Hooks run on the ack thread, also for completions a runner committed before its
-    claim (SQLite): an on_success hook that waits for the next message to be handled
-    sees it handled, by runners that went on claiming."""
+    """on_success hooks run on a thread of their own, also for completions a runner
+    committed before its claim (SQLite): an on_success hook that waits for the next
+    message to be handled sees it handled, by runners that went on claiming."""
     queue = make_queue(table_name="jobs", clock=None)
     ok(queue.enqueue("a"))
     b_handled = threading.Event()
@@ -245,8 +245,48 @@ def test_a_slow_on_success_hook_never_holds_up_claims(make_queue: MakeQueue) -> 
         b_handled.set()
         w.stop()
         thread.join(20)
-    assert hooked == [(f"{w.name}-acks", True)]
+    assert hooked == [(f"{w.name}-hooks", True)]
     assert out[0].completed == 2
+
+
+def test_a_slow_on_success_hook_holds_back_no_commit(
+    make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While an on_success hook blocks, the completions of the messages handled after it
+    are still committed (their hooks wait their turn): a process that died meanwhile
+    would not have them delivered again."""
+    queue = make_queue(table_name="jobs", clock=None)
+    acks_on_their_own_thread(queue, monkeypatch)  # (not committed by a runner's claim)
+    ok(queue.enqueue("a"))
+    in_hook, release = threading.Event(), threading.Event()
+    hooked: list[Any] = []
+
+    def on_success(message: Message, _value: Any) -> None:
+        if message.payload == "a":
+            in_hook.set()
+            release.wait(WAIT)
+        hooked.append(message.payload)
+
+    w = Worker(
+        queue, lambda m: None, handle_signals=False, hooks=WorkerHooks(on_success=on_success)
+    )
+    thread, out = run_in_thread(w)
+    try:
+        assert in_hook.wait(WAIT)
+        ok(queue.enqueue_batch(["b", "c", "d"]))
+        wait_until(
+            lambda: ok(queue.stats()).completed_total == 4,
+            timeout=WAIT,
+            what="b, c and d committed while the hook of a blocks",
+        )
+        assert hooked == []
+    finally:
+        release.set()
+        w.stop()
+        thread.join(20)
+    assert not thread.is_alive()
+    assert hooked == ["a", "b", "c", "d"]
+    assert out[0].completed == 4
 
 
 def test_an_immediate_stop_waits_for_a_runners_commit(

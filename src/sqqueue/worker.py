@@ -142,6 +142,40 @@ class WorkerHooks:
             logger.exception("worker hook %s failed", name)
 
 
+class _Reporter:
+    """Reports of committed completions (``report(committed)``: counts, ``on_success``
+    hooks, logs), run in order on a thread of their own until closed and done."""
+
+    def __init__(self, report: Callable[[Committed], None], name: str) -> None:
+        self._report = report
+        self._ready = threading.Condition(threading.Lock())
+        self._pending: deque[Committed] = deque()
+        self._open = True
+        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self.thread.start()
+
+    def add(self, committed: Committed) -> None:
+        with self._ready:
+            self._pending.append(committed)
+            self._ready.notify()
+
+    def close(self) -> None:
+        """Report what was added, then end."""
+        with self._ready:
+            self._open = False
+            self._ready.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._ready:
+                while not self._pending and self._open:
+                    self._ready.wait()
+                if not self._pending:
+                    return
+                committed = self._pending.popleft()
+            self._report(committed)  # (never raises)
+
+
 class DurationObserver(Protocol):
     """Receives ``time_in_queue`` and ``processing`` durations (e.g. prometheus.Durations).
 
@@ -233,6 +267,8 @@ class WorkerCore:
 
     #: whether this driver runs what a handler's call makes when that is a coroutine
     _runs_coroutines = False
+    # What reports committed completions on a thread of its own (see _start_acks).
+    _reporter: _Reporter | None = None
 
     def __init__(
         self,
@@ -587,9 +623,12 @@ class WorkerCore:
         self._count(released=released)
 
     def _start_acks(self) -> threading.Thread:
-        """Start the thread that completes messages in groups (ended by ``_close_acks``)."""
+        """Start the thread that completes messages in groups (ended by ``_close_acks``),
+        and with an ``on_success`` hook, the one that reports what it completed."""
         with self._acks_ready:
             self._acks_open = True
+        if self.hooks.on_success is not None:
+            self._reporter = _Reporter(self._report, f"{self.name}-hooks")
         thread = threading.Thread(target=self._ack_loop, name=f"{self.name}-acks", daemon=True)
         thread.start()
         return thread
@@ -597,21 +636,31 @@ class WorkerCore:
     def _ack_loop(self) -> None:
         """Complete what the runners finished, each round in one transaction, and report
         what was completed (counts, ``on_success`` hooks, logs), also what runners about
-        to claim committed themselves; until closed and nothing is left."""
-        while True:
-            with self._acks_ready:
-                while not (self._acks or self._reports) and (self._acks_open or self._committing):
-                    self._acks_ready.wait()
-                if self._acks and self._acks_open:
-                    self._acks_ready.wait(ACK_DELAY)  # (closing wakes it at once)
-                batch, self._acks = self._acks, []
-                reports, self._reports = self._reports, []
-                if not (batch or reports or self._acks_open or self._committing):
-                    return  # closed, and nothing left (no runner still committing)
-            for committed in reports:
-                self._report(committed)
-            if batch:
-                self._report(self._commit(batch))
+        to claim committed themselves; until closed and nothing is left. With an
+        ``on_success`` hook, the reports run on a thread of their own: a hook of yours
+        that takes its time must not hold back the commits of the completions behind it
+        (each one a message delivered again should the process die before its commit)."""
+        report = self._report if self._reporter is None else self._reporter.add
+        try:
+            while True:
+                with self._acks_ready:
+                    while not (self._acks or self._reports) and (
+                        self._acks_open or self._committing
+                    ):
+                        self._acks_ready.wait()
+                    if self._acks and self._acks_open:
+                        self._acks_ready.wait(ACK_DELAY)  # (closing wakes it at once)
+                    batch, self._acks = self._acks, []
+                    reports, self._reports = self._reports, []
+                    if not (batch or reports or self._acks_open or self._committing):
+                        return  # closed, and nothing left (no runner still committing)
+                for committed in reports:
+                    report(committed)
+                if batch:
+                    report(self._commit(batch))
+        finally:
+            if self._reporter is not None:
+                self._reporter.close()
 
     def _commit_gathered(self) -> None:
         """Commit the completions gathered so far, from a runner about to claim on a
@@ -619,8 +668,8 @@ class WorkerCore:
         would only wait for the claim's lock (in SQLite's busy handler, a millisecond or
         more a time). Measured: +19% no-op jobs a second through one SQLite Worker; -9%
         on PostgreSQL, where the two run side by side, so not there. The ack thread
-        reports them, so a slow ``on_success`` hook never holds up a claim, and waits for
-        this commit before it ends."""
+        reports them (see _ack_loop), so a slow ``on_success`` hook never holds up a
+        claim, and waits for this commit before it ends."""
         with self._acks_ready:
             batch, self._acks = self._acks, []
             if not batch:
@@ -692,25 +741,28 @@ class WorkerCore:
                 self._unacked.pop(message.id, None)
 
     def _close_acks(self, acker: threading.Thread) -> None:
-        """Let the ack thread complete what is left, then end it. After an immediate stop,
-        wait at most SETTLE_WAIT (an ``on_success`` hook of yours may block it): what it
-        has not committed comes again when its leases expire."""
+        """Let the ack thread complete what is left (and the reporting thread report it),
+        then end it. After an immediate stop, wait at most SETTLE_WAIT (an ``on_success``
+        hook of yours may block them): what is not committed comes again when its leases
+        expire."""
         with self._acks_ready:
             self._acks_open = False
             self._acks_ready.notify()
+        threads = [acker] if self._reporter is None else [acker, self._reporter.thread]
         immediate_since = None
-        while acker.is_alive():
+        while alive := [thread for thread in threads if thread.is_alive()]:
             self._heed_signals()
             if self._immediate.is_set():
                 immediate_since = immediate_since or time.monotonic()
                 if time.monotonic() - immediate_since >= SETTLE_WAIT:
                     logger.warning(
-                        "worker %s: stopped without waiting further for the thread that "
-                        "completes messages (a hook of yours blocks it?)",
+                        "worker %s: stopped without waiting further for the threads that "
+                        "complete messages and run their on_success hooks (a hook of yours "
+                        "blocks them?)",
                         self.name,
                     )
                     return
-            acker.join(SIGNAL_CHECK)
+            alive[0].join(SIGNAL_CHECK)
 
     def _completed(
         self, message: Message, value: Any, elapsed: float, result: Result[Any, Any]
@@ -1085,7 +1137,8 @@ class Worker(WorkerCore):
     - Grouped acknowledgements: a handler's runner goes on as soon as the handler returns;
       what gathers within 2 ms is completed in one transaction (by a thread of its own,
       or on SQLite by the runner about to claim, just before its claim; their
-      ``on_success`` hooks run on that thread of its own), each message still fenced by
+      ``on_success`` hooks run on another thread of its own, so a slow hook holds back no
+      commit), each message still fenced by
       its own lease (if one was lost, the others are completed one by one), and the
       heartbeat extends that lease until the commit. A process killed between a
       handler's return and that commit (a few milliseconds) has its message delivered
