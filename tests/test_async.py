@@ -976,6 +976,42 @@ async def test_async_worker_heartbeat_does_not_wait_for_the_loops_pool(
 
 
 @pytest.mark.asyncio
+async def test_an_async_worker_heartbeat_round_that_fails_is_said_and_goes_on(
+    aq: AsyncQueue, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A heartbeat round that raises is logged at ERROR with its cause, and the heartbeat
+    goes on with its next rounds (it used to end silently, leases no longer extended)."""
+    ok(await aq.enqueue("slow"))
+    release = asyncio.Event()
+    handled: list[int] = []
+
+    async def handler(message: Message) -> None:
+        await asyncio.wait_for(release.wait(), 30)
+        handled.append(message.id)
+
+    w = _async_worker(aq, handler, visibility_timeout=3, heartbeat=0.05)
+    real_beat = w._beat
+    rounds: list[int] = []
+
+    def beat() -> list[Any]:
+        rounds.append(len(rounds) + 1)
+        if len(rounds) == 2:
+            raise RuntimeError("can't start new thread")
+        return real_beat()
+
+    monkeypatch.setattr(w, "_beat", beat)
+    task = asyncio.create_task(w.run())
+    await eventually(lambda: len(rounds) >= 4, what="heartbeat rounds after the failed one")
+    release.set()
+    await eventually(lambda: w.stats.completed == 1, what="the message completed")
+    stats = await _stop(w, task)
+    assert (stats.completed, stats.failed) == (1, 0)
+    said = [rec for rec in caplog.records if "heartbeat round failed" in rec.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.ERROR
+    assert "can't start new thread" in said[0].getMessage()
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize("slow", ["on_start", "retry_delay"])
 async def test_async_worker_keeps_leases_while_slow_hooks_fill_the_loops_pool(
     aq: AsyncQueue,

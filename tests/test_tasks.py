@@ -11,6 +11,8 @@ import enum
 import functools
 import importlib
 import logging
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -43,6 +45,8 @@ from sqqueue.tasks import (
     current_task,
 )
 from sqqueue.tasks.runner import TaskMetrics, TaskWorker
+
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 MakeTasks = Callable[..., Tasks]
 
@@ -1463,3 +1467,68 @@ def test_a_call_given_back_at_shutdown_reads_pending(make_tasks: MakeTasks) -> N
     assert ok(handle.status()) == "pending"
     ok(queue.fail_message(leased(queue), error="RuntimeError: boom"))
     assert ok(handle.status()) == "failed"
+
+
+_TASK_WORKER_HANDLERS_SCRIPT = """
+import asyncio, os, signal, sys
+from sqqueue import Tasks
+
+tasks = Tasks(sys.argv[1])
+
+
+@tasks.task
+async def noop() -> None:
+    pass
+
+
+def own(signum, frame):
+    pass
+
+
+signal.signal(signal.SIGTERM, own)
+signal.signal(signal.SIGINT, own)
+
+
+def handlers():
+    return [signal.getsignal(s) is own for s in (signal.SIGTERM, signal.SIGINT)]
+
+
+async def main():
+    worker = tasks.worker(poll_wait=0.2, periodic=False)
+    run = asyncio.create_task(worker.run_async())
+    for _ in range(1000):  # (up to 10 s: until it has taken the signals)
+        if not any(handlers()):
+            break
+        await asyncio.sleep(0.01)
+    print("while it runs, the program's own:", handlers(), flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)  # stops it
+    await asyncio.wait_for(run, 30)
+    print("after it, the program's own:", handlers(), flush=True)
+
+
+asyncio.run(main())
+tasks.close()
+"""
+
+
+def test_an_async_task_worker_stops_on_a_signal_and_puts_the_programs_handlers_back(
+    tmp_path: Path,
+) -> None:
+    """A task worker running on the event loop takes SIGTERM and SIGINT while it runs (a
+    signal stops it) and, once stopped, gives back the handlers the program had (they
+    were left at the default: a later SIGTERM killed the program)."""
+    script = tmp_path / "handlers.py"
+    script.write_text(_TASK_WORKER_HANDLERS_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "q.db")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [
+        "while it runs, the program's own: [False, False]",
+        "after it, the program's own: [True, True]",
+    ], done.stdout + done.stderr

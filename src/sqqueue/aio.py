@@ -28,7 +28,6 @@ import functools
 import inspect
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -50,12 +49,20 @@ from .exceptions import (
     QueueError,
     RequeueError,
 )
+from .loop_signals import receive_signals, stop_receiving
 from .message import Message
 from .queue import SQLiteQueue, connect
 from .result import Err, Ok, Result
 from .stats import QueueStats
 from .threads import DedicatedThread, run_in_own_thread
-from .worker import SETTLE_WAIT, Claimed, RunningTask, WorkerCore, WorkerStats
+from .worker import (
+    HEARTBEAT_RETRY,
+    SETTLE_WAIT,
+    Claimed,
+    RunningTask,
+    WorkerCore,
+    WorkerStats,
+)
 
 __all__ = ["AsyncQueue", "AsyncSQLiteQueue", "AsyncWorker", "connect_async"]
 
@@ -458,71 +465,6 @@ _HOOKS = ("on_start", "on_success", "on_failure", "on_dead_letter")  # WorkerHoo
 _Needs = Literal["nothing", "database", "your code"]
 
 
-class _LoopSignals:
-    """SIGTERM and SIGINT for the AsyncWorkers running on one event loop (the main
-    thread's: only it takes signals). One handler per signal, on the loop, passes each
-    signal to every one of them; when the last one ends, the handlers that were there
-    before are put back."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.receivers: list[Callable[[int], None]] = []
-        # The handler each signal had before (signal.getsignal), to put back; None when
-        # it cannot be (set outside Python, or by the loop: loop.add_signal_handler's
-        # callbacks cannot be read back), and the default comes back instead.
-        self.previous: dict[int, Any] = {}
-
-    def install(self) -> bool:
-        """Take SIGTERM and SIGINT on the loop; whether it could (not on Windows)."""
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            before = signal.getsignal(signum)
-            try:
-                self.loop.add_signal_handler(signum, self.deliver, int(signum))
-            except (NotImplementedError, RuntimeError):
-                continue
-            # One the program added on the loop shows as the loop's, the same as ours.
-            self.previous[int(signum)] = None if before is signal.getsignal(signum) else before
-        return bool(self.previous)
-
-    def deliver(self, signum: int) -> None:
-        for receiver in list(self.receivers):
-            receiver(signum)
-
-    def restore(self) -> None:
-        for signum, before in self.previous.items():
-            self.loop.remove_signal_handler(signum)  # back to the default
-            if before is not None:
-                signal.signal(signum, before)
-
-
-_signals_by_loop: dict[asyncio.AbstractEventLoop, _LoopSignals] = {}
-
-
-def _receive_signals(receiver: Callable[[int], None]) -> bool:
-    """Pass SIGTERM and SIGINT to ``receiver`` (on the running loop, with every other
-    receiver of that loop's) until :func:`_stop_receiving`; whether they will come."""
-    loop = asyncio.get_running_loop()
-    signals = _signals_by_loop.get(loop)
-    if signals is None:
-        signals = _LoopSignals(loop)
-        if not signals.install():
-            return False
-        _signals_by_loop[loop] = signals
-    signals.receivers.append(receiver)
-    return True
-
-
-def _stop_receiving(receiver: Callable[[int], None]) -> None:
-    """``receiver`` gets no more signals; after the last of its loop's, the handlers that
-    were there before are put back."""
-    loop = asyncio.get_running_loop()
-    signals = _signals_by_loop[loop]
-    signals.receivers.remove(receiver)
-    if not signals.receivers:
-        del _signals_by_loop[loop]
-        signals.restore()
-
-
 class AsyncWorker(WorkerCore):
     """:class:`~sqqueue.Worker` for coroutine handlers: ``concurrency`` tasks on the loop.
 
@@ -572,7 +514,7 @@ class AsyncWorker(WorkerCore):
         receiving = (
             self.handle_signals
             and threading.current_thread() is threading.main_thread()
-            and _receive_signals(self._on_signal)
+            and receive_signals(self._on_signal)
         )
         logger.info("worker %s: started with %d task(s)", self.name, self.concurrency)
         drained = asyncio.Event()
@@ -608,7 +550,7 @@ class AsyncWorker(WorkerCore):
                     raise asyncio.CancelledError
         finally:
             if receiving:
-                _stop_receiving(self._on_signal)
+                stop_receiving(self._on_signal)
         logger.info("worker %s: stopped (%s)", self.name, self.stats)
         return self.stats
 
@@ -852,13 +794,23 @@ class AsyncWorker(WorkerCore):
         giving back messages held unstarted too long) run on ``beats``, its own thread."""
         handoff = self._handoff
         assert handoff is not None  # made by run()
+        failing_since: float | None = None  # when the rounds began to fail, if they do
         while not drained.is_set():
-            async with handoff:
-                stale = self._stale()
-            if stale:
-                await beats.run(self._give_back, stale)
-            running = await beats.run(self._beat)
-            if self._stopping.is_set() and not running:
-                return
+            pause = self.tick
+            try:
+                async with handoff:
+                    stale = self._stale()
+                if stale:
+                    await beats.run(self._give_back, stale)
+                running = await beats.run(self._beat)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # never a silent end: said, and tried again
+                failing_since = self._heartbeat_failed(exc, failing_since)
+                pause = min(self.heartbeat, HEARTBEAT_RETRY)
+            else:
+                failing_since = None
+                if self._stopping.is_set() and not running:
+                    return
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(drained.wait(), self.tick)
+                await asyncio.wait_for(drained.wait(), pause)

@@ -447,16 +447,6 @@ class WorkerCore:
             for name, n in increments.items():
                 setattr(self.stats, name, getattr(self.stats, name) + n)
 
-    def _begin(self, key: object, message: Message, leased_at: float) -> RunningTask | None:
-        """Register ``message`` as running (then shutdown cuts it off if need be) and
-        announce it; None when the worker is stopping: not started, for the caller to
-        give back."""
-        with self._lock:
-            task = self._register(key, message, leased_at)
-        if task is not None:
-            self._announce(task)
-        return task
-
     def _register(self, key: object, message: Message, leased_at: float) -> RunningTask | None:
         """Under the lock: ``message`` runs from now on, unless the worker is stopping."""
         if self._stopping.is_set():

@@ -4,7 +4,6 @@ worker that serves every queue of a :class:`~sqqueue.tasks.Tasks` app."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 import signal
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..aio import AsyncWorker
 from ..exceptions import QueueError, Reject
+from ..loop_signals import receive_signals, stop_receiving
 from ..message import Message
 from ..threads import run_in_own_thread
 from ..worker import Worker, WorkerCore, WorkerHooks, WorkerStats
@@ -553,13 +553,11 @@ class TaskWorker:
         """:meth:`run` on the running event loop (every queue's AsyncWorker, or each
         Worker in a thread)."""
         self._start_once()
-        loop = asyncio.get_running_loop()
-        installed: list[int] = []
-        if self.handle_signals and threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.add_signal_handler(signum, self._on_signal, int(signum))
-                    installed.append(int(signum))
+        receiving = (
+            self.handle_signals
+            and threading.current_thread() is threading.main_thread()
+            and receive_signals(self._on_signal)
+        )
         scheduler = self._start_scheduler()
         runs: dict[str, asyncio.Future[WorkerStats]] = {}
 
@@ -578,8 +576,8 @@ class TaskWorker:
             await self._serve_async(runs, start)
         finally:
             self._stop_scheduler.set()
-            for number in installed:
-                loop.remove_signal_handler(number)
+            if receiving:
+                stop_receiving(self._on_signal)
             if scheduler is not None:
                 await asyncio.to_thread(scheduler.join, 5)
         return {name: run.result() for name, run in runs.items()}
