@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import inspect
 import os
+import queue as stdlib_queue
 import signal
 import subprocess
 import sys
@@ -350,3 +352,74 @@ def make_dead(where: Path | QueueTarget, count: int, name: str = "jobs") -> list
         for ident in ids:
             q.fail_message(ident, send_to_dlq=True, error=f"error {ident}").unwrap()
     return ids
+
+
+# -- scripts in child processes -------------------------------------------------------------------
+
+#: this checkout's sources, for child processes
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def run_script(script: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` with this checkout's sqqueue to its end; its output captured."""
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
+
+
+class ScriptProcess:
+    """A script in a child process (this checkout's sqqueue), its output lines read on a
+    thread; killed at the end of a ``with`` block if still running."""
+
+    def __init__(self, script: Path, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(SRC)},
+        )
+        self.lines: list[str] = []
+        self._queue: stdlib_queue.Queue[str | None] = stdlib_queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def expect(self, *texts: str, timeout: float = 15.0) -> None:
+        """Wait until it has printed, in any order, a line containing each of ``texts``."""
+        deadline = time.monotonic() + timeout
+        while not all(any(text in line for line in self.lines) for text in texts):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                pytest.fail(f"no lines with {texts} in {timeout} s; output: {self.lines}")
+            try:
+                line = self._queue.get(timeout=remaining)
+            except stdlib_queue.Empty:
+                continue
+            if line is None:
+                pytest.fail(f"exited ({self.proc.wait()}) before {texts}; output: {self.lines}")
+            self.lines.append(line)
+
+    def drain(self) -> list[str]:
+        """All output lines (call after the process has exited)."""
+        with contextlib.suppress(stdlib_queue.Empty):
+            while (line := self._queue.get(timeout=2)) is not None:
+                self.lines.append(line)
+        return self.lines
+
+    def __enter__(self) -> ScriptProcess:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)

@@ -17,7 +17,6 @@ import dataclasses
 import inspect
 import logging
 import os
-import queue as stdlib_queue
 import signal
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from typing import Any
 import pytest
 
 from conftest import FakeClock, QueueTarget
-from helpers import eventually, ok, status_rows
+from helpers import SRC, ScriptProcess, eventually, ok, run_script, status_rows
 from sqqueue import (
     AsyncQueue,
     AsyncSQLiteQueue,
@@ -54,7 +53,6 @@ from sqqueue.backends.base import Backend
 from sqqueue.threads import run_in_own_thread
 
 MakeQueue = Callable[..., Queue]
-SRC = Path(__file__).resolve().parents[1] / "src"
 # Pure calls that do no I/O stay plain methods on the async queue.
 NOT_COROUTINES = {"get_operation_count", "wake_waiters", "claim", "ddl"}
 
@@ -1614,52 +1612,6 @@ def test_async_worker_process_stops_gracefully_on_sigterm(
     assert status_rows(queue) == [(next_id, "ready", 0)]
 
 
-class _Child:
-    """A script in a child process (sqqueue from this checkout), its output lines read on
-    a thread; killed at the end if still running."""
-
-    def __init__(self, script: Path, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(script), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(SRC)},
-        )
-        self.lines: list[str] = []
-        self._queue: stdlib_queue.Queue[str | None] = stdlib_queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    def expect(self, *texts: str, timeout: float = 15.0) -> None:
-        """Wait until it has printed, in any order, a line containing each of ``texts``."""
-        deadline = time.monotonic() + timeout
-        while not all(any(text in line for line in self.lines) for text in texts):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                pytest.fail(f"no lines with {texts} in {timeout} s; output: {self.lines}")
-            try:
-                line = self._queue.get(timeout=remaining)
-            except stdlib_queue.Empty:
-                continue
-            if line is None:
-                pytest.fail(f"exited ({self.proc.wait()}) before {texts}; output: {self.lines}")
-            self.lines.append(line)
-
-    def __enter__(self) -> _Child:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-
-
 TWO_ASYNC_WORKERS_SCRIPT = """
 import asyncio, logging, sys
 from sqqueue import AsyncSQLiteQueue, AsyncWorker
@@ -1699,7 +1651,7 @@ def test_a_signal_stops_every_async_worker_of_the_loop(tmp_path: Path) -> None:
     short_id = ok(short_queue.enqueue(0.5))
     script = tmp_path / "two_workers.py"
     script.write_text(TWO_ASYNC_WORKERS_SCRIPT)
-    with _Child(script, str(db)) as child:
+    with ScriptProcess(script, str(db)) as child:
         child.expect(f"started long {long_id}", f"started short {short_id}")
         child.proc.send_signal(signal.SIGTERM)
         graceful = "SIGTERM received, shutting down gracefully"
@@ -1774,14 +1726,7 @@ def test_async_worker_puts_the_programs_signal_handlers_back(tmp_path: Path) -> 
     and after it."""
     script = tmp_path / "restored.py"
     script.write_text(RESTORED_HANDLERS_SCRIPT)
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "q.db")],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(SRC)},
-    )
+    done = run_script(script, str(tmp_path / "q.db"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines() == [
         "while both run, the program's own: [False, False]",

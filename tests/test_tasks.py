@@ -11,8 +11,6 @@ import enum
 import functools
 import importlib
 import logging
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -25,7 +23,17 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from conftest import FakeClock, QueueTarget
-from helpers import err, err_text, leased, ok, one_error_line, run_cli, serving, wait_until
+from helpers import (
+    err,
+    err_text,
+    leased,
+    ok,
+    one_error_line,
+    run_cli,
+    run_script,
+    serving,
+    wait_until,
+)
 from sqqueue import (
     ErrorKind,
     Message,
@@ -45,8 +53,6 @@ from sqqueue.tasks import (
     current_task,
 )
 from sqqueue.tasks.runner import TaskMetrics, TaskWorker
-
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 MakeTasks = Callable[..., Tasks]
 
@@ -1519,14 +1525,7 @@ def test_an_async_task_worker_stops_on_a_signal_and_puts_the_programs_handlers_b
     were left at the default: a later SIGTERM killed the program)."""
     script = tmp_path / "handlers.py"
     script.write_text(_TASK_WORKER_HANDLERS_SCRIPT)
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "q.db")],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(SRC)},
-    )
+    done = run_script(script, str(tmp_path / "q.db"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines() == [
         "while it runs, the program's own: [False, False]",

@@ -10,16 +10,11 @@ heartbeat), never against how fast the machine happens to be.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import importlib
 import logging
-import os
-import queue as stdlib_queue
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -33,7 +28,7 @@ from typing import Any
 import pytest
 
 from conftest import FakeClock, QueueTarget
-from helpers import message_statuses, ok, status_rows, wait_until
+from helpers import ScriptProcess, message_statuses, ok, run_script, status_rows, wait_until
 from sqqueue import (
     Item,
     Message,
@@ -47,7 +42,6 @@ from sqqueue import (
 from sqqueue.worker import MAX_CONCURRENCY
 
 MakeQueue = Callable[..., Queue]
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 class Running:
@@ -1440,50 +1434,11 @@ queue.close()
 """
 
 
-class WorkerProcess:
+class WorkerProcess(ScriptProcess):
     """A worker in a child process; its output lines are read on a thread."""
 
     def __init__(self, script: Path, target: QueueTarget, grace: float, lease: float) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(script), target.url, str(target.schema), str(grace), str(lease)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(SRC)},
-        )
-        self.lines: list[str] = []
-        self._queue: stdlib_queue.Queue[str | None] = stdlib_queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
-
-    def expect(self, text: str, timeout: float = 15.0) -> str:
-        """Wait for an output line containing ``text``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                pytest.fail(f"no line with {text!r} in {timeout} s; output: {self.lines}")
-            try:
-                line = self._queue.get(timeout=remaining)
-            except stdlib_queue.Empty:
-                continue
-            if line is None:
-                pytest.fail(f"worker exited before printing {text!r}; output: {self.lines}")
-            self.lines.append(line)
-            if text in line:
-                return line
-
-    def drain(self) -> list[str]:
-        """All output lines (call after the process has exited)."""
-        with contextlib.suppress(stdlib_queue.Empty):
-            while (line := self._queue.get(timeout=2)) is not None:
-                self.lines.append(line)
-        return self.lines
+        super().__init__(script, target.url, str(target.schema), str(grace), str(lease))
 
 
 @pytest.fixture
@@ -1636,14 +1591,7 @@ def test_a_signal_while_run_holds_the_workers_lock_still_stops_it(tmp_path: Path
     wait for that lock forever), and run() acts on it and returns."""
     script = tmp_path / "signal_while_locked.py"
     script.write_text(_SIGNAL_WHILE_LOCKED)
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "q.db")],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(SRC)},
-    )
+    done = run_script(script, str(tmp_path / "q.db"))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "returned True", done.stdout + done.stderr
 
