@@ -145,17 +145,18 @@ class SQLBackend(Backend):
             )
         return int(dead + back + ttl)
 
-    def _repair_stranded(self) -> None:
+    def _repair_stranded(self) -> bool:
         """Put right the rows edited by hand that no claim would ever take (see
         "any_stranded"): a stranded waiting row becomes pending, an impossible visibility
-        time now. Claims call it; it looks at most once a minute, since the look passes
-        over the table (a read: the write lock is taken only when there is a repair)."""
+        time now; whether any was. A claim that found nothing calls it: the look passes
+        over the table, so it is made when the queue has nothing to serve, and at most
+        once a minute (a read: the write lock is taken only when there is a repair)."""
         looked = time.monotonic()
         if looked < self._stranded_look_at:
-            return
+            return False
         self._stranded_look_at = looked + STRANDED_LOOK_EVERY
         if not self._read(lambda conn: self._one(conn, "any_stranded", {"now": self._now()})[0]):
-            return
+            return False
 
         def run(conn: Conn) -> tuple[int, int]:
             params = {"now": self._now()}
@@ -175,6 +176,7 @@ class SQLBackend(Backend):
                 waiting,
                 hidden,
             )
+        return bool(waiting or hidden)
 
     def _claim_rows(self, conn: Conn, params: dict[str, Any]) -> list[Any]:
         """Claim up to ``params["limit"]`` ready messages; their rows as claimed."""
@@ -427,7 +429,17 @@ class SQLBackend(Backend):
         return False
 
     def claim(self, limit: int, lease: float, token: int) -> tuple[list[StoredMessage], int]:
-        self._repair_stranded()
+        messages, folded = self._claim(limit, lease, token)
+        # Nothing to take: rows edited by hand that no claim would ever take are looked
+        # for then (see _repair_stranded), not while the queue serves.
+        if not messages and self._repair_stranded():
+            messages, more = self._claim(limit, lease, token)
+            folded += more
+        return messages, folded
+
+    def _claim(self, limit: int, lease: float, token: int) -> tuple[list[StoredMessage], int]:
+        """Lease up to ``limit`` ready messages (after folding back expired leases): the
+        rows as claimed, and how many leases were folded."""
         claimed = self._claim_alone(limit, lease, token)
         if claimed is not None:
             claimed.sort(key=lambda m: (-m.priority, m.visible_at, m.id))

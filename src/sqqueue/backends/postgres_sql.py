@@ -435,7 +435,7 @@ STATEMENTS = {
                       FOR UPDATE SKIP LOCKED)""",
     # Is there a row edited by hand that no claim would ever take: a pending one whose
     # visibility time is impossible, or a stranded waiting one? A pass over the table, so
-    # a queue object looks at most once a minute (see "stranded_repair").
+    # a queue object looks only when a claim found nothing, at most once a minute.
     "any_stranded": f"""
         SELECT EXISTS (SELECT 1 FROM $q WHERE status = 'pending' AND {_IMPOSSIBLE_VISIBILITY})
             OR EXISTS (SELECT 1 FROM $q AS w WHERE {_STRANDED})""",

@@ -1043,10 +1043,9 @@ class SQLiteBackend(SQLBackend):
 
     _claims_in_order = True  # the ORDER BY of claim_pick and of claimed
 
-    def claim(self, limit: int, lease: float, token: int) -> tuple[list[StoredMessage], int]:
+    def _claim(self, limit: int, lease: float, token: int) -> tuple[list[StoredMessage], int]:
         if limit == 1:
-            return super().claim(limit, lease, token)
-        self._repair_stranded()
+            return super()._claim(limit, lease, token)
         # A batch is leased in the write transaction and read after its commit: the write
         # lock is held for the lease alone, not while the rows are stepped through (each
         # step lets this process's other threads run while other processes wait for the
