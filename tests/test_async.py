@@ -1862,6 +1862,75 @@ def test_async_worker_run_returns_though_a_plain_handler_hangs(tmp_path: Path) -
 
 
 @pytest.mark.asyncio
+async def test_a_handler_timing_out_while_the_worker_stops_is_not_waited_for(
+    aq: AsyncQueue,
+) -> None:
+    """stop() comes before the heartbeat times a hung plain handler out (or between its
+    timing out and its giving up, as a busy machine may have it): the handler is still
+    given up on, and run() returns once it timed out, not after grace_period."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def handle(message: Message) -> None:
+        entered.set()
+        release.wait(60)
+
+    ok(await aq.enqueue("hang", max_attempts=1))
+    w = _async_worker(aq, handle, task_timeout=0.5, grace_period=30)
+    task = asyncio.create_task(w.run())
+    try:
+        assert await asyncio.to_thread(entered.wait, 10)
+        w.stop()  # graceful: the handler runs on until it times out
+        stats = await asyncio.wait_for(asyncio.shield(task), 10)
+    finally:
+        release.set()
+        w.stop(immediate=True)
+        await asyncio.wait_for(task, 30)
+    assert (stats.timed_out, stats.dead_lettered) == (1, 1), stats
+
+
+@pytest.mark.asyncio
+async def test_a_handler_timed_out_as_its_runner_starts_it_is_given_up_on(
+    aq: AsyncQueue,
+) -> None:
+    """The heartbeat's round (a thread) times a task out after its runner found it not
+    abandoned, but before it noted the handler's task as running: the handler is still
+    cancelled and its runner stops waiting for it."""
+    release = threading.Event()
+
+    def handle(message: Message) -> None:
+        release.wait(60)
+
+    ok(await aq.enqueue("hang", max_attempts=1))
+    w = _async_worker(aq, handle, task_timeout=30, grace_period=30)
+    real_invoke = w._invoke
+
+    def invoke(message: Message) -> Any:
+        # Just before the runner notes the handler's task: the task overran, and a
+        # heartbeat round sees it (run here, on the loop's thread, to be sure of when).
+        for running in w._tasks.values():
+            running.started -= 60
+        w._beat()
+        return real_invoke(message)
+
+    w._invoke = invoke  # type: ignore[method-assign]
+    task = asyncio.create_task(w.run())
+    try:
+        # (Its task may be cancelled before it starts: then the handler never runs.)
+        await eventually(
+            lambda: w.stats.timed_out == 1 and not w._running and not w._tasks,
+            10,
+            "the handler given up on",
+        )
+        stats = await _stop(w, task)
+    finally:
+        release.set()
+        w.stop(immediate=True)
+        await asyncio.wait_for(task, 30)
+    assert (stats.timed_out, stats.dead_lettered) == (1, 1), stats
+
+
+@pytest.mark.asyncio
 async def test_a_dequeue_cancelled_twice_still_gives_its_message_back(
     raq: AsyncQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -504,6 +504,8 @@ class AsyncWorker(WorkerCore):
         self._settling_steps: set[asyncio.Future[Any]] = set()
         # Guards the prefetch state (see WorkerCore); made on the loop, in run().
         self._handoff: asyncio.Condition | None = None
+        # The loop run() runs on: the heartbeat's thread hands it what must run there.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self) -> WorkerStats:
         """Process messages until stopped; returns the stats."""
@@ -519,6 +521,7 @@ class AsyncWorker(WorkerCore):
         logger.info("worker %s: started with %d task(s)", self.name, self.concurrency)
         drained = asyncio.Event()
         self._handoff = asyncio.Condition()
+        self._loop = asyncio.get_running_loop()
         acker = self._start_acks()
         try:
             runners = [asyncio.create_task(self._runner(i)) for i in range(self.concurrency)]
@@ -750,18 +753,23 @@ class AsyncWorker(WorkerCore):
 
     def _replace_abandoned(self) -> None:
         # The abandoned handler's task is cancelled, and its runner stops waiting for it:
-        # the runner carries on by itself, even if the handler ignores the cancellation.
+        # the runner carries on by itself (or ends, when stopping), even if the handler
+        # ignores the cancellation. Decided on the loop, where the runner notes its
+        # handler's task: from this thread, a runner that found its task not abandoned a
+        # moment ago may not have noted it yet, and would wait for it for good.
+        loop = self._loop
+        assert loop is not None  # set by run(), whose heartbeat calls this
         with self._lock:
             abandoned = [(key, task) for key, task in self._tasks.items() if task.abandoned]
         for key, task in abandoned:
-            running = self._running.get(key)
-            if running is not None:
-                running.get_loop().call_soon_threadsafe(self._give_up, key, task)
+            with contextlib.suppress(RuntimeError):  # (the loop is closed: nobody waits)
+                loop.call_soon_threadsafe(self._give_up, key, task)
 
     def _give_up(self, key: object, task: RunningTask) -> None:
         """On the loop: cancel the handler of the abandoned ``task`` and stop its runner
         waiting for it, if that runner still runs it (by now it may have gone on to its
-        next message, which must not be touched)."""
+        next message, which must not be touched). A runner that has not started the
+        handler yet sees the task abandoned itself, and does not start it."""
         with self._lock:
             if self._tasks.get(key) is not task:
                 return

@@ -1012,8 +1012,9 @@ class WorkerCore:
                 unstarted = exc
             else:
                 self._failing.append(failing)
-        if not self._stopping.is_set():
-            self._replace_abandoned()
+        # Also while stopping: an AsyncWorker's runner waits for its handler until then,
+        # and shutdown for that runner (a sync Worker starts no runner then).
+        self._replace_abandoned()
         if unstarted is not None:
             logger.error(
                 "worker %s: could not start a thread to fail timed-out message %d (%s); "
@@ -1058,7 +1059,7 @@ class WorkerCore:
 
     def _replace_abandoned(self) -> None:
         """Have a new runner take the place of one stuck in an abandoned handler (called
-        by the heartbeat's round)."""
+        by the heartbeat's round, on its thread, also while the worker stops)."""
 
     def _settling(self) -> list[object]:
         """The keys of the runners settling a message whose handler ended (after
@@ -1235,7 +1236,8 @@ class Worker(WorkerCore):
 
     def _replace_abandoned(self) -> None:
         with self._lock:
-            self._owed += 1  # started at the end of the heartbeat's round (_fill_slots)
+            if not self._stopping.is_set():  # (no runner is started once it stops)
+                self._owed += 1  # started at the end of the heartbeat's round (_fill_slots)
 
     def _fill_slots(self) -> None:
         """Start the runners owed, while at most ``concurrency`` abandoned handlers still
