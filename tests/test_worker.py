@@ -1691,6 +1691,33 @@ def test_sigkilled_workers_message_returns_after_lease(
 # -- careless handlers and settings ---------------------------------------------------------
 
 
+def test_a_handler_timing_out_while_the_worker_stops_is_not_waited_for(
+    rq: Queue, running: Callable[[Worker], Running]
+) -> None:
+    """stop() comes before the heartbeat times a hung handler out: once it has timed out,
+    shutdown waits for it no longer (it holds nothing), and run() returns then, not after
+    grace_period."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def handle(message: Message) -> None:
+        entered.set()
+        release.wait(60)
+
+    ok(rq.enqueue("hang", max_attempts=1))
+    w = make_worker(rq, handle, task_timeout=0.5, grace_period=30)
+    r = running(w)
+    try:
+        assert entered.wait(10)
+        w.stop()  # graceful: the handler runs on until it times out
+        r.thread.join(10)
+        assert not r.thread.is_alive(), "run() waited for a handler that had timed out"
+    finally:
+        release.set()
+    stats = r.stop()
+    assert (stats.timed_out, stats.dead_lettered) == (1, 1), stats
+
+
 def test_a_handler_ending_as_it_times_out_is_completed_or_failed_never_both(
     rq: Queue, running: Callable[[Worker], Running]
 ) -> None:

@@ -1282,12 +1282,10 @@ class Worker(WorkerCore):
 
     def _drain(self) -> None:
         deadline = time.monotonic() + self.grace_period
-        with self._lock:
-            # A runner stuck in an abandoned handler (timed out, its message settled) is
-            # not waited for: it holds nothing, and may never return.
-            stuck = {key for key, task in self._tasks.items() if task.abandoned}
-        for thread in [t for t in self._threads if t not in stuck]:
-            while thread.is_alive() and not self._immediate.is_set():
+        for thread in list(self._threads):
+            # A runner stuck in an abandoned handler (timed out, its message settled, also
+            # while this waits) is not waited for: it holds nothing, and may never return.
+            while thread.is_alive() and not (self._immediate.is_set() or self._stuck(thread)):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -1301,6 +1299,12 @@ class Worker(WorkerCore):
             self._join_until([*self._settling(), *in_hand], until)
         except BaseException:  # (Ctrl-C again) stop waiting; the rest of shutdown still runs
             logger.warning("worker %s: interrupted while messages were being settled", self.name)
+
+    def _stuck(self, thread: threading.Thread) -> bool:
+        """Whether ``thread`` runs a handler given up on (timed out)."""
+        with self._lock:
+            task = self._tasks.get(thread)
+            return task is not None and task.abandoned
 
     def _runner(self) -> None:
         """One handler thread. Should its own steps ever raise, the failure is logged,
