@@ -412,6 +412,13 @@ class SQLBackend(Backend):
             self._notify(conn)
         return ids
 
+    def _claim_batch(
+        self, limit: int, lease: float, token: int
+    ) -> tuple[list[StoredMessage], int] | None:
+        """Claim in the backend's own way (a batch, say): the rows as claimed and how many
+        leases were folded back first; None to claim the common way (the default)."""
+        return None
+
     def _claim_alone(self, limit: int, lease: float, token: int) -> list[StoredMessage] | None:
         """Claim in one statement of its own, when nothing needs folding first; None when
         something does, or the backend has no such statement (the default)."""
@@ -440,6 +447,9 @@ class SQLBackend(Backend):
     def _claim(self, limit: int, lease: float, token: int) -> tuple[list[StoredMessage], int]:
         """Lease up to ``limit`` ready messages (after folding back expired leases): the
         rows as claimed, and how many leases were folded."""
+        batch = self._claim_batch(limit, lease, token)
+        if batch is not None:
+            return batch
         claimed = self._claim_alone(limit, lease, token)
         if claimed is not None:
             claimed.sort(key=lambda m: (-m.priority, m.visible_at, m.id))

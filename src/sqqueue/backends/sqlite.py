@@ -1043,9 +1043,11 @@ class SQLiteBackend(SQLBackend):
 
     _claims_in_order = True  # the ORDER BY of claim_pick and of claimed
 
-    def _claim(self, limit: int, lease: float, token: int) -> tuple[list[StoredMessage], int]:
+    def _claim_batch(
+        self, limit: int, lease: float, token: int
+    ) -> tuple[list[StoredMessage], int] | None:
         if limit == 1:
-            return super()._claim(limit, lease, token)
+            return None
         # A batch is leased in the write transaction and read after its commit: the write
         # lock is held for the lease alone, not while the rows are stepped through (each
         # step lets this process's other threads run while other processes wait for the
@@ -1070,7 +1072,7 @@ class SQLiteBackend(SQLBackend):
         return (self._read_tx(read) if leased else []), folded
 
     def _claim_rows(self, conn: sqlite3.Connection, params: dict[str, Any]) -> list[Any]:
-        # One message (batches: claim above). Two statements instead of UPDATE ...
+        # One message (batches: _claim_batch above). Two statements instead of UPDATE ...
         # RETURNING: see "claim_pick" in sqlite_sql.
         rows = conn.execute(self._sql["claim_pick"], params).fetchall()
         if rows:
