@@ -108,3 +108,21 @@ def test_no_private_attribute_of_another_object(name: str) -> None:
     tree = modules()[name]
     reads = [(line, text) for line, text in private_reads(tree) if text not in ALLOWED]
     assert reads == []
+
+
+def test_objects_every_call_reads_keep_the_fast_attribute_layout(tmp_path: Path) -> None:
+    """CPython keeps an object's attributes in a layout shared by its class, which every
+    attribute read uses at full speed, for up to 29 names; a 30th moves them to a dict of
+    the object's own and slows every read (on the SQLite backend, 2.5% of an enqueue:
+    bench/profile-notes.md). The objects each call goes through stay within it."""
+    import sqqueue
+
+    queue = sqqueue.SQLiteQueue(str(tmp_path / "q.db"))
+    try:
+        queue.enqueue("x").unwrap()
+        parts = queue.parts
+        hot = [queue, parts, parts.backend, parts.upkeep, parts.signal, parts.commits]
+        crowded = {type(o).__name__: len(vars(o)) for o in hot if len(vars(o)) > 29}
+        assert not crowded, f"more than 29 attributes: {crowded}"
+    finally:
+        queue.close()

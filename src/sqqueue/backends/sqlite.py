@@ -20,7 +20,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 from .. import encryption
 from ..encryption import EncryptionKey
@@ -45,7 +45,6 @@ __all__ = ["SCHEMA_VERSION", "SQLiteBackend"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-P = ParamSpec("P")
 R = TypeVar("R", StoredMessage, StoredDeadLetter, StoredDone)
 
 #: payloads from this size on are stored apart from their message row
@@ -123,9 +122,10 @@ class SQLiteBackend(SQLBackend):
         self.read_only = bool(read_only)
         self._older_layout = bool(older_layout)
         self._key = files.resolve_key(encryption_key)
-        self.path, self._memory = files.prepare_path(db_path, create=not self.read_only)
+        self.path, memory = files.prepare_path(db_path, create=not self.read_only)
+        # A private ':memory:' queue lives in SQLite's memdb, under a name of its own.
+        self._uri = f"file:/sqqueue-{uuid.uuid4().hex}?vfs=memdb" if memory else None
         self._check_key()
-        self._uri = f"file:/sqqueue-{uuid.uuid4().hex}?vfs=memdb" if self._memory else None
         self.wakeup_key = f"sqlite:{self._uri or os.path.realpath(self.path)}:{self.name}"
         self.policy = policy or Policy()
         if self.policy.synchronous not in ("normal", "full"):
@@ -141,17 +141,18 @@ class SQLiteBackend(SQLBackend):
         self._idle: list[sqlite3.Connection] = []  # last in, first out: the warmest on top
         self._conns: set[sqlite3.Connection] = set()  # every trusted one, idle or busy
         self._pool_lock = threading.Lock()
-        # The process that opened these connections: a child process after fork must not use
-        # them (an os.getpid() compare costs a tenth of asking sqlite_files).
-        self._pid = os.getpid()
+        # The process that opened these connections, by its count of forks: a child process
+        # after fork must not use them (os.getpid() is a system call, on every call).
+        self._forks = files.forks
         # The latest time read from the clock, to notice it being stepped back; and whether
         # the next fold should look for leases taken before such a step (every new queue
         # object looks once: the step may have happened while no process was running).
         self._latest = -math.inf
         self._look_for_future_leases = True
         self._closed = False
-        # (Every attribute set here, in one order: calls read them on the hot path, where
-        # attributes first set later would slow every lookup on the object.)
+        # (Every attribute set here, in one order, and at most 29 of them: calls read them
+        # on the hot path, where attributes first set later, or a 30th, would slow every
+        # read on the object: CPython then keeps them in a dict of their own.)
         self._file_id, self._next_file_check, self._driver_used = None, 0.0, False
         self._q = sql.render(self.name)
         self._sql = self._q.sql
@@ -162,7 +163,6 @@ class SQLiteBackend(SQLBackend):
         self._snapshots: dict[sqlite3.Connection, files.FileState] = {}
         self._wal_warned_at = -math.inf
         self._column_cache: dict[str, list[str]] = {}
-        self._import_sql: dict[tuple[str, tuple[str, ...]], str] = {}
         try:
             self._use_driver()
             if self._memory:
@@ -182,6 +182,11 @@ class SQLiteBackend(SQLBackend):
         except BaseException:
             self.close()
             raise
+
+    @property
+    def _memory(self) -> bool:
+        """Whether this is a private ':memory:' queue rather than a file."""
+        return self._uri is not None
 
     def _check_key(self) -> None:
         """Refuse a private queue opened read-only or with a key, and a key for a file
@@ -253,7 +258,7 @@ class SQLiteBackend(SQLBackend):
 
     def _checkout(self) -> sqlite3.Connection:
         """A connection for one call, all to itself until ``_checkin``."""
-        if self._closed or self._pid != os.getpid():
+        if self._closed or self._forks != files.forks:
             return self._checkout_new()  # raises CLOSED, or sets a parent's aside first
         try:
             conn = self._idle.pop()
@@ -268,7 +273,7 @@ class SQLiteBackend(SQLBackend):
         with self._pool_lock:
             if self._closed:
                 raise self._closed_error()
-            if self._pid != os.getpid():
+            if self._forks != files.forks:
                 self._leave_inherited()
         conn = self._open()
         with self._pool_lock:
@@ -318,7 +323,7 @@ class SQLiteBackend(SQLBackend):
             files.parked_after_fork.append(self._anchor)
         self._conns, self._idle, self._anchor = set(), [], None
         self._watcher = None  # the parent's watcher thread did not come along
-        self._pid = os.getpid()
+        self._forks = files.forks
 
     @contextlib.contextmanager
     def _borrowed(self) -> Iterator[sqlite3.Connection]:
@@ -338,7 +343,7 @@ class SQLiteBackend(SQLBackend):
         ``Err(CLOSED)``. Idempotent, and safe while other threads are inside calls."""
         with self._pool_lock:
             self._closed = True
-            if self._pid != os.getpid():
+            if self._forks != files.forks:
                 self._leave_inherited()
             anchor, self._anchor = self._anchor, None
             watcher, self._watcher = self._watcher, None
@@ -389,22 +394,18 @@ class SQLiteBackend(SQLBackend):
 
     def _run(
         self,
-        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        fn: Callable[[sqlite3.Connection], T],
         write: bool,
-        *args: P.args,
-        **kwargs: P.kwargs,
     ) -> T:
-        """Run ``fn(conn, *args, **kwargs)`` in one transaction, retrying on lock contention
-        until the deadline."""
-        return self._run_since(None, fn, write, *args, **kwargs)
+        """Run ``fn(conn)`` in one transaction, retrying on lock contention until the
+        deadline."""
+        return self._run_since(None, fn, write)
 
     def _run_since(
         self,
         started: float | None,
-        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        fn: Callable[[sqlite3.Connection], T],
         write: bool,
-        *args: P.args,
-        **kwargs: P.kwargs,
     ) -> T:
         """``_run`` for a call that began at ``started`` (``time.monotonic()``; None: now):
         the lock timeout counts from then, the waits of every attempt together."""
@@ -412,7 +413,7 @@ class SQLiteBackend(SQLBackend):
         if start >= self._next_file_check and not self._closed:  # (closed: CLOSED says it)
             self._check_file(start)
         if self.read_only:
-            return self._run_read_only(fn, write, *args, **kwargs)
+            return self._run_read_only(fn, write)
         deadline = start + self._lock_timeout
         attempt = 0
         lenient = False
@@ -427,7 +428,7 @@ class SQLiteBackend(SQLBackend):
                     # (BEGIN inside: an interrupt landing as it returns rolls back too.)
                     if write:
                         conn.execute(sql.BEGIN_IMMEDIATE)
-                    result = fn(conn, *args, **kwargs)
+                    result = fn(conn)
                     if write:
                         conn.execute(sql.COMMIT)
                     return result
@@ -489,10 +490,8 @@ class SQLiteBackend(SQLBackend):
 
     def _run_read_only(
         self,
-        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        fn: Callable[[sqlite3.Connection], T],
         write: bool,
-        *args: P.args,
-        **kwargs: P.kwargs,
     ) -> T:
         """``_run`` for a read-only queue: writes are refused; a read through an immutable
         connection (see :func:`open_read_only`) counts only if the files did not change
@@ -507,7 +506,7 @@ class SQLiteBackend(SQLBackend):
                     self._forget(conn)  # a writer came: read through its -shm from now on
                     continue
                 try:
-                    result = fn(conn, *args, **kwargs)
+                    result = fn(conn)
                 except BaseException:
                     self._rollback(conn)
                     raise
@@ -844,7 +843,7 @@ class SQLiteBackend(SQLBackend):
     ) -> list[int]:
         # Alone, the INSERT takes the write lock at its start, as BEGIN IMMEDIATE would,
         # and its next-id sub-selects read under that lock.
-        return self._run_since(started, insert, not alone, messages)
+        return self._run_since(started, lambda conn: insert(conn, messages), not alone)
 
     # Unsigned messages are most of them: the plain inserts leave the signature column
     # out (binding it, even NULL, costs about 3.5% of an enqueue: see "insert_plain").
@@ -950,8 +949,9 @@ class SQLiteBackend(SQLBackend):
         conn.execute(sql.BEGIN_EXCLUSIVE if exclusive else sql.BEGIN_IMMEDIATE)
 
     def _now(self) -> float:
-        now = float(self._clock())
-        if not 0 <= now <= LATEST_TIME:  # (NaN too) checked when the queue was built: a
+        clock = self._clock  # (a callable attribute: loaded, then called)
+        now = float(clock())
+        if not 0.0 <= now <= LATEST_TIME:  # (NaN too) checked when the queue was built: a
             # clock that goes wrong later would expire every lease, or never let one end.
             raise StorageError(
                 f"the queue's clock says {now!r}, not Unix seconds (0 to {LATEST_TIME:.0f}); "
@@ -1169,11 +1169,7 @@ class SQLiteBackend(SQLBackend):
         if table != "dedup" and data is not None and len(data) >= LARGE_PAYLOAD:
             conn.execute(self._sql["body_put"], {"id": row["id"], "data": data})
             row = {**row, "payload": None}
-        key = (table, tuple(row))
-        statement = self._import_sql.get(key)
-        if statement is None:
-            statement = self._import_sql[key] = sql.import_sql(self._q, table, list(row))
-        conn.execute(statement, row)
+        conn.execute(sql.import_sql(self._q, table, tuple(row)), row)
 
     def _reserve_ids(self, conn: sqlite3.Connection, high: int) -> None:
         self.reserve_ids(conn, high)

@@ -122,8 +122,14 @@ def check_sqlite_version(version: tuple[int, int, int] | None = None) -> None:
 parked_after_fork: list[sqlite3.Connection] = []
 
 
+#: how many forks lie between the program's first process and this one: a pool that
+#: remembers another number was opened by a parent process
+forks = 0
+
+
 def _after_fork_in_child() -> None:
-    global _shm_lock
+    global _shm_lock, forks
+    forks += 1
     _shm_lock = threading.Lock()  # (another thread may have held it at the fork)
 
 

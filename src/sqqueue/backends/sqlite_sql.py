@@ -25,6 +25,7 @@ both be queues of one file (see the backend).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from string import Template
@@ -1039,11 +1040,16 @@ def export_sql(rendered: Rendered, table: str, columns: Sequence[str], exact: bo
     return f"SELECT {listed} FROM {rendered.subst[key_table]} WHERE {found} LIMIT :limit"
 
 
-def import_sql(rendered: Rendered, table: str, columns: Sequence[str]) -> str:
+def import_sql(rendered: Rendered, table: str, columns: tuple[str, ...]) -> str:
     """Insert one copied row (named parameters, one per column) into one of COPY_TABLES."""
+    return _insert_into(rendered.subst[COPY_TABLES[table][0]], columns)
+
+
+@functools.lru_cache(maxsize=64)  # asked once per row copied, mostly with the same columns
+def _insert_into(target: str, columns: tuple[str, ...]) -> str:
     names = ", ".join(f'"{c}"' for c in columns)
     values = ", ".join(f":{c}" for c in columns)
-    return f"INSERT INTO {rendered.subst[COPY_TABLES[table][0]]} ({names}) VALUES ({values})"
+    return f"INSERT INTO {target} ({names}) VALUES ({values})"
 
 
 def render(name: str, version: int = SCHEMA_VERSION) -> Rendered:

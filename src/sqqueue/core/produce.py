@@ -157,37 +157,23 @@ class Producer:
 
     def store(self, items: Sequence[object], wait: object, conn: Any = None) -> list[int]:
         """Encode and insert ``items`` in one transaction; wait for room if asked."""
-        parts = self.parts
-        backend = parts.backend
-        patience = 0.0
+        patience = deadline = 0.0  # no waiting for room
         if not (type(wait) is int and wait == 0):  # (not bool(wait): it may raise)
             patience = seconds(wait, "wait", minimum=0, maximum=MAX_WAIT, strict=False)
-        deadline = time.monotonic() + patience if patience else 0.0
-        nap = _ROOM_POLL_MIN
-        while True:
-            if len(items) == 1:
-                batch = [self.new_message(items[0], self.defaults())]  # enqueue()
-            else:
-                batch = self.new_messages(items)
-                if not batch:
-                    return []
-            try:
-                if conn is not None:
-                    ids = backend.enqueue_in(conn, batch)
-                else:
-                    ids = parts.commits.enqueue(batch)
-                break
-            except QueueError as exc:
-                remaining = deadline - time.monotonic()
-                if exc.kind is not ErrorKind.QUEUE_FULL or remaining <= 0 or conn is not None:
-                    if exc.kind is ErrorKind.QUEUE_FULL:
-                        raise QueueFull(
-                            f"enqueue failed: {exc}{_full_advice(patience, conn)}"
-                        ) from exc
-                    raise
-                # Completions in this process notify at once; others are polled.
-                parts.room.wait(parts.room.seq, min(nap, remaining))
-                nap = min(nap * 2, _ROOM_POLL_MAX)
+            deadline = time.monotonic() + patience
+        if len(items) == 1:
+            batch = [self.new_message(items[0], self.defaults())]  # enqueue()
+        else:
+            batch = self.new_messages(items)
+            if not batch:
+                return []
+        try:
+            ids = self._insert(batch, conn)
+        except QueueError as exc:
+            if exc.kind is not ErrorKind.QUEUE_FULL:
+                raise
+            ids = self._insert_when_room(batch, conn, patience, deadline, exc)
+        parts = self.parts
         parts.signal.notify()
         parts.metrics.incr("enqueue", len(ids))
         # Inside the caller's transaction (the outbox), no upkeep: it would wait for the
@@ -196,6 +182,39 @@ class Producer:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("queue %r: enqueued message(s) %s", parts.name, ids[:20])
         return ids
+
+    def _insert(self, batch: list[NewMessage], conn: Any) -> list[int]:
+        """Insert encoded messages: in ``conn``'s transaction if given, else in one of
+        their own, perhaps shared with other callers."""
+        if conn is not None:
+            return self.parts.backend.enqueue_in(conn, batch)
+        return self.parts.commits.enqueue(batch)
+
+    def _insert_when_room(
+        self,
+        batch: list[NewMessage],
+        conn: Any,
+        patience: float,
+        deadline: float,
+        full: QueueError,
+    ) -> list[int]:
+        """Insert ``batch`` into a full queue once it has room, trying until ``deadline``
+        (``time.monotonic()``, ``patience`` seconds after the call began); completions in
+        this process wake the wait at once, others are polled."""
+        room = self.parts.room
+        nap = _ROOM_POLL_MIN
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or conn is not None:
+                raise QueueFull(f"enqueue failed: {full}{_full_advice(patience, conn)}") from full
+            room.wait(room.seq, min(nap, remaining))
+            nap = min(nap * 2, _ROOM_POLL_MAX)
+            try:
+                return self._insert(batch, conn)
+            except QueueError as exc:
+                if exc.kind is not ErrorKind.QUEUE_FULL:
+                    raise
+                full = exc
 
 
 def _is_utf8(text: str) -> bool:

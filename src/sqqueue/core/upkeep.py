@@ -27,7 +27,7 @@ class Upkeep:
         self.threshold = 1000
         #: write operations since the last upkeep round (0.1.0's get_operation_count)
         self.operations = 0
-        self.work = 0  # messages written, for the cadence
+        self.work = 0  # messages written since the last upkeep round
         self.owed = 0  # upkeep rounds put off by writes in the caller's transaction
 
     def count(self, messages: int = 1, upkeep: bool = True) -> None:
@@ -39,25 +39,30 @@ class Upkeep:
         write lock that transaction holds, so it is left to this object's next call.
         """
         self.operations += 1  # racy under threads, like the cadence: only counts can drift
-        if not self.threshold:
-            return
-        before = self.work
-        self.work = before + messages
-        rounds = self.work // self.threshold - before // self.threshold
-        if not upkeep:
-            self.owed += rounds
-            return
-        if rounds or self.owed:
-            rounds, self.owed = rounds + self.owed, 0
-            self.operations = 0
-            try:
-                self.backend.maintain(rounds)
-            except QueueError as exc:
-                # Closed by another thread meanwhile: nothing to maintain any more.
-                level = logging.DEBUG if exc.kind is ErrorKind.CLOSED else logging.WARNING
-                logger.log(level, "queue %r: maintenance skipped: %s", self.name, exc)
+        if self.threshold:
+            self.work += messages
+            if self.work >= self.threshold or self.owed:
+                self._round_due(upkeep)
         if self.gauges and self.metrics.wants_gauges(time.monotonic()):
             try:
                 self.metrics.gauge("size", self.backend.count_unleased())
             except QueueError:
                 logger.debug("queue %r: size gauge skipped", self.name, exc_info=True)
+
+    def _round_due(self, upkeep: bool) -> None:
+        """Run the upkeep rounds due, with those put off before (or put them off too,
+        inside the caller's transaction)."""
+        rounds, self.work = divmod(self.work, self.threshold)
+        if not upkeep:
+            self.owed += rounds
+            return
+        rounds, self.owed = rounds + self.owed, 0
+        if not rounds:
+            return
+        self.operations = 0
+        try:
+            self.backend.maintain(rounds)
+        except QueueError as exc:
+            # Closed by another thread meanwhile: nothing to maintain any more.
+            level = logging.DEBUG if exc.kind is ErrorKind.CLOSED else logging.WARNING
+            logger.log(level, "queue %r: maintenance skipped: %s", self.name, exc)
