@@ -39,20 +39,21 @@ class Upkeep:
         write lock that transaction holds, so it is left to this object's next call.
         """
         self.operations += 1  # racy under threads, like the cadence: only counts can drift
-        if self.threshold:
+        threshold = self.threshold  # (read once: another thread may set it meanwhile)
+        if threshold:
             self.work += messages
-            if self.work >= self.threshold or self.owed:
-                self._round_due(upkeep)
+            if self.work >= threshold or self.owed:
+                self._round_due(threshold, upkeep)
         if self.gauges and self.metrics.wants_gauges(time.monotonic()):
             try:
                 self.metrics.gauge("size", self.backend.count_unleased())
             except QueueError:
                 logger.debug("queue %r: size gauge skipped", self.name, exc_info=True)
 
-    def _round_due(self, upkeep: bool) -> None:
+    def _round_due(self, threshold: int, upkeep: bool) -> None:
         """Run the upkeep rounds due, with those put off before (or put them off too,
         inside the caller's transaction)."""
-        rounds, self.work = divmod(self.work, self.threshold)
+        rounds, self.work = divmod(self.work, threshold)
         if not upkeep:
             self.owed += rounds
             return
