@@ -124,5 +124,13 @@ def test_objects_every_call_reads_keep_the_fast_attribute_layout(tmp_path: Path)
         hot = [queue, parts, parts.backend, parts.upkeep, parts.signal, parts.commits]
         crowded = {type(o).__name__: len(vars(o)) for o in hot if len(vars(o)) > 29}
         assert not crowded, f"more than 29 attributes: {crowded}"
+        # Workers hold more than that, every one of them in a slot.
+        workers = [sqqueue.Worker(queue, print), sqqueue.AsyncWorker(queue, _handle)]
+        unslotted = {type(w).__name__: sorted(vars(w)) for w in workers if vars(w)}
+        assert not unslotted, f"attributes outside __slots__: {unslotted}"
     finally:
         queue.close()
+
+
+async def _handle(message: object) -> None:
+    """A coroutine handler (for an AsyncWorker that never runs)."""

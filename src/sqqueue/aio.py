@@ -485,6 +485,18 @@ class AsyncWorker(WorkerCore):
         await AsyncWorker(queue, handle, concurrency=10).run()
     """
 
+    __slots__ = (
+        "_aqueue",
+        "_async_handler",
+        "_given_up",
+        "_handoff",
+        "_is_coroutine",
+        "_loop",
+        "_running",
+        "_settling_steps",
+        "_strays",
+    )
+
     _runs_coroutines = True
 
     def __init__(self, queue: AsyncQueue | Queue, handler: AsyncHandler, **options: Any) -> None:

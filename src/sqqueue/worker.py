@@ -265,10 +265,55 @@ class WorkerCore:
     Drivers call the storage through the synchronous queue (asyncio drivers in a thread).
     """
 
+    # Every attribute is a slot: read on every message, they are read faster so than from
+    # an instance dict, which CPython gives objects past 29 attributes (bench/profile-
+    # notes.md). A __dict__ stays for anything else set on a worker (its subclasses').
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_acks",
+        "_acks_open",
+        "_acks_ready",
+        "_acks_with_claims",
+        "_committing",
+        "_drained",
+        "_failing",
+        "_fetching",
+        "_idle",
+        "_immediate",
+        "_lock",
+        "_pace",
+        "_prefetch_limit",
+        "_prefetched",
+        "_ran",
+        "_reporter",
+        "_reports",
+        "_stopping",
+        "_tasks",
+        "_timed",
+        "_unacked",
+        "concurrency",
+        "durations",
+        "grace_period",
+        "handle_signals",
+        "handler",
+        "heartbeat",
+        "hooks",
+        "lease",
+        "name",
+        "poll_wait",
+        "prefetch",
+        "queue",
+        "results",
+        "retry_delay",
+        "stats",
+        "task_timeout",
+    )
+
     #: whether this driver runs what a handler's call makes when that is a coroutine
     _runs_coroutines = False
     # What reports committed completions on a thread of its own (see _start_acks).
-    _reporter: _Reporter | None = None
+    _reporter: _Reporter | None
 
     def __init__(
         self,
@@ -359,7 +404,7 @@ class WorkerCore:
         # (see _commit_gathered): how many are committing now, and what they committed,
         # for the ack thread to report.
         self._acks_with_claims = queue.parts.backend.one_writer
-        self._acks_open, self._committing = False, 0
+        self._acks_open, self._committing, self._reporter = False, 0, None
         self._reports: list[Committed] = []
         # Their tasks, by message id, until the commit that completes them (or, timed out,
         # until their failure is stored): the heartbeat keeps extending their leases
@@ -1150,6 +1195,16 @@ class Worker(WorkerCore):
       so nothing waits for a lease to expire. A second signal stops at once (handlers
       are not waited for; a runner settling a message, up to ``SETTLE_WAIT`` seconds).
     """
+
+    __slots__ = (
+        "_capped_said",
+        "_handoff",
+        "_in_hand",
+        "_owed",
+        "_signals",
+        "_spawned",
+        "_threads",
+    )
 
     def __init__(self, queue: Queue, handler: Handler, **options: Any) -> None:
         super().__init__(queue, handler, **options)
