@@ -265,9 +265,9 @@ class WorkerCore:
     Drivers call the storage through the synchronous queue (asyncio drivers in a thread).
     """
 
-    # Every attribute is a slot: read on every message, they are read faster so than from
-    # an instance dict, which CPython gives objects past 29 attributes (bench/profile-
-    # notes.md). A __dict__ stays for anything else set on a worker (its subclasses').
+    # Every attribute is a slot: they are read on every message, and a slot is read faster
+    # than an instance dict, which CPython uses for objects of more than 29 attributes
+    # (bench/profile-notes.md). A __dict__ stays for anything else set on a worker.
     __slots__ = (
         "__dict__",
         "__weakref__",
