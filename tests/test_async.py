@@ -1884,8 +1884,7 @@ async def test_a_handler_timing_out_while_the_worker_stops_is_not_waited_for(
         stats = await asyncio.wait_for(asyncio.shield(task), 10)
     finally:
         release.set()
-        w.stop(immediate=True)
-        await asyncio.wait_for(task, 30)
+        await _stop(w, task, immediate=True)
     assert (stats.timed_out, stats.dead_lettered) == (1, 1), stats
 
 
@@ -1925,8 +1924,7 @@ async def test_a_handler_timed_out_as_its_runner_starts_it_is_given_up_on(
         stats = await _stop(w, task)
     finally:
         release.set()
-        w.stop(immediate=True)
-        await asyncio.wait_for(task, 30)
+        await _stop(w, task, immediate=True)
     assert (stats.timed_out, stats.dead_lettered) == (1, 1), stats
 
 
