@@ -434,6 +434,35 @@ def test_a_message_equals_its_010_pair() -> None:
     assert {simple: "found"}[(7, "x")] == "found"
 
 
+def test_a_message_takes_each_field_in_its_place() -> None:
+    """Message's own __init__ sets each field through its slot: every field, by position
+    or by name, with its default when left out, and still frozen."""
+    import dataclasses
+    import inspect
+
+    from sqqueue import Message
+
+    fields = dataclasses.fields(Message)
+    parameters = list(inspect.signature(Message).parameters.values())
+    assert [p.name for p in parameters] == [f.name for f in fields]
+    for p, f in zip(parameters, fields, strict=True):
+        assert p.default == (
+            inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default
+        )
+    values = [object() for _ in fields]  # one distinct value per field
+    for message in (
+        Message(*values),
+        Message(**{f.name: v for f, v in zip(fields, values, strict=True)}),
+    ):
+        assert [getattr(message, f.name) for f in fields] == values
+    required = [v for f, v in zip(fields, values, strict=True) if f.default is dataclasses.MISSING]
+    assert [getattr(Message(*required), f.name) for f in fields] == required + [
+        f.default for f in fields if f.default is not dataclasses.MISSING
+    ]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Message(*values).priority = 3  # type: ignore[misc]
+
+
 def test_messages_sort_count_and_search_as_their_010_pairs() -> None:
     """0.1.0 code may sort a batch of (id, payload) tuples, or count and search one."""
     from datetime import datetime, timezone

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -44,6 +44,41 @@ class Message:
     group: str | None = None
     expires_at: datetime | None = None
     prior_attempts: int = 0  #: attempts made before the message was last redriven
+
+    def __init__(
+        self,
+        id: int,
+        payload: Any,
+        priority: int,
+        attempts: int,
+        max_attempts: int,
+        enqueued_at: datetime,
+        lease_expires_at: datetime | None,
+        last_error: str | None = None,
+        queue: str = "",
+        lease_token: int | None = None,
+        group: str | None = None,
+        expires_at: datetime | None = None,
+        prior_attempts: int = 0,
+    ) -> None:
+        # The fields, in their order, each set through its slot's own setter: the
+        # __init__ a frozen dataclass gets calls object.__setattr__ once per field, twice
+        # the instructions, and a queue makes a Message for every message it delivers
+        # (bench/profile-notes.md).
+        set_field = _FIELD_SETTERS
+        set_field[0](self, id)
+        set_field[1](self, payload)
+        set_field[2](self, priority)
+        set_field[3](self, attempts)
+        set_field[4](self, max_attempts)
+        set_field[5](self, enqueued_at)
+        set_field[6](self, lease_expires_at)
+        set_field[7](self, last_error)
+        set_field[8](self, queue)
+        set_field[9](self, lease_token)
+        set_field[10](self, group)
+        set_field[11](self, expires_at)
+        set_field[12](self, prior_attempts)
 
     def __eq__(self, other: object) -> bool:
         # 0.1.0 handed out (id, payload) tuples: a message still equals its pair.
@@ -123,6 +158,13 @@ class Message:
             f"Message(id={self.id}, payload={payload}, priority={self.priority}, "
             f"attempts={self.attempts}/{self.max_attempts}, queue={self.queue!r})"
         )
+
+
+# Message's slot setters in the order of its fields (dataclass(slots=True) makes the class
+# with its slots, so they exist only once the decorator has run).
+_FIELD_SETTERS: tuple[Callable[[Message, Any], None], ...] = tuple(
+    getattr(Message, f.name).__set__ for f in fields(Message)
+)
 
 
 @dataclass(frozen=True, slots=True)

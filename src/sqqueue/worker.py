@@ -506,13 +506,15 @@ class WorkerCore:
         if self._timed:
             waited = self.queue.parts.now() - message.enqueued_at.timestamp()
             self._observe("time_in_queue", waited)
-        self.hooks.call("on_start", message)
-        logger.debug(
-            "worker %s: handling message %d",
-            self.name,
-            message.id,
-            extra={"message_id": message.id, "attempt": message.attempts},
-        )
+        if self.hooks.on_start is not None:
+            self.hooks.call("on_start", message)
+        if logger.isEnabledFor(logging.DEBUG):  # (its record's extra is built only then)
+            logger.debug(
+                "worker %s: handling message %d",
+                self.name,
+                message.id,
+                extra={"message_id": message.id, "attempt": message.attempts},
+            )
 
     def _end(self, key: object, task: RunningTask, value: Any, exc: BaseException | None) -> None:
         """Complete or fail the message, unless the task was abandoned meanwhile. The task
@@ -536,15 +538,13 @@ class WorkerCore:
         self, task: RunningTask, value: Any, exc: BaseException | None, elapsed: float
     ) -> None:
         message = task.message
-        abandoned = task.abandoned  # (no longer changes: the task has ended)
-        log_extra = {"message_id": message.id, "attempt": message.attempts}
-        if abandoned:
+        if task.abandoned:  # (no longer changes: the task has ended)
             logger.info(
                 "worker %s: abandoned message %d ended after %.1f s (result ignored)",
                 self.name,
                 message.id,
                 elapsed,
-                extra=log_extra,
+                extra={"message_id": message.id, "attempt": message.attempts},
             )
             return
         if self._timed:
@@ -820,6 +820,8 @@ class WorkerCore:
         with self._lock:
             self.stats.completed += len(completed)
         self.stats.processing_seconds.extend(elapsed for _, _, elapsed in completed)
+        if self.hooks.on_success is None and not logger.isEnabledFor(logging.DEBUG):
+            return  # nothing to do per message
         for message, value, _ in completed:
             self.hooks.call("on_success", message, value)
             logger.debug(
