@@ -1058,6 +1058,40 @@ def test_an_interrupted_tasks_worker_gives_running_calls_back_and_stops(
         worker.run()
 
 
+def test_an_interrupt_while_a_queue_worker_starts_still_gives_its_calls_back(
+    make_tasks: MakeTasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KeyboardInterrupt in run() while it starts a queue's worker thread (a loaded
+    machine may run that worker up to a handler before start() returns): run() still
+    waits for that worker to give its running call back before letting it through."""
+    app = make_tasks()
+    started, release = threading.Event(), threading.Event()
+
+    @app.task
+    def slow(n: int) -> None:
+        started.set()
+        release.wait(30)
+
+    first = ok(slow.delay(1))
+    serving = f"sqqueue-tasks-{app.queue().name}"  # the thread that runs the queue's worker
+    original_start = threading.Thread.start
+
+    def start_then_interrupt(thread: threading.Thread) -> None:
+        original_start(thread)
+        if thread.name == serving:
+            assert started.wait(15)
+            raise KeyboardInterrupt  # as if it came while start() waited
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_interrupt)
+    worker = app.worker(handle_signals=False, poll_wait=0.2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            worker.run()
+        assert ok(app.queue().get_message(first.id))["status"] == "ready"
+    finally:
+        release.set()
+
+
 def test_a_tasks_worker_refuses_the_options_its_tasks_decide(make_tasks: MakeTasks) -> None:
     """results= and retry_delay= would be overridden by the tasks' own settings: refused,
     saying where each is set, rather than silently ignored."""

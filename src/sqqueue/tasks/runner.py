@@ -518,8 +518,11 @@ class TaskWorker:
                 finally:
                     done.set()
 
-            threading.Thread(target=serve, name=f"sqqueue-tasks-{name}", daemon=True).start()
+            # Counted before it starts: an interrupt may arrive while start() waits for
+            # the thread, which may by then be running a handler whose message the
+            # interrupted run() must wait to see given back.
             ended.append(done)
+            threading.Thread(target=serve, name=f"sqqueue-tasks-{name}", daemon=True).start()
 
         try:
             with self._lock:
