@@ -4,6 +4,7 @@
                                                               # (the least-work reference)
     .venv/bin/python bench/instructions.py --src /tmp/old/src # another checkout's sqqueue
     .venv/bin/python bench/instructions.py --only enqueue dequeue
+    .venv/bin/python bench/instructions.py --only worker      # Worker(concurrency=4)
 
 Wall-clock timings on a shared machine drift by ±20% from one minute to the next; the
 instructions a loop executes (``valgrind --tool=callgrind``) are the same from run to run,
@@ -24,6 +25,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -34,6 +37,10 @@ LOOPS = {  # loop -> (small, large) message counts
     "dequeue": (200, 1200),
     "enqueue_batch": (1000, 3000),
     "dequeue_batch": (1000, 3000),
+    # Worker(concurrency=4) draining the prefilled queue (plain sqlite3: the one-by-one
+    # claim + DELETE loop, as its worker runs it). Its threads take turns differently
+    # from run to run: counts vary by about ±300.
+    "worker": (1000, 4000),
 }
 
 
@@ -47,16 +54,18 @@ def child(subject: str, loop: str, n: int) -> None:
         else:
             from adapters.plain_sqlite import Adapter  # type: ignore[assignment]
         a = Adapter(workdir)
-        if loop.startswith("dequeue"):
+        if loop.startswith("dequeue") or loop == "worker":
             for _ in range(0, PREFILL, 1000):
                 a.enqueue_batch([PAYLOAD] * 1000)
-        if loop == "enqueue":
+        if loop == "worker" and subject == "sqqueue":
+            drain_with_worker(a.q, n)
+        elif loop == "enqueue":
             for _ in range(n):
                 a.enqueue(PAYLOAD)
         elif loop == "enqueue_batch":
             for _ in range(n // 100):
                 a.enqueue_batch([PAYLOAD] * 100)
-        elif loop == "dequeue":
+        elif loop in ("dequeue", "worker"):
             for _ in range(n):
                 a.dequeue_ack()
         else:
@@ -65,6 +74,27 @@ def child(subject: str, loop: str, n: int) -> None:
         a.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def drain_with_worker(queue: Any, n: int) -> None:
+    """Run a Worker(concurrency=4) with a no-op handler until it has handled ``n``
+    messages, then stop it."""
+    from sqqueue import Worker
+
+    lock, handled, done = threading.Lock(), [0], threading.Event()
+
+    def handle(message: Any) -> None:
+        with lock:
+            handled[0] += 1
+            if handled[0] == n:
+                done.set()
+
+    worker = Worker(queue, handle, concurrency=4)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    done.wait()
+    worker.stop()
+    thread.join()
 
 
 def count(valgrind: str, subject: str, loop: str, n: int, src: str) -> int:
