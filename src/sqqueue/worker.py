@@ -506,8 +506,7 @@ class WorkerCore:
         if self._timed:
             waited = self.queue.parts.now() - message.enqueued_at.timestamp()
             self._observe("time_in_queue", waited)
-        if self.hooks.on_start is not None:
-            self.hooks.call("on_start", message)
+        self.hooks.call("on_start", message)
         if logger.isEnabledFor(logging.DEBUG):  # (its record's extra is built only then)
             logger.debug(
                 "worker %s: handling message %d",
